@@ -1,0 +1,1 @@
+"""Where and when spanlake stores data: settings, catalog, object store, decoding, partitions."""

@@ -1,0 +1,135 @@
+"""The object store: block payloads and parquet partitions, on a local directory or S3.
+
+Keys are relative to the store root (`blobs/...`, `views/...`), as in micromegas. Block payloads are
+written create-only, so a retried upload never replaces what is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+import fsspec
+import pyarrow.fs as pafs
+
+
+class ObjectStoreError(Exception):
+    """The store could not be reached or refused an operation; callers may retry."""
+
+
+class ObjectStore:
+    def __init__(self, uri: str, s3_endpoint: str | None = None) -> None:
+        parts = urllib.parse.urlsplit(uri)
+        self.uri = uri.rstrip("/")
+        self.scheme = parts.scheme
+        self.s3_endpoint = s3_endpoint
+        if parts.scheme == "file":
+            self.root = urllib.parse.unquote(parts.path).rstrip("/") or "/"
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            self.fs = fsspec.filesystem("file")
+        elif parts.scheme == "s3":
+            if not parts.netloc:
+                raise ValueError(f"object store URI {uri!r} names no bucket")
+            self.root = f"{parts.netloc}{parts.path}".rstrip("/")
+            client_kwargs = {"endpoint_url": s3_endpoint} if s3_endpoint else {}
+            self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+        else:
+            raise ValueError(f"unsupported object store URI {uri!r}: use file:///path or s3://bucket/prefix")
+
+    def path(self, key: str) -> str:
+        """Path of a key inside `self.fs` (no scheme)."""
+        return f"{self.root}/{key}"
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Writes `data` unless the key exists. True if written now, False if it was already there."""
+        try:
+            if self.scheme == "file":
+                return self._put_local_if_absent(self.path(key), data)
+            self.fs.pipe_file(self.path(key), data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise ObjectStoreError(f"cannot write object {key}: {err.__class__.__name__}") from err
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            if self.scheme == "file":
+                self._put_local_atomic(self.path(key), data)
+            else:
+                self.fs.pipe_file(self.path(key), data)
+        except OSError as err:
+            raise ObjectStoreError(f"cannot write object {key}: {err.__class__.__name__}") from err
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise ObjectStoreError(f"cannot read object {key}: {err.__class__.__name__}") from err
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under a prefix (recursively), relative to the root."""
+        base = self.path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        root = self.root.rstrip("/") + "/"
+        return sorted(p.removeprefix(root) for p in found)
+
+    def ping(self) -> None:
+        """Raises ObjectStoreError if the store does not answer a listing."""
+        try:
+            self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise ObjectStoreError(f"object store unreachable: {err.__class__.__name__}") from err
+
+    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem and the root inside it, for parquet reading and writing."""
+        if self.scheme == "file":
+            return pafs.LocalFileSystem(), self.root
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs)), self.root
+
+    @staticmethod
+    def _put_local_if_absent(path: str, data: bytes) -> bool:
+        # Write a temporary file, then hard-link it into place: link() fails if the name exists,
+        # so the object appears whole or not at all and is never replaced.
+        tmp = ObjectStore._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    @staticmethod
+    def _put_local_atomic(path: str, data: bytes) -> None:
+        tmp = ObjectStore._write_temp(path, data)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _write_temp(path: str, data: bytes) -> str:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return tmp

@@ -1,0 +1,56 @@
+"""Rows of the ingestion tables (`processes`, `streams`, `blocks`) as the ingestion paths build them.
+
+Times are kept as integer nanoseconds since the Unix epoch (UTC): Python's datetime stops at
+microseconds and the micromegas sink sends nanosecond RFC3339 strings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    process_id: uuid.UUID
+    exe: str
+    username: str
+    realname: str
+    computer: str
+    distro: str
+    cpu_brand: str
+    tsc_frequency: int
+    start_time_ns: int
+    start_ticks: int
+    parent_process_id: uuid.UUID | None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    stream_id: uuid.UUID
+    process_id: uuid.UUID
+    dependencies_metadata: bytes  # CBOR array of UserDefinedType, as stored
+    objects_metadata: bytes
+    tags: list[str]
+    properties: dict[str, str]
+    format: str = "micromegas-transit"
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    block_id: uuid.UUID
+    stream_id: uuid.UUID
+    process_id: uuid.UUID
+    begin_time_ns: int
+    begin_ticks: int
+    end_time_ns: int
+    end_ticks: int
+    nb_objects: int
+    object_offset: int
+    payload_size: int
+
+
+def blob_key(process_id: uuid.UUID, stream_id: uuid.UUID, block_id: uuid.UUID) -> str:
+    """Object-store key of a block payload, relative to the store root (micromegas layout)."""
+    return f"blobs/{process_id}/{stream_id}/{block_id}"

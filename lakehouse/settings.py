@@ -1,0 +1,119 @@
+"""spanlake's settings: one table of options, each an environment variable with a matching flag.
+
+`SETTINGS` is the single source: `spanlake --help` and the README list the same names. A value comes
+from the command line if given, else from the environment, else from the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # attribute of Settings; the flag is --name-with-dashes
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Option, ...] = (
+    Option("data_dir", "SPANLAKE_DATA_DIR", Path, Path("spanlake-data"),
+           "directory of the embedded PostgreSQL and of the default local object store"),
+    Option("database_url", "SPANLAKE_DATABASE_URL", str, None,
+           "postgresql:// URL of the catalog database; unset: an embedded PostgreSQL in the data directory"),
+    Option("object_store_uri", "SPANLAKE_OBJECT_STORE_URI", str, None,
+           "file:///path or s3://bucket/prefix; unset: file://<data-dir>/lake"),
+    Option("s3_endpoint", "SPANLAKE_S3_ENDPOINT", str, None,
+           "S3 endpoint URL for S3-compatible stores such as MinIO (credentials from the AWS_* variables)"),
+    Option("host", "SPANLAKE_HOST", str, "127.0.0.1", "address the servers listen on"),
+    Option("http_port", "SPANLAKE_HTTP_PORT", int, 9000, "port of the HTTP ingestion API"),
+    Option("flightsql_port", "SPANLAKE_FLIGHTSQL_PORT", int, 50051, "port of the Arrow Flight SQL API"),
+    Option("api_keys", "SPANLAKE_API_KEYS", str, None,
+           'bearer API keys, JSON list of {"name": ..., "key": ...} (keys in the api_keys table also work)'),
+    Option("admins", "SPANLAKE_ADMINS", str, "", "comma-separated API key names allowed to run admin functions"),
+    Option("disable_auth", "SPANLAKE_DISABLE_AUTH", _bool, False,
+           "accept requests without a key even on a non-loopback address"),
+    Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
+    Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True,
+           "trace spanlake's own work into its own lake"),
+    Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("spanlake-data")
+    database_url: str | None = None
+    object_store_uri: str | None = None
+    s3_endpoint: str | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 9000
+    flightsql_port: int = 50051
+    api_keys: str | None = None
+    admins: str = ""
+    disable_auth: bool = False
+    retention_days: int = 90
+    self_tracing: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def lake_uri(self) -> str:
+        if self.object_store_uri:
+            return self.object_store_uri
+        return (self.data_dir.resolve() / "lake").as_uri()
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable and the flag."""
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting. Defaults are left unset so the environment can fill them."""
+    group = parser.add_argument_group("settings (each also read from its environment variable)")
+    for option in SETTINGS:
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None,
+                                  "help": f"{option.help} [{option.env}; default: {option.default}]"}
+        if option.parse is _bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = option.env.removeprefix("SPANLAKE_")
+        group.add_argument(option.flag, **kwargs)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in SETTINGS:
+        given = getattr(args, option.name, None) if args is not None else None
+        if given is not None:
+            values[option.name] = option.parse(given) if isinstance(given, str) else given
+        elif environ.get(option.env) not in (None, ""):
+            try:
+                values[option.name] = option.parse(environ[option.env])
+            except ValueError as err:
+                raise SettingsError(f"{option.env} ({option.flag}): {err}") from None
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""How spanlake is served: HTTP ingestion, Flight SQL, the maintenance daemon, the command line."""

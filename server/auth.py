@@ -1,0 +1,143 @@
+"""Bearer API keys, shared by the ingestion API and the Flight SQL API.
+
+Keys come from `SPANLAKE_API_KEYS` (JSON list of `{"name", "key"}`) and from the `api_keys` table,
+where only the SHA-256 of a key is stored. Comparisons of configured keys are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lakehouse.lake import Lake
+    from lakehouse.settings import Settings
+
+
+class AuthError(Exception):
+    """The request carries no valid credential. The message is safe to show to the caller."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    is_admin: bool = False
+
+
+# Looks a key hash up in the database; returns the key's name and admin flag, or None.
+KeyHashLookup = Callable[[bytes], "Principal | None"]
+
+_CACHE_SECONDS = 60.0
+_UNKNOWN_CACHE_SECONDS = 10.0
+
+
+def parse_api_keys(text: str | None) -> dict[str, str]:
+    """`SPANLAKE_API_KEYS` JSON → {key: name}. Raises ValueError with a readable message."""
+    if not text:
+        return {}
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"SPANLAKE_API_KEYS is not valid JSON: {err.msg}") from None
+    if not isinstance(entries, list):
+        raise ValueError('SPANLAKE_API_KEYS must be a JSON list of {"name": ..., "key": ...}')
+    keys: dict[str, str] = {}
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("key"), str) and entry["key"]):
+            raise ValueError('each SPANLAKE_API_KEYS entry needs a string "name" and a non-empty "key"')
+        keys[entry["key"]] = entry["name"]
+    return keys
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Authenticator:
+    """Validates `Authorization: Bearer <key>` headers. Thread-safe; callable from any thread."""
+
+    def __init__(self, keys: dict[str, str], lookup_hash: KeyHashLookup | None = None,
+                 admins: frozenset[str] = frozenset()) -> None:
+        self._keys = [(k.encode(), name) for k, name in keys.items()]
+        self._lookup_hash = lookup_hash
+        self._admins = admins
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        for key, name in self._keys:
+            if hmac.compare_digest(key, token.encode()):
+                return Principal(name, name in self._admins)
+        principal = self._lookup_database(hash_key(token))
+        if principal is None:
+            raise AuthError("invalid API key")
+        return principal
+
+    def _lookup_database(self, digest: bytes) -> Principal | None:
+        if self._lookup_hash is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = self._lookup_hash(digest)
+        ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
+        with self._lock:
+            self._cache[digest] = (now + ttl, principal)
+        return principal
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("missing Authorization header (expected 'Bearer <api key>')")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization header must be 'Bearer <api key>'")
+    return token.strip()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
+    """The authenticator both APIs use, or None when requests need no key.
+
+    Keys are required as soon as any exist (in SPANLAKE_API_KEYS or the api_keys table). Without any,
+    spanlake serves unauthenticated only on a loopback address, or when --disable-auth is given.
+    """
+    if settings.disable_auth:
+        return None
+    keys = parse_api_keys(settings.api_keys)
+    has_db_keys = lake.loop.run(lake.catalog.count_api_keys()) > 0
+    if not keys and not has_db_keys:
+        if not is_loopback(settings.host):
+            raise AuthConfigError(
+                f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
+                "(or add keys with 'spanlake api-key create'), or pass --disable-auth")
+        return None
+
+    def lookup(digest: bytes) -> Principal | None:
+        found = lake.loop.run(lake.catalog.find_api_key(digest))
+        return Principal(found[0], found[1] or found[0] in settings.admin_names) if found else None
+
+    return Authenticator(keys, lookup, settings.admin_names)
+
+
+class AuthConfigError(Exception):
+    """Authentication is configured in a way spanlake refuses to start with."""

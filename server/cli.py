@@ -1,0 +1,112 @@
+"""The `spanlake` command line: run the servers, migrate, manage keys, and client tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from lakehouse.lake import Lake
+from lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
+from server.auth import AuthConfigError, hash_key, make_authenticator
+from server.ingestion import start_ingestion
+
+log = logging.getLogger("spanlake")
+
+
+def _wait_for_shutdown() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
+    """Runs the given server roles in this process until SIGINT or SIGTERM."""
+    lake = Lake.open(settings)
+    try:
+        authenticator = make_authenticator(settings, lake)
+        stoppers: list[Callable[[], None]] = []
+        if "ingest" in roles:
+            runner = lake.loop.run(start_ingestion(lake, authenticator, settings.host, settings.http_port))
+            stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
+            print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
+        print(f"spanlake ready (lake {settings.lake_uri})", flush=True)
+        _wait_for_shutdown()
+        for stop in reversed(stoppers):
+            stop()
+        return 0
+    finally:
+        lake.close()
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    return run_roles(settings, ("ingest",))
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    return run_roles(settings, ("ingest",))
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    Lake.open(settings).close()  # opening applies the missing migrations
+    print("database schema is up to date")
+    return 0
+
+
+def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    key = "slk_" + secrets.token_urlsafe(32)
+    lake = Lake.open(settings)
+    try:
+        lake.loop.run(lake.catalog.add_api_key(args.name, hash_key(key), args.admin))
+    finally:
+        lake.close()
+    print(key)
+    print(f"# API key '{args.name}' created; only its SHA-256 is stored: keep the key now.", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace, Settings], int], help_text: str,
+                with_settings: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if with_settings:
+            add_setting_arguments(sub)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("serve", _cmd_serve, "run every role in one process (ingestion, Flight SQL, maintenance)")
+    command("ingest", _cmd_ingest, "run the HTTP ingestion API only")
+    command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
+    key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
+    key.add_argument("name", help="a name for the key (shown in logs and audit records)")
+    key.add_argument("--admin", action="store_true", help="allow admin functions with this key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as err:
+        print(f"spanlake: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args, settings)
+    except (AuthConfigError, ValueError) as err:
+        print(f"spanlake: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

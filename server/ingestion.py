@@ -1,0 +1,152 @@
+"""The HTTP ingestion API, compatible with the micromegas sink and with OTLP/HTTP exporters.
+
+Every write stores the payload first and the row second, both idempotent on the client's ids, so a
+retried request stores things once and no row ever points at a missing payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+
+from lakehouse.lake import Lake
+from lakehouse.object_store import ObjectStoreError
+from lakehouse.records import BlockRecord, blob_key
+from server import otlp, wire
+from server.auth import Authenticator, AuthError
+
+log = logging.getLogger(__name__)
+
+NATIVE_BODY_LIMIT = 100 * 1024 * 1024
+OTLP_BODY_LIMIT = 20 * 1024 * 1024
+_READY_CACHE_SECONDS = 1.0
+_READY_TIMEOUT_SECONDS = 2.0
+_RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IngestionService:
+    def __init__(self, lake: Lake, authenticator: Authenticator | None) -> None:
+        self.lake = lake
+        self.authenticator = authenticator
+        self._ready_at = 0.0
+        self._ready_error: str | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=NATIVE_BODY_LIMIT,
+                              middlewares=[self._errors_middleware, self._auth_middleware])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_post("/ingestion/insert_process", self.insert_process)
+        app.router.add_post("/ingestion/insert_stream", self.insert_stream)
+        app.router.add_post("/ingestion/insert_block", self.insert_block)
+        app.router.add_post("/ingestion/otlp/v1/{signal:logs|metrics|traces}", self.otlp_export)
+        return app
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.authenticator is not None and request.path.startswith("/ingestion/"):
+            header = request.headers.get("Authorization")
+            try:
+                # May query the api_keys table through the loop: run it off the loop thread.
+                await asyncio.to_thread(self.authenticator.authenticate, header)
+            except AuthError as err:
+                return web.Response(status=401, text=f"unauthorized: {err}",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except wire.WireError as err:
+            log.info("rejected %s: %s", request.path, err)
+            return web.Response(status=400, text=f"bad request: {err}")
+        except _RETRYABLE as err:
+            log.warning("storage failure on %s: %s", request.path, err)
+            return web.Response(status=503, text="storage unavailable, retry later",
+                                headers={"Retry-After": "5"})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if now - self._ready_at > _READY_CACHE_SECONDS:
+            self._ready_error = await self._check_ready()
+            self._ready_at = now
+        if self._ready_error:
+            return web.Response(status=503, text=f"not ready: {self._ready_error}")
+        return web.Response(text="ready")
+
+    async def _check_ready(self) -> str | None:
+        try:
+            await asyncio.wait_for(self.lake.catalog.ping(), _READY_TIMEOUT_SECONDS)
+        except Exception as err:
+            return f"database: {err.__class__.__name__}"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.lake.store.ping), _READY_TIMEOUT_SECONDS)
+        except Exception as err:
+            return f"object store: {err.__class__.__name__}"
+        return None
+
+    async def insert_process(self, request: web.Request) -> web.Response:
+        record = wire.parse_process(await request.read())
+        await self.lake.catalog.insert_process(record)
+        return web.Response()
+
+    async def insert_stream(self, request: web.Request) -> web.Response:
+        record = wire.parse_stream(await request.read())
+        await self.lake.catalog.insert_stream(record)
+        return web.Response()
+
+    async def insert_block(self, request: web.Request) -> web.Response:
+        record, payload = wire.parse_block(await request.read())
+        await self._store_block(record, payload)
+        return web.Response()
+
+    async def _store_block(self, record: BlockRecord, payload: bytes) -> None:
+        key = blob_key(record.process_id, record.stream_id, record.block_id)
+        await asyncio.to_thread(self.lake.store.put_if_absent, key, payload)
+        await self.lake.catalog.insert_block(record)
+
+    async def otlp_export(self, request: web.Request) -> web.Response:
+        signal = request.match_info["signal"]
+        content_type = request.headers.get("Content-Type")
+        if request.content_length is not None and request.content_length > OTLP_BODY_LIMIT:
+            return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
+        body = await request.read()
+        if len(body) > OTLP_BODY_LIMIT:
+            return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
+        try:
+            blocks = await asyncio.to_thread(otlp.blocks_from_request, signal, body, content_type,
+                                             request.headers.get("Content-Encoding"))
+        except otlp.OtlpRequestError as err:
+            log.info("rejected OTLP %s: %s", signal, err.message)
+            return self._otlp_error(err.status, err.message, content_type)
+        for block in blocks:
+            await self.lake.catalog.insert_process(block.process)
+            await self.lake.catalog.insert_stream(block.stream)
+            await self._store_block(block.block, block.payload)
+        data, response_type = otlp.response_body(signal, content_type)
+        return web.Response(body=data, content_type=response_type)
+
+    @staticmethod
+    def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
+        data, response_type = otlp.error_body(status, message, content_type)
+        return web.Response(status=status, body=data, content_type=response_type)
+
+
+async def start_ingestion(lake: Lake, authenticator: Authenticator | None, host: str, port: int) -> web.AppRunner:
+    """Starts the HTTP server on the running loop; returns the runner to stop it with `cleanup()`."""
+    runner = web.AppRunner(IngestionService(lake, authenticator).app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=True).start()
+    log.info("ingestion API listening on http://%s:%d", host, port)
+    return runner

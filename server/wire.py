@@ -1,0 +1,189 @@
+"""The CBOR bodies of the native ingestion API, as the micromegas sink sends them.
+
+`parse_process`, `parse_stream` and `parse_block` turn a request body into the rows to store and
+raise `WireError` with a message naming the offending field when the body is not what the sink sends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+
+from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
+from lakehouse.timestamps import parse_rfc3339_ns
+
+RESERVED_PROPERTY_PREFIX = "micromegas."
+_I64 = (-(2**63), 2**63 - 1)
+
+
+class WireError(ValueError):
+    """The body is not a valid ingestion message; the message is safe to return to the client."""
+
+
+def _decode_map(body: bytes, what: str) -> dict[str, Any]:
+    if not body:
+        raise WireError(f"empty body: expected a CBOR {what}")
+    try:
+        value = cbor2.loads(body)
+    except Exception as err:  # cbor2 raises several types for malformed input
+        raise WireError(f"malformed CBOR in {what}: {err}") from None
+    if not isinstance(value, dict):
+        raise WireError(f"{what} must be a CBOR map, got {type(value).__name__}")
+    return value
+
+
+def _field(msg: dict[str, Any], name: str, what: str) -> Any:
+    if name not in msg:
+        raise WireError(f"{what}: missing field '{name}'")
+    return msg[name]
+
+
+def _uuid(msg: dict[str, Any], name: str, what: str) -> uuid.UUID:
+    value = _field(msg, name, what)
+    try:
+        return uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        raise WireError(f"{what}: '{name}' is not a UUID: {value!r}") from None
+
+
+def _int(msg: dict[str, Any], name: str, what: str, low: int = _I64[0], high: int = _I64[1]) -> int:
+    value = _field(msg, name, what)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise WireError(f"{what}: '{name}' must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _str(msg: dict[str, Any], name: str, what: str) -> str:
+    value = _field(msg, name, what)
+    if not isinstance(value, str):
+        raise WireError(f"{what}: '{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _time_ns(msg: dict[str, Any], name: str, what: str) -> int:
+    value = _str(msg, name, what)
+    try:
+        return parse_rfc3339_ns(value)
+    except ValueError as err:
+        raise WireError(f"{what}: '{name}': {err}") from None
+
+
+def _properties(msg: dict[str, Any], what: str) -> dict[str, str]:
+    value = msg.get("properties", {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise WireError(f"{what}: 'properties' must be a map of strings to strings")
+    # Keys under micromegas.* are reserved for the server (micromegas strips them too).
+    return {k: v for k, v in value.items() if not k.startswith(RESERVED_PROPERTY_PREFIX)}
+
+
+def parse_process(body: bytes) -> ProcessRecord:
+    what = "ProcessInfo"
+    msg = _decode_map(body, what)
+    parent = msg.get("parent_process_id")
+    parent_id = None if parent in (None, "") else _uuid(msg, "parent_process_id", what)
+    return ProcessRecord(
+        process_id=_uuid(msg, "process_id", what),
+        exe=_str(msg, "exe", what),
+        username=_str(msg, "username", what),
+        realname=_str(msg, "realname", what),
+        computer=_str(msg, "computer", what),
+        distro=_str(msg, "distro", what),
+        cpu_brand=_str(msg, "cpu_brand", what),
+        tsc_frequency=_int(msg, "tsc_frequency", what),
+        start_time_ns=_time_ns(msg, "start_time", what),
+        start_ticks=_int(msg, "start_ticks", what),
+        parent_process_id=parent_id,
+        properties=_properties(msg, what),
+    )
+
+
+_UDT_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "name": lambda v: isinstance(v, str),
+    "size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "members": lambda v: isinstance(v, list),
+    "is_reference": lambda v: isinstance(v, bool),
+}
+_MEMBER_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "name": lambda v: isinstance(v, str),
+    "type_name": lambda v: isinstance(v, str),
+    "offset": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "is_reference": lambda v: isinstance(v, bool),
+}
+
+
+def _checked_map(value: Any, spec: dict[str, Callable[[Any], bool]], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WireError(f"{where} must be a map")
+    for key, valid in spec.items():
+        if key not in value or not valid(value[key]):
+            raise WireError(f"{where}: missing or invalid '{key}'")
+    return {key: value[key] for key in spec}
+
+
+def _udt_list(msg: dict[str, Any], name: str, what: str) -> bytes:
+    """Validates a `Vec<UserDefinedType>` and re-encodes it as micromegas stores it (fixed keys)."""
+    udts = _field(msg, name, what)
+    if not isinstance(udts, list):
+        raise WireError(f"{what}: '{name}' must be an array of type descriptions")
+    cleaned = []
+    for i, udt in enumerate(udts):
+        entry = _checked_map(udt, _UDT_FIELDS, f"{what}: {name}[{i}]")
+        entry["members"] = [_checked_map(m, _MEMBER_FIELDS, f"{what}: {name}[{i}].members[{j}]")
+                            for j, m in enumerate(entry["members"])]
+        cleaned.append(entry)
+    return cbor2.dumps(cleaned)
+
+
+def parse_stream(body: bytes) -> StreamRecord:
+    what = "StreamInfo"
+    msg = _decode_map(body, what)
+    tags = _field(msg, "tags", what)
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise WireError(f"{what}: 'tags' must be an array of strings")
+    return StreamRecord(
+        stream_id=_uuid(msg, "stream_id", what),
+        process_id=_uuid(msg, "process_id", what),
+        dependencies_metadata=_udt_list(msg, "dependencies_metadata", what),
+        objects_metadata=_udt_list(msg, "objects_metadata", what),
+        tags=tags,
+        properties=_properties(msg, what),
+    )
+
+
+def _payload_bytes(value: Any, name: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    # Older sinks serialized byte buffers as arrays of small integers (serde_byte_buf accepts both).
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in value):
+        return bytes(value)
+    raise WireError(f"Block: payload '{name}' must be a byte string (or an array of bytes)")
+
+
+def parse_block(body: bytes) -> tuple[BlockRecord, bytes]:
+    """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`."""
+    what = "Block"
+    msg = _decode_map(body, what)
+    payload = _field(msg, "payload", what)
+    if not isinstance(payload, dict) or set(payload) != {"dependencies", "objects"}:
+        raise WireError("Block: 'payload' must be a map with exactly 'dependencies' and 'objects'")
+    stored = cbor2.dumps({"dependencies": _payload_bytes(payload["dependencies"], "dependencies"),
+                          "objects": _payload_bytes(payload["objects"], "objects")})
+    record = BlockRecord(
+        block_id=_uuid(msg, "block_id", what),
+        stream_id=_uuid(msg, "stream_id", what),
+        process_id=_uuid(msg, "process_id", what),
+        begin_time_ns=_time_ns(msg, "begin_time", what),
+        begin_ticks=_int(msg, "begin_ticks", what),
+        end_time_ns=_time_ns(msg, "end_time", what),
+        end_ticks=_int(msg, "end_ticks", what),
+        nb_objects=_int(msg, "nb_objects", what, 0, 2**31 - 1),
+        object_offset=_int(msg, "object_offset", what, 0),
+        payload_size=len(stored),
+    )
+    return record, stored
