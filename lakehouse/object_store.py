@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -18,6 +19,18 @@ import pyarrow.fs as pafs
 
 class ObjectStoreError(Exception):
     """The store could not be reached or refused an operation; callers may retry."""
+
+
+@contextlib.contextmanager
+def _storage_errors(action: str, key: str) -> Iterator[None]:
+    """Lets 'exists' / 'not found' through and turns every other failure (botocore's errors are not
+    OSErrors) into ObjectStoreError, without the store's internals in the message."""
+    try:
+        yield
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except Exception as err:
+        raise ObjectStoreError(f"cannot {action} object {key}: {err.__class__.__name__}") from err
 
 
 class ObjectStore:
@@ -46,31 +59,24 @@ class ObjectStore:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Writes `data` unless the key exists. True if written now, False if it was already there."""
         try:
-            if self.scheme == "file":
-                return self._put_local_if_absent(self.path(key), data)
-            self.fs.pipe_file(self.path(key), data, mode="create")
-            return True
+            with _storage_errors("write", key):
+                if self.scheme == "file":
+                    return self._put_local_if_absent(self.path(key), data)
+                self.fs.pipe_file(self.path(key), data, mode="create")
+                return True
         except FileExistsError:
             return False
-        except OSError as err:
-            raise ObjectStoreError(f"cannot write object {key}: {err.__class__.__name__}") from err
 
     def put(self, key: str, data: bytes) -> None:
-        try:
+        with _storage_errors("write", key):
             if self.scheme == "file":
                 self._put_local_atomic(self.path(key), data)
             else:
                 self.fs.pipe_file(self.path(key), data)
-        except OSError as err:
-            raise ObjectStoreError(f"cannot write object {key}: {err.__class__.__name__}") from err
 
     def get(self, key: str) -> bytes:
-        try:
+        with _storage_errors("read", key):
             return self.fs.cat_file(self.path(key))
-        except FileNotFoundError:
-            raise
-        except OSError as err:
-            raise ObjectStoreError(f"cannot read object {key}: {err.__class__.__name__}") from err
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
@@ -95,11 +101,10 @@ class ObjectStore:
     def ping(self) -> None:
         """Raises ObjectStoreError if the store does not answer a listing."""
         try:
-            self.fs.ls(self.root, detail=False)
+            with _storage_errors("list", self.root):
+                self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return
-        except OSError as err:
-            raise ObjectStoreError(f"object store unreachable: {err.__class__.__name__}") from err
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem and the root inside it, for parquet reading and writing."""
