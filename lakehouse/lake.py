@@ -52,4 +52,9 @@ async def _open_pool(database_url: str, pool_size: int) -> asyncpg.Pool:
         await migrate(conn)
     finally:
         await conn.close()
-    return await asyncpg.create_pool(database_url, min_size=1, max_size=pool_size)
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=pool_size, reset=_keep_session)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Connections go back to the pool as they are: spanlake sets no session state (its advisory
+    locks are transaction-scoped), and asyncpg's default reset costs a round trip per query."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,10 +107,20 @@ class ObjectStore:
             return
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
-        """A pyarrow filesystem and the root inside it, for parquet reading and writing."""
+        """A pyarrow filesystem and the root inside it, for parquet reading and writing.
+
+        For S3 this is pyarrow's own client (fewer requests, coalesced reads) with the same endpoint
+        and the usual AWS_* credentials."""
         if self.scheme == "file":
             return pafs.LocalFileSystem(), self.root
-        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs)), self.root
+        options: dict[str, str] = {}
+        if self.s3_endpoint:
+            endpoint = urllib.parse.urlsplit(self.s3_endpoint)
+            options = {"endpoint_override": endpoint.netloc or endpoint.path, "scheme": endpoint.scheme or "https"}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
+        return pafs.S3FileSystem(**options), self.root
 
     @staticmethod
     def _put_local_if_absent(path: str, data: bytes) -> bool:
@@ -132,9 +142,17 @@ class ObjectStore:
 
     @staticmethod
     def _write_temp(path: str, data: bytes) -> str:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        # A unique name without tempfile's random-name retries: this runs once per ingested block.
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         return tmp

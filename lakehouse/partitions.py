@@ -1,0 +1,198 @@
+"""Partitions: parquet files of one view instance, each with one row in `lakehouse_partitions`.
+
+A partition covers a half-open range of block insert times. Writing one stores the file first, then,
+in one transaction under an advisory lock per view instance, retires the partitions it replaces (their
+files go to `temporary_files` for an hour, so queries already reading them finish) and inserts its row.
+The same transaction refuses to let two live partitions of one instance and schema overlap: stock
+PostgreSQL has no btree_gist for an exclusion constraint, so the lock makes the check race-free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakehouse.catalog import datetime_to_ns, ns_to_datetime
+from lakehouse.object_store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MAX_ROW_GROUP_ROWS = 128 * 1024
+RETIRED_FILE_GRACE = dt.timedelta(hours=1)
+PARTITION_FORMAT_VERSION = 2
+
+
+class PartitionOverlapError(Exception):
+    """A new partition would overlap a live one that it does not replace."""
+
+
+class RetireMatch(enum.Enum):
+    CONTAINED = "contained"  # replace partitions inside the new range (merges of global views)
+    OVERLAPPING = "overlapping"  # replace every partition touching the new range (JIT rewrites)
+
+
+@dataclass(frozen=True)
+class Partition:
+    view_set_name: str
+    view_instance_id: str
+    begin_insert_ns: int
+    end_insert_ns: int
+    min_event_ns: int | None
+    max_event_ns: int | None
+    file_path: str | None  # relative to the object store root; None for an empty partition
+    file_size: int
+    file_schema_hash: bytes
+    source_count: int  # source objects (or rows) the partition was built from: the staleness check
+    num_rows: int
+
+    @property
+    def source_data_hash(self) -> bytes:
+        return count_to_hash(self.source_count)
+
+
+def count_to_hash(count: int) -> bytes:
+    """micromegas stores the source object count as an i64 little-endian 'hash'."""
+    return struct.pack("<q", count)
+
+
+def hash_to_count(data: bytes) -> int | None:
+    return struct.unpack("<q", data)[0] if len(data) == 8 else None
+
+
+def partition_key(view_set_name: str, instance_id: str, begin_insert_ns: int) -> str:
+    begin = ns_to_datetime(begin_insert_ns)
+    return (f"views/{view_set_name}/{instance_id}/{begin:%Y-%m-%d}/"
+            f"{begin:%H-%M-%S}_{uuid.uuid4()}.parquet")
+
+
+def _row_to_partition(row: asyncpg.Record) -> Partition:
+    def ns(value: dt.datetime | None) -> int | None:
+        return None if value is None else datetime_to_ns(value)
+
+    return Partition(
+        view_set_name=row["view_set_name"], view_instance_id=row["view_instance_id"],
+        begin_insert_ns=datetime_to_ns(row["begin_insert_time"]),
+        end_insert_ns=datetime_to_ns(row["end_insert_time"]),
+        min_event_ns=ns(row["min_event_time"]), max_event_ns=ns(row["max_event_time"]),
+        file_path=row["file_path"], file_size=row["file_size"],
+        file_schema_hash=bytes(row["file_schema_hash"]),
+        source_count=hash_to_count(bytes(row["source_data_hash"])) or -1, num_rows=row["num_rows"],
+    )
+
+
+async def fetch_overlapping(pool: asyncpg.Pool, view_set_name: str, instance_id: str,
+                            begin_insert_ns: int, end_insert_ns: int) -> list[Partition]:
+    """Live partitions of an instance (any schema) whose insert range meets [begin, end)."""
+    rows = await pool.fetch(
+        "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+        " AND begin_insert_time < $4 AND end_insert_time > $3 ORDER BY begin_insert_time",
+        view_set_name, instance_id, ns_to_datetime(begin_insert_ns), ns_to_datetime(end_insert_ns))
+    return [_row_to_partition(r) for r in rows]
+
+
+async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: str, schema_hash: bytes,
+                          event_range: tuple[int, int] | None) -> list[Partition]:
+    """Non-empty partitions to scan, pruned by event time when the query has a range."""
+    sql = ("SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+           " AND file_schema_hash = $3 AND file_path IS NOT NULL")
+    args: list[object] = [view_set_name, instance_id, schema_hash]
+    if event_range is not None:
+        sql += " AND min_event_time <= $5 AND max_event_time >= $4"
+        args += [ns_to_datetime(event_range[0]), ns_to_datetime(event_range[1])]
+    rows = await pool.fetch(sql + " ORDER BY begin_insert_time, file_path", *args)
+    return [_row_to_partition(r) for r in rows]
+
+
+def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                  ) -> tuple[int, int]:
+    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows); (file size, rows)."""
+    filesystem, root = store.arrow_filesystem()
+    path = f"{root}/{key}"
+    if store.scheme == "file":
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    rows = 0
+    with pq.ParquetWriter(path, schema, filesystem=filesystem, compression="lz4_raw",
+                          write_statistics=True, version="2.6") as writer:
+        for batch in batches:
+            if batch.num_rows:
+                writer.write_batch(batch, row_group_size=MAX_ROW_GROUP_ROWS)
+                rows += batch.num_rows
+    return filesystem.get_file_info(path).size, rows
+
+
+def event_bounds(batches: list[pa.RecordBatch], min_column: str, max_column: str) -> tuple[int | None, int | None]:
+    """Smallest `min_column` and largest `max_column` over the batches, as ns (None when empty)."""
+    lows = [pc.min(b.column(min_column)) for b in batches if b.num_rows]
+    highs = [pc.max(b.column(max_column)) for b in batches if b.num_rows]
+    if not lows:
+        return None, None
+    return (min(x.cast(pa.int64()).as_py() for x in lows), max(x.cast(pa.int64()).as_py() for x in highs))
+
+
+async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: RetireMatch) -> list[str]:
+    """Retires what the partition replaces and inserts it, atomically. Returns the retired files.
+
+    Raises DuplicatePartition, changing nothing, if another writer committed an identical partition
+    (same range, schema and source count) meanwhile: the caller then drops its own file.
+    """
+    begin, end = ns_to_datetime(partition.begin_insert_ns), ns_to_datetime(partition.end_insert_ns)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           f"{partition.view_set_name}/{partition.view_instance_id}")
+        if await _same_partition_exists(conn, partition):
+            raise DuplicatePartition()
+        if retire is RetireMatch.CONTAINED:
+            condition = "begin_insert_time >= $3 AND end_insert_time <= $4"
+        else:
+            condition = "begin_insert_time < $4 AND end_insert_time > $3"
+        retired = await conn.fetch(
+            "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2 AND "
+            + condition + " RETURNING file_path, file_size",
+            partition.view_set_name, partition.view_instance_id, begin, end)
+        clash = await conn.fetchval(
+            "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+            " AND file_schema_hash = $3 AND begin_insert_time < $5 AND end_insert_time > $4",
+            partition.view_set_name, partition.view_instance_id, partition.file_schema_hash, begin, end)
+        if clash:
+            raise PartitionOverlapError(
+                f"partition [{begin}, {end}) of {partition.view_set_name}/{partition.view_instance_id}"
+                " overlaps a live partition it does not replace")
+        files = [(r["file_path"], r["file_size"]) for r in retired if r["file_path"]]
+        if files:
+            await conn.executemany(
+                "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + $3)",
+                [(path, size, RETIRED_FILE_GRACE) for path, size in files])
+        await conn.execute(
+            "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time,"
+            " end_insert_time, min_event_time, max_event_time, updated, file_path, file_size, file_schema_hash,"
+            " source_data_hash, num_rows, partition_format_version)"
+            " VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10, $11, $12)",
+            partition.view_set_name, partition.view_instance_id, begin, end,
+            None if partition.min_event_ns is None else ns_to_datetime(partition.min_event_ns),
+            None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns),
+            partition.file_path, partition.file_size, partition.file_schema_hash, partition.source_data_hash,
+            partition.num_rows, PARTITION_FORMAT_VERSION)
+    return [path for path, _ in files]
+
+
+class DuplicatePartition(Exception):
+    """An identical partition was committed by a concurrent writer; this one is redundant."""
+
+
+async def _same_partition_exists(conn: asyncpg.Connection, partition: Partition) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+        " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5"
+        " AND source_data_hash = $6",
+        partition.view_set_name, partition.view_instance_id, ns_to_datetime(partition.begin_insert_ns),
+        ns_to_datetime(partition.end_insert_ns), partition.file_schema_hash, partition.source_data_hash))
