@@ -115,13 +115,15 @@ async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: s
 
 def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
                   ) -> tuple[int, int]:
-    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows); (file size, rows)."""
+    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows); (file size, rows).
+
+    pyarrow names the LZ4_RAW codec "lz4" (it never writes the deprecated Hadoop LZ4 framing)."""
     filesystem, root = store.arrow_filesystem()
     path = f"{root}/{key}"
     if store.scheme == "file":
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     rows = 0
-    with pq.ParquetWriter(path, schema, filesystem=filesystem, compression="lz4_raw",
+    with pq.ParquetWriter(path, schema, filesystem=filesystem, compression="lz4",
                           write_statistics=True, version="2.6") as writer:
         for batch in batches:
             if batch.num_rows:

@@ -1,9 +1,13 @@
-"""The blocks a view instance is built from, read from the PostgreSQL ingestion tables."""
+"""The blocks views are built from: rows of blocks ⋈ streams ⋈ processes in PostgreSQL.
+
+As in micromegas, a block is visible to the views once its stream and process rows exist; a block
+that arrived first joins the views when they do (its partition's source count then changes).
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -19,12 +23,26 @@ class SourceStream:
     format: str
     dependencies_metadata: bytes
     objects_metadata: bytes
+    insert_time_ns: int
+
+
+@dataclass(frozen=True)
+class SourceProcess:
+    """A `processes` row, as the metadata views (blocks, processes) show it."""
+
+    meta: ProcessMeta
+    realname: str
+    distro: str
+    cpu_brand: str
+    insert_time_ns: int
+    parent_process_id: str  # "" when there is none
 
 
 @dataclass(frozen=True)
 class SourceBlock:
     meta: BlockMeta
     stream: SourceStream
+    process: SourceProcess
     payload_size: int
 
     @property
@@ -41,72 +59,102 @@ class ProcessTiming:
     last_block_end_time_ns: int
 
 
+@dataclass
+class _Interned:
+    streams: dict[uuid.UUID, SourceStream] = field(default_factory=dict)
+    processes: dict[uuid.UUID, SourceProcess] = field(default_factory=dict)
+
+
 def _properties(value: list[asyncpg.Record] | None) -> dict[str, str]:
     return {p["key"]: p["value"] for p in value or []}
 
 
-async def find_process(pool: asyncpg.Pool, process_id: uuid.UUID) -> ProcessTiming | None:
-    row = await pool.fetchrow(
-        "SELECT p.*, last.end_ticks AS last_end_ticks, last.end_time AS last_end_time FROM processes p"
-        " LEFT JOIN LATERAL (SELECT end_ticks, end_time FROM blocks b WHERE b.process_id = p.process_id"
-        "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = $1", process_id)
-    if row is None:
-        return None
-    process = ProcessMeta(
-        process_id=str(row["process_id"]), exe=row["exe"] or "", username=row["username"] or "",
-        computer=row["computer"] or "", start_time_ns=datetime_to_ns(row["start_time"]),
-        start_ticks=row["start_ticks"], tsc_frequency=row["tsc_frequency"], properties=_properties(row["properties"]))
-    if row["last_end_time"] is None:
-        return ProcessTiming(process, row["start_ticks"], process.start_time_ns)
-    return ProcessTiming(process, row["last_end_ticks"], datetime_to_ns(row["last_end_time"]))
+def _process_meta(row: asyncpg.Record, prefix: str = "") -> ProcessMeta:
+    return ProcessMeta(
+        process_id=str(row[prefix + "process_id"]), exe=row[prefix + "exe"] or "",
+        username=row[prefix + "username"] or "", computer=row[prefix + "computer"] or "",
+        start_time_ns=datetime_to_ns(row[prefix + "start_time"]), start_ticks=row[prefix + "start_ticks"],
+        tsc_frequency=row[prefix + "tsc_frequency"], properties=_properties(row[prefix + "properties"]))
+
+
+_TIMING_SQL = (
+    "SELECT p.*, last.end_ticks AS last_end_ticks, last.end_time AS last_end_time FROM processes p"
+    " LEFT JOIN LATERAL (SELECT end_ticks, end_time FROM blocks b WHERE b.process_id = p.process_id"
+    "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = ANY($1::uuid[])")
+
+
+async def find_timings(pool: asyncpg.Pool, process_ids: list[uuid.UUID]) -> dict[str, ProcessTiming]:
+    """Each known process with its latest block's end (the process start when it has no block)."""
+    timings = {}
+    for row in await pool.fetch(_TIMING_SQL, process_ids):
+        process = _process_meta(row)
+        if row["last_end_time"] is None:
+            timings[process.process_id] = ProcessTiming(process, row["start_ticks"], process.start_time_ns)
+        else:
+            timings[process.process_id] = ProcessTiming(process, row["last_end_ticks"],
+                                                        datetime_to_ns(row["last_end_time"]))
+    return timings
 
 
 async def find_stream_process(pool: asyncpg.Pool, stream_id: uuid.UUID) -> uuid.UUID | None:
     return await pool.fetchval("SELECT process_id FROM streams WHERE stream_id = $1", stream_id)
 
 
-async def blocks_of_instance(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
-                             stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
-                             event_range: tuple[int, int] | None = None) -> list[SourceBlock]:
-    """Blocks of a process's streams carrying one of `tags`, or of one stream, in insert-time order.
+_BLOCKS_SQL = (
+    "SELECT b.*, s.tags, s.properties AS stream_properties, s.format, s.dependencies_metadata, s.objects_metadata,"
+    " s.insert_time AS stream_insert_time, p.exe, p.username, p.realname, p.computer, p.distro, p.cpu_brand,"
+    " p.tsc_frequency, p.start_time, p.start_ticks, p.insert_time AS process_insert_time, p.parent_process_id,"
+    " p.properties FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
+    " JOIN processes p ON p.process_id = b.process_id")
+
+
+async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
+                        stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
+                        event_range: tuple[int, int] | None = None) -> list[SourceBlock]:
+    """Blocks of one stream, or of one process's (or every process's) streams with one of `tags`, in
+    insert-time order.
 
     With an event range, the blocks overlapping it decide which insert hours are concerned, and every
     block of those hours is returned: partitions cover whole insert hours, so they stay reusable by
     queries with other ranges (as micromegas does).
     """
-    if stream_id is not None:
-        where, args = "b.stream_id = $1", [stream_id]
-    else:
-        where, args = "b.process_id = $1 AND s.tags && $2::text[]", [process_id, list(tags)]
-    window = ""
+    conditions, args = [], []
+    for sql, value in (("b.stream_id = ${}", stream_id), ("b.process_id = ${}", process_id),
+                       ("s.tags && ${}::text[]", list(tags) if tags else None)):
+        if value is not None:
+            args.append(value)
+            conditions.append(sql.format(len(args)))
+    where = " AND ".join(conditions) or "true"
     if event_range is not None:
-        n = len(args)
         args += [ns_to_datetime(event_range[0]), ns_to_datetime(event_range[1])]
-        window = (f" AND b.insert_time >= (SELECT date_trunc('hour', min(b.insert_time)) FROM blocks b"
-                  f"  JOIN streams s ON s.stream_id = b.stream_id WHERE {where}"
-                  f"  AND b.begin_time <= ${n + 2} AND b.end_time >= ${n + 1})"
+        overlapping = (f"FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE {where}"
+                       f" AND b.begin_time <= ${len(args)} AND b.end_time >= ${len(args) - 1}")
+        where += (f" AND b.insert_time >= (SELECT date_trunc('hour', min(b.insert_time)) {overlapping})"
                   f" AND b.insert_time < (SELECT date_trunc('hour', max(b.insert_time)) + interval '1 hour'"
-                  f"  FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE {where}"
-                  f"  AND b.begin_time <= ${n + 2} AND b.end_time >= ${n + 1})")
+                  f" {overlapping})")
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT b.*, s.tags, s.properties AS stream_properties, s.format, s.dependencies_metadata,"
-            " s.objects_metadata FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
-            f" WHERE {where}{window} ORDER BY b.insert_time, b.block_id", *args)
-    streams: dict[uuid.UUID, SourceStream] = {}
-    blocks = []
-    for row in rows:
-        stream = streams.get(row["stream_id"])
-        if stream is None:
-            stream = streams[row["stream_id"]] = SourceStream(
-                StreamMeta(str(row["stream_id"]), str(row["process_id"]), tuple(row["tags"] or ()),
-                           _properties(row["stream_properties"])),
-                row["format"], bytes(row["dependencies_metadata"] or b""), bytes(row["objects_metadata"] or b""))
-        blocks.append(SourceBlock(
-            BlockMeta(block_id=str(row["block_id"]), stream_id=str(row["stream_id"]),
-                      process_id=str(row["process_id"]), begin_time_ns=datetime_to_ns(row["begin_time"]),
-                      begin_ticks=row["begin_ticks"], end_time_ns=datetime_to_ns(row["end_time"]),
-                      end_ticks=row["end_ticks"], nb_objects=row["nb_objects"], object_offset=row["object_offset"],
-                      insert_time_ns=datetime_to_ns(row["insert_time"])),
-            stream, row["payload_size"]))
-    return blocks
+        rows = await conn.fetch(f"{_BLOCKS_SQL} WHERE {where} ORDER BY b.insert_time, b.block_id", *args)
+    interned = _Interned()
+    return [_source_block(row, interned) for row in rows]
+
+
+def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:
+    stream = interned.streams.get(row["stream_id"])
+    if stream is None:
+        stream = interned.streams[row["stream_id"]] = SourceStream(
+            StreamMeta(str(row["stream_id"]), str(row["process_id"]), tuple(row["tags"] or ()),
+                       _properties(row["stream_properties"])),
+            row["format"], bytes(row["dependencies_metadata"] or b""), bytes(row["objects_metadata"] or b""),
+            datetime_to_ns(row["stream_insert_time"]))
+    process = interned.processes.get(row["process_id"])
+    if process is None:
+        parent = row["parent_process_id"]
+        process = interned.processes[row["process_id"]] = SourceProcess(
+            _process_meta(row), row["realname"] or "", row["distro"] or "", row["cpu_brand"] or "",
+            datetime_to_ns(row["process_insert_time"]), "" if parent is None else str(parent))
+    meta = BlockMeta(
+        block_id=str(row["block_id"]), stream_id=str(row["stream_id"]), process_id=str(row["process_id"]),
+        begin_time_ns=datetime_to_ns(row["begin_time"]), begin_ticks=row["begin_ticks"],
+        end_time_ns=datetime_to_ns(row["end_time"]), end_ticks=row["end_ticks"], nb_objects=row["nb_objects"],
+        object_offset=row["object_offset"], insert_time_ns=datetime_to_ns(row["insert_time"]))
+    return SourceBlock(meta, stream, process, row["payload_size"])

@@ -10,8 +10,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import (PROJECT_ROOT, RUST_FIXTURES, PostgresServer, S3Server, SpanlakeServer, http, post,
-                     query, running_server)
+from harness import (
+    PROJECT_ROOT,
+    RUST_FIXTURES,
+    PostgresServer,
+    S3Server,
+    SpanlakeServer,
+    http,
+    post,
+    query,
+    running_server,
+)
 from test_ingestion import EXPECTED, PROCESS_ID, all_blocks, upload_fixture
 
 from lakehouse.migrate import available_migrations

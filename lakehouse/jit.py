@@ -1,0 +1,142 @@
+"""Just-in-time materialization of one view instance (a process's or a stream's partitions).
+
+The instance's blocks are cut into partition specs: one per insert hour, split further where a spec
+would exceed `MAX_OBJECTS_PER_PARTITION` (only between blocks of different insert times, so ranges
+never overlap). A spec is fresh when exactly one live partition overlaps it, with the view's schema
+hash and at least as many source objects; the others are rebuilt from their blocks, replacing the
+partitions they overlap. Two queries materializing the same instance at once end with one consistent
+partition set: commits serialize on the instance's advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from lakehouse.lake import Lake
+from lakehouse.partitions import (
+    DuplicatePartition,
+    Partition,
+    RetireMatch,
+    commit_partition,
+    event_bounds,
+    fetch_overlapping,
+    partition_key,
+    write_parquet,
+)
+from lakehouse.source_blocks import HOUR_NS, SourceBlock
+from lakehouse.view_sets import Timings, ViewSet
+
+log = logging.getLogger(__name__)
+
+MAX_OBJECTS_PER_PARTITION = 4 * 1024 * 1024
+# A partition's insert range is [first block insert, last block insert + 1 µs): PostgreSQL keeps µs.
+_INSERT_RESOLUTION_NS = 1000
+
+_io_pool = ThreadPoolExecutor(8, thread_name_prefix="lake-io")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    view: ViewSet
+    instance_id: str
+    blocks: tuple[SourceBlock, ...]
+
+    @property
+    def begin_insert_ns(self) -> int:
+        return self.blocks[0].meta.insert_time_ns
+
+    @property
+    def end_insert_ns(self) -> int:
+        return self.blocks[-1].meta.insert_time_ns + _INSERT_RESOLUTION_NS
+
+    @property
+    def source_count(self) -> int:
+        if self.view.counts_blocks:
+            return len(self.blocks)
+        return sum(b.meta.nb_objects for b in self.blocks)
+
+
+def plan_specs(view: ViewSet, instance_id: str, blocks: list[SourceBlock],
+               max_objects: int = MAX_OBJECTS_PER_PARTITION) -> list[PartitionSpec]:
+    """Cuts insert-ordered blocks into specs by insert hour and size."""
+    specs: list[PartitionSpec] = []
+    current: list[SourceBlock] = []
+    objects = 0
+    for block in blocks:
+        new_hour = current and block.meta.insert_time_ns // HOUR_NS != current[0].meta.insert_time_ns // HOUR_NS
+        too_big = (current and objects + block.meta.nb_objects > max_objects
+                   and block.meta.insert_time_ns > current[-1].meta.insert_time_ns)
+        if new_hour or too_big:
+            specs.append(PartitionSpec(view, instance_id, tuple(current)))
+            current, objects = [], 0
+        current.append(block)
+        objects += block.meta.nb_objects
+    if current:
+        specs.append(PartitionSpec(view, instance_id, tuple(current)))
+    return specs
+
+
+def is_fresh(spec: PartitionSpec, existing: Iterable[Partition]) -> bool:
+    overlapping = [p for p in existing
+                   if p.begin_insert_ns < spec.end_insert_ns and p.end_insert_ns > spec.begin_insert_ns]
+    return (len(overlapping) == 1 and overlapping[0].file_schema_hash == spec.view.file_schema_hash
+            and overlapping[0].source_count >= spec.source_count)
+
+
+def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:
+    if not specs:
+        return []
+    existing = lake.loop.run(fetch_overlapping(
+        lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns))
+    return [spec for spec in specs if not is_fresh(spec, existing)]
+
+
+def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[SourceBlock, bytes | None]]:
+    """Payloads in block order, read concurrently; a missing payload is logged and yields None."""
+
+    def read(block: SourceBlock) -> bytes | None:
+        try:
+            return lake.store.get(block.blob_key)
+        except FileNotFoundError:
+            log.warning("payload of block %s is missing from the object store; skipped", block.meta.block_id)
+            return None
+
+    blocks = list(blocks)
+    return zip(blocks, _io_pool.map(read, blocks), strict=True)
+
+
+def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition | None:
+    """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
+    items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
+    batches = [b for b in spec.view.build(timings, items) if b.num_rows]
+    low, high = event_bounds(batches, *spec.view.event_time_columns)
+    key = None
+    size = rows = 0
+    if batches:
+        key = partition_key(spec.view.name, spec.instance_id, spec.begin_insert_ns)
+        size, rows = write_parquet(lake.store, key, spec.view.schema, batches)
+    partition = Partition(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns, low, high,
+                          key, size, spec.view.file_schema_hash, spec.source_count, rows)
+    try:
+        lake.loop.run(commit_partition(lake.pool, partition, RetireMatch.OVERLAPPING))
+    except DuplicatePartition:
+        partition = None
+    except BaseException:
+        if key:
+            lake.store.delete(key)
+        raise
+    if partition is None and key:
+        lake.store.delete(key)
+    return partition
+
+
+def jit_update(lake: Lake, view: ViewSet, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:
+    """Brings the instance's partitions covering `blocks` up to date; returns how many were written."""
+    written = 0
+    for spec in stale_specs(lake, plan_specs(view, instance_id, blocks)):
+        if materialize(lake, spec, timings) is not None:
+            written += 1
+    return written

@@ -1,0 +1,111 @@
+"""The DataFusion session of one query: the lakehouse's tables and functions.
+
+Table functions run at planning time on a DataFusion runtime thread: they may block on the
+catalog (through the lake's loop) and write partitions, but must never call back into a
+SessionContext on that thread (it panics); nothing here does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+from datafusion import SessionConfig, SessionContext, Table, udf, udtf
+from datafusion.catalog import SchemaProvider
+from datafusion.expr import Expr
+
+from lakehouse import instances
+from lakehouse.errors import QueryError
+from lakehouse.lake import Lake
+from lakehouse.timestamps import parse_rfc3339_ns
+from lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
+from views import properties
+from views.schema_types import DICT_JSONB, DICT_UTF8
+
+BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
+
+
+def session_config() -> SessionConfig:
+    return SessionConfig().with_batch_size(BATCH_SIZE).with_information_schema(True)
+
+
+def literal_string(expr: Expr, function: str, position: str) -> str:
+    value = _literal(expr, function, position)
+    if not pa.types.is_string(value.type) and not pa.types.is_large_string(value.type):
+        raise QueryError(f"{position} argument of {function} must be a string, given {value.type}")
+    return value.as_py()
+
+
+def literal_timestamp_ns(expr: Expr, function: str, position: str) -> int:
+    """A TIMESTAMP literal (DataFusion folds it to UTC ns) or an RFC3339 string."""
+    value = _literal(expr, function, position)
+    if pa.types.is_timestamp(value.type):
+        return value.cast(pa.timestamp("ns")).value
+    if pa.types.is_string(value.type):
+        try:
+            return parse_rfc3339_ns(value.as_py())
+        except ValueError as err:
+            raise QueryError(f"{position} argument of {function}: {err}") from None
+    raise QueryError(f"{position} argument of {function} must be a timestamp, given {value.type}")
+
+
+def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
+    try:
+        value = expr.python_value()
+    except Exception:
+        raise QueryError(f"{position} argument of {function} must be a constant") from None
+    if not value.is_valid:
+        raise QueryError(f"{position} argument of {function} must not be NULL")
+    return value
+
+
+def _view_instance_function(lake: Lake, query_range: tuple[int, int] | None) -> Callable[..., Table]:
+    def view_instance(*args: Expr) -> Table:
+        if len(args) != 2:
+            raise QueryError("view_instance takes 2 arguments: view_instance(view_set_name, instance_id)")
+        view = instances.view_set(literal_string(args[0], "view_instance", "first"))
+        instance_id = literal_string(args[1], "view_instance", "second")
+        return Table(instances.instance_dataset(lake, view, instance_id, query_range))
+
+    return view_instance
+
+
+def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
+    key = keys[0].as_py() if len(keys) else ""
+    return properties.property_get(props, key)
+
+
+def _properties_length(props: pa.Array) -> pa.Array:
+    return properties.properties_length(props)
+
+
+class GlobalTables(SchemaProvider):
+    """The global views as the session's default schema. A table is materialized only when a query
+    names it: DataFusion asks for tables lazily, at planning time."""
+
+    def __init__(self, lake: Lake, query_range: tuple[int, int] | None) -> None:
+        self.lake = lake
+        self.query_range = query_range
+
+    @property
+    def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
+        return list(GLOBAL_TABLES)
+
+    def table(self, name: str) -> Table | None:
+        if name not in GLOBAL_TABLES:
+            return None
+        return Table(instances.instance_dataset(self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range))
+
+    def table_exist(self, name: str) -> bool:
+        return name in GLOBAL_TABLES
+
+
+def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None) -> SessionContext:
+    ctx = SessionContext(session_config())
+    ctx.catalog().register_schema("public", GlobalTables(lake, query_range))
+    ctx.register_udtf(udtf(_view_instance_function(lake, query_range), "view_instance"))
+    ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
+    ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
+    return ctx
+
+

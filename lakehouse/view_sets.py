@@ -1,0 +1,160 @@
+"""The view sets spanlake materializes, and how the lakehouse feeds each one its blocks.
+
+A `ViewSet` joins a view module of `views/` (schema, schema hash, rows from a decoded block) with what
+the lakehouse needs to materialize it: which streams feed it, how its instances are keyed, which
+columns bound a partition's event times, and the row filter a query time range implies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from lakehouse import transit
+from lakehouse.metadata_views import metadata_batches
+from lakehouse.source_blocks import ProcessTiming, SourceBlock
+from views import async_events, log_entries, measures, thread_spans
+from views import blocks as blocks_view
+from views import processes as processes_view
+from views import streams as streams_view
+from views.decoded import BlockRowsError
+from views.time import TickConverter, converter_for_block, converter_from_latest_timing
+
+log = logging.getLogger(__name__)
+
+TRANSIT_FORMAT = "micromegas-transit"
+
+# Rows of a view instance from its blocks (with payloads; None when the payload is missing), given the
+# timing of every process the blocks belong to, by process id.
+Timings = Mapping[str, ProcessTiming]
+Builder = Callable[[Timings, Iterable[tuple[SourceBlock, bytes | None]]], Iterator[pa.RecordBatch]]
+# Which rows a query time range [begin, end] (ns) keeps.
+TimeFilter = Callable[[int, int], ds.Expression]
+
+
+@dataclass(frozen=True)
+class ViewSet:
+    name: str
+    schema: pa.Schema
+    file_schema_hash: bytes
+    instance_kind: str | None  # "process" or "stream": what a view_instance id names; None: global only
+    has_global_instance: bool  # also materialized over every process, as instance 'global'
+    stream_tags: tuple[str, ...]  # blocks of streams with one of these tags feed it (empty: every stream)
+    event_time_columns: tuple[str, str]  # (column of the earliest, column of the latest) event time
+    time_filter: TimeFilter
+    build: Builder
+    reads_payloads: bool = True  # False: rows come from the block rows alone
+    counts_blocks: bool = False  # staleness by number of source blocks instead of source objects
+
+
+def _ts(ns: int) -> pa.Scalar:
+    return pa.scalar(ns, pa.timestamp("ns", tz="+00:00"))
+
+
+def _time_between(column: str) -> TimeFilter:
+    return lambda begin, end: (ds.field(column) >= _ts(begin)) & (ds.field(column) <= _ts(end))
+
+
+def _overlapping(begin_column: str, end_column: str) -> TimeFilter:
+    return lambda begin, end: (ds.field(begin_column) <= _ts(end)) & (ds.field(end_column) >= _ts(begin))
+
+
+def _decoded(items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tuple[SourceBlock, transit.DecodedBlock]]:
+    """Decodes each transit block; a block that cannot be decoded is logged and skipped."""
+    for block, payload in items:
+        if payload is None:
+            continue
+        if block.stream.format != TRANSIT_FORMAT:
+            log.warning("block %s has format %r, which this view does not read; skipped",
+                        block.meta.block_id, block.stream.format)
+            continue
+        try:
+            layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
+            yield block, transit.decode_block(payload, layout)
+        except transit.TransitError as err:
+            log.warning("block %s of stream %s cannot be decoded, skipped: %s",
+                        block.meta.block_id, block.meta.stream_id, err)
+
+
+def _per_block(rows: Callable[[SourceBlock, transit.DecodedBlock, ProcessTiming], pa.RecordBatch]) -> Builder:
+    def build(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+        for block, decoded in _decoded(items):
+            timing = timings.get(block.meta.process_id)
+            if timing is None:
+                log.warning("block %s belongs to unknown process %s; skipped", block.meta.block_id,
+                            block.meta.process_id)
+                continue
+            try:
+                yield rows(block, decoded, timing)
+            except BlockRowsError as err:
+                log.warning("block %s skipped: %s", block.meta.block_id, err)
+    return build
+
+
+def _latest_timing(timing: ProcessTiming) -> TickConverter:
+    return converter_from_latest_timing(timing.process, timing.last_block_end_ticks, timing.last_block_end_time_ns)
+
+
+def _log_rows(block: SourceBlock, decoded: transit.DecodedBlock, timing: ProcessTiming) -> pa.RecordBatch:
+    convert = converter_for_block(timing.process, block.meta)
+    return log_entries.build_batch(decoded, block.meta, timing.process, convert)
+
+
+def _measure_rows(block: SourceBlock, decoded: transit.DecodedBlock, timing: ProcessTiming) -> pa.RecordBatch:
+    convert = converter_for_block(timing.process, block.meta)
+    return measures.build_batch(decoded, block.meta, timing.process, convert)
+
+
+def _async_rows(block: SourceBlock, decoded: transit.DecodedBlock, timing: ProcessTiming) -> pa.RecordBatch:
+    return async_events.build_batch(decoded, block.meta, _latest_timing(timing))
+
+
+def _thread_span_rows(timings: Timings,
+                      items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+    decoded = list(_decoded(items))
+    if not decoded:
+        return
+    timing = timings[decoded[0][0].meta.process_id]
+    # Call trees follow event time: order the blocks by their ticks, not by arrival.
+    decoded.sort(key=lambda item: (item[0].meta.begin_ticks, item[0].meta.end_ticks))
+    try:
+        yield thread_spans.build_batch([(block.meta, d) for block, d in decoded], decoded[0][0].stream.meta,
+                                       _latest_timing(timing))
+    except BlockRowsError as err:
+        log.warning("thread spans of stream %s not built: %s", decoded[0][0].meta.stream_id, err)
+
+
+def _metadata_rows(kind: str) -> Builder:
+    def build(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+        return metadata_batches(kind, [block for block, _ in items])
+    return build
+
+
+def _metadata_view(module: ModuleType, time_filter: TimeFilter, bounds: tuple[str, str]) -> ViewSet:
+    return ViewSet(module.VIEW_SET_NAME, module.SCHEMA, module.FILE_SCHEMA_HASH, None, True, (), bounds,
+                   time_filter, _metadata_rows(module.VIEW_SET_NAME), reads_payloads=False, counts_blocks=True)
+
+
+VIEW_SETS: dict[str, ViewSet] = {
+    view.name: view for view in (
+        ViewSet(log_entries.VIEW_SET_NAME, log_entries.SCHEMA, log_entries.FILE_SCHEMA_HASH, "process", True,
+                ("log",), ("time", "time"), _time_between("time"), _per_block(_log_rows)),
+        ViewSet(measures.VIEW_SET_NAME, measures.SCHEMA, measures.FILE_SCHEMA_HASH, "process", True,
+                ("metrics",), ("time", "time"), _time_between("time"), _per_block(_measure_rows)),
+        ViewSet(async_events.VIEW_SET_NAME, async_events.SCHEMA, async_events.FILE_SCHEMA_HASH, "process", False,
+                ("cpu",), ("time", "time"), _time_between("time"), _per_block(_async_rows)),
+        ViewSet(thread_spans.VIEW_SET_NAME, thread_spans.SCHEMA, thread_spans.FILE_SCHEMA_HASH, "stream", False,
+                ("cpu",), ("begin", "end"), _overlapping("begin", "end"), _thread_span_rows),
+        _metadata_view(blocks_view, _overlapping("begin_time", "insert_time"), ("begin_time", "insert_time")),
+        _metadata_view(processes_view, _overlapping("insert_time", "last_update_time"),
+                       ("insert_time", "last_update_time")),
+        _metadata_view(streams_view, _overlapping("insert_time", "last_update_time"),
+                       ("insert_time", "last_update_time")),
+    )
+}
+GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks")
