@@ -35,8 +35,9 @@ def canonical_instance_id(view: ViewSet, instance_id: str) -> str:
     try:
         return str(uuid.UUID(instance_id))
     except ValueError:
-        raise QueryError(f"{view.name} instances are named by a {view.instance_kind} id (a UUID)"
-                         f" or 'global', got '{instance_id}'") from None
+        also_global = " or 'global'" if view.has_global_instance else ""
+        raise QueryError(f"{view.name} instances are named by a {view.instance_kind} id (a UUID){also_global},"
+                         f" got '{instance_id}'") from None
 
 
 def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming:

@@ -14,7 +14,7 @@ from datafusion import SessionConfig, SessionContext, Table, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
-from lakehouse import instances
+from lakehouse import catalog_functions, instances
 from lakehouse.errors import QueryError
 from lakehouse.lake import Lake
 from lakehouse.timestamps import parse_rfc3339_ns
@@ -100,10 +100,38 @@ class GlobalTables(SchemaProvider):
         return name in GLOBAL_TABLES
 
 
-def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None) -> SessionContext:
+def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
+    def retire_partitions(*args: Expr) -> Table:
+        name = "retire_partitions"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (view_set_name, view_instance_id, begin, end)")
+        return Table(catalog_functions.retire_partitions(
+            lake, literal_string(args[0], name, "first"), literal_string(args[1], name, "second"),
+            literal_timestamp_ns(args[2], name, "third"), literal_timestamp_ns(args[3], name, "fourth")))
+
+    def materialize_partitions(*args: Expr) -> Table:
+        name = "materialize_partitions"
+        if len(args) not in (3, 4):
+            raise QueryError(f"{name} takes (view_set_name, begin, end[, partition_delta_seconds])")
+        # The delta of micromegas's signature is accepted but unused: spanlake cuts partitions by insert hour.
+        return Table(catalog_functions.materialize_partitions(
+            lake, literal_string(args[0], name, "first"), literal_timestamp_ns(args[1], name, "second"),
+            literal_timestamp_ns(args[2], name, "third")))
+
+    return [retire_partitions, materialize_partitions]
+
+
+def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None,
+                         is_admin: bool = True) -> SessionContext:
+    """A session for one query. Admin functions are registered only for admins (or without auth)."""
     ctx = SessionContext(session_config())
     ctx.catalog().register_schema("public", GlobalTables(lake, query_range))
     ctx.register_udtf(udtf(_view_instance_function(lake, query_range), "view_instance"))
+    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
+    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
+    if is_admin:
+        for function in _ops_functions(lake):
+            ctx.register_udtf(udtf(function, function.__name__))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     return ctx

@@ -1,0 +1,123 @@
+"""Table functions that show and manage the partition catalog: list_partitions(), list_view_sets(),
+retire_partitions(...) and materialize_partitions(...)."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from lakehouse.catalog import ns_to_datetime
+from lakehouse.errors import QueryError
+from lakehouse.instances import GLOBAL, canonical_instance_id, materialize_instance, view_set
+from lakehouse.lake import Lake
+from lakehouse.view_sets import VIEW_SETS
+from views.schema_types import TIMESTAMP
+
+PARTITIONS_SCHEMA = pa.schema([
+    pa.field("view_set_name", pa.utf8(), nullable=False),
+    pa.field("view_instance_id", pa.utf8(), nullable=False),
+    pa.field("begin_insert_time", TIMESTAMP, nullable=False),
+    pa.field("end_insert_time", TIMESTAMP, nullable=False),
+    pa.field("min_event_time", TIMESTAMP),
+    pa.field("max_event_time", TIMESTAMP),
+    pa.field("updated", TIMESTAMP, nullable=False),
+    pa.field("file_path", pa.utf8()),
+    pa.field("file_size", pa.int64(), nullable=False),
+    pa.field("file_schema_hash", pa.binary(), nullable=False),
+    pa.field("source_data_hash", pa.binary(), nullable=False),
+    pa.field("num_rows", pa.int64(), nullable=False),
+    pa.field("partition_format_version", pa.int32(), nullable=False),
+    pa.field("sort_order", pa.list_(pa.field("tag", pa.utf8()))),
+    pa.field("max_sort_key_time", TIMESTAMP),
+])
+
+VIEW_SETS_SCHEMA = pa.schema([
+    pa.field("view_set_name", pa.utf8(), nullable=False),
+    pa.field("current_schema_hash", pa.binary(), nullable=False),
+    pa.field("schema", pa.utf8(), nullable=False),
+    pa.field("has_view_maker", pa.bool_(), nullable=False),
+    pa.field("global_instance_available", pa.bool_(), nullable=False),
+])
+
+LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
+
+
+def list_partitions(lake: Lake) -> ds.Dataset:
+    rows = lake.loop.run(lake.pool.fetch(
+        "SELECT * FROM lakehouse_partitions ORDER BY view_set_name, view_instance_id, begin_insert_time"))
+    table = pa.Table.from_pylist([{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows],
+                                 schema=PARTITIONS_SCHEMA)
+    return ds.dataset(table)
+
+
+def list_view_sets() -> ds.Dataset:
+    views = list(VIEW_SETS.values())
+    table = pa.table({
+        "view_set_name": [v.name for v in views],
+        "current_schema_hash": [v.file_schema_hash for v in views],
+        "schema": [str(v.schema) for v in views],
+        "has_view_maker": [v.instance_kind is not None for v in views],
+        "global_instance_available": [v.has_global_instance for v in views],
+    }, schema=VIEW_SETS_SCHEMA)
+    return ds.dataset(table)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.times.append(time.time_ns())
+        self.messages.append(message)
+
+    def dataset(self) -> ds.Dataset:
+        return ds.dataset(pa.table({"time": pa.array(self.times, pa.int64()).cast(TIMESTAMP),
+                                    "msg": self.messages}, schema=LOG_SCHEMA))
+
+
+def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
+    """Deletes the partitions of an instance whose insert range lies inside [begin, end]; their files are
+    kept for an hour in temporary_files. Returns a log of what was done."""
+    view = view_set(view_set_name)
+    instance = canonical_instance_id(view, instance_id)
+    if begin_ns > end_ns:
+        raise QueryError("retire_partitions: begin must not be after end")
+    log = _Log()
+    rows = lake.loop.run(_retire(lake, view.name, instance, begin_ns, end_ns))
+    for row in rows:
+        log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")
+    log(f"retired {len(rows)} partitions of {view.name}/{instance}")
+    return log.dataset()
+
+
+async def _retire(lake: Lake, view_set_name: str, instance: str, begin_ns: int, end_ns: int) -> list:
+    async with lake.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{view_set_name}/{instance}")
+        rows = await conn.fetch(
+            "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+            " AND begin_insert_time >= $3 AND end_insert_time <= $4"
+            " RETURNING begin_insert_time, end_insert_time, file_path, file_size",
+            view_set_name, instance, ns_to_datetime(begin_ns), ns_to_datetime(end_ns))
+        await conn.executemany(
+            "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + interval '1 hour')",
+            [(r["file_path"], r["file_size"]) for r in rows if r["file_path"]])
+    return rows
+
+
+def materialize_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns: int) -> ds.Dataset:
+    """Brings the global instance of a view up to date for blocks overlapping [begin, end]."""
+    view = view_set(view_set_name)
+    if not view.has_global_instance:
+        raise QueryError(f"materialize_partitions: {view.name} has no global instance")
+    if begin_ns >= end_ns:
+        raise QueryError("materialize_partitions: begin must be before end")
+    log = _Log()
+    log(f"materializing {view.name} for [{ns_to_datetime(begin_ns)}, {ns_to_datetime(end_ns)}]")
+    written = materialize_instance(lake, view, GLOBAL, (begin_ns, end_ns))
+    log(f"wrote {written} partitions of {view.name}/global")
+    return log.dataset()
+
+
