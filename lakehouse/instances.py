@@ -72,7 +72,7 @@ def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_rang
 
 
 def instance_dataset(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> ds.Dataset:
-    """The instance's up-to-date partitions as a pyarrow dataset, rows limited to the query range."""
+    """The instance's up-to-date partitions (those the query range may need) as a pyarrow dataset."""
     instance_id = canonical_instance_id(view, instance_id)
     materialize_instance(lake, view, instance_id, query_range)
     partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash, query_range))
@@ -82,8 +82,6 @@ def instance_dataset(lake: Lake, view: ViewSet, instance_id: str, query_range: t
     if view.name in _COLLAPSED:
         # One row per process (stream) across partitions, as micromegas's merge query gives.
         dataset = ds.dataset(_COLLAPSED[view.name](dataset.to_table()))
-    if query_range is not None:
-        dataset = dataset.filter(view.time_filter(*query_range))
     return dataset
 
 

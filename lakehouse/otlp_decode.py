@@ -454,8 +454,10 @@ def _scope_hashes(names: Coded[str], targets: Coded[str]) -> np.ndarray:
 
 def attributes_object(attributes: Sequence[KeyValue], extras: Sequence[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
     """`{key: value}` of the attributes (a repeated key keeps its last value), then the extras on top."""
-    found: dict[str, JsonValue] = {kv.key: any_value_to_json(kv.value) if kv.HasField("value") else None
-                                   for kv in attributes}
+    found: dict[str, JsonValue] = {}
+    for kv in attributes:  # an unset value reads as an empty AnyValue: null
+        value = kv.value
+        found[kv.key] = value.string_value if value.WhichOneof("value") == "string_value" else any_value_to_json(value)
     found.update(extras)
     return found
 
@@ -552,21 +554,38 @@ _INT_WIDTHS = ((1, ">b", 0x7F), (2, ">h", 0x7FFF), (4, ">i", 0x7FFFFFFF), (8, ">
 
 def jsonb(value: JsonValue) -> bytes:
     """The databend-jsonb bytes of a JSON value (a top-level scalar gets a one-member scalar container)."""
-    if isinstance(value, dict | list):
-        return _container(value)
+    if isinstance(value, dict):
+        return _object(value)
+    if isinstance(value, list):
+        return _array(value)
     entry, data = _member(value)
     return struct.pack(">II", _SCALAR | 1, entry) + data
 
 
-def _container(value: dict[str, JsonValue] | list[JsonValue]) -> bytes:
-    if isinstance(value, dict):
-        items = sorted((key.encode(), item) for key, item in value.items())
-        members = [(_STRING | len(key), key) for key, _ in items] + [_member(item) for _, item in items]
-        header = _OBJECT | len(items)
-    else:
-        members = [_member(item) for item in value]
-        header = _ARRAY | len(members)
-    entries = struct.pack(f">{1 + len(members)}I", header, *(entry for entry, _ in members))
+def _object(value: dict[str, JsonValue]) -> bytes:
+    # Hot path (one object per row): members inlined rather than one call per member.
+    keys = [key.encode() for key in sorted(value)]  # str order is UTF-8 byte order
+    entries = [_STRING | len(key) for key in keys]
+    data = []
+    for key in sorted(value):
+        item = value[key]
+        kind = type(item)
+        if kind is str:
+            encoded = item.encode()
+            entries.append(_STRING | len(encoded))
+            data.append(encoded)
+        elif kind is bool:
+            entries.append(_TRUE if item else _FALSE)
+        else:
+            entry, encoded = _member(item)
+            entries.append(entry)
+            data.append(encoded)
+    return struct.pack(f">{1 + len(entries)}I", _OBJECT | len(keys), *entries) + b"".join(keys) + b"".join(data)
+
+
+def _array(value: list[JsonValue]) -> bytes:
+    members = [_member(item) for item in value]
+    entries = struct.pack(f">{1 + len(members)}I", _ARRAY | len(members), *(entry for entry, _ in members))
     return entries + b"".join(data for _, data in members)
 
 
@@ -584,7 +603,7 @@ def _member(value: JsonValue) -> tuple[int, bytes]:
     if isinstance(value, float):
         data = _float(value)
         return _NUMBER | len(data), data
-    data = _container(value)
+    data = _object(value) if isinstance(value, dict) else _array(value)
     return _CONTAINER | len(data), data
 
 

@@ -181,7 +181,8 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
             " VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10, $11, $12)",
             partition.view_set_name, partition.view_instance_id, begin, end,
             None if partition.min_event_ns is None else ns_to_datetime(partition.min_event_ns),
-            None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns),
+            # Rounded up: PostgreSQL keeps µs, and a truncated maximum could prune the partition wrongly.
+            None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns + 999),
             partition.file_path, partition.file_size, partition.file_schema_hash, partition.source_data_hash,
             partition.num_rows, PARTITION_FORMAT_VERSION)
     return [path for path, _ in files]

@@ -18,7 +18,7 @@ from lakehouse import catalog_functions, instances
 from lakehouse.errors import QueryError
 from lakehouse.lake import Lake
 from lakehouse.timestamps import parse_rfc3339_ns
-from lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
+from lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS, ViewSet
 from views import properties
 from views.schema_types import DICT_JSONB, DICT_UTF8
 
@@ -59,13 +59,25 @@ def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
     return value
 
 
-def _view_instance_function(lake: Lake, query_range: tuple[int, int] | None) -> Callable[..., Table]:
+def instance_table(ctx: SessionContext, lake: Lake, view: ViewSet, instance_id: str,
+                   query_range: tuple[int, int] | None) -> Table:
+    """A view instance as a table; with a query range, only its rows in the range (every query of the
+    session sees the same rows, whatever its own WHERE clause)."""
+    dataset = instances.instance_dataset(lake, view, instance_id, query_range)
+    if query_range is None:
+        return Table(dataset)
+    # A filtered pyarrow dataset cannot be scanned by DataFusion; a DataFrame filter is pushed into the scan.
+    return Table(ctx.read_table(Table(dataset)).filter(view.time_filter(*query_range)))
+
+
+def _view_instance_function(ctx: SessionContext, lake: Lake,
+                            query_range: tuple[int, int] | None) -> Callable[..., Table]:
     def view_instance(*args: Expr) -> Table:
         if len(args) != 2:
             raise QueryError("view_instance takes 2 arguments: view_instance(view_set_name, instance_id)")
         view = instances.view_set(literal_string(args[0], "view_instance", "first"))
         instance_id = literal_string(args[1], "view_instance", "second")
-        return Table(instances.instance_dataset(lake, view, instance_id, query_range))
+        return instance_table(ctx, lake, view, instance_id, query_range)
 
     return view_instance
 
@@ -83,7 +95,8 @@ class GlobalTables(SchemaProvider):
     """The global views as the session's default schema. A table is materialized only when a query
     names it: DataFusion asks for tables lazily, at planning time."""
 
-    def __init__(self, lake: Lake, query_range: tuple[int, int] | None) -> None:
+    def __init__(self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None) -> None:
+        self.ctx = ctx
         self.lake = lake
         self.query_range = query_range
 
@@ -94,7 +107,7 @@ class GlobalTables(SchemaProvider):
     def table(self, name: str) -> Table | None:
         if name not in GLOBAL_TABLES:
             return None
-        return Table(instances.instance_dataset(self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range))
+        return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
     def table_exist(self, name: str) -> bool:
         return name in GLOBAL_TABLES
@@ -125,8 +138,8 @@ def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None,
                          is_admin: bool = True) -> SessionContext:
     """A session for one query. Admin functions are registered only for admins (or without auth)."""
     ctx = SessionContext(session_config())
-    ctx.catalog().register_schema("public", GlobalTables(lake, query_range))
-    ctx.register_udtf(udtf(_view_instance_function(lake, query_range), "view_instance"))
+    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range))
+    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range), "view_instance"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
     if is_admin:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+from datafusion import col, lit
+from datafusion.expr import Expr
 
 from lakehouse import transit
 from lakehouse.metadata_views import metadata_batches
@@ -33,8 +34,8 @@ TRANSIT_FORMAT = "micromegas-transit"
 # timing of every process the blocks belong to, by process id.
 Timings = Mapping[str, ProcessTiming]
 Builder = Callable[[Timings, Iterable[tuple[SourceBlock, bytes | None]]], Iterator[pa.RecordBatch]]
-# Which rows a query time range [begin, end] (ns) keeps.
-TimeFilter = Callable[[int, int], ds.Expression]
+# Which rows a query time range [begin, end] (ns) keeps (micromegas's TableScanRewrite filter).
+TimeFilter = Callable[[int, int], Expr]
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,16 @@ class ViewSet:
     counts_blocks: bool = False  # staleness by number of source blocks instead of source objects
 
 
-def _ts(ns: int) -> pa.Scalar:
-    return pa.scalar(ns, pa.timestamp("ns", tz="+00:00"))
+def _ts(ns: int) -> Expr:
+    return lit(pa.scalar(ns, pa.timestamp("ns", tz="+00:00")))
 
 
 def _time_between(column: str) -> TimeFilter:
-    return lambda begin, end: (ds.field(column) >= _ts(begin)) & (ds.field(column) <= _ts(end))
+    return lambda begin, end: (col(column) >= _ts(begin)) & (col(column) <= _ts(end))
 
 
 def _overlapping(begin_column: str, end_column: str) -> TimeFilter:
-    return lambda begin, end: (ds.field(begin_column) <= _ts(end)) & (ds.field(end_column) >= _ts(begin))
+    return lambda begin, end: (col(begin_column) <= _ts(end)) & (col(end_column) >= _ts(begin))
 
 
 def _decoded(items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tuple[SourceBlock, transit.DecodedBlock]]:

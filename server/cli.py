@@ -10,9 +10,14 @@ import sys
 import threading
 from collections.abc import Callable
 
+from datafusion import SessionContext
+
 from lakehouse.lake import Lake
+from lakehouse.session import make_session_context
 from lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from server.auth import AuthConfigError, hash_key, make_authenticator
+from server.flightsql.service import FlightSqlServer
+from server.flightsql.session import QueryContext, SessionFactory
 from server.ingestion import start_ingestion
 
 log = logging.getLogger("spanlake")
@@ -35,6 +40,12 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             runner = lake.loop.run(start_ingestion(lake, authenticator, settings.host, settings.http_port))
             stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
             print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
+        if "flightsql" in roles:
+            flight_server = FlightSqlServer(f"grpc://{settings.host}:{settings.flightsql_port}",
+                                            lakehouse_sessions(lake), authenticator)
+            flight_server.serve_in_thread()
+            stoppers.append(flight_server.shutdown)
+            print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
         print(f"spanlake ready (lake {settings.lake_uri})", flush=True)
         _wait_for_shutdown()
         for stop in reversed(stoppers):
@@ -44,8 +55,22 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
         lake.close()
 
 
+def lakehouse_sessions(lake: Lake) -> SessionFactory:
+    """Flight SQL's session factory: a lakehouse session per query; admin functions for admins only."""
+
+    def make(query: QueryContext) -> SessionContext:
+        is_admin = query.principal is None or query.principal.is_admin
+        return make_session_context(lake, query.query_range, is_admin=is_admin)
+
+    return make
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    return run_roles(settings, ("ingest",))
+    return run_roles(settings, ("ingest", "flightsql"))
+
+
+def _cmd_flightsql(args: argparse.Namespace, settings: Settings) -> int:
+    return run_roles(settings, ("flightsql",))
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("serve", _cmd_serve, "run every role in one process (ingestion, Flight SQL, maintenance)")
     command("ingest", _cmd_ingest, "run the HTTP ingestion API only")
+    command("flightsql", _cmd_flightsql, "run the Arrow Flight SQL API only")
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
