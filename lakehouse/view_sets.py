@@ -18,6 +18,7 @@ from datafusion.expr import Expr
 
 from lakehouse import transit
 from lakehouse.metadata_views import metadata_batches
+from lakehouse.otlp_decode import otlp_view_batch
 from lakehouse.source_blocks import ProcessTiming, SourceBlock
 from views import async_events, log_entries, measures, thread_spans
 from views import blocks as blocks_view
@@ -65,35 +66,48 @@ def _overlapping(begin_column: str, end_column: str) -> TimeFilter:
     return lambda begin, end: (col(begin_column) <= _ts(end)) & (col(end_column) >= _ts(begin))
 
 
+def _decode(block: SourceBlock, payload: bytes) -> transit.DecodedBlock:
+    layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
+    return transit.decode_block(payload, layout)
+
+
+def _skip(block: SourceBlock, err: Exception) -> None:
+    log.warning("block %s of stream %s cannot be decoded, skipped: %s", block.meta.block_id, block.meta.stream_id, err)
+
+
 def _decoded(items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tuple[SourceBlock, transit.DecodedBlock]]:
     """Decodes each transit block; a block that cannot be decoded is logged and skipped."""
     for block, payload in items:
-        if payload is None:
-            continue
-        if block.stream.format != TRANSIT_FORMAT:
-            log.warning("block %s has format %r, which this view does not read; skipped",
-                        block.meta.block_id, block.stream.format)
+        if payload is None or block.stream.format != TRANSIT_FORMAT:
             continue
         try:
-            layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-            yield block, transit.decode_block(payload, layout)
+            yield block, _decode(block, payload)
         except transit.TransitError as err:
-            log.warning("block %s of stream %s cannot be decoded, skipped: %s",
-                        block.meta.block_id, block.meta.stream_id, err)
+            _skip(block, err)
 
 
-def _per_block(rows: Callable[[SourceBlock, transit.DecodedBlock, ProcessTiming], pa.RecordBatch]) -> Builder:
+TransitRows = Callable[[SourceBlock, transit.DecodedBlock, ProcessTiming], pa.RecordBatch]
+
+
+def _per_block(view_set_name: str, transit_rows: TransitRows) -> Builder:
+    """A builder for views with rows per block: transit blocks through `transit_rows`, OTLP blocks
+    through the OTLP decoder. A block that cannot be read is logged and skipped."""
+
+    def rows(block: SourceBlock, payload: bytes, timing: ProcessTiming) -> pa.RecordBatch:
+        if block.stream.format == TRANSIT_FORMAT:
+            return transit_rows(block, _decode(block, payload), timing)
+        return otlp_view_batch(view_set_name, block.stream.format, payload, timing.process, block.meta)
+
     def build(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
-        for block, decoded in _decoded(items):
+        for block, payload in items:
             timing = timings.get(block.meta.process_id)
-            if timing is None:
-                log.warning("block %s belongs to unknown process %s; skipped", block.meta.block_id,
-                            block.meta.process_id)
+            if payload is None or timing is None:
                 continue
             try:
-                yield rows(block, decoded, timing)
-            except BlockRowsError as err:
-                log.warning("block %s skipped: %s", block.meta.block_id, err)
+                yield rows(block, payload, timing)
+            except (ValueError, BlockRowsError) as err:  # TransitError and OtlpBlockError are ValueErrors
+                _skip(block, err)
+
     return build
 
 
@@ -144,11 +158,14 @@ def _metadata_view(module: ModuleType, time_filter: TimeFilter, bounds: tuple[st
 VIEW_SETS: dict[str, ViewSet] = {
     view.name: view for view in (
         ViewSet(log_entries.VIEW_SET_NAME, log_entries.SCHEMA, log_entries.FILE_SCHEMA_HASH, "process", True,
-                ("log",), ("time", "time"), _time_between("time"), _per_block(_log_rows)),
+                ("log",), ("time", "time"), _time_between("time"), _per_block(log_entries.VIEW_SET_NAME, _log_rows)),
         ViewSet(measures.VIEW_SET_NAME, measures.SCHEMA, measures.FILE_SCHEMA_HASH, "process", True,
-                ("metrics",), ("time", "time"), _time_between("time"), _per_block(_measure_rows)),
+                ("metrics",), ("time", "time"), _time_between("time"),
+                _per_block(measures.VIEW_SET_NAME, _measure_rows)),
+        # OTLP trace spans land in async_events too (micromegas has no OTLP source for it).
         ViewSet(async_events.VIEW_SET_NAME, async_events.SCHEMA, async_events.FILE_SCHEMA_HASH, "process", False,
-                ("cpu",), ("time", "time"), _time_between("time"), _per_block(_async_rows)),
+                ("cpu", "trace"), ("time", "time"), _time_between("time"),
+                _per_block(async_events.VIEW_SET_NAME, _async_rows)),
         ViewSet(thread_spans.VIEW_SET_NAME, thread_spans.SCHEMA, thread_spans.FILE_SCHEMA_HASH, "stream", False,
                 ("cpu",), ("begin", "end"), _overlapping("begin", "end"), _thread_span_rows),
         _metadata_view(blocks_view, _overlapping("begin_time", "insert_time"), ("begin_time", "insert_time")),
