@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datafusion import col, lit
 from datafusion.expr import Expr
 
 from lakehouse import transit
 from lakehouse.metadata_views import metadata_batches
-from lakehouse.otlp_decode import otlp_view_batch
+from lakehouse.otlp_decode import chain_depths, otlp_view_batch
 from lakehouse.source_blocks import ProcessTiming, SourceBlock
 from views import async_events, log_entries, measures, thread_spans
 from views import blocks as blocks_view
@@ -89,26 +91,56 @@ def _decoded(items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tupl
 TransitRows = Callable[[SourceBlock, transit.DecodedBlock, ProcessTiming], pa.RecordBatch]
 
 
+def _block_batches(view_set_name: str, transit_rows: TransitRows, timings: Timings,
+                   items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tuple[SourceBlock, pa.RecordBatch]]:
+    """Rows of each block: transit blocks through `transit_rows`, OTLP blocks through the OTLP decoder.
+    A block that cannot be read is logged and skipped."""
+    for block, payload in items:
+        timing = timings.get(block.meta.process_id)
+        if payload is None or timing is None:
+            continue
+        try:
+            if block.stream.format == TRANSIT_FORMAT:
+                yield block, transit_rows(block, _decode(block, payload), timing)
+            else:
+                yield block, otlp_view_batch(view_set_name, block.stream.format, payload, timing.process, block.meta)
+        except (ValueError, BlockRowsError) as err:  # TransitError and OtlpBlockError are ValueErrors
+            _skip(block, err)
+
+
 def _per_block(view_set_name: str, transit_rows: TransitRows) -> Builder:
-    """A builder for views with rows per block: transit blocks through `transit_rows`, OTLP blocks
-    through the OTLP decoder. A block that cannot be read is logged and skipped."""
-
-    def rows(block: SourceBlock, payload: bytes, timing: ProcessTiming) -> pa.RecordBatch:
-        if block.stream.format == TRANSIT_FORMAT:
-            return transit_rows(block, _decode(block, payload), timing)
-        return otlp_view_batch(view_set_name, block.stream.format, payload, timing.process, block.meta)
-
     def build(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
-        for block, payload in items:
-            timing = timings.get(block.meta.process_id)
-            if payload is None or timing is None:
-                continue
-            try:
-                yield rows(block, payload, timing)
-            except (ValueError, BlockRowsError) as err:  # TransitError and OtlpBlockError are ValueErrors
-                _skip(block, err)
+        return (batch for _, batch in _block_batches(view_set_name, transit_rows, timings, items))
 
     return build
+
+
+def _async_event_batches(timings: Timings,
+                         items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+    """Transit async events carry the depth their producer computed. OTLP spans only name their parent,
+    and a parent exported in an earlier request sits in another block: their depths are resolved over
+    the whole partition."""
+    otlp = []
+    for block, batch in _block_batches(async_events.VIEW_SET_NAME, _async_rows, timings, items):
+        if block.stream.format == TRANSIT_FORMAT:
+            yield batch
+        else:
+            otlp.append(batch)
+    if otlp:
+        yield _with_span_depths(pa.Table.from_batches(otlp).combine_chunks().to_batches()[0])
+
+
+def _with_span_depths(batch: pa.RecordBatch) -> pa.RecordBatch:
+    span_ids = batch.column("span_id").to_numpy()
+    is_begin = pc.equal(batch.column("event_type").cast(pa.utf8()), "begin").to_numpy(zero_copy_only=False)
+    spans, parents = span_ids[is_begin], batch.column("parent_span_id").to_numpy()[is_begin]
+    order = np.argsort(spans, kind="stable")
+    slots = np.minimum(np.searchsorted(spans[order], parents), max(len(spans) - 1, 0))
+    found = (len(spans) > 0) & (spans[order][slots] == parents) & (parents != 0)
+    depths = chain_depths(np.where(found, order[slots], -1))
+    row_depths = depths[order][np.searchsorted(spans[order], span_ids)]
+    index = batch.schema.get_field_index("depth")
+    return batch.set_column(index, batch.schema.field(index), pa.array(row_depths, pa.uint32()))
 
 
 def _latest_timing(timing: ProcessTiming) -> TickConverter:
@@ -165,7 +197,7 @@ VIEW_SETS: dict[str, ViewSet] = {
         # OTLP trace spans land in async_events too (micromegas has no OTLP source for it).
         ViewSet(async_events.VIEW_SET_NAME, async_events.SCHEMA, async_events.FILE_SCHEMA_HASH, "process", False,
                 ("cpu", "trace"), ("time", "time"), _time_between("time"),
-                _per_block(async_events.VIEW_SET_NAME, _async_rows)),
+                _async_event_batches),
         ViewSet(thread_spans.VIEW_SET_NAME, thread_spans.SCHEMA, thread_spans.FILE_SCHEMA_HASH, "stream", False,
                 ("cpu",), ("begin", "end"), _overlapping("begin", "end"), _thread_span_rows),
         _metadata_view(blocks_view, _overlapping("begin_time", "insert_time"), ("begin_time", "insert_time")),
