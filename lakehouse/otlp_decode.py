@@ -191,6 +191,7 @@ class LogColumns:
 
 
 def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
+    """One row per log record, in payload order; records without any time get `fallback_time_ns`."""
     targets, properties = _Interner(), _Interner()
     times: list[np.ndarray] = []
     levels: list[np.ndarray] = []
@@ -199,7 +200,7 @@ def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
     property_codes: list[int] = []
     for scope_logs in resource.scope_logs:
         records = scope_logs.log_records
-        extras = scope_extras(scope_logs.scope if scope_logs.HasField("scope") else None, scope_logs.schema_url)
+        extras = scope_extras(scope_logs.scope, scope_logs.schema_url)
         stamps = _as_i64([r.time_unix_nano for r in records])
         observed = _as_i64([r.observed_time_unix_nano for r in records])
         times.append(np.where(stamps != 0, stamps, np.where(observed != 0, observed, fallback_time_ns)))
@@ -231,16 +232,15 @@ def _log_properties(record: Any, extras: list[tuple[str, JsonValue]]) -> dict[st
     return attributes_object(record.attributes, more)
 
 
-def scope_extras(scope: InstrumentationScope | None, schema_url: str) -> list[tuple[str, JsonValue]]:
-    """The `otel.scope.*` properties of rows from this scope (empty fields left out)."""
+def scope_extras(scope: InstrumentationScope, schema_url: str) -> list[tuple[str, JsonValue]]:
+    """The `otel.scope.*` properties of rows from this scope (empty fields, valueless attributes left out)."""
     extras: list[tuple[str, JsonValue]] = []
-    if scope is not None:
-        if scope.name:
-            extras.append(("otel.scope.name", scope.name))
-        if scope.version:
-            extras.append(("otel.scope.version", scope.version))
-        extras.extend((f"otel.scope.attr.{kv.key}", any_value_to_json(kv.value))
-                      for kv in scope.attributes if kv.HasField("value"))
+    if scope.name:
+        extras.append(("otel.scope.name", scope.name))
+    if scope.version:
+        extras.append(("otel.scope.version", scope.version))
+    extras.extend((f"otel.scope.attr.{kv.key}", any_value_to_json(kv.value))
+                  for kv in scope.attributes if kv.HasField("value"))
     if schema_url:
         extras.append(("otel.scope.schema_url", schema_url))
     return extras
@@ -281,6 +281,7 @@ class _MeasureRows:
 
 
 def extract_measures(resource: ResourceMetrics) -> MeasureColumns:
+    """One row per Sum/Gauge point and up to four per Summary point, in payload order."""
     strings, properties = _Interner(), _Interner()
     rows = _MeasureRows([], [], [], [], [], [])
     for scope_metrics in resource.scope_metrics:
@@ -372,6 +373,7 @@ class SpanColumns:
 
 
 def extract_spans(resource: ResourceSpans) -> SpanColumns:
+    """One row per span with both times and W3C-sized ids, in payload order, with its depth."""
     names, targets = _Interner(), _Interner()
     spans: list[Any] = []
     target_codes: list[int] = []

@@ -145,7 +145,8 @@ class IngestionService:
 
 async def start_ingestion(lake: Lake, authenticator: Authenticator | None, host: str, port: int) -> web.AppRunner:
     """Starts the HTTP server on the running loop; returns the runner to stop it with `cleanup()`."""
-    runner = web.AppRunner(IngestionService(lake, authenticator).app(), access_log=None)
+    # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
+    runner = web.AppRunner(IngestionService(lake, authenticator).app(), access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=True).start()
     log.info("ingestion API listening on http://%s:%d", host, port)
