@@ -1,0 +1,304 @@
+"""Perfetto trace encoding: spans/s of spanlake's writer (views/perfetto.py) on 1M thread spans and
+1M async spans, side by side with a baseline that builds one perfetto `TracePacket` protobuf message
+per packet (prost field order, same chunking, so the same bytes; run on fewer spans and
+extrapolated), medians and ratios; the async lane assignment loop alone; and peak memory for 100k vs
+1M spans (each in a fresh process, spans generated lazily, chunks dropped as they come).
+
+    python benchmarks/perfetto.py [--spans N] [--baseline-spans N] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from google.protobuf.internal.encoder import _VarintBytes
+
+from views.perfetto import AsyncLayout, PerfettoThread, trace_chunks
+from views.perfetto_lanes import AsyncLaneAssigner
+
+
+def perfetto_protos() -> ModuleType:
+    """This script is named like the `perfetto` package: import the package, not the script."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2
+
+    return perfetto_trace_pb2
+
+
+_PROTOS = perfetto_protos()
+TracePacket, TrackEvent = _PROTOS.TracePacket, _PROTOS.TrackEvent
+PROCESS_ID = "34d7c06d-3163-4111-863e-c5fc09d22d51"
+THREADS = [PerfettoThread(f"stream-{i}", 1000 + i, f"worker-{i}") for i in range(8)]
+BATCH_ROWS = 8192
+EPOCH_NS = 1_700_000_000_000_000_000
+TIMESTAMP = pa.timestamp("ns", tz="+00:00")
+NAMES = pa.array([f"module::function_{i}" for i in range(200)])
+TARGETS = pa.array([f"crate::module_{i}" for i in range(20)])
+FILES = pa.array([f"src/module_{i}.rs" for i in range(30)])
+
+
+def span_batches(count: int, seed: int, with_ids: bool) -> Iterator[pa.RecordBatch]:
+    """`count` spans in begin order, 1 µs apart, lasting 0.1-20 µs (async: ~10 open at a time), 70%
+    of them children of one of the 4 spans before them; dictionary strings like the views."""
+    rng = np.random.default_rng(seed)
+    for offset in range(0, count, BATCH_ROWS):
+        rows = min(BATCH_ROWS, count - offset)
+        ids = np.arange(offset + 1, offset + rows + 1)
+        begin = EPOCH_NS + ids * 1000
+        codes = rng.integers(0, len(NAMES), rows).astype(np.int32)
+        columns = {
+            "begin": pa.array(begin, TIMESTAMP),
+            "end": pa.array(begin + rng.integers(100, 20_000, rows), TIMESTAMP),
+            "name": pa.DictionaryArray.from_arrays(codes, NAMES),
+            "target": pa.DictionaryArray.from_arrays(codes % len(TARGETS), TARGETS),
+            "filename": pa.DictionaryArray.from_arrays(codes % len(FILES), FILES),
+            "line": pa.array(codes.astype(np.uint32) * 7 + 1, pa.uint32()),
+        }
+        if with_ids:
+            children = rng.random(rows) < 0.7
+            columns["span_id"] = pa.array(ids)
+            columns["parent_span_id"] = pa.array(np.where(children, ids - rng.integers(1, 5, rows), 0))
+        yield pa.record_batch(columns)
+
+
+def thread_workload(count: int) -> Callable[[str], list[pa.RecordBatch]]:
+    per_thread = count // len(THREADS)
+    batches = {t.stream_id: list(span_batches(per_thread, i, False)) for i, t in enumerate(THREADS)}
+    return batches.__getitem__
+
+
+def spanlake_chunks(
+    span_types: str, thread_spans: Callable[[str], object], async_spans: Callable[[], object], layout: AsyncLayout
+) -> Iterator[bytes]:
+    return trace_chunks(PROCESS_ID, "/bin/bench", THREADS, thread_spans, async_spans, span_types, async_layout=layout)
+
+
+class BaselineWriter:
+    """One protobuf message per packet (perfetto's Python classes), prost field order, micromegas
+    interning, flushes and 8192-byte chunk threshold: the same bytes as spanlake's single track."""
+
+    def __init__(self) -> None:
+        self.process_uuid = xxhash.xxh64_intdigest(PROCESS_ID.encode())
+        self.buffer = b""
+        self.chunks: list[bytes] = []
+        self.iids: dict[str, dict] = {"categories": {}, "names": {}, "locations": {}}
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= 8192:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.chunks.append(self.buffer)
+            self.buffer = b""
+
+    def packet(self, packet: TracePacket) -> None:
+        packet.trusted_packet_sequence_id = 1
+        if not packet.HasField("sequence_flags"):
+            packet.sequence_flags = 2
+        which = packet.WhichOneof("data")
+        payload = getattr(packet, which).SerializeToString()
+        packet.ClearField(which)
+        tag = b"\x5a" if which == "track_event" else b"\xe2\x03"
+        body = tag + _VarintBytes(len(payload)) + payload + packet.SerializeToString()
+        self.write(b"\x0a" + _VarintBytes(len(body)))
+        self.write(body)
+
+    def descriptors(self, with_async: bool) -> None:
+        packet = TracePacket(sequence_flags=3, first_packet_on_sequence=True)
+        packet.track_descriptor.uuid = self.process_uuid
+        packet.track_descriptor.process.pid = int(np.uint64(self.process_uuid).astype(np.int32))
+        packet.track_descriptor.process.process_name = "/bin/bench"
+        self.packet(packet)
+        self.flush()
+        for thread in THREADS:
+            packet = TracePacket()
+            packet.track_descriptor.uuid = xxhash.xxh64_intdigest(thread.stream_id.encode())
+            packet.track_descriptor.parent_uuid = self.process_uuid
+            packet.track_descriptor.thread.pid = int(np.uint64(self.process_uuid).astype(np.int32))
+            packet.track_descriptor.thread.tid = thread.tid
+            packet.track_descriptor.thread.thread_name = thread.thread_name
+            self.packet(packet)
+        self.flush()
+        if with_async:
+            packet = TracePacket()
+            packet.track_descriptor.uuid = xxhash.xxh64_intdigest(b"async_track", self.process_uuid)
+            packet.track_descriptor.parent_uuid = self.process_uuid
+            packet.track_descriptor.name = "Async Operations"
+            self.packet(packet)
+            self.flush()
+
+    def spans(self, batches: list[pa.RecordBatch], track: int) -> None:
+        count = 0
+        for batch in batches:
+            columns = [batch.column(name).cast(pa.int64()).to_pylist() for name in ("begin", "end")]
+            columns += [batch.column(name).to_pylist() for name in ("name", "target", "filename", "line")]
+            for begin, end, name, target, filename, line in zip(*columns, strict=True):
+                if end <= begin:
+                    continue
+                for kind, timestamp in ((TrackEvent.TYPE_SLICE_BEGIN, begin), (TrackEvent.TYPE_SLICE_END, end)):
+                    packet = TracePacket(timestamp=timestamp)
+                    event = packet.track_event
+                    event.type = kind
+                    event.track_uuid = track
+                    event.category_iids.append(self.iid(packet, "categories", target))
+                    event.name_iid = self.iid(packet, "names", name)
+                    event.source_location_iid = self.iid(packet, "locations", (filename, line))
+                    self.packet(packet)
+                count += 1
+                if count % 10 == 0:
+                    self.flush()
+
+    def iid(self, packet: TracePacket, table: str, key: object) -> int:
+        iids = self.iids[table]
+        if key not in iids:
+            iid = iids[key] = len(iids) + 1
+            if table == "categories":
+                packet.interned_data.event_categories.add(iid=iid, name=key)
+            elif table == "names":
+                packet.interned_data.event_names.add(iid=iid, name=key)
+            else:
+                packet.interned_data.source_locations.add(iid=iid, file_name=key[0], line_number=key[1])
+        return iids[key]
+
+
+def baseline_chunks(span_types: str, thread_spans: Callable[[str], list], async_spans: list) -> list[bytes]:
+    writer = BaselineWriter()
+    writer.descriptors(span_types == "async")
+    if span_types == "thread":
+        for thread in THREADS:
+            writer.spans(thread_spans(thread.stream_id), xxhash.xxh64_intdigest(thread.stream_id.encode()))
+    else:
+        writer.spans(async_spans, xxhash.xxh64_intdigest(b"async_track", writer.process_uuid))
+    writer.flush()
+    return writer.chunks
+
+
+def median_seconds(run: Callable[[], object], runs: int) -> float:
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def drain(chunks: Iterator[bytes]) -> None:
+    for _ in chunks:
+        pass
+
+
+def throughput(spans: int, baseline_spans: int, runs: int) -> None:
+    threads, threads_small = thread_workload(spans), thread_workload(baseline_spans)
+    async_batches = list(span_batches(spans, 99, True))
+    async_small = list(span_batches(baseline_spans, 99, True))
+    for span_types in ("thread", "async"):  # same output, so a fair comparison
+        ours = list(spanlake_chunks(span_types, threads_small, lambda: async_small, AsyncLayout.SINGLE_TRACK))
+        assert ours == baseline_chunks(span_types, threads_small, async_small), f"{span_types} outputs differ"
+
+    print(f"{'workload':<34}{'spanlake spans/s':>18}{'baseline spans/s':>18}{'ratio':>8}")
+    for label, span_types, layout in (
+        ("thread spans", "thread", AsyncLayout.SINGLE_TRACK),
+        ("async spans, single track", "async", AsyncLayout.SINGLE_TRACK),
+        ("async spans, lanes", "async", AsyncLayout.LANES),
+    ):
+        seconds = median_seconds(
+            lambda t=span_types, la=layout: drain(spanlake_chunks(t, threads, lambda: async_batches, la)), runs
+        )
+        base = median_seconds(lambda t=span_types: baseline_chunks(t, threads_small, async_small), runs)
+        ours_rate, base_rate = spans / seconds, baseline_spans / base
+        print(f"{label:<34}{ours_rate:>18,.0f}{base_rate:>18,.0f}{ours_rate / base_rate:>7.1f}x")
+
+    lists = [
+        (
+            b.column("span_id").to_pylist(),
+            b.column("parent_span_id").to_pylist(),
+            b.column("begin").cast(pa.int64()).to_pylist(),
+            b.column("end").cast(pa.int64()).to_pylist(),
+        )
+        for b in async_batches
+    ]
+
+    def assign_all() -> None:
+        assigner = AsyncLaneAssigner()
+        for columns in lists:
+            assigner.assign(*columns)
+
+    lanes_rate = spans / median_seconds(assign_all, runs)
+    print(f"{'async lane assignment loop alone':<34}{lanes_rate:>18,.0f}")
+    print(f"(spanlake on {spans:,} spans, baseline on {baseline_spans:,}; medians of {runs} runs)")
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss, it does not carry over the
+    parent's peak across fork + exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def memory_child(spans: int, traced: bool) -> None:
+    """Encode a 'both' trace (lanes) of `spans` thread + `spans` async spans generated lazily; print
+    the process's max RSS (imports included), or (traced) the tracemalloc peak, which covers Python
+    and numpy allocations (tracemalloc inflates the RSS, hence two runs)."""
+    if traced:
+        tracemalloc.start()
+    per_thread = spans // len(THREADS)
+    total = 0
+    for chunk in spanlake_chunks(
+        "both",
+        lambda sid: span_batches(per_thread, int(sid.rsplit("-", 1)[1]), False),
+        lambda: span_batches(spans, 99, True),
+        AsyncLayout.LANES,
+    ):
+        total += len(chunk)
+    figures = {"trace_bytes": total, "arrow_pool_peak": pa.default_memory_pool().max_memory()}
+    if traced:
+        figures["python_numpy_peak"] = tracemalloc.get_traced_memory()[1]
+    else:
+        figures["max_rss"] = peak_rss()
+    print(json.dumps(figures))
+
+
+def memory(sizes: list[int]) -> None:
+    header = ("trace MB", "py+numpy peak MB", "arrow peak MB", "max RSS MB")
+    print(f"\n{'spans (thread + async)':<26}" + "".join(f"{h:>19}" for h in header))
+    for spans in sizes:
+        figures = {}
+        for mode in ("--traced", "--no-traced"):
+            command = [sys.executable, __file__, "--memory-child", str(spans), mode]
+            figures.update(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
+        keys = ("trace_bytes", "python_numpy_peak", "arrow_pool_peak", "max_rss")
+        print(f"{f'{spans:,} + {spans:,}':<26}" + "".join(f"{figures[k] / 1e6:>19.1f}" for k in keys))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--baseline-spans", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.traced)
+        return
+    throughput(args.spans, args.baseline_spans, args.runs)
+    memory([args.spans // 10, args.spans])
+
+
+if __name__ == "__main__":
+    main()
