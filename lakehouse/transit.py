@@ -15,8 +15,10 @@ Decoding a block:
    into a `(n, size)` byte matrix viewed through a numpy structured dtype built from the metadata
    offsets, so every member becomes a numpy column. Reference members (u64 ids) are dictionary-encoded
    and only their distinct ids are looked up in the dependencies, giving `ValueColumn`s.
-4. Dynamically sized types (log strings, images, tagged logs) are read object by object by the
-   readers of `lakehouse.transit_dynamic`; an unknown dynamic type is skipped (with a warning) by size.
+4. Dynamically sized types: the common log events made of fixed fields + one string
+   (`LogStringEventV2`, `TaggedLogString`) are read like fixed types, only their text is decoded per
+   object; the rarer ones (interop and legacy logs, images) are read object by object by the readers
+   of `lakehouse.transit_dynamic`; an unknown dynamic type is skipped (with a warning) by size.
 
 The result groups objects by type (`ObjectGroup`: positions within the block + columns), which is the
 shape the view builders consume. `object_values` turns it back into one value per object, the way
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,13 +38,22 @@ import lz4.frame
 import numpy as np
 import pyarrow as pa
 
-from lakehouse.transit_dynamic import DYNAMIC_TYPES, DependencyReader, nest, read_string
+from lakehouse.transit_dynamic import (
+    CUSTOM_TYPE_NAMES,
+    DYNAMIC_TYPES,
+    STRING_TAIL_TYPES,
+    DependencyReader,
+    StringTail,
+    decode_texts,
+    nest,
+    read_string,
+)
 from lakehouse.transit_metadata import (
     PRIMITIVES,
     Layout,
     TransitError,
+    TypeTable,
     UserDefinedType,
-    compile_layout,
     parse_udts,
 )
 from views.decoded import U8, Column, DecodedBlock, ObjectGroup, TransitObject, Value, ValueColumn
@@ -55,6 +66,7 @@ __all__ = [
     "TransitError",
     "decode_block",
     "decode_buffers",
+    "decompress",
     "frame_objects",
     "object_values",
     "read_dependencies",
@@ -67,16 +79,16 @@ __all__ = [
 class StreamLayout:
     """The type lists of one stream (from `streams.dependencies_metadata` / `objects_metadata`)."""
 
-    dependency_types: tuple[UserDefinedType, ...]
-    object_types: tuple[UserDefinedType, ...]
+    dependency_types: TypeTable
+    object_types: TypeTable
 
 
 @lru_cache(maxsize=256)
 def stream_layout(dependencies_metadata: bytes, objects_metadata: bytes) -> StreamLayout:
     """Parse (once per distinct metadata) the CBOR type lists stored with a stream."""
     return StreamLayout(
-        parse_udts(dependencies_metadata, "dependencies_metadata"),
-        parse_udts(objects_metadata, "objects_metadata"),
+        TypeTable(parse_udts(dependencies_metadata, "dependencies_metadata")),
+        TypeTable(parse_udts(objects_metadata, "objects_metadata")),
     )
 
 
@@ -108,6 +120,7 @@ def _byte_buffer(envelope: dict, key: str) -> bytes:
 
 
 def decompress(frame: bytes, what: str) -> bytes:
+    """An LZ4 frame → its content (an empty buffer stays empty)."""
     if not frame:
         return b""
     try:
@@ -219,15 +232,15 @@ def _walk_entries(
 # Dependencies
 
 
-def read_dependencies(buffer: bytes, udts: tuple[UserDefinedType, ...]) -> dict[int, Value]:
+def read_dependencies(buffer: bytes, types: TypeTable) -> dict[int, Value]:
     """The dependencies buffer → `{id: value}` (strings, descriptor objects, property sets)."""
-    framing = frame_objects(buffer, udts, "dependencies buffer")
+    framing = frame_objects(buffer, types, "dependencies buffer")
     deps: dict[int, Value] = {}
-    reader = DependencyReader(buffer, udts, deps)
+    reader = DependencyReader(buffer, types, deps)
     for type_index, start, size in zip(
         framing.type_index.tolist(), framing.body_start.tolist(), framing.body_size.tolist(), strict=True
     ):
-        udt = udts[type_index]
+        udt = types[type_index]
         try:
             entry = _read_dependency(reader, udt, type_index, start, size)
         except (struct.error, IndexError) as error:
@@ -259,11 +272,11 @@ def _read_dependency(
         return dep_id, text
     if udt.name == "PropertySetDependency":
         return reader.property_set(start)
-    if udt.name in DYNAMIC_TYPES:
+    if udt.name in CUSTOM_TYPE_NAMES:
         raise TransitError(f"dependencies buffer: {udt.name} cannot be a dependency (it has no id)")
     if udt.size == 0:
         raise TransitError(f"dependencies buffer: unknown dynamically sized dependency type {udt.name}")
-    value = reader.pod(compile_layout(reader.udts, type_index), start)
+    value = reader.pod(reader.types.layout(type_index), start)
     if not isinstance(value, TransitObject):
         return None  # a reference type resolves to another dependency; micromegas keeps nothing
     dep_id = value.members.get("id")
@@ -277,17 +290,19 @@ def _read_dependency(
 
 
 def _decode_objects(
-    buffer: bytes, framing: Framing, udts: tuple[UserDefinedType, ...], deps: dict[int, Value]
+    buffer: bytes, framing: Framing, types: TypeTable, deps: dict[int, Value]
 ) -> dict[str, ObjectGroup]:
     groups: dict[str, ObjectGroup] = {}
     counts = np.bincount(framing.type_index, minlength=256)
     for type_index in np.flatnonzero(counts).tolist():
-        udt = udts[type_index]
+        udt = types[type_index]
         positions = np.flatnonzero(framing.type_index == type_index)
         if udt.size:
-            group = _decode_fixed(buffer, framing, positions, compile_layout(udts, type_index), deps)
+            group = _decode_fixed(buffer, framing, positions, types.layout(type_index), deps)
+        elif udt.name in STRING_TAIL_TYPES:
+            group = _decode_string_tail(buffer, framing, positions, udt.name, STRING_TAIL_TYPES[udt.name], deps)
         elif udt.name in DYNAMIC_TYPES:
-            group = _decode_dynamic(buffer, framing, positions, udt.name, udts, deps)
+            group = _decode_dynamic(buffer, framing, positions, udt.name, types, deps)
         else:
             logger.warning("skipping %d objects of unknown dynamically sized type %s", len(positions), udt.name)
             group = ObjectGroup(udt.name, positions, {})
@@ -301,9 +316,7 @@ def _decode_fixed(
     buffer: bytes, framing: Framing, positions: np.ndarray, layout: Layout, deps: dict[int, Value]
 ) -> ObjectGroup:
     """Decode every object of one fixed-size type at once through a structured dtype."""
-    size = layout.udt.size
-    windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(buffer, dtype=np.uint8), size)
-    records = windows[framing.body_start[positions]].view(layout.dtype).reshape(len(positions))
+    records = _gather(buffer, framing.body_start[positions], layout.dtype)
     columns: dict[str, Column] = {}
     for leaf in layout.leaves:
         values = np.ascontiguousarray(records[leaf.column])
@@ -320,22 +333,80 @@ def _decode_fixed(
     )
 
 
+def _gather(buffer: bytes, starts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The records of `dtype` at byte offsets `starts`: one structured array, one column per field."""
+    size = dtype.itemsize
+    # Row p of `windows` is buffer[p : p + size] (a view, no copy); taking the rows at the object
+    # starts copies exactly the objects' bytes, which the structured dtype then reads as columns.
+    windows = np.ndarray((len(buffer) - size + 1, size), dtype=np.uint8, buffer=buffer, strides=(1, 1))
+    return windows[starts].view(dtype).reshape(len(starts))
+
+
+def _decode_string_tail(
+    buffer: bytes,
+    framing: Framing,
+    positions: np.ndarray,
+    type_name: str,
+    tail: StringTail,
+    deps: dict[int, Value],
+) -> ObjectGroup:
+    """Fixed fields + one DynString, for all objects at once (only the text decoding is per object)."""
+    header_size = tail.string_offset + 5
+    starts = framing.body_start[positions]
+    available = framing.body_size[positions] - header_size
+
+    def where(row: int) -> str:
+        return f"{type_name} object {positions[row]}"
+
+    _fail_at(available < 0, lambda row: f"{where(row)}: truncated")
+    offsets = [offset for _, _, offset in tail.fields] + [tail.string_offset, tail.string_offset + 1]
+    formats = [PRIMITIVES[kind][0] for _, kind, _ in tail.fields] + ["u1", "<u4"]
+    names = [name for name, _, _ in tail.fields] + ["codec", "length"]
+    records = _gather(buffer, starts, np.dtype({"names": names, "formats": formats, "offsets": offsets}))
+    codecs, lengths = records["codec"], records["length"].astype(np.int64)
+    _fail_at(
+        lengths > available,
+        lambda row: f"{where(row)}: truncated string: need {lengths[row]} bytes, have {available[row]}",
+    )
+    _fail_at(codecs > 2, lambda row: f"{where(row)}: invalid string codec {codecs[row]}")
+    _fail_at((codecs == 1) & (lengths % 2 == 1), lambda row: f"{where(row)}: wrong utf-16 buffer size")
+    text_starts = starts + header_size
+    texts = decode_texts(
+        buffer,
+        text_starts.tolist(),
+        (text_starts + lengths).tolist(),
+        codecs.tolist() if np.any(codecs == 1) else None,
+    )
+    columns: dict[str, Column] = {tail.string_member: ValueColumn(np.arange(len(texts), dtype=np.int32), texts)}
+    for name, kind, _ in tail.fields:
+        values = np.ascontiguousarray(records[name])
+        columns[name] = resolve_references(values, deps, f"{type_name}.{name}") if kind == "ref" else values
+    return ObjectGroup(type_name, positions, columns)
+
+
+def _fail_at(bad: np.ndarray, describe: Callable[[int], str]) -> None:
+    """Raise TransitError describing the first row flagged `bad`."""
+    flagged = np.flatnonzero(bad)
+    if len(flagged):
+        raise TransitError(describe(int(flagged[0])))
+
+
 def _decode_dynamic(
     buffer: bytes,
     framing: Framing,
     positions: np.ndarray,
     type_name: str,
-    udts: tuple[UserDefinedType, ...],
+    types: TypeTable,
     deps: dict[int, Value],
 ) -> ObjectGroup:
     """Read a dynamically sized type object by object, then build the same columns as fixed types."""
     dynamic = DYNAMIC_TYPES[type_name]
     starts = framing.body_start[positions]
     spans = zip(positions.tolist(), starts.tolist(), (starts + framing.body_size[positions]).tolist(), strict=True)
-    rows = dynamic.read_rows(buffer, list(spans), type_name, udts)
+    rows = dynamic.read_rows(buffer, list(spans), type_name, types)
     columns: dict[str, Column] = {}
-    for index, (name, kind) in enumerate(dynamic.members):
-        values = [row[index] for row in rows]
+    member_values = zip(*rows, strict=True) if rows else [() for _ in dynamic.members]
+    for (name, kind), values in zip(dynamic.members, member_values, strict=True):
         if kind == "value":
             columns[name] = ValueColumn(np.arange(len(values), dtype=np.int32), values)
         elif kind == "ref":
@@ -347,13 +418,21 @@ def _decode_dynamic(
 
 def resolve_references(ids: np.ndarray, deps: dict[int, Value], member: str) -> ValueColumn:
     """Per-object dependency ids → indices into the distinct referenced values."""
-    encoded = pa.array(ids, type=pa.uint64()).dictionary_encode()
+    if len(ids) < _HASH_ENCODE_FROM:
+        distinct, indices = np.unique(ids, return_inverse=True)
+        distinct_ids = distinct.tolist()
+    else:  # a hash-based encode beats sorting on large blocks
+        encoded = pa.array(ids, type=pa.uint64()).dictionary_encode()
+        distinct_ids, indices = encoded.dictionary.to_pylist(), np.asarray(encoded.indices)
     values = []
-    for dep_id in encoded.dictionary.to_pylist():
+    for dep_id in distinct_ids:
         if dep_id not in deps:
             raise TransitError(f"{member}: dependency {dep_id} not found in the block's dependencies")
         values.append(deps[dep_id])
-    return ValueColumn(np.asarray(encoded.indices), values)
+    return ValueColumn(indices, values)
+
+
+_HASH_ENCODE_FROM = 4096
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 These follow micromegas's `transit/src/parser.rs` (dependencies) and `tracing/src/parsing.rs` (custom
 readers). Strings inside dynamic objects are `DynString`s: `u8 codec, u32 byte length, bytes`, codec 0
 (ANSI, read as UTF-8) / 2 (UTF-8) decoded with replacement of invalid bytes, codec 1 UTF-16LE.
-Dynamic objects are rare (log messages, images), so they are read object by object.
+The rare dynamic types (interop and legacy logs, images) are read object by object; the common
+log events, fixed fields followed by one string, are described by a `StringTail` and read in bulk by
+`lakehouse.transit`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from dataclasses import dataclass
 from lakehouse.transit_metadata import (
     Layout,
     TransitError,
-    UserDefinedType,
-    compile_layout,
+    TypeTable,
 )
 from views.decoded import U8, TransitObject, Value
 
@@ -24,6 +25,10 @@ _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
+_STRING_HEADER = struct.Struct("<BI")
+_DESC_TIME = struct.Struct("<Qq")
+_TIME_LEVEL32 = struct.Struct("<qI")
+_TIME_LEVEL8 = struct.Struct("<qB")
 _LEAF_STRUCTS = {
     kind: struct.Struct(fmt)
     for kind, fmt in {"u8": "<B", "u32": "<I", "u64": "<Q", "i64": "<q", "f64": "<d", "ref": "<Q"}.items()
@@ -32,21 +37,31 @@ _LEAF_STRUCTS = {
 
 def read_string(buffer: bytes, position: int, end: int, what: str) -> tuple[str, int]:
     """Read a DynString at `position` (not past `end`) → (text, position after it)."""
+    try:
+        return _read_string(buffer, position, end)
+    except _StringError as error:
+        raise TransitError(f"{what}: {error}") from None
+
+
+class _StringError(Exception):
+    """What is wrong with a DynString; the caller says where it is."""
+
+
+def _read_string(buffer: bytes, position: int, end: int) -> tuple[str, int]:
     if position + 5 > end:
-        raise TransitError(f"{what}: string header truncated")
-    codec = buffer[position]
-    (length,) = _U32.unpack_from(buffer, position + 1)
+        raise _StringError("string header truncated")
+    codec, length = _STRING_HEADER.unpack_from(buffer, position)
     start = position + 5
     if start + length > end:
-        raise TransitError(f"{what}: truncated string: need {length} bytes, have {end - start}")
+        raise _StringError(f"truncated string: need {length} bytes, have {end - start}")
     raw = buffer[start : start + length]
-    if codec in (0, 2):
+    if codec == 2 or codec == 0:  # UTF-8; ANSI (windows-1252) is read as UTF-8 too, like micromegas
         return raw.decode("utf-8", "replace"), start + length
     if codec == 1:
         if length % 2:
-            raise TransitError(f"{what}: wrong utf-16 buffer size ({length} bytes)")
+            raise _StringError(f"wrong utf-16 buffer size ({length} bytes)")
         return raw.decode("utf-16-le", "replace"), start + length
-    raise TransitError(f"{what}: invalid string codec {codec}")
+    raise _StringError(f"invalid string codec {codec}")
 
 
 def nest(type_name: str, flat: Mapping[str, Value], nested_type_names: Mapping[str, str]) -> TransitObject:
@@ -78,9 +93,9 @@ def nest(type_name: str, flat: Mapping[str, Value], nested_type_names: Mapping[s
 class DependencyReader:
     """Reads dependency entries against the dependencies already read (they only point backwards)."""
 
-    def __init__(self, buffer: bytes, udts: tuple[UserDefinedType, ...], deps: dict[int, Value]) -> None:
+    def __init__(self, buffer: bytes, types: TypeTable, deps: dict[int, Value]) -> None:
         self.buffer = buffer
-        self.udts = udts
+        self.types = types
         self.deps = deps
 
     def pod(self, layout: Layout, start: int) -> Value:
@@ -103,10 +118,7 @@ class DependencyReader:
 
     def property_set(self, start: int) -> tuple[int, Value]:
         """`PropertySetDependency`: u64 id, u32 count, count × `Property {name, value}` string refs."""
-        property_index = next((i for i, udt in enumerate(self.udts) if udt.name == "Property"), None)
-        if property_index is None:
-            raise TransitError("PropertySetDependency: no Property type in the dependencies metadata")
-        layout = compile_layout(self.udts, property_index)
+        layout = self.types.layout_of("Property", "PropertySetDependency")
         (set_id,) = _U64.unpack_from(self.buffer, start)
         (count,) = _U32.unpack_from(self.buffer, start + 8)
         first = start + 12
@@ -128,24 +140,36 @@ class DependencyReader:
 
 
 class ObjectCursor:
-    """Reads the body of one object, never past its end."""
+    """Reads the body of one object at a time, never past its end (one cursor per object type)."""
 
-    def __init__(self, buffer: bytes, start: int, end: int, udts: tuple[UserDefinedType, ...], what: str):
+    __slots__ = ("buffer", "end", "object_position", "position", "type_name", "types")
+
+    def __init__(self, buffer: bytes, types: TypeTable, type_name: str) -> None:
         self.buffer = buffer
-        self.position = start
-        self.end = end
-        self.udts = udts
-        self.what = what
+        self.types = types
+        self.type_name = type_name
+        self.object_position = self.position = self.end = 0
 
-    def unpack(self, layout: struct.Struct) -> int:
+    def at(self, object_position: int, start: int, end: int) -> ObjectCursor:
+        self.object_position, self.position, self.end = object_position, start, end
+        return self
+
+    @property
+    def what(self) -> str:
+        return f"{self.type_name} object {self.object_position}"
+
+    def unpack(self, layout: struct.Struct) -> tuple:
         if self.position + layout.size > self.end:
             raise TransitError(f"{self.what}: truncated")
-        (value,) = layout.unpack_from(self.buffer, self.position)
+        values = layout.unpack_from(self.buffer, self.position)
         self.position += layout.size
-        return value
+        return values
 
     def string(self) -> str:
-        text, self.position = read_string(self.buffer, self.position, self.end, self.what)
+        try:
+            text, self.position = _read_string(self.buffer, self.position, self.end)
+        except _StringError as error:
+            raise TransitError(f"{self.what}: {error}") from None
         return text
 
     def legacy_string(self) -> str:
@@ -157,10 +181,7 @@ class ObjectCursor:
 
     def reference(self, type_name: str) -> int:
         """A nested reference type (`StringId`, `StaticStringRef`) sized by the metadata → its id."""
-        index = next((i for i, udt in enumerate(self.udts) if udt.name == type_name), None)
-        if index is None:
-            raise TransitError(f"{self.what}: no metadata for {type_name}")
-        layout = compile_layout(self.udts, index)
+        layout = self.types.layout_of(type_name, self.what)
         if not layout.udt.is_reference or layout.leaves[0].kind != "ref":
             raise TransitError(f"{self.what}: {type_name} is not a reference type")
         if self.position + layout.udt.size > self.end:
@@ -170,7 +191,7 @@ class ObjectCursor:
         return dep_id
 
     def blob(self) -> bytes:
-        length = self.unpack(_U32)
+        (length,) = self.unpack(_U32)
         if self.position + length > self.end:
             raise TransitError(f"{self.what}: invalid image blob: {length} bytes exceed the object")
         data = self.buffer[self.position : self.position + length]
@@ -190,58 +211,40 @@ class DynamicType:
         buffer: bytes,
         spans: Sequence[tuple[int, int, int]],
         type_name: str,
-        udts: tuple[UserDefinedType, ...],
+        types: TypeTable,
     ) -> list[tuple]:
         """One tuple of member values per `(position, body start, body end)`."""
-        return [
-            self.read(ObjectCursor(buffer, start, end, udts, f"{type_name} object {position}"))
-            for position, start, end in spans
-        ]
+        cursor = ObjectCursor(buffer, types, type_name)
+        read = self.read
+        return [read(cursor.at(position, start, end)) for position, start, end in spans]
 
 
 def _log_string_event(cursor: ObjectCursor) -> tuple:
-    desc = cursor.unpack(_U64)
-    time = cursor.unpack(_I64)
+    desc, time = cursor.unpack(_DESC_TIME)
     return time, cursor.legacy_string(), desc
 
 
-def _log_string_event_v2(cursor: ObjectCursor) -> tuple:
-    desc = cursor.unpack(_U64)
-    time = cursor.unpack(_I64)
-    return time, cursor.string(), desc
-
-
 def _log_string_interop_event_v2(cursor: ObjectCursor) -> tuple:
-    time = cursor.unpack(_I64)
-    level = cursor.unpack(_U32)
+    time, level = cursor.unpack(_TIME_LEVEL32)
     target = cursor.reference("StringId")
     return time, level, target, cursor.legacy_string()
 
 
 def _log_string_interop_event_v3(cursor: ObjectCursor) -> tuple:
-    time = cursor.unpack(_I64)
-    level = cursor.unpack(_U8)
+    time, level = cursor.unpack(_TIME_LEVEL8)
     target = cursor.reference("StaticStringRef")
     return time, level, target, cursor.string()
 
 
 def _tagged_log_interop_event(cursor: ObjectCursor) -> tuple:
-    time = cursor.unpack(_I64)
-    level = cursor.unpack(_U8)
+    time, level = cursor.unpack(_TIME_LEVEL8)
     target = cursor.reference("StaticStringRef")
-    properties = cursor.unpack(_U64)
+    (properties,) = cursor.unpack(_U64)
     return time, level, target, properties, cursor.string()
 
 
-def _tagged_log_string(cursor: ObjectCursor) -> tuple:
-    desc = cursor.unpack(_U64)
-    properties = cursor.unpack(_U64)
-    time = cursor.unpack(_I64)
-    return time, desc, properties, cursor.string()
-
-
 def _image_event(cursor: ObjectCursor) -> tuple:
-    time = cursor.unpack(_I64)
+    (time,) = cursor.unpack(_I64)
     name = cursor.string()
     image_format = cursor.string()
     return time, name, image_format, cursor.blob()
@@ -249,7 +252,6 @@ def _image_event(cursor: ObjectCursor) -> tuple:
 
 DYNAMIC_TYPES: dict[str, DynamicType] = {
     "LogStringEvent": DynamicType((("time", "i64"), ("msg", "value"), ("desc", "ref")), _log_string_event),
-    "LogStringEventV2": DynamicType((("time", "i64"), ("msg", "value"), ("desc", "ref")), _log_string_event_v2),
     "LogStringInteropEventV2": DynamicType(
         (("time", "i64"), ("level", "u32"), ("target", "ref"), ("msg", "value")),
         _log_string_interop_event_v2,
@@ -262,10 +264,35 @@ DYNAMIC_TYPES: dict[str, DynamicType] = {
         (("time", "i64"), ("level", "u8"), ("target", "ref"), ("properties", "ref"), ("msg", "value")),
         _tagged_log_interop_event,
     ),
-    "TaggedLogString": DynamicType(
-        (("time", "i64"), ("desc", "ref"), ("properties", "ref"), ("msg", "value")), _tagged_log_string
-    ),
     "ImageEvent": DynamicType(
         (("time", "i64"), ("name", "value"), ("format", "value"), ("data", "value")), _image_event
     ),
 }
+
+
+@dataclass(frozen=True)
+class StringTail:
+    """A dynamic type made of fixed fields then one DynString: read for all its objects at once."""
+
+    fields: tuple[tuple[str, str, int], ...]  # (member, kind, offset): kind u8/u32/u64/i64 or "ref"
+    string_offset: int  # where the DynString (u8 codec, u32 length, bytes) starts
+    string_member: str = "msg"
+
+
+# The log events micromegas's Rust SDK writes most (`log!` with arguments, tagged logs).
+STRING_TAIL_TYPES: dict[str, StringTail] = {
+    "LogStringEventV2": StringTail((("desc", "ref", 0), ("time", "i64", 8)), 16),
+    "TaggedLogString": StringTail((("desc", "ref", 0), ("properties", "ref", 8), ("time", "i64", 16)), 24),
+}
+
+CUSTOM_TYPE_NAMES = frozenset(DYNAMIC_TYPES) | frozenset(STRING_TAIL_TYPES)
+
+
+def decode_texts(buffer: bytes, starts: list[int], ends: list[int], codecs: list[int] | None) -> list[str]:
+    """DynString bodies → text (codecs None: all UTF-8), replacing invalid sequences like micromegas."""
+    if codecs is None:
+        return [buffer[start:end].decode("utf-8", "replace") for start, end in zip(starts, ends, strict=True)]
+    return [
+        buffer[start:end].decode("utf-16-le" if codec == 1 else "utf-8", "replace")
+        for start, end, codec in zip(starts, ends, codecs, strict=True)
+    ]

@@ -15,8 +15,9 @@ as micromegas does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property
 
 import cbor2
 import numpy as np
@@ -72,7 +73,7 @@ class Leaf:
     kind: str  # a PRIMITIVES key
     offset: int
 
-    @property
+    @cached_property
     def column(self) -> str:
         return ".".join(self.path)
 
@@ -85,7 +86,7 @@ class Layout:
     leaves: tuple[Leaf, ...]
     nested_type_names: tuple[tuple[str, str], ...]  # (path prefix, type name) of nested structs
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
         return np.dtype(
             {
@@ -140,7 +141,6 @@ def _fields(entry: object, where: str, expected: dict[str, type]) -> dict:
     return entry
 
 
-@lru_cache(maxsize=1024)
 def compile_layout(udts: tuple[UserDefinedType, ...], type_index: int) -> Layout:
     """Flatten the fixed-size type `udts[type_index]` (raises TransitError for an unreadable layout)."""
     udt = udts[type_index]
@@ -150,6 +150,9 @@ def compile_layout(udts: tuple[UserDefinedType, ...], type_index: int) -> Layout
     leaves, nested = _flatten(udt, by_name, (), 0, udt.size, 0)
     if udt.is_reference:
         leaves = (_reference_id(udt, leaves, ()),)
+    columns = [leaf.column for leaf in leaves]
+    if len(set(columns)) != len(columns):
+        raise TransitError(f"type {udt.name}: two members have the same name")
     return Layout(udt, leaves, nested)
 
 
@@ -211,5 +214,33 @@ def _reference_id(udt: UserDefinedType, leaves: tuple[Leaf, ...], path: tuple[st
     raise TransitError(f"reference type {udt.name} has no 'id' member")
 
 
-def find_udt(udts: tuple[UserDefinedType, ...], name: str) -> UserDefinedType | None:
-    return next((udt for udt in udts if udt.name == name), None)
+class TypeTable(Sequence[UserDefinedType]):
+    """One of a stream's type lists, with its layouts compiled on first use (once per stream)."""
+
+    def __init__(self, udts: tuple[UserDefinedType, ...]) -> None:
+        self.udts = udts
+        self._layouts: dict[int, Layout] = {}
+        self._index_by_name: dict[str, int] = {}
+        for index, udt in enumerate(udts):
+            self._index_by_name.setdefault(udt.name, index)  # the first type of a name wins
+
+    def __len__(self) -> int:
+        return len(self.udts)
+
+    def __getitem__(self, index: int) -> UserDefinedType:
+        return self.udts[index]
+
+    def index_of(self, name: str) -> int | None:
+        return self._index_by_name.get(name)
+
+    def layout(self, index: int) -> Layout:
+        """The flat layout of the fixed-size type at `index` (TransitError if it is unreadable)."""
+        if index not in self._layouts:
+            self._layouts[index] = compile_layout(self.udts, index)
+        return self._layouts[index]
+
+    def layout_of(self, name: str, what: str) -> Layout:
+        index = self.index_of(name)
+        if index is None:
+            raise TransitError(f"{what}: no metadata for {name}")
+        return self.layout(index)

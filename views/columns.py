@@ -1,0 +1,96 @@
+"""Column helpers shared by the view builders: coded (dictionary-style) values and Arrow conversions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from views.decoded import ValueColumn
+from views.schema_types import DICT_UTF8, TIMESTAMP
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(frozen=True)
+class Coded(Generic[T]):
+    """Rows `values[codes[i]]`: few distinct values, many rows (like an Arrow dictionary)."""
+
+    codes: np.ndarray  # int64
+    values: Sequence[T]
+
+    @staticmethod
+    def of(column: ValueColumn) -> Coded[Any]:
+        return Coded(np.asarray(column.indices, dtype=np.int64), list(column.values))
+
+    @staticmethod
+    def constant(value: T, length: int) -> Coded[T]:
+        return Coded(np.zeros(length, dtype=np.int64), [value])
+
+    @staticmethod
+    def concat(parts: Sequence[Coded[T]]) -> Coded[T]:
+        offsets = np.cumsum([0] + [len(part.values) for part in parts])
+        codes = [part.codes + offset for part, offset in zip(parts, offsets, strict=False)]
+        values = [value for part in parts for value in part.values]
+        return Coded(np.concatenate(codes) if codes else np.zeros(0, np.int64), values)
+
+    def map(self, function: Callable[[T], U]) -> Coded[U]:
+        """Apply `function` to each distinct value (not to each row)."""
+        return Coded(self.codes, [function(value) for value in self.values])
+
+    def take(self, order: np.ndarray) -> Coded[T]:
+        return Coded(self.codes[order], self.values)
+
+    def numbers(self, dtype: type | np.dtype) -> np.ndarray:
+        """Per-row numbers when the distinct values are numbers."""
+        return np.array(self.values, dtype=dtype)[self.codes] if self.values else np.zeros(0, dtype)
+
+
+def pair_codes(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (first, second) code pairs → (pair code per row, first and second code per pair)."""
+    if len(first) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    width = int(second.max()) + 1
+    pairs, inverse = np.unique(first.astype(np.int64) * width + second, return_inverse=True)
+    return inverse.astype(np.int64), pairs // width, pairs % width
+
+
+def dictionary_array(coded: Coded[str]) -> pa.Array:
+    """`Dictionary(Int32, Utf8)` with deduplicated values."""
+    unique: dict[str, int] = {}
+    remap = np.array([unique.setdefault(value, len(unique)) for value in coded.values], dtype=np.int32)
+    indices = remap[coded.codes] if len(remap) else np.zeros(0, np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(list(unique), pa.utf8()))
+
+
+def string_array(coded: Coded[str]) -> pa.Array:
+    return pa.array(coded.values, pa.utf8()).take(pa.array(coded.codes, pa.int64()))
+
+
+def constant_dictionary(value: str, length: int) -> pa.Array:
+    return dictionary_array(Coded.constant(value, length))
+
+
+def timestamp_array(nanoseconds: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(nanoseconds, dtype=np.int64), pa.int64()).view(TIMESTAMP)
+
+
+def order_by_position(positions: Sequence[np.ndarray]) -> np.ndarray:
+    """The permutation putting concatenated per-type rows back in block order."""
+    return np.argsort(np.concatenate(positions) if positions else np.zeros(0, np.int64), kind="stable")
+
+
+__all__ = [
+    "DICT_UTF8",
+    "Coded",
+    "constant_dictionary",
+    "dictionary_array",
+    "order_by_position",
+    "pair_codes",
+    "string_array",
+    "timestamp_array",
+]

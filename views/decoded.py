@@ -1,0 +1,120 @@
+"""What a decoded transit block looks like to the views (the decoder lives in `lakehouse.transit`).
+
+A block is decoded once into one `ObjectGroup` per object type present. A group holds the positions of
+its objects within the block (0-based, counting every object of the block, whatever its type) and one
+column per member:
+
+* numeric members (u8, u32, u64, i64, f64) are numpy arrays, one value per object;
+* every other member (strings, references to dependencies such as a `SpanRecord` or a property set,
+  image bytes) is a `ValueColumn`: per-object indices into the list of its distinct values. A block
+  references few distinct descriptors, so views derive their columns from the distinct values once
+  and take them by index, which is also exactly an Arrow dictionary.
+
+Nested structures are flattened: the member `b` of a nested member `a` is the column `"a.b"`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class U8(int):
+    """An integer read from a u8 member (micromegas keeps the distinction when printing values)."""
+
+
+@dataclass(frozen=True)
+class TransitObject:
+    """A structured value: a dependency (e.g. `SpanRecord`), a property set, or one decoded object."""
+
+    type_name: str
+    members: Mapping[str, Value]
+
+    def __getitem__(self, name: str) -> Value:
+        return self.members[name]
+
+
+Value = str | int | float | bytes | TransitObject | None
+
+
+@dataclass(frozen=True)
+class ValueColumn:
+    """A non-numeric member: row i holds `values[indices[i]]`."""
+
+    indices: np.ndarray
+    values: Sequence[Value]
+
+    def to_list(self) -> list[Value]:
+        return [self.values[index] for index in self.indices.tolist()]
+
+
+Column = np.ndarray | ValueColumn
+
+
+@dataclass(frozen=True)
+class ObjectGroup:
+    """All objects of one type within a block, as columns."""
+
+    type_name: str
+    positions: np.ndarray  # int64, ascending
+    columns: Mapping[str, Column]
+    # Type names of nested structured members, by flattened path prefix (e.g. {"a": "Inner"}).
+    nested_type_names: Mapping[str, str] = field(default_factory=dict)
+    # A reference type decodes to the dependency it points to (its "id" column), not to an object.
+    is_reference: bool = False
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def numeric(self, name: str) -> np.ndarray:
+        column = self.columns[name]
+        if not isinstance(column, np.ndarray):
+            raise BlockRowsError(f"{self.type_name}.{name} is not a numeric member")
+        return column
+
+    def values(self, name: str) -> ValueColumn:
+        column = self.columns[name]
+        if not isinstance(column, ValueColumn):
+            raise BlockRowsError(f"{self.type_name}.{name} is not a string or reference member")
+        return column
+
+
+@dataclass(frozen=True)
+class DecodedBlock:
+    """The objects of one block, grouped by type, and the dependencies they were resolved against."""
+
+    nb_objects: int
+    groups: Mapping[str, ObjectGroup]
+    dependencies: Mapping[int, Value]
+
+    def group(self, type_name: str) -> ObjectGroup | None:
+        return self.groups.get(type_name)
+
+
+class BlockRowsError(ValueError):
+    """A decoded block whose content cannot become view rows (missing member, bad level name...)."""
+
+
+def string_member(value: Value, name: str, what: str) -> str:
+    """`value.name` as a string (micromegas's `obj.get::<&str>(name)`), else BlockRowsError."""
+    member = value.members.get(name) if isinstance(value, TransitObject) else None
+    if not isinstance(member, str):
+        raise BlockRowsError(f"{what}: expected a string member {name!r}, got {member!r}")
+    return member
+
+
+def integer_member(value: Value, name: str, what: str) -> int:
+    """`value.name` as an integer (micromegas's `obj.get::<u32>(name)` and friends), else BlockRowsError."""
+    member = value.members.get(name) if isinstance(value, TransitObject) else None
+    if not isinstance(member, int):
+        raise BlockRowsError(f"{what}: expected an integer member {name!r}, got {member!r}")
+    return member
+
+
+def object_members(value: Value, what: str) -> dict[str, str]:
+    """The string members of a property set (non-string members are ignored, as in micromegas)."""
+    if not isinstance(value, TransitObject):
+        raise BlockRowsError(f"{what}: expected a property set, got {value!r}")
+    return {key: member for key, member in value.members.items() if isinstance(member, str)}

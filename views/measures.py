@@ -1,0 +1,138 @@
+"""The `measures` view: one row per metric event of a `metrics` stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from views.columns import Coded, constant_dictionary, dictionary_array, order_by_position, pair_codes, timestamp_array
+from views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
+from views.meta import BlockMeta, ProcessMeta
+from views.properties import constant_properties_array, jsonb_dictionary
+from views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
+from views.time import TickConverter
+
+VIEW_SET_NAME = "measures"
+FILE_SCHEMA_HASH = bytes([7])
+
+SCHEMA = pa.schema(
+    [
+        required("process_id", DICT_UTF8),
+        required("stream_id", DICT_UTF8),
+        required("block_id", DICT_UTF8),
+        required("insert_time", TIMESTAMP),
+        required("exe", DICT_UTF8),
+        required("username", DICT_UTF8),
+        required("computer", DICT_UTF8),
+        required("time", TIMESTAMP),
+        required("target", DICT_UTF8),
+        required("name", DICT_UTF8),
+        required("unit", DICT_UTF8),
+        required("value", pa.float64()),
+        required("properties", DICT_JSONB),
+        required("process_properties", DICT_JSONB),
+    ]
+)
+
+# ---------------------------------------------------------------------------------------------------
+# Rows
+#
+# One row per metric event, in block order. Integer metrics whose unit is "ticks" are converted to
+# seconds with the block's tick frequency (unit becomes "seconds"). Tagged metrics' string properties
+# `target`, `name` and `unit` override their descriptor's (before the ticks rule applies).
+
+SECONDS_UNIT = "seconds"
+TICKS_UNIT = "ticks"
+
+
+@dataclass(frozen=True)
+class _MeasureRows:
+    positions: np.ndarray
+    ticks: np.ndarray
+    values: np.ndarray  # float64
+    target: Coded[str]
+    name: Coded[str]
+    unit: Coded[str]
+    properties: Coded[Mapping[str, str]]
+
+
+def build_batch(block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, convert: TickConverter) -> pa.RecordBatch:
+    """The measures rows of one decoded `metrics` block (an empty batch when it holds no metric)."""
+    parts = [
+        _rows(group, is_integer, is_tagged, convert)
+        for type_name, (is_integer, is_tagged) in METRIC_TYPES.items()
+        if (group := block.group(type_name))
+    ]
+    order = order_by_position([part.positions for part in parts])
+    length = len(order)
+    ticks = np.concatenate([part.ticks for part in parts])[order] if parts else np.zeros(0, np.int64)
+    values = np.concatenate([part.values for part in parts])[order] if parts else np.zeros(0)
+    columns = [
+        constant_dictionary(process.process_id, length),
+        constant_dictionary(meta.stream_id, length),
+        constant_dictionary(meta.block_id, length),
+        timestamp_array(np.full(length, meta.insert_time_ns, dtype=np.int64)),
+        constant_dictionary(process.exe, length),
+        constant_dictionary(process.username, length),
+        constant_dictionary(process.computer, length),
+        timestamp_array(convert.ticks_to_ns(ticks)),
+        dictionary_array(Coded.concat([part.target for part in parts]).take(order)),
+        dictionary_array(Coded.concat([part.name for part in parts]).take(order)),
+        dictionary_array(Coded.concat([part.unit for part in parts]).take(order)),
+        pa.array(values, pa.float64()),
+        _properties(Coded.concat([part.properties for part in parts]).take(order)),
+        constant_properties_array(process.properties, length),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
+
+
+# type name → (integer value?, tagged with a property set?)
+METRIC_TYPES = {
+    "FloatMetricEvent": (False, False),
+    "IntegerMetricEvent": (True, False),
+    "TaggedFloatMetricEvent": (False, True),
+    "TaggedIntegerMetricEvent": (True, True),
+}
+
+
+def _properties(coded: Coded[Mapping[str, str]]) -> pa.Array:
+    return jsonb_dictionary(coded.codes, coded.values)
+
+
+def _rows(group: ObjectGroup, is_integer: bool, is_tagged: bool, convert: TickConverter) -> _MeasureRows:
+    what = group.type_name
+    desc = Coded.of(group.values("desc"))
+    if is_tagged:
+        properties = Coded.of(group.values("properties")).map(lambda p: object_members(p, f"{what}.properties"))
+    else:
+        properties = Coded.constant({}, len(group))
+    pair, desc_of_pair, properties_of_pair = pair_codes(desc.codes, properties.codes)
+    labels = [
+        _labels(desc.values[desc_code], properties.values[properties_code], f"{what}.desc")
+        for desc_code, properties_code in zip(desc_of_pair.tolist(), properties_of_pair.tolist(), strict=True)
+    ]
+    target, name, unit = (Coded(pair, [label[i] for label in labels]) for i in range(3))
+    raw = group.numeric("value")
+    if is_integer:
+        is_ticks = np.array([label[2] == TICKS_UNIT for label in labels], dtype=bool)[pair]
+        values = np.where(is_ticks, _ticks_to_seconds(raw, convert), raw.astype(np.float64))
+        unit = unit.map(lambda u: SECONDS_UNIT if u == TICKS_UNIT else u)
+    else:
+        values = raw.astype(np.float64)
+    return _MeasureRows(group.positions, group.numeric("time"), values, target, name, unit, properties)
+
+
+def _labels(desc: Value, properties: Mapping[str, str], what: str) -> tuple[str, str, str]:
+    return (
+        properties.get("target", string_member(desc, "target", what)),
+        properties.get("name", string_member(desc, "name", what)),
+        properties.get("unit", string_member(desc, "unit", what)),
+    )
+
+
+def _ticks_to_seconds(raw: np.ndarray, convert: TickConverter) -> np.ndarray:
+    # micromegas: delta_ticks_to_ms(value as i64) / 1000.0
+    return convert.delta_ticks_to_ms(raw.view(np.int64)) / 1000.0

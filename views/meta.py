@@ -1,0 +1,44 @@
+"""The metadata a view builder needs besides the decoded block: its process, stream and block rows.
+
+Ids are the lower-case hyphenated UUID strings the views store; times are integer nanoseconds since
+the Unix epoch (UTC); ticks are as stored in PostgreSQL (block ticks relative to the process start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProcessMeta:
+    process_id: str
+    exe: str
+    username: str
+    computer: str
+    start_time_ns: int
+    start_ticks: int
+    tsc_frequency: int
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamMeta:
+    stream_id: str
+    process_id: str
+    tags: tuple[str, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockMeta:
+    block_id: str
+    stream_id: str
+    process_id: str
+    begin_time_ns: int
+    begin_ticks: int  # relative to the process's start_ticks
+    end_time_ns: int
+    end_ticks: int
+    nb_objects: int
+    object_offset: int  # index of the block's first object within its stream
+    insert_time_ns: int

@@ -1,0 +1,318 @@
+"""The `thread_spans` view: the call tree of one thread stream, one row per span in pre-order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from views.columns import Coded, dictionary_array, pair_codes, timestamp_array
+from views.decoded import DecodedBlock, ObjectGroup
+from views.meta import BlockMeta, StreamMeta
+from views.schema_types import DICT_UTF8, TIMESTAMP, required
+from views.scope import Scope, span_desc_scope, span_location_scope
+from views.time import TickConverter
+
+VIEW_SET_NAME = "thread_spans"
+FILE_SCHEMA_HASH = bytes([3])
+
+SCHEMA = pa.schema(
+    [
+        required("id", pa.int64()),
+        required("parent", pa.int64()),
+        required("depth", pa.uint32()),
+        required("hash", pa.uint32()),
+        required("begin", TIMESTAMP),
+        required("end", TIMESTAMP),
+        required("duration", pa.int64()),
+        required("name", DICT_UTF8),
+        required("target", DICT_UTF8),
+        required("filename", DICT_UTF8),
+        required("line", pa.uint32()),
+    ]
+)
+
+# ---------------------------------------------------------------------------------------------------
+# Rows
+#
+# micromegas builds the tree with a stack machine over the thread's begin/end events
+# (`analytics/src/call_tree.rs`), once per chain of contiguous blocks, over the chain's time range
+# [range_begin, range_end]. Its rules, restated as properties of the finished tree:
+#
+# * events before range_begin are ignored; within a block, the first event after range_end stops the
+#   block (the rest of that block is ignored);
+# * a begin opens a span (id = its event id = block object_offset + object index); the end at the
+#   same nesting level closes it (its scope must be the same, else the chain is in error);
+# * a span never closed ends at range_end;
+# * an end met with no open span (the span began before the range) becomes a span
+#   [range_begin, end time] with the end's event id, enclosing everything before it at top level;
+# * top-level spans hang under a synthetic thread root (id -1, parent 0, depth 0, the whole range),
+#   created by the first end that leaves no span open. Without such an end there is no root: the
+#   first span, never closed, is the tree's root (parent 0, depth 0);
+# * rows are the pre-order walk of the tree, children in begin order.
+#
+# (One corner is not reproduced: micromegas would also turn into a wrapper an open span whose scope
+# hashes like the synthetic root's — name "{thread-name}-{thread-id}", no file, no target, line 0 —
+# when an end of another scope meets it; here that is a scope mismatch.)
+#
+# The tree is computed without replaying the stack: the nesting level is a running sum of +1/-1
+# clamped at 0, a begin is matched to the next end at its level (a stable sort by level puts them next
+# to each other), a span's parent is the latest earlier begin one level up, and every unmatched end
+# adds one enclosing level to the spans before it.
+
+
+@dataclass(frozen=True)
+class _ThreadEvents:
+    """A chain's begin/end events in order: +1/-1, time, event id, scope code, block number."""
+
+    step: np.ndarray
+    time_ns: np.ndarray
+    event_id: np.ndarray
+    scopes: Coded[Scope]
+    block: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence[_ThreadEvents]) -> _ThreadEvents:
+        def arrays(name: str) -> np.ndarray:
+            return np.concatenate([getattr(part, name) for part in parts]) if parts else np.zeros(0, np.int64)
+
+        scopes = Coded.concat([part.scopes for part in parts])
+        return _ThreadEvents(arrays("step"), arrays("time_ns"), arrays("event_id"), scopes, arrays("block"))
+
+    def take(self, rows: np.ndarray) -> _ThreadEvents:
+        return _ThreadEvents(
+            self.step[rows], self.time_ns[rows], self.event_id[rows], self.scopes.take(rows), self.block[rows]
+        )
+
+
+@dataclass(frozen=True)
+class _Spans:
+    id: np.ndarray
+    parent: np.ndarray
+    depth: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    scopes: Coded[Scope]
+
+    @staticmethod
+    def empty() -> _Spans:
+        nothing = np.zeros(0, np.int64)
+        return _Spans(nothing, nothing, nothing, nothing, nothing, Coded(nothing, []))
+
+
+# type name → (begin?, named?)
+THREAD_EVENT_TYPES = {
+    "BeginThreadSpanEvent": (True, False),
+    "EndThreadSpanEvent": (False, False),
+    "BeginThreadNamedSpanEvent": (True, True),
+    "EndThreadNamedSpanEvent": (False, True),
+}
+
+
+class CallTreeError(ValueError):
+    """The events of a thread do not nest (an end closes a span other than the innermost open one)."""
+
+
+def thread_name(stream: StreamMeta) -> str:
+    """`{thread-name}-{thread-id}` from the stream properties; the id defaults to the stream id."""
+    thread_id = stream.properties.get("thread-id", stream.stream_id)
+    name = stream.properties.get("thread-name")
+    return f"{name}-{thread_id}" if name else thread_id
+
+
+def group_contiguous_block_chains(blocks: Sequence[BlockMeta]) -> list[list[int]]:
+    """Indices of `blocks` (in event-time order) cut where a block begins after every earlier end."""
+    chains: list[list[int]] = []
+    chain_end: int | None = None
+    for index, block in enumerate(blocks):
+        if chain_end is None or block.begin_ticks > chain_end:
+            chains.append([])
+            chain_end = block.end_ticks
+        else:
+            chain_end = max(chain_end, block.end_ticks)
+        chains[-1].append(index)
+    return chains
+
+
+def build_batch(
+    blocks: Sequence[tuple[BlockMeta, DecodedBlock]], stream: StreamMeta, convert: TickConverter
+) -> pa.RecordBatch:
+    """The thread_spans rows of a stream's blocks, given in event-time order (`convert`: latest timing)."""
+    root_scope = Scope(thread_name(stream), "", "", 0)
+    spans = []
+    for chain in group_contiguous_block_chains([meta for meta, _ in blocks]):
+        chain_blocks = [blocks[index] for index in chain]
+        range_begin = convert.delta_ticks_to_ns_scalar(chain_blocks[0][0].begin_ticks)
+        range_end = convert.delta_ticks_to_ns_scalar(chain_blocks[-1][0].end_ticks)
+        events = _chain_events(chain_blocks, convert, range_begin, range_end)
+        spans.append(_call_tree(events, range_begin, range_end, root_scope, stream.stream_id))
+    return _batch(spans, stream.stream_id)
+
+
+def _chain_events(
+    blocks: Sequence[tuple[BlockMeta, DecodedBlock]], convert: TickConverter, range_begin: int, range_end: int
+) -> _ThreadEvents:
+    parts: list[_ThreadEvents] = []
+    for block_number, (meta, block) in enumerate(blocks):
+        for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
+            group = block.group(type_name)
+            if group is None:
+                continue
+            parts.append(
+                _ThreadEvents(
+                    np.full(len(group), 1 if is_begin else -1, dtype=np.int64),
+                    convert.ticks_to_ns(group.numeric("time")),
+                    group.positions + meta.object_offset,
+                    _scopes(group, named),
+                    np.full(len(group), block_number, dtype=np.int64),
+                )
+            )
+    events = _ThreadEvents.concat(parts)
+    # Blocks in chain order, objects in block order (event ids increase within a block).
+    events = events.take(np.lexsort((events.event_id, events.block)))
+    return _in_range(events, range_begin, range_end)
+
+
+def _in_range(events: _ThreadEvents, range_begin: int, range_end: int) -> _ThreadEvents:
+    """Drop events before the range, and from the first event after the range to the end of its block."""
+    after = (events.time_ns > range_end).astype(np.int64)
+    seen_after = np.cumsum(after)
+    block_starts = np.flatnonzero(np.diff(events.block, prepend=-1))
+    before_block = (seen_after - after)[block_starts]
+    stopped = seen_after - np.repeat(before_block, np.diff(np.append(block_starts, len(after)))) > 0
+    return events.take(np.flatnonzero((events.time_ns >= range_begin) & ~stopped))
+
+
+def _call_tree(events: _ThreadEvents, range_begin: int, range_end: int, root_scope: Scope, stream_id: str) -> _Spans:
+    if len(events.step) == 0:
+        return _Spans.empty()
+    is_begin = events.step > 0
+    running = np.cumsum(events.step)
+    level_after = running - np.minimum.accumulate(np.minimum(running, 0))  # the nesting level, clamped at 0
+    level_before = np.concatenate(([0], level_after[:-1]))
+    level = np.where(is_begin, level_after, level_before)  # a begin opens its level, an end closes it
+
+    opening, closing = _matching_ends(is_begin, level, level_before)
+    _check_scopes(opening, closing, events, stream_id)
+    span_end = np.full(len(events.step), range_end, dtype=np.int64)
+    span_end[opening] = events.time_ns[closing]
+    begins = np.flatnonzero(is_begin)
+    parent_index = _parent_begin(begins, level)
+    spans = _Spans(
+        events.event_id[begins],
+        np.where(parent_index >= 0, events.event_id[np.maximum(parent_index, 0)], 0),
+        level[begins] - 1,
+        events.time_ns[begins],
+        span_end[begins],
+        events.scopes.take(begins),
+    )
+    if not np.any(~is_begin & (level_before <= 1)):
+        return spans  # no end ever left the stack empty: the first span, never closed, is the root
+    unmatched_ends = np.flatnonzero(~is_begin & (level_before == 0))
+    return _under_thread_root(spans, parent_index, begins, unmatched_ends, events, (range_begin, range_end), root_scope)
+
+
+def _matching_ends(is_begin: np.ndarray, level: np.ndarray, level_before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(begin, end) index pairs: at each level, events alternate begin, end, begin, end..."""
+    candidates = np.flatnonzero(is_begin | (level_before > 0))  # unmatched ends (at level 0) left out
+    by_level = candidates[np.argsort(level[candidates], kind="stable")]
+    first, second = by_level[:-1], by_level[1:]
+    pairs = np.flatnonzero(is_begin[first] & ~is_begin[second] & (level[first] == level[second]))
+    return first[pairs], second[pairs]
+
+
+def _under_thread_root(
+    spans: _Spans,
+    parent_index: np.ndarray,
+    begins: np.ndarray,
+    unmatched_ends: np.ndarray,
+    events: _ThreadEvents,
+    time_range: tuple[int, int],
+    root_scope: Scope,
+) -> _Spans:
+    """Add the synthetic root and the spans of unmatched ends (each enclosing everything before it)."""
+    next_wrapper = np.searchsorted(unmatched_ends, begins)
+    wrappers_after = len(unmatched_ends) - next_wrapper
+    top_level_parent = np.append(events.event_id[unmatched_ends], -1)[next_wrapper]
+    wrappers = unmatched_ends[::-1]  # outermost first
+    nb_wrappers = len(wrappers)
+    range_begin, range_end = time_range
+    return _Spans(
+        np.concatenate(([-1], events.event_id[wrappers], spans.id)),
+        np.concatenate(
+            (
+                [0],
+                np.append(-1, events.event_id[wrappers])[:nb_wrappers],
+                np.where(parent_index >= 0, spans.parent, top_level_parent),
+            )
+        ),
+        np.concatenate(([0], np.arange(1, nb_wrappers + 1), spans.depth + 1 + wrappers_after)),
+        np.concatenate(([range_begin], np.full(nb_wrappers, range_begin), spans.begin)),
+        np.concatenate(([range_end], events.time_ns[wrappers], spans.end)),
+        Coded.concat([Coded(np.zeros(1, np.int64), [root_scope]), events.scopes.take(wrappers), spans.scopes]),
+    )
+
+
+def _parent_begin(begins: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """For each begin, the index of the latest earlier begin one level up (-1 at level 1)."""
+    stride = len(level) + 1
+    keys = np.sort(level[begins] * stride + begins)  # begins ordered by (level, position)
+    found = np.searchsorted(keys, (level[begins] - 1) * stride + begins) - 1
+    return np.where((level[begins] > 1) & (found >= 0), keys[np.maximum(found, 0)] % stride, -1)
+
+
+def _check_scopes(opening: np.ndarray, closing: np.ndarray, events: _ThreadEvents, stream_id: str) -> None:
+    hashes = events.scopes.map(lambda scope: scope.hash).numbers(np.int64)
+    wrong = np.flatnonzero(hashes[opening] != hashes[closing])
+    if len(wrong):
+        first = wrong[np.argmin(closing[wrong])]
+        open_scope = events.scopes.values[events.scopes.codes[opening[first]]]
+        closing_scope = events.scopes.values[events.scopes.codes[closing[first]]]
+        raise CallTreeError(
+            f"top scope mismatch in thread stream {stream_id}: event {events.event_id[closing[first]]} "
+            f"closes {closing_scope.name!r} but {open_scope.name!r} is open"
+        )
+
+
+def _scopes(group: ObjectGroup, named: bool) -> Coded[Scope]:
+    if not named:
+        what = f"{group.type_name}.thread_span_desc"
+        return Coded.of(group.values("thread_span_desc")).map(lambda desc: span_desc_scope(desc, what))
+    location = Coded.of(group.values("thread_span_location"))
+    names = Coded.of(group.values("name"))
+    pair, location_of_pair, name_of_pair = pair_codes(location.codes, names.codes)
+    scopes = [
+        span_location_scope(location.values[location_code], names.values[name_code], group.type_name)
+        for location_code, name_code in zip(location_of_pair.tolist(), name_of_pair.tolist(), strict=True)
+    ]
+    return Coded(pair, scopes)
+
+
+def _batch(spans: Sequence[_Spans], stream_id: str) -> pa.RecordBatch:
+    begin = np.concatenate([part.begin for part in spans]) if spans else np.zeros(0, np.int64)
+    end = np.concatenate([part.end for part in spans]) if spans else np.zeros(0, np.int64)
+    regressed = np.flatnonzero(np.diff(begin) < 0)
+    if len(regressed):
+        row = int(regressed[0]) + 1
+        raise CallTreeError(f"thread_spans stream {stream_id}: begin regressed at row {row}")
+    scopes = Coded.concat([part.scopes for part in spans])
+
+    def integers(name: str) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in spans]) if spans else np.zeros(0, np.int64)
+
+    columns = [
+        pa.array(integers("id"), pa.int64()),
+        pa.array(integers("parent"), pa.int64()),
+        pa.array(integers("depth").astype(np.uint32), pa.uint32()),
+        pa.array(scopes.map(lambda scope: scope.hash).numbers(np.uint32), pa.uint32()),
+        timestamp_array(begin),
+        timestamp_array(end),
+        pa.array(end - begin, pa.int64()),
+        dictionary_array(scopes.map(lambda scope: scope.name)),
+        dictionary_array(scopes.map(lambda scope: scope.target)),
+        dictionary_array(scopes.map(lambda scope: scope.filename)),
+        pa.array(scopes.map(lambda scope: scope.line).numbers(np.uint32), pa.uint32()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
