@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import PostgresServer, SpanlakeServer  # noqa: E402
+from harness import PostgresServer, SpanlakeServer
 
 
 @contextlib.contextmanager

@@ -8,13 +8,14 @@ SessionContext on that thread (it panics); nothing here does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext, Table, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
-from lakehouse import catalog_functions, instances
+from lakehouse import catalog_functions, instances, perfetto_trace
 from lakehouse.errors import QueryError
 from lakehouse.lake import Lake
 from lakehouse.timestamps import parse_rfc3339_ns
@@ -99,18 +100,29 @@ class GlobalTables(SchemaProvider):
         self.ctx = ctx
         self.lake = lake
         self.query_range = query_range
+        self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
 
     @property
     def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
-        return list(GLOBAL_TABLES)
+        return [*GLOBAL_TABLES, *self.registered]
 
-    def table(self, name: str) -> Table | None:
+    def table(self, name: str) -> Any:
+        if name in self.registered:
+            return self.registered[name]
         if name not in GLOBAL_TABLES:
             return None
         return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
+    def register_table(self, name: str, table: Any) -> None:
+        if name in GLOBAL_TABLES:
+            raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
+        self.registered[name] = table
+
+    def deregister_table(self, name: str, cascade: bool = True) -> None:
+        self.registered.pop(name, None)
+
     def table_exist(self, name: str) -> bool:
-        return name in GLOBAL_TABLES
+        return name in GLOBAL_TABLES or name in self.registered
 
 
 def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
@@ -134,6 +146,19 @@ def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
     return [retire_partitions, materialize_partitions]
 
 
+def _perfetto_function(ctx: SessionContext, lake: Lake) -> Callable[..., Table]:
+    def perfetto_trace_chunks(*args: Expr) -> Table:
+        name = "perfetto_trace_chunks"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (process_id, span_types, begin, end)")
+        plan = perfetto_trace.plan_trace(
+            lake, literal_string(args[0], name, "First"), literal_string(args[1], name, "Second"),
+            literal_timestamp_ns(args[2], name, "Third"), literal_timestamp_ns(args[3], name, "Fourth"))
+        return Table(perfetto_trace.trace_dataframe(ctx, plan))
+
+    return perfetto_trace_chunks
+
+
 def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None,
                          is_admin: bool = True) -> SessionContext:
     """A session for one query. Admin functions are registered only for admins (or without auth)."""
@@ -142,6 +167,7 @@ def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None,
     ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range), "view_instance"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
+    ctx.register_udtf(udtf(_perfetto_function(ctx, lake), "perfetto_trace_chunks"))
     if is_admin:
         for function in _ops_functions(lake):
             ctx.register_udtf(udtf(function, function.__name__))

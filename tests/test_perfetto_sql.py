@@ -1,0 +1,125 @@
+"""perfetto_trace_chunks(...) over materialized views: decoded and checked against the views themselves."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+from harness import PostgresServer
+from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, cpu_streams, local_lake
+from perfetto_check import decode_and_check
+
+from lakehouse import perfetto_trace
+from lakehouse.timestamps import parse_rfc3339_ns
+
+BEGIN, END = "TIMESTAMP '2026-11-23T08:00:00Z'", "TIMESTAMP '2026-11-23T10:00:00Z'"
+
+
+@pytest.fixture(scope="module")
+def loaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLake]:
+    with local_lake(postgres, tmp_path_factory.mktemp("lake")) as lake:
+        lake.upload()
+        yield lake
+
+
+def trace(lake: LocalLake, span_types: str, begin: str = BEGIN, end: str = END) -> pa.Table:
+    return lake.sql(f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{PROCESS_ID}', '{span_types}',"
+                    f" {begin}, {end})")
+
+
+def thread_slices(lake: LocalLake) -> collections.Counter:
+    found: collections.Counter = collections.Counter()
+    for stream in cpu_streams():
+        rows = lake.sql(f"SELECT name, CAST(begin AS BIGINT) AS b, CAST(\"end\" AS BIGINT) AS e"
+                        f" FROM view_instance('thread_spans', '{stream['stream_id']}')").to_pylist()
+        found.update((r["name"], r["b"], r["e"]) for r in rows)
+    return found
+
+
+def async_slices(lake: LocalLake) -> collections.Counter:
+    rows = lake.sql(f"""
+        SELECT b.name, CAST(b.time AS BIGINT) AS b, CAST(e.time AS BIGINT) AS e
+        FROM (SELECT * FROM view_instance('async_events', '{PROCESS_ID}') WHERE event_type = 'begin') b
+        JOIN (SELECT * FROM view_instance('async_events', '{PROCESS_ID}') WHERE event_type = 'end') e
+        ON b.span_id = e.span_id WHERE b.time < e.time""").to_pylist()
+    return collections.Counter((r["name"], r["b"], r["e"]) for r in rows)
+
+
+@pytest.mark.parametrize("span_types", ["thread", "async", "both"])
+def test_trace_holds_exactly_the_spans_of_the_views(loaded: LocalLake, span_types: str) -> None:
+    table = trace(loaded, span_types)
+    ids = table.column("chunk_id").to_pylist()
+    chunks = table.column("chunk_data").to_pylist()
+    assert ids == list(range(len(ids))) and all(chunks)
+    decoded = decode_and_check(b"".join(chunks))
+    expected: collections.Counter = collections.Counter()
+    if span_types != "async":
+        expected += thread_slices(loaded)
+    if span_types != "thread":
+        expected += async_slices(loaded)
+    assert decoded.all_slices() == expected
+    # One thread track per cpu stream (+ the process track, + async lanes for async spans).
+    threads = [t for t in decoded.tracks.values() if t.HasField("thread")]
+    assert sorted(t.thread.thread_name for t in threads) == sorted(
+        f"{s['properties']['thread-name']}-{s['properties']['thread-id']}" for s in cpu_streams())
+    process = [t for t in decoded.tracks.values() if t.HasField("process")]
+    assert [p.process.process_name for p in process] == [EXPECTED["process"]["process_info"]["exe"]]
+
+
+def test_chunks_follow_the_flush_rule(loaded: LocalLake) -> None:
+    sizes = [len(c) for c in trace(loaded, "both").column("chunk_data").to_pylist()]
+    # Process descriptor alone, then the thread descriptors, then the async track descriptor.
+    assert len(sizes) > 3 and all(0 < size < 8192 for size in sizes)
+    assert sizes[0] < 100
+
+
+def test_a_range_with_no_data_gives_a_trace_of_descriptors(loaded: LocalLake) -> None:
+    table = trace(loaded, "both", "TIMESTAMP '2030-01-01T00:00:00Z'", "'2030-01-01T01:00:00Z'")
+    decoded = decode_and_check(b"".join(table.column("chunk_data").to_pylist()))
+    assert decoded.all_slices() == collections.Counter()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ("'not-a-uuid', 'both', " + BEGIN + ", " + END, "must be a valid UUID (the process ID), given 'not-a-uuid'"),
+    (f"'{PROCESS_ID}', 'all', {BEGIN}, {END}", "span_types must be 'thread', 'async', or 'both', given: all"),
+    (f"'{PROCESS_ID}', 'both', {END}, {BEGIN}", "begin must be before end"),
+    (f"'{PROCESS_ID}', 'both', 'yesterday', {END}", "Third argument of perfetto_trace_chunks: not an RFC3339"),
+    (f"'{PROCESS_ID}', 42, {BEGIN}, {END}", "Second argument of perfetto_trace_chunks must be a string"),
+    (f"'{PROCESS_ID}', 'both', {BEGIN}", "takes 4 arguments"),
+    (f"'6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f', 'both', {BEGIN}, {END}",
+     "Trace generation failed: Process 6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f not found"),
+])
+def test_bad_arguments(loaded: LocalLake, arguments: str, message: str) -> None:
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+        loaded.sql(f"SELECT chunk_id FROM perfetto_trace_chunks({arguments})")
+
+
+def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake) -> None:
+    begin, end = parse_rfc3339_ns("2026-11-23T08:00:00Z"), parse_rfc3339_ns("2026-11-23T10:00:00Z")
+    plan = perfetto_trace.plan_trace(loaded.lake, PROCESS_ID, "both", begin, end)
+    produced = 0
+    chunks = plan.chunks
+
+    def counted() -> Iterator[bytes]:
+        nonlocal produced
+        for chunk in chunks():
+            produced += 1
+            yield chunk
+
+    plan.chunks = counted  # type: ignore[method-assign]
+    stream = iter(perfetto_trace.trace_dataframe(loaded.session(), plan).execute_stream())
+    first = next(stream).to_pyarrow()
+    assert first.column("chunk_id").to_pylist()[0] == 0
+    assert produced <= 3 * perfetto_trace.CHUNKS_PER_BATCH < plan.chunk_count
+    rest = sum(batch.to_pyarrow().num_rows for batch in stream)
+    assert first.num_rows + rest == plan.chunk_count == produced
+
+
+def test_upper_case_process_id_gives_the_same_trace(loaded: LocalLake) -> None:
+    upper = loaded.sql(f"SELECT chunk_data FROM perfetto_trace_chunks('{PROCESS_ID.upper()}', 'thread',"
+                       f" {BEGIN}, {END})").column("chunk_data").to_pylist()
+    assert upper == trace(loaded, "thread").column("chunk_data").to_pylist()
+
+
