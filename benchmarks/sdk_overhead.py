@@ -1,0 +1,172 @@
+"""Cost of instrumenting with spanlake's SDK, next to an uninstrumented baseline and the OpenTelemetry SDK.
+
+Measures, in ns per operation (median of --repeats runs of --count operations each):
+  sync span   a call of a `@span_fn` function           vs a plain call  vs OTel `start_as_current_span`
+  async span  an await of a `@span_fn` coroutine          vs a plain await vs OTel inside the coroutine
+  log         `tracing.info(msg)`                       vs a no-op call  vs stdlib `logging` (NullHandler)
+"recorded" is the time on the instrumented thread only; "with flush" adds the time to encode and hand
+every recorded event to the sink (spanlake: `tracing.flush()`; OTel: `force_flush()` of a
+BatchSpanProcessor with an exporter that drops everything), divided by the count.
+
+    python benchmarks/sdk_overhead.py [--count 200000] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import tracing
+
+
+class DropExporter(SpanExporter):
+    def export(self, spans: Sequence) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def plain() -> None:
+    return None
+
+
+@tracing.span_fn
+def instrumented() -> None:
+    return None
+
+
+async def plain_async() -> None:
+    return None
+
+
+@tracing.span_fn
+async def instrumented_async() -> None:
+    return None
+
+
+def make_otel() -> tuple[TracerProvider, Callable[[], None], Callable]:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 20,
+                                                   max_export_batch_size=1 << 12))
+    tracer = provider.get_tracer("bench")
+
+    def otel_sync() -> None:
+        with tracer.start_as_current_span("otel_sync"):
+            return None
+
+    async def otel_async() -> None:
+        with tracer.start_as_current_span("otel_async"):
+            return None
+
+    return provider, otel_sync, otel_async
+
+
+def run_sync(fn: Callable[[], None], count: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        fn()
+    return time.perf_counter_ns() - start
+
+
+def run_async(fn: Callable, count: int) -> float:
+    async def loop() -> float:
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            await fn()
+        return time.perf_counter_ns() - start
+
+    return asyncio.run(loop())
+
+
+def run_log(fn: Callable[[str], None], count: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        fn("request handled")
+    return time.perf_counter_ns() - start
+
+
+def measure(label: str, run: Callable[[], float], flush: Callable[[], None], count: int,
+            repeats: int) -> tuple[float, float]:
+    """(median recorded ns/op, median ns/op with flush) over `repeats` runs."""
+    recorded, total = [], []
+    for _ in range(repeats):
+        flush()
+        elapsed = run()
+        flush_start = time.perf_counter_ns()
+        flush()
+        recorded.append(elapsed / count)
+        total.append((elapsed + time.perf_counter_ns() - flush_start) / count)
+    return statistics.median(recorded), statistics.median(total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    count, repeats = args.count, args.repeats
+
+    sink = tracing.MemorySink()
+    tracing.init(sink=sink, flush_period=3600)
+
+    def spanlake_flush() -> None:
+        tracing.flush(60)
+        sink.items.clear()  # the encoded bodies are not needed: bound memory
+
+    provider, otel_sync, otel_async = make_otel()
+
+    def otel_flush() -> None:
+        provider.force_flush(60_000)
+
+    def nothing() -> None:
+        return None
+
+    std_logger = logging.getLogger("bench.stdlib")
+    std_logger.addHandler(logging.NullHandler())
+    std_logger.setLevel(logging.INFO)
+    std_logger.propagate = False
+
+    rows = [
+        ("sync span", [
+            ("baseline (plain call)", lambda: run_sync(plain, count), nothing),
+            ("spanlake @span_fn", lambda: run_sync(instrumented, count), spanlake_flush),
+            ("OpenTelemetry span", lambda: run_sync(otel_sync, count), otel_flush),
+        ]),
+        ("async span", [
+            ("baseline (plain await)", lambda: run_async(plain_async, count), nothing),
+            ("spanlake @span_fn async", lambda: run_async(instrumented_async, count), spanlake_flush),
+            ("OpenTelemetry span", lambda: run_async(otel_async, count), otel_flush),
+        ]),
+        ("log call", [
+            ("baseline (no-op call)", lambda: run_log(lambda message: None, count), nothing),
+            ("spanlake tracing.info", lambda: run_log(tracing.info, count), spanlake_flush),
+            ("stdlib logging (NullHandler)", lambda: run_log(std_logger.info, count), nothing),
+        ]),
+    ]
+    print(f"count={count} repeats={repeats}; ns per operation, medians")
+    print(f"{'operation':<12} {'variant':<32} {'recorded':>10} {'with flush':>11} {'overhead':>10}")
+    for operation, variants in rows:
+        results = [(name, *measure(name, run, flush, count, repeats)) for name, run, flush in variants]
+        baseline = results[0][1]
+        for name, recorded, total in results:
+            print(f"{operation:<12} {name:<32} {recorded:>10.0f} {total:>11.0f} {recorded - baseline:>10.0f}")
+        if operation != "log call":
+            spanlake, otel = results[1], results[2]
+            ratio_recorded = (otel[1] - baseline) / max(spanlake[1] - baseline, 1e-9)
+            ratio_total = (otel[2] - baseline) / max(spanlake[2] - baseline, 1e-9)
+            print(f"{'':<12} OpenTelemetry / spanlake overhead: {ratio_recorded:.1f}x recorded, "
+                  f"{ratio_total:.1f}x with flush")
+    provider.shutdown()
+    tracing.shutdown()
+
+
+if __name__ == "__main__":
+    main()

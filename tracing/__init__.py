@@ -1,0 +1,80 @@
+"""spanlake's instrumentation SDK: spans (threads and asyncio), logs and metrics, sent to a spanlake
+(or micromegas) ingestion server as micromegas transit blocks.
+
+    import tracing
+    tracing.init("http://127.0.0.1:9000")      # or MICROMEGAS_TELEMETRY_URL
+    @tracing.span_fn
+    async def handle(request): ...
+    tracing.info("started", {"region": "eu"})
+    tracing.imetric("queue_depth", "count", 3)
+    tracing.shutdown()
+
+See docs/tracing.md.
+"""
+
+from tracing.dispatch import current_process, flush, init, shutdown, sink_stats
+from tracing.logs import (
+    DEBUG,
+    ERROR,
+    FATAL,
+    INFO,
+    TRACE,
+    WARN,
+    LoggingHandler,
+    debug,
+    error,
+    fatal,
+    info,
+    log,
+    set_max_level,
+    trace,
+    warn,
+)
+from tracing.metrics import fmetric, imetric
+from tracing.process_info import ProcessInfo
+from tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
+from tracing.spans import (
+    current_span_id,
+    instrument,
+    span_async_named,
+    span_fn,
+    span_scope,
+    span_scope_named,
+)
+
+__all__ = [
+    "DEBUG",
+    "ERROR",
+    "FATAL",
+    "INFO",
+    "TRACE",
+    "WARN",
+    "HttpSink",
+    "LoggingHandler",
+    "MemorySink",
+    "Priority",
+    "ProcessInfo",
+    "SinkConfig",
+    "SinkStats",
+    "current_process",
+    "current_span_id",
+    "debug",
+    "error",
+    "fatal",
+    "flush",
+    "fmetric",
+    "imetric",
+    "info",
+    "init",
+    "instrument",
+    "log",
+    "set_max_level",
+    "shutdown",
+    "sink_stats",
+    "span_async_named",
+    "span_fn",
+    "span_scope",
+    "span_scope_named",
+    "trace",
+    "warn",
+]

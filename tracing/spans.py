@@ -1,0 +1,210 @@
+"""Spans: thread spans for synchronous code, async spans for coroutines.
+
+Recording a span edge appends a few ints to the calling thread's cpu stream (see tracing.streams);
+everything else happens at flush time.
+
+Async spans follow the asyncio task tree through a context variable holding the current async
+span (id, depth): a span started in a coroutine is the child of the span current in its task, and
+a task created inside a span inherits it (asyncio copies the context into new tasks), so spawned
+tasks are children of the span that spawned them and concurrent siblings never see each other.
+The root is span 0 at depth -1, so top-level async spans have parent 0 and depth 0, as in
+micromegas. Begin and end events are written to the cpu stream of the thread running the
+coroutine at that moment.
+
+Static names (a function's name, a fixed string) use `SpanMetadata` descriptors; dynamic names
+(`span_async_named`, `span_scope_named`) use the `Named` events, which carry the string itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import itertools
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+from tracing import dispatch as _dispatch
+from tracing.registry import REGISTRY
+from tracing.streams import TYPE_BITS
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Type indices in the cpu stream (tracing.udts.THREAD_LAYOUT); event code = descriptor id << TYPE_BITS | index.
+BEGIN_THREAD, END_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED = 0, 1, 2, 3
+BEGIN_ASYNC, END_ASYNC, BEGIN_ASYNC_NAMED, END_ASYNC_NAMED = 4, 5, 6, 7
+
+_now = time.perf_counter_ns
+_span_ids = itertools.count(1)
+_ROOT = (0, -1)
+_current_span: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("spanlake_async_span",
+                                                                                 default=_ROOT)
+_site_descriptors: dict[tuple, tuple[int, Any]] = {}
+
+
+def current_span_id() -> int:
+    """The id of the async span the current task is in (0 outside any)."""
+    return _current_span.get()[0]
+
+
+def span_fn(func: Any = None, /, *, name: str | None = None) -> Any:
+    """Decorator: a thread span around each call of a function, an async span around each run of a
+    coroutine function. The name is the function's `__qualname__` unless given:
+    `@span_fn`, `@span_fn("name")` or `@span_fn(name="name")`."""
+    if func is None or isinstance(func, str):
+        given = func if isinstance(func, str) else name
+        return lambda f: span_fn(f, name=given)
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(f"span_fn cannot instrument generator {func.__qualname__}: its body runs after the call")
+    code = getattr(func, "__code__", None)
+    desc = REGISTRY.span(name or func.__qualname__, getattr(func, "__module__", None) or "",
+                         code.co_filename if code else "", code.co_firstlineno if code else 0)
+    if inspect.iscoroutinefunction(func):
+        return _async_span_fn(func, desc)
+    return _sync_span_fn(func, desc)
+
+
+def _sync_span_fn(func: F, desc: int) -> F:
+    begin, end = desc << TYPE_BITS | BEGIN_THREAD, desc << TYPE_BITS | END_THREAD
+
+    @functools.wraps(func)
+    def thread_span(*args: Any, **kwargs: Any) -> Any:
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        events = stream.thread_events
+        events += (begin, _now(), None)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            events += (end, _now(), None)
+            if len(events) > stream.thread_capacity:
+                stream.full()
+
+    return thread_span  # type: ignore[return-value]
+
+
+def _async_span_fn(func: F, desc: int) -> F:
+    begin, end = desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC
+
+    @functools.wraps(func)
+    async def async_span(*args: Any, **kwargs: Any) -> Any:
+        parent = _current_span.get()
+        span_id, depth = next(_span_ids), parent[1] + 1
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        events = stream.async_events
+        events += (begin, _now(), span_id, parent[0], depth, None)
+        _current_span.set((span_id, depth))
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            _end_async_span(end, span_id, parent, depth, None)
+
+    return async_span  # type: ignore[return-value]
+
+
+def _end_async_span(end: int, span_id: int, parent: tuple[int, int], depth: int, name: str | None) -> None:
+    # Restore the parent only in our own context: a coroutine closed by the garbage collector runs
+    # this in whatever context is current then, which is not ours to change.
+    if _current_span.get()[0] == span_id:
+        _current_span.set(parent)
+    try:
+        stream = _dispatch.local.stream
+    except AttributeError:
+        stream = _dispatch.thread_stream()
+    events = stream.async_events
+    events += (end, _now(), span_id, parent[0], depth, name)
+    if len(events) > stream.async_capacity:
+        stream.full()
+
+
+async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
+    parent = _current_span.get()
+    span_id, depth = next(_span_ids), parent[1] + 1
+    try:
+        stream = _dispatch.local.stream
+    except AttributeError:
+        stream = _dispatch.thread_stream()
+    events = stream.async_events
+    events += (begin, _now(), span_id, parent[0], depth, name)
+    _current_span.set((span_id, depth))
+    try:
+        return await awaitable
+    finally:
+        _end_async_span(end, span_id, parent, depth, name)
+
+
+def instrument(awaitable: Awaitable[T], name: str) -> Awaitable[T]:
+    """An async span with a static name around `awaitable` (micromegas `.instrument(&DESC)`).
+    For names that change per call, use `span_async_named`."""
+    desc = _descriptor_here(sys._getframe(1), name)
+    return _instrumented(awaitable, desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC, None)
+
+
+def span_async_named(name: str, awaitable: Awaitable[T]) -> Awaitable[T]:
+    """An async span whose name is given per call, e.g. `span_async_named(f"process_user_{uid}", work())`."""
+    location = _descriptor_here(sys._getframe(1), None)
+    if type(name) is not str:
+        name = str(name)
+    begin, end = location << TYPE_BITS | BEGIN_ASYNC_NAMED, location << TYPE_BITS | END_ASYNC_NAMED
+    return _instrumented(awaitable, begin, end, name)
+
+
+class _ThreadScope:
+    __slots__ = ("_begin", "_end", "_events", "_name", "_stream")
+
+    def __init__(self, begin: int, end: int, name: str | None) -> None:
+        self._begin, self._end, self._name = begin, end, name
+
+    def __enter__(self) -> None:
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        self._stream, self._events = stream, stream.thread_events
+        self._events += (self._begin, _now(), self._name)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        events = self._events
+        events += (self._end, _now(), self._name)
+        if len(events) > self._stream.thread_capacity:
+            self._stream.full()
+
+
+def span_scope(name: str) -> _ThreadScope:
+    """`with span_scope("name"):` a thread span with a static name around a block of code."""
+    desc = _descriptor_here(sys._getframe(1), name)
+    return _ThreadScope(desc << TYPE_BITS | BEGIN_THREAD, desc << TYPE_BITS | END_THREAD, None)
+
+
+def span_scope_named(name: str) -> _ThreadScope:
+    """`with span_scope_named(f"load_{key}"):` a thread span whose name is given per call."""
+    location = _descriptor_here(sys._getframe(1), None)
+    if type(name) is not str:
+        name = str(name)
+    return _ThreadScope(location << TYPE_BITS | BEGIN_THREAD_NAMED, location << TYPE_BITS | END_THREAD_NAMED, name)
+
+
+def _descriptor_here(frame: FrameType, name: str | None) -> int:
+    """The span descriptor (`name` given) or span location (`name` None) of the calling line."""
+    key = (name, id(frame.f_code), frame.f_lasti)
+    found = _site_descriptors.get(key)
+    if found is None:
+        code = frame.f_code
+        target = frame.f_globals.get("__name__", "")
+        if name is None:
+            desc = REGISTRY.location(target, code.co_filename, frame.f_lineno)
+        else:
+            desc = REGISTRY.span(name, target, code.co_filename, frame.f_lineno)
+        # Keeping the code object alive keeps its id from being reused by another one.
+        found = _site_descriptors[key] = (desc, code)
+    return found[0]

@@ -1,0 +1,384 @@
+"""Vectorized transit encoding: recorded events → objects and dependencies buffers → a block body.
+
+Buffer framing (both buffers): per entry a `u8` type index into the stream's metadata list, then
+the fixed-size struct image (`udt.size` bytes) or, for dynamically sized types, a `u32` byte count
+followed by the body. All integers little-endian; padding bytes are zero.
+
+Nothing here loops over events in Python: each type's rows are packed at once into a numpy
+structured array laid out by the UDT offsets, variable-size parts (strings) are appended from Arrow
+string arrays, and `_frame` puts every entry in its final position with one Arrow `take`.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import cbor2
+import lz4.frame
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracing import udts
+from tracing.registry import DYNAMIC_ID_BASE, Registry
+from tracing.streams import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS
+from tracing.udts import (
+    FLOAT_METRIC_INDEX,
+    LOG_STRING_INDEX,
+    TAGGED_FLOAT_METRIC_INDEX,
+    TAGGED_INTEGER_METRIC_INDEX,
+    TAGGED_LOG_INDEX,
+    Udt,
+)
+
+UTF8_CODEC = 2  # micromegas StringCodec::Utf8
+_SCALARS = {"i64": "<i8", "u64": "<u8", "u32": "<u4", "f64": "<f8", "usize": "<u8"}
+_STRING_HANDLES = {"StringId", "StaticStringRef"}
+_NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
+
+
+def record_dtype(udt: Udt, prefix: Sequence[tuple[str, str]] = (("tag", "u1"),)) -> np.dtype:
+    """A packed numpy dtype for `udt`'s struct image, after `prefix` fields (the framing bytes).
+
+    A string-handle member `m` (StringId / StaticStringRef) becomes `m` (u64 id) and `m_len` (u32).
+    """
+    names: list[str] = []
+    formats: list[str] = []
+    offsets: list[int] = []
+    base = 0
+    for name, fmt in prefix:
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(base)
+        base += np.dtype(fmt).itemsize
+    for member in udt.members:
+        if member.type_name in _STRING_HANDLES:
+            names += [member.name, f"{member.name}_len"]
+            formats += ["<u8", "<u4"]
+            offsets += [base + member.offset, base + member.offset + 8]
+        else:
+            names.append(member.name)
+            formats.append("<u8" if member.is_reference else _SCALARS[member.type_name])
+            offsets.append(base + member.offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": base + udt.size})
+
+
+def fill_records(dtype: np.dtype, count: int, **columns: np.ndarray | int) -> np.ndarray:
+    """A zeroed structured array of `count` rows with the given fields set (scalars broadcast)."""
+    records = np.zeros(count, dtype)
+    for name, values in columns.items():
+        records[name] = values
+    return records
+
+
+@dataclass
+class Part:
+    """Entries of one kind: where they go in the buffer (`rows`) and their bytes, one binary value each."""
+
+    rows: np.ndarray
+    entries: pa.LargeBinaryArray
+
+    @staticmethod
+    def fixed(rows: np.ndarray, records: np.ndarray) -> Part:
+        """Entries that are the rows of a structured array (zero copy)."""
+        offsets = np.arange(0, (len(records) + 1) * records.dtype.itemsize, records.dtype.itemsize, dtype=np.int64)
+        entries = pa.Array.from_buffers(pa.large_binary(), len(records),
+                                        [None, pa.py_buffer(offsets), pa.py_buffer(records)])
+        return Part(rows, entries)
+
+    @staticmethod
+    def with_tails(rows: np.ndarray, heads: np.ndarray, tails: pa.Array) -> Part:
+        """Entries made of a fixed head (a structured array row) followed by the UTF-8 bytes of a string."""
+        joined = pc.binary_join_element_wise(Part.fixed(rows, heads).entries, tails.cast(pa.large_binary()),
+                                             _NO_SEPARATOR)
+        return Part(rows, joined)
+
+
+def _frame(parts: Iterable[Part], count: int) -> bytes:
+    """The entries of all parts back to back in row order (rows 0..count-1, each given by one part)."""
+    parts = [p for p in parts if len(p.rows)]
+    if not parts:
+        return b""
+    entries = pa.concat_arrays([p.entries for p in parts])
+    source_of_row = np.empty(count, np.int64)
+    source_of_row[np.concatenate([p.rows for p in parts])] = np.arange(count)
+    ordered = entries.take(pa.array(source_of_row))
+    offsets = np.frombuffer(ordered.buffers()[1], np.int64)[ordered.offset:ordered.offset + count + 1]
+    return ordered.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
+
+
+def utf8_lengths(strings: pa.Array) -> np.ndarray:
+    return pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dependencies
+
+
+class Dependencies:
+    """Collects what a block's events reference and writes the dependencies buffer.
+
+    Strings are written first, then descriptors (which point to strings), then property sets, so a
+    one-pass reader always finds a referenced id already defined.
+    """
+
+    def __init__(self, layout: udts.StreamLayout, registry: Registry) -> None:
+        self.layout = layout
+        self.registry = registry
+        self.static_strings: set[int] = set()  # written as StaticString
+        self.dynamic_names: pa.Array | None = None  # per-block names, ids DYNAMIC_ID_BASE + index
+        self.records: list[tuple[Udt, list[tuple]]] = []
+        self.property_sets: list[int] = []
+
+    def add_records(self, udt: Udt, table: dict, ids: np.ndarray, string_fields: Sequence[str]) -> None:
+        rows = [table[int(i)] for i in ids]
+        for row in rows:
+            self.static_strings.update(getattr(row, f) for f in string_fields)
+        if rows:
+            self.records.append((udt, rows))
+
+    def add_property_sets(self, ids: np.ndarray) -> None:
+        self.property_sets = [int(i) for i in ids]
+
+    def encode(self) -> bytes:
+        parts: list[bytes] = [self._static_strings()]
+        property_strings = {s for pid in self.property_sets for pair in self.registry.property_sets[pid] for s in pair}
+        parts.append(self._string_dependencies(sorted(property_strings - self.static_strings)))
+        parts += [self._records(udt, rows) for udt, rows in self.records]
+        parts += [self._property_set(pid) for pid in self.property_sets]
+        return b"".join(parts)
+
+    def _static_strings(self) -> bytes:
+        ids = sorted(self.static_strings)
+        values = pa.array([self.registry.strings[i] for i in ids], pa.large_string())
+        id_array = np.array(ids, np.uint64)
+        if self.dynamic_names is not None and len(self.dynamic_names):
+            values = pa.concat_arrays([values, self.dynamic_names.cast(pa.large_string())])
+            id_array = np.concatenate([id_array, DYNAMIC_ID_BASE + np.arange(len(self.dynamic_names), dtype=np.uint64)])
+        if not len(values):
+            return b""
+        lengths = utf8_lengths(values)
+        dtype = np.dtype({"names": ["tag", "size", "id"], "formats": ["u1", "<u4", "<u8"],
+                          "offsets": [0, 1, 5], "itemsize": 13})
+        heads = fill_records(dtype, len(values), tag=self.layout.dependency_index(udts.STATIC_STRING),
+                             size=8 + lengths, id=id_array)
+        return _frame([Part.with_tails(np.arange(len(values)), heads, values)], len(values))
+
+    def _string_dependencies(self, ids: list[int]) -> bytes:
+        """Strings of property sets, as `StaticStringDependency` (id, codec, length, bytes) like micromegas."""
+        if not ids:
+            return b""
+        values = pa.array([self.registry.strings[i] for i in ids], pa.large_string())
+        lengths = utf8_lengths(values)
+        dtype = np.dtype({"names": ["tag", "size", "id", "codec", "len"],
+                          "formats": ["u1", "<u4", "<u8", "u1", "<u4"],
+                          "offsets": [0, 1, 5, 13, 14], "itemsize": 18})
+        heads = fill_records(dtype, len(ids), tag=self.layout.dependency_index(udts.STATIC_STRING_DEPENDENCY),
+                             size=13 + lengths, id=np.array(ids, np.uint64), codec=UTF8_CODEC, len=lengths)
+        return _frame([Part.with_tails(np.arange(len(ids)), heads, values)], len(ids))
+
+    def _records(self, udt: Udt, rows: list[tuple]) -> bytes:
+        records = np.zeros(len(rows), record_dtype(udt))
+        records["tag"] = self.layout.dependency_index(udt)
+        columns = list(zip(*rows, strict=True))
+        for field_index, name in enumerate(rows[0]._fields):
+            records[name] = columns[field_index]
+        return records.tobytes()
+
+    def _property_set(self, set_id: int) -> bytes:
+        """`PropertySetDependency`: id, count, then one `Property` (name and value StaticStringRef) each."""
+        pairs = self.registry.property_sets[set_id]
+        body = struct.pack("<QI", set_id, len(pairs)) + b"".join(
+            self._string_ref(name) + self._string_ref(value) for name, value in pairs)
+        tag = self.layout.dependency_index(udts.PROPERTY_SET_DEPENDENCY)
+        return struct.pack("<BI", tag, len(body)) + body
+
+    def _string_ref(self, string_id: int) -> bytes:
+        """A StaticStringRef image: id u64, byte length u32, codec u8, 3 bytes of padding."""
+        return struct.pack("<QIB3x", string_id, len(self.registry.strings[string_id].encode()), UTF8_CODEC)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Objects: thread (cpu) streams
+
+_THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
+_NAMED_TYPES = (2, 3, 6, 7)
+
+
+@dataclass
+class EncodedBuffers:
+    objects: bytes
+    dependencies: bytes
+    nb_objects: int
+
+
+def _columns(values: list, slots: int) -> list[np.ndarray]:
+    """Splits a flat event list into its columns (ints as int64, the last one, the name, as objects)."""
+    if len(values) % slots:
+        raise ValueError(f"event list of {len(values)} values is not a multiple of {slots} slots")
+    ints = [np.array(values[i::slots], np.int64) for i in range(slots - 1)]
+    return [*ints, np.array(values[slots - 1::slots], dtype=object)]
+
+
+def encode_thread_events(thread_values: list, async_values: list, registry: Registry) -> EncodedBuffers:
+    """Encodes a cpu-stream block from the flat event lists of its thread and async events."""
+    thread_code, thread_time, thread_name = _columns(thread_values, THREAD_SLOTS)
+    async_code, async_time, span_id, parent_span_id, depth, async_name = _columns(async_values, ASYNC_SLOTS)
+    codes = np.concatenate([thread_code, async_code])
+    times = np.concatenate([thread_time, async_time])
+    types, ids = codes & 0xFF, codes >> TYPE_BITS
+    if (types >= len(_THREAD_DTYPES)).any():
+        raise ValueError(f"cpu events: unknown type index {int(types.max())}")
+    count, split = len(codes), len(thread_code)
+    # Thread and async events each keep their recording order; merged by time for a chronological block.
+    order = np.argsort(times, kind="stable")
+    position = np.empty(count, np.int64)
+    position[order] = np.arange(count)
+    zeros = np.zeros(split, np.int64)
+    span_ids, parents, depths = (np.concatenate([zeros, c]) for c in (span_id, parent_span_id, depth))
+
+    named = np.isin(types, _NAMED_TYPES)
+    all_names = np.concatenate([thread_name, async_name])[named]
+    names = pa.array(all_names, pa.large_string()).dictionary_encode()
+    name_index = np.zeros(count, np.int64)
+    name_index[named] = names.indices.to_numpy(zero_copy_only=False)
+    name_lengths = utf8_lengths(names.dictionary)
+
+    parts = []
+    for type_index, dtype in enumerate(_THREAD_DTYPES):
+        select = np.nonzero(types == type_index)[0]
+        columns = {dtype.names[1]: ids[select], "time": times[select]}
+        if type_index >= 4:
+            columns |= {"span_id": span_ids[select], "parent_span_id": parents[select], "depth": depths[select]}
+        if type_index in _NAMED_TYPES:
+            at = name_index[select]
+            columns |= {"name": DYNAMIC_ID_BASE + at.astype(np.uint64), "name_len": name_lengths[at]}
+        parts.append(Part.fixed(position[select], fill_records(dtype, len(select), tag=type_index, **columns)))
+
+    deps = Dependencies(udts.THREAD_LAYOUT, registry)
+    deps.add_records(udts.SPAN_RECORD, registry.spans, np.unique(ids[~named]),
+                     ("name", "target", "module_path", "file"))
+    deps.add_records(udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]),
+                     ("target", "module_path", "file"))
+    deps.dynamic_names = names.dictionary
+    return EncodedBuffers(_frame(parts, count), deps.encode(), count)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Objects: log stream
+
+_LOG_STRING_HEAD = np.dtype({"names": ["tag", "size", "desc", "time", "codec", "len"],
+                             "formats": ["u1", "<u4", "<u8", "<i8", "u1", "<u4"],
+                             "offsets": [0, 1, 5, 13, 21, 22], "itemsize": 26})
+_TAGGED_LOG_HEAD = np.dtype({"names": ["tag", "size", "desc", "properties", "time", "codec", "len"],
+                             "formats": ["u1", "<u4", "<u8", "<u8", "<i8", "u1", "<u4"],
+                             "offsets": [0, 1, 5, 13, 21, 29, 30], "itemsize": 34})
+
+
+def _tuple_columns(events: list[tuple], width: int) -> list[tuple]:
+    """Transposes (code, time, value, property_set) event tuples into columns."""
+    if not events:
+        return [()] * width
+    columns = list(zip(*events, strict=True))
+    if len(columns) != width:
+        raise ValueError(f"events have {len(columns)} fields, expected {width}")
+    return columns
+
+
+def encode_log_events(events: list[tuple], registry: Registry) -> EncodedBuffers:
+    """Log events (code, time, message, property_set_id) as `LogStringEventV2` (desc, time, DynString)
+    or, when they carry properties, `TaggedLogString`."""
+    code_column, time_column, message_column, property_column = _tuple_columns(events, 4)
+    codes, times = np.array(code_column, np.int64), np.array(time_column, np.int64)
+    property_sets = np.array(property_column, np.int64)
+    types, desc_ids = codes & 0xFF, codes >> TYPE_BITS
+    messages = pa.array(message_column, pa.large_string())
+    lengths = utf8_lengths(messages)
+    parts = []
+    for type_index, head in ((LOG_STRING_INDEX, _LOG_STRING_HEAD), (TAGGED_LOG_INDEX, _TAGGED_LOG_HEAD)):
+        select = np.nonzero(types == type_index)[0]
+        columns = {"desc": desc_ids[select], "time": times[select]}
+        if type_index == TAGGED_LOG_INDEX:
+            columns["properties"] = property_sets[select]
+        body_size = head.itemsize - 5 + lengths[select]  # after tag + u32 size
+        heads = fill_records(head, len(select), tag=type_index, size=body_size, codec=UTF8_CODEC,
+                             len=lengths[select], **columns)
+        parts.append(Part.with_tails(select, heads, messages.take(pa.array(select))))
+    unknown = ~np.isin(types, (LOG_STRING_INDEX, TAGGED_LOG_INDEX))
+    if unknown.any():
+        raise ValueError(f"log events: unknown type index {int(types[unknown][0])}")
+    deps = Dependencies(udts.LOG_LAYOUT, registry)
+    deps.add_records(udts.LOG_METADATA_RECORD, registry.logs, np.unique(desc_ids),
+                     ("fmt_str", "target", "module_path", "file"))
+    deps.add_property_sets(np.unique(property_sets[types == TAGGED_LOG_INDEX]))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Objects: metrics stream
+
+_METRIC_DTYPES = [record_dtype(udt) for udt in udts.METRICS_LAYOUT.objects]
+_FLOAT_METRICS = (FLOAT_METRIC_INDEX, TAGGED_FLOAT_METRIC_INDEX)
+_TAGGED_METRICS = (TAGGED_FLOAT_METRIC_INDEX, TAGGED_INTEGER_METRIC_INDEX)
+
+
+def encode_metric_events(events: list[tuple], registry: Registry) -> EncodedBuffers:
+    """Metric events (code, time, value, property_set_id): ints for integer metrics, floats for float ones."""
+    code_column, time_column, value_column, property_column = _tuple_columns(events, 4)
+    codes, times = np.array(code_column, np.int64), np.array(time_column, np.int64)
+    values, property_sets = np.array(value_column, dtype=object), np.array(property_column, np.int64)
+    types, desc_ids = codes & 0xFF, codes >> TYPE_BITS
+    parts = []
+    for type_index, dtype in enumerate(_METRIC_DTYPES):
+        select = np.nonzero(types == type_index)[0]
+        value_type = np.float64 if type_index in _FLOAT_METRICS else np.uint64
+        columns = {"desc": desc_ids[select], "time": times[select], "value": values[select].astype(value_type)}
+        if type_index in _TAGGED_METRICS:
+            columns["properties"] = property_sets[select]
+        parts.append(Part.fixed(select, fill_records(dtype, len(select), tag=type_index, **columns)))
+    if (types >= len(_METRIC_DTYPES)).any():
+        raise ValueError(f"metric events: unknown type index {int(types.max())}")
+    deps = Dependencies(udts.METRICS_LAYOUT, registry)
+    deps.add_records(udts.METRIC_METADATA_DEPENDENCY, registry.metrics, np.unique(desc_ids),
+                     ("name", "unit", "target", "file"))
+    deps.add_property_sets(np.unique(property_sets[np.isin(types, _TAGGED_METRICS)]))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Block body (POST /ingestion/insert_block)
+
+
+def compress(buffer: bytes) -> bytes:
+    """An LZ4 frame, what micromegas's `compression::compress` produces and `lz4.frame.decompress` reads."""
+    return lz4.frame.compress(buffer, block_linked=True, content_checksum=True)
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    stream_id: uuid.UUID
+    process_id: uuid.UUID
+    begin_time: str  # RFC3339, 9 fraction digits, +00:00
+    begin_ticks: int  # relative to the process start_ticks
+    end_time: str
+    end_ticks: int
+    object_offset: int
+
+
+def block_body(header: BlockHeader, buffers: EncodedBuffers, block_id: uuid.UUID | None = None) -> bytes:
+    """The CBOR `Block` map, keys in the order the Rust sink writes them."""
+    return cbor2.dumps({
+        "block_id": str(block_id or uuid.uuid4()),
+        "stream_id": str(header.stream_id),
+        "process_id": str(header.process_id),
+        "begin_time": header.begin_time,
+        "begin_ticks": header.begin_ticks,
+        "end_time": header.end_time,
+        "end_ticks": header.end_ticks,
+        "payload": {"dependencies": compress(buffers.dependencies), "objects": compress(buffers.objects)},
+        "object_offset": header.object_offset,
+        "nb_objects": buffers.nb_objects,
+    })
