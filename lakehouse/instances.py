@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import uuid
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from lakehouse.errors import QueryError
-from lakehouse.jit import jit_update
+from lakehouse.jit import hours_are_fresh, jit_update
 from lakehouse.lake import Lake
 from lakehouse.metadata_views import collapse_processes, collapse_streams
-from lakehouse.partitions import fetch_for_query
-from lakehouse.source_blocks import ProcessTiming, find_stream_process, find_timings, source_blocks
+from lakehouse.partitions import fetch_for_query, for_query, row_to_partition
+from lakehouse.source_blocks import (
+    ProcessTiming,
+    find_stream_process,
+    find_timings,
+    hour_summaries,
+    source_blocks,
+)
 from lakehouse.view_sets import VIEW_SETS, ViewSet
 
 GLOBAL = "global"
@@ -53,36 +60,55 @@ def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming
     return timing
 
 
+def _source_filter(view: ViewSet, instance_id: str) -> dict[str, object]:
+    if instance_id == GLOBAL:
+        return {"tags": view.stream_tags}
+    if view.instance_kind == "stream":
+        return {"stream_id": uuid.UUID(instance_id)}
+    return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
+
+
 def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> int:
     """JIT: writes the stale partitions of the instance for the range; returns how many."""
     if instance_id == GLOBAL:
-        blocks = lake.loop.run(source_blocks(lake.pool, tags=view.stream_tags, event_range=query_range))
+        timings = None
+    else:
+        timing = _process_of(lake, view, uuid.UUID(instance_id))
+        timings = {timing.process.process_id: timing}
+    blocks = lake.loop.run(source_blocks(lake.pool, event_range=query_range, **_source_filter(view, instance_id)))
+    if timings is None:
         process_ids = sorted({uuid.UUID(b.meta.process_id) for b in blocks}) if view.reads_payloads else []
         timings = lake.loop.run(find_timings(lake.pool, process_ids))
-    else:
-        instance = uuid.UUID(instance_id)
-        timing = _process_of(lake, view, instance)
-        timings = {timing.process.process_id: timing}
-        if view.instance_kind == "stream":
-            blocks = lake.loop.run(source_blocks(lake.pool, stream_id=instance, event_range=query_range))
-        else:
-            blocks = lake.loop.run(source_blocks(lake.pool, process_id=instance, tags=view.stream_tags,
-                                                 event_range=query_range))
     return jit_update(lake, view, instance_id, timings, blocks)
 
 
-def instance_dataset(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> ds.Dataset:
-    """The instance's up-to-date partitions (those the query range may need) as a pyarrow dataset."""
+def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
+    """Object-store keys of the instance's up-to-date partitions that the query range may need.
+
+    One catalog round trip when the instance is fresh (the usual warm query); the full JIT path
+    (process, blocks, rewrites) only when something is stale or the instance has no source yet."""
     instance_id = canonical_instance_id(view, instance_id)
-    materialize_instance(lake, view, instance_id, query_range)
-    partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash, query_range))
+    hours, rows = lake.loop.run(hour_summaries(lake.pool, event_range=query_range,
+                                               partitions_of=(view.name, instance_id),
+                                               **_source_filter(view, instance_id)))
+    partitions = [row_to_partition(row) for row in rows]
+    if not hours or not hours_are_fresh(view, hours, partitions):
+        materialize_instance(lake, view, instance_id, query_range)
+        partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash,
+                                                   query_range))
+    return [p.file_path for p in for_query(partitions, view.file_schema_hash, query_range)]
+
+
+def collapsed(view: ViewSet, lake: Lake, keys: list[str]) -> pa.Table | None:
+    """For `processes` and `streams`: one row per process (stream) across partitions, as micromegas's
+    merge query gives. None for the other views."""
+    collapse = _COLLAPSED.get(view.name)
+    if collapse is None:
+        return None
     filesystem, root = lake.store.arrow_filesystem()
-    dataset = ds.dataset([f"{root}/{p.file_path}" for p in partitions], schema=view.schema, format="parquet",
-                         filesystem=filesystem)
-    if view.name in _COLLAPSED:
-        # One row per process (stream) across partitions, as micromegas's merge query gives.
-        dataset = ds.dataset(_COLLAPSED[view.name](dataset.to_table()))
-    return dataset
+    partitions = ds.dataset([f"{root}/{key}" for key in keys], schema=view.schema, format="parquet",
+                            filesystem=filesystem)
+    return collapse(partitions.to_table())
 
 
 _COLLAPSED = {"processes": collapse_processes, "streams": collapse_streams}

@@ -26,7 +26,7 @@ from lakehouse.partitions import (
     partition_key,
     write_parquet,
 )
-from lakehouse.source_blocks import HOUR_NS, SourceBlock
+from lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
 from lakehouse.view_sets import Timings, ViewSet
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,27 @@ def plan_specs(view: ViewSet, instance_id: str, blocks: list[SourceBlock],
 
 
 def is_fresh(spec: PartitionSpec, existing: Iterable[Partition]) -> bool:
-    overlapping = [p for p in existing
-                   if p.begin_insert_ns < spec.end_insert_ns and p.end_insert_ns > spec.begin_insert_ns]
-    return (len(overlapping) == 1 and overlapping[0].file_schema_hash == spec.view.file_schema_hash
-            and overlapping[0].source_count >= spec.source_count)
+    return _covered(spec.view, spec.begin_insert_ns, spec.end_insert_ns, spec.source_count, existing)
+
+
+def _covered(view: ViewSet, begin_ns: int, end_ns: int, source_count: int, existing: Iterable[Partition]) -> bool:
+    """Exactly one live partition overlaps [begin, end), of the view's schema, from as many source objects."""
+    overlapping = [p for p in existing if p.begin_insert_ns < end_ns and p.end_insert_ns > begin_ns]
+    return (len(overlapping) == 1 and overlapping[0].file_schema_hash == view.file_schema_hash
+            and overlapping[0].source_count >= source_count)
+
+
+def hours_are_fresh(view: ViewSet, hours: Iterable[HourSummary], existing: list[Partition],
+                    max_objects: int = MAX_OBJECTS_PER_PARTITION) -> bool:
+    """The spec check of `plan_specs` + `is_fresh`, from per-hour summaries: an hour within the size limit
+    is exactly one spec. A larger hour needs the blocks themselves: not decided here (False)."""
+    for hour in hours:
+        if hour.objects > max_objects:
+            return False
+        count = hour.blocks if view.counts_blocks else hour.objects
+        if not _covered(view, hour.first_insert_ns, hour.last_insert_ns + _INSERT_RESOLUTION_NS, count, existing):
+            return False
+    return True
 
 
 def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:

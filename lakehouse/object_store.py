@@ -15,6 +15,8 @@ from pathlib import Path
 
 import fsspec
 import pyarrow.fs as pafs
+from datafusion import SessionContext
+from datafusion.object_store import AmazonS3
 
 
 class ObjectStoreError(Exception):
@@ -55,6 +57,24 @@ class ObjectStore:
     def path(self, key: str) -> str:
         """Path of a key inside `self.fs` (no scheme)."""
         return f"{self.root}/{key}"
+
+    def url(self, key: str) -> str:
+        """A key as the URL DataFusion reads it from (a local path, or s3://bucket/prefix/key)."""
+        return f"{self.root}/{key}" if self.scheme == "file" else f"s3://{self.root}/{key}"
+
+    def register_with(self, ctx: SessionContext) -> None:
+        """Lets a DataFusion session read this store's S3 URLs (local paths need nothing)."""
+        if self.scheme != "s3":
+            return
+        bucket = self.root.split("/", 1)[0]
+        endpoint = self.s3_endpoint
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        store = AmazonS3(bucket_name=bucket, region=region,
+                         access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                         secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                         session_token=os.environ.get("AWS_SESSION_TOKEN"), endpoint=endpoint,
+                         allow_http=bool(endpoint and endpoint.startswith("http://")))
+        ctx.register_object_store("s3://", store, bucket)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Writes `data` unless the key exists. True if written now, False if it was already there."""

@@ -75,7 +75,7 @@ def partition_key(view_set_name: str, instance_id: str, begin_insert_ns: int) ->
             f"{begin:%H-%M-%S}_{uuid.uuid4()}.parquet")
 
 
-def _row_to_partition(row: asyncpg.Record) -> Partition:
+def row_to_partition(row: asyncpg.Record) -> Partition:
     def ns(value: dt.datetime | None) -> int | None:
         return None if value is None else datetime_to_ns(value)
 
@@ -97,7 +97,14 @@ async def fetch_overlapping(pool: asyncpg.Pool, view_set_name: str, instance_id:
         "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
         " AND begin_insert_time < $4 AND end_insert_time > $3 ORDER BY begin_insert_time",
         view_set_name, instance_id, ns_to_datetime(begin_insert_ns), ns_to_datetime(end_insert_ns))
-    return [_row_to_partition(r) for r in rows]
+    return [row_to_partition(r) for r in rows]
+
+
+def for_query(partitions: list[Partition], schema_hash: bytes, event_range: tuple[int, int] | None) -> list[Partition]:
+    """The filter of `fetch_for_query`, on partitions already fetched."""
+    return [p for p in partitions if p.file_path is not None and p.file_schema_hash == schema_hash and (
+        event_range is None or (p.min_event_ns is not None and p.min_event_ns <= event_range[1]
+                                and p.max_event_ns >= event_range[0]))]
 
 
 async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: str, schema_hash: bytes,
@@ -110,7 +117,7 @@ async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: s
         sql += " AND min_event_time <= $5 AND max_event_time >= $4"
         args += [ns_to_datetime(event_range[0]), ns_to_datetime(event_range[1])]
     rows = await pool.fetch(sql + " ORDER BY begin_insert_time, file_path", *args)
-    return [_row_to_partition(r) for r in rows]
+    return [row_to_partition(r) for r in rows]
 
 
 def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],

@@ -12,7 +12,6 @@ extra chunks are appended to the last row, so ids stay gapless and the bytes are
 
 from __future__ import annotations
 
-import concurrent.futures
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from lakehouse import instances
 from lakehouse.catalog import ns_to_datetime
 from lakehouse.errors import QueryError
 from lakehouse.lake import Lake
+from lakehouse.off_runtime import off_runtime
 from lakehouse.partitions import fetch_for_query
 from lakehouse.view_sets import VIEW_SETS
 from views.perfetto import SPAN_TYPES, SPANS_PER_FLUSH, PerfettoThread, trace_chunks
@@ -35,9 +35,6 @@ THREAD_COLUMNS = ["begin", "end", "name", "target", "filename", "line"]
 ASYNC_COLUMNS = ["span_id", "parent_span_id", "begin", "end", "name", "target", "filename", "line"]
 OUTPUT_SCHEMA = pa.schema([pa.field("chunk_id", pa.int32(), nullable=False),
                            pa.field("chunk_data", pa.binary(), nullable=False)])
-
-# DataFrames cannot be created on the DataFusion runtime thread a table function runs on.
-_off_runtime = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="perfetto-plan")
 
 
 @dataclass
@@ -192,5 +189,5 @@ def trace_dataframe(ctx: SessionContext, plan: TracePlan) -> DataFrame:
     tasks = [pa.record_batch({"chunk_id": ids.slice(i, CHUNKS_PER_BATCH)})
              for i in range(0, len(ids), CHUNKS_PER_BATCH)]
     generate = udf(chunk_generator(plan), [pa.int32()], pa.binary(), "volatile", "perfetto_chunk")
-    frame = _off_runtime.submit(ctx.create_dataframe, [tasks], None, pa.schema([("chunk_id", pa.int32())])).result()
+    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("chunk_id", pa.int32())]))
     return frame.select(col("chunk_id"), generate(col("chunk_id")).alias("chunk_data"))

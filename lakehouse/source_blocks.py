@@ -108,14 +108,12 @@ _BLOCKS_SQL = (
     " JOIN processes p ON p.process_id = b.process_id")
 
 
-async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
-                        stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
-                        event_range: tuple[int, int] | None = None) -> list[SourceBlock]:
-    """Blocks of one stream, or of one process's (or every process's) streams with one of `tags`, in
-    insert-time order.
+def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, tags: tuple[str, ...],
+                     event_range: tuple[int, int] | None) -> tuple[str, list[object]]:
+    """The WHERE clause (over blocks b ⋈ streams s) selecting an instance's source blocks, and its args.
 
     With an event range, the blocks overlapping it decide which insert hours are concerned, and every
-    block of those hours is returned: partitions cover whole insert hours, so they stay reusable by
+    block of those hours is selected: partitions cover whole insert hours, so they stay reusable by
     queries with other ranges (as micromegas does).
     """
     conditions, args = [], []
@@ -132,10 +130,49 @@ async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = No
         where += (f" AND b.insert_time >= (SELECT date_trunc('hour', min(b.insert_time)) {overlapping})"
                   f" AND b.insert_time < (SELECT date_trunc('hour', max(b.insert_time)) + interval '1 hour'"
                   f" {overlapping})")
+    return where, args
+
+
+async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
+                        stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
+                        event_range: tuple[int, int] | None = None) -> list[SourceBlock]:
+    """Blocks of one stream, or of one process's (or every process's) streams with one of `tags`, in
+    insert-time order (see _instance_filter for the event range)."""
+    where, args = _instance_filter(process_id, stream_id, tags, event_range)
     async with pool.acquire() as conn:
         rows = await conn.fetch(f"{_BLOCKS_SQL} WHERE {where} ORDER BY b.insert_time, b.block_id", *args)
     interned = _Interned()
     return [_source_block(row, interned) for row in rows]
+
+
+@dataclass(frozen=True)
+class HourSummary:
+    """The source blocks of one insert hour of an instance: what freshness checks need."""
+
+    first_insert_ns: int
+    last_insert_ns: int
+    blocks: int
+    objects: int
+
+
+async def hour_summaries(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
+                         stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
+                         event_range: tuple[int, int] | None = None,
+                         partitions_of: tuple[str, str]) -> tuple[list[HourSummary], list[asyncpg.Record]]:
+    """Per insert hour, the instance's source blocks summarized, and the instance's live partitions
+    (`partitions_of` = (view set, instance id)): one round trip, for the common case of a fresh instance."""
+    where, args = _instance_filter(process_id, stream_id, tags, event_range)
+    n = len(args)
+    row = await pool.fetchrow(
+        "WITH hours AS (SELECT min(b.insert_time) AS lo, max(b.insert_time) AS hi, count(*) AS blocks,"
+        f" sum(b.nb_objects) AS objects FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
+        f" JOIN processes p ON p.process_id = b.process_id WHERE {where} GROUP BY date_trunc('hour', b.insert_time))"
+        " SELECT (SELECT array_agg(ROW(lo, hi, blocks, objects) ORDER BY lo) FROM hours) AS hours,"
+        " (SELECT array_agg(lp ORDER BY lp.begin_insert_time) FROM lakehouse_partitions lp"
+        f"  WHERE lp.view_set_name = ${n + 1} AND lp.view_instance_id = ${n + 2}) AS partitions",
+        *args, *partitions_of)
+    hours = [HourSummary(datetime_to_ns(h[0]), datetime_to_ns(h[1]), h[2], h[3]) for h in row["hours"] or []]
+    return hours, list(row["partitions"] or [])
 
 
 def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:

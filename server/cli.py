@@ -19,6 +19,7 @@ from server.auth import AuthConfigError, hash_key, make_authenticator
 from server.flightsql.service import FlightSqlServer
 from server.flightsql.session import QueryContext, SessionFactory
 from server.ingestion import start_ingestion
+from tracing import generator
 
 log = logging.getLogger("spanlake")
 
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("ingest", _cmd_ingest, "run the HTTP ingestion API only")
     command("flightsql", _cmd_flightsql, "run the Arrow Flight SQL API only")
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
+    generate = command("generate", lambda args, _: generator.run(args),
+                       "send generated telemetry (threads, nested and named async spans, logs, metrics)",
+                       with_settings=False)
+    generator.add_arguments(generate)
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
     key.add_argument("--admin", action="store_true", help="allow admin functions with this key")
