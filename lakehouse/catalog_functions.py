@@ -8,9 +8,10 @@ import time
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lakehouse.batch_update import SECOND_NS, materialize_range
 from lakehouse.catalog import ns_to_datetime
 from lakehouse.errors import QueryError
-from lakehouse.instances import GLOBAL, canonical_instance_id, materialize_instance, view_set
+from lakehouse.instances import canonical_instance_id, view_set
 from lakehouse.lake import Lake
 from lakehouse.view_sets import VIEW_SETS
 from views.schema_types import TIMESTAMP
@@ -107,17 +108,23 @@ async def _retire(lake: Lake, view_set_name: str, instance: str, begin_ns: int, 
     return rows
 
 
-def materialize_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns: int) -> ds.Dataset:
-    """Brings the global instance of a view up to date for blocks overlapping [begin, end]."""
+def materialize_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns: int,
+                           delta_seconds: int | None) -> ds.Dataset:
+    """Materializes the global instance of a view bucket by bucket over [begin, end) (buckets of
+    `delta_seconds`, aligned on multiples of it; default: the view's longest partition), as the
+    maintenance daemon does. Returns the log of what was done."""
     view = view_set(view_set_name)
     if not view.has_global_instance:
         raise QueryError(f"materialize_partitions: {view.name} has no global instance")
     if begin_ns >= end_ns:
         raise QueryError("materialize_partitions: begin must be before end")
+    delta = (delta_seconds or view.max_partition_seconds) * SECOND_NS
+    if delta <= 0:
+        raise QueryError("materialize_partitions: partition_delta_seconds must be positive")
     log = _Log()
-    log(f"materializing {view.name} for [{ns_to_datetime(begin_ns)}, {ns_to_datetime(end_ns)}]")
-    written = materialize_instance(lake, view, GLOBAL, (begin_ns, end_ns))
+    begin, end = begin_ns // delta * delta, -(-end_ns // delta) * delta
+    log(f"materializing {view.name} over [{ns_to_datetime(begin)}, {ns_to_datetime(end)})"
+        f" in buckets of {delta // SECOND_NS} s")
+    written = materialize_range(lake, view, begin, end, delta, log)
     log(f"wrote {written} partitions of {view.name}/global")
     return log.dataset()
-
-

@@ -10,7 +10,6 @@ import pyarrow.dataset as ds
 from lakehouse.errors import QueryError
 from lakehouse.jit import hours_are_fresh, jit_update
 from lakehouse.lake import Lake
-from lakehouse.metadata_views import collapse_processes, collapse_streams
 from lakehouse.partitions import fetch_for_query, for_query, row_to_partition
 from lakehouse.source_blocks import (
     ProcessTiming,
@@ -61,33 +60,28 @@ def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming
 
 
 def _source_filter(view: ViewSet, instance_id: str) -> dict[str, object]:
-    if instance_id == GLOBAL:
-        return {"tags": view.stream_tags}
     if view.instance_kind == "stream":
         return {"stream_id": uuid.UUID(instance_id)}
     return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
 
 
 def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> int:
-    """JIT: writes the stale partitions of the instance for the range; returns how many."""
-    if instance_id == GLOBAL:
-        timings = None
-    else:
-        timing = _process_of(lake, view, uuid.UUID(instance_id))
-        timings = {timing.process.process_id: timing}
+    """JIT for a process or stream instance: writes its stale partitions for the range; returns how many."""
+    timing = _process_of(lake, view, uuid.UUID(instance_id))
     blocks = lake.loop.run(source_blocks(lake.pool, event_range=query_range, **_source_filter(view, instance_id)))
-    if timings is None:
-        process_ids = sorted({uuid.UUID(b.meta.process_id) for b in blocks}) if view.reads_payloads else []
-        timings = lake.loop.run(find_timings(lake.pool, process_ids))
-    return jit_update(lake, view, instance_id, timings, blocks)
+    return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
 
 
 def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
     """Object-store keys of the instance's up-to-date partitions that the query range may need.
 
     One catalog round trip when the instance is fresh (the usual warm query); the full JIT path
-    (process, blocks, rewrites) only when something is stale or the instance has no source yet."""
+    (process, blocks, rewrites) only when something is stale or the instance has no source yet.
+    Global instances are not materialized here: the maintenance daemon keeps them (as micromegas)."""
     instance_id = canonical_instance_id(view, instance_id)
+    if instance_id == GLOBAL:
+        partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.file_schema_hash, query_range))
+        return [p.file_path for p in partitions]
     hours, rows = lake.loop.run(hour_summaries(lake.pool, event_range=query_range,
                                                partitions_of=(view.name, instance_id),
                                                **_source_filter(view, instance_id)))
@@ -102,15 +96,11 @@ def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tup
 def collapsed(view: ViewSet, lake: Lake, keys: list[str]) -> pa.Table | None:
     """For `processes` and `streams`: one row per process (stream) across partitions, as micromegas's
     merge query gives. None for the other views."""
-    collapse = _COLLAPSED.get(view.name)
-    if collapse is None:
+    if view.merge is None:
         return None
     filesystem, root = lake.store.arrow_filesystem()
     partitions = ds.dataset([f"{root}/{key}" for key in keys], schema=view.schema, format="parquet",
                             filesystem=filesystem)
-    return collapse(partitions.to_table())
-
-
-_COLLAPSED = {"processes": collapse_processes, "streams": collapse_streams}
+    return view.merge(partitions.to_table())
 
 

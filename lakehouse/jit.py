@@ -16,16 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lakehouse.lake import Lake
-from lakehouse.partitions import (
-    DuplicatePartition,
-    Partition,
-    RetireMatch,
-    commit_partition,
-    event_bounds,
-    fetch_overlapping,
-    partition_key,
-    write_parquet,
-)
+from lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
 from lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
 from lakehouse.view_sets import Timings, ViewSet
 
@@ -128,26 +119,10 @@ def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[
 def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition | None:
     """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
     items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
-    batches = [b for b in spec.view.build(timings, items) if b.num_rows]
-    low, high = event_bounds(batches, *spec.view.event_time_columns)
-    key = None
-    size = rows = 0
-    if batches:
-        key = partition_key(spec.view.name, spec.instance_id, spec.begin_insert_ns)
-        size, rows = write_parquet(lake.store, key, spec.view.schema, batches)
-    partition = Partition(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns, low, high,
-                          key, size, spec.view.file_schema_hash, spec.source_count, rows)
-    try:
-        lake.loop.run(commit_partition(lake.pool, partition, RetireMatch.OVERLAPPING))
-    except DuplicatePartition:
-        partition = None
-    except BaseException:
-        if key:
-            lake.store.delete(key)
-        raise
-    if partition is None and key:
-        lake.store.delete(key)
-    return partition
+    target = PartitionTarget(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns,
+                             spec.view.schema, spec.view.file_schema_hash, spec.view.event_time_columns,
+                             RetireMatch.OVERLAPPING)
+    return write_partition(lake, target, spec.source_count, spec.view.build(timings, items))
 
 
 def jit_update(lake: Lake, view: ViewSet, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 import logging
 import struct
 import uuid
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakehouse.catalog import datetime_to_ns, ns_to_datetime
+from lakehouse.lake import Lake
 from lakehouse.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -121,31 +123,68 @@ async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: s
 
 
 def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
-                  ) -> tuple[int, int]:
-    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows); (file size, rows).
+                  time_columns: tuple[str, str]) -> tuple[int, int, int | None, int | None]:
+    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows). Returns the file size, the
+    rows, and the smallest `time_columns[0]` / largest `time_columns[1]` (ns) seen on the way.
 
     pyarrow names the LZ4_RAW codec "lz4" (it never writes the deprecated Hadoop LZ4 framing)."""
     filesystem, root = store.arrow_filesystem()
     path = f"{root}/{key}"
     if store.scheme == "file":
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    rows = 0
+    rows, low, high = 0, None, None
     with pq.ParquetWriter(path, schema, filesystem=filesystem, compression="lz4",
                           write_statistics=True, version="2.6") as writer:
         for batch in batches:
-            if batch.num_rows:
-                writer.write_batch(batch, row_group_size=MAX_ROW_GROUP_ROWS)
-                rows += batch.num_rows
-    return filesystem.get_file_info(path).size, rows
+            if not batch.num_rows:
+                continue
+            writer.write_batch(batch, row_group_size=MAX_ROW_GROUP_ROWS)
+            rows += batch.num_rows
+            batch_low = pc.min(batch.column(time_columns[0])).cast(pa.int64()).as_py()
+            batch_high = pc.max(batch.column(time_columns[1])).cast(pa.int64()).as_py()
+            low = batch_low if low is None else min(low, batch_low)
+            high = batch_high if high is None else max(high, batch_high)
+    return filesystem.get_file_info(path).size, rows, low, high
 
 
-def event_bounds(batches: list[pa.RecordBatch], min_column: str, max_column: str) -> tuple[int | None, int | None]:
-    """Smallest `min_column` and largest `max_column` over the batches, as ns (None when empty)."""
-    lows = [pc.min(b.column(min_column)) for b in batches if b.num_rows]
-    highs = [pc.max(b.column(max_column)) for b in batches if b.num_rows]
-    if not lows:
-        return None, None
-    return (min(x.cast(pa.int64()).as_py() for x in lows), max(x.cast(pa.int64()).as_py() for x in highs))
+@dataclass(frozen=True)
+class PartitionTarget:
+    """Where a new partition goes: a view instance, its insert range, and what it replaces."""
+
+    view_set_name: str
+    instance_id: str
+    begin_insert_ns: int
+    end_insert_ns: int
+    schema: pa.Schema
+    file_schema_hash: bytes
+    time_columns: tuple[str, str]
+    retire: RetireMatch
+
+
+def write_partition(lake: Lake, target: PartitionTarget, source_count: int,
+                    batches: Iterable[pa.RecordBatch]) -> Partition | None:
+    """Writes the rows (if any) to a new file and commits the partition, an empty one when there are no
+    rows (it records that the range was processed). None if an identical partition was committed by a
+    concurrent writer; the file written here is then removed, as on any failure."""
+    rows_iter = (b for b in batches if b.num_rows)
+    first = next(rows_iter, None)
+    key, size, rows, low, high = None, 0, 0, None, None
+    if first is not None:
+        key = partition_key(target.view_set_name, target.instance_id, target.begin_insert_ns)
+        size, rows, low, high = write_parquet(lake.store, key, target.schema, itertools.chain([first], rows_iter),
+                                              target.time_columns)
+    partition = Partition(target.view_set_name, target.instance_id, target.begin_insert_ns, target.end_insert_ns,
+                          low, high, key, size, target.file_schema_hash, source_count, rows)
+    committed = False
+    try:
+        lake.loop.run(commit_partition(lake.pool, partition, target.retire))
+        committed = True
+        return partition
+    except DuplicatePartition:
+        return None
+    finally:
+        if key and not committed:
+            lake.store.delete(key)
 
 
 async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: RetireMatch) -> list[str]:

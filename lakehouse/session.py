@@ -39,6 +39,13 @@ def literal_string(expr: Expr, function: str, position: str) -> str:
     return value.as_py()
 
 
+def literal_int(expr: Expr, function: str, position: str) -> int:
+    value = _literal(expr, function, position)
+    if not pa.types.is_integer(value.type):
+        raise QueryError(f"{position} argument of {function} must be an integer, given {value.type}")
+    return value.as_py()
+
+
 def literal_timestamp_ns(expr: Expr, function: str, position: str) -> int:
     """A TIMESTAMP literal (DataFusion folds it to UTC ns) or an RFC3339 string."""
     value = _literal(expr, function, position)
@@ -153,10 +160,10 @@ def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
         name = "materialize_partitions"
         if len(args) not in (3, 4):
             raise QueryError(f"{name} takes (view_set_name, begin, end[, partition_delta_seconds])")
-        # The delta of micromegas's signature is accepted but unused: spanlake cuts partitions by insert hour.
+        delta = literal_int(args[3], name, "fourth") if len(args) == 4 else None
         return Table(catalog_functions.materialize_partitions(
             lake, literal_string(args[0], name, "first"), literal_timestamp_ns(args[1], name, "second"),
-            literal_timestamp_ns(args[2], name, "third")))
+            literal_timestamp_ns(args[2], name, "third"), delta))
 
     return [retire_partitions, materialize_partitions]
 

@@ -109,7 +109,8 @@ _BLOCKS_SQL = (
 
 
 def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, tags: tuple[str, ...],
-                     event_range: tuple[int, int] | None) -> tuple[str, list[object]]:
+                     event_range: tuple[int, int] | None,
+                     insert_range: tuple[int, int] | None = None) -> tuple[str, list[object]]:
     """The WHERE clause (over blocks b ⋈ streams s) selecting an instance's source blocks, and its args.
 
     With an event range, the blocks overlapping it decide which insert hours are concerned, and every
@@ -122,6 +123,9 @@ def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, 
         if value is not None:
             args.append(value)
             conditions.append(sql.format(len(args)))
+    if insert_range is not None:
+        args += [ns_to_datetime(insert_range[0]), ns_to_datetime(insert_range[1])]
+        conditions.append(f"b.insert_time >= ${len(args) - 1} AND b.insert_time < ${len(args)}")
     where = " AND ".join(conditions) or "true"
     if event_range is not None:
         args += [ns_to_datetime(event_range[0]), ns_to_datetime(event_range[1])]
@@ -135,10 +139,11 @@ def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, 
 
 async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
                         stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
-                        event_range: tuple[int, int] | None = None) -> list[SourceBlock]:
+                        event_range: tuple[int, int] | None = None,
+                        insert_range: tuple[int, int] | None = None) -> list[SourceBlock]:
     """Blocks of one stream, or of one process's (or every process's) streams with one of `tags`, in
-    insert-time order (see _instance_filter for the event range)."""
-    where, args = _instance_filter(process_id, stream_id, tags, event_range)
+    insert-time order, optionally inserted in [begin, end) (see _instance_filter for the event range)."""
+    where, args = _instance_filter(process_id, stream_id, tags, event_range, insert_range)
     async with pool.acquire() as conn:
         rows = await conn.fetch(f"{_BLOCKS_SQL} WHERE {where} ORDER BY b.insert_time, b.block_id", *args)
     interned = _Interned()
@@ -153,6 +158,16 @@ class HourSummary:
     last_insert_ns: int
     blocks: int
     objects: int
+
+
+async def source_count(pool: asyncpg.Pool, tags: tuple[str, ...], insert_range: tuple[int, int],
+                       count_blocks: bool) -> int:
+    """Source blocks (or their objects) of every process's streams with one of `tags`, inserted in the range."""
+    where, args = _instance_filter(None, None, tags, None, insert_range)
+    measure = "count(*)" if count_blocks else "coalesce(sum(b.nb_objects), 0)"
+    return await pool.fetchval(
+        f"SELECT {measure} FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
+        f" JOIN processes p ON p.process_id = b.process_id WHERE {where}", *args)
 
 
 async def hour_summaries(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,

@@ -19,7 +19,7 @@ from datafusion import col, lit
 from datafusion.expr import Expr
 
 from lakehouse import transit
-from lakehouse.metadata_views import metadata_batches
+from lakehouse.metadata_views import collapse_processes, collapse_streams, metadata_batches
 from lakehouse.otlp_decode import chain_depths, otlp_view_batch
 from lakehouse.source_blocks import ProcessTiming, SourceBlock
 from views import async_events, log_entries, measures, thread_spans
@@ -32,6 +32,8 @@ from views.time import TickConverter, converter_for_block, converter_from_latest
 log = logging.getLogger(__name__)
 
 TRANSIT_FORMAT = "micromegas-transit"
+HOUR_SECONDS = 3600
+DAY_SECONDS = 24 * HOUR_SECONDS
 
 # Rows of a view instance from its blocks (with payloads; None when the payload is missing), given the
 # timing of every process the blocks belong to, by process id.
@@ -54,6 +56,8 @@ class ViewSet:
     build: Builder
     reads_payloads: bool = True  # False: rows come from the block rows alone
     counts_blocks: bool = False  # staleness by number of source blocks instead of source objects
+    max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
+    merge: Callable[[pa.Table], pa.Table] | None = None  # rows of merged partitions; None: concatenated
 
 
 def _ts(ns: int) -> Expr:
@@ -182,18 +186,21 @@ def _metadata_rows(kind: str) -> Builder:
     return build
 
 
-def _metadata_view(module: ModuleType, time_filter: TimeFilter, bounds: tuple[str, str]) -> ViewSet:
+def _metadata_view(module: ModuleType, time_filter: TimeFilter, bounds: tuple[str, str],
+                   merge: Callable[[pa.Table], pa.Table] | None = None) -> ViewSet:
     return ViewSet(module.VIEW_SET_NAME, module.SCHEMA, module.FILE_SCHEMA_HASH, None, True, (), bounds,
-                   time_filter, _metadata_rows(module.VIEW_SET_NAME), reads_payloads=False, counts_blocks=True)
+                   time_filter, _metadata_rows(module.VIEW_SET_NAME), reads_payloads=False, counts_blocks=True,
+                   merge=merge)
 
 
 VIEW_SETS: dict[str, ViewSet] = {
     view.name: view for view in (
         ViewSet(log_entries.VIEW_SET_NAME, log_entries.SCHEMA, log_entries.FILE_SCHEMA_HASH, "process", True,
-                ("log",), ("time", "time"), _time_between("time"), _per_block(log_entries.VIEW_SET_NAME, _log_rows)),
+                ("log",), ("time", "time"), _time_between("time"), _per_block(log_entries.VIEW_SET_NAME, _log_rows),
+                max_partition_seconds=HOUR_SECONDS),
         ViewSet(measures.VIEW_SET_NAME, measures.SCHEMA, measures.FILE_SCHEMA_HASH, "process", True,
                 ("metrics",), ("time", "time"), _time_between("time"),
-                _per_block(measures.VIEW_SET_NAME, _measure_rows)),
+                _per_block(measures.VIEW_SET_NAME, _measure_rows), max_partition_seconds=HOUR_SECONDS),
         # OTLP trace spans land in async_events too (micromegas has no OTLP source for it).
         ViewSet(async_events.VIEW_SET_NAME, async_events.SCHEMA, async_events.FILE_SCHEMA_HASH, "process", False,
                 ("cpu", "trace"), ("time", "time"), _time_between("time"),
@@ -202,9 +209,11 @@ VIEW_SETS: dict[str, ViewSet] = {
                 ("cpu",), ("begin", "end"), _overlapping("begin", "end"), _thread_span_rows),
         _metadata_view(blocks_view, _overlapping("begin_time", "insert_time"), ("begin_time", "insert_time")),
         _metadata_view(processes_view, _overlapping("insert_time", "last_update_time"),
-                       ("insert_time", "last_update_time")),
+                       ("insert_time", "last_update_time"), collapse_processes),
         _metadata_view(streams_view, _overlapping("insert_time", "last_update_time"),
-                       ("insert_time", "last_update_time")),
+                       ("insert_time", "last_update_time"), collapse_streams),
     )
 }
 GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks")
+# The order the maintenance daemon materializes global views in (metadata first, as micromegas's groups).
+MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures")

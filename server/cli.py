@@ -19,6 +19,7 @@ from server.auth import AuthConfigError, hash_key, make_authenticator
 from server.flightsql.service import FlightSqlServer
 from server.flightsql.session import QueryContext, SessionFactory
 from server.ingestion import start_ingestion
+from server.maintenance import MaintenanceDaemon
 from tracing import generator
 
 log = logging.getLogger("spanlake")
@@ -47,6 +48,11 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
             print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
+        if "maintain" in roles:
+            daemon = MaintenanceDaemon(lake, settings.retention_days)
+            daemon.start()
+            stoppers.append(daemon.stop)
+            print("spanlake maintenance daemon running", flush=True)
         print(f"spanlake ready (lake {settings.lake_uri})", flush=True)
         _wait_for_shutdown()
         for stop in reversed(stoppers):
@@ -67,11 +73,15 @@ def lakehouse_sessions(lake: Lake) -> SessionFactory:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    return run_roles(settings, ("ingest", "flightsql"))
+    return run_roles(settings, ("ingest", "flightsql", "maintain"))
 
 
 def _cmd_flightsql(args: argparse.Namespace, settings: Settings) -> int:
     return run_roles(settings, ("flightsql",))
+
+
+def _cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
+    return run_roles(settings, ("maintain",))
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", _cmd_serve, "run every role in one process (ingestion, Flight SQL, maintenance)")
     command("ingest", _cmd_ingest, "run the HTTP ingestion API only")
     command("flightsql", _cmd_flightsql, "run the Arrow Flight SQL API only")
+    command("maintain", _cmd_maintain, "run the maintenance daemon only (global views, merges, retention)")
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
     generate = command("generate", lambda args, _: generator.run(args),
                        "send generated telemetry (threads, nested and named async spans, logs, metrics)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,12 @@ import pyarrow as pa
 from datafusion import SessionContext
 from harness import RUST_FIXTURES, PostgresServer, free_port, post
 
+from lakehouse.batch_update import materialize_range
 from lakehouse.lake import Lake
 from lakehouse.session import make_session_context
 from lakehouse.settings import Settings
 from lakehouse.timestamps import parse_rfc3339_ns
+from lakehouse.view_sets import MAINTAINED, VIEW_SETS
 from server.ingestion import start_ingestion
 
 EXPECTED = json.loads((RUST_FIXTURES / "expected.json").read_text())
@@ -37,6 +40,13 @@ class LocalLake:
 
     def catalog(self, statement: str, *args: object) -> list[dict]:
         return [dict(r) for r in self.lake.loop.run(self.lake.pool.fetch(statement, *args))]
+
+    def maintain(self) -> None:
+        """What the maintenance daemon would have done by now: the global views of today and yesterday."""
+        day = 86_400 * 1_000_000_000
+        today = time.time_ns() // day * day
+        for name in MAINTAINED:
+            materialize_range(self.lake, VIEW_SETS[name], today - day, today + day, day)
 
     def upload(self, steps: list[dict] | None = None) -> None:
         for step in EXPECTED["upload_sequence"] if steps is None else steps:

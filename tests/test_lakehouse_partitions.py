@@ -147,6 +147,7 @@ def test_query_range_limits_rows_and_partitions(lake: LocalLake) -> None:
     in_range = lake.sql(f"SELECT count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}')", (begin, end))
     assert in_range.column("n")[0].as_py() == sum(begin <= t <= end for t in times)
     # Global tables obey the range too.
+    lake.maintain()
     assert count(lake, "SELECT count(*) FROM log_entries") == len(times)
     assert lake.sql("SELECT count(*) AS n FROM log_entries", (begin, end)).column("n")[0].as_py() == 11
     late = parse_rfc3339_ns("2100-01-01T00:00:00Z")
@@ -155,10 +156,15 @@ def test_query_range_limits_rows_and_partitions(lake: LocalLake) -> None:
 
 def test_retire_partitions_then_rebuild(lake: LocalLake) -> None:
     lake.upload()
+    lake.maintain()
     assert count(lake, "SELECT count(*) FROM measures") == 412
     log = lake.sql("SELECT msg FROM retire_partitions('measures', 'global', TIMESTAMP '2000-01-01T00:00:00Z',"
                    " TIMESTAMP '2100-01-01T00:00:00Z')").column("msg").to_pylist()
     assert log[-1] == "retired 1 partitions of measures/global"
     assert live_partitions(lake, "measures") == []
+    assert count(lake, "SELECT count(*) FROM measures") == 0
+    log = lake.sql("SELECT msg FROM materialize_partitions('measures', now() - INTERVAL '1 day', now(), 3600)"
+                   ).column("msg").to_pylist()
+    assert log[-1] == "wrote 1 partitions of measures/global"
     assert count(lake, "SELECT count(*) FROM measures") == 412
     assert len(live_partitions(lake, "measures")) == 1

@@ -24,6 +24,7 @@ from lakehouse_support import (
 def loaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLake]:
     with local_lake(postgres, tmp_path_factory.mktemp("lake")) as lake:
         lake.upload()
+        lake.maintain()
         yield lake
 
 

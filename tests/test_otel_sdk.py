@@ -55,6 +55,7 @@ def exported(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[LocalLa
         meter_provider.force_flush()
         for provider in (tracer_provider, logger_provider, meter_provider):
             provider.shutdown()
+        lake.maintain()
         yield lake, instance
 
 
