@@ -50,7 +50,9 @@ class ObjectStore:
                 raise ValueError(f"object store URI {uri!r} names no bucket")
             self.root = f"{parts.netloc}{parts.path}".rstrip("/")
             client_kwargs = {"endpoint_url": s3_endpoint} if s3_endpoint else {}
-            self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+            # Few, quick retries: the callers (ingestion clients, the daemon) retry on their own.
+            self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True,
+                                        config_kwargs={"connect_timeout": 5, "retries": {"max_attempts": 2}})
         else:
             raise ValueError(f"unsupported object store URI {uri!r}: use file:///path or s3://bucket/prefix")
 
