@@ -15,6 +15,7 @@ from datafusion import SessionContext
 from lakehouse.lake import Lake
 from lakehouse.session import make_session_context
 from lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
+from server import perfetto_command, query_command
 from server.auth import AuthConfigError, hash_key, make_authenticator
 from server.flightsql.service import FlightSqlServer
 from server.flightsql.session import QueryContext, SessionFactory
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "send generated telemetry (threads, nested and named async spans, logs, metrics)",
                        with_settings=False)
     generator.add_arguments(generate)
+    query = command("query", lambda args, _: query_command.run(args),
+                    "run one SQL statement on a running server and print the result", with_settings=False)
+    query_command.add_arguments(query)
+    perfetto = command("perfetto", lambda args, _: perfetto_command.run(args),
+                       "write a process's Perfetto trace from a running server", with_settings=False)
+    perfetto_command.add_arguments(perfetto)
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
     key.add_argument("--admin", action="store_true", help="allow admin functions with this key")

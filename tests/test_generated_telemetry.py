@@ -113,6 +113,28 @@ def test_perfetto_trace_with_the_micromegas_client(client, generated, tmp_path: 
     assert "user_workflow" in names and any(n.startswith("process_user_") for n in names)
 
 
+def test_spanlake_perfetto_and_query_commands(generated, tmp_path: Path) -> None:
+    server, pid = generated
+    output = tmp_path / "cli.pftrace"
+    result = subprocess.run([sys.executable, "-m", "server.cli", "perfetto", "--process-id", pid, "--spans", "async",
+                             "-o", str(output), "--uri", server.flightsql_url],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ui.perfetto.dev" in result.stdout
+    names = {name for name, _, _ in decode_and_check(output.read_bytes()).all_slices()}
+    assert "user_workflow" in names and not any(n.startswith("generator-worker") for n in names)
+    bad = subprocess.run([sys.executable, "-m", "server.cli", "perfetto", "--process-id",
+                          "6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f", "-o", str(tmp_path / "x.pftrace"),
+                          "--uri", server.flightsql_url], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and "Process 6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f not found" in bad.stderr
+    assert not (tmp_path / "x.pftrace").exists()
+    query = subprocess.run([sys.executable, "-m", "server.cli", "query", "--uri", server.flightsql_url,
+                            "--format", "csv", f"SELECT exe FROM processes WHERE process_id = '{pid}'"],
+                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert query.returncode == 0 and query.stdout.split() == ['"exe"', '"spanlake-telemetry-generator"']
+
+
 def test_adbc(generated) -> None:
     server, pid = generated
     with flightsql.connect(server.flightsql_url) as conn, conn.cursor() as cursor:

@@ -1,0 +1,87 @@
+"""`spanlake perfetto`: writes a process's Perfetto trace from a running server to a file.
+
+It runs `perfetto_trace_chunks(...)` over Flight SQL (the micromegas dialect: DoGet with the SQL in
+the ticket), writes the chunks as they arrive, checks that their ids have no gap, and shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+from tqdm import tqdm
+
+from lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from server.flightsql import protocol
+from server.query_command import DEFAULT_URI, flight_uri, server_message
+
+UI_URL = "https://ui.perfetto.dev"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--process-id", required=True, help="the process to trace (a UUID)")
+    parser.add_argument("--spans", choices=("thread", "async", "both"), default="both", help="span types (both)")
+    parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
+    parser.add_argument("--end", help="end of the trace, RFC3339 (default: now)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("trace.pftrace"), help="file to write")
+    parser.add_argument("--uri", default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
+                        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})")
+    parser.add_argument("--api-key", default=os.environ.get("SPANLAKE_API_KEY"),
+                        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)")
+
+
+def _range(args: argparse.Namespace) -> tuple[int, int]:
+    end = parse_rfc3339_ns(args.end) if args.end else dt.datetime.now(dt.UTC).timestamp() * 1e9
+    begin = parse_rfc3339_ns(args.begin) if args.begin else end - 3600e9
+    if begin >= end:
+        raise ValueError("--begin must be before --end")
+    return int(begin), int(end)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        process_id = str(uuid.UUID(args.process_id))
+        begin, end = (format_rfc3339_ns(t) for t in _range(args))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    sql = (f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{args.spans}',"
+           f" TIMESTAMP '{begin}', TIMESTAMP '{end}')")
+    headers = [(b"x-client-type", b"spanlake-cli"), (b"x-client-entrypoint", b"cli-perfetto"),
+               (b"query_range_begin", begin.encode()), (b"query_range_end", end.encode())]
+    if args.api_key:
+        headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
+    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
+    partial = args.output.with_name(args.output.name + ".partial")
+    try:
+        with flight.connect(flight_uri(args.uri)) as client, partial.open("wb") as out:
+            chunks = _write_chunks(client.do_get(ticket, flight.FlightCallOptions(headers=headers)), out)
+    except (flight.FlightError, pa.ArrowException, OSError, ValueError) as err:
+        partial.unlink(missing_ok=True)
+        print(f"error: {server_message(err)}", file=sys.stderr)
+        return 1
+    partial.replace(args.output)
+    print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes, {chunks} chunks)")
+    print(f"open it at {UI_URL}: 'Open trace file' and choose {args.output.resolve()}")
+    return 0
+
+
+def _write_chunks(reader: flight.FlightStreamReader, out: object) -> int:
+    expected = 0
+    with tqdm(unit="B", unit_scale=True, desc="trace", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        for chunk in reader:
+            batch = chunk.data
+            for chunk_id, data in zip(batch.column("chunk_id").to_pylist(), batch.column("chunk_data").to_pylist(),
+                                      strict=True):
+                if chunk_id != expected:
+                    raise ValueError(f"chunk {chunk_id} received, expected {expected}")
+                out.write(data)
+                bar.update(len(data))
+                expected += 1
+    return expected
