@@ -29,7 +29,12 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 
 
 def session_config() -> SessionConfig:
-    return SessionConfig().with_batch_size(BATCH_SIZE).with_information_schema(True)
+    # No repartitioning of single-partition inputs: it would run the volatile, ordered chunk generator
+    # of perfetto_trace_chunks on several threads at once, out of order. Scans of several partition
+    # files still run in parallel (one stream per file).
+    return (SessionConfig().with_batch_size(BATCH_SIZE).with_information_schema(True)
+            .set("datafusion.optimizer.enable_round_robin_repartition", "false")
+            .set("datafusion.optimizer.repartition_file_scans", "false"))
 
 
 def literal_string(expr: Expr, function: str, position: str) -> str:
