@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 from datafusion import DataFrame, SessionConfig, SessionContext, Table, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
@@ -78,7 +77,7 @@ def _scan(ctx: SessionContext, lake: Lake, view: ViewSet, keys: list[str]) -> Da
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
     if not keys:
-        return ctx.read_table(Table(ds.dataset(view.schema.empty_table())))
+        return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
     frames = [ctx.read_parquet(lake.store.url(key), schema=view.schema) for key in keys]
     frame = frames[0]
     for other in frames[1:]:
@@ -92,7 +91,10 @@ def instance_table(ctx: SessionContext, lake: Lake, view: ViewSet, instance_id: 
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
-    frame = off_runtime(_scan, ctx, lake, view, keys) if table is None else ctx.read_table(Table(ds.dataset(table)))
+    if table is None:
+        frame = off_runtime(_scan, ctx, lake, view, keys)
+    else:  # one in-memory partition, even when empty: plans need one
+        frame = off_runtime(ctx.create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(view.time_filter(*query_range))
     return Table(frame)
