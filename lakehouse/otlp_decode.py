@@ -488,7 +488,7 @@ def any_value_to_string(value: AnyValue) -> str:
     if kind == "int_value":
         return str(value.int_value)
     if kind == "double_value":
-        return _rust_display_f64(value.double_value)
+        return rust_display_f64(value.double_value)
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind in ("bytes_value", "array_value", "kvlist_value"):
@@ -497,7 +497,8 @@ def any_value_to_string(value: AnyValue) -> str:
     return ""
 
 
-def _rust_display_f64(number: float) -> str:
+def rust_display_f64(number: float) -> str:
+    """Rust's `Display` of an f64 (no exponent; `NaN`, `inf`)."""
     if number != number:
         return "NaN"
     if number in (float("inf"), float("-inf")):

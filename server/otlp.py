@@ -39,6 +39,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from lakehouse.otlp_decode import rust_display_f64
 from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from lakehouse.timestamps import parse_rfc3339_ns
 
@@ -350,25 +351,17 @@ def attr_to_string(value: AnyValue) -> str:
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind == "double_value":
-        return _rust_display_f64(value.double_value)
+        return rust_display_f64(value.double_value)
     if kind == "bytes_value":
         return _rust_debug_bytes(value.bytes_value)
     return f"Some({_rust_debug_oneof(value)})"
 
 
-def _rust_display_f64(number: float) -> str:
-    if number != number:
-        return "NaN"
-    if number in (float("inf"), float("-inf")):
-        return "inf" if number > 0 else "-inf"
-    return format(Decimal(repr(number)).normalize(), "f")
-
-
 def _rust_debug_f64(number: float) -> str:
     if number != number or number in (float("inf"), float("-inf")):
-        return _rust_display_f64(number)
+        return rust_display_f64(number)
     if number == 0 or 1e-4 <= abs(number) < 1e16:
-        text = _rust_display_f64(number)
+        text = rust_display_f64(number)
         return text if "." in text else text + ".0"
     sign, digits, exponent = Decimal(repr(number)).normalize().as_tuple()
     mantissa = "".join(map(str, digits))
