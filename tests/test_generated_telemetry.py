@@ -14,6 +14,7 @@ from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
 import micromegas
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
@@ -154,3 +155,18 @@ def test_plain_pyarrow_flight(generated) -> None:
     with flight.connect(server.flightsql_url) as conn:
         table = conn.do_get(ticket).read_all()
     assert table.column("n")[0].as_py() > 5
+
+
+@pytest.mark.parametrize(("sql", "message"), [
+    ("SELECT * FROM view_instance('nope', 'x')", "unknown view set 'nope'"),
+    ("SELECT * FROM view_instance('async_events', '6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f')", "unknown process"),
+    ("SELECT * FROM perfetto_trace_chunks('x', 'both', now(), now())", "must be a valid UUID"),
+    ("SELECT nope FROM processes", "No field named nope"),
+])
+def test_lakehouse_errors_reach_clients_as_invalid_argument(client, sql: str, message: str) -> None:
+    with pytest.raises(pa.ArrowInvalid) as raised:
+        client.query(sql)
+    text = str(raised.value)
+    assert message in text and "query_id=" in text
+    assert "Traceback" not in text and "/work/" not in text and "lakehouse/" not in text
+    assert len(client.query("SELECT 1 AS one")) == 1

@@ -1,0 +1,94 @@
+"""One structured JSON line per query on the `spanlake.flightsql.audit` logger.
+
+A query's record is emitted exactly once: when its stream ends ("ok"), when it fails ("error", with
+the class user|resource|internal), or when the client goes away before the end ("incomplete").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from server.auth import Principal
+from server.flightsql.errors import Failure
+from server.flightsql.headers import QueryHeaders
+
+AUDIT_LOGGER = "spanlake.flightsql.audit"
+_audit_log = logging.getLogger(AUDIT_LOGGER)
+
+
+def sql_hash(sql: str) -> str:
+    """A short stable fingerprint of the statement (whitespace-insensitive), to group queries
+    in the audit log without writing the SQL text there."""
+    return hashlib.sha256(" ".join(sql.split()).encode()).hexdigest()[:16]
+
+
+class QueryAudit:
+    """Timings, volumes and outcome of one query, filled in as it runs."""
+
+    def __init__(self, query_id: str, rpc: str, sql: str, client: dict[str, str],
+                 principal: Principal | None) -> None:
+        self.query_id = query_id
+        self._start = time.perf_counter()
+        self._rpc = rpc
+        self._sql_hash = sql_hash(sql)
+        self._client = client
+        self._user = principal.name if principal is not None else ""
+        self.headers: QueryHeaders | None = None
+        self.plan_cached = False
+        self.planning_ms = 0.0
+        self.execution_ms = 0.0
+        self.rows = 0
+        self.bytes = 0
+        self._emitted = False
+        self._lock = threading.Lock()
+
+    def ok(self) -> None:
+        self._emit("ok", None)
+
+    def fail(self, failure: Failure) -> Failure:
+        self._emit("error", failure)
+        return failure
+
+    def incomplete(self) -> None:
+        self._emit("incomplete", None)
+
+    def _emit(self, status: str, failure: Failure | None) -> None:
+        with self._lock:
+            if self._emitted:
+                return
+            self._emitted = True
+        _audit_log.info(json.dumps(self._record(status, failure), separators=(",", ":")))
+
+    def _record(self, status: str, failure: Failure | None) -> dict[str, Any]:
+        begin, end = self.headers.range_text() if self.headers is not None else (None, None)
+        client = self._client
+        return {
+            "query_id": self.query_id,
+            "rpc": self._rpc,
+            "client": client.get("type", "unknown"),
+            "agent": client.get("agent", "unknown"),
+            "entrypoint": client.get("entrypoint", "unknown"),
+            "session": client.get("session"),
+            "notebook": client.get("notebook"),
+            "cell": client.get("cell"),
+            "peer": client.get("peer", ""),
+            "user": self._user,
+            "sql_hash": self._sql_hash,
+            "range_begin": begin,
+            "range_end": end,
+            "limit": self.headers.limit if self.headers is not None else None,
+            "plan_cached": self.plan_cached,
+            "planning_ms": round(self.planning_ms, 3),
+            "execution_ms": round(self.execution_ms, 3),
+            "total_ms": round((time.perf_counter() - self._start) * 1000.0, 3),
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "status": status,
+            "error_class": failure.error_class if failure is not None else None,
+            "error": failure.message if failure is not None else None,
+        }

@@ -1,0 +1,130 @@
+"""Catalog metadata commands: GetCatalogs, GetDbSchemas, GetTables, GetTableTypes.
+
+Everything comes from the session a `SessionFactory` builds, through DataFusion's catalog API, so
+whatever the lakehouse registers in a session is what clients see (ADBC `adbc_get_objects`,
+`adbc_get_table_schema`, DBeaver…). Result schemas and ordering follow FlightSql.proto.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import datafusion
+import pyarrow as pa
+
+from server.flightsql.streaming import output_schema
+
+CATALOGS_SCHEMA = pa.schema([pa.field("catalog_name", pa.string(), nullable=False)])
+DB_SCHEMAS_SCHEMA = pa.schema([pa.field("catalog_name", pa.string()),
+                               pa.field("db_schema_name", pa.string(), nullable=False)])
+TABLES_SCHEMA = pa.schema([pa.field("catalog_name", pa.string()),
+                           pa.field("db_schema_name", pa.string()),
+                           pa.field("table_name", pa.string(), nullable=False),
+                           pa.field("table_type", pa.string(), nullable=False)])
+TABLES_WITH_SCHEMA_SCHEMA = TABLES_SCHEMA.append(pa.field("table_schema", pa.binary(), nullable=False))
+TABLE_TYPES_SCHEMA = pa.schema([pa.field("table_type", pa.string(), nullable=False)])
+
+# DataFusion's `Table.kind` → the table type clients see (JDBC's names).
+TABLE_TYPES = {"physical": "TABLE", "view": "VIEW", "temporary": "LOCAL TEMPORARY"}
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    catalog: str
+    db_schema: str
+    name: str
+    table_type: str
+    table: Any  # datafusion.catalog.Table; its schema is read only when a client asks for it
+
+
+def like_pattern(pattern: str) -> re.Pattern[str]:
+    """A Flight SQL filter pattern (SQL LIKE: `%` any run, `_` one char, `\\` escapes) as a regex."""
+    parts, chars = [], iter(pattern)
+    for char in chars:
+        if char == "\\":
+            parts.append(re.escape(next(chars, "\\")))
+        elif char == "%":
+            parts.append(".*")
+        elif char == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _optional(command: Any, name: str) -> str | None:
+    return getattr(command, name) if command.HasField(name) else None
+
+
+def _matcher(pattern: str | None) -> Callable[[str], bool]:
+    if pattern is None:
+        return lambda _: True
+    regex = like_pattern(pattern)
+    return lambda value: regex.fullmatch(value) is not None
+
+
+def _schemas(ctx: datafusion.SessionContext, catalog: str | None) -> Iterator[tuple[str, str]]:
+    for catalog_name in sorted(ctx.catalog_names()):
+        if catalog is not None and catalog != catalog_name:
+            continue
+        for schema_name in sorted(ctx.catalog(catalog_name).schema_names()):
+            yield catalog_name, schema_name
+
+
+def catalogs(ctx: datafusion.SessionContext) -> pa.Table:
+    return pa.table({"catalog_name": sorted(ctx.catalog_names())}, schema=CATALOGS_SCHEMA)
+
+
+def db_schemas(ctx: datafusion.SessionContext, command: Any) -> pa.Table:
+    """CommandGetDbSchemas: `catalog` (exact, when given) and `db_schema_filter_pattern`."""
+    schema_matches = _matcher(_optional(command, "db_schema_filter_pattern"))
+    rows = [(c, s) for c, s in _schemas(ctx, _optional(command, "catalog")) if schema_matches(s)]
+    return pa.table({"catalog_name": [c for c, _ in rows], "db_schema_name": [s for _, s in rows]},
+                    schema=DB_SCHEMAS_SCHEMA)
+
+
+def list_tables(ctx: datafusion.SessionContext, command: Any) -> list[TableEntry]:
+    """The tables a CommandGetTables selects, ordered by catalog, schema, name and type."""
+    schema_matches = _matcher(_optional(command, "db_schema_filter_pattern"))
+    name_matches = _matcher(_optional(command, "table_name_filter_pattern"))
+    wanted_types = {t.upper() for t in command.table_types}
+    entries = []
+    for catalog_name, schema_name in _schemas(ctx, _optional(command, "catalog")):
+        if not schema_matches(schema_name):
+            continue
+        schema = ctx.catalog(catalog_name).schema(schema_name)
+        for name in sorted(schema.table_names()):
+            if not name_matches(name):
+                continue
+            table = schema.table(name)
+            table_type = TABLE_TYPES.get(table.kind, table.kind.upper())
+            if not wanted_types or table_type in wanted_types:
+                entries.append(TableEntry(catalog_name, schema_name, name, table_type, table))
+    return sorted(entries, key=lambda e: (e.catalog, e.db_schema, e.name, e.table_type))
+
+
+def tables_schema(command: Any) -> pa.Schema:
+    return TABLES_WITH_SCHEMA_SCHEMA if command.include_schema else TABLES_SCHEMA
+
+
+def tables(ctx: datafusion.SessionContext, command: Any, preserve_dictionary: bool) -> pa.Table:
+    """CommandGetTables, with each table's Arrow schema as an IPC message when `include_schema`:
+    the schema a `SELECT *` would stream (dictionaries hydrated unless `preserve_dictionary`)."""
+    entries = list_tables(ctx, command)
+    columns: dict[str, list[Any]] = {
+        "catalog_name": [e.catalog for e in entries],
+        "db_schema_name": [e.db_schema for e in entries],
+        "table_name": [e.name for e in entries],
+        "table_type": [e.table_type for e in entries],
+    }
+    if command.include_schema:
+        columns["table_schema"] = [output_schema(e.table.schema, preserve_dictionary).serialize().to_pybytes()
+                                   for e in entries]
+    return pa.table(columns, schema=tables_schema(command))
+
+
+def table_types() -> pa.Table:
+    return pa.table({"table_type": sorted(TABLE_TYPES.values())}, schema=TABLE_TYPES_SCHEMA)

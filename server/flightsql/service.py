@@ -1,0 +1,397 @@
+"""spanlake's Arrow Flight SQL server, on pyarrow.flight.
+
+RPCs (see docs/flightsql.md for the full matrix):
+* `DoGet(TicketStatementQuery)` with the SQL as handle: the micromegas client's only call.
+* `GetFlightInfo`/`GetSchema` for `CommandStatementQuery` and `CommandPreparedStatementQuery`: plans
+  the SQL and announces its real schema (ADBC checks it against the stream); the ticket carries the SQL.
+* `DoAction` CreatePreparedStatement (handle = the SQL), ClosePreparedStatement, CloseSession.
+* GetSqlInfo, GetCatalogs, GetDbSchemas, GetTables (with schemas), GetTableTypes.
+* Anything else answers UNIMPLEMENTED.
+
+Handles are stateless, so several server processes can sit behind one (balanced) address; a
+short-lived plan cache saves replanning when the calls of one query land on the same process.
+
+Handlers raise `errors.Failure`; `_rpc` turns it into the exception pyarrow needs for the status.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import datafusion
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from server.auth import Authenticator, Principal
+from server.flightsql import errors, metadata, protocol, sql_info
+from server.flightsql.audit import QueryAudit
+from server.flightsql.errors import Failure
+from server.flightsql.headers import (
+    MIDDLEWARE_KEY,
+    CallState,
+    HeaderError,
+    QueryHeaders,
+    RequestMiddlewareFactory,
+    client_attribution,
+    parse_query_headers,
+)
+from server.flightsql.plan_cache import PlanCache, PlannedQuery
+from server.flightsql.session import QueryContext, SessionFactory
+from server.flightsql.streaming import output_schema, result_batches
+
+_log = logging.getLogger("spanlake.flightsql")
+
+# A busy Python thread otherwise delays every stream by one 5 ms switch interval per message
+# (python-stack-facts.md §5.3: ×19–×53 slowdowns); 0.1 ms brings that down to about ×2.
+SWITCH_INTERVAL_SECONDS = 1e-4
+
+# The server is read-only: DDL, DML and SET statements are refused at planning.
+_READ_ONLY = (datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False)
+              .with_allow_statements(False))
+
+_STATEMENT_COMMANDS = ("CommandStatementQuery", "CommandPreparedStatementQuery")
+_METADATA_SCHEMAS: dict[str, Callable[[Any], pa.Schema]] = {
+    "CommandGetSqlInfo": lambda _: sql_info.SCHEMA,
+    "CommandGetCatalogs": lambda _: metadata.CATALOGS_SCHEMA,
+    "CommandGetDbSchemas": lambda _: metadata.DB_SCHEMAS_SCHEMA,
+    "CommandGetTables": metadata.tables_schema,
+    "CommandGetTableTypes": lambda _: metadata.TABLE_TYPES_SCHEMA,
+}
+_ACTIONS = (
+    ("CreatePreparedStatement", "Plan a query; the handle is the SQL, the schema its result's."),
+    ("ClosePreparedStatement", "Release a prepared statement (handles are stateless: a no-op)."),
+    ("CloseSession", "End the client's session (sessions are stateless: a no-op)."),
+)
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def _rpc(method: _Handler) -> _Handler:
+    """Sends a `Failure` with its status, and any unexpected exception as a clean INTERNAL status
+    (the traceback stays in the server log)."""
+
+    @functools.wraps(method)
+    def handler(self: FlightSqlServer, context: flight.ServerCallContext, *args: Any) -> Any:
+        try:
+            return method(self, context, *args)
+        except Failure as failure:
+            raise failure.to_flight_error() from None
+        except errors.CLIENT_FACING:
+            raise
+        except Exception:
+            error_id = str(uuid.uuid4())
+            _log.exception("%s failed (query_id=%s)", method.__name__, error_id)
+            raise errors.internal(f"internal error in {method.__name__}", error_id).to_flight_error() \
+                from None
+
+    return handler  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What the middleware learned about the current call."""
+
+    headers: dict[str, list[Any]]
+    principal: Principal | None
+    client: dict[str, str]
+
+
+class FlightSqlServer(flight.FlightServerBase):
+    """A Flight SQL server answering from sessions built per query by `session_factory`.
+
+    It listens as soon as it is constructed (`location` like "grpc://127.0.0.1:0"; `.port` tells
+    the bound port). `authenticator=None` disables auth.
+    """
+
+    def __init__(self, location: str, session_factory: SessionFactory,
+                 authenticator: Authenticator | None, *, plan_cache: PlanCache | None = None) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        try:
+            super().__init__(location, middleware={MIDDLEWARE_KEY: RequestMiddlewareFactory(authenticator)})
+        except pa.ArrowException as err:
+            # pyarrow only says "Server did not start properly"; the usual cause is a taken port
+            # (Arrow's gRPC transport disables SO_REUSEPORT, so no two servers share a port).
+            raise OSError(f"Flight SQL cannot listen on {location} (address in use?): {err}") from None
+        self._session_factory = session_factory
+        self._plans = plan_cache if plan_cache is not None else PlanCache()
+        self._waiter: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def serve_in_thread(self) -> int:
+        """Keeps serving from a background thread (no signal handlers); returns the bound port."""
+        if self._waiter is None:
+            self._waiter = threading.Thread(target=self.wait, name="flightsql-server", daemon=True)
+            self._waiter.start()
+        return self.port
+
+    def shutdown(self) -> None:
+        """Stops accepting calls and waits for the ones under way (call it from outside a handler)."""
+        super().shutdown()
+        if self._waiter is not None:
+            self._waiter.join()
+            self._waiter = None
+        self._plans.clear()
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    @_rpc
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        kind, command = _descriptor_command(descriptor)
+        if kind in _STATEMENT_COMMANDS:
+            sql = _statement_sql(kind, command)
+            schema = self._prepare(context, sql, rpc="GetFlightInfo")
+            ticket = protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode()))
+            return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])], -1, -1)
+        schema = _metadata_schema(kind, command)
+        return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(descriptor.command, [])], -1, -1)
+
+    @_rpc
+    def get_schema(self, context: flight.ServerCallContext,
+                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        kind, command = _descriptor_command(descriptor)
+        if kind in _STATEMENT_COMMANDS:
+            return flight.SchemaResult(self._prepare(context, _statement_sql(kind, command), rpc="GetSchema"))
+        return flight.SchemaResult(_metadata_schema(kind, command))
+
+    @_rpc
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        kind, command = _ticket_command(ticket.ticket)
+        if kind == "TicketStatementQuery":
+            return self._execute(context, _decode_handle(command.statement_handle))
+        if kind in _STATEMENT_COMMANDS:
+            return self._execute(context, _statement_sql(kind, command))
+        _metadata_schema(kind, command)  # refuses unsupported commands
+        return flight.RecordBatchStream(self._metadata_table(context, kind, command))
+
+    @_rpc
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[flight.Result]:
+        if action.type == "CreatePreparedStatement":
+            request = _action_body(action, "ActionCreatePreparedStatementRequest")
+            schema = self._prepare(context, request.query, rpc="CreatePreparedStatement")
+            result = protocol.ActionCreatePreparedStatementResult(
+                prepared_statement_handle=request.query.encode(),
+                dataset_schema=schema.serialize().to_pybytes())
+            return [flight.Result(protocol.pack(result))]
+        if action.type == "ClosePreparedStatement":
+            _action_body(action, "ActionClosePreparedStatementRequest")
+            return []
+        if action.type == "CloseSession":
+            return [flight.Result(protocol.close_session_result())]
+        raise errors.unimplemented(f"action {action.type!r} is not supported")
+
+    @_rpc
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return list(_ACTIONS)
+
+    @_rpc
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        raise errors.unimplemented("ListFlights is not supported")
+
+    @_rpc
+    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+        kind, _ = _descriptor_command(descriptor)
+        what = "parameter binding" if kind == "CommandPreparedStatementQuery" else kind
+        raise errors.unimplemented(f"{what} is not supported: spanlake is read-only")
+
+    @_rpc
+    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+                    reader: flight.MetadataRecordBatchReader,
+                    writer: flight.MetadataRecordBatchWriter) -> None:
+        raise errors.unimplemented("DoExchange is not supported")
+
+    # -- statements -------------------------------------------------------------------------------
+
+    def _prepare(self, context: flight.ServerCallContext, sql: str, rpc: str) -> pa.Schema:
+        """Plans (or finds the plan of) `sql` and returns the schema the client will receive."""
+        call = _call(context)
+        audit = QueryAudit(str(uuid.uuid4()), rpc, sql, call.client, call.principal)
+        headers = _query_headers(call, audit)
+        planned = self._planned(call, sql, headers, audit, take=False)
+        return output_schema(planned.schema, headers.preserve_dictionary)
+
+    def _execute(self, context: flight.ServerCallContext, sql: str) -> flight.FlightDataStream:
+        call = _call(context)
+        audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
+        headers = _query_headers(call, audit)
+        _log.info("execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
+                  audit.query_id, headers.range_text(), headers.limit,
+                  call.principal.name if call.principal else "", call.client, sql)
+        planned = self._planned(call, sql, headers, audit, take=True)
+        schema = output_schema(planned.schema, headers.preserve_dictionary)
+        try:
+            stream = planned.df.execute_stream()
+        except Exception as exc:
+            raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
+        return flight.GeneratorStream(schema, result_batches(stream, schema, audit, context.is_cancelled))
+
+    def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit,
+                 take: bool) -> PlannedQuery:
+        key = (sql, headers.query_range, headers.limit, call.principal.name if call.principal else None)
+        planned = self._plans.get(key, take=take)
+        if planned is not None:
+            audit.plan_cached = True
+            return planned
+        ctx = self._session(call, headers, audit)
+        started = time.perf_counter()
+        try:
+            planned = _plan(ctx, sql, headers.limit, audit.query_id)
+        except Failure as failure:
+            audit.planning_ms = (time.perf_counter() - started) * 1000.0
+            raise _failed(audit, failure) from None
+        audit.planning_ms = (time.perf_counter() - started) * 1000.0
+        if not take:
+            self._plans.put(key, planned)
+        return planned
+
+    def _session(self, call: _Call, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
+        query = QueryContext(audit.query_id, headers.query_range, headers.limit, call.principal, call.client)
+        try:
+            return self._session_factory(query)
+        except Exception as exc:
+            raise _failed(audit, errors.classify("error building session context", exc,
+                                                 audit.query_id)) from None
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def _metadata_table(self, context: flight.ServerCallContext, kind: str, command: Any) -> pa.Table:
+        if kind == "CommandGetSqlInfo":
+            return sql_info.sql_info_table(command.info)
+        if kind == "CommandGetTableTypes":
+            return metadata.table_types()
+        call = _call(context)
+        query_id = str(uuid.uuid4())
+        try:
+            headers = parse_query_headers(call.headers)
+        except HeaderError as err:
+            raise errors.log_failure(errors.invalid_argument(str(err), query_id)) from None
+        try:
+            ctx = self._session_factory(QueryContext(query_id, headers.query_range, headers.limit,
+                                                     call.principal, call.client))
+        except Exception as exc:
+            raise errors.log_failure(errors.classify("error building session context", exc, query_id)) from None
+        if kind == "CommandGetCatalogs":
+            return metadata.catalogs(ctx)
+        if kind == "CommandGetDbSchemas":
+            return metadata.db_schemas(ctx, command)
+        return metadata.tables(ctx, command, headers.preserve_dictionary)
+
+
+def _plan(ctx: datafusion.SessionContext, sql: str, limit: int | None, query_id: str) -> PlannedQuery:
+    """Plans the SQL (table functions run here) with the optional row limit; raises Failure."""
+    try:
+        df = ctx.sql_with_options(sql, _READ_ONLY)
+    except Exception as exc:
+        raise errors.classify("error building dataframe", exc, query_id) from None
+    if limit is not None:
+        try:
+            df = df.limit(limit)
+        except Exception as exc:
+            raise errors.classify("error building dataframe with limit", exc, query_id) from None
+    return PlannedQuery(df, df.schema())
+
+
+def _call(context: flight.ServerCallContext) -> _Call:
+    state: CallState = context.get_middleware(MIDDLEWARE_KEY)
+    return _Call(state.headers, state.principal, client_attribution(state.headers, context.peer()))
+
+
+def _query_headers(call: _Call, audit: QueryAudit) -> QueryHeaders:
+    try:
+        headers = parse_query_headers(call.headers)
+    except HeaderError as err:
+        raise _failed(audit, errors.invalid_argument(str(err), audit.query_id)) from None
+    audit.headers = headers
+    return headers
+
+
+def _failed(audit: QueryAudit, failure: Failure) -> Failure:
+    """Logs the failure and writes the query's audit record; returns the failure, to be raised."""
+    audit.fail(failure)
+    return errors.log_failure(failure)
+
+
+def _statement_sql(kind: str, command: Any) -> str:
+    if kind == "CommandStatementQuery":
+        return command.query
+    return _decode_handle(command.prepared_statement_handle)
+
+
+def _decode_handle(handle: bytes) -> str:
+    try:
+        return handle.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.invalid_argument("statement handle is not UTF-8 SQL text") from None
+
+
+def _descriptor_command(descriptor: flight.FlightDescriptor) -> tuple[str, Any]:
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise errors.invalid_argument("expected a Flight SQL command descriptor")
+    try:
+        return protocol.unpack(descriptor.command)
+    except protocol.ProtocolError as err:
+        raise errors.invalid_argument(f"malformed Flight SQL command: {err}") from None
+
+
+def _ticket_command(data: bytes) -> tuple[str, Any]:
+    try:
+        return protocol.unpack(data)
+    except protocol.ProtocolError:
+        pass
+    try:
+        return "TicketStatementQuery", protocol.parse_raw_ticket(data)
+    except protocol.ProtocolError as err:
+        raise errors.invalid_argument(str(err)) from None
+
+
+def _metadata_schema(kind: str, command: Any) -> pa.Schema:
+    schema_of = _METADATA_SCHEMAS.get(kind)
+    if schema_of is None or command is None:
+        raise errors.unimplemented(f"{kind} is not supported")
+    return schema_of(command)
+
+
+def _action_body(action: flight.Action, expected: str) -> Any:
+    try:
+        kind, body = protocol.unpack(action.body.to_pybytes())
+    except protocol.ProtocolError as err:
+        raise errors.invalid_argument(f"malformed {action.type} body: {err}") from None
+    if kind != expected or body is None:
+        raise errors.invalid_argument(f"{action.type} expects {expected}, got {kind}")
+    return body
+
+
+def run_flightsql(host: str, port: int, session_factory: SessionFactory,
+                  authenticator: Authenticator | None) -> None:
+    """Serves Flight SQL on host:port until SIGINT/SIGTERM.
+
+    One process per port: Arrow's gRPC transport turns SO_REUSEPORT off. To spread clients over
+    several processes, run each on its own port behind a TCP (L4) balancer; handles are stateless,
+    so any call may land on any process (docs/flightsql.md)."""
+    address = f"[{host}]" if ":" in host else host
+    server = FlightSqlServer(f"grpc://{address}:{port}", session_factory, authenticator)
+    _log.info("Flight SQL listening on %s:%d (auth %s)", host, server.port,
+              "enabled" if authenticator is not None else "disabled")
+    # pyarrow's serve() returns on the signals that have a Python handler: give SIGTERM the same
+    # one as SIGINT (KeyboardInterrupt), so both end in a graceful shutdown.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        _log.info("Flight SQL stopping")
+    finally:
+        server.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

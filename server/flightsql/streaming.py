@@ -1,0 +1,116 @@
+"""Streaming a DataFusion result to a Flight client, batch by batch, with its audit record.
+
+Nothing is collected: each batch DataFusion produces is conformed to the announced schema
+(dictionaries hydrated unless the client asked to keep them), split if it would make an oversized
+gRPC message, and handed to pyarrow.flight. The generator's `finally` tells the audit how the stream
+ended; a client that disconnects closes the generator, which drops DataFusion's stream and with it the
+running query.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from server.flightsql.audit import QueryAudit
+from server.flightsql.errors import classify, log_failure
+
+# Many gRPC clients refuse messages above 4 MiB by default (grpc-go, hence ADBC's Go driver, unless
+# configured); larger batches are cut into ~2 MiB slices, as arrow-flight's encoder does.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SLICE_TARGET_BYTES = 2 * 1024 * 1024
+
+
+def hydrated_type(data_type: pa.DataType) -> pa.DataType:
+    """The type with every dictionary (also inside lists, structs and maps) replaced by its values."""
+    if pa.types.is_dictionary(data_type):
+        return hydrated_type(data_type.value_type)
+    if pa.types.is_list(data_type):
+        return pa.list_(_hydrated_field(data_type.value_field))
+    if pa.types.is_large_list(data_type):
+        return pa.large_list(_hydrated_field(data_type.value_field))
+    if pa.types.is_fixed_size_list(data_type):
+        return pa.list_(_hydrated_field(data_type.value_field), data_type.list_size)
+    if pa.types.is_map(data_type):
+        return pa.map_(_hydrated_field(data_type.key_field), _hydrated_field(data_type.item_field),
+                       keys_sorted=data_type.keys_sorted)
+    if pa.types.is_struct(data_type):
+        return pa.struct([_hydrated_field(data_type.field(i)) for i in range(data_type.num_fields)])
+    return data_type
+
+
+def _hydrated_field(field: pa.Field) -> pa.Field:
+    return field.with_type(hydrated_type(field.type))
+
+
+def output_schema(schema: pa.Schema, preserve_dictionary: bool) -> pa.Schema:
+    """The schema announced to the client (FlightInfo, prepared statement, stream)."""
+    if preserve_dictionary:
+        return schema
+    return pa.schema([_hydrated_field(field) for field in schema], metadata=schema.metadata)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with exactly the announced schema: pyarrow.flight refuses any other."""
+    if batch.schema == schema:
+        return batch
+    columns = [column if column.type == field.type else column.cast(field.type)
+               for column, field in zip(batch.columns, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    """The batch, or zero-copy slices of it when it is larger than one gRPC message should be."""
+    size = batch.nbytes
+    if size <= MAX_MESSAGE_BYTES or batch.num_rows <= 1:
+        yield batch
+        return
+    rows_per_slice = max(1, math.ceil(batch.num_rows * SLICE_TARGET_BYTES / size))
+    for offset in range(0, batch.num_rows, rows_per_slice):
+        yield batch.slice(offset, rows_per_slice)
+
+
+def has_dictionary(schema: pa.Schema) -> bool:
+    return any(hydrated_type(field.type) != field.type for field in schema)
+
+
+def result_batches(batches: Iterable[Any], schema: pa.Schema, audit: QueryAudit,
+                   cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch | pa.Table]:
+    """DataFusion batches → items for `flight.GeneratorStream`, counting rows and bytes; audits
+    ok/error/incomplete.
+
+    A GeneratorStream sends a yielded RecordBatch without its dictionaries, so when dictionaries are
+    kept each batch goes out as a one-batch Table, which pyarrow sends with its dictionaries (the
+    client takes them as replacements).
+    """
+    as_table = has_dictionary(schema)
+    started = time.perf_counter()
+
+    def record_duration() -> None:
+        audit.execution_ms = (time.perf_counter() - started) * 1000.0
+
+    finished = False
+    try:
+        for datafusion_batch in batches:
+            if cancelled():
+                return
+            batch = conform(datafusion_batch.to_pyarrow(), schema)
+            for part in split(batch):
+                audit.rows += part.num_rows
+                audit.bytes += part.nbytes
+                yield pa.Table.from_batches([part]) if as_table else part
+        finished = True
+    except Exception as exc:
+        record_duration()
+        failure = log_failure(audit.fail(classify("error building data stream", exc, audit.query_id)))
+        raise failure.to_flight_error() from None
+    finally:
+        record_duration()
+        if finished:
+            audit.ok()
+        else:
+            audit.incomplete()  # no-op when the failure was already recorded
