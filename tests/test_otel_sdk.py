@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import PostgresServer
-from lakehouse_support import LocalLake, local_lake
+from harness import PostgresServer, running_server
+from lakehouse_support import LocalLake
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -21,11 +21,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from lakehouse.lake import Lake
+from lakehouse.settings import Settings
+
 
 @pytest.fixture
 def exported(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[LocalLake, str]]:
-    """A lake that received one trace (3 nested spans), 2 log records and a counter from the OTel SDK."""
-    with local_lake(postgres, tmp_path) as lake:
+    """A running `spanlake serve` that received one trace (3 nested spans), 2 log records and a counter
+    from the OTel SDK, and a lake opened on the same database and store to read it back."""
+    with running_server(postgres, tmp_path) as server:
+        lake = LocalLake(Lake.open(Settings(database_url=server.database_url,
+                                            object_store_uri=server.object_store_uri)), server.http_url)
         instance = str(uuid.uuid4())
         resource = Resource.create({"service.name": "checkout", "service.namespace": "shop",
                                     "service.instance.id": instance, "host.name": "box-1"})
@@ -56,7 +62,10 @@ def exported(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[LocalLa
         for provider in (tracer_provider, logger_provider, meter_provider):
             provider.shutdown()
         lake.maintain()
-        yield lake, instance
+        try:
+            yield lake, instance
+        finally:
+            lake.lake.close()
 
 
 def test_otel_sdk_telemetry_lands_under_one_process(exported: tuple[LocalLake, str]) -> None:
