@@ -7,6 +7,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+import tracing
 from lakehouse.errors import QueryError
 from lakehouse.jit import hours_are_fresh, jit_update
 from lakehouse.lake import Lake
@@ -67,9 +68,12 @@ def _source_filter(view: ViewSet, instance_id: str) -> dict[str, object]:
 
 def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> int:
     """JIT for a process or stream instance: writes its stale partitions for the range; returns how many."""
-    timing = _process_of(lake, view, uuid.UUID(instance_id))
-    blocks = lake.loop.run(source_blocks(lake.pool, event_range=query_range, **_source_filter(view, instance_id)))
-    return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
+    with tracing.async_span("lakehouse.jit_update"):
+        with tracing.async_span("catalog.source_blocks"):
+            timing = _process_of(lake, view, uuid.UUID(instance_id))
+            blocks = lake.loop.run(source_blocks(lake.pool, event_range=query_range,
+                                                 **_source_filter(view, instance_id)))
+        return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
 
 
 def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
@@ -80,16 +84,20 @@ def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tup
     Global instances are not materialized here: the maintenance daemon keeps them (as micromegas)."""
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
-        partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.file_schema_hash, query_range))
+        with tracing.async_span("catalog.fetch_for_query"):
+            partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.file_schema_hash,
+                                                       query_range))
         return [p.file_path for p in partitions]
-    hours, rows = lake.loop.run(hour_summaries(lake.pool, event_range=query_range,
-                                               partitions_of=(view.name, instance_id),
-                                               **_source_filter(view, instance_id)))
+    with tracing.async_span("catalog.hour_summaries"):
+        hours, rows = lake.loop.run(hour_summaries(lake.pool, event_range=query_range,
+                                                   partitions_of=(view.name, instance_id),
+                                                   **_source_filter(view, instance_id)))
     partitions = [row_to_partition(row) for row in rows]
     if not hours or not hours_are_fresh(view, hours, partitions):
         materialize_instance(lake, view, instance_id, query_range)
-        partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash,
-                                                   query_range))
+        with tracing.async_span("catalog.fetch_for_query"):
+            partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash,
+                                                       query_range))
     return [p.file_path for p in for_query(partitions, view.file_schema_hash, query_range)]
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import tracing
 from lakehouse.lake import Lake
 from lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
 from lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
@@ -84,12 +85,19 @@ def _covered(view: ViewSet, begin_ns: int, end_ns: int, source_count: int, exist
 def hours_are_fresh(view: ViewSet, hours: Iterable[HourSummary], existing: list[Partition],
                     max_objects: int = MAX_OBJECTS_PER_PARTITION) -> bool:
     """The spec check of `plan_specs` + `is_fresh`, from per-hour summaries: an hour within the size limit
-    is exactly one spec. A larger hour needs the blocks themselves: not decided here (False)."""
+    is exactly one spec; a larger one is several, checked together."""
     for hour in hours:
-        if hour.objects > max_objects:
-            return False
         count = hour.blocks if view.counts_blocks else hour.objects
-        if not _covered(view, hour.first_insert_ns, hour.last_insert_ns + _INSERT_RESOLUTION_NS, count, existing):
+        end = hour.last_insert_ns + _INSERT_RESOLUTION_NS
+        if hour.objects > max_objects:
+            # Split into several specs: fresh when the partitions over the hour, all of this schema and
+            # inside the hour, account for every source object.
+            parts = [p for p in existing if p.begin_insert_ns < end and p.end_insert_ns > hour.first_insert_ns]
+            if not (parts and all(p.file_schema_hash == view.file_schema_hash for p in parts)
+                    and all(p.begin_insert_ns // HOUR_NS == hour.first_insert_ns // HOUR_NS for p in parts)
+                    and sum(p.source_count for p in parts) >= count):
+                return False
+        elif not _covered(view, hour.first_insert_ns, end, count, existing):
             return False
     return True
 
@@ -97,17 +105,20 @@ def hours_are_fresh(view: ViewSet, hours: Iterable[HourSummary], existing: list[
 def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:
     if not specs:
         return []
-    existing = lake.loop.run(fetch_overlapping(
-        lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns))
+    with tracing.async_span("catalog.fetch_overlapping"):
+        existing = lake.loop.run(fetch_overlapping(
+            lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns))
     return [spec for spec in specs if not is_fresh(spec, existing)]
 
 
 def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[SourceBlock, bytes | None]]:
     """Payloads in block order, read concurrently; a missing payload is logged and yields None."""
+    parent = tracing.current_span_context()  # the readers run on the pool's threads
 
     def read(block: SourceBlock) -> bytes | None:
         try:
-            return lake.store.get(block.blob_key)
+            with tracing.async_span("object_store.get_block", parent):
+                return lake.store.get(block.blob_key)
         except FileNotFoundError:
             log.warning("payload of block %s is missing from the object store; skipped", block.meta.block_id)
             return None
@@ -118,11 +129,12 @@ def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[
 
 def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition | None:
     """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
-    items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
-    target = PartitionTarget(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns,
-                             spec.view.schema, spec.view.file_schema_hash, spec.view.event_time_columns,
-                             RetireMatch.OVERLAPPING)
-    return write_partition(lake, target, spec.source_count, spec.view.build(timings, items))
+    with tracing.async_span("lakehouse.materialize_partition"):
+        items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
+        target = PartitionTarget(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns,
+                                 spec.view.schema, spec.view.file_schema_hash, spec.view.event_time_columns,
+                                 RetireMatch.OVERLAPPING)
+        return write_partition(lake, target, spec.source_count, spec.view.build(timings, items))
 
 
 def jit_update(lake: Lake, view: ViewSet, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:

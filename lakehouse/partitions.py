@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import tracing
 from lakehouse.catalog import datetime_to_ns, ns_to_datetime
 from lakehouse.lake import Lake
 from lakehouse.object_store import ObjectStore
@@ -171,13 +172,16 @@ def write_partition(lake: Lake, target: PartitionTarget, source_count: int,
     key, size, rows, low, high = None, 0, 0, None, None
     if first is not None:
         key = partition_key(target.view_set_name, target.instance_id, target.begin_insert_ns)
-        size, rows, low, high = write_parquet(lake.store, key, target.schema, itertools.chain([first], rows_iter),
-                                              target.time_columns)
+        # The rows are built as the writer pulls them: their decoding nests in this span.
+        with tracing.async_span("parquet.write"):
+            size, rows, low, high = write_parquet(lake.store, key, target.schema,
+                                                  itertools.chain([first], rows_iter), target.time_columns)
     partition = Partition(target.view_set_name, target.instance_id, target.begin_insert_ns, target.end_insert_ns,
                           low, high, key, size, target.file_schema_hash, source_count, rows)
     committed = False
     try:
-        lake.loop.run(commit_partition(lake.pool, partition, target.retire))
+        with tracing.async_span("catalog.commit_partition"):
+            lake.loop.run(commit_partition(lake.pool, partition, target.retire))
         committed = True
         return partition
     except DuplicatePartition:

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from datafusion import DataFrame, SessionContext, col, udf
 
+import tracing
 from lakehouse import instances
 from lakehouse.catalog import ns_to_datetime
 from lakehouse.errors import QueryError
@@ -171,15 +172,16 @@ def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
 
     def generate(chunk_ids: pa.Array) -> pa.Array:
         nonlocal chunks
-        if chunks is None:
-            chunks = plan.chunks()
-        out = []
-        for chunk_id in chunk_ids.to_pylist():
-            if chunk_id == total - 1:  # the last row takes whatever the trace still holds
-                out.append(b"".join(chunks))
-            else:
-                out.append(next(chunks))
-        return pa.array(out, pa.binary())
+        with tracing.async_span("perfetto.generate_chunks"):  # under the query's execution span
+            if chunks is None:
+                chunks = plan.chunks()
+            out = []
+            for chunk_id in chunk_ids.to_pylist():
+                if chunk_id == total - 1:  # the last row takes whatever the trace still holds
+                    out.append(b"".join(chunks))
+                else:
+                    out.append(next(chunks))
+            return pa.array(out, pa.binary())
 
     return generate
 

@@ -15,6 +15,7 @@ from datafusion import DataFrame, SessionConfig, SessionContext, Table, udf, udt
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
+import tracing
 from lakehouse import catalog_functions, instances, perfetto_trace
 from lakehouse.errors import QueryError
 from lakehouse.lake import Lake
@@ -100,14 +101,15 @@ def instance_table(ctx: SessionContext, lake: Lake, view: ViewSet, instance_id: 
     return Table(frame)
 
 
-def _view_instance_function(ctx: SessionContext, lake: Lake,
-                            query_range: tuple[int, int] | None) -> Callable[..., Table]:
+def _view_instance_function(ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None,
+                            trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def view_instance(*args: Expr) -> Table:
         if len(args) != 2:
             raise QueryError("view_instance takes 2 arguments: view_instance(view_set_name, instance_id)")
         view = instances.view_set(literal_string(args[0], "view_instance", "first"))
         instance_id = literal_string(args[1], "view_instance", "second")
-        return instance_table(ctx, lake, view, instance_id, query_range)
+        with tracing.async_span("lakehouse.view_instance", trace_parent):
+            return instance_table(ctx, lake, view, instance_id, query_range)
 
     return view_instance
 
@@ -125,10 +127,12 @@ class GlobalTables(SchemaProvider):
     """The global views as the session's default schema. A table is materialized only when a query
     names it: DataFusion asks for tables lazily, at planning time."""
 
-    def __init__(self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None) -> None:
+    def __init__(self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None,
+                 trace_parent: tracing.SpanContext) -> None:
         self.ctx = ctx
         self.lake = lake
         self.query_range = query_range
+        self.trace_parent = trace_parent
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
 
     @property
@@ -140,7 +144,8 @@ class GlobalTables(SchemaProvider):
             return self.registered[name]
         if name not in GLOBAL_TABLES:
             return None
-        return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
+        with tracing.async_span("lakehouse.global_table", self.trace_parent):
+            return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
@@ -175,29 +180,40 @@ def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
     return [retire_partitions, materialize_partitions]
 
 
-def _perfetto_function(ctx: SessionContext, lake: Lake) -> Callable[..., Table]:
+def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
         name = "perfetto_trace_chunks"
         if len(args) != 4:
             raise QueryError(f"{name} takes 4 arguments: (process_id, span_types, begin, end)")
-        plan = perfetto_trace.plan_trace(
-            lake, literal_string(args[0], name, "First"), literal_string(args[1], name, "Second"),
-            literal_timestamp_ns(args[2], name, "Third"), literal_timestamp_ns(args[3], name, "Fourth"))
-        return Table(perfetto_trace.trace_dataframe(ctx, plan))
+        with tracing.async_span("perfetto.plan", trace_parent):
+            plan = perfetto_trace.plan_trace(
+                lake, literal_string(args[0], name, "First"), literal_string(args[1], name, "Second"),
+                literal_timestamp_ns(args[2], name, "Third"), literal_timestamp_ns(args[3], name, "Fourth"))
+            return Table(perfetto_trace.trace_dataframe(ctx, plan))
 
     return perfetto_trace_chunks
 
 
 def make_session_context(lake: Lake, query_range: tuple[int, int] | None = None,
                          is_admin: bool = True) -> SessionContext:
-    """A session for one query. Admin functions are registered only for admins (or without auth)."""
+    """A session for one query. Admin functions are registered only for admins (or without auth).
+
+    Its table functions trace themselves as children of the async span current here: they may run on
+    DataFusion's threads, where this context is not current, so they are given it."""
+    trace_parent = tracing.current_span_context()
+    with tracing.async_span("lakehouse.make_session_context"):
+        return _session_context(lake, query_range, is_admin, trace_parent)
+
+
+def _session_context(lake: Lake, query_range: tuple[int, int] | None, is_admin: bool,
+                     trace_parent: tracing.SpanContext) -> SessionContext:
     ctx = SessionContext(session_config())
     lake.store.register_with(ctx)
-    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range))
-    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range), "view_instance"))
+    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range, trace_parent))
+    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range, trace_parent), "view_instance"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
-    ctx.register_udtf(udtf(_perfetto_function(ctx, lake), "perfetto_trace_chunks"))
+    ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
     if is_admin:
         for function in _ops_functions(lake):
             ctx.register_udtf(udtf(function, function.__name__))

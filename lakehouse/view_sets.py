@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from datafusion import col, lit
 from datafusion.expr import Expr
 
+import tracing
 from lakehouse import transit
 from lakehouse.metadata_views import collapse_processes, collapse_streams, metadata_batches
 from lakehouse.otlp_decode import chain_depths, otlp_view_batch
@@ -73,8 +74,9 @@ def _overlapping(begin_column: str, end_column: str) -> TimeFilter:
 
 
 def _decode(block: SourceBlock, payload: bytes) -> transit.DecodedBlock:
-    layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-    return transit.decode_block(payload, layout)
+    with tracing.async_span("transit.decode_block"):
+        layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
+        return transit.decode_block(payload, layout)
 
 
 def _skip(block: SourceBlock, err: Exception) -> None:

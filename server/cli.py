@@ -21,6 +21,7 @@ from server.flightsql.service import FlightSqlServer
 from server.flightsql.session import QueryContext, SessionFactory
 from server.ingestion import start_ingestion
 from server.maintenance import MaintenanceDaemon
+from server.self_tracing import start_self_tracing
 from tracing import generator
 
 log = logging.getLogger("spanlake")
@@ -36,6 +37,7 @@ def _wait_for_shutdown() -> None:
 def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
     """Runs the given server roles in this process until SIGINT or SIGTERM."""
     lake = Lake.open(settings)
+    self_tracing = start_self_tracing(lake, _role_name(roles)) if settings.self_tracing else None
     try:
         authenticator = make_authenticator(settings, lake)
         stoppers: list[Callable[[], None]] = []
@@ -60,7 +62,14 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             stop()
         return 0
     finally:
+        if self_tracing is not None:
+            self_tracing.stop()
         lake.close()
+
+
+def _role_name(roles: tuple[str, ...]) -> str:
+    """The role part of the self-traced process's exe: `spanlake-flightsql`, ..., `spanlake-serve`."""
+    return roles[0] if len(roles) == 1 else "serve"
 
 
 def lakehouse_sessions(lake: Lake) -> SessionFactory:

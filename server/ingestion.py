@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
+import tracing
 from lakehouse.lake import Lake
 from lakehouse.object_store import ObjectStoreError
 from lakehouse.records import BlockRecord, blob_key
@@ -97,16 +98,19 @@ class IngestionService:
             return f"object store: {err.__class__.__name__}"
         return None
 
+    @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
         record = wire.parse_process(await request.read())
         await self.lake.catalog.insert_process(record)
         return web.Response()
 
+    @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
         record = wire.parse_stream(await request.read())
         await self.lake.catalog.insert_stream(record)
         return web.Response()
 
+    @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         record, payload = wire.parse_block(await request.read())
         await self._store_block(record, payload)
@@ -121,6 +125,7 @@ class IngestionService:
             await asyncio.to_thread(self.lake.store.put_if_absent, key, payload)
         await self.lake.catalog.insert_block(record)
 
+    @tracing.span_fn(name="ingestion.otlp_export")
     async def otlp_export(self, request: web.Request) -> web.Response:
         signal = request.match_info["signal"]
         content_type = request.headers.get("Content-Type")

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import tracing
 from lakehouse.batch_update import SECOND_NS, materialize_range
 from lakehouse.lake import Lake
 from lakehouse.retention import delete_expired
@@ -86,9 +87,14 @@ class MaintenanceDaemon:
 
     def run(self, schedule: Schedule, tick_s: int) -> None:
         """One run of a schedule for the tick T (seconds since the epoch, truncated to the period)."""
+        with tracing.async_span(f"maintenance.{schedule.name}", dynamic=True):
+            self._run(schedule, tick_s)
+
+    def _run(self, schedule: Schedule, tick_s: int) -> None:
         if schedule.housekeeping:
             try:
-                delete_expired(self.lake, self.retention_days)
+                with tracing.async_span("maintenance.retention"):
+                    delete_expired(self.lake, self.retention_days)
             except Exception:
                 log.exception("retention failed")
         period_ns = schedule.period_s * SECOND_NS
@@ -96,7 +102,8 @@ class MaintenanceDaemon:
         end = tick_s * SECOND_NS - schedule.range_back[1] * period_ns
         for name in MAINTAINED:
             try:
-                written = materialize_range(self.lake, VIEW_SETS[name], begin, end, period_ns)
+                with tracing.async_span(f"maintenance.{schedule.name}.{name}", dynamic=True):
+                    written = materialize_range(self.lake, VIEW_SETS[name], begin, end, period_ns)
                 if written:
                     log.debug("%s maintenance wrote %d partition(s) of %s", schedule.name, written, name)
             except Exception:

@@ -34,12 +34,19 @@ from tracing.metrics import fmetric, imetric
 from tracing.process_info import ProcessInfo
 from tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
 from tracing.spans import (
+    OpenAsyncSpan,
+    SpanContext,
+    async_span,
+    attach,
+    begin_async_span,
+    current_span_context,
     current_span_id,
     instrument,
     span_async_named,
     span_fn,
     span_scope,
     span_scope_named,
+    suppressed,
 )
 
 __all__ = [
@@ -52,11 +59,17 @@ __all__ = [
     "HttpSink",
     "LoggingHandler",
     "MemorySink",
+    "OpenAsyncSpan",
     "Priority",
     "ProcessInfo",
     "SinkConfig",
     "SinkStats",
+    "SpanContext",
+    "async_span",
+    "attach",
+    "begin_async_span",
     "current_process",
+    "current_span_context",
     "current_span_id",
     "debug",
     "error",
@@ -75,6 +88,7 @@ __all__ = [
     "span_fn",
     "span_scope",
     "span_scope_named",
+    "suppressed",
     "trace",
     "warn",
 ]

@@ -118,12 +118,15 @@ class LoggingHandler(logging.Handler):
     (`spanlake.*`) are skipped so telemetry problems never feed back into telemetry.
     """
 
-    def __init__(self, level: int = logging.NOTSET) -> None:
+    def __init__(self, level: int = logging.NOTSET, *, own_loggers: bool = False) -> None:
+        """`own_loggers=True` keeps `spanlake.*` records too: for a handler attached to chosen loggers
+        (spanlake's self-tracing routes its query audit this way)."""
         super().__init__(level)
+        self._own_loggers = own_loggers
         self._descriptors: dict[tuple, tuple[int, int]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("spanlake."):
+        if not self._own_loggers and record.name.startswith("spanlake."):
             return
         try:
             key = (record.name, record.levelno, record.pathname, record.lineno,

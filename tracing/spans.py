@@ -28,6 +28,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from tracing import dispatch as _dispatch
+from tracing import streams
 from tracing.registry import REGISTRY
 from tracing.streams import TYPE_BITS
 
@@ -208,3 +209,119 @@ def _descriptor_here(frame: FrameType, name: str | None) -> int:
         # Keeping the code object alive keeps its id from being reused by another one.
         found = _site_descriptors[key] = (desc, code)
     return found[0]
+
+
+SpanContext = tuple[int, int]  # (span id, depth) of an async span; (0, -1) is the root
+
+
+def current_span_context() -> SpanContext:
+    """The async span the caller is in, to hand to code running elsewhere (another thread, a callback
+    that does not inherit this context): there, `with attach(context):` or `async_span(..., parent=context)`."""
+    return _current_span.get()
+
+
+class attach:
+    """Makes `context` the current async span for the body (on this thread, in this context)."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: SpanContext) -> None:
+        self._context = context
+
+    def __enter__(self) -> SpanContext:
+        self._token = _current_span.set(self._context)
+        return self._context
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        _current_span.reset(self._token)
+
+
+class OpenAsyncSpan:
+    """An async span begun by `begin_async_span` or `async_span`: ended once by `end()`, from any thread.
+
+    It does not change the current span: `context` is what its children take as parent."""
+
+    __slots__ = ("_end", "_name", "_parent", "context")
+
+    def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
+        span_id, depth = next(_span_ids), parent[1] + 1
+        self.context: SpanContext = (span_id, depth)
+        self._end, self._name, self._parent = end, name, parent[0]
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        events = stream.async_events
+        events += (begin, _now(), span_id, parent[0], depth, name)
+
+    def end(self) -> None:
+        if self._end < 0:
+            return
+        end, self._end = self._end, -1
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        events = stream.async_events
+        events += (end, _now(), self.context[0], self._parent, self.context[1], self._name)
+        if len(events) > stream.async_capacity:
+            stream.full()
+
+
+def begin_async_span(name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> OpenAsyncSpan:
+    """Begins an async span (child of `parent`, by default of the current span) to be ended with `.end()`,
+    possibly on another thread: for work whose extent is not one block of code, such as a streamed
+    response. `dynamic=True` for a name that changes per call (a `Named` span)."""
+    return _open_span(sys._getframe(1), name, parent, dynamic)
+
+
+def _open_span(frame: FrameType, name: str, parent: SpanContext | None, dynamic: bool) -> OpenAsyncSpan:
+    if parent is None:
+        parent = _current_span.get()
+    if dynamic:
+        location = _descriptor_here(frame, None)
+        return OpenAsyncSpan(location << TYPE_BITS | BEGIN_ASYNC_NAMED, location << TYPE_BITS | END_ASYNC_NAMED,
+                             str(name), parent)
+    desc = _descriptor_here(frame, name)
+    return OpenAsyncSpan(desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC, None, parent)
+
+
+class async_span:
+    """`with async_span("name"):` an async span around a block of synchronous code: a child of the
+    current async span (or of `parent`), and the current span of its body, so spans begun in the body
+    (and tasks created there) are its children. `dynamic=True` for per-call names."""
+
+    __slots__ = ("_dynamic", "_frame", "_name", "_parent", "_span", "_token")
+
+    def __init__(self, name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> None:
+        self._frame, self._name, self._parent, self._dynamic = sys._getframe(1), name, parent, dynamic
+
+    def __enter__(self) -> SpanContext:
+        self._span = span = _open_span(self._frame, self._name, self._parent, self._dynamic)
+        self._frame = None  # type: ignore[assignment]  # do not keep the caller's frame alive
+        self._token = _current_span.set(span.context)
+        return span.context
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        _current_span.reset(self._token)
+        self._span.end()
+
+
+class suppressed:
+    """Discards the spans recorded on this thread during the body: for telemetry's own plumbing (a sink
+    storing telemetry must not produce telemetry about that, or it would feed itself forever)."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_dispatch.local, "stream", None)
+        _dispatch.local.stream = streams.NullThreadStream()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._previous is None:
+            del _dispatch.local.stream
+        else:
+            _dispatch.local.stream = self._previous

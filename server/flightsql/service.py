@@ -31,6 +31,7 @@ import datafusion
 import pyarrow as pa
 import pyarrow.flight as flight
 
+import tracing
 from server.auth import Authenticator, Principal
 from server.flightsql import errors, metadata, protocol, sql_info
 from server.flightsql.audit import QueryAudit
@@ -215,13 +216,26 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _prepare(self, context: flight.ServerCallContext, sql: str, rpc: str) -> pa.Schema:
         """Plans (or finds the plan of) `sql` and returns the schema the client will receive."""
-        call = _call(context)
-        audit = QueryAudit(str(uuid.uuid4()), rpc, sql, call.client, call.principal)
-        headers = _query_headers(call, audit)
-        planned = self._planned(call, sql, headers, audit, take=False)
-        return output_schema(planned.schema, headers.preserve_dictionary)
+        with tracing.async_span(f"flightsql.{rpc}", dynamic=True):
+            call = _call(context)
+            audit = QueryAudit(str(uuid.uuid4()), rpc, sql, call.client, call.principal)
+            headers = _query_headers(call, audit)
+            planned = self._planned(call, sql, headers, audit, take=False)
+            return output_schema(planned.schema, headers.preserve_dictionary)
 
     def _execute(self, context: flight.ServerCallContext, sql: str) -> flight.FlightDataStream:
+        # The query's span lasts until its stream ends, after this handler returns: it is ended by
+        # the stream (or here, on a failure before streaming).
+        query_span = tracing.begin_async_span("flightsql.do_get")
+        try:
+            with tracing.attach(query_span.context):
+                return self._execute_in_span(context, sql, query_span)
+        except BaseException:
+            query_span.end()
+            raise
+
+    def _execute_in_span(self, context: flight.ServerCallContext, sql: str,
+                         query_span: tracing.OpenAsyncSpan) -> flight.FlightDataStream:
         call = _call(context)
         audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
         headers = _query_headers(call, audit)
@@ -230,11 +244,16 @@ class FlightSqlServer(flight.FlightServerBase):
                   call.principal.name if call.principal else "", call.client, sql)
         planned = self._planned(call, sql, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
+        execute_span = tracing.begin_async_span("flightsql.execute")
         try:
-            stream = planned.df.execute_stream()
+            with tracing.attach(execute_span.context):
+                stream = planned.df.execute_stream()
         except Exception as exc:
+            execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
-        return flight.GeneratorStream(schema, result_batches(stream, schema, audit, context.is_cancelled))
+        batches = result_batches(stream, schema, audit, context.is_cancelled,
+                                 (execute_span, query_span))
+        return flight.GeneratorStream(schema, batches)
 
     def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit,
                  take: bool) -> PlannedQuery:
@@ -243,13 +262,15 @@ class FlightSqlServer(flight.FlightServerBase):
         if planned is not None:
             audit.plan_cached = True
             return planned
-        ctx = self._session(call, headers, audit)
         started = time.perf_counter()
-        try:
-            planned = _plan(ctx, sql, headers.limit, audit.query_id)
-        except Failure as failure:
-            audit.planning_ms = (time.perf_counter() - started) * 1000.0
-            raise _failed(audit, failure) from None
+        # The session is built inside the planning span: its table functions take it as parent.
+        with tracing.async_span("flightsql.plan"):
+            ctx = self._session(call, headers, audit)
+            try:
+                planned = _plan(ctx, sql, headers.limit, audit.query_id)
+            except Failure as failure:
+                audit.planning_ms = (time.perf_counter() - started) * 1000.0
+                raise _failed(audit, failure) from None
         audit.planning_ms = (time.perf_counter() - started) * 1000.0
         if not take:
             self._plans.put(key, planned)

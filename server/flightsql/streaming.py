@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+import tracing
 from server.flightsql.audit import QueryAudit
 from server.flightsql.errors import classify, log_failure
 
@@ -79,9 +80,11 @@ def has_dictionary(schema: pa.Schema) -> bool:
 
 
 def result_batches(batches: Iterable[Any], schema: pa.Schema, audit: QueryAudit,
-                   cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch | pa.Table]:
+                   cancelled: Callable[[], bool],
+                   spans: tuple[tracing.OpenAsyncSpan, ...] = ()) -> Iterator[pa.RecordBatch | pa.Table]:
     """DataFusion batches → items for `flight.GeneratorStream`, counting rows and bytes; audits
-    ok/error/incomplete.
+    ok/error/incomplete and ends `spans` (innermost first) when the stream ends. DataFusion's work for
+    each batch runs as a child of the first span.
 
     A GeneratorStream sends a yielded RecordBatch without its dictionaries, so when dictionaries are
     kept each batch goes out as a one-batch Table, which pyarrow sends with its dictionaries (the
@@ -94,8 +97,16 @@ def result_batches(batches: Iterable[Any], schema: pa.Schema, audit: QueryAudit,
         audit.execution_ms = (time.perf_counter() - started) * 1000.0
 
     finished = False
+    pending = iter(batches)
+    execution = spans[0].context if spans else tracing.current_span_context()
     try:
-        for datafusion_batch in batches:
+        while True:
+            # Attached only while DataFusion works: a generator must not leave its span current
+            # in the thread that resumes it.
+            with tracing.attach(execution):
+                datafusion_batch = next(pending, None)
+            if datafusion_batch is None:
+                break
             if cancelled():
                 return
             batch = conform(datafusion_batch.to_pyarrow(), schema)
@@ -110,6 +121,8 @@ def result_batches(batches: Iterable[Any], schema: pa.Schema, audit: QueryAudit,
         raise failure.to_flight_error() from None
     finally:
         record_duration()
+        for span in spans:
+            span.end()
         if finished:
             audit.ok()
         else:

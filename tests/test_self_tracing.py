@@ -1,0 +1,168 @@
+"""spanlake traces itself into its own lake: a slow query's span tree, its audit record and metrics,
+and its Perfetto trace, read back through Flight SQL like any other process's."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import micromegas
+import pandas as pd
+import pytest
+from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
+from perfetto_check import decode_and_check
+
+# What one query that materializes a view instance just in time runs, parent before child.
+JIT_CHAIN = ("flightsql.do_get", "flightsql.plan", "lakehouse.view_instance", "lakehouse.jit_update",
+             "lakehouse.materialize_partition", "parquet.write", "transit.decode_block")
+
+
+@pytest.fixture(scope="module")
+def traced(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SpanlakeServer, str]]:
+    """A self-traced server holding one generated process; yields the server and that process's id."""
+    env = {"SPANLAKE_SELF_TRACING": "true", "MICROMEGAS_FLUSH_PERIOD": "0.3"}
+    with running_server(postgres, tmp_path_factory.mktemp("self"), extra_env=env) as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "server.cli", "generate", "--url", server.http_url, "--tasks", "1500",
+             "--threads", "2", "--async-tasks", "6", "--flush-period", "0.5"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        yield server, result.stdout.splitlines()[0].strip()
+
+
+def _own_process_id(server: SpanlakeServer) -> str:
+    rows = server.sql("SELECT process_id, exe FROM processes WHERE exe = 'spanlake-serve'")
+    assert len(rows) == 1, rows
+    return str(rows[0]["process_id"])
+
+
+def _spans(client: micromegas.flightsql.client.FlightSQLClient, process_id: str) -> pd.DataFrame:
+    """Begin and end of every async span of the process, one row per span, indexed by span id."""
+    events = client.query(f"SELECT event_type, span_id, parent_span_id, depth, name, time"
+                          f" FROM view_instance('async_events', '{process_id}')")
+    begins = events[events.event_type == "begin"].set_index("span_id")
+    ends = events[events.event_type == "end"].set_index("span_id")
+    spans = begins.join(ends[["time"]].rename(columns={"time": "end"}), how="inner")
+    return spans.rename(columns={"time": "begin"})
+
+
+def _ancestry(spans: pd.DataFrame, span_id: int) -> list[int]:
+    """The span and its stored ancestors, root first."""
+    chain = [span_id]
+    while (parent := spans.loc[chain[0], "parent_span_id"]) in spans.index:
+        chain.insert(0, parent)
+    return chain
+
+
+def _jit_query_tree(spans: pd.DataFrame) -> list[int]:
+    """The span ids of JIT_CHAIN in one query (each an ancestor of the next), or [] if none is stored."""
+    for decode in spans.index[spans.name == JIT_CHAIN[-1]]:
+        chain = [s for s in _ancestry(spans, decode) if spans.loc[s, "name"] in JIT_CHAIN]
+        if tuple(spans.loc[chain, "name"]) == JIT_CHAIN:
+            return chain
+    return []
+
+
+def test_a_jit_query_is_stored_as_a_span_tree_of_spanlake_itself(traced) -> None:
+    server, generated_pid = traced
+    client = micromegas.connect(server.flightsql_url)
+    count = client.query(f"SELECT count(*) AS n FROM view_instance('async_events', '{generated_pid}')")
+    assert count.n[0] > 1000  # a large instance, materialized by this query
+    own = _own_process_id(server)
+    found: dict[str, pd.DataFrame] = {}
+
+    def stored() -> bool:
+        found["spans"] = spans = _spans(client, own)
+        return bool(_jit_query_tree(spans))
+
+    wait_until(stored, 30, "the query's span tree in spanlake's own async_events")
+    spans = found["spans"]
+    chain = _jit_query_tree(spans)
+    assert list(spans.loc[chain, "name"]) == list(JIT_CHAIN)
+    root = spans.loc[chain[0]]
+    assert root.parent_span_id == 0 and root.depth == 0
+    # The query's whole tree: every descendant of the root, with depth = parent's depth + 1, inside its
+    # parent's interval.
+    tree = {chain[0]}
+    for span_id, row in spans.sort_values("depth").iterrows():
+        if row.parent_span_id in tree:
+            tree.add(span_id)
+            parent = spans.loc[row.parent_span_id]
+            assert row.depth == parent.depth + 1, (row.name, parent.name)
+            assert parent.begin <= row.begin <= row.end <= parent.end, (row.name, parent.name)
+    tree_spans = spans.loc[sorted(tree)]
+    assert set(JIT_CHAIN) | {"flightsql.execute", "lakehouse.make_session_context", "catalog.hour_summaries",
+                             "object_store.get_block", "catalog.commit_partition"} <= set(tree_spans.name)
+    long_spans = tree_spans[(tree_spans.end - tree_spans.begin) >= pd.Timedelta(milliseconds=5)]
+    assert len(long_spans) >= 3 and all(isinstance(n, str) and n for n in long_spans.name)
+    # Children's durations add up within their parent (siblings run one after another on one thread).
+    plan = spans.loc[chain[1]]
+    children = tree_spans[tree_spans.parent_span_id == chain[1]]
+    assert (children.end - children.begin).sum() <= plan.end - plan.begin
+
+
+def test_query_audit_and_metrics_are_self_telemetry(traced) -> None:
+    server, _ = traced
+    client = micromegas.connect(server.flightsql_url)
+    client.query("SELECT 42 AS answer")
+    own = _own_process_id(server)
+    found: dict[str, pd.DataFrame] = {}
+
+    def stored() -> bool:
+        found["logs"] = logs = client.query(f"SELECT target, msg FROM view_instance('log_entries', '{own}')"
+                                            f" WHERE target = 'spanlake.flightsql.audit'")
+        return any('"rows":1,' in msg for msg in logs.msg)
+
+    wait_until(stored, 30, "the audit record in spanlake's own log_entries")
+    record = next(json.loads(m) for m in found["logs"].msg if '"rows":1,' in m)
+    assert record["status"] == "ok" and record["rpc"] == "DoGet" and len(record["sql_hash"]) == 16
+    metrics = client.query(f"SELECT name, unit, value FROM view_instance('measures', '{own}')")
+    assert {"query_planning_time", "query_execution_time", "query_total_time", "query_rows_out",
+            "query_bytes_out"} <= set(metrics.name)
+    assert (metrics[metrics.name == "query_rows_out"].value >= 0).all()
+
+
+def test_perfetto_trace_of_spanlake_itself(traced) -> None:
+    server, generated_pid = traced
+    client = micromegas.connect(server.flightsql_url)
+    client.query(f"SELECT count(*) FROM view_instance('log_entries', '{generated_pid}')")
+    own = _own_process_id(server)
+    wait_until(lambda: "lakehouse.view_instance" in set(_spans(client, own).name), 30, "self spans")
+    now = dt.datetime.now(dt.UTC)
+    trace_path = server.data_dir / "self.pftrace"
+    micromegas.perfetto.write_process_trace(client, own, now - dt.timedelta(hours=1), now, str(trace_path))
+    trace = decode_and_check(trace_path.read_bytes())
+    names = {name for name, _, _ in trace.all_slices()}
+    assert {"flightsql.do_get", "flightsql.plan", "lakehouse.view_instance", "lakehouse.make_session_context",
+            "catalog.hour_summaries"} <= names
+    # The trace's own generation is traced: planning under the query's planning, chunks under its execution.
+    wait_until(lambda: "perfetto.generate_chunks" in set(_spans(client, own).name), 30, "perfetto spans")
+    spans = _spans(client, own)
+    for child, parent in (("perfetto.plan", "flightsql.plan"), ("perfetto.generate_chunks", "flightsql.execute")):
+        row = spans[spans.name == child].iloc[0]
+        assert spans.loc[row.parent_span_id, "name"] == parent
+
+
+def _recipe_statements() -> list[str]:
+    text = (PROJECT_ROOT / "docs" / "self-tracing.md").read_text()
+    return [block.split("```", 1)[0].strip() for block in text.split("```sql\n")[1:]]
+
+
+def test_the_documented_recipe_lists_slow_queries_and_a_span_tree(traced) -> None:
+    server, generated_pid = traced
+    client = micromegas.connect(server.flightsql_url)
+    client.query(f"SELECT count(*) FROM view_instance('measures', '{generated_pid}')")
+    find_process, slowest, tree = _recipe_statements()
+    own = _own_process_id(server)
+    wait_until(lambda: own in set(client.query(find_process).process_id.astype(str)), 30,
+               "spanlake itself in the processes view")
+    wait_until(lambda: len(client.query(slowest.replace("$PID", own))) > 0, 30, "queries of spanlake itself")
+    slow = client.query(slowest.replace("$PID", own))
+    assert (slow.duration.diff().dropna() <= pd.Timedelta(0)).all()  # slowest first
+    rows = client.query(tree.replace("$PID", own).replace("$ROOT", str(slow.span_id[0])))
+    # The slowest query's tree, root first; every other span indented below it by its depth.
+    assert rows.span[0] == "flightsql.do_get" and {"  flightsql.plan", "  flightsql.execute"} <= set(rows.span)
+    assert len(rows) > 3 and all(span.startswith("  ") for span in rows.span[1:])
