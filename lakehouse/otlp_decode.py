@@ -30,8 +30,6 @@ span name, target = the scope name, filename = "", line = 0, hash = the scope ha
 from __future__ import annotations
 
 import base64
-import json
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -46,8 +44,9 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from views import async_events, log_entries, measures
+from views import async_events, jsonb, log_entries, measures
 from views.columns import Coded, constant_dictionary, dictionary_array, timestamp_array
+from views.jsonb import JsonValue
 from views.meta import BlockMeta, ProcessMeta
 from views.properties import constant_properties_array
 from views.scope import scope_hash
@@ -56,7 +55,6 @@ OTLP_LOGS_FORMAT = "otlp/v1/logs"
 OTLP_METRICS_FORMAT = "otlp/v1/metrics"
 OTLP_TRACES_FORMAT = "otlp/v1/traces"
 
-JsonValue = str | bool | int | float | None | list[Any] | dict[str, Any]
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
 _LEVELS = np.array([4] + [6] * 4 + [5] * 4 + [4] * 4 + [3] * 4 + [2] * 4 + [1] * 4, dtype=np.int32)
@@ -209,7 +207,7 @@ def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
         levels.append(np.where(in_range, _LEVELS[np.where(in_range, severities, 0)], 4).astype(np.int32))
         msgs.extend(any_value_to_string(r.body) if r.HasField("body") else "" for r in records)
         target_codes.append(np.full(len(records), targets.code(scope_logs.scope.name), np.int64))
-        property_codes.extend(properties.code(jsonb(_log_properties(r, extras))) for r in records)
+        property_codes.extend(properties.code(jsonb.encode(_log_properties(r, extras))) for r in records)
     return LogColumns(
         time_ns=np.concatenate(times) if times else np.zeros(0, np.int64),
         level=np.concatenate(levels) if levels else np.zeros(0, np.int32),
@@ -326,7 +324,7 @@ def _add_number_points(rows: _MeasureRows, strings: _Interner, properties: _Inte
     values = np.array([points[i].as_double if value_kinds[i] == "as_double" else float(points[i].as_int)
                        for i in kept], dtype=np.float64)
     extras = _number_extras(metric, kind)
-    codes = np.array([properties.code(jsonb(attributes_object(points[i].attributes, extras))) for i in kept],
+    codes = np.array([properties.code(jsonb.encode(attributes_object(points[i].attributes, extras))) for i in kept],
                      dtype=np.int64)
     rows.add(times[keep], values, target, strings.code(metric.name), strings.code(metric.unit), codes)
 
@@ -341,7 +339,7 @@ def _add_summary_points(rows: _MeasureRows, strings: _Interner, properties: _Int
         time_ns = int(_as_i64([point.time_unix_nano])[0])
         if point.flags & _NO_RECORDED_VALUE or time_ns == 0:
             continue
-        code = properties.code(jsonb(attributes_object(point.attributes, [])))
+        code = properties.code(jsonb.encode(attributes_object(point.attributes, [])))
         statistics = [("_count", no_unit, float(point.count)), ("_sum", unit, point.sum)]
         seen: set[float] = set()
         for quantile in point.quantile_values:
@@ -493,7 +491,7 @@ def any_value_to_string(value: AnyValue) -> str:
         return "true" if value.bool_value else "false"
     if kind in ("bytes_value", "array_value", "kvlist_value"):
         converted = any_value_to_json(value)
-        return converted if kind == "bytes_value" else _compact_json(converted)
+        return converted if kind == "bytes_value" else jsonb.compact_json(converted)
     return ""
 
 
@@ -506,122 +504,3 @@ def rust_display_f64(number: float) -> str:
     return format(Decimal(repr(number)).normalize(), "f")
 
 
-def _compact_json(value: JsonValue) -> str:
-    """serde_json's compact text of a jsonb value (keys sorted, floats as ryu writes them)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{_json_string(k)}:{_compact_json(v)}" for k, v in sorted(value.items())) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(map(_compact_json, value)) + "]"
-    if isinstance(value, float):
-        return _ryu_f64(value)
-    if isinstance(value, str):
-        return _json_string(value)
-    return json.dumps(value)
-
-
-def _json_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _ryu_f64(number: float) -> str:
-    """ryu's shortest form as serde_json writes it (non-finite numbers become null)."""
-    if number != number or number in (float("inf"), float("-inf")):
-        return "null"
-    if number == 0:
-        return "-0.0" if str(number).startswith("-") else "0.0"
-    sign, digits, exponent = Decimal(repr(number)).normalize().as_tuple()
-    mantissa = "".join(map(str, digits))
-    point = len(mantissa) + exponent  # position of the decimal point within the digits
-    if exponent >= 0 and point <= 16:
-        text = mantissa + "0" * exponent + ".0"
-    elif 0 < point <= 16:
-        text = mantissa[:point] + "." + mantissa[point:]
-    elif -5 < point <= 0:
-        text = "0." + "0" * -point + mantissa
-    else:
-        text = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "") + f"e{point - 1}"
-    return ("-" if sign else "") + text
-
-
-# --- databend-jsonb of any JSON value (the properties encoding, as the `jsonb` crate 0.5 writes it) ---
-# A container is a big-endian u32 header (type | count), one u32 JEntry (type | byte length) per
-# member (objects: all keys, then all values), then the members' bytes in the same order. Object keys
-# are sorted by their UTF-8 bytes (a BTreeMap). Numbers: 0x00 for integer zero, 0x40 + the smallest
-# big-endian signed width holding an integer, 0x60 + f64 for floats, 0x10/0x20/0x30 for NaN/inf/-inf.
-
-_ARRAY, _OBJECT, _SCALAR = 0x80000000, 0x40000000, 0x20000000
-_NULL, _STRING, _NUMBER, _FALSE, _TRUE, _CONTAINER = (0x00000000, 0x10000000, 0x20000000, 0x30000000, 0x40000000,
-                                                     0x50000000)
-_INT_WIDTHS = ((1, ">b", 0x7F), (2, ">h", 0x7FFF), (4, ">i", 0x7FFFFFFF), (8, ">q", 0x7FFFFFFFFFFFFFFF))
-
-
-def jsonb(value: JsonValue) -> bytes:
-    """The databend-jsonb bytes of a JSON value (a top-level scalar gets a one-member scalar container)."""
-    if isinstance(value, dict):
-        return _object(value)
-    if isinstance(value, list):
-        return _array(value)
-    entry, data = _member(value)
-    return struct.pack(">II", _SCALAR | 1, entry) + data
-
-
-def _object(value: dict[str, JsonValue]) -> bytes:
-    # Hot path (one object per row): members inlined rather than one call per member.
-    keys = [key.encode() for key in sorted(value)]  # str order is UTF-8 byte order
-    entries = [_STRING | len(key) for key in keys]
-    data = []
-    for key in sorted(value):
-        item = value[key]
-        kind = type(item)
-        if kind is str:
-            encoded = item.encode()
-            entries.append(_STRING | len(encoded))
-            data.append(encoded)
-        elif kind is bool:
-            entries.append(_TRUE if item else _FALSE)
-        else:
-            entry, encoded = _member(item)
-            entries.append(entry)
-            data.append(encoded)
-    return struct.pack(f">{1 + len(entries)}I", _OBJECT | len(keys), *entries) + b"".join(keys) + b"".join(data)
-
-
-def _array(value: list[JsonValue]) -> bytes:
-    members = [_member(item) for item in value]
-    entries = struct.pack(f">{1 + len(members)}I", _ARRAY | len(members), *(entry for entry, _ in members))
-    return entries + b"".join(data for _, data in members)
-
-
-def _member(value: JsonValue) -> tuple[int, bytes]:
-    if value is None:
-        return _NULL, b""
-    if isinstance(value, bool):
-        return (_TRUE if value else _FALSE), b""
-    if isinstance(value, str):
-        data = value.encode()
-        return _STRING | len(data), data
-    if isinstance(value, int):
-        data = _integer(value)
-        return _NUMBER | len(data), data
-    if isinstance(value, float):
-        data = _float(value)
-        return _NUMBER | len(data), data
-    data = _object(value) if isinstance(value, dict) else _array(value)
-    return _CONTAINER | len(data), data
-
-
-def _integer(value: int) -> bytes:
-    if value == 0:
-        return b"\x00"
-    for _, fmt, limit in _INT_WIDTHS:
-        if -limit - 1 <= value <= limit:
-            return b"\x40" + struct.pack(fmt, value)
-    raise ValueError(f"integer {value} does not fit in an int64")
-
-
-def _float(value: float) -> bytes:
-    if value != value:
-        return b"\x10"
-    if value in (float("inf"), float("-inf")):
-        return b"\x20" if value > 0 else b"\x30"
-    return b"\x60" + struct.pack(">d", value)

@@ -87,6 +87,12 @@ def test_otel_data_through_the_views(exported: tuple[LocalLake, str]) -> None:
                    f" 'otel.resource.service.instance.id') = '{instance}'").column(0)[0].as_py()
     logs = lake.sql(f"SELECT level, msg, target FROM view_instance('log_entries', '{pid}') ORDER BY time").to_pylist()
     assert [(r["level"], r["msg"]) for r in logs] == [(3, "order 42 is late"), (2, "card declined")]
+    # Attributes keep their JSON types; property_get reads a number as its JSON text.
+    lines = lake.sql(f"SELECT properties_length(properties) AS n, property_get(properties, 'code.line.number') AS a,"
+                     f" property_get(properties, 'code.lineno') AS b FROM view_instance('log_entries', '{pid}')")
+    assert all(n >= 1 for n in lines.column("n").to_pylist())
+    assert all((a or b or "").isdigit() for a, b in zip(lines.column("a").to_pylist(), lines.column("b").to_pylist(),
+                                                        strict=True))
     measures = lake.sql(f"SELECT name, value FROM view_instance('measures', '{pid}')").to_pylist()
     # force_flush and shutdown each export the cumulative sum.
     assert measures and {(m["name"], m["value"]) for m in measures} == {("orders", 3.0)}

@@ -18,7 +18,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from lakehouse import otlp_decode
 from lakehouse.otlp_decode import OtlpBlockError, async_events_batch, log_entries_batch, measures_batch
 from server.otlp import OtlpBlock, blocks_from_request
-from views import async_events, log_entries, measures
+from views import async_events, jsonb, log_entries, measures
 from views.meta import BlockMeta, ProcessMeta
 from views.properties import decode_jsonb_object
 from views.scope import scope_hash
@@ -198,8 +198,8 @@ def test_jsonb_bytes_follow_the_crate_layout() -> None:
         "61626465"  # keys
         "80000002" "20000009" "20000003" "60" "3ff8000000000000" "40" "fed4"  # [1.5, -300]
         "40000001" "10000001" "20000001" "63" "00")  # {"c": 0}
-    assert otlp_decode.jsonb({"e": None, "d": True, "b": {"c": 0}, "a": [1.5, -300]}) == expected
-    assert otlp_decode.jsonb("x") == bytes.fromhex("20000001" "10000001" "78")
+    assert jsonb.encode({"e": None, "d": True, "b": {"c": 0}, "a": [1.5, -300]}) == expected
+    assert jsonb.encode("x") == bytes.fromhex("20000001" "10000001" "78")
 
 
 # --- metrics ---------------------------------------------------------------------------------------

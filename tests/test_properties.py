@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from views import jsonb
 from views.properties import (
     EMPTY_JSONB_OBJECT,
     PropertiesError,
@@ -46,7 +47,7 @@ def test_round_trip_of_unicode_and_empty_strings() -> None:
         (b"\x40\x00", "has no header"),
         (bytes.fromhex("80000001 10000001") + b"a", "not an object"),
         (bytes.fromhex("40000001 10000001 10000005") + b"ab", "runs past"),
-        (bytes.fromhex("40000001 10000001 20000001") + b"a\x40", "only string members"),
+        (bytes.fromhex("40000001 10000001 20000001") + b"a\x40", "bad jsonb number 40"),
         (bytes.fromhex("40000002 10000001"), "truncated"),
     ],
 )
@@ -118,3 +119,13 @@ def test_chunked_arrays_are_handled_per_chunk() -> None:
 def test_unsupported_column_type_is_rejected() -> None:
     with pytest.raises(PropertiesError, match="unsupported properties type int64"):
         property_get(pa.array([1, 2]), "a")
+
+
+def test_non_string_values_read_as_their_compact_json() -> None:
+    # OTLP attributes keep their JSON types in the jsonb object (as micromegas stores them).
+    value = jsonb.encode({"count": 3, "ok": False, "ratio": 0.5, "tags": ["a", {"k": 0}], "none": None, "s": "x"})
+    assert decode_jsonb_object(value) == {"count": "3", "ok": "false", "ratio": "0.5", "tags": '["a",{"k":0}]',
+                                          "none": "null", "s": "x"}
+    column = pa.DictionaryArray.from_arrays(pa.array([0, 0], pa.int32()), pa.array([value], pa.binary()))
+    assert property_get(column, "tags").to_pylist() == ['["a",{"k":0}]'] * 2
+    assert properties_length(column).to_pylist() == [6, 6]

@@ -10,6 +10,9 @@ PostgreSQL jsonb. The layout of an object with n members (all integers big-endia
     key bytes, in order          UTF-8, keys sorted by bytes (the crate serializes a BTreeMap)
     value bytes, in order        UTF-8
 
+Values written by spanlake's transit path are strings; OTLP attributes may be any JSON value
+(views/jsonb.py), which reads back as its compact JSON text.
+
 Lookups follow micromegas's `property_get`: an exact key match first, then the first ASCII
 case-insensitive match; a missing key gives NULL. Only the distinct values of a dictionary column are
 decoded, then the results are taken by the dictionary indices.
@@ -24,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from views import jsonb
 from views.schema_types import DICT_JSONB, DICT_UTF8
 
 _OBJECT_CONTAINER = 0x40000000
@@ -54,25 +58,16 @@ EMPTY_JSONB_OBJECT = encode_jsonb_object({})
 
 
 def decode_jsonb_object(data: bytes) -> dict[str, str]:
-    """Parse a databend-jsonb object of string values (the inverse of `encode_jsonb_object`)."""
-    nb_members = _object_member_count(data)
-    if nb_members is None:
+    """A databend-jsonb object's members as text: strings as they are, any other value (OTLP attributes
+    can be numbers, booleans, arrays...) as its compact JSON, which is what micromegas's property_get
+    answers for them."""
+    try:
+        value = jsonb.decode(data)
+    except jsonb.JsonbError as err:
+        raise PropertiesError(str(err)) from None
+    if not isinstance(value, dict):
         raise PropertiesError("jsonb value is not an object")
-    entries_end = 4 + 8 * nb_members
-    if len(data) < entries_end:
-        raise PropertiesError(f"jsonb object of {nb_members} members truncated at {len(data)} bytes")
-    entries = struct.unpack_from(f">{2 * nb_members}I", data, 4)
-    strings: list[str] = []
-    position = entries_end
-    for entry in entries:
-        if entry & _ENTRY_OFFSET_FLAG or entry & _ENTRY_TYPE_MASK != _STRING_ENTRY:
-            raise PropertiesError(f"unsupported jsonb entry 0x{entry:08x}: only string members are read")
-        end = position + (entry & _ENTRY_LEN_MASK)
-        if end > len(data):
-            raise PropertiesError(f"jsonb string at byte {position} runs past the {len(data)}-byte value")
-        strings.append(data[position:end].decode("utf-8"))
-        position = end
-    return dict(zip(strings[:nb_members], strings[nb_members:], strict=True))
+    return {key: item if isinstance(item, str) else jsonb.compact_json(item) for key, item in value.items()}
 
 
 def _object_member_count(data: bytes) -> int | None:
