@@ -7,12 +7,15 @@ import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from datafusion import DataFrame, SessionContext, col, udf
 
 from lakehouse.batch_update import SECOND_NS, materialize_range
 from lakehouse.catalog import ns_to_datetime
 from lakehouse.errors import QueryError
 from lakehouse.instances import canonical_instance_id, view_set
 from lakehouse.lake import Lake
+from lakehouse.off_runtime import off_runtime
+from lakehouse.timestamps import format_rfc3339_ns
 from lakehouse.view_sets import VIEW_SETS
 from views.schema_types import TIMESTAMP
 
@@ -108,11 +111,12 @@ async def _retire(lake: Lake, view_set_name: str, instance: str, begin_ns: int, 
     return rows
 
 
-def materialize_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns: int,
-                           delta_seconds: int | None) -> ds.Dataset:
+def materialize_partitions(lake: Lake, ctx: SessionContext, view_set_name: str, begin_ns: int, end_ns: int,
+                           delta_seconds: int | None) -> DataFrame:
     """Materializes the global instance of a view bucket by bucket over [begin, end) (buckets of
     `delta_seconds`, aligned on multiples of it; default: the view's longest partition), as the
-    maintenance daemon does. Returns the log of what was done."""
+    maintenance daemon does. One `(time, msg)` row per bucket, each bucket done as the client reads
+    its row, so progress streams to the client."""
     view = view_set(view_set_name)
     if not view.has_global_instance:
         raise QueryError(f"materialize_partitions: {view.name} has no global instance")
@@ -121,10 +125,22 @@ def materialize_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns
     delta = (delta_seconds or view.max_partition_seconds) * SECOND_NS
     if delta <= 0:
         raise QueryError("materialize_partitions: partition_delta_seconds must be positive")
-    log = _Log()
-    begin, end = begin_ns // delta * delta, -(-end_ns // delta) * delta
-    log(f"materializing {view.name} over [{ns_to_datetime(begin)}, {ns_to_datetime(end)})"
-        f" in buckets of {delta // SECOND_NS} s")
-    written = materialize_range(lake, view, begin, end, delta, log)
-    log(f"wrote {written} partitions of {view.name}/global")
-    return log.dataset()
+    buckets = range(begin_ns // delta * delta, -(-end_ns // delta) * delta, delta)
+
+    def materialize(bucket_indices: pa.Array) -> pa.StructArray:
+        times, messages = [], []
+        for index in bucket_indices.to_pylist():
+            begin = buckets[index]
+            lines: list[str] = []
+            materialize_range(lake, view, begin, begin + delta, delta, lines.append)
+            messages.append("; ".join(lines) or f"{view.name} [{format_rfc3339_ns(begin)},"
+                                                  f" {format_rfc3339_ns(begin + delta)}): up to date")
+            times.append(time.time_ns())
+        return pa.StructArray.from_arrays([pa.array(times, pa.int64()).cast(TIMESTAMP), pa.array(messages)],
+                                          fields=list(LOG_SCHEMA))
+
+    step = udf(materialize, [pa.int32()], pa.struct(list(LOG_SCHEMA)), "volatile", "materialize_bucket")
+    tasks = [[pa.record_batch({"bucket": pa.array([i], pa.int32())}) for i in range(len(buckets))]]
+    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("bucket", pa.int32())]))
+    progress = frame.select(step(col("bucket")).alias("progress")).unnest_columns("progress")
+    return progress.select(col('"progress.time"').alias("time"), col('"progress.msg"').alias("msg"))

@@ -159,7 +159,7 @@ class GlobalTables(SchemaProvider):
         return name in GLOBAL_TABLES or name in self.registered
 
 
-def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
+def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]]:
     def retire_partitions(*args: Expr) -> Table:
         name = "retire_partitions"
         if len(args) != 4:
@@ -174,7 +174,7 @@ def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
             raise QueryError(f"{name} takes (view_set_name, begin, end[, partition_delta_seconds])")
         delta = literal_int(args[3], name, "fourth") if len(args) == 4 else None
         return Table(catalog_functions.materialize_partitions(
-            lake, literal_string(args[0], name, "first"), literal_timestamp_ns(args[1], name, "second"),
+            lake, ctx, literal_string(args[0], name, "first"), literal_timestamp_ns(args[1], name, "second"),
             literal_timestamp_ns(args[2], name, "third"), delta))
 
     return [retire_partitions, materialize_partitions]
@@ -215,7 +215,7 @@ def _session_context(lake: Lake, query_range: tuple[int, int] | None, is_admin: 
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
     ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
     if is_admin:
-        for function in _ops_functions(lake):
+        for function in _ops_functions(ctx, lake):
             ctx.register_udtf(udtf(function, function.__name__))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
