@@ -22,9 +22,11 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 
+import asyncpg
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lakehouse.catalog import ns_to_datetime
 from lakehouse.jit import fetch_payloads
 from lakehouse.lake import Lake
 from lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
@@ -37,6 +39,16 @@ SECOND_NS = 1_000_000_000
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+
+
+async def nothing_to_materialize(pool: asyncpg.Pool, begin_ns: int, end_ns: int) -> bool:
+    """No block was inserted in [begin, end) and no global partition covers any of it: every view's
+    buckets there are trivially up to date."""
+    return not await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM blocks WHERE insert_time >= $1 AND insert_time < $2)"
+        " OR EXISTS (SELECT 1 FROM lakehouse_partitions WHERE view_instance_id = 'global'"
+        " AND begin_insert_time < $2 AND end_insert_time > $1)",
+        ns_to_datetime(begin_ns), ns_to_datetime(end_ns))
 
 
 def materialize_range(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, delta_ns: int,
