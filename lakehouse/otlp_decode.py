@@ -45,7 +45,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from views import async_events, jsonb, log_entries, measures
-from views.columns import Coded, constant_dictionary, dictionary_array, timestamp_array
+from views.columns import Coded, block_identity_columns, constant_dictionary, dictionary_array, timestamp_array
 from views.jsonb import JsonValue
 from views.meta import BlockMeta, ProcessMeta
 from views.properties import constant_properties_array
@@ -71,7 +71,7 @@ def log_entries_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) ->
     """The `log_entries` rows of an `otlp/v1/logs` block."""
     logs = extract_logs(_resource(payload, ResourceLogs), block.begin_time_ns)
     n = len(logs.time_ns)
-    columns = [*_identity_columns(process, block, n), timestamp_array(logs.time_ns), dictionary_array(logs.target),
+    columns = [*block_identity_columns(process, block, n), timestamp_array(logs.time_ns), dictionary_array(logs.target),
                pa.array(logs.level, pa.int32()), pa.array(logs.msg, pa.utf8()), binary_dictionary(logs.properties),
                constant_properties_array(process.properties, n)]
     return pa.RecordBatch.from_arrays(columns, schema=log_entries.SCHEMA)
@@ -81,7 +81,7 @@ def measures_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa
     """The `measures` rows of an `otlp/v1/metrics` block."""
     points = extract_measures(_resource(payload, ResourceMetrics))
     n = len(points.time_ns)
-    columns = [*_identity_columns(process, block, n), timestamp_array(points.time_ns),
+    columns = [*block_identity_columns(process, block, n), timestamp_array(points.time_ns),
                dictionary_array(points.target), dictionary_array(points.name), dictionary_array(points.unit),
                pa.array(points.value, pa.float64()), binary_dictionary(points.properties),
                constant_properties_array(process.properties, n)]
@@ -141,14 +141,6 @@ def _resource(payload: bytes, message_type: type[Message]) -> Any:
         return message_type.FromString(envelope["objects"])
     except DecodeError as err:
         raise OtlpBlockError(f"OTLP block objects are not a {message_type.DESCRIPTOR.name}: {err}") from None
-
-
-def _identity_columns(process: ProcessMeta, block: BlockMeta, n: int) -> list[pa.Array]:
-    """process_id, stream_id, block_id, insert_time, exe, username, computer: constant per block."""
-    return [constant_dictionary(process.process_id, n), constant_dictionary(block.stream_id, n),
-            constant_dictionary(block.block_id, n), timestamp_array(np.full(n, block.insert_time_ns, np.int64)),
-            constant_dictionary(process.exe, n), constant_dictionary(process.username, n),
-            constant_dictionary(process.computer, n)]
 
 
 def binary_dictionary(coded: Coded[bytes]) -> pa.Array:

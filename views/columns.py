@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from views.decoded import ValueColumn
+from views.meta import BlockMeta, ProcessMeta
 from views.schema_types import DICT_UTF8, TIMESTAMP
 
 T = TypeVar("T")
@@ -77,6 +78,16 @@ def constant_dictionary(value: str, length: int) -> pa.Array:
 
 def timestamp_array(nanoseconds: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(nanoseconds, dtype=np.int64), pa.int64()).view(TIMESTAMP)
+
+
+def block_identity_columns(process: ProcessMeta, block: BlockMeta, length: int) -> list[pa.Array]:
+    """process_id, stream_id, block_id, insert_time, exe, username, computer: the columns that
+    log_entries and measures rows take from their block and process, constant per block."""
+    return [constant_dictionary(process.process_id, length), constant_dictionary(block.stream_id, length),
+            constant_dictionary(block.block_id, length),
+            timestamp_array(np.full(length, block.insert_time_ns, dtype=np.int64)),
+            constant_dictionary(process.exe, length), constant_dictionary(process.username, length),
+            constant_dictionary(process.computer, length)]
 
 
 def order_by_position(positions: Sequence[np.ndarray]) -> np.ndarray:

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from views.columns import (
     Coded,
-    constant_dictionary,
+    block_identity_columns,
     dictionary_array,
     order_by_position,
     pair_codes,
@@ -81,13 +81,7 @@ def build_batch(block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, conv
     ticks = np.concatenate([part.ticks for part in parts])[order] if parts else np.zeros(0, np.int64)
     levels = np.concatenate([part.level for part in parts])[order] if parts else np.zeros(0, np.int32)
     columns = [
-        constant_dictionary(process.process_id, length),
-        constant_dictionary(meta.stream_id, length),
-        constant_dictionary(meta.block_id, length),
-        timestamp_array(np.full(length, meta.insert_time_ns, dtype=np.int64)),
-        constant_dictionary(process.exe, length),
-        constant_dictionary(process.username, length),
-        constant_dictionary(process.computer, length),
+        *block_identity_columns(process, meta, length),
         timestamp_array(convert.ticks_to_ns(ticks)),
         dictionary_array(Coded.concat([part.target for part in parts]).take(order)),
         pa.array(levels, pa.int32()),
