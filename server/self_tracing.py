@@ -70,8 +70,7 @@ class LakeSink:
 
     def stats(self) -> SinkStats:
         with self._cond:
-            s = self._stats
-            return SinkStats(list(s.sent), list(s.dropped), list(s.rejected), list(s.failed), s.queued_bytes)
+            return self._stats.snapshot()
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

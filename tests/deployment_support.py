@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 import yaml
-from harness import PROJECT_ROOT, free_port
+from harness import PROJECT_ROOT, free_port, stop_process
 
 PGSERVER_BIN = Path(importlib.util.find_spec("pgserver").submodule_search_locations[0]) / "pginstall" / "bin"
 
@@ -302,13 +302,7 @@ class LocalService:
         raise TimeoutError(f"{self.name} did not print {text!r} in {timeout}s:\n{self.log_text()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def files_written_locally(self) -> list[str]:
         """Every file under the service's HOME, data directory (its working directory) and /tmp."""

@@ -48,6 +48,11 @@ class SinkStats:
     def lost(self) -> int:
         return sum(self.dropped) + sum(self.rejected) + sum(self.failed)
 
+    def snapshot(self) -> SinkStats:
+        """A copy the caller may keep while the sink goes on counting."""
+        return SinkStats(list(self.sent), list(self.dropped), list(self.rejected), list(self.failed),
+                         self.queued_bytes)
+
 
 class Sink(Protocol):
     def submit(self, priority: Priority, path: str, body: bytes) -> bool: ...
@@ -141,8 +146,7 @@ class HttpSink:
 
     def stats(self) -> SinkStats:
         with self._cond:
-            s = self._stats
-            return SinkStats(list(s.sent), list(s.dropped), list(s.rejected), list(s.failed), s.queued_bytes)
+            return self._stats.snapshot()
 
     def flush(self, timeout: float) -> bool:
         """Waits until everything queued so far was handled (sent or given up); False on timeout."""
