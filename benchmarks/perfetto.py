@@ -23,7 +23,6 @@ from types import ModuleType
 import numpy as np
 import pyarrow as pa
 import xxhash
-from google.protobuf.internal.encoder import _VarintBytes
 
 from views.perfetto import AsyncLayout, PerfettoThread, trace_chunks
 from views.perfetto_lanes import AsyncLaneAssigner
@@ -86,104 +85,28 @@ def spanlake_chunks(
     return trace_chunks(PROCESS_ID, "/bin/bench", THREADS, thread_spans, async_spans, span_types, async_layout=layout)
 
 
-class BaselineWriter:
-    """One protobuf message per packet (perfetto's Python classes), prost field order, micromegas
-    interning, flushes and 8192-byte chunk threshold: the same bytes as spanlake's single track."""
-
-    def __init__(self) -> None:
-        self.process_uuid = xxhash.xxh64_intdigest(PROCESS_ID.encode())
-        self.buffer = b""
-        self.chunks: list[bytes] = []
-        self.iids: dict[str, dict] = {"categories": {}, "names": {}, "locations": {}}
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= 8192:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.chunks.append(self.buffer)
-            self.buffer = b""
-
-    def packet(self, packet: TracePacket) -> None:
-        packet.trusted_packet_sequence_id = 1
-        if not packet.HasField("sequence_flags"):
-            packet.sequence_flags = 2
-        which = packet.WhichOneof("data")
-        payload = getattr(packet, which).SerializeToString()
-        packet.ClearField(which)
-        tag = b"\x5a" if which == "track_event" else b"\xe2\x03"
-        body = tag + _VarintBytes(len(payload)) + payload + packet.SerializeToString()
-        self.write(b"\x0a" + _VarintBytes(len(body)))
-        self.write(body)
-
-    def descriptors(self, with_async: bool) -> None:
-        packet = TracePacket(sequence_flags=3, first_packet_on_sequence=True)
-        packet.track_descriptor.uuid = self.process_uuid
-        packet.track_descriptor.process.pid = int(np.uint64(self.process_uuid).astype(np.int32))
-        packet.track_descriptor.process.process_name = "/bin/bench"
-        self.packet(packet)
-        self.flush()
-        for thread in THREADS:
-            packet = TracePacket()
-            packet.track_descriptor.uuid = xxhash.xxh64_intdigest(thread.stream_id.encode())
-            packet.track_descriptor.parent_uuid = self.process_uuid
-            packet.track_descriptor.thread.pid = int(np.uint64(self.process_uuid).astype(np.int32))
-            packet.track_descriptor.thread.tid = thread.tid
-            packet.track_descriptor.thread.thread_name = thread.thread_name
-            self.packet(packet)
-        self.flush()
-        if with_async:
-            packet = TracePacket()
-            packet.track_descriptor.uuid = xxhash.xxh64_intdigest(b"async_track", self.process_uuid)
-            packet.track_descriptor.parent_uuid = self.process_uuid
-            packet.track_descriptor.name = "Async Operations"
-            self.packet(packet)
-            self.flush()
-
-    def spans(self, batches: list[pa.RecordBatch], track: int) -> None:
-        count = 0
-        for batch in batches:
-            columns = [batch.column(name).cast(pa.int64()).to_pylist() for name in ("begin", "end")]
-            columns += [batch.column(name).to_pylist() for name in ("name", "target", "filename", "line")]
-            for begin, end, name, target, filename, line in zip(*columns, strict=True):
-                if end <= begin:
-                    continue
-                for kind, timestamp in ((TrackEvent.TYPE_SLICE_BEGIN, begin), (TrackEvent.TYPE_SLICE_END, end)):
-                    packet = TracePacket(timestamp=timestamp)
-                    event = packet.track_event
-                    event.type = kind
-                    event.track_uuid = track
-                    event.category_iids.append(self.iid(packet, "categories", target))
-                    event.name_iid = self.iid(packet, "names", name)
-                    event.source_location_iid = self.iid(packet, "locations", (filename, line))
-                    self.packet(packet)
-                count += 1
-                if count % 10 == 0:
-                    self.flush()
-
-    def iid(self, packet: TracePacket, table: str, key: object) -> int:
-        iids = self.iids[table]
-        if key not in iids:
-            iid = iids[key] = len(iids) + 1
-            if table == "categories":
-                packet.interned_data.event_categories.add(iid=iid, name=key)
-            elif table == "names":
-                packet.interned_data.event_names.add(iid=iid, name=key)
-            else:
-                packet.interned_data.source_locations.add(iid=iid, file_name=key[0], line_number=key[1])
-        return iids[key]
+def batch_rows(batches: list[pa.RecordBatch]) -> Iterator[tuple]:
+    """(begin, end, name, target, filename, line) of the spans with end > begin."""
+    for batch in batches:
+        columns = [batch.column(name).cast(pa.int64()).to_pylist() for name in ("begin", "end")]
+        columns += [batch.column(name).to_pylist() for name in ("name", "target", "filename", "line")]
+        yield from (row for row in zip(*columns, strict=True) if row[1] > row[0])
 
 
 def baseline_chunks(span_types: str, thread_spans: Callable[[str], list], async_spans: list) -> list[bytes]:
-    writer = BaselineWriter()
-    writer.descriptors(span_types == "async")
+    """One protobuf message per packet (the tests' reference writer): the same bytes as spanlake's
+    single track, the slow way."""
+    # Imported here: tests/ must come after the path fix of perfetto_protos().
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from perfetto_check import ReferenceWriter
+
+    writer = ReferenceWriter(PROCESS_ID)
+    writer.descriptors("/bin/bench", THREADS, with_async=span_types == "async")
     if span_types == "thread":
         for thread in THREADS:
-            writer.spans(thread_spans(thread.stream_id), xxhash.xxh64_intdigest(thread.stream_id.encode()))
+            writer.spans(batch_rows(thread_spans(thread.stream_id)), xxhash.xxh64_intdigest(thread.stream_id.encode()))
     else:
-        writer.spans(async_spans, xxhash.xxh64_intdigest(b"async_track", writer.process_uuid))
+        writer.spans(batch_rows(async_spans), writer.async_uuid)
     writer.flush()
     return writer.chunks
 

@@ -13,9 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import xxhash
-from google.protobuf.internal.encoder import _VarintBytes
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TracePacket, TrackEvent
-from perfetto_check import DecodedTrace, decode_and_check
+from perfetto_check import DecodedTrace, ReferenceWriter, decode_and_check
 
 import views.perfetto
 from views.perfetto import AsyncLayout, PerfettoThread, PerfettoTraceWriter, trace_chunks
@@ -108,104 +107,21 @@ def golden_chunks() -> list[bytes]:
     return [path.read_bytes() for path in sorted(GOLDEN.glob("chunk_*.bin"))]
 
 
-class ReferenceWriter:
-    """micromegas' writer and ChunkSender, one protobuf message per packet, prost field order."""
-
-    def __init__(self, process_id: str, threshold: int = 8192) -> None:
-        self.process_uuid = xxhash.xxh64_intdigest(process_id.encode())
-        self.pid = int(np.array(self.process_uuid, dtype=np.uint64).astype(np.int32))
-        self.async_uuid = xxhash.xxh64_intdigest(b"async_track", self.process_uuid)
-        self.threshold = threshold
-        self.buffer = b""
-        self.chunks: list[bytes] = []
-        self.tables: dict[str, dict] = {"categories": {}, "names": {}, "locations": {}}
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= self.threshold:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.chunks.append(self.buffer)
-            self.buffer = b""
-
-    def packet(self, packet: TracePacket) -> None:
-        packet.trusted_packet_sequence_id = 1
-        if not packet.HasField("sequence_flags"):
-            packet.sequence_flags = 2
-        which = packet.WhichOneof("data")
-        payload = getattr(packet, which).SerializeToString()
-        rest = TracePacket()
-        rest.CopyFrom(packet)
-        rest.ClearField(which)
-        tag = {"track_event": b"\x5a", "track_descriptor": b"\xe2\x03"}[which]
-        body = tag + _VarintBytes(len(payload)) + payload + rest.SerializeToString()
-        self.write(b"\x0a" + _VarintBytes(len(body)))
-        self.write(body)
-
-    def run(self, scenario: Scenario, span_types: str) -> list[bytes]:
-        packet = TracePacket(sequence_flags=3, first_packet_on_sequence=True)
-        packet.track_descriptor.uuid = self.process_uuid
-        packet.track_descriptor.process.pid = self.pid
-        packet.track_descriptor.process.process_name = scenario.exe
-        self.packet(packet)
-        self.flush()
-        for thread in scenario.threads:
-            packet = TracePacket()
-            packet.track_descriptor.uuid = xxhash.xxh64_intdigest(thread.stream_id.encode())
-            packet.track_descriptor.parent_uuid = self.process_uuid
-            packet.track_descriptor.thread.pid = self.pid
-            packet.track_descriptor.thread.tid = int(np.array(thread.tid).astype(np.int32))
-            packet.track_descriptor.thread.thread_name = thread.thread_name
-            self.packet(packet)
-        if scenario.threads:
-            self.flush()
-        if span_types != "thread":
-            packet = TracePacket()
-            packet.track_descriptor.uuid = self.async_uuid
-            packet.track_descriptor.parent_uuid = self.process_uuid
-            packet.track_descriptor.name = "Async Operations"
-            self.packet(packet)
-            self.flush()
-        if span_types != "async":
-            for thread in scenario.threads:
-                self.spans(scenario.thread_spans[thread.stream_id], xxhash.xxh64_intdigest(thread.stream_id.encode()))
-        if span_types != "thread":
-            self.spans([s for s in scenario.async_spans if s.begin < s.end], self.async_uuid)
-        self.flush()
-        return self.chunks
-
-    def spans(self, spans: list[Span], track: int) -> None:
-        for count, span in enumerate(spans, start=1):
-            for kind, timestamp in ((SLICE_BEGIN, span.begin), (SLICE_END, span.end)):
-                packet = TracePacket(timestamp=timestamp % (1 << 64))
-                event = packet.track_event
-                event.type = kind
-                event.track_uuid = track
-                event.category_iids.append(self.iid(packet, "categories", span.target))
-                event.name_iid = self.iid(packet, "names", span.name)
-                event.source_location_iid = self.iid(packet, "locations", (span.filename, span.line))
-                self.packet(packet)
-            if count % 10 == 0:
-                self.flush()
-
-    def iid(self, packet: TracePacket, table: str, key: object) -> int:
-        iids = self.tables[table]
-        if key in iids:
-            return iids[key]
-        iid = iids[key] = len(iids) + 1
-        if table == "categories":
-            packet.interned_data.event_categories.add(iid=iid, name=key)
-        elif table == "names":
-            packet.interned_data.event_names.add(iid=iid, name=key)
-        else:
-            packet.interned_data.source_locations.add(iid=iid, file_name=key[0], line_number=key[1])
-        return iid
+def _rows(spans: Iterable[Span]) -> Iterator[tuple]:
+    return ((s.begin, s.end, s.name, s.target, s.filename, s.line) for s in spans)
 
 
 def reference_chunks(scenario: Scenario, span_types: str = "both") -> list[bytes]:
-    return ReferenceWriter(scenario.process_id).run(scenario, span_types)
+    writer = ReferenceWriter(scenario.process_id)
+    writer.descriptors(scenario.exe, scenario.threads, with_async=span_types != "thread")
+    if span_types != "async":
+        for thread in scenario.threads:
+            writer.spans(_rows(scenario.thread_spans[thread.stream_id]),
+                         xxhash.xxh64_intdigest(thread.stream_id.encode()))
+    if span_types != "thread":
+        writer.spans(_rows(s for s in scenario.async_spans if s.begin < s.end), writer.async_uuid)
+    writer.flush()
+    return writer.chunks
 
 
 def expected_slices(spans: Iterable[Span]) -> Counter:
