@@ -17,8 +17,12 @@ from harness import PostgresServer, SpanlakeServer
 def spanlake_server(**kwargs: object) -> Iterator[SpanlakeServer]:
     with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
         postgres = PostgresServer()
-        server = SpanlakeServer(database_url=postgres.new_database(), data_dir=Path(tmp) / "data",
-                                object_store_uri=(Path(tmp) / "lake").as_uri(), **kwargs)
+        server = SpanlakeServer(
+            database_url=postgres.new_database(),
+            data_dir=Path(tmp) / "data",
+            object_store_uri=(Path(tmp) / "lake").as_uri(),
+            **kwargs,
+        )
         server.start()
         try:
             yield server

@@ -31,11 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import rust_fixtures
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
-from lakehouse.transit import StreamLayout, decode_block, decode_buffers, frame_objects, split_payload, stream_layout
-from views import async_events, log_entries, measures, thread_spans
-from views.meta import BlockMeta, StreamMeta
-from views.scope import scope_hash
-from views.time import TickConverter, converter_for_block
+from spanlake.lakehouse.transit.decode import (
+    StreamLayout,
+    decode_block,
+    decode_buffers,
+    frame_objects,
+    split_payload,
+    stream_layout,
+)
+from spanlake.views import async_events, log_entries, measures, thread_spans
+from spanlake.views.meta import BlockMeta, StreamMeta
+from spanlake.views.scope import scope_hash
+from spanlake.views.time import TickConverter, converter_for_block
 
 CONVERT = TickConverter(tick_offset=1_000, process_start_ns=1_700_000_000_000_000_000, frequency=2_445_400_108)
 

@@ -24,15 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from server.flightsql import FlightSqlServer, QueryContext, default_session_config, protocol
+from spanlake.server.flightsql import FlightSqlServer, QueryContext, default_session_config, protocol
 
 BATCH_ROWS = 65536
 
 
 def make_table(rows: int) -> pa.Table:
     ids = np.arange(rows, dtype=np.int64)
-    table = pa.table({"id": ids, "value": ids * 0.25,
-                      "ts": pa.array(1_704_067_200_000_000_000 + ids * 1000, pa.timestamp("ns"))})
+    table = pa.table(
+        {"id": ids, "value": ids * 0.25, "ts": pa.array(1_704_067_200_000_000_000 + ids * 1000, pa.timestamp("ns"))}
+    )
     return pa.Table.from_batches(table.to_batches(max_chunksize=BATCH_ROWS))
 
 
@@ -55,6 +56,7 @@ def serve(kind: str, rows: int) -> None:
     if kind == "plain":
         server: flight.FlightServerBase = PlainServer(table)
     else:
+
         def factory(_query: QueryContext) -> datafusion.SessionContext:
             ctx = datafusion.SessionContext(default_session_config())
             ctx.register_record_batches("t", [batches])
@@ -67,8 +69,12 @@ def serve(kind: str, rows: int) -> None:
 
 
 def start(kind: str, rows: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--rows", str(rows)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--rows", str(rows)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     return process, f"grpc://127.0.0.1:{process.stdout.readline().strip()}"
 
@@ -109,9 +115,10 @@ def main() -> None:
 
     megabytes = make_table(args.rows).nbytes / 1e6
     servers = {kind: start(kind, args.rows) for kind in ("plain", "spanlake")}
-    tickets = {"plain": flight.Ticket(b"t"),
-               "spanlake": flight.Ticket(protocol.pack(protocol.TicketStatementQuery(
-                   statement_handle=b"SELECT * FROM t")))}
+    tickets = {
+        "plain": flight.Ticket(b"t"),
+        "spanlake": flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=b"SELECT * FROM t"))),
+    }
     readers = {kind: reader_for(uri, tickets[kind], args.rows) for kind, (_, uri) in servers.items()}
     try:
         for read in readers.values():
@@ -130,21 +137,29 @@ def main() -> None:
             process.stdin.close()
             process.wait(60)
 
-    print(f"{args.rows:,} rows, {megabytes:.0f} MB per read, medians of {args.runs} runs (1 client) "
-          f"and {max(3, args.runs // 2)} runs ({args.clients} clients)")
+    print(
+        f"{args.rows:,} rows, {megabytes:.0f} MB per read, medians of {args.runs} runs (1 client) "
+        f"and {max(3, args.runs // 2)} runs ({args.clients} clients)"
+    )
     print(f"{'server':<34}{'ms':>9}{'Mrows/s':>10}{'MB/s':>9}{'vs ceiling':>12}")
     ceiling = statistics.median(single["plain"])
     for kind, label in (("plain", "pyarrow.flight in-memory (ceiling)"), ("spanlake", "spanlake Flight SQL")):
         seconds = statistics.median(single[kind])
-        print(f"{label:<34}{seconds * 1e3:>9.0f}{args.rows / seconds / 1e6:>10.1f}"
-              f"{megabytes / seconds:>9.0f}{ceiling / seconds:>11.0%}")
+        print(
+            f"{label:<34}{seconds * 1e3:>9.0f}{args.rows / seconds / 1e6:>10.1f}"
+            f"{megabytes / seconds:>9.0f}{ceiling / seconds:>11.0%}"
+        )
     ceiling_many = statistics.median(many["plain"])
-    for kind, label in (("plain", f"ceiling, {args.clients} clients"),
-                        ("spanlake", f"spanlake, {args.clients} clients")):
+    for kind, label in (
+        ("plain", f"ceiling, {args.clients} clients"),
+        ("spanlake", f"spanlake, {args.clients} clients"),
+    ):
         seconds = statistics.median(many[kind])
         total = args.rows * args.clients
-        print(f"{label:<34}{seconds * 1e3:>9.0f}{total / seconds / 1e6:>10.1f}"
-              f"{megabytes * args.clients / seconds:>9.0f}{ceiling_many / seconds:>11.0%}")
+        print(
+            f"{label:<34}{seconds * 1e3:>9.0f}{total / seconds / 1e6:>10.1f}"
+            f"{megabytes * args.clients / seconds:>9.0f}{ceiling_many / seconds:>11.0%}"
+        )
 
 
 if __name__ == "__main__":

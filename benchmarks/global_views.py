@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import RUST_FIXTURES, PostgresServer
 from lakehouse_support import EXPECTED
 
-from lakehouse.batch_update import SECOND_NS, materialize_range
-from lakehouse.catalog import ns_to_datetime
-from lakehouse.lake import Lake
-from lakehouse.records import BlockRecord, ProcessRecord, blob_key
-from lakehouse.session import make_session_context
-from lakehouse.settings import Settings
-from lakehouse.view_sets import MAINTAINED, VIEW_SETS
-from server.wire import parse_block, parse_process, parse_stream
+from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
+from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, blob_key
+from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake.server.wire import parse_block, parse_process, parse_stream
 
 DAY_NS = 86_400 * SECOND_NS
 MINUTE_NS = 60 * SECOND_NS
@@ -45,8 +45,11 @@ def load_day(lake: Lake, processes: int, day: int) -> list[str]:
     template = parse_process((RUST_FIXTURES / "process.cbor").read_bytes())
     streams = [s for s in EXPECTED["streams"] if {"log", "metrics"} & set(s["tags"])]
     bodies = {s["stream_id"]: parse_stream((RUST_FIXTURES / s["insert_stream_request"]).read_bytes()) for s in streams}
-    blocks = [parse_block((RUST_FIXTURES / b["files"]["insert_block_request"]).read_bytes())
-              for s in streams for b in s["blocks"]]
+    blocks = [
+        parse_block((RUST_FIXTURES / b["files"]["insert_block_request"]).read_bytes())
+        for s in streams
+        for b in s["blocks"]
+    ]
     ids, rows = [], []
     for index in range(processes):
         process_id = uuid.uuid4()
@@ -54,16 +57,29 @@ def load_day(lake: Lake, processes: int, day: int) -> list[str]:
         lake.loop.run(lake.catalog.insert_process(ProcessRecord(**{**template.__dict__, "process_id": process_id})))
         stream_ids = {sid: uuid.uuid4() for sid in bodies}
         for sid, stream in bodies.items():
-            lake.loop.run(lake.catalog.insert_stream(stream.__class__(**{
-                **stream.__dict__, "stream_id": stream_ids[sid], "process_id": process_id})))
+            lake.loop.run(
+                lake.catalog.insert_stream(
+                    stream.__class__(**{**stream.__dict__, "stream_id": stream_ids[sid], "process_id": process_id})
+                )
+            )
         for n, (record, payload) in enumerate(blocks):
-            block = BlockRecord(**{**record.__dict__, "block_id": uuid.uuid4(), "process_id": process_id,
-                                   "stream_id": stream_ids[str(record.stream_id)]})
+            block = BlockRecord(
+                **{
+                    **record.__dict__,
+                    "block_id": uuid.uuid4(),
+                    "process_id": process_id,
+                    "stream_id": stream_ids[str(record.stream_id)],
+                }
+            )
             lake.store.put_if_absent(blob_key(process_id, block.stream_id, block.block_id), payload)
             lake.loop.run(lake.catalog.insert_block(block))
             rows.append((block.block_id, day + (index * len(blocks) + n) * DAY_NS // (processes * len(blocks))))
-    lake.loop.run(lake.pool.executemany("UPDATE blocks SET insert_time = $2 WHERE block_id = $1",
-                                        [(block_id, ns_to_datetime(at)) for block_id, at in rows]))
+    lake.loop.run(
+        lake.pool.executemany(
+            "UPDATE blocks SET insert_time = $2 WHERE block_id = $1",
+            [(block_id, ns_to_datetime(at)) for block_id, at in rows],
+        )
+    )
     lake.loop.run(lake.pool.execute("UPDATE processes SET insert_time = $1", ns_to_datetime(day)))
     lake.loop.run(lake.pool.execute("UPDATE streams SET insert_time = $1", ns_to_datetime(day)))
     return ids
@@ -79,9 +95,13 @@ def median_ms(lake: Lake, sql: str, runs: int) -> float:
 
 
 def files(lake: Lake, view: str) -> int:
-    return lake.loop.run(lake.pool.fetchval(
-        "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = 'global'"
-        " AND file_path IS NOT NULL", view))
+    return lake.loop.run(
+        lake.pool.fetchval(
+            "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = 'global'"
+            " AND file_path IS NOT NULL",
+            view,
+        )
+    )
 
 
 def main() -> None:
@@ -116,8 +136,10 @@ def main() -> None:
             for label in queries:
                 ratio = before[label] / after[label]
                 print(f"{label:<34} {before[label]:>15.1f} ms {after[label]:>7.1f} ms {ratio:>7.1f}")
-            print(f"files: log_entries {files_before['log_entries']} -> {files_after['log_entries']},"
-                  f" processes {files_before['processes']} -> {files_after['processes']}")
+            print(
+                f"files: log_entries {files_before['log_entries']} -> {files_after['log_entries']},"
+                f" processes {files_before['processes']} -> {files_after['processes']}"
+            )
             print(f"daemon CPU per minute of ingested data: {per_minute * 1000:.1f} ms")
         finally:
             lake.close()

@@ -20,8 +20,8 @@ import aiohttp
 import cbor2
 from _servers import spanlake_server
 
-from lakehouse.object_store import ObjectStore
-from lakehouse.timestamps import format_rfc3339_ns
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
 CLIENTS = 8
 
@@ -32,10 +32,22 @@ def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes]]:
     bodies = []
     for i in range(count):
         payload = {"dependencies": os.urandom(64), "objects": os.urandom(payload_size)}
-        bodies.append(cbor2.dumps({
-            "block_id": str(uuid.uuid4()), "stream_id": str(stream_id), "process_id": str(process_id),
-            "begin_time": format_rfc3339_ns(now + i), "begin_ticks": i, "end_time": format_rfc3339_ns(now + i + 1),
-            "end_ticks": i + 1, "payload": payload, "object_offset": i * 10, "nb_objects": 10}))
+        bodies.append(
+            cbor2.dumps(
+                {
+                    "block_id": str(uuid.uuid4()),
+                    "stream_id": str(stream_id),
+                    "process_id": str(process_id),
+                    "begin_time": format_rfc3339_ns(now + i),
+                    "begin_ticks": i,
+                    "end_time": format_rfc3339_ns(now + i + 1),
+                    "end_ticks": i + 1,
+                    "payload": payload,
+                    "object_offset": i * 10,
+                    "nb_objects": 10,
+                }
+            )
+        )
     return process_id, bodies
 
 
@@ -65,8 +77,9 @@ def baseline_put(bodies: list[bytes]) -> float:
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(CLIENTS) as pool:
         store = ObjectStore(f"file://{tmp}")
         start = time.perf_counter()
-        list(pool.map(lambda kv: store.put_if_absent(kv[0], kv[1]),
-                      ((f"blobs/p/s/{uuid.uuid4()}", p) for p in payloads)))
+        list(
+            pool.map(lambda kv: store.put_if_absent(kv[0], kv[1]), ((f"blobs/p/s/{uuid.uuid4()}", p) for p in payloads))
+        )
         return time.perf_counter() - start
 
 
@@ -78,8 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     with spanlake_server() as server:
         url = server.http_url + "/ingestion/insert_block"
-        print(f"{'payload':>8} {'blocks':>7} {'spanlake blocks/s':>18} {'MB/s':>8} {'baseline blocks/s':>18}"
-              f" {'MB/s':>8} {'ratio':>6} {'lost':>5}")
+        print(
+            f"{'payload':>8} {'blocks':>7} {'spanlake blocks/s':>18} {'MB/s':>8} {'baseline blocks/s':>18}"
+            f" {'MB/s':>8} {'ratio':>6} {'lost':>5}"
+        )
         for label, count, size in (("4 KiB", args.small, 4096), ("4 MiB", args.large, 4 * 1024 * 1024)):
             served, base, lost = [], [], 0
             for _ in range(args.runs):
@@ -91,8 +106,10 @@ def main() -> None:
                 base.append(baseline_put(bodies))
             t, b = statistics.median(served), statistics.median(base)
             mb = count * size / 1e6
-            print(f"{label:>8} {count:>7} {count / t:>18,.0f} {mb / t:>8,.1f} {count / b:>18,.0f} {mb / b:>8,.1f}"
-                  f" {b / t:>6.2f} {lost:>5}")
+            print(
+                f"{label:>8} {count:>7} {count / t:>18,.0f} {mb / t:>8,.1f} {count / b:>18,.0f} {mb / b:>8,.1f}"
+                f" {b / t:>6.2f} {lost:>5}"
+            )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from decode import async_block
 from harness import PostgresServer
 from transit_builder import thread_stream_metadata
 
-from lakehouse.lake import Lake
-from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
-from lakehouse.session import make_session_context, session_config
-from lakehouse.settings import Settings
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context, session_config
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
+from spanlake.lakehouse.settings import Settings
 
 FREQUENCY = 1_000_000_000
 
@@ -39,16 +39,33 @@ def load_process(lake: Lake, events: int, blocks: int) -> str:
     process_id, stream_id = uuid.uuid4(), uuid.uuid4()
     start = time.time_ns() - 3_600_000_000_000
     dependencies, objects = thread_stream_metadata()
-    lake.loop.run(lake.catalog.insert_process(ProcessRecord(
-        process_id, "bench", "user", "user", "host", "linux", "cpu", FREQUENCY, start, 0, None, {})))
-    lake.loop.run(lake.catalog.insert_stream(StreamRecord(
-        stream_id, process_id, dependencies, objects, ["cpu"], {"thread-name": "main", "thread-id": "1"})))
+    lake.loop.run(
+        lake.catalog.insert_process(
+            ProcessRecord(process_id, "bench", "user", "user", "host", "linux", "cpu", FREQUENCY, start, 0, None, {})
+        )
+    )
+    lake.loop.run(
+        lake.catalog.insert_stream(
+            StreamRecord(
+                stream_id, process_id, dependencies, objects, ["cpu"], {"thread-name": "main", "thread-id": "1"}
+            )
+        )
+    )
     payload = async_block(events // blocks, named_share=0.25)
     nb_objects = events // blocks
     for index in range(blocks):
-        record = BlockRecord(uuid.uuid4(), stream_id, process_id, start + index * 1000, index * 1000,
-                             start + (index + 1) * 1000, (index + 1) * 1000, nb_objects, index * nb_objects,
-                             len(payload))
+        record = BlockRecord(
+            uuid.uuid4(),
+            stream_id,
+            process_id,
+            start + index * 1000,
+            index * 1000,
+            start + (index + 1) * 1000,
+            (index + 1) * 1000,
+            nb_objects,
+            index * nb_objects,
+            len(payload),
+        )
         lake.store.put_if_absent(blob_key(process_id, stream_id, record.block_id), payload)
         lake.loop.run(lake.catalog.insert_block(record))
     assert cbor2.loads(payload)
@@ -71,11 +88,17 @@ def main() -> None:
             first = make_session_context(lake).sql(query).to_pylist()
             materialize_s = time.perf_counter() - start
             events = first[0]["n"]
-            print(f"materialized {events:,} async events in {materialize_s:.2f} s:"
-                  f" {events / materialize_s:,.0f} events/s (decode + rows + parquet + catalog)")
+            print(
+                f"materialized {events:,} async events in {materialize_s:.2f} s:"
+                f" {events / materialize_s:,.0f} events/s (decode + rows + parquet + catalog)"
+            )
 
-            files = [f"{tmp}/{r['file_path']}" for r in lake.loop.run(lake.pool.fetch(
-                "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'async_events'"))]
+            files = [
+                f"{tmp}/{r['file_path']}"
+                for r in lake.loop.run(
+                    lake.pool.fetch("SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'async_events'")
+                )
+            ]
             spanlake_times, plain_times = [], []
             for _ in range(args.runs):
                 start = time.perf_counter()
@@ -90,8 +113,10 @@ def main() -> None:
                 plain_times.append(time.perf_counter() - start)
                 assert rows == first
             s, p = statistics.median(spanlake_times), statistics.median(plain_times)
-            print(f"warm query over {len(files)} partition file(s), median of {args.runs}:"
-                  f" spanlake {s * 1000:.1f} ms, plain DataFusion {p * 1000:.1f} ms, ratio {s / p:.2f}")
+            print(
+                f"warm query over {len(files)} partition file(s), median of {args.runs}:"
+                f" spanlake {s * 1000:.1f} ms, plain DataFusion {p * 1000:.1f} ms, ratio {s / p:.2f}"
+            )
         finally:
             lake.close()
 

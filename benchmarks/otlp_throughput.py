@@ -26,20 +26,24 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from lakehouse import otlp_decode
-from server import otlp
-from views.meta import BlockMeta, ProcessMeta
+from spanlake.lakehouse.otlp import decode as otlp_decode
+from spanlake.server import otlp
+from spanlake.views.meta import BlockMeta, ProcessMeta
 
 T0 = 1_700_000_000_000_000_000
-RESOURCE = [KeyValue(key="service.name", value=AnyValue(string_value="bench")),
-            KeyValue(key="host.name", value=AnyValue(string_value="box"))]
+RESOURCE = [
+    KeyValue(key="service.name", value=AnyValue(string_value="bench")),
+    KeyValue(key="host.name", value=AnyValue(string_value="box")),
+]
 
 
 def attributes(i: int) -> list[KeyValue]:
-    return [KeyValue(key="code.function", value=AnyValue(string_value=f"handler_{i % 20}")),
-            KeyValue(key="code.lineno", value=AnyValue(int_value=i % 300)),
-            KeyValue(key="http.route", value=AnyValue(string_value=f"/api/{i % 7}")),
-            KeyValue(key="ok", value=AnyValue(bool_value=i % 2 == 0))]
+    return [
+        KeyValue(key="code.function", value=AnyValue(string_value=f"handler_{i % 20}")),
+        KeyValue(key="code.lineno", value=AnyValue(int_value=i % 300)),
+        KeyValue(key="http.route", value=AnyValue(string_value=f"/api/{i % 7}")),
+        KeyValue(key="ok", value=AnyValue(bool_value=i % 2 == 0)),
+    ]
 
 
 def logs(n: int) -> ExportLogsServiceRequest:
@@ -49,9 +53,13 @@ def logs(n: int) -> ExportLogsServiceRequest:
     scope = resource.scope_logs.add()
     scope.scope.name = "bench.logs"
     for i in range(n):
-        record = scope.log_records.add(time_unix_nano=T0 + i, severity_number=9 + i % 12,
-                                       body=AnyValue(string_value=f"request {i} done"),
-                                       trace_id=i.to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"))
+        record = scope.log_records.add(
+            time_unix_nano=T0 + i,
+            severity_number=9 + i % 12,
+            body=AnyValue(string_value=f"request {i} done"),
+            trace_id=i.to_bytes(16, "big"),
+            span_id=(i + 1).to_bytes(8, "big"),
+        )
         record.attributes.extend(attributes(i))
     return request
 
@@ -65,8 +73,14 @@ def traces(n: int) -> ExportTraceServiceRequest:
     for i in range(n):  # traces of 10 spans: a root and a chain of 9 descendants
         trace_id = (i // 10 + 1).to_bytes(16, "big")
         parent = b"" if i % 10 == 0 else i.to_bytes(8, "big")
-        span = scope.spans.add(trace_id=trace_id, span_id=(i + 1).to_bytes(8, "big"), parent_span_id=parent,
-                               name=f"op_{i % 10}", start_time_unix_nano=T0 + i, end_time_unix_nano=T0 + 2 * n - i)
+        span = scope.spans.add(
+            trace_id=trace_id,
+            span_id=(i + 1).to_bytes(8, "big"),
+            parent_span_id=parent,
+            name=f"op_{i % 10}",
+            start_time_unix_nano=T0 + i,
+            end_time_unix_nano=T0 + 2 * n - i,
+        )
         span.attributes.extend(attributes(i))
     return request
 
@@ -89,8 +103,10 @@ def metrics(n: int) -> ExportMetricsServiceRequest:
 def otlp_json(message: Any) -> bytes:
     def hex_ids(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId")
-                    else hex_ids(v) for k, v in node.items()}
+            return {
+                k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else hex_ids(v)
+                for k, v in node.items()
+            }
         if isinstance(node, list):
             return [hex_ids(item) for item in node]
         return node
@@ -109,16 +125,39 @@ def rate(records: int, run: Callable[[], object], repeat: int = 3) -> float:
 
 def metas(block: otlp.OtlpBlock) -> tuple[ProcessMeta, BlockMeta]:
     p, b = block.process, block.block
-    return (ProcessMeta(str(p.process_id), p.exe, p.username, p.computer, p.start_time_ns, p.start_ticks,
-                        p.tsc_frequency, p.properties),
-            BlockMeta(str(b.block_id), str(b.stream_id), str(b.process_id), b.begin_time_ns, b.begin_ticks,
-                      b.end_time_ns, b.end_ticks, b.nb_objects, 0, T0))
+    return (
+        ProcessMeta(
+            str(p.process_id),
+            p.exe,
+            p.username,
+            p.computer,
+            p.start_time_ns,
+            p.start_ticks,
+            p.tsc_frequency,
+            p.properties,
+        ),
+        BlockMeta(
+            str(b.block_id),
+            str(b.stream_id),
+            str(b.process_id),
+            b.begin_time_ns,
+            b.begin_ticks,
+            b.end_time_ns,
+            b.end_ticks,
+            b.nb_objects,
+            0,
+            T0,
+        ),
+    )
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    builders = {"logs": (logs, otlp_decode.log_entries_batch), "traces": (traces, otlp_decode.async_events_batch),
-                "metrics": (metrics, otlp_decode.measures_batch)}
+    builders = {
+        "logs": (logs, otlp_decode.log_entries_batch),
+        "traces": (traces, otlp_decode.async_events_batch),
+        "metrics": (metrics, otlp_decode.measures_batch),
+    }
     print(f"{'signal':8} {'step':12} {'records/s':>12} {'vs parse':>9}")
     for signal, (build, decode) in builders.items():
         request = build(n)

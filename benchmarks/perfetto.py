@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from views.perfetto import AsyncLayout, PerfettoThread, trace_chunks
-from views.perfetto_lanes import AsyncLaneAssigner
+from spanlake.views.perfetto.lanes import AsyncLaneAssigner
+from spanlake.views.perfetto.writer import AsyncLayout, PerfettoThread, trace_chunks
 
 
 def perfetto_protos() -> ModuleType:

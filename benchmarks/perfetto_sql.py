@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import PostgresServer
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
-from lakehouse.lake import Lake
-from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
-from lakehouse.session import make_session_context
-from lakehouse.settings import Settings
-from lakehouse.timestamps import format_rfc3339_ns
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
+from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
 BLOCK_SPANS = 50_000
 
@@ -69,17 +69,39 @@ def load(lake: Lake, spans: int) -> tuple[str, int, int]:
     process_id, stream_id = uuid.uuid4(), uuid.uuid4()
     start = time.time_ns() - 600_000_000_000
     dependencies, objects = thread_stream_metadata()
-    lake.loop.run(lake.catalog.insert_process(ProcessRecord(
-        process_id, "bench", "user", "user", "host", "linux", "cpu", 1_000_000_000, start, 0, None, {})))
-    lake.loop.run(lake.catalog.insert_stream(StreamRecord(
-        stream_id, process_id, dependencies, objects, ["cpu"], {"thread-name": "main", "thread-id": "1"})))
+    lake.loop.run(
+        lake.catalog.insert_process(
+            ProcessRecord(
+                process_id, "bench", "user", "user", "host", "linux", "cpu", 1_000_000_000, start, 0, None, {}
+            )
+        )
+    )
+    lake.loop.run(
+        lake.catalog.insert_stream(
+            StreamRecord(
+                stream_id, process_id, dependencies, objects, ["cpu"], {"thread-name": "main", "thread-id": "1"}
+            )
+        )
+    )
     offset = ticks = 0
     for index in range(-(-spans // BLOCK_SPANS)):
-        for payload, nb_objects in ((thread_block(BLOCK_SPANS, ticks), BLOCK_SPANS // 3 * 6),
-                                    (async_block(BLOCK_SPANS, 1 + index * BLOCK_SPANS, ticks), 2 * BLOCK_SPANS)):
+        for payload, nb_objects in (
+            (thread_block(BLOCK_SPANS, ticks), BLOCK_SPANS // 3 * 6),
+            (async_block(BLOCK_SPANS, 1 + index * BLOCK_SPANS, ticks), 2 * BLOCK_SPANS),
+        ):
             end_ticks = ticks + nb_objects * 13
-            record = BlockRecord(uuid.uuid4(), stream_id, process_id, start + ticks, ticks, start + end_ticks,
-                                 end_ticks, nb_objects, offset, len(payload))
+            record = BlockRecord(
+                uuid.uuid4(),
+                stream_id,
+                process_id,
+                start + ticks,
+                ticks,
+                start + end_ticks,
+                end_ticks,
+                nb_objects,
+                offset,
+                len(payload),
+            )
             lake.store.put_if_absent(blob_key(process_id, stream_id, record.block_id), payload)
             lake.loop.run(lake.catalog.insert_block(record))
             offset += nb_objects
@@ -88,8 +110,10 @@ def load(lake: Lake, spans: int) -> tuple[str, int, int]:
 
 
 def read_trace(lake: Lake, process_id: str, begin: int, end: int) -> tuple[int, int]:
-    sql = (f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', 'both',"
-           f" TIMESTAMP '{format_rfc3339_ns(begin)}', TIMESTAMP '{format_rfc3339_ns(end + 1)}')")
+    sql = (
+        f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', 'both',"
+        f" TIMESTAMP '{format_rfc3339_ns(begin)}', TIMESTAMP '{format_rfc3339_ns(end + 1)}')"
+    )
     chunks = size = 0
     for batch in make_session_context(lake).sql(sql).execute_stream():
         column = batch.to_pyarrow().column("chunk_data")
@@ -112,8 +136,14 @@ def measure(spans: int, runs: int) -> dict:
                 start = time.perf_counter()
                 chunks, size = read_trace(lake, process_id, begin, end)
                 times.append(time.perf_counter() - start)
-            return {"spans": 2 * spans, "cold_s": cold, "warm_s": statistics.median(times), "chunks": chunks,
-                    "bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            return {
+                "spans": 2 * spans,
+                "cold_s": cold,
+                "warm_s": statistics.median(times),
+                "chunks": chunks,
+                "bytes": size,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
         finally:
             lake.close()
 
@@ -127,14 +157,26 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.spans, args.runs)))
         return
-    print(f"{'spans':>10} {'cold (JIT) s':>13} {'warm s':>8} {'spans/s warm':>13} {'chunks':>8} {'MB':>7}"
-          f" {'peak RSS MB':>12}")
+    print(
+        f"{'spans':>10} {'cold (JIT) s':>13} {'warm s':>8} {'spans/s warm':>13} {'chunks':>8} {'MB':>7}"
+        f" {'peak RSS MB':>12}"
+    )
     for spans in (args.spans // 10, args.spans):
-        out = subprocess.run([sys.executable, __file__, "--child", "--spans", str(spans), "--runs", str(args.runs)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--child", "--spans", str(spans), "--runs", str(args.runs)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         r = json.loads(out)
-        print(f"{r['spans']:>10,} {r['cold_s']:>13.2f} {r['warm_s']:>8.2f} {r['spans'] / r['warm_s']:>13,.0f}"
-              f" {r['chunks']:>8,} {r['bytes'] / 1e6:>7.1f} {r['peak_rss_mb']:>12.0f}")
+        print(
+            f"{r['spans']:>10,} {r['cold_s']:>13.2f} {r['warm_s']:>8.2f} {r['spans'] / r['warm_s']:>13,.0f}"
+            f" {r['chunks']:>8,} {r['bytes'] / 1e6:>7.1f} {r['peak_rss_mb']:>12.0f}"
+        )
 
 
 if __name__ == "__main__":

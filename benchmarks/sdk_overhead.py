@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-import tracing
+from spanlake import tracing
 
 
 class DropExporter(SpanExporter):
@@ -54,8 +54,9 @@ async def instrumented_async() -> None:
 
 def make_otel() -> tuple[TracerProvider, Callable[[], None], Callable]:
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 20,
-                                                   max_export_batch_size=1 << 12))
+    provider.add_span_processor(
+        BatchSpanProcessor(DropExporter(), max_queue_size=1 << 20, max_export_batch_size=1 << 12)
+    )
     tracer = provider.get_tracer("bench")
 
     def otel_sync() -> None:
@@ -93,8 +94,9 @@ def run_log(fn: Callable[[str], None], count: int) -> float:
     return time.perf_counter_ns() - start
 
 
-def measure(label: str, run: Callable[[], float], flush: Callable[[], None], count: int,
-            repeats: int) -> tuple[float, float]:
+def measure(
+    label: str, run: Callable[[], float], flush: Callable[[], None], count: int, repeats: int
+) -> tuple[float, float]:
     """(median recorded ns/op, median ns/op with flush) over `repeats` runs."""
     recorded, total = [], []
     for _ in range(repeats):
@@ -135,21 +137,30 @@ def main() -> None:
     std_logger.propagate = False
 
     rows = [
-        ("sync span", [
-            ("baseline (plain call)", lambda: run_sync(plain, count), nothing),
-            ("spanlake @span_fn", lambda: run_sync(instrumented, count), spanlake_flush),
-            ("OpenTelemetry span", lambda: run_sync(otel_sync, count), otel_flush),
-        ]),
-        ("async span", [
-            ("baseline (plain await)", lambda: run_async(plain_async, count), nothing),
-            ("spanlake @span_fn async", lambda: run_async(instrumented_async, count), spanlake_flush),
-            ("OpenTelemetry span", lambda: run_async(otel_async, count), otel_flush),
-        ]),
-        ("log call", [
-            ("baseline (no-op call)", lambda: run_log(lambda message: None, count), nothing),
-            ("spanlake tracing.info", lambda: run_log(tracing.info, count), spanlake_flush),
-            ("stdlib logging (NullHandler)", lambda: run_log(std_logger.info, count), nothing),
-        ]),
+        (
+            "sync span",
+            [
+                ("baseline (plain call)", lambda: run_sync(plain, count), nothing),
+                ("spanlake @span_fn", lambda: run_sync(instrumented, count), spanlake_flush),
+                ("OpenTelemetry span", lambda: run_sync(otel_sync, count), otel_flush),
+            ],
+        ),
+        (
+            "async span",
+            [
+                ("baseline (plain await)", lambda: run_async(plain_async, count), nothing),
+                ("spanlake @span_fn async", lambda: run_async(instrumented_async, count), spanlake_flush),
+                ("OpenTelemetry span", lambda: run_async(otel_async, count), otel_flush),
+            ],
+        ),
+        (
+            "log call",
+            [
+                ("baseline (no-op call)", lambda: run_log(lambda message: None, count), nothing),
+                ("spanlake tracing.info", lambda: run_log(tracing.info, count), spanlake_flush),
+                ("stdlib logging (NullHandler)", lambda: run_log(std_logger.info, count), nothing),
+            ],
+        ),
     ]
     print(f"count={count} repeats={repeats}; ns per operation, medians")
     print(f"{'operation':<12} {'variant':<32} {'recorded':>10} {'with flush':>11} {'overhead':>10}")
@@ -162,8 +173,10 @@ def main() -> None:
             spanlake, otel = results[1], results[2]
             ratio_recorded = (otel[1] - baseline) / max(spanlake[1] - baseline, 1e-9)
             ratio_total = (otel[2] - baseline) / max(spanlake[2] - baseline, 1e-9)
-            print(f"{'':<12} OpenTelemetry / spanlake overhead: {ratio_recorded:.1f}x recorded, "
-                  f"{ratio_total:.1f}x with flush")
+            print(
+                f"{'':<12} OpenTelemetry / spanlake overhead: {ratio_recorded:.1f}x recorded, "
+                f"{ratio_total:.1f}x with flush"
+            )
     provider.shutdown()
     tracing.shutdown()
 

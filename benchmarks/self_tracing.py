@@ -30,16 +30,35 @@ def queries(process_id: str) -> dict[str, str]:
         "select 1": "SELECT 1 AS one",
         "async_events count": f"SELECT count(*) AS n FROM view_instance('async_events', '{process_id}')",
         "async_events by name": f"SELECT name, count(*) AS n FROM view_instance('async_events', '{process_id}')"
-                                f" GROUP BY name ORDER BY n DESC",
+        f" GROUP BY name ORDER BY n DESC",
         "log_entries scan": f"SELECT time, msg FROM view_instance('log_entries', '{process_id}')",
     }
 
 
 def generate(url: str, tasks: int) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "generate", "--url", url, "--tasks", str(tasks),
-         "--threads", "2", "--async-tasks", "6", "--flush-period", "0.5"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True)
+        [
+            sys.executable,
+            "-m",
+            "spanlake.server.cli",
+            "generate",
+            "--url",
+            url,
+            "--tasks",
+            str(tasks),
+            "--threads",
+            "2",
+            "--async-tasks",
+            "6",
+            "--flush-period",
+            "0.5",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return result.stdout.splitlines()[0].strip()
 
 

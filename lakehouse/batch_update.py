@@ -26,13 +26,13 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from lakehouse.catalog import ns_to_datetime
-from lakehouse.jit import fetch_payloads
-from lakehouse.lake import Lake
-from lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
-from lakehouse.source_blocks import find_timings, source_blocks, source_count
-from lakehouse.timestamps import format_rfc3339_ns
-from lakehouse.view_sets import ViewSet
+from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.jit import fetch_payloads
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
+from spanlake.lakehouse.source_blocks import find_timings, source_blocks, source_count
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
+from spanlake.lakehouse.view_sets import ViewSet
 
 GLOBAL = "global"
 SECOND_NS = 1_000_000_000
@@ -48,11 +48,14 @@ async def nothing_to_materialize(pool: asyncpg.Pool, begin_ns: int, end_ns: int)
         "SELECT EXISTS (SELECT 1 FROM blocks WHERE insert_time >= $1 AND insert_time < $2)"
         " OR EXISTS (SELECT 1 FROM lakehouse_partitions WHERE view_instance_id = 'global'"
         " AND begin_insert_time < $2 AND end_insert_time > $1)",
-        ns_to_datetime(begin_ns), ns_to_datetime(end_ns))
+        ns_to_datetime(begin_ns),
+        ns_to_datetime(end_ns),
+    )
 
 
-def materialize_range(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, delta_ns: int,
-                      progress: Progress = log.debug) -> int:
+def materialize_range(
+    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, delta_ns: int, progress: Progress = log.debug
+) -> int:
     """Materializes every whole bucket of `delta_ns` in [begin, end); returns the partitions written."""
     written = 0
     bucket = begin_ns
@@ -65,8 +68,11 @@ def materialize_range(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, del
 def materialize_bucket(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, progress: Progress) -> int:
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
     required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
-    existing = [p for p in lake.loop.run(fetch_overlapping(lake.pool, view.name, GLOBAL, begin_ns, end_ns))
-                if p.file_schema_hash == view.file_schema_hash]
+    existing = [
+        p
+        for p in lake.loop.run(fetch_overlapping(lake.pool, view.name, GLOBAL, begin_ns, end_ns))
+        if p.file_schema_hash == view.file_schema_hash
+    ]
     if any(p.begin_insert_ns < begin_ns or p.end_insert_ns > end_ns for p in existing):
         progress(f"{what}: a partition crosses the bucket's edge, left as is")
         return 0
@@ -86,12 +92,21 @@ def materialize_bucket(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, pr
 
 
 def _target(view: ViewSet, begin_ns: int, end_ns: int) -> PartitionTarget:
-    return PartitionTarget(view.name, GLOBAL, begin_ns, end_ns, view.schema, view.file_schema_hash,
-                           view.event_time_columns, RetireMatch.CONTAINED)
+    return PartitionTarget(
+        view.name,
+        GLOBAL,
+        begin_ns,
+        end_ns,
+        view.schema,
+        view.file_schema_hash,
+        view.event_time_columns,
+        RetireMatch.CONTAINED,
+    )
 
 
-def _from_source(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, required: int, what: str,
-                 progress: Progress) -> int:
+def _from_source(
+    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
+) -> int:
     blocks = lake.loop.run(source_blocks(lake.pool, tags=view.stream_tags, insert_range=(begin_ns, end_ns)))
     count = len(blocks) if view.counts_blocks else sum(b.meta.nb_objects for b in blocks)
     if count != required:  # blocks arrived between the two reads: the next run will see them all
@@ -109,11 +124,13 @@ def _from_source(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, required
     return partition is not None
 
 
-def _merge(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, existing: list[Partition], what: str,
-           progress: Progress) -> int:
+def _merge(
+    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, existing: list[Partition], what: str, progress: Progress
+) -> int:
     files = [p.file_path for p in sorted(existing, key=lambda p: p.begin_insert_ns) if p.file_path]
-    partition = write_partition(lake, _target(view, begin_ns, end_ns), sum(p.source_count for p in existing),
-                                _merged_rows(lake, view, files))
+    partition = write_partition(
+        lake, _target(view, begin_ns, end_ns), sum(p.source_count for p in existing), _merged_rows(lake, view, files)
+    )
     progress(f"{what}: merged {len(existing)} partitions, {partition.num_rows if partition else 0} rows")
     return partition is not None
 

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import tracing
-from lakehouse.lake import Lake
-from lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
-from lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
-from lakehouse.view_sets import Timings, ViewSet
+from spanlake import tracing
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
+from spanlake.lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
+from spanlake.lakehouse.view_sets import Timings, ViewSet
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,20 @@ class PartitionSpec:
         return sum(b.meta.nb_objects for b in self.blocks)
 
 
-def plan_specs(view: ViewSet, instance_id: str, blocks: list[SourceBlock],
-               max_objects: int = MAX_OBJECTS_PER_PARTITION) -> list[PartitionSpec]:
+def plan_specs(
+    view: ViewSet, instance_id: str, blocks: list[SourceBlock], max_objects: int = MAX_OBJECTS_PER_PARTITION
+) -> list[PartitionSpec]:
     """Cuts insert-ordered blocks into specs by insert hour and size."""
     specs: list[PartitionSpec] = []
     current: list[SourceBlock] = []
     objects = 0
     for block in blocks:
         new_hour = current and block.meta.insert_time_ns // HOUR_NS != current[0].meta.insert_time_ns // HOUR_NS
-        too_big = (current and objects + block.meta.nb_objects > max_objects
-                   and block.meta.insert_time_ns > current[-1].meta.insert_time_ns)
+        too_big = (
+            current
+            and objects + block.meta.nb_objects > max_objects
+            and block.meta.insert_time_ns > current[-1].meta.insert_time_ns
+        )
         if new_hour or too_big:
             specs.append(PartitionSpec(view, instance_id, tuple(current)))
             current, objects = [], 0
@@ -78,12 +82,16 @@ def is_fresh(spec: PartitionSpec, existing: Iterable[Partition]) -> bool:
 def _covered(view: ViewSet, begin_ns: int, end_ns: int, source_count: int, existing: Iterable[Partition]) -> bool:
     """Exactly one live partition overlaps [begin, end), of the view's schema, from as many source objects."""
     overlapping = [p for p in existing if p.begin_insert_ns < end_ns and p.end_insert_ns > begin_ns]
-    return (len(overlapping) == 1 and overlapping[0].file_schema_hash == view.file_schema_hash
-            and overlapping[0].source_count >= source_count)
+    return (
+        len(overlapping) == 1
+        and overlapping[0].file_schema_hash == view.file_schema_hash
+        and overlapping[0].source_count >= source_count
+    )
 
 
-def hours_are_fresh(view: ViewSet, hours: Iterable[HourSummary], existing: list[Partition],
-                    max_objects: int = MAX_OBJECTS_PER_PARTITION) -> bool:
+def hours_are_fresh(
+    view: ViewSet, hours: Iterable[HourSummary], existing: list[Partition], max_objects: int = MAX_OBJECTS_PER_PARTITION
+) -> bool:
     """The spec check of `plan_specs` + `is_fresh`, from per-hour summaries: an hour within the size limit
     is exactly one spec; a larger one is several, checked together."""
     for hour in hours:
@@ -93,9 +101,12 @@ def hours_are_fresh(view: ViewSet, hours: Iterable[HourSummary], existing: list[
             # Split into several specs: fresh when the partitions over the hour, all of this schema and
             # inside the hour, account for every source object.
             parts = [p for p in existing if p.begin_insert_ns < end and p.end_insert_ns > hour.first_insert_ns]
-            if not (parts and all(p.file_schema_hash == view.file_schema_hash for p in parts)
-                    and all(p.begin_insert_ns // HOUR_NS == hour.first_insert_ns // HOUR_NS for p in parts)
-                    and sum(p.source_count for p in parts) >= count):
+            if not (
+                parts
+                and all(p.file_schema_hash == view.file_schema_hash for p in parts)
+                and all(p.begin_insert_ns // HOUR_NS == hour.first_insert_ns // HOUR_NS for p in parts)
+                and sum(p.source_count for p in parts) >= count
+            ):
                 return False
         elif not _covered(view, hour.first_insert_ns, end, count, existing):
             return False
@@ -106,8 +117,11 @@ def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:
     if not specs:
         return []
     with tracing.async_span("catalog.fetch_overlapping"):
-        existing = lake.loop.run(fetch_overlapping(
-            lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns))
+        existing = lake.loop.run(
+            fetch_overlapping(
+                lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns
+            )
+        )
     return [spec for spec in specs if not is_fresh(spec, existing)]
 
 
@@ -131,9 +145,16 @@ def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition 
     """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
     with tracing.async_span("lakehouse.materialize_partition"):
         items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
-        target = PartitionTarget(spec.view.name, spec.instance_id, spec.begin_insert_ns, spec.end_insert_ns,
-                                 spec.view.schema, spec.view.file_schema_hash, spec.view.event_time_columns,
-                                 RetireMatch.OVERLAPPING)
+        target = PartitionTarget(
+            spec.view.name,
+            spec.instance_id,
+            spec.begin_insert_ns,
+            spec.end_insert_ns,
+            spec.view.schema,
+            spec.view.file_schema_hash,
+            spec.view.event_time_columns,
+            RetireMatch.OVERLAPPING,
+        )
         return write_partition(lake, target, spec.source_count, spec.view.build(timings, items))
 
 

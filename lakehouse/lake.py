@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from lakehouse.catalog import Catalog
-from lakehouse.embedded_postgres import start_embedded_postgres
-from lakehouse.loop import BackgroundLoop
-from lakehouse.migrate import migrate
-from lakehouse.object_store import ObjectStore
-from lakehouse.settings import Settings
+from spanlake.lakehouse.catalog import Catalog
+from spanlake.lakehouse.embedded_postgres import start_embedded_postgres
+from spanlake.lakehouse.loop import BackgroundLoop
+from spanlake.lakehouse.migrate import migrate
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.settings import Settings
 
 log = logging.getLogger(__name__)
 

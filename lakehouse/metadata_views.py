@@ -12,12 +12,12 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from lakehouse.source_blocks import SourceBlock
-from views import blocks as blocks_view
-from views import processes as processes_view
-from views import streams as streams_view
-from views.properties import properties_dictionary_array
-from views.schema_types import TIMESTAMP
+from spanlake.lakehouse.source_blocks import SourceBlock
+from spanlake.views import blocks as blocks_view
+from spanlake.views import processes as processes_view
+from spanlake.views import streams as streams_view
+from spanlake.views.properties import properties_dictionary_array
+from spanlake.views.schema_types import TIMESTAMP
 
 
 def _ts(values: Iterable[int]) -> pa.Array:
@@ -63,30 +63,46 @@ def blocks_batch(blocks: Sequence[SourceBlock]) -> pa.RecordBatch:
 
 
 _PROCESS_COLUMNS = {  # processes column ← blocks column
-    "process_id": "process_id", "exe": "processes.exe", "username": "processes.username",
-    "realname": "processes.realname", "computer": "processes.computer", "distro": "processes.distro",
-    "cpu_brand": "processes.cpu_brand", "tsc_frequency": "processes.tsc_frequency",
-    "start_time": "processes.start_time", "start_ticks": "processes.start_ticks",
-    "insert_time": "processes.insert_time", "parent_process_id": "processes.parent_process_id",
+    "process_id": "process_id",
+    "exe": "processes.exe",
+    "username": "processes.username",
+    "realname": "processes.realname",
+    "computer": "processes.computer",
+    "distro": "processes.distro",
+    "cpu_brand": "processes.cpu_brand",
+    "tsc_frequency": "processes.tsc_frequency",
+    "start_time": "processes.start_time",
+    "start_ticks": "processes.start_ticks",
+    "insert_time": "processes.insert_time",
+    "parent_process_id": "processes.parent_process_id",
     "properties": "processes.properties",
 }
 _STREAM_COLUMNS = {
-    "stream_id": "stream_id", "process_id": "process_id",
-    "dependencies_metadata": "streams.dependencies_metadata", "objects_metadata": "streams.objects_metadata",
-    "tags": "streams.tags", "properties": "streams.properties", "insert_time": "streams.insert_time",
+    "stream_id": "stream_id",
+    "process_id": "process_id",
+    "dependencies_metadata": "streams.dependencies_metadata",
+    "objects_metadata": "streams.objects_metadata",
+    "tags": "streams.tags",
+    "properties": "streams.properties",
+    "insert_time": "streams.insert_time",
     "format": "streams.format",
 }
-_LAST_OF_PROCESS = {"last_update_time": "insert_time", "last_block_end_ticks": "end_ticks",
-                    "last_block_end_time": "end_time"}
+_LAST_OF_PROCESS = {
+    "last_update_time": "insert_time",
+    "last_block_end_ticks": "end_ticks",
+    "last_block_end_time": "end_time",
+}
 _LAST_OF_STREAM = {"last_update_time": "insert_time"}
 
 
-def _first_and_max(table: pa.Table, key: str, firsts: dict[str, str], maxes: dict[str, str],
-                   schema: pa.Schema) -> pa.Table:
+def _first_and_max(
+    table: pa.Table, key: str, firsts: dict[str, str], maxes: dict[str, str], schema: pa.Schema
+) -> pa.Table:
     """One row per `key`: `firsts` from its first row, `maxes` as the maximum over its rows."""
     table = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
     grouped = table.group_by(key, use_threads=False).aggregate(
-        [("__row", "min")] + [(source, "max") for source in maxes.values()])
+        [("__row", "min")] + [(source, "max") for source in maxes.values()]
+    )
     first = table.take(grouped["__row_min"])
     columns = [first[source] for source in firsts.values()]
     columns += [grouped[f"{source}_max"] for source in maxes.values()]
@@ -122,5 +138,3 @@ def metadata_batches(kind: str, blocks: Sequence[SourceBlock]) -> Iterator[pa.Re
     table = pa.Table.from_batches([batch])
     summary = processes_table(table) if kind == "processes" else streams_table(table)
     yield from summary.to_batches()
-
-

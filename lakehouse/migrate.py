@@ -30,7 +30,7 @@ class Migration:
 
 def available_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files("spanlake.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text()))
@@ -57,8 +57,9 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute("INSERT INTO spanlake_migrations (version, name) VALUES ($1, $2)",
-                                   migration.version, migration.name)
+                await conn.execute(
+                    "INSERT INTO spanlake_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+                )
             log.info("applied migration %s", migration.name)
             applied_now.append(migration.name)
     finally:

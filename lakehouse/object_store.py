@@ -51,8 +51,12 @@ class ObjectStore:
             self.root = f"{parts.netloc}{parts.path}".rstrip("/")
             client_kwargs = {"endpoint_url": s3_endpoint} if s3_endpoint else {}
             # Few, quick retries: the callers (ingestion clients, the daemon) retry on their own.
-            self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True,
-                                        config_kwargs={"connect_timeout": 5, "retries": {"max_attempts": 2}})
+            self.fs = fsspec.filesystem(
+                "s3",
+                client_kwargs=client_kwargs,
+                skip_instance_cache=True,
+                config_kwargs={"connect_timeout": 5, "retries": {"max_attempts": 2}},
+            )
         else:
             raise ValueError(f"unsupported object store URI {uri!r}: use file:///path or s3://bucket/prefix")
 
@@ -71,11 +75,15 @@ class ObjectStore:
         bucket = self.root.split("/", 1)[0]
         endpoint = self.s3_endpoint
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        store = AmazonS3(bucket_name=bucket, region=region,
-                         access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
-                         secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                         session_token=os.environ.get("AWS_SESSION_TOKEN"), endpoint=endpoint,
-                         allow_http=bool(endpoint and endpoint.startswith("http://")))
+        store = AmazonS3(
+            bucket_name=bucket,
+            region=region,
+            access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            endpoint=endpoint,
+            allow_http=bool(endpoint and endpoint.startswith("http://")),
+        )
         ctx.register_object_store("s3://", store, bucket)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -174,7 +182,7 @@ class ObjectStore:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         return tmp

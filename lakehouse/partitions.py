@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import tracing
-from lakehouse.catalog import datetime_to_ns, ns_to_datetime
-from lakehouse.lake import Lake
-from lakehouse.object_store import ObjectStore
+from spanlake import tracing
+from spanlake.lakehouse.catalog import datetime_to_ns, ns_to_datetime
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def hash_to_count(data: bytes) -> int | None:
 
 def partition_key(view_set_name: str, instance_id: str, begin_insert_ns: int) -> str:
     begin = ns_to_datetime(begin_insert_ns)
-    return (f"views/{view_set_name}/{instance_id}/{begin:%Y-%m-%d}/"
-            f"{begin:%H-%M-%S}_{uuid.uuid4()}.parquet")
+    return f"views/{view_set_name}/{instance_id}/{begin:%Y-%m-%d}/{begin:%H-%M-%S}_{uuid.uuid4()}.parquet"
 
 
 def row_to_partition(row: asyncpg.Record) -> Partition:
@@ -83,38 +82,57 @@ def row_to_partition(row: asyncpg.Record) -> Partition:
         return None if value is None else datetime_to_ns(value)
 
     return Partition(
-        view_set_name=row["view_set_name"], view_instance_id=row["view_instance_id"],
+        view_set_name=row["view_set_name"],
+        view_instance_id=row["view_instance_id"],
         begin_insert_ns=datetime_to_ns(row["begin_insert_time"]),
         end_insert_ns=datetime_to_ns(row["end_insert_time"]),
-        min_event_ns=ns(row["min_event_time"]), max_event_ns=ns(row["max_event_time"]),
-        file_path=row["file_path"], file_size=row["file_size"],
+        min_event_ns=ns(row["min_event_time"]),
+        max_event_ns=ns(row["max_event_time"]),
+        file_path=row["file_path"],
+        file_size=row["file_size"],
         file_schema_hash=bytes(row["file_schema_hash"]),
-        source_count=hash_to_count(bytes(row["source_data_hash"])) or -1, num_rows=row["num_rows"],
+        source_count=hash_to_count(bytes(row["source_data_hash"])) or -1,
+        num_rows=row["num_rows"],
     )
 
 
-async def fetch_overlapping(pool: asyncpg.Pool, view_set_name: str, instance_id: str,
-                            begin_insert_ns: int, end_insert_ns: int) -> list[Partition]:
+async def fetch_overlapping(
+    pool: asyncpg.Pool, view_set_name: str, instance_id: str, begin_insert_ns: int, end_insert_ns: int
+) -> list[Partition]:
     """Live partitions of an instance (any schema) whose insert range meets [begin, end)."""
     rows = await pool.fetch(
         "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
         " AND begin_insert_time < $4 AND end_insert_time > $3 ORDER BY begin_insert_time",
-        view_set_name, instance_id, ns_to_datetime(begin_insert_ns), ns_to_datetime(end_insert_ns))
+        view_set_name,
+        instance_id,
+        ns_to_datetime(begin_insert_ns),
+        ns_to_datetime(end_insert_ns),
+    )
     return [row_to_partition(r) for r in rows]
 
 
 def for_query(partitions: list[Partition], schema_hash: bytes, event_range: tuple[int, int] | None) -> list[Partition]:
     """The filter of `fetch_for_query`, on partitions already fetched."""
-    return [p for p in partitions if p.file_path is not None and p.file_schema_hash == schema_hash and (
-        event_range is None or (p.min_event_ns is not None and p.min_event_ns <= event_range[1]
-                                and p.max_event_ns >= event_range[0]))]
+    return [
+        p
+        for p in partitions
+        if p.file_path is not None
+        and p.file_schema_hash == schema_hash
+        and (
+            event_range is None
+            or (p.min_event_ns is not None and p.min_event_ns <= event_range[1] and p.max_event_ns >= event_range[0])
+        )
+    ]
 
 
-async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: str, schema_hash: bytes,
-                          event_range: tuple[int, int] | None) -> list[Partition]:
+async def fetch_for_query(
+    pool: asyncpg.Pool, view_set_name: str, instance_id: str, schema_hash: bytes, event_range: tuple[int, int] | None
+) -> list[Partition]:
     """Non-empty partitions to scan, pruned by event time when the query has a range."""
-    sql = ("SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-           " AND file_schema_hash = $3 AND file_path IS NOT NULL")
+    sql = (
+        "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+        " AND file_schema_hash = $3 AND file_path IS NOT NULL"
+    )
     args: list[object] = [view_set_name, instance_id, schema_hash]
     if event_range is not None:
         sql += " AND min_event_time <= $5 AND max_event_time >= $4"
@@ -123,8 +141,9 @@ async def fetch_for_query(pool: asyncpg.Pool, view_set_name: str, instance_id: s
     return [row_to_partition(r) for r in rows]
 
 
-def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
-                  time_columns: tuple[str, str]) -> tuple[int, int, int | None, int | None]:
+def write_parquet(
+    store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], time_columns: tuple[str, str]
+) -> tuple[int, int, int | None, int | None]:
     """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows). Returns the file size, the
     rows, and the smallest `time_columns[0]` / largest `time_columns[1]` (ns) seen on the way.
 
@@ -134,8 +153,9 @@ def write_parquet(store: ObjectStore, key: str, schema: pa.Schema, batches: Iter
     if store.scheme == "file":
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     rows, low, high = 0, None, None
-    with pq.ParquetWriter(path, schema, filesystem=filesystem, compression="lz4",
-                          write_statistics=True, version="2.6") as writer:
+    with pq.ParquetWriter(
+        path, schema, filesystem=filesystem, compression="lz4", write_statistics=True, version="2.6"
+    ) as writer:
         for batch in batches:
             if not batch.num_rows:
                 continue
@@ -162,8 +182,9 @@ class PartitionTarget:
     retire: RetireMatch
 
 
-def write_partition(lake: Lake, target: PartitionTarget, source_count: int,
-                    batches: Iterable[pa.RecordBatch]) -> Partition | None:
+def write_partition(
+    lake: Lake, target: PartitionTarget, source_count: int, batches: Iterable[pa.RecordBatch]
+) -> Partition | None:
     """Writes the rows (if any) to a new file and commits the partition, an empty one when there are no
     rows (it records that the range was processed). None if an identical partition was committed by a
     concurrent writer; the file written here is then removed, as on any failure."""
@@ -174,10 +195,22 @@ def write_partition(lake: Lake, target: PartitionTarget, source_count: int,
         key = partition_key(target.view_set_name, target.instance_id, target.begin_insert_ns)
         # The rows are built as the writer pulls them: their decoding nests in this span.
         with tracing.async_span("parquet.write"):
-            size, rows, low, high = write_parquet(lake.store, key, target.schema,
-                                                  itertools.chain([first], rows_iter), target.time_columns)
-    partition = Partition(target.view_set_name, target.instance_id, target.begin_insert_ns, target.end_insert_ns,
-                          low, high, key, size, target.file_schema_hash, source_count, rows)
+            size, rows, low, high = write_parquet(
+                lake.store, key, target.schema, itertools.chain([first], rows_iter), target.time_columns
+            )
+    partition = Partition(
+        target.view_set_name,
+        target.instance_id,
+        target.begin_insert_ns,
+        target.end_insert_ns,
+        low,
+        high,
+        key,
+        size,
+        target.file_schema_hash,
+        source_count,
+        rows,
+    )
     committed = False
     try:
         with tracing.async_span("catalog.commit_partition"):
@@ -199,8 +232,10 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
     """
     begin, end = ns_to_datetime(partition.begin_insert_ns), ns_to_datetime(partition.end_insert_ns)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                           f"{partition.view_set_name}/{partition.view_instance_id}")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            f"{partition.view_set_name}/{partition.view_instance_id}",
+        )
         if await _same_partition_exists(conn, partition):
             raise DuplicatePartition()
         if retire is RetireMatch.CONTAINED:
@@ -209,32 +244,52 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
             condition = "begin_insert_time < $4 AND end_insert_time > $3"
         retired = await conn.fetch(
             "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2 AND "
-            + condition + " RETURNING file_path, file_size",
-            partition.view_set_name, partition.view_instance_id, begin, end)
+            + condition
+            + " RETURNING file_path, file_size",
+            partition.view_set_name,
+            partition.view_instance_id,
+            begin,
+            end,
+        )
         clash = await conn.fetchval(
             "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
             " AND file_schema_hash = $3 AND begin_insert_time < $5 AND end_insert_time > $4",
-            partition.view_set_name, partition.view_instance_id, partition.file_schema_hash, begin, end)
+            partition.view_set_name,
+            partition.view_instance_id,
+            partition.file_schema_hash,
+            begin,
+            end,
+        )
         if clash:
             raise PartitionOverlapError(
                 f"partition [{begin}, {end}) of {partition.view_set_name}/{partition.view_instance_id}"
-                " overlaps a live partition it does not replace")
+                " overlaps a live partition it does not replace"
+            )
         files = [(r["file_path"], r["file_size"]) for r in retired if r["file_path"]]
         if files:
             await conn.executemany(
                 "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + $3)",
-                [(path, size, RETIRED_FILE_GRACE) for path, size in files])
+                [(path, size, RETIRED_FILE_GRACE) for path, size in files],
+            )
         await conn.execute(
             "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time,"
             " end_insert_time, min_event_time, max_event_time, updated, file_path, file_size, file_schema_hash,"
             " source_data_hash, num_rows, partition_format_version)"
             " VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10, $11, $12)",
-            partition.view_set_name, partition.view_instance_id, begin, end,
+            partition.view_set_name,
+            partition.view_instance_id,
+            begin,
+            end,
             None if partition.min_event_ns is None else ns_to_datetime(partition.min_event_ns),
             # Rounded up: PostgreSQL keeps µs, and a truncated maximum could prune the partition wrongly.
             None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns + 999),
-            partition.file_path, partition.file_size, partition.file_schema_hash, partition.source_data_hash,
-            partition.num_rows, PARTITION_FORMAT_VERSION)
+            partition.file_path,
+            partition.file_size,
+            partition.file_schema_hash,
+            partition.source_data_hash,
+            partition.num_rows,
+            PARTITION_FORMAT_VERSION,
+        )
     return [path for path, _ in files]
 
 
@@ -243,9 +298,16 @@ class DuplicatePartition(Exception):
 
 
 async def _same_partition_exists(conn: asyncpg.Connection, partition: Partition) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-        " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5"
-        " AND source_data_hash = $6",
-        partition.view_set_name, partition.view_instance_id, ns_to_datetime(partition.begin_insert_ns),
-        ns_to_datetime(partition.end_insert_ns), partition.file_schema_hash, partition.source_data_hash))
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+            " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5"
+            " AND source_data_hash = $6",
+            partition.view_set_name,
+            partition.view_instance_id,
+            ns_to_datetime(partition.begin_insert_ns),
+            ns_to_datetime(partition.end_insert_ns),
+            partition.file_schema_hash,
+            partition.source_data_hash,
+        )
+    )

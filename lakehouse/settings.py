@@ -37,25 +37,54 @@ class Option:
 
 
 SETTINGS: tuple[Option, ...] = (
-    Option("data_dir", "SPANLAKE_DATA_DIR", Path, Path("spanlake-data"),
-           "directory of the embedded PostgreSQL and of the default local object store"),
-    Option("database_url", "SPANLAKE_DATABASE_URL", str, None,
-           "postgresql:// URL of the catalog database; unset: an embedded PostgreSQL in the data directory"),
-    Option("object_store_uri", "SPANLAKE_OBJECT_STORE_URI", str, None,
-           "file:///path or s3://bucket/prefix; unset: file://<data-dir>/lake"),
-    Option("s3_endpoint", "SPANLAKE_S3_ENDPOINT", str, None,
-           "S3 endpoint URL for S3-compatible stores such as MinIO (credentials from the AWS_* variables)"),
+    Option(
+        "data_dir",
+        "SPANLAKE_DATA_DIR",
+        Path,
+        Path("spanlake-data"),
+        "directory of the embedded PostgreSQL and of the default local object store",
+    ),
+    Option(
+        "database_url",
+        "SPANLAKE_DATABASE_URL",
+        str,
+        None,
+        "postgresql:// URL of the catalog database; unset: an embedded PostgreSQL in the data directory",
+    ),
+    Option(
+        "object_store_uri",
+        "SPANLAKE_OBJECT_STORE_URI",
+        str,
+        None,
+        "file:///path or s3://bucket/prefix; unset: file://<data-dir>/lake",
+    ),
+    Option(
+        "s3_endpoint",
+        "SPANLAKE_S3_ENDPOINT",
+        str,
+        None,
+        "S3 endpoint URL for S3-compatible stores such as MinIO (credentials from the AWS_* variables)",
+    ),
     Option("host", "SPANLAKE_HOST", str, "127.0.0.1", "address the servers listen on"),
     Option("http_port", "SPANLAKE_HTTP_PORT", int, 9000, "port of the HTTP ingestion API"),
     Option("flightsql_port", "SPANLAKE_FLIGHTSQL_PORT", int, 50051, "port of the Arrow Flight SQL API"),
-    Option("api_keys", "SPANLAKE_API_KEYS", str, None,
-           'bearer API keys, JSON list of {"name": ..., "key": ...} (keys in the api_keys table also work)'),
+    Option(
+        "api_keys",
+        "SPANLAKE_API_KEYS",
+        str,
+        None,
+        'bearer API keys, JSON list of {"name": ..., "key": ...} (keys in the api_keys table also work)',
+    ),
     Option("admins", "SPANLAKE_ADMINS", str, "", "comma-separated API key names allowed to run admin functions"),
-    Option("disable_auth", "SPANLAKE_DISABLE_AUTH", _bool, False,
-           "accept requests without a key even on a non-loopback address"),
+    Option(
+        "disable_auth",
+        "SPANLAKE_DISABLE_AUTH",
+        _bool,
+        False,
+        "accept requests without a key even on a non-loopback address",
+    ),
     Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
-    Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True,
-           "trace spanlake's own work into its own lake"),
+    Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True, "trace spanlake's own work into its own lake"),
     Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
 )
 
@@ -95,8 +124,11 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per setting. Defaults are left unset so the environment can fill them."""
     group = parser.add_argument_group("settings (each also read from its environment variable)")
     for option in SETTINGS:
-        kwargs: dict[str, Any] = {"dest": option.name, "default": None,
-                                  "help": f"{option.help} [{option.env}; default: {option.default}]"}
+        kwargs: dict[str, Any] = {
+            "dest": option.name,
+            "default": None,
+            "help": f"{option.help} [{option.env}; default: {option.default}]",
+        }
         if option.parse is _bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

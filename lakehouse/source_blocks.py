@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from lakehouse.catalog import datetime_to_ns, ns_to_datetime
-from views.meta import BlockMeta, ProcessMeta, StreamMeta
+from spanlake.lakehouse.catalog import datetime_to_ns, ns_to_datetime
+from spanlake.views.meta import BlockMeta, ProcessMeta, StreamMeta
 
 HOUR_NS = 3600 * 1_000_000_000
 
@@ -71,16 +71,22 @@ def _properties(value: list[asyncpg.Record] | None) -> dict[str, str]:
 
 def _process_meta(row: asyncpg.Record, prefix: str = "") -> ProcessMeta:
     return ProcessMeta(
-        process_id=str(row[prefix + "process_id"]), exe=row[prefix + "exe"] or "",
-        username=row[prefix + "username"] or "", computer=row[prefix + "computer"] or "",
-        start_time_ns=datetime_to_ns(row[prefix + "start_time"]), start_ticks=row[prefix + "start_ticks"],
-        tsc_frequency=row[prefix + "tsc_frequency"], properties=_properties(row[prefix + "properties"]))
+        process_id=str(row[prefix + "process_id"]),
+        exe=row[prefix + "exe"] or "",
+        username=row[prefix + "username"] or "",
+        computer=row[prefix + "computer"] or "",
+        start_time_ns=datetime_to_ns(row[prefix + "start_time"]),
+        start_ticks=row[prefix + "start_ticks"],
+        tsc_frequency=row[prefix + "tsc_frequency"],
+        properties=_properties(row[prefix + "properties"]),
+    )
 
 
 _TIMING_SQL = (
     "SELECT p.*, last.end_ticks AS last_end_ticks, last.end_time AS last_end_time FROM processes p"
     " LEFT JOIN LATERAL (SELECT end_ticks, end_time FROM blocks b WHERE b.process_id = p.process_id"
-    "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = ANY($1::uuid[])")
+    "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = ANY($1::uuid[])"
+)
 
 
 async def find_timings(pool: asyncpg.Pool, process_ids: list[uuid.UUID]) -> dict[str, ProcessTiming]:
@@ -91,8 +97,9 @@ async def find_timings(pool: asyncpg.Pool, process_ids: list[uuid.UUID]) -> dict
         if row["last_end_time"] is None:
             timings[process.process_id] = ProcessTiming(process, row["start_ticks"], process.start_time_ns)
         else:
-            timings[process.process_id] = ProcessTiming(process, row["last_end_ticks"],
-                                                        datetime_to_ns(row["last_end_time"]))
+            timings[process.process_id] = ProcessTiming(
+                process, row["last_end_ticks"], datetime_to_ns(row["last_end_time"])
+            )
     return timings
 
 
@@ -105,12 +112,17 @@ _BLOCKS_SQL = (
     " s.insert_time AS stream_insert_time, p.exe, p.username, p.realname, p.computer, p.distro, p.cpu_brand,"
     " p.tsc_frequency, p.start_time, p.start_ticks, p.insert_time AS process_insert_time, p.parent_process_id,"
     " p.properties FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
-    " JOIN processes p ON p.process_id = b.process_id")
+    " JOIN processes p ON p.process_id = b.process_id"
+)
 
 
-def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, tags: tuple[str, ...],
-                     event_range: tuple[int, int] | None,
-                     insert_range: tuple[int, int] | None = None) -> tuple[str, list[object]]:
+def _instance_filter(
+    process_id: uuid.UUID | None,
+    stream_id: uuid.UUID | None,
+    tags: tuple[str, ...],
+    event_range: tuple[int, int] | None,
+    insert_range: tuple[int, int] | None = None,
+) -> tuple[str, list[object]]:
     """The WHERE clause (over blocks b ⋈ streams s) selecting an instance's source blocks, and its args.
 
     With an event range, the blocks overlapping it decide which insert hours are concerned, and every
@@ -118,8 +130,11 @@ def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, 
     queries with other ranges (as micromegas does).
     """
     conditions, args = [], []
-    for sql, value in (("b.stream_id = ${}", stream_id), ("b.process_id = ${}", process_id),
-                       ("s.tags && ${}::text[]", list(tags) if tags else None)):
+    for sql, value in (
+        ("b.stream_id = ${}", stream_id),
+        ("b.process_id = ${}", process_id),
+        ("s.tags && ${}::text[]", list(tags) if tags else None),
+    ):
         if value is not None:
             args.append(value)
             conditions.append(sql.format(len(args)))
@@ -129,18 +144,27 @@ def _instance_filter(process_id: uuid.UUID | None, stream_id: uuid.UUID | None, 
     where = " AND ".join(conditions) or "true"
     if event_range is not None:
         args += [ns_to_datetime(event_range[0]), ns_to_datetime(event_range[1])]
-        overlapping = (f"FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE {where}"
-                       f" AND b.begin_time <= ${len(args)} AND b.end_time >= ${len(args) - 1}")
-        where += (f" AND b.insert_time >= (SELECT date_trunc('hour', min(b.insert_time)) {overlapping})"
-                  f" AND b.insert_time < (SELECT date_trunc('hour', max(b.insert_time)) + interval '1 hour'"
-                  f" {overlapping})")
+        overlapping = (
+            f"FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE {where}"
+            f" AND b.begin_time <= ${len(args)} AND b.end_time >= ${len(args) - 1}"
+        )
+        where += (
+            f" AND b.insert_time >= (SELECT date_trunc('hour', min(b.insert_time)) {overlapping})"
+            f" AND b.insert_time < (SELECT date_trunc('hour', max(b.insert_time)) + interval '1 hour'"
+            f" {overlapping})"
+        )
     return where, args
 
 
-async def source_blocks(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
-                        stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
-                        event_range: tuple[int, int] | None = None,
-                        insert_range: tuple[int, int] | None = None) -> list[SourceBlock]:
+async def source_blocks(
+    pool: asyncpg.Pool,
+    *,
+    process_id: uuid.UUID | None = None,
+    stream_id: uuid.UUID | None = None,
+    tags: tuple[str, ...] = (),
+    event_range: tuple[int, int] | None = None,
+    insert_range: tuple[int, int] | None = None,
+) -> list[SourceBlock]:
     """Blocks of one stream, or of one process's (or every process's) streams with one of `tags`, in
     insert-time order, optionally inserted in [begin, end) (see _instance_filter for the event range)."""
     where, args = _instance_filter(process_id, stream_id, tags, event_range, insert_range)
@@ -160,20 +184,28 @@ class HourSummary:
     objects: int
 
 
-async def source_count(pool: asyncpg.Pool, tags: tuple[str, ...], insert_range: tuple[int, int],
-                       count_blocks: bool) -> int:
+async def source_count(
+    pool: asyncpg.Pool, tags: tuple[str, ...], insert_range: tuple[int, int], count_blocks: bool
+) -> int:
     """Source blocks (or their objects) of every process's streams with one of `tags`, inserted in the range."""
     where, args = _instance_filter(None, None, tags, None, insert_range)
     measure = "count(*)" if count_blocks else "coalesce(sum(b.nb_objects), 0)"
     return await pool.fetchval(
         f"SELECT {measure} FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
-        f" JOIN processes p ON p.process_id = b.process_id WHERE {where}", *args)
+        f" JOIN processes p ON p.process_id = b.process_id WHERE {where}",
+        *args,
+    )
 
 
-async def hour_summaries(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = None,
-                         stream_id: uuid.UUID | None = None, tags: tuple[str, ...] = (),
-                         event_range: tuple[int, int] | None = None,
-                         partitions_of: tuple[str, str]) -> tuple[list[HourSummary], list[asyncpg.Record]]:
+async def hour_summaries(
+    pool: asyncpg.Pool,
+    *,
+    process_id: uuid.UUID | None = None,
+    stream_id: uuid.UUID | None = None,
+    tags: tuple[str, ...] = (),
+    event_range: tuple[int, int] | None = None,
+    partitions_of: tuple[str, str],
+) -> tuple[list[HourSummary], list[asyncpg.Record]]:
     """Per insert hour, the instance's source blocks summarized, and the instance's live partitions
     (`partitions_of` = (view set, instance id)): one round trip, for the common case of a fresh instance."""
     where, args = _instance_filter(process_id, stream_id, tags, event_range)
@@ -185,7 +217,9 @@ async def hour_summaries(pool: asyncpg.Pool, *, process_id: uuid.UUID | None = N
         " SELECT (SELECT array_agg(ROW(lo, hi, blocks, objects) ORDER BY lo) FROM hours) AS hours,"
         " (SELECT array_agg(lp ORDER BY lp.begin_insert_time) FROM lakehouse_partitions lp"
         f"  WHERE lp.view_set_name = ${n + 1} AND lp.view_instance_id = ${n + 2}) AS partitions",
-        *args, *partitions_of)
+        *args,
+        *partitions_of,
+    )
     hours = [HourSummary(datetime_to_ns(h[0]), datetime_to_ns(h[1]), h[2], h[3]) for h in row["hours"] or []]
     return hours, list(row["partitions"] or [])
 
@@ -194,19 +228,38 @@ def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:
     stream = interned.streams.get(row["stream_id"])
     if stream is None:
         stream = interned.streams[row["stream_id"]] = SourceStream(
-            StreamMeta(str(row["stream_id"]), str(row["process_id"]), tuple(row["tags"] or ()),
-                       _properties(row["stream_properties"])),
-            row["format"], bytes(row["dependencies_metadata"] or b""), bytes(row["objects_metadata"] or b""),
-            datetime_to_ns(row["stream_insert_time"]))
+            StreamMeta(
+                str(row["stream_id"]),
+                str(row["process_id"]),
+                tuple(row["tags"] or ()),
+                _properties(row["stream_properties"]),
+            ),
+            row["format"],
+            bytes(row["dependencies_metadata"] or b""),
+            bytes(row["objects_metadata"] or b""),
+            datetime_to_ns(row["stream_insert_time"]),
+        )
     process = interned.processes.get(row["process_id"])
     if process is None:
         parent = row["parent_process_id"]
         process = interned.processes[row["process_id"]] = SourceProcess(
-            _process_meta(row), row["realname"] or "", row["distro"] or "", row["cpu_brand"] or "",
-            datetime_to_ns(row["process_insert_time"]), "" if parent is None else str(parent))
+            _process_meta(row),
+            row["realname"] or "",
+            row["distro"] or "",
+            row["cpu_brand"] or "",
+            datetime_to_ns(row["process_insert_time"]),
+            "" if parent is None else str(parent),
+        )
     meta = BlockMeta(
-        block_id=str(row["block_id"]), stream_id=str(row["stream_id"]), process_id=str(row["process_id"]),
-        begin_time_ns=datetime_to_ns(row["begin_time"]), begin_ticks=row["begin_ticks"],
-        end_time_ns=datetime_to_ns(row["end_time"]), end_ticks=row["end_ticks"], nb_objects=row["nb_objects"],
-        object_offset=row["object_offset"], insert_time_ns=datetime_to_ns(row["insert_time"]))
+        block_id=str(row["block_id"]),
+        stream_id=str(row["stream_id"]),
+        process_id=str(row["process_id"]),
+        begin_time_ns=datetime_to_ns(row["begin_time"]),
+        begin_ticks=row["begin_ticks"],
+        end_time_ns=datetime_to_ns(row["end_time"]),
+        end_ticks=row["end_ticks"],
+        nb_objects=row["nb_objects"],
+        object_offset=row["object_offset"],
+        insert_time_ns=datetime_to_ns(row["insert_time"]),
+    )
     return SourceBlock(meta, stream, process, row["payload_size"])

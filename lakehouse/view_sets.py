@@ -18,17 +18,17 @@ import pyarrow.compute as pc
 from datafusion import col, lit
 from datafusion.expr import Expr
 
-import tracing
-from lakehouse import transit
-from lakehouse.metadata_views import collapse_processes, collapse_streams, metadata_batches
-from lakehouse.otlp_decode import chain_depths, otlp_view_batch
-from lakehouse.source_blocks import ProcessTiming, SourceBlock
-from views import async_events, log_entries, measures, thread_spans
-from views import blocks as blocks_view
-from views import processes as processes_view
-from views import streams as streams_view
-from views.decoded import BlockRowsError
-from views.time import TickConverter, converter_for_block, converter_from_latest_timing
+from spanlake import tracing
+from spanlake.lakehouse.metadata_views import collapse_processes, collapse_streams, metadata_batches
+from spanlake.lakehouse.otlp.decode import chain_depths, otlp_view_batch
+from spanlake.lakehouse.source_blocks import ProcessTiming, SourceBlock
+from spanlake.lakehouse.transit import decode as transit
+from spanlake.views import async_events, log_entries, measures, thread_spans
+from spanlake.views import blocks as blocks_view
+from spanlake.views import processes as processes_view
+from spanlake.views import streams as streams_view
+from spanlake.views.decoded import BlockRowsError
+from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ def _decoded(items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tupl
 TransitRows = Callable[[SourceBlock, transit.DecodedBlock, ProcessTiming], pa.RecordBatch]
 
 
-def _block_batches(view_set_name: str, transit_rows: TransitRows, timings: Timings,
-                   items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[tuple[SourceBlock, pa.RecordBatch]]:
+def _block_batches(
+    view_set_name: str, transit_rows: TransitRows, timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]
+) -> Iterator[tuple[SourceBlock, pa.RecordBatch]]:
     """Rows of each block: transit blocks through `transit_rows`, OTLP blocks through the OTLP decoder.
     A block that cannot be read is logged and skipped."""
     for block, payload in items:
@@ -121,8 +122,9 @@ def _per_block(view_set_name: str, transit_rows: TransitRows) -> Builder:
     return build
 
 
-def _async_event_batches(timings: Timings,
-                         items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+def _async_event_batches(
+    timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]
+) -> Iterator[pa.RecordBatch]:
     """Transit async events carry the depth their producer computed. OTLP spans only name their parent,
     and a parent exported in an earlier request sits in another block: their depths are resolved over
     the whole partition."""
@@ -167,8 +169,7 @@ def _async_rows(block: SourceBlock, decoded: transit.DecodedBlock, timing: Proce
     return async_events.build_batch(decoded, block.meta, _latest_timing(timing))
 
 
-def _thread_span_rows(timings: Timings,
-                      items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
+def _thread_span_rows(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
     decoded = list(_decoded(items))
     if not decoded:
         return
@@ -176,8 +177,9 @@ def _thread_span_rows(timings: Timings,
     # Call trees follow event time: order the blocks by their ticks, not by arrival.
     decoded.sort(key=lambda item: (item[0].meta.begin_ticks, item[0].meta.end_ticks))
     try:
-        yield thread_spans.build_batch([(block.meta, d) for block, d in decoded], decoded[0][0].stream.meta,
-                                       _latest_timing(timing))
+        yield thread_spans.build_batch(
+            [(block.meta, d) for block, d in decoded], decoded[0][0].stream.meta, _latest_timing(timing)
+        )
     except BlockRowsError as err:
         log.warning("thread spans of stream %s not built: %s", decoded[0][0].meta.stream_id, err)
 
@@ -185,35 +187,95 @@ def _thread_span_rows(timings: Timings,
 def _metadata_rows(kind: str) -> Builder:
     def build(timings: Timings, items: Iterable[tuple[SourceBlock, bytes | None]]) -> Iterator[pa.RecordBatch]:
         return metadata_batches(kind, [block for block, _ in items])
+
     return build
 
 
-def _metadata_view(module: ModuleType, time_filter: TimeFilter, bounds: tuple[str, str],
-                   merge: Callable[[pa.Table], pa.Table] | None = None) -> ViewSet:
-    return ViewSet(module.VIEW_SET_NAME, module.SCHEMA, module.FILE_SCHEMA_HASH, None, True, (), bounds,
-                   time_filter, _metadata_rows(module.VIEW_SET_NAME), reads_payloads=False, counts_blocks=True,
-                   merge=merge)
+def _metadata_view(
+    module: ModuleType,
+    time_filter: TimeFilter,
+    bounds: tuple[str, str],
+    merge: Callable[[pa.Table], pa.Table] | None = None,
+) -> ViewSet:
+    return ViewSet(
+        module.VIEW_SET_NAME,
+        module.SCHEMA,
+        module.FILE_SCHEMA_HASH,
+        None,
+        True,
+        (),
+        bounds,
+        time_filter,
+        _metadata_rows(module.VIEW_SET_NAME),
+        reads_payloads=False,
+        counts_blocks=True,
+        merge=merge,
+    )
 
 
 VIEW_SETS: dict[str, ViewSet] = {
-    view.name: view for view in (
-        ViewSet(log_entries.VIEW_SET_NAME, log_entries.SCHEMA, log_entries.FILE_SCHEMA_HASH, "process", True,
-                ("log",), ("time", "time"), _time_between("time"), _per_block(log_entries.VIEW_SET_NAME, _log_rows),
-                max_partition_seconds=HOUR_SECONDS),
-        ViewSet(measures.VIEW_SET_NAME, measures.SCHEMA, measures.FILE_SCHEMA_HASH, "process", True,
-                ("metrics",), ("time", "time"), _time_between("time"),
-                _per_block(measures.VIEW_SET_NAME, _measure_rows), max_partition_seconds=HOUR_SECONDS),
+    view.name: view
+    for view in (
+        ViewSet(
+            log_entries.VIEW_SET_NAME,
+            log_entries.SCHEMA,
+            log_entries.FILE_SCHEMA_HASH,
+            "process",
+            True,
+            ("log",),
+            ("time", "time"),
+            _time_between("time"),
+            _per_block(log_entries.VIEW_SET_NAME, _log_rows),
+            max_partition_seconds=HOUR_SECONDS,
+        ),
+        ViewSet(
+            measures.VIEW_SET_NAME,
+            measures.SCHEMA,
+            measures.FILE_SCHEMA_HASH,
+            "process",
+            True,
+            ("metrics",),
+            ("time", "time"),
+            _time_between("time"),
+            _per_block(measures.VIEW_SET_NAME, _measure_rows),
+            max_partition_seconds=HOUR_SECONDS,
+        ),
         # OTLP trace spans land in async_events too (micromegas has no OTLP source for it).
-        ViewSet(async_events.VIEW_SET_NAME, async_events.SCHEMA, async_events.FILE_SCHEMA_HASH, "process", False,
-                ("cpu", "trace"), ("time", "time"), _time_between("time"),
-                _async_event_batches),
-        ViewSet(thread_spans.VIEW_SET_NAME, thread_spans.SCHEMA, thread_spans.FILE_SCHEMA_HASH, "stream", False,
-                ("cpu",), ("begin", "end"), _overlapping("begin", "end"), _thread_span_rows),
+        ViewSet(
+            async_events.VIEW_SET_NAME,
+            async_events.SCHEMA,
+            async_events.FILE_SCHEMA_HASH,
+            "process",
+            False,
+            ("cpu", "trace"),
+            ("time", "time"),
+            _time_between("time"),
+            _async_event_batches,
+        ),
+        ViewSet(
+            thread_spans.VIEW_SET_NAME,
+            thread_spans.SCHEMA,
+            thread_spans.FILE_SCHEMA_HASH,
+            "stream",
+            False,
+            ("cpu",),
+            ("begin", "end"),
+            _overlapping("begin", "end"),
+            _thread_span_rows,
+        ),
         _metadata_view(blocks_view, _overlapping("begin_time", "insert_time"), ("begin_time", "insert_time")),
-        _metadata_view(processes_view, _overlapping("insert_time", "last_update_time"),
-                       ("insert_time", "last_update_time"), collapse_processes),
-        _metadata_view(streams_view, _overlapping("insert_time", "last_update_time"),
-                       ("insert_time", "last_update_time"), collapse_streams),
+        _metadata_view(
+            processes_view,
+            _overlapping("insert_time", "last_update_time"),
+            ("insert_time", "last_update_time"),
+            collapse_processes,
+        ),
+        _metadata_view(
+            streams_view,
+            _overlapping("insert_time", "last_update_time"),
+            ("insert_time", "last_update_time"),
+            collapse_streams,
+        ),
     )
 }
 GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lakehouse.lake import Lake
-    from lakehouse.settings import Settings
+    from spanlake.lakehouse.lake import Lake
+    from spanlake.lakehouse.settings import Settings
 
 
 class AuthError(Exception):
@@ -50,8 +50,12 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
         raise ValueError('SPANLAKE_API_KEYS must be a JSON list of {"name": ..., "key": ...}')
     keys: dict[str, str] = {}
     for entry in entries:
-        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                and isinstance(entry.get("key"), str) and entry["key"]):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("key"), str)
+            and entry["key"]
+        ):
             raise ValueError('each SPANLAKE_API_KEYS entry needs a string "name" and a non-empty "key"')
         keys[entry["key"]] = entry["name"]
     return keys
@@ -64,8 +68,9 @@ def hash_key(key: str) -> bytes:
 class Authenticator:
     """Validates `Authorization: Bearer <key>` headers. Thread-safe; callable from any thread."""
 
-    def __init__(self, keys: dict[str, str], lookup_hash: KeyHashLookup | None = None,
-                 admins: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, keys: dict[str, str], lookup_hash: KeyHashLookup | None = None, admins: frozenset[str] = frozenset()
+    ) -> None:
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookup_hash = lookup_hash
         self._admins = admins
@@ -129,7 +134,8 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
         if not is_loopback(settings.host):
             raise AuthConfigError(
                 f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
-                "(or add keys with 'spanlake api-key create'), or pass --disable-auth")
+                "(or add keys with 'spanlake api-key create'), or pass --disable-auth"
+            )
         return None
 
     def lookup(digest: bytes) -> Principal | None:

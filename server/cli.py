@@ -12,17 +12,17 @@ from collections.abc import Callable
 
 from datafusion import SessionContext
 
-from lakehouse.lake import Lake
-from lakehouse.session import make_session_context
-from lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
-from server import perfetto_command, query_command
-from server.auth import AuthConfigError, hash_key, make_authenticator
-from server.flightsql.service import FlightSqlServer
-from server.flightsql.session import QueryContext, SessionFactory
-from server.ingestion import start_ingestion
-from server.maintenance import MaintenanceDaemon
-from server.self_tracing import start_self_tracing
-from tracing import generator
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
+from spanlake.server import perfetto_command, query_command
+from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
+from spanlake.server.flightsql.service import FlightSqlServer
+from spanlake.server.flightsql.session import QueryContext, SessionFactory
+from spanlake.server.ingestion import start_ingestion
+from spanlake.server.maintenance import MaintenanceDaemon
+from spanlake.server.self_tracing import start_self_tracing
+from spanlake.tracing import generator
 
 log = logging.getLogger("spanlake")
 
@@ -46,8 +46,9 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
             print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
         if "flightsql" in roles:
-            flight_server = FlightSqlServer(f"grpc://{settings.host}:{settings.flightsql_port}",
-                                            lakehouse_sessions(lake), authenticator)
+            flight_server = FlightSqlServer(
+                f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
+            )
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
             print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
@@ -118,11 +119,13 @@ def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols.")
+        prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace, Settings], int], help_text: str,
-                with_settings: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[[argparse.Namespace, Settings], int], help_text: str, with_settings: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if with_settings:
             add_setting_arguments(sub)
@@ -134,15 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     command("flightsql", _cmd_flightsql, "run the Arrow Flight SQL API only")
     command("maintain", _cmd_maintain, "run the maintenance daemon only (global views, merges, retention)")
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
-    generate = command("generate", lambda args, _: generator.run(args),
-                       "send generated telemetry (threads, nested and named async spans, logs, metrics)",
-                       with_settings=False)
+    generate = command(
+        "generate",
+        lambda args, _: generator.run(args),
+        "send generated telemetry (threads, nested and named async spans, logs, metrics)",
+        with_settings=False,
+    )
     generator.add_arguments(generate)
-    query = command("query", lambda args, _: query_command.run(args),
-                    "run one SQL statement on a running server and print the result", with_settings=False)
+    query = command(
+        "query",
+        lambda args, _: query_command.run(args),
+        "run one SQL statement on a running server and print the result",
+        with_settings=False,
+    )
     query_command.add_arguments(query)
-    perfetto = command("perfetto", lambda args, _: perfetto_command.run(args),
-                       "write a process's Perfetto trace from a running server", with_settings=False)
+    perfetto = command(
+        "perfetto",
+        lambda args, _: perfetto_command.run(args),
+        "write a process's Perfetto trace from a running server",
+        with_settings=False,
+    )
     perfetto_command.add_arguments(perfetto)
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
@@ -157,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args, settings)
     except (AuthConfigError, ValueError) as err:

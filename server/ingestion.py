@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-import tracing
-from lakehouse.lake import Lake
-from lakehouse.object_store import ObjectStoreError
-from lakehouse.records import BlockRecord, blob_key
-from server import otlp, wire
-from server.auth import Authenticator, AuthError
+from spanlake import tracing
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStoreError
+from spanlake.lakehouse.records import BlockRecord, blob_key
+from spanlake.server import otlp, wire
+from spanlake.server.auth import Authenticator, AuthError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class IngestionService:
         self._ready_error: str | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=NATIVE_BODY_LIMIT,
-                              middlewares=[self._errors_middleware, self._auth_middleware])
+        app = web.Application(
+            client_max_size=NATIVE_BODY_LIMIT, middlewares=[self._errors_middleware, self._auth_middleware]
+        )
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_post("/ingestion/insert_process", self.insert_process)
@@ -59,8 +60,7 @@ class IngestionService:
                 # May query the api_keys table through the loop: run it off the loop thread.
                 await asyncio.to_thread(self.authenticator.authenticate, header)
             except AuthError as err:
-                return web.Response(status=401, text=f"unauthorized: {err}",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                return web.Response(status=401, text=f"unauthorized: {err}", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
     @web.middleware
@@ -72,8 +72,7 @@ class IngestionService:
             return web.Response(status=400, text=f"bad request: {err}")
         except _RETRYABLE as err:
             log.warning("storage failure on %s: %s", request.path, err)
-            return web.Response(status=503, text="storage unavailable, retry later",
-                                headers={"Retry-After": "5"})
+            return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -135,8 +134,9 @@ class IngestionService:
         if len(body) > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
         try:
-            blocks = await asyncio.to_thread(otlp.blocks_from_request, signal, body, content_type,
-                                             request.headers.get("Content-Encoding"))
+            blocks = await asyncio.to_thread(
+                otlp.blocks_from_request, signal, body, content_type, request.headers.get("Content-Encoding")
+            )
         except otlp.OtlpRequestError as err:
             log.info("rejected OTLP %s: %s", signal, err.message)
             return self._otlp_error(err.status, err.message, content_type)

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import tracing
-from lakehouse.batch_update import SECOND_NS, materialize_range, nothing_to_materialize
-from lakehouse.lake import Lake
-from lakehouse.retention import delete_expired
-from lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake import tracing
+from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range, nothing_to_materialize
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.retention import delete_expired
+from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class MaintenanceDaemon:
 
     def start(self) -> None:
         for schedule in SCHEDULES:
-            thread = threading.Thread(target=self._loop, args=(schedule,), name=f"maintain-{schedule.name}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._loop, args=(schedule,), name=f"maintain-{schedule.name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         log.info("maintenance daemon started (retention %d days)", self.retention_days)

@@ -39,9 +39,9 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from lakehouse.otlp_decode import rust_display_f64
-from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
-from lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.otlp.decode import rust_display_f64
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 WIRE_BODY_LIMIT = 20 * 1024 * 1024
 DECOMPRESSED_BODY_LIMIT = 300 * 1024 * 1024
@@ -60,24 +60,44 @@ SUMMARY_ROWS_PER_POINT = 4  # a Summary point materializes up to _count/_sum/_mi
 
 # (attribute, normalized?) in hash order; normalized values are trimmed and ASCII-lower-cased.
 _PROCESS_KEY_ATTRIBUTES: tuple[tuple[str, bool], ...] = (
-    ("host.id", True), ("host.name", True), ("process.pid", False), ("process.creation.time", False),
-    ("service.namespace", True), ("service.name", True), ("service.instance.id", True),
+    ("host.id", True),
+    ("host.name", True),
+    ("process.pid", False),
+    ("process.creation.time", False),
+    ("service.namespace", True),
+    ("service.name", True),
+    ("service.instance.id", True),
     ("process.owner", True),
-    ("os.type", True), ("os.version", True), ("os.name", True), ("os.description", True),
+    ("os.type", True),
+    ("os.version", True),
+    ("os.name", True),
+    ("os.description", True),
     ("os.build_id", True),
-    ("host.arch", True), ("host.type", True), ("host.image.id", True), ("host.image.name", True),
-    ("host.image.version", True), ("host.cpu.model.id", True), ("host.cpu.model.name", True),
-    ("host.cpu.family", True), ("host.cpu.vendor.id", True), ("host.cpu.stepping", True),
+    ("host.arch", True),
+    ("host.type", True),
+    ("host.image.id", True),
+    ("host.image.name", True),
+    ("host.image.version", True),
+    ("host.cpu.model.id", True),
+    ("host.cpu.model.name", True),
+    ("host.cpu.family", True),
+    ("host.cpu.vendor.id", True),
+    ("host.cpu.stepping", True),
     ("host.cpu.cache.l2.size", True),
-    ("service.version", True), ("telemetry.sdk.name", True), ("telemetry.sdk.language", True),
+    ("service.version", True),
+    ("telemetry.sdk.name", True),
+    ("telemetry.sdk.language", True),
     ("telemetry.sdk.version", True),
-    ("process.runtime.name", True), ("process.runtime.version", True), ("process.runtime.description", True),
+    ("process.runtime.name", True),
+    ("process.runtime.version", True),
+    ("process.runtime.description", True),
 )
 _OWNER_ATTRIBUTES = ("process.owner", "process.user.name", "process.real_user.name", "user.name")
 _START_TIME_ATTRIBUTES = ("process.creation.time", "process.start_time")
 # Rust's `str::trim` strips Unicode White_Space, which (unlike Python's isspace) excludes \x1c-\x1f.
-_RUST_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
-    "\u2028\u2029\u202f\u205f\u3000"
+_RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # OTLP-JSON carries these byte fields as hex, where proto3 JSON would use base64.
 _HEX_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
@@ -120,8 +140,9 @@ class _Signal:
     encode: Callable[[Any], bytes]
 
 
-def blocks_from_request(signal: str, body: bytes, content_type: str | None,
-                        content_encoding: str | None) -> list[OtlpBlock]:
+def blocks_from_request(
+    signal: str, body: bytes, content_type: str | None, content_encoding: str | None
+) -> list[OtlpBlock]:
     """The blocks an OTLP/HTTP export stores, or `OtlpRequestError` (415, 400 or 413)."""
     spec = _signal(signal)
     encoding = request_encoding(content_type)
@@ -169,6 +190,7 @@ def _signal(signal: str) -> _Signal:
 
 # --- request body ---------------------------------------------------------------------------------
 
+
 def _decompress(body: bytes, content_encoding: str | None) -> bytes:
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
@@ -207,8 +229,7 @@ def _parse(spec: _Signal, body: bytes, encoding: str, signal: str) -> Message:
             # prost (micromegas) drops fields it does not know; re-encoding must not carry them either.
             request.DiscardUnknownFields()
         else:
-            json_format.ParseDict(json.loads(body, object_hook=_hex_ids_to_base64), request,
-                                  ignore_unknown_fields=True)
+            json_format.ParseDict(json.loads(body, object_hook=_hex_ids_to_base64), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         kind = "protobuf" if encoding == PROTOBUF else "json"
         raise OtlpRequestError(400, f"decoding {signal} ({kind}): {err}") from None
@@ -229,6 +250,7 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> dict[str, Any]:
 
 # --- one resource → one block ----------------------------------------------------------------------
 
+
 def _block(spec: _Signal, signal: str, resource: Any) -> OtlpBlock | None:
     bounds = spec.bounds(resource)
     if bounds is None:
@@ -243,14 +265,27 @@ def _block(spec: _Signal, signal: str, resource: Any) -> OtlpBlock | None:
     payload = cbor2.dumps({"dependencies": b"", "objects": objects})
     return OtlpBlock(
         process=_process(process_id, attributes, bounds.begin_ns),
-        stream=StreamRecord(stream_id=stream_id, process_id=process_id,
-                            dependencies_metadata=EMPTY_TRANSIT_METADATA,
-                            objects_metadata=EMPTY_TRANSIT_METADATA,
-                            tags=[spec.tag], properties={}, format=spec.format),
-        block=BlockRecord(block_id=uuid5_bytes(NS_OTEL_BLOCK_V1, objects), stream_id=stream_id,
-                          process_id=process_id, begin_time_ns=bounds.begin_ns, begin_ticks=bounds.begin_ns,
-                          end_time_ns=bounds.end_ns, end_ticks=bounds.end_ns, nb_objects=bounds.nb_objects,
-                          object_offset=0, payload_size=len(payload)),
+        stream=StreamRecord(
+            stream_id=stream_id,
+            process_id=process_id,
+            dependencies_metadata=EMPTY_TRANSIT_METADATA,
+            objects_metadata=EMPTY_TRANSIT_METADATA,
+            tags=[spec.tag],
+            properties={},
+            format=spec.format,
+        ),
+        block=BlockRecord(
+            block_id=uuid5_bytes(NS_OTEL_BLOCK_V1, objects),
+            stream_id=stream_id,
+            process_id=process_id,
+            begin_time_ns=bounds.begin_ns,
+            begin_ticks=bounds.begin_ns,
+            end_time_ns=bounds.end_ns,
+            end_ticks=bounds.end_ns,
+            nb_objects=bounds.nb_objects,
+            object_offset=0,
+            payload_size=len(payload),
+        ),
         payload=payload,
     )
 
@@ -339,6 +374,7 @@ def _start_time_ns(attrs: dict[str, AnyValue | None], fallback_ns: int) -> int:
 
 # --- attribute values as micromegas renders them into strings --------------------------------------
 
+
 def attr_to_string(value: AnyValue) -> str:
     """micromegas `attr_to_string`: Rust `Display` of scalars, `Debug` of bytes, arrays and kvlists."""
     kind = value.WhichOneof("value")
@@ -424,6 +460,7 @@ def _rust_debug_key_value(kv: KeyValue) -> str:
 
 # --- block bounds (begin, end, nb_objects) as micromegas computes them ------------------------------
 
+
 def _as_i64(values: list[int]) -> np.ndarray:
     """u64 proto timestamps reinterpreted as i64, as micromegas's `as i64` does."""
     return np.array(values, dtype=np.uint64).view(np.int64)
@@ -477,9 +514,22 @@ def _min_max(begins: np.ndarray, ends: np.ndarray, count: int) -> _Bounds:
 # with a tag in between is present: NumberDataPoint.as_int (6) vs exemplars (5), and Exemplar.as_int (6)
 # vs span_id (4) / trace_id (5). Such resources are re-encoded field by field.
 
-_PROST_PATH = frozenset(f"opentelemetry.proto.metrics.v1.{name}" for name in (
-    "ResourceMetrics", "ScopeMetrics", "Metric", "Gauge", "Sum", "Histogram", "ExponentialHistogram",
-    "NumberDataPoint", "HistogramDataPoint", "ExponentialHistogramDataPoint", "Exemplar"))
+_PROST_PATH = frozenset(
+    f"opentelemetry.proto.metrics.v1.{name}"
+    for name in (
+        "ResourceMetrics",
+        "ScopeMetrics",
+        "Metric",
+        "Gauge",
+        "Sum",
+        "Histogram",
+        "ExponentialHistogram",
+        "NumberDataPoint",
+        "HistogramDataPoint",
+        "ExponentialHistogramDataPoint",
+        "Exemplar",
+    )
+)
 
 
 def _serialize(resource: Message) -> bytes:
@@ -487,9 +537,13 @@ def _serialize(resource: Message) -> bytes:
 
 
 def _serialize_metrics(resource: ResourceMetrics) -> bytes:
-    if not any(_reorders(point) for scope in resource.scope_metrics for metric in scope.metrics
-               if (kind := metric.WhichOneof("data")) in ("gauge", "sum", "histogram", "exponential_histogram")
-               for point in getattr(metric, kind).data_points):
+    if not any(
+        _reorders(point)
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if (kind := metric.WhichOneof("data")) in ("gauge", "sum", "histogram", "exponential_histogram")
+        for point in getattr(metric, kind).data_points
+    ):
         return resource.SerializeToString()
     return prost_encoding(resource)
 
@@ -504,8 +558,9 @@ def _reorders(point: Message) -> bool:
 
 def prost_encoding(message: Message) -> bytes:
     """`message` as prost encodes it (fields by tag, a oneof at its lowest tag), for the metrics types."""
-    return b"".join(_prost_field(message, field, value)
-                    for field, value in sorted(message.ListFields(), key=_prost_rank))
+    return b"".join(
+        _prost_field(message, field, value) for field, value in sorted(message.ListFields(), key=_prost_rank)
+    )
 
 
 def _prost_rank(item: tuple[Any, Any]) -> int:
@@ -539,13 +594,33 @@ def _varint(number: int) -> bytes:
 
 
 _SIGNALS = {
-    "logs": _Signal(logs_service_pb2.ExportLogsServiceRequest, logs_service_pb2.ExportLogsServiceResponse,
-                    "resource_logs", "log", "otlp/v1/logs", _logs_bounds, _serialize),
-    "metrics": _Signal(metrics_service_pb2.ExportMetricsServiceRequest,
-                       metrics_service_pb2.ExportMetricsServiceResponse,
-                       "resource_metrics", "metrics", "otlp/v1/metrics", _metrics_bounds, _serialize_metrics),
-    "traces": _Signal(trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse,
-                      "resource_spans", "trace", "otlp/v1/traces", _spans_bounds, _serialize),
+    "logs": _Signal(
+        logs_service_pb2.ExportLogsServiceRequest,
+        logs_service_pb2.ExportLogsServiceResponse,
+        "resource_logs",
+        "log",
+        "otlp/v1/logs",
+        _logs_bounds,
+        _serialize,
+    ),
+    "metrics": _Signal(
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+        "resource_metrics",
+        "metrics",
+        "otlp/v1/metrics",
+        _metrics_bounds,
+        _serialize_metrics,
+    ),
+    "traces": _Signal(
+        trace_service_pb2.ExportTraceServiceRequest,
+        trace_service_pb2.ExportTraceServiceResponse,
+        "resource_spans",
+        "trace",
+        "otlp/v1/traces",
+        _spans_bounds,
+        _serialize,
+    ),
 }
 
 # --- google.rpc.Status, built in a private pool (googleapis-common-protos is not a dependency) -------
@@ -557,8 +632,9 @@ _GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 503: 14}
 
 def _status_class() -> type[Message]:
     field = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name="spanlake/google_rpc_status.proto", package="google.rpc",
-                                              syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="spanlake/google_rpc_status.proto", package="google.rpc", syntax="proto3"
+    )
     status = file.message_type.add(name="Status")
     status.field.add(name="code", number=1, type=field.TYPE_INT32, label=field.LABEL_OPTIONAL)
     status.field.add(name="message", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from tqdm import tqdm
 
-from lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from server.flightsql import protocol
-from server.query_command import DEFAULT_URI, flight_uri, server_message
+from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.server.flightsql import protocol
+from spanlake.server.query_command import DEFAULT_URI, flight_uri, server_message
 
 UI_URL = "https://ui.perfetto.dev"
 
@@ -30,10 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
     parser.add_argument("--end", help="end of the trace, RFC3339 (default: now)")
     parser.add_argument("-o", "--output", type=Path, default=Path("trace.pftrace"), help="file to write")
-    parser.add_argument("--uri", default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
-                        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})")
-    parser.add_argument("--api-key", default=os.environ.get("SPANLAKE_API_KEY"),
-                        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)")
+    parser.add_argument(
+        "--uri",
+        default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
+        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SPANLAKE_API_KEY"),
+        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)",
+    )
 
 
 def _range(args: argparse.Namespace) -> tuple[int, int]:
@@ -51,10 +57,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    sql = (f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{args.spans}',"
-           f" TIMESTAMP '{begin}', TIMESTAMP '{end}')")
-    headers = [(b"x-client-type", b"spanlake-cli"), (b"x-client-entrypoint", b"cli-perfetto"),
-               (b"query_range_begin", begin.encode()), (b"query_range_end", end.encode())]
+    sql = (
+        f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{args.spans}',"
+        f" TIMESTAMP '{begin}', TIMESTAMP '{end}')"
+    )
+    headers = [
+        (b"x-client-type", b"spanlake-cli"),
+        (b"x-client-entrypoint", b"cli-perfetto"),
+        (b"query_range_begin", begin.encode()),
+        (b"query_range_end", end.encode()),
+    ]
     if args.api_key:
         headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
     ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
@@ -77,8 +89,9 @@ def _write_chunks(reader: flight.FlightStreamReader, out: object) -> int:
     with tqdm(unit="B", unit_scale=True, desc="trace", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         for chunk in reader:
             batch = chunk.data
-            for chunk_id, data in zip(batch.column("chunk_id").to_pylist(), batch.column("chunk_data").to_pylist(),
-                                      strict=True):
+            for chunk_id, data in zip(
+                batch.column("chunk_id").to_pylist(), batch.column("chunk_data").to_pylist(), strict=True
+            ):
                 if chunk_id != expected:
                     raise ValueError(f"chunk {chunk_id} received, expected {expected}")
                 out.write(data)

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 
-from lakehouse.timestamps import parse_rfc3339_ns
-from server.flightsql import protocol
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.server.flightsql import protocol
 
 DEFAULT_URI = "grpc://127.0.0.1:50051"
 _NULL = "NULL"
@@ -31,15 +31,26 @@ _NULL = "NULL"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sql", help="the SQL statement to run")
-    parser.add_argument("--begin", help="start of the query range, RFC3339 (with --end); lets the "
-                                        "server skip partitions outside it")
+    parser.add_argument(
+        "--begin", help="start of the query range, RFC3339 (with --end); lets the server skip partitions outside it"
+    )
     parser.add_argument("--end", help="end of the query range, RFC3339 (with --begin)")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                        help="table (aligned text, default), csv, or json (one object per line)")
-    parser.add_argument("--uri", default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
-                        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})")
-    parser.add_argument("--api-key", default=os.environ.get("SPANLAKE_API_KEY"),
-                        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)")
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (aligned text, default), csv, or json (one object per line)",
+    )
+    parser.add_argument(
+        "--uri",
+        default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
+        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SPANLAKE_API_KEY"),
+        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
 def flight_uri(uri: str) -> str:
     """Accepts http(s):// as the micromegas client does: Flight speaks gRPC (grpc://, grpc+tls://)."""
     if uri.startswith("https://"):
-        return "grpc+tls://" + uri[len("https://"):]
+        return "grpc+tls://" + uri[len("https://") :]
     if uri.startswith("http://"):
-        return "grpc://" + uri[len("http://"):]
+        return "grpc://" + uri[len("http://") :]
     return uri
 
 
@@ -120,9 +131,12 @@ def _json_value(value: Any) -> Any:
 
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """CSV has no nested values: lists, structs and maps are written as JSON text."""
-    columns = [pa.array([None if v is None else json.dumps(v, default=_json_value) for v in col.to_pylist()],
-                        pa.string()) if pa.types.is_nested(col.type) else col
-               for col in batch.columns]
+    columns = [
+        pa.array([None if v is None else json.dumps(v, default=_json_value) for v in col.to_pylist()], pa.string())
+        if pa.types.is_nested(col.type)
+        else col
+        for col in batch.columns
+    ]
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 

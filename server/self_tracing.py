@@ -20,13 +20,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-import tracing
-from lakehouse.lake import Lake
-from lakehouse.records import blob_key
-from server import wire
-from server.flightsql.audit import AUDIT_LOGGER
-from tracing.dispatch import FLUSH_PERIOD_ENV
-from tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, Priority, SinkStats
+from spanlake import tracing
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.records import blob_key
+from spanlake.server import wire
+from spanlake.server.flightsql.audit import AUDIT_LOGGER
+from spanlake.tracing.dispatch import FLUSH_PERIOD_ENV
+from spanlake.tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, Priority, SinkStats
 
 log = logging.getLogger("spanlake.self_tracing")
 
@@ -142,8 +142,9 @@ class SelfTracing:
 
     def __init__(self, lake: Lake, role: str, flush_period: float | None) -> None:
         self.sink = LakeSink(lake)
-        self.process = tracing.init(sink=self.sink, exe=f"spanlake-{role}", flush_period=flush_period,
-                                    properties={"spanlake_role": role})
+        self.process = tracing.init(
+            sink=self.sink, exe=f"spanlake-{role}", flush_period=flush_period, properties={"spanlake_role": role}
+        )
         self._audit_handler = tracing.LoggingHandler(own_loggers=True)
         logging.getLogger(AUDIT_LOGGER).addHandler(self._audit_handler)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import cbor2
 
-from lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
-from lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (-(2**63), 2**63 - 1)
@@ -134,8 +134,9 @@ def _udt_list(msg: dict[str, Any], name: str, what: str) -> bytes:
     cleaned = []
     for i, udt in enumerate(udts):
         entry = _checked_map(udt, _UDT_FIELDS, f"{what}: {name}[{i}]")
-        entry["members"] = [_checked_map(m, _MEMBER_FIELDS, f"{what}: {name}[{i}].members[{j}]")
-                            for j, m in enumerate(entry["members"])]
+        entry["members"] = [
+            _checked_map(m, _MEMBER_FIELDS, f"{what}: {name}[{i}].members[{j}]") for j, m in enumerate(entry["members"])
+        ]
         cleaned.append(entry)
     return cbor2.dumps(cleaned)
 
@@ -172,8 +173,12 @@ def parse_block(body: bytes) -> tuple[BlockRecord, bytes]:
     payload = _field(msg, "payload", what)
     if not isinstance(payload, dict) or set(payload) != {"dependencies", "objects"}:
         raise WireError("Block: 'payload' must be a map with exactly 'dependencies' and 'objects'")
-    stored = cbor2.dumps({"dependencies": _payload_bytes(payload["dependencies"], "dependencies"),
-                          "objects": _payload_bytes(payload["objects"], "objects")})
+    stored = cbor2.dumps(
+        {
+            "dependencies": _payload_bytes(payload["dependencies"], "dependencies"),
+            "objects": _payload_bytes(payload["objects"], "objects"),
+        }
+    )
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
         stream_id=_uuid(msg, "stream_id", what),

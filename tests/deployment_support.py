@@ -267,8 +267,9 @@ class LocalService:
         for directory in self.local_dirs:
             directory.mkdir(parents=True)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.root / "data",
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.root / "data", stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     def log_text(self) -> str:
@@ -280,8 +281,14 @@ class LocalService:
 
     def run_healthcheck(self, argv: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         """Runs a health check command in the service's environment, as Docker runs it in the container."""
-        return subprocess.run(argv or self.healthcheck or [], env=self.env, cwd=self.root / "data",
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            argv or self.healthcheck or [],
+            env=self.env,
+            cwd=self.root / "data",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -309,24 +316,33 @@ class LocalService:
         return sorted(str(p.relative_to(self.root)) for d in self.local_dirs for p in d.rglob("*"))
 
 
-def local_service(name: str, compose: dict[str, Any], dockerfile: Dockerfile, hosts: dict[str, str],
-                  root: Path) -> LocalService:
+def local_service(
+    name: str, compose: dict[str, Any], dockerfile: Dockerfile, hosts: dict[str, str], root: Path
+) -> LocalService:
     """The compose service `name` as a local process (not started). `hosts` maps each compose
     `host:port` used in URLs to the loopback server standing in for it; each must occur."""
     service = compose["services"][name]
     root = root / name
-    paths = {"/opt/spanlake/bin": os.path.dirname(os.path.abspath(sys.executable)),
-             "/home/spanlake": str(root / "home"), "/var/lib/spanlake": str(root / "data")}
+    paths = {
+        "/opt/spanlake/bin": os.path.dirname(os.path.abspath(sys.executable)),
+        "/home/spanlake": str(root / "home"),
+        "/var/lib/spanlake": str(root / "data"),
+    }
     image_env, used_paths = replace_all(dockerfile.env, paths)
     if used_paths != set(paths):
         raise AssertionError(f"image ENV does not use the container paths {set(paths) - used_paths}")
     compose_env, used = replace_all(service_environment(service), {**hosts, **paths})
     if not set(hosts) <= used:
         raise AssertionError(f"{name}: its environment does not name {set(hosts) - used}")
-    env = {**image_env, **compose_env, "TMPDIR": str(root / "tmp"),
-           # Servers in tests listen on loopback ports only; the compose value is 0.0.0.0.
-           "SPANLAKE_HOST": "127.0.0.1",
-           "SPANLAKE_HTTP_PORT": str(free_port()), "SPANLAKE_FLIGHTSQL_PORT": str(free_port())}
+    env = {
+        **image_env,
+        **compose_env,
+        "TMPDIR": str(root / "tmp"),
+        # Servers in tests listen on loopback ports only; the compose value is 0.0.0.0.
+        "SPANLAKE_HOST": "127.0.0.1",
+        "SPANLAKE_HTTP_PORT": str(free_port()),
+        "SPANLAKE_FLIGHTSQL_PORT": str(free_port()),
+    }
     command = service.get("command", dockerfile.cmd)
     argv = dockerfile.entrypoint + (shlex.split(command) if isinstance(command, str) else command)
     check = healthcheck_argv(service) if not service.get("healthcheck", {}).get("disable") else None
@@ -354,12 +370,15 @@ class ComposePostgres:
 
     @property
     def url(self) -> str:
-        return (f"postgresql://{urllib.parse.quote(self.user)}:{urllib.parse.quote(self.password)}"
-                f"@127.0.0.1:{self.port}/{self.database}")
+        return (
+            f"postgresql://{urllib.parse.quote(self.user)}:{urllib.parse.quote(self.password)}"
+            f"@127.0.0.1:{self.port}/{self.database}"
+        )
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([str(PGSERVER_BIN / tool), *args], check=True, capture_output=True, timeout=60,
-                       user=self._os_user)
+        subprocess.run(
+            [str(PGSERVER_BIN / tool), *args], check=True, capture_output=True, timeout=60, user=self._os_user
+        )
 
     def _start(self) -> None:
         password_file = self.dir / "password"
@@ -367,11 +386,29 @@ class ComposePostgres:
         if self._os_user is not None:
             for path in (self.dir, password_file):
                 shutil.chown(path, self._os_user)
-        self._run("initdb", "-D", str(self._pgdata), "-U", self.user, f"--pwfile={password_file}",
-                  "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self._pgdata),
+            "-U",
+            self.user,
+            f"--pwfile={password_file}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+        )
         password_file.unlink()
-        self._run("pg_ctl", "-D", str(self._pgdata), "-l", str(self.dir / "log"), "-w",
-                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.dir}", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self._pgdata),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.dir}",
+            "start",
+        )
         asyncio.run(self._create_database())
 
     async def _create_database(self) -> None:

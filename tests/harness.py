@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 RUST_FIXTURES = FIXTURES / "micromegas-rust"
 
 
@@ -74,7 +74,7 @@ class PostgresServer:
         if configured:
             self.admin_url = configured
         else:
-            from lakehouse.embedded_postgres import start_embedded_postgres
+            from spanlake.lakehouse.embedded_postgres import start_embedded_postgres
 
             self._dir = tempfile.TemporaryDirectory(prefix="spanlake-pg-")
             self.admin_url = start_embedded_postgres(Path(self._dir.name))
@@ -98,9 +98,10 @@ class S3Server:
         self.bucket = bucket
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                    "AWS_DEFAULT_REGION": "us-east-1"}
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
         os.environ.update(self.env)
         self.client = boto3.client("s3", endpoint_url=self.endpoint)
         wait_until(self._up, 30, "moto server")
@@ -149,14 +150,16 @@ class SpanlakeServer:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPANLAKE_")}
-        env.update({
-            "SPANLAKE_DATABASE_URL": self.database_url,
-            "SPANLAKE_DATA_DIR": str(self.data_dir),
-            "SPANLAKE_OBJECT_STORE_URI": self.object_store_uri,
-            "SPANLAKE_HTTP_PORT": str(self.http_port),
-            "SPANLAKE_FLIGHTSQL_PORT": str(self.flightsql_port),
-            "SPANLAKE_SELF_TRACING": "false",
-        })
+        env.update(
+            {
+                "SPANLAKE_DATABASE_URL": self.database_url,
+                "SPANLAKE_DATA_DIR": str(self.data_dir),
+                "SPANLAKE_OBJECT_STORE_URI": self.object_store_uri,
+                "SPANLAKE_HTTP_PORT": str(self.http_port),
+                "SPANLAKE_FLIGHTSQL_PORT": str(self.flightsql_port),
+                "SPANLAKE_SELF_TRACING": "false",
+            }
+        )
         if self.api_key:
             env["SPANLAKE_API_KEYS"] = f'[{{"name": "tests", "key": "{self.api_key}"}}]'
         env.update(self.extra_env)
@@ -166,8 +169,13 @@ class SpanlakeServer:
         log_path = self.data_dir / f"{self.command}-{self.http_port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "server.cli", self.command], env=self.env(),
-                                        cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "spanlake.server.cli", self.command],
+            env=self.env(),
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self._healthy, 60, f"spanlake {self.command} to answer /health")
         return self
 
@@ -197,22 +205,26 @@ class SpanlakeServer:
         return rows[0] if rows else None
 
     def stream_rows(self, process_id: str | uuid.UUID) -> list[dict[str, Any]]:
-        return self.sql("SELECT * FROM streams WHERE process_id = $1 ORDER BY insert_time, stream_id",
-                        uuid.UUID(str(process_id)))
+        return self.sql(
+            "SELECT * FROM streams WHERE process_id = $1 ORDER BY insert_time, stream_id", uuid.UUID(str(process_id))
+        )
 
     def block_rows(self, process_id: str | uuid.UUID) -> list[dict[str, Any]]:
-        return self.sql("SELECT * FROM blocks WHERE process_id = $1 ORDER BY insert_time, block_id",
-                        uuid.UUID(str(process_id)))
+        return self.sql(
+            "SELECT * FROM blocks WHERE process_id = $1 ORDER BY insert_time, block_id", uuid.UUID(str(process_id))
+        )
 
     def read_object(self, key: str) -> bytes:
-        from lakehouse.object_store import ObjectStore
+        from spanlake.lakehouse.object_store import ObjectStore
 
         return ObjectStore(self.object_store_uri, self.extra_env.get("SPANLAKE_S3_ENDPOINT")).get(key)
 
     def stored_blocks(self, process_id: str | uuid.UUID) -> list[tuple[dict[str, Any], bytes]]:
         """Each block row of the process with its stored payload (CBOR {dependencies, objects})."""
-        return [(row, self.read_object(f"blobs/{row['process_id']}/{row['stream_id']}/{row['block_id']}"))
-                for row in self.block_rows(process_id)]
+        return [
+            (row, self.read_object(f"blobs/{row['process_id']}/{row['stream_id']}/{row['block_id']}"))
+            for row in self.block_rows(process_id)
+        ]
 
 
 @contextlib.contextmanager
@@ -226,8 +238,7 @@ def running_server(postgres: PostgresServer, tmp_path: Path, **kwargs: Any) -> I
         server.stop()
 
 
-def http(method: str, url: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """One HTTP request; returns (status, body) for error statuses too."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:

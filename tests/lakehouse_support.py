@@ -15,13 +15,13 @@ import pyarrow as pa
 from datafusion import SessionContext
 from harness import RUST_FIXTURES, PostgresServer, free_port, post
 
-from lakehouse.batch_update import materialize_range
-from lakehouse.lake import Lake
-from lakehouse.session import make_session_context
-from lakehouse.settings import Settings
-from lakehouse.timestamps import parse_rfc3339_ns
-from lakehouse.view_sets import MAINTAINED, VIEW_SETS
-from server.ingestion import start_ingestion
+from spanlake.lakehouse.batch_update import materialize_range
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake.server.ingestion import start_ingestion
 
 EXPECTED = json.loads((RUST_FIXTURES / "expected.json").read_text())
 PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
@@ -56,8 +56,9 @@ class LocalLake:
 
 @contextlib.contextmanager
 def local_lake(postgres: PostgresServer, tmp_path: Path) -> Iterator[LocalLake]:
-    lake = Lake.open(Settings(database_url=postgres.new_database(), object_store_uri=(tmp_path / "lake").as_uri(),
-                              data_dir=tmp_path))
+    lake = Lake.open(
+        Settings(database_url=postgres.new_database(), object_store_uri=(tmp_path / "lake").as_uri(), data_dir=tmp_path)
+    )
     port = free_port()
     runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
     try:

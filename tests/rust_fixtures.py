@@ -1,4 +1,4 @@
-"""Access to the micromegas Rust fixtures (../shared/fixtures/micromegas-rust) as view-builder inputs."""
+"""Access to the micromegas Rust fixtures (tests/fixtures/micromegas-rust) as view-builder inputs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import cbor2
 
-from lakehouse.transit import StreamLayout, decode_block, stream_layout
-from views.decoded import DecodedBlock
-from views.meta import BlockMeta, ProcessMeta, StreamMeta
-from views.time import TickConverter, converter_from_latest_timing
+from spanlake.lakehouse.transit.decode import StreamLayout, decode_block, stream_layout
+from spanlake.views.decoded import DecodedBlock
+from spanlake.views.meta import BlockMeta, ProcessMeta, StreamMeta
+from spanlake.views.time import TickConverter, converter_from_latest_timing
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "micromegas-rust"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "micromegas-rust"
 
 
 @dataclass(frozen=True)

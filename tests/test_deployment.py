@@ -11,7 +11,6 @@ in the bucket; nothing lands on the services' local disks.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import importlib.metadata
 import os
 import re
@@ -47,10 +46,10 @@ from harness import PROJECT_ROOT, S3Server, query, wait_until
 from micromegas.auth import StaticTokenAuthProvider
 from micromegas.flightsql.client import FlightSQLClient
 
-from lakehouse.settings import SETTINGS, load_settings
-from server.auth import is_loopback, parse_api_keys
-from server.cli import build_parser
-from server.ingestion import IngestionService
+from spanlake.lakehouse.settings import SETTINGS, load_settings
+from spanlake.server.auth import is_loopback, parse_api_keys
+from spanlake.server.cli import build_parser
+from spanlake.server.ingestion import IngestionService
 
 ROLES = ("ingest", "flightsql", "maintain")
 
@@ -102,19 +101,26 @@ def test_compose_wires_spanlake_to_postgres_and_minio(compose: dict[str, Any], d
         database = urllib.parse.urlsplit(env["SPANLAKE_DATABASE_URL"])
         assert (database.scheme, database.hostname, database.port) == ("postgresql", "postgres", 5432)
         assert (database.username, database.password, database.path) == (
-            postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"], f"/{postgres_env['POSTGRES_DB']}")
+            postgres_env["POSTGRES_USER"],
+            postgres_env["POSTGRES_PASSWORD"],
+            f"/{postgres_env['POSTGRES_DB']}",
+        )
         store = urllib.parse.urlsplit(env["SPANLAKE_OBJECT_STORE_URI"])
         assert (store.scheme, store.netloc) == ("s3", bucket) and store.path.strip("/")
         assert env["SPANLAKE_S3_ENDPOINT"] == "http://minio:9000" and env["SPANLAKE_S3_ENDPOINT"] in init_command
         assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
-            minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
+            minio_env["MINIO_ROOT_USER"],
+            minio_env["MINIO_ROOT_PASSWORD"],
+        )
         assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"]
         # Listening on 0.0.0.0 needs keys: with these settings spanlake starts instead of refusing.
         settings = load_settings(environ={**dockerfile.env, **env})
         assert not is_loopback(settings.host) and api_keys(env) and not settings.disable_auth
         assert settings.admin_names <= set(api_keys(env))
-        assert service["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                         "minio-init": {"condition": "service_completed_successfully"}}
+        assert service["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "minio-init": {"condition": "service_completed_successfully"},
+        }
     assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
     for name in ("postgres", "minio", "ingest", "flightsql"):
         assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -186,9 +192,26 @@ def generate(url: str, key: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPANLAKE_", "AWS_"))}
     env["MICROMEGAS_INGESTION_API_KEY"] = key
     spanlake = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "spanlake")
-    result = subprocess.run([spanlake, "generate", "--url", url, "--tasks", "200", "--threads", "2",
-                             "--async-tasks", "4", "--flush-period", "0.5"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            spanlake,
+            "generate",
+            "--url",
+            url,
+            "--tasks",
+            "200",
+            "--threads",
+            "2",
+            "--async-tasks",
+            "4",
+            "--flush-period",
+            "0.5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()[0].strip()
 
@@ -215,15 +238,17 @@ def test_flightsql_refuses_a_client_without_a_key(stack: Stack) -> None:
 def partitions_in_catalog(stack: Stack, view_set: str, instance: str) -> pd.DataFrame:
     return stack.client().query(
         "SELECT view_set_name, view_instance_id, file_path, num_rows FROM list_partitions()"
-        f" WHERE view_set_name = '{view_set}' AND view_instance_id = '{instance}' AND file_path IS NOT NULL")
+        f" WHERE view_set_name = '{view_set}' AND view_instance_id = '{instance}' AND file_path IS NOT NULL"
+    )
 
 
 def test_blocks_and_partitions_land_in_the_bucket(stack: Stack) -> None:
     pid = stack.process_id
     keys = set(stack.s3.keys())
     assert keys and all(key.startswith(stack.prefix + "/") for key in keys), "everything under the URI's prefix"
-    blocks = query(stack.postgres.url, "SELECT process_id, stream_id, block_id FROM blocks WHERE process_id = $1",
-                   uuid.UUID(pid))
+    blocks = query(
+        stack.postgres.url, "SELECT process_id, stream_id, block_id FROM blocks WHERE process_id = $1", uuid.UUID(pid)
+    )
     assert len(blocks) >= 3  # at least the log, metrics and one thread stream
     assert {f"{stack.prefix}/blobs/{b['process_id']}/{b['stream_id']}/{b['block_id']}" for b in blocks} <= keys
 
@@ -235,8 +260,11 @@ def test_blocks_and_partitions_land_in_the_bucket(stack: Stack) -> None:
 
     # maintain: the daemon's global partitions (1 s buckets, written ~2 s after the blocks arrived).
     for view in ("blocks", "log_entries"):
-        wait_until(lambda view=view: len(partitions_in_catalog(stack, view, "global")) > 0, 30,
-                   f"maintain's global {view} partitions")
+        wait_until(
+            lambda view=view: len(partitions_in_catalog(stack, view, "global")) > 0,
+            30,
+            f"maintain's global {view} partitions",
+        )
         maintained = partitions_in_catalog(stack, view, "global")
         paths = {f"{stack.prefix}/{path}" for path in maintained.file_path}
         assert paths <= set(stack.s3.keys())
@@ -251,8 +279,9 @@ def test_health_checks_pass_on_the_running_services(stack: Stack, dockerfile: Do
     assert image_check.returncode == 0, image_check.stderr
 
 
-def test_health_checks_fail_when_nothing_listens(compose: dict[str, Any], dockerfile: Dockerfile,
-                                                 tmp_path: Path) -> None:
+def test_health_checks_fail_when_nothing_listens(
+    compose: dict[str, Any], dockerfile: Dockerfile, tmp_path: Path
+) -> None:
     hosts = {"postgres:5432": "127.0.0.1:5432", "minio:9000": "127.0.0.1:9000"}
     for role in ("ingest", "flightsql"):
         service = local_service(role, compose, dockerfile, hosts, tmp_path)  # not started: nothing listens
@@ -264,8 +293,9 @@ def test_health_checks_fail_when_nothing_listens(compose: dict[str, Any], docker
 
 def test_the_services_write_nothing_to_local_disk(stack: Stack) -> None:
     client = stack.client()
-    streams = client.query(f"SELECT stream_id FROM streams WHERE process_id = '{stack.process_id}'"
-                           " AND array_has(tags, 'cpu')")
+    streams = client.query(
+        f"SELECT stream_id FROM streams WHERE process_id = '{stack.process_id}' AND array_has(tags, 'cpu')"
+    )
     spans = client.query(f"SELECT count(*) AS n FROM view_instance('thread_spans', '{streams.stream_id[0]}')")
     assert spans.n[0] > 0
     time.sleep(1.5)  # one more round of the maintenance daemon
@@ -277,17 +307,15 @@ def test_the_services_write_nothing_to_local_disk(stack: Stack) -> None:
 # -- the Dockerfile against the project -----------------------------------------------------------
 
 
-def project_packages(include: list[str]) -> set[str]:
-    """The packages setuptools installs: directories with an __init__.py (below a top-level package)
-    whose dotted name matches one of pyproject's `include` patterns."""
-    found = set()
-    for top in PROJECT_ROOT.iterdir():
-        if (top / "__init__.py").exists():
-            for init in top.rglob("__init__.py"):
-                name = ".".join(init.parent.relative_to(PROJECT_ROOT).parts)
-                if any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
-                    found.add(name)
-    return found
+def project_packages(setuptools: dict) -> dict[str, str]:
+    """The packages setuptools installs (pyproject's explicit list), each with its folder in the repository
+    (through the `package-dir` mapping of `spanlake.<folder>` to `<folder>`)."""
+    mapping = setuptools["package-dir"]
+    folders = {}
+    for package in setuptools["packages"]:
+        prefix = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len)
+        folders[package] = "/".join([mapping[prefix], *package[len(prefix) :].split(".")[1:]])
+    return folders
 
 
 def test_dockerfile_installs_the_project_runtime_only(dockerfile: Dockerfile) -> None:
@@ -303,9 +331,16 @@ def test_dockerfile_installs_the_project_runtime_only(dockerfile: Dockerfile) ->
             assert (PROJECT_ROOT / source).exists(), source
             assert not is_ignored(source, patterns), f"{source} is copied but .dockerignore drops it"
     copied = build_context_files(dockerfile)
-    packages = project_packages(pyproject["tool"]["setuptools"]["packages"]["find"]["include"])
-    assert {"server", "server.flightsql", "lakehouse", "views", "tracing", "migrations"} <= packages
-    assert {f"{p.replace('.', '/')}/__init__.py" for p in packages} <= copied
+    packages = project_packages(pyproject["tool"]["setuptools"])
+    assert {
+        "spanlake.server",
+        "spanlake.server.flightsql",
+        "spanlake.lakehouse",
+        "spanlake.views",
+        "spanlake.tracing",
+        "spanlake.migrations",
+    } <= set(packages)
+    assert {f"{folder}/__init__.py" for folder in packages.values()} <= copied
     sql = {p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / "migrations").glob("*.sql")}
     assert sql and sql <= copied
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
@@ -322,9 +357,9 @@ def test_dockerfile_installs_the_project_runtime_only(dockerfile: Dockerfile) ->
 def test_dockerfile_runs_the_spanlake_console_script(dockerfile: Dockerfile) -> None:
     pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
     assert dockerfile.entrypoint == ["spanlake"]
-    assert pyproject["project"]["scripts"]["spanlake"] == "server.cli:main"
+    assert pyproject["project"]["scripts"]["spanlake"] == "spanlake.server.cli:main"
     [installed] = importlib.metadata.entry_points(group="console_scripts", name="spanlake")
-    assert installed.value == "server.cli:main"
+    assert installed.value == "spanlake.server.cli:main"
     assert dockerfile.env["PATH"].split(":")[0] == "/opt/spanlake/bin"  # the venv's console scripts
     assert any(i.args == "/opt/spanlake/bin/pip install ." for i in dockerfile.instructions if i.keyword == "RUN")
     assert dockerfile.cmd[0] in subcommands()

@@ -28,12 +28,13 @@ from test_flightsql_support import (
     statement_ticket,
 )
 
-from server.flightsql import protocol
+from spanlake.server.flightsql import protocol
 
 N = EVENT_ROWS
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
-HYDRATED_EVENTS = pa.schema([("id", pa.int64()), ("value", pa.float64()),
-                             ("ts", pa.timestamp("ns", tz="UTC")), ("name", pa.string())])
+HYDRATED_EVENTS = pa.schema(
+    [("id", pa.int64()), ("value", pa.float64()), ("ts", pa.timestamp("ns", tz="UTC")), ("name", pa.string())]
+)
 
 
 def _add_view(ctx: datafusion.SessionContext) -> None:
@@ -62,8 +63,7 @@ def client(uri: str) -> flight.FlightClient:
 
 
 def test_micromegas_query_returns_values(uri: str, factory: RecordingFactory) -> None:
-    frame = micromegas.connect(uri).query("SELECT count(*) AS n, sum(id) AS total, max(value) AS top "
-                                          "FROM events")
+    frame = micromegas.connect(uri).query("SELECT count(*) AS n, sum(id) AS total, max(value) AS top FROM events")
     assert frame.to_dict("records") == [{"n": N, "total": N * (N - 1) // 2, "top": (N - 1) * 0.5}]
     query = factory.contexts[-1]
     assert query.query_range is None and query.limit is None and query.principal is None
@@ -98,17 +98,20 @@ def test_micromegas_query_arrow_hydrates_dictionaries_unless_asked(uri: str) -> 
 def test_micromegas_prepare_statement_reports_the_result_schema(uri: str) -> None:
     stmt = micromegas.connect(uri).prepare_statement("SELECT id, name, ts FROM events")
     assert stmt.query == "SELECT id, name, ts FROM events"
-    assert stmt.dataset_schema == pa.schema([("id", pa.int64()), ("name", pa.string()),
-                                             ("ts", pa.timestamp("ns", tz="UTC"))])
+    assert stmt.dataset_schema == pa.schema(
+        [("id", pa.int64()), ("name", pa.string()), ("ts", pa.timestamp("ns", tz="UTC"))]
+    )
 
 
 def test_information_schema_and_show_tables(uri: str) -> None:
     client = micromegas.connect(uri)
     tables = client.query("SHOW TABLES")
     assert {("public", "events", "BASE TABLE"), ("public", "recent", "VIEW")} <= set(
-        zip(tables["table_schema"], tables["table_name"], tables["table_type"], strict=True))
-    columns = client.query("SELECT column_name FROM information_schema.columns "
-                           "WHERE table_name = 'events' ORDER BY ordinal_position")
+        zip(tables["table_schema"], tables["table_name"], tables["table_type"], strict=True)
+    )
+    columns = client.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position"
+    )
     assert list(columns["column_name"]) == ["id", "value", "ts", "name"]
 
 
@@ -116,8 +119,9 @@ def test_information_schema_and_show_tables(uri: str) -> None:
 # ADBC: GetSqlInfo, CreatePreparedStatement, GetFlightInfo, DoGet, metadata
 
 
-def test_adbc_cursor_fetches_values_and_plans_once(uri: str, factory: RecordingFactory,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_adbc_cursor_fetches_values_and_plans_once(
+    uri: str, factory: RecordingFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     capture_audit(caplog)
     with adbc.connect(uri) as conn, conn.cursor() as cur:
         before = len(factory.contexts)
@@ -148,8 +152,11 @@ def test_adbc_metadata(uri: str) -> None:
 
 def test_adbc_headers_carry_the_time_range(uri: str, factory: RecordingFactory) -> None:
     prefix = adbc_driver_flightsql.DatabaseOptions.RPC_CALL_HEADER_PREFIX.value
-    db_kwargs = {prefix + "query_range_begin": "2024-01-01T00:00:00Z",
-                 prefix + "query_range_end": "2024-01-01T00:00:01Z", prefix + "limit": "4"}
+    db_kwargs = {
+        prefix + "query_range_begin": "2024-01-01T00:00:00Z",
+        prefix + "query_range_end": "2024-01-01T00:00:01Z",
+        prefix + "limit": "4",
+    }
     with adbc.connect(uri, db_kwargs=db_kwargs) as conn, conn.cursor() as cur:
         cur.execute("SELECT id FROM events ORDER BY id")
         assert cur.fetchall() == [(0,), (1,), (2,), (3,)]
@@ -163,8 +170,11 @@ def test_adbc_headers_carry_the_time_range(uri: str, factory: RecordingFactory) 
 
 def test_flight_info_schema_matches_the_stream(client: flight.FlightClient, factory: RecordingFactory) -> None:
     before = len(factory.contexts)
-    info = client.get_flight_info(command_descriptor(protocol.CommandStatementQuery(
-        query="SELECT * FROM events WHERE id % 100000 = 0 ORDER BY id")))
+    info = client.get_flight_info(
+        command_descriptor(
+            protocol.CommandStatementQuery(query="SELECT * FROM events WHERE id % 100000 = 0 ORDER BY id")
+        )
+    )
     assert info.schema == HYDRATED_EVENTS
     table = client.do_get(info.endpoints[0].ticket).read_all()
     assert table.schema == info.schema
@@ -173,8 +183,9 @@ def test_flight_info_schema_matches_the_stream(client: flight.FlightClient, fact
 
 
 def test_get_schema_and_prepared_statement_commands(client: flight.FlightClient) -> None:
-    descriptor = command_descriptor(protocol.CommandPreparedStatementQuery(
-        prepared_statement_handle=b"SELECT name FROM events"))
+    descriptor = command_descriptor(
+        protocol.CommandPreparedStatementQuery(prepared_statement_handle=b"SELECT name FROM events")
+    )
     assert client.get_schema(descriptor).schema == pa.schema([("name", pa.string())])
     info = client.get_flight_info(descriptor)
     assert client.do_get(info.endpoints[0].ticket).read_all().num_rows == N
@@ -201,10 +212,14 @@ def _metadata(client: flight.FlightClient, command: object) -> pa.Table:
 def test_catalog_metadata_commands(client: flight.FlightClient) -> None:
     assert _metadata(client, protocol.CommandGetCatalogs()).to_pylist() == [{"catalog_name": "datafusion"}]
     assert _metadata(client, protocol.CommandGetDbSchemas(db_schema_filter_pattern="pub%")).to_pylist() == [
-        {"catalog_name": "datafusion", "db_schema_name": "public"}]
+        {"catalog_name": "datafusion", "db_schema_name": "public"}
+    ]
     assert _metadata(client, protocol.CommandGetDbSchemas(catalog="other")).num_rows == 0
     assert _metadata(client, protocol.CommandGetTableTypes()).column(0).to_pylist() == [
-        "LOCAL TEMPORARY", "TABLE", "VIEW"]
+        "LOCAL TEMPORARY",
+        "TABLE",
+        "VIEW",
+    ]
 
 
 def test_get_tables_filters_and_schemas(client: flight.FlightClient) -> None:
@@ -220,13 +235,19 @@ def test_get_tables_filters_and_schemas(client: flight.FlightClient) -> None:
 
 def test_sql_info_over_flight(client: flight.FlightClient) -> None:
     table = _metadata(client, protocol.CommandGetSqlInfo(info=[0, 4, 504]))
-    assert table.to_pylist() == [{"info_name": 0, "value": "spanlake"}, {"info_name": 4, "value": True},
-                                 {"info_name": 504, "value": '"'}]
+    assert table.to_pylist() == [
+        {"info_name": 0, "value": "spanlake"},
+        {"info_name": 4, "value": True},
+        {"info_name": 504, "value": '"'},
+    ]
 
 
 def test_actions(client: flight.FlightClient) -> None:
     assert sorted(a.type for a in client.list_actions()) == [
-        "ClosePreparedStatement", "CloseSession", "CreatePreparedStatement"]
+        "ClosePreparedStatement",
+        "CloseSession",
+        "CreatePreparedStatement",
+    ]
     close = protocol.pack(protocol.ActionClosePreparedStatementRequest(prepared_statement_handle=b"SELECT 1"))
     assert list(client.do_action(flight.Action("ClosePreparedStatement", close))) == []
     [closed] = client.do_action(flight.Action("CloseSession", b""))

@@ -33,7 +33,7 @@ from test_flightsql_support import (
     statement_ticket,
 )
 
-from server.flightsql import protocol
+from spanlake.server.flightsql import protocol
 
 N = EVENT_ROWS
 ENDLESS_ROWS = 10_000_000_000  # far more than any loopback can carry before the test gives up
@@ -92,8 +92,9 @@ def test_a_client_leaving_mid_stream_frees_its_query(uri: str, caplog: pytest.Lo
 
 def test_a_slow_query_does_not_stall_another_client(uri: str, gate: Gate) -> None:
     answers: list[Any] = []
-    slow = threading.Thread(target=lambda: answers.append(
-        micromegas.connect(uri).query("SELECT answer FROM gated_view()")["answer"][0]))
+    slow = threading.Thread(
+        target=lambda: answers.append(micromegas.connect(uri).query("SELECT answer FROM gated_view()")["answer"][0])
+    )
     slow.start()
     try:
         assert gate.entered.wait(30)
@@ -121,7 +122,7 @@ def test_a_slow_reader_does_not_stall_another_client(uri: str) -> None:
 SERVER_PROCESS = """
 import logging, os, sys
 import datafusion, pyarrow as pa
-from server.flightsql import default_session_config, run_flightsql
+from spanlake.server.flightsql import default_session_config, run_flightsql
 
 def factory(query):
     ctx = datafusion.SessionContext(default_session_config())
@@ -136,8 +137,13 @@ run_flightsql("127.0.0.1", int(sys.argv[1]), factory, None)
 def _start_server_process(port: int) -> tuple[subprocess.Popen[str], str]:
     """Starts a `spanlake flightsql`-like process; returns it with the stderr it wrote until it
     listened (or until it exited)."""
-    process = subprocess.Popen([sys.executable, "-c", SERVER_PROCESS, str(port)], cwd=PROJECT_ROOT,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER_PROCESS, str(port)],
+        cwd=PROJECT_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert process.stderr is not None
     lines = []
     for line in process.stderr:
@@ -215,10 +221,15 @@ def test_server_processes_behind_one_balanced_address() -> None:
             uri = f"grpc://127.0.0.1:{relay.port}"
             assert {_pid_behind(uri), _pid_behind(uri)} == {first.pid, second.pid}
             # Handles are stateless: a ticket planned by one process is served by the other.
-            with flight.connect(f"grpc://127.0.0.1:{first_port}") as a, \
-                    flight.connect(f"grpc://127.0.0.1:{second_port}") as b:
-                info = a.get_flight_info(flight.FlightDescriptor.for_command(protocol.pack(
-                    protocol.CommandStatementQuery(query="SELECT pid FROM server"))))
+            with (
+                flight.connect(f"grpc://127.0.0.1:{first_port}") as a,
+                flight.connect(f"grpc://127.0.0.1:{second_port}") as b,
+            ):
+                info = a.get_flight_info(
+                    flight.FlightDescriptor.for_command(
+                        protocol.pack(protocol.CommandStatementQuery(query="SELECT pid FROM server"))
+                    )
+                )
                 assert b.do_get(info.endpoints[0].ticket).read_all().column(0).to_pylist() == [second.pid]
         finally:
             relay.close()

@@ -32,8 +32,8 @@ from test_flightsql_support import (
     statement_ticket,
 )
 
-from server.auth import Authenticator
-from server.flightsql import QueryContext, UserError, protocol
+from spanlake.server.auth import Authenticator
+from spanlake.server.flightsql import QueryContext, UserError, protocol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 QUERY_ID = re.compile(r" \(query_id=([0-9a-f-]{36})\)$")
@@ -42,8 +42,7 @@ QUERY_ID = re.compile(r" \(query_id=([0-9a-f-]{36})\)$")
 def _register_failing_functions(ctx: datafusion.SessionContext) -> None:
     @udtf("missing_partition")
     def missing_partition(*_args: object) -> None:
-        raise UserError("no partition at s3://lake/views/log_entries/2024/p.parquet "
-                        "nor in /var/lib/spanlake/lake")
+        raise UserError("no partition at s3://lake/views/log_entries/2024/p.parquet nor in /var/lib/spanlake/lake")
 
     @udtf("broken_view")
     def broken_view(*_args: object) -> None:
@@ -83,24 +82,46 @@ def _query_failure(uri: str, sql: str, **headers: str) -> tuple[str | None, str]
         return _failure(lambda: client.do_get(statement_ticket(sql), call_options(**headers)).read_all())
 
 
-@pytest.mark.parametrize(("sql", "code", "message"), [
-    ("SELEC 1", "INVALID_ARGUMENT",
-     'error building dataframe: SQL error: ParserError("Expected: an SQL statement, found: SELEC'),
-    ("SELECT * FROM nope", "INVALID_ARGUMENT",
-     "error building dataframe: Error during planning: table 'datafusion.public.nope' not found"),
-    ("SELECT * FROM missing_partition()", "INVALID_ARGUMENT",
-     "error building dataframe: no partition at <url> nor in <path>"),
-    ("SELECT * FROM broken_view()", "INTERNAL", "error building dataframe: KeyError: process 42"),
-    ("SELECT checked(id) FROM events", "INVALID_ARGUMENT",
-     "error building data stream: id beyond the retention window"),
-    ("SELECT id::json FROM events", "UNIMPLEMENTED",
-     "error building dataframe: This feature is not implemented: Unsupported SQL type"),
-    ("CREATE TABLE copy AS SELECT 1", "INVALID_ARGUMENT", "error building dataframe: Error during planning: DDL"),
-    ("SET datafusion.execution.batch_size = 1", "INVALID_ARGUMENT",
-     "error building dataframe: Error during planning: Statement not supported"),
-])
-def test_query_errors_map_to_codes_with_clean_messages(uri: str, caplog: pytest.LogCaptureFixture, sql: str,
-                                                       code: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("sql", "code", "message"),
+    [
+        (
+            "SELEC 1",
+            "INVALID_ARGUMENT",
+            'error building dataframe: SQL error: ParserError("Expected: an SQL statement, found: SELEC',
+        ),
+        (
+            "SELECT * FROM nope",
+            "INVALID_ARGUMENT",
+            "error building dataframe: Error during planning: table 'datafusion.public.nope' not found",
+        ),
+        (
+            "SELECT * FROM missing_partition()",
+            "INVALID_ARGUMENT",
+            "error building dataframe: no partition at <url> nor in <path>",
+        ),
+        ("SELECT * FROM broken_view()", "INTERNAL", "error building dataframe: KeyError: process 42"),
+        (
+            "SELECT checked(id) FROM events",
+            "INVALID_ARGUMENT",
+            "error building data stream: id beyond the retention window",
+        ),
+        (
+            "SELECT id::json FROM events",
+            "UNIMPLEMENTED",
+            "error building dataframe: This feature is not implemented: Unsupported SQL type",
+        ),
+        ("CREATE TABLE copy AS SELECT 1", "INVALID_ARGUMENT", "error building dataframe: Error during planning: DDL"),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            "INVALID_ARGUMENT",
+            "error building dataframe: Error during planning: Statement not supported",
+        ),
+    ],
+)
+def test_query_errors_map_to_codes_with_clean_messages(
+    uri: str, caplog: pytest.LogCaptureFixture, sql: str, code: str, message: str
+) -> None:
     capture_audit(caplog)
     got_code, got_message = _query_failure(uri, sql)
     assert got_code == code
@@ -142,7 +163,9 @@ def test_session_factory_failure_is_internal_and_scrubbed() -> None:
     with running_server(unreachable) as uri:
         code, message = _query_failure(uri, "SELECT 1")
         assert (code, QUERY_ID.sub("", message)) == (
-            "INTERNAL", "error building session context: ConnectionError: catalog unreachable at <url>")
+            "INTERNAL",
+            "error building session context: ConnectionError: catalog unreachable at <url>",
+        )
         with flight.connect(uri) as client:
             tables = client.get_flight_info(command_descriptor(protocol.CommandGetTables()))
             code, message = _failure(lambda: client.do_get(tables.endpoints[0].ticket).read_all())
@@ -159,11 +182,17 @@ def test_unsupported_commands_are_unimplemented(uri: str) -> None:
     with flight.connect(uri) as client:
         keys = flight.FlightDescriptor.for_command(_any(mm.CommandGetPrimaryKeys(table="events")))
         assert _failure(lambda: client.get_flight_info(keys)) == (
-            "UNIMPLEMENTED", "CommandGetPrimaryKeys is not supported")
+            "UNIMPLEMENTED",
+            "CommandGetPrimaryKeys is not supported",
+        )
         assert _failure(lambda: client.do_get(flight.Ticket(_any(mm.CommandGetXdbcTypeInfo()))).read_all()) == (
-            "UNIMPLEMENTED", "CommandGetXdbcTypeInfo is not supported")
+            "UNIMPLEMENTED",
+            "CommandGetXdbcTypeInfo is not supported",
+        )
         assert _failure(lambda: list(client.do_action(flight.Action("BeginTransaction", b"")))) == (
-            "UNIMPLEMENTED", "action 'BeginTransaction' is not supported")
+            "UNIMPLEMENTED",
+            "action 'BeginTransaction' is not supported",
+        )
         update = flight.FlightDescriptor.for_command(_any(mm.CommandStatementUpdate(query="DELETE FROM events")))
 
         def put() -> None:
@@ -175,35 +204,53 @@ def test_unsupported_commands_are_unimplemented(uri: str) -> None:
 
 
 def test_adbc_parameter_binding_is_refused(uri: str) -> None:
-    with (adbc.connect(uri) as conn, conn.cursor() as cur,
-          pytest.raises(adbc.Error, match="parameter binding is not supported")):
+    with (
+        adbc.connect(uri) as conn,
+        conn.cursor() as cur,
+        pytest.raises(adbc.Error, match="parameter binding is not supported"),
+    ):
         cur.execute("SELECT id FROM events WHERE id = $1", parameters=(5,))
 
 
 def test_malformed_requests_are_invalid_arguments(uri: str) -> None:
     with flight.connect(uri) as client:
         assert _failure(lambda: client.get_flight_info(flight.FlightDescriptor.for_command(b"\xff\x00"))) == (
-            "INVALID_ARGUMENT", "malformed Flight SQL command: not a protobuf Any message")
+            "INVALID_ARGUMENT",
+            "malformed Flight SQL command: not a protobuf Any message",
+        )
         assert _failure(lambda: client.get_flight_info(flight.FlightDescriptor.for_path("events"))) == (
-            "INVALID_ARGUMENT", "expected a Flight SQL command descriptor")
-        assert _failure(lambda: client.do_get(flight.Ticket(
-            protocol.pack(protocol.TicketStatementQuery(statement_handle=b"\xff\xfe")))).read_all()) == (
-            "INVALID_ARGUMENT", "statement handle is not UTF-8 SQL text")
+            "INVALID_ARGUMENT",
+            "expected a Flight SQL command descriptor",
+        )
+        assert _failure(
+            lambda: client.do_get(
+                flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=b"\xff\xfe")))
+            ).read_all()
+        ) == ("INVALID_ARGUMENT", "statement handle is not UTF-8 SQL text")
         wrong_body = flight.Action("CreatePreparedStatement", protocol.pack(protocol.CommandGetCatalogs()))
         assert _failure(lambda: list(client.do_action(wrong_body))) == (
             "INVALID_ARGUMENT",
-            "CreatePreparedStatement expects ActionCreatePreparedStatementRequest, got CommandGetCatalogs")
+            "CreatePreparedStatement expects ActionCreatePreparedStatementRequest, got CommandGetCatalogs",
+        )
 
 
-@pytest.mark.parametrize(("headers", "message"), [
-    ({"query_range_begin": "last tuesday", "query_range_end": "2024-01-01T00:00:00Z"},
-     "Unable to parse query_range_begin as a rfc3339 datetime: 'last tuesday'"),
-    ({"query_range_begin": "2024-01-01T00:00:00Z"},
-     "query_range_end is missing: query_range_begin and query_range_end go together"),
-    ({"limit": "many"}, "error parsing limit: 'many' is not a non-negative integer"),
-])
-def test_bad_headers_are_invalid_arguments(uri: str, caplog: pytest.LogCaptureFixture,
-                                           headers: dict[str, str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (
+            {"query_range_begin": "last tuesday", "query_range_end": "2024-01-01T00:00:00Z"},
+            "Unable to parse query_range_begin as a rfc3339 datetime: 'last tuesday'",
+        ),
+        (
+            {"query_range_begin": "2024-01-01T00:00:00Z"},
+            "query_range_end is missing: query_range_begin and query_range_end go together",
+        ),
+        ({"limit": "many"}, "error parsing limit: 'many' is not a non-negative integer"),
+    ],
+)
+def test_bad_headers_are_invalid_arguments(
+    uri: str, caplog: pytest.LogCaptureFixture, headers: dict[str, str], message: str
+) -> None:
     capture_audit(caplog)
     code, got = _query_failure(uri, "SELECT 1", **headers)
     assert code == "INVALID_ARGUMENT"
@@ -211,11 +258,20 @@ def test_bad_headers_are_invalid_arguments(uri: str, caplog: pytest.LogCaptureFi
     assert [r["error_class"] for r in audit_records(caplog)] == ["user"]
     with flight.connect(uri) as client:
         tables = command_descriptor(protocol.CommandGetTables())
-        assert _failure(lambda: client.do_get(client.get_flight_info(tables).endpoints[0].ticket,
-                                              call_options(**headers)).read_all())[0] == "INVALID_ARGUMENT"
+        assert (
+            _failure(
+                lambda: client.do_get(
+                    client.get_flight_info(tables).endpoints[0].ticket, call_options(**headers)
+                ).read_all()
+            )[0]
+            == "INVALID_ARGUMENT"
+        )
     prefix = adbc_driver_flightsql.DatabaseOptions.RPC_CALL_HEADER_PREFIX.value
-    with (adbc.connect(uri, db_kwargs={prefix + k: v for k, v in headers.items()}) as conn,
-          conn.cursor() as cur, pytest.raises(adbc.Error, match=re.escape(message))):
+    with (
+        adbc.connect(uri, db_kwargs={prefix + k: v for k, v in headers.items()}) as conn,
+        conn.cursor() as cur,
+        pytest.raises(adbc.Error, match=re.escape(message)),
+    ):
         cur.execute("SELECT 1")
 
 
@@ -234,10 +290,14 @@ def test_calls_without_a_key_are_unauthenticated(secured: tuple[str, RecordingFa
     uri, factory = secured
     calls = len(factory.contexts)
     assert _failure(lambda: micromegas.connect(uri).query("SELECT 1")) == (
-        "UNAUTHENTICATED", "missing Authorization header (expected 'Bearer <api key>')")
+        "UNAUTHENTICATED",
+        "missing Authorization header (expected 'Bearer <api key>')",
+    )
     with flight.connect(uri) as client:
-        assert _failure(lambda: client.get_flight_info(
-            command_descriptor(protocol.CommandGetSqlInfo())))[0] == "UNAUTHENTICATED"
+        assert (
+            _failure(lambda: client.get_flight_info(command_descriptor(protocol.CommandGetSqlInfo())))[0]
+            == "UNAUTHENTICATED"
+        )
     assert len(factory.contexts) == calls
 
 
@@ -245,13 +305,17 @@ def test_a_wrong_key_is_unauthenticated(secured: tuple[str, RecordingFactory]) -
     uri, _ = secured
     client = FlightSQLClient(uri, auth_provider=StaticTokenAuthProvider("guess"))
     assert _failure(lambda: client.query("SELECT 1")) == ("UNAUTHENTICATED", "invalid API key")
-    with (adbc.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer guess"}) as conn,
-          conn.cursor() as cur, pytest.raises(adbc.Error, match="UNAUTHENTICATED")):
+    with (
+        adbc.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer guess"}) as conn,
+        conn.cursor() as cur,
+        pytest.raises(adbc.Error, match="UNAUTHENTICATED"),
+    ):
         cur.execute("SELECT 1")
 
 
-def test_the_right_key_queries_as_its_principal(secured: tuple[str, RecordingFactory],
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_the_right_key_queries_as_its_principal(
+    secured: tuple[str, RecordingFactory], caplog: pytest.LogCaptureFixture
+) -> None:
     uri, factory = secured
     capture_audit(caplog)
     client = FlightSQLClient(uri, auth_provider=StaticTokenAuthProvider("s3cret-key"))

@@ -12,13 +12,13 @@ from datafusion import udf, udtf
 from google.protobuf import any_pb2
 from micromegas.flightsql import FlightSql_pb2 as mm
 
-from server.flightsql import UserError, protocol, sql_info
-from server.flightsql.errors import Code, root_error, scrub
-from server.flightsql.headers import HeaderError, parse_query_headers
-from server.flightsql.metadata import like_pattern
-from server.flightsql.plan_cache import PlanCache, PlannedQuery
-from server.flightsql.session import default_session_config
-from server.flightsql.streaming import MAX_MESSAGE_BYTES, conform, hydrated_type, output_schema, split
+from spanlake.server.flightsql import UserError, protocol, sql_info
+from spanlake.server.flightsql.errors import Code, root_error, scrub
+from spanlake.server.flightsql.headers import HeaderError, parse_query_headers
+from spanlake.server.flightsql.metadata import like_pattern
+from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
+from spanlake.server.flightsql.session import default_session_config
+from spanlake.server.flightsql.streaming import MAX_MESSAGE_BYTES, conform, hydrated_type, output_schema, split
 
 
 def test_our_ticket_is_read_by_the_micromegas_generated_class() -> None:
@@ -31,8 +31,9 @@ def test_our_ticket_is_read_by_the_micromegas_generated_class() -> None:
 
 def test_commands_from_the_generated_classes_unpack_with_presence() -> None:
     wrapper = any_pb2.Any()
-    wrapper.Pack(mm.CommandGetTables(catalog="", table_name_filter_pattern="ev%", table_types=["TABLE"],
-                                     include_schema=True))
+    wrapper.Pack(
+        mm.CommandGetTables(catalog="", table_name_filter_pattern="ev%", table_types=["TABLE"], include_schema=True)
+    )
     kind, command = protocol.unpack(wrapper.SerializeToString())
     assert kind == "CommandGetTables"
     assert command.HasField("catalog") and command.catalog == ""
@@ -47,8 +48,9 @@ def test_commands_from_the_generated_classes_unpack_with_presence() -> None:
 
 def test_prepared_statement_result_is_read_by_the_generated_class() -> None:
     schema = pa.schema([("x", pa.int64())])
-    result = protocol.ActionCreatePreparedStatementResult(prepared_statement_handle=b"SELECT x FROM t",
-                                                          dataset_schema=schema.serialize().to_pybytes())
+    result = protocol.ActionCreatePreparedStatementResult(
+        prepared_statement_handle=b"SELECT x FROM t", dataset_schema=schema.serialize().to_pybytes()
+    )
     wrapper = any_pb2.Any()
     wrapper.ParseFromString(protocol.pack(result))
     parsed = mm.ActionCreatePreparedStatementResult()
@@ -102,16 +104,22 @@ def _error_of(run: object) -> BaseException:
     raise AssertionError("expected an error")
 
 
-@pytest.mark.parametrize(("sql", "code", "root_start"), [
-    ("SELEC 1", Code.INVALID_ARGUMENT, "SQL error: ParserError"),
-    ("SELECT * FROM nope", Code.INVALID_ARGUMENT, "Error during planning: table 'datafusion.public.nope'"),
-    ("SELECT y FROM t", Code.INVALID_ARGUMENT, "Schema error: No field named y"),
-    ("SELECT x::json FROM t", Code.UNIMPLEMENTED, "This feature is not implemented: Unsupported SQL type"),
-    ("SELECT x / 0 FROM t", Code.INVALID_ARGUMENT, "Arrow error: Divide by zero error"),
-    ("SELECT * FROM user_failure()", Code.INVALID_ARGUMENT,
-     "unknown view set 'nope' (known: 'log_entries', \"measures\")"),
-    ("SELECT * FROM bug()", Code.INTERNAL, "ValueError: index out of range"),
-])
+@pytest.mark.parametrize(
+    ("sql", "code", "root_start"),
+    [
+        ("SELEC 1", Code.INVALID_ARGUMENT, "SQL error: ParserError"),
+        ("SELECT * FROM nope", Code.INVALID_ARGUMENT, "Error during planning: table 'datafusion.public.nope'"),
+        ("SELECT y FROM t", Code.INVALID_ARGUMENT, "Schema error: No field named y"),
+        ("SELECT x::json FROM t", Code.UNIMPLEMENTED, "This feature is not implemented: Unsupported SQL type"),
+        ("SELECT x / 0 FROM t", Code.INVALID_ARGUMENT, "Arrow error: Divide by zero error"),
+        (
+            "SELECT * FROM user_failure()",
+            Code.INVALID_ARGUMENT,
+            "unknown view set 'nope' (known: 'log_entries', \"measures\")",
+        ),
+        ("SELECT * FROM bug()", Code.INTERNAL, "ValueError: index out of range"),
+    ],
+)
 def test_datafusion_errors_are_classified_on_their_root(sql: str, code: Code, root_start: str) -> None:
     ctx = _session()
     err = _error_of(lambda: ctx.sql(sql).collect())
@@ -125,8 +133,9 @@ def test_resource_exhaustion_is_found_below_the_context_chain() -> None:
     runtime = datafusion.RuntimeEnvBuilder().with_greedy_memory_pool(1024 * 1024)
     ctx = datafusion.SessionContext(default_session_config(), runtime)
     n = 2_000_000
-    ctx.register_record_batches("big", [[pa.record_batch({"x": pa.array(np.arange(n)),
-                                                          "y": pa.array(np.arange(n) % 1000)})]])
+    ctx.register_record_batches(
+        "big", [[pa.record_batch({"x": pa.array(np.arange(n)), "y": pa.array(np.arange(n) % 1000)})]]
+    )
     err = _error_of(lambda: ctx.sql("SELECT * FROM big ORDER BY y").collect())
     assert "caused by" in str(err)
     code, root = root_error(err)
@@ -151,43 +160,60 @@ def test_plain_python_exceptions_are_internal_and_name_their_type() -> None:
 
 
 def test_scrub_removes_urls_paths_and_tracebacks_only() -> None:
-    text = ("cannot read s3://bucket/views/log_entries/2024/x.parquet, file:///data/lake/p.parquet "
-            "and /var/lib/spanlake/lake/blobs/a (tmp '/tmp/x') for x / 2 on 2024/01/02")
+    text = (
+        "cannot read s3://bucket/views/log_entries/2024/x.parquet, file:///data/lake/p.parquet "
+        "and /var/lib/spanlake/lake/blobs/a (tmp '/tmp/x') for x / 2 on 2024/01/02"
+    )
     assert scrub(text) == ("cannot read <url>, <url> and <path> (tmp '<path>') for x / 2 on 2024/01/02")
     assert scrub('boom: Some("Traceback (most recent call last):\\n  File \\"/a.py\\"")') == "boom: Some"
     assert scrub("unknown view 'foo'") == "unknown view 'foo'"
 
 
 def test_query_headers_parse_range_limit_and_dictionary_flag() -> None:
-    parsed = parse_query_headers({"query_range_begin": ["2024-01-01T00:00:00Z"],
-                                  "query_range_end": ["2024-01-01T01:00:00.5+01:00"],
-                                  "limit": ["25"], "preserve_dictionary": ["TRUE"]})
+    parsed = parse_query_headers(
+        {
+            "query_range_begin": ["2024-01-01T00:00:00Z"],
+            "query_range_end": ["2024-01-01T01:00:00.5+01:00"],
+            "limit": ["25"],
+            "preserve_dictionary": ["TRUE"],
+        }
+    )
     assert parsed.query_range == (1_704_067_200_000_000_000, 1_704_067_200_500_000_000)
     assert parsed.limit == 25 and parsed.preserve_dictionary
     empty = parse_query_headers({"query_range_begin": [""], "query_range_end": [""]})
     assert (empty.query_range, empty.limit, empty.preserve_dictionary) == (None, None, False)
 
 
-@pytest.mark.parametrize(("headers", "message"), [
-    ({"query_range_begin": ["yesterday"], "query_range_end": ["2024-01-01T00:00:00Z"]},
-     "Unable to parse query_range_begin as a rfc3339 datetime: 'yesterday'"),
-    ({"query_range_begin": ["2024-01-01T00:00:00"], "query_range_end": ["2024-01-01T00:00:00Z"]},
-     "Unable to parse query_range_begin"),
-    ({"query_range_begin": ["2024-01-01T00:00:00Z"]}, "query_range_end is missing"),
-    ({"query_range_end": ["2024-01-01T00:00:00Z"]}, "query_range_begin is missing"),
-    ({"query_range_begin": ["2024-01-02T00:00:00Z"], "query_range_end": ["2024-01-01T00:00:00Z"]},
-     "is after query_range_end"),
-    ({"limit": ["ten"]}, "error parsing limit: 'ten'"),
-    ({"limit": ["-1"]}, "error parsing limit: '-1'"),
-])
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (
+            {"query_range_begin": ["yesterday"], "query_range_end": ["2024-01-01T00:00:00Z"]},
+            "Unable to parse query_range_begin as a rfc3339 datetime: 'yesterday'",
+        ),
+        (
+            {"query_range_begin": ["2024-01-01T00:00:00"], "query_range_end": ["2024-01-01T00:00:00Z"]},
+            "Unable to parse query_range_begin",
+        ),
+        ({"query_range_begin": ["2024-01-01T00:00:00Z"]}, "query_range_end is missing"),
+        ({"query_range_end": ["2024-01-01T00:00:00Z"]}, "query_range_begin is missing"),
+        (
+            {"query_range_begin": ["2024-01-02T00:00:00Z"], "query_range_end": ["2024-01-01T00:00:00Z"]},
+            "is after query_range_end",
+        ),
+        ({"limit": ["ten"]}, "error parsing limit: 'ten'"),
+        ({"limit": ["-1"]}, "error parsing limit: '-1'"),
+    ],
+)
 def test_bad_query_headers_are_named(headers: dict[str, list[str]], message: str) -> None:
     with pytest.raises(HeaderError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_query_headers(headers)
 
 
 def test_sql_info_answers_requested_ids_in_a_dense_union() -> None:
-    table = sql_info.sql_info_table([sql_info.SERVER_NAME, sql_info.SERVER_TRANSACTION,
-                                     sql_info.SERVER_READ_ONLY, sql_info.SQL_KEYWORDS, 9999])
+    table = sql_info.sql_info_table(
+        [sql_info.SERVER_NAME, sql_info.SERVER_TRANSACTION, sql_info.SERVER_READ_ONLY, sql_info.SQL_KEYWORDS, 9999]
+    )
     assert table.schema == sql_info.SCHEMA
     rows = dict(zip(table.column("info_name").to_pylist(), table.column("value").to_pylist(), strict=True))
     assert rows[0] == "spanlake" and rows[3] is True and rows[8] == 0
@@ -197,10 +223,10 @@ def test_sql_info_answers_requested_ids_in_a_dense_union() -> None:
 
 def test_advertised_functions_exist_in_datafusion() -> None:
     ctx = datafusion.SessionContext(default_session_config())
-    known = set(ctx.sql("SELECT routine_name FROM information_schema.routines")
-                .to_arrow_table().column(0).to_pylist())
-    advertised = (sql_info.NUMERIC_FUNCTIONS + sql_info.STRING_FUNCTIONS + sql_info.SYSTEM_FUNCTIONS
-                  + sql_info.DATETIME_FUNCTIONS)
+    known = set(ctx.sql("SELECT routine_name FROM information_schema.routines").to_arrow_table().column(0).to_pylist())
+    advertised = (
+        sql_info.NUMERIC_FUNCTIONS + sql_info.STRING_FUNCTIONS + sql_info.SYSTEM_FUNCTIONS + sql_info.DATETIME_FUNCTIONS
+    )
     assert sorted(set(advertised) - known) == []
 
 
@@ -212,10 +238,15 @@ def test_like_patterns() -> None:
 
 
 def test_dictionaries_are_hydrated_everywhere_unless_preserved() -> None:
-    nested = pa.struct([("tags", pa.list_(pa.dictionary(pa.int16(), pa.string()))),
-                        ("props", pa.map_(pa.dictionary(pa.int32(), pa.string()), pa.int64()))])
-    assert hydrated_type(nested) == pa.struct([("tags", pa.list_(pa.string())),
-                                               ("props", pa.map_(pa.string(), pa.int64()))])
+    nested = pa.struct(
+        [
+            ("tags", pa.list_(pa.dictionary(pa.int16(), pa.string()))),
+            ("props", pa.map_(pa.dictionary(pa.int32(), pa.string()), pa.int64())),
+        ]
+    )
+    assert hydrated_type(nested) == pa.struct(
+        [("tags", pa.list_(pa.string())), ("props", pa.map_(pa.string(), pa.int64()))]
+    )
     schema = pa.schema([("d", pa.dictionary(pa.int32(), pa.string())), ("x", pa.int64())])
     assert output_schema(schema, preserve_dictionary=True) == schema
     assert output_schema(schema, preserve_dictionary=False).field("d").type == pa.string()

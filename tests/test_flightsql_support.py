@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from server.auth import Authenticator
-from server.flightsql import FlightSqlServer, QueryContext, default_session_config, protocol
-from server.flightsql.audit import AUDIT_LOGGER
+from spanlake.server.auth import Authenticator
+from spanlake.server.flightsql import FlightSqlServer, QueryContext, default_session_config, protocol
+from spanlake.server.flightsql.audit import AUDIT_LOGGER
 
 EVENT_ROWS = 1_000_000
 BASE_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
@@ -30,9 +30,14 @@ def events_table(rows: int = EVENT_ROWS) -> pa.Table:
     """id 0..rows-1, value = id/2, ts = 2024-01-01 + id ms, name = 'n{id % 7}' (dictionary)."""
     ids = np.arange(rows, dtype=np.int64)
     names = pa.DictionaryArray.from_arrays(pa.array(ids % 7, pa.int32()), pa.array([f"n{i}" for i in range(7)]))
-    return pa.table({"id": ids, "value": ids * 0.5,
-                     "ts": pa.array(BASE_NS + ids * 1_000_000, pa.timestamp("ns", tz="UTC")),
-                     "name": names}).combine_chunks()
+    return pa.table(
+        {
+            "id": ids,
+            "value": ids * 0.5,
+            "ts": pa.array(BASE_NS + ids * 1_000_000, pa.timestamp("ns", tz="UTC")),
+            "name": names,
+        }
+    ).combine_chunks()
 
 
 @dataclass
@@ -57,8 +62,9 @@ class RecordingFactory:
 
 
 @contextlib.contextmanager
-def running_server(factory: Callable[[QueryContext], datafusion.SessionContext],
-                   authenticator: Authenticator | None = None) -> Iterator[str]:
+def running_server(
+    factory: Callable[[QueryContext], datafusion.SessionContext], authenticator: Authenticator | None = None
+) -> Iterator[str]:
     """A FlightSqlServer on 127.0.0.1 (free port), stopped on exit; yields its URI."""
     server = FlightSqlServer("grpc://127.0.0.1:0", factory, authenticator)
     port = server.serve_in_thread()
@@ -89,13 +95,24 @@ def capture_audit(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
 
 
-_GRPC_CODES = {2: "UNKNOWN", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 12: "UNIMPLEMENTED", 13: "INTERNAL",
-               14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
+_GRPC_CODES = {
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    5: "NOT_FOUND",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    16: "UNAUTHENTICATED",
+}
 
-_EXCEPTION_CODES = ((flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
-                    (flight.FlightUnavailableError, "UNAVAILABLE"), (flight.FlightInternalError, "INTERNAL"),
-                    (flight.FlightServerError, "UNKNOWN"), (pa.ArrowInvalid, "INVALID_ARGUMENT"),
-                    (pa.ArrowNotImplementedError, "UNIMPLEMENTED"))
+_EXCEPTION_CODES = (
+    (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
+    (flight.FlightUnavailableError, "UNAVAILABLE"),
+    (flight.FlightInternalError, "INTERNAL"),
+    (flight.FlightServerError, "UNKNOWN"),
+    (pa.ArrowInvalid, "INVALID_ARGUMENT"),
+    (pa.ArrowNotImplementedError, "UNIMPLEMENTED"),
+)
 
 
 def grpc_status(err: BaseException) -> tuple[str | None, str]:

@@ -10,7 +10,7 @@ import cbor2
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, running_server
 
-from lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 EXPECTED = json.loads((RUST_FIXTURES / "expected.json").read_text())
 PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
@@ -18,8 +18,7 @@ PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
 
 def upload_fixture(server: SpanlakeServer, headers: dict[str, str] | None = None) -> None:
     for step in EXPECTED["upload_sequence"]:
-        status, text = post(server.http_url + step["endpoint"], (RUST_FIXTURES / step["file"]).read_bytes(),
-                            headers)
+        status, text = post(server.http_url + step["endpoint"], (RUST_FIXTURES / step["file"]).read_bytes(), headers)
         assert status == 200, (step, text)
 
 
@@ -33,8 +32,7 @@ def test_rust_fixture_is_stored_with_every_value(spanlake_server: SpanlakeServer
     info = EXPECTED["process"]["process_info"]
     process = spanlake_server.process_row(PROCESS_ID)
     assert process is not None
-    for column in ("exe", "username", "realname", "computer", "distro", "cpu_brand", "tsc_frequency",
-                   "start_ticks"):
+    for column in ("exe", "username", "realname", "computer", "distro", "cpu_brand", "tsc_frequency", "start_ticks"):
         assert process[column] == info[column], column
     assert process["parent_process_id"] is None
     start_ns = EXPECTED["process"]["start_time_nanos_since_epoch"]
@@ -135,8 +133,13 @@ def test_bad_blocks_get_400_and_store_nothing(spanlake_server: SpanlakeServer, c
     assert status == 400
     assert message in text.decode()
     assert spanlake_server.sql("SELECT count(*) AS n FROM blocks")[0]["n"] == before
-    assert post(spanlake_server.http_url + "/ingestion/insert_block",
-                (RUST_FIXTURES / all_blocks()[0]["files"]["insert_block_request"]).read_bytes())[0] == 200
+    assert (
+        post(
+            spanlake_server.http_url + "/ingestion/insert_block",
+            (RUST_FIXTURES / all_blocks()[0]["files"]["insert_block_request"]).read_bytes(),
+        )[0]
+        == 200
+    )
 
 
 def test_bad_process_and_stream_bodies(spanlake_server: SpanlakeServer) -> None:
@@ -171,8 +174,10 @@ def test_reserved_properties_are_stripped(spanlake_server: SpanlakeServer) -> No
 def test_body_over_the_limit_is_413(spanlake_server: SpanlakeServer) -> None:
     status, _ = post(spanlake_server.http_url + "/ingestion/insert_block", b"\x00" * (100 * 1024 * 1024 + 1))
     assert status == 413
-    assert post(spanlake_server.http_url + "/ingestion/insert_process",
-                (RUST_FIXTURES / "process.cbor").read_bytes())[0] == 200
+    assert (
+        post(spanlake_server.http_url + "/ingestion/insert_process", (RUST_FIXTURES / "process.cbor").read_bytes())[0]
+        == 200
+    )
 
 
 def test_health_and_ready(spanlake_server: SpanlakeServer) -> None:

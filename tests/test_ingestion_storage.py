@@ -23,20 +23,30 @@ from harness import (
 )
 from test_ingestion import EXPECTED, PROCESS_ID, all_blocks, upload_fixture
 
-from lakehouse.migrate import available_migrations
+from spanlake.lakehouse.migrate import available_migrations
 
 
 def spanlake(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs the command line with these settings on top of an environment free of SPANLAKE_*."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SPANLAKE_")} | env
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=PROJECT_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spanlake.server.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_s3_object_store(postgres: PostgresServer, s3_server: S3Server, tmp_path: Path) -> None:
     prefix = f"s3://{s3_server.bucket}/tenant-{uuid.uuid4().hex[:8]}"
-    with running_server(postgres, tmp_path, object_store_uri=prefix,
-                        extra_env={"SPANLAKE_S3_ENDPOINT": s3_server.endpoint, **s3_server.env}) as server:
+    with running_server(
+        postgres,
+        tmp_path,
+        object_store_uri=prefix,
+        extra_env={"SPANLAKE_S3_ENDPOINT": s3_server.endpoint, **s3_server.env},
+    ) as server:
         upload_fixture(server)
         assert http("GET", server.http_url + "/ready") == (200, b"ready")
         key_prefix = prefix.removeprefix(f"s3://{s3_server.bucket}/") + "/"
@@ -51,8 +61,12 @@ def test_s3_object_store(postgres: PostgresServer, s3_server: S3Server, tmp_path
 def test_object_store_down_is_503_and_leaves_no_row(postgres: PostgresServer, tmp_path: Path) -> None:
     s3 = S3Server(bucket="flaky")
     try:
-        with running_server(postgres, tmp_path, object_store_uri="s3://flaky/lake",
-                            extra_env={"SPANLAKE_S3_ENDPOINT": s3.endpoint, **s3.env}) as server:
+        with running_server(
+            postgres,
+            tmp_path,
+            object_store_uri="s3://flaky/lake",
+            extra_env={"SPANLAKE_S3_ENDPOINT": s3.endpoint, **s3.env},
+        ) as server:
             block = all_blocks()[0]
             body = (RUST_FIXTURES / block["files"]["insert_block_request"]).read_bytes()
             s3.stop()
@@ -115,7 +129,7 @@ def test_embedded_default_keeps_data_across_restarts(tmp_path: Path) -> None:
     finally:
         second.stop()
     # The embedded database kept the rows of the first run.
-    from lakehouse.embedded_postgres import start_embedded_postgres
+    from spanlake.lakehouse.embedded_postgres import start_embedded_postgres
 
     url = start_embedded_postgres(data_dir)
     assert query(url, "SELECT count(*) AS n FROM blocks")[0]["n"] == 34
@@ -144,8 +158,9 @@ def test_database_api_key(postgres: PostgresServer, database_url: str, tmp_path:
     assert [r["name"] for r in stored] == ["ci-robot"]
     assert key.encode() not in stored[0]["key_hash"]
 
-    server = SpanlakeServer(database_url=database_url, data_dir=tmp_path / "data",
-                            object_store_uri=(tmp_path / "lake").as_uri()).start()
+    server = SpanlakeServer(
+        database_url=database_url, data_dir=tmp_path / "data", object_store_uri=(tmp_path / "lake").as_uri()
+    ).start()
     try:
         url = server.http_url + "/ingestion/insert_process"
         body = (RUST_FIXTURES / "process.cbor").read_bytes()

@@ -13,7 +13,7 @@ import pytest
 from harness import RUST_FIXTURES, PostgresServer, post
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
-from lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 ASYNC_COUNT = f"SELECT count(*) AS n FROM view_instance('async_events', '{PROCESS_ID}')"
 
@@ -47,7 +47,7 @@ def split_upload() -> tuple[list[dict], list[dict]]:
     steps = EXPECTED["upload_sequence"]
     first = steps[: len(steps) // 2]
     metadata = [s for s in steps if s["endpoint"] != "/ingestion/insert_block"]
-    second = metadata + [s for s in steps[len(steps) // 2:] if s["endpoint"] == "/ingestion/insert_block"]
+    second = metadata + [s for s in steps[len(steps) // 2 :] if s["endpoint"] == "/ingestion/insert_block"]
     return first, second
 
 
@@ -111,7 +111,7 @@ def test_undecodable_block_is_skipped_with_a_warning(lake: LocalLake, caplog: py
     bad = cpu["blocks"][0]
     lake.upload([s for s in EXPECTED["upload_sequence"] if s.get("block_id") != bad["block_id"]])
     assert post(lake.http_url + "/ingestion/insert_block", corrupt(bad))[0] == 200
-    with caplog.at_level(logging.WARNING, logger="lakehouse"):
+    with caplog.at_level(logging.WARNING, logger="spanlake.lakehouse"):
         n = count(lake, ASYNC_COUNT)
     bad_events = sum(1 for e in bad["events"] if "Async" in e["type"])
     assert n == 1124 - bad_events
@@ -120,19 +120,25 @@ def test_undecodable_block_is_skipped_with_a_warning(lake: LocalLake, caplog: py
     assert rows > 0
 
 
-@pytest.mark.parametrize(("sql", "message"), [
-    ("SELECT * FROM view_instance('nope', 'x')", "unknown view set 'nope'"),
-    ("SELECT * FROM view_instance('async_events', 'not-a-uuid')", "named by a process id (a UUID)"),
-    ("SELECT * FROM view_instance('async_events', 'global')", "async_events has no global instance"),
-    ("SELECT * FROM view_instance('async_events', '6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f')", "unknown process"),
-    ("SELECT * FROM view_instance('thread_spans', '6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f')", "unknown stream"),
-    ("SELECT * FROM view_instance('processes', 'x')", "only a global instance"),
-    ("SELECT * FROM view_instance('async_events')", "takes 2 arguments"),
-    ("SELECT * FROM view_instance(1, 'x')", "first argument of view_instance must be a string"),
-    ("SELECT * FROM retire_partitions('log_entries', 'global', 'yesterday', 'today')", "not an RFC3339 timestamp"),
-    ("SELECT * FROM materialize_partitions('async_events', TIMESTAMP '2024-01-01T00:00:00Z',"
-     " TIMESTAMP '2024-01-02T00:00:00Z')", "has no global instance"),
-])
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT * FROM view_instance('nope', 'x')", "unknown view set 'nope'"),
+        ("SELECT * FROM view_instance('async_events', 'not-a-uuid')", "named by a process id (a UUID)"),
+        ("SELECT * FROM view_instance('async_events', 'global')", "async_events has no global instance"),
+        ("SELECT * FROM view_instance('async_events', '6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f')", "unknown process"),
+        ("SELECT * FROM view_instance('thread_spans', '6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f')", "unknown stream"),
+        ("SELECT * FROM view_instance('processes', 'x')", "only a global instance"),
+        ("SELECT * FROM view_instance('async_events')", "takes 2 arguments"),
+        ("SELECT * FROM view_instance(1, 'x')", "first argument of view_instance must be a string"),
+        ("SELECT * FROM retire_partitions('log_entries', 'global', 'yesterday', 'today')", "not an RFC3339 timestamp"),
+        (
+            "SELECT * FROM materialize_partitions('async_events', TIMESTAMP '2024-01-01T00:00:00Z',"
+            " TIMESTAMP '2024-01-02T00:00:00Z')",
+            "has no global instance",
+        ),
+    ],
+)
 def test_bad_arguments_give_clear_errors(lake: LocalLake, sql: str, message: str) -> None:
     lake.upload(EXPECTED["upload_sequence"][:1])
     with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -141,8 +147,11 @@ def test_bad_arguments_give_clear_errors(lake: LocalLake, sql: str, message: str
 
 def test_query_range_limits_rows_and_partitions(lake: LocalLake) -> None:
     lake.upload()
-    times = lake.sql(f"SELECT CAST(time AS BIGINT) AS t FROM view_instance('log_entries', '{PROCESS_ID}')"
-                     " ORDER BY t").column("t").to_pylist()
+    times = (
+        lake.sql(f"SELECT CAST(time AS BIGINT) AS t FROM view_instance('log_entries', '{PROCESS_ID}') ORDER BY t")
+        .column("t")
+        .to_pylist()
+    )
     begin, end = times[10], times[20]
     in_range = lake.sql(f"SELECT count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}')", (begin, end))
     assert in_range.column("n")[0].as_py() == sum(begin <= t <= end for t in times)
@@ -158,13 +167,22 @@ def test_retire_partitions_then_rebuild(lake: LocalLake) -> None:
     lake.upload()
     lake.maintain()
     assert count(lake, "SELECT count(*) FROM measures") == 412
-    log = lake.sql("SELECT msg FROM retire_partitions('measures', 'global', TIMESTAMP '2000-01-01T00:00:00Z',"
-                   " TIMESTAMP '2100-01-01T00:00:00Z')").column("msg").to_pylist()
+    log = (
+        lake.sql(
+            "SELECT msg FROM retire_partitions('measures', 'global', TIMESTAMP '2000-01-01T00:00:00Z',"
+            " TIMESTAMP '2100-01-01T00:00:00Z')"
+        )
+        .column("msg")
+        .to_pylist()
+    )
     assert log[-1] == "retired 1 partitions of measures/global"
     assert live_partitions(lake, "measures") == []
     assert count(lake, "SELECT count(*) FROM measures") == 0
-    log = lake.sql("SELECT msg FROM materialize_partitions('measures', now() - INTERVAL '1 day', now(), 3600)"
-                   ).column("msg").to_pylist()
+    log = (
+        lake.sql("SELECT msg FROM materialize_partitions('measures', now() - INTERVAL '1 day', now(), 3600)")
+        .column("msg")
+        .to_pylist()
+    )
     assert len(log) in (24, 25)  # one row per hour bucket, the range widened to whole hours
     assert sum("built from" in line for line in log) == 1
     assert sum("up to date" in line for line in log) == len(log) - 1

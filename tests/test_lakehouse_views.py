@@ -28,8 +28,12 @@ def loaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         yield lake
 
 
-ASYNC_TYPES = {"BeginAsyncSpanEvent": "begin", "EndAsyncSpanEvent": "end",
-               "BeginAsyncNamedSpanEvent": "begin", "EndAsyncNamedSpanEvent": "end"}
+ASYNC_TYPES = {
+    "BeginAsyncSpanEvent": "begin",
+    "EndAsyncSpanEvent": "end",
+    "BeginAsyncNamedSpanEvent": "begin",
+    "EndAsyncNamedSpanEvent": "end",
+}
 
 
 def test_async_events_match_ground_truth(loaded: LocalLake) -> None:
@@ -38,10 +42,21 @@ def test_async_events_match_ground_truth(loaded: LocalLake) -> None:
         for event in stream_events(stream):
             if event["type"] in ASYNC_TYPES:
                 name = event.get("name") or event["span_desc"]["name"]
-                expected[(stream["stream_id"], ASYNC_TYPES[event["type"]], event["span_id"], event["parent_span_id"],
-                          event["depth"], name, ticks_to_ns(event["time"], latest_frequency()))] += 1
-    table = loaded.sql(f"SELECT stream_id, event_type, span_id, parent_span_id, depth, name,"
-                       f" CAST(time AS BIGINT) AS t FROM view_instance('async_events', '{PROCESS_ID}')")
+                expected[
+                    (
+                        stream["stream_id"],
+                        ASYNC_TYPES[event["type"]],
+                        event["span_id"],
+                        event["parent_span_id"],
+                        event["depth"],
+                        name,
+                        ticks_to_ns(event["time"], latest_frequency()),
+                    )
+                ] += 1
+    table = loaded.sql(
+        f"SELECT stream_id, event_type, span_id, parent_span_id, depth, name,"
+        f" CAST(time AS BIGINT) AS t FROM view_instance('async_events', '{PROCESS_ID}')"
+    )
     actual = collections.Counter(tuple(row.values()) for row in table.to_pylist())
     assert sum(actual.values()) == 2 * 562
     assert actual == expected
@@ -81,8 +96,10 @@ def reference_thread_spans(stream: dict) -> list[tuple[str, int, int, int]]:
 
 @pytest.mark.parametrize("stream", cpu_streams(), ids=lambda s: s["properties"].get("thread-name", "?"))
 def test_thread_spans_match_a_reference_call_tree(loaded: LocalLake, stream: dict) -> None:
-    table = loaded.sql(f"SELECT id, parent, depth, name, CAST(begin AS BIGINT) AS b, CAST(\"end\" AS BIGINT) AS e,"
-                       f" duration FROM view_instance('thread_spans', '{stream['stream_id']}')")
+    table = loaded.sql(
+        f'SELECT id, parent, depth, name, CAST(begin AS BIGINT) AS b, CAST("end" AS BIGINT) AS e,'
+        f" duration FROM view_instance('thread_spans', '{stream['stream_id']}')"
+    )
     rows = table.to_pylist()
     expected = reference_thread_spans(stream)
     roots = [r for r in rows if r["id"] == -1]
@@ -112,8 +129,10 @@ def expected_log_row(event: dict) -> tuple[int, str, str]:
 def test_log_entries_match_ground_truth(loaded: LocalLake) -> None:
     stream = next(s for s in EXPECTED["streams"] if "log" in s["tags"])
     expected = sorted(expected_log_row(e) for e in stream_events(stream))
-    table = loaded.sql(f"SELECT level, target, msg, property_get(process_properties, 'scenario') AS scenario"
-                       f" FROM view_instance('log_entries', '{PROCESS_ID}')")
+    table = loaded.sql(
+        f"SELECT level, target, msg, property_get(process_properties, 'scenario') AS scenario"
+        f" FROM view_instance('log_entries', '{PROCESS_ID}')"
+    )
     assert sorted((r["level"], r["target"], r["msg"]) for r in table.to_pylist()) == expected
     assert set(table.column("scenario").to_pylist()) == {"generator-like-v1"}
     global_count = loaded.sql("SELECT count(*) AS n FROM log_entries").column("n")[0].as_py()
@@ -135,8 +154,14 @@ def test_measures_match_ground_truth(loaded: LocalLake) -> None:
     stream = next(s for s in EXPECTED["streams"] if "metrics" in s["tags"])
     expected = collections.Counter(expected_measure_row(e) for e in stream_events(stream))
     rows = loaded.sql(f"SELECT name, unit, value FROM view_instance('measures', '{PROCESS_ID}')").to_pylist()
-    actual = collections.Counter((r["name"], r["unit"], None if r["unit"] == "seconds" and (r["name"], "seconds", None)
-                                  in expected else r["value"]) for r in rows)
+    actual = collections.Counter(
+        (
+            r["name"],
+            r["unit"],
+            None if r["unit"] == "seconds" and (r["name"], "seconds", None) in expected else r["value"],
+        )
+        for r in rows
+    )
     assert sum(actual.values()) == 412
     assert actual == expected
     assert {r["unit"] for r in rows if r["name"] == "Frame Time"} == {"seconds", "ticks"}
@@ -144,14 +169,24 @@ def test_measures_match_ground_truth(loaded: LocalLake) -> None:
 
 def test_global_metadata_views(loaded: LocalLake) -> None:
     info = EXPECTED["process"]["process_info"]
-    processes = loaded.sql("SELECT process_id, exe, computer, tsc_frequency, last_block_end_ticks,"
-                           " property_get(properties, 'fixture') AS fixture FROM processes").to_pylist()
-    assert processes == [{"process_id": PROCESS_ID, "exe": info["exe"], "computer": info["computer"],
-                          "tsc_frequency": 0, "last_block_end_ticks": EXPECTED["process"]["latest_timing"]["end_ticks"],
-                          "fixture": "micromegas-rust-genuine"}]
+    processes = loaded.sql(
+        "SELECT process_id, exe, computer, tsc_frequency, last_block_end_ticks,"
+        " property_get(properties, 'fixture') AS fixture FROM processes"
+    ).to_pylist()
+    assert processes == [
+        {
+            "process_id": PROCESS_ID,
+            "exe": info["exe"],
+            "computer": info["computer"],
+            "tsc_frequency": 0,
+            "last_block_end_ticks": EXPECTED["process"]["latest_timing"]["end_ticks"],
+            "fixture": "micromegas-rust-genuine",
+        }
+    ]
     streams = loaded.sql("SELECT stream_id, tags FROM streams ORDER BY stream_id").to_pylist()
     assert [(s["stream_id"], s["tags"]) for s in streams] == sorted(
-        (s["stream_id"], s["tags"]) for s in EXPECTED["streams"])
+        (s["stream_id"], s["tags"]) for s in EXPECTED["streams"]
+    )
     blocks = loaded.sql('SELECT block_id, nb_objects, "processes.exe" AS exe FROM blocks').to_pylist()
     assert len(blocks) == 34 and sum(b["nb_objects"] for b in blocks) == 3203
     assert {b["exe"] for b in blocks} == {info["exe"]}
@@ -167,8 +202,10 @@ def test_second_query_reuses_partitions(loaded: LocalLake, tmp_path: Path) -> No
 
 def test_list_functions(loaded: LocalLake) -> None:
     loaded.sql(f"SELECT count(*) FROM view_instance('measures', '{PROCESS_ID}')")
-    partitions = loaded.sql("SELECT view_set_name, view_instance_id, num_rows, file_path FROM list_partitions()"
-                            " WHERE view_set_name = 'measures'").to_pylist()
+    partitions = loaded.sql(
+        "SELECT view_set_name, view_instance_id, num_rows, file_path FROM list_partitions()"
+        " WHERE view_set_name = 'measures'"
+    ).to_pylist()
     assert {(p["view_instance_id"], p["num_rows"]) for p in partitions} >= {(PROCESS_ID, 412)}
     assert all(p["file_path"].startswith(f"views/measures/{p['view_instance_id']}/") for p in partitions)
     view_sets = {r["view_set_name"]: r for r in loaded.sql("SELECT * FROM list_view_sets()").to_pylist()}

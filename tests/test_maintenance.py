@@ -14,14 +14,14 @@ import pytest
 from harness import PostgresServer, running_server, wait_until
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
-from lakehouse.batch_update import SECOND_NS, materialize_range
-from lakehouse.catalog import ns_to_datetime
-from lakehouse.lake import Lake
-from lakehouse.retention import delete_expired
-from lakehouse.session import make_session_context
-from lakehouse.settings import Settings
-from lakehouse.view_sets import MAINTAINED, VIEW_SETS
-from server.maintenance import SCHEDULES, MaintenanceDaemon
+from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
+from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.retention import delete_expired
+from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake.server.maintenance import SCHEDULES, MaintenanceDaemon
 
 MINUTE_NS = 60 * SECOND_NS
 
@@ -37,9 +37,12 @@ def spread_over_a_minute(lake: LocalLake) -> int:
     (as if they had arrived over 34 s). Returns the start of that minute (ns)."""
     lake.upload()
     minute = (time.time_ns() // MINUTE_NS - 5) * MINUTE_NS
-    lake.catalog("UPDATE blocks SET insert_time = $1::timestamptz + make_interval(secs => n)"
-                 " FROM (SELECT block_id, row_number() OVER (ORDER BY block_id) AS n FROM blocks) numbered"
-                 " WHERE blocks.block_id = numbered.block_id", ns_to_datetime(minute))
+    lake.catalog(
+        "UPDATE blocks SET insert_time = $1::timestamptz + make_interval(secs => n)"
+        " FROM (SELECT block_id, row_number() OVER (ORDER BY block_id) AS n FROM blocks) numbered"
+        " WHERE blocks.block_id = numbered.block_id",
+        ns_to_datetime(minute),
+    )
     return minute
 
 
@@ -48,8 +51,11 @@ def table_rows(lake: LocalLake, view: str) -> list[tuple]:
 
 
 def partitions(lake: LocalLake, view: str) -> list[dict]:
-    return lake.catalog("SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = 'global'"
-                        " ORDER BY begin_insert_time", view)
+    return lake.catalog(
+        "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = 'global'"
+        " ORDER BY begin_insert_time",
+        view,
+    )
 
 
 def test_second_partitions_merge_into_a_minute_with_the_same_rows(lake: LocalLake) -> None:
@@ -82,8 +88,11 @@ def test_late_block_rebuilds_its_bucket(lake: LocalLake) -> None:
     assert len(table_rows(lake, "log_entries")) == 148 - late["nb_objects"]
     # The late block arrives, stamped inside the minute already materialized.
     lake.upload([s for s in EXPECTED["upload_sequence"] if s.get("block_id") == late["block_id"]])
-    lake.catalog("UPDATE blocks SET insert_time = $1 WHERE block_id = $2", ns_to_datetime(minute + 59 * SECOND_NS),
-                 uuid.UUID(late["block_id"]))
+    lake.catalog(
+        "UPDATE blocks SET insert_time = $1 WHERE block_id = $2",
+        ns_to_datetime(minute + 59 * SECOND_NS),
+        uuid.UUID(late["block_id"]),
+    )
     for name in MAINTAINED:
         materialize_range(lake.lake, VIEW_SETS[name], minute, minute + MINUTE_NS, MINUTE_NS)
     assert len(table_rows(lake, "log_entries")) == 148
@@ -101,8 +110,10 @@ def test_two_daemons_leave_one_consistent_partition_set(lake: LocalLake) -> None
         thread.start()
     for thread in threads:
         thread.join()
-    rows = lake.catalog("SELECT view_set_name, begin_insert_time, end_insert_time FROM lakehouse_partitions"
-                        " ORDER BY view_set_name, begin_insert_time")
+    rows = lake.catalog(
+        "SELECT view_set_name, begin_insert_time, end_insert_time FROM lakehouse_partitions"
+        " ORDER BY view_set_name, begin_insert_time"
+    )
     for earlier, later in itertools.pairwise(rows):
         if earlier["view_set_name"] == later["view_set_name"]:
             assert earlier["end_insert_time"] <= later["begin_insert_time"]
@@ -114,8 +125,7 @@ def test_two_daemons_leave_one_consistent_partition_set(lake: LocalLake) -> None
 def test_one_failing_view_does_not_stop_the_others(lake: LocalLake, monkeypatch: pytest.MonkeyPatch) -> None:
     minute = spread_over_a_minute(lake)
     original = VIEW_SETS["blocks"]
-    monkeypatch.setitem(VIEW_SETS, "blocks", original.__class__(**{**original.__dict__,
-                                                                   "build": _failing_build}))
+    monkeypatch.setitem(VIEW_SETS, "blocks", original.__class__(**{**original.__dict__, "build": _failing_build}))
     minute_schedule = next(s for s in SCHEDULES if s.name == "minute")
     MaintenanceDaemon(lake.lake, 90).run(minute_schedule, (minute + 2 * MINUTE_NS) // SECOND_NS)
     assert partitions(lake, "blocks") == []
@@ -135,10 +145,16 @@ def test_retention_removes_exactly_what_expired(lake: LocalLake) -> None:
     expired = [uuid.UUID(b["block_id"]) for b in log_stream["blocks"]]
     lake.catalog("UPDATE blocks SET insert_time = $1 WHERE block_id = ANY($2::uuid[])", old, expired)
     lake.catalog("UPDATE streams SET insert_time = $1 WHERE stream_id = $2", old, uuid.UUID(log_stream["stream_id"]))
-    lake.catalog("UPDATE lakehouse_partitions SET begin_insert_time = $1, end_insert_time = $2"
-                 " WHERE view_set_name = 'log_entries'", old, old + dt.timedelta(seconds=1))
-    expired_files = [p["file_path"] for p in lake.catalog(
-        "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'")]
+    lake.catalog(
+        "UPDATE lakehouse_partitions SET begin_insert_time = $1, end_insert_time = $2"
+        " WHERE view_set_name = 'log_entries'",
+        old,
+        old + dt.timedelta(seconds=1),
+    )
+    expired_files = [
+        p["file_path"]
+        for p in lake.catalog("SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'")
+    ]
     kept_blocks = lake.catalog("SELECT count(*) AS n FROM blocks")[0]["n"] - len(expired)
 
     report = delete_expired(lake.lake, retention_days=7)
@@ -158,8 +174,10 @@ def test_temporary_files_are_deleted_after_their_grace(lake: LocalLake) -> None:
     lake.upload()
     lake.sql(f"SELECT count(*) FROM view_instance('measures', '{PROCESS_ID}')")
     [partition] = lake.catalog("SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'measures'")
-    lake.sql(f"SELECT * FROM retire_partitions('measures', '{PROCESS_ID}', TIMESTAMP '2000-01-01T00:00:00Z',"
-             " TIMESTAMP '2100-01-01T00:00:00Z')")
+    lake.sql(
+        f"SELECT * FROM retire_partitions('measures', '{PROCESS_ID}', TIMESTAMP '2000-01-01T00:00:00Z',"
+        " TIMESTAMP '2100-01-01T00:00:00Z')"
+    )
     assert delete_expired(lake.lake, 7).files == 0  # still within its hour of grace
     assert lake.lake.store.exists(partition["file_path"])
     lake.catalog("UPDATE temporary_files SET expiration = now() - interval '1 second'")
@@ -177,6 +195,7 @@ def test_serve_shows_new_data_in_global_tables_within_seconds(postgres: Postgres
             def visible() -> bool:
                 ctx = make_session_context(lake_view)
                 return ctx.sql("SELECT count(*) AS n FROM log_entries").to_pylist()[0]["n"] == 148
+
             wait_until(visible, 20, "log entries in the global view")
             assert time.monotonic() - started < 20
             ctx = make_session_context(lake_view)

@@ -15,19 +15,21 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from lakehouse import otlp_decode
-from lakehouse.otlp_decode import OtlpBlockError, async_events_batch, log_entries_batch, measures_batch
-from server.otlp import OtlpBlock, blocks_from_request
-from views import async_events, jsonb, log_entries, measures
-from views.meta import BlockMeta, ProcessMeta
-from views.properties import decode_jsonb_object
-from views.scope import scope_hash
+from spanlake.lakehouse.otlp import decode as otlp_decode
+from spanlake.lakehouse.otlp.decode import OtlpBlockError, async_events_batch, log_entries_batch, measures_batch
+from spanlake.server.otlp import OtlpBlock, blocks_from_request
+from spanlake.views import async_events, jsonb, log_entries, measures
+from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.properties import decode_jsonb_object
+from spanlake.views.scope import scope_hash
 
 PROTOBUF = "application/x-protobuf"
 T0 = 1_700_000_000_000_000_000
 INSERT_NS = T0 + 3_600_000_000_000
-RESOURCE = [KeyValue(key="service.name", value=AnyValue(string_value="svc")),
-            KeyValue(key="host.name", value=AnyValue(string_value="box"))]
+RESOURCE = [
+    KeyValue(key="service.name", value=AnyValue(string_value="svc")),
+    KeyValue(key="host.name", value=AnyValue(string_value="box")),
+]
 
 
 def stored(signal: str, request: Any) -> tuple[bytes, ProcessMeta, BlockMeta]:
@@ -38,14 +40,25 @@ def stored(signal: str, request: Any) -> tuple[bytes, ProcessMeta, BlockMeta]:
 
 def process_meta(block: OtlpBlock) -> ProcessMeta:
     p = block.process
-    return ProcessMeta(str(p.process_id), p.exe, p.username, p.computer, p.start_time_ns, p.start_ticks,
-                       p.tsc_frequency, p.properties)
+    return ProcessMeta(
+        str(p.process_id), p.exe, p.username, p.computer, p.start_time_ns, p.start_ticks, p.tsc_frequency, p.properties
+    )
 
 
 def block_meta(block: OtlpBlock) -> BlockMeta:
     b = block.block
-    return BlockMeta(str(b.block_id), str(b.stream_id), str(b.process_id), b.begin_time_ns, b.begin_ticks,
-                     b.end_time_ns, b.end_ticks, b.nb_objects, b.object_offset, INSERT_NS)
+    return BlockMeta(
+        str(b.block_id),
+        str(b.stream_id),
+        str(b.process_id),
+        b.begin_time_ns,
+        b.begin_ticks,
+        b.end_time_ns,
+        b.end_ticks,
+        b.nb_objects,
+        b.object_offset,
+        INSERT_NS,
+    )
 
 
 def read_jsonb(data: bytes) -> Any:
@@ -58,7 +71,7 @@ def read_jsonb(data: bytes) -> Any:
     values = []
     for entry in entries:
         size = entry & 0x0FFFFFFF
-        values.append(_scalar(entry & 0x70000000, data[position:position + size]))
+        values.append(_scalar(entry & 0x70000000, data[position : position + size]))
         position += size
     if kind == 0x20000000:
         return values[0]
@@ -88,6 +101,7 @@ def column(batch: pa.RecordBatch, name: str) -> list[Any]:
 
 # --- logs ------------------------------------------------------------------------------------------
 
+
 def logs_request(records: list[LogRecord], scope_name: str = "app.module") -> ExportLogsServiceRequest:
     request = ExportLogsServiceRequest()
     resource = request.resource_logs.add()
@@ -103,8 +117,10 @@ def logs_request(records: list[LogRecord], scope_name: str = "app.module") -> Ex
 
 def test_log_levels_bodies_times_and_constant_columns() -> None:
     severities = [9, 17, 22, 0, 1, 5, 13, 24, 25, -3]
-    records = [LogRecord(time_unix_nano=T0 + i, severity_number=s, body=AnyValue(string_value=f"m{i}"))
-               for i, s in enumerate(severities)]
+    records = [
+        LogRecord(time_unix_nano=T0 + i, severity_number=s, body=AnyValue(string_value=f"m{i}"))
+        for i, s in enumerate(severities)
+    ]
     records[1].time_unix_nano = 0
     records[1].observed_time_unix_nano = T0 + 500
     payload, process, block = stored("logs", logs_request(records))
@@ -121,9 +137,14 @@ def test_log_levels_bodies_times_and_constant_columns() -> None:
     assert set(column(batch, "block_id")) == {block.block_id}
     assert set(batch.column("insert_time").cast(pa.int64()).to_pylist()) == {INSERT_NS}
     assert (set(column(batch, "exe")), set(column(batch, "username")), set(column(batch, "computer"))) == (
-        {"svc"}, {""}, {"box"})
+        {"svc"},
+        {""},
+        {"box"},
+    )
     assert decode_jsonb_object(column(batch, "process_properties")[0]) == {
-        "otel.resource.service.name": "svc", "otel.resource.host.name": "box"}
+        "otel.resource.service.name": "svc",
+        "otel.resource.host.name": "box",
+    }
 
 
 def test_log_without_any_time_takes_the_block_begin_time() -> None:
@@ -133,15 +154,27 @@ def test_log_without_any_time_takes_the_block_begin_time() -> None:
 
 
 def test_log_properties() -> None:
-    record = LogRecord(time_unix_nano=T0, severity_number=13, severity_text="WARN", event_name="login",
-                       trace_id=bytes(range(16)), span_id=bytes(range(8)), body=AnyValue(string_value="b"))
-    record.attributes.extend([
-        KeyValue(key="user", value=AnyValue(string_value="ann")), KeyValue(key="retries", value=AnyValue(int_value=3)),
-        KeyValue(key="ok", value=AnyValue(bool_value=False)), KeyValue(key="ratio", value=AnyValue(double_value=0.5)),
-        KeyValue(key="raw", value=AnyValue(bytes_value=b"\x00\xff")), KeyValue(key="empty"),
-        KeyValue(key="big", value=AnyValue(int_value=-(2**40))),
-        KeyValue(key="user", value=AnyValue(string_value="bob")),  # repeated: the last one is kept
-    ])
+    record = LogRecord(
+        time_unix_nano=T0,
+        severity_number=13,
+        severity_text="WARN",
+        event_name="login",
+        trace_id=bytes(range(16)),
+        span_id=bytes(range(8)),
+        body=AnyValue(string_value="b"),
+    )
+    record.attributes.extend(
+        [
+            KeyValue(key="user", value=AnyValue(string_value="ann")),
+            KeyValue(key="retries", value=AnyValue(int_value=3)),
+            KeyValue(key="ok", value=AnyValue(bool_value=False)),
+            KeyValue(key="ratio", value=AnyValue(double_value=0.5)),
+            KeyValue(key="raw", value=AnyValue(bytes_value=b"\x00\xff")),
+            KeyValue(key="empty"),
+            KeyValue(key="big", value=AnyValue(int_value=-(2**40))),
+            KeyValue(key="user", value=AnyValue(string_value="bob")),  # repeated: the last one is kept
+        ]
+    )
     nested = KeyValue(key="tags")
     nested.value.array_value.values.add(string_value="a")
     nested.value.array_value.values.add().kvlist_value.values.add(key="k", value=AnyValue(int_value=0))
@@ -150,20 +183,41 @@ def test_log_properties() -> None:
     payload, process, block = stored("logs", logs_request([record, short_ids]))
     batch = log_entries_batch(payload, process, block)
 
-    scope = {"otel.scope.name": "app.module", "otel.scope.version": "1.2", "otel.scope.attr.lib": "x",
-             "otel.scope.schema_url": "https://schema/1"}
+    scope = {
+        "otel.scope.name": "app.module",
+        "otel.scope.version": "1.2",
+        "otel.scope.attr.lib": "x",
+        "otel.scope.schema_url": "https://schema/1",
+    }
     first, second = (read_jsonb(value) for value in column(batch, "properties"))
     assert first == {
-        **scope, "user": "bob", "retries": 3, "ok": False, "ratio": 0.5, "raw": "AP8=", "empty": None,
-        "big": -(2**40), "tags": ["a", {"k": 0}], "otel.trace_id": "000102030405060708090a0b0c0d0e0f",
-        "otel.span_id": "0001020304050607", "otel.severity_text": "WARN", "otel.event_name": "login"}
+        **scope,
+        "user": "bob",
+        "retries": 3,
+        "ok": False,
+        "ratio": 0.5,
+        "raw": "AP8=",
+        "empty": None,
+        "big": -(2**40),
+        "tags": ["a", {"k": 0}],
+        "otel.trace_id": "000102030405060708090a0b0c0d0e0f",
+        "otel.span_id": "0001020304050607",
+        "otel.severity_text": "WARN",
+        "otel.event_name": "login",
+    }
     assert second == scope  # ids of the wrong size are left out
     assert decode_jsonb_object(column(batch, "properties")[1]) == scope  # the shared string-only reader agrees
 
 
 def test_structured_log_bodies_become_text() -> None:
-    bodies = [AnyValue(int_value=42), AnyValue(double_value=1.0), AnyValue(double_value=1e21),
-              AnyValue(bool_value=True), AnyValue(bytes_value=b"hi"), AnyValue()]
+    bodies = [
+        AnyValue(int_value=42),
+        AnyValue(double_value=1.0),
+        AnyValue(double_value=1e21),
+        AnyValue(bool_value=True),
+        AnyValue(bytes_value=b"hi"),
+        AnyValue(),
+    ]
     kvlist = AnyValue()
     kvlist.kvlist_value.values.add(key="b", value=AnyValue(double_value=0.25))
     kvlist.kvlist_value.values.add(key="a", value=AnyValue(string_value='q"x'))
@@ -175,7 +229,16 @@ def test_structured_log_bodies_become_text() -> None:
     records.append(LogRecord(time_unix_nano=T0))  # no body at all
     payload, process, block = stored("logs", logs_request(records))
     assert column(log_entries_batch(payload, process, block), "msg") == [
-        "42", "1", "1000000000000000000000", "true", "aGk=", "", '{"a":"q\\"x","b":0.25}', "[1,1e-7,false]", ""]
+        "42",
+        "1",
+        "1000000000000000000000",
+        "true",
+        "aGk=",
+        "",
+        '{"a":"q\\"x","b":0.25}',
+        "[1,1e-7,false]",
+        "",
+    ]
 
 
 def test_logs_of_several_scopes_keep_their_targets() -> None:
@@ -185,24 +248,45 @@ def test_logs_of_several_scopes_keep_their_targets() -> None:
     second.log_records.add(time_unix_nano=T0 + 1, body=AnyValue(string_value="two"))
     payload, process, block = stored("logs", request)
     batch = log_entries_batch(payload, process, block)
-    assert list(zip(column(batch, "target"), column(batch, "msg"), strict=True)) == [("first", "one"),
-                                                                                   ("second", "two")]
+    assert list(zip(column(batch, "target"), column(batch, "msg"), strict=True)) == [
+        ("first", "one"),
+        ("second", "two"),
+    ]
     assert read_jsonb(column(batch, "properties")[1]) == {"otel.scope.name": "second"}
 
 
 def test_jsonb_bytes_follow_the_crate_layout() -> None:
     # {"a": [1.5, -300], "b": {"c": 0}, "d": true, "e": null}, laid out by hand from jsonb 0.5.6 ser.rs
     expected = bytes.fromhex(
-        "40000004" "10000001" "10000001" "10000001" "10000001"  # object of 4, 4 key entries
-        "50000018" "5000000e" "40000000" "00000000"  # array (24 bytes), object (14 bytes), true, null
+        "40000004"
+        "10000001"
+        "10000001"
+        "10000001"
+        "10000001"  # object of 4, 4 key entries
+        "50000018"
+        "5000000e"
+        "40000000"
+        "00000000"  # array (24 bytes), object (14 bytes), true, null
         "61626465"  # keys
-        "80000002" "20000009" "20000003" "60" "3ff8000000000000" "40" "fed4"  # [1.5, -300]
-        "40000001" "10000001" "20000001" "63" "00")  # {"c": 0}
+        "80000002"
+        "20000009"
+        "20000003"
+        "60"
+        "3ff8000000000000"
+        "40"
+        "fed4"  # [1.5, -300]
+        "40000001"
+        "10000001"
+        "20000001"
+        "63"
+        "00"
+    )  # {"c": 0}
     assert jsonb.encode({"e": None, "d": True, "b": {"c": 0}, "a": [1.5, -300]}) == expected
-    assert jsonb.encode("x") == bytes.fromhex("20000001" "10000001" "78")
+    assert jsonb.encode("x") == bytes.fromhex("200000011000000178")
 
 
 # --- metrics ---------------------------------------------------------------------------------------
+
 
 def metrics_request() -> ExportMetricsServiceRequest:
     request = ExportMetricsServiceRequest()
@@ -234,17 +318,31 @@ def test_metric_rows() -> None:
     payload, process, block = stored("metrics", metrics_request())
     batch = measures_batch(payload, process, block)
     assert batch.schema == measures.SCHEMA
-    rows = list(zip(batch.column("time").cast(pa.int64()).to_pylist(), column(batch, "name"),
-                    column(batch, "unit"), column(batch, "value"), strict=True))
+    rows = list(
+        zip(
+            batch.column("time").cast(pa.int64()).to_pylist(),
+            column(batch, "name"),
+            column(batch, "unit"),
+            column(batch, "value"),
+            strict=True,
+        )
+    )
     assert rows == [
-        (T0 + 1, "memory", "By", 2048.0), (T0 + 2, "memory", "By", 0.5), (T0 + 4, "requests", "1", 7.0),
-        (T0 + 6, "size_count", "", 4.0), (T0 + 6, "size_sum", "By", 100.0), (T0 + 6, "size_max", "By", 60.0),
-        (T0 + 6, "size_min", "By", 5.0)]
+        (T0 + 1, "memory", "By", 2048.0),
+        (T0 + 2, "memory", "By", 0.5),
+        (T0 + 4, "requests", "1", 7.0),
+        (T0 + 6, "size_count", "", 4.0),
+        (T0 + 6, "size_sum", "By", 100.0),
+        (T0 + 6, "size_max", "By", 60.0),
+        (T0 + 6, "size_min", "By", 5.0),
+    ]
     assert set(column(batch, "target")) == {"meter"}
     properties = [read_jsonb(value) for value in column(batch, "properties")]
     assert properties[:3] == [
-        {"pool": "heap", "otel.metric.kind": "gauge"}, {"otel.metric.kind": "gauge"},
-        {"otel.metric.aggregation_temporality": 2, "otel.metric.is_monotonic": True, "otel.metric.kind": "sum"}]
+        {"pool": "heap", "otel.metric.kind": "gauge"},
+        {"otel.metric.kind": "gauge"},
+        {"otel.metric.aggregation_temporality": 2, "otel.metric.is_monotonic": True, "otel.metric.kind": "sum"},
+    ]
     assert properties[3:] == [{"route": "/a"}] * 4
     assert set(column(batch, "exe")) == {"svc"}
     assert set(batch.column("insert_time").cast(pa.int64()).to_pylist()) == {INSERT_NS}
@@ -281,21 +379,37 @@ def traces_request(spans: list[dict[str, Any]], scope_name: str = "tracer") -> E
 
 
 def span(name: str, sid: int, parent: int | None, start: int, end: int, trace: bytes = TRACE_A) -> dict[str, Any]:
-    return {"name": name, "trace_id": trace, "span_id": span_id(sid),
-            "parent_span_id": b"" if parent is None else span_id(parent),
-            "start_time_unix_nano": T0 + start, "end_time_unix_nano": T0 + end}
+    return {
+        "name": name,
+        "trace_id": trace,
+        "span_id": span_id(sid),
+        "parent_span_id": b"" if parent is None else span_id(parent),
+        "start_time_unix_nano": T0 + start,
+        "end_time_unix_nano": T0 + end,
+    }
 
 
 def span_rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
-    return list(zip(batch.column("time").cast(pa.int64()).to_pylist(), column(batch, "event_type"),
-                    column(batch, "name"), column(batch, "span_id"), column(batch, "parent_span_id"),
-                    column(batch, "depth"), strict=True))
+    return list(
+        zip(
+            batch.column("time").cast(pa.int64()).to_pylist(),
+            column(batch, "event_type"),
+            column(batch, "name"),
+            column(batch, "span_id"),
+            column(batch, "parent_span_id"),
+            column(batch, "depth"),
+            strict=True,
+        )
+    )
 
 
 def test_spans_become_begin_and_end_rows_with_depth() -> None:
     spans = [  # exported children first, as batch processors do
-        span("grandchild", 3, 2, 30, 40), span("child", 2, 1, 20, 50), span("sibling", 4, 1, 60, 70),
-        span("root", 1, None, 10, 100), span("other-trace", 5, 1, 15, 16, trace=TRACE_B),
+        span("grandchild", 3, 2, 30, 40),
+        span("child", 2, 1, 20, 50),
+        span("sibling", 4, 1, 60, 70),
+        span("root", 1, None, 10, 100),
+        span("other-trace", 5, 1, 15, 16, trace=TRACE_B),
     ]
     payload, process, block = stored("traces", traces_request(spans))
     batch = async_events_batch(payload, process, block)
@@ -322,10 +436,23 @@ def test_spans_become_begin_and_end_rows_with_depth() -> None:
 
 
 def test_span_ids_are_big_endian_int64() -> None:
-    spans = [{"name": "s", "trace_id": TRACE_A, "span_id": b"\xff" * 8, "parent_span_id": b"\x80" + bytes(7),
-              "start_time_unix_nano": T0, "end_time_unix_nano": T0 + 1},
-             {"name": "t", "trace_id": TRACE_A, "span_id": bytes.fromhex("0123456789abcdef"),
-              "start_time_unix_nano": T0 + 2, "end_time_unix_nano": T0 + 3}]
+    spans = [
+        {
+            "name": "s",
+            "trace_id": TRACE_A,
+            "span_id": b"\xff" * 8,
+            "parent_span_id": b"\x80" + bytes(7),
+            "start_time_unix_nano": T0,
+            "end_time_unix_nano": T0 + 1,
+        },
+        {
+            "name": "t",
+            "trace_id": TRACE_A,
+            "span_id": bytes.fromhex("0123456789abcdef"),
+            "start_time_unix_nano": T0 + 2,
+            "end_time_unix_nano": T0 + 3,
+        },
+    ]
     payload, process, block = stored("traces", traces_request(spans))
     batch = async_events_batch(payload, process, block)
     assert column(batch, "span_id") == [-1, -1, 0x0123456789ABCDEF, 0x0123456789ABCDEF]
@@ -334,9 +461,13 @@ def test_span_ids_are_big_endian_int64() -> None:
 
 
 def test_spans_without_times_or_with_bad_ids_are_skipped() -> None:
-    spans = [span("kept", 1, None, 1, 2), span("no-end", 2, None, 3, 0), span("no-start", 3, None, 0, 4),
-             {**span("short-trace", 4, None, 5, 6), "trace_id": b"\x01" * 8},
-             {**span("short-span", 5, None, 5, 6), "span_id": b"\x01" * 4}]
+    spans = [
+        span("kept", 1, None, 1, 2),
+        span("no-end", 2, None, 3, 0),
+        span("no-start", 3, None, 0, 4),
+        {**span("short-trace", 4, None, 5, 6), "trace_id": b"\x01" * 8},
+        {**span("short-span", 5, None, 5, 6), "span_id": b"\x01" * 4},
+    ]
     spans[1]["end_time_unix_nano"] = 0
     spans[2]["start_time_unix_nano"] = 0
     payload, process, block = stored("traces", traces_request(spans))
@@ -378,14 +509,20 @@ def test_sdk_spans_through_ingestion_and_decoding() -> None:
     provider.shutdown()
     payload, process, block = stored("traces", encode_spans(exporter.get_finished_spans()))
     batch = async_events_batch(payload, process, block)
-    begins = {name: depth for name, kind, depth in zip(column(batch, "name"), column(batch, "event_type"),
-                                                         column(batch, "depth"), strict=True) if kind == "begin"}
+    begins = {
+        name: depth
+        for name, kind, depth in zip(
+            column(batch, "name"), column(batch, "event_type"), column(batch, "depth"), strict=True
+        )
+        if kind == "begin"
+    }
     assert begins == {"request": 0, "query": 1, "fetch": 2, "render": 1}
     assert column(batch, "event_type")[0] == "begin" and column(batch, "name")[0] == "request"
     assert column(batch, "name")[-1] == "request" and column(batch, "event_type")[-1] == "end"
 
 
 # --- dispatch and bad blocks -----------------------------------------------------------------------
+
 
 def test_view_dispatch() -> None:
     payload, process, block = stored("traces", traces_request([span("s", 1, None, 1, 2)]))
@@ -395,11 +532,14 @@ def test_view_dispatch() -> None:
         otlp_decode.otlp_view_batch("log_entries", "otlp/v1/traces", payload, process, block)
 
 
-@pytest.mark.parametrize("payload,fragment", [
-    (b"\xff\x00", "not CBOR"),
-    (cbor2.dumps([1, 2]), "must be a map with an 'objects' byte string"),
-    (cbor2.dumps({"dependencies": b"", "objects": b"\x0a\xff"}), "not a ResourceLogs"),
-])
+@pytest.mark.parametrize(
+    "payload,fragment",
+    [
+        (b"\xff\x00", "not CBOR"),
+        (cbor2.dumps([1, 2]), "must be a map with an 'objects' byte string"),
+        (cbor2.dumps({"dependencies": b"", "objects": b"\x0a\xff"}), "not a ResourceLogs"),
+    ],
+)
 def test_corrupt_blocks_raise_a_clear_error(payload: bytes, fragment: str) -> None:
     _, process, block = stored("logs", logs_request([LogRecord(time_unix_nano=T0)]))
     with pytest.raises(OtlpBlockError, match=fragment):

@@ -31,8 +31,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint, ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from server import otlp
-from server.otlp import OtlpRequestError, blocks_from_request
+from spanlake.server import otlp
+from spanlake.server.otlp import OtlpRequestError, blocks_from_request
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -50,8 +50,13 @@ def kv(key: str, value: Any) -> KeyValue:
 
 
 def resource_attrs(instance: str = "instance-1", **extra: Any) -> list[KeyValue]:
-    base = {"service.name": "checkout", "service.namespace": "shop", "host.name": "web-1",
-            "process.pid": 4242, "service.instance.id": instance}
+    base = {
+        "service.name": "checkout",
+        "service.namespace": "shop",
+        "host.name": "web-1",
+        "process.pid": 4242,
+        "service.instance.id": instance,
+    }
     base.update({key.replace("_", "."): value for key, value in extra.items()})
     return [kv(key, value) for key, value in base.items()]
 
@@ -67,8 +72,12 @@ def logs_request(*records: LogRecord, attrs: list[KeyValue] | None = None) -> Ex
 
 
 def log(time_ns: int, body: str = "hello", severity: int = 9, observed_ns: int = 0) -> LogRecord:
-    return LogRecord(time_unix_nano=time_ns, observed_time_unix_nano=observed_ns, severity_number=severity,
-                     body=AnyValue(string_value=body))
+    return LogRecord(
+        time_unix_nano=time_ns,
+        observed_time_unix_nano=observed_ns,
+        severity_number=severity,
+        body=AnyValue(string_value=body),
+    )
 
 
 def traces_request() -> ExportTraceServiceRequest:
@@ -77,11 +86,22 @@ def traces_request() -> ExportTraceServiceRequest:
     resource.resource.attributes.extend(resource_attrs())
     scope = resource.scope_spans.add()
     scope.scope.name = "app.tracer"
-    root = scope.spans.add(trace_id=bytes(range(16)), span_id=b"\x00\x00\x00\x00\x00\x00\x00\x01", name="root",
-                           kind=2, start_time_unix_nano=T0 + 100, end_time_unix_nano=T0 + 900)
-    scope.spans.add(trace_id=root.trace_id, span_id=b"\x00\x00\x00\x00\x00\x00\x00\x02",
-                    parent_span_id=root.span_id, name="child", start_time_unix_nano=T0 + 200,
-                    end_time_unix_nano=T0 + 950)
+    root = scope.spans.add(
+        trace_id=bytes(range(16)),
+        span_id=b"\x00\x00\x00\x00\x00\x00\x00\x01",
+        name="root",
+        kind=2,
+        start_time_unix_nano=T0 + 100,
+        end_time_unix_nano=T0 + 900,
+    )
+    scope.spans.add(
+        trace_id=root.trace_id,
+        span_id=b"\x00\x00\x00\x00\x00\x00\x00\x02",
+        parent_span_id=root.span_id,
+        name="child",
+        start_time_unix_nano=T0 + 200,
+        end_time_unix_nano=T0 + 950,
+    )
     return request
 
 
@@ -99,8 +119,7 @@ def metrics_request() -> ExportMetricsServiceRequest:
     total.sum.aggregation_temporality = 2
     total.sum.data_points.add(time_unix_nano=T0 + 10, as_double=7.0)
     histogram = scope.metrics.add(name="latency", unit="ms")
-    histogram.histogram.data_points.add(time_unix_nano=T0 + 70, count=3, bucket_counts=[1, 2],
-                                        explicit_bounds=[10.0])
+    histogram.histogram.data_points.add(time_unix_nano=T0 + 70, count=3, bucket_counts=[1, 2], explicit_bounds=[10.0])
     summary = scope.metrics.add(name="sizes", unit="By")
     summary.summary.data_points.add(time_unix_nano=T0 + 30, count=2, sum=10.0)
     return request
@@ -111,8 +130,10 @@ def otlp_json(message: Any) -> bytes:
 
     def hex_ids(node: Any) -> Any:
         if isinstance(node, dict):
-            return {key: base64.b64decode(value).hex() if key in ("traceId", "spanId", "parentSpanId")
-                    else hex_ids(value) for key, value in node.items()}
+            return {
+                key: base64.b64decode(value).hex() if key in ("traceId", "spanId", "parentSpanId") else hex_ids(value)
+                for key, value in node.items()
+            }
         if isinstance(node, list):
             return [hex_ids(item) for item in node]
         return node
@@ -135,13 +156,25 @@ def stored_objects(block: otlp.OtlpBlock) -> bytes:
 
 # --- identities ------------------------------------------------------------------------------------
 
+
 def test_process_id_matches_micromegas_regression_value() -> None:
     # micromegas otel-ingestion/tests/identity_tests.rs::process_id_is_stable_with_new_fields
-    attrs = [kv(k, v) for k, v in [
-        ("host.name", "my-host"), ("service.name", "my-service"), ("os.type", "linux"), ("os.version", "5.15.0"),
-        ("host.arch", "x86_64"), ("service.version", "2.3.1"), ("telemetry.sdk.name", "opentelemetry"),
-        ("telemetry.sdk.language", "rust"), ("telemetry.sdk.version", "0.28.0"),
-        ("process.runtime.name", "rustc"), ("process.runtime.version", "1.88.0")]]
+    attrs = [
+        kv(k, v)
+        for k, v in [
+            ("host.name", "my-host"),
+            ("service.name", "my-service"),
+            ("os.type", "linux"),
+            ("os.version", "5.15.0"),
+            ("host.arch", "x86_64"),
+            ("service.version", "2.3.1"),
+            ("telemetry.sdk.name", "opentelemetry"),
+            ("telemetry.sdk.language", "rust"),
+            ("telemetry.sdk.version", "0.28.0"),
+            ("process.runtime.name", "rustc"),
+            ("process.runtime.version", "1.88.0"),
+        ]
+    ]
     assert str(otlp.process_id_from_attributes(attrs)) == "92267645-021b-5d0f-960b-c74719552658"
 
 
@@ -152,8 +185,9 @@ def test_process_id_ignores_order_case_and_blanks_but_not_pid() -> None:
     assert base == permuted == recased
     # process.pid is hashed raw; the owner falls back to user.name
     assert otlp.process_id_from_attributes(resource_attrs(process_pid="4242 ")) != base
-    assert (otlp.process_id_from_attributes(resource_attrs(process_owner="alice"))
-            == otlp.process_id_from_attributes(resource_attrs(user_name="alice")))
+    assert otlp.process_id_from_attributes(resource_attrs(process_owner="alice")) == otlp.process_id_from_attributes(
+        resource_attrs(user_name="alice")
+    )
     # \x1f is not whitespace for Rust's trim: it must stay in the key
     assert otlp.process_id_from_attributes(resource_attrs(host_name="web-1\x1f")) != base
 
@@ -163,8 +197,7 @@ def test_same_bytes_give_the_same_block() -> None:
     first = single(blocks_from_request("logs", body, PROTOBUF, None))
     again = single(blocks_from_request("logs", body, PROTOBUF, None))
     assert first == again
-    other = single(blocks_from_request("logs", logs_request(log(T0), log(T0 + 6)).SerializeToString(),
-                                       PROTOBUF, None))
+    other = single(blocks_from_request("logs", logs_request(log(T0), log(T0 + 6)).SerializeToString(), PROTOBUF, None))
     assert other.block.block_id != first.block.block_id
     assert other.process == first.process
 
@@ -197,7 +230,10 @@ def test_signals_get_their_own_streams() -> None:
     metrics = single(blocks_from_request("metrics", metrics_request().SerializeToString(), PROTOBUF, None))
     assert logs.process.process_id == traces.process.process_id == metrics.process.process_id
     assert [(b.stream.tags, b.stream.format) for b in (logs, metrics, traces)] == [
-        (["log"], "otlp/v1/logs"), (["metrics"], "otlp/v1/metrics"), (["trace"], "otlp/v1/traces")]
+        (["log"], "otlp/v1/logs"),
+        (["metrics"], "otlp/v1/metrics"),
+        (["trace"], "otlp/v1/traces"),
+    ]
     for block in (logs, metrics, traces):
         assert block.stream.dependencies_metadata == block.stream.objects_metadata == b"\x80"
         assert block.stream.properties == {}
@@ -205,41 +241,66 @@ def test_signals_get_their_own_streams() -> None:
 
 # --- process rows ----------------------------------------------------------------------------------
 
+
 def test_process_fields_come_from_resource_attributes() -> None:
-    attrs = resource_attrs(process_owner="", process_user_name="svc-user", os_description="Ubuntu 24.04",
-                           host_cpu_model_name="Xeon", process_creation_time="2024-05-01T12:00:00.5Z",
-                           sampled=True, ratio=0.25)
+    attrs = resource_attrs(
+        process_owner="",
+        process_user_name="svc-user",
+        os_description="Ubuntu 24.04",
+        host_cpu_model_name="Xeon",
+        process_creation_time="2024-05-01T12:00:00.5Z",
+        sampled=True,
+        ratio=0.25,
+    )
     attrs.append(KeyValue(key="process.command_args", value=AnyValue()))
     attrs[-1].value.array_value.values.add(string_value="python")
     attrs[-1].value.array_value.values.add(int_value=3)
     attrs.append(kv("service.name", "shadowed"))  # a repeated key: the first occurrence counts
-    block = single(blocks_from_request("logs", logs_request(log(T0), attrs=attrs).SerializeToString(),
-                                       PROTOBUF, None))
+    block = single(blocks_from_request("logs", logs_request(log(T0), attrs=attrs).SerializeToString(), PROTOBUF, None))
     process = block.process
     start = 1_714_564_800_500_000_000
-    assert (process.exe, process.username, process.realname, process.computer, process.distro,
-            process.cpu_brand) == ("shop/checkout", "svc-user", "svc-user", "web-1", "Ubuntu 24.04", "Xeon")
+    assert (process.exe, process.username, process.realname, process.computer, process.distro, process.cpu_brand) == (
+        "shop/checkout",
+        "svc-user",
+        "svc-user",
+        "web-1",
+        "Ubuntu 24.04",
+        "Xeon",
+    )
     assert (process.tsc_frequency, process.start_time_ns, process.start_ticks) == (1_000_000_000, start, start)
     assert process.parent_process_id is None
     assert process.properties == {
-        "otel.resource.service.name": "checkout", "otel.resource.service.namespace": "shop",
-        "otel.resource.host.name": "web-1", "otel.resource.process.pid": "4242",
-        "otel.resource.service.instance.id": "instance-1", "otel.resource.process.owner": "",
-        "otel.resource.process.user.name": "svc-user", "otel.resource.os.description": "Ubuntu 24.04",
+        "otel.resource.service.name": "checkout",
+        "otel.resource.service.namespace": "shop",
+        "otel.resource.host.name": "web-1",
+        "otel.resource.process.pid": "4242",
+        "otel.resource.service.instance.id": "instance-1",
+        "otel.resource.process.owner": "",
+        "otel.resource.process.user.name": "svc-user",
+        "otel.resource.os.description": "Ubuntu 24.04",
         "otel.resource.host.cpu.model.name": "Xeon",
         "otel.resource.process.creation.time": "2024-05-01T12:00:00.5Z",
-        "otel.resource.sampled": "true", "otel.resource.ratio": "0.25",
-        "otel.resource.process.command_args":
+        "otel.resource.sampled": "true",
+        "otel.resource.ratio": "0.25",
+        "otel.resource.process.command_args": (
             'Some(ArrayValue(ArrayValue { values: [AnyValue { value: Some(StringValue("python")) }, '
-            'AnyValue { value: Some(IntValue(3)) }] }))',
+            "AnyValue { value: Some(IntValue(3)) }] }))"
+        ),
     }
 
 
 def test_process_without_service_namespace_or_start_time() -> None:
-    attrs = [kv("service.name", "worker"), kv("process.creation.time", "yesterday"),
-             kv("process.start_time", "2024-05-01T12:00:00Z"), kv("os.description", "é" * 300)]
-    process = single(blocks_from_request("logs", logs_request(log(T0 + 7), log(T0 + 3), attrs=attrs)
-                                         .SerializeToString(), PROTOBUF, None)).process
+    attrs = [
+        kv("service.name", "worker"),
+        kv("process.creation.time", "yesterday"),
+        kv("process.start_time", "2024-05-01T12:00:00Z"),
+        kv("os.description", "é" * 300),
+    ]
+    process = single(
+        blocks_from_request(
+            "logs", logs_request(log(T0 + 7), log(T0 + 3), attrs=attrs).SerializeToString(), PROTOBUF, None
+        )
+    ).process
     assert process.exe == "worker"
     # an unparseable process.creation.time wins over process.start_time, then falls back to the first event
     assert process.start_time_ns == process.start_ticks == T0 + 3
@@ -248,10 +309,15 @@ def test_process_without_service_namespace_or_start_time() -> None:
 
 
 def test_legacy_process_start_time_and_double_rendering() -> None:
-    attrs = [kv("service.name", "w"), kv("process.start_time", "2024-05-01T14:00:00+02:00"), kv("big", 1e20),
-             kv("one", 1.0)]
-    process = single(blocks_from_request("logs", logs_request(log(T0), attrs=attrs).SerializeToString(),
-                                         PROTOBUF, None)).process
+    attrs = [
+        kv("service.name", "w"),
+        kv("process.start_time", "2024-05-01T14:00:00+02:00"),
+        kv("big", 1e20),
+        kv("one", 1.0),
+    ]
+    process = single(
+        blocks_from_request("logs", logs_request(log(T0), attrs=attrs).SerializeToString(), PROTOBUF, None)
+    ).process
     assert process.start_time_ns == 1_714_564_800_000_000_000
     assert process.properties["otel.resource.big"] == "100000000000000000000"  # Rust Display, not 1e+20
     assert process.properties["otel.resource.one"] == "1"
@@ -259,18 +325,22 @@ def test_legacy_process_start_time_and_double_rendering() -> None:
 
 # --- block rows ------------------------------------------------------------------------------------
 
+
 def test_log_block_bounds_use_time_then_observed_time() -> None:
     records = [log(T0 + 50), log(0, observed_ns=T0 + 10), log(0), log(T0 + 90, observed_ns=T0 + 1)]
     block = single(blocks_from_request("logs", logs_request(*records).SerializeToString(), PROTOBUF, None)).block
     assert (block.begin_time_ns, block.end_time_ns, block.begin_ticks, block.end_ticks) == (
-        T0 + 10, T0 + 90, T0 + 10, T0 + 90)
+        T0 + 10,
+        T0 + 90,
+        T0 + 10,
+        T0 + 90,
+    )
     assert (block.nb_objects, block.object_offset) == (4, 0)
 
 
 def test_records_without_times_take_the_arrival_time() -> None:
     before = time.time_ns()
-    block = single(blocks_from_request("logs", logs_request(log(0), log(0)).SerializeToString(),
-                                       PROTOBUF, None)).block
+    block = single(blocks_from_request("logs", logs_request(log(0), log(0)).SerializeToString(), PROTOBUF, None)).block
     after = time.time_ns()
     assert before <= block.begin_time_ns == block.end_time_ns == block.begin_ticks <= after
     assert block.nb_objects == 2
@@ -318,8 +388,13 @@ def test_int_exemplars_are_stored_in_prost_field_order() -> None:
     # time (2), then as_int (6) at the oneof's lowest tag (3), then span_id (4)
     exemplar = bytes.fromhex("110100000000000000") + bytes.fromhex("310300000000000000") + b"\x22\x0812345678"
     # time (3), then as_int (6) at the oneof's lowest tag (4), then exemplars (5)
-    data_point = (bytes.fromhex("190500000000000000") + bytes.fromhex("310700000000000000")
-                  + b"\x2a" + bytes([len(exemplar)]) + exemplar)
+    data_point = (
+        bytes.fromhex("190500000000000000")
+        + bytes.fromhex("310700000000000000")
+        + b"\x2a"
+        + bytes([len(exemplar)])
+        + exemplar
+    )
     assert data_point != NumberDataPoint.FromString(data_point).SerializeToString()  # the runtime's order differs
     gauge = b"\x0a" + bytes([len(data_point)]) + data_point
     metric = b"\x0a\x01n" + b"\x2a" + bytes([len(gauge)]) + gauge
@@ -332,16 +407,21 @@ def test_int_exemplars_are_stored_in_prost_field_order() -> None:
 
 # --- encodings -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signal,request_message", [
-    ("logs", logs_request(log(T0, "a"), log(T0 + 1, "b"))),
-    ("traces", traces_request()),
-    ("metrics", metrics_request()),
-])
+
+@pytest.mark.parametrize(
+    "signal,request_message",
+    [
+        ("logs", logs_request(log(T0, "a"), log(T0 + 1, "b"))),
+        ("traces", traces_request()),
+        ("metrics", metrics_request()),
+    ],
+)
 def test_json_protobuf_and_gzip_store_the_same_block(signal: str, request_message: Any) -> None:
     protobuf = blocks_from_request(signal, request_message.SerializeToString(), PROTOBUF, None)
     as_json = blocks_from_request(signal, otlp_json(request_message), "application/json; charset=utf-8", None)
-    gzipped = blocks_from_request(signal, gzip.compress(request_message.SerializeToString()),
-                                  "Application/X-Protobuf", "gzip")
+    gzipped = blocks_from_request(
+        signal, gzip.compress(request_message.SerializeToString()), "Application/X-Protobuf", "gzip"
+    )
     gzipped_json = blocks_from_request(signal, gzip.compress(otlp_json(request_message)), JSON, "GZIP")
     assert protobuf == as_json == gzipped == gzipped_json
     assert len(protobuf) == 1
@@ -382,6 +462,7 @@ def test_empty_requests_store_nothing() -> None:
 
 # --- refusals --------------------------------------------------------------------------------------
 
+
 def refusal(signal: str, body: bytes, content_type: str | None, encoding: str | None = None) -> OtlpRequestError:
     with pytest.raises(OtlpRequestError) as caught:
         blocks_from_request(signal, body, content_type, encoding)
@@ -397,19 +478,26 @@ def test_bad_content_type_is_415() -> None:
     assert refusal("logs", body, PROTOBUF, "br").status == 415
 
 
-@pytest.mark.parametrize("body,content_type,encoding,fragment", [
-    (b"\xff\xff\xff", PROTOBUF, None, "decoding logs (protobuf)"),
-    (b"{not json", JSON, None, "decoding logs (json)"),
-    (b'{"resourceLogs": 3}', JSON, None, "decoding logs (json)"),
-    (b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "xyz"}]}]}]}', JSON, None, "traceId"),
-    (b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "soon"}]}]}]}', JSON, None,
-     "timeUnixNano"),
-    (b"\xff\xfe", JSON, None, "decoding logs (json)"),
-    (b'{"resourceLogs": ' + b"[" * 100_000, JSON, None, "decoding logs (json)"),
-    (b"\x0a\x05\x0a", PROTOBUF, None, "decoding logs (protobuf)"),  # truncated ResourceLogs
-    (b"not gzip at all", PROTOBUF, "gzip", "malformed gzip"),
-    (gzip.compress(bytes(range(256)) * 64)[:-30], PROTOBUF, "gzip", "truncated"),
-])
+@pytest.mark.parametrize(
+    "body,content_type,encoding,fragment",
+    [
+        (b"\xff\xff\xff", PROTOBUF, None, "decoding logs (protobuf)"),
+        (b"{not json", JSON, None, "decoding logs (json)"),
+        (b'{"resourceLogs": 3}', JSON, None, "decoding logs (json)"),
+        (b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "xyz"}]}]}]}', JSON, None, "traceId"),
+        (
+            b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "soon"}]}]}]}',
+            JSON,
+            None,
+            "timeUnixNano",
+        ),
+        (b"\xff\xfe", JSON, None, "decoding logs (json)"),
+        (b'{"resourceLogs": ' + b"[" * 100_000, JSON, None, "decoding logs (json)"),
+        (b"\x0a\x05\x0a", PROTOBUF, None, "decoding logs (protobuf)"),  # truncated ResourceLogs
+        (b"not gzip at all", PROTOBUF, "gzip", "malformed gzip"),
+        (gzip.compress(bytes(range(256)) * 64)[:-30], PROTOBUF, "gzip", "truncated"),
+    ],
+)
 def test_undecodable_bodies_are_400(body: bytes, content_type: str, encoding: str | None, fragment: str) -> None:
     error = refusal("logs", body, content_type, encoding)
     assert error.status == 400
@@ -434,9 +522,13 @@ def test_unknown_signal_is_a_programming_error() -> None:
 
 # --- response bodies -------------------------------------------------------------------------------
 
+
 def test_success_bodies_mirror_the_request_encoding() -> None:
-    for signal, response_type in (("logs", ExportLogsServiceResponse), ("metrics", ExportMetricsServiceResponse),
-                                  ("traces", ExportTraceServiceResponse)):
+    for signal, response_type in (
+        ("logs", ExportLogsServiceResponse),
+        ("metrics", ExportMetricsServiceResponse),
+        ("traces", ExportTraceServiceResponse),
+    ):
         data, content_type = otlp.response_body(signal, PROTOBUF)
         assert (content_type, response_type.FromString(data)) == (PROTOBUF, response_type())
         data, content_type = otlp.response_body(signal, "application/json; charset=utf-8")
@@ -452,11 +544,14 @@ def test_error_bodies_are_google_rpc_status() -> None:
     assert status_pb2.Status.FromString(data).code == 3
     data, content_type = otlp.error_body(413, "too big", JSON)
     assert (content_type, json_format.Parse(data, status_pb2.Status())) == (
-        JSON, status_pb2.Status(code=8, message="too big"))
+        JSON,
+        status_pb2.Status(code=8, message="too big"),
+    )
     assert status_pb2.Status.FromString(otlp.error_body(503, "later", None)[0]).code == 14
 
 
 # --- through a real server and the OpenTelemetry SDK's exporter ------------------------------------
+
 
 def test_sdk_exporter_against_the_server(spanlake_server: SpanlakeServer) -> None:
     from opentelemetry.exporter.otlp.proto.http import Compression
@@ -467,8 +562,13 @@ def test_sdk_exporter_against_the_server(spanlake_server: SpanlakeServer) -> Non
 
     instance = str(uuid.uuid4())
     provider = TracerProvider(resource=Resource.create({"service.name": "sdk-test", "service.instance.id": instance}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
-        endpoint=f"{spanlake_server.http_url}/ingestion/otlp/v1/traces", compression=Compression.Gzip)))
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            OTLPSpanExporter(
+                endpoint=f"{spanlake_server.http_url}/ingestion/otlp/v1/traces", compression=Compression.Gzip
+            )
+        )
+    )
     tracer = provider.get_tracer("sdk.scope")
     with tracer.start_as_current_span("outer"), tracer.start_as_current_span("inner"):
         pass
@@ -484,8 +584,9 @@ def test_sdk_exporter_against_the_server(spanlake_server: SpanlakeServer) -> Non
     assert [(s["tags"], s["format"]) for s in streams] == [(["trace"], "otlp/v1/traces")]
     stored = spanlake_server.stored_blocks(process_id)
     assert len(stored) == 2  # one export per span with the simple processor
-    names = sorted(ResourceSpans.FromString(cbor2.loads(payload)["objects"]).scope_spans[0].spans[0].name
-                   for _, payload in stored)
+    names = sorted(
+        ResourceSpans.FromString(cbor2.loads(payload)["objects"]).scope_spans[0].spans[0].name for _, payload in stored
+    )
     assert names == ["inner", "outer"]
     for row, payload in stored:
         assert row["block_id"] == otlp.uuid5_bytes(otlp.NS_OTEL_BLOCK_V1, cbor2.loads(payload)["objects"])
@@ -501,7 +602,8 @@ def test_server_answers_in_the_request_encoding(spanlake_server: SpanlakeServer)
     assert (status, data) == (200, b"{}")
     expected = single(blocks_from_request("logs", request.SerializeToString(), PROTOBUF, None))
     assert [row["block_id"] for row in spanlake_server.block_rows(expected.process.process_id)] == [
-        expected.block.block_id]  # the JSON copy of the same request deduplicated onto one block
+        expected.block.block_id
+    ]  # the JSON copy of the same request deduplicated onto one block
     status, data = post(url, request.SerializeToString(), {"Content-Type": "text/plain"})
     assert status == 415
     assert status_pb2.Status.FromString(data).code == 3

@@ -11,8 +11,8 @@ from harness import PostgresServer
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, cpu_streams, local_lake
 from perfetto_check import decode_and_check
 
-from lakehouse import perfetto_trace
-from lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.query import perfetto_trace
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 BEGIN, END = "TIMESTAMP '2026-11-23T08:00:00Z'", "TIMESTAMP '2026-11-23T10:00:00Z'"
 
@@ -25,15 +25,18 @@ def loaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def trace(lake: LocalLake, span_types: str, begin: str = BEGIN, end: str = END) -> pa.Table:
-    return lake.sql(f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{PROCESS_ID}', '{span_types}',"
-                    f" {begin}, {end})")
+    return lake.sql(
+        f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{PROCESS_ID}', '{span_types}', {begin}, {end})"
+    )
 
 
 def thread_slices(lake: LocalLake) -> collections.Counter:
     found: collections.Counter = collections.Counter()
     for stream in cpu_streams():
-        rows = lake.sql(f"SELECT name, CAST(begin AS BIGINT) AS b, CAST(\"end\" AS BIGINT) AS e"
-                        f" FROM view_instance('thread_spans', '{stream['stream_id']}')").to_pylist()
+        rows = lake.sql(
+            f'SELECT name, CAST(begin AS BIGINT) AS b, CAST("end" AS BIGINT) AS e'
+            f" FROM view_instance('thread_spans', '{stream['stream_id']}')"
+        ).to_pylist()
         found.update((r["name"], r["b"], r["e"]) for r in rows)
     return found
 
@@ -63,7 +66,8 @@ def test_trace_holds_exactly_the_spans_of_the_views(loaded: LocalLake, span_type
     # One thread track per cpu stream (+ the process track, + async lanes for async spans).
     threads = [t for t in decoded.tracks.values() if t.HasField("thread")]
     assert sorted(t.thread.thread_name for t in threads) == sorted(
-        f"{s['properties']['thread-name']}-{s['properties']['thread-id']}" for s in cpu_streams())
+        f"{s['properties']['thread-name']}-{s['properties']['thread-id']}" for s in cpu_streams()
+    )
     process = [t for t in decoded.tracks.values() if t.HasField("process")]
     assert [p.process.process_name for p in process] == [EXPECTED["process"]["process_info"]["exe"]]
 
@@ -81,16 +85,21 @@ def test_a_range_with_no_data_gives_a_trace_of_descriptors(loaded: LocalLake) ->
     assert decoded.all_slices() == collections.Counter()
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ("'not-a-uuid', 'both', " + BEGIN + ", " + END, "must be a valid UUID (the process ID), given 'not-a-uuid'"),
-    (f"'{PROCESS_ID}', 'all', {BEGIN}, {END}", "span_types must be 'thread', 'async', or 'both', given: all"),
-    (f"'{PROCESS_ID}', 'both', {END}, {BEGIN}", "begin must be before end"),
-    (f"'{PROCESS_ID}', 'both', 'yesterday', {END}", "Third argument of perfetto_trace_chunks: not an RFC3339"),
-    (f"'{PROCESS_ID}', 42, {BEGIN}, {END}", "Second argument of perfetto_trace_chunks must be a string"),
-    (f"'{PROCESS_ID}', 'both', {BEGIN}", "takes 4 arguments"),
-    (f"'6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f', 'both', {BEGIN}, {END}",
-     "Trace generation failed: Process 6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f not found"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("'not-a-uuid', 'both', " + BEGIN + ", " + END, "must be a valid UUID (the process ID), given 'not-a-uuid'"),
+        (f"'{PROCESS_ID}', 'all', {BEGIN}, {END}", "span_types must be 'thread', 'async', or 'both', given: all"),
+        (f"'{PROCESS_ID}', 'both', {END}, {BEGIN}", "begin must be before end"),
+        (f"'{PROCESS_ID}', 'both', 'yesterday', {END}", "Third argument of perfetto_trace_chunks: not an RFC3339"),
+        (f"'{PROCESS_ID}', 42, {BEGIN}, {END}", "Second argument of perfetto_trace_chunks must be a string"),
+        (f"'{PROCESS_ID}', 'both', {BEGIN}", "takes 4 arguments"),
+        (
+            f"'6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f', 'both', {BEGIN}, {END}",
+            "Trace generation failed: Process 6a1a6cf5-8a3f-4bb8-9e8f-0c6f8f7f8f8f not found",
+        ),
+    ],
+)
 def test_bad_arguments(loaded: LocalLake, arguments: str, message: str) -> None:
     with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
         loaded.sql(f"SELECT chunk_id FROM perfetto_trace_chunks({arguments})")
@@ -118,8 +127,9 @@ def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake) -> None:
 
 
 def test_upper_case_process_id_gives_the_same_trace(loaded: LocalLake) -> None:
-    upper = loaded.sql(f"SELECT chunk_data FROM perfetto_trace_chunks('{PROCESS_ID.upper()}', 'thread',"
-                       f" {BEGIN}, {END})").column("chunk_data").to_pylist()
+    upper = (
+        loaded.sql(f"SELECT chunk_data FROM perfetto_trace_chunks('{PROCESS_ID.upper()}', 'thread', {BEGIN}, {END})")
+        .column("chunk_data")
+        .to_pylist()
+    )
     assert upper == trace(loaded, "thread").column("chunk_data").to_pylist()
-
-

@@ -16,11 +16,11 @@ import xxhash
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TracePacket, TrackEvent
 from perfetto_check import DecodedTrace, ReferenceWriter, decode_and_check
 
-import views.perfetto
-from views.perfetto import AsyncLayout, PerfettoThread, PerfettoTraceWriter, trace_chunks
-from views.perfetto_chunks import ChunkBuffer
+from spanlake.views.perfetto import writer as perfetto_writer
+from spanlake.views.perfetto.chunks import ChunkBuffer
+from spanlake.views.perfetto.writer import AsyncLayout, PerfettoThread, PerfettoTraceWriter, trace_chunks
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "perfetto-golden"
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "perfetto-golden"
 TIMESTAMP = pa.timestamp("ns", tz="+00:00")
 PROCESS_ID = "34d7c06d-3163-4111-863e-c5fc09d22d51"
 SLICE_BEGIN, SLICE_END = TrackEvent.TYPE_SLICE_BEGIN, TrackEvent.TYPE_SLICE_END
@@ -116,8 +116,9 @@ def reference_chunks(scenario: Scenario, span_types: str = "both") -> list[bytes
     writer.descriptors(scenario.exe, scenario.threads, with_async=span_types != "thread")
     if span_types != "async":
         for thread in scenario.threads:
-            writer.spans(_rows(scenario.thread_spans[thread.stream_id]),
-                         xxhash.xxh64_intdigest(thread.stream_id.encode()))
+            writer.spans(
+                _rows(scenario.thread_spans[thread.stream_id]), xxhash.xxh64_intdigest(thread.stream_id.encode())
+            )
     if span_types != "thread":
         writer.spans(_rows(s for s in scenario.async_spans if s.begin < s.end), writer.async_uuid)
     writer.flush()
@@ -200,7 +201,7 @@ def random_scenario(
 @pytest.mark.parametrize("span_types", ["both", "thread", "async"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_chunks_match_the_reference_writer(seed: int, span_types: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(views.perfetto, "SLAB_SPANS", 7)  # many slabs, cut everywhere
+    monkeypatch.setattr(perfetto_writer, "SLAB_SPANS", 7)  # many slabs, cut everywhere
     scenario = random_scenario(seed, threads=5, spans_per_thread=60, async_spans=95, unique_names=300)
     chunks = chunks_of(scenario, span_types, AsyncLayout.SINGLE_TRACK, batch_rows=13)
     assert chunks == reference_chunks(scenario, span_types)
@@ -402,7 +403,7 @@ def random_async_spans(seed: int, count: int) -> list[Span]:
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
 def test_random_async_spans_are_laid_out_properly_nested(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(views.perfetto, "SLAB_SPANS", 64)
+    monkeypatch.setattr(perfetto_writer, "SLAB_SPANS", 64)
     spans = random_async_spans(seed, 1500)
     scenario = Scenario(PROCESS_ID, "exe", [PerfettoThread("s", 1, "t")], {"s": []}, spans)
     chunks = chunks_of(scenario, "async", batch_rows=100)

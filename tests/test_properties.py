@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from views import jsonb
-from views.properties import (
+from spanlake.views import jsonb
+from spanlake.views.properties import (
     EMPTY_JSONB_OBJECT,
     PropertiesError,
     constant_properties_array,
@@ -17,7 +17,7 @@ from views.properties import (
     properties_length,
     property_get,
 )
-from views.schema_types import DICT_JSONB, DICT_UTF8
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
 LEGACY_TYPE = pa.list_(pa.struct([("key", pa.utf8()), ("value", pa.utf8())]))
 
@@ -124,8 +124,14 @@ def test_unsupported_column_type_is_rejected() -> None:
 def test_non_string_values_read_as_their_compact_json() -> None:
     # OTLP attributes keep their JSON types in the jsonb object (as micromegas stores them).
     value = jsonb.encode({"count": 3, "ok": False, "ratio": 0.5, "tags": ["a", {"k": 0}], "none": None, "s": "x"})
-    assert decode_jsonb_object(value) == {"count": "3", "ok": "false", "ratio": "0.5", "tags": '["a",{"k":0}]',
-                                          "none": "null", "s": "x"}
+    assert decode_jsonb_object(value) == {
+        "count": "3",
+        "ok": "false",
+        "ratio": "0.5",
+        "tags": '["a",{"k":0}]',
+        "none": "null",
+        "s": "x",
+    }
     column = pa.DictionaryArray.from_arrays(pa.array([0, 0], pa.int32()), pa.array([value], pa.binary()))
     assert property_get(column, "tags").to_pylist() == ['["a",{"k":0}]'] * 2
     assert properties_length(column).to_pylist() == [6, 6]

@@ -16,8 +16,15 @@ from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server
 from perfetto_check import decode_and_check
 
 # What one query that materializes a view instance just in time runs, parent before child.
-JIT_CHAIN = ("flightsql.do_get", "flightsql.plan", "lakehouse.view_instance", "lakehouse.jit_update",
-             "lakehouse.materialize_partition", "parquet.write", "transit.decode_block")
+JIT_CHAIN = (
+    "flightsql.do_get",
+    "flightsql.plan",
+    "lakehouse.view_instance",
+    "lakehouse.jit_update",
+    "lakehouse.materialize_partition",
+    "parquet.write",
+    "transit.decode_block",
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +33,27 @@ def traced(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
     env = {"SPANLAKE_SELF_TRACING": "true", "MICROMEGAS_FLUSH_PERIOD": "0.3"}
     with running_server(postgres, tmp_path_factory.mktemp("self"), extra_env=env) as server:
         result = subprocess.run(
-            [sys.executable, "-m", "server.cli", "generate", "--url", server.http_url, "--tasks", "1500",
-             "--threads", "2", "--async-tasks", "6", "--flush-period", "0.5"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "spanlake.server.cli",
+                "generate",
+                "--url",
+                server.http_url,
+                "--tasks",
+                "1500",
+                "--threads",
+                "2",
+                "--async-tasks",
+                "6",
+                "--flush-period",
+                "0.5",
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         yield server, result.stdout.splitlines()[0].strip()
 
@@ -41,8 +66,10 @@ def _own_process_id(server: SpanlakeServer) -> str:
 
 def _spans(client: micromegas.flightsql.client.FlightSQLClient, process_id: str) -> pd.DataFrame:
     """Begin and end of every async span of the process, one row per span, indexed by span id."""
-    events = client.query(f"SELECT event_type, span_id, parent_span_id, depth, name, time"
-                          f" FROM view_instance('async_events', '{process_id}')")
+    events = client.query(
+        f"SELECT event_type, span_id, parent_span_id, depth, name, time"
+        f" FROM view_instance('async_events', '{process_id}')"
+    )
     begins = events[events.event_type == "begin"].set_index("span_id")
     ends = events[events.event_type == "end"].set_index("span_id")
     spans = begins.join(ends[["time"]].rename(columns={"time": "end"}), how="inner")
@@ -94,8 +121,13 @@ def test_a_jit_query_is_stored_as_a_span_tree_of_spanlake_itself(traced) -> None
             assert row.depth == parent.depth + 1, (row.name, parent.name)
             assert parent.begin <= row.begin <= row.end <= parent.end, (row.name, parent.name)
     tree_spans = spans.loc[sorted(tree)]
-    assert set(JIT_CHAIN) | {"flightsql.execute", "lakehouse.make_session_context", "catalog.hour_summaries",
-                             "object_store.get_block", "catalog.commit_partition"} <= set(tree_spans.name)
+    assert set(JIT_CHAIN) | {
+        "flightsql.execute",
+        "lakehouse.make_session_context",
+        "catalog.hour_summaries",
+        "object_store.get_block",
+        "catalog.commit_partition",
+    } <= set(tree_spans.name)
     long_spans = tree_spans[(tree_spans.end - tree_spans.begin) >= pd.Timedelta(milliseconds=5)]
     assert len(long_spans) >= 3 and all(isinstance(n, str) and n for n in long_spans.name)
     # Children's durations add up within their parent (siblings run one after another on one thread).
@@ -112,16 +144,22 @@ def test_query_audit_and_metrics_are_self_telemetry(traced) -> None:
     found: dict[str, pd.DataFrame] = {}
 
     def stored() -> bool:
-        found["logs"] = logs = client.query(f"SELECT target, msg FROM view_instance('log_entries', '{own}')"
-                                            f" WHERE target = 'spanlake.flightsql.audit'")
+        found["logs"] = logs = client.query(
+            f"SELECT target, msg FROM view_instance('log_entries', '{own}') WHERE target = 'spanlake.flightsql.audit'"
+        )
         return any('"rows":1,' in msg for msg in logs.msg)
 
     wait_until(stored, 30, "the audit record in spanlake's own log_entries")
     record = next(json.loads(m) for m in found["logs"].msg if '"rows":1,' in m)
     assert record["status"] == "ok" and record["rpc"] == "DoGet" and len(record["sql_hash"]) == 16
     metrics = client.query(f"SELECT name, unit, value FROM view_instance('measures', '{own}')")
-    assert {"query_planning_time", "query_execution_time", "query_total_time", "query_rows_out",
-            "query_bytes_out"} <= set(metrics.name)
+    assert {
+        "query_planning_time",
+        "query_execution_time",
+        "query_total_time",
+        "query_rows_out",
+        "query_bytes_out",
+    } <= set(metrics.name)
     assert (metrics[metrics.name == "query_rows_out"].value >= 0).all()
 
 
@@ -136,8 +174,13 @@ def test_perfetto_trace_of_spanlake_itself(traced) -> None:
     micromegas.perfetto.write_process_trace(client, own, now - dt.timedelta(hours=1), now, str(trace_path))
     trace = decode_and_check(trace_path.read_bytes())
     names = {name for name, _, _ in trace.all_slices()}
-    assert {"flightsql.do_get", "flightsql.plan", "lakehouse.view_instance", "lakehouse.make_session_context",
-            "catalog.hour_summaries"} <= names
+    assert {
+        "flightsql.do_get",
+        "flightsql.plan",
+        "lakehouse.view_instance",
+        "lakehouse.make_session_context",
+        "catalog.hour_summaries",
+    } <= names
     # The trace's own generation is traced: planning under the query's planning, chunks under its execution.
     wait_until(lambda: "perfetto.generate_chunks" in set(_spans(client, own).name), 30, "perfetto spans")
     spans = _spans(client, own)
@@ -157,8 +200,11 @@ def test_the_documented_recipe_lists_slow_queries_and_a_span_tree(traced) -> Non
     client.query(f"SELECT count(*) FROM view_instance('measures', '{generated_pid}')")
     find_process, slowest, tree = _recipe_statements()
     own = _own_process_id(server)
-    wait_until(lambda: own in set(client.query(find_process).process_id.astype(str)), 30,
-               "spanlake itself in the processes view")
+    wait_until(
+        lambda: own in set(client.query(find_process).process_id.astype(str)),
+        30,
+        "spanlake itself in the processes view",
+    )
     wait_until(lambda: len(client.query(slowest.replace("$PID", own))) > 0, 30, "queries of spanlake itself")
     slow = client.query(slowest.replace("$PID", own))
     assert (slow.duration.diff().dropna() <= pd.Timedelta(0)).all()  # slowest first

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from test_tracing_encode import bodies, events_with_tag
 
-import tracing
-from tracing import dispatch
-from tracing.logs import level_from_logging
+from spanlake import tracing
+from spanlake.tracing import dispatch
+from spanlake.tracing.logs import level_from_logging
 
 
 @pytest.fixture
@@ -72,12 +72,19 @@ def test_span_fn_keeps_the_function(sink: tracing.MemorySink) -> None:
         explode()
     tracing.flush()
     cpu = events_with_tag(sink, "cpu")
-    names = [(e.type_name, e["thread_span_desc"]["name"] if "Thread" in e.type_name else e["span_desc"]["name"])
-             for e in cpu]
-    assert names == [("BeginThreadSpanEvent", "double"), ("EndThreadSpanEvent", "double"),
-                     ("BeginThreadSpanEvent", "custom_name"), ("EndThreadSpanEvent", "custom_name"),
-                     ("BeginAsyncSpanEvent", "keyword_name"), ("EndAsyncSpanEvent", "keyword_name"),
-                     ("BeginThreadSpanEvent", "explode"), ("EndThreadSpanEvent", "explode")]
+    names = [
+        (e.type_name, e["thread_span_desc"]["name"] if "Thread" in e.type_name else e["span_desc"]["name"]) for e in cpu
+    ]
+    assert names == [
+        ("BeginThreadSpanEvent", "double"),
+        ("EndThreadSpanEvent", "double"),
+        ("BeginThreadSpanEvent", "custom_name"),
+        ("EndThreadSpanEvent", "custom_name"),
+        ("BeginAsyncSpanEvent", "keyword_name"),
+        ("EndAsyncSpanEvent", "keyword_name"),
+        ("BeginThreadSpanEvent", "explode"),
+        ("EndThreadSpanEvent", "explode"),
+    ]
 
 
 def test_generators_are_refused() -> None:
@@ -104,7 +111,11 @@ def test_log_levels(sink: tracing.MemorySink) -> None:
         tracing.set_max_level(tracing.TRACE)
     tracing.flush()
     assert [(e["msg"], e["desc"]["level"]) for e in events_with_tag(sink, "log")] == [
-        ("fatal", 1), ("error", 2), ("warn", 3), ("via log()", 2)]
+        ("fatal", 1),
+        ("error", 2),
+        ("warn", 3),
+        ("via log()", 2),
+    ]
     with pytest.raises(ValueError, match=r"between 1 \(fatal\) and 6 \(trace\)"):
         tracing.set_max_level(7)
 
@@ -126,7 +137,9 @@ def test_logging_handler(sink: tracing.MemorySink) -> None:
     tracing.flush()
     events = events_with_tag(sink, "log")
     assert [(e["msg"], e["desc"]["fmt_str"], e["desc"]["level"], e["desc"]["target"]) for e in events] == [
-        ("3 items", "%d items", 5, "api.app"), ("no args %s", "", 4, "api.app")]
+        ("3 items", "%d items", 5, "api.app"),
+        ("no args %s", "", 4, "api.app"),
+    ]
     assert events[0]["desc"]["module_path"] == "test_tracing_api"
 
 
@@ -181,9 +194,15 @@ def test_a_coroutine_closed_elsewhere_leaves_other_contexts_alone(sink: tracing.
         seen.append((before, tracing.current_span_id()))
 
     asyncio.run(unrelated())
-    (before, after), = seen
+    ((before, after),) = seen
     assert before != 0 and after == before
     tracing.flush()
     edges = [(e.type_name, e["span_desc"]["name"].rsplit(".", 1)[-1]) for e in events_with_tag(sink, "cpu")]
-    assert sorted(edges) == sorted([("BeginAsyncSpanEvent", "suspended"), ("EndAsyncSpanEvent", "suspended"),
-                                    ("BeginAsyncSpanEvent", "unrelated"), ("EndAsyncSpanEvent", "unrelated")])
+    assert sorted(edges) == sorted(
+        [
+            ("BeginAsyncSpanEvent", "suspended"),
+            ("EndAsyncSpanEvent", "suspended"),
+            ("BeginAsyncSpanEvent", "unrelated"),
+            ("EndAsyncSpanEvent", "unrelated"),
+        ]
+    )

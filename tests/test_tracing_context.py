@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from test_tracing_encode import events_with_tag
 
-import tracing
+from spanlake import tracing
 
 
 @pytest.fixture
@@ -27,8 +27,10 @@ def _spans(sink: tracing.MemorySink) -> dict[str, dict]:
         if "Async" not in event.type_name:
             continue
         name = event["name"] if "Named" in event.type_name else event["span_desc"]["name"]
-        span = spans.setdefault(event["span_id"], {"name": name, "span_id": event["span_id"],
-                                                   "parent": event["parent_span_id"], "depth": event["depth"]})
+        span = spans.setdefault(
+            event["span_id"],
+            {"name": name, "span_id": event["span_id"], "parent": event["parent_span_id"], "depth": event["depth"]},
+        )
         span["begin" if event.type_name.startswith("Begin") else "end"] = event["time"]
     return {span["name"]: span for span in spans.values()}
 
@@ -67,8 +69,11 @@ def test_begin_async_span_ends_on_another_thread_once(sink) -> None:
     span.end()  # a second end writes nothing
     spans = _spans(sink)
     assert spans["part"]["parent"] == spans["streamed"]["span_id"]
-    ends = [e for e in events_with_tag(sink, "cpu") if e.type_name == "EndAsyncSpanEvent"
-            and e["span_id"] == spans["streamed"]["span_id"]]
+    ends = [
+        e
+        for e in events_with_tag(sink, "cpu")
+        if e.type_name == "EndAsyncSpanEvent" and e["span_id"] == spans["streamed"]["span_id"]
+    ]
     assert len(ends) == 1
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from harness import RUST_FIXTURES
 
-import tracing
-from lakehouse.transit import decode_block, object_values, stream_layout
-from tracing import streams, transit_encode, udts
-from tracing.registry import DYNAMIC_ID_BASE, REGISTRY
-from views.decoded import TransitObject
+from spanlake import tracing
+from spanlake.lakehouse.transit.decode import decode_block, object_values, stream_layout
+from spanlake.tracing import streams, transit_encode, udts
+from spanlake.tracing.registry import DYNAMIC_ID_BASE, REGISTRY
+from spanlake.views.decoded import TransitObject
 
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}\+00:00$")
 
@@ -54,8 +54,13 @@ def decoded_streams(sink: tracing.MemorySink) -> dict[str, tuple[dict, list[tupl
 
 
 def events_with_tag(sink: tracing.MemorySink, tag: str) -> list[TransitObject]:
-    return [event for info, blocks in decoded_streams(sink).values() if tag in info["tags"]
-            for _, events in blocks for event in events]
+    return [
+        event
+        for info, blocks in decoded_streams(sink).values()
+        if tag in info["tags"]
+        for _, events in blocks
+        for event in events
+    ]
 
 
 # -- metadata -------------------------------------------------------------------------------------------
@@ -70,8 +75,9 @@ def rust_stream_infos() -> dict[str, dict]:
     return infos
 
 
-@pytest.mark.parametrize(("tag", "layout"), [("cpu", udts.THREAD_LAYOUT), ("log", udts.LOG_LAYOUT),
-                                             ("metrics", udts.METRICS_LAYOUT)])
+@pytest.mark.parametrize(
+    ("tag", "layout"), [("cpu", udts.THREAD_LAYOUT), ("log", udts.LOG_LAYOUT), ("metrics", udts.METRICS_LAYOUT)]
+)
 @pytest.mark.parametrize("which", ["objects_metadata", "dependencies_metadata"])
 def test_stream_metadata_is_the_rust_sdks(tag: str, layout: udts.StreamLayout, which: str) -> None:
     rust = rust_stream_infos()[tag][which]
@@ -133,7 +139,7 @@ def test_block_envelopes_chain_and_count_objects(sink: tracing.MemorySink) -> No
         assert RFC3339_NS.match(block["begin_time"]) and RFC3339_NS.match(block["end_time"])
         assert 0 <= block["begin_ticks"] < block["end_ticks"]  # relative to the process start
         assert lz4.frame.decompress(block["payload"]["objects"])
-    (_, decoded), = decoded_streams(sink).values()
+    ((_, decoded),) = decoded_streams(sink).values()
     times = [event["time"] for _, events in decoded for event in events]
     # Event times are absolute ticks, inside their block's (relative) bounds.
     for block, events in decoded:
@@ -141,7 +147,8 @@ def test_block_envelopes_chain_and_count_objects(sink: tracing.MemorySink) -> No
         assert all(begin <= event["time"] <= end for event in events)
     assert times == sorted(times)
     assert [event["msg"] for _, events in decoded for event in events] == [
-        f"message {i}" for batch in (3, 5, 2) for i in range(batch)]
+        f"message {i}" for batch in (3, 5, 2) for i in range(batch)
+    ]
 
 
 def test_process_body(sink: tracing.MemorySink) -> None:
@@ -156,10 +163,10 @@ def test_process_body(sink: tracing.MemorySink) -> None:
     assert body["properties"]["exe"] == "encode-test"
 
 
-@pytest.mark.parametrize(("value", "expected"), [("9b2fa1c4-1b3d-4a4e-9a0b-0c3f6e0d2a11", True), ("", False),
-                                                 ("not-a-uuid", False)])
-def test_parent_process_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str,
-                                                   expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"), [("9b2fa1c4-1b3d-4a4e-9a0b-0c3f6e0d2a11", True), ("", False), ("not-a-uuid", False)]
+)
+def test_parent_process_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
     monkeypatch.setenv("MICROMEGAS_TELEMETRY_PARENT_PROCESS", value)
     sink = tracing.MemorySink()
     process = tracing.init(sink=sink, flush_period=3600)
@@ -191,10 +198,20 @@ def test_every_event_kind_decodes(sink: tracing.MemorySink) -> None:
 
     cpu = events_with_tag(sink, "cpu")
     kinds = [e.type_name for e in cpu]
-    assert kinds == ["BeginThreadSpanEvent", "BeginThreadSpanEvent", "BeginThreadNamedSpanEvent",
-                     "EndThreadNamedSpanEvent", "EndThreadSpanEvent", "EndThreadSpanEvent",
-                     "BeginAsyncSpanEvent", "BeginAsyncNamedSpanEvent", "EndAsyncNamedSpanEvent",
-                     "BeginAsyncSpanEvent", "EndAsyncSpanEvent", "EndAsyncSpanEvent"]
+    assert kinds == [
+        "BeginThreadSpanEvent",
+        "BeginThreadSpanEvent",
+        "BeginThreadNamedSpanEvent",
+        "EndThreadNamedSpanEvent",
+        "EndThreadSpanEvent",
+        "EndThreadSpanEvent",
+        "BeginAsyncSpanEvent",
+        "BeginAsyncNamedSpanEvent",
+        "EndAsyncNamedSpanEvent",
+        "BeginAsyncSpanEvent",
+        "EndAsyncSpanEvent",
+        "EndAsyncSpanEvent",
+    ]
     assert cpu[0]["thread_span_desc"]["name"].endswith("sync_work")
     assert cpu[0]["thread_span_desc"]["target"] == __name__
     assert cpu[1]["thread_span_desc"]["name"] == "static_scope"
@@ -209,14 +226,18 @@ def test_every_event_kind_decodes(sink: tracing.MemorySink) -> None:
 
     logs = events_with_tag(sink, "log")
     assert [(e.type_name, e["msg"], e["desc"]["level"]) for e in logs] == [
-        ("LogStringEventV2", "plain", 4), ("TaggedLogString", "tagged", 2)]
+        ("LogStringEventV2", "plain", 4),
+        ("TaggedLogString", "tagged", 2),
+    ]
     assert dict(logs[1]["properties"].members) == {"a": "1", "b": "2"}
     assert logs[0]["desc"]["target"] == __name__
 
     metrics = events_with_tag(sink, "metrics")
     assert [(e.type_name, e["desc"]["name"], e["desc"]["unit"], e["value"]) for e in metrics] == [
-        ("IntegerMetricEvent", "requests", "count", 7), ("IntegerMetricEvent", "wrapped", "count", 2**64 - 1),
-        ("TaggedFloatMetricEvent", "latency", "ms", 1.25)]
+        ("IntegerMetricEvent", "requests", "count", 7),
+        ("IntegerMetricEvent", "wrapped", "count", 2**64 - 1),
+        ("TaggedFloatMetricEvent", "latency", "ms", 1.25),
+    ]
     assert dict(metrics[2]["properties"].members) == {"route": "/x"}
 
 
@@ -228,7 +249,7 @@ def test_property_set_strings_are_static_string_dependencies(sink: tracing.Memor
     kinds, position = [], 0
     while position < len(dependencies):  # walk the framing: u8 type, u32 size, body (all dynamic or fixed)
         udt = udts.LOG_LAYOUT.dependencies[dependencies[position]]
-        size = int.from_bytes(dependencies[position + 1:position + 5], "little") if udt.size == 0 else udt.size
+        size = int.from_bytes(dependencies[position + 1 : position + 5], "little") if udt.size == 0 else udt.size
         position += 1 + (4 if udt.size == 0 else 0) + size
         kinds.append(udt.name)
     assert kinds.count("StaticStringDependency") == 4  # zone, eu, host, h1
@@ -319,11 +340,13 @@ def test_concurrent_writers_and_flushes_lose_nothing(monkeypatch: pytest.MonkeyP
         events = [e for _, block_events in blocks for e in block_events]
         assert len(events) == 3000 * 4
         edges = [(e.type_name[:3], e["name"] if "Named" in e.type_name else "step") for e in events]
-        assert edges == [edge for i in range(3000) for edge in (
-            ("Beg", "step"), ("Beg", f"item_{i % 5}"), ("End", f"item_{i % 5}"), ("End", "step"))]
+        assert edges == [
+            edge
+            for i in range(3000)
+            for edge in (("Beg", "step"), ("Beg", f"item_{i % 5}"), ("End", f"item_{i % 5}"), ("End", "step"))
+        ]
         offsets = [block["object_offset"] for block, _ in blocks]
         assert offsets == sorted(offsets) and offsets[0] == 0
     logs = events_with_tag(sink, "log")
     assert len(logs) == 4 * 3000
     assert sorted(Counter(e["msg"] for e in logs).values()) == [4] * 3000
-

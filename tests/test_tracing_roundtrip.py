@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server
 
-import tracing
-from lakehouse.transit import decode_block, object_values, stream_layout
-from views.decoded import TransitObject
+from spanlake import tracing
+from spanlake.lakehouse.transit.decode import decode_block, object_values, stream_layout
+from spanlake.views.decoded import TransitObject
 
 PARENT = "2f1d1a4e-61a8-4a39-9d7e-3b7f4b0c9c55"
 
@@ -43,8 +43,9 @@ class StoredStream:
 
 def stored_streams(server: SpanlakeServer, process_id: uuid.UUID) -> list[StoredStream]:
     streams = {row["stream_id"]: StoredStream(row) for row in server.stream_rows(process_id)}
-    for block, payload in sorted(server.stored_blocks(process_id),
-                                 key=lambda b: (str(b[0]["stream_id"]), b[0]["object_offset"])):
+    for block, payload in sorted(
+        server.stored_blocks(process_id), key=lambda b: (str(b[0]["stream_id"]), b[0]["object_offset"])
+    ):
         stream = streams[block["stream_id"]]
         layout = stream_layout(bytes(stream.row["dependencies_metadata"]), bytes(stream.row["objects_metadata"]))
         values = object_values(decode_block(payload, layout))
@@ -83,8 +84,9 @@ def async_spans(streams: list[StoredStream]) -> dict[int, AsyncSpan]:
         assert names[0] == names[1]
         assert (begin["parent_span_id"], begin["depth"]) == (end["parent_span_id"], end["depth"])
         assert begin["time"] <= end["time"]
-        spans[span_id] = AsyncSpan(names[0], span_id, begin["parent_span_id"], begin["depth"], named,
-                                   begin["time"], end["time"])
+        spans[span_id] = AsyncSpan(
+            names[0], span_id, begin["parent_span_id"], begin["depth"], named, begin["time"], end["time"]
+        )
     return spans
 
 
@@ -225,8 +227,10 @@ def run_program() -> None:
 
 
 @pytest.fixture(scope="module")
-def uploaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory,
-             ) -> Iterator[tuple[SpanlakeServer, uuid.UUID]]:
+def uploaded(
+    postgres: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[SpanlakeServer, uuid.UUID]]:
     """The program run once against one server, for all the tests that look at what it stored."""
     with running_server(postgres, tmp_path_factory.mktemp("roundtrip")) as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MICROMEGAS_TELEMETRY_PARENT_PROCESS", PARENT)
@@ -287,8 +291,13 @@ def test_thread_spans_and_streams(uploaded: tuple[SpanlakeServer, uuid.UUID]) ->
         check_block_chain(stream)
     events = [e for s in cpu.values() for e in s.events]
     assert Counter(e.type_name.replace("Begin", "").replace("End", "") for e in events) == Counter(
-        {"AsyncSpanEvent": 2 * (len(seen) + 1), "AsyncNamedSpanEvent": 2, "ThreadSpanEvent": 2 * 2 * 4,
-         "ThreadNamedSpanEvent": 2 * 2 * 3})
+        {
+            "AsyncSpanEvent": 2 * (len(seen) + 1),
+            "AsyncNamedSpanEvent": 2,
+            "ThreadSpanEvent": 2 * 2 * 4,
+            "ThreadNamedSpanEvent": 2 * 2 * 3,
+        }
+    )
 
 
 def test_process_logs_and_metrics(uploaded: tuple[SpanlakeServer, uuid.UUID]) -> None:
@@ -303,7 +312,8 @@ def test_process_logs_and_metrics(uploaded: tuple[SpanlakeServer, uuid.UUID]) ->
         ("TaggedLogString", 4, __name__, "program started"),
         ("LogStringEventV2", 3, "roundtrip.app", "user bob failed"),
         ("LogStringEventV2", 2, "roundtrip.app", "crashed"),
-        ("LogStringEventV2", 5, __name__, "a debug line")]
+        ("LogStringEventV2", 5, __name__, "a debug line"),
+    ]
     assert dict(logs[0]["properties"].members) == {"phase": "setup"}
     assert logs[1]["desc"]["fmt_str"] == "user %s failed"
     assert logs[1]["desc"]["file"] == __file__
@@ -311,13 +321,29 @@ def test_process_logs_and_metrics(uploaded: tuple[SpanlakeServer, uuid.UUID]) ->
     metrics = streams[("metrics",)].events
     assert [(e.type_name, e["desc"]["name"], e["desc"]["unit"], e["value"]) for e in metrics] == [
         ("IntegerMetricEvent", "Frame Time", "ticks", 1000),
-        ("TaggedFloatMetricEvent", "CPU Usage", "percent", 75.5)]
+        ("TaggedFloatMetricEvent", "CPU Usage", "percent", 75.5),
+    ]
     assert dict(metrics[1]["properties"].members) == {"core": "0"}
 
 
 def test_generator_sends_a_decodable_workload(spanlake_server: SpanlakeServer) -> None:
-    command = [sys.executable, "-m", "tracing.generator", "--url", spanlake_server.http_url, "--tasks", "300",
-               "--threads", "2", "--async-tasks", "3", "--seed", "7", "--exe", "test-generator"]
+    command = [
+        sys.executable,
+        "-m",
+        "spanlake.tracing.generator",
+        "--url",
+        spanlake_server.http_url,
+        "--tasks",
+        "300",
+        "--threads",
+        "2",
+        "--async-tasks",
+        "3",
+        "--seed",
+        "7",
+        "--exe",
+        "test-generator",
+    ]
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     process_id = uuid.UUID(result.stdout.split()[0])
@@ -327,8 +353,15 @@ def test_generator_sends_a_decodable_workload(spanlake_server: SpanlakeServer) -
     assert tags == {("log",): 1, ("metrics",): 1, ("cpu",): 3}
     spans = async_spans(streams)
     names = {s.name for s in spans.values()}
-    assert {"database_migration", "user_workflow", "user_validation", "quick_lookup", "manual_work",
-            "multi_threaded_async_work", "async_subtask"} <= names
+    assert {
+        "database_migration",
+        "user_workflow",
+        "user_validation",
+        "quick_lookup",
+        "manual_work",
+        "multi_threaded_async_work",
+        "async_subtask",
+    } <= names
     assert sum(name.startswith("process_user_") for name in names) == 5
     assert max(s.depth for s in spans.values()) >= 2
     for span in spans.values():
@@ -338,5 +371,4 @@ def test_generator_sends_a_decodable_workload(spanlake_server: SpanlakeServer) -
     for stream in streams:
         if stream.row["tags"] == ["cpu"]:
             thread_span_names(stream)
-    assert any(e["desc"]["name"] == "Task Progress" for s in streams if s.row["tags"] == ["metrics"]
-               for e in s.events)
+    assert any(e["desc"]["name"] == "Task Progress" for s in streams if s.row["tags"] == ["metrics"] for e in s.events)

@@ -17,9 +17,9 @@ import cbor2
 import pytest
 from harness import free_port, wait_until
 
-import tracing
-from lakehouse.transit import decode_block, object_values, stream_layout
-from tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, HttpSink, Priority, SinkConfig
+from spanlake import tracing
+from spanlake.lakehouse.transit.decode import decode_block, object_values, stream_layout
+from spanlake.tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, HttpSink, Priority, SinkConfig
 
 FAST_RETRIES = SinkConfig(backoff_base=0.001, backoff_max=0.005, retries=(3, 2, 2, 1))
 
@@ -249,8 +249,10 @@ def test_losses_are_reported_as_metrics(serve: Callable) -> None:
 
 
 def decoded_metrics(server: ScriptedServer) -> list[tuple[str, int]]:
-    infos = {info["stream_id"]: info for info in (cbor2.loads(r.body) for r in list(server.received)
-                                                  if r.path == INSERT_STREAM)}
+    infos = {
+        info["stream_id"]: info
+        for info in (cbor2.loads(r.body) for r in list(server.received) if r.path == INSERT_STREAM)
+    }
     metrics = []
     for block in (cbor2.loads(r.body) for r in list(server.received) if r.path == INSERT_BLOCK):
         info = infos.get(block["stream_id"])

@@ -24,7 +24,7 @@ from transit_builder import (
     udt,
 )
 
-from lakehouse.transit import (
+from spanlake.lakehouse.transit.decode import (
     StreamLayout,
     TransitError,
     decode_block,
@@ -34,8 +34,8 @@ from lakehouse.transit import (
     split_payload,
     stream_layout,
 )
-from lakehouse.transit_metadata import parse_udts, udts_from_list
-from views.decoded import U8, TransitObject, Value
+from spanlake.lakehouse.transit.metadata import parse_udts, udts_from_list
+from spanlake.views.decoded import U8, TransitObject, Value
 
 ALL_BLOCKS = [(stream, block) for stream in rust_fixtures.streams() for block in stream.blocks]
 
@@ -270,7 +270,7 @@ def test_unknown_dynamic_type_is_skipped_with_a_warning(caplog: pytest.LogCaptur
     objects = BufferWriter()
     objects.dynamic(3, b"anything at all")
     objects.dynamic(0, struct.pack("<Qq", 30, 5) + dyn_string("after"))
-    with caplog.at_level(logging.WARNING, logger="lakehouse.transit"):
+    with caplog.at_level(logging.WARNING, logger="spanlake.lakehouse.transit"):
         decoded = decode_buffers(_log_dependencies().getvalue(), objects.getvalue(), _log_layout())
     values = object_values(decoded)
     assert values[0] == TransitObject("MysteryDynamicEvent", {})

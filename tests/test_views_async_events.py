@@ -8,11 +8,11 @@ import pyarrow as pa
 import rust_fixtures
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
-from lakehouse.transit import decode_block, stream_layout
-from views import async_events
-from views.meta import BlockMeta
-from views.scope import scope_hash
-from views.time import TickConverter
+from spanlake.lakehouse.transit.decode import decode_block, stream_layout
+from spanlake.views import async_events
+from spanlake.views.meta import BlockMeta
+from spanlake.views.scope import scope_hash
+from spanlake.views.time import TickConverter
 
 
 def _expected_rows(block: rust_fixtures.FixtureBlock) -> list[dict]:

@@ -10,12 +10,12 @@ import pytest
 import rust_fixtures
 from transit_builder import BufferWriter, dyn_string, member, metadata, udt
 
-from lakehouse.transit import decode_block, decode_buffers, stream_layout
-from views import log_entries
-from views.decoded import BlockRowsError
-from views.meta import BlockMeta, ProcessMeta
-from views.properties import EMPTY_JSONB_OBJECT, decode_jsonb_object
-from views.time import TickConverter, converter_for_block
+from spanlake.lakehouse.transit.decode import decode_block, decode_buffers, stream_layout
+from spanlake.views import log_entries
+from spanlake.views.decoded import BlockRowsError
+from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.properties import EMPTY_JSONB_OBJECT, decode_jsonb_object
+from spanlake.views.time import TickConverter, converter_for_block
 
 LEVEL_NUMBERS = {"fatal": 1, "error": 2, "warning": 3, "info": 4, "debug": 5, "trace": 6}
 

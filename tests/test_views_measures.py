@@ -8,11 +8,11 @@ import pyarrow as pa
 import rust_fixtures
 from transit_builder import BufferWriter, member, metadata, udt
 
-from lakehouse.transit import decode_buffers, stream_layout
-from views import measures
-from views.meta import BlockMeta, ProcessMeta
-from views.properties import decode_jsonb_object
-from views.time import TickConverter, converter_for_block
+from spanlake.lakehouse.transit.decode import decode_buffers, stream_layout
+from spanlake.views import measures
+from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.properties import decode_jsonb_object
+from spanlake.views.time import TickConverter, converter_for_block
 
 
 def test_fixture_metric_rows_match_the_ground_truth() -> None:

@@ -12,12 +12,12 @@ import pytest
 import rust_fixtures
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
-from lakehouse.transit import decode_block, stream_layout
-from views import thread_spans
-from views.meta import BlockMeta, StreamMeta
-from views.scope import scope_hash
-from views.thread_spans import CallTreeError, group_contiguous_block_chains, thread_name
-from views.time import TickConverter
+from spanlake.lakehouse.transit.decode import decode_block, stream_layout
+from spanlake.views import thread_spans
+from spanlake.views.meta import BlockMeta, StreamMeta
+from spanlake.views.scope import scope_hash
+from spanlake.views.thread_spans import CallTreeError, group_contiguous_block_chains, thread_name
+from spanlake.views.time import TickConverter
 
 # ---------------------------------------------------------------------------------------------------
 # Reference: micromegas's CallTreeBuilder (call_tree.rs) and pre-order walk (span_table.rs), event by event.

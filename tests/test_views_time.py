@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import rust_fixtures
 
-from views.meta import ProcessMeta
-from views.time import (
+from spanlake.views.meta import ProcessMeta
+from spanlake.views.time import (
     TickConverter,
     converter_for_block,
     converter_from_latest_timing,

@@ -1,7 +1,7 @@
 """spanlake's instrumentation SDK: spans (threads and asyncio), logs and metrics, sent to a spanlake
 (or micromegas) ingestion server as micromegas transit blocks.
 
-    import tracing
+    from spanlake import tracing
     tracing.init("http://127.0.0.1:9000")      # or MICROMEGAS_TELEMETRY_URL
     @tracing.span_fn
     async def handle(request): ...
@@ -12,8 +12,8 @@
 See docs/tracing.md.
 """
 
-from tracing.dispatch import current_process, flush, init, shutdown, sink_stats
-from tracing.logs import (
+from spanlake.tracing.dispatch import current_process, flush, init, shutdown, sink_stats
+from spanlake.tracing.logs import (
     DEBUG,
     ERROR,
     FATAL,
@@ -30,10 +30,10 @@ from tracing.logs import (
     trace,
     warn,
 )
-from tracing.metrics import fmetric, imetric
-from tracing.process_info import ProcessInfo
-from tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
-from tracing.spans import (
+from spanlake.tracing.metrics import fmetric, imetric
+from spanlake.tracing.process_info import ProcessInfo
+from spanlake.tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
+from spanlake.tracing.spans import (
     OpenAsyncSpan,
     SpanContext,
     async_span,

@@ -16,12 +16,12 @@ import threading
 import time
 import weakref
 
-from tracing import streams
-from tracing.process_info import ProcessInfo, make_process_info, now_ticks
-from tracing.registry import REGISTRY
-from tracing.sink import INSERT_PROCESS, HttpSink, Priority, Sink, SinkConfig, SinkStats
-from tracing.streams import TYPE_BITS
-from tracing.udts import INTEGER_METRIC_INDEX
+from spanlake.tracing import streams
+from spanlake.tracing.process_info import ProcessInfo, make_process_info, now_ticks
+from spanlake.tracing.registry import REGISTRY
+from spanlake.tracing.sink import INSERT_PROCESS, HttpSink, Priority, Sink, SinkConfig, SinkStats
+from spanlake.tracing.streams import TYPE_BITS
+from spanlake.tracing.udts import INTEGER_METRIC_INDEX
 
 logger = logging.getLogger("spanlake.tracing")
 
@@ -32,8 +32,7 @@ DEFAULT_FLUSH_PERIOD = 60.0
 
 local = threading.local()
 log_stream: streams.LogStream | streams.NullTupleStream = streams.NullTupleStream(streams.LOG_BLOCK_EVENTS)
-metrics_stream: streams.MetricsStream | streams.NullTupleStream = streams.NullTupleStream(
-    streams.METRICS_BLOCK_EVENTS)
+metrics_stream: streams.MetricsStream | streams.NullTupleStream = streams.NullTupleStream(streams.METRICS_BLOCK_EVENTS)
 _null_thread_stream = streams.NullThreadStream()
 _session: Session | None = None
 _lifecycle = threading.Lock()
@@ -191,9 +190,16 @@ class _ThreadExitSentinel:
     __slots__ = ("__weakref__",)
 
 
-def init(url: str | None = None, *, api_key: str | None = None, exe: str | None = None,
-         properties: dict[str, str] | None = None, flush_period: float | None = None,
-         sink: Sink | None = None, sink_config: SinkConfig | None = None) -> ProcessInfo:
+def init(
+    url: str | None = None,
+    *,
+    api_key: str | None = None,
+    exe: str | None = None,
+    properties: dict[str, str] | None = None,
+    flush_period: float | None = None,
+    sink: Sink | None = None,
+    sink_config: SinkConfig | None = None,
+) -> ProcessInfo:
     """Starts telemetry for this process and returns its ProcessInfo.
 
     `url` defaults to `MICROMEGAS_TELEMETRY_URL`, `api_key` to `MICROMEGAS_INGESTION_API_KEY`,
@@ -204,8 +210,11 @@ def init(url: str | None = None, *, api_key: str | None = None, exe: str | None 
     with _lifecycle:
         if _session is not None:
             raise RuntimeError("spanlake tracing is already initialized; call tracing.shutdown() first")
-        session = Session(make_process_info(exe, properties), sink or _make_sink(url, api_key, sink_config),
-                          _flush_period(flush_period))
+        session = Session(
+            make_process_info(exe, properties),
+            sink or _make_sink(url, api_key, sink_config),
+            _flush_period(flush_period),
+        )
         session.start()
         log_stream, metrics_stream = session.log_stream, session.metrics_stream
         local = threading.local()

@@ -17,41 +17,62 @@ import sys
 import threading
 import time
 
-import tracing
-from tracing.dispatch import API_KEY_ENV
+from spanlake import tracing
+from spanlake.tracing.dispatch import API_KEY_ENV
 
 OPERATIONS = ("database_query", "api_call", "file_processing", "cache_lookup", "network_request", "disk_io")
 QUICK_WORK = ("quick_processing", "cache_check", "validation", "computation")
 QUICK_NAMED = ("quick_lookup", "fast_computation", "micro_processing")
-ADVANCED = {"batch": "batch_processing_operation", "stream": "stream_processing_operation",
-            "real_time": "real_time_processing_operation"}
+ADVANCED = {
+    "batch": "batch_processing_operation",
+    "stream": "stream_processing_operation",
+    "real_time": "real_time_processing_operation",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:9000", help="ingestion server (default %(default)s)")
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                        help=f"bearer key for the ingestion API (default ${API_KEY_ENV})")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"bearer key for the ingestion API (default ${API_KEY_ENV})",
+    )
     parser.add_argument("--threads", type=int, default=4, help="worker threads (default %(default)s)")
     parser.add_argument("--tasks", type=int, default=5000, help="tasks in the main loop (default %(default)s)")
-    parser.add_argument("--async-tasks", type=int, default=10,
-                        help="concurrent asyncio tasks spawned in spans (default %(default)s)")
+    parser.add_argument(
+        "--async-tasks", type=int, default=10, help="concurrent asyncio tasks spawned in spans (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the workload's random choices")
     parser.add_argument("--exe", default="spanlake-telemetry-generator", help="process exe name to report")
     parser.add_argument("--flush-period", type=float, default=5.0, help="seconds between flushes")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
-                        help="seconds to wait for the upload at exit (default %(default)s)")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the upload at exit (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    process = tracing.init(args.url, api_key=args.api_key, exe=args.exe, flush_period=args.flush_period,
-                           properties={"generator.seed": str(args.seed)})
+    process = tracing.init(
+        args.url,
+        api_key=args.api_key,
+        exe=args.exe,
+        flush_period=args.flush_period,
+        properties={"generator.seed": str(args.seed)},
+    )
     print(process.process_id, flush=True)
     rng = random.Random(args.seed)
-    tracing.info(f"hello from generator - creating {args.tasks} tasks "
-                 f"(async_tasks={args.async_tasks}, threads={args.threads})")
+    tracing.info(
+        f"hello from generator - creating {args.tasks} tasks (async_tasks={args.async_tasks}, threads={args.threads})"
+    )
     emit_startup_metrics()
-    workers = [threading.Thread(target=worker, args=(i, random.Random(rng.random()), args.tasks // 10),
-                                name=f"generator-worker-{i}") for i in range(args.threads)]
+    workers = [
+        threading.Thread(
+            target=worker, args=(i, random.Random(rng.random()), args.tasks // 10), name=f"generator-worker-{i}"
+        )
+        for i in range(args.threads)
+    ]
     for thread in workers:
         thread.start()
     asyncio.run(main_async(args, rng))
@@ -187,8 +208,7 @@ async def concurrent_async_task(operation: str, delay_us: int) -> str:
 
 @tracing.span_fn
 async def process_users(user_ids: list[int]) -> None:
-    await asyncio.gather(*(tracing.span_async_named(f"process_user_{uid}", async_operation(20))
-                           for uid in user_ids))
+    await asyncio.gather(*(tracing.span_async_named(f"process_user_{uid}", async_operation(20)) for uid in user_ids))
 
 
 async def main_async(args: argparse.Namespace, rng: random.Random) -> None:
@@ -201,8 +221,10 @@ async def main_async(args: argparse.Namespace, rng: random.Random) -> None:
         await tracing.span_async_named(name, sleep_and_log(f"{kind} processing operation for task {i}", 60))
     await process_users(sorted(rng.sample(range(1000), 5)))
     spawned = [asyncio.create_task(multi_threaded_async_work(i)) for i in range(args.async_tasks)]
-    concurrent = [asyncio.create_task(concurrent_async_task(OPERATIONS[i % len(OPERATIONS)], 60 + i * 20))
-                  for i in range(args.async_tasks)]
+    concurrent = [
+        asyncio.create_task(concurrent_async_task(OPERATIONS[i % len(OPERATIONS)], 60 + i * 20))
+        for i in range(args.async_tasks)
+    ]
     for result in await asyncio.gather(*spawned, *concurrent):
         tracing.info(f"task result: {result}")
     await task_loop(args.tasks)

@@ -12,13 +12,28 @@ import sys
 import time
 from typing import Any
 
-from tracing import dispatch as _dispatch
-from tracing.registry import DEBUG, ERROR, FATAL, INFO, REGISTRY, TRACE, WARN
-from tracing.streams import TYPE_BITS
-from tracing.udts import LOG_STRING_INDEX, TAGGED_LOG_INDEX
+from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing.registry import DEBUG, ERROR, FATAL, INFO, REGISTRY, TRACE, WARN
+from spanlake.tracing.streams import TYPE_BITS
+from spanlake.tracing.udts import LOG_STRING_INDEX, TAGGED_LOG_INDEX
 
-__all__ = ["DEBUG", "ERROR", "FATAL", "INFO", "TRACE", "WARN", "LoggingHandler", "debug", "error", "fatal",
-           "info", "log", "set_max_level", "trace", "warn"]
+__all__ = [
+    "DEBUG",
+    "ERROR",
+    "FATAL",
+    "INFO",
+    "TRACE",
+    "WARN",
+    "LoggingHandler",
+    "debug",
+    "error",
+    "fatal",
+    "info",
+    "log",
+    "set_max_level",
+    "trace",
+    "warn",
+]
 
 _now = time.perf_counter_ns
 _getframe = sys._getframe
@@ -54,8 +69,11 @@ def _codes_here(level: int, frame: Any) -> tuple[int, int, Any]:
         target = frame.f_globals.get("__name__", "")
         desc = REGISTRY.log(level, "", target, target, frame.f_code.co_filename, frame.f_lineno)
         # The code object is kept so that its id is never reused for another one.
-        found = _call_sites[key] = (desc << TYPE_BITS | LOG_STRING_INDEX, desc << TYPE_BITS | TAGGED_LOG_INDEX,
-                                    frame.f_code)
+        found = _call_sites[key] = (
+            desc << TYPE_BITS | LOG_STRING_INDEX,
+            desc << TYPE_BITS | TAGGED_LOG_INDEX,
+            frame.f_code,
+        )
     return found
 
 
@@ -129,8 +147,13 @@ class LoggingHandler(logging.Handler):
         if not self._own_loggers and record.name.startswith("spanlake."):
             return
         try:
-            key = (record.name, record.levelno, record.pathname, record.lineno,
-                   record.msg if record.args and isinstance(record.msg, str) else "")
+            key = (
+                record.name,
+                record.levelno,
+                record.pathname,
+                record.lineno,
+                record.msg if record.args and isinstance(record.msg, str) else "",
+            )
             codes = self._descriptors.get(key)
             if codes is None:
                 codes = self._descriptors[key] = self._register(key, record.module)

@@ -12,10 +12,10 @@ import sys
 import time
 from typing import Any
 
-from tracing import dispatch as _dispatch
-from tracing.registry import REGISTRY
-from tracing.streams import TYPE_BITS
-from tracing.udts import (
+from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing.registry import REGISTRY
+from spanlake.tracing.streams import TYPE_BITS
+from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     INTEGER_METRIC_INDEX,
     TAGGED_FLOAT_METRIC_INDEX,
@@ -32,8 +32,9 @@ def _codes_here(name: str, unit: str, frame: Any, plain: int, tagged: int) -> tu
     key = (id(frame.f_code), frame.f_lasti, name, unit)
     found = _call_sites.get(key)
     if found is None:
-        desc = REGISTRY.metric(str(name), str(unit), frame.f_globals.get("__name__", ""), frame.f_code.co_filename,
-                               frame.f_lineno)
+        desc = REGISTRY.metric(
+            str(name), str(unit), frame.f_globals.get("__name__", ""), frame.f_code.co_filename, frame.f_lineno
+        )
         # The code object is kept so that its id is never reused for another one.
         found = _call_sites[key] = (desc << TYPE_BITS | plain, desc << TYPE_BITS | tagged, frame.f_code)
     return found

@@ -59,20 +59,22 @@ class ProcessInfo:
 
     def to_wire(self) -> bytes:
         """The CBOR `ProcessInfo` map, keys in the Rust field order."""
-        return cbor2.dumps({
-            "process_id": str(self.process_id),
-            "exe": self.exe,
-            "username": self.username,
-            "realname": self.realname,
-            "computer": self.computer,
-            "distro": self.distro,
-            "cpu_brand": self.cpu_brand,
-            "tsc_frequency": self.tsc_frequency,
-            "start_time": format_rfc3339_ns(self.start_time_ns),
-            "start_ticks": self.start_ticks,
-            "parent_process_id": str(self.parent_process_id) if self.parent_process_id else None,
-            "properties": self.properties,
-        })
+        return cbor2.dumps(
+            {
+                "process_id": str(self.process_id),
+                "exe": self.exe,
+                "username": self.username,
+                "realname": self.realname,
+                "computer": self.computer,
+                "distro": self.distro,
+                "cpu_brand": self.cpu_brand,
+                "tsc_frequency": self.tsc_frequency,
+                "start_time": format_rfc3339_ns(self.start_time_ns),
+                "start_ticks": self.start_ticks,
+                "parent_process_id": str(self.parent_process_id) if self.parent_process_id else None,
+                "properties": self.properties,
+            }
+        )
 
 
 def make_process_info(exe: str | None = None, properties: dict[str, str] | None = None) -> ProcessInfo:

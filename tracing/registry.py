@@ -114,20 +114,40 @@ class Registry:
             return found
 
     def span(self, name: str, target: str, file: str, line: int) -> int:
-        return self._register(("span", name, target, file, line), SpanDesc, self.spans,
-                              name, target, target, file, line, LOD_MIN)
+        return self._register(
+            ("span", name, target, file, line), SpanDesc, self.spans, name, target, target, file, line, LOD_MIN
+        )
 
     def location(self, target: str, file: str, line: int) -> int:
-        return self._register(("location", target, file, line), LocationDesc, self.locations,
-                              target, target, file, line, LOD_MIN)
+        return self._register(
+            ("location", target, file, line), LocationDesc, self.locations, target, target, file, line, LOD_MIN
+        )
 
     def log(self, level: int, fmt_str: str, target: str, module_path: str, file: str, line: int) -> int:
-        return self._register(("log", level, fmt_str, target, module_path, file, line), LogDesc, self.logs,
-                              fmt_str, target, module_path, file, line, level)
+        return self._register(
+            ("log", level, fmt_str, target, module_path, file, line),
+            LogDesc,
+            self.logs,
+            fmt_str,
+            target,
+            module_path,
+            file,
+            line,
+            level,
+        )
 
     def metric(self, name: str, unit: str, target: str, file: str, line: int) -> int:
-        return self._register(("metric", name, unit, target, file, line), MetricDesc, self.metrics,
-                              name, unit, target, file, line, LOD_MIN)
+        return self._register(
+            ("metric", name, unit, target, file, line),
+            MetricDesc,
+            self.metrics,
+            name,
+            unit,
+            target,
+            file,
+            line,
+            LOD_MIN,
+        )
 
     def property_set(self, properties: dict[str, str]) -> int:
         # micromegas sorts a set's properties by name, descending, and interns the set.
@@ -139,8 +159,7 @@ class Registry:
             found = self._keys.get(("properties", items))
             if found is None:
                 found = next(self._ids)
-                self.property_sets[found] = tuple(
-                    (self._intern_locked(k), self._intern_locked(v)) for k, v in items)
+                self.property_sets[found] = tuple((self._intern_locked(k), self._intern_locked(v)) for k, v in items)
                 self._keys[("properties", items)] = found
             return found
 

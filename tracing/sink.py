@@ -50,8 +50,7 @@ class SinkStats:
 
     def snapshot(self) -> SinkStats:
         """A copy the caller may keep while the sink goes on counting."""
-        return SinkStats(list(self.sent), list(self.dropped), list(self.rejected), list(self.failed),
-                         self.queued_bytes)
+        return SinkStats(list(self.sent), list(self.dropped), list(self.rejected), list(self.failed), self.queued_bytes)
 
 
 class Sink(Protocol):

@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from tracing import dispatch as _dispatch
-from tracing import streams
-from tracing.registry import REGISTRY
-from tracing.streams import TYPE_BITS
+from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing import streams
+from spanlake.tracing.registry import REGISTRY
+from spanlake.tracing.streams import TYPE_BITS
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,8 +42,7 @@ BEGIN_ASYNC, END_ASYNC, BEGIN_ASYNC_NAMED, END_ASYNC_NAMED = 4, 5, 6, 7
 _now = time.perf_counter_ns
 _span_ids = itertools.count(1)
 _ROOT = (0, -1)
-_current_span: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("spanlake_async_span",
-                                                                                 default=_ROOT)
+_current_span: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
 
 
@@ -62,8 +61,12 @@ def span_fn(func: Any = None, /, *, name: str | None = None) -> Any:
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         raise TypeError(f"span_fn cannot instrument generator {func.__qualname__}: its body runs after the call")
     code = getattr(func, "__code__", None)
-    desc = REGISTRY.span(name or func.__qualname__, getattr(func, "__module__", None) or "",
-                         code.co_filename if code else "", code.co_firstlineno if code else 0)
+    desc = REGISTRY.span(
+        name or func.__qualname__,
+        getattr(func, "__module__", None) or "",
+        code.co_filename if code else "",
+        code.co_firstlineno if code else 0,
+    )
     if inspect.iscoroutinefunction(func):
         return _async_span_fn(func, desc)
     return _sync_span_fn(func, desc)
@@ -173,8 +176,9 @@ class _ThreadScope:
         self._stream, self._events = stream, stream.thread_events
         self._events += (self._begin, _now(), self._name)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         events = self._events
         events += (self._end, _now(), self._name)
         if len(events) > self._stream.thread_capacity:
@@ -232,8 +236,9 @@ class attach:
         self._token = _current_span.set(self._context)
         return self._context
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         _current_span.reset(self._token)
 
 
@@ -281,8 +286,9 @@ def _open_span(frame: FrameType, name: str, parent: SpanContext | None, dynamic:
         parent = _current_span.get()
     if dynamic:
         location = _descriptor_here(frame, None)
-        return OpenAsyncSpan(location << TYPE_BITS | BEGIN_ASYNC_NAMED, location << TYPE_BITS | END_ASYNC_NAMED,
-                             str(name), parent)
+        return OpenAsyncSpan(
+            location << TYPE_BITS | BEGIN_ASYNC_NAMED, location << TYPE_BITS | END_ASYNC_NAMED, str(name), parent
+        )
     desc = _descriptor_here(frame, name)
     return OpenAsyncSpan(desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC, None, parent)
 
@@ -303,8 +309,9 @@ class async_span:
         self._token = _current_span.set(span.context)
         return span.context
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         _current_span.reset(self._token)
         self._span.end()
 
@@ -319,8 +326,9 @@ class suppressed:
         self._previous = getattr(_dispatch.local, "stream", None)
         _dispatch.local.stream = streams.NullThreadStream()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if self._previous is None:
             del _dispatch.local.stream
         else:

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from tracing import udts
-from tracing.process_info import DualTime, ProcessInfo, format_rfc3339_ns, now_ticks
-from tracing.registry import Registry
-from tracing.sink import INSERT_BLOCK, INSERT_STREAM, Priority
+from spanlake.tracing import udts
+from spanlake.tracing.process_info import DualTime, ProcessInfo, format_rfc3339_ns, now_ticks
+from spanlake.tracing.registry import Registry
+from spanlake.tracing.sink import INSERT_BLOCK, INSERT_STREAM, Priority
 
 if TYPE_CHECKING:
-    from tracing.transit_encode import EncodedBuffers
+    from spanlake.tracing.transit_encode import EncodedBuffers
 
 THREAD_SLOTS = 3
 ASYNC_SLOTS = 6
@@ -46,7 +46,7 @@ OnFull = Callable[["PendingBlock"], None]
 
 def _encoder() -> ModuleType:
     """The encoding module, imported on the first flush: numpy and pyarrow stay out of `import tracing`."""
-    from tracing import transit_encode
+    from spanlake.tracing import transit_encode
 
     return transit_encode
 
@@ -55,8 +55,7 @@ class Stream(ABC):
     priority: Priority
     layout: udts.StreamLayout
 
-    def __init__(self, process: ProcessInfo, tags: list[str], properties: dict[str, str],
-                 on_full: OnFull) -> None:
+    def __init__(self, process: ProcessInfo, tags: list[str], properties: dict[str, str], on_full: OnFull) -> None:
         self.stream_id = uuid.uuid4()
         self.process = process
         self.tags = tags
@@ -70,14 +69,16 @@ class Stream(ABC):
 
     def info_body(self) -> bytes:
         """The CBOR `StreamInfo` map (POST /ingestion/insert_stream)."""
-        return cbor2.dumps({
-            "process_id": str(self.process.process_id),
-            "stream_id": str(self.stream_id),
-            "dependencies_metadata": self.layout.dependencies_metadata(),
-            "objects_metadata": self.layout.objects_metadata(),
-            "tags": self.tags,
-            "properties": self.properties,
-        })
+        return cbor2.dumps(
+            {
+                "process_id": str(self.process.process_id),
+                "stream_id": str(self.stream_id),
+                "dependencies_metadata": self.layout.dependencies_metadata(),
+                "objects_metadata": self.layout.objects_metadata(),
+                "tags": self.tags,
+                "properties": self.properties,
+            }
+        )
 
     def drain(self) -> PendingBlock | None:
         """Takes the events recorded so far as a closed block; None if there are none."""

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracing import udts
-from tracing.registry import DYNAMIC_ID_BASE, Registry
-from tracing.streams import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS
-from tracing.udts import (
+from spanlake.tracing import udts
+from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
+from spanlake.tracing.streams import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS
+from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
     TAGGED_FLOAT_METRIC_INDEX,
@@ -85,15 +85,17 @@ class Part:
     def fixed(rows: np.ndarray, records: np.ndarray) -> Part:
         """Entries that are the rows of a structured array (zero copy)."""
         offsets = np.arange(0, (len(records) + 1) * records.dtype.itemsize, records.dtype.itemsize, dtype=np.int64)
-        entries = pa.Array.from_buffers(pa.large_binary(), len(records),
-                                        [None, pa.py_buffer(offsets), pa.py_buffer(records)])
+        entries = pa.Array.from_buffers(
+            pa.large_binary(), len(records), [None, pa.py_buffer(offsets), pa.py_buffer(records)]
+        )
         return Part(rows, entries)
 
     @staticmethod
     def with_tails(rows: np.ndarray, heads: np.ndarray, tails: pa.Array) -> Part:
         """Entries made of a fixed head (a structured array row) followed by the UTF-8 bytes of a string."""
-        joined = pc.binary_join_element_wise(Part.fixed(rows, heads).entries, tails.cast(pa.large_binary()),
-                                             _NO_SEPARATOR)
+        joined = pc.binary_join_element_wise(
+            Part.fixed(rows, heads).entries, tails.cast(pa.large_binary()), _NO_SEPARATOR
+        )
         return Part(rows, joined)
 
 
@@ -106,7 +108,7 @@ def _frame(parts: Iterable[Part], count: int) -> bytes:
     source_of_row = np.empty(count, np.int64)
     source_of_row[np.concatenate([p.rows for p in parts])] = np.arange(count)
     ordered = entries.take(pa.array(source_of_row))
-    offsets = np.frombuffer(ordered.buffers()[1], np.int64)[ordered.offset:ordered.offset + count + 1]
+    offsets = np.frombuffer(ordered.buffers()[1], np.int64)[ordered.offset : ordered.offset + count + 1]
     return ordered.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
 
 
@@ -161,10 +163,12 @@ class Dependencies:
         if not len(values):
             return b""
         lengths = utf8_lengths(values)
-        dtype = np.dtype({"names": ["tag", "size", "id"], "formats": ["u1", "<u4", "<u8"],
-                          "offsets": [0, 1, 5], "itemsize": 13})
-        heads = fill_records(dtype, len(values), tag=self.layout.dependency_index(udts.STATIC_STRING),
-                             size=8 + lengths, id=id_array)
+        dtype = np.dtype(
+            {"names": ["tag", "size", "id"], "formats": ["u1", "<u4", "<u8"], "offsets": [0, 1, 5], "itemsize": 13}
+        )
+        heads = fill_records(
+            dtype, len(values), tag=self.layout.dependency_index(udts.STATIC_STRING), size=8 + lengths, id=id_array
+        )
         return _frame([Part.with_tails(np.arange(len(values)), heads, values)], len(values))
 
     def _string_dependencies(self, ids: list[int]) -> bytes:
@@ -173,11 +177,23 @@ class Dependencies:
             return b""
         values = pa.array([self.registry.strings[i] for i in ids], pa.large_string())
         lengths = utf8_lengths(values)
-        dtype = np.dtype({"names": ["tag", "size", "id", "codec", "len"],
-                          "formats": ["u1", "<u4", "<u8", "u1", "<u4"],
-                          "offsets": [0, 1, 5, 13, 14], "itemsize": 18})
-        heads = fill_records(dtype, len(ids), tag=self.layout.dependency_index(udts.STATIC_STRING_DEPENDENCY),
-                             size=13 + lengths, id=np.array(ids, np.uint64), codec=UTF8_CODEC, len=lengths)
+        dtype = np.dtype(
+            {
+                "names": ["tag", "size", "id", "codec", "len"],
+                "formats": ["u1", "<u4", "<u8", "u1", "<u4"],
+                "offsets": [0, 1, 5, 13, 14],
+                "itemsize": 18,
+            }
+        )
+        heads = fill_records(
+            dtype,
+            len(ids),
+            tag=self.layout.dependency_index(udts.STATIC_STRING_DEPENDENCY),
+            size=13 + lengths,
+            id=np.array(ids, np.uint64),
+            codec=UTF8_CODEC,
+            len=lengths,
+        )
         return _frame([Part.with_tails(np.arange(len(ids)), heads, values)], len(ids))
 
     def _records(self, udt: Udt, rows: list[tuple]) -> bytes:
@@ -192,7 +208,8 @@ class Dependencies:
         """`PropertySetDependency`: id, count, then one `Property` (name and value StaticStringRef) each."""
         pairs = self.registry.property_sets[set_id]
         body = struct.pack("<QI", set_id, len(pairs)) + b"".join(
-            self._string_ref(name) + self._string_ref(value) for name, value in pairs)
+            self._string_ref(name) + self._string_ref(value) for name, value in pairs
+        )
         tag = self.layout.dependency_index(udts.PROPERTY_SET_DEPENDENCY)
         return struct.pack("<BI", tag, len(body)) + body
 
@@ -220,7 +237,7 @@ def _columns(values: list, slots: int) -> list[np.ndarray]:
     if len(values) % slots:
         raise ValueError(f"event list of {len(values)} values is not a multiple of {slots} slots")
     ints = [np.array(values[i::slots], np.int64) for i in range(slots - 1)]
-    return [*ints, np.array(values[slots - 1::slots], dtype=object)]
+    return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
 
 
 def encode_thread_events(thread_values: list, async_values: list, registry: Registry) -> EncodedBuffers:
@@ -259,10 +276,12 @@ def encode_thread_events(thread_values: list, async_values: list, registry: Regi
         parts.append(Part.fixed(position[select], fill_records(dtype, len(select), tag=type_index, **columns)))
 
     deps = Dependencies(udts.THREAD_LAYOUT, registry)
-    deps.add_records(udts.SPAN_RECORD, registry.spans, np.unique(ids[~named]),
-                     ("name", "target", "module_path", "file"))
-    deps.add_records(udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]),
-                     ("target", "module_path", "file"))
+    deps.add_records(
+        udts.SPAN_RECORD, registry.spans, np.unique(ids[~named]), ("name", "target", "module_path", "file")
+    )
+    deps.add_records(
+        udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
+    )
     deps.dynamic_names = names.dictionary
     return EncodedBuffers(_frame(parts, count), deps.encode(), count)
 
@@ -270,12 +289,22 @@ def encode_thread_events(thread_values: list, async_values: list, registry: Regi
 # ----------------------------------------------------------------------------------------------------
 # Objects: log stream
 
-_LOG_STRING_HEAD = np.dtype({"names": ["tag", "size", "desc", "time", "codec", "len"],
-                             "formats": ["u1", "<u4", "<u8", "<i8", "u1", "<u4"],
-                             "offsets": [0, 1, 5, 13, 21, 22], "itemsize": 26})
-_TAGGED_LOG_HEAD = np.dtype({"names": ["tag", "size", "desc", "properties", "time", "codec", "len"],
-                             "formats": ["u1", "<u4", "<u8", "<u8", "<i8", "u1", "<u4"],
-                             "offsets": [0, 1, 5, 13, 21, 29, 30], "itemsize": 34})
+_LOG_STRING_HEAD = np.dtype(
+    {
+        "names": ["tag", "size", "desc", "time", "codec", "len"],
+        "formats": ["u1", "<u4", "<u8", "<i8", "u1", "<u4"],
+        "offsets": [0, 1, 5, 13, 21, 22],
+        "itemsize": 26,
+    }
+)
+_TAGGED_LOG_HEAD = np.dtype(
+    {
+        "names": ["tag", "size", "desc", "properties", "time", "codec", "len"],
+        "formats": ["u1", "<u4", "<u8", "<u8", "<i8", "u1", "<u4"],
+        "offsets": [0, 1, 5, 13, 21, 29, 30],
+        "itemsize": 34,
+    }
+)
 
 
 def _tuple_columns(events: list[tuple], width: int) -> list[tuple]:
@@ -304,15 +333,17 @@ def encode_log_events(events: list[tuple], registry: Registry) -> EncodedBuffers
         if type_index == TAGGED_LOG_INDEX:
             columns["properties"] = property_sets[select]
         body_size = head.itemsize - 5 + lengths[select]  # after tag + u32 size
-        heads = fill_records(head, len(select), tag=type_index, size=body_size, codec=UTF8_CODEC,
-                             len=lengths[select], **columns)
+        heads = fill_records(
+            head, len(select), tag=type_index, size=body_size, codec=UTF8_CODEC, len=lengths[select], **columns
+        )
         parts.append(Part.with_tails(select, heads, messages.take(pa.array(select))))
     unknown = ~np.isin(types, (LOG_STRING_INDEX, TAGGED_LOG_INDEX))
     if unknown.any():
         raise ValueError(f"log events: unknown type index {int(types[unknown][0])}")
     deps = Dependencies(udts.LOG_LAYOUT, registry)
-    deps.add_records(udts.LOG_METADATA_RECORD, registry.logs, np.unique(desc_ids),
-                     ("fmt_str", "target", "module_path", "file"))
+    deps.add_records(
+        udts.LOG_METADATA_RECORD, registry.logs, np.unique(desc_ids), ("fmt_str", "target", "module_path", "file")
+    )
     deps.add_property_sets(np.unique(property_sets[types == TAGGED_LOG_INDEX]))
     return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
 
@@ -342,8 +373,9 @@ def encode_metric_events(events: list[tuple], registry: Registry) -> EncodedBuff
     if (types >= len(_METRIC_DTYPES)).any():
         raise ValueError(f"metric events: unknown type index {int(types.max())}")
     deps = Dependencies(udts.METRICS_LAYOUT, registry)
-    deps.add_records(udts.METRIC_METADATA_DEPENDENCY, registry.metrics, np.unique(desc_ids),
-                     ("name", "unit", "target", "file"))
+    deps.add_records(
+        udts.METRIC_METADATA_DEPENDENCY, registry.metrics, np.unique(desc_ids), ("name", "unit", "target", "file")
+    )
     deps.add_property_sets(np.unique(property_sets[np.isin(types, _TAGGED_METRICS)]))
     return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
 
@@ -370,15 +402,17 @@ class BlockHeader:
 
 def block_body(header: BlockHeader, buffers: EncodedBuffers, block_id: uuid.UUID | None = None) -> bytes:
     """The CBOR `Block` map, keys in the order the Rust sink writes them."""
-    return cbor2.dumps({
-        "block_id": str(block_id or uuid.uuid4()),
-        "stream_id": str(header.stream_id),
-        "process_id": str(header.process_id),
-        "begin_time": header.begin_time,
-        "begin_ticks": header.begin_ticks,
-        "end_time": header.end_time,
-        "end_ticks": header.end_ticks,
-        "payload": {"dependencies": compress(buffers.dependencies), "objects": compress(buffers.objects)},
-        "object_offset": header.object_offset,
-        "nb_objects": buffers.nb_objects,
-    })
+    return cbor2.dumps(
+        {
+            "block_id": str(block_id or uuid.uuid4()),
+            "stream_id": str(header.stream_id),
+            "process_id": str(header.process_id),
+            "begin_time": header.begin_time,
+            "begin_ticks": header.begin_ticks,
+            "end_time": header.end_time,
+            "end_ticks": header.end_ticks,
+            "payload": {"dependencies": compress(buffers.dependencies), "objects": compress(buffers.objects)},
+            "object_offset": header.object_offset,
+            "nb_objects": buffers.nb_objects,
+        }
+    )

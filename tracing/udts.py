@@ -21,8 +21,13 @@ class Member:
     is_reference: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "type_name": self.type_name, "offset": self.offset,
-                "size": self.size, "is_reference": self.is_reference}
+        return {
+            "name": self.name,
+            "type_name": self.type_name,
+            "offset": self.offset,
+            "size": self.size,
+            "is_reference": self.is_reference,
+        }
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,12 @@ class Udt:
     is_reference: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "members": [m.to_wire() for m in self.members],
-                "is_reference": self.is_reference}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "members": [m.to_wire() for m in self.members],
+            "is_reference": self.is_reference,
+        }
 
 
 def _ref(name: str, target: str, offset: int) -> Member:
@@ -65,20 +74,44 @@ def _thread_span(name: str) -> Udt:
 
 
 def _thread_named_span(name: str) -> Udt:
-    return Udt(name, 32, (_ref("thread_span_location", _STATIC_LOCATION, 0), Member("name", "StringId", 8, 16),
-                          Member("time", "i64", 24, 8)))
+    return Udt(
+        name,
+        32,
+        (
+            _ref("thread_span_location", _STATIC_LOCATION, 0),
+            Member("name", "StringId", 8, 16),
+            Member("time", "i64", 24, 8),
+        ),
+    )
 
 
 def _async_span(name: str) -> Udt:
-    return Udt(name, 40, (_ref("span_desc", _STATIC_SPAN, 0), Member("span_id", "u64", 8, 8),
-                          Member("parent_span_id", "u64", 16, 8), Member("depth", "u32", 32, 4),
-                          Member("time", "i64", 24, 8)))
+    return Udt(
+        name,
+        40,
+        (
+            _ref("span_desc", _STATIC_SPAN, 0),
+            Member("span_id", "u64", 8, 8),
+            Member("parent_span_id", "u64", 16, 8),
+            Member("depth", "u32", 32, 4),
+            Member("time", "i64", 24, 8),
+        ),
+    )
 
 
 def _async_named_span(name: str) -> Udt:
-    return Udt(name, 56, (_ref("span_location", _STATIC_LOCATION, 0), Member("name", "StringId", 8, 16),
-                          Member("span_id", "u64", 24, 8), Member("parent_span_id", "u64", 32, 8),
-                          Member("depth", "u32", 48, 4), Member("time", "i64", 40, 8)))
+    return Udt(
+        name,
+        56,
+        (
+            _ref("span_location", _STATIC_LOCATION, 0),
+            Member("name", "StringId", 8, 16),
+            Member("span_id", "u64", 24, 8),
+            Member("parent_span_id", "u64", 32, 8),
+            Member("depth", "u32", 48, 4),
+            Member("time", "i64", 40, 8),
+        ),
+    )
 
 
 BEGIN_THREAD_SPAN = _thread_span("BeginThreadSpanEvent")
@@ -90,37 +123,103 @@ END_ASYNC_SPAN = _async_span("EndAsyncSpanEvent")
 BEGIN_ASYNC_NAMED_SPAN = _async_named_span("BeginAsyncNamedSpanEvent")
 END_ASYNC_NAMED_SPAN = _async_named_span("EndAsyncNamedSpanEvent")
 
-SPAN_RECORD = Udt("SpanRecord", 48, (
-    Member("id", "u64", 0, 8), _ref("name", _PTR, 8), _ref("target", _PTR, 16), _ref("module_path", _PTR, 24),
-    _ref("file", _PTR, 32), Member("line", "u32", 40, 4), Member("lod", "u32", 44, 4)))
-SPAN_LOCATION_RECORD = Udt("SpanLocationRecord", 40, (
-    Member("id", "u64", 0, 8), _ref("target", _PTR, 8), _ref("module_path", _PTR, 16), _ref("file", _PTR, 24),
-    Member("line", "u32", 32, 4), Member("lod", "u32", 36, 4)))
+SPAN_RECORD = Udt(
+    "SpanRecord",
+    48,
+    (
+        Member("id", "u64", 0, 8),
+        _ref("name", _PTR, 8),
+        _ref("target", _PTR, 16),
+        _ref("module_path", _PTR, 24),
+        _ref("file", _PTR, 32),
+        Member("line", "u32", 40, 4),
+        Member("lod", "u32", 44, 4),
+    ),
+)
+SPAN_LOCATION_RECORD = Udt(
+    "SpanLocationRecord",
+    40,
+    (
+        Member("id", "u64", 0, 8),
+        _ref("target", _PTR, 8),
+        _ref("module_path", _PTR, 16),
+        _ref("file", _PTR, 24),
+        Member("line", "u32", 32, 4),
+        Member("lod", "u32", 36, 4),
+    ),
+)
 
 LOG_STATIC_STR = Udt("LogStaticStrEvent", 16, (_ref("desc", _STATIC_LOG, 0), Member("time", "i64", 8, 8)))
 LOG_STRING = Udt("LogStringEventV2", 0)
-LOG_STATIC_STR_INTEROP = Udt("LogStaticStrInteropEvent", 48, (
-    Member("time", "i64", 32, 8), Member("level", "u32", 40, 4), Member("target", "StringId", 0, 16),
-    Member("msg", "StringId", 16, 16)))
+LOG_STATIC_STR_INTEROP = Udt(
+    "LogStaticStrInteropEvent",
+    48,
+    (
+        Member("time", "i64", 32, 8),
+        Member("level", "u32", 40, 4),
+        Member("target", "StringId", 0, 16),
+        Member("msg", "StringId", 16, 16),
+    ),
+)
 LOG_STRING_INTEROP = Udt("LogStringInteropEventV3", 0)
 TAGGED_LOG_STRING = Udt("TaggedLogString", 0)
-LOG_METADATA_RECORD = Udt("LogMetadataRecord", 48, (
-    Member("id", "u64", 0, 8), _ref("fmt_str", _PTR, 8), _ref("target", _PTR, 16), _ref("module_path", _PTR, 24),
-    _ref("file", _PTR, 32), Member("line", "u32", 40, 4), Member("level", "u32", 44, 4)))
+LOG_METADATA_RECORD = Udt(
+    "LogMetadataRecord",
+    48,
+    (
+        Member("id", "u64", 0, 8),
+        _ref("fmt_str", _PTR, 8),
+        _ref("target", _PTR, 16),
+        _ref("module_path", _PTR, 24),
+        _ref("file", _PTR, 32),
+        Member("line", "u32", 40, 4),
+        Member("level", "u32", 44, 4),
+    ),
+)
 
-INTEGER_METRIC = Udt("IntegerMetricEvent", 24, (
-    _ref("desc", _STATIC_METRIC, 0), Member("value", "u64", 8, 8), Member("time", "i64", 16, 8)))
-FLOAT_METRIC = Udt("FloatMetricEvent", 24, (
-    _ref("desc", _STATIC_METRIC, 0), Member("value", "f64", 8, 8), Member("time", "i64", 16, 8)))
-TAGGED_FLOAT_METRIC = Udt("TaggedFloatMetricEvent", 32, (
-    _ref("desc", _STATIC_METRIC, 0), _ref("properties", _STATIC_PROPERTIES, 8), Member("value", "f64", 16, 8),
-    Member("time", "i64", 24, 8)))
-TAGGED_INTEGER_METRIC = Udt("TaggedIntegerMetricEvent", 32, (
-    _ref("desc", _STATIC_METRIC, 0), _ref("properties", _STATIC_PROPERTIES, 8), Member("value", "u64", 16, 8),
-    Member("time", "i64", 24, 8)))
-METRIC_METADATA_DEPENDENCY = Udt("MetricMetadataDependency", 48, (
-    Member("id", "u64", 0, 8), _ref("name", _PTR, 8), _ref("unit", _PTR, 16), _ref("target", _PTR, 24),
-    _ref("file", _PTR, 32), Member("line", "u32", 40, 4), Member("lod", "u32", 44, 4)))
+INTEGER_METRIC = Udt(
+    "IntegerMetricEvent",
+    24,
+    (_ref("desc", _STATIC_METRIC, 0), Member("value", "u64", 8, 8), Member("time", "i64", 16, 8)),
+)
+FLOAT_METRIC = Udt(
+    "FloatMetricEvent",
+    24,
+    (_ref("desc", _STATIC_METRIC, 0), Member("value", "f64", 8, 8), Member("time", "i64", 16, 8)),
+)
+TAGGED_FLOAT_METRIC = Udt(
+    "TaggedFloatMetricEvent",
+    32,
+    (
+        _ref("desc", _STATIC_METRIC, 0),
+        _ref("properties", _STATIC_PROPERTIES, 8),
+        Member("value", "f64", 16, 8),
+        Member("time", "i64", 24, 8),
+    ),
+)
+TAGGED_INTEGER_METRIC = Udt(
+    "TaggedIntegerMetricEvent",
+    32,
+    (
+        _ref("desc", _STATIC_METRIC, 0),
+        _ref("properties", _STATIC_PROPERTIES, 8),
+        Member("value", "u64", 16, 8),
+        Member("time", "i64", 24, 8),
+    ),
+)
+METRIC_METADATA_DEPENDENCY = Udt(
+    "MetricMetadataDependency",
+    48,
+    (
+        Member("id", "u64", 0, 8),
+        _ref("name", _PTR, 8),
+        _ref("unit", _PTR, 16),
+        _ref("target", _PTR, 24),
+        _ref("file", _PTR, 32),
+        Member("line", "u32", 40, 4),
+        Member("lod", "u32", 44, 4),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -146,8 +245,16 @@ class StreamLayout:
 
 
 THREAD_LAYOUT = StreamLayout(
-    objects=(BEGIN_THREAD_SPAN, END_THREAD_SPAN, BEGIN_THREAD_NAMED_SPAN, END_THREAD_NAMED_SPAN,
-             BEGIN_ASYNC_SPAN, END_ASYNC_SPAN, BEGIN_ASYNC_NAMED_SPAN, END_ASYNC_NAMED_SPAN),
+    objects=(
+        BEGIN_THREAD_SPAN,
+        END_THREAD_SPAN,
+        BEGIN_THREAD_NAMED_SPAN,
+        END_THREAD_NAMED_SPAN,
+        BEGIN_ASYNC_SPAN,
+        END_ASYNC_SPAN,
+        BEGIN_ASYNC_NAMED_SPAN,
+        END_ASYNC_NAMED_SPAN,
+    ),
     object_secondaries=(STRING_ID,),
     dependencies=(SPAN_RECORD, SPAN_LOCATION_RECORD, STATIC_STRING),
     dependency_secondaries=(),

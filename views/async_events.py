@@ -7,12 +7,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from views.columns import Coded, constant_dictionary, dictionary_array, order_by_position, pair_codes, timestamp_array
-from views.decoded import DecodedBlock, ObjectGroup
-from views.meta import BlockMeta
-from views.schema_types import DICT_UTF8, TIMESTAMP, required
-from views.scope import Scope, span_desc_scope, span_location_scope
-from views.time import TickConverter
+from spanlake.views.columns import (
+    Coded,
+    constant_dictionary,
+    dictionary_array,
+    order_by_position,
+    pair_codes,
+    timestamp_array,
+)
+from spanlake.views.decoded import DecodedBlock, ObjectGroup
+from spanlake.views.meta import BlockMeta
+from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
+from spanlake.views.scope import Scope, span_desc_scope, span_location_scope
+from spanlake.views.time import TickConverter
 
 VIEW_SET_NAME = "async_events"
 FILE_SCHEMA_HASH = bytes([3])

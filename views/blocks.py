@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from views.schema_types import DICT_JSONB, TIMESTAMP, optional, required
+from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required
 
 VIEW_SET_NAME = "blocks"
 FILE_SCHEMA_HASH = bytes([3])

@@ -9,9 +9,9 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from views.decoded import ValueColumn
-from views.meta import BlockMeta, ProcessMeta
-from views.schema_types import DICT_UTF8, TIMESTAMP
+from spanlake.views.decoded import ValueColumn
+from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -83,11 +83,15 @@ def timestamp_array(nanoseconds: np.ndarray) -> pa.Array:
 def block_identity_columns(process: ProcessMeta, block: BlockMeta, length: int) -> list[pa.Array]:
     """process_id, stream_id, block_id, insert_time, exe, username, computer: the columns that
     log_entries and measures rows take from their block and process, constant per block."""
-    return [constant_dictionary(process.process_id, length), constant_dictionary(block.stream_id, length),
-            constant_dictionary(block.block_id, length),
-            timestamp_array(np.full(length, block.insert_time_ns, dtype=np.int64)),
-            constant_dictionary(process.exe, length), constant_dictionary(process.username, length),
-            constant_dictionary(process.computer, length)]
+    return [
+        constant_dictionary(process.process_id, length),
+        constant_dictionary(block.stream_id, length),
+        constant_dictionary(block.block_id, length),
+        timestamp_array(np.full(length, block.insert_time_ns, dtype=np.int64)),
+        constant_dictionary(process.exe, length),
+        constant_dictionary(process.username, length),
+        constant_dictionary(process.computer, length),
+    ]
 
 
 def order_by_position(positions: Sequence[np.ndarray]) -> np.ndarray:

@@ -23,8 +23,14 @@ class JsonbError(ValueError):
 # big-endian signed width holding an integer, 0x60 + f64 for floats, 0x10/0x20/0x30 for NaN/inf/-inf.
 
 _ARRAY, _OBJECT, _SCALAR = 0x80000000, 0x40000000, 0x20000000
-_NULL, _STRING, _NUMBER, _FALSE, _TRUE, _CONTAINER = (0x00000000, 0x10000000, 0x20000000, 0x30000000, 0x40000000,
-                                                     0x50000000)
+_NULL, _STRING, _NUMBER, _FALSE, _TRUE, _CONTAINER = (
+    0x00000000,
+    0x10000000,
+    0x20000000,
+    0x30000000,
+    0x40000000,
+    0x50000000,
+)
 _INT_WIDTHS = ((1, ">b", 0x7F), (2, ">h", 0x7FFF), (4, ">i", 0x7FFFFFFF), (8, ">q", 0x7FFFFFFFFFFFFFFF))
 
 

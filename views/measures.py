@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from views.columns import (
+from spanlake.views.columns import (
     Coded,
     block_identity_columns,
     dictionary_array,
@@ -16,11 +16,11 @@ from views.columns import (
     pair_codes,
     timestamp_array,
 )
-from views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
-from views.meta import BlockMeta, ProcessMeta
-from views.properties import constant_properties_array, jsonb_dictionary
-from views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
-from views.time import TickConverter
+from spanlake.views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
+from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.properties import constant_properties_array, jsonb_dictionary
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
+from spanlake.views.time import TickConverter
 
 VIEW_SET_NAME = "measures"
 FILE_SCHEMA_HASH = bytes([7])

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from views import jsonb
-from views.schema_types import DICT_JSONB, DICT_UTF8
+from spanlake.views import jsonb
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
 _OBJECT_CONTAINER = 0x40000000
 _CONTAINER_TYPE_MASK = 0xE0000000

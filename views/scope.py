@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from views.decoded import BlockRowsError, Value, integer_member, string_member
+from spanlake.views.decoded import BlockRowsError, Value, integer_member, string_member
 
 
 def scope_hash(name: str, filename: str, target: str, line: int) -> int:

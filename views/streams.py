@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from views.schema_types import DICT_JSONB, TIMESTAMP, optional, required, schema_hash
+from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required, schema_hash
 
 VIEW_SET_NAME = "streams"
 

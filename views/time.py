@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import BlockMeta, ProcessMeta
 
 NANOS_PER_SECOND = 1_000_000_000.0
 _INT64_MIN = float(np.iinfo(np.int64).min)

@@ -4,9 +4,8 @@ The lakehouse plugs in through a `SessionFactory`: a callable that builds a Data
 `SessionContext` for each query from its `QueryContext`.
 """
 
-from server.flightsql.errors import UserError
-from server.flightsql.service import FlightSqlServer, run_flightsql
-from server.flightsql.session import QueryContext, SessionFactory, default_session_config
+from spanlake.server.flightsql.errors import UserError
+from spanlake.server.flightsql.service import FlightSqlServer, run_flightsql
+from spanlake.server.flightsql.session import QueryContext, SessionFactory, default_session_config
 
-__all__ = ["FlightSqlServer", "QueryContext", "SessionFactory", "UserError", "default_session_config",
-           "run_flightsql"]
+__all__ = ["FlightSqlServer", "QueryContext", "SessionFactory", "UserError", "default_session_config", "run_flightsql"]

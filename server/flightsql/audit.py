@@ -13,10 +13,10 @@ import threading
 import time
 from typing import Any
 
-import tracing
-from server.auth import Principal
-from server.flightsql.errors import Failure
-from server.flightsql.headers import QueryHeaders
+from spanlake import tracing
+from spanlake.server.auth import Principal
+from spanlake.server.flightsql.errors import Failure
+from spanlake.server.flightsql.headers import QueryHeaders
 
 AUDIT_LOGGER = "spanlake.flightsql.audit"
 _audit_log = logging.getLogger(AUDIT_LOGGER)
@@ -41,8 +41,7 @@ def _query_metrics(record: dict[str, Any]) -> None:
 class QueryAudit:
     """Timings, volumes and outcome of one query, filled in as it runs."""
 
-    def __init__(self, query_id: str, rpc: str, sql: str, client: dict[str, str],
-                 principal: Principal | None) -> None:
+    def __init__(self, query_id: str, rpc: str, sql: str, client: dict[str, str], principal: Principal | None) -> None:
         self.query_id = query_id
         self._start = time.perf_counter()
         self._rpc = rpc

@@ -33,7 +33,7 @@ import traceback
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from lakehouse.errors import QueryError
+from spanlake.lakehouse.errors import QueryError
 
 MAX_MESSAGE_CHARS = 1500  # the message travels in gRPC trailers twice; keep well under 8 KiB
 
@@ -175,12 +175,18 @@ _PREFIX_CODES: tuple[tuple[str, Code], ...] = (
     ("Arrow error: Parser error: ", Code.INVALID_ARGUMENT),
 )
 _WRAPPER_PREFIXES = ("DataFusion error: ", "External error: ")
-_INTERNAL_PREFIXES = ("Internal error: ", "Arrow error: ", "IO error: ", "Object Store error: ",
-                      "Parquet error: ", "Join Error: ")
+_INTERNAL_PREFIXES = (
+    "Internal error: ",
+    "Arrow error: ",
+    "IO error: ",
+    "Object Store error: ",
+    "Parquet error: ",
+    "Join Error: ",
+)
 _CAUSED_BY = re.compile(r"\n?caused by\n")
 _PY_ERR = re.compile(
-    r"PyErr \{ type: <class '(?P<type>[\w.]+)'>, value: (?P<value>.*), traceback: (?:None|Some\(.*\)) \}",
-    re.DOTALL)
+    r"PyErr \{ type: <class '(?P<type>[\w.]+)'>, value: (?P<value>.*), traceback: (?:None|Some\(.*\)) \}", re.DOTALL
+)
 _EXCEPTION_REPR = re.compile(r"(?P<name>\w+)\((?P<args>.*)\)", re.DOTALL)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from server.auth import Authenticator, AuthError, Principal
+from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.server.auth import Authenticator, AuthError, Principal
 
 MIDDLEWARE_KEY = "spanlake"
 CLIENT_HEADER_PREFIX = "x-client-"
@@ -52,8 +52,11 @@ def header_value(headers: dict[str, list[Any]], name: str) -> str | None:
 
 def parse_query_headers(headers: dict[str, list[Any]]) -> QueryHeaders:
     """`query_range_begin`/`query_range_end` (RFC3339, both or neither), `limit`, `preserve_dictionary`."""
-    return QueryHeaders(query_range=_query_range(headers), limit=_limit(headers),
-                        preserve_dictionary=(header_value(headers, "preserve_dictionary") or "").lower() == "true")
+    return QueryHeaders(
+        query_range=_query_range(headers),
+        limit=_limit(headers),
+        preserve_dictionary=(header_value(headers, "preserve_dictionary") or "").lower() == "true",
+    )
 
 
 def _query_range(headers: dict[str, list[Any]]) -> tuple[int, int] | None:
@@ -89,8 +92,11 @@ def _limit(headers: dict[str, list[Any]]) -> int | None:
 
 def client_attribution(headers: dict[str, list[Any]], peer: str) -> dict[str, str]:
     """The `x-client-*` headers (prefix dropped: type, agent, entrypoint, session, …) and the peer."""
-    client = {name[len(CLIENT_HEADER_PREFIX):]: (header_value(headers, name) or "")[:MAX_ATTRIBUTION_CHARS]
-              for name in headers if name.startswith(CLIENT_HEADER_PREFIX) and not name.endswith("-bin")}
+    client = {
+        name[len(CLIENT_HEADER_PREFIX) :]: (header_value(headers, name) or "")[:MAX_ATTRIBUTION_CHARS]
+        for name in headers
+        if name.startswith(CLIENT_HEADER_PREFIX) and not name.endswith("-bin")
+    }
     client["peer"] = peer
     return client
 

@@ -15,15 +15,20 @@ from typing import Any
 import datafusion
 import pyarrow as pa
 
-from server.flightsql.streaming import output_schema
+from spanlake.server.flightsql.streaming import output_schema
 
 CATALOGS_SCHEMA = pa.schema([pa.field("catalog_name", pa.string(), nullable=False)])
-DB_SCHEMAS_SCHEMA = pa.schema([pa.field("catalog_name", pa.string()),
-                               pa.field("db_schema_name", pa.string(), nullable=False)])
-TABLES_SCHEMA = pa.schema([pa.field("catalog_name", pa.string()),
-                           pa.field("db_schema_name", pa.string()),
-                           pa.field("table_name", pa.string(), nullable=False),
-                           pa.field("table_type", pa.string(), nullable=False)])
+DB_SCHEMAS_SCHEMA = pa.schema(
+    [pa.field("catalog_name", pa.string()), pa.field("db_schema_name", pa.string(), nullable=False)]
+)
+TABLES_SCHEMA = pa.schema(
+    [
+        pa.field("catalog_name", pa.string()),
+        pa.field("db_schema_name", pa.string()),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("table_type", pa.string(), nullable=False),
+    ]
+)
 TABLES_WITH_SCHEMA_SCHEMA = TABLES_SCHEMA.append(pa.field("table_schema", pa.binary(), nullable=False))
 TABLE_TYPES_SCHEMA = pa.schema([pa.field("table_type", pa.string(), nullable=False)])
 
@@ -82,8 +87,9 @@ def db_schemas(ctx: datafusion.SessionContext, command: Any) -> pa.Table:
     """CommandGetDbSchemas: `catalog` (exact, when given) and `db_schema_filter_pattern`."""
     schema_matches = _matcher(_optional(command, "db_schema_filter_pattern"))
     rows = [(c, s) for c, s in _schemas(ctx, _optional(command, "catalog")) if schema_matches(s)]
-    return pa.table({"catalog_name": [c for c, _ in rows], "db_schema_name": [s for _, s in rows]},
-                    schema=DB_SCHEMAS_SCHEMA)
+    return pa.table(
+        {"catalog_name": [c for c, _ in rows], "db_schema_name": [s for _, s in rows]}, schema=DB_SCHEMAS_SCHEMA
+    )
 
 
 def list_tables(ctx: datafusion.SessionContext, command: Any) -> list[TableEntry]:
@@ -121,8 +127,9 @@ def tables(ctx: datafusion.SessionContext, command: Any, preserve_dictionary: bo
         "table_type": [e.table_type for e in entries],
     }
     if command.include_schema:
-        columns["table_schema"] = [output_schema(e.table.schema, preserve_dictionary).serialize().to_pybytes()
-                                   for e in entries]
+        columns["table_schema"] = [
+            output_schema(e.table.schema, preserve_dictionary).serialize().to_pybytes() for e in entries
+        ]
     return pa.table(columns, schema=tables_schema(command))
 
 

@@ -24,22 +24,24 @@ _STRING, _BYTES, _BOOL, _UINT32, _ENUM = _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_
 _SQL_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
     "CommandGetSqlInfo": [("info", 1, _UINT32, "repeated")],
     "CommandGetCatalogs": [],
-    "CommandGetDbSchemas": [("catalog", 1, _STRING, "optional"),
-                            ("db_schema_filter_pattern", 2, _STRING, "optional")],
-    "CommandGetTables": [("catalog", 1, _STRING, "optional"),
-                         ("db_schema_filter_pattern", 2, _STRING, "optional"),
-                         ("table_name_filter_pattern", 3, _STRING, "optional"),
-                         ("table_types", 4, _STRING, "repeated"),
-                         ("include_schema", 5, _BOOL, "plain")],
+    "CommandGetDbSchemas": [("catalog", 1, _STRING, "optional"), ("db_schema_filter_pattern", 2, _STRING, "optional")],
+    "CommandGetTables": [
+        ("catalog", 1, _STRING, "optional"),
+        ("db_schema_filter_pattern", 2, _STRING, "optional"),
+        ("table_name_filter_pattern", 3, _STRING, "optional"),
+        ("table_types", 4, _STRING, "repeated"),
+        ("include_schema", 5, _BOOL, "plain"),
+    ],
     "CommandGetTableTypes": [],
     "CommandStatementQuery": [("query", 1, _STRING, "plain"), ("transaction_id", 2, _BYTES, "optional")],
     "TicketStatementQuery": [("statement_handle", 1, _BYTES, "plain")],
     "CommandPreparedStatementQuery": [("prepared_statement_handle", 1, _BYTES, "plain")],
-    "ActionCreatePreparedStatementRequest": [("query", 1, _STRING, "plain"),
-                                             ("transaction_id", 2, _BYTES, "optional")],
-    "ActionCreatePreparedStatementResult": [("prepared_statement_handle", 1, _BYTES, "plain"),
-                                            ("dataset_schema", 2, _BYTES, "plain"),
-                                            ("parameter_schema", 3, _BYTES, "plain")],
+    "ActionCreatePreparedStatementRequest": [("query", 1, _STRING, "plain"), ("transaction_id", 2, _BYTES, "optional")],
+    "ActionCreatePreparedStatementResult": [
+        ("prepared_statement_handle", 1, _BYTES, "plain"),
+        ("dataset_schema", 2, _BYTES, "plain"),
+        ("parameter_schema", 3, _BYTES, "plain"),
+    ],
     "ActionClosePreparedStatementRequest": [("prepared_statement_handle", 1, _BYTES, "plain")],
 }
 
@@ -47,12 +49,17 @@ _SQL_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
 CLOSE_SESSION_CLOSED = 1
 
 
-def _add_message(fdp: descriptor_pb2.FileDescriptorProto, name: str,
-                 fields: list[tuple[str, int, int, str]]) -> descriptor_pb2.DescriptorProto:
+def _add_message(
+    fdp: descriptor_pb2.FileDescriptorProto, name: str, fields: list[tuple[str, int, int, str]]
+) -> descriptor_pb2.DescriptorProto:
     msg = fdp.message_type.add(name=name)
     for field_name, number, field_type, kind in fields:
-        field = msg.field.add(name=field_name, number=number, type=field_type,
-                              label=_F.LABEL_REPEATED if kind == "repeated" else _F.LABEL_OPTIONAL)
+        field = msg.field.add(
+            name=field_name,
+            number=number,
+            type=field_type,
+            label=_F.LABEL_REPEATED if kind == "repeated" else _F.LABEL_OPTIONAL,
+        )
         if kind == "optional":
             field.proto3_optional = True
             field.oneof_index = len(msg.oneof_decl)
@@ -62,21 +69,24 @@ def _add_message(fdp: descriptor_pb2.FileDescriptorProto, name: str,
 
 def _build_pool() -> descriptor_pool.DescriptorPool:
     pool = descriptor_pool.DescriptorPool()
-    sql = descriptor_pb2.FileDescriptorProto(name="spanlake_flightsql.proto", package=SQL_PACKAGE,
-                                             syntax="proto3")
+    sql = descriptor_pb2.FileDescriptorProto(name="spanlake_flightsql.proto", package=SQL_PACKAGE, syntax="proto3")
     for name, fields in _SQL_MESSAGES.items():
         _add_message(sql, name, fields)
     pool.Add(sql)
 
-    flight = descriptor_pb2.FileDescriptorProto(name="spanlake_flight.proto", package=FLIGHT_PACKAGE,
-                                                syntax="proto3")
+    flight = descriptor_pb2.FileDescriptorProto(name="spanlake_flight.proto", package=FLIGHT_PACKAGE, syntax="proto3")
     _add_message(flight, "CloseSessionRequest", [])
     result = _add_message(flight, "CloseSessionResult", [])
     status = result.enum_type.add(name="Status")
     for value_name, number in (("UNSPECIFIED", 0), ("CLOSED", 1), ("CLOSING", 2), ("NOT_CLOSEABLE", 3)):
         status.value.add(name=value_name, number=number)
-    result.field.add(name="status", number=1, type=_ENUM, label=_F.LABEL_OPTIONAL,
-                     type_name=f".{FLIGHT_PACKAGE}.CloseSessionResult.Status")
+    result.field.add(
+        name="status",
+        number=1,
+        type=_ENUM,
+        label=_F.LABEL_OPTIONAL,
+        type_name=f".{FLIGHT_PACKAGE}.CloseSessionResult.Status",
+    )
     pool.Add(flight)
     return pool
 
@@ -125,7 +135,7 @@ def unpack(data: bytes) -> tuple[str, Any]:
         raise ProtocolError("not a protobuf Any message") from None
     if not wrapper.type_url.startswith(_TYPE_URL_PREFIX):
         raise ProtocolError("not a protobuf Any message")
-    full_name = wrapper.type_url[len(_TYPE_URL_PREFIX):]
+    full_name = wrapper.type_url[len(_TYPE_URL_PREFIX) :]
     package, _, short = full_name.rpartition(".")
     cls = _SQL_CLASSES.get(short) if package == SQL_PACKAGE else None
     if cls is None:

@@ -31,12 +31,12 @@ import datafusion
 import pyarrow as pa
 import pyarrow.flight as flight
 
-import tracing
-from server.auth import Authenticator, Principal
-from server.flightsql import errors, metadata, protocol, sql_info
-from server.flightsql.audit import QueryAudit
-from server.flightsql.errors import Failure
-from server.flightsql.headers import (
+from spanlake import tracing
+from spanlake.server.auth import Authenticator, Principal
+from spanlake.server.flightsql import errors, metadata, protocol, sql_info
+from spanlake.server.flightsql.audit import QueryAudit
+from spanlake.server.flightsql.errors import Failure
+from spanlake.server.flightsql.headers import (
     MIDDLEWARE_KEY,
     CallState,
     HeaderError,
@@ -45,9 +45,9 @@ from server.flightsql.headers import (
     client_attribution,
     parse_query_headers,
 )
-from server.flightsql.plan_cache import PlanCache, PlannedQuery
-from server.flightsql.session import QueryContext, SessionFactory
-from server.flightsql.streaming import output_schema, result_batches
+from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
+from spanlake.server.flightsql.session import QueryContext, SessionFactory
+from spanlake.server.flightsql.streaming import output_schema, result_batches
 
 _log = logging.getLogger("spanlake.flightsql")
 
@@ -56,8 +56,7 @@ _log = logging.getLogger("spanlake.flightsql")
 SWITCH_INTERVAL_SECONDS = 1e-4
 
 # The server is read-only: DDL, DML and SET statements are refused at planning.
-_READ_ONLY = (datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False)
-              .with_allow_statements(False))
+_READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 _STATEMENT_COMMANDS = ("CommandStatementQuery", "CommandPreparedStatementQuery")
 _METADATA_SCHEMAS: dict[str, Callable[[Any], pa.Schema]] = {
@@ -91,8 +90,7 @@ def _rpc(method: _Handler) -> _Handler:
         except Exception:
             error_id = str(uuid.uuid4())
             _log.exception("%s failed (query_id=%s)", method.__name__, error_id)
-            raise errors.internal(f"internal error in {method.__name__}", error_id).to_flight_error() \
-                from None
+            raise errors.internal(f"internal error in {method.__name__}", error_id).to_flight_error() from None
 
     return handler  # type: ignore[return-value]
 
@@ -113,8 +111,14 @@ class FlightSqlServer(flight.FlightServerBase):
     the bound port). `authenticator=None` disables auth.
     """
 
-    def __init__(self, location: str, session_factory: SessionFactory,
-                 authenticator: Authenticator | None, *, plan_cache: PlanCache | None = None) -> None:
+    def __init__(
+        self,
+        location: str,
+        session_factory: SessionFactory,
+        authenticator: Authenticator | None,
+        *,
+        plan_cache: PlanCache | None = None,
+    ) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
             super().__init__(location, middleware={MIDDLEWARE_KEY: RequestMiddlewareFactory(authenticator)})
@@ -146,8 +150,9 @@ class FlightSqlServer(flight.FlightServerBase):
     # -- RPCs -----------------------------------------------------------------------------------
 
     @_rpc
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
             sql = _statement_sql(kind, command)
@@ -158,8 +163,7 @@ class FlightSqlServer(flight.FlightServerBase):
         return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(descriptor.command, [])], -1, -1)
 
     @_rpc
-    def get_schema(self, context: flight.ServerCallContext,
-                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+    def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
             return flight.SchemaResult(self._prepare(context, _statement_sql(kind, command), rpc="GetSchema"))
@@ -181,8 +185,8 @@ class FlightSqlServer(flight.FlightServerBase):
             request = _action_body(action, "ActionCreatePreparedStatementRequest")
             schema = self._prepare(context, request.query, rpc="CreatePreparedStatement")
             result = protocol.ActionCreatePreparedStatementResult(
-                prepared_statement_handle=request.query.encode(),
-                dataset_schema=schema.serialize().to_pybytes())
+                prepared_statement_handle=request.query.encode(), dataset_schema=schema.serialize().to_pybytes()
+            )
             return [flight.Result(protocol.pack(result))]
         if action.type == "ClosePreparedStatement":
             _action_body(action, "ActionClosePreparedStatementRequest")
@@ -200,16 +204,25 @@ class FlightSqlServer(flight.FlightServerBase):
         raise errors.unimplemented("ListFlights is not supported")
 
     @_rpc
-    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         kind, _ = _descriptor_command(descriptor)
         what = "parameter binding" if kind == "CommandPreparedStatementQuery" else kind
         raise errors.unimplemented(f"{what} is not supported: spanlake is read-only")
 
     @_rpc
-    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-                    reader: flight.MetadataRecordBatchReader,
-                    writer: flight.MetadataRecordBatchWriter) -> None:
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
         raise errors.unimplemented("DoExchange is not supported")
 
     # -- statements -------------------------------------------------------------------------------
@@ -234,14 +247,21 @@ class FlightSqlServer(flight.FlightServerBase):
             query_span.end()
             raise
 
-    def _execute_in_span(self, context: flight.ServerCallContext, sql: str,
-                         query_span: tracing.OpenAsyncSpan) -> flight.FlightDataStream:
+    def _execute_in_span(
+        self, context: flight.ServerCallContext, sql: str, query_span: tracing.OpenAsyncSpan
+    ) -> flight.FlightDataStream:
         call = _call(context)
         audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
         headers = _query_headers(call, audit)
-        _log.info("execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
-                  audit.query_id, headers.range_text(), headers.limit,
-                  call.principal.name if call.principal else "", call.client, sql)
+        _log.info(
+            "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
+            audit.query_id,
+            headers.range_text(),
+            headers.limit,
+            call.principal.name if call.principal else "",
+            call.client,
+            sql,
+        )
         planned = self._planned(call, sql, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
@@ -251,12 +271,10 @@ class FlightSqlServer(flight.FlightServerBase):
         except Exception as exc:
             execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
-        batches = result_batches(stream, schema, audit, context.is_cancelled,
-                                 (execute_span, query_span))
+        batches = result_batches(stream, schema, audit, context.is_cancelled, (execute_span, query_span))
         return flight.GeneratorStream(schema, batches)
 
-    def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit,
-                 take: bool) -> PlannedQuery:
+    def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit, take: bool) -> PlannedQuery:
         key = (sql, headers.query_range, headers.limit, call.principal.name if call.principal else None)
         planned = self._plans.get(key, take=take)
         if planned is not None:
@@ -281,8 +299,7 @@ class FlightSqlServer(flight.FlightServerBase):
         try:
             return self._session_factory(query)
         except Exception as exc:
-            raise _failed(audit, errors.classify("error building session context", exc,
-                                                 audit.query_id)) from None
+            raise _failed(audit, errors.classify("error building session context", exc, audit.query_id)) from None
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -298,8 +315,9 @@ class FlightSqlServer(flight.FlightServerBase):
         except HeaderError as err:
             raise errors.log_failure(errors.invalid_argument(str(err), query_id)) from None
         try:
-            ctx = self._session_factory(QueryContext(query_id, headers.query_range, headers.limit,
-                                                     call.principal, call.client))
+            ctx = self._session_factory(
+                QueryContext(query_id, headers.query_range, headers.limit, call.principal, call.client)
+            )
         except Exception as exc:
             raise errors.log_failure(errors.classify("error building session context", exc, query_id)) from None
         if kind == "CommandGetCatalogs":
@@ -393,8 +411,7 @@ def _action_body(action: flight.Action, expected: str) -> Any:
     return body
 
 
-def run_flightsql(host: str, port: int, session_factory: SessionFactory,
-                  authenticator: Authenticator | None) -> None:
+def run_flightsql(host: str, port: int, session_factory: SessionFactory, authenticator: Authenticator | None) -> None:
     """Serves Flight SQL on host:port until SIGINT/SIGTERM.
 
     One process per port: Arrow's gRPC transport turns SO_REUSEPORT off. To spread clients over
@@ -402,8 +419,12 @@ def run_flightsql(host: str, port: int, session_factory: SessionFactory,
     so any call may land on any process (docs/flightsql.md)."""
     address = f"[{host}]" if ":" in host else host
     server = FlightSqlServer(f"grpc://{address}:{port}", session_factory, authenticator)
-    _log.info("Flight SQL listening on %s:%d (auth %s)", host, server.port,
-              "enabled" if authenticator is not None else "disabled")
+    _log.info(
+        "Flight SQL listening on %s:%d (auth %s)",
+        host,
+        server.port,
+        "enabled" if authenticator is not None else "disabled",
+    )
     # pyarrow's serve() returns on the signals that have a Python handler: give SIGTERM the same
     # one as SIGINT (KeyboardInterrupt), so both end in a graceful shutdown.
     in_main_thread = threading.current_thread() is threading.main_thread()

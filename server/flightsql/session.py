@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import datafusion
 
-from server.auth import Principal
+from spanlake.server.auth import Principal
 
 # Large batches: with DataFusion's default 8192 rows the per-message cost of Flight eats ~30% of
 # the throughput; at 64Ki rows streaming costs nothing measurable (python-stack-facts.md §5.1).

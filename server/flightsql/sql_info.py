@@ -14,14 +14,16 @@ import pyarrow as pa
 
 _STRING, _BOOL, _BIGINT, _INT32, _STRING_LIST = 0, 1, 2, 3, 4
 
-VALUE_TYPE = pa.dense_union([
-    pa.field("string_value", pa.string()),
-    pa.field("bool_value", pa.bool_()),
-    pa.field("bigint_value", pa.int64()),
-    pa.field("int32_bitmask", pa.int32()),
-    pa.field("string_list", pa.list_(pa.string())),
-    pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
-])
+VALUE_TYPE = pa.dense_union(
+    [
+        pa.field("string_value", pa.string()),
+        pa.field("bool_value", pa.bool_()),
+        pa.field("bigint_value", pa.int64()),
+        pa.field("int32_bitmask", pa.int32()),
+        pa.field("string_list", pa.list_(pa.string())),
+        pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
+    ]
+)
 SCHEMA = pa.schema([pa.field("info_name", pa.uint32(), nullable=False), pa.field("value", VALUE_TYPE)])
 
 # SqlInfo ids (FlightSql.proto enum SqlInfo).
@@ -40,27 +42,147 @@ _NULLS_SORTED_HIGH = 0  # SqlNullOrdering: DataFusion treats NULL as the largest
 _TRANSACTION_NONE = 0  # SqlSupportedTransaction
 
 # Keywords DataFusion's dialect adds beyond SQL:2003 (ODBC's SQL_KEYWORDS asks for exactly those).
-KEYWORDS = ("analyze", "arrow_cast", "copy", "describe", "explain", "external", "format", "ilike",
-            "limit", "location", "offset", "options", "partitioned", "qualify", "show", "stored",
-            "struct", "unnest", "verbose")
-NUMERIC_FUNCTIONS = ("abs", "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil",
-                     "cos", "cosh", "cot", "degrees", "exp", "factorial", "floor", "gcd", "isnan",
-                     "iszero", "lcm", "ln", "log", "log10", "log2", "nanvl", "pi", "pow", "power",
-                     "radians", "random", "round", "signum", "sin", "sinh", "sqrt", "tan", "tanh",
-                     "trunc")
-STRING_FUNCTIONS = ("ascii", "bit_length", "btrim", "char_length", "character_length", "chr", "concat",
-                    "concat_ws", "contains", "ends_with", "find_in_set", "initcap", "instr", "left",
-                    "length", "levenshtein", "lower", "lpad", "ltrim", "md5", "octet_length", "overlay",
-                    "position", "regexp_like", "regexp_match", "regexp_replace", "repeat", "replace",
-                    "reverse", "right", "rpad", "rtrim", "sha256", "split_part", "starts_with", "strpos",
-                    "substr", "substring", "to_hex", "translate", "trim", "upper", "uuid")
-SYSTEM_FUNCTIONS = ("arrow_cast", "arrow_typeof", "coalesce", "greatest", "ifnull", "least", "nullif",
-                    "nvl", "nvl2", "version")
-DATETIME_FUNCTIONS = ("current_date", "current_time", "current_timestamp", "date_bin", "date_format",
-                      "date_part", "date_trunc", "from_unixtime", "make_date", "now", "to_char",
-                      "to_date", "to_local_time", "to_timestamp", "to_timestamp_micros",
-                      "to_timestamp_millis", "to_timestamp_nanos", "to_timestamp_seconds", "to_unixtime",
-                      "today")
+KEYWORDS = (
+    "analyze",
+    "arrow_cast",
+    "copy",
+    "describe",
+    "explain",
+    "external",
+    "format",
+    "ilike",
+    "limit",
+    "location",
+    "offset",
+    "options",
+    "partitioned",
+    "qualify",
+    "show",
+    "stored",
+    "struct",
+    "unnest",
+    "verbose",
+)
+NUMERIC_FUNCTIONS = (
+    "abs",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "cbrt",
+    "ceil",
+    "cos",
+    "cosh",
+    "cot",
+    "degrees",
+    "exp",
+    "factorial",
+    "floor",
+    "gcd",
+    "isnan",
+    "iszero",
+    "lcm",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "nanvl",
+    "pi",
+    "pow",
+    "power",
+    "radians",
+    "random",
+    "round",
+    "signum",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+)
+STRING_FUNCTIONS = (
+    "ascii",
+    "bit_length",
+    "btrim",
+    "char_length",
+    "character_length",
+    "chr",
+    "concat",
+    "concat_ws",
+    "contains",
+    "ends_with",
+    "find_in_set",
+    "initcap",
+    "instr",
+    "left",
+    "length",
+    "levenshtein",
+    "lower",
+    "lpad",
+    "ltrim",
+    "md5",
+    "octet_length",
+    "overlay",
+    "position",
+    "regexp_like",
+    "regexp_match",
+    "regexp_replace",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "rpad",
+    "rtrim",
+    "sha256",
+    "split_part",
+    "starts_with",
+    "strpos",
+    "substr",
+    "substring",
+    "to_hex",
+    "translate",
+    "trim",
+    "upper",
+    "uuid",
+)
+SYSTEM_FUNCTIONS = (
+    "arrow_cast",
+    "arrow_typeof",
+    "coalesce",
+    "greatest",
+    "ifnull",
+    "least",
+    "nullif",
+    "nvl",
+    "nvl2",
+    "version",
+)
+DATETIME_FUNCTIONS = (
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date_bin",
+    "date_format",
+    "date_part",
+    "date_trunc",
+    "from_unixtime",
+    "make_date",
+    "now",
+    "to_char",
+    "to_date",
+    "to_local_time",
+    "to_timestamp",
+    "to_timestamp_micros",
+    "to_timestamp_millis",
+    "to_timestamp_nanos",
+    "to_timestamp_seconds",
+    "to_unixtime",
+    "today",
+)
 
 
 def _spanlake_version() -> str:
@@ -113,8 +235,10 @@ def sql_info_table(requested: Iterable[int]) -> pa.Table:
         offsets.append(len(children[code]))
         children[code].append(list(value) if code == _STRING_LIST else value)
     value_array = pa.UnionArray.from_dense(
-        pa.array(type_ids, pa.int8()), pa.array(offsets, pa.int32()),
+        pa.array(type_ids, pa.int8()),
+        pa.array(offsets, pa.int32()),
         [pa.array(children[code], VALUE_TYPE.field(code).type) for code in range(len(VALUE_TYPE))],
         [VALUE_TYPE.field(code).name for code in range(len(VALUE_TYPE))],
-        list(range(len(VALUE_TYPE))))
+        list(range(len(VALUE_TYPE))),
+    )
     return pa.Table.from_arrays([pa.array(ids, pa.uint32()), value_array], schema=SCHEMA)

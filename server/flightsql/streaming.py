@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-import tracing
-from server.flightsql.audit import QueryAudit
-from server.flightsql.errors import classify, log_failure
+from spanlake import tracing
+from spanlake.server.flightsql.audit import QueryAudit
+from spanlake.server.flightsql.errors import classify, log_failure
 
 # Many gRPC clients refuse messages above 4 MiB by default (grpc-go, hence ADBC's Go driver, unless
 # configured); larger batches are cut into ~2 MiB slices, as arrow-flight's encoder does.
@@ -37,8 +37,11 @@ def hydrated_type(data_type: pa.DataType) -> pa.DataType:
     if pa.types.is_fixed_size_list(data_type):
         return pa.list_(_hydrated_field(data_type.value_field), data_type.list_size)
     if pa.types.is_map(data_type):
-        return pa.map_(_hydrated_field(data_type.key_field), _hydrated_field(data_type.item_field),
-                       keys_sorted=data_type.keys_sorted)
+        return pa.map_(
+            _hydrated_field(data_type.key_field),
+            _hydrated_field(data_type.item_field),
+            keys_sorted=data_type.keys_sorted,
+        )
     if pa.types.is_struct(data_type):
         return pa.struct([_hydrated_field(data_type.field(i)) for i in range(data_type.num_fields)])
     return data_type
@@ -59,8 +62,10 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """The batch with exactly the announced schema: pyarrow.flight refuses any other."""
     if batch.schema == schema:
         return batch
-    columns = [column if column.type == field.type else column.cast(field.type)
-               for column, field in zip(batch.columns, schema, strict=True)]
+    columns = [
+        column if column.type == field.type else column.cast(field.type)
+        for column, field in zip(batch.columns, schema, strict=True)
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -79,9 +84,13 @@ def has_dictionary(schema: pa.Schema) -> bool:
     return any(hydrated_type(field.type) != field.type for field in schema)
 
 
-def result_batches(batches: Iterable[Any], schema: pa.Schema, audit: QueryAudit,
-                   cancelled: Callable[[], bool],
-                   spans: tuple[tracing.OpenAsyncSpan, ...] = ()) -> Iterator[pa.RecordBatch | pa.Table]:
+def result_batches(
+    batches: Iterable[Any],
+    schema: pa.Schema,
+    audit: QueryAudit,
+    cancelled: Callable[[], bool],
+    spans: tuple[tracing.OpenAsyncSpan, ...] = (),
+) -> Iterator[pa.RecordBatch | pa.Table]:
     """DataFusion batches → items for `flight.GeneratorStream`, counting rows and bytes; audits
     ok/error/incomplete and ends `spans` (innermost first) when the stream ends. DataFusion's work for
     each batch runs as a child of the first span.

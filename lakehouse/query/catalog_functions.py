@@ -1,0 +1,169 @@
+"""Table functions that show and manage the partition catalog: list_partitions(), list_view_sets(),
+retire_partitions(...) and materialize_partitions(...)."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from datafusion import DataFrame, SessionContext, col, udf
+
+from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
+from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
+from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
+from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views.schema_types import TIMESTAMP
+
+PARTITIONS_SCHEMA = pa.schema(
+    [
+        pa.field("view_set_name", pa.utf8(), nullable=False),
+        pa.field("view_instance_id", pa.utf8(), nullable=False),
+        pa.field("begin_insert_time", TIMESTAMP, nullable=False),
+        pa.field("end_insert_time", TIMESTAMP, nullable=False),
+        pa.field("min_event_time", TIMESTAMP),
+        pa.field("max_event_time", TIMESTAMP),
+        pa.field("updated", TIMESTAMP, nullable=False),
+        pa.field("file_path", pa.utf8()),
+        pa.field("file_size", pa.int64(), nullable=False),
+        pa.field("file_schema_hash", pa.binary(), nullable=False),
+        pa.field("source_data_hash", pa.binary(), nullable=False),
+        pa.field("num_rows", pa.int64(), nullable=False),
+        pa.field("partition_format_version", pa.int32(), nullable=False),
+        pa.field("sort_order", pa.list_(pa.field("tag", pa.utf8()))),
+        pa.field("max_sort_key_time", TIMESTAMP),
+    ]
+)
+
+VIEW_SETS_SCHEMA = pa.schema(
+    [
+        pa.field("view_set_name", pa.utf8(), nullable=False),
+        pa.field("current_schema_hash", pa.binary(), nullable=False),
+        pa.field("schema", pa.utf8(), nullable=False),
+        pa.field("has_view_maker", pa.bool_(), nullable=False),
+        pa.field("global_instance_available", pa.bool_(), nullable=False),
+    ]
+)
+
+LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
+
+
+def list_partitions(lake: Lake) -> ds.Dataset:
+    rows = lake.loop.run(
+        lake.pool.fetch(
+            "SELECT * FROM lakehouse_partitions ORDER BY view_set_name, view_instance_id, begin_insert_time"
+        )
+    )
+    table = pa.Table.from_pylist(
+        [{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows], schema=PARTITIONS_SCHEMA
+    )
+    return ds.dataset(table)
+
+
+def list_view_sets() -> ds.Dataset:
+    views = list(VIEW_SETS.values())
+    table = pa.table(
+        {
+            "view_set_name": [v.name for v in views],
+            "current_schema_hash": [v.file_schema_hash for v in views],
+            "schema": [str(v.schema) for v in views],
+            "has_view_maker": [v.instance_kind is not None for v in views],
+            "global_instance_available": [v.has_global_instance for v in views],
+        },
+        schema=VIEW_SETS_SCHEMA,
+    )
+    return ds.dataset(table)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.times.append(time.time_ns())
+        self.messages.append(message)
+
+    def dataset(self) -> ds.Dataset:
+        return ds.dataset(
+            pa.table(
+                {"time": pa.array(self.times, pa.int64()).cast(TIMESTAMP), "msg": self.messages}, schema=LOG_SCHEMA
+            )
+        )
+
+
+def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
+    """Deletes the partitions of an instance whose insert range lies inside [begin, end]; their files are
+    kept for an hour in temporary_files. Returns a log of what was done."""
+    view = view_set(view_set_name)
+    instance = canonical_instance_id(view, instance_id)
+    if begin_ns > end_ns:
+        raise QueryError("retire_partitions: begin must not be after end")
+    log = _Log()
+    rows = lake.loop.run(_retire(lake, view.name, instance, begin_ns, end_ns))
+    for row in rows:
+        log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")
+    log(f"retired {len(rows)} partitions of {view.name}/{instance}")
+    return log.dataset()
+
+
+async def _retire(lake: Lake, view_set_name: str, instance: str, begin_ns: int, end_ns: int) -> list:
+    async with lake.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{view_set_name}/{instance}")
+        rows = await conn.fetch(
+            "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+            " AND begin_insert_time >= $3 AND end_insert_time <= $4"
+            " RETURNING begin_insert_time, end_insert_time, file_path, file_size",
+            view_set_name,
+            instance,
+            ns_to_datetime(begin_ns),
+            ns_to_datetime(end_ns),
+        )
+        await conn.executemany(
+            "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + interval '1 hour')",
+            [(r["file_path"], r["file_size"]) for r in rows if r["file_path"]],
+        )
+    return rows
+
+
+def materialize_partitions(
+    lake: Lake, ctx: SessionContext, view_set_name: str, begin_ns: int, end_ns: int, delta_seconds: int | None
+) -> DataFrame:
+    """Materializes the global instance of a view bucket by bucket over [begin, end) (buckets of
+    `delta_seconds`, aligned on multiples of it; default: the view's longest partition), as the
+    maintenance daemon does. One `(time, msg)` row per bucket, each bucket done as the client reads
+    its row, so progress streams to the client."""
+    view = view_set(view_set_name)
+    if not view.has_global_instance:
+        raise QueryError(f"materialize_partitions: {view.name} has no global instance")
+    if begin_ns >= end_ns:
+        raise QueryError("materialize_partitions: begin must be before end")
+    delta = (delta_seconds or view.max_partition_seconds) * SECOND_NS
+    if delta <= 0:
+        raise QueryError("materialize_partitions: partition_delta_seconds must be positive")
+    buckets = range(begin_ns // delta * delta, -(-end_ns // delta) * delta, delta)
+
+    def materialize(bucket_indices: pa.Array) -> pa.StructArray:
+        times, messages = [], []
+        for index in bucket_indices.to_pylist():
+            begin = buckets[index]
+            lines: list[str] = []
+            materialize_range(lake, view, begin, begin + delta, delta, lines.append)
+            messages.append(
+                "; ".join(lines)
+                or f"{view.name} [{format_rfc3339_ns(begin)}, {format_rfc3339_ns(begin + delta)}): up to date"
+            )
+            times.append(time.time_ns())
+        return pa.StructArray.from_arrays(
+            [pa.array(times, pa.int64()).cast(TIMESTAMP), pa.array(messages)], fields=list(LOG_SCHEMA)
+        )
+
+    step = udf(materialize, [pa.int32()], pa.struct(list(LOG_SCHEMA)), "volatile", "materialize_bucket")
+    tasks = [[pa.record_batch({"bucket": pa.array([i], pa.int32())}) for i in range(len(buckets))]]
+    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("bucket", pa.int32())]))
+    progress = frame.select(step(col("bucket")).alias("progress")).unnest_columns("progress")
+    return progress.select(col('"progress.time"').alias("time"), col('"progress.msg"').alias("msg"))

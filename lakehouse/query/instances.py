@@ -1,0 +1,122 @@
+"""A view instance as a table: bring its partitions up to date, then read them as one dataset."""
+
+from __future__ import annotations
+
+import uuid
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from spanlake import tracing
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.jit import hours_are_fresh, jit_update
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import fetch_for_query, for_query, row_to_partition
+from spanlake.lakehouse.source_blocks import (
+    ProcessTiming,
+    find_stream_process,
+    find_timings,
+    hour_summaries,
+    source_blocks,
+)
+from spanlake.lakehouse.view_sets import VIEW_SETS, ViewSet
+
+GLOBAL = "global"
+
+
+def view_set(name: str) -> ViewSet:
+    view = VIEW_SETS.get(name)
+    if view is None:
+        raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(sorted(VIEW_SETS))}")
+    return view
+
+
+def canonical_instance_id(view: ViewSet, instance_id: str) -> str:
+    """'global', or the lower-case hyphenated UUID of a process or stream; QueryError otherwise."""
+    if instance_id == GLOBAL:
+        if not view.has_global_instance:
+            raise QueryError(f"{view.name} has no global instance: name a {view.instance_kind} id")
+        return GLOBAL
+    if view.instance_kind is None:
+        raise QueryError(f"{view.name} has only a global instance: use view_instance('{view.name}', 'global')")
+    try:
+        return str(uuid.UUID(instance_id))
+    except ValueError:
+        also_global = " or 'global'" if view.has_global_instance else ""
+        raise QueryError(
+            f"{view.name} instances are named by a {view.instance_kind} id (a UUID){also_global}, got '{instance_id}'"
+        ) from None
+
+
+def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming:
+    process_id = instance
+    if view.instance_kind == "stream":
+        found = lake.loop.run(find_stream_process(lake.pool, instance))
+        if found is None:
+            raise QueryError(f"unknown stream '{instance}'")
+        process_id = found
+    timing = lake.loop.run(find_timings(lake.pool, [process_id])).get(str(process_id))
+    if timing is None:
+        raise QueryError(f"unknown process '{process_id}'")
+    return timing
+
+
+def _source_filter(view: ViewSet, instance_id: str) -> dict[str, object]:
+    if view.instance_kind == "stream":
+        return {"stream_id": uuid.UUID(instance_id)}
+    return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
+
+
+def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> int:
+    """JIT for a process or stream instance: writes its stale partitions for the range; returns how many."""
+    with tracing.async_span("lakehouse.jit_update"):
+        with tracing.async_span("catalog.source_blocks"):
+            timing = _process_of(lake, view, uuid.UUID(instance_id))
+            blocks = lake.loop.run(
+                source_blocks(lake.pool, event_range=query_range, **_source_filter(view, instance_id))
+            )
+        return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
+
+
+def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
+    """Object-store keys of the instance's up-to-date partitions that the query range may need.
+
+    One catalog round trip when the instance is fresh (the usual warm query); the full JIT path
+    (process, blocks, rewrites) only when something is stale or the instance has no source yet.
+    Global instances are not materialized here: the maintenance daemon keeps them (as micromegas)."""
+    instance_id = canonical_instance_id(view, instance_id)
+    if instance_id == GLOBAL:
+        with tracing.async_span("catalog.fetch_for_query"):
+            partitions = lake.loop.run(
+                fetch_for_query(lake.pool, view.name, GLOBAL, view.file_schema_hash, query_range)
+            )
+        return [p.file_path for p in partitions]
+    with tracing.async_span("catalog.hour_summaries"):
+        hours, rows = lake.loop.run(
+            hour_summaries(
+                lake.pool,
+                event_range=query_range,
+                partitions_of=(view.name, instance_id),
+                **_source_filter(view, instance_id),
+            )
+        )
+    partitions = [row_to_partition(row) for row in rows]
+    if not hours or not hours_are_fresh(view, hours, partitions):
+        materialize_instance(lake, view, instance_id, query_range)
+        with tracing.async_span("catalog.fetch_for_query"):
+            partitions = lake.loop.run(
+                fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash, query_range)
+            )
+    return [p.file_path for p in for_query(partitions, view.file_schema_hash, query_range)]
+
+
+def collapsed(view: ViewSet, lake: Lake, keys: list[str]) -> pa.Table | None:
+    """For `processes` and `streams`: one row per process (stream) across partitions, as micromegas's
+    merge query gives. None for the other views."""
+    if view.merge is None:
+        return None
+    filesystem, root = lake.store.arrow_filesystem()
+    partitions = ds.dataset(
+        [f"{root}/{key}" for key in keys], schema=view.schema, format="parquet", filesystem=filesystem
+    )
+    return view.merge(partitions.to_table())

@@ -1,0 +1,248 @@
+"""The DataFusion session of one query: the lakehouse's tables and functions.
+
+Table functions run at planning time on a DataFusion runtime thread: they may block on the
+catalog (through the lake's loop) and write partitions, but must never call back into a
+SessionContext on that thread (it panics); nothing here does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+from datafusion import DataFrame, SessionConfig, SessionContext, Table, udf, udtf
+from datafusion.catalog import SchemaProvider
+from datafusion.expr import Expr
+
+from spanlake import tracing
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query import catalog_functions, instances, perfetto_trace
+from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS, ViewSet
+from spanlake.views import properties
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
+
+BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
+
+
+def session_config() -> SessionConfig:
+    # No repartitioning of single-partition inputs: it would run the volatile, ordered chunk generator
+    # of perfetto_trace_chunks on several threads at once, out of order. Scans of several partition
+    # files still run in parallel (one stream per file).
+    return (
+        SessionConfig()
+        .with_batch_size(BATCH_SIZE)
+        .with_information_schema(True)
+        .set("datafusion.optimizer.enable_round_robin_repartition", "false")
+        .set("datafusion.optimizer.repartition_file_scans", "false")
+    )
+
+
+def literal_string(expr: Expr, function: str, position: str) -> str:
+    value = _literal(expr, function, position)
+    if not pa.types.is_string(value.type) and not pa.types.is_large_string(value.type):
+        raise QueryError(f"{position} argument of {function} must be a string, given {value.type}")
+    return value.as_py()
+
+
+def literal_int(expr: Expr, function: str, position: str) -> int:
+    value = _literal(expr, function, position)
+    if not pa.types.is_integer(value.type):
+        raise QueryError(f"{position} argument of {function} must be an integer, given {value.type}")
+    return value.as_py()
+
+
+def literal_timestamp_ns(expr: Expr, function: str, position: str) -> int:
+    """A TIMESTAMP literal (DataFusion folds it to UTC ns) or an RFC3339 string."""
+    value = _literal(expr, function, position)
+    if pa.types.is_timestamp(value.type):
+        return value.cast(pa.timestamp("ns")).value
+    if pa.types.is_string(value.type):
+        try:
+            return parse_rfc3339_ns(value.as_py())
+        except ValueError as err:
+            raise QueryError(f"{position} argument of {function}: {err}") from None
+    raise QueryError(f"{position} argument of {function} must be a timestamp, given {value.type}")
+
+
+def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
+    try:
+        value = expr.python_value()
+    except Exception:
+        raise QueryError(f"{position} argument of {function} must be a constant") from None
+    if not value.is_valid:
+        raise QueryError(f"{position} argument of {function} must not be NULL")
+    return value
+
+
+def _scan(ctx: SessionContext, lake: Lake, view: ViewSet, keys: list[str]) -> DataFrame:
+    """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
+    with row-group pruning), one per file, unioned."""
+    if not keys:
+        return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
+    frames = [ctx.read_parquet(lake.store.url(key), schema=view.schema) for key in keys]
+    frame = frames[0]
+    for other in frames[1:]:
+        frame = frame.union(other)
+    return frame
+
+
+def instance_table(
+    ctx: SessionContext, lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None
+) -> Table:
+    """A view instance as a table; with a query range, only its rows in the range (every query of the
+    session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
+    keys = instances.instance_files(lake, view, instance_id, query_range)
+    table = instances.collapsed(view, lake, keys)
+    if table is None:
+        frame = off_runtime(_scan, ctx, lake, view, keys)
+    else:  # one in-memory partition, even when empty: plans need one
+        frame = off_runtime(ctx.create_dataframe, [table.to_batches()], None, view.schema)
+    if query_range is not None:
+        frame = frame.filter(view.time_filter(*query_range))
+    return Table(frame)
+
+
+def _view_instance_function(
+    ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
+) -> Callable[..., Table]:
+    def view_instance(*args: Expr) -> Table:
+        if len(args) != 2:
+            raise QueryError("view_instance takes 2 arguments: view_instance(view_set_name, instance_id)")
+        view = instances.view_set(literal_string(args[0], "view_instance", "first"))
+        instance_id = literal_string(args[1], "view_instance", "second")
+        with tracing.async_span("lakehouse.view_instance", trace_parent):
+            return instance_table(ctx, lake, view, instance_id, query_range)
+
+    return view_instance
+
+
+def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
+    key = keys[0].as_py() if len(keys) else ""
+    return properties.property_get(props, key)
+
+
+def _properties_length(props: pa.Array) -> pa.Array:
+    return properties.properties_length(props)
+
+
+class GlobalTables(SchemaProvider):
+    """The global views as the session's default schema. A table is materialized only when a query
+    names it: DataFusion asks for tables lazily, at planning time."""
+
+    def __init__(
+        self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
+    ) -> None:
+        self.ctx = ctx
+        self.lake = lake
+        self.query_range = query_range
+        self.trace_parent = trace_parent
+        self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
+
+    @property
+    def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
+        return [*GLOBAL_TABLES, *self.registered]
+
+    def table(self, name: str) -> Any:
+        if name in self.registered:
+            return self.registered[name]
+        if name not in GLOBAL_TABLES:
+            return None
+        with tracing.async_span("lakehouse.global_table", self.trace_parent):
+            return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
+
+    def register_table(self, name: str, table: Any) -> None:
+        if name in GLOBAL_TABLES:
+            raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
+        self.registered[name] = table
+
+    def deregister_table(self, name: str, cascade: bool = True) -> None:
+        self.registered.pop(name, None)
+
+    def table_exist(self, name: str) -> bool:
+        return name in GLOBAL_TABLES or name in self.registered
+
+
+def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]]:
+    def retire_partitions(*args: Expr) -> Table:
+        name = "retire_partitions"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (view_set_name, view_instance_id, begin, end)")
+        return Table(
+            catalog_functions.retire_partitions(
+                lake,
+                literal_string(args[0], name, "first"),
+                literal_string(args[1], name, "second"),
+                literal_timestamp_ns(args[2], name, "third"),
+                literal_timestamp_ns(args[3], name, "fourth"),
+            )
+        )
+
+    def materialize_partitions(*args: Expr) -> Table:
+        name = "materialize_partitions"
+        if len(args) not in (3, 4):
+            raise QueryError(f"{name} takes (view_set_name, begin, end[, partition_delta_seconds])")
+        delta = literal_int(args[3], name, "fourth") if len(args) == 4 else None
+        return Table(
+            catalog_functions.materialize_partitions(
+                lake,
+                ctx,
+                literal_string(args[0], name, "first"),
+                literal_timestamp_ns(args[1], name, "second"),
+                literal_timestamp_ns(args[2], name, "third"),
+                delta,
+            )
+        )
+
+    return [retire_partitions, materialize_partitions]
+
+
+def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
+    def perfetto_trace_chunks(*args: Expr) -> Table:
+        name = "perfetto_trace_chunks"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (process_id, span_types, begin, end)")
+        with tracing.async_span("perfetto.plan", trace_parent):
+            plan = perfetto_trace.plan_trace(
+                lake,
+                literal_string(args[0], name, "First"),
+                literal_string(args[1], name, "Second"),
+                literal_timestamp_ns(args[2], name, "Third"),
+                literal_timestamp_ns(args[3], name, "Fourth"),
+            )
+            return Table(perfetto_trace.trace_dataframe(ctx, plan))
+
+    return perfetto_trace_chunks
+
+
+def make_session_context(
+    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True
+) -> SessionContext:
+    """A session for one query. Admin functions are registered only for admins (or without auth).
+
+    Its table functions trace themselves as children of the async span current here: they may run on
+    DataFusion's threads, where this context is not current, so they are given it."""
+    trace_parent = tracing.current_span_context()
+    with tracing.async_span("lakehouse.make_session_context"):
+        return _session_context(lake, query_range, is_admin, trace_parent)
+
+
+def _session_context(
+    lake: Lake, query_range: tuple[int, int] | None, is_admin: bool, trace_parent: tracing.SpanContext
+) -> SessionContext:
+    ctx = SessionContext(session_config())
+    lake.store.register_with(ctx)
+    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range, trace_parent))
+    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range, trace_parent), "view_instance"))
+    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
+    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
+    ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
+    if is_admin:
+        for function in _ops_functions(ctx, lake):
+            ctx.register_udtf(udtf(function, function.__name__))
+    ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
+    ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
+    return ctx

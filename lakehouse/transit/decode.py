@@ -1,0 +1,474 @@
+"""Decoding micromegas transit blocks into columns (`views.decoded.DecodedBlock`).
+
+A stored block payload is the CBOR map `{dependencies: bstr, objects: bstr}` (old objects store each
+byte string as an array of ints); each byte string is an LZ4 frame. Both decompressed buffers are a
+sequence of entries `u8 type_index` + body, where the body is `udt.size` bytes for a fixed-size type and
+`u32 size` + `size` bytes for a dynamically sized one (`udt.size == 0`). Everything is little-endian.
+
+Decoding a block:
+
+1. Dependencies (few per block: strings, span/log/metric descriptors, property sets) are read one by
+   one into `{id: value}`; a descriptor's reference members are resolved against earlier entries.
+2. Object boundaries are found in one pass over the framing (a tight loop: the position of an object
+   depends on the size of every object before it; ~0.1 µs per object, see benchmarks/decode.py).
+3. Each fixed-size type is then decoded for all its objects at once: the object bodies are gathered
+   into a `(n, size)` byte matrix viewed through a numpy structured dtype built from the metadata
+   offsets, so every member becomes a numpy column. Reference members (u64 ids) are dictionary-encoded
+   and only their distinct ids are looked up in the dependencies, giving `ValueColumn`s.
+4. Dynamically sized types: the common log events made of fixed fields + one string
+   (`LogStringEventV2`, `TaggedLogString`) are read like fixed types, only their text is decoded per
+   object; the rarer ones (interop and legacy logs, images) are read object by object by the readers
+   of `lakehouse.transit_dynamic`; an unknown dynamic type is skipped (with a warning) by size.
+
+The result groups objects by type (`ObjectGroup`: positions within the block + columns), which is the
+shape the view builders consume. `object_values` turns it back into one value per object, the way
+micromegas's own decoder prints a block.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cbor2
+import lz4.frame
+import numpy as np
+import pyarrow as pa
+
+from spanlake.lakehouse.transit.dynamic import (
+    CUSTOM_TYPE_NAMES,
+    DYNAMIC_TYPES,
+    STRING_TAIL_TYPES,
+    DependencyReader,
+    StringTail,
+    decode_texts,
+    nest,
+    read_string,
+)
+from spanlake.lakehouse.transit.metadata import (
+    PRIMITIVES,
+    Layout,
+    TransitError,
+    TypeTable,
+    UserDefinedType,
+    parse_udts,
+)
+from spanlake.views.decoded import U8, Column, DecodedBlock, ObjectGroup, TransitObject, Value, ValueColumn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Framing",
+    "StreamLayout",
+    "TransitError",
+    "decode_block",
+    "decode_buffers",
+    "decompress",
+    "frame_objects",
+    "object_values",
+    "read_dependencies",
+    "split_payload",
+    "stream_layout",
+]
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """The type lists of one stream (from `streams.dependencies_metadata` / `objects_metadata`)."""
+
+    dependency_types: TypeTable
+    object_types: TypeTable
+
+
+@lru_cache(maxsize=256)
+def stream_layout(dependencies_metadata: bytes, objects_metadata: bytes) -> StreamLayout:
+    """Parse (once per distinct metadata) the CBOR type lists stored with a stream."""
+    return StreamLayout(
+        TypeTable(parse_udts(dependencies_metadata, "dependencies_metadata")),
+        TypeTable(parse_udts(objects_metadata, "objects_metadata")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Payload envelope
+
+
+def split_payload(payload: bytes) -> tuple[bytes, bytes]:
+    """The stored CBOR envelope → (dependencies, objects), each still LZ4-compressed."""
+    try:
+        envelope = cbor2.loads(payload)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as error:
+        raise TransitError(f"block payload: not valid CBOR ({error})") from error
+    if not isinstance(envelope, dict):
+        raise TransitError(f"block payload: expected a CBOR map, got {type(envelope).__name__}")
+    return _byte_buffer(envelope, "dependencies"), _byte_buffer(envelope, "objects")
+
+
+def _byte_buffer(envelope: dict, key: str) -> bytes:
+    value = envelope.get(key)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, list):  # legacy serde_byte_buf form: an array of ints
+        try:
+            return bytes(value)
+        except (TypeError, ValueError) as error:
+            raise TransitError(f"block payload: {key} is an array but not of bytes ({error})") from error
+    raise TransitError(f"block payload: missing or invalid {key!r} (expected a byte string)")
+
+
+def decompress(frame: bytes, what: str) -> bytes:
+    """An LZ4 frame → its content (an empty buffer stays empty)."""
+    if not frame:
+        return b""
+    try:
+        return lz4.frame.decompress(frame)
+    except RuntimeError as error:
+        raise TransitError(f"{what}: invalid or truncated LZ4 frame ({error})") from error
+
+
+def decode_block(payload: bytes, layout: StreamLayout) -> DecodedBlock:
+    """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`)."""
+    dependencies, objects = split_payload(payload)
+    return decode_buffers(
+        decompress(dependencies, "dependencies buffer"), decompress(objects, "objects buffer"), layout
+    )
+
+
+def decode_buffers(dependencies: bytes, objects: bytes, layout: StreamLayout) -> DecodedBlock:
+    """Decode the two decompressed buffers of a block."""
+    deps = read_dependencies(dependencies, layout.dependency_types)
+    framing = frame_objects(objects, layout.object_types, "objects buffer")
+    groups = _decode_objects(objects, framing, layout.object_types, deps)
+    return DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=deps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where each object of a buffer is: its type index and the byte range of its body."""
+
+    type_index: np.ndarray  # uint8
+    body_start: np.ndarray  # int64
+    body_size: np.ndarray  # int64
+
+
+def frame_objects(buffer: bytes, udts: Sequence[UserDefinedType], what: str) -> Framing:
+    """Find every entry of a transit buffer (raises TransitError on an unknown type index or truncation)."""
+    # step = bytes from an entry's type byte to the next entry; 0 = dynamic size; -1 = unknown index.
+    steps = [1 + udt.size if udt.size else 0 for udt in udts] + [-1] * (256 - len(udts))
+    type_bytes = np.frombuffer(buffer, dtype=np.uint8)
+    starts = _uniform_starts(type_bytes, np.array(steps, dtype=np.int64))
+    dynamic_starts: list[int] = []
+    dynamic_sizes: list[int] = []
+    if starts is None:
+        starts = _walk_entries(buffer, steps, dynamic_starts, dynamic_sizes, udts, what)
+    type_index = type_bytes[starts]
+    fixed_sizes = np.array([udt.size for udt in udts] or [0], dtype=np.int64)
+    body_start = starts + 1
+    body_size = fixed_sizes[type_index]
+    if dynamic_starts:
+        dynamic = np.array(dynamic_starts, dtype=np.int64)
+        body_start[dynamic] += 4
+        body_size[dynamic] = dynamic_sizes
+    return Framing(type_index, body_start, body_size)
+
+
+def _uniform_starts(type_bytes: np.ndarray, steps: np.ndarray) -> np.ndarray | None:
+    """Vectorized framing when every entry has the size of the first one (e.g. a block of plain
+    thread spans); None when that guess does not hold."""
+    if len(type_bytes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    step = int(steps[type_bytes[0]])
+    if step <= 0 or len(type_bytes) % step:
+        return None
+    starts = np.arange(0, len(type_bytes), step, dtype=np.int64)
+    return starts if bool(np.all(steps[type_bytes[starts]] == step)) else None
+
+
+def _walk_entries(
+    buffer: bytes,
+    steps: list[int],
+    dynamic_starts: list[int],
+    dynamic_sizes: list[int],
+    udts: Sequence[UserDefinedType],
+    what: str,
+) -> np.ndarray:
+    """The general case: each entry's position depends on the sizes of all entries before it, so walk
+    them in one tight loop (~0.15 µs per entry, measured by benchmarks/decode.py)."""
+    starts: list[int] = []
+    add_start = starts.append
+    end = len(buffer)
+    position = 0
+    while position < end:
+        step = steps[buffer[position]]
+        add_start(position)
+        if step > 0:
+            position += step
+        elif step == 0:
+            if position + 5 > end:
+                raise TransitError(f"{what}: object at byte {position} is truncated (no size)")
+            size = int.from_bytes(buffer[position + 1 : position + 5], "little")
+            dynamic_starts.append(len(starts) - 1)
+            dynamic_sizes.append(size)
+            position += 5 + size
+        else:
+            raise TransitError(
+                f"{what}: invalid type index {buffer[position]} at byte {position} ({len(udts)} types in the metadata)"
+            )
+    if position > end:
+        raise TransitError(
+            f"{what}: object at byte {starts[-1]} ({udts[buffer[starts[-1]]].name}) runs past the {end}-byte buffer"
+        )
+    return np.array(starts, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dependencies
+
+
+def read_dependencies(buffer: bytes, types: TypeTable) -> dict[int, Value]:
+    """The dependencies buffer → `{id: value}` (strings, descriptor objects, property sets)."""
+    framing = frame_objects(buffer, types, "dependencies buffer")
+    deps: dict[int, Value] = {}
+    reader = DependencyReader(buffer, types, deps)
+    for type_index, start, size in zip(
+        framing.type_index.tolist(), framing.body_start.tolist(), framing.body_size.tolist(), strict=True
+    ):
+        udt = types[type_index]
+        try:
+            entry = _read_dependency(reader, udt, type_index, start, size)
+        except (struct.error, IndexError) as error:
+            raise TransitError(f"dependencies buffer: {udt.name} at byte {start} is truncated") from error
+        if entry is None:
+            continue
+        dep_id, value = entry
+        if dep_id in deps:
+            raise TransitError(f"dependencies buffer: duplicate dependency id {dep_id} ({udt.name})")
+        deps[dep_id] = value
+    return deps
+
+
+def _read_dependency(
+    reader: DependencyReader, udt: UserDefinedType, type_index: int, start: int, size: int
+) -> tuple[int, Value] | None:
+    buffer = reader.buffer
+    if udt.name == "StaticString":
+        if size < 8:
+            raise TransitError(f"dependencies buffer: StaticString at byte {start} smaller than its id")
+        (dep_id,) = struct.unpack_from("<Q", buffer, start)
+        try:
+            return dep_id, buffer[start + 8 : start + size].decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TransitError(f"dependencies buffer: StaticString {dep_id} is not UTF-8") from error
+    if udt.name == "StaticStringDependency":
+        (dep_id,) = struct.unpack_from("<Q", buffer, start)
+        text, _ = read_string(buffer, start + 8, len(buffer), f"StaticStringDependency {dep_id}")
+        return dep_id, text
+    if udt.name == "PropertySetDependency":
+        return reader.property_set(start)
+    if udt.name in CUSTOM_TYPE_NAMES:
+        raise TransitError(f"dependencies buffer: {udt.name} cannot be a dependency (it has no id)")
+    if udt.size == 0:
+        raise TransitError(f"dependencies buffer: unknown dynamically sized dependency type {udt.name}")
+    value = reader.pod(reader.types.layout(type_index), start)
+    if not isinstance(value, TransitObject):
+        return None  # a reference type resolves to another dependency; micromegas keeps nothing
+    dep_id = value.members.get("id")
+    if not isinstance(dep_id, int):
+        raise TransitError(f"dependencies buffer: {udt.name} at byte {start} has no integer 'id' member")
+    return dep_id & 0xFFFFFFFFFFFFFFFF, value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Objects
+
+
+def _decode_objects(
+    buffer: bytes, framing: Framing, types: TypeTable, deps: dict[int, Value]
+) -> dict[str, ObjectGroup]:
+    groups: dict[str, ObjectGroup] = {}
+    counts = np.bincount(framing.type_index, minlength=256)
+    for type_index in np.flatnonzero(counts).tolist():
+        udt = types[type_index]
+        positions = np.flatnonzero(framing.type_index == type_index)
+        if udt.size:
+            group = _decode_fixed(buffer, framing, positions, types.layout(type_index), deps)
+        elif udt.name in STRING_TAIL_TYPES:
+            group = _decode_string_tail(buffer, framing, positions, udt.name, STRING_TAIL_TYPES[udt.name], deps)
+        elif udt.name in DYNAMIC_TYPES:
+            group = _decode_dynamic(buffer, framing, positions, udt.name, types, deps)
+        else:
+            logger.warning("skipping %d objects of unknown dynamically sized type %s", len(positions), udt.name)
+            group = ObjectGroup(udt.name, positions, {})
+        if udt.name in groups:
+            raise TransitError(f"objects buffer: two object types are named {udt.name}")
+        groups[udt.name] = group
+    return groups
+
+
+def _decode_fixed(
+    buffer: bytes, framing: Framing, positions: np.ndarray, layout: Layout, deps: dict[int, Value]
+) -> ObjectGroup:
+    """Decode every object of one fixed-size type at once through a structured dtype."""
+    records = _gather(buffer, framing.body_start[positions], layout.dtype)
+    columns: dict[str, Column] = {}
+    for leaf in layout.leaves:
+        values = np.ascontiguousarray(records[leaf.column])
+        if leaf.kind == "ref":
+            columns[leaf.column] = resolve_references(values, deps, f"{layout.udt.name}.{leaf.column}")
+        else:
+            columns[leaf.column] = values
+    return ObjectGroup(
+        layout.udt.name,
+        positions,
+        columns,
+        nested_type_names=dict(layout.nested_type_names),
+        is_reference=layout.udt.is_reference,
+    )
+
+
+def _gather(buffer: bytes, starts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The records of `dtype` at byte offsets `starts`: one structured array, one column per field."""
+    size = dtype.itemsize
+    # Row p of `windows` is buffer[p : p + size] (a view, no copy); taking the rows at the object
+    # starts copies exactly the objects' bytes, which the structured dtype then reads as columns.
+    windows = np.ndarray((len(buffer) - size + 1, size), dtype=np.uint8, buffer=buffer, strides=(1, 1))
+    return windows[starts].view(dtype).reshape(len(starts))
+
+
+def _decode_string_tail(
+    buffer: bytes,
+    framing: Framing,
+    positions: np.ndarray,
+    type_name: str,
+    tail: StringTail,
+    deps: dict[int, Value],
+) -> ObjectGroup:
+    """Fixed fields + one DynString, for all objects at once (only the text decoding is per object)."""
+    header_size = tail.string_offset + 5
+    starts = framing.body_start[positions]
+    available = framing.body_size[positions] - header_size
+
+    def where(row: int) -> str:
+        return f"{type_name} object {positions[row]}"
+
+    _fail_at(available < 0, lambda row: f"{where(row)}: truncated")
+    offsets = [offset for _, _, offset in tail.fields] + [tail.string_offset, tail.string_offset + 1]
+    formats = [PRIMITIVES[kind][0] for _, kind, _ in tail.fields] + ["u1", "<u4"]
+    names = [name for name, _, _ in tail.fields] + ["codec", "length"]
+    records = _gather(buffer, starts, np.dtype({"names": names, "formats": formats, "offsets": offsets}))
+    codecs, lengths = records["codec"], records["length"].astype(np.int64)
+    _fail_at(
+        lengths > available,
+        lambda row: f"{where(row)}: truncated string: need {lengths[row]} bytes, have {available[row]}",
+    )
+    _fail_at(codecs > 2, lambda row: f"{where(row)}: invalid string codec {codecs[row]}")
+    _fail_at((codecs == 1) & (lengths % 2 == 1), lambda row: f"{where(row)}: wrong utf-16 buffer size")
+    text_starts = starts + header_size
+    texts = decode_texts(
+        buffer,
+        text_starts.tolist(),
+        (text_starts + lengths).tolist(),
+        codecs.tolist() if np.any(codecs == 1) else None,
+    )
+    columns: dict[str, Column] = {tail.string_member: ValueColumn(np.arange(len(texts), dtype=np.int32), texts)}
+    for name, kind, _ in tail.fields:
+        values = np.ascontiguousarray(records[name])
+        columns[name] = resolve_references(values, deps, f"{type_name}.{name}") if kind == "ref" else values
+    return ObjectGroup(type_name, positions, columns)
+
+
+def _fail_at(bad: np.ndarray, describe: Callable[[int], str]) -> None:
+    """Raise TransitError describing the first row flagged `bad`."""
+    flagged = np.flatnonzero(bad)
+    if len(flagged):
+        raise TransitError(describe(int(flagged[0])))
+
+
+def _decode_dynamic(
+    buffer: bytes,
+    framing: Framing,
+    positions: np.ndarray,
+    type_name: str,
+    types: TypeTable,
+    deps: dict[int, Value],
+) -> ObjectGroup:
+    """Read a dynamically sized type object by object, then build the same columns as fixed types."""
+    dynamic = DYNAMIC_TYPES[type_name]
+    starts = framing.body_start[positions]
+    spans = zip(positions.tolist(), starts.tolist(), (starts + framing.body_size[positions]).tolist(), strict=True)
+    rows = dynamic.read_rows(buffer, list(spans), type_name, types)
+    columns: dict[str, Column] = {}
+    member_values = zip(*rows, strict=True) if rows else [() for _ in dynamic.members]
+    for (name, kind), values in zip(dynamic.members, member_values, strict=True):
+        if kind == "value":
+            columns[name] = ValueColumn(np.arange(len(values), dtype=np.int32), values)
+        elif kind == "ref":
+            columns[name] = resolve_references(np.array(values, dtype=np.uint64), deps, f"{type_name}.{name}")
+        else:
+            columns[name] = np.array(values, dtype=PRIMITIVES[kind][0])
+    return ObjectGroup(type_name, positions, columns)
+
+
+def resolve_references(ids: np.ndarray, deps: dict[int, Value], member: str) -> ValueColumn:
+    """Per-object dependency ids → indices into the distinct referenced values."""
+    if len(ids) < _HASH_ENCODE_FROM:
+        distinct, indices = np.unique(ids, return_inverse=True)
+        distinct_ids = distinct.tolist()
+    else:  # a hash-based encode beats sorting on large blocks
+        encoded = pa.array(ids, type=pa.uint64()).dictionary_encode()
+        distinct_ids, indices = encoded.dictionary.to_pylist(), np.asarray(encoded.indices)
+    values = []
+    for dep_id in distinct_ids:
+        if dep_id not in deps:
+            raise TransitError(f"{member}: dependency {dep_id} not found in the block's dependencies")
+        values.append(deps[dep_id])
+    return ValueColumn(indices, values)
+
+
+_HASH_ENCODE_FROM = 4096
+
+
+# ---------------------------------------------------------------------------------------------------
+# Back to one value per object
+
+
+def object_values(block: DecodedBlock) -> list[Value]:
+    """One value per object, in block order: what micromegas's decoder yields for each object.
+
+    Objects are `TransitObject`s (nested structs rebuilt, u8 members as `U8`); an object of a
+    reference type is the value it points to; an unknown dynamic object is an empty object.
+    """
+    values: list[Value] = [None] * block.nb_objects
+    for group in block.groups.values():
+        rows = _group_rows(group)
+        for position, value in zip(group.positions.tolist(), rows, strict=True):
+            values[position] = value
+    return values
+
+
+def _group_rows(group: ObjectGroup) -> list[Value]:
+    names = list(group.columns)
+    columns = [_column_values(group.columns[name]) for name in names]
+    if group.is_reference:
+        return columns[0] if columns else [None] * len(group)
+    if not columns:
+        return [TransitObject(group.type_name, {}) for _ in range(len(group))]
+    return [
+        nest(group.type_name, dict(zip(names, row, strict=True)), group.nested_type_names)
+        for row in zip(*columns, strict=True)
+    ]
+
+
+def _column_values(column: Column) -> list[Value]:
+    if isinstance(column, ValueColumn):
+        return column.to_list()
+    if column.dtype == np.uint8:
+        return [U8(value) for value in column.tolist()]
+    return column.tolist()
