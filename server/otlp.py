@@ -39,7 +39,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from spanlake.lakehouse.otlp.decode import rust_display_f64
+from spanlake.lakehouse.otlp.rust_text import rust_display_f64
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import cbor2
@@ -44,6 +43,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from spanlake.lakehouse.otlp.rust_text import rust_display_f64
 from spanlake.views import async_events, jsonb, log_entries, measures
 from spanlake.views.columns import Coded, block_identity_columns, constant_dictionary, dictionary_array, timestamp_array
 from spanlake.views.jsonb import JsonValue
@@ -534,12 +534,3 @@ def any_value_to_string(value: AnyValue) -> str:
         converted = any_value_to_json(value)
         return converted if kind == "bytes_value" else jsonb.compact_json(converted)
     return ""
-
-
-def rust_display_f64(number: float) -> str:
-    """Rust's `Display` of an f64 (no exponent; `NaN`, `inf`)."""
-    if number != number:
-        return "NaN"
-    if number in (float("inf"), float("-inf")):
-        return "inf" if number > 0 else "-inf"
-    return format(Decimal(repr(number)).normalize(), "f")
