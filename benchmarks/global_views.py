@@ -29,9 +29,10 @@ from lakehouse_support import EXPECTED
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context
-from spanlake.lakehouse.records import BlockRecord, ProcessRecord, blob_key
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 from spanlake.server.wire import parse_block, parse_process, parse_stream
@@ -71,8 +72,7 @@ def load_day(lake: Lake, processes: int, day: int) -> list[str]:
                     "stream_id": stream_ids[str(record.stream_id)],
                 }
             )
-            lake.store.put_if_absent(blob_key(process_id, block.stream_id, block.block_id), payload)
-            lake.loop.run(lake.catalog.insert_block(block))
+            lake.loop.run(store_block(lake, block, payload))
             rows.append((block.block_id, day + (index * len(blocks) + n) * DAY_NS // (processes * len(blocks))))
     lake.loop.run(
         lake.pool.executemany(

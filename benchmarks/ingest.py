@@ -21,6 +21,7 @@ import cbor2
 from _servers import spanlake_server
 
 from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
 CLIENTS = 8
@@ -76,10 +77,10 @@ def baseline_put(bodies: list[bytes]) -> float:
     payloads = [cbor2.dumps(cbor2.loads(b)["payload"]) for b in bodies]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(CLIENTS) as pool:
         store = ObjectStore(f"file://{tmp}")
+        process_id, stream_id = uuid.uuid4(), uuid.uuid4()
         start = time.perf_counter()
-        list(
-            pool.map(lambda kv: store.put_if_absent(kv[0], kv[1]), ((f"blobs/p/s/{uuid.uuid4()}", p) for p in payloads))
-        )
+        keys = (blob_key(process_id, stream_id, uuid.uuid4()) for _ in payloads)
+        list(pool.map(store.put_if_absent, keys, payloads))
         return time.perf_counter() - start
 
 

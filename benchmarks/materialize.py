@@ -27,9 +27,10 @@ from decode import async_block
 from harness import PostgresServer
 from transit_builder import thread_stream_metadata
 
+from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context, session_config
-from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.settings import Settings
 
 FREQUENCY = 1_000_000_000
@@ -66,8 +67,7 @@ def load_process(lake: Lake, events: int, blocks: int) -> str:
             index * nb_objects,
             len(payload),
         )
-        lake.store.put_if_absent(blob_key(process_id, stream_id, record.block_id), payload)
-        lake.loop.run(lake.catalog.insert_block(record))
+        lake.loop.run(store_block(lake, record, payload))
     assert cbor2.loads(payload)
     return str(process_id)
 

@@ -6,7 +6,7 @@ For each signal it prints records/s of
 * `parse`: the protobuf runtime alone (`ParseFromString` + `SerializeToString`): the floor;
 * `ingest`: `server.otlp.blocks_from_request` (parse, identities, bounds, the stored envelope);
 * `ingest json`: the same from gzipped OTLP-JSON (plain JSON of 100k records is over the 20 MiB limit);
-* `decode`: `lakehouse.otlp_decode` from the stored block to the view's record batch;
+* `decode`: `lakehouse.otlp.decode` from the stored block to the view's record batch;
 and the ratio of each to `parse`. Records carry 4 attributes, as typical SDK output does.
 """
 
@@ -20,15 +20,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from spanlake.lakehouse.otlp import decode as otlp_decode
+from spanlake.lakehouse.otlp.decode import otlp_block
+from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.server import otlp
+from spanlake.views import async_events, log_entries, measures
 from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.view import View
 
 T0 = 1_700_000_000_000_000_000
 RESOURCE = [
@@ -123,7 +127,7 @@ def rate(records: int, run: Callable[[], object], repeat: int = 3) -> float:
     return records / best
 
 
-def metas(block: otlp.OtlpBlock) -> tuple[ProcessMeta, BlockMeta]:
+def metas(block: OtlpResourceBlock) -> tuple[ProcessMeta, BlockMeta]:
     p, b = block.process, block.block
     return (
         ProcessMeta(
@@ -151,12 +155,19 @@ def metas(block: otlp.OtlpBlock) -> tuple[ProcessMeta, BlockMeta]:
     )
 
 
+def view_rows(view: View) -> Callable[[bytes, ProcessMeta, BlockMeta], list[pa.RecordBatch]]:
+    """Decoding one stored block into the view's rows, as materialization does."""
+    return lambda payload, process, block: list(
+        view.rows_from_otlp([otlp_block(view, view.otlp_format, payload, process, block)])
+    )
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     builders = {
-        "logs": (logs, otlp_decode.log_entries_batch),
-        "traces": (traces, otlp_decode.async_events_batch),
-        "metrics": (metrics, otlp_decode.measures_batch),
+        "logs": (logs, view_rows(log_entries.VIEW)),
+        "traces": (traces, view_rows(async_events.VIEW)),
+        "metrics": (metrics, view_rows(measures.VIEW)),
     }
     print(f"{'signal':8} {'step':12} {'records/s':>12} {'vs parse':>9}")
     for signal, (build, decode) in builders.items():

@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import PostgresServer
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
+from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context
-from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord, blob_key
+from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
@@ -102,8 +103,7 @@ def load(lake: Lake, spans: int) -> tuple[str, int, int]:
                 offset,
                 len(payload),
             )
-            lake.store.put_if_absent(blob_key(process_id, stream_id, record.block_id), payload)
-            lake.loop.run(lake.catalog.insert_block(record))
+            lake.loop.run(store_block(lake, record, payload))
             offset += nb_objects
             ticks = end_ticks
     return str(process_id), start, start + ticks

@@ -1,1 +1,27 @@
-"""Where and when spanlake stores data: settings, catalog, object store, decoding, partitions."""
+"""Where and when spanlake stores data: settings, catalog, object store, decoding, partitions,
+materialization and queries.
+
+Modules:
+
+    settings           every setting: an environment variable with a matching flag
+    lake               `Lake`: the catalog database, the object store and the loop a process opens once
+    loop               the process's one asyncio loop, on a dedicated thread
+    catalog            the PostgreSQL catalog: ingestion rows, API keys
+    embedded_postgres  the private PostgreSQL of the embedded default (pgserver)
+    migrate            applying the numbered SQL files of `migrations/`
+    object_store       block payloads and parquet partitions, on a local directory or S3
+    records            the ingestion tables' rows, and the blob key of a block payload
+    ingest             storing an ingested block: the payload first, then the row
+    timestamps         RFC3339 timestamps with nanosecond precision
+    errors             the lakehouse's exceptions
+    source_blocks      the blocks a view instance is built from (blocks ⋈ streams ⋈ processes)
+    view_sets          the views spanlake materializes: the `VIEW` of each file of `views/`
+    view_rows          feeding a view its blocks: payloads read, decoded or parsed, bad blocks skipped
+    partitions         partition files and catalog rows: writing, replacing and retiring them
+    jit                just-in-time materialization of a process or stream instance
+    batch_update       scheduled materialization of the global views, bucket by bucket
+    retention          deleting expired telemetry, partitions and retired files
+    transit            micromegas transit blocks: type metadata and the decoder (a package)
+    otlp               OTLP data: identities, bounds, the stored envelope, Rust text, decoding (a package)
+    query              the DataFusion session of a query, view instances, table functions (a package)
+"""

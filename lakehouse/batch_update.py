@@ -27,12 +27,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from spanlake.lakehouse.catalog import ns_to_datetime
-from spanlake.lakehouse.jit import fetch_payloads
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
 from spanlake.lakehouse.source_blocks import find_timings, source_blocks, source_count
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
-from spanlake.lakehouse.view_sets import ViewSet
+from spanlake.lakehouse.view_rows import view_rows
+from spanlake.views.view import View
 
 GLOBAL = "global"
 SECOND_NS = 1_000_000_000
@@ -54,7 +54,7 @@ async def nothing_to_materialize(pool: asyncpg.Pool, begin_ns: int, end_ns: int)
 
 
 def materialize_range(
-    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, delta_ns: int, progress: Progress = log.debug
+    lake: Lake, view: View, begin_ns: int, end_ns: int, delta_ns: int, progress: Progress = log.debug
 ) -> int:
     """Materializes every whole bucket of `delta_ns` in [begin, end); returns the partitions written."""
     written = 0
@@ -65,13 +65,13 @@ def materialize_range(
     return written
 
 
-def materialize_bucket(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, progress: Progress) -> int:
+def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
     required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
     existing = [
         p
         for p in lake.loop.run(fetch_overlapping(lake.pool, view.name, GLOBAL, begin_ns, end_ns))
-        if p.file_schema_hash == view.file_schema_hash
+        if p.file_schema_hash == view.schema_hash
     ]
     if any(p.begin_insert_ns < begin_ns or p.end_insert_ns > end_ns for p in existing):
         progress(f"{what}: a partition crosses the bucket's edge, left as is")
@@ -91,21 +91,21 @@ def materialize_bucket(lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, pr
     return _merge(lake, view, begin_ns, end_ns, existing, what, progress)
 
 
-def _target(view: ViewSet, begin_ns: int, end_ns: int) -> PartitionTarget:
+def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
     return PartitionTarget(
         view.name,
         GLOBAL,
         begin_ns,
         end_ns,
         view.schema,
-        view.file_schema_hash,
-        view.event_time_columns,
+        view.schema_hash,
+        view.time_columns,
         RetireMatch.CONTAINED,
     )
 
 
 def _from_source(
-    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
+    lake: Lake, view: View, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
 ) -> int:
     blocks = lake.loop.run(source_blocks(lake.pool, tags=view.stream_tags, insert_range=(begin_ns, end_ns)))
     count = len(blocks) if view.counts_blocks else sum(b.meta.nb_objects for b in blocks)
@@ -116,16 +116,14 @@ def _from_source(
     if view.reads_payloads:
         process_ids = sorted({uuid.UUID(b.meta.process_id) for b in blocks})
         timings = lake.loop.run(find_timings(lake.pool, process_ids))
-        items = fetch_payloads(lake, blocks)
-    else:
-        items = ((b, None) for b in blocks)
-    partition = write_partition(lake, _target(view, begin_ns, end_ns), count, view.build(timings, items))
+    rows = view_rows(lake, view, timings, blocks)
+    partition = write_partition(lake, _target(view, begin_ns, end_ns), count, rows)
     progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows if partition else 0} rows")
     return partition is not None
 
 
 def _merge(
-    lake: Lake, view: ViewSet, begin_ns: int, end_ns: int, existing: list[Partition], what: str, progress: Progress
+    lake: Lake, view: View, begin_ns: int, end_ns: int, existing: list[Partition], what: str, progress: Progress
 ) -> int:
     files = [p.file_path for p in sorted(existing, key=lambda p: p.begin_insert_ns) if p.file_path]
     partition = write_partition(
@@ -135,7 +133,7 @@ def _merge(
     return partition is not None
 
 
-def _merged_rows(lake: Lake, view: ViewSet, files: list[str]) -> Iterator[pa.RecordBatch]:
+def _merged_rows(lake: Lake, view: View, files: list[str]) -> Iterator[pa.RecordBatch]:
     if not files:
         return iter(())
     filesystem, root = lake.store.arrow_filesystem()

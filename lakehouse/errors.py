@@ -1,4 +1,5 @@
-"""Errors the lakehouse reports to whoever asked (a SQL user, through Flight SQL)."""
+"""The lakehouse's exceptions: errors it reports to whoever asked (a SQL user, through Flight SQL) and
+stored data it cannot read."""
 
 
 class QueryError(ValueError):
@@ -6,3 +7,7 @@ class QueryError(ValueError):
 
     Raised inside table functions; the Flight SQL server answers INVALID_ARGUMENT with the message.
     """
+
+
+class OtlpBlockError(ValueError):
+    """A stored OTLP block that cannot be read (bad envelope or protobuf)."""

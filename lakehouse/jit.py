@@ -11,15 +11,16 @@ partition set: commits serialize on the instance's advisory lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
-from spanlake.lakehouse.source_blocks import HOUR_NS, HourSummary, SourceBlock
-from spanlake.lakehouse.view_sets import Timings, ViewSet
+from spanlake.lakehouse.source_blocks import HOUR_NS, HourSummary
+from spanlake.lakehouse.view_rows import Timings, view_rows
+from spanlake.views.meta import SourceBlock
+from spanlake.views.view import View
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,10 @@ MAX_OBJECTS_PER_PARTITION = 4 * 1024 * 1024
 # A partition's insert range is [first block insert, last block insert + 1 µs): PostgreSQL keeps µs.
 _INSERT_RESOLUTION_NS = 1000
 
-_io_pool = ThreadPoolExecutor(8, thread_name_prefix="lake-io")
-
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    view: ViewSet
+    view: View
     instance_id: str
     blocks: tuple[SourceBlock, ...]
 
@@ -52,7 +51,7 @@ class PartitionSpec:
 
 
 def plan_specs(
-    view: ViewSet, instance_id: str, blocks: list[SourceBlock], max_objects: int = MAX_OBJECTS_PER_PARTITION
+    view: View, instance_id: str, blocks: list[SourceBlock], max_objects: int = MAX_OBJECTS_PER_PARTITION
 ) -> list[PartitionSpec]:
     """Cuts insert-ordered blocks into specs by insert hour and size."""
     specs: list[PartitionSpec] = []
@@ -79,18 +78,18 @@ def is_fresh(spec: PartitionSpec, existing: Iterable[Partition]) -> bool:
     return _covered(spec.view, spec.begin_insert_ns, spec.end_insert_ns, spec.source_count, existing)
 
 
-def _covered(view: ViewSet, begin_ns: int, end_ns: int, source_count: int, existing: Iterable[Partition]) -> bool:
+def _covered(view: View, begin_ns: int, end_ns: int, source_count: int, existing: Iterable[Partition]) -> bool:
     """Exactly one live partition overlaps [begin, end), of the view's schema, from as many source objects."""
     overlapping = [p for p in existing if p.begin_insert_ns < end_ns and p.end_insert_ns > begin_ns]
     return (
         len(overlapping) == 1
-        and overlapping[0].file_schema_hash == view.file_schema_hash
+        and overlapping[0].file_schema_hash == view.schema_hash
         and overlapping[0].source_count >= source_count
     )
 
 
 def hours_are_fresh(
-    view: ViewSet, hours: Iterable[HourSummary], existing: list[Partition], max_objects: int = MAX_OBJECTS_PER_PARTITION
+    view: View, hours: Iterable[HourSummary], existing: list[Partition], max_objects: int = MAX_OBJECTS_PER_PARTITION
 ) -> bool:
     """The spec check of `plan_specs` + `is_fresh`, from per-hour summaries: an hour within the size limit
     is exactly one spec; a larger one is several, checked together."""
@@ -103,7 +102,7 @@ def hours_are_fresh(
             parts = [p for p in existing if p.begin_insert_ns < end and p.end_insert_ns > hour.first_insert_ns]
             if not (
                 parts
-                and all(p.file_schema_hash == view.file_schema_hash for p in parts)
+                and all(p.file_schema_hash == view.schema_hash for p in parts)
                 and all(p.begin_insert_ns // HOUR_NS == hour.first_insert_ns // HOUR_NS for p in parts)
                 and sum(p.source_count for p in parts) >= count
             ):
@@ -125,40 +124,24 @@ def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:
     return [spec for spec in specs if not is_fresh(spec, existing)]
 
 
-def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[SourceBlock, bytes | None]]:
-    """Payloads in block order, read concurrently; a missing payload is logged and yields None."""
-    parent = tracing.current_span_context()  # the readers run on the pool's threads
-
-    def read(block: SourceBlock) -> bytes | None:
-        try:
-            with tracing.async_span("object_store.get_block", parent):
-                return lake.store.get(block.blob_key)
-        except FileNotFoundError:
-            log.warning("payload of block %s is missing from the object store; skipped", block.meta.block_id)
-            return None
-
-    blocks = list(blocks)
-    return zip(blocks, _io_pool.map(read, blocks), strict=True)
-
-
 def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition | None:
     """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
     with tracing.async_span("lakehouse.materialize_partition"):
-        items = fetch_payloads(lake, spec.blocks) if spec.view.reads_payloads else ((b, None) for b in spec.blocks)
         target = PartitionTarget(
             spec.view.name,
             spec.instance_id,
             spec.begin_insert_ns,
             spec.end_insert_ns,
             spec.view.schema,
-            spec.view.file_schema_hash,
-            spec.view.event_time_columns,
+            spec.view.schema_hash,
+            spec.view.time_columns,
             RetireMatch.OVERLAPPING,
         )
-        return write_partition(lake, target, spec.source_count, spec.view.build(timings, items))
+        rows = view_rows(lake, spec.view, timings, spec.blocks)
+        return write_partition(lake, target, spec.source_count, rows)
 
 
-def jit_update(lake: Lake, view: ViewSet, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:
+def jit_update(lake: Lake, view: View, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:
     """Brings the instance's partitions covering `blocks` up to date; returns how many were written."""
     written = 0
     for spec in stale_specs(lake, plan_specs(view, instance_id, blocks)):

@@ -1,10 +1,14 @@
 """Partitions: parquet files of one view instance, each with one row in `lakehouse_partitions`.
 
 A partition covers a half-open range of block insert times. Writing one stores the file first, then,
-in one transaction under an advisory lock per view instance, retires the partitions it replaces (their
-files go to `temporary_files` for an hour, so queries already reading them finish) and inserts its row.
-The same transaction refuses to let two live partitions of one instance and schema overlap: stock
-PostgreSQL has no btree_gist for an exclusion constraint, so the lock makes the check race-free.
+in one transaction under an advisory lock per view instance, retires the partitions it replaces and
+inserts its row. The same transaction refuses to let two live partitions of one instance and schema
+overlap: stock PostgreSQL has no btree_gist for an exclusion constraint, so the lock makes the check
+race-free.
+
+`retire` is the one way a partition leaves the catalog (replaced, `retire_partitions()`, retention):
+under the same lock, its row is deleted and its file goes to `temporary_files` for an hour, so queries
+already reading it finish; retention deletes the file once that grace is over.
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ class PartitionOverlapError(Exception):
 
 
 class RetireMatch(enum.Enum):
-    CONTAINED = "contained"  # replace partitions inside the new range (merges of global views)
-    OVERLAPPING = "overlapping"  # replace every partition touching the new range (JIT rewrites)
+    """Which partitions of an instance `retire` removes for a range [begin, end]."""
+
+    CONTAINED = "contained"  # partitions inside the range (merges of global views, retire_partitions, retention)
+    OVERLAPPING = "overlapping"  # every partition touching the range (JIT rewrites)
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,7 @@ def write_partition(
             lake.store.delete(key)
 
 
-async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: RetireMatch) -> list[str]:
+async def commit_partition(pool: asyncpg.Pool, partition: Partition, replaces: RetireMatch) -> list[str]:
     """Retires what the partition replaces and inserts it, atomically. Returns the retired files.
 
     Raises DuplicatePartition, changing nothing, if another writer committed an identical partition
@@ -232,24 +238,16 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
     """
     begin, end = ns_to_datetime(partition.begin_insert_ns), ns_to_datetime(partition.end_insert_ns)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"{partition.view_set_name}/{partition.view_instance_id}",
-        )
+        await lock_instance(conn, partition.view_set_name, partition.view_instance_id)
         if await _same_partition_exists(conn, partition):
             raise DuplicatePartition()
-        if retire is RetireMatch.CONTAINED:
-            condition = "begin_insert_time >= $3 AND end_insert_time <= $4"
-        else:
-            condition = "begin_insert_time < $4 AND end_insert_time > $3"
-        retired = await conn.fetch(
-            "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2 AND "
-            + condition
-            + " RETURNING file_path, file_size",
+        retired = await retire(
+            conn,
             partition.view_set_name,
             partition.view_instance_id,
-            begin,
-            end,
+            replaces,
+            partition.begin_insert_ns,
+            partition.end_insert_ns,
         )
         clash = await conn.fetchval(
             "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
@@ -264,12 +262,6 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
             raise PartitionOverlapError(
                 f"partition [{begin}, {end}) of {partition.view_set_name}/{partition.view_instance_id}"
                 " overlaps a live partition it does not replace"
-            )
-        files = [(r["file_path"], r["file_size"]) for r in retired if r["file_path"]]
-        if files:
-            await conn.executemany(
-                "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + $3)",
-                [(path, size, RETIRED_FILE_GRACE) for path, size in files],
             )
         await conn.execute(
             "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time,"
@@ -290,7 +282,63 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, retire: Ret
             partition.num_rows,
             PARTITION_FORMAT_VERSION,
         )
-    return [path for path, _ in files]
+    return [r["file_path"] for r in retired if r["file_path"]]
+
+
+async def lock_instance(conn: asyncpg.Connection, view_set_name: str, instance_id: str) -> None:
+    """Takes the view instance's advisory lock until the end of the transaction open on `conn`."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{view_set_name}/{instance_id}")
+
+
+async def retire(
+    conn: asyncpg.Connection,
+    view_set_name: str,
+    instance_id: str,
+    match: RetireMatch,
+    begin_ns: int | None,
+    end_ns: int,
+) -> list[asyncpg.Record]:
+    """Retires the partitions of an instance that `match` [begin, end] (no lower bound when begin is None).
+
+    The one way a partition leaves the catalog (replaced by JIT or a merge, `retire_partitions()`,
+    retention): in the caller's transaction on `conn`, under the instance's advisory lock (taken here; it
+    is re-entrant), deletes the rows and lists their files in `temporary_files` for RETIRED_FILE_GRACE,
+    so queries already reading them finish. Returns the deleted rows (`begin_insert_time`,
+    `end_insert_time`, `file_path`, `file_size`), by begin time.
+    """
+    await lock_instance(conn, view_set_name, instance_id)
+    args: list[object] = [view_set_name, instance_id, RETIRED_FILE_GRACE]
+    conditions = ["view_set_name = $1", "view_instance_id = $2"]
+
+    def bound(column: str, operator: str, ns: int) -> None:
+        args.append(ns_to_datetime(ns))
+        conditions.append(f"{column} {operator} ${len(args)}")
+
+    if match is RetireMatch.CONTAINED:
+        if begin_ns is not None:
+            bound("begin_insert_time", ">=", begin_ns)
+        bound("end_insert_time", "<=", end_ns)
+    else:
+        bound("begin_insert_time", "<", end_ns)
+        if begin_ns is not None:
+            bound("end_insert_time", ">", begin_ns)
+    return await conn.fetch(
+        "WITH retired AS (DELETE FROM lakehouse_partitions WHERE "
+        + " AND ".join(conditions)
+        + " RETURNING begin_insert_time, end_insert_time, file_path, file_size),"
+        " queued AS (INSERT INTO temporary_files (file_path, file_size, expiration)"
+        " SELECT file_path, file_size, now() + $3 FROM retired WHERE file_path IS NOT NULL)"
+        " SELECT * FROM retired ORDER BY begin_insert_time",
+        *args,
+    )
+
+
+async def retire_contained(
+    pool: asyncpg.Pool, view_set_name: str, instance_id: str, begin_ns: int | None, end_ns: int
+) -> list[asyncpg.Record]:
+    """`retire` of the partitions inside [begin, end], in a transaction of its own."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await retire(conn, view_set_name, instance_id, RetireMatch.CONTAINED, begin_ns, end_ns)
 
 
 class DuplicatePartition(Exception):

@@ -51,6 +51,7 @@ class BlockRecord:
     payload_size: int
 
 
-def blob_key(process_id: uuid.UUID, stream_id: uuid.UUID, block_id: uuid.UUID) -> str:
-    """Object-store key of a block payload, relative to the store root (micromegas layout)."""
+def blob_key(process_id: uuid.UUID | str, stream_id: uuid.UUID | str, block_id: uuid.UUID | str) -> str:
+    """Object-store key of a block payload, relative to the store root (micromegas layout); the one place
+    that spells it."""
     return f"blobs/{process_id}/{stream_id}/{block_id}"

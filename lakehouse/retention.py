@@ -1,8 +1,11 @@
 """Retention: telemetry older than the retention period is deleted with its objects, and the files of
-replaced partitions are deleted once their grace period is over.
+retired partitions are deleted once their grace period is over.
 
-Rows go first, objects after: if deleting an object fails, an unreferenced object remains (harmless,
-and deleted by nobody), never a row pointing at a missing object.
+Blocks, streams and processes: rows go first, objects after: if deleting an object fails, an
+unreferenced object remains (harmless, and deleted by nobody), never a row pointing at a missing
+object. Partitions are retired as replaced ones are (`partitions.retire`, per view instance under its
+lock): their files wait in `temporary_files` for the grace period, so queries already reading them
+finish, and a later run deletes them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from spanlake.lakehouse.catalog import datetime_to_ns
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import retire_contained
+from spanlake.lakehouse.records import blob_key
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +34,9 @@ class RetentionReport:
 
 
 def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = None) -> RetentionReport:
-    """Deletes blocks (and payloads), then streams without blocks, processes without streams, and
-    partitions, all inserted before now - retention_days; then the expired temporary files."""
+    """Deletes blocks (and payloads), then streams without blocks and processes without streams, all
+    inserted before now - retention_days; retires the partitions that end by then; then deletes the
+    temporary files whose grace is over."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     report = RetentionReport()
     while True:
@@ -42,7 +49,7 @@ def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = No
             )
         )
         for row in rows:
-            lake.store.delete(f"blobs/{row['process_id']}/{row['stream_id']}/{row['block_id']}")
+            lake.store.delete(blob_key(row["process_id"], row["stream_id"], row["block_id"]))
         report.blocks += len(rows)
         if len(rows) < BATCH:
             break
@@ -64,27 +71,37 @@ def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = No
             )
         )
     )
-    while True:
-        rows = lake.loop.run(
-            lake.pool.fetch(
-                "DELETE FROM lakehouse_partitions WHERE ctid IN (SELECT ctid FROM lakehouse_partitions"
-                " WHERE end_insert_time <= $1 LIMIT $2) RETURNING file_path",
-                cutoff,
-                BATCH,
-            )
-        )
-        for row in rows:
-            if row["file_path"]:
-                lake.store.delete(row["file_path"])
-        report.partitions += len(rows)
-        if len(rows) < BATCH:
-            break
+    report.partitions = _retire_expired_partitions(lake, cutoff)
     report.files = delete_expired_temporary_files(lake)
     log.info("retention (%d days): %s", retention_days, report)
     return report
 
 
+def _retire_expired_partitions(lake: Lake, cutoff: dt.datetime) -> int:
+    """Retires, instance by instance, the partitions whose insert range ends by the cutoff."""
+    cutoff_ns = datetime_to_ns(cutoff)
+    retired = 0
+    while True:
+        instances = lake.loop.run(
+            lake.pool.fetch(
+                "SELECT DISTINCT view_set_name, view_instance_id FROM lakehouse_partitions"
+                " WHERE end_insert_time <= $1 LIMIT $2",
+                cutoff,
+                BATCH,
+            )
+        )
+        for row in instances:
+            retired += len(
+                lake.loop.run(
+                    retire_contained(lake.pool, row["view_set_name"], row["view_instance_id"], None, cutoff_ns)
+                )
+            )
+        if len(instances) < BATCH:
+            return retired
+
+
 def delete_expired_temporary_files(lake: Lake) -> int:
+    """Deletes the files of `temporary_files` whose expiration has passed (rows first); returns their count."""
     deleted = 0
     while True:
         rows = lake.loop.run(

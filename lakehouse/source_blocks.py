@@ -12,42 +12,9 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from spanlake.lakehouse.catalog import datetime_to_ns, ns_to_datetime
-from spanlake.views.meta import BlockMeta, ProcessMeta, StreamMeta
+from spanlake.views.meta import BlockMeta, ProcessMeta, SourceBlock, SourceProcess, SourceStream, StreamMeta
 
 HOUR_NS = 3600 * 1_000_000_000
-
-
-@dataclass(frozen=True)
-class SourceStream:
-    meta: StreamMeta
-    format: str
-    dependencies_metadata: bytes
-    objects_metadata: bytes
-    insert_time_ns: int
-
-
-@dataclass(frozen=True)
-class SourceProcess:
-    """A `processes` row, as the metadata views (blocks, processes) show it."""
-
-    meta: ProcessMeta
-    realname: str
-    distro: str
-    cpu_brand: str
-    insert_time_ns: int
-    parent_process_id: str  # "" when there is none
-
-
-@dataclass(frozen=True)
-class SourceBlock:
-    meta: BlockMeta
-    stream: SourceStream
-    process: SourceProcess
-    payload_size: int
-
-    @property
-    def blob_key(self) -> str:
-        return f"blobs/{self.meta.process_id}/{self.meta.stream_id}/{self.meta.block_id}"
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,15 @@
-"""How spanlake is served: HTTP ingestion, Flight SQL, the maintenance daemon, the command line."""
+"""How spanlake is served: HTTP ingestion, Flight SQL, the maintenance daemon, the command line.
+
+Modules:
+
+    cli               the `spanlake` command line: the roles, migrate, api-key, client tools
+    ingestion         the HTTP ingestion API (native and OTLP routes)
+    wire              the CBOR bodies of the native ingestion API
+    otlp              OTLP/HTTP requests: content types, gzip, protobuf or JSON, status bodies
+    auth              bearer API keys for both APIs
+    maintenance       the maintenance daemon: schedules, merges, retention
+    self_tracing      spanlake tracing itself into its own lake
+    query_command     `spanlake query`
+    perfetto_command  `spanlake perfetto`
+    flightsql         the Arrow Flight SQL server (a package)
+"""

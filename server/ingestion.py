@@ -1,7 +1,8 @@
 """The HTTP ingestion API, compatible with the micromegas sink and with OTLP/HTTP exporters.
 
-Every write stores the payload first and the row second, both idempotent on the client's ids, so a
-retried request stores things once and no row ever points at a missing payload.
+Every block is stored by `lakehouse.ingest.store_block`: the payload first and the row second, both
+idempotent on the client's ids, so a retried request stores things once and no row ever points at a
+missing payload. Process and stream rows are idempotent inserts too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
+from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
-from spanlake.lakehouse.records import BlockRecord, blob_key
 from spanlake.server import otlp, wire
 from spanlake.server.auth import Authenticator, AuthError
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 NATIVE_BODY_LIMIT = 100 * 1024 * 1024
 OTLP_BODY_LIMIT = 20 * 1024 * 1024
-INLINE_WRITE_LIMIT = 64 * 1024
 _READY_CACHE_SECONDS = 1.0
 _READY_TIMEOUT_SECONDS = 2.0
 _RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
@@ -112,17 +112,8 @@ class IngestionService:
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         record, payload = wire.parse_block(await request.read())
-        await self._store_block(record, payload)
+        await store_block(self.lake, record, payload)
         return web.Response()
-
-    async def _store_block(self, record: BlockRecord, payload: bytes) -> None:
-        key = blob_key(record.process_id, record.stream_id, record.block_id)
-        if self.lake.store.scheme == "file" and len(payload) <= INLINE_WRITE_LIMIT:
-            # A small local write costs less than the hop to a worker thread (benchmarks/ingest.py).
-            self.lake.store.put_if_absent(key, payload)
-        else:
-            await asyncio.to_thread(self.lake.store.put_if_absent, key, payload)
-        await self.lake.catalog.insert_block(record)
 
     @tracing.span_fn(name="ingestion.otlp_export")
     async def otlp_export(self, request: web.Request) -> web.Response:
@@ -143,7 +134,7 @@ class IngestionService:
         for block in blocks:
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
-            await self._store_block(block.block, block.payload)
+            await store_block(self.lake, block.block, block.payload)
         data, response_type = otlp.response_body(signal, content_type)
         return web.Response(body=data, content_type=response_type)
 

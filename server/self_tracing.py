@@ -1,14 +1,15 @@
 """spanlake traces itself: its spans, query audit records and query metrics go into its own lake.
 
 `start_self_tracing(lake, role)` starts a tracing session (process exe `spanlake-<role>`) whose sink
-stores telemetry straight into the lake (catalog rows and object-store payloads, as the ingestion
-API does), so a lone `spanlake flightsql` traces itself too. Its process is queried like any other:
-`view_instance('async_events', <process_id>)`, `perfetto_trace_chunks(...)` (docs/self-tracing.md).
+stores telemetry straight into the lake (catalog rows, and blocks through `lakehouse.ingest.store_block`
+as the ingestion API stores them), so a lone `spanlake flightsql` traces itself too. Its process is
+queried like any other: `view_instance('async_events', <process_id>)`, `perfetto_trace_chunks(...)`
+(docs/self-tracing.md).
 
-No feedback loop: the sink's thread runs under `tracing.suppressed()` and stores through the
-catalog and object store directly, which carry no instrumentation; queries on the self-traced
-process produce their own spans like any query (a bounded amount per query), never spans about
-storing spans.
+No feedback loop: the sink's thread runs under `tracing.suppressed()` and stores through the catalog,
+the object store and `store_block` (run on the lake's loop), which carry no instrumentation; queries on
+the self-traced process produce their own spans like any query (a bounded amount per query), never
+spans about storing spans.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import time
 from dataclasses import dataclass
 
 from spanlake import tracing
+from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.records import blob_key
 from spanlake.server import wire
 from spanlake.server.flightsql.audit import AUDIT_LOGGER
 from spanlake.tracing.dispatch import FLUSH_PERIOD_ENV
@@ -124,8 +125,7 @@ class LakeSink:
                 lake.loop.run(lake.catalog.insert_stream(wire.parse_stream(item.body)), _STORE_TIMEOUT_SECONDS)
             elif item.path == INSERT_BLOCK:
                 record, payload = wire.parse_block(item.body)
-                lake.store.put_if_absent(blob_key(record.process_id, record.stream_id, record.block_id), payload)
-                lake.loop.run(lake.catalog.insert_block(record), _STORE_TIMEOUT_SECONDS)
+                lake.loop.run(store_block(lake, record, payload), _STORE_TIMEOUT_SECONDS)
             else:
                 raise wire.WireError(f"unknown ingestion path {item.path}")
         except wire.WireError as err:

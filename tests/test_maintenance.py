@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import threading
@@ -125,7 +126,7 @@ def test_two_daemons_leave_one_consistent_partition_set(lake: LocalLake) -> None
 def test_one_failing_view_does_not_stop_the_others(lake: LocalLake, monkeypatch: pytest.MonkeyPatch) -> None:
     minute = spread_over_a_minute(lake)
     original = VIEW_SETS["blocks"]
-    monkeypatch.setitem(VIEW_SETS, "blocks", original.__class__(**{**original.__dict__, "build": _failing_build}))
+    monkeypatch.setitem(VIEW_SETS, "blocks", dataclasses.replace(original, rows_from_blocks=_failing_build))
     minute_schedule = next(s for s in SCHEDULES if s.name == "minute")
     MaintenanceDaemon(lake.lake, 90).run(minute_schedule, (minute + 2 * MINUTE_NS) // SECOND_NS)
     assert partitions(lake, "blocks") == []
@@ -165,9 +166,16 @@ def test_retention_removes_exactly_what_expired(lake: LocalLake) -> None:
         assert not lake.lake.store.exists(f"blobs/{PROCESS_ID}/{log_stream['stream_id']}/{block['block_id']}")
     other = next(s for s in EXPECTED["streams"] if "metrics" in s["tags"])
     assert lake.lake.store.exists(f"blobs/{PROCESS_ID}/{other['stream_id']}/{other['blocks'][0]['block_id']}")
-    assert all(not lake.lake.store.exists(f) for f in expired_files if f)
+    # Expired partitions are retired like replaced ones: rows gone, files kept for their grace period.
+    assert not lake.catalog("SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'")
+    queued = {r["file_path"] for r in lake.catalog("SELECT file_path FROM temporary_files")}
+    assert {f for f in expired_files if f} <= queued
+    assert all(lake.lake.store.exists(f) for f in expired_files if f)
     assert lake.catalog("SELECT count(*) AS n FROM processes")[0]["n"] == 1
     assert len(table_rows(lake, "measures")) == 412
+    lake.catalog("UPDATE temporary_files SET expiration = now() - interval '1 second'")
+    delete_expired(lake.lake, retention_days=7)
+    assert all(not lake.lake.store.exists(f) for f in expired_files if f)
 
 
 def test_temporary_files_are_deleted_after_their_grace(lake: LocalLake) -> None:

@@ -15,13 +15,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from spanlake.lakehouse.otlp import decode as otlp_decode
-from spanlake.lakehouse.otlp.decode import OtlpBlockError, async_events_batch, log_entries_batch, measures_batch
-from spanlake.server.otlp import OtlpBlock, blocks_from_request
+from spanlake.lakehouse.otlp.decode import OtlpBlockError, otlp_block
+from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
+from spanlake.server.otlp import blocks_from_request
 from spanlake.views import async_events, jsonb, log_entries, measures
 from spanlake.views.meta import BlockMeta, ProcessMeta
 from spanlake.views.properties import decode_jsonb_object
 from spanlake.views.scope import scope_hash
+from spanlake.views.view import View
 
 PROTOBUF = "application/x-protobuf"
 T0 = 1_700_000_000_000_000_000
@@ -38,14 +39,14 @@ def stored(signal: str, request: Any) -> tuple[bytes, ProcessMeta, BlockMeta]:
     return block.payload, process_meta(block), block_meta(block)
 
 
-def process_meta(block: OtlpBlock) -> ProcessMeta:
+def process_meta(block: OtlpResourceBlock) -> ProcessMeta:
     p = block.process
     return ProcessMeta(
         str(p.process_id), p.exe, p.username, p.computer, p.start_time_ns, p.start_ticks, p.tsc_frequency, p.properties
     )
 
 
-def block_meta(block: OtlpBlock) -> BlockMeta:
+def block_meta(block: OtlpResourceBlock) -> BlockMeta:
     b = block.block
     return BlockMeta(
         str(b.block_id),
@@ -97,6 +98,24 @@ def _scalar(tag: int, raw: bytes) -> Any:
 
 def column(batch: pa.RecordBatch, name: str) -> list[Any]:
     return batch.column(name).to_pylist()
+
+
+def view_batch(view: View, payload: bytes, process: ProcessMeta, block: BlockMeta, stream_format: str | None = None):
+    """The rows of `view` from one stored OTLP block, through the view's contract."""
+    [batch] = view.rows_from_otlp([otlp_block(view, stream_format or view.otlp_format, payload, process, block)])
+    return batch
+
+
+def log_entries_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
+    return view_batch(log_entries.VIEW, payload, process, block)
+
+
+def measures_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
+    return view_batch(measures.VIEW, payload, process, block)
+
+
+def async_events_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
+    return view_batch(async_events.VIEW, payload, process, block)
 
 
 # --- logs ------------------------------------------------------------------------------------------
@@ -481,13 +500,41 @@ def test_parent_cycles_do_not_hang() -> None:
     assert set(column(batch, "depth")) == {0}
 
 
+def begin_depths(batch: pa.RecordBatch) -> dict[str, int]:
+    rows = zip(column(batch, "name"), column(batch, "event_type"), column(batch, "depth"), strict=True)
+    return {name: depth for name, kind, depth in rows if kind == "begin"}
+
+
+def test_span_depths_resolve_across_the_blocks_of_a_partition() -> None:
+    """One resolver, one rule: a parent is the span of the same trace id with that span id, found in
+    any block of the partition (exporters send children before their parents, in other requests)."""
+    late_root = [span("root", 1, None, 10, 100), span("other-trace", 7, 3, 15, 16, trace=TRACE_B)]
+    children = [span("grandchild", 3, 2, 30, 40), span("child", 2, 1, 20, 50)]
+    inputs = []
+    for spans in (children, late_root):
+        payload, process, block = stored("traces", traces_request(spans))
+        inputs.append(otlp_block(async_events.VIEW, "otlp/v1/traces", payload, process, block))
+    first, second = async_events.VIEW.rows_from_otlp(inputs)
+    assert begin_depths(first) == {"child": 1, "grandchild": 2}
+    assert begin_depths(second) == {"root": 0, "other-trace": 0}  # span 3 of trace A is not its parent
+    assert column(first, "block_id")[0] == inputs[0].block.block_id
+
+
+def test_span_depths_by_trace_and_parent_id() -> None:
+    trace_ids = np.array([TRACE_A, TRACE_A, TRACE_B, TRACE_A], dtype="S16")
+    span_ids = np.array([1, 2, 2, 3], np.int64)
+    parents = np.array([0, 1, 1, 2], np.int64)
+    assert async_events.span_depths(trace_ids, span_ids, parents).tolist() == [0, 1, 0, 2]
+    assert async_events.span_depths(trace_ids[:0], span_ids[:0], parents[:0]).tolist() == []
+
+
 def test_chain_depths_by_pointer_jumping() -> None:
     n = 1000
     chain = np.arange(-1, n - 1)  # row i's parent is row i-1
-    assert otlp_decode.chain_depths(chain).tolist() == list(range(n))
+    assert async_events.chain_depths(chain).tolist() == list(range(n))
     forest = np.array([-1, 0, 0, 1, 3, -1, 5, 4])
-    assert otlp_decode.chain_depths(forest).tolist() == [0, 1, 1, 2, 3, 0, 1, 4]
-    assert otlp_decode.chain_depths(np.zeros(0, np.int64)).tolist() == []
+    assert async_events.chain_depths(forest).tolist() == [0, 1, 1, 2, 3, 0, 1, 4]
+    assert async_events.chain_depths(np.zeros(0, np.int64)).tolist() == []
 
 
 def test_sdk_spans_through_ingestion_and_decoding() -> None:
@@ -526,10 +573,10 @@ def test_sdk_spans_through_ingestion_and_decoding() -> None:
 
 def test_view_dispatch() -> None:
     payload, process, block = stored("traces", traces_request([span("s", 1, None, 1, 2)]))
-    batch = otlp_decode.otlp_view_batch("async_events", "otlp/v1/traces", payload, process, block)
+    batch = view_batch(async_events.VIEW, payload, process, block, "otlp/v1/traces")
     assert batch.num_rows == 2
     with pytest.raises(ValueError, match="view 'log_entries' has no rows for blocks of format 'otlp/v1/traces'"):
-        otlp_decode.otlp_view_batch("log_entries", "otlp/v1/traces", payload, process, block)
+        view_batch(log_entries.VIEW, payload, process, block, "otlp/v1/traces")
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint, ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from spanlake.lakehouse.otlp import envelope, identity
 from spanlake.server import otlp
 from spanlake.server.otlp import OtlpRequestError, blocks_from_request
 
@@ -143,12 +144,12 @@ def otlp_json(message: Any) -> bytes:
     return json.dumps(hex_ids(json_format.MessageToDict(message))).encode()
 
 
-def single(blocks: list[otlp.OtlpBlock]) -> otlp.OtlpBlock:
+def single(blocks: list[identity.OtlpResourceBlock]) -> identity.OtlpResourceBlock:
     assert len(blocks) == 1
     return blocks[0]
 
 
-def stored_objects(block: otlp.OtlpBlock) -> bytes:
+def stored_objects(block: identity.OtlpResourceBlock) -> bytes:
     envelope = cbor2.loads(block.payload)
     assert envelope == {"dependencies": b"", "objects": envelope["objects"]}
     return envelope["objects"]
@@ -175,21 +176,21 @@ def test_process_id_matches_micromegas_regression_value() -> None:
             ("process.runtime.version", "1.88.0"),
         ]
     ]
-    assert str(otlp.process_id_from_attributes(attrs)) == "92267645-021b-5d0f-960b-c74719552658"
+    assert str(identity.process_id_from_attributes(attrs)) == "92267645-021b-5d0f-960b-c74719552658"
 
 
 def test_process_id_ignores_order_case_and_blanks_but_not_pid() -> None:
-    base = otlp.process_id_from_attributes(resource_attrs())
-    permuted = otlp.process_id_from_attributes(list(reversed(resource_attrs())))
-    recased = otlp.process_id_from_attributes(resource_attrs(host_name="  WEB-1 "))
+    base = identity.process_id_from_attributes(resource_attrs())
+    permuted = identity.process_id_from_attributes(list(reversed(resource_attrs())))
+    recased = identity.process_id_from_attributes(resource_attrs(host_name="  WEB-1 "))
     assert base == permuted == recased
     # process.pid is hashed raw; the owner falls back to user.name
-    assert otlp.process_id_from_attributes(resource_attrs(process_pid="4242 ")) != base
-    assert otlp.process_id_from_attributes(resource_attrs(process_owner="alice")) == otlp.process_id_from_attributes(
-        resource_attrs(user_name="alice")
-    )
+    assert identity.process_id_from_attributes(resource_attrs(process_pid="4242 ")) != base
+    assert identity.process_id_from_attributes(
+        resource_attrs(process_owner="alice")
+    ) == identity.process_id_from_attributes(resource_attrs(user_name="alice"))
     # \x1f is not whitespace for Rust's trim: it must stay in the key
-    assert otlp.process_id_from_attributes(resource_attrs(host_name="web-1\x1f")) != base
+    assert identity.process_id_from_attributes(resource_attrs(host_name="web-1\x1f")) != base
 
 
 def test_same_bytes_give_the_same_block() -> None:
@@ -205,9 +206,9 @@ def test_same_bytes_give_the_same_block() -> None:
 def test_identity_formulas() -> None:
     block = single(blocks_from_request("traces", traces_request().SerializeToString(), PROTOBUF, None))
     objects = stored_objects(block)
-    assert block.block.block_id == otlp.uuid5_bytes(otlp.NS_OTEL_BLOCK_V1, objects)
+    assert block.block.block_id == identity.uuid5_bytes(identity.NS_OTEL_BLOCK_V1, objects)
     assert block.block.block_id.version == 5
-    assert block.stream.stream_id == uuid.uuid5(otlp.NS_OTEL_STREAM_V1, f"{block.process.process_id}\x1ftraces")
+    assert block.stream.stream_id == uuid.uuid5(identity.NS_OTEL_STREAM_V1, f"{block.process.process_id}\x1ftraces")
     assert block.block.stream_id == block.stream.stream_id
     assert block.block.process_id == block.stream.process_id == block.process.process_id
 
@@ -372,7 +373,7 @@ def test_unknown_fields_are_not_stored() -> None:
     plain = single(blocks_from_request("logs", request.SerializeToString(), PROTOBUF, None))
     # field 99 (varint 1) appended to the ResourceLogs: micromegas's decoder drops it
     resource = request.resource_logs[0].SerializeToString() + b"\x98\x06\x01"
-    body = b"\x0a" + otlp._varint(len(resource)) + resource
+    body = b"\x0a" + envelope._varint(len(resource)) + resource
     with_unknown = single(blocks_from_request("logs", body, PROTOBUF, None))
     assert with_unknown == plain
 
@@ -589,7 +590,7 @@ def test_sdk_exporter_against_the_server(spanlake_server: SpanlakeServer) -> Non
     )
     assert names == ["inner", "outer"]
     for row, payload in stored:
-        assert row["block_id"] == otlp.uuid5_bytes(otlp.NS_OTEL_BLOCK_V1, cbor2.loads(payload)["objects"])
+        assert row["block_id"] == identity.uuid5_bytes(identity.NS_OTEL_BLOCK_V1, cbor2.loads(payload)["objects"])
         assert (row["nb_objects"], row["object_offset"], row["payload_size"]) == (1, 0, len(payload))
 
 

@@ -9,7 +9,19 @@
     tracing.imetric("queue_depth", "count", 3)
     tracing.shutdown()
 
-See docs/tracing.md.
+See docs/tracing.md. Modules (the public API is re-exported here):
+
+    dispatch        the telemetry session: process info, streams, the flush thread, the sink
+    spans           thread spans (sync code) and async spans (coroutines), context, suppression
+    logs            log entries and a `logging.Handler`
+    metrics         integer and float metrics
+    streams         where events wait between being recorded and being encoded
+    transit_encode  recorded events → a transit block body (vectorized)
+    udts            the transit type metadata the streams declare (micromegas's)
+    registry        interned strings and descriptors with stable ids
+    process_info    the process and its clock: the `insert_process` body
+    sink            delivery to the ingestion API off the program's threads
+    generator       `spanlake generate`: a workload that sends a realistic mix of telemetry
 """
 
 from spanlake.tracing.dispatch import current_process, flush, init, shutdown, sink_stats

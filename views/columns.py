@@ -109,3 +109,11 @@ __all__ = [
     "string_array",
     "timestamp_array",
 ]
+
+
+def binary_dictionary(coded: Coded[bytes]) -> pa.Array:
+    """`Dictionary(Int32, Binary)` with deduplicated values."""
+    unique: dict[bytes, int] = {}
+    remap = np.array([unique.setdefault(value, len(unique)) for value in coded.values], dtype=np.int32)
+    indices = remap[coded.codes] if len(remap) else np.zeros(0, np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(list(unique), pa.binary()))

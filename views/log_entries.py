@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from spanlake.views.columns import (
     Coded,
+    binary_dictionary,
     block_identity_columns,
     dictionary_array,
     order_by_position,
@@ -26,10 +27,11 @@ from spanlake.views.decoded import (
     object_members,
     string_member,
 )
-from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import OTLP_LOGS_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
 from spanlake.views.time import TickConverter
+from spanlake.views.view import HOUR_SECONDS, OtlpBlock, View, each_block, each_block_by_its_clock
 
 VIEW_SET_NAME = "log_entries"
 FILE_SCHEMA_HASH = bytes([6])
@@ -201,3 +203,53 @@ _READERS: dict[str, Callable[[ObjectGroup], _LogRows]] = {
     "TaggedLogInteropEvent": _tagged_interop_event,
     "TaggedLogString": _tagged_string,
 }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows of OTLP log blocks (micromegas's `otel/logs_block_processor.rs`): time = `time_unix_nano`, else
+# `observed_time_unix_nano`, else the block's begin time; level = severity 1–4→6 (trace), 5–8→5,
+# 9–12→4, 13–16→3, 17–20→2, 21–24→1 (fatal), anything else → 4; msg = the body as text; target = the
+# scope name; properties = the record's attributes plus `otel.scope.*`, `otel.trace_id`/`otel.span_id`,
+# `otel.severity_text`, `otel.event_name`. The lakehouse parses the protobuf into these columns.
+
+
+@dataclass(frozen=True)
+class LogColumns:
+    """The log records of one OTLP logs block, in payload order."""
+
+    time_ns: np.ndarray  # int64
+    level: np.ndarray  # int32
+    msg: list[str]
+    target: Coded[str]
+    properties: Coded[bytes]  # databend-jsonb objects
+
+
+def otlp_batch(logs: OtlpBlock[LogColumns]) -> pa.RecordBatch:
+    """The log_entries rows of one OTLP logs block."""
+    columns, process = logs.columns, logs.process
+    n = len(columns.time_ns)
+    arrays = [
+        *block_identity_columns(process, logs.block, n),
+        timestamp_array(columns.time_ns),
+        dictionary_array(columns.target),
+        pa.array(columns.level, pa.int32()),
+        pa.array(columns.msg, pa.utf8()),
+        binary_dictionary(columns.properties),
+        constant_properties_array(process.properties, n),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+VIEW = View(
+    name=VIEW_SET_NAME,
+    schema=SCHEMA,
+    schema_hash=FILE_SCHEMA_HASH,
+    instance_kind="process",
+    has_global_instance=True,
+    stream_tags=("log",),
+    time_columns=("time", "time"),
+    rows_from_transit=each_block_by_its_clock(build_batch),
+    rows_from_otlp=each_block(otlp_batch),
+    otlp_format=OTLP_LOGS_FORMAT,
+    max_partition_seconds=HOUR_SECONDS,
+)

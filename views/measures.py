@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from spanlake.views.columns import (
     Coded,
+    binary_dictionary,
     block_identity_columns,
     dictionary_array,
     order_by_position,
@@ -17,10 +18,11 @@ from spanlake.views.columns import (
     timestamp_array,
 )
 from spanlake.views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
-from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import OTLP_METRICS_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
 from spanlake.views.time import TickConverter
+from spanlake.views.view import HOUR_SECONDS, OtlpBlock, View, each_block, each_block_by_its_clock
 
 VIEW_SET_NAME = "measures"
 FILE_SCHEMA_HASH = bytes([7])
@@ -137,3 +139,53 @@ def _labels(desc: Value, properties: Mapping[str, str], what: str) -> tuple[str,
 def _ticks_to_seconds(raw: np.ndarray, convert: TickConverter) -> np.ndarray:
     # micromegas: delta_ticks_to_ms(value as i64) / 1000.0
     return convert.delta_ticks_to_ms(raw.view(np.int64)) / 1000.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows of OTLP metrics blocks (micromegas's `otel/metrics_block_processor.rs`): one row per Sum/Gauge
+# point with a time and a value; Summary points become `<name>_count` (unit ""), `<name>_sum`, and
+# `<name>_min`/`<name>_max`; histograms are skipped. The lakehouse parses the protobuf into these columns.
+
+
+@dataclass(frozen=True)
+class MeasureColumns:
+    """The metric points of one OTLP metrics block, in payload order."""
+
+    time_ns: np.ndarray  # int64
+    value: np.ndarray  # float64
+    target: Coded[str]
+    name: Coded[str]
+    unit: Coded[str]
+    properties: Coded[bytes]  # databend-jsonb objects
+
+
+def otlp_batch(points: OtlpBlock[MeasureColumns]) -> pa.RecordBatch:
+    """The measures rows of one OTLP metrics block."""
+    columns, process = points.columns, points.process
+    n = len(columns.time_ns)
+    arrays = [
+        *block_identity_columns(process, points.block, n),
+        timestamp_array(columns.time_ns),
+        dictionary_array(columns.target),
+        dictionary_array(columns.name),
+        dictionary_array(columns.unit),
+        pa.array(columns.value, pa.float64()),
+        binary_dictionary(columns.properties),
+        constant_properties_array(process.properties, n),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+VIEW = View(
+    name=VIEW_SET_NAME,
+    schema=SCHEMA,
+    schema_hash=FILE_SCHEMA_HASH,
+    instance_kind="process",
+    has_global_instance=True,
+    stream_tags=("metrics",),
+    time_columns=("time", "time"),
+    rows_from_transit=each_block_by_its_clock(build_batch),
+    rows_from_otlp=each_block(otlp_batch),
+    otlp_format=OTLP_METRICS_FORMAT,
+    max_partition_seconds=HOUR_SECONDS,
+)

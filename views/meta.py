@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+# Stream formats: how a stream's block payloads are encoded.
+TRANSIT_FORMAT = "micromegas-transit"
+OTLP_LOGS_FORMAT = "otlp/v1/logs"
+OTLP_METRICS_FORMAT = "otlp/v1/metrics"
+OTLP_TRACES_FORMAT = "otlp/v1/traces"
+
 
 @dataclass(frozen=True)
 class ProcessMeta:
@@ -42,3 +48,36 @@ class BlockMeta:
     nb_objects: int
     object_offset: int  # index of the block's first object within its stream
     insert_time_ns: int
+
+
+@dataclass(frozen=True)
+class SourceStream:
+    """A `streams` row, as the views see it."""
+
+    meta: StreamMeta
+    format: str
+    dependencies_metadata: bytes
+    objects_metadata: bytes
+    insert_time_ns: int
+
+
+@dataclass(frozen=True)
+class SourceProcess:
+    """A `processes` row, as the metadata views (blocks, processes) show it."""
+
+    meta: ProcessMeta
+    realname: str
+    distro: str
+    cpu_brand: str
+    insert_time_ns: int
+    parent_process_id: str  # "" when there is none
+
+
+@dataclass(frozen=True)
+class SourceBlock:
+    """A `blocks` row joined with its stream and process: what a view is built from, payload aside."""
+
+    meta: BlockMeta
+    stream: SourceStream
+    process: SourceProcess
+    payload_size: int

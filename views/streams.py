@@ -1,10 +1,16 @@
-"""The `streams` view: one row per stream, aggregated from the `blocks` view (the lakehouse fills it)."""
+"""The `streams` view: one row per stream, aggregated from the rows of the `blocks` view.
+
+A partition holds one row per stream seen in its blocks; a query collapses the rows of all partitions
+(`BlockSummary.collapse`), as micromegas's merge query does.
+"""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from spanlake.views.blocks import BlockSummary
 from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required, schema_hash
+from spanlake.views.view import View
 
 VIEW_SET_NAME = "streams"
 
@@ -23,3 +29,30 @@ SCHEMA = pa.schema(
     ]
 )
 FILE_SCHEMA_HASH = schema_hash(SCHEMA)
+
+_COLUMNS = {  # streams column ← blocks column
+    "stream_id": "stream_id",
+    "process_id": "process_id",
+    "dependencies_metadata": "streams.dependencies_metadata",
+    "objects_metadata": "streams.objects_metadata",
+    "tags": "streams.tags",
+    "properties": "streams.properties",
+    "insert_time": "streams.insert_time",
+    "format": "streams.format",
+}
+_LATEST = {"last_update_time": "insert_time"}
+
+
+SUMMARY = BlockSummary("stream_id", _COLUMNS, _LATEST, SCHEMA)
+
+VIEW = View(
+    name=VIEW_SET_NAME,
+    schema=SCHEMA,
+    schema_hash=FILE_SCHEMA_HASH,
+    instance_kind=None,
+    has_global_instance=True,
+    stream_tags=(),
+    time_columns=("insert_time", "last_update_time"),
+    rows_from_blocks=SUMMARY.rows,
+    merge=SUMMARY.collapse,
+)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from spanlake.views.columns import Coded, dictionary_array, pair_codes, timestamp_array
-from spanlake.views.decoded import DecodedBlock, ObjectGroup
+from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
 from spanlake.views.meta import BlockMeta, StreamMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, span_desc_scope, span_location_scope
 from spanlake.views.time import TickConverter
+from spanlake.views.view import TransitBlock, View
+
+log = logging.getLogger(__name__)
 
 VIEW_SET_NAME = "thread_spans"
 FILE_SCHEMA_HASH = bytes([3])
@@ -316,3 +320,29 @@ def _batch(spans: Sequence[_Spans], stream_id: str) -> pa.RecordBatch:
         pa.array(scopes.map(lambda scope: scope.line).numbers(np.uint32), pa.uint32()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
+
+
+def stream_batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
+    """The thread_spans rows of one stream's decoded blocks, given in any order: call trees follow event
+    time, so the blocks are ordered by their ticks, not by arrival. A stream whose blocks cannot become
+    a call tree is logged and gives no rows."""
+    blocks = sorted(blocks, key=lambda transit: (transit.block.begin_ticks, transit.block.end_ticks))
+    if not blocks:
+        return
+    first = blocks[0]
+    try:
+        yield build_batch([(transit.block, transit.decoded) for transit in blocks], first.stream, first.latest)
+    except BlockRowsError as err:
+        log.warning("thread spans of stream %s not built: %s", first.block.stream_id, err)
+
+
+VIEW = View(
+    name=VIEW_SET_NAME,
+    schema=SCHEMA,
+    schema_hash=FILE_SCHEMA_HASH,
+    instance_kind="stream",
+    has_global_instance=False,
+    stream_tags=("cpu",),
+    time_columns=("begin", "end"),
+    rows_from_transit=stream_batches,
+)

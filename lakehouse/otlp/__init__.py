@@ -1,1 +1,10 @@
-"""TODO"""
+"""OTLP data in the lakehouse, one idea per module.
+
+Modules:
+
+    identity   micromegas's deterministic ids, and the rows and object one resource stores
+    bounds     the time range of a resource's logs, spans or metrics
+    envelope   the stored bytes: the CBOR envelope, in prost field order
+    rust_text  values rendered as micromegas's Rust code renders them
+    decode     stored blocks → the columns their views take
+"""

@@ -1,30 +1,14 @@
-"""Stored OTLP blocks → view rows: logs → `log_entries`, metrics → `measures`, traces → `async_events`.
+"""Stored OTLP blocks → the columns their views take: logs → `log_entries`, metrics → `measures`,
+traces → `async_events`.
 
-A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written by
-`server.otlp`. The mapping to `log_entries` and `measures` is micromegas's
-(`analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs`, `attrs.rs`):
-
-* logs: time = `time_unix_nano`, else `observed_time_unix_nano`, else the block's begin time; level =
-  severity 1–4→6 (trace), 5–8→5, 9–12→4, 13–16→3, 17–20→2, 21–24→1 (fatal), anything else → 4;
-  msg = the body as text; target = the scope name; properties = the record's attributes plus
-  `otel.scope.{name,version,attr.*,schema_url}`, `otel.trace_id`/`otel.span_id` (hex, only when 16/8
-  bytes long), `otel.severity_text`, `otel.event_name`.
-* metrics: one row per Sum/Gauge point with a time and a value (properties = the point's attributes
-  plus `otel.metric.kind`, and for sums `otel.metric.aggregation_temporality`/`is_monotonic`); Summary
-  points become `<name>_count` (unit ""), `<name>_sum`, and `<name>_min`/`<name>_max` for the first
-  quantile 0.0/1.0 entries (properties = attributes only; points flagged NO_RECORDED_VALUE are dropped);
-  histograms are skipped.
-
-Attribute values keep their JSON types in the databend-jsonb properties (numbers, booleans, arrays,
-nested objects), as micromegas writes them; bytes become base64 strings.
-
-micromegas has no OTLP source for `async_events`; spanlake adds one. Each span with a start, an end, a
-16-byte trace id and an 8-byte span id (the spans micromegas's `otel_spans` keeps) gives a `begin` row at
-its start and an `end` row at its end, rows ordered by time. `span_id` / `parent_span_id` are the 8 id
-bytes read as a big-endian two's-complement int64 (`int.from_bytes(id, "big", signed=True)`; a span
-without a valid parent gets 0, like a native root). `depth` counts the span's ancestors found in the
-same block (same trace id): a parent exported in another block makes the span a root here. name = the
-span name, target = the scope name, filename = "", line = 0, hash = the scope hash of those four.
+A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written
+at ingestion. This module parses the protobuf and hands arrays over: which rows they become is the
+view's own contract (`views/log_entries.py`, `views/measures.py`, `views/async_events.py`). The
+mapping follows micromegas's `analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and
+`attrs.rs`: attribute values keep their JSON types in the databend-jsonb properties (numbers,
+booleans, arrays, nested objects), as micromegas writes them; bytes become base64 strings.
+Only spans with a start, an end, a 16-byte trace id and an 8-byte span id are kept (the spans
+micromegas's `otel_spans` keeps).
 """
 
 from __future__ import annotations
@@ -34,141 +18,50 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
 import numpy as np
-import pyarrow as pa
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.otlp.envelope import read_envelope
 from spanlake.lakehouse.otlp.rust_text import rust_display_f64
-from spanlake.views import async_events, jsonb, log_entries, measures
-from spanlake.views.columns import Coded, block_identity_columns, constant_dictionary, dictionary_array, timestamp_array
+from spanlake.views import jsonb
+from spanlake.views.async_events import SpanColumns
+from spanlake.views.columns import Coded
 from spanlake.views.jsonb import JsonValue
-from spanlake.views.meta import BlockMeta, ProcessMeta
-from spanlake.views.properties import constant_properties_array
-from spanlake.views.scope import scope_hash
-
-OTLP_LOGS_FORMAT = "otlp/v1/logs"
-OTLP_METRICS_FORMAT = "otlp/v1/metrics"
-OTLP_TRACES_FORMAT = "otlp/v1/traces"
-
+from spanlake.views.log_entries import LogColumns
+from spanlake.views.measures import MeasureColumns
+from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, BlockMeta, ProcessMeta
+from spanlake.views.view import OtlpBlock, View
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
 _LEVELS = np.array([4] + [6] * 4 + [5] * 4 + [4] * 4 + [3] * 4 + [2] * 4 + [1] * 4, dtype=np.int32)
 _NO_RECORDED_VALUE = 1  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 
 
-class OtlpBlockError(ValueError):
-    """A stored OTLP block that cannot be read (bad envelope or protobuf)."""
-
-
-# --- public entry points ---------------------------------------------------------------------------
-
-
-def log_entries_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
-    """The `log_entries` rows of an `otlp/v1/logs` block."""
-    logs = extract_logs(_resource(payload, ResourceLogs), block.begin_time_ns)
-    n = len(logs.time_ns)
-    columns = [
-        *block_identity_columns(process, block, n),
-        timestamp_array(logs.time_ns),
-        dictionary_array(logs.target),
-        pa.array(logs.level, pa.int32()),
-        pa.array(logs.msg, pa.utf8()),
-        binary_dictionary(logs.properties),
-        constant_properties_array(process.properties, n),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=log_entries.SCHEMA)
-
-
-def measures_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
-    """The `measures` rows of an `otlp/v1/metrics` block."""
-    points = extract_measures(_resource(payload, ResourceMetrics))
-    n = len(points.time_ns)
-    columns = [
-        *block_identity_columns(process, block, n),
-        timestamp_array(points.time_ns),
-        dictionary_array(points.target),
-        dictionary_array(points.name),
-        dictionary_array(points.unit),
-        pa.array(points.value, pa.float64()),
-        binary_dictionary(points.properties),
-        constant_properties_array(process.properties, n),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=measures.SCHEMA)
-
-
-def async_events_batch(payload: bytes, process: ProcessMeta, block: BlockMeta) -> pa.RecordBatch:
-    """The `async_events` rows of an `otlp/v1/traces` block: a begin and an end row per span."""
-    spans = extract_spans(_resource(payload, ResourceSpans))
-    n = len(spans.start_ns)
-    times = np.concatenate([spans.start_ns, spans.end_ns])
-    order = np.argsort(times, kind="stable")  # begins come first among equal times
-    span_rows = np.concatenate([np.arange(n), np.arange(n)])[order]
-    is_end = (np.arange(2 * n) >= n)[order]
-    names = spans.name.take(span_rows)
-    targets = spans.target.take(span_rows)
-    hashes = _scope_hashes(spans.name, spans.target)[span_rows]
-    columns = [
-        constant_dictionary(block.stream_id, 2 * n),
-        constant_dictionary(block.block_id, 2 * n),
-        timestamp_array(times[order]),
-        dictionary_array(Coded(is_end.astype(np.int64), ["begin", "end"])),
-        pa.array(spans.span_id[span_rows], pa.int64()),
-        pa.array(spans.parent_span_id[span_rows], pa.int64()),
-        pa.array(spans.depth[span_rows], pa.uint32()),
-        pa.array(hashes, pa.uint32()),
-        dictionary_array(names),
-        constant_dictionary("", 2 * n),
-        dictionary_array(targets),
-        pa.array(np.zeros(2 * n, np.uint32), pa.uint32()),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=async_events.SCHEMA)
-
-
-BatchBuilder = Callable[[bytes, ProcessMeta, BlockMeta], pa.RecordBatch]
-VIEW_BUILDERS: dict[tuple[str, str], BatchBuilder] = {
-    (log_entries.VIEW_SET_NAME, OTLP_LOGS_FORMAT): log_entries_batch,
-    (measures.VIEW_SET_NAME, OTLP_METRICS_FORMAT): measures_batch,
-    (async_events.VIEW_SET_NAME, OTLP_TRACES_FORMAT): async_events_batch,
-}
-
-
-def otlp_view_batch(
-    view_set_name: str, stream_format: str, payload: bytes, process: ProcessMeta, block: BlockMeta
-) -> pa.RecordBatch:
-    """Rows of `view_set_name` from one OTLP block; ValueError when that view takes no such block."""
-    builder = VIEW_BUILDERS.get((view_set_name, stream_format))
-    if builder is None:
-        raise ValueError(f"view {view_set_name!r} has no rows for blocks of format {stream_format!r}")
-    return builder(payload, process, block)
-
-
 # --- stored block ----------------------------------------------------------------------------------
 
 
+def otlp_block(
+    view: View, stream_format: str, payload: bytes, process: ProcessMeta, block: BlockMeta
+) -> OtlpBlock[LogColumns | MeasureColumns | SpanColumns]:
+    """One stored OTLP block as the input of `view.rows_from_otlp`; OtlpBlockError when the view takes
+    no block of this format or the block cannot be read."""
+    extract = _EXTRACTORS.get(stream_format) if stream_format == view.otlp_format else None
+    if extract is None:
+        raise OtlpBlockError(f"view {view.name!r} has no rows for blocks of format {stream_format!r}")
+    return OtlpBlock(extract(payload, block), block, process)
+
+
 def _resource(payload: bytes, message_type: type[Message]) -> Any:
+    objects = read_envelope(payload)
     try:
-        envelope = cbor2.loads(payload)
-    except Exception as err:  # cbor2 raises several types for malformed input
-        raise OtlpBlockError(f"OTLP block envelope is not CBOR: {err}") from None
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("objects"), bytes):
-        raise OtlpBlockError("OTLP block envelope must be a map with an 'objects' byte string")
-    try:
-        return message_type.FromString(envelope["objects"])
+        return message_type.FromString(objects)
     except DecodeError as err:
         raise OtlpBlockError(f"OTLP block objects are not a {message_type.DESCRIPTOR.name}: {err}") from None
-
-
-def binary_dictionary(coded: Coded[bytes]) -> pa.Array:
-    """`Dictionary(Int32, Binary)` with deduplicated values."""
-    unique: dict[bytes, int] = {}
-    remap = np.array([unique.setdefault(value, len(unique)) for value in coded.values], dtype=np.int32)
-    indices = remap[coded.codes] if len(remap) else np.zeros(0, np.int32)
-    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(list(unique), pa.binary()))
 
 
 class _Interner:
@@ -190,15 +83,6 @@ def _as_i64(values: Sequence[int]) -> np.ndarray:
 
 
 # --- logs ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogColumns:
-    time_ns: np.ndarray  # int64
-    level: np.ndarray  # int32
-    msg: list[str]
-    target: Coded[str]
-    properties: Coded[bytes]  # databend-jsonb objects
 
 
 def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
@@ -259,16 +143,6 @@ def scope_extras(scope: InstrumentationScope, schema_url: str) -> list[tuple[str
 
 
 # --- metrics ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MeasureColumns:
-    time_ns: np.ndarray  # int64
-    value: np.ndarray  # float64
-    target: Coded[str]
-    name: Coded[str]
-    unit: Coded[str]
-    properties: Coded[bytes]
 
 
 @dataclass
@@ -396,19 +270,8 @@ def _add_summary_points(
 # --- traces ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SpanColumns:
-    start_ns: np.ndarray  # int64
-    end_ns: np.ndarray  # int64
-    span_id: np.ndarray  # int64
-    parent_span_id: np.ndarray  # int64, 0 without a valid parent
-    depth: np.ndarray  # uint32
-    name: Coded[str]
-    target: Coded[str]
-
-
 def extract_spans(resource: ResourceSpans) -> SpanColumns:
-    """One row per span with both times and W3C-sized ids, in payload order, with its depth."""
+    """One row per span with both times and W3C-sized ids, in payload order."""
     names, targets = _Interner(), _Interner()
     spans: list[Any] = []
     target_codes: list[int] = []
@@ -420,16 +283,14 @@ def extract_spans(resource: ResourceSpans) -> SpanColumns:
         ]
         spans.extend(kept)
         target_codes.extend([targets.code(scope_spans.scope.name)] * len(kept))
-    trace_ids = _id_matrix([s.trace_id for s in spans], 16)
     span_ids = _id_matrix([s.span_id for s in spans], 8)
     parent_ids = _id_matrix([s.parent_span_id if len(s.parent_span_id) == 8 else bytes(8) for s in spans], 8)
-    parents = _parent_indices(trace_ids, span_ids, parent_ids)
     return SpanColumns(
         start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
         end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
+        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
         span_id=_ids_as_i64(span_ids),
         parent_span_id=_ids_as_i64(parent_ids),
-        depth=chain_depths(parents),
         name=names.coded([names.code(s.name) for s in spans]),
         target=targets.coded(target_codes),
     )
@@ -443,51 +304,6 @@ def _id_matrix(ids: list[bytes], width: int) -> np.ndarray:
 def _ids_as_i64(ids: np.ndarray) -> np.ndarray:
     """8-byte ids as big-endian two's-complement int64."""
     return np.ascontiguousarray(ids).view(">i8").reshape(len(ids)).astype(np.int64)
-
-
-def _parent_indices(trace_ids: np.ndarray, span_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
-    """Row of each span's parent (same trace id and span id == parent id) within the block, else -1."""
-    n = len(span_ids)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    keys = np.ascontiguousarray(np.hstack([trace_ids, span_ids])).view("S24").reshape(n)
-    wanted = np.ascontiguousarray(np.hstack([trace_ids, parent_ids])).view("S24").reshape(n)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    slots = np.minimum(np.searchsorted(sorted_keys, wanted), n - 1)
-    found = (sorted_keys[slots] == wanted) & parent_ids.any(axis=1)
-    return np.where(found, order[slots], -1)
-
-
-def chain_depths(parents: np.ndarray) -> np.ndarray:
-    """Number of ancestors of each row following `parents` (-1 = none), by pointer jumping.
-
-    Each round adds the depth gathered by the row's current ancestor and jumps to that ancestor's
-    ancestor, so chains of any length resolve in log2(n)+1 rounds. Rows whose chain loops (corrupt
-    parent ids) never reach a root: they are given depth 0.
-    """
-    n = len(parents)
-    depth = (parents >= 0).astype(np.int64)
-    jump = parents.astype(np.int64)
-    for _ in range(max(1, int(n).bit_length() + 1)):
-        active = jump >= 0
-        if not active.any():
-            break
-        targets = jump[active]
-        depth[active] += depth[targets]
-        jump[active] = jump[targets]
-    depth[jump >= 0] = 0
-    return depth.astype(np.uint32)
-
-
-def _scope_hashes(names: Coded[str], targets: Coded[str]) -> np.ndarray:
-    """scope_hash(name, "", target, 0) per span, computed once per distinct (name, target)."""
-    if len(names.codes) == 0:
-        return np.zeros(0, np.uint32)
-    width = len(targets.values)
-    pairs, inverse = np.unique(names.codes * width + targets.codes, return_inverse=True)
-    hashes = [scope_hash(names.values[pair // width], "", targets.values[pair % width], 0) for pair in pairs.tolist()]
-    return np.array(hashes, dtype=np.uint32)[inverse.reshape(-1)]
 
 
 # --- attribute values ------------------------------------------------------------------------------
@@ -534,3 +350,10 @@ def any_value_to_string(value: AnyValue) -> str:
         converted = any_value_to_json(value)
         return converted if kind == "bytes_value" else jsonb.compact_json(converted)
     return ""
+
+
+_EXTRACTORS: dict[str, Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns]] = {
+    OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(_resource(payload, ResourceLogs), block.begin_time_ns),
+    OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(_resource(payload, ResourceMetrics)),
+    OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(_resource(payload, ResourceSpans)),
+}

@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 from datafusion import DataFrame, SessionContext, col, udf
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
-from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import retire_contained
 from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
@@ -69,7 +69,7 @@ def list_view_sets() -> ds.Dataset:
     table = pa.table(
         {
             "view_set_name": [v.name for v in views],
-            "current_schema_hash": [v.file_schema_hash for v in views],
+            "current_schema_hash": [v.schema_hash for v in views],
             "schema": [str(v.schema) for v in views],
             "has_view_maker": [v.instance_kind is not None for v in views],
             "global_instance_available": [v.has_global_instance for v in views],
@@ -97,37 +97,18 @@ class _Log:
 
 
 def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
-    """Deletes the partitions of an instance whose insert range lies inside [begin, end]; their files are
-    kept for an hour in temporary_files. Returns a log of what was done."""
+    """Retires (`partitions.retire`) the partitions of an instance whose insert range lies inside
+    [begin, end]; their files are kept for an hour in temporary_files. Returns a log of what was done."""
     view = view_set(view_set_name)
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
     log = _Log()
-    rows = lake.loop.run(_retire(lake, view.name, instance, begin_ns, end_ns))
+    rows = lake.loop.run(retire_contained(lake.pool, view.name, instance, begin_ns, end_ns))
     for row in rows:
         log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")
     log(f"retired {len(rows)} partitions of {view.name}/{instance}")
     return log.dataset()
-
-
-async def _retire(lake: Lake, view_set_name: str, instance: str, begin_ns: int, end_ns: int) -> list:
-    async with lake.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{view_set_name}/{instance}")
-        rows = await conn.fetch(
-            "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-            " AND begin_insert_time >= $3 AND end_insert_time <= $4"
-            " RETURNING begin_insert_time, end_insert_time, file_path, file_size",
-            view_set_name,
-            instance,
-            ns_to_datetime(begin_ns),
-            ns_to_datetime(end_ns),
-        )
-        await conn.executemany(
-            "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + interval '1 hour')",
-            [(r["file_path"], r["file_size"]) for r in rows if r["file_path"]],
-        )
-    return rows
 
 
 def materialize_partitions(

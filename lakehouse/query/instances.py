@@ -19,19 +19,20 @@ from spanlake.lakehouse.source_blocks import (
     hour_summaries,
     source_blocks,
 )
-from spanlake.lakehouse.view_sets import VIEW_SETS, ViewSet
+from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views.view import View
 
 GLOBAL = "global"
 
 
-def view_set(name: str) -> ViewSet:
+def view_set(name: str) -> View:
     view = VIEW_SETS.get(name)
     if view is None:
         raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(sorted(VIEW_SETS))}")
     return view
 
 
-def canonical_instance_id(view: ViewSet, instance_id: str) -> str:
+def canonical_instance_id(view: View, instance_id: str) -> str:
     """'global', or the lower-case hyphenated UUID of a process or stream; QueryError otherwise."""
     if instance_id == GLOBAL:
         if not view.has_global_instance:
@@ -48,7 +49,7 @@ def canonical_instance_id(view: ViewSet, instance_id: str) -> str:
         ) from None
 
 
-def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming:
+def _process_of(lake: Lake, view: View, instance: uuid.UUID) -> ProcessTiming:
     process_id = instance
     if view.instance_kind == "stream":
         found = lake.loop.run(find_stream_process(lake.pool, instance))
@@ -61,13 +62,13 @@ def _process_of(lake: Lake, view: ViewSet, instance: uuid.UUID) -> ProcessTiming
     return timing
 
 
-def _source_filter(view: ViewSet, instance_id: str) -> dict[str, object]:
+def _source_filter(view: View, instance_id: str) -> dict[str, object]:
     if view.instance_kind == "stream":
         return {"stream_id": uuid.UUID(instance_id)}
     return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
 
 
-def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> int:
+def materialize_instance(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> int:
     """JIT for a process or stream instance: writes its stale partitions for the range; returns how many."""
     with tracing.async_span("lakehouse.jit_update"):
         with tracing.async_span("catalog.source_blocks"):
@@ -78,7 +79,7 @@ def materialize_instance(lake: Lake, view: ViewSet, instance_id: str, query_rang
         return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
 
 
-def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
+def instance_files(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
     """Object-store keys of the instance's up-to-date partitions that the query range may need.
 
     One catalog round trip when the instance is fresh (the usual warm query); the full JIT path
@@ -87,9 +88,7 @@ def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tup
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
         with tracing.async_span("catalog.fetch_for_query"):
-            partitions = lake.loop.run(
-                fetch_for_query(lake.pool, view.name, GLOBAL, view.file_schema_hash, query_range)
-            )
+            partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.schema_hash, query_range))
         return [p.file_path for p in partitions]
     with tracing.async_span("catalog.hour_summaries"):
         hours, rows = lake.loop.run(
@@ -105,12 +104,12 @@ def instance_files(lake: Lake, view: ViewSet, instance_id: str, query_range: tup
         materialize_instance(lake, view, instance_id, query_range)
         with tracing.async_span("catalog.fetch_for_query"):
             partitions = lake.loop.run(
-                fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash, query_range)
+                fetch_for_query(lake.pool, view.name, instance_id, view.schema_hash, query_range)
             )
-    return [p.file_path for p in for_query(partitions, view.file_schema_hash, query_range)]
+    return [p.file_path for p in for_query(partitions, view.schema_hash, query_range)]
 
 
-def collapsed(view: ViewSet, lake: Lake, keys: list[str]) -> pa.Table | None:
+def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:
     """For `processes` and `streams`: one row per process (stream) across partitions, as micromegas's
     merge query gives. None for the other views."""
     if view.merge is None:

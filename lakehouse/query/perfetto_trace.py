@@ -82,7 +82,7 @@ def _is_sorted(column: pa.ChunkedArray) -> bool:
 
 def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_ns: tuple[int, int]) -> ds.Dataset:
     view = VIEW_SETS[view_set_name]
-    partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.file_schema_hash, range_ns))
+    partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.schema_hash, range_ns))
     filesystem, root = lake.store.arrow_filesystem()
     return ds.dataset(
         [f"{root}/{p.file_path}" for p in partitions], schema=view.schema, format="parquet", filesystem=filesystem

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, SessionConfig, SessionContext, Table, udf, udtf
+from datafusion import DataFrame, SessionConfig, SessionContext, Table, col, lit, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
@@ -21,9 +21,10 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import catalog_functions, instances, perfetto_trace
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
-from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS, ViewSet
+from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views import properties
-from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP
+from spanlake.views.view import View
 
 BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
 
@@ -78,7 +79,7 @@ def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
     return value
 
 
-def _scan(ctx: SessionContext, lake: Lake, view: ViewSet, keys: list[str]) -> DataFrame:
+def _scan(ctx: SessionContext, lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
     if not keys:
@@ -91,7 +92,7 @@ def _scan(ctx: SessionContext, lake: Lake, view: ViewSet, keys: list[str]) -> Da
 
 
 def instance_table(
-    ctx: SessionContext, lake: Lake, view: ViewSet, instance_id: str, query_range: tuple[int, int] | None
+    ctx: SessionContext, lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None
 ) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
@@ -102,8 +103,19 @@ def instance_table(
     else:  # one in-memory partition, even when empty: plans need one
         frame = off_runtime(ctx.create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
-        frame = frame.filter(view.time_filter(*query_range))
+        frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
+
+
+def _in_range(view: View, begin_ns: int, end_ns: int) -> Expr:
+    """The rows a query time range keeps (micromegas's TableScanRewrite filter): rows whose
+    [earliest, latest] event times meet [begin, end]."""
+    earliest, latest = view.time_columns
+    return (col(earliest) <= _timestamp(end_ns)) & (col(latest) >= _timestamp(begin_ns))
+
+
+def _timestamp(ns: int) -> Expr:
+    return lit(pa.scalar(ns, TIMESTAMP))
 
 
 def _view_instance_function(

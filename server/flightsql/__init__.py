@@ -2,6 +2,19 @@
 
 The lakehouse plugs in through a `SessionFactory`: a callable that builds a DataFusion
 `SessionContext` for each query from its `QueryContext`.
+
+Modules:
+
+    service     the server: RPC dispatch, auth, statements, prepared statements, sessions
+    protocol    the Flight SQL protobuf messages, built at import time in a private pool
+    headers     the request headers (range, limit, dictionaries, bearer) and the auth middleware
+    session     the seam to the lakehouse: `QueryContext`, `SessionFactory`
+    streaming   a DataFusion result streamed batch by batch, with its audit record
+    plan_cache  planned DataFrames kept for a few seconds (one ADBC query planned once)
+    metadata    GetCatalogs, GetDbSchemas, GetTables, GetTableTypes
+    sql_info    GetSqlInfo
+    errors      failures → gRPC status codes, messages without tracebacks or paths
+    audit       one structured JSON line per query
 """
 
 from spanlake.server.flightsql.errors import UserError

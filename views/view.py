@@ -1,0 +1,116 @@
+"""The view contract: every view file of `views/` exports one `VIEW`, a `View` saying what the view is.
+
+A view is named, has an Arrow schema (and the hash its partitions are stored under), is instantiated
+per process, per stream or only globally, is fed by the streams with one of its tags, and bounds each
+partition's events by two time columns. Its rows come from one of three sources, each a function
+from an iterable of blocks to record batches (iterables, so a view can build rows block by block or
+over all the blocks of a partition at once, as thread call trees and OTLP span depths need):
+
+* `rows_from_transit`: decoded micromegas-transit blocks (`TransitBlock`);
+* `rows_from_otlp`: OTLP blocks of format `otlp_format`, as arrays the lakehouse parsed from their
+  protobuf (`OtlpBlock`, whose `columns` type the view defines);
+* `rows_from_blocks`: the block rows alone, no payload (the metadata views: blocks, processes, streams).
+
+Views stay pure: arrays in, arrays out. The lakehouse fetches, decodes and stores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import pyarrow as pa
+
+from spanlake.views.decoded import BlockRowsError, DecodedBlock
+from spanlake.views.meta import BlockMeta, ProcessMeta, SourceBlock, StreamMeta
+from spanlake.views.time import TickConverter, converter_for_block
+
+log = logging.getLogger(__name__)
+
+InstanceKind = Literal["process", "stream"]
+HOUR_SECONDS = 3600
+DAY_SECONDS = 24 * HOUR_SECONDS
+Columns = TypeVar("Columns")
+
+
+@dataclass(frozen=True)
+class TransitBlock:
+    """One decoded transit block with the rows of its block, stream and process."""
+
+    decoded: DecodedBlock
+    block: BlockMeta
+    stream: StreamMeta
+    process: ProcessMeta
+    latest: TickConverter  # ticks → time by the process's latest block (async events and thread spans)
+
+
+@dataclass(frozen=True)
+class OtlpBlock(Generic[Columns]):
+    """One OTLP block as the arrays the lakehouse parsed from it, with its block and process rows."""
+
+    columns: Columns
+    block: BlockMeta
+    process: ProcessMeta
+
+
+TransitRows = Callable[[Iterable[TransitBlock]], Iterator[pa.RecordBatch]]
+OtlpRows = Callable[[Iterable[OtlpBlock[Any]]], Iterator[pa.RecordBatch]]
+BlockRows = Callable[[Sequence[SourceBlock]], Iterator[pa.RecordBatch]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class View:
+    """What a view is; see the module docstring."""
+
+    name: str
+    schema: pa.Schema
+    schema_hash: bytes  # stored with each partition: a partition of another hash is stale
+    instance_kind: InstanceKind | None  # what a view_instance id names; None: global only
+    has_global_instance: bool  # also materialized over every process, as instance 'global'
+    stream_tags: tuple[str, ...]  # blocks of streams with one of these tags feed it (empty: every stream)
+    time_columns: tuple[str, str]  # (column of the earliest, column of the latest) event time of a row
+    rows_from_transit: TransitRows | None = None
+    rows_from_otlp: OtlpRows | None = None
+    otlp_format: str | None = None  # the stream format `rows_from_otlp` reads
+    rows_from_blocks: BlockRows | None = None
+    merge: Callable[[pa.Table], pa.Table] | None = None  # rows of several partitions as one; None: concatenated
+    max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
+
+    @property
+    def reads_payloads(self) -> bool:
+        """Whether the view's rows need the blocks' payloads (all but the metadata views)."""
+        return self.rows_from_blocks is None
+
+    @property
+    def counts_blocks(self) -> bool:
+        """Staleness by the number of source blocks (metadata views) instead of source objects."""
+        return self.rows_from_blocks is not None
+
+
+Block = TypeVar("Block", TransitBlock, OtlpBlock[Any])
+BlockBuilder = Callable[[DecodedBlock, BlockMeta, ProcessMeta, TickConverter], pa.RecordBatch]
+
+
+def each_block_by_its_clock(build: BlockBuilder) -> TransitRows:
+    """Rows block by block, ticks converted with the block's own clock (log and metric blocks)."""
+    return each_block(lambda t: build(t.decoded, t.block, t.process, converter_for_block(t.process, t.block)))
+
+
+def each_block(rows: Callable[[Block], pa.RecordBatch]) -> Callable[[Iterable[Block]], Iterator[pa.RecordBatch]]:
+    """Rows block by block; a block whose content cannot become rows is logged and skipped."""
+
+    def batches(blocks: Iterable[Block]) -> Iterator[pa.RecordBatch]:
+        for block in blocks:
+            try:
+                yield rows(block)
+            except BlockRowsError as err:
+                log.warning(
+                    "block %s of stream %s cannot be decoded, skipped: %s",
+                    block.block.block_id,
+                    block.block.stream_id,
+                    err,
+                )
+
+    return batches
