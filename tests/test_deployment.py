@@ -293,9 +293,10 @@ def test_health_checks_fail_when_nothing_listens(
 
 def test_the_services_write_nothing_to_local_disk(stack: Stack) -> None:
     client = stack.client()
-    streams = client.query(
-        f"SELECT stream_id FROM streams WHERE process_id = '{stack.process_id}' AND array_has(tags, 'cpu')"
-    )
+    cpu_streams = f"SELECT stream_id FROM streams WHERE process_id = '{stack.process_id}' AND array_has(tags, 'cpu')"
+    # The global streams view is the daemon's: wait for its 1 s partitions to cover the process's streams.
+    wait_until(lambda: len(client.query(cpu_streams)) > 0, 30, "maintain's global streams")
+    streams = client.query(cpu_streams)
     spans = client.query(f"SELECT count(*) AS n FROM view_instance('thread_spans', '{streams.stream_id[0]}')")
     assert spans.n[0] > 0
     time.sleep(1.5)  # one more round of the maintenance daemon
