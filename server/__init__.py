@@ -6,6 +6,9 @@ Modules:
     ingestion         the HTTP ingestion API (native and OTLP routes)
     wire              the CBOR bodies of the native ingestion API
     otlp              OTLP/HTTP requests: content types, gzip, protobuf or JSON, status bodies
+    webhook           `/ingestion/webhook`: a webhook request as one OTLP log record
+    firehose          the Firehose HTTP delivery routes (CloudWatch metric streams and logs)
+    cloudwatch        CloudWatch metric stream and logs subscription records as OTLP exports
     auth              bearer API keys for both APIs
     maintenance       the maintenance daemon: schedules, merges, retention
     self_tracing      spanlake tracing itself into its own lake

@@ -19,7 +19,8 @@ from spanlake import tracing
 from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
-from spanlake.server import otlp, wire
+from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
+from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import Authenticator, AuthError
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,17 @@ class IngestionService:
         app.router.add_post("/ingestion/insert_stream", self.insert_stream)
         app.router.add_post("/ingestion/insert_block", self.insert_block)
         app.router.add_post("/ingestion/otlp/v1/{signal:logs|metrics|traces}", self.otlp_export)
+        app.router.add_post("/ingestion/webhook", webhook.route(self.store_otlp_blocks))
+        firehose.add_routes(app, self.store_otlp_blocks, self.authenticator)
         return app
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.authenticator is not None and request.path.startswith("/ingestion/"):
+        if (
+            self.authenticator is not None
+            and request.path.startswith("/ingestion/")
+            and request.path not in firehose.PATHS  # Firehose sends its own access key header
+        ):
             header = request.headers.get("Authorization")
             try:
                 # May query the api_keys table through the loop: run it off the loop thread.
@@ -131,12 +138,16 @@ class IngestionService:
         except otlp.OtlpRequestError as err:
             log.info("rejected OTLP %s: %s", signal, err.message)
             return self._otlp_error(err.status, err.message, content_type)
+        await self.store_otlp_blocks(blocks)
+        data, response_type = otlp.response_body(signal, content_type)
+        return web.Response(body=data, content_type=response_type)
+
+    async def store_otlp_blocks(self, blocks: list[OtlpResourceBlock]) -> None:
+        """Stores each block with its process and stream rows (all idempotent)."""
         for block in blocks:
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
             await store_block(self.lake, block.block, block.payload)
-        data, response_type = otlp.response_body(signal, content_type)
-        return web.Response(body=data, content_type=response_type)
 
     @staticmethod
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:

@@ -56,8 +56,15 @@ def blocks_from_request(
     encoding = request_encoding(content_type)
     if len(body) > WIRE_BODY_LIMIT:
         raise OtlpRequestError(413, f"request body is over {WIRE_BODY_LIMIT} bytes")
-    request = _parse(spec, _decompress(body, content_encoding), encoding, signal)
-    blocks = (resource_block(signal, resource) for resource in getattr(request, spec.resources_field))
+    request = _parse(spec, decompress_body(body, content_encoding), encoding, signal)
+    return resource_blocks(signal, request)
+
+
+def resource_blocks(signal: str, request: Message, extra_hash_input: bytes = b"") -> list[OtlpResourceBlock]:
+    """The blocks of a parsed `Export*ServiceRequest`, one per resource with records; `extra_hash_input`
+    is folded into the block ids (the webhook's headers)."""
+    resources = getattr(request, _signal(signal).resources_field)
+    blocks = (resource_block(signal, resource, extra_hash_input) for resource in resources)
     return [block for block in blocks if block is not None]
 
 
@@ -99,27 +106,28 @@ def _signal(signal: str) -> _Signal:
 # --- request body ---------------------------------------------------------------------------------
 
 
-def _decompress(body: bytes, content_encoding: str | None) -> bytes:
+def decompress_body(body: bytes, content_encoding: str | None) -> bytes:
+    """The body without its Content-Encoding (identity or gzip); OtlpRequestError (415, 400, 413)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "x-gzip"):
         raise OtlpRequestError(415, f"unsupported Content-Encoding {content_encoding!r}: expected gzip")
-    return _gunzip(body)
+    return gunzip(body)
 
 
-def _gunzip(body: bytes) -> bytes:
-    """Inflates every gzip member, refusing (413) past DECOMPRESSED_BODY_LIMIT without inflating more."""
+def gunzip(body: bytes, limit: int = DECOMPRESSED_BODY_LIMIT) -> bytes:
+    """Inflates every gzip member, refusing (413) past `limit` bytes without inflating more."""
     out: list[bytes] = []
     size = 0
     rest = body
     try:
         while rest:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = inflater.decompress(rest, DECOMPRESSED_BODY_LIMIT - size + 1)
+            chunk = inflater.decompress(rest, limit - size + 1)
             size += len(chunk)
-            if size > DECOMPRESSED_BODY_LIMIT:
-                raise OtlpRequestError(413, f"decompressed body is over {DECOMPRESSED_BODY_LIMIT} bytes")
+            if size > limit:
+                raise OtlpRequestError(413, f"decompressed body is over {limit} bytes")
             if not inflater.eof:
                 raise OtlpRequestError(400, "malformed gzip body: truncated stream")
             out.append(chunk)

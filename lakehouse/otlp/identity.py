@@ -111,9 +111,10 @@ _SIGNALS = {
 }
 
 
-def resource_block(signal: str, resource: Message) -> OtlpResourceBlock | None:
+def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b"") -> OtlpResourceBlock | None:
     """The rows and payload one `Resource*` of a `signal` ('logs', 'metrics', 'traces') export stores,
-    or None when it has no records."""
+    or None when it has no records. `extra_hash_input` goes into the block id ahead of the objects (the
+    webhook's canonical headers, as micromegas's `block_id_with_context`)."""
     spec = _SIGNALS[signal]
     bounds = spec.bounds(resource)
     if bounds is None:
@@ -138,7 +139,7 @@ def resource_block(signal: str, resource: Message) -> OtlpResourceBlock | None:
             format=spec.format,
         ),
         block=BlockRecord(
-            block_id=uuid5_bytes(NS_OTEL_BLOCK_V1, objects),
+            block_id=uuid5_bytes(NS_OTEL_BLOCK_V1, extra_hash_input + objects),
             stream_id=stream_id,
             process_id=process_id,
             begin_time_ns=bounds.begin_ns,
