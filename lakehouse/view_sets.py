@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from spanlake.views import async_events, blocks, log_entries, measures, processes, streams, thread_spans
+from spanlake.views import (
+    async_events,
+    blocks,
+    images,
+    log_entries,
+    log_stats,
+    measures,
+    otel_spans,
+    processes,
+    streams,
+    thread_spans,
+)
 from spanlake.views.view import View
 
 VIEW_SETS: dict[str, View] = {
@@ -15,8 +26,11 @@ VIEW_SETS: dict[str, View] = {
         blocks.VIEW,
         processes.VIEW,
         streams.VIEW,
+        log_stats.VIEW,
+        otel_spans.VIEW,
+        images.VIEW,
     )
 }
-GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks")
+GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats")
 # The order the maintenance daemon materializes global views in (metadata first, as micromegas's groups).
-MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures")
+MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures", "log_stats")

@@ -8,6 +8,9 @@ Modules:
     thread_spans  a thread stream's call tree, one row per span
     log_entries   log events (transit `log` blocks, OTLP logs)
     measures      metric events (transit `metrics` blocks, OTLP metrics)
+    log_stats     log entries counted per minute, process, level and target (global)
+    otel_spans    OTLP spans as micromegas exposes them
+    images        images sent by `image` streams
     blocks        one row per block: blocks ⋈ streams ⋈ processes
     processes     one row per process, from the blocks' rows
     streams       one row per stream, from the blocks' rows

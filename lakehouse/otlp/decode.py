@@ -1,5 +1,5 @@
-"""Stored OTLP blocks → the columns their views take: logs → `log_entries`, metrics → `measures`,
-traces → `async_events`.
+"""Stored OTLP blocks → the columns their views take: logs → `log_entries` (and `log_stats`), metrics →
+`measures`, traces → `async_events` and `otel_spans`.
 
 A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written
 at ingestion. This module parses the protobuf and hands arrays over: which rows they become is the
@@ -35,6 +35,7 @@ from spanlake.views.jsonb import JsonValue
 from spanlake.views.log_entries import LogColumns
 from spanlake.views.measures import MeasureColumns
 from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, BlockMeta, ProcessMeta
+from spanlake.views.otel_spans import SPAN_KINDS, STATUS_CODES, OtelSpanColumns
 from spanlake.views.view import OtlpBlock, View
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
@@ -47,10 +48,12 @@ _NO_RECORDED_VALUE = 1  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 
 def otlp_block(
     view: View, stream_format: str, payload: bytes, process: ProcessMeta, block: BlockMeta
-) -> OtlpBlock[LogColumns | MeasureColumns | SpanColumns]:
+) -> OtlpBlock[LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]:
     """One stored OTLP block as the input of `view.rows_from_otlp`; OtlpBlockError when the view takes
     no block of this format or the block cannot be read."""
-    extract = _EXTRACTORS.get(stream_format) if stream_format == view.otlp_format else None
+    extract = None
+    if stream_format == view.otlp_format:
+        extract = _VIEW_EXTRACTORS.get(view.name) or _EXTRACTORS.get(stream_format)
     if extract is None:
         raise OtlpBlockError(f"view {view.name!r} has no rows for blocks of format {stream_format!r}")
     return OtlpBlock(extract(payload, block), block, process)
@@ -276,11 +279,7 @@ def extract_spans(resource: ResourceSpans) -> SpanColumns:
     spans: list[Any] = []
     target_codes: list[int] = []
     for scope_spans in resource.scope_spans:
-        kept = [
-            s
-            for s in scope_spans.spans
-            if s.start_time_unix_nano and s.end_time_unix_nano and len(s.trace_id) == 16 and len(s.span_id) == 8
-        ]
+        kept = [s for s in scope_spans.spans if _is_kept(s)]
         spans.extend(kept)
         target_codes.extend([targets.code(scope_spans.scope.name)] * len(kept))
     span_ids = _id_matrix([s.span_id for s in spans], 8)
@@ -294,6 +293,65 @@ def extract_spans(resource: ResourceSpans) -> SpanColumns:
         name=names.coded([names.code(s.name) for s in spans]),
         target=targets.coded(target_codes),
     )
+
+
+def extract_otel_spans(resource: ResourceSpans) -> OtelSpanColumns:
+    """The `otel_spans` columns: every span with both times and W3C-sized ids, in payload order."""
+    names, properties = _Interner(), _Interner()
+    spans: list[Any] = []
+    property_codes: list[int] = []
+    for scope_spans in resource.scope_spans:
+        extras = scope_extras(scope_spans.scope, scope_spans.schema_url)
+        for span in scope_spans.spans:
+            if _is_kept(span):
+                spans.append(span)
+                property_codes.append(properties.code(jsonb.encode(attributes_object(span.attributes, extras))))
+    has_parent = np.array([len(s.parent_span_id) == 8 for s in spans], dtype=bool)
+    statuses = [s.status.code if s.HasField("status") else 0 for s in spans]
+    return OtelSpanColumns(
+        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
+        span_id=np.array([s.span_id for s in spans], dtype="S8"),
+        parent_span_id=np.array(
+            [s.parent_span_id if p else bytes(8) for s, p in zip(spans, has_parent, strict=True)], "S8"
+        ),
+        has_parent=has_parent,
+        start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
+        end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
+        name=names.coded([names.code(s.name) for s in spans]),
+        kind=_enum_index([s.kind for s in spans], len(SPAN_KINDS)),
+        status=_enum_index(statuses, len(STATUS_CODES)),
+        status_message=[s.status.message or None for s in spans],
+        properties=properties.coded(property_codes),
+        events=[jsonb.encode([_span_event(e) for e in s.events]) for s in spans],
+        links=[jsonb.encode([_span_link(link) for link in s.links]) for s in spans],
+    )
+
+
+def _is_kept(span: Any) -> bool:
+    """A span with a start, an end, a 16-byte trace id and an 8-byte span id (what micromegas keeps)."""
+    has_times = span.start_time_unix_nano != 0 and span.end_time_unix_nano != 0
+    return has_times and len(span.trace_id) == 16 and len(span.span_id) == 8
+
+
+def _enum_index(values: Sequence[int], size: int) -> np.ndarray:
+    """Enum numbers as indexes of their names; an unknown number reads as the first name (prost's default)."""
+    numbers = np.array(values, dtype=np.int64)
+    return np.where((numbers >= 0) & (numbers < size), numbers, 0)
+
+
+def _span_event(event: Any) -> dict[str, JsonValue]:
+    time_ns = int(_as_i64([event.time_unix_nano])[0])
+    return {"time": time_ns, "name": event.name, "attributes": _valued_attributes(event.attributes)}
+
+
+def _span_link(link: Any) -> dict[str, JsonValue]:
+    attributes = _valued_attributes(link.attributes)
+    return {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(), "attributes": attributes}
+
+
+def _valued_attributes(attributes: Sequence[KeyValue]) -> dict[str, JsonValue]:
+    """Event and link attributes: key-values without a value are left out (micromegas skips them)."""
+    return {kv.key: any_value_to_json(kv.value) for kv in attributes if kv.HasField("value")}
 
 
 def _id_matrix(ids: list[bytes], width: int) -> np.ndarray:
@@ -352,8 +410,13 @@ def any_value_to_string(value: AnyValue) -> str:
     return ""
 
 
-_EXTRACTORS: dict[str, Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns]] = {
+Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]
+_EXTRACTORS: dict[str, Extractor] = {
     OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(_resource(payload, ResourceLogs), block.begin_time_ns),
     OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(_resource(payload, ResourceMetrics)),
     OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(_resource(payload, ResourceSpans)),
+}
+# Views that read a format differently from its default columns above.
+_VIEW_EXTRACTORS: dict[str, Extractor] = {
+    "otel_spans": lambda payload, _: extract_otel_spans(_resource(payload, ResourceSpans)),
 }
