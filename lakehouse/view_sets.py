@@ -9,6 +9,7 @@ from spanlake.views import (
     log_entries,
     log_stats,
     measures,
+    net_spans,
     otel_spans,
     processes,
     streams,
@@ -29,6 +30,7 @@ VIEW_SETS: dict[str, View] = {
         log_stats.VIEW,
         otel_spans.VIEW,
         images.VIEW,
+        net_spans.VIEW,
     )
 }
 GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats")

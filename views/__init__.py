@@ -11,6 +11,7 @@ Modules:
     log_stats     log entries counted per minute, process, level and target (global)
     otel_spans    OTLP spans as micromegas exposes them
     images        images sent by `image` streams
+    net_spans     network bandwidth spans of `net` streams (Unreal network tracing)
     blocks        one row per block: blocks ⋈ streams ⋈ processes
     processes     one row per process, from the blocks' rows
     streams       one row per stream, from the blocks' rows

@@ -1,0 +1,292 @@
+"""net_spans: a `net` stream laid out as Unreal's MicromegasTracing writes it (NetEvents.h,
+NetMetadata.h: uint64 time, StaticStringRef names, uint32 bit sizes, StaticStringDependency strings),
+turned into spans by micromegas's stack rules; directly and through a running server with the
+micromegas client."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import cbor2
+import micromegas
+import pyarrow as pa
+import pytest
+from harness import RUST_FIXTURES, PostgresServer, post, running_server
+from transit_builder import BufferWriter, compress, dyn_string, member, metadata, udt
+
+from spanlake.lakehouse.transit.decode import decode_block, stream_layout
+from spanlake.views import net_spans
+from spanlake.views.meta import BlockMeta, ProcessMeta, StreamMeta
+from spanlake.views.time import converter_from_latest_timing
+from spanlake.views.view import TransitBlock
+
+TICKS_PER_SECOND = 1_000_000
+START_TICKS = 1_000
+START_NS = 1_790_000_000_000_000_000  # µs-aligned: PostgreSQL keeps the start time to the microsecond
+DICT = pa.dictionary(pa.int32(), pa.utf8())
+TS = pa.timestamp("ns", tz="+00:00")
+
+# micromegas's net_spans_table_schema (net_spans_table.rs).
+MICROMEGAS_SCHEMA = pa.schema(
+    [
+        pa.field("process_id", DICT, False),
+        pa.field("stream_id", DICT, False),
+        pa.field("span_id", pa.int64(), False),
+        pa.field("parent_span_id", pa.int64(), False),
+        pa.field("depth", pa.uint32(), False),
+        pa.field("kind", DICT, False),
+        pa.field("name", DICT, False),
+        pa.field("connection_name", DICT, False),
+        pa.field("is_outgoing", pa.bool_(), False),
+        pa.field("begin_bits", pa.int64(), False),
+        pa.field("end_bits", pa.int64(), False),
+        pa.field("bit_size", pa.int64(), False),
+        pa.field("begin_time", TS, False),
+        pa.field("end_time", TS, False),
+    ]
+)
+
+STRING_REF = "StaticStringRef"
+OBJECT_TYPES = [
+    udt(
+        "NetConnectionBeginEvent",
+        32,
+        [
+            member("time", "uint64", 0, 8),
+            member("connection_name", STRING_REF, 8, 16, True),
+            member("is_outgoing", "uint8", 24, 1),
+        ],
+    ),
+    udt("NetConnectionEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+    udt("NetObjectBeginEvent", 24, [member("time", "uint64", 0, 8), member("object_name", STRING_REF, 8, 16, True)]),
+    udt("NetObjectEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+    udt(
+        "NetPropertyEvent",
+        32,
+        [
+            member("time", "uint64", 0, 8),
+            member("property_name", STRING_REF, 8, 16, True),
+            member("bit_size", "uint32", 24, 4),
+        ],
+    ),
+    udt("NetRPCBeginEvent", 24, [member("time", "uint64", 0, 8), member("function_name", STRING_REF, 8, 16, True)]),
+    udt("NetRPCEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+]
+DEPENDENCY_TYPES = [udt("StaticStringDependency", 0)]
+TYPE_INDEX = {entry["name"]: index for index, entry in enumerate(OBJECT_TYPES)}
+
+
+@dataclass
+class NetBlockWriter:
+    """One net block: StaticStringDependency entries for its names, then the events."""
+
+    dependencies: BufferWriter = field(default_factory=BufferWriter)
+    objects: BufferWriter = field(default_factory=BufferWriter)
+    strings: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+
+    def _ref(self, text: str) -> bytes:
+        if text not in self.strings:
+            self.strings[text] = 0x7000 + 0x10 * len(self.strings)
+            self.dependencies.dynamic(0, struct.pack("<Q", self.strings[text]) + dyn_string(text))
+        return struct.pack("<QII", self.strings[text], len(text), 0xBAD)  # pointer, size, padding
+
+    def event(self, type_name: str, ticks: int, name: str | None = None, bits: int = 0, outgoing: int = 0) -> None:
+        body = struct.pack("<Q", ticks)
+        if name is not None:
+            body += self._ref(name)
+        if type_name == "NetConnectionBeginEvent":
+            body += struct.pack("<B7x", outgoing)
+        elif type_name != "NetObjectBeginEvent" and type_name != "NetRPCBeginEvent":
+            body += struct.pack("<I4x", bits)
+        self.objects.fixed(TYPE_INDEX[type_name], body)
+        self.count += 1
+
+
+# (type, ticks after start, name, bits, outgoing) — two blocks of one chain, then what follows.
+BLOCK_1 = [
+    ("NetConnectionBeginEvent", 100, "client-1", 0, 1),
+    ("NetObjectBeginEvent", 110, "Pawn", 0, 0),
+    ("NetPropertyEvent", 120, "Location", 32, 0),
+    ("NetPropertyEvent", 121, "Rotation", 16, 0),
+    ("NetObjectEndEvent", 130, None, 80, 0),
+    ("NetRPCBeginEvent", 140, "ServerMove", 0, 0),
+]
+BLOCK_2 = [
+    ("NetPropertyEvent", 150, "Ack", 8, 0),
+    ("NetRPCEndEvent", 160, None, 40, 0),
+    ("NetObjectEndEvent", 165, None, 5, 0),  # the top is the connection: skipped
+    ("NetConnectionEndEvent", 170, None, 200, 0),
+    ("NetConnectionEndEvent", 180, None, 1, 0),  # nothing open: skipped
+    ("NetPropertyEvent", 190, "Orphan", 4, 0),  # no connection: parent -1, ""
+    ("NetConnectionBeginEvent", 200, "server-2", 0, 0),  # never closed: dropped
+    ("NetObjectBeginEvent", 210, "Door", 0, 0),
+]
+# (span_id, parent, depth, kind, name, connection, outgoing, begin_bits, bit_size, begin, end) in emission order
+EXPECTED = [
+    (2, 1, 2, "property", "Location", "client-1", True, 0, 32, 120, 120),
+    (3, 1, 2, "property", "Rotation", "client-1", True, 32, 16, 121, 121),
+    (1, 0, 1, "object", "Pawn", "client-1", True, 0, 80, 110, 130),
+    (6, 5, 2, "property", "Ack", "client-1", True, 0, 8, 150, 150),
+    (5, 0, 1, "rpc", "ServerMove", "client-1", True, 80, 40, 140, 160),
+    (0, -1, 0, "connection", "client-1", "client-1", True, 0, 200, 100, 170),
+    (11, -1, 0, "property", "Orphan", "", False, 0, 4, 190, 190),
+]
+
+
+def ns(ticks_after_start: int) -> int:
+    return START_NS + ticks_after_start * (1_000_000_000 // TICKS_PER_SECOND)
+
+
+def blocks() -> list[tuple[NetBlockWriter, int, int, int]]:
+    """(writer, object_offset, begin ticks, end ticks) with ticks relative to the process start."""
+    result = []
+    offset, begin = 0, 0
+    for events, end in ((BLOCK_1, 145), (BLOCK_2, 220)):
+        writer = NetBlockWriter()
+        for type_name, ticks, name, bits, outgoing in events:
+            writer.event(type_name, START_TICKS + ticks, name, bits, outgoing)
+        result.append((writer, offset, begin, end))
+        offset, begin = offset + writer.count, end
+    return result
+
+
+def expected_rows(process_id: str, stream_id: str) -> list[dict]:
+    keys = ("span_id", "parent_span_id", "depth", "kind", "name", "connection_name", "is_outgoing", "begin_bits")
+    rows = []
+    for values in EXPECTED:
+        row = dict(zip(keys, values[:8], strict=True))
+        bit_size, begin, end = values[8:]
+        row.update(bit_size=bit_size, end_bits=row["begin_bits"] + bit_size, begin_time=ns(begin), end_time=ns(end))
+        rows.append({"process_id": process_id, "stream_id": stream_id, **row})
+    return rows
+
+
+def as_plain(table: pa.Table) -> list[dict]:
+    times = {name: table.column(name).cast(pa.int64()).to_pylist() for name in ("begin_time", "end_time")}
+    rows = table.to_pylist()
+    for index, row in enumerate(rows):
+        row.update({name: values[index] for name, values in times.items()})
+    return rows
+
+
+def test_schema_is_micromegas_schema() -> None:
+    assert net_spans.SCHEMA == MICROMEGAS_SCHEMA
+    assert [f.nullable for f in net_spans.SCHEMA] == [f.nullable for f in MICROMEGAS_SCHEMA]
+
+
+def test_spans_from_decoded_blocks() -> None:
+    process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
+    process = ProcessMeta(process_id, "game", "u", "pc", START_NS, START_TICKS, TICKS_PER_SECOND)
+    stream = StreamMeta(stream_id, process_id, ("net",))
+    layout = stream_layout(metadata(DEPENDENCY_TYPES), metadata(OBJECT_TYPES))
+    latest = converter_from_latest_timing(process, 220, ns(220))
+    transit = []
+    for writer, offset, begin, end in blocks():
+        meta = BlockMeta(
+            str(uuid.uuid4()), stream_id, process_id, ns(begin), begin, ns(end), end, writer.count, offset, 0
+        )
+        decoded = decode_block(
+            cbor2.dumps(
+                {
+                    "dependencies": compress(writer.dependencies.getvalue()),
+                    "objects": compress(writer.objects.getvalue()),
+                }
+            ),
+            layout,
+        )
+        transit.append(TransitBlock(decoded, meta, stream, process, latest))
+    # Given out of order: the view sorts a stream's blocks by their ticks.
+    (batch,) = net_spans.VIEW.rows_from_transit(reversed(transit))
+    assert batch.schema == MICROMEGAS_SCHEMA
+    assert as_plain(pa.Table.from_batches([batch])) == expected_rows(process_id, stream_id)
+
+
+def test_a_gap_between_blocks_starts_a_new_tree() -> None:
+    process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
+    process = ProcessMeta(process_id, "game", "u", "pc", START_NS, START_TICKS, TICKS_PER_SECOND)
+    stream = StreamMeta(stream_id, process_id, ("net",))
+    layout = stream_layout(metadata(DEPENDENCY_TYPES), metadata(OBJECT_TYPES))
+    latest = converter_from_latest_timing(process, 400, ns(400))
+    transit = []
+    for offset, begin, end, events in (
+        (0, 0, 100, [("NetConnectionBeginEvent", 10, "c", 0, 0)]),
+        (1, 200, 300, [("NetConnectionEndEvent", 250, None, 9, 0)]),  # not contiguous: nothing open here
+    ):
+        writer = NetBlockWriter()
+        for type_name, ticks, name, bits, outgoing in events:
+            writer.event(type_name, START_TICKS + ticks, name, bits, outgoing)
+        meta = BlockMeta(str(uuid.uuid4()), stream_id, process_id, ns(begin), begin, ns(end), end, 1, offset, 0)
+        payload = cbor2.dumps(
+            {"dependencies": compress(writer.dependencies.getvalue()), "objects": compress(writer.objects.getvalue())}
+        )
+        transit.append(TransitBlock(decode_block(payload, layout), meta, stream, process, latest))
+    (batch,) = net_spans.VIEW.rows_from_transit(transit)
+    assert batch.num_rows == 0
+
+
+def _rfc3339(ns_since_epoch: int) -> str:
+    seconds, nanos = divmod(ns_since_epoch, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}+00:00"
+
+
+@pytest.fixture
+def uploaded(postgres: PostgresServer, tmp_path) -> tuple[str, str, str]:
+    """A running server that received a process with one net stream of two blocks."""
+    process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
+    process = cbor2.loads((RUST_FIXTURES / "process.cbor").read_bytes())
+    process.update(
+        process_id=process_id, tsc_frequency=TICKS_PER_SECOND, start_ticks=START_TICKS, start_time=_rfc3339(START_NS)
+    )
+    stream = {
+        "process_id": process_id,
+        "stream_id": stream_id,
+        "dependencies_metadata": DEPENDENCY_TYPES,
+        "objects_metadata": OBJECT_TYPES,
+        "tags": ["net"],
+        "properties": {},
+    }
+    with running_server(postgres, tmp_path) as server:
+        assert post(server.http_url + "/ingestion/insert_process", cbor2.dumps(process))[0] == 200
+        assert post(server.http_url + "/ingestion/insert_stream", cbor2.dumps(stream))[0] == 200
+        for writer, offset, begin, end in blocks():
+            block = {
+                "block_id": str(uuid.uuid4()),
+                "stream_id": stream_id,
+                "process_id": process_id,
+                "begin_time": _rfc3339(ns(begin)),
+                "begin_ticks": begin,
+                "end_time": _rfc3339(ns(end)),
+                "end_ticks": end,
+                "payload": {
+                    "dependencies": compress(writer.dependencies.getvalue()),
+                    "objects": compress(writer.objects.getvalue()),
+                },
+                "object_offset": offset,
+                "nb_objects": writer.count,
+            }
+            status, text = post(server.http_url + "/ingestion/insert_block", cbor2.dumps(block))
+            assert status == 200, text
+        yield server.flightsql_url, process_id, stream_id
+
+
+def test_net_spans_through_the_micromegas_client(uploaded: tuple[str, str, str]) -> None:
+    uri, process_id, stream_id = uploaded
+    client = micromegas.connect(uri, preserve_dictionary=True)
+    table = client.query_arrow(f"SELECT * FROM view_instance('net_spans', '{process_id}')")
+    assert table.schema == MICROMEGAS_SCHEMA
+    assert sorted(as_plain(table), key=lambda r: r["end_time"]) == sorted(
+        expected_rows(process_id, stream_id), key=lambda r: r["end_time"]
+    )
+    # The time range keeps the spans meeting it (begin_time <= end and end_time >= begin).
+    windowed = micromegas.connect(uri).query(
+        f"SELECT name FROM view_instance('net_spans', '{process_id}') ORDER BY name",
+        datetime.fromtimestamp(ns(145) / 1e9, UTC),
+        datetime.fromtimestamp(ns(155) / 1e9, UTC),
+    )
+    assert windowed["name"].tolist() == ["Ack", "ServerMove", "client-1"]
+    with pytest.raises(Exception, match="net_spans has no global instance"):
+        micromegas.connect(uri).query("SELECT * FROM view_instance('net_spans', 'global')")
