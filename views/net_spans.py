@@ -133,71 +133,39 @@ def _concat(parts: Sequence[_NetEvents]) -> _NetEvents:
     )
 
 
-@dataclass
-class _Rows:
-    """Emitted spans, column by column (name and connection name as codes into the chain's names)."""
-
-    span_id: list[int]
-    parent: list[int]
-    depth: list[int]
-    kind: list[int]
-    name: list[int]
-    connection: list[int]
-    outgoing: list[bool]
-    begin_bits: list[int]
-    bit_size: list[int]
-    begin_time: list[int]
-    end_time: list[int]
-
-    def add(self, span: list[int], begin_bits: int, bit_size: int, end_time: int, bottom: list[int] | None) -> None:
-        """Emits `span` (an open-span record); its connection is `bottom`'s (the stack's bottom once it left),
-        or its own when None."""
-        self.span_id.append(span[0])
-        self.parent.append(span[1])
-        self.depth.append(span[2])
-        self.kind.append(span[3])
-        self.name.append(span[4])
-        self.connection.append(span[5] if bottom is None else bottom[5])
-        self.outgoing.append(bool(span[6] if bottom is None else bottom[6]))
-        self.begin_bits.append(begin_bits)
-        self.bit_size.append(bit_size)
-        self.begin_time.append(span[7])
-        self.end_time.append(end_time)
+# A replayed row: (event that opened the span, event that closed it, begin_bits, event of its parent,
+# depth, event of its connection); a property opens and closes at itself; -1: no parent / no connection.
+Row = tuple[int, int, int, int, int, int]
+_EVENT_COLUMNS = [0, 1, 3, 5]
 
 
-def replay(events: _NetEvents) -> _Rows:
-    """The spans of one chain (see the module docstring); an open-span record is
-    [span id, parent, depth, kind, name, connection name, is outgoing, begin time, bits of closed children]."""
-    rows = _Rows([], [], [], [], [], [], [], [], [], [], [])
+def replay(events: _NetEvents) -> list[Row]:
+    """The spans of one chain, in emission order (see the module docstring)."""
+    rows: list[Row] = []
+    # open spans: [event, kind, depth, parent event, connection event, bits of closed children]
     stack: list[list[int]] = []
-    columns = (events.step, events.kind, events.event_id, events.time_ns, events.name, events.bit_size)
-    outgoing = events.is_outgoing.tolist()
-    for index, (step, kind, event_id, time_ns, name, bits) in enumerate(
-        zip(*(c.tolist() for c in columns), strict=True)
-    ):
-        top = stack[-1] if stack else None
+    steps, kinds, bit_sizes = events.step.tolist(), events.kind.tolist(), events.bit_size.tolist()
+    for index, (step, kind, bits) in enumerate(zip(steps, kinds, bit_sizes, strict=True)):
         if step == END:
-            if top is None or top[3] != kind:
+            if not stack or stack[-1][1] != kind:
                 continue  # nothing open of this kind: the bits cannot be attributed
-            stack.pop()
-            parent = stack[-1] if stack else None
-            rows.add(top, parent[8] if parent else 0, bits, time_ns, stack[0] if stack else None)
-            if parent is not None:
-                parent[8] += bits
+            top = stack.pop()
+            if stack:
+                rows.append((top[0], index, stack[-1][5], top[3], top[2], stack[0][4]))
+                stack[-1][5] += bits
+            else:
+                rows.append((top[0], index, 0, top[3], top[2], top[4]))
             continue
-        bottom = stack[0] if stack else None
-        connection = (bottom[5], bottom[6]) if bottom else (_NO_NAME, 0)
         if kind == CONNECTION:
-            stack.append([event_id, ROOT_PARENT_SPAN_ID, 0, kind, name, name, outgoing[index], time_ns, 0])
+            stack.append([index, kind, 0, -1, index, 0])
             continue
-        span = [event_id, top[0] if top else ROOT_PARENT_SPAN_ID, top[2] + 1 if top else 0, kind, name, *connection]
-        span += [time_ns, 0]
+        parent, depth, connection = (stack[-1][0], stack[-1][2] + 1, stack[0][4]) if stack else (-1, 0, -1)
         if step == BEGIN:
-            stack.append(span)
+            stack.append([index, kind, depth, parent, connection, 0])
             continue
-        rows.add(span, top[8] if top else 0, bits, time_ns, None)  # the span carries its connection
-        if top is not None:
-            top[8] += bits
+        rows.append((index, index, stack[-1][5] if stack else 0, parent, depth, connection))
+        if stack:
+            stack[-1][5] += bits
     if stack:
         log.debug("net span tree finishing with %d unclosed span(s); dropped", len(stack))
     return rows
@@ -206,44 +174,41 @@ def replay(events: _NetEvents) -> _Rows:
 def stream_batch(blocks: Sequence[TransitBlock]) -> pa.RecordBatch:
     """The net_spans rows of one stream's blocks (in event-time order)."""
     metas = [transit.block for transit in blocks]
-    parts = []
-    for chain in group_contiguous_block_chains(metas):
-        events = _concat([block_events(blocks[i].decoded, metas[i].object_offset, blocks[i].latest) for i in chain])
-        parts.append((replay(events), events.names))
-    return _batch(parts, blocks[0].process.process_id, metas[0].stream_id)
+    chains = [
+        _concat([block_events(blocks[i].decoded, metas[i].object_offset, blocks[i].latest) for i in chain])
+        for chain in group_contiguous_block_chains(metas)
+    ]
+    events = _concat(chains)  # one replay per chain; rows point into the concatenation
+    offsets = np.cumsum([0] + [len(chain.step) for chain in chains])
+    rows = [np.array(replay(chain), np.int64).reshape(-1, 6) for chain in chains]
+    for chain_rows, offset in zip(rows, offsets, strict=False):
+        events_of = chain_rows[:, _EVENT_COLUMNS]
+        chain_rows[:, _EVENT_COLUMNS] = np.where(events_of >= 0, events_of + offset, events_of)  # -1 stays -1
+    return _batch(events, np.concatenate(rows), blocks[0].process.process_id, metas[0].stream_id)
 
 
-def _batch(parts: list[tuple[_Rows, list[str]]], process_id: str, stream_id: str) -> pa.RecordBatch:
-    def integers(name: str) -> np.ndarray:
-        return np.array([value for rows, _ in parts for value in getattr(rows, name)], np.int64)
-
-    offsets = np.cumsum([0] + [len(names) for _, names in parts])
-    names = [name for _, chain_names in parts for name in chain_names]
-
-    def coded(column: str) -> Coded[str]:
-        codes = [
-            np.array(getattr(rows, column), np.int64) + offset
-            for (rows, _), offset in zip(parts, offsets, strict=False)
-        ]
-        return Coded(np.concatenate(codes) if codes else np.zeros(0, np.int64), names)
-
-    begin_bits, bit_size = integers("begin_bits"), integers("bit_size")
-    n = len(begin_bits)
+def _batch(events: _NetEvents, rows: np.ndarray, process_id: str, stream_id: str) -> pa.RecordBatch:
+    opened, closed, begin_bits, parent, depth, connection = rows.T
+    has_parent, has_connection = parent >= 0, connection >= 0
+    bit_size = events.bit_size[closed]
+    names = Coded(events.name[opened], events.names)
+    connections = Coded(np.where(has_connection, events.name[np.maximum(connection, 0)], _NO_NAME), events.names)
+    n = len(opened)
     columns = [
         constant_dictionary(process_id, n),
         constant_dictionary(stream_id, n),
-        pa.array(integers("span_id"), pa.int64()),
-        pa.array(integers("parent"), pa.int64()),
-        pa.array(integers("depth").astype(np.uint32), pa.uint32()),
-        dictionary_array(Coded(integers("kind"), KINDS)),
-        dictionary_array(coded("name")),
-        dictionary_array(coded("connection")),
-        pa.array(integers("outgoing").astype(bool), pa.bool_()),
+        pa.array(events.event_id[opened], pa.int64()),
+        pa.array(np.where(has_parent, events.event_id[np.maximum(parent, 0)], ROOT_PARENT_SPAN_ID), pa.int64()),
+        pa.array(depth.astype(np.uint32), pa.uint32()),
+        dictionary_array(Coded(events.kind[opened], KINDS)),
+        dictionary_array(names),
+        dictionary_array(connections),
+        pa.array(has_connection & events.is_outgoing[np.maximum(connection, 0)], pa.bool_()),
         pa.array(begin_bits, pa.int64()),
         pa.array(begin_bits + bit_size, pa.int64()),
         pa.array(bit_size, pa.int64()),
-        timestamp_array(integers("begin_time")),
-        timestamp_array(integers("end_time")),
+        timestamp_array(events.time_ns[opened]),
+        timestamp_array(events.time_ns[closed]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
