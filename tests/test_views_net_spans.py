@@ -5,17 +5,16 @@ micromegas client."""
 
 from __future__ import annotations
 
-import struct
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import cbor2
 import micromegas
+import numpy as np
 import pyarrow as pa
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, post, running_server
-from transit_builder import BufferWriter, compress, dyn_string, member, metadata, udt
+from transit_builder import NET_DEPENDENCY_TYPES, NET_OBJECT_TYPES, NetBlockWriter, compress, metadata
 
 from spanlake.lakehouse.transit.decode import decode_block, stream_layout
 from spanlake.views import net_spans
@@ -48,63 +47,6 @@ MICROMEGAS_SCHEMA = pa.schema(
         pa.field("end_time", TS, False),
     ]
 )
-
-STRING_REF = "StaticStringRef"
-OBJECT_TYPES = [
-    udt(
-        "NetConnectionBeginEvent",
-        32,
-        [
-            member("time", "uint64", 0, 8),
-            member("connection_name", STRING_REF, 8, 16, True),
-            member("is_outgoing", "uint8", 24, 1),
-        ],
-    ),
-    udt("NetConnectionEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
-    udt("NetObjectBeginEvent", 24, [member("time", "uint64", 0, 8), member("object_name", STRING_REF, 8, 16, True)]),
-    udt("NetObjectEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
-    udt(
-        "NetPropertyEvent",
-        32,
-        [
-            member("time", "uint64", 0, 8),
-            member("property_name", STRING_REF, 8, 16, True),
-            member("bit_size", "uint32", 24, 4),
-        ],
-    ),
-    udt("NetRPCBeginEvent", 24, [member("time", "uint64", 0, 8), member("function_name", STRING_REF, 8, 16, True)]),
-    udt("NetRPCEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
-]
-DEPENDENCY_TYPES = [udt("StaticStringDependency", 0)]
-TYPE_INDEX = {entry["name"]: index for index, entry in enumerate(OBJECT_TYPES)}
-
-
-@dataclass
-class NetBlockWriter:
-    """One net block: StaticStringDependency entries for its names, then the events."""
-
-    dependencies: BufferWriter = field(default_factory=BufferWriter)
-    objects: BufferWriter = field(default_factory=BufferWriter)
-    strings: dict[str, int] = field(default_factory=dict)
-    count: int = 0
-
-    def _ref(self, text: str) -> bytes:
-        if text not in self.strings:
-            self.strings[text] = 0x7000 + 0x10 * len(self.strings)
-            self.dependencies.dynamic(0, struct.pack("<Q", self.strings[text]) + dyn_string(text))
-        return struct.pack("<QII", self.strings[text], len(text), 0xBAD)  # pointer, size, padding
-
-    def event(self, type_name: str, ticks: int, name: str | None = None, bits: int = 0, outgoing: int = 0) -> None:
-        body = struct.pack("<Q", ticks)
-        if name is not None:
-            body += self._ref(name)
-        if type_name == "NetConnectionBeginEvent":
-            body += struct.pack("<B7x", outgoing)
-        elif type_name != "NetObjectBeginEvent" and type_name != "NetRPCBeginEvent":
-            body += struct.pack("<I4x", bits)
-        self.objects.fixed(TYPE_INDEX[type_name], body)
-        self.count += 1
-
 
 # (type, ticks after start, name, bits, outgoing) — two blocks of one chain, then what follows.
 BLOCK_1 = [
@@ -182,23 +124,14 @@ def test_spans_from_decoded_blocks() -> None:
     process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
     process = ProcessMeta(process_id, "game", "u", "pc", START_NS, START_TICKS, TICKS_PER_SECOND)
     stream = StreamMeta(stream_id, process_id, ("net",))
-    layout = stream_layout(metadata(DEPENDENCY_TYPES), metadata(OBJECT_TYPES))
+    layout = stream_layout(metadata(NET_DEPENDENCY_TYPES), metadata(NET_OBJECT_TYPES))
     latest = converter_from_latest_timing(process, 220, ns(220))
     transit = []
     for writer, offset, begin, end in blocks():
         meta = BlockMeta(
             str(uuid.uuid4()), stream_id, process_id, ns(begin), begin, ns(end), end, writer.count, offset, 0
         )
-        decoded = decode_block(
-            cbor2.dumps(
-                {
-                    "dependencies": compress(writer.dependencies.getvalue()),
-                    "objects": compress(writer.objects.getvalue()),
-                }
-            ),
-            layout,
-        )
-        transit.append(TransitBlock(decoded, meta, stream, process, latest))
+        transit.append(TransitBlock(decode_block(writer.payload(), layout), meta, stream, process, latest))
     # Given out of order: the view sorts a stream's blocks by their ticks.
     (batch,) = net_spans.VIEW.rows_from_transit(reversed(transit))
     assert batch.schema == MICROMEGAS_SCHEMA
@@ -209,7 +142,7 @@ def test_a_gap_between_blocks_starts_a_new_tree() -> None:
     process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
     process = ProcessMeta(process_id, "game", "u", "pc", START_NS, START_TICKS, TICKS_PER_SECOND)
     stream = StreamMeta(stream_id, process_id, ("net",))
-    layout = stream_layout(metadata(DEPENDENCY_TYPES), metadata(OBJECT_TYPES))
+    layout = stream_layout(metadata(NET_DEPENDENCY_TYPES), metadata(NET_OBJECT_TYPES))
     latest = converter_from_latest_timing(process, 400, ns(400))
     transit = []
     for offset, begin, end, events in (
@@ -231,10 +164,7 @@ def test_a_gap_between_blocks_starts_a_new_tree() -> None:
         meta = BlockMeta(
             str(uuid.uuid4()), stream_id, process_id, ns(begin), begin, ns(end), end, len(events), offset, 0
         )
-        payload = cbor2.dumps(
-            {"dependencies": compress(writer.dependencies.getvalue()), "objects": compress(writer.objects.getvalue())}
-        )
-        transit.append(TransitBlock(decode_block(payload, layout), meta, stream, process, latest))
+        transit.append(TransitBlock(decode_block(writer.payload(), layout), meta, stream, process, latest))
     (batch,) = net_spans.VIEW.rows_from_transit(transit)
     # The first tree's connection never closes (dropped); the second tree has its own.
     assert as_plain(pa.Table.from_batches([batch])) == [
@@ -273,8 +203,8 @@ def uploaded(postgres: PostgresServer, tmp_path) -> tuple[str, str, str]:
     stream = {
         "process_id": process_id,
         "stream_id": stream_id,
-        "dependencies_metadata": DEPENDENCY_TYPES,
-        "objects_metadata": OBJECT_TYPES,
+        "dependencies_metadata": NET_DEPENDENCY_TYPES,
+        "objects_metadata": NET_OBJECT_TYPES,
         "tags": ["net"],
         "properties": {},
     }
@@ -319,3 +249,54 @@ def test_net_spans_through_the_micromegas_client(uploaded: tuple[str, str, str])
     assert windowed["name"].tolist() == ["Ack", "ServerMove", "client-1"]
     with pytest.raises(Exception, match="net_spans has no global instance"):
         micromegas.connect(uri).query("SELECT * FROM view_instance('net_spans', 'global')")
+
+
+def random_events(rng: np.random.Generator, n: int, well_formed: bool) -> net_spans._NetEvents:
+    """A random chain: opens, leaves and ends; `well_formed`: every end closes the top span."""
+    steps, kinds, stack = [], [], []
+    for _ in range(n):
+        choice = rng.integers(0, 3)
+        if choice == 2 and (stack or not well_formed):
+            kind = stack.pop() if well_formed else int(rng.choice([0, 1, 3]))
+            if not well_formed and stack and stack[-1] == kind:
+                stack.pop()
+            steps.append(net_spans.END)
+            kinds.append(kind)
+        elif choice == 1:
+            steps.append(net_spans.LEAF)
+            kinds.append(net_spans.PROPERTY)
+        else:
+            kind = int(rng.choice([net_spans.CONNECTION, net_spans.OBJECT, net_spans.RPC]))
+            stack.append(kind)
+            steps.append(net_spans.BEGIN)
+            kinds.append(kind)
+    m = len(steps)
+    return net_spans._NetEvents(
+        np.array(steps, np.int64),
+        np.array(kinds, np.int64),
+        np.arange(m, dtype=np.int64) + 1000,
+        np.arange(m, dtype=np.int64) * 10,
+        rng.integers(0, 3, m),
+        np.where(np.array(steps) == net_spans.BEGIN, 0, rng.integers(1, 100, m)),
+        rng.random(m) < 0.5,
+        ["", "a", "b"],
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_vectorized_replay_equals_the_stepwise_replay(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    events = random_events(rng, int(rng.integers(1, 300)), well_formed=True)
+    nested = net_spans.replay_nested(events)
+    assert nested is not None
+    assert nested.tolist() == [list(row) for row in net_spans.replay_stepwise(events)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_chains_with_skipped_ends_are_replayed_step_by_step(seed: int) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    events = random_events(rng, int(rng.integers(20, 300)), well_formed=False)
+    stepwise = np.array(net_spans.replay_stepwise(events), np.int64).reshape(-1, 6)
+    assert net_spans.replay(events).tolist() == stepwise.tolist()
+    if net_spans.replay_nested(events) is not None:  # no end happened to be skipped
+        assert net_spans.replay_nested(events).tolist() == stepwise.tolist()

@@ -218,3 +218,65 @@ class ThreadBlockWriter:
 
 def thread_stream_metadata() -> tuple[bytes, bytes]:
     return metadata(THREAD_DEPENDENCY_TYPES), metadata(THREAD_OBJECT_TYPES)
+
+
+# A net stream as Unreal's MicromegasTracing describes it (NetEvents.h, NetMetadata.h): uint64 times,
+# StaticStringRef names (pointer, size, padding) into StaticStringDependency strings, uint32 bit sizes.
+STRING_REF = "StaticStringRef"
+NET_OBJECT_TYPES = [
+    udt(
+        "NetConnectionBeginEvent",
+        32,
+        [
+            member("time", "uint64", 0, 8),
+            member("connection_name", STRING_REF, 8, 16, True),
+            member("is_outgoing", "uint8", 24, 1),
+        ],
+    ),
+    udt("NetConnectionEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+    udt("NetObjectBeginEvent", 24, [member("time", "uint64", 0, 8), member("object_name", STRING_REF, 8, 16, True)]),
+    udt("NetObjectEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+    udt(
+        "NetPropertyEvent",
+        32,
+        [
+            member("time", "uint64", 0, 8),
+            member("property_name", STRING_REF, 8, 16, True),
+            member("bit_size", "uint32", 24, 4),
+        ],
+    ),
+    udt("NetRPCBeginEvent", 24, [member("time", "uint64", 0, 8), member("function_name", STRING_REF, 8, 16, True)]),
+    udt("NetRPCEndEvent", 16, [member("time", "uint64", 0, 8), member("bit_size", "uint32", 8, 4)]),
+]
+NET_DEPENDENCY_TYPES = [udt("StaticStringDependency", 0)]
+NET_TYPE_INDEX = {entry["name"]: index for index, entry in enumerate(NET_OBJECT_TYPES)}
+
+
+@dataclass
+class NetBlockWriter:
+    """One net block: StaticStringDependency entries for its names, then the events."""
+
+    dependencies: BufferWriter = field(default_factory=BufferWriter)
+    objects: BufferWriter = field(default_factory=BufferWriter)
+    strings: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+
+    def _ref(self, text: str) -> bytes:
+        if text not in self.strings:
+            self.strings[text] = 0x7000 + 0x10 * len(self.strings)
+            self.dependencies.dynamic(0, struct.pack("<Q", self.strings[text]) + dyn_string(text))
+        return struct.pack("<QII", self.strings[text], len(text), 0xBAD)  # pointer, size, padding
+
+    def event(self, type_name: str, ticks: int, name: str | None = None, bits: int = 0, outgoing: int = 0) -> None:
+        body = struct.pack("<Q", ticks)
+        if name is not None:
+            body += self._ref(name)
+        if type_name == "NetConnectionBeginEvent":
+            body += struct.pack("<B7x", outgoing)
+        elif type_name != "NetObjectBeginEvent" and type_name != "NetRPCBeginEvent":
+            body += struct.pack("<I4x", bits)
+        self.objects.fixed(NET_TYPE_INDEX[type_name], body)
+        self.count += 1
+
+    def payload(self) -> bytes:
+        return payload(self.dependencies.getvalue(), self.objects.getvalue())

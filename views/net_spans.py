@@ -16,8 +16,11 @@ stack is replayed over the events (span id = event id = block object offset + ob
   that span; `connection_name` / `is_outgoing` come from the bottom of the stack (a connection's own
   when it is the bottom); spans still open at the end of a chain are dropped.
 
-The replay is a loop over integer arrays, one step per event: each step's effect depends on the stack
-the previous steps left (the skip rules), so it does not reduce to prefix sums as thread_spans does.
+When no end is skipped (a well-formed stream), the replay is vectorized (`replay_nested`): the stack
+size is a running sum of +1 / -1, the open span at the top of a stack of size L is the latest begin
+that left L spans open, depths follow the parent pointers (reset at connections), and begin_bits are
+running sums of the bits emitted into each enclosing span. A chain where some end would be skipped
+is replayed event by event (`replay_stepwise`), since each skip changes what every later end meets.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from spanlake.views.async_events import chain_depths
 from spanlake.views.columns import Coded, constant_dictionary, dictionary_array, timestamp_array
 from spanlake.views.decoded import BlockRowsError, DecodedBlock
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
@@ -139,8 +143,84 @@ Row = tuple[int, int, int, int, int, int]
 _EVENT_COLUMNS = [0, 1, 3, 5]
 
 
-def replay(events: _NetEvents) -> list[Row]:
-    """The spans of one chain, in emission order (see the module docstring)."""
+def replay(events: _NetEvents) -> np.ndarray:
+    """The spans of one chain in emission order, one `Row` per line of an (n, 6) int64 array."""
+    nested = replay_nested(events)
+    if nested is not None:
+        return nested
+    return np.array(replay_stepwise(events), np.int64).reshape(-1, 6)
+
+
+def replay_nested(events: _NetEvents) -> np.ndarray | None:
+    """`replay` of a chain where no end is skipped, vectorized; None when some end would be."""
+    n = len(events.step)
+    is_begin, is_end = events.step == BEGIN, events.step == END
+    delta = is_begin.astype(np.int64) - is_end
+    after = np.cumsum(delta)  # spans open after each event
+    before = after - delta
+    if n == 0 or after.min() < 0:
+        return None if n else np.zeros((0, 6), np.int64)  # an end with nothing open is skipped
+    latest = _LatestBegin(np.flatnonzero(is_begin), after)
+    ends = np.flatnonzero(is_end)
+    opened_by = latest.at(before[ends], ends)
+    if np.any(events.kind[opened_by] != events.kind[ends]):
+        return None  # an end meeting another kind is skipped
+    top = latest.at(before, np.arange(n))  # the open span under each event (-1: none)
+    is_connection = events.kind == CONNECTION
+    depth = chain_depths(np.where(is_begin & ~is_connection, top, -1)).astype(np.int64)
+    leaves = np.flatnonzero(events.step == LEAF)
+    emitted = np.sort(np.concatenate([ends, leaves]))  # rows in emission order
+    opened = np.arange(n)
+    opened[ends] = opened_by
+    opened = opened[emitted]
+    container = np.where(is_end, latest.at(before - 1, np.arange(n)), top)[emitted]  # takes the bits
+    leaf_depth = np.where(top >= 0, depth[np.maximum(top, 0)] + 1, 0)
+    open_levels = before[opened] + is_begin[opened]  # spans open while the row's span is, itself included
+    bottom = np.where(open_levels >= 1, latest.at(np.ones(len(emitted), np.int64), opened), -1)  # the stack's
+    connection = np.where((bottom >= 0) & is_connection[np.maximum(bottom, 0)], bottom, -1)
+    return np.stack(
+        [
+            opened,
+            emitted,
+            _bits_before(container, events.bit_size[emitted]),
+            np.where(is_connection[opened], -1, top[opened]),
+            np.where(is_begin[opened], depth[opened], leaf_depth[opened]),
+            connection,
+        ],
+        axis=1,
+    )
+
+
+class _LatestBegin:
+    """The latest begin at or before a position that left `level` spans open (-1: none, or level < 1)."""
+
+    def __init__(self, begins: np.ndarray, after: np.ndarray) -> None:
+        self.stride = len(after) + 1
+        keys = after[begins] * self.stride + begins
+        order = np.argsort(keys)
+        self.keys, self.begins, self.after = keys[order], begins[order], after
+
+    def at(self, level: np.ndarray, position: np.ndarray) -> np.ndarray:
+        slot = np.searchsorted(self.keys, level * self.stride + position, side="right") - 1
+        found = self.begins[np.maximum(slot, 0)] if len(self.begins) else np.zeros(len(level), np.int64)
+        valid = (slot >= 0) & (level >= 1) & (self.after[found] == level)
+        return np.where(valid, found, -1)
+
+
+def _bits_before(container: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Per row, the bits of the rows emitted earlier into the same enclosing span (0 without one)."""
+    order = np.argsort(container, kind="stable")
+    sorted_bits = bits[order]
+    running = np.cumsum(sorted_bits) - sorted_bits
+    group_start = np.r_[True, container[order][1:] != container[order][:-1]] if len(order) else np.zeros(0, bool)
+    starts = np.maximum.accumulate(np.where(group_start, np.arange(len(order)), 0)) if len(order) else order
+    before = np.empty_like(bits)
+    before[order] = running - running[starts]
+    return np.where(container >= 0, before, 0)
+
+
+def replay_stepwise(events: _NetEvents) -> list[Row]:
+    """`replay`, event by event (see the module docstring)."""
     rows: list[Row] = []
     # open spans: [event, kind, depth, parent event, connection event, bits of closed children]
     stack: list[list[int]] = []
@@ -180,7 +260,7 @@ def stream_batch(blocks: Sequence[TransitBlock]) -> pa.RecordBatch:
     ]
     events = _concat(chains)  # one replay per chain; rows point into the concatenation
     offsets = np.cumsum([0] + [len(chain.step) for chain in chains])
-    rows = [np.array(replay(chain), np.int64).reshape(-1, 6) for chain in chains]
+    rows = [replay(chain) for chain in chains]
     for chain_rows, offset in zip(rows, offsets, strict=False):
         events_of = chain_rows[:, _EVENT_COLUMNS]
         chain_rows[:, _EVENT_COLUMNS] = np.where(events_of >= 0, events_of + offset, events_of)  # -1 stays -1
