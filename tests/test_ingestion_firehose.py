@@ -289,6 +289,18 @@ def test_webhook_body_becomes_one_log_entry(server: SpanlakeServer) -> None:
     assert all(r["time"].value >= before // 1000 * 1000 for r in logs)  # no record time: the arrival time
 
 
+def test_webhook_gzip_body(server: SpanlakeServer) -> None:
+    name = f"gz-{uuid.uuid4().hex[:8]}"
+    body = b'{"event": "deploy"}'
+    assert webhook(server, gzip.compress(body), **{"X-Micromegas-Service-Name": name, "Content-Encoding": "gzip"}) == (
+        200,
+        b"",
+    )
+    pid = process_id(server, name)
+    logs = rows(server, f"SELECT msg, target FROM view_instance('log_entries', '{pid}')")
+    assert [(r["msg"], r["target"]) for r in logs] == [(body.decode(), "")]
+
+
 def test_webhook_refusals(server: SpanlakeServer) -> None:
     assert webhook(server, b"") == (400, b"empty body")
     status, text = webhook(server, b"\x1f\x8b\x08\x00bad", **{"Content-Encoding": "gzip"})

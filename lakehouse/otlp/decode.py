@@ -36,6 +36,7 @@ from spanlake.views.log_entries import LogColumns
 from spanlake.views.measures import MeasureColumns
 from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.otel_spans import SPAN_KINDS, STATUS_CODES, OtelSpanColumns
+from spanlake.views.otel_spans import VIEW_SET_NAME as OTEL_SPANS
 from spanlake.views.view import OtlpBlock, View
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
@@ -418,5 +419,5 @@ _EXTRACTORS: dict[str, Extractor] = {
 }
 # Views that read a format differently from its default columns above.
 _VIEW_EXTRACTORS: dict[str, Extractor] = {
-    "otel_spans": lambda payload, _: extract_otel_spans(_resource(payload, ResourceSpans)),
+    OTEL_SPANS: lambda payload, _: extract_otel_spans(_resource(payload, ResourceSpans)),
 }
