@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics, ScopeMetrics
 
 from spanlake.lakehouse.otlp.rust_text import attr_to_string
 
@@ -112,7 +112,7 @@ def metric_namespace(metric: Metric) -> str | None:
 
 def _by_namespace(resource: ResourceMetrics) -> list[ResourceMetrics]:
     # namespace key (lower case, None sorts first as Rust's Option) → (namespace as first seen, scopes)
-    buckets: dict[str | None, tuple[str | None, list[Any]]] = {}
+    buckets: dict[str | None, tuple[str | None, list[ScopeMetrics]]] = {}
     for scope_metrics in resource.scope_metrics:
         per_namespace: dict[str | None, tuple[str | None, list[Metric]]] = {}
         for metric in scope_metrics.metrics:
@@ -121,7 +121,7 @@ def _by_namespace(resource: ResourceMetrics) -> list[ResourceMetrics]:
             per_namespace.setdefault(key, (namespace, []))[1].append(metric)
         for key in _option_order(per_namespace):
             namespace, metrics = per_namespace[key]
-            scope = type(scope_metrics)(scope=scope_metrics.scope, schema_url=scope_metrics.schema_url, metrics=metrics)
+            scope = ScopeMetrics(scope=scope_metrics.scope, schema_url=scope_metrics.schema_url, metrics=metrics)
             buckets.setdefault(key, (namespace, []))[1].append(scope)
     arn = _raw(resource.resource.attributes, "aws.exporter.arn")
     rewritten = []

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from google.protobuf.message import Message
 
 from spanlake import tracing
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
@@ -77,7 +76,9 @@ def response(status: int, request_id: str, error_message: str | None = None) -> 
 Decoder = Callable[[list[bytes]], Iterator[list[OtlpResourceBlock]]]
 
 
-def _route(signal: str, decode: Decoder, store: StoreBlocks, authenticator: Authenticator | None) -> Any:
+def _route(
+    signal: str, decode: Decoder, store: StoreBlocks, authenticator: Authenticator | None
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     @tracing.span_fn(name=f"ingestion.firehose_{signal}")
     async def handle(request: web.Request) -> web.Response:
         request_id = request.headers.get(HEADER_REQUEST_ID, "")
@@ -126,7 +127,7 @@ def _decoded(decode: Decoder, records: list[bytes]) -> tuple[list[OtlpResourceBl
 def _metrics_blocks(records: list[bytes]) -> Iterator[list[OtlpResourceBlock]]:
     for index, record in enumerate(records):
         for export in cloudwatch.length_delimited_metrics(record, index):
-            yield _blocks("metrics", export)
+            yield otlp.resource_blocks("metrics", export)
 
 
 def _logs_blocks(records: list[bytes]) -> Iterator[list[OtlpResourceBlock]]:
@@ -134,11 +135,7 @@ def _logs_blocks(records: list[bytes]) -> Iterator[list[OtlpResourceBlock]]:
     for index, record in enumerate(records):
         export = cloudwatch.cloudwatch_logs_request(record, index, budget)
         if export is not None:
-            yield _blocks("logs", export)
-
-
-def _blocks(signal: str, export: Message) -> list[OtlpResourceBlock]:
-    return otlp.resource_blocks(signal, export)
+            yield otlp.resource_blocks("logs", export)
 
 
 # --- the envelope ----------------------------------------------------------------------------------
