@@ -139,9 +139,9 @@ def _process_cells(row: dict) -> list[str]:
     ]
 
 
-def sql_details(sql: str, time_range: TimeRange) -> str:
+def sql_details(sql: str, time_range: TimeRange, label: str = "SQL") -> str:
     """The SQL behind a screen, one click away, and a link that opens it on the SQL page."""
     return (
-        f"<details class=sql-behind><summary>SQL</summary><pre>{esc(sql)}</pre>"
+        f"<details class=sql-behind><summary>{esc(label)}</summary><pre>{esc(sql)}</pre>"
         f"{link(url('/sql', {'q': sql, **time_range.query}), 'open in the SQL page')}</details>"
     )

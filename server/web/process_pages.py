@@ -133,7 +133,10 @@ class ProcessScreens(Screens):
         body = tabs + html.time_form(process.path, time_range) + "<div class=cols>"
         body += "<section><h2>Process</h2>" + html.table(["", ""], _info_rows(process), "info", "info") + "</section>"
         body += "<section><h2>Counts</h2>" + html.table(["", ""], rows, "info", "counts")
-        body += "".join(sql_details(sql, time_range) for sql in sqls.values()) + "</section></div>"
+        body += "".join(sql_details(sql, time_range, f"SQL of {label}") for label, sql in sqls.items())
+        properties = [[esc(p["key"]), esc(p["value"])] for p in process.row["properties"] or []]
+        body += "</section><section><h2>Properties</h2>" + html.table(["", ""], properties, "info", "properties")
+        body += "</section></div>"
         return self.page(request, self._title(process), body, crumbs=[(process.path, process.process_id[:8])])
 
     async def logs(self, request: web.Request) -> web.Response:
@@ -309,5 +312,4 @@ def _info_rows(process: Process) -> list[list[str]]:
         ["duration", esc(html.format_duration(process.last_ns - start))],
         ["parent", link(f"/process/{parent}", str(parent)) if parent else ""],
     ]
-    rows += [[esc(p["key"]), esc(p["value"])] for p in row["properties"] or []]
     return rows
