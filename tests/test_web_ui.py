@@ -54,7 +54,9 @@ def as_datetime(rfc3339: str) -> dt.datetime:
 def lake(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     with running_server(postgres, tmp_path_factory.mktemp("web-ui")) as server:
         upload_rust_fixture(server.http_url)
-        pid = generate(server.http_url, "--tasks", "60", "--threads", "2", "--async-tasks", "4", "--flush-period", "0.5")
+        pid = generate(
+            server.http_url, "--tasks", "60", "--threads", "2", "--async-tasks", "4", "--flush-period", "0.5"
+        )
         lake = Lake(server, pid)
         both = f"SELECT process_id FROM processes WHERE process_id IN ('{pid}', '{RUST_PROCESS_ID}')"
         wait_until(lambda: len(lake.sql(both)) == 2, 30, "both processes in the processes view")
@@ -105,7 +107,8 @@ def test_process_page_counts_equal_sql(lake: Lake, chrome: Browser, watched: Wat
     begin, end = page_range(page)
     cpu_streams = [str(s["stream_id"]) for s in off_loop(lake.server.stream_rows, pid) if "cpu" in s["tags"]]
     thread_spans = sum(
-        lake.sql(f"SELECT count(*) AS n FROM view_instance('thread_spans', '{s}')", begin, end).n[0] for s in cpu_streams
+        lake.sql(f"SELECT count(*) AS n FROM view_instance('thread_spans', '{s}')", begin, end).n[0]
+        for s in cpu_streams
     )
     expected = {
         "log-entries": lake.sql(f"SELECT count(*) AS n FROM view_instance('log_entries', '{pid}')", begin, end).n[0],
@@ -117,7 +120,13 @@ def test_process_page_counts_equal_sql(lake: Lake, chrome: Browser, watched: Wat
         "threads": len(cpu_streams),
     }
     assert shown == expected and all(n > 0 for n in shown.values())
-    info = dict(zip(page.locator("#info td:nth-child(1)").all_inner_texts(), page.locator("#info td:nth-child(2)").all_inner_texts(), strict=True))
+    info = dict(
+        zip(
+            page.locator("#info td:nth-child(1)").all_inner_texts(),
+            page.locator("#info td:nth-child(2)").all_inner_texts(),
+            strict=True,
+        )
+    )
     assert info["exe"] == off_loop(lake.server.process_row, pid)["exe"] and info["process id"] == pid
     chrome.shot(page, f"process-{which}")
 
@@ -281,7 +290,9 @@ def test_perfetto_download_equals_spanlake_perfetto(
     received = Path(download.value.path()).read_bytes()
     assert received == spanlake_perfetto(lake, RUST_PROCESS_ID, "both", begin, end, tmp_path / "cli.pftrace")
     progress = page.inner_text("#progress")
-    assert f"{len(received) / 1e6:.2f} MB received in" in progress and page.get_attribute("#progress", "data-bytes") == str(len(received))
+    assert f"{len(received) / 1e6:.2f} MB received in" in progress and page.get_attribute(
+        "#progress", "data-bytes"
+    ) == str(len(received))
     chrome.shot(page, "perfetto")
 
 
@@ -301,7 +312,8 @@ window.addEventListener("message", (event) => {
 
 def test_open_in_perfetto_handshake(lake: Lake, chrome: Browser, watched: WatchedPage, tmp_path: Path) -> None:
     chrome.context.route(
-        "https://ui.perfetto.dev/**", lambda route: route.fulfill(status=200, content_type="text/html", body=PERFETTO_STUB)
+        "https://ui.perfetto.dev/**",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=PERFETTO_STUB),
     )
     try:
         page = watched.page
