@@ -129,7 +129,8 @@ def test_query_stream_framing(server: SpanlakeServer) -> None:
     batches = headers[1:-1]
     assert batches and all(h["type"] == "batch" and h["rows"] > 0 for h in batches)
     expected = flight_client(server, VIEWER_KEY).query(
-        f"SELECT time, level, msg FROM view_instance('log_entries', '{RUST_PROCESS_ID}') WHERE level <= 3 ORDER BY time",
+        f"SELECT time, level, msg FROM view_instance('log_entries', '{RUST_PROCESS_ID}')"
+        " WHERE level <= 3 ORDER BY time",
         *(dt.datetime.fromisoformat(RANGE[k]) for k in ("begin", "end")),
     )
     assert table.num_rows == sum(h["rows"] for h in batches) == len(expected) > 0

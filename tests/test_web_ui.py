@@ -139,7 +139,8 @@ def test_logs_level_filter_and_search(lake: Lake, chrome: Browser, watched: Watc
     page.click("form.search button")
     page.wait_for_url("**level=2**")
     levels = page.locator("#logs .level").all_inner_texts()
-    sql = f"SELECT time, level, msg FROM view_instance('log_entries', '{RUST_PROCESS_ID}') WHERE level <= 2 ORDER BY time DESC"
+    logs = f"view_instance('log_entries', '{RUST_PROCESS_ID}')"
+    sql = f"SELECT time, level, msg FROM {logs} WHERE level <= 2 ORDER BY time DESC"
     expected = lake.sql(sql, begin, end)
     assert levels == [{1: "fatal", 2: "error"}[n] for n in expected.level] and len(levels) > 0
     assert page.locator("#logs .level.lvl-2").count() == (expected.level == 2).sum()

@@ -7,7 +7,8 @@ Modules:
     time_range         the `from` / `to` of every URL (`now-1h`, RFC3339) as a query range
     queries            SQL through the in-process lakehouse session, errors worded for people
     html               the page layout, escaping, tables and the time-range form
-    pages              the screens: processes, process, logs, metrics, spans, threads, Perfetto, SQL
+    pages              the processes list and the SQL page; what every screen shares
+    process_pages      one process's screens: overview, logs, metrics, async spans, threads, Perfetto
     charts             the metrics chart, drawn as SVG on the server
     api                the JSON routes the pages' scripts call (span trees, SQL, health)
     perfetto_download  `GET /api/perfetto/{process_id}`: the trace streamed as an attachment
