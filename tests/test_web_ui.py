@@ -355,3 +355,20 @@ def test_bad_input_is_explained_in_the_page(
     assert message in watched.page.inner_text("#error")
     if status == 404 and "logs" in path:
         chrome.shot(watched.page, "error")
+
+
+def test_scripts_say_when_the_server_does_not_answer(lake: Lake, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{lake.url}/process/{RUST_PROCESS_ID}/spans")
+    page.wait_for_selector("#async-tree[data-loaded=true]")
+    page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    watched.expect_error("net::ERR_CONNECTION_REFUSED")
+    page.locator("#async-tree .span-row[aria-expanded=false] .twisty").first.click()
+    status = page.locator("#async-tree .tree-status.error")
+    status.wait_for()
+    assert status.inner_text() == "error: the spanlake server is not answering (is it running?)"
+    page.goto(f"{lake.url}/sql")
+    page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    page.click("#run")
+    page.locator("#sql-error").wait_for()
+    assert page.inner_text("#sql-error") == "the spanlake server is not answering (is it running?)"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from spanlake.server.web.html import esc, format_duration, format_time, table
 
 WIDTH, HEIGHT = 820, 280
-LEFT, RIGHT, TOP, BOTTOM = 70, 16, 14, 34
+LEFT, RIGHT, TOP, BOTTOM = 70, 48, 14, 34
 TICKS = 5
 
 
@@ -44,7 +44,7 @@ def chart_svg(bins: list[dict], bin_ns: int) -> str:
         )
     for i in range(TICKS + 1):
         t = times[0] + (times[-1] - times[0]) * i // TICKS
-        grid.append(f'<text class=xlabel x="{x(t):.1f}" y={HEIGHT - 12}>{esc(format_time(t)[11:23])}</text>')
+        grid.append(f'<text class=xlabel x="{x(t):.1f}" y={HEIGHT - 12}>{esc(_clock(t, times[-1] - times[0]))}</text>')
     points = "".join(
         f'<circle class=point cx="{x(t):.1f}" cy="{y(b["avg"]):.1f}" r=2.5 data-avg="{b["avg"]!r}"'
         f' data-min="{b["min"]!r}" data-max="{b["max"]!r}" data-n={b["n"]}><title>{esc(format_time(b["bin"]))}'
@@ -58,6 +58,13 @@ def chart_svg(bins: list[dict], bin_ns: int) -> str:
         f'{"".join(grid)}<polygon class=band points="{polygon}"/><polyline class=avg points="{avg}"/>'
         f"{points}</svg>"
     )
+
+
+def _clock(ns: int, span_ns: int) -> str:
+    """A time axis label: to the ms, or to the µs when the whole chart spans less than a second."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    clock = format_time(seconds * 1_000_000_000)[11:19]
+    return f"{clock}.{fraction // 1000:06d}" if span_ns < 1_000_000_000 else f"{clock}.{fraction // 1_000_000:03d}"
 
 
 def chart_section(title: str, bins: list[dict], bin_ns: int) -> str:

@@ -80,8 +80,8 @@ def time_form(path: str, time_range: TimeRange, hidden: Mapping[str, object] | N
         link(url(path, {**(hidden or {}), "from": value, "to": "now"}), label, "preset") for label, value in PRESETS
     )
     return f"""<form class=timerange method=get action="{esc(path)}">{keep}
-<label>from <input name=from value="{esc(time_range.from_text)}" size=34></label>
-<label>to <input name=to value="{esc(time_range.to_text)}" size=34></label>
+<label>from <input name=from value="{esc(time_range.from_text)}" size=38></label>
+<label>to <input name=to value="{esc(time_range.to_text)}" size=38></label>
 <button>Apply</button><span class=presets>{presets}</span>
 <span class=resolved>{esc(format_time(time_range.begin_ns))} → {esc(format_time(time_range.end_ns))}</span></form>"""
 
