@@ -54,10 +54,12 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def get_no_redirect(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+def get_no_redirect(
+    url: str, headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, dict[str, str]]:
     opener = urllib.request.build_opener(NoRedirect)
     try:
-        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+        with opener.open(urllib.request.Request(url, data=data, headers=headers or {}), timeout=30) as response:
             return response.status, dict(response.headers)
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers)
@@ -79,6 +81,23 @@ def test_pages_and_ui_routes_need_a_key(server: SpanlakeServer) -> None:
     health = json.loads(body)
     assert status == 200 and health["status"] == "healthy" and health["flightsql_connected"] is True
     assert http("GET", server.http_url + "/static/app.css")[0] == 200
+
+
+def test_login_redirects_only_inside_the_site(server: SpanlakeServer) -> None:
+    for target, expected in [
+        ("/sql?q=1", "/sql?q=1"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+    ]:
+        form = urllib.parse.urlencode({"key": VIEWER_KEY, "next": target}).encode()
+        status, headers = get_no_redirect(server.http_url + "/login", data=form)
+        assert (status, headers["Location"]) == (303, expected), target
+        assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+    status, headers = get_no_redirect(
+        server.http_url + "/login", data=urllib.parse.urlencode({"key": "wrong", "next": "/"}).encode()
+    )
+    assert status == 401 and "Set-Cookie" not in headers
 
 
 def test_non_admins_never_run_admin_functions(server: SpanlakeServer) -> None:

@@ -36,7 +36,7 @@ def login_redirect(request: web.Request) -> web.Response:
 
 def _safe_next(value: str | None) -> str:
     """Only a path of this site (never `//host` or a full URL): no open redirect."""
-    if not value or not value.startswith("/") or value.startswith("//"):
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
         return "/"
     return value
 

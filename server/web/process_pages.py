@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ async def load_process(pool: asyncpg.Pool, text: str) -> Process:
     bounds = await pool.fetchrow(
         "SELECT min(begin_time) AS first, max(end_time) AS last FROM blocks WHERE process_id = $1", pid
     )
-    start = datetime_ns(row["start_time"])
-    first = min(start, datetime_ns(bounds["first"])) if bounds["first"] else start
+    first = datetime_ns(bounds["first"]) if bounds["first"] else None
+    start = datetime_ns(row["start_time"]) if row["start_time"] else first or time.time_ns()
+    first = min(start, first) if first is not None else start
     last = datetime_ns(bounds["last"]) if bounds["last"] else start
     streams = await pool.fetch(
         "SELECT stream_id, properties FROM streams WHERE process_id = $1 AND 'cpu' = ANY(tags)"
@@ -303,7 +305,7 @@ def _tabs(process: Process, active: str, time_range: TimeRange) -> str:
 
 def _info_rows(process: Process) -> list[list[str]]:
     row = process.row
-    start = datetime_ns(row["start_time"])
+    start = datetime_ns(row["start_time"]) if row["start_time"] else process.first_ns
     parent = row["parent_process_id"]
     rows = [[esc(k), esc(row[k])] for k in ("exe", "computer", "username", "realname", "distro", "cpu_brand")]
     rows += [
