@@ -297,6 +297,18 @@ def test_perfetto_download_equals_spanlake_perfetto(
     chrome.shot(page, "perfetto")
 
 
+def test_perfetto_download_can_be_cancelled(lake: Lake, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{lake.url}/process/{RUST_PROCESS_ID}/perfetto")
+    downloads: list[object] = []
+    page.on("download", lambda download: downloads.append(download))
+    # Both clicks in one task: the fetch has started, and not finished, when Cancel aborts it.
+    page.evaluate("document.getElementById('download').click(); document.getElementById('cancel').click()")
+    page.wait_for_function("document.getElementById('progress').textContent === 'cancelled'")
+    assert page.locator("#cancel").is_hidden() and page.locator("#download").is_enabled()
+    assert page.locator("#perfetto-error").is_hidden() and downloads == []
+
+
 PERFETTO_STUB = """<!doctype html><title>stub</title><script>
 window.received = null;
 window.addEventListener("message", (event) => {
