@@ -41,7 +41,7 @@ def get_json(url: str) -> tuple[float, dict]:
     return time.perf_counter() - start, body
 
 
-def plain_datafusion(files: list[str], process_id: str, parent: int | None) -> float:
+def plain_datafusion(files: list[str], parent: int | None) -> float:
     """The same SQL on plain DataFusion over the same files (no catalog, no query range)."""
     ctx = SessionContext(session_config())
     start = time.perf_counter()
@@ -49,10 +49,7 @@ def plain_datafusion(files: list[str], process_id: str, parent: int | None) -> f
         ctx.register_parquet(f"p{i}", path)
     union = " UNION ALL ".join(f"SELECT * FROM p{i}" for i in range(len(files)))
     ctx.register_view("events", ctx.sql(union))
-    sql = async_spans_sql(process_id, parent, TREE_LIMIT).replace(
-        f"view_instance('async_events', '{process_id}')", "events"
-    )
-    ctx.sql(sql).to_arrow_table()
+    ctx.sql(async_spans_sql("events", parent, TREE_LIMIT)).to_arrow_table()
     return time.perf_counter() - start
 
 
@@ -87,7 +84,7 @@ def main() -> None:
                 ("children", f"{base}?parent={parent}", parent),
             ):
                 web = statistics.median(get_json(url)[0] for _ in range(args.runs))
-                plain = statistics.median(plain_datafusion(files, process_id, level_parent) for _ in range(args.runs))
+                plain = statistics.median(plain_datafusion(files, level_parent) for _ in range(args.runs))
                 print(
                     f"{label}: web route {web * 1000:.0f} ms, plain DataFusion {plain * 1000:.0f} ms,"
                     f" ratio {web / plain:.2f} (median of {args.runs}, {len(files)} partition files)"

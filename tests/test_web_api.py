@@ -5,6 +5,7 @@ page and UI route behind it, admin functions out of reach of non-admins, microme
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
@@ -257,3 +258,31 @@ def test_login_page_and_admin_gate_in_the_browser(server: SpanlakeServer, chrome
         page.click("#run")
         page.locator("#result-table").wait_for()
         assert page.locator("#sql-error").is_hidden()
+
+
+def test_find_answers_the_path_to_a_thread_span(server: SpanlakeServer) -> None:
+    client = flight_client(server, VIEWER_KEY)
+    [stream_id] = client.query(
+        f"SELECT stream_id FROM streams WHERE process_id = '{RUST_PROCESS_ID}'"
+        " AND property_get(properties, 'thread-name') = 'main'"
+    ).stream_id
+    begin, end = (dt.datetime.fromisoformat(RANGE[k]) for k in ("begin", "end"))
+    spans = client.query(
+        f"SELECT id, parent, depth, name FROM view_instance('thread_spans', '{stream_id}')", begin, end
+    )
+    deep = spans.sort_values(["depth", "id"], ascending=[False, True]).iloc[0]
+    same_name = spans[spans.name.str.lower().str.contains(deep["name"].lower(), regex=False)]
+    query = urllib.parse.urlencode({"name": deep["name"], "n": 0, "from": RANGE["begin"], "to": RANGE["end"]})
+    status, body = http(
+        "GET", f"{server.http_url}/api/stream/{stream_id}/thread-spans/find?{query}", headers=bearer(VIEWER_KEY)
+    )
+    found = json.loads(body)
+    assert status == 200 and found["total"] == len(same_name) and found["complete"] is True
+    by_id = spans.set_index("id")
+    path = [int(i) for i in found["path"]]
+    assert len(path) == by_id.loc[path[-1]].depth + 1 and by_id.loc[path[0]].depth == 0
+    assert all(by_id.loc[child].parent == parent for parent, child in itertools.pairwise(path))
+    status, body = http(
+        "GET", f"{server.http_url}/api/stream/{stream_id}/thread-spans/find", headers=bearer(VIEWER_KEY)
+    )
+    assert status == 400 and "'name'" in json.loads(body)["error"]

@@ -384,3 +384,32 @@ def test_scripts_say_when_the_server_does_not_answer(lake: Lake, watched: Watche
     page.click("#run")
     page.locator("#sql-error").wait_for()
     assert page.inner_text("#sql-error") == "the spanlake server is not answering (is it running?)"
+
+
+def test_find_reveals_a_deep_span_anywhere_in_the_tree(lake: Lake, chrome: Browser, watched: WatchedPage) -> None:
+    page = watched.page
+    pid = RUST_PROCESS_ID
+    page.goto(f"{lake.url}/process/{pid}/spans")
+    page.wait_for_selector("#async-tree[data-loaded=true]")
+    begin, end = page_range(page)
+    events = f"view_instance('async_events', '{pid}')"
+    deepest = lake.sql(
+        f"SELECT name FROM {events} WHERE event_type = 'begin' ORDER BY depth DESC, time LIMIT 1", begin, end
+    )
+    name = deepest.name[0]
+    matches = lake.sql(
+        f"SELECT span_id, depth FROM {events} WHERE event_type = 'begin' AND strpos(lower(name), lower('{name}')) > 0"
+        " ORDER BY time, span_id",
+        begin,
+        end,
+    )
+    assert matches.depth[0] > 0  # not a top-level span: the page must load levels to show it
+    page.fill("#async-tree .tree-search", name)
+    page.press("#async-tree .tree-search", "Enter")
+    selected = page.locator(f"#async-tree .span-row.selected[data-id='{matches.span_id[0]}']")
+    selected.wait_for()
+    assert page.inner_text("#async-tree .span-details dd[data-field=depth]") == str(matches.depth[0])
+    assert page.inner_text("#async-tree .tree-status").startswith(f"match 1 of {len(matches)} for “{name}”")
+    expanded = page.locator("#async-tree .span-row[aria-expanded=true]").count()
+    assert expanded >= matches.depth[0]
+    chrome.shot(page, "async-spans-find")

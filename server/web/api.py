@@ -25,6 +25,7 @@ from spanlake.server.web import html, queries
 from spanlake.server.web.auth_cookie import is_admin
 from spanlake.server.web.pages import MAX_LIMIT, int_param
 from spanlake.server.web.process_pages import lifetime_range, load_process
+from spanlake.server.web.span_find import SpanTable, find_path
 from spanlake.server.web.time_range import TimeRange, TimeRangeError, parse_range
 
 TREE_LIMIT = 500
@@ -34,10 +35,10 @@ def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body, default=str), status=status, content_type="application/json")
 
 
-def async_spans_sql(process_id: str, parent: int | None, limit: int, offset: int = 0) -> str:
-    """One level of a process's async span tree: begins paired with their ends, children counted."""
+def async_spans_sql(events: str, parent: int | None, limit: int, offset: int = 0) -> str:
+    """One level of a process's async span tree (`events`: its async_events instance): begins paired
+    with their ends, children counted."""
     level = "depth = 0" if parent is None else f"parent_span_id = {parent}"
-    events = f"view_instance('async_events', '{process_id}')"
     return f"""WITH page AS (
   SELECT span_id, parent_span_id, depth, time AS begin, name, target, filename, line FROM {events}
   WHERE event_type = 'begin' AND {level} ORDER BY time, span_id LIMIT {limit} OFFSET {offset}),
@@ -52,10 +53,9 @@ FROM page p LEFT JOIN ends e ON p.span_id = e.span_id LEFT JOIN kids k ON p.span
 ORDER BY p.begin, p.span_id"""
 
 
-def thread_spans_sql(stream_id: str, parent: int | None, limit: int, offset: int = 0) -> str:
-    """One level of a thread's call tree, children counted."""
+def thread_spans_sql(spans: str, parent: int | None, limit: int, offset: int = 0) -> str:
+    """One level of a thread's call tree (`spans`: its thread_spans instance), children counted."""
     level = "depth = 0" if parent is None else f"parent = {parent}"
-    spans = f"view_instance('thread_spans', '{stream_id}')"
     return f"""WITH page AS (
   SELECT id, parent, depth, begin, "end", name, target, filename, line FROM {spans}
   WHERE {level} ORDER BY begin, id LIMIT {limit} OFFSET {offset}),
@@ -109,15 +109,11 @@ class Api:
         table = await asyncio.to_thread(queries.collect, self.lake, sql, time_range.ns, is_admin(request))
         return json_response(_tree_json(table, time_range, limit))
 
-    async def async_spans(self, request: web.Request) -> web.Response:
+    async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
         process = await load_process(self.lake.pool, request.match_info["process_id"])
-        time_range = lifetime_range(process, request.query)
-        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
-        offset = int_param(request, "offset", 0, 0, 2**62)
-        sql = async_spans_sql(process.process_id, _parent(request), limit, offset)
-        return await self._tree(request, sql, time_range, limit)
+        return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
 
-    async def thread_spans(self, request: web.Request) -> web.Response:
+    async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
         text = request.match_info["stream_id"]
         try:
             stream_id = uuid.UUID(text)
@@ -125,11 +121,35 @@ class Api:
             raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
         if await self.lake.pool.fetchval("SELECT 1 FROM streams WHERE stream_id = $1", stream_id) is None:
             raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
-        time_range = parse_range(request.query, "now-1h")
+        return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
+
+    async def async_spans(self, request: web.Request) -> web.Response:
+        table, time_range = await self._process_tree(request)
         limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
         offset = int_param(request, "offset", 0, 0, 2**62)
-        sql = thread_spans_sql(str(stream_id), _parent(request), limit, offset)
+        sql = async_spans_sql(table.source, _parent(request), limit, offset)
         return await self._tree(request, sql, time_range, limit)
+
+    async def thread_spans(self, request: web.Request) -> web.Response:
+        table, time_range = await self._thread_tree(request)
+        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
+        offset = int_param(request, "offset", 0, 0, 2**62)
+        sql = thread_spans_sql(table.source, _parent(request), limit, offset)
+        return await self._tree(request, sql, time_range, limit)
+
+    async def find_async_span(self, request: web.Request) -> web.Response:
+        return await self._find(request, *await self._process_tree(request))
+
+    async def find_thread_span(self, request: web.Request) -> web.Response:
+        return await self._find(request, *await self._thread_tree(request))
+
+    async def _find(self, request: web.Request, table: SpanTable, time_range: TimeRange) -> web.Response:
+        text = request.query.get("name", "").strip()
+        if not text:
+            raise html.PageError(400, "Bad request", "'name' must be the text to find in span names")
+        index = int_param(request, "n", 0, 0, 2**62)
+        found = await asyncio.to_thread(find_path, self.lake, table, text, index, time_range.ns, is_admin(request))
+        return json_response(found)
 
     async def sql(self, request: web.Request) -> web.Response:
         """`{sql, begin, end, limit}` → `{columns, rows, row_count, bytes, elapsed_ms, truncated}`."""

@@ -105,6 +105,8 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_get("/api/health", api.health)
     app.router.add_get("/api/process/{process_id}/async-spans", _reported(api.async_spans, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans", _reported(api.thread_spans, _as_json))
+    app.router.add_get("/api/process/{process_id}/async-spans/find", _reported(api.find_async_span, _as_json))
+    app.router.add_get("/api/stream/{stream_id}/thread-spans/find", _reported(api.find_thread_span, _as_json))
     app.router.add_post("/api/sql", _reported(api.sql, _as_json))
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake).handle)

@@ -16,7 +16,8 @@ class SpanTree {
     this.selected = null;
     this.toggles = new WeakMap(); // row → expand / collapse
     this.search.addEventListener("input", () => this.highlight());
-    this.search.addEventListener("keydown", (event) => { if (event.key === "Enter") this.jumpToHit(); });
+    this.search.addEventListener("keydown", (event) => { if (event.key === "Enter") this.find(); });
+    this.found = { text: null, index: 0 };
     this.rows.addEventListener("keydown", (event) => this.onKey(event));
   }
 
@@ -163,15 +164,41 @@ class SpanTree {
       row.classList.toggle("hit", hit);
       hits += hit ? 1 : 0;
     }
-    if (needle) this.setStatus(`${hits} of ${this.spans.size.toLocaleString()} loaded spans match “${this.search.value.trim()}” (Enter: next)`);
+    if (needle) this.setStatus(`${hits} of ${this.spans.size.toLocaleString()} loaded spans match “${this.search.value.trim()}” · Enter: find in the whole tree`);
   }
 
-  jumpToHit() {
-    const hits = [...this.rows.querySelectorAll(".span-row.hit")].filter((row) => row.offsetParent !== null);
-    if (!hits.length) return;
-    const next = hits.find((row) => this.selected && (row.compareDocumentPosition(this.selected) & Node.DOCUMENT_POSITION_PRECEDING)) || hits[0];
-    next.scrollIntoView({ block: "center" });
-    next.click();
+  /** Enter in the search box: the next span whose name matches, anywhere in the tree (loaded or not),
+   * its path from the root expanded level by level, then selected. */
+  async find() {
+    const text = this.search.value.trim();
+    if (!text) return;
+    if (text !== this.found.text) this.found = { text, index: 0 };
+    const url = this.url({ name: text, n: this.found.index });
+    url.pathname += "/find";
+    try {
+      const found = await spanlake.json(await spanlake.fetch(url));
+      if (!found.total) { this.setStatus(`no span named like “${text}” in this time range`); return; }
+      const row = await this.reveal(found.path);
+      const where = row ? "" : " (its top-level span is not among the loaded ones: use “show more” or a narrower range)";
+      this.setStatus(`match ${found.index + 1} of ${found.total.toLocaleString()} for “${text}”${where} · Enter: next`);
+      this.found.index = (found.index + 1) % found.total;
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /** Expands the ancestors of path's last span (ids from the root) and selects it; null if not on the page. */
+  async reveal(path) {
+    let row = null;
+    for (const [i, id] of path.entries()) {
+      row = this.rows.querySelector(`.span-row[data-id="${CSS.escape(id)}"]`);
+      if (!row) return null;
+      if (i < path.length - 1 && row.getAttribute("aria-expanded") === "false") await this.toggles.get(row)();
+    }
+    row.scrollIntoView({ block: "center" });
+    row.click();
+    this.highlight();
+    return row;
   }
 
   onKey(event) {
