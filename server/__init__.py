@@ -15,4 +15,5 @@ Modules:
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
     flightsql         the Arrow Flight SQL server (a package)
+    web               the web UI: pages, span trees, SQL, Perfetto, micromegas query stream (a package)
 """

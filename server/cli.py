@@ -41,10 +41,16 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
     try:
         authenticator = make_authenticator(settings, lake)
         stoppers: list[Callable[[], None]] = []
-        if "ingest" in roles:
-            runner = lake.loop.run(start_ingestion(lake, authenticator, settings.host, settings.http_port))
+        if "ingest" in roles or "web" in roles:
+            http = start_ingestion(
+                lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles
+            )
+            runner = lake.loop.run(http)
             stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
-            print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
+            if "ingest" in roles:
+                print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
+            if "web" in roles:
+                print(f"spanlake web UI: http://{settings.host}:{settings.http_port}/", flush=True)
         if "flightsql" in roles:
             flight_server = FlightSqlServer(
                 f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
@@ -84,7 +90,7 @@ def lakehouse_sessions(lake: Lake) -> SessionFactory:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    return run_roles(settings, ("ingest", "flightsql", "maintain"))
+    return run_roles(settings, ("ingest", "flightsql", "maintain", "web"))
 
 
 def _cmd_flightsql(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,6 +103,10 @@ def _cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return run_roles(settings, ("ingest",))
+
+
+def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    return run_roles(settings, ("web",))
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -132,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    command("serve", _cmd_serve, "run every role in one process (ingestion, Flight SQL, maintenance)")
+    command("serve", _cmd_serve, "run every role in one process (ingestion, Flight SQL, maintenance, web UI)")
     command("ingest", _cmd_ingest, "run the HTTP ingestion API only")
     command("flightsql", _cmd_flightsql, "run the Arrow Flight SQL API only")
     command("maintain", _cmd_maintain, "run the maintenance daemon only (global views, merges, retention)")
+    command("web", _cmd_web, "run the web UI only (queries the lakehouse in process)")
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
     generate = command(
         "generate",

@@ -22,6 +22,7 @@ from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.web.routes import mount_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class IngestionService:
-    def __init__(self, lake: Lake, authenticator: Authenticator | None) -> None:
+    def __init__(
+        self, lake: Lake, authenticator: Authenticator | None, ingestion: bool = True, web_ui: bool = False
+    ) -> None:
         self.lake = lake
         self.authenticator = authenticator
+        self.ingestion = ingestion
+        self.web_ui = web_ui
         self._ready_at = 0.0
         self._ready_error: str | None = None
 
@@ -47,12 +52,15 @@ class IngestionService:
         )
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
-        app.router.add_post("/ingestion/insert_process", self.insert_process)
-        app.router.add_post("/ingestion/insert_stream", self.insert_stream)
-        app.router.add_post("/ingestion/insert_block", self.insert_block)
-        app.router.add_post("/ingestion/otlp/v1/{signal:logs|metrics|traces}", self.otlp_export)
-        app.router.add_post("/ingestion/webhook", webhook.route(self.store_otlp_blocks))
-        firehose.add_routes(app, self.store_otlp_blocks, self.authenticator)
+        if self.ingestion:
+            app.router.add_post("/ingestion/insert_process", self.insert_process)
+            app.router.add_post("/ingestion/insert_stream", self.insert_stream)
+            app.router.add_post("/ingestion/insert_block", self.insert_block)
+            app.router.add_post("/ingestion/otlp/v1/{signal:logs|metrics|traces}", self.otlp_export)
+            app.router.add_post("/ingestion/webhook", webhook.route(self.store_otlp_blocks))
+            firehose.add_routes(app, self.store_otlp_blocks, self.authenticator)
+        if self.web_ui:
+            mount_web_ui(app, self.lake, self.authenticator)
         return app
 
     @web.middleware
@@ -155,10 +163,19 @@ class IngestionService:
         return web.Response(status=status, body=data, content_type=response_type)
 
 
-async def start_ingestion(lake: Lake, authenticator: Authenticator | None, host: str, port: int) -> web.AppRunner:
-    """Starts the HTTP server on the running loop; returns the runner to stop it with `cleanup()`."""
+async def start_ingestion(
+    lake: Lake,
+    authenticator: Authenticator | None,
+    host: str,
+    port: int,
+    ingestion: bool = True,
+    web_ui: bool = False,
+) -> web.AppRunner:
+    """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns the runner
+    to stop it with `cleanup()`."""
     # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
-    runner = web.AppRunner(IngestionService(lake, authenticator).app(), access_log=None, auto_decompress=False)
+    service = IngestionService(lake, authenticator, ingestion, web_ui)
+    runner = web.AppRunner(service.app(), access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=True).start()
     log.info("ingestion API listening on http://%s:%d", host, port)

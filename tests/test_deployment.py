@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,7 +54,7 @@ from spanlake.server.auth import is_loopback, parse_api_keys
 from spanlake.server.cli import build_parser
 from spanlake.server.ingestion import IngestionService
 
-ROLES = ("ingest", "flightsql", "maintain")
+ROLES = ("ingest", "flightsql", "maintain", "web")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_compose_wires_spanlake_to_postgres_and_minio(compose: dict[str, Any], d
             "minio-init": {"condition": "service_completed_successfully"},
         }
     assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
-    for name in ("postgres", "minio", "ingest", "flightsql"):
+    for name in ("postgres", "minio", "ingest", "flightsql", "web"):
         assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
     assert services["maintain"]["healthcheck"] == {"disable": True}
     assert set(compose["volumes"]) == {"postgres-data", "minio-data"}
@@ -132,6 +135,8 @@ def test_compose_publishes_ingestion_and_one_flightsql_port(compose: dict[str, A
     services = compose["services"]
     http_port, flight_port = dockerfile.env["SPANLAKE_HTTP_PORT"], dockerfile.env["SPANLAKE_FLIGHTSQL_PORT"]
     assert services["ingest"]["ports"] == [f"{http_port}:{http_port}"]
+    [web_port] = services["web"]["ports"]
+    assert web_port.endswith(f":{http_port}") and web_port.split(":")[0] != http_port
     assert "ports" not in services["flightsql"], "replicas cannot share a published port"
     balancer = services["flightsql-lb"]
     assert balancer["ports"] == [f"{flight_port}:{flight_port}"]
@@ -179,6 +184,7 @@ def stack(compose: dict[str, Any], dockerfile: Dockerfile, tmp_path_factory: pyt
             service.start()
         services["ingest"].wait_healthy()
         services["flightsql"].wait_healthy()
+        services["web"].wait_healthy()
         services["maintain"].wait_for_output("spanlake maintenance daemon running")
         env = services["ingest"].env
         keys = api_keys(env)
@@ -271,8 +277,29 @@ def test_blocks_and_partitions_land_in_the_bucket(stack: Stack) -> None:
         assert all(p.startswith(f"{stack.prefix}/views/{view}/global/") for p in paths)
 
 
+def test_web_serves_the_lake_to_a_signed_in_key(stack: Stack) -> None:
+    base = f"http://127.0.0.1:{stack.services['web'].env['SPANLAKE_HTTP_PORT']}"
+    with urllib.request.urlopen(f"{base}/", timeout=30) as response:  # redirected to the login page
+        assert response.url.startswith(f"{base}/login")
+    login = urllib.parse.urlencode({"key": stack.key, "next": f"/process/{stack.process_id}"}).encode()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(f"{base}/login", data=login, timeout=30) as response:
+        page = response.read().decode()
+    assert response.url == f"{base}/process/{stack.process_id}" and "spanlake-telemetry-generator" in page
+    with opener.open(f"{base}/api/process/{stack.process_id}/async-spans", timeout=30) as response:
+        top = json.loads(response.read())
+    assert top["total"] > 0 and {"user_workflow"} <= {span["name"] for span in top["spans"]}
+    # The web role serves no ingestion API: even with a valid key, there is no such route.
+    request = urllib.request.Request(
+        f"{base}/ingestion/insert_process", data=b"x", method="POST", headers={"Authorization": f"Bearer {stack.key}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 404
+
+
 def test_health_checks_pass_on_the_running_services(stack: Stack, dockerfile: Dockerfile) -> None:
-    for role in ("ingest", "flightsql"):
+    for role in ("ingest", "flightsql", "web"):
         result = stack.services[role].run_healthcheck()
         assert result.returncode == 0, result.stderr
     image_check = stack.services["ingest"].run_healthcheck(dockerfile.healthcheck)
@@ -283,7 +310,7 @@ def test_health_checks_fail_when_nothing_listens(
     compose: dict[str, Any], dockerfile: Dockerfile, tmp_path: Path
 ) -> None:
     hosts = {"postgres:5432": "127.0.0.1:5432", "minio:9000": "127.0.0.1:9000"}
-    for role in ("ingest", "flightsql"):
+    for role in ("ingest", "flightsql", "web"):
         service = local_service(role, compose, dockerfile, hosts, tmp_path)  # not started: nothing listens
         (service.root / "data").mkdir(parents=True)
         result = service.run_healthcheck()

@@ -270,3 +270,10 @@ def test_available_migrations_match_the_repository() -> None:
     assert [m.name for m in migrations] == [path.name for path in sql_files]
     assert [m.version for m in migrations] == list(range(1, len(sql_files) + 1))
     assert [m.sql for m in migrations] == [path.read_text() for path in sql_files]
+
+
+def test_web_ui_static_files_are_in_the_wheel(wheel_files: set[str]) -> None:
+    """The UI's scripts and stylesheet ship in the package (no build step, nothing fetched at run time)."""
+    static = {path for path in package_files() if path.startswith("server/web/static/")}
+    assert {"server/web/static/app.css", "server/web/static/app.js", "server/web/static/spantree.js"} <= static
+    assert sorted(path for path in static if f"spanlake/{path}" not in wheel_files) == []

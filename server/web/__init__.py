@@ -1,0 +1,17 @@
+"""The web UI: server-rendered pages, plain JavaScript and CSS, served on the HTTP port.
+
+Modules:
+
+    routes             mounts the UI on an aiohttp app: routes, the auth middleware, static files
+    auth_cookie        the login page and the HttpOnly cookie holding the API key
+    time_range         the `from` / `to` of every URL (`now-1h`, RFC3339) as a query range
+    queries            SQL through the in-process lakehouse session, errors worded for people
+    html               the page layout, escaping, tables and the time-range form
+    pages              the processes list and the SQL page; what every screen shares
+    process_pages      one process's screens: overview, logs, metrics, async spans, threads, Perfetto
+    charts             the metrics chart, drawn as SVG on the server
+    api                the JSON routes the pages' scripts call (span trees, SQL, health)
+    span_find          a span found by name anywhere in a tree, with the path from its root
+    perfetto_download  `GET /api/perfetto/{process_id}`: the trace streamed as an attachment
+    query_stream       `POST /api/query-stream`: micromegas analytics-web-srv's Arrow IPC framing
+"""

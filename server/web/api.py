@@ -1,0 +1,232 @@
+"""The JSON routes the pages' scripts call: span trees loaded level by level, the SQL page, health.
+
+Span trees never load a whole process: a request returns one level (the top-level spans, or the
+children of one span) in begin order, up to a limit, each with its number of children, so a process
+with a million spans opens as fast as one with a hundred. Times are ns offsets from the range's
+begin (exact in a JS number), ids are strings (64-bit ids do not fit in one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import uuid
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.compute as pc
+from aiohttp import web
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.server.web import html, queries
+from spanlake.server.web.auth_cookie import is_admin
+from spanlake.server.web.pages import MAX_LIMIT, int_param
+from spanlake.server.web.process_pages import lifetime_range, load_process
+from spanlake.server.web.span_find import SpanTable, find_path
+from spanlake.server.web.time_range import TimeRange, TimeRangeError, parse_range
+
+TREE_LIMIT = 500
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(body, default=str), status=status, content_type="application/json")
+
+
+def async_spans_sql(events: str, parent: int | None, limit: int, offset: int = 0) -> str:
+    """One level of a process's async span tree (`events`: its async_events instance): begins paired
+    with their ends, children counted."""
+    level = "depth = 0" if parent is None else f"parent_span_id = {parent}"
+    return f"""WITH page AS (
+  SELECT span_id, parent_span_id, depth, time AS begin, name, target, filename, line FROM {events}
+  WHERE event_type = 'begin' AND {level} ORDER BY time, span_id LIMIT {limit} OFFSET {offset}),
+ends AS (SELECT span_id, time AS end FROM {events}
+  WHERE event_type = 'end' AND span_id IN (SELECT span_id FROM page)),
+kids AS (SELECT parent_span_id, count(*) AS children FROM {events}
+  WHERE event_type = 'begin' AND parent_span_id IN (SELECT span_id FROM page) GROUP BY parent_span_id)
+SELECT p.span_id AS id, p.parent_span_id AS parent, p.depth, p.begin, e.end, p.name, p.target, p.filename, p.line,
+  coalesce(k.children, 0) AS children,
+  (SELECT count(*) FROM {events} WHERE event_type = 'begin' AND {level}) AS total
+FROM page p LEFT JOIN ends e ON p.span_id = e.span_id LEFT JOIN kids k ON p.span_id = k.parent_span_id
+ORDER BY p.begin, p.span_id"""
+
+
+def thread_spans_sql(spans: str, parent: int | None, limit: int, offset: int = 0) -> str:
+    """One level of a thread's call tree (`spans`: its thread_spans instance), children counted."""
+    level = "depth = 0" if parent is None else f"parent = {parent}"
+    return f"""WITH page AS (
+  SELECT id, parent, depth, begin, "end", name, target, filename, line FROM {spans}
+  WHERE {level} ORDER BY begin, id LIMIT {limit} OFFSET {offset}),
+kids AS (SELECT parent, count(*) AS children FROM {spans} WHERE parent IN (SELECT id FROM page) GROUP BY parent)
+SELECT p.*, coalesce(k.children, 0) AS children, (SELECT count(*) FROM {spans} WHERE {level}) AS total
+FROM page p LEFT JOIN kids k ON p.id = k.parent ORDER BY p.begin, p.id"""
+
+
+def _parent(request: web.Request) -> int | None:
+    text = request.query.get("parent")
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise html.PageError(400, "Bad request", f"'parent' must be a span id (an integer), given '{text}'") from None
+
+
+def _tree_json(table: pa.Table, time_range: TimeRange, limit: int) -> dict:
+    """Spans as JSON rows; begin/end as ns after the range's begin (end null when not in the range)."""
+    offsets = {
+        name: pc.subtract(table.column(name).cast(pa.int64()), time_range.begin_ns).to_pylist()
+        for name in ("begin", "end")
+    }
+    spans = []
+    for i, row in enumerate(table.drop_columns(["begin", "end", "total"]).to_pylist()):
+        spans.append(
+            {
+                **row,
+                "id": str(row["id"]),
+                "parent": str(row["parent"]),
+                "begin": offsets["begin"][i],
+                "end": offsets["end"][i],
+            }
+        )
+    total = table.column("total")[0].as_py() if table.num_rows else 0
+    return {
+        "spans": spans,
+        "total": total,
+        "limit": limit,
+        "range_ns": time_range.end_ns - time_range.begin_ns,
+        "base": time_range.begin_rfc3339,
+    }
+
+
+class Api:
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    async def _tree(self, request: web.Request, sql: str, time_range: TimeRange, limit: int) -> web.Response:
+        table = await asyncio.to_thread(queries.collect, self.lake, sql, time_range.ns, is_admin(request))
+        return json_response(_tree_json(table, time_range, limit))
+
+    async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
+        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
+
+    async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
+        text = request.match_info["stream_id"]
+        try:
+            stream_id = uuid.UUID(text)
+        except ValueError:
+            raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
+        if await self.lake.pool.fetchval("SELECT 1 FROM streams WHERE stream_id = $1", stream_id) is None:
+            raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
+        return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
+
+    async def async_spans(self, request: web.Request) -> web.Response:
+        table, time_range = await self._process_tree(request)
+        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
+        offset = int_param(request, "offset", 0, 0, 2**62)
+        sql = async_spans_sql(table.source, _parent(request), limit, offset)
+        return await self._tree(request, sql, time_range, limit)
+
+    async def thread_spans(self, request: web.Request) -> web.Response:
+        table, time_range = await self._thread_tree(request)
+        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
+        offset = int_param(request, "offset", 0, 0, 2**62)
+        sql = thread_spans_sql(table.source, _parent(request), limit, offset)
+        return await self._tree(request, sql, time_range, limit)
+
+    async def find_async_span(self, request: web.Request) -> web.Response:
+        return await self._find(request, *await self._process_tree(request))
+
+    async def find_thread_span(self, request: web.Request) -> web.Response:
+        return await self._find(request, *await self._thread_tree(request))
+
+    async def _find(self, request: web.Request, table: SpanTable, time_range: TimeRange) -> web.Response:
+        text = request.query.get("name", "").strip()
+        if not text:
+            raise html.PageError(400, "Bad request", "'name' must be the text to find in span names")
+        index = int_param(request, "n", 0, 0, 2**62)
+        found = await asyncio.to_thread(find_path, self.lake, table, text, index, time_range.ns, is_admin(request))
+        return json_response(found)
+
+    async def sql(self, request: web.Request) -> web.Response:
+        """`{sql, begin, end, limit}` → `{columns, rows, row_count, bytes, elapsed_ms, truncated}`."""
+        body = await _json_body(request)
+        sql, limit = body.get("sql"), body.get("limit", 1000)
+        if not isinstance(sql, str) or not sql.strip():
+            raise html.PageError(400, "Bad request", "the request needs a non-empty 'sql' string")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise html.PageError(400, "Bad request", f"'limit' must be an integer from 1 to {MAX_LIMIT}")
+        query_range = request_range(body)
+        started = time.perf_counter()
+        table = await asyncio.to_thread(queries.collect, self.lake, sql, query_range, is_admin(request), limit + 1)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        truncated = table.num_rows > limit
+        table = table.slice(0, limit)
+        return json_response(
+            {
+                "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+                "rows": _json_rows(table),
+                "row_count": table.num_rows,
+                "bytes": table.nbytes,
+                "elapsed_ms": round(elapsed_ms, 1),
+                "truncated": truncated,
+            }
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        """micromegas analytics-web-srv's health answer; `flightsql_connected`: the lakehouse answers."""
+        try:
+            await asyncio.wait_for(self.lake.catalog.ping(), 2.0)
+            connected = True
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            connected = False
+        return json_response(
+            {"status": "healthy", "timestamp": dt.datetime.now(dt.UTC).isoformat(), "flightsql_connected": connected}
+        )
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as err:
+        raise html.PageError(400, "Bad request", f"the body is not JSON: {err.msg}") from None
+    if not isinstance(body, dict):
+        raise html.PageError(400, "Bad request", "the body must be a JSON object")
+    return body
+
+
+def request_range(body: dict) -> tuple[int, int] | None:
+    """`begin` / `end` (RFC3339) of a JSON request as a query range; both or neither."""
+    begin, end = body.get("begin"), body.get("end")
+    if begin is None and end is None:
+        return None
+    try:
+        if not isinstance(begin, str) or not isinstance(end, str):
+            raise ValueError("'begin' and 'end' must both be RFC3339 strings")
+        query_range = parse_rfc3339_ns(begin), parse_rfc3339_ns(end)
+    except ValueError as err:
+        raise TimeRangeError(str(err)) from None
+    if query_range[0] >= query_range[1]:
+        raise TimeRangeError("the time range is empty: 'begin' must be before 'end'")
+    return query_range
+
+
+def _json_rows(table: pa.Table) -> list[list]:
+    """Row lists that JSON can carry: timestamps as text, binaries as their size, NaN/inf as text."""
+    columns = []
+    for column, field in zip(table.columns, table.schema, strict=True):
+        if pa.types.is_timestamp(field.type) or pa.types.is_date(field.type) or pa.types.is_time(field.type):
+            column = column.cast(pa.string())
+        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            column = pc.binary_join_element_wise(pc.cast(pc.binary_length(column), pa.string()), " bytes", "")
+        elif pa.types.is_floating(field.type) and not _all_finite(column):
+            column = column.cast(pa.string())
+        columns.append(column.to_pylist())
+    return [list(row) for row in zip(*columns, strict=True)] if columns else []
+
+
+def _all_finite(column: pa.ChunkedArray) -> bool:
+    return pc.all(pc.is_finite(column)).as_py() is not False

@@ -1,0 +1,90 @@
+"""Signing in to the UI: a login page takes an API key and keeps it in an HttpOnly cookie.
+
+The cookie holds the key itself and every request is authenticated with it exactly as a bearer
+header would be (`Authenticator.authenticate`), so revoking a key signs its sessions out at once.
+SameSite=Strict keeps other sites from sending it (no cross-site request carries it) and HttpOnly
+keeps page scripts from reading it. Tools may send `Authorization: Bearer <key>` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from spanlake.server.auth import Authenticator, AuthError, Principal
+from spanlake.server.web import html
+
+COOKIE = "spanlake_key"
+COOKIE_MAX_AGE = 7 * 86_400
+
+
+async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal:
+    """The principal of the request's cookie or bearer header; AuthError if neither is valid."""
+    key = request.cookies.get(COOKIE)
+    header = f"Bearer {key}" if key else request.headers.get("Authorization")
+    if header is None:
+        raise AuthError("sign in with an API key")
+    # May look the key up in PostgreSQL through the loop: off the loop thread.
+    return await asyncio.to_thread(authenticator.authenticate, header)
+
+
+def login_redirect(request: web.Request) -> web.Response:
+    target = html.url("/login", {"next": request.path_qs})
+    return web.Response(status=303, headers={"Location": target})
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of this site (never `//host` or a full URL): no open redirect."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return "/"
+    return value
+
+
+def _login_form(next_path: str, message: str = "") -> str:
+    alert = html.error_box(message) if message else ""
+    return f"""{alert}<form method=post action="/login" class=login>
+<input type=hidden name=next value="{html.esc(next_path)}">
+<label>API key <input type=password name=key autocomplete=current-password autofocus required></label>
+<button>Sign in</button></form>
+<p class=hint>The key is kept in an HttpOnly cookie of this site only. Keys come from <code>SPANLAKE_API_KEYS</code>
+or <code>spanlake api-key NAME</code>.</p>"""
+
+
+def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
+    async def show(request: web.Request) -> web.Response:
+        if authenticator is None:
+            return web.Response(status=303, headers={"Location": "/"})
+        return html.page("Sign in", _login_form(_safe_next(request.query.get("next"))))
+
+    async def sign_in(request: web.Request) -> web.Response:
+        form = await request.post()
+        next_path = _safe_next(str(form.get("next", "")))
+        key = str(form.get("key", "")).strip()
+        if authenticator is None:
+            return web.Response(status=303, headers={"Location": next_path})
+        try:
+            await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
+        except AuthError as err:
+            return html.page("Sign in", _login_form(next_path, f"Sign-in refused: {err}"), status=401)
+        response = web.Response(status=303, headers={"Location": next_path})
+        response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def sign_out(request: web.Request) -> web.Response:
+        response = web.Response(status=303, headers={"Location": "/login"})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    return (web.get("/login", show), web.post("/login", sign_in), web.post("/logout", sign_out))
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """Who signed in; None when the server runs without keys."""
+    return request.get("principal")
+
+
+def is_admin(request: web.Request) -> bool:
+    """Admins, and everyone when the server runs without keys (as Flight SQL decides)."""
+    principal = principal_of(request)
+    return principal is None or principal.is_admin

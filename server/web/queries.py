@@ -1,0 +1,105 @@
+"""SQL through the lakehouse's own query path, in process: the session Flight SQL uses.
+
+Each query gets a fresh `make_session_context` with the page's time range as its query range, and
+admin functions only for admins, exactly as a Flight SQL query of the same principal. Failures are
+worded as Flight SQL words them (server.flightsql.errors: root cause, no traceback, no paths).
+Everything here blocks: callers on the event loop run it with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import datafusion
+import pyarrow as pa
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.server.flightsql import errors
+from spanlake.server.flightsql.streaming import conform, output_schema
+
+READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
+_ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+
+
+class WebQueryError(Exception):
+    """A query that failed, with the message to show and the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def refuse_admin_functions(sql: str, is_admin: bool) -> None:
+    """Non-admins get a clear 403 for an admin function (their session does not even have it)."""
+    called = _ADMIN_CALL.search(sql)
+    if called is not None and not is_admin:
+        raise WebQueryError(f"the function '{called.group(1).lower()}' is reserved to admin API keys", 403)
+
+
+def sql_literal(text: str) -> str:
+    """A SQL string literal of `text`."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
+    """The planned query (table functions run here, materializing what the range needs)."""
+    refuse_admin_functions(sql, is_admin)
+    ctx = make_session_context(lake, query_range, is_admin=is_admin)
+    try:
+        return ctx.sql_with_options(sql, READ_ONLY)
+    except Exception as exc:  # DataFusion raises plain Exception; classify words it
+        raise _failed("error building dataframe", exc) from None
+
+
+def collect(
+    lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool = True, limit: int | None = None
+) -> pa.Table:
+    """The whole result (dictionaries decoded), at most `limit` rows."""
+    df = dataframe(lake, sql, query_range, is_admin)
+    try:
+        if limit is not None:
+            df = df.limit(limit)
+        table = df.to_arrow_table()
+    except Exception as exc:
+        raise _failed("error executing query", exc) from None
+    schema = output_schema(table.schema, preserve_dictionary=False)
+    return table.cast(schema) if schema != table.schema else table
+
+
+def records(table: pa.Table) -> list[dict]:
+    """The rows as dicts, timestamps as ns since the epoch (Python's datetime stops at µs)."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            table = table.set_column(index, field.name, table.column(index).cast(pa.int64()))
+    return table.to_pylist()
+
+
+def stream(
+    lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The result's schema and its batches as DataFusion makes them, dictionaries decoded; planning
+    errors raise here, before any batch."""
+    df = dataframe(lake, sql, query_range, is_admin)
+    schema = output_schema(df.schema(), preserve_dictionary=False)
+    try:
+        batches = df.execute_stream()
+    except Exception as exc:
+        raise _failed("error executing plan", exc) from None
+    return schema, _batches(batches, schema)
+
+
+def _batches(batches: Iterator[datafusion.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    try:
+        for batch in batches:
+            yield conform(batch.to_pyarrow(), schema)
+    except Exception as exc:
+        raise _failed("error building data stream", exc) from None
+
+
+def _failed(what: str, exc: Exception) -> WebQueryError:
+    failure = errors.classify(what, exc, None)
+    return WebQueryError(failure.message, 400 if failure.error_class == "user" else 500)

@@ -1,0 +1,113 @@
+"""Mounts the web UI on the HTTP server's aiohttp app: its routes, its auth middleware, its static files.
+
+Each screen's failures become a page (or, for the scripts' routes, a JSON `{"error"}` / plain text)
+with the status that fits: 400 for a bad id or range, 404 for an unknown process, 403 for an admin
+function, 400/500 for a failing query, 503 when the catalog or the object store does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStoreError
+from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.web import html
+from spanlake.server.web.api import Api
+from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
+from spanlake.server.web.perfetto_download import PerfettoDownload
+from spanlake.server.web.process_pages import ProcessScreens
+from spanlake.server.web.queries import WebQueryError
+from spanlake.server.web.query_stream import QueryStream
+from spanlake.server.web.time_range import TimeRangeError
+
+STATIC_DIR = Path(__file__).parent / "static"
+PUBLIC_PREFIXES = ("/health", "/ready", "/ingestion/", "/login", "/logout", "/static/", "/api/health")
+_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Render = Callable[[web.Request, int, str, str], web.StreamResponse]
+
+
+def _failure(exc: Exception) -> tuple[int, str, str]:
+    """(status, title, message) of a failure a screen reports."""
+    if isinstance(exc, html.PageError):
+        return exc.status, exc.title, exc.message
+    if isinstance(exc, TimeRangeError):
+        return 400, "Bad time range", str(exc)
+    if isinstance(exc, WebQueryError):
+        return exc.status, "Query failed" if exc.status != 403 else "Forbidden", exc.message
+    return 503, "Storage unavailable", "the catalog database or the object store is not answering; retry shortly"
+
+
+def _reported(handler: Handler, render: Render) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (html.PageError, TimeRangeError, WebQueryError, *_UNAVAILABLE) as exc:
+            return render(request, *_failure(exc))
+
+    return handle
+
+
+def _as_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
+    return html.error_page(status, title, message, signed_in=principal_of(request) is not None)
+
+
+def _as_json(request: web.Request, status: int, title: str, message: str) -> web.Response:
+    return web.Response(text=json.dumps({"error": message}), status=status, content_type="application/json")
+
+
+def _as_text(request: web.Request, status: int, title: str, message: str) -> web.Response:
+    return web.Response(text=message, status=status)
+
+
+def _auth_middleware(authenticator: Authenticator) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(PUBLIC_PREFIXES):
+            return await handler(request)
+        try:
+            request["principal"] = await authenticate(request, authenticator)
+        except AuthError as err:
+            if request.path.startswith("/api/"):
+                return _as_json(request, 401, "", f"unauthorized: {err}")
+            return login_redirect(request)
+        return await handler(request)
+
+    return middleware
+
+
+def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator | None) -> None:
+    """Adds the UI to `app` (before it starts): `/`, `/process/…`, `/sql`, `/login`, `/api/…`, `/static/…`."""
+    if authenticator is not None:
+        app.middlewares.append(_auth_middleware(authenticator))
+    screens, api = ProcessScreens(lake), Api(lake)
+    app.router.add_routes(login_handlers(authenticator))
+    pages = {
+        "/": screens.processes,
+        "/sql": screens.sql,
+        "/process/{process_id}": screens.overview,
+        "/process/{process_id}/logs": screens.logs,
+        "/process/{process_id}/metrics": screens.metrics,
+        "/process/{process_id}/spans": screens.spans,
+        "/process/{process_id}/threads": screens.threads,
+        "/process/{process_id}/perfetto": screens.perfetto,
+    }
+    for path, handler in pages.items():
+        app.router.add_get(path, _reported(handler, _as_page))
+    app.router.add_get("/api/health", api.health)
+    app.router.add_get("/api/process/{process_id}/async-spans", _reported(api.async_spans, _as_json))
+    app.router.add_get("/api/stream/{stream_id}/thread-spans", _reported(api.thread_spans, _as_json))
+    app.router.add_get("/api/process/{process_id}/async-spans/find", _reported(api.find_async_span, _as_json))
+    app.router.add_get("/api/stream/{stream_id}/thread-spans/find", _reported(api.find_thread_span, _as_json))
+    app.router.add_post("/api/sql", _reported(api.sql, _as_json))
+    app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake).trace, _as_text))
+    app.router.add_post("/api/query-stream", QueryStream(lake).handle)
+    app.router.add_static("/static", STATIC_DIR)

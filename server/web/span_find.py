@@ -1,0 +1,74 @@
+"""Finding a span by name anywhere in a tree, loaded or not: the match and the path from its root.
+
+The span tree loads one level at a time, so a span deep in a large process is usually not on the page.
+`find_path` answers the n-th span (in begin order) whose name contains the text, with its ancestors
+found one parent at a time (one small query per level), so the page can expand exactly that path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.server.web import queries
+
+MAX_DEPTH = 256  # a chain longer than this is cut (and said so): a cycle in bad data must not loop
+
+
+@dataclass(frozen=True)
+class SpanTable:
+    """Where a tree's spans are: the view instance, the filter keeping one row per span, the columns."""
+
+    source: str
+    one_row_per_span: str
+    id: str
+    parent: str
+    begin: str
+
+    @classmethod
+    def async_events(cls, process_id: str) -> SpanTable:
+        return cls(
+            f"view_instance('async_events', '{process_id}')",
+            "event_type = 'begin'",
+            "span_id",
+            "parent_span_id",
+            "time",
+        )
+
+    @classmethod
+    def thread_spans(cls, stream_id: str) -> SpanTable:
+        return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin")
+
+
+def match_sql(table: SpanTable, text: str, index: int) -> str:
+    named = f"{table.one_row_per_span} AND strpos(lower(name), {queries.sql_literal(text.lower())}) > 0"
+    return (
+        f"SELECT {table.id} AS id, {table.parent} AS parent, depth, name,"
+        f" (SELECT count(*) FROM {table.source} WHERE {named}) AS total"
+        f" FROM {table.source} WHERE {named} ORDER BY {table.begin}, {table.id} LIMIT 1 OFFSET {index}"
+    )
+
+
+def parent_sql(table: SpanTable, span_id: int) -> str:
+    return (
+        f"SELECT {table.parent} AS parent, depth FROM {table.source}"
+        f" WHERE {table.one_row_per_span} AND {table.id} = {span_id}"
+    )
+
+
+def find_path(
+    lake: Lake, table: SpanTable, text: str, index: int, query_range: tuple[int, int], is_admin: bool
+) -> dict:
+    """`{total, index, name, path}`: path is the ids from the root to the match (the match last);
+    `complete` is false when an ancestor is outside the time range."""
+    [match] = queries.records(queries.collect(lake, match_sql(table, text, index), query_range, is_admin)) or [None]
+    if match is None:
+        return {"total": 0, "index": index, "path": [], "complete": True}
+    path, parent, depth = [str(match["id"])], match["parent"], match["depth"]
+    while depth > 0 and len(path) < MAX_DEPTH:
+        rows = queries.records(queries.collect(lake, parent_sql(table, parent), query_range, is_admin))
+        if not rows:
+            break
+        path.insert(0, str(parent))
+        parent, depth = rows[0]["parent"], rows[0]["depth"]
+    return {"total": match["total"], "index": index, "name": match["name"], "path": path, "complete": depth == 0}
