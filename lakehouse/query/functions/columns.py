@@ -21,8 +21,7 @@ def per_entry(
     """`function(value)` for each row of a dictionary column; None answers (and NULL rows) are NULL.
     The result is dictionary-encoded over the answers when `dictionary`, else plain."""
     answers = [None if value is None else function(value) for value in column.dictionary.to_pylist()]
-    codes = np.asarray(column.indices.fill_null(-1), dtype=np.int64)
-    return spread(answers, codes, value_type, dictionary)
+    return spread(answers, column.indices, value_type, dictionary)
 
 
 def per_entry_and_text(
@@ -47,21 +46,22 @@ def per_entry_and_text(
     names = encoded_texts.dictionary.to_pylist()
     width = len(names)
     answers = [_call(function, values[pair // width], names[pair % width]) for pair in distinct_pairs.tolist()]
-    codes = np.full(len(texts), -1, dtype=np.int64)
+    codes = np.zeros(len(texts), dtype=np.int32)
     codes[valid] = inverse
-    return spread(answers, codes, value_type, dictionary)
+    return spread(answers, pa.array(codes, pa.int32(), mask=~valid), value_type, dictionary)
 
 
 def _call(function: Callable[[bytes, str], Any], value: bytes | None, text: str) -> Any:
     return None if value is None else function(value, text)
 
 
-def spread(answers: list[Any], codes: np.ndarray, value_type: pa.DataType, dictionary: bool) -> pa.Array:
-    """Rows `answers[codes[i]]`, NULL where the code is -1 or the answer None."""
-    known = np.array([answer is not None for answer in answers] + [False], dtype=bool)
-    valid = known[np.where(codes >= 0, codes, len(answers))]
-    if dictionary:
-        indices = pa.array(np.where(valid, codes, 0).astype(np.int32), pa.int32(), mask=~valid)
-        return pa.DictionaryArray.from_arrays(indices, pa.array(answers, value_type))
-    taken = pa.array(np.where(valid, codes, 0), pa.int64(), mask=~valid)
-    return pa.array(answers, value_type).take(taken)
+def spread(answers: list[Any], indices: pa.Array, value_type: pa.DataType, dictionary: bool) -> pa.Array:
+    """Rows `answers[indices[i]]`, NULL where the index is NULL or the answer None."""
+    values = pa.array(answers, value_type)
+    if not dictionary:
+        return values.take(indices)
+    if values.null_count:  # a NULL answer makes its rows' indices NULL (DataFusion reads nulls off the keys)
+        answered = pa.array([answer is not None for answer in answers], pa.bool_())
+        keep = answered.take(indices).fill_null(False)
+        indices = pc.if_else(keep, indices, pa.scalar(None, indices.type))
+    return pa.DictionaryArray.from_arrays(indices, values)

@@ -27,6 +27,8 @@ from spanlake.views.jsonb import JsonValue, UnsignedInt
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
 I64_MIN, I64_MAX, U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+# Answers are remembered per distinct input: every batch of a column repeats its dictionary.
+ANSWERS = 4096
 KEY_LIST = pa.list_(pa.field("item", pa.utf8(), nullable=True))
 DICT_KEY_LIST = pa.dictionary(pa.int32(), KEY_LIST)
 
@@ -39,8 +41,10 @@ def decoded(function_name: str, data: bytes) -> JsonValue:
         raise QueryError(f"{function_name}: invalid jsonb value: {err}") from None
 
 
+@functools.cache
 def _of_value(function_name: str, read: Callable[[JsonValue], Any]) -> Callable[[bytes], Any]:
-    return lambda data: read(decoded(function_name, data))
+    """`read` of the decoded value, remembered per jsonb value."""
+    return functools.lru_cache(maxsize=ANSWERS)(lambda data: read(decoded(function_name, data)))
 
 
 # -- jsonb_parse / jsonb_format_json -----------------------------------------------------------------
@@ -50,10 +54,10 @@ def jsonb_parse(texts: pa.Array) -> pa.Array:
     """JSON text as jsonb (`Dictionary(Int32, Binary)`); text that is not JSON gives NULL."""
     encoded = pc.dictionary_encode(texts)
     answers = [_parse(text) for text in encoded.dictionary.to_pylist()]
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-    return spread(answers, codes, pa.binary(), dictionary=True)
+    return spread(answers, encoded.indices, pa.binary(), dictionary=True)
 
 
+@functools.lru_cache(maxsize=ANSWERS)
 def _parse(text: str) -> bytes | None:
     try:
         return jsonb.encode(json.loads(text, parse_int=_parsed_integer))
@@ -74,6 +78,7 @@ def jsonb_format_json(column: pa.Array) -> pa.Array:
     return per_entry(column, _format, pa.utf8(), dictionary=True)
 
 
+@functools.lru_cache(maxsize=ANSWERS)
 def _format(data: bytes) -> str:
     try:
         return jsonb.compact_json(jsonb.decode(data))
@@ -89,6 +94,7 @@ def jsonb_get(column: pa.Array, names: pa.Array) -> pa.Array:
     return per_entry_and_text(column, names, _member, pa.binary(), dictionary=True)
 
 
+@functools.lru_cache(maxsize=ANSWERS)
 def _member(data: bytes, name: str) -> bytes | None:
     value = decoded("jsonb_get", data)
     if not isinstance(value, dict):
@@ -164,21 +170,23 @@ def _parsed_path(function_name: str, path: str) -> jsonpath.JsonPath:
 
 def jsonb_path_query(column: pa.Array, paths: pa.Array) -> pa.Array:
     """Every match of a JSONPath, as one jsonb array (empty when nothing matches)."""
-
-    def matches(data: bytes, path: str) -> bytes:
-        return jsonb.encode(_parsed_path("jsonb_path_query", path).select(decoded("jsonb_path_query", data)))
-
-    return per_entry_and_text(column, paths, matches, pa.binary(), dictionary=True)
+    return per_entry_and_text(column, paths, _matches, pa.binary(), dictionary=True)
 
 
 def jsonb_path_query_first(column: pa.Array, paths: pa.Array) -> pa.Array:
     """The first match of a JSONPath as jsonb; NULL when nothing matches."""
+    return per_entry_and_text(column, paths, _first_match, pa.binary(), dictionary=True)
 
-    def first(data: bytes, path: str) -> bytes | None:
-        found = _parsed_path("jsonb_path_query_first", path).select(decoded("jsonb_path_query_first", data))
-        return jsonb.encode(found[0]) if found else None
 
-    return per_entry_and_text(column, paths, first, pa.binary(), dictionary=True)
+@functools.lru_cache(maxsize=ANSWERS)
+def _matches(data: bytes, path: str) -> bytes:
+    return jsonb.encode(_parsed_path("jsonb_path_query", path).select(decoded("jsonb_path_query", data)))
+
+
+@functools.lru_cache(maxsize=ANSWERS)
+def _first_match(data: bytes, path: str) -> bytes | None:
+    found = _parsed_path("jsonb_path_query_first", path).select(decoded("jsonb_path_query_first", data))
+    return jsonb.encode(found[0]) if found else None
 
 
 def scalar_udfs() -> list[ScalarUDF]:
