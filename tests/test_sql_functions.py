@@ -20,6 +20,7 @@ import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, running_server, wait_until
 from test_flightsql_support import grpc_status
 
+from spanlake.lakehouse.query.functions import columns
 from spanlake.views import jsonb
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
@@ -488,3 +489,32 @@ def test_the_server_keeps_serving_after_errors(uri: str, server: SpanlakeServer)
     failure(uri, "SELECT color_scale('nope', 0.5, 1.0)")
     assert one(uri, "jsonb_as_i64(jsonb_parse('5'))") == 5
     assert server.process is not None and server.process.poll() is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Vectorization: one Python call per distinct value, not per row
+
+
+def test_functions_compute_once_per_distinct_value() -> None:
+    calls: list[tuple] = []
+
+    def length(value: bytes) -> int:
+        calls.append((value,))
+        return len(value)
+
+    column = pa.DictionaryArray.from_arrays(
+        pa.array([i % 3 for i in range(100_000)] + [None], pa.int32()), pa.array([b"a", b"bb", b"ccc"])
+    )
+    lengths = columns.per_entry(column, length, pa.int64(), dictionary=False)
+    assert len(calls) == 3 and lengths.to_pylist() == [1, 2, 3] * 33_333 + [1, None]
+
+    def pair(value: bytes, text: str) -> str | None:
+        calls.append((value, text))
+        return None if text == "none" else f"{value.decode()}:{text}"
+
+    calls.clear()
+    texts = pa.array(["x", "y", "none"] * 2 + ["x"] * 99_994 + [None])
+    answers = columns.per_entry_and_text(column, texts, pair, pa.utf8(), dictionary=True)
+    assert len(calls) == len(set(calls)) <= 9 and answers.type == DICT_UTF8
+    assert answers.to_pylist()[:7] == ["a:x", "bb:y", None, "a:x", "bb:y", None, "a:x"]
+    assert answers.to_pylist()[-1] is None
