@@ -9,8 +9,10 @@
     ? (@.price > 10 && @.tag == "x")   keep items whose filter is true
 
 Filters compare paths relative to `@` (or absolute `$`) with literals or other paths: ==, !=, <>, <, <=,
->, >=, combined with &&, || and !(...), and `starts with "text"`. A comparison holds when any pair of
-selected values of the same scalar kind compares true.
+>, >=, `starts with "text"`, `exists(@.path)`, combined with && and || (and parentheses). As databend
+evaluates them, a comparison holds when some pair of selected values compares true; a pair of different
+kinds (or a container) makes it unknown, except for != (true); unknown anywhere in && / || makes the
+filter unknown, which drops the item.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class JsonPathError(ValueError):
 
 
 Step = Callable[[JsonValue, JsonValue], Iterator[JsonValue]]  # (item, root) -> selected values
-Filter = Callable[[JsonValue, JsonValue], bool]  # (current, root) -> keep?
+Filter = Callable[[JsonValue, JsonValue], bool | None]  # (current, root) -> true, false or unknown
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
       (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
     | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<op>\*\*|==|!=|<>|<=|>=|&&|\|\||[$@.\[\]{}(),*?<>!:+-])
+    | (?P<op>\*\*|==|!=|<>|<=|>=|&&|\|\||[$@.\[\]{}(),*?<>:+-])
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
     )""",
     re.VERBOSE,
@@ -192,25 +194,27 @@ class _Parser:
         while self.at("||"):
             self.take()
             terms.append(self.conjunction())
-        return terms[0] if len(terms) == 1 else (lambda item, root: any(term(item, root) for term in terms))
+        return terms[0] if len(terms) == 1 else _combined(terms, any)
 
     def conjunction(self) -> Filter:
-        terms = [self.negation()]
+        terms = [self.primary()]
         while self.at("&&"):
             self.take()
-            terms.append(self.negation())
-        return terms[0] if len(terms) == 1 else (lambda item, root: all(term(item, root) for term in terms))
+            terms.append(self.primary())
+        return terms[0] if len(terms) == 1 else _combined(terms, all)
 
-    def negation(self) -> Filter:
-        if self.at("!"):
-            self.take()
-            inner = self.negation()
-            return lambda item, root: not inner(item, root)
+    def primary(self) -> Filter:
         if self.at("("):
             self.take()
             inner = self.disjunction()
             self.take(")")
             return inner
+        if self.at("exists") and self.peek(1)[1] == "(":
+            self.take()
+            self.take("(")
+            selected = self.operand()
+            self.take(")")
+            return lambda item, root: bool(selected(item, root))
         return self.comparison()
 
     def comparison(self) -> Filter:
@@ -219,7 +223,7 @@ class _Parser:
             self.take()
             self.take("with")
             prefix = self.operand()
-            return _compare(left, prefix, lambda a, b: isinstance(a, str) and isinstance(b, str) and a.startswith(b))
+            return _compare(left, prefix, _starts_with)
         symbol = self.take()[1]
         if symbol not in _COMPARISONS:
             raise JsonPathError(f"expected a comparison operator, found {symbol!r}")
@@ -272,17 +276,40 @@ def _kind(value: JsonValue) -> str | None:
     return "string" if isinstance(value, str) else None
 
 
-def _compare(left: Callable, right: Callable, test: Callable[[Any, Any], bool]) -> Filter:
-    def holds(item: JsonValue, root: JsonValue) -> bool:
+def _combined(terms: list[Filter], combine: Callable[[list[bool]], bool]) -> Filter:
+    def holds(item: JsonValue, root: JsonValue) -> bool | None:
+        results = [term(item, root) for term in terms]
+        return None if None in results else combine(results)
+
+    return holds
+
+
+def _starts_with(a: Any, b: Any) -> bool | None:
+    return a.startswith(b) if isinstance(a, str) and isinstance(b, str) else None
+
+
+def _compare(left: Callable, right: Callable, test: Callable[[Any, Any], bool | None]) -> Filter:
+    def holds(item: JsonValue, root: JsonValue) -> bool | None:
         rights = right(item, root)
         for a in left(item, root):
             for b in rights:
-                kind = _kind(a)
-                if kind is not None and kind == _kind(b) and test(a, b):
-                    return True
+                result = _pair(a, b, test)
+                if result is None or result:
+                    return result
         return False
 
     return holds
+
+
+def _pair(a: JsonValue, b: JsonValue, test: Callable[[Any, Any], bool | None]) -> bool | None:
+    kind = _kind(a)
+    if kind is None or _kind(b) is None:
+        return None  # containers compare with nothing
+    if test is _starts_with:
+        return _starts_with(a, b)
+    if kind != _kind(b):
+        return True if test is operator.ne else None
+    return test(a, b)
 
 
 # -- steps -------------------------------------------------------------------------------------------
@@ -349,7 +376,7 @@ def _descendants(first: int, last: int | None) -> Step:
 
 def _filter_step(condition: Filter) -> Step:
     def select(item: JsonValue, root: JsonValue) -> Iterator[JsonValue]:
-        if condition(item, root):
+        if condition(item, root) is True:
             yield item
 
     return select
