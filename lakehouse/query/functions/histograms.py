@@ -192,35 +192,33 @@ def variance_from_histogram(histograms: pa.StructArray) -> pa.Array:
 
 
 def quantile_from_histogram(histograms: pa.StructArray, ratios: pa.Array) -> pa.Array:
-    """The value below which `ratio` of the values fall, interpolated linearly within its bin."""
+    """The value below which `ratio` of the values fall: in the first non-empty bin whose cumulative count
+    reaches count * ratio, interpolated linearly between the bin's bounds (`end` when none does)."""
     if ratios.null_count and pc.any(pc.and_(histograms.is_valid(), ratios.is_null())).as_py():
         raise QueryError("bad ratio NULL in quantile_from_histogram")
     bins = histograms.field("bins")
     lengths = np.asarray(pc.list_value_length(bins).fill_null(0), dtype=np.int64)
-    flat = np.asarray(pc.list_flatten(bins), dtype=np.float64)
+    counts = np.asarray(pc.list_flatten(bins), dtype=np.float64)
+    starts, ends = (np.asarray(histograms.field(name).fill_null(0.0), dtype=np.float64) for name in ("start", "end"))
+    targets = np.asarray(histograms.field("count").fill_null(0), dtype=np.float64) * np.asarray(
+        ratios.fill_null(0.0), dtype=np.float64
+    )
+    # Every bin of every histogram at once: its row, its cumulative count within the row.
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    starts = np.asarray(histograms.field("start").fill_null(0.0), dtype=np.float64)
-    ends = np.asarray(histograms.field("end").fill_null(0.0), dtype=np.float64)
-    counts = np.asarray(histograms.field("count").fill_null(0), dtype=np.float64)
-    targets = counts * np.asarray(ratios.fill_null(0.0), dtype=np.float64)
-    estimates = [
-        _quantile(targets[row], starts[row], ends[row], flat[offsets[row] : offsets[row + 1]])
-        for row in range(len(histograms))
-    ]
+    row_of_bin = np.repeat(np.arange(len(histograms)), lengths)
+    running = np.cumsum(counts)
+    cumulative = running - np.concatenate([[0.0], running])[offsets[:-1]][row_of_bin]
+    reached = np.flatnonzero((cumulative >= targets[row_of_bin]) & (counts > 0))
+    rows, first = np.unique(row_of_bin[reached], return_index=True)
+    position = reached[first]
+    index_in_row = position - offsets[rows]
+    before, after = cumulative[position] - counts[position], cumulative[position]
+    ratio = (targets[rows] - before) / (after - before)
+    width = (ends[rows] - starts[rows]) / lengths[rows]
+    lower = starts[rows] + index_in_row * width
+    estimates = ends.copy()
+    estimates[rows] = (1.0 - ratio) * lower + ratio * (lower + width)
     return _masked(pa.array(estimates, F64), histograms)
-
-
-def _quantile(target: float, start: float, end: float, bins: np.ndarray) -> float:
-    """First bin whose cumulative count reaches the target, interpolated between its bounds."""
-    cumulative = np.cumsum(bins)
-    reached = np.flatnonzero((cumulative >= target) & (bins > 0))
-    if not len(reached):
-        return end
-    ibin = int(reached[0])
-    before, after = cumulative[ibin] - bins[ibin], cumulative[ibin]
-    ratio = (target - before) / (after - before)
-    width = (end - start) / len(bins)
-    return (1.0 - ratio) * (start + ibin * width) + ratio * (start + (ibin + 1.0) * width)
 
 
 def _masked(values: pa.Array, histograms: pa.StructArray) -> pa.Array:
