@@ -452,6 +452,7 @@ def test_color_helpers(uri: str) -> None:
         "color_scale('TURBO', 1.0, 1.0)": 0x900C00FF,
         "color_scale('viridis', 0.0, 0.5)": 0x44015480,
         "color_scale('viridis', -3.0, 1.5)": 0x440154FF,
+        "color_scale('viridis', CAST('NaN' AS DOUBLE), 1.0)": 0x000000FF,  # colorous on NaN: 0 channels
     }
     [row] = rows(uri, "SELECT " + ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(cases)))
     assert list(row.values()) == list(cases.values())

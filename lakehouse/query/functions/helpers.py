@@ -56,7 +56,7 @@ def color_scale(name: pa.Array, t: pa.Array, alpha: pa.Array) -> pa.Array:
     alpha, packed as 0xRRGGBBAA. Each distinct name is resolved once; an unknown one is an error."""
     valid = _valid(name, t, alpha)
     names = pc.dictionary_encode(name)
-    positions = np.clip(np.nan_to_num(_floats(t), nan=0.0), 0.0, 1.0)
+    positions = np.clip(_floats(t), 0.0, 1.0)  # NaN stays NaN: it samples as black, as in colorous
     red, green, blue = (np.zeros(len(name), np.uint32) for _ in range(3))
     codes = np.asarray(names.indices.fill_null(-1))
     for code, colormap in enumerate(names.dictionary.to_pylist()):
