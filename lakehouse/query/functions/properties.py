@@ -2,8 +2,9 @@
 `property_get` / `properties_length`, views/properties.py, registered by the session).
 
 DataFusion's Python UDFs take one exact signature where micromegas's accept several encodings, so each
-takes the encoding it meets in practice: `properties_to_dict` the legacy `List<Struct{key, value}>`
-(from SQL literals or old columns), the others spanlake's `Dictionary(Int32, Binary)` jsonb columns.
+takes the one micromegas documents for it: `properties_to_dict` the legacy `List<Struct{key, value}>`
+(from SQL literals or old columns), `properties_to_array` what `properties_to_dict` answers, and
+`properties_to_jsonb` spanlake's `Dictionary(Int32, Binary)` jsonb columns (which it passes through).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def properties_to_jsonb(column: pa.Array) -> pa.Array:
 
 
 def properties_to_array(column: pa.Array) -> pa.Array:
-    """A dictionary column's values row by row (`take(values, keys)`), here the jsonb `Binary`."""
+    """A dictionary column's values row by row (`take(values, keys)`): the lists of `properties_to_dict`."""
     return column.dictionary.take(column.indices)
 
 
@@ -75,5 +76,5 @@ def scalar_udfs() -> list[ScalarUDF]:
     return [
         udf(properties_to_dict, [PROPERTY_LIST_ARGUMENT], DICT_PROPERTY_LIST, "immutable", "properties_to_dict"),
         udf(properties_to_jsonb, [DICT_JSONB], DICT_JSONB, "immutable", "properties_to_jsonb"),
-        udf(properties_to_array, [DICT_JSONB], pa.binary(), "immutable", "properties_to_array"),
+        udf(properties_to_array, [DICT_PROPERTY_LIST], PROPERTY_LIST, "immutable", "properties_to_array"),
     ]
