@@ -37,7 +37,7 @@ EXPANDED_SCHEMA = pa.schema(
 )
 
 
-def argument_values(name: str, what: str, args: tuple, make_context: ContextFactory) -> pa.Array:
+def argument_values(name: str, what: str, args: tuple[object, ...], make_context: ContextFactory) -> pa.Array:
     """The values of a table function's single argument: the constant, or the subquery's value."""
     if len(args) != 1:
         raise QueryError(f"{name} requires exactly one argument ({what})")
@@ -56,7 +56,8 @@ def _evaluate(name: str, expr: Expr, make_context: ContextFactory) -> pa.Array:
         batches = make_context().read_empty().select(expr).collect()
     except Exception as err:  # the binding raises a bare Exception for the subquery's own errors
         raise QueryError(f"{name}: {str(err).removeprefix('DataFusion error: ')}") from None
-    return pa.concat_arrays([batch.column(0) for batch in batches])
+    columns = [batch.column(0) for batch in batches]
+    return pa.concat_arrays(columns) if columns else pa.array([], pa.null())
 
 
 def _jsonb_rows(name: str, values: pa.Array) -> list[bytes]:
