@@ -270,7 +270,10 @@ def test_jsonb_each_of_a_subquery_over_a_view(uri: str) -> None:
 
 
 def test_jsonb_bad_arguments(uri: str) -> None:
-    assert_invalid(uri, f"SELECT jsonb_path_query({parsed('{}')}, 'a.b')", "jsonb_path_query: invalid JSONPath 'a.b'")
+    for path in ("a.b", "$.", "$[", "$.a[1", "$ ? (@.a >)", "$.a[x]"):
+        message = f"jsonb_path_query: invalid JSONPath '{path}'"
+        assert_invalid(uri, f"SELECT jsonb_path_query({parsed('{}')}, '{path}')", message)
+    assert one(uri, f"jsonb_path_query_first({parsed('{}')}, NULL)") is None
     assert_invalid(uri, "SELECT jsonb_as_string(arrow_cast(X'0102', 'Dictionary(Int32, Binary)'))", "invalid jsonb")
     assert_invalid(uri, "SELECT jsonb_as_string(42)", "jsonb_as_string")
     assert_invalid(
