@@ -126,6 +126,8 @@ def main() -> None:
         serve(args.rows)
         return
 
+    # As spanlake's server does: DataFusion's threads take turns on the GIL to call the Python UDFs.
+    sys.setswitchinterval(1e-4)
     ctx = session(make_batches(args.rows))
     for sql in QUERIES.values():
         timed(ctx, sql)  # warm-up
