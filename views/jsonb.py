@@ -16,6 +16,11 @@ class JsonbError(ValueError):
     """Bytes that are not a databend-jsonb value."""
 
 
+class UnsignedInt(int):
+    """An integer under the unsigned number tag (0x50): how the `jsonb` crate's parser stores every
+    non-negative integer; decoded as such so that it encodes back to the same bytes."""
+
+
 # --- databend-jsonb of any JSON value (the properties encoding, as the `jsonb` crate 0.5 writes it) ---
 # A container is a big-endian u32 header (type | count), one u32 JEntry (type | byte length) per
 # member (objects: all keys, then all values), then the members' bytes in the same order. Object keys
@@ -79,6 +84,9 @@ def _member(value: JsonValue) -> tuple[int, bytes]:
     if isinstance(value, str):
         data = value.encode()
         return _STRING | len(data), data
+    if isinstance(value, UnsignedInt):
+        data = _unsigned(value)
+        return _NUMBER | len(data), data
     if isinstance(value, int):
         data = _integer(value)
         return _NUMBER | len(data), data
@@ -96,6 +104,15 @@ def _integer(value: int) -> bytes:
         if -limit - 1 <= value <= limit:
             return b"\x40" + struct.pack(fmt, value)
     raise ValueError(f"integer {value} does not fit in an int64")
+
+
+def _unsigned(value: int) -> bytes:
+    if value == 0:
+        return b"\x00"
+    for width in (1, 2, 4, 8):
+        if value < 1 << (8 * width):
+            return b"\x50" + value.to_bytes(width, "big")
+    raise ValueError(f"integer {value} does not fit in a uint64")
 
 
 def _float(value: float) -> bytes:
@@ -193,7 +210,7 @@ def _number(data: bytes) -> int | float:
     if tag == b"\x40" and len(body) in (1, 2, 4, 8):
         return int.from_bytes(body, "big", signed=True)
     if tag == b"\x50" and len(body) in (1, 2, 4, 8):
-        return int.from_bytes(body, "big", signed=False)
+        return UnsignedInt(int.from_bytes(body, "big", signed=False))
     if tag == b"\x60" and len(body) == 8:
         return struct.unpack(">d", body)[0]
     raise JsonbError(f"bad jsonb number {data.hex()}")

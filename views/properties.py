@@ -20,6 +20,7 @@ decoded, then the results are taken by the dictionary indices.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -156,7 +157,13 @@ def properties_length(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.Chunke
 def _distinct_lookups(values: pa.Array, key: str) -> list[str | None]:
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
         return _list_lookups(values, key).to_pylist()
-    return [None if value is None else _lookup(decode_jsonb_object(value), key) for value in values.to_pylist()]
+    return [None if value is None else _jsonb_lookup(value, key) for value in values.to_pylist()]
+
+
+@functools.lru_cache(maxsize=4096)
+def _jsonb_lookup(value: bytes, key: str) -> str | None:
+    """Remembered per distinct value and key: every batch of a column repeats its dictionary."""
+    return _lookup(decode_jsonb_object(value), key)
 
 
 def _distinct_lengths(values: pa.Array) -> pa.Array:

@@ -7,4 +7,5 @@ Modules:
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     off_runtime        running DataFusion calls from table functions off DataFusion's own threads
+    functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

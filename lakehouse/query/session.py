@@ -18,7 +18,7 @@ from datafusion.expr import Expr
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import catalog_functions, instances, perfetto_trace
+from spanlake.lakehouse.query import catalog_functions, functions, instances, perfetto_trace
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -257,4 +257,17 @@ def _session_context(
             ctx.register_udtf(udtf(function, function.__name__))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
+    for function in functions.scalar_udfs():
+        ctx.register_udf(function)
+    for aggregate in functions.aggregate_udfs():
+        ctx.register_udaf(aggregate)
+    for name, table_function in functions.table_function_list(lambda: _subquery_context(lake)):
+        ctx.register_udtf(udtf(table_function, name))
+    return ctx
+
+
+def _subquery_context(lake: Lake) -> SessionContext:
+    """A bare context to run a table function's subquery argument (its plan already holds its tables)."""
+    ctx = SessionContext(session_config())
+    lake.store.register_with(ctx)
     return ctx

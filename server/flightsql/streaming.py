@@ -62,11 +62,16 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """The batch with exactly the announced schema: pyarrow.flight refuses any other."""
     if batch.schema == schema:
         return batch
-    columns = [
-        column if column.type == field.type else column.cast(field.type)
-        for column, field in zip(batch.columns, schema, strict=True)
-    ]
+    columns = [_conformed(column, field.type) for column, field in zip(batch.columns, schema, strict=True)]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _conformed(column: pa.Array, data_type: pa.DataType) -> pa.Array:
+    if column.type == data_type:
+        return column
+    if pa.types.is_dictionary(column.type) and column.type.value_type == data_type:
+        return column.dictionary.take(column.indices)  # cast cannot decode dictionaries of lists
+    return column.cast(data_type)
 
 
 def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
