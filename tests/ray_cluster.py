@@ -1,7 +1,10 @@
 """A two-node Ray cluster on 127.0.0.1 for the query-cluster tests, torn down by its process ids.
 
-Each node is a `ray start --block` process in its own session: its Ray daemons are its children, so
-killing the session's process group stops every process the node started, and nothing else.
+The nodes run the commands of docker-compose.cluster.yml's `ray-head` and `ray-worker` services, with
+free loopback ports in place of the compose network's, plus what one shared machine needs (a CPU
+each, a small object store, one temp dir). Each node is a `ray start --block` process in its own
+session: its Ray daemons are its children, so killing the session's process group stops every
+process the node started, and nothing else.
 """
 
 from __future__ import annotations
@@ -14,16 +17,23 @@ import sys
 import time
 from pathlib import Path
 
-from harness import free_port, wait_until
+import yaml
+from harness import PROJECT_ROOT, free_port, wait_until
 
 _RAY = str(Path(sys.executable).with_name("ray"))
-_NODE_FLAGS = [
-    "--node-ip-address=127.0.0.1",
-    "--num-cpus=1",
-    "--object-store-memory=100000000",
-    "--disable-usage-stats",
-    "--block",
-]
+_LOCAL_FLAGS = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000"]
+
+
+def compose_command(service: str) -> list[str]:
+    """A Ray service's command in docker-compose.cluster.yml."""
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.cluster.yml").read_text())
+    return list(compose["services"][service]["command"])
+
+
+def _replaced(argv: list[str], old: str, new: str) -> list[str]:
+    replaced = [arg.replace(old, new) for arg in argv]
+    assert replaced != argv, f"{old} not in {argv}"
+    return replaced
 
 
 class RayCluster:
@@ -36,18 +46,13 @@ class RayCluster:
         self.client_port = free_port()
         self.temp_dir = temp_dir
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "DAFT_PROGRESS_BAR": "0"}
+        head = _replaced(compose_command("ray-head"), "--port=6379", f"--port={self.gcs_port}")
         self.head = self._node(
-            "head",
-            [
-                "--head",
-                f"--port={self.gcs_port}",
-                f"--ray-client-server-port={self.client_port}",
-                "--include-dashboard=false",
-                f"--temp-dir={temp_dir}",
-            ],
+            "head", [*head, f"--ray-client-server-port={self.client_port}", f"--temp-dir={temp_dir}"]
         )
         wait_until(lambda: self._listening(self.gcs_port), 90, "the Ray head")
-        self.worker = self._node("worker", [f"--address=127.0.0.1:{self.gcs_port}"])
+        worker = _replaced(compose_command("ray-worker"), "ray-head:6379", self.gcs_address)
+        self.worker = self._node("worker", worker)
         wait_until(lambda: self._listening(self.client_port), 90, "the Ray client server")
 
     @property
@@ -61,7 +66,7 @@ class RayCluster:
     def _node(self, name: str, flags: list[str]) -> subprocess.Popen:
         log = open(self.temp_dir.parent / f"ray-{name}.log", "wb")  # noqa: SIM115 - the node's lifetime
         return subprocess.Popen(
-            [_RAY, "start", *flags, *_NODE_FLAGS],
+            [_RAY, *flags, *_LOCAL_FLAGS],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

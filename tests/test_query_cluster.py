@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import daft
 import micromegas
 import pandas as pd
 import pyarrow.flight as flight
 import pytest
+import ray
+import yaml
 from harness import PROJECT_ROOT, PostgresServer, S3Server, SpanlakeServer, wait_until
 from ray_cluster import RayCluster
+
+from spanlake.lakehouse.settings import load_settings
+from spanlake.server.cli import build_parser
 
 GLOBAL_VIEWS = ("log_entries", "measures", "processes", "streams")
 QUERIES = {
@@ -146,9 +154,6 @@ def test_query_range_on_the_cluster(servers) -> None:
 
 def test_the_scan_ran_on_both_nodes(servers, ray_cluster) -> None:
     """Daft on this cluster spreads a scan of the catalog's files over both nodes."""
-    import daft
-    import ray
-
     clustered, _ = servers
     rows = clustered.sql(
         "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries' AND file_path IS NOT NULL"
@@ -215,3 +220,29 @@ def test_worker_killed_mid_query_never_answers_wrong(servers, ray_cluster) -> No
         assert "query cluster failed" in str(outcome["error"])
     # And the next query still answers right: on the head node alone, or on DataFusion.
     pd.testing.assert_frame_equal(micromegas.connect(clustered.flightsql_url).query(sql), expected, check_exact=True)
+
+
+# -- docker-compose.cluster.yml, read statically (its Ray commands run above, in tests/ray_cluster.py)
+
+
+def _cluster_compose() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "docker-compose.cluster.yml").read_text())
+
+
+def test_compose_flightsql_joins_the_cluster_it_queries() -> None:
+    services = _cluster_compose()["services"]
+    flightsql = services["flightsql"]
+    settings = load_settings(environ=flightsql["environment"])
+    head_port = next(arg for arg in services["ray-head"]["command"] if arg.startswith("--port=")).split("=")[1]
+    assert settings.query_cluster == f"ray-head:{head_port}"
+    assert settings.cluster_min_bytes == 1 << 30
+    join, _, serve = flightsql["command"][0].partition(" && exec ")
+    assert shlex.split(join)[:3] == ["ray", "start", f"--address={settings.query_cluster}"]
+    assert "--num-cpus=0" in shlex.split(join), "the Flight SQL node takes no Ray tasks"
+    assert shlex.split(serve) == ["spanlake", "flightsql"]
+    assert build_parser().parse_args(["flightsql"]).command == "flightsql"
+    extras = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("ray-head", "ray-worker", "flightsql"):
+        assert services[name]["build"]["args"]["SPANLAKE_EXTRAS"] in extras
+        assert "ports" not in services[name], "Ray has no auth: nothing of the cluster is published"
+    assert f"--address=ray-head:{head_port}" in services["ray-worker"]["command"]
