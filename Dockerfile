@@ -14,7 +14,9 @@ COPY views ./views
 COPY lakehouse ./lakehouse
 COPY tracing ./tracing
 COPY server ./server
-RUN /opt/spanlake/bin/pip install .
+# Optional extras, e.g. --build-arg SPANLAKE_EXTRAS=cluster (docker-compose.cluster.yml does).
+ARG SPANLAKE_EXTRAS=""
+RUN /opt/spanlake/bin/pip install ".${SPANLAKE_EXTRAS:+[$SPANLAKE_EXTRAS]}"
 
 # -- runtime: only that virtualenv on a clean slim image, run by an unprivileged user -------------
 FROM python:3.11-slim-bookworm

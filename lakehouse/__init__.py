@@ -24,4 +24,5 @@ Modules:
     transit            micromegas transit blocks: type metadata and the decoder (a package)
     otlp               OTLP data: identities, bounds, the stored envelope, Rust text, decoding (a package)
     query              the DataFusion session of a query, view instances, table functions (a package)
+    cluster            long-range scans of global views on Daft over Ray (a package, the `cluster` extra)
 """

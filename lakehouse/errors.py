@@ -11,3 +11,11 @@ class QueryError(ValueError):
 
 class OtlpBlockError(ValueError):
     """A stored OTLP block that cannot be read (bad envelope or protobuf)."""
+
+
+class ClusterUnsupported(Exception):
+    """The cluster engine cannot run this query as DataFusion would: it runs on DataFusion instead."""
+
+
+class ClusterFailure(Exception):
+    """The query cluster failed after results began to stream (a worker lost, say): retry the query."""

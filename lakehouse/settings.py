@@ -86,6 +86,20 @@ SETTINGS: tuple[Option, ...] = (
     Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
     Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True, "trace spanlake's own work into its own lake"),
     Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
+    Option(
+        "query_cluster",
+        "SPANLAKE_QUERY_CLUSTER",
+        str,
+        None,
+        "Ray cluster for long scans of global views (ray://head:10001); unset: every query on this node",
+    ),
+    Option(
+        "cluster_min_bytes",
+        "SPANLAKE_CLUSTER_MIN_BYTES",
+        int,
+        1 << 30,
+        "partition bytes a query must read before it goes to the query cluster",
+    ),
 )
 
 
@@ -104,6 +118,8 @@ class Settings:
     retention_days: int = 90
     self_tracing: bool = True
     log_level: str = "INFO"
+    query_cluster: str | None = None
+    cluster_min_bytes: int = 1 << 30
 
     @property
     def lake_uri(self) -> str:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from datafusion import SessionContext
 
@@ -23,6 +24,9 @@ from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
 from spanlake.server.self_tracing import start_self_tracing
 from spanlake.tracing import generator
+
+if TYPE_CHECKING:  # the engine imports Daft, an optional extra
+    from spanlake.lakehouse.cluster.engine import QueryCluster
 
 log = logging.getLogger("spanlake")
 
@@ -53,7 +57,10 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
                 print(f"spanlake web UI: http://{settings.host}:{settings.http_port}/", flush=True)
         if "flightsql" in roles:
             flight_server = FlightSqlServer(
-                f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
+                f"grpc://{settings.host}:{settings.flightsql_port}",
+                lakehouse_sessions(lake),
+                authenticator,
+                cluster=query_cluster(lake, settings),
             )
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
@@ -77,6 +84,20 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
 def _role_name(roles: tuple[str, ...]) -> str:
     """The role part of the self-traced process's exe: `spanlake-flightsql`, ..., `spanlake-serve`."""
     return roles[0] if len(roles) == 1 else "serve"
+
+
+def query_cluster(lake: Lake, settings: Settings) -> QueryCluster | None:
+    """The query cluster of SPANLAKE_QUERY_CLUSTER, or None: every query on this process."""
+    if not settings.query_cluster:
+        return None
+    try:
+        from spanlake.lakehouse.cluster.engine import QueryCluster
+    except ImportError as err:
+        raise SettingsError(
+            f"SPANLAKE_QUERY_CLUSTER (--query-cluster) needs the cluster extra, pip install 'spanlake[cluster]': {err}"
+        ) from None
+    print(f"spanlake query cluster: {settings.query_cluster} (from {settings.cluster_min_bytes} bytes)", flush=True)
+    return QueryCluster(lake, settings.query_cluster, settings.cluster_min_bytes)
 
 
 def lakehouse_sessions(lake: Lake) -> SessionFactory:

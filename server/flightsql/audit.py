@@ -54,6 +54,8 @@ class QueryAudit:
         self.execution_ms = 0.0
         self.rows = 0
         self.bytes = 0
+        self.engine = "datafusion"  # or "cluster": where the query ran
+        self.engine_note: str | None = None  # with a query cluster: why DataFusion ran it
         self._emitted = False
         self._lock = threading.Lock()
 
@@ -100,6 +102,8 @@ class QueryAudit:
             "total_ms": round((time.perf_counter() - self._start) * 1000.0, 3),
             "rows": self.rows,
             "bytes": self.bytes,
+            "engine": self.engine,
+            "engine_note": self.engine_note,
             "status": status,
             "error_class": failure.error_class if failure is not None else None,
             "error": failure.message if failure is not None else None,

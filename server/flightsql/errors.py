@@ -33,7 +33,7 @@ import traceback
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.errors import ClusterFailure, QueryError
 
 MAX_MESSAGE_CHARS = 1500  # the message travels in gRPC trailers twice; keep well under 8 KiB
 
@@ -49,6 +49,7 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
     UNIMPLEMENTED = "unimplemented"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"  # a part of the service failed mid-query: retrying may succeed
     INTERNAL = "internal"
 
 
@@ -82,7 +83,7 @@ class Failure(Exception):
             return InvalidArgument(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
         if self.code is Code.UNIMPLEMENTED:
             return Unimplemented(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
-        if self.code is Code.RESOURCE_EXHAUSTED:
+        if self.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE):
             return flight.FlightUnavailableError(self.message)
         return flight.FlightInternalError(self.message)
 
@@ -196,6 +197,8 @@ def root_error(exc: BaseException) -> tuple[Code, str]:
         return Code.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, MemoryError):
         return Code.RESOURCE_EXHAUSTED, f"out of memory: {exc}"
+    if isinstance(exc, ClusterFailure):
+        return Code.UNAVAILABLE, str(exc)
     text = str(exc)
     py_err = _PY_ERR.search(text)
     if py_err is not None:

@@ -25,13 +25,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import datafusion
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from spanlake import tracing
+from spanlake.lakehouse.cluster.outcome import Declined
 from spanlake.server.auth import Authenticator, Principal
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.audit import QueryAudit
@@ -48,6 +49,9 @@ from spanlake.server.flightsql.headers import (
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.flightsql.streaming import output_schema, result_batches
+
+if TYPE_CHECKING:  # the engine imports Daft, an optional extra
+    from spanlake.lakehouse.cluster.engine import QueryCluster
 
 _log = logging.getLogger("spanlake.flightsql")
 
@@ -118,6 +122,7 @@ class FlightSqlServer(flight.FlightServerBase):
         authenticator: Authenticator | None,
         *,
         plan_cache: PlanCache | None = None,
+        cluster: QueryCluster | None = None,
     ) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
@@ -128,6 +133,7 @@ class FlightSqlServer(flight.FlightServerBase):
             raise OSError(f"Flight SQL cannot listen on {location} (address in use?): {err}") from None
         self._session_factory = session_factory
         self._plans = plan_cache if plan_cache is not None else PlanCache()
+        self._cluster = cluster
         self._waiter: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -262,6 +268,9 @@ class FlightSqlServer(flight.FlightServerBase):
             call.client,
             sql,
         )
+        on_cluster = self._on_cluster(context, sql, headers, audit, query_span)
+        if on_cluster is not None:
+            return on_cluster
         planned = self._planned(call, sql, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
@@ -273,6 +282,28 @@ class FlightSqlServer(flight.FlightServerBase):
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
         batches = result_batches(stream, schema, audit, context.is_cancelled, (execute_span, query_span))
         return flight.GeneratorStream(schema, batches)
+
+    def _on_cluster(
+        self,
+        context: flight.ServerCallContext,
+        sql: str,
+        headers: QueryHeaders,
+        audit: QueryAudit,
+        query_span: tracing.OpenAsyncSpan,
+    ) -> flight.FlightDataStream | None:
+        """The query's stream from the query cluster, or None when DataFusion runs it (the audit says why)."""
+        if self._cluster is None:
+            return None
+        with tracing.async_span("flightsql.cluster"):
+            outcome = self._cluster.try_run(sql, headers.query_range, headers.limit)
+        if isinstance(outcome, Declined):
+            audit.engine_note = outcome.reason
+            return None
+        audit.engine = "cluster"
+        schema = output_schema(outcome.schema, headers.preserve_dictionary)
+        return flight.GeneratorStream(
+            schema, result_batches(outcome.batches, schema, audit, context.is_cancelled, (query_span,))
+        )
 
     def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit, take: bool) -> PlannedQuery:
         key = (sql, headers.query_range, headers.limit, call.principal.name if call.principal else None)

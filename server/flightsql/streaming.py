@@ -85,6 +85,11 @@ def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         yield batch.slice(offset, rows_per_slice)
 
 
+def _arrow(batch: Any) -> pa.RecordBatch:
+    """A DataFusion batch as pyarrow's (the query cluster's batches are pyarrow's already)."""
+    return batch if isinstance(batch, pa.RecordBatch) else batch.to_pyarrow()
+
+
 def has_dictionary(schema: pa.Schema) -> bool:
     return any(hydrated_type(field.type) != field.type for field in schema)
 
@@ -123,7 +128,7 @@ def result_batches(
                 break
             if cancelled():
                 return
-            batch = conform(datafusion_batch.to_pyarrow(), schema)
+            batch = conform(_arrow(datafusion_batch), schema)
             for part in split(batch):
                 audit.rows += part.num_rows
                 audit.bytes += part.nbytes
