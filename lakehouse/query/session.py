@@ -166,6 +166,13 @@ class GlobalTables(SchemaProvider):
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
             return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
+    def describe_table(self, name: str) -> tuple[str, pa.Schema]:
+        """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
+        if name in GLOBAL_TABLES:
+            return "physical", VIEW_SETS[name].schema
+        table = Table(self.registered[name])
+        return table.kind, table.schema
+
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
