@@ -91,6 +91,13 @@ def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progr
     return _merge(lake, view, begin_ns, end_ns, existing, what, progress)
 
 
+def regenerate_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
+    """Rebuilds the bucket from its source blocks whatever its partitions hold (regenerate_partitions)."""
+    what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
+    required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    return _from_source(lake, view, begin_ns, end_ns, required, what, progress)
+
+
 def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
     return PartitionTarget(
         view.name,

@@ -79,7 +79,9 @@ def list_view_sets() -> ds.Dataset:
     return ds.dataset(table)
 
 
-class _Log:
+class ProgressLog:
+    """The `(time, msg)` rows an admin function answers, one per message."""
+
     def __init__(self) -> None:
         self.times: list[int] = []
         self.messages: list[str] = []
@@ -103,7 +105,7 @@ def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
-    log = _Log()
+    log = ProgressLog()
     rows = lake.loop.run(retire_contained(lake.pool, view.name, instance, begin_ns, end_ns))
     for row in rows:
         log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")

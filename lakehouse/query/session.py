@@ -18,7 +18,7 @@ from datafusion.expr import Expr
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import catalog_functions, instances, perfetto_trace
+from spanlake.lakehouse.query import catalog_functions, instances, partition_admin, perfetto_trace
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -216,7 +216,21 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
             )
         )
 
-    return [retire_partitions, materialize_partitions]
+    def regenerate_partitions(*args: Expr) -> Table:
+        name = "regenerate_partitions"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (view_set_name, begin, end, partition_delta_seconds)")
+        return Table(
+            partition_admin.regenerate_partitions(
+                lake,
+                literal_string(args[0], name, "first"),
+                literal_timestamp_ns(args[1], name, "second"),
+                literal_timestamp_ns(args[2], name, "third"),
+                literal_int(args[3], name, "fourth"),
+            )
+        )
+
+    return [retire_partitions, materialize_partitions, regenerate_partitions]
 
 
 def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
@@ -262,6 +276,8 @@ def _session_context(
     if is_admin:
         for function in _ops_functions(ctx, lake):
             ctx.register_udtf(udtf(function, function.__name__))
+        ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
+        ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     return ctx

@@ -1,0 +1,159 @@
+"""Admin functions on a running `spanlake serve`, through the micromegas client: retiring single
+partitions by file or by metadata (`micromegas.admin.retire_incompatible_partitions`), regenerating
+partitions, and their refusal to non-admins."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import micromegas.admin
+import pytest
+from harness import PostgresServer, SpanlakeServer
+from served_support import READER_KEY, micromegas_client, served_lakehouse
+from test_flightsql_support import grpc_status
+
+OLD_HASH = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+
+@pytest.fixture(scope="module")
+def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
+    with served_lakehouse(postgres, tmp_path_factory.mktemp("admin")) as server:
+        yield server
+
+
+def _failure(run: object) -> tuple[str | None, str]:
+    with pytest.raises(Exception) as caught:
+        run()  # type: ignore[operator]
+    return grpc_status(caught.value)
+
+
+def _old_partition(server: SpanlakeServer, view_set_name: str, begin: dt.datetime, file_path: str | None) -> None:
+    """A partition written under an older schema (what a schema change leaves behind)."""
+    server.sql(
+        "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time, end_insert_time,"
+        " updated, file_path, file_size, file_schema_hash, source_data_hash, num_rows, partition_format_version)"
+        " VALUES ($1, 'global', $2, $3, now(), $4, $5, $6, $7, 0, 2)",
+        view_set_name,
+        begin,
+        begin + dt.timedelta(minutes=1),
+        file_path,
+        0 if file_path is None else 1234,
+        OLD_HASH,
+        b"\x00" * 8,
+    )
+
+
+def _partitions(server: SpanlakeServer, view_set_name: str) -> list[dict]:
+    return server.sql(
+        "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 ORDER BY begin_insert_time", view_set_name
+    )
+
+
+def test_retire_incompatible_partitions_retires_exactly_the_old_schema_ones(served: SpanlakeServer) -> None:
+    begin = dt.datetime(2020, 1, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    _old_partition(served, "log_entries", begin, None)
+    _old_partition(served, "log_entries", begin + dt.timedelta(minutes=1), "views/log_entries/global/old.parquet")
+    current = [p for p in _partitions(served, "log_entries") if bytes(p["file_schema_hash"]) != OLD_HASH]
+    client = micromegas_client(served)
+    assert len(micromegas.admin.list_incompatible_partitions(client, "log_entries")) == 2
+    result = micromegas.admin.retire_incompatible_partitions(client, "log_entries")
+    assert result[["view_set_name", "view_instance_id", "partitions_retired", "partitions_failed"]].to_dict(
+        "records"
+    ) == [
+        {"view_set_name": "log_entries", "view_instance_id": "global", "partitions_retired": 2, "partitions_failed": 0}
+    ]
+    assert result["storage_freed_bytes"][0] == 1234
+    assert result["retirement_messages"][0][0] == (
+        "SUCCESS: Retired partition log_entries/global [2020-01-01 12:00:00.250 UTC, 2020-01-01 12:01:00.250 UTC)"
+    )
+    assert _partitions(served, "log_entries") == current  # the current-schema partitions are untouched
+    queued = served.sql("SELECT file_path, file_size FROM temporary_files WHERE file_path LIKE '%old.parquet'")
+    assert queued == [{"file_path": "views/log_entries/global/old.parquet", "file_size": 1234}]
+    assert micromegas.admin.list_incompatible_partitions(client, "log_entries").empty
+
+
+def test_retire_partition_by_metadata_reports_what_it_cannot_find(served: SpanlakeServer) -> None:
+    sql = (
+        "SELECT retire_partition_by_metadata('streams', 'global', CAST('2001-01-01T00:00:00Z' AS TIMESTAMP),"
+        " CAST('2001-01-01T00:01:00Z' AS TIMESTAMP), decode('0100000000000000', 'hex')) AS message"
+    )
+    assert micromegas_client(served).query(sql)["message"].tolist() == [
+        "ERROR: Partition not found: streams/global [2001-01-01 00:00:00 UTC, 2001-01-01 00:01:00 UTC)"
+    ]
+
+
+def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServer) -> None:
+    client = micromegas_client(served)
+    [live] = [p for p in _partitions(served, "streams") if p["file_path"]][:1]
+    path = live["file_path"]
+    batch = client.query(
+        f"SELECT retire_partition_by_file(path) AS message FROM (VALUES ('{path}'), ('views/nowhere.parquet'),"
+        " (NULL)) AS t(path)"
+    )
+    assert batch["message"].tolist() == [
+        f"ROLLED_BACK: Retired partition {path}",
+        "ERROR: Partition not found: views/nowhere.parquet",
+        "ERROR: file_path cannot be null",
+    ]
+    assert any(p["file_path"] == path for p in _partitions(served, "streams"))
+    single = client.query(f"SELECT retire_partition_by_file('{path}') AS message")
+    assert single["message"].tolist() == [f"SUCCESS: Retired partition {path}"]
+    assert not any(p["file_path"] == path for p in _partitions(served, "streams"))
+
+
+def test_regenerate_partitions_rebuilds_from_source(served: SpanlakeServer) -> None:
+    client = micromegas_client(served)
+    [partition] = [p for p in _partitions(served, "processes") if p["num_rows"]][:1]
+    begin, end = partition["begin_insert_time"], partition["end_insert_time"]
+    # Drop the partition's row count to tell the rebuilt partition from the one it replaces.
+    served.sql(
+        "UPDATE lakehouse_partitions SET source_data_hash = $1 WHERE file_path = $2",
+        b"\x00" * 8,
+        partition["file_path"],
+    )
+    seconds = int((end - begin).total_seconds())
+    arguments = f"'processes', '{begin.isoformat()}', '{end.isoformat()}', {seconds}"
+    log = client.query(f"SELECT time, msg FROM regenerate_partitions({arguments})")
+    assert len(log) == 1 and "built from" in log["msg"][0] and "1 rows" in log["msg"][0]
+    [rebuilt] = [p for p in _partitions(served, "processes") if p["begin_insert_time"] == begin]
+    assert rebuilt["file_path"] != partition["file_path"] and rebuilt["num_rows"] == 1
+    assert client.query("SELECT count(*) AS n FROM processes")["n"][0] == 1
+
+
+def test_regenerate_partitions_refuses_a_range_it_does_not_tile(served: SpanlakeServer) -> None:
+    client = micromegas_client(served)
+    code, message = _failure(
+        lambda: client.query(
+            "SELECT * FROM regenerate_partitions('processes', '2024-01-01T00:00:00Z', '2024-01-01T00:01:30Z', 60)"
+        )
+    )
+    assert code == "INVALID_ARGUMENT"
+    assert message.startswith("error building dataframe: regenerate_partitions: delta (60s) does not exactly tile")
+    code, message = _failure(
+        lambda: client.query(
+            "SELECT * FROM regenerate_partitions('no_such_view', '2024-01-01T00:00:00Z', '2024-01-01T00:01:00Z', 60)"
+        )
+    )
+    assert code == "INVALID_ARGUMENT" and "unknown view set 'no_such_view'" in message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT retire_partition_by_file('x') AS message",
+        "SELECT * FROM regenerate_partitions('processes', '2024-01-01T00:00:00Z', '2024-01-01T00:01:00Z', 60)",
+    ],
+)
+def test_admin_functions_do_not_exist_for_readers(served: SpanlakeServer, sql: str) -> None:
+    code, message = _failure(lambda: micromegas_client(served, READER_KEY).query(sql))
+    assert code == "INVALID_ARGUMENT"
+    assert "Invalid function" in message or "not found" in message, message
+
+
+def test_unused_uuid_is_not_a_partition(served: SpanlakeServer) -> None:
+    path = f"views/{uuid.uuid4()}.parquet"
+    assert micromegas_client(served).query(f"SELECT retire_partition_by_file('{path}') AS m")["m"].tolist() == [
+        f"ERROR: Partition not found: {path}"
+    ]
