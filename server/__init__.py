@@ -11,5 +11,6 @@ Modules:
     self_tracing      spanlake tracing itself into its own lake
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
+    query_admission   the query deny list checked before each Flight SQL statement
     flightsql         the Arrow Flight SQL server (a package)
 """

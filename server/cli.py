@@ -21,6 +21,7 @@ from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
+from spanlake.server.query_admission import admit
 from spanlake.server.self_tracing import start_self_tracing
 from spanlake.tracing import generator
 
@@ -78,7 +79,9 @@ def lakehouse_sessions(lake: Lake) -> SessionFactory:
 
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
-        return make_session_context(lake, query.query_range, is_admin=is_admin)
+        admit(lake, query, is_admin)
+        identity = query.principal.name if query.principal is not None else "anonymous"
+        return make_session_context(lake, query.query_range, is_admin=is_admin, identity=identity)
 
     return make
 

@@ -6,6 +6,7 @@ Modules:
     instances          a view instance as a table: JIT, then its partitions as one dataset
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
+    deny_list_functions  deny_queries, list_query_denials, remove_query_denial
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     off_runtime        running DataFusion calls from table functions off DataFusion's own threads
 """

@@ -7,7 +7,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import DataFrame, SessionContext, col, udf
+from datafusion import DataFrame, SessionContext, Table, col, udf
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import QueryError
@@ -50,6 +50,14 @@ VIEW_SETS_SCHEMA = pa.schema(
 )
 
 LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
+
+
+def memory_table(table: pa.Table) -> Table:
+    """An in-memory table a table function can return, empty or not (a dataset with no rows has no
+    fragment, which plans needing one partition refuse). Built in a private context: the query's
+    own must not be called on DataFusion's runtime thread."""
+    batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+    return Table(off_runtime(SessionContext().create_dataframe, [batches], None, table.schema))
 
 
 def list_partitions(lake: Lake) -> ds.Dataset:

@@ -18,7 +18,13 @@ from datafusion.expr import Expr
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import catalog_functions, instances, partition_admin, perfetto_trace
+from spanlake.lakehouse.query import (
+    catalog_functions,
+    deny_list_functions,
+    instances,
+    partition_admin,
+    perfetto_trace,
+)
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -252,19 +258,24 @@ def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.Sp
 
 
 def make_session_context(
-    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True
+    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True, identity: str | None = None
 ) -> SessionContext:
-    """A session for one query. Admin functions are registered only for admins (or without auth).
+    """A session for one query. Admin functions are registered only for admins (or without auth);
+    `identity` (who asks) is what `deny_queries` records as a rule's author.
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        return _session_context(lake, query_range, is_admin, trace_parent)
+        return _session_context(lake, query_range, is_admin, identity, trace_parent)
 
 
 def _session_context(
-    lake: Lake, query_range: tuple[int, int] | None, is_admin: bool, trace_parent: tracing.SpanContext
+    lake: Lake,
+    query_range: tuple[int, int] | None,
+    is_admin: bool,
+    identity: str | None,
+    trace_parent: tracing.SpanContext,
 ) -> SessionContext:
     ctx = SessionContext(session_config())
     lake.store.register_with(ctx)
@@ -278,6 +289,9 @@ def _session_context(
             ctx.register_udtf(udtf(function, function.__name__))
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
+        ctx.register_udtf(udtf(deny_list_functions.deny_queries_function(lake, identity), "deny_queries"))
+        ctx.register_udtf(udtf(deny_list_functions.list_query_denials_function(lake), "list_query_denials"))
+        ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     return ctx

@@ -67,14 +67,15 @@ class Failure(Exception):
     Raised between spanlake's own functions; handlers turn it into `to_flight_error()` for pyarrow.
     """
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: Code, message: str, audit_class: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._audit_class = audit_class
 
     @property
     def error_class(self) -> str:
-        return error_class(self.code)
+        return self._audit_class or error_class(self.code)
 
     def to_flight_error(self) -> Exception:
         """The exception a FlightServerBase handler raises so the client sees `code` and `message`."""
@@ -140,6 +141,12 @@ def unimplemented(message: str, query_id: str | None = None) -> Failure:
 
 def internal(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.INTERNAL, client_message(message, query_id))
+
+
+def denied(message: str) -> Failure:
+    """A query refused by the deny list: micromegas's RESOURCE_EXHAUSTED (sent as UNAVAILABLE, see
+    above), audited as "denied"; the message already names the rule and the query id."""
+    return Failure(Code.RESOURCE_EXHAUSTED, scrub(message), audit_class="denied")
 
 
 def classify(what: str, exc: BaseException, query_id: str | None) -> Failure:

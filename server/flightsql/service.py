@@ -46,7 +46,7 @@ from spanlake.server.flightsql.headers import (
     parse_query_headers,
 )
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
-from spanlake.server.flightsql.session import QueryContext, SessionFactory
+from spanlake.server.flightsql.session import QueryContext, QueryDenied, SessionFactory
 from spanlake.server.flightsql.streaming import output_schema, result_batches
 
 _log = logging.getLogger("spanlake.flightsql")
@@ -283,7 +283,7 @@ class FlightSqlServer(flight.FlightServerBase):
         started = time.perf_counter()
         # The session is built inside the planning span: its table functions take it as parent.
         with tracing.async_span("flightsql.plan"):
-            ctx = self._session(call, headers, audit)
+            ctx = self._session(call, sql, headers, audit)
             try:
                 planned = _plan(ctx, sql, headers.limit, audit.query_id)
             except Failure as failure:
@@ -294,10 +294,14 @@ class FlightSqlServer(flight.FlightServerBase):
             self._plans.put(key, planned)
         return planned
 
-    def _session(self, call: _Call, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
-        query = QueryContext(audit.query_id, headers.query_range, headers.limit, call.principal, call.client)
+    def _session(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
+        query = QueryContext(
+            audit.query_id, headers.query_range, headers.limit, call.principal, call.client, sql, audit.sql_hash
+        )
         try:
             return self._session_factory(query)
+        except QueryDenied as denied:
+            raise _failed(audit, errors.denied(str(denied))) from None
         except Exception as exc:
             raise _failed(audit, errors.classify("error building session context", exc, audit.query_id)) from None
 
