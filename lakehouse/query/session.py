@@ -19,12 +19,14 @@ from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import (
+    block_functions,
     catalog_functions,
     deny_list_functions,
     instances,
     partition_admin,
     perfetto_trace,
 )
+from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -257,6 +259,23 @@ def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.Sp
     return perfetto_trace_chunks
 
 
+def _block_functions(lake: Lake, query_range: tuple[int, int] | None) -> list[Callable[..., Table]]:
+    def process_spans(*args: Expr) -> Table:
+        name = "process_spans"
+        if len(args) != 2:
+            raise QueryError(f"{name} takes 2 arguments: (process_id, span_types)")
+        process_id = literal_string(args[0], name, "First")
+        span_types = literal_string(args[1], name, "Second")
+        return process_spans_function.process_spans(lake, process_id, span_types, query_range)
+
+    def parse_block(*args: Expr) -> Table:
+        if len(args) != 1:
+            raise QueryError("parse_block takes 1 argument: (block_id)")
+        return block_functions.parse_block(lake, literal_string(args[0], "parse_block", "First"))
+
+    return [process_spans, parse_block]
+
+
 def make_session_context(
     lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True, identity: str | None = None
 ) -> SessionContext:
@@ -284,6 +303,9 @@ def _session_context(
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
     ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
+    for function in _block_functions(lake, query_range):
+        ctx.register_udtf(udtf(function, function.__name__))
+    ctx.register_udf(block_functions.get_payload_udf(lake))
     if is_admin:
         for function in _ops_functions(ctx, lake):
             ctx.register_udtf(udtf(function, function.__name__))
