@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import secrets
 import signal
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 from datafusion import SessionContext
 
+from spanlake.lakehouse.bulk_ingest import bulk_ingest
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
@@ -48,7 +50,10 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
         if "flightsql" in roles:
             flight_server = FlightSqlServer(
-                f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
+                f"grpc://{settings.host}:{settings.flightsql_port}",
+                lakehouse_sessions(lake),
+                authenticator,
+                bulk_ingest=functools.partial(bulk_ingest, lake),
             )
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)

@@ -1,6 +1,6 @@
 """Admin functions on a running `spanlake serve`, through the micromegas client: retiring single
 partitions by file or by metadata (`micromegas.admin.retire_incompatible_partitions`), regenerating
-partitions, and their refusal to non-admins."""
+partitions, bulk_ingest (Flight SQL CommandStatementIngest), and their refusal to non-admins."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Iterator
 
 import micromegas.admin
+import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 from harness import PostgresServer, SpanlakeServer
-from served_support import READER_KEY, micromegas_client, served_lakehouse
+from served_support import PROCESS_ID, READER_KEY, micromegas_client, served_lakehouse
 from test_flightsql_support import grpc_status
 
 OLD_HASH = b"\x01\x00\x00\x00\x00\x00\x00\x00"
@@ -157,3 +159,107 @@ def test_unused_uuid_is_not_a_partition(served: SpanlakeServer) -> None:
     assert micromegas_client(served).query(f"SELECT retire_partition_by_file('{path}') AS m")["m"].tolist() == [
         f"ERROR: Partition not found: {path}"
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# bulk_ingest (Flight SQL CommandStatementIngest)
+
+
+def _replica(served: SpanlakeServer) -> dict[str, pa.Table]:
+    """The fixture's process and its log stream, under new ids: what a replication tool sends."""
+    process_id, stream_id = str(uuid.uuid4()), str(uuid.uuid4())
+    process = served.process_row(PROCESS_ID)
+    [stream] = [s for s in served.stream_rows(PROCESS_ID) if "log" in s["tags"]]
+    blocks = [b for b in served.block_rows(PROCESS_ID) if b["stream_id"] == stream["stream_id"]]
+    block_ids = [str(uuid.uuid4()) for _ in blocks]
+    ts = pa.timestamp("ns", tz="UTC")
+    return {
+        "processes": pa.table(
+            {
+                "process_id": [process_id],
+                **{k: [process[k]] for k in ("exe", "username", "realname", "computer", "distro", "cpu_brand")},
+                "tsc_frequency": [process["tsc_frequency"]],
+                "start_time": pa.array([process["start_time"]], ts),
+                "start_ticks": [process["start_ticks"]],
+                "insert_time": pa.array([process["insert_time"]], ts),
+                "parent_process_id": [""],
+                "properties": [[{"key": "replica", "value": "yes"}]],
+                "audience": ["public"],
+            }
+        ),
+        "streams": pa.table(
+            {
+                "stream_id": [stream_id],
+                "process_id": [process_id],
+                "dependencies_metadata": [stream["dependencies_metadata"]],
+                "objects_metadata": [stream["objects_metadata"]],
+                "tags": [stream["tags"]],
+                "properties": pa.array([[]], pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))),
+                "insert_time": pa.array([stream["insert_time"]], ts),
+                "format": [stream["format"]],
+            }
+        ),
+        "blocks": pa.table(
+            {
+                "block_id": block_ids,
+                "stream_id": [stream_id] * len(blocks),
+                "process_id": [process_id] * len(blocks),
+                "begin_time": pa.array([b["begin_time"] for b in blocks], ts),
+                "begin_ticks": [b["begin_ticks"] for b in blocks],
+                "end_time": pa.array([b["end_time"] for b in blocks], ts),
+                "end_ticks": [b["end_ticks"] for b in blocks],
+                "nb_objects": pa.array([b["nb_objects"] for b in blocks], pa.int32()),
+                "object_offset": [b["object_offset"] for b in blocks],
+                "payload_size": [b["payload_size"] for b in blocks],
+                "insert_time": pa.array([b["insert_time"] for b in blocks], ts),
+            }
+        ),
+        "payloads": pa.table(
+            {
+                "process_id": [process_id] * len(blocks),
+                "stream_id": [stream_id] * len(blocks),
+                "block_id": block_ids,
+                "payload": [
+                    served.read_object(f"blobs/{PROCESS_ID}/{stream['stream_id']}/{b['block_id']}") for b in blocks
+                ],
+            }
+        ),
+    }
+
+
+def test_bulk_ingest_replicates_a_process(served: SpanlakeServer) -> None:
+    client = micromegas_client(served)
+    replica = _replica(served)
+    for name in ("processes", "streams", "payloads", "blocks"):
+        assert client.bulk_ingest(name, replica[name]).record_count == replica[name].num_rows
+    assert client.bulk_ingest("processes", replica["processes"]).record_count == 1  # idempotent
+    process_id = replica["processes"]["process_id"][0].as_py()
+    row = served.process_row(process_id)
+    assert row["exe"] == served.process_row(PROCESS_ID)["exe"] and row["parent_process_id"] is None
+    assert [tuple(p) for p in row["properties"]] == [("replica", "yes")]
+    count = "SELECT count(*) AS n FROM view_instance('log_entries', '{}')"
+    assert client.query(count.format(process_id))["n"][0] == client.query(count.format(PROCESS_ID))["n"][0] > 0
+
+
+def test_bulk_ingest_refuses_readers_unknown_tables_and_bad_rows(served: SpanlakeServer) -> None:
+    replica = _replica(served)
+    with pytest.raises(flight.FlightUnauthorizedError, match="bulk_ingest requires admin privileges"):
+        micromegas_client(served, READER_KEY).bulk_ingest("processes", replica["processes"])
+    client = micromegas_client(served)
+    code, message = _failure(lambda: client.bulk_ingest("log_entries", replica["processes"]))
+    assert code == "INVALID_ARGUMENT"
+    assert (
+        message
+        == "bulk ingest for table log_entries not supported (supported tables: processes, streams, blocks, payloads)"
+    )
+    code, message = _failure(lambda: client.bulk_ingest("streams", replica["processes"]))
+    assert (code, message) == ("INVALID_ARGUMENT", "error ingesting into streams: missing column 'stream_id'")
+    bad = replica["blocks"].set_column(0, "block_id", pa.array(["nope"] * replica["blocks"].num_rows))
+    code, message = _failure(lambda: client.bulk_ingest("blocks", bad))
+    assert (code, message) == (
+        "INVALID_ARGUMENT",
+        "error ingesting into blocks: 'nope' in column 'block_id' is not a UUID",
+    )
+    assert served.sql(
+        "SELECT count(*) AS n FROM blocks WHERE stream_id = $1", uuid.UUID(replica["streams"]["stream_id"][0].as_py())
+    ) == [{"n": 0}]

@@ -172,6 +172,49 @@ def test_bad_sql_is_an_invalid_argument(client: flight.FlightClient) -> None:
     assert code == "INVALID_ARGUMENT" and "table 'datafusion.public.nowhere' not found" in message
 
 
+def _bind(client: flight.FlightClient, sql: str, parameters: pa.Table) -> bytes:
+    """CreatePreparedStatement, then DoPut of the parameter rows; returns the bound handle."""
+    create = protocol.pack(protocol.ActionCreatePreparedStatementRequest(query=sql))
+    [result] = client.do_action(flight.Action("CreatePreparedStatement", create), flight_options())
+    _, prepared = protocol.unpack(result.body.to_pybytes())
+    command = protocol.CommandPreparedStatementQuery(prepared_statement_handle=prepared.prepared_statement_handle)
+    descriptor = flight.FlightDescriptor.for_command(protocol.pack(command))
+    writer, reader = client.do_put(descriptor, parameters.schema, flight_options())
+    with writer:
+        writer.write_table(parameters)
+        writer.done_writing()
+        answer = reader.read()
+    bound = protocol.DoPutPreparedStatementResult()
+    bound.ParseFromString(answer.to_pybytes())
+    return bound.prepared_statement_handle
+
+
+def test_bound_parameters_through_pyarrow_flight(client: flight.FlightClient) -> None:
+    [stream] = [s for s in EXPECTED["streams"] if "log" in s["tags"]]
+    sql = "SELECT stream_id FROM streams WHERE process_id = $1 AND array_has(tags, $2)"
+    handle = _bind(client, sql, pa.table({"process": [PROCESS_ID], "tag": ["log"]}))
+    command = protocol.CommandPreparedStatementQuery(prepared_statement_handle=handle)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(protocol.pack(command)), flight_options())
+    rows = client.do_get(info.endpoints[0].ticket, flight_options()).read_all().to_pylist()
+    assert rows == [{"stream_id": stream["stream_id"]}]
+
+
+def test_bad_parameter_bindings_are_invalid_arguments(client: flight.FlightClient) -> None:
+    sql = "SELECT count(*) AS n FROM streams WHERE process_id = $1"
+    two_rows = pa.table({"p": [PROCESS_ID, PROCESS_ID]})
+    assert _failure(lambda: _bind(client, sql, two_rows)) == (
+        "INVALID_ARGUMENT",
+        "parameter binding takes exactly one row of values per execution, got 2",
+    )
+    code, message = _failure(lambda: _bind(client, "SELECT $1 + $2 AS x", pa.table({"a": [1]})))
+    assert code == "INVALID_ARGUMENT" and "No value found for placeholder with name $2" in message
+    garbage = protocol.CommandPreparedStatementQuery(prepared_statement_handle=b"\x00\x01")
+    code, message = _failure(
+        lambda: client.get_flight_info(flight.FlightDescriptor.for_command(protocol.pack(garbage)), flight_options())
+    )
+    assert (code, message) == ("INVALID_ARGUMENT", "malformed bound statement handle")
+
+
 # ------------------------------------------------------------------------------------------------
 # ADBC
 
@@ -201,6 +244,20 @@ def test_adbc_cursor_executes_on_the_lakehouse(served: SpanlakeServer) -> None:
         assert cur.fetchall() == [(EXPECTED["process"]["process_info"]["exe"],)]
         cur.execute(f"SELECT count(*) FROM view_instance('async_events', '{PROCESS_ID}')")
         assert cur.fetchone()[0] > 0
+
+
+def test_adbc_bound_parameters(served: SpanlakeServer) -> None:
+    cpu = sorted(s["stream_id"] for s in EXPECTED["streams"] if "cpu" in s["tags"])
+    with adbc_connect(served, key=READER_KEY) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT stream_id FROM streams WHERE process_id = $1 AND array_has(tags, $2) ORDER BY stream_id",
+            parameters=(PROCESS_ID, "cpu"),
+        )
+        assert [row[0] for row in cur.fetchall()] == cpu
+        cur.execute("SELECT count(*) FROM streams WHERE array_has(tags, $1)", parameters=("log",))
+        assert cur.fetchall() == [(1,)]
+        cur.execute("SELECT $1 * 2 AS doubled, $2 AS text", parameters=(21, "été"))
+        assert cur.fetchall() == [(42, "été")]
 
 
 # ------------------------------------------------------------------------------------------------

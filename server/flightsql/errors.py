@@ -49,12 +49,13 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
     UNIMPLEMENTED = "unimplemented"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
 
 
 def error_class(code: Code) -> str:
     """The audit bucket of a status code, as micromegas's `error_class`."""
-    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED):
+    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.PERMISSION_DENIED):
         return "user"
     if code is Code.RESOURCE_EXHAUSTED:
         return "resource"
@@ -85,6 +86,8 @@ class Failure(Exception):
             return Unimplemented(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
         if self.code is Code.RESOURCE_EXHAUSTED:
             return flight.FlightUnavailableError(self.message)
+        if self.code is Code.PERMISSION_DENIED:
+            return flight.FlightUnauthorizedError(self.message)
         return flight.FlightInternalError(self.message)
 
 
@@ -133,6 +136,10 @@ def log_failure(failure: Failure) -> Failure:
 
 def invalid_argument(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.INVALID_ARGUMENT, client_message(message, query_id))
+
+
+def permission_denied(message: str) -> Failure:
+    return Failure(Code.PERMISSION_DENIED, client_message(message, None))
 
 
 def unimplemented(message: str, query_id: str | None = None) -> Failure:
