@@ -1,6 +1,6 @@
-"""process_spans(...), parse_block(...) and get_payload(...) on a running `spanlake serve` holding
-micromegas's Rust fixtures, through the micromegas client and ADBC; checked against the views
-themselves and against the Rust decoder's own output (rust_parsed/)."""
+"""process_spans(...), parse_block(...), get_payload(...) and perfetto_trace_chunks's argument errors
+on a running `spanlake serve` holding micromegas's Rust fixtures, through the micromegas client and
+ADBC; checked against the views themselves and against the Rust decoder's own output (rust_parsed/)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,14 @@ def test_process_spans_both_is_threads_then_async(served: SpanlakeServer) -> Non
         ),
         (f"SELECT * FROM process_spans('{PROCESS_ID}')", "process_spans takes 2 arguments: (process_id, span_types)"),
         ("SELECT * FROM process_spans(42, 'both')", "First argument of process_spans must be a string, given int64"),
+        (
+            f"SELECT * FROM perfetto_trace_chunks('{PROCESS_ID}', 'both', TIMESTAMP '2026-11-23T08:00:00Z')",
+            "Fourth argument to perfetto_trace_chunks must be a timestamp (end time), given None",
+        ),
+        (
+            f"SELECT * FROM perfetto_trace_chunks('{PROCESS_ID}', 'both', 'soon', '2026-11-23T09:00:00Z')",
+            'Third argument to perfetto_trace_chunks must be a timestamp (start time), given Utf8("soon")',
+        ),
         ("SELECT * FROM parse_block('nope')", "parse_block: 'nope' is not a valid block id"),
         (
             "SELECT * FROM parse_block('00000000-0000-0000-0000-000000000000')",

@@ -243,17 +243,9 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
 
 def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
-        name = "perfetto_trace_chunks"
-        if len(args) != 4:
-            raise QueryError(f"{name} takes 4 arguments: (process_id, span_types, begin, end)")
+        process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
-            plan = perfetto_trace.plan_trace(
-                lake,
-                literal_string(args[0], name, "First"),
-                literal_string(args[1], name, "Second"),
-                literal_timestamp_ns(args[2], name, "Third"),
-                literal_timestamp_ns(args[3], name, "Fourth"),
-            )
+            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
             return Table(perfetto_trace.trace_dataframe(ctx, plan))
 
     return perfetto_trace_chunks
