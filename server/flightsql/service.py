@@ -5,6 +5,8 @@ RPCs (see docs/flightsql.md for the full matrix):
 * `GetFlightInfo`/`GetSchema` for `CommandStatementQuery` and `CommandPreparedStatementQuery`: plans
   the SQL and announces its real schema (ADBC checks it against the stream); the ticket carries the SQL.
 * `DoAction` CreatePreparedStatement (handle = the SQL), ClosePreparedStatement, CloseSession.
+* `DoPut` of CommandPreparedStatementQuery (parameter values: a new handle holding SQL and values)
+  and of CommandStatementIngest (the micromegas client's bulk_ingest, through the `bulk_ingest` hook).
 * GetSqlInfo, GetCatalogs, GetDbSchemas, GetTables (with schemas), GetTableTypes.
 * Anything else answers UNIMPLEMENTED.
 
