@@ -125,7 +125,10 @@ def _from_source(
         timings = lake.loop.run(find_timings(lake.pool, process_ids))
     rows = view_rows(lake, view, timings, blocks)
     partition = write_partition(lake, _target(view, begin_ns, end_ns), count, rows)
-    progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows if partition else 0} rows")
+    if partition is None:
+        progress(f"{what}: an identical partition (same source blocks and schema) is already present")
+    else:
+        progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows} rows")
     return partition is not None
 
 

@@ -22,11 +22,15 @@ READER_KEY = "reader-key-0123456789"
 
 
 @contextlib.contextmanager
-def served_lakehouse(postgres: PostgresServer, tmp_path: Path, **env: str) -> Iterator[SpanlakeServer]:
-    """`spanlake serve` with auth on (keys `admin`, an admin, and `reader`) and the fixtures uploaded."""
+def served_lakehouse(postgres: PostgresServer, tmp_path: Path, upload: bool = True) -> Iterator[SpanlakeServer]:
+    """`spanlake serve` with auth on (keys `admin`, an admin, and `reader`) and, unless told not to,
+    the fixtures uploaded and materialized in the global views."""
     keys = json.dumps([{"name": "admin", "key": ADMIN_KEY}, {"name": "reader", "key": READER_KEY}])
-    extra_env = {"SPANLAKE_API_KEYS": keys, "SPANLAKE_ADMINS": "admin", **env}
+    extra_env = {"SPANLAKE_API_KEYS": keys, "SPANLAKE_ADMINS": "admin"}
     with running_server(postgres, tmp_path, extra_env=extra_env) as server:
+        if not upload:
+            yield server
+            return
         for step in EXPECTED["upload_sequence"]:
             body = (RUST_FIXTURES / step["file"]).read_bytes()
             status, text = post(server.http_url + step["endpoint"], body, {"Authorization": f"Bearer {ADMIN_KEY}"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import micromegas.admin
 import pyarrow as pa
@@ -263,3 +264,28 @@ def test_bulk_ingest_refuses_readers_unknown_tables_and_bad_rows(served: Spanlak
     assert served.sql(
         "SELECT count(*) AS n FROM blocks WHERE stream_id = $1", uuid.UUID(replica["streams"]["stream_id"][0].as_py())
     ) == [{"n": 0}]
+
+
+def test_bulk_ingest_replicates_a_lake_from_its_own_views(
+    served: SpanlakeServer, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A replication tool's round: the views and get_payload(...) of one server into an empty one."""
+    source = micromegas_client(served)
+    where = f"WHERE process_id = '{PROCESS_ID}'"
+    tables = {name: source.query_arrow(f"SELECT * FROM {name} {where}") for name in ("processes", "streams", "blocks")}
+    tables["payloads"] = source.query_arrow(
+        "SELECT process_id, stream_id, block_id, get_payload(process_id, stream_id, block_id) AS payload"
+        f" FROM blocks {where}"
+    )
+    with served_lakehouse(postgres, tmp_path, upload=False) as replica:
+        target = micromegas_client(replica)
+        for name in ("processes", "streams", "payloads", "blocks"):
+            assert target.bulk_ingest(name, tables[name]).record_count == tables[name].num_rows > 0
+        assert replica.block_rows(PROCESS_ID) == served.block_rows(PROCESS_ID)
+        copied, original = replica.process_row(PROCESS_ID), served.process_row(PROCESS_ID)
+        # The views carry properties as JSONB objects, whose keys are sorted: compare them as maps.
+        assert dict(copied.pop("properties")) == dict(original.pop("properties")) != {}
+        assert copied == original
+        count = f"SELECT level, count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}') GROUP BY level"
+        expected = source.query(count).sort_values("level").to_dict("records")
+        assert target.query(count).sort_values("level").to_dict("records") == expected

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness import PostgresServer, SpanlakeServer
+from lakehouse_support import local_lake
 from served_support import READER_KEY, adbc_connect, micromegas_client, served_lakehouse
 from test_flightsql_support import grpc_status
 
+from spanlake.lakehouse import query_denials
 from spanlake.server.flightsql.audit import sql_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
@@ -106,3 +109,23 @@ def test_remove_query_denial_names_bad_ids_and_readers_cannot_manage(served: Spa
     for sql in ("SELECT * FROM list_query_denials()", "SELECT * FROM deny_queries('client = ''a''', 'x')"):
         code, text = _failure(lambda s=sql: reader.query(s))
         assert code == "INVALID_ARGUMENT" and "not found" in text, text
+
+
+def test_a_rule_written_elsewhere_applies_after_the_refresh(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server process's snapshot: stale until REFRESH_SECONDS, then the rule applies."""
+    with local_lake(postgres, tmp_path) as local:
+        here = query_denials.deny_list(local.lake)
+        assert here is query_denials.deny_list(local.lake)  # one list per lake, shared by its sessions
+        elsewhere = query_denials.QueryDenyList(local.lake)  # the snapshot of another process
+        attribution = {"client": "python", "sql": "SELECT 1", "sql_hash": sql_hash("SELECT 1")}
+        assert elsewhere.check(attribution) is None
+        rule_id = here.insert("client = 'python'", "maintenance", "admin")
+        assert here.check(attribution).rule_id == rule_id
+        assert elsewhere.check(attribution) is None  # its snapshot is not yet REFRESH_SECONDS old
+        monkeypatch.setattr(query_denials, "REFRESH_SECONDS", 0.0)
+        assert elsewhere.check(attribution).rule_id == rule_id
+        assert elsewhere.check({**attribution, "client": None}) is None  # NULL never matches
+        assert here.remove(str(rule_id)) == f"SUCCESS: removed rule {rule_id}"
+        assert elsewhere.check(attribution) is None
