@@ -7,7 +7,7 @@ they are (idempotent, as the ingestion API). Columns are read by name; extra col
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -160,13 +160,14 @@ def _store_payloads(lake: Lake, table: pa.Table) -> None:
         lake.store.put_if_absent(blob_key(process_id, stream_id, block_id), payload)
 
 
-def bulk_ingest(lake: Lake, table_name: str, batches: Iterable[pa.RecordBatch]) -> int:
+def bulk_ingest(lake: Lake, table_name: str, table: pa.Table) -> int:
     """Stores the rows; returns how many were received. BulkIngestError for what cannot be stored."""
     if table_name not in TABLES:
         raise BulkIngestError(
             f"bulk ingest for table {table_name} not supported (supported tables: {', '.join(TABLES)})"
         )
-    table = pa.Table.from_batches(list(batches))
+    if table.num_rows == 0:
+        return 0
     if table_name == "payloads":
         _store_payloads(lake, table)
     else:

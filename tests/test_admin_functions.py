@@ -89,7 +89,7 @@ def test_retire_partition_by_metadata_reports_what_it_cannot_find(served: Spanla
 
 def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServer) -> None:
     client = micromegas_client(served)
-    [live] = [p for p in _partitions(served, "streams") if p["file_path"]][:1]
+    [live] = [p for p in _partitions(served, "measures") if p["file_path"]][:1]
     path = live["file_path"]
     batch = client.query(
         f"SELECT retire_partition_by_file(path) AS message FROM (VALUES ('{path}'), ('views/nowhere.parquet'),"
@@ -100,10 +100,10 @@ def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServ
         "ERROR: Partition not found: views/nowhere.parquet",
         "ERROR: file_path cannot be null",
     ]
-    assert any(p["file_path"] == path for p in _partitions(served, "streams"))
+    assert any(p["file_path"] == path for p in _partitions(served, "measures"))
     single = client.query(f"SELECT retire_partition_by_file('{path}') AS message")
     assert single["message"].tolist() == [f"SUCCESS: Retired partition {path}"]
-    assert not any(p["file_path"] == path for p in _partitions(served, "streams"))
+    assert not any(p["file_path"] == path for p in _partitions(served, "measures"))
 
 
 def test_regenerate_partitions_rebuilds_from_source(served: SpanlakeServer) -> None:
@@ -253,6 +253,9 @@ def test_bulk_ingest_refuses_readers_unknown_tables_and_bad_rows(served: Spanlak
         message
         == "bulk ingest for table log_entries not supported (supported tables: processes, streams, blocks, payloads)"
     )
+    code, message = _failure(lambda: client.bulk_ingest("streams", replica["processes"]))
+    assert (code, message) == ("INVALID_ARGUMENT", "error ingesting into streams: missing column 'stream_id'")
+    assert client.bulk_ingest("streams", replica["streams"].slice(0, 0)).record_count == 0
     code, message = _failure(lambda: client.bulk_ingest("streams", replica["processes"]))
     assert (code, message) == ("INVALID_ARGUMENT", "error ingesting into streams: missing column 'stream_id'")
     bad = replica["blocks"].set_column(0, "block_id", pa.array(["nope"] * replica["blocks"].num_rows))

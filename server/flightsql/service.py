@@ -78,7 +78,7 @@ _ACTIONS = (
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 # Stores the rows a CommandStatementIngest sends into the named table; returns how many. Raises
 # UserError for rows or a table it refuses (the client gets INVALID_ARGUMENT with the message).
-BulkIngest = Callable[[str, Iterator[pa.RecordBatch]], int]
+BulkIngest = Callable[[str, pa.Table], int]
 
 
 def _rpc(method: _Handler) -> _Handler:
@@ -254,7 +254,7 @@ class FlightSqlServer(flight.FlightServerBase):
         assert self._bulk_ingest is not None
         _log.info("do_put_statement_ingest table_name=%s", command.table)
         try:
-            count = self._bulk_ingest(command.table, (chunk.data for chunk in reader))
+            count = self._bulk_ingest(command.table, reader.read_all())
         except UserError as err:
             raise errors.log_failure(errors.invalid_argument(str(err))) from None
         writer.write(pa.py_buffer(protocol.do_put_update_result(count)))
