@@ -88,9 +88,10 @@ def test_retire_partition_by_metadata_reports_what_it_cannot_find(served: Spanla
 
 
 def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServer) -> None:
+    # A partition of its own (no maintenance rewrites it meanwhile): an old-schema one of `blocks`.
+    path = f"views/blocks/global/{uuid.uuid4()}.parquet"
+    _old_partition(served, "blocks", dt.datetime(2019, 5, 1, tzinfo=dt.UTC), path)
     client = micromegas_client(served)
-    [live] = [p for p in _partitions(served, "measures") if p["file_path"]][:1]
-    path = live["file_path"]
     batch = client.query(
         f"SELECT retire_partition_by_file(path) AS message FROM (VALUES ('{path}'), ('views/nowhere.parquet'),"
         " (NULL)) AS t(path)"
@@ -100,28 +101,36 @@ def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServ
         "ERROR: Partition not found: views/nowhere.parquet",
         "ERROR: file_path cannot be null",
     ]
-    assert any(p["file_path"] == path for p in _partitions(served, "measures"))
+    assert any(p["file_path"] == path for p in _partitions(served, "blocks"))
     single = client.query(f"SELECT retire_partition_by_file('{path}') AS message")
     assert single["message"].tolist() == [f"SUCCESS: Retired partition {path}"]
-    assert not any(p["file_path"] == path for p in _partitions(served, "measures"))
+    assert not any(p["file_path"] == path for p in _partitions(served, "blocks"))
+    assert served.sql("SELECT file_size FROM temporary_files WHERE file_path = $1", path) == [{"file_size": 1234}]
 
 
 def test_regenerate_partitions_rebuilds_from_source(served: SpanlakeServer) -> None:
     client = micromegas_client(served)
-    [partition] = [p for p in _partitions(served, "processes") if p["num_rows"]][:1]
-    begin, end = partition["begin_insert_time"], partition["end_insert_time"]
-    # Drop the partition's row count to tell the rebuilt partition from the one it replaces.
+    [first] = [p for p in _partitions(served, "processes") if p["num_rows"]][:1]
+    # The minute holding it: whatever the maintenance daemon merges meanwhile stays inside it.
+    begin = first["begin_insert_time"].replace(second=0, microsecond=0)
+    end = begin + dt.timedelta(minutes=1)
+    inside = "SELECT * FROM lakehouse_partitions WHERE view_set_name = 'processes' AND begin_insert_time >= $1"
+    inside += " AND end_insert_time <= $2"
+    # Blank their source counts, to tell the rebuilt partition from an identical one already there.
     served.sql(
-        "UPDATE lakehouse_partitions SET source_data_hash = $1 WHERE file_path = $2",
+        "UPDATE lakehouse_partitions SET source_data_hash = $3 WHERE view_set_name = 'processes'"
+        " AND begin_insert_time >= $1 AND end_insert_time <= $2",
+        begin,
+        end,
         b"\x00" * 8,
-        partition["file_path"],
     )
-    seconds = int((end - begin).total_seconds())
-    arguments = f"'processes', '{begin.isoformat()}', '{end.isoformat()}', {seconds}"
+    before = {p["file_path"] for p in served.sql(inside, begin, end)}
+    arguments = f"'processes', '{begin.isoformat()}', '{end.isoformat()}', 60"
     log = client.query(f"SELECT time, msg FROM regenerate_partitions({arguments})")
-    assert len(log) == 1 and "built from" in log["msg"][0] and "1 rows" in log["msg"][0]
-    [rebuilt] = [p for p in _partitions(served, "processes") if p["begin_insert_time"] == begin]
-    assert rebuilt["file_path"] != partition["file_path"] and rebuilt["num_rows"] == 1
+    assert len(log) == 1 and "built from" in log["msg"][0] and "1 rows" in log["msg"][0], log["msg"].tolist()
+    [rebuilt] = served.sql(inside, begin, end)
+    assert rebuilt["begin_insert_time"] == begin and rebuilt["end_insert_time"] == end
+    assert rebuilt["file_path"] not in before and rebuilt["num_rows"] == 1
     assert client.query("SELECT count(*) AS n FROM processes")["n"][0] == 1
 
 
