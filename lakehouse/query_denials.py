@@ -17,6 +17,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 
+import asyncpg
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 
@@ -119,6 +120,7 @@ class QueryDenyList:
         self._lock = threading.Lock()
         self._rules: list[DenyRule] = []
         self._loaded_at = float("-inf")
+        self._hits: dict[uuid.UUID, dt.datetime] = {}  # last hit of each rule since the last reload
 
     def rules(self) -> list[DenyRule]:
         """The snapshot, reloaded when older than REFRESH_SECONDS."""
@@ -128,26 +130,35 @@ class QueryDenyList:
         return self.reload()
 
     def reload(self) -> list[DenyRule]:
-        rows = self._lake.loop.run(
-            self._lake.pool.fetch(
-                "SELECT rule_id, created_at, created_by, reason, match_expr, last_hit_at"
-                " FROM query_deny_list ORDER BY created_at, rule_id"
-            )
-        )
+        """Writes the hits recorded since the last reload (one UPDATE per rule hit, not per query),
+        then reads the rules."""
+        with self._lock:
+            hits, self._hits = self._hits, {}
+        rows = self._lake.loop.run(self._flush_and_load(hits))
         rules = [DenyRule(**dict(row)) for row in rows]
         with self._lock:
             self._rules, self._loaded_at = rules, time.monotonic()
         return rules
 
+    async def _flush_and_load(self, hits: dict[uuid.UUID, dt.datetime]) -> list[asyncpg.Record]:
+        async with self._lake.pool.acquire() as conn:
+            if hits:
+                await conn.executemany(
+                    "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2)"
+                    " WHERE rule_id = $1",
+                    list(hits.items()),
+                )
+            return await conn.fetch(
+                "SELECT rule_id, created_at, created_by, reason, match_expr, last_hit_at"
+                " FROM query_deny_list ORDER BY created_at, rule_id"
+            )
+
     def check(self, attribution: dict[str, str | None]) -> DenyRule | None:
-        """The rule denying this query, if any (its hit is recorded)."""
+        """The rule denying this query, if any; its hit is kept for the next reload to write."""
         rule = matching_rule(self.rules(), attribution)
         if rule is not None:
-            self._lake.loop.run(
-                self._lake.pool.execute(
-                    "UPDATE query_deny_list SET last_hit_at = now() WHERE rule_id = $1", rule.rule_id
-                )
-            )
+            with self._lock:
+                self._hits[rule.rule_id] = dt.datetime.now(dt.UTC)
         return rule
 
     def insert(self, match_expr: str, reason: str, created_by: str | None) -> uuid.UUID:
