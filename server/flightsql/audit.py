@@ -2,7 +2,7 @@
 with its SQL and the SQL's fingerprint.
 
 A query's record is emitted exactly once: when its stream ends ("ok"), when it fails ("error", with
-the class user|resource|internal), or when the client goes away before the end ("incomplete").
+the class user|resource|internal|denied), or when the client goes away before the end ("incomplete").
 """
 
 from __future__ import annotations

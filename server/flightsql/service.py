@@ -224,7 +224,7 @@ class FlightSqlServer(flight.FlightServerBase):
             self._bind(context, command, reader, writer)
             return
         if kind == "CommandStatementIngest" and self._bulk_ingest is not None:
-            self._ingest(context, command, reader, writer)
+            self._ingest(self._bulk_ingest, context, command, reader, writer)
             return
         raise errors.unimplemented(f"{kind} is not supported: spanlake is read-only")
 
@@ -242,6 +242,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _ingest(
         self,
+        ingest: BulkIngest,
         context: flight.ServerCallContext,
         command: Any,
         reader: flight.MetadataRecordBatchReader,
@@ -251,10 +252,9 @@ class FlightSqlServer(flight.FlightServerBase):
         principal = _call(context).principal
         if principal is not None and not principal.is_admin:
             raise errors.permission_denied("bulk_ingest requires admin privileges")
-        assert self._bulk_ingest is not None
         _log.info("do_put_statement_ingest table_name=%s", command.table)
         try:
-            count = self._bulk_ingest(command.table, reader.read_all())
+            count = ingest(command.table, reader.read_all())
         except UserError as err:
             raise errors.log_failure(errors.invalid_argument(str(err))) from None
         writer.write(pa.py_buffer(protocol.do_put_update_result(count)))
