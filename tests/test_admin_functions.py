@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from harness import PostgresServer, SpanlakeServer
-from served_support import PROCESS_ID, READER_KEY, micromegas_client, served_lakehouse
+from served_support import PROCESS_ID, READER_KEY, adbc_connect, micromegas_client, served_lakehouse
 from test_flightsql_support import grpc_status
 
+pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 OLD_HASH = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
@@ -243,6 +244,8 @@ def test_bulk_ingest_replicates_a_process(served: SpanlakeServer) -> None:
     for name in ("processes", "streams", "payloads", "blocks"):
         assert client.bulk_ingest(name, replica[name]).record_count == replica[name].num_rows
     assert client.bulk_ingest("processes", replica["processes"]).record_count == 1  # idempotent
+    with adbc_connect(served) as conn, conn.cursor() as cur:  # ADBC's ingest is the same command
+        assert cur.adbc_ingest("processes", replica["processes"], mode="append") == 1
     process_id = replica["processes"]["process_id"][0].as_py()
     row = served.process_row(process_id)
     assert row["exe"] == served.process_row(PROCESS_ID)["exe"] and row["parent_process_id"] is None
