@@ -19,6 +19,7 @@ from spanlake.views import jsonb
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 CPU_STREAMS = [s for s in EXPECTED["streams"] if "cpu" in s["tags"]]
 ZERO = "00000000-0000-0000-0000-000000000000"
+ALL_BLOCKS = [b for s in EXPECTED["streams"] for b in s["blocks"]]
 LOG_BLOCK = next(s for s in EXPECTED["streams"] if "log" in s["tags"])["blocks"][1]
 
 
@@ -149,14 +150,22 @@ def _micromegas_json(value: object) -> object:
 
 
 def test_parse_block_gives_each_object_as_jsonb(served: SpanlakeServer) -> None:
+    offset = LOG_BLOCK["object_offset"]
     rows = micromegas_client(served, READER_KEY).query_arrow(
         f"SELECT object_index, type_name, value FROM parse_block('{LOG_BLOCK['block_id']}') ORDER BY object_index"
     )
     rust = json.loads((RUST_FIXTURES / "rust_parsed" / f"{LOG_BLOCK['block_id']}.json").read_text())["objects"]
-    offset = LOG_BLOCK["object_offset"]
     assert offset > 0 and rows.column("object_index").to_pylist() == list(range(offset, offset + len(rust)))
-    assert [jsonb.decode(v) for v in rows.column("value").to_pylist()] == [_micromegas_json(o) for o in rust]
     assert rows.column("type_name").to_pylist() == [o["__type"] for o in rust]
+
+
+@pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b["block_id"][:8] for b in ALL_BLOCKS])
+def test_parse_block_values_match_the_rust_decoder(served: SpanlakeServer, block: dict) -> None:
+    rows = micromegas_client(served, READER_KEY).query_arrow(
+        f"SELECT value FROM parse_block('{block['block_id']}') ORDER BY object_index"
+    )
+    rust = json.loads((RUST_FIXTURES / "rust_parsed" / f"{block['block_id']}.json").read_text())["objects"]
+    assert [jsonb.decode(v) for v in rows.column("value").to_pylist()] == [_micromegas_json(o) for o in rust]
 
 
 def test_get_payload_returns_the_stored_bytes(served: SpanlakeServer) -> None:
