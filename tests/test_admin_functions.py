@@ -86,6 +86,8 @@ def test_retire_partition_by_metadata_reports_what_it_cannot_find(served: Spanla
     assert micromegas_client(served).query(sql)["message"].tolist() == [
         "ERROR: Partition not found: streams/global [2001-01-01 00:00:00 UTC, 2001-01-01 00:01:00 UTC)"
     ]
+    with_null = "SELECT retire_partition_by_metadata('streams', NULL, now(), now(), decode('00', 'hex')) AS message"
+    assert micromegas_client(served).query(with_null)["message"].tolist() == ["ERROR: all arguments must be non-null"]
 
 
 def test_retire_partition_by_file_rolls_a_failed_batch_back(served: SpanlakeServer) -> None:

@@ -8,6 +8,7 @@ import collections
 import json
 from collections.abc import Iterator
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer
@@ -86,6 +87,21 @@ def test_process_spans_async_pairs_begin_and_end_events(served: SpanlakeServer) 
     assert all(r["duration"] == r["e"] - r["b"] for r in spans.to_pylist())
     begins = spans.column("b").to_pylist()
     assert begins == sorted(begins)
+
+
+def test_process_spans_keeps_the_spans_of_the_query_range(served: SpanlakeServer) -> None:
+    client = micromegas_client(served, READER_KEY)
+    spans = client.query_arrow(f"SELECT CAST(begin AS BIGINT) AS b FROM process_spans('{PROCESS_ID}', 'thread')")
+    begins = sorted(spans.column("b").to_pylist())
+    # A range starting mid-way: the spans meeting it, as view_instance gives them under the same range.
+    begin = pd.Timestamp(begins[len(begins) // 2], tz="UTC")
+    end = begin + pd.Timedelta(hours=1)
+    ranged = client.query(f"SELECT count(*) AS n FROM process_spans('{PROCESS_ID}', 'thread')", begin, end)["n"][0]
+    expected = sum(
+        client.query(f"SELECT count(*) AS n FROM view_instance('thread_spans', '{s['stream_id']}')", begin, end)["n"][0]
+        for s in CPU_STREAMS
+    )
+    assert 0 < ranged == expected < len(begins)
 
 
 def test_process_spans_both_is_threads_then_async(served: SpanlakeServer) -> None:
