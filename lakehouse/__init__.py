@@ -21,6 +21,8 @@ Modules:
     jit                just-in-time materialization of a process or stream instance
     batch_update       scheduled materialization of the global views, bucket by bucket
     retention          deleting expired telemetry, partitions and retired files
+    bulk_ingest        replicated processes, streams, blocks and payloads rows (Flight SQL ingest)
+    query_denials      the query deny list: rules in PostgreSQL, a snapshot per process, their matching
     transit            micromegas transit blocks: type metadata and the decoder (a package)
     otlp               OTLP data: identities, bounds, the stored envelope, Rust text, decoding (a package)
     query              the DataFusion session of a query, view instances, table functions (a package)

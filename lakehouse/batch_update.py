@@ -91,6 +91,13 @@ def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progr
     return _merge(lake, view, begin_ns, end_ns, existing, what, progress)
 
 
+def regenerate_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
+    """Rebuilds the bucket from its source blocks whatever its partitions hold (regenerate_partitions)."""
+    what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
+    required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    return _from_source(lake, view, begin_ns, end_ns, required, what, progress)
+
+
 def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
     return PartitionTarget(
         view.name,
@@ -118,7 +125,10 @@ def _from_source(
         timings = lake.loop.run(find_timings(lake.pool, process_ids))
     rows = view_rows(lake, view, timings, blocks)
     partition = write_partition(lake, _target(view, begin_ns, end_ns), count, rows)
-    progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows if partition else 0} rows")
+    if partition is None:
+        progress(f"{what}: an identical partition (same source blocks and schema) is already present")
+    else:
+        progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows} rows")
     return partition is not None
 
 

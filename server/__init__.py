@@ -14,6 +14,7 @@ Modules:
     self_tracing      spanlake tracing itself into its own lake
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
+    query_admission   the query deny list checked before each Flight SQL statement
     flightsql         the Arrow Flight SQL server (a package)
     web               the web UI: pages, span trees, SQL, Perfetto, micromegas query stream (a package)
 """

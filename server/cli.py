@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import secrets
 import signal
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from datafusion import SessionContext
 
+from spanlake.lakehouse.bulk_ingest import bulk_ingest
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
@@ -22,6 +24,7 @@ from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
+from spanlake.server.query_admission import admit
 from spanlake.server.self_tracing import start_self_tracing
 from spanlake.tracing import generator
 
@@ -61,6 +64,7 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
                 lakehouse_sessions(lake),
                 authenticator,
                 cluster=query_cluster(lake, settings),
+                bulk_ingest=functools.partial(bulk_ingest, lake),
             )
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
@@ -105,7 +109,9 @@ def lakehouse_sessions(lake: Lake) -> SessionFactory:
 
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
-        return make_session_context(lake, query.query_range, is_admin=is_admin)
+        admit(lake, query, is_admin)
+        identity = query.principal.name if query.principal is not None else "anonymous"
+        return make_session_context(lake, query.query_range, is_admin=is_admin, identity=identity)
 
     return make
 

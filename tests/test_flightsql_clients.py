@@ -1,5 +1,7 @@
 """Real clients against a real spanlake Flight SQL server on a loopback port: the micromegas client,
-the ADBC Flight SQL driver and plain pyarrow.flight, reading values out of a 1M-row in-memory table."""
+the ADBC Flight SQL driver and plain pyarrow.flight, reading values out of a 1M-row in-memory table:
+the server's transport (headers, streaming, dictionaries, plan cache). Every RPC against the real
+lakehouse session of `spanlake serve` is tested in test_flightsql_served.py."""
 
 from __future__ import annotations
 
@@ -135,21 +137,6 @@ def test_adbc_cursor_fetches_values_and_plans_once(
     assert [(r["status"], r["plan_cached"], r["rows"]) for r in doget] == [("ok", True, 3), ("ok", True, 1)]
 
 
-def test_adbc_metadata(uri: str) -> None:
-    with adbc.connect(uri) as conn:
-        info = conn.adbc_get_info()
-        assert info["vendor_name"] == "spanlake" and info["vendor_arrow_version"] == pa.__version__
-        assert conn.adbc_get_table_schema("events") == HYDRATED_EVENTS
-        assert sorted(conn.adbc_get_table_types()) == ["LOCAL TEMPORARY", "TABLE", "VIEW"]
-        objects = conn.adbc_get_objects().read_all().to_pylist()
-        assert [c["catalog_name"] for c in objects] == ["datafusion"]
-        schemas = objects[0]["catalog_db_schemas"]
-        assert [s["db_schema_name"] for s in schemas] == ["public"]
-        tables = {t["table_name"]: t for t in schemas[0]["db_schema_tables"]}
-        assert {name: t["table_type"] for name, t in tables.items()} == {"events": "TABLE", "recent": "VIEW"}
-        assert [c["column_name"] for c in tables["events"]["table_columns"]] == ["id", "value", "ts", "name"]
-
-
 def test_adbc_headers_carry_the_time_range(uri: str, factory: RecordingFactory) -> None:
     prefix = adbc_driver_flightsql.DatabaseOptions.RPC_CALL_HEADER_PREFIX.value
     db_kwargs = {
@@ -200,55 +187,3 @@ def test_limit_header_limits_rows(client: flight.FlightClient, factory: Recordin
     reader = client.do_get(statement_ticket("SELECT id FROM events ORDER BY id DESC"), call_options(limit="5"))
     assert reader.read_all().column("id").to_pylist() == [N - 1, N - 2, N - 3, N - 4, N - 5]
     assert factory.contexts[-1].limit == 5
-
-
-def _metadata(client: flight.FlightClient, command: object) -> pa.Table:
-    info = client.get_flight_info(command_descriptor(command))
-    table = client.do_get(info.endpoints[0].ticket).read_all()
-    assert table.schema == info.schema
-    return table
-
-
-def test_catalog_metadata_commands(client: flight.FlightClient) -> None:
-    assert _metadata(client, protocol.CommandGetCatalogs()).to_pylist() == [{"catalog_name": "datafusion"}]
-    assert _metadata(client, protocol.CommandGetDbSchemas(db_schema_filter_pattern="pub%")).to_pylist() == [
-        {"catalog_name": "datafusion", "db_schema_name": "public"}
-    ]
-    assert _metadata(client, protocol.CommandGetDbSchemas(catalog="other")).num_rows == 0
-    assert _metadata(client, protocol.CommandGetTableTypes()).column(0).to_pylist() == [
-        "LOCAL TEMPORARY",
-        "TABLE",
-        "VIEW",
-    ]
-
-
-def test_get_tables_filters_and_schemas(client: flight.FlightClient) -> None:
-    every = _metadata(client, protocol.CommandGetTables())
-    assert every.column("table_name").to_pylist() == ["events", "recent"]
-    views = _metadata(client, protocol.CommandGetTables(table_types=["VIEW"], include_schema=True))
-    assert views.column("table_name").to_pylist() == ["recent"]
-    schema = pa.ipc.read_schema(pa.py_buffer(views.column("table_schema")[0].as_py()))
-    assert schema == pa.schema([("id", pa.int64()), ("name", pa.string())])
-    assert _metadata(client, protocol.CommandGetTables(table_name_filter_pattern="ev_nts")).num_rows == 1
-    assert _metadata(client, protocol.CommandGetTables(catalog="")).num_rows == 0
-
-
-def test_sql_info_over_flight(client: flight.FlightClient) -> None:
-    table = _metadata(client, protocol.CommandGetSqlInfo(info=[0, 4, 504]))
-    assert table.to_pylist() == [
-        {"info_name": 0, "value": "spanlake"},
-        {"info_name": 4, "value": True},
-        {"info_name": 504, "value": '"'},
-    ]
-
-
-def test_actions(client: flight.FlightClient) -> None:
-    assert sorted(a.type for a in client.list_actions()) == [
-        "ClosePreparedStatement",
-        "CloseSession",
-        "CreatePreparedStatement",
-    ]
-    close = protocol.pack(protocol.ActionClosePreparedStatementRequest(prepared_statement_handle=b"SELECT 1"))
-    assert list(client.do_action(flight.Action("ClosePreparedStatement", close))) == []
-    [closed] = client.do_action(flight.Action("CloseSession", b""))
-    assert closed.body.to_pybytes() == protocol.close_session_result()

@@ -203,15 +203,6 @@ def test_unsupported_commands_are_unimplemented(uri: str) -> None:
         assert _failure(lambda: list(client.list_flights())) == ("UNIMPLEMENTED", "ListFlights is not supported")
 
 
-def test_adbc_parameter_binding_is_refused(uri: str) -> None:
-    with (
-        adbc.connect(uri) as conn,
-        conn.cursor() as cur,
-        pytest.raises(adbc.Error, match="parameter binding is not supported"),
-    ):
-        cur.execute("SELECT id FROM events WHERE id = $1", parameters=(5,))
-
-
 def test_malformed_requests_are_invalid_arguments(uri: str) -> None:
     with flight.connect(uri) as client:
         assert _failure(lambda: client.get_flight_info(flight.FlightDescriptor.for_command(b"\xff\x00"))) == (

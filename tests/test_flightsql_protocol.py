@@ -13,6 +13,7 @@ from google.protobuf import any_pb2
 from micromegas.flightsql import FlightSql_pb2 as mm
 
 from spanlake.server.flightsql import UserError, protocol, sql_info
+from spanlake.server.flightsql.audit import sql_hash
 from spanlake.server.flightsql.errors import Code, root_error, scrub
 from spanlake.server.flightsql.headers import HeaderError, parse_query_headers
 from spanlake.server.flightsql.metadata import like_pattern
@@ -293,3 +294,14 @@ def test_plan_cache_keeps_takes_expires_and_bounds() -> None:
     expiring = PlanCache(ttl_seconds=0)
     expiring.put(key, planned)
     assert expiring.get(key, take=False) is None
+
+
+def test_sql_fingerprint_ignores_literals_case_whitespace_and_comments() -> None:
+    panel = sql_hash("SELECT name, count(*) FROM log_entries WHERE time > '2024-01-01T00:00:00Z' AND level <= 3")
+    assert len(panel) == 16 and int(panel, 16) >= 0
+    refreshed = "select name, COUNT(*)\n  from log_entries -- the same panel, later\n"
+    refreshed += " where time > '2024-06-01T12:00:00Z' /* and */ and level <= 4.5"
+    assert sql_hash(refreshed) == panel
+    assert sql_hash("SELECT name, count(*) FROM log_entries WHERE time > '2024' AND level < 3") != panel
+    assert sql_hash('SELECT "Name" FROM t') != sql_hash('SELECT "name" FROM t')  # quoted: kept as written
+    assert sql_hash("SELECT 'it''s' AS x") == sql_hash("SELECT 'other' AS x")

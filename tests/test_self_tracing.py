@@ -15,6 +15,8 @@ import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
 from perfetto_check import decode_and_check
 
+from spanlake.server.flightsql.audit import sql_hash
+
 # What one query that materializes a view instance just in time runs, parent before child.
 JIT_CHAIN = (
     "flightsql.do_get",
@@ -145,13 +147,14 @@ def test_query_audit_and_metrics_are_self_telemetry(traced) -> None:
 
     def stored() -> bool:
         found["logs"] = logs = client.query(
-            f"SELECT target, msg FROM view_instance('log_entries', '{own}') WHERE target = 'spanlake.flightsql.audit'"
+            f"SELECT target, msg FROM view_instance('log_entries', '{own}') WHERE target = 'flightsql_query_audit'"
         )
-        return any('"rows":1,' in msg for msg in logs.msg)
+        return any('"sql":"SELECT 42 AS answer"' in msg for msg in logs.msg)
 
     wait_until(stored, 30, "the audit record in spanlake's own log_entries")
-    record = next(json.loads(m) for m in found["logs"].msg if '"rows":1,' in m)
-    assert record["status"] == "ok" and record["rpc"] == "DoGet" and len(record["sql_hash"]) == 16
+    record = next(json.loads(m) for m in found["logs"].msg if '"sql":"SELECT 42 AS answer"' in m)
+    assert record["status"] == "ok" and record["rpc"] == "DoGet" and record["rows"] == 1
+    assert record["sql_hash"] == sql_hash("select 7 as answer")  # literals do not count
     metrics = client.query(f"SELECT name, unit, value FROM view_instance('measures', '{own}')")
     assert {
         "query_planning_time",

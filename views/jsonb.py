@@ -103,7 +103,9 @@ def _integer(value: int) -> bytes:
     for _, fmt, limit in _INT_WIDTHS:
         if -limit - 1 <= value <= limit:
             return b"\x40" + struct.pack(fmt, value)
-    raise ValueError(f"integer {value} does not fit in an int64")
+    if 0 < value < 1 << 64:  # above i64: the crate's UInt64 (0x50), as a transit u64 can be
+        return b"\x50" + struct.pack(">Q", value)
+    raise ValueError(f"integer {value} does not fit in an int64 or a uint64")
 
 
 def _unsigned(value: int) -> bytes:

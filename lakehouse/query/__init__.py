@@ -5,6 +5,10 @@ Modules:
     session            the per-query `SessionContext`: global tables, UDFs, table functions
     instances          a view instance as a table: JIT, then its partitions as one dataset
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
+    partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
+    deny_list_functions  deny_queries, list_query_denials, remove_query_denial
+    process_spans      `process_spans(process_id, span_types)`: a process's thread and async spans
+    block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     off_runtime        running DataFusion calls from table functions off DataFusion's own threads
     functions          micromegas's JSONB, properties, histogram and helper SQL functions

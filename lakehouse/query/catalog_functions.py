@@ -7,7 +7,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import DataFrame, SessionContext, col, udf
+from datafusion import DataFrame, SessionContext, Table, col, udf
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import QueryError
@@ -52,6 +52,14 @@ VIEW_SETS_SCHEMA = pa.schema(
 LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
 
 
+def memory_table(table: pa.Table) -> Table:
+    """An in-memory table a table function can return, empty or not (a dataset with no rows has no
+    fragment, which plans needing one partition refuse). Built in a private context: the query's
+    own must not be called on DataFusion's runtime thread."""
+    batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+    return Table(off_runtime(SessionContext().create_dataframe, [batches], None, table.schema))
+
+
 def list_partitions(lake: Lake) -> ds.Dataset:
     rows = lake.loop.run(
         lake.pool.fetch(
@@ -79,7 +87,9 @@ def list_view_sets() -> ds.Dataset:
     return ds.dataset(table)
 
 
-class _Log:
+class ProgressLog:
+    """The `(time, msg)` rows an admin function answers, one per message."""
+
     def __init__(self) -> None:
         self.times: list[int] = []
         self.messages: list[str] = []
@@ -103,7 +113,7 @@ def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
-    log = _Log()
+    log = ProgressLog()
     rows = lake.loop.run(retire_contained(lake.pool, view.name, instance, begin_ns, end_ns))
     for row in rows:
         log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")

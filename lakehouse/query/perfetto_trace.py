@@ -13,13 +13,14 @@ extra chunks are appended to the last row, so ids stay gapless and the bytes are
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from datafusion import DataFrame, SessionContext, col, udf
+from datafusion.expr import Expr
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog import ns_to_datetime
@@ -28,6 +29,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import fetch_for_query
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.perfetto.writer import SPAN_TYPES, SPANS_PER_FLUSH, PerfettoThread, trace_chunks
 
@@ -147,6 +149,59 @@ def _threads(lake: Lake, process_id: uuid.UUID, range_ns: tuple[int, int]) -> li
             tid = 0
         threads.append(PerfettoThread(str(row["stream_id"]), tid, f"{name}-{thread_id}" if name else thread_id))
     return threads
+
+
+_ARGUMENTS = (
+    ("First", "a string (the process ID)"),
+    ("Second", "a string ('thread', 'async', or 'both')"),
+    ("Third", "a timestamp (start time)"),
+    ("Fourth", "a timestamp (end time)"),
+)
+
+
+def trace_arguments(args: Sequence[Expr]) -> tuple[str, str, int, int]:
+    """(process_id, span_types, begin_ns, end_ns) of a perfetto_trace_chunks call, each refused with
+    micromegas's wording: "<Nth> argument to perfetto_trace_chunks must be <what>, given <value>"."""
+    if len(args) > len(_ARGUMENTS):
+        raise QueryError(f"perfetto_trace_chunks takes 4 arguments, given {len(args)}")
+    values: list[str | int] = []
+    for index, (position, what) in enumerate(_ARGUMENTS):
+        given = _literal_value(args[index]) if index < len(args) else None
+        value = _string_argument(given) if index < 2 else _timestamp_argument(given)
+        if value is None:
+            shown = "None" if index >= len(args) else args[index].canonical_name()
+            raise QueryError(f"{position} argument to perfetto_trace_chunks must be {what}, given {shown}")
+        values.append(value)
+    process_id, span_types, begin_ns, end_ns = values
+    return str(process_id), str(span_types), int(begin_ns), int(end_ns)
+
+
+def _literal_value(expr: Expr) -> pa.Scalar | None:
+    try:
+        value = expr.python_value()
+    except Exception:
+        return None
+    return value if value.is_valid else None
+
+
+def _string_argument(value: pa.Scalar | None) -> str | None:
+    if value is None or not (pa.types.is_string(value.type) or pa.types.is_large_string(value.type)):
+        return None
+    return value.as_py()
+
+
+def _timestamp_argument(value: pa.Scalar | None) -> int | None:
+    """A TIMESTAMP literal (UTC ns) or an RFC3339 string, as micromegas's exp_to_timestamp."""
+    if value is None:
+        return None
+    if pa.types.is_timestamp(value.type):
+        return value.cast(pa.timestamp("ns")).value
+    if pa.types.is_string(value.type):
+        try:
+            return parse_rfc3339_ns(value.as_py())
+        except ValueError:
+            return None
+    return None
 
 
 def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int) -> TracePlan:

@@ -18,7 +18,16 @@ from datafusion.expr import Expr
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import catalog_functions, functions, instances, perfetto_trace
+from spanlake.lakehouse.query import (
+    block_functions,
+    catalog_functions,
+    deny_list_functions,
+    functions,
+    instances,
+    partition_admin,
+    perfetto_trace,
+)
+from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -166,6 +175,13 @@ class GlobalTables(SchemaProvider):
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
             return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
+    def describe_table(self, name: str) -> tuple[str, pa.Schema]:
+        """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
+        if name in GLOBAL_TABLES:
+            return "physical", VIEW_SETS[name].schema
+        table = Table(self.registered[name])
+        return table.kind, table.schema
+
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
@@ -209,41 +225,69 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
             )
         )
 
-    return [retire_partitions, materialize_partitions]
+    def regenerate_partitions(*args: Expr) -> Table:
+        name = "regenerate_partitions"
+        if len(args) != 4:
+            raise QueryError(f"{name} takes 4 arguments: (view_set_name, begin, end, partition_delta_seconds)")
+        return Table(
+            partition_admin.regenerate_partitions(
+                lake,
+                literal_string(args[0], name, "first"),
+                literal_timestamp_ns(args[1], name, "second"),
+                literal_timestamp_ns(args[2], name, "third"),
+                literal_int(args[3], name, "fourth"),
+            )
+        )
+
+    return [retire_partitions, materialize_partitions, regenerate_partitions]
 
 
 def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
-        name = "perfetto_trace_chunks"
-        if len(args) != 4:
-            raise QueryError(f"{name} takes 4 arguments: (process_id, span_types, begin, end)")
+        process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
-            plan = perfetto_trace.plan_trace(
-                lake,
-                literal_string(args[0], name, "First"),
-                literal_string(args[1], name, "Second"),
-                literal_timestamp_ns(args[2], name, "Third"),
-                literal_timestamp_ns(args[3], name, "Fourth"),
-            )
+            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
             return Table(perfetto_trace.trace_dataframe(ctx, plan))
 
     return perfetto_trace_chunks
 
 
+def _block_functions(lake: Lake, query_range: tuple[int, int] | None) -> list[Callable[..., Table]]:
+    def process_spans(*args: Expr) -> Table:
+        name = "process_spans"
+        if len(args) != 2:
+            raise QueryError(f"{name} takes 2 arguments: (process_id, span_types)")
+        process_id = literal_string(args[0], name, "First")
+        span_types = literal_string(args[1], name, "Second")
+        return process_spans_function.process_spans(lake, process_id, span_types, query_range)
+
+    def parse_block(*args: Expr) -> Table:
+        if len(args) != 1:
+            raise QueryError("parse_block takes 1 argument: (block_id)")
+        return block_functions.parse_block(lake, literal_string(args[0], "parse_block", "First"))
+
+    return [process_spans, parse_block]
+
+
 def make_session_context(
-    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True
+    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True, identity: str | None = None
 ) -> SessionContext:
-    """A session for one query. Admin functions are registered only for admins (or without auth).
+    """A session for one query. Admin functions are registered only for admins (or without auth);
+    `identity` (who asks) is what `deny_queries` records as a rule's author.
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        return _session_context(lake, query_range, is_admin, trace_parent)
+        return _session_context(lake, query_range, is_admin, identity, trace_parent)
 
 
 def _session_context(
-    lake: Lake, query_range: tuple[int, int] | None, is_admin: bool, trace_parent: tracing.SpanContext
+    lake: Lake,
+    query_range: tuple[int, int] | None,
+    is_admin: bool,
+    identity: str | None,
+    trace_parent: tracing.SpanContext,
 ) -> SessionContext:
     ctx = SessionContext(session_config())
     lake.store.register_with(ctx)
@@ -252,9 +296,17 @@ def _session_context(
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
     ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
     ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
+    for function in _block_functions(lake, query_range):
+        ctx.register_udtf(udtf(function, function.__name__))
+    ctx.register_udf(block_functions.get_payload_udf(lake))
     if is_admin:
         for function in _ops_functions(ctx, lake):
             ctx.register_udtf(udtf(function, function.__name__))
+        ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
+        ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
+        ctx.register_udtf(udtf(deny_list_functions.deny_queries_function(lake, identity), "deny_queries"))
+        ctx.register_udtf(udtf(deny_list_functions.list_query_denials_function(lake), "list_query_denials"))
+        ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     for function in functions.scalar_udfs():

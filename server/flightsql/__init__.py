@@ -10,6 +10,7 @@ Modules:
     headers     the request headers (range, limit, dictionaries, bearer) and the auth middleware
     session     the seam to the lakehouse: `QueryContext`, `SessionFactory`
     streaming   a DataFusion result streamed batch by batch, with its audit record
+    statement   a statement and its bound parameter values, carried in stateless handles
     plan_cache  planned DataFrames kept for a few seconds (one ADBC query planned once)
     metadata    GetCatalogs, GetDbSchemas, GetTables, GetTableTypes
     sql_info    GetSqlInfo

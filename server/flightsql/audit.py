@@ -1,7 +1,8 @@
-"""One structured JSON line per query on the `spanlake.flightsql.audit` logger.
+"""One structured JSON line per query on the `flightsql_query_audit` logger (micromegas's log target),
+with its SQL and the SQL's fingerprint.
 
 A query's record is emitted exactly once: when its stream ends ("ok"), when it fails ("error", with
-the class user|resource|internal), or when the client goes away before the end ("incomplete").
+the class user|resource|internal|denied), or when the client goes away before the end ("incomplete").
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -18,14 +20,35 @@ from spanlake.server.auth import Principal
 from spanlake.server.flightsql.errors import Failure
 from spanlake.server.flightsql.headers import QueryHeaders
 
-AUDIT_LOGGER = "spanlake.flightsql.audit"
+AUDIT_LOGGER = "flightsql_query_audit"
 _audit_log = logging.getLogger(AUDIT_LOGGER)
 
 
+# SQL tokens, as micromegas's fingerprint sees them: comments and whitespace (dropped), string and
+# number literals (each becomes `?`), quoted identifiers (kept verbatim), words (lower-cased), and
+# any other character.
+_TOKENS = re.compile(
+    r"""(?P<skip>\s+|--[^\n]*|/\*.*?\*/)"""
+    r"""|(?P<literal>[EeNnXx]?'(?:[^']|'')*'|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"""
+    r"""|(?P<quoted>"(?:[^"]|"")*"|`[^`]*`)"""
+    r"""|(?P<word>[A-Za-z_][A-Za-z0-9_$]*)"""
+    r"""|(?P<other>.)""",
+    re.DOTALL,
+)
+
+
 def sql_hash(sql: str) -> str:
-    """A short stable fingerprint of the statement (whitespace-insensitive), to group queries
-    in the audit log without writing the SQL text there."""
-    return hashlib.sha256(" ".join(sql.split()).encode()).hexdigest()[:16]
+    """The statement's fingerprint (micromegas's): the first 16 hex digits of the SHA-256 of its
+    tokens with literals replaced by `?`, so the refreshes of one dashboard panel, which differ only
+    in their time literals, share it. It is what a deny rule on `sql_hash` names."""
+    parts = []
+    for match in _TOKENS.finditer(sql):
+        kind = match.lastgroup
+        if kind == "skip":
+            continue
+        text = match.group()
+        parts.append("?" if kind == "literal" else text.lower() if kind == "word" else text)
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
 
 
 def _query_metrics(record: dict[str, Any]) -> None:
@@ -45,7 +68,8 @@ class QueryAudit:
         self.query_id = query_id
         self._start = time.perf_counter()
         self._rpc = rpc
-        self._sql_hash = sql_hash(sql)
+        self.sql = sql
+        self.sql_hash = sql_hash(sql)
         self._client = client
         self._user = principal.name if principal is not None else ""
         self.headers: QueryHeaders | None = None
@@ -92,7 +116,8 @@ class QueryAudit:
             "cell": client.get("cell"),
             "peer": client.get("peer", ""),
             "user": self._user,
-            "sql_hash": self._sql_hash,
+            "sql": self.sql,
+            "sql_hash": self.sql_hash,
             "range_begin": begin,
             "range_end": end,
             "limit": self.headers.limit if self.headers is not None else None,

@@ -50,12 +50,13 @@ class Code(enum.Enum):
     UNIMPLEMENTED = "unimplemented"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"  # a part of the service failed mid-query: retrying may succeed
+    PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
 
 
 def error_class(code: Code) -> str:
     """The audit bucket of a status code, as micromegas's `error_class`."""
-    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED):
+    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.PERMISSION_DENIED):
         return "user"
     if code is Code.RESOURCE_EXHAUSTED:
         return "resource"
@@ -68,14 +69,15 @@ class Failure(Exception):
     Raised between spanlake's own functions; handlers turn it into `to_flight_error()` for pyarrow.
     """
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: Code, message: str, audit_class: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._audit_class = audit_class
 
     @property
     def error_class(self) -> str:
-        return error_class(self.code)
+        return self._audit_class or error_class(self.code)
 
     def to_flight_error(self) -> Exception:
         """The exception a FlightServerBase handler raises so the client sees `code` and `message`."""
@@ -85,6 +87,8 @@ class Failure(Exception):
             return Unimplemented(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
         if self.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE):
             return flight.FlightUnavailableError(self.message)
+        if self.code is Code.PERMISSION_DENIED:
+            return flight.FlightUnauthorizedError(self.message)
         return flight.FlightInternalError(self.message)
 
 
@@ -135,12 +139,22 @@ def invalid_argument(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.INVALID_ARGUMENT, client_message(message, query_id))
 
 
+def permission_denied(message: str) -> Failure:
+    return Failure(Code.PERMISSION_DENIED, client_message(message, None))
+
+
 def unimplemented(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.UNIMPLEMENTED, client_message(message, query_id))
 
 
 def internal(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.INTERNAL, client_message(message, query_id))
+
+
+def denied(message: str) -> Failure:
+    """A query refused by the deny list: micromegas's RESOURCE_EXHAUSTED (sent as UNAVAILABLE, see
+    above), audited as "denied"; the message already names the rule and the query id."""
+    return Failure(Code.RESOURCE_EXHAUSTED, scrub(message), audit_class="denied")
 
 
 def classify(what: str, exc: BaseException, query_id: str | None) -> Failure:

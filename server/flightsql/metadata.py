@@ -42,7 +42,27 @@ class TableEntry:
     db_schema: str
     name: str
     table_type: str
-    table: Any  # datafusion.catalog.Table; its schema is read only when a client asks for it
+    schema: Callable[[], pa.Schema]  # read only when a client asks for it
+
+
+def table_names(schema: Any) -> list[str]:
+    """The names of a schema's tables, sorted. DataFusion's own `Schema` has a `table_names()`
+    method; a Python `SchemaProvider` registered in a session is handed back as is, and its
+    `table_names` is an attribute (the form DataFusion's Rust side reads)."""
+    names = schema.table_names
+    return sorted(names() if callable(names) else names)
+
+
+def describe_table(schema: Any, name: str) -> tuple[str, Callable[[], pa.Schema]]:
+    """(DataFusion table kind, schema getter) of a table. A provider may describe its tables
+    without building them (`describe_table(name)`): the lakehouse's global views would otherwise
+    be materialized just to be listed."""
+    describe = getattr(schema, "describe_table", None)
+    if describe is not None:
+        kind, table_schema = describe(name)
+        return kind, lambda: table_schema
+    table = schema.table(name)
+    return table.kind, lambda: table.schema
 
 
 def like_pattern(pattern: str) -> re.Pattern[str]:
@@ -102,13 +122,13 @@ def list_tables(ctx: datafusion.SessionContext, command: Any) -> list[TableEntry
         if not schema_matches(schema_name):
             continue
         schema = ctx.catalog(catalog_name).schema(schema_name)
-        for name in sorted(schema.table_names()):
+        for name in table_names(schema):
             if not name_matches(name):
                 continue
-            table = schema.table(name)
-            table_type = TABLE_TYPES.get(table.kind, table.kind.upper())
+            kind, table_schema = describe_table(schema, name)
+            table_type = TABLE_TYPES.get(kind, kind.upper())
             if not wanted_types or table_type in wanted_types:
-                entries.append(TableEntry(catalog_name, schema_name, name, table_type, table))
+                entries.append(TableEntry(catalog_name, schema_name, name, table_type, table_schema))
     return sorted(entries, key=lambda e: (e.catalog, e.db_schema, e.name, e.table_type))
 
 
@@ -128,7 +148,7 @@ def tables(ctx: datafusion.SessionContext, command: Any, preserve_dictionary: bo
     }
     if command.include_schema:
         columns["table_schema"] = [
-            output_schema(e.table.schema, preserve_dictionary).serialize().to_pybytes() for e in entries
+            output_schema(e.schema(), preserve_dictionary).serialize().to_pybytes() for e in entries
         ]
     return pa.table(columns, schema=tables_schema(command))
 

@@ -18,6 +18,7 @@ _TYPE_URL_PREFIX = "type.googleapis.com/"
 
 _F = descriptor_pb2.FieldDescriptorProto
 _STRING, _BYTES, _BOOL, _UINT32, _ENUM = _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_BOOL, _F.TYPE_UINT32, _F.TYPE_ENUM
+_INT64 = _F.TYPE_INT64
 
 # (field name, number, type, kind) with kind "plain", "optional" (proto3 optional: presence is
 # tracked, which the metadata commands need to tell "omitted" from "empty"), or "repeated".
@@ -43,6 +44,16 @@ _SQL_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
         ("parameter_schema", 3, _BYTES, "plain"),
     ],
     "ActionClosePreparedStatementRequest": [("prepared_statement_handle", 1, _BYTES, "plain")],
+    "DoPutPreparedStatementResult": [("prepared_statement_handle", 1, _BYTES, "optional")],
+    # table_definition_options (1) and options (1000) are not read: spanlake appends to existing tables.
+    "CommandStatementIngest": [
+        ("table", 2, _STRING, "plain"),
+        ("schema", 3, _STRING, "optional"),
+        ("catalog", 4, _STRING, "optional"),
+        ("temporary", 5, _BOOL, "plain"),
+        ("transaction_id", 6, _BYTES, "optional"),
+    ],
+    "DoPutUpdateResult": [("record_count", 1, _INT64, "plain")],
 }
 
 # CloseSessionResult.Status from Flight.proto.
@@ -109,6 +120,9 @@ CommandPreparedStatementQuery = _message_class(f"{SQL_PACKAGE}.CommandPreparedSt
 ActionCreatePreparedStatementRequest = _message_class(f"{SQL_PACKAGE}.ActionCreatePreparedStatementRequest")
 ActionCreatePreparedStatementResult = _message_class(f"{SQL_PACKAGE}.ActionCreatePreparedStatementResult")
 ActionClosePreparedStatementRequest = _message_class(f"{SQL_PACKAGE}.ActionClosePreparedStatementRequest")
+DoPutPreparedStatementResult = _message_class(f"{SQL_PACKAGE}.DoPutPreparedStatementResult")
+CommandStatementIngest = _message_class(f"{SQL_PACKAGE}.CommandStatementIngest")
+DoPutUpdateResult = _message_class(f"{SQL_PACKAGE}.DoPutUpdateResult")
 CloseSessionResult = _message_class(f"{FLIGHT_PACKAGE}.CloseSessionResult")
 
 _SQL_CLASSES = {name: _message_class(f"{SQL_PACKAGE}.{name}") for name in _SQL_MESSAGES}
@@ -161,3 +175,13 @@ def parse_raw_ticket(data: bytes) -> Any:
 def close_session_result() -> bytes:
     """The body of a successful CloseSession action (plain message, Flight session actions use no Any)."""
     return CloseSessionResult(status=CLOSE_SESSION_CLOSED).SerializeToString()
+
+
+def do_put_prepared_statement_result(handle: bytes) -> bytes:
+    """The PutResult metadata answering a parameter binding: the handle to execute (a plain message)."""
+    return DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
+
+
+def do_put_update_result(record_count: int) -> bytes:
+    """The PutResult metadata answering an ingestion: how many rows were taken (a plain message)."""
+    return DoPutUpdateResult(record_count=record_count).SerializeToString()

@@ -5,6 +5,8 @@ RPCs (see docs/flightsql.md for the full matrix):
 * `GetFlightInfo`/`GetSchema` for `CommandStatementQuery` and `CommandPreparedStatementQuery`: plans
   the SQL and announces its real schema (ADBC checks it against the stream); the ticket carries the SQL.
 * `DoAction` CreatePreparedStatement (handle = the SQL), ClosePreparedStatement, CloseSession.
+* `DoPut` of CommandPreparedStatementQuery (parameter values: a new handle holding SQL and values)
+  and of CommandStatementIngest (the micromegas client's bulk_ingest, through the `bulk_ingest` hook).
 * GetSqlInfo, GetCatalogs, GetDbSchemas, GetTables (with schemas), GetTableTypes.
 * Anything else answers UNIMPLEMENTED.
 
@@ -36,7 +38,7 @@ from spanlake.lakehouse.cluster.outcome import Declined
 from spanlake.server.auth import Authenticator, Principal
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.audit import QueryAudit
-from spanlake.server.flightsql.errors import Failure
+from spanlake.server.flightsql.errors import Failure, UserError
 from spanlake.server.flightsql.headers import (
     MIDDLEWARE_KEY,
     CallState,
@@ -47,7 +49,8 @@ from spanlake.server.flightsql.headers import (
     parse_query_headers,
 )
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
-from spanlake.server.flightsql.session import QueryContext, SessionFactory
+from spanlake.server.flightsql.session import QueryContext, QueryDenied, SessionFactory
+from spanlake.server.flightsql.statement import Statement, StatementError, read_parameters
 from spanlake.server.flightsql.streaming import output_schema, result_batches
 
 if TYPE_CHECKING:  # the engine imports Daft, an optional extra
@@ -77,6 +80,9 @@ _ACTIONS = (
 )
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
+# Stores the rows a CommandStatementIngest sends into the named table; returns how many. Raises
+# UserError for rows or a table it refuses (the client gets INVALID_ARGUMENT with the message).
+BulkIngest = Callable[[str, pa.Table], int]
 
 
 def _rpc(method: _Handler) -> _Handler:
@@ -123,6 +129,7 @@ class FlightSqlServer(flight.FlightServerBase):
         *,
         plan_cache: PlanCache | None = None,
         cluster: QueryCluster | None = None,
+        bulk_ingest: BulkIngest | None = None,
     ) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
@@ -134,6 +141,7 @@ class FlightSqlServer(flight.FlightServerBase):
         self._session_factory = session_factory
         self._plans = plan_cache if plan_cache is not None else PlanCache()
         self._cluster = cluster
+        self._bulk_ingest = bulk_ingest
         self._waiter: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -161,9 +169,9 @@ class FlightSqlServer(flight.FlightServerBase):
     ) -> flight.FlightInfo:
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
-            sql = _statement_sql(kind, command)
-            schema = self._prepare(context, sql, rpc="GetFlightInfo")
-            ticket = protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode()))
+            statement = _statement(kind, command)
+            schema = self._prepare(context, statement, rpc="GetFlightInfo")
+            ticket = protocol.pack(protocol.TicketStatementQuery(statement_handle=statement.handle))
             return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])], -1, -1)
         schema = _metadata_schema(kind, command)
         return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(descriptor.command, [])], -1, -1)
@@ -172,7 +180,7 @@ class FlightSqlServer(flight.FlightServerBase):
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
-            return flight.SchemaResult(self._prepare(context, _statement_sql(kind, command), rpc="GetSchema"))
+            return flight.SchemaResult(self._prepare(context, _statement(kind, command), rpc="GetSchema"))
         return flight.SchemaResult(_metadata_schema(kind, command))
 
     @_rpc
@@ -181,7 +189,7 @@ class FlightSqlServer(flight.FlightServerBase):
         if kind == "TicketStatementQuery":
             return self._execute(context, _decode_handle(command.statement_handle))
         if kind in _STATEMENT_COMMANDS:
-            return self._execute(context, _statement_sql(kind, command))
+            return self._execute(context, _statement(kind, command))
         _metadata_schema(kind, command)  # refuses unsupported commands
         return flight.RecordBatchStream(self._metadata_table(context, kind, command))
 
@@ -189,7 +197,7 @@ class FlightSqlServer(flight.FlightServerBase):
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[flight.Result]:
         if action.type == "CreatePreparedStatement":
             request = _action_body(action, "ActionCreatePreparedStatementRequest")
-            schema = self._prepare(context, request.query, rpc="CreatePreparedStatement")
+            schema = self._prepare(context, Statement.from_sql(request.query), rpc="CreatePreparedStatement")
             result = protocol.ActionCreatePreparedStatementResult(
                 prepared_statement_handle=request.query.encode(), dataset_schema=schema.serialize().to_pybytes()
             )
@@ -217,9 +225,14 @@ class FlightSqlServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
-        kind, _ = _descriptor_command(descriptor)
-        what = "parameter binding" if kind == "CommandPreparedStatementQuery" else kind
-        raise errors.unimplemented(f"{what} is not supported: spanlake is read-only")
+        kind, command = _descriptor_command(descriptor)
+        if kind == "CommandPreparedStatementQuery":
+            self._bind(context, command, reader, writer)
+            return
+        if kind == "CommandStatementIngest" and self._bulk_ingest is not None:
+            self._ingest(self._bulk_ingest, context, command, reader, writer)
+            return
+        raise errors.unimplemented(f"{kind} is not supported: spanlake is read-only")
 
     @_rpc
     def do_exchange(
@@ -233,30 +246,67 @@ class FlightSqlServer(flight.FlightServerBase):
 
     # -- statements -------------------------------------------------------------------------------
 
-    def _prepare(self, context: flight.ServerCallContext, sql: str, rpc: str) -> pa.Schema:
-        """Plans (or finds the plan of) `sql` and returns the schema the client will receive."""
+    def _ingest(
+        self,
+        ingest: BulkIngest,
+        context: flight.ServerCallContext,
+        command: Any,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        """CommandStatementIngest (the micromegas client's bulk_ingest): admins only, as micromegas."""
+        principal = _call(context).principal
+        if principal is not None and not principal.is_admin:
+            raise errors.permission_denied("bulk_ingest requires admin privileges")
+        _log.info("do_put_statement_ingest table_name=%s", command.table)
+        try:
+            count = ingest(command.table, reader.read_all())
+        except UserError as err:
+            raise errors.log_failure(errors.invalid_argument(str(err))) from None
+        writer.write(pa.py_buffer(protocol.do_put_update_result(count)))
+
+    def _bind(
+        self,
+        context: flight.ServerCallContext,
+        command: Any,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        """Binds one row of parameter values: answers a new handle holding the SQL and the values,
+        planned now so a bad value fails here."""
+        statement = _decode_handle(command.prepared_statement_handle)
+        try:
+            bound = statement.bind(read_parameters([chunk.data for chunk in reader]))
+        except StatementError as err:
+            raise errors.invalid_argument(str(err)) from None
+        self._prepare(context, bound, rpc="DoPut")
+        writer.write(pa.py_buffer(protocol.do_put_prepared_statement_result(bound.handle)))
+
+    def _prepare(self, context: flight.ServerCallContext, statement: Statement, rpc: str) -> pa.Schema:
+        """Plans (or finds the plan of) the statement and returns the schema the client will receive."""
         with tracing.async_span(f"flightsql.{rpc}", dynamic=True):
             call = _call(context)
-            audit = QueryAudit(str(uuid.uuid4()), rpc, sql, call.client, call.principal)
+            audit = QueryAudit(str(uuid.uuid4()), rpc, statement.sql, call.client, call.principal)
             headers = _query_headers(call, audit)
-            planned = self._planned(call, sql, headers, audit, take=False)
+            planned = self._planned(call, statement, headers, audit, take=False)
             return output_schema(planned.schema, headers.preserve_dictionary)
 
-    def _execute(self, context: flight.ServerCallContext, sql: str) -> flight.FlightDataStream:
+    def _execute(self, context: flight.ServerCallContext, statement: Statement) -> flight.FlightDataStream:
         # The query's span lasts until its stream ends, after this handler returns: it is ended by
         # the stream (or here, on a failure before streaming).
         query_span = tracing.begin_async_span("flightsql.do_get")
         try:
             with tracing.attach(query_span.context):
-                return self._execute_in_span(context, sql, query_span)
+                return self._execute_in_span(context, statement, query_span)
         except BaseException:
             query_span.end()
             raise
 
     def _execute_in_span(
-        self, context: flight.ServerCallContext, sql: str, query_span: tracing.OpenAsyncSpan
+        self, context: flight.ServerCallContext, statement: Statement, query_span: tracing.OpenAsyncSpan
     ) -> flight.FlightDataStream:
         call = _call(context)
+        sql = statement.sql
         audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
         headers = _query_headers(call, audit)
         _log.info(
@@ -268,10 +318,10 @@ class FlightSqlServer(flight.FlightServerBase):
             call.client,
             sql,
         )
-        on_cluster = self._on_cluster(context, sql, headers, audit, query_span)
+        on_cluster = self._on_cluster(context, call, statement, headers, audit, query_span)
         if on_cluster is not None:
             return on_cluster
-        planned = self._planned(call, sql, headers, audit, take=True)
+        planned = self._planned(call, statement, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
         try:
@@ -286,16 +336,19 @@ class FlightSqlServer(flight.FlightServerBase):
     def _on_cluster(
         self,
         context: flight.ServerCallContext,
-        sql: str,
+        call: _Call,
+        statement: Statement,
         headers: QueryHeaders,
         audit: QueryAudit,
         query_span: tracing.OpenAsyncSpan,
     ) -> flight.FlightDataStream | None:
         """The query's stream from the query cluster, or None when DataFusion runs it (the audit says why)."""
-        if self._cluster is None:
+        if self._cluster is None or statement.parameters is not None:
             return None
+        # The session is built only for what building it checks (the deny list), as for DataFusion.
+        self._session(call, statement.sql, headers, audit)
         with tracing.async_span("flightsql.cluster"):
-            outcome = self._cluster.try_run(sql, headers.query_range, headers.limit)
+            outcome = self._cluster.try_run(statement.sql, headers.query_range, headers.limit)
         if isinstance(outcome, Declined):
             audit.engine_note = outcome.reason
             return None
@@ -305,8 +358,10 @@ class FlightSqlServer(flight.FlightServerBase):
             schema, result_batches(outcome.batches, schema, audit, context.is_cancelled, (query_span,))
         )
 
-    def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit, take: bool) -> PlannedQuery:
-        key = (sql, headers.query_range, headers.limit, call.principal.name if call.principal else None)
+    def _planned(
+        self, call: _Call, statement: Statement, headers: QueryHeaders, audit: QueryAudit, take: bool
+    ) -> PlannedQuery:
+        key = (statement.handle, headers.query_range, headers.limit, call.principal.name if call.principal else None)
         planned = self._plans.get(key, take=take)
         if planned is not None:
             audit.plan_cached = True
@@ -314,9 +369,9 @@ class FlightSqlServer(flight.FlightServerBase):
         started = time.perf_counter()
         # The session is built inside the planning span: its table functions take it as parent.
         with tracing.async_span("flightsql.plan"):
-            ctx = self._session(call, headers, audit)
+            ctx = self._session(call, statement.sql, headers, audit)
             try:
-                planned = _plan(ctx, sql, headers.limit, audit.query_id)
+                planned = _plan(ctx, statement, headers.limit, audit.query_id)
             except Failure as failure:
                 audit.planning_ms = (time.perf_counter() - started) * 1000.0
                 raise _failed(audit, failure) from None
@@ -325,10 +380,14 @@ class FlightSqlServer(flight.FlightServerBase):
             self._plans.put(key, planned)
         return planned
 
-    def _session(self, call: _Call, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
-        query = QueryContext(audit.query_id, headers.query_range, headers.limit, call.principal, call.client)
+    def _session(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
+        query = QueryContext(
+            audit.query_id, headers.query_range, headers.limit, call.principal, call.client, sql, audit.sql_hash
+        )
         try:
             return self._session_factory(query)
+        except QueryDenied as denied:
+            raise _failed(audit, errors.denied(str(denied))) from None
         except Exception as exc:
             raise _failed(audit, errors.classify("error building session context", exc, audit.query_id)) from None
 
@@ -358,10 +417,11 @@ class FlightSqlServer(flight.FlightServerBase):
         return metadata.tables(ctx, command, headers.preserve_dictionary)
 
 
-def _plan(ctx: datafusion.SessionContext, sql: str, limit: int | None, query_id: str) -> PlannedQuery:
-    """Plans the SQL (table functions run here) with the optional row limit; raises Failure."""
+def _plan(ctx: datafusion.SessionContext, statement: Statement, limit: int | None, query_id: str) -> PlannedQuery:
+    """Plans the SQL (table functions run here) with its bound values and the optional row limit;
+    raises Failure."""
     try:
-        df = ctx.sql_with_options(sql, _READ_ONLY)
+        df = ctx.sql(statement.sql, _READ_ONLY, param_values=statement.param_values())
     except Exception as exc:
         raise errors.classify("error building dataframe", exc, query_id) from None
     if limit is not None:
@@ -392,17 +452,17 @@ def _failed(audit: QueryAudit, failure: Failure) -> Failure:
     return errors.log_failure(failure)
 
 
-def _statement_sql(kind: str, command: Any) -> str:
+def _statement(kind: str, command: Any) -> Statement:
     if kind == "CommandStatementQuery":
-        return command.query
+        return Statement.from_sql(command.query)
     return _decode_handle(command.prepared_statement_handle)
 
 
-def _decode_handle(handle: bytes) -> str:
+def _decode_handle(handle: bytes) -> Statement:
     try:
-        return handle.decode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.invalid_argument("statement handle is not UTF-8 SQL text") from None
+        return Statement.from_handle(handle)
+    except StatementError as err:
+        raise errors.invalid_argument(str(err)) from None
 
 
 def _descriptor_command(descriptor: flight.FlightDescriptor) -> tuple[str, Any]:

@@ -28,6 +28,13 @@ class QueryContext:
     limit: int | None
     principal: Principal | None  # None when auth is disabled
     client: dict[str, str] = field(default_factory=dict)  # x-client-* headers (prefix dropped) + "peer"
+    sql: str = ""  # the statement the session is for; empty for metadata requests
+    sql_hash: str = ""  # its fingerprint, as the audit log writes it
+
+
+class QueryDenied(Exception):
+    """Raised by a session factory to refuse a query (the deny list): the client receives the
+    message as is, and the audit log records the query as "denied"."""
 
 
 SessionFactory = Callable[[QueryContext], datafusion.SessionContext]

@@ -1,0 +1,118 @@
+"""Raw blocks from SQL, as micromegas names them: `parse_block(block_id)`, a table of the block's
+objects (`object_index` counted from the block's `object_offset`, `type_name`, `value` as JSONB: an
+object is a map with its `__type`), and the scalar `get_payload(process_id, stream_id, block_id)`,
+the stored payload's bytes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+import pyarrow as pa
+from datafusion import ScalarUDF, Table, udf
+
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.catalog_functions import memory_table
+from spanlake.lakehouse.records import blob_key
+from spanlake.lakehouse.transit import decode as transit
+from spanlake.lakehouse.transit.metadata import TransitError
+from spanlake.views import jsonb
+from spanlake.views.decoded import TransitObject, Value
+from spanlake.views.meta import TRANSIT_FORMAT
+
+PARSE_BLOCK_SCHEMA = pa.schema(
+    [
+        pa.field("object_index", pa.int64(), nullable=False),
+        pa.field("type_name", pa.utf8(), nullable=False),
+        pa.field("value", pa.binary(), nullable=False),
+    ]
+)
+
+
+def _uuid(value: str, what: str, function: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise QueryError(f"{function}: '{value}' is not a valid {what}") from None
+
+
+def to_json(value: Value) -> jsonb.JsonValue:
+    """A transit value as micromegas renders it in JSONB: objects keep their type as `__type`, bytes
+    become "<binary N bytes>"."""
+    if isinstance(value, TransitObject):
+        return {"__type": value.type_name, **{name: to_json(member) for name, member in value.members.items()}}
+    if isinstance(value, bytes):
+        return f"<binary {len(value)} bytes>"
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def parse_block(lake: Lake, block_id: str) -> Table:
+    block = _uuid(block_id, "block id", "parse_block")
+    row = lake.loop.run(
+        lake.pool.fetchrow(
+            "SELECT b.process_id, b.stream_id, b.object_offset, s.dependencies_metadata, s.objects_metadata,"
+            " s.format FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE b.block_id = $1",
+            block,
+        )
+    )
+    if row is None:
+        raise QueryError(f"parse_block: block '{block_id}' not found in `blocks`.")
+    if row["format"] != TRANSIT_FORMAT:
+        raise QueryError(
+            f"parse_block: no decoder for streams.format='{row['format']}' (known formats: {TRANSIT_FORMAT})"
+        )
+    try:
+        payload = lake.store.get(blob_key(row["process_id"], row["stream_id"], block))
+    except FileNotFoundError:
+        raise QueryError(f"parse_block: the payload of block '{block_id}' is missing") from None
+    try:
+        layout = transit.stream_layout(row["dependencies_metadata"], row["objects_metadata"])
+        decoded = transit.decode_block(payload, layout)
+    except TransitError as err:
+        raise QueryError(f"parse_block: parsing block {block_id}: {err}") from None
+    # A debugging function over one block: one Python value per object is the point of it.
+    values = transit.object_values(decoded)
+    type_names = [""] * decoded.nb_objects
+    for group in decoded.groups.values():
+        for position in group.positions.tolist():
+            type_names[position] = group.type_name
+    table = pa.table(
+        {
+            "object_index": pa.array(range(row["object_offset"], row["object_offset"] + len(values)), pa.int64()),
+            "type_name": type_names,
+            "value": [jsonb.encode(to_json(v)) for v in values],
+        },
+        schema=PARSE_BLOCK_SCHEMA,
+    )
+    return memory_table(table)
+
+
+def get_payload_udf(lake: Lake) -> ScalarUDF:
+    def get_payload(process_ids: pa.Array, stream_ids: pa.Array, block_ids: pa.Array) -> pa.Array:
+        keys = []
+        for process_id, stream_id, block_id in zip(
+            process_ids.to_pylist(), stream_ids.to_pylist(), block_ids.to_pylist(), strict=True
+        ):
+            if None in (process_id, stream_id, block_id):
+                raise QueryError("get_payload: process_id, stream_id and block_id must not be NULL")
+            keys.append(
+                blob_key(
+                    _uuid(process_id, "process id", "get_payload"),
+                    _uuid(stream_id, "stream id", "get_payload"),
+                    _uuid(block_id, "block id", "get_payload"),
+                )
+            )
+        return pa.array([_payload(lake, key) for key in keys], pa.binary())
+
+    return udf(get_payload, [pa.utf8(), pa.utf8(), pa.utf8()], pa.binary(), "immutable", "get_payload")
+
+
+def _payload(lake: Lake, key: str) -> bytes:
+    try:
+        return lake.store.get(key)
+    except FileNotFoundError:
+        block = key.rsplit("/", 1)[-1]
+        raise QueryError(f"get_payload: no payload stored for block {block}") from None
