@@ -25,7 +25,6 @@ from spanlake import tracing
 from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import fetch_for_query
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -81,12 +80,11 @@ def _is_sorted(column: pa.ChunkedArray) -> bool:
 
 
 def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_ns: tuple[int, int]) -> ds.Dataset:
+    """The instance's up-to-date partitions for the range (materialized first if stale)."""
     view = VIEW_SETS[view_set_name]
-    partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.schema_hash, range_ns))
+    keys = instances.instance_files(lake, view, instance_id, range_ns)
     filesystem, root = lake.store.arrow_filesystem()
-    return ds.dataset(
-        [f"{root}/{p.file_path}" for p in partitions], schema=view.schema, format="parquet", filesystem=filesystem
-    )
+    return ds.dataset([f"{root}/{key}" for key in keys], schema=view.schema, format="parquet", filesystem=filesystem)
 
 
 def _ts(ns: int) -> pa.Scalar:
@@ -168,12 +166,10 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
     counts = []
     if span_types != "async":
         for thread in threads:
-            instances.materialize_instance(lake, VIEW_SETS["thread_spans"], thread.stream_id, range_ns)
             dataset = _partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns)
             counts.append(dataset.count_rows(filter=_thread_filter(range_ns)))
     async_spans = pa.table({name: [] for name in ASYNC_COLUMNS})
     if span_types != "thread":
-        instances.materialize_instance(lake, VIEW_SETS["async_events"], str(process), range_ns)
         async_spans = _async_spans(lake, str(process), range_ns)
     return TracePlan(lake, str(process), exe, span_types, range_ns, threads, counts, async_spans)
 
