@@ -32,6 +32,7 @@ from spanlake.lakehouse.jit_layout import (
     HeldCount,
     PartitionSpec,
     dirty_insert_range,
+    held_by_blocks,
     held_counts,
     plan_merges,
     plan_rebuild,
@@ -43,6 +44,7 @@ from spanlake.lakehouse.partitions import (
     RetireMatch,
     commit_replacing,
     fetch_overlapping,
+    partition_identity,
     row_to_partition,
     write_partition_file,
 )
@@ -97,38 +99,56 @@ def fresh_partitions(
                 timings_of()  # no block yet: still an error for an unknown process or stream
             schedule_settle(lake, instance, held_counts(view, groups, partitions), timings_of)
             return partitions
-        rebuild(lake, instance, dirty, timings_of())
+        rebuilt = rebuild(lake, instance, dirty, timings_of())
+        if rebuilt is not None:
+            outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
+            held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
+            schedule_settle(lake, instance, held, timings_of)
+            return outside + [h.partition for h in rebuilt]
     raise QueryError(
         f"{view.name} instance {instance.instance_id} could not be brought up to date:"
         f" its blocks changed during {MAX_ROUNDS} rounds of materialization"
     )
 
 
-def rebuild(lake: Lake, instance: Instance, dirty: tuple[int, int], timings: Mapping[str, ProcessTiming]) -> bool:
-    """Rebuilds the blocks of the dirty insert range that no valid partition holds; False if a
-    concurrent writer changed the instance first."""
+def rebuild(
+    lake: Lake, instance: Instance, dirty: tuple[int, int], timings: Mapping[str, ProcessTiming]
+) -> list[HeldCount] | None:
+    """Rebuilds the blocks of the dirty insert range that no valid partition holds. Returns the
+    partitions meeting the range once swapped in — a consistent set for the blocks of the range: the
+    valid ones kept and the new ones — with what they hold, or None if a concurrent writer changed the
+    range first.
+
+    (Partitions outside the range that a concurrent merge replaces meanwhile stay readable: retired
+    files are kept an hour, so a query may still use the set its check saw there.)"""
     with tracing.async_span("lakehouse.jit_update"):
         with tracing.async_span("catalog.source_blocks"):
             blocks = lake.loop.run(source_blocks(lake.pool, insert_range=dirty, **instance.source))
             existing = lake.loop.run(fetch_overlapping(lake.pool, instance.view.name, instance.instance_id, *dirty))
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
-        return swap_in(lake, specs, timings)
+        written = swap_in(lake, specs, timings)
+        if written is None:
+            return None
+        replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
+        kept = [p for p in existing if p.file_schema_hash == instance.view.schema_hash]
+        return held_by_blocks([p for p in kept if partition_identity(p) not in replaced] + written, blocks)
 
 
-def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, ProcessTiming]) -> bool:
+def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, ProcessTiming]) -> list[Partition] | None:
     """Writes the specs' files, then commits them in one transaction in place of what they replace.
-    False (files removed) if the partitions they replace were no longer exactly the live ones."""
-    if not specs:
-        return True
+    Returns the new partitions, or None (files removed) if the partitions they replace were no longer
+    exactly the live ones."""
     written: list[Partition] = []
+    if not specs:
+        return written
     committed = False
     try:
         for spec in specs:
             written.append(_write(lake, spec, timings))
-        replaced = {(p.begin_insert_ns, p.end_insert_ns, p.file_path): p for s in specs for p in s.replaces}
+        replaced = {partition_identity(p): p for spec in specs for p in spec.replaces}
         with tracing.async_span("catalog.commit_partition"):
             committed = lake.loop.run(commit_replacing(lake.pool, written, list(replaced.values())))
-        return committed
+        return written if committed else None
     finally:
         if not committed:
             for partition in written:
@@ -165,7 +185,7 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
             spec = PartitionSpec(
                 instance.view, instance.instance_id, tuple(blocks), tuple(member.partition for member in group)
             )
-            merged += swap_in(lake, [spec], timings)
+            merged += swap_in(lake, [spec], timings) is not None
     return merged
 
 

@@ -22,6 +22,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from spanlake.lakehouse.partitions import Partition
 from spanlake.lakehouse.source_blocks import HOUR_NS, CoverageGroup
 from spanlake.views.meta import SourceBlock
@@ -162,6 +164,19 @@ def held_counts(view: View, groups: Sequence[CoverageGroup], partitions: Sequenc
         for p in live_of_schema(view, partitions)
         if p.begin_insert_ns in by_begin
     ]
+
+
+def held_by_blocks(partitions: Sequence[Partition], blocks: Sequence[SourceBlock]) -> list[HeldCount]:
+    """`held_counts` from the blocks themselves (insert-ordered): what each partition's range holds."""
+    ordered = sorted(partitions, key=lambda p: p.begin_insert_ns)
+    times = [b.meta.insert_time_ns for b in blocks]
+    objects = np.cumsum([0] + [b.meta.nb_objects for b in blocks])
+    held = []
+    for partition in ordered:
+        lo = bisect.bisect_left(times, partition.begin_insert_ns)
+        hi = bisect.bisect_left(times, partition.end_insert_ns)
+        held.append(HeldCount(partition, hi - lo, int(objects[hi] - objects[lo])))
+    return held
 
 
 def tier(blocks: int) -> int:
