@@ -1,13 +1,12 @@
 """`perfetto_trace_chunks(process_id, span_types, begin, end)`: a process's Perfetto trace as rows.
 
 Planning resolves the arguments, materializes the process's `thread_spans` and `async_events`
-partitions for the range, pairs the async spans, and counts the chunks the trace will have: with
-micromegas's chunking rule, a chunk ends at each flush (after the descriptors and every 10th span),
-so the count follows from the span counts. Execution then produces the chunks lazily, a few per
-batch, as the client reads: a volatile scalar function over a task table of chunk ids.
-
-A chunk also ends when 8 KiB are buffered, which only long names or hundreds of threads cause; such
-extra chunks are appended to the last row, so ids stay gapless and the bytes are the same.
+partitions for the range, pairs the async spans, and estimates from above how large the trace is.
+Execution then produces the chunks lazily as the client reads, with micromegas's chunking rule (a
+chunk ends at each flush and when 8 KiB are buffered): a task table of one row per batch of about
+1 MiB of chunks, a volatile scalar function giving each task row its list of (chunk_id, chunk_data),
+unnested into rows. The chunk count is never predicted: a task row past the end of the trace gives
+no chunk, and should the estimate fall short, the last one takes the rest, still chunk by chunk.
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from datafusion import DataFrame, SessionContext, col, udf
+from datafusion import DataFrame, SessionContext, col, functions, lit, udf
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog import ns_to_datetime
@@ -28,14 +28,17 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views.perfetto.writer import SPAN_TYPES, SPANS_PER_FLUSH, PerfettoThread, trace_chunks
+from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
 
-CHUNKS_PER_BATCH = 16  # chunks generated per step of the client's reading (~128 KiB)
+BATCH_BYTES = 1024 * 1024  # chunks per record batch on the wire: the per-row cost is the client's
+SPAN_BYTES_ESTIMATE = 160  # an upper estimate of a span's two packets, interned strings aside
 THREAD_COLUMNS = ["begin", "end", "name", "target", "filename", "line"]
 ASYNC_COLUMNS = ["span_id", "parent_span_id", "begin", "end", "name", "target", "filename", "line"]
 OUTPUT_SCHEMA = pa.schema(
     [pa.field("chunk_id", pa.int32(), nullable=False), pa.field("chunk_data", pa.binary(), nullable=False)]
 )
+CHUNK_ITEM = pa.struct(list(OUTPUT_SCHEMA))
+CHUNK_LIST = pa.list_(pa.field("item", CHUNK_ITEM, nullable=False))
 
 
 @dataclass
@@ -46,21 +49,14 @@ class TracePlan:
     span_types: str
     range_ns: tuple[int, int]
     threads: list[PerfettoThread]
-    thread_span_counts: list[int]
     async_spans: pa.Table
+    estimated_bytes: int  # an upper estimate of the trace's size: how many batches to offer
 
     @property
-    def chunk_count(self) -> int:
-        """Chunks if no 8 KiB threshold is crossed: one per non-empty flush."""
-        chunks = 1 + bool(self.threads) + (self.span_types != "thread")
-        pending = False
-        counts = self.thread_span_counts if self.span_types != "async" else []
-        if self.span_types != "thread":
-            counts = [*counts, self.async_spans.num_rows]
-        for count in counts:
-            chunks += count // SPANS_PER_FLUSH
-            pending = count % SPANS_PER_FLUSH != 0 or (pending and count == 0)
-        return chunks + pending
+    def batch_count(self) -> int:
+        """Rows of the task table: enough batches of BATCH_BYTES for the estimate, and spare ones (a
+        task past the end of the trace gives no chunk; the last one takes whatever is left)."""
+        return 2 + 2 * -(-self.estimated_bytes // BATCH_BYTES)
 
     def thread_spans(self, stream_id: str) -> Iterator[pa.RecordBatch]:
         table = _thread_spans_table(self.lake, stream_id, self.range_ns)
@@ -163,43 +159,78 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
         raise QueryError(f"Trace generation failed: Process {process} not found")
     range_ns = (begin_ns, end_ns)
     threads = _threads(lake, process, range_ns)
-    counts = []
+    estimated = 64 * 1024 + sum(64 + len(thread.thread_name.encode()) for thread in threads)
     if span_types != "async":
         for thread in threads:
-            dataset = _partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns)
-            counts.append(dataset.count_rows(filter=_thread_filter(range_ns)))
+            estimated += _estimated_bytes(_partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns))
     async_spans = pa.table({name: [] for name in ASYNC_COLUMNS})
     if span_types != "thread":
         async_spans = _async_spans(lake, str(process), range_ns)
-    return TracePlan(lake, str(process), exe, span_types, range_ns, threads, counts, async_spans)
+        estimated += async_spans.num_rows * SPAN_BYTES_ESTIMATE + async_spans.nbytes
+    return TracePlan(lake, str(process), exe, span_types, range_ns, threads, async_spans, estimated)
+
+
+def _estimated_bytes(dataset: ds.Dataset) -> int:
+    """An upper estimate of the trace bytes of a thread's spans, from its parquet footers: a span's
+    packets, and its interned strings at most as large as their uncompressed columns."""
+    total = 0
+    for fragment in dataset.get_fragments():
+        metadata = fragment.metadata
+        total += metadata.num_rows * SPAN_BYTES_ESTIMATE
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            for index in range(row_group.num_columns):
+                column = row_group.column(index)
+                if column.path_in_schema in ("name", "target", "filename"):
+                    total += column.total_uncompressed_size
+    return total
 
 
 def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
-    """The scalar function behind chunk_data: chunk i for task row i, in order, generated on demand."""
-    total = plan.chunk_count
+    """The scalar function behind the task table: for each task row, the trace's next chunks (with their
+    ids) up to about BATCH_BYTES, generated as the client reads; the last task row takes the rest, and
+    rows past the end of the trace get none. Chunks are never glued: each is one chunk of the rule."""
     chunks: Iterator[bytes] | None = None
+    next_id = 0
 
-    def generate(chunk_ids: pa.Array) -> pa.Array:
+    def take(limit: float) -> list[tuple[int, bytes]]:
+        nonlocal next_id
+        taken, size = [], 0
+        for chunk in chunks:
+            taken.append((next_id, chunk))
+            next_id += 1
+            size += len(chunk)
+            if size >= limit:
+                break
+        return taken
+
+    def generate(task_ids: pa.Array) -> pa.Array:
         nonlocal chunks
         with tracing.async_span("perfetto.generate_chunks"):  # under the query's execution span
             if chunks is None:
                 chunks = plan.chunks()
-            out = []
-            for chunk_id in chunk_ids.to_pylist():
-                if chunk_id == total - 1:  # the last row takes whatever the trace still holds
-                    out.append(b"".join(chunks))
-                else:
-                    out.append(next(chunks))
-            return pa.array(out, pa.binary())
+            last = plan.batch_count - 1
+            rows = [take(float("inf") if task == last else BATCH_BYTES) for task in task_ids.to_pylist()]
+            offsets = np.cumsum([0] + [len(row) for row in rows], dtype=np.int32)
+            flat = [chunk for row in rows for chunk in row]
+            items = pa.StructArray.from_arrays(
+                [pa.array([i for i, _ in flat], pa.int32()), pa.array([c for _, c in flat], pa.binary())],
+                fields=list(CHUNK_ITEM),
+            )
+            return pa.ListArray.from_arrays(pa.array(offsets), items, type=CHUNK_LIST)
 
     return generate
 
 
 def trace_dataframe(ctx: SessionContext, plan: TracePlan) -> DataFrame:
-    ids = pa.array(range(plan.chunk_count), pa.int32())
-    tasks = [
-        pa.record_batch({"chunk_id": ids.slice(i, CHUNKS_PER_BATCH)}) for i in range(0, len(ids), CHUNKS_PER_BATCH)
-    ]
-    generate = udf(chunk_generator(plan), [pa.int32()], pa.binary(), "volatile", "perfetto_chunk")
-    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("chunk_id", pa.int32())]))
-    return frame.select(col("chunk_id"), generate(col("chunk_id")).alias("chunk_data"))
+    """The trace as (chunk_id, chunk_data) rows, both NOT NULL: one task row per batch of about
+    BATCH_BYTES of chunks, unnested (UnnestExec keeps each task's chunks as one output batch)."""
+    tasks = [pa.record_batch({"task": pa.array([i], pa.int32())}) for i in range(plan.batch_count)]
+    generate = udf(chunk_generator(plan), [pa.int32()], CHUNK_LIST, "volatile", "perfetto_chunks")
+    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
+    chunks = frame.select(generate(col("task")).alias("chunk")).unnest_columns("chunk")
+    # The unnested struct's fields read as nullable; the coalesce with a literal makes them NOT NULL.
+    return chunks.select(
+        functions.coalesce(col("chunk")["chunk_id"], lit(pa.scalar(0, pa.int32()))).alias("chunk_id"),
+        functions.coalesce(col("chunk")["chunk_data"], lit(b"")).alias("chunk_data"),
+    )
