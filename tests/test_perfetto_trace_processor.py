@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 from harness import PostgresServer
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, cpu_streams, local_lake
-from synthetic_process import SyntheticProcess
+from synthetic_process import TICK_NS, SyntheticProcess
 from test_perfetto_sql import BEGIN, END, async_slices, thread_slices
 from trace_processor import Table, standard_tables
+from transit_builder import ThreadBlockWriter
 
 from spanlake.views.perfetto.writer import (
     CHUNK_THRESHOLD,
@@ -143,3 +144,31 @@ def test_long_names_are_chunked_by_the_rule_and_read_whole(lake: LocalLake) -> N
     assert sorted(t["name"] for t in threads_of_process(tables)["long-names"]) == sorted(
         f"worker-{t}-{t}" for t in range(threads)
     )
+
+
+def test_unfinished_spans_end_at_the_last_event_marked_unfinished(lake: LocalLake) -> None:
+    process = SyntheticProcess(lake.lake, exe="crashed")
+    stream_id = process.stream({"thread-name": "main", "thread-id": "1"})
+    writer = ThreadBlockWriter()
+    outer, inner = writer.span_desc("outer"), writer.span_desc("inner")
+    location = writer.span_location()
+    writer.thread(True, outer, 1)  # never closed: the process died
+    for i in range(3):
+        writer.thread(True, inner, 2 + 3 * i)
+        writer.thread(False, inner, 3 + 3 * i)
+    writer.async_named(True, location, "done", 1, 0, 100, 0)
+    writer.async_named(False, location, "done", 1, 0, 200, 0)
+    writer.async_named(True, location, "pending-a", 2, 0, 150, 0)
+    writer.async_named(True, location, "pending-b", 3, 0, 300, 0)
+    process.block(stream_id, writer, 11, (0, 1000))
+    trace = b"".join(chunks(lake, str(process.process_id), "both", process.range_sql()))
+    sql = "SELECT name, ts, dur, EXTRACT_ARG(arg_set_id, 'debug.unfinished') AS unfinished FROM slice ORDER BY ts, name"
+    tables = standard_tables(trace, {"slices": sql})
+    assert_clean(tables)
+    slices = {row["name"]: row for row in tables["slices"].dicts()}
+    last_event_ns = process.start_ns + 1000 * TICK_NS  # the thread's data ends with its block
+    for name in ("pending-a", "pending-b", "outer"):
+        assert slices[name]["unfinished"] == 1, name
+        assert slices[name]["ts"] + slices[name]["dur"] == last_event_ns, name
+    assert [slices[name]["unfinished"] for name in ("done", "inner")] == [None, None]
+    assert slices["done"]["dur"] == 100 * TICK_NS

@@ -4,7 +4,7 @@
 //   node trace_processor.js <trace_processor.wasm> <trace file>  < queries.json  > results.json
 //
 // queries.json is {"name": "SQL", ...}; results.json is {"name": {"columns": [...], "rows": [[...]]} or
-// {"error": "..."}}. Integers beyond 2^53 are given as strings.
+// {"error": "..."}}. Integers beyond 2^53 are given as {"int": "digits"}.
 //
 // The module is driven through its RPC entry points (trace_processor_rpc_init, _on_rpc_request),
 // speaking the TraceProcessorRpcStream protocol (protos/perfetto/trace_processor/trace_processor.proto).
@@ -89,9 +89,10 @@ class Reader {
   }
 }
 
+// An int64 cell: a number when exact as a double, else {"int": "digits"}.
 function signed64(value) {
   const v = BigInt.asIntN(64, value);
-  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : { int: v.toString() };
 }
 
 function packedVarints(bytes) {

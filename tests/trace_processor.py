@@ -66,7 +66,15 @@ def query_trace(trace: bytes, queries: dict[str, str]) -> dict[str, Table]:
     errors = {name: result["error"] for name, result in results.items() if "error" in result}
     if errors:
         pytest.fail(f"trace_processor query errors: {errors}")
-    return {name: Table(result["columns"], result["rows"]) for name, result in results.items()}
+    return {
+        name: Table(result["columns"], [[_cell(c) for c in row] for row in result["rows"]])
+        for name, result in results.items()
+    }
+
+
+def _cell(value: Any) -> Any:
+    """Integers beyond 2^53 come as {"int": "digits"} (JSON numbers are doubles)."""
+    return int(value["int"]) if isinstance(value, dict) else value
 
 
 # The tables the tests look at, with the columns they assert on.

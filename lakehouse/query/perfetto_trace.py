@@ -32,7 +32,7 @@ from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chu
 
 BATCH_BYTES = 1024 * 1024  # chunks per record batch on the wire: the per-row cost is the client's
 SPAN_BYTES_ESTIMATE = 160  # an upper estimate of a span's two packets, interned strings aside
-THREAD_COLUMNS = ["begin", "end", "name", "target", "filename", "line"]
+THREAD_COLUMNS = ["id", "begin", "end", "name", "target", "filename", "line"]
 ASYNC_COLUMNS = ["span_id", "parent_span_id", "begin", "end", "name", "target", "filename", "line"]
 OUTPUT_SCHEMA = pa.schema(
     [pa.field("chunk_id", pa.int32(), nullable=False), pa.field("chunk_data", pa.binary(), nullable=False)]
@@ -49,6 +49,7 @@ class TracePlan:
     span_types: str
     range_ns: tuple[int, int]
     threads: list[PerfettoThread]
+    thread_ends: dict[str, int]  # stream id -> the latest end of its spans: spans ending there are cut
     async_spans: pa.Table
     estimated_bytes: int  # an upper estimate of the trace's size: how many batches to offer
 
@@ -62,7 +63,12 @@ class TracePlan:
         table = _thread_spans_table(self.lake, stream_id, self.range_ns)
         if table.num_rows > 1 and not _is_sorted(table.column("begin")):
             table = table.sort_by("begin")
-        yield from table.to_batches(max_chunksize=64 * 1024)
+        # The call tree ends a span never closed at the end of the data; the thread root (id -1) is not one.
+        cut = pc.and_(
+            pc.equal(table.column("end"), _ts(self.thread_ends.get(stream_id, -1))),
+            pc.not_equal(table.column("id"), -1),
+        )
+        yield from table.append_column("unfinished", cut).to_batches(max_chunksize=64 * 1024)
 
     def chunks(self) -> Iterator[bytes]:
         return trace_chunks(
@@ -96,9 +102,11 @@ def _thread_spans_table(lake: Lake, stream_id: str, range_ns: tuple[int, int]) -
     return dataset.to_table(columns=THREAD_COLUMNS, filter=_thread_filter(range_ns))
 
 
-def _async_spans(lake: Lake, process_id: str, range_ns: tuple[int, int]) -> pa.Table:
-    """Begin and end events both in the range, paired by span id, begin < end, in begin order; name and
-    location from the begin event (micromegas's query)."""
+def _async_spans(lake: Lake, process_id: str, range_ns: tuple[int, int], last_event_ns: int) -> pa.Table:
+    """Begin events in the range paired by span id with their end, begin < end, in begin order; name and
+    location from the begin event (micromegas's query). A begin without an end (the process crashed or
+    is still running) ends at the process's last event in the range, `unfinished`; an end without a
+    begin in the range is left out, as micromegas does."""
     events = _partitions_dataset(lake, "async_events", process_id, range_ns).to_table(
         columns=["event_type", "span_id", "parent_span_id", "time", "name", "target", "filename", "line"],
         filter=(ds.field("time") >= _ts(range_ns[0])) & (ds.field("time") <= _ts(range_ns[1])),
@@ -113,9 +121,19 @@ def _async_spans(lake: Lake, process_id: str, range_ns: tuple[int, int]) -> pa.T
         .rename_columns(["span_id", "parent_span_id", "begin", "name", "target", "filename", "line"])
     )
     ends = events.filter(pc.equal(kind, "end")).select(["span_id", "time"]).rename_columns(["span_id", "end"])
-    spans = begins.join(ends, "span_id", join_type="inner", use_threads=False)
+    spans = begins.join(ends, "span_id", join_type="left outer", use_threads=False)
+    unfinished = pc.is_null(spans.column("end"))
+    if events.num_rows:
+        last_event_ns = max(last_event_ns, pc.max(events.column("time")).cast(pa.int64()).as_py())
+    # At least 1 ns long: a span begun at the last event would otherwise be dropped as empty.
+    last = pc.max_element_wise(
+        pc.add(spans.column("begin").cast(pa.int64()), 1), pa.scalar(last_event_ns, pa.int64())
+    ).cast(spans.schema.field("begin").type)
+    spans = spans.set_column(
+        spans.schema.get_field_index("end"), "end", pc.if_else(unfinished, last, spans.column("end"))
+    ).append_column("unfinished", unfinished)
     spans = spans.filter(pc.less(spans.column("begin"), spans.column("end")))
-    return spans.select(ASYNC_COLUMNS).sort_by("begin")
+    return spans.select([*ASYNC_COLUMNS, "unfinished"]).sort_by("begin")
 
 
 def _threads(lake: Lake, process_id: uuid.UUID, range_ns: tuple[int, int]) -> list[PerfettoThread]:
@@ -160,20 +178,31 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
     range_ns = (begin_ns, end_ns)
     threads = _threads(lake, process, range_ns)
     estimated = 64 * 1024 + sum(64 + len(thread.thread_name.encode()) for thread in threads)
-    if span_types != "async":
-        for thread in threads:
-            estimated += _estimated_bytes(_partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns))
+    thread_ends: dict[str, int] = {}
+    for thread in threads:
+        footers = _footer_summary(_partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns))
+        if span_types != "async":
+            estimated += footers.estimated_bytes
+        if footers.last_end_ns is not None:
+            thread_ends[thread.stream_id] = footers.last_end_ns
+    last_event_ns = min(max(thread_ends.values(), default=begin_ns), end_ns)
     async_spans = pa.table({name: [] for name in ASYNC_COLUMNS})
     if span_types != "thread":
-        async_spans = _async_spans(lake, str(process), range_ns)
+        async_spans = _async_spans(lake, str(process), range_ns, last_event_ns)
         estimated += async_spans.num_rows * SPAN_BYTES_ESTIMATE + async_spans.nbytes
-    return TracePlan(lake, str(process), exe, span_types, range_ns, threads, async_spans, estimated)
+    return TracePlan(lake, str(process), exe, span_types, range_ns, threads, thread_ends, async_spans, estimated)
 
 
-def _estimated_bytes(dataset: ds.Dataset) -> int:
-    """An upper estimate of the trace bytes of a thread's spans, from its parquet footers: a span's
-    packets, and its interned strings at most as large as their uncompressed columns."""
-    total = 0
+@dataclass(frozen=True)
+class _FooterSummary:
+    estimated_bytes: int  # an upper estimate of the trace bytes of the spans
+    last_end_ns: int | None  # the latest span end: where the data ends
+
+
+def _footer_summary(dataset: ds.Dataset) -> _FooterSummary:
+    """What the parquet footers of a thread's spans tell: a span's packets, its interned strings at
+    most as large as their uncompressed columns, and the latest `end` of the statistics."""
+    total, last_end = 0, None
     for fragment in dataset.get_fragments():
         metadata = fragment.metadata
         total += metadata.num_rows * SPAN_BYTES_ESTIMATE
@@ -183,7 +212,9 @@ def _estimated_bytes(dataset: ds.Dataset) -> int:
                 column = row_group.column(index)
                 if column.path_in_schema in ("name", "target", "filename"):
                     total += column.total_uncompressed_size
-    return total
+                elif column.path_in_schema == "end" and column.statistics and column.statistics.has_min_max:
+                    last_end = max(last_end or 0, column.statistics.max_raw)
+    return _FooterSummary(total, last_end)
 
 
 def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:

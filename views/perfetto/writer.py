@@ -91,6 +91,9 @@ _FIRST_PACKET_FLAGS = varint_field(13, 3) + varint_field(87, 1)
 # TrackEvent: category_iids 3 (repeated, unpacked), type 9, name_iid 10, track_uuid 11,
 # source_location_iid 34.
 _CATEGORY_IID = key(3, VARINT)
+# debug_annotations 4: DebugAnnotation {name 10: "unfinished", bool_value 2: true}; trace_processor
+# shows it as the slice's arg `debug.unfinished`.
+_UNFINISHED = bytes_field(4, string_field(10, "unfinished") + varint_field(2, 1))
 _SLICE_TYPES = np.array([[*key(9, VARINT), 1], [*key(9, VARINT), 2]], dtype=np.uint8)  # SLICE_BEGIN, SLICE_END
 _NAME_IID = key(10, VARINT)
 _TRACK_UUID = key(11, VARINT)
@@ -270,6 +273,14 @@ class _Spans:
 
     def column(self, name: str) -> pa.Array:
         return _column(self.batch, name, self.what)
+
+    def unfinished(self) -> np.ndarray | None:
+        """The optional `unfinished` column (spans drawn to the end of the data), as a bool mask."""
+        index = self.batch.schema.get_field_index("unfinished")
+        if index < 0:
+            return None
+        mask = pc.fill_null(self.batch.column(index), False).to_numpy(zero_copy_only=False)
+        return mask if mask.any() else None
 
     def span_ids(self) -> list[int]:
         column = self.column("span_id")
@@ -494,9 +505,13 @@ class _SpanPackets:
         descriptor packets to put before some spans (row, framing, body)."""
         category_iids, name_iids, location_iids = (np.repeat(column, 2) for column in iids)
         rows = len(category_iids)
-        event = [
-            _CATEGORY_IID,
-            varint_column(category_iids),
+        event = [_CATEGORY_IID, varint_column(category_iids)]
+        unfinished = spans.unfinished()
+        if unfinished is not None:  # on the BEGIN packet of each such span
+            annotated = np.zeros(rows, dtype=np.int64)
+            annotated[0::2] = unfinished
+            event.append(lookup_column([b"", _UNFINISHED], annotated))
+        event += [
             byte_column(np.tile(_SLICE_TYPES, (len(spans), 1))),
             _NAME_IID,
             varint_column(name_iids),
