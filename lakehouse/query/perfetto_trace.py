@@ -141,16 +141,24 @@ def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
     rows past the end of the trace get none. Chunks are never glued: each is one chunk of the rule."""
     chunks: Iterator[bytes] | None = None
     next_id = 0
+    done = False
 
     def take(limit: float) -> list[tuple[int, bytes]]:
-        nonlocal next_id
+        nonlocal next_id, done
         taken, size = [], 0
         for chunk in chunks:
             taken.append((next_id, chunk))
             next_id += 1
             size += len(chunk)
             if size >= limit:
-                break
+                return taken
+        if not done:
+            done = True
+            # The spans are written: drop them and hand their pages back to the system now, not when
+            # the query's objects go.
+            plan.thread_spans.clear()
+            plan.async_spans = None
+            pa.default_memory_pool().release_unused()
         return taken
 
     def generate(task_ids: pa.Array) -> pa.Array:
