@@ -1,21 +1,30 @@
-"""The whole `perfetto_trace_chunks(...)` SQL call: spans/s and peak memory.
+"""The whole `perfetto_trace_chunks(...)` SQL call: spans/s and peak memory, in process and end to end.
 
 A process with S thread spans and S async spans (transit blocks built like the Rust producer's) is
-materialized once; then the trace is read in full through SQL, as a client would, R times. Peak RSS
-is measured in a fresh child process per size, so sizes can be compared.
+materialized once; then the trace is read in full R times:
 
-    python benchmarks/perfetto_sql.py [--spans S] [--runs R]
+* in process: through a DataFusion session of this process (peak RSS of a fresh child per size);
+* end to end, against a running `spanlake serve`: with the micromegas client
+  (`micromegas.perfetto.write_process_trace`) and with `spanlake perfetto`, printing the server's
+  peak RSS during the pulls above its idle RSS before them (views already materialized), and its RSS
+  once they are over.
+
+    python benchmarks/perfetto_sql.py [--spans S] [--runs R] [--in-process-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import io
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -148,15 +157,96 @@ def measure(spans: int, runs: int) -> dict:
             lake.close()
 
 
+def server_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class PeakSampler:
+    """Samples a process's RSS every 20 ms on a thread, keeping the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kb, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, server_rss_kb(self.pid))
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def end_to_end(spans: int, runs: int) -> dict:
+    """Pulls through a running server: the micromegas client and `spanlake perfetto`."""
+    import micromegas
+    from _servers import spanlake_server
+
+    with spanlake_server() as server:
+        lake = Lake.open(Settings(database_url=server.database_url, object_store_uri=server.object_store_uri))
+        try:
+            process_id, begin, end = load(lake, spans)
+        finally:
+            lake.close()
+        client = micromegas.connect(server.flightsql_url)
+        window = (
+            dt.datetime.fromtimestamp(begin / 1e9, dt.UTC),
+            dt.datetime.fromtimestamp(end / 1e9 + 1, dt.UTC),
+        )
+        with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
+            trace = Path(tmp) / "trace.pftrace"
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                micromegas.perfetto.write_process_trace(client, process_id, *window, str(trace))
+            cold = time.perf_counter() - start  # materializes the views just in time
+            idle_kb = server_rss_kb(server.process.pid)
+            client_times, cli_times = [], []
+            with PeakSampler(server.process.pid) as sampler:
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        micromegas.perfetto.write_process_trace(client, process_id, *window, str(trace))
+                    client_times.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    subprocess.run(
+                        [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--process-id", process_id,
+                         "--begin", window[0].isoformat(), "--end", window[1].isoformat(), "-o", str(trace),
+                         "--uri", server.flightsql_url],
+                        check=True, capture_output=True,
+                    )  # fmt: skip
+                    cli_times.append(time.perf_counter() - start)
+            size = trace.stat().st_size
+        return {
+            "spans": 2 * spans,
+            "cold_s": cold,
+            "client_s": statistics.median(client_times),
+            "cli_s": statistics.median(cli_times),
+            "bytes": size,
+            "idle_mb": idle_kb / 1024,
+            "peak_above_idle_mb": (sampler.peak_kb - idle_kb) / 1024,
+            "after_mb": server_rss_kb(server.process.pid) / 1024,
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=500_000, help="thread spans (as many async spans)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--in-process-only", action="store_true", help="skip the end-to-end pulls")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.spans, args.runs)))
         return
+    print("in process (a DataFusion session of this process):")
     print(
         f"{'spans':>10} {'cold (JIT) s':>13} {'warm s':>8} {'spans/s warm':>13} {'chunks':>8} {'MB':>7}"
         f" {'peak RSS MB':>12}"
@@ -176,6 +266,21 @@ def main() -> None:
         print(
             f"{r['spans']:>10,} {r['cold_s']:>13.2f} {r['warm_s']:>8.2f} {r['spans'] / r['warm_s']:>13,.0f}"
             f" {r['chunks']:>8,} {r['bytes'] / 1e6:>7.1f} {r['peak_rss_mb']:>12.0f}"
+        )
+
+    if args.in_process_only:
+        return
+    print("end to end (a running spanlake serve):")
+    print(
+        f"{'spans':>10} {'cold (JIT) s':>13} {'client s':>9} {'spans/s':>10} {'cli s':>7} {'spans/s':>10}"
+        f" {'MB':>6} {'idle RSS':>9} {'peak above idle':>16} {'RSS after':>10}"
+    )
+    for spans in (args.spans // 10, args.spans):
+        r = end_to_end(spans, args.runs)
+        print(
+            f"{r['spans']:>10,} {r['cold_s']:>13.2f} {r['client_s']:>9.2f} {r['spans'] / r['client_s']:>10,.0f}"
+            f" {r['cli_s']:>7.2f} {r['spans'] / r['cli_s']:>10,.0f} {r['bytes'] / 1e6:>6.1f}"
+            f" {r['idle_mb']:>9.0f} {r['peak_above_idle_mb']:>16.0f} {r['after_mb']:>10.0f}"
         )
 
 

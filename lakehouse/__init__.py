@@ -19,6 +19,7 @@ Modules:
     view_rows          feeding a view its blocks: payloads read, decoded or parsed, bad blocks skipped
     partitions         partition files and catalog rows: writing, replacing and retiring them
     jit                just-in-time materialization of a process or stream instance
+    jit_layout         how an instance's blocks are cut into partitions, and which small ones merge
     batch_update       scheduled materialization of the global views, bucket by bucket
     retention          deleting expired telemetry, partitions and retired files
     bulk_ingest        replicated processes, streams, blocks and payloads rows (Flight SQL ingest)

@@ -1,150 +1,228 @@
 """Just-in-time materialization of one view instance (a process's or a stream's partitions).
 
-The instance's blocks are cut into partition specs: one per insert hour, split further where a spec
-would exceed `MAX_OBJECTS_PER_PARTITION` (only between blocks of different insert times, so ranges
-never overlap). A spec is fresh when exactly one live partition overlaps it, with the view's schema
-hash and at least as many source objects; the others are rebuilt from their blocks, replacing the
-partitions they overlap. Two queries materializing the same instance at once end with one consistent
-partition set: commits serialize on the instance's advisory lock.
+A query first asks, in one statement, which live partition holds each of the instance's source blocks
+(`instance_coverage`). When every block sits in a valid partition (`jit_layout`), those partitions
+are the answer: each block's rows are in exactly one file, none is missing. Otherwise only the dirty
+insert range is rebuilt — for a live process, the few blocks that arrived since the last query — and
+the check runs again, so a query never returns a partition set that misses or doubles a block it saw,
+whatever concurrent inserts, queries and merges do meanwhile. Blocks inserted after its first check
+are included only if some partition already holds them (whole): the query's snapshot is its first check.
+
+Writers never lock while they decode: each round writes its files, then swaps them in with
+`commit_replacing`, which succeeds only if the partitions it replaces are still exactly the live ones
+(under the instance's advisory lock, in one transaction). A writer that lost the race drops its files
+and the next check sees the winner's work.
+
+Small tail partitions settle on a background thread (`settle`): merges planned by `jit_layout`, each
+rebuilt from its blocks and swapped in the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from spanlake import tracing
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.jit_layout import (
+    HeldCount,
+    PartitionSpec,
+    dirty_insert_range,
+    held_by_blocks,
+    held_counts,
+    plan_merges,
+    plan_rebuild,
+)
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
-from spanlake.lakehouse.source_blocks import HOUR_NS, HourSummary
-from spanlake.lakehouse.view_rows import Timings, view_rows
-from spanlake.views.meta import SourceBlock
+from spanlake.lakehouse.partitions import (
+    Partition,
+    PartitionTarget,
+    RetireMatch,
+    commit_replacing,
+    fetch_overlapping,
+    partition_identity,
+    row_to_partition,
+    write_partition_file,
+)
+from spanlake.lakehouse.source_blocks import ProcessTiming, instance_coverage, source_blocks
+from spanlake.lakehouse.view_rows import view_rows
 from spanlake.views.view import View
 
 log = logging.getLogger(__name__)
 
-MAX_OBJECTS_PER_PARTITION = 4 * 1024 * 1024
-# A partition's insert range is [first block insert, last block insert + 1 µs): PostgreSQL keeps µs.
-_INSERT_RESOLUTION_NS = 1000
+# Rounds of check-and-rebuild a query tries before giving up: each round that does not end fresh
+# means blocks arrived (or a concurrent writer won) meanwhile, so this bounds a pathological race.
+MAX_ROUNDS = 16
 
 
 @dataclass(frozen=True)
-class PartitionSpec:
+class Instance:
+    """A process or stream instance of a view, and the filter selecting its source blocks."""
+
     view: View
     instance_id: str
-    blocks: tuple[SourceBlock, ...]
-
-    @property
-    def begin_insert_ns(self) -> int:
-        return self.blocks[0].meta.insert_time_ns
-
-    @property
-    def end_insert_ns(self) -> int:
-        return self.blocks[-1].meta.insert_time_ns + _INSERT_RESOLUTION_NS
-
-    @property
-    def source_count(self) -> int:
-        if self.view.counts_blocks:
-            return len(self.blocks)
-        return sum(b.meta.nb_objects for b in self.blocks)
+    source: Mapping[str, object]  # keyword arguments of `source_blocks`: process_id + tags, or stream_id
 
 
-def plan_specs(
-    view: View, instance_id: str, blocks: list[SourceBlock], max_objects: int = MAX_OBJECTS_PER_PARTITION
-) -> list[PartitionSpec]:
-    """Cuts insert-ordered blocks into specs by insert hour and size."""
-    specs: list[PartitionSpec] = []
-    current: list[SourceBlock] = []
-    objects = 0
-    for block in blocks:
-        new_hour = current and block.meta.insert_time_ns // HOUR_NS != current[0].meta.insert_time_ns // HOUR_NS
-        too_big = (
-            current
-            and objects + block.meta.nb_objects > max_objects
-            and block.meta.insert_time_ns > current[-1].meta.insert_time_ns
-        )
-        if new_hour or too_big:
-            specs.append(PartitionSpec(view, instance_id, tuple(current)))
-            current, objects = [], 0
-        current.append(block)
-        objects += block.meta.nb_objects
-    if current:
-        specs.append(PartitionSpec(view, instance_id, tuple(current)))
-    return specs
+TimingsOf = Callable[[], Mapping[str, ProcessTiming]]
 
 
-def is_fresh(spec: PartitionSpec, existing: Iterable[Partition]) -> bool:
-    return _covered(spec.view, spec.begin_insert_ns, spec.end_insert_ns, spec.source_count, existing)
-
-
-def _covered(view: View, begin_ns: int, end_ns: int, source_count: int, existing: Iterable[Partition]) -> bool:
-    """Exactly one live partition overlaps [begin, end), of the view's schema, from as many source objects."""
-    overlapping = [p for p in existing if p.begin_insert_ns < end_ns and p.end_insert_ns > begin_ns]
-    return (
-        len(overlapping) == 1
-        and overlapping[0].file_schema_hash == view.schema_hash
-        and overlapping[0].source_count >= source_count
+def fresh_partitions(
+    lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
+) -> list[Partition]:
+    """The instance's live partitions, once each of its source blocks (of the hours the query range
+    concerns) sits in exactly one valid partition; rebuilds what is stale first. `timings_of` gives the
+    process timing (and raises QueryError for an unknown process or stream)."""
+    timings_of = functools.cache(timings_of)
+    view = instance.view
+    seen_until_ns = None  # the latest insert time of the blocks the first check saw
+    for _ in range(MAX_ROUNDS):
+        with tracing.async_span("catalog.instance_coverage"):
+            groups, rows = lake.loop.run(
+                instance_coverage(
+                    lake.pool,
+                    event_range=query_range,
+                    partitions_of=(view.name, instance.instance_id, view.schema_hash),
+                    **instance.source,
+                )
+            )
+        partitions = [row_to_partition(row) for row in rows]
+        if seen_until_ns is None and groups:
+            seen_until_ns = max(group.last_insert_ns for group in groups)
+        dirty = dirty_insert_range(view, groups, partitions, seen_until_ns)
+        if dirty is None:
+            if not groups:
+                timings_of()  # no block yet: still an error for an unknown process or stream
+            schedule_settle(lake, instance, held_counts(view, groups, partitions), timings_of)
+            return partitions
+        rebuilt = rebuild(lake, instance, dirty, timings_of())
+        if rebuilt is not None:
+            outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
+            held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
+            schedule_settle(lake, instance, held, timings_of)
+            return outside + [h.partition for h in rebuilt]
+    raise QueryError(
+        f"{view.name} instance {instance.instance_id} could not be brought up to date:"
+        f" its blocks changed during {MAX_ROUNDS} rounds of materialization"
     )
 
 
-def hours_are_fresh(
-    view: View, hours: Iterable[HourSummary], existing: list[Partition], max_objects: int = MAX_OBJECTS_PER_PARTITION
-) -> bool:
-    """The spec check of `plan_specs` + `is_fresh`, from per-hour summaries: an hour within the size limit
-    is exactly one spec; a larger one is several, checked together."""
-    for hour in hours:
-        count = hour.blocks if view.counts_blocks else hour.objects
-        end = hour.last_insert_ns + _INSERT_RESOLUTION_NS
-        if hour.objects > max_objects:
-            # Split into several specs: fresh when the partitions over the hour, all of this schema and
-            # inside the hour, account for every source object.
-            parts = [p for p in existing if p.begin_insert_ns < end and p.end_insert_ns > hour.first_insert_ns]
-            if not (
-                parts
-                and all(p.file_schema_hash == view.schema_hash for p in parts)
-                and all(p.begin_insert_ns // HOUR_NS == hour.first_insert_ns // HOUR_NS for p in parts)
-                and sum(p.source_count for p in parts) >= count
-            ):
-                return False
-        elif not _covered(view, hour.first_insert_ns, end, count, existing):
-            return False
-    return True
+def rebuild(
+    lake: Lake, instance: Instance, dirty: tuple[int, int], timings: Mapping[str, ProcessTiming]
+) -> list[HeldCount] | None:
+    """Rebuilds the blocks of the dirty insert range that no valid partition holds. Returns the
+    partitions meeting the range once swapped in — a consistent set for the blocks of the range: the
+    valid ones kept and the new ones — with what they hold, or None if a concurrent writer changed the
+    range first.
+
+    (Partitions outside the range that a concurrent merge replaces meanwhile stay readable: retired
+    files are kept an hour, so a query may still use the set its check saw there.)"""
+    with tracing.async_span("lakehouse.jit_update"):
+        with tracing.async_span("catalog.source_blocks"):
+            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=dirty, **instance.source))
+            existing = lake.loop.run(fetch_overlapping(lake.pool, instance.view.name, instance.instance_id, *dirty))
+        specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
+        written = swap_in(lake, specs, timings)
+        if written is None:
+            return None
+        replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
+        kept = [p for p in existing if p.file_schema_hash == instance.view.schema_hash]
+        return held_by_blocks([p for p in kept if partition_identity(p) not in replaced] + written, blocks)
 
 
-def stale_specs(lake: Lake, specs: list[PartitionSpec]) -> list[PartitionSpec]:
+def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, ProcessTiming]) -> list[Partition] | None:
+    """Writes the specs' files, then commits them in one transaction in place of what they replace.
+    Returns the new partitions, or None (files removed) if the partitions they replace were no longer
+    exactly the live ones."""
+    written: list[Partition] = []
     if not specs:
-        return []
-    with tracing.async_span("catalog.fetch_overlapping"):
-        existing = lake.loop.run(
-            fetch_overlapping(
-                lake.pool, specs[0].view.name, specs[0].instance_id, specs[0].begin_insert_ns, specs[-1].end_insert_ns
-            )
-        )
-    return [spec for spec in specs if not is_fresh(spec, existing)]
+        return written
+    committed = False
+    try:
+        for spec in specs:
+            written.append(_write(lake, spec, timings))
+        replaced = {partition_identity(p): p for spec in specs for p in spec.replaces}
+        with tracing.async_span("catalog.commit_partition"):
+            committed = lake.loop.run(commit_replacing(lake.pool, written, list(replaced.values())))
+        return written if committed else None
+    finally:
+        if not committed:
+            for partition in written:
+                if partition.file_path:
+                    lake.store.delete(partition.file_path)
 
 
-def materialize(lake: Lake, spec: PartitionSpec, timings: Timings) -> Partition | None:
-    """Builds the spec's rows, writes its file and commits it. None if a twin was committed meanwhile."""
+def _write(lake: Lake, spec: PartitionSpec, timings: Mapping[str, ProcessTiming]) -> Partition:
     with tracing.async_span("lakehouse.materialize_partition"):
+        view = spec.view
         target = PartitionTarget(
-            spec.view.name,
+            view.name,
             spec.instance_id,
             spec.begin_insert_ns,
             spec.end_insert_ns,
-            spec.view.schema,
-            spec.view.schema_hash,
-            spec.view.time_columns,
+            view.schema,
+            view.schema_hash,
+            view.time_columns,
             RetireMatch.OVERLAPPING,
         )
-        rows = view_rows(lake, spec.view, timings, spec.blocks)
-        return write_partition(lake, target, spec.source_count, rows)
+        return write_partition_file(lake, target, spec.source_count, view_rows(lake, view, timings, spec.blocks))
 
 
-def jit_update(lake: Lake, view: View, instance_id: str, timings: Timings, blocks: list[SourceBlock]) -> int:
-    """Brings the instance's partitions covering `blocks` up to date; returns how many were written."""
-    written = 0
-    for spec in stale_specs(lake, plan_specs(view, instance_id, blocks)):
-        if materialize(lake, spec, timings) is not None:
-            written += 1
-    return written
+def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: Mapping[str, ProcessTiming]) -> int:
+    """Merges the small partitions `jit_layout.plan_merges` picks, each rebuilt from its blocks; returns
+    how many merges were committed. A group whose blocks changed meanwhile is left to the next check."""
+    merged = 0
+    for group in plan_merges(held):
+        insert_range = (group[0].partition.begin_insert_ns, group[-1].partition.end_insert_ns)
+        with tracing.async_span("lakehouse.merge_partitions"):
+            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=insert_range, **instance.source))
+            if len(blocks) != sum(member.blocks for member in group):
+                continue
+            spec = PartitionSpec(
+                instance.view, instance.instance_id, tuple(blocks), tuple(member.partition for member in group)
+            )
+            merged += swap_in(lake, [spec], timings) is not None
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settling in the background: one thread, at most one pending run per instance.
+
+_settler = ThreadPoolExecutor(1, thread_name_prefix="jit-settle")
+_settling: set[tuple[str, str]] = set()
+_settling_lock = threading.Lock()
+
+
+def schedule_settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings_of: TimingsOf) -> None:
+    """Queues `settle` for the instance if it has partitions to merge and none is queued yet."""
+    if not plan_merges(held):
+        return
+    key = (instance.view.name, instance.instance_id)
+    with _settling_lock:
+        if key in _settling:
+            return
+        _settling.add(key)
+
+    def run() -> int:
+        try:
+            return settle(lake, instance, held, timings_of())
+        finally:
+            with _settling_lock:
+                _settling.discard(key)
+
+    _settler.submit(run).add_done_callback(_log_failure)
+
+
+def _log_failure(future: Future) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("settling partitions failed; the next query retries", exc_info=error)
+
+
+def wait_for_settling() -> None:
+    """Returns once every settle queued so far has run (tests, benchmarks)."""
+    _settler.submit(lambda: None).result()

@@ -188,12 +188,10 @@ class PartitionTarget:
     retire: RetireMatch
 
 
-def write_partition(
+def write_partition_file(
     lake: Lake, target: PartitionTarget, source_count: int, batches: Iterable[pa.RecordBatch]
-) -> Partition | None:
-    """Writes the rows (if any) to a new file and commits the partition, an empty one when there are no
-    rows (it records that the range was processed). None if an identical partition was committed by a
-    concurrent writer; the file written here is then removed, as on any failure."""
+) -> Partition:
+    """Writes the rows (if any) to a new file: the partition, not yet committed (no file when empty)."""
     rows_iter = (b for b in batches if b.num_rows)
     first = next(rows_iter, None)
     key, size, rows, low, high = None, 0, 0, None, None
@@ -204,7 +202,7 @@ def write_partition(
             size, rows, low, high = write_parquet(
                 lake.store, key, target.schema, itertools.chain([first], rows_iter), target.time_columns
             )
-    partition = Partition(
+    return Partition(
         target.view_set_name,
         target.instance_id,
         target.begin_insert_ns,
@@ -217,6 +215,15 @@ def write_partition(
         source_count,
         rows,
     )
+
+
+def write_partition(
+    lake: Lake, target: PartitionTarget, source_count: int, batches: Iterable[pa.RecordBatch]
+) -> Partition | None:
+    """Writes the rows (if any) to a new file and commits the partition, an empty one when there are no
+    rows (it records that the range was processed). None if an identical partition was committed by a
+    concurrent writer; the file written here is then removed, as on any failure."""
+    partition = write_partition_file(lake, target, source_count, batches)
     committed = False
     try:
         with tracing.async_span("catalog.commit_partition"):
@@ -226,8 +233,8 @@ def write_partition(
     except DuplicatePartition:
         return None
     finally:
-        if key and not committed:
-            lake.store.delete(key)
+        if partition.file_path and not committed:
+            lake.store.delete(partition.file_path)
 
 
 async def commit_partition(pool: asyncpg.Pool, partition: Partition, replaces: RetireMatch) -> list[str]:
@@ -236,7 +243,6 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, replaces: R
     Raises DuplicatePartition, changing nothing, if another writer committed an identical partition
     (same range, schema and source count) meanwhile: the caller then drops its own file.
     """
-    begin, end = ns_to_datetime(partition.begin_insert_ns), ns_to_datetime(partition.end_insert_ns)
     async with pool.acquire() as conn, conn.transaction():
         await lock_instance(conn, partition.view_set_name, partition.view_instance_id)
         if await _same_partition_exists(conn, partition):
@@ -249,40 +255,92 @@ async def commit_partition(pool: asyncpg.Pool, partition: Partition, replaces: R
             partition.begin_insert_ns,
             partition.end_insert_ns,
         )
-        clash = await conn.fetchval(
-            "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-            " AND file_schema_hash = $3 AND begin_insert_time < $5 AND end_insert_time > $4",
-            partition.view_set_name,
-            partition.view_instance_id,
-            partition.file_schema_hash,
-            begin,
-            end,
-        )
-        if clash:
-            raise PartitionOverlapError(
-                f"partition [{begin}, {end}) of {partition.view_set_name}/{partition.view_instance_id}"
-                " overlaps a live partition it does not replace"
-            )
-        await conn.execute(
-            "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time,"
-            " end_insert_time, min_event_time, max_event_time, updated, file_path, file_size, file_schema_hash,"
-            " source_data_hash, num_rows, partition_format_version)"
-            " VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10, $11, $12)",
-            partition.view_set_name,
-            partition.view_instance_id,
-            begin,
-            end,
-            None if partition.min_event_ns is None else ns_to_datetime(partition.min_event_ns),
-            # Rounded up: PostgreSQL keeps µs, and a truncated maximum could prune the partition wrongly.
-            None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns + 999),
-            partition.file_path,
-            partition.file_size,
-            partition.file_schema_hash,
-            partition.source_data_hash,
-            partition.num_rows,
-            PARTITION_FORMAT_VERSION,
-        )
+        await _insert_partition(conn, partition)
     return [r["file_path"] for r in retired if r["file_path"]]
+
+
+def partition_identity(partition: Partition) -> tuple[int, int, str | None]:
+    """What tells two live partitions of one instance and schema apart."""
+    return partition.begin_insert_ns, partition.end_insert_ns, partition.file_path
+
+
+async def commit_replacing(pool: asyncpg.Pool, new: list[Partition], replaces: list[Partition]) -> bool:
+    """Swaps `replaces` for `new` (partitions of one instance and schema) in one transaction, so a query
+    sees either all of the old ones or all of the new ones. Optimistic: under the instance's lock, the
+    live partitions of that schema overlapping the new ranges must be exactly `replaces`; otherwise a
+    concurrent writer got there first, nothing changes and this returns False. Overlapping partitions
+    of other schemas (stale by definition) are retired too."""
+    first = new[0]
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_instance(conn, first.view_set_name, first.view_instance_id)
+        overlapping = set()
+        for partition in new:
+            rows = await conn.fetch(
+                "SELECT begin_insert_time, end_insert_time, file_path FROM lakehouse_partitions"
+                " WHERE view_set_name = $1 AND view_instance_id = $2 AND file_schema_hash = $3"
+                " AND begin_insert_time < $5 AND end_insert_time > $4",
+                partition.view_set_name,
+                partition.view_instance_id,
+                partition.file_schema_hash,
+                ns_to_datetime(partition.begin_insert_ns),
+                ns_to_datetime(partition.end_insert_ns),
+            )
+            overlapping |= {
+                (datetime_to_ns(r["begin_insert_time"]), datetime_to_ns(r["end_insert_time"]), r["file_path"])
+                for r in rows
+            }
+        if overlapping != {partition_identity(p) for p in replaces}:
+            return False
+        for partition in new:
+            await retire(
+                conn,
+                partition.view_set_name,
+                partition.view_instance_id,
+                RetireMatch.OVERLAPPING,
+                partition.begin_insert_ns,
+                partition.end_insert_ns,
+            )
+        for partition in new:
+            await _insert_partition(conn, partition)
+    return True
+
+
+async def _insert_partition(conn: asyncpg.Connection, partition: Partition) -> None:
+    """Inserts the partition's row, refusing one that would overlap a live partition of its schema."""
+    begin, end = ns_to_datetime(partition.begin_insert_ns), ns_to_datetime(partition.end_insert_ns)
+    clash = await conn.fetchval(
+        "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+        " AND file_schema_hash = $3 AND begin_insert_time < $5 AND end_insert_time > $4",
+        partition.view_set_name,
+        partition.view_instance_id,
+        partition.file_schema_hash,
+        begin,
+        end,
+    )
+    if clash:
+        raise PartitionOverlapError(
+            f"partition [{begin}, {end}) of {partition.view_set_name}/{partition.view_instance_id}"
+            " overlaps a live partition it does not replace"
+        )
+    await conn.execute(
+        "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time,"
+        " end_insert_time, min_event_time, max_event_time, updated, file_path, file_size, file_schema_hash,"
+        " source_data_hash, num_rows, partition_format_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10, $11, $12)",
+        partition.view_set_name,
+        partition.view_instance_id,
+        begin,
+        end,
+        None if partition.min_event_ns is None else ns_to_datetime(partition.min_event_ns),
+        # Rounded up: PostgreSQL keeps µs, and a truncated maximum could prune the partition wrongly.
+        None if partition.max_event_ns is None else ns_to_datetime(partition.max_event_ns + 999),
+        partition.file_path,
+        partition.file_size,
+        partition.file_schema_hash,
+        partition.source_data_hash,
+        partition.num_rows,
+        PARTITION_FORMAT_VERSION,
+    )
 
 
 async def lock_instance(conn: asyncpg.Connection, view_set_name: str, instance_id: str) -> None:

@@ -93,7 +93,7 @@ def _instance_filter(
     """The WHERE clause (over blocks b ⋈ streams s) selecting an instance's source blocks, and its args.
 
     With an event range, the blocks overlapping it decide which insert hours are concerned, and every
-    block of those hours is selected: partitions cover whole insert hours, so they stay reusable by
+    block of those hours is selected: partitions never cross an insert hour, so they stay reusable by
     queries with other ranges (as micromegas does).
     """
     conditions, args = [], []
@@ -141,16 +141,6 @@ async def source_blocks(
     return [_source_block(row, interned) for row in rows]
 
 
-@dataclass(frozen=True)
-class HourSummary:
-    """The source blocks of one insert hour of an instance: what freshness checks need."""
-
-    first_insert_ns: int
-    last_insert_ns: int
-    blocks: int
-    objects: int
-
-
 async def source_count(
     pool: asyncpg.Pool, tags: tuple[str, ...], insert_range: tuple[int, int], count_blocks: bool
 ) -> int:
@@ -164,31 +154,56 @@ async def source_count(
     )
 
 
-async def hour_summaries(
+@dataclass(frozen=True)
+class CoverageGroup:
+    """The instance's source blocks that one live partition's insert range holds (or that none holds)."""
+
+    partition_begin_ns: int | None  # the holding partition's begin; None: blocks no partition holds
+    blocks: int
+    objects: int
+    first_insert_ns: int
+    last_insert_ns: int
+
+
+async def instance_coverage(
     pool: asyncpg.Pool,
     *,
     process_id: uuid.UUID | None = None,
     stream_id: uuid.UUID | None = None,
     tags: tuple[str, ...] = (),
     event_range: tuple[int, int] | None = None,
-    partitions_of: tuple[str, str],
-) -> tuple[list[HourSummary], list[asyncpg.Record]]:
-    """Per insert hour, the instance's source blocks summarized, and the instance's live partitions
-    (`partitions_of` = (view set, instance id)): one round trip, for the common case of a fresh instance."""
+    partitions_of: tuple[str, str, bytes],
+) -> tuple[list[CoverageGroup], list[asyncpg.Record]]:
+    """The instance's source blocks grouped by the live partition (of `partitions_of` = (view set,
+    instance id, schema hash)) whose insert range holds each, and every live partition of the instance:
+    one statement, so both come from one snapshot and a fresh instance costs one round trip."""
     where, args = _instance_filter(process_id, stream_id, tags, event_range)
     n = len(args)
+    instance = f"lp.view_set_name = ${n + 1} AND lp.view_instance_id = ${n + 2}"
     row = await pool.fetchrow(
-        "WITH hours AS (SELECT min(b.insert_time) AS lo, max(b.insert_time) AS hi, count(*) AS blocks,"
-        f" sum(b.nb_objects) AS objects FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
-        f" JOIN processes p ON p.process_id = b.process_id WHERE {where} GROUP BY date_trunc('hour', b.insert_time))"
-        " SELECT (SELECT array_agg(ROW(lo, hi, blocks, objects) ORDER BY lo) FROM hours) AS hours,"
-        " (SELECT array_agg(lp ORDER BY lp.begin_insert_time) FROM lakehouse_partitions lp"
-        f"  WHERE lp.view_set_name = ${n + 1} AND lp.view_instance_id = ${n + 2}) AS partitions",
+        # The latest partition beginning at or before each block (an index scan of one row); it holds
+        # the block if it ends after it: live partitions of one schema never overlap.
+        "WITH placed AS (SELECT b.insert_time AS t, b.nb_objects AS n,"
+        "  CASE WHEN cover.end_insert_time > b.insert_time THEN cover.begin_insert_time END AS part"
+        "  FROM blocks b JOIN streams s ON s.stream_id = b.stream_id JOIN processes p ON p.process_id = b.process_id"
+        f"  LEFT JOIN LATERAL (SELECT lp.begin_insert_time, lp.end_insert_time FROM lakehouse_partitions lp"
+        f"   WHERE {instance} AND lp.file_schema_hash = ${n + 3} AND lp.begin_insert_time <= b.insert_time"
+        f"   ORDER BY lp.begin_insert_time DESC LIMIT 1) cover ON true WHERE {where}),"
+        " groups AS (SELECT part, count(*) AS blocks, coalesce(sum(n), 0) AS objects, min(t) AS lo, max(t) AS hi"
+        "  FROM placed GROUP BY part)"
+        " SELECT (SELECT array_agg(ROW(part, blocks, objects, lo, hi)) FROM groups) AS groups,"
+        f" (SELECT array_agg(lp ORDER BY lp.begin_insert_time) FROM lakehouse_partitions lp WHERE {instance})"
+        " AS partitions",
         *args,
         *partitions_of,
     )
-    hours = [HourSummary(datetime_to_ns(h[0]), datetime_to_ns(h[1]), h[2], h[3]) for h in row["hours"] or []]
-    return hours, list(row["partitions"] or [])
+    groups = [
+        CoverageGroup(
+            None if g[0] is None else datetime_to_ns(g[0]), g[1], g[2], datetime_to_ns(g[3]), datetime_to_ns(g[4])
+        )
+        for g in row["groups"] or []
+    ]
+    return groups, list(row["partitions"] or [])
 
 
 def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:

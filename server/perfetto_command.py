@@ -13,6 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 from tqdm import tqdm
@@ -85,16 +86,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_chunks(reader: flight.FlightStreamReader, out: object) -> int:
+    """Writes each batch's chunks at once, after checking that their ids continue the sequence."""
     expected = 0
     with tqdm(unit="B", unit_scale=True, desc="trace", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         for chunk in reader:
             batch = chunk.data
-            for chunk_id, data in zip(
-                batch.column("chunk_id").to_pylist(), batch.column("chunk_data").to_pylist(), strict=True
-            ):
-                if chunk_id != expected:
-                    raise ValueError(f"chunk {chunk_id} received, expected {expected}")
-                out.write(data)
-                bar.update(len(data))
-                expected += 1
+            ids = batch.column("chunk_id").to_numpy(zero_copy_only=False)
+            wrong = np.flatnonzero(ids != np.arange(expected, expected + len(ids)))
+            if len(wrong):
+                raise ValueError(f"chunk {ids[wrong[0]]} received, expected {expected + wrong[0]}")
+            data = batch.column("chunk_data").cast(pa.large_binary())
+            _, offset_buffer, payload = data.buffers()
+            offsets = np.frombuffer(offset_buffer, np.int64)[data.offset : data.offset + len(data) + 1]
+            if payload is not None:
+                out.write(payload[offsets[0] : offsets[-1]])
+            bar.update(int(offsets[-1] - offsets[0]))
+            expected += len(ids)
     return expected

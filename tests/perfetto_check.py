@@ -15,6 +15,8 @@ import xxhash
 from google.protobuf.internal.encoder import _VarintBytes
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TracePacket, TrackEvent
 
+from spanlake.views.perfetto.writer import unique_pid, unique_tids
+
 SLICE_BEGIN = TrackEvent.TYPE_SLICE_BEGIN
 SLICE_END = TrackEvent.TYPE_SLICE_END
 
@@ -95,11 +97,16 @@ def decode_and_check(data: bytes) -> DecodedTrace:
 
 class ReferenceWriter:
     """micromegas' writer and ChunkSender, one protobuf message per packet, prost field order: slow and
-    plainly right. Rows of spans are (begin, end, name, target, filename, line)."""
+    plainly right. Rows of spans are (begin, end, name, target, filename, line). Its pid and tids are
+    spanlake's (`TrackIds.UNIQUE`) unless `micromegas_ids`."""
 
-    def __init__(self, process_id: str, threshold: int = 8192) -> None:
+    def __init__(self, process_id: str, threshold: int = 8192, micromegas_ids: bool = False) -> None:
         self.process_uuid = xxhash.xxh64_intdigest(process_id.encode())
-        self.pid = int(np.array(self.process_uuid, dtype=np.uint64).astype(np.int32))
+        self.micromegas_ids = micromegas_ids
+        if micromegas_ids:
+            self.pid = int(np.array(self.process_uuid, dtype=np.uint64).astype(np.int32))
+        else:
+            self.pid = unique_pid(self.process_uuid)
         self.async_uuid = xxhash.xxh64_intdigest(b"async_track", self.process_uuid)
         self.threshold = threshold
         self.buffer = b""
@@ -138,12 +145,16 @@ class ReferenceWriter:
         packet.track_descriptor.process.process_name = exe
         self.packet(packet)
         self.flush()
-        for thread in threads:
+        if self.micromegas_ids:
+            tids = [int(np.array(thread.tid).astype(np.int32)) for thread in threads]
+        else:
+            tids = unique_tids(self.pid, [thread.stream_id for thread in threads])
+        for thread, tid in zip(threads, tids, strict=True):
             packet = TracePacket()
             packet.track_descriptor.uuid = xxhash.xxh64_intdigest(thread.stream_id.encode())
             packet.track_descriptor.parent_uuid = self.process_uuid
             packet.track_descriptor.thread.pid = self.pid
-            packet.track_descriptor.thread.tid = int(np.array(thread.tid).astype(np.int32))
+            packet.track_descriptor.thread.tid = tid
             packet.track_descriptor.thread.thread_name = thread.thread_name
             self.packet(packet)
         if threads:

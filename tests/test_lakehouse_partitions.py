@@ -13,6 +13,8 @@ import pytest
 from harness import RUST_FIXTURES, PostgresServer, post
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
+from spanlake.lakehouse.jit import wait_for_settling
+from spanlake.lakehouse.jit_layout import MERGE_FANIN
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 ASYNC_COUNT = f"SELECT count(*) AS n FROM view_instance('async_events', '{PROCESS_ID}')"
@@ -59,19 +61,61 @@ def test_new_blocks_make_exactly_the_affected_partitions_stale(lake: LocalLake) 
     [old_async] = live_partitions(lake, "async_events")
     assert 0 < partial_async < 1124 and old_async["num_rows"] == partial_async
 
-    # Only cpu blocks arrive: the log partition stays as it is, the async one is replaced.
+    # Only cpu blocks arrive: the log partition stays as it is; the async one too (it is still valid),
+    # and the new blocks become a new tail partition.
     cpu_streams = {s["stream_id"] for s in EXPECTED["streams"] if "cpu" in s["tags"]}
     lake.upload([s for s in second if s.get("stream_id") in cpu_streams or s["endpoint"] != "/ingestion/insert_block"])
     [log_partition] = live_partitions(lake, "log_entries")
     assert count(lake, ASYNC_COUNT) == 1124  # every cpu block is in now
     assert count(lake, f"SELECT count(*) FROM view_instance('log_entries', '{PROCESS_ID}')") == partial_logs
     assert live_partitions(lake, "log_entries") == [log_partition]
-    [new_async] = live_partitions(lake, "async_events")
-    assert new_async["file_path"] != old_async["file_path"]
-    retired = lake.catalog("SELECT file_path, expiration > now() AS pending FROM temporary_files")
-    assert {"file_path": old_async["file_path"], "pending": True} in retired
-    # The retired file is still readable for queries that were already using it.
-    assert lake.lake.store.exists(old_async["file_path"])
+    kept, tail = live_partitions(lake, "async_events")
+    assert kept == old_async and tail["num_rows"] == 1124 - partial_async
+    assert tail["begin_insert_time"] >= old_async["end_insert_time"]
+    assert lake.catalog("SELECT file_path FROM temporary_files") == []
+
+
+def test_a_block_visible_late_rebuilds_only_the_partition_it_falls_in(lake: LocalLake) -> None:
+    # A stream row that arrives after its blocks: the blocks join the view then, with their old insert
+    # times, inside the range of the partition already built.
+    steps = EXPECTED["upload_sequence"]
+    late = next(s for s in steps if s["endpoint"] == "/ingestion/insert_stream" and s["stream_id"] in _cpu())
+    lake.upload([s for s in steps if s is not late])
+    partial = count(lake, ASYNC_COUNT)
+    [before] = live_partitions(lake, "async_events")
+    lake.upload([late])
+    assert partial < count(lake, ASYNC_COUNT) == 1124
+    [after] = live_partitions(lake, "async_events")
+    assert after["file_path"] != before["file_path"] and after["num_rows"] == 1124
+    retired = lake.catalog("SELECT file_path FROM temporary_files")
+    assert retired == [{"file_path": before["file_path"]}]
+
+
+def _cpu() -> set[str]:
+    return {s["stream_id"] for s in EXPECTED["streams"] if "cpu" in s["tags"]}
+
+
+def test_small_tail_partitions_settle_into_one(lake: LocalLake) -> None:
+    steps = EXPECTED["upload_sequence"]
+    metadata = [s for s in steps if s["endpoint"] != "/ingestion/insert_block"]
+    cpu_blocks = [s for s in steps if s["endpoint"] == "/ingestion/insert_block" and s["stream_id"] in _cpu()]
+    lake.upload(metadata)
+    counts = []
+    for block in cpu_blocks[:MERGE_FANIN]:
+        lake.upload([block])
+        counts.append(count(lake, ASYNC_COUNT))
+        wait_for_settling()
+        if len(counts) == MERGE_FANIN - 1:
+            small = live_partitions(lake, "async_events")
+    # Each query added a one-block partition; the eighth made a run of eight, merged in the background
+    # into one that replaces them all.
+    assert len(small) == MERGE_FANIN - 1 and sum(p["num_rows"] for p in small) == counts[-2]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+    [merged] = live_partitions(lake, "async_events")
+    assert merged["num_rows"] == counts[-1] == count(lake, ASYNC_COUNT)
+    assert merged["begin_insert_time"] == small[0]["begin_insert_time"]
+    retired = {r["file_path"] for r in lake.catalog("SELECT file_path FROM temporary_files")}
+    assert {p["file_path"] for p in small if p["file_path"]} < retired
 
 
 def test_concurrent_materializations_leave_one_consistent_set(lake: LocalLake) -> None:

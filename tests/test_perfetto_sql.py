@@ -119,7 +119,8 @@ def test_bad_arguments(loaded: LocalLake, arguments: str, message: str) -> None:
         loaded.sql(f"SELECT chunk_id FROM perfetto_trace_chunks({arguments})")
 
 
-def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake) -> None:
+def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perfetto_trace, "BATCH_BYTES", 4096)  # small batches: the fixture's trace is small
     begin, end = parse_rfc3339_ns("2026-11-23T08:00:00Z"), parse_rfc3339_ns("2026-11-23T10:00:00Z")
     plan = perfetto_trace.plan_trace(loaded.lake, PROCESS_ID, "both", begin, end)
     produced = 0
@@ -134,10 +135,17 @@ def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake) -> None:
     plan.chunks = counted  # type: ignore[method-assign]
     stream = iter(perfetto_trace.trace_dataframe(loaded.session(), plan).execute_stream())
     first = next(stream).to_pyarrow()
-    assert first.column("chunk_id").to_pylist()[0] == 0
-    assert produced <= 3 * perfetto_trace.CHUNKS_PER_BATCH < plan.chunk_count
-    rest = sum(batch.to_pyarrow().num_rows for batch in stream)
-    assert first.num_rows + rest == plan.chunk_count == produced
+    assert first.column("chunk_id").to_pylist() == list(range(first.num_rows))
+    assert sum(len(c) for c in first.column("chunk_data").to_pylist()) >= 4096
+    assert produced == first.num_rows  # nothing generated ahead of the client
+    rest = [batch.to_pyarrow() for batch in stream]
+    assert first.num_rows + sum(batch.num_rows for batch in rest) == produced > 3 * first.num_rows
+    assert plan.batch_count > len(rest) + 1  # spare task rows: the estimate is from above
+
+
+def test_output_schema_is_not_null(loaded: LocalLake) -> None:
+    schema = loaded.session().sql(f"SELECT * FROM perfetto_trace_chunks('{PROCESS_ID}', 'both', {BEGIN}, {END})")
+    assert schema.schema() == perfetto_trace.OUTPUT_SCHEMA
 
 
 def test_upper_case_process_id_gives_the_same_trace(loaded: LocalLake) -> None:

@@ -18,7 +18,7 @@ from perfetto_check import DecodedTrace, ReferenceWriter, decode_and_check
 
 from spanlake.views.perfetto import writer as perfetto_writer
 from spanlake.views.perfetto.chunks import ChunkBuffer
-from spanlake.views.perfetto.writer import AsyncLayout, PerfettoThread, PerfettoTraceWriter, trace_chunks
+from spanlake.views.perfetto.writer import AsyncLayout, PerfettoThread, PerfettoTraceWriter, TrackIds, trace_chunks
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "perfetto-golden"
 TIMESTAMP = pa.timestamp("ns", tz="+00:00")
@@ -67,7 +67,11 @@ def spans_table(spans: list[Span], *, dictionary: bool = True) -> pa.Table:
 
 
 def chunks_of(
-    scenario: Scenario, span_types: str = "both", layout: AsyncLayout = AsyncLayout.LANES, batch_rows: int = 1000
+    scenario: Scenario,
+    span_types: str = "both",
+    layout: AsyncLayout = AsyncLayout.LANES,
+    batch_rows: int = 1000,
+    track_ids: TrackIds = TrackIds.UNIQUE,
 ) -> list[bytes]:
     def batches(spans: list[Span]) -> Iterator[pa.RecordBatch]:
         return iter(spans_table(spans).to_batches(max_chunksize=batch_rows))
@@ -81,6 +85,7 @@ def chunks_of(
             lambda: batches(scenario.async_spans),
             span_types,
             async_layout=layout,
+            track_ids=track_ids,
         )
     )
 
@@ -133,14 +138,14 @@ def expected_slices(spans: Iterable[Span]) -> Counter:
 
 
 def test_golden_trace_is_reproduced_byte_for_byte_with_the_single_track_layout() -> None:
-    chunks = chunks_of(golden_scenario(), layout=AsyncLayout.SINGLE_TRACK, batch_rows=4)
+    chunks = chunks_of(golden_scenario(), layout=AsyncLayout.SINGLE_TRACK, batch_rows=4, track_ids=TrackIds.MICROMEGAS)
     assert [len(c) for c in chunks] == [66, 142, 48, 928, 740, 1432, 148]
     assert chunks == golden_chunks()
     assert b"".join(chunks) == (GOLDEN / "trace.pftrace").read_bytes()
 
 
 def test_golden_thread_part_is_byte_identical_with_the_lane_layout() -> None:
-    chunks = chunks_of(golden_scenario())
+    chunks = chunks_of(golden_scenario(), track_ids=TrackIds.MICROMEGAS)
     golden = golden_chunks()
     assert chunks[:5] == golden[:5]  # descriptors and thread spans only
     # Chunk 5 starts with thread spans, then the async spans, which the lanes lay out differently.
@@ -239,7 +244,7 @@ def test_long_names_make_a_chunk_end_right_after_a_packet_framing() -> None:
     scenario = Scenario(PROCESS_ID, "exe", [thread], {"s": spans}, [])
     chunks = chunks_of(scenario, "thread")
     assert chunks == reference_chunks(scenario, "thread")
-    assert [len(c) for c in chunks] == [41, 51, 8204, 943, 8192, 944, 8204, 946]
+    assert [len(c) for c in chunks] == [36, 50, 8204, 943, 8192, 944, 8204, 946]
     assert chunks[4].endswith(b"\x0a\x1d") and chunks[5][:2] == b"\x5a\x13"  # a 29-byte END body
     assert TracePacket.FromString(chunks[5][:29]).track_event.type == SLICE_END
     data = b"".join(chunks)

@@ -126,7 +126,7 @@ def test_a_jit_query_is_stored_as_a_span_tree_of_spanlake_itself(traced) -> None
     assert set(JIT_CHAIN) | {
         "flightsql.execute",
         "lakehouse.make_session_context",
-        "catalog.hour_summaries",
+        "catalog.instance_coverage",
         "object_store.get_block",
         "catalog.commit_partition",
     } <= set(tree_spans.name)
@@ -182,7 +182,7 @@ def test_perfetto_trace_of_spanlake_itself(traced) -> None:
         "flightsql.plan",
         "lakehouse.view_instance",
         "lakehouse.make_session_context",
-        "catalog.hour_summaries",
+        "catalog.instance_coverage",
     } <= names
     # The trace's own generation is traced: planning under the query's planning, chunks under its execution.
     wait_until(lambda: "perfetto.generate_chunks" in set(_spans(client, own).name), 30, "perfetto spans")

@@ -10,6 +10,7 @@ Modules:
     process_spans      `process_spans(process_id, span_types)`: a process's thread and async spans
     block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
+    perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
     off_runtime        running DataFusion calls from table functions off DataFusion's own threads
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

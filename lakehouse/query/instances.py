@@ -9,16 +9,10 @@ import pyarrow.dataset as ds
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
-from spanlake.lakehouse.jit import hours_are_fresh, jit_update
+from spanlake.lakehouse.jit import Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import fetch_for_query, for_query, row_to_partition
-from spanlake.lakehouse.source_blocks import (
-    ProcessTiming,
-    find_stream_process,
-    find_timings,
-    hour_summaries,
-    source_blocks,
-)
+from spanlake.lakehouse.partitions import Partition, fetch_for_query, for_query
+from spanlake.lakehouse.source_blocks import ProcessTiming, find_stream_process, find_timings
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.view import View
 
@@ -68,45 +62,31 @@ def _source_filter(view: View, instance_id: str) -> dict[str, object]:
     return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
 
 
-def materialize_instance(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> int:
-    """JIT for a process or stream instance: writes its stale partitions for the range; returns how many."""
-    with tracing.async_span("lakehouse.jit_update"):
-        with tracing.async_span("catalog.source_blocks"):
-            timing = _process_of(lake, view, uuid.UUID(instance_id))
-            blocks = lake.loop.run(
-                source_blocks(lake.pool, event_range=query_range, **_source_filter(view, instance_id))
-            )
-        return jit_update(lake, view, instance_id, {timing.process.process_id: timing}, blocks)
+def instance_partitions(
+    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None
+) -> list[Partition]:
+    """The up-to-date partitions of a view instance that the query range may need (see `lakehouse/jit.py`).
 
-
-def instance_files(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
-    """Object-store keys of the instance's up-to-date partitions that the query range may need.
-
-    One catalog round trip when the instance is fresh (the usual warm query); the full JIT path
-    (process, blocks, rewrites) only when something is stale or the instance has no source yet.
-    Global instances are not materialized here: the maintenance daemon keeps them (as micromegas)."""
+    One catalog round trip when the instance is fresh (the usual warm query); for a live process, only
+    what arrived since the last query is materialized. Global instances are not materialized here: the
+    maintenance daemon keeps them (as micromegas)."""
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
         with tracing.async_span("catalog.fetch_for_query"):
-            partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.schema_hash, query_range))
-        return [p.file_path for p in partitions]
-    with tracing.async_span("catalog.hour_summaries"):
-        hours, rows = lake.loop.run(
-            hour_summaries(
-                lake.pool,
-                event_range=query_range,
-                partitions_of=(view.name, instance_id),
-                **_source_filter(view, instance_id),
-            )
-        )
-    partitions = [row_to_partition(row) for row in rows]
-    if not hours or not hours_are_fresh(view, hours, partitions):
-        materialize_instance(lake, view, instance_id, query_range)
-        with tracing.async_span("catalog.fetch_for_query"):
-            partitions = lake.loop.run(
-                fetch_for_query(lake.pool, view.name, instance_id, view.schema_hash, query_range)
-            )
-    return [p.file_path for p in for_query(partitions, view.schema_hash, query_range)]
+            return lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.schema_hash, query_range))
+
+    def timings_of() -> dict[str, ProcessTiming]:
+        timing = _process_of(lake, view, uuid.UUID(instance_id))
+        return {timing.process.process_id: timing}
+
+    instance = Instance(view, instance_id, _source_filter(view, instance_id))
+    partitions = fresh_partitions(lake, instance, query_range, timings_of)
+    return for_query(partitions, view.schema_hash, query_range)
+
+
+def instance_files(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
+    """Object-store keys of `instance_partitions`."""
+    return [p.file_path for p in instance_partitions(lake, view, instance_id, query_range)]
 
 
 def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:

@@ -1,13 +1,13 @@
 """`perfetto_trace_chunks(process_id, span_types, begin, end)`: a process's Perfetto trace as rows.
 
 Planning resolves the arguments, materializes the process's `thread_spans` and `async_events`
-partitions for the range, pairs the async spans, and counts the chunks the trace will have: with
-micromegas's chunking rule, a chunk ends at each flush (after the descriptors and every 10th span),
-so the count follows from the span counts. Execution then produces the chunks lazily, a few per
-batch, as the client reads: a volatile scalar function over a task table of chunk ids.
-
-A chunk also ends when 8 KiB are buffered, which only long names or hundreds of threads cause; such
-extra chunks are appended to the last row, so ids stay gapless and the bytes are the same.
+partitions for the range, pairs the async spans (lakehouse/query/perfetto_spans.py: read in begin
+order a slab at a time, memory bounded), and estimates from above how large the trace is.
+Execution then produces the chunks lazily as the client reads, with micromegas's chunking rule (a
+chunk ends at each flush and when 8 KiB are buffered): a task table of one row per batch of about
+1 MiB of chunks, a volatile scalar function giving each task row its list of (chunk_id, chunk_data),
+unnested into rows. The chunk count is never predicted: a task row past the end of the trace gives
+no chunk, and should the estimate fall short, the last one takes the rest, still chunk by chunk.
 """
 
 from __future__ import annotations
@@ -16,114 +16,64 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from datafusion import DataFrame, SessionContext, col, udf
+from datafusion import DataFrame, SessionContext, col, functions, lit, udf
 from datafusion.expr import Expr
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import fetch_for_query
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views.perfetto.writer import SPAN_TYPES, SPANS_PER_FLUSH, PerfettoThread, trace_chunks
+from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
 
-CHUNKS_PER_BATCH = 16  # chunks generated per step of the client's reading (~128 KiB)
-THREAD_COLUMNS = ["begin", "end", "name", "target", "filename", "line"]
-ASYNC_COLUMNS = ["span_id", "parent_span_id", "begin", "end", "name", "target", "filename", "line"]
+BATCH_BYTES = 1024 * 1024  # chunks per record batch on the wire: the per-row cost is the client's
 OUTPUT_SCHEMA = pa.schema(
     [pa.field("chunk_id", pa.int32(), nullable=False), pa.field("chunk_data", pa.binary(), nullable=False)]
 )
+CHUNK_ITEM = pa.struct(list(OUTPUT_SCHEMA))
+CHUNK_LIST = pa.list_(pa.field("item", CHUNK_ITEM, nullable=False))
 
 
 @dataclass
 class TracePlan:
-    lake: Lake
     process_id: str
     exe: str
     span_types: str
-    range_ns: tuple[int, int]
     threads: list[PerfettoThread]
-    thread_span_counts: list[int]
-    async_spans: pa.Table
+    thread_spans: dict[str, ThreadSpans]  # by stream id
+    async_spans: AsyncSpans | None
+    estimated_bytes: int  # an upper estimate of the trace's size: how many batches to offer
 
     @property
-    def chunk_count(self) -> int:
-        """Chunks if no 8 KiB threshold is crossed: one per non-empty flush."""
-        chunks = 1 + bool(self.threads) + (self.span_types != "thread")
-        pending = False
-        counts = self.thread_span_counts if self.span_types != "async" else []
-        if self.span_types != "thread":
-            counts = [*counts, self.async_spans.num_rows]
-        for count in counts:
-            chunks += count // SPANS_PER_FLUSH
-            pending = count % SPANS_PER_FLUSH != 0 or (pending and count == 0)
-        return chunks + pending
-
-    def thread_spans(self, stream_id: str) -> Iterator[pa.RecordBatch]:
-        table = _thread_spans_table(self.lake, stream_id, self.range_ns)
-        if table.num_rows > 1 and not _is_sorted(table.column("begin")):
-            table = table.sort_by("begin")
-        yield from table.to_batches(max_chunksize=64 * 1024)
+    def batch_count(self) -> int:
+        """Rows of the task table: enough batches of BATCH_BYTES for the estimate, and spare ones (a
+        task past the end of the trace gives no chunk; the last one takes whatever is left)."""
+        return 2 + 2 * -(-self.estimated_bytes // BATCH_BYTES)
 
     def chunks(self) -> Iterator[bytes]:
         return trace_chunks(
-            self.process_id, self.exe, self.threads, self.thread_spans, lambda: self.async_spans, self.span_types
+            self.process_id,
+            self.exe,
+            self.threads,
+            lambda stream_id: self.thread_spans[stream_id].batches(),
+            lambda: self.async_spans.batches() if self.async_spans else [],
+            self.span_types,
         )
 
 
-def _is_sorted(column: pa.ChunkedArray) -> bool:
-    values = column.cast(pa.int64()).to_numpy()
-    return bool((values[1:] >= values[:-1]).all())
-
-
 def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_ns: tuple[int, int]) -> ds.Dataset:
+    """The instance's up-to-date partitions for the range (materialized first if stale)."""
     view = VIEW_SETS[view_set_name]
-    partitions = lake.loop.run(fetch_for_query(lake.pool, view.name, instance_id, view.schema_hash, range_ns))
+    keys = instances.instance_files(lake, view, instance_id, range_ns)
     filesystem, root = lake.store.arrow_filesystem()
-    return ds.dataset(
-        [f"{root}/{p.file_path}" for p in partitions], schema=view.schema, format="parquet", filesystem=filesystem
-    )
-
-
-def _ts(ns: int) -> pa.Scalar:
-    return pa.scalar(ns, pa.timestamp("ns", tz="+00:00"))
-
-
-def _thread_filter(range_ns: tuple[int, int]) -> ds.Expression:
-    return (ds.field("begin") <= _ts(range_ns[1])) & (ds.field("end") >= _ts(range_ns[0]))
-
-
-def _thread_spans_table(lake: Lake, stream_id: str, range_ns: tuple[int, int]) -> pa.Table:
-    dataset = _partitions_dataset(lake, "thread_spans", stream_id, range_ns)
-    return dataset.to_table(columns=THREAD_COLUMNS, filter=_thread_filter(range_ns))
-
-
-def _async_spans(lake: Lake, process_id: str, range_ns: tuple[int, int]) -> pa.Table:
-    """Begin and end events both in the range, paired by span id, begin < end, in begin order; name and
-    location from the begin event (micromegas's query)."""
-    events = _partitions_dataset(lake, "async_events", process_id, range_ns).to_table(
-        columns=["event_type", "span_id", "parent_span_id", "time", "name", "target", "filename", "line"],
-        filter=(ds.field("time") >= _ts(range_ns[0])) & (ds.field("time") <= _ts(range_ns[1])),
-    )
-    kind = events.column("event_type").cast(pa.utf8())
-    # Acero's join cannot carry dictionaries that differ between chunks: decode the strings first.
-    for name in ("name", "target", "filename"):
-        events = events.set_column(events.schema.get_field_index(name), name, events.column(name).cast(pa.utf8()))
-    begins = (
-        events.filter(pc.equal(kind, "begin"))
-        .drop_columns(["event_type"])
-        .rename_columns(["span_id", "parent_span_id", "begin", "name", "target", "filename", "line"])
-    )
-    ends = events.filter(pc.equal(kind, "end")).select(["span_id", "time"]).rename_columns(["span_id", "end"])
-    spans = begins.join(ends, "span_id", join_type="inner", use_threads=False)
-    spans = spans.filter(pc.less(spans.column("begin"), spans.column("end")))
-    return spans.select(ASYNC_COLUMNS).sort_by("begin")
+    return ds.dataset([f"{root}/{key}" for key in keys], schema=view.schema, format="parquet", filesystem=filesystem)
 
 
 def _threads(lake: Lake, process_id: uuid.UUID, range_ns: tuple[int, int]) -> list[PerfettoThread]:
@@ -220,45 +170,79 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
         raise QueryError(f"Trace generation failed: Process {process} not found")
     range_ns = (begin_ns, end_ns)
     threads = _threads(lake, process, range_ns)
-    counts = []
+    thread_spans = {
+        thread.stream_id: ThreadSpans.of(
+            _partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns), range_ns
+        )
+        for thread in threads
+    }
+    estimated = 64 * 1024 + sum(64 + len(thread.thread_name.encode()) for thread in threads)
     if span_types != "async":
-        for thread in threads:
-            instances.materialize_instance(lake, VIEW_SETS["thread_spans"], thread.stream_id, range_ns)
-            dataset = _partitions_dataset(lake, "thread_spans", thread.stream_id, range_ns)
-            counts.append(dataset.count_rows(filter=_thread_filter(range_ns)))
-    async_spans = pa.table({name: [] for name in ASYNC_COLUMNS})
+        estimated += sum(spans.estimated_bytes for spans in thread_spans.values())
+    async_spans = None
     if span_types != "thread":
-        instances.materialize_instance(lake, VIEW_SETS["async_events"], str(process), range_ns)
-        async_spans = _async_spans(lake, str(process), range_ns)
-    return TracePlan(lake, str(process), exe, span_types, range_ns, threads, counts, async_spans)
+        ends = [spans.last_end_ns for spans in thread_spans.values() if spans.last_end_ns is not None]
+        last_event_ns = min(max(ends, default=begin_ns), end_ns)
+        async_spans = AsyncSpans.of(
+            _partitions_dataset(lake, "async_events", str(process), range_ns), range_ns, last_event_ns
+        )
+        estimated += async_spans.estimated_bytes
+    return TracePlan(str(process), exe, span_types, threads, thread_spans, async_spans, estimated)
 
 
 def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
-    """The scalar function behind chunk_data: chunk i for task row i, in order, generated on demand."""
-    total = plan.chunk_count
+    """The scalar function behind the task table: for each task row, the trace's next chunks (with their
+    ids) up to about BATCH_BYTES, generated as the client reads; the last task row takes the rest, and
+    rows past the end of the trace get none. Chunks are never glued: each is one chunk of the rule."""
     chunks: Iterator[bytes] | None = None
+    next_id = 0
+    done = False
 
-    def generate(chunk_ids: pa.Array) -> pa.Array:
+    def take(limit: float) -> list[tuple[int, bytes]]:
+        nonlocal next_id, done
+        taken, size = [], 0
+        for chunk in chunks:
+            taken.append((next_id, chunk))
+            next_id += 1
+            size += len(chunk)
+            if size >= limit:
+                return taken
+        if not done:
+            done = True
+            # The spans are written: drop them and hand their pages back to the system now, not when
+            # the query's objects go.
+            plan.thread_spans.clear()
+            plan.async_spans = None
+            pa.default_memory_pool().release_unused()
+        return taken
+
+    def generate(task_ids: pa.Array) -> pa.Array:
         nonlocal chunks
         with tracing.async_span("perfetto.generate_chunks"):  # under the query's execution span
             if chunks is None:
                 chunks = plan.chunks()
-            out = []
-            for chunk_id in chunk_ids.to_pylist():
-                if chunk_id == total - 1:  # the last row takes whatever the trace still holds
-                    out.append(b"".join(chunks))
-                else:
-                    out.append(next(chunks))
-            return pa.array(out, pa.binary())
+            last = plan.batch_count - 1
+            rows = [take(float("inf") if task == last else BATCH_BYTES) for task in task_ids.to_pylist()]
+            offsets = np.cumsum([0] + [len(row) for row in rows], dtype=np.int32)
+            flat = [chunk for row in rows for chunk in row]
+            items = pa.StructArray.from_arrays(
+                [pa.array([i for i, _ in flat], pa.int32()), pa.array([c for _, c in flat], pa.binary())],
+                fields=list(CHUNK_ITEM),
+            )
+            return pa.ListArray.from_arrays(pa.array(offsets), items, type=CHUNK_LIST)
 
     return generate
 
 
 def trace_dataframe(ctx: SessionContext, plan: TracePlan) -> DataFrame:
-    ids = pa.array(range(plan.chunk_count), pa.int32())
-    tasks = [
-        pa.record_batch({"chunk_id": ids.slice(i, CHUNKS_PER_BATCH)}) for i in range(0, len(ids), CHUNKS_PER_BATCH)
-    ]
-    generate = udf(chunk_generator(plan), [pa.int32()], pa.binary(), "volatile", "perfetto_chunk")
-    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("chunk_id", pa.int32())]))
-    return frame.select(col("chunk_id"), generate(col("chunk_id")).alias("chunk_data"))
+    """The trace as (chunk_id, chunk_data) rows, both NOT NULL: one task row per batch of about
+    BATCH_BYTES of chunks, unnested (UnnestExec keeps each task's chunks as one output batch)."""
+    tasks = [pa.record_batch({"task": pa.array([i], pa.int32())}) for i in range(plan.batch_count)]
+    generate = udf(chunk_generator(plan), [pa.int32()], CHUNK_LIST, "volatile", "perfetto_chunks")
+    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
+    chunks = frame.select(generate(col("task")).alias("chunk")).unnest_columns("chunk")
+    # The unnested struct's fields read as nullable; the coalesce with a literal makes them NOT NULL.
+    return chunks.select(
+        functions.coalesce(col("chunk")["chunk_id"], lit(pa.scalar(0, pa.int32()))).alias("chunk_id"),
+        functions.coalesce(col("chunk")["chunk_data"], lit(b"")).alias("chunk_data"),
+    )

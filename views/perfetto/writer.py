@@ -4,8 +4,10 @@ Output and order follow micromegas `perfetto_trace_chunks` (docs/perfetto.md,
 shared/spec/micromegas-perfetto.md): one sequence (trusted_packet_sequence_id 1) of `TracePacket`s,
 each framed as `Trace.packet` (`0x0A` + varint length), in this order:
 
-1. the process track descriptor (uuid xxh64(process_id), pid its low 32 bits), then a flush;
-2. one thread track descriptor per thread (uuid xxh64(stream_id)), then a flush if any;
+1. the process track descriptor (uuid xxh64(process_id), pid its low 31 bits: see `TrackIds`), then
+   a flush;
+2. one thread track descriptor per thread (uuid xxh64(stream_id), a tid of its own), then a flush if
+   any;
 3. for 'async'/'both', the "Async Operations" track descriptor, then a flush;
 4. for 'thread'/'both', each thread's spans in order, SLICE_BEGIN + SLICE_END per span, a flush after
    every 10th span of the thread (the counter restarts per thread, no flush at a thread's end);
@@ -89,6 +91,9 @@ _FIRST_PACKET_FLAGS = varint_field(13, 3) + varint_field(87, 1)
 # TrackEvent: category_iids 3 (repeated, unpacked), type 9, name_iid 10, track_uuid 11,
 # source_location_iid 34.
 _CATEGORY_IID = key(3, VARINT)
+# debug_annotations 4: DebugAnnotation {name 10: "unfinished", bool_value 2: true}; trace_processor
+# shows it as the slice's arg `debug.unfinished`.
+_UNFINISHED = bytes_field(4, string_field(10, "unfinished") + varint_field(2, 1))
 _SLICE_TYPES = np.array([[*key(9, VARINT), 1], [*key(9, VARINT), 2]], dtype=np.uint8)  # SLICE_BEGIN, SLICE_END
 _NAME_IID = key(10, VARINT)
 _TRACK_UUID = key(11, VARINT)
@@ -100,9 +105,25 @@ class AsyncLayout(enum.Enum):
     SINGLE_TRACK = "single_track"
 
 
+class TrackIds(enum.Enum):
+    """The pid and tids a trace's descriptors carry.
+
+    UNIQUE (default): the pid is the process uuid's low 31 bits, so it reads the same as the
+    ProcessDescriptor's and the ThreadDescriptor's pid (trace_processor reads the first unsigned and
+    the second signed: a negative pid split a process in two); each thread gets a tid of its own (31
+    bits of its stream uuid, made unique within the process), since trace_processor merges threads
+    of one pid and tid, and the OS reuses thread ids (it stays in the thread name).
+    MICROMEGAS: micromegas's ids (the low 32 bits as int32, the stream's `thread-id`), for byte
+    comparisons with its traces."""
+
+    UNIQUE = "unique"
+    MICROMEGAS = "micromegas"
+
+
 @dataclass(frozen=True)
 class PerfettoThread:
-    """A thread track: `stream_id` of its cpu stream, `tid` (truncated to int32), display name."""
+    """A thread track: `stream_id` of its cpu stream, `tid` (its OS thread id, as micromegas writes it
+    with TrackIds.MICROMEGAS), display name."""
 
     stream_id: str
     tid: int
@@ -125,6 +146,26 @@ def async_lane_uuid(process_track_uuid: int, lane: int) -> int:
     """Lane 0 is micromegas' single async track; further lanes are spanlake's."""
     name = "async_track" if lane == 0 else f"async_lane_{lane}"
     return xxhash.xxh64_intdigest(name.encode(), process_track_uuid)
+
+
+def unique_pid(process_track_uuid: int) -> int:
+    """A pid that reads the same signed or unsigned: the uuid's low 31 bits (0 is taken by the idle
+    process in trace_processor)."""
+    return process_track_uuid & 0x7FFF_FFFF or 1
+
+
+def unique_tids(pid: int, stream_ids: Sequence[str]) -> list[int]:
+    """A distinct positive tid per stream: 31 bits of its uuid, the next free value on a collision,
+    never the pid (the process's main thread)."""
+    taken = {pid}
+    tids = []
+    for stream_id in stream_ids:
+        tid = thread_uuid(stream_id) & 0x7FFF_FFFF or 1
+        while tid in taken:
+            tid = tid % 0x7FFF_FFFF + 1
+        taken.add(tid)
+        tids.append(tid)
+    return tids
 
 
 def _int32(value: int) -> int:
@@ -233,6 +274,14 @@ class _Spans:
     def column(self, name: str) -> pa.Array:
         return _column(self.batch, name, self.what)
 
+    def unfinished(self) -> np.ndarray | None:
+        """The optional `unfinished` column (spans drawn to the end of the data), as a bool mask."""
+        index = self.batch.schema.get_field_index("unfinished")
+        if index < 0:
+            return None
+        mask = pc.fill_null(self.batch.column(index), False).to_numpy(zero_copy_only=False)
+        return mask if mask.any() else None
+
     def span_ids(self) -> list[int]:
         column = self.column("span_id")
         if column.null_count:
@@ -276,10 +325,16 @@ class PerfettoTraceWriter:
     calling the next one."""
 
     def __init__(
-        self, process_id: str, *, async_layout: AsyncLayout = AsyncLayout.LANES, chunk_threshold: int = CHUNK_THRESHOLD
+        self,
+        process_id: str,
+        *,
+        async_layout: AsyncLayout = AsyncLayout.LANES,
+        chunk_threshold: int = CHUNK_THRESHOLD,
+        track_ids: TrackIds = TrackIds.UNIQUE,
     ) -> None:
         self._process_uuid = process_uuid(process_id)
-        self._pid = _int32(self._process_uuid)
+        self._track_ids = track_ids
+        self._pid = _int32(self._process_uuid) if track_ids is TrackIds.MICROMEGAS else unique_pid(self._process_uuid)
         self._layout = async_layout
         self._chunks = ChunkBuffer(chunk_threshold)
         self._thread_tracks: dict[str, int] = {}
@@ -298,12 +353,14 @@ class PerfettoTraceWriter:
         yield from self._chunks.flush()
 
     def thread_descriptors(self, threads: Sequence[PerfettoThread]) -> Iterator[bytes]:
-        for thread in threads:
+        if self._track_ids is TrackIds.MICROMEGAS:
+            tids = [_int32(thread.tid) for thread in threads]
+        else:
+            tids = unique_tids(self._pid, [thread.stream_id for thread in threads])
+        for thread, tid in zip(threads, tids, strict=True):
             uuid = thread_uuid(thread.stream_id)
             self._thread_tracks[thread.stream_id] = uuid
-            descriptor = (
-                varint_field(1, self._pid) + varint_field(2, _int32(thread.tid)) + string_field(5, thread.thread_name)
-            )
+            descriptor = varint_field(1, self._pid) + varint_field(2, tid) + string_field(5, thread.thread_name)
             yield from self._write_packet(
                 *_descriptor_packet(
                     varint_field(1, uuid) + bytes_field(4, descriptor) + varint_field(5, self._process_uuid)
@@ -448,9 +505,13 @@ class _SpanPackets:
         descriptor packets to put before some spans (row, framing, body)."""
         category_iids, name_iids, location_iids = (np.repeat(column, 2) for column in iids)
         rows = len(category_iids)
-        event = [
-            _CATEGORY_IID,
-            varint_column(category_iids),
+        event = [_CATEGORY_IID, varint_column(category_iids)]
+        unfinished = spans.unfinished()
+        if unfinished is not None:  # on the BEGIN packet of each such span
+            annotated = np.zeros(rows, dtype=np.int64)
+            annotated[0::2] = unfinished
+            event.append(lookup_column([b"", _UNFINISHED], annotated))
+        event += [
             byte_column(np.tile(_SLICE_TYPES, (len(spans), 1))),
             _NAME_IID,
             varint_column(name_iids),
@@ -534,6 +595,7 @@ def trace_chunks(
     *,
     async_layout: AsyncLayout = AsyncLayout.LANES,
     chunk_threshold: int = CHUNK_THRESHOLD,
+    track_ids: TrackIds = TrackIds.UNIQUE,
 ) -> Iterator[bytes]:
     """The whole trace of a process as chunks, lazily, in micromegas order.
 
@@ -541,7 +603,9 @@ def trace_chunks(
     batches; each is called only when its turn comes (never for span types not requested)."""
     if span_types not in SPAN_TYPES:
         raise ValueError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
-    writer = PerfettoTraceWriter(process_id, async_layout=async_layout, chunk_threshold=chunk_threshold)
+    writer = PerfettoTraceWriter(
+        process_id, async_layout=async_layout, chunk_threshold=chunk_threshold, track_ids=track_ids
+    )
     yield from writer.process_descriptor(exe)
     yield from writer.thread_descriptors(threads)
     if span_types != "thread":

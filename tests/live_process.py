@@ -1,0 +1,111 @@
+"""A synthetic live process posting numbered blocks to a running server's ingestion API.
+
+Block n of its one cpu stream holds `spans_per_block` thread spans named `b{n}` (each closed within
+the block) and as many named async spans `b{n}` (begin and end), so a query can count rows per block:
+every block must show exactly `spans_per_block` of each, never fewer, never more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import cbor2
+from harness import post
+from transit_builder import ThreadBlockWriter, compress, thread_stream_metadata
+
+TICK_NS = 1  # tsc_frequency 1e9: one tick per nanosecond
+BLOCK_TICKS = 1_000_000
+
+
+def rfc3339(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rest:09d}Z"
+
+
+@dataclass
+class LiveProcess:
+    http_url: str
+    spans_per_block: int = 5
+    process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    start_ns: int = field(default_factory=lambda: time.time_ns() - 3_600_000_000_000 // 2)
+    acknowledged: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def announce(self) -> None:
+        """Posts the process and its cpu stream."""
+        process = {
+            "process_id": self.process_id,
+            "exe": "live-process",
+            "username": "user",
+            "realname": "user",
+            "computer": "host",
+            "distro": "linux",
+            "cpu_brand": "cpu",
+            "tsc_frequency": 1_000_000_000,
+            "start_time": rfc3339(self.start_ns),
+            "start_ticks": 0,
+            "parent_process_id": "",
+            "properties": {},
+        }
+        dependencies, objects = thread_stream_metadata()
+        stream = {
+            "stream_id": self.stream_id,
+            "process_id": self.process_id,
+            "dependencies_metadata": cbor2.loads(dependencies),
+            "objects_metadata": cbor2.loads(objects),
+            "tags": ["cpu"],
+            "properties": {"thread-name": "main", "thread-id": "1"},
+        }
+        self._post("/ingestion/insert_process", process)
+        self._post("/ingestion/insert_stream", stream)
+
+    def post_block(self, number: int) -> None:
+        """Posts block `number` (its ticks follow from the number, so blocks may be posted in any order)."""
+        writer = ThreadBlockWriter()
+        desc = writer.span_desc(f"b{number}")
+        location = writer.span_location()
+        first_tick = number * BLOCK_TICKS
+        step = BLOCK_TICKS // (4 * self.spans_per_block + 2)
+        tick = first_tick + step
+        for index in range(self.spans_per_block):
+            span_id = number * 1000 + index + 1
+            writer.thread(True, desc, tick)
+            writer.async_named(True, location, f"b{number}", span_id, 0, tick, 0)
+            writer.async_named(False, location, f"b{number}", span_id, 0, tick + step, 0)
+            writer.thread(False, desc, tick + 2 * step)
+            tick += 4 * step
+        dependencies, objects = compress(writer.dependencies.getvalue()), compress(writer.objects.getvalue())
+        nb_objects = 4 * self.spans_per_block
+        block = {
+            "block_id": str(uuid.uuid4()),
+            "stream_id": self.stream_id,
+            "process_id": self.process_id,
+            "begin_time": rfc3339(self.start_ns + first_tick * TICK_NS),
+            "begin_ticks": first_tick,
+            "end_time": rfc3339(self.start_ns + (first_tick + BLOCK_TICKS) * TICK_NS),
+            "end_ticks": first_tick + BLOCK_TICKS,
+            "payload": {"dependencies": dependencies, "objects": objects},
+            "nb_objects": nb_objects,
+            "object_offset": number * nb_objects,
+        }
+        self._post("/ingestion/insert_block", block)
+        with self._lock:
+            self.acknowledged.add(number)
+
+    def acknowledged_now(self) -> set[int]:
+        with self._lock:
+            return set(self.acknowledged)
+
+    def _post(self, path: str, message: dict) -> None:
+        status, text = post(self.http_url + path, cbor2.dumps(message))
+        if status != 200:
+            raise RuntimeError(f"{path}: {status} {text!r}")
+
+
+ASYNC_PER_BLOCK = "SELECT name, count(*) AS n FROM view_instance('async_events', '{process}') GROUP BY name"
+THREAD_PER_BLOCK = "SELECT name, count(*) AS n FROM view_instance('thread_spans', '{stream}') GROUP BY name"
