@@ -28,8 +28,8 @@ from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import off_runtime
-from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
 
