@@ -58,6 +58,14 @@ def generated(
             30,
             "the generated process in the processes view",
         )
+        # The tests read the global streams view too: wait for every stream the generator created
+        # (all stored once `generate` has exited) to be materialized there.
+        stored_streams = len(server.stream_rows(process_id))
+        wait_until(
+            lambda: len(client.query(f"SELECT 1 FROM streams WHERE process_id = '{process_id}'")) == stored_streams,
+            30,
+            f"the generated process's {stored_streams} streams in the streams view",
+        )
         yield server, process_id
 
 
