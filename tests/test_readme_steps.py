@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from harness import SpanlakeServer, wait_until
+from harness import SpanlakeServer, post, wait_until
 from plain_install import plain_install_venv
 from test_flightsql_support import statement_ticket
 
@@ -92,3 +93,51 @@ def test_query_after_the_plain_install_prints_nanosecond_timestamps(
     )
     first = _rfc3339(expected[0][0])
     assert json.loads(nested.stdout) == {"times": [first, first], "s": {"at": first}, "zero": "0ns"}, nested.stderr
+
+
+def _http_status(server: SpanlakeServer, key: str | None) -> int:
+    """401 without a valid key when auth is on; 400 (an empty body) once past auth."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return post(f"{server.http_url}/ingestion/insert_process", b"", headers)[0]
+
+
+def _flight_status(server: SpanlakeServer, key: str | None) -> str:
+    options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {key}".encode())] if key else [])
+    try:
+        with flight.connect(server.flightsql_url) as client:
+            client.do_get(statement_ticket("SELECT 1"), options).read_all()
+    except flight.FlightUnauthenticatedError:
+        return "unauthenticated"
+    return "ok"
+
+
+def _api_key(server: SpanlakeServer, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "spanlake.server.cli", "api-key", *args],
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_api_keys_created_and_removed_while_running_take_effect_in_seconds(spanlake_server: SpanlakeServer) -> None:
+    server = spanlake_server
+    assert (_http_status(server, None), _flight_status(server, None)) == (400, "ok")  # no key yet: open
+    alice = _api_key(server, "alice", "--admin")
+    bob = _api_key(server, "bob")
+    wait_until(lambda: _http_status(server, None) == 401, 10, "HTTP ingestion to require a key")
+    wait_until(lambda: _flight_status(server, None) == "unauthenticated", 10, "Flight SQL to require a key")
+    assert [_http_status(server, k) for k in (alice, bob, "slk_wrong")] == [400, 400, 401]
+    assert [_flight_status(server, k) for k in (alice, bob, "slk_wrong")] == ["ok", "ok", "unauthenticated"]
+
+    server.sql("DELETE FROM api_keys WHERE name = 'alice'")
+    wait_until(lambda: _http_status(server, alice) == 401, 10, "HTTP ingestion to refuse the removed key")
+    wait_until(lambda: _flight_status(server, alice) == "unauthenticated", 10, "Flight SQL to refuse it")
+    assert (_http_status(server, bob), _flight_status(server, bob)) == (400, "ok")
+
+    server.sql("DELETE FROM api_keys")  # no key left: back to the keyless loopback default
+    wait_until(lambda: _http_status(server, None) == 400, 10, "HTTP ingestion to serve without a key again")
+    assert _flight_status(server, None) == "ok"
