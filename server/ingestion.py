@@ -149,6 +149,6 @@ async def start_ingestion(lake: Lake, authenticator: Authenticator | None, host:
     # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
     runner = web.AppRunner(IngestionService(lake, authenticator).app(), access_log=None, auto_decompress=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=True).start()
-    log.info("ingestion API listening on http://%s:%d", host, port)
+    await web.TCPSite(runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
+    log.debug("ingestion API listening on http://%s:%d", host, port)
     return runner

@@ -66,7 +66,7 @@ class MaintenanceDaemon:
             )
             thread.start()
             self._threads.append(thread)
-        log.info("maintenance daemon started (retention %d days)", self.retention_days)
+        log.debug("maintenance daemon started (retention %d days)", self.retention_days)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()

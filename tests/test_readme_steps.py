@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from harness import SpanlakeServer, post, wait_until
+from harness import SpanlakeServer, free_port, post, wait_until
 from plain_install import plain_install_venv
 from test_flightsql_support import statement_ticket
 
 from spanlake import tracing
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
+from spanlake.server.cli import build_parser
 
 RFC3339_NS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z")
 
@@ -141,3 +144,155 @@ def test_api_keys_created_and_removed_while_running_take_effect_in_seconds(spanl
     server.sql("DELETE FROM api_keys")  # no key left: back to the keyless loopback default
     wait_until(lambda: _http_status(server, None) == 400, 10, "HTTP ingestion to serve without a key again")
     assert _flight_status(server, None) == "ok"
+
+
+class ServeProcess:
+    """`spanlake serve` as the README runs it: the embedded default, from a working directory."""
+
+    def __init__(self, cwd: Path, http_port: int, flightsql_port: int) -> None:
+        self.cwd, self.http_port, self.flightsql_port = cwd, http_port, flightsql_port
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPANLAKE_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "spanlake.server.cli", "serve", *self.port_flags()],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+
+    def port_flags(self) -> list[str]:
+        return ["--http-port", str(self.http_port), "--flightsql-port", str(self.flightsql_port)]
+
+    def wait_ready(self, timeout: float = 90) -> list[str]:
+        """The stdout lines up to and including the client snippet printed once ready."""
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"serve exited: {self.process.wait()}\n{self.process.stderr.read()}")
+            self.stdout.append(line.rstrip("\n"))
+            if line.startswith("    print(client.query("):
+                return self.stdout
+        raise TimeoutError("spanlake serve did not print its ready text")
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, as Ctrl-C or `docker stop` does; returns the exit code and the whole stderr."""
+        self.process.terminate()
+        _, stderr = self.process.communicate(timeout=60)
+        return self.process.returncode, stderr
+
+    def kill(self) -> str:
+        """SIGKILL, a crash: no exit handler runs. Returns the whole stderr."""
+        self.process.kill()
+        return self.process.communicate(timeout=60)[1]
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _refused(cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPANLAKE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "spanlake.server.cli", "serve", *flags],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_starts_quietly_refuses_doubles_and_recovers_from_a_crash(tmp_path: Path) -> None:
+    here, data = tmp_path / "clone", tmp_path / "clone" / "spanlake-data"
+    here.mkdir()
+    first = ServeProcess(here, free_port(), free_port())
+    try:
+        lines = first.wait_ready()
+        assert lines[0] == (
+            f"spanlake data: embedded PostgreSQL in {data / 'postgres'}; objects in {(data / 'lake').as_uri()}"
+        )
+        assert f"spanlake ready: open the UI at http://127.0.0.1:{first.http_port}/" in lines
+        snippet = "\n".join(line.removeprefix("    ") for line in lines[lines.index("    import micromegas") :])
+        pasted = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+        assert pasted.returncode == 0 and "process_id" in pasted.stdout, pasted.stderr
+
+        again = _refused(here, "--http-port", str(free_port()), "--flightsql-port", str(free_port()))
+        assert again.returncode == 2 and again.stderr.splitlines() == [
+            f"spanlake: the data directory {data} is in use by spanlake serve (pid {first.process.pid}, "
+            f"http port {first.http_port}): stop it, or use another --data-dir"
+        ]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        same_port = _refused(elsewhere, *first.port_flags())
+        assert same_port.returncode == 2 and same_port.stderr.splitlines() == [
+            f"spanlake: port {first.http_port} on 127.0.0.1 is already in use (another spanlake serve?): stop it,"
+            " or choose another port with --http-port"
+        ]
+        assert list(elsewhere.iterdir()) == []  # refused before anything started
+        postgres_pid = _postmaster_pid(data)
+    finally:
+        first_stderr = first.kill()  # the embedded PostgreSQL stays up
+    assert "creating the embedded PostgreSQL database" in first_stderr
+    for noise in ("initdb", "pg_ctl", "XDG_RUNTIME_DIR", "execute_query", "Traceback"):
+        assert noise not in first_stderr, first_stderr
+    assert _running(postgres_pid)
+
+    second = ServeProcess(here, free_port(), free_port())
+    second.wait_ready()
+    assert _postmaster_pid(data) == postgres_pid  # adopted
+    code, stderr = second.stop()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert len(stderr.splitlines()) <= 4, stderr
+    wait_until(lambda: not _running(postgres_pid), 10, "the embedded PostgreSQL to stop with the last server")
+
+
+def test_spanlake_alone_prints_the_getting_started_text(plain_venv: Path) -> None:
+    result = _spanlake(plain_venv)
+    assert result.returncode == 0 and result.stderr == ""
+    text = result.stdout
+    for step in (
+        "spanlake serve",
+        "spanlake generate --url http://127.0.0.1:9000",
+        "spanlake query",
+        "http://127.0.0.1:9000/",
+    ):
+        assert step in text
+
+
+ROLE_FLAGS = {
+    "ingest": {"--http-port", "--api-keys", "--disable-auth", "--no-disable-auth", "--host"},
+    "flightsql": {"--flightsql-port", "--api-keys", "--admins", "--disable-auth", "--no-disable-auth", "--host"},
+    "maintain": {"--retention-days"},
+}
+SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
+SERVING_FLAGS = {"--object-store-uri", "--s3-endpoint", "--self-tracing", "--no-self-tracing"}
+
+
+def _flags(command: str) -> set[str]:
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if a.dest == "command"]
+    return {flag for action in commands.choices[command]._actions for flag in action.option_strings} - {"-h", "--help"}
+
+
+def test_each_command_takes_only_the_flags_it_uses() -> None:
+    for role, own in ROLE_FLAGS.items():
+        assert _flags(role) == own | SHARED_FLAGS | SERVING_FLAGS, role
+    assert _flags("serve") == set().union(*ROLE_FLAGS.values()) | SHARED_FLAGS | SERVING_FLAGS
+    assert _flags("migrate") == _flags("api-key") - {"--admin"} == SHARED_FLAGS
+    for command, foreign in (("maintain", "--http-port"), ("ingest", "--retention-days"), ("migrate", "--host")):
+        result = subprocess.run(
+            [sys.executable, "-m", "spanlake.server.cli", command, foreign, "1"], capture_output=True, text=True
+        )
+        assert result.returncode == 2 and f"unrecognized arguments: {foreign} 1" in result.stderr
