@@ -29,6 +29,7 @@ from spanlake.server.startup import (
     DataDirLock,
     StartupError,
     check_ports_free,
+    listen_error,
     print_ready,
     uses_data_dir,
     where_data_lives,
@@ -73,13 +74,19 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
         authenticator = make_authenticator(settings, lake) if serves_requests else None
         stoppers: list[Callable[[], None]] = []
         if "ingest" in roles:
-            runner = lake.loop.run(start_ingestion(lake, authenticator, settings.host, settings.http_port))
+            try:  # the port was free at the start-up check; another process may have taken it since
+                runner = lake.loop.run(start_ingestion(lake, authenticator, settings.host, settings.http_port))
+            except OSError as err:
+                raise listen_error(settings.host, settings.http_port, "--http-port", err) from None
             stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
             print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
         if "flightsql" in roles:
-            flight_server = FlightSqlServer(
-                f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
-            )
+            try:
+                flight_server = FlightSqlServer(
+                    f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
+                )
+            except OSError as err:
+                raise listen_error(settings.host, settings.flightsql_port, "--flightsql-port", err) from None
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
             print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)

@@ -43,12 +43,17 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
             try:
                 probe.bind((host, port))
             except OSError as err:
-                if err.errno != errno.EADDRINUSE:
-                    raise StartupError(f"cannot listen on {host}:{port} ({flag}): {err.strerror}") from None
-                raise StartupError(
-                    f"port {port} on {host} is already in use (another spanlake serve?): stop it, or choose "
-                    f"another port with {flag}"
-                ) from None
+                raise listen_error(host, port, flag, err) from None
+
+
+def listen_error(host: str, port: int, flag: str, err: OSError) -> StartupError:
+    """The one-line error for a port the server cannot listen on (at the check or at the real bind)."""
+    if err.errno == errno.EADDRINUSE or "in use" in str(err):
+        return StartupError(
+            f"port {port} on {host} is already in use (another spanlake serve?): stop it, or choose "
+            f"another port with {flag}"
+        )
+    return StartupError(f"cannot listen on {host}:{port} ({flag}): {err.strerror or err}")
 
 
 class DataDirLock:
