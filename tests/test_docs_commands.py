@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from deployment_support import load_compose, spanlake_services
 from harness import PROJECT_ROOT, free_port
 
 from spanlake.server.cli import build_parser
@@ -33,16 +34,43 @@ _SPAN = re.compile(r"`([^`\n]+)`")
 _RUNS_SPANLAKE = re.compile(r"^(?:\S*/)?spanlake$")
 
 
+# Options of `docker run` / `docker compose run` that take a value (the rest are switches).
+_DOCKER_VALUE_OPTIONS = {"-e", "--env", "-p", "--publish", "-v", "--volume", "--name", "--env-file", "-w", "--network"}
+
+
+def _as_spanlake_command(segment: str) -> str | None:
+    """`spanlake ARGS` for a shell segment that runs spanlake (directly, or as the image of
+    `docker run`, or a spanlake service of `docker compose run`), else None. ARGS stay as written."""
+    try:
+        words = shlex.split(segment)
+    except ValueError:
+        return None
+    if words and _RUNS_SPANLAKE.match(words[0]):
+        if words[1:2] == ["import"]:  # `from spanlake import tracing`, split at a `;`
+            return None
+        return f"spanlake {segment.partition(' ')[2].strip()}".strip()
+    if words[:2] == ["docker", "run"] or words[:3] == ["docker", "compose", "run"]:
+        rest = words[3:] if words[1] == "compose" else words[2:]
+        while rest and rest[0].startswith("-"):
+            rest = rest[2:] if rest[0] in _DOCKER_VALUE_OPTIONS else rest[1:]
+        if rest and (rest[0] == "spanlake" or rest[0] in _spanlake_services()):
+            after = (segment + " ").split(f" {rest[0]} ", 1)[1]  # the arguments as written
+            return f"spanlake {after.strip()}".strip()
+    return None
+
+
+def _spanlake_services() -> set[str]:
+    return set(spanlake_services(load_compose()))
+
+
 def _commands_in_code_blocks(text: str) -> list[str]:
     commands = []
     for block in _FENCE.findall(text):
         for line in block.replace("\\\n", " ").splitlines():
             for segment in re.split(r"&&|;| \| ", line.split(" #", 1)[0]):
-                words = segment.split()
-                if words[:2] == ["docker", "run"] and "spanlake" in words:
-                    words = words[words.index("spanlake") :]
-                if words and _RUNS_SPANLAKE.match(words[0]) and (len(words) == 1 or not words[1].startswith("import")):
-                    commands.append(" ".join(["spanlake", *words[1:]]))
+                command = _as_spanlake_command(segment.strip())
+                if command is not None:
+                    commands.append(command)
     return commands
 
 
@@ -54,8 +82,10 @@ def documented() -> list[tuple[str, str]]:
         where = path.relative_to(PROJECT_ROOT).as_posix()
         found += [(where, command) for command in _commands_in_code_blocks(text)]
         for span in _SPAN.findall(_FENCE.sub("", text)):
-            if span.startswith(("spanlake ", "--")):
+            if span.startswith("--"):
                 found.append((where, span))
+            elif span.startswith(("spanlake ", "docker ")) and (command := _as_spanlake_command(span)):
+                found.append((where, command))
     found += [("spanlake (getting started)", line.split("  ")[0]) for line in _getting_started_commands()]
     return found
 
@@ -133,6 +163,7 @@ def test_the_docs_have_commands_and_flags_to_check() -> None:
     assert {"spanlake serve", "spanlake api-key NAME [--admin]", "--disable-auth"} <= texts
     assert any(text.startswith('spanlake query "SELECT count(*) FROM log_entries" --begin') for text in texts)
     assert "spanlake query --help" in texts  # from `docker run --rm spanlake query --help`
+    assert "spanlake api-key NAME [--admin]" in {t for w, t in documented() if w == "docs/deployment.md"}
     assert len(texts) > 25
 
 
