@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from test_flightsql_support import statement_ticket
 
 from spanlake import tracing
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
+from spanlake.server.auth import hash_key
 from spanlake.server.cli import build_parser
 
 RFC3339_NS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z")
@@ -129,8 +131,13 @@ def _api_key(server: SpanlakeServer, *args: str) -> str:
 def test_api_keys_created_and_removed_while_running_take_effect_in_seconds(spanlake_server: SpanlakeServer) -> None:
     server = spanlake_server
     assert (_http_status(server, None), _flight_status(server, None)) == (400, "ok")  # no key yet: open
-    alice = _api_key(server, "alice", "--admin")
-    bob = _api_key(server, "bob")
+    alice = _api_key(server, "alice", "--admin")  # the README's step
+    bob = "slk_bob"  # a second key, added straight to the table as another tool would
+    server.sql(
+        "INSERT INTO api_keys (key_id, key_hash, name, is_admin) VALUES ($1, $2, 'bob', false)",
+        uuid.uuid4(),
+        hash_key(bob),
+    )
     wait_until(lambda: _http_status(server, None) == 401, 10, "HTTP ingestion to require a key")
     wait_until(lambda: _flight_status(server, None) == "unauthenticated", 10, "Flight SQL to require a key")
     assert [_http_status(server, k) for k in (alice, bob, "slk_wrong")] == [400, 400, 401]
