@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -221,7 +222,16 @@ def _refused(cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serve_starts_quietly_refuses_doubles_and_recovers_from_a_crash(tmp_path: Path) -> None:
+@pytest.fixture
+def clone_dir() -> Iterator[Path]:
+    """A directory outside pytest's base temp dir: pytest resets that one to mode 0700 whenever a
+    session starts, which locks out the system user pgserver runs PostgreSQL as under root."""
+    with tempfile.TemporaryDirectory(prefix="spanlake-newcomer-") as path:
+        yield Path(path)
+
+
+def test_serve_starts_quietly_refuses_doubles_and_recovers_from_a_crash(clone_dir: Path) -> None:
+    tmp_path = clone_dir
     here, data = tmp_path / "clone", tmp_path / "clone" / "spanlake-data"
     here.mkdir()
     first = ServeProcess(here, free_port(), free_port())
