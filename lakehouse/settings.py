@@ -23,6 +23,11 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {text!r}")
 
 
+# The commands that run servers; `serve` runs every role in one process.
+SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
+LISTENING = ("serve", "ingest", "flightsql", "web")
+
+
 @dataclass(frozen=True)
 class Option:
     name: str  # attribute of Settings; the flag is --name-with-dashes
@@ -30,6 +35,7 @@ class Option:
     parse: Callable[[str], Any]
     default: Any
     help: str
+    commands: tuple[str, ...] | None = None  # the commands that take its flag; None: every command
 
     @property
     def flag(self) -> str:
@@ -57,6 +63,7 @@ SETTINGS: tuple[Option, ...] = (
         str,
         None,
         "file:///path or s3://bucket/prefix; unset: file://<data-dir>/lake",
+        SERVING,
     ),
     Option(
         "s3_endpoint",
@@ -64,34 +71,73 @@ SETTINGS: tuple[Option, ...] = (
         str,
         None,
         "S3 endpoint URL for S3-compatible stores such as MinIO (credentials from the AWS_* variables)",
+        SERVING,
     ),
-    Option("host", "SPANLAKE_HOST", str, "127.0.0.1", "address the servers listen on"),
-    Option("http_port", "SPANLAKE_HTTP_PORT", int, 9000, "port of the HTTP ingestion API"),
-    Option("flightsql_port", "SPANLAKE_FLIGHTSQL_PORT", int, 50051, "port of the Arrow Flight SQL API"),
+    Option("host", "SPANLAKE_HOST", str, "127.0.0.1", "address the servers listen on", LISTENING),
+    Option(
+        "http_port",
+        "SPANLAKE_HTTP_PORT",
+        int,
+        9000,
+        "port of the HTTP ingestion API and the web UI",
+        ("serve", "ingest", "web"),
+    ),
+    Option(
+        "flightsql_port",
+        "SPANLAKE_FLIGHTSQL_PORT",
+        int,
+        50051,
+        "port of the Arrow Flight SQL API",
+        ("serve", "flightsql"),
+    ),
     Option(
         "api_keys",
         "SPANLAKE_API_KEYS",
         str,
         None,
         'bearer API keys, JSON list of {"name": ..., "key": ...} (keys in the api_keys table also work)',
+        LISTENING,
     ),
-    Option("admins", "SPANLAKE_ADMINS", str, "", "comma-separated API key names allowed to run admin functions"),
+    Option(
+        "admins",
+        "SPANLAKE_ADMINS",
+        str,
+        "",
+        "comma-separated API key names allowed to run admin functions",
+        ("serve", "flightsql", "web"),
+    ),
     Option(
         "disable_auth",
         "SPANLAKE_DISABLE_AUTH",
         _bool,
         False,
         "accept requests without a key even on a non-loopback address",
+        LISTENING,
     ),
-    Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
-    Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True, "trace spanlake's own work into its own lake"),
+    Option(
+        "retention_days",
+        "SPANLAKE_RETENTION_DAYS",
+        int,
+        90,
+        "days of telemetry kept by maintenance",
+        ("serve", "maintain"),
+    ),
+    Option(
+        "self_tracing",
+        "SPANLAKE_SELF_TRACING",
+        _bool,
+        True,
+        "trace spanlake's own work into its own lake",
+        SERVING,
+    ),
     Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
     Option(
         "query_cluster",
         "SPANLAKE_QUERY_CLUSTER",
         str,
         None,
-        "Ray cluster for long scans of global views (ray://head:10001); unset: every query on this node",
+        "Ray cluster for long scans of global views (head host:port, or ray://head:10001); unset: none",
+        ("serve", "flightsql"),
     ),
     Option(
         "cluster_min_bytes",
@@ -99,6 +145,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         1 << 30,
         "partition bytes a query must read before it goes to the query cluster",
+        ("serve", "flightsql"),
     ),
 )
 
@@ -136,10 +183,13 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable and the flag."""
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per setting. Defaults are left unset so the environment can fill them."""
+def add_setting_arguments(parser: argparse.ArgumentParser, command: str | None = None) -> None:
+    """Adds one flag per setting `command` uses (every setting without a command). Defaults are left
+    unset so the environment can fill them."""
     group = parser.add_argument_group("settings (each also read from its environment variable)")
     for option in SETTINGS:
+        if command is not None and option.commands is not None and command not in option.commands:
+            continue
         kwargs: dict[str, Any] = {
             "dest": option.name,
             "default": None,

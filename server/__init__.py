@@ -3,6 +3,7 @@
 Modules:
 
     cli               the `spanlake` command line: the roles, migrate, api-key, client tools
+    startup           start-up checks (ports, data-directory lock) and what `spanlake` prints
     ingestion         the HTTP ingestion API (native and OTLP routes)
     wire              the CBOR bodies of the native ingestion API
     otlp              OTLP/HTTP requests: content types, gzip, protobuf or JSON, status bodies

@@ -34,8 +34,10 @@ class Principal:
 # Looks a key hash up in the database; returns the key's name and admin flag, or None.
 KeyHashLookup = Callable[[bytes], "Principal | None"]
 
-_CACHE_SECONDS = 60.0
-_UNKNOWN_CACHE_SECONDS = 10.0
+# Keys added or removed in the api_keys table take effect within these many seconds, on every role.
+_CACHE_SECONDS = 5.0
+_UNKNOWN_CACHE_SECONDS = 2.0
+_KEYS_EXIST_SECONDS = 2.0
 
 
 def parse_api_keys(text: str | None) -> dict[str, str]:
@@ -69,15 +71,26 @@ class Authenticator:
     """Validates `Authorization: Bearer <key>` headers. Thread-safe; callable from any thread."""
 
     def __init__(
-        self, keys: dict[str, str], lookup_hash: KeyHashLookup | None = None, admins: frozenset[str] = frozenset()
+        self,
+        keys: dict[str, str],
+        lookup_hash: KeyHashLookup | None = None,
+        admins: frozenset[str] = frozenset(),
+        database_has_keys: Callable[[], bool] | None = None,
     ) -> None:
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookup_hash = lookup_hash
         self._admins = admins
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
+        # Given: with no configured key, requests need one only while the api_keys table has some.
+        self._database_has_keys = database_has_keys
+        self._keys_exist_until = 0.0
+        self._keys_exist = True
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """The caller's principal; None when no key exists at all (auth is then off, loopback only)."""
+        if not self._keys and not self._any_database_key():
+            return None
         token = bearer_token(authorization)
         for key, name in self._keys:
             if hmac.compare_digest(key, token.encode()):
@@ -86,6 +99,15 @@ class Authenticator:
         if principal is None:
             raise AuthError("invalid API key")
         return principal
+
+    def _any_database_key(self) -> bool:
+        if self._database_has_keys is None:
+            return True
+        now = time.monotonic()
+        if now >= self._keys_exist_until:  # racing threads may both ask: harmless, the answer is the same
+            self._keys_exist = self._database_has_keys()
+            self._keys_exist_until = now + _KEYS_EXIST_SECONDS
+        return self._keys_exist
 
     def _lookup_database(self, digest: bytes) -> Principal | None:
         if self._lookup_hash is None:
@@ -121,28 +143,32 @@ def is_loopback(host: str) -> bool:
 
 
 def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
-    """The authenticator both APIs use, or None when requests need no key.
+    """The authenticator both APIs use, or None when requests need no key (--disable-auth).
 
-    Keys are required as soon as any exist (in SPANLAKE_API_KEYS or the api_keys table). Without any,
-    spanlake serves unauthenticated only on a loopback address, or when --disable-auth is given.
+    Keys are required as soon as any exist (in SPANLAKE_API_KEYS or the api_keys table, checked every
+    few seconds, so `spanlake api-key NAME` turns auth on in running servers). Without any, spanlake
+    serves unauthenticated only on a loopback address.
     """
     if settings.disable_auth:
         return None
     keys = parse_api_keys(settings.api_keys)
-    has_db_keys = lake.loop.run(lake.catalog.count_api_keys()) > 0
-    if not keys and not has_db_keys:
-        if not is_loopback(settings.host):
-            raise AuthConfigError(
-                f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
-                "(or add keys with 'spanlake api-key create'), or pass --disable-auth"
-            )
-        return None
+
+    def database_has_keys() -> bool:
+        return lake.loop.run(lake.catalog.count_api_keys()) > 0
+
+    if not keys and not is_loopback(settings.host) and not database_has_keys():
+        raise AuthConfigError(
+            f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
+            "(or add a key with 'spanlake api-key NAME'), or pass --disable-auth"
+        )
 
     def lookup(digest: bytes) -> Principal | None:
         found = lake.loop.run(lake.catalog.find_api_key(digest))
         return Principal(found[0], found[1] or found[0] in settings.admin_names) if found else None
 
-    return Authenticator(keys, lookup, settings.admin_names)
+    # Off a loopback address the keys were there at start: removing them all must not open the server.
+    open_when_keyless = database_has_keys if is_loopback(settings.host) else None
+    return Authenticator(keys, lookup, settings.admin_names, open_when_keyless)
 
 
 class AuthConfigError(Exception):

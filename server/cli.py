@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -20,12 +21,23 @@ from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
 from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
+from spanlake.server.flightsql.audit import AUDIT_LOGGER
 from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
 from spanlake.server.query_admission import admit
 from spanlake.server.self_tracing import start_self_tracing
+from spanlake.server.startup import (
+    GETTING_STARTED,
+    DataDirLock,
+    StartupError,
+    check_ports_free,
+    listen_error,
+    print_ready,
+    uses_data_dir,
+    where_data_lives,
+)
 from spanlake.tracing import generator
 
 if TYPE_CHECKING:  # the engine imports Daft, an optional extra
@@ -34,38 +46,64 @@ if TYPE_CHECKING:  # the engine imports Daft, an optional extra
 log = logging.getLogger("spanlake")
 
 
-def _wait_for_shutdown() -> None:
+def _shutdown_requested() -> threading.Event:
+    """Set on SIGINT or SIGTERM; installed before the roles start, so a signal during start-up (or
+    right after the ready text) still shuts down cleanly."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
     """Runs the given server roles in this process until SIGINT or SIGTERM."""
+    ports = {"--http-port": settings.http_port} if "ingest" in roles or "web" in roles else {}
+    if "flightsql" in roles:
+        ports["--flightsql-port"] = settings.flightsql_port
+    check_ports_free(settings.host, ports)  # before anything starts, PostgreSQL included
+    data_dir_lock = DataDirLock(settings.data_dir)
+    if len(roles) > 1 and uses_data_dir(settings):
+        holder = f"spanlake serve (pid {os.getpid()}, http port {settings.http_port})"
+        data_dir_lock.acquire(holder)
+    try:
+        print(where_data_lives(settings), flush=True)
+        return _serve_lake(settings, roles)
+    finally:
+        data_dir_lock.release()
+
+
+def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
+    shutdown = _shutdown_requested()
     lake = Lake.open(settings)
     self_tracing = start_self_tracing(lake, _role_name(roles)) if settings.self_tracing else None
     try:
-        authenticator = make_authenticator(settings, lake)
+        serves_requests = "ingest" in roles or "flightsql" in roles or "web" in roles
+        authenticator = make_authenticator(settings, lake) if serves_requests else None
         stoppers: list[Callable[[], None]] = []
         if "ingest" in roles or "web" in roles:
             http = start_ingestion(
                 lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles
             )
-            runner = lake.loop.run(http)
+            try:  # the port was free at the start-up check; another process may have taken it since
+                runner = lake.loop.run(http)
+            except OSError as err:
+                raise listen_error(settings.host, settings.http_port, "--http-port", err) from None
             stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
             if "ingest" in roles:
                 print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
             if "web" in roles:
                 print(f"spanlake web UI: http://{settings.host}:{settings.http_port}/", flush=True)
         if "flightsql" in roles:
-            flight_server = FlightSqlServer(
-                f"grpc://{settings.host}:{settings.flightsql_port}",
-                lakehouse_sessions(lake),
-                authenticator,
-                cluster=query_cluster(lake, settings),
-                bulk_ingest=functools.partial(bulk_ingest, lake),
-            )
+            try:
+                flight_server = FlightSqlServer(
+                    f"grpc://{settings.host}:{settings.flightsql_port}",
+                    lakehouse_sessions(lake),
+                    authenticator,
+                    cluster=query_cluster(lake, settings),
+                    bulk_ingest=functools.partial(bulk_ingest, lake),
+                )
+            except OSError as err:
+                raise listen_error(settings.host, settings.flightsql_port, "--flightsql-port", err) from None
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
             print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
@@ -74,8 +112,8 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             daemon.start()
             stoppers.append(daemon.stop)
             print("spanlake maintenance daemon running", flush=True)
-        print(f"spanlake ready (lake {settings.lake_uri})", flush=True)
-        _wait_for_shutdown()
+        print_ready(settings, roles, sys.stdout)
+        shutdown.wait()
         for stop in reversed(stoppers):
             stop()
         return 0
@@ -158,14 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(
         name: str, run: Callable[[argparse.Namespace, Settings], int], help_text: str, with_settings: bool = True
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if with_settings:
-            add_setting_arguments(sub)
+            add_setting_arguments(sub, name)
         sub.set_defaults(run=run)
         return sub
 
@@ -202,17 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level_name: str) -> None:
+    """Log lines at `level_name`; below DEBUG, no PostgreSQL tool output and no per-query audit lines
+    (the audit still reaches its own logger's handlers, self-tracing's included)."""
+    level = logging.getLevelName(level_name.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbose = level == logging.DEBUG
+    logging.getLogger("pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger(AUDIT_LOGGER).propagate = verbose
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None:
+        print(GETTING_STARTED, end="")
+        return 0
     try:
         settings = load_settings(args)
     except SettingsError as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         return args.run(args, settings)
-    except (AuthConfigError, ValueError) as err:
+    except (AuthConfigError, StartupError, ValueError) as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
 

@@ -177,6 +177,6 @@ async def start_ingestion(
     service = IngestionService(lake, authenticator, ingestion, web_ui)
     runner = web.AppRunner(service.app(), access_log=None, auto_decompress=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=True).start()
-    log.info("ingestion API listening on http://%s:%d", host, port)
+    await web.TCPSite(runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
+    log.debug("ingestion API listening on http://%s:%d", host, port)
     return runner

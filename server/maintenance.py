@@ -10,7 +10,15 @@ Four schedules, as micromegas runs them (T = the scheduled tick truncated to the
 | day      | each day + 4 h | [T-2 d, T)       | 1 day  |                                         |
 
 So new data shows in the global views about 2 s after it arrives, in 1-second partitions merged into
-minutes, hours and days (log_entries and measures stop at hours). Each schedule runs on its own
+minutes, hours and days (log_entries and measures stop at hours).
+
+Which ranges a run covers: the range of its tick, extended back to where the schedule's previous run
+stopped (from the daemon's start on), so no slice is ever skipped — a slow run (the first one imports
+and warms up), a tick skipped for lateness or a stall are caught up by the next run (at most
+`CATCH_UP_PERIODS` periods back: older slices are the next schedule's). A view's partition that
+crosses the range's edges (an admin's `materialize_partitions` over a range still receiving blocks)
+is materialized as one bucket, rebuilt from source when blocks arrived in it since: it never
+freezes the range it covers. Each schedule runs on its own
 thread; views are processed in dependency order and one view's failure does not stop the others.
 Several daemons may run against one database: partition writes serialize on per-instance advisory
 locks and an identical partition is written once.
@@ -25,10 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spanlake import tracing
-from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range, nothing_to_materialize
+from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range, nothing_to_materialize
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import fetch_overlapping
 from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake.views.view import View
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,9 @@ class Schedule:
     late_limit_s: float | None = None
     housekeeping: bool = False
 
+
+# How far back a run catches up on slices its schedule missed, in periods.
+CATCH_UP_PERIODS = 120
 
 SCHEDULES = (
     Schedule("second", 1, 0.5, (2, 1), late_limit_s=10),
@@ -58,15 +71,17 @@ class MaintenanceDaemon:
         self.clock = clock
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._covered_until: dict[str, int] = {}  # schedule name → end (ns) of the last range it covered
 
     def start(self) -> None:
+        self.cover_from(self.clock())
         for schedule in SCHEDULES:
             thread = threading.Thread(
                 target=self._loop, args=(schedule,), name=f"maintain-{schedule.name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-        log.info("maintenance daemon started (retention %d days)", self.retention_days)
+        log.debug("maintenance daemon started (retention %d days)", self.retention_days)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()
@@ -86,6 +101,23 @@ class MaintenanceDaemon:
                 continue
             self.run(schedule, int(tick // schedule.period_s) * schedule.period_s)
 
+    def cover_from(self, start_s: float) -> None:
+        """Every schedule's runs cover the slices from `start_s` on (with the range its first tick
+        would have had one period earlier, for blocks stored while the daemon was starting)."""
+        for schedule in SCHEDULES:
+            period_ns = schedule.period_s * SECOND_NS
+            start_period = int(start_s // schedule.period_s) * period_ns
+            self._covered_until[schedule.name] = start_period - schedule.range_back[0] * period_ns
+
+    def insert_range(self, schedule: Schedule, tick_s: int) -> tuple[int, int]:
+        """[begin, end) (ns) a run for the tick T covers: the tick's range, from where the previous run
+        of the schedule stopped if that is earlier (at most CATCH_UP_PERIODS periods back)."""
+        period_ns = schedule.period_s * SECOND_NS
+        begin = tick_s * SECOND_NS - schedule.range_back[0] * period_ns
+        end = tick_s * SECOND_NS - schedule.range_back[1] * period_ns
+        covered_until = self._covered_until.get(schedule.name, begin)
+        return max(min(begin, covered_until), end - CATCH_UP_PERIODS * period_ns), end
+
     def run(self, schedule: Schedule, tick_s: int) -> None:
         """One run of a schedule for the tick T (seconds since the epoch, truncated to the period)."""
         if schedule.housekeeping:
@@ -95,16 +127,36 @@ class MaintenanceDaemon:
             except Exception:
                 log.exception("retention failed")
         period_ns = schedule.period_s * SECOND_NS
-        begin = tick_s * SECOND_NS - schedule.range_back[0] * period_ns
-        end = tick_s * SECOND_NS - schedule.range_back[1] * period_ns
+        begin, end = self.insert_range(schedule, tick_s)
         if self.lake.loop.run(nothing_to_materialize(self.lake.pool, begin, end)):
+            self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
             return  # an idle range: one query, and no span in spanlake's own telemetry
         with tracing.async_span(f"maintenance.{schedule.name}", dynamic=True):
             for name in MAINTAINED:
                 try:
                     with tracing.async_span(f"maintenance.{schedule.name}.{name}", dynamic=True):
-                        written = materialize_range(self.lake, VIEW_SETS[name], begin, end, period_ns)
+                        written = self._materialize(VIEW_SETS[name], begin, end, period_ns)
                     if written:
                         log.debug("%s maintenance wrote %d partition(s) of %s", schedule.name, written, name)
                 except Exception:
                     log.exception("%s maintenance of %s failed", schedule.name, name)
+        self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
+
+    def _materialize(self, view: View, begin: int, end: int, period_ns: int) -> int:
+        """[begin, end) in buckets of the period, except where a partition crossing its edges covers
+        it: that partition's range is one bucket (rebuilt from source if blocks arrived in it)."""
+        crossing = [
+            p
+            for p in self.lake.loop.run(fetch_overlapping(self.lake.pool, view.name, GLOBAL, begin, end))
+            if p.file_schema_hash == view.schema_hash and (p.begin_insert_ns < begin or p.end_insert_ns > end)
+        ]
+        written, bucket = 0, begin
+        for partition in crossing:  # ordered by begin, and live partitions do not overlap
+            if bucket < partition.begin_insert_ns:
+                written += materialize_range(self.lake, view, bucket, partition.begin_insert_ns, period_ns)
+            span = partition.end_insert_ns - partition.begin_insert_ns
+            written += materialize_range(self.lake, view, partition.begin_insert_ns, partition.end_insert_ns, span)
+            bucket = max(bucket, partition.end_insert_ns)
+        if bucket < end:
+            written += materialize_range(self.lake, view, bucket, end, period_ns)
+        return written

@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spans", choices=("thread", "async", "both"), default="both", help="span types (both)")
     parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
     parser.add_argument("--end", help="end of the trace, RFC3339 (default: now)")
-    parser.add_argument("-o", "--output", type=Path, default=Path("trace.pftrace"), help="file to write")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="file to write (default: <process-id>.pftrace here, never over an existing file)",
+    )
     parser.add_argument(
         "--uri",
         default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         process_id = str(uuid.UUID(args.process_id))
         begin, end = (format_rfc3339_ns(t) for t in _range(args))
+        output = _output(args.output, process_id)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.api_key:
         headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
     ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
-    partial = args.output.with_name(args.output.name + ".partial")
+    partial = output.with_name(output.name + ".partial")
     try:
         with flight.connect(flight_uri(args.uri)) as client, partial.open("wb") as out:
             chunks = _write_chunks(client.do_get(ticket, flight.FlightCallOptions(headers=headers)), out)
@@ -79,10 +85,21 @@ def run(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         print(f"error: {server_message(err)}", file=sys.stderr)
         return 1
-    partial.replace(args.output)
-    print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes, {chunks} chunks)")
-    print(f"open it at {UI_URL}: 'Open trace file' and choose {args.output.resolve()}")
+    partial.replace(output)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes, {chunks} chunks)")
+    print(f"open it at {UI_URL}: 'Open trace file' and choose {output.resolve()}")
     return 0
+
+
+def _output(given: Path | None, process_id: str) -> Path:
+    """The file to write: `-o` as given (the user named it), else one named after the process that
+    must not exist yet, so two traces never silently replace each other."""
+    if given is not None:
+        return given
+    default = Path(f"{process_id}.pftrace")
+    if default.exists():
+        raise ValueError(f"{default} already exists: remove it, or name the file with -o")
+    return default
 
 
 def _write_chunks(reader: flight.FlightStreamReader, out: object) -> int:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 
@@ -107,15 +108,66 @@ def _batches(reader: flight.FlightStreamReader) -> Iterator[pa.RecordBatch]:
         yield chunk.data
 
 
+def _texts_for_times(array: pa.Array) -> pa.Array:
+    """Timestamps, times and durations (also inside lists and structs) as text: Python's datetime has
+    no nanoseconds, and pyarrow converts nanosecond values to Python only through pandas, which the
+    plain install does not have. Timestamps become RFC 3339 (`2026-01-02T03:04:05.123456789Z`)."""
+    kind = array.type
+    if pa.types.is_timestamp(kind):
+        if kind.tz is not None:  # shown in UTC, with the `Z` suffix
+            array = array.cast(pa.timestamp(kind.unit, "UTC"))
+        return pc.replace_substring(array.cast(pa.string()), " ", "T", max_replacements=1)
+    if pa.types.is_time(kind):
+        return array.cast(pa.string())
+    if pa.types.is_duration(kind):
+        return pc.binary_join_element_wise(array.cast(pa.int64()).cast(pa.string()), pa.scalar(kind.unit), "")
+    if not _holds_times(kind):
+        return array
+    if pa.types.is_struct(kind):
+        children = [_texts_for_times(child) for child in array.flatten()]
+        return pa.StructArray.from_arrays(children, names=[f.name for f in kind], mask=array.is_null())
+    if pa.types.is_large_list(kind):
+        return pa.LargeListArray.from_arrays(array.offsets, _texts_for_times(array.values), mask=array.is_null())
+    return pa.ListArray.from_arrays(array.offsets, _texts_for_times(array.values), mask=array.is_null())
+
+
+def _holds_times(kind: pa.DataType) -> bool:
+    """A timestamp, time or duration type, or a list or struct of them (maps are left to pyarrow)."""
+    if pa.types.is_timestamp(kind) or pa.types.is_time(kind) or pa.types.is_duration(kind):
+        return True
+    if pa.types.is_struct(kind):
+        return any(_holds_times(field.type) for field in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _holds_times(kind.value_type)
+    return False
+
+
+def printable(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch with its time columns as text, ready for `to_pylist()` without pandas."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    columns = [
+        pa.chunked_array([_texts_for_times(chunk) for chunk in column.chunks], _texts_type(column.type))
+        if _holds_times(column.type)
+        else column
+        for column in table.columns
+    ]
+    return pa.Table.from_arrays(columns, names=table.schema.names)
+
+
+def _texts_type(kind: pa.DataType) -> pa.DataType:
+    """The type `_texts_for_times` gives an array of `kind` (for columns without chunks)."""
+    return _texts_for_times(pa.array([], kind)).type
+
+
 def _print(reader: flight.FlightStreamReader, output_format: str, out: TextIO) -> None:
     if output_format == "csv":
         _print_csv(reader, out)
     elif output_format == "json":
         for batch in _batches(reader):
-            for row in batch.to_pylist():
+            for row in printable(batch).to_pylist():
                 out.write(json.dumps(row, default=_json_value, ensure_ascii=False) + "\n")
     else:
-        _print_table(reader.read_all(), out)
+        _print_table(printable(reader.read_all()), out)
     out.flush()
 
 
@@ -132,7 +184,10 @@ def _json_value(value: Any) -> Any:
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """CSV has no nested values: lists, structs and maps are written as JSON text."""
     columns = [
-        pa.array([None if v is None else json.dumps(v, default=_json_value) for v in col.to_pylist()], pa.string())
+        pa.array(
+            [None if v is None else json.dumps(v, default=_json_value) for v in _texts_for_times(col).to_pylist()],
+            pa.string(),
+        )
         if pa.types.is_nested(col.type)
         else col
         for col in batch.columns

@@ -61,8 +61,8 @@ def test_csv_and_json_formats(uri: str, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = _query(capsys, sql, "--format", "json", "--uri", uri, "--api-key", "cli-key")
     assert code == 0
     assert [json.loads(line) for line in out.splitlines()] == [
-        {"id": 1, "ts": "2024-01-01T00:00:00.001000+00:00", "pair": [1, 2]},
-        {"id": 999, "ts": "2024-01-01T00:00:00.999000+00:00", "pair": [999, 1000]},
+        {"id": 1, "ts": "2024-01-01T00:00:00.001000000Z", "pair": [1, 2]},
+        {"id": 999, "ts": "2024-01-01T00:00:00.999000000Z", "pair": [999, 1000]},
     ]
     code, out, _ = _query(
         capsys, "SELECT id FROM events WHERE id < 0", "--format", "csv", "--uri", uri, "--api-key", "cli-key"

@@ -58,6 +58,14 @@ def generated(
             30,
             "the generated process in the processes view",
         )
+        # The tests read the global streams view too: wait for every stream the generator created
+        # (all stored once `generate` has exited) to be materialized there.
+        stored_streams = len(server.stream_rows(process_id))
+        wait_until(
+            lambda: len(client.query(f"SELECT 1 FROM streams WHERE process_id = '{process_id}'")) == stored_streams,
+            30,
+            f"the generated process's {stored_streams} streams in the streams view",
+        )
         yield server, process_id
 
 
@@ -253,3 +261,23 @@ def test_lakehouse_errors_reach_clients_as_invalid_argument(client, sql: str, me
     assert message in text and "query_id=" in text
     assert "Traceback" not in text and "/work/" not in text and "lakehouse/" not in text
     assert len(client.query("SELECT 1 AS one")) == 1
+
+
+def test_spanlake_perfetto_without_output_names_the_file_and_never_overwrites(generated, tmp_path: Path) -> None:
+    server, pid = generated
+
+    def perfetto() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--uri", server.flightsql_url]
+        return subprocess.run(
+            [*command, "--process-id", pid], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+
+    first = perfetto()
+    assert first.returncode == 0, first.stderr
+    written = tmp_path / f"{pid}.pftrace"
+    trace = written.read_bytes()
+    decode_and_check(trace)
+    again = perfetto()
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: {pid}.pftrace already exists: remove it, or name the file with -o"
+    assert written.read_bytes() == trace and sorted(p.name for p in tmp_path.iterdir()) == [written.name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -50,7 +51,8 @@ def test_s3_object_store(postgres: PostgresServer, s3_server: S3Server, tmp_path
         upload_fixture(server)
         assert http("GET", server.http_url + "/ready") == (200, b"ready")
         key_prefix = prefix.removeprefix(f"s3://{s3_server.bucket}/") + "/"
-        keys = s3_server.keys(key_prefix)
+        # Only the payloads: the maintenance daemon may already have written partitions (views/...) too.
+        keys = s3_server.keys(key_prefix + "blobs/")
         assert len(keys) == 34
         for block in all_blocks():
             key = f"{key_prefix}blobs/{PROCESS_ID}/{block['stream_id']}/{block['block_id']}"
@@ -105,8 +107,14 @@ def test_concurrent_migrations_apply_each_file_once(database_url: str) -> None:
     assert {"processes", "streams", "blocks", "lakehouse_partitions", "temporary_files", "api_keys"} <= tables
 
 
-def test_embedded_default_keeps_data_across_restarts(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_embedded_default_keeps_data_across_restarts() -> None:
+    # Not under tmp_path: pytest resets its base temp dir to mode 0700 whenever a session starts,
+    # which locks out the system user pgserver runs PostgreSQL as under root.
+    with tempfile.TemporaryDirectory(prefix="spanlake-embedded-") as tmp:
+        _keeps_data_across_restarts(Path(tmp) / "data")
+
+
+def _keeps_data_across_restarts(data_dir: Path) -> None:
 
     def start() -> SpanlakeServer:
         server = SpanlakeServer(database_url="", data_dir=data_dir, object_store_uri="")

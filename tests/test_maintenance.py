@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import micromegas
 import pytest
-from harness import PostgresServer, running_server, wait_until
+from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
+from spanlake import tracing
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.lake import Lake
@@ -211,3 +213,63 @@ def test_serve_shows_new_data_in_global_tables_within_seconds(postgres: Postgres
             assert ctx.sql("SELECT process_id FROM processes").to_pylist() == [{"process_id": PROCESS_ID}]
         finally:
             lake_view.close()
+
+
+def test_the_second_schedule_covers_every_second_from_the_daemons_start(lake: LocalLake) -> None:
+    lake.upload()
+    start_s = time.time_ns() // SECOND_NS - 30
+    # Every block arrives 0.2 s after the daemon started.
+    lake.catalog("UPDATE blocks SET insert_time = $1", ns_to_datetime(start_s * SECOND_NS + 200_000_000))
+    daemon = MaintenanceDaemon(lake.lake, 90)
+    daemon.cover_from(start_s + 0.1)
+    second = next(s for s in SCHEDULES if s.name == "second")
+    # The first run comes late (a slow first start: imports, warm-up): its tick is 6 s after the start.
+    assert daemon.insert_range(second, start_s + 6) == ((start_s - 2) * SECOND_NS, (start_s + 5) * SECOND_NS)
+    daemon.run(second, start_s + 6)
+    assert len(table_rows(lake, "blocks")) == 34 and [r[0] for r in table_rows(lake, "processes")] == [PROCESS_ID]
+    assert len(table_rows(lake, "log_entries")) == 148
+    # The next run starts where this one stopped, however late it comes.
+    assert daemon.insert_range(second, start_s + 9)[0] == (start_s + 5) * SECOND_NS
+
+
+def _send_logs(server_url: str, exe: str, count: int) -> None:
+    tracing.init(url=server_url, exe=exe, flush_period=3600)
+    for i in range(count):
+        tracing.info(f"{exe} {i}")
+    assert tracing.shutdown(10)
+
+
+def test_logs_right_after_start_and_after_an_admin_materialized_the_open_hour(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    with running_server(postgres, tmp_path) as server:
+        _send_logs(server.http_url, "right-after-start", 3)  # within the daemon's first second or so
+        client = micromegas.connect(server.flightsql_url)
+
+        def logs(exe: str) -> int:
+            return int(client.query(f"SELECT count(*) AS n FROM log_entries WHERE exe = '{exe}'").n[0])
+
+        wait_until(lambda: logs("right-after-start") == 3, 15, "the first logs in the global log_entries")
+        assert len(client.query("SELECT 1 FROM processes WHERE exe = 'right-after-start'")) == 1
+
+        _send_logs(server.http_url, "a-second-later", 2)  # in another 1-second partition
+        wait_until(lambda: logs("a-second-later") == 2, 15, "the second logs in the global log_entries")
+        hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        end = hour + dt.timedelta(hours=1)
+        # The admin merges the current, still open hour into one partition.
+        client.query(
+            f"SELECT * FROM materialize_partitions('log_entries', '{hour.isoformat()}', '{end.isoformat()}', 3600)"
+        )
+        partitions = _global_partitions(server, "log_entries")
+        assert [(p["begin_insert_time"], p["end_insert_time"]) for p in partitions] == [(hour, end)]
+        _send_logs(server.http_url, "after-the-admin", 4)
+        wait_until(lambda: logs("after-the-admin") == 4, 15, "new logs in an hour an admin materialized")
+        assert (logs("right-after-start"), logs("a-second-later")) == (3, 2)
+
+
+def _global_partitions(server: SpanlakeServer, view: str) -> list[dict]:
+    return server.sql(
+        "SELECT begin_insert_time, end_insert_time FROM lakehouse_partitions"
+        " WHERE view_set_name = $1 AND view_instance_id = 'global' ORDER BY begin_insert_time",
+        view,
+    )

@@ -208,6 +208,7 @@ def test_the_documented_recipe_lists_slow_queries_and_a_span_tree(traced) -> Non
         30,
         "spanlake itself in the processes view",
     )
+    assert set(client.query(find_process).exe) == {"spanlake-serve"}  # not the generated process
     wait_until(lambda: len(client.query(slowest.replace("$PID", own))) > 0, 30, "queries of spanlake itself")
     slow = client.query(slowest.replace("$PID", own))
     assert (slow.duration.diff().dropna() <= pd.Timedelta(0)).all()  # slowest first

@@ -86,3 +86,28 @@ def test_suppressed_discards_this_threads_spans_only_during_the_body(sink) -> No
         pass
     assert set(_spans(sink)) == {"kept"}
     assert not [e for e in events_with_tag(sink, "cpu") if "Thread" in e.type_name]
+
+
+def test_suppressed_body_survives_a_shutdown_during_it() -> None:
+    """The self-tracing sink thread runs under `suppressed()` while the server shuts tracing down."""
+    tracing.init(sink=tracing.MemorySink(), flush_period=3600)
+    errors: list[AttributeError] = []
+    inside, shut_down = threading.Event(), threading.Event()
+
+    def sink_thread() -> None:
+        try:
+            with tracing.suppressed():
+                inside.set()
+                shut_down.wait(10)
+        except AttributeError as err:  # the failure seen at every server shutdown
+            errors.append(err)
+
+    thread = threading.Thread(target=sink_thread)
+    thread.start()
+    assert inside.wait(10)
+    tracing.shutdown()
+    shut_down.set()
+    thread.join(10)
+    assert errors == []
+    with tracing.async_span("after"):  # the thread-local of the new (absent) session is untouched
+        pass

@@ -320,16 +320,20 @@ class suppressed:
     """Discards the spans recorded on this thread during the body: for telemetry's own plumbing (a sink
     storing telemetry must not produce telemetry about that, or it would feed itself forever)."""
 
-    __slots__ = ("_previous",)
+    __slots__ = ("_local", "_previous")
 
     def __enter__(self) -> None:
-        self._previous = getattr(_dispatch.local, "stream", None)
-        _dispatch.local.stream = streams.NullThreadStream()
+        # Keep the thread-local object itself: `tracing.shutdown()` (or `init`) may replace the module's
+        # `local` during the body, and the body's end must restore the one it changed.
+        self._local = _dispatch.local
+        self._previous = getattr(self._local, "stream", None)
+        self._local.stream = streams.NullThreadStream()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         if self._previous is None:
-            del _dispatch.local.stream
+            vars(self._local).pop("stream", None)
         else:
-            _dispatch.local.stream = self._previous
+            self._local.stream = self._previous
+        self._local = None

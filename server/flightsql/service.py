@@ -309,7 +309,7 @@ class FlightSqlServer(flight.FlightServerBase):
         sql = statement.sql
         audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
         headers = _query_headers(call, audit)
-        _log.info(
+        _log.debug(
             "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
             audit.query_id,
             headers.range_text(),
