@@ -86,6 +86,27 @@ SETTINGS: tuple[Option, ...] = (
     Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
     Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True, "trace spanlake's own work into its own lake"),
     Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
+    Option(
+        "max_inflated_block_bytes",
+        "SPANLAKE_MAX_INFLATED_BLOCK_BYTES",
+        int,
+        64 * 1024 * 1024,
+        "most bytes one LZ4 buffer of a block may inflate to (checked at ingestion and at decoding)",
+    ),
+    Option(
+        "max_inflation_ratio",
+        "SPANLAKE_MAX_INFLATION_RATIO",
+        int,
+        100,
+        "most times its compressed size a block buffer may inflate to, past 1 MiB",
+    ),
+    Option(
+        "request_body_timeout_s",
+        "SPANLAKE_REQUEST_BODY_TIMEOUT_S",
+        float,
+        30.0,
+        "seconds an ingestion request may take to send its body before the server closes it (408)",
+    ),
 )
 
 
@@ -104,6 +125,9 @@ class Settings:
     retention_days: int = 90
     self_tracing: bool = True
     log_level: str = "INFO"
+    max_inflated_block_bytes: int = 64 * 1024 * 1024
+    max_inflation_ratio: int = 100
+    request_body_timeout_s: float = 30.0
 
     @property
     def lake_uri(self) -> str:

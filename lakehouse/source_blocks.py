@@ -75,7 +75,8 @@ async def find_stream_process(pool: asyncpg.Pool, stream_id: uuid.UUID) -> uuid.
 
 
 _BLOCKS_SQL = (
-    "SELECT b.*, s.tags, s.properties AS stream_properties, s.format, s.dependencies_metadata, s.objects_metadata,"
+    "SELECT b.*, s.process_id AS stream_process_id, s.tags, s.properties AS stream_properties, s.format,"
+    " s.dependencies_metadata, s.objects_metadata,"
     " s.insert_time AS stream_insert_time, p.exe, p.username, p.realname, p.computer, p.distro, p.cpu_brand,"
     " p.tsc_frequency, p.start_time, p.start_ticks, p.insert_time AS process_insert_time, p.parent_process_id,"
     " p.properties FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
@@ -197,7 +198,7 @@ def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:
         stream = interned.streams[row["stream_id"]] = SourceStream(
             StreamMeta(
                 str(row["stream_id"]),
-                str(row["process_id"]),
+                str(row["stream_process_id"]),
                 tuple(row["tags"] or ()),
                 _properties(row["stream_properties"]),
             ),

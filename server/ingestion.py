@@ -16,9 +16,11 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
-from spanlake.lakehouse.ingest import store_block
+from spanlake.lakehouse.errors import IngestRejected, shown
+from spanlake.lakehouse.ingest import check_block_context, store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
+from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import otlp, wire
 from spanlake.server.auth import Authenticator, AuthError
 
@@ -28,9 +30,26 @@ NATIVE_BODY_LIMIT = 100 * 1024 * 1024
 OTLP_BODY_LIMIT = 20 * 1024 * 1024
 _READY_CACHE_SECONDS = 1.0
 _READY_TIMEOUT_SECONDS = 2.0
-_RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+# Outages, worth a retry (503): the database or the object store unreachable, overloaded or restarting.
+_OUTAGES = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.OperatorInterventionError,  # 57: shutting down, cannot connect now
+    asyncpg.PostgresSystemError,  # 58
+    asyncpg.TransactionRollbackError,  # 40: deadlock, serialization
+    asyncpg.InterfaceError,
+    ObjectStoreError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
+_INLINE_PARSE_LIMIT = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BodyTimeout(Exception):
+    """The client did not send its request body in time."""
 
 
 class IngestionService:
@@ -39,6 +58,9 @@ class IngestionService:
         self.authenticator = authenticator
         self._ready_at = 0.0
         self._ready_error: str | None = None
+        settings = lake.settings
+        self.inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
+        self.body_timeout_s = settings.request_body_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -67,11 +89,19 @@ class IngestionService:
     async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except wire.WireError as err:
+        except BodyTimeout as err:
+            log.info("closed %s: %s", request.path, err)
+            return web.Response(status=408, text=str(err), headers={"Connection": "close"})
+        except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
-        except _RETRYABLE as err:
-            log.warning("storage failure on %s: %s", request.path, err)
+        except asyncpg.DataError as err:
+            # A value PostgreSQL refuses (a text it cannot encode, a number out of range): it would
+            # refuse it on every retry, so this is the client's error, not an outage.
+            log.info("rejected %s: the database refuses a value: %s", request.path, shown(str(err)))
+            return web.Response(status=400, text=f"bad request: the database refuses a value: {shown(str(err))}")
+        except _OUTAGES as err:
+            log.warning("storage failure on %s: %s", request.path, shown(str(err)))
             return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
     async def health(self, request: web.Request) -> web.Response:
@@ -97,21 +127,34 @@ class IngestionService:
             return f"object store: {err.__class__.__name__}"
         return None
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, or `BodyTimeout` when the client takes longer than the setting to send it
+        (a slow client must not hold a connection and its buffers forever)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.body_timeout_s)
+        except TimeoutError:
+            raise BodyTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
+
     @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
-        record = wire.parse_process(await request.read())
+        record = wire.parse_process(await self._body(request))
         await self.lake.catalog.insert_process(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
-        record = wire.parse_stream(await request.read())
+        record = wire.parse_stream(await self._body(request))
         await self.lake.catalog.insert_stream(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
-        record, payload = wire.parse_block(await request.read())
+        body = await self._body(request)
+        if len(body) <= _INLINE_PARSE_LIMIT:
+            record, payload = wire.parse_block(body, self.inflation)
+        else:  # inflating the buffers to check them takes a while: off the loop thread
+            record, payload = await asyncio.to_thread(wire.parse_block, body, self.inflation)
+        await check_block_context(self.lake, record)
         await store_block(self.lake, record, payload)
         return web.Response()
 
@@ -121,7 +164,7 @@ class IngestionService:
         content_type = request.headers.get("Content-Type")
         if request.content_length is not None and request.content_length > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
-        body = await request.read()
+        body = await self._body(request)
         if len(body) > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
         try:

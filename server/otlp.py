@@ -21,7 +21,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from spanlake.lakehouse.errors import shown
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock, resource_block
+from spanlake.server import wire
 
 WIRE_BODY_LIMIT = 20 * 1024 * 1024
 DECOMPRESSED_BODY_LIMIT = 300 * 1024 * 1024
@@ -58,7 +60,19 @@ def blocks_from_request(
         raise OtlpRequestError(413, f"request body is over {WIRE_BODY_LIMIT} bytes")
     request = _parse(spec, _decompress(body, content_encoding), encoding, signal)
     blocks = (resource_block(signal, resource) for resource in getattr(request, spec.resources_field))
-    return [block for block in blocks if block is not None]
+    return [_storable(block) for block in blocks if block is not None]
+
+
+def _storable(block: OtlpResourceBlock) -> OtlpResourceBlock:
+    """The block, unless its rows hold what the native route refuses too (400): text PostgreSQL cannot
+    store (a NUL in service.name...), a time range that ends before it begins."""
+    try:
+        wire.check_process(block.process)
+        wire.check_stream(block.stream)
+        wire.check_block_range(block.block)
+    except wire.WireError as err:
+        raise OtlpRequestError(400, str(err)) from None
+    return block
 
 
 def request_encoding(content_type: str | None) -> str:
@@ -140,7 +154,7 @@ def _parse(spec: _Signal, body: bytes, encoding: str, signal: str) -> Message:
             json_format.ParseDict(json.loads(body, object_hook=_hex_ids_to_base64), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         kind = "protobuf" if encoding == PROTOBUF else "json"
-        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {err}") from None
+        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {shown(str(err))}") from None
     return request
 
 
@@ -152,7 +166,7 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> dict[str, Any]:
             try:
                 obj[key] = base64.b64encode(bytes.fromhex(value)).decode()
             except ValueError:
-                raise ValueError(f"{key} is not a hex string: {value!r}") from None
+                raise ValueError(f"{key} is not a hex string: {shown(value)}") from None
     return obj
 
 
