@@ -4,6 +4,7 @@ client of the ingestion API) and stored data it cannot read."""
 from __future__ import annotations
 
 SHOWN_VALUE_LIMIT = 120
+MESSAGE_LIMIT = 1000
 
 
 class QueryError(ValueError):
@@ -39,3 +40,9 @@ def shown(value: object, limit: int = SHOWN_VALUE_LIMIT) -> str:
         return f"{value[:limit]!r}… ({len(value)} long)"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def cut(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error message (from a parser, from PostgreSQL) cut to `limit` characters: such messages may
+    quote the whole offending input."""
+    return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"

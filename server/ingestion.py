@@ -16,7 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
-from spanlake.lakehouse.errors import IngestRejected, shown
+from spanlake.lakehouse.errors import IngestRejected, cut
 from spanlake.lakehouse.ingest import check_block_context, store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
@@ -30,18 +30,11 @@ NATIVE_BODY_LIMIT = 100 * 1024 * 1024
 OTLP_BODY_LIMIT = 20 * 1024 * 1024
 _READY_CACHE_SECONDS = 1.0
 _READY_TIMEOUT_SECONDS = 2.0
-# Outages, worth a retry (503): the database or the object store unreachable, overloaded or restarting.
-_OUTAGES = (
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.InsufficientResourcesError,  # 53: too many connections, disk full
-    asyncpg.OperatorInterventionError,  # 57: shutting down, cannot connect now
-    asyncpg.PostgresSystemError,  # 58
-    asyncpg.TransactionRollbackError,  # 40: deadlock, serialization
-    asyncpg.InterfaceError,
-    ObjectStoreError,
-    OSError,
-    asyncio.TimeoutError,
-)
+# Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
+# too big): refused on every retry, so the client's error (400), never "retry later".
+_REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+# Anything else from storage is an outage (unreachable, restarting, broken schema): 503, retry later.
+_OUTAGES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
 # Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
 _INLINE_PARSE_LIMIT = 64 * 1024
 
@@ -95,13 +88,11 @@ class IngestionService:
         except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
-        except asyncpg.DataError as err:
-            # A value PostgreSQL refuses (a text it cannot encode, a number out of range): it would
-            # refuse it on every retry, so this is the client's error, not an outage.
-            log.info("rejected %s: the database refuses a value: %s", request.path, shown(str(err)))
-            return web.Response(status=400, text=f"bad request: the database refuses a value: {shown(str(err))}")
+        except _REFUSED_VALUES as err:
+            log.info("rejected %s: the database refuses a value: %s", request.path, cut(str(err)))
+            return web.Response(status=400, text=f"bad request: the database refuses a value: {cut(str(err))}")
         except _OUTAGES as err:
-            log.warning("storage failure on %s: %s", request.path, shown(str(err)))
+            log.warning("storage failure on %s: %s", request.path, cut(str(err)))
             return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
     async def health(self, request: web.Request) -> web.Response:

@@ -12,6 +12,8 @@ Four schedules, as micromegas runs them (T = the scheduled tick truncated to the
 So new data shows in the global views about 2 s after it arrives, in 1-second partitions merged into
 minutes, hours and days (log_entries and measures stop at hours). Each schedule runs on its own
 thread; views are processed in dependency order and one view's failure does not stop the others.
+A run that fails as a whole (the database unreachable...) is retried with backoff (1 s doubling up to
+a minute) until it succeeds or the next tick is due: a schedule never ends on an error.
 Several daemons may run against one database: partition writes serialize on per-instance advisory
 locks and an identical partition is written once.
 """
@@ -31,6 +33,9 @@ from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,36 @@ class MaintenanceDaemon:
         self._threads.clear()
 
     def _loop(self, schedule: Schedule) -> None:
+        failures = 0
         while not self._stop.is_set():
             now = self.clock()
             tick = (now // schedule.period_s + 1) * schedule.period_s + schedule.offset_s
             if self._stop.wait(max(0.0, tick - now)):
                 return
+            failures = self._run_until_done(schedule, tick, failures)
+
+    def _run_until_done(self, schedule: Schedule, tick: float, failures: int) -> int:
+        """Runs the tick, retrying with backoff while it fails, until its late limit passes or the next
+        tick is due; returns the count of consecutive failures."""
+        retry_until = tick + schedule.period_s
+        while not self._stop.is_set():
             late = self.clock() - tick
             if schedule.late_limit_s is not None and late > schedule.late_limit_s:
                 log.warning("%s maintenance %.1f s late: skipped", schedule.name, late)
+                return failures
+            try:
+                self.run(schedule, int(tick // schedule.period_s) * schedule.period_s)
+            except Exception:  # the schedule's supervisor: whatever failed, the schedule lives on
+                failures += 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+                log.exception("%s maintenance failed (%d in a row), retrying in %g s", schedule.name, failures, delay)
+                if self._stop.wait(delay) or self.clock() >= retry_until:
+                    return failures  # the next tick covers the range again
                 continue
-            self.run(schedule, int(tick // schedule.period_s) * schedule.period_s)
+            if failures:
+                log.info("%s maintenance recovered after %d failure(s)", schedule.name, failures)
+            return 0
+        return failures
 
     def run(self, schedule: Schedule, tick_s: int) -> None:
         """One run of a schedule for the tick T (seconds since the epoch, truncated to the period)."""

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from spanlake.lakehouse.errors import shown
+from spanlake.lakehouse.errors import cut, shown
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock, resource_block
 from spanlake.server import wire
 
@@ -154,7 +154,7 @@ def _parse(spec: _Signal, body: bytes, encoding: str, signal: str) -> Message:
             json_format.ParseDict(json.loads(body, object_hook=_hex_ids_to_base64), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         kind = "protobuf" if encoding == PROTOBUF else "json"
-        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {shown(str(err))}") from None
+        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {cut(str(err))}") from None
     return request
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import cbor2
 
-from spanlake.lakehouse.errors import IngestRejected, shown
+from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
 from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_payload
@@ -66,7 +66,7 @@ def _decode_map(body: bytes, what: str) -> dict[str, Any]:
     try:
         value = cbor2.loads(body)
     except Exception as err:  # cbor2 raises several types for malformed input
-        raise WireError(f"malformed CBOR in {what}: {shown(str(err))}") from None
+        raise WireError(f"malformed CBOR in {what}: {cut(str(err))}") from None
     if not isinstance(value, dict):
         raise WireError(f"{what} must be a CBOR map, got {type(value).__name__}")
     return value
@@ -105,7 +105,7 @@ def _time_ns(msg: dict[str, Any], name: str, what: str) -> int:
     try:
         ns = parse_rfc3339_ns(value)
     except ValueError as err:
-        raise WireError(f"{what}: '{name}': {shown(str(err))}") from None
+        raise WireError(f"{what}: '{name}': {cut(str(err))}") from None
     if not _I64[0] <= ns <= _I64[1]:
         # Views keep int64 nanoseconds: such a time would fail every partition it falls in.
         raise WireError(
