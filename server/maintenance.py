@@ -12,8 +12,9 @@ Four schedules, as micromegas runs them (T = the scheduled tick truncated to the
 So new data shows in the global views about 2 s after it arrives, in 1-second partitions merged into
 minutes, hours and days (log_entries and measures stop at hours). Each schedule runs on its own
 thread; views are processed in dependency order and one view's failure does not stop the others.
-A run that fails as a whole (the database unreachable...) is retried with backoff (1 s doubling up to
-a minute) until it succeeds or the next tick is due: a schedule never ends on an error.
+A run that fails as a whole (the database unreachable...) never ends its schedule: the next run waits
+a backoff (1 s doubling up to a minute), and the first run that succeeds also covers the ticks missed
+since the failure (up to 60 periods back).
 Several daemons may run against one database: partition writes serialize on per-instance advisory
 locks and an identical partition is written once.
 """
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+CATCH_UP_PERIODS = 60
 
 
 @dataclass(frozen=True)
@@ -81,38 +83,36 @@ class MaintenanceDaemon:
 
     def _loop(self, schedule: Schedule) -> None:
         failures = 0
+        first_undone: int | None = None  # the earliest tick (s) whose run failed, not covered since
         while not self._stop.is_set():
             now = self.clock()
             tick = (now // schedule.period_s + 1) * schedule.period_s + schedule.offset_s
             if self._stop.wait(max(0.0, tick - now)):
                 return
-            failures = self._run_until_done(schedule, tick, failures)
-
-    def _run_until_done(self, schedule: Schedule, tick: float, failures: int) -> int:
-        """Runs the tick, retrying with backoff while it fails, until its late limit passes or the next
-        tick is due; returns the count of consecutive failures."""
-        retry_until = tick + schedule.period_s
-        while not self._stop.is_set():
             late = self.clock() - tick
             if schedule.late_limit_s is not None and late > schedule.late_limit_s:
                 log.warning("%s maintenance %.1f s late: skipped", schedule.name, late)
-                return failures
+                continue
+            tick_s = int(tick // schedule.period_s) * schedule.period_s
+            # After failures, the run covers the ticks missed meanwhile too (at most CATCH_UP_PERIODS).
+            first = tick_s if first_undone is None else max(first_undone, tick_s - CATCH_UP_PERIODS * schedule.period_s)
             try:
-                self.run(schedule, int(tick // schedule.period_s) * schedule.period_s)
+                self.run(schedule, tick_s, first)
             except Exception:  # the schedule's supervisor: whatever failed, the schedule lives on
                 failures += 1
+                first_undone = first
                 delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
-                log.exception("%s maintenance failed (%d in a row), retrying in %g s", schedule.name, failures, delay)
-                if self._stop.wait(delay) or self.clock() >= retry_until:
-                    return failures  # the next tick covers the range again
+                log.exception("%s maintenance failed (%d in a row), next try in %g s", schedule.name, failures, delay)
+                if self._stop.wait(delay):
+                    return
                 continue
             if failures:
                 log.info("%s maintenance recovered after %d failure(s)", schedule.name, failures)
-            return 0
-        return failures
+            failures, first_undone = 0, None
 
-    def run(self, schedule: Schedule, tick_s: int) -> None:
-        """One run of a schedule for the tick T (seconds since the epoch, truncated to the period)."""
+    def run(self, schedule: Schedule, tick_s: int, first_tick_s: int | None = None) -> None:
+        """One run of a schedule for the tick T (seconds since the epoch, truncated to the period), or
+        for every tick from `first_tick_s` to T (catching up after failures)."""
         if schedule.housekeeping:
             try:
                 with tracing.async_span("maintenance.retention"):
@@ -120,7 +120,8 @@ class MaintenanceDaemon:
             except Exception:
                 log.exception("retention failed")
         period_ns = schedule.period_s * SECOND_NS
-        begin = tick_s * SECOND_NS - schedule.range_back[0] * period_ns
+        first = tick_s if first_tick_s is None else first_tick_s
+        begin = first * SECOND_NS - schedule.range_back[0] * period_ns
         end = tick_s * SECOND_NS - schedule.range_back[1] * period_ns
         if self.lake.loop.run(nothing_to_materialize(self.lake.pool, begin, end)):
             return  # an idle range: one query, and no span in spanlake's own telemetry

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import logging
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import PostgresServer, running_server, wait_until
+from harness import PostgresServer, query, running_server, wait_until
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
@@ -211,3 +213,38 @@ def test_serve_shows_new_data_in_global_tables_within_seconds(postgres: Postgres
             assert ctx.sql("SELECT process_id FROM processes").to_pylist() == [{"process_id": PROCESS_ID}]
         finally:
             lake_view.close()
+
+
+def test_schedules_survive_a_database_outage_and_run_again(
+    lake: LocalLake, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spanlake.server.maintenance")
+    lake.upload()
+    database = urllib.parse.urlsplit(lake.lake.database_url).path.lstrip("/")
+    daemon = MaintenanceDaemon(lake.lake, 90)
+    daemon.start()
+    try:
+        wait_until(lambda: len(partitions(lake, "blocks")) > 0, 15, "a first blocks partition")
+        # The outage: the database refuses connections and every open one is killed.
+        query(postgres.admin_url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        query(
+            postgres.admin_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        wait_until(lambda: "second maintenance failed (2 in a row)" in caplog.text, 20, "failures during the outage")
+        query(postgres.admin_url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        recovered = time.time_ns()
+        # New arrivals after the outage (the same blocks, inserted again now), while the schedule may
+        # still be waiting its backoff: its next run catches up.
+        lake.catalog("UPDATE blocks SET insert_time = now()")
+        after = ns_to_datetime(recovered - SECOND_NS)
+        wait_until(
+            lambda: [p["num_rows"] for p in partitions(lake, "blocks") if p["begin_insert_time"] >= after] == [34],
+            30,
+            "the blocks partition of the second after the outage",
+        )
+        assert all(thread.is_alive() for thread in daemon._threads)
+        assert "second maintenance recovered after" in caplog.text
+    finally:
+        daemon.stop()
