@@ -52,6 +52,8 @@ def _process_meta(row: asyncpg.Record, prefix: str = "") -> ProcessMeta:
 _TIMING_SQL = (
     "SELECT p.*, last.end_ticks AS last_end_ticks, last.end_time AS last_end_time FROM processes p"
     " LEFT JOIN LATERAL (SELECT end_ticks, end_time FROM blocks b WHERE b.process_id = p.process_id"
+    # A block whose row views skip (beyond int64 nanoseconds, ending before it begins) sets no clock.
+    "  AND end_time <= '2262-04-11T23:47:16Z' AND begin_time <= end_time AND begin_ticks <= end_ticks"
     "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = ANY($1::uuid[])"
 )
 

@@ -25,7 +25,7 @@ from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.transit import decode as transit
 from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta, SourceBlock
-from spanlake.views.time import TickConverter, converter_from_latest_timing, estimate_frequency
+from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing, estimate_frequency
 from spanlake.views.view import OtlpBlock, TransitBlock, View
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,17 @@ def clock_problem(process: ProcessMeta, block: BlockMeta) -> str | None:
 
 
 def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
-    """The converter async events and thread spans use, else BadBlockError (a bad block's own clock,
-    or a process whose latest block gives no frequency)."""
+    """The converter async events and thread spans use (from the process's latest block; this block's
+    own clock when the latest gives no frequency), else BadBlockError when this block contradicts it."""
     problem = clock_problem(timing.process, block.meta)
-    if problem is None and timing.process.tsc_frequency <= 0:
-        estimated = estimate_frequency(
-            timing.process.start_time_ns, timing.last_block_end_ticks, timing.last_block_end_time_ns
-        )
-        problem = None if estimated > 0 else "no TSC frequency can be estimated from its process's latest block"
     if problem is not None:
         raise BadBlockError(problem)
-    return converter_from_latest_timing(timing.process, timing.last_block_end_ticks, timing.last_block_end_time_ns)
+    process = timing.process
+    if process.tsc_frequency <= 0:
+        latest = estimate_frequency(process.start_time_ns, timing.last_block_end_ticks, timing.last_block_end_time_ns)
+        if latest <= 0:
+            return converter_for_block(process, block.meta)
+    return converter_from_latest_timing(process, timing.last_block_end_ticks, timing.last_block_end_time_ns)
 
 
 def _decoded(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:

@@ -84,7 +84,7 @@ class IngestionService:
             return await handler(request)
         except BodyTimeout as err:
             log.info("closed %s: %s", request.path, err)
-            return web.Response(status=408, text=str(err), headers={"Connection": "close"})
+            return await _answer_and_close(request, web.Response(status=408, text=str(err)))
         except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
@@ -120,7 +120,11 @@ class IngestionService:
 
     async def _body(self, request: web.Request) -> bytes:
         """The request body, or `BodyTimeout` when the client takes longer than the setting to send it
-        (a slow client must not hold a connection and its buffers forever)."""
+        (a slow client must not hold a connection and its buffers forever); 413 at once when the
+        declared length is over the limit."""
+        declared = request.content_length
+        if declared is not None and declared > request.client_max_size:
+            raise web.HTTPRequestEntityTooLarge(request.client_max_size, declared)
         try:
             return await asyncio.wait_for(request.read(), self.body_timeout_s)
         except TimeoutError:
@@ -176,6 +180,16 @@ class IngestionService:
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
         data, response_type = otlp.error_body(status, message, content_type)
         return web.Response(status=status, body=data, content_type=response_type)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Sends `response`, then closes the connection at once: aiohttp would otherwise linger up to 10 s
+    reading the rest of a body the client is sending too slowly."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 async def start_ingestion(lake: Lake, authenticator: Authenticator | None, host: str, port: int) -> web.AppRunner:
