@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import cbor2
+import lz4.frame
 from _servers import spanlake_server
 
 from spanlake.lakehouse.object_store import ObjectStore
@@ -32,7 +33,11 @@ def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes]]:
     now = time.time_ns()
     bodies = []
     for i in range(count):
-        payload = {"dependencies": os.urandom(64), "objects": os.urandom(payload_size)}
+        # LZ4 frames of random bytes (stored, not compressed): ingestion checks that they inflate.
+        payload = {
+            "dependencies": lz4.frame.compress(os.urandom(64)),
+            "objects": lz4.frame.compress(os.urandom(payload_size)),
+        }
         bodies.append(
             cbor2.dumps(
                 {

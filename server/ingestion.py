@@ -51,9 +51,6 @@ class IngestionService:
         self.authenticator = authenticator
         self._ready_at = 0.0
         self._ready_error: str | None = None
-        settings = lake.settings
-        self.inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
-        self.body_timeout_s = settings.request_body_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -125,10 +122,11 @@ class IngestionService:
         declared = request.content_length
         if declared is not None and declared > request.client_max_size:
             raise web.HTTPRequestEntityTooLarge(request.client_max_size, declared)
+        timeout = self.lake.settings.request_body_timeout_s
         try:
-            return await asyncio.wait_for(request.read(), self.body_timeout_s)
+            return await asyncio.wait_for(request.read(), timeout)
         except TimeoutError:
-            raise BodyTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
+            raise BodyTimeout(f"request body not received within {timeout:g} s") from None
 
     @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
@@ -145,10 +143,12 @@ class IngestionService:
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        settings = self.lake.settings
+        inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
         if len(body) <= _INLINE_PARSE_LIMIT:
-            record, payload = wire.parse_block(body, self.inflation)
+            record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
-            record, payload = await asyncio.to_thread(wire.parse_block, body, self.inflation)
+            record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
         await check_block_context(self.lake, record)
         await store_block(self.lake, record, payload)
         return web.Response()
