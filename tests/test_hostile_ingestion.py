@@ -550,7 +550,7 @@ def ingestion_request(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
     return endpoint, draw(bodies[endpoint]), {}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=ingestion_request())
 def test_fuzzed_ingestion_never_fails_the_server(lake: Lake, request: tuple[str, bytes, dict[str, str]]) -> None:
     endpoint, body, headers = request
