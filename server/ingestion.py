@@ -17,7 +17,7 @@ from aiohttp import web
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import IngestRejected, cut
-from spanlake.lakehouse.ingest import check_block_context, store_block
+from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.transit.decode import InflationLimit
@@ -51,6 +51,7 @@ class IngestionService:
         self.authenticator = authenticator
         self._ready_at = 0.0
         self._ready_error: str | None = None
+        self.block_contexts = BlockContexts(lake)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -149,7 +150,7 @@ class IngestionService:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
-        await check_block_context(self.lake, record)
+        await self.block_contexts.check(record)
         await store_block(self.lake, record, payload)
         return web.Response()
 
