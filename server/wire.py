@@ -15,7 +15,7 @@ import cbor2
 from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_payload
+from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_frames
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (-(2**63), 2**63 - 1)
@@ -220,12 +220,9 @@ def parse_block(body: bytes, inflation: InflationLimit = DEFAULT_INFLATION) -> t
     payload = _field(msg, "payload", what)
     if not isinstance(payload, dict) or set(payload) != {"dependencies", "objects"}:
         raise WireError("Block: 'payload' must be a map with exactly 'dependencies' and 'objects'")
-    stored = cbor2.dumps(
-        {
-            "dependencies": _payload_bytes(payload["dependencies"], "dependencies"),
-            "objects": _payload_bytes(payload["objects"], "objects"),
-        }
-    )
+    dependencies = _payload_bytes(payload["dependencies"], "dependencies")
+    objects = _payload_bytes(payload["objects"], "objects")
+    stored = cbor2.dumps({"dependencies": dependencies, "objects": objects})
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
         stream_id=_uuid(msg, "stream_id", what),
@@ -240,7 +237,7 @@ def parse_block(body: bytes, inflation: InflationLimit = DEFAULT_INFLATION) -> t
     )
     check_block_range(record)
     try:
-        check_payload(stored, inflation)
+        check_frames(dependencies, objects, inflation)
     except TransitError as err:
         raise WireError(f"Block: payload: {err}") from None
     return record, stored

@@ -66,7 +66,7 @@ __all__ = [
     "InflationLimit",
     "StreamLayout",
     "TransitError",
-    "check_payload",
+    "check_frames",
     "decode_block",
     "decode_buffers",
     "decompress",
@@ -138,7 +138,7 @@ class InflationLimit:
 
 
 DEFAULT_INFLATION = InflationLimit()
-_INFLATE_CHUNK = 1024 * 1024
+_INFLATE_CHUNK = 4 * 1024 * 1024
 
 
 def inflated_chunks(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATION) -> Iterator[bytes]:
@@ -168,10 +168,10 @@ def decompress(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATIO
     return b"".join(inflated_chunks(frame, what, limit))
 
 
-def check_payload(payload: bytes, limit: InflationLimit = DEFAULT_INFLATION) -> None:
-    """Raises `TransitError` unless both LZ4 frames of a stored payload inflate, within `limit`
-    (what ingestion can check of a block without its stream's metadata). Keeps no inflated byte."""
-    for frame, what in zip(split_payload(payload), ("dependencies buffer", "objects buffer"), strict=True):
+def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DEFAULT_INFLATION) -> None:
+    """Raises `TransitError` unless both LZ4 frames of a block inflate within `limit` (what ingestion
+    can check of a block without its stream's metadata). Keeps no inflated byte."""
+    for frame, what in ((dependencies, "dependencies buffer"), (objects, "objects buffer")):
         for _ in inflated_chunks(frame, what, limit):
             pass
 
