@@ -13,11 +13,13 @@ import os
 import statistics
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import cbor2
+import lz4.frame
 from _servers import spanlake_server
 
 from spanlake.lakehouse.object_store import ObjectStore
@@ -27,12 +29,18 @@ from spanlake.lakehouse.timestamps import format_rfc3339_ns
 CLIENTS = 8
 
 
-def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes]]:
+def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes], list[tuple[str, bytes]]]:
+    """The blocks of one new stream, and the process and stream messages a client sends first."""
     process_id, stream_id = uuid.uuid4(), uuid.uuid4()
     now = time.time_ns()
+    setup = [("insert_process", process_body(process_id, now)), ("insert_stream", stream_body(stream_id, process_id))]
     bodies = []
     for i in range(count):
-        payload = {"dependencies": os.urandom(64), "objects": os.urandom(payload_size)}
+        # LZ4 frames of random bytes (stored, not compressed): ingestion checks that they inflate.
+        payload = {
+            "dependencies": lz4.frame.compress(os.urandom(64)),
+            "objects": lz4.frame.compress(os.urandom(payload_size)),
+        }
         bodies.append(
             cbor2.dumps(
                 {
@@ -49,7 +57,29 @@ def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes]]:
                 }
             )
         )
-    return process_id, bodies
+    return process_id, bodies, setup
+
+
+def process_body(process_id: uuid.UUID, start_ns: int) -> bytes:
+    """A process whose clock counts nanoseconds from `start_ns` (the blocks' ticks agree with their times)."""
+    texts = dict.fromkeys(("exe", "username", "realname", "computer", "distro", "cpu_brand"), "bench")
+    return cbor2.dumps(
+        {"process_id": str(process_id), "tsc_frequency": 1_000_000_000, "start_time": format_rfc3339_ns(start_ns)}
+        | {"start_ticks": 0, "parent_process_id": "", "properties": {}}
+        | texts
+    )
+
+
+def stream_body(stream_id: uuid.UUID, process_id: uuid.UUID) -> bytes:
+    return cbor2.dumps(
+        {
+            "stream_id": str(stream_id),
+            "process_id": str(process_id),
+            "dependencies_metadata": [],
+            "objects_metadata": [],
+        }
+        | {"tags": [], "properties": {}}
+    )
 
 
 async def post_all(url: str, bodies: list[bytes]) -> tuple[float, int]:
@@ -99,7 +129,9 @@ def main() -> None:
         for label, count, size in (("4 KiB", args.small, 4096), ("4 MiB", args.large, 4 * 1024 * 1024)):
             served, base, lost = [], [], 0
             for _ in range(args.runs):
-                process_id, bodies = make_bodies(count, size)
+                process_id, bodies, setup = make_bodies(count, size)
+                for endpoint, body in setup:
+                    assert urllib.request.urlopen(f"{server.http_url}/ingestion/{endpoint}", body).status == 200
                 elapsed, failures = asyncio.run(post_all(url, bodies))
                 stored = server.sql("SELECT count(*) AS n FROM blocks WHERE process_id = $1", process_id)[0]["n"]
                 lost += count - stored + failures

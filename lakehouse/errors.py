@@ -1,5 +1,10 @@
-"""The lakehouse's exceptions: errors it reports to whoever asked (a SQL user, through Flight SQL) and
-stored data it cannot read."""
+"""The lakehouse's exceptions: errors it reports to whoever asked (a SQL user, through Flight SQL, or a
+client of the ingestion API) and stored data it cannot read."""
+
+from __future__ import annotations
+
+SHOWN_VALUE_LIMIT = 120
+MESSAGE_LIMIT = 1000
 
 
 class QueryError(ValueError):
@@ -9,8 +14,38 @@ class QueryError(ValueError):
     """
 
 
-class OtlpBlockError(ValueError):
+class IngestRejected(ValueError):
+    """A message refused at ingestion for what it is (never retried): HTTP 400 with this reason."""
+
+
+class BadBlockError(Exception):
+    """A stored block that cannot be read (bad payload, inflation past the limits, times that contradict
+    its ticks or its process): that block alone is skipped with a warning.
+
+    Not a ValueError on purpose: the decoders raise it for bad data only, so a programming error
+    (`pa.ArrowInvalid`, a numpy shape error) still fails the partition instead of passing as a skip.
+    """
+
+
+class OtlpBlockError(BadBlockError):
     """A stored OTLP block that cannot be read (bad envelope or protobuf)."""
+
+
+def shown(value: object, limit: int = SHOWN_VALUE_LIMIT) -> str:
+    """`repr(value)` cut to about `limit` characters, for error messages and logs: a 10 MB id must not
+    come back as a 10 MB answer, and a huge integer must not fail its own formatting."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} long)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def cut(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error message (from a parser, from PostgreSQL) cut to `limit` characters: such messages may
+    quote the whole offending input."""
+    return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"
 
 
 class ClusterUnsupported(Exception):

@@ -147,6 +147,27 @@ SETTINGS: tuple[Option, ...] = (
         "partition bytes a query must read before it goes to the query cluster",
         ("serve", "flightsql"),
     ),
+    Option(
+        "max_inflated_block_bytes",
+        "SPANLAKE_MAX_INFLATED_BLOCK_BYTES",
+        int,
+        64 * 1024 * 1024,
+        "most bytes one LZ4 buffer of a block may inflate to (checked at ingestion and at decoding)",
+    ),
+    Option(
+        "max_inflation_ratio",
+        "SPANLAKE_MAX_INFLATION_RATIO",
+        int,
+        100,
+        "most times its compressed size a block buffer may inflate to, past 1 MiB",
+    ),
+    Option(
+        "request_body_timeout_s",
+        "SPANLAKE_REQUEST_BODY_TIMEOUT_S",
+        float,
+        30.0,
+        "seconds an ingestion request may take to send its body before the server closes it (408)",
+    ),
 )
 
 
@@ -167,6 +188,9 @@ class Settings:
     log_level: str = "INFO"
     query_cluster: str | None = None
     cluster_min_bytes: int = 1 << 30
+    max_inflated_block_bytes: int = 64 * 1024 * 1024
+    max_inflation_ratio: int = 100
+    request_body_timeout_s: float = 30.0
 
     @property
     def lake_uri(self) -> str:

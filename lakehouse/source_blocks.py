@@ -52,6 +52,8 @@ def _process_meta(row: asyncpg.Record, prefix: str = "") -> ProcessMeta:
 _TIMING_SQL = (
     "SELECT p.*, last.end_ticks AS last_end_ticks, last.end_time AS last_end_time FROM processes p"
     " LEFT JOIN LATERAL (SELECT end_ticks, end_time FROM blocks b WHERE b.process_id = p.process_id"
+    # A block whose row views skip (beyond int64 nanoseconds, ending before it begins) sets no clock.
+    "  AND end_time <= '2262-04-11T23:47:16Z' AND begin_time <= end_time AND begin_ticks <= end_ticks"
     "  ORDER BY end_time DESC LIMIT 1) last ON true WHERE p.process_id = ANY($1::uuid[])"
 )
 
@@ -75,7 +77,8 @@ async def find_stream_process(pool: asyncpg.Pool, stream_id: uuid.UUID) -> uuid.
 
 
 _BLOCKS_SQL = (
-    "SELECT b.*, s.tags, s.properties AS stream_properties, s.format, s.dependencies_metadata, s.objects_metadata,"
+    "SELECT b.*, s.process_id AS stream_process_id, s.tags, s.properties AS stream_properties, s.format,"
+    " s.dependencies_metadata, s.objects_metadata,"
     " s.insert_time AS stream_insert_time, p.exe, p.username, p.realname, p.computer, p.distro, p.cpu_brand,"
     " p.tsc_frequency, p.start_time, p.start_ticks, p.insert_time AS process_insert_time, p.parent_process_id,"
     " p.properties FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
@@ -212,7 +215,7 @@ def _source_block(row: asyncpg.Record, interned: _Interned) -> SourceBlock:
         stream = interned.streams[row["stream_id"]] = SourceStream(
             StreamMeta(
                 str(row["stream_id"]),
-                str(row["process_id"]),
+                str(row["stream_process_id"]),
                 tuple(row["tags"] or ()),
                 _properties(row["stream_properties"]),
             ),

@@ -1,8 +1,11 @@
 """How the lakehouse feeds a view its blocks: payloads read, then decoded (transit) or parsed (OTLP)
 into the inputs of the view's rows functions (`views/view.py`).
 
-A block that cannot be read (missing payload, unknown process, undecodable payload, a format the view
-does not read) is logged and skipped: it never fails the partition of its neighbours.
+A block that cannot be read (missing payload, unknown process, undecodable payload or one inflating
+past the limits, a format the view does not read) or whose row contradicts itself (a time outside the
+int64 nanosecond range, an end before its begin, a stream of another process, times far from what its
+ticks say) is logged and skipped: it never fails the partition of its neighbours. Only
+`BadBlockError` means "bad block": any other error is a bug and fails the partition.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 
 from spanlake import tracing
-from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.errors import BadBlockError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.decode import otlp_block
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.transit import decode as transit
-from spanlake.views.meta import TRANSIT_FORMAT, SourceBlock
-from spanlake.views.time import converter_from_latest_timing
+from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta, SourceBlock
+from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing, estimate_frequency
 from spanlake.views.view import OtlpBlock, TransitBlock, View
 
 log = logging.getLogger(__name__)
@@ -30,10 +34,16 @@ log = logging.getLogger(__name__)
 Timings = Mapping[str, ProcessTiming]
 
 _io_pool = ThreadPoolExecutor(8, thread_name_prefix="lake-io")
+_I64 = (-(2**63), 2**63 - 1)
+# How far a block's times may stray from what its ticks say: clocks drift, and a process without a
+# TSC frequency has it estimated from its latest block; a minute plus 1% of the process's age.
+_CLOCK_SLACK_NS = 60 * 1_000_000_000
+_CLOCK_SLACK_FRACTION = 100
 
 
 def view_rows(lake: Lake, view: View, timings: Timings, blocks: Sequence[SourceBlock]) -> Iterator[pa.RecordBatch]:
     """The rows of `view` from `blocks` (insert order), as the view's rows functions build them."""
+    blocks = [block for block in blocks if _kept(block, _row_problem(block))]
     if view.rows_from_blocks is not None:
         yield from view.rows_from_blocks(blocks)
         return
@@ -70,18 +80,62 @@ def _readable(
             yield block, payload, timing
 
 
+def _row_problem(block: SourceBlock) -> str | None:
+    """Why the block's row cannot feed a view, or None."""
+    meta = block.meta
+    times = (meta.begin_time_ns, meta.end_time_ns, block.process.meta.start_time_ns)
+    if not all(_I64[0] <= ns <= _I64[1] for ns in times):
+        return "a time (or its process's start) is outside the int64 nanosecond range"
+    if meta.begin_time_ns > meta.end_time_ns or meta.begin_ticks > meta.end_ticks:
+        return "it ends before it begins"
+    if block.stream.meta.process_id != meta.process_id:
+        return f"its stream belongs to process {block.stream.meta.process_id}, not to {meta.process_id}"
+    return None
+
+
+def clock_problem(process: ProcessMeta, block: BlockMeta) -> str | None:
+    """Why the block's times contradict its ticks on its process's clock (the process's TSC frequency,
+    else the frequency estimated from this block, as log and metric views convert), or None."""
+    frequency = process.tsc_frequency
+    if frequency <= 0:
+        frequency = estimate_frequency(process.start_time_ns, block.end_ticks, block.end_time_ns)
+        if frequency <= 0:
+            return "its process has no TSC frequency and none can be estimated from this block"
+    convert = TickConverter(process.start_ticks, process.start_time_ns, frequency)
+    said = convert.delta_ticks_to_ns(np.array([block.begin_ticks, block.end_ticks]))
+    slack = _CLOCK_SLACK_NS + abs(block.end_time_ns - process.start_time_ns) // _CLOCK_SLACK_FRACTION
+    drift = max(abs(int(said[0]) - block.begin_time_ns), abs(int(said[1]) - block.end_time_ns))
+    if drift > slack:
+        return f"its times are {drift / 1e9:.6g} s away from what its ticks say"
+    return None
+
+
+def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
+    """The converter async events and thread spans use (from the process's latest block; this block's
+    own clock when the latest gives no frequency), else BadBlockError when this block contradicts it."""
+    problem = clock_problem(timing.process, block.meta)
+    if problem is not None:
+        raise BadBlockError(problem)
+    process = timing.process
+    if process.tsc_frequency <= 0:
+        latest = estimate_frequency(process.start_time_ns, timing.last_block_end_ticks, timing.last_block_end_time_ns)
+        if latest <= 0:
+            return converter_for_block(process, block.meta)
+    return converter_from_latest_timing(process, timing.last_block_end_ticks, timing.last_block_end_time_ns)
+
+
 def _decoded(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:
+    settings = lake.settings
+    inflation = transit.InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
     for block, payload, timing in _readable(lake, blocks, timings):
         try:
+            latest = _latest_clock(block, timing)
             with tracing.async_span("transit.decode_block"):
                 layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-                decoded = transit.decode_block(payload, layout)
-        except transit.TransitError as err:
+                decoded = transit.decode_block(payload, layout, inflation)
+        except BadBlockError as err:
             _skip(block, err)
             continue
-        latest = converter_from_latest_timing(
-            timing.process, timing.last_block_end_ticks, timing.last_block_end_time_ns
-        )
         yield TransitBlock(decoded, block.meta, block.stream.meta, timing.process, latest)
 
 
@@ -89,8 +143,14 @@ def _parsed(lake: Lake, view: View, blocks: Sequence[SourceBlock], timings: Timi
     for block, payload, timing in _readable(lake, blocks, timings):
         try:
             yield otlp_block(view, block.stream.format, payload, timing.process, block.meta)
-        except OtlpBlockError as err:
+        except BadBlockError as err:
             _skip(block, err)
+
+
+def _kept(block: SourceBlock, problem: str | None) -> bool:
+    if problem is not None:
+        _skip(block, problem)
+    return problem is None
 
 
 def _skip(block: SourceBlock, reason: object) -> None:

@@ -16,10 +16,12 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
-from spanlake.lakehouse.ingest import store_block
+from spanlake.lakehouse.errors import IngestRejected, cut
+from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
+from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.web.routes import mount_web_ui
@@ -30,9 +32,19 @@ NATIVE_BODY_LIMIT = 100 * 1024 * 1024
 OTLP_BODY_LIMIT = 20 * 1024 * 1024
 _READY_CACHE_SECONDS = 1.0
 _READY_TIMEOUT_SECONDS = 2.0
-_RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+# Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
+# too big): refused on every retry, so the client's error (400), never "retry later".
+_REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+# Anything else from storage is an outage (unreachable, restarting, broken schema): 503, retry later.
+_OUTAGES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+# Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
+_INLINE_PARSE_LIMIT = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BodyTimeout(Exception):
+    """The client did not send its request body in time."""
 
 
 class IngestionService:
@@ -45,6 +57,7 @@ class IngestionService:
         self.web_ui = web_ui
         self._ready_at = 0.0
         self._ready_error: str | None = None
+        self.block_contexts = BlockContexts(lake)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -82,11 +95,17 @@ class IngestionService:
     async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except wire.WireError as err:
+        except BodyTimeout as err:
+            log.info("closed %s: %s", request.path, err)
+            return await _answer_and_close(request, web.Response(status=408, text=str(err)))
+        except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
-        except _RETRYABLE as err:
-            log.warning("storage failure on %s: %s", request.path, err)
+        except _REFUSED_VALUES as err:
+            log.info("rejected %s: the database refuses a value: %s", request.path, cut(str(err)))
+            return web.Response(status=400, text=f"bad request: the database refuses a value: {cut(str(err))}")
+        except _OUTAGES as err:
+            log.warning("storage failure on %s: %s", request.path, cut(str(err)))
             return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
     async def health(self, request: web.Request) -> web.Response:
@@ -112,21 +131,41 @@ class IngestionService:
             return f"object store: {err.__class__.__name__}"
         return None
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, or `BodyTimeout` when the client takes longer than the setting to send it
+        (a slow client must not hold a connection and its buffers forever); 413 at once when the
+        declared length is over the limit."""
+        declared = request.content_length
+        if declared is not None and declared > request.client_max_size:
+            raise web.HTTPRequestEntityTooLarge(request.client_max_size, declared)
+        timeout = self.lake.settings.request_body_timeout_s
+        try:
+            return await asyncio.wait_for(request.read(), timeout)
+        except TimeoutError:
+            raise BodyTimeout(f"request body not received within {timeout:g} s") from None
+
     @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
-        record = wire.parse_process(await request.read())
+        record = wire.parse_process(await self._body(request))
         await self.lake.catalog.insert_process(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
-        record = wire.parse_stream(await request.read())
+        record = wire.parse_stream(await self._body(request))
         await self.lake.catalog.insert_stream(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
-        record, payload = wire.parse_block(await request.read())
+        body = await self._body(request)
+        settings = self.lake.settings
+        inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
+        if len(body) <= _INLINE_PARSE_LIMIT:
+            record, payload = wire.parse_block(body, inflation)
+        else:  # inflating the buffers to check them takes a while: off the loop thread
+            record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
+        await self.block_contexts.check(record)
         await store_block(self.lake, record, payload)
         return web.Response()
 
@@ -136,7 +175,7 @@ class IngestionService:
         content_type = request.headers.get("Content-Type")
         if request.content_length is not None and request.content_length > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
-        body = await request.read()
+        body = await self._body(request)
         if len(body) > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
         try:
@@ -161,6 +200,16 @@ class IngestionService:
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
         data, response_type = otlp.error_body(status, message, content_type)
         return web.Response(status=status, body=data, content_type=response_type)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Sends `response`, then closes the connection at once: aiohttp would otherwise linger up to 10 s
+    reading the rest of a body the client is sending too slowly."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 async def start_ingestion(

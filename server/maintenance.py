@@ -20,6 +20,9 @@ crosses the range's edges (an admin's `materialize_partitions` over a range stil
 is materialized as one bucket, rebuilt from source when blocks arrived in it since: it never
 freezes the range it covers. Each schedule runs on its own
 thread; views are processed in dependency order and one view's failure does not stop the others.
+A run that fails as a whole (the database unreachable...) never ends its schedule: the next run waits
+a backoff (1 s doubling up to a minute), and the first run that succeeds also covers the ticks missed
+since the failure (up to 60 periods back).
 Several daemons may run against one database: partition writes serialize on per-instance advisory
 locks and an identical partition is written once.
 """
@@ -41,6 +44,10 @@ from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 from spanlake.views.view import View
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+CATCH_UP_PERIODS = 60
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class MaintenanceDaemon:
         self._threads.clear()
 
     def _loop(self, schedule: Schedule) -> None:
+        failures = 0
         while not self._stop.is_set():
             now = self.clock()
             tick = (now // schedule.period_s + 1) * schedule.period_s + schedule.offset_s
@@ -99,7 +107,19 @@ class MaintenanceDaemon:
             if schedule.late_limit_s is not None and late > schedule.late_limit_s:
                 log.warning("%s maintenance %.1f s late: skipped", schedule.name, late)
                 continue
-            self.run(schedule, int(tick // schedule.period_s) * schedule.period_s)
+            tick_s = int(tick // schedule.period_s) * schedule.period_s
+            try:  # after failures, the run covers the ticks missed too (insert_range: from the last covered)
+                self.run(schedule, tick_s)
+            except Exception:  # the schedule's supervisor: whatever failed, the schedule lives on
+                failures += 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+                log.exception("%s maintenance failed (%d in a row), next try in %g s", schedule.name, failures, delay)
+                if self._stop.wait(delay):
+                    return
+                continue
+            if failures:
+                log.info("%s maintenance recovered after %d failure(s)", schedule.name, failures)
+            failures = 0
 
     def cover_from(self, start_s: float) -> None:
         """Every schedule's runs cover the slices from `start_s` on (with the range its first tick

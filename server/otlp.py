@@ -21,7 +21,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from spanlake.lakehouse.errors import cut, shown
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock, resource_block
+from spanlake.server import wire
 
 WIRE_BODY_LIMIT = 20 * 1024 * 1024
 DECOMPRESSED_BODY_LIMIT = 300 * 1024 * 1024
@@ -62,10 +64,23 @@ def blocks_from_request(
 
 def resource_blocks(signal: str, request: Message, extra_hash_input: bytes = b"") -> list[OtlpResourceBlock]:
     """The blocks of a parsed `Export*ServiceRequest`, one per resource with records; `extra_hash_input`
-    is folded into the block ids (the webhook's headers)."""
+    is folded into the block ids (the webhook's headers). Raises OtlpRequestError (400) for a block the
+    native route refuses too."""
     resources = getattr(request, _signal(signal).resources_field)
     blocks = (resource_block(signal, resource, extra_hash_input) for resource in resources)
-    return [block for block in blocks if block is not None]
+    return [_storable(block) for block in blocks if block is not None]
+
+
+def _storable(block: OtlpResourceBlock) -> OtlpResourceBlock:
+    """The block, unless its rows hold what the native route refuses too (400): text PostgreSQL cannot
+    store (a NUL in service.name...), a time range that ends before it begins."""
+    try:
+        wire.check_process(block.process)
+        wire.check_stream(block.stream)
+        wire.check_block_range(block.block)
+    except wire.WireError as err:
+        raise OtlpRequestError(400, str(err)) from None
+    return block
 
 
 def request_encoding(content_type: str | None) -> str:
@@ -148,7 +163,7 @@ def _parse(spec: _Signal, body: bytes, encoding: str, signal: str) -> Message:
             json_format.ParseDict(json.loads(body, object_hook=_hex_ids_to_base64), request, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         kind = "protobuf" if encoding == PROTOBUF else "json"
-        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {err}") from None
+        raise OtlpRequestError(400, f"decoding {signal} ({kind}): {cut(str(err))}") from None
     return request
 
 
@@ -160,7 +175,7 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> dict[str, Any]:
             try:
                 obj[key] = base64.b64encode(bytes.fromhex(value)).decode()
             except ValueError:
-                raise ValueError(f"{key} is not a hex string: {value!r}") from None
+                raise ValueError(f"{key} is not a hex string: {shown(value)}") from None
     return obj
 
 

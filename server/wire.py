@@ -12,15 +12,52 @@ from typing import Any
 
 import cbor2
 
+from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
-from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_frames
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (-(2**63), 2**63 - 1)
+_NUL = "\x00"
 
 
-class WireError(ValueError):
+class WireError(IngestRejected):
     """The body is not a valid ingestion message; the message is safe to return to the client."""
+
+
+def _check_text(value: str, where: str) -> None:
+    position = value.find(_NUL)
+    if position >= 0:
+        raise WireError(f"{where} contains a NUL character (at {position}), which cannot be stored")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise WireError(f"{where} is not valid Unicode (a lone surrogate)") from None
+
+
+def _check_properties(properties: dict[str, str], where: str) -> None:
+    for key, value in properties.items():
+        _check_text(key, f"{where}: property key {shown(key)}")
+        _check_text(value, f"{where}: property {shown(key)}")
+
+
+def check_process(record: ProcessRecord) -> ProcessRecord:
+    """`record`, unless a text of it cannot be stored (a NUL character, a lone surrogate): refused for
+    good (400), where PostgreSQL would refuse it on every retry. Native and OTLP routes both check."""
+    for name in ("exe", "username", "realname", "computer", "distro", "cpu_brand"):
+        _check_text(getattr(record, name), f"ProcessInfo: '{name}'")
+    _check_properties(record.properties, "ProcessInfo")
+    return record
+
+
+def check_stream(record: StreamRecord) -> StreamRecord:
+    """`record`, unless a tag or property cannot be stored (see `check_process`)."""
+    for tag in record.tags:
+        _check_text(tag, f"StreamInfo: tag {shown(tag)}")
+    _check_properties(record.properties, "StreamInfo")
+    return record
 
 
 def _decode_map(body: bytes, what: str) -> dict[str, Any]:
@@ -29,7 +66,7 @@ def _decode_map(body: bytes, what: str) -> dict[str, Any]:
     try:
         value = cbor2.loads(body)
     except Exception as err:  # cbor2 raises several types for malformed input
-        raise WireError(f"malformed CBOR in {what}: {err}") from None
+        raise WireError(f"malformed CBOR in {what}: {cut(str(err))}") from None
     if not isinstance(value, dict):
         raise WireError(f"{what} must be a CBOR map, got {type(value).__name__}")
     return value
@@ -46,13 +83,13 @@ def _uuid(msg: dict[str, Any], name: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (TypeError, ValueError, AttributeError):
-        raise WireError(f"{what}: '{name}' is not a UUID: {value!r}") from None
+        raise WireError(f"{what}: '{name}' is not a UUID: {shown(value)}") from None
 
 
 def _int(msg: dict[str, Any], name: str, what: str, low: int = _I64[0], high: int = _I64[1]) -> int:
     value = _field(msg, name, what)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise WireError(f"{what}: '{name}' must be an integer in [{low}, {high}], got {value!r}")
+        raise WireError(f"{what}: '{name}' must be an integer in [{low}, {high}], got {shown(value)}")
     return value
 
 
@@ -66,9 +103,16 @@ def _str(msg: dict[str, Any], name: str, what: str) -> str:
 def _time_ns(msg: dict[str, Any], name: str, what: str) -> int:
     value = _str(msg, name, what)
     try:
-        return parse_rfc3339_ns(value)
+        ns = parse_rfc3339_ns(value)
     except ValueError as err:
-        raise WireError(f"{what}: '{name}': {err}") from None
+        raise WireError(f"{what}: '{name}': {cut(str(err))}") from None
+    if not _I64[0] <= ns <= _I64[1]:
+        # Views keep int64 nanoseconds: such a time would fail every partition it falls in.
+        raise WireError(
+            f"{what}: '{name}' {shown(value)} is outside the representable range"
+            f" [{format_rfc3339_ns(_I64[0])}, {format_rfc3339_ns(_I64[1])}]"
+        )
+    return ns
 
 
 def _properties(msg: dict[str, Any], what: str) -> dict[str, str]:
@@ -86,7 +130,7 @@ def parse_process(body: bytes) -> ProcessRecord:
     msg = _decode_map(body, what)
     parent = msg.get("parent_process_id")
     parent_id = None if parent in (None, "") else _uuid(msg, "parent_process_id", what)
-    return ProcessRecord(
+    record = ProcessRecord(
         process_id=_uuid(msg, "process_id", what),
         exe=_str(msg, "exe", what),
         username=_str(msg, "username", what),
@@ -100,6 +144,7 @@ def parse_process(body: bytes) -> ProcessRecord:
         parent_process_id=parent_id,
         properties=_properties(msg, what),
     )
+    return check_process(record)
 
 
 _UDT_FIELDS: dict[str, Callable[[Any], bool]] = {
@@ -147,7 +192,7 @@ def parse_stream(body: bytes) -> StreamRecord:
     tags = _field(msg, "tags", what)
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise WireError(f"{what}: 'tags' must be an array of strings")
-    return StreamRecord(
+    record = StreamRecord(
         stream_id=_uuid(msg, "stream_id", what),
         process_id=_uuid(msg, "process_id", what),
         dependencies_metadata=_udt_list(msg, "dependencies_metadata", what),
@@ -155,6 +200,7 @@ def parse_stream(body: bytes) -> StreamRecord:
         tags=tags,
         properties=_properties(msg, what),
     )
+    return check_stream(record)
 
 
 def _payload_bytes(value: Any, name: str) -> bytes:
@@ -166,19 +212,17 @@ def _payload_bytes(value: Any, name: str) -> bytes:
     raise WireError(f"Block: payload '{name}' must be a byte string (or an array of bytes)")
 
 
-def parse_block(body: bytes) -> tuple[BlockRecord, bytes]:
-    """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`."""
+def parse_block(body: bytes, inflation: InflationLimit = DEFAULT_INFLATION) -> tuple[BlockRecord, bytes]:
+    """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`, both LZ4
+    frames that inflate within `inflation`; times in the int64 nanosecond range, begin before end."""
     what = "Block"
     msg = _decode_map(body, what)
     payload = _field(msg, "payload", what)
     if not isinstance(payload, dict) or set(payload) != {"dependencies", "objects"}:
         raise WireError("Block: 'payload' must be a map with exactly 'dependencies' and 'objects'")
-    stored = cbor2.dumps(
-        {
-            "dependencies": _payload_bytes(payload["dependencies"], "dependencies"),
-            "objects": _payload_bytes(payload["objects"], "objects"),
-        }
-    )
+    dependencies = _payload_bytes(payload["dependencies"], "dependencies")
+    objects = _payload_bytes(payload["objects"], "objects")
+    stored = cbor2.dumps({"dependencies": dependencies, "objects": objects})
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
         stream_id=_uuid(msg, "stream_id", what),
@@ -191,4 +235,17 @@ def parse_block(body: bytes) -> tuple[BlockRecord, bytes]:
         object_offset=_int(msg, "object_offset", what, 0),
         payload_size=len(stored),
     )
+    check_block_range(record)
+    try:
+        check_frames(dependencies, objects, inflation)
+    except TransitError as err:
+        raise WireError(f"Block: payload: {err}") from None
     return record, stored
+
+
+def check_block_range(record: BlockRecord) -> None:
+    """WireError unless the block begins before it ends (in time and in ticks)."""
+    if record.begin_time_ns > record.end_time_ns:
+        raise WireError("Block: 'begin_time' is after 'end_time'")
+    if record.begin_ticks > record.end_ticks:
+        raise WireError(f"Block: 'begin_ticks' ({record.begin_ticks}) is after 'end_ticks' ({record.end_ticks})")

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import cbor2
+import lz4.frame
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, running_server
 
@@ -69,7 +70,7 @@ def test_same_block_twice_is_stored_once(spanlake_server: SpanlakeServer) -> Non
     block = all_blocks()[0]
     body = (RUST_FIXTURES / block["files"]["insert_block_request"]).read_bytes()
     altered = cbor2.loads(body)
-    altered["payload"]["objects"] = b"something else"
+    altered["payload"]["objects"] = lz4.frame.compress(b"something else")
     assert post(spanlake_server.http_url + "/ingestion/insert_block", body)[0] == 200
     assert post(spanlake_server.http_url + "/ingestion/insert_block", cbor2.dumps(altered))[0] == 200
 

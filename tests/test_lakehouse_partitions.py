@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
+import lz4.frame
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, post
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
@@ -146,7 +147,8 @@ def test_concurrent_materializations_leave_one_consistent_set(lake: LocalLake) -
 
 def corrupt(block: dict) -> bytes:
     message = cbor2.loads((RUST_FIXTURES / block["files"]["insert_block_request"]).read_bytes())
-    message["payload"]["objects"] = message["payload"]["objects"][:20]  # a truncated LZ4 frame
+    # A valid LZ4 frame (ingestion checks that) of a truncated objects buffer: only decoding sees it.
+    message["payload"]["objects"] = lz4.frame.compress(lz4.frame.decompress(message["payload"]["objects"])[:20])
     return cbor2.dumps(message)
 
 

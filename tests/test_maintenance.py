@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import logging
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import micromegas
+import pyarrow as pa
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server, wait_until
+from harness import PostgresServer, SpanlakeServer, query, running_server, wait_until
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
 from spanlake import tracing
@@ -23,6 +26,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.transit import decode as transit
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 from spanlake.server.maintenance import SCHEDULES, MaintenanceDaemon
 
@@ -273,3 +277,67 @@ def _global_partitions(server: SpanlakeServer, view: str) -> list[dict]:
         " WHERE view_set_name = $1 AND view_instance_id = 'global' ORDER BY begin_insert_time",
         view,
     )
+
+
+def test_schedules_survive_a_database_outage_and_run_again(
+    lake: LocalLake, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spanlake.server.maintenance")
+    lake.upload()
+    database = urllib.parse.urlsplit(lake.lake.database_url).path.lstrip("/")
+    daemon = MaintenanceDaemon(lake.lake, 90)
+    daemon.start()
+    try:
+        wait_until(lambda: len(partitions(lake, "blocks")) > 0, 15, "a first blocks partition")
+        # The outage: the database refuses connections and every open one is killed.
+        query(postgres.admin_url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        query(
+            postgres.admin_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        wait_until(lambda: "second maintenance failed (2 in a row)" in caplog.text, 20, "failures during the outage")
+        query(postgres.admin_url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        recovered = time.time_ns()
+        # New arrivals after the outage (the same blocks, inserted again now), while the schedule may
+        # still be waiting its backoff: its next run catches up.
+        lake.catalog("UPDATE blocks SET insert_time = now()")
+        after = ns_to_datetime(recovered - SECOND_NS)
+        wait_until(
+            lambda: [p["num_rows"] for p in partitions(lake, "blocks") if p["begin_insert_time"] >= after] == [34],
+            30,
+            "the blocks partition of the second after the outage",
+        )
+        wait_until(lambda: "second maintenance recovered after" in caplog.text, 10, "the recovery logged")
+        assert all(thread.is_alive() for thread in daemon._threads)
+    finally:
+        daemon.stop()
+
+
+def test_a_bad_block_is_skipped_but_a_decoder_bug_fails_the_partition(
+    lake: LocalLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minute = spread_over_a_minute(lake)
+    real_decode = transit.decode_block
+    log_blocks = {b["block_id"] for s in EXPECTED["streams"] if s["tags"] == ["log"] for b in s["blocks"]}
+    first_log_block = min(log_blocks)
+
+    def decode(error: Exception) -> Callable[..., object]:
+        def decode_block(payload: bytes, layout: object, limit: object) -> object:
+            # The envelope of the first log block (by id) fails; the others decode.
+            if lake.lake.store.get(f"blobs/{PROCESS_ID}/{log_stream}/{first_log_block}") == payload:
+                raise error
+            return real_decode(payload, layout, limit)
+
+        return decode_block
+
+    log_stream = next(s["stream_id"] for s in EXPECTED["streams"] if s["tags"] == ["log"])
+    monkeypatch.setattr(transit, "decode_block", decode(pa.ArrowInvalid("a bug, not bad data")))
+    with pytest.raises(pa.ArrowInvalid):
+        materialize_range(lake.lake, VIEW_SETS["log_entries"], minute, minute + MINUTE_NS, MINUTE_NS)
+    assert partitions(lake, "log_entries") == []
+
+    monkeypatch.setattr(transit, "decode_block", decode(transit.TransitError("bad data")))
+    materialize_range(lake.lake, VIEW_SETS["log_entries"], minute, minute + MINUTE_NS, MINUTE_NS)
+    skipped = next(b for s in EXPECTED["streams"] for b in s["blocks"] if b["block_id"] == first_log_block)
+    assert len(table_rows(lake, "log_entries")) == 148 - skipped["nb_objects"]

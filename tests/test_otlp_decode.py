@@ -575,7 +575,7 @@ def test_view_dispatch() -> None:
     payload, process, block = stored("traces", traces_request([span("s", 1, None, 1, 2)]))
     batch = view_batch(async_events.VIEW, payload, process, block, "otlp/v1/traces")
     assert batch.num_rows == 2
-    with pytest.raises(ValueError, match="view 'log_entries' has no rows for blocks of format 'otlp/v1/traces'"):
+    with pytest.raises(OtlpBlockError, match="view 'log_entries' has no rows for blocks of format 'otlp/v1/traces'"):
         view_batch(log_entries.VIEW, payload, process, block, "otlp/v1/traces")
 
 

@@ -115,7 +115,7 @@ THREAD_EVENT_TYPES = {
 }
 
 
-class CallTreeError(ValueError):
+class CallTreeError(BlockRowsError):
     """The events of a thread do not nest (an end closes a span other than the innermost open one)."""
 
 
@@ -326,7 +326,7 @@ def stream_batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
     """The thread_spans rows of one stream's decoded blocks, given in any order: call trees follow event
     time, so the blocks are ordered by their ticks, not by arrival. A stream whose blocks cannot become
     a call tree is logged and gives no rows."""
-    blocks = sorted(blocks, key=lambda transit: (transit.block.begin_ticks, transit.block.end_ticks))
+    blocks = _without_overlaps(sorted(blocks, key=lambda transit: (transit.block.begin_ticks, transit.block.end_ticks)))
     if not blocks:
         return
     first = blocks[0]
@@ -334,6 +334,24 @@ def stream_batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
         yield build_batch([(transit.block, transit.decoded) for transit in blocks], first.stream, first.latest)
     except BlockRowsError as err:
         log.warning("thread spans of stream %s not built: %s", first.block.stream_id, err)
+
+
+def _without_overlaps(blocks: Sequence[TransitBlock]) -> list[TransitBlock]:
+    """The blocks (in tick order) but those overlapping an earlier one: a thread's blocks follow one
+    another (each begins where the previous ended), so an overlapping block (a copy under another id, a
+    forged range) is logged and left out rather than breaking the stream's call tree."""
+    kept: list[TransitBlock] = []
+    for transit in blocks:
+        if kept and transit.block.begin_ticks < kept[-1].block.end_ticks:
+            log.warning(
+                "block %s of thread stream %s overlaps block %s: skipped",
+                transit.block.block_id,
+                transit.block.stream_id,
+                kept[-1].block.block_id,
+            )
+            continue
+        kept.append(transit)
+    return kept
 
 
 VIEW = View(

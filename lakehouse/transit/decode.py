@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -61,13 +61,17 @@ from spanlake.views.decoded import U8, Column, DecodedBlock, ObjectGroup, Transi
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_INFLATION",
     "Framing",
+    "InflationLimit",
     "StreamLayout",
     "TransitError",
+    "check_frames",
     "decode_block",
     "decode_buffers",
     "decompress",
     "frame_objects",
+    "inflated_chunks",
     "object_values",
     "read_dependencies",
     "split_payload",
@@ -119,21 +123,64 @@ def _byte_buffer(envelope: dict, key: str) -> bytes:
     raise TransitError(f"block payload: missing or invalid {key!r} (expected a byte string)")
 
 
-def decompress(frame: bytes, what: str) -> bytes:
-    """An LZ4 frame → its content (an empty buffer stays empty)."""
+@dataclass(frozen=True)
+class InflationLimit:
+    """How far a block's LZ4 frame may inflate: at most `max_bytes`, and at most `max_ratio` times its
+    compressed size once past `ratio_floor` bytes (tiny frames of repeated data compress very well)."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_ratio: int = 100
+    ratio_floor: int = 1024 * 1024
+
+    def cap(self, compressed_size: int) -> int:
+        """The most bytes a frame of `compressed_size` bytes may inflate to."""
+        return min(self.max_bytes, max(self.ratio_floor, compressed_size * self.max_ratio))
+
+
+DEFAULT_INFLATION = InflationLimit()
+_INFLATE_CHUNK = 4 * 1024 * 1024
+
+
+def inflated_chunks(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATION) -> Iterator[bytes]:
+    """The content of an LZ4 frame, chunk by chunk: never more than `limit` allows, whatever the
+    frame's header declares (a header may claim 2^40 bytes), else `TransitError`."""
     if not frame:
-        return b""
+        return
+    cap = limit.cap(len(frame))
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    size, data = 0, frame
     try:
-        return lz4.frame.decompress(frame)
+        while not decompressor.eof:
+            chunk = decompressor.decompress(data, max_length=min(_INFLATE_CHUNK, cap - size + 1))
+            data = b""
+            size += len(chunk)
+            if size > cap:
+                raise TransitError(f"{what}: inflates past {cap} bytes ({len(frame)} compressed); not decoded")
+            if not chunk and decompressor.needs_input and not decompressor.eof:
+                raise TransitError(f"{what}: invalid or truncated LZ4 frame (ends before its end mark)")
+            yield chunk
     except RuntimeError as error:
         raise TransitError(f"{what}: invalid or truncated LZ4 frame ({error})") from error
 
 
-def decode_block(payload: bytes, layout: StreamLayout) -> DecodedBlock:
+def decompress(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATION) -> bytes:
+    """An LZ4 frame → its content (an empty buffer stays empty), within `limit`."""
+    return b"".join(inflated_chunks(frame, what, limit))
+
+
+def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DEFAULT_INFLATION) -> None:
+    """Raises `TransitError` unless both LZ4 frames of a block inflate within `limit` (what ingestion
+    can check of a block without its stream's metadata). Keeps no inflated byte."""
+    for frame, what in ((dependencies, "dependencies buffer"), (objects, "objects buffer")):
+        for _ in inflated_chunks(frame, what, limit):
+            pass
+
+
+def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> DecodedBlock:
     """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`)."""
     dependencies, objects = split_payload(payload)
     return decode_buffers(
-        decompress(dependencies, "dependencies buffer"), decompress(objects, "objects buffer"), layout
+        decompress(dependencies, "dependencies buffer", limit), decompress(objects, "objects buffer", limit), layout
     )
 
 

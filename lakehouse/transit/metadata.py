@@ -22,8 +22,10 @@ from functools import cached_property
 import cbor2
 import numpy as np
 
+from spanlake.lakehouse.errors import BadBlockError
 
-class TransitError(ValueError):
+
+class TransitError(BadBlockError):
     """A transit payload or its metadata is malformed; the message says what and where."""
 
 
