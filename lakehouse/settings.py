@@ -86,6 +86,28 @@ SETTINGS: tuple[Option, ...] = (
     Option("retention_days", "SPANLAKE_RETENTION_DAYS", int, 90, "days of telemetry kept by maintenance"),
     Option("self_tracing", "SPANLAKE_SELF_TRACING", _bool, True, "trace spanlake's own work into its own lake"),
     Option("log_level", "SPANLAKE_LOG_LEVEL", str, "INFO", "logging level (DEBUG, INFO, WARNING, ERROR)"),
+    Option("max_sql_bytes", "SPANLAKE_MAX_SQL_BYTES", int, 1_048_576, "longest SQL text a query may have, in bytes"),
+    Option(
+        "max_sql_depth",
+        "SPANLAKE_MAX_SQL_DEPTH",
+        int,
+        1000,
+        "deepest expression a query may have (operators chained plus parentheses nested)",
+    ),
+    Option(
+        "query_timeout_seconds",
+        "SPANLAKE_QUERY_TIMEOUT_SECONDS",
+        float,
+        300.0,
+        "time limit of a Flight SQL query, planning and streaming included; 0: none",
+    ),
+    Option(
+        "query_memory_limit_mb",
+        "SPANLAKE_QUERY_MEMORY_LIMIT_MB",
+        int,
+        4096,
+        "DataFusion memory pool of one query (MiB; sorts and aggregations spill past it); 0: unlimited",
+    ),
 )
 
 
@@ -104,6 +126,10 @@ class Settings:
     retention_days: int = 90
     self_tracing: bool = True
     log_level: str = "INFO"
+    max_sql_bytes: int = 1_048_576
+    max_sql_depth: int = 1000
+    query_timeout_seconds: float = 300.0
+    query_memory_limit_mb: int = 4096
 
     @property
     def lake_uri(self) -> str:

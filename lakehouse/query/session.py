@@ -3,6 +3,11 @@
 Table functions run at planning time on a DataFusion runtime thread: they may block on the
 catalog (through the lake's loop) and write partitions, but must never call back into a
 SessionContext on that thread (it panics); nothing here does.
+
+Nothing registered in a session holds the session itself: the session holds its functions and
+schema provider through Rust, out of the garbage collector's sight, so a function capturing it
+would make a cycle that is never freed (every query's session leaked). The DataFrames the
+functions return are built in a context of their own (`frames_context`), which holds no Python.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, SessionConfig, SessionContext, Table, col, lit, udf, udtf
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
@@ -32,14 +37,26 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 def session_config() -> SessionConfig:
     # No repartitioning of single-partition inputs: it would run the volatile, ordered chunk generator
     # of perfetto_trace_chunks on several threads at once, out of order. Scans of several partition
-    # files still run in parallel (one stream per file).
+    # files still run in parallel (one stream per file). No hash repartitioning of aggregations and
+    # windows either: DataFusion 55 can hang forever after "Resources exhausted" in a repartitioned
+    # GROUP BY (1 run in 10 to 60 with a small pool; none in 80 without it).
     return (
         SessionConfig()
         .with_batch_size(BATCH_SIZE)
         .with_information_schema(True)
         .set("datafusion.optimizer.enable_round_robin_repartition", "false")
         .set("datafusion.optimizer.repartition_file_scans", "false")
+        .set("datafusion.optimizer.repartition_aggregations", "false")
+        .set("datafusion.optimizer.repartition_windows", "false")
     )
+
+
+def frames_context(lake: Lake) -> SessionContext:
+    """A fresh context (no functions, no schema provider) for the DataFrames a table function
+    returns; the query's session executes them. Cheap (tens of microseconds)."""
+    ctx = SessionContext(session_config())
+    lake.store.register_with(ctx)
+    return ctx
 
 
 def literal_string(expr: Expr, function: str, position: str) -> str:
@@ -79,9 +96,10 @@ def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
     return value
 
 
-def _scan(ctx: SessionContext, lake: Lake, view: View, keys: list[str]) -> DataFrame:
+def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
+    ctx = frames_context(lake)
     if not keys:
         return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
     frames = [ctx.read_parquet(lake.store.url(key), schema=view.schema) for key in keys]
@@ -91,17 +109,15 @@ def _scan(ctx: SessionContext, lake: Lake, view: View, keys: list[str]) -> DataF
     return frame
 
 
-def instance_table(
-    ctx: SessionContext, lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None
-) -> Table:
+def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        frame = off_runtime(_scan, ctx, lake, view, keys)
+        frame = off_runtime(_scan, lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
-        frame = off_runtime(ctx.create_dataframe, [table.to_batches()], None, view.schema)
+        frame = off_runtime(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
@@ -119,7 +135,7 @@ def _timestamp(ns: int) -> Expr:
 
 
 def _view_instance_function(
-    ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
+    lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
 ) -> Callable[..., Table]:
     def view_instance(*args: Expr) -> Table:
         if len(args) != 2:
@@ -127,7 +143,7 @@ def _view_instance_function(
         view = instances.view_set(literal_string(args[0], "view_instance", "first"))
         instance_id = literal_string(args[1], "view_instance", "second")
         with tracing.async_span("lakehouse.view_instance", trace_parent):
-            return instance_table(ctx, lake, view, instance_id, query_range)
+            return instance_table(lake, view, instance_id, query_range)
 
     return view_instance
 
@@ -145,10 +161,7 @@ class GlobalTables(SchemaProvider):
     """The global views as the session's default schema. A table is materialized only when a query
     names it: DataFusion asks for tables lazily, at planning time."""
 
-    def __init__(
-        self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
-    ) -> None:
-        self.ctx = ctx
+    def __init__(self, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext) -> None:
         self.lake = lake
         self.query_range = query_range
         self.trace_parent = trace_parent
@@ -164,7 +177,7 @@ class GlobalTables(SchemaProvider):
         if name not in GLOBAL_TABLES:
             return None
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
-            return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
+            return instance_table(self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
@@ -178,7 +191,7 @@ class GlobalTables(SchemaProvider):
         return name in GLOBAL_TABLES or name in self.registered
 
 
-def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]]:
+def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
     def retire_partitions(*args: Expr) -> Table:
         name = "retire_partitions"
         if len(args) != 4:
@@ -201,7 +214,7 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
         return Table(
             catalog_functions.materialize_partitions(
                 lake,
-                ctx,
+                frames_context(lake),
                 literal_string(args[0], name, "first"),
                 literal_timestamp_ns(args[1], name, "second"),
                 literal_timestamp_ns(args[2], name, "third"),
@@ -212,7 +225,7 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
     return [retire_partitions, materialize_partitions]
 
 
-def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
+def _perfetto_function(lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
         name = "perfetto_trace_chunks"
         if len(args) != 4:
@@ -225,36 +238,63 @@ def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.Sp
                 literal_timestamp_ns(args[2], name, "Third"),
                 literal_timestamp_ns(args[3], name, "Fourth"),
             )
-            return Table(perfetto_trace.trace_dataframe(ctx, plan))
+            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan))
 
     return perfetto_trace_chunks
 
 
+def _catalog_functions(lake: Lake) -> list[Callable[..., Table]]:
+    def list_partitions(*args: Expr) -> Table:
+        _no_arguments("list_partitions", args)
+        return Table(catalog_functions.list_partitions(lake))
+
+    def list_view_sets(*args: Expr) -> Table:
+        _no_arguments("list_view_sets", args)
+        return Table(catalog_functions.list_view_sets())
+
+    return [list_partitions, list_view_sets]
+
+
+def _no_arguments(function: str, args: tuple[Expr, ...]) -> None:
+    if args:
+        raise QueryError(f"{function} takes no arguments, given {len(args)}")
+
+
 def make_session_context(
-    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True
+    lake: Lake,
+    query_range: tuple[int, int] | None = None,
+    is_admin: bool = True,
+    memory_limit_bytes: int | None = None,
 ) -> SessionContext:
     """A session for one query. Admin functions are registered only for admins (or without auth).
+    With `memory_limit_bytes`, DataFusion's operators share a pool of that size: sorts and
+    aggregations spill past it, and what cannot spill fails with "Resources exhausted".
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        return _session_context(lake, query_range, is_admin, trace_parent)
+        return _session_context(lake, query_range, is_admin, memory_limit_bytes, trace_parent)
 
 
 def _session_context(
-    lake: Lake, query_range: tuple[int, int] | None, is_admin: bool, trace_parent: tracing.SpanContext
+    lake: Lake,
+    query_range: tuple[int, int] | None,
+    is_admin: bool,
+    memory_limit_bytes: int | None,
+    trace_parent: tracing.SpanContext,
 ) -> SessionContext:
-    ctx = SessionContext(session_config())
+    runtime = RuntimeEnvBuilder()
+    if memory_limit_bytes:
+        runtime = runtime.with_fair_spill_pool(memory_limit_bytes)
+    ctx = SessionContext(session_config(), runtime)
     lake.store.register_with(ctx)
-    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range, trace_parent))
-    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range, trace_parent), "view_instance"))
-    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
-    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
-    ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
-    if is_admin:
-        for function in _ops_functions(ctx, lake):
-            ctx.register_udtf(udtf(function, function.__name__))
+    ctx.catalog().register_schema("public", GlobalTables(lake, query_range, trace_parent))
+    ctx.register_udtf(udtf(_view_instance_function(lake, query_range, trace_parent), "view_instance"))
+    ctx.register_udtf(udtf(_perfetto_function(lake, trace_parent), "perfetto_trace_chunks"))
+    functions = _catalog_functions(lake) + (_ops_functions(lake) if is_admin else [])
+    for function in functions:
+        ctx.register_udtf(udtf(function, function.__name__))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     return ctx
