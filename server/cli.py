@@ -17,6 +17,7 @@ from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
 from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
+from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
@@ -47,7 +48,10 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
             print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
         if "flightsql" in roles:
             flight_server = FlightSqlServer(
-                f"grpc://{settings.host}:{settings.flightsql_port}", lakehouse_sessions(lake), authenticator
+                f"grpc://{settings.host}:{settings.flightsql_port}",
+                lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024),
+                authenticator,
+                limits=QueryLimits(settings.max_sql_bytes, settings.max_sql_depth, settings.query_timeout_seconds),
             )
             flight_server.serve_in_thread()
             stoppers.append(flight_server.shutdown)
@@ -73,12 +77,12 @@ def _role_name(roles: tuple[str, ...]) -> str:
     return roles[0] if len(roles) == 1 else "serve"
 
 
-def lakehouse_sessions(lake: Lake) -> SessionFactory:
+def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
     """Flight SQL's session factory: a lakehouse session per query; admin functions for admins only."""
 
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
-        return make_session_context(lake, query.query_range, is_admin=is_admin)
+        return make_session_context(lake, query.query_range, is_admin=is_admin, memory_limit_bytes=memory_limit_bytes)
 
     return make
 

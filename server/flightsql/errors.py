@@ -49,14 +49,17 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
     UNIMPLEMENTED = "unimplemented"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
 def error_class(code: Code) -> str:
     """The audit bucket of a status code, as micromegas's `error_class`."""
-    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED):
+    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.CANCELLED):
         return "user"
-    if code is Code.RESOURCE_EXHAUSTED:
+    if code in (Code.RESOURCE_EXHAUSTED, Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE):
         return "resource"
     return "internal"
 
@@ -82,8 +85,12 @@ class Failure(Exception):
             return InvalidArgument(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
         if self.code is Code.UNIMPLEMENTED:
             return Unimplemented(self.message) if _TRACEBACK_HIDDEN else flight.FlightServerError(self.message)
-        if self.code is Code.RESOURCE_EXHAUSTED:
+        if self.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE):
             return flight.FlightUnavailableError(self.message)
+        if self.code is Code.DEADLINE_EXCEEDED:
+            return flight.FlightTimedOutError(self.message)
+        if self.code is Code.CANCELLED:
+            return flight.FlightCancelledError(self.message)
         return flight.FlightInternalError(self.message)
 
 
@@ -136,6 +143,18 @@ def invalid_argument(message: str, query_id: str | None = None) -> Failure:
 
 def unimplemented(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.UNIMPLEMENTED, client_message(message, query_id))
+
+
+def deadline_exceeded(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.DEADLINE_EXCEEDED, client_message(message, query_id))
+
+
+def cancelled(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.CANCELLED, client_message(message, query_id))
+
+
+def unavailable(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.UNAVAILABLE, client_message(message, query_id))
 
 
 def internal(message: str, query_id: str | None = None) -> Failure:

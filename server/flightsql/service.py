@@ -12,6 +12,11 @@ Handles are stateless, so several server processes can sit behind one (balanced)
 short-lived plan cache saves replanning when the calls of one query land on the same process.
 
 Handlers raise `errors.Failure`; `_rpc` turns it into the exception pyarrow needs for the status.
+
+Each statement is planned and executed on a thread of its own (`QueryThread`: a large stack, and
+stoppable): the handler waits for each step, and stops the query when the client cancels or goes
+away, when it runs past its time limit, or when the server shuts down. SQL over the size or depth
+limits never reaches the planner (`limits.QueryLimits`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from spanlake.server.flightsql.headers import (
     client_attribution,
     parse_query_headers,
 )
+from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
+from spanlake.server.flightsql.query_thread import QueryThread
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.flightsql.streaming import output_schema, result_batches
 
@@ -118,6 +125,7 @@ class FlightSqlServer(flight.FlightServerBase):
         authenticator: Authenticator | None,
         *,
         plan_cache: PlanCache | None = None,
+        limits: QueryLimits | None = None,
     ) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
@@ -128,7 +136,11 @@ class FlightSqlServer(flight.FlightServerBase):
             raise OSError(f"Flight SQL cannot listen on {location} (address in use?): {err}") from None
         self._session_factory = session_factory
         self._plans = plan_cache if plan_cache is not None else PlanCache()
+        self._limits = limits if limits is not None else QueryLimits()
         self._waiter: threading.Thread | None = None
+        self._queries: set[QueryThread] = set()
+        self._queries_lock = threading.Lock()
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -140,7 +152,13 @@ class FlightSqlServer(flight.FlightServerBase):
         return self.port
 
     def shutdown(self) -> None:
-        """Stops accepting calls and waits for the ones under way (call it from outside a handler)."""
+        """Stops the queries under way, stops accepting calls and waits for the calls under way
+        (call it from outside a handler)."""
+        with self._queries_lock:
+            self._stopping = True
+            running = list(self._queries)
+        for query in running:
+            query.stop(errors.unavailable("the server is shutting down"))
         super().shutdown()
         if self._waiter is not None:
             self._waiter.join()
@@ -233,7 +251,11 @@ class FlightSqlServer(flight.FlightServerBase):
             call = _call(context)
             audit = QueryAudit(str(uuid.uuid4()), rpc, sql, call.client, call.principal)
             headers = _query_headers(call, audit)
-            planned = self._planned(call, sql, headers, audit, take=False)
+            query = self._open_query(context, audit)
+            try:
+                planned = self._planned(query, call, sql, headers, audit, take=False)
+            finally:
+                self._close_query(query)
             return output_schema(planned.schema, headers.preserve_dictionary)
 
     def _execute(self, context: flight.ServerCallContext, sql: str) -> flight.FlightDataStream:
@@ -262,19 +284,56 @@ class FlightSqlServer(flight.FlightServerBase):
             call.client,
             sql,
         )
-        planned = self._planned(call, sql, headers, audit, take=True)
+        query = self._open_query(context, audit)
+        try:
+            return self._stream(query, call, sql, headers, audit, query_span)
+        except BaseException:
+            self._close_query(query)
+            raise
+
+    def _stream(
+        self,
+        query: QueryThread,
+        call: _Call,
+        sql: str,
+        headers: QueryHeaders,
+        audit: QueryAudit,
+        query_span: tracing.OpenAsyncSpan,
+    ) -> flight.FlightDataStream:
+        planned = self._planned(query, call, sql, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
         try:
             with tracing.attach(execute_span.context):
-                stream = planned.df.execute_stream()
+                stream = query.run(planned.df.execute_stream)
+        except Failure as failure:
+            execute_span.end()
+            raise _failed(audit, failure) from None
         except Exception as exc:
             execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
-        batches = result_batches(stream, schema, audit, context.is_cancelled, (execute_span, query_span))
+
+        def next_batch() -> pa.RecordBatch | None:
+            # DataFusion's work for the batch runs as a child of the execution span.
+            with tracing.attach(execute_span.context):
+                batch = next(stream, None)
+            return None if batch is None else batch.to_pyarrow()
+
+        batches = result_batches(
+            functools.partial(query.run, next_batch),
+            schema,
+            audit,
+            (execute_span, query_span),
+            on_end=functools.partial(self._close_query, query),
+        )
         return flight.GeneratorStream(schema, batches)
 
-    def _planned(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit, take: bool) -> PlannedQuery:
+    def _planned(
+        self, query: QueryThread, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit, take: bool
+    ) -> PlannedQuery:
+        problem = self._limits.sql_problem(sql)
+        if problem is not None:
+            raise _failed(audit, errors.invalid_argument(problem, audit.query_id))
         key = (sql, headers.query_range, headers.limit, call.principal.name if call.principal else None)
         planned = self._plans.get(key, take=take)
         if planned is not None:
@@ -283,23 +342,53 @@ class FlightSqlServer(flight.FlightServerBase):
         started = time.perf_counter()
         # The session is built inside the planning span: its table functions take it as parent.
         with tracing.async_span("flightsql.plan"):
-            ctx = self._session(call, headers, audit)
             try:
-                planned = _plan(ctx, sql, headers.limit, audit.query_id)
+                planned = query.run(self._plan, call, sql, headers, audit.query_id)
             except Failure as failure:
-                audit.planning_ms = (time.perf_counter() - started) * 1000.0
                 raise _failed(audit, failure) from None
-        audit.planning_ms = (time.perf_counter() - started) * 1000.0
+            finally:
+                audit.planning_ms = (time.perf_counter() - started) * 1000.0
         if not take:
             self._plans.put(key, planned)
         return planned
 
-    def _session(self, call: _Call, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
-        query = QueryContext(audit.query_id, headers.query_range, headers.limit, call.principal, call.client)
+    def _plan(self, call: _Call, sql: str, headers: QueryHeaders, query_id: str) -> PlannedQuery:
+        """The query's session, and the SQL planned in it (table functions run here); raises Failure."""
         try:
-            return self._session_factory(query)
+            ctx = self._session_factory(
+                QueryContext(query_id, headers.query_range, headers.limit, call.principal, call.client)
+            )
         except Exception as exc:
-            raise _failed(audit, errors.classify("error building session context", exc, audit.query_id)) from None
+            raise errors.classify("error building session context", exc, query_id) from None
+        return _plan(ctx, sql, headers.limit, query_id)
+
+    def _open_query(self, context: flight.ServerCallContext, audit: QueryAudit) -> QueryThread:
+        """A thread for the query, stopped when the client cancels or goes away, or at its deadline."""
+        timeout = self._limits.timeout_seconds
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        query_id = audit.query_id
+
+        def should_stop() -> Failure | None:
+            if context.is_cancelled():
+                return errors.cancelled("the client cancelled the query or went away", query_id)
+            if deadline is not None and time.monotonic() > deadline:
+                return errors.deadline_exceeded(
+                    f"the query ran past its time limit of {timeout:g} s (SPANLAKE_QUERY_TIMEOUT_SECONDS)", query_id
+                )
+            return None
+
+        query = QueryThread(f"query-{query_id[:8]}", should_stop)
+        with self._queries_lock:
+            if not self._stopping:
+                self._queries.add(query)
+                return query
+        query.close()
+        raise _failed(audit, errors.unavailable("the server is shutting down", query_id))
+
+    def _close_query(self, query: QueryThread) -> None:
+        query.close()
+        with self._queries_lock:
+            self._queries.discard(query)
 
     # -- metadata -------------------------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+"""Each query's DataFusion work runs on a thread of its own, which can be stopped.
+
+* Stack: DataFusion plans and evaluates expressions recursively; the query's thread has STACK_BYTES
+  (address space, touched only as used), far more than the deepest expression QueryLimits admits.
+* Stopping: a call blocked in DataFusion (planning, the next batch) cannot be abandoned from outside,
+  but datafusion-python runs a line of Python on the waiting thread about once a second (to check for
+  signals) and aborts the call, dropping its future, when that line raises. `stop` raises `Interrupted`
+  in the query's thread (PyThreadState_SetAsyncExc), so the call under way ends within about a second;
+  the stream is then dropped, and DataFusion's tasks for it with it.
+
+The caller's thread (a gRPC handler) hands each step to the query's thread with `run` and waits,
+asking `should_stop` every POLL_SECONDS whether to give up (client gone, deadline, shutdown).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import ctypes
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+STACK_BYTES = 64 * 1024 * 1024
+POLL_SECONDS = 0.05
+
+_stack_size_lock = threading.Lock()
+
+
+class Interrupted(BaseException):
+    """Raised inside a query's thread to stop it. A BaseException: no `except Exception` on the way
+    (in a table function, say) may swallow it."""
+
+
+_Job = tuple[concurrent.futures.Future, contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+
+
+class QueryThread:
+    """The thread of one query. `run` steps on it; `close` when done; `stop` from any thread."""
+
+    def __init__(self, name: str, should_stop: Callable[[], BaseException | None]) -> None:
+        self._should_stop = should_stop
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._interrupted = False
+        self._stopped: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        with _stack_size_lock:
+            previous = threading.stack_size(STACK_BYTES)
+            try:
+                self._thread.start()
+            finally:
+                threading.stack_size(previous)
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on the query's thread, in the caller's context variables. Raises what
+        it raises, or what `should_stop` (or `stop`) gave, once the query is stopped."""
+        if self._stopped is not None:
+            raise self._stopped
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, contextvars.copy_context(), function, args))
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                reason = self._stopped or self._should_stop()
+                if reason is not None:
+                    self.stop(reason)
+                    raise reason from None
+
+    def stop(self, reason: BaseException) -> None:
+        """Stops the query for `reason`: interrupts the step under way and ends the thread."""
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = reason
+            if self._busy and not self._interrupted:
+                self._interrupted = True
+                _raise_in_thread(self._thread, Interrupted)
+        self._jobs.put(None)
+
+    def close(self) -> None:
+        """Ends the thread once its last step is done."""
+        self._jobs.put(None)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped is not None
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                self._run_job(*job)
+        except Interrupted:
+            pass  # stopped between two steps: nobody waits for this thread any more
+
+    def _run_job(
+        self, future: concurrent.futures.Future, context: contextvars.Context, function: Callable, args: tuple
+    ) -> None:
+        with self._lock:
+            if self._stopped is not None:
+                return
+            self._busy = True
+        try:
+            result = context.run(function, *args)
+        except BaseException as exc:  # every outcome of the step goes back to the waiting thread
+            outcome: BaseException | None = exc
+        else:
+            outcome = None
+        with self._lock:
+            self._busy = False
+        if outcome is None:
+            future.set_result(result)
+        else:
+            future.set_exception(outcome)
+
+
+def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
+    """Makes `exception` raise in `thread` at its next line of Python."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
