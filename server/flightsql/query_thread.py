@@ -19,6 +19,7 @@ import contextvars
 import ctypes
 import queue
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -108,6 +109,7 @@ class QueryThread:
             result = context.run(function, *args)
         except BaseException as exc:  # every outcome of the step goes back to the waiting thread
             outcome: BaseException | None = exc
+            _clear_locals(exc)
         else:
             outcome = None
         with self._lock:
@@ -116,6 +118,22 @@ class QueryThread:
             future.set_result(result)
         else:
             future.set_exception(outcome)
+
+
+def _clear_locals(exc: BaseException) -> None:
+    """Clears the local variables of the frames the exception went through (its text and traceback
+    lines stay): the exception lives on in a future and in cycles, and those frames hold the query's
+    DataFusion stream, whose tasks run for as long as it is referenced."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
 
 
 def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:

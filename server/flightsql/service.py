@@ -54,7 +54,7 @@ from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
 from spanlake.server.flightsql.query_thread import QueryThread
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
-from spanlake.server.flightsql.streaming import output_schema, result_batches
+from spanlake.server.flightsql.streaming import DataFusionBatches, output_schema, result_batches
 
 _log = logging.getLogger("spanlake.flightsql")
 
@@ -313,18 +313,15 @@ class FlightSqlServer(flight.FlightServerBase):
             execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
 
-        def next_batch() -> pa.RecordBatch | None:
-            # DataFusion's work for the batch runs as a child of the execution span.
-            with tracing.attach(execute_span.context):
-                batch = next(stream, None)
-            return None if batch is None else batch.to_pyarrow()
+        reader = DataFusionBatches(stream, execute_span.context)
+        del stream  # the reader holds the only reference, dropped when the stream ends
+
+        def end() -> None:
+            reader.close()
+            self._close_query(query)
 
         batches = result_batches(
-            functools.partial(query.run, next_batch),
-            schema,
-            audit,
-            (execute_span, query_span),
-            on_end=functools.partial(self._close_query, query),
+            functools.partial(query.run, reader.next_batch), schema, audit, (execute_span, query_span), end
         )
         return flight.GeneratorStream(schema, batches)
 

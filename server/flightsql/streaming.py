@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -81,6 +82,29 @@ def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
 
 def has_dictionary(schema: pa.Schema) -> bool:
     return any(hydrated_type(field.type) != field.type for field in schema)
+
+
+class DataFusionBatches:
+    """Pyarrow batches pulled from a DataFusion stream. `close` drops the stream, and with it
+    DataFusion's tasks for the query, even while a stopped step or an exception's traceback still
+    holds this object."""
+
+    def __init__(self, stream: Any, execution: tracing.SpanContext) -> None:
+        self._stream = stream
+        self._execution = execution
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        """The next batch, or None at the end (or once closed)."""
+        if self._stream is None:
+            return None
+        # DataFusion's work for the batch runs as a child of the execution span. No local variable
+        # holds the stream: a traceback through this frame would keep it (and its tasks) alive.
+        with tracing.attach(self._execution):
+            batch = next(self._stream, None)
+        return None if batch is None else batch.to_pyarrow()
+
+    def close(self) -> None:
+        self._stream = None
 
 
 def result_batches(
