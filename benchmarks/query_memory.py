@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # between two yields of DataFusion's scheduler (every 128 input batches).
 ENDLESS = "SELECT sum(a.value * b.value) AS s FROM range({build}) a CROSS JOIN range(1000000000000000) b"
 DEADLINE_SECONDS = 2.0
+IDLE_WINDOWS = 4  # a starved busy server can look idle for a moment on a loaded machine
 MAX_WAIT_SECONDS = 30.0
 
 
@@ -100,7 +101,7 @@ def _cpu_share(pid: int, seconds: float) -> float:
 
 def stop_delay(uri: str, pid: int, build_rows: int) -> tuple[float, float]:
     """(cores the query used, seconds from the client's deadline to the server's CPU going idle:
-    under a fifth of that over a quarter second; MAX_WAIT_SECONDS if never)."""
+    under a fifth of that for IDLE_WINDOWS quarter seconds in a row; MAX_WAIT_SECONDS if never)."""
     client = flight.connect(uri)
     done = threading.Event()
 
@@ -116,9 +117,17 @@ def stop_delay(uri: str, pid: int, build_rows: int) -> tuple[float, float]:
     done.wait()
     gave_up = time.monotonic()
     client.close()
+    idle_since: float | None = None
+    idle_windows = 0
     while time.monotonic() - gave_up < MAX_WAIT_SECONDS:
+        window_start = time.monotonic()
         if _cpu_share(pid, 0.25) < busy / 5:
-            return busy, time.monotonic() - gave_up
+            idle_since = window_start if idle_windows == 0 else idle_since
+            idle_windows += 1
+            if idle_windows == IDLE_WINDOWS and idle_since is not None:
+                return busy, max(0.0, idle_since - gave_up)
+        else:
+            idle_windows = 0
     return busy, MAX_WAIT_SECONDS
 
 
