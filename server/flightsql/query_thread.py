@@ -12,6 +12,10 @@
 
 The caller's thread (a gRPC handler) hands each step to the query's thread with `run` and waits,
 asking `should_stop` every POLL_SECONDS whether to give up (client gone, deadline, shutdown).
+
+The threads are reused from query to query (a new thread per query would also be a new cpu stream in
+spanlake's self-tracing, each time); one that was interrupted is retired instead, so that an
+interruption can never reach another query.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import ctypes
+import itertools
 import queue
 import threading
 import traceback
@@ -29,8 +34,7 @@ T = TypeVar("T")
 
 STACK_BYTES = 64 * 1024 * 1024
 POLL_SECONDS = 0.05
-
-_stack_size_lock = threading.Lock()
+MAX_IDLE_THREADS = 8
 
 
 class Interrupted(BaseException):
@@ -38,34 +42,73 @@ class Interrupted(BaseException):
     (in a table function, say) may swallow it."""
 
 
-_Job = tuple[concurrent.futures.Future, contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+class _Worker:
+    """A thread with a large stack running steps one after another until given None."""
+
+    _count = itertools.count(1)
+    _stack_size_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.steps: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=f"spanlake-query-{next(self._count)}", daemon=True)
+        with self._stack_size_lock:
+            previous = threading.stack_size(STACK_BYTES)
+            try:
+                self.thread.start()
+            finally:
+                threading.stack_size(previous)
+
+    def _serve(self) -> None:
+        try:
+            while (step := self.steps.get()) is not None:
+                step()
+        except Interrupted:
+            pass  # interrupted between two steps: this worker is being retired anyway
+
+
+class _Workers:
+    """Idle workers, reused by the next queries."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Worker()
+
+    def give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_THREADS:
+                self._idle.append(worker)
+                return
+        worker.steps.put(None)
+
+
+_workers = _Workers()
 
 
 class QueryThread:
     """The thread of one query. `run` steps on it; `close` when done; `stop` from any thread."""
 
-    def __init__(self, name: str, should_stop: Callable[[], BaseException | None]) -> None:
+    def __init__(self, should_stop: Callable[[], BaseException | None]) -> None:
         self._should_stop = should_stop
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker: _Worker | None = _workers.take()
         self._lock = threading.Lock()
         self._busy = False
         self._interrupted = False
         self._stopped: BaseException | None = None
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        with _stack_size_lock:
-            previous = threading.stack_size(STACK_BYTES)
-            try:
-                self._thread.start()
-            finally:
-                threading.stack_size(previous)
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` on the query's thread, in the caller's context variables. Raises what
         it raises, or what `should_stop` (or `stop`) gave, once the query is stopped."""
-        if self._stopped is not None:
-            raise self._stopped
+        if self._stopped is not None or self._worker is None:
+            raise self._stopped or RuntimeError("the query's thread is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((future, contextvars.copy_context(), function, args))
+        context = contextvars.copy_context()
+        self._worker.steps.put(lambda: self._run_step(future, context, function, args))
         while True:
             try:
                 return future.result(timeout=POLL_SECONDS)
@@ -76,31 +119,27 @@ class QueryThread:
                     raise reason from None
 
     def stop(self, reason: BaseException) -> None:
-        """Stops the query for `reason`: interrupts the step under way and ends the thread."""
+        """Stops the query for `reason`, interrupting the step under way, if any."""
         with self._lock:
             if self._stopped is None:
                 self._stopped = reason
-            if self._busy and not self._interrupted:
+            if self._busy and not self._interrupted and self._worker is not None:
                 self._interrupted = True
-                _raise_in_thread(self._thread, Interrupted)
-        self._jobs.put(None)
+                _raise_in_thread(self._worker.thread, Interrupted)
 
     def close(self) -> None:
-        """Ends the thread once its last step is done."""
-        self._jobs.put(None)
+        """Gives the thread back for other queries; retires it if it was interrupted."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+            interrupted = self._interrupted
+        if worker is None:
+            return
+        if interrupted:
+            worker.steps.put(None)
+        else:
+            _workers.give_back(worker)
 
-    @property
-    def stopped(self) -> bool:
-        return self._stopped is not None
-
-    def _serve(self) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                self._run_job(*job)
-        except Interrupted:
-            pass  # stopped between two steps: nobody waits for this thread any more
-
-    def _run_job(
+    def _run_step(
         self, future: concurrent.futures.Future, context: contextvars.Context, function: Callable, args: tuple
     ) -> None:
         with self._lock:

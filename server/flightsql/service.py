@@ -374,7 +374,7 @@ class FlightSqlServer(flight.FlightServerBase):
                 )
             return None
 
-        query = QueryThread(f"query-{query_id[:8]}", should_stop)
+        query = QueryThread(should_stop)
         with self._queries_lock:
             if not self._stopping:
                 self._queries.add(query)
