@@ -340,16 +340,16 @@ class FlightSqlServer(flight.FlightServerBase):
         # The session is built inside the planning span: its table functions take it as parent.
         with tracing.async_span("flightsql.plan"):
             try:
-                planned = query.run(self._plan, call, sql, headers, audit.query_id)
+                planned = query.run(self._plan_in_session, call, sql, headers, audit.query_id)
             except Failure as failure:
-                raise _failed(audit, failure) from None
-            finally:
                 audit.planning_ms = (time.perf_counter() - started) * 1000.0
+                raise _failed(audit, failure) from None
+        audit.planning_ms = (time.perf_counter() - started) * 1000.0
         if not take:
             self._plans.put(key, planned)
         return planned
 
-    def _plan(self, call: _Call, sql: str, headers: QueryHeaders, query_id: str) -> PlannedQuery:
+    def _plan_in_session(self, call: _Call, sql: str, headers: QueryHeaders, query_id: str) -> PlannedQuery:
         """The query's session, and the SQL planned in it (table functions run here); raises Failure."""
         try:
             ctx = self._session_factory(
