@@ -153,6 +153,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         64 * 1024 * 1024,
         "most bytes one LZ4 buffer of a block may inflate to (checked at ingestion and at decoding)",
+        SERVING,
     ),
     Option(
         "max_inflation_ratio",
@@ -160,6 +161,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         100,
         "most times its compressed size a block buffer may inflate to, past 1 MiB",
+        SERVING,
     ),
     Option(
         "request_body_timeout_s",
@@ -167,6 +169,39 @@ SETTINGS: tuple[Option, ...] = (
         float,
         30.0,
         "seconds an ingestion request may take to send its body before the server closes it (408)",
+        ("serve", "ingest"),
+    ),
+    Option(
+        "max_sql_bytes",
+        "SPANLAKE_MAX_SQL_BYTES",
+        int,
+        1_048_576,
+        "longest SQL text a query may have, in bytes",
+        ("serve", "flightsql"),
+    ),
+    Option(
+        "max_sql_depth",
+        "SPANLAKE_MAX_SQL_DEPTH",
+        int,
+        1000,
+        "deepest expression a query may have (operators chained plus parentheses nested)",
+        ("serve", "flightsql"),
+    ),
+    Option(
+        "query_timeout_seconds",
+        "SPANLAKE_QUERY_TIMEOUT_SECONDS",
+        float,
+        300.0,
+        "time limit of a Flight SQL query, planning and streaming included; 0: none",
+        ("serve", "flightsql"),
+    ),
+    Option(
+        "query_memory_limit_mb",
+        "SPANLAKE_QUERY_MEMORY_LIMIT_MB",
+        int,
+        4096,
+        "DataFusion memory pool of one query (MiB; sorts and aggregations spill past it); 0: unlimited",
+        ("serve", "flightsql"),
     ),
 )
 
@@ -191,6 +226,10 @@ class Settings:
     max_inflated_block_bytes: int = 64 * 1024 * 1024
     max_inflation_ratio: int = 100
     request_body_timeout_s: float = 30.0
+    max_sql_bytes: int = 1_048_576
+    max_sql_depth: int = 1000
+    query_timeout_seconds: float = 300.0
+    query_memory_limit_mb: int = 4096
 
     @property
     def lake_uri(self) -> str:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ KeyHashLookup = Callable[[bytes], "Principal | None"]
 _CACHE_SECONDS = 5.0
 _UNKNOWN_CACHE_SECONDS = 2.0
 _KEYS_EXIST_SECONDS = 2.0
+# Any client may send any number of made-up keys: the cache keeps at most this many, oldest out first.
+MAX_CACHED_KEYS = 10_000
 
 
 def parse_api_keys(text: str | None) -> dict[str, str]:
@@ -80,7 +83,7 @@ class Authenticator:
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookup_hash = lookup_hash
         self._admins = admins
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
         # Given: with no configured key, requests need one only while the api_keys table has some.
         self._database_has_keys = database_has_keys
@@ -121,7 +124,15 @@ class Authenticator:
         ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
         with self._lock:
             self._cache[digest] = (now + ttl, principal)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > MAX_CACHED_KEYS:
+                self._cache.popitem(last=False)
         return principal
+
+    @property
+    def cached_keys(self) -> int:
+        with self._lock:
+            return len(self._cache)
 
 
 def bearer_token(authorization: str | None) -> str:

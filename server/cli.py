@@ -22,6 +22,7 @@ from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arg
 from spanlake.server import perfetto_command, query_command
 from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
 from spanlake.server.flightsql.audit import AUDIT_LOGGER
+from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
@@ -97,8 +98,9 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
             try:
                 flight_server = FlightSqlServer(
                     f"grpc://{settings.host}:{settings.flightsql_port}",
-                    lakehouse_sessions(lake),
+                    lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024),
                     authenticator,
+                    limits=QueryLimits(settings.max_sql_bytes, settings.max_sql_depth, settings.query_timeout_seconds),
                     cluster=query_cluster(lake, settings),
                     bulk_ingest=functools.partial(bulk_ingest, lake),
                 )
@@ -142,14 +144,16 @@ def query_cluster(lake: Lake, settings: Settings) -> QueryCluster | None:
     return QueryCluster(lake, settings.query_cluster, settings.cluster_min_bytes)
 
 
-def lakehouse_sessions(lake: Lake) -> SessionFactory:
+def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
     """Flight SQL's session factory: a lakehouse session per query; admin functions for admins only."""
 
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
         admit(lake, query, is_admin)
         identity = query.principal.name if query.principal is not None else "anonymous"
-        return make_session_context(lake, query.query_range, is_admin=is_admin, identity=identity)
+        return make_session_context(
+            lake, query.query_range, is_admin=is_admin, identity=identity, memory_limit_bytes=memory_limit_bytes
+        )
 
     return make
 

@@ -96,8 +96,10 @@ def capture_audit(caplog: pytest.LogCaptureFixture) -> None:
 
 
 _GRPC_CODES = {
+    1: "CANCELLED",
     2: "UNKNOWN",
     3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
     5: "NOT_FOUND",
     12: "UNIMPLEMENTED",
     13: "INTERNAL",
@@ -108,6 +110,8 @@ _GRPC_CODES = {
 _EXCEPTION_CODES = (
     (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
     (flight.FlightUnavailableError, "UNAVAILABLE"),
+    (flight.FlightTimedOutError, "DEADLINE_EXCEEDED"),
+    (flight.FlightCancelledError, "CANCELLED"),
     (flight.FlightInternalError, "INTERNAL"),
     (flight.FlightServerError, "UNKNOWN"),
     (pa.ArrowInvalid, "INVALID_ARGUMENT"),

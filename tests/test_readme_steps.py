@@ -289,7 +289,14 @@ def test_spanlake_alone_prints_the_getting_started_text(plain_venv: Path) -> Non
 
 
 ROLE_FLAGS = {
-    "ingest": {"--http-port", "--api-keys", "--disable-auth", "--no-disable-auth", "--host"},
+    "ingest": {
+        "--http-port",
+        "--api-keys",
+        "--disable-auth",
+        "--no-disable-auth",
+        "--host",
+        "--request-body-timeout-s",
+    },
     "flightsql": {
         "--flightsql-port",
         "--api-keys",
@@ -299,12 +306,23 @@ ROLE_FLAGS = {
         "--host",
         "--query-cluster",
         "--cluster-min-bytes",
+        "--max-sql-bytes",
+        "--max-sql-depth",
+        "--query-timeout-seconds",
+        "--query-memory-limit-mb",
     },
     "maintain": {"--retention-days"},
     "web": {"--http-port", "--api-keys", "--admins", "--disable-auth", "--no-disable-auth", "--host"},
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
-SERVING_FLAGS = {"--object-store-uri", "--s3-endpoint", "--self-tracing", "--no-self-tracing"}
+SERVING_FLAGS = {
+    "--object-store-uri",
+    "--s3-endpoint",
+    "--self-tracing",
+    "--no-self-tracing",
+    "--max-inflated-block-bytes",
+    "--max-inflation-ratio",
+}
 
 
 def _flags(command: str) -> set[str]:

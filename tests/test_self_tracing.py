@@ -185,9 +185,18 @@ def test_perfetto_trace_of_spanlake_itself(traced) -> None:
         "catalog.instance_coverage",
     } <= names
     # The trace's own generation is traced: planning under the query's planning, chunks under its execution.
-    wait_until(lambda: "perfetto.generate_chunks" in set(_spans(client, own).name), 30, "perfetto spans")
+    # Children and parents are recorded by different threads (the query's, the gRPC handler's), whose
+    # streams are flushed apart: wait for both.
+    pairs = (("perfetto.plan", "flightsql.plan"), ("perfetto.generate_chunks", "flightsql.execute"))
+
+    def linked() -> bool:
+        spans = _spans(client, own)
+        children = [spans[spans.name == child] for child, _ in pairs]
+        return all(len(rows) and rows.parent_span_id.iloc[0] in spans.index for rows in children)
+
+    wait_until(linked, 30, "perfetto spans and their parents")
     spans = _spans(client, own)
-    for child, parent in (("perfetto.plan", "flightsql.plan"), ("perfetto.generate_chunks", "flightsql.execute")):
+    for child, parent in pairs:
         row = spans[spans.name == child].iloc[0]
         assert spans.loc[row.parent_span_id, "name"] == parent
 

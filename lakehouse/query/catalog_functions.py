@@ -18,6 +18,7 @@ from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
+from spanlake.views.view import View
 
 PARTITIONS_SCHEMA = pa.schema(
     [
@@ -126,35 +127,51 @@ def materialize_partitions(
 ) -> DataFrame:
     """Materializes the global instance of a view bucket by bucket over [begin, end) (buckets of
     `delta_seconds`, aligned on multiples of it; default: the view's longest partition), as the
-    maintenance daemon does. One `(time, msg)` row per bucket, each bucket done as the client reads
-    its row, so progress streams to the client."""
+    maintenance daemon does. One `(time, msg)` row per bucket, done as the client reads, so progress
+    streams to the client and nothing is allocated per bucket ahead of the work: the buckets are
+    handed out in at most MAX_PAGES pages (one bucket per page for ranges up to that many)."""
     view = view_set(view_set_name)
     if not view.has_global_instance:
         raise QueryError(f"materialize_partitions: {view.name} has no global instance")
     if begin_ns >= end_ns:
         raise QueryError("materialize_partitions: begin must be before end")
-    delta = (delta_seconds or view.max_partition_seconds) * SECOND_NS
-    if delta <= 0:
+    if delta_seconds is not None and delta_seconds <= 0:
         raise QueryError("materialize_partitions: partition_delta_seconds must be positive")
-    buckets = range(begin_ns // delta * delta, -(-end_ns // delta) * delta, delta)
+    delta = (delta_seconds or view.max_partition_seconds) * SECOND_NS
+    first = begin_ns // delta * delta
+    count = -(-end_ns // delta) - begin_ns // delta
+    if first < -MAX_NS or first + count * delta > MAX_NS:
+        raise QueryError("materialize_partitions: the buckets must lie within 1677-09-21 and 2262-04-11")
+    per_page = -(-count // MAX_PAGES)
+    pages = -(-count // per_page)
 
-    def materialize(bucket_indices: pa.Array) -> pa.StructArray:
-        times, messages = [], []
-        for index in bucket_indices.to_pylist():
-            begin = buckets[index]
-            lines: list[str] = []
-            materialize_range(lake, view, begin, begin + delta, delta, lines.append)
-            messages.append(
-                "; ".join(lines)
-                or f"{view.name} [{format_rfc3339_ns(begin)}, {format_rfc3339_ns(begin + delta)}): up to date"
-            )
-            times.append(time.time_ns())
-        return pa.StructArray.from_arrays(
-            [pa.array(times, pa.int64()).cast(TIMESTAMP), pa.array(messages)], fields=list(LOG_SCHEMA)
+    def materialize(page_ids: pa.Array) -> pa.ListArray:
+        offsets, times, messages = [0], [], []
+        for page in page_ids.to_pylist():
+            for index in range(page * per_page, min((page + 1) * per_page, count)):
+                messages.append(_materialize_bucket(lake, view, first + index * delta, delta))
+                times.append(time.time_ns())
+            offsets.append(len(messages))
+        rows = pa.StructArray.from_arrays(
+            [pa.array(times, pa.int64()).cast(TIMESTAMP), pa.array(messages, pa.utf8())], fields=list(LOG_SCHEMA)
         )
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), rows)
 
-    step = udf(materialize, [pa.int32()], pa.struct(list(LOG_SCHEMA)), "volatile", "materialize_bucket")
-    tasks = [[pa.record_batch({"bucket": pa.array([i], pa.int32())}) for i in range(len(buckets))]]
-    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("bucket", pa.int32())]))
-    progress = frame.select(step(col("bucket")).alias("progress")).unnest_columns("progress")
+    step = udf(materialize, [pa.int32()], _PROGRESS_TYPE, "volatile", "materialize_buckets")
+    tasks = [[pa.record_batch({"page": pa.array([i], pa.int32())}) for i in range(pages)]]
+    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("page", pa.int32())]))
+    progress = frame.select(step(col("page")).alias("progress")).unnest_columns("progress").unnest_columns("progress")
     return progress.select(col('"progress.time"').alias("time"), col('"progress.msg"').alias("msg"))
+
+
+MAX_PAGES = 1024  # rows of materialize_partitions' task table, whatever the number of buckets
+MAX_NS = 2**63 - 1
+_PROGRESS_TYPE = pa.list_(pa.field("item", pa.struct(list(LOG_SCHEMA))))
+
+
+def _materialize_bucket(lake: Lake, view: View, begin: int, delta: int) -> str:
+    """Materializes one bucket; its progress line."""
+    lines: list[str] = []
+    materialize_range(lake, view, begin, begin + delta, delta, lines.append)
+    span = f"[{format_rfc3339_ns(begin)}, {format_rfc3339_ns(begin + delta)})"
+    return "; ".join(lines) or f"{view.name} {span}: up to date"

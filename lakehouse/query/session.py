@@ -3,6 +3,11 @@
 Table functions run at planning time on a DataFusion runtime thread: they may block on the
 catalog (through the lake's loop) and write partitions, but must never call back into a
 SessionContext on that thread (it panics); nothing here does.
+
+Nothing registered in a session holds the session itself: the session holds its functions and
+schema provider through Rust, out of the garbage collector's sight, so a function capturing it
+would make a cycle that is never freed (every query's session leaked). The DataFrames the
+functions return are built in a context of their own (`frames_context`), which holds no Python.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, SessionConfig, SessionContext, Table, col, lit, udf, udtf
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 
@@ -41,14 +46,26 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 def session_config() -> SessionConfig:
     # No repartitioning of single-partition inputs: it would run the volatile, ordered chunk generator
     # of perfetto_trace_chunks on several threads at once, out of order. Scans of several partition
-    # files still run in parallel (one stream per file).
+    # files still run in parallel (one stream per file). No hash repartitioning of aggregations and
+    # windows either: DataFusion 55 can hang forever after "Resources exhausted" in a repartitioned
+    # GROUP BY (1 run in 10 to 60 with a small pool; none in 80 without it).
     return (
         SessionConfig()
         .with_batch_size(BATCH_SIZE)
         .with_information_schema(True)
         .set("datafusion.optimizer.enable_round_robin_repartition", "false")
         .set("datafusion.optimizer.repartition_file_scans", "false")
+        .set("datafusion.optimizer.repartition_aggregations", "false")
+        .set("datafusion.optimizer.repartition_windows", "false")
     )
+
+
+def frames_context(lake: Lake) -> SessionContext:
+    """A fresh context (no functions, no schema provider) for the DataFrames a table function
+    returns; the query's session executes them. Cheap (tens of microseconds)."""
+    ctx = SessionContext(session_config())
+    lake.store.register_with(ctx)
+    return ctx
 
 
 def literal_string(expr: Expr, function: str, position: str) -> str:
@@ -88,9 +105,10 @@ def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
     return value
 
 
-def _scan(ctx: SessionContext, lake: Lake, view: View, keys: list[str]) -> DataFrame:
+def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
+    ctx = frames_context(lake)
     if not keys:
         return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
     frames = [ctx.read_parquet(lake.store.url(key), schema=view.schema) for key in keys]
@@ -100,17 +118,15 @@ def _scan(ctx: SessionContext, lake: Lake, view: View, keys: list[str]) -> DataF
     return frame
 
 
-def instance_table(
-    ctx: SessionContext, lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None
-) -> Table:
+def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        frame = off_runtime(_scan, ctx, lake, view, keys)
+        frame = off_runtime(_scan, lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
-        frame = off_runtime(ctx.create_dataframe, [table.to_batches()], None, view.schema)
+        frame = off_runtime(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
@@ -128,7 +144,7 @@ def _timestamp(ns: int) -> Expr:
 
 
 def _view_instance_function(
-    ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
+    lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
 ) -> Callable[..., Table]:
     def view_instance(*args: Expr) -> Table:
         if len(args) != 2:
@@ -136,7 +152,7 @@ def _view_instance_function(
         view = instances.view_set(literal_string(args[0], "view_instance", "first"))
         instance_id = literal_string(args[1], "view_instance", "second")
         with tracing.async_span("lakehouse.view_instance", trace_parent):
-            return instance_table(ctx, lake, view, instance_id, query_range)
+            return instance_table(lake, view, instance_id, query_range)
 
     return view_instance
 
@@ -154,10 +170,7 @@ class GlobalTables(SchemaProvider):
     """The global views as the session's default schema. A table is materialized only when a query
     names it: DataFusion asks for tables lazily, at planning time."""
 
-    def __init__(
-        self, ctx: SessionContext, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
-    ) -> None:
-        self.ctx = ctx
+    def __init__(self, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext) -> None:
         self.lake = lake
         self.query_range = query_range
         self.trace_parent = trace_parent
@@ -173,7 +186,7 @@ class GlobalTables(SchemaProvider):
         if name not in GLOBAL_TABLES:
             return None
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
-            return instance_table(self.ctx, self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
+            return instance_table(self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
@@ -194,7 +207,7 @@ class GlobalTables(SchemaProvider):
         return name in GLOBAL_TABLES or name in self.registered
 
 
-def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]]:
+def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
     def retire_partitions(*args: Expr) -> Table:
         name = "retire_partitions"
         if len(args) != 4:
@@ -217,7 +230,7 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
         return Table(
             catalog_functions.materialize_partitions(
                 lake,
-                ctx,
+                frames_context(lake),
                 literal_string(args[0], name, "first"),
                 literal_timestamp_ns(args[1], name, "second"),
                 literal_timestamp_ns(args[2], name, "third"),
@@ -242,12 +255,12 @@ def _ops_functions(ctx: SessionContext, lake: Lake) -> list[Callable[..., Table]
     return [retire_partitions, materialize_partitions, regenerate_partitions]
 
 
-def _perfetto_function(ctx: SessionContext, lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
+def _perfetto_function(lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
             plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
-            return Table(perfetto_trace.trace_dataframe(ctx, plan))
+            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan))
 
     return perfetto_trace_chunks
 
@@ -269,17 +282,40 @@ def _block_functions(lake: Lake, query_range: tuple[int, int] | None) -> list[Ca
     return [process_spans, parse_block]
 
 
+def _catalog_functions(lake: Lake) -> list[Callable[..., Table]]:
+    def list_partitions(*args: Expr) -> Table:
+        _no_arguments("list_partitions", args)
+        return Table(catalog_functions.list_partitions(lake))
+
+    def list_view_sets(*args: Expr) -> Table:
+        _no_arguments("list_view_sets", args)
+        return Table(catalog_functions.list_view_sets())
+
+    return [list_partitions, list_view_sets]
+
+
+def _no_arguments(function: str, args: tuple[Expr, ...]) -> None:
+    if args:
+        raise QueryError(f"{function} takes no arguments, given {len(args)}")
+
+
 def make_session_context(
-    lake: Lake, query_range: tuple[int, int] | None = None, is_admin: bool = True, identity: str | None = None
+    lake: Lake,
+    query_range: tuple[int, int] | None = None,
+    is_admin: bool = True,
+    identity: str | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> SessionContext:
     """A session for one query. Admin functions are registered only for admins (or without auth);
-    `identity` (who asks) is what `deny_queries` records as a rule's author.
+    `identity` (who asks) is what `deny_queries` records as a rule's author. With
+    `memory_limit_bytes`, DataFusion's operators share a pool of that size: sorts and
+    aggregations spill past it, and what cannot spill fails with "Resources exhausted".
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        return _session_context(lake, query_range, is_admin, identity, trace_parent)
+        return _session_context(lake, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
 def _session_context(
@@ -287,21 +323,24 @@ def _session_context(
     query_range: tuple[int, int] | None,
     is_admin: bool,
     identity: str | None,
+    memory_limit_bytes: int | None,
     trace_parent: tracing.SpanContext,
 ) -> SessionContext:
-    ctx = SessionContext(session_config())
+    runtime = RuntimeEnvBuilder()
+    if memory_limit_bytes:
+        runtime = runtime.with_fair_spill_pool(memory_limit_bytes)
+    ctx = SessionContext(session_config(), runtime)
     lake.store.register_with(ctx)
-    ctx.catalog().register_schema("public", GlobalTables(ctx, lake, query_range, trace_parent))
-    ctx.register_udtf(udtf(_view_instance_function(ctx, lake, query_range, trace_parent), "view_instance"))
-    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_partitions(lake)), "list_partitions"))
-    ctx.register_udtf(udtf(lambda: Table(catalog_functions.list_view_sets()), "list_view_sets"))
-    ctx.register_udtf(udtf(_perfetto_function(ctx, lake, trace_parent), "perfetto_trace_chunks"))
-    for function in _block_functions(lake, query_range):
+    ctx.catalog().register_schema("public", GlobalTables(lake, query_range, trace_parent))
+    ctx.register_udtf(udtf(_view_instance_function(lake, query_range, trace_parent), "view_instance"))
+    ctx.register_udtf(udtf(_perfetto_function(lake, trace_parent), "perfetto_trace_chunks"))
+    table_functions = _catalog_functions(lake) + _block_functions(lake, query_range)
+    if is_admin:
+        table_functions += _ops_functions(lake)
+    for function in table_functions:
         ctx.register_udtf(udtf(function, function.__name__))
     ctx.register_udf(block_functions.get_payload_udf(lake))
     if is_admin:
-        for function in _ops_functions(ctx, lake):
-            ctx.register_udtf(udtf(function, function.__name__))
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
         ctx.register_udtf(udtf(deny_list_functions.deny_queries_function(lake, identity), "deny_queries"))
@@ -313,13 +352,6 @@ def _session_context(
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
         ctx.register_udaf(aggregate)
-    for name, table_function in functions.table_function_list(lambda: _subquery_context(lake)):
+    for name, table_function in functions.table_function_list(lambda: frames_context(lake)):
         ctx.register_udtf(udtf(table_function, name))
-    return ctx
-
-
-def _subquery_context(lake: Lake) -> SessionContext:
-    """A bare context to run a table function's subquery argument (its plan already holds its tables)."""
-    ctx = SessionContext(session_config())
-    lake.store.register_with(ctx)
     return ctx

@@ -49,16 +49,18 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
     UNIMPLEMENTED = "unimplemented"
     RESOURCE_EXHAUSTED = "resource_exhausted"
-    UNAVAILABLE = "unavailable"  # a part of the service failed mid-query: retrying may succeed
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"  # a part of the service failed or stops: retrying may succeed
     PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
 
 
 def error_class(code: Code) -> str:
     """The audit bucket of a status code, as micromegas's `error_class`."""
-    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.PERMISSION_DENIED):
+    if code in (Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.PERMISSION_DENIED, Code.CANCELLED):
         return "user"
-    if code is Code.RESOURCE_EXHAUSTED:
+    if code in (Code.RESOURCE_EXHAUSTED, Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE):
         return "resource"
     return "internal"
 
@@ -89,6 +91,10 @@ class Failure(Exception):
             return flight.FlightUnavailableError(self.message)
         if self.code is Code.PERMISSION_DENIED:
             return flight.FlightUnauthorizedError(self.message)
+        if self.code is Code.DEADLINE_EXCEEDED:
+            return flight.FlightTimedOutError(self.message)
+        if self.code is Code.CANCELLED:
+            return flight.FlightCancelledError(self.message)
         return flight.FlightInternalError(self.message)
 
 
@@ -145,6 +151,18 @@ def permission_denied(message: str) -> Failure:
 
 def unimplemented(message: str, query_id: str | None = None) -> Failure:
     return Failure(Code.UNIMPLEMENTED, client_message(message, query_id))
+
+
+def deadline_exceeded(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.DEADLINE_EXCEEDED, client_message(message, query_id))
+
+
+def cancelled(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.CANCELLED, client_message(message, query_id))
+
+
+def unavailable(message: str, query_id: str | None = None) -> Failure:
+    return Failure(Code.UNAVAILABLE, client_message(message, query_id))
 
 
 def internal(message: str, query_id: str | None = None) -> Failure:

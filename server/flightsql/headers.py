@@ -7,6 +7,7 @@ pyarrow.flight shows request headers only to a `ServerMiddlewareFactory`, so the
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,20 +75,30 @@ def _query_range(headers: dict[str, list[Any]]) -> tuple[int, int] | None:
     return begin_ns, end_ns
 
 
+_MAX_INT64 = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _timestamp(name: str, text: str) -> int:
     try:
-        return parse_rfc3339_ns(text)
+        ns = parse_rfc3339_ns(text)
     except ValueError:
         raise HeaderError(f"Unable to parse {name} as a rfc3339 datetime: {text!r}") from None
+    if not -_MAX_INT64 <= ns <= _MAX_INT64:
+        raise HeaderError(f"{name} {text!r} is out of range: timestamps are nanoseconds in 1677..2262")
+    return ns
 
 
 def _limit(headers: dict[str, list[Any]]) -> int | None:
     text = header_value(headers, "limit")
     if text is None:
         return None
-    if not text.strip().isdigit():
+    if _DIGITS.fullmatch(text.strip()) is None:
         raise HeaderError(f"error parsing limit: {text!r} is not a non-negative integer")
-    return int(text)
+    limit = int(text)
+    if limit > _MAX_INT64:
+        raise HeaderError(f"error parsing limit: {text!r} is larger than {_MAX_INT64}")
+    return limit
 
 
 def client_attribution(headers: dict[str, list[Any]], peer: str) -> dict[str, str]:

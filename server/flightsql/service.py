@@ -14,6 +14,11 @@ Handles are stateless, so several server processes can sit behind one (balanced)
 short-lived plan cache saves replanning when the calls of one query land on the same process.
 
 Handlers raise `errors.Failure`; `_rpc` turns it into the exception pyarrow needs for the status.
+
+Each statement is planned and executed on a thread of its own (`QueryThread`: a large stack, and
+stoppable): the handler waits for each step, and stops the query when the client cancels or goes
+away, when it runs past its time limit, or when the server shuts down. SQL over the size or depth
+limits never reaches the planner (`limits.QueryLimits`).
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ from spanlake.server.flightsql.headers import (
     client_attribution,
     parse_query_headers,
 )
+from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
+from spanlake.server.flightsql.query_thread import QueryThread
 from spanlake.server.flightsql.session import QueryContext, QueryDenied, SessionFactory
 from spanlake.server.flightsql.statement import Statement, StatementError, read_parameters
-from spanlake.server.flightsql.streaming import output_schema, result_batches
+from spanlake.server.flightsql.streaming import DataFusionBatches, output_schema, result_batches
 
 if TYPE_CHECKING:  # the engine imports Daft, an optional extra
     from spanlake.lakehouse.cluster.engine import QueryCluster
@@ -130,6 +137,7 @@ class FlightSqlServer(flight.FlightServerBase):
         plan_cache: PlanCache | None = None,
         cluster: QueryCluster | None = None,
         bulk_ingest: BulkIngest | None = None,
+        limits: QueryLimits | None = None,
     ) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
@@ -142,7 +150,11 @@ class FlightSqlServer(flight.FlightServerBase):
         self._plans = plan_cache if plan_cache is not None else PlanCache()
         self._cluster = cluster
         self._bulk_ingest = bulk_ingest
+        self._limits = limits if limits is not None else QueryLimits()
         self._waiter: threading.Thread | None = None
+        self._queries: set[QueryThread] = set()
+        self._queries_lock = threading.Lock()
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -154,7 +166,13 @@ class FlightSqlServer(flight.FlightServerBase):
         return self.port
 
     def shutdown(self) -> None:
-        """Stops accepting calls and waits for the ones under way (call it from outside a handler)."""
+        """Stops the queries under way, stops accepting calls and waits for the calls under way
+        (call it from outside a handler)."""
+        with self._queries_lock:
+            self._stopping = True
+            running = list(self._queries)
+        for query in running:
+            query.stop(errors.unavailable("the server is shutting down"))
         super().shutdown()
         if self._waiter is not None:
             self._waiter.join()
@@ -288,7 +306,11 @@ class FlightSqlServer(flight.FlightServerBase):
             call = _call(context)
             audit = QueryAudit(str(uuid.uuid4()), rpc, statement.sql, call.client, call.principal)
             headers = _query_headers(call, audit)
-            planned = self._planned(call, statement, headers, audit, take=False)
+            query = self._open_query(context, audit)
+            try:
+                planned = self._planned(query, call, statement, headers, audit, take=False)
+            finally:
+                self._close_query(query)
             return output_schema(planned.schema, headers.preserve_dictionary)
 
     def _execute(self, context: flight.ServerCallContext, statement: Statement) -> flight.FlightDataStream:
@@ -318,24 +340,53 @@ class FlightSqlServer(flight.FlightServerBase):
             call.client,
             sql,
         )
-        on_cluster = self._on_cluster(context, call, statement, headers, audit, query_span)
-        if on_cluster is not None:
-            return on_cluster
-        planned = self._planned(call, statement, headers, audit, take=True)
+        query = self._open_query(context, audit)
+        try:
+            on_cluster = self._on_cluster(query, call, statement, headers, audit, query_span)
+            if on_cluster is not None:
+                return on_cluster
+            return self._stream(query, call, statement, headers, audit, query_span)
+        except BaseException:
+            self._close_query(query)
+            raise
+
+    def _stream(
+        self,
+        query: QueryThread,
+        call: _Call,
+        statement: Statement,
+        headers: QueryHeaders,
+        audit: QueryAudit,
+        query_span: tracing.OpenAsyncSpan,
+    ) -> flight.FlightDataStream:
+        planned = self._planned(query, call, statement, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
         try:
             with tracing.attach(execute_span.context):
-                stream = planned.df.execute_stream()
+                stream = query.run(planned.df.execute_stream)
+        except Failure as failure:
+            execute_span.end()
+            raise _failed(audit, failure) from None
         except Exception as exc:
             execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
-        batches = result_batches(stream, schema, audit, context.is_cancelled, (execute_span, query_span))
+
+        reader = DataFusionBatches(stream, execute_span.context)
+        del stream  # the reader holds the only reference, dropped when the stream ends
+
+        def end() -> None:
+            reader.close()
+            self._close_query(query)
+
+        batches = result_batches(
+            functools.partial(query.run, reader.next_batch), schema, audit, (execute_span, query_span), end
+        )
         return flight.GeneratorStream(schema, batches)
 
     def _on_cluster(
         self,
-        context: flight.ServerCallContext,
+        query: QueryThread,
         call: _Call,
         statement: Statement,
         headers: QueryHeaders,
@@ -345,22 +396,39 @@ class FlightSqlServer(flight.FlightServerBase):
         """The query's stream from the query cluster, or None when DataFusion runs it (the audit says why)."""
         if self._cluster is None or statement.parameters is not None:
             return None
-        # The session is built only for what building it checks (the deny list), as for DataFusion.
-        self._session(call, statement.sql, headers, audit)
-        with tracing.async_span("flightsql.cluster"):
-            outcome = self._cluster.try_run(statement.sql, headers.query_range, headers.limit)
+        self._check_limits(statement.sql, audit)
+        try:
+            # The session is built only for what building it checks (the deny list), as for DataFusion.
+            query.run(self._session, call, statement.sql, headers, audit)
+            with tracing.async_span("flightsql.cluster"):
+                outcome = query.run(self._cluster.try_run, statement.sql, headers.query_range, headers.limit)
+        except Failure as failure:
+            raise _failed(audit, failure) from None
         if isinstance(outcome, Declined):
             audit.engine_note = outcome.reason
             return None
         audit.engine = "cluster"
         schema = output_schema(outcome.schema, headers.preserve_dictionary)
-        return flight.GeneratorStream(
-            schema, result_batches(outcome.batches, schema, audit, context.is_cancelled, (query_span,))
-        )
+        fetch = functools.partial(query.run, next, outcome.batches, None)
+        batches = result_batches(fetch, schema, audit, (query_span,), functools.partial(self._close_query, query))
+        return flight.GeneratorStream(schema, batches)
+
+    def _check_limits(self, sql: str, audit: QueryAudit) -> None:
+        """INVALID_ARGUMENT for SQL past the size or depth limits, before any planner sees it."""
+        problem = self._limits.sql_problem(sql)
+        if problem is not None:
+            raise _failed(audit, errors.invalid_argument(problem, audit.query_id))
 
     def _planned(
-        self, call: _Call, statement: Statement, headers: QueryHeaders, audit: QueryAudit, take: bool
+        self,
+        query: QueryThread,
+        call: _Call,
+        statement: Statement,
+        headers: QueryHeaders,
+        audit: QueryAudit,
+        take: bool,
     ) -> PlannedQuery:
+        self._check_limits(statement.sql, audit)
         key = (statement.handle, headers.query_range, headers.limit, call.principal.name if call.principal else None)
         planned = self._plans.get(key, take=take)
         if planned is not None:
@@ -369,9 +437,8 @@ class FlightSqlServer(flight.FlightServerBase):
         started = time.perf_counter()
         # The session is built inside the planning span: its table functions take it as parent.
         with tracing.async_span("flightsql.plan"):
-            ctx = self._session(call, statement.sql, headers, audit)
             try:
-                planned = _plan(ctx, statement, headers.limit, audit.query_id)
+                planned = query.run(self._plan_in_session, call, statement, headers, audit)
             except Failure as failure:
                 audit.planning_ms = (time.perf_counter() - started) * 1000.0
                 raise _failed(audit, failure) from None
@@ -380,16 +447,52 @@ class FlightSqlServer(flight.FlightServerBase):
             self._plans.put(key, planned)
         return planned
 
+    def _plan_in_session(
+        self, call: _Call, statement: Statement, headers: QueryHeaders, audit: QueryAudit
+    ) -> PlannedQuery:
+        """The query's session, and the statement planned in it (table functions run here); raises Failure."""
+        ctx = self._session(call, statement.sql, headers, audit)
+        return _plan(ctx, statement, headers.limit, audit.query_id)
+
     def _session(self, call: _Call, sql: str, headers: QueryHeaders, audit: QueryAudit) -> datafusion.SessionContext:
-        query = QueryContext(
+        """The query's session (the deny list is checked as it is built); raises Failure."""
+        query_context = QueryContext(
             audit.query_id, headers.query_range, headers.limit, call.principal, call.client, sql, audit.sql_hash
         )
         try:
-            return self._session_factory(query)
+            return self._session_factory(query_context)
         except QueryDenied as denied:
-            raise _failed(audit, errors.denied(str(denied))) from None
+            raise errors.denied(str(denied)) from None
         except Exception as exc:
-            raise _failed(audit, errors.classify("error building session context", exc, audit.query_id)) from None
+            raise errors.classify("error building session context", exc, audit.query_id) from None
+
+    def _open_query(self, context: flight.ServerCallContext, audit: QueryAudit) -> QueryThread:
+        """A thread for the query, stopped when the client cancels or goes away, or at its deadline."""
+        timeout = self._limits.timeout_seconds
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        query_id = audit.query_id
+
+        def should_stop() -> Failure | None:
+            if context.is_cancelled():
+                return errors.cancelled("the client cancelled the query or went away", query_id)
+            if deadline is not None and time.monotonic() > deadline:
+                return errors.deadline_exceeded(
+                    f"the query ran past its time limit of {timeout:g} s (SPANLAKE_QUERY_TIMEOUT_SECONDS)", query_id
+                )
+            return None
+
+        query = QueryThread(should_stop)
+        with self._queries_lock:
+            if not self._stopping:
+                self._queries.add(query)
+                return query
+        query.close()
+        raise _failed(audit, errors.unavailable("the server is shutting down", query_id))
+
+    def _close_query(self, query: QueryThread) -> None:
+        query.close()
+        with self._queries_lock:
+            self._queries.discard(query)
 
     # -- metadata -------------------------------------------------------------------------------
 

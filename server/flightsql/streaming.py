@@ -4,21 +4,21 @@ Nothing is collected: each batch DataFusion produces is conformed to the announc
 (dictionaries hydrated unless the client asked to keep them), split if it would make an oversized
 gRPC message, and handed to pyarrow.flight. The generator's `finally` tells the audit how the stream
 ended; a client that disconnects closes the generator, which drops DataFusion's stream and with it the
-running query.
+running query (one blocked in DataFusion meanwhile is stopped by its QueryThread).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from spanlake import tracing
 from spanlake.server.flightsql.audit import QueryAudit
-from spanlake.server.flightsql.errors import classify, log_failure
+from spanlake.server.flightsql.errors import Failure, classify, log_failure
 
 # Many gRPC clients refuse messages above 4 MiB by default (grpc-go, hence ADBC's Go driver, unless
 # configured); larger batches are cut into ~2 MiB slices, as arrow-flight's encoder does.
@@ -85,25 +85,43 @@ def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         yield batch.slice(offset, rows_per_slice)
 
 
-def _arrow(batch: Any) -> pa.RecordBatch:
-    """A DataFusion batch as pyarrow's (the query cluster's batches are pyarrow's already)."""
-    return batch if isinstance(batch, pa.RecordBatch) else batch.to_pyarrow()
-
-
 def has_dictionary(schema: pa.Schema) -> bool:
     return any(hydrated_type(field.type) != field.type for field in schema)
 
 
+class DataFusionBatches:
+    """Pyarrow batches pulled from a DataFusion stream. `close` drops the stream, and with it
+    DataFusion's tasks for the query, even while a stopped step or an exception's traceback still
+    holds this object."""
+
+    def __init__(self, stream: Any, execution: tracing.SpanContext) -> None:
+        self._stream = stream
+        self._execution = execution
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        """The next batch, or None at the end (or once closed)."""
+        if self._stream is None:
+            return None
+        # DataFusion's work for the batch runs as a child of the execution span. No local variable
+        # holds the stream: a traceback through this frame would keep it (and its tasks) alive.
+        with tracing.attach(self._execution):
+            batch = next(self._stream, None)
+        return None if batch is None else batch.to_pyarrow()
+
+    def close(self) -> None:
+        self._stream = None
+
+
 def result_batches(
-    batches: Iterable[Any],
+    fetch: Callable[[], pa.RecordBatch | None],
     schema: pa.Schema,
     audit: QueryAudit,
-    cancelled: Callable[[], bool],
-    spans: tuple[tracing.OpenAsyncSpan, ...] = (),
+    spans: tuple[tracing.OpenAsyncSpan, ...],
+    on_end: Callable[[], None],
 ) -> Iterator[pa.RecordBatch | pa.Table]:
-    """DataFusion batches → items for `flight.GeneratorStream`, counting rows and bytes; audits
-    ok/error/incomplete and ends `spans` (innermost first) when the stream ends. DataFusion's work for
-    each batch runs as a child of the first span.
+    """The batches `fetch` gives (None at the end) → items for `flight.GeneratorStream`, counting
+    rows and bytes; audits ok/error/incomplete, ends `spans` (innermost first) and calls `on_end`
+    when the stream ends. A `Failure` from `fetch` (the query stopped) is sent as it is.
 
     A GeneratorStream sends a yielded RecordBatch without its dictionaries, so when dictionaries are
     kept each batch goes out as a one-batch Table, which pyarrow sends with its dictionaries (the
@@ -116,19 +134,9 @@ def result_batches(
         audit.execution_ms = (time.perf_counter() - started) * 1000.0
 
     finished = False
-    pending = iter(batches)
-    execution = spans[0].context if spans else tracing.current_span_context()
     try:
-        while True:
-            # Attached only while DataFusion works: a generator must not leave its span current
-            # in the thread that resumes it.
-            with tracing.attach(execution):
-                datafusion_batch = next(pending, None)
-            if datafusion_batch is None:
-                break
-            if cancelled():
-                return
-            batch = conform(_arrow(datafusion_batch), schema)
+        while (datafusion_batch := fetch()) is not None:
+            batch = conform(datafusion_batch, schema)
             for part in split(batch):
                 audit.rows += part.num_rows
                 audit.bytes += part.nbytes
@@ -136,10 +144,11 @@ def result_batches(
         finished = True
     except Exception as exc:
         record_duration()
-        failure = log_failure(audit.fail(classify("error building data stream", exc, audit.query_id)))
-        raise failure.to_flight_error() from None
+        failure = exc if isinstance(exc, Failure) else classify("error building data stream", exc, audit.query_id)
+        raise log_failure(audit.fail(failure)).to_flight_error() from None
     finally:
         record_duration()
+        on_end()
         for span in spans:
             span.end()
         if finished:

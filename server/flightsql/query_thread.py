@@ -1,0 +1,183 @@
+"""Each query's DataFusion work runs on a thread of its own, which can be stopped.
+
+* Stack: DataFusion plans and evaluates expressions recursively; the query's thread has STACK_BYTES
+  (address space, touched only as used), far more than the deepest expression QueryLimits admits.
+* Stopping: a call blocked in DataFusion (planning, the next batch) cannot be abandoned from outside,
+  but datafusion-python runs a line of Python on the waiting thread about once a second (to check for
+  signals) and aborts the call, dropping its future, when that line raises. `stop` raises `Interrupted`
+  in the query's thread (PyThreadState_SetAsyncExc), so the call under way ends within about a second;
+  the stream is then dropped, and DataFusion's tasks for it with it. Those stop at their next yield
+  to tokio (Rust cannot abort a running poll): at once when waiting on I/O or a channel, only every
+  128 input batches in a CPU-bound in-memory pipeline (docs/flightsql.md, Query limits).
+
+The caller's thread (a gRPC handler) hands each step to the query's thread with `run` and waits,
+asking `should_stop` every POLL_SECONDS whether to give up (client gone, deadline, shutdown).
+
+The threads are reused from query to query (a new thread per query would also be a new cpu stream in
+spanlake's self-tracing, each time); one that was interrupted is retired instead, so that an
+interruption can never reach another query.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import ctypes
+import itertools
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+STACK_BYTES = 64 * 1024 * 1024
+POLL_SECONDS = 0.05
+MAX_IDLE_THREADS = 8
+
+
+class Interrupted(BaseException):
+    """Raised inside a query's thread to stop it. A BaseException: no `except Exception` on the way
+    (in a table function, say) may swallow it."""
+
+
+class _Worker:
+    """A thread with a large stack running steps one after another until given None."""
+
+    _count = itertools.count(1)
+    _stack_size_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.steps: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=f"spanlake-query-{next(self._count)}", daemon=True)
+        with self._stack_size_lock:
+            previous = threading.stack_size(STACK_BYTES)
+            try:
+                self.thread.start()
+            finally:
+                threading.stack_size(previous)
+
+    def _serve(self) -> None:
+        try:
+            while (step := self.steps.get()) is not None:
+                step()
+        except Interrupted:
+            pass  # interrupted between two steps: this worker is being retired anyway
+
+
+class _Workers:
+    """Idle workers, reused by the next queries."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Worker()
+
+    def give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_THREADS:
+                self._idle.append(worker)
+                return
+        worker.steps.put(None)
+
+
+_workers = _Workers()
+
+
+class QueryThread:
+    """The thread of one query. `run` steps on it; `close` when done; `stop` from any thread."""
+
+    def __init__(self, should_stop: Callable[[], BaseException | None]) -> None:
+        self._should_stop = should_stop
+        self._worker: _Worker | None = _workers.take()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._interrupted = False
+        self._stopped: BaseException | None = None
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on the query's thread, in the caller's context variables. Raises what
+        it raises, or what `should_stop` (or `stop`) gave, once the query is stopped."""
+        if self._stopped is not None or self._worker is None:
+            raise self._stopped or RuntimeError("the query's thread is closed")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+        self._worker.steps.put(lambda: self._run_step(future, context, function, args))
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                reason = self._stopped or self._should_stop()
+                if reason is not None:
+                    self.stop(reason)
+                    raise reason from None
+
+    def stop(self, reason: BaseException) -> None:
+        """Stops the query for `reason`, interrupting the step under way, if any."""
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = reason
+            if self._busy and not self._interrupted and self._worker is not None:
+                self._interrupted = True
+                _raise_in_thread(self._worker.thread, Interrupted)
+
+    def close(self) -> None:
+        """Gives the thread back for other queries; retires it if it was interrupted."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+            interrupted = self._interrupted
+        if worker is None:
+            return
+        if interrupted:
+            worker.steps.put(None)
+        else:
+            _workers.give_back(worker)
+
+    def _run_step(
+        self, future: concurrent.futures.Future, context: contextvars.Context, function: Callable, args: tuple
+    ) -> None:
+        with self._lock:
+            if self._stopped is not None:
+                return
+            self._busy = True
+        try:
+            result = context.run(function, *args)
+        except BaseException as exc:  # every outcome of the step goes back to the waiting thread
+            outcome: BaseException | None = exc
+            _clear_locals(exc)
+        else:
+            outcome = None
+        with self._lock:
+            self._busy = False
+        if outcome is None:
+            future.set_result(result)
+        else:
+            future.set_exception(outcome)
+
+
+def _clear_locals(exc: BaseException) -> None:
+    """Clears the local variables of the frames the exception went through (its text and traceback
+    lines stay): the exception lives on in a future and in cycles, and those frames hold the query's
+    DataFusion stream, whose tasks run for as long as it is referenced."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
+
+
+def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
+    """Makes `exception` raise in `thread` at its next line of Python."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
