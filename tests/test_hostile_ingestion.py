@@ -176,7 +176,8 @@ def fixture_counts(lake: Lake) -> dict[str, int]:
     return fixture | valid
 
 
-GLOBAL_COUNTS = {"blocks": 34, "processes": 1, "streams": 8, "log_entries": 148, "measures": 412}
+# log_stats: the fixture's 148 log entries, counted per minute, level and target.
+GLOBAL_COUNTS = {"blocks": 34, "processes": 1, "streams": 8, "log_entries": 148, "measures": 412, "log_stats": 11}
 
 
 def global_counts(client: Any, process: str) -> dict[str, int]:

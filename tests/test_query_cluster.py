@@ -74,6 +74,7 @@ def servers(
             **store_env,
             "SPANLAKE_QUERY_CLUSTER": ray_cluster.gcs_address,
             "SPANLAKE_CLUSTER_MIN_BYTES": "1",
+            "SPANLAKE_LOG_LEVEL": "DEBUG",  # the audit lines, read by the tests
             "DAFT_PROGRESS_BAR": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
         },
@@ -117,7 +118,8 @@ def _materialize(client: micromegas.flightsql.client.FlightSQLClient) -> None:
 
 
 def _audits(server: SpanlakeServer) -> list[dict]:
-    return [json.loads(line[line.index("{") :]) for line in server.log_text().splitlines() if '"sql_hash"' in line]
+    lines = server.log_text().splitlines()
+    return [json.loads(line[line.index("{") :]) for line in lines if "flightsql_query_audit" in line]
 
 
 def _last_audit(server: SpanlakeServer) -> dict:

@@ -19,14 +19,23 @@ COOKIE = "spanlake_key"
 COOKIE_MAX_AGE = 7 * 86_400
 
 
-async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal:
-    """The principal of the request's cookie or bearer header; AuthError if neither is valid."""
+async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal | None:
+    """The principal of the request's cookie or bearer header; None while no key exists at all (auth
+    is off, and keys created later turn it on within seconds); AuthError if neither is valid."""
     key = request.cookies.get(COOKIE)
     header = f"Bearer {key}" if key else request.headers.get("Authorization")
-    if header is None:
-        raise AuthError("sign in with an API key")
     # May look the key up in PostgreSQL through the loop: off the loop thread.
     return await asyncio.to_thread(authenticator.authenticate, header)
+
+
+async def _auth_is_off(authenticator: Authenticator | None) -> bool:
+    """No key exists at all: the UI is open (as both APIs are then)."""
+    if authenticator is None:
+        return True
+    try:
+        return await asyncio.to_thread(authenticator.authenticate, None) is None
+    except AuthError:
+        return False
 
 
 def login_redirect(request: web.Request) -> web.Response:
@@ -53,7 +62,7 @@ or <code>spanlake api-key NAME</code>.</p>"""
 
 def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
     async def show(request: web.Request) -> web.Response:
-        if authenticator is None:
+        if await _auth_is_off(authenticator):
             return web.Response(status=303, headers={"Location": "/"})
         return html.page("Sign in", _login_form(_safe_next(request.query.get("next"))))
 
@@ -61,7 +70,7 @@ def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, .
         form = await request.post()
         next_path = _safe_next(str(form.get("next", "")))
         key = str(form.get("key", "")).strip()
-        if authenticator is None:
+        if await _auth_is_off(authenticator):
             return web.Response(status=303, headers={"Location": next_path})
         try:
             await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
