@@ -282,16 +282,11 @@ class _Spans:
         mask = pc.fill_null(self.batch.column(index), False).to_numpy(zero_copy_only=False)
         return mask if mask.any() else None
 
-    def span_ids(self) -> list[int]:
+    def span_ids(self) -> pa.Array:
         column = self.column("span_id")
         if column.null_count:
             raise ValueError(f"{self.what} have null 'span_id' values")
-        return column.to_numpy().tolist()
-
-    def parent_span_ids(self) -> list[int | None]:
-        """None (null) is a root."""
-        column = self.column("parent_span_id")
-        return column.to_pylist() if column.null_count else column.to_numpy().tolist()
+        return column
 
     def head(self, rows: int) -> _Spans:
         return _Spans(self.begin[:rows], self.end[:rows], self.batch.slice(0, rows), self.what)
@@ -426,12 +421,7 @@ class PerfettoTraceWriter:
         if self._layout is AsyncLayout.SINGLE_TRACK:
             yield from self._write_spans(spans, _TRACK_UUID + varint(self._lane_uuids[0]), self._async_count)
         else:
-            lanes = self._lanes.assign(
-                spans.span_ids(),
-                spans.parent_span_ids(),
-                spans.begin.tolist(),
-                spans.end.tolist(),
-            )
+            lanes = self._lanes.assign(spans.span_ids(), spans.column("parent_span_id"), spans.begin, spans.end)
             known = len(self._lane_uuids)
             new_lane_rows = np.flatnonzero(lanes >= known)  # lanes are numbered in order of first use
             first_rows = new_lane_rows[_first_appearances(lanes[new_lane_rows] - known)]
