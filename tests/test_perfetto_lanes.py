@@ -18,7 +18,7 @@ HEAP_ALWAYS, HEAP_DEFAULT, HEAP_NEVER = 0, lanes_module._HEAP_STEP_COST, 10**9
 
 
 def random_spans(seed: int, count: int) -> dict[str, np.ndarray]:
-    """Spans in begin order with unique ids: `overlap` of them open at a time on average, parents
+    """Spans in begin order with unique ids (increasing or not): `overlap` of them open at a time on average, parents
     mostly among the few spans before (so children overlap, outlive or share ends with them), some
     parents unknown, null, or beginning later; begins and ends often tied."""
     rng = np.random.default_rng(seed)
@@ -28,6 +28,8 @@ def random_spans(seed: int, count: int) -> dict[str, np.ndarray]:
     durations = rng.integers(1, 200, count) * rng.choice([1, 1, 4], count)
     ends = np.maximum((begins + durations) // grid * grid, begins + 1)
     ids = rng.permutation(3 * count)[:count] + 1
+    if rng.random() < 0.5:  # ids increasing in begin order, as counters give them
+        ids.sort()
     parent_rows = np.clip(np.arange(count) - rng.integers(-2, 6, count), 0, count - 1)
     parents = np.where(rng.random(count) < 0.85, ids[parent_rows], rng.integers(0, 10 * count, count))
     nulls = rng.random(count) < 0.05

@@ -98,35 +98,34 @@ class AsyncLaneAssigner:
     def _outermost_lanes(self, begins: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Lanes of the outermost spans: lane by lane, each takes the chain of the spans left that
         begin once its previous span ended."""
-        count = len(begins)
-        lanes = np.empty(count, dtype=np.int64)
-        # The first span beginning once each one ended; among the spans left, the first at or after
-        # it, counting the spans left before each position (one cumsum a lane, no search).
-        next_begun = np.searchsorted(begins, ends)
-        is_left = np.ones(count, dtype=np.int64)
-        left_before = np.zeros(count + 1, dtype=np.int64)
-        left = np.arange(count)
+        lanes = np.empty(len(begins), dtype=np.int64)
+        rows = np.arange(len(begins))  # the spans left
+        left_begins = begins
+        # Per span left, the position among the spans left of the first one beginning once it ended.
+        following = np.searchsorted(begins, ends)
         lane = 0
         free_at = self._lane_free_at
-        while len(left):
+        while len(rows):
             start = free_at[lane] if lane < len(free_at) else _NONE
-            if start > begins[left[-1]]:  # busy through the whole batch
+            if start > left_begins[-1]:  # busy through the whole batch
                 lane += 1
                 continue
-            np.cumsum(is_left, out=left_before[1:])
-            following = memoryview(left_before[next_begun[left]])
-            chain = left[_chains([int(left_before[np.searchsorted(begins, start)])], following, len(left))]
-            lanes[chain] = lane
-            last_end = int(ends[chain[-1]])
+            chain = _chains([int(np.searchsorted(left_begins, start))], memoryview(following), len(rows))
+            lanes[rows[chain]] = lane
+            last_end = int(ends[rows[chain[-1]]])
             if lane < len(free_at):
                 free_at[lane] = last_end
             else:
                 free_at.append(last_end)
             lane += 1
-            is_left[chain] = 0
-            left = np.flatnonzero(is_left)
-            if len(chain) * _HEAP_STEP_COST < len(left):
-                lanes[left] = self._heap_lanes(lane, begins[left].tolist(), ends[left].tolist())
+            # Drop the chain; pointers move to the first span left at or after their target.
+            left = np.ones(len(rows), dtype=bool)
+            left[chain] = False
+            left_before = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(left, out=left_before[1:])
+            rows, left_begins, following = rows[left], left_begins[left], left_before[following[left]]
+            if len(chain) * _HEAP_STEP_COST < len(rows):
+                lanes[rows] = self._heap_lanes(lane, begins[rows].tolist(), ends[rows].tolist())
                 break
         return lanes
 
@@ -173,15 +172,18 @@ def _int64(values: pa.Array) -> np.ndarray:
 
 
 def _latest_earlier_row(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """For each row i, the last row before i whose id is `wanted[i]`, -1 if none: rows sorted by
-    (id, row) are searched for (wanted id, i)."""
+    """For each row i, the last row before i whose id is `wanted[i]`, -1 if none."""
     rows = len(ids)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    block = np.concatenate(([0], np.cumsum(sorted_ids[1:] != sorted_ids[:-1])))
-    keys = block * (rows + 1) + order
+    increasing = bool((ids[1:] > ids[:-1]).all())
+    order = np.arange(rows) if increasing else np.argsort(ids, kind="stable")
+    sorted_ids = ids if increasing else ids[order]
     start = np.minimum(np.searchsorted(sorted_ids, wanted), rows - 1)
     found = sorted_ids[start] == wanted
+    if increasing or (sorted_ids[1:] != sorted_ids[:-1]).all():  # unique ids: the one row found
+        return np.where(found & (order[start] < np.arange(rows)), order[start], -1)
+    # Rows sorted by (id, row) are searched for (wanted id, i).
+    block = np.concatenate(([0], np.cumsum(sorted_ids[1:] != sorted_ids[:-1])))
+    keys = block * (rows + 1) + order
     before = np.searchsorted(keys, block[start] * (rows + 1) + np.arange(rows)) - 1
     return np.where(found & (before >= start), order[np.maximum(before, 0)], -1)
 
