@@ -114,3 +114,14 @@ def test_a_duplicate_span_id_names_the_latest_span(cut: int) -> None:
     # 9 nests under the second 7 (lane 1); 10 overlaps its nested sibling 9, so it takes lane 0,
     # free since the first 7 ended.
     assert lanes == [0, 1, 1, 0]
+
+
+def test_parent_columns_of_other_types() -> None:
+    """uint64 ids (64-bit values wrap to int64, staying distinct) and an all-null parent column."""
+    assigner = AsyncLaneAssigner()
+    big = 2**64 - 5
+    first = assigner.assign(pa.array([1, 2, 3]), pa.nulls(3), np.array([0, 1, 2]), np.array([50, 60, 70]))
+    second = assigner.assign(
+        pa.array([big, 4], pa.uint64()), pa.array([None, big], pa.uint64()), np.array([3, 4]), np.array([40, 30])
+    )
+    assert first.tolist() == [0, 1, 2] and second.tolist() == [3, 3]

@@ -85,7 +85,10 @@ class AsyncLaneAssigner:
     def _parent_indices(self, ids: np.ndarray, parent_ids: pa.Array) -> np.ndarray:
         """Index of each span's parent (open spans, then this batch's rows), -1 if none."""
         valid = pc.is_valid(parent_ids).to_numpy(zero_copy_only=False)
-        parents = _int64(pc.fill_null(parent_ids, 0))
+        if pa.types.is_null(parent_ids.type):  # no parent at all
+            parents = np.zeros(len(ids), dtype=np.int64)
+        else:
+            parents = _int64(pc.fill_null(parent_ids, 0))
         row = _latest_earlier_row(ids, parents)
         in_batch = valid & (row >= 0)
         result = np.where(in_batch, len(self._open_ids) + row, -1)
