@@ -71,14 +71,9 @@ class AsyncLaneAssigner:
         outermost_rows = np.flatnonzero(outermost)
         lanes[carried + outermost_rows] = self._outermost_lanes(begins[outermost_rows], ends[outermost_rows])
         # A nested span is on the lane of its nearest outermost (or carried) ancestor.
-        ancestor = np.arange(len(lanes))
-        ancestor[carried + nested] = parents[nested]
-        while True:
-            jumped = ancestor[ancestor]
-            if np.array_equal(jumped, ancestor):
-                break
-            ancestor = jumped
-        lanes = lanes[ancestor]
+        up = np.arange(len(lanes))
+        up[carried + nested] = parents[nested]
+        lanes = lanes[_topmost(up)]
         self._keep_open(np.concatenate([self._open_ids, ids]), all_ends, lanes, child_ends, int(begins[-1]))
         return lanes[carried:]
 
@@ -167,6 +162,16 @@ class AsyncLaneAssigner:
         self._open_ends = ends[keep]
         self._open_lanes = lanes[keep]
         self._open_child_ends = child_ends[keep]
+
+
+def _topmost(up: np.ndarray) -> np.ndarray:
+    """Where each index ends following `up` (an index pointing to itself ends), by pointer jumping:
+    log2(depth) numpy passes."""
+    while True:
+        jumped = up[up]
+        if np.array_equal(jumped, up):
+            return up
+        up = jumped
 
 
 def _int64(values: pa.Array) -> np.ndarray:
