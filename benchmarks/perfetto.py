@@ -1,8 +1,10 @@
 """Perfetto trace encoding: spans/s of spanlake's writer (views/perfetto.py) on 1M thread spans and
 1M async spans, side by side with a baseline that builds one perfetto `TracePacket` protobuf message
 per packet (prost field order, same chunking, so the same bytes; run on fewer spans and
-extrapolated), medians and ratios; the async lane assignment loop alone; and peak memory for 100k vs
-1M spans (each in a fresh process, spans generated lazily, chunks dropped as they come).
+extrapolated), medians and ratios; the async lane encoder (the lane assignment alone, and the whole
+async encoding with lanes) next to the previous span-by-span lane assigner (tests/lane_reference.py;
+same lanes, same bytes); and peak memory for 100k vs 1M spans (each in a fresh process, spans
+generated lazily, chunks dropped as they come).
 
     python benchmarks/perfetto.py [--spans N] [--baseline-spans N] [--runs R]
 """
@@ -24,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from spanlake.views.perfetto import writer as perfetto_writer
 from spanlake.views.perfetto.lanes import AsyncLaneAssigner
 from spanlake.views.perfetto.writer import AsyncLayout, PerfettoThread, trace_chunks
 
@@ -38,6 +41,11 @@ def perfetto_protos() -> ModuleType:
 
 
 _PROTOS = perfetto_protos()
+# tests/ holds the reference writer and the previous lane assigner (after the path fix above).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from lane_reference import SequentialLaneAssigner  # noqa: E402
+from perfetto_check import ReferenceWriter  # noqa: E402
+
 TracePacket, TrackEvent = _PROTOS.TracePacket, _PROTOS.TrackEvent
 PROCESS_ID = "34d7c06d-3163-4111-863e-c5fc09d22d51"
 THREADS = [PerfettoThread(f"stream-{i}", 1000 + i, f"worker-{i}") for i in range(8)]
@@ -96,10 +104,6 @@ def batch_rows(batches: list[pa.RecordBatch]) -> Iterator[tuple]:
 def baseline_chunks(span_types: str, thread_spans: Callable[[str], list], async_spans: list) -> list[bytes]:
     """One protobuf message per packet (the tests' reference writer): the same bytes as spanlake's
     single track, the slow way."""
-    # Imported here: tests/ must come after the path fix of perfetto_protos().
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from perfetto_check import ReferenceWriter
-
     writer = ReferenceWriter(PROCESS_ID)
     writer.descriptors("/bin/bench", THREADS, with_async=span_types == "async")
     if span_types == "thread":
@@ -146,24 +150,64 @@ def throughput(spans: int, baseline_spans: int, runs: int) -> None:
         ours_rate, base_rate = spans / seconds, baseline_spans / base
         print(f"{label:<34}{ours_rate:>18,.0f}{base_rate:>18,.0f}{ours_rate / base_rate:>7.1f}x")
 
-    lists = [
+    print(f"(spanlake on {spans:,} spans, baseline on {baseline_spans:,}; medians of {runs} runs)")
+    lane_encoder(async_batches, runs)
+
+
+class PreviousLaneAssigner:
+    """The previous lane assigner behind the current interface, columns turned into lists as the
+    writer did for it."""
+
+    def __init__(self) -> None:
+        self._assigner = SequentialLaneAssigner()
+
+    def assign(self, span_ids: pa.Array, parent_ids: pa.Array, begins: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        parents = parent_ids.to_pylist() if parent_ids.null_count else parent_ids.to_numpy().tolist()
+        return self._assigner.assign(span_ids.to_numpy().tolist(), parents, begins.tolist(), ends.tolist())
+
+
+def lane_encoder(async_batches: list[pa.RecordBatch], runs: int) -> None:
+    """The lane assignment alone and the whole async encoding with lanes, with the numpy assigner and
+    the previous one (same lanes, same bytes)."""
+    spans = sum(batch.num_rows for batch in async_batches)
+    columns = [
         (
-            b.column("span_id").to_pylist(),
-            b.column("parent_span_id").to_pylist(),
-            b.column("begin").cast(pa.int64()).to_pylist(),
-            b.column("end").cast(pa.int64()).to_pylist(),
+            batch.column("span_id"),
+            batch.column("parent_span_id"),
+            batch.column("begin").cast(pa.int64()).to_numpy(),
+            batch.column("end").cast(pa.int64()).to_numpy(),
         )
-        for b in async_batches
+        for batch in async_batches
     ]
 
-    def assign_all() -> None:
-        assigner = AsyncLaneAssigner()
-        for columns in lists:
-            assigner.assign(*columns)
+    def assign_all(assigner_class: type) -> list[np.ndarray]:
+        assigner = assigner_class()
+        return [assigner.assign(*batch_columns) for batch_columns in columns]
 
-    lanes_rate = spans / median_seconds(assign_all, runs)
-    print(f"{'async lane assignment loop alone':<34}{lanes_rate:>18,.0f}")
-    print(f"(spanlake on {spans:,} spans, baseline on {baseline_spans:,}; medians of {runs} runs)")
+    def encode_all(assigner_class: type, consume: Callable[[Iterator[bytes]], object] = drain) -> object:
+        original = perfetto_writer.AsyncLaneAssigner
+        perfetto_writer.AsyncLaneAssigner = assigner_class
+        try:
+            return consume(spanlake_chunks("async", None, lambda: async_batches, AsyncLayout.LANES))
+        finally:
+            perfetto_writer.AsyncLaneAssigner = original
+
+    lanes, previous_lanes = assign_all(AsyncLaneAssigner), assign_all(PreviousLaneAssigner)
+    assert all(np.array_equal(a, b) for a, b in zip(lanes, previous_lanes, strict=True)), "lanes differ"
+    assert encode_all(AsyncLaneAssigner, list) == encode_all(PreviousLaneAssigner, list), "lane bytes differ"
+    print(f"\n{'async lane encoder':<34}{'numpy spans/s':>18}{'previous spans/s':>18}{'ratio':>8}")
+    for label, run in (
+        ("lane assignment alone", assign_all),
+        ("async spans, lanes (whole)", encode_all),
+    ):
+        ours = spans / median_seconds(lambda r=run: r(AsyncLaneAssigner), runs)
+        previous = spans / median_seconds(lambda r=run: r(PreviousLaneAssigner), runs)
+        print(f"{label:<34}{ours:>18,.0f}{previous:>18,.0f}{ours / previous:>7.1f}x")
+    print(f"({spans:,} async spans, {lanes_used(lanes)} lanes; medians of {runs} runs)")
+
+
+def lanes_used(lanes: list[np.ndarray]) -> int:
+    return int(max(batch.max() for batch in lanes)) + 1
 
 
 def peak_rss() -> int:

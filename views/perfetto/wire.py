@@ -131,8 +131,10 @@ def piece_lengths(pieces: Sequence[Piece], rows: int) -> np.ndarray:
 def pack_rows(pieces: Sequence[Piece], rows: int) -> np.ndarray:
     """All rows, each the concatenation of its pieces, back to back in one flat uint8 array."""
     widths = [len(p) if isinstance(p, bytes) else p.width for p in pieces]
-    matrix = np.empty((rows, sum(widths)), dtype=np.uint8)
-    keep: np.ndarray | None = None
+    row_width = sum(widths)
+    matrix = np.empty((rows, row_width), dtype=np.uint8)
+    # Bytes past a row's length in a varying piece: only the piece's last few bytes ever are.
+    dropped: list[np.ndarray] = []
     offset = 0
     for piece, width in zip(pieces, widths, strict=True):
         span = slice(offset, offset + width)
@@ -141,8 +143,7 @@ def pack_rows(pieces: Sequence[Piece], rows: int) -> np.ndarray:
         else:
             matrix[:, span] = piece.matrix
             if piece.lengths is not None:
-                if keep is None:
-                    keep = np.ones(matrix.shape, dtype=bool)
-                keep[:, span] = np.arange(width) < piece.lengths[:, None]
+                for byte in range(int(piece.lengths.min()), width):
+                    dropped.append(np.flatnonzero(piece.lengths <= byte) * row_width + (offset + byte))
         offset += width
-    return matrix.ravel() if keep is None else matrix[keep]
+    return np.delete(matrix.ravel(), np.concatenate(dropped)) if dropped else matrix.ravel()

@@ -14,7 +14,7 @@ each framed as `Trace.packet` (`0x0A` + varint length), in this order:
 5. for 'async'/'both', the async spans (begin < end only), a flush after every 10th span;
 6. a final flush.
 
-Chunks follow the micromegas rule (views/perfetto_chunks.py): an 8192-byte threshold checked after
+Chunks follow the micromegas rule (views/perfetto/chunks.py): an 8192-byte threshold checked after
 each write, the framing and the body of a packet being separate writes. Names, categories (targets)
 and source locations (file, line) are interned on the sequence: a packet carries, in its
 `interned_data`, the entries first used by it. Bytes match micromegas (prost field order: the
@@ -24,16 +24,16 @@ sequence flags 13, first_packet_on_sequence 87).
 Async layout. `AsyncLayout.SINGLE_TRACK` is micromegas': every async span on the one
 "Async Operations" track, which mis-pairs begin/end events when spans overlap without nesting.
 `AsyncLayout.LANES` (default) spreads async spans over lanes so each track holds properly nested
-slices only (rules in views/perfetto_lanes.py): lane 0 is the "Async Operations" track itself (same
+slices only (rules in views/perfetto/lanes.py): lane 0 is the "Async Operations" track itself (same
 uuid as micromegas), lane N >= 1 is a child track of it named "Async lane N" with uuid
 xxh64(f"async_lane_{N}", seed=process uuid), described just before its first span. A span nests on
 its parent's lane (by `parent_span_id`; null: a root) when it fits, so nesting on a lane always
-means parenthood. The greedy lane assignment is the writer's only Python loop per span (measured in
-benchmarks/perfetto.py).
+means parenthood. The lane assignment is greedy interval chains followed with numpy (measured in
+benchmarks/perfetto.py next to the previous span-by-span assigner).
 
 Speed. Span packets are never built as protobuf messages: per batch of spans, the strings are
 dictionary-encoded by pyarrow, interned once per distinct value, and the packets of the whole batch
-are laid out with numpy (views/perfetto_wire.py); new interned entries and new lane descriptors are
+are laid out with numpy (views/perfetto/wire.py); new interned entries and new lane descriptors are
 spliced in with one `np.insert`. Memory is bounded by one slab of at most `SLAB_SPANS` spans of
 encoded packets, the open chunk, the interning tables and the open async spans, whatever the trace
 size: chunks are produced lazily.
@@ -282,16 +282,11 @@ class _Spans:
         mask = pc.fill_null(self.batch.column(index), False).to_numpy(zero_copy_only=False)
         return mask if mask.any() else None
 
-    def span_ids(self) -> list[int]:
+    def span_ids(self) -> pa.Array:
         column = self.column("span_id")
         if column.null_count:
             raise ValueError(f"{self.what} have null 'span_id' values")
-        return column.to_numpy().tolist()
-
-    def parent_span_ids(self) -> list[int | None]:
-        """None (null) is a root."""
-        column = self.column("parent_span_id")
-        return column.to_pylist() if column.null_count else column.to_numpy().tolist()
+        return column
 
     def head(self, rows: int) -> _Spans:
         return _Spans(self.begin[:rows], self.end[:rows], self.batch.slice(0, rows), self.what)
@@ -426,12 +421,7 @@ class PerfettoTraceWriter:
         if self._layout is AsyncLayout.SINGLE_TRACK:
             yield from self._write_spans(spans, _TRACK_UUID + varint(self._lane_uuids[0]), self._async_count)
         else:
-            lanes = self._lanes.assign(
-                spans.span_ids(),
-                spans.parent_span_ids(),
-                spans.begin.tolist(),
-                spans.end.tolist(),
-            )
+            lanes = self._lanes.assign(spans.span_ids(), spans.column("parent_span_id"), spans.begin, spans.end)
             known = len(self._lane_uuids)
             new_lane_rows = np.flatnonzero(lanes >= known)  # lanes are numbered in order of first use
             first_rows = new_lane_rows[_first_appearances(lanes[new_lane_rows] - known)]
