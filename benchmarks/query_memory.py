@@ -31,8 +31,8 @@ from _servers import spanlake_server
 from spanlake.server.flightsql import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
-# Endless and CPU-bound: build rows against 10^15 probe rows. More build rows, more work per batch
-# between two yields of DataFusion's scheduler (every 128 input batches).
+# Endless and CPU-bound: build rows against 10^15 probe rows. More build rows, more work per input
+# batch between two yields to tokio (about every batch when split in round-robin, else every 128).
 ENDLESS = "SELECT sum(a.value * b.value) AS s FROM range({build}) a CROSS JOIN range(1000000000000000) b"
 DEADLINE_SECONDS = 2.0
 IDLE_WINDOWS = 4  # a starved busy server can look idle for a moment on a loaded machine

@@ -152,7 +152,12 @@ def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactor
         admit(lake, query, is_admin)
         identity = query.principal.name if query.principal is not None else "anonymous"
         return make_session_context(
-            lake, query.query_range, is_admin=is_admin, identity=identity, memory_limit_bytes=memory_limit_bytes
+            lake,
+            query.query_range,
+            is_admin=is_admin,
+            identity=identity,
+            memory_limit_bytes=memory_limit_bytes,
+            sql=query.sql,
         )
 
     return make

@@ -179,9 +179,9 @@ class IngestionService:
         if len(body) > OTLP_BODY_LIMIT:
             return self._otlp_error(413, f"body over {OTLP_BODY_LIMIT} bytes", content_type)
         try:
-            blocks = await asyncio.to_thread(
-                otlp.blocks_from_request, signal, body, content_type, request.headers.get("Content-Encoding")
-            )
+            encoding = request.headers.get("Content-Encoding")
+            ratio = self.lake.settings.max_inflation_ratio
+            blocks = await asyncio.to_thread(otlp.blocks_from_request, signal, body, content_type, encoding, ratio)
         except otlp.OtlpRequestError as err:
             log.info("rejected OTLP %s: %s", signal, err.message)
             return self._otlp_error(err.status, err.message, content_type)
@@ -223,8 +223,16 @@ async def start_ingestion(
     """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns the runner
     to stop it with `cleanup()`."""
     # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
+    # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head within it
+    # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
+    # slow headers are bounded by the body's time limit too.
     service = IngestionService(lake, authenticator, ingestion, web_ui)
-    runner = web.AppRunner(service.app(), access_log=None, auto_decompress=False)
+    runner = web.AppRunner(
+        service.app(),
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=lake.settings.request_body_timeout_s,
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
     log.debug("ingestion API listening on http://%s:%d", host, port)

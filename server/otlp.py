@@ -1,4 +1,4 @@
-"""OTLP/HTTP export requests: content types, gzip bodies (with a decompressed-size limit), protobuf or
+"""OTLP/HTTP export requests: content types, gzip bodies (with size and inflation-ratio limits), protobuf or
 JSON parsing, status codes and the response and error bodies, as micromegas's `otel-ingestion`
 handler answers them (`handler.rs`).
 
@@ -27,6 +27,9 @@ from spanlake.server import wire
 
 WIRE_BODY_LIMIT = 20 * 1024 * 1024
 DECOMPRESSED_BODY_LIMIT = 300 * 1024 * 1024
+MAX_INFLATION_RATIO = 100  # SPANLAKE_MAX_INFLATION_RATIO's default
+RATIO_FLOOR = 1024 * 1024  # bodies inflating to less are never refused for their ratio
+_INFLATE_CHUNK = 4 * 1024 * 1024
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
@@ -51,14 +54,18 @@ class _Signal:
 
 
 def blocks_from_request(
-    signal: str, body: bytes, content_type: str | None, content_encoding: str | None
+    signal: str,
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    max_inflation_ratio: int = MAX_INFLATION_RATIO,
 ) -> list[OtlpResourceBlock]:
     """The blocks an OTLP/HTTP export stores, or `OtlpRequestError` (415, 400 or 413)."""
     spec = _signal(signal)
     encoding = request_encoding(content_type)
     if len(body) > WIRE_BODY_LIMIT:
         raise OtlpRequestError(413, f"request body is over {WIRE_BODY_LIMIT} bytes")
-    request = _parse(spec, decompress_body(body, content_encoding), encoding, signal)
+    request = _parse(spec, decompress_body(body, content_encoding, max_inflation_ratio), encoding, signal)
     return resource_blocks(signal, request)
 
 
@@ -121,35 +128,50 @@ def _signal(signal: str) -> _Signal:
 # --- request body ---------------------------------------------------------------------------------
 
 
-def decompress_body(body: bytes, content_encoding: str | None) -> bytes:
+def decompress_body(body: bytes, content_encoding: str | None, max_ratio: int = MAX_INFLATION_RATIO) -> bytes:
     """The body without its Content-Encoding (identity or gzip); OtlpRequestError (415, 400, 413)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "x-gzip"):
         raise OtlpRequestError(415, f"unsupported Content-Encoding {content_encoding!r}: expected gzip")
-    return gunzip(body)
+    return gunzip(body, max_ratio)
 
 
-def gunzip(body: bytes, limit: int = DECOMPRESSED_BODY_LIMIT) -> bytes:
-    """Inflates every gzip member, refusing (413) past `limit` bytes without inflating more."""
+def gunzip(body: bytes, max_ratio: int = MAX_INFLATION_RATIO, limit: int = DECOMPRESSED_BODY_LIMIT) -> bytes:
+    """Inflates every gzip member, a chunk at a time, refusing past `limit` bytes (413) or past
+    `max_ratio` times the body's size once over RATIO_FLOOR (400), without inflating more."""
+    by_ratio = max(RATIO_FLOOR, len(body) * max_ratio)
+    cap = min(limit, by_ratio)
     out: list[bytes] = []
     size = 0
     rest = body
     try:
         while rest:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = inflater.decompress(rest, limit - size + 1)
-            size += len(chunk)
-            if size > limit:
-                raise OtlpRequestError(413, f"decompressed body is over {limit} bytes")
-            if not inflater.eof:
-                raise OtlpRequestError(400, "malformed gzip body: truncated stream")
-            out.append(chunk)
+            while not inflater.eof:
+                chunk = inflater.decompress(rest, min(_INFLATE_CHUNK, cap - size + 1))
+                rest = inflater.unconsumed_tail
+                if not chunk and not rest:
+                    raise OtlpRequestError(400, "malformed gzip body: truncated stream")
+                size += len(chunk)
+                if size > cap:
+                    raise _inflated_too_far(cap == by_ratio, len(body), max_ratio, limit)
+                out.append(chunk)
             rest = inflater.unused_data
     except zlib.error as err:
         raise OtlpRequestError(400, f"malformed gzip body: {err}") from None
     return b"".join(out)
+
+
+def _inflated_too_far(by_ratio: bool, body_size: int, max_ratio: int, limit: int) -> OtlpRequestError:
+    if by_ratio:
+        return OtlpRequestError(
+            400,
+            f"gzip body of {body_size} bytes inflates past {max_ratio} times its size"
+            " (SPANLAKE_MAX_INFLATION_RATIO): refused as a decompression bomb",
+        )
+    return OtlpRequestError(413, f"decompressed body is over {limit} bytes")
 
 
 def _parse(spec: _Signal, body: bytes, encoding: str, signal: str) -> Message:

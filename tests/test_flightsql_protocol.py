@@ -4,19 +4,23 @@ header parsing, SqlInfo, LIKE patterns, dictionary hydration, batch splitting an
 
 from __future__ import annotations
 
+import re
+
 import datafusion
 import numpy as np
 import pyarrow as pa
 import pytest
 from datafusion import udf, udtf
 from google.protobuf import any_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from micromegas.flightsql import FlightSql_pb2 as mm
 
 from spanlake.server.flightsql import UserError, protocol, sql_info
 from spanlake.server.flightsql.audit import sql_hash
 from spanlake.server.flightsql.errors import Code, root_error, scrub
 from spanlake.server.flightsql.headers import HeaderError, parse_query_headers
-from spanlake.server.flightsql.metadata import like_pattern
+from spanlake.server.flightsql.metadata import like_matcher
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
 from spanlake.server.flightsql.session import default_session_config
 from spanlake.server.flightsql.streaming import MAX_MESSAGE_BYTES, conform, hydrated_type, output_schema, split
@@ -232,10 +236,19 @@ def test_advertised_functions_exist_in_datafusion() -> None:
 
 
 def test_like_patterns() -> None:
-    assert like_pattern("log_%").fullmatch("log_entries")
-    assert like_pattern("log_%").fullmatch("logXentries")
-    assert not like_pattern("log\\_%").fullmatch("logXentries")
-    assert like_pattern("a.b").fullmatch("a.b") and not like_pattern("a.b").fullmatch("axb")
+    assert like_matcher("log_%")("log_entries")
+    assert like_matcher("log_%")("logXentries")
+    assert not like_matcher("log\\_%")("logXentries")
+    assert like_matcher("a.b")("a.b") and not like_matcher("a.b")("axb")
+    assert like_matcher("%")("") and like_matcher("%s%s%")("thread_spans") and not like_matcher("%s%s%s%")("spans")
+    assert not like_matcher("%" * 40 + "!")("information_schema")  # at once (a regex backtracked for ever)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab%_", max_size=8), st.text("ab", max_size=8))
+def test_like_matcher_agrees_with_sql_like(pattern: str, name: str) -> None:
+    regex = "".join({"%": ".*", "_": "."}.get(char, char) for char in pattern)
+    assert like_matcher(pattern)(name) == (re.fullmatch(regex, name) is not None)
 
 
 def test_dictionaries_are_hydrated_everywhere_unless_preserved() -> None:

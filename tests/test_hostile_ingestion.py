@@ -9,6 +9,7 @@ import json
 import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,6 +400,25 @@ def test_slow_body_is_cut_off(lake: Lake) -> None:
     assert lake.alive()
 
 
+def test_slow_headers_are_cut_off(lake: Lake) -> None:
+    head = f"POST /ingestion/insert_process HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {'x' * 100}".encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", lake.server.http_port), timeout=BODY_TIMEOUT_S + 20) as conn:
+        closed = False
+        for byte in head:  # one byte every 50 ms: 5 s for the whole head, never finished
+            try:
+                conn.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.05)
+        if not closed:
+            assert conn.recv(1) == b""
+    elapsed = time.monotonic() - started
+    assert BODY_TIMEOUT_S - 0.5 < elapsed < BODY_TIMEOUT_S + 2, elapsed
+    assert lake.alive()
+
+
 def test_server_memory_stays_bounded_under_a_bomb(lake: Lake) -> None:
     peak_before = peak_rss_mb(lake.server)
     url = lake.server.http_url
@@ -414,6 +434,21 @@ def test_server_memory_stays_bounded_under_a_bomb(lake: Lake) -> None:
     logs = f"SELECT count(*) AS n FROM view_instance('log_entries', '{bombed.process_id}')"
     assert int(lake.client.query(logs).n[0]) == 0
     assert peak_rss_mb(lake.server) - peak_before < 150  # inflated, the bomb alone would be 1024 MB
+
+
+def test_otlp_gzip_bomb_is_refused_by_its_ratio(lake: Lake) -> None:
+    compressor = zlib.compressobj(9, wbits=16 + zlib.MAX_WBITS)
+    zeros = b"\x00" * (1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(1024)) + compressor.flush()  # 1 GiB inflated
+    assert len(bomb) < 2 * 1024 * 1024
+    peak_before = peak_rss_mb(lake.server)
+    headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}
+    status, body = post(f"{lake.server.http_url}/ingestion/otlp/v1/logs", bomb, headers)
+    assert status == 400
+    message = status_pb2.Status.FromString(body).message
+    assert f"gzip body of {len(bomb)} bytes inflates past 100 times its size (SPANLAKE_MAX_INFLATION_RATIO)" in message
+    assert peak_rss_mb(lake.server) - peak_before < 150  # inflated up to the 100x cap at most
+    assert lake.alive()
 
 
 def peak_rss_mb(server: SpanlakeServer) -> float:

@@ -26,18 +26,21 @@ from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lakehouse_support import PROCESS_ID, local_lake
-from test_flightsql_support import grpc_status, statement_ticket
+from test_flightsql_support import command_descriptor, grpc_status, statement_ticket
 
 from spanlake.lakehouse.query.session import session_config
 from spanlake.server.auth import MAX_CACHED_KEYS, Authenticator
+from spanlake.server.flightsql import protocol
 
 TIMEOUT_SECONDS = 4
 MEMORY_LIMIT_MB = 16
-# CPU-bound and endless, in almost no memory: 10 build rows against 10^15 probe rows. A step blocked
-# in DataFusion stops at the plan's next yield to the scheduler; in-memory operators yield every 128
-# input batches (tokio's budget), here every ~0.1 s. A larger build side makes each batch, hence the
-# stop, slower: benchmarks/query_memory.py measures that worst case.
+# CPU-bound and endless, in almost no memory: build rows against 10^15 probe rows. A step blocked in
+# DataFusion stops at the plan's next yield to the scheduler: the session splits the probe side in
+# round-robin (session_config), and its tasks yield about every input batch; unsplit, only every
+# 128 (tokio's budget). A larger build side makes each batch, hence the stop, slower:
+# benchmarks/query_memory.py measures it.
 ENDLESS = "SELECT sum(a.value * b.value) AS s FROM range(10) a CROSS JOIN range(1000000000000000) b"
+ENDLESS_WIDE = ENDLESS.replace("range(10)", "range(10000)")  # 655M rows of work per input batch
 STOP_SECONDS = 10
 CLEAN_CODES = {"INVALID_ARGUMENT", "UNIMPLEMENTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
@@ -244,6 +247,14 @@ def test_a_query_whose_client_gave_up_stops(server: SpanlakeServer) -> None:
     assert _serves(server)
 
 
+def test_an_abandoned_query_with_a_wide_build_side_stops(server: SpanlakeServer) -> None:
+    """128 input batches of 655M rows each (minutes) went by between two yields before the splits."""
+    with pytest.raises(flight.FlightTimedOutError):
+        _query(server, ENDLESS_WIDE, timeout=1.0)
+    _wait_idle(server, within=STOP_SECONDS)
+    assert _serves(server)
+
+
 def test_a_query_over_the_memory_limit_fails_promptly_every_time(server: SpanlakeServer) -> None:
     """A hash join cannot spill: past the pool it fails. A GROUP BY over two partitions spills or
     fails, and never hangs (DataFusion 55 hung in about 1 run in 10 to 60 with repartitioning)."""
@@ -262,15 +273,19 @@ def test_a_query_over_the_memory_limit_fails_promptly_every_time(server: Spanlak
     assert _serves(server)
 
 
-def test_the_lakehouse_session_never_hangs_after_resources_exhausted() -> None:
+@pytest.mark.parametrize("split_inputs", [False, True])
+def test_the_lakehouse_session_never_hangs_after_resources_exhausted(split_inputs: bool) -> None:
     """DataFusion 55 hangs now and then after "Resources exhausted" in a hash-repartitioned GROUP BY:
     with the lakehouse's session settings but that repartitioning on, this loop hung in run 3 (and in
-    1 run in 8 to 60 in other trials); without it, 60 runs in 60 failed cleanly."""
+    1 run in 8 to 60 in other trials); without it, 60 runs in 60 failed cleanly. Round-robin splits of
+    a single-partition input (split_inputs) put a RepartitionExec under the GROUP BY: 180 runs in 180
+    failed cleanly (1, 2 and 3 input partitions, 2 to 8 target partitions)."""
     batches = pa.table({"id": np.arange(1_000_000, dtype=np.int64)}).to_batches(max_chunksize=65536)
+    partitions = [batches] if split_inputs else [batches[:8], batches[8:]]
     for run in range(40):
         pool = datafusion.RuntimeEnvBuilder().with_greedy_memory_pool(1 << 20)
-        ctx = datafusion.SessionContext(session_config().with_target_partitions(2), pool)
-        ctx.register_record_batches("t", [batches[:8], batches[8:]])
+        ctx = datafusion.SessionContext(session_config(split_inputs).with_target_partitions(2), pool)
+        ctx.register_record_batches("t", partitions)
         outcome: list[str] = []
 
         def group_by(ctx: datafusion.SessionContext = ctx, outcome: list[str] = outcome) -> None:
@@ -306,6 +321,49 @@ def test_sigterm_stops_the_server_during_an_endless_query(postgres: PostgresServ
         busy.process.wait(timeout=10)
         client.join(10)
         assert outcome and outcome[0] in ("UNAVAILABLE", "UNKNOWN", "INTERNAL", "CANCELLED"), outcome
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata requests
+
+
+def _metadata(server: SpanlakeServer, command: object) -> pa.Table:
+    with flight.connect(server.flightsql_url) as client:
+        info = client.get_flight_info(command_descriptor(command))
+        return client.do_get(info.endpoints[0].ticket).read_all()
+
+
+def test_metadata_patterns_that_made_a_regex_backtrack_answer_at_once(server: SpanlakeServer) -> None:
+    """`%%…%!` as a regex backtracked for ever, holding the GIL: the whole server stalled."""
+    backtracking = protocol.CommandGetTables(table_name_filter_pattern="%" * 40 + "!")
+    assert _metadata(server, backtracking).num_rows == 0
+    ends_with_c = protocol.CommandGetDbSchemas(db_schema_filter_pattern="%" * 40 + "c")
+    assert _metadata(server, ends_with_c).column("db_schema_name").to_pylist() == ["public"]
+    two_s = protocol.CommandGetTables(db_schema_filter_pattern="public", table_name_filter_pattern="%s%_%s")
+    assert _metadata(server, two_s).column("table_name").to_pylist() == [
+        "log_stats",
+        "measures",
+        "processes",
+        "streams",
+    ]
+    assert _serves(server)
+
+
+def test_metadata_requests_run_under_the_time_limit(postgres: PostgresServer, tmp_path: Path) -> None:
+    """GetTables runs on a query's thread with the statements' time limit: a 1 MB pattern (seconds of
+    work to take apart) stops at 0.2 s with DEADLINE_EXCEEDED, and its thread stops working."""
+    with running_server(postgres, tmp_path, extra_env={"SPANLAKE_QUERY_TIMEOUT_SECONDS": "0.2"}) as quick:
+        slow = protocol.CommandGetTables(table_name_filter_pattern="%a" * 500_000)
+        started = time.monotonic()
+        with pytest.raises(pa.ArrowException) as caught:
+            _metadata(quick, slow)
+        code, message = grpc_status(caught.value)
+        assert code == "DEADLINE_EXCEEDED", message
+        assert "the query ran past its time limit of 0.2 s (SPANLAKE_QUERY_TIMEOUT_SECONDS)" in message
+        assert time.monotonic() - started < 3
+        _wait_idle(quick, within=STOP_SECONDS)
+        named = protocol.CommandGetTables(table_name_filter_pattern="processes")
+        assert _metadata(quick, named).column("table_name").to_pylist() == ["processes"]
 
 
 # ------------------------------------------------------------------------------------------------

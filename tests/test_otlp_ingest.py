@@ -464,9 +464,11 @@ def test_empty_requests_store_nothing() -> None:
 # --- refusals --------------------------------------------------------------------------------------
 
 
-def refusal(signal: str, body: bytes, content_type: str | None, encoding: str | None = None) -> OtlpRequestError:
+def refusal(
+    signal: str, body: bytes, content_type: str | None, encoding: str | None = None, ratio: int = 100
+) -> OtlpRequestError:
     with pytest.raises(OtlpRequestError) as caught:
-        blocks_from_request(signal, body, content_type, encoding)
+        blocks_from_request(signal, body, content_type, encoding, ratio)
     return caught.value
 
 
@@ -512,8 +514,21 @@ def test_bodies_over_the_limits_are_413() -> None:
     bomb = b"".join(compressor.compress(chunk) for _ in range(otlp.DECOMPRESSED_BODY_LIMIT // len(chunk) + 1))
     bomb += compressor.flush()
     assert len(bomb) < otlp.WIRE_BODY_LIMIT
-    error = refusal("logs", bomb, PROTOBUF, "gzip")
+    error = refusal("logs", bomb, PROTOBUF, "gzip", ratio=100_000)  # the absolute limit, whatever the ratio
     assert (error.status, error.message) == (413, f"decompressed body is over {otlp.DECOMPRESSED_BODY_LIMIT} bytes")
+
+
+def test_gzip_bodies_past_the_inflation_ratio_are_400() -> None:
+    compressible = logs_request(*(log(T0 + i) for i in range(50_000))).SerializeToString()
+    body = gzip.compress(compressible)
+    ratio = len(compressible) // len(body)
+    assert len(compressible) > otlp.RATIO_FLOOR and ratio > 2
+    assert otlp.gunzip(body, ratio + 1) == compressible  # within its ratio
+    error = refusal("logs", body, PROTOBUF, "gzip", ratio=ratio - 1)
+    assert error.status == 400
+    assert f"gzip body of {len(body)} bytes inflates past {ratio - 1} times its size" in error.message
+    small = gzip.compress(logs_request(log(T0)).SerializeToString())
+    assert blocks_from_request("logs", small, PROTOBUF, "gzip", 1)  # under RATIO_FLOOR: never refused
 
 
 def test_unknown_signal_is_a_programming_error() -> None:

@@ -12,6 +12,7 @@ functions return are built in a context of their own (`frames_context`), which h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -43,17 +44,26 @@ from spanlake.views.view import View
 BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
 
 
-def session_config() -> SessionConfig:
-    # No repartitioning of single-partition inputs: it would run the volatile, ordered chunk generator
-    # of perfetto_trace_chunks on several threads at once, out of order. Scans of several partition
-    # files still run in parallel (one stream per file). No hash repartitioning of aggregations and
-    # windows either: DataFusion 55 can hang forever after "Resources exhausted" in a repartitioned
-    # GROUP BY (1 run in 10 to 60 with a small pool; none in 80 without it).
+# Table functions whose rows reach the client in the order their generator makes them (the client
+# reads them in arrival order, without ORDER BY): a query naming one never has its inputs split.
+ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", re.IGNORECASE)
+
+
+def session_config(split_inputs: bool = False) -> SessionConfig:
+    # `split_inputs`: round-robin repartitioning of single-partition inputs (DataFusion's default).
+    # A CPU-bound plan over in-memory data then runs in tasks fed through channels, which yield to
+    # tokio about every input batch, where a cancelled query's tasks stop; unsplit, the whole plan
+    # is one poll on the query's thread, which yields every 128 input batches only (seconds of work).
+    # Off for ORDERED_FUNCTIONS: a split puts their output on several partitions, merged out of order.
+    # Scans of several partition files run in parallel (one stream per file). No hash repartitioning
+    # of aggregations and windows: DataFusion 55 can hang forever after "Resources exhausted" in a
+    # hash-repartitioned GROUP BY (1 run in 10 to 60 with a small pool; none in 80 without it, none
+    # in 180 with round-robin splits: tests/test_hostile_queries.py).
     return (
         SessionConfig()
         .with_batch_size(BATCH_SIZE)
         .with_information_schema(True)
-        .set("datafusion.optimizer.enable_round_robin_repartition", "false")
+        .set("datafusion.optimizer.enable_round_robin_repartition", str(split_inputs).lower())
         .set("datafusion.optimizer.repartition_file_scans", "false")
         .set("datafusion.optimizer.repartition_aggregations", "false")
         .set("datafusion.optimizer.repartition_windows", "false")
@@ -305,21 +315,26 @@ def make_session_context(
     is_admin: bool = True,
     identity: str | None = None,
     memory_limit_bytes: int | None = None,
+    sql: str | None = None,
 ) -> SessionContext:
     """A session for one query. Admin functions are registered only for admins (or without auth);
     `identity` (who asks) is what `deny_queries` records as a rule's author. With
     `memory_limit_bytes`, DataFusion's operators share a pool of that size: sorts and
-    aggregations spill past it, and what cannot spill fails with "Resources exhausted".
+    aggregations spill past it, and what cannot spill fails with "Resources exhausted". With the
+    `sql` it will plan, naming none of ORDERED_FUNCTIONS, its inputs are split (session_config).
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        return _session_context(lake, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
+        split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
+        config = session_config(split_inputs)
+        return _session_context(lake, config, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
 def _session_context(
     lake: Lake,
+    config: SessionConfig,
     query_range: tuple[int, int] | None,
     is_admin: bool,
     identity: str | None,
@@ -329,7 +344,7 @@ def _session_context(
     runtime = RuntimeEnvBuilder()
     if memory_limit_bytes:
         runtime = runtime.with_fair_spill_pool(memory_limit_bytes)
-    ctx = SessionContext(session_config(), runtime)
+    ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", GlobalTables(lake, query_range, trace_parent))
     ctx.register_udtf(udtf(_view_instance_function(lake, query_range, trace_parent), "view_instance"))

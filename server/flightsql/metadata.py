@@ -65,19 +65,46 @@ def describe_table(schema: Any, name: str) -> tuple[str, Callable[[], pa.Schema]
     return table.kind, lambda: table.schema
 
 
-def like_pattern(pattern: str) -> re.Pattern[str]:
-    """A Flight SQL filter pattern (SQL LIKE: `%` any run, `_` one char, `\\` escapes) as a regex."""
-    parts, chars = [], iter(pattern)
+def like_matcher(pattern: str) -> Callable[[str], bool]:
+    """A Flight SQL filter pattern (SQL LIKE: `%` any run, `_` one char, `\\` escapes) as a test of a
+    whole name. The pieces between `%`s (fixed length) are found leftmost in turn, in time linear in
+    the name: a backtracking regex took forever on `%%…%!`, holding the GIL (the whole server)."""
+    pieces: list[list[str]] = [[]]
+    chars = iter(pattern)
     for char in chars:
         if char == "\\":
-            parts.append(re.escape(next(chars, "\\")))
+            pieces[-1].append(re.escape(next(chars, "\\")))
         elif char == "%":
-            parts.append(".*")
+            pieces.append([])
         elif char == "_":
-            parts.append(".")
+            pieces[-1].append(".")
         else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.DOTALL)
+            pieces[-1].append(re.escape(char))
+    compiled = [(re.compile("".join(piece), re.DOTALL), len(piece)) for piece in pieces if piece or len(pieces) == 1]
+    if len(pieces) == 1:
+        return lambda name: compiled[0][0].fullmatch(name) is not None
+    first = compiled[0] if pieces[0] else None
+    last = compiled[-1] if pieces[-1] else None
+    middle = compiled[int(first is not None) : len(compiled) - int(last is not None)]
+    return lambda name: _like_matches(name, first, middle, last)
+
+
+_Piece = tuple[re.Pattern[str], int]
+
+
+def _like_matches(name: str, first: _Piece | None, middle: list[_Piece], last: _Piece | None) -> bool:
+    start = 0 if first is None else first[1]
+    end = len(name) - (0 if last is None else last[1])
+    if end < start or (first is not None and first[0].match(name) is None):
+        return False
+    if last is not None and last[0].match(name, end) is None:
+        return False
+    for regex, _ in middle:
+        found = regex.search(name, start, end)
+        if found is None:
+            return False
+        start = found.end()
+    return True
 
 
 def _optional(command: Any, name: str) -> str | None:
@@ -87,8 +114,7 @@ def _optional(command: Any, name: str) -> str | None:
 def _matcher(pattern: str | None) -> Callable[[str], bool]:
     if pattern is None:
         return lambda _: True
-    regex = like_pattern(pattern)
-    return lambda value: regex.fullmatch(value) is not None
+    return like_matcher(pattern)
 
 
 def _schemas(ctx: datafusion.SessionContext, catalog: str | None) -> Iterator[tuple[str, str]]:

@@ -7,8 +7,9 @@
   signals) and aborts the call, dropping its future, when that line raises. `stop` raises `Interrupted`
   in the query's thread (PyThreadState_SetAsyncExc), so the call under way ends within about a second;
   the stream is then dropped, and DataFusion's tasks for it with it. Those stop at their next yield
-  to tokio (Rust cannot abort a running poll): at once when waiting on I/O or a channel, only every
-  128 input batches in a CPU-bound in-memory pipeline (docs/flightsql.md, Query limits).
+  to tokio (Rust cannot abort a running poll): at once when waiting on I/O or a channel, about every
+  input batch in a CPU-bound in-memory plan split in round-robin, every 128 in one not split
+  (lakehouse/query/session.py; docs/flightsql.md, Query limits).
 
 The caller's thread (a gRPC handler) hands each step to the query's thread with `run` and waits,
 asking `should_stop` every POLL_SECONDS whether to give up (client gone, deadline, shutdown).

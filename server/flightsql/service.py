@@ -468,9 +468,15 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _open_query(self, context: flight.ServerCallContext, audit: QueryAudit) -> QueryThread:
         """A thread for the query, stopped when the client cancels or goes away, or at its deadline."""
+        try:
+            return self._query_thread(context, audit.query_id)
+        except Failure as failure:
+            raise _failed(audit, failure) from None
+
+    def _query_thread(self, context: flight.ServerCallContext, query_id: str) -> QueryThread:
+        """A stoppable thread for a query (or a metadata request); UNAVAILABLE once shutting down."""
         timeout = self._limits.timeout_seconds
         deadline = time.monotonic() + timeout if timeout > 0 else None
-        query_id = audit.query_id
 
         def should_stop() -> Failure | None:
             if context.is_cancelled():
@@ -487,7 +493,7 @@ class FlightSqlServer(flight.FlightServerBase):
                 self._queries.add(query)
                 return query
         query.close()
-        raise _failed(audit, errors.unavailable("the server is shutting down", query_id))
+        raise errors.unavailable("the server is shutting down", query_id)
 
     def _close_query(self, query: QueryThread) -> None:
         query.close()
@@ -507,12 +513,28 @@ class FlightSqlServer(flight.FlightServerBase):
             headers = parse_query_headers(call.headers)
         except HeaderError as err:
             raise errors.log_failure(errors.invalid_argument(str(err), query_id)) from None
+        # On a query's thread, as statements: its stack, its time limit, stopped at shutdown.
+        try:
+            query = self._query_thread(context, query_id)
+        except Failure as failure:
+            raise errors.log_failure(failure) from None
+        try:
+            return query.run(self._metadata_in_session, call, kind, command, headers, query_id)
+        except Failure as failure:
+            raise errors.log_failure(failure) from None
+        finally:
+            self._close_query(query)
+
+    def _metadata_in_session(
+        self, call: _Call, kind: str, command: Any, headers: QueryHeaders, query_id: str
+    ) -> pa.Table:
+        """GetCatalogs, GetDbSchemas or GetTables answered from a session built for the request."""
         try:
             ctx = self._session_factory(
                 QueryContext(query_id, headers.query_range, headers.limit, call.principal, call.client)
             )
         except Exception as exc:
-            raise errors.log_failure(errors.classify("error building session context", exc, query_id)) from None
+            raise errors.classify("error building session context", exc, query_id) from None
         if kind == "CommandGetCatalogs":
             return metadata.catalogs(ctx)
         if kind == "CommandGetDbSchemas":
