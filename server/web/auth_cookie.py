@@ -19,14 +19,18 @@ COOKIE = "spanlake_key"
 COOKIE_MAX_AGE = 7 * 86_400
 
 
-async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal:
-    """The principal of the request's cookie or bearer header; AuthError if neither is valid."""
+async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal | None:
+    """The principal of the request's cookie or bearer header (None while the server has no key at
+    all: the loopback default); AuthError if neither is valid."""
     key = request.cookies.get(COOKIE)
     header = f"Bearer {key}" if key else request.headers.get("Authorization")
-    if header is None:
-        raise AuthError("sign in with an API key")
-    # May look the key up in PostgreSQL through the loop: off the loop thread.
-    return await asyncio.to_thread(authenticator.authenticate, header)
+    try:
+        # May look the key up in PostgreSQL through the loop: off the loop thread.
+        return await asyncio.to_thread(authenticator.authenticate, header)
+    except AuthError:
+        if header is None:
+            raise AuthError("sign in with an API key") from None
+        raise
 
 
 def login_redirect(request: web.Request) -> web.Response:

@@ -9,12 +9,15 @@ Everything here blocks: callers on the event loop run it with `asyncio.to_thread
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 
+import asyncpg
 import datafusion
 import pyarrow as pa
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.server.flightsql import errors
 from spanlake.server.flightsql.streaming import conform, output_schema
@@ -22,6 +25,14 @@ from spanlake.server.flightsql.streaming import conform, output_schema
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
 _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+# What the catalog database or the object store raise when they do not answer (as ingestion's 503s).
+STORAGE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, TimeoutError)
+# How DataFusion words a Python exception raised in a table function it called.
+_PY_ERR_TYPE = re.compile(r"PyErr \{ type: <class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
+
+
+class StorageUnavailable(Exception):
+    """A query failed because the catalog database or the object store did not answer (a 503)."""
 
 
 class WebQueryError(Exception):
@@ -100,6 +111,17 @@ def _batches(batches: Iterator[datafusion.RecordBatch], schema: pa.Schema) -> It
         raise _failed("error building data stream", exc) from None
 
 
-def _failed(what: str, exc: Exception) -> WebQueryError:
+def _failed(what: str, exc: Exception) -> WebQueryError | StorageUnavailable:
+    if _raised_by_storage(exc):
+        return StorageUnavailable(f"{what}: {exc}")
     failure = errors.classify(what, exc, None)
     return WebQueryError(failure.message, 400 if failure.error_class == "user" else 500)
+
+
+def _raised_by_storage(exc: Exception) -> bool:
+    """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's."""
+    if isinstance(exc, STORAGE_FAILURES):
+        return True
+    raised = _PY_ERR_TYPE.search(str(exc))
+    cls = getattr(sys.modules.get(raised["module"]), raised["name"], None) if raised else None
+    return isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES)
