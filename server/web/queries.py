@@ -56,21 +56,34 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
+def session(lake: Lake, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.SessionContext:
+    """A fresh lakehouse session with the query range, admin functions only for admins."""
+    return make_session_context(lake, query_range, is_admin=is_admin)
+
+
+def plan(ctx: datafusion.SessionContext, sql: str) -> datafusion.DataFrame:
     """The planned query (table functions run here, materializing what the range needs)."""
-    refuse_admin_functions(sql, is_admin)
-    ctx = make_session_context(lake, query_range, is_admin=is_admin)
     try:
         return ctx.sql_with_options(sql, READ_ONLY)
     except Exception as exc:  # DataFusion raises plain Exception; classify words it
         raise _failed("error building dataframe", exc) from None
 
 
+def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
+    """`sql` planned in a fresh session of its own."""
+    refuse_admin_functions(sql, is_admin)
+    return plan(session(lake, query_range, is_admin), sql)
+
+
 def collect(
     lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool = True, limit: int | None = None
 ) -> pa.Table:
     """The whole result (dictionaries decoded), at most `limit` rows."""
-    df = dataframe(lake, sql, query_range, is_admin)
+    return collect_frame(dataframe(lake, sql, query_range, is_admin), limit)
+
+
+def collect_frame(df: datafusion.DataFrame, limit: int | None = None) -> pa.Table:
+    """A planned query's result (dictionaries decoded), at most `limit` rows."""
     try:
         if limit is not None:
             df = df.limit(limit)
