@@ -8,6 +8,7 @@ Everything here blocks: callers on the event loop run it with `asyncio.to_thread
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -22,17 +23,15 @@ from spanlake.lakehouse.query.session import make_session_context
 from spanlake.server.flightsql import errors
 from spanlake.server.flightsql.streaming import conform, output_schema
 
+log = logging.getLogger(__name__)
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
 _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
 # What the catalog database or the object store raise when they do not answer (as ingestion's 503s).
 STORAGE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, TimeoutError)
 # How DataFusion words a Python exception raised in a table function it called.
 _PY_ERR_TYPE = re.compile(r"PyErr \{ type: <class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
-
-
-class StorageUnavailable(Exception):
-    """A query failed because the catalog database or the object store did not answer (a 503)."""
 
 
 class WebQueryError(Exception):
@@ -42,6 +41,13 @@ class WebQueryError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class StorageUnavailable(WebQueryError):
+    """A query failed because the catalog database or the object store did not answer: a 503."""
+
+    def __init__(self) -> None:
+        super().__init__(UNAVAILABLE, 503)
 
 
 def refuse_admin_functions(sql: str, is_admin: bool) -> None:
@@ -124,9 +130,10 @@ def _batches(batches: Iterator[datafusion.RecordBatch], schema: pa.Schema) -> It
         raise _failed("error building data stream", exc) from None
 
 
-def _failed(what: str, exc: Exception) -> WebQueryError | StorageUnavailable:
+def _failed(what: str, exc: Exception) -> WebQueryError:
     if _raised_by_storage(exc):
-        return StorageUnavailable(f"{what}: {exc}")
+        log.warning("%s: storage unavailable: %s", what, str(exc).splitlines()[0])
+        return StorageUnavailable()
     failure = errors.classify(what, exc, None)
     return WebQueryError(failure.message, 400 if failure.error_class == "user" else 500)
 
