@@ -136,7 +136,8 @@ def test_pages_say_the_database_is_down_with_a_503_and_recover(
                 started = time.monotonic()
                 response = page.goto(server.http_url + path)
 
-                assert (response.status, page.inner_text("#error")) == (503, UNAVAILABLE), path
+                shown = (response.status, page.inner_text("#error"))
+                assert shown == (503, UNAVAILABLE), (path, shown)
                 assert time.monotonic() - started < 10, f"{path} took {time.monotonic() - started:.1f} s"
                 assert page.title() == "Storage unavailable · spanlake"
                 assert "Traceback" not in page.content()
@@ -145,8 +146,12 @@ def test_pages_say_the_database_is_down_with_a_503_and_recover(
             assert (status, json.loads(body)) == (503, {"error": UNAVAILABLE})  # what the tree script shows
         finally:
             off_loop(set_database_open, postgres, server, True)
-        response = page.goto(server.http_url + "/")
-        assert response.status == 200 and RUST_PROCESS_ID in page.locator("#processes a.pid").all_inner_texts()
+
+        def listed() -> bool:  # the pool reconnects, the global processes view catches up
+            response = page.goto(server.http_url + "/")
+            return response.status == 200 and RUST_PROCESS_ID in page.locator("#processes a.pid").all_inner_texts()
+
+        wait_until(listed, 20, "the processes page to list the fixture again")
         response = page.goto(f"{server.http_url}/process/{RUST_PROCESS_ID}")
         assert response.status == 200 and int(page.inner_text(".count[data-count=log-entries]").replace(",", "")) > 0
         assert "Error handling request" not in server.log_text()  # aiohttp logs an unhandled exception so

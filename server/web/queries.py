@@ -30,8 +30,8 @@ _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNO
 UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
 # What the catalog database or the object store raise when they do not answer (as ingestion's 503s).
 STORAGE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, TimeoutError)
-# How DataFusion words a Python exception raised in a table function it called.
-_PY_ERR_TYPE = re.compile(r"PyErr \{ type: <class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
+# How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
+_PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
 
 
 class WebQueryError(Exception):
@@ -142,6 +142,8 @@ def _raised_by_storage(exc: Exception) -> bool:
     """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's."""
     if isinstance(exc, STORAGE_FAILURES):
         return True
-    raised = _PY_ERR_TYPE.search(str(exc))
-    cls = getattr(sys.modules.get(raised["module"]), raised["name"], None) if raised else None
-    return isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES)
+    for raised in _PY_ERR_TYPE.finditer(str(exc)):  # nested when a table function wraps another's
+        cls = getattr(sys.modules.get(raised["module"]), raised["name"], None)
+        if isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES):
+            return True
+    return False
