@@ -28,8 +28,16 @@ READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).
 ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
 _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
 UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
-# What the catalog database or the object store raise when they do not answer (as ingestion's 503s).
-STORAGE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, TimeoutError)
+# What the catalog database or the object store raise when they do not answer (as ingestion's 503s);
+# asyncpg's InternalClientError comes from a connection whose backend was terminated mid-operation.
+STORAGE_FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ObjectStoreError,
+    OSError,
+    TimeoutError,
+)
 # How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
 _PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
 
