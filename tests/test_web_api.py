@@ -13,12 +13,15 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_until
 from micromegas.auth import StaticTokenAuthProvider
 from micromegas.flightsql.client import FlightSQLClient
 from web_support import RUST_PROCESS_ID, Browser, browser, upload_rust_fixture, watched_page
+
+from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
 ADMIN_KEY = "admin-key-for-the-web-tests"
 VIEWER_KEY = "viewer-key-for-the-web-tests"
@@ -286,3 +289,73 @@ def test_find_answers_the_path_to_a_thread_span(server: SpanlakeServer) -> None:
         "GET", f"{server.http_url}/api/stream/{stream_id}/thread-spans/find", headers=bearer(VIEWER_KEY)
     )
     assert status == 400 and "'name'" in json.loads(body)["error"]
+
+
+def tree_level(server: SpanlakeServer, route: str, **params: object) -> dict:
+    query = urllib.parse.urlencode({"from": RANGE["begin"], "to": RANGE["end"], **params})
+    status, body = http("GET", f"{server.http_url}{route}?{query}", headers=bearer(VIEWER_KEY))
+    assert status == 200, body
+    return json.loads(body)
+
+
+def expected_level(spans: pd.DataFrame, ends: pd.Series, level: pd.Series, offset: int, limit: int) -> list[dict]:
+    """The level's page as the route must answer it, from every span of the tree (`ends` by span id)."""
+    base = parse_rfc3339_ns(RANGE["begin"])
+    page = spans[level].sort_values(["begin", "id"]).iloc[offset : offset + limit]
+    children = spans.parent.value_counts()
+    return [
+        {
+            "id": str(row.id),
+            "parent": str(row.parent),
+            "depth": row.depth,
+            "begin": row.begin - base,
+            "end": int(ends[row.id]) - base if row.id in ends.index else None,
+            "name": row.name,
+            "children": int(children.get(row.id, 0)),
+        }
+        for row in page.itertuples()
+    ]
+
+
+def shown(answer: dict) -> list[dict]:
+    keys = ("id", "parent", "depth", "begin", "end", "name", "children")
+    return [{k: span[k] for k in keys} for span in answer["spans"]]
+
+
+def test_span_tree_levels_equal_sql(server: SpanlakeServer) -> None:
+    client = flight_client(server, VIEWER_KEY)
+    begin, end = (dt.datetime.fromisoformat(RANGE[k]) for k in ("begin", "end"))
+    events = client.query(
+        "SELECT span_id AS id, parent_span_id AS parent, depth, CAST(time AS BIGINT) AS time, event_type, name"
+        f" FROM view_instance('async_events', '{RUST_PROCESS_ID}')",
+        begin,
+        end,
+    )
+    spans = events[events.event_type == "begin"].rename(columns={"time": "begin"})
+    ends = events[events.event_type == "end"].groupby("id").time.max()
+    route = f"/api/process/{RUST_PROCESS_ID}/async-spans"
+    top = tree_level(server, route, limit=3, offset=1)
+    assert shown(top) == expected_level(spans, ends, spans.depth == 0, 1, 3) and len(top["spans"]) == 3
+    assert top["total"] == (spans.depth == 0).sum()
+    parent = spans.parent.value_counts().index[0]  # the span with the most children
+    kids = tree_level(server, route, parent=parent)
+    assert shown(kids) == expected_level(spans, ends, spans.parent == parent, 0, 500) and kids["total"] > 1
+    assert tree_level(server, route, offset=10_000) == {**top, "spans": [], "total": 0, "limit": 500}
+
+    [stream_id] = client.query(
+        f"SELECT stream_id FROM streams WHERE process_id = '{RUST_PROCESS_ID}'"
+        " AND property_get(properties, 'thread-name') = 'main'"
+    ).stream_id
+    thread = client.query(
+        'SELECT id, parent, depth, CAST(begin AS BIGINT) AS begin, CAST("end" AS BIGINT) AS "end", name'
+        f" FROM view_instance('thread_spans', '{stream_id}')",
+        begin,
+        end,
+    )
+    route = f"/api/stream/{stream_id}/thread-spans"
+    top = tree_level(server, route, limit=2)
+    assert shown(top) == expected_level(thread, thread.set_index("id")["end"], thread.depth == 0, 0, 2)
+    parent = thread.parent[thread.depth > 0].value_counts().index[0]
+    kids = tree_level(server, route, parent=parent)
+    assert shown(kids) == expected_level(thread, thread.set_index("id")["end"], thread.parent == parent, 0, 500)
+    assert len(kids["spans"]) > 1

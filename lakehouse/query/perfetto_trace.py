@@ -12,6 +12,7 @@ no chunk, and should the estimate fall short, the last one takes the rest, still
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
 
+log = logging.getLogger(__name__)
 BATCH_BYTES = 1024 * 1024  # chunks per record batch on the wire: the per-row cost is the client's
 OUTPUT_SCHEMA = pa.schema(
     [pa.field("chunk_id", pa.int32(), nullable=False), pa.field("chunk_data", pa.binary(), nullable=False)]
@@ -223,6 +225,7 @@ def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
                 chunks = plan.chunks()
             last = plan.batch_count - 1
             rows = [take(float("inf") if task == last else BATCH_BYTES) for task in task_ids.to_pylist()]
+            log.debug("perfetto trace of %s: %d chunks generated", plan.process_id, next_id)
             offsets = np.cumsum([0] + [len(row) for row in rows], dtype=np.int32)
             flat = [chunk for row in rows for chunk in row]
             items = pa.StructArray.from_arrays(

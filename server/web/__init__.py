@@ -11,6 +11,7 @@ Modules:
     process_pages      one process's screens: overview, logs, metrics, async spans, threads, Perfetto
     charts             the metrics chart, drawn as SVG on the server
     api                the JSON routes the pages' scripts call (span trees, SQL, health)
+    span_levels        one level of a span tree, a page at a time: the spans, their ends and children
     span_find          a span found by name anywhere in a tree, with the path from its root
     perfetto_download  `GET /api/perfetto/{process_id}`: the trace streamed as an attachment
     query_stream       `POST /api/query-stream`: micromegas analytics-web-srv's Arrow IPC framing

@@ -26,6 +26,7 @@ from spanlake.server.web.auth_cookie import is_admin
 from spanlake.server.web.pages import MAX_LIMIT, int_param
 from spanlake.server.web.process_pages import lifetime_range, load_process
 from spanlake.server.web.span_find import SpanTable, find_path
+from spanlake.server.web.span_levels import load_level
 from spanlake.server.web.time_range import TimeRange, TimeRangeError, parse_range
 
 TREE_LIMIT = 500
@@ -33,35 +34,6 @@ TREE_LIMIT = 500
 
 def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body, default=str), status=status, content_type="application/json")
-
-
-def async_spans_sql(events: str, parent: int | None, limit: int, offset: int = 0) -> str:
-    """One level of a process's async span tree (`events`: its async_events instance): begins paired
-    with their ends, children counted."""
-    level = "depth = 0" if parent is None else f"parent_span_id = {parent}"
-    return f"""WITH page AS (
-  SELECT span_id, parent_span_id, depth, time AS begin, name, target, filename, line FROM {events}
-  WHERE event_type = 'begin' AND {level} ORDER BY time, span_id LIMIT {limit} OFFSET {offset}),
-ends AS (SELECT span_id, time AS end FROM {events}
-  WHERE event_type = 'end' AND span_id IN (SELECT span_id FROM page)),
-kids AS (SELECT parent_span_id, count(*) AS children FROM {events}
-  WHERE event_type = 'begin' AND parent_span_id IN (SELECT span_id FROM page) GROUP BY parent_span_id)
-SELECT p.span_id AS id, p.parent_span_id AS parent, p.depth, p.begin, e.end, p.name, p.target, p.filename, p.line,
-  coalesce(k.children, 0) AS children,
-  (SELECT count(*) FROM {events} WHERE event_type = 'begin' AND {level}) AS total
-FROM page p LEFT JOIN ends e ON p.span_id = e.span_id LEFT JOIN kids k ON p.span_id = k.parent_span_id
-ORDER BY p.begin, p.span_id"""
-
-
-def thread_spans_sql(spans: str, parent: int | None, limit: int, offset: int = 0) -> str:
-    """One level of a thread's call tree (`spans`: its thread_spans instance), children counted."""
-    level = "depth = 0" if parent is None else f"parent = {parent}"
-    return f"""WITH page AS (
-  SELECT id, parent, depth, begin, "end", name, target, filename, line FROM {spans}
-  WHERE {level} ORDER BY begin, id LIMIT {limit} OFFSET {offset}),
-kids AS (SELECT parent, count(*) AS children FROM {spans} WHERE parent IN (SELECT id FROM page) GROUP BY parent)
-SELECT p.*, coalesce(k.children, 0) AS children, (SELECT count(*) FROM {spans} WHERE {level}) AS total
-FROM page p LEFT JOIN kids k ON p.id = k.parent ORDER BY p.begin, p.id"""
 
 
 def _parent(request: web.Request) -> int | None:
@@ -105,9 +77,13 @@ class Api:
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
 
-    async def _tree(self, request: web.Request, sql: str, time_range: TimeRange, limit: int) -> web.Response:
-        table = await asyncio.to_thread(queries.collect, self.lake, sql, time_range.ns, is_admin(request))
-        return json_response(_tree_json(table, time_range, limit))
+    async def _level(self, request: web.Request, table: SpanTable, time_range: TimeRange) -> web.Response:
+        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
+        offset = int_param(request, "offset", 0, 0, 2**62)
+        level = await asyncio.to_thread(
+            load_level, self.lake, table, _parent(request), limit, offset, time_range.ns, is_admin(request)
+        )
+        return json_response(_tree_json(level, time_range, limit))
 
     async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
         process = await load_process(self.lake.pool, request.match_info["process_id"])
@@ -124,18 +100,10 @@ class Api:
         return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
 
     async def async_spans(self, request: web.Request) -> web.Response:
-        table, time_range = await self._process_tree(request)
-        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
-        offset = int_param(request, "offset", 0, 0, 2**62)
-        sql = async_spans_sql(table.source, _parent(request), limit, offset)
-        return await self._tree(request, sql, time_range, limit)
+        return await self._level(request, *await self._process_tree(request))
 
     async def thread_spans(self, request: web.Request) -> web.Response:
-        table, time_range = await self._thread_tree(request)
-        limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
-        offset = int_param(request, "offset", 0, 0, 2**62)
-        sql = thread_spans_sql(table.source, _parent(request), limit, offset)
-        return await self._tree(request, sql, time_range, limit)
+        return await self._level(request, *await self._thread_tree(request))
 
     async def find_async_span(self, request: web.Request) -> web.Response:
         return await self._find(request, *await self._process_tree(request))

@@ -20,22 +20,17 @@ COOKIE_MAX_AGE = 7 * 86_400
 
 
 async def authenticate(request: web.Request, authenticator: Authenticator) -> Principal | None:
-    """The principal of the request's cookie or bearer header; None while no key exists at all (auth
-    is off, and keys created later turn it on within seconds); AuthError if neither is valid."""
+    """The principal of the request's cookie or bearer header (None while the server has no key at
+    all: the loopback default); AuthError if neither is valid."""
     key = request.cookies.get(COOKIE)
     header = f"Bearer {key}" if key else request.headers.get("Authorization")
-    # May look the key up in PostgreSQL through the loop: off the loop thread.
-    return await asyncio.to_thread(authenticator.authenticate, header)
-
-
-async def _auth_is_off(authenticator: Authenticator | None) -> bool:
-    """No key exists at all: the UI is open (as both APIs are then)."""
-    if authenticator is None:
-        return True
     try:
-        return await asyncio.to_thread(authenticator.authenticate, None) is None
+        # May look the key up in PostgreSQL through the loop: off the loop thread.
+        return await asyncio.to_thread(authenticator.authenticate, header)
     except AuthError:
-        return False
+        if header is None:
+            raise AuthError("sign in with an API key") from None
+        raise
 
 
 def login_redirect(request: web.Request) -> web.Response:
@@ -62,7 +57,7 @@ or <code>spanlake api-key NAME</code>.</p>"""
 
 def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
     async def show(request: web.Request) -> web.Response:
-        if await _auth_is_off(authenticator):
+        if authenticator is None:
             return web.Response(status=303, headers={"Location": "/"})
         return html.page("Sign in", _login_form(_safe_next(request.query.get("next"))))
 
@@ -70,7 +65,7 @@ def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, .
         form = await request.post()
         next_path = _safe_next(str(form.get("next", "")))
         key = str(form.get("key", "")).strip()
-        if await _auth_is_off(authenticator):
+        if authenticator is None:
             return web.Response(status=303, headers={"Location": next_path})
         try:
             await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 from aiohttp import web
@@ -58,6 +59,7 @@ class PerfettoDownload:
             raise html.PageError(400, "Bad time range", "the time range is empty: 'begin' must be before 'end'")
         sql = trace_sql(process.process_id, spans, begin, end)
         _, batches = await asyncio.to_thread(queries.stream, self.lake, sql, (begin, end), is_admin(request))
+        sent = Sent()
         try:
             first = await asyncio.to_thread(next, batches, None)
             response = web.StreamResponse(
@@ -69,21 +71,38 @@ class PerfettoDownload:
             )
             await response.prepare(request)
             try:
-                await _send(response, first, batches)
+                await _send(response, first, batches, sent)
                 await response.write_eof()
+                log.info("perfetto download of %s: %s", process.process_id, sent)
             except queries.WebQueryError as err:  # after the first byte: cut the response short
-                log.warning("perfetto trace of %s cut short: %s", process.process_id, err.message)
+                log.warning("perfetto trace of %s cut short after %s: %s", process.process_id, sent, err.message)
                 if request.transport is not None:
                     request.transport.close()
-            except ConnectionError:  # the client cancelled
-                log.info("perfetto download of %s cancelled by the client", process.process_id)
+            except ConnectionError:  # the client cancelled (or went away): no more chunks are asked for
+                log.info("perfetto download of %s cancelled by the client after %s", process.process_id, sent)
             return response
         finally:
-            batches.close()  # a client that went away stops the generation here
+            batches.close()  # ends the query: its chunk generator is dropped with it
 
 
-async def _send(response: web.StreamResponse, batch: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch]) -> None:
+@dataclass
+class Sent:
+    """What a download has written so far (its log line)."""
+
+    chunks: int = 0
+    bytes: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.chunks} chunks ({self.bytes} bytes)"
+
+
+async def _send(
+    response: web.StreamResponse, batch: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch], sent: Sent
+) -> None:
     while batch is not None:
         for chunk in batch.column("chunk_data"):
-            await response.write(chunk.as_buffer().to_pybytes())
+            data = chunk.as_buffer().to_pybytes()
+            await response.write(data)  # raises ConnectionError once the client has gone
+            sent.chunks += 1
+            sent.bytes += len(data)
         batch = await asyncio.to_thread(next, rest, None)

@@ -8,20 +8,38 @@ Everything here blocks: callers on the event loop run it with `asyncio.to_thread
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Iterator
 
+import asyncpg
 import datafusion
 import pyarrow as pa
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.server.flightsql import errors
 from spanlake.server.flightsql.streaming import conform, output_schema
 
+log = logging.getLogger(__name__)
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
 _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
+# What the catalog database or the object store raise when they do not answer (as ingestion's 503s);
+# asyncpg's InternalClientError comes from a connection whose backend was terminated mid-operation.
+STORAGE_FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ObjectStoreError,
+    OSError,
+    TimeoutError,
+)
+# How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
+_PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
 
 
 class WebQueryError(Exception):
@@ -31,6 +49,13 @@ class WebQueryError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class StorageUnavailable(WebQueryError):
+    """A query failed because the catalog database or the object store did not answer: a 503."""
+
+    def __init__(self) -> None:
+        super().__init__(UNAVAILABLE, 503)
 
 
 def refuse_admin_functions(sql: str, is_admin: bool) -> None:
@@ -45,21 +70,34 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
+def session(lake: Lake, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.SessionContext:
+    """A fresh lakehouse session with the query range, admin functions only for admins."""
+    return make_session_context(lake, query_range, is_admin=is_admin)
+
+
+def plan(ctx: datafusion.SessionContext, sql: str) -> datafusion.DataFrame:
     """The planned query (table functions run here, materializing what the range needs)."""
-    refuse_admin_functions(sql, is_admin)
-    ctx = make_session_context(lake, query_range, is_admin=is_admin)
     try:
         return ctx.sql_with_options(sql, READ_ONLY)
     except Exception as exc:  # DataFusion raises plain Exception; classify words it
         raise _failed("error building dataframe", exc) from None
 
 
+def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
+    """`sql` planned in a fresh session of its own."""
+    refuse_admin_functions(sql, is_admin)
+    return plan(session(lake, query_range, is_admin), sql)
+
+
 def collect(
     lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool = True, limit: int | None = None
 ) -> pa.Table:
     """The whole result (dictionaries decoded), at most `limit` rows."""
-    df = dataframe(lake, sql, query_range, is_admin)
+    return collect_frame(dataframe(lake, sql, query_range, is_admin), limit)
+
+
+def collect_frame(df: datafusion.DataFrame, limit: int | None = None) -> pa.Table:
+    """A planned query's result (dictionaries decoded), at most `limit` rows."""
     try:
         if limit is not None:
             df = df.limit(limit)
@@ -101,5 +139,19 @@ def _batches(batches: Iterator[datafusion.RecordBatch], schema: pa.Schema) -> It
 
 
 def _failed(what: str, exc: Exception) -> WebQueryError:
+    if _raised_by_storage(exc):
+        log.warning("%s: storage unavailable: %s", what, str(exc).splitlines()[0])
+        return StorageUnavailable()
     failure = errors.classify(what, exc, None)
     return WebQueryError(failure.message, 400 if failure.error_class == "user" else 500)
+
+
+def _raised_by_storage(exc: Exception) -> bool:
+    """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's."""
+    if isinstance(exc, STORAGE_FAILURES):
+        return True
+    for raised in _PY_ERR_TYPE.finditer(str(exc)):  # nested when a table function wraps another's
+        cls = getattr(sys.modules.get(raised["module"]), raised["name"], None)
+        if isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES):
+            return True
+    return False

@@ -7,29 +7,25 @@ function, 400/500 for a failing query, 503 when the catalog or the object store 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.web import html
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
 from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
-from spanlake.server.web.queries import WebQueryError
+from spanlake.server.web.queries import STORAGE_FAILURES, UNAVAILABLE, StorageUnavailable, WebQueryError
 from spanlake.server.web.query_stream import QueryStream
 from spanlake.server.web.time_range import TimeRangeError
 
 STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PREFIXES = ("/health", "/ready", "/ingestion/", "/login", "/logout", "/static/", "/api/health")
-_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Render = Callable[[web.Request, int, str, str], web.StreamResponse]
@@ -41,16 +37,16 @@ def _failure(exc: Exception) -> tuple[int, str, str]:
         return exc.status, exc.title, exc.message
     if isinstance(exc, TimeRangeError):
         return 400, "Bad time range", str(exc)
-    if isinstance(exc, WebQueryError):
+    if isinstance(exc, WebQueryError) and not isinstance(exc, StorageUnavailable):
         return exc.status, "Query failed" if exc.status != 403 else "Forbidden", exc.message
-    return 503, "Storage unavailable", "the catalog database or the object store is not answering; retry shortly"
+    return 503, "Storage unavailable", UNAVAILABLE
 
 
 def _reported(handler: Handler, render: Render) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (html.PageError, TimeRangeError, WebQueryError, *_UNAVAILABLE) as exc:
+        except (html.PageError, TimeRangeError, WebQueryError, *STORAGE_FAILURES) as exc:
             return render(request, *_failure(exc))
 
     return handle
@@ -73,12 +69,13 @@ def _auth_middleware(authenticator: Authenticator) -> Callable[..., Awaitable[we
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
+        is_api = request.path.startswith("/api/")
         try:
             request["principal"] = await authenticate(request, authenticator)
         except AuthError as err:
-            if request.path.startswith("/api/"):
-                return _as_json(request, 401, "", f"unauthorized: {err}")
-            return login_redirect(request)
+            return _as_json(request, 401, "", f"unauthorized: {err}") if is_api else login_redirect(request)
+        except STORAGE_FAILURES as exc:  # the keys are in the catalog database, which does not answer
+            return (_as_json if is_api else _as_page)(request, *_failure(exc))
         return await handler(request)
 
     return middleware

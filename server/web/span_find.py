@@ -17,13 +17,16 @@ MAX_DEPTH = 256  # a chain longer than this is cut (and said so): a cycle in bad
 
 @dataclass(frozen=True)
 class SpanTable:
-    """Where a tree's spans are: the view instance, the filter keeping one row per span, the columns."""
+    """Where a tree's spans are: the view instance, the filter keeping one row per span, the columns;
+    `end_event` the filter of the rows holding span ends when they are rows of their own."""
 
     source: str
     one_row_per_span: str
     id: str
     parent: str
     begin: str
+    columns: str  # a span's row as the tree shows it: id, parent, depth, begin[, end], name, target, filename, line
+    end_event: str | None = None
 
     @classmethod
     def async_events(cls, process_id: str) -> SpanTable:
@@ -33,11 +36,14 @@ class SpanTable:
             "span_id",
             "parent_span_id",
             "time",
+            "span_id AS id, parent_span_id AS parent, depth, time AS begin, name, target, filename, line",
+            "event_type = 'end'",
         )
 
     @classmethod
     def thread_spans(cls, stream_id: str) -> SpanTable:
-        return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin")
+        columns = 'id, parent, depth, begin, "end", name, target, filename, line'
+        return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns)
 
 
 def match_sql(table: SpanTable, text: str, index: int) -> str:
