@@ -13,7 +13,7 @@ import pyarrow as pa
 from spanlake.views.columns import Coded, block_identity_columns, dictionary_array, string_array, timestamp_array
 from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
 from spanlake.views.meta import BlockMeta, ProcessMeta
-from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
+from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_UTF8, required
 from spanlake.views.time import TickConverter
 from spanlake.views.view import HOUR_SECONDS, View, each_block_by_its_clock
 
@@ -23,14 +23,7 @@ IMAGE_EVENT = "ImageEvent"
 
 SCHEMA = pa.schema(
     [
-        required("process_id", DICT_UTF8),
-        required("stream_id", DICT_UTF8),
-        required("block_id", DICT_UTF8),
-        required("insert_time", TIMESTAMP),
-        required("exe", DICT_UTF8),
-        required("username", DICT_UTF8),
-        required("computer", DICT_UTF8),
-        required("time", TIMESTAMP),
+        *BLOCK_EVENT_FIELDS,
         required("name", pa.utf8()),
         required("format", DICT_UTF8),
         required("payload_size", pa.int64()),

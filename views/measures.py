@@ -20,7 +20,7 @@ from spanlake.views.columns import (
 from spanlake.views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
 from spanlake.views.meta import OTLP_METRICS_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
-from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, required
+from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_JSONB, DICT_UTF8, required
 from spanlake.views.time import TickConverter
 from spanlake.views.view import HOUR_SECONDS, OtlpBlock, View, each_block, each_block_by_its_clock
 
@@ -29,14 +29,7 @@ FILE_SCHEMA_HASH = bytes([7])
 
 SCHEMA = pa.schema(
     [
-        required("process_id", DICT_UTF8),
-        required("stream_id", DICT_UTF8),
-        required("block_id", DICT_UTF8),
-        required("insert_time", TIMESTAMP),
-        required("exe", DICT_UTF8),
-        required("username", DICT_UTF8),
-        required("computer", DICT_UTF8),
-        required("time", TIMESTAMP),
+        *BLOCK_EVENT_FIELDS,
         required("target", DICT_UTF8),
         required("name", DICT_UTF8),
         required("unit", DICT_UTF8),

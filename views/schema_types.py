@@ -21,6 +21,20 @@ def optional(name: str, type_: pa.DataType) -> pa.Field:
     return pa.field(name, type_, nullable=True)
 
 
+# The leading columns of the views whose rows are events of one block (log_entries, measures, images),
+# in micromegas's order: where the event came from, then when it happened.
+BLOCK_EVENT_FIELDS = (
+    required("process_id", DICT_UTF8),
+    required("stream_id", DICT_UTF8),
+    required("block_id", DICT_UTF8),
+    required("insert_time", TIMESTAMP),
+    required("exe", DICT_UTF8),
+    required("username", DICT_UTF8),
+    required("computer", DICT_UTF8),
+    required("time", TIMESTAMP),
+)
+
+
 def schema_hash(schema: pa.Schema) -> bytes:
     """A stable 8-byte digest of a schema, for views whose file_schema_hash follows their schema.
 
