@@ -3,6 +3,13 @@ client of the ingestion API) and stored data it cannot read."""
 
 from __future__ import annotations
 
+import re
+import sys
+
+import asyncpg
+
+from spanlake.lakehouse.object_store import ObjectStoreError
+
 SHOWN_VALUE_LIMIT = 120
 MESSAGE_LIMIT = 1000
 
@@ -54,3 +61,32 @@ class ClusterUnsupported(Exception):
 
 class ClusterFailure(Exception):
     """The query cluster failed after results began to stream (a worker lost, say): retry the query."""
+
+
+# What the catalog database or the object store raise when they do not answer: every door answers
+# "retry later" (HTTP 503, Flight SQL UNAVAILABLE). asyncpg's InternalClientError comes from a
+# connection whose backend was terminated mid-operation. (Values PostgreSQL refuses for what they are,
+# asyncpg.DataError and the like, are PostgresErrors too: ingestion answers those 400 first.)
+STORAGE_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ObjectStoreError,
+    OSError,
+    TimeoutError,
+)
+STORAGE_UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
+# How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
+_PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's (nested
+    when a table function wraps another's)."""
+    if isinstance(exc, STORAGE_FAILURES):
+        return True
+    for raised in _PY_ERR_TYPE.finditer(str(exc)):
+        cls = getattr(sys.modules.get(raised["module"]), raised["name"], None)
+        if isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES):
+            return True
+    return False

@@ -15,7 +15,7 @@ Modules:
     self_tracing      spanlake tracing itself into its own lake
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
-    query_admission   the query deny list checked before each Flight SQL statement
+    http_body         request bodies read within SPANLAKE_REQUEST_BODY_TIMEOUT_S (408 and close otherwise)
     flightsql         the Arrow Flight SQL server (a package)
     web               the web UI: pages, span trees, SQL, Perfetto, micromegas query stream (a package)
 """

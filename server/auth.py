@@ -14,8 +14,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from spanlake.lakehouse.query.context import Principal
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
@@ -24,12 +25,6 @@ if TYPE_CHECKING:
 
 class AuthError(Exception):
     """The request carries no valid credential. The message is safe to show to the caller."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    is_admin: bool = False
 
 
 # Looks a key hash up in the database; returns the key's name and admin flag, or None.

@@ -13,21 +13,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from datafusion import SessionContext
-
 from spanlake.lakehouse.bulk_ingest import bulk_ingest
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.query.admission import lakehouse_runner
+from spanlake.lakehouse.query.audit import AUDIT_LOGGER
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
 from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
-from spanlake.server.flightsql.audit import AUDIT_LOGGER
-from spanlake.server.flightsql.limits import QueryLimits
 from spanlake.server.flightsql.service import FlightSqlServer
-from spanlake.server.flightsql.session import QueryContext, SessionFactory
 from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
-from spanlake.server.query_admission import admit
 from spanlake.server.self_tracing import start_self_tracing
 from spanlake.server.startup import (
     GETTING_STARTED,
@@ -81,15 +76,17 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
         serves_requests = "ingest" in roles or "flightsql" in roles or "web" in roles
         authenticator = make_authenticator(settings, lake) if serves_requests else None
         stoppers: list[Callable[[], None]] = []
+        runner = lakehouse_runner(lake)  # every door's queries, Flight SQL's and the web UI's
         if "ingest" in roles or "web" in roles:
             http = start_ingestion(
-                lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles
+                lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles, runner
             )
             try:  # the port was free at the start-up check; another process may have taken it since
-                runner = lake.loop.run(http)
+                http_runner = lake.loop.run(http)
             except OSError as err:
                 raise listen_error(settings.host, settings.http_port, "--http-port", err) from None
-            stoppers.append(lambda: lake.loop.run(runner.cleanup(), timeout=30))
+            stoppers.append(lambda: lake.loop.run(http_runner.cleanup(), timeout=30))
+            stoppers.append(runner.shutdown)  # first: the web's queries stop, then the HTTP server
             if "ingest" in roles:
                 print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
             if "web" in roles:
@@ -98,9 +95,8 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
             try:
                 flight_server = FlightSqlServer(
                     f"grpc://{settings.host}:{settings.flightsql_port}",
-                    lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024),
+                    runner,
                     authenticator,
-                    limits=QueryLimits(settings.max_sql_bytes, settings.max_sql_depth, settings.query_timeout_seconds),
                     cluster=query_cluster(lake, settings),
                     bulk_ingest=functools.partial(bulk_ingest, lake),
                 )
@@ -142,25 +138,6 @@ def query_cluster(lake: Lake, settings: Settings) -> QueryCluster | None:
         ) from None
     print(f"spanlake query cluster: {settings.query_cluster} (from {settings.cluster_min_bytes} bytes)", flush=True)
     return QueryCluster(lake, settings.query_cluster, settings.cluster_min_bytes)
-
-
-def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
-    """Flight SQL's session factory: a lakehouse session per query; admin functions for admins only."""
-
-    def make(query: QueryContext) -> SessionContext:
-        is_admin = query.principal is None or query.principal.is_admin
-        admit(lake, query, is_admin)
-        identity = query.principal.name if query.principal is not None else "anonymous"
-        return make_session_context(
-            lake,
-            query.query_range,
-            is_admin=is_admin,
-            identity=identity,
-            memory_limit_bytes=memory_limit_bytes,
-            sql=query.sql,
-        )
-
-    return make
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

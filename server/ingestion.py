@@ -16,14 +16,16 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
-from spanlake.lakehouse.errors import IngestRejected, cut
+from spanlake.lakehouse.errors import STORAGE_FAILURES, IngestRejected, cut
 from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.object_store import ObjectStoreError
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
+from spanlake.lakehouse.query.admission import lakehouse_runner
+from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
 from spanlake.server.web.routes import mount_web_ui
 
 log = logging.getLogger(__name__)
@@ -35,23 +37,25 @@ _READY_TIMEOUT_SECONDS = 2.0
 # Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
 # too big): refused on every retry, so the client's error (400), never "retry later".
 _REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
-# Anything else from storage is an outage (unreachable, restarting, broken schema): 503, retry later.
-_OUTAGES = (asyncpg.PostgresError, asyncpg.InterfaceError, ObjectStoreError, OSError, asyncio.TimeoutError)
+# Anything else from storage (lakehouse.errors.STORAGE_FAILURES) is an outage (unreachable, restarting,
+# broken schema): 503, retry later.
 # Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
 _INLINE_PARSE_LIMIT = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BodyTimeout(Exception):
-    """The client did not send its request body in time."""
-
-
 class IngestionService:
     def __init__(
-        self, lake: Lake, authenticator: Authenticator | None, ingestion: bool = True, web_ui: bool = False
+        self,
+        lake: Lake,
+        authenticator: Authenticator | None,
+        ingestion: bool = True,
+        web_ui: bool = False,
+        runner: QueryRunner | None = None,
     ) -> None:
         self.lake = lake
+        self.runner = runner
         self.authenticator = authenticator
         self.ingestion = ingestion
         self.web_ui = web_ui
@@ -73,7 +77,8 @@ class IngestionService:
             app.router.add_post("/ingestion/webhook", webhook.route(self.store_otlp_blocks))
             firehose.add_routes(app, self.store_otlp_blocks, self.authenticator)
         if self.web_ui:
-            mount_web_ui(app, self.lake, self.authenticator)
+            runner = self.runner if self.runner is not None else lakehouse_runner(self.lake)
+            mount_web_ui(app, self.lake, self.authenticator, runner)
         return app
 
     @web.middleware
@@ -97,14 +102,14 @@ class IngestionService:
             return await handler(request)
         except BodyTimeout as err:
             log.info("closed %s: %s", request.path, err)
-            return await _answer_and_close(request, web.Response(status=408, text=str(err)))
+            return await answer_and_close(request, web.Response(status=408, text=str(err)))
         except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
         except _REFUSED_VALUES as err:
             log.info("rejected %s: the database refuses a value: %s", request.path, cut(str(err)))
             return web.Response(status=400, text=f"bad request: the database refuses a value: {cut(str(err))}")
-        except _OUTAGES as err:
+        except STORAGE_FAILURES as err:
             log.warning("storage failure on %s: %s", request.path, cut(str(err)))
             return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
@@ -132,17 +137,8 @@ class IngestionService:
         return None
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request body, or `BodyTimeout` when the client takes longer than the setting to send it
-        (a slow client must not hold a connection and its buffers forever); 413 at once when the
-        declared length is over the limit."""
-        declared = request.content_length
-        if declared is not None and declared > request.client_max_size:
-            raise web.HTTPRequestEntityTooLarge(request.client_max_size, declared)
-        timeout = self.lake.settings.request_body_timeout_s
-        try:
-            return await asyncio.wait_for(request.read(), timeout)
-        except TimeoutError:
-            raise BodyTimeout(f"request body not received within {timeout:g} s") from None
+        """The request body, within SPANLAKE_REQUEST_BODY_TIMEOUT_S (`http_body.read_body`)."""
+        return await read_body(request, self.lake.settings.request_body_timeout_s)
 
     @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
@@ -202,16 +198,6 @@ class IngestionService:
         return web.Response(status=status, body=data, content_type=response_type)
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
-    """Sends `response`, then closes the connection at once: aiohttp would otherwise linger up to 10 s
-    reading the rest of a body the client is sending too slowly."""
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()
-    return response
-
-
 async def start_ingestion(
     lake: Lake,
     authenticator: Authenticator | None,
@@ -219,21 +205,23 @@ async def start_ingestion(
     port: int,
     ingestion: bool = True,
     web_ui: bool = False,
+    runner: QueryRunner | None = None,
 ) -> web.AppRunner:
     """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns the runner
-    to stop it with `cleanup()`."""
+    to stop it with `cleanup()`. The web UI's queries run with the query `runner` (the process's; one
+    of its own when None)."""
     # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
     # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head within it
     # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
     # slow headers are bounded by the body's time limit too.
-    service = IngestionService(lake, authenticator, ingestion, web_ui)
-    runner = web.AppRunner(
+    service = IngestionService(lake, authenticator, ingestion, web_ui, runner)
+    app_runner = web.AppRunner(
         service.app(),
         access_log=None,
         auto_decompress=False,
         keepalive_timeout=lake.settings.request_body_timeout_s,
     )
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
+    await app_runner.setup()
+    await web.TCPSite(app_runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
     log.debug("ingestion API listening on http://%s:%d", host, port)
-    return runner
+    return app_runner

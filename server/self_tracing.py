@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from spanlake import tracing
 from spanlake.lakehouse.ingest import store_block
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.audit import AUDIT_LOGGER
 from spanlake.server import wire
-from spanlake.server.flightsql.audit import AUDIT_LOGGER
 from spanlake.tracing.dispatch import FLUSH_PERIOD_ENV
 from spanlake.tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, Priority, SinkStats
 

@@ -156,20 +156,21 @@ def test_resource_exhaustion_is_reported_as_unavailable(caplog: pytest.LogCaptur
     assert record["error_class"] == "resource"
 
 
-def test_session_factory_failure_is_internal_and_scrubbed() -> None:
+def test_session_factory_storage_failure_is_unavailable_and_scrubbed() -> None:
+    # A ConnectionError is a storage failure (lakehouse.errors.is_storage_failure): retry later.
     def unreachable(_query: QueryContext) -> datafusion.SessionContext:
         raise ConnectionError("catalog unreachable at postgresql://spanlake:pw@db:5432/lake")
 
     with running_server(unreachable) as uri:
         code, message = _query_failure(uri, "SELECT 1")
         assert (code, QUERY_ID.sub("", message)) == (
-            "INTERNAL",
+            "UNAVAILABLE",
             "error building session context: ConnectionError: catalog unreachable at <url>",
         )
         with flight.connect(uri) as client:
             tables = client.get_flight_info(command_descriptor(protocol.CommandGetTables()))
             code, message = _failure(lambda: client.do_get(tables.endpoints[0].ticket).read_all())
-        assert code == "INTERNAL" and message.startswith("error building session context")
+        assert code == "UNAVAILABLE" and message.startswith("error building session context")
 
 
 def _any(message: Any) -> bytes:

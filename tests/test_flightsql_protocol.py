@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from micromegas.flightsql import FlightSql_pb2 as mm
 
+from spanlake.lakehouse.query.audit import sql_hash
+from spanlake.lakehouse.query.context import default_session_config
+from spanlake.lakehouse.query.failures import Code, root_error, scrub
 from spanlake.server.flightsql import UserError, protocol, sql_info
-from spanlake.server.flightsql.audit import sql_hash
-from spanlake.server.flightsql.errors import Code, root_error, scrub
 from spanlake.server.flightsql.headers import HeaderError, parse_query_headers
 from spanlake.server.flightsql.metadata import like_matcher
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
-from spanlake.server.flightsql.session import default_session_config
 from spanlake.server.flightsql.streaming import MAX_MESSAGE_BYTES, conform, hydrated_type, output_schema, split
 
 

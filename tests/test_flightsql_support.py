@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from spanlake.lakehouse.query.audit import AUDIT_LOGGER
 from spanlake.server.auth import Authenticator
 from spanlake.server.flightsql import FlightSqlServer, QueryContext, default_session_config, protocol
-from spanlake.server.flightsql.audit import AUDIT_LOGGER
 
 EVENT_ROWS = 1_000_000
 BASE_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z

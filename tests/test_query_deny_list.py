@@ -15,7 +15,7 @@ from served_support import READER_KEY, adbc_connect, micromegas_client, served_l
 from test_flightsql_support import grpc_status
 
 from spanlake.lakehouse import query_denials
-from spanlake.server.flightsql.audit import sql_hash
+from spanlake.lakehouse.query.audit import sql_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 

@@ -15,7 +15,7 @@ import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
 from perfetto_check import decode_and_check
 
-from spanlake.server.flightsql.audit import sql_hash
+from spanlake.lakehouse.query.audit import sql_hash
 
 # What one query that materializes a view instance just in time runs, parent before child.
 JIT_CHAIN = (

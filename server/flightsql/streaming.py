@@ -1,24 +1,22 @@
-"""Streaming a DataFusion result to a Flight client, batch by batch, with its audit record.
+"""Streaming a query's result to a Flight client, batch by batch, with its audit record.
 
 Nothing is collected: each batch DataFusion produces is conformed to the announced schema
 (dictionaries hydrated unless the client asked to keep them), split if it would make an oversized
 gRPC message, and handed to pyarrow.flight. The generator's `finally` tells the audit how the stream
 ended; a client that disconnects closes the generator, which drops DataFusion's stream and with it the
-running query (one blocked in DataFusion meanwhile is stopped by its QueryThread).
+running query (one blocked in DataFusion meanwhile is stopped by its query's thread).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pyarrow as pa
 
-from spanlake import tracing
-from spanlake.server.flightsql.audit import QueryAudit
-from spanlake.server.flightsql.errors import Failure, classify, log_failure
+from spanlake.lakehouse.query.audit import QueryAudit
+from spanlake.lakehouse.query.failures import Failure, classify, log_failure
+from spanlake.server.flightsql.errors import to_flight_error
 
 # Many gRPC clients refuse messages above 4 MiB by default (grpc-go, hence ADBC's Go driver, unless
 # configured); larger batches are cut into ~2 MiB slices, as arrow-flight's encoder does.
@@ -89,68 +87,33 @@ def has_dictionary(schema: pa.Schema) -> bool:
     return any(hydrated_type(field.type) != field.type for field in schema)
 
 
-class DataFusionBatches:
-    """Pyarrow batches pulled from a DataFusion stream. `close` drops the stream, and with it
-    DataFusion's tasks for the query, even while a stopped step or an exception's traceback still
-    holds this object."""
-
-    def __init__(self, stream: Any, execution: tracing.SpanContext) -> None:
-        self._stream = stream
-        self._execution = execution
-
-    def next_batch(self) -> pa.RecordBatch | None:
-        """The next batch, or None at the end (or once closed)."""
-        if self._stream is None:
-            return None
-        # DataFusion's work for the batch runs as a child of the execution span. No local variable
-        # holds the stream: a traceback through this frame would keep it (and its tasks) alive.
-        with tracing.attach(self._execution):
-            batch = next(self._stream, None)
-        return None if batch is None else batch.to_pyarrow()
-
-    def close(self) -> None:
-        self._stream = None
-
-
 def result_batches(
     fetch: Callable[[], pa.RecordBatch | None],
     schema: pa.Schema,
     audit: QueryAudit,
-    spans: tuple[tracing.OpenAsyncSpan, ...],
     on_end: Callable[[], None],
 ) -> Iterator[pa.RecordBatch | pa.Table]:
-    """The batches `fetch` gives (None at the end) → items for `flight.GeneratorStream`, counting
-    rows and bytes; audits ok/error/incomplete, ends `spans` (innermost first) and calls `on_end`
-    when the stream ends. A `Failure` from `fetch` (the query stopped) is sent as it is.
+    """The batches `fetch` gives (None at the end) → items for `flight.GeneratorStream`; calls
+    `on_end` (which closes the query) then audits ok/error/incomplete when the stream ends. A
+    `Failure` from `fetch` (the query stopped) is sent as it is.
 
     A GeneratorStream sends a yielded RecordBatch without its dictionaries, so when dictionaries are
     kept each batch goes out as a one-batch Table, which pyarrow sends with its dictionaries (the
     client takes them as replacements).
     """
     as_table = has_dictionary(schema)
-    started = time.perf_counter()
-
-    def record_duration() -> None:
-        audit.execution_ms = (time.perf_counter() - started) * 1000.0
-
     finished = False
     try:
         while (datafusion_batch := fetch()) is not None:
             batch = conform(datafusion_batch, schema)
             for part in split(batch):
-                audit.rows += part.num_rows
-                audit.bytes += part.nbytes
                 yield pa.Table.from_batches([part]) if as_table else part
         finished = True
     except Exception as exc:
-        record_duration()
         failure = exc if isinstance(exc, Failure) else classify("error building data stream", exc, audit.query_id)
-        raise log_failure(audit.fail(failure)).to_flight_error() from None
+        raise to_flight_error(log_failure(audit.fail(failure))) from None
     finally:
-        record_duration()
         on_end()
-        for span in spans:
-            span.end()
         if finished:
             audit.ok()
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import time
 import uuid
@@ -21,12 +22,13 @@ from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
-from spanlake.server.web import html, queries
-from spanlake.server.web.auth_cookie import is_admin
+from spanlake.server.http_body import read_body
+from spanlake.server.web import html
 from spanlake.server.web.pages import MAX_LIMIT, int_param
 from spanlake.server.web.process_pages import lifetime_range, load_process
-from spanlake.server.web.span_find import SpanTable, find_path
-from spanlake.server.web.span_levels import load_level
+from spanlake.server.web.queries import WebQueries
+from spanlake.server.web.span_find import SpanTable, find_path, match_sql
+from spanlake.server.web.span_levels import load_level, source_sql
 from spanlake.server.web.time_range import TimeRange, TimeRangeError, parse_range
 
 TREE_LIMIT = 500
@@ -74,14 +76,22 @@ def _tree_json(table: pa.Table, time_range: TimeRange, limit: int) -> dict:
 
 
 class Api:
-    def __init__(self, lake: Lake) -> None:
+    """The JSON routes: span tree levels, span search, `/api/sql`, health."""
+
+    def __init__(self, lake: Lake, queries: WebQueries) -> None:
+        """Reads processes from the lake's catalog; runs queries with `queries`."""
         self.lake = lake
+        self.queries = queries
 
     async def _level(self, request: web.Request, table: SpanTable, time_range: TimeRange) -> web.Response:
         limit = int_param(request, "limit", TREE_LIMIT, 1, MAX_LIMIT)
         offset = int_param(request, "offset", 0, 0, 2**62)
-        level = await asyncio.to_thread(
-            load_level, self.lake, table, _parent(request), limit, offset, time_range.ns, is_admin(request)
+        level = await self.queries.in_session(
+            request,
+            "span_tree",
+            source_sql(table),
+            time_range.ns,
+            functools.partial(load_level, table=table, parent=_parent(request), limit=limit, offset=offset),
         )
         return json_response(_tree_json(level, time_range, limit))
 
@@ -116,12 +126,15 @@ class Api:
         if not text:
             raise html.PageError(400, "Bad request", "'name' must be the text to find in span names")
         index = int_param(request, "n", 0, 0, 2**62)
-        found = await asyncio.to_thread(find_path, self.lake, table, text, index, time_range.ns, is_admin(request))
+        sql = match_sql(table, text, index)
+        found = await self.queries.in_session(
+            request, "span_find", sql, time_range.ns, functools.partial(find_path, table=table, index=index)
+        )
         return json_response(found)
 
     async def sql(self, request: web.Request) -> web.Response:
         """`{sql, begin, end, limit}` → `{columns, rows, row_count, bytes, elapsed_ms, truncated}`."""
-        body = await _json_body(request)
+        body = await self._json_body(request)
         sql, limit = body.get("sql"), body.get("limit", 1000)
         if not isinstance(sql, str) or not sql.strip():
             raise html.PageError(400, "Bad request", "the request needs a non-empty 'sql' string")
@@ -129,7 +142,7 @@ class Api:
             raise html.PageError(400, "Bad request", f"'limit' must be an integer from 1 to {MAX_LIMIT}")
         query_range = request_range(body)
         started = time.perf_counter()
-        table = await asyncio.to_thread(queries.collect, self.lake, sql, query_range, is_admin(request), limit + 1)
+        table = await self.queries.collect(request, "sql", sql, query_range, limit + 1)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         truncated = table.num_rows > limit
         table = table.slice(0, limit)
@@ -155,15 +168,16 @@ class Api:
             {"status": "healthy", "timestamp": dt.datetime.now(dt.UTC).isoformat(), "flightsql_connected": connected}
         )
 
-
-async def _json_body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as err:
-        raise html.PageError(400, "Bad request", f"the body is not JSON: {err.msg}") from None
-    if not isinstance(body, dict):
-        raise html.PageError(400, "Bad request", "the body must be a JSON object")
-    return body
+    async def _json_body(self, request: web.Request) -> dict:
+        """The request's JSON object, read within SPANLAKE_REQUEST_BODY_TIMEOUT_S."""
+        data = await read_body(request, self.lake.settings.request_body_timeout_s)
+        try:
+            body = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise html.PageError(400, "Bad request", f"the body is not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise html.PageError(400, "Bad request", "the body must be a JSON object")
+        return body
 
 
 def request_range(body: dict) -> tuple[int, int] | None:

@@ -3,14 +3,14 @@ screen shares (running a query for the signed-in principal, the process tabs).""
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import pyarrow as pa
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
 from spanlake.server.web import html, queries
-from spanlake.server.web.auth_cookie import is_admin, principal_of
+from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.html import esc, link, url
 from spanlake.server.web.time_range import TimeRange, parse_range
 
@@ -36,14 +36,23 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
 class Screens:
     """Shared by the screens: the lake, and rendering for the request's principal."""
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: Lake, web_queries: queries.WebQueries) -> None:
+        """Reads processes from the lake's catalog; runs the screens' queries with `web_queries`."""
         self.lake = lake
+        self.queries = web_queries
 
     async def table(
-        self, request: web.Request, sql: str, time_range: TimeRange | None, limit: int | None = None
+        self,
+        request: web.Request,
+        sql: str,
+        time_range: TimeRange | None,
+        limit: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
+        """The result of a screen's query for the request's principal (`params`: the values of the
+        SQL's `$name` placeholders)."""
         query_range = time_range.ns if time_range is not None else None
-        return await asyncio.to_thread(queries.collect, self.lake, sql, query_range, is_admin(request), limit)
+        return await self.queries.collect(request, "page", sql, query_range, limit, params)
 
     def page(self, request: web.Request, title: str, body: str, **kwargs: object) -> web.Response:
         return html.page(title, body, signed_in=principal_of(request) is not None, **kwargs)

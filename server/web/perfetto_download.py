@@ -2,26 +2,26 @@
 
 The trace is `perfetto_trace_chunks(...)` run in the lakehouse session (the query `spanlake perfetto`
 sends over Flight SQL, with the same query range), and each chunk is written to the response as it is
-generated, so the browser sees progress from the first chunk and a cancelled download stops the work.
+generated, so the browser sees progress from the first chunk and a cancelled download stops the work
+(the query runs as every web query: limits, deny list, time limit, query thread, audit).
 Errors found before the first chunk (bad id, unknown process, bad range) answer with their status;
 one after the first byte can only cut the response short, which the page reports as a failure.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.runner import Query, ResultBatches
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.server.web import html, queries
-from spanlake.server.web.auth_cookie import is_admin
+from spanlake.server.web import html
 from spanlake.server.web.process_pages import load_process
+from spanlake.server.web.queries import WebQueries, WebQuery, WebQueryError
 
 SPAN_TYPES = ("thread", "async", "both")
 log = logging.getLogger(__name__)
@@ -45,10 +45,15 @@ def _instant(request: web.Request, name: str, default: int) -> int:
 
 
 class PerfettoDownload:
-    def __init__(self, lake: Lake) -> None:
+    """The download route; the trace's query runs as every web query (`queries.WebQueries`)."""
+
+    def __init__(self, lake: Lake, queries: WebQueries) -> None:
+        """Reads processes from the lake's catalog; runs the trace's query with `queries`."""
         self.lake = lake
+        self.queries = queries
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
+        """The trace as an attachment, written chunk by chunk as the query makes them."""
         process = await load_process(self.lake.pool, request.match_info["process_id"])
         spans = request.query.get("spans", "both")
         if spans not in SPAN_TYPES:
@@ -58,31 +63,51 @@ class PerfettoDownload:
         if begin >= end:
             raise html.PageError(400, "Bad time range", "the time range is empty: 'begin' must be before 'end'")
         sql = trace_sql(process.process_id, spans, begin, end)
-        _, batches = await asyncio.to_thread(queries.stream, self.lake, sql, (begin, end), is_admin(request))
         sent = Sent()
-        try:
-            first = await asyncio.to_thread(next, batches, None)
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Disposition": f'attachment; filename="{process.process_id}-{spans}.pftrace"',
-                    "Cache-Control": "no-store",
-                }
-            )
-            await response.prepare(request)
+        async with self.queries.open(request, "perfetto", sql, (begin, end)) as query:
+            batches = await query.run(_execute, query.query)
             try:
-                await _send(response, first, batches, sent)
-                await response.write_eof()
-                log.info("perfetto download of %s: %s", process.process_id, sent)
-            except queries.WebQueryError as err:  # after the first byte: cut the response short
-                log.warning("perfetto trace of %s cut short after %s: %s", process.process_id, sent, err.message)
-                if request.transport is not None:
-                    request.transport.close()
-            except ConnectionError:  # the client cancelled (or went away): no more chunks are asked for
-                log.info("perfetto download of %s cancelled by the client after %s", process.process_id, sent)
-            return response
-        finally:
-            batches.close()  # ends the query: its chunk generator is dropped with it
+                first = await query.run(batches.next_batch)
+                response = web.StreamResponse(
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Disposition": f'attachment; filename="{process.process_id}-{spans}.pftrace"',
+                        "Cache-Control": "no-store",
+                    }
+                )
+                await response.prepare(request)
+                await _sent_or_cut(request, response, query, first, batches, sent, process.process_id)
+                return response
+            finally:
+                batches.close()  # ends the query: its chunk generator is dropped with it
+
+
+def _execute(query: Query) -> ResultBatches:
+    """The trace's chunks as a stream; a step."""
+    return query.execute(query.plan())
+
+
+async def _sent_or_cut(
+    request: web.Request,
+    response: web.StreamResponse,
+    query: WebQuery,
+    first: pa.RecordBatch | None,
+    batches: ResultBatches,
+    sent: Sent,
+    process_id: str,
+) -> None:
+    """Writes the chunks; a failure after the first byte can only cut the response short."""
+    try:
+        await _send(response, query, first, batches, sent)
+        await response.write_eof()
+        log.info("perfetto download of %s: %s", process_id, sent)
+    except WebQueryError as err:
+        log.warning("perfetto trace of %s cut short after %s: %s", process_id, sent, err.message)
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionError:  # the client cancelled (or went away): no more chunks are asked for
+        log.info("perfetto download of %s cancelled by the client after %s", process_id, sent)
+        query.query.audit.incomplete()
 
 
 @dataclass
@@ -97,7 +122,7 @@ class Sent:
 
 
 async def _send(
-    response: web.StreamResponse, batch: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch], sent: Sent
+    response: web.StreamResponse, query: WebQuery, batch: pa.RecordBatch | None, rest: ResultBatches, sent: Sent
 ) -> None:
     while batch is not None:
         for chunk in batch.column("chunk_data"):
@@ -105,4 +130,4 @@ async def _send(
             await response.write(data)  # raises ConnectionError once the client has gone
             sent.chunks += 1
             sent.bytes += len(data)
-        batch = await asyncio.to_thread(next, rest, None)
+        batch = await query.run(rest.next_batch)

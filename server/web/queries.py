@@ -1,51 +1,54 @@
-"""SQL through the lakehouse's own query path, in process: the session Flight SQL uses.
+"""The web UI's door to the query runner (`lakehouse.query.runner`): every query of a page, of the SQL
+page's `/api/sql`, of `/api/query-stream`, of the Perfetto download and of the span trees runs as a
+Flight SQL query does: behind the size and depth limits and the deny list (attributed to the signed-in
+key, client type "web", the peer's address), in a session with the memory pool, on a query thread
+(never the event loop's default pool, which ingestion needs), within the time limit, stopped within
+about a second when the HTTP client goes away, audited with rpc `web.<door>`.
 
-Each query gets a fresh `make_session_context` with the page's time range as its query range, and
-admin functions only for admins, exactly as a Flight SQL query of the same principal. Failures are
-worded as Flight SQL words them (server.flightsql.errors: root cause, no traceback, no paths).
-Everything here blocks: callers on the event loop run it with `asyncio.to_thread`.
+A failure is classified as Flight SQL classifies it and answered with the HTTP status that fits
+(`WebQueryError`): 400 for the caller's SQL (limits included), 403 for a denied query or an admin
+function, 503 when the catalog database or the object store does not answer, 504 past the time limit.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import re
-import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
-import asyncpg
-import datafusion
 import pyarrow as pa
+from aiohttp import web
 
-from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.object_store import ObjectStoreError
-from spanlake.lakehouse.query.session import make_session_context
-from spanlake.server.flightsql import errors
-from spanlake.server.flightsql.streaming import conform, output_schema
+from spanlake.lakehouse.errors import STORAGE_UNAVAILABLE
+from spanlake.lakehouse.query.failures import Code, Failure
+from spanlake.lakehouse.query.runner import Query, QueryRequest, QueryRunner
+from spanlake.server.flightsql.streaming import output_schema
+from spanlake.server.web.auth_cookie import principal_of
 
-log = logging.getLogger(__name__)
-READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+T = TypeVar("T")
+
 ADMIN_FUNCTIONS = ("retire_partitions", "materialize_partitions")
 _ADMIN_CALL = re.compile(r"\b(" + "|".join(ADMIN_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
-UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
-# What the catalog database or the object store raise when they do not answer (as ingestion's 503s);
-# asyncpg's InternalClientError comes from a connection whose backend was terminated mid-operation.
-STORAGE_FAILURES = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ObjectStoreError,
-    OSError,
-    TimeoutError,
-)
-# How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
-_PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
+# The HTTP status of each failure code (a denied query is 403, whatever its code).
+_STATUS = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.UNIMPLEMENTED: 400,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.CANCELLED: 499,  # nginx's "client closed request": nobody is left to read it
+    Code.UNAVAILABLE: 503,
+    Code.INTERNAL: 500,
+}
+DENIED_STATUS = 403
 
 
 class WebQueryError(Exception):
     """A query that failed, with the message to show and the HTTP status that fits."""
 
     def __init__(self, message: str, status: int = 400) -> None:
+        """The message shown to the user and the response's status."""
         super().__init__(message)
         self.message = message
         self.status = status
@@ -55,7 +58,16 @@ class StorageUnavailable(WebQueryError):
     """A query failed because the catalog database or the object store did not answer: a 503."""
 
     def __init__(self) -> None:
-        super().__init__(UNAVAILABLE, 503)
+        """Always the same message: what failed inside stays in the server's log."""
+        super().__init__(STORAGE_UNAVAILABLE, 503)
+
+
+def web_error(failure: Failure) -> WebQueryError:
+    """The web's answer to a classified failure."""
+    if failure.storage:
+        return StorageUnavailable()
+    status = DENIED_STATUS if failure.error_class == "denied" else _STATUS[failure.code]
+    return WebQueryError(failure.message, status)
 
 
 def refuse_admin_functions(sql: str, is_admin: bool) -> None:
@@ -70,44 +82,6 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def session(lake: Lake, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.SessionContext:
-    """A fresh lakehouse session with the query range, admin functions only for admins."""
-    return make_session_context(lake, query_range, is_admin=is_admin)
-
-
-def plan(ctx: datafusion.SessionContext, sql: str) -> datafusion.DataFrame:
-    """The planned query (table functions run here, materializing what the range needs)."""
-    try:
-        return ctx.sql_with_options(sql, READ_ONLY)
-    except Exception as exc:  # DataFusion raises plain Exception; classify words it
-        raise _failed("error building dataframe", exc) from None
-
-
-def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
-    """`sql` planned in a fresh session of its own."""
-    refuse_admin_functions(sql, is_admin)
-    return plan(session(lake, query_range, is_admin), sql)
-
-
-def collect(
-    lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool = True, limit: int | None = None
-) -> pa.Table:
-    """The whole result (dictionaries decoded), at most `limit` rows."""
-    return collect_frame(dataframe(lake, sql, query_range, is_admin), limit)
-
-
-def collect_frame(df: datafusion.DataFrame, limit: int | None = None) -> pa.Table:
-    """A planned query's result (dictionaries decoded), at most `limit` rows."""
-    try:
-        if limit is not None:
-            df = df.limit(limit)
-        table = df.to_arrow_table()
-    except Exception as exc:
-        raise _failed("error executing query", exc) from None
-    schema = output_schema(table.schema, preserve_dictionary=False)
-    return table.cast(schema) if schema != table.schema else table
-
-
 def records(table: pa.Table) -> list[dict]:
     """The rows as dicts, timestamps as ns since the epoch (Python's datetime stops at µs)."""
     for index, field in enumerate(table.schema):
@@ -116,42 +90,103 @@ def records(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
 
-def stream(
-    lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool
-) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """The result's schema and its batches as DataFusion makes them, dictionaries decoded; planning
-    errors raise here, before any batch."""
-    df = dataframe(lake, sql, query_range, is_admin)
-    schema = output_schema(df.schema(), preserve_dictionary=False)
-    try:
-        batches = df.execute_stream()
-    except Exception as exc:
-        raise _failed("error executing plan", exc) from None
-    return schema, _batches(batches, schema)
+def decoded(table: pa.Table) -> pa.Table:
+    """The table with its dictionaries decoded."""
+    schema = output_schema(table.schema, preserve_dictionary=False)
+    return table.cast(schema) if schema != table.schema else table
 
 
-def _batches(batches: Iterator[datafusion.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    try:
-        for batch in batches:
-            yield conform(batch.to_pyarrow(), schema)
-    except Exception as exc:
-        raise _failed("error building data stream", exc) from None
+def web_client(request: web.Request) -> dict[str, str]:
+    """The request's attribution, as Flight SQL's `x-client-*` headers give it: the peer written as
+    gRPC writes it, so a deny rule on `client_ip` matches either door."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    host, port = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+    address = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return {
+        "type": "web",
+        "agent": request.headers.get("User-Agent", "")[:200],
+        "entrypoint": request.path,
+        "peer": address,
+    }
 
 
-def _failed(what: str, exc: Exception) -> WebQueryError:
-    if _raised_by_storage(exc):
-        log.warning("%s: storage unavailable: %s", what, str(exc).splitlines()[0])
-        return StorageUnavailable()
-    failure = errors.classify(what, exc, None)
-    return WebQueryError(failure.message, 400 if failure.error_class == "user" else 500)
+def client_gone(request: web.Request) -> Callable[[], bool]:
+    """Whether the request's client went away (its connection closed)."""
+    return lambda: request.transport is None or request.transport.is_closing()
 
 
-def _raised_by_storage(exc: Exception) -> bool:
-    """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's."""
-    if isinstance(exc, STORAGE_FAILURES):
-        return True
-    for raised in _PY_ERR_TYPE.finditer(str(exc)):  # nested when a table function wraps another's
-        cls = getattr(sys.modules.get(raised["module"]), raised["name"], None)
-        if isinstance(cls, type) and issubclass(cls, STORAGE_FAILURES):
-            return True
-    return False
+class WebQuery:
+    """A query of the web UI: its steps awaited on the loop, failures as `WebQueryError`s."""
+
+    def __init__(self, query: Query) -> None:
+        """Wraps the runner's query."""
+        self.query = query
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on the query's thread (`Query.run_async`)."""
+        try:
+            return await self.query.run_async(function, *args)
+        except Failure as failure:
+            raise web_error(failure) from None
+
+
+class WebQueries:
+    """The web UI's queries, through the process's query runner."""
+
+    def __init__(self, runner: QueryRunner) -> None:
+        """Runs with `runner` (the one Flight SQL uses in the same process)."""
+        self.runner = runner
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, request: web.Request, door: str, sql: str, query_range: tuple[int, int] | None
+    ) -> AsyncIterator[WebQuery]:
+        """A query of `door` (its audit's rpc and root span, `web.<door>`) for the request's principal,
+        its SQL within the limits; audited ok when the block ends without an exception."""
+        principal = principal_of(request)
+        refuse_admin_functions(sql, principal is None or principal.is_admin)
+        name = f"web.{door}"
+        query_request = QueryRequest(name, name, sql, principal, web_client(request), query_range)
+        try:
+            query = self.runner.open(query_request, client_gone(request))
+        except Failure as failure:
+            raise web_error(failure) from None
+        try:
+            try:
+                query.check_limits()
+            except Failure as failure:
+                raise web_error(failure) from None
+            yield WebQuery(query)
+        except BaseException:
+            query.close()
+            query.audit.incomplete()  # no-op after a failure: that one is recorded
+            raise
+        query.close()
+        query.audit.ok()
+
+    async def collect(
+        self,
+        request: web.Request,
+        door: str,
+        sql: str,
+        query_range: tuple[int, int] | None,
+        limit: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> pa.Table:
+        """The whole result (dictionaries decoded), at most `limit` rows; `params` are the values of
+        the SQL's `$name` placeholders."""
+        async with self.open(request, door, sql, query_range) as query:
+            return decoded(await query.run(_collected, query.query, params, limit))
+
+    async def in_session(
+        self, request: web.Request, door: str, sql: str, query_range: tuple[int, int] | None, work: Callable[[Query], T]
+    ) -> T:
+        """`work(query)` on the query's thread: several statements in the query's one session
+        (`Query.plan`, `Query.collect`), `sql` the one admitted and audited."""
+        async with self.open(request, door, sql, query_range) as query:
+            return await query.run(work, query.query)
+
+
+def _collected(query: Query, params: dict[str, Any] | None, limit: int | None) -> pa.Table:
+    """Plans and collects the query's SQL; a step."""
+    return query.collect(query.plan(None, params, limit))

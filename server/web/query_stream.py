@@ -5,27 +5,30 @@ doubled; `begin`/`end` RFC3339, the query range). The response (`application/x-m
 is JSON header lines, each followed by Arrow IPC bytes: `{"type":"schema","size":N}` + the schema
 message, `{"type":"batch","size":N,"rows":R}` + the record batch message (LZ4-framed bodies, as
 micromegas writes them), then `{"type":"done"}`; a failure is `{"type":"error","code":…,"message":…}`.
-As in micromegas, a request refused before streaming (admin function, bad body) answers one error
-frame with its HTTP status; a query that fails answers an error frame in the stream.
+As in micromegas, a request refused before streaming (bad body, SQL over the limits, admin function,
+a denied query) answers one error frame with its HTTP status; a query that fails answers an error
+frame in the stream. The query runs as every web query (`queries.WebQueries`): a client that goes
+away stops it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterator
 
 import pyarrow as pa
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.server.web import queries
+from spanlake.lakehouse.query.runner import Query, ResultBatches
+from spanlake.server.flightsql.streaming import conform, output_schema
+from spanlake.server.http_body import read_body
 from spanlake.server.web.api import request_range
-from spanlake.server.web.auth_cookie import is_admin
+from spanlake.server.web.queries import WebQueries, WebQuery, WebQueryError
 from spanlake.server.web.time_range import TimeRangeError
 
 CONTENT_TYPE = "application/x-micromegas-arrow-stream"
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+_ERROR_CODES = {400: "INVALID_SQL", 403: "FORBIDDEN", 503: "UNAVAILABLE", 504: "TIMEOUT"}
 
 
 def frame(kind: str, **fields: object) -> bytes:
@@ -84,51 +87,79 @@ class IpcMessages:
         return data
 
 
-def _next_encoded(batches: Iterator[pa.RecordBatch], messages: IpcMessages) -> tuple[int, bytes] | None:
-    batch = next(batches, None)
-    return None if batch is None else (batch.num_rows, messages.batch(batch))
-
-
 class QueryStream:
-    def __init__(self, lake: Lake) -> None:
+    """The route; its queries run as every web query (`queries.WebQueries`)."""
+
+    def __init__(self, lake: Lake, queries: WebQueries) -> None:
+        """Reads the body within the lake's SPANLAKE_REQUEST_BODY_TIMEOUT_S; runs queries with `queries`."""
         self.lake = lake
+        self.queries = queries
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Refusals before the query (bad body, limits, admin function, deny list) answer one error
+        frame with their status; failures once streaming, an error frame in the stream."""
+        body = await read_body(request, self.lake.settings.request_body_timeout_s)
         try:
-            sql, query_range = _parse(await request.read())
-            queries.refuse_admin_functions(sql, is_admin(request))
+            sql, query_range = _parse(body)
         except (ValueError, TimeRangeError) as err:
             return _refused(400, "INVALID_SQL", str(err))
-        except queries.WebQueryError as err:
-            return _refused(err.status, "FORBIDDEN", err.message)
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-        await response.prepare(request)
         try:
-            schema, batches = await asyncio.to_thread(queries.stream, self.lake, sql, query_range, is_admin(request))
-        except queries.WebQueryError as err:
-            await response.write(error_frame("INVALID_SQL" if err.status < 500 else "INTERNAL", err.message))
+            async with self.queries.open(request, "query_stream", sql, query_range) as query:
+                await query.run(query.query.session)  # the deny list: refused before streaming
+                await response.prepare(request)
+                await self._send(response, query)
+        except WebQueryError as err:
+            if not response.prepared:
+                return _refused(err.status, error_code(err.status), err.message)
+            await response.write(error_frame(error_code(err.status), err.message))
             return response
-        try:
-            await self._send(response, schema, batches)
-        finally:
-            batches.close()
         await response.write_eof()
         return response
 
-    async def _send(self, response: web.StreamResponse, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> None:
-        messages = IpcMessages(schema)
-        await response.write(frame("schema", size=len(messages.schema_bytes)) + messages.schema_bytes)
-        while True:
-            try:
-                encoded = await asyncio.to_thread(_next_encoded, batches, messages)
-            except queries.WebQueryError as err:
-                await response.write(error_frame("INTERNAL", err.message))
-                return
-            if encoded is None:
-                break
-            rows, data = encoded
-            await response.write(frame("batch", size=len(data), rows=rows) + data)
+    async def _send(self, response: web.StreamResponse, query: WebQuery) -> None:
+        batches = await query.run(_execute, query.query)
+        try:
+            messages = IpcMessages(batches.schema)
+            await response.write(frame("schema", size=len(messages.schema_bytes)) + messages.schema_bytes)
+            while (encoded := await query.run(_next_encoded, batches, messages)) is not None:
+                rows, data = encoded
+                await response.write(frame("batch", size=len(data), rows=rows) + data)
+        finally:
+            batches.close()
         await response.write(frame("done"))
+
+
+def error_code(status: int) -> str:
+    """The error frame's code for an HTTP status, as analytics-web-srv names them."""
+    return _ERROR_CODES.get(status, "INTERNAL")
+
+
+class _Decoded:
+    """A query's result batches with their dictionaries decoded, and the schema they have."""
+
+    def __init__(self, batches: ResultBatches, schema: pa.Schema) -> None:
+        self._batches = batches
+        self.schema = output_schema(schema, preserve_dictionary=False)
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        batch = self._batches.next_batch()
+        return None if batch is None else conform(batch, self.schema)
+
+    def close(self) -> None:
+        self._batches.close()
+
+
+def _execute(query: Query) -> _Decoded:
+    """The query's result as decoded batches; a step."""
+    df = query.plan()
+    return _Decoded(query.execute(df), df.schema())
+
+
+def _next_encoded(batches: _Decoded, messages: IpcMessages) -> tuple[int, bytes] | None:
+    """The next batch's row count and IPC bytes, or None at the end; a step."""
+    batch = batches.next_batch()
+    return None if batch is None else (batch.num_rows, messages.batch(batch))
 
 
 def _parse(body: bytes) -> tuple[str, tuple[int, int] | None]:

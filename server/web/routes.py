@@ -2,7 +2,8 @@
 
 Each screen's failures become a page (or, for the scripts' routes, a JSON `{"error"}` / plain text)
 with the status that fits: 400 for a bad id or range, 404 for an unknown process, 403 for an admin
-function, 400/500 for a failing query, 503 when the catalog or the object store does not answer.
+function or a denied query, 400/500 for a failing query, 504 past the time limit, 503 when the catalog
+or the object store does not answer.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from spanlake.lakehouse.errors import STORAGE_FAILURES, STORAGE_UNAVAILABLE
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.web import html
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
 from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
-from spanlake.server.web.queries import STORAGE_FAILURES, UNAVAILABLE, StorageUnavailable, WebQueryError
+from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
 from spanlake.server.web.query_stream import QueryStream
 from spanlake.server.web.time_range import TimeRangeError
 
@@ -39,7 +42,7 @@ def _failure(exc: Exception) -> tuple[int, str, str]:
         return 400, "Bad time range", str(exc)
     if isinstance(exc, WebQueryError) and not isinstance(exc, StorageUnavailable):
         return exc.status, "Query failed" if exc.status != 403 else "Forbidden", exc.message
-    return 503, "Storage unavailable", UNAVAILABLE
+    return 503, "Storage unavailable", STORAGE_UNAVAILABLE
 
 
 def _reported(handler: Handler, render: Render) -> Handler:
@@ -81,11 +84,13 @@ def _auth_middleware(authenticator: Authenticator) -> Callable[..., Awaitable[we
     return middleware
 
 
-def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator | None) -> None:
-    """Adds the UI to `app` (before it starts): `/`, `/process/…`, `/sql`, `/login`, `/api/…`, `/static/…`."""
+def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator | None, runner: QueryRunner) -> None:
+    """Adds the UI to `app` (before it starts): `/`, `/process/…`, `/sql`, `/login`, `/api/…`, `/static/…`;
+    its queries run with `runner`."""
     if authenticator is not None:
         app.middlewares.append(_auth_middleware(authenticator))
-    screens, api = ProcessScreens(lake), Api(lake)
+    web_queries = WebQueries(runner)
+    screens, api = ProcessScreens(lake, web_queries), Api(lake, web_queries)
     app.router.add_routes(login_handlers(authenticator))
     pages = {
         "/": screens.processes,
@@ -105,6 +110,6 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_get("/api/process/{process_id}/async-spans/find", _reported(api.find_async_span, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans/find", _reported(api.find_thread_span, _as_json))
     app.router.add_post("/api/sql", _reported(api.sql, _as_json))
-    app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake).trace, _as_text))
-    app.router.add_post("/api/query-stream", QueryStream(lake).handle)
+    app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
+    app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
     app.router.add_static("/static", STATIC_DIR)

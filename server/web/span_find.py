@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spanlake.lakehouse.lake import Lake
-from spanlake.server.web import queries
+from spanlake.lakehouse.query.runner import Query
+from spanlake.server.web.queries import decoded, records, sql_literal
 
 MAX_DEPTH = 256  # a chain longer than this is cut (and said so): a cycle in bad data must not loop
 
@@ -47,7 +47,7 @@ class SpanTable:
 
 
 def match_sql(table: SpanTable, text: str, index: int) -> str:
-    named = f"{table.one_row_per_span} AND strpos(lower(name), {queries.sql_literal(text.lower())}) > 0"
+    named = f"{table.one_row_per_span} AND strpos(lower(name), {sql_literal(text.lower())}) > 0"
     return (
         f"SELECT {table.id} AS id, {table.parent} AS parent, depth, name,"
         f" (SELECT count(*) FROM {table.source} WHERE {named}) AS total"
@@ -62,19 +62,22 @@ def parent_sql(table: SpanTable, span_id: int) -> str:
     )
 
 
-def find_path(
-    lake: Lake, table: SpanTable, text: str, index: int, query_range: tuple[int, int], is_admin: bool
-) -> dict:
-    """`{total, index, name, path}`: path is the ids from the root to the match (the match last);
-    `complete` is false when an ancestor is outside the time range."""
-    [match] = queries.records(queries.collect(lake, match_sql(table, text, index), query_range, is_admin)) or [None]
+def find_path(query: Query, table: SpanTable, index: int) -> dict:
+    """`{total, index, name, path}` of the query's `match_sql`: path is the ids from the root to the
+    match (the match last); `complete` is false when an ancestor is outside the time range. A step of
+    `query`: the ancestors are asked in its session."""
+    [match] = _rows(query, None) or [None]
     if match is None:
         return {"total": 0, "index": index, "path": [], "complete": True}
     path, parent, depth = [str(match["id"])], match["parent"], match["depth"]
     while depth > 0 and len(path) < MAX_DEPTH:
-        rows = queries.records(queries.collect(lake, parent_sql(table, parent), query_range, is_admin))
+        rows = _rows(query, parent_sql(table, parent))
         if not rows:
             break
         path.insert(0, str(parent))
         parent, depth = rows[0]["parent"], rows[0]["depth"]
     return {"total": match["total"], "index": index, "name": match["name"], "path": path, "complete": depth == 0}
+
+
+def _rows(query: Query, sql: str | None) -> list[dict]:
+    return records(decoded(query.collect(query.plan(sql))))

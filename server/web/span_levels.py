@@ -11,8 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanlake.lakehouse.lake import Lake
-from spanlake.server.web import queries
+from spanlake.lakehouse.query.runner import Query
+from spanlake.server.web.queries import decoded
 from spanlake.server.web.span_find import SpanTable
 
 VIEW = "tree_spans"  # the view instance, as its session names it
@@ -44,21 +44,18 @@ def around_sql(table: SpanTable, ids: pa.Array) -> str:
     )
 
 
-def load_level(
-    lake: Lake,
-    table: SpanTable,
-    parent: int | None,
-    limit: int,
-    offset: int,
-    query_range: tuple[int, int],
-    is_admin: bool,
-) -> pa.Table:
+def source_sql(table: SpanTable) -> str:
+    """The tree's view instance, the statement a level's query is admitted and audited with."""
+    return f"SELECT * FROM {table.source}"
+
+
+def load_level(query: Query, table: SpanTable, parent: int | None, limit: int, offset: int) -> pa.Table:
     """The page's spans as rows `id, parent, depth, begin, end, name, target, filename, line,
-    children, total` (`end` null when outside the range)."""
-    ctx = queries.session(lake, query_range, is_admin)
-    ctx.register_view(VIEW, queries.plan(ctx, f"SELECT * FROM {table.source}"))
-    page = queries.collect_frame(queries.plan(ctx, page_sql(table, parent, limit, offset)))
-    around = queries.collect_frame(queries.plan(ctx, around_sql(table, page.column("id")))) if page.num_rows else None
+    children, total` (`end` null when outside the range); a step of `query`, whose SQL is
+    `source_sql(table)`."""
+    query.session().register_view(VIEW, query.plan())
+    page = decoded(query.collect(query.plan(page_sql(table, parent, limit, offset))))
+    around = decoded(query.collect(query.plan(around_sql(table, page.column("id"))))) if page.num_rows else None
     found = pc.index_in(page.column("id"), value_set=around.column("key")) if around else pa.nulls(0, pa.int32())
     if table.end_event is not None:
         ends = pc.take(around.column("end"), found) if around else pa.nulls(0, pa.timestamp("ns"))

@@ -1,8 +1,8 @@
-"""The seam between the Flight SQL server and whatever provides tables: a per-query session factory.
+"""The seam between the query runner and whatever provides tables: a per-query session factory.
 
-The server knows nothing of the lakehouse. For every query (and every metadata request) it builds a
-`QueryContext` from the call and asks the `SessionFactory` for a fresh DataFusion `SessionContext`,
-then plans and streams the SQL in it.
+For every query (and every Flight SQL metadata request) the runner builds a `QueryContext` from the
+request and asks the `SessionFactory` for a fresh DataFusion `SessionContext`, then plans and runs
+the SQL in it. The lakehouse's factory is `admission.lakehouse_sessions`; tests plug in others.
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 
 import datafusion
 
-from spanlake.server.auth import Principal
-
 # Large batches: with DataFusion's default 8192 rows the per-message cost of Flight eats ~30% of
 # the throughput; at 64Ki rows streaming costs nothing measurable (python-stack-facts.md §5.1).
 BATCH_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who asks: an API key's name, and whether it may call admin functions."""
+
+    name: str
+    is_admin: bool = False
 
 
 @dataclass(frozen=True)

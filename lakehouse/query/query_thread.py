@@ -11,8 +11,10 @@
   input batch in a CPU-bound in-memory plan split in round-robin, every 128 in one not split
   (lakehouse/query/session.py; docs/flightsql.md, Query limits).
 
-The caller's thread (a gRPC handler) hands each step to the query's thread with `run` and waits,
-asking `should_stop` every POLL_SECONDS whether to give up (client gone, deadline, shutdown).
+The caller hands each step to the query's thread and waits, asking `should_stop` every POLL_SECONDS
+whether to give up (client gone, deadline, shutdown): a gRPC handler's thread blocks in `run`, an
+event loop's task awaits `run_async` (the loop's default thread pool, which ingestion needs, is never
+used for queries).
 
 The threads are reused from query to query (a new thread per query would also be a new cpu stream in
 spanlake's self-tracing, each time); one that was interrupted is retired instead, so that an
@@ -21,6 +23,7 @@ interruption can never reach another query.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextvars
 import ctypes
@@ -75,12 +78,14 @@ class _Workers:
         self._lock = threading.Lock()
 
     def take(self) -> _Worker:
+        """An idle worker, or a new one."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         return _Worker()
 
     def give_back(self, worker: _Worker) -> None:
+        """Keeps the worker for the next query (or ends it when enough are idle)."""
         with self._lock:
             if len(self._idle) < MAX_IDLE_THREADS:
                 self._idle.append(worker)
@@ -95,6 +100,7 @@ class QueryThread:
     """The thread of one query. `run` steps on it; `close` when done; `stop` from any thread."""
 
     def __init__(self, should_stop: Callable[[], BaseException | None]) -> None:
+        """Takes a thread; `should_stop` tells, when asked, why the query must stop (or None)."""
         self._should_stop = should_stop
         self._worker: _Worker | None = _workers.take()
         self._lock = threading.Lock()
@@ -105,19 +111,36 @@ class QueryThread:
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` on the query's thread, in the caller's context variables. Raises what
         it raises, or what `should_stop` (or `stop`) gave, once the query is stopped."""
+        future = self._submit(function, args)
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                self._stop_if_asked()
+
+    async def run_async(self, function: Callable[..., T], *args: Any) -> T:
+        """`run` for a task on an event loop: the loop keeps serving while the step runs."""
+        waiting = asyncio.wrap_future(self._submit(function, args))
+        while True:
+            # asyncio.wait never cancels `waiting`: a cancelled task leaves the step to `stop`.
+            done, _ = await asyncio.wait((waiting,), timeout=POLL_SECONDS)
+            if done:
+                return waiting.result()
+            self._stop_if_asked()
+
+    def _submit(self, function: Callable[..., T], args: tuple) -> concurrent.futures.Future[T]:
         if self._stopped is not None or self._worker is None:
             raise self._stopped or RuntimeError("the query's thread is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         context = contextvars.copy_context()
         self._worker.steps.put(lambda: self._run_step(future, context, function, args))
-        while True:
-            try:
-                return future.result(timeout=POLL_SECONDS)
-            except concurrent.futures.TimeoutError:
-                reason = self._stopped or self._should_stop()
-                if reason is not None:
-                    self.stop(reason)
-                    raise reason from None
+        return future
+
+    def _stop_if_asked(self) -> None:
+        reason = self._stopped or self._should_stop()
+        if reason is not None:
+            self.stop(reason)
+            raise reason from None
 
     def stop(self, reason: BaseException) -> None:
         """Stops the query for `reason`, interrupting the step under way, if any."""

@@ -1,5 +1,6 @@
 """One structured JSON line per query on the `flightsql_query_audit` logger (micromegas's log target),
-with its SQL and the SQL's fingerprint.
+with its SQL and the SQL's fingerprint, whichever door the query came in by (`rpc` names it: DoGet,
+GetFlightInfo, … for Flight SQL, web.sql, web.query_stream, … for the web UI).
 
 A query's record is emitted exactly once: when its stream ends ("ok"), when it fails ("error", with
 the class user|resource|internal|denied), or when the client goes away before the end ("incomplete").
@@ -16,9 +17,9 @@ import time
 from typing import Any
 
 from spanlake import tracing
-from spanlake.server.auth import Principal
-from spanlake.server.flightsql.errors import Failure
-from spanlake.server.flightsql.headers import QueryHeaders
+from spanlake.lakehouse.query.context import Principal
+from spanlake.lakehouse.query.failures import Failure
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
 AUDIT_LOGGER = "flightsql_query_audit"
 _audit_log = logging.getLogger(AUDIT_LOGGER)
@@ -64,7 +65,17 @@ def _query_metrics(record: dict[str, Any]) -> None:
 class QueryAudit:
     """Timings, volumes and outcome of one query, filled in as it runs."""
 
-    def __init__(self, query_id: str, rpc: str, sql: str, client: dict[str, str], principal: Principal | None) -> None:
+    def __init__(
+        self,
+        query_id: str,
+        rpc: str,
+        sql: str,
+        client: dict[str, str],
+        principal: Principal | None,
+        recorded: bool = True,
+    ) -> None:
+        """Starts the query's clock; `rpc` is the door (Flight SQL's RPC, or `web.<door>`); nothing is
+        written when not `recorded`."""
         self.query_id = query_id
         self._start = time.perf_counter()
         self._rpc = rpc
@@ -72,7 +83,8 @@ class QueryAudit:
         self.sql_hash = sql_hash(sql)
         self._client = client
         self._user = principal.name if principal is not None else ""
-        self.headers: QueryHeaders | None = None
+        self.query_range: tuple[int, int] | None = None
+        self.limit: int | None = None
         self.plan_cached = False
         self.planning_ms = 0.0
         self.execution_ms = 0.0
@@ -80,17 +92,20 @@ class QueryAudit:
         self.bytes = 0
         self.engine = "datafusion"  # or "cluster": where the query ran
         self.engine_note: str | None = None  # with a query cluster: why DataFusion ran it
-        self._emitted = False
+        self._emitted = not recorded
         self._lock = threading.Lock()
 
     def ok(self) -> None:
+        """The query ended with all its results sent."""
         self._emit("ok", None)
 
     def fail(self, failure: Failure) -> Failure:
+        """The query failed; returns the failure, to be raised."""
         self._emit("error", failure)
         return failure
 
     def incomplete(self) -> None:
+        """The client went away before the end (no-op once the record is written)."""
         self._emit("incomplete", None)
 
     def _emit(self, status: str, failure: Failure | None) -> None:
@@ -103,7 +118,7 @@ class QueryAudit:
         _query_metrics(record)
 
     def _record(self, status: str, failure: Failure | None) -> dict[str, Any]:
-        begin, end = self.headers.range_text() if self.headers is not None else (None, None)
+        begin, end = map(format_rfc3339_ns, self.query_range) if self.query_range is not None else (None, None)
         client = self._client
         return {
             "query_id": self.query_id,
@@ -120,7 +135,7 @@ class QueryAudit:
             "sql_hash": self.sql_hash,
             "range_begin": begin,
             "range_end": end,
-            "limit": self.headers.limit if self.headers is not None else None,
+            "limit": self.limit,
             "plan_cached": self.plan_cached,
             "planning_ms": round(self.planning_ms, 3),
             "execution_ms": round(self.execution_ms, 3),

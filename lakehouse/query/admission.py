@@ -1,0 +1,77 @@
+"""The deny-list check in front of every statement, whichever door it came in by: the query's
+attribution, as micromegas's match context, checked against the lake's rules before its session is
+built; and the lakehouse's session factory, which checks it."""
+
+from __future__ import annotations
+
+from datafusion import SessionContext
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionFactory
+from spanlake.lakehouse.query.limits import QueryLimits
+from spanlake.lakehouse.query.runner import QueryRunner
+from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.query_denials import admin_recovery, denial_message, deny_list
+
+
+def client_ip(peer: str) -> str:
+    """A peer as gRPC writes it ('ipv4:127.0.0.1:39078', 'ipv6:[::1]:39078') → the address alone."""
+    _, _, address = peer.partition(":")
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]")
+
+
+def attribution(query: QueryContext) -> dict[str, str | None]:
+    """The match context a deny rule is evaluated over ("unknown" where micromegas says so)."""
+    client = query.client
+    return {
+        "user_id": query.principal.name if query.principal is not None else "",
+        "email": "",
+        "service_account": None,
+        "client": client.get("type") or "unknown",
+        "agent": client.get("agent") or "unknown",
+        "entrypoint": client.get("entrypoint") or "unknown",
+        "session": client.get("session") or None,
+        "notebook": client.get("notebook") or None,
+        "cell": client.get("cell") or None,
+        "client_ip": client_ip(client.get("peer", "")),
+        "sql": query.sql,
+        "sql_hash": query.sql_hash,
+    }
+
+
+def admit(lake: Lake, query: QueryContext, is_admin: bool) -> None:
+    """Raises QueryDenied, with micromegas's message, if a deny rule matches the statement."""
+    if not query.sql:
+        return  # metadata requests carry no statement
+    rule = deny_list(lake).check(attribution(query))
+    if rule is not None and not admin_recovery(query.sql, is_admin):
+        raise QueryDenied(denial_message(rule, query.query_id))
+
+
+def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
+    """The lakehouse's session factory: the deny list checked, then a session per query with its
+    memory pool; admin functions for admins only (everyone when auth is off)."""
+
+    def make(query: QueryContext) -> SessionContext:
+        is_admin = query.principal is None or query.principal.is_admin
+        admit(lake, query, is_admin)
+        identity = query.principal.name if query.principal is not None else "anonymous"
+        return make_session_context(
+            lake,
+            query.query_range,
+            is_admin=is_admin,
+            identity=identity,
+            memory_limit_bytes=memory_limit_bytes,
+            sql=query.sql,
+        )
+
+    return make
+
+
+def lakehouse_runner(lake: Lake) -> QueryRunner:
+    """The runner of every door of a process: the lake's sessions, within the lake's settings
+    (SPANLAKE_MAX_SQL_BYTES, _MAX_SQL_DEPTH, _QUERY_TIMEOUT_SECONDS, _QUERY_MEMORY_LIMIT_MB)."""
+    settings = lake.settings
+    limits = QueryLimits(settings.max_sql_bytes, settings.max_sql_depth, settings.query_timeout_seconds)
+    return QueryRunner(lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024), limits)

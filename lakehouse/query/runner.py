@@ -1,0 +1,312 @@
+"""The query runner every door uses: Flight SQL, the web UI's SQL page and APIs, the Perfetto download.
+
+A door describes its query (`QueryRequest`: SQL, who asks, from where, the query range) and says how
+to tell that its client went away; `QueryRunner.open` answers a `Query` that owns the rest, the same
+for every door:
+
+* admission: SQL over the size or depth limits never reaches the planner (`limits.QueryLimits`), the
+  deny list is checked as the session is built (`admission`);
+* the session: a fresh one per query from the runner's `SessionFactory` (the lakehouse's has a memory
+  pool), SQL planned read-only with its bound parameter values;
+* a thread of its own with a large stack (`query_thread.QueryThread`), stopped when the client goes
+  away, at the time limit, or when the server shuts down (`QueryRunner.shutdown`);
+* the audit record (`audit.QueryAudit`, rpc = the door) and error classification (`failures`);
+* self-tracing: the query's root span (`begin_query_span`, the one place root spans are made) and its
+  plan and execute children.
+
+Every step that can fail raises a `failures.Failure`, already audited and logged; the door only turns
+it into its own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import datafusion
+import pyarrow as pa
+
+from spanlake import tracing
+from spanlake.lakehouse.query import failures
+from spanlake.lakehouse.query.audit import QueryAudit
+from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
+from spanlake.lakehouse.query.failures import Failure
+from spanlake.lakehouse.query.limits import QueryLimits
+from spanlake.lakehouse.query.query_thread import QueryThread
+
+T = TypeVar("T")
+
+# The server is read-only: DDL, DML and SET statements are refused at planning.
+READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+
+
+def begin_query_span(name: str) -> tracing.OpenAsyncSpan:
+    """The root span of one query (`flightsql.do_get`, `web.sql`, ...), child of the caller's current
+    span: every door's queries begin theirs here, so a rule about whole queries (which to keep) plugs
+    in at one place."""
+    return tracing.begin_async_span(name, dynamic=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryRequest:
+    """What a door knows of a query: `door` names it in the audit (Flight SQL's RPC, `web.sql`, ...),
+    `span` is its root span's name (its first dotted part prefixes the plan and execute spans)."""
+
+    door: str
+    span: str
+    sql: str
+    principal: Principal | None  # None when auth is off
+    client: dict[str, str] = dataclasses.field(default_factory=dict)  # type, agent, ..., peer (as gRPC writes it)
+    query_range: tuple[int, int] | None = None
+    limit: int | None = None
+    audited: bool = True  # False for Flight SQL's metadata requests, which have no statement
+
+
+class QueryRunner:
+    """Runs every door's queries with one set of limits and one session factory, and stops those under
+    way at shutdown. Thread-safe."""
+
+    def __init__(self, session_factory: SessionFactory, limits: QueryLimits | None = None) -> None:
+        """A runner building each query's session with `session_factory`, within `limits`."""
+        self.session_factory = session_factory
+        self.limits = limits if limits is not None else QueryLimits()
+        self._queries: set[Query] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def open(self, request: QueryRequest, client_gone: Callable[[], bool]) -> Query:
+        """A query on a thread of its own, stopped once `client_gone()` or at its time limit; raises
+        (audited) UNAVAILABLE once the runner is shutting down. Close it with `Query.close`."""
+        query = Query(self, request, client_gone)
+        with self._lock:
+            if not self._stopping:
+                self._queries.add(query)
+                return query
+        failure = failures.unavailable("the server is shutting down", query.query_id)
+        query.close()
+        raise query.fail(failure)
+
+    def shutdown(self) -> None:
+        """Stops the queries under way and refuses new ones."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._queries)
+        for query in running:
+            query.stop(failures.unavailable("the server is shutting down", query.query_id))
+
+    def _closed(self, query: Query) -> None:
+        with self._lock:
+            self._queries.discard(query)
+
+
+class Query:
+    """One query under way: its thread, session, audit record and root span."""
+
+    def __init__(self, runner: QueryRunner, request: QueryRequest, client_gone: Callable[[], bool]) -> None:
+        """Opens the query's root span and thread (use `QueryRunner.open`)."""
+        self.request = request
+        self.query_id = str(uuid.uuid4())
+        self.audit = QueryAudit(
+            self.query_id, request.door, request.sql, request.client, request.principal, recorded=request.audited
+        )
+        self.audit.query_range, self.audit.limit = request.query_range, request.limit
+        self.span = begin_query_span(request.span)
+        self._span_prefix = request.span.partition(".")[0]
+        self._runner = runner
+        self._limits = runner.limits
+        self._client_gone = client_gone
+        timeout = self._limits.timeout_seconds
+        self._deadline = time.monotonic() + timeout if timeout > 0 else None
+        self._thread = QueryThread(self._should_stop)
+        self._session: datafusion.SessionContext | None = None
+        self._executing_since: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _should_stop(self) -> Failure | None:
+        if self._client_gone():
+            return failures.cancelled("the client cancelled the query or went away", self.query_id)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            timeout = self._limits.timeout_seconds
+            return failures.deadline_exceeded(
+                f"the query ran past its time limit of {timeout:g} s (SPANLAKE_QUERY_TIMEOUT_SECONDS)", self.query_id
+            )
+        return None
+
+    def stop(self, reason: Failure) -> None:
+        """Stops the query from any thread, interrupting the step under way."""
+        self._thread.stop(reason)
+
+    def close(self) -> None:
+        """Gives the thread back and ends the root span (the door writes the record: ok, incomplete)."""
+        self._session = None
+        if self._executing_since is not None:
+            self.audit.execution_ms = (time.perf_counter() - self._executing_since) * 1000.0
+        self._thread.close()
+        self._runner._closed(self)
+        self.span.end()
+
+    def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:
+        """The query's range and row limit, once the door has read them (before its session)."""
+        self.request = dataclasses.replace(self.request, query_range=query_range, limit=limit)
+        self.audit.query_range, self.audit.limit = query_range, limit
+
+    def executing(self) -> None:
+        """The results begin to stream: the audit's execution time runs from here to `close`."""
+        self._executing_since = time.perf_counter()
+
+    def count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Counts a result batch in the audit; returns it."""
+        self.audit.rows += batch.num_rows
+        self.audit.bytes += batch.nbytes
+        return batch
+
+    def fail(self, failure: Failure) -> Failure:
+        """Audits and logs the failure; returns it, to be raised."""
+        return failures.log_failure(self.audit.fail(failure))
+
+    # -- steps: on the query's thread ---------------------------------------------------------------
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on the query's thread, the caller's thread waiting; a Failure it raises,
+        or the one that stopped the query, is audited and raised."""
+        try:
+            with tracing.attach(self.span.context):
+                return self._thread.run(function, *args)
+        except Failure as failure:
+            raise self.fail(failure) from None
+
+    async def run_async(self, function: Callable[..., T], *args: Any) -> T:
+        """`run` for a task on an event loop. A cancelled task (its HTTP client went away) stops the
+        query at once."""
+        try:
+            with tracing.attach(self.span.context):
+                return await self._thread.run_async(function, *args)
+        except Failure as failure:
+            raise self.fail(failure) from None
+        except asyncio.CancelledError:
+            cancelled = failures.cancelled("the client went away", self.query_id)
+            self.stop(cancelled)
+            self.fail(cancelled)
+            raise
+
+    def check_limits(self, sql: str | None = None) -> None:
+        """INVALID_ARGUMENT (audited) for SQL past the size or depth limits, before any planner sees it."""
+        problem = self._limits.sql_problem(self.request.sql if sql is None else sql)
+        if problem is not None:
+            raise self.fail(failures.invalid_argument(problem, self.query_id))
+
+    def session(self) -> datafusion.SessionContext:
+        """The query's session, built on first use (the deny list is checked then); a step."""
+        if self._session is None:
+            request = self.request
+            context = QueryContext(
+                self.query_id,
+                request.query_range,
+                request.limit,
+                request.principal,
+                request.client,
+                request.sql,
+                self.audit.sql_hash,
+            )
+            try:
+                self._session = self._runner.session_factory(context)
+            except QueryDenied as denied:
+                raise failures.denied(str(denied)) from None
+            except Exception as exc:
+                raise failures.classify("error building session context", exc, self.query_id) from None
+        return self._session
+
+    def plan(
+        self, sql: str | None = None, param_values: dict[str, Any] | None = None, limit: int | None = None
+    ) -> datafusion.DataFrame:
+        """`sql` (the request's by default) planned read-only in the query's session, with its bound
+        values and row limit (table functions run here); a step."""
+        with tracing.async_span(f"{self._span_prefix}.plan", dynamic=True):
+            started = time.perf_counter()
+            try:
+                return self._plan(self.session(), self.request.sql if sql is None else sql, param_values, limit)
+            finally:
+                self.audit.planning_ms += (time.perf_counter() - started) * 1000.0
+
+    def _plan(
+        self,
+        ctx: datafusion.SessionContext,
+        sql: str,
+        param_values: dict[str, Any] | None,
+        limit: int | None,
+    ) -> datafusion.DataFrame:
+        try:
+            df = ctx.sql(sql, READ_ONLY, param_values=param_values)
+        except Exception as exc:
+            raise failures.classify("error building dataframe", exc, self.query_id) from None
+        if limit is None:
+            return df
+        try:
+            return df.limit(limit)
+        except Exception as exc:
+            raise failures.classify("error building dataframe with limit", exc, self.query_id) from None
+
+    def collect(self, df: datafusion.DataFrame) -> pa.Table:
+        """A planned query's whole result; a step."""
+        with tracing.async_span(f"{self._span_prefix}.execute", dynamic=True):
+            started = time.perf_counter()
+            try:
+                table = df.to_arrow_table()
+            except Exception as exc:
+                raise failures.classify("error executing query", exc, self.query_id) from None
+            finally:
+                self.audit.execution_ms += (time.perf_counter() - started) * 1000.0
+        self.count(table)
+        return table
+
+    def execute(self, df: datafusion.DataFrame) -> ResultBatches:
+        """A planned query's result as a stream of batches (pull them with `ResultBatches.next_batch`
+        as steps); its execute span lasts until the stream is closed."""
+        self.executing()
+        span = tracing.begin_async_span(f"{self._span_prefix}.execute", dynamic=True)
+        try:
+            with tracing.attach(span.context):
+                stream = df.execute_stream()
+        except Exception as exc:
+            span.end()
+            raise failures.classify("error executing plan", exc, self.query_id) from None
+        return ResultBatches(self, stream, span)
+
+
+class ResultBatches:
+    """Pyarrow batches pulled from a query's DataFusion stream, counted in its audit. `close` drops
+    the stream, and with it DataFusion's tasks for the query, even while a stopped step or an
+    exception's traceback still holds this object."""
+
+    def __init__(self, query: Query, stream: Any, span: tracing.OpenAsyncSpan) -> None:
+        """Takes the only reference to `stream`; `span` is its execute span."""
+        self._query = query
+        self._stream = stream
+        self._span: tracing.OpenAsyncSpan | None = span
+        self._context = span.context
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        """The next batch, or None at the end (or once closed); a step."""
+        if self._stream is None:
+            return None
+        # DataFusion's work for the batch runs as a child of the execution span. No local variable
+        # holds the stream: a traceback through this frame would keep it (and its tasks) alive.
+        try:
+            with tracing.attach(self._context):
+                batch = next(self._stream, None)
+        except Exception as exc:
+            raise failures.classify("error building data stream", exc, self._query.query_id) from None
+        return None if batch is None else self._query.count(batch.to_pyarrow())
+
+    def close(self) -> None:
+        """Drops the stream and ends the execute span (once)."""
+        self._stream = None
+        span, self._span = self._span, None
+        if span is not None:
+            span.end()
