@@ -168,8 +168,9 @@ SETTINGS: tuple[Option, ...] = (
         "SPANLAKE_REQUEST_BODY_TIMEOUT_S",
         float,
         30.0,
-        "seconds an ingestion request may take to send its body before the server closes it (408)",
-        ("serve", "ingest"),
+        "seconds a request (ingestion, /api/sql, /api/query-stream) may take to send its body before the server"
+        " closes it (408)",
+        ("serve", "ingest", "web"),
     ),
     Option(
         "max_sql_bytes",
@@ -177,7 +178,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         1_048_576,
         "longest SQL text a query may have, in bytes",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
     Option(
         "max_sql_depth",
@@ -185,15 +186,15 @@ SETTINGS: tuple[Option, ...] = (
         int,
         1000,
         "deepest expression a query may have (operators chained plus parentheses nested)",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
     Option(
         "query_timeout_seconds",
         "SPANLAKE_QUERY_TIMEOUT_SECONDS",
         float,
         300.0,
-        "time limit of a Flight SQL query, planning and streaming included; 0: none",
-        ("serve", "flightsql"),
+        "time limit of a query (Flight SQL or web UI), planning and streaming included; 0: none",
+        ("serve", "flightsql", "web"),
     ),
     Option(
         "query_memory_limit_mb",
@@ -201,7 +202,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         4096,
         "DataFusion memory pool of one query (MiB; sorts and aggregations spill past it); 0: unlimited",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
 )
 

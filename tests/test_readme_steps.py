@@ -312,7 +312,19 @@ ROLE_FLAGS = {
         "--query-memory-limit-mb",
     },
     "maintain": {"--retention-days"},
-    "web": {"--http-port", "--api-keys", "--admins", "--disable-auth", "--no-disable-auth", "--host"},
+    "web": {
+        "--http-port",
+        "--api-keys",
+        "--admins",
+        "--disable-auth",
+        "--no-disable-auth",
+        "--host",
+        "--request-body-timeout-s",
+        "--max-sql-bytes",
+        "--max-sql-depth",
+        "--query-timeout-seconds",
+        "--query-memory-limit-mb",
+    },
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {

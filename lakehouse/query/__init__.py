@@ -1,7 +1,15 @@
-"""Queries: the DataFusion session of one query, its view instances and table functions.
+"""Queries: the query runner every door uses, the DataFusion session of one query, its view instances
+and table functions.
 
 Modules:
 
+    runner             the query runner: admission, session, query thread, audit, spans, per query
+    context            what a session factory knows of a query (`QueryContext`, `Principal`)
+    admission          the deny-list check, the lakehouse's session factory and runner
+    limits             what a query may ask: SQL size, expression depth, time (`QueryLimits`)
+    query_thread       each query's DataFusion work on a stoppable thread with a large stack
+    audit              one structured JSON line per query, whichever door
+    failures           failures classified: status code, client message without tracebacks or paths
     session            the per-query `SessionContext`: global tables, UDFs, table functions
     instances          a view instance as a table: JIT, then its partitions as one dataset
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions

@@ -61,6 +61,7 @@ class Failure(Exception):
     catalog database or the object store did not answer."""
 
     def __init__(self, code: Code, message: str, audit_class: str | None = None, storage: bool = False) -> None:
+        """`audit_class` overrides the code's bucket (a denial is "denied")."""
         super().__init__(message)
         self.code = code
         self.message = message

@@ -99,7 +99,8 @@ class QueryRunner:
         for query in running:
             query.stop(failures.unavailable("the server is shutting down", query.query_id))
 
-    def _closed(self, query: Query) -> None:
+    def release(self, query: Query) -> None:
+        """Forgets a closed query (`Query.close` calls it)."""
         with self._lock:
             self._queries.discard(query)
 
@@ -148,7 +149,7 @@ class Query:
         if self._executing_since is not None:
             self.audit.execution_ms = (time.perf_counter() - self._executing_since) * 1000.0
         self._thread.close()
-        self._runner._closed(self)
+        self._runner.release(self)
         self.span.end()
 
     def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:

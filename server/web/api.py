@@ -15,11 +15,11 @@ import json
 import time
 import uuid
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiohttp import web
 
+from spanlake.lakehouse.errors import STORAGE_FAILURES
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.server.http_body import read_body
@@ -162,7 +162,7 @@ class Api:
         try:
             await asyncio.wait_for(self.lake.catalog.ping(), 2.0)
             connected = True
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except STORAGE_FAILURES:
             connected = False
         return json_response(
             {"status": "healthy", "timestamp": dt.datetime.now(dt.UTC).isoformat(), "flightsql_connected": connected}

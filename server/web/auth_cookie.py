@@ -86,9 +86,3 @@ def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, .
 def principal_of(request: web.Request) -> Principal | None:
     """Who signed in; None when the server runs without keys."""
     return request.get("principal")
-
-
-def is_admin(request: web.Request) -> bool:
-    """Admins, and everyone when the server runs without keys (as Flight SQL decides)."""
-    principal = principal_of(request)
-    return principal is None or principal.is_admin
