@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from harness import PostgresServer, SpanlakeServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -28,3 +31,17 @@ def spanlake_server(**kwargs: object) -> Iterator[SpanlakeServer]:
             yield server
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def source_env(revision: str | None) -> Iterator[dict[str, str]]:
+    """Environment that makes the server run the code of git `revision` (None: this checkout)."""
+    if revision is None:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="spanlake-baseline-") as tmp:
+        package = Path(tmp) / "spanlake"
+        package.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(package)], input=archive.stdout, check=True)
+        yield {"PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}

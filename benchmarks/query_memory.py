@@ -18,15 +18,13 @@ import argparse
 import contextlib
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pyarrow.flight as flight
-from _servers import spanlake_server
+from _servers import source_env, spanlake_server
 
 from spanlake.server.flightsql import protocol
 
@@ -131,24 +129,10 @@ def stop_delay(uri: str, pid: int, build_rows: int) -> tuple[float, float]:
     return busy, MAX_WAIT_SECONDS
 
 
-@contextlib.contextmanager
-def _source(revision: str | None) -> Iterator[dict[str, str]]:
-    """Environment that makes the server run the code of `revision` (None: this checkout)."""
-    if revision is None:
-        yield {}
-        return
-    with tempfile.TemporaryDirectory(prefix="spanlake-baseline-") as tmp:
-        package = Path(tmp) / "spanlake"
-        package.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(package)], input=archive.stdout, check=True)
-        yield {"PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
-
-
 def measure(
     revision: str | None, queries: int, every: int
 ) -> tuple[list[tuple[int, float]], list[tuple[float, float]]]:
-    with _source(revision) as env, spanlake_server(extra_env=env) as server:
+    with source_env(revision) as env, spanlake_server(extra_env=env) as server:
         assert server.process is not None
         process_id = _generate(server)
         _wait_for_process(flight.connect(server.flightsql_url), process_id)
