@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import datafusion
 import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -26,7 +27,9 @@ from test_flightsql_support import grpc_status, statement_ticket
 from web_support import RUST_PROCESS_ID, Browser, browser, upload_rust_fixture, watched_page
 
 from spanlake.lakehouse.errors import is_storage_failure
-from spanlake.lakehouse.query.failures import Code, classify
+from spanlake.lakehouse.query.failures import Code, Failure, classify
+from spanlake.lakehouse.query.runner import QueryRequest, QueryRunner
+from spanlake.lakehouse.query.session import session_config
 
 ADMIN_KEY = "admin-key-for-the-door-tests"
 VIEWER_KEY = "viewer-key-for-the-door-tests"
@@ -343,6 +346,36 @@ def http_status(server: SpanlakeServer, sql: str) -> int:
         return _api_sql(server, sql, VIEWER_KEY)[0]
     except OSError:
         return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the runner itself, without a door
+
+
+def test_the_runner_stops_its_queries_at_shutdown_and_refuses_new_ones() -> None:
+    runner = QueryRunner(lambda _context: datafusion.SessionContext(session_config(split_inputs=True)))
+    query = runner.open(QueryRequest("test", "test.query", ENDLESS, None), lambda: False)
+    outcome: list[Failure] = []
+
+    def run() -> None:
+        try:
+            query.run(lambda: query.collect(query.plan()))
+        except Failure as failure:
+            outcome.append(failure)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(1)
+    started = time.monotonic()
+    runner.shutdown()
+    worker.join(5)
+    assert time.monotonic() - started < 2
+    [stopped] = outcome
+    assert stopped.code is Code.UNAVAILABLE and stopped.message.startswith("the server is shutting down")
+    query.close()
+    with pytest.raises(Failure) as refused:
+        runner.open(QueryRequest("test", "test.query", "SELECT 1", None), lambda: False)
+    assert refused.value.code is Code.UNAVAILABLE
 
 
 # ------------------------------------------------------------------------------------------------

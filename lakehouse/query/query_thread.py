@@ -16,9 +16,9 @@ whether to give up (client gone, deadline, shutdown): a gRPC handler's thread bl
 event loop's task awaits `run_async` (the loop's default thread pool, which ingestion needs, is never
 used for queries).
 
-The threads are reused from query to query (a new thread per query would also be a new cpu stream in
-spanlake's self-tracing, each time); one that was interrupted is retired instead, so that an
-interruption can never reach another query.
+The threads are reused from query to query (`QueryThreads`, one per runner: a new thread per query
+would also be a new cpu stream in spanlake's self-tracing, each time); one that was interrupted is
+retired instead, so that an interruption can never reach another query.
 """
 
 from __future__ import annotations
@@ -70,12 +70,14 @@ class _Worker:
             pass  # interrupted between two steps: this worker is being retired anyway
 
 
-class _Workers:
-    """Idle workers, reused by the next queries."""
+class QueryThreads:
+    """Idle query threads, reused by the next queries (a runner owns one)."""
 
     def __init__(self) -> None:
+        """No thread yet: they start with the first queries."""
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def take(self) -> _Worker:
         """An idle worker, or a new one."""
@@ -85,24 +87,30 @@ class _Workers:
         return _Worker()
 
     def give_back(self, worker: _Worker) -> None:
-        """Keeps the worker for the next query (or ends it when enough are idle)."""
+        """Keeps the worker for the next query (or ends it when enough are idle, or once closed)."""
         with self._lock:
-            if len(self._idle) < MAX_IDLE_THREADS:
+            if not self._closed and len(self._idle) < MAX_IDLE_THREADS:
                 self._idle.append(worker)
                 return
         worker.steps.put(None)
 
-
-_workers = _Workers()
+    def close(self) -> None:
+        """Ends the idle threads; those of queries under way end as their queries close."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.steps.put(None)
 
 
 class QueryThread:
     """The thread of one query. `run` steps on it; `close` when done; `stop` from any thread."""
 
-    def __init__(self, should_stop: Callable[[], BaseException | None]) -> None:
-        """Takes a thread; `should_stop` tells, when asked, why the query must stop (or None)."""
+    def __init__(self, threads: QueryThreads, should_stop: Callable[[], BaseException | None]) -> None:
+        """Takes a thread of `threads`; `should_stop` tells, when asked, why the query must stop (or None)."""
+        self._threads = threads
         self._should_stop = should_stop
-        self._worker: _Worker | None = _workers.take()
+        self._worker: _Worker | None = threads.take()
         self._lock = threading.Lock()
         self._busy = False
         self._interrupted = False
@@ -114,9 +122,12 @@ class QueryThread:
         future = self._submit(function, args)
         while True:
             try:
-                return future.result(timeout=POLL_SECONDS)
+                return self._outcome(future.result(timeout=POLL_SECONDS))
             except concurrent.futures.TimeoutError:
                 self._stop_if_asked()
+            except BaseException:
+                self._raise_stop_reason()
+                raise
 
     async def run_async(self, function: Callable[..., T], *args: Any) -> T:
         """`run` for a task on an event loop: the loop keeps serving while the step runs."""
@@ -125,7 +136,11 @@ class QueryThread:
             # asyncio.wait never cancels `waiting`: a cancelled task leaves the step to `stop`.
             done, _ = await asyncio.wait((waiting,), timeout=POLL_SECONDS)
             if done:
-                return waiting.result()
+                try:
+                    return self._outcome(waiting.result())
+                except BaseException:
+                    self._raise_stop_reason()
+                    raise
             self._stop_if_asked()
 
     def _submit(self, function: Callable[..., T], args: tuple) -> concurrent.futures.Future[T]:
@@ -135,6 +150,16 @@ class QueryThread:
         context = contextvars.copy_context()
         self._worker.steps.put(lambda: self._run_step(future, context, function, args))
         return future
+
+    def _outcome(self, result: T) -> T:
+        self._raise_stop_reason()  # a step that ended as it was stopped: the query is stopped all the same
+        return result
+
+    def _raise_stop_reason(self) -> None:
+        """Raises why the query was stopped, if it was: what the interrupted step raised (`Interrupted`,
+        or DataFusion's error around it) says nothing to the client."""
+        if self._stopped is not None:
+            raise self._stopped from None
 
     def _stop_if_asked(self) -> None:
         reason = self._stopped or self._should_stop()
@@ -161,7 +186,7 @@ class QueryThread:
         if interrupted:
             worker.steps.put(None)
         else:
-            _workers.give_back(worker)
+            self._threads.give_back(worker)
 
     def _run_step(
         self, future: concurrent.futures.Future, context: contextvars.Context, function: Callable, args: tuple

@@ -37,7 +37,7 @@ from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.query.limits import QueryLimits
-from spanlake.lakehouse.query.query_thread import QueryThread
+from spanlake.lakehouse.query.query_thread import QueryThread, QueryThreads
 
 T = TypeVar("T")
 
@@ -75,6 +75,7 @@ class QueryRunner:
         """A runner building each query's session with `session_factory`, within `limits`."""
         self.session_factory = session_factory
         self.limits = limits if limits is not None else QueryLimits()
+        self.threads = QueryThreads()
         self._queries: set[Query] = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -92,12 +93,13 @@ class QueryRunner:
         raise query.fail(failure)
 
     def shutdown(self) -> None:
-        """Stops the queries under way and refuses new ones."""
+        """Stops the queries under way, refuses new ones and ends the idle query threads."""
         with self._lock:
             self._stopping = True
             running = list(self._queries)
         for query in running:
             query.stop(failures.unavailable("the server is shutting down", query.query_id))
+        self.threads.close()
 
     def release(self, query: Query) -> None:
         """Forgets a closed query (`Query.close` calls it)."""
@@ -123,7 +125,7 @@ class Query:
         self._client_gone = client_gone
         timeout = self._limits.timeout_seconds
         self._deadline = time.monotonic() + timeout if timeout > 0 else None
-        self._thread = QueryThread(self._should_stop)
+        self._thread = QueryThread(runner.threads, self._should_stop)
         self._session: datafusion.SessionContext | None = None
         self._executing_since: float | None = None
 
