@@ -66,6 +66,7 @@ def materialize_range(
 
 
 def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
+    """Brings a bucket's partitions up to date (rebuilt if incomplete, merged if several); the number written."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
     required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
     existing = [

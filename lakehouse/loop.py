@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 
 class BackgroundLoop:
+    """An asyncio (uvloop) event loop running on its own daemon thread."""
+
     def __init__(self, name: str = "spanlake-loop") -> None:
         self.loop = uvloop.new_event_loop()  # roughly halves the per-request cost of the HTTP server
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -34,6 +36,7 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Stops the loop, waits for its thread and closes it; a no-op once stopped."""
         if not self._thread.is_alive():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -52,6 +52,8 @@ CATCH_UP_PERIODS = 60
 
 @dataclass(frozen=True)
 class Schedule:
+    """When one maintenance schedule runs and which insert range each run covers."""
+
     name: str
     period_s: int
     offset_s: float
@@ -72,6 +74,8 @@ SCHEDULES = (
 
 
 class MaintenanceDaemon:
+    """Runs the SCHEDULES, one thread each, against a lake."""
+
     def __init__(self, lake: Lake, retention_days: int, clock: Callable[[], float] = time.time) -> None:
         self.lake = lake
         self.retention_days = retention_days
@@ -81,6 +85,7 @@ class MaintenanceDaemon:
         self._covered_until: dict[str, int] = {}  # schedule name → end (ns) of the last range it covered
 
     def start(self) -> None:
+        """Starts one thread per schedule, covering the slices from now on."""
         self.cover_from(self.clock())
         for schedule in SCHEDULES:
             thread = threading.Thread(
@@ -91,6 +96,7 @@ class MaintenanceDaemon:
         log.debug("maintenance daemon started (retention %d days)", self.retention_days)
 
     def stop(self, timeout: float = 30) -> None:
+        """Stops the schedules and waits up to `timeout` s for each thread."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
