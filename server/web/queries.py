@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import asyncpg
 import datafusion
@@ -65,35 +65,42 @@ def refuse_admin_functions(sql: str, is_admin: bool) -> None:
         raise WebQueryError(f"the function '{called.group(1).lower()}' is reserved to admin API keys", 403)
 
 
-def sql_literal(text: str) -> str:
-    """A SQL string literal of `text`."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def session(lake: Lake, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.SessionContext:
     """A fresh lakehouse session with the query range, admin functions only for admins."""
     return make_session_context(lake, query_range, is_admin=is_admin)
 
 
-def plan(ctx: datafusion.SessionContext, sql: str) -> datafusion.DataFrame:
-    """The planned query (table functions run here, materializing what the range needs)."""
+def plan(ctx: datafusion.SessionContext, sql: str, params: Mapping[str, object] | None = None) -> datafusion.DataFrame:
+    """The planned query, its `$name` placeholders bound to `params` (table functions run here,
+    materializing what the range needs)."""
     try:
-        return ctx.sql_with_options(sql, READ_ONLY)
+        return ctx.sql_with_options(sql, READ_ONLY, param_values=dict(params) if params else None)
     except Exception as exc:  # DataFusion raises plain Exception; classify words it
         raise _failed("error building dataframe", exc) from None
 
 
-def dataframe(lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool) -> datafusion.DataFrame:
-    """`sql` planned in a fresh session of its own."""
+def dataframe(
+    lake: Lake,
+    sql: str,
+    query_range: tuple[int, int] | None,
+    is_admin: bool,
+    params: Mapping[str, object] | None = None,
+) -> datafusion.DataFrame:
+    """`sql` (its placeholders bound to `params`) planned in a fresh session of its own."""
     refuse_admin_functions(sql, is_admin)
-    return plan(session(lake, query_range, is_admin), sql)
+    return plan(session(lake, query_range, is_admin), sql, params)
 
 
 def collect(
-    lake: Lake, sql: str, query_range: tuple[int, int] | None, is_admin: bool = True, limit: int | None = None
+    lake: Lake,
+    sql: str,
+    query_range: tuple[int, int] | None,
+    is_admin: bool = True,
+    limit: int | None = None,
+    params: Mapping[str, object] | None = None,
 ) -> pa.Table:
-    """The whole result (dictionaries decoded), at most `limit` rows."""
-    return collect_frame(dataframe(lake, sql, query_range, is_admin), limit)
+    """The whole result (dictionaries decoded), at most `limit` rows; `$name` placeholders bound to `params`."""
+    return collect_frame(dataframe(lake, sql, query_range, is_admin, params), limit)
 
 
 def collect_frame(df: datafusion.DataFrame, limit: int | None = None) -> pa.Table:

@@ -46,8 +46,9 @@ class SpanTable:
         return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns)
 
 
-def match_sql(table: SpanTable, text: str, index: int) -> str:
-    named = f"{table.one_row_per_span} AND strpos(lower(name), {queries.sql_literal(text.lower())}) > 0"
+def match_sql(table: SpanTable, index: int) -> str:
+    """The `index`-th span whose name contains `$needle` (lower case), with the number of such spans."""
+    named = f"{table.one_row_per_span} AND strpos(lower(name), $needle) > 0"
     return (
         f"SELECT {table.id} AS id, {table.parent} AS parent, depth, name,"
         f" (SELECT count(*) FROM {table.source} WHERE {named}) AS total"
@@ -55,10 +56,11 @@ def match_sql(table: SpanTable, text: str, index: int) -> str:
     )
 
 
-def parent_sql(table: SpanTable, span_id: int) -> str:
+def parent_sql(table: SpanTable) -> str:
+    """The parent and depth of the span `$span`."""
     return (
         f"SELECT {table.parent} AS parent, depth FROM {table.source}"
-        f" WHERE {table.one_row_per_span} AND {table.id} = {span_id}"
+        f" WHERE {table.one_row_per_span} AND {table.id} = $span"
     )
 
 
@@ -67,12 +69,16 @@ def find_path(
 ) -> dict:
     """`{total, index, name, path}`: path is the ids from the root to the match (the match last);
     `complete` is false when an ancestor is outside the time range."""
-    [match] = queries.records(queries.collect(lake, match_sql(table, text, index), query_range, is_admin)) or [None]
+    needle = {"needle": text.lower()}
+    [match] = queries.records(queries.collect(lake, match_sql(table, index), query_range, is_admin, params=needle)) or [
+        None
+    ]
     if match is None:
         return {"total": 0, "index": index, "path": [], "complete": True}
     path, parent, depth = [str(match["id"])], match["parent"], match["depth"]
     while depth > 0 and len(path) < MAX_DEPTH:
-        rows = queries.records(queries.collect(lake, parent_sql(table, parent), query_range, is_admin))
+        span = {"span": parent}
+        rows = queries.records(queries.collect(lake, parent_sql(table), query_range, is_admin, params=span))
         if not rows:
             break
         path.insert(0, str(parent))
