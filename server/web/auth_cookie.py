@@ -34,6 +34,7 @@ async def authenticate(request: web.Request, authenticator: Authenticator) -> Pr
 
 
 def login_redirect(request: web.Request) -> web.Response:
+    """To the login page, coming back to this request's page once signed in."""
     target = html.url("/login", {"next": request.path_qs})
     return web.Response(status=303, headers={"Location": target})
 
@@ -51,6 +52,8 @@ def _login_page(next_path: str, message: str = "", status: int = 200) -> web.Res
 
 
 def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
+    """`GET /login` (the form), `POST /login` (sign in), `POST /logout`."""
+
     async def show(request: web.Request) -> web.Response:
         if authenticator is None:
             return web.Response(status=303, headers={"Location": "/"})

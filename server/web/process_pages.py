@@ -34,12 +34,16 @@ TABS = {
 
 @dataclass(frozen=True)
 class Thread:
+    """A thread of the process: its cpu stream and the name it shows."""
+
     stream_id: str
     name: str
 
 
 @dataclass(frozen=True)
 class Process:
+    """A process of the catalog, with its time span and its threads."""
+
     process_id: str
     row: asyncpg.Record
     first_ns: int  # earliest block begin (or the start time)
@@ -48,14 +52,17 @@ class Process:
 
     @property
     def path(self) -> str:
+        """The URL of its overview."""
         return f"/process/{self.process_id}"
 
 
 def datetime_ns(value: dt.datetime) -> int:
+    """A datetime as ns since the epoch (to the µs)."""
     return (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
 
 
 def parse_process_id(text: str) -> uuid.UUID:
+    """The UUID of a URL's process id; a 400 page otherwise."""
     try:
         return uuid.UUID(text)
     except ValueError:

@@ -30,6 +30,7 @@ class SpanTable:
 
     @classmethod
     def async_events(cls, process_id: str) -> SpanTable:
+        """The async spans of a process (begin and end events are rows of their own)."""
         return cls(
             f"view_instance('async_events', '{process_id}')",
             "event_type = 'begin'",
@@ -42,6 +43,7 @@ class SpanTable:
 
     @classmethod
     def thread_spans(cls, stream_id: str) -> SpanTable:
+        """The thread spans of a cpu stream (one row per span)."""
         columns = 'id, parent, depth, begin, "end", name, target, filename, line'
         return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns)
 
