@@ -13,17 +13,14 @@ Writers never lock while they decode: each round writes its files, then swaps th
 (under the instance's advisory lock, in one transaction). A writer that lost the race drops its files
 and the next check sees the winner's work.
 
-Small tail partitions settle on a background thread (`settle`): merges planned by `jit_layout`, each
-rebuilt from its blocks and swapped in the same way.
+Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
+each rebuilt from its blocks and swapped in the same way.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from spanlake import tracing
@@ -51,8 +48,6 @@ from spanlake.lakehouse.partitions import (
 from spanlake.lakehouse.source_blocks import ProcessTiming, instance_coverage, source_blocks
 from spanlake.lakehouse.view_rows import view_rows
 from spanlake.views.view import View
-
-log = logging.getLogger(__name__)
 
 # Rounds of check-and-rebuild a query tries before giving up: each round that does not end fresh
 # means blocks arrived (or a concurrent writer won) meanwhile, so this bounds a pathological race.
@@ -189,40 +184,8 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
     return merged
 
 
-# ---------------------------------------------------------------------------------------------------
-# Settling in the background: one thread, at most one pending run per instance.
-
-_settler = ThreadPoolExecutor(1, thread_name_prefix="jit-settle")
-_settling: set[tuple[str, str]] = set()
-_settling_lock = threading.Lock()
-
-
 def schedule_settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings_of: TimingsOf) -> None:
-    """Queues `settle` for the instance if it has partitions to merge and none is queued yet."""
-    if not plan_merges(held):
-        return
-    key = (instance.view.name, instance.instance_id)
-    with _settling_lock:
-        if key in _settling:
-            return
-        _settling.add(key)
-
-    def run() -> int:
-        try:
-            return settle(lake, instance, held, timings_of())
-        finally:
-            with _settling_lock:
-                _settling.discard(key)
-
-    _settler.submit(run).add_done_callback(_log_failure)
-
-
-def _log_failure(future: Future) -> None:
-    error = future.exception()
-    if error is not None:
-        log.error("settling partitions failed; the next query retries", exc_info=error)
-
-
-def wait_for_settling() -> None:
-    """Returns once every settle queued so far has run (tests, benchmarks)."""
-    _settler.submit(lambda: None).result()
+    """Queues `settle` on the lake's settle queue if the instance has partitions to merge."""
+    if plan_merges(held):
+        key = (instance.view.name, instance.instance_id)
+        lake.settler.submit(key, lambda: settle(lake, instance, held, timings_of()))

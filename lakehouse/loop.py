@@ -36,9 +36,13 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        """Stops the loop, waits for its thread and closes it; a no-op once stopped."""
+        """Stops the loop once the threads of its `asyncio.to_thread` calls have ended, waits for its thread
+        and closes it; a no-op once stopped."""
         if not self._thread.is_alive():
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        try:
+            self.run(self.loop.shutdown_default_executor(timeout=10), timeout=15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()

@@ -2,7 +2,7 @@
 is known of a query before it is planned (who, which client, its SQL and fingerprint). A query
 matching a rule is refused before any work is done for it.
 
-Rules are rows of `query_deny_list` in PostgreSQL; each process keeps them in a snapshot, reloaded
+Rules are rows of `query_deny_list` in PostgreSQL; each lake (`lake.deny_list`) keeps them in a snapshot, reloaded
 every REFRESH_SECONDS (so a rule written through another server process applies within that
 delay) and updated at once by the process that adds or removes one. DataFusion parses and
 evaluates the expressions, over a one-row table of the match context.
@@ -14,7 +14,6 @@ import datetime as dt
 import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,7 +21,7 @@ import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 
 from spanlake.lakehouse.errors import QueryError
-from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.loop import BackgroundLoop
 
 REFRESH_SECONDS = 10.0
 MAX_RULES = 100
@@ -113,10 +112,11 @@ def matching_rule(rules: list[DenyRule], attribution: dict[str, str | None]) -> 
 
 
 class QueryDenyList:
-    """The rules in force for one lake, from PostgreSQL, cached for REFRESH_SECONDS."""
+    """The rules in force for one lake (its `deny_list`), from PostgreSQL, cached for REFRESH_SECONDS."""
 
-    def __init__(self, lake: Lake) -> None:
-        self._lake = weakref.proxy(lake)  # the lake owns its list, not the other way round
+    def __init__(self, loop: BackgroundLoop, pool: asyncpg.Pool) -> None:
+        self._loop = loop
+        self._pool = pool
         self._lock = threading.Lock()
         self._rules: list[DenyRule] = []
         self._loaded_at = float("-inf")
@@ -134,14 +134,14 @@ class QueryDenyList:
         then reads the rules."""
         with self._lock:
             hits, self._hits = self._hits, {}
-        rows = self._lake.loop.run(self._flush_and_load(hits))
+        rows = self._loop.run(self._flush_and_load(hits))
         rules = [DenyRule(**dict(row)) for row in rows]
         with self._lock:
             self._rules, self._loaded_at = rules, time.monotonic()
         return rules
 
     async def _flush_and_load(self, hits: dict[uuid.UUID, dt.datetime]) -> list[asyncpg.Record]:
-        async with self._lake.pool.acquire() as conn:
+        async with self._pool.acquire() as conn:
             if hits:
                 await conn.executemany(
                     "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2)"
@@ -176,8 +176,8 @@ class QueryDenyList:
             )
         compile_rule(match_expr)
         rule_id = uuid.uuid4()
-        self._lake.loop.run(
-            self._lake.pool.execute(
+        self._loop.run(
+            self._pool.execute(
                 "INSERT INTO query_deny_list (rule_id, created_at, created_by, reason, match_expr)"
                 " VALUES ($1, now(), $2, $3, $4)",
                 rule_id,
@@ -197,23 +197,9 @@ class QueryDenyList:
             parsed = uuid.UUID(rule_id)
         except ValueError:
             return f"ERROR: '{rule_id}' is not a valid rule id"
-        status = self._lake.loop.run(self._lake.pool.execute("DELETE FROM query_deny_list WHERE rule_id = $1", parsed))
+        status = self._loop.run(self._pool.execute("DELETE FROM query_deny_list WHERE rule_id = $1", parsed))
         self.reload()
         return f"SUCCESS: removed rule {parsed}" if status != "DELETE 0" else f"ERROR: no such rule: {parsed}"
-
-
-_LISTS: dict[int, QueryDenyList] = {}  # by id(lake), dropped with the lake
-_LISTS_LOCK = threading.Lock()
-
-
-def deny_list(lake: Lake) -> QueryDenyList:
-    """The deny list of a lake: one per process, shared by its sessions and its Flight SQL server."""
-    with _LISTS_LOCK:
-        found = _LISTS.get(id(lake))
-        if found is None:
-            found = _LISTS[id(lake)] = QueryDenyList(lake)
-            weakref.finalize(lake, _LISTS.pop, id(lake), None)
-        return found
 
 
 def admin_recovery(sql: str, is_admin: bool) -> bool:

@@ -4,7 +4,7 @@ micromegas's match context, checked against the lake's rules before its session 
 from __future__ import annotations
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query_denials import admin_recovery, denial_message, deny_list
+from spanlake.lakehouse.query_denials import admin_recovery, denial_message
 from spanlake.server.flightsql.session import QueryContext, QueryDenied
 
 
@@ -38,6 +38,6 @@ def admit(lake: Lake, query: QueryContext, is_admin: bool) -> None:
     """Raises QueryDenied, with micromegas's message, if a deny rule matches the statement."""
     if not query.sql:
         return  # metadata requests carry no statement
-    rule = deny_list(lake).check(attribution(query))
+    rule = lake.deny_list.check(attribution(query))
     if rule is not None and not admin_recovery(query.sql, is_admin):
         raise QueryDenied(denial_message(rule, query.query_id))

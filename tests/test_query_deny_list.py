@@ -116,9 +116,8 @@ def test_a_rule_written_elsewhere_applies_after_the_refresh(
 ) -> None:
     """Another server process's snapshot: stale until REFRESH_SECONDS, then the rule applies."""
     with local_lake(postgres, tmp_path) as local:
-        here = query_denials.deny_list(local.lake)
-        assert here is query_denials.deny_list(local.lake)  # one list per lake, shared by its sessions
-        elsewhere = query_denials.QueryDenyList(local.lake)  # the snapshot of another process
+        here = local.lake.deny_list  # one list per lake, shared by its sessions
+        elsewhere = query_denials.QueryDenyList(local.lake.loop, local.lake.pool)  # another process's snapshot
         attribution = {"client": "python", "sql": "SELECT 1", "sql_hash": sql_hash("SELECT 1")}
         assert elsewhere.check(attribution) is None
         rule_id = here.insert("client = 'python'", "maintenance", "admin")

@@ -87,7 +87,7 @@ def parse_block(lake: Lake, block_id: str) -> Table:
         },
         schema=PARSE_BLOCK_SCHEMA,
     )
-    return memory_table(table)
+    return memory_table(lake, table)
 
 
 def get_payload_udf(lake: Lake) -> ScalarUDF:

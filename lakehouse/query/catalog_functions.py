@@ -14,7 +14,6 @@ from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import retire_contained
 from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
-from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -53,12 +52,12 @@ VIEW_SETS_SCHEMA = pa.schema(
 LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
 
 
-def memory_table(table: pa.Table) -> Table:
+def memory_table(lake: Lake, table: pa.Table) -> Table:
     """An in-memory table a table function can return, empty or not (a dataset with no rows has no
     fragment, which plans needing one partition refuse). Built in a private context: the query's
     own must not be called on DataFusion's runtime thread."""
     batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    return Table(off_runtime(SessionContext().create_dataframe, [batches], None, table.schema))
+    return Table(lake.off_runtime.run(SessionContext().create_dataframe, [batches], None, table.schema))
 
 
 def list_partitions(lake: Lake) -> ds.Dataset:
@@ -159,7 +158,7 @@ def materialize_partitions(
 
     step = udf(materialize, [pa.int32()], _PROGRESS_TYPE, "volatile", "materialize_buckets")
     tasks = [[pa.record_batch({"page": pa.array([i], pa.int32())}) for i in range(pages)]]
-    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("page", pa.int32())]))
+    frame = lake.off_runtime.run(ctx.create_dataframe, tasks, None, pa.schema([("page", pa.int32())]))
     progress = frame.select(step(col("page")).alias("progress")).unnest_columns("progress").unnest_columns("progress")
     return progress.select(col('"progress.time"').alias("time"), col('"progress.msg"').alias("msg"))
 

@@ -28,7 +28,7 @@ from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
-from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -237,12 +237,12 @@ def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
     return generate
 
 
-def trace_dataframe(ctx: SessionContext, plan: TracePlan) -> DataFrame:
+def trace_dataframe(ctx: SessionContext, plan: TracePlan, off_runtime: OffRuntime) -> DataFrame:
     """The trace as (chunk_id, chunk_data) rows, both NOT NULL: one task row per batch of about
     BATCH_BYTES of chunks, unnested (UnnestExec keeps each task's chunks as one output batch)."""
     tasks = [pa.record_batch({"task": pa.array([i], pa.int32())}) for i in range(plan.batch_count)]
     generate = udf(chunk_generator(plan), [pa.int32()], CHUNK_LIST, "volatile", "perfetto_chunks")
-    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
+    frame = off_runtime.run(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
     chunks = frame.select(generate(col("task")).alias("chunk")).unnest_columns("chunk")
     # The unnested struct's fields read as nullable; the coalesce with a literal makes them NOT NULL.
     return chunks.select(

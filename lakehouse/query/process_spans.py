@@ -45,7 +45,7 @@ def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tup
             parts.append(_labelled(spans, stream_id, thread_name))
     if span_types != "thread":
         parts.append(_labelled(_async_spans(lake, str(process), query_range), "", "async"))
-    return memory_table(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+    return memory_table(lake, pa.concat_tables(parts) if parts else SCHEMA.empty_table())
 
 
 def _threads(lake: Lake, process: uuid.UUID, query_range: tuple[int, int] | None) -> list[tuple[str, str]]:

@@ -34,7 +34,6 @@ from spanlake.lakehouse.query import (
     perfetto_trace,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
-from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views import properties
@@ -134,9 +133,9 @@ def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        frame = off_runtime(_scan, lake, view, keys)
+        frame = lake.off_runtime.run(_scan, lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
-        frame = off_runtime(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
+        frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
@@ -270,7 +269,7 @@ def _perfetto_function(lake: Lake, trace_parent: tracing.SpanContext) -> Callabl
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
             plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
-            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan))
+            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan, lake.off_runtime))
 
     return perfetto_trace_chunks
 
@@ -367,6 +366,6 @@ def _session_context(
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
         ctx.register_udaf(aggregate)
-    for name, table_function in functions.table_function_list(lambda: frames_context(lake)):
+    for name, table_function in functions.table_function_list(lambda: frames_context(lake), lake.off_runtime):
         ctx.register_udtf(udtf(table_function, name))
     return ctx
