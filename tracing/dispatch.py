@@ -17,10 +17,10 @@ import time
 import weakref
 
 from spanlake.tracing import streams
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.process_info import ProcessInfo, make_process_info, now_ticks
 from spanlake.tracing.registry import REGISTRY
 from spanlake.tracing.sink import INSERT_PROCESS, HttpSink, Priority, Sink, SinkConfig, SinkStats
-from spanlake.tracing.streams import TYPE_BITS
 from spanlake.tracing.udts import INTEGER_METRIC_INDEX
 
 logger = logging.getLogger("spanlake.tracing")

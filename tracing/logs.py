@@ -15,8 +15,8 @@ from typing import Any
 from typing_extensions import override
 
 from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import DEBUG, ERROR, FATAL, INFO, REGISTRY, TRACE, WARN
-from spanlake.tracing.streams import TYPE_BITS
 from spanlake.tracing.udts import LOG_STRING_INDEX, TAGGED_LOG_INDEX
 
 __all__ = [

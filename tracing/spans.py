@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 from spanlake.tracing import dispatch as _dispatch
 from spanlake.tracing import streams
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import REGISTRY
-from spanlake.tracing.streams import TYPE_BITS
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

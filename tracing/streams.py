@@ -1,9 +1,7 @@
 """Streams: where events wait between being recorded and being encoded into a block.
 
 Recording is an append to a plain list (atomic under the GIL, no lock). A cpu stream belongs to
-one thread and keeps two flat lists, a fixed number of slots per event: thread events
-(code, time, name) and async events (code, time, span_id, parent_span_id, depth, name), where
-code = descriptor id << TYPE_BITS | wire type index and name is None unless the span is named.
+one thread and keeps two flat lists of events (`event_records`), name None unless the span is named.
 The log and metrics streams are shared by all threads and keep one
 (code, time, value, property_set_id) tuple per event. Draining a stream
 (when it is full, or on the periodic flush) takes a snapshot of the events under the stream's
@@ -18,21 +16,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 
 from spanlake.tracing import udts
+from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, EncodedBuffers
 from spanlake.tracing.process_info import DualTime, ProcessInfo, format_rfc3339_ns, now_ticks
 from spanlake.tracing.registry import Registry
 from spanlake.tracing.sink import INSERT_BLOCK, INSERT_STREAM, Priority
-
-if TYPE_CHECKING:
-    from spanlake.tracing.transit_encode import EncodedBuffers
-
-THREAD_SLOTS = 3
-ASYNC_SLOTS = 6
-TYPE_BITS = 8
 
 # Events per block before a stream counts as full (read when a stream is created). A full cpu block is
 # 1-4 MB before compression.

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.tracing import udts
+from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
-from spanlake.tracing.streams import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
@@ -223,13 +223,6 @@ class Dependencies:
 
 _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
-
-
-@dataclass
-class EncodedBuffers:
-    objects: bytes
-    dependencies: bytes
-    nb_objects: int
 
 
 def _columns(values: list, slots: int) -> list[np.ndarray]:
