@@ -64,7 +64,7 @@ class Lake:
         try:
             self.settler.close()  # first: settling reads payloads and writes through the pool and loop
             self.off_runtime.close()
-            self.io_pool.shutdown(wait=True)
+            self.io_pool.shutdown(wait=True, cancel_futures=True)
             self.loop.run(self.pool.close(), timeout=10)
         finally:
             self.loop.stop()

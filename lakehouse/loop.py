@@ -7,6 +7,7 @@ handlers, DataFusion table functions, worker threads) hands it coroutines with `
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -14,6 +15,11 @@ from typing import Any, TypeVar
 import uvloop
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# How long `stop` waits for the threads of `asyncio.to_thread` calls (a web query may be finishing).
+STOP_WAIT_SECONDS = 10
 
 
 class BackgroundLoop:
@@ -36,12 +42,16 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        """Stops the loop once the threads of its `asyncio.to_thread` calls have ended, waits for its thread
-        and closes it; a no-op once stopped."""
+        """Stops the loop once the threads of its `asyncio.to_thread` calls have ended (one still running
+        after STOP_WAIT_SECONDS is left to end on its own), waits for its thread and closes it; a no-op
+        once stopped."""
         if not self._thread.is_alive():
             return
+        executor_shutdown = asyncio.run_coroutine_threadsafe(self.loop.shutdown_default_executor(), self.loop)
         try:
-            self.run(self.loop.shutdown_default_executor(timeout=10), timeout=15)
+            executor_shutdown.result(STOP_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("a blocking call handed off by the event loop is still running; stopping the loop anyway")
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)

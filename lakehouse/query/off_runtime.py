@@ -25,5 +25,6 @@ class OffRuntime:
         return self._pool.submit(function, *args).result()
 
     def close(self) -> None:
-        """Waits for the calls under way and ends the threads; `run` raises RuntimeError afterwards."""
-        self._pool.shutdown(wait=True)
+        """Cancels the queued calls, waits for those under way and ends the threads; `run` raises
+        RuntimeError afterwards."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
