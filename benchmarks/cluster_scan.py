@@ -139,7 +139,8 @@ def main() -> None:
         try:
             for server in servers:
                 server.start()
-            run(servers, Lake.open(Settings(database_url=database_url, object_store_uri=lake_uri)), sizes, args.runs)
+            with Lake.open(Settings(database_url=database_url, object_store_uri=lake_uri)) as lake:
+                run(servers, lake, sizes, args.runs)
         finally:
             for server in servers:
                 server.stop()
@@ -167,7 +168,6 @@ def run(servers: list[SpanlakeServer], lake: Lake, sizes: list[int], runs: int) 
             slopes["datafusion"].append((written, on_df))
             slopes["cluster"].append((written, on_cluster))
             print(f"{written / 1e6:6.0f} {name:<18} {on_df:13.3f} {on_cluster:10.3f} {on_cluster / on_df:11.2f}")
-    lake.close()
     report(slopes, overhead)
 
 

@@ -59,6 +59,14 @@ class Lake:
             raise
         return cls(settings, database_url, loop, pool, Catalog(pool), store, QueryDenyList(loop, pool))
 
+    def __enter__(self) -> Lake:
+        """The lake itself: `with Lake.open(settings) as lake:` closes it on the way out."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Closes the lake."""
+        self.close()
+
     def close(self) -> None:
         """Finishes the queued settles, then stops the lake's threads and closes its connections."""
         try:

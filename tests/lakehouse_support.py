@@ -62,14 +62,13 @@ def local_lake(postgres: PostgresServer, tmp_path: Path, database_url: str | Non
         object_store_uri=(tmp_path / "lake").as_uri(),
         data_dir=tmp_path,
     )
-    lake = Lake.open(settings)
-    port = free_port()
-    runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
-    try:
-        yield LocalLake(lake, f"http://127.0.0.1:{port}")
-    finally:
-        lake.loop.run(runner.cleanup())
-        lake.close()
+    with Lake.open(settings) as lake:
+        port = free_port()
+        runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
+        try:
+            yield LocalLake(lake, f"http://127.0.0.1:{port}")
+        finally:
+            lake.loop.run(runner.cleanup())
 
 
 def cpu_streams() -> list[dict]:
