@@ -68,11 +68,13 @@ class Lake:
         self.close()
 
     def close(self) -> None:
-        """Finishes the queued settles, then stops the lake's threads and closes its connections."""
+        """Finishes the queued settles, writes the deny rules' last hits, then stops the lake's threads
+        and closes its connections."""
         try:
             self.settler.close()  # first: settling reads payloads and writes through the pool and loop
             self.off_runtime.close()
             self.io_pool.shutdown(wait=True, cancel_futures=True)
+            self.deny_list.close()
             self.loop.run(self.pool.close(), timeout=10)
         finally:
             self.loop.stop()

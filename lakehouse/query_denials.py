@@ -11,6 +11,7 @@ evaluates the expressions, over a one-row table of the match context.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
@@ -22,6 +23,8 @@ from datafusion import DataFrame, SessionContext
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.loop import BackgroundLoop
+
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10.0
 MAX_RULES = 100
@@ -132,25 +135,39 @@ class QueryDenyList:
     def reload(self) -> list[DenyRule]:
         """Writes the hits recorded since the last reload (one UPDATE per rule hit, not per query),
         then reads the rules."""
-        with self._lock:
-            hits, self._hits = self._hits, {}
-        rows = self._loop.run(self._flush_and_load(hits))
+        rows = self._loop.run(self._flush_and_load(self._take_hits()))
         rules = [DenyRule(**dict(row)) for row in rows]
         with self._lock:
             self._rules, self._loaded_at = rules, time.monotonic()
         return rules
 
+    def close(self) -> None:
+        """Writes the hits recorded since the last reload (the lake is closing: there is no next one);
+        with the database unreachable they are lost, with a warning."""
+        try:
+            self._loop.run(self._write_hits(self._pool, self._take_hits()))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("the last hits of the query deny rules were not written: %s", err)
+
+    def _take_hits(self) -> dict[uuid.UUID, dt.datetime]:
+        with self._lock:
+            hits, self._hits = self._hits, {}
+        return hits
+
     async def _flush_and_load(self, hits: dict[uuid.UUID, dt.datetime]) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn:
-            if hits:
-                await conn.executemany(
-                    "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2)"
-                    " WHERE rule_id = $1",
-                    list(hits.items()),
-                )
+            await self._write_hits(conn, hits)
             return await conn.fetch(
                 "SELECT rule_id, created_at, created_by, reason, match_expr, last_hit_at"
                 " FROM query_deny_list ORDER BY created_at, rule_id"
+            )
+
+    @staticmethod
+    async def _write_hits(db: asyncpg.Pool | asyncpg.Connection, hits: dict[uuid.UUID, dt.datetime]) -> None:
+        if hits:
+            await db.executemany(
+                "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2) WHERE rule_id = $1",
+                list(hits.items()),
             )
 
     def check(self, attribution: dict[str, str | None]) -> DenyRule | None:

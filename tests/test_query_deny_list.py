@@ -128,3 +128,16 @@ def test_a_rule_written_elsewhere_applies_after_the_refresh(
         assert elsewhere.check({**attribution, "client": None}) is None  # NULL never matches
         assert here.remove(str(rule_id)) == f"SUCCESS: removed rule {rule_id}"
         assert elsewhere.check(attribution) is None
+
+
+def test_closing_the_lake_writes_the_hits_since_the_last_reload(postgres: PostgresServer, tmp_path: Path) -> None:
+    database_url = postgres.new_database()
+    attribution = {"client": "python", "sql": "SELECT 1", "sql_hash": sql_hash("SELECT 1")}
+    with local_lake(postgres, tmp_path, database_url) as local:
+        rule_id = local.lake.deny_list.insert("client = 'python'", "maintenance", "admin")
+        assert local.lake.deny_list.check(attribution).rule_id == rule_id  # a hit, not yet written
+        [rule] = local.lake.deny_list.rules()
+        assert rule.last_hit_at is None
+    with local_lake(postgres, tmp_path, database_url) as local:
+        [rule] = local.lake.deny_list.rules()
+        assert rule.rule_id == rule_id and rule.last_hit_at is not None
