@@ -26,6 +26,7 @@ class BackgroundLoop:
     """An asyncio (uvloop) event loop running on its own daemon thread."""
 
     def __init__(self, name: str = "spanlake-loop") -> None:
+        """Starts the loop on a daemon thread called `name`."""
         self.loop = uvloop.new_event_loop()  # roughly halves the per-request cost of the HTTP server
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()

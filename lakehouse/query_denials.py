@@ -52,6 +52,8 @@ _PROBE = {name: "probe" for name in MATCH_COLUMNS}
 
 @dataclass(frozen=True)
 class DenyRule:
+    """One row of `query_deny_list`."""
+
     rule_id: uuid.UUID
     created_at: dt.datetime
     created_by: str
@@ -118,6 +120,7 @@ class QueryDenyList:
     """The rules in force for one lake (its `deny_list`), from PostgreSQL, cached for REFRESH_SECONDS."""
 
     def __init__(self, loop: BackgroundLoop, pool: asyncpg.Pool) -> None:
+        """An empty snapshot, loaded on the first check."""
         self._loop = loop
         self._pool = pool
         self._lock = threading.Lock()
@@ -227,6 +230,7 @@ def admin_recovery(sql: str, is_admin: bool) -> bool:
 
 
 def denial_message(rule: DenyRule, query_id: str) -> str:
+    """micromegas's answer to a denied query."""
     return (
         f"query denied by rule {rule.rule_id} (reason: {rule.reason}); ask an admin to lift it with"
         f" remove_query_denial('{rule.rule_id}'); query_id={query_id}"

@@ -16,6 +16,7 @@ class SettleQueue:
     """One worker thread (started with the first submission) running settle work in submission order."""
 
     def __init__(self) -> None:
+        """An empty, open queue."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="jit-settle")
         self._lock = threading.Lock()
         self._pending: set[Hashable] = set()

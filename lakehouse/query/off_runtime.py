@@ -18,6 +18,7 @@ class OffRuntime:
     """A few ordinary threads (started on first use) that run calls for DataFusion's runtime threads."""
 
     def __init__(self, threads: int = 4) -> None:
+        """A pool of at most `threads` threads."""
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datafusion-plan")
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
