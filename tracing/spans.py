@@ -261,6 +261,7 @@ class OpenAsyncSpan:
         events += (begin, _now(), span_id, parent[0], depth, name)
 
     def end(self) -> None:
+        """Records the span's end; later calls do nothing."""
         if self._end < 0:
             return
         end, self._end = self._end, -1

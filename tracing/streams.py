@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import cbor2
+from typing_extensions import override
 
 from spanlake.tracing import udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, EncodedBuffers
@@ -44,6 +45,8 @@ def _encoder() -> ModuleType:
 
 
 class Stream(ABC):
+    """A stream of the process: its identity, its events since the last block, and how they encode."""
+
     priority: Priority
     layout: udts.StreamLayout
 
@@ -86,6 +89,7 @@ class Stream(ABC):
             return block
 
     def full(self) -> None:
+        """Drains the stream and hands the block to the flush thread (a writer found it full)."""
         block = self.drain()
         if block is not None:
             self._on_full(block)
@@ -128,6 +132,7 @@ class ThreadStream(Stream):
         count = len(thread_values) // THREAD_SLOTS + len(async_values) // ASYNC_SLOTS
         return (thread_values, async_values), count
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_thread_events(events[0], events[1], registry)
 
@@ -148,23 +153,29 @@ class TupleStream(Stream):
 
 
 class LogStream(TupleStream):
+    """The process's log entries."""
+
     priority = Priority.LOGS
     layout = udts.LOG_LAYOUT
 
     def __init__(self, process: ProcessInfo, on_full: OnFull) -> None:
         super().__init__(process, ["log"], on_full, LOG_BLOCK_EVENTS)
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_log_events(events, registry)
 
 
 class MetricsStream(TupleStream):
+    """The process's metrics."""
+
     priority = Priority.METRICS
     layout = udts.METRICS_LAYOUT
 
     def __init__(self, process: ProcessInfo, on_full: OnFull) -> None:
         super().__init__(process, ["metrics"], on_full, METRICS_BLOCK_EVENTS)
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_metric_events(events, registry)
 
@@ -181,6 +192,7 @@ class PendingBlock:
     events: Any
 
     def encode(self, registry: Registry) -> bytes:
+        """The block's CBOR body (POST /ingestion/insert_block)."""
         process = self.stream.process
         encoder = _encoder()
         header = encoder.BlockHeader(
@@ -213,6 +225,7 @@ class NullThreadStream:
         self.async_capacity = capacity * ASYNC_SLOTS
 
     def full(self) -> None:
+        """Discards the events."""
         self.thread_events.clear()
         self.async_events.clear()
 
@@ -225,4 +238,5 @@ class NullTupleStream:
         self.capacity = capacity
 
     def full(self) -> None:
+        """Discards the events."""
         self.events.clear()

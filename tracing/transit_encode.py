@@ -113,6 +113,7 @@ def _frame(parts: Iterable[Part], count: int) -> bytes:
 
 
 def utf8_lengths(strings: pa.Array) -> np.ndarray:
+    """The byte length of each string, as int64."""
     return pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -136,6 +137,7 @@ class Dependencies:
         self.property_sets: list[int] = []
 
     def add_records(self, udt: Udt, table: dict, ids: np.ndarray, string_fields: Sequence[str]) -> None:
+        """Adds the `udt` records of `ids` (rows of `table`) and the strings their `string_fields` name."""
         rows = [table[int(i)] for i in ids]
         for row in rows:
             self.static_strings.update(getattr(row, f) for f in string_fields)
@@ -143,9 +145,11 @@ class Dependencies:
             self.records.append((udt, rows))
 
     def add_property_sets(self, ids: np.ndarray) -> None:
+        """Sets the property sets the block's events reference."""
         self.property_sets = [int(i) for i in ids]
 
     def encode(self) -> bytes:
+        """The dependencies buffer: strings, then descriptors, then property sets."""
         parts: list[bytes] = [self._static_strings()]
         property_strings = {s for pid in self.property_sets for pair in self.registry.property_sets[pid] for s in pair}
         parts.append(self._string_dependencies(sorted(property_strings - self.static_strings)))
@@ -384,6 +388,8 @@ def compress(buffer: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class BlockHeader:
+    """The fields of a block's CBOR map besides its payload and object count."""
+
     stream_id: uuid.UUID
     process_id: uuid.UUID
     begin_time: str  # RFC3339, 9 fraction digits, +00:00

@@ -38,6 +38,8 @@ def _string_argument(expr: Expr, missing: str) -> str:
 
 
 def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Table]:
+    """`deny_queries(match_expr, reason)`, adding a rule created by `identity` to the lake's deny list."""
+
     def deny_queries(*args: Expr) -> Table:
         if len(args) < 1:
             raise QueryError("Missing first argument, expected match_expr: String")
@@ -54,6 +56,8 @@ def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Tab
 
 
 def list_query_denials_function(lake: Lake) -> Callable[..., Table]:
+    """`list_query_denials()`: the lake's rules, reloaded from PostgreSQL."""
+
     def list_query_denials() -> Table:
         rules = lake.deny_list.reload()
         table = pa.table(
@@ -73,6 +77,8 @@ def list_query_denials_function(lake: Lake) -> Callable[..., Table]:
 
 
 def remove_query_denial_udf(lake: Lake) -> ScalarUDF:
+    """`remove_query_denial(rule_id)`: the rule deleted from the lake's deny list, or why not."""
+
     def remove_query_denial(rule_ids: pa.Array) -> pa.Array:
         return pa.array([lake.deny_list.remove(rule_id) for rule_id in rule_ids.to_pylist()], pa.utf8())
 
