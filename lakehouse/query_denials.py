@@ -2,9 +2,9 @@
 is known of a query before it is planned (who, which client, its SQL and fingerprint). A query
 matching a rule is refused before any work is done for it.
 
-Rules are rows of `query_deny_list` in PostgreSQL; each lake (`lake.deny_list`) keeps them in a snapshot, reloaded
-every REFRESH_SECONDS (so a rule written through another server process applies within that
-delay) and updated at once by the process that adds or removes one. DataFusion parses and
+Rules are rows of `query_deny_list` in PostgreSQL; each lake (`lake.deny_list`) keeps them in a
+snapshot, reloaded every REFRESH_SECONDS (so a rule written through another server process applies
+within that delay) and updated at once by the process that adds or removes one. DataFusion parses and
 evaluates the expressions, over a one-row table of the match context.
 """
 

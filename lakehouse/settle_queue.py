@@ -24,10 +24,6 @@ class SettleQueue:
 
     def submit(self, key: Hashable, work: Callable[[], object]) -> None:
         """Queues `work` unless work for `key` is already queued or running, or the queue is closed."""
-        with self._lock:
-            if self._closed or key in self._pending:
-                return
-            self._pending.add(key)
 
         def run() -> None:
             try:
@@ -36,7 +32,11 @@ class SettleQueue:
                 with self._lock:
                     self._pending.discard(key)
 
-        self._executor.submit(run).add_done_callback(_log_failure)
+        with self._lock:  # submitted under the lock: `close` cannot shut the executor down in between
+            if self._closed or key in self._pending:
+                return
+            self._pending.add(key)
+            self._executor.submit(run).add_done_callback(_log_failure)
 
     def pending(self) -> frozenset[Hashable]:
         """The keys whose work is queued or running."""
