@@ -45,6 +45,8 @@ CHUNK_LIST = pa.list_(pa.field("item", CHUNK_ITEM, nullable=False))
 
 @dataclass
 class TracePlan:
+    """What a trace is written from: the process, its threads and the span sources, read as chunks are made."""
+
     process_id: str
     exe: str
     span_types: str
@@ -60,6 +62,7 @@ class TracePlan:
         return 2 + 2 * -(-self.estimated_bytes // BATCH_BYTES)
 
     def chunks(self) -> Iterator[bytes]:
+        """The trace's chunks, generated as they are read."""
         return trace_chunks(
             self.process_id,
             self.exe,
@@ -157,6 +160,7 @@ def _timestamp_argument(value: pa.Scalar | None) -> int | None:
 
 
 def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int) -> TracePlan:
+    """The plan of `perfetto_trace_chunks(process_id, span_types, begin, end)`; QueryError for bad arguments."""
     try:
         process = uuid.UUID(process_id)
     except ValueError:

@@ -30,6 +30,7 @@ SPAN_COLUMNS = thread_spans.SCHEMA.names
 
 
 def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tuple[int, int] | None) -> Table:
+    """`process_spans(process_id, span_types)`: the process's thread and/or async spans, labelled by thread."""
     try:
         process = uuid.UUID(process_id)
     except ValueError:
