@@ -33,7 +33,7 @@ from harness import PostgresServer, SpanlakeServer
 from ray_cluster import RayCluster
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, RetireMatch, commit_partition, partition_key, write_parquet
+from spanlake.lakehouse.partitions import Partition, RetireMatch, partition_key, write_parquet
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.view_sets import VIEW_SETS
 
@@ -101,7 +101,7 @@ def add_partition(lake: Lake, rng: np.random.Generator, begin_ns: int) -> int:
         source_count=rows,
         num_rows=rows,
     )
-    lake.loop.run(commit_partition(lake.pool, partition, RetireMatch.CONTAINED))
+    lake.loop.run(lake.catalog.commit_partition(partition, RetireMatch.CONTAINED))
     return size
 
 

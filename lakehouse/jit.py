@@ -9,7 +9,7 @@ whatever concurrent inserts, queries and merges do meanwhile. Blocks inserted af
 are included only if some partition already holds them (whole): the query's snapshot is its first check.
 
 Writers never lock while they decode: each round writes its files, then swaps them in with
-`commit_replacing`, which succeeds only if the partitions it replaces are still exactly the live ones
+`Catalog.commit_replacing`, which succeeds only if the partitions it replaces are still exactly the live ones
 (under the instance's advisory lock, in one transaction). A writer that lost the race drops its files
 and the next check sees the winner's work.
 
@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from spanlake import tracing
+from spanlake.lakehouse.catalog.partitions import partition_identity
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit_layout import (
     HeldCount,
@@ -39,13 +40,9 @@ from spanlake.lakehouse.partitions import (
     Partition,
     PartitionTarget,
     RetireMatch,
-    commit_replacing,
-    fetch_overlapping,
-    partition_identity,
-    row_to_partition,
     write_partition_file,
 )
-from spanlake.lakehouse.source_blocks import ProcessTiming, instance_coverage, source_blocks
+from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_rows import view_rows
 from spanlake.views.view import View
 
@@ -77,15 +74,13 @@ def fresh_partitions(
     seen_until_ns = None  # the latest insert time of the blocks the first check saw
     for _ in range(MAX_ROUNDS):
         with tracing.async_span("catalog.instance_coverage"):
-            groups, rows = lake.loop.run(
-                instance_coverage(
-                    lake.pool,
+            groups, partitions = lake.loop.run(
+                lake.catalog.instance_coverage(
                     event_range=query_range,
                     partitions_of=(view.name, instance.instance_id, view.schema_hash),
                     **instance.source,
                 )
             )
-        partitions = [row_to_partition(row) for row in rows]
         if seen_until_ns is None and groups:
             seen_until_ns = max(group.last_insert_ns for group in groups)
         dirty = dirty_insert_range(view, groups, partitions, seen_until_ns)
@@ -118,8 +113,10 @@ def rebuild(
     files are kept an hour, so a query may still use the set its check saw there.)"""
     with tracing.async_span("lakehouse.jit_update"):
         with tracing.async_span("catalog.source_blocks"):
-            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=dirty, **instance.source))
-            existing = lake.loop.run(fetch_overlapping(lake.pool, instance.view.name, instance.instance_id, *dirty))
+            blocks = lake.loop.run(lake.catalog.source_blocks(insert_range=dirty, **instance.source))
+            existing = lake.loop.run(
+                lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty)
+            )
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
         written = swap_in(lake, specs, timings)
         if written is None:
@@ -142,7 +139,7 @@ def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, Pr
             written.append(_write(lake, spec, timings))
         replaced = {partition_identity(p): p for spec in specs for p in spec.replaces}
         with tracing.async_span("catalog.commit_partition"):
-            committed = lake.loop.run(commit_replacing(lake.pool, written, list(replaced.values())))
+            committed = lake.loop.run(lake.catalog.commit_replacing(written, list(replaced.values())))
         return written if committed else None
     finally:
         if not committed:
@@ -174,7 +171,7 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
     for group in plan_merges(held):
         insert_range = (group[0].partition.begin_insert_ns, group[-1].partition.end_insert_ns)
         with tracing.async_span("lakehouse.merge_partitions"):
-            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=insert_range, **instance.source))
+            blocks = lake.loop.run(lake.catalog.source_blocks(insert_range=insert_range, **instance.source))
             if len(blocks) != sum(member.blocks for member in group):
                 continue
             spec = PartitionSpec(

@@ -21,6 +21,7 @@ import asyncpg
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 
+from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.loop import BackgroundLoop
 
@@ -122,7 +123,7 @@ class QueryDenyList:
     def __init__(self, loop: BackgroundLoop, pool: asyncpg.Pool) -> None:
         """An empty snapshot, loaded on the first check."""
         self._loop = loop
-        self._pool = pool
+        self._catalog = Catalog(pool)
         self._lock = threading.Lock()
         self._rules: list[DenyRule] = []
         self._loaded_at = float("-inf")
@@ -138,7 +139,7 @@ class QueryDenyList:
     def reload(self) -> list[DenyRule]:
         """Writes the hits recorded since the last reload (one UPDATE per rule hit, not per query),
         then reads the rules."""
-        rows = self._loop.run(self._flush_and_load(self._take_hits()))
+        rows = self._loop.run(self._catalog.load_denials(self._take_hits()))
         rules = [DenyRule(**dict(row)) for row in rows]
         with self._lock:
             self._rules, self._loaded_at = rules, time.monotonic()
@@ -148,7 +149,7 @@ class QueryDenyList:
         """Writes the hits recorded since the last reload (the lake is closing: there is no next one);
         with the database unreachable they are lost, with a warning."""
         try:
-            self._loop.run(self._write_hits(self._pool, self._take_hits()))
+            self._loop.run(self._catalog.write_denial_hits(self._take_hits()))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             log.warning("the last hits of the query deny rules were not written: %s", err)
 
@@ -156,22 +157,6 @@ class QueryDenyList:
         with self._lock:
             hits, self._hits = self._hits, {}
         return hits
-
-    async def _flush_and_load(self, hits: dict[uuid.UUID, dt.datetime]) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as conn:
-            await self._write_hits(conn, hits)
-            return await conn.fetch(
-                "SELECT rule_id, created_at, created_by, reason, match_expr, last_hit_at"
-                " FROM query_deny_list ORDER BY created_at, rule_id"
-            )
-
-    @staticmethod
-    async def _write_hits(db: asyncpg.Pool | asyncpg.Connection, hits: dict[uuid.UUID, dt.datetime]) -> None:
-        if hits:
-            await db.executemany(
-                "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2) WHERE rule_id = $1",
-                list(hits.items()),
-            )
 
     def check(self, attribution: dict[str, str | None]) -> DenyRule | None:
         """The rule denying this query, if any; its hit is kept for the next reload to write."""
@@ -196,16 +181,7 @@ class QueryDenyList:
             )
         compile_rule(match_expr)
         rule_id = uuid.uuid4()
-        self._loop.run(
-            self._pool.execute(
-                "INSERT INTO query_deny_list (rule_id, created_at, created_by, reason, match_expr)"
-                " VALUES ($1, now(), $2, $3, $4)",
-                rule_id,
-                created_by,
-                reason,
-                match_expr,
-            )
-        )
+        self._loop.run(self._catalog.insert_denial(rule_id, created_by, reason, match_expr))
         self.reload()
         return rule_id
 
@@ -217,9 +193,9 @@ class QueryDenyList:
             parsed = uuid.UUID(rule_id)
         except ValueError:
             return f"ERROR: '{rule_id}' is not a valid rule id"
-        status = self._loop.run(self._pool.execute("DELETE FROM query_deny_list WHERE rule_id = $1", parsed))
+        removed = self._loop.run(self._catalog.delete_denial(parsed))
         self.reload()
-        return f"SUCCESS: removed rule {parsed}" if status != "DELETE 0" else f"ERROR: no such rule: {parsed}"
+        return f"SUCCESS: removed rule {parsed}" if removed else f"ERROR: no such rule: {parsed}"
 
 
 def admin_recovery(sql: str, is_admin: bool) -> bool:

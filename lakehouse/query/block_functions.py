@@ -51,13 +51,7 @@ def to_json(value: Value) -> jsonb.JsonValue:
 
 def parse_block(lake: Lake, block_id: str) -> Table:
     block = _uuid(block_id, "block id", "parse_block")
-    row = lake.loop.run(
-        lake.pool.fetchrow(
-            "SELECT b.process_id, b.stream_id, b.object_offset, s.dependencies_metadata, s.objects_metadata,"
-            " s.format FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE b.block_id = $1",
-            block,
-        )
-    )
+    row = lake.loop.run(lake.catalog.block_with_stream(block))
     if row is None:
         raise QueryError(f"parse_block: block '{block_id}' not found in `blocks`.")
     if row["format"] != TRANSIT_FORMAT:

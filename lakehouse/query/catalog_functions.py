@@ -12,7 +12,6 @@ from datafusion import DataFrame, SessionContext, Table, col, udf
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import retire_contained
 from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -61,11 +60,7 @@ def memory_table(lake: Lake, table: pa.Table) -> Table:
 
 
 def list_partitions(lake: Lake) -> ds.Dataset:
-    rows = lake.loop.run(
-        lake.pool.fetch(
-            "SELECT * FROM lakehouse_partitions ORDER BY view_set_name, view_instance_id, begin_insert_time"
-        )
-    )
+    rows = lake.loop.run(lake.catalog.all_partition_rows())
     table = pa.Table.from_pylist(
         [{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows], schema=PARTITIONS_SCHEMA
     )
@@ -107,14 +102,14 @@ class ProgressLog:
 
 
 def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
-    """Retires (`partitions.retire`) the partitions of an instance whose insert range lies inside
+    """Retires (`Catalog.retire_contained`) the partitions of an instance whose insert range lies inside
     [begin, end]; their files are kept for an hour in temporary_files. Returns a log of what was done."""
     view = view_set(view_set_name)
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
     log = ProgressLog()
-    rows = lake.loop.run(retire_contained(lake.pool, view.name, instance, begin_ns, end_ns))
+    rows = lake.loop.run(lake.catalog.retire_contained(view.name, instance, begin_ns, end_ns))
     for row in rows:
         log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")
     log(f"retired {len(rows)} partitions of {view.name}/{instance}")

@@ -24,7 +24,6 @@ from datafusion import DataFrame, SessionContext, col, functions, lit, udf
 from datafusion.expr import Expr
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
@@ -83,16 +82,7 @@ def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_
 
 def _threads(lake: Lake, process_id: uuid.UUID, range_ns: tuple[int, int]) -> list[PerfettoThread]:
     """cpu streams of the process with blocks in the range, by stream id (micromegas's thread list)."""
-    rows = lake.loop.run(
-        lake.pool.fetch(
-            "SELECT s.stream_id, s.properties FROM streams s WHERE s.process_id = $1 AND 'cpu' = ANY(s.tags)"
-            " AND EXISTS (SELECT 1 FROM blocks b WHERE b.stream_id = s.stream_id AND b.begin_time <= $3"
-            "  AND b.insert_time >= $2) ORDER BY s.stream_id::text",
-            process_id,
-            ns_to_datetime(range_ns[0]),
-            ns_to_datetime(range_ns[1]),
-        )
-    )
+    rows = lake.loop.run(lake.catalog.cpu_streams_inserted_in(process_id, range_ns))
     threads = []
     for row in rows:
         properties = {p["key"]: p["value"] for p in row["properties"] or []}
@@ -171,7 +161,7 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
         raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     if begin_ns >= end_ns:
         raise QueryError("perfetto_trace_chunks: begin must be before end")
-    exe = lake.loop.run(lake.pool.fetchval("SELECT exe FROM processes WHERE process_id = $1", process))
+    exe = lake.loop.run(lake.catalog.process_exe(process))
     if exe is None:
         raise QueryError(f"Trace generation failed: Process {process} not found")
     range_ns = (begin_ns, end_ns)

@@ -86,7 +86,7 @@ class Api:
         return json_response(_tree_json(level, time_range, limit))
 
     async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
-        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"])
         return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
 
     async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
@@ -95,7 +95,7 @@ class Api:
             stream_id = uuid.UUID(text)
         except ValueError:
             raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
-        if await self.lake.pool.fetchval("SELECT 1 FROM streams WHERE stream_id = $1", stream_id) is None:
+        if not await self.lake.catalog.stream_exists(stream_id):
             raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
         return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
 

@@ -49,7 +49,7 @@ class PerfettoDownload:
         self.lake = lake
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
-        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"])
         spans = request.query.get("spans", "both")
         if spans not in SPAN_TYPES:
             raise html.PageError(400, "Bad request", f"'spans' must be thread, async or both, given '{spans}'")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from spanlake.lakehouse.catalog import Catalog
 from spanlake.server.web import charts, html
 from spanlake.server.web.html import url
 from spanlake.server.web.pages import MAX_LIMIT, BoundSql, Screens, int_param
@@ -69,24 +70,18 @@ def parse_process_id(text: str) -> uuid.UUID:
         raise html.PageError(400, "Bad process id", f"'{text}' is not a process id (a UUID)") from None
 
 
-async def load_process(pool: asyncpg.Pool, text: str) -> Process:
+async def load_process(catalog: Catalog, text: str) -> Process:
     """The process of the URL from the catalog; a 400 or 404 page for a bad or unknown id."""
     pid = parse_process_id(text)
-    row = await pool.fetchrow("SELECT * FROM processes WHERE process_id = $1", pid)
+    row = await catalog.process_row(pid)
     if row is None:
         raise html.PageError(404, "Process not found", f"there is no process {pid} in this lake")
-    bounds = await pool.fetchrow(
-        "SELECT min(begin_time) AS first, max(end_time) AS last FROM blocks WHERE process_id = $1", pid
-    )
+    bounds = await catalog.process_block_bounds(pid)
     first = datetime_ns(bounds["first"]) if bounds["first"] else None
     start = datetime_ns(row["start_time"]) if row["start_time"] else first or time.time_ns()
     first = min(start, first) if first is not None else start
     last = datetime_ns(bounds["last"]) if bounds["last"] else start
-    streams = await pool.fetch(
-        "SELECT stream_id, properties FROM streams WHERE process_id = $1 AND 'cpu' = ANY(tags)"
-        " ORDER BY insert_time, stream_id",
-        pid,
-    )
+    streams = await catalog.cpu_streams(pid)
     return Process(str(pid), row, first, max(last, first + 1_000_000), tuple(_thread(s) for s in streams))
 
 
@@ -164,7 +159,7 @@ class ProcessScreens(Screens):
     """The screens of one process, one per tab."""
 
     async def _open(self, request: web.Request) -> tuple[Process, TimeRange]:
-        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"])
         return process, lifetime_range(process, request.query)
 
     def _tab(
