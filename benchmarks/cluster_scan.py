@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import PostgresServer, SpanlakeServer
 from ray_cluster import RayCluster
 
+from spanlake.lakehouse.catalog.partitions import none_identical
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, RetireMatch, partition_key, write_parquet
 from spanlake.lakehouse.settings import Settings
@@ -101,7 +102,7 @@ def add_partition(lake: Lake, rng: np.random.Generator, begin_ns: int) -> int:
         source_count=rows,
         num_rows=rows,
     )
-    lake.loop.run(lake.catalog.commit_partition(partition, RetireMatch.CONTAINED))
+    lake.loop.run(lake.catalog.swap_partitions([partition], RetireMatch.CONTAINED, none_identical))
     return size
 
 

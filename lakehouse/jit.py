@@ -9,9 +9,9 @@ whatever concurrent inserts, queries and merges do meanwhile. Blocks inserted af
 are included only if some partition already holds them (whole): the query's snapshot is its first check.
 
 Writers never lock while they decode: each round writes its files, then swaps them in with
-`Catalog.commit_replacing`, which succeeds only if the partitions it replaces are still exactly the live ones
-(under the instance's advisory lock, in one transaction). A writer that lost the race drops its files
-and the next check sees the winner's work.
+`write_and_commit`, whose swap succeeds only if the partitions it replaces are still exactly the live
+ones (under the instance's advisory lock, in one transaction). A writer that lost the race drops its
+files and the next check sees the winner's work.
 
 Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
 each rebuilt from its blocks and swapped in the same way.
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog.partitions import partition_identity
+from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit_layout import (
     HeldCount,
@@ -40,6 +40,7 @@ from spanlake.lakehouse.partitions import (
     Partition,
     PartitionTarget,
     RetireMatch,
+    write_and_commit,
     write_partition_file,
 )
 from spanlake.lakehouse.source_blocks import ProcessTiming
@@ -130,22 +131,11 @@ def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, Pr
     """Writes the specs' files, then commits them in one transaction in place of what they replace.
     Returns the new partitions, or None (files removed) if the partitions they replace were no longer
     exactly the live ones."""
-    written: list[Partition] = []
     if not specs:
-        return written
-    committed = False
-    try:
-        for spec in specs:
-            written.append(_write(lake, spec, timings))
-        replaced = {partition_identity(p): p for spec in specs for p in spec.replaces}
-        with tracing.async_span("catalog.commit_partition"):
-            committed = lake.loop.run(lake.catalog.commit_replacing(written, list(replaced.values())))
-        return written if committed else None
-    finally:
-        if not committed:
-            for partition in written:
-                if partition.file_path:
-                    lake.store.delete(partition.file_path)
+        return []
+    writes = [functools.partial(_write, lake, spec, timings) for spec in specs]
+    replaced = [p for spec in specs for p in spec.replaces]
+    return write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
 
 
 def _write(lake: Lake, spec: PartitionSpec, timings: Mapping[str, ProcessTiming]) -> Partition:

@@ -9,10 +9,11 @@ queries already reading them finish; retention deletes them once that grace is o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog.partitions import DuplicatePartition, Partition, RetireMatch
+from spanlake.lakehouse.catalog.partitions import LiveCheck, Partition, RetireMatch, none_identical
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.timestamps import ns_to_datetime
@@ -125,16 +126,29 @@ def write_partition(
 ) -> Partition | None:
     """Writes the rows (if any) to a new file and commits the partition, an empty one when there are no
     rows (it records that the range was processed). None if an identical partition was committed by a
-    concurrent writer; the file written here is then removed, as on any failure."""
-    partition = write_partition_file(lake, target, source_count, batches)
+    concurrent writer (the file written here is then removed)."""
+    write = functools.partial(write_partition_file, lake, target, source_count, batches)
+    committed = write_and_commit(lake, [write], target.retire, none_identical)
+    return None if committed is None else committed[0]
+
+
+def write_and_commit(
+    lake: Lake, writes: Sequence[Callable[[], Partition]], replaces: RetireMatch, still_valid: LiveCheck
+) -> list[Partition] | None:
+    """Writes the partitions' files (each `writes` call writes one), then commits them at once
+    (`Catalog.swap_partitions`, retiring what `replaces` matches). Returns the partitions, or None if
+    `still_valid` refused the live ones. Unless committed — refused, or on any failure — the files
+    written here are removed: no file is left that the catalog does not know."""
+    written: list[Partition] = []
     committed = False
     try:
+        for write in writes:
+            written.append(write())
         with tracing.async_span("catalog.commit_partition"):
-            lake.loop.run(lake.catalog.commit_partition(partition, target.retire))
-        committed = True
-        return partition
-    except DuplicatePartition:
-        return None
+            committed = lake.loop.run(lake.catalog.swap_partitions(written, replaces, still_valid))
+        return written if committed else None
     finally:
-        if partition.file_path and not committed:
-            lake.store.delete(partition.file_path)
+        if not committed:
+            for partition in written:
+                if partition.file_path:
+                    lake.store.delete(partition.file_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -24,10 +24,6 @@ PARTITION_FORMAT_VERSION = 2
 
 class PartitionOverlapError(Exception):
     """A new partition would overlap a live one that it does not replace."""
-
-
-class DuplicatePartition(Exception):
-    """An identical partition was committed by a concurrent writer; this one is redundant."""
 
 
 class RetireMatch(enum.Enum):
@@ -89,6 +85,8 @@ def row_to_partition(row: asyncpg.Record) -> Partition:
     def ns(value: dt.datetime | None) -> int | None:
         return None if value is None else datetime_to_ns(value)
 
+    count = hash_to_count(bytes(row["source_data_hash"]))
+
     return Partition(
         view_set_name=row["view_set_name"],
         view_instance_id=row["view_instance_id"],
@@ -99,7 +97,7 @@ def row_to_partition(row: asyncpg.Record) -> Partition:
         file_path=row["file_path"],
         file_size=row["file_size"],
         file_schema_hash=bytes(row["file_schema_hash"]),
-        source_count=hash_to_count(bytes(row["source_data_hash"])) or -1,
+        source_count=-1 if count is None else count,  # -1: a hash that is no count, never up to date
         num_rows=row["num_rows"],
     )
 
@@ -185,66 +183,65 @@ class PartitionRows:
                 await (transaction.commit() if found and all(found) else transaction.rollback())
         return found
 
-    async def commit_partition(self, partition: Partition, replaces: RetireMatch) -> list[str]:
-        """Retires what the partition replaces and inserts it, atomically. Returns the retired files.
-
-        Raises DuplicatePartition, changing nothing, if another writer committed an identical partition
-        (same range, schema and source count) meanwhile: the caller then drops its own file.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _lock_instance(conn, partition.view_set_name, partition.view_instance_id)
-            if await _same_partition_exists(conn, partition):
-                raise DuplicatePartition()
-            retired = await _retire(
-                conn,
-                partition.view_set_name,
-                partition.view_instance_id,
-                replaces,
-                partition.begin_insert_ns,
-                partition.end_insert_ns,
-            )
-            await _insert_partition(conn, partition)
-        return [r["file_path"] for r in retired if r["file_path"]]
-
-    async def commit_replacing(self, new: list[Partition], replaces: list[Partition]) -> bool:
-        """Swaps `replaces` for `new` (partitions of one instance and schema) in one transaction, so a query
-        sees either all of the old ones or all of the new ones. Optimistic: under the instance's lock, the
-        live partitions of that schema overlapping the new ranges must be exactly `replaces`; otherwise a
-        concurrent writer got there first, nothing changes and this returns False. Overlapping partitions
-        of other schemas (stale by definition) are retired too."""
+    async def swap_partitions(self, new: Sequence[Partition], replaces: RetireMatch, still_valid: LiveCheck) -> bool:
+        """Commits `new` (partitions of one instance) in place of what they replace, in one transaction
+        under the instance's advisory lock, so a query sees either all of the old partitions or all of
+        the new ones: reads the live partitions (any schema) overlapping the new ranges; unless
+        `still_valid(live, new)` refuses them (a concurrent writer got there first: nothing changes,
+        False), retires what `replaces` matches in each new range and inserts the new partitions."""
         first = new[0]
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_instance(conn, first.view_set_name, first.view_instance_id)
-            overlapping = set()
-            for partition in new:
-                rows = await conn.fetch(
-                    "SELECT begin_insert_time, end_insert_time, file_path FROM lakehouse_partitions"
-                    " WHERE view_set_name = $1 AND view_instance_id = $2 AND file_schema_hash = $3"
-                    " AND begin_insert_time < $5 AND end_insert_time > $4",
-                    partition.view_set_name,
-                    partition.view_instance_id,
-                    partition.file_schema_hash,
-                    ns_to_datetime(partition.begin_insert_ns),
-                    ns_to_datetime(partition.end_insert_ns),
-                )
-                overlapping |= {
-                    (datetime_to_ns(r["begin_insert_time"]), datetime_to_ns(r["end_insert_time"]), r["file_path"])
-                    for r in rows
-                }
-            if overlapping != {partition_identity(p) for p in replaces}:
+            if not still_valid(await _live_overlapping(conn, new), new):
                 return False
             for partition in new:
                 await _retire(
                     conn,
                     partition.view_set_name,
                     partition.view_instance_id,
-                    RetireMatch.OVERLAPPING,
+                    replaces,
                     partition.begin_insert_ns,
                     partition.end_insert_ns,
                 )
             for partition in new:
                 await _insert_partition(conn, partition)
         return True
+
+
+LiveCheck = Callable[[list[Partition], Sequence[Partition]], bool]  # (live, new) → may the new ones go in
+
+
+def none_identical(live: list[Partition], new: Sequence[Partition]) -> bool:
+    """No live partition has a new one's range, schema and source count: a concurrent writer that
+    committed the same partition makes this one redundant."""
+    slots = {(p.begin_insert_ns, p.end_insert_ns, p.file_schema_hash, p.source_count) for p in new}
+    return not any((p.begin_insert_ns, p.end_insert_ns, p.file_schema_hash, p.source_count) in slots for p in live)
+
+
+def replacing_exactly(replaces: Sequence[Partition]) -> LiveCheck:
+    """The live partitions of the new ones' schema overlapping them are exactly `replaces` (optimistic
+    rewrites: anything else means a concurrent writer changed them). Other schemas are stale anyway."""
+    expected = {partition_identity(p) for p in replaces}
+
+    def still_valid(live: list[Partition], new: Sequence[Partition]) -> bool:
+        schema = new[0].file_schema_hash
+        return {partition_identity(p) for p in live if p.file_schema_hash == schema} == expected
+
+    return still_valid
+
+
+async def _live_overlapping(conn: asyncpg.Connection, new: Sequence[Partition]) -> list[Partition]:
+    """The live partitions of the new ones' instance (any schema) overlapping one of their ranges."""
+    rows = await conn.fetch(
+        "SELECT * FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
+        " AND EXISTS (SELECT 1 FROM unnest($3::timestamptz[], $4::timestamptz[]) AS new_range(b, e)"
+        "  WHERE begin_insert_time < new_range.e AND end_insert_time > new_range.b)",
+        new[0].view_set_name,
+        new[0].view_instance_id,
+        [ns_to_datetime(p.begin_insert_ns) for p in new],
+        [ns_to_datetime(p.end_insert_ns) for p in new],
+    )
+    return [row_to_partition(r) for r in rows]
 
 
 async def _lock_instance(conn: asyncpg.Connection, view_set_name: str, instance_id: str) -> None:
@@ -372,19 +369,3 @@ async def _retire_row(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
             row["file_size"],
             RETIRED_FILE_GRACE,
         )
-
-
-async def _same_partition_exists(conn: asyncpg.Connection, partition: Partition) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT count(*) FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-            " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5"
-            " AND source_data_hash = $6",
-            partition.view_set_name,
-            partition.view_instance_id,
-            ns_to_datetime(partition.begin_insert_ns),
-            ns_to_datetime(partition.end_insert_ns),
-            partition.file_schema_hash,
-            partition.source_data_hash,
-        )
-    )
