@@ -34,29 +34,32 @@ def chrono_utc(ns: int) -> str:
     return f"{base}.{nanos // 10 ** (9 - digits):0{digits}d} UTC"
 
 
-def _retire_rows(lake: Lake, lookups: list[PartitionLookup | None], names: list[str], errors: list[str]) -> pa.Array:
-    """Retires a batch all or nothing (`Catalog.retire_each_or_none`); one message per row: its argument
-    error, or what became of the partition `names` describes (ROLLED_BACK when another row failed)."""
+def _retire_rows(lake: Lake, lookups: list[PartitionLookup | None], null_error: str) -> pa.Array:
+    """Retires a batch all or nothing (`Catalog.retire_each_or_none`); one message per row (a None
+    lookup: a row with a NULL argument), ROLLED_BACK on the rows found when another row failed."""
     found = lake.loop.run(lake.catalog.retire_each_or_none(lookups))
     done = "SUCCESS" if all(found) else "ROLLED_BACK"
-    messages = [
-        f"ERROR: {error}"
-        if lookup is None
-        else f"{done}: Retired partition {name}"
-        if ok
-        else f"ERROR: Partition not found: {name}"
-        for lookup, ok, name, error in zip(lookups, found, names, errors, strict=True)
-    ]
-    return pa.array(messages, pa.utf8())
+    return pa.array(
+        [_message(lookup, ok, done, null_error) for lookup, ok in zip(lookups, found, strict=True)], pa.utf8()
+    )
+
+
+def _message(lookup: PartitionLookup | None, found: bool, done: str, null_error: str) -> str:
+    if lookup is None:
+        return f"ERROR: {null_error}"
+    if isinstance(lookup, str):
+        what = lookup
+    else:
+        begin, end = chrono_utc(lookup.begin_insert_ns), chrono_utc(lookup.end_insert_ns)
+        what = f"{lookup.view_set_name}/{lookup.view_instance_id} [{begin}, {end})"
+    return f"{done}: Retired partition {what}" if found else f"ERROR: Partition not found: {what}"
 
 
 def retire_partition_by_file_udf(lake: Lake) -> ScalarUDF:
     """`retire_partition_by_file(file_path)`."""
 
     def retire_partition_by_file(file_paths: pa.Array) -> pa.Array:
-        paths = file_paths.to_pylist()
-        names = [str(path) for path in paths]
-        return _retire_rows(lake, paths, names, ["file_path cannot be null"] * len(paths))
+        return _retire_rows(lake, file_paths.to_pylist(), "file_path cannot be null")
 
     return udf(retire_partition_by_file, [pa.utf8()], pa.utf8(), "volatile", "retire_partition_by_file")
 
@@ -70,13 +73,9 @@ def retire_partition_by_metadata_udf(lake: Lake) -> ScalarUDF:
     ) -> pa.Array:
         begin_ns = begins.cast(pa.int64()).to_pylist()
         end_ns = ends.cast(pa.int64()).to_pylist()
-        rows = list(zip(names.to_pylist(), instances.to_pylist(), begin_ns, end_ns, hashes.to_pylist(), strict=True))
+        rows = zip(names.to_pylist(), instances.to_pylist(), begin_ns, end_ns, hashes.to_pylist(), strict=True)
         lookups = [None if None in row else PartitionSlot(*row) for row in rows]
-        described = [
-            f"{row[0]}/{row[1]} [{chrono_utc(row[2])}, {chrono_utc(row[3])})" if slot else ""
-            for row, slot in zip(rows, lookups, strict=True)
-        ]
-        return _retire_rows(lake, lookups, described, ["all arguments must be non-null"] * len(rows))
+        return _retire_rows(lake, lookups, "all arguments must be non-null")
 
     arguments = [pa.utf8(), pa.utf8(), TIMESTAMP, TIMESTAMP, pa.binary()]
     return udf(retire_partition_by_metadata, arguments, pa.utf8(), "volatile", "retire_partition_by_metadata")
