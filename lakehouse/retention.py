@@ -25,6 +25,8 @@ BATCH = 1000
 
 @dataclass
 class RetentionReport:
+    """What one retention run deleted (rows) and retired (partitions), and the files it deleted."""
+
     blocks: int = 0
     streams: int = 0
     processes: int = 0

@@ -50,6 +50,7 @@ def to_json(value: Value) -> jsonb.JsonValue:
 
 
 def parse_block(lake: Lake, block_id: str) -> Table:
+    """`parse_block(block_id)`: one row per object of the block, its values as JSONB."""
     block = _uuid(block_id, "block id", "parse_block")
     row = lake.loop.run(lake.catalog.block_with_stream(block))
     if row is None:
@@ -85,6 +86,8 @@ def parse_block(lake: Lake, block_id: str) -> Table:
 
 
 def get_payload_udf(lake: Lake) -> ScalarUDF:
+    """`get_payload(process_id, stream_id, block_id)`: the stored payload of each block."""
+
     def get_payload(process_ids: pa.Array, stream_ids: pa.Array, block_ids: pa.Array) -> pa.Array:
         keys = []
         for process_id, stream_id, block_id in zip(

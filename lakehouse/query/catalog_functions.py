@@ -60,6 +60,7 @@ def memory_table(lake: Lake, table: pa.Table) -> Table:
 
 
 def list_partitions(lake: Lake) -> ds.Dataset:
+    """`list_partitions()`: every live partition of the catalog."""
     rows = lake.loop.run(lake.catalog.all_partition_rows())
     table = pa.Table.from_pylist(
         [{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows], schema=PARTITIONS_SCHEMA
@@ -68,6 +69,7 @@ def list_partitions(lake: Lake) -> ds.Dataset:
 
 
 def list_view_sets() -> ds.Dataset:
+    """`list_view_sets()`: the view sets, their current schema and which instances they have."""
     views = list(VIEW_SETS.values())
     table = pa.table(
         {
@@ -90,10 +92,12 @@ class ProgressLog:
         self.messages: list[str] = []
 
     def __call__(self, message: str) -> None:
+        """Adds a row: the message, timed now."""
         self.times.append(time.time_ns())
         self.messages.append(message)
 
     def dataset(self) -> ds.Dataset:
+        """The rows so far."""
         return ds.dataset(
             pa.table(
                 {"time": pa.array(self.times, pa.int64()).cast(TIMESTAMP), "msg": self.messages}, schema=LOG_SCHEMA

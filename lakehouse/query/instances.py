@@ -20,6 +20,7 @@ GLOBAL = "global"
 
 
 def view_set(name: str) -> View:
+    """The view set of that name; QueryError for an unknown one."""
     view = VIEW_SETS.get(name)
     if view is None:
         raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(sorted(VIEW_SETS))}")
