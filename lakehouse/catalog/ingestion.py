@@ -9,7 +9,7 @@ import asyncpg
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import ns_to_datetime
 
-# Rows replicated by bulk ingestion, in table order; rows already present are kept as they are.
+# Rows replicated by bulk ingestion, values in the tables' column order; rows already present are kept.
 BULK_INSERTS = {
     "processes": "INSERT INTO processes VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
     " ON CONFLICT (process_id) DO NOTHING",
