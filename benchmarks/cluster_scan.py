@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import PostgresServer, SpanlakeServer
 from ray_cluster import RayCluster
 
+from spanlake.lakehouse.catalog.partitions import none_identical
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, RetireMatch, commit_partition, partition_key, write_parquet
+from spanlake.lakehouse.partitions import Partition, RetireMatch, partition_key, write_parquet
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.view_sets import VIEW_SETS
 
@@ -101,7 +102,7 @@ def add_partition(lake: Lake, rng: np.random.Generator, begin_ns: int) -> int:
         source_count=rows,
         num_rows=rows,
     )
-    lake.loop.run(commit_partition(lake.pool, partition, RetireMatch.CONTAINED))
+    lake.loop.run(lake.catalog.swap_partitions([partition], RetireMatch.CONTAINED, none_identical))
     return size
 
 
@@ -139,7 +140,8 @@ def main() -> None:
         try:
             for server in servers:
                 server.start()
-            run(servers, Lake.open(Settings(database_url=database_url, object_store_uri=lake_uri)), sizes, args.runs)
+            with Lake.open(Settings(database_url=database_url, object_store_uri=lake_uri)) as lake:
+                run(servers, lake, sizes, args.runs)
         finally:
             for server in servers:
                 server.stop()
@@ -167,7 +169,6 @@ def run(servers: list[SpanlakeServer], lake: Lake, sizes: list[int], runs: int) 
             slopes["datafusion"].append((written, on_df))
             slopes["cluster"].append((written, on_cluster))
             print(f"{written / 1e6:6.0f} {name:<18} {on_df:13.3f} {on_cluster:10.3f} {on_cluster / on_df:11.2f}")
-    lake.close()
     report(slopes, overhead)
 
 

@@ -25,11 +25,14 @@ import pyarrow as pa
 from datafusion import udf, udtf
 
 from spanlake.lakehouse.query import functions
+from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.server.flightsql import FlightSqlServer, default_session_config
 from spanlake.views import properties
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
 BATCH_ROWS = 65536
+# What a lake holds for its table functions; this script's sessions have no lake.
+OFF_RUNTIME = OffRuntime()
 DISTINCT_PROPERTIES = 1000
 QUERIES = {
     "column scan (sum(value))": "SELECT sum(value) FROM t",
@@ -66,7 +69,7 @@ def session(batches: list[pa.RecordBatch]) -> datafusion.SessionContext:
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
         ctx.register_udaf(aggregate)
-    for name, table_function in functions.table_function_list(datafusion.SessionContext):
+    for name, table_function in functions.table_function_list(datafusion.SessionContext, OFF_RUNTIME):
         ctx.register_udtf(udtf(table_function, name))
     return ctx
 

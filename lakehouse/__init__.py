@@ -4,7 +4,7 @@ materialization and queries.
 Modules:
 
     settings           every setting: an environment variable with a matching flag
-    lake               `Lake`: the catalog database, the object store and the loop a process opens once
+    lake               `Lake`: what a process opens once (database, object store, loop) and its services
     loop               the process's one asyncio loop, on a dedicated thread
     catalog            the PostgreSQL catalog: ingestion rows, API keys
     embedded_postgres  the private PostgreSQL of the embedded default (pgserver)
@@ -20,10 +20,11 @@ Modules:
     partitions         partition files and catalog rows: writing, replacing and retiring them
     jit                just-in-time materialization of a process or stream instance
     jit_layout         how an instance's blocks are cut into partitions, and which small ones merge
+    settle_queue       the lake's background merges of small partitions, finished when it closes
     batch_update       scheduled materialization of the global views, bucket by bucket
     retention          deleting expired telemetry, partitions and retired files
     bulk_ingest        replicated processes, streams, blocks and payloads rows (Flight SQL ingest)
-    query_denials      the query deny list: rules in PostgreSQL, a snapshot per process, their matching
+    query_denials      the query deny list: rules in PostgreSQL, a snapshot per lake, their matching
     transit            micromegas transit blocks: type metadata and the decoder (a package)
     otlp               OTLP data: identities, bounds, the stored envelope, Rust text, decoding (a package)
     query              the DataFusion session of a query, view instances, table functions (a package)

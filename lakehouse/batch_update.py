@@ -22,14 +22,11 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, fetch_overlapping, write_partition
-from spanlake.lakehouse.source_blocks import find_timings, source_blocks, source_count
+from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, write_partition
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_rows import view_rows
 from spanlake.views.view import View
@@ -39,18 +36,6 @@ SECOND_NS = 1_000_000_000
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-async def nothing_to_materialize(pool: asyncpg.Pool, begin_ns: int, end_ns: int) -> bool:
-    """No block was inserted in [begin, end) and no global partition covers any of it: every view's
-    buckets there are trivially up to date."""
-    return not await pool.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM blocks WHERE insert_time >= $1 AND insert_time < $2)"
-        " OR EXISTS (SELECT 1 FROM lakehouse_partitions WHERE view_instance_id = 'global'"
-        " AND begin_insert_time < $2 AND end_insert_time > $1)",
-        ns_to_datetime(begin_ns),
-        ns_to_datetime(end_ns),
-    )
 
 
 def materialize_range(
@@ -66,11 +51,12 @@ def materialize_range(
 
 
 def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
+    """Brings a bucket's partitions up to date (rebuilt if incomplete, merged if several); the number written."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
-    required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
     existing = [
         p
-        for p in lake.loop.run(fetch_overlapping(lake.pool, view.name, GLOBAL, begin_ns, end_ns))
+        for p in lake.loop.run(lake.catalog.overlapping_partitions(view.name, GLOBAL, begin_ns, end_ns))
         if p.file_schema_hash == view.schema_hash
     ]
     if any(p.begin_insert_ns < begin_ns or p.end_insert_ns > end_ns for p in existing):
@@ -94,7 +80,7 @@ def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progr
 def regenerate_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
     """Rebuilds the bucket from its source blocks whatever its partitions hold (regenerate_partitions)."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
-    required = lake.loop.run(source_count(lake.pool, view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
     return _from_source(lake, view, begin_ns, end_ns, required, what, progress)
 
 
@@ -114,7 +100,7 @@ def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
 def _from_source(
     lake: Lake, view: View, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
 ) -> int:
-    blocks = lake.loop.run(source_blocks(lake.pool, tags=view.stream_tags, insert_range=(begin_ns, end_ns)))
+    blocks = lake.loop.run(lake.catalog.source_blocks(tags=view.stream_tags, insert_range=(begin_ns, end_ns)))
     count = len(blocks) if view.counts_blocks else sum(b.meta.nb_objects for b in blocks)
     if count != required:  # blocks arrived between the two reads: the next run will see them all
         progress(f"{what}: source changed while reading ({required} → {count}), retried later")
@@ -122,7 +108,7 @@ def _from_source(
     timings = {}
     if view.reads_payloads:
         process_ids = sorted({uuid.UUID(b.meta.process_id) for b in blocks})
-        timings = lake.loop.run(find_timings(lake.pool, process_ids))
+        timings = lake.loop.run(lake.catalog.find_timings(process_ids))
     rows = view_rows(lake, view, timings, blocks)
     partition = write_partition(lake, _target(view, begin_ns, end_ns), count, rows)
     if partition is None:

@@ -78,7 +78,7 @@ def _properties(values: list[Any], what: str) -> list[list[tuple[str, str]]]:
     return rows
 
 
-def _processes(table: pa.Table) -> tuple[str, list[tuple]]:
+def _processes(table: pa.Table) -> list[tuple]:
     what = "processes"
     rows = zip(
         _uuids(_column(table, "process_id", what), "process_id", what),
@@ -91,13 +91,10 @@ def _processes(table: pa.Table) -> tuple[str, list[tuple]]:
         _properties(_column(table, "properties", what), what),
         strict=True,
     )
-    sql = (
-        "INSERT INTO processes VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (process_id) DO NOTHING"
-    )
-    return sql, list(rows)
+    return list(rows)
 
 
-def _streams(table: pa.Table) -> tuple[str, list[tuple]]:
+def _streams(table: pa.Table) -> list[tuple]:
     what = "streams"
     rows = zip(
         _uuids(_column(table, "stream_id", what), "stream_id", what),
@@ -110,14 +107,10 @@ def _streams(table: pa.Table) -> tuple[str, list[tuple]]:
         _column(table, "format", what),
         strict=True,
     )
-    sql = (
-        "INSERT INTO streams (stream_id, process_id, dependencies_metadata, objects_metadata, tags, properties,"
-        " insert_time, format) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (stream_id) DO NOTHING"
-    )
-    return sql, list(rows)
+    return list(rows)
 
 
-def _blocks(table: pa.Table) -> tuple[str, list[tuple]]:
+def _blocks(table: pa.Table) -> list[tuple]:
     what = "blocks"
     rows = zip(
         *(_uuids(_column(table, name, what), name, what) for name in ("block_id", "stream_id", "process_id")),
@@ -131,23 +124,21 @@ def _blocks(table: pa.Table) -> tuple[str, list[tuple]]:
         _times(table, "insert_time", what),
         strict=True,
     )
-    sql = "INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (block_id) DO NOTHING"
-    return sql, list(rows)
+    return list(rows)
 
 
-_ROWS: dict[str, Callable[[pa.Table], tuple[str, list[tuple]]]] = {
+_ROWS: dict[str, Callable[[pa.Table], list[tuple]]] = {
     "processes": _processes,
     "streams": _streams,
     "blocks": _blocks,
 }
 
 
-async def _insert(pool: asyncpg.Pool, sql: str, rows: list[tuple], what: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            await conn.executemany(sql, rows)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as err:
-            raise BulkIngestError(f"error ingesting into {what}: {err}") from None
+async def _insert(lake: Lake, rows: list[tuple], what: str) -> None:
+    try:
+        await lake.catalog.bulk_insert(what, rows)
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as err:
+        raise BulkIngestError(f"error ingesting into {what}: {err}") from None
 
 
 def _store_payloads(lake: Lake, table: pa.Table) -> None:
@@ -171,6 +162,5 @@ def bulk_ingest(lake: Lake, table_name: str, table: pa.Table) -> int:
     if table_name == "payloads":
         _store_payloads(lake, table)
     else:
-        sql, rows = _ROWS[table_name](table)
-        lake.loop.run(_insert(lake.pool, sql, rows, table_name))
+        lake.loop.run(_insert(lake, _ROWS[table_name](table), table_name))
     return table.num_rows

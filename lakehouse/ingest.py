@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from spanlake.lakehouse.catalog import datetime_to_ns
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import BlockRecord, blob_key
+from spanlake.lakehouse.timestamps import datetime_to_ns
 from spanlake.lakehouse.view_rows import clock_problem
 from spanlake.views.meta import BlockMeta, ProcessMeta
 
@@ -30,12 +30,6 @@ async def store_block(lake: Lake, record: BlockRecord, payload: bytes) -> None:
     else:
         await asyncio.to_thread(lake.store.put_if_absent, key, payload)
     await lake.catalog.insert_block(record)
-
-
-_CONTEXT_SQL = (
-    "SELECT (SELECT process_id FROM streams WHERE stream_id = $1) AS owner, p.start_time, p.start_ticks,"
-    " p.tsc_frequency FROM (SELECT 1) one LEFT JOIN processes p ON p.process_id = $2"
-)
 
 
 class BlockContexts:
@@ -70,7 +64,7 @@ class BlockContexts:
         known = self._known.get((stream_id, process_id))
         if known is not None:
             return known
-        row = await self.lake.pool.fetchrow(_CONTEXT_SQL, stream_id, process_id)
+        row = await self.lake.catalog.block_context(stream_id, process_id)
         process = None
         if row["start_time"] is not None:
             start_ns = datetime_to_ns(row["start_time"])

@@ -9,24 +9,22 @@ whatever concurrent inserts, queries and merges do meanwhile. Blocks inserted af
 are included only if some partition already holds them (whole): the query's snapshot is its first check.
 
 Writers never lock while they decode: each round writes its files, then swaps them in with
-`commit_replacing`, which succeeds only if the partitions it replaces are still exactly the live ones
-(under the instance's advisory lock, in one transaction). A writer that lost the race drops its files
-and the next check sees the winner's work.
+`write_and_commit`, whose swap succeeds only if the partitions it replaces are still exactly the live
+ones (under the instance's advisory lock, in one transaction). A writer that lost the race drops its
+files and the next check sees the winner's work.
 
-Small tail partitions settle on a background thread (`settle`): merges planned by `jit_layout`, each
-rebuilt from its blocks and swapped in the same way.
+Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
+each rebuilt from its blocks and swapped in the same way.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from spanlake import tracing
+from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit_layout import (
     HeldCount,
@@ -42,17 +40,12 @@ from spanlake.lakehouse.partitions import (
     Partition,
     PartitionTarget,
     RetireMatch,
-    commit_replacing,
-    fetch_overlapping,
-    partition_identity,
-    row_to_partition,
+    write_and_commit,
     write_partition_file,
 )
-from spanlake.lakehouse.source_blocks import ProcessTiming, instance_coverage, source_blocks
+from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_rows import view_rows
 from spanlake.views.view import View
-
-log = logging.getLogger(__name__)
 
 # Rounds of check-and-rebuild a query tries before giving up: each round that does not end fresh
 # means blocks arrived (or a concurrent writer won) meanwhile, so this bounds a pathological race.
@@ -82,15 +75,13 @@ def fresh_partitions(
     seen_until_ns = None  # the latest insert time of the blocks the first check saw
     for _ in range(MAX_ROUNDS):
         with tracing.async_span("catalog.instance_coverage"):
-            groups, rows = lake.loop.run(
-                instance_coverage(
-                    lake.pool,
+            groups, partitions = lake.loop.run(
+                lake.catalog.instance_coverage(
                     event_range=query_range,
                     partitions_of=(view.name, instance.instance_id, view.schema_hash),
                     **instance.source,
                 )
             )
-        partitions = [row_to_partition(row) for row in rows]
         if seen_until_ns is None and groups:
             seen_until_ns = max(group.last_insert_ns for group in groups)
         dirty = dirty_insert_range(view, groups, partitions, seen_until_ns)
@@ -123,8 +114,10 @@ def rebuild(
     files are kept an hour, so a query may still use the set its check saw there.)"""
     with tracing.async_span("lakehouse.jit_update"):
         with tracing.async_span("catalog.source_blocks"):
-            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=dirty, **instance.source))
-            existing = lake.loop.run(fetch_overlapping(lake.pool, instance.view.name, instance.instance_id, *dirty))
+            blocks = lake.loop.run(lake.catalog.source_blocks(insert_range=dirty, **instance.source))
+            existing = lake.loop.run(
+                lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty)
+            )
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
         written = swap_in(lake, specs, timings)
         if written is None:
@@ -138,22 +131,11 @@ def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, Pr
     """Writes the specs' files, then commits them in one transaction in place of what they replace.
     Returns the new partitions, or None (files removed) if the partitions they replace were no longer
     exactly the live ones."""
-    written: list[Partition] = []
     if not specs:
-        return written
-    committed = False
-    try:
-        for spec in specs:
-            written.append(_write(lake, spec, timings))
-        replaced = {partition_identity(p): p for spec in specs for p in spec.replaces}
-        with tracing.async_span("catalog.commit_partition"):
-            committed = lake.loop.run(commit_replacing(lake.pool, written, list(replaced.values())))
-        return written if committed else None
-    finally:
-        if not committed:
-            for partition in written:
-                if partition.file_path:
-                    lake.store.delete(partition.file_path)
+        return []
+    writes = [functools.partial(_write, lake, spec, timings) for spec in specs]
+    replaced = [p for spec in specs for p in spec.replaces]
+    return write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
 
 
 def _write(lake: Lake, spec: PartitionSpec, timings: Mapping[str, ProcessTiming]) -> Partition:
@@ -179,7 +161,7 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
     for group in plan_merges(held):
         insert_range = (group[0].partition.begin_insert_ns, group[-1].partition.end_insert_ns)
         with tracing.async_span("lakehouse.merge_partitions"):
-            blocks = lake.loop.run(source_blocks(lake.pool, insert_range=insert_range, **instance.source))
+            blocks = lake.loop.run(lake.catalog.source_blocks(insert_range=insert_range, **instance.source))
             if len(blocks) != sum(member.blocks for member in group):
                 continue
             spec = PartitionSpec(
@@ -189,40 +171,8 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
     return merged
 
 
-# ---------------------------------------------------------------------------------------------------
-# Settling in the background: one thread, at most one pending run per instance.
-
-_settler = ThreadPoolExecutor(1, thread_name_prefix="jit-settle")
-_settling: set[tuple[str, str]] = set()
-_settling_lock = threading.Lock()
-
-
 def schedule_settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings_of: TimingsOf) -> None:
-    """Queues `settle` for the instance if it has partitions to merge and none is queued yet."""
-    if not plan_merges(held):
-        return
-    key = (instance.view.name, instance.instance_id)
-    with _settling_lock:
-        if key in _settling:
-            return
-        _settling.add(key)
-
-    def run() -> int:
-        try:
-            return settle(lake, instance, held, timings_of())
-        finally:
-            with _settling_lock:
-                _settling.discard(key)
-
-    _settler.submit(run).add_done_callback(_log_failure)
-
-
-def _log_failure(future: Future) -> None:
-    error = future.exception()
-    if error is not None:
-        log.error("settling partitions failed; the next query retries", exc_info=error)
-
-
-def wait_for_settling() -> None:
-    """Returns once every settle queued so far has run (tests, benchmarks)."""
-    _settler.submit(lambda: None).result()
+    """Queues `settle` on the lake's settle queue if the instance has partitions to merge."""
+    if plan_merges(held):
+        key = (instance.view.name, instance.instance_id)
+        lake.settler.submit(key, lambda: settle(lake, instance, held, timings_of()))

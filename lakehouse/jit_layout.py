@@ -48,14 +48,17 @@ class PartitionSpec:
 
     @property
     def begin_insert_ns(self) -> int:
+        """Start of the insert range: the first block's insert time."""
         return self.blocks[0].meta.insert_time_ns
 
     @property
     def end_insert_ns(self) -> int:
+        """End of the insert range (exclusive): just after the last block's insert time."""
         return self.blocks[-1].meta.insert_time_ns + INSERT_RESOLUTION_NS
 
     @property
     def source_count(self) -> int:
+        """What the partition's source_count records for its blocks (blocks or objects, as the view counts)."""
         return source_measure(self.view, len(self.blocks), sum(b.meta.nb_objects for b in self.blocks))
 
 

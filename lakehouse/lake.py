@@ -1,9 +1,13 @@
-"""`Lake`: what a spanlake process opens once — the catalog database, the object store, the loop."""
+"""`Lake`: what a spanlake process opens once — the catalog database, the object store, the loop —
+and the services built on them: the payload-reading pool, the settle queue, the pool running
+DataFusion calls for table functions, the query deny list. `Lake.close()` stops them all: no thread
+of the lake's is left running, and settles queued before it are finished."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -12,19 +16,35 @@ from spanlake.lakehouse.embedded_postgres import start_embedded_postgres
 from spanlake.lakehouse.loop import BackgroundLoop
 from spanlake.lakehouse.migrate import migrate
 from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.query.off_runtime import OffRuntime
+from spanlake.lakehouse.query_denials import QueryDenyList
 from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.settle_queue import SettleQueue
 
 log = logging.getLogger(__name__)
 
 
+# Threads reading block payloads from the object store for the views' decoders.
+IO_THREADS = 8
+
+
 @dataclass
 class Lake:
+    """An open lake: its connections and the services queries and ingestion share."""
+
     settings: Settings
     database_url: str
     loop: BackgroundLoop
     pool: asyncpg.Pool
     catalog: Catalog
     store: ObjectStore
+    deny_list: QueryDenyList
+    # Threads start on first use, so a lake that reads nothing starts none.
+    io_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lake-io")
+    )
+    settler: SettleQueue = field(default_factory=SettleQueue)
+    off_runtime: OffRuntime = field(default_factory=OffRuntime)
 
     @classmethod
     def open(cls, settings: Settings, pool_size: int = 10) -> Lake:
@@ -37,10 +57,24 @@ class Lake:
         except BaseException:
             loop.stop()
             raise
-        return cls(settings, database_url, loop, pool, Catalog(pool), store)
+        return cls(settings, database_url, loop, pool, Catalog(pool), store, QueryDenyList(loop, pool))
+
+    def __enter__(self) -> Lake:
+        """The lake itself: `with Lake.open(settings) as lake:` closes it on the way out."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Closes the lake."""
+        self.close()
 
     def close(self) -> None:
+        """Finishes the queued settles, writes the deny rules' last hits, then stops the lake's threads
+        and closes its connections."""
         try:
+            self.settler.close()  # first: settling reads payloads and writes through the pool and loop
+            self.off_runtime.close()
+            self.io_pool.shutdown(wait=True, cancel_futures=True)
+            self.deny_list.close()
             self.loop.run(self.pool.close(), timeout=10)
         finally:
             self.loop.stop()

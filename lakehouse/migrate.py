@@ -23,12 +23,15 @@ _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered SQL file of `migrations/`: its version, file name and text."""
+
     version: int
     name: str
     sql: str
 
 
 def available_migrations() -> list[Migration]:
+    """The migrations shipped in the package, in version order (RuntimeError if the numbering has gaps)."""
     found = []
     for entry in resources.files("spanlake.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)

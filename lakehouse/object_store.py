@@ -36,6 +36,8 @@ def _storage_errors(action: str, key: str) -> Iterator[None]:
 
 
 class ObjectStore:
+    """A store of objects by key under a `file://` or `s3://` root URI (optionally on an S3-compatible endpoint)."""
+
     def __init__(self, uri: str, s3_endpoint: str | None = None) -> None:
         parts = urllib.parse.urlsplit(uri)
         self.uri = uri.rstrip("/")
@@ -98,6 +100,7 @@ class ObjectStore:
             return False
 
     def put(self, key: str, data: bytes) -> None:
+        """Writes `data` under `key`, replacing any object there (atomically on a local store)."""
         with _storage_errors("write", key):
             if self.scheme == "file":
                 self._put_local_atomic(self.path(key), data)
@@ -105,16 +108,20 @@ class ObjectStore:
                 self.fs.pipe_file(self.path(key), data)
 
     def get(self, key: str) -> bytes:
+        """The bytes stored under `key` (FileNotFoundError if there are none)."""
         with _storage_errors("read", key):
             return self.fs.cat_file(self.path(key))
 
     def exists(self, key: str) -> bool:
+        """True if an object is stored under `key`."""
         return self.fs.exists(self.path(key))
 
     def size(self, key: str) -> int:
+        """Size in bytes of the object under `key`."""
         return int(self.fs.size(self.path(key)))
 
     def delete(self, key: str) -> None:
+        """Deletes the object under `key`, if there is one."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
 

@@ -2,27 +2,30 @@
 is known of a query before it is planned (who, which client, its SQL and fingerprint). A query
 matching a rule is refused before any work is done for it.
 
-Rules are rows of `query_deny_list` in PostgreSQL; each process keeps them in a snapshot, reloaded
-every REFRESH_SECONDS (so a rule written through another server process applies within that
-delay) and updated at once by the process that adds or removes one. DataFusion parses and
+Rules are rows of `query_deny_list` in PostgreSQL; each lake (`lake.deny_list`) keeps them in a
+snapshot, reloaded every REFRESH_SECONDS (so a rule written through another server process applies
+within that delay) and updated at once by the process that adds or removes one. DataFusion parses and
 evaluates the expressions, over a one-row table of the match context.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 
 import asyncpg
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 
+from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.errors import QueryError
-from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.loop import BackgroundLoop
+
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10.0
 MAX_RULES = 100
@@ -50,6 +53,8 @@ _PROBE = {name: "probe" for name in MATCH_COLUMNS}
 
 @dataclass(frozen=True)
 class DenyRule:
+    """One row of `query_deny_list`."""
+
     rule_id: uuid.UUID
     created_at: dt.datetime
     created_by: str
@@ -113,10 +118,12 @@ def matching_rule(rules: list[DenyRule], attribution: dict[str, str | None]) -> 
 
 
 class QueryDenyList:
-    """The rules in force for one lake, from PostgreSQL, cached for REFRESH_SECONDS."""
+    """The rules in force for one lake (its `deny_list`), from PostgreSQL, cached for REFRESH_SECONDS."""
 
-    def __init__(self, lake: Lake) -> None:
-        self._lake = weakref.proxy(lake)  # the lake owns its list, not the other way round
+    def __init__(self, loop: BackgroundLoop, pool: asyncpg.Pool) -> None:
+        """An empty snapshot, loaded on the first check."""
+        self._loop = loop
+        self._catalog = Catalog(pool)
         self._lock = threading.Lock()
         self._rules: list[DenyRule] = []
         self._loaded_at = float("-inf")
@@ -132,26 +139,24 @@ class QueryDenyList:
     def reload(self) -> list[DenyRule]:
         """Writes the hits recorded since the last reload (one UPDATE per rule hit, not per query),
         then reads the rules."""
-        with self._lock:
-            hits, self._hits = self._hits, {}
-        rows = self._lake.loop.run(self._flush_and_load(hits))
+        rows = self._loop.run(self._catalog.load_denials(self._take_hits()))
         rules = [DenyRule(**dict(row)) for row in rows]
         with self._lock:
             self._rules, self._loaded_at = rules, time.monotonic()
         return rules
 
-    async def _flush_and_load(self, hits: dict[uuid.UUID, dt.datetime]) -> list[asyncpg.Record]:
-        async with self._lake.pool.acquire() as conn:
-            if hits:
-                await conn.executemany(
-                    "UPDATE query_deny_list SET last_hit_at = greatest(coalesce(last_hit_at, $2), $2)"
-                    " WHERE rule_id = $1",
-                    list(hits.items()),
-                )
-            return await conn.fetch(
-                "SELECT rule_id, created_at, created_by, reason, match_expr, last_hit_at"
-                " FROM query_deny_list ORDER BY created_at, rule_id"
-            )
+    def close(self) -> None:
+        """Writes the hits recorded since the last reload (the lake is closing: there is no next one);
+        with the database unreachable they are lost, with a warning."""
+        try:
+            self._loop.run(self._catalog.write_denial_hits(self._take_hits()))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("the last hits of the query deny rules were not written: %s", err)
+
+    def _take_hits(self) -> dict[uuid.UUID, dt.datetime]:
+        with self._lock:
+            hits, self._hits = self._hits, {}
+        return hits
 
     def check(self, attribution: dict[str, str | None]) -> DenyRule | None:
         """The rule denying this query, if any; its hit is kept for the next reload to write."""
@@ -176,16 +181,7 @@ class QueryDenyList:
             )
         compile_rule(match_expr)
         rule_id = uuid.uuid4()
-        self._lake.loop.run(
-            self._lake.pool.execute(
-                "INSERT INTO query_deny_list (rule_id, created_at, created_by, reason, match_expr)"
-                " VALUES ($1, now(), $2, $3, $4)",
-                rule_id,
-                created_by,
-                reason,
-                match_expr,
-            )
-        )
+        self._loop.run(self._catalog.insert_denial(rule_id, created_by, reason, match_expr))
         self.reload()
         return rule_id
 
@@ -197,23 +193,9 @@ class QueryDenyList:
             parsed = uuid.UUID(rule_id)
         except ValueError:
             return f"ERROR: '{rule_id}' is not a valid rule id"
-        status = self._lake.loop.run(self._lake.pool.execute("DELETE FROM query_deny_list WHERE rule_id = $1", parsed))
+        removed = self._loop.run(self._catalog.delete_denial(parsed))
         self.reload()
-        return f"SUCCESS: removed rule {parsed}" if status != "DELETE 0" else f"ERROR: no such rule: {parsed}"
-
-
-_LISTS: dict[int, QueryDenyList] = {}  # by id(lake), dropped with the lake
-_LISTS_LOCK = threading.Lock()
-
-
-def deny_list(lake: Lake) -> QueryDenyList:
-    """The deny list of a lake: one per process, shared by its sessions and its Flight SQL server."""
-    with _LISTS_LOCK:
-        found = _LISTS.get(id(lake))
-        if found is None:
-            found = _LISTS[id(lake)] = QueryDenyList(lake)
-            weakref.finalize(lake, _LISTS.pop, id(lake), None)
-        return found
+        return f"SUCCESS: removed rule {parsed}" if removed else f"ERROR: no such rule: {parsed}"
 
 
 def admin_recovery(sql: str, is_admin: bool) -> bool:
@@ -224,6 +206,7 @@ def admin_recovery(sql: str, is_admin: bool) -> bool:
 
 
 def denial_message(rule: DenyRule, query_id: str) -> str:
+    """micromegas's answer to a denied query."""
     return (
         f"query denied by rule {rule.rule_id} (reason: {rule.reason}); ask an admin to lift it with"
         f" remove_query_denial('{rule.rule_id}'); query_id={query_id}"

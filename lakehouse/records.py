@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ProcessRecord:
+    """A `processes` row: what the instrumented process said about itself at startup."""
+
     process_id: uuid.UUID
     exe: str
     username: str
@@ -28,6 +30,8 @@ class ProcessRecord:
 
 @dataclass(frozen=True)
 class StreamRecord:
+    """A `streams` row: one event stream of a process, with the transit metadata of its blocks."""
+
     stream_id: uuid.UUID
     process_id: uuid.UUID
     dependencies_metadata: bytes  # CBOR array of UserDefinedType, as stored
@@ -39,6 +43,8 @@ class StreamRecord:
 
 @dataclass(frozen=True)
 class BlockRecord:
+    """A `blocks` row: where one payload of a stream sits in time, ticks and object count."""
+
     block_id: uuid.UUID
     stream_id: uuid.UUID
     process_id: uuid.UUID

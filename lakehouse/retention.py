@@ -3,7 +3,7 @@ retired partitions are deleted once their grace period is over.
 
 Blocks, streams and processes: rows go first, objects after: if deleting an object fails, an
 unreferenced object remains (harmless, and deleted by nobody), never a row pointing at a missing
-object. Partitions are retired as replaced ones are (`partitions.retire`, per view instance under its
+object. Partitions are retired as replaced ones are (`Catalog.retire_contained`, per view instance under its
 lock): their files wait in `temporary_files` for the grace period, so queries already reading them
 finish, and a later run deletes them.
 """
@@ -14,10 +14,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from spanlake.lakehouse.catalog import datetime_to_ns
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import retire_contained
 from spanlake.lakehouse.records import blob_key
+from spanlake.lakehouse.timestamps import datetime_to_ns
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +25,8 @@ BATCH = 1000
 
 @dataclass
 class RetentionReport:
+    """What one retention run deleted (rows) and retired (partitions), and the files it deleted."""
+
     blocks: int = 0
     streams: int = 0
     processes: int = 0
@@ -40,37 +41,14 @@ def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = No
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     report = RetentionReport()
     while True:
-        rows = lake.loop.run(
-            lake.pool.fetch(
-                "DELETE FROM blocks WHERE block_id IN (SELECT block_id FROM blocks WHERE insert_time < $1 LIMIT $2)"
-                " RETURNING process_id, stream_id, block_id",
-                cutoff,
-                BATCH,
-            )
-        )
+        rows = lake.loop.run(lake.catalog.delete_blocks_before(cutoff, BATCH))
         for row in rows:
             lake.store.delete(blob_key(row["process_id"], row["stream_id"], row["block_id"]))
         report.blocks += len(rows)
         if len(rows) < BATCH:
             break
-    report.streams = _count(
-        lake.loop.run(
-            lake.pool.execute(
-                "DELETE FROM streams s WHERE s.insert_time < $1"
-                " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.stream_id = s.stream_id)",
-                cutoff,
-            )
-        )
-    )
-    report.processes = _count(
-        lake.loop.run(
-            lake.pool.execute(
-                "DELETE FROM processes p WHERE p.insert_time < $1"
-                " AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.process_id = p.process_id)",
-                cutoff,
-            )
-        )
-    )
+    report.streams = lake.loop.run(lake.catalog.delete_streams_without_blocks(cutoff))
+    report.processes = lake.loop.run(lake.catalog.delete_processes_without_streams(cutoff))
     report.partitions = _retire_expired_partitions(lake, cutoff)
     report.files = delete_expired_temporary_files(lake)
     log.info("retention (%d days): %s", retention_days, report)
@@ -82,20 +60,9 @@ def _retire_expired_partitions(lake: Lake, cutoff: dt.datetime) -> int:
     cutoff_ns = datetime_to_ns(cutoff)
     retired = 0
     while True:
-        instances = lake.loop.run(
-            lake.pool.fetch(
-                "SELECT DISTINCT view_set_name, view_instance_id FROM lakehouse_partitions"
-                " WHERE end_insert_time <= $1 LIMIT $2",
-                cutoff,
-                BATCH,
-            )
-        )
-        for row in instances:
-            retired += len(
-                lake.loop.run(
-                    retire_contained(lake.pool, row["view_set_name"], row["view_instance_id"], None, cutoff_ns)
-                )
-            )
+        instances = lake.loop.run(lake.catalog.instances_with_partitions_ending_by(cutoff, BATCH))
+        for view_set_name, instance_id in instances:
+            retired += len(lake.loop.run(lake.catalog.retire_contained(view_set_name, instance_id, None, cutoff_ns)))
         if len(instances) < BATCH:
             return retired
 
@@ -104,19 +71,9 @@ def delete_expired_temporary_files(lake: Lake) -> int:
     """Deletes the files of `temporary_files` whose expiration has passed (rows first); returns their count."""
     deleted = 0
     while True:
-        rows = lake.loop.run(
-            lake.pool.fetch(
-                "DELETE FROM temporary_files WHERE ctid IN (SELECT ctid FROM temporary_files WHERE expiration < now()"
-                " LIMIT $1) RETURNING file_path",
-                BATCH,
-            )
-        )
-        for row in rows:
-            lake.store.delete(row["file_path"])
-        deleted += len(rows)
-        if len(rows) < BATCH:
+        paths = lake.loop.run(lake.catalog.delete_expired_temporary_files(BATCH))
+        for path in paths:
+            lake.store.delete(path)
+        deleted += len(paths)
+        if len(paths) < BATCH:
             return deleted
-
-
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])

@@ -5,6 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ns_to_datetime(ns: int) -> dt.datetime:
+    """PostgreSQL keeps microseconds; the nanoseconds below are dropped, as micromegas does."""
+    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def datetime_to_ns(value: dt.datetime) -> int:
+    """ns since the Unix epoch of an aware datetime (as PostgreSQL returns timestamptz)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?([Zz]|[+-]\d{2}:\d{2})$")
 
 

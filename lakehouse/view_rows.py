@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 # The timing of every process the blocks belong to, by process id.
 Timings = Mapping[str, ProcessTiming]
 
-_io_pool = ThreadPoolExecutor(8, thread_name_prefix="lake-io")
 _I64 = (-(2**63), 2**63 - 1)
 # How far a block's times may stray from what its ticks say: clocks drift, and a process without a
 # TSC frequency has it estimated from its latest block; a minute plus 1% of the process's age.
@@ -56,7 +54,8 @@ def view_rows(lake: Lake, view: View, timings: Timings, blocks: Sequence[SourceB
 
 
 def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[SourceBlock, bytes | None]]:
-    """Payloads in block order, read concurrently; a missing payload is logged and yields None."""
+    """Payloads in block order, read concurrently on the lake's I/O pool; a missing payload is logged and
+    yields None."""
     parent = tracing.current_span_context()  # the readers run on the pool's threads
 
     def read(block: SourceBlock) -> bytes | None:
@@ -68,7 +67,7 @@ def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[
             return None
 
     blocks = list(blocks)
-    return zip(blocks, _io_pool.map(read, blocks), strict=True)
+    return zip(blocks, lake.io_pool.map(read, blocks), strict=True)
 
 
 def _readable(

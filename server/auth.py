@@ -62,6 +62,7 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
 
 
 def hash_key(key: str) -> bytes:
+    """SHA-256 digest of an API key, as the database stores it."""
     return hashlib.sha256(key.encode()).digest()
 
 
@@ -126,11 +127,13 @@ class Authenticator:
 
     @property
     def cached_keys(self) -> int:
+        """Number of database key lookups cached now (found or not)."""
         with self._lock:
             return len(self._cache)
 
 
 def bearer_token(authorization: str | None) -> str:
+    """The API key of an `Authorization: Bearer <key>` header (AuthError if missing or malformed)."""
     if not authorization:
         raise AuthError("missing Authorization header (expected 'Bearer <api key>')")
     scheme, _, token = authorization.strip().partition(" ")
@@ -140,6 +143,7 @@ def bearer_token(authorization: str | None) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback IP addresses."""
     if host == "localhost":
         return True
     try:

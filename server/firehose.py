@@ -54,6 +54,8 @@ class FirehoseError(ValueError):
 
 @dataclass(frozen=True)
 class Envelope:
+    """A decoded Firehose request: its request id and the base64-decoded records."""
+
     request_id: str
     records: list[bytes]
 

@@ -36,9 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spanlake import tracing
-from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range, nothing_to_materialize
+from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import fetch_overlapping
 from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
 from spanlake.views.view import View
@@ -52,6 +51,8 @@ CATCH_UP_PERIODS = 60
 
 @dataclass(frozen=True)
 class Schedule:
+    """When one maintenance schedule runs and which insert range each run covers."""
+
     name: str
     period_s: int
     offset_s: float
@@ -72,6 +73,8 @@ SCHEDULES = (
 
 
 class MaintenanceDaemon:
+    """Runs the SCHEDULES, one thread each, against a lake."""
+
     def __init__(self, lake: Lake, retention_days: int, clock: Callable[[], float] = time.time) -> None:
         self.lake = lake
         self.retention_days = retention_days
@@ -81,6 +84,7 @@ class MaintenanceDaemon:
         self._covered_until: dict[str, int] = {}  # schedule name → end (ns) of the last range it covered
 
     def start(self) -> None:
+        """Starts one thread per schedule, covering the slices from now on."""
         self.cover_from(self.clock())
         for schedule in SCHEDULES:
             thread = threading.Thread(
@@ -91,6 +95,7 @@ class MaintenanceDaemon:
         log.debug("maintenance daemon started (retention %d days)", self.retention_days)
 
     def stop(self, timeout: float = 30) -> None:
+        """Stops the schedules and waits up to `timeout` s for each thread."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
@@ -148,7 +153,7 @@ class MaintenanceDaemon:
                 log.exception("retention failed")
         period_ns = schedule.period_s * SECOND_NS
         begin, end = self.insert_range(schedule, tick_s)
-        if self.lake.loop.run(nothing_to_materialize(self.lake.pool, begin, end)):
+        if self.lake.loop.run(self.lake.catalog.nothing_to_materialize(begin, end)):
             self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
             return  # an idle range: one query, and no span in spanlake's own telemetry
         with tracing.async_span(f"maintenance.{schedule.name}", dynamic=True):
@@ -167,7 +172,7 @@ class MaintenanceDaemon:
         it: that partition's range is one bucket (rebuilt from source if blocks arrived in it)."""
         crossing = [
             p
-            for p in self.lake.loop.run(fetch_overlapping(self.lake.pool, view.name, GLOBAL, begin, end))
+            for p in self.lake.loop.run(self.lake.catalog.overlapping_partitions(view.name, GLOBAL, begin, end))
             if p.file_schema_hash == view.schema_hash and (p.begin_insert_ns < begin or p.end_insert_ns > end)
         ]
         written, bucket = 0, begin

@@ -26,6 +26,7 @@ UI_URL = "https://ui.perfetto.dev"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `spanlake perfetto` options to `parser`."""
     parser.add_argument("--process-id", required=True, help="the process to trace (a UUID)")
     parser.add_argument("--spans", choices=("thread", "async", "both"), default="both", help="span types (both)")
     parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
@@ -57,6 +58,7 @@ def _range(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Writes the trace the arguments ask for; the exit status (1 on a bad argument or a failed query)."""
     try:
         process_id = str(uuid.UUID(args.process_id))
         begin, end = (format_rfc3339_ns(t) for t in _range(args))

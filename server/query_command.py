@@ -31,6 +31,7 @@ _NULL = "NULL"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `spanlake query` options to `parser`."""
     parser.add_argument("sql", help="the SQL statement to run")
     parser.add_argument(
         "--begin", help="start of the query range, RFC3339 (with --end); lets the server skip partitions outside it"

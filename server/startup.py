@@ -65,6 +65,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self, holder: str) -> None:
+        """Takes the lock for `holder` (written into the file) or raises StartupError naming the one who holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -80,6 +81,7 @@ class DataDirLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Empties the lock file and releases the lock; a no-op if not held."""
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)
@@ -92,6 +94,7 @@ def uses_data_dir(settings: Settings) -> bool:
 
 
 def where_data_lives(settings: Settings) -> str:
+    """One line saying where the database and the object store are."""
     if settings.database_url is None:
         database = f"embedded PostgreSQL in {settings.data_dir.resolve() / 'postgres'}"
     else:

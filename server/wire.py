@@ -126,6 +126,7 @@ def _properties(msg: dict[str, Any], what: str) -> dict[str, str]:
 
 
 def parse_process(body: bytes) -> ProcessRecord:
+    """A ProcessInfo CBOR body → its ProcessRecord (WireError if malformed)."""
     what = "ProcessInfo"
     msg = _decode_map(body, what)
     parent = msg.get("parent_process_id")
@@ -187,6 +188,7 @@ def _udt_list(msg: dict[str, Any], name: str, what: str) -> bytes:
 
 
 def parse_stream(body: bytes) -> StreamRecord:
+    """A StreamInfo CBOR body → its StreamRecord, with the metadata checked (WireError if malformed)."""
     what = "StreamInfo"
     msg = _decode_map(body, what)
     tags = _field(msg, "tags", what)

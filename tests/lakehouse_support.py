@@ -55,17 +55,20 @@ class LocalLake:
 
 
 @contextlib.contextmanager
-def local_lake(postgres: PostgresServer, tmp_path: Path) -> Iterator[LocalLake]:
-    lake = Lake.open(
-        Settings(database_url=postgres.new_database(), object_store_uri=(tmp_path / "lake").as_uri(), data_dir=tmp_path)
+def local_lake(postgres: PostgresServer, tmp_path: Path, database_url: str | None = None) -> Iterator[LocalLake]:
+    """A lake on a new database (or on `database_url`, to reopen one) and the object store in `tmp_path`."""
+    settings = Settings(
+        database_url=database_url or postgres.new_database(),
+        object_store_uri=(tmp_path / "lake").as_uri(),
+        data_dir=tmp_path,
     )
-    port = free_port()
-    runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
-    try:
-        yield LocalLake(lake, f"http://127.0.0.1:{port}")
-    finally:
-        lake.loop.run(runner.cleanup())
-        lake.close()
+    with Lake.open(settings) as lake:
+        port = free_port()
+        runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
+        try:
+            yield LocalLake(lake, f"http://127.0.0.1:{port}")
+        finally:
+            lake.loop.run(runner.cleanup())
 
 
 def cpu_streams() -> list[dict]:

@@ -14,7 +14,6 @@ import pytest
 from harness import RUST_FIXTURES, PostgresServer, post
 from lakehouse_support import EXPECTED, PROCESS_ID, LocalLake, local_lake
 
-from spanlake.lakehouse.jit import wait_for_settling
 from spanlake.lakehouse.jit_layout import MERGE_FANIN
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
@@ -96,27 +95,29 @@ def _cpu() -> set[str]:
     return {s["stream_id"] for s in EXPECTED["streams"] if "cpu" in s["tags"]}
 
 
-def test_small_tail_partitions_settle_into_one(lake: LocalLake) -> None:
+def test_small_tail_partitions_settle_into_one(postgres: PostgresServer, tmp_path: Path) -> None:
     steps = EXPECTED["upload_sequence"]
     metadata = [s for s in steps if s["endpoint"] != "/ingestion/insert_block"]
     cpu_blocks = [s for s in steps if s["endpoint"] == "/ingestion/insert_block" and s["stream_id"] in _cpu()]
-    lake.upload(metadata)
-    counts = []
-    for block in cpu_blocks[:MERGE_FANIN]:
-        lake.upload([block])
-        counts.append(count(lake, ASYNC_COUNT))
-        wait_for_settling()
-        if len(counts) == MERGE_FANIN - 1:
-            small = live_partitions(lake, "async_events")
+    database_url = postgres.new_database()
+    with local_lake(postgres, tmp_path, database_url) as lake:
+        lake.upload(metadata)
+        counts = []
+        for block in cpu_blocks[:MERGE_FANIN]:
+            lake.upload([block])
+            counts.append(count(lake, ASYNC_COUNT))
+            if len(counts) == MERGE_FANIN - 1:
+                small = live_partitions(lake, "async_events")
     # Each query added a one-block partition; the eighth made a run of eight, merged in the background
-    # into one that replaces them all.
+    # into one that replaces them all, before the lake closed.
     assert len(small) == MERGE_FANIN - 1 and sum(p["num_rows"] for p in small) == counts[-2]
     assert counts == sorted(counts) and counts[-1] > counts[0]
-    [merged] = live_partitions(lake, "async_events")
-    assert merged["num_rows"] == counts[-1] == count(lake, ASYNC_COUNT)
-    assert merged["begin_insert_time"] == small[0]["begin_insert_time"]
-    retired = {r["file_path"] for r in lake.catalog("SELECT file_path FROM temporary_files")}
-    assert {p["file_path"] for p in small if p["file_path"]} < retired
+    with local_lake(postgres, tmp_path, database_url) as lake:
+        [merged] = live_partitions(lake, "async_events")
+        assert merged["num_rows"] == counts[-1] == count(lake, ASYNC_COUNT)
+        assert merged["begin_insert_time"] == small[0]["begin_insert_time"]
+        retired = {r["file_path"] for r in lake.catalog("SELECT file_path FROM temporary_files")}
+        assert {p["file_path"] for p in small if p["file_path"]} < retired
 
 
 def test_concurrent_materializations_leave_one_consistent_set(lake: LocalLake) -> None:

@@ -29,11 +29,11 @@ from spanlake.lakehouse.settings import Settings
 def exported(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[LocalLake, str]]:
     """A running `spanlake serve` that received one trace (3 nested spans), 2 log records and a counter
     from the OTel SDK, and a lake opened on the same database and store to read it back."""
-    with running_server(postgres, tmp_path) as server:
-        lake = LocalLake(
-            Lake.open(Settings(database_url=server.database_url, object_store_uri=server.object_store_uri)),
-            server.http_url,
-        )
+    with (
+        running_server(postgres, tmp_path) as server,
+        Lake.open(Settings(database_url=server.database_url, object_store_uri=server.object_store_uri)) as opened,
+    ):
+        lake = LocalLake(opened, server.http_url)
         instance = str(uuid.uuid4())
         resource = Resource.create(
             {
@@ -74,10 +74,7 @@ def exported(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[LocalLa
         for provider in (tracer_provider, logger_provider, meter_provider):
             provider.shutdown()
         lake.maintain()
-        try:
-            yield lake, instance
-        finally:
-            lake.lake.close()
+        yield lake, instance
 
 
 def test_otel_sdk_telemetry_lands_under_one_process(exported: tuple[LocalLake, str]) -> None:

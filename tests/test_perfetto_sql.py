@@ -133,7 +133,7 @@ def test_chunks_are_generated_as_the_client_reads(loaded: LocalLake, monkeypatch
             yield chunk
 
     plan.chunks = counted  # type: ignore[method-assign]
-    stream = iter(perfetto_trace.trace_dataframe(loaded.session(), plan).execute_stream())
+    stream = iter(perfetto_trace.trace_dataframe(loaded.session(), plan, loaded.lake.off_runtime).execute_stream())
     first = next(stream).to_pyarrow()
     assert first.column("chunk_id").to_pylist() == list(range(first.num_rows))
     assert sum(len(c) for c in first.column("chunk_data").to_pylist()) >= 4096

@@ -116,9 +116,8 @@ def test_a_rule_written_elsewhere_applies_after_the_refresh(
 ) -> None:
     """Another server process's snapshot: stale until REFRESH_SECONDS, then the rule applies."""
     with local_lake(postgres, tmp_path) as local:
-        here = query_denials.deny_list(local.lake)
-        assert here is query_denials.deny_list(local.lake)  # one list per lake, shared by its sessions
-        elsewhere = query_denials.QueryDenyList(local.lake)  # the snapshot of another process
+        here = local.lake.deny_list  # one list per lake, shared by its sessions
+        elsewhere = query_denials.QueryDenyList(local.lake.loop, local.lake.pool)  # another process's snapshot
         attribution = {"client": "python", "sql": "SELECT 1", "sql_hash": sql_hash("SELECT 1")}
         assert elsewhere.check(attribution) is None
         rule_id = here.insert("client = 'python'", "maintenance", "admin")
@@ -129,3 +128,16 @@ def test_a_rule_written_elsewhere_applies_after_the_refresh(
         assert elsewhere.check({**attribution, "client": None}) is None  # NULL never matches
         assert here.remove(str(rule_id)) == f"SUCCESS: removed rule {rule_id}"
         assert elsewhere.check(attribution) is None
+
+
+def test_closing_the_lake_writes_the_hits_since_the_last_reload(postgres: PostgresServer, tmp_path: Path) -> None:
+    database_url = postgres.new_database()
+    attribution = {"client": "python", "sql": "SELECT 1", "sql_hash": sql_hash("SELECT 1")}
+    with local_lake(postgres, tmp_path, database_url) as local:
+        rule_id = local.lake.deny_list.insert("client = 'python'", "maintenance", "admin")
+        assert local.lake.deny_list.check(attribution).rule_id == rule_id  # a hit, not yet written
+        [rule] = local.lake.deny_list.rules()
+        assert rule.last_hit_at is None
+    with local_lake(postgres, tmp_path, database_url) as local:
+        [rule] = local.lake.deny_list.rules()
+        assert rule.rule_id == rule_id and rule.last_hit_at is not None

@@ -16,6 +16,7 @@ See docs/tracing.md. Modules (the public API is re-exported here):
     logs            log entries and a `logging.Handler`
     metrics         integer and float metrics
     streams         where events wait between being recorded and being encoded
+    event_records   how streams keep events (code, slots) and what encoding them gives
     transit_encode  recorded events → a transit block body (vectorized)
     udts            the transit type metadata the streams declare (micromegas's)
     registry        interned strings and descriptors with stable ids

@@ -17,10 +17,10 @@ import time
 import weakref
 
 from spanlake.tracing import streams
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.process_info import ProcessInfo, make_process_info, now_ticks
 from spanlake.tracing.registry import REGISTRY
 from spanlake.tracing.sink import INSERT_PROCESS, HttpSink, Priority, Sink, SinkConfig, SinkStats
-from spanlake.tracing.streams import TYPE_BITS
 from spanlake.tracing.udts import INTEGER_METRIC_INDEX
 
 logger = logging.getLogger("spanlake.tracing")
@@ -53,16 +53,20 @@ class DiscardSink:
         self._stats = SinkStats()
 
     def submit(self, priority: Priority, path: str, body: bytes) -> bool:
+        """Counts the body as sent and drops it."""
         self._stats.sent[priority] += 1
         return True
 
     def stats(self) -> SinkStats:
+        """The counts so far."""
         return self._stats
 
     def flush(self, timeout: float) -> bool:
+        """Nothing is ever pending: True at once."""
         return True
 
     def shutdown(self, timeout: float) -> bool:
+        """Nothing is ever pending: True at once."""
         return True
 
 
@@ -75,6 +79,8 @@ _STOP = object()
 
 
 class Session:
+    """One telemetry session: the process, its streams, the sink and the thread that flushes full blocks."""
+
     def __init__(self, process: ProcessInfo, sink: Sink, flush_period: float) -> None:
         self.process = process
         self.sink = sink
@@ -89,10 +95,12 @@ class Session:
         self._flusher = threading.Thread(target=self._run, name="spanlake-flush", daemon=True)
 
     def start(self) -> None:
+        """Sends the process info and starts the flush thread."""
         self.sink.submit(Priority.METADATA, INSERT_PROCESS, self.process.to_wire())
         self._flusher.start()
 
     def new_thread_stream(self, tls: threading.local) -> streams.ThreadStream:
+        """A new cpu stream for the calling thread, flushed one last time when the thread ends."""
         stream = streams.ThreadStream(self.process, threading.current_thread(), self.work.put)
         # The thread-local sentinel dies with the thread: its stream is then flushed one last time and dropped.
         tls.exit_sentinel = sentinel = _ThreadExitSentinel()
@@ -172,6 +180,7 @@ class Session:
     # -- control (application threads) -------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
+        """Flushes every stream and waits (up to `timeout` s) for the sink; False on timeout."""
         request = _FlushRequest()
         self.work.put(request)
         deadline = time.monotonic() + timeout
@@ -180,6 +189,7 @@ class Session:
         return self.sink.flush(max(0.0, deadline - time.monotonic()))
 
     def stop(self, timeout: float) -> bool:
+        """Flushes, stops the flush thread and shuts the sink down within `timeout` s; True if all was delivered."""
         deadline = time.monotonic() + timeout
         self.work.put(_STOP)
         self._flusher.join(timeout)
@@ -244,6 +254,7 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def current_process() -> ProcessInfo | None:
+    """The process of the current session, or None outside one."""
     session = _session
     return session.process if session is not None else None
 

@@ -31,6 +31,7 @@ ADVANCED = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `spanlake generate` options to `parser`."""
     parser.add_argument("--url", default="http://127.0.0.1:9000", help="ingestion server (default %(default)s)")
     parser.add_argument(
         "--api-key",
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs the generator; exit status 0 if every event was delivered."""
     process = tracing.init(
         args.url,
         api_key=args.api_key,
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def emit_startup_metrics() -> None:
+    """One value of each metric kind, sent once at startup."""
     tracing.imetric("Frame Time", "ticks", 1000)
     tracing.fmetric("Frame Time", "ticks", 1.0)
     tracing.imetric("Memory Usage", "bytes", 2048)
@@ -98,12 +101,14 @@ def emit_startup_metrics() -> None:
 
 @tracing.span_fn
 def sync_operation(value: int) -> int:
+    """A short sync span."""
     time.sleep(0.0001)
     return value * 2
 
 
 @tracing.span_fn
 def nested_sync_operation(depth: int) -> int:
+    """Sync spans nested `depth` levels deep."""
     if depth == 0:
         return sync_operation(depth)
     with tracing.span_scope("nested_sync_step"):
@@ -129,6 +134,7 @@ def worker(index: int, rng: random.Random, iterations: int) -> None:
 
 @tracing.span_fn
 async def async_operation(delay_us: int) -> str:
+    """An async span that logs and sleeps `delay_us` µs."""
     tracing.info(f"starting async operation with {delay_us}us delay")
     await asyncio.sleep(delay_us / 1e6)
     return f"completed after {delay_us}us"
@@ -136,11 +142,14 @@ async def async_operation(delay_us: int) -> str:
 
 @tracing.span_fn
 async def nested_async_operation() -> None:
+    """An async span around two awaited async spans."""
     tracing.info(f"first async result: {await async_operation(150)}")
     tracing.info(f"second async result: {await async_operation(150)}")
 
 
 async def manual_async_work() -> None:
+    """A coroutine instrumented by hand with `tracing.instrument`."""
+
     async def work() -> None:
         tracing.info("doing manual async work")
         await asyncio.sleep(0.00015)
@@ -149,6 +158,7 @@ async def manual_async_work() -> None:
 
 
 async def named_async_work_examples(task_id: int) -> None:
+    """Named async spans, on their own and nested in a named workflow."""
     for name, delay in (("database_migration", 150), ("cache_warmup", 90), ("data_processing", 150)):
         await tracing.span_async_named(name, sleep_and_log(f"{name} for task {task_id}", delay))
 
@@ -160,12 +170,14 @@ async def named_async_work_examples(task_id: int) -> None:
 
 
 async def sleep_and_log(message: str, delay_us: int) -> None:
+    """Logs `message`, then sleeps `delay_us` µs."""
     tracing.info(message)
     await asyncio.sleep(delay_us / 1e6)
 
 
 @tracing.span_fn
 async def async_subtask(task_id: int, operation: str) -> str:
+    """A short async span that logs."""
     tracing.info(f"executing subtask {operation} for task {task_id}")
     await asyncio.sleep((30 + task_id * 3) / 1e6)
     return f"{operation}_{task_id}"
@@ -173,6 +185,7 @@ async def async_subtask(task_id: int, operation: str) -> str:
 
 @tracing.span_fn
 async def multi_threaded_async_work(task_id: int) -> str:
+    """An async span whose second subtask runs in a task spawned inside it."""
     first = await async_subtask(task_id, "validation")
     # Spawned inside this span: the child task's spans are children of this one.
     second = await asyncio.create_task(async_subtask(task_id, "computation"))
@@ -181,12 +194,14 @@ async def multi_threaded_async_work(task_id: int) -> str:
 
 @tracing.span_fn
 async def prepare_async_operation(operation: str) -> str:
+    """The first step of a concurrent operation."""
     await asyncio.sleep(0.000015)
     return f"prepared_{operation}"
 
 
 @tracing.span_fn
 async def execute_async_operation(operation: str, delay_us: int) -> str:
+    """The second step of a concurrent operation: logs and sleeps `delay_us` µs."""
     tracing.info(f"executing {operation} with {delay_us}us delay")
     await asyncio.sleep(delay_us / 1e6)
     return f"executed_{operation}"
@@ -194,12 +209,14 @@ async def execute_async_operation(operation: str, delay_us: int) -> str:
 
 @tracing.span_fn
 async def cleanup_async_operation(operation: str) -> str:
+    """The last step of a concurrent operation."""
     await asyncio.sleep(0.00003)
     return f"cleaned_{operation}"
 
 
 @tracing.span_fn
 async def concurrent_async_task(operation: str, delay_us: int) -> str:
+    """Two steps of an operation run concurrently, then its cleanup."""
     tracing.info(f"starting concurrent operation: {operation}")
     steps = await asyncio.gather(prepare_async_operation(operation), execute_async_operation(operation, delay_us))
     cleanup = await cleanup_async_operation(operation)
@@ -208,10 +225,12 @@ async def concurrent_async_task(operation: str, delay_us: int) -> str:
 
 @tracing.span_fn
 async def process_users(user_ids: list[int]) -> None:
+    """One named async span per user, run concurrently."""
     await asyncio.gather(*(tracing.span_async_named(f"process_user_{uid}", async_operation(20)) for uid in user_ids))
 
 
 async def main_async(args: argparse.Namespace, rng: random.Random) -> None:
+    """The asyncio part of the run: each kind of async span, spawned tasks, then the task loop."""
     tracing.info(f"sync operation result: {sync_operation(42)}")
     tracing.info(f"async operation result: {await async_operation(200)}")
     await nested_async_operation()
@@ -231,6 +250,7 @@ async def main_async(args: argparse.Namespace, rng: random.Random) -> None:
 
 
 async def task_loop(tasks: int) -> None:
+    """`tasks` quick events cycling through sync spans, named async spans and metrics, with progress logs."""
     start = time.monotonic()
     for task_id in range(tasks):
         kind = task_id % 5
@@ -251,10 +271,12 @@ async def task_loop(tasks: int) -> None:
 
 @tracing.span_fn
 async def named_quick_operation(task_id: int) -> None:
+    """An async span around a named async span."""
     await tracing.span_async_named(QUICK_NAMED[task_id % 3], asyncio.sleep(0))
 
 
 def main() -> int:
+    """Entry point of `python -m spanlake.tracing.generator`."""
     parser = argparse.ArgumentParser(prog="spanlake generate", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args())

@@ -12,9 +12,11 @@ import sys
 import time
 from typing import Any
 
+from typing_extensions import override
+
 from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import DEBUG, ERROR, FATAL, INFO, REGISTRY, TRACE, WARN
-from spanlake.tracing.streams import TYPE_BITS
 from spanlake.tracing.udts import LOG_STRING_INDEX, TAGGED_LOG_INDEX
 
 __all__ = [
@@ -84,31 +86,37 @@ def log(level: int, message: str, properties: dict[str, str] | None = None) -> N
 
 
 def fatal(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at FATAL level."""
     if _max_level[0] >= FATAL:
         _append(_codes_here(FATAL, _getframe(1)), message, properties)
 
 
 def error(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at ERROR level."""
     if _max_level[0] >= ERROR:
         _append(_codes_here(ERROR, _getframe(1)), message, properties)
 
 
 def warn(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at WARN level."""
     if _max_level[0] >= WARN:
         _append(_codes_here(WARN, _getframe(1)), message, properties)
 
 
 def info(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at INFO level."""
     if _max_level[0] >= INFO:
         _append(_codes_here(INFO, _getframe(1)), message, properties)
 
 
 def debug(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at DEBUG level."""
     if _max_level[0] >= DEBUG:
         _append(_codes_here(DEBUG, _getframe(1)), message, properties)
 
 
 def trace(message: str, properties: dict[str, str] | None = None) -> None:
+    """Records `message` at TRACE level."""
     if _max_level[0] >= TRACE:
         _append(_codes_here(TRACE, _getframe(1)), message, properties)
 
@@ -143,6 +151,7 @@ class LoggingHandler(logging.Handler):
         self._own_loggers = own_loggers
         self._descriptors: dict[tuple, tuple[int, int]] = {}
 
+    @override
     def emit(self, record: logging.LogRecord) -> None:
         if not self._own_loggers and record.name.startswith("spanlake."):
             return

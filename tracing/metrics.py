@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import REGISTRY
-from spanlake.tracing.streams import TYPE_BITS
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     INTEGER_METRIC_INDEX,

@@ -41,6 +41,8 @@ def format_rfc3339_ns(ns: int) -> str:
 
 @dataclass(frozen=True)
 class ProcessInfo:
+    """The process description sent once per session (micromegas's ProcessInfo)."""
+
     process_id: uuid.UUID
     exe: str
     username: str
@@ -55,6 +57,7 @@ class ProcessInfo:
     properties: dict[str, str] = field(default_factory=dict)
 
     def dual_time(self, ticks: int) -> DualTime:
+        """The instant `ticks` as ticks and as ns since the epoch, from the process's start time and TSC frequency."""
         return DualTime(ticks, self.start_time_ns + (ticks - self.start_ticks) * 1_000_000_000 // self.tsc_frequency)
 
     def to_wire(self) -> bytes:

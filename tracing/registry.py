@@ -72,6 +72,8 @@ LOD_MIN = 1
 
 
 class Registry:
+    """The process-wide table of interned strings and descriptors, by id."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -85,6 +87,7 @@ class Registry:
         self._keys: dict[tuple, int] = {}
 
     def intern_string(self, value: str) -> int:
+        """The id of `value` as an interned string."""
         found = self._string_ids.get(value)
         if found is not None:
             return found
@@ -114,16 +117,19 @@ class Registry:
             return found
 
     def span(self, name: str, target: str, file: str, line: int) -> int:
+        """The id of a span descriptor (name, target, file, line)."""
         return self._register(
             ("span", name, target, file, line), SpanDesc, self.spans, name, target, target, file, line, LOD_MIN
         )
 
     def location(self, target: str, file: str, line: int) -> int:
+        """The id of a span location descriptor (a span named at run time)."""
         return self._register(
             ("location", target, file, line), LocationDesc, self.locations, target, target, file, line, LOD_MIN
         )
 
     def log(self, level: int, fmt_str: str, target: str, module_path: str, file: str, line: int) -> int:
+        """The id of a log call site's descriptor."""
         return self._register(
             ("log", level, fmt_str, target, module_path, file, line),
             LogDesc,
@@ -137,6 +143,7 @@ class Registry:
         )
 
     def metric(self, name: str, unit: str, target: str, file: str, line: int) -> int:
+        """The id of a metric descriptor (name, unit, call site)."""
         return self._register(
             ("metric", name, unit, target, file, line),
             MetricDesc,
@@ -150,6 +157,7 @@ class Registry:
         )
 
     def property_set(self, properties: dict[str, str]) -> int:
+        """The id of an interned property set (keys and values as strings)."""
         # micromegas sorts a set's properties by name, descending, and interns the set.
         items = tuple(sorted(((str(k), str(v)) for k, v in properties.items()), reverse=True))
         found = self._keys.get(("properties", items))

@@ -24,6 +24,8 @@ logger = logging.getLogger("spanlake.tracing.sink")
 
 
 class Priority(IntEnum):
+    """Delivery priority of a body: lower values are sent first and shed last."""
+
     METADATA = 0  # insert_process / insert_stream
     LOGS = 1
     METRICS = 2
@@ -46,6 +48,7 @@ class SinkStats:
     queued_bytes: int = 0
 
     def lost(self) -> int:
+        """Items that never reached the server: dropped, rejected or failed."""
         return sum(self.dropped) + sum(self.rejected) + sum(self.failed)
 
     def snapshot(self) -> SinkStats:
@@ -54,14 +57,25 @@ class SinkStats:
 
 
 class Sink(Protocol):
-    def submit(self, priority: Priority, path: str, body: bytes) -> bool: ...
-    def stats(self) -> SinkStats: ...
-    def flush(self, timeout: float) -> bool: ...
-    def shutdown(self, timeout: float) -> bool: ...
+    """Where a session sends its encoded bodies."""
+
+    def submit(self, priority: Priority, path: str, body: bytes) -> bool:
+        """Queues one body for POST to `path`; False if it was dropped instead."""
+
+    def stats(self) -> SinkStats:
+        """Counts per priority so far."""
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until everything queued so far was handled; False on timeout."""
+
+    def shutdown(self, timeout: float) -> bool:
+        """Delivers what it can within `timeout` s, then stops; True if everything was delivered."""
 
 
 @dataclass
 class SinkConfig:
+    """HttpSink's queue budget, request timeout and retry policy."""
+
     max_queue_bytes: int = 128 * 1024 * 1024
     request_timeout: float = 10.0  # one attempt: connect + send + response
     retries: tuple[int, int, int, int] = (10, 5, 2, 1)  # per priority, like micromegas's sink
@@ -144,6 +158,7 @@ class HttpSink:
         self._stats.queued_bytes += size
 
     def stats(self) -> SinkStats:
+        """A snapshot of the counts so far."""
         with self._cond:
             return self._stats.snapshot()
 
@@ -262,11 +277,13 @@ class MemorySink:
         self._lock = threading.Lock()
 
     def submit(self, priority: Priority, path: str, body: bytes) -> bool:
+        """Appends the body to `items`."""
         with self._lock:
             self.items.append((priority, path, body))
         return True
 
     def stats(self) -> SinkStats:
+        """Counts of the bodies kept so far, all as sent."""
         stats = SinkStats()
         with self._lock:
             for priority, _, _ in self.items:
@@ -274,7 +291,9 @@ class MemorySink:
         return stats
 
     def flush(self, timeout: float) -> bool:
+        """Nothing is ever pending: True at once."""
         return True
 
     def shutdown(self, timeout: float) -> bool:
+        """Nothing is ever pending: True at once."""
         return True

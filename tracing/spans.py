@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 from spanlake.tracing import dispatch as _dispatch
 from spanlake.tracing import streams
+from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import REGISTRY
-from spanlake.tracing.streams import TYPE_BITS
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -261,6 +261,7 @@ class OpenAsyncSpan:
         events += (begin, _now(), span_id, parent[0], depth, name)
 
     def end(self) -> None:
+        """Records the span's end; later calls do nothing."""
         if self._end < 0:
             return
         end, self._end = self._end, -1

@@ -1,9 +1,7 @@
 """Streams: where events wait between being recorded and being encoded into a block.
 
 Recording is an append to a plain list (atomic under the GIL, no lock). A cpu stream belongs to
-one thread and keeps two flat lists, a fixed number of slots per event: thread events
-(code, time, name) and async events (code, time, span_id, parent_span_id, depth, name), where
-code = descriptor id << TYPE_BITS | wire type index and name is None unless the span is named.
+one thread and keeps two flat lists of events (`event_records`), name None unless the span is named.
 The log and metrics streams are shared by all threads and keep one
 (code, time, value, property_set_id) tuple per event. Draining a stream
 (when it is full, or on the periodic flush) takes a snapshot of the events under the stream's
@@ -18,21 +16,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
+from typing_extensions import override
 
 from spanlake.tracing import udts
+from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, EncodedBuffers
 from spanlake.tracing.process_info import DualTime, ProcessInfo, format_rfc3339_ns, now_ticks
 from spanlake.tracing.registry import Registry
 from spanlake.tracing.sink import INSERT_BLOCK, INSERT_STREAM, Priority
-
-if TYPE_CHECKING:
-    from spanlake.tracing.transit_encode import EncodedBuffers
-
-THREAD_SLOTS = 3
-ASYNC_SLOTS = 6
-TYPE_BITS = 8
 
 # Events per block before a stream counts as full (read when a stream is created). A full cpu block is
 # 1-4 MB before compression.
@@ -52,6 +45,8 @@ def _encoder() -> ModuleType:
 
 
 class Stream(ABC):
+    """A stream of the process: its identity, its events since the last block, and how they encode."""
+
     priority: Priority
     layout: udts.StreamLayout
 
@@ -94,6 +89,7 @@ class Stream(ABC):
             return block
 
     def full(self) -> None:
+        """Drains the stream and hands the block to the flush thread (a writer found it full)."""
         block = self.drain()
         if block is not None:
             self._on_full(block)
@@ -136,6 +132,7 @@ class ThreadStream(Stream):
         count = len(thread_values) // THREAD_SLOTS + len(async_values) // ASYNC_SLOTS
         return (thread_values, async_values), count
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_thread_events(events[0], events[1], registry)
 
@@ -156,23 +153,29 @@ class TupleStream(Stream):
 
 
 class LogStream(TupleStream):
+    """The process's log entries."""
+
     priority = Priority.LOGS
     layout = udts.LOG_LAYOUT
 
     def __init__(self, process: ProcessInfo, on_full: OnFull) -> None:
         super().__init__(process, ["log"], on_full, LOG_BLOCK_EVENTS)
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_log_events(events, registry)
 
 
 class MetricsStream(TupleStream):
+    """The process's metrics."""
+
     priority = Priority.METRICS
     layout = udts.METRICS_LAYOUT
 
     def __init__(self, process: ProcessInfo, on_full: OnFull) -> None:
         super().__init__(process, ["metrics"], on_full, METRICS_BLOCK_EVENTS)
 
+    @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_metric_events(events, registry)
 
@@ -189,6 +192,7 @@ class PendingBlock:
     events: Any
 
     def encode(self, registry: Registry) -> bytes:
+        """The block's CBOR body (POST /ingestion/insert_block)."""
         process = self.stream.process
         encoder = _encoder()
         header = encoder.BlockHeader(
@@ -221,6 +225,7 @@ class NullThreadStream:
         self.async_capacity = capacity * ASYNC_SLOTS
 
     def full(self) -> None:
+        """Discards the events."""
         self.thread_events.clear()
         self.async_events.clear()
 
@@ -233,4 +238,5 @@ class NullTupleStream:
         self.capacity = capacity
 
     def full(self) -> None:
+        """Discards the events."""
         self.events.clear()

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.tracing import udts
+from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
-from spanlake.tracing.streams import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
@@ -113,6 +113,7 @@ def _frame(parts: Iterable[Part], count: int) -> bytes:
 
 
 def utf8_lengths(strings: pa.Array) -> np.ndarray:
+    """The byte length of each string, as int64."""
     return pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -136,6 +137,7 @@ class Dependencies:
         self.property_sets: list[int] = []
 
     def add_records(self, udt: Udt, table: dict, ids: np.ndarray, string_fields: Sequence[str]) -> None:
+        """Adds the `udt` records of `ids` (rows of `table`) and the strings their `string_fields` name."""
         rows = [table[int(i)] for i in ids]
         for row in rows:
             self.static_strings.update(getattr(row, f) for f in string_fields)
@@ -143,9 +145,11 @@ class Dependencies:
             self.records.append((udt, rows))
 
     def add_property_sets(self, ids: np.ndarray) -> None:
+        """Sets the property sets the block's events reference."""
         self.property_sets = [int(i) for i in ids]
 
     def encode(self) -> bytes:
+        """The dependencies buffer: strings, then descriptors, then property sets."""
         parts: list[bytes] = [self._static_strings()]
         property_strings = {s for pid in self.property_sets for pair in self.registry.property_sets[pid] for s in pair}
         parts.append(self._string_dependencies(sorted(property_strings - self.static_strings)))
@@ -223,13 +227,6 @@ class Dependencies:
 
 _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
-
-
-@dataclass
-class EncodedBuffers:
-    objects: bytes
-    dependencies: bytes
-    nb_objects: int
 
 
 def _columns(values: list, slots: int) -> list[np.ndarray]:
@@ -391,6 +388,8 @@ def compress(buffer: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class BlockHeader:
+    """The fields of a block's CBOR map besides its payload and object count."""
+
     stream_id: uuid.UUID
     process_id: uuid.UUID
     begin_time: str  # RFC3339, 9 fraction digits, +00:00

@@ -14,6 +14,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Member:
+    """One member of a transit type, as the stream metadata declares it."""
+
     name: str
     type_name: str
     offset: int
@@ -21,6 +23,7 @@ class Member:
     is_reference: bool = False
 
     def to_wire(self) -> dict[str, Any]:
+        """The member as the CBOR map of stream metadata."""
         return {
             "name": self.name,
             "type_name": self.type_name,
@@ -32,12 +35,15 @@ class Member:
 
 @dataclass(frozen=True)
 class Udt:
+    """A transit type (user-defined type) as the stream metadata declares it."""
+
     name: str
     size: int  # 0 = dynamically sized: the object is framed as u32 byte count + body
     members: tuple[Member, ...] = ()
     is_reference: bool = False
 
     def to_wire(self) -> dict[str, Any]:
+        """The type as the CBOR map of stream metadata."""
         return {
             "name": self.name,
             "size": self.size,
@@ -232,15 +238,19 @@ class StreamLayout:
     dependency_secondaries: tuple[Udt, ...]
 
     def objects_metadata(self) -> list[dict[str, Any]]:
+        """The `objects_metadata` of the stream's StreamInfo."""
         return [udt.to_wire() for udt in self.objects + self.object_secondaries]
 
     def dependencies_metadata(self) -> list[dict[str, Any]]:
+        """The `dependencies_metadata` of the stream's StreamInfo."""
         return [udt.to_wire() for udt in self.dependencies + self.dependency_secondaries]
 
     def object_index(self, udt: Udt) -> int:
+        """Wire index of an object (queue) type."""
         return self.objects.index(udt)
 
     def dependency_index(self, udt: Udt) -> int:
+        """Wire index of a dependency type."""
         return self.dependencies.index(udt)
 
 

@@ -26,14 +26,17 @@ class Coded(Generic[T]):
 
     @staticmethod
     def of(column: ValueColumn) -> Coded[Any]:
+        """A decoded value column as codes and distinct values."""
         return Coded(np.asarray(column.indices, dtype=np.int64), list(column.values))
 
     @staticmethod
     def constant(value: T, length: int) -> Coded[T]:
+        """`length` rows of one value."""
         return Coded(np.zeros(length, dtype=np.int64), [value])
 
     @staticmethod
     def concat(parts: Sequence[Coded[T]]) -> Coded[T]:
+        """The rows of `parts` one after another (values are not deduplicated)."""
         offsets = np.cumsum([0] + [len(part.values) for part in parts])
         codes = [part.codes + offset for part, offset in zip(parts, offsets, strict=False)]
         values = [value for part in parts for value in part.values]
@@ -44,6 +47,7 @@ class Coded(Generic[T]):
         return Coded(self.codes, [function(value) for value in self.values])
 
     def take(self, order: np.ndarray) -> Coded[T]:
+        """The rows at the positions `order`."""
         return Coded(self.codes[order], self.values)
 
     def numbers(self, dtype: type | np.dtype) -> np.ndarray:
@@ -69,14 +73,17 @@ def dictionary_array(coded: Coded[str]) -> pa.Array:
 
 
 def string_array(coded: Coded[str]) -> pa.Array:
+    """Plain `Utf8` array of the rows."""
     return pa.array(coded.values, pa.utf8()).take(pa.array(coded.codes, pa.int64()))
 
 
 def constant_dictionary(value: str, length: int) -> pa.Array:
+    """`Dictionary(Int32, Utf8)` of `length` rows of `value`."""
     return dictionary_array(Coded.constant(value, length))
 
 
 def timestamp_array(nanoseconds: np.ndarray) -> pa.Array:
+    """Int64 nanoseconds since the epoch as a TIMESTAMP array."""
     return pa.array(np.asarray(nanoseconds, dtype=np.int64), pa.int64()).view(TIMESTAMP)
 
 

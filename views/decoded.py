@@ -47,6 +47,7 @@ class ValueColumn:
     values: Sequence[Value]
 
     def to_list(self) -> list[Value]:
+        """The rows as a list of values."""
         return [self.values[index] for index in self.indices.tolist()]
 
 
@@ -69,12 +70,14 @@ class ObjectGroup:
         return len(self.positions)
 
     def numeric(self, name: str) -> np.ndarray:
+        """The numeric column `name` (BlockRowsError if it holds strings or references)."""
         column = self.columns[name]
         if not isinstance(column, np.ndarray):
             raise BlockRowsError(f"{self.type_name}.{name} is not a numeric member")
         return column
 
     def values(self, name: str) -> ValueColumn:
+        """The string or reference column `name` (BlockRowsError if it is numeric)."""
         column = self.columns[name]
         if not isinstance(column, ValueColumn):
             raise BlockRowsError(f"{self.type_name}.{name} is not a string or reference member")
@@ -90,6 +93,7 @@ class DecodedBlock:
     dependencies: Mapping[int, Value]
 
     def group(self, type_name: str) -> ObjectGroup | None:
+        """The objects of type `type_name`, or None if the block has none."""
         return self.groups.get(type_name)
 
 

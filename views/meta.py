@@ -18,6 +18,8 @@ OTLP_TRACES_FORMAT = "otlp/v1/traces"
 
 @dataclass(frozen=True)
 class ProcessMeta:
+    """The `processes` row of a block's process, as view builders use it."""
+
     process_id: str
     exe: str
     username: str
@@ -30,6 +32,8 @@ class ProcessMeta:
 
 @dataclass(frozen=True)
 class StreamMeta:
+    """The `streams` row of a block's stream."""
+
     stream_id: str
     process_id: str
     tags: tuple[str, ...] = ()
@@ -38,6 +42,8 @@ class StreamMeta:
 
 @dataclass(frozen=True)
 class BlockMeta:
+    """The `blocks` row of the block being decoded."""
+
     block_id: str
     stream_id: str
     process_id: str

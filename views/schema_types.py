@@ -14,10 +14,12 @@ DICT_JSONB = pa.dictionary(pa.int32(), pa.binary())
 
 
 def required(name: str, type_: pa.DataType) -> pa.Field:
+    """A non-nullable field."""
     return pa.field(name, type_, nullable=False)
 
 
 def optional(name: str, type_: pa.DataType) -> pa.Field:
+    """A nullable field."""
     return pa.field(name, type_, nullable=True)
 
 

@@ -19,6 +19,8 @@ def scope_hash(name: str, filename: str, target: str, line: int) -> int:
 
 @dataclass(frozen=True)
 class Scope:
+    """A span's scope: where the span is declared."""
+
     name: str
     filename: str
     target: str
@@ -26,6 +28,7 @@ class Scope:
 
     @property
     def hash(self) -> int:
+        """The scope's xxh32 hash, as micromegas stores it."""
         return scope_hash(self.name, self.filename, self.target, self.line)
 
 

@@ -37,6 +37,8 @@ def _to_int64(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TickConverter:
+    """Converts one process's ticks to nanoseconds since the epoch."""
+
     tick_offset: int  # the process's start_ticks
     process_start_ns: int
     frequency: int  # ticks per second
@@ -67,6 +69,7 @@ class TickConverter:
         return since_start + np.int64(self.process_start_ns)
 
     def delta_ticks_to_ns_scalar(self, delta_ticks: int) -> int:
+        """One tick count relative to the process start → absolute nanoseconds."""
         return int(self.delta_ticks_to_ns(np.array([delta_ticks]))[0])
 
 

@@ -23,7 +23,6 @@ from spanlake.lakehouse.cluster.outcome import ClusterResult, Declined
 from spanlake.lakehouse.cluster.translate import scanned_tables, translate_plan
 from spanlake.lakehouse.errors import ClusterFailure, ClusterUnsupported
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import fetch_for_query
 from spanlake.lakehouse.query.instances import GLOBAL, collapsed
 from spanlake.lakehouse.query.session import session_config
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -71,7 +70,7 @@ class QueryCluster:
 
     def _live_files(self, view: View, query_range: tuple[int, int] | None) -> list[tuple[str, int]]:
         partitions = self.lake.loop.run(
-            fetch_for_query(self.lake.pool, view.name, GLOBAL, view.schema_hash, query_range)
+            self.lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range)
         )
         return [(p.file_path, p.file_size) for p in partitions]
 

@@ -66,6 +66,7 @@ class Columns:
 
 
 def daft_name(index: int) -> str:
+    """Daft's positional name of the column at `index` (c0, c1, …)."""
     return f"c{index}"
 
 

@@ -19,6 +19,6 @@ Modules:
     block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
-    off_runtime        running DataFusion calls from table functions off DataFusion's own threads
+    off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

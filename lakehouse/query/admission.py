@@ -11,7 +11,7 @@ from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionF
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import make_session_context
-from spanlake.lakehouse.query_denials import admin_recovery, denial_message, deny_list
+from spanlake.lakehouse.query_denials import admin_recovery, denial_message
 
 
 def client_ip(peer: str) -> str:
@@ -44,7 +44,7 @@ def admit(lake: Lake, query: QueryContext, is_admin: bool) -> None:
     """Raises QueryDenied, with micromegas's message, if a deny rule matches the statement."""
     if not query.sql:
         return  # metadata requests carry no statement
-    rule = deny_list(lake).check(attribution(query))
+    rule = lake.deny_list.check(attribution(query))
     if rule is not None and not admin_recovery(query.sql, is_admin):
         raise QueryDenied(denial_message(rule, query.query_id))
 

@@ -50,14 +50,9 @@ def to_json(value: Value) -> jsonb.JsonValue:
 
 
 def parse_block(lake: Lake, block_id: str) -> Table:
+    """`parse_block(block_id)`: one row per object of the block, its values as JSONB."""
     block = _uuid(block_id, "block id", "parse_block")
-    row = lake.loop.run(
-        lake.pool.fetchrow(
-            "SELECT b.process_id, b.stream_id, b.object_offset, s.dependencies_metadata, s.objects_metadata,"
-            " s.format FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE b.block_id = $1",
-            block,
-        )
-    )
+    row = lake.loop.run(lake.catalog.block_with_stream(block))
     if row is None:
         raise QueryError(f"parse_block: block '{block_id}' not found in `blocks`.")
     if row["format"] != TRANSIT_FORMAT:
@@ -87,10 +82,12 @@ def parse_block(lake: Lake, block_id: str) -> Table:
         },
         schema=PARSE_BLOCK_SCHEMA,
     )
-    return memory_table(table)
+    return memory_table(lake, table)
 
 
 def get_payload_udf(lake: Lake) -> ScalarUDF:
+    """`get_payload(process_id, stream_id, block_id)`: the stored payload of each block."""
+
     def get_payload(process_ids: pa.Array, stream_ids: pa.Array, block_ids: pa.Array) -> pa.Array:
         keys = []
         for process_id, stream_id, block_id in zip(

@@ -12,9 +12,7 @@ from datafusion import DataFrame, SessionContext, Table, col, udf
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import retire_contained
 from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
-from spanlake.lakehouse.query.off_runtime import off_runtime
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -53,20 +51,17 @@ VIEW_SETS_SCHEMA = pa.schema(
 LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
 
 
-def memory_table(table: pa.Table) -> Table:
+def memory_table(lake: Lake, table: pa.Table) -> Table:
     """An in-memory table a table function can return, empty or not (a dataset with no rows has no
     fragment, which plans needing one partition refuse). Built in a private context: the query's
     own must not be called on DataFusion's runtime thread."""
     batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    return Table(off_runtime(SessionContext().create_dataframe, [batches], None, table.schema))
+    return Table(lake.off_runtime.run(SessionContext().create_dataframe, [batches], None, table.schema))
 
 
 def list_partitions(lake: Lake) -> ds.Dataset:
-    rows = lake.loop.run(
-        lake.pool.fetch(
-            "SELECT * FROM lakehouse_partitions ORDER BY view_set_name, view_instance_id, begin_insert_time"
-        )
-    )
+    """`list_partitions()`: every live partition of the catalog."""
+    rows = lake.loop.run(lake.catalog.all_partition_rows())
     table = pa.Table.from_pylist(
         [{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows], schema=PARTITIONS_SCHEMA
     )
@@ -74,6 +69,7 @@ def list_partitions(lake: Lake) -> ds.Dataset:
 
 
 def list_view_sets() -> ds.Dataset:
+    """`list_view_sets()`: the view sets, their current schema and which instances they have."""
     views = list(VIEW_SETS.values())
     table = pa.table(
         {
@@ -96,10 +92,12 @@ class ProgressLog:
         self.messages: list[str] = []
 
     def __call__(self, message: str) -> None:
+        """Adds a row: the message, timed now."""
         self.times.append(time.time_ns())
         self.messages.append(message)
 
     def dataset(self) -> ds.Dataset:
+        """The rows so far."""
         return ds.dataset(
             pa.table(
                 {"time": pa.array(self.times, pa.int64()).cast(TIMESTAMP), "msg": self.messages}, schema=LOG_SCHEMA
@@ -108,14 +106,14 @@ class ProgressLog:
 
 
 def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
-    """Retires (`partitions.retire`) the partitions of an instance whose insert range lies inside
+    """Retires (`Catalog.retire_contained`) the partitions of an instance whose insert range lies inside
     [begin, end]; their files are kept for an hour in temporary_files. Returns a log of what was done."""
     view = view_set(view_set_name)
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
     log = ProgressLog()
-    rows = lake.loop.run(retire_contained(lake.pool, view.name, instance, begin_ns, end_ns))
+    rows = lake.loop.run(lake.catalog.retire_contained(view.name, instance, begin_ns, end_ns))
     for row in rows:
         log(f"retired partition [{row['begin_insert_time']}, {row['end_insert_time']}) {row['file_path'] or '(empty)'}")
     log(f"retired {len(rows)} partitions of {view.name}/{instance}")
@@ -159,7 +157,7 @@ def materialize_partitions(
 
     step = udf(materialize, [pa.int32()], _PROGRESS_TYPE, "volatile", "materialize_buckets")
     tasks = [[pa.record_batch({"page": pa.array([i], pa.int32())}) for i in range(pages)]]
-    frame = off_runtime(ctx.create_dataframe, tasks, None, pa.schema([("page", pa.int32())]))
+    frame = lake.off_runtime.run(ctx.create_dataframe, tasks, None, pa.schema([("page", pa.int32())]))
     progress = frame.select(step(col("page")).alias("progress")).unnest_columns("progress").unnest_columns("progress")
     return progress.select(col('"progress.time"').alias("time"), col('"progress.msg"').alias("msg"))
 

@@ -13,8 +13,6 @@ from datafusion.expr import Expr
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.catalog_functions import ProgressLog, memory_table
-from spanlake.lakehouse.query.off_runtime import off_runtime
-from spanlake.lakehouse.query_denials import deny_list
 from spanlake.views.schema_types import TIMESTAMP
 
 DENIALS_SCHEMA = pa.schema(
@@ -40,6 +38,8 @@ def _string_argument(expr: Expr, missing: str) -> str:
 
 
 def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Table]:
+    """`deny_queries(match_expr, reason)`, adding a rule created by `identity` to the lake's deny list."""
+
     def deny_queries(*args: Expr) -> Table:
         if len(args) < 1:
             raise QueryError("Missing first argument, expected match_expr: String")
@@ -49,15 +49,17 @@ def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Tab
         reason = _string_argument(args[1], "2nd argument of deny_queries, expected reason")
         log = ProgressLog()
         # The rule is compiled in a SessionContext of its own: not on DataFusion's runtime thread.
-        log(str(off_runtime(deny_list(lake).insert, match_expr, reason, identity)))
+        log(str(lake.off_runtime.run(lake.deny_list.insert, match_expr, reason, identity)))
         return Table(log.dataset())
 
     return deny_queries
 
 
 def list_query_denials_function(lake: Lake) -> Callable[..., Table]:
+    """`list_query_denials()`: the lake's rules, reloaded from PostgreSQL."""
+
     def list_query_denials() -> Table:
-        rules = deny_list(lake).reload()
+        rules = lake.deny_list.reload()
         table = pa.table(
             {
                 "rule_id": [str(r.rule_id) for r in rules],
@@ -69,13 +71,15 @@ def list_query_denials_function(lake: Lake) -> Callable[..., Table]:
             },
             schema=DENIALS_SCHEMA,
         )
-        return memory_table(table)
+        return memory_table(lake, table)
 
     return list_query_denials
 
 
 def remove_query_denial_udf(lake: Lake) -> ScalarUDF:
+    """`remove_query_denial(rule_id)`: the rule deleted from the lake's deny list, or why not."""
+
     def remove_query_denial(rule_ids: pa.Array) -> pa.Array:
-        return pa.array([deny_list(lake).remove(rule_id) for rule_id in rule_ids.to_pylist()], pa.utf8())
+        return pa.array([lake.deny_list.remove(rule_id) for rule_id in rule_ids.to_pylist()], pa.utf8())
 
     return udf(remove_query_denial, [pa.utf8()], pa.utf8(), "volatile", "remove_query_denial")

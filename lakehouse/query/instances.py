@@ -11,8 +11,8 @@ from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit import Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, fetch_for_query, for_query
-from spanlake.lakehouse.source_blocks import ProcessTiming, find_stream_process, find_timings
+from spanlake.lakehouse.partitions import Partition, for_query
+from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.view import View
 
@@ -20,6 +20,7 @@ GLOBAL = "global"
 
 
 def view_set(name: str) -> View:
+    """The view set of that name; QueryError for an unknown one."""
     view = VIEW_SETS.get(name)
     if view is None:
         raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(sorted(VIEW_SETS))}")
@@ -46,11 +47,11 @@ def canonical_instance_id(view: View, instance_id: str) -> str:
 def _process_of(lake: Lake, view: View, instance: uuid.UUID) -> ProcessTiming:
     process_id = instance
     if view.instance_kind == "stream":
-        found = lake.loop.run(find_stream_process(lake.pool, instance))
+        found = lake.loop.run(lake.catalog.stream_process(instance))
         if found is None:
             raise QueryError(f"unknown stream '{instance}'")
         process_id = found
-    timing = lake.loop.run(find_timings(lake.pool, [process_id])).get(str(process_id))
+    timing = lake.loop.run(lake.catalog.find_timings([process_id])).get(str(process_id))
     if timing is None:
         raise QueryError(f"unknown process '{process_id}'")
     return timing
@@ -73,7 +74,7 @@ def instance_partitions(
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
         with tracing.async_span("catalog.fetch_for_query"):
-            return lake.loop.run(fetch_for_query(lake.pool, view.name, GLOBAL, view.schema_hash, query_range))
+            return lake.loop.run(lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range))
 
     def timings_of() -> dict[str, ProcessTiming]:
         timing = _process_of(lake, view, uuid.UUID(instance_id))

@@ -2,19 +2,30 @@
 
 A table function runs on a thread that drives DataFusion's tokio runtime; a SessionContext call that
 plans or reads (read_parquet, create_dataframe, ...) blocks on that runtime and panics there. Such
-calls go to this small pool of ordinary threads instead.
+calls go to the lake's small pool of ordinary threads instead (`lake.off_runtime.run(...)`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="datafusion-plan")
 
+class OffRuntime:
+    """A few ordinary threads (started on first use) that run calls for DataFusion's runtime threads."""
 
-def off_runtime(function: Callable[..., T], *args: Any) -> T:
-    return _pool.submit(function, *args).result()
+    def __init__(self, threads: int = 4) -> None:
+        """A pool of at most `threads` threads."""
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datafusion-plan")
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on one of the pool's threads, waited for."""
+        return self._pool.submit(function, *args).result()
+
+    def close(self) -> None:
+        """Cancels the queued calls, waits for those under way and ends the threads; `run` raises
+        RuntimeError afterwards."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

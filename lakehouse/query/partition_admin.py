@@ -8,26 +8,19 @@ row: "SUCCESS: …" or "ERROR: …"; a batch is one transaction, rolled back whe
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.dataset as ds
 from datafusion import ScalarUDF, udf
 
 from spanlake.lakehouse.batch_update import SECOND_NS, regenerate_bucket
-from spanlake.lakehouse.catalog import ns_to_datetime
+from spanlake.lakehouse.catalog.partitions import PartitionLookup, PartitionSlot
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import RETIRED_FILE_GRACE, fetch_overlapping, lock_instance
 from spanlake.lakehouse.query.catalog_functions import ProgressLog
 from spanlake.lakehouse.query.instances import GLOBAL, view_set
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.views.schema_types import TIMESTAMP
-
-
-class RetireFailed(Exception):
-    """One partition could not be retired; the message is what the caller's row reads."""
 
 
 def chrono_utc(ns: int) -> str:
@@ -41,110 +34,48 @@ def chrono_utc(ns: int) -> str:
     return f"{base}.{nanos // 10 ** (9 - digits):0{digits}d} UTC"
 
 
-async def _retire_row(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-    """Retires one catalog row under its instance's lock: deleted, its file kept for an hour."""
-    await lock_instance(conn, row["view_set_name"], row["view_instance_id"])
-    await conn.execute(
-        "DELETE FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-        " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5",
-        row["view_set_name"],
-        row["view_instance_id"],
-        row["begin_insert_time"],
-        row["end_insert_time"],
-        row["file_schema_hash"],
+def _retire_rows(lake: Lake, lookups: list[PartitionLookup | None], null_error: str) -> pa.Array:
+    """Retires a batch all or nothing (`Catalog.retire_each_or_none`); one message per row (a None
+    lookup: a row with a NULL argument), ROLLED_BACK on the rows found when another row failed."""
+    found = lake.loop.run(lake.catalog.retire_each_or_none(lookups))
+    done = "SUCCESS" if all(found) else "ROLLED_BACK"
+    return pa.array(
+        [_message(lookup, ok, done, null_error) for lookup, ok in zip(lookups, found, strict=True)], pa.utf8()
     )
-    if row["file_path"] is not None:
-        await conn.execute(
-            "INSERT INTO temporary_files (file_path, file_size, expiration) VALUES ($1, $2, now() + $3)",
-            row["file_path"],
-            row["file_size"],
-            RETIRED_FILE_GRACE,
-        )
 
 
-_ROW_COLUMNS = (
-    "view_set_name, view_instance_id, begin_insert_time, end_insert_time, file_schema_hash, file_path, file_size"
-)
-
-
-async def _retire_by_file(conn: asyncpg.Connection, file_path: str) -> str:
-    row = await conn.fetchrow(f"SELECT {_ROW_COLUMNS} FROM lakehouse_partitions WHERE file_path = $1", file_path)
-    if row is None:
-        raise RetireFailed(f"Partition not found: {file_path}")
-    await _retire_row(conn, row)
-    return f"Retired partition {file_path}"
-
-
-async def _retire_by_metadata(
-    conn: asyncpg.Connection, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int, schema_hash: bytes
-) -> str:
-    what = f"{view_set_name}/{instance_id} [{chrono_utc(begin_ns)}, {chrono_utc(end_ns)})"
-    row = await conn.fetchrow(
-        f"SELECT {_ROW_COLUMNS} FROM lakehouse_partitions WHERE view_set_name = $1 AND view_instance_id = $2"
-        " AND begin_insert_time = $3 AND end_insert_time = $4 AND file_schema_hash = $5",
-        view_set_name,
-        instance_id,
-        ns_to_datetime(begin_ns),
-        ns_to_datetime(end_ns),
-        schema_hash,
-    )
-    if row is None:
-        raise RetireFailed(f"Partition not found: {what}")
-    await _retire_row(conn, row)
-    return f"Retired partition {what}"
-
-
-Retirement = Callable[[asyncpg.Connection], Awaitable[str]] | str  # a str: the row's argument error
-
-
-async def _retire_batch(pool: asyncpg.Pool, retirements: list[Retirement]) -> list[str]:
-    """One message per row, all in one transaction: committed only if every row succeeded."""
-    messages, failed = [], False
-    async with pool.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            for retirement in retirements:
-                if isinstance(retirement, str):
-                    messages.append(f"ERROR: {retirement}")
-                    failed = True
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: a failed row leaves the others intact
-                        messages.append(f"SUCCESS: {await retirement(conn)}")
-                except RetireFailed as err:
-                    messages.append(f"ERROR: {err}")
-                    failed = True
-        finally:
-            await (transaction.rollback() if failed else transaction.commit())
-    if failed:  # nothing was retired: say so on the rows that would have succeeded
-        messages = [m.replace("SUCCESS: ", "ROLLED_BACK: ", 1) for m in messages]
-    return messages
+def _message(lookup: PartitionLookup | None, found: bool, done: str, null_error: str) -> str:
+    if lookup is None:
+        return f"ERROR: {null_error}"
+    if isinstance(lookup, str):
+        what = lookup
+    else:
+        begin, end = chrono_utc(lookup.begin_insert_ns), chrono_utc(lookup.end_insert_ns)
+        what = f"{lookup.view_set_name}/{lookup.view_instance_id} [{begin}, {end})"
+    return f"{done}: Retired partition {what}" if found else f"ERROR: Partition not found: {what}"
 
 
 def retire_partition_by_file_udf(lake: Lake) -> ScalarUDF:
+    """`retire_partition_by_file(file_path)`."""
+
     def retire_partition_by_file(file_paths: pa.Array) -> pa.Array:
-        retirements: list[Retirement] = [
-            "file_path cannot be null" if path is None else (lambda conn, p=path: _retire_by_file(conn, p))
-            for path in file_paths.to_pylist()
-        ]
-        return pa.array(lake.loop.run(_retire_batch(lake.pool, retirements)), pa.utf8())
+        return _retire_rows(lake, file_paths.to_pylist(), "file_path cannot be null")
 
     return udf(retire_partition_by_file, [pa.utf8()], pa.utf8(), "volatile", "retire_partition_by_file")
 
 
 def retire_partition_by_metadata_udf(lake: Lake) -> ScalarUDF:
+    """`retire_partition_by_metadata(view_set_name, view_instance_id, begin_insert_time, end_insert_time,
+    file_schema_hash)`."""
+
     def retire_partition_by_metadata(
         names: pa.Array, instances: pa.Array, begins: pa.Array, ends: pa.Array, hashes: pa.Array
     ) -> pa.Array:
         begin_ns = begins.cast(pa.int64()).to_pylist()
         end_ns = ends.cast(pa.int64()).to_pylist()
         rows = zip(names.to_pylist(), instances.to_pylist(), begin_ns, end_ns, hashes.to_pylist(), strict=True)
-        retirements: list[Retirement] = [
-            "all arguments must be non-null" if None in row else (lambda conn, r=row: _retire_by_metadata(conn, *r))
-            for row in rows
-        ]
-        return pa.array(lake.loop.run(_retire_batch(lake.pool, retirements)), pa.utf8())
+        lookups = [None if None in row else PartitionSlot(*row) for row in rows]
+        return _retire_rows(lake, lookups, "all arguments must be non-null")
 
     arguments = [pa.utf8(), pa.utf8(), TIMESTAMP, TIMESTAMP, pa.binary()]
     return udf(retire_partition_by_metadata, arguments, pa.utf8(), "volatile", "retire_partition_by_metadata")
@@ -172,7 +103,7 @@ def regenerate_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns:
 
 
 def _check_alignment(lake: Lake, view_set_name: str, begin_ns: int, end_ns: int) -> None:
-    for partition in lake.loop.run(fetch_overlapping(lake.pool, view_set_name, GLOBAL, begin_ns, end_ns)):
+    for partition in lake.loop.run(lake.catalog.overlapping_partitions(view_set_name, GLOBAL, begin_ns, end_ns)):
         if partition.begin_insert_ns < begin_ns or partition.end_insert_ns > end_ns:
             raise QueryError(
                 f"regenerate_partitions: regeneration bucket [{format_rfc3339_ns(begin_ns)},"

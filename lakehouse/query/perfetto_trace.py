@@ -24,11 +24,10 @@ from datafusion import DataFrame, SessionContext, col, functions, lit, udf
 from datafusion.expr import Expr
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
-from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -45,6 +44,8 @@ CHUNK_LIST = pa.list_(pa.field("item", CHUNK_ITEM, nullable=False))
 
 @dataclass
 class TracePlan:
+    """What a trace is written from: the process, its threads and the span sources, read as chunks are made."""
+
     process_id: str
     exe: str
     span_types: str
@@ -60,6 +61,7 @@ class TracePlan:
         return 2 + 2 * -(-self.estimated_bytes // BATCH_BYTES)
 
     def chunks(self) -> Iterator[bytes]:
+        """The trace's chunks, generated as they are read."""
         return trace_chunks(
             self.process_id,
             self.exe,
@@ -80,16 +82,7 @@ def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_
 
 def _threads(lake: Lake, process_id: uuid.UUID, range_ns: tuple[int, int]) -> list[PerfettoThread]:
     """cpu streams of the process with blocks in the range, by stream id (micromegas's thread list)."""
-    rows = lake.loop.run(
-        lake.pool.fetch(
-            "SELECT s.stream_id, s.properties FROM streams s WHERE s.process_id = $1 AND 'cpu' = ANY(s.tags)"
-            " AND EXISTS (SELECT 1 FROM blocks b WHERE b.stream_id = s.stream_id AND b.begin_time <= $3"
-            "  AND b.insert_time >= $2) ORDER BY s.stream_id::text",
-            process_id,
-            ns_to_datetime(range_ns[0]),
-            ns_to_datetime(range_ns[1]),
-        )
-    )
+    rows = lake.loop.run(lake.catalog.cpu_streams_inserted_in(process_id, range_ns))
     threads = []
     for row in rows:
         properties = {p["key"]: p["value"] for p in row["properties"] or []}
@@ -157,6 +150,7 @@ def _timestamp_argument(value: pa.Scalar | None) -> int | None:
 
 
 def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int) -> TracePlan:
+    """The plan of `perfetto_trace_chunks(process_id, span_types, begin, end)`; QueryError for bad arguments."""
     try:
         process = uuid.UUID(process_id)
     except ValueError:
@@ -167,7 +161,7 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
         raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     if begin_ns >= end_ns:
         raise QueryError("perfetto_trace_chunks: begin must be before end")
-    exe = lake.loop.run(lake.pool.fetchval("SELECT exe FROM processes WHERE process_id = $1", process))
+    exe = lake.loop.run(lake.catalog.process_exe(process))
     if exe is None:
         raise QueryError(f"Trace generation failed: Process {process} not found")
     range_ns = (begin_ns, end_ns)
@@ -237,12 +231,12 @@ def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
     return generate
 
 
-def trace_dataframe(ctx: SessionContext, plan: TracePlan) -> DataFrame:
+def trace_dataframe(ctx: SessionContext, plan: TracePlan, off_runtime: OffRuntime) -> DataFrame:
     """The trace as (chunk_id, chunk_data) rows, both NOT NULL: one task row per batch of about
     BATCH_BYTES of chunks, unnested (UnnestExec keeps each task's chunks as one output batch)."""
     tasks = [pa.record_batch({"task": pa.array([i], pa.int32())}) for i in range(plan.batch_count)]
     generate = udf(chunk_generator(plan), [pa.int32()], CHUNK_LIST, "volatile", "perfetto_chunks")
-    frame = off_runtime(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
+    frame = off_runtime.run(ctx.create_dataframe, [tasks], None, pa.schema([("task", pa.int32())]))
     chunks = frame.select(generate(col("task")).alias("chunk")).unnest_columns("chunk")
     # The unnested struct's fields read as nullable; the coalesce with a literal makes them NOT NULL.
     return chunks.select(

@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from datafusion import Table
 
-from spanlake.lakehouse.catalog import ns_to_datetime
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.catalog_functions import memory_table
@@ -30,6 +29,7 @@ SPAN_COLUMNS = thread_spans.SCHEMA.names
 
 
 def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tuple[int, int] | None) -> Table:
+    """`process_spans(process_id, span_types)`: the process's thread and/or async spans, labelled by thread."""
     try:
         process = uuid.UUID(process_id)
     except ValueError:
@@ -45,24 +45,12 @@ def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tup
             parts.append(_labelled(spans, stream_id, thread_name))
     if span_types != "thread":
         parts.append(_labelled(_async_spans(lake, str(process), query_range), "", "async"))
-    return memory_table(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+    return memory_table(lake, pa.concat_tables(parts) if parts else SCHEMA.empty_table())
 
 
 def _threads(lake: Lake, process: uuid.UUID, query_range: tuple[int, int] | None) -> list[tuple[str, str]]:
     """(stream id, display name) of the process's cpu streams with blocks (in the range, if any)."""
-    in_range = ""
-    args: list[object] = [process]
-    if query_range is not None:
-        in_range = " AND b.begin_time <= $3 AND b.end_time >= $2"
-        args += [ns_to_datetime(query_range[0]), ns_to_datetime(query_range[1])]
-    rows = lake.loop.run(
-        lake.pool.fetch(
-            "SELECT s.stream_id, s.properties FROM streams s WHERE s.process_id = $1 AND 'cpu' = ANY(s.tags)"
-            f" AND EXISTS (SELECT 1 FROM blocks b WHERE b.stream_id = s.stream_id{in_range})"
-            " ORDER BY s.stream_id::text",
-            *args,
-        )
-    )
+    rows = lake.loop.run(lake.catalog.cpu_streams_with_events(process, query_range))
     threads = []
     for row in rows:
         properties = {p["key"]: p["value"] for p in row["properties"] or []}

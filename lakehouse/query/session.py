@@ -13,7 +13,6 @@ functions return are built in a context of their own (`frames_context`), which h
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -34,8 +33,7 @@ from spanlake.lakehouse.query import (
     perfetto_trace,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
-from spanlake.lakehouse.query.off_runtime import off_runtime
-from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views import properties
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP
@@ -78,43 +76,6 @@ def frames_context(lake: Lake) -> SessionContext:
     return ctx
 
 
-def literal_string(expr: Expr, function: str, position: str) -> str:
-    value = _literal(expr, function, position)
-    if not pa.types.is_string(value.type) and not pa.types.is_large_string(value.type):
-        raise QueryError(f"{position} argument of {function} must be a string, given {value.type}")
-    return value.as_py()
-
-
-def literal_int(expr: Expr, function: str, position: str) -> int:
-    value = _literal(expr, function, position)
-    if not pa.types.is_integer(value.type):
-        raise QueryError(f"{position} argument of {function} must be an integer, given {value.type}")
-    return value.as_py()
-
-
-def literal_timestamp_ns(expr: Expr, function: str, position: str) -> int:
-    """A TIMESTAMP literal (DataFusion folds it to UTC ns) or an RFC3339 string."""
-    value = _literal(expr, function, position)
-    if pa.types.is_timestamp(value.type):
-        return value.cast(pa.timestamp("ns")).value
-    if pa.types.is_string(value.type):
-        try:
-            return parse_rfc3339_ns(value.as_py())
-        except ValueError as err:
-            raise QueryError(f"{position} argument of {function}: {err}") from None
-    raise QueryError(f"{position} argument of {function} must be a timestamp, given {value.type}")
-
-
-def _literal(expr: Expr, function: str, position: str) -> pa.Scalar:
-    try:
-        value = expr.python_value()
-    except Exception:
-        raise QueryError(f"{position} argument of {function} must be a constant") from None
-    if not value.is_valid:
-        raise QueryError(f"{position} argument of {function} must not be NULL")
-    return value
-
-
 def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
@@ -134,9 +95,9 @@ def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        frame = off_runtime(_scan, lake, view, keys)
+        frame = lake.off_runtime.run(_scan, lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
-        frame = off_runtime(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
+        frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
@@ -151,20 +112,6 @@ def _in_range(view: View, begin_ns: int, end_ns: int) -> Expr:
 
 def _timestamp(ns: int) -> Expr:
     return lit(pa.scalar(ns, TIMESTAMP))
-
-
-def _view_instance_function(
-    lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext
-) -> Callable[..., Table]:
-    def view_instance(*args: Expr) -> Table:
-        if len(args) != 2:
-            raise QueryError("view_instance takes 2 arguments: view_instance(view_set_name, instance_id)")
-        view = instances.view_set(literal_string(args[0], "view_instance", "first"))
-        instance_id = literal_string(args[1], "view_instance", "second")
-        with tracing.async_span("lakehouse.view_instance", trace_parent):
-            return instance_table(lake, view, instance_id, query_range)
-
-    return view_instance
 
 
 def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
@@ -217,96 +164,79 @@ class GlobalTables(SchemaProvider):
         return name in GLOBAL_TABLES or name in self.registered
 
 
-def _ops_functions(lake: Lake) -> list[Callable[..., Table]]:
-    def retire_partitions(*args: Expr) -> Table:
-        name = "retire_partitions"
-        if len(args) != 4:
-            raise QueryError(f"{name} takes 4 arguments: (view_set_name, view_instance_id, begin, end)")
-        return Table(
-            catalog_functions.retire_partitions(
-                lake,
-                literal_string(args[0], name, "first"),
-                literal_string(args[1], name, "second"),
-                literal_timestamp_ns(args[2], name, "third"),
-                literal_timestamp_ns(args[3], name, "fourth"),
-            )
-        )
+def _table_functions(
+    lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext, identity: str | None
+) -> list[TableFunction]:
+    """Every table function of a session, declared once (see `table_function.py`)."""
 
-    def materialize_partitions(*args: Expr) -> Table:
-        name = "materialize_partitions"
-        if len(args) not in (3, 4):
-            raise QueryError(f"{name} takes (view_set_name, begin, end[, partition_delta_seconds])")
-        delta = literal_int(args[3], name, "fourth") if len(args) == 4 else None
-        return Table(
-            catalog_functions.materialize_partitions(
-                lake,
-                frames_context(lake),
-                literal_string(args[0], name, "first"),
-                literal_timestamp_ns(args[1], name, "second"),
-                literal_timestamp_ns(args[2], name, "third"),
-                delta,
-            )
-        )
+    def view_instance(view_set_name: str, instance_id: str) -> Table:
+        with tracing.async_span("lakehouse.view_instance", trace_parent):
+            return instance_table(lake, instances.view_set(view_set_name), instance_id, query_range)
 
-    def regenerate_partitions(*args: Expr) -> Table:
-        name = "regenerate_partitions"
-        if len(args) != 4:
-            raise QueryError(f"{name} takes 4 arguments: (view_set_name, begin, end, partition_delta_seconds)")
-        return Table(
-            partition_admin.regenerate_partitions(
-                lake,
-                literal_string(args[0], name, "first"),
-                literal_timestamp_ns(args[1], name, "second"),
-                literal_timestamp_ns(args[2], name, "third"),
-                literal_int(args[3], name, "fourth"),
-            )
-        )
-
-    return [retire_partitions, materialize_partitions, regenerate_partitions]
-
-
-def _perfetto_function(lake: Lake, trace_parent: tracing.SpanContext) -> Callable[..., Table]:
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
             plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
-            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan))
+            return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan, lake.off_runtime))
 
-    return perfetto_trace_chunks
+    def materialize_partitions(view_set_name: str, begin: int, end: int, delta: int | None = None) -> Table:
+        return Table(
+            catalog_functions.materialize_partitions(lake, frames_context(lake), view_set_name, begin, end, delta)
+        )
 
-
-def _block_functions(lake: Lake, query_range: tuple[int, int] | None) -> list[Callable[..., Table]]:
-    def process_spans(*args: Expr) -> Table:
-        name = "process_spans"
-        if len(args) != 2:
-            raise QueryError(f"{name} takes 2 arguments: (process_id, span_types)")
-        process_id = literal_string(args[0], name, "First")
-        span_types = literal_string(args[1], name, "Second")
-        return process_spans_function.process_spans(lake, process_id, span_types, query_range)
-
-    def parse_block(*args: Expr) -> Table:
-        if len(args) != 1:
-            raise QueryError("parse_block takes 1 argument: (block_id)")
-        return block_functions.parse_block(lake, literal_string(args[0], "parse_block", "First"))
-
-    return [process_spans, parse_block]
-
-
-def _catalog_functions(lake: Lake) -> list[Callable[..., Table]]:
-    def list_partitions(*args: Expr) -> Table:
-        _no_arguments("list_partitions", args)
-        return Table(catalog_functions.list_partitions(lake))
-
-    def list_view_sets(*args: Expr) -> Table:
-        _no_arguments("list_view_sets", args)
-        return Table(catalog_functions.list_view_sets())
-
-    return [list_partitions, list_view_sets]
-
-
-def _no_arguments(function: str, args: tuple[Expr, ...]) -> None:
-    if args:
-        raise QueryError(f"{function} takes no arguments, given {len(args)}")
+    view_range = (Arg("view_set_name", Kind.STRING), Arg("begin", Kind.TIMESTAMP), Arg("end", Kind.TIMESTAMP))
+    return [
+        TableFunction(
+            "view_instance", view_instance, (Arg("view_set_name", Kind.STRING), Arg("instance_id", Kind.STRING))
+        ),
+        TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
+        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake))),
+        TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets())),
+        TableFunction(
+            "process_spans",
+            lambda process_id, span_types: process_spans_function.process_spans(
+                lake, process_id, span_types, query_range
+            ),
+            (Arg("process_id", Kind.STRING), Arg("span_types", Kind.STRING)),
+            capitalized=True,
+        ),
+        TableFunction(
+            "parse_block",
+            lambda block_id: block_functions.parse_block(lake, block_id),
+            (Arg("block_id", Kind.STRING),),
+            capitalized=True,
+        ),
+        TableFunction(
+            "retire_partitions",
+            lambda *args: Table(catalog_functions.retire_partitions(lake, *args)),
+            (
+                Arg("view_set_name", Kind.STRING),
+                Arg("view_instance_id", Kind.STRING),
+                Arg("begin", Kind.TIMESTAMP),
+                Arg("end", Kind.TIMESTAMP),
+            ),
+            admin=True,
+        ),
+        TableFunction(
+            "materialize_partitions",
+            materialize_partitions,
+            (*view_range, Arg("partition_delta_seconds", Kind.INTEGER)),
+            optional=1,
+            admin=True,
+        ),
+        TableFunction(
+            "regenerate_partitions",
+            lambda *args: Table(partition_admin.regenerate_partitions(lake, *args)),
+            (*view_range, Arg("partition_delta_seconds", Kind.INTEGER)),
+            admin=True,
+        ),
+        TableFunction("deny_queries", deny_list_functions.deny_queries_function(lake, identity), None, admin=True),
+        TableFunction("list_query_denials", deny_list_functions.list_query_denials_function(lake), admin=True),
+        *(
+            TableFunction(name, function, None)
+            for name, function in functions.table_function_list(lambda: frames_context(lake), lake.off_runtime)
+        ),
+    ]
 
 
 def make_session_context(
@@ -347,19 +277,13 @@ def _session_context(
     ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", GlobalTables(lake, query_range, trace_parent))
-    ctx.register_udtf(udtf(_view_instance_function(lake, query_range, trace_parent), "view_instance"))
-    ctx.register_udtf(udtf(_perfetto_function(lake, trace_parent), "perfetto_trace_chunks"))
-    table_functions = _catalog_functions(lake) + _block_functions(lake, query_range)
-    if is_admin:
-        table_functions += _ops_functions(lake)
-    for function in table_functions:
-        ctx.register_udtf(udtf(function, function.__name__))
+    for function in _table_functions(lake, query_range, trace_parent, identity):
+        if is_admin or not function.admin:
+            ctx.register_udtf(udtf(function, function.name))
     ctx.register_udf(block_functions.get_payload_udf(lake))
     if is_admin:
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
-        ctx.register_udtf(udtf(deny_list_functions.deny_queries_function(lake, identity), "deny_queries"))
-        ctx.register_udtf(udtf(deny_list_functions.list_query_denials_function(lake), "list_query_denials"))
         ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
     ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
@@ -367,6 +291,4 @@ def _session_context(
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
         ctx.register_udaf(aggregate)
-    for name, table_function in functions.table_function_list(lambda: frames_context(lake)):
-        ctx.register_udtf(udtf(table_function, name))
     return ctx

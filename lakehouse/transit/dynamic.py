@@ -151,14 +151,17 @@ class ObjectCursor:
         self.object_position = self.position = self.end = 0
 
     def at(self, object_position: int, start: int, end: int) -> ObjectCursor:
+        """Points the cursor at the body [start, end) of object number `object_position`."""
         self.object_position, self.position, self.end = object_position, start, end
         return self
 
     @property
     def what(self) -> str:
+        """The object being read, for error messages."""
         return f"{self.type_name} object {self.object_position}"
 
     def unpack(self, layout: struct.Struct) -> tuple:
+        """The next values of the fixed layout `layout` (TransitError if past the object's end)."""
         if self.position + layout.size > self.end:
             raise TransitError(f"{self.what}: truncated")
         values = layout.unpack_from(self.buffer, self.position)
@@ -166,6 +169,7 @@ class ObjectCursor:
         return values
 
     def string(self) -> str:
+        """The next length-prefixed transit string."""
         try:
             text, self.position = _read_string(self.buffer, self.position, self.end)
         except _StringError as error:
@@ -191,6 +195,7 @@ class ObjectCursor:
         return dep_id
 
     def blob(self) -> bytes:
+        """The next u32-length-prefixed byte blob (image data)."""
         (length,) = self.unpack(_U32)
         if self.position + length > self.end:
             raise TransitError(f"{self.what}: invalid image blob: {length} bytes exceed the object")

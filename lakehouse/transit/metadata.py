@@ -31,6 +31,8 @@ class TransitError(BadBlockError):
 
 @dataclass(frozen=True)
 class Member:
+    """One member of a user-defined type: its name, type, byte offset and size."""
+
     name: str
     type_name: str
     offset: int
@@ -40,6 +42,8 @@ class Member:
 
 @dataclass(frozen=True)
 class UserDefinedType:
+    """A transit type as the stream metadata declares it."""
+
     name: str
     size: int  # 0 = dynamically sized
     members: tuple[Member, ...]
@@ -71,12 +75,15 @@ INTRINSIC_KINDS = {
 
 @dataclass(frozen=True)
 class Leaf:
+    """One primitive within a flattened type: its member path, primitive kind and byte offset."""
+
     path: tuple[str, ...]
     kind: str  # a PRIMITIVES key
     offset: int
 
     @cached_property
     def column(self) -> str:
+        """Column name of the leaf: its member path joined with dots."""
         return ".".join(self.path)
 
 
@@ -90,6 +97,7 @@ class Layout:
 
     @cached_property
     def dtype(self) -> np.dtype:
+        """The numpy structured dtype that reads every leaf of one object in a single view."""
         return np.dtype(
             {
                 "names": [leaf.column for leaf in self.leaves],
@@ -233,6 +241,7 @@ class TypeTable(Sequence[UserDefinedType]):
         return self.udts[index]
 
     def index_of(self, name: str) -> int | None:
+        """Index of the first type named `name`, or None."""
         return self._index_by_name.get(name)
 
     def layout(self, index: int) -> Layout:
@@ -242,6 +251,7 @@ class TypeTable(Sequence[UserDefinedType]):
         return self._layouts[index]
 
     def layout_of(self, name: str, what: str) -> Layout:
+        """The flat layout of the type named `name` (TransitError naming `what` if there is none)."""
         index = self.index_of(name)
         if index is None:
             raise TransitError(f"{what}: no metadata for {name}")

@@ -173,6 +173,7 @@ class FlightSqlServer(flight.FlightServerBase):
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
+        """A statement's schema and ticket (planned now), or a metadata command's."""
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
             statement = _statement(kind, command)
@@ -184,6 +185,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     @_rpc
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        """The schema of a statement (planned now) or of a metadata command's result."""
         kind, command = _descriptor_command(descriptor)
         if kind in _STATEMENT_COMMANDS:
             return flight.SchemaResult(self._prepare(context, _statement(kind, command), rpc="GetSchema"))
@@ -191,6 +193,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     @_rpc
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        """The rows of a statement ticket (streamed as they are made) or of a metadata command."""
         kind, command = _ticket_command(ticket.ticket)
         if kind == "TicketStatementQuery":
             return self._execute(context, _decode_handle(command.statement_handle))
@@ -201,6 +204,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     @_rpc
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[flight.Result]:
+        """CreatePreparedStatement, ClosePreparedStatement, CloseSession."""
         if action.type == "CreatePreparedStatement":
             request = _action_body(action, "ActionCreatePreparedStatementRequest")
             schema = self._prepare(context, Statement.from_sql(request.query), rpc="CreatePreparedStatement")
@@ -217,10 +221,12 @@ class FlightSqlServer(flight.FlightServerBase):
 
     @_rpc
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        """The actions `do_action` takes."""
         return list(_ACTIONS)
 
     @_rpc
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        """Not supported."""
         raise failures.unimplemented("ListFlights is not supported")
 
     @_rpc
@@ -231,6 +237,7 @@ class FlightSqlServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
+        """Parameter values of a prepared statement, or the rows of a bulk ingest."""
         kind, command = _descriptor_command(descriptor)
         if kind == "CommandPreparedStatementQuery":
             self._bind(context, command, reader, writer)
@@ -248,6 +255,7 @@ class FlightSqlServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
+        """Not supported."""
         raise failures.unimplemented("DoExchange is not supported")
 
     # -- statements -------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
 
 
 def has_dictionary(schema: pa.Schema) -> bool:
+    """Whether any field of the schema holds a dictionary (also nested)."""
     return any(hydrated_type(field.type) != field.type for field in schema)
 
 

@@ -1,4 +1,5 @@
-"""The web UI: server-rendered pages, plain JavaScript and CSS, served on the HTTP port.
+"""The web UI: server-rendered pages (Jinja2 templates in templates/, autoescaped), plain JavaScript and CSS
+(static/), served on the HTTP port.
 
 Modules:
 
@@ -6,10 +7,10 @@ Modules:
     auth_cookie        the login page and the HttpOnly cookie holding the API key
     time_range         the `from` / `to` of every URL (`now-1h`, RFC3339) as a query range
     queries            SQL through the in-process lakehouse session, errors worded for people
-    html               the page layout, escaping, tables and the time-range form
-    pages              the processes list and the SQL page; what every screen shares
+    html               the templates' environment (built once), page rendering, the navigation, formats
+    pages              the processes list and the SQL page; what every screen shares (bound SQL)
     process_pages      one process's screens: overview, logs, metrics, async spans, threads, Perfetto
-    charts             the metrics chart, drawn as SVG on the server
+    charts             the metrics chart's geometry, drawn as SVG by its template
     api                the JSON routes the pages' scripts call (span trees, SQL, health)
     span_levels        one level of a span tree, a page at a time: the spans, their ends and children
     span_find          a span found by name anywhere in a tree, with the path from its root

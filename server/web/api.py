@@ -35,6 +35,7 @@ TREE_LIMIT = 500
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
+    """A JSON response of `body`."""
     return web.Response(text=json.dumps(body, default=str), status=status, content_type="application/json")
 
 
@@ -96,7 +97,7 @@ class Api:
         return json_response(_tree_json(level, time_range, limit))
 
     async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
-        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"])
         return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
 
     async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
@@ -105,20 +106,24 @@ class Api:
             stream_id = uuid.UUID(text)
         except ValueError:
             raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
-        if await self.lake.pool.fetchval("SELECT 1 FROM streams WHERE stream_id = $1", stream_id) is None:
+        if not await self.lake.catalog.stream_exists(stream_id):
             raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
         return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
 
     async def async_spans(self, request: web.Request) -> web.Response:
+        """One level of a process's async span tree."""
         return await self._level(request, *await self._process_tree(request))
 
     async def thread_spans(self, request: web.Request) -> web.Response:
+        """One level of a thread's span tree."""
         return await self._level(request, *await self._thread_tree(request))
 
     async def find_async_span(self, request: web.Request) -> web.Response:
+        """The path to a named span of a process's async span tree."""
         return await self._find(request, *await self._process_tree(request))
 
     async def find_thread_span(self, request: web.Request) -> web.Response:
+        """The path to a named span of a thread's span tree."""
         return await self._find(request, *await self._thread_tree(request))
 
     async def _find(self, request: web.Request, table: SpanTable, time_range: TimeRange) -> web.Response:
@@ -126,9 +131,9 @@ class Api:
         if not text:
             raise html.PageError(400, "Bad request", "'name' must be the text to find in span names")
         index = int_param(request, "n", 0, 0, 2**62)
-        sql = match_sql(table, text, index)
+        sql = match_sql(table, index)
         found = await self.queries.in_session(
-            request, "span_find", sql, time_range.ns, functools.partial(find_path, table=table, index=index)
+            request, "span_find", sql, time_range.ns, functools.partial(find_path, table=table, text=text, index=index)
         )
         return json_response(found)
 

@@ -34,6 +34,7 @@ async def authenticate(request: web.Request, authenticator: Authenticator) -> Pr
 
 
 def login_redirect(request: web.Request) -> web.Response:
+    """To the login page, coming back to this request's page once signed in."""
     target = html.url("/login", {"next": request.path_qs})
     return web.Response(status=303, headers={"Location": target})
 
@@ -45,21 +46,18 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def _login_form(next_path: str, message: str = "") -> str:
-    alert = html.error_box(message) if message else ""
-    return f"""{alert}<form method=post action="/login" class=login>
-<input type=hidden name=next value="{html.esc(next_path)}">
-<label>API key <input type=password name=key autocomplete=current-password autofocus required></label>
-<button>Sign in</button></form>
-<p class=hint>The key is kept in an HttpOnly cookie of this site only. Keys come from <code>SPANLAKE_API_KEYS</code>
-or <code>spanlake api-key NAME</code>.</p>"""
+def _login_page(next_path: str, message: str = "", status: int = 200) -> web.Response:
+    """The sign-in form, with why the last attempt was refused if it was."""
+    return html.page("login.html", title="Sign in", status=status, next_path=next_path, message=message)
 
 
 def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
+    """`GET /login` (the form), `POST /login` (sign in), `POST /logout`."""
+
     async def show(request: web.Request) -> web.Response:
         if authenticator is None:
             return web.Response(status=303, headers={"Location": "/"})
-        return html.page("Sign in", _login_form(_safe_next(request.query.get("next"))))
+        return _login_page(_safe_next(request.query.get("next")))
 
     async def sign_in(request: web.Request) -> web.Response:
         form = await request.post()
@@ -70,7 +68,7 @@ def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, .
         try:
             await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
         except AuthError as err:
-            return html.page("Sign in", _login_form(next_path, f"Sign-in refused: {err}"), status=401)
+            return _login_page(next_path, f"Sign-in refused: {err}", 401)
         response = web.Response(status=303, headers={"Location": next_path})
         response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Strict", path="/")
         return response

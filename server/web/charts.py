@@ -1,4 +1,5 @@
-"""The metrics chart: min / avg / max per time bin, drawn as SVG on the server (no chart library).
+"""The metrics chart's geometry: min / avg / max per time bin, placed for an SVG drawn by the
+`chart.html` template on the server (no chart library).
 
 Bins come as rows with `bin` in ns since the epoch and `min`, `avg`, `max`, `n`.
 """
@@ -6,12 +7,51 @@ Bins come as rows with `bin` in ns since the epoch and `min`, `avg`, `max`, `n`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from spanlake.server.web.html import esc, format_duration, format_time, table
+from spanlake.server.web.html import format_number, format_time
 
 WIDTH, HEIGHT = 820, 280
 LEFT, RIGHT, TOP, BOTTOM = 70, 48, 14, 34
 TICKS = 5
+
+
+@dataclass(frozen=True)
+class Tick:
+    """An axis label: where it goes (x or y, as SVG text) and what it says."""
+
+    position: str
+    label: str
+    label_position: str = ""  # a y label's baseline, a little below its grid line
+
+
+@dataclass(frozen=True)
+class Point:
+    """One bin: its place on the avg line and its values."""
+
+    x: str
+    y: str
+    bin_ns: int
+    min: float
+    avg: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Everything the template draws, in SVG coordinates."""
+
+    bin_ns: int
+    y_ticks: list[Tick]
+    x_ticks: list[Tick]
+    band: str  # polygon from max (left to right) back along min
+    avg_line: str
+    points: list[Point]
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    right: int = WIDTH - RIGHT
 
 
 def _scale(low: float, high: float, out_low: float, out_high: float) -> Callable[[float], float]:
@@ -19,12 +59,14 @@ def _scale(low: float, high: float, out_low: float, out_high: float) -> Callable
     return lambda v: out_low + (v - low) * (out_high - out_low) / span
 
 
-def _number(value: float) -> str:
-    return f"{value:.4g}"
+def _at(value: float) -> str:
+    return f"{value:.1f}"
 
 
-def chart_svg(bins: list[dict], bin_ns: int) -> str:
-    """A band from min to max and the avg line, one point per bin with its values as a tooltip."""
+def chart(bins: list[dict], bin_ns: int) -> Chart:
+    """The chart of `bins` (none: a chart without points)."""
+    if not bins:
+        return Chart(bin_ns, [], [], "", "", [])
     times = [b["bin"] + bin_ns // 2 for b in bins]
     low = min(b["min"] for b in bins)
     high = max(b["max"] for b in bins)
@@ -32,31 +74,17 @@ def chart_svg(bins: list[dict], bin_ns: int) -> str:
         low, high = low - 1, high + 1
     x = _scale(times[0] - bin_ns // 2, times[-1] + bin_ns // 2, LEFT, WIDTH - RIGHT)
     y = _scale(low, high, HEIGHT - BOTTOM, TOP)
-    band = [(x(t), y(b["max"])) for t, b in zip(times, bins, strict=True)]
-    band += [(x(t), y(b["min"])) for t, b in reversed(list(zip(times, bins, strict=True)))]
-    avg = " ".join(f"{x(t):.1f},{y(b['avg']):.1f}" for t, b in zip(times, bins, strict=True))
-    grid = []
-    for i in range(TICKS + 1):
-        value = low + (high - low) * i / TICKS
-        grid.append(
-            f'<line class=grid x1={LEFT} x2={WIDTH - RIGHT} y1="{y(value):.1f}" y2="{y(value):.1f}"/>'
-            f'<text class=ylabel x={LEFT - 6} y="{y(value) + 4:.1f}">{esc(_number(value))}</text>'
-        )
-    for i in range(TICKS + 1):
-        t = times[0] + (times[-1] - times[0]) * i // TICKS
-        grid.append(f'<text class=xlabel x="{x(t):.1f}" y={HEIGHT - 12}>{esc(_clock(t, times[-1] - times[0]))}</text>')
-    points = "".join(
-        f'<circle class=point cx="{x(t):.1f}" cy="{y(b["avg"]):.1f}" r=2.5 data-avg="{b["avg"]!r}"'
-        f' data-min="{b["min"]!r}" data-max="{b["max"]!r}" data-n={b["n"]}><title>{esc(format_time(b["bin"]))}'
-        f" · avg {_number(b['avg'])} · min {_number(b['min'])} · max {_number(b['max'])} · {b['n']} points"
-        "</title></circle>"
-        for t, b in zip(times, bins, strict=True)
-    )
-    polygon = " ".join(f"{px:.1f},{py:.1f}" for px, py in band)
-    return (
-        f'<svg class=chart id=chart viewBox="0 0 {WIDTH} {HEIGHT}" role=img aria-label="min avg max over time">'
-        f'{"".join(grid)}<polygon class=band points="{polygon}"/><polyline class=avg points="{avg}"/>'
-        f"{points}</svg>"
+    pairs = list(zip(times, bins, strict=True))
+    band = [(x(t), y(b["max"])) for t, b in pairs] + [(x(t), y(b["min"])) for t, b in reversed(pairs)]
+    values = [low + (high - low) * i / TICKS for i in range(TICKS + 1)]
+    instants = [times[0] + (times[-1] - times[0]) * i // TICKS for i in range(TICKS + 1)]
+    return Chart(
+        bin_ns,
+        [Tick(_at(y(v)), format_number(v), _at(y(v) + 4)) for v in values],
+        [Tick(_at(x(t)), _clock(t, times[-1] - times[0])) for t in instants],
+        " ".join(f"{_at(px)},{_at(py)}" for px, py in band),
+        " ".join(f"{_at(x(t))},{_at(y(b['avg']))}" for t, b in pairs),
+        [Point(_at(x(t)), _at(y(b["avg"])), b["bin"], b["min"], b["avg"], b["max"], b["n"]) for t, b in pairs],
     )
 
 
@@ -65,25 +93,3 @@ def _clock(ns: int, span_ns: int) -> str:
     seconds, fraction = divmod(ns, 1_000_000_000)
     clock = format_time(seconds * 1_000_000_000)[11:19]
     return f"{clock}.{fraction // 1000:06d}" if span_ns < 1_000_000_000 else f"{clock}.{fraction // 1_000_000:03d}"
-
-
-def chart_section(title: str, bins: list[dict], bin_ns: int) -> str:
-    """The chart with its legend and, one click away, the values it draws."""
-    if not bins:
-        return f"<h2>{esc(title)}</h2><p class=hint>No points in this time range.</p>"
-    rows = [
-        [
-            esc(format_time(b["bin"])),
-            esc(_number(b["min"])),
-            esc(_number(b["avg"])),
-            esc(_number(b["max"])),
-            str(b["n"]),
-        ]
-        for b in bins
-    ]
-    return (
-        f"<h2>{esc(title)}</h2><p class=legend><span class=key-avg>avg</span> <span class=key-band>min–max</span>"
-        f" · {len(bins)} bins of {esc(format_duration(bin_ns))}</p>{chart_svg(bins, bin_ns)}"
-        f"<details><summary>values</summary>{table(['bin', 'min', 'avg', 'max', 'points'], rows, 'grid', 'chart-data')}"
-        "</details>"
-    )

@@ -1,89 +1,26 @@
-"""The page layout and the small HTML pieces every screen uses. Everything shown is escaped here."""
+"""The pages' Jinja2 templates (autoescaped: whatever a page shows from data is escaped by the
+template), the layout's navigation, and the formatting of times and durations."""
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import urllib.parse
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+import jinja2
 from aiohttp import web
 
-from spanlake.server.web.time_range import TimeRange
-
 PRESETS = (("15m", "now-15m"), ("1h", "now-1h"), ("6h", "now-6h"), ("24h", "now-24h"), ("7d", "now-7d"))
-
-
-def esc(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+# The header's links, in order: a new screen adds its (path, label) here.
+NAV_LINKS = (("/", "Processes"), ("/sql", "SQL"))
+TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
 def url(path: str, params: Mapping[str, object] | None = None) -> str:
     """`path?params`, leaving out empty parameters."""
     kept = {k: str(v) for k, v in (params or {}).items() if v not in (None, "")}
     return f"{path}?{urllib.parse.urlencode(kept)}" if kept else path
-
-
-def link(href: str, text: str, css: str = "") -> str:
-    return f'<a href="{esc(href)}"{f" class={esc(css)!r}" if css else ""}>{esc(text)}</a>'
-
-
-def page(
-    title: str,
-    body: str,
-    *,
-    scripts: Iterable[str] = (),
-    status: int = 200,
-    crumbs: Iterable[tuple[str, str]] = (),
-    signed_in: bool = False,
-) -> web.Response:
-    """The whole document: header with navigation, the body, the page's own scripts."""
-    trail = "".join(f"<span class=crumb>{link(href, text)}</span>" for href, text in crumbs)
-    logout = '<form method=post action="/logout" class=logout><button>Sign out</button></form>' if signed_in else ""
-    script_tags = "".join(f'<script src="/static/{esc(name)}" defer></script>' for name in ("app.js", *scripts))
-    document = f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-<title>{esc(title)} · spanlake</title><link rel=icon href="data:,"><link rel=stylesheet href="/static/app.css">
-{script_tags}</head>
-<body><header><a class=brand href="/">spanlake</a><nav>{link("/", "Processes")}{link("/sql", "SQL")}</nav>
-<div class=trail>{trail}</div>{logout}</header>
-<main><h1>{esc(title)}</h1>{body}</main></body></html>"""
-    return web.Response(text=document, status=status, content_type="text/html")
-
-
-def error_box(message: str) -> str:
-    return f"<div class=error role=alert id=error>{esc(message)}</div>"
-
-
-def error_page(status: int, title: str, message: str, signed_in: bool = False) -> web.Response:
-    return page(
-        title, error_box(message) + f"<p>{link('/', 'Back to the processes')}</p>", status=status, signed_in=signed_in
-    )
-
-
-def table(headers: Iterable[str], rows: Iterable[Iterable[str]], css: str = "grid", table_id: str = "") -> str:
-    """A table of already-rendered cells (escape with `esc` first)."""
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    ident = f" id={esc(table_id)}" if table_id else ""
-    return f"<table class={css}{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def time_form(path: str, time_range: TimeRange, hidden: Mapping[str, object] | None = None) -> str:
-    """The time-range picker: presets, free `from` / `to` fields, and the other parameters kept."""
-    keep = "".join(
-        f'<input type=hidden name="{esc(k)}" value="{esc(v)}">'
-        for k, v in (hidden or {}).items()
-        if v not in ("", None)
-    )
-    presets = "".join(
-        link(url(path, {**(hidden or {}), "from": value, "to": "now"}), label, "preset") for label, value in PRESETS
-    )
-    return f"""<form class=timerange method=get action="{esc(path)}">{keep}
-<label>from <input name=from value="{esc(time_range.from_text)}" size=38></label>
-<label>to <input name=to value="{esc(time_range.to_text)}" size=38></label>
-<button>Apply</button><span class=presets>{presets}</span>
-<span class=resolved>{esc(format_time(time_range.begin_ns))} → {esc(format_time(time_range.end_ns))}</span></form>"""
 
 
 def format_time(value: int | dt.datetime | None) -> str:
@@ -106,6 +43,66 @@ def format_duration(ns: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def format_number(value: float) -> str:
+    """A measured value to four significant digits."""
+    return f"{value:.4g}"
+
+
+def format_count(n: int) -> str:
+    """An integer with thousands separators: 12,345."""
+    return f"{n:,}"
+
+
+def _shown(value: object) -> object:
+    """What `{{ value }}` prints: nothing for a missing (NULL) value."""
+    return "" if value is None else value
+
+
+def _environment() -> jinja2.Environment:
+    """The templates' environment, built once: autoescaping on for every template, undefined names fail."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_shown,
+    )
+    environment.globals.update(url=url, nav_links=NAV_LINKS, presets=PRESETS)
+    environment.filters.update(time=format_time, duration=format_duration, count=format_count, number=format_number)
+    return environment
+
+
+TEMPLATES = _environment()
+
+
+def render(template: str, **context: object) -> str:
+    """The text of `template` with `context`."""
+    return TEMPLATES.get_template(template).render(context)
+
+
+def page(
+    template: str,
+    *,
+    title: str,
+    status: int = 200,
+    signed_in: bool = False,
+    crumbs: Iterable[tuple[str, str]] = (),
+    scripts: Iterable[str] = (),
+    **context: object,
+) -> web.Response:
+    """A whole document: `template` extends the layout (header, navigation, crumbs, the page's scripts)."""
+    document = render(
+        template, title=title, signed_in=signed_in, crumbs=tuple(crumbs), scripts=("app.js", *scripts), **context
+    )
+    return web.Response(text=document, status=status, content_type="text/html")
+
+
+def error_page(status: int, title: str, message: str, signed_in: bool = False) -> web.Response:
+    """The page a screen shows instead of itself."""
+    return page("error.html", title=title, message=message, status=status, signed_in=signed_in)
 
 
 class PageError(Exception):

@@ -1,9 +1,11 @@
 """The screens that are not about one process: the processes list and the SQL page; and what every
-screen shares (running a query for the signed-in principal, the process tabs)."""
+screen shares (running a query for the signed-in principal, the SQL behind a screen, the process tabs)."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from aiohttp import web
@@ -11,12 +13,13 @@ from aiohttp import web
 from spanlake.lakehouse.lake import Lake
 from spanlake.server.web import html, queries
 from spanlake.server.web.auth_cookie import principal_of
-from spanlake.server.web.html import esc, link, url
+from spanlake.server.web.html import url
 from spanlake.server.web.time_range import TimeRange, parse_range
 
 SORTABLE = ("exe", "computer", "username", "start_time", "last_activity")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+_PLACEHOLDER = re.compile(r"\$(\w+)")
 
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -33,6 +36,34 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def sql_value(value: object) -> str:
+    """`value` written as SQL: a quoted string, a number, NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class BoundSql:
+    """SQL text with `$name` placeholders and the values DataFusion binds to them."""
+
+    text: str
+    params: Mapping[str, object] = field(default_factory=dict)
+
+    def literals(self) -> dict[str, str]:
+        """Each bound value written as SQL, by placeholder name."""
+        return {name: sql_value(value) for name, value in self.params.items()}
+
+    @property
+    def inlined(self) -> str:
+        """The text with the values written in: what the SQL page opens, for its user to edit and run
+        (never run by a screen: the screens bind the values)."""
+        literals = self.literals()
+        return _PLACEHOLDER.sub(lambda found: literals.get(found[1], found[0]), self.text)
+
+
 class Screens:
     """Shared by the screens: the lake, and rendering for the request's principal."""
 
@@ -47,19 +78,25 @@ class Screens:
         sql: str,
         time_range: TimeRange | None,
         limit: int | None = None,
-        params: dict[str, Any] | None = None,
+        params: Mapping[str, object] | None = None,
     ) -> pa.Table:
-        """The result of a screen's query for the request's principal (`params`: the values of the
-        SQL's `$name` placeholders)."""
+        """The result of `sql` (its `$name` placeholders bound to `params`) over the time range, for the
+        request's principal."""
         query_range = time_range.ns if time_range is not None else None
         return await self.queries.collect(request, "page", sql, query_range, limit, params)
 
-    def page(self, request: web.Request, title: str, body: str, **kwargs: object) -> web.Response:
-        return html.page(title, body, signed_in=principal_of(request) is not None, **kwargs)
+    async def rows(self, request: web.Request, query: BoundSql, time_range: TimeRange | None) -> list[dict]:
+        """The rows of `query` over the time range, as dicts."""
+        return queries.records(await self.table(request, query.text, time_range, params=query.params))
+
+    def page(self, request: web.Request, template: str, **context: object) -> web.Response:
+        """`template` rendered for the request's principal."""
+        return html.page(template, signed_in=principal_of(request) is not None, **context)
 
     # -- / ----------------------------------------------------------------------------------------
 
     async def processes(self, request: web.Request) -> web.Response:
+        """The processes of the time range, searched and sorted."""
         time_range = parse_range(request.query, "now-24h")
         search = request.query.get("q", "").strip()
         sort = request.query.get("sort", "last_activity")
@@ -67,49 +104,35 @@ class Screens:
             raise html.PageError(400, "Bad request", f"cannot sort by '{sort}': choose one of {', '.join(SORTABLE)}")
         descending = request.query.get("dir", "desc") != "asc"
         limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        sql = processes_sql(search, sort, descending, limit)
-        rows = queries.records(await self.table(request, sql, time_range))
-        params = {"q": search, "sort": sort, "dir": "desc" if descending else "asc", "limit": limit, **time_range.query}
-
-        def header(column: str, label: str) -> str:
-            if column not in SORTABLE:
-                return esc(label)
-            flip = "asc" if column == sort and descending else "desc"
-            arrow = (" ▼" if descending else " ▲") if column == sort else ""
-            return link(url("/", {**params, "sort": column, "dir": flip}), label + arrow, "sort")
-
-        body = [
-            f"""<form class=search method=get action="/">
-<input type=search name=q value="{esc(search)}" placeholder="search exe, computer, user" size=40 autofocus>
-<label>rows <input name=limit type=number min=1 max={MAX_LIMIT} value={limit}></label>
-<input type=hidden name=sort value="{esc(sort)}"><input type=hidden name=dir value="{params["dir"]}">
-<input type=hidden name=from value="{esc(time_range.from_text)}"><input type=hidden name=to
- value="{esc(time_range.to_text)}"><button>Search</button></form>""",
-            html.time_form("/", time_range, {k: v for k, v in params.items() if k not in ("from", "to")}),
-            f"<p class=summary id=summary>{len(rows)} process{'es' if len(rows) != 1 else ''}"
-            f"{' (row limit reached)' if len(rows) == limit else ''}</p>",
-            html.table(
-                [header(c, label) for c, label in _PROCESS_COLUMNS],
-                [_process_cells(row) for row in rows],
-                table_id="processes",
-            ),
-            sql_details(sql, time_range),
-        ]
-        return self.page(request, "Processes", "".join(body))
+        query = processes_sql(search, sort, descending, limit)
+        rows = await self.rows(request, query, time_range)
+        direction = "desc" if descending else "asc"
+        kept = {"q": search, "sort": sort, "dir": direction, "limit": limit}
+        return self.page(
+            request,
+            "processes.html",
+            title="Processes",
+            time_range=time_range,
+            search=search,
+            sort=sort,
+            direction=direction,
+            limit=limit,
+            max_limit=MAX_LIMIT,
+            hidden=kept,
+            headers=_process_headers(sort, descending, {**kept, **time_range.query}),
+            rows=rows,
+            query=query,
+        )
 
     # -- /sql -------------------------------------------------------------------------------------
 
     async def sql(self, request: web.Request) -> web.Response:
+        """The SQL page: an editor whose script runs the query through `/api/sql`."""
         time_range = parse_range(request.query, "now-1h")
         text = request.query.get("q", "SELECT process_id, exe, start_time FROM processes ORDER BY start_time DESC")
-        body = f"""{html.time_form("/sql", time_range, {"q": text})}
-<form id=sql-form class=sql data-from="{esc(time_range.begin_rfc3339)}" data-to="{esc(time_range.end_rfc3339)}">
-<textarea id=sql-text name=q rows=8 spellcheck=false>{esc(text)}</textarea>
-<div class=toolbar><button id=run type=submit>Run <kbd>Ctrl+Enter</kbd></button>
-<label>row limit <input id=sql-limit type=number min=1 max={MAX_LIMIT} value=1000></label>
-<button id=csv type=button disabled>Export CSV</button><span id=sql-status class=status></span></div></form>
-<div id=sql-error class=error role=alert hidden></div><div id=sql-result></div>"""
-        return self.page(request, "SQL", body, scripts=("sql.js",))
+        return self.page(
+            request, "sql.html", title="SQL", scripts=("sql.js",), time_range=time_range, text=text, max_limit=MAX_LIMIT
+        )
 
 
 _PROCESS_COLUMNS = (
@@ -122,35 +145,30 @@ _PROCESS_COLUMNS = (
 )
 
 
-def processes_sql(search: str, sort: str, descending: bool, limit: int) -> str:
-    where = ""
+def processes_sql(search: str, sort: str, descending: bool, limit: int) -> BoundSql:
+    """The processes matching `search` (in exe, computer or user); `sort` is one of SORTABLE and
+    `limit` an int, so both may stand in the text."""
+    where, params = "", {}
     if search:
-        needle = queries.sql_literal(search.lower())
+        params = {"needle": search.lower()}
         where = " WHERE " + " OR ".join(
-            f"strpos(lower(coalesce({column}, '')), {needle}) > 0" for column in ("exe", "computer", "username")
+            f"strpos(lower(coalesce({column}, '')), $needle) > 0" for column in ("exe", "computer", "username")
         )
-    return (
+    return BoundSql(
         "SELECT process_id, exe, computer, username, start_time, last_update_time AS last_activity"
-        f" FROM processes{where} ORDER BY {sort} {'DESC' if descending else 'ASC'} NULLS LAST LIMIT {limit}"
+        f" FROM processes{where} ORDER BY {sort} {'DESC' if descending else 'ASC'} NULLS LAST LIMIT {limit}",
+        params,
     )
 
 
-def _process_cells(row: dict) -> list[str]:
-    pid = row["process_id"]
-    return [
-        f'{link(f"/process/{pid}", pid, "pid")} <button type=button class=copy data-copy="{esc(pid)}"'
-        ' title="copy the id">⧉</button>',
-        esc(row["exe"]),
-        esc(row["computer"]),
-        esc(row["username"]),
-        esc(html.format_time(row["start_time"])),
-        esc(html.format_time(row["last_activity"])),
-    ]
-
-
-def sql_details(sql: str, time_range: TimeRange, label: str = "SQL") -> str:
-    """The SQL behind a screen, one click away, and a link that opens it on the SQL page."""
-    return (
-        f"<details class=sql-behind><summary>{esc(label)}</summary><pre>{esc(sql)}</pre>"
-        f"{link(url('/sql', {'q': sql, **time_range.query}), 'open in the SQL page')}</details>"
-    )
+def _process_headers(sort: str, descending: bool, params: dict[str, object]) -> list[tuple[str, str | None]]:
+    """Each column's label and, for sortable columns, the link that sorts by it (or flips the order)."""
+    headers = []
+    for column, label in _PROCESS_COLUMNS:
+        if column not in SORTABLE:
+            headers.append((label, None))
+            continue
+        flip = "asc" if column == sort and descending else "desc"
+        arrow = (" ▼" if descending else " ▲") if column == sort else ""
+        headers.append((label + arrow, url("/", {**params, "sort": column, "dir": flip})))
+    return headers

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def trace_sql(process_id: str, spans: str, begin_ns: int, end_ns: int) -> str:
+    """The `perfetto_trace_chunks` query of a process's trace over [begin, end)."""
     return (
         f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{spans}',"
         f" TIMESTAMP '{format_rfc3339_ns(begin_ns)}', TIMESTAMP '{format_rfc3339_ns(end_ns)}')"
@@ -54,7 +55,7 @@ class PerfettoDownload:
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
         """The trace as an attachment, written chunk by chunk as the query makes them."""
-        process = await load_process(self.lake.pool, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"])
         spans = request.query.get("spans", "both")
         if spans not in SPAN_TYPES:
             raise html.PageError(400, "Bad request", f"'spans' must be thread, async or both, given '{spans}'")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -75,11 +75,6 @@ def refuse_admin_functions(sql: str, is_admin: bool) -> None:
     called = _ADMIN_CALL.search(sql)
     if called is not None and not is_admin:
         raise WebQueryError(f"the function '{called.group(1).lower()}' is reserved to admin API keys", 403)
-
-
-def sql_literal(text: str) -> str:
-    """A SQL string literal of `text`."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def records(table: pa.Table) -> list[dict]:
@@ -171,7 +166,7 @@ class WebQueries:
         sql: str,
         query_range: tuple[int, int] | None,
         limit: int | None = None,
-        params: dict[str, Any] | None = None,
+        params: Mapping[str, object] | None = None,
     ) -> pa.Table:
         """The whole result (dictionaries decoded), at most `limit` rows; `params` are the values of
         the SQL's `$name` placeholders."""
@@ -187,6 +182,6 @@ class WebQueries:
             return await query.run(work, query.query)
 
 
-def _collected(query: Query, params: dict[str, Any] | None, limit: int | None) -> pa.Table:
+def _collected(query: Query, params: Mapping[str, object] | None, limit: int | None) -> pa.Table:
     """Plans and collects the query's SQL; a step."""
-    return query.collect(query.plan(None, params, limit))
+    return query.collect(query.plan(None, dict(params) if params else None, limit))

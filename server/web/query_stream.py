@@ -37,6 +37,7 @@ def frame(kind: str, **fields: object) -> bytes:
 
 
 def error_frame(code: str, message: str) -> bytes:
+    """An error header line (no Arrow bytes follow)."""
     return frame("error", code=code, message=message)
 
 
@@ -79,6 +80,7 @@ class IpcMessages:
         self.schema_bytes = schema.serialize().to_pybytes()
 
     def batch(self, batch: pa.RecordBatch) -> bytes:
+        """The IPC messages of one batch (the schema message sent apart)."""
         self._writer.write_batch(batch)
         data = self._drain.take()
         if self._schema_pending:  # drop the writer's schema message: continuation, length, metadata

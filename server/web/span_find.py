@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spanlake.lakehouse.query.runner import Query
-from spanlake.server.web.queries import decoded, records, sql_literal
+from spanlake.server.web.queries import decoded, records
 
 MAX_DEPTH = 256  # a chain longer than this is cut (and said so): a cycle in bad data must not loop
 
@@ -30,6 +30,7 @@ class SpanTable:
 
     @classmethod
     def async_events(cls, process_id: str) -> SpanTable:
+        """The async spans of a process (begin and end events are rows of their own)."""
         return cls(
             f"view_instance('async_events', '{process_id}')",
             "event_type = 'begin'",
@@ -42,12 +43,14 @@ class SpanTable:
 
     @classmethod
     def thread_spans(cls, stream_id: str) -> SpanTable:
+        """The thread spans of a cpu stream (one row per span)."""
         columns = 'id, parent, depth, begin, "end", name, target, filename, line'
         return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns)
 
 
-def match_sql(table: SpanTable, text: str, index: int) -> str:
-    named = f"{table.one_row_per_span} AND strpos(lower(name), {sql_literal(text.lower())}) > 0"
+def match_sql(table: SpanTable, index: int) -> str:
+    """The `index`-th span whose name contains `$needle` (lower case), with the number of such spans."""
+    named = f"{table.one_row_per_span} AND strpos(lower(name), $needle) > 0"
     return (
         f"SELECT {table.id} AS id, {table.parent} AS parent, depth, name,"
         f" (SELECT count(*) FROM {table.source} WHERE {named}) AS total"
@@ -55,23 +58,24 @@ def match_sql(table: SpanTable, text: str, index: int) -> str:
     )
 
 
-def parent_sql(table: SpanTable, span_id: int) -> str:
+def parent_sql(table: SpanTable) -> str:
+    """The parent and depth of the span `$span`."""
     return (
         f"SELECT {table.parent} AS parent, depth FROM {table.source}"
-        f" WHERE {table.one_row_per_span} AND {table.id} = {span_id}"
+        f" WHERE {table.one_row_per_span} AND {table.id} = $span"
     )
 
 
-def find_path(query: Query, table: SpanTable, index: int) -> dict:
+def find_path(query: Query, table: SpanTable, text: str, index: int) -> dict:
     """`{total, index, name, path}` of the query's `match_sql`: path is the ids from the root to the
     match (the match last); `complete` is false when an ancestor is outside the time range. A step of
     `query`: the ancestors are asked in its session."""
-    [match] = _rows(query, None) or [None]
+    [match] = _rows(query, None, {"needle": text.lower()}) or [None]
     if match is None:
         return {"total": 0, "index": index, "path": [], "complete": True}
     path, parent, depth = [str(match["id"])], match["parent"], match["depth"]
     while depth > 0 and len(path) < MAX_DEPTH:
-        rows = _rows(query, parent_sql(table, parent))
+        rows = _rows(query, parent_sql(table), {"span": parent})
         if not rows:
             break
         path.insert(0, str(parent))
@@ -79,5 +83,6 @@ def find_path(query: Query, table: SpanTable, index: int) -> dict:
     return {"total": match["total"], "index": index, "name": match["name"], "path": path, "complete": depth == 0}
 
 
-def _rows(query: Query, sql: str | None) -> list[dict]:
-    return records(decoded(query.collect(query.plan(sql))))
+def _rows(query: Query, sql: str | None, params: dict[str, object]) -> list[dict]:
+    """The rows of `sql` (the query's own when None) with its placeholders bound to `params`."""
+    return records(decoded(query.collect(query.plan(sql, params))))

@@ -19,8 +19,9 @@ VIEW = "tree_spans"  # the view instance, as its session names it
 
 
 def page_sql(table: SpanTable, parent: int | None, limit: int, offset: int = 0) -> str:
-    """The level's spans from `offset`, at most `limit`, in begin order, each with the level's total."""
-    level = "depth = 0" if parent is None else f"{table.parent} = {parent}"
+    """The level's spans from `offset`, at most `limit`, in begin order, each with the level's total;
+    the children of `$parent` when `parent` is given."""
+    level = "depth = 0" if parent is None else f"{table.parent} = $parent"
     where = f"{table.one_row_per_span} AND {level}"
     return (
         f"SELECT {table.columns}, (SELECT count(*) FROM {VIEW} WHERE {where}) AS total FROM {VIEW}"
@@ -54,7 +55,7 @@ def load_level(query: Query, table: SpanTable, parent: int | None, limit: int, o
     children, total` (`end` null when outside the range); a step of `query`, whose SQL is
     `source_sql(table)`."""
     query.session().register_view(VIEW, query.plan())
-    page = decoded(query.collect(query.plan(page_sql(table, parent, limit, offset))))
+    page = decoded(query.collect(query.plan(page_sql(table, parent, limit, offset), {"parent": parent})))
     around = decoded(query.collect(query.plan(around_sql(table, page.column("id"))))) if page.num_rows else None
     found = pc.index_in(page.column("id"), value_set=around.column("key")) if around else pa.nulls(0, pa.int32())
     if table.end_event is not None:

@@ -24,6 +24,8 @@ class TimeRangeError(ValueError):
 
 @dataclass(frozen=True)
 class TimeRange:
+    """A screen's time range: its ends in ns and as the URL wrote them."""
+
     begin_ns: int
     end_ns: int
     from_text: str  # as written in the URL, kept for the links of the page
@@ -31,14 +33,17 @@ class TimeRange:
 
     @property
     def ns(self) -> tuple[int, int]:
+        """The query range, (begin, end) in ns."""
         return self.begin_ns, self.end_ns
 
     @property
     def begin_rfc3339(self) -> str:
+        """The begin as an RFC3339 timestamp."""
         return format_rfc3339_ns(self.begin_ns)
 
     @property
     def end_rfc3339(self) -> str:
+        """The end as an RFC3339 timestamp."""
         return format_rfc3339_ns(self.end_ns)
 
     @property

@@ -29,6 +29,7 @@ class ChunkBuffer:
         return self.flush() if len(self._pending) >= self._threshold else []
 
     def flush(self) -> list[bytes]:
+        """The pending bytes as one chunk (none if nothing is pending)."""
         if not self._pending:
             return []
         chunk, self._pending = self._pending, b""

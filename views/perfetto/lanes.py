@@ -50,6 +50,7 @@ class AsyncLaneAssigner:
 
     @property
     def lane_count(self) -> int:
+        """Number of lanes used so far."""
         return len(self._lane_free_at)
 
     def assign(self, span_ids: pa.Array, parent_ids: pa.Array, begins: np.ndarray, ends: np.ndarray) -> np.ndarray:

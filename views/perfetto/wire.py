@@ -34,18 +34,22 @@ def varint(value: int) -> bytes:
 
 
 def key(field: int, wire_type: int) -> bytes:
+    """The protobuf tag of a field: its number and wire type, as a varint."""
     return varint(field << 3 | wire_type)
 
 
 def varint_field(field: int, value: int) -> bytes:
+    """A varint field, tag included."""
     return key(field, VARINT) + varint(value)
 
 
 def bytes_field(field: int, payload: bytes) -> bytes:
+    """A length-delimited field, tag included."""
     return key(field, LENGTH_DELIMITED) + varint(len(payload)) + payload
 
 
 def string_field(field: int, text: str) -> bytes:
+    """A UTF-8 string field, tag included."""
     return bytes_field(field, text.encode())
 
 
@@ -58,9 +62,11 @@ class Column:
 
     @property
     def width(self) -> int:
+        """Bytes per full row."""
         return self.matrix.shape[1]
 
     def row_lengths(self) -> np.ndarray:
+        """Length of each row (the full width when `lengths` is None)."""
         if self.lengths is None:
             return np.full(len(self.matrix), self.width, dtype=np.int64)
         return self.lengths

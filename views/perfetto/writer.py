@@ -101,6 +101,8 @@ _SOURCE_LOCATION_IID = key(34, VARINT)
 
 
 class AsyncLayout(enum.Enum):
+    """How async spans are laid out on tracks (see the module docstring)."""
+
     LANES = "lanes"
     SINGLE_TRACK = "single_track"
 
@@ -139,6 +141,7 @@ def process_uuid(process_id: str) -> int:
 
 
 def thread_uuid(stream_id: str) -> int:
+    """Track uuid of a thread, from its stream id."""
     return xxhash.xxh64_intdigest(stream_id.encode(), 0)
 
 
@@ -342,12 +345,14 @@ class PerfettoTraceWriter:
         self._locations = _InternTable(4, _source_location_entry)
 
     def process_descriptor(self, exe: str) -> Iterator[bytes]:
+        """The process track descriptor; the first packet of the trace."""
         process = varint_field(1, self._pid) + string_field(6, exe)
         descriptor = varint_field(1, self._process_uuid) + bytes_field(3, process)
         yield from self._write_packet(*_descriptor_packet(descriptor, _FIRST_PACKET_FLAGS))
         yield from self._chunks.flush()
 
     def thread_descriptors(self, threads: Sequence[PerfettoThread]) -> Iterator[bytes]:
+        """One track descriptor per thread; must precede each thread's spans."""
         if self._track_ids is TrackIds.MICROMEGAS:
             tids = [_int32(thread.tid) for thread in threads]
         else:
@@ -365,6 +370,7 @@ class PerfettoTraceWriter:
             yield from self._chunks.flush()
 
     def async_track_descriptor(self) -> Iterator[bytes]:
+        """The async track descriptor (written once); must precede the async spans."""
         if not self._lane_uuids:
             self._lane_uuids.append(async_lane_uuid(self._process_uuid, 0))
             yield from self._write_packet(*_named_track(self._lane_uuids[0], ASYNC_TRACK_NAME, self._process_uuid))
@@ -409,6 +415,7 @@ class PerfettoTraceWriter:
             yield from self._write_async_spans(spans)
 
     def finish(self) -> Iterator[bytes]:
+        """The last, partial chunk of the trace."""
         yield from self._chunks.flush()
 
     def _write_packet(self, framing: bytes, body: bytes) -> Iterator[bytes]:

@@ -23,6 +23,7 @@ from datafusion import AggregateUDF, ScalarUDF
 
 from spanlake.lakehouse.query.functions import helpers, histograms, jsonb, properties, table_functions
 from spanlake.lakehouse.query.functions.table_functions import ContextFactory
+from spanlake.lakehouse.query.off_runtime import OffRuntime
 
 
 def scalar_udfs() -> list[ScalarUDF]:
@@ -35,11 +36,13 @@ def aggregate_udfs() -> list[AggregateUDF]:
     return histograms.aggregate_udfs()
 
 
-def table_function_list(make_context: ContextFactory) -> list[tuple[str, Callable[..., object]]]:
+def table_function_list(
+    make_context: ContextFactory, off_runtime: OffRuntime
+) -> list[tuple[str, Callable[..., object]]]:
     """(name, function) of each table function; `make_context` gives the fresh context that evaluates a
-    subquery argument."""
+    subquery argument, on one of `off_runtime`'s threads."""
     return [
-        ("jsonb_each", table_functions.jsonb_each(make_context)),
-        ("jsonb_array_elements", table_functions.jsonb_array_elements(make_context)),
-        ("expand_histogram", table_functions.expand_histogram(make_context)),
+        ("jsonb_each", table_functions.jsonb_each(make_context, off_runtime)),
+        ("jsonb_array_elements", table_functions.jsonb_array_elements(make_context, off_runtime)),
+        ("expand_histogram", table_functions.expand_histogram(make_context, off_runtime)),
     ]

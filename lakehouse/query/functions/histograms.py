@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datafusion import Accumulator, AggregateUDF, ScalarUDF, udaf, udf
+from typing_extensions import override
 
 from spanlake.lakehouse.errors import QueryError
 
@@ -50,6 +51,7 @@ class HistogramState:
     bins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     def configure(self, start: float, end: float, nb_bins: int) -> None:
+        """Sets the bounds and bin count on first use (QueryError if invalid); later calls must repeat them."""
         if self.start is not None:
             if (self.start, self.end, len(self.bins)) != (start, end, nb_bins):
                 raise QueryError("make_histogram: bounds/bins changed between batches")
@@ -96,6 +98,7 @@ class HistogramState:
         self.count += pc.sum(present.field("count")).as_py()
 
     def scalar(self) -> pa.Scalar:
+        """The histogram as a HISTOGRAM struct scalar (NULL if nothing set its bounds)."""
         if self.start is None:
             return pa.scalar(None, HISTOGRAM)
         return pa.scalar(
@@ -130,6 +133,7 @@ class MakeHistogram(Accumulator):
     def __init__(self) -> None:
         self.histogram = HistogramState()
 
+    @override
     def update(self, start: pa.Array, end: pa.Array, nb_bins: pa.Array, values: pa.Array) -> None:
         if not len(values):
             return
@@ -139,13 +143,16 @@ class MakeHistogram(Accumulator):
         self.histogram.configure(start[0].as_py(), end[0].as_py(), nb_bins[0].as_py())
         self.histogram.add_values(values)
 
+    @override
     def merge(self, states: list[pa.Array]) -> None:
         for state in states:
             self.histogram.merge(state)
 
+    @override
     def state(self) -> list[pa.Scalar]:
         return [self.histogram.scalar()]
 
+    @override
     def evaluate(self) -> pa.Scalar:
         return self.histogram.scalar()
 
@@ -156,16 +163,20 @@ class SumHistograms(Accumulator):
     def __init__(self) -> None:
         self.histogram = HistogramState()
 
+    @override
     def update(self, histograms: pa.Array) -> None:
         self.histogram.merge(histograms)
 
+    @override
     def merge(self, states: list[pa.Array]) -> None:
         for state in states:
             self.histogram.merge(state)
 
+    @override
     def state(self) -> list[pa.Scalar]:
         return [self.histogram.scalar()]
 
+    @override
     def evaluate(self) -> pa.Scalar:
         return self.histogram.scalar()
 

@@ -24,7 +24,7 @@ from datafusion.expr import Expr
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.query.functions.histograms import HISTOGRAM
 from spanlake.lakehouse.query.functions.jsonb import decoded
-from spanlake.lakehouse.query.off_runtime import off_runtime
+from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.views import jsonb
 from spanlake.views.jsonb import JsonValue
 from spanlake.views.schema_types import DICT_JSONB
@@ -37,7 +37,9 @@ EXPANDED_SCHEMA = pa.schema(
 )
 
 
-def argument_values(name: str, what: str, args: tuple[object, ...], make_context: ContextFactory) -> pa.Array:
+def argument_values(
+    name: str, what: str, args: tuple[object, ...], make_context: ContextFactory, off_runtime: OffRuntime
+) -> pa.Array:
     """The values of a table function's single argument: the constant, or the subquery's value."""
     if len(args) != 1:
         raise QueryError(f"{name} requires exactly one argument ({what})")
@@ -45,7 +47,7 @@ def argument_values(name: str, what: str, args: tuple[object, ...], make_context
     try:
         constant = expr.python_value()
     except TypeError:  # not a literal: a scalar subquery
-        return off_runtime(_evaluate, name, expr, make_context)
+        return off_runtime.run(_evaluate, name, expr, make_context)
     return pa.array([constant.as_py()], constant.type)
 
 
@@ -74,13 +76,14 @@ def _dictionary_jsonb(values: list[JsonValue]) -> pa.Array:
     return encoded.cast(DICT_JSONB)
 
 
-def jsonb_each(make_context: ContextFactory) -> Callable[..., ds.Dataset]:
+def jsonb_each(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
     """`jsonb_each(jsonb)`: (key, value) per object member, or per array element with its index as key."""
 
     def each(*args: object) -> ds.Dataset:
         keys: list[str] = []
         members: list[JsonValue] = []
-        for data in _jsonb_rows("jsonb_each", argument_values("jsonb_each", "a JSONB object", args, make_context)):
+        values = argument_values("jsonb_each", "a JSONB object", args, make_context, off_runtime)
+        for data in _jsonb_rows("jsonb_each", values):
             value = decoded("jsonb_each", data)
             if isinstance(value, dict):
                 keys.extend(value)
@@ -96,14 +99,13 @@ def jsonb_each(make_context: ContextFactory) -> Callable[..., ds.Dataset]:
     return each
 
 
-def jsonb_array_elements(make_context: ContextFactory) -> Callable[..., ds.Dataset]:
+def jsonb_array_elements(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
     """`jsonb_array_elements(jsonb)`: one `value` row per element of a jsonb array."""
 
     def array_elements(*args: object) -> ds.Dataset:
         elements: list[JsonValue] = []
-        for data in _jsonb_rows(
-            "jsonb_array_elements", argument_values("jsonb_array_elements", "a JSONB array", args, make_context)
-        ):
+        values = argument_values("jsonb_array_elements", "a JSONB array", args, make_context, off_runtime)
+        for data in _jsonb_rows("jsonb_array_elements", values):
             value = decoded("jsonb_array_elements", data)
             if not isinstance(value, list):
                 raise QueryError("jsonb_array_elements: input is not a JSONB array")
@@ -113,11 +115,11 @@ def jsonb_array_elements(make_context: ContextFactory) -> Callable[..., ds.Datas
     return array_elements
 
 
-def expand_histogram(make_context: ContextFactory) -> Callable[..., ds.Dataset]:
+def expand_histogram(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
     """`expand_histogram(histogram)`: (bin_center, count) per bin of the first histogram."""
 
     def expand(*args: object) -> ds.Dataset:
-        values = argument_values("expand_histogram", "a histogram", args, make_context)
+        values = argument_values("expand_histogram", "a histogram", args, make_context, off_runtime)
         if not pa.types.is_struct(values.type):
             raise QueryError(f"expand_histogram argument must be a struct (histogram), got: {values.type}")
         if not len(values) or not values[0].is_valid:

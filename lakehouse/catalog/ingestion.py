@@ -1,36 +1,31 @@
-"""The PostgreSQL catalog: ingestion rows, API keys. Every value travels as a query parameter."""
+"""Ingestion's rows: processes, streams and blocks as clients send them, one by one or in bulk."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 import asyncpg
 
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
+from spanlake.lakehouse.timestamps import ns_to_datetime
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def ns_to_datetime(ns: int) -> dt.datetime:
-    """PostgreSQL keeps microseconds; the nanoseconds below are dropped, as micromegas does."""
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
-
-
-def datetime_to_ns(value: dt.datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+# Rows replicated by bulk ingestion, values in the tables' column order; rows already present are kept.
+BULK_INSERTS = {
+    "processes": "INSERT INTO processes VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+    " ON CONFLICT (process_id) DO NOTHING",
+    "streams": "INSERT INTO streams (stream_id, process_id, dependencies_metadata, objects_metadata, tags,"
+    " properties, insert_time, format) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (stream_id) DO NOTHING",
+    "blocks": "INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (block_id) DO NOTHING",
+}
 
 
-def _properties(props: dict[str, str]) -> list[tuple[str, str]]:
-    return list(props.items())
+class IngestionRows:
+    """Inserts of ingested rows, each idempotent on the client's ids."""
 
-
-class Catalog:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    pool: asyncpg.Pool
 
     async def ping(self) -> None:
+        """Raises if the database does not answer."""
         await self.pool.fetchval("SELECT 1")
 
     async def insert_process(self, rec: ProcessRecord) -> bool:
@@ -49,11 +44,12 @@ class Catalog:
             ns_to_datetime(rec.start_time_ns),
             rec.start_ticks,
             rec.parent_process_id,
-            _properties(rec.properties),
+            list(rec.properties.items()),
         )
         return status.endswith(" 1")
 
     async def insert_stream(self, rec: StreamRecord) -> bool:
+        """True if the row is new; a stream already known is left as it is."""
         status = await self.pool.execute(
             "INSERT INTO streams (stream_id, process_id, dependencies_metadata, objects_metadata, tags,"
             " properties, insert_time, format) VALUES ($1,$2,$3,$4,$5,$6,now(),$7)"
@@ -63,12 +59,13 @@ class Catalog:
             rec.dependencies_metadata,
             rec.objects_metadata,
             rec.tags,
-            _properties(rec.properties),
+            list(rec.properties.items()),
             rec.format,
         )
         return status.endswith(" 1")
 
     async def insert_block(self, rec: BlockRecord) -> bool:
+        """True if the row is new; a block already known is left as it is."""
         status = await self.pool.execute(
             "INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,now()) ON CONFLICT (block_id) DO NOTHING",
             rec.block_id,
@@ -84,23 +81,17 @@ class Catalog:
         )
         return status.endswith(" 1")
 
-    async def find_api_key(self, key_hash: bytes) -> tuple[str, bool] | None:
-        """(name, is_admin) of the live key with this SHA-256, or None."""
-        row = await self.pool.fetchrow(
-            "SELECT name, is_admin FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
-        )
-        return (row["name"], row["is_admin"]) if row else None
+    async def bulk_insert(self, table_name: str, rows: list[tuple]) -> None:
+        """Inserts replicated rows of one of BULK_INSERTS's tables, all or none (asyncpg's errors raised)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(BULK_INSERTS[table_name], rows)
 
-    async def add_api_key(self, name: str, key_hash: bytes, is_admin: bool = False) -> uuid.UUID:
-        key_id = uuid.uuid4()
-        await self.pool.execute(
-            "INSERT INTO api_keys (key_id, key_hash, name, is_admin) VALUES ($1, $2, $3, $4)",
-            key_id,
-            key_hash,
-            name,
-            is_admin,
+    async def block_context(self, stream_id: uuid.UUID, process_id: uuid.UUID) -> asyncpg.Record:
+        """The owner of a stream (`owner`) and the clock of a process (`start_time`, `start_ticks`,
+        `tsc_frequency`), NULL where unknown: one row always."""
+        return await self.pool.fetchrow(
+            "SELECT (SELECT process_id FROM streams WHERE stream_id = $1) AS owner, p.start_time, p.start_ticks,"
+            " p.tsc_frequency FROM (SELECT 1) one LEFT JOIN processes p ON p.process_id = $2",
+            stream_id,
+            process_id,
         )
-        return key_id
-
-    async def count_api_keys(self) -> int:
-        return await self.pool.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")

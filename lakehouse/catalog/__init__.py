@@ -1,0 +1,25 @@
+"""The PostgreSQL catalog: every statement spanlake runs against its database (schema migrations
+aside, `lakehouse/migrate.py`), one module per area, all reached through `Catalog`'s typed methods.
+Every value travels as a query parameter."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from spanlake.lakehouse.catalog.api_keys import ApiKeys
+from spanlake.lakehouse.catalog.deny_list import DenyListRows
+from spanlake.lakehouse.catalog.ingestion import IngestionRows
+from spanlake.lakehouse.catalog.partitions import PartitionRows
+from spanlake.lakehouse.catalog.processes import ProcessReads
+from spanlake.lakehouse.catalog.retention import RetentionRows
+from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
+from spanlake.lakehouse.timestamps import datetime_to_ns, ns_to_datetime
+
+__all__ = ["Catalog", "datetime_to_ns", "ns_to_datetime"]
+
+
+class Catalog(IngestionRows, ApiKeys, ProcessReads, SourceBlockReads, PartitionRows, DenyListRows, RetentionRows):
+    """The catalog of one lake, over its connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool

@@ -1,0 +1,23 @@
+"""What recording and encoding agree on: how a stream keeps its events and what encoding them gives.
+
+A cpu stream keeps two flat lists, a fixed number of slots per event: thread events (code, time,
+name) and async events (code, time, span_id, parent_span_id, depth, name). An event's code is
+descriptor id << TYPE_BITS | wire type index. Encoding a block's events gives `EncodedBuffers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THREAD_SLOTS = 3
+ASYNC_SLOTS = 6
+TYPE_BITS = 8
+
+
+@dataclass
+class EncodedBuffers:
+    """The objects and dependencies buffers of one block, uncompressed."""
+
+    objects: bytes
+    dependencies: bytes
+    nb_objects: int
