@@ -1,0 +1,211 @@
+"""DataFusion's execution as spans: one span per physical operator, from the executed plan's metrics.
+
+`df.execute_stream()` plans the query again, out of reach; so the query runs the plan it keeps
+(`PlanStream`): a plan of one partition is one stream; the partitions of a larger plan are read by
+one thread each into a bounded queue, all at once (as DataFusion's coalescing does).
+
+After the stream ends, `record_operator_spans` turns each operator's metrics into a span under the
+execution span, nested as the plan is: its interval is the earliest `start_timestamp` and the latest
+`end_timestamp` over its partitions (an operator without them spans its children's), its figures
+(output rows, compute time, bytes scanned, row groups pruned, ...) go to the query span's entries.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import datafusion
+from datafusion.plan import ExecutionPlan
+
+from spanlake import tracing
+from spanlake.lakehouse.query.slow_queries import QuerySpan
+
+# Batches waiting per partition thread: enough to keep every partition busy, bounded in memory.
+QUEUED_BATCHES_PER_PARTITION = 2
+# How often a waiting thread looks up from its queue: the query's thread to take a stop
+# (QueryThread raises in it), a partition thread to see the stream closed.
+_WAIT_SECONDS = 0.1
+# Counters worth showing, beyond rows and compute time; summed over partitions.
+_COUNTERS = (
+    "output_bytes",
+    "bytes_scanned",
+    "row_groups_pruned_statistics",
+    "row_groups_matched_statistics",
+    "row_groups_pruned_bloom_filter",
+    "page_index_rows_pruned",
+    "files_ranges_pruned_statistics",
+    "spill_count",
+    "spilled_bytes",
+)
+
+
+class _End:
+    """A partition thread's last item: its failure, if any."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Exception | None) -> None:
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class ExecutedPlan:
+    """A plan being executed, and when its execution began (perf_counter_ns)."""
+
+    plan: ExecutionPlan
+    started_ns: int
+
+
+class PlanStream:
+    """The batches (DataFusion RecordBatch) of `plan` executed in `ctx`, all partitions at once; `plan`
+    keeps the metrics. Dropping or closing it stops the partition threads after their current batch."""
+
+    def __init__(self, ctx: datafusion.SessionContext, plan: ExecutionPlan) -> None:
+        self.executed = ExecutedPlan(plan, time.perf_counter_ns())
+        count = plan.partition_count
+        self._single = ctx.execute(plan, 0) if count == 1 else None
+        self._batches: queue.Queue = queue.Queue(QUEUED_BATCHES_PER_PARTITION * count)
+        self._running = count if count > 1 else 0
+        self._closed = threading.Event()
+        weakref.finalize(self, self._closed.set)
+        for partition in range(count if count > 1 else 0):
+            stream = ctx.execute(plan, partition)
+            # Each thread runs in a copy of this context: spans begun there have this span as parent.
+            context = contextvars.copy_context()
+            thread = threading.Thread(
+                target=context.run,
+                args=(_pump, stream, self._batches, self._closed),
+                name=f"spanlake-partition-{partition}",
+                daemon=True,
+            )
+            thread.start()
+
+    @classmethod
+    def start(cls, ctx: datafusion.SessionContext, df: datafusion.DataFrame) -> PlanStream:
+        """Plans `df` physically and starts executing it."""
+        return cls(ctx, df.execution_plan())
+
+    def __iter__(self) -> PlanStream:
+        """The stream itself: an iterator of batches."""
+        return self
+
+    def __next__(self) -> Any:
+        """The next batch of any partition; StopIteration when all have ended."""
+        if self._single is not None:
+            return next(self._single)
+        while self._running:
+            try:
+                item = self._batches.get(timeout=_WAIT_SECONDS)
+            except queue.Empty:
+                continue
+            if type(item) is not _End:
+                return item
+            self._running -= 1
+            if item.failure is not None:
+                self.close()
+                raise item.failure
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stops the partition threads (after the batch each is computing)."""
+        self._closed.set()
+
+
+def _pump(stream: Any, batches: queue.Queue, closed: threading.Event) -> None:
+    """Moves a partition's batches into the queue until it ends or the stream is closed."""
+    failure = None
+    try:
+        for batch in stream:
+            if not _put(batches, batch, closed):
+                return
+    except Exception as exc:  # handed to the reader, which raises it as the query's failure
+        failure = exc
+    _put(batches, _End(failure), closed)
+
+
+def _put(batches: queue.Queue, item: Any, closed: threading.Event) -> bool:
+    """Queues the item unless the stream is closed first; whether it was queued."""
+    while not closed.is_set():
+        try:
+            batches.put(item, timeout=_WAIT_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def record_operator_spans(executed: ExecutedPlan, parent: tracing.SpanContext, query_span: QuerySpan) -> None:
+    """One span per operator of the executed plan, under `parent` (the execution span), within the
+    execution's lifetime so far; their figures are given to `query_span`."""
+    now_ns = time.perf_counter_ns()
+    wall_to_perf = now_ns - time.time_ns()
+    _record(executed.plan, parent, (executed.started_ns, now_ns), wall_to_perf, query_span)
+
+
+def _record(
+    node: ExecutionPlan,
+    parent: tracing.SpanContext,
+    bounds: tuple[int, int],
+    wall_to_perf: int,
+    query_span: QuerySpan,
+) -> None:
+    """Records the node's span and its subtree's (nothing for a subtree without timestamps)."""
+    interval = _interval(node, wall_to_perf, bounds)
+    if interval is None:
+        return
+    name = node.display().split(":", 1)[0]
+    context = tracing.record_async_span(f"datafusion.{name}", parent, *interval)
+    query_span.describe_span(context[0], _figures(node))
+    for child in node.children():
+        _record(child, context, interval, wall_to_perf, query_span)
+
+
+def _interval(node: ExecutionPlan, wall_to_perf: int, bounds: tuple[int, int]) -> tuple[int, int] | None:
+    """The node's own interval, else the union of its children's; None if nothing below has timestamps."""
+    metrics = node.metrics()
+    interval = _own_interval(metrics.metrics() if metrics is not None else [], wall_to_perf, bounds)
+    if interval is not None:
+        return interval
+    found = [i for i in (_interval(child, wall_to_perf, bounds) for child in node.children()) if i is not None]
+    return (min(begin for begin, _ in found), max(end for _, end in found)) if found else None
+
+
+def _own_interval(values: list, wall_to_perf: int, bounds: tuple[int, int]) -> tuple[int, int] | None:
+    """The earliest start and latest end over the operator's partitions, clamped into `bounds`."""
+    starts = [m.value for m in values if m.name == "start_timestamp" and m.value is not None]
+    if not starts:
+        return None
+    ends = [m.value for m in values if m.name == "end_timestamp" and m.value is not None]
+    low, high = bounds
+    begin = min(max(_perf_ns(min(starts), wall_to_perf), low), high)
+    end = max(min(_perf_ns(max(ends), wall_to_perf), high), begin) if ends else high
+    return begin, end
+
+
+def _perf_ns(moment: dt.datetime, wall_to_perf: int) -> int:
+    """A DataFusion timestamp (UTC wall clock) on the spans' clock (perf_counter_ns)."""
+    wall_ns = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    return wall_ns + wall_to_perf
+
+
+def _figures(node: ExecutionPlan) -> dict[str, Any]:
+    """The operator's description and its counters summed over partitions."""
+    figures: dict[str, Any] = {"operator": node.display()[:500]}
+    metrics = node.metrics()
+    if metrics is None:
+        return figures
+    figures["output_rows"] = metrics.output_rows
+    elapsed = metrics.elapsed_compute
+    figures["elapsed_compute_ms"] = None if elapsed is None else round(elapsed / 1e6, 3)
+    for name in _COUNTERS:
+        value = metrics.sum_by_name(name)
+        if value:
+            figures[name] = value
+    return figures
