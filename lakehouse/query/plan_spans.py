@@ -160,7 +160,7 @@ def _record(
     interval = _interval(node, wall_to_perf, bounds)
     if interval is None:
         return
-    name = node.display().split(":", 1)[0]
+    name = node.display().split(":", 1)[0].strip()
     context = tracing.record_async_span(f"datafusion.{name}", parent, *interval)
     query_span.describe_span(context[0], _figures(node))
     for child in node.children():

@@ -39,6 +39,11 @@ def configure(rule: SlowQueryRule) -> None:
     _rule[0] = rule
 
 
+def current_rule() -> SlowQueryRule:
+    """The rule queries begun now follow."""
+    return _rule[0]
+
+
 class QuerySpan:
     """The root span of one query: `context` is its children's parent; `end()` applies the rule once.
 
