@@ -105,7 +105,7 @@ def test_a_slow_query_keeps_its_long_spans_and_their_ancestors(server: SpanlakeS
     operators = tree[tree.name.str.startswith("datafusion.")]
     assert "datafusion.AggregateExec" in set(operators.name), set(tree.name)
     execute = tree[tree.name == "flightsql.execute"].index[0]
-    for span_id, row in operators.iterrows():  # nested as the plan is, under the execution span
+    for _, row in operators.iterrows():  # nested as the plan is, under the execution span
         parent = tree.loc[row.parent_span_id]
         assert row.parent_span_id == execute or parent["name"].startswith("datafusion."), row.name
         assert row.depth == parent.depth + 1
