@@ -55,6 +55,11 @@ class SpanRecording:
         self._end_ns = spans._now()
         self.events += self._end_event()
 
+    @property
+    def duration_ns(self) -> int:
+        """How long the root ran (0 until it ends)."""
+        return self._end_ns - self.events[_TIME] if self._end_ns else 0
+
     def finish(self, slow_ns: int, min_span_ns: int) -> RecordingOutcome:
         """Closes the recording and writes the spans kept by the rule to this thread's stream; spans that
         have not ended by now are dropped."""
@@ -112,11 +117,14 @@ def _write(events: list) -> None:
         stream.full()
 
 
-def begin_recording(name: str, parent: SpanContext | None = None) -> SpanRecording:
-    """Begins a root async span named `name` (static) whose descendants are recorded until `finish`."""
+def begin_recording(name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> SpanRecording:
+    """Begins a root async span named `name` whose descendants are recorded until `finish`; a child of
+    `parent` (by default of the current span). `dynamic=True` for a name that changes per call."""
     frame = sys._getframe(1)
     if parent is None:
         parent = spans._current_span.get()
-    desc = spans._descriptor_here(frame, name)
-    begin, end = desc << spans.TYPE_BITS | spans.BEGIN_ASYNC, desc << spans.TYPE_BITS | spans.END_ASYNC
-    return SpanRecording(begin, end, None, parent)
+    if dynamic:
+        location = spans._descriptor_here(frame, None) << spans.TYPE_BITS
+        return SpanRecording(location | spans.BEGIN_ASYNC_NAMED, location | spans.END_ASYNC_NAMED, str(name), parent)
+    desc = spans._descriptor_here(frame, name) << spans.TYPE_BITS
+    return SpanRecording(desc | spans.BEGIN_ASYNC, desc | spans.END_ASYNC, None, parent)

@@ -55,12 +55,14 @@ class _End:
         self.failure = failure
 
 
-@dataclass(frozen=True)
+@dataclass
 class ExecutedPlan:
-    """A plan being executed, and when its execution began (perf_counter_ns)."""
+    """A plan being executed, when its execution began and when its stream ended (perf_counter_ns; 0:
+    not seen to end)."""
 
     plan: ExecutionPlan
     started_ns: int
+    ended_ns: int = 0
 
 
 class PlanStream:
@@ -98,6 +100,13 @@ class PlanStream:
 
     def __next__(self) -> Any:
         """The next batch of any partition; StopIteration when all have ended."""
+        try:
+            return self._next_batch()
+        except StopIteration:
+            self.executed.ended_ns = time.perf_counter_ns()
+            raise
+
+    def _next_batch(self) -> Any:
         if self._single is not None:
             return next(self._single)
         while self._running:
@@ -143,10 +152,12 @@ def _put(batches: queue.Queue, item: Any, closed: threading.Event) -> bool:
 
 def record_operator_spans(executed: ExecutedPlan, parent: tracing.SpanContext, query_span: QuerySpan) -> None:
     """One span per operator of the executed plan, under `parent` (the execution span), within the
-    execution's lifetime so far; their figures are given to `query_span`."""
+    execution's lifetime so far; their figures are given to `query_span`. Called through
+    `query_span.when_slow`: a fast query, which would drop them, does not pay for them."""
     now_ns = time.perf_counter_ns()
     wall_to_perf = now_ns - time.time_ns()
-    _record(executed.plan, parent, (executed.started_ns, now_ns), wall_to_perf, query_span)
+    bounds = (executed.started_ns, executed.ended_ns or now_ns)
+    _record(executed.plan, parent, bounds, wall_to_perf, query_span)
 
 
 def _record(

@@ -13,6 +13,7 @@ values stay out of the entries' properties: property sets are interned for the p
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ class QuerySpan:
     `set_figures` and `describe_span` attach figures to the root and to its descendants; they are
     written (log entries) for the spans the rule keeps."""
 
-    __slots__ = ("_figures", "_recording", "_rule", "_span_figures", "context")
+    __slots__ = ("_attached", "_figures", "_recording", "_rule", "_span_figures", "_when_slow", "context")
 
     def __init__(self, recording: SpanRecording, rule: SlowQueryRule) -> None:
         self._recording = recording
@@ -58,6 +59,18 @@ class QuerySpan:
         self.context: tracing.SpanContext = recording.context
         self._figures: dict[str, Any] = {}
         self._span_figures: dict[int, dict[str, Any]] = {}
+        self._when_slow: list[Callable[[QuerySpan], None]] = []
+
+    def __enter__(self) -> QuerySpan:
+        """`with begin_query_span(...) as span:` the root is the current span of the body, ended after it."""
+        self._attached = tracing.attach(self.context)
+        self._attached.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Leaves the body and ends the root span."""
+        self._attached.__exit__(*exc_info)
+        self.end()
 
     def set_figures(self, **figures: Any) -> None:
         """Figures of the whole query (query id, phase times, rows, ...) for its root's entry."""
@@ -67,12 +80,22 @@ class QuerySpan:
         """Figures of one descendant span (an operator's rows, compute time, ...), written if it is kept."""
         self._span_figures[span_id] = figures
 
+    def when_slow(self, record: Callable[[QuerySpan], None]) -> None:
+        """Has `record(self)` run at the end if the query is slow, before the rule picks the spans kept:
+        for spans recorded after the fact (DataFusion's operators), which a fast query would drop."""
+        self._when_slow.append(record)
+
     def end(self) -> None:
         """Ends the root span, applies the rule and writes the entries (once; later calls do nothing)."""
         recording, self._recording = self._recording, None
         if recording is None:
             return
-        outcome = recording.finish(int(self._rule.slow_query_seconds * 1e9), int(self._rule.slow_span_ms * 1e6))
+        recording.end()
+        slow_ns = int(self._rule.slow_query_seconds * 1e9)
+        if recording.duration_ns >= slow_ns:
+            for record in self._when_slow:
+                record(self)
+        outcome = recording.finish(slow_ns, int(self._rule.slow_span_ms * 1e6))
         self._write_entries(outcome)
 
     def _write_entries(self, outcome: RecordingOutcome) -> None:
@@ -90,6 +113,6 @@ class QuerySpan:
                 tracing.info(json.dumps({"span_id": span_id, **figures}, separators=(",", ":")))
 
 
-def begin_query_span(name: str, parent: tracing.SpanContext | None = None) -> QuerySpan:
-    """Begins the root span of a query (static `name`), under the rule configured now."""
-    return QuerySpan(begin_recording(name, parent), _rule[0])
+def begin_query_span(name: str, *, dynamic: bool = False) -> QuerySpan:
+    """Begins the root span of a query, under the rule configured now (`dynamic=True`: a per-call name)."""
+    return QuerySpan(begin_recording(name, dynamic=dynamic), _rule[0])

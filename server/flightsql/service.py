@@ -303,9 +303,10 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _prepare(self, context: flight.ServerCallContext, statement: Statement, rpc: str) -> pa.Schema:
         """Plans (or finds the plan of) the statement and returns the schema the client will receive."""
-        with tracing.async_span(f"flightsql.{rpc}", dynamic=True):
+        with slow_queries.begin_query_span(f"flightsql.{rpc}", dynamic=True) as query_span:
             call = _call(context)
             audit = QueryAudit(str(uuid.uuid4()), rpc, statement.sql, call.client, call.principal)
+            query_span.set_figures(query_id=audit.query_id)
             headers = _query_headers(call, audit)
             query = self._open_query(context, audit)
             try:
@@ -380,7 +381,7 @@ class FlightSqlServer(flight.FlightServerBase):
         def end() -> None:
             reader.close()
             self._close_query(query)
-            plan_spans.record_operator_spans(executed, execute_span.context, query_span)
+            query_span.when_slow(functools.partial(plan_spans.record_operator_spans, executed, execute_span.context))
             query_span.set_figures(
                 planning_ms=round(audit.planning_ms, 3),
                 execution_ms=round(audit.execution_ms, 3),
