@@ -1,8 +1,10 @@
 """DataFusion's execution as spans: one span per physical operator, from the executed plan's metrics.
 
 `df.execute_stream()` plans the query again, out of reach; so the query runs the plan it keeps
-(`PlanStream`): a plan of one partition is one stream; the partitions of a larger plan are read by
-one thread each into a bounded queue, all at once (as DataFusion's coalescing does).
+(`PlanStream`): a plan of one partition is one stream; the partitions of a larger plan are read at
+once (as DataFusion's coalescing does) by one thread per core, each taking a batch of each of its
+partitions in turn, into a bounded queue. One thread per partition costs more: every batch handed
+between threads takes the GIL, and many threads contend for it (benchmarks/plan_stream.py).
 
 After the stream ends, `record_operator_spans` turns each operator's metrics into a span under the
 execution span, nested as the plan is: its interval is the earliest `start_timestamp` and the latest
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import os
 import queue
 import threading
 import time
@@ -27,8 +30,9 @@ from datafusion.plan import ExecutionPlan
 from spanlake import tracing
 from spanlake.lakehouse.query.slow_queries import QuerySpan
 
-# Batches waiting per partition thread: enough to keep every partition busy, bounded in memory.
+# Batches waiting per partition: enough to keep every partition busy, bounded in memory.
 QUEUED_BATCHES_PER_PARTITION = 2
+READER_THREADS = os.cpu_count() or 2
 # How often a waiting thread looks up from its queue: the query's thread to take a stop
 # (QueryThread raises in it), a partition thread to see the stream closed.
 _WAIT_SECONDS = 0.1
@@ -47,7 +51,7 @@ _COUNTERS = (
 
 
 class _End:
-    """A partition thread's last item: its failure, if any."""
+    """A reader thread's last item: its failure, if any."""
 
     __slots__ = ("failure",)
 
@@ -65,26 +69,52 @@ class ExecutedPlan:
     ended_ns: int = 0
 
 
+class _Channel:
+    """Batches from the reader threads to the query: bounded (a semaphore over C-level SimpleQueue,
+    cheaper per batch than `queue.Queue`); once closed, the threads stop putting."""
+
+    def __init__(self, capacity: int) -> None:
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._free = threading.Semaphore(capacity)
+        self.closed = threading.Event()
+
+    def put(self, item: Any) -> bool:
+        """Queues the item when there is room, unless closed first; whether it was queued."""
+        while not self._free.acquire(timeout=_WAIT_SECONDS):
+            if self.closed.is_set():
+                return False
+        self._items.put(item)
+        return True
+
+    def get(self) -> Any:
+        """The next item (waiting in short steps, where a stop raised in this thread is taken)."""
+        while True:
+            try:
+                item = self._items.get(timeout=_WAIT_SECONDS)
+            except queue.Empty:
+                continue
+            self._free.release()
+            return item
+
+
 class PlanStream:
     """The batches (DataFusion RecordBatch) of `plan` executed in `ctx`, all partitions at once; `plan`
-    keeps the metrics. Dropping or closing it stops the partition threads after their current batch."""
+    keeps the metrics. Dropping or closing it stops the reader threads after their current batch."""
 
     def __init__(self, ctx: datafusion.SessionContext, plan: ExecutionPlan) -> None:
         self.executed = ExecutedPlan(plan, time.perf_counter_ns())
         count = plan.partition_count
         self._single = ctx.execute(plan, 0) if count == 1 else None
-        self._batches: queue.Queue = queue.Queue(QUEUED_BATCHES_PER_PARTITION * count)
-        self._running = count if count > 1 else 0
-        self._closed = threading.Event()
-        weakref.finalize(self, self._closed.set)
-        for partition in range(count if count > 1 else 0):
-            stream = ctx.execute(plan, partition)
+        self._channel = _Channel(QUEUED_BATCHES_PER_PARTITION * count)
+        self._running = min(count, READER_THREADS) if count > 1 else 0
+        weakref.finalize(self, self._channel.closed.set)
+        streams = [ctx.execute(plan, partition) for partition in range(count)] if self._running else []
+        for reader in range(self._running):
             # Each thread runs in a copy of this context: spans begun there have this span as parent.
-            context = contextvars.copy_context()
             thread = threading.Thread(
-                target=context.run,
-                args=(_pump, stream, self._batches, self._closed),
-                name=f"spanlake-partition-{partition}",
+                target=contextvars.copy_context().run,
+                args=(_pump, streams[reader :: self._running], self._channel),
+                name=f"spanlake-plan-reader-{reader}",
                 daemon=True,
             )
             thread.start()
@@ -110,10 +140,7 @@ class PlanStream:
         if self._single is not None:
             return next(self._single)
         while self._running:
-            try:
-                item = self._batches.get(timeout=_WAIT_SECONDS)
-            except queue.Empty:
-                continue
+            item = self._channel.get()
             if type(item) is not _End:
                 return item
             self._running -= 1
@@ -123,31 +150,25 @@ class PlanStream:
         raise StopIteration
 
     def close(self) -> None:
-        """Stops the partition threads (after the batch each is computing)."""
-        self._closed.set()
+        """Stops the reader threads (after the batch each is computing)."""
+        self._channel.closed.set()
 
 
-def _pump(stream: Any, batches: queue.Queue, closed: threading.Event) -> None:
-    """Moves a partition's batches into the queue until it ends or the stream is closed."""
+def _pump(streams: list, channel: _Channel) -> None:
+    """Moves the partitions' batches into the channel, a batch of each in turn, until they end or the
+    channel is closed."""
     failure = None
     try:
-        for batch in stream:
-            if not _put(batches, batch, closed):
-                return
-    except Exception as exc:  # handed to the reader, which raises it as the query's failure
+        while streams:
+            for stream in tuple(streams):
+                batch = next(stream, None)
+                if batch is None:
+                    streams.remove(stream)
+                elif not channel.put(batch):
+                    return
+    except Exception as exc:  # handed to the query, which raises it as its failure
         failure = exc
-    _put(batches, _End(failure), closed)
-
-
-def _put(batches: queue.Queue, item: Any, closed: threading.Event) -> bool:
-    """Queues the item unless the stream is closed first; whether it was queued."""
-    while not closed.is_set():
-        try:
-            batches.put(item, timeout=_WAIT_SECONDS)
-            return True
-        except queue.Full:
-            continue
-    return False
+    channel.put(_End(failure))
 
 
 def record_operator_spans(executed: ExecutedPlan, parent: tracing.SpanContext, query_span: QuerySpan) -> None:
