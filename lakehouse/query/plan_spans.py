@@ -6,10 +6,11 @@ once (as DataFusion's coalescing does) by one thread per core, each taking a bat
 partitions in turn, into a bounded queue. One thread per partition costs more: every batch handed
 between threads takes the GIL, and many threads contend for it (benchmarks/plan_stream.py).
 
-After the stream ends, `record_operator_spans` turns each operator's metrics into a span under the
-execution span, nested as the plan is: its interval is the earliest `start_timestamp` and the latest
-`end_timestamp` over its partitions (an operator without them spans its children's), its figures
-(output rows, compute time, bytes scanned, row groups pruned, ...) go to the query span's entries.
+When a slow query ends (`QuerySpan.when_slow`), `record_operator_spans` turns each operator's
+metrics into a span under the execution span, nested as the plan is: its interval is the earliest
+`start_timestamp` and the latest `end_timestamp` over its partitions (an operator without them spans
+its children's), its figures (output rows, compute time, bytes scanned, row groups pruned, ...) go to
+the query span's entries.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from spanlake.lakehouse.query.slow_queries import QuerySpan
 QUEUED_BATCHES_PER_PARTITION = 2
 READER_THREADS = os.cpu_count() or 2
 # How often a waiting thread looks up from its queue: the query's thread to take a stop
-# (QueryThread raises in it), a partition thread to see the stream closed.
+# (QueryThread raises in it), a reader thread to see the stream closed.
 _WAIT_SECONDS = 0.1
 # Counters worth showing, beyond rows and compute time; summed over partitions.
 _COUNTERS = (
