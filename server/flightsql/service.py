@@ -40,6 +40,7 @@ import pyarrow.flight as flight
 
 from spanlake import tracing
 from spanlake.lakehouse.cluster.outcome import Declined
+from spanlake.lakehouse.query import plan_spans, slow_queries
 from spanlake.server.auth import Authenticator, Principal
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.audit import QueryAudit
@@ -302,9 +303,10 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _prepare(self, context: flight.ServerCallContext, statement: Statement, rpc: str) -> pa.Schema:
         """Plans (or finds the plan of) the statement and returns the schema the client will receive."""
-        with tracing.async_span(f"flightsql.{rpc}", dynamic=True):
+        with slow_queries.begin_query_span(f"flightsql.{rpc}", dynamic=True) as query_span:
             call = _call(context)
             audit = QueryAudit(str(uuid.uuid4()), rpc, statement.sql, call.client, call.principal)
+            query_span.set_figures(query_id=audit.query_id)
             headers = _query_headers(call, audit)
             query = self._open_query(context, audit)
             try:
@@ -316,7 +318,7 @@ class FlightSqlServer(flight.FlightServerBase):
     def _execute(self, context: flight.ServerCallContext, statement: Statement) -> flight.FlightDataStream:
         # The query's span lasts until its stream ends, after this handler returns: it is ended by
         # the stream (or here, on a failure before streaming).
-        query_span = tracing.begin_async_span("flightsql.do_get")
+        query_span = slow_queries.begin_query_span("flightsql.do_get")
         try:
             with tracing.attach(query_span.context):
                 return self._execute_in_span(context, statement, query_span)
@@ -325,11 +327,12 @@ class FlightSqlServer(flight.FlightServerBase):
             raise
 
     def _execute_in_span(
-        self, context: flight.ServerCallContext, statement: Statement, query_span: tracing.OpenAsyncSpan
+        self, context: flight.ServerCallContext, statement: Statement, query_span: slow_queries.QuerySpan
     ) -> flight.FlightDataStream:
         call = _call(context)
         sql = statement.sql
         audit = QueryAudit(str(uuid.uuid4()), "DoGet", sql, call.client, call.principal)
+        query_span.set_figures(query_id=audit.query_id)
         headers = _query_headers(call, audit)
         _log.debug(
             "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
@@ -357,14 +360,14 @@ class FlightSqlServer(flight.FlightServerBase):
         statement: Statement,
         headers: QueryHeaders,
         audit: QueryAudit,
-        query_span: tracing.OpenAsyncSpan,
+        query_span: slow_queries.QuerySpan,
     ) -> flight.FlightDataStream:
         planned = self._planned(query, call, statement, headers, audit, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
         execute_span = tracing.begin_async_span("flightsql.execute")
         try:
             with tracing.attach(execute_span.context):
-                stream = query.run(planned.df.execute_stream)
+                stream = query.run(plan_spans.PlanStream.start, planned.ctx, planned.df)
         except Failure as failure:
             execute_span.end()
             raise _failed(audit, failure) from None
@@ -372,12 +375,19 @@ class FlightSqlServer(flight.FlightServerBase):
             execute_span.end()
             raise _failed(audit, errors.classify("error executing plan", exc, audit.query_id)) from None
 
-        reader = DataFusionBatches(stream, execute_span.context)
+        reader, executed = DataFusionBatches(stream, execute_span.context), stream.executed
         del stream  # the reader holds the only reference, dropped when the stream ends
 
         def end() -> None:
             reader.close()
             self._close_query(query)
+            query_span.when_slow(functools.partial(plan_spans.record_operator_spans, executed, execute_span.context))
+            query_span.set_figures(
+                planning_ms=round(audit.planning_ms, 3),
+                execution_ms=round(audit.execution_ms, 3),
+                rows=audit.rows,
+                bytes=audit.bytes,
+            )
 
         batches = result_batches(
             functools.partial(query.run, reader.next_batch), schema, audit, (execute_span, query_span), end
@@ -391,7 +401,7 @@ class FlightSqlServer(flight.FlightServerBase):
         statement: Statement,
         headers: QueryHeaders,
         audit: QueryAudit,
-        query_span: tracing.OpenAsyncSpan,
+        query_span: slow_queries.QuerySpan,
     ) -> flight.FlightDataStream | None:
         """The query's stream from the query cluster, or None when DataFusion runs it (the audit says why)."""
         if self._cluster is None or statement.parameters is not None:
@@ -554,7 +564,7 @@ def _plan(ctx: datafusion.SessionContext, statement: Statement, limit: int | Non
             df = df.limit(limit)
         except Exception as exc:
             raise errors.classify("error building dataframe with limit", exc, query_id) from None
-    return PlannedQuery(df, df.schema())
+    return PlannedQuery(df, df.schema(), ctx)
 
 
 def _call(context: flight.ServerCallContext) -> _Call:
