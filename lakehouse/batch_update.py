@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, write_partition
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
@@ -53,12 +54,11 @@ def materialize_range(
 def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
     """Brings a bucket's partitions up to date (rebuilt if incomplete, merged if several); the number written."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
-    required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
-    existing = [
-        p
-        for p in lake.loop.run(lake.catalog.overlapping_partitions(view.name, GLOBAL, begin_ns, end_ns))
-        if p.file_schema_hash == view.schema_hash
-    ]
+    with tracing.async_span("catalog.source_count"):
+        required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    with tracing.async_span("catalog.fetch_overlapping"):
+        overlapping = lake.loop.run(lake.catalog.overlapping_partitions(view.name, GLOBAL, begin_ns, end_ns))
+    existing = [p for p in overlapping if p.file_schema_hash == view.schema_hash]
     if any(p.begin_insert_ns < begin_ns or p.end_insert_ns > end_ns for p in existing):
         progress(f"{what}: a partition crosses the bucket's edge, left as is")
         return 0

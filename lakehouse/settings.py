@@ -204,6 +204,22 @@ SETTINGS: tuple[Option, ...] = (
         "DataFusion memory pool of one query (MiB; sorts and aggregations spill past it); 0: unlimited",
         ("serve", "flightsql", "web"),
     ),
+    Option(
+        "slow_query_seconds",
+        "SPANLAKE_SLOW_QUERY_SECONDS",
+        float,
+        1.0,
+        "a query running at least this long keeps its detailed spans in self-tracing; faster: its root only",
+        ("serve", "flightsql"),
+    ),
+    Option(
+        "slow_span_ms",
+        "SPANLAKE_SLOW_SPAN_MS",
+        float,
+        5.0,
+        "of a slow query, the spans running at least this long are kept (with their ancestors)",
+        ("serve", "flightsql"),
+    ),
 )
 
 
@@ -231,6 +247,8 @@ class Settings:
     max_sql_depth: int = 1000
     query_timeout_seconds: float = 300.0
     query_memory_limit_mb: int = 4096
+    slow_query_seconds: float = 1.0
+    slow_span_ms: float = 5.0
 
     @property
     def lake_uri(self) -> str:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 from spanlake.lakehouse.bulk_ingest import bulk_ingest
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query import slow_queries
 from spanlake.lakehouse.query.admission import lakehouse_runner
 from spanlake.lakehouse.query.audit import AUDIT_LOGGER
+from spanlake.lakehouse.query.slow_queries import SlowQueryRule
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
 from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
@@ -72,6 +74,7 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
     shutdown = _shutdown_requested()
     lake = Lake.open(settings)
     self_tracing = start_self_tracing(lake, _role_name(roles)) if settings.self_tracing else None
+    slow_queries.configure(SlowQueryRule(settings.slow_query_seconds, settings.slow_span_ms))
     try:
         serves_requests = "ingest" in roles or "flightsql" in roles or "web" in roles
         authenticator = make_authenticator(settings, lake) if serves_requests else None

@@ -32,7 +32,13 @@ JIT_CHAIN = (
 @pytest.fixture(scope="module")
 def traced(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SpanlakeServer, str]]:
     """A self-traced server holding one generated process; yields the server and that process's id."""
-    env = {"SPANLAKE_SELF_TRACING": "true", "MICROMEGAS_FLUSH_PERIOD": "0.3"}
+    # Every query counts as slow and keeps every span: these tests check the whole span tree.
+    env = {
+        "SPANLAKE_SELF_TRACING": "true",
+        "MICROMEGAS_FLUSH_PERIOD": "0.3",
+        "SPANLAKE_SLOW_QUERY_SECONDS": "0",
+        "SPANLAKE_SLOW_SPAN_MS": "0",
+    }
     with running_server(postgres, tmp_path_factory.mktemp("self"), extra_env=env) as server:
         result = subprocess.run(
             [

@@ -13,6 +13,7 @@ See docs/tracing.md. Modules (the public API is re-exported here):
 
     dispatch        the telemetry session: process info, streams, the flush thread, the sink
     spans           thread spans (sync code) and async spans (coroutines), context, suppression
+    recording       a root span holding its descendants back until it ends, then keeping some
     logs            log entries and a `logging.Handler`
     metrics         integer and float metrics
     streams         where events wait between being recorded and being encoded
@@ -45,6 +46,7 @@ from spanlake.tracing.logs import (
 )
 from spanlake.tracing.metrics import fmetric, imetric
 from spanlake.tracing.process_info import ProcessInfo
+from spanlake.tracing.recording import RecordingOutcome, SpanRecording, begin_recording
 from spanlake.tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
 from spanlake.tracing.spans import (
     OpenAsyncSpan,
@@ -55,6 +57,7 @@ from spanlake.tracing.spans import (
     current_span_context,
     current_span_id,
     instrument,
+    record_async_span,
     span_async_named,
     span_fn,
     span_scope,
@@ -75,12 +78,15 @@ __all__ = [
     "OpenAsyncSpan",
     "Priority",
     "ProcessInfo",
+    "RecordingOutcome",
     "SinkConfig",
     "SinkStats",
     "SpanContext",
+    "SpanRecording",
     "async_span",
     "attach",
     "begin_async_span",
+    "begin_recording",
     "current_process",
     "current_span_context",
     "current_span_id",
@@ -94,6 +100,7 @@ __all__ = [
     "init",
     "instrument",
     "log",
+    "record_async_span",
     "set_max_level",
     "shutdown",
     "sink_stats",

@@ -44,6 +44,9 @@ _span_ids = itertools.count(1)
 _ROOT = (0, -1)
 _current_span: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
+# The spans of open recordings (tracing.recording), by span id: a span whose parent is here joins its
+# parent's recording instead of being written to its thread's stream.
+_recording_of: dict[int, Any] = {}
 
 
 def current_span_id() -> int:
@@ -100,12 +103,7 @@ def _async_span_fn(func: F, desc: int) -> F:
     async def async_span(*args: Any, **kwargs: Any) -> Any:
         parent = _current_span.get()
         span_id, depth = next(_span_ids), parent[1] + 1
-        try:
-            stream = _dispatch.local.stream
-        except AttributeError:
-            stream = _dispatch.thread_stream()
-        events = stream.async_events
-        events += (begin, _now(), span_id, parent[0], depth, None)
+        record_begin(begin, _now(), span_id, parent[0], depth, None)
         _current_span.set((span_id, depth))
         try:
             return await func(*args, **kwargs)
@@ -120,12 +118,36 @@ def _end_async_span(end: int, span_id: int, parent: tuple[int, int], depth: int,
     # this in whatever context is current then, which is not ours to change.
     if _current_span.get()[0] == span_id:
         _current_span.set(parent)
+    record_end(end, _now(), span_id, parent[0], depth, name)
+
+
+def record_begin(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
+    """Appends an async span's begin event to its parent's recording if it has one (the span joins it),
+    else to the thread's cpu stream."""
+    recording = _recording_of.get(parent_id)
+    if recording is None:
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        stream.async_events += (code, time_ns, span_id, parent_id, depth, name)
+    else:
+        _recording_of[span_id] = recording
+        recording.events += (code, time_ns, span_id, parent_id, depth, name)
+
+
+def record_end(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
+    """Appends an async span's end event to its recording if it is in one, else to the thread's cpu stream."""
+    recording = _recording_of.get(span_id)
+    if recording is not None:
+        recording.events += (code, time_ns, span_id, parent_id, depth, name)
+        return
     try:
         stream = _dispatch.local.stream
     except AttributeError:
         stream = _dispatch.thread_stream()
     events = stream.async_events
-    events += (end, _now(), span_id, parent[0], depth, name)
+    events += (code, time_ns, span_id, parent_id, depth, name)
     if len(events) > stream.async_capacity:
         stream.full()
 
@@ -133,12 +155,7 @@ def _end_async_span(end: int, span_id: int, parent: tuple[int, int], depth: int,
 async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
     parent = _current_span.get()
     span_id, depth = next(_span_ids), parent[1] + 1
-    try:
-        stream = _dispatch.local.stream
-    except AttributeError:
-        stream = _dispatch.thread_stream()
-    events = stream.async_events
-    events += (begin, _now(), span_id, parent[0], depth, name)
+    record_begin(begin, _now(), span_id, parent[0], depth, name)
     _current_span.set((span_id, depth))
     try:
         return await awaitable
@@ -253,26 +270,14 @@ class OpenAsyncSpan:
         span_id, depth = next(_span_ids), parent[1] + 1
         self.context: SpanContext = (span_id, depth)
         self._end, self._name, self._parent = end, name, parent[0]
-        try:
-            stream = _dispatch.local.stream
-        except AttributeError:
-            stream = _dispatch.thread_stream()
-        events = stream.async_events
-        events += (begin, _now(), span_id, parent[0], depth, name)
+        record_begin(begin, _now(), span_id, parent[0], depth, name)
 
     def end(self) -> None:
         """Records the span's end; later calls do nothing."""
         if self._end < 0:
             return
         end, self._end = self._end, -1
-        try:
-            stream = _dispatch.local.stream
-        except AttributeError:
-            stream = _dispatch.thread_stream()
-        events = stream.async_events
-        events += (end, _now(), self.context[0], self._parent, self.context[1], self._name)
-        if len(events) > stream.async_capacity:
-            stream.full()
+        record_end(end, _now(), self.context[0], self._parent, self.context[1], self._name)
 
 
 def begin_async_span(name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> OpenAsyncSpan:
@@ -338,3 +343,16 @@ class suppressed:
         else:
             self._local.stream = self._previous
         self._local = None
+
+
+def record_async_span(name: str, parent: SpanContext, begin_ns: int, end_ns: int) -> SpanContext:
+    """Records an async span that has already run, named per call, with its times given on the spans'
+    clock (`time.perf_counter_ns`): for work timed by someone else, such as a query engine's operators.
+    Returns its context, the parent of its own children."""
+    location = _descriptor_here(sys._getframe(1), None)
+    span_id, depth = next(_span_ids), parent[1] + 1
+    if type(name) is not str:
+        name = str(name)
+    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name)
+    record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name)
+    return (span_id, depth)

@@ -20,5 +20,7 @@ Modules:
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
+    slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
+    plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

@@ -96,7 +96,10 @@ def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:
     if view.merge is None:
         return None
     filesystem, root = lake.store.arrow_filesystem()
-    partitions = ds.dataset(
-        [f"{root}/{key}" for key in keys], schema=view.schema, format="parquet", filesystem=filesystem
-    )
-    return view.merge(partitions.to_table())
+    with tracing.async_span("parquet.read"):
+        partitions = ds.dataset(
+            [f"{root}/{key}" for key in keys], schema=view.schema, format="parquet", filesystem=filesystem
+        )
+        table = partitions.to_table()
+    with tracing.async_span("lakehouse.merge_rows"):
+        return view.merge(table)

@@ -11,8 +11,9 @@ for every door:
 * a thread of its own with a large stack (`query_thread.QueryThread`), stopped when the client goes
   away, at the time limit, or when the server shuts down (`QueryRunner.shutdown`);
 * the audit record (`audit.QueryAudit`, rpc = the door) and error classification (`failures`);
-* self-tracing: the query's root span (`begin_query_span`, the one place root spans are made) and its
-  plan and execute children.
+* self-tracing: the query's root span (`slow_queries.begin_query_span`, under the slow-query rule: a
+  slow query keeps its long spans, DataFusion's operators included, a fast one its root only) and its
+  plan and execute children; every door's root spans are begun in `Query`, nowhere else.
 
 Every step that can fail raises a `failures.Failure`, already audited and logged; the door only turns
 it into its own status.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 import uuid
@@ -32,7 +34,7 @@ import datafusion
 import pyarrow as pa
 
 from spanlake import tracing
-from spanlake.lakehouse.query import failures
+from spanlake.lakehouse.query import failures, plan_spans, slow_queries
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
@@ -43,13 +45,6 @@ T = TypeVar("T")
 
 # The server is read-only: DDL, DML and SET statements are refused at planning.
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
-
-
-def begin_query_span(name: str) -> tracing.OpenAsyncSpan:
-    """The root span of one query (`flightsql.do_get`, `web.sql`, ...), child of the caller's current
-    span: every door's queries begin theirs here, so a rule about whole queries (which to keep) plugs
-    in at one place."""
-    return tracing.begin_async_span(name, dynamic=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +113,8 @@ class Query:
             self.query_id, request.door, request.sql, request.client, request.principal, recorded=request.audited
         )
         self.audit.query_range, self.audit.limit = request.query_range, request.limit
-        self.span = begin_query_span(request.span)
+        self.span = slow_queries.begin_query_span(request.span, dynamic=True)
+        self.span.set_figures(query_id=self.query_id)
         self._span_prefix = request.span.partition(".")[0]
         self._runner = runner
         self._limits = runner.limits
@@ -152,6 +148,13 @@ class Query:
             self.audit.execution_ms = (time.perf_counter() - self._executing_since) * 1000.0
         self._thread.close()
         self._runner.release(self)
+        audit = self.audit
+        self.span.set_figures(
+            planning_ms=round(audit.planning_ms, 3),
+            execution_ms=round(audit.execution_ms, 3),
+            rows=audit.rows,
+            bytes=audit.bytes,
+        )
         self.span.end()
 
     def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:
@@ -268,17 +271,24 @@ class Query:
         self.count(table)
         return table
 
-    def execute(self, df: datafusion.DataFrame) -> ResultBatches:
-        """A planned query's result as a stream of batches (pull them with `ResultBatches.next_batch`
-        as steps); its execute span lasts until the stream is closed."""
+    @property
+    def session_context(self) -> datafusion.SessionContext | None:
+        """The query's session, once built (a plan executes in the session that planned it)."""
+        return self._session
+
+    def execute(self, df: datafusion.DataFrame, ctx: datafusion.SessionContext | None = None) -> ResultBatches:
+        """A planned query's result as a stream of batches, executed in `ctx` (the query's session by
+        default) as `plan_spans.PlanStream`, whose operators become spans if the query is slow; pull the
+        batches with `ResultBatches.next_batch` as steps. Its execute span lasts until the stream closes."""
         self.executing()
         span = tracing.begin_async_span(f"{self._span_prefix}.execute", dynamic=True)
         try:
             with tracing.attach(span.context):
-                stream = df.execute_stream()
+                stream = plan_spans.PlanStream.start(ctx if ctx is not None else self.session(), df)
         except Exception as exc:
             span.end()
             raise failures.classify("error executing plan", exc, self.query_id) from None
+        self.span.when_slow(functools.partial(plan_spans.record_operator_spans, stream.executed, span.context))
         return ResultBatches(self, stream, span)
 
 
@@ -287,7 +297,7 @@ class ResultBatches:
     the stream, and with it DataFusion's tasks for the query, even while a stopped step or an
     exception's traceback still holds this object."""
 
-    def __init__(self, query: Query, stream: Any, span: tracing.OpenAsyncSpan) -> None:
+    def __init__(self, query: Query, stream: plan_spans.PlanStream, span: tracing.OpenAsyncSpan) -> None:
         """Takes the only reference to `stream`; `span` is its execute span."""
         self._query = query
         self._stream = stream
@@ -308,7 +318,9 @@ class ResultBatches:
         return None if batch is None else self._query.count(batch.to_pyarrow())
 
     def close(self) -> None:
-        """Drops the stream and ends the execute span (once)."""
+        """Stops and drops the stream and ends the execute span (once)."""
+        if self._stream is not None:
+            self._stream.close()
         self._stream = None
         span, self._span = self._span, None
         if span is not None:

@@ -95,7 +95,8 @@ def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[
     keys = instances.instance_files(lake, view, instance_id, query_range)
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        frame = lake.off_runtime.run(_scan, lake, view, keys)
+        with tracing.async_span("parquet.open"):  # DataFusion lists the files and reads their footers
+            frame = lake.off_runtime.run(_scan, lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
         frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:

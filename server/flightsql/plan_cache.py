@@ -25,6 +25,7 @@ PlanKey = tuple[str, tuple[int, int] | None, int | None, str | None]
 class PlannedQuery:
     df: datafusion.DataFrame
     schema: pa.Schema  # the DataFrame's result schema, before dictionary hydration
+    ctx: datafusion.SessionContext | None = None  # the session that executes the plan
 
 
 class PlanCache:

@@ -341,7 +341,7 @@ class FlightSqlServer(flight.FlightServerBase):
     ) -> flight.FlightDataStream:
         planned = self._planned(query, call, statement, headers, take=True)
         schema = output_schema(planned.schema, headers.preserve_dictionary)
-        reader = query.run(query.execute, planned.df)
+        reader = query.run(query.execute, planned.df, planned.ctx)
 
         def end() -> None:
             reader.close()
@@ -385,7 +385,7 @@ class FlightSqlServer(flight.FlightServerBase):
             return planned
         # The session is built inside the planning span: its table functions take it as parent.
         df = query.run(query.plan, statement.sql, statement.param_values(), headers.limit)
-        planned = PlannedQuery(df, df.schema())
+        planned = PlannedQuery(df, df.schema(), query.session_context)
         if not take:
             self._plans.put(key, planned)
         return planned

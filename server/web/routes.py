@@ -25,6 +25,7 @@ from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
 from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
 from spanlake.server.web.query_stream import QueryStream
+from spanlake.server.web.slow_queries import SlowQueryScreens
 from spanlake.server.web.time_range import TimeRangeError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -91,6 +92,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
         app.middlewares.append(_auth_middleware(authenticator))
     web_queries = WebQueries(runner)
     screens, api = ProcessScreens(lake, web_queries), Api(lake, web_queries)
+    slow = SlowQueryScreens(lake, web_queries)
     app.router.add_routes(login_handlers(authenticator))
     pages = {
         "/": screens.processes,
@@ -101,6 +103,8 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
         "/process/{process_id}/spans": screens.spans,
         "/process/{process_id}/threads": screens.threads,
         "/process/{process_id}/perfetto": screens.perfetto,
+        "/slow-queries": slow.list,
+        "/slow-queries/{span_id}": slow.tree,
     }
     for path, handler in pages.items():
         app.router.add_get(path, _reported(handler, _as_page))
