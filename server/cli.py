@@ -182,6 +182,7 @@ def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `spanlake` command line parser: every command with its settings flags."""
     parser = argparse.ArgumentParser(
         prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols."
     )
@@ -240,6 +241,7 @@ def configure_logging(level_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the `spanlake` command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command is None:
         print(GETTING_STARTED, end="")

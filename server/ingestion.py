@@ -46,6 +46,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class IngestionService:
+    """The HTTP routes of the ingestion API (and the web UI when enabled) over one lake."""
+
     def __init__(
         self,
         lake: Lake,
@@ -64,6 +66,7 @@ class IngestionService:
         self.block_contexts = BlockContexts(lake)
 
     def app(self) -> web.Application:
+        """The aiohttp application: health, readiness, the enabled ingestion routes and the web UI."""
         app = web.Application(
             client_max_size=NATIVE_BODY_LIMIT, middlewares=[self._errors_middleware, self._auth_middleware]
         )
@@ -114,9 +117,11 @@ class IngestionService:
             return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
 
     async def health(self, request: web.Request) -> web.Response:
+        """200 while the process serves."""
         return web.Response(text="ok")
 
     async def ready(self, request: web.Request) -> web.Response:
+        """200 when the catalog database and the object store answer (checked at most once a second), else 503."""
         now = time.monotonic()
         if now - self._ready_at > _READY_CACHE_SECONDS:
             self._ready_error = await self._check_ready()
@@ -142,18 +147,21 @@ class IngestionService:
 
     @tracing.span_fn(name="ingestion.insert_process")
     async def insert_process(self, request: web.Request) -> web.Response:
+        """The micromegas sink's process row (CBOR), inserted idempotently."""
         record = wire.parse_process(await self._body(request))
         await self.lake.catalog.insert_process(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
+        """The micromegas sink's stream row (CBOR), inserted idempotently."""
         record = wire.parse_stream(await self._body(request))
         await self.lake.catalog.insert_stream(record)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
+        """The micromegas sink's block (CBOR): checked against its process and stream, then stored."""
         body = await self._body(request)
         settings = self.lake.settings
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
@@ -167,6 +175,7 @@ class IngestionService:
 
     @tracing.span_fn(name="ingestion.otlp_export")
     async def otlp_export(self, request: web.Request) -> web.Response:
+        """OTLP/HTTP export (logs, metrics or traces; protobuf or JSON, gzip or not): stored as OTLP blocks."""
         signal = request.match_info["signal"]
         content_type = request.headers.get("Content-Type")
         if request.content_length is not None and request.content_length > OTLP_BODY_LIMIT:

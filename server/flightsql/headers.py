@@ -36,6 +36,7 @@ class QueryHeaders:
     preserve_dictionary: bool
 
     def range_text(self) -> tuple[str | None, str | None]:
+        """The query range as RFC3339 texts, or (None, None)."""
         if self.query_range is None:
             return None, None
         return format_rfc3339_ns(self.query_range[0]), format_rfc3339_ns(self.query_range[1])
@@ -128,6 +129,7 @@ class RequestMiddlewareFactory(flight.ServerMiddlewareFactory):
         self._authenticator = authenticator
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list[Any]]) -> CallState:
+        """Authenticates the call (UNAUTHENTICATED when its key is not valid) and keeps its headers."""
         if self._authenticator is None:
             return CallState(headers, None)
         try:

@@ -38,6 +38,8 @@ TABLE_TYPES = {"physical": "TABLE", "view": "VIEW", "temporary": "LOCAL TEMPORAR
 
 @dataclass(frozen=True)
 class TableEntry:
+    """One table as GetTables lists it."""
+
     catalog: str
     db_schema: str
     name: str
@@ -126,6 +128,7 @@ def _schemas(ctx: datafusion.SessionContext, catalog: str | None) -> Iterator[tu
 
 
 def catalogs(ctx: datafusion.SessionContext) -> pa.Table:
+    """GetCatalogs's answer: the session's catalogs."""
     return pa.table({"catalog_name": sorted(ctx.catalog_names())}, schema=CATALOGS_SCHEMA)
 
 
@@ -159,6 +162,7 @@ def list_tables(ctx: datafusion.SessionContext, command: Any) -> list[TableEntry
 
 
 def tables_schema(command: Any) -> pa.Schema:
+    """GetTables's schema: with the tables' Arrow schemas when the command asks for them."""
     return TABLES_WITH_SCHEMA_SCHEMA if command.include_schema else TABLES_SCHEMA
 
 
@@ -180,4 +184,5 @@ def tables(ctx: datafusion.SessionContext, command: Any, preserve_dictionary: bo
 
 
 def table_types() -> pa.Table:
+    """GetTableTypes's answer."""
     return pa.table({"table_type": sorted(TABLE_TYPES.values())}, schema=TABLE_TYPES_SCHEMA)

@@ -23,6 +23,8 @@ PlanKey = tuple[str, tuple[int, int] | None, int | None, str | None]
 
 @dataclass(frozen=True)
 class PlannedQuery:
+    """A planned DataFrame, its result schema and the session it executes in."""
+
     df: datafusion.DataFrame
     schema: pa.Schema  # the DataFrame's result schema, before dictionary hydration
     ctx: datafusion.SessionContext | None = None  # the session that executes the plan
@@ -38,6 +40,7 @@ class PlanCache:
         self._lock = threading.Lock()
 
     def get(self, key: PlanKey, *, take: bool) -> PlannedQuery | None:
+        """The plan of `key` if still fresh; `take` removes it (a plan streams once)."""
         now = time.monotonic()
         with self._lock:
             self._drop_expired(now)
@@ -47,6 +50,7 @@ class PlanCache:
         return entry[1] if entry is not None else None
 
     def put(self, key: PlanKey, planned: PlannedQuery) -> None:
+        """Keeps a plan for the cache's time to live."""
         with self._lock:
             self._entries[key] = (time.monotonic() + self._ttl, planned)
             self._entries.move_to_end(key)
@@ -54,6 +58,7 @@ class PlanCache:
                 self._entries.popitem(last=False)
 
     def clear(self) -> None:
+        """Forgets every plan."""
         with self._lock:
             self._entries.clear()
 

@@ -25,16 +25,20 @@ class StatementError(ValueError):
 
 @dataclass(frozen=True)
 class Statement:
+    """A statement and its bound parameter values, carried in a stateless handle."""
+
     sql: str
     parameters: pa.RecordBatch | None = field(default=None, compare=False)
     handle: bytes = b""
 
     @classmethod
     def from_sql(cls, sql: str) -> Statement:
+        """A statement without parameters; its handle is the SQL."""
         return cls(sql, None, sql.encode())
 
     @classmethod
     def from_handle(cls, handle: bytes) -> Statement:
+        """The statement a handle carries: the SQL as is, or the SQL with bound parameter values."""
         if not handle.startswith(_BOUND):
             try:
                 return cls(handle.decode("utf-8"), None, handle)
