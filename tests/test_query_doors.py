@@ -303,20 +303,23 @@ def test_six_abandoned_web_queries_leave_ingestion_answering(server: SpanlakeSer
 
 
 @pytest.mark.parametrize("path", ["/api/sql", "/api/query-stream"])
-def test_a_stalled_body_is_answered_408_and_closed(server: SpanlakeServer, path: str) -> None:
+def test_a_stalled_body_is_answered_408_and_closed(
+    server: SpanlakeServer, web_alone: SpanlakeServer, path: str
+) -> None:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {VIEWER_KEY}\r\n"
         "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", server.http_port), timeout=BODY_TIMEOUT_SECONDS + 10) as sock:
-        started = time.monotonic()
-        sock.sendall(head.encode() + b'{"sql": "SELE')
-        answer = b""
-        while chunk := sock.recv(65536):  # ends when the server closes the connection
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b"request body not received within 2 s" in answer
-    assert BODY_TIMEOUT_SECONDS - 0.5 < time.monotonic() - started < BODY_TIMEOUT_SECONDS + 5
+    for running in (server, web_alone):
+        with socket.create_connection(("127.0.0.1", running.http_port), timeout=BODY_TIMEOUT_SECONDS + 10) as sock:
+            started = time.monotonic()
+            sock.sendall(head.encode() + b'{"sql": "SELE')
+            answer = b""
+            while chunk := sock.recv(65536):  # ends when the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"request body not received within 2 s" in answer
+        assert BODY_TIMEOUT_SECONDS - 0.5 < time.monotonic() - started < BODY_TIMEOUT_SECONDS + 5
 
 
 # ------------------------------------------------------------------------------------------------
