@@ -115,6 +115,39 @@ SETTINGS: tuple[Option, ...] = (
         LISTENING,
     ),
     Option(
+        "public_url",
+        "SPANLAKE_PUBLIC_URL",
+        str,
+        None,
+        "URL browsers open the web UI at (https://spanlake.example.com); its host and origin are allowed"
+        " besides loopback names and IP addresses",
+        ("serve", "ingest", "web"),
+    ),
+    Option(
+        "allowed_hosts",
+        "SPANLAKE_ALLOWED_HOSTS",
+        str,
+        "",
+        "comma-separated further host names the web UI answers to (any other name gets 421)",
+        ("serve", "ingest", "web"),
+    ),
+    Option(
+        "login_failures_per_ip",
+        "SPANLAKE_LOGIN_FAILURES_PER_IP",
+        int,
+        10,
+        "wrong-key sign-ins a client address may make in a minute before the web UI answers 429",
+        ("serve", "web"),
+    ),
+    Option(
+        "login_failures",
+        "SPANLAKE_LOGIN_FAILURES",
+        int,
+        100,
+        "wrong-key sign-ins all clients together may make in a minute before the web UI answers 429",
+        ("serve", "web"),
+    ),
+    Option(
         "retention_days",
         "SPANLAKE_RETENTION_DAYS",
         int,
@@ -235,6 +268,10 @@ class Settings:
     api_keys: str | None = None
     admins: str = ""
     disable_auth: bool = False
+    public_url: str | None = None
+    allowed_hosts: str = ""
+    login_failures_per_ip: int = 10
+    login_failures: int = 100
     retention_days: int = 90
     self_tracing: bool = True
     log_level: str = "INFO"

@@ -26,6 +26,7 @@ from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
+from spanlake.server.site_guard import install_site_guard
 from spanlake.server.web.routes import mount_web_ui
 
 log = logging.getLogger(__name__)
@@ -224,8 +225,10 @@ async def start_ingestion(
     # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
     # slow headers are bounded by the body's time limit too.
     service = IngestionService(lake, authenticator, ingestion, web_ui, runner)
+    app = service.app()
+    install_site_guard(app, lake.settings)  # first middleware: Host, Origin and CSRF checks, security headers
     app_runner = web.AppRunner(
-        service.app(),
+        app,
         access_log=None,
         auto_decompress=False,
         keepalive_timeout=lake.settings.request_body_timeout_s,

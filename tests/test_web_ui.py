@@ -304,7 +304,7 @@ def test_perfetto_download_can_be_cancelled(lake: Lake, watched: WatchedPage) ->
     page.on("download", lambda download: downloads.append(download))
     # Both clicks in one task: the fetch has started, and not finished, when Cancel aborts it.
     page.evaluate("document.getElementById('download').click(); document.getElementById('cancel').click()")
-    page.wait_for_function("document.getElementById('progress').textContent === 'cancelled'")
+    page.locator("#progress:text-is('cancelled')").wait_for()
     assert page.locator("#cancel").is_hidden() and page.locator("#download").is_enabled()
     assert page.locator("#perfetto-error").is_hidden() and downloads == []
 

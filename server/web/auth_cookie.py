@@ -4,6 +4,7 @@ The cookie holds the key itself and every request is authenticated with it exact
 header would be (`Authenticator.authenticate`), so revoking a key signs its sessions out at once.
 SameSite=Strict keeps other sites from sending it (no cross-site request carries it) and HttpOnly
 keeps page scripts from reading it. Tools may send `Authorization: Bearer <key>` instead.
+The forms carry the CSRF token `server.site_guard` checks; wrong keys are throttled (`login_throttle`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import asyncio
 from aiohttp import web
 
 from spanlake.server.auth import Authenticator, AuthError, Principal
+from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
+from spanlake.server.web.login_throttle import LoginThrottle
 
 COOKIE = "spanlake_key"
 COOKIE_MAX_AGE = 7 * 86_400
@@ -46,18 +49,32 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def _login_page(next_path: str, message: str = "", status: int = 200) -> web.Response:
+def _login_page(request: web.Request, next_path: str, message: str = "", status: int = 200) -> web.Response:
     """The sign-in form, with why the last attempt was refused if it was."""
-    return html.page("login.html", title="Sign in", status=status, next_path=next_path, message=message)
+    return html.page(
+        "login.html",
+        title="Sign in",
+        status=status,
+        csrf_token=csrf_token(request),
+        next_path=next_path,
+        message=message,
+    )
 
 
-def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, ...]:
-    """`GET /login` (the form), `POST /login` (sign in), `POST /logout`."""
+def _throttled(request: web.Request, next_path: str, retry_after: int) -> web.Response:
+    """The sign-in form saying how long to wait, as a 429."""
+    response = _login_page(request, next_path, f"Too many wrong keys: retry in {retry_after} s.", 429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def login_handlers(authenticator: Authenticator | None, throttle: LoginThrottle) -> tuple[web.RouteDef, ...]:
+    """`GET /login` (the form), `POST /login` (sign in, wrong keys throttled), `POST /logout`."""
 
     async def show(request: web.Request) -> web.Response:
         if authenticator is None:
             return web.Response(status=303, headers={"Location": "/"})
-        return _login_page(_safe_next(request.query.get("next")))
+        return _login_page(request, _safe_next(request.query.get("next")))
 
     async def sign_in(request: web.Request) -> web.Response:
         form = await request.post()
@@ -65,10 +82,15 @@ def login_handlers(authenticator: Authenticator | None) -> tuple[web.RouteDef, .
         key = str(form.get("key", "")).strip()
         if authenticator is None:
             return web.Response(status=303, headers={"Location": next_path})
+        client = request.remote or ""
+        retry_after = throttle.admit(client)
+        if retry_after is not None:
+            return _throttled(request, next_path, retry_after)
         try:
             await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
         except AuthError as err:
-            return _login_page(next_path, f"Sign-in refused: {err}", 401)
+            return _login_page(request, next_path, f"Sign-in refused: {err}", 401)
+        throttle.succeeded(client)
         response = web.Response(status=303, headers={"Location": next_path})
         response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Strict", path="/")
         return response

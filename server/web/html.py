@@ -88,21 +88,29 @@ def page(
     *,
     title: str,
     status: int = 200,
+    csrf_token: str,
     signed_in: bool = False,
     crumbs: Iterable[tuple[str, str]] = (),
     scripts: Iterable[str] = (),
     **context: object,
 ) -> web.Response:
-    """A whole document: `template` extends the layout (header, navigation, crumbs, the page's scripts)."""
+    """A whole document: `template` extends the layout (header, navigation, crumbs, the page's scripts);
+    its forms and scripts send `csrf_token` (`server.site_guard`)."""
     document = render(
-        template, title=title, signed_in=signed_in, crumbs=tuple(crumbs), scripts=("app.js", *scripts), **context
+        template,
+        title=title,
+        signed_in=signed_in,
+        csrf_token=csrf_token,
+        crumbs=tuple(crumbs),
+        scripts=("app.js", *scripts),
+        **context,
     )
     return web.Response(text=document, status=status, content_type="text/html")
 
 
-def error_page(status: int, title: str, message: str, signed_in: bool = False) -> web.Response:
+def error_page(status: int, title: str, message: str, csrf_token: str, signed_in: bool = False) -> web.Response:
     """The page a screen shows instead of itself."""
-    return page("error.html", title=title, message=message, status=status, signed_in=signed_in)
+    return page("error.html", title=title, message=message, status=status, csrf_token=csrf_token, signed_in=signed_in)
 
 
 class PageError(Exception):

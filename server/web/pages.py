@@ -11,6 +11,7 @@ import pyarrow as pa
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html, queries
 from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.html import url
@@ -91,7 +92,8 @@ class Screens:
 
     def page(self, request: web.Request, template: str, **context: object) -> web.Response:
         """`template` rendered for the request's principal."""
-        return html.page(template, signed_in=principal_of(request) is not None, **context)
+        signed_in = principal_of(request) is not None
+        return html.page(template, csrf_token=csrf_token(request), signed_in=signed_in, **context)
 
     # -- / ----------------------------------------------------------------------------------------
 

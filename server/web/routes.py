@@ -18,9 +18,11 @@ from spanlake.lakehouse.errors import STORAGE_FAILURES, STORAGE_UNAVAILABLE
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
+from spanlake.server.web.login_throttle import LoginThrottle
 from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
 from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
@@ -57,7 +59,7 @@ def _reported(handler: Handler, render: Render) -> Handler:
 
 
 def _as_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
-    return html.error_page(status, title, message, signed_in=principal_of(request) is not None)
+    return html.error_page(status, title, message, csrf_token(request), signed_in=principal_of(request) is not None)
 
 
 def _as_json(request: web.Request, status: int, title: str, message: str) -> web.Response:
@@ -93,7 +95,8 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     web_queries = WebQueries(runner)
     screens, api = ProcessScreens(lake, web_queries), Api(lake, web_queries)
     slow = SlowQueryScreens(lake, web_queries)
-    app.router.add_routes(login_handlers(authenticator))
+    throttle = LoginThrottle(lake.settings.login_failures_per_ip, lake.settings.login_failures)
+    app.router.add_routes(login_handlers(authenticator, throttle))
     pages = {
         "/": screens.processes,
         "/sql": screens.sql,

@@ -17,6 +17,7 @@ const spanlake = {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs)) {
       if (key === "class") node.className = value;
+      else if (key === "style") node.style.cssText = value; // through the CSSOM: CSP refuses style attributes
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else if (value !== null && value !== undefined) node.setAttribute(key, value);
     }
@@ -31,16 +32,22 @@ const spanlake = {
     if (!response.ok) throw new Error((body && body.error) || text || `HTTP ${response.status}`);
     return body;
   },
-  /** A fetch whose network failure reads as a sentence. */
-  async fetch(url, options) {
+  /** A fetch whose network failure reads as a sentence; it sends the page's CSRF token (checked on POSTs). */
+  async fetch(url, options = {}) {
+    const token = document.querySelector("meta[name=csrf-token]").content;
     try {
-      return await fetch(url, options);
+      return await fetch(url, { ...options, headers: { ...options.headers, "X-CSRF-Token": token } });
     } catch (err) {
       if (err.name === "AbortError") throw err;
       throw new Error("the spanlake server is not answering (is it running?)");
     }
   },
 };
+
+// Indents written as data (the slow query tree): CSP refuses style attributes in the markup.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const node of document.querySelectorAll("[data-indent-em]")) node.style.paddingLeft = `${node.dataset.indentEm}em`;
+});
 
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button.copy");

@@ -76,5 +76,4 @@
   text.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); run(); }
   });
-  if (new URL(window.location.href).searchParams.get("run") === "1") run();
 })();
