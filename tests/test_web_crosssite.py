@@ -71,7 +71,8 @@ class OtherSite:
     def page(self, name: str, script: str, body: str = "") -> str:
         """Serves `<body>` then `<script>` at `/name`; returns its URL."""
         self.pages[f"/{name}"] = (
-            f"<!doctype html><title>{name}</title><link rel=icon href='data:,'><body>{body}<script>{script}</script></body>"
+            f"<!doctype html><title>{name}</title><link rel=icon href='data:,'>"
+            f"<body>{body}<script>{script}</script></body>"
         )
         return f"http://127.0.0.1:{self.port}/{name}"
 
