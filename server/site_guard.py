@@ -12,7 +12,7 @@ Four checks, one middleware (`SiteGuard.middleware`) over every route of the HTT
   from another origin (another scheme, host or port). Programs send neither header and pass.
 - CSRF token (double-submit cookie): a browser's state-changing request to the UI (`/login`,
   `/logout`, `/api/sql`, `/api/query-stream`) must carry the `spanlake_csrf` cookie's value in the
-  form field `csrf` or the `X-CSRF-Token` header. Every UI answer sets the cookie when missing;
+  form field `csrf` or the `X-CSRF-Token` header. Every UI GET answer sets the cookie when missing;
   the pages write it in their forms and in `<meta name=csrf-token>`.
 - Security headers on every answer: a CSP allowing scripts, styles and connections to this origin
   only, no framing, `nosniff`, no referrer across origins, no cross-origin reads of any answer.
@@ -169,10 +169,11 @@ async def _carries_token(request: web.Request, cookie: str) -> bool:
 
 
 async def add_site_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """The security headers on every answer, and the CSRF cookie on a UI answer to a browser that had none."""
+    """The security headers on every answer, and the CSRF cookie on a UI page read without one (a GET:
+    a browser's POST that passed the check had the cookie already)."""
     response.headers.update(SECURITY_HEADERS)
     token = request.get("csrf_token")
-    if token is not None and request.cookies.get(CSRF_COOKIE) != token:
+    if token is not None and request.method in SAFE_METHODS and request.cookies.get(CSRF_COOKIE) != token:
         # A header, not set_cookie: aiohttp has written the response's cookies by the time this runs.
         response.headers.add("Set-Cookie", f"{CSRF_COOKIE}={token}; HttpOnly; Path=/; SameSite=Strict")
 
