@@ -121,7 +121,7 @@ SETTINGS: tuple[Option, ...] = (
         None,
         "URL browsers open the web UI at (https://spanlake.example.com); its host and origin are allowed"
         " besides loopback names and IP addresses",
-        ("serve", "ingest", "web"),
+        ("serve", "web"),
     ),
     Option(
         "allowed_hosts",
@@ -129,7 +129,7 @@ SETTINGS: tuple[Option, ...] = (
         str,
         "",
         "comma-separated further host names the web UI answers to (any other name gets 421)",
-        ("serve", "ingest", "web"),
+        ("serve", "web"),
     ),
     Option(
         "login_failures_per_ip",

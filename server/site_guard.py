@@ -2,11 +2,11 @@
 
 Four checks, one middleware (`SiteGuard.middleware`) over every route of the HTTP server:
 
-- `Host` (DNS rebinding): the browser-facing routes (the web UI, its `/api/…`, `/health`, `/ready`)
-  answer only to loopback names, IP literals (an address involves no DNS, so nothing to rebind), the
+- `Host` (DNS rebinding): the browser-facing routes (the web UI and its `/api/…`) answer only to
+  loopback names, IP literals (an address involves no DNS, so nothing to rebind), the
   host of `SPANLAKE_PUBLIC_URL` and the names of `SPANLAKE_ALLOWED_HOSTS`; anything else gets 421.
   The ingestion routes (`/ingestion/…`) take any `Host`: SDKs, sinks, exporters and Firehose call them
-  by whatever name reaches the server.
+  by whatever name reaches the server; so do `/health` and `/ready` (probes; they read nothing).
 - `Origin` / `Sec-Fetch-Site`: a state-changing request (any method but GET/HEAD/OPTIONS), on every
   route, and any request to an `/api/…` route that runs SQL, is refused (403) when a browser sent it
   from another origin (another scheme, host or port). Programs send neither header and pass.
@@ -39,6 +39,7 @@ CSRF_HEADER = "X-CSRF-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROGRAM_PREFIX = "/ingestion/"  # called by programs from anywhere, by any host name
+PROBE_PATHS = frozenset({"/health", "/ready"})  # any host name too: probes, and nothing to read
 SQL_API_PREFIX = "/api/"
 SQL_FREE_API_PATHS = frozenset({"/api/health"})
 SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})  # "none": typed in, bookmarked
@@ -131,7 +132,8 @@ class SiteGuard:
         """421 for a foreign `Host`, 403 for a cross-origin request or a browser's missing CSRF token; else None."""
         for_programs = request.path.startswith(PROGRAM_PREFIX)
         host = request.headers.get("Host")  # absent: not a browser (every browser sends it)
-        if not for_programs and host is not None and not self.allows_host(host):
+        any_host = for_programs or request.path in PROBE_PATHS
+        if not any_host and host is not None and not self.allows_host(host):
             return web.Response(status=421, text=_foreign_host_text(host))
         changes_state = request.method not in SAFE_METHODS
         runs_sql = request.path.startswith(SQL_API_PREFIX) and request.path not in SQL_FREE_API_PATHS

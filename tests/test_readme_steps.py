@@ -324,6 +324,10 @@ ROLE_FLAGS = {
         "--max-sql-depth",
         "--query-timeout-seconds",
         "--query-memory-limit-mb",
+        "--public-url",
+        "--allowed-hosts",
+        "--login-failures-per-ip",
+        "--login-failures",
     },
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}

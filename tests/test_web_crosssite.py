@@ -231,11 +231,12 @@ def test_the_pages_own_script_needs_the_csrf_token(keyless: SpanlakeServer, chro
 
 
 def test_foreign_host_names_are_refused_on_the_ui_only(keyless: SpanlakeServer) -> None:
-    for method, path in [("GET", "/"), ("GET", "/sql"), ("GET", "/api/health"), ("GET", "/ready")]:
+    for method, path in [("GET", "/"), ("GET", "/sql"), ("GET", "/login"), ("GET", "/api/health")]:
         status, body = http(method, keyless.http_url + path, headers={"Host": f"attacker.example:{keyless.http_port}"})
         assert status == 421 and b"does not answer to the host name 'attacker.example:" in body, path
     status, _ = sql_api(keyless, RETIRE, {"Host": "attacker.example"})
     assert status == 421
+    assert http("GET", keyless.http_url + "/ready", headers={"Host": "probe.example"}) == (200, b"ready")
     for host in ("localhost", f"localhost:{keyless.http_port}", "[::1]:80", "127.0.0.1", "10.1.2.3:9000"):
         assert http("GET", keyless.http_url + "/api/health", headers={"Host": host})[0] == 200, host
 
