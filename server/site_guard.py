@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +33,8 @@ from aiohttp import web
 from yarl import URL
 
 from spanlake.lakehouse.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 CSRF_COOKIE = "spanlake_csrf"
 CSRF_FIELD = "csrf"
@@ -126,7 +129,17 @@ class SiteGuard:
         """Refuses a request another site drives; runs the others, a UI request with the CSRF token of
         its page in `request["csrf_token"]`."""
         refusal = await self._refusal(request)
-        return refusal if refusal is not None else await handler(request)
+        if refusal is None:
+            return await handler(request)
+        log.info(
+            "refused %s %s (Host %s, Origin %s): %s",
+            request.method,
+            request.path,
+            request.headers.get("Host"),
+            request.headers.get("Origin"),
+            refusal.text,
+        )
+        return refusal
 
     async def _refusal(self, request: web.Request) -> web.Response | None:
         """421 for a foreign `Host`, 403 for a cross-origin request or a browser's missing CSRF token; else None."""
