@@ -16,6 +16,7 @@ Modules:
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
     http_body         request bodies read within SPANLAKE_REQUEST_BODY_TIMEOUT_S (408 and close otherwise)
+    site_guard        no other site drives the HTTP server: Host, Origin, CSRF checks, security headers
     flightsql         the Arrow Flight SQL server (a package)
     web               the web UI: pages, span trees, SQL, Perfetto, micromegas query stream (a package)
 """
