@@ -154,7 +154,7 @@ class SiteGuard:
             return web.Response(
                 status=403, text="refused: a request from another site (its origin is not this server's)"
             )
-        if for_programs:
+        if any_host:  # programs and probes: no page, no token
             return None
         cookie = request.cookies.get(CSRF_COOKIE, "")
         request["csrf_token"] = cookie or secrets.token_urlsafe(32)

@@ -28,7 +28,8 @@ import pytest
 from harness import PostgresServer, SpanlakeServer, free_port, http, post, running_server, wait_until
 from web_support import RUST_PROCESS_ID, Browser, browser, off_loop, upload_rust_fixture, watched_page
 
-from spanlake.server.site_guard import SECURITY_HEADERS
+from spanlake.lakehouse.settings import Settings, SettingsError
+from spanlake.server.site_guard import SECURITY_HEADERS, SiteGuard
 from spanlake.tracing.process_info import make_process_info
 
 ADMIN_KEY = "admin-key-for-the-crosssite-tests"
@@ -370,3 +371,21 @@ def test_wrong_keys_are_throttled_per_client_and_in_total(keyed: SpanlakeServer)
         assert [login_status(keyed, f"wrong-{n}", client)[0] for n in range(10)] == [401] * 10
     # 40 wrong keys in the minute, from four clients: the total limit throttles everyone.
     assert login_status(keyed, ADMIN_KEY, "127.0.0.8")[0] == 429
+
+
+def test_the_public_url_and_the_allowed_hosts_are_this_site() -> None:
+    guard = SiteGuard(
+        Settings(public_url="https://Spanlake.Example.com/ui", allowed_hosts="ops.example, lake.internal")
+    )
+    for netloc in ("spanlake.example.com", "SPANLAKE.example.com:8443", "ops.example", "lake.internal:9000", "[::1]"):
+        assert guard.allows_host(netloc), netloc
+    for netloc in ("attacker.example", "spanlake.example.com.attacker.example", "example.com", "", "bad host"):
+        assert not guard.allows_host(netloc), netloc
+    # Behind a TLS proxy that sends the request on as http://127.0.0.1:9000: the public origin is this site's.
+    assert guard.allows_origin("https://spanlake.example.com", "127.0.0.1:9000")
+    assert guard.allows_origin("http://ops.example:9000", "ops.example:9000")
+    assert not guard.allows_origin("http://ops.example:9001", "ops.example:9000")
+    assert not guard.allows_origin("http://attacker.example:9000", "attacker.example:9000")  # rebinding
+    assert not guard.allows_origin("null", "127.0.0.1:9000")
+    with pytest.raises(SettingsError, match="SPANLAKE_PUBLIC_URL"):
+        SiteGuard(Settings(public_url="spanlake.example.com"))
