@@ -19,6 +19,7 @@ import pyarrow as pa
 from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
+from typing_extensions import override
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
@@ -48,6 +49,7 @@ ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", 
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
+    """The settings of a lakehouse session: big batches, information_schema, the repartitioning rules below."""
     # `split_inputs`: round-robin repartitioning of single-partition inputs (DataFusion's default).
     # A CPU-bound plan over in-memory data then runs in tasks fed through channels, which yield to
     # tokio about every input batch, where a cancelled query's tasks stop; unsplit, the whole plan
@@ -135,9 +137,11 @@ class GlobalTables(SchemaProvider):
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
 
     @property
+    @override
     def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
         return [*GLOBAL_TABLES, *self.registered]
 
+    @override
     def table(self, name: str) -> Any:
         if name in self.registered:
             return self.registered[name]
@@ -153,14 +157,17 @@ class GlobalTables(SchemaProvider):
         table = Table(self.registered[name])
         return table.kind, table.schema
 
+    @override
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
         self.registered[name] = table
 
+    @override
     def deregister_table(self, name: str, cascade: bool = True) -> None:
         self.registered.pop(name, None)
 
+    @override
     def table_exist(self, name: str) -> bool:
         return name in GLOBAL_TABLES or name in self.registered
 
