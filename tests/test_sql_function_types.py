@@ -71,7 +71,7 @@ def typed_sql(argument: Argument, value: Any, data_type: pa.DataType) -> str:
     """SQL giving `value` as `data_type`: jsonb from its JSON, properties from jsonb or a struct list."""
     if argument is TEXT:
         return _cast(f"'{value}'", data_type, pa.utf8())
-    if argument is JSONB or data_type in (DICT_JSONB, pa.binary()):
+    if argument is JSONB or data_type in JSONB.accepted:
         return _cast(f"jsonb_parse('{json.dumps(value)}')", data_type, DICT_JSONB)
     entries = ", ".join(f"named_struct('key', '{key}', 'value', '{text}')" for key, text in value.items())
     as_lists = {
@@ -173,3 +173,12 @@ def test_unaccepted_types_stay_refused(uri: str) -> None:  # noqa: F811
     assert_invalid(
         uri, f"SELECT properties_length({typed_sql(PROPERTIES, PROPERTY_MAP, pa.binary())}, 1)", "properties_length"
     )
+
+
+@pytest.mark.parametrize("data_type", JSONB.accepted, ids=type_text)
+def test_array_functions_take_the_lists_answers(uri: str, data_type: pa.DataType) -> None:  # noqa: F811
+    value = typed_sql(JSONB, OBJECT, data_type)
+    sql = f"SELECT array_length(jsonb_object_keys({value})) AS n, jsonb_object_keys({value}) AS k"
+    assert micromegas.connect(uri).query_arrow(sql).to_pylist() == [{"n": 3, "k": ["a", "b", "c"]}]
+    sql = f"SELECT cardinality(properties_to_dict({value})) AS n"
+    assert micromegas.connect(uri).query_arrow(sql).to_pylist() == [{"n": 3}]

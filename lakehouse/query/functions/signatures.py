@@ -8,6 +8,9 @@ types ("No function matches the given name and argument types 'f(T1, T2)'"), `sq
 the function's accepted ones, registers the function again in the query's session with exactly them, and
 plans again: the user's SQL stays micromegas's. One implementation serves every signature: it reads its
 arrays' types. A query calling one function with two different argument types is refused, naming them.
+An answer that is a dictionary of lists (micromegas's type for `jsonb_object_keys`) is refused by
+DataFusion's array functions: when one refuses it, the function is registered again answering the plain
+lists, so `array_length(jsonb_object_keys(x))` works as users expect.
 
 Text arguments are registered as Utf8 only: DataFusion casts LargeUtf8, Utf8View and dictionaries to it.
 """
@@ -54,7 +57,8 @@ class Argument:
 
 JSONB = Argument("jsonb", (DICT_JSONB, pa.binary(), pa.large_binary()))
 PROPERTIES = Argument(
-    "properties", (DICT_JSONB, pa.binary(), PROPERTY_LIST_ARGUMENT, DICT_PROPERTY_LIST, PROPERTY_LIST)
+    "properties",
+    (DICT_JSONB, pa.binary(), pa.large_binary(), PROPERTY_LIST_ARGUMENT, DICT_PROPERTY_LIST, PROPERTY_LIST),
 )
 TEXT = Argument("text", (pa.utf8(),), (pa.large_utf8(), pa.string_view(), pa.dictionary(pa.int32(), pa.utf8())))
 
@@ -72,10 +76,32 @@ class Signature:
         """Every registrable combination of argument types, the default first."""
         return list(itertools.product(*(argument.types for argument in self.arguments)))
 
-    def udf(self, argument_types: tuple[pa.DataType, ...] | None = None) -> ScalarUDF:
-        """The function registered for `argument_types` (the default ones by default)."""
-        types = list(argument_types or self.argument_types()[0])
-        return udf(self.function, types, self.returns, "immutable", self.name)
+    @property
+    def unpackable(self) -> bool:
+        """Whether the answer is a dictionary of lists, which DataFusion's array functions refuse."""
+        return pa.types.is_dictionary(self.returns) and pa.types.is_list(self.returns.value_type)
+
+    def udf(self, registration: Registration | None = None) -> ScalarUDF:
+        """The function registered with `registration`'s types (the default ones by default)."""
+        registration = registration or Registration()
+        types = list(registration.argument_types or self.argument_types()[0])
+        if not registration.unpacked:
+            return udf(self.function, types, self.returns, "immutable", self.name)
+        return udf(functools.partial(_unpacked, self.function), types, self.returns.value_type, "immutable", self.name)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How a function is registered in a session: its argument types when a call gave them (None: the
+    default ones), and whether its dictionary of lists is answered as plain lists."""
+
+    argument_types: tuple[pa.DataType, ...] | None = None
+    unpacked: bool = False
+
+
+def _unpacked(function: Callable[..., pa.Array], *arrays: pa.Array) -> pa.Array:
+    answer = function(*arrays)
+    return answer.dictionary.take(answer.indices)
 
 
 def udfs(table: list[Signature]) -> list[ScalarUDF]:
@@ -85,28 +111,50 @@ def udfs(table: list[Signature]) -> list[ScalarUDF]:
 
 def sql(ctx: SessionContext, table: Mapping[str, Signature], query: str, *args: Any, **kwargs: Any) -> DataFrame:
     """`ctx.sql(query, ...)`, each refused call of a function of `table` registered again with its
-    arguments' types when they are accepted ones (table functions run again in the new planning)."""
-    retyped: dict[str, str] = {}
+    arguments' types when they are accepted ones, and each function of `table` whose dictionary of lists
+    a built-in function refuses registered again answering plain lists (table functions run again in
+    the new planning)."""
+    registered: dict[str, Registration] = {}
     while True:
         try:
             return ctx.sql(query, *args, **kwargs)
         except ValueError as err:
-            name, types = _refused_call(err, table)
-            if name in retyped:
-                raise QueryError(
-                    f"{name}() is called with ({retyped[name]}) and ({types}) in one query: "
-                    "arrow_cast one of them to the other's types"
-                ) from None
-            retyped[name] = types
-            ctx.register_udf(table[name].udf(_accepted(table[name], types)))
+            name, registration = _registration(err, table, registered)
+            registered[name] = registration
+            ctx.register_udf(table[name].udf(registration))
 
 
-def _refused_call(err: ValueError, table: Mapping[str, Signature]) -> tuple[str, str]:
-    """(function, argument types text) of a refused call that a signature of `table` accepts; else `err`."""
+def _registration(
+    err: ValueError, table: Mapping[str, Signature], registered: Mapping[str, Registration]
+) -> tuple[str, Registration]:
+    """The function of `table` to register again, and how, for the refused call of `err`; else `err`."""
     found = MISMATCH.search(str(err))
-    if found is None or found.group(1) not in table or _accepted(table[found.group(1)], found.group(2)) is None:
+    if found is None:
         raise err
-    return found.group(1), found.group(2)
+    name, types_text = found.groups()
+    if name not in table:
+        return _unpacking(err, table, registered, types_text)
+    current = registered.get(name, Registration())
+    argument_types = _accepted(table[name], types_text)
+    if argument_types is None:
+        raise err
+    if current.argument_types is not None:
+        raise QueryError(
+            f"{name}() is called with ({', '.join(map(type_text, current.argument_types))}) and ({types_text}) "
+            "in one query: arrow_cast one of them to the other's types"
+        ) from None
+    return name, Registration(argument_types, current.unpacked)
+
+
+def _unpacking(
+    err: ValueError, table: Mapping[str, Signature], registered: Mapping[str, Registration], types_text: str
+) -> tuple[str, Registration]:
+    """The function of `table` whose dictionary of lists a built-in refused, to answer plain lists."""
+    for signature in table.values():
+        current = registered.get(signature.name, Registration())
+        if signature.unpackable and not current.unpacked and type_text(signature.returns) in types_text:
+            return signature.name, Registration(current.argument_types, unpacked=True)
+    raise err
 
 
 def _accepted(signature: Signature, types_text: str) -> tuple[pa.DataType, ...] | None:
