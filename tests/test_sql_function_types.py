@@ -182,3 +182,16 @@ def test_array_functions_take_the_lists_answers(uri: str, data_type: pa.DataType
     assert micromegas.connect(uri).query_arrow(sql).to_pylist() == [{"n": 3, "k": ["a", "b", "c"]}]
     sql = f"SELECT cardinality(properties_to_dict({value})) AS n"
     assert micromegas.connect(uri).query_arrow(sql).to_pylist() == [{"n": 3}]
+
+
+@pytest.mark.parametrize("data_type", JSONB.accepted, ids=type_text)
+def test_jsonb_table_functions_take_the_type(uri: str, data_type: pa.DataType) -> None:  # noqa: F811
+    client = micromegas.connect(uri)
+    each = client.query_arrow(
+        f"SELECT key, jsonb_format_json(value) AS v FROM jsonb_each({typed_sql(JSONB, OBJECT, data_type)}) ORDER BY key"
+    )
+    assert each.to_pylist() == [{"key": "a", "v": "1"}, {"key": "b", "v": '"x"'}, {"key": "c", "v": "[1,2]"}]
+    elements = client.query_arrow(
+        f"SELECT jsonb_as_i64(value) AS v FROM jsonb_array_elements({typed_sql(JSONB, [3, 4], data_type)})"
+    )
+    assert elements.to_pylist() == [{"v": 3}, {"v": 4}]
