@@ -168,7 +168,8 @@ def test_one_function_with_two_types_in_one_query_is_refused(uri: str) -> None: 
     assert "(Dictionary(Int32, Binary), Utf8)" in text and "(Binary, Utf8)" in text, text
 
 
-def test_unaccepted_types_stay_refused(uri: str) -> None:  # noqa: F811
+def test_unaccepted_types_and_values_are_refused(uri: str) -> None:  # noqa: F811
+    assert_invalid(uri, "SELECT properties_to_dict(jsonb_parse('[1]'))", "a properties value must be a jsonb object")
     assert_invalid(uri, "SELECT jsonb_get(1, 'a')", "jsonb_get(Int64, Utf8)")
     assert_invalid(
         uri, f"SELECT properties_length({typed_sql(PROPERTIES, PROPERTY_MAP, pa.binary())}, 1)", "properties_length"
@@ -195,3 +196,16 @@ def test_jsonb_table_functions_take_the_type(uri: str, data_type: pa.DataType) -
         f"SELECT jsonb_as_i64(value) AS v FROM jsonb_array_elements({typed_sql(JSONB, [3, 4], data_type)})"
     )
     assert elements.to_pylist() == [{"v": 3}, {"v": 4}]
+
+
+def test_a_query_planned_again_runs_its_table_function_once(uri: str) -> None:  # noqa: F811
+    # Binary jsonb plans a second time; the partitions retired by the first planning are still answered.
+    value = typed_sql(JSONB, OBJECT, pa.binary())
+    sql = (
+        f"SELECT msg, jsonb_as_string(jsonb_get({value}, 'b')) AS b"
+        " FROM retire_partitions('streams', 'global', '1970-01-01T00:00:00Z', '2100-01-01T00:00:00Z')"
+    )
+    rows = micromegas.connect(uri).query_arrow(sql).to_pylist()
+    retired = int(rows[-1]["msg"].split()[1])
+    assert rows[-1]["msg"] == f"retired {retired} partitions of streams/global" and retired >= 1
+    assert {row["b"] for row in rows} == {"x"}

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.query.functions.columns import as_dictionary
 from spanlake.lakehouse.query.functions.signatures import (
     DICT_PROPERTY_LIST,
@@ -80,7 +81,11 @@ def _property_list(value: bytes | None) -> list[dict[str, str]] | None:
     """A jsonb object's members as `Property` entries, in stored order."""
     if value is None:
         return None
-    return [{"key": key, "value": text} for key, text in properties.decode_jsonb_object(value).items()]
+    try:
+        members = properties.decode_jsonb_object(value)
+    except properties.PropertiesError as err:
+        raise QueryError(f"a properties value must be a jsonb object: {err}") from None
+    return [{"key": key, "value": text} for key, text in members.items()]
 
 
 def _jsonb_object(entries: list[dict[str, str]] | None) -> bytes | None:
