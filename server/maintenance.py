@@ -111,7 +111,8 @@ class MaintenanceDaemon:
         self._threads.clear()
 
     def _loop(self, schedule: Schedule) -> None:
-        failures = 0
+        failures = 0  # runs failed in a row
+        backoff = 0  # of those, the ones since the database last answered again: the backoff's exponent
         database_was_down = False  # seen not answering since the last successful run
         while not self._stop.is_set():
             now = self.clock()
@@ -126,8 +127,8 @@ class MaintenanceDaemon:
             try:  # after failures, the run covers the ticks missed too (insert_range: from the last covered)
                 self.run(schedule, tick_s)
             except Exception:  # the schedule's supervisor: whatever failed, the schedule lives on
-                failures += 1
-                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+                failures, backoff = failures + 1, backoff + 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(backoff - 1, 16))
                 log.exception("%s maintenance failed (%d in a row), next try in %g s", schedule.name, failures, delay)
                 waited = self._wait_backoff(delay, database_was_down)
                 if waited is None:
@@ -135,11 +136,11 @@ class MaintenanceDaemon:
                 database_was_down = waited
                 if database_was_down and self._database_answers():  # back: the backoff starts anew
                     log.info("%s maintenance: the database answers again, running now", schedule.name)
-                    failures, database_was_down = 0, False
+                    backoff, database_was_down = 0, False
                 continue
             if failures:
                 log.info("%s maintenance recovered after %d failure(s)", schedule.name, failures)
-            failures, database_was_down = 0, False
+            failures, backoff, database_was_down = 0, 0, False
 
     def _wait_backoff(self, delay: float, database_was_down: bool) -> bool | None:
         """Waits `delay` s, or until the database answers after having been seen not answering;
