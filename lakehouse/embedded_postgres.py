@@ -4,7 +4,8 @@ Its data lives in `<data-dir>/postgres` and survives restarts. pgserver counts t
 data directory (their pids in `.handle_pids.json`) and stops the server when the last one exits. A
 process killed without its exit handler leaves its pid there, and the server would then never be
 stopped again: pids of processes that are gone (zombies included: killed, not yet reaped) are dropped
-before joining, so the next start adopts the running server and its clean exit stops it.
+before joining and again at each clean exit, so the next start adopts the running server and the
+clean exit of the last spanlake process using it stops it.
 
 A server that stops under a running spanlake (killed, out of memory) is restarted on the same data
 directory by `EmbeddedPostgres.supervise`, a task on the lake's loop; the pool reconnects to it.
@@ -13,6 +14,7 @@ directory by `EmbeddedPostgres.supervise`, a task on the lake's loop; the pool r
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import subprocess
@@ -38,6 +40,8 @@ CHECK_INTERVAL_S = 0.5
 RESTART_RETRY_S = 1.0
 # What a failed `pg_ctl start` raises through pgserver (it asserts the server is ready after it).
 RESTART_FAILURES = (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, AssertionError)
+# The data directories whose list of users this process cleans of dead pids at its exit.
+_SWEPT_AT_EXIT: set[Path] = set()
 
 
 @dataclass
@@ -123,8 +127,15 @@ def open_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     if not (pg_dir / "PG_VERSION").exists():
         log.info("creating the embedded PostgreSQL database in %s (first start: a few seconds)", pg_dir)
     with PostgresServer._lock:  # the lock pgserver itself takes around its pid list
-        forget_dead_handles(pg_dir)
+        gone = forget_dead_handles(pg_dir)
+    if gone:
+        log.info("embedded PostgreSQL: adopting the server left running by exited process(es) %s", gone)
     embedded = EmbeddedPostgres(pgserver.get_server(pg_dir, cleanup_mode="stop"))
+    if pg_dir not in _SWEPT_AT_EXIT:
+        # Registered after pgserver's exit handler, so run before it (atexit runs the last first): a
+        # process that crashed since this one started must not keep the server running after it.
+        atexit.register(_forget_dead_handles_locked, pg_dir)
+        _SWEPT_AT_EXIT.add(pg_dir)
     log.debug("embedded PostgreSQL in %s", pg_dir)
     return embedded
 
@@ -142,6 +153,13 @@ def postmaster_pid(pg_dir: Path) -> int | None:
         return None
 
 
+def _forget_dead_handles_locked(pg_dir: Path) -> None:
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        forget_dead_handles(pg_dir)
+
+
 def forget_dead_handles(pg_dir: Path) -> list[int]:
     """Drops the pids of exited processes from pgserver's list of users; returns the pids dropped."""
     path = pg_dir / HANDLE_PIDS
@@ -153,7 +171,6 @@ def forget_dead_handles(pg_dir: Path) -> list[int]:
     gone = sorted(set(pids) - set(alive))
     if gone:
         path.write_text(json.dumps(alive))
-        log.info("embedded PostgreSQL: adopting the server left running by exited process(es) %s", gone)
     return gone
 
 

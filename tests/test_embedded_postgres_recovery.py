@@ -163,6 +163,23 @@ def test_a_clean_exit_after_a_crashed_web_stops_the_embedded_postgres(data_dir: 
     wait_until(lambda: postgres_processes(pg_dir) == [], 10, "the embedded PostgreSQL to stop with the last web")
 
 
+def test_a_web_crashing_while_another_runs_leaves_the_server_to_the_others_clean_exit(data_dir: Path) -> None:
+    pg_dir = data_dir.resolve() / "postgres"
+    first = embedded_server(data_dir, "web").start()
+    second = embedded_server(data_dir, "web").start()  # joins the first one's server
+    postgres = postmaster_pid(pg_dir)
+    try:
+        first.process.kill()  # crashes after the second joined, and is reaped at once
+        first.process.wait()
+        assert http("GET", f"{second.http_url}/")[0] == 200
+    finally:
+        first._log.close()
+        stop_process(second.process)
+        second._log.close()
+    assert second.process.returncode == 0, second.log_text()
+    wait_until(lambda: postgres_processes(pg_dir) == [], 10, "the embedded PostgreSQL to stop with the last web")
+
+
 def test_schedules_run_as_soon_as_the_database_answers_after_a_long_outage(
     postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
