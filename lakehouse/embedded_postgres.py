@@ -64,12 +64,15 @@ class EmbeddedPostgres:
         """The postmaster named in `postmaster.pid` is alive (a zombie waiting for its reaper is not)."""
         return _process_status(postmaster_pid(self.pg_dir)) not in (None, psutil.STATUS_ZOMBIE)
 
-    def restart(self) -> str:
+    def restart(self) -> str | None:
         """Starts the server again on the same data directory (or adopts the one another spanlake
-        process restarted first); returns its URL."""
+        process restarted first); returns its URL, or None if this process is exiting and has let go
+        of the server (pgserver stops it then, on purpose)."""
         from pgserver.postgres_server import PostgresServer
 
         with PostgresServer._lock:  # the lock pgserver takes around starts: one process restarts it
+            if self.pg_dir not in PostgresServer._instances:
+                return None
             if _process_status(postmaster_pid(self.pg_dir)) == psutil.STATUS_ZOMBIE:
                 self._forget_zombie_postmaster()
             self.server.ensure_postgres_running()
@@ -99,11 +102,13 @@ class EmbeddedPostgres:
                 continue
             log.warning("the embedded PostgreSQL in %s stopped: restarting it", self.pg_dir)
             url = await self._restart_until_it_runs()
+            if url is None:
+                return
             pool.set_connect_args(url)
             await pool.expire_connections()
             log.warning("the embedded PostgreSQL in %s is running again", self.pg_dir)
 
-    async def _restart_until_it_runs(self) -> str:
+    async def _restart_until_it_runs(self) -> str | None:
         while True:
             try:
                 return await asyncio.to_thread(self.restart)
