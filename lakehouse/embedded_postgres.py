@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 HANDLE_PIDS = ".handle_pids.json"
 POSTMASTER_PID = "postmaster.pid"
-# How often the supervisor looks at the postmaster (one stat and one /proc read), and how long it
+# How often the supervisor looks at the postmaster (its pid file and its /proc status), and how long it
 # waits between restarts that failed (the killed server's backends may still hold its shared memory).
 CHECK_INTERVAL_S = 0.5
 RESTART_RETRY_S = 1.0
