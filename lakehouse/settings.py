@@ -30,6 +30,8 @@ LISTENING = ("serve", "ingest", "flightsql", "web")
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its environment variable, its flag, how it is parsed, its default and help."""
+
     name: str  # attribute of Settings; the flag is --name-with-dashes
     env: str
     parse: Callable[[str], Any]
@@ -39,6 +41,7 @@ class Option:
 
     @property
     def flag(self) -> str:
+        """The command-line flag of the setting."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -243,7 +246,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         1.0,
         "a query running at least this long keeps its detailed spans in self-tracing; faster: its root only",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
     Option(
         "slow_span_ms",
@@ -251,13 +254,15 @@ SETTINGS: tuple[Option, ...] = (
         float,
         5.0,
         "of a slow query, the spans running at least this long are kept (with their ancestors)",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
 )
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of a spanlake process, from flags, then the environment, then defaults."""
+
     data_dir: Path = Path("spanlake-data")
     database_url: str | None = None
     object_store_uri: str | None = None
@@ -289,12 +294,14 @@ class Settings:
 
     @property
     def lake_uri(self) -> str:
+        """The object store's URI: the configured one, or the data directory's `lake` folder."""
         if self.object_store_uri:
             return self.object_store_uri
         return (self.data_dir.resolve() / "lake").as_uri()
 
     @property
     def admin_names(self) -> frozenset[str]:
+        """The API key names given admin rights by SPANLAKE_ADMINS."""
         return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
 
 
@@ -322,6 +329,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, command: str | None =
 
 
 def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of the flags given, else of the environment, else the defaults; SettingsError if one is bad."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for option in SETTINGS:

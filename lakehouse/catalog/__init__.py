@@ -1,6 +1,17 @@
 """The PostgreSQL catalog: every statement spanlake runs against its database (schema migrations
 aside, `lakehouse/migrate.py`), one module per area, all reached through `Catalog`'s typed methods.
-Every value travels as a query parameter."""
+Every value travels as a query parameter.
+
+Modules:
+
+    ingestion      processes, streams and blocks as the ingestion API inserts them
+    api_keys       the API keys stored in the database (hashes only)
+    processes      the process, stream and block lookups of the web pages and table functions
+    source_blocks  the blocks a partition is built from, and their counts
+    partitions     the partition rows: live partitions, retirements, the one partition swap
+    deny_list      the query deny list's rules and hits
+    retention      deleting what is past the retention period
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ Modules:
     audit              one structured JSON line per query, whichever door
     failures           failures classified: status code, client message without tracebacks or paths
     session            the per-query `SessionContext`: global tables, UDFs, table functions
+    table_function     a table function declared once: its arguments' kinds, its admin flag, its builder
     instances          a view instance as a table: JIT, then its partitions as one dataset
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions

@@ -34,7 +34,7 @@ import datafusion
 import pyarrow as pa
 
 from spanlake import tracing
-from spanlake.lakehouse.query import failures, plan_spans, slow_queries
+from spanlake.lakehouse.query import failures, functions, plan_spans, slow_queries
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
@@ -248,7 +248,7 @@ class Query:
         limit: int | None,
     ) -> datafusion.DataFrame:
         try:
-            df = ctx.sql(sql, READ_ONLY, param_values=param_values)
+            df = functions.planned(ctx, sql, READ_ONLY, param_values=param_values)
         except Exception as exc:
             raise failures.classify("error building dataframe", exc, self.query_id) from None
         if limit is None:

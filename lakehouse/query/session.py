@@ -16,9 +16,10 @@ import re
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
+from typing_extensions import override
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
@@ -35,8 +36,7 @@ from spanlake.lakehouse.query import (
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
-from spanlake.views import properties
-from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP
+from spanlake.views.schema_types import TIMESTAMP
 from spanlake.views.view import View
 
 BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
@@ -48,6 +48,7 @@ ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", 
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
+    """The settings of a lakehouse session: big batches, information_schema, the repartitioning rules below."""
     # `split_inputs`: round-robin repartitioning of single-partition inputs (DataFusion's default).
     # A CPU-bound plan over in-memory data then runs in tasks fed through channels, which yield to
     # tokio about every input batch, where a cancelled query's tasks stop; unsplit, the whole plan
@@ -115,15 +116,6 @@ def _timestamp(ns: int) -> Expr:
     return lit(pa.scalar(ns, TIMESTAMP))
 
 
-def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
-    key = keys[0].as_py() if len(keys) else ""
-    return properties.property_get(props, key)
-
-
-def _properties_length(props: pa.Array) -> pa.Array:
-    return properties.properties_length(props)
-
-
 class GlobalTables(SchemaProvider):
     """The global views as the session's default schema. A table is materialized only when a query
     names it: DataFusion asks for tables lazily, at planning time."""
@@ -135,9 +127,11 @@ class GlobalTables(SchemaProvider):
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
 
     @property
+    @override
     def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
         return [*GLOBAL_TABLES, *self.registered]
 
+    @override
     def table(self, name: str) -> Any:
         if name in self.registered:
             return self.registered[name]
@@ -153,14 +147,17 @@ class GlobalTables(SchemaProvider):
         table = Table(self.registered[name])
         return table.kind, table.schema
 
+    @override
     def register_table(self, name: str, table: Any) -> None:
         if name in GLOBAL_TABLES:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
         self.registered[name] = table
 
+    @override
     def deregister_table(self, name: str, cascade: bool = True) -> None:
         self.registered.pop(name, None)
 
+    @override
     def table_exist(self, name: str) -> bool:
         return name in GLOBAL_TABLES or name in self.registered
 
@@ -286,8 +283,6 @@ def _session_context(
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
         ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
-    ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
-    ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     for function in functions.scalar_udfs():
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
