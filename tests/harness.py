@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
@@ -250,3 +251,20 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     return http("POST", url, body, headers)
+
+
+def _cpu_seconds(server: SpanlakeServer) -> float:
+    assert server.process is not None
+    times = psutil.Process(server.process.pid).cpu_times()
+    return times.user + times.system
+
+
+def wait_idle(server: SpanlakeServer, within: float) -> float:
+    """Seconds until the server uses under a fifth of a core over half a second; fails past `within`."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        before = _cpu_seconds(server)
+        time.sleep(0.5)
+        if _cpu_seconds(server) - before < 0.1:
+            return time.monotonic() - started
+    raise AssertionError(f"the server was still busy {within} s later")

@@ -22,7 +22,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
+from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_idle, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lakehouse_support import PROCESS_ID, local_lake
@@ -90,23 +90,6 @@ def _failure(server: SpanlakeServer, sql: str, **headers: str) -> tuple[str | No
 
 def _serves(server: SpanlakeServer) -> bool:
     return _query(server, "SELECT 41 + 1 AS answer") == [{"answer": 42}]
-
-
-def _cpu_seconds(server: SpanlakeServer) -> float:
-    assert server.process is not None
-    times = psutil.Process(server.process.pid).cpu_times()
-    return times.user + times.system
-
-
-def _wait_idle(server: SpanlakeServer, within: float) -> float:
-    """Seconds until the server uses under a fifth of a core over half a second; fails past `within`."""
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        before = _cpu_seconds(server)
-        time.sleep(0.5)
-        if _cpu_seconds(server) - before < 0.1:
-            return time.monotonic() - started
-    raise AssertionError(f"the server was still busy {within} s after the query ended")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +205,7 @@ def test_materialize_partitions_streams_four_hundred_thousand_buckets(server: Sp
     )
     assert len(first) <= 400_000 // 1024 + 1  # one page of buckets
     assert psutil.Process(server.process.pid).memory_info().rss - rss_before < 200 * 1024 * 1024
-    _wait_idle(server, within=10)
+    wait_idle(server, within=10)
     assert _serves(server)
 
 
@@ -236,14 +219,14 @@ def test_a_query_past_its_time_limit_stops_with_deadline_exceeded(server: Spanla
     assert code == "DEADLINE_EXCEEDED"
     assert f"the query ran past its time limit of {TIMEOUT_SECONDS} s (SPANLAKE_QUERY_TIMEOUT_SECONDS)" in message
     assert time.monotonic() - started < TIMEOUT_SECONDS + 5
-    _wait_idle(server, within=STOP_SECONDS)
+    wait_idle(server, within=STOP_SECONDS)
     assert _serves(server)
 
 
 def test_a_query_whose_client_gave_up_stops(server: SpanlakeServer) -> None:
     with pytest.raises(flight.FlightTimedOutError):
         _query(server, ENDLESS, timeout=1.0)
-    _wait_idle(server, within=STOP_SECONDS)
+    wait_idle(server, within=STOP_SECONDS)
     assert _serves(server)
 
 
@@ -251,7 +234,7 @@ def test_an_abandoned_query_with_a_wide_build_side_stops(server: SpanlakeServer)
     """128 input batches of 655M rows each (minutes) went by between two yields before the splits."""
     with pytest.raises(flight.FlightTimedOutError):
         _query(server, ENDLESS_WIDE, timeout=1.0)
-    _wait_idle(server, within=STOP_SECONDS)
+    wait_idle(server, within=STOP_SECONDS)
     assert _serves(server)
 
 
@@ -361,7 +344,7 @@ def test_metadata_requests_run_under_the_time_limit(postgres: PostgresServer, tm
         assert code == "DEADLINE_EXCEEDED", message
         assert "the query ran past its time limit of 0.2 s (SPANLAKE_QUERY_TIMEOUT_SECONDS)" in message
         assert time.monotonic() - started < 3
-        _wait_idle(quick, within=STOP_SECONDS)
+        wait_idle(quick, within=STOP_SECONDS)
         named = protocol.CommandGetTables(table_name_filter_pattern="processes")
         assert _metadata(quick, named).column("table_name").to_pylist() == ["processes"]
 

@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datafusion
-import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_idle, wait_until
 from test_flightsql_support import grpc_status, statement_ticket
-from web_support import RUST_PROCESS_ID, Browser, browser, upload_rust_fixture, watched_page
+from web_support import RUST_PROCESS_ID, Browser, upload_rust_fixture, watched_page
 
 from spanlake.lakehouse.errors import is_storage_failure
 from spanlake.lakehouse.query.failures import Code, Failure, classify
@@ -139,23 +138,6 @@ def _serves(server: SpanlakeServer) -> bool:
     return status == 200 and answer["rows"] == [[42]]
 
 
-def _cpu_seconds(server: SpanlakeServer) -> float:
-    assert server.process is not None
-    times = psutil.Process(server.process.pid).cpu_times()
-    return times.user + times.system
-
-
-def _wait_idle(server: SpanlakeServer, within: float) -> float:
-    """Seconds until the server uses under a fifth of a core over half a second; fails past `within`."""
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        before = _cpu_seconds(server)
-        time.sleep(0.5)
-        if _cpu_seconds(server) - before < 0.1:
-            return time.monotonic() - started
-    raise AssertionError(f"the server was still busy {within} s after its clients left")
-
-
 # ------------------------------------------------------------------------------------------------
 # SQL too deep or too big: refused before any planner, by every door
 
@@ -254,7 +236,7 @@ def test_a_query_past_its_time_limit_stops_at_every_door(server: SpanlakeServer)
     status, frames = _query_stream(server, ENDLESS, VIEWER_KEY)
     assert status == 200 and frames[-1]["code"] == "TIMEOUT" and limit_text in frames[-1]["message"]
     assert time.monotonic() - started < 3 * (TIMEOUT_SECONDS + 3)
-    _wait_idle(server, within=STOP_SECONDS)
+    wait_idle(server, within=STOP_SECONDS)
 
 
 def _leave_after(seconds: float, server: SpanlakeServer, path: str) -> Callable[[], None]:
@@ -275,7 +257,7 @@ def test_a_query_whose_http_client_left_stops(server: SpanlakeServer, path: str,
     before = len(_audit(server, rpc))
     left_at = time.monotonic()
     _leave_after(1.5, server, path)()
-    idle_after = _wait_idle(server, within=STOP_SECONDS)
+    idle_after = wait_idle(server, within=STOP_SECONDS)
     assert idle_after < TIMEOUT_SECONDS - 1.5, "stopped by the time limit, not by the client leaving"
     wait_until(lambda: len(_audit(server, rpc)) > before, 5, "the audit record")
     [record] = _audit(server, rpc)[before:]
@@ -294,7 +276,7 @@ def test_six_abandoned_web_queries_leave_ingestion_answering(server: SpanlakeSer
     assert time.monotonic() - started < 2
     for client in clients:
         client.join(10)
-    _wait_idle(server, within=STOP_SECONDS)
+    wait_idle(server, within=STOP_SECONDS)
     assert _serves(server)
 
 
@@ -401,12 +383,6 @@ def test_storage_failures_are_one_classification() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # the SQL page in a browser (last: the harness cannot start PostgreSQL databases while it runs)
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
 
 
 def _run_on_sql_page(page: object, server: SpanlakeServer, sql: str) -> str:

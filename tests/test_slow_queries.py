@@ -11,7 +11,7 @@ import micromegas
 import pandas as pd
 import pytest
 from harness import PostgresServer, SpanlakeServer, running_server, wait_until
-from web_support import Browser, browser, off_loop, watched_page
+from web_support import Browser, off_loop, watched_page
 
 SLOW_QUERY_SECONDS = 0.3
 SLOW_SPAN_MS = 50
@@ -129,12 +129,6 @@ def test_a_fast_query_keeps_its_root_span_only(server: SpanlakeServer) -> None:
     spans = _spans(client, own)
     assert spans.loc[root["span_id"], "name"] == "flightsql.do_get"
     assert not (spans.parent_span_id == root["span_id"]).any()
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
 
 
 def test_the_slow_queries_screen_lists_the_query_and_opens_its_tree(server: SpanlakeServer, chrome: Browser) -> None:

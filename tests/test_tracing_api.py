@@ -17,14 +17,6 @@ from spanlake.tracing import dispatch
 from spanlake.tracing.logs import level_from_logging
 
 
-@pytest.fixture
-def sink() -> Iterator[tracing.MemorySink]:
-    sink = tracing.MemorySink()
-    tracing.init(sink=sink, flush_period=3600)
-    yield sink
-    tracing.shutdown()
-
-
 @tracing.span_fn
 def double(x: int) -> int:
     """Doubles."""

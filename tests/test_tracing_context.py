@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from test_tracing_encode import events_with_tag
 
 from spanlake import tracing
-
-
-@pytest.fixture
-def sink() -> Iterator[tracing.MemorySink]:
-    sink = tracing.MemorySink()
-    tracing.init(sink=sink, flush_period=3600)
-    yield sink
-    tracing.shutdown()
 
 
 def _spans(sink: tracing.MemorySink) -> dict[str, dict]:

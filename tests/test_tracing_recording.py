@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from test_tracing_context import _spans
 
 from spanlake import tracing
 from spanlake.tracing import spans as span_module
 
 MS = 1_000_000
-
-
-@pytest.fixture
-def sink() -> Iterator[tracing.MemorySink]:
-    sink = tracing.MemorySink()
-    tracing.init(sink=sink, flush_period=3600)
-    yield sink
-    tracing.shutdown()
 
 
 def _query(recording: tracing.SpanRecording) -> None:

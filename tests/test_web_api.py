@@ -19,7 +19,7 @@ import pytest
 from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_until
 from micromegas.auth import StaticTokenAuthProvider
 from micromegas.flightsql.client import FlightSQLClient
-from web_support import RUST_PROCESS_ID, Browser, browser, upload_rust_fixture, watched_page
+from web_support import RUST_PROCESS_ID, Browser, upload_rust_fixture, watched_page
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 
@@ -217,12 +217,6 @@ def test_perfetto_attachment_is_the_trace(server: SpanlakeServer, tmp_path: Path
     ]:
         got, text = http("GET", server.http_url + path, headers=bearer(VIEWER_KEY))
         assert got == status and message in text.decode(), (path, text)
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
 
 
 def sign_in(page: object, server: SpanlakeServer, key: str) -> None:

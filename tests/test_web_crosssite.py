@@ -26,7 +26,7 @@ from http import server as http_server
 
 import pytest
 from harness import PostgresServer, SpanlakeServer, free_port, http, post, running_server, wait_until
-from web_support import RUST_PROCESS_ID, Browser, browser, off_loop, upload_rust_fixture, watched_page
+from web_support import RUST_PROCESS_ID, Browser, off_loop, upload_rust_fixture, watched_page
 
 from spanlake.lakehouse.settings import Settings, SettingsError
 from spanlake.server.site_guard import SECURITY_HEADERS, SiteGuard
@@ -101,12 +101,6 @@ def other_site() -> Iterator[OtherSite]:
     site = OtherSite()
     yield site
     site.close()
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
 
 
 class ServerAnswers:

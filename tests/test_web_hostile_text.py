@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, http, running_server, wait_until
-from web_support import Browser, WatchedPage, browser, off_loop, watched_page
+from web_support import Browser, WatchedPage, off_loop
 
 PAYLOAD = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 EXE = f'/opt/{PAYLOAD}/it\'s "quoted" {{{{ 7*7 }}}}'
@@ -70,18 +70,6 @@ def hostile(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
         process = HostileProcess(server, result.stdout.strip())
         wait_until(lambda: len(log_rows(process, "")) == len(MESSAGES), 60, "the log entries on the logs page")
         yield process
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
-
-
-@pytest.fixture
-def watched(chrome: Browser) -> Iterator[WatchedPage]:
-    with watched_page(chrome) as page:
-        yield page
 
 
 def page_html(url: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from harness import PostgresServer, SpanlakeServer, http, query, running_server, wait_until
 from synthetic_process import SyntheticProcess
 from transit_builder import ThreadBlockWriter
-from web_support import RUST_PROCESS_ID, Browser, browser, off_loop, upload_rust_fixture, watched_page
+from web_support import RUST_PROCESS_ID, Browser, off_loop, upload_rust_fixture, watched_page
 
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.settings import Settings
@@ -41,12 +41,6 @@ def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
     with running_server(postgres, tmp_path_factory.mktemp("web-resilience"), extra_env=debug) as running:
         upload_rust_fixture(running.http_url)
         yield running
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
 
 
 def store_large_process(server: SpanlakeServer) -> str:

@@ -20,11 +20,9 @@ from web_support import (
     RUST_PROCESS_ID,
     Browser,
     WatchedPage,
-    browser,
     generate,
     off_loop,
     upload_rust_fixture,
-    watched_page,
 )
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
@@ -61,18 +59,6 @@ def lake(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> 
         both = f"SELECT process_id FROM processes WHERE process_id IN ('{pid}', '{RUST_PROCESS_ID}')"
         wait_until(lambda: len(lake.sql(both)) == 2, 30, "both processes in the processes view")
         yield lake
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    with browser(tmp_path_factory.mktemp("screenshots")) as opened:
-        yield opened
-
-
-@pytest.fixture
-def watched(chrome: Browser) -> Iterator[WatchedPage]:
-    with watched_page(chrome) as page:
-        yield page
 
 
 def page_range(page: object) -> tuple[str, str]:
