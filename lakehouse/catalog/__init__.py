@@ -13,12 +13,22 @@ from spanlake.lakehouse.catalog.partitions import PartitionRows
 from spanlake.lakehouse.catalog.processes import ProcessReads
 from spanlake.lakehouse.catalog.retention import RetentionRows
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
+from spanlake.lakehouse.catalog.view_definitions import ViewDefinitionRows
 from spanlake.lakehouse.timestamps import datetime_to_ns, ns_to_datetime
 
 __all__ = ["Catalog", "datetime_to_ns", "ns_to_datetime"]
 
 
-class Catalog(IngestionRows, ApiKeys, ProcessReads, SourceBlockReads, PartitionRows, DenyListRows, RetentionRows):
+class Catalog(
+    IngestionRows,
+    ApiKeys,
+    ProcessReads,
+    SourceBlockReads,
+    PartitionRows,
+    DenyListRows,
+    RetentionRows,
+    ViewDefinitionRows,
+):
     """The catalog of one lake, over its connection pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -1,0 +1,69 @@
+"""The queries of a SQL-defined view (see `sql_views.py`), run for a bucket of insert time: the source
+count, the rows, and the merge of several partitions. They run in a lakehouse session whose global
+views hold only their partitions inserted in the bucket, on the lake's ordinary threads (a table
+function such as `materialize_partitions` calls them from DataFusion's runtime, where planning panics).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from datafusion import SessionContext
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.timestamps import format_rfc3339_ns
+from spanlake.views.view import SqlSource, View
+
+SOURCE_TABLE = "source"
+
+
+def with_range(query: str, begin_ns: int, end_ns: int) -> str:
+    """The query with `{begin}` and `{end}` standing for the bucket's insert range."""
+    return query.replace("{begin}", format_rfc3339_ns(begin_ns)).replace("{end}", format_rfc3339_ns(end_ns))
+
+
+def bucket_session(lake: Lake, begin_ns: int, end_ns: int) -> SessionContext:
+    """A session whose global views hold their partitions inserted in [begin, end) only."""
+    # Imported here: the session imports the table functions, which import batch_update, which imports this.
+    from spanlake.lakehouse.query.session import make_session_context
+
+    return make_session_context(lake, is_admin=False, insert_range=(begin_ns, end_ns))
+
+
+def source_count(lake: Lake, source: SqlSource, begin_ns: int, end_ns: int) -> int:
+    """The bucket's source count: the `count` column of the count query's one row (NULL: 0)."""
+    return lake.sql_views.query_threads.run(_count, lake, source, begin_ns, end_ns)
+
+
+def _count(lake: Lake, source: SqlSource, begin_ns: int, end_ns: int) -> int:
+    ctx = bucket_session(lake, begin_ns, end_ns)
+    table = ctx.sql(with_range(source.count_src_query, begin_ns, end_ns)).to_arrow_table()
+    values = table.column("count").to_pylist() if table.num_rows else []
+    return int(values[0] or 0) if values else 0
+
+
+def extracted(lake: Lake, view: View, begin_ns: int, end_ns: int) -> pa.Table:
+    """The bucket's rows, as the view's schema."""
+    return lake.sql_views.query_threads.run(_extract, lake, view, begin_ns, end_ns)
+
+
+def _extract(lake: Lake, view: View, begin_ns: int, end_ns: int) -> pa.Table:
+    if view.sql is None:
+        raise ValueError(f"{view.name} is not a SQL-defined view")
+    ctx = bucket_session(lake, begin_ns, end_ns)
+    table = ctx.sql(with_range(view.sql.extract_query, begin_ns, end_ns)).to_arrow_table()
+    return table.cast(view.schema)
+
+
+def merged(lake: Lake, view: View, partitions: pa.Table) -> pa.Table:
+    """Rows of several partitions as one, by the merge query over them as `{source}`."""
+    return lake.sql_views.query_threads.run(_merge, view, partitions)
+
+
+def _merge(view: View, partitions: pa.Table) -> pa.Table:
+    if view.sql is None or view.sql.merge_partitions_query is None:
+        return partitions
+    ctx = SessionContext()
+    batches = partitions.to_batches() or [pa.RecordBatch.from_pylist([], view.schema)]
+    ctx.register_record_batches(SOURCE_TABLE, [batches])
+    query = view.sql.merge_partitions_query.replace("{source}", SOURCE_TABLE)
+    return ctx.sql(query).to_arrow_table().cast(view.schema)

@@ -1,0 +1,233 @@
+"""SQL-defined materialized views on a running `spanlake serve`, as micromegas 0.32 manages them:
+`micromegas-views` (run as a subprocess, unchanged) planning, applying, listing, showing and pulling
+definitions; the DDL round trip through ADBC; the daemon maintaining a view from new logs; `DROP`
+retiring its partitions; bad definitions and non-admins refused with nothing stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import PostgresServer, SpanlakeServer, wait_until
+from served_support import ADMIN_KEY, READER_KEY, adbc_connect, micromegas_client, served_lakehouse
+from test_flightsql_support import grpc_status
+
+from spanlake import tracing
+
+pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
+
+LOG_COUNTS = """-- log entries per minute, executable and level
+CREATE MATERIALIZED VIEW log_counts WITH (
+    extract_query = $$
+        SELECT date_bin('1 minute', time) AS time_bin, exe, level, count(*) AS count
+        FROM log_entries
+        GROUP BY exe, level, time_bin
+    $$,
+    count_src_query = $$
+        SELECT sum(nb_objects) AS count FROM blocks
+        WHERE array_has("streams.tags", 'log') AND insert_time >= '{begin}' AND insert_time < '{end}'
+    $$,
+    merge_partitions_query = $$
+        SELECT time_bin, exe, level, sum(count) AS count FROM {source} GROUP BY exe, level, time_bin
+    $$,
+    update_group = 3000,
+    time_column = 'time_bin'
+)
+"""
+DEFINITIONS = (
+    "SELECT view_set_name, definition_sql, update_group, updated_at, updated_by FROM list_view_set_definitions()"
+)
+
+
+@pytest.fixture(scope="module")
+def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
+    with served_lakehouse(postgres, tmp_path_factory.mktemp("sqlviews"), upload=False) as server:
+        yield server
+
+
+def _home(server: SpanlakeServer, tmp_path: Path, key: str = ADMIN_KEY) -> dict[str, str]:
+    """An environment whose ~/.micromegas/config.json names the server and an API key file."""
+    home = tmp_path / "home"
+    (home / ".micromegas").mkdir(parents=True, exist_ok=True)
+    key_file = home / ".micromegas" / "spanlake.key"
+    key_file.write_text(key)
+    profile = {"uri": server.flightsql_url, "api_key_file": str(key_file)}
+    (home / ".micromegas" / "config.json").write_text(json.dumps({"profiles": {"spanlake": profile}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROMEGAS_")}
+    return {**env, "HOME": str(home)}
+
+
+def _views_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "micromegas-views"), *args[:1], "--profile", "spanlake", *args[1:]]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _send_logs(server: SpanlakeServer, exe: str, count: int) -> None:
+    tracing.init(url=server.http_url, api_key=ADMIN_KEY, exe=exe, flush_period=3600)
+    for i in range(count):
+        tracing.info(f"{exe} {i}")
+    assert tracing.shutdown(10)
+
+
+def _stored(server: SpanlakeServer) -> list[str]:
+    return [r["view_set_name"] for r in server.sql("SELECT view_set_name FROM lakehouse_view_set_definitions")]
+
+
+def _live_partitions(server: SpanlakeServer, name: str) -> int:
+    rows = server.sql("SELECT count(*) AS n FROM lakehouse_partitions WHERE view_set_name = $1", name)
+    return rows[0]["n"]
+
+
+def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeServer, tmp_path: Path) -> None:
+    env = _home(served, tmp_path)
+    local = tmp_path / "views"
+    local.mkdir()
+    (local / "log_counts.sql").write_text(LOG_COUNTS)
+
+    plan = _views_cli(env, "plan", "--dir", str(local))
+    assert plan.returncode == 0, plan.stderr
+    assert "+ create: log_counts" in plan.stdout and "Plan: 1 to create, 0 to update, 0 to drop" in plan.stdout
+
+    applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
+    assert applied.returncode == 0, applied.stderr
+    assert "log_counts: created" in applied.stdout
+    assert "Apply complete! 1 created, 0 updated, 0 dropped." in applied.stdout
+
+    listed = _views_cli(env, "list", "--dir", str(local), "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["status"], row["update_group"], row["updated_by"]) == (
+        "log_counts",
+        "unchanged",
+        3000,
+        "admin",
+    )
+    shown = _views_cli(env, "show", "log_counts")
+    assert shown.stdout.rstrip("\n") == LOG_COUNTS.strip()  # apply sent the file's canonical form
+
+    # The daemon maintains it from new logs, and queries read it like any global view.
+    _send_logs(served, "sqlviews-daemon", 5)
+    client = micromegas_client(served)
+
+    def counted() -> int:
+        rows = client.query("SELECT sum(count) AS n FROM log_counts WHERE exe = 'sqlviews-daemon'")
+        return 0 if rows["n"].isna()[0] else int(rows["n"][0])
+
+    wait_until(lambda: counted() == 5, 30, "the daemon to materialize log_counts")
+    mine = "WHERE exe = 'sqlviews-daemon' GROUP BY level ORDER BY level"
+    by_level = client.query(f"SELECT level, sum(count) AS n FROM log_counts {mine}")
+    direct = client.query(f"SELECT level, count(*) AS n FROM log_entries {mine}")
+    assert by_level.to_dict("records") == direct.to_dict("records")
+    assert _live_partitions(served, "log_counts") > 0
+
+    # An edited file is an update; pull writes the server's canonical text back.
+    (local / "log_counts.sql").write_text(LOG_COUNTS.replace("update_group = 3000", "update_group = 3100"))
+    plan = _views_cli(env, "plan", "--dir", str(local))
+    assert "~ update: log_counts" in plan.stdout and "+    update_group = 3100," in plan.stdout
+    applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
+    assert "log_counts: replaced" in applied.stdout, applied.stderr
+    assert client.query(DEFINITIONS)["update_group"].tolist() == [3100]
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    (pulled / "log_counts.sql").write_text("CREATE MATERIALIZED VIEW log_counts WITH (stale)")
+    pull = _views_cli(env, "pull", "--dir", str(pulled))
+    assert "Pull complete: 1 updated, 0 unchanged." in pull.stdout, pull.stderr
+    assert (pulled / "log_counts.sql").read_text() == (local / "log_counts.sql").read_text().strip() + "\n"
+
+    # Pruned: the definition is dropped and the view's partitions retired.
+    (local / "log_counts.sql").unlink()
+    (local / "other.sql").write_text("CREATE MATERIALIZED VIEW other WITH (not applied)")
+    applied = _views_cli(env, "apply", "--dir", str(local), "--prune", "--auto-approve", "log_counts")
+    assert "- drop: log_counts" in applied.stdout and "log_counts: dropped (" in applied.stdout, applied.stderr
+    assert _stored(served) == [] and _live_partitions(served, "log_counts") == 0
+    assert client.query(DEFINITIONS).empty
+    with pytest.raises(Exception, match="log_counts"):
+        client.query("SELECT * FROM log_counts")
+
+
+def test_ddl_round_trip_through_adbc(served: SpanlakeServer) -> None:
+    ddl = LOG_COUNTS.replace("log_counts", "adbc_counts")
+    with adbc_connect(served) as conn, conn.cursor() as cursor:
+        cursor.execute(ddl)
+        assert cursor.fetch_arrow_table().to_pylist() == [{"status": "created"}]
+        cursor.execute(DEFINITIONS)
+        [row] = cursor.fetch_arrow_table().to_pylist()
+        assert (row["view_set_name"], row["definition_sql"], row["update_group"], row["updated_by"]) == (
+            "adbc_counts",
+            ddl.strip(),
+            3000,
+            "admin",
+        )
+        assert row["updated_at"].tzinfo is not None
+        with pytest.raises(Exception, match=r"INVALID_ARGUMENT: .* adbc_counts already exists"):
+            cursor.execute(ddl)  # CREATE without OR REPLACE over an existing one
+    with adbc_connect(served) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) AS n FROM adbc_counts")
+        assert cursor.fetch_arrow_table().to_pylist() == [{"n": 0}]
+        cursor.execute("DROP MATERIALIZED VIEW adbc_counts")
+        assert cursor.fetch_arrow_table().to_pylist() == [{"status": "dropped (0 partitions retired)"}]
+        cursor.execute("DROP MATERIALIZED VIEW IF EXISTS adbc_counts")
+        assert cursor.fetch_arrow_table().to_pylist() == [{"status": "not found"}]
+    assert _stored(served) == []
+
+
+def _with(name: str, extract: str) -> str:
+    return (
+        f"CREATE MATERIALIZED VIEW {name} WITH (extract_query = $$ {extract} $$,"
+        " count_src_query = $$ SELECT sum(nb_objects) AS count FROM blocks $$,"
+        " update_group = 3000, time_column = 'time')"
+    )
+
+
+BAD_DEFINITIONS = {
+    "not a SELECT": (
+        _with("deleting", "DELETE FROM log_entries"),
+        "materialized view deleting: extract_query must be a SELECT query",
+    ),
+    "unknown table": (
+        _with("unknown", "SELECT time FROM no_such_table"),
+        "materialized view unknown: extract_query does not plan: ",
+    ),
+    "shadows a built-in view": (
+        _with("log_entries", "SELECT time FROM log_entries"),
+        "log_entries is a built-in view: a materialized view cannot shadow it",
+    ),
+    "a view over itself": (
+        _with("selfish", "SELECT time FROM selfish"),
+        "materialized view selfish: extract_query reads selfish itself (a view over itself)",
+    ),
+    "a missing time column": (
+        _with("timeless", "SELECT msg FROM log_entries"),
+        "materialized view timeless: time column 'time' is not in the extract's columns",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DEFINITIONS))
+def test_bad_definitions_are_refused_and_nothing_stored(served: SpanlakeServer, case: str) -> None:
+    statement, message = BAD_DEFINITIONS[case]
+    with pytest.raises(Exception) as caught:
+        micromegas_client(served).query(statement)
+    code, text = grpc_status(caught.value)
+    assert (code, message in text) == ("INVALID_ARGUMENT", True), text
+    assert "no_such_table" in text if case == "unknown table" else True
+    assert _stored(served) == []
+
+
+def test_non_admins_may_neither_define_nor_list_views(served: SpanlakeServer, tmp_path: Path) -> None:
+    reader = micromegas_client(served, READER_KEY)
+    with pytest.raises(Exception) as caught:
+        reader.query(LOG_COUNTS)
+    refusal = ("7", "CREATE and DROP MATERIALIZED VIEW are for admins only ('reader' is not an admin)")
+    assert grpc_status(caught.value) == refusal  # 7: PERMISSION_DENIED
+    with pytest.raises(Exception) as caught:
+        reader.query("DROP MATERIALIZED VIEW log_counts")
+    assert grpc_status(caught.value) == refusal
+    listed = _views_cli(_home(served, tmp_path, READER_KEY), "list", "--dir", str(tmp_path))
+    assert listed.returncode == 1 and "list_view_set_definitions" in listed.stderr
+    assert _stored(served) == []
