@@ -30,6 +30,8 @@ LISTENING = ("serve", "ingest", "flightsql", "web")
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its environment variable, its flag, how it is parsed, its default and help."""
+
     name: str  # attribute of Settings; the flag is --name-with-dashes
     env: str
     parse: Callable[[str], Any]
@@ -39,6 +41,7 @@ class Option:
 
     @property
     def flag(self) -> str:
+        """The command-line flag of the setting."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -225,6 +228,8 @@ SETTINGS: tuple[Option, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of a spanlake process, from flags, then the environment, then defaults."""
+
     data_dir: Path = Path("spanlake-data")
     database_url: str | None = None
     object_store_uri: str | None = None
@@ -252,12 +257,14 @@ class Settings:
 
     @property
     def lake_uri(self) -> str:
+        """The object store's URI: the configured one, or the data directory's `lake` folder."""
         if self.object_store_uri:
             return self.object_store_uri
         return (self.data_dir.resolve() / "lake").as_uri()
 
     @property
     def admin_names(self) -> frozenset[str]:
+        """The API key names given admin rights by SPANLAKE_ADMINS."""
         return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
 
 
@@ -285,6 +292,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, command: str | None =
 
 
 def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of the flags given, else of the environment, else the defaults; SettingsError if one is bad."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for option in SETTINGS:

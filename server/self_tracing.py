@@ -59,6 +59,7 @@ class LakeSink:
         self._thread.start()
 
     def submit(self, priority: Priority, path: str, body: bytes) -> bool:
+        """Queues a body to store; False when it is dropped (over budget, or closing)."""
         with self._cond:
             over_budget = self._stats.queued_bytes + len(body) > self._max_queue_bytes
             if self._closing or (over_budget and priority != Priority.METADATA):
@@ -70,10 +71,12 @@ class LakeSink:
             return True
 
     def stats(self) -> SinkStats:
+        """A snapshot of what was sent, dropped, rejected and failed."""
         with self._cond:
             return self._stats.snapshot()
 
     def flush(self, timeout: float) -> bool:
+        """Waits until everything queued is stored; False if `timeout` passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._queue or self._in_flight:
@@ -84,6 +87,7 @@ class LakeSink:
             return True
 
     def shutdown(self, timeout: float) -> bool:
+        """Flushes, then stops the sink's thread; True when nothing was lost."""
         delivered = self.flush(timeout)
         with self._cond:
             self._closing = True
@@ -149,6 +153,7 @@ class SelfTracing:
         logging.getLogger(AUDIT_LOGGER).addHandler(self._audit_handler)
 
     def stop(self, timeout: float = 10.0) -> bool:
+        """Ends the session: stops capturing the audit log, flushes and shuts tracing down."""
         logging.getLogger(AUDIT_LOGGER).removeHandler(self._audit_handler)
         return tracing.shutdown(timeout)
 

@@ -78,6 +78,7 @@ class ThreadSpans:
 
     @classmethod
     def of(cls, dataset: ds.Dataset, range_ns: tuple[int, int]) -> ThreadSpans:
+        """The thread's spans in the window, its partition files grouped where their begin ranges overlap."""
         footers = sorted((f for f in map(_footer, dataset.get_fragments()) if f is not None), key=lambda f: f.min_begin)
         groups: list[list[ds.Fragment]] = []
         reach = None
@@ -90,6 +91,7 @@ class ThreadSpans:
         return cls(groups, range_ns, last_end, sum(f.estimated_bytes for f in footers))
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        """The spans in begin order, group by group, with their `unfinished` flag."""
         begin, end = self.range_ns
         window = (ds.field("begin") <= _ts(end)) & (ds.field("end") >= _ts(begin))
         for group in self.groups:
@@ -121,6 +123,7 @@ class AsyncSpans:
 
     @classmethod
     def of(cls, dataset: ds.Dataset, range_ns: tuple[int, int], last_event_ns: int) -> AsyncSpans:
+        """The process's async spans in the window: begins paired with their ends, sorted by begin."""
         in_window = (ds.field("time") >= _ts(range_ns[0])) & (ds.field("time") <= _ts(range_ns[1]))
         ends = dataset.to_table(columns=["span_id", "time"], filter=in_window & (ds.field("event_type") == "end"))
         end_ids = ends.column("span_id").to_numpy()
@@ -142,16 +145,19 @@ class AsyncSpans:
 
     @property
     def count(self) -> int:
+        """How many spans are drawn."""
         return len(self.order)
 
     @property
     def estimated_bytes(self) -> int:
+        """An upper estimate of the spans' trace bytes."""
         strings = sum(
             self.begins.column(name).chunk(0).dictionary.nbytes for name in STRING_COLUMNS if self.begins.num_rows
         )
         return self.count * SPAN_BYTES_ESTIMATE + strings
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        """The spans in begin order, as slabs of rows with their ends."""
         for start in range(0, self.count, SLAB_ROWS):
             rows = self.order[start : start + SLAB_ROWS]
             slab = self.begins.take(rows).rename_columns(

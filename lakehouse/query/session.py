@@ -19,6 +19,7 @@ import pyarrow as pa
 from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
+from typing_extensions import override
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import QueryError
@@ -49,6 +50,7 @@ ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", 
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
+    """The settings of a lakehouse session: big batches, information_schema, the repartitioning rules below."""
     # `split_inputs`: round-robin repartitioning of single-partition inputs (DataFusion's default).
     # A CPU-bound plan over in-memory data then runs in tasks fed through channels, which yield to
     # tokio about every input batch, where a cancelled query's tasks stop; unsplit, the whole plan
@@ -167,10 +169,12 @@ class GlobalTables(SchemaProvider):
         return None if stored is None else stored.view
 
     @property
+    @override
     def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
         """The global views' names, then the session's own tables."""
         return [*GLOBAL_TABLES, *self.lake.sql_views.views(self.lake), *self.registered]
 
+    @override
     def table(self, name: str) -> Any:
         """The table of this name (a global view read now), or None."""
         if name in self.registered:
@@ -191,16 +195,19 @@ class GlobalTables(SchemaProvider):
         table = Table(self.registered[name])
         return table.kind, table.schema
 
+    @override
     def register_table(self, name: str, table: Any) -> None:
         """Registers a session table (refused over a global view's name)."""
         if self._global_view(name) is not None:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
         self.registered[name] = table
 
+    @override
     def deregister_table(self, name: str, cascade: bool = True) -> None:
         """Forgets a session table."""
         self.registered.pop(name, None)
 
+    @override
     def table_exist(self, name: str) -> bool:
         """Whether a table of this name exists."""
         return name in self.registered or self._global_view(name) is not None
