@@ -302,11 +302,12 @@ def make_session_context(
     sql: str | None = None,
     insert_range: tuple[int, int] | None = None,
 ) -> SessionContext:
-    """A session for one query (with `insert_range`: for a SQL view's bucket, see GlobalTables). Admin functions are registered only for admins (or without auth);
-    `identity` (who asks) is what `deny_queries` records as a rule's author. With
-    `memory_limit_bytes`, DataFusion's operators share a pool of that size: sorts and
-    aggregations spill past it, and what cannot spill fails with "Resources exhausted". With the
-    `sql` it will plan, naming none of ORDERED_FUNCTIONS, its inputs are split (session_config).
+    """A session for one query (with `insert_range`: for a SQL view's bucket, see GlobalTables).
+    Admin functions are registered only for admins (or without auth); `identity` (who asks) is
+    what `deny_queries` records as a rule's author. With `memory_limit_bytes`, DataFusion's
+    operators share a pool of that size: sorts and aggregations spill past it, and what cannot
+    spill fails with "Resources exhausted". With the `sql` it will plan, naming none of
+    ORDERED_FUNCTIONS, its inputs are split (session_config).
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
