@@ -154,8 +154,6 @@ def _merged_rows(lake: Lake, view: View, files: list[str]) -> Iterator[pa.Record
         return iter(())
     filesystem, root = lake.store.arrow_filesystem()
     dataset = ds.dataset([f"{root}/{f}" for f in files], schema=view.schema, format="parquet", filesystem=filesystem)
-    if view.merge is not None:
-        return iter(view.merge(dataset.to_table()).to_batches())
-    if view.sql is not None:
-        return iter(sql_view_rows.merged(lake, view, dataset.to_table()).to_batches())
+    if view.merge is not None:  # off DataFusion's runtime: a SQL view's merge query plans
+        return iter(lake.off_runtime.run(view.merge, dataset.to_table()).to_batches())
     return dataset.to_batches(batch_size=64 * 1024)

@@ -1,8 +1,8 @@
-"""The queries of a SQL-defined view (see `sql_views.py`), run for a bucket of insert time: the source
-count, the rows, and the merge of several partitions. They run in a lakehouse session whose global
-views hold only their partitions inserted in the bucket, on the lake's ordinary threads (a table
-function such as `materialize_partitions` calls them from DataFusion's runtime, where planning panics).
-"""
+"""The queries of a SQL-defined view (see `sql_views.py`), run for a bucket of insert time: the
+source count and the rows (its merge query is the view's `merge`, `views/merge_query.py`). They run
+in a lakehouse session whose global views hold only their partitions inserted in the bucket, on
+threads of their own (a table function such as `materialize_partitions` calls them from DataFusion's
+runtime, where planning panics)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from datafusion import SessionContext
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.views.view import SqlSource, View
-
-SOURCE_TABLE = "source"
 
 
 def with_range(query: str, begin_ns: int, end_ns: int) -> str:
@@ -52,18 +50,3 @@ def _extract(lake: Lake, view: View, begin_ns: int, end_ns: int) -> pa.Table:
     ctx = bucket_session(lake, begin_ns, end_ns)
     table = ctx.sql(with_range(view.sql.extract_query, begin_ns, end_ns)).to_arrow_table()
     return table.cast(view.schema)
-
-
-def merged(lake: Lake, view: View, partitions: pa.Table) -> pa.Table:
-    """Rows of several partitions as one, by the merge query over them as `{source}`."""
-    return lake.sql_views.query_threads.run(_merge, view, partitions)
-
-
-def _merge(view: View, partitions: pa.Table) -> pa.Table:
-    if view.sql is None or view.sql.merge_partitions_query is None:
-        return partitions
-    ctx = SessionContext()
-    batches = partitions.to_batches() or [pa.RecordBatch.from_pylist([], view.schema)]
-    ctx.register_record_batches(SOURCE_TABLE, [batches])
-    query = view.sql.merge_partitions_query.replace("{source}", SOURCE_TABLE)
-    return ctx.sql(query).to_arrow_table().cast(view.schema)

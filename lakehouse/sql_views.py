@@ -24,6 +24,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -31,13 +32,13 @@ import pyarrow as pa
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.query.off_runtime import OffRuntime
+from spanlake.views.merge_query import merge_with_query
 from spanlake.views.view import DAY_SECONDS, SqlSource, View
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
 
 REFRESH_SECONDS = 5.0  # how stale another process's DDL may look here
-DEFAULT_MERGE = "SELECT * FROM {source}"
 
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _CREATE = re.compile(
@@ -143,8 +144,9 @@ def _create(name: str, replace: bool, definition_sql: str, options: dict[str, st
             f"CREATE MATERIALIZED VIEW {name}: give time_column (or min_time_column and max_time_column):"
             " the columns bounding each row's event time"
         )
-    merge = options.get("merge_partitions_query")
-    source = SqlSource(options["extract_query"].strip(), options["count_src_query"].strip(), merge, update_group)
+    merge = options.get("merge_partitions_query", "").strip() or None
+    extract, count = options["extract_query"].strip(), options["count_src_query"].strip()
+    source = SqlSource(extract, count, merge, update_group, definition_sql)
     return CreateView(name, replace, definition_sql, source, (earliest, latest))
 
 
@@ -155,6 +157,7 @@ def schema_hash(definition_sql: str) -> bytes:
 
 def view_of(create: CreateView, schema: pa.Schema) -> View:
     """The `View` a definition materializes, its schema the one its extract query plans to."""
+    merge_query = create.source.merge_partitions_query
     return View(
         name=create.name,
         schema=schema,
@@ -163,6 +166,7 @@ def view_of(create: CreateView, schema: pa.Schema) -> View:
         has_global_instance=True,
         stream_tags=(),
         time_columns=create.time_columns,
+        merge=None if merge_query is None else partial(merge_with_query, merge_query, schema),
         max_partition_seconds=DAY_SECONDS,
         sql=create.source,
     )

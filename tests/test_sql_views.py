@@ -18,6 +18,8 @@ from served_support import ADMIN_KEY, READER_KEY, adbc_connect, micromegas_clien
 from test_flightsql_support import grpc_status
 
 from spanlake import tracing
+from spanlake.lakehouse.sql_views import CreateView, parse_ddl
+from spanlake.views import log_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 
@@ -92,6 +94,7 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     plan = _views_cli(env, "plan", "--dir", str(local))
     assert plan.returncode == 0, plan.stderr
     assert "+ create: log_counts" in plan.stdout and "Plan: 1 to create, 0 to update, 0 to drop" in plan.stdout
+    assert "? log_stats" in plan.stdout  # the built-in definition, server-only here
 
     applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
     assert applied.returncode == 0, applied.stderr
@@ -100,13 +103,8 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
 
     listed = _views_cli(env, "list", "--dir", str(local), "--format", "json")
     assert listed.returncode == 0, listed.stderr
-    [row] = json.loads(listed.stdout)
-    assert (row["name"], row["status"], row["update_group"], row["updated_by"]) == (
-        "log_counts",
-        "unchanged",
-        3000,
-        "admin",
-    )
+    rows = [(r["name"], r["status"], r["update_group"], r["updated_by"]) for r in json.loads(listed.stdout)]
+    assert rows == [("log_counts", "unchanged", 3000, "admin"), ("log_stats", "server-only", 3000, "spanlake")]
     shown = _views_cli(env, "show", "log_counts")
     assert shown.stdout.rstrip("\n") == LOG_COUNTS.strip()  # apply sent the file's canonical form
 
@@ -131,7 +129,7 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     assert "~ update: log_counts" in plan.stdout and "+    update_group = 3100," in plan.stdout
     applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
     assert "log_counts: replaced" in applied.stdout, applied.stderr
-    assert client.query(DEFINITIONS)["update_group"].tolist() == [3100]
+    assert client.query(DEFINITIONS)["update_group"].tolist() == [3000, 3100]  # log_stats, log_counts
     pulled = tmp_path / "pulled"
     pulled.mkdir()
     (pulled / "log_counts.sql").write_text("CREATE MATERIALIZED VIEW log_counts WITH (stale)")
@@ -145,7 +143,7 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     applied = _views_cli(env, "apply", "--dir", str(local), "--prune", "--auto-approve", "log_counts")
     assert "- drop: log_counts" in applied.stdout and "log_counts: dropped (" in applied.stdout, applied.stderr
     assert _stored(served) == [] and _live_partitions(served, "log_counts") == 0
-    assert client.query(DEFINITIONS).empty
+    assert client.query(DEFINITIONS)["view_set_name"].tolist() == ["log_stats"]
     with pytest.raises(Exception, match="log_counts"):
         client.query("SELECT * FROM log_counts")
 
@@ -155,7 +153,7 @@ def test_ddl_round_trip_through_adbc(served: SpanlakeServer) -> None:
     with adbc_connect(served) as conn, conn.cursor() as cursor:
         cursor.execute(ddl)
         assert cursor.fetch_arrow_table().to_pylist() == [{"status": "created"}]
-        cursor.execute(DEFINITIONS)
+        cursor.execute(f"{DEFINITIONS} WHERE view_set_name = 'adbc_counts'")
         [row] = cursor.fetch_arrow_table().to_pylist()
         assert (row["view_set_name"], row["definition_sql"], row["update_group"], row["updated_by"]) == (
             "adbc_counts",
@@ -174,6 +172,29 @@ def test_ddl_round_trip_through_adbc(served: SpanlakeServer) -> None:
         cursor.execute("DROP MATERIALIZED VIEW IF EXISTS adbc_counts")
         assert cursor.fetch_arrow_table().to_pylist() == [{"status": "not found"}]
     assert _stored(served) == []
+
+
+def test_log_stats_is_a_built_in_definition(served: SpanlakeServer, tmp_path: Path) -> None:
+    built_in = parse_ddl(log_stats.DEFINITION_SQL)
+    assert isinstance(built_in, CreateView)
+    assert (built_in.source, built_in.time_columns) == (log_stats.VIEW.sql, log_stats.VIEW.time_columns)
+    [row] = micromegas_client(served).query(f"{DEFINITIONS} WHERE view_set_name = 'log_stats'").to_dict("records")
+    assert (row["definition_sql"], row["update_group"], row["updated_by"]) == (
+        log_stats.DEFINITION_SQL,
+        3000,
+        "spanlake",
+    )
+    local = tmp_path / "views"
+    local.mkdir()
+    pull = _views_cli(_home(served, tmp_path), "pull", "--dir", str(local), "log_stats")
+    assert "Pull complete: 1 updated, 0 unchanged." in pull.stdout, pull.stderr
+    assert (local / "log_stats.sql").read_text() == log_stats.DEFINITION_SQL + "\n"
+    for statement in (
+        f"CREATE OR REPLACE {log_stats.DEFINITION_SQL[len('CREATE ') :]}",
+        "DROP MATERIALIZED VIEW log_stats",
+    ):
+        with pytest.raises(Exception, match="log_stats is a built-in view"):
+            micromegas_client(served).query(statement)
 
 
 def _with(name: str, extract: str) -> str:

@@ -69,6 +69,7 @@ class SqlSource:
     count_src_query: str  # one row, column `count`: the bucket's source count (stale partitions differ)
     merge_partitions_query: str | None  # rows of several partitions as one; None: concatenated
     update_group: int  # the daemon materializes SQL views by update group, after the built-in views
+    definition_sql: str  # the `CREATE MATERIALIZED VIEW` statement, as stored and listed
 
 
 @dataclass(frozen=True, kw_only=True)

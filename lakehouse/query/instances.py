@@ -106,4 +106,4 @@ def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:
         )
         table = partitions.to_table()
     with tracing.async_span("lakehouse.merge_rows"):
-        return view.merge(table)
+        return lake.off_runtime.run(view.merge, table)  # a SQL view's merge query plans: off the runtime

@@ -11,6 +11,7 @@ view's partitions.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 
@@ -24,9 +25,10 @@ from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.instances import GLOBAL
 from spanlake.lakehouse.query.runner import READ_ONLY
-from spanlake.lakehouse.sql_view_rows import SOURCE_TABLE, bucket_session, with_range
+from spanlake.lakehouse.sql_view_rows import bucket_session, with_range
 from spanlake.lakehouse.sql_views import CreateView, DropView, is_view_ddl, parse_ddl, view_of
 from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views.merge_query import SOURCE_TABLE
 from spanlake.views.schema_types import TIMESTAMP
 
 DEFINITIONS_SCHEMA = pa.schema(
@@ -39,6 +41,8 @@ DEFINITIONS_SCHEMA = pa.schema(
     ]
 )
 _SELECT = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*(?:SELECT|WITH)\b", re.IGNORECASE | re.DOTALL)
+BUILT_IN_BY = "spanlake"  # the author of the built-in definitions
+BUILT_IN_AT = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)  # the release that made log_stats a SQL definition
 _FOREVER_NS = 7_258_118_400 * 1_000_000_000  # 2200-01-01: past any partition's insert range
 
 
@@ -145,9 +149,21 @@ def _planned(ctx: SessionContext, name: str, option: str, query: str) -> DataFra
 
 
 def view_set_definitions(lake: Lake) -> Table:
-    """`list_view_set_definitions()`: every stored definition, with who stored it and when."""
-    rows = lake.loop.run(lake.catalog.view_definitions())
-    table = pa.Table.from_pylist(
-        [{field: row[field] for field in DEFINITIONS_SCHEMA.names} for row in rows], schema=DEFINITIONS_SCHEMA
-    )
-    return memory_table(lake, table)
+    """`list_view_set_definitions()`: the built-in definitions (log_stats), then every stored one,
+    with who stored it and when."""
+    built_in = [
+        {
+            "view_set_name": view.name,
+            "definition_sql": view.sql.definition_sql,
+            "update_group": view.sql.update_group,
+            "updated_at": BUILT_IN_AT,
+            "updated_by": BUILT_IN_BY,
+        }
+        for view in VIEW_SETS.values()
+        if view.sql is not None
+    ]
+    stored = [
+        {field: row[field] for field in DEFINITIONS_SCHEMA.names}
+        for row in lake.loop.run(lake.catalog.view_definitions())
+    ]
+    return memory_table(lake, pa.Table.from_pylist(built_in + stored, schema=DEFINITIONS_SCHEMA))
