@@ -122,6 +122,8 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     direct = client.query(f"SELECT level, count(*) AS n FROM log_entries {mine}")
     assert by_level.to_dict("records") == direct.to_dict("records")
     assert _live_partitions(served, "log_counts") > 0
+    view_sets = client.query("SELECT view_set_name, global_instance_available FROM list_view_sets()")
+    assert view_sets.to_dict("records")[-1] == {"view_set_name": "log_counts", "global_instance_available": True}
 
     # An edited file is an update; pull writes the server's canonical text back.
     (local / "log_counts.sql").write_text(LOG_COUNTS.replace("update_group = 3000", "update_group = 3100"))

@@ -1,6 +1,18 @@
 """The PostgreSQL catalog: every statement spanlake runs against its database (schema migrations
 aside, `lakehouse/migrate.py`), one module per area, all reached through `Catalog`'s typed methods.
-Every value travels as a query parameter."""
+Every value travels as a query parameter.
+
+Modules:
+
+    ingestion         ingestion's rows: processes, streams and blocks, one by one or in bulk
+    api_keys          API keys: stored by SHA-256, revoked by date
+    processes         reads of single processes, streams and blocks
+    source_blocks     reads of the blocks views are built from, by instance and insert range
+    partitions        partition rows: what is live, and the transactions that change it
+    deny_list         the query deny list's rules and their last hits
+    retention         deletes of expired telemetry rows and of temporary files past their grace
+    view_definitions  the stored definitions of SQL-defined views
+"""
 
 from __future__ import annotations
 

@@ -68,9 +68,10 @@ def list_partitions(lake: Lake) -> ds.Dataset:
     return ds.dataset(table)
 
 
-def list_view_sets() -> ds.Dataset:
-    """`list_view_sets()`: the view sets, their current schema and which instances they have."""
-    views = list(VIEW_SETS.values())
+def list_view_sets(lake: Lake) -> ds.Dataset:
+    """`list_view_sets()`: the view sets (built-in, then SQL-defined), their current schema and which
+    instances they have."""
+    views = [*VIEW_SETS.values(), *(stored.view for stored in lake.sql_views.views(lake).values())]
     table = pa.table(
         {
             "view_set_name": [v.name for v in views],

@@ -240,7 +240,7 @@ def _table_functions(
         ),
         TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
         TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake))),
-        TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets())),
+        TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets(lake))),
         TableFunction(
             "list_view_set_definitions",
             lambda: view_ddl.view_set_definitions(lake),
