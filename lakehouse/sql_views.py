@@ -150,9 +150,14 @@ def _create(name: str, replace: bool, definition_sql: str, options: dict[str, st
     return CreateView(name, replace, definition_sql, source, (earliest, latest))
 
 
-def schema_hash(definition_sql: str) -> bytes:
-    """The hash a definition's partitions are stored under: a replaced definition's partitions are stale."""
-    return hashlib.sha256(definition_sql.encode()).digest()[:8]
+def schema_hash(create: CreateView, schema: pa.Schema) -> bytes:
+    """The hash a definition's partitions are stored under: its queries, time columns and schema (a
+    definition replaced by another leaves stale partitions; replaced by the same, valid ones)."""
+    source = create.source
+    parts = (source.extract_query, source.count_src_query, source.merge_partitions_query or "", *create.time_columns)
+    digest = hashlib.sha256("\x00".join(parts).encode())
+    digest.update(schema.serialize().to_pybytes())
+    return digest.digest()[:8]
 
 
 def view_of(create: CreateView, schema: pa.Schema) -> View:
@@ -161,7 +166,7 @@ def view_of(create: CreateView, schema: pa.Schema) -> View:
     return View(
         name=create.name,
         schema=schema,
-        schema_hash=schema_hash(create.definition_sql),
+        schema_hash=schema_hash(create, schema),
         instance_kind=None,
         has_global_instance=True,
         stream_tags=(),

@@ -166,6 +166,18 @@ def test_ddl_round_trip_through_adbc(served: SpanlakeServer) -> None:
         assert row["updated_at"].tzinfo is not None
         with pytest.raises(Exception, match=r"INVALID_ARGUMENT: .* adbc_counts already exists"):
             cursor.execute(ddl)  # CREATE without OR REPLACE over an existing one
+    over = (
+        "CREATE MATERIALIZED VIEW over_adbc WITH (extract_query = $$ SELECT time_bin, count FROM adbc_counts $$,"
+        " count_src_query = $$ SELECT sum(nb_objects) AS count FROM blocks $$,"
+        " update_group = {}, time_column = time_bin)"
+    )
+    with adbc_connect(served) as conn, conn.cursor() as cursor:
+        with pytest.raises(Exception, match=r"it reads adbc_counts \(update_group 3000\), so its update_group must be"):
+            cursor.execute(over.format(3000))
+        cursor.execute(over.format(3001))
+        assert cursor.fetch_arrow_table().to_pylist() == [{"status": "created"}]
+        cursor.execute("DROP MATERIALIZED VIEW over_adbc")
+        assert cursor.fetch_arrow_table().to_pylist() == [{"status": "dropped (0 partitions retired)"}]
     with adbc_connect(served) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT count(*) AS n FROM adbc_counts")
         assert cursor.fetch_arrow_table().to_pylist() == [{"n": 0}]

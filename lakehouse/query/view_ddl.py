@@ -43,6 +43,8 @@ DEFINITIONS_SCHEMA = pa.schema(
 _SELECT = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*(?:SELECT|WITH)\b", re.IGNORECASE | re.DOTALL)
 BUILT_IN_BY = "spanlake"  # the author of the built-in definitions
 BUILT_IN_AT = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)  # the release that made log_stats a SQL definition
+# A global view appears in a plan as the alias of its scan (its frame is inlined).
+_TABLE_READ = re.compile(r"(?:TableScan|SubqueryAlias): (\w+)")
 _FOREVER_NS = 7_258_118_400 * 1_000_000_000  # 2200-01-01: past any partition's insert range
 
 
@@ -116,7 +118,9 @@ def checked_schema(lake: Lake, create: CreateView) -> pa.Schema:
             raise QueryError(f"materialized view {name}: {option} reads {name} itself (a view over itself)")
     now = time.time_ns()
     ctx = bucket_session(lake, now, now)  # empty buckets: planning reads no partition
-    schema = _planned(ctx, name, "extract_query", with_range(source.extract_query, now, now)).schema()
+    extract = _planned(ctx, name, "extract_query", with_range(source.extract_query, now, now))
+    _check_update_group(lake, create, extract)
+    schema = extract.schema()
     missing = sorted(set(create.time_columns) - set(schema.names))
     if missing:
         raise QueryError(f"materialized view {name}: time column {missing[0]!r} is not in the extract's columns")
@@ -127,6 +131,18 @@ def checked_schema(lake: Lake, create: CreateView) -> pa.Schema:
         _check_merge(name, source.merge_partitions_query, schema)
     view_of(create, schema)  # the view builds from what is stored
     return schema
+
+
+def _check_update_group(lake: Lake, create: CreateView, extract: DataFrame) -> None:
+    """A view over SQL views is materialized after them: its update group must be greater."""
+    scanned = set(_TABLE_READ.findall(extract.logical_plan().display_indent()))
+    for read in sorted(scanned):
+        stored = lake.sql_views.views(lake).get(read)
+        if stored is not None and stored.row["update_group"] >= create.source.update_group:
+            raise QueryError(
+                f"materialized view {create.name}: it reads {read} (update_group {stored.row['update_group']}),"
+                f" so its update_group must be greater, given {create.source.update_group}"
+            )
 
 
 def _check_merge(name: str, merge_query: str, schema: pa.Schema) -> None:
