@@ -22,13 +22,12 @@ import datafusion
 import micromegas
 import numpy as np
 import pyarrow as pa
-from datafusion import udf, udtf
+from datafusion import udtf
 
 from spanlake.lakehouse.query import functions
 from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.server.flightsql import FlightSqlServer, default_session_config
 from spanlake.views import properties
-from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
 BATCH_ROWS = 65536
 # What a lake holds for its table functions; this script's sessions have no lake.
@@ -61,10 +60,9 @@ def make_batches(rows: int) -> list[pa.RecordBatch]:
 
 
 def session(batches: list[pa.RecordBatch]) -> datafusion.SessionContext:
-    """A session with the table and the lakehouse's SQL functions (property_get as the session has it)."""
+    """A session with the table and the lakehouse's SQL functions."""
     ctx = datafusion.SessionContext(default_session_config())
     ctx.register_record_batches("t", [batches])
-    ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
     for function in functions.scalar_udfs():
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():
@@ -72,10 +70,6 @@ def session(batches: list[pa.RecordBatch]) -> datafusion.SessionContext:
     for name, table_function in functions.table_function_list(datafusion.SessionContext, OFF_RUNTIME):
         ctx.register_udtf(udtf(table_function, name))
     return ctx
-
-
-def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
-    return properties.property_get(props, keys[0].as_py())
 
 
 def timed(ctx: datafusion.SessionContext, sql: str) -> float:

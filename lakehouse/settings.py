@@ -213,7 +213,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         1.0,
         "a query running at least this long keeps its detailed spans in self-tracing; faster: its root only",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
     Option(
         "slow_span_ms",
@@ -221,7 +221,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         5.0,
         "of a slow query, the spans running at least this long are kept (with their ancestors)",
-        ("serve", "flightsql"),
+        ("serve", "flightsql", "web"),
     ),
 )
 

@@ -10,6 +10,8 @@ import pyarrow as pa
 from datafusion import SessionContext
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query import functions
+from spanlake.lakehouse.query.runner import READ_ONLY
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.views.view import SqlSource, View
 
@@ -34,7 +36,7 @@ def source_count(lake: Lake, source: SqlSource, begin_ns: int, end_ns: int) -> i
 
 def _count(lake: Lake, source: SqlSource, begin_ns: int, end_ns: int) -> int:
     ctx = bucket_session(lake, begin_ns, end_ns)
-    table = ctx.sql(with_range(source.count_src_query, begin_ns, end_ns)).to_arrow_table()
+    table = functions.planned(ctx, with_range(source.count_src_query, begin_ns, end_ns), READ_ONLY).to_arrow_table()
     values = table.column("count").to_pylist() if table.num_rows else []
     return int(values[0] or 0) if values else 0
 
@@ -48,5 +50,5 @@ def _extract(lake: Lake, view: View, begin_ns: int, end_ns: int) -> pa.Table:
     if view.sql is None:
         raise ValueError(f"{view.name} is not a SQL-defined view")
     ctx = bucket_session(lake, begin_ns, end_ns)
-    table = ctx.sql(with_range(view.sql.extract_query, begin_ns, end_ns)).to_arrow_table()
+    table = functions.planned(ctx, with_range(view.sql.extract_query, begin_ns, end_ns), READ_ONLY).to_arrow_table()
     return table.cast(view.schema)

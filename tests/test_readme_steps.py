@@ -310,6 +310,8 @@ ROLE_FLAGS = {
         "--max-sql-depth",
         "--query-timeout-seconds",
         "--query-memory-limit-mb",
+        "--slow-query-seconds",
+        "--slow-span-ms",
     },
     "maintain": {"--retention-days"},
     "web": {
@@ -324,6 +326,8 @@ ROLE_FLAGS = {
         "--max-sql-depth",
         "--query-timeout-seconds",
         "--query-memory-limit-mb",
+        "--slow-query-seconds",
+        "--slow-span-ms",
     },
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}

@@ -331,7 +331,6 @@ def test_properties_to_dict_deduplicates_lists(uri: str) -> None:
 
 def test_properties_bad_arguments(uri: str) -> None:
     assert_invalid(uri, "SELECT properties_to_array('x')", "properties_to_array")
-    assert_invalid(uri, "SELECT properties_to_array(properties) FROM processes", "properties_to_array")
     assert_invalid(uri, "SELECT properties_to_dict(1)", "properties_to_dict")
 
 

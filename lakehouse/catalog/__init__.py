@@ -4,14 +4,14 @@ Every value travels as a query parameter.
 
 Modules:
 
-    ingestion         ingestion's rows: processes, streams and blocks, one by one or in bulk
-    api_keys          API keys: stored by SHA-256, revoked by date
-    processes         reads of single processes, streams and blocks
-    source_blocks     reads of the blocks views are built from, by instance and insert range
-    partitions        partition rows: what is live, and the transactions that change it
-    deny_list         the query deny list's rules and their last hits
-    retention         deletes of expired telemetry rows and of temporary files past their grace
-    view_definitions  the stored definitions of SQL-defined views
+    ingestion         processes, streams and blocks as the ingestion API inserts them
+    api_keys          the API keys stored in the database (hashes only)
+    processes         the process, stream and block lookups of the web pages and table functions
+    source_blocks     the blocks a partition is built from, and their counts
+    partitions        the partition rows: live partitions, retirements, the one partition swap
+    deny_list         the query deny list's rules and hits
+    retention         deleting what is past the retention period
+    view_definitions  the stored definitions of SQL-defined views (`CREATE MATERIALIZED VIEW`)
 """
 
 from __future__ import annotations

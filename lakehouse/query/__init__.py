@@ -11,6 +11,7 @@ Modules:
     audit              one structured JSON line per query, whichever door
     failures           failures classified: status code, client message without tracebacks or paths
     session            the per-query `SessionContext`: global tables, UDFs, table functions
+    table_function     a table function declared once: its arguments' kinds, its admin flag, its builder
     instances          a view instance as a table: JIT, then its partitions as one dataset
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
@@ -22,7 +23,6 @@ Modules:
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
-    table_function     table functions declared once: arguments, kinds, admin flag, one error wording
     view_ddl           CREATE/DROP MATERIALIZED VIEW (the runner's DDL hook), list_view_set_definitions
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

@@ -34,7 +34,7 @@ import datafusion
 import pyarrow as pa
 
 from spanlake import tracing
-from spanlake.lakehouse.query import failures, plan_spans, slow_queries
+from spanlake.lakehouse.query import failures, functions, plan_spans, slow_queries
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
@@ -261,7 +261,7 @@ class Query:
         if statement is not None:
             return statement
         try:
-            df = ctx.sql(sql, READ_ONLY, param_values=param_values)
+            df = functions.planned(ctx, sql, READ_ONLY, param_values=param_values)
         except Exception as exc:
             raise failures.classify("error building dataframe", exc, self.query_id) from None
         if limit is None:

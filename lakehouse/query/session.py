@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udf, udtf
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udtf
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 from typing_extensions import override
@@ -37,8 +37,7 @@ from spanlake.lakehouse.query import (
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
-from spanlake.views import properties
-from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP
+from spanlake.views.schema_types import TIMESTAMP
 from spanlake.views.view import View
 
 BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with DataFusion's default 8192
@@ -132,15 +131,6 @@ def _in_range(view: View, begin_ns: int, end_ns: int) -> Expr:
 
 def _timestamp(ns: int) -> Expr:
     return lit(pa.scalar(ns, TIMESTAMP))
-
-
-def _property_get(props: pa.Array, keys: pa.Array) -> pa.Array:
-    key = keys[0].as_py() if len(keys) else ""
-    return properties.property_get(props, key)
-
-
-def _properties_length(props: pa.Array) -> pa.Array:
-    return properties.properties_length(props)
 
 
 class GlobalTables(SchemaProvider):
@@ -343,8 +333,6 @@ def _session_context(
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
         ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
-    ctx.register_udf(udf(_property_get, [DICT_JSONB, pa.utf8()], DICT_UTF8, "immutable", "property_get"))
-    ctx.register_udf(udf(_properties_length, [DICT_JSONB], pa.int32(), "immutable", "properties_length"))
     for function in functions.scalar_udfs():
         ctx.register_udf(function)
     for aggregate in functions.aggregate_udfs():

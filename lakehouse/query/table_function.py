@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -48,6 +48,9 @@ class TableFunction:
     optional: int = 0  # how many trailing `args` may be left out
     admin: bool = False
     capitalized: bool = False  # "First argument of …": the wording of functions ported from micromegas
+    # The tables built in this session, by argument values: a query planned again (functions.planned)
+    # reads them instead of running the function (and its side effects) twice.
+    built: dict[tuple[str | int, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __call__(self, *exprs: Expr) -> Any:
         """The table of these arguments; QueryError for arguments that do not fit the declaration."""
@@ -55,7 +58,10 @@ class TableFunction:
             return self.build(*exprs)
         self._check_arity(len(exprs))
         given = zip(self.args[: len(exprs)], exprs, strict=True)
-        return self.build(*(self._value(arg, index, expr) for index, (arg, expr) in enumerate(given)))
+        values = tuple(self._value(arg, index, expr) for index, (arg, expr) in enumerate(given))
+        if values not in self.built:
+            self.built[values] = self.build(*values)
+        return self.built[values]
 
     def _check_arity(self, given: int) -> None:
         most = len(self.args)

@@ -20,7 +20,7 @@ from datafusion import DataFrame, SessionContext, Table
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import failures
+from spanlake.lakehouse.query import failures, functions
 from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.instances import GLOBAL
@@ -157,8 +157,8 @@ def _check_merge(name: str, merge_query: str, schema: pa.Schema) -> None:
 
 
 def _planned(ctx: SessionContext, name: str, option: str, query: str) -> DataFrame:
-    try:
-        return ctx.sql(query, READ_ONLY)
+    try:  # planned as the runner plans queries (`functions.planned`: signatures of the function calls)
+        return functions.planned(ctx, query, READ_ONLY)
     except Exception as exc:  # DataFusion raises bare Exceptions for planning errors
         _, message = failures.root_error(exc)
         raise QueryError(f"materialized view {name}: {option} does not plan: {message}") from None

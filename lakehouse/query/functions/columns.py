@@ -1,7 +1,8 @@
 """Computing a function once per distinct input and spreading the answers over the rows by index.
 
-Every jsonb or properties column is `Dictionary(Int32, Binary)`: a function of the value runs once per
-dictionary entry (Python), then numpy/pyarrow take the answers by the row indices. A function of the
+Every jsonb or properties column of spanlake is `Dictionary(Int32, Binary)`: a function of the value runs
+once per dictionary entry (Python), then numpy/pyarrow take the answers by the row indices. A plain
+`Binary` or `LargeBinary` column is dictionary-encoded first (hashing, no Python per row). A function of the
 value and a text argument (a key, a path) runs once per distinct (entry, text) pair.
 """
 
@@ -18,8 +19,9 @@ import pyarrow.compute as pc
 def per_entry(
     column: pa.Array, function: Callable[[bytes], Any], value_type: pa.DataType, dictionary: bool
 ) -> pa.Array:
-    """`function(value)` for each row of a dictionary column; None answers (and NULL rows) are NULL.
+    """`function(value)` for each row of a binary column; None answers (and NULL rows) are NULL.
     The result is dictionary-encoded over the answers when `dictionary`, else plain."""
+    column = as_dictionary(column)
     answers = [None if value is None else function(value) for value in column.dictionary.to_pylist()]
     return spread(answers, column.indices, value_type, dictionary)
 
@@ -33,6 +35,7 @@ def per_entry_and_text(
 ) -> pa.Array:
     """`function(value, text)` for each row of a dictionary column and a text column (a constant
     argument reaches a UDF as a repeated column: it is recognized and applied per entry)."""
+    column = as_dictionary(column)
     if len(texts) and texts.null_count == 0 and pc.all(pc.equal(texts, texts[0])).as_py():
         text = texts[0].as_py()
         return per_entry(column, lambda value: function(value, text), value_type, dictionary)
@@ -49,6 +52,13 @@ def per_entry_and_text(
     codes = np.zeros(len(texts), dtype=np.int32)
     codes[valid] = inverse
     return spread(answers, pa.array(codes, pa.int32(), mask=~valid), value_type, dictionary)
+
+
+def as_dictionary(column: pa.Array) -> pa.DictionaryArray:
+    """A binary column as `Dictionary(Int32, Binary)`: as it is when it already is one."""
+    if pa.types.is_dictionary(column.type):
+        return column
+    return pc.dictionary_encode(column.cast(pa.binary()))
 
 
 def _call(function: Callable[[bytes, str], Any], value: bytes | None, text: str) -> Any:

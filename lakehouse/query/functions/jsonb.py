@@ -2,10 +2,9 @@
 jsonb_parse, jsonb_format_json, jsonb_get, jsonb_as_string, jsonb_as_f64, jsonb_as_i64,
 jsonb_array_length, jsonb_object_keys, jsonb_path_query, jsonb_path_query_first.
 
-Their jsonb argument is `Dictionary(Int32, Binary)`, the type of every properties column and of every
-jsonb these functions (and jsonb_each / jsonb_array_elements) answer; DataFusion's Python UDFs take a
-single exact type, so a plain Binary needs `arrow_cast(x, 'Dictionary(Int32, Binary)')`. A NULL gives
-NULL; bytes that are not jsonb are an error; a value of the wrong JSON type gives NULL.
+Their jsonb argument is `Dictionary(Int32, Binary)` (every properties column and every jsonb these
+functions answer), `Binary` or `LargeBinary` (signatures.py). A NULL gives NULL; bytes that are not jsonb
+are an error; a value of the wrong JSON type gives NULL.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datafusion import ScalarUDF, udf
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.query.functions import jsonpath
 from spanlake.lakehouse.query.functions.columns import per_entry, per_entry_and_text, spread
+from spanlake.lakehouse.query.functions.signatures import JSONB, TEXT, Signature
 from spanlake.views import jsonb
 from spanlake.views.jsonb import JsonValue, UnsignedInt
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
@@ -189,18 +188,17 @@ def _first_match(data: bytes, path: str) -> bytes | None:
     return jsonb.encode(found[0]) if found else None
 
 
-def scalar_udfs() -> list[ScalarUDF]:
-    """The JSONB UDFs with micromegas's names and answer types."""
-    utf8 = pa.utf8()
+def signatures() -> list[Signature]:
+    """The JSONB functions with micromegas's names, argument types and answer types."""
     return [
-        udf(jsonb_parse, [utf8], DICT_JSONB, "immutable", "jsonb_parse"),
-        udf(jsonb_format_json, [DICT_JSONB], DICT_UTF8, "immutable", "jsonb_format_json"),
-        udf(jsonb_get, [DICT_JSONB, utf8], DICT_JSONB, "immutable", "jsonb_get"),
-        udf(jsonb_as_string, [DICT_JSONB], DICT_UTF8, "immutable", "jsonb_as_string"),
-        udf(jsonb_as_f64, [DICT_JSONB], pa.float64(), "immutable", "jsonb_as_f64"),
-        udf(jsonb_as_i64, [DICT_JSONB], pa.int64(), "immutable", "jsonb_as_i64"),
-        udf(jsonb_array_length, [DICT_JSONB], pa.int64(), "immutable", "jsonb_array_length"),
-        udf(jsonb_object_keys, [DICT_JSONB], DICT_KEY_LIST, "immutable", "jsonb_object_keys"),
-        udf(jsonb_path_query, [DICT_JSONB, utf8], DICT_JSONB, "immutable", "jsonb_path_query"),
-        udf(jsonb_path_query_first, [DICT_JSONB, utf8], DICT_JSONB, "immutable", "jsonb_path_query_first"),
+        Signature("jsonb_parse", jsonb_parse, (TEXT,), DICT_JSONB),
+        Signature("jsonb_format_json", jsonb_format_json, (JSONB,), DICT_UTF8),
+        Signature("jsonb_get", jsonb_get, (JSONB, TEXT), DICT_JSONB),
+        Signature("jsonb_as_string", jsonb_as_string, (JSONB,), DICT_UTF8),
+        Signature("jsonb_as_f64", jsonb_as_f64, (JSONB,), pa.float64()),
+        Signature("jsonb_as_i64", jsonb_as_i64, (JSONB,), pa.int64()),
+        Signature("jsonb_array_length", jsonb_array_length, (JSONB,), pa.int64()),
+        Signature("jsonb_object_keys", jsonb_object_keys, (JSONB,), DICT_KEY_LIST),
+        Signature("jsonb_path_query", jsonb_path_query, (JSONB, TEXT), DICT_JSONB),
+        Signature("jsonb_path_query_first", jsonb_path_query_first, (JSONB, TEXT), DICT_JSONB),
     ]

@@ -1,10 +1,9 @@
-"""Properties conversions: `properties_to_dict`, `properties_to_jsonb`, `properties_to_array` (next to
-`property_get` / `properties_length`, views/properties.py, registered by the session).
+"""The properties functions: `property_get`, `properties_length`, `properties_to_dict`,
+`properties_to_jsonb`, `properties_to_array`.
 
-DataFusion's Python UDFs take one exact signature where micromegas's accept several encodings, so each
-takes the one micromegas documents for it: `properties_to_dict` the legacy `List<Struct{key, value}>`
-(from SQL literals or old columns), `properties_to_array` what `properties_to_dict` answers, and
-`properties_to_jsonb` spanlake's `Dictionary(Int32, Binary)` jsonb columns (which it passes through).
+Each takes properties in every encoding micromegas's take and spanlake's views produce (signatures.py):
+jsonb objects as `Dictionary(Int32, Binary)` or `Binary`, legacy `List<Struct{key, value}>` lists and
+dictionaries of them. Conversions between the encodings run once per distinct value.
 """
 
 from __future__ import annotations
@@ -12,34 +11,88 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datafusion import ScalarUDF, udf
 
-from spanlake.views.schema_types import DICT_JSONB
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.query.functions.columns import as_dictionary
+from spanlake.lakehouse.query.functions.signatures import (
+    DICT_PROPERTY_LIST,
+    PROPERTIES,
+    PROPERTY,
+    PROPERTY_LIST,
+    TEXT,
+    Signature,
+)
+from spanlake.views import properties
+from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8
 
-# What SQL builds from `[named_struct('key', k, 'value', v)]`; old non-null columns cast to it.
-PROPERTY_LIST_ARGUMENT = pa.list_(pa.struct([("key", pa.utf8()), ("value", pa.utf8())]))
-PROPERTY = pa.struct([pa.field("key", pa.utf8(), nullable=False), pa.field("value", pa.utf8(), nullable=False)])
-PROPERTY_LIST = pa.list_(pa.field("Property", PROPERTY, nullable=False))
-DICT_PROPERTY_LIST = pa.dictionary(pa.int32(), PROPERTY_LIST)
+
+def property_get(column: pa.Array, keys: pa.Array) -> pa.Array:
+    """The value of a key (the first row's: micromegas's key is a constant), NULL when absent."""
+    key = keys[0].as_py() if len(keys) else ""
+    return properties.property_get(column, key)
 
 
-def properties_to_dict(lists: pa.Array) -> pa.Array:
-    """`List<Struct{key, value}>` rows as `Dictionary(Int32, List<Property>)`, equal lists sharing one
-    dictionary value (compared by content, in order)."""
-    lists = _normalized(lists)
-    codes, first_rows = _distinct_lists(lists)
-    values = lists.take(pa.array(first_rows, pa.int64())) if len(first_rows) else pa.array([], PROPERTY_LIST)
-    return pa.DictionaryArray.from_arrays(codes, values)
+def properties_length(column: pa.Array) -> pa.Array:
+    """The number of properties of each row (Int32)."""
+    return properties.properties_length(column)
+
+
+def properties_to_dict(column: pa.Array) -> pa.Array:
+    """Properties as `Dictionary(Int32, List<Property>)`, equal lists sharing one dictionary value
+    (compared by content, in order)."""
+    if _is_list(column.type):
+        lists = _normalized(column)
+        codes, first_rows = _distinct_lists(lists)
+        values = lists.take(pa.array(first_rows, pa.int64())) if len(first_rows) else pa.array([], PROPERTY_LIST)
+        return pa.DictionaryArray.from_arrays(codes, values)
+    if pa.types.is_dictionary(column.type) and _is_list(column.type.value_type):
+        return pa.DictionaryArray.from_arrays(column.indices.cast(pa.int32()), _normalized(column.dictionary))
+    entries = as_dictionary(column)
+    lists = [_property_list(value) for value in entries.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(entries.indices, pa.array(lists, PROPERTY_LIST))
 
 
 def properties_to_jsonb(column: pa.Array) -> pa.Array:
-    """Dictionary-encoded jsonb properties, as they are (micromegas passes jsonb through)."""
-    return column
+    """Properties as jsonb objects, `Dictionary(Int32, Binary)` (jsonb passes through)."""
+    if not _is_list(column.type) and not _is_list(_value_type(column.type)):
+        return as_dictionary(column)
+    lists = properties_to_dict(column)
+    objects = [_jsonb_object(entries) for entries in lists.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(lists.indices, pa.array(objects, pa.binary()))
 
 
 def properties_to_array(column: pa.Array) -> pa.Array:
-    """A dictionary column's values row by row (`take(values, keys)`): the lists of `properties_to_dict`."""
-    return column.dictionary.take(column.indices)
+    """Properties row by row as `List<Property>` (a dictionary's values taken by its keys)."""
+    if _is_list(column.type):
+        return _normalized(column)
+    lists = properties_to_dict(column)
+    return lists.dictionary.take(lists.indices)
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return pa.types.is_list(data_type) or pa.types.is_large_list(data_type)
+
+
+def _value_type(data_type: pa.DataType) -> pa.DataType:
+    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
+
+
+def _property_list(value: bytes | None) -> list[dict[str, str]] | None:
+    """A jsonb object's members as `Property` entries, in stored order."""
+    if value is None:
+        return None
+    try:
+        members = properties.decode_jsonb_object(value)
+    except properties.PropertiesError as err:
+        raise QueryError(f"a properties value must be a jsonb object: {err}") from None
+    return [{"key": key, "value": text} for key, text in members.items()]
+
+
+def _jsonb_object(entries: list[dict[str, str]] | None) -> bytes | None:
+    """`Property` entries as one jsonb object (a repeated key keeps its last value, as micromegas)."""
+    if entries is None:
+        return None
+    return properties.encode_jsonb_object({entry["key"]: entry["value"] for entry in entries})
 
 
 def _normalized(lists: pa.Array) -> pa.ListArray:
@@ -71,10 +124,12 @@ def _distinct_lists(lists: pa.ListArray) -> tuple[pa.Array, np.ndarray]:
     return encoded.indices, np.flatnonzero(seen)[first_rows]
 
 
-def scalar_udfs() -> list[ScalarUDF]:
-    """The properties UDFs."""
+def signatures() -> list[Signature]:
+    """The properties functions with micromegas's answer types."""
     return [
-        udf(properties_to_dict, [PROPERTY_LIST_ARGUMENT], DICT_PROPERTY_LIST, "immutable", "properties_to_dict"),
-        udf(properties_to_jsonb, [DICT_JSONB], DICT_JSONB, "immutable", "properties_to_jsonb"),
-        udf(properties_to_array, [DICT_PROPERTY_LIST], PROPERTY_LIST, "immutable", "properties_to_array"),
+        Signature("property_get", property_get, (PROPERTIES, TEXT), DICT_UTF8),
+        Signature("properties_length", properties_length, (PROPERTIES,), pa.int32()),
+        Signature("properties_to_dict", properties_to_dict, (PROPERTIES,), DICT_PROPERTY_LIST),
+        Signature("properties_to_jsonb", properties_to_jsonb, (PROPERTIES,), DICT_JSONB),
+        Signature("properties_to_array", properties_to_array, (PROPERTIES,), PROPERTY_LIST),
     ]

@@ -63,9 +63,11 @@ def _evaluate(name: str, expr: Expr, make_context: ContextFactory) -> pa.Array:
 
 
 def _jsonb_rows(name: str, values: pa.Array) -> list[bytes]:
-    """The non-NULL jsonb values of the argument (a Binary or Dictionary(Int32, Binary) column)."""
+    """The non-NULL jsonb values of the argument (a Binary, LargeBinary or Dictionary(Int32, Binary) column)."""
     if pa.types.is_dictionary(values.type):
         values = values.dictionary.take(values.indices)
+    if pa.types.is_large_binary(values.type):
+        values = values.cast(pa.binary())
     if not (pa.types.is_binary(values.type) or pa.types.is_null(values.type)):
         raise QueryError(f"{name} argument must be Binary (JSONB), got: {values.type}")
     return [value for value in values.to_pylist() if value is not None]
