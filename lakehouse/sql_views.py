@@ -20,6 +20,7 @@ own DDL); `lakehouse/query/view_ddl.py` runs the statements, `lakehouse/sql_view
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -37,6 +38,8 @@ from spanlake.views.view import DAY_SECONDS, SqlSource, View
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
+
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5.0  # how stale another process's DDL may look here
 
@@ -207,7 +210,7 @@ class SqlViews:
         with self._lock:
             if time.monotonic() - self._read_at > REFRESH_SECONDS:
                 rows = lake.loop.run(lake.catalog.view_definitions())
-                self._views = {row["view_set_name"]: self._stored(row) for row in rows}
+                self._views = {stored.view.name: stored for stored in map(self._stored, rows) if stored is not None}
                 self._read_at = time.monotonic()
             return self._views
 
@@ -216,11 +219,16 @@ class SqlViews:
         stored = sorted(self.views(lake).values(), key=lambda s: (s.row["update_group"], s.row["view_set_name"]))
         return [s.view for s in stored]
 
-    def _stored(self, row: asyncpg.Record) -> StoredView:
+    def _stored(self, row: asyncpg.Record) -> StoredView | None:
+        """The row's view; None (logged) for a definition that no longer loads: the others still do."""
         known = self._views.get(row["view_set_name"])
         if known is not None and known.row["definition_sql"] == row["definition_sql"]:
             return StoredView(row, known.view)
-        create = parse_ddl(row["definition_sql"])
-        if not isinstance(create, CreateView):
-            raise QueryError(f"the stored definition of {row['view_set_name']} is no CREATE statement")
-        return StoredView(row, view_of(create, pa.ipc.read_schema(pa.py_buffer(row["arrow_schema"]))))
+        try:
+            create = parse_ddl(row["definition_sql"])
+            if not isinstance(create, CreateView):
+                raise QueryError("it is no CREATE statement")
+            return StoredView(row, view_of(create, pa.ipc.read_schema(pa.py_buffer(row["arrow_schema"]))))
+        except (QueryError, pa.ArrowInvalid) as err:
+            log.warning("the stored definition of %s does not load, left out: %s", row["view_set_name"], err)
+            return None
