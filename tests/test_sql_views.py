@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -130,7 +131,8 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     plan = _views_cli(env, "plan", "--dir", str(local))
     assert "~ update: log_counts" in plan.stdout and "+    update_group = 3100," in plan.stdout
     applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
-    assert "log_counts: replaced" in applied.stdout, applied.stderr
+    assert "log_counts: replaced\n" in applied.stdout, applied.stderr  # the same queries: partitions kept
+    assert counted() == 5 and _live_partitions(served, "log_counts") > 0
     assert client.query(DEFINITIONS)["update_group"].tolist() == [3000, 3100]  # log_stats, log_counts
     pulled = tmp_path / "pulled"
     pulled.mkdir()
@@ -138,6 +140,14 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     pull = _views_cli(env, "pull", "--dir", str(pulled))
     assert "Pull complete: 1 updated, 0 unchanged." in pull.stdout, pull.stderr
     assert (pulled / "log_counts.sql").read_text() == (local / "log_counts.sql").read_text().strip() + "\n"
+
+    # Other queries: the old partitions are stale, retired (the daemon may already be writing new ones).
+    (local / "log_counts.sql").write_text(LOG_COUNTS.replace("count(*) AS count", "count(msg) AS count"))
+    replaced_at = served.sql("SELECT now() AS t")[0]["t"]
+    applied = _views_cli(env, "apply", "--dir", str(local), "--auto-approve")
+    assert re.search(r"log_counts: replaced \([1-9]\d* stale partitions retired\)", applied.stdout), applied.stderr
+    older = "SELECT count(*) AS n FROM lakehouse_partitions WHERE view_set_name = 'log_counts' AND updated < $1"
+    assert served.sql(older, replaced_at) == [{"n": 0}]
 
     # Pruned: the definition is dropped and the view's partitions retired.
     (local / "log_counts.sql").unlink()

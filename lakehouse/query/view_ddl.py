@@ -26,7 +26,7 @@ from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.instances import GLOBAL
 from spanlake.lakehouse.query.runner import READ_ONLY
 from spanlake.lakehouse.sql_view_rows import bucket_session, with_range
-from spanlake.lakehouse.sql_views import CreateView, DropView, is_view_ddl, parse_ddl, view_of
+from spanlake.lakehouse.sql_views import CreateView, DropView, is_view_ddl, parse_ddl, schema_hash, view_of
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.merge_query import SOURCE_TABLE
 from spanlake.views.schema_types import TIMESTAMP
@@ -73,6 +73,7 @@ class ViewStatements:
 
     def _create(self, create: CreateView, who: str) -> str:
         schema = checked_schema(self.lake, create)
+        previous = self.lake.sql_views.views(self.lake).get(create.name)
         stored = self.lake.loop.run(
             self.lake.catalog.store_view_definition(
                 create.name,
@@ -86,7 +87,12 @@ class ViewStatements:
         if not stored:
             raise QueryError(f"materialized view {create.name} already exists (CREATE OR REPLACE replaces it)")
         self.lake.sql_views.invalidate()
-        return "replaced" if create.replace else "created"
+        if previous is None:
+            return "created"
+        if previous.view.schema_hash == schema_hash(create, schema):
+            return "replaced"  # the same queries and schema: the partitions stay valid
+        retired = self.lake.loop.run(self.lake.catalog.retire_contained(create.name, GLOBAL, None, _FOREVER_NS))
+        return f"replaced ({len(retired)} stale partitions retired)"
 
     def _drop(self, drop: DropView) -> str:
         if drop.name in VIEW_SETS:
