@@ -5,6 +5,7 @@ retiring its partitions; bad definitions and non-admins refused with nothing sto
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -148,6 +149,15 @@ def test_micromegas_views_manages_a_view_the_daemon_maintains(served: SpanlakeSe
     assert re.search(r"log_counts: replaced \([1-9]\d* stale partitions retired\)", applied.stdout), applied.stderr
     older = "SELECT count(*) AS n FROM lakehouse_partitions WHERE view_set_name = 'log_counts' AND updated < $1"
     assert served.sql(older, replaced_at) == [{"n": 0}]
+    # An admin rebuilds the day (materialize_partitions, a table function: the view's queries leave its thread).
+    day = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    until = day + dt.timedelta(days=1)
+    client.query(
+        f"SELECT * FROM materialize_partitions('log_counts', '{day.isoformat()}', '{until.isoformat()}', 86400)"
+    )
+    assert counted() == 5
+    spans = "SELECT begin_insert_time AS b, end_insert_time AS e FROM lakehouse_partitions WHERE view_set_name = $1"
+    assert served.sql(spans, "log_counts") == [{"b": day, "e": until}]
 
     # Pruned: the definition is dropped and the view's partitions retired.
     (local / "log_counts.sql").unlink()
