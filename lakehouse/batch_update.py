@@ -132,6 +132,10 @@ def _from_query(
     lake: Lake, view: View, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
 ) -> int:
     """A SQL view's bucket from its extract query (over the global views' partitions of the bucket)."""
+    if lake.loop.run(lake.catalog.other_global_crosses(view.name, begin_ns, end_ns)):
+        # Its rows would miss those of the crossing partition, and the bucket would pass for up to date.
+        progress(f"{what}: a partition of a global view crosses the bucket's edge, left for a larger bucket")
+        return 0
     rows = sql_view_rows.extracted(lake, view, begin_ns, end_ns)
     partition = write_partition(lake, _target(view, begin_ns, end_ns), required, iter(rows.to_batches()))
     progress(f"{what}: extracted {rows.num_rows} rows" if partition else f"{what}: an identical partition is present")

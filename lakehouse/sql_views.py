@@ -11,8 +11,9 @@
     DROP MATERIALIZED VIEW [IF EXISTS] <name>
 
 `{begin}` and `{end}` in the extract and count queries stand for the bucket's insert range (RFC 3339);
-the global views they read hold only the partitions inserted in that range (so spanlake's views, which
-have no `insert_time` column, need no filter). This module parses the statements and keeps the stored
+the global views they read hold only the partitions inserted in that range (the queries' own
+`insert_time` filters, as micromegas's definitions have them, are then cheap; a bucket that another
+view's partition crosses waits for a larger one). This module parses the statements and keeps the stored
 definitions (`SqlViews`, read again at most every REFRESH_SECONDS, and at once after this process's
 own DDL); `lakehouse/query/view_ddl.py` runs the statements, `lakehouse/sql_view_rows.py` their queries.
 """

@@ -309,3 +309,37 @@ def test_a_stored_definition_that_no_longer_loads_is_left_out(served: SpanlakeSe
         assert client.query("DROP MATERIALIZED VIEW broken")["status"][0] == "dropped (0 partitions retired)"
     finally:
         served.sql("DELETE FROM lakehouse_view_set_definitions WHERE view_set_name = 'broken'")
+
+
+def test_a_bucket_waits_for_source_partitions_crossing_it(served: SpanlakeServer) -> None:
+    """An admin's log_entries partition over the open hour crosses the daemon's 1-second buckets: a SQL
+    view's buckets there are left for a larger one (else they would pass for up to date, rows missing)."""
+    client = micromegas_client(served)
+    client.query(LOG_COUNTS.replace("log_counts", "crossing_counts"))
+
+    def counted(exe: str, view: str) -> int:
+        rows = client.query(f"SELECT sum(count) AS n FROM {view} WHERE exe = '{exe}'")
+        return 0 if rows["n"].isna()[0] else int(rows["n"][0])
+
+    try:
+        hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        _send_logs(served, "sqlviews-before", 3)
+        wait_until(lambda: counted("sqlviews-before", "crossing_counts") == 3, 30, "the first logs counted")
+        span = f"'{hour.isoformat()}', '{(hour + dt.timedelta(hours=1)).isoformat()}'"
+        client.query(f"SELECT * FROM materialize_partitions('log_entries', {span}, 3600)")
+        sent_at = served.sql("SELECT now() AS t")[0]["t"]
+        _send_logs(served, "sqlviews-after", 2)
+        if dt.datetime.now(dt.UTC) >= hour + dt.timedelta(hours=1):
+            pytest.skip("the hour ended meanwhile: the new blocks are outside the crossing partition")
+        logged = "SELECT count(*) AS n FROM log_entries WHERE exe = 'sqlviews-after'"
+        wait_until(lambda: client.query(logged)["n"][0] == 2, 30, "the new logs in log_entries")
+        left = "a partition of a global view crosses the bucket's edge, left for a larger bucket"
+        wait_until(lambda: left in served.log_text(), 15, "the daemon to leave crossing_counts' buckets")
+        later = "SELECT count(*) AS n FROM lakehouse_partitions WHERE view_set_name = $1 AND end_insert_time > $2"
+        assert served.sql(later, "crossing_counts", sent_at) == [{"n": 0}]
+        day = hour.replace(hour=0)
+        days = f"'{day.isoformat()}', '{(day + dt.timedelta(days=1)).isoformat()}'"
+        client.query(f"SELECT * FROM materialize_partitions('crossing_counts', {days}, 86400)")
+        assert (counted("sqlviews-before", "crossing_counts"), counted("sqlviews-after", "crossing_counts")) == (3, 2)
+    finally:
+        client.query("DROP MATERIALIZED VIEW crossing_counts")

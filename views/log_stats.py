@@ -1,10 +1,8 @@
 """The `log_stats` view (global): the number of log entries per minute, process, level and target, a
-SQL-defined view shipped as a built-in definition, as micromegas's `log_stats_view.rs` defines it:
+SQL-defined view shipped as a built-in definition, micromegas's `log_stats_view.rs` queries verbatim:
 
-* extract: `log_entries` counted per (minute, process, level, target) — over the `log_entries`
-  partitions inserted in the bucket, so it needs no `insert_time` filter (spanlake's log_entries has
-  no such column);
-* source count: the objects of the bucket's `log` blocks (micromegas's query, verbatim);
+* extract: the bucket's `log_entries` counted per (minute, process, level, target);
+* source count: the objects of the bucket's `log` blocks;
 * merge: `count` summed per group, when partitions are merged and when a query reads several.
 
 The schema is what DataFusion gives the extract (time_bin nullable, as `date_bin` returns).
@@ -38,6 +36,8 @@ SCHEMA = pa.schema(
 EXTRACT_QUERY = """
         SELECT date_bin('1 minute', time) AS time_bin, process_id, level, target, count(*) AS count
         FROM log_entries
+        WHERE insert_time >= '{begin}'
+        AND insert_time < '{end}'
         GROUP BY process_id, level, target, time_bin
         ORDER BY time_bin, process_id, level, target
     """
