@@ -5,14 +5,15 @@ of the lake's is left running, and settles queued before it are finished."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from spanlake.lakehouse.catalog import Catalog
-from spanlake.lakehouse.embedded_postgres import start_embedded_postgres
+from spanlake.lakehouse.embedded_postgres import EmbeddedPostgres, open_embedded_postgres
 from spanlake.lakehouse.loop import BackgroundLoop
 from spanlake.lakehouse.migrate import migrate
 from spanlake.lakehouse.object_store import ObjectStore
@@ -47,11 +48,15 @@ class Lake:
     settler: SettleQueue = field(default_factory=SettleQueue)
     off_runtime: OffRuntime = field(default_factory=OffRuntime)
     sql_views: SqlViews = field(default_factory=SqlViews)  # the stored `CREATE MATERIALIZED VIEW`s
+    # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
+    embedded: EmbeddedPostgres | None = None
+    supervisor: Future[None] | None = None
 
     @classmethod
     def open(cls, settings: Settings, pool_size: int = 10) -> Lake:
-        """Connects (starting the embedded PostgreSQL if no URL is set) and applies migrations."""
-        database_url = settings.database_url or start_embedded_postgres(settings.data_dir)
+        """Connects (starting the embedded PostgreSQL if no URL is set, supervised) and applies migrations."""
+        embedded = None if settings.database_url else open_embedded_postgres(settings.data_dir)
+        database_url = settings.database_url or embedded.url
         store = ObjectStore(settings.lake_uri, settings.s3_endpoint)
         loop = BackgroundLoop()
         try:
@@ -59,7 +64,11 @@ class Lake:
         except BaseException:
             loop.stop()
             raise
-        return cls(settings, database_url, loop, pool, Catalog(pool), store, QueryDenyList(loop, pool))
+        deny_list = QueryDenyList(loop, pool)
+        lake = cls(settings, database_url, loop, pool, Catalog(pool), store, deny_list, embedded=embedded)
+        if embedded is not None:
+            lake.supervisor = asyncio.run_coroutine_threadsafe(embedded.supervise(pool), loop.loop)
+        return lake
 
     def __enter__(self) -> Lake:
         """The lake itself: `with Lake.open(settings) as lake:` closes it on the way out."""
@@ -78,6 +87,8 @@ class Lake:
             self.off_runtime.close()
             self.io_pool.shutdown(wait=True, cancel_futures=True)
             self.deny_list.close()
+            if self.supervisor is not None:  # before the pool: a restart in flight would reconfigure it
+                self.supervisor.cancel()
             self.loop.run(self.pool.close(), timeout=10)
         finally:
             self.loop.stop()

@@ -22,21 +22,28 @@ freezes the range it covers. Each schedule runs on its own
 thread; views are processed in dependency order and one view's failure does not stop the others.
 A run that fails as a whole (the database unreachable...) never ends its schedule: the next run waits
 a backoff (1 s doubling up to a minute), and the first run that succeeds also covers the ticks missed
-since the failure (up to 60 periods back).
+since the failure (up to CATCH_UP_PERIODS periods back). While waiting, the schedule asks the database
+`SELECT 1` every PROBE_INTERVAL_S: once it answers again after not answering, the backoff is reset and
+the run starts at once, so the global views catch up within seconds of an outage's end. A view that
+fails for want of storage fails its run as a whole: its slices stay to be covered by the next run.
 Several daemons may run against one database: partition writes serialize on per-instance advisory
 locks and an identical partition is written once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
+
 from spanlake import tracing
 from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range
+from spanlake.lakehouse.errors import STORAGE_FAILURES, is_storage_failure
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
@@ -46,7 +53,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
-CATCH_UP_PERIODS = 60
+# While a schedule waits its backoff: how often it asks whether the database answers again.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,9 @@ class MaintenanceDaemon:
         self._threads.clear()
 
     def _loop(self, schedule: Schedule) -> None:
-        failures = 0
+        failures = 0  # runs failed in a row
+        backoff = 0  # of those, the ones since the database last answered again: the backoff's exponent
+        database_was_down = False  # seen not answering since the last successful run
         while not self._stop.is_set():
             now = self.clock()
             tick = (now // schedule.period_s + 1) * schedule.period_s + schedule.offset_s
@@ -116,15 +127,43 @@ class MaintenanceDaemon:
             try:  # after failures, the run covers the ticks missed too (insert_range: from the last covered)
                 self.run(schedule, tick_s)
             except Exception:  # the schedule's supervisor: whatever failed, the schedule lives on
-                failures += 1
-                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+                failures, backoff = failures + 1, backoff + 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(backoff - 1, 16))
                 log.exception("%s maintenance failed (%d in a row), next try in %g s", schedule.name, failures, delay)
-                if self._stop.wait(delay):
+                waited = self._wait_backoff(delay, database_was_down)
+                if waited is None:
                     return
+                database_was_down = waited
+                if database_was_down and self._database_answers():  # back: the backoff starts anew
+                    log.info("%s maintenance: the database answers again, running now", schedule.name)
+                    backoff, database_was_down = 0, False
                 continue
             if failures:
                 log.info("%s maintenance recovered after %d failure(s)", schedule.name, failures)
-            failures = 0
+            failures, backoff, database_was_down = 0, 0, False
+
+    def _wait_backoff(self, delay: float, database_was_down: bool) -> bool | None:
+        """Waits `delay` s, or until the database answers after having been seen not answering;
+        returns whether it was seen down (so far, this streak of failures), None when stopping."""
+        deadline = time.monotonic() + delay
+        while True:
+            answers = self._database_answers()
+            if answers and database_was_down:
+                return True
+            database_was_down = database_was_down or not answers
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return database_was_down
+            if self._stop.wait(min(PROBE_INTERVAL_S, left)):
+                return None
+
+    def _database_answers(self) -> bool:
+        """The catalog database answers `SELECT 1` within PROBE_TIMEOUT_S."""
+        try:
+            self.lake.loop.run(_select_one(self.lake.pool, PROBE_TIMEOUT_S))
+        except STORAGE_FAILURES:
+            return False
+        return True
 
     def cover_from(self, start_s: float) -> None:
         """Every schedule's runs cover the slices from `start_s` on (with the range its first tick
@@ -156,6 +195,7 @@ class MaintenanceDaemon:
         if self.lake.loop.run(self.lake.catalog.nothing_to_materialize(begin, end)):
             self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
             return  # an idle range: one query, and no span in spanlake's own telemetry
+        storage_failure: Exception | None = None
         with tracing.async_span(f"maintenance.{schedule.name}", dynamic=True):
             for view in self._maintained():
                 try:
@@ -163,8 +203,12 @@ class MaintenanceDaemon:
                         written = self._materialize(view, begin, end, period_ns)
                     if written:
                         log.debug("%s maintenance wrote %d partition(s) of %s", schedule.name, written, view.name)
-                except Exception:
+                except Exception as err:
                     log.exception("%s maintenance of %s failed", schedule.name, view.name)
+                    if is_storage_failure(err):
+                        storage_failure = err
+        if storage_failure is not None:  # the range stays uncovered: the next run materializes it again
+            raise storage_failure
         self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
 
     def _maintained(self) -> list[View]:
@@ -189,3 +233,7 @@ class MaintenanceDaemon:
         if bucket < end:
             written += materialize_range(self.lake, view, bucket, end, period_ns)
         return written
+
+
+async def _select_one(pool: asyncpg.Pool, timeout: float) -> None:
+    await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout)
