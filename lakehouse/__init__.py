@@ -22,6 +22,8 @@ Modules:
     jit_layout         how an instance's blocks are cut into partitions, and which small ones merge
     settle_queue       the lake's background merges of small partitions, finished when it closes
     batch_update       scheduled materialization of the global views, bucket by bucket
+    sql_views          SQL-defined views: `CREATE MATERIALIZED VIEW` parsed, stored definitions per lake
+    sql_view_rows      a SQL-defined view's count, extract and merge queries, run for a bucket
     retention          deleting expired telemetry, partitions and retired files
     bulk_ingest        replicated processes, streams, blocks and payloads rows (Flight SQL ingest)
     query_denials      the query deny list: rules in PostgreSQL, a snapshot per lake, their matching

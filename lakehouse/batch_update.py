@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from spanlake import tracing
+from spanlake.lakehouse import sql_view_rows
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, PartitionTarget, RetireMatch, write_partition
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
@@ -55,7 +56,7 @@ def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progr
     """Brings a bucket's partitions up to date (rebuilt if incomplete, merged if several); the number written."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
     with tracing.async_span("catalog.source_count"):
-        required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+        required = _source_count(lake, view, begin_ns, end_ns)
     with tracing.async_span("catalog.fetch_overlapping"):
         overlapping = lake.loop.run(lake.catalog.overlapping_partitions(view.name, GLOBAL, begin_ns, end_ns))
     existing = [p for p in overlapping if p.file_schema_hash == view.schema_hash]
@@ -80,8 +81,15 @@ def materialize_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progr
 def regenerate_bucket(lake: Lake, view: View, begin_ns: int, end_ns: int, progress: Progress) -> int:
     """Rebuilds the bucket from its source blocks whatever its partitions hold (regenerate_partitions)."""
     what = f"{view.name} [{format_rfc3339_ns(begin_ns)}, {format_rfc3339_ns(end_ns)})"
-    required = lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
+    required = _source_count(lake, view, begin_ns, end_ns)
     return _from_source(lake, view, begin_ns, end_ns, required, what, progress)
+
+
+def _source_count(lake: Lake, view: View, begin_ns: int, end_ns: int) -> int:
+    """The bucket's source count: its blocks or their objects, or a SQL view's count query."""
+    if view.sql is not None:
+        return sql_view_rows.source_count(lake, view.sql, begin_ns, end_ns)
+    return lake.loop.run(lake.catalog.source_count(view.stream_tags, (begin_ns, end_ns), view.counts_blocks))
 
 
 def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
@@ -100,6 +108,8 @@ def _target(view: View, begin_ns: int, end_ns: int) -> PartitionTarget:
 def _from_source(
     lake: Lake, view: View, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
 ) -> int:
+    if view.sql is not None:
+        return _from_query(lake, view, begin_ns, end_ns, required, what, progress)
     blocks = lake.loop.run(lake.catalog.source_blocks(tags=view.stream_tags, insert_range=(begin_ns, end_ns)))
     count = len(blocks) if view.counts_blocks else sum(b.meta.nb_objects for b in blocks)
     if count != required:  # blocks arrived between the two reads: the next run will see them all
@@ -115,6 +125,20 @@ def _from_source(
         progress(f"{what}: an identical partition (same source blocks and schema) is already present")
     else:
         progress(f"{what}: built from {len(blocks)} blocks, {partition.num_rows} rows")
+    return partition is not None
+
+
+def _from_query(
+    lake: Lake, view: View, begin_ns: int, end_ns: int, required: int, what: str, progress: Progress
+) -> int:
+    """A SQL view's bucket from its extract query (over the global views' partitions of the bucket)."""
+    if lake.loop.run(lake.catalog.other_global_crosses(view.name, begin_ns, end_ns)):
+        # Its rows would miss those of the crossing partition, and the bucket would pass for up to date.
+        progress(f"{what}: a partition of a global view crosses the bucket's edge, left for a larger bucket")
+        return 0
+    rows = sql_view_rows.extracted(lake, view, begin_ns, end_ns)
+    partition = write_partition(lake, _target(view, begin_ns, end_ns), required, iter(rows.to_batches()))
+    progress(f"{what}: extracted {rows.num_rows} rows" if partition else f"{what}: an identical partition is present")
     return partition is not None
 
 
@@ -134,6 +158,6 @@ def _merged_rows(lake: Lake, view: View, files: list[str]) -> Iterator[pa.Record
         return iter(())
     filesystem, root = lake.store.arrow_filesystem()
     dataset = ds.dataset([f"{root}/{f}" for f in files], schema=view.schema, format="parquet", filesystem=filesystem)
-    if view.merge is not None:
-        return iter(view.merge(dataset.to_table()).to_batches())
+    if view.merge is not None:  # off DataFusion's runtime: a SQL view's merge query plans
+        return iter(lake.off_runtime.run(view.merge, dataset.to_table()).to_batches())
     return dataset.to_batches(batch_size=64 * 1024)

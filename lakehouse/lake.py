@@ -21,6 +21,7 @@ from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query_denials import QueryDenyList
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.settle_queue import SettleQueue
+from spanlake.lakehouse.sql_views import SqlViews
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Lake:
     )
     settler: SettleQueue = field(default_factory=SettleQueue)
     off_runtime: OffRuntime = field(default_factory=OffRuntime)
+    sql_views: SqlViews = field(default_factory=SqlViews)  # the stored `CREATE MATERIALIZED VIEW`s
     # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
     embedded: EmbeddedPostgres | None = None
     supervisor: Future[None] | None = None
@@ -81,6 +83,7 @@ class Lake:
         and closes its connections."""
         try:
             self.settler.close()  # first: settling reads payloads and writes through the pool and loop
+            self.sql_views.query_threads.close()  # before off_runtime: their scans run there
             self.off_runtime.close()
             self.io_pool.shutdown(wait=True, cancel_futures=True)
             self.deny_list.close()

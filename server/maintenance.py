@@ -197,19 +197,23 @@ class MaintenanceDaemon:
             return  # an idle range: one query, and no span in spanlake's own telemetry
         storage_failure: Exception | None = None
         with tracing.async_span(f"maintenance.{schedule.name}", dynamic=True):
-            for name in MAINTAINED:
+            for view in self._maintained():
                 try:
-                    with tracing.async_span(f"maintenance.{schedule.name}.{name}", dynamic=True):
-                        written = self._materialize(VIEW_SETS[name], begin, end, period_ns)
+                    with tracing.async_span(f"maintenance.{schedule.name}.{view.name}", dynamic=True):
+                        written = self._materialize(view, begin, end, period_ns)
                     if written:
-                        log.debug("%s maintenance wrote %d partition(s) of %s", schedule.name, written, name)
+                        log.debug("%s maintenance wrote %d partition(s) of %s", schedule.name, written, view.name)
                 except Exception as err:
-                    log.exception("%s maintenance of %s failed", schedule.name, name)
+                    log.exception("%s maintenance of %s failed", schedule.name, view.name)
                     if is_storage_failure(err):
                         storage_failure = err
         if storage_failure is not None:  # the range stays uncovered: the next run materializes it again
             raise storage_failure
         self._covered_until[schedule.name] = max(end, self._covered_until.get(schedule.name, end))
+
+    def _maintained(self) -> list[View]:
+        """The built-in global views, then the SQL-defined ones by update group (they read the former)."""
+        return [*(VIEW_SETS[name] for name in MAINTAINED), *self.lake.sql_views.by_update_group(self.lake)]
 
     def _materialize(self, view: View, begin: int, end: int, period_ns: int) -> int:
         """[begin, end) in buckets of the period, except where a partition crossing its edges covers

@@ -17,6 +17,7 @@ Modules:
     streams       one row per stream, from the blocks' rows
     meta          the process, stream and block rows a view is built from
     decoded       a decoded transit block, as the views see it
+    merge_query   rows of several partitions as one, by a SQL query over them
     columns       coded (dictionary-style) values and Arrow column helpers
     properties    properties columns: flat string maps in databend-jsonb, `property_get`
     jsonb         the databend-jsonb codec

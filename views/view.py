@@ -60,6 +60,18 @@ OtlpRows = Callable[[Iterable[OtlpBlock[Any]]], Iterator[pa.RecordBatch]]
 BlockRows = Callable[[Sequence[SourceBlock]], Iterator[pa.RecordBatch]]
 
 
+@dataclass(frozen=True)
+class SqlSource:
+    """The queries of a SQL-defined view (`CREATE MATERIALIZED VIEW`, micromegas's `SqlBatchView`):
+    `{begin}` and `{end}` stand for a bucket's insert range, `{source}` for the partitions merged."""
+
+    extract_query: str  # the bucket's rows, from the global views' partitions inserted in it
+    count_src_query: str  # one row, column `count`: the bucket's source count (stale partitions differ)
+    merge_partitions_query: str | None  # rows of several partitions as one; None: concatenated
+    update_group: int  # the daemon materializes SQL views by update group, after the built-in views
+    definition_sql: str  # the `CREATE MATERIALIZED VIEW` statement, as stored and listed
+
+
 @dataclass(frozen=True, kw_only=True)
 class View:
     """What a view is; see the module docstring."""
@@ -77,11 +89,12 @@ class View:
     rows_from_blocks: BlockRows | None = None
     merge: Callable[[pa.Table], pa.Table] | None = None  # rows of several partitions as one; None: concatenated
     max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
+    sql: SqlSource | None = None  # a SQL-defined view: rows and source counts come from its queries
 
     @property
     def reads_payloads(self) -> bool:
-        """Whether the view's rows need the blocks' payloads (all but the metadata views)."""
-        return self.rows_from_blocks is None
+        """Whether the view's rows need the blocks' payloads (all but the metadata and SQL views)."""
+        return self.rows_from_blocks is None and self.sql is None
 
     @property
     def counts_blocks(self) -> bool:

@@ -4,13 +4,14 @@ Every value travels as a query parameter.
 
 Modules:
 
-    ingestion      processes, streams and blocks as the ingestion API inserts them
-    api_keys       the API keys stored in the database (hashes only)
-    processes      the process, stream and block lookups of the web pages and table functions
-    source_blocks  the blocks a partition is built from, and their counts
-    partitions     the partition rows: live partitions, retirements, the one partition swap
-    deny_list      the query deny list's rules and hits
-    retention      deleting what is past the retention period
+    ingestion         processes, streams and blocks as the ingestion API inserts them
+    api_keys          the API keys stored in the database (hashes only)
+    processes         the process, stream and block lookups of the web pages and table functions
+    source_blocks     the blocks a partition is built from, and their counts
+    partitions        the partition rows: live partitions, retirements, the one partition swap
+    deny_list         the query deny list's rules and hits
+    retention         deleting what is past the retention period
+    view_definitions  the stored definitions of SQL-defined views (`CREATE MATERIALIZED VIEW`)
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ from spanlake.lakehouse.catalog.partitions import PartitionRows
 from spanlake.lakehouse.catalog.processes import ProcessReads
 from spanlake.lakehouse.catalog.retention import RetentionRows
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
+from spanlake.lakehouse.catalog.view_definitions import ViewDefinitionRows
 from spanlake.lakehouse.timestamps import datetime_to_ns, ns_to_datetime
 
 __all__ = ["Catalog", "datetime_to_ns", "ns_to_datetime"]
 
 
-class Catalog(IngestionRows, ApiKeys, ProcessReads, SourceBlockReads, PartitionRows, DenyListRows, RetentionRows):
+class Catalog(
+    IngestionRows,
+    ApiKeys,
+    ProcessReads,
+    SourceBlockReads,
+    PartitionRows,
+    DenyListRows,
+    RetentionRows,
+    ViewDefinitionRows,
+):
     """The catalog of one lake, over its connection pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -158,6 +158,18 @@ class PartitionRows:
             ns_to_datetime(end_ns),
         )
 
+    async def other_global_crosses(self, view_set_name: str, begin_ns: int, end_ns: int) -> bool:
+        """Whether a global partition of another view meets [begin, end) and crosses its edges (what
+        a SQL view's bucket, which reads the partitions inside it, cannot be built from yet)."""
+        return await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM lakehouse_partitions WHERE view_instance_id = 'global'"
+            " AND view_set_name <> $1 AND begin_insert_time < $3 AND end_insert_time > $2"
+            " AND (begin_insert_time < $2 OR end_insert_time > $3))",
+            view_set_name,
+            ns_to_datetime(begin_ns),
+            ns_to_datetime(end_ns),
+        )
+
     async def retire_contained(
         self, view_set_name: str, instance_id: str, begin_ns: int | None, end_ns: int
     ) -> list[asyncpg.Record]:

@@ -23,5 +23,6 @@ Modules:
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
+    view_ddl           CREATE/DROP MATERIALIZED VIEW (the runner's DDL hook), list_view_set_definitions
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

@@ -11,6 +11,7 @@ from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionF
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.query.view_ddl import ViewStatements
 from spanlake.lakehouse.query_denials import admin_recovery, denial_message
 
 
@@ -74,4 +75,5 @@ def lakehouse_runner(lake: Lake) -> QueryRunner:
     (SPANLAKE_MAX_SQL_BYTES, _MAX_SQL_DEPTH, _QUERY_TIMEOUT_SECONDS, _QUERY_MEMORY_LIMIT_MB)."""
     settings = lake.settings
     limits = QueryLimits(settings.max_sql_bytes, settings.max_sql_depth, settings.query_timeout_seconds)
-    return QueryRunner(lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024), limits)
+    sessions = lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024)
+    return QueryRunner(sessions, limits, ViewStatements(lake))

@@ -68,9 +68,10 @@ def list_partitions(lake: Lake) -> ds.Dataset:
     return ds.dataset(table)
 
 
-def list_view_sets() -> ds.Dataset:
-    """`list_view_sets()`: the view sets, their current schema and which instances they have."""
-    views = list(VIEW_SETS.values())
+def list_view_sets(lake: Lake) -> ds.Dataset:
+    """`list_view_sets()`: the view sets (built-in, then SQL-defined), their current schema and which
+    instances they have."""
+    views = [*VIEW_SETS.values(), *(stored.view for stored in lake.sql_views.views(lake).values())]
     table = pa.table(
         {
             "view_set_name": [v.name for v in views],
@@ -108,7 +109,7 @@ class ProgressLog:
 def retire_partitions(lake: Lake, view_set_name: str, instance_id: str, begin_ns: int, end_ns: int) -> ds.Dataset:
     """Retires (`Catalog.retire_contained`) the partitions of an instance whose insert range lies inside
     [begin, end]; their files are kept for an hour in temporary_files. Returns a log of what was done."""
-    view = view_set(view_set_name)
+    view = view_set(lake, view_set_name)
     instance = canonical_instance_id(view, instance_id)
     if begin_ns > end_ns:
         raise QueryError("retire_partitions: begin must not be after end")
@@ -128,7 +129,7 @@ def materialize_partitions(
     maintenance daemon does. One `(time, msg)` row per bucket, done as the client reads, so progress
     streams to the client and nothing is allocated per bucket ahead of the work: the buckets are
     handed out in at most MAX_PAGES pages (one bucket per page for ranges up to that many)."""
-    view = view_set(view_set_name)
+    view = view_set(lake, view_set_name)
     if not view.has_global_instance:
         raise QueryError(f"materialize_partitions: {view.name} has no global instance")
     if begin_ns >= end_ns:

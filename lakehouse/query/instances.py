@@ -19,12 +19,16 @@ from spanlake.views.view import View
 GLOBAL = "global"
 
 
-def view_set(name: str) -> View:
-    """The view set of that name; QueryError for an unknown one."""
+def view_set(lake: Lake, name: str) -> View:
+    """The view set of that name, built-in or SQL-defined; QueryError for an unknown one."""
     view = VIEW_SETS.get(name)
-    if view is None:
-        raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(sorted(VIEW_SETS))}")
-    return view
+    if view is not None:
+        return view
+    stored = lake.sql_views.views(lake).get(name)
+    if stored is None:
+        known = sorted([*VIEW_SETS, *lake.sql_views.views(lake)])
+        raise QueryError(f"unknown view set '{name}'; view_instance accepts {', '.join(known)}")
+    return stored.view
 
 
 def canonical_instance_id(view: View, instance_id: str) -> str:
@@ -102,4 +106,4 @@ def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:
         )
         table = partitions.to_table()
     with tracing.async_span("lakehouse.merge_rows"):
-        return view.merge(table)
+        return lake.off_runtime.run(view.merge, table)  # a SQL view's merge query plans: off the runtime

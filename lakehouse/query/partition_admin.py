@@ -85,7 +85,7 @@ def regenerate_partitions(lake: Lake, view_set_name: str, begin_ns: int, end_ns:
     """Rebuilds from source every global partition of the view tiling [begin, end) in buckets of
     `delta_seconds`, even those up to date (micromegas's force-regeneration). The range and delta must
     exactly cover the partitions they replace."""
-    view = view_set(view_set_name)
+    view = view_set(lake, view_set_name)
     if not view.has_global_instance:
         raise QueryError(f"regenerate_partitions: can't find view {view.name}: it has no global instance")
     step, span = delta_seconds * SECOND_NS, end_ns - begin_ns

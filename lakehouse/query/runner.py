@@ -42,6 +42,9 @@ from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.query_thread import QueryThread, QueryThreads
 
 T = TypeVar("T")
+# A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
+# None for any other statement.
+StatementHook = Callable[[datafusion.SessionContext, str, Principal | None], datafusion.DataFrame | None]
 
 # The server is read-only: DDL, DML and SET statements are refused at planning.
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
@@ -66,9 +69,16 @@ class QueryRunner:
     """Runs every door's queries with one set of limits and one session factory, and stops those under
     way at shutdown. Thread-safe."""
 
-    def __init__(self, session_factory: SessionFactory, limits: QueryLimits | None = None) -> None:
-        """A runner building each query's session with `session_factory`, within `limits`."""
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        limits: QueryLimits | None = None,
+        statements: StatementHook | None = None,
+    ) -> None:
+        """A runner building each query's session with `session_factory`, within `limits`; `statements`
+        runs the statements DataFusion's parser does not know, before it plans."""
         self.session_factory = session_factory
+        self.statements = statements
         self.limits = limits if limits is not None else QueryLimits()
         self.threads = QueryThreads()
         self._queries: set[Query] = set()
@@ -247,6 +257,9 @@ class Query:
         param_values: dict[str, Any] | None,
         limit: int | None,
     ) -> datafusion.DataFrame:
+        statement = self._runner.statements(ctx, sql, self.request.principal) if self._runner.statements else None
+        if statement is not None:
+            return statement
         try:
             df = functions.planned(ctx, sql, READ_ONLY, param_values=param_values)
         except Exception as exc:

@@ -32,6 +32,7 @@ from spanlake.lakehouse.query import (
     instances,
     partition_admin,
     perfetto_trace,
+    view_ddl,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
@@ -93,7 +94,11 @@ def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
 def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
-    keys = instances.instance_files(lake, view, instance_id, query_range)
+    return files_table(lake, view, instances.instance_files(lake, view, instance_id, query_range), query_range)
+
+
+def files_table(lake: Lake, view: View, keys: list[str], query_range: tuple[int, int] | None) -> Table:
+    """Partition files of a view as a table (collapsed for the views that merge at query time)."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
         with tracing.async_span("parquet.open"):  # DataFusion lists the files and reads their footers
@@ -103,6 +108,18 @@ def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     return Table(frame)
+
+
+def inserted_files(lake: Lake, view: View, insert_range: tuple[int, int]) -> list[str]:
+    """The global instance's partition files inserted inside [begin, end) (a SQL view's bucket)."""
+    begin, end = insert_range
+    partitions = lake.loop.run(lake.catalog.overlapping_partitions(view.name, instances.GLOBAL, begin, end))
+    return [
+        p.file_path
+        for p in partitions
+        if p.file_path and p.file_schema_hash == view.schema_hash and begin <= p.begin_insert_ns
+        if p.end_insert_ns <= end
+    ]
 
 
 def _in_range(view: View, begin_ns: int, end_ns: int) -> Expr:
@@ -117,49 +134,73 @@ def _timestamp(ns: int) -> Expr:
 
 
 class GlobalTables(SchemaProvider):
-    """The global views as the session's default schema. A table is materialized only when a query
-    names it: DataFusion asks for tables lazily, at planning time."""
+    """The global views, built-in and SQL-defined, as the session's default schema. A table is
+    materialized only when a query names it: DataFusion asks for tables lazily, at planning time.
+    With an `insert_range`, each holds only its partitions inserted in it (a SQL view's bucket)."""
 
-    def __init__(self, lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext) -> None:
+    def __init__(
+        self,
+        lake: Lake,
+        query_range: tuple[int, int] | None,
+        trace_parent: tracing.SpanContext,
+        insert_range: tuple[int, int] | None = None,
+    ) -> None:
+        """The lake's global views, seen through the query range (or the insert range)."""
         self.lake = lake
         self.query_range = query_range
         self.trace_parent = trace_parent
+        self.insert_range = insert_range
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
+
+    def _global_view(self, name: str) -> View | None:
+        if name in GLOBAL_TABLES:
+            return VIEW_SETS[name]
+        stored = self.lake.sql_views.views(self.lake).get(name)
+        return None if stored is None else stored.view
 
     @property
     @override
     def table_names(self) -> list[str]:  # a property: datafusion reads it as an attribute
-        return [*GLOBAL_TABLES, *self.registered]
+        """The global views' names, then the session's own tables."""
+        return [*GLOBAL_TABLES, *self.lake.sql_views.views(self.lake), *self.registered]
 
     @override
     def table(self, name: str) -> Any:
+        """The table of this name (a global view read now), or None."""
         if name in self.registered:
             return self.registered[name]
-        if name not in GLOBAL_TABLES:
+        view = self._global_view(name)
+        if view is None:
             return None
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
-            return instance_table(self.lake, VIEW_SETS[name], instances.GLOBAL, self.query_range)
+            if self.insert_range is not None:
+                return files_table(self.lake, view, inserted_files(self.lake, view, self.insert_range), None)
+            return instance_table(self.lake, view, instances.GLOBAL, self.query_range)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
-        if name in GLOBAL_TABLES:
-            return "physical", VIEW_SETS[name].schema
+        view = self._global_view(name)
+        if view is not None:
+            return "physical", view.schema
         table = Table(self.registered[name])
         return table.kind, table.schema
 
     @override
     def register_table(self, name: str, table: Any) -> None:
-        if name in GLOBAL_TABLES:
+        """Registers a session table (refused over a global view's name)."""
+        if self._global_view(name) is not None:
             raise QueryError(f"'{name}' is a spanlake view and cannot be replaced")
         self.registered[name] = table
 
     @override
     def deregister_table(self, name: str, cascade: bool = True) -> None:
+        """Forgets a session table."""
         self.registered.pop(name, None)
 
     @override
     def table_exist(self, name: str) -> bool:
-        return name in GLOBAL_TABLES or name in self.registered
+        """Whether a table of this name exists."""
+        return name in self.registered or self._global_view(name) is not None
 
 
 def _table_functions(
@@ -169,7 +210,7 @@ def _table_functions(
 
     def view_instance(view_set_name: str, instance_id: str) -> Table:
         with tracing.async_span("lakehouse.view_instance", trace_parent):
-            return instance_table(lake, instances.view_set(view_set_name), instance_id, query_range)
+            return instance_table(lake, instances.view_set(lake, view_set_name), instance_id, query_range)
 
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
@@ -189,7 +230,12 @@ def _table_functions(
         ),
         TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
         TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake))),
-        TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets())),
+        TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets(lake))),
+        TableFunction(
+            "list_view_set_definitions",
+            lambda: view_ddl.view_set_definitions(lake),
+            admin=True,
+        ),
         TableFunction(
             "process_spans",
             lambda process_id, span_types: process_spans_function.process_spans(
@@ -244,12 +290,14 @@ def make_session_context(
     identity: str | None = None,
     memory_limit_bytes: int | None = None,
     sql: str | None = None,
+    insert_range: tuple[int, int] | None = None,
 ) -> SessionContext:
-    """A session for one query. Admin functions are registered only for admins (or without auth);
-    `identity` (who asks) is what `deny_queries` records as a rule's author. With
-    `memory_limit_bytes`, DataFusion's operators share a pool of that size: sorts and
-    aggregations spill past it, and what cannot spill fails with "Resources exhausted". With the
-    `sql` it will plan, naming none of ORDERED_FUNCTIONS, its inputs are split (session_config).
+    """A session for one query (with `insert_range`: for a SQL view's bucket, see GlobalTables).
+    Admin functions are registered only for admins (or without auth); `identity` (who asks) is
+    what `deny_queries` records as a rule's author. With `memory_limit_bytes`, DataFusion's
+    operators share a pool of that size: sorts and aggregations spill past it, and what cannot
+    spill fails with "Resources exhausted". With the `sql` it will plan, naming none of
+    ORDERED_FUNCTIONS, its inputs are split (session_config).
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
@@ -257,12 +305,14 @@ def make_session_context(
     with tracing.async_span("lakehouse.make_session_context"):
         split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
         config = session_config(split_inputs)
-        return _session_context(lake, config, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
+        tables = GlobalTables(lake, query_range, trace_parent, insert_range)
+        return _session_context(lake, config, tables, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
 def _session_context(
     lake: Lake,
     config: SessionConfig,
+    tables: GlobalTables,
     query_range: tuple[int, int] | None,
     is_admin: bool,
     identity: str | None,
@@ -274,7 +324,7 @@ def _session_context(
         runtime = runtime.with_fair_spill_pool(memory_limit_bytes)
     ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
-    ctx.catalog().register_schema("public", GlobalTables(lake, query_range, trace_parent))
+    ctx.catalog().register_schema("public", tables)
     for function in _table_functions(lake, query_range, trace_parent, identity):
         if is_admin or not function.admin:
             ctx.register_udtf(udtf(function, function.name))
