@@ -158,14 +158,14 @@ def readable(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     fields, columns = [], []
     for field, column in zip(table.schema, table.columns, strict=True):
-        texts = [_readable_text(chunk, field.name) for chunk in column.chunks]
-        if not column.chunks or texts[0] is None:
+        # One array per column: a column is JSON or hex as a whole, whatever its batches hold.
+        text = _readable_text(column.combine_chunks(), field.name)
+        if text is None:
             fields.append(field)
             columns.append(column)
-            continue
-        is_json = any(is_json for _, is_json in texts)
-        fields.append(pa.field(field.name, pa.string(), metadata=_JSON_TEXT if is_json else None))
-        columns.append(pa.chunked_array([text for text, _ in texts], pa.string()))
+        else:
+            fields.append(pa.field(field.name, pa.string(), metadata=_JSON_TEXT if text[1] else None))
+            columns.append(pa.chunked_array([text[0]], pa.string()))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
