@@ -6,9 +6,9 @@ The request is Firehose's JSON envelope `{requestId, timestamp, records: [{data:
 (optionally gzip Content-Encoding); the answer is always JSON `{requestId, timestamp[, errorMessage]}`
 with the request id of the `X-Amz-Firehose-Request-Id` header, else the envelope's, else "".
 Firehose cannot send `Authorization`: with API keys configured, its `X-Amz-Firehose-Access-Key`
-header is checked as a bearer key (401 when missing or wrong). A bad envelope or record answers 400
-with micromegas's `parse error (<signal>): ...` message; the records before a bad one are stored,
-as micromegas writes each one before reading the next.
+header is checked as a bearer key (401 when missing or wrong); without any key the routes are open.
+A bad envelope or record answers 400 with micromegas's `parse error (<signal>): ...` message; the
+records before a bad one are stored, as micromegas writes each one before reading the next.
 """
 
 from __future__ import annotations
@@ -106,12 +106,12 @@ def _route(
 
 async def _refused(request: web.Request, authenticator: Authenticator, request_id: str) -> web.Response | None:
     key = request.headers.get(HEADER_ACCESS_KEY)
-    if key is None:
-        return response(401, request_id, f"missing {HEADER_ACCESS_KEY}")
+    # The authenticator decides whether a key is needed at all: open while no key exists, like
+    # every other ingestion route (micromegas: open when its ingestion runs without keys).
     try:
-        await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
+        await asyncio.to_thread(authenticator.authenticate, None if key is None else f"Bearer {key}")
     except AuthError:
-        return response(401, request_id, "invalid access key")
+        return response(401, request_id, f"missing {HEADER_ACCESS_KEY}" if key is None else "invalid access key")
     return None
 
 

@@ -3,6 +3,10 @@
 It speaks the same wire dialect as the micromegas client (DoGet with the SQL in the ticket, the
 query range and API key as headers), with pyarrow.flight directly. `--format csv|json` streams rows
 as they arrive; `table` waits for the whole result to size its columns.
+
+Every format prints what people read: JSONB and properties columns as JSON (objects in `json`), other
+binary values as hex (trace and span ids), durations as `1.5ms`, timestamps in RFC 3339. It imports
+no datafusion: the JSONB decoding is `views/jsonb.py`'s.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.server.flightsql import protocol
+from spanlake.views import jsonb
 
 DEFAULT_URI = "grpc://127.0.0.1:50051"
 _NULL = "NULL"
+# Field metadata marking a column whose text is JSON: `--format json` writes its values as JSON.
+_JSON_TEXT = {b"spanlake.text": b"json"}
+# micromegas's views keep span durations as int64 nanoseconds in a column of this name.
+_NANOSECOND_DURATION_COLUMN = "duration"
+_DURATION_UNITS = ((1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "µs"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,16 +153,84 @@ def _holds_times(kind: pa.DataType) -> bool:
     return False
 
 
-def printable(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """The batch with its time columns as text, ready for `to_pylist()` without pandas."""
+def readable(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch with its JSONB, properties, binary and duration columns as text people read."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        # One array per column: a column is JSON or hex as a whole, whatever its batches hold.
+        text = _readable_text(column.combine_chunks(), field.name)
+        if text is None:
+            fields.append(field)
+            columns.append(column)
+        else:
+            fields.append(pa.field(field.name, pa.string(), metadata=_JSON_TEXT if text[1] else None))
+            columns.append(pa.chunked_array([text[0]], pa.string()))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _readable_text(array: pa.Array, name: str) -> tuple[pa.Array, bool] | None:
+    """(text, whether it is JSON) of an array people cannot read as it is; None for the others."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = _readable_text(array.dictionary, name)
+        return None if values is None else (values[0].take(array.indices), values[1])
+    if pa.types.is_fixed_size_binary(kind):  # trace and span ids
+        return pa.array([None if v is None else v.hex() for v in array.to_pylist()], pa.string()), False
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        return _binary_text(array.to_pylist())
+    if _is_properties(kind):
+        objects = [None if v is None else {p["key"]: p["value"] for p in v} for v in array.to_pylist()]
+        return pa.array([None if v is None else jsonb.compact_json(v) for v in objects], pa.string()), True
+    if pa.types.is_duration(kind):
+        return _duration_text(array.cast(pa.duration("ns")).cast(pa.int64())), False
+    if name == _NANOSECOND_DURATION_COLUMN and pa.types.is_integer(kind):
+        return _duration_text(array.cast(pa.int64())), False
+    return None
+
+
+def _binary_text(values: list[bytes | None]) -> tuple[pa.Array, bool]:
+    """JSON when every value is JSONB (properties, parse_block values, jsonb_* results), else hex."""
+    try:
+        texts = [None if v is None else jsonb.compact_json(jsonb.decode(v)) for v in values]
+    except jsonb.JsonbError:
+        return pa.array([None if v is None else v.hex() for v in values], pa.string()), False
+    return pa.array(texts, pa.string()), True
+
+
+def _is_properties(kind: pa.DataType) -> bool:
+    """micromegas's properties: a list of {key, value} string structs."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return False
+    return sorted(field.name for field in kind.value_type) == ["key", "value"]
+
+
+def _duration_text(nanoseconds: pa.Array) -> pa.Array:
+    return pa.array([None if ns is None else duration_text(ns) for ns in nanoseconds.to_pylist()], pa.string())
+
+
+def duration_text(nanoseconds: int) -> str:
+    """A duration in its largest whole unit, exact: 1500000 → `1.5ms`, 42 → `42ns`."""
+    for scale, unit in _DURATION_UNITS:
+        if abs(nanoseconds) >= scale:
+            whole, rest = divmod(abs(nanoseconds), scale)
+            fraction = f"{rest:0{len(str(scale)) - 1}d}".rstrip("0")
+            sign = "-" if nanoseconds < 0 else ""
+            return f"{sign}{whole}{'.' + fraction if fraction else ''}{unit}"
+    return f"{nanoseconds}ns"
+
+
+def printable(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch readable (see `readable`), its time columns as text: `to_pylist()` needs no pandas."""
+    table = readable(batch)
     columns = [
         pa.chunked_array([_texts_for_times(chunk) for chunk in column.chunks], _texts_type(column.type))
         if _holds_times(column.type)
         else column
         for column in table.columns
     ]
-    return pa.Table.from_arrays(columns, names=table.schema.names)
+    fields = [field.with_type(column.type) for field, column in zip(table.schema, columns, strict=True)]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _texts_type(kind: pa.DataType) -> pa.DataType:
@@ -165,7 +243,10 @@ def _print(reader: flight.FlightStreamReader, output_format: str, out: TextIO) -
         _print_csv(reader, out)
     elif output_format == "json":
         for batch in _batches(reader):
-            for row in printable(batch).to_pylist():
+            table = printable(batch)
+            json_columns = [field.name for field in table.schema if field.metadata == _JSON_TEXT]
+            for row in table.to_pylist():
+                row.update((name, None if row[name] is None else json.loads(row[name])) for name in json_columns)
                 out.write(json.dumps(row, default=_json_value, ensure_ascii=False) + "\n")
     else:
         _print_table(printable(reader.read_all()), out)
@@ -184,6 +265,7 @@ def _json_value(value: Any) -> Any:
 
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """CSV has no nested values: lists, structs and maps are written as JSON text."""
+    table = readable(batch)
     columns = [
         pa.array(
             [None if v is None else json.dumps(v, default=_json_value) for v in _texts_for_times(col).to_pylist()],
@@ -191,9 +273,9 @@ def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
         )
         if pa.types.is_nested(col.type)
         else col
-        for col in batch.columns
+        for col in (column.combine_chunks() for column in table.columns)
     ]
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+    return pa.RecordBatch.from_arrays(columns, names=table.schema.names)
 
 
 def _csv_text(batch: pa.RecordBatch, header: bool) -> str:

@@ -7,13 +7,23 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pytest
-from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer
-from served_support import EXPECTED, PROCESS_ID, READER_KEY, adbc_connect, micromegas_client, served_lakehouse
+from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, wait_until
+from served_support import (
+    ADMIN_KEY,
+    EXPECTED,
+    PROCESS_ID,
+    READER_KEY,
+    adbc_connect,
+    micromegas_client,
+    served_lakehouse,
+)
 from test_flightsql_support import grpc_status
+from test_otlp_ingest import T0, kv, log, logs_request, metrics_request, resource_attrs, traces_request
 
 from spanlake.views import jsonb
 
@@ -195,3 +205,79 @@ def test_get_payload_returns_the_stored_bytes(served: SpanlakeServer) -> None:
 
 def _stream_of(block_id: str) -> str:
     return next(b["stream_id"] for s in EXPECTED["streams"] for b in s["blocks"] if b["block_id"] == block_id)
+
+
+def _otlp_block(served: SpanlakeServer, signal: str, request: Any, instance: str) -> str:
+    """POSTs one OTLP request and returns the id of the block it stored."""
+    status, text = post(
+        f"{served.http_url}/ingestion/otlp/v1/{signal}",
+        request.SerializeToString(),
+        {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert status == 200, text
+    client = micromegas_client(served, READER_KEY)
+    processes = (
+        "SELECT process_id FROM processes"
+        f" WHERE property_get(properties, 'otel.resource.service.instance.id') = '{instance}'"
+    )
+    wait_until(lambda: len(client.query(processes)) == 1, 30, f"the process of {instance}")
+    process_id = client.query(processes)["process_id"][0]
+    sql = f"SELECT block_id FROM blocks WHERE process_id = '{process_id}' AND \"streams.format\" = 'otlp/v1/{signal}'"
+    wait_until(lambda: len(client.query(sql)) == 1, 30, f"the otlp/v1/{signal} block of {instance}")
+    return client.query(sql)["block_id"][0]
+
+
+def test_parse_block_reads_an_otlp_logs_block(served: SpanlakeServer) -> None:
+    """micromegas's test_otlp_logs_parse_block_e2e: one row per log record, its attributes under __attributes."""
+    records = [log(T0 + i, f"e2e log {i}") for i in range(5)]
+    for i, record in enumerate(records):
+        record.attributes.append(kv("seq", str(i)))
+    block_id = _otlp_block(served, "logs", logs_request(*records, attrs=resource_attrs("parse-logs")), "parse-logs")
+    # The values are decoded here: jsonb_get over parse_block's Binary `value` is the functions' type layer.
+    rows = micromegas_client(served, READER_KEY).query_arrow(
+        f"SELECT object_index, type_name, value FROM parse_block('{block_id}') ORDER BY object_index"
+    )
+    values = [jsonb.decode(v) for v in rows.column("value").to_pylist()]
+    assert rows.column("object_index").to_pylist() == [0, 1, 2, 3, 4]
+    assert set(rows.column("type_name").to_pylist()) == {"otlp.LogRecord"}
+    assert [v["__attributes"]["seq"] for v in values] == ["0", "1", "2", "3", "4"]
+    assert [v["body"] for v in values] == [{"stringValue": f"e2e log {i}"} for i in range(5)]
+    assert {v["__scope"]["otel.scope.name"] for v in values} == {"app.module"}
+    assert {v["__resource"]["service.instance.id"] for v in values} == {"parse-logs"}
+    code, message = _failure(lambda: micromegas_client(served).query(f"SELECT * FROM parse_block('{ZERO}')"))
+    assert code == "INVALID_ARGUMENT" and f"block '{ZERO}' not found" in message, message
+
+
+def test_parse_block_reads_otlp_spans_and_metric_points(served: SpanlakeServer) -> None:
+    traces, metrics = traces_request(), metrics_request()
+    for request in (traces.resource_spans[0], metrics.resource_metrics[0]):
+        del request.resource.attributes[:]
+        request.resource.attributes.extend(resource_attrs("parse-traces-metrics"))
+    spans_block = _otlp_block(served, "traces", traces, "parse-traces-metrics")
+    metrics_block = _otlp_block(served, "metrics", metrics, "parse-traces-metrics")
+    client = micromegas_client(served, READER_KEY)
+    spans = client.query_arrow(f"SELECT type_name, value FROM parse_block('{spans_block}') ORDER BY object_index")
+    values = [jsonb.decode(v) for v in spans.column("value").to_pylist()]
+    assert spans.column("type_name").to_pylist() == ["otlp.Span", "otlp.Span"]
+    assert [(v["name"], v["spanId"], v["parentSpanId"]) for v in values] == [
+        ("root", "0000000000000001", ""),
+        ("child", "0000000000000002", "0000000000000001"),
+    ]
+    assert values[0]["traceId"] == bytes(range(16)).hex()
+    points = client.query_arrow(f"SELECT type_name, value FROM parse_block('{metrics_block}') ORDER BY object_index")
+    metric_of = [jsonb.decode(v)["__metric"] for v in points.column("value").to_pylist()]
+    assert points.column("type_name").to_pylist() == [
+        "otlp.NumberDataPoint",
+        "otlp.NumberDataPoint",
+        "otlp.NumberDataPoint",
+        "otlp.HistogramDataPoint",
+        "otlp.SummaryDataPoint",
+    ]
+    assert [(m["name"], m["otel.metric.kind"]) for m in metric_of] == [
+        ("memory", "gauge"),
+        ("memory", "gauge"),
+        ("requests", "sum"),
+        ("latency", "histogram"),
+        ("sizes", "summary"),
+    ]
+    assert (metric_of[2]["otel.metric.is_monotonic"], metric_of[2]["otel.metric.aggregation_temporality"]) == (True, 2)

@@ -43,7 +43,8 @@ def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def client(server: SpanlakeServer) -> FlightSQLClient:
-    return FlightSQLClient(server.flightsql_url, auth_provider=StaticTokenAuthProvider(KEY))
+    auth = StaticTokenAuthProvider(server.api_key) if server.api_key else None
+    return FlightSQLClient(server.flightsql_url, auth_provider=auth)
 
 
 def rows(server: SpanlakeServer, sql: str) -> list[dict]:
@@ -261,6 +262,36 @@ def test_access_key_is_checked(server: SpanlakeServer, path: str, key: str | Non
     # A bearer key is not what Firehose routes read.
     status, _ = post(server.http_url + path, b"{}", {"Authorization": f"Bearer {KEY}"})
     assert status == 401
+
+
+@pytest.fixture(scope="module")
+def keyless_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
+    root = tmp_path_factory.mktemp("firehose-keyless")
+    server = SpanlakeServer(
+        database_url=postgres.new_database(), data_dir=root / "data", object_store_uri=(root / "lake").as_uri()
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("path", [METRICS, LOGS])
+def test_keyless_server_takes_firehose_without_access_key(keyless_server: SpanlakeServer, path: str) -> None:
+    """micromegas's dev-mode test: without any key, Firehose routes are as open as the others."""
+    status, answer = firehose(keyless_server, path, [], key=None, request_id="open-1")
+    assert status == 200
+    assert_answer(answer, "open-1")
+
+
+def test_keyless_server_stores_firehose_logs(keyless_server: SpanlakeServer) -> None:
+    records = [cloudwatch_logs("/open/group", [("e1", 1_700_000_000_000, "open hello")])]
+    status, answer = firehose(keyless_server, LOGS, records, key=None, request_id="open-2")
+    assert (status, answer.get("errorMessage")) == (200, None)
+    pid = process_id(keyless_server, "/open/group")
+    found = rows(keyless_server, f"SELECT msg FROM view_instance('log_entries', '{pid}')")
+    assert [r["msg"] for r in found] == ["open hello"]
 
 
 # --- webhook ---------------------------------------------------------------------------------------

@@ -91,6 +91,14 @@ def test_a_range_with_no_data_gives_a_trace_of_descriptors(loaded: LocalLake) ->
     [
         ("'not-a-uuid', 'both', " + BEGIN + ", " + END, "must be a valid UUID (the process ID), given 'not-a-uuid'"),
         (f"'{PROCESS_ID}', 'all', {BEGIN}, {END}", "span_types must be 'thread', 'async', or 'both', given: all"),
+        (  # micromegas's test_perfetto_trace_chunks_error_handling: the span type is named first
+            f"'any-process-id', 'invalid-span-type', {BEGIN}, {END}",
+            "span_types must be 'thread', 'async', or 'both', given: invalid-span-type",
+        ),
+        (
+            "'process-id', 'both'",
+            "Third argument to perfetto_trace_chunks must be a timestamp (start time), given None",
+        ),
         (f"'{PROCESS_ID}', 'both', {END}, {BEGIN}", "begin must be before end"),
         (
             f"'{PROCESS_ID}', 'both', 'yesterday', {END}",
@@ -103,6 +111,10 @@ def test_a_range_with_no_data_gives_a_trace_of_descriptors(loaded: LocalLake) ->
         (
             f"'{PROCESS_ID}', 'both', {BEGIN}",
             "Fourth argument to perfetto_trace_chunks must be a timestamp (end time), given None",
+        ),
+        (  # micromegas's test_perfetto_trace_chunks_error_handling: a process id that is no UUID is not found
+            f"'non-existent-process-id', 'both', {BEGIN}, {END}",
+            "Trace generation failed: Process non-existent-process-id not found",
         ),
         (
             f"NULL, 'both', {BEGIN}, {END}",

@@ -182,7 +182,7 @@ def test_a_denied_query_is_refused_by_every_door(server: SpanlakeServer, web_alo
     denial = re.compile(rf"query denied by rule {rule_id} \(reason: door tests\).*query_id=[0-9a-f-]{{36}}")
     try:
         code, message = _flight_refusal(server, sql, VIEWER_KEY)
-        assert code == "UNAVAILABLE" and denial.search(message), message
+        assert code == "INVALID_ARGUMENT" and denial.search(message), message
         for door in WEB_DOORS:
             status, message, frame_code = _web_refusal(server, door, sql, VIEWER_KEY)
             assert status == 403 and frame_code in (None, "FORBIDDEN") and denial.search(message), message

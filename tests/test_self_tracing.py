@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import micromegas
 import pandas as pd
+import pyarrow as pa
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, running_server, wait_until
 from perfetto_check import decode_and_check
@@ -170,6 +171,32 @@ def test_query_audit_and_metrics_are_self_telemetry(traced) -> None:
         "query_bytes_out",
     } <= set(metrics.name)
     assert (metrics[metrics.name == "query_rows_out"].value >= 0).all()
+
+
+def test_a_denial_is_a_warning_line_and_a_metric(traced) -> None:
+    """micromegas's test_denial_emits_a_warning_log_and_a_tagged_metric, on spanlake's own telemetry."""
+    server, _ = traced
+    client = micromegas.connect(server.flightsql_url)
+    [rule_id] = client.query("SELECT msg FROM deny_queries('sql LIKE ''%denial_signal_marker%''', 'signals')")["msg"]
+    try:
+        with pytest.raises(pa.lib.ArrowInvalid):
+            client.query("SELECT 1 AS denial_signal_marker")
+    finally:
+        client.query(f"SELECT remove_query_denial('{rule_id}')")
+    own = _own_process_id(server)
+    logs_sql = (
+        f"SELECT level, msg FROM view_instance('log_entries', '{own}')"
+        f" WHERE msg LIKE 'query denied%' AND msg LIKE '%{rule_id}%'"
+    )
+    wait_until(lambda: len(client.query(logs_sql)) == 1, 30, "the denial warning in spanlake's own log_entries")
+    [row] = client.query(logs_sql).to_dict("records")
+    assert row["level"] == 3 and row["msg"].startswith(f'query denied rule_id={rule_id} reason="signals" sql_hash=')
+    assert "client=python" in row["msg"]
+    metric_sql = (
+        f"SELECT sum(value) AS denied FROM view_instance('measures', '{own}')"
+        f" WHERE name = 'query_denied' AND property_get(properties, 'rule_id') = '{rule_id}'"
+    )
+    wait_until(lambda: client.query(metric_sql)["denied"][0] == 1, 30, "the query_denied metric of the rule")
 
 
 def test_perfetto_trace_of_spanlake_itself(traced) -> None:

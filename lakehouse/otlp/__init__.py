@@ -7,4 +7,5 @@ Modules:
     envelope   the stored bytes: the CBOR envelope, in prost field order
     rust_text  values rendered as micromegas's Rust code renders them
     decode     stored blocks → the columns their views take
+    block_objects  stored blocks → parse_block's objects: one per log record, span or data point
 """

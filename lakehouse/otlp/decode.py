@@ -60,7 +60,8 @@ def otlp_block(
     return OtlpBlock(extract(payload, block), block, process)
 
 
-def _resource(payload: bytes, message_type: type[Message]) -> Any:
+def read_resource(payload: bytes, message_type: type[Message]) -> Any:
+    """The Resource* message of a stored OTLP block (OtlpBlockError if it is not one)."""
     objects = read_envelope(payload)
     try:
         return message_type.FromString(objects)
@@ -413,11 +414,11 @@ def any_value_to_string(value: AnyValue) -> str:
 
 Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]
 _EXTRACTORS: dict[str, Extractor] = {
-    OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(_resource(payload, ResourceLogs), block.begin_time_ns),
-    OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(_resource(payload, ResourceMetrics)),
-    OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(_resource(payload, ResourceSpans)),
+    OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(read_resource(payload, ResourceLogs), block.begin_time_ns),
+    OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(read_resource(payload, ResourceMetrics)),
+    OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(read_resource(payload, ResourceSpans)),
 }
 # Views that read a format differently from its default columns above.
 _VIEW_EXTRACTORS: dict[str, Extractor] = {
-    OTEL_SPANS: lambda payload, _: extract_otel_spans(_resource(payload, ResourceSpans)),
+    OTEL_SPANS: lambda payload, _: extract_otel_spans(read_resource(payload, ResourceSpans)),
 }

@@ -4,8 +4,11 @@ built; and the lakehouse's session factory, which checks it."""
 
 from __future__ import annotations
 
+import json
+
 from datafusion import SessionContext
 
+from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.limits import QueryLimits
@@ -13,6 +16,9 @@ from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.query.view_ddl import ViewStatements
 from spanlake.lakehouse.query_denials import admin_recovery, denial_message
+
+# The match-context fields of micromegas's denial warning line, in its order.
+_DENIAL_LOG_FIELDS = ("sql_hash", "user_id", "email", "client", "entrypoint", "client_ip")
 
 
 def client_ip(peer: str) -> str:
@@ -45,9 +51,21 @@ def admit(lake: Lake, query: QueryContext, is_admin: bool) -> None:
     """Raises QueryDenied, with micromegas's message, if a deny rule matches the statement."""
     if not query.sql:
         return  # metadata requests carry no statement
-    rule = lake.deny_list.check(attribution(query))
+    match_context = attribution(query)
+    rule = lake.deny_list.check(match_context)
     if rule is not None and not admin_recovery(query.sql, is_admin):
+        _signal_denial(str(rule.rule_id), rule.reason, match_context, query.query_id)
         raise QueryDenied(denial_message(rule, query.query_id))
+
+
+def _signal_denial(rule_id: str, reason: str, match_context: dict[str, str | None], query_id: str) -> None:
+    """micromegas's signals of a denial in the server's own telemetry: a warning line and `query_denied`."""
+    fields = " ".join(
+        f"{name}={match_context[name]}"
+        for name in ("sql_hash", "user_id", "email", "client", "entrypoint", "client_ip")
+    )
+    tracing.warn(f"query denied rule_id={rule_id} reason={json.dumps(reason)} {fields} query_id={query_id}")
+    tracing.imetric("query_denied", "count", 1, {"rule_id": rule_id})
 
 
 def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:

@@ -1,25 +1,30 @@
 """Raw blocks from SQL, as micromegas names them: `parse_block(block_id)`, a table of the block's
 objects (`object_index` counted from the block's `object_offset`, `type_name`, `value` as JSONB: an
-object is a map with its `__type`), and the scalar `get_payload(process_id, stream_id, block_id)`,
+object is a map with its `__type`; an OTLP block's objects are its leaf records, see
+`lakehouse/otlp/block_objects.py`), and the scalar `get_payload(process_id, stream_id, block_id)`,
 the stored payload's bytes."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 from datafusion import ScalarUDF, Table, udf
 
-from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.errors import OtlpBlockError, QueryError
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.otlp.block_objects import is_otlp_format, otlp_block_objects
 from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.transit import decode as transit
 from spanlake.lakehouse.transit.metadata import TransitError
 from spanlake.views import jsonb
 from spanlake.views.decoded import TransitObject, Value
-from spanlake.views.meta import TRANSIT_FORMAT
+from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, TRANSIT_FORMAT
+
+KNOWN_FORMATS = ", ".join(sorted([TRANSIT_FORMAT, OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT]))
 
 PARSE_BLOCK_SCHEMA = pa.schema(
     [
@@ -55,34 +60,42 @@ def parse_block(lake: Lake, block_id: str) -> Table:
     row = lake.loop.run(lake.catalog.block_with_stream(block))
     if row is None:
         raise QueryError(f"parse_block: block '{block_id}' not found in `blocks`.")
-    if row["format"] != TRANSIT_FORMAT:
+    if row["format"] != TRANSIT_FORMAT and not is_otlp_format(row["format"]):
         raise QueryError(
-            f"parse_block: no decoder for streams.format='{row['format']}' (known formats: {TRANSIT_FORMAT})"
+            f"parse_block: no decoder for streams.format='{row['format']}' (known formats: {KNOWN_FORMATS})"
         )
     try:
         payload = lake.store.get(blob_key(row["process_id"], row["stream_id"], block))
     except FileNotFoundError:
         raise QueryError(f"parse_block: the payload of block '{block_id}' is missing") from None
     try:
-        layout = transit.stream_layout(row["dependencies_metadata"], row["objects_metadata"])
-        decoded = transit.decode_block(payload, layout)
-    except TransitError as err:
+        objects = _block_objects(row, payload)
+    except (TransitError, OtlpBlockError) as err:
         raise QueryError(f"parse_block: parsing block {block_id}: {err}") from None
+    table = pa.table(
+        {
+            "object_index": pa.array(range(row["object_offset"], row["object_offset"] + len(objects)), pa.int64()),
+            "type_name": [type_name for type_name, _ in objects],
+            "value": [jsonb.encode(value) for _, value in objects],
+        },
+        schema=PARSE_BLOCK_SCHEMA,
+    )
+    return memory_table(lake, table)
+
+
+def _block_objects(row: Mapping[str, Any], payload: bytes) -> list[tuple[str, jsonb.JsonValue]]:
+    """(type name, JSON value) of each object of a stored block, transit or OTLP."""
+    if row["format"] != TRANSIT_FORMAT:
+        return otlp_block_objects(row["format"], payload)
+    layout = transit.stream_layout(row["dependencies_metadata"], row["objects_metadata"])
+    decoded = transit.decode_block(payload, layout)
     # A debugging function over one block: one Python value per object is the point of it.
     values = transit.object_values(decoded)
     type_names = [""] * decoded.nb_objects
     for group in decoded.groups.values():
         for position in group.positions.tolist():
             type_names[position] = group.type_name
-    table = pa.table(
-        {
-            "object_index": pa.array(range(row["object_offset"], row["object_offset"] + len(values)), pa.int64()),
-            "type_name": type_names,
-            "value": [jsonb.encode(to_json(v)) for v in values],
-        },
-        schema=PARSE_BLOCK_SCHEMA,
-    )
-    return memory_table(lake, table)
+    return [(type_name, to_json(value)) for type_name, value in zip(type_names, values, strict=True)]
 
 
 def get_payload_udf(lake: Lake) -> ScalarUDF:

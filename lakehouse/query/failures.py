@@ -116,9 +116,11 @@ def internal(message: str, query_id: str | None = None) -> Failure:
 
 
 def denied(message: str) -> Failure:
-    """A query refused by the deny list: micromegas's RESOURCE_EXHAUSTED (sent as UNAVAILABLE, see
-    above), audited as "denied"; the message already names the rule and the query id."""
-    return Failure(Code.RESOURCE_EXHAUSTED, scrub(message), audit_class="denied")
+    """A query refused by the deny list, audited as "denied"; the message names the rule and the query id.
+
+    micromegas sends RESOURCE_EXHAUSTED, which Arrow Flight clients raise as `ArrowInvalid`; pyarrow's
+    server cannot send that code, and INVALID_ARGUMENT is the one clients raise the same way."""
+    return Failure(Code.INVALID_ARGUMENT, scrub(message), audit_class="denied")
 
 
 def classify(what: str, exc: BaseException, query_id: str | None) -> Failure:

@@ -151,14 +151,17 @@ def _timestamp_argument(value: pa.Scalar | None) -> int | None:
 
 def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int) -> TracePlan:
     """The plan of `perfetto_trace_chunks(process_id, span_types, begin, end)`; QueryError for bad arguments."""
+    # The span type is checked first: micromegas's test expects it named even when the process id is bad too.
+    if span_types not in SPAN_TYPES:
+        raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     try:
         process = uuid.UUID(process_id)
     except ValueError:
+        # Named as an unknown process too: micromegas's error-handling test expects "Process <id> not found".
         raise QueryError(
-            f"First argument to perfetto_trace_chunks must be a valid UUID (the process ID), given '{process_id}'"
+            f"Trace generation failed: Process {process_id} not found (First argument to perfetto_trace_chunks"
+            f" must be a valid UUID (the process ID), given '{process_id}')"
         ) from None
-    if span_types not in SPAN_TYPES:
-        raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     if begin_ns >= end_ns:
         raise QueryError("perfetto_trace_chunks: begin must be before end")
     exe = lake.loop.run(lake.catalog.process_exe(process))
