@@ -23,6 +23,7 @@ from spanlake.lakehouse.transit.metadata import TransitError
 from spanlake.views import jsonb
 from spanlake.views.decoded import TransitObject, Value
 from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, TRANSIT_FORMAT
+from spanlake.views.schema_types import DICT_JSONB
 
 KNOWN_FORMATS = ", ".join(sorted([TRANSIT_FORMAT, OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT]))
 
@@ -30,7 +31,9 @@ PARSE_BLOCK_SCHEMA = pa.schema(
     [
         pa.field("object_index", pa.int64(), nullable=False),
         pa.field("type_name", pa.utf8(), nullable=False),
-        pa.field("value", pa.binary(), nullable=False),
+        # JSONB as spanlake's views hold it (micromegas: Binary; clients see Binary unless they keep
+        # dictionaries): `jsonb_get(jsonb_get(value, 'a'), 'b')` then calls jsonb_get with one type only.
+        pa.field("value", DICT_JSONB, nullable=False),
     ]
 )
 
@@ -76,7 +79,7 @@ def parse_block(lake: Lake, block_id: str) -> Table:
         {
             "object_index": pa.array(range(row["object_offset"], row["object_offset"] + len(objects)), pa.int64()),
             "type_name": [type_name for type_name, _ in objects],
-            "value": [jsonb.encode(value) for _, value in objects],
+            "value": pa.array([jsonb.encode(value) for _, value in objects], pa.binary()).dictionary_encode(),
         },
         schema=PARSE_BLOCK_SCHEMA,
     )
