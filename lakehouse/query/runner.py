@@ -251,6 +251,9 @@ class Query:
             df = ctx.sql(sql, READ_ONLY, param_values=param_values)
         except Exception as exc:
             raise failures.classify("error building dataframe", exc, self.query_id) from None
+        problem = self._limits.plan_problem(df.logical_plan())  # before the optimizer walks it
+        if problem is not None:
+            raise failures.invalid_argument(problem, self.query_id)
         if limit is None:
             return df
         try:
