@@ -62,6 +62,12 @@ class QueryRequest:
     audited: bool = True  # False for Flight SQL's metadata requests, which have no statement
 
 
+def arrow_bytes(data: pa.RecordBatch | pa.Table) -> int:
+    """The bytes of a result's buffers. Not `nbytes`: pyarrow cannot measure string_view columns that
+    way (DataFusion 55 casts to VARCHAR as string_view), and raised on every such result."""
+    return data.get_total_buffer_size()
+
+
 class QueryRunner:
     """Runs every door's queries with one set of limits and one session factory, and stops those under
     way at shutdown. Thread-safe."""
@@ -169,7 +175,7 @@ class Query:
     def count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Counts a result batch in the audit; returns it."""
         self.audit.rows += batch.num_rows
-        self.audit.bytes += batch.nbytes
+        self.audit.bytes += arrow_bytes(batch)
         return batch
 
     def fail(self, failure: Failure) -> Failure:
