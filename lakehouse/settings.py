@@ -205,6 +205,22 @@ SETTINGS: tuple[Option, ...] = (
         ("serve", "flightsql", "web"),
     ),
     Option(
+        "stream_buffer_mb",
+        "SPANLAKE_STREAM_BUFFER_MB",
+        int,
+        16,
+        "result batches (MiB) a query may compute ahead of its client (Flight SQL or web); past it the query waits",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
+        "result_buffer_mb",
+        "SPANLAKE_RESULT_BUFFER_MB",
+        int,
+        256,
+        "result batches (MiB) all queries together may compute ahead of their clients; past it they wait",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
         "query_timeout_seconds",
         "SPANLAKE_QUERY_TIMEOUT_SECONDS",
         float,
@@ -263,6 +279,8 @@ class Settings:
     max_sql_depth: int = 1000
     max_sql_joins: int = 128
     max_plan_nodes: int = 10_000
+    stream_buffer_mb: int = 16
+    result_buffer_mb: int = 256
     query_timeout_seconds: float = 300.0
     query_memory_limit_mb: int = 4096
     slow_query_seconds: float = 1.0

@@ -33,13 +33,15 @@ from datafusion.plan import LogicalPlan
 @dataclass(frozen=True)
 class QueryLimits:
     """The limits of one query (settings SPANLAKE_MAX_SQL_BYTES, _MAX_SQL_DEPTH, _QUERY_TIMEOUT_SECONDS,
-    _MAX_SQL_JOINS, _MAX_PLAN_NODES)."""
+    _MAX_SQL_JOINS, _MAX_PLAN_NODES, _STREAM_BUFFER_MB, _RESULT_BUFFER_MB)."""
 
     max_sql_bytes: int = 1_048_576
     max_sql_depth: int = 1000
     timeout_seconds: float = 300.0  # 0: none
     max_sql_joins: int = 128
     max_plan_nodes: int = 10_000
+    stream_buffer_bytes: int = 16 << 20  # results computed, not yet sent, of one stream
+    result_buffer_bytes: int = 256 << 20  # ... of all streams
 
     def sql_problem(self, sql: str) -> str | None:
         """Why the planner must not see `sql`, or None."""

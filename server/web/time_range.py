@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from spanlake.lakehouse.timestamps import format_rfc3339_ns, TimeOutOfRange, parse_rfc3339_ns, representable_ns
+from spanlake.lakehouse.timestamps import TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns, representable_ns
 
 _RELATIVE = re.compile(r"now(?:\s*-\s*(\d+)\s*([smhdw]))?")
 _UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
