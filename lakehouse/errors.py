@@ -76,14 +76,20 @@ STORAGE_FAILURES: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 STORAGE_UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
+# DataFusion's own reads (parquet partitions through its object store) fail with the Rust object_store
+# crate's error; its Generic variant is the transport's (HTTP errors, connections refused, retries
+# exhausted), unlike NotFound and the like, which say what is stored.
+_OBJECT_STORE_TRANSPORT = re.compile(r"Object Store error: Generic \w+ error")
 # How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
 _PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
 
 
 def is_storage_failure(exc: BaseException) -> bool:
-    """`exc` is a storage failure, itself or wrapped by DataFusion around a table function's (nested
-    when a table function wraps another's)."""
+    """`exc` is a storage failure, itself, wrapped by DataFusion around a table function's (nested
+    when a table function wraps another's), or DataFusion's own object store failing to reach it."""
     if isinstance(exc, STORAGE_FAILURES):
+        return True
+    if _OBJECT_STORE_TRANSPORT.search(str(exc)):
         return True
     for raised in _PY_ERR_TYPE.finditer(str(exc)):
         cls = getattr(sys.modules.get(raised["module"]), raised["name"], None)

@@ -225,6 +225,38 @@ SETTINGS: tuple[Option, ...] = (
         ("serve", "flightsql", "web"),
     ),
     Option(
+        "max_sql_joins",
+        "SPANLAKE_MAX_SQL_JOINS",
+        int,
+        128,
+        "joins, FROM-list items and set operations (UNION, INTERSECT, EXCEPT) a query's text may combine",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
+        "max_plan_nodes",
+        "SPANLAKE_MAX_PLAN_NODES",
+        int,
+        10_000,
+        "nodes a query's logical plan may have, common table expressions counted at each reference",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
+        "stream_buffer_mb",
+        "SPANLAKE_STREAM_BUFFER_MB",
+        int,
+        16,
+        "result batches (MiB) a query may compute ahead of its client (Flight SQL or web); past it the query waits",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
+        "result_buffer_mb",
+        "SPANLAKE_RESULT_BUFFER_MB",
+        int,
+        256,
+        "result batches (MiB) all queries together may compute ahead of their clients; past it they wait",
+        ("serve", "flightsql", "web"),
+    ),
+    Option(
         "query_timeout_seconds",
         "SPANLAKE_QUERY_TIMEOUT_SECONDS",
         float,
@@ -287,6 +319,10 @@ class Settings:
     request_body_timeout_s: float = 30.0
     max_sql_bytes: int = 1_048_576
     max_sql_depth: int = 1000
+    max_sql_joins: int = 128
+    max_plan_nodes: int = 10_000
+    stream_buffer_mb: int = 16
+    result_buffer_mb: int = 256
     query_timeout_seconds: float = 300.0
     query_memory_limit_mb: int = 4096
     slow_query_seconds: float = 1.0

@@ -19,11 +19,29 @@ def datetime_to_ns(value: dt.datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
+# The instants a timestamp in ns fits (Arrow's, DataFusion's, PostgreSQL's as spanlake stores them): int64.
+MIN_NS = -(2**63)
+MAX_NS = 2**63 - 1
+REPRESENTABLE = "between 1677-09-21 and 2262-04-11, the times a 64-bit count of nanoseconds holds"
+
+
+class TimeOutOfRange(ValueError):
+    """A well-formed time that no 64-bit timestamp holds."""
+
+
+def representable_ns(ns: int, text: str) -> int:
+    """`ns` (read from `text`) if a 64-bit timestamp holds it; TimeOutOfRange naming `text` otherwise."""
+    if not MIN_NS <= ns <= MAX_NS:
+        raise TimeOutOfRange(f"{text!r} is out of range: a time must be {REPRESENTABLE}")
+    return ns
+
+
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def parse_rfc3339_ns(text: str) -> int:
-    """'2024-05-01T12:00:00.123456789+00:00' → ns since the Unix epoch. ValueError if malformed."""
+    """'2024-05-01T12:00:00.123456789+00:00' → ns since the Unix epoch. ValueError if malformed or out
+    of the 64-bit range."""
     match = _RFC3339.match(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not an RFC3339 timestamp: {text!r}")
@@ -34,7 +52,7 @@ def parse_rfc3339_ns(text: str) -> int:
         whole = dt.datetime(year, month, day, hour, minute, second, tzinfo=tz)
     except ValueError as err:
         raise ValueError(f"not a valid RFC3339 timestamp: {text!r} ({err})") from None
-    return int(whole.timestamp()) * 1_000_000_000 + int(fraction.ljust(9, "0"))
+    return representable_ns(int(whole.timestamp()) * 1_000_000_000 + int(fraction.ljust(9, "0")), text)
 
 
 def _offset(text: str) -> dt.timezone:

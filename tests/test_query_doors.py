@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_idle, wait_until
+from plan_shape_support import set_operations
 from test_flightsql_support import grpc_status, statement_ticket
 from web_support import RUST_PROCESS_ID, Browser, upload_rust_fixture, watched_page
 
@@ -39,6 +40,7 @@ STOP_SECONDS = 10
 ENDLESS = "SELECT sum(a.value * b.value) AS s FROM range(10) a CROSS JOIN range(1000000000000000) b"
 TEN_THOUSAND_TERMS = "SELECT " + "+".join(["1"] * 10_000)
 TWO_MEGABYTES = "SELECT 1 AS x -- " + "x" * 2_000_000
+TEN_THOUSAND_UNIONS = set_operations(10_000)
 WEB_DOORS = ("api_sql", "query_stream")
 
 
@@ -143,7 +145,12 @@ def _serves(server: SpanlakeServer) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("sql", "setting"), [(TEN_THOUSAND_TERMS, "SPANLAKE_MAX_SQL_DEPTH"), (TWO_MEGABYTES, "SPANLAKE_MAX_SQL_BYTES")]
+    ("sql", "setting"),
+    [
+        (TEN_THOUSAND_TERMS, "SPANLAKE_MAX_SQL_DEPTH"),
+        (TWO_MEGABYTES, "SPANLAKE_MAX_SQL_BYTES"),
+        (TEN_THOUSAND_UNIONS, "SPANLAKE_MAX_SQL_JOINS"),
+    ],
 )
 def test_sql_over_the_limits_is_refused_by_every_door(
     server: SpanlakeServer, web_alone: SpanlakeServer, sql: str, setting: str

@@ -6,7 +6,7 @@ Modules:
     runner             the query runner: admission, session, query thread, audit, spans, per query
     context            what a session factory knows of a query (`QueryContext`, `Principal`)
     admission          the deny-list check, the lakehouse's session factory and runner
-    limits             what a query may ask: SQL size, expression depth, time (`QueryLimits`)
+    limits             what a query may ask: SQL size, depth and joins, plan size, time (`QueryLimits`)
     query_thread       each query's DataFusion work on a stoppable thread with a large stack
     audit              one structured JSON line per query, whichever door
     failures           failures classified: status code, client message without tracebacks or paths
@@ -24,5 +24,6 @@ Modules:
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
     view_ddl           CREATE/DROP MATERIALIZED VIEW (the runner's DDL hook), list_view_set_definitions
+    result_buffer      result batches computed ahead of their client, bounded per stream and in total
     functions          micromegas's JSONB, properties, histogram and helper SQL functions
 """

@@ -157,6 +157,10 @@ _PREFIX_CODES: tuple[tuple[str, Code], ...] = (
     ("Arrow error: Divide by zero error", Code.INVALID_ARGUMENT),
     ("Arrow error: Arithmetic overflow: ", Code.INVALID_ARGUMENT),
     ("Arrow error: Parser error: ", Code.INVALID_ARGUMENT),
+    (
+        "Arrow error: Invalid argument error: Encountered non UTF-8 data",
+        Code.INVALID_ARGUMENT,
+    ),  # CAST(X'FF' AS VARCHAR)
 )
 _WRAPPER_PREFIXES = ("DataFusion error: ", "External error: ")
 _INTERNAL_PREFIXES = (

@@ -29,7 +29,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
-from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import TimeOutOfRange, parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
 
@@ -144,6 +144,8 @@ def _timestamp_argument(value: pa.Scalar | None) -> int | None:
     if pa.types.is_string(value.type):
         try:
             return parse_rfc3339_ns(value.as_py())
+        except TimeOutOfRange as err:
+            raise QueryError(str(err)) from None
         except ValueError:
             return None
     return None

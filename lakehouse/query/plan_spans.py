@@ -3,8 +3,9 @@
 `df.execute_stream()` plans the query again, out of reach; so the query runs the plan it keeps
 (`PlanStream`): a plan of one partition is one stream; the partitions of a larger plan are read at
 once (as DataFusion's coalescing does) by one thread per core, each taking a batch of each of its
-partitions in turn, into a bounded queue. One thread per partition costs more: every batch handed
-between threads takes the GIL, and many threads contend for it (benchmarks/plan_stream.py).
+partitions in turn, into the stream's buffer, bounded in bytes (`result_buffer`). One thread per
+partition costs more: every batch handed between threads takes the GIL, and many threads contend for
+it (benchmarks/plan_stream.py).
 
 When a slow query ends (`QuerySpan.when_slow`), `record_operator_spans` turns each operator's
 metrics into a span under the execution span, nested as the plan is: its interval is the earliest
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import os
-import queue
 import threading
 import time
 import weakref
@@ -29,14 +29,10 @@ import datafusion
 from datafusion.plan import ExecutionPlan
 
 from spanlake import tracing
+from spanlake.lakehouse.query.result_buffer import UNBOUNDED, ByteBudget, StreamBuffer
 from spanlake.lakehouse.query.slow_queries import QuerySpan
 
-# Batches waiting per partition: enough to keep every partition busy, bounded in memory.
-QUEUED_BATCHES_PER_PARTITION = 2
 READER_THREADS = os.cpu_count() or 2
-# How often a waiting thread looks up from its queue: the query's thread to take a stop
-# (QueryThread raises in it), a reader thread to see the stream closed.
-_WAIT_SECONDS = 0.1
 # Counters worth showing, beyond rows and compute time; summed over partitions.
 _COUNTERS = (
     "output_bytes",
@@ -70,60 +66,40 @@ class ExecutedPlan:
     ended_ns: int = 0
 
 
-class _Channel:
-    """Batches from the reader threads to the query: bounded (a semaphore over C-level SimpleQueue,
-    cheaper per batch than `queue.Queue`); once closed, the threads stop putting."""
-
-    def __init__(self, capacity: int) -> None:
-        self._items: queue.SimpleQueue = queue.SimpleQueue()
-        self._free = threading.Semaphore(capacity)
-        self.closed = threading.Event()
-
-    def put(self, item: Any) -> bool:
-        """Queues the item when there is room, unless closed first; whether it was queued."""
-        while not self._free.acquire(timeout=_WAIT_SECONDS):
-            if self.closed.is_set():
-                return False
-        self._items.put(item)
-        return True
-
-    def get(self) -> Any:
-        """The next item (waiting in short steps, where a stop raised in this thread is taken)."""
-        while True:
-            try:
-                item = self._items.get(timeout=_WAIT_SECONDS)
-            except queue.Empty:
-                continue
-            self._free.release()
-            return item
-
-
 class PlanStream:
-    """The batches (DataFusion RecordBatch) of `plan` executed in `ctx`, all partitions at once; `plan`
+    """The batches (pyarrow RecordBatch) of `plan` executed in `ctx`, all partitions at once; `plan`
     keeps the metrics. Dropping or closing it stops the reader threads after their current batch."""
 
-    def __init__(self, ctx: datafusion.SessionContext, plan: ExecutionPlan) -> None:
+    def __init__(self, ctx: datafusion.SessionContext, plan: ExecutionPlan, buffer: StreamBuffer) -> None:
         self.executed = ExecutedPlan(plan, time.perf_counter_ns())
         count = plan.partition_count
         self._single = ctx.execute(plan, 0) if count == 1 else None
-        self._channel = _Channel(QUEUED_BATCHES_PER_PARTITION * count)
+        self._buffer = buffer
         self._running = min(count, READER_THREADS) if count > 1 else 0
-        weakref.finalize(self, self._channel.closed.set)
+        weakref.finalize(self, buffer.close)
         streams = [ctx.execute(plan, partition) for partition in range(count)] if self._running else []
         for reader in range(self._running):
             # Each thread runs in a copy of this context: spans begun there have this span as parent.
             thread = threading.Thread(
                 target=contextvars.copy_context().run,
-                args=(_pump, streams[reader :: self._running], self._channel),
+                args=(_pump, streams[reader :: self._running], buffer),
                 name=f"spanlake-plan-reader-{reader}",
                 daemon=True,
             )
             thread.start()
 
     @classmethod
-    def start(cls, ctx: datafusion.SessionContext, df: datafusion.DataFrame) -> PlanStream:
-        """Plans `df` physically and starts executing it."""
-        return cls(ctx, df.execution_plan())
+    def start(
+        cls,
+        ctx: datafusion.SessionContext,
+        df: datafusion.DataFrame,
+        stream_limit: int = UNBOUNDED,
+        total: ByteBudget | None = None,
+    ) -> PlanStream:
+        """Plans `df` physically and starts executing it, holding at most about `stream_limit` bytes of
+        computed batches and waiting while `total` is used up (see result_buffer)."""
+        buffer = StreamBuffer(stream_limit, total if total is not None else ByteBudget(UNBOUNDED))
+        return cls(ctx, df.execution_plan(), buffer)
 
     def __iter__(self) -> PlanStream:
         """The stream itself: an iterator of batches."""
@@ -139,9 +115,9 @@ class PlanStream:
 
     def _next_batch(self) -> Any:
         if self._single is not None:
-            return next(self._single)
+            return self._next_single()
         while self._running:
-            item = self._channel.get()
+            item = self._buffer.get()
             if type(item) is not _End:
                 return item
             self._running -= 1
@@ -150,26 +126,46 @@ class PlanStream:
                 raise item.failure
         raise StopIteration
 
+    def _next_single(self) -> Any:
+        """The next batch of the only partition, computed once the buffers have room for it."""
+        self._buffer.hand_back()
+        reserved = self._buffer.reserve()
+        if reserved is None:
+            raise StopIteration
+        batch = next(self._single, None)
+        if batch is None:
+            self._buffer.unreserve(reserved)
+            raise StopIteration
+        batch = batch.to_pyarrow()
+        self._buffer.hand(batch.get_total_buffer_size(), reserved)
+        return batch
+
     def close(self) -> None:
-        """Stops the reader threads (after the batch each is computing)."""
-        self._channel.closed.set()
+        """Stops the reader threads (after the batch each is computing) and gives back what the stream
+        holds."""
+        self._buffer.close()
 
 
-def _pump(streams: list, channel: _Channel) -> None:
-    """Moves the partitions' batches into the channel, a batch of each in turn, until they end or the
-    channel is closed."""
+def _pump(streams: list, buffer: StreamBuffer) -> None:
+    """Moves the partitions' batches into the buffer, a batch of each in turn, each once the buffer has
+    room, until they end or the buffer is closed."""
     failure = None
     try:
         while streams:
             for stream in tuple(streams):
+                reserved = buffer.reserve()
+                if reserved is None:
+                    return
                 batch = next(stream, None)
                 if batch is None:
+                    buffer.unreserve(reserved)
                     streams.remove(stream)
-                elif not channel.put(batch):
-                    return
+                    continue
+                batch = batch.to_pyarrow()
+                buffer.put(batch, batch.get_total_buffer_size(), reserved)
     except Exception as exc:  # handed to the query, which raises it as its failure
         failure = exc
-    channel.put(_End(failure))
+    buffer.put(_End(failure), 0, 0)
 
 
 def record_operator_spans(executed: ExecutedPlan, parent: tracing.SpanContext, query_span: QuerySpan) -> None:

@@ -8,6 +8,8 @@ for every door:
   deny list is checked as the session is built (`admission`);
 * the session: a fresh one per query from the runner's `SessionFactory` (the lakehouse's has a memory
   pool), SQL planned read-only with its bound parameter values;
+* results computed but not yet sent bounded per stream and in total (`result_buffer`): past the
+  bounds the query waits for its client, then its time limit stops it;
 * a thread of its own with a large stack (`query_thread.QueryThread`), stopped when the client goes
   away, at the time limit, or when the server shuts down (`QueryRunner.shutdown`);
 * the audit record (`audit.QueryAudit`, rpc = the door) and error classification (`failures`);
@@ -40,6 +42,7 @@ from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenie
 from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.query_thread import QueryThread, QueryThreads
+from spanlake.lakehouse.query.result_buffer import ByteBudget
 
 T = TypeVar("T")
 # A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
@@ -65,6 +68,12 @@ class QueryRequest:
     audited: bool = True  # False for Flight SQL's metadata requests, which have no statement
 
 
+def arrow_bytes(data: pa.RecordBatch | pa.Table) -> int:
+    """The bytes of a result's buffers. Not `nbytes`: pyarrow cannot measure string_view columns that
+    way (DataFusion 55 casts to VARCHAR as string_view), and raised on every such result."""
+    return data.get_total_buffer_size()
+
+
 class QueryRunner:
     """Runs every door's queries with one set of limits and one session factory, and stops those under
     way at shutdown. Thread-safe."""
@@ -81,6 +90,7 @@ class QueryRunner:
         self.statements = statements
         self.limits = limits if limits is not None else QueryLimits()
         self.threads = QueryThreads()
+        self.result_budget = ByteBudget(self.limits.result_buffer_bytes)  # results computed, not yet sent
         self._queries: set[Query] = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -179,7 +189,7 @@ class Query:
     def count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Counts a result batch in the audit; returns it."""
         self.audit.rows += batch.num_rows
-        self.audit.bytes += batch.nbytes
+        self.audit.bytes += arrow_bytes(batch)
         return batch
 
     def fail(self, failure: Failure) -> Failure:
@@ -264,6 +274,9 @@ class Query:
             df = functions.planned(ctx, sql, READ_ONLY, param_values=param_values)
         except Exception as exc:
             raise failures.classify("error building dataframe", exc, self.query_id) from None
+        problem = self._limits.plan_problem(df.logical_plan())  # before the optimizer walks it
+        if problem is not None:
+            raise failures.invalid_argument(problem, self.query_id)
         if limit is None:
             return df
         try:
@@ -297,7 +310,12 @@ class Query:
         span = tracing.begin_async_span(f"{self._span_prefix}.execute", dynamic=True)
         try:
             with tracing.attach(span.context):
-                stream = plan_spans.PlanStream.start(ctx if ctx is not None else self.session(), df)
+                stream = plan_spans.PlanStream.start(
+                    ctx if ctx is not None else self.session(),
+                    df,
+                    self._limits.stream_buffer_bytes,
+                    self._runner.result_budget,
+                )
         except Exception as exc:
             span.end()
             raise failures.classify("error executing plan", exc, self.query_id) from None
@@ -328,7 +346,7 @@ class ResultBatches:
                 batch = next(self._stream, None)
         except Exception as exc:
             raise failures.classify("error building data stream", exc, self._query.query_id) from None
-        return None if batch is None else self._query.count(batch.to_pyarrow())
+        return None if batch is None else self._query.count(batch)
 
     def close(self) -> None:
         """Stops and drops the stream and ends the execute span (once)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns
 from spanlake.server.auth import Authenticator, AuthError, Principal
 
 MIDDLEWARE_KEY = "spanlake"
@@ -82,12 +82,11 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def _timestamp(name: str, text: str) -> int:
     try:
-        ns = parse_rfc3339_ns(text)
+        return parse_rfc3339_ns(text)
+    except TimeOutOfRange:
+        raise HeaderError(f"{name} {text!r} is out of range: timestamps are nanoseconds in 1677..2262") from None
     except ValueError:
         raise HeaderError(f"Unable to parse {name} as a rfc3339 datetime: {text!r}") from None
-    if not -_MAX_INT64 <= ns <= _MAX_INT64:
-        raise HeaderError(f"{name} {text!r} is out of range: timestamps are nanoseconds in 1677..2262")
-    return ns
 
 
 def _limit(headers: dict[str, list[Any]]) -> int | None:

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.failures import Failure, classify, log_failure
+from spanlake.lakehouse.query.runner import arrow_bytes
 from spanlake.server.flightsql.errors import to_flight_error
 
 # Many gRPC clients refuse messages above 4 MiB by default (grpc-go, hence ADBC's Go driver, unless
@@ -74,7 +75,7 @@ def _conformed(column: pa.Array, data_type: pa.DataType) -> pa.Array:
 
 def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
     """The batch, or zero-copy slices of it when it is larger than one gRPC message should be."""
-    size = batch.nbytes
+    size = arrow_bytes(batch)
     if size <= MAX_MESSAGE_BYTES or batch.num_rows <= 1:
         yield batch
         return

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from spanlake.lakehouse.errors import STORAGE_FAILURES
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.runner import arrow_bytes
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.server.http_body import read_body
 from spanlake.server.web import html
@@ -156,7 +157,7 @@ class Api:
                 "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
                 "rows": _json_rows(table),
                 "row_count": table.num_rows,
-                "bytes": table.nbytes,
+                "bytes": arrow_bytes(table),
                 "elapsed_ms": round(elapsed_ms, 1),
                 "truncated": truncated,
             }

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns, representable_ns
 
 _RELATIVE = re.compile(r"now(?:\s*-\s*(\d+)\s*([smhdw]))?")
 _UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -55,11 +55,13 @@ class TimeRange:
 def parse_instant(text: str, now_ns: int) -> int:
     """`now`, `now-15m` or RFC3339 → ns since the epoch."""
     relative = _RELATIVE.fullmatch(text.strip())
-    if relative is not None:
-        amount, unit = relative.groups()
-        return now_ns - (int(amount) * _UNIT_NS[unit] * NS if amount else 0)
     try:
-        return parse_rfc3339_ns(text)
+        if relative is None:
+            return parse_rfc3339_ns(text)
+        amount, unit = relative.groups()
+        return representable_ns(now_ns - (int(amount) * _UNIT_NS[unit] * NS if amount else 0), text)
+    except TimeOutOfRange as err:
+        raise TimeRangeError(str(err)) from None
     except ValueError:
         raise TimeRangeError(
             f"'{text}' is not a time: use now, now-15m, now-1h, now-7d… or an RFC3339 timestamp"

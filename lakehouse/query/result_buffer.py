@@ -1,0 +1,148 @@
+"""Result batches computed but not yet taken by the client, bounded in bytes: per stream and in total.
+
+A client that opens a stream and never reads it used to hold what DataFusion had computed for it: 50
+such Flight SQL streams took the server from 175 to 1,507 MB. Now a query's producer (a reader thread
+of `plan_spans.PlanStream`, or the query's thread before it pulls its next batch) waits while its
+stream holds `stream_limit` bytes (SPANLAKE_STREAM_BUFFER_MB) or all streams together hold the
+runner's `ByteBudget` (SPANLAKE_RESULT_BUFFER_MB); the query's time limit then stops it. A batch is
+held from the moment it is computed until the consumer asks for the next one (Flight's generator and
+the web's writer ask once the transport has taken the previous one). Before computing a batch, a
+producer reserves the size of its stream's last batch (the stream's limit before the first), then
+holds the batch's actual size: the total is passed by the differences only (50 streams opened at once
+would otherwise all pass an empty budget).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# How often a waiting thread looks up: the query's thread to take a stop (QueryThread raises in it),
+# a reader thread to see the stream closed.
+WAIT_SECONDS = 0.1
+UNBOUNDED = 1 << 62
+
+
+class ByteBudget:
+    """Bytes held against a limit. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        """A budget of `limit` bytes, none held."""
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def wait_for_room(self, gave_up: Callable[[], bool]) -> bool:
+        """Waits while the limit is reached; False if `gave_up()` first."""
+        return self.reserve(0, gave_up)
+
+    def reserve(self, size: int, gave_up: Callable[[], bool]) -> bool:
+        """Holds `size` bytes once they fit (at once when nothing is held: a batch larger than the limit
+        passes alone); False, holding nothing, if `gave_up()` first."""
+        with self._changed:
+            while self.used > 0 and self.used + size > self.limit:
+                if gave_up():
+                    return False
+                self._changed.wait(WAIT_SECONDS)
+            self.used += size
+        return True
+
+    def take(self, size: int) -> None:
+        """Holds `size` more bytes, room or not."""
+        with self._changed:
+            self.used += size
+
+    def give_back(self, size: int) -> None:
+        """Releases `size` bytes held."""
+        if size:
+            with self._changed:
+                self.used -= size
+                self._changed.notify_all()
+
+
+class StreamBuffer:
+    """The batches of one stream between its producers and its consumer: queued (against the stream's
+    limit and the total) and the one last handed to the consumer (against the total until the next is
+    asked for). Closing it gives back all it holds; producers then stop."""
+
+    def __init__(self, stream_limit: int, total: ByteBudget) -> None:
+        """An empty buffer of one stream."""
+        self._items: queue.SimpleQueue[tuple[Any, int]] = queue.SimpleQueue()
+        self._queued = ByteBudget(stream_limit)
+        self._total = total
+        self._estimate = stream_limit  # what the next batch may weigh: the last one's size
+        self._lock = threading.Lock()
+        self._held = 0  # against the total: reserved, queued and handed
+        self._handed = 0
+        self.closed = threading.Event()
+
+    def reserve(self) -> int | None:
+        """(producer) Waits until the stream and all streams have room for a batch and reserves what it
+        may weigh; the bytes reserved (give them to `put`, `hand` or `unreserve`), None once closed."""
+        if not self._queued.wait_for_room(self.closed.is_set):
+            return None
+        estimate = min(self._estimate, self._total.limit)
+        if not self._total.reserve(estimate, self.closed.is_set):
+            return None
+        with self._lock:
+            if not self.closed.is_set():
+                self._held += estimate
+                return estimate
+        self._total.give_back(estimate)
+        return None
+
+    def unreserve(self, reserved: int) -> None:
+        """(producer) Gives back a reservation unused (the partition ended)."""
+        self._settle(reserved, 0)
+
+    def put(self, item: Any, size: int, reserved: int) -> None:
+        """(producer) Queues an item of `size` bytes in place of its reservation (dropped once closed)."""
+        if self._settle(reserved, size):
+            self._queued.take(size)
+            self._items.put((item, size))
+
+    def get(self) -> Any:
+        """(consumer) The next queued item, waiting in short steps (where a stop raised in this thread is
+        taken); the item handed before is given back."""
+        self.hand_back()
+        while True:
+            try:
+                item, size = self._items.get(timeout=WAIT_SECONDS)
+            except queue.Empty:
+                continue
+            self._queued.give_back(size)
+            with self._lock:
+                self._handed = size
+            return item
+
+    def hand(self, size: int, reserved: int) -> None:
+        """(consumer producing for itself) Holds the batch of `size` bytes it hands, unqueued."""
+        if self._settle(reserved, size):
+            with self._lock:
+                self._handed = size
+
+    def hand_back(self) -> None:
+        """(consumer) Gives back the item handed before: the client has taken it."""
+        with self._lock:
+            size, self._handed = self._handed, 0
+            self._held -= size
+        self._total.give_back(size)
+
+    def close(self) -> None:
+        """Gives back all the stream holds; producers stop at their next look."""
+        with self._lock:
+            self.closed.set()
+            held, self._held = self._held, 0
+        self._total.give_back(held)
+
+    def _settle(self, reserved: int, size: int) -> bool:
+        """Holds `size` in place of `reserved`; False (holding nothing) once closed."""
+        with self._lock:
+            if self.closed.is_set():
+                return False
+            self._held += size - reserved
+            self._estimate = size or self._estimate
+            self._total.give_back(reserved - size)  # negative: takes the excess
+        return True
