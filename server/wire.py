@@ -14,11 +14,11 @@ import cbor2
 
 from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
-from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.lakehouse.timestamps import MAX_NS, MIN_NS, TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns
 from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_frames
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
-_I64 = (-(2**63), 2**63 - 1)
+_I64 = (MIN_NS, MAX_NS)
 _NUL = "\x00"
 
 
@@ -103,16 +103,15 @@ def _str(msg: dict[str, Any], name: str, what: str) -> str:
 def _time_ns(msg: dict[str, Any], name: str, what: str) -> int:
     value = _str(msg, name, what)
     try:
-        ns = parse_rfc3339_ns(value)
-    except ValueError as err:
-        raise WireError(f"{what}: '{name}': {cut(str(err))}") from None
-    if not _I64[0] <= ns <= _I64[1]:
+        return parse_rfc3339_ns(value)
+    except TimeOutOfRange:
         # Views keep int64 nanoseconds: such a time would fail every partition it falls in.
         raise WireError(
             f"{what}: '{name}' {shown(value)} is outside the representable range"
-            f" [{format_rfc3339_ns(_I64[0])}, {format_rfc3339_ns(_I64[1])}]"
-        )
-    return ns
+            f" [{format_rfc3339_ns(MIN_NS)}, {format_rfc3339_ns(MAX_NS)}]"
+        ) from None
+    except ValueError as err:
+        raise WireError(f"{what}: '{name}': {cut(str(err))}") from None
 
 
 def _properties(msg: dict[str, Any], what: str) -> dict[str, str]:

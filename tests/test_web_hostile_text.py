@@ -69,6 +69,9 @@ def hostile(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
         )
         process = HostileProcess(server, result.stdout.strip())
         wait_until(lambda: len(log_rows(process, "")) == len(MESSAGES), 60, "the log entries on the logs page")
+        # The processes list reads the global `processes` view, which the maintenance daemon updates.
+        listed = f"/process/{process.process_id}"
+        wait_until(lambda: listed in page_html(f"{server.http_url}/"), 60, "the process in the processes list")
         yield process
 
 
