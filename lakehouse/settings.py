@@ -26,6 +26,7 @@ def _bool(text: str) -> bool:
 # The commands that run servers; `serve` runs every role in one process.
 SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
 LISTENING = ("serve", "ingest", "flightsql", "web")
+QUERYING = ("serve", "flightsql", "web")  # the roles whose doors run queries (the query runner)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ SETTINGS: tuple[Option, ...] = (
         str,
         "",
         "comma-separated API key names allowed to run admin functions",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "disable_auth",
@@ -214,7 +215,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         1_048_576,
         "longest SQL text a query may have, in bytes",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "max_sql_depth",
@@ -222,7 +223,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         1000,
         "deepest expression a query may have (operators chained plus parentheses nested)",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "max_sql_joins",
@@ -230,7 +231,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         128,
         "joins, FROM-list items and set operations (UNION, INTERSECT, EXCEPT) a query's text may combine",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "max_plan_nodes",
@@ -238,7 +239,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         10_000,
         "nodes a query's logical plan may have, common table expressions counted at each reference",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "stream_buffer_mb",
@@ -246,7 +247,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         16,
         "result batches (MiB) a query may compute ahead of its client (Flight SQL or web); past it the query waits",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "result_buffer_mb",
@@ -254,7 +255,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         256,
         "result batches (MiB) all queries together may compute ahead of their clients; past it they wait",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "query_timeout_seconds",
@@ -262,7 +263,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         300.0,
         "time limit of a query (Flight SQL or web UI), planning and streaming included; 0: none",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "query_memory_limit_mb",
@@ -270,7 +271,7 @@ SETTINGS: tuple[Option, ...] = (
         int,
         4096,
         "DataFusion memory pool of one query (MiB; sorts and aggregations spill past it); 0: unlimited",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "slow_query_seconds",
@@ -278,7 +279,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         1.0,
         "a query running at least this long keeps its detailed spans in self-tracing; faster: its root only",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
     Option(
         "slow_span_ms",
@@ -286,7 +287,7 @@ SETTINGS: tuple[Option, ...] = (
         float,
         5.0,
         "of a slow query, the spans running at least this long are kept (with their ancestors)",
-        ("serve", "flightsql", "web"),
+        QUERYING,
     ),
 )
 

@@ -288,6 +288,19 @@ def test_spanlake_alone_prints_the_getting_started_text(plain_venv: Path) -> Non
         assert step in text
 
 
+# The settings of every role that runs queries (through the one query runner).
+QUERY_FLAGS = {
+    "--max-sql-bytes",
+    "--max-sql-depth",
+    "--query-timeout-seconds",
+    "--query-memory-limit-mb",
+    "--slow-query-seconds",
+    "--slow-span-ms",
+    "--max-sql-joins",
+    "--max-plan-nodes",
+    "--stream-buffer-mb",
+    "--result-buffer-mb",
+}
 ROLE_FLAGS = {
     "ingest": {
         "--http-port",
@@ -306,17 +319,8 @@ ROLE_FLAGS = {
         "--host",
         "--query-cluster",
         "--cluster-min-bytes",
-        "--max-sql-bytes",
-        "--max-sql-depth",
-        "--query-timeout-seconds",
-        "--query-memory-limit-mb",
-        "--slow-query-seconds",
-        "--slow-span-ms",
-        "--max-sql-joins",
-        "--max-plan-nodes",
-        "--stream-buffer-mb",
-        "--result-buffer-mb",
-    },
+    }
+    | QUERY_FLAGS,
     "maintain": {"--retention-days"},
     "web": {
         "--http-port",
@@ -326,21 +330,12 @@ ROLE_FLAGS = {
         "--no-disable-auth",
         "--host",
         "--request-body-timeout-s",
-        "--max-sql-bytes",
-        "--max-sql-depth",
-        "--query-timeout-seconds",
-        "--query-memory-limit-mb",
-        "--slow-query-seconds",
-        "--slow-span-ms",
-        "--max-sql-joins",
-        "--max-plan-nodes",
-        "--stream-buffer-mb",
-        "--result-buffer-mb",
         "--public-url",
         "--allowed-hosts",
         "--login-failures-per-ip",
         "--login-failures",
-    },
+    }
+    | QUERY_FLAGS,
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {
