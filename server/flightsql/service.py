@@ -39,6 +39,7 @@ import pyarrow.flight as flight
 from spanlake import tracing
 from spanlake.lakehouse.cluster.outcome import Declined
 from spanlake.lakehouse.query import failures
+from spanlake.lakehouse.query.admission import client_ip
 from spanlake.lakehouse.query.context import Principal, SessionFactory
 from spanlake.lakehouse.query.failures import Failure, UserError
 from spanlake.lakehouse.query.limits import QueryLimits
@@ -420,7 +421,11 @@ def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHe
 
 def _call(context: flight.ServerCallContext) -> _Call:
     state: CallState = context.get_middleware(MIDDLEWARE_KEY)
-    return _Call(state.headers, state.principal, client_attribution(state.headers, context.peer()))
+    peer = context.peer()
+    # The middleware does not see the peer: a key's CIDR allowlist is checked here, on every call.
+    if state.principal is not None and not state.principal.allows_peer(client_ip(peer)):
+        raise flight.FlightUnauthenticatedError("invalid API key")
+    return _Call(state.headers, state.principal, client_attribution(state.headers, peer))
 
 
 def _query_headers(query: Query, call: _Call) -> QueryHeaders:
