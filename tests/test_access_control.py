@@ -206,8 +206,8 @@ def test_block_functions_refuse_another_audience_as_unknown(lab: Lab) -> None:
     assert micromegas_client(lab.server, lab.reader_a).query(parse.format(id=block_id))["n"][0] > 0
     denied = flight_error(lab.server, lab.reader_b, parse.format(id=block_id))
     assert denied == flight_error(lab.server, lab.reader_b, parse.format(id=UNKNOWN_ID)).replace(UNKNOWN_ID, block_id)
-    payload = f"SELECT length(get_payload('{TEAM_A_PROCESS}', '{stream_id}', '{{id}}')) AS n"
-    assert micromegas_client(lab.server, lab.reader_a).query(payload.format(id=block_id))["n"][0] > 0
+    payload = f"SELECT get_payload('{TEAM_A_PROCESS}', '{stream_id}', '{{id}}') AS p"
+    assert len(micromegas_client(lab.server, lab.reader_a).query(payload.format(id=block_id))["p"][0]) > 0
     denied = flight_error(lab.server, lab.reader_b, payload.format(id=block_id))
     unknown = flight_error(lab.server, lab.reader_b, payload.format(id=UNKNOWN_ID))
     assert "no payload stored for block" in denied and denied == unknown.replace(UNKNOWN_ID, block_id)
