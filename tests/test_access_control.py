@@ -4,6 +4,7 @@ kind of key sees at every door (micromegas client, ADBC, web API, ingestion), wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,20 +13,36 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import cbor2
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PROJECT_ROOT, RUST_FIXTURES, PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from harness import (
+    PROJECT_ROOT,
+    RUST_FIXTURES,
+    PostgresServer,
+    SpanlakeServer,
+    http,
+    post,
+    query,
+    running_server,
+    wait_until,
+)
 from live_process import LiveProcess
 from micromegas.web_client import WebClient
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
 
+from spanlake.lakehouse.migrate import available_migrations
+from spanlake.server.auth import hash_key
+
 TEAM_A_PROCESS = EXPECTED["process"]["process_info"]["process_id"]
 UNKNOWN_ID = "0b9f6a52-1d3e-4c55-9a7e-3f0c2b6d8e41"
 REVOCATION_SECONDS = 5
+ACCESS_CONTROL_MIGRATION = 7
 
 
 class StaticToken:
@@ -396,3 +413,41 @@ def test_api_key_command_mints_scoped_keys(lab: Lab) -> None:
     assert "team-c" in {k["audience"] for k in lab.admin.list_ingestion_api_keys(include_revoked=False)}
     bad = spanlake_cli("api-key", "x", "--audience", "no spaces", database_url=lab.server.database_url)
     assert bad.returncode == 2 and "invalid audience" in bad.stderr
+
+
+def test_a_database_from_before_access_control_upgrades_with_its_keys(postgres: PostgresServer, tmp_path: Path) -> None:
+    url = postgres.new_database()
+    legacy_key = "legacy-key-0123456789"
+
+    async def schema_before_access_control() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("CREATE TABLE spanlake_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            for migration in [m for m in available_migrations() if m.version < ACCESS_CONTROL_MIGRATION]:
+                await conn.execute(migration.sql)
+                await conn.execute("INSERT INTO spanlake_migrations VALUES ($1, $2)", migration.version, migration.name)
+            await conn.execute(
+                "INSERT INTO api_keys (key_id, key_hash, name) VALUES ($1, $2, 'old-reader')",
+                uuid.uuid4(),
+                hash_key(legacy_key),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(schema_before_access_control())
+    server = SpanlakeServer(database_url=url, data_dir=tmp_path / "data", object_store_uri=(tmp_path / "lake").as_uri())
+    server.start()
+    try:
+        for step in EXPECTED["upload_sequence"]:  # the old key still writes (unstamped) ...
+            body = (RUST_FIXTURES / step["file"]).read_bytes()
+            assert post(server.http_url + step["endpoint"], body, {"Authorization": f"Bearer {legacy_key}"})[0] == 200
+        client = micromegas_client(server, legacy_key)  # ... and still reads everything
+        wait_until(
+            lambda: len(client.query("SELECT process_id FROM processes")) == 1, 60, "the upgraded lake's process"
+        )
+        rows = client.query(f"SELECT count(*) AS n FROM view_instance('log_entries', '{TEAM_A_PROCESS}')")
+        assert rows["n"][0] > 0
+        versions = [r["version"] for r in query(url, "SELECT version FROM spanlake_migrations ORDER BY version")]
+        assert ACCESS_CONTROL_MIGRATION in versions
+    finally:
+        server.stop()
