@@ -35,6 +35,7 @@ from harness import (
 from live_process import LiveProcess
 from micromegas.web_client import WebClient
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
+from web_support import WatchedPage
 
 from spanlake.lakehouse.migrate import available_migrations
 from spanlake.server.auth import hash_key
@@ -213,6 +214,17 @@ def test_another_audience_id_answers_as_an_unknown_id(lab: Lab, sql: str) -> Non
     assert TEAM_A_PROCESS in denied
     assert denied == unknown.replace(UNKNOWN_ID, TEAM_A_PROCESS)
     micromegas_client(lab.server, lab.reader_a).query(sql.format(id=TEAM_A_PROCESS))  # its own team: fine
+
+
+def test_list_partitions_names_no_other_audience_process(lab: Lab) -> None:
+    listed = "SELECT DISTINCT view_instance_id FROM list_partitions()"
+    micromegas_client(lab.server, lab.reader_a).query(
+        f"SELECT count(*) FROM view_instance('log_entries', '{TEAM_A_PROCESS}')"
+    )
+    by_admin = set(micromegas_client(lab.server).query(listed)["view_instance_id"])
+    by_b = set(micromegas_client(lab.server, lab.reader_b).query(listed)["view_instance_id"])
+    assert TEAM_A_PROCESS in by_admin and "global" in by_b
+    assert TEAM_A_PROCESS not in by_b
 
 
 def test_block_functions_refuse_another_audience_as_unknown(lab: Lab) -> None:
@@ -451,3 +463,55 @@ def test_a_database_from_before_access_control_upgrades_with_its_keys(postgres: 
         assert ACCESS_CONTROL_MIGRATION in versions
     finally:
         server.stop()
+
+
+def micromegas_cli(tool: str, url: str, home: Path, *args: str) -> subprocess.CompletedProcess:
+    """One of micromegas 0.32's CLIs, unchanged (no profile: no OIDC, so no auth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROMEGAS_", "SPANLAKE_"))} | {"HOME": str(home)}
+    command = [str(Path(sys.executable).parent / tool), "--url", url, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_micromegas_grants_and_groups_clis_manage_a_spanlake(postgres: PostgresServer, tmp_path: Path) -> None:
+    with running_server(postgres, tmp_path) as server:  # no key: loopback without auth, as the CLIs expect
+        url, home = server.http_url, tmp_path / "home"
+        home.mkdir()
+
+        def run(tool: str, *args: str) -> str:
+            done = micromegas_cli(tool, url, home, *args)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        assert run("micromegas-groups", "create", "sre", "--description", "on call").startswith("sre (created_by=")
+        assert run("micromegas-groups", "add", "sre", "user:alice").strip() == "sre += user:alice"
+        assert run("micromegas-groups", "members", "sre").startswith("user:alice (created_by=")
+        assert "sre (1 members) -- on call" in run("micromegas-groups", "list")
+        assert run("micromegas-grants", "create", "team-a", "read", "group:sre").startswith("team-a read group:sre")
+        refused = micromegas_cli("micromegas-groups", url, home, "delete", "sre")
+        assert refused.returncode == 1 and "HTTP 409" in refused.stderr and "grant team-a:read" in refused.stderr
+        assert (
+            run("micromegas-grants", "delete", "team-a", "read", "group:sre").strip()
+            == "Deleted: team-a read group:sre"
+        )
+        missing = micromegas_cli("micromegas-grants", url, home, "delete", "team-a", "read", "group:sre")
+        assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+        assert run("micromegas-groups", "remove", "sre", "user:alice").strip() == "sre -= user:alice"
+        assert run("micromegas-groups", "delete", "sre").strip() == "Deleted: sre"
+        assert "sre" not in run("micromegas-groups", "list")
+
+
+def test_a_reader_signed_in_with_chromium_sees_its_team_only(lab: Lab, watched: WatchedPage) -> None:
+    page, url = watched.page, lab.server.http_url
+    watched.expect_error("404")  # the process pages refused below
+    page.goto(url + "/")
+    page.fill("input[name=key]", lab.reader_b)
+    page.click("form.login button")
+    page.wait_for_url(url + "/")
+    listed = set(page.locator("a.pid").all_inner_texts())
+    assert lab.team_b in listed and TEAM_A_PROCESS not in listed and len(listed) == 2
+    denied = page.goto(f"{url}/process/{TEAM_A_PROCESS}")
+    denied_text = page.inner_text("main")
+    unknown = page.goto(f"{url}/process/{UNKNOWN_ID}")
+    assert denied.status == unknown.status == 404
+    assert denied_text == page.inner_text("main").replace(UNKNOWN_ID, TEAM_A_PROCESS)
+    assert page.goto(f"{url}/process/{lab.team_b}").status == 200

@@ -252,7 +252,7 @@ def _table_functions(
             "view_instance", view_instance, (Arg("view_set_name", Kind.STRING), Arg("instance_id", Kind.STRING))
         ),
         TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
-        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake))),
+        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake, read_scope))),
         TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets(lake))),
         TableFunction(
             "list_view_set_definitions",
