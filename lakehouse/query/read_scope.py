@@ -6,6 +6,10 @@ gives None, and nothing is filtered). Global views keep only readable processes'
 without a `process_id` column shows none: fail closed); the functions taking an id treat another
 audience's id exactly as an id that does not exist, with the same answer, so a denial is never an
 existence oracle. As micromegas (read_scope.rs, audience_guard.rs, ownership_rewrite.rs).
+
+A new function taking an id takes the session's `ReadScope | None` (`session._table_functions`) and,
+where it finds the id, treats `not read_scope.process_readable(process_id)` as not found: the seam
+for `trace_spans` (the trace index, issue 23).
 """
 
 from __future__ import annotations

@@ -379,7 +379,7 @@ class FlightSqlServer(flight.FlightServerBase):
         self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders, take: bool
     ) -> PlannedQuery:
         query.check_limits()
-        key = (statement.handle, headers.query_range, headers.limit, call.principal.name if call.principal else None)
+        key = (statement.handle, headers.query_range, headers.limit, call.principal)
         planned = self._plans.get(key, take=take)
         if planned is not None:
             query.audit.plan_cached = True

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.lake import Lake
 from spanlake.server.auth import check_audience, hash_key, new_key
@@ -67,7 +68,8 @@ def _row(record: asyncpg.Record) -> dict[str, Any]:
     return dict(record.items())
 
 
-def _caller(request: web.Request) -> str:
+def caller_name(request: web.Request) -> str:
+    """Who writes a row: the principal's name ("anonymous" without auth)."""
     principal = principal_of(request)
     return "anonymous" if principal is None else principal.name
 
@@ -119,7 +121,8 @@ def _cidrs(value: Any) -> list[str]:
         raise _bad(f"allowed_cidrs: {err}") from None
 
 
-def _audience(value: Any) -> str:
+def valid_audience(value: Any) -> str:
+    """The audience, checked (400 otherwise)."""
     if not isinstance(value, str):
         raise _bad("audience must be a string")
     try:
@@ -139,7 +142,7 @@ def _key_table(request: web.Request) -> str:
     return _KEY_TABLES[request.match_info["kind"]]
 
 
-def _selector(value: Any, what: str) -> str:
+def check_selector(value: Any, what: str) -> str:
     """`*`, `user:<id>` or `group:<id>`; 400 otherwise."""
     if isinstance(value, str) and (value == "*" or re.fullmatch(r"(user|group):\S{1,255}", value)):
         return value
@@ -189,14 +192,14 @@ class AccessApi:
             if body.get("audience") is None:
                 raise _bad("audience is required: the audience the key's telemetry is stamped with")
             row = await self.catalog.add_ingestion_key(
-                name, hash_key(key), _audience(body["audience"]), _caller(request), cidrs
+                name, hash_key(key), valid_audience(body["audience"]), caller_name(request), cidrs
             )
         else:
             audiences = body.get("read_audiences") or []
             if not isinstance(audiences, list):
                 raise _bad("read_audiences must be a list of audiences")
             row = await self.catalog.add_analytics_key(
-                name, hash_key(key), [_audience(a) for a in audiences], _caller(request), cidrs
+                name, hash_key(key), [valid_audience(a) for a in audiences], caller_name(request), cidrs
             )
         return _json({**_row(row), "key": key}, 201)
 
@@ -221,7 +224,7 @@ class AccessApi:
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         """`{"revoked_at"}` (idempotent); 404 for an unknown key."""
-        revoked_at = await self.catalog.revoke_key(_key_table(request), _key_id(request), _caller(request))
+        revoked_at = await self.catalog.revoke_key(_key_table(request), _key_id(request), caller_name(request))
         if revoked_at is None:
             raise ApiError(404, "NOT_FOUND", "key not found")
         return _json({"revoked_at": revoked_at})
@@ -240,8 +243,8 @@ class AccessApi:
         body = await _body(request, ("audience", "axis", "selector"))
         if body["axis"] not in AXES:
             raise _bad("axis must be 'read' or 'mint'")
-        audience, selector = _audience(body["audience"]), _selector(body["selector"], "selector")
-        row, created = await self.catalog.add_grant(audience, body["axis"], selector, _caller(request))
+        audience, selector = valid_audience(body["audience"]), check_selector(body["selector"], "selector")
+        row, created = await self.catalog.add_grant(audience, body["axis"], selector, caller_name(request))
         return _json(_row(row), 201 if created else 200)
 
     async def list_grants(self, request: web.Request) -> web.Response:
@@ -283,8 +286,8 @@ class AccessApi:
     async def create_group(self, request: web.Request) -> web.Response:
         """The new group (201); 400 for a bad name, 409 if it exists."""
         body = await _body(request, ("name",), ("description",))
-        name = _group_name(body["name"])
-        row = await self.catalog.add_group(name, body.get("description"), _caller(request))
+        name = check_group_name(body["name"])
+        row = await self.catalog.add_group(name, body.get("description"), caller_name(request))
         if row is None:
             raise ApiError(409, "CONFLICT", f"group '{name}' already exists")
         return _json(_row(row), 201)
@@ -308,13 +311,8 @@ class AccessApi:
 
     async def add_member(self, request: web.Request) -> web.Response:
         """The member row: 201 when added, 200 when it was there; 404 for an unknown group, 409 for a cycle."""
-        name = await self._existing_group(request.match_info["name"])
-        member = _selector((await _body(request, ("member",)))["member"], "member")
-        if member.startswith("group:"):
-            inner = await self._existing_group(member.removeprefix("group:"))
-            if await self.catalog.group_contains(inner, name):
-                raise ApiError(409, "CONFLICT", f"adding group '{inner}' to '{name}' would create a cycle")
-        row, created = await self.catalog.add_group_member(name, member, _caller(request))
+        member = check_selector((await _body(request, ("member",)))["member"], "member")
+        row, created = await add_group_member(self.catalog, request.match_info["name"], member, caller_name(request))
         return _json(_row(row), 201 if created else 200)
 
     async def remove_member(self, request: web.Request) -> web.Response:
@@ -328,12 +326,28 @@ class AccessApi:
         return web.Response(status=204)
 
     async def _existing_group(self, name: str) -> str:
-        if not await self.catalog.group_exists(name):
-            raise ApiError(404, "NOT_FOUND", f"group '{name}' not found")
-        return name
+        return await existing_group(self.catalog, name)
 
 
-def _group_name(value: Any) -> str:
+async def existing_group(catalog: Catalog, name: str) -> str:
+    """The name of a group that exists (404 otherwise)."""
+    if not await catalog.group_exists(name):
+        raise ApiError(404, "NOT_FOUND", f"group '{name}' not found")
+    return name
+
+
+async def add_group_member(catalog: Catalog, group: str, member: str, caller: str) -> tuple[asyncpg.Record, bool]:
+    """(the member row, created now?): 404 for an unknown group (either), 409 when nesting would loop."""
+    await existing_group(catalog, group)
+    if member.startswith("group:"):
+        inner = await existing_group(catalog, member.removeprefix("group:"))
+        if await catalog.group_contains(inner, group):
+            raise ApiError(409, "CONFLICT", f"adding group '{inner}' to '{group}' would create a cycle")
+    return await catalog.add_group_member(group, member, caller)
+
+
+def check_group_name(value: Any) -> str:
+    """A group name, checked (400 otherwise)."""
     if not isinstance(value, str) or not _GROUP_NAME.fullmatch(value):
         raise _bad("a group name is 1 to 255 of A-Z a-z 0-9 _ . -")
     return value
