@@ -535,7 +535,7 @@ def test_the_access_page_mints_revokes_and_grants(lab: Lab, watched: WatchedPage
     minted = page.inner_text("#minted-key")
     assert processes_seen(lab.server, minted) == processes_seen(lab.server, lab.reader_b)
     assert "page-reader" in page.inner_text("#analytics-keys")
-    page.fill("input[name=audience]", "team-a")
+    page.fill("form:has(select[name=axis]) input[name=audience]", "team-a")
     page.fill("form:has(select[name=axis]) input[name=selector]", "user:page-reader")
     page.click("form:has(select[name=axis]) button")
     assert "user:page-reader" in page.inner_text("#grants")
@@ -543,7 +543,7 @@ def test_the_access_page_mints_revokes_and_grants(lab: Lab, watched: WatchedPage
     page.click("#analytics-keys tr:has-text('page-reader') button")
     assert "page-reader" in page.inner_text("#analytics-keys") and page.locator("#minted").count() == 0
     wait_until(lambda: not _queries(lab.server, minted), REVOCATION_SECONDS + 1, "the page's revocation")
-    page.fill("form:has(input[name=audience]) input[name=audience]", "not an audience")
+    page.fill("form:has(select[name=axis]) input[name=audience]", "not an audience")
     page.fill("form:has(select[name=axis]) input[name=selector]", "*")
     page.click("form:has(select[name=axis]) button")
     assert "invalid audience" in page.inner_text("#error")
