@@ -519,7 +519,8 @@ def test_a_reader_signed_in_with_chromium_sees_its_team_only(lab: Lab, watched: 
 
 def test_the_access_page_mints_revokes_and_grants(lab: Lab, watched: WatchedPage) -> None:
     page, url = watched.page, lab.server.http_url
-    watched.expect_error("403")
+    watched.expect_error("403")  # a reader's visit
+    watched.expect_error("400")  # the refused audience
     page.goto(url + "/login")
     page.fill("input[name=key]", lab.reader_a)
     page.click("form.login button")
@@ -529,21 +530,21 @@ def test_the_access_page_mints_revokes_and_grants(lab: Lab, watched: WatchedPage
     page.click("form.login button")
     page.goto(url + "/access")
     assert "team-a-ingest" in page.inner_text("#ingestion-keys")
-    page.fill("form:has(input[value=analytics]) input[name=name]", "page-reader")
-    page.fill("form:has(input[value=analytics]) input[name=scope]", "team-b")
-    page.click("form:has(input[value=analytics]) button")
+    page.fill("#mint-analytics input[name=name]", "page-reader")
+    page.fill("#mint-analytics input[name=scope]", "team-b")
+    page.click("#mint-analytics button")
     minted = page.inner_text("#minted-key")
     assert processes_seen(lab.server, minted) == processes_seen(lab.server, lab.reader_b)
     assert "page-reader" in page.inner_text("#analytics-keys")
-    page.fill("form:has(select[name=axis]) input[name=audience]", "team-a")
-    page.fill("form:has(select[name=axis]) input[name=selector]", "user:page-reader")
-    page.click("form:has(select[name=axis]) button")
+    page.fill("#grant input[name=audience]", "team-a")
+    page.fill("#grant input[name=selector]", "user:page-reader")
+    page.click("#grant button")
     assert "user:page-reader" in page.inner_text("#grants")
     wait_until(lambda: len(processes_seen(lab.server, minted)) == 3, REVOCATION_SECONDS + 1, "the page's grant")
     page.click("#analytics-keys tr:has-text('page-reader') button")
     assert "page-reader" in page.inner_text("#analytics-keys") and page.locator("#minted").count() == 0
     wait_until(lambda: not _queries(lab.server, minted), REVOCATION_SECONDS + 1, "the page's revocation")
-    page.fill("form:has(select[name=axis]) input[name=audience]", "not an audience")
-    page.fill("form:has(select[name=axis]) input[name=selector]", "*")
-    page.click("form:has(select[name=axis]) button")
+    page.fill("#grant input[name=audience]", "not an audience")
+    page.fill("#grant input[name=selector]", "*")
+    page.click("#grant button")
     assert "invalid audience" in page.inner_text("#error")
