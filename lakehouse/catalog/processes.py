@@ -98,12 +98,3 @@ class ProcessReads:
             stream_id,
         )
         return None if row is None else (row["audience"],)
-
-    async def block_audience(self, block_id: uuid.UUID) -> tuple[str | None] | None:
-        """(the audience of the block's process,), or None if the block (or its process) is unknown."""
-        row = await self.pool.fetchrow(
-            "SELECT spanlake_audience(p.properties) AS audience FROM blocks b JOIN processes p"
-            " ON p.process_id = b.process_id WHERE b.block_id = $1",
-            block_id,
-        )
-        return None if row is None else (row["audience"],)

@@ -10,9 +10,9 @@ from datafusion import SessionContext
 
 from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import read_scope
 from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.limits import QueryLimits
+from spanlake.lakehouse.query.read_scope import AudienceIndex
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.query.view_ddl import ViewStatements
@@ -74,6 +74,8 @@ def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactor
     memory pool, reading only what the principal's audiences may read; admin functions for admins
     only (everyone when auth is off)."""
 
+    audiences = AudienceIndex(lake)
+
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
         admit(lake, query, is_admin)
@@ -85,7 +87,7 @@ def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactor
             identity=identity,
             memory_limit_bytes=memory_limit_bytes,
             sql=query.sql,
-            read_scope=read_scope.for_principal(lake, query.principal),
+            read_scope=audiences.scope_for(query.principal),
         )
 
     return make
