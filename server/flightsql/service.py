@@ -95,6 +95,7 @@ def _rpc(method: _Handler) -> _Handler:
     @functools.wraps(method)
     def handler(self: FlightSqlServer, context: flight.ServerCallContext, *args: Any) -> Any:
         try:
+            _refuse_fenced_key(context)
             return method(self, context, *args)
         except Failure as failure:
             raise errors.to_flight_error(failure) from None
@@ -419,13 +420,17 @@ def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHe
     return metadata.tables(ctx, command, headers.preserve_dictionary)
 
 
+def _refuse_fenced_key(context: flight.ServerCallContext) -> None:
+    """UNAUTHENTICATED when the call's key may not be used from its peer's address (its CIDR allowlist;
+    the middleware does not see the peer, so every RPC checks it first)."""
+    state: CallState | None = context.get_middleware(MIDDLEWARE_KEY)
+    if state is not None and state.principal is not None and not state.principal.allows_peer(client_ip(context.peer())):
+        raise flight.FlightUnauthenticatedError("invalid API key")
+
+
 def _call(context: flight.ServerCallContext) -> _Call:
     state: CallState = context.get_middleware(MIDDLEWARE_KEY)
-    peer = context.peer()
-    # The middleware does not see the peer: a key's CIDR allowlist is checked here, on every call.
-    if state.principal is not None and not state.principal.allows_peer(client_ip(peer)):
-        raise flight.FlightUnauthenticatedError("invalid API key")
-    return _Call(state.headers, state.principal, client_attribution(state.headers, peer))
+    return _Call(state.headers, state.principal, client_attribution(state.headers, context.peer()))
 
 
 def _query_headers(query: Query, call: _Call) -> QueryHeaders:
