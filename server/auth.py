@@ -40,8 +40,8 @@ ANALYTICS = "analytics"
 PUBLIC_AUDIENCE = "public"
 _AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
-# Looks a key hash up in the database for a surface; returns the key's principal, or None.
-KeyHashLookup = Callable[[bytes, str], "Principal | None"]
+# Looks a key hash up in the database for one surface; returns the key's principal, or None.
+KeyHashLookup = Callable[[bytes], "Principal | None"]
 
 # Keys added or removed in the api_keys table take effect within these many seconds, on every role.
 _CACHE_SECONDS = 5.0
@@ -100,9 +100,12 @@ class Authenticator:
         lookup_hash: KeyHashLookup | None = None,
         admins: frozenset[str] = frozenset(),
         database_has_keys: Callable[[], bool] | None = None,
+        ingestion_lookup: KeyHashLookup | None = None,
     ) -> None:
+        """`lookup_hash` finds the database keys of the query doors, `ingestion_lookup` those of
+        ingestion (`lookup_hash` serves both when None)."""
         self._keys = [(k.encode(), name) for k, name in keys.items()]
-        self._lookup_hash = lookup_hash
+        self._lookups = {ANALYTICS: lookup_hash, INGESTION: ingestion_lookup or lookup_hash}
         self._admins = admins
         self._cache: OrderedDict[tuple[bytes, str], tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
@@ -138,7 +141,8 @@ class Authenticator:
         return self._keys_exist
 
     def _lookup_database(self, digest: bytes, surface: str) -> Principal | None:
-        if self._lookup_hash is None:
+        lookup = self._lookups[surface]
+        if lookup is None:
             return None
         now = time.monotonic()
         entry = (digest, surface)
@@ -146,7 +150,7 @@ class Authenticator:
             cached = self._cache.get(entry)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = self._lookup_hash(digest, surface)
+        principal = lookup(digest)
         ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
         with self._lock:
             self._cache[entry] = (now + ttl, principal)
@@ -202,12 +206,12 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
             "(or add a key with 'spanlake api-key NAME'), or pass --disable-auth"
         )
 
-    def lookup(digest: bytes, surface: str) -> Principal | None:
-        return lake.loop.run(database_principal(lake, digest, surface, settings.admin_names))
+    def lookup(surface: str) -> KeyHashLookup:
+        return lambda digest: lake.loop.run(database_principal(lake, digest, surface, settings.admin_names))
 
     # Off a loopback address the keys were there at start: removing them all must not open the server.
     open_when_keyless = database_has_keys if is_loopback(settings.host) else None
-    return Authenticator(keys, lookup, settings.admin_names, open_when_keyless)
+    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION))
 
 
 async def database_principal(lake: Lake, digest: bytes, surface: str, admin_names: frozenset[str]) -> Principal | None:
