@@ -38,7 +38,9 @@ from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
 from web_support import WatchedPage
 
 from spanlake.lakehouse.migrate import available_migrations
+from spanlake.server import otlp
 from spanlake.server.auth import hash_key
+from spanlake.server.write_audience import scoped_otlp_block
 
 TEAM_A_PROCESS = EXPECTED["process"]["process_info"]["process_id"]
 UNKNOWN_ID = "0b9f6a52-1d3e-4c55-9a7e-3f0c2b6d8e41"
@@ -548,3 +550,14 @@ def test_the_access_page_mints_revokes_and_grants(lab: Lab, watched: WatchedPage
     page.fill("#grant input[name=selector]", "*")
     page.click("#grant button")
     assert "invalid audience" in page.inner_text("#error")
+
+
+def test_otlp_ids_are_folded_with_the_audience() -> None:
+    (block,) = otlp.blocks_from_request("logs", otlp_logs("same-svc", "hi"), "application/json", None, 100)
+    for_a, again_a, for_b = (scoped_otlp_block(block, audience) for audience in ("team-a", "team-a", "team-b"))
+    assert for_a == again_a  # deterministic: a retried export stores nothing new
+    ids = [(b.process.process_id, b.stream.stream_id, b.block.block_id) for b in (block, for_a, for_b)]
+    assert len({i for triple in ids for i in triple}) == 9
+    assert (for_a.stream.process_id, for_a.block.process_id, for_a.block.stream_id) == ids[1][:1] * 2 + ids[1][1:2]
+    assert for_a.process.properties["micromegas.audience"] == "team-a"
+    assert scoped_otlp_block(block, None).block == block.block  # unstamped: micromegas's own ids
