@@ -561,3 +561,14 @@ def test_otlp_ids_are_folded_with_the_audience() -> None:
     assert (for_a.stream.process_id, for_a.block.process_id, for_a.block.stream_id) == ids[1][:1] * 2 + ids[1][1:2]
     assert for_a.process.properties["micromegas.audience"] == "team-a"
     assert scoped_otlp_block(block, None).block == block.block  # unstamped: micromegas's own ids
+
+
+def test_the_webhook_route_stamps_its_key_audience(lab: Lab) -> None:
+    hook_key = lab.mint_ingestion("hook-writer", "team-d")
+    headers = {"Authorization": f"Bearer {hook_key}", "X-Micromegas-Service-Name": "hook-svc"}
+    assert post(lab.server.http_url + "/ingestion/webhook", b"deployed", headers)[0] == 200
+    rows = query(
+        lab.server.database_url,
+        "SELECT spanlake_audience(properties) AS audience FROM processes WHERE exe = 'hook-svc'",
+    )
+    assert [r["audience"] for r in rows] == ["team-d"]
