@@ -35,7 +35,7 @@ from harness import (
 from live_process import LiveProcess
 from micromegas.web_client import WebClient
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
-from web_support import WatchedPage
+from web_support import WatchedPage, off_loop
 
 from spanlake.lakehouse.migrate import available_migrations
 from spanlake.server import otlp
@@ -567,8 +567,6 @@ def test_the_webhook_route_stamps_its_key_audience(lab: Lab) -> None:
     hook_key = lab.mint_ingestion("hook-writer", "team-d")
     headers = {"Authorization": f"Bearer {hook_key}", "X-Micromegas-Service-Name": "hook-svc"}
     assert post(lab.server.http_url + "/ingestion/webhook", b"deployed", headers)[0] == 200
-    rows = query(
-        lab.server.database_url,
-        "SELECT spanlake_audience(properties) AS audience FROM processes WHERE exe = 'hook-svc'",
-    )
+    sql = "SELECT spanlake_audience(properties) AS audience FROM processes WHERE exe = 'hook-svc'"
+    rows = off_loop(query, lab.server.database_url, sql)  # off playwright's loop (the Chromium tests)
     assert [r["audience"] for r in rows] == ["team-d"]
