@@ -35,9 +35,11 @@ from harness import (
 from live_process import LiveProcess
 from micromegas.web_client import WebClient
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
+from test_ingestion_firehose import cloudwatch_logs, firehose
 from web_support import WatchedPage, off_loop
 
 from spanlake.lakehouse.migrate import available_migrations
+from spanlake.server import firehose as firehose_routes
 from spanlake.server import otlp
 from spanlake.server.auth import hash_key
 from spanlake.server.write_audience import scoped_otlp_block
@@ -570,3 +572,14 @@ def test_the_webhook_route_stamps_its_key_audience(lab: Lab) -> None:
     sql = "SELECT spanlake_audience(properties) AS audience FROM processes WHERE exe = 'hook-svc'"
     rows = off_loop(query, lab.server.database_url, sql)  # off playwright's loop (the Chromium tests)
     assert [r["audience"] for r in rows] == ["team-d"]
+
+
+def test_the_firehose_routes_stamp_their_key_audience(lab: Lab) -> None:
+    firehose_key = lab.mint_ingestion("firehose-writer", "team-e")
+    events = [(str(uuid.uuid4()), int(time.time() * 1000), "from cloudwatch")]
+    status, _ = firehose(lab.server, firehose_routes.LOGS_PATH, [cloudwatch_logs("/team-e", events)], key=firehose_key)
+    assert status == 200
+    sql = "SELECT count(*) AS n FROM processes WHERE spanlake_audience(properties) = 'team-e'"
+    assert off_loop(query, lab.server.database_url, sql) == [{"n": 1}]
+    status, _ = firehose(lab.server, firehose_routes.LOGS_PATH, [cloudwatch_logs("/x", events)], key=lab.reader_a)
+    assert status == 401  # an analytics key does not write
