@@ -33,6 +33,8 @@ from harness import (
     wait_until,
 )
 from live_process import LiveProcess
+from micromegas.cli import grants as grants_cli
+from micromegas.cli import groups as groups_cli
 from micromegas.web_client import WebClient
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, micromegas_client
 from test_ingestion_firehose import cloudwatch_logs, firehose
@@ -469,38 +471,46 @@ def test_a_database_from_before_access_control_upgrades_with_its_keys(postgres: 
         server.stop()
 
 
-def micromegas_cli(tool: str, url: str, home: Path, *args: str) -> subprocess.CompletedProcess:
-    """One of micromegas 0.32's CLIs, unchanged (no profile: no OIDC, so no auth)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROMEGAS_", "SPANLAKE_"))} | {"HOME": str(home)}
-    command = [str(Path(sys.executable).parent / tool), "--url", url, *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+CLI_MAINS = {"micromegas-grants": grants_cli.main, "micromegas-groups": groups_cli.main}
 
 
-def test_micromegas_grants_and_groups_clis_manage_a_spanlake(postgres: PostgresServer, tmp_path: Path) -> None:
-    with running_server(postgres, tmp_path) as server:  # no key: loopback without auth, as the CLIs expect
-        url, home = server.http_url, tmp_path / "home"
-        home.mkdir()
+def test_micromegas_grants_and_groups_clis_manage_a_spanlake(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # micromegas 0.32's CLIs, unchanged, run in-process (their entry points; a process each costs seconds).
+    # No profile and no OIDC variables: no auth, so the server is a loopback one without keys.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("MICROMEGAS_OIDC_ISSUER", "MICROMEGAS_OIDC_CLIENT_ID", "MICROMEGAS_OIDC_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with running_server(postgres, tmp_path) as server:
+
+        def cli(tool: str, *args: str) -> tuple[int, str, str]:
+            monkeypatch.setattr(sys, "argv", [tool, "--url", server.http_url, *args])
+            try:
+                CLI_MAINS[tool]()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code
+            out = capsys.readouterr()
+            return code, out.out.strip(), out.err
 
         def run(tool: str, *args: str) -> str:
-            done = micromegas_cli(tool, url, home, *args)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
+            code, out, err = cli(tool, *args)
+            assert code == 0, err
+            return out
 
         assert run("micromegas-groups", "create", "sre", "--description", "on call").startswith("sre (created_by=")
-        assert run("micromegas-groups", "add", "sre", "user:alice").strip() == "sre += user:alice"
+        assert run("micromegas-groups", "add", "sre", "user:alice") == "sre += user:alice"
         assert run("micromegas-groups", "members", "sre").startswith("user:alice (created_by=")
         assert "sre (1 members) -- on call" in run("micromegas-groups", "list")
         assert run("micromegas-grants", "create", "team-a", "read", "group:sre").startswith("team-a read group:sre")
-        refused = micromegas_cli("micromegas-groups", url, home, "delete", "sre")
-        assert refused.returncode == 1 and "HTTP 409" in refused.stderr and "grant team-a:read" in refused.stderr
-        assert (
-            run("micromegas-grants", "delete", "team-a", "read", "group:sre").strip()
-            == "Deleted: team-a read group:sre"
-        )
-        missing = micromegas_cli("micromegas-grants", url, home, "delete", "team-a", "read", "group:sre")
-        assert missing.returncode == 1 and "HTTP 404" in missing.stderr
-        assert run("micromegas-groups", "remove", "sre", "user:alice").strip() == "sre -= user:alice"
-        assert run("micromegas-groups", "delete", "sre").strip() == "Deleted: sre"
+        code, _, err = cli("micromegas-groups", "delete", "sre")
+        assert code == 1 and "HTTP 409" in err and "grant team-a:read" in err
+        assert run("micromegas-grants", "delete", "team-a", "read", "group:sre") == "Deleted: team-a read group:sre"
+        code, _, err = cli("micromegas-grants", "delete", "team-a", "read", "group:sre")
+        assert code == 1 and "HTTP 404" in err
+        assert run("micromegas-groups", "remove", "sre", "user:alice") == "sre -= user:alice"
+        assert run("micromegas-groups", "delete", "sre") == "Deleted: sre"
         assert "sre" not in run("micromegas-groups", "list")
 
 
