@@ -255,6 +255,8 @@ def test_web_api_refuses_another_audience_as_unknown(lab: Lab) -> None:
     def get(path: str, key: str) -> tuple[int, bytes]:
         return http("GET", lab.server.http_url + path, None, {"Authorization": f"Bearer {key}"})
 
+    status, answer = api(lab.server, "POST", "/api/sql", lab.reader_a, {"sql": "SELECT process_id FROM processes"})
+    assert status == 200 and answer["row_count"] == 1 and TEAM_A_PROCESS in json.dumps(answer["rows"])
     mine = get(f"/api/process/{TEAM_A_PROCESS}/async-spans", lab.reader_a)
     assert mine[0] == 200
     denied = get(f"/api/process/{TEAM_A_PROCESS}/async-spans", lab.reader_b)
