@@ -358,7 +358,7 @@ def test_each_command_takes_only_the_flags_it_uses() -> None:
     for role, own in ROLE_FLAGS.items():
         assert _flags(role) == own | SHARED_FLAGS | SERVING_FLAGS, role
     assert _flags("serve") == set().union(*ROLE_FLAGS.values()) | SHARED_FLAGS | SERVING_FLAGS
-    assert _flags("migrate") == _flags("api-key") - {"--admin"} == SHARED_FLAGS
+    assert _flags("migrate") == _flags("api-key") - {"--admin", "--audience", "--read-audiences"} == SHARED_FLAGS
     for command, foreign in (("maintain", "--http-port"), ("ingest", "--retention-days"), ("migrate", "--host")):
         result = subprocess.run(
             [sys.executable, "-m", "spanlake.server.cli", command, foreign, "1"], capture_output=True, text=True

@@ -21,10 +21,12 @@ from aiohttp import web
 
 from spanlake.lakehouse.errors import STORAGE_FAILURES
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.read_scope import can_read
 from spanlake.lakehouse.query.runner import arrow_bytes
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.server.http_body import read_body
 from spanlake.server.web import html
+from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.pages import MAX_LIMIT, int_param
 from spanlake.server.web.process_pages import lifetime_range, load_process
 from spanlake.server.web.queries import WebQueries
@@ -98,7 +100,7 @@ class Api:
         return json_response(_tree_json(level, time_range, limit))
 
     async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
-        process = await load_process(self.lake.catalog, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
         return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
 
     async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
@@ -107,7 +109,8 @@ class Api:
             stream_id = uuid.UUID(text)
         except ValueError:
             raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
-        if not await self.lake.catalog.stream_exists(stream_id):
+        found = await self.lake.catalog.stream_audience(stream_id)
+        if found is None or not can_read(principal_of(request), found[0]):
             raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
         return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
 

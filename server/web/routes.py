@@ -20,6 +20,8 @@ from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
+from spanlake.server.web.access_api import AccessApi
+from spanlake.server.web.access_pages import AccessPages
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
 from spanlake.server.web.login_throttle import LoginThrottle
@@ -119,4 +121,9 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_post("/api/sql", _reported(api.sql, _as_json))
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
+    app.router.add_routes(AccessApi(lake).routes())
+    access = AccessPages(lake)
+    app.router.add_get("/access", _reported(access.page, _as_page))
+    for path, handler in access.forms().items():
+        app.router.add_post(path, _reported(handler, _as_page))
     app.router.add_static("/static", STATIC_DIR)
