@@ -40,7 +40,7 @@ class SpanTree {
       this.timeline = this.timelineOf(level);
       this.appendLevel(this.rows, level, null, 0);
       const ms = Math.round(performance.now() - started);
-      this.setStatus(`${level.total.toLocaleString()} top-level span${level.total === 1 ? "" : "s"} · ${ms} ms`);
+      this.setStatus(`${level.total.toLocaleString()} top-level span${level.total === 1 ? "" : "s"} · loaded in ${ms} ms`);
       this.root.dataset.loaded = "true";
     } catch (err) {
       this.fail(err);
@@ -138,7 +138,8 @@ class SpanTree {
     const at = (offset) => (offset === null ? "not in the time range" : `${this.absolute(offset)}  (+${spanlake.duration(offset)})`);
     const fields = [
       ["name", span.name], ["target", span.target], ["location", span.filename ? `${span.filename}:${span.line}` : ""],
-      ["span id", span.id], ["parent", span.parent], ["depth", span.depth], ["begin", at(span.begin)], ["end", at(span.end)],
+      ["span id", span.id], ["span id (hex)", spanlake.hex64(span.id)], ["parent", span.parent],
+      ["parent (hex)", span.depth === 0 ? "" : spanlake.hex64(span.parent)], ["depth", span.depth], ["begin", at(span.begin)], ["end", at(span.end)],
       ["duration", span.end === null ? "" : spanlake.duration(span.end - span.begin)], ["children", span.children],
     ];
     const list = spanlake.el("dl");
