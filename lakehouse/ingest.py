@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import BlockRecord, blob_key
@@ -21,14 +22,17 @@ from spanlake.views.meta import BlockMeta, ProcessMeta
 INLINE_WRITE_LIMIT = 64 * 1024
 
 
-async def store_block(lake: Lake, record: BlockRecord, payload: bytes) -> None:
-    """Stores `payload` at the block's blob key (create-only), then inserts the block's row."""
+async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+    """Stores `payload` at the block's blob key (create-only), indexes the block's `traces`, then
+    inserts the block's row (so a stored block's traces are always in the index)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
     if lake.store.scheme == "file" and len(payload) <= INLINE_WRITE_LIMIT:
         # A small local write costs less than the hop to a worker thread (benchmarks/ingest.py).
         lake.store.put_if_absent(key, payload)
     else:
         await asyncio.to_thread(lake.store.put_if_absent, key, payload)
+    if traces.trace_ids:
+        await lake.catalog.index_traces(record.process_id, traces)
     await lake.catalog.insert_block(record)
 
 

@@ -200,7 +200,7 @@ class IngestionService:
         for block in blocks:
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
-            await store_block(self.lake, block.block, block.payload)
+            await store_block(self.lake, block.block, block.payload, block.traces)
 
     @staticmethod
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:

@@ -17,6 +17,7 @@ Modules:
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
     deny_list_functions  deny_queries, list_query_denials, remove_query_denial
     process_spans      `process_spans(process_id, span_types)`: a process's thread and async spans
+    trace_spans        `trace_spans(trace_id)`: every span of one trace across processes (the trace index)
     block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time

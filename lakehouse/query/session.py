@@ -32,9 +32,11 @@ from spanlake.lakehouse.query import (
     instances,
     partition_admin,
     perfetto_trace,
+    trace_spans,
     view_ddl,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
+from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -243,6 +245,11 @@ def _table_functions(
             ),
             (Arg("process_id", Kind.STRING), Arg("span_types", Kind.STRING)),
             capitalized=True,
+        ),
+        TableFunction(
+            "trace_spans",
+            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id)),
+            (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "parse_block",
