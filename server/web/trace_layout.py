@@ -1,8 +1,8 @@
 """A trace's waterfall: the rows of `trace_spans` laid out one band per process, each band a tree in
 depth-first order, with the trace's critical path and its cross-process parents and hand-offs.
 
-Everything is computed with numpy over whole columns, level by level (a level is one vectorised step,
-so a 100,000-span trace costs as many steps as it is deep, never one per span):
+Everything is computed with numpy over whole columns: depths by pointer jumping, then level by level
+over slices of one sort by depth (a level is one vectorised step, never one per span):
 
 * a span's parent is found by its `parent_span_id` among the trace's `span_id`s; within its band a span
   hangs under its parent only when both ran in the same process (else it is a root of its band, and
@@ -19,11 +19,14 @@ so a 100,000-span trace costs as many steps as it is deep, never one per span):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from spanlake.views.async_events import chain_depths
 
 NO_PARENT = -1
 LINK_KINDS = ("", "remote", "handoff")  # the codes of `Waterfall.link`
@@ -70,26 +73,17 @@ def parents(span_ids: pa.ChunkedArray, parent_ids: pa.ChunkedArray) -> np.ndarra
     return pc.fill_null(found, NO_PARENT).to_numpy().astype(np.int64)
 
 
-def _levels(parent: np.ndarray) -> np.ndarray:
-    """Depth of each span under `parent`; a span on a cycle (bad data) counts as a root."""
-    depth = np.where(parent == NO_PARENT, 0, -1)
-    level = 0
-    while True:
-        placed = depth == -1
-        below = placed & (parent != NO_PARENT)
-        below[below] = depth[parent[below]] == level
-        if not below.any():
-            break
-        level += 1
-        depth[below] = level
-    return np.where(depth == -1, 0, depth)
+def _by_level(depth: np.ndarray) -> list[np.ndarray]:
+    """The indices of the spans at each depth, shallowest first (one sort, then slices)."""
+    order = np.argsort(depth, kind="stable")
+    bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
+    return [order[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def _subtree_sizes(parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
+def _subtree_sizes(parent: np.ndarray, levels: list[np.ndarray]) -> np.ndarray:
     """Spans in each span's subtree (itself included), summed up one level at a time."""
     size = np.ones(len(parent), dtype=np.int64)
-    for level in range(int(depth.max(initial=0)), 0, -1):
-        at = np.flatnonzero((depth == level) & (parent != NO_PARENT))
+    for at in reversed(levels[1:]):
         np.add.at(size, parent[at], size[at])
     return size
 
@@ -104,15 +98,14 @@ def _exclusive_group_cumsum(groups: np.ndarray, values: np.ndarray) -> np.ndarra
 
 def _preorder(parent: np.ndarray, depth: np.ndarray, band: np.ndarray, begin: np.ndarray) -> np.ndarray:
     """Each span's position within its band, depth first, siblings (and a band's roots) in begin order."""
-    size = _subtree_sizes(parent, depth)
+    levels = _by_level(depth)
+    size = _subtree_sizes(parent, levels)
     position = np.zeros(len(parent), dtype=np.int64)
-    for level in range(int(depth.max(initial=0)) + 1):
-        at = np.flatnonzero(depth == level)
-        group = band[at] if level == 0 else parent[at]
-        at = at[np.lexsort((begin[at], group))]
-        group = band[at] if level == 0 else parent[at]
-        offset = _exclusive_group_cumsum(group, size[at])
-        position[at] = offset if level == 0 else position[group] + 1 + offset
+    for level, at in enumerate(levels):
+        group = band if level == 0 else parent
+        at = at[np.lexsort((begin[at], group[at]))]
+        offset = _exclusive_group_cumsum(group[at], size[at])
+        position[at] = offset if level == 0 else position[parent[at]] + 1 + offset
     return position
 
 
@@ -145,7 +138,7 @@ def lay_out(spans: pa.Table) -> Waterfall:
     has_parent = parent != NO_PARENT
     same_process = has_parent & (process_code[np.maximum(parent, 0)] == process_code)
     band_parent = np.where(same_process, parent, NO_PARENT)
-    band_depth = _levels(band_parent)
+    band_depth = chain_depths(band_parent).astype(np.int64)
     band_parent = np.where(band_depth == 0, NO_PARENT, band_parent)  # cycles cut
     # Bands in order of their first begin.
     first_begin = np.full(len(process.dictionary), np.iinfo(np.int64).max)

@@ -42,9 +42,15 @@ def parse_trace_id(text: str) -> str:
 
 
 def trace_sql(trace_id: str) -> str:
-    """Every span of the trace; the id stands in the text (DataFusion 55 binds no table function
-    argument) and was checked by `parse_trace_id`."""
-    return f"SELECT * FROM trace_spans('{trace_id}')"
+    """Every span of the trace, its attributes and events as JSON text (events cast to the attributes'
+    jsonb type: one query takes one); the id stands in the text (no table function argument is bound)
+    and was checked by `parse_trace_id`."""
+    return (
+        'SELECT trace_id, process_id, exe, stream_id, span_id, parent_span_id, name, target, begin, "end",'
+        " duration, depth, kind, status, jsonb_format_json(attributes) AS attributes,"
+        " jsonb_format_json(arrow_cast(events, 'Dictionary(Int32, Binary)')) AS events,"
+        f" links FROM trace_spans('{trace_id}')"
+    )
 
 
 def traces_sql(search: dict[str, str], min_duration_ms: int, limit: int) -> BoundSql:

@@ -1,0 +1,212 @@
+"""A trace in the browser, through a running `spanlake serve` and Chromium: two OpenTelemetry Python SDK
+services (OTLP/HTTP, W3C propagation between them) and a queue hand-off; the waterfall's bands, rows,
+critical path, links across processes and hand-offs, span details; a log line linking to its span;
+bad trace ids answering a clear page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from harness import PostgresServer, SpanlakeServer, http, running_server
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from web_support import Browser, WatchedPage
+
+
+@dataclass(frozen=True)
+class Shop:
+    """What the services sent: the trace id, span ids (hex) by name, process ids by service."""
+
+    server: SpanlakeServer
+    trace_id: str
+    spans: dict[str, str]
+    processes: dict[str, str]
+
+
+def _providers(server: SpanlakeServer, service: str) -> tuple[TracerProvider, LoggerProvider]:
+    resource = Resource.create({"service.name": service, "service.instance.id": str(uuid.uuid4())})
+    endpoint = server.http_url + "/ingestion/otlp/v1"
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/traces")))
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint + "/logs")))
+    return tracer_provider, logger_provider
+
+
+def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
+    """`frontend` handles a request and calls `backend` (traceparent); `backend` charges, logs a line
+    inside its charge span, and queues a receipt that a consumer sends after the handler ended."""
+    (front, front_logs), (back, back_logs) = _providers(server, "frontend"), _providers(server, "backend")
+    front_tracer, back_tracer = front.get_tracer("shop.frontend"), back.get_tracer("shop.backend")
+    logger = logging.getLogger("shop.backend.web-test")
+    logger.propagate = False
+    handler = LoggingHandler(logger_provider=back_logs)
+    logger.addHandler(handler)
+    propagator = TraceContextTextMapPropagator()
+    spans: dict[str, object] = {}
+    with front_tracer.start_as_current_span("GET /checkout", kind=SpanKind.SERVER) as root:
+        spans["GET /checkout"] = root
+        with front_tracer.start_as_current_span("render cart") as render:
+            spans["render cart"] = render
+            time.sleep(0.002)
+        with front_tracer.start_as_current_span("call backend", kind=SpanKind.CLIENT) as client:
+            spans["call backend"] = client
+            headers: dict[str, str] = {}
+            propagator.inject(headers)
+            remote = propagator.extract(headers)
+            with back_tracer.start_as_current_span("POST /charge", context=remote, kind=SpanKind.SERVER) as server_span:
+                spans["POST /charge"] = server_span
+                server_span.set_attribute("http.route", "/charge")
+                with back_tracer.start_as_current_span("charge card") as charge:
+                    spans["charge card"] = charge
+                    charge.set_status(Status(StatusCode.ERROR, "card declined"))
+                    logger.error("card declined for order 42")
+                    time.sleep(0.003)
+                queued = trace.set_span_in_context(server_span)  # the message carries the handler's context
+        time.sleep(0.002)
+    token = otel_context.attach(queued)  # the consumer, after the handler and the request ended
+    try:
+        with back_tracer.start_as_current_span("send receipt", kind=SpanKind.CONSUMER) as receipt:
+            spans["send receipt"] = receipt
+    finally:
+        otel_context.detach(token)
+    logger.removeHandler(handler)
+    for provider in (front, front_logs, back, back_logs):
+        provider.shutdown()
+    trace_id = format_trace_id(root.get_span_context().trace_id)
+    return trace_id, {name: format_span_id(span.get_span_context().span_id) for name, span in spans.items()}
+
+
+@pytest.fixture(scope="module")
+def shop(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    with running_server(postgres, tmp_path_factory.mktemp("web-traces")) as server:
+        trace_id, spans = _run_shop(server)
+        status, body = api(server, f"/api/trace/{trace_id}")
+        assert status == 200, body
+        processes = {band["exe"]: band["process_id"] for band in body["bands"]}
+        yield Shop(server, trace_id, spans, processes)
+
+
+def api(server: SpanlakeServer, path: str) -> tuple[int, dict]:
+    status, body = http("GET", server.http_url + path)
+    return status, json.loads(body)
+
+
+def test_the_waterfall_lays_out_bands_critical_path_and_links(shop: Shop) -> None:
+    status, body = api(shop.server, f"/api/trace/{shop.trace_id}")
+    assert status == 200
+    assert [(b["exe"], b["first_row"], b["spans"]) for b in body["bands"]] == [("frontend", 1, 3), ("backend", 5, 3)]
+    rows = {s["name"]: s for s in body["spans"]}
+    assert [(s["row"], s["name"], s["band_depth"]) for s in body["spans"]] == [
+        (1, "GET /checkout", 0),
+        (2, "render cart", 1),
+        (3, "call backend", 1),
+        (5, "POST /charge", 0),
+        (6, "charge card", 1),
+        (7, "send receipt", 1),
+    ]
+    assert {name: s["span_id"] for name, s in rows.items()} == shop.spans
+    assert {name: s["link"] for name, s in rows.items() if s["link"]} == {
+        "POST /charge": "remote",
+        "send receipt": "handoff",
+    }
+    assert rows["POST /charge"]["parent_row"] == 3 and rows["send receipt"]["parent_row"] == 5
+    # The root waited on the backend call (it ends last), which waited on the charge handler, which
+    # waited on the charge; the receipt ran after everything had ended.
+    critical = [s["name"] for s in body["spans"] if s["critical"]]
+    assert critical == ["GET /checkout", "call backend", "POST /charge", "charge card"]
+    assert body["critical_spans"] == 4
+    assert rows["charge card"]["details"]["status"] == "ERROR" and rows["charge card"]["kind"] == "internal"
+    assert json.loads(rows["POST /charge"]["details"]["attributes"])["http.route"] == "/charge"
+
+
+def test_a_page_of_the_waterfall_and_the_page_of_a_span(shop: Shop) -> None:
+    status, body = api(shop.server, f"/api/trace/{shop.trace_id}?limit=2&offset=2")
+    assert status == 200 and [s["name"] for s in body["spans"]] == ["call backend", "POST /charge"]
+    status, body = api(shop.server, f"/api/trace/{shop.trace_id}?limit=2&span={shop.spans['send receipt']}")
+    assert (status, body["offset"], body["selected"]) == (200, 4, 5)
+    assert [s["name"] for s in body["spans"]] == ["charge card", "send receipt"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/api/trace/not-a-trace", 400, "is not a trace id"),
+        ("/api/trace/" + "0" * 32, 400, "is not a trace id"),
+        ("/api/trace/" + uuid.UUID(int=7).hex, 404, "there is no trace"),
+        ("/api/trace/{trace}?span=xyz", 400, "is not a span id"),
+        ("/api/trace/{trace}?span=" + "ab" * 8, 404, "the trace has no span"),
+    ],
+)
+def test_bad_ids_answer_a_clear_error(shop: Shop, path: str, status: int, words: str) -> None:
+    answered, body = api(shop.server, path.format(trace=shop.trace_id))
+    assert answered == status and words in body["error"], body
+
+
+def test_bad_trace_pages(shop: Shop, watched: WatchedPage) -> None:
+    page = watched.page
+    watched.expect_error("Failed to load resource")
+    response = page.goto(f"{shop.server.http_url}/trace/nope")
+    assert response.status == 400 and "'nope' is not a trace id" in page.inner_text("#error")
+    unknown = uuid.UUID(int=7).hex
+    page.goto(f"{shop.server.http_url}/trace/{unknown}")
+    page.wait_for_selector("#waterfall .trace-status.error")
+    assert page.inner_text("#waterfall .trace-status") == f"error: there is no trace {unknown} in this lake"
+
+
+def test_the_trace_page_in_the_browser(shop: Shop, chrome: Browser, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.http_url}/trace/{shop.trace_id}")
+    page.wait_for_selector("#waterfall[data-loaded=true]")
+    status = page.inner_text("#waterfall .trace-status")
+    assert status.startswith("6 spans in 2 processes · ") and "· 4 on the critical path · loaded in " in status
+    headers = page.locator("#waterfall .band-header")
+    assert headers.count() == 2
+    assert headers.nth(1).locator("a").get_attribute("href") == f"/process/{shop.processes['backend']}"
+    names = page.locator("#waterfall .span-row").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names == ["GET /checkout", "render cart", "call backend", "POST /charge", "charge card", "send receipt"]
+    critical = page.locator("#waterfall .span-row.critical").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert critical == ["GET /checkout", "call backend", "POST /charge", "charge card"]
+    connectors = page.locator("#waterfall svg.connectors path")
+    kinds = connectors.evaluate_all("paths => paths.map(p => [p.dataset.child, p.getAttribute('class')])")
+    assert kinds == [
+        [shop.spans["POST /charge"], "connector remote"],
+        [shop.spans["send receipt"], "connector handoff"],
+    ]
+    page.click(f"#waterfall .span-row[data-span='{shop.spans['POST /charge']}']")
+    details = page.locator("#waterfall .span-details")
+    field = lambda name: details.locator(f"dd[data-field='{name}']").inner_text()  # noqa: E731
+    assert field("trace id") == shop.trace_id and field("span id") == shop.spans["POST /charge"]
+    assert field("parent span id") == shop.spans["call backend"] and field("kind") == "server"
+    assert field("parent") == "call backend (frontend)" and field("link") == "remote"
+    assert json.loads(field("attributes"))["http.route"] == "/charge"
+    assert details.locator("dd[data-field=process] a").get_attribute("href") == f"/process/{shop.processes['backend']}"
+    assert page.url.endswith(f"?span={shop.spans['POST /charge']}")
+    chrome.shot(page, "trace-waterfall")
+
+
+def test_a_log_line_links_to_its_span(shop: Shop, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.http_url}/process/{shop.processes['backend']}/logs")
+    link = page.locator("#logs a.span-link")
+    assert link.count() == 1 and link.inner_text() == f"span {shop.spans['charge card']}"
+    link.click()
+    selected = page.locator("#waterfall .span-row.selected")
+    selected.wait_for()
+    assert selected.get_attribute("data-name") == "charge card"
+    assert page.inner_text("#waterfall .span-details dd[data-field=status]") == "ERROR"
