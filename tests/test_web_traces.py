@@ -121,6 +121,9 @@ def test_the_waterfall_lays_out_bands_critical_path_and_links(shop: Shop) -> Non
         (7, "send receipt", 1),
     ]
     assert {name: s["span_id"] for name, s in rows.items()} == shop.spans
+    # Times are ns after the trace's begin (its root's): the receipt, sent last, ends the trace.
+    assert rows["GET /checkout"]["begin"] == 0 and body["duration_ns"] == rows["send receipt"]["end"]
+    assert 5_000_000 < body["duration_ns"] < 10**9
     assert {name: s["link"] for name, s in rows.items() if s["link"]} == {
         "POST /charge": "remote",
         "send receipt": "handoff",

@@ -170,6 +170,6 @@ def lay_out(spans: pa.Table) -> Waterfall:
         link=link[order],
         critical=critical[order],
         bands=bands,
-        begin_ns=int(begin.min(initial=0)),
-        end_ns=int(end.max(initial=0)),
+        begin_ns=int(begin.min()) if len(begin) else 0,
+        end_ns=int(end.max()) if len(end) else 0,
     )
