@@ -14,6 +14,8 @@ See docs/tracing.md. Modules (the public API is re-exported here):
     dispatch        the telemetry session: process info, streams, the flush thread, the sink
     spans           thread spans (sync code) and async spans (coroutines), context, suppression
     propagation     W3C trace context: `inject` / `extract` of `traceparent` and `tracestate`
+    handoffs        `run_in_executor` carrying the caller's context (installed by `init`)
+    integrations    aiohttp (server middleware, client TraceConfig) and httpx (event hooks) spans
     trace_facts     how a cpu block carries its spans' trace facts (a dependency micromegas skips)
     recording       a root span holding its descendants back until it ends, then keeping some
     logs            log entries and a `logging.Handler`
