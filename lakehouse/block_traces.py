@@ -1,13 +1,31 @@
 """The traces of a block being ingested, for the trace index: the distinct trace ids its spans carry,
 with the earliest begin and latest end of each trace's spans in the block (one entry per trace, not
-per span, so indexing a block costs one small upsert)."""
+per span, so indexing a block costs one small upsert). OTLP spans give their start and end; the SDK's
+trace facts give span begins only (a span's end event names no trace), so an SDK process's range
+ends at its trace's last span begin."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+from spanlake.lakehouse.errors import BadBlockError
+from spanlake.lakehouse.records import BlockRecord, block_meta
+from spanlake.lakehouse.transit.decode import StreamLayout, read_block_dependencies, stream_layout
+from spanlake.views import span_traces
+from spanlake.views.meta import ProcessMeta
+from spanlake.views.time import converter_for_block
+
+if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
+    from spanlake.lakehouse.lake import Lake
+
+log = logging.getLogger(__name__)
 
 TRACE_ID_BYTES = 16
 _TRACE_KEY = np.dtype([("high", ">u8"), ("low", ">u8")])  # a trace id's 16 bytes, sortable
@@ -57,3 +75,49 @@ def otlp_traces(resource: ResourceSpans) -> BlockTraces:
     begins = np.array([s.start_time_unix_nano for s in spans], np.uint64).view(np.int64)
     ends = np.array([s.end_time_unix_nano for s in spans], np.uint64).view(np.int64)
     return grouped_traces(b"".join(s.trace_id for s in spans), begins, np.maximum(begins, ends))
+
+
+class TransitBlockTraces:
+    """The traces of native (transit) blocks: the SDK's trace facts in `cpu` blocks, read from the
+    dependencies buffer alone (`views.span_traces.block_traces`). What it needs of a stream (is it a
+    cpu stream, its dependency types) never changes once stored, so it is cached per stream (up to
+    `capacity` streams, then forgotten at once); a stream not stored yet is asked again next block."""
+
+    def __init__(self, lake: Lake, capacity: int = 10_000) -> None:
+        """An empty cache over the lake's catalog."""
+        self.lake = lake
+        self.capacity = capacity
+        self._layouts: dict[uuid.UUID, StreamLayout | None] = {}  # None: not a cpu stream
+
+    async def of(self, record: BlockRecord, payload: bytes, process: ProcessMeta | None) -> BlockTraces:
+        """The block's traces (none for a block of another stream than cpu, of an unknown stream or
+        process, or whose trace facts cannot be read: the block itself is stored all the same)."""
+        layout = await self._layout(record.stream_id)
+        if layout is None or process is None:
+            return NO_TRACES
+        try:
+            dependencies = read_block_dependencies(payload, layout)
+            traces = span_traces.block_traces(dependencies, converter_for_block(process, block_meta(record)))
+        except (BadBlockError, ValueError) as err:
+            log.warning("block %s: trace facts not indexed: %s", record.block_id, err)
+            return NO_TRACES
+        if not traces.num_rows:
+            return NO_TRACES
+        ids = b"".join(bytes.fromhex(text) for text in traces.column("trace_id").to_pylist())
+        begins = traces.column("begin_min").cast(pa.int64()).to_numpy()
+        ends = traces.column("begin_max").cast(pa.int64()).to_numpy()
+        return grouped_traces(ids, begins, ends)
+
+    async def _layout(self, stream_id: uuid.UUID) -> StreamLayout | None:
+        if stream_id in self._layouts:
+            return self._layouts[stream_id]
+        row = await self.lake.catalog.stream_for_traces(stream_id)
+        if row is None:
+            return None
+        layout = None
+        if "cpu" in (row["tags"] or []):
+            layout = stream_layout(row["dependencies_metadata"], row["objects_metadata"])
+        if len(self._layouts) >= self.capacity:
+            self._layouts.clear()
+        self._layouts[stream_id] = layout
+        return layout

@@ -14,10 +14,10 @@ import uuid
 from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.records import BlockRecord, blob_key
+from spanlake.lakehouse.records import BlockRecord, blob_key, block_meta
 from spanlake.lakehouse.timestamps import datetime_to_ns
 from spanlake.lakehouse.view_rows import clock_problem
-from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import ProcessMeta
 
 INLINE_WRITE_LIMIT = 64 * 1024
 
@@ -48,19 +48,21 @@ class BlockContexts:
         self.capacity = capacity
         self._known: dict[tuple[uuid.UUID, uuid.UUID], tuple[uuid.UUID, ProcessMeta]] = {}
 
-    async def check(self, record: BlockRecord) -> None:
-        """`IngestRejected` when the block names a known stream of another process (it would mix two
-        processes' clocks in that stream's views) or, its process known, when its times contradict its
-        ticks. (A block may arrive before its stream or process: then decoding checks it.)"""
+    async def check(self, record: BlockRecord) -> ProcessMeta | None:
+        """The block's process (its clock; None while unknown). `IngestRejected` when the block names a
+        known stream of another process (it would mix two processes' clocks in that stream's views) or,
+        its process known, when its times contradict its ticks. (A block may arrive before its stream or
+        process: then decoding checks it.)"""
         owner, process = await self._context(record.stream_id, record.process_id)
         if owner is not None and owner != record.process_id:
             raise IngestRejected(
                 f"Block: stream {record.stream_id} belongs to process {owner}, not to {record.process_id}"
             )
         if process is not None:
-            problem = clock_problem(process, _block_meta(record))
+            problem = clock_problem(process, block_meta(record))
             if problem is not None:
                 raise IngestRejected(f"Block: {problem} (on the clock of process {record.process_id})")
+        return process
 
     async def _context(
         self, stream_id: uuid.UUID, process_id: uuid.UUID
@@ -78,18 +80,3 @@ class BlockContexts:
                 self._known.clear()
             self._known[(stream_id, process_id)] = (row["owner"], process)
         return row["owner"], process
-
-
-def _block_meta(record: BlockRecord) -> BlockMeta:
-    return BlockMeta(
-        str(record.block_id),
-        str(record.stream_id),
-        str(record.process_id),
-        record.begin_time_ns,
-        record.begin_ticks,
-        record.end_time_ns,
-        record.end_ticks,
-        record.nb_objects,
-        record.object_offset,
-        0,
-    )

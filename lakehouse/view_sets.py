@@ -12,6 +12,7 @@ from spanlake.views import (
     net_spans,
     otel_spans,
     processes,
+    span_traces,
     streams,
     thread_spans,
 )
@@ -31,6 +32,7 @@ VIEW_SETS: dict[str, View] = {
         otel_spans.VIEW,
         images.VIEW,
         net_spans.VIEW,
+        span_traces.VIEW,
     )
 }
 GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats")

@@ -16,6 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
+from spanlake.lakehouse.block_traces import TransitBlockTraces
 from spanlake.lakehouse.errors import STORAGE_FAILURES, IngestRejected, cut
 from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
@@ -65,6 +66,7 @@ class IngestionService:
         self._ready_at = 0.0
         self._ready_error: str | None = None
         self.block_contexts = BlockContexts(lake)
+        self.block_traces = TransitBlockTraces(lake)
 
     def app(self) -> web.Application:
         """The aiohttp application: health, readiness, the enabled ingestion routes and the web UI."""
@@ -170,8 +172,9 @@ class IngestionService:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
-        await self.block_contexts.check(record)
-        await store_block(self.lake, record, payload)
+        process = await self.block_contexts.check(record)
+        traces = await self.block_traces.of(record, payload, process)
+        await store_block(self.lake, record, payload, traces)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.otlp_export")

@@ -32,6 +32,12 @@ class TraceIndexRows:
             traces.end_ns,
         )
 
+    async def stream_for_traces(self, stream_id: uuid.UUID) -> asyncpg.Record | None:
+        """A stream's `tags` and transit metadata (`dependencies_metadata`, `objects_metadata`), or None."""
+        return await self.pool.fetchrow(
+            "SELECT tags, dependencies_metadata, objects_metadata FROM streams WHERE stream_id = $1", stream_id
+        )
+
     async def trace_processes(self, trace_id: bytes) -> list[asyncpg.Record]:
         """The processes holding spans of the trace: `process_id`, `exe` (NULL before its process row),
         `begin_ns`, `end_ns` (the range of the trace's spans in it), by begin."""

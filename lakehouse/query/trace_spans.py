@@ -17,6 +17,7 @@ jsonb, as the properties columns (read them with `jsonb_format_json`, `jsonb_get
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from spanlake.lakehouse.errors import QueryError, shown
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.instances import instance_files
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views import jsonb, otel_spans
+from spanlake.views import async_events, jsonb, otel_spans, span_traces
 from spanlake.views.async_events import chain_depths
 from spanlake.views.properties import property_get
 from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required
@@ -59,6 +60,7 @@ SCHEMA = pa.schema(
 )
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SCOPE_NAME = "otel.scope.name"
+_NEVER = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,11 @@ def trace_locations(lake: Lake, trace_id: bytes) -> list[TraceLocation]:
 def trace_spans(lake: Lake, trace_id_text: str) -> pa.Table:
     """The spans of the trace across the processes the index names (empty for an unknown trace)."""
     trace_id = parse_trace_id(trace_id_text)
-    parts = [_otlp_spans(lake, trace_id, location) for location in trace_locations(lake, trace_id)]
+    parts = [
+        source(lake, trace_id, location)
+        for location in trace_locations(lake, trace_id)
+        for source in (_otlp_spans, _sdk_spans)
+    ]
     spans = pa.concat_tables([p for p in parts if p.num_rows] or [_SPANS.empty_table()])
     return _finished(spans, trace_id.hex())
 
@@ -155,6 +161,100 @@ def _otlp_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Tabl
         "links": _otlp_links(rows.column("links")),
     }
     return pa.table(columns, schema=_SPANS)
+
+
+def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table:
+    """The trace's SDK spans in one process: their trace facts (`span_traces`) with their names, targets
+    and parents within the process from their begin events (`async_events`); ends missing from the
+    facts (a span ending in a later partition) are read from the end events after the trace's range."""
+    facts = _read(lake, span_traces.VIEW_SET_NAME, location, _FACT_COLUMNS, ds.field("trace_id") == trace_id.hex())
+    if not facts.num_rows:
+        return _SPANS.empty_table()
+    span_ids = facts.column("span_id").combine_chunks()
+    begin_events = _events(lake, location, async_events.BEGIN, span_ids, ["parent_span_id", "name", "target"])
+    rows, found = _matching(span_ids, begin_events.column("span_id"))
+    facts, rows = facts.filter(pa.array(found)), rows[found]  # a begin event left out of async_events
+    begins = begin_events.take(pa.array(rows))
+    n = facts.num_rows
+    in_process_parent = pa.array(begins.column("parent_span_id").to_numpy().view(np.uint64))
+    columns = {
+        "process_id": _repeat(location.process_id, n),
+        "exe": _repeat(location.exe, n),
+        "stream_id": facts.column("stream_id"),
+        "span": pa.array(facts.column("span_id").to_numpy().view(np.uint64)),
+        "parent": pc.coalesce(_hex_to_ids(facts.column("parent_span_hex")), in_process_parent),
+        "name": begins.column("name").cast(pa.utf8()),
+        "target": begins.column("target").cast(pa.utf8()),
+        "begin": facts.column("begin").cast(pa.int64()),
+        "end": _ends(lake, location, facts),
+        "kind": facts.column("kind"),
+        "status": pa.repeat(pa.scalar("UNSET"), n),
+        "attributes": _json_to_jsonb(facts.column("attributes")),
+        "events": pa.repeat(pa.scalar(_EMPTY_ARRAY, pa.binary()), n),
+        "links": _sdk_links(facts.column("links")),
+    }
+    return pa.table(columns, schema=_SPANS)
+
+
+_FACT_COLUMNS = ["stream_id", "span_id", "parent_span_hex", "kind", "attributes", "links", "begin", "end"]
+_EMPTY_ARRAY = jsonb.encode([])
+
+
+def _events(lake: Lake, location: TraceLocation, event_type: str, span_ids: pa.Array, columns: list[str]) -> pa.Table:
+    """The process's async events of this type for these spans, in the location's range."""
+    keep = (ds.field("event_type") == event_type) & ds.field("span_id").isin(span_ids)
+    return _read(lake, async_events.VIEW_SET_NAME, location, ["span_id", *columns], keep)
+
+
+def _matching(keys: pa.Array, candidates: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """For each key, the row of an equal candidate and whether there is one (numpy, no join)."""
+    wanted = keys.to_numpy()
+    values = candidates.to_numpy()
+    if not len(values):
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    order = np.argsort(values, kind="stable")
+    slots = np.minimum(np.searchsorted(values[order], wanted), len(values) - 1)
+    return order[slots], values[order][slots] == wanted
+
+
+def _ends(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Array:
+    """Each span's end: from its facts, else from its end event after the trace's range (NULL while open)."""
+    ends = facts.column("end").cast(pa.int64()).combine_chunks()
+    missing = pc.is_null(ends)
+    if not pc.any(missing).as_py():
+        return ends
+    after = TraceLocation(location.process_id, location.exe, location.begin_ns, _NEVER)
+    span_ids = facts.column("span_id").combine_chunks()
+    end_events = _events(lake, after, async_events.END, span_ids.filter(missing), ["time"])
+    rows, found = _matching(span_ids, end_events.column("span_id"))
+    late = end_events.column("time").cast(pa.int64()).take(pa.array(rows)) if len(end_events) else ends
+    return pc.coalesce(ends, pc.if_else(pa.array(found), late, pa.scalar(None, pa.int64())))
+
+
+def _hex_to_ids(column: pa.ChunkedArray) -> pa.Array:
+    """16-hex span ids as uint64 (NULL stays NULL)."""
+    texts = column.combine_chunks()
+    n = len(texts)
+    filled = pc.fill_null(texts, "0" * 16)
+    offsets = np.frombuffer(filled.buffers()[1], np.int32, count=n + 1, offset=filled.offset * 4)
+    digits = bytes(filled.buffers()[2])[offsets[0] : offsets[0] + 16 * n]
+    values = np.frombuffer(bytes.fromhex(digits.decode()), ">u8").astype(np.uint64)
+    return pa.array(values, pa.uint64(), mask=~texts.is_valid().to_numpy(zero_copy_only=False))
+
+
+def _sdk_links(column: pa.ChunkedArray) -> pa.Array:
+    """span_traces' links (`span_hex`) with this table's field names (`span_id`)."""
+    links = column.combine_chunks()
+    items = links.values  # the whole child array: `offsets` index into it, also for a slice
+    renamed = pa.StructArray.from_arrays([items.field("trace_id"), items.field("span_hex")], fields=list(LINK))
+    return pa.ListArray.from_arrays(links.offsets, renamed, pa.list_(LINK))
+
+
+def _json_to_jsonb(column: pa.ChunkedArray) -> pa.Array:
+    """JSON text attributes as the jsonb dictionary the OTLP spans have, encoded once per distinct text."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    distinct = [jsonb.encode(json.loads(text)) for text in encoded.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(distinct, pa.binary()))
 
 
 def _read(lake: Lake, view_name: str, location: TraceLocation, columns: list[str], keep: ds.Expression) -> pa.Table:
