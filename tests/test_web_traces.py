@@ -1,7 +1,7 @@
-"""A trace in the browser, through a running `spanlake serve` and Chromium: two OpenTelemetry Python SDK
-services (OTLP/HTTP, W3C propagation between them) and a queue hand-off; the waterfall's bands, rows,
-critical path, links across processes and hand-offs, span details; a log line linking to its span;
-bad trace ids answering a clear page."""
+"""A trace in the browser, through a running `spanlake serve` and Chromium: a spanlake SDK caller and two
+OpenTelemetry Python SDK services (OTLP/HTTP, W3C propagation between them) and a queue hand-off; the
+waterfall's bands, rows, critical path, links across processes and hand-offs, span details; a log line
+and a span of a process's span tree linking to the trace; bad trace ids answering a clear page."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, fo
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from web_support import Browser, WatchedPage
 
+from spanlake import tracing
+
 
 @dataclass(frozen=True)
 class Shop:
@@ -49,8 +51,25 @@ def _providers(server: SpanlakeServer, service: str) -> tuple[TracerProvider, Lo
 
 
 def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
-    """`frontend` handles a request and calls `backend` (traceparent); `backend` charges, logs a line
-    inside its charge span, and queues a receipt that a consumer sends after the handler ended."""
+    """The SDK's `shop-client` asks `frontend` (traceparent), which calls `backend` (traceparent);
+    `backend` charges, logs a line inside its charge span, and queues a receipt that a consumer sends
+    after the handler ended."""
+    client_process = tracing.init(server.http_url, exe="shop-client", flush_period=3600)
+    try:
+        with tracing.async_span("place order", kind="client") as order:
+            with tracing.async_span("check stock"):
+                pass
+            request_headers: dict[str, str] = {}
+            tracing.inject(request_headers)
+            trace_id, spans = _run_services(server, request_headers)
+    finally:
+        assert tracing.shutdown(timeout=30)
+    assert order.trace_id == trace_id
+    return trace_id, {"place order": order.span_hex, **spans, "client process": str(client_process.process_id)}
+
+
+def _run_services(server: SpanlakeServer, request_headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The two OpenTelemetry services' part of the trace, continuing `request_headers`."""
     (front, front_logs), (back, back_logs) = _providers(server, "frontend"), _providers(server, "backend")
     front_tracer, back_tracer = front.get_tracer("shop.frontend"), back.get_tracer("shop.backend")
     logger = logging.getLogger("shop.backend.web-test")
@@ -59,7 +78,8 @@ def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
     logger.addHandler(handler)
     propagator = TraceContextTextMapPropagator()
     spans: dict[str, object] = {}
-    with front_tracer.start_as_current_span("GET /checkout", kind=SpanKind.SERVER) as root:
+    caller = propagator.extract(request_headers)
+    with front_tracer.start_as_current_span("GET /checkout", context=caller, kind=SpanKind.SERVER) as root:
         spans["GET /checkout"] = root
         with front_tracer.start_as_current_span("render cart") as render:
             spans["render cart"] = render
@@ -96,9 +116,11 @@ def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
 def shop(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     with running_server(postgres, tmp_path_factory.mktemp("web-traces")) as server:
         trace_id, spans = _run_shop(server)
+        client_process = spans.pop("client process")
         status, body = api(server, f"/api/trace/{trace_id}")
         assert status == 200, body
         processes = {band["exe"]: band["process_id"] for band in body["bands"]}
+        assert processes.get("shop-client") == client_process, body["bands"]
         yield Shop(server, trace_id, spans, processes)
 
 
@@ -110,39 +132,45 @@ def api(server: SpanlakeServer, path: str) -> tuple[int, dict]:
 def test_the_waterfall_lays_out_bands_critical_path_and_links(shop: Shop) -> None:
     status, body = api(shop.server, f"/api/trace/{shop.trace_id}")
     assert status == 200
-    assert [(b["exe"], b["first_row"], b["spans"]) for b in body["bands"]] == [("frontend", 1, 3), ("backend", 5, 3)]
+    assert [(b["exe"], b["first_row"], b["spans"]) for b in body["bands"]] == [
+        ("shop-client", 1, 2),
+        ("frontend", 4, 3),
+        ("backend", 8, 3),
+    ]
     rows = {s["name"]: s for s in body["spans"]}
     assert [(s["row"], s["name"], s["band_depth"]) for s in body["spans"]] == [
-        (1, "GET /checkout", 0),
-        (2, "render cart", 1),
-        (3, "call backend", 1),
-        (5, "POST /charge", 0),
-        (6, "charge card", 1),
-        (7, "send receipt", 1),
+        (1, "place order", 0),
+        (2, "check stock", 1),
+        (4, "GET /checkout", 0),
+        (5, "render cart", 1),
+        (6, "call backend", 1),
+        (8, "POST /charge", 0),
+        (9, "charge card", 1),
+        (10, "send receipt", 1),
     ]
-    assert {name: s["span_id"] for name, s in rows.items()} == shop.spans
-    # Times are ns after the trace's begin (its root's): the receipt, sent last, ends the trace.
-    assert rows["GET /checkout"]["begin"] == 0 and body["duration_ns"] == rows["send receipt"]["end"]
+    assert {name: s["span_id"] for name, s in rows.items() if name != "check stock"} == shop.spans
+    # Times are ns after the trace's begin: the order's, which holds everything else.
+    assert rows["place order"]["begin"] == 0 and body["duration_ns"] == rows["place order"]["end"]
+    assert rows["send receipt"]["begin"] >= rows["POST /charge"]["end"]
     assert 5_000_000 < body["duration_ns"] < 10**9
-    assert {name: s["link"] for name, s in rows.items() if s["link"]} == {
-        "POST /charge": "remote",
-        "send receipt": "handoff",
-    }
-    assert rows["POST /charge"]["parent_row"] == 3 and rows["send receipt"]["parent_row"] == 5
-    # The root waited on the backend call (it ends last), which waited on the charge handler, which
-    # waited on the charge; the receipt ran after everything had ended.
+    links = {name: s["link"] for name, s in rows.items() if s["link"]}
+    assert links == {"GET /checkout": "remote", "POST /charge": "remote", "send receipt": "handoff"}
+    assert [rows[n]["parent_row"] for n in ("GET /checkout", "POST /charge", "send receipt")] == [1, 6, 8]
+    # The order waited on the checkout, which waited on the backend call (it ends last), which waited on
+    # the charge handler, which waited on the charge; the receipt ran after the handler had ended.
     critical = [s["name"] for s in body["spans"] if s["critical"]]
-    assert critical == ["GET /checkout", "call backend", "POST /charge", "charge card"]
-    assert body["critical_spans"] == 4
+    assert critical == ["place order", "GET /checkout", "call backend", "POST /charge", "charge card"]
+    assert body["critical_spans"] == 5
+    assert rows["place order"]["kind"] == "client" and rows["place order"]["exe"] == "shop-client"
     assert rows["charge card"]["details"]["status"] == "ERROR" and rows["charge card"]["kind"] == "internal"
     assert json.loads(rows["POST /charge"]["details"]["attributes"])["http.route"] == "/charge"
 
 
 def test_a_page_of_the_waterfall_and_the_page_of_a_span(shop: Shop) -> None:
     status, body = api(shop.server, f"/api/trace/{shop.trace_id}?limit=2&offset=2")
-    assert status == 200 and [s["name"] for s in body["spans"]] == ["call backend", "POST /charge"]
-    status, body = api(shop.server, f"/api/trace/{shop.trace_id}?limit=2&span={shop.spans['send receipt']}")
-    assert (status, body["offset"], body["selected"]) == (200, 4, 5)
+    assert status == 200 and [s["name"] for s in body["spans"]] == ["GET /checkout", "render cart"]
+    status, body = api(shop.server, f"/api/trace/{shop.trace_id}?limit=2&span={shop.spans['charge card']}")
+    assert (status, body["offset"], body["selected"]) == (200, 6, 6)
     assert [s["name"] for s in body["spans"]] == ["charge card", "send receipt"]
 
 
@@ -177,17 +205,27 @@ def test_the_trace_page_in_the_browser(shop: Shop, chrome: Browser, watched: Wat
     page.goto(f"{shop.server.http_url}/trace/{shop.trace_id}")
     page.wait_for_selector("#waterfall[data-loaded=true]")
     status = page.inner_text("#waterfall .trace-status")
-    assert status.startswith("6 spans in 2 processes · ") and "· 4 on the critical path · loaded in " in status
+    assert status.startswith("8 spans in 3 processes · ") and "· 5 on the critical path · loaded in " in status
     headers = page.locator("#waterfall .band-header")
-    assert headers.count() == 2
-    assert headers.nth(1).locator("a").get_attribute("href") == f"/process/{shop.processes['backend']}"
+    assert headers.count() == 3
+    assert headers.nth(2).locator("a").get_attribute("href") == f"/process/{shop.processes['backend']}"
     names = page.locator("#waterfall .span-row").evaluate_all("rows => rows.map(r => r.dataset.name)")
-    assert names == ["GET /checkout", "render cart", "call backend", "POST /charge", "charge card", "send receipt"]
+    assert names == [
+        "place order",
+        "check stock",
+        "GET /checkout",
+        "render cart",
+        "call backend",
+        "POST /charge",
+        "charge card",
+        "send receipt",
+    ]
     critical = page.locator("#waterfall .span-row.critical").evaluate_all("rows => rows.map(r => r.dataset.name)")
-    assert critical == ["GET /checkout", "call backend", "POST /charge", "charge card"]
+    assert critical == ["place order", "GET /checkout", "call backend", "POST /charge", "charge card"]
     connectors = page.locator("#waterfall svg.connectors path")
     kinds = connectors.evaluate_all("paths => paths.map(p => [p.dataset.child, p.getAttribute('class')])")
     assert kinds == [
+        [shop.spans["GET /checkout"], "connector remote"],
         [shop.spans["POST /charge"], "connector remote"],
         [shop.spans["send receipt"], "connector handoff"],
     ]
@@ -213,3 +251,16 @@ def test_a_log_line_links_to_its_span(shop: Shop, watched: WatchedPage) -> None:
     selected.wait_for()
     assert selected.get_attribute("data-name") == "charge card"
     assert page.inner_text("#waterfall .span-details dd[data-field=status]") == "ERROR"
+
+
+def test_a_span_of_the_span_tree_links_to_its_trace_across_processes(shop: Shop, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.http_url}/process/{shop.processes['shop-client']}/spans")
+    page.wait_for_selector("#async-tree[data-loaded=true]")
+    page.click("#async-tree .span-row[data-name='place order']")
+    trace_field = page.locator("#async-tree .span-details dd[data-field=trace]")
+    trace_field.wait_for()
+    assert trace_field.inner_text() == f"{shop.trace_id} · across 3 processes (shop-client, frontend, backend)"
+    trace_field.locator("a").click()
+    page.wait_for_selector("#waterfall .span-row.selected")
+    assert page.locator("#waterfall .span-row.selected").get_attribute("data-name") == "place order"

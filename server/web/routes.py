@@ -118,6 +118,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_get("/api/health", api.health)
     app.router.add_get("/api/process/{process_id}/async-spans", _reported(api.async_spans, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans", _reported(api.thread_spans, _as_json))
+    app.router.add_get("/api/process/{process_id}/async-spans/trace", _reported(api.async_span_trace, _as_json))
     app.router.add_get("/api/process/{process_id}/async-spans/find", _reported(api.find_async_span, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans/find", _reported(api.find_thread_span, _as_json))
     app.router.add_get("/api/trace/{trace_id}", _reported(traces.waterfall, _as_json))

@@ -146,6 +146,24 @@ class SpanTree {
     for (const [key, value] of fields) list.append(spanlake.el("dt", {}, key), spanlake.el("dd", { "data-field": key }, value));
     this.details.replaceChildren(list);
     this.details.hidden = false;
+    if (this.root.dataset.traceSource) this.showTrace(list, span);
+  }
+
+  /** The span's trace, linked, with the number of processes it crosses (async spans with trace facts). */
+  async showTrace(list, span) {
+    const url = new URL(this.root.dataset.traceSource, window.location.href);
+    url.searchParams.set("span", span.id);
+    try {
+      const found = await spanlake.json(await spanlake.fetch(url));
+      if (!found.trace_id || !list.isConnected) return;
+      const count = found.processes.length;
+      const link = spanlake.el("a", { href: `/trace/${found.trace_id}?span=${found.span_hex}`, class: count > 1 ? "trace-link crosses" : "trace-link" },
+        found.trace_id);
+      const where = count > 1 ? ` · across ${count} processes (${found.processes.map((p) => p.exe || p.process_id).join(", ")})` : " · this process only";
+      list.append(spanlake.el("dt", {}, "trace"), spanlake.el("dd", { "data-field": "trace" }, link, where));
+    } catch (err) {
+      this.fail(err);
+    }
   }
 
   absolute(offsetNs) {
