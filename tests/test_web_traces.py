@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from harness import PostgresServer, SpanlakeServer, http, running_server
@@ -25,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from trace_processor import STANDARD_QUERIES, query_trace
 from web_support import Browser, WatchedPage
 
 from spanlake import tracing
@@ -264,3 +268,54 @@ def test_a_span_of_the_span_tree_links_to_its_trace_across_processes(shop: Shop,
     trace_field.locator("a").click()
     page.wait_for_selector("#waterfall .span-row.selected")
     assert page.locator("#waterfall .span-row.selected").get_attribute("data-name") == "place order"
+
+
+FLOWS = (
+    "SELECT o.name AS parent, i.name AS child FROM flow f JOIN slice o ON o.id = f.slice_out"
+    " JOIN slice i ON i.id = f.slice_in ORDER BY i.ts"
+)
+SLICES = (
+    "SELECT s.name, p.name AS process, s.dur FROM slice s JOIN process_track t ON t.id = s.track_id"
+    " JOIN process p USING (upid) ORDER BY s.ts"
+)
+
+
+def test_spanlake_perfetto_writes_the_trace_with_its_flows(shop: Shop, tmp_path: Path) -> None:
+    out = tmp_path / "trace.pftrace"
+    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", shop.trace_id.upper()]
+    command += ["-o", str(out), "--uri", shop.server.flightsql_url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    tables = query_trace(out.read_bytes(), {**STANDARD_QUERIES, "flows": FLOWS, "slices": SLICES})
+    assert tables["stats"].dicts() == []
+    assert [row["name"] for row in tables["process"].dicts()] == ["shop-client", "frontend", "backend"]
+    slices = tables["slices"].dicts()
+    assert [(row["name"], row["process"]) for row in slices] == [
+        ("place order", "shop-client"),
+        ("check stock", "shop-client"),
+        ("GET /checkout", "frontend"),
+        ("render cart", "frontend"),
+        ("call backend", "frontend"),
+        ("POST /charge", "backend"),
+        ("charge card", "backend"),
+        ("send receipt", "backend"),
+    ]
+    _, spans = api(shop.server, f"/api/trace/{shop.trace_id}")
+    durations = {s["name"]: s["end"] - s["begin"] for s in spans["spans"]}
+    assert {row["name"]: row["dur"] for row in slices} == durations
+    # One arrow per parent in another process, and one per hand-off (the receipt, after the handler).
+    assert [(row["parent"], row["child"]) for row in tables["flows"].dicts()] == [
+        ("place order", "GET /checkout"),
+        ("call backend", "POST /charge"),
+        ("POST /charge", "send receipt"),
+    ]
+
+
+def test_spanlake_perfetto_refuses_a_bad_trace_id(shop: Shop, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", "xyz", "--uri"]
+    done = subprocess.run([*command, shop.server.flightsql_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--trace must be a trace id (32 hexadecimal digits), given 'xyz'" in done.stderr
+    unknown = tmp_path / "unknown.pftrace"
+    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", uuid.UUID(int=9).hex, "-o"]
+    done = subprocess.run([*command, str(unknown), "--uri", shop.server.flightsql_url], capture_output=True, timeout=60)
+    assert done.returncode == 0 and unknown.read_bytes() == b""  # an unknown trace: no chunks

@@ -32,6 +32,7 @@ from spanlake.lakehouse.query import (
     instances,
     partition_admin,
     perfetto_trace,
+    trace_perfetto,
     trace_spans,
     view_ddl,
 )
@@ -47,7 +48,7 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 
 # Table functions whose rows reach the client in the order their generator makes them (the client
 # reads them in arrival order, without ORDER BY): a query naming one never has its inputs split.
-ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", re.IGNORECASE)
+ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|perfetto_trace_of|materialize_partitions", re.IGNORECASE)
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
@@ -249,6 +250,11 @@ def _table_functions(
         TableFunction(
             "trace_spans",
             lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id)),
+            (Arg("trace_id", Kind.STRING),),
+        ),
+        TableFunction(
+            "perfetto_trace_of",
+            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id)),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
