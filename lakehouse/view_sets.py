@@ -38,5 +38,7 @@ VIEW_SETS: dict[str, View] = {
     )
 }
 GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats", "traces")
-# The order the maintenance daemon materializes global views in (metadata first, as micromegas's groups).
-MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures", "log_stats", "traces")
+# The order the maintenance daemon materializes micromegas's global views in (metadata first, as its groups).
+MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures", "log_stats")
+# spanlake's own global views, which the daemon materializes after micromegas's.
+SPANLAKE_MAINTAINED = ("traces",)
