@@ -181,14 +181,21 @@ def test_trace_spans_follows_the_event_through_three_processes_and_two_hand_offs
 def test_the_traces_row_sums_the_trace_up(mesh: Mesh) -> None:
     client = micromegas.connect(mesh.server.flightsql_url)
     sql = f"SELECT * FROM traces WHERE trace_id = '{mesh.caller['trace_id']}'"
-    wait_until(lambda: len(client.query(sql)) == 1, 30, "the maintenance daemon to materialize traces")
-    row = client.query(sql).iloc[0]
     spans = _trace(mesh)
+
+    def complete() -> bool:  # the daemon materializes each second's blocks about 2 s after it
+        rows = client.query(sql)
+        assert len(rows) <= 1
+        return len(rows) == 1 and rows["span_count"][0] == len(spans)
+
+    wait_until(complete, 30, "the maintenance daemon to materialize the whole trace in traces")
+    row = client.query(sql).iloc[0]
     assert row["root_name"] == "caller"
     assert row["root_process_id"] == mesh.caller["process_id"]
     assert row["root_exe"] == "trace-caller"
     assert row["span_count"] == len(spans) == 7
     assert row["process_count"] == 3
+    assert sorted(row["process_ids"]) == sorted(set(spans["process_id"]))
     assert row["begin"] == spans["begin"].min()
     assert row["end"] == spans["end"].max()
     assert row["duration"] == (row["end"] - row["begin"]).value

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer, post, running_server
+from harness import PostgresServer, SpanlakeServer, post, running_server, wait_until
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
@@ -213,3 +214,32 @@ def test_a_trace_of_100k_spans_comes_back_fast_with_its_depths(services: TwoServ
     expected = {(i + 1).to_bytes(8, "big").hex(): depth for i, depth in enumerate(_expected_depths())}
     assert depth_by_id == expected
     assert max(expected.values()) > CHAIN_LENGTH  # the chain and the tree below it
+
+
+def test_the_traces_view_has_one_row_per_trace_with_its_root_and_error(services: TwoServices) -> None:
+    both = f"'{services.trace_id}', '{services.other_trace_id}'"
+    sql = f"SELECT * FROM traces WHERE trace_id IN ({both}) ORDER BY span_count DESC"
+
+    def complete() -> bool:  # the daemon materializes each second's blocks about 2 s after it
+        rows = _query(services.server, sql).to_pylist()
+        return [row["span_count"] for row in rows] == [4, 1]
+
+    wait_until(complete, 30, "the maintenance daemon to materialize both traces")
+    traces = _query(services.server, sql)
+    shop, nightly = traces.to_pylist()
+    spans = _query(services.server, f"SELECT * FROM trace_spans('{services.trace_id}')")
+    root = next(span for span in spans.to_pylist() if span["parent_span_id"] is None)
+    assert (shop["trace_id"], shop["root_name"], shop["root_exe"]) == (services.trace_id, "GET /checkout", "frontend")
+    assert shop["root_process_id"] == root["process_id"]
+    assert (shop["process_count"], shop["has_error"]) == (2, True)  # "charge card" failed
+    assert sorted(shop["process_ids"]) == sorted(set(spans.column("process_id").to_pylist()))
+    begin, end = (traces.column(name).cast(pa.int64()).to_pylist()[0] for name in ("begin", "end"))
+    assert begin == pc.min(spans.column("begin").cast(pa.int64())).as_py()
+    assert end == pc.max(spans.column("end").cast(pa.int64())).as_py()
+    assert shop["duration"] == end - begin
+    assert (nightly["root_name"], nightly["root_exe"], nightly["process_count"], nightly["has_error"]) == (
+        "nightly_job",
+        "backend",
+        1,
+        False,
+    )

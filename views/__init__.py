@@ -11,6 +11,7 @@ Modules:
     measures      metric events (transit `metrics` blocks, OTLP metrics)
     log_stats     log entries counted per minute, process, level and target (global)
     otel_spans    OTLP spans as micromegas exposes them
+    traces        one row per trace across processes: root, begin, end, span and process counts (global)
     images        images sent by `image` streams
     net_spans     network bandwidth spans of `net` streams (Unreal network tracing)
     blocks        one row per block: blocks ⋈ streams ⋈ processes
