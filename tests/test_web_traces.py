@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import PostgresServer, SpanlakeServer, http, running_server
+from harness import PostgresServer, SpanlakeServer, http, running_server, wait_until
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -319,3 +319,31 @@ def test_spanlake_perfetto_refuses_a_bad_trace_id(shop: Shop, tmp_path: Path) ->
     command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", uuid.UUID(int=9).hex, "-o"]
     done = subprocess.run([*command, str(unknown), "--uri", shop.server.flightsql_url], capture_output=True, timeout=60)
     assert done.returncode == 0 and unknown.read_bytes() == b""  # an unknown trace: no chunks
+
+
+def traces_listed(page: object, url: str) -> list[str]:
+    page.goto(url)
+    return page.locator("#traces tbody tr").evaluate_all("rows => rows.map(r => r.dataset.trace)")
+
+
+def test_the_traces_page_searches_traces(shop: Shop, chrome: Browser, watched: WatchedPage) -> None:
+    page = watched.page
+    base = f"{shop.server.http_url}/traces"
+    wait_until(lambda: shop.trace_id in traces_listed(page, base), 30, "the trace in the traces view")
+    row = page.locator(f"#traces tr[data-trace='{shop.trace_id}'] td").all_inner_texts()
+    assert row[0] == shop.trace_id and row[1] == "place order" and row[2] == "shop-client"
+    assert row[5:7] == ["8", "3"] and row[7] == "error"  # spans, processes, a failed span (the charge)
+    link = page.locator(f"#traces tr[data-trace='{shop.trace_id}'] td a").nth(1)
+    assert link.get_attribute("href") == f"/process/{shop.processes['shop-client']}"
+    assert traces_listed(page, f"{base}?trace={shop.trace_id.upper()}") == [shop.trace_id]
+    assert page.input_value("input[name=trace]") == shop.trace_id
+    assert shop.trace_id in traces_listed(page, f"{base}?name=PLACE+ord&process=shop-cl")
+    assert traces_listed(page, f"{base}?name=no-such-root") == []
+    assert traces_listed(page, f"{base}?trace={shop.trace_id}&min_ms=100000") == []
+    assert traces_listed(page, f"{base}?trace={shop.trace_id}&min_ms=1") == [shop.trace_id]
+    page.click(f"#traces tr[data-trace='{shop.trace_id}'] td a >> nth=0")
+    page.wait_for_selector("#waterfall[data-loaded=true]")
+    chrome.shot(page, "traces")
+    watched.expect_error("Failed to load resource")
+    response = page.goto(f"{base}?trace=12345")
+    assert response.status == 400 and "'12345' is not a trace id" in page.inner_text("#error")
