@@ -16,15 +16,12 @@ from spanlake.server.web.queries import decoded
 from spanlake.server.web.span_find import SpanTable
 
 VIEW = "tree_spans"  # the view instance, as its session names it
-# A child row: a tree's roots have parent 0 at depth 0, where 0 means "none"; the span whose id is 0
-# (a thread's first event) must not list them as its children.
-CHILD = "depth > 0"
 
 
 def page_sql(table: SpanTable, parent: int | None, limit: int, offset: int = 0) -> str:
     """The level's spans from `offset`, at most `limit`, in begin order, each with the level's total;
     the children of `$parent` when `parent` is given."""
-    level = "depth = 0" if parent is None else f"{table.parent} = $parent AND {CHILD}"
+    level = "depth = 0" if parent is None else f"{table.parent} = $parent AND {table.child}"
     where = f"{table.one_row_per_span} AND {level}"
     return (
         f"SELECT {table.columns}, (SELECT count(*) FROM {VIEW} WHERE {where}) AS total FROM {VIEW}"
@@ -36,14 +33,14 @@ def around_sql(table: SpanTable, ids: pa.Array) -> str:
     """Per span of `ids` (as `key`): its number of children and, when ends are rows of their own, its
     end. Each row counts once: an end row for its own span, a begin row for its parent."""
     id_list = ", ".join(str(i) for i in pc.unique(ids).to_pylist())
-    children = f"{table.one_row_per_span} AND {CHILD} AND {table.parent} IN ({id_list})"
+    children = f"{table.one_row_per_span} AND {table.child} AND {table.parent} IN ({id_list})"
     if table.end_event is None:
         return f"SELECT {table.parent} AS key, count(*) AS children FROM {VIEW} WHERE {children} GROUP BY 1"
     end = f"{table.end_event} AND {table.id} IN ({id_list})"
     return (
         f"SELECT CASE WHEN {table.end_event} THEN {table.id} ELSE {table.parent} END AS key,"
         f" max(CASE WHEN {table.end_event} THEN {table.begin} END) AS end,"
-        f" count(CASE WHEN {table.one_row_per_span} AND {CHILD} THEN 1 END) AS children"
+        f" count(CASE WHEN {table.one_row_per_span} AND {table.child} THEN 1 END) AS children"
         f" FROM {VIEW} WHERE ({end}) OR ({children}) GROUP BY 1"
     )
 
