@@ -6,7 +6,8 @@ Chromium (Debian's, through playwright) R times, each time measuring from naviga
 screen drawn (the waterfall's rows in the page and its status written), and the route
 `/api/trace/<id>` alone with an HTTP client (the first page of 500 rows and the whole layout behind
 it). The first open also materializes the processes' spans just in time; the medians are of the warm
-runs.
+runs. Last, the trace's Perfetto trace (`perfetto_trace_of`, what `spanlake perfetto --trace` writes)
+over Flight SQL.
 
     python benchmarks/trace_page.py [--spans N] [--processes P] [--runs R]
 """
@@ -24,10 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow.flight as flight
 from _servers import spanlake_server
 from harness import post
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from web_support import CHROMIUM_ARGS, VIEWPORT, chromium_path
+
+from spanlake.server.flightsql import protocol
 
 CHAIN = 1_000
 
@@ -74,6 +78,16 @@ def route_seconds(url: str) -> float:
     return time.perf_counter() - started
 
 
+def perfetto_seconds(flightsql_url: str, trace_id: str) -> tuple[float, int, int]:
+    """The time to receive the trace's Perfetto chunks, their count and their bytes."""
+    sql = f"SELECT chunk_id, chunk_data FROM perfetto_trace_of('{trace_id}') ORDER BY chunk_id"
+    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
+    started = time.perf_counter()
+    with flight.connect(flightsql_url) as client:
+        chunks = client.do_get(ticket).read_all().column("chunk_data")
+    return time.perf_counter() - started, len(chunks), sum(len(c) for c in chunks.to_pylist())
+
+
 def main() -> None:
     """Prints the first-screen times of a large trace's page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,11 +115,15 @@ def main() -> None:
             status_line = page.inner_text("#waterfall .trace-status")
             browser.close()
         routes = [route_seconds(api_url) for _ in range(args.runs)]
+        perfetto = [perfetto_seconds(server.flightsql_url, trace_id.hex()) for _ in range(args.runs)]
     print(f"trace of {args.spans:,} spans over {args.processes} processes: {status_line}")
     print(f"rows in the page (the visible window): {rows}")
     print(f"first screen, first open (materializes just in time): {cold:.2f} s")
     print(f"first screen, warm: median {statistics.median(warm):.2f} s, max {max(warm):.2f} s ({args.runs} runs)")
     print(f"/api/trace/<id> (first page, whole layout): median {statistics.median(routes):.2f} s")
+    seconds, chunks, size = perfetto[-1]
+    median = statistics.median(p[0] for p in perfetto)
+    print(f"perfetto_trace_of: {chunks:,} chunks, {size / 1e6:.1f} MB, median {median:.2f} s ({seconds:.2f} s last)")
 
 
 if __name__ == "__main__":
