@@ -60,7 +60,7 @@ def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
     after the handler ended."""
     client_process = tracing.init(server.http_url, exe="shop-client", flush_period=3600)
     try:
-        with tracing.async_span("place order", kind="client") as order:
+        with tracing.async_span("place order", kind="client", attributes={"shop.order": "42"}) as order:
             with tracing.async_span("check stock"):
                 pass
             request_headers: dict[str, str] = {}
@@ -265,6 +265,8 @@ def test_a_span_of_the_span_tree_links_to_its_trace_across_processes(shop: Shop,
     trace_field = page.locator("#async-tree .span-details dd[data-field=trace]")
     trace_field.wait_for()
     assert trace_field.inner_text() == f"{shop.trace_id} · across 3 processes (shop-client, frontend, backend)"
+    assert page.inner_text("#async-tree .span-details dd[data-field=kind]") == "client"
+    assert json.loads(page.inner_text("#async-tree .span-details dd[data-field=attributes]")) == {"shop.order": "42"}
     trace_field.locator("a").click()
     page.wait_for_selector("#waterfall .span-row.selected")
     assert page.locator("#waterfall .span-row.selected").get_attribute("data-name") == "place order"

@@ -121,24 +121,27 @@ class Api:
         return await self._level(request, *await self._thread_tree(request))
 
     async def async_span_trace(self, request: web.Request) -> web.Response:
-        """`{trace_id, span_hex, processes}` of an async span (`span`, its id as the tree gives it):
-        the trace it belongs to and the processes holding the trace's spans (the trace index), or
-        `trace_id` null for a span without trace facts."""
+        """`{trace_id, span_hex, kind, attributes, processes}` of an async span (`span`, its id as the
+        tree gives it): its trace facts (span_traces) and the processes holding the trace's spans (the
+        trace index), or `trace_id` null for a span without trace facts."""
         process = await load_process(self.lake.catalog, request.match_info["process_id"])
         span = _parent(request, "span")
         if span is None:
             raise html.PageError(400, "Bad request", "'span' must be a span id (an integer)")
         sql = (
-            f"SELECT trace_id, span_hex FROM view_instance('span_traces', '{process.process_id}') WHERE span_id = $span"
+            "SELECT trace_id, span_hex, kind, attributes"
+            f" FROM view_instance('span_traces', '{process.process_id}') WHERE span_id = $span"
         )
         time_range = lifetime_range(process, request.query)
         found = await self.queries.collect(request, "span_trace", sql, time_range.ns, 1, {"span": span})
         if not found.num_rows:
-            return json_response({"trace_id": None, "span_hex": None, "processes": []})
-        trace_id, span_hex = found.column("trace_id")[0].as_py(), found.column("span_hex")[0].as_py()
-        rows = await self.lake.catalog.trace_processes(bytes.fromhex(trace_id))
+            return json_response(
+                {"trace_id": None, "span_hex": None, "kind": None, "attributes": None, "processes": []}
+            )
+        facts = found.slice(0, 1).to_pylist()[0]
+        rows = await self.lake.catalog.trace_processes(bytes.fromhex(facts["trace_id"]))
         processes = [{"process_id": str(row["process_id"]), "exe": row["exe"]} for row in rows]
-        return json_response({"trace_id": trace_id, "span_hex": span_hex, "processes": processes})
+        return json_response({**facts, "processes": processes})
 
     async def find_async_span(self, request: web.Request) -> web.Response:
         """The path to a named span of a process's async span tree."""

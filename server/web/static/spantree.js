@@ -149,7 +149,8 @@ class SpanTree {
     if (this.root.dataset.traceSource) this.showTrace(list, span);
   }
 
-  /** The span's trace, linked, with the number of processes it crosses (async spans with trace facts). */
+  /** The span's trace facts (async spans of the SDK): its trace, linked, with the processes it crosses,
+   * its kind and attributes. */
   async showTrace(list, span) {
     const url = new URL(this.root.dataset.traceSource, window.location.href);
     url.searchParams.set("span", span.id);
@@ -160,7 +161,9 @@ class SpanTree {
       const link = spanlake.el("a", { href: `/trace/${found.trace_id}?span=${found.span_hex}`, class: count > 1 ? "trace-link crosses" : "trace-link" },
         found.trace_id);
       const where = count > 1 ? ` · across ${count} processes (${found.processes.map((p) => p.exe || p.process_id).join(", ")})` : " · this process only";
-      list.append(spanlake.el("dt", {}, "trace"), spanlake.el("dd", { "data-field": "trace" }, link, where));
+      list.append(spanlake.el("dt", {}, "trace"), spanlake.el("dd", { "data-field": "trace" }, link, where),
+        spanlake.el("dt", {}, "kind"), spanlake.el("dd", { "data-field": "kind" }, found.kind),
+        spanlake.el("dt", {}, "attributes"), spanlake.el("dd", { "data-field": "attributes" }, found.attributes));
     } catch (err) {
       this.fail(err);
     }
