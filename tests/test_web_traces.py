@@ -103,9 +103,12 @@ def _run_services(server: SpanlakeServer, request_headers: dict[str, str]) -> tu
                     time.sleep(0.003)
                 queued = trace.set_span_in_context(server_span)  # the message carries the handler's context
         time.sleep(0.002)
+    with back_tracer.start_as_current_span("nightly job", context=otel_context.Context()) as nightly:
+        spans["nightly job"] = nightly  # another trace, which the receipt follows from (a link)
     token = otel_context.attach(queued)  # the consumer, after the handler and the request ended
     try:
-        with back_tracer.start_as_current_span("send receipt", kind=SpanKind.CONSUMER) as receipt:
+        receipt_links = [trace.Link(nightly.get_span_context())]
+        with back_tracer.start_as_current_span("send receipt", kind=SpanKind.CONSUMER, links=receipt_links) as receipt:
             spans["send receipt"] = receipt
     finally:
         otel_context.detach(token)
@@ -113,7 +116,9 @@ def _run_services(server: SpanlakeServer, request_headers: dict[str, str]) -> tu
     for provider in (front, front_logs, back, back_logs):
         provider.shutdown()
     trace_id = format_trace_id(root.get_span_context().trace_id)
-    return trace_id, {name: format_span_id(span.get_span_context().span_id) for name, span in spans.items()}
+    ids = {name: format_span_id(span.get_span_context().span_id) for name, span in spans.items()}
+    ids["nightly trace"] = format_trace_id(nightly.get_span_context().trace_id)
+    return trace_id, ids
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +157,10 @@ def test_the_waterfall_lays_out_bands_critical_path_and_links(shop: Shop) -> Non
         (9, "charge card", 1),
         (10, "send receipt", 1),
     ]
-    assert {name: s["span_id"] for name, s in rows.items() if name != "check stock"} == shop.spans
+    others = ("nightly job", "nightly trace")
+    assert {name: s["span_id"] for name, s in rows.items() if name != "check stock"} == {
+        name: span for name, span in shop.spans.items() if name not in others
+    }
     # Times are ns after the trace's begin: the order's, which holds everything else.
     assert rows["place order"]["begin"] == 0 and body["duration_ns"] == rows["place order"]["end"]
     assert rows["send receipt"]["begin"] >= rows["POST /charge"]["end"]
@@ -242,6 +250,10 @@ def test_the_trace_page_in_the_browser(shop: Shop, chrome: Browser, watched: Wat
     assert json.loads(field("attributes"))["http.route"] == "/charge"
     assert details.locator("dd[data-field=process] a").get_attribute("href") == f"/process/{shop.processes['backend']}"
     assert page.url.endswith(f"?span={shop.spans['POST /charge']}")
+    page.click(f"#waterfall .span-row[data-span='{shop.spans['send receipt']}']")
+    link = details.locator("dd[data-field=links] a")
+    assert link.inner_text() == f"{shop.spans['nightly trace']} / {shop.spans['nightly job']}"
+    assert link.get_attribute("href") == f"/trace/{shop.spans['nightly trace']}?span={shop.spans['nightly job']}"
     chrome.shot(page, "trace-waterfall")
 
 

@@ -190,9 +190,15 @@ class Waterfall {
       ["begin", `+${spanlake.duration(span.begin)}`], ["end", span.end === null ? "open" : `+${spanlake.duration(span.end)}`],
       ["duration", span.end === null ? "" : spanlake.duration(span.end - span.begin)], ["depth in trace", span.depth],
     ];
-    for (const [key, value] of Object.entries(span.details)) fields.push([key, typeof value === "string" ? value : JSON.stringify(value)]);
+    for (const [key, value] of Object.entries(span.details)) {
+      if (key !== "links") fields.push([key, typeof value === "string" ? value : JSON.stringify(value)]);
+    }
     const list = spanlake.el("dl");
     for (const [key, value] of fields) list.append(spanlake.el("dt", {}, key), spanlake.el("dd", { "data-field": key }, value ?? ""));
+    // Links (fan-in, follows-from) open the span they name, in its own trace.
+    const links = (span.details.links || []).map((link) => spanlake.el("a", { href: `/trace/${link.trace_id}?span=${link.span_id}` },
+      `${link.trace_id} / ${link.span_id}`));
+    list.append(spanlake.el("dt", {}, "links"), spanlake.el("dd", { "data-field": "links" }, ...(links.length ? links : [""])));
     list.append(spanlake.el("dt", {}, "process"), spanlake.el("dd", { "data-field": "process" },
       spanlake.el("a", { href: `/process/${span.process_id}` }, `${span.exe || ""} ${span.process_id}`)));
     this.details.replaceChildren(list);
