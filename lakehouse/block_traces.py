@@ -33,7 +33,7 @@ _TRACE_KEY = np.dtype([("high", ">u8"), ("low", ">u8")])  # a trace id's 16 byte
 
 @dataclass(frozen=True)
 class BlockTraces:
-    """Distinct trace ids (16 bytes each, ascending) with their spans' time range in one block."""
+    """Distinct trace ids (16 bytes each) with their spans' time range in one block."""
 
     trace_ids: list[bytes]
     begin_ns: list[int]
@@ -101,12 +101,11 @@ class TransitBlockTraces:
         except (BadBlockError, ValueError) as err:
             log.warning("block %s: trace facts not indexed: %s", record.block_id, err)
             return NO_TRACES
-        if not traces.num_rows:
-            return NO_TRACES
-        ids = b"".join(bytes.fromhex(text) for text in traces.column("trace_id").to_pylist())
-        begins = traces.column("begin_min").cast(pa.int64()).to_numpy()
-        ends = traces.column("begin_max").cast(pa.int64()).to_numpy()
-        return grouped_traces(ids, begins, ends)
+        return BlockTraces(
+            [bytes.fromhex(text) for text in traces.column("trace_id").to_pylist()],  # one per trace, not span
+            traces.column("begin_min").cast(pa.int64()).to_pylist(),
+            traces.column("begin_max").cast(pa.int64()).to_pylist(),
+        )
 
     async def _layout(self, stream_id: uuid.UUID) -> StreamLayout | None:
         if stream_id in self._layouts:

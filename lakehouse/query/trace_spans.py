@@ -226,8 +226,10 @@ def _ends(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Array:
     after = TraceLocation(location.process_id, location.exe, location.begin_ns, _NEVER)
     span_ids = facts.column("span_id").combine_chunks()
     end_events = _events(lake, after, async_events.END, span_ids.filter(missing), ["time"])
+    if not end_events.num_rows:
+        return ends
     rows, found = _matching(span_ids, end_events.column("span_id"))
-    late = end_events.column("time").cast(pa.int64()).take(pa.array(rows)) if len(end_events) else ends
+    late = end_events.column("time").cast(pa.int64()).take(pa.array(rows))
     return pc.coalesce(ends, pc.if_else(pa.array(found), late, pa.scalar(None, pa.int64())))
 
 
@@ -235,6 +237,8 @@ def _hex_to_ids(column: pa.ChunkedArray) -> pa.Array:
     """16-hex span ids as uint64 (NULL stays NULL)."""
     texts = column.combine_chunks()
     n = len(texts)
+    if not n:
+        return pa.array([], pa.uint64())
     filled = pc.fill_null(texts, "0" * 16)
     offsets = np.frombuffer(filled.buffers()[1], np.int32, count=n + 1, offset=filled.offset * 4)
     digits = bytes(filled.buffers()[2])[offsets[0] : offsets[0] + 16 * n]
