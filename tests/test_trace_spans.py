@@ -255,7 +255,7 @@ def test_the_traces_view_has_one_row_per_trace_with_its_root_and_error(services:
 
 def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> None:
     """A span still open shows with a NULL end; once its end event arrives in a later block (after
-    its begin was materialized), it shows with that end."""
+    its begin was materialized), it shows with that end. A span that raised is an error."""
     tracing.init(services.server.http_url, exe="late-end", flush_period=3600)
     seen: dict[str, pa.Table] = {}
 
@@ -266,6 +266,8 @@ def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> 
             assert tracing.flush()
             seen["open"] = _query(services.server, f"SELECT * FROM trace_spans('{long.trace_id}')")
             await asyncio.sleep(0.01)
+            with pytest.raises(KeyError), tracing.async_span("fails"):
+                raise KeyError("missing")
         return long.trace_id
 
     try:
@@ -279,6 +281,15 @@ def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> 
     assert ended["long"]["duration"] > ended["short"]["duration"] >= 10_000_000
     assert [ended["long"]["depth"], ended["short"]["depth"]] == [0, 1]
     assert ended["long"]["exe"] == "late-end" and ended["long"]["kind"] == "internal"
+    statuses = {name: span["status"] for name, span in ended.items()}
+    assert statuses == {"long": "UNSET", "short": "UNSET", "fails": "ERROR"}
+    assert jsonb.decode(ended["fails"]["attributes"]) == {"error": "KeyError"}
+    row = f"SELECT root_name, span_count, has_error FROM traces WHERE trace_id = '{trace_id}'"
+    wait_until(
+        lambda: _query(services.server, row).to_pylist() == [{"root_name": "long", "span_count": 3, "has_error": True}],
+        30,
+        "the daemon to materialize the SDK trace in traces",
+    )
 
 
 def test_retention_deletes_the_index_rows_of_expired_traces(postgres: PostgresServer, tmp_path: Path) -> None:

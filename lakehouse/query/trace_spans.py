@@ -12,7 +12,8 @@ W3C parent-id), so a child's `parent_span_id` equals its parent's `span_id`, als
 root (depth 0). Depths are resolved level by level over the whole trace with numpy (pointer
 jumping, `views.async_events.chain_depths`), never span by span. `attributes` and `events` are
 jsonb, as the properties columns (read them with `jsonb_format_json`, `jsonb_get`, ...); `links` are
-`{trace_id, span_id}` in hex. Rows come in begin order.
+`{trace_id, span_id}` in hex. `status` is OTLP's (`UNSET`, `OK`, `ERROR`); an SDK span is `ERROR` when
+it has an `error` attribute (the exception's type, set by the SDK), else `UNSET`. Rows come in begin order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from spanlake.lakehouse.errors import QueryError, shown
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.instances import instance_files
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views import async_events, jsonb, otel_spans, span_traces
+from spanlake.views import async_events, jsonb, otel_spans, span_traces, traces
 from spanlake.views.async_events import chain_depths
 from spanlake.views.properties import property_get
 from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required
@@ -188,7 +189,7 @@ def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table
         "begin": facts.column("begin").cast(pa.int64()),
         "end": _ends(lake, location, facts),
         "kind": facts.column("kind"),
-        "status": pa.repeat(pa.scalar("UNSET"), n),
+        "status": pc.if_else(traces.sdk_errors(facts.column("attributes")), "ERROR", "UNSET"),
         "attributes": _json_to_jsonb(facts.column("attributes")),
         "events": pa.repeat(pa.scalar(_EMPTY_ARRAY, pa.binary()), n),
         "links": _sdk_links(facts.column("links")),
