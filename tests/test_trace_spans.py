@@ -261,12 +261,12 @@ def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> 
 
     async def program() -> str:
         with tracing.async_span("long") as long:
-            with tracing.async_span("short"):
+            with tracing.async_span("short") as short:
                 await asyncio.sleep(0.01)
             assert tracing.flush()
             seen["open"] = _query(services.server, f"SELECT * FROM trace_spans('{long.trace_id}')")
             await asyncio.sleep(0.01)
-            with pytest.raises(KeyError), tracing.async_span("fails"):
+            with pytest.raises(KeyError), tracing.async_span("fails", links=[short]):
                 raise KeyError("missing")
         return long.trace_id
 
@@ -284,6 +284,8 @@ def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> 
     statuses = {name: span["status"] for name, span in ended.items()}
     assert statuses == {"long": "UNSET", "short": "UNSET", "fails": "ERROR"}
     assert jsonb.decode(ended["fails"]["attributes"]) == {"error": "KeyError"}
+    assert ended["fails"]["links"] == [{"trace_id": trace_id, "span_id": ended["short"]["span_id"]}]
+    assert ended["short"]["links"] == []
     row = f"SELECT root_name, span_count, has_error FROM traces WHERE trace_id = '{trace_id}'"
     wait_until(
         lambda: _query(services.server, row).to_pylist() == [{"root_name": "long", "span_count": 3, "has_error": True}],
