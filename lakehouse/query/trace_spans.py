@@ -69,7 +69,7 @@ class TraceLocation:
     """One process holding spans of the trace, and the range (ns) of their times there."""
 
     process_id: str
-    exe: str | None
+    exe: str
     begin_ns: int
     end_ns: int
 
@@ -273,8 +273,8 @@ def _read(lake: Lake, view_name: str, location: TraceLocation, columns: list[str
     return dataset.to_table(columns=columns, filter=keep)
 
 
-def _repeat(value: str | None, n: int) -> pa.Array:
-    return pa.nulls(n, pa.utf8()) if value is None else pa.repeat(pa.scalar(value, pa.utf8()), n)
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.utf8()), n)
 
 
 def _ids(column: pa.ChunkedArray) -> pa.Array:
