@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.views import async_events, span_traces
+from spanlake.views.columns import matching_rows
 from spanlake.views.meta import OTLP_TRACES_FORMAT
 from spanlake.views.otel_spans import STATUS_CODES, OtelSpanColumns
 from spanlake.views.schema_types import TIMESTAMP, optional, required, schema_hash
@@ -96,7 +97,7 @@ def transit_rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
         return
     events = pa.Table.from_batches(list(async_events.VIEW.rows_from_transit(blocks)), async_events.SCHEMA)
     begins = events.filter(pc.equal(events.column("event_type"), async_events.BEGIN))
-    rows, found = _matching(facts.column("span_id").to_numpy(), begins.column("span_id").to_numpy())
+    rows, found = matching_rows(facts.column("span_id").to_numpy(), begins.column("span_id").to_numpy())
     facts, begins = facts.filter(pa.array(found)), begins.take(pa.array(rows[found]))
     process_of_stream = {block.block.stream_id: block.process for block in blocks}
     streams = pa.array(list(process_of_stream), pa.utf8())
@@ -127,15 +128,6 @@ def sdk_errors(attributes: pa.ChunkedArray) -> pa.Array:
     )
     failed = [SDK_ERROR_ATTRIBUTE in json.loads(text) for text in encoded.dictionary.to_pylist()]
     return pa.array(failed, pa.bool_()).take(encoded.indices)
-
-
-def _matching(keys: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each key, the row of an equal candidate and whether there is one."""
-    if not len(candidates):
-        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
-    order = np.argsort(candidates, kind="stable")
-    slots = np.minimum(np.searchsorted(candidates[order], keys), len(candidates) - 1)
-    return order[slots], candidates[order][slots] == keys
 
 
 def _repeat(value: str, n: int) -> pa.Array:
