@@ -6,6 +6,7 @@ ends at its trace's last span begin."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -28,12 +29,11 @@ if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
 log = logging.getLogger(__name__)
 
 TRACE_ID_BYTES = 16
-_TRACE_KEY = np.dtype([("high", ">u8"), ("low", ">u8")])  # a trace id's 16 bytes, sortable
 
 
 @dataclass(frozen=True)
 class BlockTraces:
-    """Distinct trace ids (16 bytes each, ascending) with their spans' time range in one block."""
+    """Distinct trace ids (16 bytes each) with their spans' time range in one block."""
 
     trace_ids: list[bytes]
     begin_ns: list[int]
@@ -45,36 +45,33 @@ NO_TRACES = BlockTraces([], [], [])
 
 def grouped_traces(trace_ids: bytes, begin_ns: np.ndarray, end_ns: np.ndarray) -> BlockTraces:
     """One entry per distinct trace id of `trace_ids` (16 bytes per span, concatenated): the earliest
-    begin and latest end of its spans. All-zero trace ids (invalid in W3C) are left out."""
-    keys = np.frombuffer(trace_ids, _TRACE_KEY)
-    valid = (keys["high"] != 0) | (keys["low"] != 0)
-    keys, begin_ns, end_ns = keys[valid], begin_ns[valid], end_ns[valid]
-    if not len(keys):
+    begin and latest end of its spans. All-zero trace ids (invalid in W3C) are left out. Sorted by
+    (high, low) halves and reduced per run of equal ids: numpy throughout."""
+    halves = np.frombuffer(trace_ids, ">u8").reshape(-1, 2).astype(np.uint64)
+    valid = (halves[:, 0] != 0) | (halves[:, 1] != 0)
+    high, low, begin_ns, end_ns = halves[valid, 0], halves[valid, 1], begin_ns[valid], end_ns[valid]
+    if not len(high):
         return NO_TRACES
-    unique, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    begins = np.full(len(unique), np.iinfo(np.int64).max)
-    ends = np.full(len(unique), np.iinfo(np.int64).min)
-    np.minimum.at(begins, inverse, begin_ns)
-    np.maximum.at(ends, inverse, end_ns)
-    raw = unique.tobytes()
+    order = np.lexsort((low, high))
+    high, low, begin_ns, end_ns = high[order], low[order], begin_ns[order], end_ns[order]
+    firsts = np.flatnonzero(np.r_[True, (high[1:] != high[:-1]) | (low[1:] != low[:-1])])
+    raw = np.stack([high[firsts], low[firsts]], axis=1).astype(">u8").tobytes()
     ids = [raw[i : i + TRACE_ID_BYTES] for i in range(0, len(raw), TRACE_ID_BYTES)]
+    begins = np.minimum.reduceat(begin_ns, firsts)
+    ends = np.maximum.reduceat(end_ns, firsts)
     return BlockTraces(ids, begins.tolist(), ends.tolist())
 
 
 def otlp_traces(resource: ResourceSpans) -> BlockTraces:
-    """The traces of an OTLP spans resource (spans with a 16-byte trace id and a start time)."""
-    spans = [
-        span
-        for scope in resource.scope_spans
-        for span in scope.spans
-        if len(span.trace_id) == TRACE_ID_BYTES and span.start_time_unix_nano
-    ]
-    if not spans:
-        return NO_TRACES
-    begins = np.array([s.start_time_unix_nano for s in spans], np.uint64).view(np.int64)
-    ends = np.array([s.end_time_unix_nano for s in spans], np.uint64).view(np.int64)
-    return grouped_traces(b"".join(s.trace_id for s in spans), begins, np.maximum(begins, ends))
+    """The traces of an OTLP spans resource (spans with a 16-byte trace id and a start time). One pass
+    per field over the spans, the rest in numpy."""
+    spans = [span for scope in resource.scope_spans for span in scope.spans]
+    ids = [span.trace_id for span in spans]
+    begins = np.array([span.start_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    ends = np.array([span.end_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    kept = (np.fromiter(map(len, ids), np.int64, len(ids)) == TRACE_ID_BYTES) & (begins != 0)
+    raw = b"".join(ids) if kept.all() else b"".join(itertools.compress(ids, kept))
+    return grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
 
 
 class TransitBlockTraces:
@@ -101,12 +98,11 @@ class TransitBlockTraces:
         except (BadBlockError, ValueError) as err:
             log.warning("block %s: trace facts not indexed: %s", record.block_id, err)
             return NO_TRACES
-        if not traces.num_rows:
-            return NO_TRACES
-        ids = b"".join(bytes.fromhex(text) for text in traces.column("trace_id").to_pylist())
-        begins = traces.column("begin_min").cast(pa.int64()).to_numpy()
-        ends = traces.column("begin_max").cast(pa.int64()).to_numpy()
-        return grouped_traces(ids, begins, ends)
+        return BlockTraces(
+            [bytes.fromhex(text) for text in traces.column("trace_id").to_pylist()],  # one per trace, not span
+            traces.column("begin_min").cast(pa.int64()).to_pylist(),
+            traces.column("begin_max").cast(pa.int64()).to_pylist(),
+        )
 
     async def _layout(self, stream_id: uuid.UUID) -> StreamLayout | None:
         if stream_id in self._layouts:

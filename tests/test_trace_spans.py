@@ -1,13 +1,16 @@
 """`trace_spans(trace_id)` through a running `spanlake serve`: a trace of two OpenTelemetry Python SDK
 services exporting OTLP/HTTP, W3C propagation between them, read back as one table over Flight SQL;
-the trace index behind it; bad trace ids; a 100,000-span trace."""
+the trace index behind it (and its retention); bad trace ids; a 100,000-span trace; an SDK span
+ending in a later block; the `traces` rows."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +27,11 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, format_span_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from test_flightsql_support import grpc_status, statement_ticket
 
+from spanlake import tracing
+from spanlake.lakehouse.block_traces import BlockTraces
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.retention import delete_expired
+from spanlake.lakehouse.settings import Settings
 from spanlake.views import jsonb
 
 BIG_TRACE_SPANS = 100_000
@@ -243,3 +251,59 @@ def test_the_traces_view_has_one_row_per_trace_with_its_root_and_error(services:
         1,
         False,
     )
+
+
+def test_an_sdk_span_open_then_ended_in_a_later_block(services: TwoServices) -> None:
+    """A span still open shows with a NULL end; once its end event arrives in a later block (after
+    its begin was materialized), it shows with that end. A span that raised is an error."""
+    tracing.init(services.server.http_url, exe="late-end", flush_period=3600)
+    seen: dict[str, pa.Table] = {}
+
+    async def program() -> str:
+        with tracing.async_span("long") as long:
+            with tracing.async_span("short") as short:
+                await asyncio.sleep(0.01)
+            assert tracing.flush()
+            seen["open"] = _query(services.server, f"SELECT * FROM trace_spans('{long.trace_id}')")
+            await asyncio.sleep(0.01)
+            with pytest.raises(KeyError), tracing.async_span("fails", links=[short]):
+                raise KeyError("missing")
+        return long.trace_id
+
+    try:
+        trace_id = asyncio.run(program())
+    finally:
+        assert tracing.shutdown()
+    opened = _by_name(seen["open"])
+    assert opened["long"]["end"] is None and opened["long"]["duration"] is None
+    assert opened["short"]["end"] is not None and opened["short"]["parent_span_id"] == opened["long"]["span_id"]
+    ended = _by_name(_query(services.server, f"SELECT * FROM trace_spans('{trace_id}')"))
+    assert ended["long"]["duration"] > ended["short"]["duration"] >= 10_000_000
+    assert [ended["long"]["depth"], ended["short"]["depth"]] == [0, 1]
+    assert ended["long"]["exe"] == "late-end" and ended["long"]["kind"] == "internal"
+    statuses = {name: span["status"] for name, span in ended.items()}
+    assert statuses == {"long": "UNSET", "short": "UNSET", "fails": "ERROR"}
+    assert jsonb.decode(ended["fails"]["attributes"]) == {"error": "KeyError"}
+    assert ended["fails"]["links"] == [{"trace_id": trace_id, "span_id": ended["short"]["span_id"]}]
+    assert ended["short"]["links"] == []
+    row = f"SELECT root_name, span_count, has_error FROM traces WHERE trace_id = '{trace_id}'"
+    wait_until(
+        lambda: _query(services.server, row).to_pylist() == [{"root_name": "long", "span_count": 3, "has_error": True}],
+        30,
+        "the daemon to materialize the SDK trace in traces",
+    )
+
+
+def test_retention_deletes_the_index_rows_of_expired_traces(postgres: PostgresServer, tmp_path: Path) -> None:
+    settings = Settings(database_url=postgres.new_database(), object_store_uri=(tmp_path / "lake").as_uri())
+    with Lake.open(settings) as lake:
+        now_ns = time.time_ns()
+        old, recent = uuid.uuid4().bytes, uuid.uuid4().bytes
+        process = uuid.uuid4()
+        week_ns = 7 * 86_400 * 10**9
+        traces = BlockTraces([old, recent], [now_ns - 2 * week_ns, now_ns], [now_ns - 2 * week_ns + 1, now_ns + 1])
+        lake.loop.run(lake.catalog.index_traces(process, traces))
+        report = delete_expired(lake, retention_days=7)
+        assert report.trace_index == 1
+        left = lake.loop.run(lake.pool.fetch("SELECT trace_id, process_id FROM trace_index"))
+        assert [(r["trace_id"], r["process_id"]) for r in left] == [(recent, process)]

@@ -3,7 +3,8 @@ like `processes` and `streams`): its root span's name, process and exe, its begi
 its span and process counts, the processes it went through, and whether a span failed.
 
 Its rows come from OTLP traces blocks (span status `ERROR` is an error) and from the SDK's cpu blocks
-(the spans of `span_traces`, named by their begin events in `async_events`). A partition holds one
+(the spans of `span_traces`, named by their begin events in `async_events`; an `error` attribute, which
+the SDK sets to the exception's type, is an error). A partition holds one
 row per trace and process seen in its blocks; a query collapses the rows of all partitions into one
 row per trace (`collapse`), as `processes` does. The root is a span without parent (no parent id in
 OTLP; no remote or hand-off parent and no parent in its process for the SDK), the earliest one if
@@ -13,6 +14,7 @@ begin does): a trace's `end` is the latest known end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.views import async_events, span_traces
+from spanlake.views.columns import matching_rows
 from spanlake.views.meta import OTLP_TRACES_FORMAT
 from spanlake.views.otel_spans import STATUS_CODES, OtelSpanColumns
 from spanlake.views.schema_types import TIMESTAMP, optional, required, schema_hash
@@ -58,6 +61,7 @@ _SPANS = pa.schema(
     ]
 )
 _ERROR = STATUS_CODES.index("ERROR")
+SDK_ERROR_ATTRIBUTE = "error"
 
 
 def otlp_rows(blocks: Iterable[OtlpBlock[OtelSpanColumns]]) -> Iterator[pa.RecordBatch]:
@@ -93,7 +97,7 @@ def transit_rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
         return
     events = pa.Table.from_batches(list(async_events.VIEW.rows_from_transit(blocks)), async_events.SCHEMA)
     begins = events.filter(pc.equal(events.column("event_type"), async_events.BEGIN))
-    rows, found = _matching(facts.column("span_id").to_numpy(), begins.column("span_id").to_numpy())
+    rows, found = matching_rows(facts.column("span_id").to_numpy(), begins.column("span_id").to_numpy())
     facts, begins = facts.filter(pa.array(found)), begins.take(pa.array(rows[found]))
     process_of_stream = {block.block.stream_id: block.process for block in blocks}
     streams = pa.array(list(process_of_stream), pa.utf8())
@@ -109,20 +113,21 @@ def transit_rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
             begin,
             pc.coalesce(facts.column("end").cast(pa.int64()), begin),
             pc.and_(pc.is_null(facts.column("parent_span_hex")), pc.equal(begins.column("parent_span_id"), 0)),
-            pa.repeat(pa.scalar(False), facts.num_rows),
+            sdk_errors(facts.column("attributes")),
         ],
         schema=_SPANS,
     )
     yield from _trace_rows([spans])
 
 
-def _matching(keys: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each key, the row of an equal candidate and whether there is one."""
-    if not len(candidates):
-        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
-    order = np.argsort(candidates, kind="stable")
-    slots = np.minimum(np.searchsorted(candidates[order], keys), len(candidates) - 1)
-    return order[slots], candidates[order][slots] == keys
+def sdk_errors(attributes: pa.ChunkedArray) -> pa.Array:
+    """Whether each SDK span failed: its attributes (JSON text) name an `error` (the SDK records the
+    exception's type there). Parsed once per distinct attributes text."""
+    encoded = pc.dictionary_encode(
+        attributes.combine_chunks() if isinstance(attributes, pa.ChunkedArray) else attributes
+    )
+    failed = [SDK_ERROR_ATTRIBUTE in json.loads(text) for text in encoded.dictionary.to_pylist()]
+    return pa.array(failed, pa.bool_()).take(encoded.indices)
 
 
 def _repeat(value: str, n: int) -> pa.Array:

@@ -39,11 +39,11 @@ class TraceIndexRows:
         )
 
     async def trace_processes(self, trace_id: bytes) -> list[asyncpg.Record]:
-        """The processes holding spans of the trace: `process_id`, `exe` (NULL before its process row),
-        `begin_ns`, `end_ns` (the range of the trace's spans in it), by begin."""
+        """The processes holding spans of the trace: `process_id`, `exe`, `begin_ns`, `end_ns` (the range of
+        the trace's spans in it), by begin. A process whose row retention deleted is left out."""
         return await self.pool.fetch(
             "SELECT t.process_id, p.exe, t.begin_ns, t.end_ns FROM trace_index t"
-            " LEFT JOIN processes p ON p.process_id = t.process_id"
+            " JOIN processes p ON p.process_id = t.process_id"
             " WHERE t.trace_id = $1 ORDER BY t.begin_ns, t.process_id",
             trace_id,
         )

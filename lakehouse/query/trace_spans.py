@@ -12,14 +12,14 @@ W3C parent-id), so a child's `parent_span_id` equals its parent's `span_id`, als
 root (depth 0). Depths are resolved level by level over the whole trace with numpy (pointer
 jumping, `views.async_events.chain_depths`), never span by span. `attributes` and `events` are
 jsonb, as the properties columns (read them with `jsonb_format_json`, `jsonb_get`, ...); `links` are
-`{trace_id, span_id}` in hex. Rows come in begin order.
+`{trace_id, span_id}` in hex. `status` is OTLP's (`UNSET`, `OK`, `ERROR`); an SDK span is `ERROR` when
+it has an `error` attribute (the exception's type, set by the SDK), else `UNSET`. Rows come in begin order.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +31,9 @@ from spanlake.lakehouse.errors import QueryError, shown
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.instances import instance_files
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views import async_events, jsonb, otel_spans, span_traces
+from spanlake.views import async_events, jsonb, otel_spans, span_traces, traces
 from spanlake.views.async_events import chain_depths
+from spanlake.views.columns import matching_rows
 from spanlake.views.properties import property_get
 from spanlake.views.schema_types import DICT_JSONB, TIMESTAMP, optional, required
 
@@ -68,7 +69,7 @@ class TraceLocation:
     """One process holding spans of the trace, and the range (ns) of their times there."""
 
     process_id: str
-    exe: str | None
+    exe: str
     begin_ns: int
     end_ns: int
 
@@ -172,7 +173,7 @@ def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table
         return _SPANS.empty_table()
     span_ids = facts.column("span_id").combine_chunks()
     begin_events = _events(lake, location, async_events.BEGIN, span_ids, ["parent_span_id", "name", "target"])
-    rows, found = _matching(span_ids, begin_events.column("span_id"))
+    rows, found = matching_rows(span_ids.to_numpy(), begin_events.column("span_id").to_numpy())
     facts, rows = facts.filter(pa.array(found)), rows[found]  # a begin event left out of async_events
     begins = begin_events.take(pa.array(rows))
     n = facts.num_rows
@@ -188,7 +189,7 @@ def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table
         "begin": facts.column("begin").cast(pa.int64()),
         "end": _ends(lake, location, facts),
         "kind": facts.column("kind"),
-        "status": pa.repeat(pa.scalar("UNSET"), n),
+        "status": pc.if_else(traces.sdk_errors(facts.column("attributes")), "ERROR", "UNSET"),
         "attributes": _json_to_jsonb(facts.column("attributes")),
         "events": pa.repeat(pa.scalar(_EMPTY_ARRAY, pa.binary()), n),
         "links": _sdk_links(facts.column("links")),
@@ -206,17 +207,6 @@ def _events(lake: Lake, location: TraceLocation, event_type: str, span_ids: pa.A
     return _read(lake, async_events.VIEW_SET_NAME, location, ["span_id", *columns], keep)
 
 
-def _matching(keys: pa.Array, candidates: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """For each key, the row of an equal candidate and whether there is one (numpy, no join)."""
-    wanted = keys.to_numpy()
-    values = candidates.to_numpy()
-    if not len(values):
-        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-    order = np.argsort(values, kind="stable")
-    slots = np.minimum(np.searchsorted(values[order], wanted), len(values) - 1)
-    return order[slots], values[order][slots] == wanted
-
-
 def _ends(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Array:
     """Each span's end: from its facts, else from its end event after the trace's range (NULL while open)."""
     ends = facts.column("end").cast(pa.int64()).combine_chunks()
@@ -226,8 +216,10 @@ def _ends(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Array:
     after = TraceLocation(location.process_id, location.exe, location.begin_ns, _NEVER)
     span_ids = facts.column("span_id").combine_chunks()
     end_events = _events(lake, after, async_events.END, span_ids.filter(missing), ["time"])
-    rows, found = _matching(span_ids, end_events.column("span_id"))
-    late = end_events.column("time").cast(pa.int64()).take(pa.array(rows)) if len(end_events) else ends
+    if not end_events.num_rows:
+        return ends
+    rows, found = matching_rows(span_ids.to_numpy(), end_events.column("span_id").to_numpy())
+    late = end_events.column("time").cast(pa.int64()).take(pa.array(rows))
     return pc.coalesce(ends, pc.if_else(pa.array(found), late, pa.scalar(None, pa.int64())))
 
 
@@ -235,6 +227,8 @@ def _hex_to_ids(column: pa.ChunkedArray) -> pa.Array:
     """16-hex span ids as uint64 (NULL stays NULL)."""
     texts = column.combine_chunks()
     n = len(texts)
+    if not n:
+        return pa.array([], pa.uint64())
     filled = pc.fill_null(texts, "0" * 16)
     offsets = np.frombuffer(filled.buffers()[1], np.int32, count=n + 1, offset=filled.offset * 4)
     digits = bytes(filled.buffers()[2])[offsets[0] : offsets[0] + 16 * n]
@@ -268,8 +262,8 @@ def _read(lake: Lake, view_name: str, location: TraceLocation, columns: list[str
     return dataset.to_table(columns=columns, filter=keep)
 
 
-def _repeat(value: str | None, n: int) -> pa.Array:
-    return pa.nulls(n, pa.utf8()) if value is None else pa.repeat(pa.scalar(value, pa.utf8()), n)
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.utf8()), n)
 
 
 def _ids(column: pa.ChunkedArray) -> pa.Array:
@@ -309,8 +303,8 @@ def _finished(spans: pa.Table, trace_hex: str) -> pa.Table:
         spans.column("process_id"),
         spans.column("exe"),
         spans.column("stream_id"),
-        hex_ids(span_ids),
-        pc.if_else(pa.array(parent_ids != 0), hex_ids(parent_ids), pa.scalar(None, pa.utf8())),
+        span_traces.hex_strings(span_ids.view(np.int64)),
+        pc.if_else(pa.array(parent_ids != 0), span_traces.hex_strings(parent_ids.view(np.int64)), None),
         spans.column("name"),
         spans.column("target"),
         begin.cast(TIMESTAMP),
@@ -328,22 +322,5 @@ def _finished(spans: pa.Table, trace_hex: str) -> pa.Table:
 
 def _depths(span_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
     """Each span's number of ancestors in the trace (a parent not in the trace makes a root)."""
-    n = len(span_ids)
-    if n == 0:
-        return np.zeros(0, np.uint32)
-    order = np.argsort(span_ids, kind="stable")
-    slots = np.minimum(np.searchsorted(span_ids[order], parent_ids), n - 1)
-    found = (span_ids[order][slots] == parent_ids) & (parent_ids != 0)
-    return chain_depths(np.where(found, order[slots], -1))
-
-
-_HEX_PAIRS = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), np.uint16)
-
-
-def hex_ids(ids: np.ndarray | Sequence[int]) -> pa.Array:
-    """64-bit ids as 16 lowercase hex characters each (W3C parent-id spelling), vectorized."""
-    values = np.ascontiguousarray(ids, np.uint64)
-    n = len(values)
-    digits = _HEX_PAIRS[values.astype(">u8").view(np.uint8).reshape(n, 8)]
-    offsets = np.arange(0, (n + 1) * 16, 16, dtype=np.int32)
-    return pa.Array.from_buffers(pa.utf8(), n, [None, pa.py_buffer(offsets), pa.py_buffer(digits.tobytes())])
+    rows, found = matching_rows(parent_ids, span_ids)
+    return chain_depths(np.where(found & (parent_ids != 0), rows, -1))

@@ -32,19 +32,23 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A server span around the handler, continuing the caller's trace (a new one without a valid
-    `traceparent`); its status code is the response's or the raised HTTP exception's."""
+    `traceparent`); its status code is the response's or the raised HTTP exception's (an error from 500)."""
     route = _route(request)
-    attributes = {"http.method": request.method, "http.route": route}
-    with async_span(
-        f"{request.method} {route}", extract(request.headers), dynamic=True, kind="server", attributes=attributes
-    ):
+    attributes: dict[str, object] = {"http.method": request.method, "http.route": route}
+    raised: web.HTTPException | None = None
+    parent = extract(request.headers)
+    with async_span(f"{request.method} {route}", parent, dynamic=True, kind="server", attributes=attributes):
         try:
             response = await handler(request)
-        except web.HTTPException as error:
+            attributes["http.status_code"] = response.status
+        except web.HTTPException as error:  # an answer, not a failure of the span (unless a 5xx)
             attributes["http.status_code"] = error.status
-            raise
-        attributes["http.status_code"] = response.status
-        return response
+            if error.status >= 500:
+                attributes["error"] = type(error).__name__
+            raised = error
+    if raised is not None:
+        raise raised
+    return response
 
 
 async def _on_request_start(
