@@ -326,9 +326,11 @@ def test_spanlake_perfetto_writes_the_trace_with_its_flows(shop: Shop, tmp_path:
 
 
 def test_spanlake_perfetto_refuses_a_bad_trace_id(shop: Shop, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", "xyz", "--uri"]
+    bad = tmp_path / "bad.pftrace"
+    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", "xyz", "-o", str(bad), "--uri"]
     done = subprocess.run([*command, shop.server.flightsql_url], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "--trace must be a trace id (32 hexadecimal digits), given 'xyz'" in done.stderr
+    assert done.returncode == 1 and "the trace id must be 32 hexadecimal characters" in done.stderr
+    assert "given 'xyz'" in done.stderr and list(tmp_path.iterdir()) == []  # no file, not even a partial one
     unknown = tmp_path / "unknown.pftrace"
     command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", uuid.UUID(int=9).hex, "-o"]
     done = subprocess.run([*command, str(unknown), "--uri", shop.server.flightsql_url], capture_output=True, timeout=60)

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiohttp import web
 
+from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.query import trace_spans
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.server.web import html
 from spanlake.server.web.api import json_response
@@ -23,7 +25,6 @@ from spanlake.server.web.queries import records
 from spanlake.server.web.time_range import parse_range
 from spanlake.server.web.trace_layout import LINK_KINDS, Waterfall, lay_out
 
-_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 PAGE_ROWS = 500
 TRACES_LIMIT = 100
@@ -35,10 +36,10 @@ _TIME_FIELDS = ("begin", "end", "duration", "trace_id")
 
 def parse_trace_id(text: str) -> str:
     """A URL's trace id as W3C writes it (32 lowercase hex digits, not all zero); a 400 otherwise."""
-    trace_id = text.strip().lower()
-    if not _TRACE_ID.fullmatch(trace_id) or trace_id == "0" * 32:
-        raise html.PageError(400, "Bad trace id", f"'{text}' is not a trace id (32 hexadecimal digits, not all zero)")
-    return trace_id
+    try:
+        return trace_spans.parse_trace_id(text).hex()
+    except QueryError:
+        raise html.PageError(400, "Bad trace id", f"'{text}' is not a trace id (32 hex digits, not all zero)") from None
 
 
 def trace_sql(trace_id: str) -> str:
