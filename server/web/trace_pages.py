@@ -8,6 +8,7 @@ renders only the visible window of a 100,000-span trace and asks for more rows a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -28,10 +29,10 @@ from spanlake.server.web.trace_layout import LINK_KINDS, Waterfall, lay_out
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 PAGE_ROWS = 500
 TRACES_LIMIT = 100
-# What the waterfall's rows carry besides their layout; any other column of trace_spans (status,
-# events...) goes to the span's details as it is.
-_SPAN_FIELDS = ("span_id", "parent_span_id", "name", "target", "kind", "process_id", "exe", "stream_id", "depth")
-_TIME_FIELDS = ("begin", "end", "duration", "trace_id")
+# What the waterfall's rows carry besides their layout and times; the other columns of `trace_sql`
+# (status, attributes, events, links) go to the span's details as they are.
+_SPAN_FIELDS = ["span_id", "parent_span_id", "name", "target", "kind", "process_id", "exe", "stream_id", "depth"]
+_DETAILS = ["status", "attributes", "events", "links"]
 
 
 def parse_trace_id(text: str) -> str:
@@ -90,10 +91,8 @@ def _page_of(waterfall: Waterfall, offset: int, limit: int) -> list[dict]:
         "link": np.asarray(LINK_KINDS)[waterfall.link[offset:stop]].tolist(),
         "critical": waterfall.critical[offset:stop].tolist(),
     }
-    kept = [name for name in _SPAN_FIELDS if name in spans.column_names]
-    extra = [name for name in spans.column_names if name not in (*_SPAN_FIELDS, *_TIME_FIELDS)]
-    fields = spans.select(kept).to_pylist()
-    details = records(spans.select(extra)) if extra else [{} for _ in fields]
+    fields = spans.select(_SPAN_FIELDS).to_pylist()
+    details = records(spans.select(_DETAILS))
     parent_rows = waterfall.rows[np.maximum(waterfall.parent[offset:stop], 0)].tolist()
     return [
         {
@@ -117,7 +116,7 @@ def waterfall_json(waterfall: Waterfall, trace_id: str, offset: int, limit: int,
         "row_count": waterfall.row_count,
         "duration_ns": waterfall.end_ns - waterfall.begin_ns,
         "begin": format_rfc3339_ns(waterfall.begin_ns),
-        "bands": [band.__dict__ for band in waterfall.bands],
+        "bands": [dataclasses.asdict(band) for band in waterfall.bands],
         "critical_spans": int(waterfall.critical.sum()),
         "offset": offset,
         "limit": limit,
