@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from spanlake.server.web.trace_layout import critical_path, lay_out, parents
+from spanlake.server.web.trace_layout import HANDOFF, REMOTE, critical_path, lay_out, parents
 
 UTC_NS = pa.timestamp("ns", tz="UTC")
 
@@ -58,7 +58,7 @@ def test_rows_are_depth_first_per_band_with_links_and_the_critical_path() -> Non
         ("q", "exe-q", 8, 1),
     ]
     links = dict(zip(names, waterfall.link.tolist(), strict=True))
-    assert {name: code for name, code in links.items() if code} == {"h": 2, "r": 1}
+    assert {name: code for name, code in links.items() if code} == {"h": HANDOFF, "r": REMOTE}
     assert [names[i] if i >= 0 else None for i in waterfall.parent.tolist()] == [None, "a", "b", "a", "c", "a", "c"]
     assert [n for n, on in zip(names, waterfall.critical.tolist(), strict=True) if on] == ["a", "c", "r"]
     assert (waterfall.begin_ns, waterfall.end_ns, waterfall.row_count) == (0, 120, 9)

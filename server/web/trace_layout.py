@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 from spanlake.views.async_events import chain_depths
 
 NO_PARENT = -1
-LINK_KINDS = ("", "remote", "handoff")  # the codes of `Waterfall.link`
+LINK_KINDS = ("", "remote", "handoff")  # the names of `Waterfall.link`'s codes
+REMOTE, HANDOFF = LINK_KINDS.index("remote"), LINK_KINDS.index("handoff")
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def lay_out(spans: pa.Table) -> Waterfall:
     band_sizes = np.bincount(band, minlength=len(band_order))
     band_first_row = np.cumsum(band_sizes + 1) - band_sizes  # each band's header comes first
     rows = band_first_row[band] + _preorder(band_parent, band_depth, band, begin)
-    link = np.where(has_parent & ~same_process, 1, np.where(has_parent & (begin >= end[np.maximum(parent, 0)]), 2, 0))
+    handed_off = has_parent & (begin >= end[np.maximum(parent, 0)])
+    link = np.where(has_parent & ~same_process, REMOTE, np.where(handed_off, HANDOFF, 0))
     critical = critical_path(parent, begin, end)
     order = np.argsort(rows, kind="stable")
     new_index = np.empty_like(order)
