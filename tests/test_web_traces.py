@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import PostgresServer, SpanlakeServer, http, running_server, wait_until
+from harness import PostgresServer, SpanlakeServer, http, post, running_server, wait_until
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -363,3 +364,51 @@ def test_the_traces_page_searches_traces(shop: Shop, chrome: Browser, watched: W
     watched.expect_error("Failed to load resource")
     response = page.goto(f"{base}?trace=12345")
     assert response.status == 400 and "'12345' is not a trace id" in page.inner_text("#error")
+
+
+def _wide_trace(server: SpanlakeServer, spans: int) -> str:
+    """An OTLP trace of `spans` spans over two processes (a binary tree, span i in process i % 2)."""
+    trace_id = uuid.uuid4().bytes
+    request = ExportTraceServiceRequest()
+    start = time.time_ns() - 10**9
+    for process in range(2):
+        resource = request.resource_spans.add()
+        for key, value in (("service.name", f"wide-{process}"), ("service.instance.id", str(uuid.uuid4()))):
+            attribute = resource.resource.attributes.add()
+            attribute.key, attribute.value.string_value = key, value
+        scope = resource.scope_spans.add()
+        for i in range(process, spans, 2):
+            span = scope.spans.add()
+            span.trace_id, span.span_id, span.name = trace_id, (i + 1).to_bytes(8, "big"), f"span {i}"
+            if i:
+                span.parent_span_id = ((i - 1) // 2 + 1).to_bytes(8, "big")
+            span.start_time_unix_nano, span.end_time_unix_nano = start + i * 1000, start + i * 1000 + 500
+    status, body = post(
+        server.http_url + "/ingestion/otlp/v1/traces",
+        request.SerializeToString(),
+        {"Content-Type": "application/x-protobuf"},
+    )
+    assert status == 200, body
+    return trace_id.hex()
+
+
+def test_a_large_trace_draws_its_window_and_pages_as_it_scrolls(shop: Shop, watched: WatchedPage) -> None:
+    spans = 3_000
+    trace_id = _wide_trace(shop.server, spans)
+    status, last_page = api(shop.server, f"/api/trace/{trace_id}?offset={spans - 1}&limit=1")
+    assert status == 200 and last_page["spans_total"] == spans and last_page["row_count"] == spans + 2
+    [last] = last_page["spans"]
+    page = watched.page
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url) if "/api/trace/" in request.url else None)
+    page.goto(f"{shop.server.http_url}/trace/{trace_id}")
+    page.wait_for_selector("#waterfall[data-loaded=true] .span-row")
+    drawn = page.locator("#waterfall .span-row").count()
+    assert 10 < drawn < 100  # the window and its margins, not 3,000 rows
+    page.locator("#waterfall .waterfall-scroll").evaluate("scroller => { scroller.scrollTop = scroller.scrollHeight; }")
+    bottom = page.locator(f"#waterfall .span-row[data-row='{last['row']}']")
+    bottom.wait_for()
+    assert bottom.get_attribute("data-name") == last["name"] and page.locator("#waterfall .span-row").count() < 100
+    assert len(fetched) == 2 and "offset=2500" in fetched[1]  # the first page, then the one at the bottom
+    bottom.click()
+    assert page.inner_text("#waterfall .span-details dd[data-field='span id']") == last["span_id"]
