@@ -12,6 +12,7 @@ Modules:
     object_store       block payloads and parquet partitions, on a local directory or S3
     records            the ingestion tables' rows, and the blob key of a block payload
     ingest             storing an ingested block: the payload first, then the row
+    block_traces       the traces of an ingested block (OTLP spans, SDK trace facts), for the trace index
     timestamps         RFC3339 timestamps with nanosecond precision
     errors             the lakehouse's exceptions
     source_blocks      the blocks a view instance is built from (blocks ⋈ streams ⋈ processes)

@@ -11,24 +11,28 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.records import BlockRecord, blob_key
+from spanlake.lakehouse.records import BlockRecord, blob_key, block_meta
 from spanlake.lakehouse.timestamps import datetime_to_ns
 from spanlake.lakehouse.view_rows import clock_problem
-from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import ProcessMeta
 
 INLINE_WRITE_LIMIT = 64 * 1024
 
 
-async def store_block(lake: Lake, record: BlockRecord, payload: bytes) -> None:
-    """Stores `payload` at the block's blob key (create-only), then inserts the block's row."""
+async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+    """Stores `payload` at the block's blob key (create-only), indexes the block's `traces`, then
+    inserts the block's row (so a stored block's traces are always in the index)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
     if lake.store.scheme == "file" and len(payload) <= INLINE_WRITE_LIMIT:
         # A small local write costs less than the hop to a worker thread (benchmarks/ingest.py).
         lake.store.put_if_absent(key, payload)
     else:
         await asyncio.to_thread(lake.store.put_if_absent, key, payload)
+    if traces.trace_ids:
+        await lake.catalog.index_traces(record.process_id, traces)
     await lake.catalog.insert_block(record)
 
 
@@ -44,19 +48,21 @@ class BlockContexts:
         self.capacity = capacity
         self._known: dict[tuple[uuid.UUID, uuid.UUID], tuple[uuid.UUID, ProcessMeta]] = {}
 
-    async def check(self, record: BlockRecord) -> None:
-        """`IngestRejected` when the block names a known stream of another process (it would mix two
-        processes' clocks in that stream's views) or, its process known, when its times contradict its
-        ticks. (A block may arrive before its stream or process: then decoding checks it.)"""
+    async def check(self, record: BlockRecord) -> ProcessMeta | None:
+        """The block's process (its clock; None while unknown). `IngestRejected` when the block names a
+        known stream of another process (it would mix two processes' clocks in that stream's views) or,
+        its process known, when its times contradict its ticks. (A block may arrive before its stream or
+        process: then decoding checks it.)"""
         owner, process = await self._context(record.stream_id, record.process_id)
         if owner is not None and owner != record.process_id:
             raise IngestRejected(
                 f"Block: stream {record.stream_id} belongs to process {owner}, not to {record.process_id}"
             )
         if process is not None:
-            problem = clock_problem(process, _block_meta(record))
+            problem = clock_problem(process, block_meta(record))
             if problem is not None:
                 raise IngestRejected(f"Block: {problem} (on the clock of process {record.process_id})")
+        return process
 
     async def _context(
         self, stream_id: uuid.UUID, process_id: uuid.UUID
@@ -74,18 +80,3 @@ class BlockContexts:
                 self._known.clear()
             self._known[(stream_id, process_id)] = (row["owner"], process)
         return row["owner"], process
-
-
-def _block_meta(record: BlockRecord) -> BlockMeta:
-    return BlockMeta(
-        str(record.block_id),
-        str(record.stream_id),
-        str(record.process_id),
-        record.begin_time_ns,
-        record.begin_ticks,
-        record.end_time_ns,
-        record.end_ticks,
-        record.nb_objects,
-        record.object_offset,
-        0,
-    )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from spanlake.views.meta import BlockMeta
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -61,3 +63,19 @@ def blob_key(process_id: uuid.UUID | str, stream_id: uuid.UUID | str, block_id: 
     """Object-store key of a block payload, relative to the store root (micromegas layout); the one place
     that spells it."""
     return f"blobs/{process_id}/{stream_id}/{block_id}"
+
+
+def block_meta(record: BlockRecord) -> BlockMeta:
+    """The block as the views see it (no insert time yet: 0)."""
+    return BlockMeta(
+        str(record.block_id),
+        str(record.stream_id),
+        str(record.process_id),
+        record.begin_time_ns,
+        record.begin_ticks,
+        record.end_time_ns,
+        record.end_ticks,
+        record.nb_objects,
+        record.object_offset,
+        0,
+    )

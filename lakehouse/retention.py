@@ -30,14 +30,15 @@ class RetentionReport:
     blocks: int = 0
     streams: int = 0
     processes: int = 0
+    trace_index: int = 0
     partitions: int = 0
     files: int = 0
 
 
 def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = None) -> RetentionReport:
     """Deletes blocks (and payloads), then streams without blocks and processes without streams, all
-    inserted before now - retention_days; retires the partitions that end by then; then deletes the
-    temporary files whose grace is over."""
+    inserted before now - retention_days, and the trace index rows of traces ended by then; retires the
+    partitions that end by then; then deletes the temporary files whose grace is over."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     report = RetentionReport()
     while True:
@@ -49,10 +50,21 @@ def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = No
             break
     report.streams = lake.loop.run(lake.catalog.delete_streams_without_blocks(cutoff))
     report.processes = lake.loop.run(lake.catalog.delete_processes_without_streams(cutoff))
+    report.trace_index = _delete_expired_trace_index(lake, cutoff)
     report.partitions = _retire_expired_partitions(lake, cutoff)
     report.files = delete_expired_temporary_files(lake)
     log.info("retention (%d days): %s", retention_days, report)
     return report
+
+
+def _delete_expired_trace_index(lake: Lake, cutoff: dt.datetime) -> int:
+    """Deletes the trace index rows of traces that ended in their process before the cutoff."""
+    deleted = 0
+    while True:
+        count = lake.loop.run(lake.catalog.delete_trace_index_before(datetime_to_ns(cutoff), BATCH))
+        deleted += count
+        if count < BATCH:
+            return deleted
 
 
 def _retire_expired_partitions(lake: Lake, cutoff: dt.datetime) -> int:

@@ -12,8 +12,10 @@ from spanlake.views import (
     net_spans,
     otel_spans,
     processes,
+    span_traces,
     streams,
     thread_spans,
+    traces,
 )
 from spanlake.views.view import View
 
@@ -31,8 +33,12 @@ VIEW_SETS: dict[str, View] = {
         otel_spans.VIEW,
         images.VIEW,
         net_spans.VIEW,
+        span_traces.VIEW,
+        traces.VIEW,
     )
 }
-GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats")
-# The order the maintenance daemon materializes global views in (metadata first, as micromegas's groups).
+GLOBAL_TABLES = ("log_entries", "measures", "processes", "streams", "blocks", "log_stats", "traces")
+# The order the maintenance daemon materializes micromegas's global views in (metadata first, as its groups).
 MAINTAINED = ("blocks", "processes", "streams", "log_entries", "measures", "log_stats")
+# spanlake's own global views, which the daemon materializes after micromegas's.
+SPANLAKE_MAINTAINED = ("traces",)

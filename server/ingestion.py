@@ -16,6 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
+from spanlake.lakehouse.block_traces import TransitBlockTraces
 from spanlake.lakehouse.errors import STORAGE_FAILURES, IngestRejected, cut
 from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
@@ -66,6 +67,7 @@ class IngestionService:
         self._ready_at = 0.0
         self._ready_error: str | None = None
         self.block_contexts = BlockContexts(lake)
+        self.block_traces = TransitBlockTraces(lake)
 
     def app(self) -> web.Application:
         """The aiohttp application: health, readiness, the enabled ingestion routes and the web UI."""
@@ -175,8 +177,9 @@ class IngestionService:
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
         await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
-        await self.block_contexts.check(record)
-        await store_block(self.lake, record, payload)
+        process = await self.block_contexts.check(record)
+        traces = await self.block_traces.of(record, payload, process)
+        await store_block(self.lake, record, payload, traces)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.otlp_export")
@@ -206,7 +209,7 @@ class IngestionService:
         for block in (scoped_otlp_block(b, audience) for b in blocks):
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
-            await store_block(self.lake, block.block, block.payload)
+            await store_block(self.lake, block.block, block.payload, block.traces)
 
     @staticmethod
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:

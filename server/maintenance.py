@@ -46,7 +46,7 @@ from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import STORAGE_FAILURES, is_storage_failure
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.retention import delete_expired
-from spanlake.lakehouse.view_sets import MAINTAINED, VIEW_SETS
+from spanlake.lakehouse.view_sets import MAINTAINED, SPANLAKE_MAINTAINED, VIEW_SETS
 from spanlake.views.view import View
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ class MaintenanceDaemon:
 
     def _maintained(self) -> list[View]:
         """The built-in global views, then the SQL-defined ones by update group (they read the former)."""
-        return [*(VIEW_SETS[name] for name in MAINTAINED), *self.lake.sql_views.by_update_group(self.lake)]
+        built_in = (VIEW_SETS[name] for name in (*MAINTAINED, *SPANLAKE_MAINTAINED))
+        return [*built_in, *self.lake.sql_views.by_update_group(self.lake)]
 
     def _materialize(self, view: View, begin: int, end: int, period_ns: int) -> int:
         """[begin, end) in buckets of the period, except where a partition crossing its edges covers

@@ -13,6 +13,10 @@ See docs/tracing.md. Modules (the public API is re-exported here):
 
     dispatch        the telemetry session: process info, streams, the flush thread, the sink
     spans           thread spans (sync code) and async spans (coroutines), context, suppression
+    propagation     W3C trace context: `inject` / `extract` of `traceparent` and `tracestate`
+    handoffs        `run_in_executor` carrying the caller's context (installed by `init`)
+    integrations    aiohttp (server middleware, client TraceConfig) and httpx (event hooks) spans
+    trace_facts     how a cpu block carries its spans' trace facts (a dependency micromegas skips)
     recording       a root span holding its descendants back until it ends, then keeping some
     logs            log entries and a `logging.Handler`
     metrics         integer and float metrics
@@ -46,9 +50,11 @@ from spanlake.tracing.logs import (
 )
 from spanlake.tracing.metrics import fmetric, imetric
 from spanlake.tracing.process_info import ProcessInfo
+from spanlake.tracing.propagation import extract, inject
 from spanlake.tracing.recording import RecordingOutcome, SpanRecording, begin_recording
 from spanlake.tracing.sink import HttpSink, MemorySink, Priority, SinkConfig, SinkStats
 from spanlake.tracing.spans import (
+    ROOT_CONTEXT,
     OpenAsyncSpan,
     SpanContext,
     async_span,
@@ -70,6 +76,7 @@ __all__ = [
     "ERROR",
     "FATAL",
     "INFO",
+    "ROOT_CONTEXT",
     "TRACE",
     "WARN",
     "HttpSink",
@@ -92,12 +99,14 @@ __all__ = [
     "current_span_id",
     "debug",
     "error",
+    "extract",
     "fatal",
     "flush",
     "fmetric",
     "imetric",
     "info",
     "init",
+    "inject",
     "instrument",
     "log",
     "record_async_span",

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 
-from spanlake.tracing import streams
+from spanlake.tracing import handoffs, streams
 from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.process_info import ProcessInfo, make_process_info, now_ticks
 from spanlake.tracing.registry import REGISTRY
@@ -226,6 +226,7 @@ def init(
             _flush_period(flush_period),
         )
         session.start()
+        handoffs.install()
         log_stream, metrics_stream = session.log_stream, session.metrics_stream
         local = threading.local()
         _session = session
@@ -241,6 +242,7 @@ def shutdown(timeout: float = 5.0) -> bool:
         if session is None:
             return True
         _session = None
+        handoffs.uninstall()
         local = threading.local()
         log_stream = streams.NullTupleStream(streams.LOG_BLOCK_EVENTS)
         metrics_stream = streams.NullTupleStream(streams.METRICS_BLOCK_EVENTS)

@@ -1,7 +1,9 @@
 """What recording and encoding agree on: how a stream keeps its events and what encoding them gives.
 
 A cpu stream keeps two flat lists, a fixed number of slots per event: thread events (code, time,
-name) and async events (code, time, span_id, parent_span_id, depth, name). An event's code is
+name) and async events (code, time, span_id, parent_span_id, depth, name, trace, link, facts): a begin
+carries the span's trace tuple and its hand-off/remote parent (`link`, 0 if none), an end the span's
+facts JSON (None if none); the other two slots are 0 / None. An event's code is
 descriptor id << TYPE_BITS | wire type index. Encoding a block's events gives `EncodedBuffers`.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 THREAD_SLOTS = 3
-ASYNC_SLOTS = 6
+ASYNC_SLOTS = 9
 TYPE_BITS = 8
 
 

@@ -20,7 +20,7 @@ from spanlake.tracing import spans
 from spanlake.tracing.spans import SpanContext
 from spanlake.tracing.streams import ASYNC_SLOTS
 
-# Positions in one buffered event (tracing.streams: code, time, span_id, parent_span_id, depth, name).
+# Positions in one buffered event (tracing.event_records: code, time, span_id, parent_span_id, depth, ...).
 _TIME, _SPAN, _PARENT = 1, 2, 3
 
 
@@ -41,12 +41,12 @@ class SpanRecording:
     __slots__ = ("_end_code", "_end_ns", "_name", "_parent", "context", "events")
 
     def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
-        span_id, depth = next(spans._span_ids), parent[1] + 1
-        self.context: SpanContext = (span_id, depth)
+        span_id, depth, trace, link = spans._child(parent)
+        self.context = SpanContext((span_id, depth, trace, 0))
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
         spans._recording_of[span_id] = self
-        self.events += (begin, spans._now(), span_id, parent[0], depth, name)
+        self.events += (begin, spans._now(), span_id, parent[0], depth, name, trace, link, None)
 
     def end(self) -> None:
         """Records the root's end (once; later calls do nothing)."""
@@ -77,7 +77,7 @@ class SpanRecording:
         return RecordingOutcome(duration_ns, slow, kept_ids, len(set(span_ids)) - len(kept_ids))
 
     def _end_event(self) -> list:
-        return [self._end_code, self._end_ns, self.context[0], self._parent, self.context[1], self._name]
+        return [self._end_code, self._end_ns, self.context[0], self._parent, self.context[1], self._name, 0, 0, None]
 
 
 def _kept_events(events: list, min_span_ns: int) -> list:
@@ -121,8 +121,7 @@ def begin_recording(name: str, parent: SpanContext | None = None, *, dynamic: bo
     """Begins a root async span named `name` whose descendants are recorded until `finish`; a child of
     `parent` (by default of the current span). `dynamic=True` for a name that changes per call."""
     frame = sys._getframe(1)
-    if parent is None:
-        parent = spans._current_span.get()
+    parent = spans._current_span.get() if parent is None else spans._internal(parent)
     if dynamic:
         location = spans._descriptor_here(frame, None) << spans.TYPE_BITS
         return SpanRecording(location | spans.BEGIN_ASYNC_NAMED, location | spans.END_ASYNC_NAMED, str(name), parent)

@@ -13,6 +13,16 @@ coroutine at that moment.
 
 Static names (a function's name, a fixed string) use `SpanMetadata` descriptors; dynamic names
 (`span_async_named`, `span_scope_named`) use the `Named` events, which carry the string itself.
+
+Traces: the context variable holds (span id, depth, trace, hand-off parent). Span ids are random,
+non-zero 64-bit ints (the u64 on the wire; micromegas's int64 `span_id` columns show the same bits
+signed), so they do not collide across processes. A span begun at the root starts a trace: (a 64-bit
+prefix random per process, the span's own id), 128 random bits in all; its descendants share the
+parent's trace tuple (one reference, no work per span). The fourth slot is non-zero in a context
+that was handed over (`attach`, an explicit `parent=`, a remote context from `tracing.propagation`):
+children begun in it record that span as their hand-off / remote parent. Spans from a remote parent
+are local roots (parent 0, depth 0) of their process's tree. The trace facts reach the blocks
+through `tracing.trace_facts`.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import itertools
+import json
+import os
+import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
@@ -40,13 +52,29 @@ BEGIN_THREAD, END_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED = 0, 1, 2, 3
 BEGIN_ASYNC, END_ASYNC, BEGIN_ASYNC_NAMED, END_ASYNC_NAMED = 4, 5, 6, 7
 
 _now = time.perf_counter_ns
-_span_ids = itertools.count(1)
-_ROOT = (0, -1)
-_current_span: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
+# A private generator: a program seeding `random` must not make two processes draw the same ids; a
+# forked child reseeds (from os.urandom) so it does not repeat its parent's ids.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+_random_bits = _random.getrandbits
+_SIGN = 1 << 63
+# The high half of the trace ids this process starts (the low half is the root span's random id).
+_TRACE_HIGH = _random_bits(64) or 1
+
+Trace = tuple  # (high, low[, tracestate]): the two 64-bit halves of a trace id, the W3C tracestate
+# (span id, depth, trace or 0, hand-off parent span id or 0)
+Context = tuple[int, int, Trace | int, int]
+_ROOT: Context = (0, -1, 0, 0)
+_current_span: contextvars.ContextVar[Context] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
 # The spans of open recordings (tracing.recording), by span id: a span whose parent is here joins its
 # parent's recording instead of being written to its thread's stream.
 _recording_of: dict[int, Any] = {}
+
+
+def new_span_id() -> int:
+    """A random, non-zero 64-bit span id."""
+    return _random_bits(64) or 1
 
 
 def current_span_id() -> int:
@@ -102,9 +130,10 @@ def _async_span_fn(func: F, desc: int) -> F:
     @functools.wraps(func)
     async def async_span(*args: Any, **kwargs: Any) -> Any:
         parent = _current_span.get()
-        span_id, depth = next(_span_ids), parent[1] + 1
-        record_begin(begin, _now(), span_id, parent[0], depth, None)
-        _current_span.set((span_id, depth))
+        span_id, depth = _random_bits(64) or 1, parent[1] + 1
+        trace = parent[2] or (_TRACE_HIGH, span_id)
+        record_begin(begin, _now(), span_id, parent[0], depth, None, trace, parent[3])
+        _current_span.set((span_id, depth, trace, 0))
         try:
             return await func(*args, **kwargs)
         finally:
@@ -113,50 +142,56 @@ def _async_span_fn(func: F, desc: int) -> F:
     return async_span  # type: ignore[return-value]
 
 
-def _end_async_span(end: int, span_id: int, parent: tuple[int, int], depth: int, name: str | None) -> None:
+def _end_async_span(end: int, span_id: int, parent: Context, depth: int, name: str | None) -> None:
     # Restore the parent only in our own context: a coroutine closed by the garbage collector runs
     # this in whatever context is current then, which is not ours to change.
     if _current_span.get()[0] == span_id:
         _current_span.set(parent)
-    record_end(end, _now(), span_id, parent[0], depth, name)
+    record_end(end, _now(), span_id, parent[0], depth, name, None)
 
 
-def record_begin(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
+def record_begin(
+    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, trace: Trace, link: int
+) -> None:
     """Appends an async span's begin event to its parent's recording if it has one (the span joins it),
-    else to the thread's cpu stream."""
+    else to the thread's cpu stream. `link`: the hand-off or remote parent's span id, else 0."""
     recording = _recording_of.get(parent_id)
     if recording is None:
         try:
             stream = _dispatch.local.stream
         except AttributeError:
             stream = _dispatch.thread_stream()
-        stream.async_events += (code, time_ns, span_id, parent_id, depth, name)
+        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, link, None)
     else:
         _recording_of[span_id] = recording
-        recording.events += (code, time_ns, span_id, parent_id, depth, name)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, link, None)
 
 
-def record_end(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
-    """Appends an async span's end event to its recording if it is in one, else to the thread's cpu stream."""
+def record_end(
+    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, facts: str | None
+) -> None:
+    """Appends an async span's end event to its recording if it is in one, else to the thread's cpu stream.
+    `facts`: the span's kind, attributes and links as JSON (`span_facts`), None for a plain span."""
     recording = _recording_of.get(span_id)
     if recording is not None:
-        recording.events += (code, time_ns, span_id, parent_id, depth, name)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, 0, 0, facts)
         return
     try:
         stream = _dispatch.local.stream
     except AttributeError:
         stream = _dispatch.thread_stream()
     events = stream.async_events
-    events += (code, time_ns, span_id, parent_id, depth, name)
+    events += (code, time_ns, span_id, parent_id, depth, name, 0, 0, facts)
     if len(events) > stream.async_capacity:
         stream.full()
 
 
 async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
     parent = _current_span.get()
-    span_id, depth = next(_span_ids), parent[1] + 1
-    record_begin(begin, _now(), span_id, parent[0], depth, name)
-    _current_span.set((span_id, depth))
+    span_id, depth = _random_bits(64) or 1, parent[1] + 1
+    trace = parent[2] or (_TRACE_HIGH, span_id)
+    record_begin(begin, _now(), span_id, parent[0], depth, name, trace, parent[3])
+    _current_span.set((span_id, depth, trace, 0))
     try:
         return await awaitable
     finally:
@@ -232,26 +267,106 @@ def _descriptor_here(frame: FrameType, name: str | None) -> int:
     return found[0]
 
 
-SpanContext = tuple[int, int]  # (span id, depth) of an async span; (0, -1) is the root
+class SpanContext(tuple):
+    """Where a span stands, to continue it elsewhere (another thread, a queue consumer, another process).
+
+    The tuple (span id, depth) of an async span ((0, -1): the root), plus its trace and hand-off parent
+    (see the module). `trace_id` (32 lowercase hex), `span_id` (the 64-bit id; `span_id_int64` is how
+    the views show it) and `span_hex` (16 hex) name it the W3C way. The root context is not `valid`."""
+
+    def __new__(cls, context: Context | tuple[int, int]) -> SpanContext:
+        """The public form of a context tuple (a SpanContext is returned as it is)."""
+        if type(context) is cls:
+            return context  # type: ignore[return-value]
+        self = tuple.__new__(cls, context[:2])
+        self._trace = context[2] if len(context) > 2 else 0
+        self._link = context[3] if len(context) > 3 else 0
+        return self
+
+    @property
+    def span_id(self) -> int:
+        """The span to continue: the local span, or the remote parent of an extracted context."""
+        return self[0] or self._link
+
+    @property
+    def span_id_int64(self) -> int:
+        """`span_id`'s 64 bits read as signed, as `async_events` and `span_traces` show it."""
+        span_id = self.span_id
+        return span_id - (1 << 64) if span_id >= _SIGN else span_id
+
+    @property
+    def depth(self) -> int:
+        """The span's depth in its process's tree (-1: the root, or a remote parent)."""
+        return self[1]
+
+    @property
+    def span_hex(self) -> str:
+        """`span_id`'s 64 bits as 16 lowercase hex characters (a W3C parent-id)."""
+        return f"{self.span_id:016x}"
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id as 32 lowercase hex characters ("0" * 32 outside any trace)."""
+        trace = self._trace
+        return f"{trace[0]:016x}{trace[1]:016x}" if trace else "0" * 32
+
+    @property
+    def trace_state(self) -> str | None:
+        """The W3C `tracestate` received with the trace, if any."""
+        trace = self._trace
+        return trace[2] if trace and len(trace) > 2 else None
+
+    @property
+    def valid(self) -> bool:
+        """Whether the context names a span of a trace (the root context does not)."""
+        return bool(self._trace)
+
+    def internal(self) -> Context:
+        """The tuple the context variable holds."""
+        return (self[0], self[1], self._trace, self._link)
+
+
+def _internal(context: Context | tuple[int, int]) -> Context:
+    """A context given by a caller (SpanContext, or a bare (span id, depth)) as the context variable holds it."""
+    if type(context) is SpanContext:
+        return context.internal()
+    return (context[0], context[1], 0, 0) if len(context) < 4 else context
+
+
+ROOT_CONTEXT = SpanContext(_ROOT)
 
 
 def current_span_context() -> SpanContext:
-    """The async span the caller is in, to hand to code running elsewhere (another thread, a callback
-    that does not inherit this context): there, `with attach(context):` or `async_span(..., parent=context)`."""
-    return _current_span.get()
+    """The async span the caller is in, to hand to code running elsewhere (another thread, a queue
+    consumer, a callback that does not inherit this context): there, `with attach(context):` or
+    `async_span(..., parent=context)` continue it."""
+    return SpanContext(_current_span.get())
+
+
+def _handed_over(context: Context | tuple[int, int]) -> Context:
+    """`context` as continued elsewhere: its children record its span as their hand-off parent."""
+    context = _internal(context)
+    return (context[0], context[1], context[2], context[3] or context[0])
+
+
+def _child(parent: Context) -> tuple[int, int, Trace, int]:
+    """A new span's (id, depth, trace, hand-off parent) under `parent`; a root starts a trace."""
+    span_id = new_span_id()
+    return span_id, parent[1] + 1, parent[2] or (_TRACE_HIGH, span_id), parent[3]
 
 
 class attach:
-    """Makes `context` the current async span for the body (on this thread, in this context)."""
+    """Makes `context` the current async span for the body (on this thread, in this context); spans
+    begun in the body are children of its span, recorded as handed over (their `parent_span_hex`)."""
 
     __slots__ = ("_context", "_token")
 
-    def __init__(self, context: SpanContext) -> None:
+    def __init__(self, context: Context) -> None:
         self._context = context
 
     def __enter__(self) -> SpanContext:
-        self._token = _current_span.set(self._context)
-        return self._context
+        self._token = _current_span.set(_handed_over(self._context))
+        return SpanContext(self._context)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
@@ -259,66 +374,137 @@ class attach:
         _current_span.reset(self._token)
 
 
+Attributes = dict[str, Any]
+
+
+def span_facts(kind: str | None, attributes: Attributes | None, links: Iterable[Context] | None) -> str | None:
+    """A span's kind, attributes and links as the JSON its end event carries (None when it has none)."""
+    if kind is None and not attributes and not links:
+        return None
+    link_list = [
+        {"trace_id": SpanContext(link).trace_id, "span_hex": SpanContext(link).span_hex} for link in links or ()
+    ]
+    return json.dumps(
+        {"kind": kind or "internal", "attributes": attributes or {}, "links": link_list},
+        default=str,
+        separators=(",", ":"),
+    )
+
+
 class OpenAsyncSpan:
     """An async span begun by `begin_async_span` or `async_span`: ended once by `end()`, from any thread.
 
-    It does not change the current span: `context` is what its children take as parent."""
+    It does not change the current span: `context` is what its children take as parent. `kind`,
+    `attributes` (a dict, may be completed until `end`) and `links` are written with its end."""
 
-    __slots__ = ("_end", "_name", "_parent", "context")
+    __slots__ = ("_end", "_name", "_parent", "attributes", "context", "kind", "links")
 
-    def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
-        span_id, depth = next(_span_ids), parent[1] + 1
-        self.context: SpanContext = (span_id, depth)
+    def __init__(
+        self,
+        begin: int,
+        end: int,
+        name: str | None,
+        parent: Context,
+        kind: str | None = None,
+        attributes: Attributes | None = None,
+        links: Iterable[Context] | None = None,
+    ) -> None:
+        span_id, depth, trace, link = _child(parent)
+        self.context = SpanContext((span_id, depth, trace, 0))
         self._end, self._name, self._parent = end, name, parent[0]
-        record_begin(begin, _now(), span_id, parent[0], depth, name)
+        self.kind, self.attributes, self.links = kind, attributes, list(links) if links else None
+        record_begin(begin, _now(), span_id, parent[0], depth, name, trace, link)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Sets one attribute (written with the span's end)."""
+        if self.attributes is None:
+            self.attributes = {}
+        self.attributes[key] = value
 
     def end(self) -> None:
         """Records the span's end; later calls do nothing."""
         if self._end < 0:
             return
         end, self._end = self._end, -1
-        record_end(end, _now(), self.context[0], self._parent, self.context[1], self._name)
+        facts = span_facts(self.kind, self.attributes, self.links)
+        record_end(end, _now(), self.context[0], self._parent, self.context[1], self._name, facts)
 
 
-def begin_async_span(name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> OpenAsyncSpan:
+def begin_async_span(
+    name: str,
+    parent: Context | None = None,
+    *,
+    dynamic: bool = False,
+    kind: str | None = None,
+    attributes: Attributes | None = None,
+    links: Iterable[Context] | None = None,
+) -> OpenAsyncSpan:
     """Begins an async span (child of `parent`, by default of the current span) to be ended with `.end()`,
     possibly on another thread: for work whose extent is not one block of code, such as a streamed
-    response. `dynamic=True` for a name that changes per call (a `Named` span)."""
-    return _open_span(sys._getframe(1), name, parent, dynamic)
+    response. `dynamic=True` for a name that changes per call (a `Named` span); `kind` ('server',
+    'client', 'producer', 'consumer'; default 'internal'), `attributes` and `links` (contexts this span
+    follows from, for fan-in) are trace facts."""
+    return _open_span(sys._getframe(1), name, parent, dynamic, kind, attributes, links)
 
 
-def _open_span(frame: FrameType, name: str, parent: SpanContext | None, dynamic: bool) -> OpenAsyncSpan:
-    if parent is None:
-        parent = _current_span.get()
+def _open_span(
+    frame: FrameType,
+    name: str,
+    parent: Context | None,
+    dynamic: bool,
+    kind: str | None = None,
+    attributes: Attributes | None = None,
+    links: Iterable[Context] | None = None,
+) -> OpenAsyncSpan:
+    # An explicit parent is a hand-off: the span records it as its hand-off parent.
+    parent = _current_span.get() if parent is None else _handed_over(parent)
     if dynamic:
         location = _descriptor_here(frame, None)
-        return OpenAsyncSpan(
-            location << TYPE_BITS | BEGIN_ASYNC_NAMED, location << TYPE_BITS | END_ASYNC_NAMED, str(name), parent
+        begin, end, given = (
+            location << TYPE_BITS | BEGIN_ASYNC_NAMED,
+            location << TYPE_BITS | END_ASYNC_NAMED,
+            str(name),
         )
-    desc = _descriptor_here(frame, name)
-    return OpenAsyncSpan(desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC, None, parent)
+    else:
+        desc = _descriptor_here(frame, name)
+        begin, end, given = desc << TYPE_BITS | BEGIN_ASYNC, desc << TYPE_BITS | END_ASYNC, None
+    return OpenAsyncSpan(begin, end, given, parent, kind, attributes, links)
 
 
 class async_span:
     """`with async_span("name"):` an async span around a block of synchronous code: a child of the
-    current async span (or of `parent`), and the current span of its body, so spans begun in the body
-    (and tasks created there) are its children. `dynamic=True` for per-call names."""
+    current async span (or of `parent`, a hand-off), and the current span of its body, so spans begun in
+    the body (and tasks created there) are its children. `dynamic=True` for per-call names; `kind`,
+    `attributes` and `links` as in `begin_async_span` (the `attributes` dict is read at the end, so the
+    body may complete it). The body gets the span's context."""
 
-    __slots__ = ("_dynamic", "_frame", "_name", "_parent", "_span", "_token")
+    __slots__ = ("_dynamic", "_facts", "_frame", "_name", "_parent", "_span", "_token")
 
-    def __init__(self, name: str, parent: SpanContext | None = None, *, dynamic: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        parent: Context | None = None,
+        *,
+        dynamic: bool = False,
+        kind: str | None = None,
+        attributes: Attributes | None = None,
+        links: Iterable[Context] | None = None,
+    ) -> None:
         self._frame, self._name, self._parent, self._dynamic = sys._getframe(1), name, parent, dynamic
+        self._facts = (kind, attributes, links)
 
     def __enter__(self) -> SpanContext:
-        self._span = span = _open_span(self._frame, self._name, self._parent, self._dynamic)
+        self._span = span = _open_span(self._frame, self._name, self._parent, self._dynamic, *self._facts)
         self._frame = None  # type: ignore[assignment]  # do not keep the caller's frame alive
-        self._token = _current_span.set(span.context)
+        self._token = _current_span.set(span.context.internal())
         return span.context
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         _current_span.reset(self._token)
+        if exc is not None:
+            self._span.set_attribute("error", type(exc).__name__)
         self._span.end()
 
 
@@ -345,14 +531,15 @@ class suppressed:
         self._local = None
 
 
-def record_async_span(name: str, parent: SpanContext, begin_ns: int, end_ns: int) -> SpanContext:
+def record_async_span(name: str, parent: Context, begin_ns: int, end_ns: int) -> SpanContext:
     """Records an async span that has already run, named per call, with its times given on the spans'
     clock (`time.perf_counter_ns`): for work timed by someone else, such as a query engine's operators.
     Returns its context, the parent of its own children."""
     location = _descriptor_here(sys._getframe(1), None)
-    span_id, depth = next(_span_ids), parent[1] + 1
+    parent = _internal(parent)
+    span_id, depth, trace, link = _child(parent)
     if type(name) is not str:
         name = str(name)
-    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name)
-    record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name)
-    return (span_id, depth)
+    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name, trace, link)
+    record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name, None)
+    return SpanContext((span_id, depth, trace, 0))

@@ -11,6 +11,7 @@ string arrays, and `_frame` puts every entry in its final position with one Arro
 
 from __future__ import annotations
 
+import operator
 import struct
 import uuid
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanlake.tracing import udts
+from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
 from spanlake.tracing.udts import (
@@ -135,6 +136,7 @@ class Dependencies:
         self.dynamic_names: pa.Array | None = None  # per-block names, ids DYNAMIC_ID_BASE + index
         self.records: list[tuple[Udt, list[tuple]]] = []
         self.property_sets: list[int] = []
+        self.trace_facts: str | None = None  # the block's trace facts (tracing.trace_facts), id FACTS_ID
 
     def add_records(self, udt: Udt, table: dict, ids: np.ndarray, string_fields: Sequence[str]) -> None:
         """Adds the `udt` records of `ids` (rows of `table`) and the strings their `string_fields` name."""
@@ -164,6 +166,9 @@ class Dependencies:
         if self.dynamic_names is not None and len(self.dynamic_names):
             values = pa.concat_arrays([values, self.dynamic_names.cast(pa.large_string())])
             id_array = np.concatenate([id_array, DYNAMIC_ID_BASE + np.arange(len(self.dynamic_names), dtype=np.uint64)])
+        if self.trace_facts is not None:
+            values = pa.concat_arrays([values, pa.array([self.trace_facts], pa.large_string())])
+            id_array = np.append(id_array, np.uint64(trace_facts.FACTS_ID))
         if not len(values):
             return b""
         lengths = utf8_lengths(values)
@@ -237,10 +242,35 @@ def _columns(values: list, slots: int) -> list[np.ndarray]:
     return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
 
 
+_BEGIN_ASYNC_TYPES = (4, 6)
+_TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
+
+
+def _block_trace_facts(async_values: list, async_types: np.ndarray, span_id: np.ndarray, times: np.ndarray) -> str:
+    """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python:
+    begins carry a trace tuple (ends a 0, dropped by `filter`), ends their facts JSON or None."""
+    begins = np.isin(async_types, _BEGIN_ASYNC_TYPES)
+    traces = list(filter(None, async_values[6::ASYNC_SLOTS]))
+    records = np.zeros(len(traces), trace_facts.RECORD)
+    records["span_id"], records["time"] = span_id[begins].view(np.int64), times[begins]
+    records["trace_high"] = np.fromiter(map(_TRACE_HIGH, traces), np.uint64, len(traces)).view(np.int64)
+    records["trace_low"] = np.fromiter(map(_TRACE_LOW, traces), np.uint64, len(traces)).view(np.int64)
+    records["link"] = np.array(async_values[7::ASYNC_SLOTS], np.uint64)[begins].view(np.int64)
+    facts = pa.array(async_values[8::ASYNC_SLOTS], pa.large_string())
+    with_facts = facts.is_valid().to_numpy(zero_copy_only=False)
+    return trace_facts.encode(records, span_id[with_facts].view(np.int64), facts.filter(with_facts).to_pylist())
+
+
 def encode_thread_events(thread_values: list, async_values: list, registry: Registry) -> EncodedBuffers:
     """Encodes a cpu-stream block from the flat event lists of its thread and async events."""
     thread_code, thread_time, thread_name = _columns(thread_values, THREAD_SLOTS)
-    async_code, async_time, span_id, parent_span_id, depth, async_name = _columns(async_values, ASYNC_SLOTS)
+    if len(async_values) % ASYNC_SLOTS:
+        raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
+    # Span ids are u64 (random 64 bits); the other integers fit int64.
+    async_code, async_time, span_id, parent_span_id, depth = (
+        np.array(async_values[i::ASYNC_SLOTS], np.uint64 if i in (2, 3) else np.int64) for i in range(5)
+    )
+    async_name = np.array(async_values[5::ASYNC_SLOTS], dtype=object)
     codes = np.concatenate([thread_code, async_code])
     times = np.concatenate([thread_time, async_time])
     types, ids = codes & 0xFF, codes >> TYPE_BITS
@@ -251,8 +281,9 @@ def encode_thread_events(thread_values: list, async_values: list, registry: Regi
     order = np.argsort(times, kind="stable")
     position = np.empty(count, np.int64)
     position[order] = np.arange(count)
-    zeros = np.zeros(split, np.int64)
-    span_ids, parents, depths = (np.concatenate([zeros, c]) for c in (span_id, parent_span_id, depth))
+    span_ids, parents, depths = (
+        np.concatenate([np.zeros(split, c.dtype), c]) for c in (span_id, parent_span_id, depth)
+    )
 
     named = np.isin(types, _NAMED_TYPES)
     all_names = np.concatenate([thread_name, async_name])[named]
@@ -280,6 +311,8 @@ def encode_thread_events(thread_values: list, async_values: list, registry: Regi
         udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
+    if len(async_code):
+        deps.trace_facts = _block_trace_facts(async_values, types[split:], span_id, async_time)
     return EncodedBuffers(_frame(parts, count), deps.encode(), count)
 
 

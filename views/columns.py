@@ -124,3 +124,12 @@ def binary_dictionary(coded: Coded[bytes]) -> pa.Array:
     remap = np.array([unique.setdefault(value, len(unique)) for value in coded.values], dtype=np.int32)
     indices = remap[coded.codes] if len(remap) else np.zeros(0, np.int32)
     return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(list(unique), pa.binary()))
+
+
+def matching_rows(keys: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each key, the row of an equal candidate and whether there is one (a sorted search, no join)."""
+    if not len(candidates):
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    order = np.argsort(candidates, kind="stable")
+    slots = np.minimum(np.searchsorted(candidates[order], keys), len(candidates) - 1)
+    return order[slots], candidates[order][slots] == keys

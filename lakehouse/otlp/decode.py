@@ -37,6 +37,7 @@ from spanlake.views.measures import MeasureColumns
 from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.otel_spans import SPAN_KINDS, STATUS_CODES, OtelSpanColumns
 from spanlake.views.otel_spans import VIEW_SET_NAME as OTEL_SPANS
+from spanlake.views.traces import VIEW_SET_NAME as TRACES
 from spanlake.views.view import OtlpBlock, View
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
@@ -420,5 +421,5 @@ _EXTRACTORS: dict[str, Extractor] = {
 }
 # Views that read a format differently from its default columns above.
 _VIEW_EXTRACTORS: dict[str, Extractor] = {
-    OTEL_SPANS: lambda payload, _: extract_otel_spans(read_resource(payload, ResourceSpans)),
+    name: lambda payload, _: extract_otel_spans(read_resource(payload, ResourceSpans)) for name in (OTEL_SPANS, TRACES)
 }

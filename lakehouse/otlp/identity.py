@@ -25,6 +25,7 @@ from typing import Any
 from google.protobuf.message import Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces, otlp_traces
 from spanlake.lakehouse.otlp.bounds import Bounds, logs_bounds, metrics_bounds, spans_bounds
 from spanlake.lakehouse.otlp.envelope import serialize, serialize_metrics, write_envelope
 from spanlake.lakehouse.otlp.rust_text import attr_to_string
@@ -92,6 +93,7 @@ class OtlpResourceBlock:
     stream: StreamRecord
     block: BlockRecord
     payload: bytes
+    traces: BlockTraces = NO_TRACES  # a traces resource's trace ids, for the trace index
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b""
             payload_size=len(payload),
         ),
         payload=payload,
+        traces=otlp_traces(resource) if signal == "traces" else NO_TRACES,
     )
 
 

@@ -18,9 +18,11 @@ Modules:
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
     deny_list_functions  deny_queries, list_query_denials, remove_query_denial
     process_spans      `process_spans(process_id, span_types)`: a process's thread and async spans
+    trace_spans        `trace_spans(trace_id)`: every span of one trace across processes (the trace index)
     block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
+    trace_perfetto     `perfetto_trace_of(trace_id)`: one trace across processes, with flows, as Perfetto chunks
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans

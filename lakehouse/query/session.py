@@ -32,9 +32,12 @@ from spanlake.lakehouse.query import (
     instances,
     partition_admin,
     perfetto_trace,
+    trace_perfetto,
+    trace_spans,
     view_ddl,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
+from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -46,7 +49,7 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 
 # Table functions whose rows reach the client in the order their generator makes them (the client
 # reads them in arrival order, without ORDER BY): a query naming one never has its inputs split.
-ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", re.IGNORECASE)
+ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|perfetto_trace_of|materialize_partitions", re.IGNORECASE)
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
@@ -266,6 +269,16 @@ def _table_functions(
             ),
             (Arg("process_id", Kind.STRING), Arg("span_types", Kind.STRING)),
             capitalized=True,
+        ),
+        TableFunction(
+            "trace_spans",
+            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id)),
+            (Arg("trace_id", Kind.STRING),),
+        ),
+        TableFunction(
+            "perfetto_trace_of",
+            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id)),
+            (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "parse_block",

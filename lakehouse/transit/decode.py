@@ -73,6 +73,7 @@ __all__ = [
     "frame_objects",
     "inflated_chunks",
     "object_values",
+    "read_block_dependencies",
     "read_dependencies",
     "split_payload",
     "stream_layout",
@@ -182,6 +183,15 @@ def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = D
     return decode_buffers(
         decompress(dependencies, "dependencies buffer", limit), decompress(objects, "objects buffer", limit), layout
     )
+
+
+def read_block_dependencies(
+    payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION
+) -> dict[int, Value]:
+    """The dependencies of a stored block payload alone (its objects stay compressed): enough for
+    `views.span_traces.block_traces`."""
+    dependencies, _ = split_payload(payload)
+    return read_dependencies(decompress(dependencies, "dependencies buffer", limit), layout.dependency_types)
 
 
 def decode_buffers(dependencies: bytes, objects: bytes, layout: StreamLayout) -> DecodedBlock:

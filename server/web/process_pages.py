@@ -138,8 +138,11 @@ def logs_sql(process_id: str, level: int, search: str, limit: int) -> BoundSql:
     if search:
         params["needle"] = search.lower()
         where += " AND strpos(lower(msg), $needle) > 0"
+    # A line emitted inside a span names it (OTLP log records carry their span context): it links there.
     return BoundSql(
-        f"SELECT time, level, target, msg FROM view_instance('log_entries', '{process_id}') WHERE {where}"
+        "SELECT time, level, target, msg, property_get(properties, 'otel.trace_id') AS trace_id,"
+        " property_get(properties, 'otel.span_id') AS span_id"
+        f" FROM view_instance('log_entries', '{process_id}') WHERE {where}"
         f" ORDER BY time DESC LIMIT {limit}",
         params,
     )

@@ -1,0 +1,119 @@
+"""The traces of a block being ingested, for the trace index: the distinct trace ids its spans carry,
+with the earliest begin and latest end of each trace's spans in the block (one entry per trace, not
+per span, so indexing a block costs one small upsert). OTLP spans give their start and end; the SDK's
+trace facts give span begins only (a span's end event names no trace), so an SDK process's range
+ends at its trace's last span begin."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+from spanlake.lakehouse.errors import BadBlockError
+from spanlake.lakehouse.records import BlockRecord, block_meta
+from spanlake.lakehouse.transit.decode import StreamLayout, read_block_dependencies, stream_layout
+from spanlake.views import span_traces
+from spanlake.views.meta import ProcessMeta
+from spanlake.views.time import converter_for_block
+
+if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
+    from spanlake.lakehouse.lake import Lake
+
+log = logging.getLogger(__name__)
+
+TRACE_ID_BYTES = 16
+
+
+@dataclass(frozen=True)
+class BlockTraces:
+    """Distinct trace ids (16 bytes each) with their spans' time range in one block."""
+
+    trace_ids: list[bytes]
+    begin_ns: list[int]
+    end_ns: list[int]
+
+
+NO_TRACES = BlockTraces([], [], [])
+
+
+def grouped_traces(trace_ids: bytes, begin_ns: np.ndarray, end_ns: np.ndarray) -> BlockTraces:
+    """One entry per distinct trace id of `trace_ids` (16 bytes per span, concatenated): the earliest
+    begin and latest end of its spans. All-zero trace ids (invalid in W3C) are left out. Sorted by
+    (high, low) halves and reduced per run of equal ids: numpy throughout."""
+    halves = np.frombuffer(trace_ids, ">u8").reshape(-1, 2).astype(np.uint64)
+    valid = (halves[:, 0] != 0) | (halves[:, 1] != 0)
+    high, low, begin_ns, end_ns = halves[valid, 0], halves[valid, 1], begin_ns[valid], end_ns[valid]
+    if not len(high):
+        return NO_TRACES
+    order = np.lexsort((low, high))
+    high, low, begin_ns, end_ns = high[order], low[order], begin_ns[order], end_ns[order]
+    firsts = np.flatnonzero(np.r_[True, (high[1:] != high[:-1]) | (low[1:] != low[:-1])])
+    raw = np.stack([high[firsts], low[firsts]], axis=1).astype(">u8").tobytes()
+    ids = [raw[i : i + TRACE_ID_BYTES] for i in range(0, len(raw), TRACE_ID_BYTES)]
+    begins = np.minimum.reduceat(begin_ns, firsts)
+    ends = np.maximum.reduceat(end_ns, firsts)
+    return BlockTraces(ids, begins.tolist(), ends.tolist())
+
+
+def otlp_traces(resource: ResourceSpans) -> BlockTraces:
+    """The traces of an OTLP spans resource (spans with a 16-byte trace id and a start time). One pass
+    per field over the spans, the rest in numpy."""
+    spans = [span for scope in resource.scope_spans for span in scope.spans]
+    ids = [span.trace_id for span in spans]
+    begins = np.array([span.start_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    ends = np.array([span.end_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    kept = (np.fromiter(map(len, ids), np.int64, len(ids)) == TRACE_ID_BYTES) & (begins != 0)
+    raw = b"".join(ids) if kept.all() else b"".join(itertools.compress(ids, kept))
+    return grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
+
+
+class TransitBlockTraces:
+    """The traces of native (transit) blocks: the SDK's trace facts in `cpu` blocks, read from the
+    dependencies buffer alone (`views.span_traces.block_traces`). What it needs of a stream (is it a
+    cpu stream, its dependency types) never changes once stored, so it is cached per stream (up to
+    `capacity` streams, then forgotten at once); a stream not stored yet is asked again next block."""
+
+    def __init__(self, lake: Lake, capacity: int = 10_000) -> None:
+        """An empty cache over the lake's catalog."""
+        self.lake = lake
+        self.capacity = capacity
+        self._layouts: dict[uuid.UUID, StreamLayout | None] = {}  # None: not a cpu stream
+
+    async def of(self, record: BlockRecord, payload: bytes, process: ProcessMeta | None) -> BlockTraces:
+        """The block's traces (none for a block of another stream than cpu, of an unknown stream or
+        process, or whose trace facts cannot be read: the block itself is stored all the same)."""
+        layout = await self._layout(record.stream_id)
+        if layout is None or process is None:
+            return NO_TRACES
+        try:
+            dependencies = read_block_dependencies(payload, layout)
+            traces = span_traces.block_traces(dependencies, converter_for_block(process, block_meta(record)))
+        except (BadBlockError, ValueError) as err:
+            log.warning("block %s: trace facts not indexed: %s", record.block_id, err)
+            return NO_TRACES
+        return BlockTraces(
+            [bytes.fromhex(text) for text in traces.column("trace_id").to_pylist()],  # one per trace, not span
+            traces.column("begin_min").cast(pa.int64()).to_pylist(),
+            traces.column("begin_max").cast(pa.int64()).to_pylist(),
+        )
+
+    async def _layout(self, stream_id: uuid.UUID) -> StreamLayout | None:
+        if stream_id in self._layouts:
+            return self._layouts[stream_id]
+        row = await self.lake.catalog.stream_for_traces(stream_id)
+        if row is None:
+            return None
+        layout = None
+        if "cpu" in (row["tags"] or []):
+            layout = stream_layout(row["dependencies_metadata"], row["objects_metadata"])
+        if len(self._layouts) >= self.capacity:
+            self._layouts.clear()
+        self._layouts[stream_id] = layout
+        return layout

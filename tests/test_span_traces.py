@@ -1,0 +1,182 @@
+"""The SDK's trace facts through a running server: `view_instance('span_traces', process_id)` rows
+(trace ids, hex ids, hand-off and remote parents, kind, attributes, links, begin/end), the block
+function the trace index reads, and micromegas-compatible decoding left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+
+import micromegas
+import numpy as np
+import pandas as pd
+import pytest
+from harness import PostgresServer, SpanlakeServer, running_server
+
+from spanlake import tracing
+from spanlake.lakehouse.transit.decode import read_block_dependencies, stream_layout
+from spanlake.tracing import trace_facts
+from spanlake.views.span_traces import (
+    FACTS_ID,
+    MAGIC,
+    RECORD,
+    TraceFactsError,
+    block_facts,
+    block_traces,
+    decode_facts,
+)
+from spanlake.views.time import TickConverter
+
+REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture(scope="module")
+def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
+    with running_server(postgres, tmp_path_factory.mktemp("span_traces")) as server:
+        yield server
+
+
+def record_program(url: str) -> dict[str, tracing.SpanContext]:
+    """An instrumented program: a local trace with a child, a hand-off to a thread, a span continuing
+    a remote parent, a fan-in span with links. Returns the contexts it saw, by label."""
+    seen: dict[str, tracing.SpanContext] = {}
+    process = tracing.init(url, exe="span-traces-test", flush_period=3600)
+
+    def worker(context: tracing.SpanContext) -> None:
+        with tracing.attach(context), tracing.async_span("in_thread") as in_thread:
+            seen["in_thread"] = in_thread
+
+    @tracing.span_fn
+    async def child() -> None:
+        seen["child"] = tracing.current_span_context()
+
+    @tracing.span_fn
+    async def request() -> None:
+        seen["request"] = tracing.current_span_context()
+        await child()
+        thread = threading.Thread(target=worker, args=(tracing.current_span_context(),))
+        thread.start()
+        thread.join()
+
+    async def main() -> None:
+        await request()
+        remote = tracing.extract({"traceparent": REMOTE, "tracestate": "vendor=1"})
+        attributes = {"http.method": "GET", "http.route": "/items"}
+        with tracing.async_span("served", parent=remote, kind="server", attributes=attributes) as served:
+            seen["served"] = served
+            attributes["http.status_code"] = 200  # completed in the body: read at the end
+        with tracing.async_span("fan_in", links=[seen["request"], seen["served"]]) as fan_in:
+            seen["fan_in"] = fan_in
+
+    asyncio.run(main())
+    assert tracing.shutdown()
+    seen["process"] = process  # type: ignore[assignment]
+    return seen
+
+
+@pytest.fixture(scope="module")
+def program(server: SpanlakeServer) -> dict[str, tracing.SpanContext]:
+    return record_program(server.http_url)
+
+
+def span_rows(server: SpanlakeServer, process_id: str) -> pd.DataFrame:
+    client = micromegas.connect(server.flightsql_url)
+    rows = client.query(f"SELECT * FROM view_instance('span_traces', '{process_id}') ORDER BY begin")
+    return rows.set_index("span_hex", drop=False)
+
+
+def test_span_traces_rows(server: SpanlakeServer, program: dict) -> None:
+    process_id = str(program["process"].process_id)
+    rows = span_rows(server, process_id)
+    request, child, in_thread, served, fan_in = (
+        program[label] for label in ("request", "child", "in_thread", "served", "fan_in")
+    )
+    assert list(rows["span_hex"]) == [c.span_hex for c in (request, child, in_thread, served, fan_in)]
+    # One local trace for the request's tree (its root's own id is the trace id's low half).
+    for context in (child, in_thread):
+        assert rows.loc[context.span_hex, "trace_id"] == request.trace_id
+    assert request.trace_id.endswith(request.span_hex) and len(request.trace_id) == 32
+    assert rows.loc[request.span_hex, "span_id"] == request.span_id_int64
+    # Parents within the process are async_events' business: null here, except hand-offs and remote ones.
+    assert rows.loc[request.span_hex, "parent_span_hex"] is None
+    assert rows.loc[child.span_hex, "parent_span_hex"] is None
+    assert rows.loc[in_thread.span_hex, "parent_span_hex"] == request.span_hex
+    assert rows.loc[served.span_hex, "trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert rows.loc[served.span_hex, "parent_span_hex"] == "b7ad6b7169203331"
+    assert rows.loc[served.span_hex, "kind"] == "server"
+    assert json.loads(rows.loc[served.span_hex, "attributes"]) == {
+        "http.method": "GET",
+        "http.route": "/items",
+        "http.status_code": 200,
+    }
+    assert rows.loc[child.span_hex, "kind"] == "internal"
+    assert rows.loc[child.span_hex, "attributes"] == "{}"
+    assert [dict(link) for link in rows.loc[fan_in.span_hex, "links"]] == [
+        {"trace_id": request.trace_id, "span_hex": request.span_hex},
+        {"trace_id": served.trace_id, "span_hex": served.span_hex},
+    ]
+    assert fan_in.trace_id not in (request.trace_id, served.trace_id)  # a root: its own trace
+    assert (rows["end"] >= rows["begin"]).all()
+
+
+def test_async_events_show_the_same_ids_and_remote_parents_as_local_roots(
+    server: SpanlakeServer, program: dict
+) -> None:
+    process_id = str(program["process"].process_id)
+    client = micromegas.connect(server.flightsql_url)
+    events = client.query(
+        f"SELECT span_id, parent_span_id, depth, name FROM view_instance('async_events', '{process_id}')"
+        " WHERE event_type = 'begin'"
+    ).set_index("span_id")
+    request, child, in_thread, served = (program[label] for label in ("request", "child", "in_thread", "served"))
+    assert events.loc[child.span_id_int64, "parent_span_id"] == request.span_id_int64
+    assert events.loc[in_thread.span_id_int64, "parent_span_id"] == request.span_id_int64
+    assert (events.loc[served.span_id_int64, "parent_span_id"], events.loc[served.span_id_int64, "depth"]) == (0, 0)
+    assert set(events.index) == set(span_rows(server, process_id)["span_id"])
+
+
+def test_block_traces_lists_each_blocks_traces(server: SpanlakeServer, program: dict) -> None:
+    process = program["process"]
+    streams = {row["stream_id"]: row for row in server.stream_rows(process.process_id)}
+    found: dict[str, int] = {}
+    for block, payload in server.stored_blocks(process.process_id):
+        stream = streams[block["stream_id"]]
+        if "cpu" not in stream["tags"]:
+            continue
+        layout = stream_layout(bytes(stream["dependencies_metadata"]), bytes(stream["objects_metadata"]))
+        convert = TickConverter(process.start_ticks, process.start_time_ns, process.tsc_frequency)
+        table = block_traces(read_block_dependencies(payload, layout), convert)
+        assert (table["begin_max"].to_numpy() >= table["begin_min"].to_numpy()).all()
+        for trace_id, spans in zip(table["trace_id"].to_pylist(), table["spans"].to_pylist(), strict=True):
+            found[trace_id] = found.get(trace_id, 0) + spans
+    assert found == {program["request"].trace_id: 3, program["served"].trace_id: 1, program["fan_in"].trace_id: 1}
+
+
+def test_the_sdk_writes_the_format_the_view_reads() -> None:
+    assert (trace_facts.FACTS_ID, trace_facts.MAGIC, trace_facts.RECORD) == (FACTS_ID, MAGIC, RECORD)
+    records = np.zeros(2, RECORD)
+    records["span_id"] = [-5, 7]
+    text = trace_facts.encode(records, np.array([-5], np.int64), ['{"kind":"client"}'])
+    decoded = decode_facts(text)
+    assert decoded.records["span_id"].tolist() == [-5, 7]
+    assert (decoded.facts_span_ids.tolist(), decoded.facts) == ([-5], [{"kind": "client"}])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not trace facts",
+        f"{MAGIC};@@@;[]",  # not base64
+        f"{MAGIC};AAAA;[]",  # 3 bytes: not whole records
+        f"{MAGIC};;[[1]]",  # a pair that is not a pair
+        f"{MAGIC};;[",  # not JSON
+        42,
+    ],
+)
+def test_unreadable_trace_facts_are_skipped_with_a_warning(text: object, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(TraceFactsError):
+        decode_facts(text)
+    assert len(block_facts({FACTS_ID: text}, "block x").records) == 0  # type: ignore[dict-item]
+    assert "block x: trace facts skipped" in caplog.text
