@@ -127,7 +127,7 @@ class Api:
         """`{trace_id, span_hex, kind, attributes, processes}` of an async span (`span`, its id as the
         tree gives it): its trace facts (span_traces) and the processes holding the trace's spans (the
         trace index), or `trace_id` null for a span without trace facts."""
-        process = await load_process(self.lake.catalog, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
         span = _parent(request, "span")
         if span is None:
             raise html.PageError(400, "Bad request", "'span' must be a span id (an integer)")
