@@ -201,6 +201,14 @@ SETTINGS: tuple[Option, ...] = (
         SERVING,
     ),
     Option(
+        "row_group_rows",
+        "SPANLAKE_ROW_GROUP_ROWS",
+        int,
+        256 * 1024,
+        "rows per row group of the parquet partitions written (just in time, by the daemon and by merges)",
+        (*QUERYING, "maintain"),
+    ),
+    Option(
         "request_body_timeout_s",
         "SPANLAKE_REQUEST_BODY_TIMEOUT_S",
         float,
@@ -317,6 +325,7 @@ class Settings:
     cluster_min_bytes: int = 1 << 30
     max_inflated_block_bytes: int = 64 * 1024 * 1024
     max_inflation_ratio: int = 100
+    row_group_rows: int = 256 * 1024
     request_body_timeout_s: float = 30.0
     max_sql_bytes: int = 1_048_576
     max_sql_depth: int = 1000

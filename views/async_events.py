@@ -17,7 +17,7 @@ from spanlake.views.columns import (
     timestamp_array,
 )
 from spanlake.views.decoded import DecodedBlock, ObjectGroup
-from spanlake.views.meta import OTLP_TRACES_FORMAT, BlockMeta
+from spanlake.views.meta import OTLP_TRACES_FORMAT, TRANSIT_FORMAT, BlockMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, scope_hash, span_desc_scope, span_location_scope
 from spanlake.views.time import TickConverter
@@ -253,4 +253,5 @@ VIEW = View(
     rows_from_transit=each_block(lambda transit: build_batch(transit.decoded, transit.block, transit.latest)),
     rows_from_otlp=otlp_batches,
     otlp_format=OTLP_TRACES_FORMAT,
+    blockwise_formats=frozenset([TRANSIT_FORMAT]),  # OTLP span depths span blocks
 )

@@ -88,6 +88,9 @@ class View:
     otlp_format: str | None = None  # the stream format `rows_from_otlp` reads
     rows_from_blocks: BlockRows | None = None
     merge: Callable[[pa.Table], pa.Table] | None = None  # rows of several partitions as one; None: concatenated
+    # The stream formats whose blocks each give their rows alone (`each_block`): a merge of partitions of
+    # such blocks concatenates their files instead of decoding the blocks again.
+    blockwise_formats: frozenset[str] = frozenset()
     max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
     sql: SqlSource | None = None  # a SQL-defined view: rows and source counts come from its queries
 
