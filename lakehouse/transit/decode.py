@@ -176,17 +176,38 @@ def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DE
             pass
 
 
-def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> DecodedBlock:
-    """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`)."""
+# Dependencies already read, by their compressed buffer: a producer sends the same dependencies with
+# block after block of a stream, so a run of blocks reads them once (`decode_block`).
+KnownDependencies = dict[bytes, dict[int, Value]]
+KNOWN_DEPENDENCIES_KEPT = 16
+
+
+def decode_block(
+    payload: bytes,
+    layout: StreamLayout,
+    limit: InflationLimit = DEFAULT_INFLATION,
+    known: KnownDependencies | None = None,
+) -> DecodedBlock:
+    """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`). `known`: the
+    dependencies read from earlier blocks of the stream (the latest few kept), reused when this block's
+    dependencies buffer is the same."""
     dependencies, objects = split_payload(payload)
-    return decode_buffers(
-        decompress(dependencies, "dependencies buffer", limit), decompress(objects, "objects buffer", limit), layout
-    )
+    deps = None if known is None else known.get(dependencies)
+    if deps is None:
+        deps = read_dependencies(decompress(dependencies, "dependencies buffer", limit), layout.dependency_types)
+        if known is not None:
+            if len(known) >= KNOWN_DEPENDENCIES_KEPT:
+                del known[next(iter(known))]
+            known[dependencies] = deps
+    return _decode_with(decompress(objects, "objects buffer", limit), layout, deps)
 
 
 def decode_buffers(dependencies: bytes, objects: bytes, layout: StreamLayout) -> DecodedBlock:
     """Decode the two decompressed buffers of a block."""
-    deps = read_dependencies(dependencies, layout.dependency_types)
+    return _decode_with(objects, layout, read_dependencies(dependencies, layout.dependency_types))
+
+
+def _decode_with(objects: bytes, layout: StreamLayout, deps: dict[int, Value]) -> DecodedBlock:
     framing = frame_objects(objects, layout.object_types, "objects buffer")
     groups = _decode_objects(objects, framing, layout.object_types, deps)
     return DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=deps)
