@@ -54,13 +54,18 @@ def median_seconds(run: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def served(database_url: str, lake_dir: Path) -> SpanlakeServer:
+def served(database_url: str, lake_dir: Path, row_group_rows: int | None) -> SpanlakeServer:
     """A `spanlake serve` on the lake's database and object store (its daemon looks at recent inserts:
     the log part's data is older than its window)."""
-    return SpanlakeServer(database_url=database_url, data_dir=lake_dir / "data", object_store_uri=lake_dir.as_uri())
+    extra_env = {} if row_group_rows is None else {"SPANLAKE_ROW_GROUP_ROWS": str(row_group_rows)}
+    return SpanlakeServer(
+        database_url=database_url, data_dir=lake_dir / "data", object_store_uri=lake_dir.as_uri(), extra_env=extra_env
+    )
 
 
-def async_spans(postgres: PostgresServer, spans: int, small: int, big: int, runs: int) -> None:
+def async_spans(
+    postgres: PostgresServer, spans: int, small: int, big: int, runs: int, row_group_rows: int | None
+) -> None:
     """Part 1: first and warm queries of a process sent in small blocks against big blocks."""
     with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
         database_url = postgres.new_database()
@@ -70,7 +75,7 @@ def async_spans(postgres: PostgresServer, spans: int, small: int, big: int, runs
             processes = {size: load_process(lake, 2 * spans, spans // size) for size in (small, big)}
         finally:
             lake.close()
-        server = served(database_url, Path(tmp)).start()
+        server = served(database_url, Path(tmp), row_group_rows).start()
         try:
             client = micromegas.connect(server.flightsql_url)
             first, warm, counts = {}, {}, {}
@@ -92,12 +97,15 @@ def async_spans(postgres: PostgresServer, spans: int, small: int, big: int, runs
         )
 
 
-def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int) -> None:
+def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int, row_group_rows: int | None) -> None:
     """Part 2: a log_entries GROUP BY over hourly partitions against one-row-group files."""
     begin = (time.time_ns() // DAY_NS - 1) * DAY_NS - hours * HOUR_NS
+    sized = (
+        {} if row_group_rows is None else {"row_group_rows": row_group_rows}
+    )  # the previous code has no such setting
     with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
         database_url = postgres.new_database()
-        lake = Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri()))
+        lake = Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized))
         try:
             load_day(lake, processes, begin, hours * HOUR_NS)
             view = VIEW_SETS["log_entries"]
@@ -121,7 +129,7 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
             pq.write_table(table, plain_dir / f"{index:03d}.parquet", row_group_size=max(1, table.num_rows))
         plain = SessionContext(session_config())
         plain.register_parquet("log_entries", str(plain_dir))
-        server = served(database_url, Path(tmp)).start()
+        server = served(database_url, Path(tmp), row_group_rows).start()
         try:
             client = micromegas.connect(server.flightsql_url)
             sql = GROUP_SQL.format(table="log_entries")
@@ -153,12 +161,13 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=50)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--part", choices=("all", "async", "logs"), default="all")
+    parser.add_argument("--row-group-rows", type=int, help="SPANLAKE_ROW_GROUP_ROWS (default: the setting's)")
     args = parser.parse_args()
     postgres = PostgresServer()  # kept referenced: the embedded server lives as long as the object
     if args.part in ("all", "async"):
-        async_spans(postgres, args.spans, args.small, args.big, args.runs)
+        async_spans(postgres, args.spans, args.small, args.big, args.runs, args.row_group_rows)
     if args.part in ("all", "logs"):
-        log_group_by(postgres, args.processes, args.hours, args.runs)
+        log_group_by(postgres, args.processes, args.hours, args.runs, args.row_group_rows)
 
 
 if __name__ == "__main__":
