@@ -23,6 +23,13 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # The commands that run servers; `serve` runs every role in one process.
 SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
 LISTENING = ("serve", "ingest", "flightsql", "web")
@@ -203,7 +210,7 @@ SETTINGS: tuple[Option, ...] = (
     Option(
         "row_group_rows",
         "SPANLAKE_ROW_GROUP_ROWS",
-        int,
+        _positive_int,
         256 * 1024,
         "rows per row group of the parquet partitions written (just in time, by the daemon and by merges)",
         (*QUERYING, "maintain"),
