@@ -4,6 +4,10 @@
    spans in big blocks (10 blocks of 20,000): the first query (just-in-time materialization) and the
    warm query of `SELECT count(*), max(depth) FROM view_instance('async_events', …)`, medians of R
    runs, and the ratios small / big.
+3. (`--part sizes`, this code only) the default of SPANLAKE_ROW_GROUP_ROWS: one file of N async_events
+   rows written in row groups of 64Ki to 1Mi rows, read by plain DataFusion: a scan grouping every
+   row, and a time-range query that row-group statistics and page indexes prune (wall and CPU time:
+   the CPU time of all threads holds better on a loaded machine).
 2. `log_entries` GROUP BY over H hourly partitions of the global view (the daemon's hour task over
    the genuine Rust log blocks of P processes), against plain DataFusion over the same rows in
    one-row-group files (one per partition), medians of R runs, and the ratio.
@@ -23,34 +27,43 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import micromegas
 import pyarrow.parquet as pq
 from datafusion import SessionContext
+from decode import CONVERT, async_block
 from global_views import DAY_NS, load_day
 from harness import PostgresServer, SpanlakeServer
 from materialize import load_process
+from transit_builder import thread_stream_metadata
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.partitions import write_parquet
 from spanlake.lakehouse.query.session import session_config
 from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.transit.decode import decode_block, stream_layout
 from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views import async_events
+from spanlake.views.meta import BlockMeta
 
 HOUR_NS = 3600 * SECOND_NS
+MINUTE_NS = 60 * SECOND_NS
 ASYNC_SQL = "SELECT count(*) AS n, max(depth) AS d FROM view_instance('async_events', '{process}')"
 GROUP_SQL = "SELECT target, level, count(*) AS n FROM {table} GROUP BY target, level ORDER BY target, level"
 
 
-def median_seconds(run: Callable[[], object], runs: int) -> float:
-    """The median wall time of `runs` calls."""
+def median_seconds(run: Callable[[], object], runs: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The median time of `runs` calls (wall time, unless another clock is given)."""
     times = []
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -151,6 +164,44 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
     )
 
 
+def row_group_sizes(events: int, runs: int) -> None:
+    """Part 3: plain DataFusion over one file of async_events rows, by row group size."""
+    layout = stream_layout(*thread_stream_metadata())
+    decoded = decode_block(async_block(20_000, named_share=0.25), layout)
+    blocks = [BlockMeta(f"b{i}", "s", "p", 0, 0, 0, 0, 0, 0, 0) for i in range(events // 20_000)]
+    batches = [  # a block a minute after the previous one: a time range meets few row groups
+        async_events.build_batch(
+            decoded, meta, replace(CONVERT, process_start_ns=CONVERT.process_start_ns + i * MINUTE_NS)
+        )
+        for i, meta in enumerate(blocks)
+    ]
+    rows = sum(batch.num_rows for batch in batches)
+    times = [batch.column("time") for batch in batches]
+    middle = times[len(times) // 2]
+    window = f"TIMESTAMP '{middle[0].as_py().isoformat()}' AND TIMESTAMP '{middle[100].as_py().isoformat()}'"
+    queries = {
+        "GROUP BY name": "SELECT name, count(*) AS n, max(depth) AS d FROM t GROUP BY name",
+        "time range": f"SELECT count(*) AS n FROM t WHERE time BETWEEN {window}",
+    }
+    print(f"plain DataFusion over {rows:,} async_events rows in one file, by row group size, median of {runs}")
+    print(f"{'rows/group':>10} " + " ".join(f"{f'{label} wall / cpu':>28}" for label in queries))
+    with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
+        store = ObjectStore(Path(tmp).as_uri())
+        for size in (64 * 1024, 128 * 1024, 256 * 1024, 512 * 1024, 1024 * 1024):
+            key = f"rows-{size}.parquet"
+            write_parquet(store, key, async_events.SCHEMA, batches, ("time", "time"), size)
+            context = SessionContext(session_config())
+            context.register_parquet("t", f"{tmp}/{key}")
+            run = context.sql
+            medians = [
+                median_seconds(lambda sql=sql, run=run: run(sql).to_arrow_table(), runs, clock)
+                for sql in queries.values()
+                for clock in (time.perf_counter, time.process_time)
+            ]
+            pairs = zip(medians[::2], medians[1::2], strict=True)
+            print(f"{size:>10} " + " ".join(f"{wall * 1e3:>16.1f} / {cpu * 1e3:>5.1f} ms" for wall, cpu in pairs))
+
+
 def main() -> None:
     """Runs both parts and prints their ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +211,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2000, help="fixture processes of the log part")
     parser.add_argument("--hours", type=int, default=50)
     parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--part", choices=("all", "async", "logs"), default="all")
+    parser.add_argument("--part", choices=("all", "async", "logs", "sizes"), default="all")
     parser.add_argument("--row-group-rows", type=int, help="SPANLAKE_ROW_GROUP_ROWS (default: the setting's)")
     args = parser.parse_args()
     postgres = PostgresServer()  # kept referenced: the embedded server lives as long as the object
@@ -168,6 +219,8 @@ def main() -> None:
         async_spans(postgres, args.spans, args.small, args.big, args.runs, args.row_group_rows)
     if args.part in ("all", "logs"):
         log_group_by(postgres, args.processes, args.hours, args.runs, args.row_group_rows)
+    if args.part == "sizes":
+        row_group_sizes(args.spans * 2, args.runs)
 
 
 if __name__ == "__main__":
