@@ -126,14 +126,12 @@ def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
 def _decoded(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:
     settings = lake.settings
     inflation = transit.InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
-    known: dict[str, transit.KnownDependencies] = {}  # by stream
     for block, payload, timing in _readable(lake, blocks, timings):
         try:
             latest = _latest_clock(block, timing)
             with tracing.async_span("transit.decode_block"):
                 layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-                stream_known = known.setdefault(block.meta.stream_id, {})
-                decoded = transit.decode_block(payload, layout, inflation, stream_known)
+                decoded = transit.decode_block(payload, layout, inflation)
         except BadBlockError as err:
             _skip(block, err)
             continue

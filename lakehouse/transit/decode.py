@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -176,30 +178,47 @@ def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DE
             pass
 
 
-# Dependencies already read, by their compressed buffer: a producer sends the same dependencies with
-# block after block of a stream, so a run of blocks reads them once (`decode_block`).
-KnownDependencies = dict[bytes, dict[int, Value]]
-KNOWN_DEPENDENCIES_KEPT = 16
-
-
-def decode_block(
-    payload: bytes,
-    layout: StreamLayout,
-    limit: InflationLimit = DEFAULT_INFLATION,
-    known: KnownDependencies | None = None,
-) -> DecodedBlock:
-    """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`). `known`: the
-    dependencies read from earlier blocks of the stream (the latest few kept), reused when this block's
-    dependencies buffer is the same."""
+def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> DecodedBlock:
+    """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`)."""
     dependencies, objects = split_payload(payload)
-    deps = None if known is None else known.get(dependencies)
+    deps = _known_dependencies.get(layout, dependencies)
     if deps is None:
-        deps = read_dependencies(decompress(dependencies, "dependencies buffer", limit), layout.dependency_types)
-        if known is not None:
-            if len(known) >= KNOWN_DEPENDENCIES_KEPT:
-                del known[next(iter(known))]
-            known[dependencies] = deps
+        inflated = decompress(dependencies, "dependencies buffer", limit)
+        deps = read_dependencies(inflated, layout.dependency_types)
+        _known_dependencies.add(layout, dependencies, len(inflated), deps)
     return _decode_with(decompress(objects, "objects buffer", limit), layout, deps)
+
+
+class KnownDependencies:
+    """The dependencies read from the latest blocks, by stream layout and compressed buffer: a producer
+    sends the same dependencies with block after block of a stream, so they are read once. Bounded in
+    entries and in the size of the buffers kept; shared by the threads that decode."""
+
+    def __init__(self, entries: int, max_inflated_bytes: int) -> None:
+        """A cache of at most `entries` buffers, each inflating to at most `max_inflated_bytes`."""
+        self.entries = entries
+        self.max_inflated_bytes = max_inflated_bytes
+        self._lock = threading.Lock()
+        # The layout is kept with its dependencies: alive, its id is never another layout's.
+        self._by_buffer: OrderedDict[tuple[int, bytes], tuple[StreamLayout, dict[int, Value]]] = OrderedDict()
+
+    def get(self, layout: StreamLayout, buffer: bytes) -> dict[int, Value] | None:
+        """The dependencies read from this compressed buffer with this layout, or None."""
+        with self._lock:
+            known = self._by_buffer.get((id(layout), buffer))
+        return None if known is None or known[0] is not layout else known[1]
+
+    def add(self, layout: StreamLayout, buffer: bytes, inflated_bytes: int, deps: dict[int, Value]) -> None:
+        """Keeps the dependencies read from a buffer (unless it inflated past the size kept)."""
+        if inflated_bytes > self.max_inflated_bytes:
+            return
+        with self._lock:
+            self._by_buffer[(id(layout), buffer)] = (layout, deps)
+            while len(self._by_buffer) > self.entries:
+                self._by_buffer.popitem(last=False)
+
+
+_known_dependencies = KnownDependencies(entries=64, max_inflated_bytes=256 * 1024)
 
 
 def decode_buffers(dependencies: bytes, objects: bytes, layout: StreamLayout) -> DecodedBlock:
