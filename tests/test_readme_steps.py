@@ -301,6 +301,7 @@ QUERY_FLAGS = {
     "--stream-buffer-mb",
     "--result-buffer-mb",
 }
+PARTITION_FLAGS = {"--row-group-rows"}  # the roles that write partitions
 ROLE_FLAGS = {
     "ingest": {
         "--http-port",
@@ -320,8 +321,9 @@ ROLE_FLAGS = {
         "--query-cluster",
         "--cluster-min-bytes",
     }
-    | QUERY_FLAGS,
-    "maintain": {"--retention-days"},
+    | QUERY_FLAGS
+    | PARTITION_FLAGS,
+    "maintain": {"--retention-days"} | PARTITION_FLAGS,
     "web": {
         "--http-port",
         "--api-keys",
@@ -335,7 +337,8 @@ ROLE_FLAGS = {
         "--login-failures-per-ip",
         "--login-failures",
     }
-    | QUERY_FLAGS,
+    | QUERY_FLAGS
+    | PARTITION_FLAGS,
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {
