@@ -8,6 +8,12 @@ generation per announced key; a query's result may be reused while the generatio
 is still the current one. Whatever the writer — this process, an ingestion worker, another role on
 another machine — its announcement reaches every listener.
 
+A notification travels on its own: a client acknowledged by a writer can query before the listener
+has it. So a generation is read after a round trip on the listening connection that reads nothing
+(`SELECT 1`): PostgreSQL hands a session the notifications committed before its statement ahead of
+the statement's end, so every change committed before the query began is counted. Concurrent queries
+share such a round trip when it started after they asked.
+
 While not listening (before the first query, after the connection dropped: PostgreSQL restarted)
 nothing is reused; each new listening session starts a new epoch, so nothing computed before it is.
 """
@@ -33,9 +39,6 @@ CHANNEL = "spanlake_catalog"
 ANNOUNCE = "pg_notify('" + CHANNEL + "', {key})"
 # A listener that failed to start waits this long before trying again (the database may be restarting).
 RETRY_SECONDS = 1.0
-# Loop turns a generation read waits for: a notification already in the socket is read by the loop in
-# one turn and handed to the listener callback in the next (asyncpg schedules it with call_soon).
-_TURNS_TO_DELIVER = 2
 
 Generation = tuple[int, int]  # (listening epoch, changes announced for the key in it)
 
@@ -49,6 +52,11 @@ class CatalogChanges:
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._pool: asyncpg.Pool | None = None
         self._releasing: asyncio.Task[None] | None = None  # a dropped connection going back to the pool
+        # Round trips on the listening connection, one at a time: how many started, and the number of the
+        # last one that ended (every notification committed before it started is counted).
+        self._round_trip = asyncio.Lock()
+        self._round_trips_started = 0
+        self._round_trip_ended = 0
         self._last_attempt = -RETRY_SECONDS
         self._starting = threading.Lock()
 
@@ -60,9 +68,20 @@ class CatalogChanges:
         return lake.loop.run(self._generation_after_pending(key))
 
     async def _generation_after_pending(self, key: str) -> Generation | None:
-        for _ in range(_TURNS_TO_DELIVER):
-            await asyncio.sleep(0)
-        return None if self._connection is None else (self._epoch, self._counts[key])
+        asked_after = self._round_trips_started
+        async with self._round_trip:
+            connection = self._connection
+            if connection is None:
+                return None
+            if self._round_trip_ended <= asked_after:  # none started since the call: one now
+                self._round_trips_started += 1
+                number = self._round_trips_started
+                try:
+                    await connection.execute("SELECT 1")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    return None  # the connection is going: its termination stops the listening
+                self._round_trip_ended = number
+            return (self._epoch, self._counts[key])
 
     def _start(self, lake: Lake) -> bool:
         """Starts listening unless a recent attempt failed; whether it listens."""
