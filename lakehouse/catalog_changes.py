@@ -24,7 +24,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -40,14 +40,20 @@ ANNOUNCE = "pg_notify('" + CHANNEL + "', {key})"
 # A listener that failed to start waits this long before trying again (the database may be restarting).
 RETRY_SECONDS = 1.0
 
-Generation = tuple[int, int]  # (listening epoch, changes announced for the key in it)
+# Keys whose last change is remembered; a key forgotten reads as changed at the latest forgotten
+# change, so a set computed before it is never reused by mistake (at worst checked once more).
+MAX_KEYS = 100_000
+
+Generation = tuple[int, int]  # (listening epoch, number of the key's last announced change in it)
 
 
 class CatalogChanges:
     """This process's generations of the announced keys, from a listening connection of the lake's pool."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._last_change: OrderedDict[str, int] = OrderedDict()
+        self._changes = 0  # announcements received in this epoch
+        self._forgotten = 0  # the latest change of the keys forgotten
         self._epoch = 0
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._pool: asyncpg.Pool | None = None
@@ -81,7 +87,7 @@ class CatalogChanges:
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     return None  # the connection is going: its termination stops the listening
                 self._round_trip_ended = number
-            return (self._epoch, self._counts[key])
+            return (self._epoch, self._last_change.get(key, self._forgotten))
 
     def _start(self, lake: Lake) -> bool:
         """Starts listening unless a recent attempt failed; whether it listens."""
@@ -107,11 +113,16 @@ class CatalogChanges:
             raise
         connection.add_termination_listener(self._terminated)
         self._epoch += 1
-        self._counts.clear()
+        self._last_change.clear()
+        self._changes = self._forgotten = 0
         self._pool, self._connection = pool, connection
 
     def _announced(self, _connection: object, _pid: int, _channel: str, key: str) -> None:
-        self._counts[key] += 1
+        self._changes += 1
+        self._last_change[key] = self._changes
+        self._last_change.move_to_end(key)
+        if len(self._last_change) > MAX_KEYS:
+            _, self._forgotten = self._last_change.popitem(last=False)
 
     def _terminated(self, _connection: object) -> None:
         """The listening connection closed (PostgreSQL stopped): nothing is reused until listening again."""
