@@ -46,6 +46,7 @@ _ROLES_IMPORTS = (
     " spanlake.server.ingestion, spanlake.server.maintenance, spanlake.server.self_tracing, spanlake.server.auth"
 )
 _UNKNOWN_PROCESS = "00000000-0000-4000-8000-000000000000"
+_API_KEY = "startup-benchmark-key"
 
 
 def _free_port() -> int:
@@ -100,11 +101,13 @@ def seconds(command: list[str], env: dict[str, str], ok: bool = True) -> float:
 def commands(repeats: int, baseline: str) -> None:
     """Part 1: the client commands next to `import pyarrow.flight`, this code and the previous one."""
     cli = [sys.executable, "-m", "spanlake.server.cli"]
-    with spanlake_server() as server, source_env(None) as here, source_env(baseline) as previous:
+    # A key from the start: keys created by `api-key` turn authentication on.
+    with spanlake_server(api_key=_API_KEY) as server, source_env(None) as here, source_env(baseline) as previous:
+        client = ["--uri", server.flightsql_url, "--api-key", _API_KEY]
         runs = {
             "--help": ([*cli, "--help"], True),
-            "query": ([*cli, "query", "SELECT 1", "--uri", server.flightsql_url], True),
-            "perfetto": ([*cli, "perfetto", "--process-id", _UNKNOWN_PROCESS, "--uri", server.flightsql_url], False),
+            "query": ([*cli, "query", "SELECT 1", *client], True),
+            "perfetto": ([*cli, "perfetto", "--process-id", _UNKNOWN_PROCESS, *client], False),
             "api-key": ([*cli, "api-key", "bench", "--database-url", server.database_url], True),
         }
         times: dict[tuple[str, str], list[float]] = {}

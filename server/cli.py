@@ -23,7 +23,6 @@ from spanlake.server.startup import (
     uses_data_dir,
     where_data_lives,
 )
-from spanlake.tracing import generator
 
 # Each command imports what it runs when it runs: `spanlake --help`, `query` and `perfetto` start in
 # the time pyarrow.flight takes to import, without DataFusion, pandas, aiohttp or the lakehouse.
@@ -205,8 +204,16 @@ def _cmd_perfetto(args: argparse.Namespace, settings: Settings) -> int:
     return perfetto_command.run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `spanlake` command line parser: every command with its settings flags."""
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.tracing import generator
+
+    return generator.run(args)
+
+
+def build_parser(generate_flags: bool = True) -> argparse.ArgumentParser:
+    """The `spanlake` command line parser: every command with its settings flags. Without
+    `generate_flags`, `generate` is listed without its flags (they import the tracing SDK: main leaves
+    them out unless the command is `generate`)."""
     parser = argparse.ArgumentParser(
         prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols."
     )
@@ -229,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
     generate = command(
         "generate",
-        lambda args, _: generator.run(args),
+        _cmd_generate,
         "send generated telemetry (threads, nested and named async spans, logs, metrics)",
         with_settings=False,
     )
-    generator.add_arguments(generate)
+    if generate_flags:
+        from spanlake.tracing import generator
+
+        generator.add_arguments(generate)
     query = command(
         "query",
         _cmd_query,
@@ -269,7 +279,8 @@ def configure_logging(level_name: str, serving: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the `spanlake` command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(generate_flags=argv[:1] == ["generate"]).parse_args(argv)
     if args.command is None:
         print(GETTING_STARTED, end="")
         return 0

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.server.flightsql import protocol
+from spanlake.server.flightsql.statement_ticket import statement_ticket
 from spanlake.server.query_command import flight_uri, server_message
 
 UI_URL = "https://ui.perfetto.dev"
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.api_key:
         headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
-    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
+    ticket = flight.Ticket(statement_ticket(sql))
     partial = output.with_name(output.name + ".partial")
     try:
         with flight.connect(flight_uri(args.uri)) as client, partial.open("wb") as out:

@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
-from spanlake.server.flightsql import protocol
+from spanlake.server.flightsql.statement_ticket import statement_ticket
 from spanlake.views import jsonb
 
 _NULL = "NULL"
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=args.sql.encode())))
+    ticket = flight.Ticket(statement_ticket(args.sql))
     try:
         with flight.connect(flight_uri(args.uri)) as client:
             reader = client.do_get(ticket, flight.FlightCallOptions(headers=headers))

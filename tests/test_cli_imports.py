@@ -13,6 +13,9 @@ import pytest
 from harness import PostgresServer, SpanlakeServer
 from served_support import ADMIN_KEY, PROCESS_ID, served_lakehouse
 
+from spanlake.server.flightsql import protocol
+from spanlake.server.flightsql.statement_ticket import statement_ticket
+
 # Runs the command line as `spanlake` does; at exit (`--help` exits in argparse) writes the names of
 # the modules it imported.
 _REPORTING_MAIN = """
@@ -49,7 +52,7 @@ def test_help_imports_no_pyarrow(tmp_path: Path) -> None:
     result, modules = imported_by(tmp_path, "--help")
     assert "perfetto" in result.stdout and "query" in result.stdout
     assert server_modules(modules) == []
-    assert "pyarrow" not in modules
+    assert not {"pyarrow", "spanlake.tracing", "google.protobuf"} & modules
 
 
 def test_query_imports_no_datafusion(served: SpanlakeServer, tmp_path: Path) -> None:
@@ -60,6 +63,7 @@ def test_query_imports_no_datafusion(served: SpanlakeServer, tmp_path: Path) -> 
     assert exe.strip('"') == served.sql("SELECT exe FROM processes WHERE process_id = $1::uuid", PROCESS_ID)[0]["exe"]
     assert "pyarrow.flight" in modules
     assert server_modules(modules) == []
+    assert not {"spanlake.tracing", "google.protobuf"} & modules
 
 
 def test_perfetto_imports_no_datafusion(served: SpanlakeServer, tmp_path: Path) -> None:
@@ -71,3 +75,9 @@ def test_perfetto_imports_no_datafusion(served: SpanlakeServer, tmp_path: Path) 
     assert f"wrote {output}" in result.stdout
     assert output.stat().st_size > 0
     assert server_modules(modules) == []
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1", "", "x" * 300, "SELECT 'é' " * 5000])
+def test_the_clients_ticket_is_flight_sqls(sql: str) -> None:
+    expected = protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode()))
+    assert statement_ticket(sql) == expected

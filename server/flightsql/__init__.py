@@ -8,6 +8,7 @@ Modules:
 
     service       the server: RPC dispatch, auth, statements, prepared statements, sessions
     protocol      the Flight SQL protobuf messages, built at import time in a private pool
+    statement_ticket  a statement's ticket encoded without protobuf (what the clients send)
     headers       the request headers (range, limit, dictionaries, bearer) and the auth middleware
     streaming     a DataFusion result streamed batch by batch, with its audit record
     statement     a statement and its bound parameter values, carried in stateless handles
@@ -17,7 +18,7 @@ Modules:
     errors        classified failures → gRPC status codes, messages without tracebacks
 
 The names below are imported on first use: the clients (`spanlake query`, `spanlake perfetto`) import
-`protocol` from here without DataFusion.
+this package without DataFusion.
 """
 
 from __future__ import annotations
