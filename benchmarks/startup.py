@@ -1,17 +1,24 @@
-"""Time from `spanlake serve` to its ready text, on the embedded default, next to its floor: the
-embedded PostgreSQL alone (pgserver creating or starting the same kind of data directory).
+"""Start-up times, medians of --repeats runs in seconds.
+
+1. The commands, on this code and on the previous code (`--baseline`, a git revision, default
+   `main`), alternately, next to `import pyarrow.flight` (all a client command needs): `spanlake
+   --help`, `spanlake query "SELECT 1"` and `spanlake perfetto` (of a small process `spanlake
+   generate` sent) against a running `spanlake serve`, and `spanlake api-key` on its database.
+   Prints each one's ratio to the import (the aim: at most 1.5).
+2. `spanlake serve` to its ready text, on the embedded default, next to its floor: the embedded
+   PostgreSQL alone (pgserver creating or starting the same kind of data directory), plus the imports
+   of the roles (a process importing the modules `serve` runs).
 
   cold  a fresh directory: the database is created (initdb), started and migrated
   warm  the same directory again: PostgreSQL started, nothing to migrate
 
-Prints the median of --repeats runs in seconds and the ratio spanlake / PostgreSQL alone.
-
-    python benchmarks/startup.py [--repeats 3]
+    python benchmarks/startup.py [--repeats 3] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import statistics
@@ -21,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _servers import source_env, spanlake_server
+
 _PGSERVER_ALONE = """
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -28,6 +38,14 @@ import pgserver
 pgserver.get_server(sys.argv[1], cleanup_mode="stop").get_uri()
 print("ready", flush=True)
 """
+
+
+# What `spanlake serve` imports to run its roles.
+_ROLES_IMPORTS = (
+    "import spanlake.lakehouse.lake, spanlake.lakehouse.query.admission, spanlake.server.flightsql.service,"
+    " spanlake.server.ingestion, spanlake.server.maintenance, spanlake.server.self_tracing, spanlake.server.auth"
+)
+_API_KEY = "startup-benchmark-key"
 
 
 def _free_port() -> int:
@@ -70,11 +88,59 @@ def postgres_alone(pg_dir: Path) -> float:
     return elapsed
 
 
+def seconds(command: list[str], env: dict[str, str]) -> float:
+    """Seconds the command takes (it must succeed)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    return elapsed
+
+
+def commands(repeats: int, baseline: str) -> None:
+    """Part 1: the client commands next to `import pyarrow.flight`, this code and the previous one."""
+    cli = [sys.executable, "-m", "spanlake.server.cli"]
+    # A key from the start: keys created by `api-key` turn authentication on.
+    with (
+        spanlake_server(api_key=_API_KEY) as server,
+        source_env(None) as here,
+        source_env(baseline) as previous,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        client = ["--uri", server.flightsql_url, "--api-key", _API_KEY]
+        generate = [*cli, "generate", "--url", server.http_url, "--api-key", _API_KEY, "--tasks", "20"]
+        process_id = subprocess.run(generate, capture_output=True, text=True, check=True).stdout.split()[0]
+        trace = [*cli, "perfetto", "--process-id", process_id, "-o", f"{tmp}/trace.pftrace", *client]
+        subprocess.run(trace, capture_output=True, check=True)  # materializes the process's views
+        runs = {
+            "--help": [*cli, "--help"],
+            "query": [*cli, "query", "SELECT 1", *client],
+            "perfetto": trace,
+            "api-key": [*cli, "api-key", "bench", "--database-url", server.database_url],
+        }
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(repeats):
+            times.setdefault(("import", ""), []).append(seconds([sys.executable, "-c", "import pyarrow.flight"], {}))
+            for name, command in runs.items():
+                for code, env in (("this", here), ("previous", previous)):
+                    times.setdefault((name, code), []).append(seconds(command, env))
+    median = {key: statistics.median(values) for key, values in times.items()}
+    floor = median["import", ""]
+    print(f"import pyarrow.flight: {floor:.3f}s; load {os.getloadavg()[0]:.2f}")
+    print(f"{'command':10} {'this s':>7} {'/import':>8} {'previous s':>11} {'/import':>8}")
+    for name in runs:
+        ours, theirs = median[name, "this"], median[name, "previous"]
+        print(f"{name:10} {ours:7.3f} {ours / floor:8.2f} {theirs:11.3f} {theirs / floor:8.2f}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", default="main", help="git revision of the previous code")
     args = parser.parse_args()
+    commands(args.repeats, args.baseline)
     times: dict[str, list[float]] = {"spanlake cold": [], "spanlake warm": [], "pg cold": [], "pg warm": []}
+    times["imports"] = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             here, pg_dir = Path(tmp, "serve"), Path(tmp, "postgres")
@@ -84,11 +150,15 @@ def main() -> None:
             times["spanlake warm"].append(serve_until_ready(here))
             times["pg cold"].append(postgres_alone(pg_dir))
             times["pg warm"].append(postgres_alone(pg_dir))
+            times["imports"].append(seconds([sys.executable, "-c", _ROLES_IMPORTS], {}))
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{'start':6} {'spanlake serve':>15} {'PostgreSQL alone':>17} {'ratio':>6}")
+    print(f"the roles' imports: {median['imports']:.2f}s")
+    print(f"{'start':6} {'spanlake serve':>15} {'PostgreSQL alone':>17} {'ratio':>6} {'PG + imports':>13} {'ratio':>6}")
     for kind in ("cold", "warm"):
         ours, floor = median[f"spanlake {kind}"], median[f"pg {kind}"]
-        print(f"{kind:6} {ours:14.2f}s {floor:16.2f}s {ours / floor:6.2f}")
+        with_imports = floor + median["imports"]
+        ratios = f"{ours / floor:6.2f} {with_imports:12.2f}s {ours / with_imports:6.2f}"
+        print(f"{kind:6} {ours:14.2f}s {floor:16.2f}s {ratios}")
 
 
 if __name__ == "__main__":

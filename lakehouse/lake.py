@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from spanlake.lakehouse.catalog import Catalog
+from spanlake.lakehouse.catalog_changes import CatalogChanges
 from spanlake.lakehouse.embedded_postgres import EmbeddedPostgres, open_embedded_postgres
 from spanlake.lakehouse.loop import BackgroundLoop
 from spanlake.lakehouse.migrate import migrate
 from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.query.fresh_instances import FreshInstances
 from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query_denials import QueryDenyList
 from spanlake.lakehouse.settings import Settings
@@ -48,6 +50,10 @@ class Lake:
     settler: SettleQueue = field(default_factory=SettleQueue)
     off_runtime: OffRuntime = field(default_factory=OffRuntime)
     sql_views: SqlViews = field(default_factory=SqlViews)  # the stored `CREATE MATERIALIZED VIEW`s
+    # The catalog's announced changes (listened to from the first query on) and the instances' partition
+    # sets found up to date, reused while no change is announced.
+    catalog_changes: CatalogChanges = field(default_factory=CatalogChanges)
+    fresh_instances: FreshInstances = field(default_factory=FreshInstances)
     # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
     embedded: EmbeddedPostgres | None = None
     supervisor: Future[None] | None = None
@@ -89,6 +95,7 @@ class Lake:
             self.deny_list.close()
             if self.supervisor is not None:  # before the pool: a restart in flight would reconfigure it
                 self.supervisor.cancel()
+            self.loop.run(self.catalog_changes.close(), timeout=10)  # its connection back to the pool
             self.loop.run(self.pool.close(), timeout=10)
         finally:
             self.loop.stop()

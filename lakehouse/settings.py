@@ -257,6 +257,15 @@ SETTINGS: tuple[Option, ...] = (
         QUERYING,
     ),
     Option(
+        "perfetto_chunk_kib",
+        "SPANLAKE_PERFETTO_CHUNK_KIB",
+        int,
+        64,
+        "size of perfetto_trace_chunks' chunks in KiB (a client reads a chunk at a time);"
+        " 0: micromegas's chunks (8 KiB, cut every 10 spans)",
+        QUERYING,
+    ),
+    Option(
         "stream_buffer_mb",
         "SPANLAKE_STREAM_BUFFER_MB",
         int,
@@ -338,6 +347,7 @@ class Settings:
     max_sql_depth: int = 1000
     max_sql_joins: int = 128
     max_plan_nodes: int = 10_000
+    perfetto_chunk_kib: int = 64
     stream_buffer_mb: int = 16
     result_buffer_mb: int = 256
     query_timeout_seconds: float = 300.0

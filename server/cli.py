@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
@@ -12,19 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from spanlake.lakehouse.bulk_ingest import bulk_ingest
-from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query import slow_queries
-from spanlake.lakehouse.query.admission import lakehouse_runner
-from spanlake.lakehouse.query.audit import AUDIT_LOGGER
-from spanlake.lakehouse.query.slow_queries import SlowQueryRule
-from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
-from spanlake.server import perfetto_command, query_command
-from spanlake.server.auth import AuthConfigError, check_audience, hash_key, make_authenticator, new_key
-from spanlake.server.flightsql.service import FlightSqlServer
-from spanlake.server.ingestion import start_ingestion
-from spanlake.server.maintenance import MaintenanceDaemon
-from spanlake.server.self_tracing import start_self_tracing
+from spanlake.lakehouse.settings import SERVING, Settings, SettingsError, add_setting_arguments, load_settings
+from spanlake.server import client_flags
 from spanlake.server.startup import (
     GETTING_STARTED,
     DataDirLock,
@@ -35,10 +23,12 @@ from spanlake.server.startup import (
     uses_data_dir,
     where_data_lives,
 )
-from spanlake.tracing import generator
 
-if TYPE_CHECKING:  # the engine imports Daft, an optional extra
-    from spanlake.lakehouse.cluster.engine import QueryCluster
+# Each command imports what it runs when it runs: `spanlake --help`, `query` and `perfetto` start in
+# the time pyarrow.flight takes to import, without DataFusion, pandas, aiohttp or the lakehouse.
+if TYPE_CHECKING:
+    from spanlake.lakehouse.cluster.engine import QueryCluster  # imports Daft, an optional extra
+    from spanlake.lakehouse.lake import Lake
 
 log = logging.getLogger("spanlake")
 
@@ -70,13 +60,28 @@ def run_roles(settings: Settings, roles: tuple[str, ...]) -> int:
 
 
 def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
+    import functools
+
+    from spanlake.lakehouse.bulk_ingest import bulk_ingest
+    from spanlake.lakehouse.lake import Lake
+    from spanlake.lakehouse.query import slow_queries
+    from spanlake.lakehouse.query.admission import lakehouse_runner
+    from spanlake.server.auth import AuthConfigError, make_authenticator
+    from spanlake.server.flightsql.service import FlightSqlServer
+    from spanlake.server.ingestion import start_ingestion
+    from spanlake.server.maintenance import MaintenanceDaemon
+    from spanlake.server.self_tracing import start_self_tracing
+
     shutdown = _shutdown_requested()
     lake = Lake.open(settings)
     self_tracing = start_self_tracing(lake, _role_name(roles)) if settings.self_tracing else None
-    slow_queries.configure(SlowQueryRule(settings.slow_query_seconds, settings.slow_span_ms))
+    slow_queries.configure(slow_queries.SlowQueryRule(settings.slow_query_seconds, settings.slow_span_ms))
     try:
         serves_requests = "ingest" in roles or "flightsql" in roles or "web" in roles
-        authenticator = make_authenticator(settings, lake) if serves_requests else None
+        try:
+            authenticator = make_authenticator(settings, lake) if serves_requests else None
+        except AuthConfigError as err:
+            raise StartupError(str(err)) from None
         stoppers: list[Callable[[], None]] = []
         runner = lakehouse_runner(lake)  # every door's queries, Flight SQL's and the web UI's
         if "ingest" in roles or "web" in roles:
@@ -163,12 +168,17 @@ def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.lakehouse.lake import Lake
+
     Lake.open(settings).close()  # opening applies the missing migrations
     print("database schema is up to date")
     return 0
 
 
 def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.lakehouse.lake import Lake
+    from spanlake.server.auth import check_audience, hash_key, new_key
+
     try:
         audiences = [check_audience(a) for a in args.read_audiences.split(",")] if args.read_audiences else []
         audience = None if args.audience is None else check_audience(args.audience)
@@ -194,8 +204,28 @@ def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `spanlake` command line parser: every command with its settings flags."""
+def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.server import query_command
+
+    return query_command.run(args)
+
+
+def _cmd_perfetto(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.server import perfetto_command
+
+    return perfetto_command.run(args)
+
+
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from spanlake.tracing import generator
+
+    return generator.run(args)
+
+
+def build_parser(generate_flags: bool = True) -> argparse.ArgumentParser:
+    """The `spanlake` command line parser: every command with its settings flags. Without
+    `generate_flags`, `generate` is listed without its flags (they import the tracing SDK: main leaves
+    them out unless the command is `generate`)."""
     parser = argparse.ArgumentParser(
         prog="spanlake", description="A telemetry lakehouse speaking the micromegas protocols."
     )
@@ -218,25 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", _cmd_migrate, "create or upgrade the PostgreSQL schema")
     generate = command(
         "generate",
-        lambda args, _: generator.run(args),
+        _cmd_generate,
         "send generated telemetry (threads, nested and named async spans, logs, metrics)",
         with_settings=False,
     )
-    generator.add_arguments(generate)
+    if generate_flags:
+        from spanlake.tracing import generator
+
+        generator.add_arguments(generate)
     query = command(
         "query",
-        lambda args, _: query_command.run(args),
+        _cmd_query,
         "run one SQL statement on a running server and print the result",
         with_settings=False,
     )
-    query_command.add_arguments(query)
+    client_flags.add_query_arguments(query)
     perfetto = command(
         "perfetto",
-        lambda args, _: perfetto_command.run(args),
+        _cmd_perfetto,
         "write a process's Perfetto trace from a running server",
         with_settings=False,
     )
-    perfetto_command.add_arguments(perfetto)
+    client_flags.add_perfetto_arguments(perfetto)
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
     key.add_argument("--admin", action="store_true", help="allow admin functions with this key")
@@ -246,19 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level_name: str) -> None:
+def configure_logging(level_name: str, serving: bool) -> None:
     """Log lines at `level_name`; below DEBUG, no PostgreSQL tool output and no per-query audit lines
     (the audit still reaches its own logger's handlers, self-tracing's included)."""
     level = logging.getLevelName(level_name.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     verbose = level == logging.DEBUG
     logging.getLogger("pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger(AUDIT_LOGGER).propagate = verbose
+    if serving:  # the audit logger belongs to the query runner, which the other commands never import
+        from spanlake.lakehouse.query.audit import AUDIT_LOGGER
+
+        logging.getLogger(AUDIT_LOGGER).propagate = verbose
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the `spanlake` command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(generate_flags=argv[:1] == ["generate"]).parse_args(argv)
     if args.command is None:
         print(GETTING_STARTED, end="")
         return 0
@@ -267,10 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, args.command in SERVING)
     try:
         return args.run(args, settings)
-    except (AuthConfigError, StartupError, ValueError) as err:
+    except (StartupError, ValueError) as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
 

@@ -10,47 +10,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
-from tqdm import tqdm
 
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.server.flightsql import protocol
-from spanlake.server.query_command import DEFAULT_URI, flight_uri, server_message
+from spanlake.server.flightsql.statement_ticket import statement_ticket
+from spanlake.server.query_command import flight_uri, server_message
 
 UI_URL = "https://ui.perfetto.dev"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the `spanlake perfetto` options to `parser`."""
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--process-id", help="the process to trace (a UUID)")
-    which.add_argument("--trace", help="a trace id (32 hex digits): its spans in every process, with flows")
-    parser.add_argument("--spans", choices=("thread", "async", "both"), default="both", help="span types (both)")
-    parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
-    parser.add_argument("--end", help="end of the trace, RFC3339 (default: now)")
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        help="file to write (default: <process-id or trace>.pftrace here, never over an existing file)",
-    )
-    parser.add_argument(
-        "--uri",
-        default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
-        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("SPANLAKE_API_KEY"),
-        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)",
-    )
 
 
 def _range(args: argparse.Namespace) -> tuple[int, int]:
@@ -78,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.api_key:
         headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
-    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=sql.encode())))
+    ticket = flight.Ticket(statement_ticket(sql))
     partial = output.with_name(output.name + ".partial")
     try:
         with flight.connect(flight_uri(args.uri)) as client, partial.open("wb") as out:
@@ -118,13 +91,40 @@ def _output(given: Path | None, name: str) -> Path:
     return default
 
 
+class _NoProgressBar:
+    """Stands for the progress bar where nobody watches it."""
+
+    def __enter__(self) -> _NoProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def update(self, done: int) -> None:
+        """Nothing to show."""
+
+
+def _progress_bar() -> Any:
+    """tqdm's bar on a terminal; elsewhere none, nor tqdm's imports (a tenth of a second)."""
+    if not sys.stderr.isatty():
+        return _NoProgressBar()
+    from tqdm import tqdm
+
+    return tqdm(unit="B", unit_scale=True, desc="trace", file=sys.stderr)
+
+
+def _values(ids: pa.Array) -> np.ndarray:
+    """The values of an int64 array without nulls, read from its buffer (`to_numpy` imports pandas)."""
+    return np.frombuffer(ids.buffers()[1], np.int64)[ids.offset : ids.offset + len(ids)]
+
+
 def _write_chunks(reader: flight.FlightStreamReader, out: object) -> int:
     """Writes each batch's chunks at once, after checking that their ids continue the sequence."""
     expected = 0
-    with tqdm(unit="B", unit_scale=True, desc="trace", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with _progress_bar() as bar:
         for chunk in reader:
             batch = chunk.data
-            ids = batch.column("chunk_id").to_numpy(zero_copy_only=False)
+            ids = _values(batch.column("chunk_id").cast(pa.int64()))
             wrong = np.flatnonzero(ids != np.arange(expected, expected + len(ids)))
             if len(wrong):
                 raise ValueError(f"chunk {ids[wrong[0]]} received, expected {expected + wrong[0]}")

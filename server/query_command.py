@@ -15,7 +15,6 @@ import argparse
 import base64
 import datetime as dt
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -28,41 +27,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
-from spanlake.server.flightsql import protocol
+from spanlake.server.flightsql.statement_ticket import statement_ticket
 from spanlake.views import jsonb
 
-DEFAULT_URI = "grpc://127.0.0.1:50051"
 _NULL = "NULL"
 # Field metadata marking a column whose text is JSON: `--format json` writes its values as JSON.
 _JSON_TEXT = {b"spanlake.text": b"json"}
 # micromegas's views keep span durations as int64 nanoseconds in a column of this name.
 _NANOSECOND_DURATION_COLUMN = "duration"
 _DURATION_UNITS = ((1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "µs"))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the `spanlake query` options to `parser`."""
-    parser.add_argument("sql", help="the SQL statement to run")
-    parser.add_argument(
-        "--begin", help="start of the query range, RFC3339 (with --end); lets the server skip partitions outside it"
-    )
-    parser.add_argument("--end", help="end of the query range, RFC3339 (with --begin)")
-    parser.add_argument(
-        "--format",
-        choices=("table", "csv", "json"),
-        default="table",
-        help="table (aligned text, default), csv, or json (one object per line)",
-    )
-    parser.add_argument(
-        "--uri",
-        default=os.environ.get("SPANLAKE_FLIGHTSQL_URI", DEFAULT_URI),
-        help=f"Flight SQL server (env SPANLAKE_FLIGHTSQL_URI, default {DEFAULT_URI})",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("SPANLAKE_API_KEY"),
-        help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    ticket = flight.Ticket(protocol.pack(protocol.TicketStatementQuery(statement_handle=args.sql.encode())))
+    ticket = flight.Ticket(statement_ticket(args.sql))
     try:
         with flight.connect(flight_uri(args.uri)) as client:
             reader = client.do_get(ticket, flight.FlightCallOptions(headers=headers))

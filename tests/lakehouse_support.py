@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -55,12 +56,16 @@ class LocalLake:
 
 
 @contextlib.contextmanager
-def local_lake(postgres: PostgresServer, tmp_path: Path, database_url: str | None = None) -> Iterator[LocalLake]:
-    """A lake on a new database (or on `database_url`, to reopen one) and the object store in `tmp_path`."""
+def local_lake(
+    postgres: PostgresServer, tmp_path: Path, database_url: str | None = None, **settings_given: Any
+) -> Iterator[LocalLake]:
+    """A lake on a new database (or on `database_url`, to reopen one) and the object store in `tmp_path`;
+    `settings_given` are further settings."""
     settings = Settings(
         database_url=database_url or postgres.new_database(),
         object_store_uri=(tmp_path / "lake").as_uri(),
         data_dir=tmp_path,
+        **settings_given,
     )
     with Lake.open(settings) as lake:
         port = free_port()

@@ -10,7 +10,7 @@ import pytest
 from harness import free_port
 from test_flightsql_support import BASE_NS, RecordingFactory, events_table, running_server
 
-from spanlake.server import query_command
+from spanlake.server import client_flags, query_command
 from spanlake.server.auth import Authenticator
 
 
@@ -27,7 +27,7 @@ def uri(factory: RecordingFactory) -> Iterator[str]:
 
 def _query(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
-    query_command.add_arguments(parser)
+    client_flags.add_query_arguments(parser)
     code = query_command.run(parser.parse_args(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err

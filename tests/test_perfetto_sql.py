@@ -20,7 +20,8 @@ BEGIN, END = "TIMESTAMP '2026-11-23T08:00:00Z'", "TIMESTAMP '2026-11-23T10:00:00
 
 @pytest.fixture(scope="module")
 def loaded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLake]:
-    with local_lake(postgres, tmp_path_factory.mktemp("lake")) as lake:
+    # micromegas's chunks: these tests check its chunking rule
+    with local_lake(postgres, tmp_path_factory.mktemp("lake"), perfetto_chunk_kib=0) as lake:
         lake.upload()
         yield lake
 
@@ -167,3 +168,22 @@ def test_upper_case_process_id_gives_the_same_trace(loaded: LocalLake) -> None:
         .to_pylist()
     )
     assert upper == trace(loaded, "thread").column("chunk_data").to_pylist()
+
+
+@pytest.mark.parametrize("span_types", ["thread", "async", "both"])
+def test_chunks_cut_by_size_hold_the_same_bytes(loaded: LocalLake, span_types: str) -> None:
+    begin, end = parse_rfc3339_ns("2026-11-23T08:00:00Z"), parse_rfc3339_ns("2026-11-23T10:00:00Z")
+
+    def chunks(chunk_bytes: int) -> list[bytes]:
+        plan = perfetto_trace.plan_trace(loaded.lake, PROCESS_ID, span_types, begin, end)
+        plan.chunk_bytes = chunk_bytes  # as SPANLAKE_PERFETTO_CHUNK_KIB gives it
+        return list(plan.chunks())
+
+    rule, sized = chunks(0), chunks(2048)
+    assert b"".join(sized) == b"".join(rule) == b"".join(trace(loaded, span_types).column("chunk_data").to_pylist())
+    descriptors = 2 if span_types == "thread" else 3  # each group of descriptors still ends its chunk
+    assert sized[:descriptors] == rule[:descriptors]
+    # The spans: chunks of at least the size (the last one excepted), cut right after the packet reaching it.
+    spans = sized[descriptors:]
+    assert len(spans) > 2 and len(rule) > 2 * len(sized)
+    assert all(2048 <= len(chunk) < 2048 + 1100 for chunk in spans[:-1]) and 0 < len(spans[-1]) < 2048 + 1100

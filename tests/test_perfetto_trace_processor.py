@@ -29,7 +29,8 @@ from spanlake.views.perfetto.writer import (
 
 @pytest.fixture(scope="module")
 def lake(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLake]:
-    with local_lake(postgres, tmp_path_factory.mktemp("lake")) as local:
+    # micromegas's chunks: these tests check its chunking rule
+    with local_lake(postgres, tmp_path_factory.mktemp("lake"), perfetto_chunk_kib=0) as local:
         local.upload()
         yield local
 

@@ -300,6 +300,7 @@ QUERY_FLAGS = {
     "--max-plan-nodes",
     "--stream-buffer-mb",
     "--result-buffer-mb",
+    "--perfetto-chunk-kib",
 }
 PARTITION_FLAGS = {"--row-group-rows"}  # the roles that write partitions
 ROLE_FLAGS = {

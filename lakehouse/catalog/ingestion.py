@@ -6,6 +6,7 @@ import uuid
 
 import asyncpg
 
+from spanlake.lakehouse.catalog_changes import ANNOUNCE
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import ns_to_datetime
 
@@ -17,6 +18,8 @@ BULK_INSERTS = {
     " properties, insert_time, format) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (stream_id) DO NOTHING",
     "blocks": "INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (block_id) DO NOTHING",
 }
+# The column of a block row holding its process id.
+_BLOCK_PROCESS_ID = 2
 
 
 class IngestionRows:
@@ -65,9 +68,11 @@ class IngestionRows:
         return status.endswith(" 1")
 
     async def insert_block(self, rec: BlockRecord) -> bool:
-        """True if the row is new; a block already known is left as it is."""
-        status = await self.pool.execute(
-            "INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,now()) ON CONFLICT (block_id) DO NOTHING",
+        """True if the row is new (its process's change announced); a block already known is left as it is."""
+        inserted = await self.pool.fetchval(
+            "WITH inserted AS (INSERT INTO blocks VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,now())"
+            " ON CONFLICT (block_id) DO NOTHING RETURNING process_id)"
+            f" SELECT count(*) FROM inserted, {ANNOUNCE.format(key='inserted.process_id::text')}",
             rec.block_id,
             rec.stream_id,
             rec.process_id,
@@ -79,12 +84,16 @@ class IngestionRows:
             rec.object_offset,
             rec.payload_size,
         )
-        return status.endswith(" 1")
+        return inserted == 1
 
     async def bulk_insert(self, table_name: str, rows: list[tuple]) -> None:
-        """Inserts replicated rows of one of BULK_INSERTS's tables, all or none (asyncpg's errors raised)."""
+        """Inserts replicated rows of one of BULK_INSERTS's tables, all or none (asyncpg's errors raised);
+        blocks announce their processes' changes."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(BULK_INSERTS[table_name], rows)
+            if table_name == "blocks":
+                processes = sorted({str(row[_BLOCK_PROCESS_ID]) for row in rows})
+                await conn.execute(f"SELECT {ANNOUNCE.format(key='p')} FROM unnest($1::text[]) p", processes)
 
     async def block_context(self, stream_id: uuid.UUID, process_id: uuid.UUID) -> asyncpg.Record:
         """The owner of a stream (`owner`) and the clock of a process (`start_time`, `start_ticks`,

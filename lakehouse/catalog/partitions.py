@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from spanlake.lakehouse.catalog_changes import ANNOUNCE
 from spanlake.lakehouse.timestamps import datetime_to_ns, ns_to_datetime
 
 RETIRED_FILE_GRACE = dt.timedelta(hours=1)
@@ -257,8 +258,13 @@ async def _live_overlapping(conn: asyncpg.Connection, new: Sequence[Partition]) 
 
 
 async def _lock_instance(conn: asyncpg.Connection, view_set_name: str, instance_id: str) -> None:
-    """Takes the view instance's advisory lock until the end of the transaction open on `conn`."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{view_set_name}/{instance_id}")
+    """Takes the view instance's advisory lock until the end of the transaction open on `conn`, and
+    announces the instance's change at its commit (every partition write takes this lock)."""
+    await conn.execute(
+        f"SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), {ANNOUNCE.format(key='$2')}",
+        f"{view_set_name}/{instance_id}",
+        instance_id,
+    )
 
 
 async def _insert_partition(conn: asyncpg.Connection, partition: Partition) -> None:

@@ -6,6 +6,8 @@ import datetime as dt
 
 import asyncpg
 
+from spanlake.lakehouse.catalog_changes import ANNOUNCE
+
 
 def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
@@ -17,10 +19,14 @@ class RetentionRows:
     pool: asyncpg.Pool
 
     async def delete_blocks_before(self, cutoff: dt.datetime, limit: int) -> list[asyncpg.Record]:
-        """Deletes up to `limit` blocks inserted before the cutoff; their (process_id, stream_id, block_id)."""
+        """Deletes up to `limit` blocks inserted before the cutoff, announcing their processes' changes;
+        their (process_id, stream_id, block_id)."""
         return await self.pool.fetch(
-            "DELETE FROM blocks WHERE block_id IN (SELECT block_id FROM blocks WHERE insert_time < $1 LIMIT $2)"
-            " RETURNING process_id, stream_id, block_id",
+            "WITH deleted AS (DELETE FROM blocks WHERE block_id IN"
+            " (SELECT block_id FROM blocks WHERE insert_time < $1 LIMIT $2) RETURNING process_id, stream_id, block_id),"
+            f" announced AS (SELECT {ANNOUNCE.format(key='process_id::text')}"
+            "  FROM (SELECT DISTINCT process_id FROM deleted) d)"
+            " SELECT deleted.* FROM deleted, (SELECT count(*) FROM announced) n",
             cutoff,
             limit,
         )

@@ -83,20 +83,36 @@ def instance_partitions(
 ) -> list[Partition]:
     """The up-to-date partitions of a view instance that the query range may need (see `lakehouse/jit.py`).
 
-    One catalog round trip when the instance is fresh (the usual warm query); for a live process, only
-    what arrived since the last query is materialized. Global instances are not materialized here: the
-    maintenance daemon keeps them (as micromegas)."""
+    No catalog round trip when nothing was written to the instance since a query found it fresh (the
+    usual warm query: `fresh_instances`), one when it is fresh; for a live process, only what arrived
+    since the last query is materialized. Global instances are not materialized here: the maintenance
+    daemon keeps them (as micromegas)."""
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
-        with tracing.async_span("catalog.fetch_for_query"):
-            return lake.loop.run(lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range))
+
+        def fetch_global() -> list[Partition]:
+            with tracing.async_span("catalog.fetch_for_query"):
+                return lake.loop.run(
+                    lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range)
+                )
+
+        # The global set is fetched for its range: reused for that range only (in the key).
+        key = (view.name, GLOBAL, view.schema_hash, query_range)
+        return lake.fresh_instances.partitions(key, None, lake.catalog_changes.generation(lake, GLOBAL), fetch_global)
 
     def timings_of() -> dict[str, ProcessTiming]:
         timing = _process_of(lake, view, uuid.UUID(instance_id))
         return {timing.process.process_id: timing}
 
     instance = Instance(view, instance_id, _source_filter(view, instance_id))
-    partitions = fresh_partitions(lake, instance, query_range, timings_of)
+    # Blocks announce their process: a stream instance's changes are not followed, it is checked each time.
+    generation = lake.catalog_changes.generation(lake, instance_id) if view.instance_kind == "process" else None
+    partitions = lake.fresh_instances.partitions(
+        (view.name, instance_id, view.schema_hash),
+        query_range,
+        generation,
+        lambda: fresh_partitions(lake, instance, query_range, timings_of),
+    )
     return for_query(partitions, view.schema_hash, query_range)
 
 

@@ -3,11 +3,13 @@
 Planning resolves the arguments, materializes the process's `thread_spans` and `async_events`
 partitions for the range, pairs the async spans (lakehouse/query/perfetto_spans.py: read in begin
 order a slab at a time, memory bounded), and estimates from above how large the trace is.
-Execution then produces the chunks lazily as the client reads, with micromegas's chunking rule (a
-chunk ends at each flush and when 8 KiB are buffered): a task table of one row per batch of about
-1 MiB of chunks, a volatile scalar function giving each task row its list of (chunk_id, chunk_data),
-unnested into rows. The chunk count is never predicted: a task row past the end of the trace gives
-no chunk, and should the estimate fall short, the last one takes the rest, still chunk by chunk.
+Execution then produces the chunks lazily as the client reads, cut by size (SPANLAKE_PERFETTO_CHUNK_KIB:
+a client walks chunks one by one, so fewer, larger ones are read faster), or with micromegas's rule
+when it is 0 (a chunk ends at each flush, every 10 spans, and when 8 KiB are buffered): a task table
+of one row per batch of about 1 MiB of chunks, a volatile scalar function giving each task row its
+list of (chunk_id, chunk_data), unnested into rows. The chunk count is never predicted: a task row
+past the end of the trace gives no chunk, and should the estimate fall short, the last one takes the
+rest, still chunk by chunk.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.timestamps import TimeOutOfRange, parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
+from spanlake.views.perfetto.writer import CHUNK_THRESHOLD, SPAN_TYPES, SPANS_PER_FLUSH, PerfettoThread, trace_chunks
 
 log = logging.getLogger(__name__)
 BATCH_BYTES = 1024 * 1024  # chunks per record batch on the wire: the per-row cost is the client's
@@ -54,6 +56,7 @@ class TracePlan:
     thread_spans: dict[str, ThreadSpans]  # by stream id
     async_spans: AsyncSpans | None
     estimated_bytes: int  # an upper estimate of the trace's size: how many batches to offer
+    chunk_bytes: int  # chunks of about this size; 0: micromegas's chunks
 
     @property
     def batch_count(self) -> int:
@@ -63,6 +66,7 @@ class TracePlan:
 
     def chunks(self) -> Iterator[bytes]:
         """The trace's chunks, generated as they are read."""
+        by_size = self.chunk_bytes > 0
         return trace_chunks(
             self.process_id,
             self.exe,
@@ -70,6 +74,8 @@ class TracePlan:
             lambda stream_id: self.thread_spans[stream_id].batches(),
             lambda: self.async_spans.batches() if self.async_spans else [],
             self.span_types,
+            chunk_threshold=self.chunk_bytes if by_size else CHUNK_THRESHOLD,
+            spans_per_flush=None if by_size else SPANS_PER_FLUSH,
         )
 
 
@@ -192,13 +198,14 @@ def plan_trace(
             _partitions_dataset(lake, "async_events", str(process), range_ns), range_ns, last_event_ns
         )
         estimated += async_spans.estimated_bytes
-    return TracePlan(str(process), exe, span_types, threads, thread_spans, async_spans, estimated)
+    chunk_bytes = lake.settings.perfetto_chunk_kib * 1024
+    return TracePlan(str(process), exe, span_types, threads, thread_spans, async_spans, estimated, chunk_bytes)
 
 
 def chunk_generator(plan: TracePlan) -> Callable[[pa.Array], pa.Array]:
     """The scalar function behind the task table: for each task row, the trace's next chunks (with their
     ids) up to about BATCH_BYTES, generated as the client reads; the last task row takes the rest, and
-    rows past the end of the trace get none. Chunks are never glued: each is one chunk of the rule."""
+    rows past the end of the trace get none. Chunks are never glued: each is one chunk of the writer's."""
     chunks: Iterator[bytes] | None = None
     next_id = 0
     done = False

@@ -15,8 +15,9 @@ each framed as `Trace.packet` (`0x0A` + varint length), in this order:
 6. a final flush.
 
 Chunks follow the micromegas rule (views/perfetto/chunks.py): an 8192-byte threshold checked after
-each write, the framing and the body of a packet being separate writes. Names, categories (targets)
-and source locations (file, line) are interned on the sequence: a packet carries, in its
+each write, the framing and the body of a packet being separate writes. Asked for (`spans_per_flush`
+None and a larger threshold), the spans are cut by size alone: the same bytes in far fewer chunks.
+Names, categories (targets) and source locations (file, line) are interned on the sequence: a packet carries, in its
 `interned_data`, the entries first used by it. Bytes match micromegas (prost field order: the
 `track_event`/`track_descriptor` payload first, then timestamp 8, sequence id 10, interned data 12,
 sequence flags 13, first_packet_on_sequence 87).
@@ -338,8 +339,10 @@ class PerfettoTraceWriter:
         *,
         async_layout: AsyncLayout = AsyncLayout.LANES,
         chunk_threshold: int = CHUNK_THRESHOLD,
+        spans_per_flush: int | None = SPANS_PER_FLUSH,
         track_ids: TrackIds = TrackIds.UNIQUE,
     ) -> None:
+        self._spans_per_flush = spans_per_flush
         self._process_uuid = process_uuid(process_id)
         self._track_ids = track_ids
         self._pid = _int32(self._process_uuid) if track_ids is TrackIds.MICROMEGAS else unique_pid(self._process_uuid)
@@ -468,8 +471,11 @@ class PerfettoTraceWriter:
             return
         iids, interned = self._intern(spans)
         packets = _SpanPackets.encode(spans, iids, track, interned, descriptors)
-        written_rows = np.arange(written + 1, written + len(spans) + 1)
-        flush_rows = np.flatnonzero(written_rows % SPANS_PER_FLUSH == 0)
+        if self._spans_per_flush is None:
+            flush_rows = np.empty(0, np.int64)
+        else:
+            written_rows = np.arange(written + 1, written + len(spans) + 1)
+            flush_rows = np.flatnonzero(written_rows % self._spans_per_flush == 0)
         yield from self._chunks.write_run(
             packets.data.tobytes(), packets.write_ends, packets.end_packet_ends(flush_rows)
         )
@@ -605,16 +611,22 @@ def trace_chunks(
     *,
     async_layout: AsyncLayout = AsyncLayout.LANES,
     chunk_threshold: int = CHUNK_THRESHOLD,
+    spans_per_flush: int | None = SPANS_PER_FLUSH,
     track_ids: TrackIds = TrackIds.UNIQUE,
 ) -> Iterator[bytes]:
     """The whole trace of a process as chunks, lazily, in micromegas order.
 
     `thread_spans(stream_id)` gives a thread's span batches and `async_spans()` the async span
-    batches; each is called only when its turn comes (never for span types not requested)."""
+    batches; each is called only when its turn comes (never for span types not requested). The
+    defaults chunk as micromegas does; `spans_per_flush=None` cuts the spans' chunks by size alone."""
     if span_types not in SPAN_TYPES:
         raise ValueError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     writer = PerfettoTraceWriter(
-        process_id, async_layout=async_layout, chunk_threshold=chunk_threshold, track_ids=track_ids
+        process_id,
+        async_layout=async_layout,
+        chunk_threshold=chunk_threshold,
+        spans_per_flush=spans_per_flush,
+        track_ids=track_ids,
     )
     yield from writer.process_descriptor(exe)
     yield from writer.thread_descriptors(threads)

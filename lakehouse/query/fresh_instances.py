@@ -1,0 +1,80 @@
+"""Up-to-date partition sets of view instances, reused while the catalog announces no change to them.
+
+A warm query of an instance nothing was written to since the last one needs no catalog round trip:
+its partitions are those the last check found, as long as the instance's generation
+(lakehouse/catalog_changes.py) is the one that check started at. A set found for a query range also
+serves any range within it (the check covers the blocks of its range; the set holds every live
+partition of the instance). The sets kept are bounded: the least recently used instances go first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from spanlake.lakehouse.catalog_changes import Generation
+
+if TYPE_CHECKING:
+    from spanlake.lakehouse.partitions import Partition
+
+# Instances whose sets are kept, and sets kept per instance (one per query range not within another's).
+MAX_INSTANCES = 4096
+MAX_RANGES = 4
+
+QueryRange = tuple[int, int] | None
+InstanceKey = Hashable  # (view set, instance id, schema hash), and for a global set its query range
+
+
+@dataclass(frozen=True)
+class _FreshSet:
+    query_range: QueryRange
+    generation: Generation
+    partitions: list[Partition]
+
+    def serves(self, query_range: QueryRange, generation: Generation) -> bool:
+        """Whether this set answers a query of `query_range` at `generation`."""
+        if generation != self.generation:
+            return False
+        if self.query_range is None:
+            return True
+        begin, end = self.query_range
+        return query_range is not None and begin <= query_range[0] and query_range[1] <= end
+
+
+class FreshInstances:
+    """The partition sets last found up to date, per instance."""
+
+    def __init__(self) -> None:
+        self._sets: OrderedDict[InstanceKey, list[_FreshSet]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def partitions(
+        self,
+        key: InstanceKey,
+        query_range: QueryRange,
+        generation: Generation | None,
+        check: Callable[[], list[Partition]],
+    ) -> list[Partition]:
+        """The instance's up-to-date partitions: a set found at `generation` (read before calling) that
+        serves the range, else `check()`'s, kept for the next query. None: always `check()`."""
+        if generation is None:
+            return check()
+        with self._lock:
+            found = next((s for s in self._sets.get(key, ()) if s.serves(query_range, generation)), None)
+            if found is not None:
+                self._sets.move_to_end(key)
+                return found.partitions
+        partitions = check()
+        self._keep(key, _FreshSet(query_range, generation, partitions))
+        return partitions
+
+    def _keep(self, key: InstanceKey, fresh: _FreshSet) -> None:
+        with self._lock:
+            current = [s for s in self._sets.get(key, ()) if s.generation == fresh.generation]
+            self._sets[key] = [fresh, *current][:MAX_RANGES]
+            self._sets.move_to_end(key)
+            while len(self._sets) > MAX_INSTANCES:
+                self._sets.popitem(last=False)
