@@ -18,6 +18,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import slow_queries
 from spanlake.lakehouse.query.admission import lakehouse_runner
 from spanlake.lakehouse.query.audit import AUDIT_LOGGER
+from spanlake.lakehouse.query.loop_joins import reserve_datafusion_workers
 from spanlake.lakehouse.query.slow_queries import SlowQueryRule
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
@@ -242,6 +243,7 @@ def configure_logging(level_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the `spanlake` command line; returns the exit status."""
+    reserve_datafusion_workers()
     args = build_parser().parse_args(argv)
     if args.command is None:
         print(GETTING_STARTED, end="")
