@@ -14,7 +14,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server
+from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from test_flightsql_support import grpc_status, statement_ticket
 
 TIMEOUT_SECONDS = 8
@@ -109,4 +109,33 @@ def test_unread_web_query_streams_give_their_buffers_back(server: SpanlakeServer
         connection.close()
     time.sleep(TIMEOUT_SECONDS)
     assert _answers(server) < 2
+    assert _full_read_rows(server) == 131072
+
+
+def _connections_held(server: SpanlakeServer, clients: list[socket.socket]) -> int:
+    """How many of the clients' connections the server process still holds a socket of."""
+    assert server.process is not None
+    ports = {client.getsockname()[1] for client in clients}
+    held = psutil.Process(server.process.pid).net_connections(kind="tcp")
+    return sum(1 for connection in held if connection.raddr and connection.raddr.port in ports)
+
+
+def test_unread_web_answers_hold_a_bounded_buffer_then_are_aborted(server: SpanlakeServer) -> None:
+    """Each answer's kernel send buffer is bounded (query_stream.SEND_BUFFER_BYTES) and a write waiting
+    past the query's time limit aborts the connection: before, the answer waited for ever."""
+    _answers(server)
+    time.sleep(1)
+    before = _rss_mb(server)
+    connections = [_unread_query_stream(server) for _ in range(STREAMS)]
+    time.sleep(3)
+    peak = max(_rss_mb(server) for _ in range(3) if time.sleep(0.5) is None)
+    assert peak - before < OPEN_GROWTH_MB, (before, peak)
+    assert _connections_held(server, connections) == STREAMS
+    time.sleep(TIMEOUT_SECONDS + 2)
+    assert _answers(server) < 2
+    # An answer whose write waited is aborted at the time limit (what the kernel holds drains on its
+    # own); one that waited for the result buffer ends with its error frame, its connection kept alive.
+    wait_until(lambda: _connections_held(server, connections) < STREAMS, 15, "the unread answers aborted")
+    for connection in connections:
+        connection.close()
     assert _full_read_rows(server) == 131072

@@ -157,6 +157,10 @@ class Query:
             )
         return None
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the query's time limit (never below 0), or None without one."""
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
     def stop(self, reason: Failure) -> None:
         """Stops the query from any thread, interrupting the step under way."""
         self._thread.stop(reason)
