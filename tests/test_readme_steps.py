@@ -300,6 +300,7 @@ QUERY_FLAGS = {
     "--max-plan-nodes",
     "--stream-buffer-mb",
     "--result-buffer-mb",
+    "--result-buffer-wait-seconds",
 }
 ROLE_FLAGS = {
     "ingest": {

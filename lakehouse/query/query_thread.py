@@ -170,13 +170,19 @@ class QueryThread:
             raise reason from None
 
     def stop(self, reason: BaseException) -> None:
-        """Stops the query for `reason`, interrupting the step under way, if any."""
+        """Stops the query for `reason`, interrupting the step under way, if any; without one, the
+        thread goes back to the others at once (a stream blocked in its transport holds none)."""
+        idle = None
         with self._lock:
             if self._stopped is None:
                 self._stopped = reason
             if self._busy and not self._interrupted and self._worker is not None:
                 self._interrupted = True
                 _raise_in_thread(self._worker.thread, Interrupted)
+            elif not self._busy:
+                idle, self._worker = self._worker, None
+        if idle is not None:
+            self._threads.give_back(idle)  # a step queued meanwhile finds the query stopped
 
     def close(self) -> None:
         """Gives the thread back for other queries; retires it if it was interrupted."""
