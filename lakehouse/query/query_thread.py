@@ -67,6 +67,9 @@ class _Worker:
         try:
             while (step := self.steps.get()) is not None:
                 step()
+                # Dropped before waiting: an idle worker kept its last step, hence that step's query
+                # thread and any outcome it holds (a batch nobody took, the query stopped) until the next.
+                del step
         except Interrupted:
             pass  # interrupted between two steps: this worker is being retired anyway
 
