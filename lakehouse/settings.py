@@ -282,6 +282,14 @@ SETTINGS: tuple[Option, ...] = (
         QUERYING,
     ),
     Option(
+        "result_buffer_wait_seconds",
+        "SPANLAKE_RESULT_BUFFER_WAIT_SECONDS",
+        float,
+        30.0,
+        "seconds a query may wait for room in the full result buffer of all queries; past it → UNAVAILABLE",
+        QUERYING,
+    ),
+    Option(
         "query_timeout_seconds",
         "SPANLAKE_QUERY_TIMEOUT_SECONDS",
         float,
@@ -350,6 +358,7 @@ class Settings:
     perfetto_chunk_kib: int = 64
     stream_buffer_mb: int = 16
     result_buffer_mb: int = 256
+    result_buffer_wait_seconds: float = 30.0
     query_timeout_seconds: float = 300.0
     query_memory_limit_mb: int = 4096
     slow_query_seconds: float = 1.0

@@ -66,12 +66,14 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
     from spanlake.lakehouse.lake import Lake
     from spanlake.lakehouse.query import slow_queries
     from spanlake.lakehouse.query.admission import lakehouse_runner
+    from spanlake.lakehouse.query.loop_joins import reserve_datafusion_workers
     from spanlake.server.auth import AuthConfigError, make_authenticator
     from spanlake.server.flightsql.service import FlightSqlServer
     from spanlake.server.ingestion import start_ingestion
     from spanlake.server.maintenance import MaintenanceDaemon
     from spanlake.server.self_tracing import start_self_tracing
 
+    reserve_datafusion_workers()  # before DataFusion's runtime starts (the first query)
     shutdown = _shutdown_requested()
     lake = Lake.open(settings)
     self_tracing = start_self_tracing(lake, _role_name(roles)) if settings.self_tracing else None

@@ -301,6 +301,7 @@ QUERY_FLAGS = {
     "--stream-buffer-mb",
     "--result-buffer-mb",
     "--perfetto-chunk-kib",
+    "--result-buffer-wait-seconds",
 }
 PARTITION_FLAGS = {"--row-group-rows"}  # the roles that write partitions
 ROLE_FLAGS = {

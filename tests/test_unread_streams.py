@@ -8,13 +8,14 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server
+from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from test_flightsql_support import grpc_status, statement_ticket
 
 TIMEOUT_SECONDS = 8
@@ -110,3 +111,74 @@ def test_unread_web_query_streams_give_their_buffers_back(server: SpanlakeServer
     time.sleep(TIMEOUT_SECONDS)
     assert _answers(server) < 2
     assert _full_read_rows(server) == 131072
+
+
+def _connections_held(server: SpanlakeServer, clients: list[socket.socket]) -> int:
+    """How many of the clients' connections the server process still holds a socket of."""
+    assert server.process is not None
+    ports = {client.getsockname()[1] for client in clients}
+    held = psutil.Process(server.process.pid).net_connections(kind="tcp")
+    return sum(1 for connection in held if connection.raddr and connection.raddr.port in ports)
+
+
+def test_unread_web_answers_hold_a_bounded_buffer_then_are_aborted(server: SpanlakeServer) -> None:
+    """Each answer's kernel send buffer is bounded (query_stream.SEND_BUFFER_BYTES) and a write waiting
+    past the query's time limit aborts the connection: before, the answer waited for ever."""
+    _answers(server)
+    time.sleep(1)
+    before = _rss_mb(server)
+    connections = [_unread_query_stream(server) for _ in range(STREAMS)]
+    time.sleep(3)
+    peak = max(_rss_mb(server) for _ in range(3) if time.sleep(0.5) is None)
+    assert peak - before < OPEN_GROWTH_MB, (before, peak)
+    assert _connections_held(server, connections) == STREAMS
+    time.sleep(TIMEOUT_SECONDS + 2)
+    assert _answers(server) < 2
+    # An answer whose write waited is aborted at the time limit (what the kernel holds drains on its
+    # own); one that waited for the result buffer ends with its error frame, its connection kept alive.
+    wait_until(lambda: _connections_held(server, connections) < STREAMS, 15, "the unread answers aborted")
+    for connection in connections:
+        connection.close()
+    assert _full_read_rows(server) == 131072
+
+
+def test_streams_blocked_in_grpc_write_give_their_buffers_back_at_the_time_limit(server: SpanlakeServer) -> None:
+    """A stream whose client does not read blocks in gRPC's write, out of its query's steps, holding its
+    batch against the total: at its time limit the runner's watch stops it, and its result buffer and
+    query thread go back at once (before, until its client cancelled: other queries waited meanwhile)."""
+    client = flight.connect(server.flightsql_url)
+    options = flight.FlightCallOptions(timeout=TIMEOUT_SECONDS + 30)
+    # 4 × 13 MiB: each stream's first batch fits the total; a 2-batch read then does not.
+    readers = [client.do_get(statement_ticket(WIDE_ROWS), options) for _ in range(4)]
+    time.sleep(TIMEOUT_SECONDS + 2)
+    assert _answers(server) < 2
+    assert _full_read_rows(server) == 131072  # the budget is back while the streams stay open
+    for reader in readers:
+        reader.cancel()
+    client.close()
+
+
+def test_a_query_waiting_for_the_full_total_fails_unavailable_after_the_wait_setting(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Past SPANLAKE_RESULT_BUFFER_WAIT_SECONDS of waiting for room in the full total, a query fails
+    UNAVAILABLE naming the settings, long before its own time limit."""
+    limits = {
+        "SPANLAKE_QUERY_TIMEOUT_SECONDS": "60",
+        "SPANLAKE_RESULT_BUFFER_MB": "16",
+        "SPANLAKE_RESULT_BUFFER_WAIT_SECONDS": "2",
+    }
+    with running_server(postgres, tmp_path, extra_env=limits) as small:
+        client = flight.connect(small.flightsql_url)
+        options = flight.FlightCallOptions(timeout=30)
+        unread = client.do_get(statement_ticket(WIDE_ROWS), options)  # its first batch fills the total
+        time.sleep(2)
+        started = time.monotonic()
+        with pytest.raises(pa.ArrowException) as caught:
+            client.do_get(statement_ticket(WIDE_ROWS), options).read_all()
+        assert time.monotonic() - started < 10
+        code, message = grpc_status(caught.value)
+        assert code == "UNAVAILABLE", caught.value
+        assert "SPANLAKE_RESULT_BUFFER_MB" in message and "SPANLAKE_RESULT_BUFFER_WAIT_SECONDS" in message
+        unread.cancel()
+        client.close()

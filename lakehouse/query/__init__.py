@@ -27,6 +27,7 @@ Modules:
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
+    loop_joins         cross and nested-loop joins planned with small batches, so that a stop reaches them
     view_ddl           CREATE/DROP MATERIALIZED VIEW (the runner's DDL hook), list_view_set_definitions
     result_buffer      result batches computed ahead of their client, bounded per stream and in total
     functions          micromegas's JSONB, properties, histogram and helper SQL functions

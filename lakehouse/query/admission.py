@@ -96,7 +96,7 @@ def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactor
 def lakehouse_runner(lake: Lake) -> QueryRunner:
     """The runner of every door of a process: the lake's sessions, within the lake's settings
     (SPANLAKE_MAX_SQL_BYTES, _MAX_SQL_DEPTH, _MAX_SQL_JOINS, _MAX_PLAN_NODES, _QUERY_TIMEOUT_SECONDS,
-    _QUERY_MEMORY_LIMIT_MB, _STREAM_BUFFER_MB, _RESULT_BUFFER_MB)."""
+    _QUERY_MEMORY_LIMIT_MB, _STREAM_BUFFER_MB, _RESULT_BUFFER_MB, _RESULT_BUFFER_WAIT_SECONDS)."""
     settings = lake.settings
     limits = QueryLimits(
         settings.max_sql_bytes,
@@ -106,6 +106,7 @@ def lakehouse_runner(lake: Lake) -> QueryRunner:
         settings.max_plan_nodes,
         settings.stream_buffer_mb << 20,
         settings.result_buffer_mb << 20,
+        settings.result_buffer_wait_seconds,
     )
     sessions = lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024)
     return QueryRunner(sessions, limits, ViewStatements(lake))

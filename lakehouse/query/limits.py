@@ -33,7 +33,7 @@ from datafusion.plan import LogicalPlan
 @dataclass(frozen=True)
 class QueryLimits:
     """The limits of one query (settings SPANLAKE_MAX_SQL_BYTES, _MAX_SQL_DEPTH, _QUERY_TIMEOUT_SECONDS,
-    _MAX_SQL_JOINS, _MAX_PLAN_NODES, _STREAM_BUFFER_MB, _RESULT_BUFFER_MB)."""
+    _MAX_SQL_JOINS, _MAX_PLAN_NODES, _STREAM_BUFFER_MB, _RESULT_BUFFER_MB, _RESULT_BUFFER_WAIT_SECONDS)."""
 
     max_sql_bytes: int = 1_048_576
     max_sql_depth: int = 1000
@@ -42,6 +42,7 @@ class QueryLimits:
     max_plan_nodes: int = 10_000
     stream_buffer_bytes: int = 16 << 20  # results computed, not yet sent, of one stream
     result_buffer_bytes: int = 256 << 20  # ... of all streams
+    result_buffer_wait_seconds: float = 30.0  # longest wait for room in the full total
 
     def sql_problem(self, sql: str) -> str | None:
         """Why the planner must not see `sql`, or None."""

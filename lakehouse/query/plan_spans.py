@@ -29,6 +29,7 @@ import datafusion
 from datafusion.plan import ExecutionPlan
 
 from spanlake import tracing
+from spanlake.lakehouse.query.loop_joins import executable_plan
 from spanlake.lakehouse.query.result_buffer import UNBOUNDED, ByteBudget, StreamBuffer
 from spanlake.lakehouse.query.slow_queries import QuerySpan
 
@@ -99,7 +100,7 @@ class PlanStream:
         """Plans `df` physically and starts executing it, holding at most about `stream_limit` bytes of
         computed batches and waiting while `total` is used up (see result_buffer)."""
         buffer = StreamBuffer(stream_limit, total if total is not None else ByteBudget(UNBOUNDED))
-        return cls(ctx, df.execution_plan(), buffer)
+        return cls(ctx, executable_plan(ctx, df), buffer)
 
     def __iter__(self) -> PlanStream:
         """The stream itself: an iterator of batches."""

@@ -25,14 +25,21 @@ WAIT_SECONDS = 0.1
 UNBOUNDED = 1 << 62
 
 
+class ResultBufferFull(Exception):
+    """A query waited longer than its budget's `wait_seconds` for room."""
+
+
 class ByteBudget:
     """Bytes held against a limit. Thread-safe."""
 
-    def __init__(self, limit: int) -> None:
-        """A budget of `limit` bytes, none held."""
+    def __init__(self, limit: int, wait_seconds: float = 0.0, what: str = "") -> None:
+        """A budget of `limit` bytes, none held; with `wait_seconds`, `reserve` raises ResultBufferFull
+        (saying `what` is full) past that wait."""
         self.limit = limit
         self.used = 0
         self._changed = threading.Condition()
+        self._wait_seconds = wait_seconds
+        self._what = what
 
     def wait_for_room(self, gave_up: Callable[[], bool]) -> bool:
         """Waits while the limit is reached; False if `gave_up()` first."""
@@ -41,11 +48,17 @@ class ByteBudget:
     def reserve(self, size: int, gave_up: Callable[[], bool]) -> bool:
         """Holds `size` bytes once they fit (at once when nothing is held: a batch larger than the limit
         passes alone); False, holding nothing, if `gave_up()` first."""
+        waited = 0.0
         with self._changed:
             while self.used > 0 and self.used + size > self.limit:
                 if gave_up():
                     return False
+                if self._wait_seconds and waited > self._wait_seconds:
+                    raise ResultBufferFull(
+                        f"{self._what} stayed full for {self._wait_seconds:g} s (SPANLAKE_RESULT_BUFFER_WAIT_SECONDS)"
+                    )
                 self._changed.wait(WAIT_SECONDS)
+                waited += WAIT_SECONDS
             self.used += size
         return True
 

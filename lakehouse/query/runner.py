@@ -42,14 +42,16 @@ from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenie
 from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.query_thread import QueryThread, QueryThreads
-from spanlake.lakehouse.query.result_buffer import ByteBudget
+from spanlake.lakehouse.query.result_buffer import ByteBudget, ResultBufferFull
 
 T = TypeVar("T")
+WATCH_SECONDS = 1.0
 # A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
 # None for any other statement.
 StatementHook = Callable[[datafusion.SessionContext, str, Principal | None], datafusion.DataFrame | None]
 
 # The server is read-only: DDL, DML and SET statements are refused at planning.
+_FULL = "the result buffer of all queries (SPANLAKE_RESULT_BUFFER_MB), filled by clients not reading their results,"
 READ_ONLY = datafusion.SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
@@ -90,10 +92,12 @@ class QueryRunner:
         self.statements = statements
         self.limits = limits if limits is not None else QueryLimits()
         self.threads = QueryThreads()
-        self.result_budget = ByteBudget(self.limits.result_buffer_bytes)  # results computed, not yet sent
+        # Results computed, not yet sent, of all queries.
+        self.result_budget = ByteBudget(self.limits.result_buffer_bytes, self.limits.result_buffer_wait_seconds, _FULL)
         self._queries: set[Query] = set()
         self._lock = threading.Lock()
         self._stopping = False
+        self._watch: threading.Thread | None = None
 
     def open(self, request: QueryRequest, client_gone: Callable[[], bool]) -> Query:
         """A query on a thread of its own, stopped once `client_gone()` or at its time limit; raises
@@ -102,6 +106,9 @@ class QueryRunner:
         with self._lock:
             if not self._stopping:
                 self._queries.add(query)
+                if self._watch is None:
+                    self._watch = threading.Thread(target=self._watch_queries, name="spanlake-query-watch", daemon=True)
+                    self._watch.start()
                 return query
         failure = failures.unavailable("the server is shutting down", query.query_id)
         query.close()
@@ -115,6 +122,19 @@ class QueryRunner:
         for query in running:
             query.stop(failures.unavailable("the server is shutting down", query.query_id))
         self.threads.close()
+
+    def _watch_queries(self) -> None:
+        """Stops, every WATCH_SECONDS, the queries past their time limit or whose client went away: also
+        those no step is running for (a Flight stream blocked in gRPC's write by a client that does not
+        read), whose thread and result buffer then go back at once."""
+        while True:
+            time.sleep(WATCH_SECONDS)
+            with self._lock:
+                if self._stopping:
+                    return
+                queries = list(self._queries)
+            for query in queries:
+                query.stop_if_due()
 
     def release(self, query: Query) -> None:
         """Forgets a closed query (`Query.close` calls it)."""
@@ -144,6 +164,7 @@ class Query:
         self._thread = QueryThread(runner.threads, self._should_stop)
         self._session: datafusion.SessionContext | None = None
         self._executing_since: float | None = None
+        self._results: ResultBatches | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -157,13 +178,26 @@ class Query:
             )
         return None
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the query's time limit (never below 0), or None without one."""
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
     def stop(self, reason: Failure) -> None:
-        """Stops the query from any thread, interrupting the step under way."""
+        """Stops the query from any thread, interrupting the step under way; its result buffer is given back."""
         self._thread.stop(reason)
+        if self._results is not None:
+            self._results.release()
+
+    def stop_if_due(self) -> None:
+        """Stops the query if its client went away or its time limit passed."""
+        reason = self._should_stop()
+        if reason is not None:
+            self.stop(reason)
 
     def close(self) -> None:
         """Gives the thread back and ends the root span (the door writes the record: ok, incomplete)."""
         self._session = None
+        self._results = None
         if self._executing_since is not None:
             self.audit.execution_ms = (time.perf_counter() - self._executing_since) * 1000.0
         self._thread.close()
@@ -320,7 +354,8 @@ class Query:
             span.end()
             raise failures.classify("error executing plan", exc, self.query_id) from None
         self.span.when_slow(functools.partial(plan_spans.record_operator_spans, stream.executed, span.context))
-        return ResultBatches(self, stream, span)
+        self._results = ResultBatches(self, stream, span)
+        return self._results
 
 
 class ResultBatches:
@@ -344,9 +379,17 @@ class ResultBatches:
         try:
             with tracing.attach(self._context):
                 batch = next(self._stream, None)
+        except ResultBufferFull as full:
+            raise failures.unavailable(str(full), self._query.query_id) from None
         except Exception as exc:
             raise failures.classify("error building data stream", exc, self._query.query_id) from None
         return None if batch is None else self._query.count(batch)
+
+    def release(self) -> None:
+        """Gives back the batches the stream holds and stops its producers (from any thread)."""
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def close(self) -> None:
         """Stops and drops the stream and ends the execute span (once)."""

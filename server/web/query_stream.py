@@ -9,16 +9,24 @@ As in micromegas, a request refused before streaming (bad body, SQL over the lim
 a denied query) answers one error frame with its HTTP status; a query that fails answers an error
 frame in the stream. The query runs as every web query (`queries.WebQueries`): a client that goes
 away stops it.
+
+A client that does not read: each answer's kernel send buffer is SEND_BUFFER_BYTES (compressed frames
+filled the default, autotuned to megabytes, with about 100 MB of batches each), aiohttp waits for the
+transport past 64 KiB, and a write still waiting at the query's time limit ends the answer
+(DEADLINE_EXCEEDED in the audit, the connection aborted: no frame can reach a client that does not read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 
 import pyarrow as pa
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query import failures
 from spanlake.lakehouse.query.runner import Query, ResultBatches
 from spanlake.server.flightsql.streaming import conform, output_schema
 from spanlake.server.http_body import read_body
@@ -28,6 +36,8 @@ from spanlake.server.web.time_range import TimeRangeError
 
 CONTENT_TYPE = "application/x-micromegas-arrow-stream"
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+SEND_BUFFER_BYTES = 256 * 1024
+LAST_WRITE_SECONDS = 5
 _ERROR_CODES = {400: "INVALID_SQL", 403: "FORBIDDEN", 503: "UNAVAILABLE", 504: "TIMEOUT"}
 
 
@@ -110,26 +120,66 @@ class QueryStream:
             async with self.queries.open(request, "query_stream", sql, query_range) as query:
                 await query.run(query.query.session)  # the deny list: refused before streaming
                 await response.prepare(request)
-                await self._send(response, query)
+                _bound_send_buffer(request)
+                await self._send(request, response, query)
+        except _Abandoned:
+            return response
         except WebQueryError as err:
             if not response.prepared:
                 return _refused(err.status, error_code(err.status), err.message)
-            await response.write(error_frame(error_code(err.status), err.message))
+            await _last_write(request, response, error_frame(error_code(err.status), err.message))
             return response
         await response.write_eof()
         return response
 
-    async def _send(self, response: web.StreamResponse, query: WebQuery) -> None:
+    async def _send(self, request: web.Request, response: web.StreamResponse, query: WebQuery) -> None:
         batches = await query.run(_execute, query.query)
         try:
             messages = IpcMessages(batches.schema)
-            await response.write(frame("schema", size=len(messages.schema_bytes)) + messages.schema_bytes)
+            await _write(
+                request, response, query, frame("schema", size=len(messages.schema_bytes)) + messages.schema_bytes
+            )
             while (encoded := await query.run(_next_encoded, batches, messages)) is not None:
                 rows, data = encoded
-                await response.write(frame("batch", size=len(data), rows=rows) + data)
+                await _write(request, response, query, frame("batch", size=len(data), rows=rows) + data)
         finally:
             batches.close()
-        await response.write(frame("done"))
+        await _write(request, response, query, frame("done"))
+
+
+def _bound_send_buffer(request: web.Request) -> None:
+    """The answer's kernel send buffer limited to SEND_BUFFER_BYTES."""
+    transport = request.transport
+    connection = transport.get_extra_info("socket") if transport is not None else None
+    if connection is not None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
+async def _write(request: web.Request, response: web.StreamResponse, query: WebQuery, data: bytes) -> None:
+    """Writes `data`, waiting for the client at most until the query's time limit; past it the query
+    fails DEADLINE_EXCEEDED (audited) and the connection is aborted."""
+    try:
+        await asyncio.wait_for(response.write(data), timeout=query.query.seconds_left())
+    except TimeoutError:
+        message = "the client read nothing until the query's time limit (SPANLAKE_QUERY_TIMEOUT_SECONDS)"
+        query.query.fail(failures.deadline_exceeded(message, query.query.query_id))
+        if request.transport is not None:
+            request.transport.abort()
+        raise _Abandoned from None
+
+
+async def _last_write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Writes an error frame, waiting for the client at most LAST_WRITE_SECONDS (the query has ended:
+    its time limit may be past), else aborts the connection."""
+    try:
+        await asyncio.wait_for(response.write(data), timeout=LAST_WRITE_SECONDS)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+
+
+class _Abandoned(Exception):
+    """The client did not read the answer in time: nothing more can be written to it."""
 
 
 def error_code(status: int) -> str:
