@@ -17,6 +17,7 @@ import pyarrow as pa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanlake.lakehouse.errors import BadBlockError
+from spanlake.lakehouse.otlp.bounds import Bounds, spans_bounds
 from spanlake.lakehouse.records import BlockRecord, block_meta
 from spanlake.lakehouse.transit.decode import StreamLayout, read_block_dependencies, stream_layout
 from spanlake.views import span_traces
@@ -62,16 +63,16 @@ def grouped_traces(trace_ids: bytes, begin_ns: np.ndarray, end_ns: np.ndarray) -
     return BlockTraces(ids, begins.tolist(), ends.tolist())
 
 
-def otlp_traces(resource: ResourceSpans) -> BlockTraces:
-    """The traces of an OTLP spans resource (spans with a 16-byte trace id and a start time). One pass
-    per field over the spans, the rest in numpy."""
+def spans_bounds_and_traces(resource: ResourceSpans) -> tuple[Bounds | None, BlockTraces]:
+    """The block bounds of an OTLP spans resource and its traces (spans with a 16-byte trace id and a
+    start time), from one pass per span field (the protobuf's per-span cost), the rest in numpy."""
     spans = [span for scope in resource.scope_spans for span in scope.spans]
     ids = [span.trace_id for span in spans]
     begins = np.array([span.start_time_unix_nano for span in spans], np.uint64).view(np.int64)
     ends = np.array([span.end_time_unix_nano for span in spans], np.uint64).view(np.int64)
     kept = (np.fromiter(map(len, ids), np.int64, len(ids)) == TRACE_ID_BYTES) & (begins != 0)
     raw = b"".join(ids) if kept.all() else b"".join(itertools.compress(ids, kept))
-    return grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
+    return spans_bounds(begins, ends), grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
 
 
 class TransitBlockTraces:
