@@ -16,8 +16,9 @@ Static names (a function's name, a fixed string) use `SpanMetadata` descriptors;
 
 Traces: the context variable holds (span id, depth, trace, hand-off parent). Span ids are 63-bit
 ints counting up from a random start per process (see `_draw_id_start`), so processes do not collide.
-A span begun at the root starts a trace: (a 64-bit prefix random per process, the span's own id); its
-descendants share the parent's trace tuple (one reference, no work per span), and a begin event
+A span begun at the root starts a trace: its id is a 64-bit prefix random per process followed by the
+span's own id, and the context holds just that id (no allocation); a trace continued from elsewhere
+is a tuple. Descendants share the parent's trace (one reference, no work per span), and a begin event
 carries its parent's trace (0 for a trace's local root, whose trace the encoder derives). The fourth
 slot is non-zero in a context that was handed over (`attach`, an explicit `parent=`, a remote context
 from `tracing.propagation`): children begun in it record that span as their hand-off / remote parent.
@@ -74,9 +75,11 @@ def _draw_id_start() -> None:
 _draw_id_start()
 os.register_at_fork(after_in_child=_draw_id_start)
 
-Trace = tuple  # (high, low[, tracestate]): the two 64-bit halves of a trace id, the W3C tracestate
+# A trace this process started is its root span's id (its trace id: the process prefix, then that id);
+# one continued from elsewhere is (high, low[, tracestate]): the trace id's halves, the W3C tracestate.
+Trace = int | tuple
 # (span id, depth, trace or 0, hand-off parent span id or 0)
-Context = tuple[int, int, Trace | int, int]
+Context = tuple[int, int, Trace, int]
 _ROOT: Context = (0, -1, 0, 0)
 _current_span: contextvars.ContextVar[Context] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
@@ -144,7 +147,7 @@ def _async_span_fn(func: F, desc: int) -> F:
     async def async_span(*args: Any, **kwargs: Any) -> Any:
         parent = _current_span.get()
         span_id, depth = next(_span_ids), parent[1] + 1
-        trace = parent[2] or (_TRACE_HIGH, span_id)
+        trace = parent[2] or span_id
         record_begin(begin, _now(), span_id, parent[0], depth, None, parent[2], parent[3])
         _current_span.set((span_id, depth, trace, 0))
         try:
@@ -210,7 +213,7 @@ def record_facts(span_id: int, facts: str) -> None:
 async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
     parent = _current_span.get()
     span_id, depth = next(_span_ids), parent[1] + 1
-    trace = parent[2] or (_TRACE_HIGH, span_id)
+    trace = parent[2] or span_id
     record_begin(begin, _now(), span_id, parent[0], depth, name, parent[2], parent[3])
     _current_span.set((span_id, depth, trace, 0))
     try:
@@ -329,13 +332,15 @@ class SpanContext(tuple):
     def trace_id(self) -> str:
         """The trace id as 32 lowercase hex characters ("0" * 32 outside any trace)."""
         trace = self._trace
-        return f"{trace[0]:016x}{trace[1]:016x}" if trace else "0" * 32
+        if not trace:
+            return "0" * 32
+        return f"{_TRACE_HIGH:016x}{trace:016x}" if type(trace) is int else f"{trace[0]:016x}{trace[1]:016x}"
 
     @property
     def trace_state(self) -> str | None:
         """The W3C `tracestate` received with the trace, if any."""
         trace = self._trace
-        return trace[2] if trace and len(trace) > 2 else None
+        return trace[2] if type(trace) is tuple and len(trace) > 2 else None
 
     @property
     def valid(self) -> bool:
@@ -352,7 +357,7 @@ def _internal(context: Context | tuple[int, int]) -> Context:
     if type(context) is SpanContext:
         return context.internal()
     if len(context) < 4:  # a bare (span id, depth): a span of its own trace
-        return (context[0], context[1], (_TRACE_HIGH, context[0]) if context[0] else 0, 0)
+        return (context[0], context[1], context[0], 0)
     return context
 
 
@@ -375,7 +380,7 @@ def _handed_over(context: Context | tuple[int, int]) -> Context:
 def _child(parent: Context) -> tuple[int, int, Trace, int]:
     """A new span's (id, depth, trace, hand-off parent) under `parent`; a root starts a trace."""
     span_id = new_span_id()
-    return span_id, parent[1] + 1, parent[2] or (_TRACE_HIGH, span_id), parent[3]
+    return span_id, parent[1] + 1, parent[2] or span_id, parent[3]
 
 
 class attach:

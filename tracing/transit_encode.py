@@ -11,6 +11,7 @@ string arrays, and `_frame` puts every entry in its final position with one Arro
 
 from __future__ import annotations
 
+import itertools
 import operator
 import struct
 import uuid
@@ -247,6 +248,21 @@ _BEGIN_ASYNC_TYPES = (4, 6)
 _TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
 
 
+def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
+    """The (high, low) halves (int64) of traces held as this process's root span ids or as tuples."""
+    count = len(traces)
+    high = np.full(count, _spans._TRACE_HIGH, np.uint64)
+    local = np.fromiter(map(isinstance, traces, itertools.repeat(int)), bool, count)
+    if local.all():
+        return high.view(np.int64), np.array(traces, np.uint64).view(np.int64)
+    low = np.zeros(count, np.uint64)
+    low[local] = np.array(list(itertools.compress(traces, local.tolist())), np.uint64)
+    remote = list(itertools.compress(traces, (~local).tolist()))
+    high[~local] = np.fromiter(map(_TRACE_HIGH, remote), np.uint64, len(remote))
+    low[~local] = np.fromiter(map(_TRACE_LOW, remote), np.uint64, len(remote))
+    return high.view(np.int64), low.view(np.int64)
+
+
 def _block_trace_facts(
     async_values: list,
     async_types: np.ndarray,
@@ -256,8 +272,8 @@ def _block_trace_facts(
     span_facts: Sequence,
 ) -> str:
     """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python
-    over spans. A begin carries its parent's trace tuple (0 when it starts a trace of its own: a local
-    root, whose trace id is derived) and its hand-off parent; `span_facts` is (span id, facts JSON)
+    over spans. A begin carries its parent's trace (0 when it starts a trace of its own: a local root,
+    whose trace id is derived) and its hand-off parent; `span_facts` is (span id, facts JSON)
     flat for the spans that have facts."""
     begins = np.isin(async_types, _BEGIN_ASYNC_TYPES)
     begun, begin_times = span_id[begins].view(np.int64), times[begins]
@@ -270,8 +286,7 @@ def _block_trace_facts(
     roots["span_id"], roots["time"] = begun[starts_trace], begin_times[starts_trace]
     spans = np.zeros(len(traces), trace_facts.SPAN_RECORD)
     spans["span_id"], spans["time"] = begun[~starts_trace], begin_times[~starts_trace]
-    spans["trace_high"] = np.fromiter(map(_TRACE_HIGH, traces), np.uint64, len(traces)).view(np.int64)
-    spans["trace_low"] = np.fromiter(map(_TRACE_LOW, traces), np.uint64, len(traces)).view(np.int64)
+    spans["trace_high"], spans["trace_low"] = _trace_halves(traces)
     handed = np.flatnonzero(link_ids)
     links = np.zeros(len(handed), trace_facts.LINK_RECORD)
     links["span_id"], links["link"] = begun[handed], link_ids[handed]
