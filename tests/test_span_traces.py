@@ -207,3 +207,15 @@ def test_odd_facts_become_defaults_not_errors() -> None:
     assert kinds.to_pylist() == ["5", "internal"]
     assert attributes.to_pylist() == ["{}", "{}"]
     assert links.to_pylist() == [[{"trace_id": "a", "span_hex": "b"}], []]
+
+
+def test_a_process_without_async_spans_has_no_rows(server: SpanlakeServer) -> None:
+    process = tracing.init(server.http_url, exe="no-async-spans", flush_period=3600)
+
+    @tracing.span_fn
+    def thread_work() -> None:
+        tracing.info("only a thread span and a log")
+
+    thread_work()
+    assert tracing.shutdown()
+    assert len(span_rows(server, str(process.process_id))) == 0

@@ -46,7 +46,7 @@ class SpanRecording:
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
         spans._recording_of[span_id] = self
-        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], link)
+        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], link and (span_id, link))
 
     def end(self) -> None:
         """Records the root's end (once; later calls do nothing)."""

@@ -172,16 +172,17 @@ def record_begin(
     """Appends an async span's begin event to its parent's recording if it has one (the span joins it),
     else to the thread's cpu stream. `trace`: the parent's trace (0: the span starts its own, whose id
     the encoder derives), `link`: the hand-off or remote parent's span id, else 0."""
+    handed = link and (span_id, link)  # a pair only for the (few) spans handed over: found by `filter`
     recording = _recording_of.get(parent_id)
     if recording is None:
         try:
             stream = _dispatch.local.stream
         except AttributeError:
             stream = _dispatch.thread_stream()
-        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, link)
+        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
     else:
         _recording_of[span_id] = recording
-        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, link)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
 
 
 def record_end(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:

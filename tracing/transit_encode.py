@@ -244,7 +244,6 @@ def _columns(values: list, slots: int) -> list[np.ndarray]:
     return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
 
 
-_BEGIN_ASYNC_TYPES = (4, 6)
 _TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -273,13 +272,13 @@ def _block_trace_facts(
 ) -> str:
     """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python
     over spans. A begin carries its parent's trace (0 when it starts a trace of its own: a local root,
-    whose trace id is derived) and its hand-off parent; `span_facts` is (span id, facts JSON)
+    whose trace id is derived) and, if it has one, (its id, its hand-off parent); `span_facts` is (span id, facts JSON)
     flat for the spans that have facts."""
-    begins = np.isin(async_types, _BEGIN_ASYNC_TYPES)
+    begins = (async_types & 1) == 0  # BeginAsync* (4, 6) among the async types (4..7)
     begun, begin_times = span_id[begins].view(np.int64), times[begins]
-    link_ids = np.array(async_values[7::ASYNC_SLOTS], np.uint64)[begins].view(np.int64)
+    handed = np.array(list(filter(None, async_values[7::ASYNC_SLOTS])), np.uint64).reshape(-1, 2).view(np.int64)
     traces = list(filter(None, async_values[6::ASYNC_SLOTS]))
-    starts_trace = (parent_id[begins] == 0) & (link_ids == 0)
+    starts_trace = (parent_id[begins] == 0) & ~np.isin(begun, handed[:, 0])
     if len(traces) != len(starts_trace) - int(starts_trace.sum()):  # a parent without a trace: read each
         starts_trace = np.fromiter(map(operator.not_, async_values[6::ASYNC_SLOTS]), bool, len(begins))[begins]
     roots = np.zeros(int(starts_trace.sum()), trace_facts.ROOT_RECORD)
@@ -287,9 +286,8 @@ def _block_trace_facts(
     spans = np.zeros(len(traces), trace_facts.SPAN_RECORD)
     spans["span_id"], spans["time"] = begun[~starts_trace], begin_times[~starts_trace]
     spans["trace_high"], spans["trace_low"] = _trace_halves(traces)
-    handed = np.flatnonzero(link_ids)
     links = np.zeros(len(handed), trace_facts.LINK_RECORD)
-    links["span_id"], links["link"] = begun[handed], link_ids[handed]
+    links["span_id"], links["link"] = handed[:, 0], handed[:, 1]
     facts_ids = np.array(span_facts[0::2], np.uint64).view(np.int64)
     trace_high = int(np.uint64(_spans._TRACE_HIGH).view(np.int64))
     return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]))
