@@ -27,7 +27,7 @@ import base64
 import numpy as np
 
 FACTS_ID = (1 << 64) - 2
-MAGIC = "spanlake.trace_facts/1"
+MAGIC = "spanlake.trace_facts/2"
 ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
 SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
 LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])

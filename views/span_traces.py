@@ -59,7 +59,7 @@ SCHEMA = pa.schema(
 # Reading the trace facts dependency (written by the SDK's `tracing/trace_facts.py`: same constants)
 
 FACTS_ID = (1 << 64) - 2
-MAGIC = "spanlake.trace_facts/1"
+MAGIC = "spanlake.trace_facts/2"
 ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
 SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
 LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])
