@@ -223,5 +223,5 @@ def test_a_process_without_async_spans_has_no_rows(server: SpanlakeServer) -> No
 
 def test_the_first_format_is_refused_not_misread() -> None:
     # What the SDK wrote before the roots/spans/links split: a clear error, the block's facts skipped.
-    with pytest.raises(TraceFactsError, match="not a spanlake.trace_facts/2 text"):
+    with pytest.raises(TraceFactsError, match=r"not a spanlake\.trace_facts/2 text"):
         decode_facts("spanlake.trace_facts/1;AAAAAAAAAAA=;[]")
