@@ -41,8 +41,9 @@ DAY_NS = 86_400 * SECOND_NS
 MINUTE_NS = 60 * SECOND_NS
 
 
-def load_day(lake: Lake, processes: int, day: int) -> list[str]:
-    """P copies of the fixture process (log and metrics streams), block insert times spread over the day."""
+def load_day(lake: Lake, processes: int, day: int, span_ns: int = DAY_NS) -> list[str]:
+    """P copies of the fixture process (log and metrics streams), block insert times spread over the day
+    (or over `span_ns` from `day`)."""
     template = parse_process((RUST_FIXTURES / "process.cbor").read_bytes())
     streams = [s for s in EXPECTED["streams"] if {"log", "metrics"} & set(s["tags"])]
     bodies = {s["stream_id"]: parse_stream((RUST_FIXTURES / s["insert_stream_request"]).read_bytes()) for s in streams}
@@ -73,7 +74,7 @@ def load_day(lake: Lake, processes: int, day: int) -> list[str]:
                 }
             )
             lake.loop.run(store_block(lake, block, payload))
-            rows.append((block.block_id, day + (index * len(blocks) + n) * DAY_NS // (processes * len(blocks))))
+            rows.append((block.block_id, day + (index * len(blocks) + n) * span_ns // (processes * len(blocks))))
     lake.loop.run(
         lake.pool.executemany(
             "UPDATE blocks SET insert_time = $2 WHERE block_id = $1",

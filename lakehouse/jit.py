@@ -14,14 +14,17 @@ ones (under the instance's advisory lock, in one transaction). A writer that los
 files and the next check sees the winner's work.
 
 Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
-each rebuilt from its blocks and swapped in the same way.
+swapped in the same way. A merge reads its partitions' parquet when each block's rows come from that
+block alone (`View.blockwise_formats`); otherwise (call trees, span depths) it rebuilds from the blocks.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
@@ -40,6 +43,7 @@ from spanlake.lakehouse.partitions import (
     Partition,
     PartitionTarget,
     RetireMatch,
+    partition_batches,
     write_and_commit,
     write_partition_file,
 )
@@ -119,7 +123,7 @@ def rebuild(
                 lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty)
             )
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
-        written = swap_in(lake, specs, timings)
+        written = swap_in(lake, specs, functools.partial(decoded_rows, lake, timings))
         if written is None:
             return None
         replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
@@ -127,18 +131,35 @@ def rebuild(
         return held_by_blocks([p for p in kept if partition_identity(p) not in replaced] + written, blocks)
 
 
-def swap_in(lake: Lake, specs: Sequence[PartitionSpec], timings: Mapping[str, ProcessTiming]) -> list[Partition] | None:
-    """Writes the specs' files, then commits them in one transaction in place of what they replace.
-    Returns the new partitions, or None (files removed) if the partitions they replace were no longer
-    exactly the live ones."""
+SpecRows = Callable[[PartitionSpec], Iterable[pa.RecordBatch]]
+
+
+def swap_in(lake: Lake, specs: Sequence[PartitionSpec], rows_of: SpecRows) -> list[Partition] | None:
+    """Writes the specs' files (their rows from `rows_of`), then commits them in one transaction in place
+    of what they replace. Returns the new partitions, or None (files removed) if the partitions they
+    replace were no longer exactly the live ones."""
     if not specs:
         return []
-    writes = [functools.partial(_write, lake, spec, timings) for spec in specs]
+    writes = [functools.partial(_write, lake, spec, rows_of) for spec in specs]
     replaced = [p for spec in specs for p in spec.replaces]
     return write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
 
 
-def _write(lake: Lake, spec: PartitionSpec, timings: Mapping[str, ProcessTiming]) -> Partition:
+def decoded_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
+    """The spec's rows decoded from its blocks."""
+    return view_rows(lake, spec.view, timings, spec.blocks)
+
+
+def merged_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
+    """The rows of a merge: its partitions' files in insert order when every block's rows come from that
+    block alone (the same rows the blocks would give, without decoding them again), else decoded."""
+    if all(block.stream.format in spec.view.blockwise_formats for block in spec.blocks):
+        ordered = sorted(spec.replaces, key=lambda p: p.begin_insert_ns)
+        return partition_batches(lake.store, [p.file_path for p in ordered if p.file_path])
+    return decoded_rows(lake, timings, spec)
+
+
+def _write(lake: Lake, spec: PartitionSpec, rows_of: SpecRows) -> Partition:
     with tracing.async_span("lakehouse.materialize_partition"):
         view = spec.view
         target = PartitionTarget(
@@ -151,12 +172,12 @@ def _write(lake: Lake, spec: PartitionSpec, timings: Mapping[str, ProcessTiming]
             view.time_columns,
             RetireMatch.OVERLAPPING,
         )
-        return write_partition_file(lake, target, spec.source_count, view_rows(lake, view, timings, spec.blocks))
+        return write_partition_file(lake, target, spec.source_count, rows_of(spec))
 
 
 def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: Mapping[str, ProcessTiming]) -> int:
-    """Merges the small partitions `jit_layout.plan_merges` picks, each rebuilt from its blocks; returns
-    how many merges were committed. A group whose blocks changed meanwhile is left to the next check."""
+    """Merges the small partitions `jit_layout.plan_merges` picks (`merged_rows`); returns how many
+    merges were committed. A group whose blocks changed meanwhile is left to the next check."""
     merged = 0
     for group in plan_merges(held):
         insert_range = (group[0].partition.begin_insert_ns, group[-1].partition.end_insert_ns)
@@ -167,7 +188,7 @@ def settle(lake: Lake, instance: Instance, held: Sequence[HeldCount], timings: M
             spec = PartitionSpec(
                 instance.view, instance.instance_id, tuple(blocks), tuple(member.partition for member in group)
             )
-            merged += swap_in(lake, [spec], timings) is not None
+            merged += swap_in(lake, [spec], functools.partial(merged_rows, lake, timings)) is not None
     return merged
 
 

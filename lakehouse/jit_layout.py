@@ -8,10 +8,11 @@ views) as its insert range holds now. New blocks therefore become a new small pa
 a block that became visible late, inside an older partition's range, makes that one partition stale.
 
 Small partitions settle by tiers, as a log-structured merge: `MERGE_FANIN` neighbours of one tier
-(blocks < 8, < 64, < 512, ...) are rebuilt from their blocks as one partition of the next tier, so a
-block is rebuilt about log8(MAX_PARTITION_BLOCKS) times over its life and an hour holds a bounded
-number of partitions. Rebuilding from blocks (not concatenating files) keeps views that span blocks
-(thread call trees, OTLP span depths) as they would be had the partition been built at once.
+(blocks < 8, < 64, < 512, ...) become one partition of the next tier, so a row is rewritten about
+log8(MAX_PARTITION_BLOCKS) times over its life and an hour holds a bounded number of partitions. A
+merge concatenates its partitions' files when every block gives its rows alone (`View.blockwise_formats`);
+views that span blocks (thread call trees, OTLP span depths) are rebuilt from the blocks instead, as
+they would be had the partition been built at once.
 
 Pure: blocks and partitions in, specs out; `lakehouse/jit.py` writes and commits them.
 """

@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -24,11 +24,10 @@ from spanlake import tracing
 from spanlake.lakehouse.catalog.partitions import LiveCheck, Partition, RetireMatch, none_identical
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.timestamps import ns_to_datetime
 
 log = logging.getLogger(__name__)
-
-MAX_ROW_GROUP_ROWS = 128 * 1024
 
 
 def partition_key(view_set_name: str, instance_id: str, begin_insert_ns: int) -> str:
@@ -52,10 +51,16 @@ def for_query(partitions: list[Partition], schema_hash: bytes, event_range: tupl
 
 
 def write_parquet(
-    store: ObjectStore, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], time_columns: tuple[str, str]
+    store: ObjectStore,
+    key: str,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    time_columns: tuple[str, str],
+    row_group_rows: int = Settings.row_group_rows,
 ) -> tuple[int, int, int | None, int | None]:
-    """Streams batches into a parquet file (LZ4_RAW, row groups ≤ 128Ki rows). Returns the file size, the
-    rows, and the smallest `time_columns[0]` / largest `time_columns[1]` (ns) seen on the way.
+    """Streams batches into a parquet file (LZ4_RAW, row groups of `row_group_rows`, statistics and page
+    indexes). Returns the file size, the rows, and the smallest `time_columns[0]` / largest
+    `time_columns[1]` (ns) seen on the way.
 
     pyarrow names the LZ4_RAW codec "lz4" (it never writes the deprecated Hadoop LZ4 framing)."""
     filesystem, root = store.arrow_filesystem()
@@ -64,18 +69,47 @@ def write_parquet(
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     rows, low, high = 0, None, None
     with pq.ParquetWriter(
-        path, schema, filesystem=filesystem, compression="lz4", write_statistics=True, version="2.6"
+        path,
+        schema,
+        filesystem=filesystem,
+        compression="lz4",
+        write_statistics=True,
+        write_page_index=True,
+        version="2.6",
     ) as writer:
-        for batch in batches:
-            if not batch.num_rows:
-                continue
-            writer.write_batch(batch, row_group_size=MAX_ROW_GROUP_ROWS)
-            rows += batch.num_rows
-            batch_low = pc.min(batch.column(time_columns[0])).cast(pa.int64()).as_py()
-            batch_high = pc.max(batch.column(time_columns[1])).cast(pa.int64()).as_py()
-            low = batch_low if low is None else min(low, batch_low)
-            high = batch_high if high is None else max(high, batch_high)
+        for group in row_groups(schema, batches, row_group_rows):
+            writer.write_table(group, row_group_size=row_group_rows)
+            rows += group.num_rows
+            group_low = pc.min(group.column(time_columns[0])).cast(pa.int64()).as_py()
+            group_high = pc.max(group.column(time_columns[1])).cast(pa.int64()).as_py()
+            low = group_low if low is None else min(low, group_low)
+            high = group_high if high is None else max(high, group_high)
     return filesystem.get_file_info(path).size, rows, low, high
+
+
+def row_groups(schema: pa.Schema, batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """The batches' rows regrouped in tables of `size` rows (the last one shorter), each column's
+    dictionaries unified: a row group is written from many small batches at once, not one per batch."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= size:
+            table = pa.Table.from_batches(pending, schema)
+            yield table.slice(0, size).unify_dictionaries()
+            pending = table.slice(size).to_batches()
+            pending_rows -= size
+    if pending_rows:
+        yield pa.Table.from_batches(pending, schema).unify_dictionaries()
+
+
+def partition_batches(store: ObjectStore, files: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The rows of partition files, file after file in the order given (batches of their row groups)."""
+    filesystem, root = store.arrow_filesystem()
+    for file in files:
+        with filesystem.open_input_file(f"{root}/{file}") as source:
+            yield from pq.ParquetFile(source).iter_batches(batch_size=64 * 1024)
 
 
 @dataclass(frozen=True)
@@ -104,7 +138,12 @@ def write_partition_file(
         # The rows are built as the writer pulls them: their decoding nests in this span.
         with tracing.async_span("parquet.write"):
             size, rows, low, high = write_parquet(
-                lake.store, key, target.schema, itertools.chain([first], rows_iter), target.time_columns
+                lake.store,
+                key,
+                target.schema,
+                itertools.chain([first], rows_iter),
+                target.time_columns,
+                lake.settings.row_group_rows,
             )
     return Partition(
         target.view_set_name,

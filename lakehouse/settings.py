@@ -23,6 +23,13 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # The commands that run servers; `serve` runs every role in one process.
 SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
 LISTENING = ("serve", "ingest", "flightsql", "web")
@@ -201,6 +208,14 @@ SETTINGS: tuple[Option, ...] = (
         SERVING,
     ),
     Option(
+        "row_group_rows",
+        "SPANLAKE_ROW_GROUP_ROWS",
+        _positive_int,
+        256 * 1024,
+        "rows per row group of the parquet partitions written (just in time, by the daemon and by merges)",
+        (*QUERYING, "maintain"),
+    ),
+    Option(
         "request_body_timeout_s",
         "SPANLAKE_REQUEST_BODY_TIMEOUT_S",
         float,
@@ -317,6 +332,7 @@ class Settings:
     cluster_min_bytes: int = 1 << 30
     max_inflated_block_bytes: int = 64 * 1024 * 1024
     max_inflation_ratio: int = 100
+    row_group_rows: int = 256 * 1024
     request_body_timeout_s: float = 30.0
     max_sql_bytes: int = 1_048_576
     max_sql_depth: int = 1000

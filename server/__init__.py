@@ -10,7 +10,8 @@ Modules:
     webhook           `/ingestion/webhook`: a webhook request as one OTLP log record
     firehose          the Firehose HTTP delivery routes (CloudWatch metric streams and logs)
     cloudwatch        CloudWatch metric stream and logs subscription records as OTLP exports
-    auth              bearer API keys for both APIs
+    auth              bearer API keys for both APIs: legacy, ingestion and analytics keys, their principals
+    write_audience    ingestion stamps the key's audience on processes; no writes into another audience's
     maintenance       the maintenance daemon: schedules, merges, retention
     self_tracing      spanlake tracing itself into its own lake
     query_command     `spanlake query`

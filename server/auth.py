@@ -1,7 +1,9 @@
-"""Bearer API keys, shared by the ingestion API and the Flight SQL API.
+"""Bearer API keys, shared by the ingestion API and the query doors (Flight SQL, web).
 
-Keys come from `SPANLAKE_API_KEYS` (JSON list of `{"name", "key"}`) and from the `api_keys` table,
-where only the SHA-256 of a key is stored. Comparisons of configured keys are constant-time.
+Keys come from `SPANLAKE_API_KEYS` (JSON list of `{"name", "key"}`) and from the database, where only
+the SHA-256 of a key is stored: legacy `api_keys` (both surfaces, reading everything), ingestion keys
+(one audience stamped on what they write) and analytics keys (the audiences they read, with the
+grants of their name and groups). Comparisons of configured keys are constant-time.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from spanlake.lakehouse.catalog.api_keys import StoredKey
+from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.query.context import Principal
 
 if TYPE_CHECKING:
@@ -27,7 +33,14 @@ class AuthError(Exception):
     """The request carries no valid credential. The message is safe to show to the caller."""
 
 
-# Looks a key hash up in the database; returns the key's name and admin flag, or None.
+# The two surfaces a key is presented to: ingestion keys write, analytics keys read.
+INGESTION = "ingestion"
+ANALYTICS = "analytics"
+# Every reader reads this audience (micromegas's one built-in read grant).
+PUBLIC_AUDIENCE = "public"
+_AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+# Looks a key hash up in the database for one surface; returns the key's principal, or None.
 KeyHashLookup = Callable[[bytes], "Principal | None"]
 
 # Keys added or removed in the api_keys table take effect within these many seconds, on every role.
@@ -61,6 +74,18 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
     return keys
 
 
+def new_key() -> str:
+    """A fresh random API key (shown once: only its hash is stored)."""
+    return "slk_" + secrets.token_urlsafe(32)
+
+
+def check_audience(audience: str) -> str:
+    """The audience if it is an audience name (micromegas's `[A-Za-z0-9_-]{1,255}`), else ValueError."""
+    if not _AUDIENCE_NAME.fullmatch(audience):
+        raise ValueError(f"invalid audience {audience!r}: 1 to 255 of A-Z a-z 0-9 _ -")
+    return audience
+
+
 def hash_key(key: str) -> bytes:
     """SHA-256 digest of an API key, as the database stores it."""
     return hashlib.sha256(key.encode()).digest()
@@ -75,27 +100,34 @@ class Authenticator:
         lookup_hash: KeyHashLookup | None = None,
         admins: frozenset[str] = frozenset(),
         database_has_keys: Callable[[], bool] | None = None,
+        ingestion_lookup: KeyHashLookup | None = None,
     ) -> None:
+        """`lookup_hash` finds the database keys of the query doors, `ingestion_lookup` those of
+        ingestion (`lookup_hash` serves both when None)."""
         self._keys = [(k.encode(), name) for k, name in keys.items()]
-        self._lookup_hash = lookup_hash
+        self._lookups = {ANALYTICS: lookup_hash, INGESTION: ingestion_lookup or lookup_hash}
         self._admins = admins
-        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, str], tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
         # Given: with no configured key, requests need one only while the api_keys table has some.
         self._database_has_keys = database_has_keys
         self._keys_exist_until = 0.0
         self._keys_exist = True
 
-    def authenticate(self, authorization: str | None) -> Principal | None:
-        """The caller's principal; None when no key exists at all (auth is then off, loopback only)."""
+    def authenticate(
+        self, authorization: str | None, surface: str = ANALYTICS, peer: str | None = None
+    ) -> Principal | None:
+        """The caller's principal on `surface` (INGESTION or ANALYTICS), presented from `peer` (an IP
+        address; None: not checked here, the caller checks `allows_peer`); None when no key exists at
+        all (auth is then off, loopback only). A key refused from that address is an invalid key."""
         if not self._keys and not self._any_database_key():
             return None
         token = bearer_token(authorization)
         for key, name in self._keys:
             if hmac.compare_digest(key, token.encode()):
                 return Principal(name, name in self._admins)
-        principal = self._lookup_database(hash_key(token))
-        if principal is None:
+        principal = self._lookup_database(hash_key(token), surface)
+        if principal is None or (peer is not None and not principal.allows_peer(peer)):
             raise AuthError("invalid API key")
         return principal
 
@@ -108,19 +140,21 @@ class Authenticator:
             self._keys_exist_until = now + _KEYS_EXIST_SECONDS
         return self._keys_exist
 
-    def _lookup_database(self, digest: bytes) -> Principal | None:
-        if self._lookup_hash is None:
+    def _lookup_database(self, digest: bytes, surface: str) -> Principal | None:
+        lookup = self._lookups[surface]
+        if lookup is None:
             return None
         now = time.monotonic()
+        entry = (digest, surface)
         with self._lock:
-            cached = self._cache.get(digest)
+            cached = self._cache.get(entry)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = self._lookup_hash(digest)
+        principal = lookup(digest)
         ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
         with self._lock:
-            self._cache[digest] = (now + ttl, principal)
-            self._cache.move_to_end(digest)
+            self._cache[entry] = (now + ttl, principal)
+            self._cache.move_to_end(entry)
             while len(self._cache) > MAX_CACHED_KEYS:
                 self._cache.popitem(last=False)
         return principal
@@ -172,13 +206,39 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
             "(or add a key with 'spanlake api-key NAME'), or pass --disable-auth"
         )
 
-    def lookup(digest: bytes) -> Principal | None:
-        found = lake.loop.run(lake.catalog.find_api_key(digest))
-        return Principal(found[0], found[1] or found[0] in settings.admin_names) if found else None
+    def lookup(surface: str) -> KeyHashLookup:
+        return lambda digest: lake.loop.run(database_principal(lake, digest, surface, settings.admin_names))
 
     # Off a loopback address the keys were there at start: removing them all must not open the server.
     open_when_keyless = database_has_keys if is_loopback(settings.host) else None
-    return Authenticator(keys, lookup, settings.admin_names, open_when_keyless)
+    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION))
+
+
+async def database_principal(lake: Lake, digest: bytes, surface: str, admin_names: frozenset[str]) -> Principal | None:
+    """The principal of a database key on a surface, its grants resolved now, or None.
+
+    An analytics key reads `public`, its own `read_audiences` and what grants give its name and groups;
+    a key in the `admins` group (or flagged admin, or named in SPANLAKE_ADMINS) and a legacy key read
+    everything. Any error here propagates: the caller refuses the request (fail closed)."""
+    find = lake.catalog.find_ingestion_key if surface == INGESTION else lake.catalog.find_analytics_key
+    key = await find(digest)
+    if key is None:
+        return None
+    groups, granted = await lake.catalog.principal_grants(key.name, "read")
+    is_admin = key.is_admin or key.name in admin_names or ADMINS_GROUP in groups
+    return Principal(key.name, is_admin, _read_audiences(key, is_admin, granted), key.write_audience, key.allowed_cidrs)
+
+
+def _read_audiences(key: StoredKey, is_admin: bool, granted: list[str]) -> frozenset[str] | None:
+    if is_admin or key.read_audiences is None:
+        return None
+    return frozenset({PUBLIC_AUDIENCE, *key.read_audiences, *granted})
+
+
+def identity_principal(name: str, groups: list[str], granted: list[str]) -> Principal:
+    """The seam for sign-in (OIDC, later): a validated identity, its groups and grants as a principal."""
+    is_admin = ADMINS_GROUP in groups
+    return Principal(name, is_admin, None if is_admin else frozenset({PUBLIC_AUDIENCE, *granted}))
 
 
 class AuthConfigError(Exception):

@@ -6,7 +6,6 @@ import argparse
 import functools
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -21,7 +20,7 @@ from spanlake.lakehouse.query.audit import AUDIT_LOGGER
 from spanlake.lakehouse.query.slow_queries import SlowQueryRule
 from spanlake.lakehouse.settings import Settings, SettingsError, add_setting_arguments, load_settings
 from spanlake.server import perfetto_command, query_command
-from spanlake.server.auth import AuthConfigError, hash_key, make_authenticator
+from spanlake.server.auth import AuthConfigError, check_audience, hash_key, make_authenticator, new_key
 from spanlake.server.flightsql.service import FlightSqlServer
 from spanlake.server.ingestion import start_ingestion
 from spanlake.server.maintenance import MaintenanceDaemon
@@ -170,14 +169,28 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
-    key = "slk_" + secrets.token_urlsafe(32)
+    try:
+        audiences = [check_audience(a) for a in args.read_audiences.split(",")] if args.read_audiences else []
+        audience = None if args.audience is None else check_audience(args.audience)
+    except ValueError as err:
+        print(f"spanlake api-key: {err}", file=sys.stderr)
+        return 2
+    key = new_key()
     lake = Lake.open(settings)
     try:
-        lake.loop.run(lake.catalog.add_api_key(args.name, hash_key(key), args.admin))
+        if audience is not None:
+            lake.loop.run(lake.catalog.add_ingestion_key(args.name, hash_key(key), audience, "cli", []))
+            kind = f"ingestion key writing into audience '{audience}'"
+        elif args.read_audiences is not None:
+            lake.loop.run(lake.catalog.add_analytics_key(args.name, hash_key(key), audiences, "cli", [], args.admin))
+            kind = f"analytics key reading {', '.join(audiences)}"
+        else:
+            lake.loop.run(lake.catalog.add_api_key(args.name, hash_key(key), args.admin))
+            kind = "API key"
     finally:
         lake.close()
     print(key)
-    print(f"# API key '{args.name}' created; only its SHA-256 is stored: keep the key now.", file=sys.stderr)
+    print(f"# {kind} '{args.name}' created; only its SHA-256 is stored: keep the key now.", file=sys.stderr)
     return 0
 
 
@@ -227,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     key = command("api-key", _cmd_api_key_create, "create an API key stored in the database")
     key.add_argument("name", help="a name for the key (shown in logs and audit records)")
     key.add_argument("--admin", action="store_true", help="allow admin functions with this key")
+    kind = key.add_mutually_exclusive_group()
+    kind.add_argument("--audience", help="an ingestion key: what it writes is stamped with this audience")
+    kind.add_argument("--read-audiences", metavar="A,B", help="an analytics key reading these audiences (and public)")
     return parser
 
 

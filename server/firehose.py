@@ -28,7 +28,7 @@ from aiohttp import web
 from spanlake import tracing
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.server import cloudwatch, otlp
-from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.auth import INGESTION, Authenticator, AuthError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ HEADER_REQUEST_ID = "X-Amz-Firehose-Request-Id"
 _BASE64_SYMBOLS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _BASE64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*")
 
-StoreBlocks = Callable[[list[OtlpResourceBlock]], Awaitable[None]]
+StoreBlocks = Callable[[web.Request, list[OtlpResourceBlock]], Awaitable[None]]
 
 
 class FirehoseError(ValueError):
@@ -95,7 +95,7 @@ def _route(
             return response(err.status, request_id, err.message)
         request_id = request_id or envelope.request_id
         blocks, error = await asyncio.to_thread(_decoded, decode, envelope.records)
-        await store(blocks)
+        await store(request, blocks)
         if error is not None:
             log.info("rejected Firehose %s request %r: %s", signal, request_id, error)
             return response(400, request_id, f"parse error ({signal}): {error}")
@@ -109,7 +109,8 @@ async def _refused(request: web.Request, authenticator: Authenticator, request_i
     # The authenticator decides whether a key is needed at all: open while no key exists, like
     # every other ingestion route (micromegas: open when its ingestion runs without keys).
     try:
-        await asyncio.to_thread(authenticator.authenticate, None if key is None else f"Bearer {key}")
+        header = None if key is None else f"Bearer {key}"
+        request["principal"] = await asyncio.to_thread(authenticator.authenticate, header, INGESTION, request.remote)
     except AuthError:
         return response(401, request_id, f"missing {HEADER_ACCESS_KEY}" if key is None else "invalid access key")
     return None

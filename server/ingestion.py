@@ -25,10 +25,11 @@ from spanlake.lakehouse.query.admission import lakehouse_runner
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
-from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.auth import INGESTION, Authenticator, AuthError
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.web.routes import mount_web_ui
+from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class IngestionService:
         ):
             header = request.headers.get("Authorization")
             try:
-                # May query the api_keys table through the loop: run it off the loop thread.
-                await asyncio.to_thread(self.authenticator.authenticate, header)
+                # May query the key tables through the loop: run it off the loop thread.
+                request["principal"] = await asyncio.to_thread(
+                    self.authenticator.authenticate, header, INGESTION, request.remote
+                )
             except AuthError as err:
                 return web.Response(status=401, text=f"unauthorized: {err}", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -152,13 +155,14 @@ class IngestionService:
     async def insert_process(self, request: web.Request) -> web.Response:
         """The micromegas sink's process row (CBOR), inserted idempotently."""
         record = wire.parse_process(await self._body(request))
-        await self.lake.catalog.insert_process(record)
+        await self.lake.catalog.insert_process(stamped(record, write_audience(request.get("principal"))))
         return web.Response()
 
     @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
         """The micromegas sink's stream row (CBOR), inserted idempotently."""
         record = wire.parse_stream(await self._body(request))
+        await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
         await self.lake.catalog.insert_stream(record)
         return web.Response()
 
@@ -172,6 +176,7 @@ class IngestionService:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
+        await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
         process = await self.block_contexts.check(record)
         traces = await self.block_traces.of(record, payload, process)
         await store_block(self.lake, record, payload, traces)
@@ -194,13 +199,14 @@ class IngestionService:
         except otlp.OtlpRequestError as err:
             log.info("rejected OTLP %s: %s", signal, err.message)
             return self._otlp_error(err.status, err.message, content_type)
-        await self.store_otlp_blocks(blocks)
+        await self.store_otlp_blocks(request, blocks)
         data, response_type = otlp.response_body(signal, content_type)
         return web.Response(body=data, content_type=response_type)
 
-    async def store_otlp_blocks(self, blocks: list[OtlpResourceBlock]) -> None:
-        """Stores each block with its process and stream rows (all idempotent)."""
-        for block in blocks:
+    async def store_otlp_blocks(self, request: web.Request, blocks: list[OtlpResourceBlock]) -> None:
+        """Stores each block with its process and stream rows (all idempotent), in the request's audience."""
+        audience = write_audience(request.get("principal"))
+        for block in (scoped_otlp_block(b, audience) for b in blocks):
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
             await store_block(self.lake, block.block, block.payload, block.traces)

@@ -1,7 +1,9 @@
-"""`spanlake perfetto`: writes a process's Perfetto trace from a running server to a file.
+"""`spanlake perfetto`: writes a process's Perfetto trace (`--process-id`), or one trace across its
+processes (`--trace`), from a running server to a file.
 
-It runs `perfetto_trace_chunks(...)` over Flight SQL (the micromegas dialect: DoGet with the SQL in
-the ticket), writes the chunks as they arrive, checks that their ids have no gap, and shows progress.
+It runs `perfetto_trace_chunks(...)` (or `perfetto_trace_of(...)`) over Flight SQL (the micromegas
+dialect: DoGet with the SQL in the ticket), writes the chunks as they arrive, checks that their ids
+have no gap, and shows progress.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ UI_URL = "https://ui.perfetto.dev"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `spanlake perfetto` options to `parser`."""
-    parser.add_argument("--process-id", required=True, help="the process to trace (a UUID)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--process-id", help="the process to trace (a UUID)")
+    which.add_argument("--trace", help="a trace id (32 hex digits): its spans in every process, with flows")
     parser.add_argument("--spans", choices=("thread", "async", "both"), default="both", help="span types (both)")
     parser.add_argument("--begin", help="start of the trace, RFC3339 (default: 1 hour before --end)")
     parser.add_argument("--end", help="end of the trace, RFC3339 (default: now)")
@@ -35,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         type=Path,
-        help="file to write (default: <process-id>.pftrace here, never over an existing file)",
+        help="file to write (default: <process-id or trace>.pftrace here, never over an existing file)",
     )
     parser.add_argument(
         "--uri",
@@ -60,16 +64,12 @@ def _range(args: argparse.Namespace) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     """Writes the trace the arguments ask for; the exit status (1 on a bad argument or a failed query)."""
     try:
-        process_id = str(uuid.UUID(args.process_id))
         begin, end = (format_rfc3339_ns(t) for t in _range(args))
-        output = _output(args.output, process_id)
+        name, sql = _trace_query(args, begin, end)
+        output = _output(args.output, name)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    sql = (
-        f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{args.spans}',"
-        f" TIMESTAMP '{begin}', TIMESTAMP '{end}')"
-    )
     headers = [
         (b"x-client-type", b"spanlake-cli"),
         (b"x-client-entrypoint", b"cli-perfetto"),
@@ -93,12 +93,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output(given: Path | None, process_id: str) -> Path:
-    """The file to write: `-o` as given (the user named it), else one named after the process that
-    must not exist yet, so two traces never silently replace each other."""
+def _trace_query(args: argparse.Namespace, begin: str, end: str) -> tuple[str, str]:
+    """The name of what is traced (the process or trace id) and the SQL writing its chunks; ValueError
+    for a process id that is not a UUID. A trace id is checked by the server (its answer names it)."""
+    if args.trace is not None:
+        trace_id = args.trace.strip().lower().replace("'", "''")
+        return trace_id, f"SELECT chunk_id, chunk_data FROM perfetto_trace_of('{trace_id}') ORDER BY chunk_id"
+    process_id = str(uuid.UUID(args.process_id))
+    sql = (
+        f"SELECT chunk_id, chunk_data FROM perfetto_trace_chunks('{process_id}', '{args.spans}',"
+        f" TIMESTAMP '{begin}', TIMESTAMP '{end}')"
+    )
+    return process_id, sql
+
+
+def _output(given: Path | None, name: str) -> Path:
+    """The file to write: `-o` as given (the user named it), else one named after the process or
+    trace that must not exist yet, so two traces never silently replace each other."""
     if given is not None:
         return given
-    default = Path(f"{process_id}.pftrace")
+    default = Path(f"{name}.pftrace")
     if default.exists():
         raise ValueError(f"{default} already exists: remove it, or name the file with -o")
     return default

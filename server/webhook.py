@@ -29,7 +29,7 @@ HEADER_TARGET = "X-Micromegas-Target"
 _DECOMPRESSION_HEADERS = frozenset({b"content-encoding", b"content-length"})
 
 
-StoreBlocks = Callable[[list[OtlpResourceBlock]], Awaitable[None]]
+StoreBlocks = Callable[[web.Request, list[OtlpResourceBlock]], Awaitable[None]]
 
 
 class WebhookError(ValueError):
@@ -53,7 +53,7 @@ def route(store: StoreBlocks) -> Callable[[web.Request], Awaitable[web.Response]
             return _error(err.status, err.message)
         except WebhookError as err:
             return _error(400, str(err))
-        await store(blocks)
+        await store(request, blocks)
         return web.Response()
 
     return handle

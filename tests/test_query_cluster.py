@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -52,10 +53,12 @@ QUERIES = {
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    cluster = RayCluster(Path(tmp_path_factory.mktemp("ray")) / "t")
-    yield cluster
-    cluster.stop()
+def ray_cluster() -> Iterator[RayCluster]:
+    # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's (deeper under xdist).
+    with tempfile.TemporaryDirectory(prefix="ray-") as short:
+        cluster = RayCluster(Path(short) / "t")
+        yield cluster
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -301,6 +301,7 @@ QUERY_FLAGS = {
     "--stream-buffer-mb",
     "--result-buffer-mb",
 }
+PARTITION_FLAGS = {"--row-group-rows"}  # the roles that write partitions
 ROLE_FLAGS = {
     "ingest": {
         "--http-port",
@@ -320,8 +321,9 @@ ROLE_FLAGS = {
         "--query-cluster",
         "--cluster-min-bytes",
     }
-    | QUERY_FLAGS,
-    "maintain": {"--retention-days"},
+    | QUERY_FLAGS
+    | PARTITION_FLAGS,
+    "maintain": {"--retention-days"} | PARTITION_FLAGS,
     "web": {
         "--http-port",
         "--api-keys",
@@ -335,7 +337,8 @@ ROLE_FLAGS = {
         "--login-failures-per-ip",
         "--login-failures",
     }
-    | QUERY_FLAGS,
+    | QUERY_FLAGS
+    | PARTITION_FLAGS,
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {
@@ -358,7 +361,7 @@ def test_each_command_takes_only_the_flags_it_uses() -> None:
     for role, own in ROLE_FLAGS.items():
         assert _flags(role) == own | SHARED_FLAGS | SERVING_FLAGS, role
     assert _flags("serve") == set().union(*ROLE_FLAGS.values()) | SHARED_FLAGS | SERVING_FLAGS
-    assert _flags("migrate") == _flags("api-key") - {"--admin"} == SHARED_FLAGS
+    assert _flags("migrate") == _flags("api-key") - {"--admin", "--audience", "--read-audiences"} == SHARED_FLAGS
     for command, foreign in (("maintain", "--http-port"), ("ingest", "--retention-days"), ("migrate", "--host")):
         result = subprocess.run(
             [sys.executable, "-m", "spanlake.server.cli", command, foreign, "1"], capture_output=True, text=True

@@ -296,7 +296,8 @@ def expected_level(spans: pd.DataFrame, ends: pd.Series, level: pd.Series, offse
     """The level's page as the route must answer it, from every span of the tree (`ends` by span id)."""
     base = parse_rfc3339_ns(RANGE["begin"])
     page = spans[level].sort_values(["begin", "id"]).iloc[offset : offset + limit]
-    children = spans.parent.value_counts()
+    # A root (depth 0, parent 0 meaning "none") is nobody's child, not even of a thread's span 0 (issue 23).
+    children = spans[spans.depth > 0].parent.value_counts()
     return [
         {
             "id": str(row.id),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,18 +10,19 @@ import pyarrow as pa
 
 from spanlake.views.columns import (
     Coded,
+    block_columns,
     constant_dictionary,
     dictionary_array,
     order_by_position,
     pair_codes,
     timestamp_array,
 )
-from spanlake.views.decoded import DecodedBlock, ObjectGroup
-from spanlake.views.meta import OTLP_TRACES_FORMAT, BlockMeta
+from spanlake.views.decoded import DecodedBlock, ObjectGroup, concat_blocks
+from spanlake.views.meta import OTLP_TRACES_FORMAT, TRANSIT_FORMAT, BlockMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, scope_hash, span_desc_scope, span_location_scope
 from spanlake.views.time import TickConverter
-from spanlake.views.view import OtlpBlock, View, each_block
+from spanlake.views.view import OtlpBlock, TransitBlock, View, each_run
 
 VIEW_SET_NAME = "async_events"
 FILE_SCHEMA_HASH = bytes([3])
@@ -73,13 +74,28 @@ class _AsyncRows:
 
 def build_batch(block: DecodedBlock, meta: BlockMeta, convert: TickConverter) -> pa.RecordBatch:
     """The async_events rows of one decoded `cpu` block (`convert`: the process's latest timing)."""
+    return _batch(block, convert, lambda positions: block_columns([meta], np.zeros(1, np.int64), positions))
+
+
+def run_batch(run: Sequence[TransitBlock]) -> pa.RecordBatch:
+    """The async_events rows of consecutive decoded blocks sharing one clock, built at once."""
+    block, starts = concat_blocks([transit.decoded for transit in run])
+    metas = [transit.block for transit in run]
+    return _batch(block, run[0].latest, lambda positions: block_columns(metas, starts, positions))
+
+
+def _batch(
+    block: DecodedBlock, convert: TickConverter, ids_of: Callable[[np.ndarray], list[pa.Array]]
+) -> pa.RecordBatch:
+    """The rows of a decoded block (or run of blocks); `ids_of` gives stream_id and block_id of each
+    row from its object position."""
     parts = [
         _AsyncRows(group.positions, group, event_type == END, _scopes(group, named))
         for type_name, (event_type, named) in ASYNC_EVENT_TYPES.items()
         if (group := block.group(type_name))
     ]
     order = order_by_position([part.positions for part in parts])
-    length = len(order)
+    positions = np.concatenate([part.positions for part in parts])[order] if parts else np.zeros(0, np.int64)
 
     def column(name: str, dtype: type) -> np.ndarray:
         if not parts:
@@ -89,8 +105,7 @@ def build_batch(block: DecodedBlock, meta: BlockMeta, convert: TickConverter) ->
     is_end = np.concatenate([np.full(len(part.positions), part.is_end) for part in parts])[order] if parts else []
     scopes = Coded.concat([part.scopes for part in parts]).take(order)
     columns = [
-        constant_dictionary(meta.stream_id, length),
-        constant_dictionary(meta.block_id, length),
+        *ids_of(positions),
         timestamp_array(convert.ticks_to_ns(column("time", np.int64))),
         pa.DictionaryArray.from_arrays(pa.array(is_end, pa.bool_()).cast(pa.int32()), pa.array([BEGIN, END])),
         pa.array(column("span_id", np.uint64).view(np.int64), pa.int64()),
@@ -250,7 +265,8 @@ VIEW = View(
     has_global_instance=False,
     stream_tags=("cpu", "trace"),
     time_columns=("time", "time"),
-    rows_from_transit=each_block(lambda transit: build_batch(transit.decoded, transit.block, transit.latest)),
+    rows_from_transit=each_run(run_batch),
     rows_from_otlp=otlp_batches,
     otlp_format=OTLP_TRACES_FORMAT,
+    blockwise_formats=frozenset([TRANSIT_FORMAT]),  # OTLP span depths span blocks
 )

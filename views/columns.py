@@ -101,6 +101,16 @@ def block_identity_columns(process: ProcessMeta, block: BlockMeta, length: int) 
     ]
 
 
+def block_columns(blocks: Sequence[BlockMeta], starts: np.ndarray, positions: np.ndarray) -> list[pa.Array]:
+    """stream_id and block_id of rows from consecutive blocks, given each row's object position and
+    each block's first position (`decoded.concat_blocks`)."""
+    which = np.searchsorted(starts, positions, side="right") - 1
+    return [
+        dictionary_array(Coded(which, [block.stream_id for block in blocks])),
+        dictionary_array(Coded(which, [block.block_id for block in blocks])),
+    ]
+
+
 def order_by_position(positions: Sequence[np.ndarray]) -> np.ndarray:
     """The permutation putting concatenated per-type rows back in block order."""
     return np.argsort(np.concatenate(positions) if positions else np.zeros(0, np.int64), kind="stable")
@@ -109,6 +119,7 @@ def order_by_position(positions: Sequence[np.ndarray]) -> np.ndarray:
 __all__ = [
     "DICT_UTF8",
     "Coded",
+    "block_columns",
     "constant_dictionary",
     "dictionary_array",
     "order_by_position",

@@ -97,6 +97,56 @@ class DecodedBlock:
         return self.groups.get(type_name)
 
 
+def concat_blocks(blocks: Sequence[DecodedBlock]) -> tuple[DecodedBlock, np.ndarray]:
+    """Several decoded blocks as one, so views build their rows once for many blocks: each block's
+    object positions shifted past the objects of the blocks before it, the distinct values of each value
+    column merged (a value shared by several blocks once, by identity). Also returns each block's first
+    position. BlockRowsError if a member is numeric in one block and not in another."""
+    starts = np.cumsum([0] + [block.nb_objects for block in blocks[:-1]], dtype=np.int64)
+    by_type: dict[str, list[tuple[int, ObjectGroup]]] = {}
+    for start, block in zip(starts.tolist(), blocks, strict=True):
+        for name, group in block.groups.items():
+            by_type.setdefault(name, []).append((start, group))
+    groups = {name: _concat_groups(parts) for name, parts in by_type.items()}
+    distinct = {id(block.dependencies): block.dependencies for block in blocks}  # blocks may share theirs
+    dependencies = {key: value for shared in distinct.values() for key, value in shared.items()}
+    return DecodedBlock(sum(block.nb_objects for block in blocks), groups, dependencies), starts
+
+
+def _concat_groups(parts: Sequence[tuple[int, ObjectGroup]]) -> ObjectGroup:
+    first = parts[0][1]
+    names = first.columns.keys()
+    if any(group.columns.keys() != names for _, group in parts):
+        raise BlockRowsError(f"{first.type_name} has other members in another block")
+    columns = {
+        name: _concat_column(first.type_name, name, [group.columns[name] for _, group in parts]) for name in names
+    }
+    positions = np.concatenate([group.positions + start for start, group in parts])
+    return ObjectGroup(first.type_name, positions, columns, first.nested_type_names, first.is_reference)
+
+
+def _concat_column(type_name: str, name: str, columns: Sequence[Column]) -> Column:
+    if all(isinstance(column, np.ndarray) for column in columns):
+        return np.concatenate(columns)
+    if not all(isinstance(column, ValueColumn) for column in columns):
+        raise BlockRowsError(f"{type_name}.{name} is numeric in one block and not in another")
+    index_of: dict[int, int] = {}
+    values: list[Value] = []
+    remaps: dict[tuple[int, ...], np.ndarray] = {}  # blocks sharing their dependencies list the same values
+    indices = []
+    for column in columns:
+        identities = tuple(map(id, column.values))
+        remap = remaps.get(identities)
+        if remap is None:
+            for identity, value in zip(identities, column.values, strict=True):
+                if identity not in index_of:
+                    index_of[identity] = len(values)
+                    values.append(value)
+            remap = remaps[identities] = np.array([index_of[identity] for identity in identities], dtype=np.int64)
+        indices.append(remap[column.indices])
+    return ValueColumn(np.concatenate(indices), values)
+
+
 class BlockRowsError(ValueError):
     """A decoded block whose content cannot become view rows (missing member, bad level name...)."""
 

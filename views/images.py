@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from spanlake.views.columns import Coded, block_identity_columns, dictionary_array, string_array, timestamp_array
 from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
-from spanlake.views.meta import BlockMeta, ProcessMeta
+from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_UTF8, required
 from spanlake.views.time import TickConverter
 from spanlake.views.view import HOUR_SECONDS, View, each_block_by_its_clock
@@ -71,4 +71,5 @@ VIEW = View(
     time_columns=("time", "time"),
     rows_from_transit=each_block_by_its_clock(build_batch),
     max_partition_seconds=HOUR_SECONDS,
+    blockwise_formats=frozenset([TRANSIT_FORMAT]),
 )

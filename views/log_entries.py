@@ -27,7 +27,7 @@ from spanlake.views.decoded import (
     object_members,
     string_member,
 )
-from spanlake.views.meta import OTLP_LOGS_FORMAT, BlockMeta, ProcessMeta
+from spanlake.views.meta import OTLP_LOGS_FORMAT, TRANSIT_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_JSONB, DICT_UTF8, required
 from spanlake.views.time import TickConverter
@@ -245,4 +245,5 @@ VIEW = View(
     rows_from_otlp=each_block(otlp_batch),
     otlp_format=OTLP_LOGS_FORMAT,
     max_partition_seconds=HOUR_SECONDS,
+    blockwise_formats=frozenset([TRANSIT_FORMAT, OTLP_LOGS_FORMAT]),
 )

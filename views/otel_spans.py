@@ -128,4 +128,5 @@ VIEW = View(
     rows_from_otlp=each_block(otlp_batch),
     otlp_format=OTLP_TRACES_FORMAT,
     max_partition_seconds=HOUR_SECONDS,
+    blockwise_formats=frozenset([OTLP_TRACES_FORMAT]),
 )

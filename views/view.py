@@ -88,6 +88,9 @@ class View:
     otlp_format: str | None = None  # the stream format `rows_from_otlp` reads
     rows_from_blocks: BlockRows | None = None
     merge: Callable[[pa.Table], pa.Table] | None = None  # rows of several partitions as one; None: concatenated
+    # The stream formats whose blocks each give their rows alone (`each_block`): a merge of partitions of
+    # such blocks concatenates their files instead of decoding the blocks again.
+    blockwise_formats: frozenset[str] = frozenset()
     max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
     sql: SqlSource | None = None  # a SQL-defined view: rows and source counts come from its queries
 
@@ -127,3 +130,37 @@ def each_block(rows: Callable[[Block], pa.RecordBatch]) -> Callable[[Iterable[Bl
                 )
 
     return batches
+
+
+# Objects of consecutive blocks a view decodes as one run (`each_run`): enough that the fixed cost of
+# building a batch is shared by many small blocks, few enough that a run's decoded blocks stay small.
+RUN_OBJECTS = 256 * 1024
+
+
+def each_run(rows: Callable[[Sequence[TransitBlock]], pa.RecordBatch]) -> TransitRows:
+    """Rows of runs of consecutive blocks sharing one clock (`TransitBlock.latest`), each built at once:
+    a batch per run of many blocks, not per block. A run whose content cannot become rows is built
+    again block by block, so only its bad blocks are logged and skipped."""
+    by_block = each_block(lambda transit: rows([transit]))
+
+    def batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
+        for run in _runs(blocks):
+            try:
+                yield rows(run)
+            except BlockRowsError:
+                yield from by_block(run)
+
+    return batches
+
+
+def _runs(blocks: Iterable[TransitBlock]) -> Iterator[list[TransitBlock]]:
+    run: list[TransitBlock] = []
+    objects = 0
+    for block in blocks:
+        if run and (block.latest != run[0].latest or objects + block.decoded.nb_objects > RUN_OBJECTS):
+            yield run
+            run, objects = [], 0
+        run.append(block)
+        objects += block.decoded.nb_objects
+    if run:
+        yield run

@@ -5,7 +5,8 @@ Every value travels as a query parameter.
 Modules:
 
     ingestion         processes, streams and blocks as the ingestion API inserts them
-    api_keys          the API keys stored in the database (hashes only)
+    api_keys          the API keys stored in the database (hashes only): legacy, ingestion, analytics
+    audience_grants   who may read or mint into an audience, and groups with their members
     processes         the process, stream and block lookups of the web pages and table functions
     source_blocks     the blocks a partition is built from, and their counts
     partitions        the partition rows: live partitions, retirements, the one partition swap
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncpg
 
 from spanlake.lakehouse.catalog.api_keys import ApiKeys
+from spanlake.lakehouse.catalog.audience_grants import AudienceGrantRows
 from spanlake.lakehouse.catalog.deny_list import DenyListRows
 from spanlake.lakehouse.catalog.ingestion import IngestionRows
 from spanlake.lakehouse.catalog.partitions import PartitionRows
@@ -36,6 +38,7 @@ __all__ = ["Catalog", "datetime_to_ns", "ns_to_datetime"]
 class Catalog(
     IngestionRows,
     ApiKeys,
+    AudienceGrantRows,
     ProcessReads,
     SourceBlockReads,
     PartitionRows,

@@ -63,10 +63,6 @@ class ProcessReads:
             ns_to_datetime(range_ns[1]),
         )
 
-    async def stream_exists(self, stream_id: uuid.UUID) -> bool:
-        """Whether the stream is known."""
-        return await self.pool.fetchval("SELECT 1 FROM streams WHERE stream_id = $1", stream_id) is not None
-
     async def stream_process(self, stream_id: uuid.UUID) -> uuid.UUID | None:
         """The process of a stream, or None if the stream is unknown."""
         return await self.pool.fetchval("SELECT process_id FROM streams WHERE stream_id = $1", stream_id)
@@ -79,3 +75,26 @@ class ProcessReads:
             " s.format FROM blocks b JOIN streams s ON s.stream_id = b.stream_id WHERE b.block_id = $1",
             block_id,
         )
+
+    async def process_audience(self, process_id: uuid.UUID) -> tuple[str | None] | None:
+        """(the process's stamped audience or None,), or None if the process is unknown."""
+        row = await self.pool.fetchrow(
+            "SELECT spanlake_audience(properties) AS audience FROM processes WHERE process_id = $1", process_id
+        )
+        return None if row is None else (row["audience"],)
+
+    async def audience_processes(self, audiences: list[str]) -> list[str]:
+        """The ids of the processes stamped with one of these audiences."""
+        rows = await self.pool.fetch(
+            "SELECT process_id::text FROM processes WHERE spanlake_audience(properties) = ANY($1::text[])", audiences
+        )
+        return [row[0] for row in rows]
+
+    async def stream_audience(self, stream_id: uuid.UUID) -> tuple[str | None] | None:
+        """(the audience of the stream's process,), or None if the stream (or its process) is unknown."""
+        row = await self.pool.fetchrow(
+            "SELECT spanlake_audience(p.properties) AS audience FROM streams s JOIN processes p"
+            " ON p.process_id = s.process_id WHERE s.stream_id = $1",
+            stream_id,
+        )
+        return None if row is None else (row["audience"],)

@@ -13,6 +13,7 @@ Modules:
     session            the per-query `SessionContext`: global tables, UDFs, table functions
     table_function     a table function declared once: its arguments' kinds, its admin flag, its builder
     instances          a view instance as a table: JIT, then its partitions as one dataset
+    read_scope         what a query may read by its principal's audiences (another audience's id is unknown)
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
     deny_list_functions  deny_queries, list_query_denials, remove_query_denial
@@ -21,6 +22,7 @@ Modules:
     block_functions    parse_block(block_id), get_payload(process_id, stream_id, block_id)
     perfetto_trace     `perfetto_trace_chunks(...)`: planned from the views, chunks generated as read
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
+    trace_perfetto     `perfetto_trace_of(trace_id)`: one trace across processes, with flows, as Perfetto chunks
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans

@@ -12,6 +12,7 @@ from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.limits import QueryLimits
+from spanlake.lakehouse.query.read_scope import AudienceIndex
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import make_session_context
 from spanlake.lakehouse.query.view_ddl import ViewStatements
@@ -70,7 +71,10 @@ def _signal_denial(rule_id: str, reason: str, match_context: dict[str, str | Non
 
 def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
     """The lakehouse's session factory: the deny list checked, then a session per query with its
-    memory pool; admin functions for admins only (everyone when auth is off)."""
+    memory pool, reading only what the principal's audiences may read; admin functions for admins
+    only (everyone when auth is off)."""
+
+    audiences = AudienceIndex(lake)
 
     def make(query: QueryContext) -> SessionContext:
         is_admin = query.principal is None or query.principal.is_admin
@@ -83,6 +87,7 @@ def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactor
             identity=identity,
             memory_limit_bytes=memory_limit_bytes,
             sql=query.sql,
+            read_scope=audiences.scope_for(query.principal),
         )
 
     return make

@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from datafusion import ScalarUDF, Table, udf
 
 from spanlake.lakehouse.errors import OtlpBlockError, QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.block_objects import is_otlp_format, otlp_block_objects
 from spanlake.lakehouse.query.catalog_functions import memory_table
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.transit import decode as transit
 from spanlake.lakehouse.transit.metadata import TransitError
@@ -57,11 +59,12 @@ def to_json(value: Value) -> jsonb.JsonValue:
     return value
 
 
-def parse_block(lake: Lake, block_id: str) -> Table:
-    """`parse_block(block_id)`: one row per object of the block, its values as JSONB."""
+def parse_block(lake: Lake, block_id: str, read_scope: ReadScope | None = None) -> Table:
+    """`parse_block(block_id)`: one row per object of the block, its values as JSONB (a block outside
+    the read scope is not found)."""
     block = _uuid(block_id, "block id", "parse_block")
     row = lake.loop.run(lake.catalog.block_with_stream(block))
-    if row is None:
+    if row is None or (read_scope is not None and not read_scope.process_readable(row["process_id"])):
         raise QueryError(f"parse_block: block '{block_id}' not found in `blocks`.")
     if row["format"] != TRANSIT_FORMAT and not is_otlp_format(row["format"]):
         raise QueryError(
@@ -101,8 +104,9 @@ def _block_objects(row: Mapping[str, Any], payload: bytes) -> list[tuple[str, js
     return [(type_name, to_json(value)) for type_name, value in zip(type_names, values, strict=True)]
 
 
-def get_payload_udf(lake: Lake) -> ScalarUDF:
-    """`get_payload(process_id, stream_id, block_id)`: the stored payload of each block."""
+def get_payload_udf(lake: Lake, read_scope: ReadScope | None = None) -> ScalarUDF:
+    """`get_payload(process_id, stream_id, block_id)`: the stored payload of each block (a block of a
+    process outside the read scope has no payload stored, as an unknown one)."""
 
     def get_payload(process_ids: pa.Array, stream_ids: pa.Array, block_ids: pa.Array) -> pa.Array:
         keys = []
@@ -118,9 +122,20 @@ def get_payload_udf(lake: Lake) -> ScalarUDF:
                     _uuid(block_id, "block id", "get_payload"),
                 )
             )
+        if read_scope is not None:
+            _check_readable(read_scope, process_ids, keys)
         return pa.array([_payload(lake, key) for key in keys], pa.binary())
 
     return udf(get_payload, [pa.utf8(), pa.utf8(), pa.utf8()], pa.binary(), "immutable", "get_payload")
+
+
+def _check_readable(read_scope: ReadScope, process_ids: pa.Array, keys: list[str]) -> None:
+    """The first block of an unreadable process answers as a missing payload (checked once per process)."""
+    unique_ids = pc.unique(process_ids).to_pylist()
+    denied = {i for i in unique_ids if not read_scope.process_readable(uuid.UUID(i))}
+    if denied:
+        first = next(key for key, process_id in zip(keys, process_ids.to_pylist(), strict=True) if process_id in denied)
+        raise QueryError(f"get_payload: no payload stored for block {first.rsplit('/', 1)[-1]}")
 
 
 def _payload(lake: Lake, key: str) -> bytes:

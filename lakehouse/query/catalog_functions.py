@@ -6,13 +6,15 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from datafusion import DataFrame, SessionContext, Table, col, udf
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query.instances import canonical_instance_id, view_set
+from spanlake.lakehouse.query.instances import GLOBAL, canonical_instance_id, view_set
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -59,12 +61,16 @@ def memory_table(lake: Lake, table: pa.Table) -> Table:
     return Table(lake.off_runtime.run(SessionContext().create_dataframe, [batches], None, table.schema))
 
 
-def list_partitions(lake: Lake) -> ds.Dataset:
-    """`list_partitions()`: every live partition of the catalog."""
+def list_partitions(lake: Lake, read_scope: ReadScope | None = None) -> ds.Dataset:
+    """`list_partitions()`: every live partition of the catalog (with a read scope, the global ones and
+    its processes' only: another audience's process ids are not listed)."""
     rows = lake.loop.run(lake.catalog.all_partition_rows())
     table = pa.Table.from_pylist(
         [{name: row[name] for name in PARTITIONS_SCHEMA.names} for row in rows], schema=PARTITIONS_SCHEMA
     )
+    if read_scope is not None:
+        visible = pa.array([GLOBAL, *read_scope.process_ids()], pa.utf8())
+        table = table.filter(pc.is_in(table["view_instance_id"], visible))
     return ds.dataset(table)
 
 

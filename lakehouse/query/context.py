@@ -7,6 +7,7 @@ the SQL in it. The lakehouse's factory is `admission.lakehouse_sessions`; tests 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,12 +18,32 @@ import datafusion
 BATCH_SIZE = 65536
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who asks: an API key's name, and whether it may call admin functions."""
+    """Who asks: an API key's name, whether it may call admin functions, the audiences it reads
+    (None: every one, as admins and legacy keys), the audience its ingestion is stamped with
+    (None: none, as legacy keys) and the networks it may be used from (empty: anywhere)."""
 
     name: str
     is_admin: bool = False
+    read_audiences: frozenset[str] | None = None
+    write_audience: str | None = None
+    allowed_networks: tuple[Network, ...] = ()
+
+    def allows_peer(self, address: str) -> bool:
+        """Whether the key may be used from this address (a bare IP; False for anything unparsable)."""
+        if not self.allowed_networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack socket
+        return any(ip in network for network in self.allowed_networks)
 
 
 @dataclass(frozen=True)

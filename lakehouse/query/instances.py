@@ -12,6 +12,7 @@ from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit import Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.partitions import Partition, for_query
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.view import View
@@ -46,6 +47,16 @@ def canonical_instance_id(view: View, instance_id: str) -> str:
         raise QueryError(
             f"{view.name} instances are named by a {view.instance_kind} id (a UUID){also_global}, got '{instance_id}'"
         ) from None
+
+
+def check_readable(read_scope: ReadScope, view: View, instance_id: str) -> None:
+    """QueryError, as for an unknown process or stream, when the instance is outside the read scope."""
+    instance = uuid.UUID(instance_id)
+    if view.instance_kind == "stream":
+        if not read_scope.stream_readable(instance):
+            raise QueryError(f"unknown stream '{instance}'")
+    elif not read_scope.process_readable(instance):
+        raise QueryError(f"unknown process '{instance}'")
 
 
 def _process_of(lake: Lake, view: View, instance: uuid.UUID) -> ProcessTiming:

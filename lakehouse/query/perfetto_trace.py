@@ -29,6 +29,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import instances
 from spanlake.lakehouse.query.off_runtime import OffRuntime
 from spanlake.lakehouse.query.perfetto_spans import AsyncSpans, ThreadSpans
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.timestamps import TimeOutOfRange, parse_rfc3339_ns
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views.perfetto.writer import SPAN_TYPES, PerfettoThread, trace_chunks
@@ -151,8 +152,11 @@ def _timestamp_argument(value: pa.Scalar | None) -> int | None:
     return None
 
 
-def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int) -> TracePlan:
-    """The plan of `perfetto_trace_chunks(process_id, span_types, begin, end)`; QueryError for bad arguments."""
+def plan_trace(
+    lake: Lake, process_id: str, span_types: str, begin_ns: int, end_ns: int, read_scope: ReadScope | None = None
+) -> TracePlan:
+    """The plan of `perfetto_trace_chunks(process_id, span_types, begin, end)`; QueryError for bad arguments
+    (a process outside the read scope is not found)."""
     # The span type is checked first: micromegas's test expects it named even when the process id is bad too.
     if span_types not in SPAN_TYPES:
         raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
@@ -167,7 +171,7 @@ def plan_trace(lake: Lake, process_id: str, span_types: str, begin_ns: int, end_
     if begin_ns >= end_ns:
         raise QueryError("perfetto_trace_chunks: begin must be before end")
     exe = lake.loop.run(lake.catalog.process_exe(process))
-    if exe is None:
+    if exe is None or (read_scope is not None and not read_scope.process_readable(process)):
         raise QueryError(f"Trace generation failed: Process {process} not found")
     range_ns = (begin_ns, end_ns)
     threads = _threads(lake, process, range_ns)

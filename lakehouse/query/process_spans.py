@@ -18,6 +18,7 @@ from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.instances import instance_files
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views import thread_spans
 from spanlake.views.schema_types import TIMESTAMP, required
@@ -28,8 +29,15 @@ SCHEMA = pa.schema([required("stream_id", LABEL_TYPE), required("thread_name", L
 SPAN_COLUMNS = thread_spans.SCHEMA.names
 
 
-def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tuple[int, int] | None) -> Table:
-    """`process_spans(process_id, span_types)`: the process's thread and/or async spans, labelled by thread."""
+def process_spans(
+    lake: Lake,
+    process_id: str,
+    span_types: str,
+    query_range: tuple[int, int] | None,
+    read_scope: ReadScope | None = None,
+) -> Table:
+    """`process_spans(process_id, span_types)`: the process's thread and/or async spans, labelled by
+    thread (none for a process outside the read scope, as for an unknown one)."""
     try:
         process = uuid.UUID(process_id)
     except ValueError:
@@ -38,6 +46,8 @@ def process_spans(lake: Lake, process_id: str, span_types: str, query_range: tup
         ) from None
     if span_types not in SPAN_TYPES:
         raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
+    if read_scope is not None and not read_scope.process_readable(process):
+        return memory_table(lake, SCHEMA.empty_table())
     parts = []
     if span_types != "async":
         for stream_id, thread_name in _threads(lake, process, query_range):

@@ -32,11 +32,13 @@ from spanlake.lakehouse.query import (
     instances,
     partition_admin,
     perfetto_trace,
+    trace_perfetto,
     trace_spans,
     view_ddl,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.catalog_functions import memory_table
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -47,7 +49,7 @@ BATCH_SIZE = 65536  # large batches: Flight's per-message cost dominates with Da
 
 # Table functions whose rows reach the client in the order their generator makes them (the client
 # reads them in arrival order, without ORDER BY): a query naming one never has its inputs split.
-ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|materialize_partitions", re.IGNORECASE)
+ORDERED_FUNCTIONS = re.compile(r"perfetto_trace_chunks|perfetto_trace_of|materialize_partitions", re.IGNORECASE)
 
 
 def session_config(split_inputs: bool = False) -> SessionConfig:
@@ -93,13 +95,18 @@ def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     return frame
 
 
-def instance_table(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> Table:
+def instance_table(
+    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, rows: Expr | None = None
+) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
-    session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite."""
-    return files_table(lake, view, instances.instance_files(lake, view, instance_id, query_range), query_range)
+    session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite;
+    with `rows`, only the rows it keeps (a read scope's)."""
+    return files_table(lake, view, instances.instance_files(lake, view, instance_id, query_range), query_range, rows)
 
 
-def files_table(lake: Lake, view: View, keys: list[str], query_range: tuple[int, int] | None) -> Table:
+def files_table(
+    lake: Lake, view: View, keys: list[str], query_range: tuple[int, int] | None, rows: Expr | None = None
+) -> Table:
     """Partition files of a view as a table (collapsed for the views that merge at query time)."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
@@ -109,6 +116,8 @@ def files_table(lake: Lake, view: View, keys: list[str], query_range: tuple[int,
         frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
+    if rows is not None:
+        frame = frame.filter(rows)
     return Table(frame)
 
 
@@ -146,9 +155,11 @@ class GlobalTables(SchemaProvider):
         query_range: tuple[int, int] | None,
         trace_parent: tracing.SpanContext,
         insert_range: tuple[int, int] | None = None,
+        read_scope: ReadScope | None = None,
     ) -> None:
-        """The lake's global views, seen through the query range (or the insert range)."""
+        """The lake's global views, seen through the query range (or the insert range) and the read scope."""
         self.lake = lake
+        self.read_scope = read_scope
         self.query_range = query_range
         self.trace_parent = trace_parent
         self.insert_range = insert_range
@@ -177,7 +188,8 @@ class GlobalTables(SchemaProvider):
         with tracing.async_span("lakehouse.global_table", self.trace_parent):
             if self.insert_range is not None:
                 return files_table(self.lake, view, inserted_files(self.lake, view, self.insert_range), None)
-            return instance_table(self.lake, view, instances.GLOBAL, self.query_range)
+            rows = None if self.read_scope is None else self.read_scope.rows(view)
+            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
@@ -206,18 +218,30 @@ class GlobalTables(SchemaProvider):
 
 
 def _table_functions(
-    lake: Lake, query_range: tuple[int, int] | None, trace_parent: tracing.SpanContext, identity: str | None
+    lake: Lake,
+    query_range: tuple[int, int] | None,
+    trace_parent: tracing.SpanContext,
+    identity: str | None,
+    read_scope: ReadScope | None,
 ) -> list[TableFunction]:
-    """Every table function of a session, declared once (see `table_function.py`)."""
+    """Every table function of a session, declared once (see `table_function.py`); the functions
+    taking an id see only the read scope's (another audience's id is an unknown id)."""
 
     def view_instance(view_set_name: str, instance_id: str) -> Table:
         with tracing.async_span("lakehouse.view_instance", trace_parent):
-            return instance_table(lake, instances.view_set(lake, view_set_name), instance_id, query_range)
+            view = instances.view_set(lake, view_set_name)
+            if read_scope is None:
+                return instance_table(lake, view, instance_id, query_range)
+            instance_id = instances.canonical_instance_id(view, instance_id)
+            if instance_id == instances.GLOBAL:
+                return instance_table(lake, view, instance_id, query_range, read_scope.rows(view))
+            instances.check_readable(read_scope, view, instance_id)
+            return instance_table(lake, view, instance_id, query_range)
 
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
         with tracing.async_span("perfetto.plan", trace_parent):
-            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns)
+            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns, read_scope)
             return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan, lake.off_runtime))
 
     def materialize_partitions(view_set_name: str, begin: int, end: int, delta: int | None = None) -> Table:
@@ -231,7 +255,7 @@ def _table_functions(
             "view_instance", view_instance, (Arg("view_set_name", Kind.STRING), Arg("instance_id", Kind.STRING))
         ),
         TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
-        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake))),
+        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake, read_scope))),
         TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets(lake))),
         TableFunction(
             "list_view_set_definitions",
@@ -241,7 +265,7 @@ def _table_functions(
         TableFunction(
             "process_spans",
             lambda process_id, span_types: process_spans_function.process_spans(
-                lake, process_id, span_types, query_range
+                lake, process_id, span_types, query_range, read_scope
             ),
             (Arg("process_id", Kind.STRING), Arg("span_types", Kind.STRING)),
             capitalized=True,
@@ -252,8 +276,13 @@ def _table_functions(
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
+            "perfetto_trace_of",
+            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id)),
+            (Arg("trace_id", Kind.STRING),),
+        ),
+        TableFunction(
             "parse_block",
-            lambda block_id: block_functions.parse_block(lake, block_id),
+            lambda block_id: block_functions.parse_block(lake, block_id, read_scope),
             (Arg("block_id", Kind.STRING),),
             capitalized=True,
         ),
@@ -298,13 +327,15 @@ def make_session_context(
     memory_limit_bytes: int | None = None,
     sql: str | None = None,
     insert_range: tuple[int, int] | None = None,
+    read_scope: ReadScope | None = None,
 ) -> SessionContext:
     """A session for one query (with `insert_range`: for a SQL view's bucket, see GlobalTables).
     Admin functions are registered only for admins (or without auth); `identity` (who asks) is
     what `deny_queries` records as a rule's author. With `memory_limit_bytes`, DataFusion's
     operators share a pool of that size: sorts and aggregations spill past it, and what cannot
     spill fails with "Resources exhausted". With the `sql` it will plan, naming none of
-    ORDERED_FUNCTIONS, its inputs are split (session_config).
+    ORDERED_FUNCTIONS, its inputs are split (session_config). With a `read_scope`, it reads only the
+    scope's processes (`read_scope.py`).
 
     Its table functions trace themselves as children of the async span current here: they may run on
     DataFusion's threads, where this context is not current, so they are given it."""
@@ -312,7 +343,7 @@ def make_session_context(
     with tracing.async_span("lakehouse.make_session_context"):
         split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
         config = session_config(split_inputs)
-        tables = GlobalTables(lake, query_range, trace_parent, insert_range)
+        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope)
         return _session_context(lake, config, tables, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
@@ -332,10 +363,10 @@ def _session_context(
     ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
-    for function in _table_functions(lake, query_range, trace_parent, identity):
+    for function in _table_functions(lake, query_range, trace_parent, identity, tables.read_scope):
         if is_admin or not function.admin:
             ctx.register_udtf(udtf(function, function.name))
-    ctx.register_udf(block_functions.get_payload_udf(lake))
+    ctx.register_udf(block_functions.get_payload_udf(lake, tables.read_scope))
     if is_admin:
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import datafusion
 import pyarrow as pa
 
-# (sql, query range, limit, principal name): everything that changes what a plan reads.
-PlanKey = tuple[str, tuple[int, int] | None, int | None, str | None]
+from spanlake.lakehouse.query.context import Principal
+
+# (sql, query range, limit, principal): everything that changes what a plan reads (the whole principal:
+# two keys of one name may read different audiences).
+PlanKey = tuple[str, tuple[int, int] | None, int | None, Principal | None]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import pyarrow.flight as flight
 from spanlake import tracing
 from spanlake.lakehouse.cluster.outcome import Declined
 from spanlake.lakehouse.query import failures
+from spanlake.lakehouse.query.admission import client_ip
 from spanlake.lakehouse.query.context import Principal, SessionFactory
 from spanlake.lakehouse.query.failures import Failure, UserError
 from spanlake.lakehouse.query.limits import QueryLimits
@@ -94,6 +95,7 @@ def _rpc(method: _Handler) -> _Handler:
     @functools.wraps(method)
     def handler(self: FlightSqlServer, context: flight.ServerCallContext, *args: Any) -> Any:
         try:
+            _refuse_fenced_key(context)
             return method(self, context, *args)
         except Failure as failure:
             raise errors.to_flight_error(failure) from None
@@ -378,7 +380,7 @@ class FlightSqlServer(flight.FlightServerBase):
         self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders, take: bool
     ) -> PlannedQuery:
         query.check_limits()
-        key = (statement.handle, headers.query_range, headers.limit, call.principal.name if call.principal else None)
+        key = (statement.handle, headers.query_range, headers.limit, call.principal)
         planned = self._plans.get(key, take=take)
         if planned is not None:
             query.audit.plan_cached = True
@@ -416,6 +418,14 @@ def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHe
     if kind == "CommandGetDbSchemas":
         return metadata.db_schemas(ctx, command)
     return metadata.tables(ctx, command, headers.preserve_dictionary)
+
+
+def _refuse_fenced_key(context: flight.ServerCallContext) -> None:
+    """UNAUTHENTICATED when the call's key may not be used from its peer's address (its CIDR allowlist;
+    the middleware does not see the peer, so every RPC checks it first)."""
+    state: CallState | None = context.get_middleware(MIDDLEWARE_KEY)
+    if state is not None and state.principal is not None and not state.principal.allows_peer(client_ip(context.peer())):
+        raise flight.FlightUnauthenticatedError("invalid API key")
 
 
 def _call(context: flight.ServerCallContext) -> _Call:

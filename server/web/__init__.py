@@ -17,5 +17,9 @@ Modules:
     span_find          a span found by name anywhere in a tree, with the path from its root
     perfetto_download  `GET /api/perfetto/{process_id}`: the trace streamed as an attachment
     query_stream       `POST /api/query-stream`: micromegas analytics-web-srv's Arrow IPC framing
+    access_api         keys, audience grants and groups over HTTP (micromegas's WebClient routes)
+    access_pages       `/access`: the admin page of keys, grants, groups and the query deny list
+    trace_layout       a trace's waterfall: one band per process, rows depth first, critical path, links
+    trace_pages        `/traces` and `/trace/{trace_id}`: the traces searched, a trace's waterfall paged
     slow_queries       `/slow-queries`: this server's own slow queries and the span tree of each
 """

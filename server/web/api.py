@@ -21,10 +21,12 @@ from aiohttp import web
 
 from spanlake.lakehouse.errors import STORAGE_FAILURES
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.read_scope import can_read
 from spanlake.lakehouse.query.runner import arrow_bytes
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.server.http_body import read_body
 from spanlake.server.web import html
+from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.pages import MAX_LIMIT, int_param
 from spanlake.server.web.process_pages import lifetime_range, load_process
 from spanlake.server.web.queries import WebQueries
@@ -40,14 +42,15 @@ def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body, default=str), status=status, content_type="application/json")
 
 
-def _parent(request: web.Request) -> int | None:
-    text = request.query.get("parent")
+def _parent(request: web.Request, name: str = "parent") -> int | None:
+    """The span id of the URL's parameter `name` (an integer), None when absent; a 400 otherwise."""
+    text = request.query.get(name)
     if text is None:
         return None
     try:
         return int(text)
     except ValueError:
-        raise html.PageError(400, "Bad request", f"'parent' must be a span id (an integer), given '{text}'") from None
+        raise html.PageError(400, "Bad request", f"'{name}' must be a span id (an integer), given '{text}'") from None
 
 
 def _tree_json(table: pa.Table, time_range: TimeRange, limit: int) -> dict:
@@ -98,7 +101,7 @@ class Api:
         return json_response(_tree_json(level, time_range, limit))
 
     async def _process_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
-        process = await load_process(self.lake.catalog, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
         return SpanTable.async_events(process.process_id), lifetime_range(process, request.query)
 
     async def _thread_tree(self, request: web.Request) -> tuple[SpanTable, TimeRange]:
@@ -107,7 +110,8 @@ class Api:
             stream_id = uuid.UUID(text)
         except ValueError:
             raise html.PageError(400, "Bad stream id", f"'{text}' is not a stream id (a UUID)") from None
-        if not await self.lake.catalog.stream_exists(stream_id):
+        found = await self.lake.catalog.stream_audience(stream_id)
+        if found is None or not can_read(principal_of(request), found[0]):
             raise html.PageError(404, "Stream not found", f"there is no stream {stream_id} in this lake")
         return SpanTable.thread_spans(str(stream_id)), parse_range(request.query, "now-1h")
 
@@ -118,6 +122,29 @@ class Api:
     async def thread_spans(self, request: web.Request) -> web.Response:
         """One level of a thread's span tree."""
         return await self._level(request, *await self._thread_tree(request))
+
+    async def async_span_trace(self, request: web.Request) -> web.Response:
+        """`{trace_id, span_hex, kind, attributes, processes}` of an async span (`span`, its id as the
+        tree gives it): its trace facts (span_traces) and the processes holding the trace's spans (the
+        trace index), or `trace_id` null for a span without trace facts."""
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
+        span = _parent(request, "span")
+        if span is None:
+            raise html.PageError(400, "Bad request", "'span' must be a span id (an integer)")
+        sql = (
+            "SELECT trace_id, span_hex, kind, attributes"
+            f" FROM view_instance('span_traces', '{process.process_id}') WHERE span_id = $span"
+        )
+        time_range = lifetime_range(process, request.query)
+        found = await self.queries.collect(request, "span_trace", sql, time_range.ns, 1, {"span": span})
+        if not found.num_rows:
+            return json_response(
+                {"trace_id": None, "span_hex": None, "kind": None, "attributes": None, "processes": []}
+            )
+        facts = found.slice(0, 1).to_pylist()[0]
+        rows = await self.lake.catalog.trace_processes(bytes.fromhex(facts["trace_id"]))
+        processes = [{"process_id": str(row["process_id"]), "exe": row["exe"]} for row in rows]
+        return json_response({**facts, "processes": processes})
 
     async def find_async_span(self, request: web.Request) -> web.Response:
         """The path to a named span of a process's async span tree."""

@@ -13,7 +13,7 @@ import asyncio
 
 from aiohttp import web
 
-from spanlake.server.auth import Authenticator, AuthError, Principal
+from spanlake.server.auth import ANALYTICS, Authenticator, AuthError, Principal
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
 from spanlake.server.web.login_throttle import LoginThrottle
@@ -29,7 +29,7 @@ async def authenticate(request: web.Request, authenticator: Authenticator) -> Pr
     header = f"Bearer {key}" if key else request.headers.get("Authorization")
     try:
         # May look the key up in PostgreSQL through the loop: off the loop thread.
-        return await asyncio.to_thread(authenticator.authenticate, header)
+        return await asyncio.to_thread(authenticator.authenticate, header, ANALYTICS, request.remote)
     except AuthError:
         if header is None:
             raise AuthError("sign in with an API key") from None
@@ -87,7 +87,7 @@ def login_handlers(authenticator: Authenticator | None, throttle: LoginThrottle)
         if retry_after is not None:
             return _throttled(request, next_path, retry_after)
         try:
-            await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}")
+            await asyncio.to_thread(authenticator.authenticate, f"Bearer {key}", ANALYTICS, request.remote)
         except AuthError as err:
             return _login_page(request, next_path, f"Sign-in refused: {err}", 401)
         throttle.succeeded(client)

@@ -20,6 +20,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.runner import Query, ResultBatches
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
 from spanlake.server.web import html
+from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.process_pages import load_process
 from spanlake.server.web.queries import WebQueries, WebQuery, WebQueryError
 
@@ -55,7 +56,7 @@ class PerfettoDownload:
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
         """The trace as an attachment, written chunk by chunk as the query makes them."""
-        process = await load_process(self.lake.catalog, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
         spans = request.query.get("spans", "both")
         if spans not in SPAN_TYPES:
             raise html.PageError(400, "Bad request", f"'spans' must be thread, async or both, given '{spans}'")

@@ -15,10 +15,14 @@ import asyncpg
 from aiohttp import web
 
 from spanlake.lakehouse.catalog import Catalog
+from spanlake.lakehouse.query.context import Principal
+from spanlake.lakehouse.query.read_scope import can_read
 from spanlake.server.web import charts, html
+from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.html import url
 from spanlake.server.web.pages import MAX_LIMIT, BoundSql, Screens, int_param
 from spanlake.server.web.time_range import TimeRange, absolute, parse_range
+from spanlake.server.write_audience import AUDIENCE_PROPERTY
 
 LEVELS = {1: "fatal", 2: "error", 3: "warn", 4: "info", 5: "debug", 6: "trace"}
 CHART_BINS = 120
@@ -70,11 +74,12 @@ def parse_process_id(text: str) -> uuid.UUID:
         raise html.PageError(400, "Bad process id", f"'{text}' is not a process id (a UUID)") from None
 
 
-async def load_process(catalog: Catalog, text: str) -> Process:
-    """The process of the URL from the catalog; a 400 or 404 page for a bad or unknown id."""
+async def load_process(catalog: Catalog, text: str, principal: Principal | None) -> Process:
+    """The process of the URL from the catalog; a 400 or 404 page for a bad or unknown id (a process the
+    principal may not read is unknown)."""
     pid = parse_process_id(text)
     row = await catalog.process_row(pid)
-    if row is None:
+    if row is None or not can_read(principal, _audience(row)):
         raise html.PageError(404, "Process not found", f"there is no process {pid} in this lake")
     bounds = await catalog.process_block_bounds(pid)
     first = datetime_ns(bounds["first"]) if bounds["first"] else None
@@ -83,6 +88,10 @@ async def load_process(catalog: Catalog, text: str) -> Process:
     last = datetime_ns(bounds["last"]) if bounds["last"] else start
     streams = await catalog.cpu_streams(pid)
     return Process(str(pid), row, first, max(last, first + 1_000_000), tuple(_thread(s) for s in streams))
+
+
+def _audience(process: asyncpg.Record) -> str | None:
+    return next((p["value"] for p in process["properties"] or [] if p["key"] == AUDIENCE_PROPERTY), None)
 
 
 def _thread(stream: asyncpg.Record) -> Thread:
@@ -129,8 +138,11 @@ def logs_sql(process_id: str, level: int, search: str, limit: int) -> BoundSql:
     if search:
         params["needle"] = search.lower()
         where += " AND strpos(lower(msg), $needle) > 0"
+    # A line emitted inside a span names it (OTLP log records carry their span context): it links there.
     return BoundSql(
-        f"SELECT time, level, target, msg FROM view_instance('log_entries', '{process_id}') WHERE {where}"
+        "SELECT time, level, target, msg, property_get(properties, 'otel.trace_id') AS trace_id,"
+        " property_get(properties, 'otel.span_id') AS span_id"
+        f" FROM view_instance('log_entries', '{process_id}') WHERE {where}"
         f" ORDER BY time DESC LIMIT {limit}",
         params,
     )
@@ -159,7 +171,7 @@ class ProcessScreens(Screens):
     """The screens of one process, one per tab."""
 
     async def _open(self, request: web.Request) -> tuple[Process, TimeRange]:
-        process = await load_process(self.lake.catalog, request.match_info["process_id"])
+        process = await load_process(self.lake.catalog, request.match_info["process_id"], principal_of(request))
         return process, lifetime_range(process, request.query)
 
     def _tab(

@@ -20,6 +20,8 @@ from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.server.auth import Authenticator, AuthError
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
+from spanlake.server.web.access_api import AccessApi
+from spanlake.server.web.access_pages import AccessPages
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
 from spanlake.server.web.login_throttle import LoginThrottle
@@ -29,6 +31,7 @@ from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQuery
 from spanlake.server.web.query_stream import QueryStream
 from spanlake.server.web.slow_queries import SlowQueryScreens
 from spanlake.server.web.time_range import TimeRangeError
+from spanlake.server.web.trace_pages import TraceScreens
 
 STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PREFIXES = ("/health", "/ready", "/ingestion/", "/login", "/logout", "/static/", "/api/health")
@@ -95,6 +98,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     web_queries = WebQueries(runner)
     screens, api = ProcessScreens(lake, web_queries), Api(lake, web_queries)
     slow = SlowQueryScreens(lake, web_queries)
+    traces = TraceScreens(lake, web_queries)
     throttle = LoginThrottle(lake.settings.login_failures_per_ip, lake.settings.login_failures)
     app.router.add_routes(login_handlers(authenticator, throttle))
     pages = {
@@ -108,15 +112,24 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
         "/process/{process_id}/perfetto": screens.perfetto,
         "/slow-queries": slow.list,
         "/slow-queries/{span_id}": slow.tree,
+        "/traces": traces.traces,
+        "/trace/{trace_id}": traces.trace,
     }
     for path, handler in pages.items():
         app.router.add_get(path, _reported(handler, _as_page))
     app.router.add_get("/api/health", api.health)
     app.router.add_get("/api/process/{process_id}/async-spans", _reported(api.async_spans, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans", _reported(api.thread_spans, _as_json))
+    app.router.add_get("/api/process/{process_id}/async-spans/trace", _reported(api.async_span_trace, _as_json))
     app.router.add_get("/api/process/{process_id}/async-spans/find", _reported(api.find_async_span, _as_json))
     app.router.add_get("/api/stream/{stream_id}/thread-spans/find", _reported(api.find_thread_span, _as_json))
+    app.router.add_get("/api/trace/{trace_id}", _reported(traces.waterfall, _as_json))
     app.router.add_post("/api/sql", _reported(api.sql, _as_json))
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
+    app.router.add_routes(AccessApi(lake).routes())
+    access = AccessPages(lake)
+    app.router.add_get("/access", _reported(access.page, _as_page))
+    for path, handler in access.forms().items():
+        app.router.add_post(path, _reported(handler, _as_page))
     app.router.add_static("/static", STATIC_DIR)

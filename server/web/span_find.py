@@ -27,6 +27,9 @@ class SpanTable:
     begin: str
     columns: str  # a span's row as the tree shows it: id, parent, depth, begin[, end], name, target, filename, line
     end_event: str | None = None
+    # The filter of rows that are a span's children: a thread's roots have parent 0 ("none"), which is
+    # also the id of its first span (an async span's id is never 0: asking for 0's children lists the roots).
+    child: str = "true"
 
     @classmethod
     def async_events(cls, process_id: str) -> SpanTable:
@@ -45,7 +48,9 @@ class SpanTable:
     def thread_spans(cls, stream_id: str) -> SpanTable:
         """The thread spans of a cpu stream (one row per span)."""
         columns = 'id, parent, depth, begin, "end", name, target, filename, line'
-        return cls(f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns)
+        return cls(
+            f"view_instance('thread_spans', '{stream_id}')", "true", "id", "parent", "begin", columns, child="depth > 0"
+        )
 
 
 def match_sql(table: SpanTable, index: int) -> str:

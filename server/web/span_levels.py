@@ -21,7 +21,7 @@ VIEW = "tree_spans"  # the view instance, as its session names it
 def page_sql(table: SpanTable, parent: int | None, limit: int, offset: int = 0) -> str:
     """The level's spans from `offset`, at most `limit`, in begin order, each with the level's total;
     the children of `$parent` when `parent` is given."""
-    level = "depth = 0" if parent is None else f"{table.parent} = $parent"
+    level = "depth = 0" if parent is None else f"{table.parent} = $parent AND {table.child}"
     where = f"{table.one_row_per_span} AND {level}"
     return (
         f"SELECT {table.columns}, (SELECT count(*) FROM {VIEW} WHERE {where}) AS total FROM {VIEW}"
@@ -33,14 +33,14 @@ def around_sql(table: SpanTable, ids: pa.Array) -> str:
     """Per span of `ids` (as `key`): its number of children and, when ends are rows of their own, its
     end. Each row counts once: an end row for its own span, a begin row for its parent."""
     id_list = ", ".join(str(i) for i in pc.unique(ids).to_pylist())
-    children = f"{table.one_row_per_span} AND {table.parent} IN ({id_list})"
+    children = f"{table.one_row_per_span} AND {table.child} AND {table.parent} IN ({id_list})"
     if table.end_event is None:
         return f"SELECT {table.parent} AS key, count(*) AS children FROM {VIEW} WHERE {children} GROUP BY 1"
     end = f"{table.end_event} AND {table.id} IN ({id_list})"
     return (
         f"SELECT CASE WHEN {table.end_event} THEN {table.id} ELSE {table.parent} END AS key,"
         f" max(CASE WHEN {table.end_event} THEN {table.begin} END) AS end,"
-        f" count(CASE WHEN {table.one_row_per_span} THEN 1 END) AS children"
+        f" count(CASE WHEN {table.one_row_per_span} AND {table.child} THEN 1 END) AS children"
         f" FROM {VIEW} WHERE ({end}) OR ({children}) GROUP BY 1"
     )
 
@@ -56,10 +56,19 @@ def load_level(query: Query, table: SpanTable, parent: int | None, limit: int, o
     `source_sql(table)`."""
     query.session().register_view(VIEW, query.plan())
     page = decoded(query.collect(query.plan(page_sql(table, parent, limit, offset), {"parent": parent})))
-    around = decoded(query.collect(query.plan(around_sql(table, page.column("id"))))) if page.num_rows else None
-    found = pc.index_in(page.column("id"), value_set=around.column("key")) if around else pa.nulls(0, pa.int32())
+    if page.num_rows:
+        around = decoded(query.collect(query.plan(around_sql(table, page.column("id")))))
+    else:
+        around = pa.table(
+            {
+                "key": pa.array([], pa.int64()),
+                "end": pa.array([], pa.timestamp("ns")),
+                "children": pa.array([], pa.int64()),
+            }
+        )
+    # A span with no row in `around` (a leaf, its end outside the range) gets nulls, then 0 children.
+    found = pc.index_in(page.column("id"), value_set=around.column("key"))
     if table.end_event is not None:
-        ends = pc.take(around.column("end"), found) if around else pa.nulls(0, pa.timestamp("ns"))
-        page = page.add_column(page.schema.get_field_index("begin") + 1, "end", ends)
-    children = pc.fill_null(pc.take(around.column("children"), found), 0) if around else pa.array([], pa.int64())
+        page = page.add_column(page.schema.get_field_index("begin") + 1, "end", pc.take(around.column("end"), found))
+    children = pc.fill_null(pc.take(around.column("children"), found), 0)
     return page.add_column(page.schema.get_field_index("total"), "children", children)

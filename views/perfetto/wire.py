@@ -2,7 +2,7 @@
 
 Scalar helpers build the few one-off messages (descriptors, interned entries). For span packets the
 writer describes a row as a sequence of pieces, each either a constant byte string shared by every
-row or a per-row varint column, and `pack_rows` lays all rows out in one numpy pass: a
+row or a per-row column (varints, bytes), and `pack_rows` lays all rows out in one numpy pass: a
 (rows x width) byte matrix, compacted with a mask only when some varint column has rows of different
 lengths. No per-row Python code runs.
 """
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 VARINT = 0
 LENGTH_DELIMITED = 2
@@ -113,6 +115,25 @@ def lookup_column(entries: Sequence[bytes], indices: np.ndarray) -> Column:
     row_lengths = lengths[indices]
     uniform = bool((row_lengths == table.shape[1]).all())
     return Column(table[indices], None if uniform else row_lengths)
+
+
+def binary_column(values: pa.Array, every_other: bool = False) -> Column:
+    """Row i is the bytes of `values[i]` (null: none); with `every_other`, row 2i is and row 2i + 1 is
+    empty (the END packet after each BEGIN)."""
+    values = pc.fill_null(values.cast(pa.binary()), b"")
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    buffer = values.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets).astype(np.int64)
+    width = max(int(lengths.max(initial=0)), 1)
+    within = np.arange(width) < lengths[:, None]
+    matrix = np.zeros((len(values), width), dtype=np.uint8)
+    matrix[within] = data[(offsets[:-1, None] + np.arange(width))[within]]
+    if every_other:
+        matrix = np.repeat(matrix, 2, axis=0)
+        lengths = np.repeat(lengths, 2)
+        lengths[1::2] = 0
+    return Column(matrix, lengths)
 
 
 def byte_column(rows: np.ndarray) -> Column:

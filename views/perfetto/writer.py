@@ -56,7 +56,9 @@ from spanlake.views.perfetto.lanes import AsyncLaneAssigner
 from spanlake.views.perfetto.wire import (
     LENGTH_DELIMITED,
     VARINT,
+    Column,
     Piece,
+    binary_column,
     byte_column,
     bytes_field,
     key,
@@ -276,6 +278,14 @@ class _Spans:
 
     def column(self, name: str) -> pa.Array:
         return _column(self.batch, name, self.what)
+
+    def flows(self) -> Column | None:
+        """The optional `flows` column (a BEGIN event's TrackEvent flow fields, encoded), as a piece
+        of the 2n packets: each span's bytes on its BEGIN packet, nothing on its END packet."""
+        index = self.batch.schema.get_field_index("flows")
+        if index < 0:
+            return None
+        return binary_column(self.batch.column(index), every_other=True)
 
     def unfinished(self) -> np.ndarray | None:
         """The optional `unfinished` column (spans drawn to the end of the data), as a bool mask."""
@@ -516,6 +526,9 @@ class _SpanPackets:
             _SOURCE_LOCATION_IID,
             varint_column(location_iids),
         ]
+        flows = spans.flows()
+        if flows is not None:
+            event.append(flows)
         timestamps = np.empty(rows, dtype=np.int64)
         timestamps[0::2] = spans.begin
         timestamps[1::2] = spans.end

@@ -12,6 +12,10 @@ const spanlake = {
     const s = Math.floor(ns / 1e9);
     return s < 3600 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${Math.floor(s / 3600)} h ${Math.floor(s % 3600 / 60)} min`;
   },
+  /** A 64-bit id given in decimal (signed, as the views keep it) as its 16 hex digits, W3C's form. */
+  hex64(decimal) {
+    return BigInt.asUintN(64, BigInt(decimal)).toString(16).padStart(16, "0");
+  },
   /** An element with attributes and children (strings become text nodes: never HTML). */
   el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);

@@ -40,7 +40,7 @@ class SpanTree {
       this.timeline = this.timelineOf(level);
       this.appendLevel(this.rows, level, null, 0);
       const ms = Math.round(performance.now() - started);
-      this.setStatus(`${level.total.toLocaleString()} top-level span${level.total === 1 ? "" : "s"} · ${ms} ms`);
+      this.setStatus(`${level.total.toLocaleString()} top-level span${level.total === 1 ? "" : "s"} · loaded in ${ms} ms`);
       this.root.dataset.loaded = "true";
     } catch (err) {
       this.fail(err);
@@ -138,13 +138,35 @@ class SpanTree {
     const at = (offset) => (offset === null ? "not in the time range" : `${this.absolute(offset)}  (+${spanlake.duration(offset)})`);
     const fields = [
       ["name", span.name], ["target", span.target], ["location", span.filename ? `${span.filename}:${span.line}` : ""],
-      ["span id", span.id], ["parent", span.parent], ["depth", span.depth], ["begin", at(span.begin)], ["end", at(span.end)],
+      ["span id", span.id], ["span id (hex)", spanlake.hex64(span.id)], ["parent", span.parent],
+      ["parent (hex)", span.depth === 0 ? "" : spanlake.hex64(span.parent)], ["depth", span.depth], ["begin", at(span.begin)], ["end", at(span.end)],
       ["duration", span.end === null ? "" : spanlake.duration(span.end - span.begin)], ["children", span.children],
     ];
     const list = spanlake.el("dl");
     for (const [key, value] of fields) list.append(spanlake.el("dt", {}, key), spanlake.el("dd", { "data-field": key }, value));
     this.details.replaceChildren(list);
     this.details.hidden = false;
+    if (this.root.dataset.traceSource) this.showTrace(list, span);
+  }
+
+  /** The span's trace facts (async spans of the SDK): its trace, linked, with the processes it crosses,
+   * its kind and attributes. */
+  async showTrace(list, span) {
+    const url = new URL(this.root.dataset.traceSource, window.location.href);
+    url.searchParams.set("span", span.id);
+    try {
+      const found = await spanlake.json(await spanlake.fetch(url));
+      if (!found.trace_id || !list.isConnected) return;
+      const count = found.processes.length;
+      const link = spanlake.el("a", { href: `/trace/${found.trace_id}?span=${found.span_hex}`, class: count > 1 ? "trace-link crosses" : "trace-link" },
+        found.trace_id);
+      const where = count > 1 ? ` · across ${count} processes (${found.processes.map((p) => p.exe || p.process_id).join(", ")})` : " · this process only";
+      list.append(spanlake.el("dt", {}, "trace"), spanlake.el("dd", { "data-field": "trace" }, link, where),
+        spanlake.el("dt", {}, "kind"), spanlake.el("dd", { "data-field": "kind" }, found.kind),
+        spanlake.el("dt", {}, "attributes"), spanlake.el("dd", { "data-field": "attributes" }, found.attributes));
+    } catch (err) {
+      this.fail(err);
+    }
   }
 
   absolute(offsetNs) {

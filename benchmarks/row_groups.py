@@ -1,0 +1,227 @@
+"""Row groups sized by rows: what small blocks cost a query, end to end through Flight SQL.
+
+1. A process's async spans sent in small blocks (default 2,000 blocks of 100 spans) against the same
+   spans in big blocks (10 blocks of 20,000): the first query (just-in-time materialization) and the
+   warm query of `SELECT count(*), max(depth) FROM view_instance('async_events', …)`, medians of R
+   runs, and the ratios small / big.
+3. (`--part sizes`, this code only) the default of SPANLAKE_ROW_GROUP_ROWS: one file of N async_events
+   rows written in row groups of 64Ki to 1Mi rows, read by plain DataFusion: a scan grouping every
+   row, and a time-range query that row-group statistics and page indexes prune (wall and CPU time:
+   the CPU time of all threads holds better on a loaded machine).
+2. `log_entries` GROUP BY over H hourly partitions of the global view (the daemon's hour task over
+   the genuine Rust log blocks of P processes), against plain DataFusion over the same rows in
+   one-row-group files (one per partition), medians of R runs, and the ratio.
+
+Each part loads its data with the lake in this process, then queries a `spanlake serve` started on the
+same database and object store through the micromegas client. To measure the previous code, run this
+script with PYTHONPATH naming a directory whose `spanlake` is a checkout of it.
+
+    python benchmarks/row_groups.py [--spans 200000] [--small 100] [--big 20000] [--hours 50] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import micromegas
+import pyarrow.parquet as pq
+from datafusion import SessionContext
+from decode import CONVERT, async_block
+from global_views import DAY_NS, load_day
+from harness import PostgresServer, SpanlakeServer
+from materialize import load_process
+from transit_builder import thread_stream_metadata
+
+from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.partitions import write_parquet
+from spanlake.lakehouse.query.session import session_config
+from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.transit.decode import decode_block, stream_layout
+from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views import async_events
+from spanlake.views.meta import BlockMeta
+
+HOUR_NS = 3600 * SECOND_NS
+MINUTE_NS = 60 * SECOND_NS
+ASYNC_SQL = "SELECT count(*) AS n, max(depth) AS d FROM view_instance('async_events', '{process}')"
+GROUP_SQL = "SELECT target, level, count(*) AS n FROM {table} GROUP BY target, level ORDER BY target, level"
+
+
+def median_seconds(run: Callable[[], object], runs: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The median time of `runs` calls (wall time, unless another clock is given)."""
+    times = []
+    for _ in range(runs):
+        start = clock()
+        run()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def served(database_url: str, lake_dir: Path, row_group_rows: int | None) -> SpanlakeServer:
+    """A `spanlake serve` on the lake's database and object store (its daemon looks at recent inserts:
+    the log part's data is older than its window)."""
+    extra_env = {} if row_group_rows is None else {"SPANLAKE_ROW_GROUP_ROWS": str(row_group_rows)}
+    return SpanlakeServer(
+        database_url=database_url, data_dir=lake_dir / "data", object_store_uri=lake_dir.as_uri(), extra_env=extra_env
+    )
+
+
+def async_spans(
+    postgres: PostgresServer, spans: int, small: int, big: int, runs: int, row_group_rows: int | None
+) -> None:
+    """Part 1: first and warm queries of a process sent in small blocks against big blocks."""
+    with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
+        database_url = postgres.new_database()
+        lake = Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri()))
+        try:
+            # async_block's events are begins and ends: two per span.
+            processes = {size: load_process(lake, 2 * spans, spans // size) for size in (small, big)}
+        finally:
+            lake.close()
+        server = served(database_url, Path(tmp), row_group_rows).start()
+        try:
+            client = micromegas.connect(server.flightsql_url)
+            first, warm, counts = {}, {}, {}
+            for size, process_id in processes.items():
+                sql = ASYNC_SQL.format(process=process_id)
+                start = time.perf_counter()
+                counts[size] = int(client.query(sql).n[0])
+                first[size] = time.perf_counter() - start
+                time.sleep(1)  # let the settle queue's merges (if any) finish off the measured path
+                warm[size] = median_seconds(lambda sql=sql: client.query(sql), runs)
+        finally:
+            server.stop()
+    assert counts[small] == counts[big] == 2 * spans, counts
+    print(f"async_events of {spans:,} spans, blocks of {small} vs {big} spans, through Flight SQL")
+    print(f"{'':<14} {f'{small}-span':>12} {f'{big}-span':>12} {'ratio':>7}")
+    for label, times in (("first query", first), (f"warm (p50/{runs})", warm)):
+        print(
+            f"{label:<14} {times[small] * 1e3:>9.1f} ms {times[big] * 1e3:>9.1f} ms {times[small] / times[big]:>7.2f}"
+        )
+
+
+def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int, row_group_rows: int | None) -> None:
+    """Part 2: a log_entries GROUP BY over hourly partitions against one-row-group files."""
+    begin = (time.time_ns() // DAY_NS - 1) * DAY_NS - hours * HOUR_NS
+    sized = (
+        {} if row_group_rows is None else {"row_group_rows": row_group_rows}
+    )  # the previous code has no such setting
+    with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
+        database_url = postgres.new_database()
+        lake = Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized))
+        try:
+            load_day(lake, processes, begin, hours * HOUR_NS)
+            view = VIEW_SETS["log_entries"]
+            materialize_range(lake, view, begin, begin + hours * HOUR_NS, HOUR_NS)
+            files = [
+                f"{tmp}/{row['file_path']}"
+                for row in lake.loop.run(
+                    lake.pool.fetch(
+                        "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'"
+                        " AND view_instance_id = 'global' AND file_path IS NOT NULL"
+                    )
+                )
+            ]
+        finally:
+            lake.close()
+        row_groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+        plain_dir = Path(tmp) / "plain"
+        plain_dir.mkdir()
+        for index, path in enumerate(files):
+            table = pq.read_table(path)
+            pq.write_table(table, plain_dir / f"{index:03d}.parquet", row_group_size=max(1, table.num_rows))
+        plain = SessionContext(session_config())
+        plain.register_parquet("log_entries", str(plain_dir))
+        server = served(database_url, Path(tmp), row_group_rows).start()
+        try:
+            client = micromegas.connect(server.flightsql_url)
+            sql = GROUP_SQL.format(table="log_entries")
+            expected = plain.sql(sql).to_pandas()
+            served_rows = client.query(sql)
+            assert served_rows["n"].tolist() == expected["n"].tolist()
+            served_s = median_seconds(lambda: client.query(sql), runs)
+            plain_s = median_seconds(lambda: plain.sql(sql).to_pandas(), runs)
+        finally:
+            server.stop()
+    rows = int(expected["n"].sum())
+    print(
+        f"log_entries GROUP BY target, level: {rows:,} rows in {len(files)} hourly partitions"
+        f" ({row_groups} row groups), median of {runs}"
+    )
+    print(
+        f"spanlake (Flight SQL) {served_s * 1e3:.1f} ms, plain DataFusion over one-row-group files"
+        f" {plain_s * 1e3:.1f} ms, ratio {served_s / plain_s:.2f}"
+    )
+
+
+def row_group_sizes(events: int, runs: int) -> None:
+    """Part 3: plain DataFusion over one file of async_events rows, by row group size."""
+    layout = stream_layout(*thread_stream_metadata())
+    decoded = decode_block(async_block(20_000, named_share=0.25), layout)
+    blocks = [BlockMeta(f"b{i}", "s", "p", 0, 0, 0, 0, 0, 0, 0) for i in range(events // 20_000)]
+    batches = [  # a block a minute after the previous one: a time range meets few row groups
+        async_events.build_batch(
+            decoded, meta, replace(CONVERT, process_start_ns=CONVERT.process_start_ns + i * MINUTE_NS)
+        )
+        for i, meta in enumerate(blocks)
+    ]
+    rows = sum(batch.num_rows for batch in batches)
+    times = [batch.column("time") for batch in batches]
+    middle = times[len(times) // 2]
+    window = f"TIMESTAMP '{middle[0].as_py().isoformat()}' AND TIMESTAMP '{middle[100].as_py().isoformat()}'"
+    queries = {
+        "GROUP BY name": "SELECT name, count(*) AS n, max(depth) AS d FROM t GROUP BY name",
+        "time range": f"SELECT count(*) AS n FROM t WHERE time BETWEEN {window}",
+    }
+    print(f"plain DataFusion over {rows:,} async_events rows in one file, by row group size, median of {runs}")
+    print(f"{'rows/group':>10} " + " ".join(f"{f'{label} wall / cpu':>28}" for label in queries))
+    with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
+        store = ObjectStore(Path(tmp).as_uri())
+        for size in (64 * 1024, 128 * 1024, 256 * 1024, 512 * 1024, 1024 * 1024):
+            key = f"rows-{size}.parquet"
+            write_parquet(store, key, async_events.SCHEMA, batches, ("time", "time"), size)
+            context = SessionContext(session_config())
+            context.register_parquet("t", f"{tmp}/{key}")
+            run = context.sql
+            medians = [
+                median_seconds(lambda sql=sql, run=run: run(sql).to_arrow_table(), runs, clock)
+                for sql in queries.values()
+                for clock in (time.perf_counter, time.process_time)
+            ]
+            pairs = zip(medians[::2], medians[1::2], strict=True)
+            print(f"{size:>10} " + " ".join(f"{wall * 1e3:>16.1f} / {cpu * 1e3:>5.1f} ms" for wall, cpu in pairs))
+
+
+def main() -> None:
+    """Runs both parts and prints their ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=200_000)
+    parser.add_argument("--small", type=int, default=100, help="spans per block, small blocks")
+    parser.add_argument("--big", type=int, default=20_000, help="spans per block, big blocks")
+    parser.add_argument("--processes", type=int, default=2000, help="fixture processes of the log part")
+    parser.add_argument("--hours", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--part", choices=("all", "async", "logs", "sizes"), default="all")
+    parser.add_argument("--row-group-rows", type=int, help="SPANLAKE_ROW_GROUP_ROWS (default: the setting's)")
+    args = parser.parse_args()
+    postgres = PostgresServer()  # kept referenced: the embedded server lives as long as the object
+    if args.part in ("all", "async"):
+        async_spans(postgres, args.spans, args.small, args.big, args.runs, args.row_group_rows)
+    if args.part in ("all", "logs"):
+        log_group_by(postgres, args.processes, args.hours, args.runs, args.row_group_rows)
+    if args.part == "sizes":
+        row_group_sizes(args.spans * 2, args.runs)
+
+
+if __name__ == "__main__":
+    main()
