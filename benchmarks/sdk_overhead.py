@@ -8,7 +8,12 @@ Measures, in ns per operation (median of --repeats runs of --count operations ea
 every recorded event to the sink (spanlake: `tracing.flush()`; OTel: `force_flush()` of a
 BatchSpanProcessor with an exporter that drops everything), divided by the count.
 
-    python benchmarks/sdk_overhead.py [--count 200000] [--repeats 7]
+    python benchmarks/sdk_overhead.py [--count 200000] [--repeats 7] [--clock wall|cpu]
+        [--operations sync,async,log] [--without-otel]
+
+To compare two checkouts on a busy machine, run each one's interpreter on this script alternately with
+`--clock cpu` (the process's CPU time, all its threads: time spent descheduled does not count) and
+only the operations of interest.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from spanlake import tracing
+
+clock = time.perf_counter_ns  # set by --clock
 
 
 class DropExporter(SpanExporter):
@@ -71,27 +78,27 @@ def make_otel() -> tuple[TracerProvider, Callable[[], None], Callable]:
 
 
 def run_sync(fn: Callable[[], None], count: int) -> float:
-    start = time.perf_counter_ns()
+    start = clock()
     for _ in range(count):
         fn()
-    return time.perf_counter_ns() - start
+    return clock() - start
 
 
 def run_async(fn: Callable, count: int) -> float:
     async def loop() -> float:
-        start = time.perf_counter_ns()
+        start = clock()
         for _ in range(count):
             await fn()
-        return time.perf_counter_ns() - start
+        return clock() - start
 
     return asyncio.run(loop())
 
 
 def run_log(fn: Callable[[str], None], count: int) -> float:
-    start = time.perf_counter_ns()
+    start = clock()
     for _ in range(count):
         fn("request handled")
-    return time.perf_counter_ns() - start
+    return clock() - start
 
 
 def measure(
@@ -102,10 +109,10 @@ def measure(
     for _ in range(repeats):
         flush()
         elapsed = run()
-        flush_start = time.perf_counter_ns()
+        flush_start = clock()
         flush()
         recorded.append(elapsed / count)
-        total.append((elapsed + time.perf_counter_ns() - flush_start) / count)
+        total.append((elapsed + clock() - flush_start) / count)
     return statistics.median(recorded), statistics.median(total)
 
 
@@ -113,8 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--operations", default="sync,async,log", help="comma-separated: sync, async, log")
+    parser.add_argument("--without-otel", action="store_true", help="skip the OpenTelemetry rows (slow)")
     args = parser.parse_args()
     count, repeats = args.count, args.repeats
+    global clock
+    clock = time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns
+    wanted = {f"{name} span" if name != "log" else "log call" for name in args.operations.split(",")}
 
     sink = tracing.MemorySink()
     tracing.init(sink=sink, flush_period=3600)
@@ -162,14 +175,17 @@ def main() -> None:
             ],
         ),
     ]
-    print(f"count={count} repeats={repeats}; ns per operation, medians")
+    rows = [
+        (operation, variants[: 2 if args.without_otel else 3]) for operation, variants in rows if operation in wanted
+    ]
+    print(f"count={count} repeats={repeats} clock={args.clock}; ns per operation, medians")
     print(f"{'operation':<12} {'variant':<32} {'recorded':>10} {'with flush':>11} {'overhead':>10}")
     for operation, variants in rows:
         results = [(name, *measure(name, run, flush, count, repeats)) for name, run, flush in variants]
         baseline = results[0][1]
         for name, recorded, total in results:
             print(f"{operation:<12} {name:<32} {recorded:>10.0f} {total:>11.0f} {recorded - baseline:>10.0f}")
-        if operation != "log call":
+        if operation != "log call" and not args.without_otel:
             spanlake, otel = results[1], results[2]
             ratio_recorded = (otel[1] - baseline) / max(spanlake[1] - baseline, 1e-9)
             ratio_total = (otel[2] - baseline) / max(spanlake[2] - baseline, 1e-9)

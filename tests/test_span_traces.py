@@ -20,9 +20,12 @@ from spanlake.lakehouse.transit.decode import read_block_dependencies, stream_la
 from spanlake.tracing import trace_facts
 from spanlake.views.span_traces import (
     FACTS_ID,
+    LINK_RECORD,
     MAGIC,
-    RECORD,
+    ROOT_RECORD,
+    SPAN_RECORD,
     TraceFactsError,
+    _fact_columns,
     block_facts,
     block_traces,
     decode_facts,
@@ -155,12 +158,22 @@ def test_block_traces_lists_each_blocks_traces(server: SpanlakeServer, program: 
 
 
 def test_the_sdk_writes_the_format_the_view_reads() -> None:
-    assert (trace_facts.FACTS_ID, trace_facts.MAGIC, trace_facts.RECORD) == (FACTS_ID, MAGIC, RECORD)
-    records = np.zeros(2, RECORD)
-    records["span_id"] = [-5, 7]
-    text = trace_facts.encode(records, np.array([-5], np.int64), ['{"kind":"client"}'])
+    ours = (FACTS_ID, MAGIC, ROOT_RECORD, SPAN_RECORD, LINK_RECORD)
+    assert ours == (
+        trace_facts.FACTS_ID,
+        trace_facts.MAGIC,
+        trace_facts.ROOT_RECORD,
+        trace_facts.SPAN_RECORD,
+        trace_facts.LINK_RECORD,
+    )
+    roots = np.array([(11, 100)], ROOT_RECORD)
+    spans = np.array([(-5, 1, -3, 200)], SPAN_RECORD)
+    links = np.array([(-5, 11)], LINK_RECORD)
+    text = trace_facts.encode(-9, roots, spans, links, np.array([-5], np.int64), ['{"kind":"client"}'])
     decoded = decode_facts(text)
-    assert decoded.records["span_id"].tolist() == [-5, 7]
+    # A root's trace is the process's prefix followed by its own id.
+    assert decoded.spans.tolist() == [(11, -9, 11, 100), (-5, 1, -3, 200)]
+    assert decoded.links.tolist() == [(-5, 11)]
     assert (decoded.facts_span_ids.tolist(), decoded.facts) == ([-5], [{"kind": "client"}])
 
 
@@ -168,15 +181,47 @@ def test_the_sdk_writes_the_format_the_view_reads() -> None:
     "text",
     [
         "not trace facts",
-        f"{MAGIC};@@@;[]",  # not base64
-        f"{MAGIC};AAAA;[]",  # 3 bytes: not whole records
-        f"{MAGIC};;[[1]]",  # a pair that is not a pair
-        f"{MAGIC};;[",  # not JSON
+        f"{MAGIC};1;;;[]",  # a part missing
+        f"{MAGIC};x;;;;[]",  # a prefix that is not a number
+        f"{MAGIC};{2**64};;;;[]",  # a prefix outside int64
+        f"{MAGIC};1;@@@;;;[]",  # not base64
+        f"{MAGIC};1;;AAAA;;[]",  # 3 bytes: not whole records
+        f"{MAGIC};1;;;;[[1]]",  # a pair that is not a pair
+        f"{MAGIC};1;;;;[",  # not JSON
+        f'{MAGIC};1;;;;[["1", {{}}]]',  # a span id that is not an int
+        f"{MAGIC};1;;;;[[{2**64}, {{}}]]",  # outside int64
+        f"{MAGIC};1;;;;[[1, []]]",  # facts that are not an object
         42,
     ],
 )
 def test_unreadable_trace_facts_are_skipped_with_a_warning(text: object, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(TraceFactsError):
         decode_facts(text)
-    assert len(block_facts({FACTS_ID: text}, "block x").records) == 0  # type: ignore[dict-item]
+    assert len(block_facts({FACTS_ID: text}, "block x").spans) == 0  # type: ignore[dict-item]
     assert "block x: trace facts skipped" in caplog.text
+
+
+def test_odd_facts_become_defaults_not_errors() -> None:
+    facts = {7: {"kind": 5, "attributes": [1], "links": [{"trace_id": 1}, "x", {"trace_id": "a", "span_hex": "b"}]}}
+    kinds, attributes, links = _fact_columns(np.array([7, 8], np.int64), facts)
+    assert kinds.to_pylist() == ["5", "internal"]
+    assert attributes.to_pylist() == ["{}", "{}"]
+    assert links.to_pylist() == [[{"trace_id": "a", "span_hex": "b"}], []]
+
+
+def test_a_process_without_async_spans_has_no_rows(server: SpanlakeServer) -> None:
+    process = tracing.init(server.http_url, exe="no-async-spans", flush_period=3600)
+
+    @tracing.span_fn
+    def thread_work() -> None:
+        tracing.info("only a thread span and a log")
+
+    thread_work()
+    assert tracing.shutdown()
+    assert len(span_rows(server, str(process.process_id))) == 0
+
+
+def test_the_first_format_is_refused_not_misread() -> None:
+    # What the SDK wrote before the roots/spans/links split: a clear error, the block's facts skipped.
+    with pytest.raises(TraceFactsError, match=r"not a spanlake\.trace_facts/2 text"):
+        decode_facts("spanlake.trace_facts/1;AAAAAAAAAAA=;[]")

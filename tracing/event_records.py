@@ -1,10 +1,11 @@
 """What recording and encoding agree on: how a stream keeps its events and what encoding them gives.
 
 A cpu stream keeps two flat lists, a fixed number of slots per event: thread events (code, time,
-name) and async events (code, time, span_id, parent_span_id, depth, name, trace, link, facts): a begin
-carries the span's trace tuple and its hand-off/remote parent (`link`, 0 if none), an end the span's
-facts JSON (None if none); the other two slots are 0 / None. An event's code is
-descriptor id << TYPE_BITS | wire type index. Encoding a block's events gives `EncodedBuffers`.
+name) and async events (code, time, span_id, parent_span_id, depth, name, trace, handed): a begin
+carries its parent's trace (0 if it starts a trace) and, when it has a hand-off/remote parent, the
+pair (span_id, parent's span id) (else 0); an end has 0 in both. The rare spans with facts (kind,
+attributes, links) add (span_id, facts JSON) to a third list. An event's code is descriptor id <<
+TYPE_BITS | wire type index. Encoding a block's events gives `EncodedBuffers`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 THREAD_SLOTS = 3
-ASYNC_SLOTS = 9
+ASYNC_SLOTS = 8
 TYPE_BITS = 8
 
 

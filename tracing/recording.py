@@ -46,7 +46,7 @@ class SpanRecording:
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
         spans._recording_of[span_id] = self
-        self.events += (begin, spans._now(), span_id, parent[0], depth, name, trace, link, None)
+        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], link and (span_id, link))
 
     def end(self) -> None:
         """Records the root's end (once; later calls do nothing)."""
@@ -77,7 +77,7 @@ class SpanRecording:
         return RecordingOutcome(duration_ns, slow, kept_ids, len(set(span_ids)) - len(kept_ids))
 
     def _end_event(self) -> list:
-        return [self._end_code, self._end_ns, self.context[0], self._parent, self.context[1], self._name, 0, 0, None]
+        return [self._end_code, self._end_ns, self.context[0], self._parent, self.context[1], self._name, 0, 0]
 
 
 def _kept_events(events: list, min_span_ns: int) -> list:

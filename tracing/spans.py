@@ -14,15 +14,16 @@ coroutine at that moment.
 Static names (a function's name, a fixed string) use `SpanMetadata` descriptors; dynamic names
 (`span_async_named`, `span_scope_named`) use the `Named` events, which carry the string itself.
 
-Traces: the context variable holds (span id, depth, trace, hand-off parent). Span ids are random,
-non-zero 64-bit ints (the u64 on the wire; micromegas's int64 `span_id` columns show the same bits
-signed), so they do not collide across processes. A span begun at the root starts a trace: (a 64-bit
-prefix random per process, the span's own id), 128 random bits in all; its descendants share the
-parent's trace tuple (one reference, no work per span). The fourth slot is non-zero in a context
-that was handed over (`attach`, an explicit `parent=`, a remote context from `tracing.propagation`):
-children begun in it record that span as their hand-off / remote parent. Spans from a remote parent
-are local roots (parent 0, depth 0) of their process's tree. The trace facts reach the blocks
-through `tracing.trace_facts`.
+Traces: the context variable holds (span id, depth, trace, hand-off parent). Span ids are 63-bit
+ints counting up from a random start per process (see `_draw_id_start`), so processes do not collide.
+A span begun at the root starts a trace: its id is a 64-bit prefix random per process followed by the
+span's own id, and the context holds just that id (no allocation); a trace continued from elsewhere
+is a tuple. Descendants share the parent's trace (one reference, no work per span), and a begin event
+carries its parent's trace (0 for a trace's local root, whose trace the encoder derives). The fourth
+slot is non-zero in a context that was handed over (`attach`, an explicit `parent=`, a remote context
+from `tracing.propagation`): children begun in it record that span as their hand-off / remote parent.
+Spans from a remote parent are local roots (parent 0, depth 0) of their process's tree. The trace
+facts reach the blocks through `tracing.trace_facts`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import itertools
 import json
 import os
 import random
@@ -52,18 +54,32 @@ BEGIN_THREAD, END_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED = 0, 1, 2, 3
 BEGIN_ASYNC, END_ASYNC, BEGIN_ASYNC_NAMED, END_ASYNC_NAMED = 4, 5, 6, 7
 
 _now = time.perf_counter_ns
-# A private generator: a program seeding `random` must not make two processes draw the same ids; a
-# forked child reseeds (from os.urandom) so it does not repeat its parent's ids.
-_random = random.Random()
-os.register_at_fork(after_in_child=_random.seed)
-_random_bits = _random.getrandbits
 _SIGN = 1 << 63
-# The high half of the trace ids this process starts (the low half is the root span's random id).
-_TRACE_HIGH = _random_bits(64) or 1
+# Span ids count up from a random start below 2**63 - 2**40 (os.urandom, whatever the program seeds
+# `random` with): consecutive in a process, so blocks compress as before and the hot path pays one
+# `next`; far apart across processes (two processes' ids meet only if their starts fall within the
+# number of spans they make, ~2 * spans / 2**63). A forked child draws a new start.
+_ID_STARTS = (1 << 63) - (1 << 40)
+_span_ids = itertools.count(1)
+_TRACE_HIGH = 1  # the high half of the trace ids this process starts (the low half: the root span's id)
 
-Trace = tuple  # (high, low[, tracestate]): the two 64-bit halves of a trace id, the W3C tracestate
+
+def _draw_id_start() -> None:
+    """A new random start for span ids and a new trace id prefix (at import, and in a forked child)."""
+    global _span_ids, _TRACE_HIGH
+    system = random.SystemRandom()
+    _span_ids = itertools.count(system.randrange(1, _ID_STARTS))
+    _TRACE_HIGH = system.getrandbits(64) or 1
+
+
+_draw_id_start()
+os.register_at_fork(after_in_child=_draw_id_start)
+
+# A trace this process started is its root span's id (its trace id: the process prefix, then that id);
+# one continued from elsewhere is (high, low[, tracestate]): the trace id's halves, the W3C tracestate.
+Trace = int | tuple
 # (span id, depth, trace or 0, hand-off parent span id or 0)
-Context = tuple[int, int, Trace | int, int]
+Context = tuple[int, int, Trace, int]
 _ROOT: Context = (0, -1, 0, 0)
 _current_span: contextvars.ContextVar[Context] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
@@ -73,8 +89,8 @@ _recording_of: dict[int, Any] = {}
 
 
 def new_span_id() -> int:
-    """A random, non-zero 64-bit span id."""
-    return _random_bits(64) or 1
+    """A new span id (non-zero; see `_draw_id_start`)."""
+    return next(_span_ids)
 
 
 def current_span_id() -> int:
@@ -130,9 +146,9 @@ def _async_span_fn(func: F, desc: int) -> F:
     @functools.wraps(func)
     async def async_span(*args: Any, **kwargs: Any) -> Any:
         parent = _current_span.get()
-        span_id, depth = _random_bits(64) or 1, parent[1] + 1
-        trace = parent[2] or (_TRACE_HIGH, span_id)
-        record_begin(begin, _now(), span_id, parent[0], depth, None, trace, parent[3])
+        span_id, depth = next(_span_ids), parent[1] + 1
+        trace = parent[2] or span_id
+        record_begin(begin, _now(), span_id, parent[0], depth, None, parent[2], parent[3])
         _current_span.set((span_id, depth, trace, 0))
         try:
             return await func(*args, **kwargs)
@@ -147,50 +163,59 @@ def _end_async_span(end: int, span_id: int, parent: Context, depth: int, name: s
     # this in whatever context is current then, which is not ours to change.
     if _current_span.get()[0] == span_id:
         _current_span.set(parent)
-    record_end(end, _now(), span_id, parent[0], depth, name, None)
+    record_end(end, _now(), span_id, parent[0], depth, name)
 
 
 def record_begin(
-    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, trace: Trace, link: int
+    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, trace: Trace | int, link: int
 ) -> None:
     """Appends an async span's begin event to its parent's recording if it has one (the span joins it),
-    else to the thread's cpu stream. `link`: the hand-off or remote parent's span id, else 0."""
+    else to the thread's cpu stream. `trace`: the parent's trace (0: the span starts its own, whose id
+    the encoder derives), `link`: the hand-off or remote parent's span id, else 0."""
+    handed = link and (span_id, link)  # a pair only for the (few) spans handed over: found by `filter`
     recording = _recording_of.get(parent_id)
     if recording is None:
         try:
             stream = _dispatch.local.stream
         except AttributeError:
             stream = _dispatch.thread_stream()
-        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, link, None)
+        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
     else:
         _recording_of[span_id] = recording
-        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, link, None)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
 
 
-def record_end(
-    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, facts: str | None
-) -> None:
-    """Appends an async span's end event to its recording if it is in one, else to the thread's cpu stream.
-    `facts`: the span's kind, attributes and links as JSON (`span_facts`), None for a plain span."""
+def record_end(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
+    """Appends an async span's end event to its recording if it is in one, else to the thread's cpu stream."""
     recording = _recording_of.get(span_id)
     if recording is not None:
-        recording.events += (code, time_ns, span_id, parent_id, depth, name, 0, 0, facts)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, 0, 0)
         return
     try:
         stream = _dispatch.local.stream
     except AttributeError:
         stream = _dispatch.thread_stream()
     events = stream.async_events
-    events += (code, time_ns, span_id, parent_id, depth, name, 0, 0, facts)
+    events += (code, time_ns, span_id, parent_id, depth, name, 0, 0)
     if len(events) > stream.async_capacity:
         stream.full()
 
 
+def record_facts(span_id: int, facts: str) -> None:
+    """Keeps a span's facts JSON (`span_facts`) with the thread's cpu stream: only spans that have some
+    pay for it, and the events keep integer slots."""
+    try:
+        stream = _dispatch.local.stream
+    except AttributeError:
+        stream = _dispatch.thread_stream()
+    stream.span_facts += (span_id, facts)
+
+
 async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
     parent = _current_span.get()
-    span_id, depth = _random_bits(64) or 1, parent[1] + 1
-    trace = parent[2] or (_TRACE_HIGH, span_id)
-    record_begin(begin, _now(), span_id, parent[0], depth, name, trace, parent[3])
+    span_id, depth = next(_span_ids), parent[1] + 1
+    trace = parent[2] or span_id
+    record_begin(begin, _now(), span_id, parent[0], depth, name, parent[2], parent[3])
     _current_span.set((span_id, depth, trace, 0))
     try:
         return await awaitable
@@ -308,13 +333,15 @@ class SpanContext(tuple):
     def trace_id(self) -> str:
         """The trace id as 32 lowercase hex characters ("0" * 32 outside any trace)."""
         trace = self._trace
-        return f"{trace[0]:016x}{trace[1]:016x}" if trace else "0" * 32
+        if not trace:
+            return "0" * 32
+        return f"{_TRACE_HIGH:016x}{trace:016x}" if type(trace) is int else f"{trace[0]:016x}{trace[1]:016x}"
 
     @property
     def trace_state(self) -> str | None:
         """The W3C `tracestate` received with the trace, if any."""
         trace = self._trace
-        return trace[2] if trace and len(trace) > 2 else None
+        return trace[2] if type(trace) is tuple and len(trace) > 2 else None
 
     @property
     def valid(self) -> bool:
@@ -330,7 +357,9 @@ def _internal(context: Context | tuple[int, int]) -> Context:
     """A context given by a caller (SpanContext, or a bare (span id, depth)) as the context variable holds it."""
     if type(context) is SpanContext:
         return context.internal()
-    return (context[0], context[1], 0, 0) if len(context) < 4 else context
+    if len(context) < 4:  # a bare (span id, depth): a span of its own trace
+        return (context[0], context[1], context[0], 0)
+    return context
 
 
 ROOT_CONTEXT = SpanContext(_ROOT)
@@ -352,7 +381,7 @@ def _handed_over(context: Context | tuple[int, int]) -> Context:
 def _child(parent: Context) -> tuple[int, int, Trace, int]:
     """A new span's (id, depth, trace, hand-off parent) under `parent`; a root starts a trace."""
     span_id = new_span_id()
-    return span_id, parent[1] + 1, parent[2] or (_TRACE_HIGH, span_id), parent[3]
+    return span_id, parent[1] + 1, parent[2] or span_id, parent[3]
 
 
 class attach:
@@ -413,7 +442,7 @@ class OpenAsyncSpan:
         self.context = SpanContext((span_id, depth, trace, 0))
         self._end, self._name, self._parent = end, name, parent[0]
         self.kind, self.attributes, self.links = kind, attributes, list(links) if links else None
-        record_begin(begin, _now(), span_id, parent[0], depth, name, trace, link)
+        record_begin(begin, _now(), span_id, parent[0], depth, name, parent[2], link)
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Sets one attribute (written with the span's end)."""
@@ -427,7 +456,9 @@ class OpenAsyncSpan:
             return
         end, self._end = self._end, -1
         facts = span_facts(self.kind, self.attributes, self.links)
-        record_end(end, _now(), self.context[0], self._parent, self.context[1], self._name, facts)
+        if facts is not None:
+            record_facts(self.context[0], facts)
+        record_end(end, _now(), self.context[0], self._parent, self.context[1], self._name)
 
 
 def begin_async_span(
@@ -540,6 +571,6 @@ def record_async_span(name: str, parent: Context, begin_ns: int, end_ns: int) ->
     span_id, depth, trace, link = _child(parent)
     if type(name) is not str:
         name = str(name)
-    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name, trace, link)
-    record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name, None)
+    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name, parent[2], link)
+    record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name)
     return SpanContext((span_id, depth, trace, 0))

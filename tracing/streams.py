@@ -122,6 +122,7 @@ class ThreadStream(Stream):
         super().__init__(process, ["cpu"], properties, on_full)
         self.thread_events: list = []
         self.async_events: list = []
+        self.span_facts: list = []  # (span_id, facts JSON) of the spans that have facts
         self.thread_capacity = THREAD_BLOCK_EVENTS * THREAD_SLOTS
         self.async_capacity = THREAD_BLOCK_EVENTS * ASYNC_SLOTS
 
@@ -130,11 +131,11 @@ class ThreadStream(Stream):
             return None
         thread_values, async_values = _take_list(self.thread_events), _take_list(self.async_events)
         count = len(thread_values) // THREAD_SLOTS + len(async_values) // ASYNC_SLOTS
-        return (thread_values, async_values), count
+        return (thread_values, async_values, _take_list(self.span_facts)), count
 
     @override
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
-        return _encoder().encode_thread_events(events[0], events[1], registry)
+        return _encoder().encode_thread_events(events[0], events[1], registry, events[2])
 
 
 class TupleStream(Stream):
@@ -221,6 +222,7 @@ class NullThreadStream:
     def __init__(self, capacity: int = THREAD_BLOCK_EVENTS) -> None:
         self.thread_events: list = []
         self.async_events: list = []
+        self.span_facts: list = []
         self.thread_capacity = capacity * THREAD_SLOTS
         self.async_capacity = capacity * ASYNC_SLOTS
 
@@ -228,6 +230,7 @@ class NullThreadStream:
         """Discards the events."""
         self.thread_events.clear()
         self.async_events.clear()
+        self.span_facts.clear()
 
 
 class NullTupleStream:

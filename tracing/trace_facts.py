@@ -4,12 +4,20 @@ A block's spans carry their trace in one extra `StaticString` dependency with th
 `FACTS_ID`, which no object references: micromegas's `read_dependencies` stores it in its id map like
 any string and nothing ever looks it up; the stream metadata and the objects are exactly the Rust SDK's.
 
-The text is `MAGIC;<base64 records>;<JSON>`: one `RECORD` per async span begun in the block (span id,
-trace id halves, hand-off or remote parent span id or 0, begin ticks; all int64, the ids' 64 bits read
-as signed, as in `async_events`) and a JSON list of `[span_id, {"kind", "attributes", "links"}]` for
-the spans that ended in the block with facts. Encoding is vectorized (numpy, base64); the reader is
-`views.span_traces` (which may not import the SDK: the constants are restated there, and a test checks
-that both agree).
+The text is `MAGIC;<trace high>;<roots>;<spans>;<links>;<facts JSON>`: the process's trace id prefix
+(decimal int64), then base64 of little-endian records (ids are the 64 bits read as signed, as in
+`async_events`), so the trace index reads a block's traces and times from its dependencies alone:
+
+* roots, one `ROOT_RECORD` per span begun in the block that starts a trace of this process: its id
+  (its trace id is the prefix followed by it) and begin ticks;
+* spans, one `SPAN_RECORD` per other async span begun in the block: its id, its trace id's two
+  halves, its begin ticks;
+* links, one `LINK_RECORD` per span begun with a hand-off or remote parent: its id, the parent's id;
+* a JSON list of `[span_id, {"kind", "attributes", "links"}]` for the spans that ended in the block
+  with facts.
+
+Encoding is vectorized (numpy, base64); the reader is `views.span_traces` (which may not import the
+SDK: the constants are restated there, and a test checks that both agree).
 """
 
 from __future__ import annotations
@@ -19,11 +27,24 @@ import base64
 import numpy as np
 
 FACTS_ID = (1 << 64) - 2
-MAGIC = "spanlake.trace_facts/1"
-RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("link", "<i8"), ("time", "<i8")])
+MAGIC = "spanlake.trace_facts/2"
+ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
+SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
+LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])
 
 
-def encode(records: np.ndarray, facts_span_ids: np.ndarray, facts: list[str]) -> str:
-    """The dependency text: `records` (dtype `RECORD`) and the facts JSON of the spans `facts_span_ids`."""
+def _b64(records: np.ndarray) -> str:
+    return base64.b64encode(records.tobytes()).decode()
+
+
+def encode(
+    trace_high: int,
+    roots: np.ndarray,
+    spans: np.ndarray,
+    links: np.ndarray,
+    facts_span_ids: np.ndarray,
+    facts: list[str],
+) -> str:
+    """The dependency text from the record arrays and the facts JSON of the spans `facts_span_ids`."""
     facts_json = ",".join(f"[{span_id},{text}]" for span_id, text in zip(facts_span_ids.tolist(), facts, strict=True))
-    return f"{MAGIC};{base64.b64encode(records.astype(RECORD, copy=False).tobytes()).decode()};[{facts_json}]"
+    return f"{MAGIC};{trace_high};{_b64(roots)};{_b64(spans)};{_b64(links)};[{facts_json}]"

@@ -11,6 +11,7 @@ string arrays, and `_frame` puts every entry in its final position with one Arro
 
 from __future__ import annotations
 
+import itertools
 import operator
 import struct
 import uuid
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spanlake.tracing import spans as _spans
 from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
@@ -242,27 +244,60 @@ def _columns(values: list, slots: int) -> list[np.ndarray]:
     return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
 
 
-_BEGIN_ASYNC_TYPES = (4, 6)
 _TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
 
 
-def _block_trace_facts(async_values: list, async_types: np.ndarray, span_id: np.ndarray, times: np.ndarray) -> str:
-    """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python:
-    begins carry a trace tuple (ends a 0, dropped by `filter`), ends their facts JSON or None."""
-    begins = np.isin(async_types, _BEGIN_ASYNC_TYPES)
+def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
+    """The (high, low) halves (int64) of traces held as this process's root span ids or as tuples."""
+    count = len(traces)
+    high = np.full(count, _spans._TRACE_HIGH, np.uint64)
+    local = np.fromiter(map(isinstance, traces, itertools.repeat(int)), bool, count)
+    if local.all():
+        return high.view(np.int64), np.array(traces, np.uint64).view(np.int64)
+    low = np.zeros(count, np.uint64)
+    low[local] = np.array(list(itertools.compress(traces, local.tolist())), np.uint64)
+    remote = list(itertools.compress(traces, (~local).tolist()))
+    high[~local] = np.fromiter(map(_TRACE_HIGH, remote), np.uint64, len(remote))
+    low[~local] = np.fromiter(map(_TRACE_LOW, remote), np.uint64, len(remote))
+    return high.view(np.int64), low.view(np.int64)
+
+
+def _block_trace_facts(
+    async_values: list,
+    async_types: np.ndarray,
+    span_id: np.ndarray,
+    parent_id: np.ndarray,
+    times: np.ndarray,
+    span_facts: Sequence,
+) -> str:
+    """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python
+    over spans. A begin carries its parent's trace (0 when it starts a trace of its own: a local root,
+    whose trace id is derived) and, if it has one, (its id, its hand-off parent); `span_facts` is (span id, facts JSON)
+    flat for the spans that have facts."""
+    begins = (async_types & 1) == 0  # BeginAsync* (4, 6) among the async types (4..7)
+    begun, begin_times = span_id[begins].view(np.int64), times[begins]
+    handed = np.array(list(filter(None, async_values[7::ASYNC_SLOTS])), np.uint64).reshape(-1, 2).view(np.int64)
     traces = list(filter(None, async_values[6::ASYNC_SLOTS]))
-    records = np.zeros(len(traces), trace_facts.RECORD)
-    records["span_id"], records["time"] = span_id[begins].view(np.int64), times[begins]
-    records["trace_high"] = np.fromiter(map(_TRACE_HIGH, traces), np.uint64, len(traces)).view(np.int64)
-    records["trace_low"] = np.fromiter(map(_TRACE_LOW, traces), np.uint64, len(traces)).view(np.int64)
-    records["link"] = np.array(async_values[7::ASYNC_SLOTS], np.uint64)[begins].view(np.int64)
-    facts = pa.array(async_values[8::ASYNC_SLOTS], pa.large_string())
-    with_facts = facts.is_valid().to_numpy(zero_copy_only=False)
-    return trace_facts.encode(records, span_id[with_facts].view(np.int64), facts.filter(with_facts).to_pylist())
+    starts_trace = (parent_id[begins] == 0) & ~np.isin(begun, handed[:, 0])
+    if len(traces) != len(starts_trace) - int(starts_trace.sum()):  # a parent without a trace: read each
+        starts_trace = np.fromiter(map(operator.not_, async_values[6::ASYNC_SLOTS]), bool, len(begins))[begins]
+    roots = np.zeros(int(starts_trace.sum()), trace_facts.ROOT_RECORD)
+    roots["span_id"], roots["time"] = begun[starts_trace], begin_times[starts_trace]
+    spans = np.zeros(len(traces), trace_facts.SPAN_RECORD)
+    spans["span_id"], spans["time"] = begun[~starts_trace], begin_times[~starts_trace]
+    spans["trace_high"], spans["trace_low"] = _trace_halves(traces)
+    links = np.zeros(len(handed), trace_facts.LINK_RECORD)
+    links["span_id"], links["link"] = handed[:, 0], handed[:, 1]
+    facts_ids = np.array(span_facts[0::2], np.uint64).view(np.int64)
+    trace_high = int(np.uint64(_spans._TRACE_HIGH).view(np.int64))
+    return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]))
 
 
-def encode_thread_events(thread_values: list, async_values: list, registry: Registry) -> EncodedBuffers:
-    """Encodes a cpu-stream block from the flat event lists of its thread and async events."""
+def encode_thread_events(
+    thread_values: list, async_values: list, registry: Registry, span_facts: Sequence = ()
+) -> EncodedBuffers:
+    """Encodes a cpu-stream block from the flat event lists of its thread and async events (and the
+    facts of its spans that have some, flat (span id, JSON) pairs)."""
     thread_code, thread_time, thread_name = _columns(thread_values, THREAD_SLOTS)
     if len(async_values) % ASYNC_SLOTS:
         raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
@@ -311,8 +346,10 @@ def encode_thread_events(thread_values: list, async_values: list, registry: Regi
         udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
-    if len(async_code):
-        deps.trace_facts = _block_trace_facts(async_values, types[split:], span_id, async_time)
+    if len(async_code) or len(span_facts):
+        deps.trace_facts = _block_trace_facts(
+            async_values, types[split:], span_id, parent_span_id, async_time, span_facts
+        )
     return EncodedBuffers(_frame(parts, count), deps.encode(), count)
 
 

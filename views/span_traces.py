@@ -1,11 +1,12 @@
 """The `span_traces` view: one row per SDK async span with its trace facts (per process).
 
 The SDK writes a block's trace facts in one `StaticString` dependency no object references
-(`tracing.trace_facts`): per span begun, its trace id, its hand-off or remote parent and its begin
-ticks; per span ended with some, its kind, attributes and links. A span's row takes its end time from
-the `EndAsync*` event with its id among the same blocks (null when the span ends in a later partition
-or never). `span_id` is the id `async_events` shows (the 64 bits as int64); `span_hex`, `trace_id`
-and `parent_span_hex` are the W3C spellings. `parent_span_hex` is set when the parent is in another
+(`tracing.trace_facts`): its traces, per span begun its trace and hand-off or remote parent, per span
+ended with some its kind, attributes and links. A span's row takes its begin time from its
+`BeginAsync*` event (same block) and its end time from the `EndAsync*` event with its id among the
+same blocks (null when the span ends in a later partition or never). `span_id` is the id
+`async_events` shows (the 64 bits as int64); `span_hex`, `trace_id` and `parent_span_hex` are the W3C
+spellings. `parent_span_hex` is set when the parent is in another
 process (continued from a `traceparent`) or was handed over (`attach`, an explicit `parent=`): the
 parent within the process is `async_events.parent_span_id`.
 
@@ -53,50 +54,83 @@ SCHEMA = pa.schema(
         optional("end", TIMESTAMP),
     ]
 )
-_END_TYPES = ("EndAsyncSpanEvent", "EndAsyncNamedSpanEvent")
 
 # ---------------------------------------------------------------------------------------------------
 # Reading the trace facts dependency (written by the SDK's `tracing/trace_facts.py`: same constants)
 
 FACTS_ID = (1 << 64) - 2
-MAGIC = "spanlake.trace_facts/1"
-RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("link", "<i8"), ("time", "<i8")])
+MAGIC = "spanlake.trace_facts/2"
+ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
+SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
+LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])
 
 
 @dataclass(frozen=True)
 class BlockFacts:
-    """The trace facts of one block: a `RECORD` per span begun, and the facts of spans ended with some."""
+    """The trace facts of one block (see the SDK's `tracing/trace_facts.py`): every span begun in it as a
+    `SPAN_RECORD` (the roots' traces filled in from the process's prefix), the hand-off parents, and
+    the facts of the spans that have some."""
 
-    records: np.ndarray
+    spans: np.ndarray  # SPAN_RECORD
+    links: np.ndarray  # LINK_RECORD
     facts_span_ids: np.ndarray  # int64
     facts: list[dict]
 
 
-NO_FACTS = BlockFacts(np.zeros(0, RECORD), np.zeros(0, np.int64), [])
+NO_FACTS = BlockFacts(np.zeros(0, SPAN_RECORD), np.zeros(0, LINK_RECORD), np.zeros(0, np.int64), [])
 
 
 class TraceFactsError(ValueError):
     """A trace facts dependency that cannot be read."""
 
 
+def _records(encoded: str, dtype: np.dtype, what: str) -> np.ndarray:
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error as error:
+        raise TraceFactsError(f"trace facts: {what}: {error}") from error
+    if len(raw) % dtype.itemsize:
+        raise TraceFactsError(f"trace facts: {what}: {len(raw)} bytes is not a whole number of records")
+    return np.frombuffer(raw, dtype)
+
+
 def decode_facts(text: object) -> BlockFacts:
     """The facts of a block whose `FACTS_ID` dependency is `text` (NO_FACTS for a block without one)."""
     if text is None:
         return NO_FACTS
-    if not isinstance(text, str) or not text.startswith(MAGIC + ";"):
+    if not isinstance(text, str) or not text.startswith(MAGIC + ";") or text.count(";") < 5:
         raise TraceFactsError(f"trace facts: not a {MAGIC} text")
-    _, encoded, facts_json = text.split(";", 2)
+    _, high, roots, others, links, facts_json = text.split(";", 5)
     try:
-        raw = base64.b64decode(encoded, validate=True)
+        trace_high = int(high)
         pairs = json.loads(facts_json)
-    except (binascii.Error, json.JSONDecodeError) as error:
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
         raise TraceFactsError(f"trace facts: {error}") from error
-    if len(raw) % RECORD.itemsize:
-        raise TraceFactsError(f"trace facts: {len(raw)} bytes is not a whole number of records")
-    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
-        raise TraceFactsError("trace facts: the facts are not a list of [span_id, facts] pairs")
-    span_ids = np.array([p[0] for p in pairs], np.int64)
-    return BlockFacts(np.frombuffer(raw, RECORD), span_ids, [p[1] for p in pairs])
+    if not -(1 << 63) <= trace_high < (1 << 63):
+        raise TraceFactsError("trace facts: the trace id prefix is not an int64")
+    if not isinstance(pairs, list) or not all(_is_facts_pair(p) for p in pairs):
+        raise TraceFactsError("trace facts: the facts are not a list of [span_id, {facts}] pairs")
+    root_records = _records(roots, ROOT_RECORD, "roots")
+    spans = np.zeros(len(root_records), SPAN_RECORD)
+    spans["span_id"] = spans["trace_low"] = root_records["span_id"]
+    spans["trace_high"], spans["time"] = trace_high, root_records["time"]
+    return BlockFacts(
+        np.concatenate([spans, _records(others, SPAN_RECORD, "spans")]),
+        _records(links, LINK_RECORD, "links"),
+        np.array([p[0] for p in pairs], np.int64),
+        [p[1] for p in pairs],
+    )
+
+
+def _is_facts_pair(pair: object) -> bool:
+    """[int64 span id, facts object]: the shape of one facts entry."""
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and type(pair[0]) is int
+        and -(1 << 63) <= pair[0] < (1 << 63)
+        and isinstance(pair[1], dict)
+    )
 
 
 def block_facts(dependencies: Mapping[int, Value], where: str) -> BlockFacts:
@@ -131,12 +165,50 @@ def hex_strings(*halves: np.ndarray) -> pa.Array:
 # Rows
 
 
+_SPAN_ROW = np.dtype(
+    [("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("link", "<i8"), ("begin", "<i8")]
+)
+_BEGIN_TYPES = ("BeginAsyncSpanEvent", "BeginAsyncNamedSpanEvent")
+_END_TYPES = ("EndAsyncSpanEvent", "EndAsyncNamedSpanEvent")
+
+
+def _match(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `wanted`, the value of the same id among `ids` and whether there is one."""
+    if not len(ids):
+        return np.zeros(len(wanted), values.dtype), np.zeros(len(wanted), bool)
+    order = np.argsort(ids, kind="stable")
+    slots = np.minimum(np.searchsorted(ids[order], wanted), len(ids) - 1)
+    return values[order][slots], ids[order][slots] == wanted
+
+
+def _span_events(transit: TransitBlock, type_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(span ids as int64, times in ns) of the block's async events of these types."""
+    groups = [group for name in type_names if (group := transit.decoded.group(name))]
+    if not groups:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ids = np.concatenate([g.numeric("span_id").astype(np.uint64).view(np.int64) for g in groups])
+    ticks = np.concatenate([g.numeric("time").astype(np.int64) for g in groups])
+    return ids, transit.latest.ticks_to_ns(ticks)
+
+
+def _block_spans(transit: TransitBlock, facts: BlockFacts) -> np.ndarray:
+    """One `_SPAN_ROW` per span the block's facts list, with its trace, hand-off parent and begin time."""
+    spans = np.zeros(len(facts.spans), _SPAN_ROW)
+    for name in ("span_id", "trace_high", "trace_low"):
+        spans[name] = facts.spans[name]
+    links, handed = _match(facts.links["span_id"], facts.links["link"], spans["span_id"])
+    spans["link"] = np.where(handed, links, 0)
+    begin_ids, begin_ns = _span_events(transit, _BEGIN_TYPES)
+    spans["begin"], begun = _match(begin_ids, begin_ns, spans["span_id"])
+    return spans[begun]  # a span listed without its begin event (hostile input) is dropped
+
+
 @dataclass(frozen=True)
 class _Spans:
     """What the blocks of a partition say about their spans, concatenated."""
 
     stream_ids: list[pa.Array]
-    records: list[np.ndarray]  # RECORD, times converted to ns
+    rows: list[np.ndarray]  # _SPAN_ROW
     end_ids: list[np.ndarray]
     end_ns: list[np.ndarray]
     facts: dict[int, dict]
@@ -146,25 +218,14 @@ def _collect(blocks: Iterable[TransitBlock]) -> _Spans:
     spans = _Spans([], [], [], [], {})
     for transit in blocks:
         facts = block_facts(transit.decoded.dependencies, f"block {transit.block.block_id}")
-        records = facts.records.copy()
-        records["time"] = transit.latest.ticks_to_ns(records["time"])
-        spans.records.append(records)
-        spans.stream_ids.append(pa.repeat(pa.scalar(transit.block.stream_id, pa.utf8()), len(records)))
+        rows = _block_spans(transit, facts)
+        spans.rows.append(rows)
+        spans.stream_ids.append(pa.repeat(pa.scalar(transit.block.stream_id, pa.utf8()), len(rows)))
         spans.facts.update(zip(facts.facts_span_ids.tolist(), facts.facts, strict=True))
-        for type_name in _END_TYPES:
-            if group := transit.decoded.group(type_name):
-                spans.end_ids.append(group.numeric("span_id").astype(np.uint64).view(np.int64))
-                spans.end_ns.append(transit.latest.ticks_to_ns(group.numeric("time").astype(np.int64)))
+        end_ids, end_ns = _span_events(transit, _END_TYPES)
+        spans.end_ids.append(end_ids)
+        spans.end_ns.append(end_ns)
     return spans
-
-
-def _end_times(span_ids: np.ndarray, end_ids: np.ndarray, end_ns: np.ndarray) -> pa.Array:
-    """Each span's end time (null without an end event among the blocks)."""
-    order = np.argsort(end_ids, kind="stable")
-    slots = np.minimum(np.searchsorted(end_ids[order], span_ids), max(len(end_ids) - 1, 0))
-    found = end_ids[order][slots] == span_ids if len(end_ids) else np.zeros(len(span_ids), bool)
-    times = end_ns[order][slots] if len(end_ids) else np.zeros(len(span_ids), np.int64)
-    return pa.array(times, pa.int64(), mask=~found).view(TIMESTAMP)
 
 
 def _fact_columns(span_ids: np.ndarray, facts: dict[int, dict]) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -178,33 +239,43 @@ def _fact_columns(span_ids: np.ndarray, facts: dict[int, dict]) -> tuple[pa.Arra
         for row in rows.tolist():
             fact = facts[int(span_ids[row])]
             kinds[row] = str(fact.get("kind", DEFAULT_KIND))
-            attributes[row] = json.dumps(fact.get("attributes", {}), separators=(",", ":"))
-            links[row] = fact.get("links", [])
+            given = fact.get("attributes")
+            attributes[row] = json.dumps(given if isinstance(given, dict) else {}, separators=(",", ":"))
+            links[row] = _links(fact.get("links"))
     return pa.array(kinds, pa.utf8()), pa.array(attributes, pa.utf8()), pa.array(links, pa.list_(LINK))
+
+
+def _links(given: object) -> list[dict[str, str]]:
+    """The well-formed entries of a facts' links ({trace_id, span_hex} strings); others are dropped."""
+    if not isinstance(given, list):
+        return []
+    return [
+        {"trace_id": link["trace_id"], "span_hex": link["span_hex"]}
+        for link in given
+        if isinstance(link, dict) and isinstance(link.get("trace_id"), str) and isinstance(link.get("span_hex"), str)
+    ]
 
 
 def rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
     """The span_traces rows of a partition's cpu blocks, one batch."""
     spans = _collect(blocks)
-    if not spans.records or not sum(len(r) for r in spans.records):
+    if not sum(len(r) for r in spans.rows):
         return
-    records = np.concatenate(spans.records)
-    span_ids = np.ascontiguousarray(records["span_id"])
-    links = np.ascontiguousarray(records["link"])
-    end_ids = np.concatenate(spans.end_ids) if spans.end_ids else np.zeros(0, np.int64)
-    end_ns = np.concatenate(spans.end_ns) if spans.end_ns else np.zeros(0, np.int64)
+    rows = np.concatenate(spans.rows)
+    span_ids, links = np.ascontiguousarray(rows["span_id"]), np.ascontiguousarray(rows["link"])
+    end_ns, ended = _match(np.concatenate(spans.end_ids), np.concatenate(spans.end_ns), span_ids)
     kinds, attributes, link_lists = _fact_columns(span_ids, spans.facts)
     columns = [
         pa.concat_arrays(spans.stream_ids),
         pa.array(span_ids, pa.int64()),
-        hex_strings(records["trace_high"], records["trace_low"]),
+        hex_strings(rows["trace_high"], rows["trace_low"]),
         hex_strings(span_ids),
         pc.if_else(pa.array(links != 0), hex_strings(links), pa.scalar(None, pa.utf8())),
         kinds,
         attributes,
         link_lists,
-        timestamp_array(records["time"]),
-        _end_times(span_ids, end_ids, end_ns),
+        timestamp_array(rows["begin"]),
+        pa.array(end_ns, pa.int64(), mask=~ended).view(TIMESTAMP),
     ]
     yield pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
@@ -224,23 +295,16 @@ TRACES_OF_BLOCK = pa.schema(
 
 def block_traces(dependencies: Mapping[int, Value], convert: TickConverter) -> pa.Table:
     """The traces of one cpu block: trace id, first and last span begin in it, span count (one row per
-    trace). Needs only the block's dependencies (`lakehouse.transit.decode.read_block_dependencies`)."""
-    records = block_facts(dependencies, "block").records
-    if not len(records):
-        return TRACES_OF_BLOCK.empty_table()
-    keys = np.stack([records["trace_high"], records["trace_low"]], axis=1)
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    times = convert.ticks_to_ns(records["time"])
-    begin_min = np.full(len(unique), np.iinfo(np.int64).max)
-    begin_max = np.full(len(unique), np.iinfo(np.int64).min)
-    np.minimum.at(begin_min, inverse, times)
-    np.maximum.at(begin_max, inverse, times)
+    trace). Reads only the block's dependencies (`lakehouse.transit.decode.read_block_dependencies`)."""
+    spans = block_facts(dependencies, "block").spans
+    order = np.lexsort((spans["trace_low"], spans["trace_high"]))
+    high, low, ticks = spans["trace_high"][order], spans["trace_low"][order], spans["time"][order]
+    starts = np.flatnonzero(np.r_[True, (high[1:] != high[:-1]) | (low[1:] != low[:-1])]) if len(order) else order
     columns = [
-        hex_strings(np.ascontiguousarray(unique[:, 0]), np.ascontiguousarray(unique[:, 1])),
-        timestamp_array(begin_min),
-        timestamp_array(begin_max),
-        pa.array(np.bincount(inverse, minlength=len(unique)), pa.int64()),
+        hex_strings(high[starts], low[starts]),
+        timestamp_array(convert.ticks_to_ns(np.minimum.reduceat(ticks, starts) if len(starts) else ticks)),
+        timestamp_array(convert.ticks_to_ns(np.maximum.reduceat(ticks, starts) if len(starts) else ticks)),
+        pa.array(np.diff(np.r_[starts, len(order)]), pa.int64()),
     ]
     return pa.Table.from_arrays(columns, schema=TRACES_OF_BLOCK)
 

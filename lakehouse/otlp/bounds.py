@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 SUMMARY_ROWS_PER_POINT = 4  # a Summary point materializes up to _count/_sum/_min/_max
 
@@ -38,14 +37,12 @@ def logs_bounds(resource: ResourceLogs) -> Bounds | None:
     return _min_max(times[times != 0], times[times != 0], len(records))
 
 
-def spans_bounds(resource: ResourceSpans) -> Bounds | None:
-    """Bounds of the spans (first start, last end); None when there are none."""
-    spans = [span for scope in resource.scope_spans for span in scope.spans]
-    if not spans:
+def spans_bounds(starts: np.ndarray, ends: np.ndarray) -> Bounds | None:
+    """Bounds of spans from their start and end stamps (as i64): first start, last end; None when there
+    are none. (`lakehouse.block_traces` reads the stamps, in the one pass that also reads trace ids.)"""
+    if not len(starts):
         return None
-    starts = _as_i64([s.start_time_unix_nano for s in spans])
-    ends = _as_i64([s.end_time_unix_nano for s in spans])
-    return _min_max(starts[starts != 0], ends[ends != 0], len(spans))
+    return _min_max(starts[starts != 0], ends[ends != 0], len(starts))
 
 
 def metrics_bounds(resource: ResourceMetrics) -> Bounds | None:

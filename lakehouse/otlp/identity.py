@@ -25,8 +25,8 @@ from typing import Any
 from google.protobuf.message import Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces, otlp_traces
-from spanlake.lakehouse.otlp.bounds import Bounds, logs_bounds, metrics_bounds, spans_bounds
+from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces, spans_bounds_and_traces
+from spanlake.lakehouse.otlp.bounds import Bounds, logs_bounds, metrics_bounds
 from spanlake.lakehouse.otlp.envelope import serialize, serialize_metrics, write_envelope
 from spanlake.lakehouse.otlp.rust_text import attr_to_string
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
@@ -102,14 +102,18 @@ class _SignalBlocks:
 
     tag: str
     format: str
-    bounds: Callable[[Any], Bounds | None]
+    bounds_and_traces: Callable[[Any], tuple[Bounds | None, BlockTraces]]  # traces for the trace index
     encode: Callable[[Any], bytes]
 
 
+def _no_traces(bounds: Callable[[Any], Bounds | None]) -> Callable[[Any], tuple[Bounds | None, BlockTraces]]:
+    return lambda resource: (bounds(resource), NO_TRACES)
+
+
 _SIGNALS = {
-    "logs": _SignalBlocks("log", OTLP_LOGS_FORMAT, logs_bounds, serialize),
-    "metrics": _SignalBlocks("metrics", OTLP_METRICS_FORMAT, metrics_bounds, serialize_metrics),
-    "traces": _SignalBlocks("trace", OTLP_TRACES_FORMAT, spans_bounds, serialize),
+    "logs": _SignalBlocks("log", OTLP_LOGS_FORMAT, _no_traces(logs_bounds), serialize),
+    "metrics": _SignalBlocks("metrics", OTLP_METRICS_FORMAT, _no_traces(metrics_bounds), serialize_metrics),
+    "traces": _SignalBlocks("trace", OTLP_TRACES_FORMAT, spans_bounds_and_traces, serialize),
 }
 
 
@@ -118,7 +122,7 @@ def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b""
     or None when it has no records. `extra_hash_input` goes into the block id ahead of the objects (the
     webhook's canonical headers, as micromegas's `block_id_with_context`)."""
     spec = _SIGNALS[signal]
-    bounds = spec.bounds(resource)
+    bounds, traces = spec.bounds_and_traces(resource)
     if bounds is None:
         return None
     if bounds.begin_ns == 0 and bounds.end_ns == 0:  # no record carries a time: arrival time
@@ -153,7 +157,7 @@ def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b""
             payload_size=len(payload),
         ),
         payload=payload,
-        traces=otlp_traces(resource) if signal == "traces" else NO_TRACES,
+        traces=traces,
     )
 
 

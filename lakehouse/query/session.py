@@ -272,12 +272,12 @@ def _table_functions(
         ),
         TableFunction(
             "trace_spans",
-            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id)),
+            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id, read_scope)),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "perfetto_trace_of",
-            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id)),
+            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id, read_scope)),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.trace_spans import trace_spans
 from spanlake.views.perfetto.trace import trace_chunks
 
@@ -19,8 +20,9 @@ SCHEMA = pa.schema(
 )
 
 
-def perfetto_trace_of(lake: Lake, trace_id: str) -> pa.Table:
-    """The chunks of the trace's Perfetto trace (none for an unknown trace); QueryError for a bad id."""
-    spans = trace_spans(lake, trace_id)
+def perfetto_trace_of(lake: Lake, trace_id: str, read_scope: ReadScope | None = None) -> pa.Table:
+    """The chunks of the trace's Perfetto trace (none for an unknown trace); QueryError for a bad id.
+    With a read scope, only its readable processes' spans (`trace_spans`)."""
+    spans = trace_spans(lake, trace_id, read_scope)
     chunks = list(trace_chunks(spans)) if spans.num_rows else []
     return pa.table([pa.array(range(len(chunks)), pa.int32()), pa.array(chunks, pa.binary())], schema=SCHEMA)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ import pyarrow.dataset as ds
 from spanlake.lakehouse.errors import QueryError, shown
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.instances import instance_files
+from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.view_sets import VIEW_SETS
 from spanlake.views import async_events, jsonb, otel_spans, span_traces, traces
 from spanlake.views.async_events import chain_depths
@@ -91,14 +93,14 @@ def trace_locations(lake: Lake, trace_id: bytes) -> list[TraceLocation]:
     return [TraceLocation(str(r["process_id"]), r["exe"], r["begin_ns"], r["end_ns"]) for r in rows]
 
 
-def trace_spans(lake: Lake, trace_id_text: str) -> pa.Table:
-    """The spans of the trace across the processes the index names (empty for an unknown trace)."""
+def trace_spans(lake: Lake, trace_id_text: str, read_scope: ReadScope | None = None) -> pa.Table:
+    """The spans of the trace across the processes the index names (empty for an unknown trace). With a
+    read scope, only its readable processes' spans: another audience's process is as absent."""
     trace_id = parse_trace_id(trace_id_text)
-    parts = [
-        source(lake, trace_id, location)
-        for location in trace_locations(lake, trace_id)
-        for source in (_otlp_spans, _sdk_spans)
-    ]
+    locations = trace_locations(lake, trace_id)
+    if read_scope is not None:
+        locations = [loc for loc in locations if read_scope.process_readable(uuid.UUID(loc.process_id))]
+    parts = [source(lake, trace_id, location) for location in locations for source in (_otlp_spans, _sdk_spans)]
     spans = pa.concat_tables([p for p in parts if p.num_rows] or [_SPANS.empty_table()])
     return _finished(spans, trace_id.hex())
 
