@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server
+from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from micromegas.web_client import WebClient
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -69,3 +69,22 @@ def test_a_reader_sees_its_team_s_spans_of_a_trace_only(scoped: tuple[SpanlakeSe
     chunks = [micromegas_client(server, key).query(sql)["chunk_data"] for key in (minted["key"], ADMIN_KEY)]
     sizes = [sum(map(len, column)) for column in chunks]
     assert 0 < sizes[0] < sizes[1], sizes
+
+
+def _trace_rows(server: SpanlakeServer, key: str, trace_id: str) -> int:
+    sql = f"SELECT count(*) AS n FROM traces WHERE trace_id = '{trace_id}'"
+    return int(micromegas_client(server, key).query(sql)["n"][0])
+
+
+def test_a_trace_row_is_read_by_readers_of_all_its_processes(scoped: tuple[SpanlakeServer, str]) -> None:
+    server, trace_id = scoped
+    keys = {}
+    for name, audiences in (("a-only", ["a"]), ("a-and-b", ["a", "b"])):
+        status, minted = api(
+            server, "POST", "/api/analytics-api-keys", ADMIN_KEY, {"name": name, "read_audiences": audiences}
+        )
+        assert status == 201, minted
+        keys[name] = minted["key"]
+    wait_until(lambda: _trace_rows(server, ADMIN_KEY, trace_id) == 1, 60, "the trace's row in traces")
+    assert _trace_rows(server, keys["a-and-b"], trace_id) == 1
+    assert _trace_rows(server, keys["a-only"], trace_id) == 0  # its row counts team B's span and process

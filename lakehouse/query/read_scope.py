@@ -3,7 +3,8 @@
 A scoped principal (an analytics key with `read_audiences`, a signed-in reader) reads only the
 processes stamped with one of its audiences; admins and legacy keys are unscoped (`AudienceIndex.scope_for`
 gives None, and nothing is filtered). Global views keep only readable processes' rows (a view
-without a `process_id` column shows none: fail closed); the functions taking an id treat another
+without a `process_id` column shows none, one with `process_ids` only the rows whose processes are all
+readable: fail closed); the functions taking an id treat another
 audience's id exactly as an id that does not exist, with the same answer, so a denial is never an
 existence oracle. As micromegas (read_scope.rs, audience_guard.rs, ownership_rewrite.rs).
 
@@ -28,6 +29,8 @@ from spanlake.lakehouse.query.context import Principal
 from spanlake.views.view import View
 
 PROCESS_COLUMN = "process_id"
+# A global view whose rows gather several processes (`traces`): a row is readable when all of them are.
+PROCESS_LIST_COLUMN = "process_ids"
 
 
 # A process's audience never changes once stored (the first insert wins), nor does a stream's or a
@@ -103,12 +106,14 @@ class ReadScope:
 
     def rows(self, view: View) -> Expr:
         """The filter keeping a global view's readable rows."""
-        if PROCESS_COLUMN not in view.schema.names:
-            return lit(False)
+        names = view.schema.names
         ids = self.process_ids()
-        if not ids:
+        if not ids or (PROCESS_COLUMN not in names and PROCESS_LIST_COLUMN not in names):
             return lit(False)
-        return functions.in_list(col(PROCESS_COLUMN), [lit(pa.scalar(i, pa.utf8())) for i in ids])
+        readable = [lit(pa.scalar(i, pa.utf8())) for i in ids]
+        if PROCESS_COLUMN in names:
+            return functions.in_list(col(PROCESS_COLUMN), readable)
+        return functions.array_has_all(functions.make_array(*readable), col(PROCESS_LIST_COLUMN))
 
     def process_readable(self, process_id: uuid.UUID) -> bool:
         """Whether the process exists in a readable audience."""
