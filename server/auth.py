@@ -3,7 +3,8 @@
 Keys come from `SPANLAKE_API_KEYS` (JSON list of `{"name", "key"}`) and from the database, where only
 the SHA-256 of a key is stored: legacy `api_keys` (both surfaces, reading everything), ingestion keys
 (one audience stamped on what they write) and analytics keys (the audiences they read, with the
-grants of their name and groups). Comparisons of configured keys are constant-time.
+grants of their name and groups). Comparisons of configured keys are constant-time. With an OIDC
+issuer configured (`server.oidc`), a bearer JWT from it is accepted on the query doors beside the keys.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from spanlake.lakehouse.catalog.api_keys import StoredKey
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.query.context import Principal
+from spanlake.server.oidc import Identity, IssuerKeys, OidcConfig, TokenError, TokenValidator, TtlCache, looks_like_jwt
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
@@ -101,9 +103,11 @@ class Authenticator:
         admins: frozenset[str] = frozenset(),
         database_has_keys: Callable[[], bool] | None = None,
         ingestion_lookup: KeyHashLookup | None = None,
+        tokens: TokenPrincipals | None = None,
     ) -> None:
         """`lookup_hash` finds the database keys of the query doors, `ingestion_lookup` those of
-        ingestion (`lookup_hash` serves both when None)."""
+        ingestion (`lookup_hash` serves both when None); `tokens` reads OIDC bearer tokens (None: off)."""
+        self.tokens = tokens
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookups = {ANALYTICS: lookup_hash, INGESTION: ingestion_lookup or lookup_hash}
         self._admins = admins
@@ -120,9 +124,11 @@ class Authenticator:
         """The caller's principal on `surface` (INGESTION or ANALYTICS), presented from `peer` (an IP
         address; None: not checked here, the caller checks `allows_peer`); None when no key exists at
         all (auth is then off, loopback only). A key refused from that address is an invalid key."""
-        if not self._keys and not self._any_database_key():
+        if self.tokens is None and not self._keys and not self._any_database_key():
             return None
         token = bearer_token(authorization)
+        if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
+            return self.tokens.principal(token)
         for key, name in self._keys:
             if hmac.compare_digest(key, token.encode()):
                 return Principal(name, name in self._admins)
@@ -200,7 +206,8 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
     def database_has_keys() -> bool:
         return lake.loop.run(lake.catalog.count_api_keys()) > 0
 
-    if not keys and not is_loopback(settings.host) and not database_has_keys():
+    oidc = OidcConfig.from_settings(settings)
+    if oidc is None and not keys and not is_loopback(settings.host) and not database_has_keys():
         raise AuthConfigError(
             f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
             "(or add a key with 'spanlake api-key NAME'), or pass --disable-auth"
@@ -211,7 +218,14 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
 
     # Off a loopback address the keys were there at start: removing them all must not open the server.
     open_when_keyless = database_has_keys if is_loopback(settings.host) else None
-    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION))
+    tokens = None
+    if oidc is not None:
+
+        def grants(name: str) -> tuple[list[str], list[str]]:
+            return lake.loop.run(lake.catalog.principal_grants(name, "read"))
+
+        tokens = TokenPrincipals(TokenValidator(oidc, IssuerKeys(oidc.issuer)), settings.admin_names, grants)
+    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION), tokens)
 
 
 async def database_principal(lake: Lake, digest: bytes, surface: str, admin_names: frozenset[str]) -> Principal | None:
@@ -235,10 +249,37 @@ def _read_audiences(key: StoredKey, is_admin: bool, granted: list[str]) -> froze
     return frozenset({PUBLIC_AUDIENCE, *key.read_audiences, *granted})
 
 
-def identity_principal(name: str, groups: list[str], granted: list[str]) -> Principal:
-    """The seam for sign-in (OIDC, later): a validated identity, its groups and grants as a principal."""
-    is_admin = ADMINS_GROUP in groups
-    return Principal(name, is_admin, None if is_admin else frozenset({PUBLIC_AUDIENCE, *granted}))
+# Looks up a name's groups (transitively) and the audiences granted to it on the read axis.
+GrantLookup = Callable[[str], tuple[list[str], list[str]]]
+
+
+class TokenPrincipals:
+    """OIDC bearer tokens as principals: validated on every call, their grants resolved at most every 5 s."""
+
+    def __init__(self, validator: TokenValidator, admin_names: frozenset[str], grants: GrantLookup) -> None:
+        """`grants` resolves a signed-in name's database groups and read grants."""
+        self.validator = validator
+        self._admin_names = admin_names
+        self._grants = grants
+        self._principals = TtlCache(_CACHE_SECONDS, MAX_CACHED_KEYS)
+
+    def principal(self, token: str) -> Principal:
+        """The principal of a valid token (AuthError otherwise; IssuerUnavailable when it cannot be checked)."""
+        try:
+            identity = self.validator.identity(token)
+        except TokenError as err:
+            raise AuthError(str(err)) from None
+        return self._principals.get((identity.name, identity.groups), lambda: self.identity_principal(identity))
+
+    def identity_principal(self, identity: Identity) -> Principal:
+        """A validated identity as a principal: admin through the admin group (of the token or the
+        database) or SPANLAKE_ADMINS; else it reads `public`, its groups' mapped audiences and its grants."""
+        groups, granted = self._grants(identity.name)
+        is_admin = self.validator.is_admin(identity) or identity.name in self._admin_names or ADMINS_GROUP in groups
+        if is_admin:
+            return Principal(identity.name, True)
+        audiences = frozenset({PUBLIC_AUDIENCE, *self.validator.audiences(identity), *granted})
+        return Principal(identity.name, False, audiences)
 
 
 class AuthConfigError(Exception):

@@ -301,6 +301,14 @@ QUERY_FLAGS = {
     "--stream-buffer-mb",
     "--result-buffer-mb",
 }
+# The OIDC settings of the roles whose doors take bearer tokens.
+OIDC_FLAGS = {
+    "--oidc-issuer",
+    "--oidc-audience",
+    "--oidc-groups-claim",
+    "--oidc-group-audiences",
+    "--oidc-admin-group",
+}
 ROLE_FLAGS = {
     "ingest": {
         "--http-port",
@@ -320,7 +328,8 @@ ROLE_FLAGS = {
         "--query-cluster",
         "--cluster-min-bytes",
     }
-    | QUERY_FLAGS,
+    | QUERY_FLAGS
+    | OIDC_FLAGS,
     "maintain": {"--retention-days"},
     "web": {
         "--http-port",
@@ -334,8 +343,10 @@ ROLE_FLAGS = {
         "--allowed-hosts",
         "--login-failures-per-ip",
         "--login-failures",
+        "--oidc-client-secret",
     }
-    | QUERY_FLAGS,
+    | QUERY_FLAGS
+    | OIDC_FLAGS,
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {

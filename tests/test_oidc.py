@@ -1,0 +1,180 @@
+"""OIDC through a running `spanlake serve` and a real issuer on loopback (`oidc_issuer`): bearer JWTs on
+Flight SQL read their groups' audiences only, bad tokens are UNAUTHENTICATED, a rotated key works, and
+the web UI's sign-in (authorization code with PKCE) works in Chromium. One server, one issuer."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from oidc_issuer import CLIENT_ID, Issuer, SigningKey, User
+from served_support import ADMIN_KEY, EXPECTED, adbc_connect, flight_options, micromegas_client
+from test_access_control import TeamProcess, api
+from web_support import WatchedPage
+
+from spanlake.server.oidc import REFETCH_SECONDS
+
+TEAM_A_PROCESS = EXPECTED["process"]["process_info"]["process_id"]
+
+
+class Lab:
+    """The module's issuer, server and the two teams' process ids."""
+
+    def __init__(self, issuer: Issuer, server: SpanlakeServer, team_b: str) -> None:
+        self.issuer, self.server, self.team_b = issuer, server, team_b
+
+
+def _mint_ingestion(server: SpanlakeServer, name: str, audience: str) -> str:
+    status, minted = api(server, "POST", "/api/ingestion-api-keys", ADMIN_KEY, {"name": name, "audience": audience})
+    assert status == 201, minted
+    return minted["key"]
+
+
+@pytest.fixture(scope="module")
+def lab(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    issuer = Issuer().start()
+    extra_env = {
+        "SPANLAKE_API_KEYS": json.dumps([{"name": "admin", "key": ADMIN_KEY}]),
+        "SPANLAKE_ADMINS": "admin",
+        "SPANLAKE_OIDC_ISSUER": issuer.url,
+        "SPANLAKE_OIDC_AUDIENCE": CLIENT_ID,
+        "SPANLAKE_OIDC_GROUP_AUDIENCES": "team-a=team-a,team-b=team-b,both=team-a,both=team-b",
+        "SPANLAKE_OIDC_ADMIN_GROUP": "ops",
+    }
+    try:
+        with running_server(postgres, tmp_path_factory.mktemp("oidc"), extra_env=extra_env) as server:
+            key_a, key_b = _mint_ingestion(server, "a-ingest", "team-a"), _mint_ingestion(server, "b-ingest", "team-b")
+            for step in EXPECTED["upload_sequence"]:
+                body = (RUST_FIXTURES / step["file"]).read_bytes()
+                status, text = post(server.http_url + step["endpoint"], body, {"Authorization": f"Bearer {key_a}"})
+                assert status == 200, (step, text)
+            team_b = TeamProcess(server.http_url, key=key_b)
+            team_b.announce()
+            team_b.post_block(0)
+            client = micromegas_client(server)
+            wait_until(
+                lambda: client.query("SELECT count(*) AS n FROM processes")["n"][0] == 2,
+                60,
+                "the daemon to materialize both teams' processes",
+            )
+            yield Lab(issuer, server, team_b.process_id)
+    finally:
+        issuer.stop()
+
+
+def processes_seen(server: SpanlakeServer, token: str) -> set[str]:
+    return set(micromegas_client(server, token).query("SELECT process_id FROM processes")["process_id"])
+
+
+def refusal(server: SpanlakeServer, token: str) -> str:
+    """The UNAUTHENTICATED message a Flight SQL call with `token` gets."""
+    client = flight.FlightClient(server.flightsql_url)
+    with pytest.raises(flight.FlightUnauthenticatedError) as raised:
+        list(client.list_actions(options=flight_options(token)))
+    return str(raised.value)
+
+
+def test_a_bearer_token_reads_its_groups_audiences_only(lab: Lab) -> None:
+    issuer, server = lab.issuer, lab.server
+    assert processes_seen(server, issuer.token("alice@example.com", ["team-a"])) == {TEAM_A_PROCESS}
+    assert processes_seen(server, issuer.token("bob@example.com", ["team-b", "unmapped"])) == {lab.team_b}
+    both = {TEAM_A_PROCESS, lab.team_b}
+    assert processes_seen(server, issuer.token("carol@example.com", ["both"])) == both
+    assert processes_seen(server, issuer.token("dan@example.com", [])) == set()  # `public` only: nothing there
+    assert processes_seen(server, issuer.token("root@example.com", ["ops"])) == both  # the admin group
+    assert processes_seen(server, ADMIN_KEY) == both  # API keys keep working beside tokens
+    with adbc_connect(server, issuer.token("bob@example.com", ["team-b"])) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT process_id FROM blocks")
+        assert {row[0] for row in cursor.fetchall()} == {lab.team_b}
+
+
+def test_admin_functions_follow_the_admin_group(lab: Lab) -> None:
+    admin_sql = "SELECT count(*) AS n FROM list_query_denials()"
+    assert micromegas_client(lab.server, lab.issuer.token("root@example.com", ["ops"])).query(admin_sql)["n"][0] == 0
+    with pytest.raises(pa.ArrowException, match="list_query_denials"):
+        micromegas_client(lab.server, lab.issuer.token("alice@example.com", ["team-a"])).query(admin_sql)
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"nbf": int(time.time()) + 3600}, "not yet valid"),
+        ({"aud": "another-client"}, "audience"),
+        ({"iss": "http://127.0.0.1:1"}, "issuer"),
+    ],
+    ids=["expired", "not-yet-valid", "wrong-audience", "wrong-issuer"],
+)
+def test_a_token_with_wrong_claims_is_unauthenticated(lab: Lab, claims: dict[str, Any], expected: str) -> None:
+    assert expected in refusal(lab.server, lab.issuer.token("alice@example.com", ["team-a"], **claims)).lower()
+
+
+def test_a_token_signed_by_another_key_is_unauthenticated(lab: Lab) -> None:
+    impostor = SigningKey(lab.issuer.current.kid)  # the issuer's key id, someone else's key
+    forged = lab.issuer.token("root@example.com", ["ops"], key=impostor)
+    assert "signature" in refusal(lab.server, forged).lower()
+    assert "unknown key" in refusal(lab.server, lab.issuer.token("root@example.com", ["ops"], key=SigningKey("nope")))
+    header, body, _ = lab.issuer.token("alice@example.com", ["team-a"]).split(".")
+    assert "invalid" in refusal(lab.server, f"{header}.{body}.").lower()  # a token stripped of its signature
+
+
+def test_unknown_key_ids_refetch_the_jwks_at_most_once_per_interval(lab: Lab) -> None:
+    reads = lab.issuer.jwks_reads
+    for n in range(5):
+        refusal(lab.server, lab.issuer.token("eve@example.com", ["ops"], key=SigningKey(f"made-up-{n}")))
+    assert lab.issuer.jwks_reads - reads <= 1
+
+
+def test_a_rotated_key_is_fetched_and_accepted(lab: Lab) -> None:
+    old = lab.issuer.current
+    rotated = lab.issuer.rotate()
+    token = lab.issuer.token("alice@example.com", ["team-a"], key=rotated)
+    reads = lab.issuer.jwks_reads
+    seen: list[set[str]] = []
+
+    def accepted() -> bool:
+        try:
+            seen.append(processes_seen(lab.server, token))
+        except flight.FlightUnauthenticatedError:
+            return False
+        return True
+
+    # At most one refetch per REFETCH_SECONDS: an earlier test's unknown key ids may have just used it.
+    wait_until(accepted, REFETCH_SECONDS + 5, "the rotated key to be fetched")
+    assert seen[-1] == {TEAM_A_PROCESS}
+    assert lab.issuer.jwks_reads == reads + 1
+    assert processes_seen(lab.server, lab.issuer.token("bob@example.com", ["team-b"], key=old)) == {lab.team_b}
+
+
+def test_a_bearer_token_works_on_the_web_api(lab: Lab) -> None:
+    token = lab.issuer.token("bob@example.com", ["team-b"])
+    status, answer = api(lab.server, "POST", "/api/sql", token, {"sql": "SELECT process_id FROM processes"})
+    assert status == 200 and answer["row_count"] == 1 and lab.team_b in json.dumps(answer["rows"])
+    expired = lab.issuer.token("bob@example.com", ["team-b"], exp=int(time.time()) - 3600)
+    assert api(lab.server, "POST", "/api/sql", expired, {"sql": "SELECT 1"})[0] == 401
+
+
+def test_a_callback_without_its_sign_in_is_refused(lab: Lab) -> None:
+    status, body = http("GET", lab.server.http_url + "/auth/callback?code=stolen&state=guessed")
+    assert status == 400 and b"not started here" in body
+
+
+def test_signing_in_with_chromium_shows_the_groups_processes(lab: Lab, watched: WatchedPage) -> None:
+    page, url = watched.page, lab.server.http_url
+    lab.issuer.user = User("bob@example.com", ["team-b"])
+    page.goto(url + "/")
+    page.click("#sso")  # the login page's single sign-on: to the issuer and back
+    page.wait_for_url(url + "/")
+    listed = set(page.locator("a.pid").all_inner_texts())
+    assert listed == {lab.team_b}
+    cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+    assert cookies["spanlake_oidc"]["httpOnly"] and "spanlake_oidc_flow" not in cookies
+    page.click("form[action='/logout'] button")
+    page.wait_for_url(url + "/login")
+    assert page.goto(url + "/").url.startswith(url + "/login")
