@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from micromegas.web_client import WebClient
 from oidc_issuer import CLIENT_ID, Issuer, SigningKey, User
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, flight_options, micromegas_client
-from test_access_control import TeamProcess, api
+from test_access_control import REVOCATION_SECONDS, StaticToken, TeamProcess, api
 from web_support import WatchedPage
 
 from spanlake.server.oidc import REFETCH_SECONDS
@@ -178,3 +179,30 @@ def test_signing_in_with_chromium_shows_the_groups_processes(lab: Lab, watched: 
     page.click("form[action='/logout'] button")
     page.wait_for_url(url + "/login")
     assert page.goto(url + "/").url.startswith(url + "/login")
+
+
+def test_grants_in_the_database_add_to_a_tokens_groups(lab: Lab) -> None:
+    token = lab.issuer.token("dan@example.com", ["team-a"])
+    assert processes_seen(lab.server, token) == {TEAM_A_PROCESS}
+    admin = WebClient(lab.server.http_url, auth_provider=StaticToken(lab.issuer.token("root@example.com", ["ops"])))
+    admin.create_audience_grant("team-b", "read", "user:dan@example.com")  # an admin by its token's group
+    wait_until(
+        lambda: processes_seen(lab.server, token) == {TEAM_A_PROCESS, lab.team_b},
+        REVOCATION_SECONDS + 2,
+        "the grant to reach the token's principal",
+    )
+    admin.delete_audience_grant("team-b", "read", "user:dan@example.com")
+    wait_until(
+        lambda: processes_seen(lab.server, token) == {TEAM_A_PROCESS},
+        REVOCATION_SECONDS + 2,
+        "the removed grant to stop working",
+    )
+    reader_token = lab.issuer.token("alice@example.com", ["team-a"])
+    assert http("GET", lab.server.http_url + "/api/groups", None, {"Authorization": f"Bearer {reader_token}"})[0] == 403
+
+
+def test_a_token_does_not_write(lab: Lab) -> None:
+    body = (RUST_FIXTURES / "process.cbor").read_bytes()
+    token = lab.issuer.token("root@example.com", ["ops"])
+    status, _ = post(lab.server.http_url + "/ingestion/insert_process", body, {"Authorization": f"Bearer {token}"})
+    assert status == 401
