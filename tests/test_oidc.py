@@ -17,7 +17,7 @@ from micromegas.web_client import WebClient
 from oidc_issuer import CLIENT_ID, Issuer, SigningKey, User
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, flight_options, micromegas_client
 from test_access_control import REVOCATION_SECONDS, StaticToken, TeamProcess, api
-from web_support import WatchedPage
+from web_support import Browser, WatchedPage
 
 from spanlake.server.oidc import REFETCH_SECONDS
 
@@ -166,10 +166,11 @@ def test_a_callback_without_its_sign_in_is_refused(lab: Lab) -> None:
     assert status == 400 and b"not started here" in body
 
 
-def test_signing_in_with_chromium_shows_the_groups_processes(lab: Lab, watched: WatchedPage) -> None:
+def test_signing_in_with_chromium_shows_the_groups_processes(lab: Lab, chrome: Browser, watched: WatchedPage) -> None:
     page, url = watched.page, lab.server.http_url
     lab.issuer.user = User("bob@example.com", ["team-b"])
     page.goto(url + "/")
+    chrome.shot(page, "oidc-login")
     page.click("#sso")  # the login page's single sign-on: to the issuer and back
     page.wait_for_url(url + "/")
     listed = set(page.locator("a.pid").all_inner_texts())
