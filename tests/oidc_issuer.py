@@ -50,6 +50,7 @@ class Issuer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.keys = [SigningKey("key-1")]
         self.user = User("nobody@example.com", [])
+        self.id_token_claims: dict[str, Any] = {}  # claims the token endpoint's next ID tokens override
         self.jwks_reads = 0
         self.codes: dict[str, dict[str, Any]] = {}
         self._loop = asyncio.new_event_loop()
@@ -132,5 +133,5 @@ class Issuer:
         ):
             return web.json_response({"error": "invalid_grant"}, status=400)
         user: User = grant["user"]
-        id_token = self.token(user.email, user.groups, nonce=grant["nonce"])
+        id_token = self.token(user.email, user.groups, **{"nonce": grant["nonce"], **self.id_token_claims})
         return web.json_response({"id_token": id_token, "access_token": id_token, "token_type": "Bearer"})

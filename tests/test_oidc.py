@@ -207,3 +207,23 @@ def test_a_token_does_not_write(lab: Lab) -> None:
     token = lab.issuer.token("root@example.com", ["ops"])
     status, _ = post(lab.server.http_url + "/ingestion/insert_process", body, {"Authorization": f"Bearer {token}"})
     assert status == 401
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [({"nonce": "another-sign-in"}, "nonce"), ({"aud": "another-client"}, "audience")],
+    ids=["replayed-nonce", "wrong-audience"],
+)
+def test_a_bad_id_token_at_the_callback_signs_nobody_in(
+    lab: Lab, watched: WatchedPage, claims: dict[str, Any], expected: str
+) -> None:
+    page, url = watched.page, lab.server.http_url
+    watched.expect_error("401")
+    lab.issuer.user, lab.issuer.id_token_claims = User("root@example.com", ["ops"]), claims
+    try:
+        answer = page.goto(url + "/auth/login?next=/sql")
+    finally:
+        lab.issuer.id_token_claims = {}
+    assert answer.status == 401 and expected in page.inner_text("main").lower()
+    assert "spanlake_oidc" not in {cookie["name"] for cookie in page.context.cookies()}
+    assert page.goto(url + "/sql").url.startswith(url + "/login")
