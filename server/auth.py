@@ -19,12 +19,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spanlake.lakehouse.catalog.api_keys import StoredKey
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.query.context import Principal
-from spanlake.server.oidc import Identity, IssuerKeys, OidcConfig, TokenError, TokenValidator, TtlCache, looks_like_jwt
+from spanlake.server.oidc import Identity, IssuerKeys, OidcConfig, TokenError, TokenValidator, looks_like_jwt
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
@@ -51,6 +51,37 @@ _UNKNOWN_CACHE_SECONDS = 2.0
 _KEYS_EXIST_SECONDS = 2.0
 # Any client may send any number of made-up keys: the cache keeps at most this many, oldest out first.
 MAX_CACHED_KEYS = 10_000
+
+
+class TtlCache:
+    """At most `size` values, each kept for the seconds its `ttl` gives; oldest out first. Thread-safe."""
+
+    def __init__(self, size: int, ttl: Callable[[Any], float]) -> None:
+        """`ttl(value)`: how long a value is kept."""
+        self._size = size
+        self._ttl = ttl
+        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The cached value of `key`, or `make()`'s, kept."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = make()
+        with self._lock:
+            self._entries[key] = (now + self._ttl(value), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        """Number of values kept now (expired ones included until replaced or pushed out)."""
+        with self._lock:
+            return len(self._entries)
 
 
 def parse_api_keys(text: str | None) -> dict[str, str]:
@@ -111,8 +142,7 @@ class Authenticator:
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookups = {ANALYTICS: lookup_hash, INGESTION: ingestion_lookup or lookup_hash}
         self._admins = admins
-        self._cache: OrderedDict[tuple[bytes, str], tuple[float, Principal | None]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = TtlCache(MAX_CACHED_KEYS, lambda found: _CACHE_SECONDS if found else _UNKNOWN_CACHE_SECONDS)
         # Given: with no configured key, requests need one only while the api_keys table has some.
         self._database_has_keys = database_has_keys
         self._keys_exist_until = 0.0
@@ -127,11 +157,11 @@ class Authenticator:
         if self.tokens is None and not self._keys and not self._any_database_key():
             return None
         token = bearer_token(authorization)
-        if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
-            return self.tokens.principal(token)
         for key, name in self._keys:
             if hmac.compare_digest(key, token.encode()):
                 return Principal(name, name in self._admins)
+        if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
+            return self.tokens.principal(token)
         principal = self._lookup_database(hash_key(token), surface)
         if principal is None or (peer is not None and not principal.allows_peer(peer)):
             raise AuthError("invalid API key")
@@ -150,26 +180,12 @@ class Authenticator:
         lookup = self._lookups[surface]
         if lookup is None:
             return None
-        now = time.monotonic()
-        entry = (digest, surface)
-        with self._lock:
-            cached = self._cache.get(entry)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        principal = lookup(digest)
-        ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
-        with self._lock:
-            self._cache[entry] = (now + ttl, principal)
-            self._cache.move_to_end(entry)
-            while len(self._cache) > MAX_CACHED_KEYS:
-                self._cache.popitem(last=False)
-        return principal
+        return self._cache.get((digest, surface), lambda: lookup(digest))
 
     @property
     def cached_keys(self) -> int:
         """Number of database key lookups cached now (found or not)."""
-        with self._lock:
-            return len(self._cache)
+        return len(self._cache)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -261,7 +277,7 @@ class TokenPrincipals:
         self.validator = validator
         self._admin_names = admin_names
         self._grants = grants
-        self._principals = TtlCache(_CACHE_SECONDS, MAX_CACHED_KEYS)
+        self._principals = TtlCache(MAX_CACHED_KEYS, lambda _: _CACHE_SECONDS)
 
     def principal(self, token: str) -> Principal:
         """The principal of a valid token (AuthError otherwise; IssuerUnavailable when it cannot be checked)."""

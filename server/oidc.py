@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,6 +118,7 @@ class IssuerKeys:
         self._fetch = fetch
         self._lock = threading.Lock()
         self._discovery: dict[str, Any] | None = None
+        self._discovery_failed_at = float("-inf")
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
 
@@ -126,11 +126,22 @@ class IssuerKeys:
         """The issuer's OpenID configuration (its `issuer` must be the configured one)."""
         with self._lock:
             if self._discovery is None:
-                document = self._fetch(self.issuer + "/.well-known/openid-configuration")
-                if str(document.get("issuer", "")).rstrip("/") != self.issuer:
-                    raise IssuerUnavailable(f"the discovery document of {self.issuer} names another issuer")
-                self._discovery = document
+                self._discovery = self._fetch_discovery()
             return self._discovery
+
+    def _fetch_discovery(self) -> dict[str, Any]:
+        """The discovery document, read now (the caller holds the lock); after a failure, not again for a while."""
+        now = time.monotonic()
+        if now - self._discovery_failed_at < REFETCH_SECONDS:
+            raise IssuerUnavailable(f"the issuer {self.issuer} did not answer a moment ago")
+        try:
+            document = self._fetch(self.issuer + "/.well-known/openid-configuration")
+        except IssuerUnavailable:
+            self._discovery_failed_at = now
+            raise
+        if str(document.get("issuer", "")).rstrip("/") != self.issuer:
+            raise IssuerUnavailable(f"the discovery document of {self.issuer} names another issuer")
+        return document
 
     def key(self, kid: str | None) -> jwt.PyJWK:
         """The signing key named `kid` (TokenError when the issuer publishes none by that id)."""
@@ -225,29 +236,3 @@ def _name(claims: dict[str, Any]) -> str:
 def looks_like_jwt(token: str) -> bool:
     """Whether a bearer token has a JWT's three dot-separated parts (API keys have no dot)."""
     return token.count(".") == 2
-
-
-class TtlCache:
-    """At most `size` values, each kept `seconds`; oldest out first. Thread-safe."""
-
-    def __init__(self, seconds: float, size: int) -> None:
-        """An empty cache."""
-        self._seconds = seconds
-        self._size = size
-        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any, make: Callable[[], Any]) -> Any:
-        """The cached value of `key`, or `make()`'s, kept."""
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        value = make()
-        with self._lock:
-            self._entries[key] = (now + self._seconds, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return value
