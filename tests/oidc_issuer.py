@@ -1,6 +1,7 @@
 """A small OpenID Connect issuer on loopback for the tests: its own RSA keys, a discovery document, a JWKS,
 an authorization endpoint (signing in whoever `user` names, no form) and a token endpoint that checks
-the code, the redirect URI and the PKCE verifier before it issues a signed ID token. (No tests here.)"""
+the code, the redirect URI and the PKCE verifier before it issues a signed ID token, or gives a service
+account (`SERVICE_ID`/`SERVICE_SECRET`, in `SERVICE_GROUPS`) an access token. (No tests here.)"""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from harness import free_port
 from yarl import URL
 
 CLIENT_ID = "spanlake-tests"
+SERVICE_ID = "ci-bot"
+SERVICE_SECRET = "ci-bot-secret"
+SERVICE_GROUPS = ["ops"]
 
 
 @dataclass
@@ -122,6 +126,8 @@ class Issuer:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        if form.get("grant_type") == "client_credentials":
+            return self._service_token(form)
         grant = self.codes.pop(str(form.get("code")), None)
         verifier = str(form.get("code_verifier", ""))
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -135,3 +141,10 @@ class Issuer:
         user: User = grant["user"]
         id_token = self.token(user.email, user.groups, **{"nonce": grant["nonce"], **self.id_token_claims})
         return web.json_response({"id_token": id_token, "access_token": id_token, "token_type": "Bearer"})
+
+    def _service_token(self, form: Any) -> web.Response:
+        """Client credentials: an access token for spanlake's audience naming the service account."""
+        if form.get("client_id") != SERVICE_ID or form.get("client_secret") != SERVICE_SECRET:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        access_token = self.token(SERVICE_ID, SERVICE_GROUPS, sub=SERVICE_ID)
+        return web.json_response({"access_token": access_token, "token_type": "Bearer", "expires_in": 3600})

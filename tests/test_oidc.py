@@ -5,16 +5,21 @@ the web UI's sign-in (authorization code with PKCE) works in Chromium. One serve
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from micromegas.auth import OidcClientCredentialsProvider
+from micromegas.cli import grants as grants_cli
+from micromegas.flightsql.client import FlightSQLClient
 from micromegas.web_client import WebClient
-from oidc_issuer import CLIENT_ID, Issuer, SigningKey, User
+from oidc_issuer import CLIENT_ID, SERVICE_ID, SERVICE_SECRET, Issuer, SigningKey, User
 from served_support import ADMIN_KEY, EXPECTED, adbc_connect, flight_options, micromegas_client
 from test_access_control import REVOCATION_SECONDS, StaticToken, TeamProcess, api
 from web_support import Browser, WatchedPage
@@ -224,3 +229,26 @@ def test_a_bad_id_token_at_the_callback_signs_nobody_in(
     assert answer.status == 401 and expected in page.inner_text("main").lower()
     assert "spanlake_oidc" not in {cookie["name"] for cookie in page.context.cookies()}
     assert page.goto(url + "/sql").url.startswith(url + "/login")
+
+
+def test_micromegas_service_account_queries_and_grants_through_its_oidc_provider(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # micromegas 0.32's own client-credentials provider and `micromegas-grants`, unchanged (in-process).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MICROMEGAS_OIDC_ISSUER", lab.issuer.url)
+    monkeypatch.setenv("MICROMEGAS_OIDC_CLIENT_ID", SERVICE_ID)
+    monkeypatch.setenv("MICROMEGAS_OIDC_CLIENT_SECRET", SERVICE_SECRET)
+    client = FlightSQLClient(lab.server.flightsql_url, auth_provider=OidcClientCredentialsProvider.from_env())
+    assert set(client.query("SELECT process_id FROM processes")["process_id"]) == {TEAM_A_PROCESS, lab.team_b}
+
+    def grants(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["micromegas-grants", "--url", lab.server.http_url, *args])
+        grants_cli.main()
+        return capsys.readouterr().out.strip()
+
+    erin = lab.issuer.token("erin@example.com", [])
+    assert grants("create", "team-b", "read", "user:erin@example.com").startswith("team-b read user:erin@example.com")
+    wait_until(lambda: processes_seen(lab.server, erin) == {lab.team_b}, REVOCATION_SECONDS + 2, "erin's grant")
+    assert grants("delete", "team-b", "read", "user:erin@example.com") == "Deleted: team-b read user:erin@example.com"
+    wait_until(lambda: processes_seen(lab.server, erin) == set(), REVOCATION_SECONDS + 2, "the grant's removal")
