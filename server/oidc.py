@@ -120,7 +120,8 @@ class IssuerKeys:
         self._discovery: dict[str, Any] | None = None
         self._discovery_failed_at = float("-inf")
         self._keys: dict[str | None, jwt.PyJWK] = {}
-        self._fetched_at = float("-inf")
+        self._read_at = float("-inf")  # the last read that succeeded
+        self._tried_at = float("-inf")  # the last read, failed or not
 
     def discovery(self) -> dict[str, Any]:
         """The issuer's OpenID configuration (its `issuer` must be the configured one)."""
@@ -139,8 +140,8 @@ class IssuerKeys:
         except IssuerUnavailable:
             self._discovery_failed_at = now
             raise
-        if str(document.get("issuer", "")).rstrip("/") != self.issuer:
-            raise IssuerUnavailable(f"the discovery document of {self.issuer} names another issuer")
+        if str(document.get("issuer", "")).rstrip("/") != self.issuer or "jwks_uri" not in document:
+            raise IssuerUnavailable(f"the discovery document of {self.issuer} names another issuer or no jwks_uri")
         return document
 
     def key(self, kid: str | None) -> jwt.PyJWK:
@@ -148,22 +149,26 @@ class IssuerKeys:
         uri = self.discovery()["jwks_uri"]
         with self._lock:
             now = time.monotonic()
-            stale = now - self._fetched_at > KEYS_MAX_AGE_SECONDS
-            if stale or (kid not in self._keys and now - self._fetched_at >= REFETCH_SECONDS):
+            wanted = now - self._read_at > KEYS_MAX_AGE_SECONDS or kid not in self._keys
+            if wanted and now - self._tried_at >= REFETCH_SECONDS:
                 self._refetch(uri, now)
             found = self._keys.get(kid)
+            if not self._keys:  # the issuer did not answer a moment ago: no token can be checked
+                raise IssuerUnavailable(f"no signing keys read from {self.issuer} yet")
         if found is None:
             raise TokenError("token signed with an unknown key")
         return found
 
     def _refetch(self, uri: str, now: float) -> None:
         """Reads the JWKS again (the caller holds the lock); a failed read keeps the keys it had, if any."""
-        self._fetched_at = now  # a failed read counts too: an issuer that is down is not asked on every call
+        self._tried_at = now  # a failed read counts too: an issuer that is down is not asked on every call
         try:
             self._keys = _signing_keys(self._fetch(uri))
         except IssuerUnavailable:
             if not self._keys:
                 raise
+            return
+        self._read_at = now
 
 
 def _signing_keys(document: dict[str, Any]) -> dict[str | None, jwt.PyJWK]:

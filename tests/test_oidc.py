@@ -14,7 +14,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, http, post, running_server, wait_until
+from harness import (
+    RUST_FIXTURES,
+    PostgresServer,
+    SpanlakeServer,
+    free_port,
+    http,
+    post,
+    running_server,
+    wait_until,
+)
 from micromegas.auth import OidcClientCredentialsProvider
 from micromegas.cli import grants as grants_cli
 from micromegas.flightsql.client import FlightSQLClient
@@ -24,7 +33,7 @@ from served_support import ADMIN_KEY, EXPECTED, adbc_connect, flight_options, mi
 from test_access_control import REVOCATION_SECONDS, StaticToken, TeamProcess, api
 from web_support import Browser, WatchedPage
 
-from spanlake.server.oidc import REFETCH_SECONDS
+from spanlake.server.oidc import REFETCH_SECONDS, IssuerKeys, IssuerUnavailable, OidcConfig, TokenValidator
 
 TEAM_A_PROCESS = EXPECTED["process"]["process_info"]["process_id"]
 
@@ -252,3 +261,13 @@ def test_micromegas_service_account_queries_and_grants_through_its_oidc_provider
     wait_until(lambda: processes_seen(lab.server, erin) == {lab.team_b}, REVOCATION_SECONDS + 2, "erin's grant")
     assert grants("delete", "team-b", "read", "user:erin@example.com") == "Deleted: team-b read user:erin@example.com"
     wait_until(lambda: processes_seen(lab.server, erin) == set(), REVOCATION_SECONDS + 2, "the grant's removal")
+
+
+def test_an_issuer_that_does_not_answer_checks_no_token(lab: Lab) -> None:
+    silent = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = OidcConfig(silent, CLIENT_ID, "groups", {}, None, None)
+    validator = TokenValidator(config, IssuerKeys(silent))
+    token = lab.issuer.token("alice@example.com", ["team-a"], iss=silent)
+    for _ in range(2):  # UNAVAILABLE on the doors (503 on HTTP), never accepted nor UNAUTHENTICATED
+        with pytest.raises(IssuerUnavailable):
+            validator.identity(token)
