@@ -301,14 +301,6 @@ QUERY_FLAGS = {
     "--stream-buffer-mb",
     "--result-buffer-mb",
 }
-# The OIDC settings of the roles whose doors take bearer tokens.
-OIDC_FLAGS = {
-    "--oidc-issuer",
-    "--oidc-audience",
-    "--oidc-groups-claim",
-    "--oidc-group-audiences",
-    "--oidc-admin-group",
-}
 ROLE_FLAGS = {
     "ingest": {
         "--http-port",
@@ -328,8 +320,7 @@ ROLE_FLAGS = {
         "--query-cluster",
         "--cluster-min-bytes",
     }
-    | QUERY_FLAGS
-    | OIDC_FLAGS,
+    | QUERY_FLAGS,
     "maintain": {"--retention-days"},
     "web": {
         "--http-port",
@@ -343,10 +334,8 @@ ROLE_FLAGS = {
         "--allowed-hosts",
         "--login-failures-per-ip",
         "--login-failures",
-        "--oidc-client-secret",
     }
-    | QUERY_FLAGS
-    | OIDC_FLAGS,
+    | QUERY_FLAGS,
 }
 SHARED_FLAGS = {"--data-dir", "--database-url", "--log-level"}
 SERVING_FLAGS = {
@@ -357,6 +346,10 @@ SERVING_FLAGS = {
     "--max-inflated-block-bytes",
     "--max-inflation-ratio",
 }
+# The OIDC settings of the roles whose doors take bearer tokens (the web sign-in also presents a secret).
+OIDC_FLAGS = {"--oidc-issuer", "--oidc-audience", "--oidc-groups-claim", "--oidc-group-audiences", "--oidc-admin-group"}
+ROLE_FLAGS["flightsql"] |= OIDC_FLAGS
+ROLE_FLAGS["web"] |= OIDC_FLAGS | {"--oidc-client-secret"}
 
 
 def _flags(command: str) -> set[str]:
