@@ -159,6 +159,55 @@ SETTINGS: tuple[Option, ...] = (
         ("serve", "web"),
     ),
     Option(
+        "oidc_issuer",
+        "SPANLAKE_OIDC_ISSUER",
+        str,
+        None,
+        "OpenID Connect issuer URL: its bearer tokens are accepted on Flight SQL and the web UI offers its"
+        " sign-in (keys keep working)",
+        QUERYING,
+    ),
+    Option(
+        "oidc_audience",
+        "SPANLAKE_OIDC_AUDIENCE",
+        str,
+        None,
+        "the audience tokens must carry: spanlake's client id at the issuer",
+        QUERYING,
+    ),
+    Option(
+        "oidc_client_secret",
+        "SPANLAKE_OIDC_CLIENT_SECRET",
+        str,
+        None,
+        "the client secret the web sign-in presents to the token endpoint (none: a public client, PKCE only)",
+        ("serve", "web"),
+    ),
+    Option(
+        "oidc_groups_claim",
+        "SPANLAKE_OIDC_GROUPS_CLAIM",
+        str,
+        "groups",
+        "the token claim listing the signed-in user's groups",
+        QUERYING,
+    ),
+    Option(
+        "oidc_group_audiences",
+        "SPANLAKE_OIDC_GROUP_AUDIENCES",
+        str,
+        "",
+        "comma-separated group=audience pairs: the audiences each token group reads (a group may repeat)",
+        QUERYING,
+    ),
+    Option(
+        "oidc_admin_group",
+        "SPANLAKE_OIDC_ADMIN_GROUP",
+        str,
+        "",
+        "the token group whose members are admins",
+        QUERYING,
+    ),
+    Option(
         "retention_days",
         "SPANLAKE_RETENTION_DAYS",
         int,
@@ -342,6 +391,12 @@ class Settings:
     allowed_hosts: str = ""
     login_failures_per_ip: int = 10
     login_failures: int = 100
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_groups_claim: str = "groups"
+    oidc_group_audiences: str = ""
+    oidc_admin_group: str = ""
     retention_days: int = 90
     self_tracing: bool = True
     log_level: str = "INFO"

@@ -11,6 +11,7 @@ Modules:
     firehose          the Firehose HTTP delivery routes (CloudWatch metric streams and logs)
     cloudwatch        CloudWatch metric stream and logs subscription records as OTLP exports
     auth              bearer API keys for both APIs: legacy, ingestion and analytics keys, their principals
+    oidc              OIDC bearer tokens (JWTs) validated against the issuer's JWKS; groups to audiences
     write_audience    ingestion stamps the key's audience on processes; no writes into another audience's
     maintenance       the maintenance daemon: schedules, merges, retention
     self_tracing      spanlake tracing itself into its own lake

@@ -3,7 +3,8 @@
 Keys come from `SPANLAKE_API_KEYS` (JSON list of `{"name", "key"}`) and from the database, where only
 the SHA-256 of a key is stored: legacy `api_keys` (both surfaces, reading everything), ingestion keys
 (one audience stamped on what they write) and analytics keys (the audiences they read, with the
-grants of their name and groups). Comparisons of configured keys are constant-time.
+grants of their name and groups). Comparisons of configured keys are constant-time. With an OIDC
+issuer configured (`server.oidc`), a bearer JWT from it is accepted on the query doors beside the keys.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spanlake.lakehouse.catalog.api_keys import StoredKey
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.query.context import Principal
+from spanlake.server.oidc import Identity, IssuerKeys, OidcConfig, TokenError, TokenValidator, looks_like_jwt
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.lake import Lake
@@ -49,6 +51,37 @@ _UNKNOWN_CACHE_SECONDS = 2.0
 _KEYS_EXIST_SECONDS = 2.0
 # Any client may send any number of made-up keys: the cache keeps at most this many, oldest out first.
 MAX_CACHED_KEYS = 10_000
+
+
+class TtlCache:
+    """At most `size` values, each kept for the seconds its `ttl` gives; oldest out first. Thread-safe."""
+
+    def __init__(self, size: int, ttl: Callable[[Any], float]) -> None:
+        """`ttl(value)`: how long a value is kept."""
+        self._size = size
+        self._ttl = ttl
+        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The cached value of `key`, or `make()`'s, kept."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = make()
+        with self._lock:
+            self._entries[key] = (now + self._ttl(value), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        """Number of values kept now (expired ones included until replaced or pushed out)."""
+        with self._lock:
+            return len(self._entries)
 
 
 def parse_api_keys(text: str | None) -> dict[str, str]:
@@ -101,14 +134,15 @@ class Authenticator:
         admins: frozenset[str] = frozenset(),
         database_has_keys: Callable[[], bool] | None = None,
         ingestion_lookup: KeyHashLookup | None = None,
+        tokens: TokenPrincipals | None = None,
     ) -> None:
         """`lookup_hash` finds the database keys of the query doors, `ingestion_lookup` those of
-        ingestion (`lookup_hash` serves both when None)."""
+        ingestion (`lookup_hash` serves both when None); `tokens` reads OIDC bearer tokens (None: off)."""
+        self.tokens = tokens
         self._keys = [(k.encode(), name) for k, name in keys.items()]
         self._lookups = {ANALYTICS: lookup_hash, INGESTION: ingestion_lookup or lookup_hash}
         self._admins = admins
-        self._cache: OrderedDict[tuple[bytes, str], tuple[float, Principal | None]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = TtlCache(MAX_CACHED_KEYS, lambda found: _CACHE_SECONDS if found else _UNKNOWN_CACHE_SECONDS)
         # Given: with no configured key, requests need one only while the api_keys table has some.
         self._database_has_keys = database_has_keys
         self._keys_exist_until = 0.0
@@ -120,12 +154,14 @@ class Authenticator:
         """The caller's principal on `surface` (INGESTION or ANALYTICS), presented from `peer` (an IP
         address; None: not checked here, the caller checks `allows_peer`); None when no key exists at
         all (auth is then off, loopback only). A key refused from that address is an invalid key."""
-        if not self._keys and not self._any_database_key():
+        if self.tokens is None and not self._keys and not self._any_database_key():
             return None
         token = bearer_token(authorization)
         for key, name in self._keys:
             if hmac.compare_digest(key, token.encode()):
                 return Principal(name, name in self._admins)
+        if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
+            return self.tokens.principal(token)
         principal = self._lookup_database(hash_key(token), surface)
         if principal is None or (peer is not None and not principal.allows_peer(peer)):
             raise AuthError("invalid API key")
@@ -144,26 +180,12 @@ class Authenticator:
         lookup = self._lookups[surface]
         if lookup is None:
             return None
-        now = time.monotonic()
-        entry = (digest, surface)
-        with self._lock:
-            cached = self._cache.get(entry)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        principal = lookup(digest)
-        ttl = _CACHE_SECONDS if principal is not None else _UNKNOWN_CACHE_SECONDS
-        with self._lock:
-            self._cache[entry] = (now + ttl, principal)
-            self._cache.move_to_end(entry)
-            while len(self._cache) > MAX_CACHED_KEYS:
-                self._cache.popitem(last=False)
-        return principal
+        return self._cache.get((digest, surface), lambda: lookup(digest))
 
     @property
     def cached_keys(self) -> int:
         """Number of database key lookups cached now (found or not)."""
-        with self._lock:
-            return len(self._cache)
+        return len(self._cache)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -200,7 +222,8 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
     def database_has_keys() -> bool:
         return lake.loop.run(lake.catalog.count_api_keys()) > 0
 
-    if not keys and not is_loopback(settings.host) and not database_has_keys():
+    oidc = OidcConfig.from_settings(settings)
+    if oidc is None and not keys and not is_loopback(settings.host) and not database_has_keys():
         raise AuthConfigError(
             f"refusing to listen on {settings.host} without API keys: set SPANLAKE_API_KEYS "
             "(or add a key with 'spanlake api-key NAME'), or pass --disable-auth"
@@ -211,7 +234,14 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
 
     # Off a loopback address the keys were there at start: removing them all must not open the server.
     open_when_keyless = database_has_keys if is_loopback(settings.host) else None
-    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION))
+    tokens = None
+    if oidc is not None:
+
+        def grants(name: str) -> tuple[list[str], list[str]]:
+            return lake.loop.run(lake.catalog.principal_grants(name, "read"))
+
+        tokens = TokenPrincipals(TokenValidator(oidc, IssuerKeys(oidc.issuer)), settings.admin_names, grants)
+    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION), tokens)
 
 
 async def database_principal(lake: Lake, digest: bytes, surface: str, admin_names: frozenset[str]) -> Principal | None:
@@ -235,10 +265,37 @@ def _read_audiences(key: StoredKey, is_admin: bool, granted: list[str]) -> froze
     return frozenset({PUBLIC_AUDIENCE, *key.read_audiences, *granted})
 
 
-def identity_principal(name: str, groups: list[str], granted: list[str]) -> Principal:
-    """The seam for sign-in (OIDC, later): a validated identity, its groups and grants as a principal."""
-    is_admin = ADMINS_GROUP in groups
-    return Principal(name, is_admin, None if is_admin else frozenset({PUBLIC_AUDIENCE, *granted}))
+# Looks up a name's groups (transitively) and the audiences granted to it on the read axis.
+GrantLookup = Callable[[str], tuple[list[str], list[str]]]
+
+
+class TokenPrincipals:
+    """OIDC bearer tokens as principals: validated on every call, their grants resolved at most every 5 s."""
+
+    def __init__(self, validator: TokenValidator, admin_names: frozenset[str], grants: GrantLookup) -> None:
+        """`grants` resolves a signed-in name's database groups and read grants."""
+        self.validator = validator
+        self._admin_names = admin_names
+        self._grants = grants
+        self._principals = TtlCache(MAX_CACHED_KEYS, lambda _: _CACHE_SECONDS)
+
+    def principal(self, token: str) -> Principal:
+        """The principal of a valid token (AuthError otherwise; IssuerUnavailable when it cannot be checked)."""
+        try:
+            identity = self.validator.identity(token)
+        except TokenError as err:
+            raise AuthError(str(err)) from None
+        return self._principals.get((identity.name, identity.groups), lambda: self.identity_principal(identity))
+
+    def identity_principal(self, identity: Identity) -> Principal:
+        """A validated identity as a principal: admin through the admin group (of the token or the
+        database) or SPANLAKE_ADMINS; else it reads `public`, its groups' mapped audiences and its grants."""
+        groups, granted = self._grants(identity.name)
+        is_admin = self.validator.is_admin(identity) or identity.name in self._admin_names or ADMINS_GROUP in groups
+        if is_admin:
+            return Principal(identity.name, True)
+        audiences = frozenset({PUBLIC_AUDIENCE, *self.validator.audiences(identity), *granted})
+        return Principal(identity.name, False, audiences)
 
 
 class AuthConfigError(Exception):

@@ -351,6 +351,10 @@ SERVING_FLAGS = {
     "--max-inflated-block-bytes",
     "--max-inflation-ratio",
 }
+# The OIDC settings of the roles whose doors take bearer tokens (the web sign-in also presents a secret).
+OIDC_FLAGS = {"--oidc-issuer", "--oidc-audience", "--oidc-groups-claim", "--oidc-group-audiences", "--oidc-admin-group"}
+ROLE_FLAGS["flightsql"] |= OIDC_FLAGS
+ROLE_FLAGS["web"] |= OIDC_FLAGS | {"--oidc-client-secret"}
 
 
 def _flags(command: str) -> set[str]:

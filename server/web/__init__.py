@@ -5,6 +5,7 @@ Modules:
 
     routes             mounts the UI on an aiohttp app: routes, the auth middleware, static files
     auth_cookie        the login page and the HttpOnly cookie holding the API key
+    oidc_signin        the OIDC sign-in: authorization code with PKCE, the ID token as the session cookie
     login_throttle     wrong-key sign-ins counted per client address and in total (429 past the limits)
     time_range         the `from` / `to` of every URL (`now-1h`, RFC3339) as a query range
     queries            SQL through the in-process lakehouse session, errors worded for people

@@ -18,6 +18,7 @@ from spanlake.lakehouse.errors import STORAGE_FAILURES, STORAGE_UNAVAILABLE
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.server.auth import Authenticator, AuthError
+from spanlake.server.oidc import IssuerUnavailable
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
 from spanlake.server.web.access_api import AccessApi
@@ -25,6 +26,7 @@ from spanlake.server.web.access_pages import AccessPages
 from spanlake.server.web.api import Api
 from spanlake.server.web.auth_cookie import authenticate, login_handlers, login_redirect, principal_of
 from spanlake.server.web.login_throttle import LoginThrottle
+from spanlake.server.web.oidc_signin import OidcSignIn
 from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
 from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
@@ -34,7 +36,9 @@ from spanlake.server.web.time_range import TimeRangeError
 from spanlake.server.web.trace_pages import TraceScreens
 
 STATIC_DIR = Path(__file__).parent / "static"
-PUBLIC_PREFIXES = ("/health", "/ready", "/ingestion/", "/login", "/logout", "/static/", "/api/health")
+PUBLIC_PREFIXES = ("/health", "/ready", "/ingestion/", "/login", "/logout", "/auth/", "/static/", "/api/health")
+
+ISSUER_UNAVAILABLE = "the sign-in provider's keys cannot be read: retry later"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Render = Callable[[web.Request, int, str, str], web.StreamResponse]
@@ -85,6 +89,8 @@ def _auth_middleware(authenticator: Authenticator) -> Callable[..., Awaitable[we
             return _as_json(request, 401, "", f"unauthorized: {err}") if is_api else login_redirect(request)
         except STORAGE_FAILURES as exc:  # the keys are in the catalog database, which does not answer
             return (_as_json if is_api else _as_page)(request, *_failure(exc))
+        except IssuerUnavailable:  # a token that cannot be checked now: not the caller's fault
+            return (_as_json if is_api else _as_page)(request, 503, "Sign-in unavailable", ISSUER_UNAVAILABLE)
         return await handler(request)
 
     return middleware
@@ -101,6 +107,8 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     traces = TraceScreens(lake, web_queries)
     throttle = LoginThrottle(lake.settings.login_failures_per_ip, lake.settings.login_failures)
     app.router.add_routes(login_handlers(authenticator, throttle))
+    if authenticator is not None and authenticator.tokens is not None:
+        app.router.add_routes(OidcSignIn(authenticator.tokens, lake.settings.public_url).routes())
     pages = {
         "/": screens.processes,
         "/sql": screens.sql,
