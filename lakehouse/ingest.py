@@ -2,16 +2,22 @@
 
 Both writes are idempotent on the client's ids (the payload is created only if absent, the row
 inserted only if new), so a retried write stores things once, and no row ever points at a missing
-payload. Used by the ingestion API (native and OTLP) and by self-tracing's sink; `BlockContexts`
-refuses a native block naming another process's stream or contradicting its process's clock.
+payload. `BlockRowGroups` commits the rows of concurrent requests together, one multi-row insert per
+group, and answers each request once the group holding its row is committed. Used by the ingestion API
+(native and OTLP) and by self-tracing's sink; `BlockContexts` refuses a native block naming another
+process's stream or contradicting its process's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
+import asyncpg
+
 from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces
+from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import BlockRecord, blob_key, block_meta
@@ -19,12 +25,20 @@ from spanlake.lakehouse.timestamps import datetime_to_ns
 from spanlake.lakehouse.view_rows import clock_problem
 from spanlake.views.meta import ProcessMeta
 
+log = logging.getLogger(__name__)
+
 INLINE_WRITE_LIMIT = 64 * 1024
+# Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
+# too big): refused on every retry, so the client's error, never "retry later".
+REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+# Groups committing at once: while they run, the rows arriving meanwhile gather into the next ones.
+GROUPS_IN_FLIGHT = 2
+GROUP_ROWS = 2000
 
 
-async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
-    """Stores `payload` at the block's blob key (create-only), indexes the block's `traces`, then
-    inserts the block's row (so a stored block's traces are always in the index)."""
+async def write_payload(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+    """Stores `payload` at the block's blob key (create-only) and indexes the block's `traces`, before the
+    block's row is inserted (so a stored block's traces are always in the index)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
     if lake.store.scheme == "file" and len(payload) <= INLINE_WRITE_LIMIT:
         # A small local write costs less than the hop to a worker thread (benchmarks/ingest.py).
@@ -33,7 +47,86 @@ async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: B
         await asyncio.to_thread(lake.store.put_if_absent, key, payload)
     if traces.trace_ids:
         await lake.catalog.index_traces(record.process_id, traces)
+
+
+async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+    """Stores `payload` and indexes its traces (`write_payload`), then inserts the block's row on its own."""
+    await write_payload(lake, record, payload, traces)
     await lake.catalog.insert_block(record)
+
+
+class BlockRowGroups:
+    """Block rows committed in groups: a row joins the next group, at most GROUPS_IN_FLIGHT groups commit
+    at once (one multi-row insert each, started on the loop's next turn), and `insert` returns once the
+    row's own group is committed, so nothing acknowledged can be lost.
+
+    A group the database refuses for one of its values is inserted again row by row, so only the request
+    with the bad value is refused; any other failure (an outage) fails every request of the group."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._waiting: list[tuple[BlockRecord, asyncio.Future[None]]] = []
+        self._committing: set[asyncio.Task[None]] = set()
+        self._next_group_called = False
+
+    async def insert(self, record: BlockRecord) -> None:
+        """Returns once the block's row is committed (new, or already there); raises what its group raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, done))
+        self._call_next_group()
+        await done
+
+    async def store(self, lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+        """Stores `payload` (create-only) and indexes its traces, then the block's row with the next group."""
+        await write_payload(lake, record, payload, traces)
+        await self.insert(record)
+
+    def _call_next_group(self) -> None:
+        if self._waiting and not self._next_group_called and len(self._committing) < GROUPS_IN_FLIGHT:
+            self._next_group_called = True
+            asyncio.get_running_loop().call_soon(self._start_group)
+
+    def _start_group(self) -> None:
+        self._next_group_called = False
+        group, self._waiting = self._waiting[:GROUP_ROWS], self._waiting[GROUP_ROWS:]
+        task = asyncio.get_running_loop().create_task(self._commit(group))
+        self._committing.add(task)
+        task.add_done_callback(self._group_done)
+
+    def _group_done(self, task: asyncio.Task[None]) -> None:
+        self._committing.discard(task)
+        self._call_next_group()
+
+    async def _commit(self, group: list[tuple[BlockRecord, asyncio.Future[None]]]) -> None:
+        try:
+            await self.catalog.insert_blocks([record for record, _ in group])
+        except REFUSED_VALUES as err:
+            log.info("a group of %d block rows refused (%s): inserting them one by one", len(group), err)
+            await self._commit_one_by_one(group)
+        except Exception as err:
+            _answer(group, err)
+        else:
+            _answer(group, None)
+
+    async def _commit_one_by_one(self, group: list[tuple[BlockRecord, asyncio.Future[None]]]) -> None:
+        for record, done in group:
+            try:
+                await self.catalog.insert_block(record)
+            except Exception as err:
+                _answer([(record, done)], err)
+            else:
+                _answer([(record, done)], None)
+
+
+def _answer(group: list[tuple[BlockRecord, asyncio.Future[None]]], error: Exception | None) -> None:
+    """Wakes the requests of `group` (those still waiting: a client gone meanwhile cancelled its own)."""
+    for _, done in group:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 class BlockContexts:

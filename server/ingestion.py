@@ -1,8 +1,10 @@
 """The HTTP ingestion API, compatible with the micromegas sink and with OTLP/HTTP exporters.
 
-Every block is stored by `lakehouse.ingest.store_block`: the payload first and the row second, both
+Every block is stored by `lakehouse.ingest.BlockRowGroups`: the payload first and the row second, both
 idempotent on the client's ids, so a retried request stores things once and no row ever points at a
-missing payload. Process and stream rows are idempotent inserts too.
+missing payload; a request is answered once its row's group is committed. Process and stream rows are
+idempotent inserts too. With ingestion workers (`server.ingestion_workers`), worker processes serve
+these routes on the HTTP port and this process serves the web UI's connections they hand over.
 """
 
 from __future__ import annotations
@@ -11,25 +13,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-import asyncpg
 from aiohttp import web
 
 from spanlake import tracing
 from spanlake.lakehouse.block_traces import TransitBlockTraces
 from spanlake.lakehouse.errors import STORAGE_FAILURES, IngestRejected, cut
-from spanlake.lakehouse.ingest import BlockContexts, store_block
+from spanlake.lakehouse.ingest import REFUSED_VALUES, BlockContexts, BlockRowGroups
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
-from spanlake.lakehouse.query.admission import lakehouse_runner
-from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
 from spanlake.server.site_guard import install_site_guard
-from spanlake.server.web.routes import mount_web_ui
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
+
+if TYPE_CHECKING:  # the web UI's imports (DataFusion's runner among them) only where it is served
+    from spanlake.lakehouse.query.runner import QueryRunner
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,9 @@ NATIVE_BODY_LIMIT = 100 * 1024 * 1024
 OTLP_BODY_LIMIT = 20 * 1024 * 1024
 _READY_CACHE_SECONDS = 1.0
 _READY_TIMEOUT_SECONDS = 2.0
-# Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
-# too big): refused on every retry, so the client's error (400), never "retry later".
-_REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
-# Anything else from storage (lakehouse.errors.STORAGE_FAILURES) is an outage (unreachable, restarting,
-# broken schema): 503, retry later.
+# Values PostgreSQL refuses (lakehouse.ingest.REFUSED_VALUES) are the client's error (400). Anything else
+# from storage (lakehouse.errors.STORAGE_FAILURES) is an outage (unreachable, restarting, broken schema):
+# 503, retry later.
 # Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
 _INLINE_PARSE_LIMIT = 64 * 1024
 
@@ -68,6 +68,7 @@ class IngestionService:
         self._ready_error: str | None = None
         self.block_contexts = BlockContexts(lake)
         self.block_traces = TransitBlockTraces(lake)
+        self.block_rows = BlockRowGroups(lake.catalog)
 
     def app(self) -> web.Application:
         """The aiohttp application: health, readiness, the enabled ingestion routes and the web UI."""
@@ -84,6 +85,9 @@ class IngestionService:
             app.router.add_post("/ingestion/webhook", webhook.route(self.store_otlp_blocks))
             firehose.add_routes(app, self.store_otlp_blocks, self.authenticator)
         if self.web_ui:
+            from spanlake.lakehouse.query.admission import lakehouse_runner
+            from spanlake.server.web.routes import mount_web_ui
+
             runner = self.runner if self.runner is not None else lakehouse_runner(self.lake)
             mount_web_ui(app, self.lake, self.authenticator, runner)
         return app
@@ -115,7 +119,7 @@ class IngestionService:
         except IngestRejected as err:
             log.info("rejected %s: %s", request.path, err)
             return web.Response(status=400, text=f"bad request: {err}")
-        except _REFUSED_VALUES as err:
+        except REFUSED_VALUES as err:
             log.info("rejected %s: the database refuses a value: %s", request.path, cut(str(err)))
             return web.Response(status=400, text=f"bad request: the database refuses a value: {cut(str(err))}")
         except STORAGE_FAILURES as err:
@@ -179,7 +183,7 @@ class IngestionService:
         await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
         process = await self.block_contexts.check(record)
         traces = await self.block_traces.of(record, payload, process)
-        await store_block(self.lake, record, payload, traces)
+        await self.block_rows.store(self.lake, record, payload, traces)
         return web.Response()
 
     @tracing.span_fn(name="ingestion.otlp_export")
@@ -209,7 +213,7 @@ class IngestionService:
         for block in (scoped_otlp_block(b, audience) for b in blocks):
             await self.lake.catalog.insert_process(block.process)
             await self.lake.catalog.insert_stream(block.stream)
-            await store_block(self.lake, block.block, block.payload, block.traces)
+            await self.block_rows.store(self.lake, block.block, block.payload, block.traces)
 
     @staticmethod
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
