@@ -1,8 +1,12 @@
-"""Ingestion throughput: blocks/s and MB/s through `POST /ingestion/insert_block` with 8 concurrent
-clients, for small (4 KiB) and large (4 MiB) payloads, side by side with the payload write alone
-(the object store's create-only put from 8 threads) as the baseline. Counts lost blocks.
+"""Ingestion throughput: blocks/s and MB/s through `POST /ingestion/insert_block` from 1 to 16 concurrent
+senders with small (4 KiB) payloads and from 8 senders with large (4 MiB) ones, each beside the payload
+write alone (the object store's create-only put of the same bytes from as many threads) as the baseline.
+Counts lost blocks (answered 200 but not stored, or not answered 200).
 
-    python benchmarks/ingest.py [--small N] [--large N] [--runs R]
+With `--baseline REV`, rounds alternate between this checkout and the code of git revision REV, each
+round on a new server; the medians of each are printed side by side, with the machine's load.
+
+    python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main]
 """
 
 from __future__ import annotations
@@ -15,18 +19,21 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import aiohttp
 import cbor2
 import lz4.frame
-from _servers import spanlake_server
+from _servers import source_env, spanlake_server
 
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
-CLIENTS = 8
+SMALL_SENDERS = (1, 2, 4, 8, 16)
+LARGE_SENDERS = 8
 
 
 def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes], list[tuple[str, bytes]]]:
@@ -82,13 +89,15 @@ def stream_body(stream_id: uuid.UUID, process_id: uuid.UUID) -> bytes:
     )
 
 
-async def post_all(url: str, bodies: list[bytes]) -> tuple[float, int]:
+async def post_all(url: str, bodies: list[bytes], senders: int) -> tuple[float, int]:
+    """Seconds to post every body from `senders` concurrent senders (kept-alive connections), and the
+    posts not answered 200."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     failures = 0
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def sender(session: aiohttp.ClientSession) -> None:
         nonlocal failures
         while not queue.empty():
             body = queue.get_nowait()
@@ -96,16 +105,16 @@ async def post_all(url: str, bodies: list[bytes]) -> tuple[float, int]:
                 await response.read()
                 failures += response.status != 200
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=senders)) as session:
         start = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(CLIENTS)))
+        await asyncio.gather(*(sender(session) for _ in range(senders)))
         return time.perf_counter() - start, failures
 
 
-def baseline_put(bodies: list[bytes]) -> float:
-    """The same payload bytes written create-only to a local store from 8 threads."""
+def baseline_put(bodies: list[bytes], threads: int) -> float:
+    """Seconds to write the same payload bytes create-only to a local store from `threads` threads."""
     payloads = [cbor2.dumps(cbor2.loads(b)["payload"]) for b in bodies]
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(CLIENTS) as pool:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
         store = ObjectStore(f"file://{tmp}")
         process_id, stream_id = uuid.uuid4(), uuid.uuid4()
         start = time.perf_counter()
@@ -114,35 +123,82 @@ def baseline_put(bodies: list[bytes]) -> float:
         return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a payload size and a number of concurrent senders."""
+
+    label: str
+    payload_size: int
+    senders: int
+
+
+@dataclass
+class Figures:
+    """Blocks/s of each run per case (of one code), and the blocks lost."""
+
+    served: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
+    lost: dict[Case, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def measure_round(revision: str | None, cases: list[Case], counts: dict[int, int], figures: Figures) -> None:
+    """One run of every case on a new server running the code of `revision` (None: this checkout)."""
+    with source_env(revision) as source, spanlake_server(extra_env=source) as server:
+        for case in cases:
+            count = counts[case.payload_size]
+            process_id, bodies, setup = make_bodies(count, case.payload_size)
+            for endpoint, body in setup:
+                assert urllib.request.urlopen(f"{server.http_url}/ingestion/{endpoint}", body).status == 200
+            elapsed, failures = asyncio.run(post_all(server.http_url + "/ingestion/insert_block", bodies, case.senders))
+            stored = server.sql("SELECT count(*) AS n FROM blocks WHERE process_id = $1", process_id)[0]["n"]
+            figures.served[case].append(count / elapsed)
+            figures.lost[case] += count - stored + failures
+
+
+def measure_baseline(cases: list[Case], counts: dict[int, int], baseline: dict[Case, list[float]]) -> None:
+    """One run of the payload write alone for every case."""
+    for case in cases:
+        count = counts[case.payload_size]
+        _, bodies, _ = make_bodies(count, case.payload_size)
+        baseline[case].append(count / baseline_put(bodies, case.senders))
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min) and its cores."""
+    return f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+
+
 def main() -> None:
+    """Runs the rounds (alternating with the baseline revision's) and prints the medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", type=int, default=4000, help="4 KiB blocks per run")
-    parser.add_argument("--large", type=int, default=100, help="4 MiB blocks per run")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--small", type=int, default=3000, help="4 KiB blocks per run")
+    parser.add_argument("--large", type=int, default=40, help="4 MiB blocks per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", help="git revision to alternate with (the previous code)")
     args = parser.parse_args()
-    with spanlake_server() as server:
-        url = server.http_url + "/ingestion/insert_block"
-        print(
-            f"{'payload':>8} {'blocks':>7} {'spanlake blocks/s':>18} {'MB/s':>8} {'baseline blocks/s':>18}"
-            f" {'MB/s':>8} {'ratio':>6} {'lost':>5}"
-        )
-        for label, count, size in (("4 KiB", args.small, 4096), ("4 MiB", args.large, 4 * 1024 * 1024)):
-            served, base, lost = [], [], 0
-            for _ in range(args.runs):
-                process_id, bodies, setup = make_bodies(count, size)
-                for endpoint, body in setup:
-                    assert urllib.request.urlopen(f"{server.http_url}/ingestion/{endpoint}", body).status == 200
-                elapsed, failures = asyncio.run(post_all(url, bodies))
-                stored = server.sql("SELECT count(*) AS n FROM blocks WHERE process_id = $1", process_id)[0]["n"]
-                lost += count - stored + failures
-                served.append(elapsed)
-                base.append(baseline_put(bodies))
-            t, b = statistics.median(served), statistics.median(base)
-            mb = count * size / 1e6
-            print(
-                f"{label:>8} {count:>7} {count / t:>18,.0f} {mb / t:>8,.1f} {count / b:>18,.0f} {mb / b:>8,.1f}"
-                f" {b / t:>6.2f} {lost:>5}"
-            )
+    cases = [Case("4 KiB", 4096, senders) for senders in SMALL_SENDERS] + [Case("4 MiB", 4 << 20, LARGE_SENDERS)]
+    counts = {4096: args.small, 4 << 20: args.large}
+    codes: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
+    figures = {name: Figures() for name in codes}
+    payload_write: dict[Case, list[float]] = defaultdict(list)
+    print(f"start: {load()}", flush=True)
+    for round_number in range(args.rounds):
+        for name, revision in codes.items():
+            measure_round(revision, cases, counts, figures[name])
+        measure_baseline(cases, counts, payload_write)
+        print(f"round {round_number + 1} done: {load()}", flush=True)
+    header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13}"
+    for name in codes:
+        header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'ratio':>5} {'lost':>4}"
+    print(header)
+    for case in cases:
+        base = statistics.median(payload_write[case])
+        line = f"{case.label:>8} {case.senders:>7} {base:>13,.0f}"
+        for name in codes:
+            rate = statistics.median(figures[name].served[case])
+            mb = rate * case.payload_size / 1e6
+            line += f" | {rate:>18,.0f} {mb:>7,.1f} {rate / base:>5.2f} {figures[name].lost[case]:>4}"
+        print(line)
+    print(f"end: {load()}")
 
 
 if __name__ == "__main__":

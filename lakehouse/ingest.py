@@ -27,7 +27,6 @@ from spanlake.views.meta import ProcessMeta
 
 log = logging.getLogger(__name__)
 
-INLINE_WRITE_LIMIT = 64 * 1024
 # Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
 # too big): refused on every retry, so the client's error, never "retry later".
 REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
@@ -37,14 +36,11 @@ GROUP_ROWS = 2000
 
 
 async def write_payload(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
-    """Stores `payload` at the block's blob key (create-only) and indexes the block's `traces`, before the
-    block's row is inserted (so a stored block's traces are always in the index)."""
+    """Stores `payload` at the block's blob key (create-only) on a worker thread (a file's creation may take
+    milliseconds on a busy disk; the loop keeps serving the other requests meanwhile), and indexes the
+    block's `traces` before its row is inserted (so a stored block's traces are always in the index)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
-    if lake.store.scheme == "file" and len(payload) <= INLINE_WRITE_LIMIT:
-        # A small local write costs less than the hop to a worker thread (benchmarks/ingest.py).
-        lake.store.put_if_absent(key, payload)
-    else:
-        await asyncio.to_thread(lake.store.put_if_absent, key, payload)
+    await asyncio.to_thread(lake.store.put_if_absent, key, payload)
     if traces.trace_ids:
         await lake.catalog.index_traces(record.process_id, traces)
 
