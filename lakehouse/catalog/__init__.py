@@ -13,6 +13,7 @@ Modules:
     deny_list         the query deny list's rules and hits
     retention         deleting what is past the retention period
     view_definitions  the stored definitions of SQL-defined views (`CREATE MATERIALIZED VIEW`)
+    screens           the web UI's saved screens (notebooks) and their folders
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spanlake.lakehouse.catalog.ingestion import IngestionRows
 from spanlake.lakehouse.catalog.partitions import PartitionRows
 from spanlake.lakehouse.catalog.processes import ProcessReads
 from spanlake.lakehouse.catalog.retention import RetentionRows
+from spanlake.lakehouse.catalog.screens import ScreenRows
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
 from spanlake.lakehouse.catalog.view_definitions import ViewDefinitionRows
 from spanlake.lakehouse.timestamps import datetime_to_ns, ns_to_datetime
@@ -43,6 +45,7 @@ class Catalog(
     DenyListRows,
     RetentionRows,
     ViewDefinitionRows,
+    ScreenRows,
 ):
     """The catalog of one lake, over its connection pool."""
 

@@ -20,4 +20,5 @@ Modules:
     access_api         keys, audience grants and groups over HTTP (micromegas's WebClient routes)
     access_pages       `/access`: the admin page of keys, grants, groups and the query deny list
     slow_queries       `/slow-queries`: this server's own slow queries and the span tree of each
+    screens_api        screens (notebooks) over HTTP: micromegas's WebClient routes, export and import
 """

@@ -29,6 +29,7 @@ from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
 from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
 from spanlake.server.web.query_stream import QueryStream
+from spanlake.server.web.screens_api import ScreensApi
 from spanlake.server.web.slow_queries import SlowQueryScreens
 from spanlake.server.web.time_range import TimeRangeError
 
@@ -122,6 +123,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
     app.router.add_routes(AccessApi(lake).routes())
+    app.router.add_routes(ScreensApi(lake).routes())
     access = AccessPages(lake)
     app.router.add_get("/access", _reported(access.page, _as_page))
     for path, handler in access.forms().items():
