@@ -21,4 +21,6 @@ Modules:
     access_pages       `/access`: the admin page of keys, grants, groups and the query deny list
     slow_queries       `/slow-queries`: this server's own slow queries and the span tree of each
     screens_api        screens (notebooks) over HTTP: micromegas's WebClient routes, export and import
+    screens_pages      `/screens`, `/screen/<name>` (a notebook) and `/api/screen-cell`, running one cell
+    screens_macros     `$from`, `$to`, `$variable` and `$variable.column` in a cell's SQL, as micromegas expands them
 """
