@@ -1,6 +1,7 @@
 """The screens API against a running `spanlake serve`: micromegas 0.32's `WebClient` and its
 `micromegas-screens` CLI (init/import/pull/plan/apply, in-process through its entry point), status
-codes and error bodies, export and import of micromegas's export file, the site guard on writes."""
+codes and error bodies, export and import of micromegas's export file, the site guard on writes, and
+a cell run with the viewer's key."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 from harness import PostgresServer, SpanlakeServer, running_server
+from micromegas.auth import StaticTokenAuthProvider
 from micromegas.cli import screens as screens_cli
 from micromegas.web_client import WebClient
+from served_support import ADMIN_KEY, READER_KEY, served_lakehouse
 
 EXPORT_FILE = Path(__file__).parent / "fixtures" / "micromegas-screens" / "process-info-export.json"
 MARKDOWN_CELL = {"name": "md", "type": "markdown", "content": "hi"}
@@ -178,3 +181,29 @@ def test_micromegas_screens_cli_round_trips(
     assert "1 updated" in cli("pull")
     assert json.loads((tmp_path / "perf.json").read_text())["config"] == NOTEBOOK
     assert "No changes." in cli("apply", "--auto-approve", "--no-color")
+
+
+def test_a_cell_runs_with_the_viewers_access(postgres: PostgresServer, tmp_path: Path) -> None:
+    # Keys on: the reader's cell calling an admin function is refused (403) where the admin's is not
+    # (the function's view set is unknown, so nothing is retired); the reader's other cell runs.
+    cells = [
+        {"name": "retire", "type": "table", "sql": "SELECT * FROM retire_partitions('none', 'x', '$from', '$to')"},
+        {"name": "count", "type": "table", "sql": "SELECT count(*) AS n FROM processes"},
+    ]
+    with served_lakehouse(postgres, tmp_path, upload=False) as served:
+        admin = WebClient(served.http_url, auth_provider=StaticTokenAuthProvider(ADMIN_KEY))
+        admin.create_screen("guarded", "notebook", {"cells": cells})
+
+        def run(key: str, cell: str) -> requests.Response:
+            body = {"screen": "guarded", "cell": cell, "begin": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
+            headers = {"Authorization": f"Bearer {key}"}
+            return requests.post(f"{served.http_url}/api/screen-cell", json=body, headers=headers, timeout=30)
+
+        refused = run(READER_KEY, "retire")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "the function 'retire_partitions' is reserved to admin API keys"
+        assert "'2026-01-01T00:00:00" in refused.json()["sql"]  # $from expanded
+        assert run(ADMIN_KEY, "retire").status_code != 403
+        assert run(READER_KEY, "count").json()["rows"] == [[0]]
+        anonymous = requests.get(f"{served.http_url}/api/screens", timeout=10)
+        assert anonymous.status_code == 401
