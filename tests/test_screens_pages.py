@@ -302,3 +302,30 @@ def test_a_cell_run_outside_the_stored_screen_is_refused(lake: Lake) -> None:
     assert (answer.status_code, answer.json()["error"]) == (404, "there is no screen named 'nope'")
     foreign = requests.post(url, json=body, headers={"Origin": "http://evil.example"}, timeout=10)
     assert foreign.status_code == 403
+
+
+def test_the_starter_screens_show_a_process_logs_and_metrics(lake: Lake, chrome: Browser, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{lake.url}/screens")
+    page.click("#add-starters")
+    page.wait_for_selector("section.screen-folder[data-folder=starters]")
+    try:
+        names = page.locator("section.screen-folder[data-folder=starters] tbody td:first-child").all_inner_texts()
+        assert names == ["process-logs", "process-metrics", "processes"]
+        begin, end = open_screen(page, lake, "process-metrics")
+        pid = cell(page, "process").locator("select option").first.inner_text()
+        metric = cell(page, "metric").locator("select option").first.inner_text()
+        values = lake.sql(f"SELECT value FROM view_instance('measures', '{pid}') WHERE name = '{metric}'", begin, end)
+        assert int(cell(page, "values").locator(".cell-chart").get_attribute("data-points")) == len(values) > 0
+        chrome.shot(page, "screen-starter-metrics")
+        begin, end = open_screen(page, lake, "process-logs")
+        pid = cell(page, "process").locator("select option").first.inner_text()
+        msgs = lake.sql(
+            f"SELECT msg FROM view_instance('log_entries', '{pid}') WHERE level <= 4 ORDER BY time DESC LIMIT 500",
+            begin,
+            end,
+        )
+        assert cell(page, "logs").locator(".log-msg").count() == len(msgs) > 0
+    finally:
+        for name in ("processes", "process-logs", "process-metrics"):
+            lake.client.delete_screen(name)

@@ -22,5 +22,6 @@ Modules:
     slow_queries       `/slow-queries`: this server's own slow queries and the span tree of each
     screens_api        screens (notebooks) over HTTP: micromegas's WebClient routes, export and import
     screens_pages      `/screens`, `/screen/<name>` (a notebook) and `/api/screen-cell`, running one cell
+    screens_starters   the fixed pages' questions as notebooks to start from (processes, logs, metrics)
     screens_macros     `$from`, `$to`, `$variable` and `$variable.column` in a cell's SQL, as micromegas expands them
 """

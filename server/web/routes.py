@@ -127,6 +127,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
     app.router.add_post("/api/screen-cell", notebooks.run_cell)
+    app.router.add_post("/screens/starters", _reported(notebooks.add_starters, _as_page))
     app.router.add_routes(AccessApi(lake).routes())
     app.router.add_routes(ScreensApi(lake).routes())
     access = AccessPages(lake)

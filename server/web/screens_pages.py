@@ -6,6 +6,7 @@ page's variable values and time range (`screens_macros`), through the governed q
 (`queries.WebQueries`: the viewer's audiences, limits, deny list, audit), at most `MAX_CELL_ROWS` rows.
 A failure is the cell's alone: the answer carries the expanded SQL and the error, and the page goes on.
 Screens of the single-query types (table, log, metrics, process list) are shown as a notebook of one cell.
+`POST /screens/starters` adds the starter screens (`screens_starters`) to the folder `starters`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
+from spanlake.server.web.access_api import caller_name
 from spanlake.server.web.api import json_response, request_range
 from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.queries import WebQueries, WebQueryError
 from spanlake.server.web.screens_macros import expand_macros
+from spanlake.server.web.screens_starters import STARTER_SCREENS
 from spanlake.server.web.time_range import parse_range
 
 MAX_CELL_ROWS = 10_000
+STARTER_FOLDER = "starters"
 JS_SAFE_INTEGER = 2**53 - 1
 # Cell types whose `sql` runs on the server; the others (markdown, hg, perfettoexport) are drawn by the page.
 QUERY_CELL_TYPES = frozenset(
@@ -149,6 +153,14 @@ class ScreenPages:
         for screen in await self.catalog.list_screens():
             by_folder.setdefault(screen["folder_path"], []).append(screen)
         return self._page(request, "screens.html", title="Screens", folders=sorted(by_folder.items()))
+
+    async def add_starters(self, request: web.Request) -> web.Response:
+        """Adds the starter screens not there yet (a screen by that name is left as it is); back to `/screens`."""
+        for starter in STARTER_SCREENS:
+            await self.catalog.insert_screen(
+                **starter, user=caller_name(request), managed_by=None, folder_path=STARTER_FOLDER
+            )
+        raise web.HTTPSeeOther("/screens")
 
     async def screen(self, request: web.Request) -> web.Response:
         """A screen as a notebook; its cells run from the page's script."""
