@@ -264,11 +264,14 @@ def test_bad_cells_fail_alone_and_change_nothing(lake: Lake, chrome: Browser, wa
         {"name": "broken", "type": "table", "sql": "SELECT no_such_column FROM processes"},
         {"name": "empty", "type": "table"},
         {"name": "huge", "type": "table", "sql": "SELECT * FROM unnest(range(0, 20000)) AS t(n)"},
-        {"name": "admin", "type": "table", "sql": "SELECT * FROM list_query_denials() WHERE false"},
+        {"name": "refused", "type": "table", "sql": "SELECT 'refuse-me' AS x"},
         {"name": "after", "type": "table", "sql": "SELECT 'still here' AS s"},
     )
     lake.client.create_screen("bad-cells", "notebook", config)
     lake.client.create_screen("bad-config", "notebook", {"cells": "not a list"})
+    rule = "client = ''web'' AND sql LIKE ''%refuse-me%''"
+    flight = micromegas.connect(lake.server.flightsql_url)
+    rule_id = flight.query(f"SELECT msg FROM deny_queries('{rule}', 'screens test')")["msg"][0]
     before = lake.client.list_screens()
     try:
         page = watched.page
@@ -283,6 +286,8 @@ def test_bad_cells_fail_alone_and_change_nothing(lake: Lake, chrome: Browser, wa
         huge = cell(page, "huge")
         assert "more than 10,000 rows" in huge.locator(".cell-truncated").inner_text()
         assert huge.locator("tbody tr").count() == 10_000
+        refused = cell(page, "refused").locator(".cell-error").inner_text()
+        assert refused.startswith(f"query denied by rule {rule_id} (reason: screens test)")
         assert cell(page, "after").locator("tbody td").inner_text() == "still here"
         chrome.shot(page, "screen-bad-cells")
 
@@ -293,6 +298,7 @@ def test_bad_cells_fail_alone_and_change_nothing(lake: Lake, chrome: Browser, wa
     finally:
         lake.client.delete_screen("bad-cells")
         lake.client.delete_screen("bad-config")
+        flight.query(f"SELECT remove_query_denial('{rule_id}') AS m")
 
 
 def test_a_cell_run_outside_the_stored_screen_is_refused(lake: Lake) -> None:
