@@ -14,6 +14,7 @@ Modules:
     retention         deleting what is past the retention period
     view_definitions  the stored definitions of SQL-defined views (`CREATE MATERIALIZED VIEW`)
     trace_index       the trace index: the processes holding a trace's spans, and when
+    screens           the web UI's saved screens (notebooks) and their folders
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from spanlake.lakehouse.catalog.ingestion import IngestionRows
 from spanlake.lakehouse.catalog.partitions import PartitionRows
 from spanlake.lakehouse.catalog.processes import ProcessReads
 from spanlake.lakehouse.catalog.retention import RetentionRows
+from spanlake.lakehouse.catalog.screens import ScreenRows
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
 from spanlake.lakehouse.catalog.trace_index import TraceIndexRows
 from spanlake.lakehouse.catalog.view_definitions import ViewDefinitionRows
@@ -46,6 +48,7 @@ class Catalog(
     RetentionRows,
     ViewDefinitionRows,
     TraceIndexRows,
+    ScreenRows,
 ):
     """The catalog of one lake, over its connection pool."""
 

@@ -23,4 +23,8 @@ Modules:
     trace_layout       a trace's waterfall: one band per process, rows depth first, critical path, links
     trace_pages        `/traces` and `/trace/{trace_id}`: the traces searched, a trace's waterfall paged
     slow_queries       `/slow-queries`: this server's own slow queries and the span tree of each
+    screens_api        screens (notebooks) over HTTP: micromegas's WebClient routes, export and import
+    screens_pages      `/screens`, `/screen/<name>` (a notebook) and `/api/screen-cell`, running one cell
+    screens_starters   the fixed pages' questions as notebooks to start from (processes, logs, metrics)
+    screens_macros     `$from`, `$to`, `$variable` and `$variable.column` in a cell's SQL, as micromegas expands them
 """

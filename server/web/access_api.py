@@ -48,7 +48,8 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "BAD_REQUEST", message)
 
 
-def _json(value: Any, status: int = 200) -> web.Response:
+def json_answer(value: Any, status: int = 200) -> web.Response:
+    """`value` as a JSON answer (datetimes in ISO 8601, UUIDs and networks as text)."""
     return web.json_response(value, status=status, dumps=_dumps)
 
 
@@ -84,17 +85,19 @@ def _admin_only(handler: Handler) -> Handler:
     return handle
 
 
-def _answered(handler: Handler) -> Handler:
+def answered(handler: Handler) -> Handler:
+    """The handler with its `ApiError`s answered as `{"code", "message"}`."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as err:
-            return _json({"code": err.code, "message": err.message}, err.status)
+            return json_answer({"code": err.code, "message": err.message}, err.status)
 
     return handle
 
 
-async def _body(request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+async def json_body(request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """The JSON object body, with its required fields and no unknown ones (400 otherwise)."""
     try:
         body = await request.json()
@@ -176,13 +179,13 @@ class AccessApi:
             (web.post, "/api/groups/{name}/members", admin(self.add_member)),
             (web.delete, "/api/groups/{name}/members", admin(self.remove_member)),
         ]
-        return [method(path, _answered(handler)) for method, path, handler in table]
+        return [method(path, answered(handler)) for method, path, handler in table]
 
     async def mint_key(self, request: web.Request) -> web.Response:
         """A new key (201), its cleartext `key` shown this once."""
         table = _key_table(request)
         scope_field = "audience" if table == "ingestion_api_keys" else "read_audiences"
-        body = await _body(request, ("name",), (scope_field, "allowed_cidrs"))
+        body = await json_body(request, ("name",), (scope_field, "allowed_cidrs"))
         name = body["name"]
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             raise _bad("name must be a non-empty string of at most 255 characters")
@@ -201,7 +204,7 @@ class AccessApi:
             row = await self.catalog.add_analytics_key(
                 name, hash_key(key), [valid_audience(a) for a in audiences], caller_name(request), cidrs
             )
-        return _json({**_row(row), "key": key}, 201)
+        return json_answer({**_row(row), "key": key}, 201)
 
     async def list_keys(self, request: web.Request) -> web.Response:
         """The keys, newest first (never a hash, never a key)."""
@@ -220,36 +223,36 @@ class AccessApi:
         rows = await self.catalog.list_keys(
             _key_table(request), min(limit, MAX_LIMIT), offset, include_revoked == "true"
         )
-        return _json([_row(r) for r in rows])
+        return json_answer([_row(r) for r in rows])
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         """`{"revoked_at"}` (idempotent); 404 for an unknown key."""
         revoked_at = await self.catalog.revoke_key(_key_table(request), _key_id(request), caller_name(request))
         if revoked_at is None:
             raise ApiError(404, "NOT_FOUND", "key not found")
-        return _json({"revoked_at": revoked_at})
+        return json_answer({"revoked_at": revoked_at})
 
     async def set_allowlist(self, request: web.Request) -> web.Response:
         """`{"allowed_cidrs"}` as stored ([] = from anywhere); 404 for an unknown key."""
         key_id = _key_id(request)
-        body = await _body(request, ("allowed_cidrs",))
+        body = await json_body(request, ("allowed_cidrs",))
         stored = await self.catalog.set_key_allowlist(_key_table(request), key_id, _cidrs(body["allowed_cidrs"]))
         if stored is None:
             raise ApiError(404, "NOT_FOUND", "key not found")
-        return _json({"allowed_cidrs": stored})
+        return json_answer({"allowed_cidrs": stored})
 
     async def create_grant(self, request: web.Request) -> web.Response:
         """The grant: 201 when created, 200 when it existed."""
-        body = await _body(request, ("audience", "axis", "selector"))
+        body = await json_body(request, ("audience", "axis", "selector"))
         if body["axis"] not in AXES:
             raise _bad("axis must be 'read' or 'mint'")
         audience, selector = valid_audience(body["audience"]), check_selector(body["selector"], "selector")
         row, created = await self.catalog.add_grant(audience, body["axis"], selector, caller_name(request))
-        return _json(_row(row), 201 if created else 200)
+        return json_answer(_row(row), 201 if created else 200)
 
     async def list_grants(self, request: web.Request) -> web.Response:
         """Every grant."""
-        return _json([_row(r) for r in await self.catalog.list_grants()])
+        return json_answer([_row(r) for r in await self.catalog.list_grants()])
 
     async def delete_grant(self, request: web.Request) -> web.Response:
         """204; 404 when there is no such grant."""
@@ -268,7 +271,7 @@ class AccessApi:
         held = [
             f"{r['audience']}:{r['axis']}" for r in await self.catalog.list_grants() if r["selector"] == f"user:{name}"
         ]
-        return _json(
+        return json_answer(
             {
                 "is_admin": principal is None or principal.is_admin,
                 "audiences": sorted(mintable),
@@ -281,16 +284,16 @@ class AccessApi:
 
     async def list_groups(self, request: web.Request) -> web.Response:
         """Every group with its member count."""
-        return _json([_row(r) for r in await self.catalog.list_groups()])
+        return json_answer([_row(r) for r in await self.catalog.list_groups()])
 
     async def create_group(self, request: web.Request) -> web.Response:
         """The new group (201); 400 for a bad name, 409 if it exists."""
-        body = await _body(request, ("name",), ("description",))
+        body = await json_body(request, ("name",), ("description",))
         name = check_group_name(body["name"])
         row = await self.catalog.add_group(name, body.get("description"), caller_name(request))
         if row is None:
             raise ApiError(409, "CONFLICT", f"group '{name}' already exists")
-        return _json(_row(row), 201)
+        return json_answer(_row(row), 201)
 
     async def delete_group(self, request: web.Request) -> web.Response:
         """204; 409 for `admins` or a group still referenced, 404 for an unknown one."""
@@ -307,13 +310,13 @@ class AccessApi:
     async def list_members(self, request: web.Request) -> web.Response:
         """A group's direct members; 404 for an unknown group."""
         name = await self._existing_group(request.match_info["name"])
-        return _json([_row(r) for r in await self.catalog.group_members(name)])
+        return json_answer([_row(r) for r in await self.catalog.group_members(name)])
 
     async def add_member(self, request: web.Request) -> web.Response:
         """The member row: 201 when added, 200 when it was there; 404 for an unknown group, 409 for a cycle."""
-        member = check_selector((await _body(request, ("member",)))["member"], "member")
+        member = check_selector((await json_body(request, ("member",)))["member"], "member")
         row, created = await add_group_member(self.catalog, request.match_info["name"], member, caller_name(request))
-        return _json(_row(row), 201 if created else 200)
+        return json_answer(_row(row), 201 if created else 200)
 
     async def remove_member(self, request: web.Request) -> web.Response:
         """204; 404 for an unknown member."""

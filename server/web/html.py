@@ -13,7 +13,13 @@ from aiohttp import web
 
 PRESETS = (("15m", "now-15m"), ("1h", "now-1h"), ("6h", "now-6h"), ("24h", "now-24h"), ("7d", "now-7d"))
 # The header's links, in order: a new screen adds its (path, label) here.
-NAV_LINKS = (("/", "Processes"), ("/traces", "Traces"), ("/sql", "SQL"), ("/slow-queries", "Slow queries"))
+NAV_LINKS = (
+    ("/", "Processes"),
+    ("/traces", "Traces"),
+    ("/sql", "SQL"),
+    ("/screens", "Screens"),
+    ("/slow-queries", "Slow queries"),
+)
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 

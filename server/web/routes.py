@@ -31,6 +31,8 @@ from spanlake.server.web.perfetto_download import PerfettoDownload
 from spanlake.server.web.process_pages import ProcessScreens
 from spanlake.server.web.queries import StorageUnavailable, WebQueries, WebQueryError
 from spanlake.server.web.query_stream import QueryStream
+from spanlake.server.web.screens_api import ScreensApi
+from spanlake.server.web.screens_pages import ScreenPages
 from spanlake.server.web.slow_queries import SlowQueryScreens
 from spanlake.server.web.time_range import TimeRangeError
 from spanlake.server.web.trace_pages import TraceScreens
@@ -105,6 +107,7 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     screens, api = ProcessScreens(lake, web_queries), Api(lake, web_queries)
     slow = SlowQueryScreens(lake, web_queries)
     traces = TraceScreens(lake, web_queries)
+    notebooks = ScreenPages(lake, web_queries)
     throttle = LoginThrottle(lake.settings.login_failures_per_ip, lake.settings.login_failures)
     app.router.add_routes(login_handlers(authenticator, throttle))
     if authenticator is not None and authenticator.tokens is not None:
@@ -122,6 +125,8 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
         "/slow-queries/{span_id}": slow.tree,
         "/traces": traces.traces,
         "/trace/{trace_id}": traces.trace,
+        "/screens": notebooks.folders,
+        "/screen/{name}": notebooks.screen,
     }
     for path, handler in pages.items():
         app.router.add_get(path, _reported(handler, _as_page))
@@ -135,7 +140,10 @@ def mount_web_ui(app: web.Application, lake: Lake, authenticator: Authenticator 
     app.router.add_post("/api/sql", _reported(api.sql, _as_json))
     app.router.add_get("/api/perfetto/{process_id}", _reported(PerfettoDownload(lake, web_queries).trace, _as_text))
     app.router.add_post("/api/query-stream", QueryStream(lake, web_queries).handle)
+    app.router.add_post("/api/screen-cell", notebooks.run_cell)
+    app.router.add_post("/screens/starters", _reported(notebooks.add_starters, _as_page))
     app.router.add_routes(AccessApi(lake).routes())
+    app.router.add_routes(ScreensApi(lake).routes())
     access = AccessPages(lake)
     app.router.add_get("/access", _reported(access.page, _as_page))
     for path, handler in access.forms().items():
