@@ -25,7 +25,7 @@ from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.transit import decode as transit
 from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta, SourceBlock
 from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing, estimate_frequency
-from spanlake.views.view import OtlpBlock, TransitBlock, View
+from spanlake.views.view import RUN_OBJECTS, OtlpBlock, TransitBlock, View
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +124,48 @@ def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
 
 
 def _decoded(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:
+    """Blocks decoded many at a time: consecutive blocks of one stream layout, up to RUN_OBJECTS objects."""
     settings = lake.settings
     inflation = transit.InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
+    for run in _decode_runs(_clocked(lake, blocks, timings)):
+        layout = transit.stream_layout(run[0][0].stream.dependencies_metadata, run[0][0].stream.objects_metadata)
+        with tracing.async_span("transit.decode_block"):  # the span's name from when blocks decoded one by one
+            decoded = transit.decode_blocks([payload for _, payload, _, _ in run], layout, inflation)
+        for (block, _, process, latest), result in zip(run, decoded, strict=True):
+            if isinstance(result, BadBlockError):
+                _skip(block, result)
+            else:
+                yield TransitBlock(result, block.meta, block.stream.meta, process, latest)
+
+
+_Clocked = tuple[SourceBlock, bytes, ProcessMeta, TickConverter]
+
+
+def _clocked(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[_Clocked]:
+    """Readable blocks with their payload, process and latest clock; a block contradicting it is skipped."""
     for block, payload, timing in _readable(lake, blocks, timings):
         try:
-            latest = _latest_clock(block, timing)
-            with tracing.async_span("transit.decode_block"):
-                layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-                decoded = transit.decode_block(payload, layout, inflation)
+            yield block, payload, timing.process, _latest_clock(block, timing)
         except BadBlockError as err:
             _skip(block, err)
-            continue
-        yield TransitBlock(decoded, block.meta, block.stream.meta, timing.process, latest)
+
+
+def _decode_runs(blocks: Iterable[_Clocked]) -> Iterator[list[_Clocked]]:
+    run: list[_Clocked] = []
+    objects = 0
+    for clocked in blocks:
+        stream = clocked[0].stream
+        same_layout = run and (stream.dependencies_metadata, stream.objects_metadata) == (
+            run[0][0].stream.dependencies_metadata,
+            run[0][0].stream.objects_metadata,
+        )
+        if run and (not same_layout or objects + clocked[0].meta.nb_objects > RUN_OBJECTS):
+            yield run
+            run, objects = [], 0
+        run.append(clocked)
+        objects += clocked[0].meta.nb_objects
+    if run:
+        yield run
 
 
 def _parsed(lake: Lake, view: View, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[OtlpBlock]:
