@@ -21,7 +21,10 @@ Decoding a block:
    of `lakehouse.transit_dynamic`; an unknown dynamic type is skipped (with a warning) by size.
 
 The result groups objects by type (`ObjectGroup`: positions within the block + columns), which is the
-shape the view builders consume. `object_values` turns it back into one value per object, the way
+shape the view builders consume. `decode_blocks` decodes consecutive blocks of a stream as one: their
+objects buffers joined, framed and decoded in one pass (steps 2–4 once for many blocks), references
+resolved against the blocks' dependencies merged (each object's own block must hold what it references),
+and each block given as its range of that decoding (`DecodedBlock.part`). `object_values` turns it back into one value per object, the way
 micromegas's own decoder prints a block.
 """
 
@@ -195,8 +198,8 @@ def decode_blocks(
     """Decode several block payloads of one stream layout in one pass, each block's result being its
     `DecodedBlock` (a part of their joint decoding, `DecodedBlock.part`) or the error that makes it
     undecodable. Their objects buffers are framed and decoded as one, so a block's fixed cost is only
-    its envelope and LZ4 frames; when the joint pass fails (a bad block, dependency ids that differ
-    between blocks), the blocks are decoded one by one, so a bad block fails alone."""
+    its envelope and LZ4 frames; when the joint pass fails (a bad block, two blocks giving one
+    dependency id different values), the blocks are decoded one by one, so a bad block fails alone."""
     inflated: list[InflatedBlock | TransitError] = []
     for payload in payloads:
         try:
@@ -254,7 +257,7 @@ def _decode_joined(parts: Sequence[InflatedBlock], layout: StreamLayout) -> list
     groups = _decode_objects(buffer, framing, layout.object_types, resolver)
     run = DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=resolver.merged)
     bounds = firsts.tolist()
-    return [run.part(start, stop, deps) for start, stop, (_, deps) in zip(bounds, bounds[1:], parts, strict=False)]
+    return [run.part(start, stop, deps) for start, stop, (_, deps) in zip(bounds[:-1], bounds[1:], parts, strict=True)]
 
 
 class KnownDependencies:
