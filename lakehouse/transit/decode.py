@@ -24,8 +24,8 @@ The result groups objects by type (`ObjectGroup`: positions within the block + c
 shape the view builders consume. `decode_blocks` decodes consecutive blocks of a stream as one: their
 objects buffers joined, framed and decoded in one pass (steps 2–4 once for many blocks), references
 resolved against the blocks' dependencies merged (each object's own block must hold what it references),
-and each block given as its range of that decoding (`DecodedBlock.part`). `object_values` turns it back into one value per object, the way
-micromegas's own decoder prints a block.
+and each block given as its range of that decoding (`DecodedBlock.part`). `object_values` turns a
+block back into one value per object, the way micromegas's own decoder prints a block.
 """
 
 from __future__ import annotations
@@ -249,10 +249,10 @@ def _decode_joined(parts: Sequence[InflatedBlock], layout: StreamLayout) -> list
     buffer = b"".join(objects for objects, _ in parts)
     offsets = np.cumsum([0] + [len(objects) for objects, _ in parts], dtype=np.int64)
     framing = frame_objects(buffer, layout.object_types, "objects buffer")
-    block_starts = offsets[:-1][offsets[:-1] < len(buffer)]
-    if not np.all(np.isin(block_starts, framing.entry_start)):
+    firsts = np.searchsorted(framing.entry_start, offsets)  # each block's first object (entries are sorted)
+    inside = offsets[:-1] < len(buffer)  # an empty last block starts at the end
+    if not np.array_equal(framing.entry_start[firsts[:-1][inside]], offsets[:-1][inside]):
         raise TransitError("objects buffer: a block's last object runs into the next block")
-    firsts = np.searchsorted(framing.entry_start, offsets)
     resolver = _run_resolver([deps for _, deps in parts], firsts[:-1])
     groups = _decode_objects(buffer, framing, layout.object_types, resolver)
     run = DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=resolver.merged)
