@@ -18,6 +18,7 @@ from spanlake.lakehouse.transit.decode import (
     split_payload,
     stream_layout,
 )
+from spanlake.lakehouse.view_rows import clock_problem, clock_problems
 from spanlake.views import async_events, log_entries, measures
 from spanlake.views.decoded import DecodedBlock, concat_blocks
 from spanlake.views.view import TransitBlock
@@ -128,3 +129,30 @@ def test_views_built_per_run_give_the_rows_built_block_by_block() -> None:
         assert len(expected) > 100
         assert pa.Table.from_batches(batches).to_pylist() == expected, tag
         assert len({row["block_id"] for row in expected}) > 1, tag
+
+
+def test_clock_problems_of_many_blocks_are_each_blocks_own() -> None:
+    frequency = 1_000_000
+    process = replace(rust_fixtures.process(), tsc_frequency=frequency, start_ticks=0, start_time_ns=10**18)
+    second = 1_000_000_000
+    # (begin ticks, end ticks, begin ns offset, end ns offset): on time, 30 s off (within a minute),
+    # 2 minutes late at its end, 3 minutes early at its begin, and one far past what int64 differences hold.
+    shapes = [(0, frequency, 0, second), (0, frequency, 30 * second, 31 * second), (0, frequency, 0, 121 * second)]
+    shapes += [(10 * frequency, 11 * frequency, 10 * second - 180 * second, 11 * second), (0, 1, -(2**62), 0)]
+    metas = [
+        replace(
+            rust_fixtures.streams()[0].blocks[0].meta,
+            block_id=f"b{i}",
+            begin_ticks=begin,
+            end_ticks=end,
+            begin_time_ns=process.start_time_ns + begin_ns,
+            end_time_ns=process.start_time_ns + end_ns,
+        )
+        for i, (begin, end, begin_ns, end_ns) in enumerate(shapes)
+    ]
+    found = clock_problems(process, metas)
+    assert found == [clock_problem(process, meta) for meta in metas]
+    assert [problem is not None for problem in found] == [False, False, True, True, True]
+    assert found[2] == "its times are 120 s away from what its ticks say"
+    in_range = clock_problems(process, metas[:4])  # the vectorized pass (the last block takes the scalar one)
+    assert in_range == found[:4]
