@@ -25,7 +25,7 @@ from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.transit import decode as transit
 from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta, SourceBlock
 from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing, estimate_frequency
-from spanlake.views.view import OtlpBlock, TransitBlock, View
+from spanlake.views.view import RUN_OBJECTS, OtlpBlock, TransitBlock, View
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,32 @@ def clock_problem(process: ProcessMeta, block: BlockMeta) -> str | None:
     return None
 
 
+def clock_problems(process: ProcessMeta, blocks: Sequence[BlockMeta]) -> list[str | None]:
+    """`clock_problem` of many blocks of one process, in one numpy pass when the process has a TSC
+    frequency (block by block otherwise, or when times are so far out that int64 differences overflow)."""
+    times = np.array([[b.begin_ticks, b.end_ticks, b.begin_time_ns, b.end_time_ns] for b in blocks], np.int64)
+    times = times.reshape(-1, 4)
+    if process.tsc_frequency <= 0 or abs(process.start_time_ns) > _SAFE_NS or np.any(np.abs(times[:, 2:]) > _SAFE_NS):
+        return [clock_problem(process, block) for block in blocks]
+    convert = TickConverter(process.start_ticks, process.start_time_ns, process.tsc_frequency)
+    said = convert.delta_ticks_to_ns(times[:, :2])
+    if np.any(np.abs(said) > _SAFE_NS):
+        return [clock_problem(process, block) for block in blocks]
+    slack = _CLOCK_SLACK_NS + np.abs(times[:, 3] - process.start_time_ns) // _CLOCK_SLACK_FRACTION
+    drift = np.abs(said - times[:, 2:]).max(axis=1)
+    return [
+        f"its times are {block_drift / 1e9:.6g} s away from what its ticks say" if bad else None
+        for bad, block_drift in zip((drift > slack).tolist(), drift.tolist(), strict=True)
+    ]
+
+
+# Nanosecond times within ±2^61 subtract without overflowing int64.
+_SAFE_NS = 2**61
+
+
 def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
     """The converter async events and thread spans use (from the process's latest block; this block's
-    own clock when the latest gives no frequency), else BadBlockError when this block contradicts it."""
-    problem = clock_problem(timing.process, block.meta)
-    if problem is not None:
-        raise BadBlockError(problem)
+    own clock when the latest gives no frequency)."""
     process = timing.process
     if process.tsc_frequency <= 0:
         latest = estimate_frequency(process.start_time_ns, timing.last_block_end_ticks, timing.last_block_end_time_ns)
@@ -124,18 +144,65 @@ def _latest_clock(block: SourceBlock, timing: ProcessTiming) -> TickConverter:
 
 
 def _decoded(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:
+    """Blocks decoded many at a time: consecutive blocks of one stream layout, up to RUN_OBJECTS objects."""
     settings = lake.settings
     inflation = transit.InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
+    for run in _decode_runs(_clocked(lake, blocks, timings)):
+        layout = transit.stream_layout(run[0][0].stream.dependencies_metadata, run[0][0].stream.objects_metadata)
+        with tracing.async_span("transit.decode_block"):  # the span's name from when blocks decoded one by one
+            decoded = transit.decode_blocks([payload for _, payload, _, _ in run], layout, inflation)
+        for (block, _, process, latest), result in zip(run, decoded, strict=True):
+            if isinstance(result, BadBlockError):
+                _skip(block, result)
+            else:
+                yield TransitBlock(result, block.meta, block.stream.meta, process, latest)
+
+
+_Clocked = tuple[SourceBlock, bytes, ProcessMeta, TickConverter]
+
+
+def _clocked(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[_Clocked]:
+    """Readable blocks with their payload, process and latest clock; a block whose times contradict its
+    ticks (`clock_problem`) is skipped."""
+    problems = _clock_problems(blocks, timings)
     for block, payload, timing in _readable(lake, blocks, timings):
-        try:
-            latest = _latest_clock(block, timing)
-            with tracing.async_span("transit.decode_block"):
-                layout = transit.stream_layout(block.stream.dependencies_metadata, block.stream.objects_metadata)
-                decoded = transit.decode_block(payload, layout, inflation)
-        except BadBlockError as err:
-            _skip(block, err)
-            continue
-        yield TransitBlock(decoded, block.meta, block.stream.meta, timing.process, latest)
+        problem = problems.get(block.meta.block_id)
+        if problem is None:
+            yield block, payload, timing.process, _latest_clock(block, timing)
+        else:
+            _skip(block, problem)
+
+
+def _clock_problems(blocks: Sequence[SourceBlock], timings: Timings) -> dict[str, str]:
+    """The clock problem of each block that has one, by block id (`clock_problems` by process)."""
+    by_process: dict[str, list[BlockMeta]] = {}
+    for block in blocks:
+        by_process.setdefault(block.meta.process_id, []).append(block.meta)
+    problems: dict[str, str] = {}
+    for process_id, metas in by_process.items():
+        timing = timings.get(process_id)
+        if timing is not None:
+            found = clock_problems(timing.process, metas)
+            problems.update((meta.block_id, problem) for meta, problem in zip(metas, found, strict=True) if problem)
+    return problems
+
+
+def _decode_runs(blocks: Iterable[_Clocked]) -> Iterator[list[_Clocked]]:
+    run: list[_Clocked] = []
+    objects = 0
+    for clocked in blocks:
+        stream = clocked[0].stream
+        same_layout = run and (stream.dependencies_metadata, stream.objects_metadata) == (
+            run[0][0].stream.dependencies_metadata,
+            run[0][0].stream.objects_metadata,
+        )
+        if run and (not same_layout or objects + clocked[0].meta.nb_objects > RUN_OBJECTS):
+            yield run
+            run, objects = [], 0
+        run.append(clocked)
+        objects += clocked[0].meta.nb_objects
+    if run:
+        yield run
 
 
 def _parsed(lake: Lake, view: View, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[OtlpBlock]:

@@ -318,26 +318,26 @@ def test_a_bad_block_is_skipped_but_a_decoder_bug_fails_the_partition(
     lake: LocalLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     minute = spread_over_a_minute(lake)
-    real_decode = transit.decode_block
+    real_inflate = transit.inflate_block
     log_blocks = {b["block_id"] for s in EXPECTED["streams"] if s["tags"] == ["log"] for b in s["blocks"]}
     first_log_block = min(log_blocks)
 
     def decode(error: Exception) -> Callable[..., object]:
-        def decode_block(payload: bytes, layout: object, limit: object) -> object:
+        def inflate_block(payload: bytes, layout: object, limit: object) -> object:
             # The envelope of the first log block (by id) fails; the others decode.
             if lake.lake.store.get(f"blobs/{PROCESS_ID}/{log_stream}/{first_log_block}") == payload:
                 raise error
-            return real_decode(payload, layout, limit)
+            return real_inflate(payload, layout, limit)
 
-        return decode_block
+        return inflate_block
 
     log_stream = next(s["stream_id"] for s in EXPECTED["streams"] if s["tags"] == ["log"])
-    monkeypatch.setattr(transit, "decode_block", decode(pa.ArrowInvalid("a bug, not bad data")))
+    monkeypatch.setattr(transit, "inflate_block", decode(pa.ArrowInvalid("a bug, not bad data")))
     with pytest.raises(pa.ArrowInvalid):
         materialize_range(lake.lake, VIEW_SETS["log_entries"], minute, minute + MINUTE_NS, MINUTE_NS)
     assert partitions(lake, "log_entries") == []
 
-    monkeypatch.setattr(transit, "decode_block", decode(transit.TransitError("bad data")))
+    monkeypatch.setattr(transit, "inflate_block", decode(transit.TransitError("bad data")))
     materialize_range(lake.lake, VIEW_SETS["log_entries"], minute, minute + MINUTE_NS, MINUTE_NS)
     skipped = next(b for s in EXPECTED["streams"] for b in s["blocks"] if b["block_id"] == first_log_block)
     assert len(table_rows(lake, "log_entries")) == 148 - skipped["nb_objects"]

@@ -101,6 +101,24 @@ def block_identity_columns(process: ProcessMeta, block: BlockMeta, length: int) 
     ]
 
 
+def run_identity_columns(
+    process: ProcessMeta, blocks: Sequence[BlockMeta], starts: np.ndarray, positions: np.ndarray
+) -> list[pa.Array]:
+    """`block_identity_columns` of rows from consecutive blocks of one process, given each row's object
+    position and each block's first position (`decoded.concat_blocks`)."""
+    which = np.searchsorted(starts, positions, side="right") - 1
+    length = len(positions)
+    insert_times = np.array([block.insert_time_ns for block in blocks], dtype=np.int64)
+    return [
+        constant_dictionary(process.process_id, length),
+        *block_columns(blocks, starts, positions),
+        timestamp_array(insert_times[which]),
+        constant_dictionary(process.exe, length),
+        constant_dictionary(process.username, length),
+        constant_dictionary(process.computer, length),
+    ]
+
+
 def block_columns(blocks: Sequence[BlockMeta], starts: np.ndarray, positions: np.ndarray) -> list[pa.Array]:
     """stream_id and block_id of rows from consecutive blocks, given each row's object position and
     each block's first position (`decoded.concat_blocks`)."""
@@ -124,6 +142,7 @@ __all__ = [
     "dictionary_array",
     "order_by_position",
     "pair_codes",
+    "run_identity_columns",
     "string_array",
     "timestamp_array",
 ]

@@ -15,7 +15,8 @@ Nested structures are flattened: the member `b` of a nested member `a` is the co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,32 +86,103 @@ class ObjectGroup:
 
 
 @dataclass(frozen=True)
+class RunPart:
+    """Where a block decoded with others (`lakehouse.transit.decode_blocks`) sits in their decoding:
+    its objects are the run's objects `start` to `stop`."""
+
+    run: DecodedBlock
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class DecodedBlock:
     """The objects of one block, grouped by type, and the dependencies they were resolved against."""
 
     nb_objects: int
     groups: Mapping[str, ObjectGroup]
     dependencies: Mapping[int, Value]
+    part_of: RunPart | None = None  # set when decoded with other blocks: its groups are sliced on demand
 
     def group(self, type_name: str) -> ObjectGroup | None:
         """The objects of type `type_name`, or None if the block has none."""
         return self.groups.get(type_name)
 
+    def part(self, start: int, stop: int, dependencies: Mapping[int, Value]) -> DecodedBlock:
+        """Objects `start` to `stop` as a block of their own (their groups built on first use)."""
+        whole = start == 0 and stop == self.nb_objects
+        groups = self.groups if whole else _SlicedGroups(self, start, stop)
+        return DecodedBlock(stop - start, groups, dependencies, RunPart(self, start, stop))
+
+
+class _SlicedGroups(Mapping[str, ObjectGroup]):
+    """The groups of a range of objects of a decoded run, sliced when first read: the value columns keep
+    only the values of the range, so a bad value of another block of the run is never this block's."""
+
+    def __init__(self, run: DecodedBlock, start: int, stop: int) -> None:
+        self._run, self._start, self._stop = run, start, stop
+
+    @functools.cached_property
+    def _groups(self) -> dict[str, ObjectGroup]:
+        sliced = (_slice_group(group, self._start, self._stop) for group in self._run.groups.values())
+        return {group.type_name: group for group in sliced if len(group)}
+
+    def __getitem__(self, name: str) -> ObjectGroup:
+        return self._groups[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+def _slice_group(group: ObjectGroup, start: int, stop: int) -> ObjectGroup:
+    low, high = np.searchsorted(group.positions, [start, stop]).tolist()
+    columns = {name: _slice_column(column, low, high) for name, column in group.columns.items()}
+    positions = group.positions[low:high] - start
+    return ObjectGroup(group.type_name, positions, columns, group.nested_type_names, group.is_reference)
+
+
+def _slice_column(column: Column, low: int, high: int) -> Column:
+    if isinstance(column, np.ndarray):
+        return column[low:high]
+    used, indices = np.unique(column.indices[low:high], return_inverse=True)
+    return ValueColumn(indices.reshape(-1), [column.values[index] for index in used.tolist()])
+
 
 def concat_blocks(blocks: Sequence[DecodedBlock]) -> tuple[DecodedBlock, np.ndarray]:
     """Several decoded blocks as one, so views build their rows once for many blocks: each block's
     object positions shifted past the objects of the blocks before it, the distinct values of each value
-    column merged (a value shared by several blocks once, by identity). Also returns each block's first
+    column merged (a value shared by several blocks once, by identity). Consecutive blocks decoded
+    together are taken as the range of their run, not merged again. Also returns each block's first
     position. BlockRowsError if a member is numeric in one block and not in another."""
     starts = np.cumsum([0] + [block.nb_objects for block in blocks[:-1]], dtype=np.int64)
+    pieces = _run_ranges(blocks)
+    if len(pieces) == 1:
+        return pieces[0], starts
+    piece_starts = np.cumsum([0] + [piece.nb_objects for piece in pieces[:-1]], dtype=np.int64)
     by_type: dict[str, list[tuple[int, ObjectGroup]]] = {}
-    for start, block in zip(starts.tolist(), blocks, strict=True):
+    for start, block in zip(piece_starts.tolist(), pieces, strict=True):
         for name, group in block.groups.items():
             by_type.setdefault(name, []).append((start, group))
     groups = {name: _concat_groups(parts) for name, parts in by_type.items()}
-    distinct = {id(block.dependencies): block.dependencies for block in blocks}  # blocks may share theirs
+    distinct = {id(block.dependencies): block.dependencies for block in pieces}  # blocks may share theirs
     dependencies = {key: value for shared in distinct.values() for key, value in shared.items()}
-    return DecodedBlock(sum(block.nb_objects for block in blocks), groups, dependencies), starts
+    return DecodedBlock(sum(block.nb_objects for block in pieces), groups, dependencies), starts
+
+
+def _run_ranges(blocks: Sequence[DecodedBlock]) -> list[DecodedBlock]:
+    """The blocks with each sequence of adjacent parts of one decoded run replaced by its range."""
+    pieces: list[DecodedBlock] = []
+    for block in blocks:
+        previous = pieces[-1].part_of if pieces else None
+        part = block.part_of
+        if previous and part and part.run is previous.run and part.start == previous.stop:
+            pieces[-1] = part.run.part(previous.start, part.stop, part.run.dependencies)
+        else:
+            pieces.append(block)
+    return pieces
 
 
 def _concat_groups(parts: Sequence[tuple[int, ObjectGroup]]) -> ObjectGroup:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ from spanlake.views.columns import (
     dictionary_array,
     order_by_position,
     pair_codes,
+    run_identity_columns,
     string_array,
     timestamp_array,
 )
@@ -23,6 +24,7 @@ from spanlake.views.decoded import (
     DecodedBlock,
     ObjectGroup,
     Value,
+    concat_blocks,
     integer_member,
     object_members,
     string_member,
@@ -30,8 +32,8 @@ from spanlake.views.decoded import (
 from spanlake.views.meta import OTLP_LOGS_FORMAT, TRANSIT_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_JSONB, DICT_UTF8, required
-from spanlake.views.time import TickConverter
-from spanlake.views.view import HOUR_SECONDS, OtlpBlock, View, each_block, each_block_by_its_clock
+from spanlake.views.time import TickConverter, converter_for_block
+from spanlake.views.view import HOUR_SECONDS, OtlpBlock, TransitBlock, View, each_block, each_run, own_clock
 
 VIEW_SET_NAME = "log_entries"
 FILE_SCHEMA_HASH = bytes([6])
@@ -70,13 +72,30 @@ LEVELS_BY_NAME = {"fatal": 1, "error": 2, "warning": 3, "info": 4, "debug": 5, "
 
 def build_batch(block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, convert: TickConverter) -> pa.RecordBatch:
     """The log_entries rows of one decoded `log` block (an empty batch when it holds no log event)."""
+    return _batch(block, process, convert, lambda positions: block_identity_columns(process, meta, len(positions)))
+
+
+def run_batch(run: Sequence[TransitBlock]) -> pa.RecordBatch:
+    """The log_entries rows of consecutive decoded blocks of one process sharing one clock, built at once."""
+    block, starts = concat_blocks([transit.decoded for transit in run])
+    process, metas = run[0].process, [transit.block for transit in run]
+    convert = converter_for_block(process, run[0].block)
+    return _batch(block, process, convert, lambda positions: run_identity_columns(process, metas, starts, positions))
+
+
+def _batch(
+    block: DecodedBlock, process: ProcessMeta, convert: TickConverter, ids_of: Callable[[np.ndarray], list[pa.Array]]
+) -> pa.RecordBatch:
+    """The rows of a decoded block (or run of blocks); `ids_of` gives the block identity columns of the
+    rows from their object positions."""
     parts = [read(group) for type_name, read in _READERS.items() if (group := block.group(type_name))]
     order = order_by_position([part.positions for part in parts])
     length = len(order)
+    positions = np.concatenate([part.positions for part in parts])[order] if parts else np.zeros(0, np.int64)
     ticks = np.concatenate([part.ticks for part in parts])[order] if parts else np.zeros(0, np.int64)
     levels = np.concatenate([part.level for part in parts])[order] if parts else np.zeros(0, np.int32)
     columns = [
-        *block_identity_columns(process, meta, length),
+        *ids_of(positions),
         timestamp_array(convert.ticks_to_ns(ticks)),
         dictionary_array(Coded.concat([part.target for part in parts]).take(order)),
         pa.array(levels, pa.int32()),
@@ -241,7 +260,7 @@ VIEW = View(
     has_global_instance=True,
     stream_tags=("log",),
     time_columns=("time", "time"),
-    rows_from_transit=each_block_by_its_clock(build_batch),
+    rows_from_transit=each_run(run_batch, own_clock),
     rows_from_otlp=each_block(otlp_batch),
     otlp_format=OTLP_LOGS_FORMAT,
     max_partition_seconds=HOUR_SECONDS,

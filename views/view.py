@@ -137,14 +137,27 @@ def each_block(rows: Callable[[Block], pa.RecordBatch]) -> Callable[[Iterable[Bl
 RUN_OBJECTS = 256 * 1024
 
 
-def each_run(rows: Callable[[Sequence[TransitBlock]], pa.RecordBatch]) -> TransitRows:
-    """Rows of runs of consecutive blocks sharing one clock (`TransitBlock.latest`), each built at once:
-    a batch per run of many blocks, not per block. A run whose content cannot become rows is built
-    again block by block, so only its bad blocks are logged and skipped."""
+def latest_clock(block: TransitBlock) -> object:
+    """What blocks converting ticks with their process's latest clock share (async events)."""
+    return block.latest
+
+
+def own_clock(block: TransitBlock) -> object:
+    """What blocks converting ticks with their own clock share (log and metric blocks): their process
+    and the clock (`converter_for_block`) it gives them."""
+    return block.process.process_id, converter_for_block(block.process, block.block)
+
+
+def each_run(
+    rows: Callable[[Sequence[TransitBlock]], pa.RecordBatch], run_key: Callable[[TransitBlock], object] = latest_clock
+) -> TransitRows:
+    """Rows of runs of consecutive blocks of equal `run_key` (their clock), each built at once: a batch
+    per run of many blocks, not per block. A run whose content cannot become rows is built again block
+    by block, so only its bad blocks are logged and skipped."""
     by_block = each_block(lambda transit: rows([transit]))
 
     def batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
-        for run in _runs(blocks):
+        for run in _runs(blocks, run_key):
             try:
                 yield rows(run)
             except BlockRowsError:
@@ -153,14 +166,17 @@ def each_run(rows: Callable[[Sequence[TransitBlock]], pa.RecordBatch]) -> Transi
     return batches
 
 
-def _runs(blocks: Iterable[TransitBlock]) -> Iterator[list[TransitBlock]]:
+def _runs(blocks: Iterable[TransitBlock], run_key: Callable[[TransitBlock], object]) -> Iterator[list[TransitBlock]]:
     run: list[TransitBlock] = []
+    key: object = None
     objects = 0
     for block in blocks:
-        if run and (block.latest != run[0].latest or objects + block.decoded.nb_objects > RUN_OBJECTS):
+        block_key = run_key(block)
+        if run and (block_key != key or objects + block.decoded.nb_objects > RUN_OBJECTS):
             yield run
             run, objects = [], 0
         run.append(block)
+        key = block_key
         objects += block.decoded.nb_objects
     if run:
         yield run

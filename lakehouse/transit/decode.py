@@ -21,8 +21,11 @@ Decoding a block:
    of `lakehouse.transit_dynamic`; an unknown dynamic type is skipped (with a warning) by size.
 
 The result groups objects by type (`ObjectGroup`: positions within the block + columns), which is the
-shape the view builders consume. `object_values` turns it back into one value per object, the way
-micromegas's own decoder prints a block.
+shape the view builders consume. `decode_blocks` decodes consecutive blocks of a stream as one: their
+objects buffers joined, framed and decoded in one pass (steps 2–4 once for many blocks), references
+resolved against the blocks' dependencies merged (each object's own block must hold what it references),
+and each block given as its range of that decoding (`DecodedBlock.part`). `object_values` turns a
+block back into one value per object, the way micromegas's own decoder prints a block.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import logging
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import cbor2
 import lz4.frame
@@ -65,14 +69,17 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_INFLATION",
     "Framing",
+    "InflatedBlock",
     "InflationLimit",
     "StreamLayout",
     "TransitError",
     "check_frames",
     "decode_block",
+    "decode_blocks",
     "decode_buffers",
     "decompress",
     "frame_objects",
+    "inflate_block",
     "inflated_chunks",
     "object_values",
     "read_block_dependencies",
@@ -181,13 +188,76 @@ def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DE
 
 def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> DecodedBlock:
     """Decode a stored block payload (the object at `blobs/{process}/{stream}/{block}`)."""
+    inflated = inflate_block(payload, layout, limit)
+    return _decode_with(inflated.objects, layout, _Resolver(inflated.dependencies))
+
+
+def decode_blocks(
+    payloads: Sequence[bytes], layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION
+) -> list[DecodedBlock | TransitError]:
+    """Decode several block payloads of one stream layout in one pass, each block's result being its
+    `DecodedBlock` (a part of their joint decoding, `DecodedBlock.part`) or the error that makes it
+    undecodable. Their objects buffers are framed and decoded as one, so a block's fixed cost is only
+    its envelope and LZ4 frames; when the joint pass fails (a bad block, two blocks giving one
+    dependency id different values), the blocks are decoded one by one, so a bad block fails alone."""
+    inflated: list[InflatedBlock | TransitError] = []
+    for payload in payloads:
+        try:
+            inflated.append(inflate_block(payload, layout, limit))
+        except TransitError as error:
+            inflated.append(error)
+    good = [index for index, part in enumerate(inflated) if not isinstance(part, TransitError)]
+    parts = [inflated[index] for index in good]
+    try:
+        decoded = _decode_joined(parts, layout) if len(parts) > 1 else [_decode_alone(part, layout) for part in parts]
+    except TransitError:
+        decoded = [_decode_alone(part, layout) for part in parts]
+    results: list[DecodedBlock | TransitError] = list(inflated)  # type: ignore[arg-type]  # errors stay
+    for index, block in zip(good, decoded, strict=True):
+        results[index] = block
+    return results
+
+
+class InflatedBlock(NamedTuple):
+    """A block's objects buffer, inflated, and its dependencies, read."""
+
+    objects: bytes
+    dependencies: dict[int, Value]
+
+
+def inflate_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> InflatedBlock:
+    """A payload's inflated objects buffer and its dependencies (read once per repeated buffer)."""
     dependencies, objects = split_payload(payload)
     deps = _known_dependencies.get(layout, dependencies)
     if deps is None:
         inflated = decompress(dependencies, "dependencies buffer", limit)
         deps = read_dependencies(inflated, layout.dependency_types)
         _known_dependencies.add(layout, dependencies, len(inflated), deps)
-    return _decode_with(decompress(objects, "objects buffer", limit), layout, deps)
+    return InflatedBlock(decompress(objects, "objects buffer", limit), deps)
+
+
+def _decode_alone(part: InflatedBlock, layout: StreamLayout) -> DecodedBlock | TransitError:
+    try:
+        return _decode_with(part.objects, layout, _Resolver(part.dependencies))
+    except TransitError as error:
+        return error
+
+
+def _decode_joined(parts: Sequence[InflatedBlock], layout: StreamLayout) -> list[DecodedBlock]:
+    """The blocks' objects buffers framed and decoded as one buffer, then cut back into blocks;
+    TransitError when any block fails or the blocks give one dependency id different values."""
+    buffer = b"".join(objects for objects, _ in parts)
+    offsets = np.cumsum([0] + [len(objects) for objects, _ in parts], dtype=np.int64)
+    framing = frame_objects(buffer, layout.object_types, "objects buffer")
+    firsts = np.searchsorted(framing.entry_start, offsets)  # each block's first object (entries are sorted)
+    inside = offsets[:-1] < len(buffer)  # an empty last block starts at the end
+    if not np.array_equal(framing.entry_start[firsts[:-1][inside]], offsets[:-1][inside]):
+        raise TransitError("objects buffer: a block's last object runs into the next block")
+    resolver = _run_resolver([deps for _, deps in parts], firsts[:-1])
+    groups = _decode_objects(buffer, framing, layout.object_types, resolver)
+    run = DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=resolver.merged)
+    bounds = firsts.tolist()
+    return [run.part(start, stop, deps) for start, stop, (_, deps) in zip(bounds[:-1], bounds[1:], parts, strict=True)]
 
 
 class KnownDependencies:
@@ -233,13 +303,13 @@ def read_block_dependencies(
 
 def decode_buffers(dependencies: bytes, objects: bytes, layout: StreamLayout) -> DecodedBlock:
     """Decode the two decompressed buffers of a block."""
-    return _decode_with(objects, layout, read_dependencies(dependencies, layout.dependency_types))
+    return _decode_with(objects, layout, _Resolver(read_dependencies(dependencies, layout.dependency_types)))
 
 
-def _decode_with(objects: bytes, layout: StreamLayout, deps: dict[int, Value]) -> DecodedBlock:
+def _decode_with(objects: bytes, layout: StreamLayout, resolver: _Resolver) -> DecodedBlock:
     framing = frame_objects(objects, layout.object_types, "objects buffer")
-    groups = _decode_objects(objects, framing, layout.object_types, deps)
-    return DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=deps)
+    groups = _decode_objects(objects, framing, layout.object_types, resolver)
+    return DecodedBlock(nb_objects=len(framing.type_index), groups=groups, dependencies=resolver.merged)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,6 +323,7 @@ class Framing:
     type_index: np.ndarray  # uint8
     body_start: np.ndarray  # int64
     body_size: np.ndarray  # int64
+    entry_start: np.ndarray  # int64: where the entry (its type byte) starts
 
 
 def frame_objects(buffer: bytes, udts: Sequence[UserDefinedType], what: str) -> Framing:
@@ -267,13 +338,13 @@ def frame_objects(buffer: bytes, udts: Sequence[UserDefinedType], what: str) -> 
         starts = _walk_entries(buffer, steps, dynamic_starts, dynamic_sizes, udts, what)
     type_index = type_bytes[starts]
     fixed_sizes = np.array([udt.size for udt in udts] or [0], dtype=np.int64)
-    body_start = starts + 1
+    body_start = starts + 1  # a new array: `starts` stays the entries' starts
     body_size = fixed_sizes[type_index]
     if dynamic_starts:
         dynamic = np.array(dynamic_starts, dtype=np.int64)
         body_start[dynamic] += 4
         body_size[dynamic] = dynamic_sizes
-    return Framing(type_index, body_start, body_size)
+    return Framing(type_index, body_start, body_size, starts)
 
 
 def _uniform_starts(type_bytes: np.ndarray, steps: np.ndarray) -> np.ndarray | None:
@@ -386,20 +457,18 @@ def _read_dependency(
 # Objects
 
 
-def _decode_objects(
-    buffer: bytes, framing: Framing, types: TypeTable, deps: dict[int, Value]
-) -> dict[str, ObjectGroup]:
+def _decode_objects(buffer: bytes, framing: Framing, types: TypeTable, resolver: _Resolver) -> dict[str, ObjectGroup]:
     groups: dict[str, ObjectGroup] = {}
     counts = np.bincount(framing.type_index, minlength=256)
     for type_index in np.flatnonzero(counts).tolist():
         udt = types[type_index]
         positions = np.flatnonzero(framing.type_index == type_index)
         if udt.size:
-            group = _decode_fixed(buffer, framing, positions, types.layout(type_index), deps)
+            group = _decode_fixed(buffer, framing, positions, types.layout(type_index), resolver)
         elif udt.name in STRING_TAIL_TYPES:
-            group = _decode_string_tail(buffer, framing, positions, udt.name, STRING_TAIL_TYPES[udt.name], deps)
+            group = _decode_string_tail(buffer, framing, positions, udt.name, STRING_TAIL_TYPES[udt.name], resolver)
         elif udt.name in DYNAMIC_TYPES:
-            group = _decode_dynamic(buffer, framing, positions, udt.name, types, deps)
+            group = _decode_dynamic(buffer, framing, positions, udt.name, types, resolver)
         else:
             logger.warning("skipping %d objects of unknown dynamically sized type %s", len(positions), udt.name)
             group = ObjectGroup(udt.name, positions, {})
@@ -410,7 +479,7 @@ def _decode_objects(
 
 
 def _decode_fixed(
-    buffer: bytes, framing: Framing, positions: np.ndarray, layout: Layout, deps: dict[int, Value]
+    buffer: bytes, framing: Framing, positions: np.ndarray, layout: Layout, resolver: _Resolver
 ) -> ObjectGroup:
     """Decode every object of one fixed-size type at once through a structured dtype."""
     records = _gather(buffer, framing.body_start[positions], layout.dtype)
@@ -418,7 +487,7 @@ def _decode_fixed(
     for leaf in layout.leaves:
         values = np.ascontiguousarray(records[leaf.column])
         if leaf.kind == "ref":
-            columns[leaf.column] = resolve_references(values, deps, f"{layout.udt.name}.{leaf.column}")
+            columns[leaf.column] = resolver.resolve(values, positions, f"{layout.udt.name}.{leaf.column}")
         else:
             columns[leaf.column] = values
     return ObjectGroup(
@@ -445,7 +514,7 @@ def _decode_string_tail(
     positions: np.ndarray,
     type_name: str,
     tail: StringTail,
-    deps: dict[int, Value],
+    resolver: _Resolver,
 ) -> ObjectGroup:
     """Fixed fields + one DynString, for all objects at once (only the text decoding is per object)."""
     header_size = tail.string_offset + 5
@@ -477,7 +546,7 @@ def _decode_string_tail(
     columns: dict[str, Column] = {tail.string_member: ValueColumn(np.arange(len(texts), dtype=np.int32), texts)}
     for name, kind, _ in tail.fields:
         values = np.ascontiguousarray(records[name])
-        columns[name] = resolve_references(values, deps, f"{type_name}.{name}") if kind == "ref" else values
+        columns[name] = resolver.resolve(values, positions, f"{type_name}.{name}") if kind == "ref" else values
     return ObjectGroup(type_name, positions, columns)
 
 
@@ -494,7 +563,7 @@ def _decode_dynamic(
     positions: np.ndarray,
     type_name: str,
     types: TypeTable,
-    deps: dict[int, Value],
+    resolver: _Resolver,
 ) -> ObjectGroup:
     """Read a dynamically sized type object by object, then build the same columns as fixed types."""
     dynamic = DYNAMIC_TYPES[type_name]
@@ -507,14 +576,63 @@ def _decode_dynamic(
         if kind == "value":
             columns[name] = ValueColumn(np.arange(len(values), dtype=np.int32), values)
         elif kind == "ref":
-            columns[name] = resolve_references(np.array(values, dtype=np.uint64), deps, f"{type_name}.{name}")
+            columns[name] = resolver.resolve(np.array(values, dtype=np.uint64), positions, f"{type_name}.{name}")
         else:
             columns[name] = np.array(values, dtype=PRIMITIVES[kind][0])
     return ObjectGroup(type_name, positions, columns)
 
 
-def resolve_references(ids: np.ndarray, deps: dict[int, Value], member: str) -> ValueColumn:
-    """Per-object dependency ids → indices into the distinct referenced values."""
+@dataclass(frozen=True)
+class _Resolver:
+    """What reference ids resolve against: one block's dependencies, or (`_run_resolver`) those of
+    several blocks decoded together, where each object's own block must hold what it references."""
+
+    merged: Mapping[int, Value]
+    owned: Sequence[Mapping[int, Value]] = ()  # the blocks' distinct dependencies (when more than one)
+    owner_starts: np.ndarray | None = None  # first object position of each block
+    owner_of_block: np.ndarray | None = None  # each block's index into `owned`
+
+    def resolve(self, ids: np.ndarray, positions: np.ndarray, member: str) -> ValueColumn:
+        """Per-object dependency ids → indices into the distinct referenced values (TransitError if an
+        object's block lacks one)."""
+        distinct_ids, indices = _distinct_ids(ids)
+        if self.owner_starts is not None and self.owner_of_block is not None:
+            blocks = np.searchsorted(self.owner_starts, positions, side="right") - 1
+            self._check_owned(distinct_ids, self.owner_of_block[blocks], indices, member)
+        values = []
+        for dep_id in distinct_ids:
+            if dep_id not in self.merged:
+                raise TransitError(f"{member}: dependency {dep_id} not found in the block's dependencies")
+            values.append(self.merged[dep_id])
+        return ValueColumn(indices, values)
+
+    def _check_owned(self, distinct_ids: list[int], owners: np.ndarray, indices: np.ndarray, member: str) -> None:
+        pairs = np.unique(owners.astype(np.int64) * len(distinct_ids) + indices).tolist()
+        for pair in pairs:
+            owner, code = divmod(pair, len(distinct_ids))
+            if distinct_ids[code] not in self.owned[owner]:
+                raise TransitError(f"{member}: dependency {distinct_ids[code]} not found in the block's dependencies")
+
+
+def _run_resolver(blocks_deps: Sequence[dict[int, Value]], block_starts: np.ndarray) -> _Resolver:
+    """A resolver over the dependencies of consecutive blocks (TransitError when two give one id
+    different values). Blocks repeating a buffer share its dependencies (`KnownDependencies`)."""
+    index_of: dict[int, int] = {}
+    owner_of_block = np.array([index_of.setdefault(id(deps), len(index_of)) for deps in blocks_deps], dtype=np.int64)
+    owned = list({id(deps): deps for deps in blocks_deps}.values())  # in the order of index_of
+    if len(owned) == 1:
+        return _Resolver(owned[0])
+    merged: dict[int, Value] = {}
+    for deps in owned:
+        for dep_id, value in deps.items():
+            known = merged.setdefault(dep_id, value)
+            if known is not value and known != value:
+                raise TransitError(f"dependency {dep_id} differs between the blocks decoded together")
+    return _Resolver(merged, owned, block_starts, owner_of_block)
+
+
+def _distinct_ids(ids: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The distinct ids and each id's index among them."""
     if len(ids) < _SMALL_FROM:  # a small block's few ids: plain Python beats numpy's fixed costs
         id_list = ids.tolist()
         distinct_ids = sorted(set(id_list))
@@ -526,12 +644,7 @@ def resolve_references(ids: np.ndarray, deps: dict[int, Value], member: str) -> 
     else:  # a hash-based encode beats sorting on large blocks
         encoded = pa.array(ids, type=pa.uint64()).dictionary_encode()
         distinct_ids, indices = encoded.dictionary.to_pylist(), np.asarray(encoded.indices)
-    values = []
-    for dep_id in distinct_ids:
-        if dep_id not in deps:
-            raise TransitError(f"{member}: dependency {dep_id} not found in the block's dependencies")
-        values.append(deps[dep_id])
-    return ValueColumn(indices, values)
+    return distinct_ids, indices
 
 
 _HASH_ENCODE_FROM = 4096
