@@ -45,7 +45,7 @@ _now = time.perf_counter_ns
 _getframe = sys._getframe
 _max_level = [TRACE]  # levels above this (less severe) are not recorded
 _call_sites: dict[tuple, tuple[int, int, Any]] = {}
-_current_span = _spans._current_span
+_current_span_context = _spans._current_span.get  # bound once: the log hot path pays one call
 
 
 def set_max_level(level: int) -> None:
@@ -60,7 +60,7 @@ def _append(codes: tuple[int, int, Any], message: Any, properties: dict[str, str
         message = str(message)
     stream = _dispatch.log_stream
     events = stream.events
-    span = _current_span.get()
+    span = _current_span_context()
     if span[2]:  # inside a span of a trace: (property set, span context), made a set by the encoder
         events.append((codes[1], _now(), message, (REGISTRY.property_set(properties) if properties else 0, span)))
     elif properties:
