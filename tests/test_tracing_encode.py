@@ -259,6 +259,33 @@ def test_property_set_strings_are_static_string_dependencies(sink: tracing.Memor
     assert [REGISTRY.strings[n] for n, _ in pairs] == ["zone", "host"]
 
 
+def test_a_log_line_inside_a_span_names_its_span_in_block_local_properties(sink: tracing.MemorySink) -> None:
+    sets_before = len(REGISTRY.property_sets)
+    tracing.info("outside")
+    remote = tracing.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    with tracing.async_span("local root") as local:
+        tracing.info("in local", {"zone": "eu"})
+        tracing.info("in local again", {"zone": "eu"})
+        with tracing.attach(remote), tracing.async_span("continued") as continued:
+            tracing.warn("in continued")
+    tracing.flush()
+    logs = events_with_tag(sink, "log")
+    assert [(e.type_name, e["msg"]) for e in logs] == [
+        ("LogStringEventV2", "outside"),
+        ("TaggedLogString", "in local"),
+        ("TaggedLogString", "in local again"),
+        ("TaggedLogString", "in continued"),
+    ]
+    in_span = {"otel.trace_id": local.trace_id, "otel.span_id": local.span_hex}
+    assert dict(logs[1]["properties"].members) == {"zone": "eu", **in_span}
+    assert dict(logs[2]["properties"].members) == {"zone": "eu", **in_span}
+    assert dict(logs[3]["properties"].members) == {
+        "otel.trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "otel.span_id": continued.span_hex,
+    }
+    assert len(REGISTRY.property_sets) == sets_before + 1  # {"zone": "eu"} only: span sets are per block
+
+
 def test_many_dynamic_names_become_per_block_strings(sink: tracing.MemorySink) -> None:
     names = [f"process_user_{i % 500}" for i in range(2000)] + ["", "名前"]
 

@@ -37,12 +37,13 @@ from spanlake import tracing
 
 @dataclass(frozen=True)
 class Shop:
-    """What the services sent: the trace id, span ids (hex) by name, process ids by service."""
+    """What the services sent: the trace id, span ids (hex) by name, process ids by service, the SDK log's span."""
 
     server: SpanlakeServer
     trace_id: str
     spans: dict[str, str]
     processes: dict[str, str]
+    client_log_span: str  # the SDK span ("check stock") the client logged a line in
 
 
 def _providers(server: SpanlakeServer, service: str) -> tuple[TracerProvider, LoggerProvider]:
@@ -61,16 +62,18 @@ def _run_shop(server: SpanlakeServer) -> tuple[str, dict[str, str]]:
     after the handler ended."""
     client_process = tracing.init(server.http_url, exe="shop-client", flush_period=3600)
     try:
+        tracing.info("shop opens")  # outside any span: no link
         with tracing.async_span("place order", kind="client", attributes={"shop.order": "42"}) as order:
-            with tracing.async_span("check stock"):
-                pass
+            with tracing.async_span("check stock") as stock:
+                tracing.info("3 in stock", {"shop.sku": "tea"})
             request_headers: dict[str, str] = {}
             tracing.inject(request_headers)
             trace_id, spans = _run_services(server, request_headers)
     finally:
         assert tracing.shutdown(timeout=30)
     assert order.trace_id == trace_id
-    return trace_id, {"place order": order.span_hex, **spans, "client process": str(client_process.process_id)}
+    client = {"client process": str(client_process.process_id), "client log span": stock.span_hex}
+    return trace_id, {"place order": order.span_hex, **spans, **client}
 
 
 def _run_services(server: SpanlakeServer, request_headers: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -126,12 +129,12 @@ def _run_services(server: SpanlakeServer, request_headers: dict[str, str]) -> tu
 def shop(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     with running_server(postgres, tmp_path_factory.mktemp("web-traces")) as server:
         trace_id, spans = _run_shop(server)
-        client_process = spans.pop("client process")
+        client_process, client_log_span = spans.pop("client process"), spans.pop("client log span")
         status, body = api(server, f"/api/trace/{trace_id}")
         assert status == 200, body
         processes = {band["exe"]: band["process_id"] for band in body["bands"]}
         assert processes.get("shop-client") == client_process, body["bands"]
-        yield Shop(server, trace_id, spans, processes)
+        yield Shop(server, trace_id, spans, processes, client_log_span)
 
 
 def api(server: SpanlakeServer, path: str) -> tuple[int, dict]:
@@ -268,6 +271,30 @@ def test_a_log_line_links_to_its_span(shop: Shop, watched: WatchedPage) -> None:
     selected.wait_for()
     assert selected.get_attribute("data-name") == "charge card"
     assert page.inner_text("#waterfall .span-details dd[data-field=status]") == "ERROR"
+
+
+def test_an_sdk_log_line_links_to_its_span(shop: Shop, watched: WatchedPage) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.http_url}/process/{shop.processes['shop-client']}/logs")
+    rows = page.locator("#logs tbody tr")
+    assert rows.count() == 2
+    link = page.locator("#logs a.span-link")
+    assert link.count() == 1 and link.inner_text() == f"span {shop.client_log_span}"
+    assert "3 in stock" in link.locator("xpath=ancestor::tr").inner_text()
+    link.click()
+    selected = page.locator("#waterfall .span-row.selected")
+    selected.wait_for()
+    assert selected.get_attribute("data-name") == "check stock"
+
+
+def test_an_sdk_log_line_keeps_its_properties_with_its_span(shop: Shop) -> None:
+    sql = (
+        "SELECT msg, property_get(properties, 'shop.sku') AS sku, property_get(properties, 'otel.trace_id') AS trace"
+        f" FROM view_instance('log_entries', '{shop.processes['shop-client']}') ORDER BY time"
+    )
+    status, body = http("POST", shop.server.http_url + "/api/sql", json.dumps({"sql": sql}).encode())
+    assert status == 200, body
+    assert json.loads(body)["rows"] == [["shop opens", None, None], ["3 in stock", "tea", shop.trace_id]]
 
 
 def test_a_span_of_the_span_tree_links_to_its_trace_across_processes(shop: Shop, watched: WatchedPage) -> None:

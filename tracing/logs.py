@@ -2,7 +2,10 @@
 
 Each call site gets a `LogMetadataRecord` descriptor (level, target = the caller's module or the
 logger's name, file, line) once; a call appends one tuple to the log stream. Messages are
-`LogStringEventV2` events, or `TaggedLogString` when properties are given.
+`LogStringEventV2` events, or `TaggedLogString` when properties are given or when the line is emitted
+inside an async span of a trace: its property set then also names the span (`otel.trace_id`,
+`otel.span_id` in hex, as OpenTelemetry log records do). The span's context rides in the event's
+property slot and the encoder makes the block's sets (the registry interns no set per span).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from typing_extensions import override
 
 from spanlake.tracing import dispatch as _dispatch
+from spanlake.tracing import spans as _spans
 from spanlake.tracing.event_records import TYPE_BITS
 from spanlake.tracing.registry import DEBUG, ERROR, FATAL, INFO, REGISTRY, TRACE, WARN
 from spanlake.tracing.udts import LOG_STRING_INDEX, TAGGED_LOG_INDEX
@@ -41,6 +45,7 @@ _now = time.perf_counter_ns
 _getframe = sys._getframe
 _max_level = [TRACE]  # levels above this (less severe) are not recorded
 _call_sites: dict[tuple, tuple[int, int, Any]] = {}
+_current_span_context = _spans._current_span.get  # bound once: the log hot path pays one call
 
 
 def set_max_level(level: int) -> None:
@@ -55,7 +60,10 @@ def _append(codes: tuple[int, int, Any], message: Any, properties: dict[str, str
         message = str(message)
     stream = _dispatch.log_stream
     events = stream.events
-    if properties:
+    span = _current_span_context()
+    if span[2]:  # inside a span of a trace: (property set, span context), made a set by the encoder
+        events.append((codes[1], _now(), message, (REGISTRY.property_set(properties) if properties else 0, span)))
+    elif properties:
         events.append((codes[1], _now(), message, REGISTRY.property_set(properties)))
     else:
         events.append((codes[0], _now(), message, 0))
