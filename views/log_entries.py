@@ -15,7 +15,6 @@ from spanlake.views.columns import (
     dictionary_array,
     order_by_position,
     pair_codes,
-    run_identity_columns,
     string_array,
     timestamp_array,
 )
@@ -24,7 +23,6 @@ from spanlake.views.decoded import (
     DecodedBlock,
     ObjectGroup,
     Value,
-    concat_blocks,
     integer_member,
     object_members,
     string_member,
@@ -32,8 +30,18 @@ from spanlake.views.decoded import (
 from spanlake.views.meta import OTLP_LOGS_FORMAT, TRANSIT_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_JSONB, DICT_UTF8, required
-from spanlake.views.time import TickConverter, converter_for_block
-from spanlake.views.view import HOUR_SECONDS, OtlpBlock, TransitBlock, View, each_block, each_run, own_clock
+from spanlake.views.time import TickConverter
+from spanlake.views.view import (
+    HOUR_SECONDS,
+    OtlpBlock,
+    TransitBlock,
+    View,
+    block_rows,
+    each_block,
+    each_run,
+    own_clock,
+    run_rows,
+)
 
 VIEW_SET_NAME = "log_entries"
 FILE_SCHEMA_HASH = bytes([6])
@@ -72,15 +80,12 @@ LEVELS_BY_NAME = {"fatal": 1, "error": 2, "warning": 3, "info": 4, "debug": 5, "
 
 def build_batch(block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, convert: TickConverter) -> pa.RecordBatch:
     """The log_entries rows of one decoded `log` block (an empty batch when it holds no log event)."""
-    return _batch(block, process, convert, lambda positions: block_identity_columns(process, meta, len(positions)))
+    return block_rows(_batch, block, meta, process, convert)
 
 
 def run_batch(run: Sequence[TransitBlock]) -> pa.RecordBatch:
     """The log_entries rows of consecutive decoded blocks of one process sharing one clock, built at once."""
-    block, starts = concat_blocks([transit.decoded for transit in run])
-    process, metas = run[0].process, [transit.block for transit in run]
-    convert = converter_for_block(process, run[0].block)
-    return _batch(block, process, convert, lambda positions: run_identity_columns(process, metas, starts, positions))
+    return run_rows(_batch, run)
 
 
 def _batch(

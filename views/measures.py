@@ -15,15 +15,24 @@ from spanlake.views.columns import (
     dictionary_array,
     order_by_position,
     pair_codes,
-    run_identity_columns,
     timestamp_array,
 )
-from spanlake.views.decoded import DecodedBlock, ObjectGroup, Value, concat_blocks, object_members, string_member
+from spanlake.views.decoded import DecodedBlock, ObjectGroup, Value, object_members, string_member
 from spanlake.views.meta import OTLP_METRICS_FORMAT, TRANSIT_FORMAT, BlockMeta, ProcessMeta
 from spanlake.views.properties import constant_properties_array, jsonb_dictionary
 from spanlake.views.schema_types import BLOCK_EVENT_FIELDS, DICT_JSONB, DICT_UTF8, required
-from spanlake.views.time import TickConverter, converter_for_block
-from spanlake.views.view import HOUR_SECONDS, OtlpBlock, TransitBlock, View, each_block, each_run, own_clock
+from spanlake.views.time import TickConverter
+from spanlake.views.view import (
+    HOUR_SECONDS,
+    OtlpBlock,
+    TransitBlock,
+    View,
+    block_rows,
+    each_block,
+    each_run,
+    own_clock,
+    run_rows,
+)
 
 VIEW_SET_NAME = "measures"
 FILE_SCHEMA_HASH = bytes([7])
@@ -64,15 +73,12 @@ class _MeasureRows:
 
 def build_batch(block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, convert: TickConverter) -> pa.RecordBatch:
     """The measures rows of one decoded `metrics` block (an empty batch when it holds no metric)."""
-    return _batch(block, process, convert, lambda positions: block_identity_columns(process, meta, len(positions)))
+    return block_rows(_batch, block, meta, process, convert)
 
 
 def run_batch(run: Sequence[TransitBlock]) -> pa.RecordBatch:
     """The measures rows of consecutive decoded blocks of one process sharing one clock, built at once."""
-    block, starts = concat_blocks([transit.decoded for transit in run])
-    process, metas = run[0].process, [transit.block for transit in run]
-    convert = converter_for_block(process, run[0].block)
-    return _batch(block, process, convert, lambda positions: run_identity_columns(process, metas, starts, positions))
+    return run_rows(_batch, run)
 
 
 def _batch(

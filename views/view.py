@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
-from spanlake.views.decoded import BlockRowsError, DecodedBlock
+from spanlake.views.columns import block_identity_columns, run_identity_columns
+from spanlake.views.decoded import BlockRowsError, DecodedBlock, concat_blocks
 from spanlake.views.meta import BlockMeta, ProcessMeta, SourceBlock, StreamMeta
 from spanlake.views.time import TickConverter, converter_for_block
 
@@ -164,6 +166,28 @@ def each_run(
                 yield from by_block(run)
 
     return batches
+
+
+# A view's rows of a decoded block or run of blocks: (block, process, clock, identity columns of the rows
+# from their object positions).
+IdentityColumns = Callable[[np.ndarray], list[pa.Array]]
+DecodedRows = Callable[[DecodedBlock, ProcessMeta, TickConverter, IdentityColumns], pa.RecordBatch]
+
+
+def block_rows(
+    rows: DecodedRows, block: DecodedBlock, meta: BlockMeta, process: ProcessMeta, convert: TickConverter
+) -> pa.RecordBatch:
+    """`rows` of one decoded block, every row naming that block."""
+    return rows(block, process, convert, lambda positions: block_identity_columns(process, meta, len(positions)))
+
+
+def run_rows(rows: DecodedRows, run: Sequence[TransitBlock]) -> pa.RecordBatch:
+    """`rows` of consecutive decoded blocks of one process sharing one clock, built at once, every row naming
+    its own block."""
+    block, starts = concat_blocks([transit.decoded for transit in run])
+    process, metas = run[0].process, [transit.block for transit in run]
+    convert = converter_for_block(process, run[0].block)
+    return rows(block, process, convert, lambda positions: run_identity_columns(process, metas, starts, positions))
 
 
 def _runs(blocks: Iterable[TransitBlock], run_key: Callable[[TransitBlock], object]) -> Iterator[list[TransitBlock]]:
