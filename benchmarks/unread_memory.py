@@ -69,7 +69,9 @@ def main() -> None:
         try:
             before, during, closed, after_queries = _measure(server, args.streams, args.queries)
         except flight.FlightError:
-            print(f"server exit code {server.process.poll()}; log tail:\n{server.log_text()[-3000:]}")
+            log = server.log_text()
+            fault = log[log.find("Fatal Python") :]
+            print(f"server exit code {server.process.poll()}; its log from the fault:\n{fault}")
             raise
     print(
         f"rss MB: before {before:.0f}  open {during:.0f} (+{during - before:.0f})  "
