@@ -156,10 +156,11 @@ class StreamBuffer:
                     self._handed = size
 
     def hand_back(self) -> None:
-        """(consumer) Gives back the item handed before: the client has taken it."""
+        """(consumer) Gives back the item handed before: the client has taken it (nothing once closed:
+        `close`, maybe on another thread meanwhile, gave it back)."""
         with shielded():
             with self._lock:
-                size, self._handed = self._handed, 0
+                size, self._handed = (0 if self._closed else self._handed), 0
                 self._held -= size
             self._total.give_back(size)
 
