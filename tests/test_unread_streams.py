@@ -182,3 +182,20 @@ def test_a_query_waiting_for_the_full_total_fails_unavailable_after_the_wait_set
         assert "SPANLAKE_RESULT_BUFFER_MB" in message and "SPANLAKE_RESULT_BUFFER_WAIT_SECONDS" in message
         unread.cancel()
         client.close()
+
+
+def test_queries_stopped_while_waiting_for_room_leave_the_server_answering(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Round after round, unread answers fill a small total and the queries waiting for room are stopped
+    at their time limit (issue 28: a stop landing in the budget's lock once froze the event loop; the
+    deterministic check is tests/test_query_stop_locks.py); the server answers, its budget back whole."""
+    limits = {"SPANLAKE_QUERY_TIMEOUT_SECONDS": "2", "SPANLAKE_RESULT_BUFFER_MB": "16"}
+    with running_server(postgres, tmp_path, extra_env=limits) as small:
+        for _ in range(3):
+            connections = [_unread_query_stream(small) for _ in range(20)]
+            time.sleep(3)
+            for connection in connections:
+                connection.close()
+            assert _answers(small) < 2
+        assert _full_read_rows(small) == 131072

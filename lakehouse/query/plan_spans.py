@@ -30,6 +30,7 @@ from datafusion.plan import ExecutionPlan
 
 from spanlake import tracing
 from spanlake.lakehouse.query.loop_joins import executable_plan
+from spanlake.lakehouse.query.query_thread import shielded
 from spanlake.lakehouse.query.result_buffer import UNBOUNDED, ByteBudget, StreamBuffer
 from spanlake.lakehouse.query.slow_queries import QuerySpan
 
@@ -79,15 +80,17 @@ class PlanStream:
         self._running = min(count, READER_THREADS) if count > 1 else 0
         weakref.finalize(self, buffer.close)
         streams = [ctx.execute(plan, partition) for partition in range(count)] if self._running else []
-        for reader in range(self._running):
-            # Each thread runs in a copy of this context: spans begun there have this span as parent.
-            thread = threading.Thread(
-                target=contextvars.copy_context().run,
-                args=(_pump, streams[reader :: self._running], buffer),
-                name=f"spanlake-plan-reader-{reader}",
-                daemon=True,
-            )
-            thread.start()
+        # Shielded: `Thread.start` waits on a Condition, which a stop landing there would leave taken.
+        with shielded():
+            for reader in range(self._running):
+                # Each thread runs in a copy of this context: spans begun there have this span as parent.
+                thread = threading.Thread(
+                    target=contextvars.copy_context().run,
+                    args=(_pump, streams[reader :: self._running], buffer),
+                    name=f"spanlake-plan-reader-{reader}",
+                    daemon=True,
+                )
+                thread.start()
 
     @classmethod
     def start(

@@ -20,6 +20,12 @@ awaits `run_async` (the loop's default thread pool, which ingestion needs, is ne
 The threads are reused from query to query (`QueryThreads`, one per runner: a new thread per query
 would also be a new cpu stream in spanlake's self-tracing, each time); one that was interrupted is
 retired instead, so that an interruption can never reach another query.
+
+Shielding: an asynchronous exception lands between any two lines, including inside `threading`'s
+Python code (`Condition.__enter__` after its lock was taken, `wait`'s re-acquiring): the lock then
+stays taken for good, and the event loop, closing a stream, froze on it (issue 28). Code that shares
+state with other threads (`result_buffer`) runs `with shielded():` its query is then stopped without
+one: `stopping()` tells its waits to give up, and leaving the shield raises `Interrupted`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ T = TypeVar("T")
 STACK_BYTES = 64 * 1024 * 1024
 POLL_SECONDS = 0.05
 MAX_IDLE_THREADS = 8
+
+
+# The query whose step the current thread runs (query threads only).
+_current = threading.local()
 
 
 class Interrupted(BaseException):
@@ -118,6 +128,7 @@ class QueryThread:
         self._lock = threading.Lock()
         self._busy = False
         self._interrupted = False
+        self._shields = 0  # shielded regions the step is in (a finalizer may close a stream inside one)
         self._stopped: BaseException | None = None
         self._outcomes: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
 
@@ -179,7 +190,8 @@ class QueryThread:
         with self._lock:
             if self._stopped is None:
                 self._stopped = reason
-            if self._busy and not self._interrupted and self._worker is not None:
+            # A shielded step sees `stopping()` and raises as it leaves the shield.
+            if self._busy and not self._interrupted and not self._shields and self._worker is not None:
                 self._interrupted = True
                 _raise_in_thread(self._worker.thread, Interrupted)
             elif not self._busy:
@@ -210,14 +222,66 @@ class QueryThread:
             if self._stopped is not None:
                 return
             self._busy = True
+        _current.query = self
         try:
             outcome: tuple[bool, Any] = (False, context.run(function, *args))
         except BaseException as exc:  # every outcome of the step goes back to the waiting thread
             _clear_locals(exc)
             outcome = (True, exc)
+        _current.query = None
         with self._lock:
             self._busy = False
+            if self._interrupted and self._worker is not None:
+                # A stop sent too late to land in the step must not land in `deliver` (a Future's
+                # Condition, which the event loop takes): the waiting thread raises it instead.
+                _raise_in_thread(self._worker.thread, None)
         deliver(outcome)
+
+    def _enter_shield(self) -> None:
+        """No asynchronous exception from now on: one already sent and not yet landed is taken back
+        (and owed: leaving the shield raises it)."""
+        with self._lock:
+            if self._interrupted and self._worker is not None:
+                _raise_in_thread(self._worker.thread, None)
+                self._interrupted = False
+            self._shields += 1
+
+    def _leave_shield(self, raising: bool) -> None:
+        """Interruptible again; raises `Interrupted` if the query was stopped meanwhile (unless the
+        shielded code is `raising` already)."""
+        with self._lock:
+            self._shields -= 1
+            owed = not self._shields and self._stopped is not None and not self._interrupted
+            self._interrupted = self._interrupted or owed
+        if owed and not raising:
+            raise Interrupted
+
+
+class _Shield:
+    """See `shielded`."""
+
+    __slots__ = ("_query",)
+
+    def __enter__(self) -> None:
+        self._query = getattr(_current, "query", None)
+        if self._query is not None:
+            self._query._enter_shield()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self._query is not None:
+            self._query._leave_shield(exc_type is not None)
+
+
+def shielded() -> _Shield:
+    """A context in which the current query's thread takes no asynchronous stop (any other thread: no
+    effect); waits inside ask `stopping()`."""
+    return _Shield()
+
+
+def stopping() -> bool:
+    """Whether the query whose step the current thread runs has been stopped (never on other threads)."""
+    query = getattr(_current, "query", None)
+    return query is not None and query._stopped is not None
 
 
 def _clear_locals(exc: BaseException) -> None:
@@ -236,7 +300,8 @@ def _clear_locals(exc: BaseException) -> None:
         pending += [current.__cause__, current.__context__]
 
 
-def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
-    """Makes `exception` raise in `thread` at its next line of Python."""
+def _raise_in_thread(thread: threading.Thread, exception: type[BaseException] | None) -> None:
+    """Makes `exception` raise in `thread` at its next line of Python (None: takes back one pending)."""
     if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
+        pending = ctypes.py_object(exception) if exception is not None else None
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), pending)

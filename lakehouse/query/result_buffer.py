@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-# How often a waiting thread looks up: the query's thread to take a stop (QueryThread raises in it),
-# a reader thread to see the stream closed.
+from spanlake.lakehouse.query.query_thread import shielded, stopping
+
+# How often a waiting thread looks up: to see its stream closed or its query stopped.
 WAIT_SECONDS = 0.1
 UNBOUNDED = 1 << 62
 
@@ -30,14 +32,17 @@ class ResultBufferFull(Exception):
 
 
 class ByteBudget:
-    """Bytes held against a limit. Thread-safe."""
+    """Bytes held against a limit. Thread-safe: only a plain lock, held by no Python frame but its
+    `with` (query_thread, Shielding); waiters sleep on a lock of their own, released when bytes come back."""
 
     def __init__(self, limit: int, wait_seconds: float = 0.0, what: str = "") -> None:
         """A budget of `limit` bytes, none held; with `wait_seconds`, `reserve` raises ResultBufferFull
         (saying `what` is full) past that wait."""
         self.limit = limit
         self.used = 0
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        # One lock per waiting thread, taken while it is in the set (under `_lock`): give_back releases them.
+        self._waiting: set[threading.Lock] = set()
         self._wait_seconds = wait_seconds
         self._what = what
 
@@ -48,37 +53,45 @@ class ByteBudget:
     def reserve(self, size: int, gave_up: Callable[[], bool]) -> bool:
         """Holds `size` bytes once they fit (at once when nothing is held: a batch larger than the limit
         passes alone); False, holding nothing, if `gave_up()` first."""
-        waited = 0.0
-        with self._changed:
-            while self.used > 0 and self.used + size > self.limit:
-                if gave_up():
-                    return False
-                if self._wait_seconds and waited > self._wait_seconds:
-                    raise ResultBufferFull(
-                        f"{self._what} stayed full for {self._wait_seconds:g} s (SPANLAKE_RESULT_BUFFER_WAIT_SECONDS)"
-                    )
-                self._changed.wait(WAIT_SECONDS)
-                waited += WAIT_SECONDS
-            self.used += size
-        return True
+        wake = threading.Lock()
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            with self._lock:
+                if self.used == 0 or self.used + size <= self.limit:
+                    self.used += size
+                    self._waiting.discard(wake)
+                    return True
+                wake.acquire(blocking=False)
+                self._waiting.add(wake)
+            # A waiter that leaves stays in the set until the next give_back: harmless, one lock.
+            if gave_up():
+                return False
+            if self._wait_seconds and time.monotonic() > deadline:
+                raise ResultBufferFull(
+                    f"{self._what} stayed full for {self._wait_seconds:g} s (SPANLAKE_RESULT_BUFFER_WAIT_SECONDS)"
+                )
+            wake.acquire(timeout=WAIT_SECONDS)
 
     def take(self, size: int) -> None:
         """Holds `size` more bytes, room or not."""
-        with self._changed:
+        with self._lock:
             self.used += size
 
     def give_back(self, size: int) -> None:
-        """Releases `size` bytes held."""
+        """Releases `size` bytes held (negative: takes them) and wakes the waiters."""
         if size:
-            with self._changed:
+            with self._lock:
                 self.used -= size
-                self._changed.notify_all()
+                waiting, self._waiting = self._waiting, set()
+                for wake in waiting:
+                    wake.release()
 
 
 class StreamBuffer:
     """The batches of one stream between its producers and its consumer: queued (against the stream's
     limit and the total) and the one last handed to the consumer (against the total until the next is
-    asked for). Closing it gives back all it holds; producers then stop."""
+    asked for). Closing it gives back all it holds; producers then stop. A query's thread runs its
+    methods shielded from stops (query_thread, Shielding): what it holds is always told right."""
 
     def __init__(self, stream_limit: int, total: ByteBudget) -> None:
         """An empty buffer of one stream."""
@@ -89,71 +102,84 @@ class StreamBuffer:
         self._lock = threading.Lock()
         self._held = 0  # against the total: reserved, queued and handed
         self._handed = 0
-        self.closed = threading.Event()
+        self._closed = False
 
     def reserve(self) -> int | None:
         """(producer) Waits until the stream and all streams have room for a batch and reserves what it
         may weigh; the bytes reserved (give them to `put`, `hand` or `unreserve`), None once closed."""
-        if not self._queued.wait_for_room(self.closed.is_set):
+        with shielded():
+            if not self._queued.wait_for_room(self._gave_up):
+                return None
+            estimate = min(self._estimate, self._total.limit)
+            if not self._total.reserve(estimate, self._gave_up):
+                return None
+            with self._lock:
+                if not self._closed:
+                    self._held += estimate
+                    return estimate
+            self._total.give_back(estimate)
             return None
-        estimate = min(self._estimate, self._total.limit)
-        if not self._total.reserve(estimate, self.closed.is_set):
-            return None
-        with self._lock:
-            if not self.closed.is_set():
-                self._held += estimate
-                return estimate
-        self._total.give_back(estimate)
-        return None
 
     def unreserve(self, reserved: int) -> None:
         """(producer) Gives back a reservation unused (the partition ended)."""
-        self._settle(reserved, 0)
+        with shielded():
+            self._settle(reserved, 0)
 
     def put(self, item: Any, size: int, reserved: int) -> None:
         """(producer) Queues an item of `size` bytes in place of its reservation (dropped once closed)."""
-        if self._settle(reserved, size):
-            self._queued.take(size)
-            self._items.put((item, size))
+        with shielded():
+            if self._settle(reserved, size):
+                self._queued.take(size)
+                self._items.put((item, size))
 
     def get(self) -> Any:
-        """(consumer) The next queued item, waiting in short steps (where a stop raised in this thread is
-        taken); the item handed before is given back."""
+        """(consumer) The next queued item, waiting in short steps, unshielded (where a stop is taken:
+        an item taken off the queue just before is given back with the rest by `close`); the item handed
+        before is given back."""
         self.hand_back()
         while True:
             try:
                 item, size = self._items.get(timeout=WAIT_SECONDS)
             except queue.Empty:
                 continue
-            self._queued.give_back(size)
-            with self._lock:
-                self._handed = size
+            with shielded():
+                self._queued.give_back(size)
+                with self._lock:
+                    self._handed = size
             return item
 
     def hand(self, size: int, reserved: int) -> None:
         """(consumer producing for itself) Holds the batch of `size` bytes it hands, unqueued."""
-        if self._settle(reserved, size):
-            with self._lock:
-                self._handed = size
+        with shielded():
+            if self._settle(reserved, size):
+                with self._lock:
+                    self._handed = size
 
     def hand_back(self) -> None:
-        """(consumer) Gives back the item handed before: the client has taken it."""
-        with self._lock:
-            size, self._handed = self._handed, 0
-            self._held -= size
-        self._total.give_back(size)
+        """(consumer) Gives back the item handed before: the client has taken it (nothing once closed:
+        `close`, maybe on another thread meanwhile, gave it back)."""
+        with shielded():
+            with self._lock:
+                size, self._handed = (0 if self._closed else self._handed), 0
+                self._held -= size
+            self._total.give_back(size)
 
     def close(self) -> None:
         """Gives back all the stream holds; producers stop at their next look."""
-        with self._lock:
-            self.closed.set()
-            held, self._held = self._held, 0
-        self._total.give_back(held)
+        with shielded():
+            with self._lock:
+                self._closed = True
+                held, self._held = self._held, 0
+            self._total.give_back(held)
+
+    def _gave_up(self) -> bool:
+        """Whether a waiting producer stops: the stream is closed, or the query whose thread waits is stopped."""
+        return self._closed or stopping()
 
     def _settle(self, reserved: int, size: int) -> bool:
         """Holds `size` in place of `reserved`; False (holding nothing) once closed."""
         with self._lock:
-            if self.closed.is_set():
+            if self._closed:
                 return False
             self._held += size - reserved
             self._estimate = size or self._estimate
