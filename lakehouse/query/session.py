@@ -12,11 +12,23 @@ functions return are built in a context of their own (`frames_context`), which h
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udtf
+from datafusion import (
+    AggregateUDF,
+    DataFrame,
+    RuntimeEnvBuilder,
+    ScalarUDF,
+    SessionConfig,
+    SessionContext,
+    Table,
+    col,
+    lit,
+    udtf,
+)
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 from typing_extensions import override
@@ -83,6 +95,16 @@ def frames_context(lake: Lake) -> SessionContext:
 
 
 def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
+    """The scan of these partition files, reused while they are the same (`scan_frames.py`)."""
+
+    def build() -> DataFrame:
+        with tracing.async_span("parquet.open"):
+            return lake.off_runtime.run(_new_scan, lake, view, keys)
+
+    return lake.scan_frames.frame((view.name, view.schema_hash, tuple(keys)), build)
+
+
+def _new_scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
     ctx = frames_context(lake)
@@ -110,8 +132,7 @@ def files_table(
     """Partition files of a view as a table (collapsed for the views that merge at query time)."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        with tracing.async_span("parquet.open"):  # DataFusion lists the files and reads their footers
-            frame = lake.off_runtime.run(_scan, lake, view, keys)
+        frame = _scan(lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
         frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
@@ -371,8 +392,15 @@ def _session_context(
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
         ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
-    for function in functions.scalar_udfs():
+    scalar_udfs, aggregate_udfs = _shared_udfs()
+    for function in scalar_udfs:
         ctx.register_udf(function)
-    for aggregate in functions.aggregate_udfs():
+    for aggregate in aggregate_udfs:
         ctx.register_udaf(aggregate)
     return ctx
+
+
+@functools.cache
+def _shared_udfs() -> tuple[list[ScalarUDF], list[AggregateUDF]]:
+    """The SQL functions that depend on nothing of a query or a lake, built once for every session."""
+    return functions.scalar_udfs(), functions.aggregate_udfs()
