@@ -34,6 +34,7 @@ from datafusion.expr import Expr
 from typing_extensions import override
 
 from spanlake import tracing
+from spanlake.lakehouse.catalog_changes import QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import (
@@ -118,12 +119,18 @@ def _new_scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
 
 
 def instance_table(
-    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, rows: Expr | None = None
+    lake: Lake,
+    view: View,
+    instance_id: str,
+    query_range: tuple[int, int] | None,
+    rows: Expr | None = None,
+    query_began: QueryMark | None = None,
 ) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite;
-    with `rows`, only the rows it keeps (a read scope's)."""
-    return files_table(lake, view, instances.instance_files(lake, view, instance_id, query_range), query_range, rows)
+    with `rows`, only the rows it keeps (a read scope's); as of the query's beginning (its mark)."""
+    keys = instances.instance_files(lake, view, instance_id, query_range, query_began)
+    return files_table(lake, view, keys, query_range, rows)
 
 
 def files_table(
@@ -177,9 +184,12 @@ class GlobalTables(SchemaProvider):
         trace_parent: tracing.SpanContext,
         insert_range: tuple[int, int] | None = None,
         read_scope: ReadScope | None = None,
+        query_began: QueryMark | None = None,
     ) -> None:
-        """The lake's global views, seen through the query range (or the insert range) and the read scope."""
+        """The lake's global views, seen through the query range (or the insert range) and the read scope,
+        as of the query's beginning (its mark)."""
         self.lake = lake
+        self.query_began = query_began
         self.read_scope = read_scope
         self.query_range = query_range
         self.trace_parent = trace_parent
@@ -210,7 +220,7 @@ class GlobalTables(SchemaProvider):
             if self.insert_range is not None:
                 return files_table(self.lake, view, inserted_files(self.lake, view, self.insert_range), None)
             rows = None if self.read_scope is None else self.read_scope.rows(view)
-            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows)
+            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows, self.query_began)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
@@ -244,6 +254,7 @@ def _table_functions(
     trace_parent: tracing.SpanContext,
     identity: str | None,
     read_scope: ReadScope | None,
+    query_began: QueryMark | None,
 ) -> list[TableFunction]:
     """Every table function of a session, declared once (see `table_function.py`); the functions
     taking an id see only the read scope's (another audience's id is an unknown id)."""
@@ -252,12 +263,12 @@ def _table_functions(
         with tracing.async_span("lakehouse.view_instance", trace_parent):
             view = instances.view_set(lake, view_set_name)
             if read_scope is None:
-                return instance_table(lake, view, instance_id, query_range)
+                return instance_table(lake, view, instance_id, query_range, query_began=query_began)
             instance_id = instances.canonical_instance_id(view, instance_id)
             if instance_id == instances.GLOBAL:
-                return instance_table(lake, view, instance_id, query_range, read_scope.rows(view))
+                return instance_table(lake, view, instance_id, query_range, read_scope.rows(view), query_began)
             instances.check_readable(read_scope, view, instance_id)
-            return instance_table(lake, view, instance_id, query_range)
+            return instance_table(lake, view, instance_id, query_range, query_began=query_began)
 
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
@@ -364,7 +375,9 @@ def make_session_context(
     with tracing.async_span("lakehouse.make_session_context"):
         split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
         config = session_config(split_inputs)
-        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope)
+        # A bucket's files are read by insert time, not through the instances: no changes to follow.
+        query_began = None if insert_range is not None else lake.catalog_changes.began_query(lake)
+        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope, query_began)
         return _session_context(lake, config, tables, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
@@ -384,7 +397,10 @@ def _session_context(
     ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
-    for function in _table_functions(lake, query_range, trace_parent, identity, tables.read_scope):
+    functions_of_query = _table_functions(
+        lake, query_range, trace_parent, identity, tables.read_scope, tables.query_began
+    )
+    for function in functions_of_query:
         if is_admin or not function.admin:
             ctx.register_udtf(udtf(function, function.name))
     ctx.register_udf(block_functions.get_payload_udf(lake, tables.read_scope))
