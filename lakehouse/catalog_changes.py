@@ -74,6 +74,8 @@ class CatalogChanges:
         nothing may be reused)."""
         if self._connection is None and not self._start(lake):
             return None
+        if query_began is not None and self._round_trip_ended > query_began:  # the query's round trip ended
+            return (self._epoch, self._last_change.get(key, self._forgotten))
         return lake.loop.run(self._generation_after_pending(key, query_began))
 
     def began_query(self, lake: Lake) -> QueryMark | None:
