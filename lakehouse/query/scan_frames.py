@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from datafusion import DataFrame
 
-MAX_SCANS = 512
+MAX_SCANS = 128  # each frame holds a copy of its context's state (tens of KiB)
 
 ScanKey = Hashable  # (view set, schema hash, the files' keys)
 
