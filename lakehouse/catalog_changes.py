@@ -12,7 +12,8 @@ A notification travels on its own: a client acknowledged by a writer can query b
 has it. So a generation is read after a round trip on the listening connection that reads nothing
 (`SELECT 1`): PostgreSQL hands a session the notifications committed before its statement ahead of
 the statement's end, so every change committed before the query began is counted. Concurrent queries
-share such a round trip when it started after they asked.
+share such a round trip when it started after they asked; a query starts its own as it begins
+(`began_query`), so that the round trip runs while its session is built and its SQL planned.
 
 While not listening (before the first query, after the connection dropped: PostgreSQL restarted)
 nothing is reused; each new listening session starts a new epoch, so nothing computed before it is.
@@ -45,6 +46,7 @@ RETRY_SECONDS = 1.0
 MAX_KEYS = 100_000
 
 Generation = tuple[int, int]  # (listening epoch, number of the key's last announced change in it)
+QueryMark = int  # the round trips started before a query began (see `began_query`)
 
 
 class CatalogChanges:
@@ -66,15 +68,28 @@ class CatalogChanges:
         self._last_attempt = -RETRY_SECONDS
         self._starting = threading.Lock()
 
-    def generation(self, lake: Lake, key: str) -> Generation | None:
-        """The key's current generation, once the changes announced before this call are counted;
-        None when changes cannot be followed (then nothing may be reused)."""
+    def generation(self, lake: Lake, key: str, query_began: QueryMark | None = None) -> Generation | None:
+        """The key's current generation, once the changes announced before this call (with a mark of
+        `began_query`: before that query began) are counted; None when changes cannot be followed (then
+        nothing may be reused)."""
         if self._connection is None and not self._start(lake):
             return None
-        return lake.loop.run(self._generation_after_pending(key))
+        if query_began is not None and self._round_trip_ended > query_began:  # the query's round trip ended
+            return (self._epoch, self._last_change.get(key, self._forgotten))
+        return lake.loop.run(self._generation_after_pending(key, query_began))
 
-    async def _generation_after_pending(self, key: str) -> Generation | None:
-        asked_after = self._round_trips_started
+    def began_query(self, lake: Lake) -> QueryMark | None:
+        """A query begins: starts, without waiting for it, the round trip its generations are read after
+        (it runs while the query is planned); the mark to give `generation`. None while not following."""
+        if self._connection is None and not self._start(lake):
+            return None
+        began = self._round_trips_started  # any round trip numbered above started after this line
+        asyncio.run_coroutine_threadsafe(self._generation_after_pending(None, began), lake.loop.loop)
+        return began
+
+    async def _generation_after_pending(self, key: str | None, asked_after: int | None) -> Generation | None:
+        if asked_after is None:
+            asked_after = self._round_trips_started
         async with self._round_trip:
             connection = self._connection
             if connection is None:

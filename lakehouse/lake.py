@@ -20,6 +20,7 @@ from spanlake.lakehouse.migrate import migrate
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.query.fresh_instances import FreshInstances
 from spanlake.lakehouse.query.off_runtime import OffRuntime
+from spanlake.lakehouse.query.scan_frames import ScanFrames
 from spanlake.lakehouse.query_denials import QueryDenyList
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.settle_queue import SettleQueue
@@ -54,6 +55,7 @@ class Lake:
     # sets found up to date, reused while no change is announced.
     catalog_changes: CatalogChanges = field(default_factory=CatalogChanges)
     fresh_instances: FreshInstances = field(default_factory=FreshInstances)
+    scan_frames: ScanFrames = field(default_factory=ScanFrames)  # their files' scans, reused as they are
     # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
     embedded: EmbeddedPostgres | None = None
     supervisor: Future[None] | None = None

@@ -11,6 +11,9 @@ from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, wait_un
 from lakehouse_support import EXPECTED, LocalLake, local_lake
 
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query import session
+from spanlake.views.view import View
 
 PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
 LOG_STREAM = next(s for s in EXPECTED["streams"] if s["tags"] == ["log"])
@@ -64,6 +67,24 @@ def test_a_warm_query_asks_the_catalog_nothing(lake: LocalLake, coverage_checks:
     checked = len(coverage_checks)
     assert [log_rows(lake) for _ in range(3)] == [first] * 3
     assert len(coverage_checks) == checked
+
+
+def test_a_warm_query_reuses_its_files_scan(lake: LocalLake, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[list[str]] = []
+    new_scan = session._new_scan
+
+    def counted(local: Lake, view: View, keys: list[str]) -> object:
+        built.append(keys)
+        return new_scan(local, view, keys)
+
+    monkeypatch.setattr(session, "_new_scan", counted)
+    first = log_rows(lake)
+    wait_until(lambda: not lake.lake.settler.pending(), 30, "the settle queue to be idle")
+    assert log_rows(lake) == first
+    scans = len(built)
+    assert [log_rows(lake) for _ in range(3)] == [first] * 3
+    assert len(built) == scans  # the same files: the scan built before, not one per query
+    assert first == events_in(LOG_BLOCKS[:-1])
 
 
 def test_a_block_another_process_writes_is_seen_at_once(

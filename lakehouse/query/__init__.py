@@ -15,6 +15,7 @@ Modules:
     instances          a view instance as a table: JIT, then its partitions as one dataset
     read_scope         what a query may read by its principal's audiences (another audience's id is unknown)
     fresh_instances    instances' partition sets found up to date, reused while no change is announced
+    scan_frames        partition files' parquet scans, built once per file list and reused
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
     deny_list_functions  deny_queries, list_query_denials, remove_query_denial

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from spanlake import tracing
+from spanlake.lakehouse.catalog_changes import QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit import Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
@@ -79,9 +80,10 @@ def _source_filter(view: View, instance_id: str) -> dict[str, object]:
 
 
 def instance_partitions(
-    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None
+    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, query_began: QueryMark | None = None
 ) -> list[Partition]:
-    """The up-to-date partitions of a view instance that the query range may need (see `lakehouse/jit.py`).
+    """The up-to-date partitions of a view instance that the query range may need (see `lakehouse/jit.py`);
+    with the mark of the query's beginning, as of then (`CatalogChanges.began_query`), else as of now.
 
     No catalog round trip when nothing was written to the instance since a query found it fresh (the
     usual warm query: `fresh_instances`), one when it is fresh; for a live process, only what arrived
@@ -98,7 +100,9 @@ def instance_partitions(
 
         # The global set is fetched for its range: reused for that range only (in the key).
         key = (view.name, GLOBAL, view.schema_hash, query_range)
-        return lake.fresh_instances.partitions(key, None, lake.catalog_changes.generation(lake, GLOBAL), fetch_global)
+        return lake.fresh_instances.partitions(
+            key, None, lake.catalog_changes.generation(lake, GLOBAL, query_began), fetch_global
+        )
 
     def timings_of() -> dict[str, ProcessTiming]:
         timing = _process_of(lake, view, uuid.UUID(instance_id))
@@ -106,7 +110,8 @@ def instance_partitions(
 
     instance = Instance(view, instance_id, _source_filter(view, instance_id))
     # Blocks announce their process: a stream instance's changes are not followed, it is checked each time.
-    generation = lake.catalog_changes.generation(lake, instance_id) if view.instance_kind == "process" else None
+    process = view.instance_kind == "process"
+    generation = lake.catalog_changes.generation(lake, instance_id, query_began) if process else None
     partitions = lake.fresh_instances.partitions(
         (view.name, instance_id, view.schema_hash),
         query_range,
@@ -116,9 +121,11 @@ def instance_partitions(
     return for_query(partitions, view.schema_hash, query_range)
 
 
-def instance_files(lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None) -> list[str]:
+def instance_files(
+    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, query_began: QueryMark | None = None
+) -> list[str]:
     """Object-store keys of `instance_partitions`."""
-    return [p.file_path for p in instance_partitions(lake, view, instance_id, query_range)]
+    return [p.file_path for p in instance_partitions(lake, view, instance_id, query_range, query_began)]
 
 
 def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:

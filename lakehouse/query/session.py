@@ -12,16 +12,29 @@ functions return are built in a context of their own (`frames_context`), which h
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import pyarrow as pa
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, Table, col, lit, udtf
+from datafusion import (
+    AggregateUDF,
+    DataFrame,
+    RuntimeEnvBuilder,
+    ScalarUDF,
+    SessionConfig,
+    SessionContext,
+    Table,
+    col,
+    lit,
+    udtf,
+)
 from datafusion.catalog import SchemaProvider
 from datafusion.expr import Expr
 from typing_extensions import override
 
 from spanlake import tracing
+from spanlake.lakehouse.catalog_changes import QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import (
@@ -83,6 +96,16 @@ def frames_context(lake: Lake) -> SessionContext:
 
 
 def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
+    """The scan of these partition files, reused while they are the same (`scan_frames.py`)."""
+
+    def build() -> DataFrame:
+        with tracing.async_span("parquet.open"):
+            return lake.off_runtime.run(_new_scan, lake, view, keys)
+
+    return lake.scan_frames.frame((view.name, view.schema_hash, tuple(keys)), build)
+
+
+def _new_scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
     with row-group pruning), one per file, unioned."""
     ctx = frames_context(lake)
@@ -96,12 +119,18 @@ def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
 
 
 def instance_table(
-    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, rows: Expr | None = None
+    lake: Lake,
+    view: View,
+    instance_id: str,
+    query_range: tuple[int, int] | None,
+    rows: Expr | None = None,
+    query_began: QueryMark | None = None,
 ) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite;
-    with `rows`, only the rows it keeps (a read scope's)."""
-    return files_table(lake, view, instances.instance_files(lake, view, instance_id, query_range), query_range, rows)
+    with `rows`, only the rows it keeps (a read scope's); as of the query's beginning (its mark)."""
+    keys = instances.instance_files(lake, view, instance_id, query_range, query_began)
+    return files_table(lake, view, keys, query_range, rows)
 
 
 def files_table(
@@ -110,8 +139,7 @@ def files_table(
     """Partition files of a view as a table (collapsed for the views that merge at query time)."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
-        with tracing.async_span("parquet.open"):  # DataFusion lists the files and reads their footers
-            frame = lake.off_runtime.run(_scan, lake, view, keys)
+        frame = _scan(lake, view, keys)
     else:  # one in-memory partition, even when empty: plans need one
         frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
@@ -156,9 +184,12 @@ class GlobalTables(SchemaProvider):
         trace_parent: tracing.SpanContext,
         insert_range: tuple[int, int] | None = None,
         read_scope: ReadScope | None = None,
+        query_began: QueryMark | None = None,
     ) -> None:
-        """The lake's global views, seen through the query range (or the insert range) and the read scope."""
+        """The lake's global views, seen through the query range (or the insert range) and the read scope,
+        as of the query's beginning (its mark)."""
         self.lake = lake
+        self.query_began = query_began
         self.read_scope = read_scope
         self.query_range = query_range
         self.trace_parent = trace_parent
@@ -189,7 +220,7 @@ class GlobalTables(SchemaProvider):
             if self.insert_range is not None:
                 return files_table(self.lake, view, inserted_files(self.lake, view, self.insert_range), None)
             rows = None if self.read_scope is None else self.read_scope.rows(view)
-            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows)
+            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows, self.query_began)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
@@ -223,6 +254,7 @@ def _table_functions(
     trace_parent: tracing.SpanContext,
     identity: str | None,
     read_scope: ReadScope | None,
+    query_began: QueryMark | None,
 ) -> list[TableFunction]:
     """Every table function of a session, declared once (see `table_function.py`); the functions
     taking an id see only the read scope's (another audience's id is an unknown id)."""
@@ -231,12 +263,12 @@ def _table_functions(
         with tracing.async_span("lakehouse.view_instance", trace_parent):
             view = instances.view_set(lake, view_set_name)
             if read_scope is None:
-                return instance_table(lake, view, instance_id, query_range)
+                return instance_table(lake, view, instance_id, query_range, query_began=query_began)
             instance_id = instances.canonical_instance_id(view, instance_id)
             if instance_id == instances.GLOBAL:
-                return instance_table(lake, view, instance_id, query_range, read_scope.rows(view))
+                return instance_table(lake, view, instance_id, query_range, read_scope.rows(view), query_began)
             instances.check_readable(read_scope, view, instance_id)
-            return instance_table(lake, view, instance_id, query_range)
+            return instance_table(lake, view, instance_id, query_range, query_began=query_began)
 
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
@@ -343,7 +375,9 @@ def make_session_context(
     with tracing.async_span("lakehouse.make_session_context"):
         split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
         config = session_config(split_inputs)
-        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope)
+        # A bucket's files are read by insert time, not through the instances: no changes to follow.
+        query_began = None if insert_range is not None else lake.catalog_changes.began_query(lake)
+        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope, query_began)
         return _session_context(lake, config, tables, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
 
 
@@ -363,7 +397,10 @@ def _session_context(
     ctx = SessionContext(config, runtime)
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
-    for function in _table_functions(lake, query_range, trace_parent, identity, tables.read_scope):
+    functions_of_query = _table_functions(
+        lake, query_range, trace_parent, identity, tables.read_scope, tables.query_began
+    )
+    for function in functions_of_query:
         if is_admin or not function.admin:
             ctx.register_udtf(udtf(function, function.name))
     ctx.register_udf(block_functions.get_payload_udf(lake, tables.read_scope))
@@ -371,8 +408,15 @@ def _session_context(
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))
         ctx.register_udf(deny_list_functions.remove_query_denial_udf(lake))
-    for function in functions.scalar_udfs():
+    scalar_udfs, aggregate_udfs = _shared_udfs()
+    for function in scalar_udfs:
         ctx.register_udf(function)
-    for aggregate in functions.aggregate_udfs():
+    for aggregate in aggregate_udfs:
         ctx.register_udaf(aggregate)
     return ctx
+
+
+@functools.cache
+def _shared_udfs() -> tuple[list[ScalarUDF], list[AggregateUDF]]:
+    """The SQL functions that depend on nothing of a query or a lake, built once for every session."""
+    return functions.scalar_udfs(), functions.aggregate_udfs()
