@@ -76,6 +76,7 @@ def test_an_admin_edits_adds_deletes_and_moves_cells(
     page = watched.page
     sign_in(page, server, ADMIN_KEY)
     open_screen(page, server, "editable")
+    page.click("button.edit-screen")
     first = edit(page, "first")
     first.locator("textarea.edit-sql").fill("SELECT 41 + 1 AS answer")
     first.locator("input.edit-name").fill("answer")
@@ -111,6 +112,7 @@ def test_a_bad_sql_saved_shows_its_error_in_its_cell(
     watched.expect_error("Failed to load resource")  # the bad cell's 400
     sign_in(page, server, ADMIN_KEY)
     open_screen(page, server, "editable")
+    page.click("button.edit-screen")
     edit(page, "second").locator("textarea.edit-sql").fill("SELECT no_such_column FROM processes")
     save(page)
     assert "no_such_column" in cell(page, "second").locator(".cell-error").inner_text()
@@ -155,7 +157,7 @@ def test_a_reader_sees_no_edit_control_and_cannot_write(
     sign_in(page, server, READER_KEY)
     open_screen(page, server, "editable")
     assert cell(page, "first").locator("tbody td").inner_text() == "1"
-    controls = "details.cell-edit, button.save-screen, button.add-cell"
+    controls = "button.edit-screen, details.cell-edit, button.save-screen, button.add-cell"
     assert page.locator(controls).count() == 0
     page.goto(server.http_url + "/screens")
     assert page.locator("a:has-text('editable')").count() == 1

@@ -1,7 +1,7 @@
 // A notebook screen: each cell drawn in a box with its SQL, its error or its result. Cells run top
 // down through POST /api/screen-cell (the server runs the screen's stored SQL, macros expanded with the
 // values of the variables above); changing a variable re-runs the cells below it. Charts are uPlot's.
-// With write access the page edits the cells (SQL, name, type; add, delete, move) and saves the whole
+// With write access, "Edit" lets the page edit the cells (SQL, name, type; add, delete, move) and saves the whole
 // config through PUT /api/screens/<name>; /screens gets "New screen" and "Copy" (POST /api/screens).
 "use strict";
 
@@ -406,18 +406,27 @@
   // -- editing ---------------------------------------------------------------------------------------
   // Edits change `tops` (each cell a copy of the stored one) and the boxes' places; Save sends the whole
   // config and reloads, so what is shown is always what is stored.
+  // The "Edit" button turns the page into the editor: the cells' panels, then "Add cell" and "Save".
   function editor() {
-    const toolbar = el("div", { class: "screen-edit" });
+    const start = el("button", { type: "button", class: "edit-screen" }, "Edit");
+    root.prepend(el("div", { class: "screen-edit" }, start));
+    start.addEventListener("click", () => {
+      start.disabled = true;
+      tops.forEach((top) => { top.cell = structuredClone(top.cell); controls(top); });
+      root.append(toolbar());
+    });
+  }
+
+  function toolbar() {
+    const bar = el("div", { class: "screen-edit" });
     const error = el("span", { class: "error save-error", role: "alert", hidden: "" });
     const add = el("button", { type: "button", class: "add-cell" }, "Add cell");
     const save = el("button", { type: "button", class: "save-screen" }, "Save");
-    toolbar.append(add, " ", save, " ", error);
-    root.append(toolbar);
-    tops.forEach((top) => { top.cell = structuredClone(top.cell); controls(top); });
+    bar.append(add, " ", save, " ", error);
     add.addEventListener("click", () => {
       const top = { cell: { name: `cell-${tops.length + 1}`, type: "table", sql: "SELECT 1 AS one" } };
       top.section = box(top.cell).section;
-      root.insertBefore(top.section, toolbar);
+      root.insertBefore(top.section, bar);
       tops.push(top);
       controls(top).open = true;
     });
@@ -431,6 +440,7 @@
       error.textContent = answer.message || `HTTP ${response.status}`;
       error.hidden = false;
     });
+    return bar;
   }
 
   function field(label, input) { return el("label", {}, `${label} `, input); }
