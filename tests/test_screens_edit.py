@@ -161,7 +161,7 @@ def test_a_reader_sees_no_edit_control_and_cannot_write(
     assert page.locator(controls).count() == 0
     page.goto(server.http_url + "/screens")
     assert page.locator("a:has-text('editable')").count() == 1
-    assert page.locator("#new-screen, button.copy-screen").count() == 0
+    assert page.locator("#new-screen, button.copy-screen, #add-starters").count() == 0
 
     reader = {"Authorization": f"Bearer {READER_KEY}"}
     url = f"{server.http_url}/api/screens"
@@ -171,4 +171,12 @@ def test_a_reader_sees_no_edit_control_and_cannot_write(
     assert requests.post(url, json=body, headers=reader, timeout=10).status_code == 403
     assert requests.delete(f"{url}/editable", headers=reader, timeout=10).status_code == 403
     assert requests.get(f"{url}/editable", headers=reader, timeout=10).status_code == 200
+    # a form post from this site with its CSRF token: refused for the reader's lack of write access alone
+    token = page.locator("meta[name=csrf-token]").get_attribute("content")
+    starters = page.request.post(
+        server.http_url + "/screens/starters", form={"csrf": token}, headers={"Origin": server.http_url}
+    )
+    assert starters.status == 403
+    assert "adding screens takes write access" in starters.text()
+    assert [s["name"] for s in admin.list_screens()] == ["editable"]
     assert admin.get_screen("editable")["config"]["cells"] == CELLS

@@ -160,7 +160,10 @@ class ScreenPages:
         return self._page(request, "screens.html", title="Screens", scripts=("screens.js",), folders=folders)
 
     async def add_starters(self, request: web.Request) -> web.Response:
-        """Adds the starter screens not there yet (a screen by that name is left as it is); back to `/screens`."""
+        """Adds the starter screens not there yet (a screen by that name is left as it is); back to `/screens`.
+        403 without write access."""
+        if not may_write_screens(request):
+            raise html.PageError(403, "Forbidden", "adding screens takes write access (an admin key)")
         for starter in STARTER_SCREENS:
             await self.catalog.insert_screen(
                 **starter, user=caller_name(request), managed_by=None, folder_path=STARTER_FOLDER
