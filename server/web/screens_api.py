@@ -3,8 +3,9 @@
 deleted, with micromegas's payloads, status codes, name rules and `{"code", "message"}` errors; plus
 export and import of screens in the web app's export file (`{"version": 1, "screens": [...]}`).
 
-Any signed-in principal may read and write screens, as in micromegas; what a screen's cells show is
-governed when they run (`screens_run`), by the viewer's access.
+Any signed-in principal may read screens; writing them (create, update, delete, import) takes write
+access: an admin key, or no auth at all (micromegas lets any user write; spanlake's readers only read).
+What a screen's cells show is governed when they run (`screens_pages`), by the viewer's access.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.server.web.access_api import ApiError, answered, caller_name, json_answer, json_body
+from spanlake.server.web.access_api import ApiError, Handler, answered, caller_name, json_answer, json_body
+from spanlake.server.web.auth_cookie import principal_of
 
 EXPORT_VERSION = 1
 RESERVED_NAMES = frozenset({"new"})
@@ -140,6 +142,21 @@ def _optional_text(value: Any, field: str) -> str | None:
     return value
 
 
+def may_write_screens(request: web.Request) -> bool:
+    """Whether the caller may change screens: an admin, or anyone when auth is off."""
+    principal = principal_of(request)
+    return principal is None or principal.is_admin
+
+
+def _writers_only(handler: Handler) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not may_write_screens(request):
+            raise ApiError(403, "FORBIDDEN", "changing screens takes write access (an admin key)")
+        return await handler(request)
+
+    return handle
+
+
 def _not_found(name: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", f"Screen '{name}' not found")
 
@@ -163,12 +180,12 @@ class ScreensApi:
             (web.get, "/api/screen-types", self.list_types),
             (web.get, "/api/screen-types/{type_name}/default", self.default_config),
             (web.get, "/api/screens", self.list_screens),
-            (web.post, "/api/screens", self.create_screen),
+            (web.post, "/api/screens", _writers_only(self.create_screen)),
             (web.get, "/api/screens/{name}", self.get_screen),
-            (web.put, "/api/screens/{name}", self.update_screen),
-            (web.delete, "/api/screens/{name}", self.delete_screen),
+            (web.put, "/api/screens/{name}", _writers_only(self.update_screen)),
+            (web.delete, "/api/screens/{name}", _writers_only(self.delete_screen)),
             (web.get, "/api/screens-export", self.export_screens),
-            (web.post, "/api/screens-import", self.import_screens),
+            (web.post, "/api/screens-import", _writers_only(self.import_screens)),
         ]
         return [method(path, answered(handler)) for method, path, handler in table]
 

@@ -7,6 +7,8 @@ page's variable values and time range (`screens_macros`), through the governed q
 A failure is the cell's alone: the answer carries the expanded SQL and the error, and the page goes on.
 Screens of the single-query types (table, log, metrics, process list) are shown as a notebook of one cell.
 `POST /screens/starters` adds the starter screens (`screens_starters`) to the folder `starters`.
+A caller with write access (`screens_api.may_write_screens`) gets the edit controls: the page edits the
+notebook's cells and saves the whole config through `PUT /api/screens/{name}`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from spanlake.server.web.access_api import caller_name
 from spanlake.server.web.api import json_response, request_range
 from spanlake.server.web.auth_cookie import principal_of
 from spanlake.server.web.queries import WebQueries, WebQueryError
+from spanlake.server.web.screens_api import may_write_screens
 from spanlake.server.web.screens_macros import expand_macros
 from spanlake.server.web.screens_starters import STARTER_SCREENS
 from spanlake.server.web.time_range import parse_range
@@ -145,17 +148,22 @@ class ScreenPages:
 
     def _page(self, request: web.Request, template: str, **context: object) -> web.Response:
         signed_in = principal_of(request) is not None
-        return html.page(template, csrf_token=csrf_token(request), signed_in=signed_in, **context)
+        editable = may_write_screens(request)
+        return html.page(template, csrf_token=csrf_token(request), signed_in=signed_in, editable=editable, **context)
 
     async def folders(self, request: web.Request) -> web.Response:
         """Every screen, by folder."""
         by_folder: dict[str, list[dict[str, Any]]] = {}
         for screen in await self.catalog.list_screens():
             by_folder.setdefault(screen["folder_path"], []).append(screen)
-        return self._page(request, "screens.html", title="Screens", folders=sorted(by_folder.items()))
+        folders = sorted(by_folder.items())
+        return self._page(request, "screens.html", title="Screens", scripts=("screens.js",), folders=folders)
 
     async def add_starters(self, request: web.Request) -> web.Response:
-        """Adds the starter screens not there yet (a screen by that name is left as it is); back to `/screens`."""
+        """Adds the starter screens not there yet (a screen by that name is left as it is); back to `/screens`.
+        403 without write access."""
+        if not may_write_screens(request):
+            raise html.PageError(403, "Forbidden", "adding screens takes write access (an admin key)")
         for starter in STARTER_SCREENS:
             await self.catalog.insert_screen(
                 **starter, user=caller_name(request), managed_by=None, folder_path=STARTER_FOLDER

@@ -1,16 +1,47 @@
 // A notebook screen: each cell drawn in a box with its SQL, its error or its result. Cells run top
 // down through POST /api/screen-cell (the server runs the screen's stored SQL, macros expanded with the
 // values of the variables above); changing a variable re-runs the cells below it. Charts are uPlot's.
+// With write access, "Edit" lets the page edit the cells (SQL, name, type; add, delete, move) and saves the whole
+// config through PUT /api/screens/<name>; /screens gets "New screen" and "Copy" (POST /api/screens).
 "use strict";
 
 (() => {
+  const el = spanlake.el;
+
+  // -- /screens: new and copied screens ---------------------------------------------------------------
+  async function createScreen(body, error) {
+    const response = await spanlake.fetch("/api/screens", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const answer = await response.json().catch(() => ({ message: `HTTP ${response.status}` }));
+    if (!response.ok) { error.textContent = answer.message || `HTTP ${response.status}`; error.hidden = false; return; }
+    window.location.href = `/screen/${encodeURIComponent(answer.name)}`;
+  }
+  const newForm = document.getElementById("new-screen");
+  if (newForm) {
+    const error = newForm.querySelector(".new-screen-error");
+    newForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const config = { timeRangeFrom: "now-1h", timeRangeTo: "now", cells: [] };
+      createScreen({ name: newForm.elements.name.value, screen_type: "notebook", config, folder_path: newForm.elements.folder.value }, error);
+    });
+    for (const button of document.querySelectorAll("button.copy-screen")) {
+      button.addEventListener("click", async () => {
+        const name = window.prompt("Name of the copy", `${button.dataset.name}-copy`);
+        if (!name) return;
+        const original = await (await spanlake.fetch(`/api/screens/${encodeURIComponent(button.dataset.name)}`)).json();
+        createScreen({ name, screen_type: original.screen_type, config: original.config, folder_path: original.folder_path }, error);
+      });
+    }
+  }
+
   const root = document.getElementById("notebook");
   if (!root) return;
   const { screen, from: begin, to: end } = root.dataset;
   const LEVELS = ["", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE"];
   const variables = {};
   const order = []; // every cell in run order, horizontal groups' children in place
-  const el = spanlake.el;
+  const tops = []; // the top-level cells and their boxes, in the config's order (what the editor changes)
 
   function isTime(column) { return column.type.startsWith("timestamp"); }
   function shown(value, column) {
@@ -45,11 +76,14 @@
   function layout(cells, parent) {
     for (const cell of cells) {
       if (cell === null || typeof cell !== "object") {
-        parent.append(el("div", { class: "error cell-error", role: "alert" }, `a cell must be an object, given ${JSON.stringify(cell)}`));
+        const wrong = el("div", { class: "error cell-error", role: "alert" }, `a cell must be an object, given ${JSON.stringify(cell)}`);
+        parent.append(wrong);
+        if (parent === root) tops.push({ cell, section: wrong });
         continue;
       }
       const view = box(cell);
       parent.append(view.section);
+      if (parent === root) tops.push({ cell, section: view.section });
       if (cell.type === "hg") {
         const row = el("div", { class: "cell-group" });
         view.body.append(row);
@@ -366,5 +400,88 @@
     return;
   }
   layout(notebook.cells, root);
+  if (root.dataset.editable) editor();
   runFrom(0);
+
+  // -- editing ---------------------------------------------------------------------------------------
+  // Edits change `tops` (each cell a copy of the stored one) and the boxes' places; Save sends the whole
+  // config and reloads, so what is shown is always what is stored.
+  // The "Edit" button turns the page into the editor: the cells' panels, then "Add cell" and "Save".
+  function editor() {
+    const start = el("button", { type: "button", class: "edit-screen" }, "Edit");
+    root.prepend(el("div", { class: "screen-edit" }, start));
+    start.addEventListener("click", () => {
+      start.disabled = true;
+      tops.forEach((top) => { top.cell = structuredClone(top.cell); controls(top); });
+      root.append(toolbar());
+    });
+  }
+
+  function toolbar() {
+    const bar = el("div", { class: "screen-edit" });
+    const error = el("span", { class: "error save-error", role: "alert", hidden: "" });
+    const add = el("button", { type: "button", class: "add-cell" }, "Add cell");
+    const save = el("button", { type: "button", class: "save-screen" }, "Save");
+    bar.append(add, " ", save, " ", error);
+    add.addEventListener("click", () => {
+      const top = { cell: { name: `cell-${tops.length + 1}`, type: "table", sql: "SELECT 1 AS one" } };
+      top.section = box(top.cell).section;
+      root.insertBefore(top.section, bar);
+      tops.push(top);
+      controls(top).open = true;
+    });
+    save.addEventListener("click", async () => {
+      const config = { ...notebook, cells: tops.map((top) => top.cell) };
+      const response = await spanlake.fetch(`/api/screens/${encodeURIComponent(screen)}`, {
+        method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ config }),
+      });
+      if (response.ok) { window.location.reload(); return; }
+      const answer = await response.json().catch(() => ({ message: `HTTP ${response.status}` }));
+      error.textContent = answer.message || `HTTP ${response.status}`;
+      error.hidden = false;
+    });
+    return bar;
+  }
+
+  function field(label, input) { return el("label", {}, `${label} `, input); }
+
+  // A cell's edit panel: its name, type and SQL (a markdown cell's text), and its place in the notebook.
+  // A horizontal group's children are edited through the API (the panel moves or deletes the group whole).
+  function controls(top) {
+    const { cell } = top;
+    if (cell === null || typeof cell !== "object") return null; // kept as stored; the API fixes it
+    const textKey = cell.type === "markdown" ? "content" : "sql";
+    const name = el("input", { class: "edit-name", value: String(cell.name || "") });
+    const types = [...Object.keys(DRAW), "hg"].sort();
+    const type = el("select", { class: "edit-type" }, ...types.map((t) => el("option", { value: t }, t)));
+    type.value = String(cell.type);
+    const text = el("textarea", { class: "edit-sql", rows: "6", cols: "80" });
+    text.value = typeof cell[textKey] === "string" ? cell[textKey] : "";
+    name.addEventListener("input", () => { cell.name = name.value; });
+    type.addEventListener("change", () => { cell.type = type.value; });
+    text.addEventListener("input", () => { cell[cell.type === "markdown" ? "content" : "sql"] = text.value; });
+    const button = (label, cls, act) => {
+      const b = el("button", { type: "button", class: cls }, label);
+      b.addEventListener("click", act);
+      return b;
+    };
+    const panel = el("details", { class: "cell-edit" }, el("summary", {}, "Edit"),
+      field("name", name), " ", field("type", type), el("br"), text, el("br"),
+      button("↑", "move-up", () => move(top, -1)), button("↓", "move-down", () => move(top, 1)),
+      button("Delete", "delete-cell", () => { tops.splice(tops.indexOf(top), 1); top.section.remove(); }));
+    const header = top.section.querySelector("header");
+    if (header) header.after(panel); else top.section.append(panel);
+    return panel;
+  }
+
+  function move(top, step) {
+    const at = tops.indexOf(top);
+    const to = at + step;
+    if (to < 0 || to >= tops.length) return;
+    const other = tops[to];
+    tops[to] = top;
+    tops[at] = other;
+    if (step < 0) root.insertBefore(top.section, other.section);
+    else root.insertBefore(other.section, top.section);
+  }
 })();
