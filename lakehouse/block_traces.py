@@ -6,6 +6,7 @@ ends at its trace's last span begin."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import uuid
@@ -94,8 +95,11 @@ class TransitBlockTraces:
         self.lake = lake
         self.capacity = capacity
         self._layouts: dict[uuid.UUID, StreamLayout | None] = {}  # None: not a cpu stream
-        settings = lake.settings
-        self._inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
+
+    @functools.cached_property
+    def _inflation(self) -> InflationLimit:
+        settings = self.lake.settings  # read at the first block: the service is built before any lake is needed
+        return InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
 
     async def of(self, record: BlockRecord, payload: bytes, process: ProcessMeta | None) -> BlockTraces:
         """The block's traces (none for a block of another stream than cpu, of an unknown stream or

@@ -17,7 +17,6 @@ import uuid
 import asyncpg
 
 from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces
-from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.errors import IngestRejected
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import BlockRecord, blob_key, block_meta
@@ -59,8 +58,8 @@ class BlockRowGroups:
     A group the database refuses for one of its values is inserted again row by row, so only the request
     with the bad value is refused; any other failure (an outage) fails every request of the group."""
 
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
         self._waiting: list[tuple[BlockRecord, asyncio.Future[None]]] = []
         self._committing: set[asyncio.Task[None]] = set()
         self._next_group_called = False
@@ -95,7 +94,7 @@ class BlockRowGroups:
 
     async def _commit(self, group: list[tuple[BlockRecord, asyncio.Future[None]]]) -> None:
         try:
-            await self.catalog.insert_blocks([record for record, _ in group])
+            await self.lake.catalog.insert_blocks([record for record, _ in group])
         except REFUSED_VALUES as err:
             log.info("a group of %d block rows refused (%s): inserting them one by one", len(group), err)
             await self._commit_one_by_one(group)
@@ -107,7 +106,7 @@ class BlockRowGroups:
     async def _commit_one_by_one(self, group: list[tuple[BlockRecord, asyncio.Future[None]]]) -> None:
         for record, done in group:
             try:
-                await self.catalog.insert_block(record)
+                await self.lake.catalog.insert_block(record)
             except Exception as err:
                 _answer([(record, done)], err)
             else:

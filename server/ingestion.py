@@ -68,7 +68,7 @@ class IngestionService:
         self._ready_error: str | None = None
         self.block_contexts = BlockContexts(lake)
         self.block_traces = TransitBlockTraces(lake)
-        self.block_rows = BlockRowGroups(lake.catalog)
+        self.block_rows = BlockRowGroups(lake)
 
     def app(self) -> web.Application:
         """The aiohttp application: health, readiness, the enabled ingestion routes and the web UI."""
