@@ -101,7 +101,8 @@ class QueryRunner:
 
     def open(self, request: QueryRequest, client_gone: Callable[[], bool]) -> Query:
         """A query on a thread of its own, stopped once `client_gone()` or at its time limit; raises
-        (audited) UNAVAILABLE once the runner is shutting down. Close it with `Query.close`."""
+        (audited) UNAVAILABLE once the runner is shutting down. Close it with `Query.close`.
+        `client_gone` is only called on the door's thread, while it waits for a step (see `Query`)."""
         query = Query(self, request, client_gone)
         with self._lock:
             if not self._stopping:
@@ -124,9 +125,9 @@ class QueryRunner:
         self.threads.close()
 
     def _watch_queries(self) -> None:
-        """Stops, every WATCH_SECONDS, the queries past their time limit or whose client went away: also
-        those no step is running for (a Flight stream blocked in gRPC's write by a client that does not
-        read), whose thread and result buffer then go back at once."""
+        """Stops, every WATCH_SECONDS, the queries past their time limit: also those no step is running
+        for (a Flight stream blocked in gRPC's write by a client that does not read), whose thread and
+        result buffer then go back at once. Their clients are not asked (see `Query`)."""
         while True:
             time.sleep(WATCH_SECONDS)
             with self._lock:
@@ -134,7 +135,7 @@ class QueryRunner:
                     return
                 queries = list(self._queries)
             for query in queries:
-                query.stop_if_due()
+                query.stop_if_past_deadline()
 
     def release(self, query: Query) -> None:
         """Forgets a closed query (`Query.close` calls it)."""
@@ -143,7 +144,14 @@ class QueryRunner:
 
 
 class Query:
-    """One query under way: its thread, session, audit record and root span."""
+    """One query under way: its thread, session, audit record and root span.
+
+    Its door's `client_gone` is asked only by the thread waiting for a step, which is the door's own
+    (a gRPC handler, the event loop): Flight's `ServerCallContext.is_cancelled` reads the call's C++
+    context, freed once the call ends, which can be before the query is closed (a cancelled stream's
+    generator is closed later). The runner's watcher asked it from its own thread and killed the
+    server with SIGSEGV after unread streams were cancelled (issue 28): it now checks the time limit only.
+    """
 
     def __init__(self, runner: QueryRunner, request: QueryRequest, client_gone: Callable[[], bool]) -> None:
         """Opens the query's root span and thread (use `QueryRunner.open`)."""
@@ -169,8 +177,13 @@ class Query:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def _should_stop(self) -> Failure | None:
+        """Why the query must stop, if it must (the door's thread only: it asks the client)."""
         if self._client_gone():
             return failures.cancelled("the client cancelled the query or went away", self.query_id)
+        return self._past_deadline()
+
+    def _past_deadline(self) -> Failure | None:
+        """DEADLINE_EXCEEDED once the time limit has passed (any thread)."""
         if self._deadline is not None and time.monotonic() > self._deadline:
             timeout = self._limits.timeout_seconds
             return failures.deadline_exceeded(
@@ -188,9 +201,9 @@ class Query:
         if self._results is not None:
             self._results.release()
 
-    def stop_if_due(self) -> None:
-        """Stops the query if its client went away or its time limit passed."""
-        reason = self._should_stop()
+    def stop_if_past_deadline(self) -> None:
+        """Stops the query if its time limit passed (any thread: the client is not asked)."""
+        reason = self._past_deadline()
         if reason is not None:
             self.stop(reason)
 
