@@ -146,9 +146,11 @@ class CatalogChanges:
             self._releasing = asyncio.get_running_loop().create_task(self._pool.release(connection))
 
     async def close(self) -> None:
-        """Stops listening and gives the connection back to the pool."""
-        connection, self._connection = self._connection, None
-        if connection is not None and self._pool is not None:
-            if not connection.is_closed():
-                await connection.remove_listener(CHANNEL, self._announced)
-            await self._pool.release(connection)
+        """Stops listening and gives the connection back to the pool (after a round trip under way: the
+        connection runs one operation at a time; the round trips waiting then find it gone)."""
+        async with self._round_trip:
+            connection, self._connection = self._connection, None
+            if connection is not None and self._pool is not None:
+                if not connection.is_closed():
+                    await connection.remove_listener(CHANNEL, self._announced)
+                await self._pool.release(connection)
