@@ -19,6 +19,11 @@ def principal_selectors(name: str) -> list[str]:
     return ["*", f"user:{name}"]
 
 
+# The columns a grant and a group member are answered with (micromegas's payloads).
+_GRANT_COLUMNS = "audience, axis, selector, created_at, created_by"
+_MEMBER_COLUMNS = "group_name, member, created_at, created_by"
+
+
 class AudienceGrantRows:
     """Grants and groups, read per authentication and written by the admin API."""
 
@@ -38,24 +43,8 @@ class AudienceGrantRows:
 
     async def add_grant(self, audience: str, axis: str, selector: str, created_by: str) -> tuple[asyncpg.Record, bool]:
         """(the grant row, created now?): an existing grant is returned as it is."""
-        row = await self.pool.fetchrow(
-            "INSERT INTO audience_grants (audience, axis, selector, created_by) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING RETURNING audience, axis, selector, created_at, created_by",
-            audience,
-            axis,
-            selector,
-            created_by,
-        )
-        if row is not None:
-            return row, True
-        existing = await self.pool.fetchrow(
-            "SELECT audience, axis, selector, created_at, created_by FROM audience_grants"
-            " WHERE audience = $1 AND axis = $2 AND selector = $3",
-            audience,
-            axis,
-            selector,
-        )
-        return existing, False
+        keys = {"audience": audience, "axis": axis, "selector": selector}
+        return await self._insert_or_existing("audience_grants", keys, created_by, _GRANT_COLUMNS)
 
     async def list_grants(self) -> list[asyncpg.Record]:
         """Every grant, by audience."""
@@ -115,22 +104,8 @@ class AudienceGrantRows:
 
     async def add_group_member(self, name: str, member: str, created_by: str) -> tuple[asyncpg.Record, bool]:
         """(the member row, created now?)."""
-        row = await self.pool.fetchrow(
-            "INSERT INTO audience_group_members (group_name, member, created_by) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING group_name, member, created_at, created_by",
-            name,
-            member,
-            created_by,
-        )
-        if row is not None:
-            return row, True
-        existing = await self.pool.fetchrow(
-            "SELECT group_name, member, created_at, created_by FROM audience_group_members"
-            " WHERE group_name = $1 AND member = $2",
-            name,
-            member,
-        )
-        return existing, False
+        keys = {"group_name": name, "member": member}
+        return await self._insert_or_existing("audience_group_members", keys, created_by, _MEMBER_COLUMNS)
 
     async def group_contains(self, outer: str, inner: str) -> bool:
         """Whether group `inner` is `outer` or (transitively) contains it: nesting `inner` in `outer` would loop."""
@@ -148,3 +123,20 @@ class AudienceGrantRows:
             "DELETE FROM audience_group_members WHERE group_name = $1 AND member = $2", name, member
         )
         return status.endswith(" 1")
+
+    async def _insert_or_existing(
+        self, table: str, keys: dict[str, str], created_by: str, columns: str
+    ) -> tuple[asyncpg.Record, bool]:
+        """(the row of `keys`, created now?): inserted unless it exists, else the existing row as it is."""
+        names = [*keys, "created_by"]
+        placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        row = await self.pool.fetchrow(
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})"
+            f" ON CONFLICT DO NOTHING RETURNING {columns}",
+            *keys.values(),
+            created_by,
+        )
+        if row is not None:
+            return row, True
+        where = " AND ".join(f"{name} = ${i}" for i, name in enumerate(keys, 1))
+        return await self.pool.fetchrow(f"SELECT {columns} FROM {table} WHERE {where}", *keys.values()), False
