@@ -14,6 +14,7 @@ Modules:
     records            the ingestion tables' rows, and the blob key of a block payload
     ingest             storing an ingested block: the payload first, then the row
     block_traces       the traces of an ingested block (OTLP spans, SDK trace facts), for the trace index
+    trace_catch_up     indexing the traces of blocks stored before they could be read (the daemon's step)
     timestamps         RFC3339 timestamps with nanosecond precision
     errors             the lakehouse's exceptions
     source_blocks      the blocks a view instance is built from (blocks ⋈ streams ⋈ processes)

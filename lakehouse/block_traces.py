@@ -1,4 +1,5 @@
-"""The traces of a block being ingested, for the trace index: the distinct trace ids its spans carry,
+"""The traces of a block, for the trace index (at ingestion, or later for a block stored before they
+could be read: `lakehouse.trace_catch_up`): the distinct trace ids its spans carry,
 with the earliest begin and latest end of each trace's spans in the block (one entry per trace, not
 per span, so indexing a block costs one small upsert). OTLP spans give their start and end; the SDK's
 trace facts give span begins only (a span's end event names no trace), so an SDK process's range
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from spanlake.lakehouse.errors import BadBlockError
+from spanlake.lakehouse.errors import BadBlockError, OtlpBlockError
 from spanlake.lakehouse.otlp.bounds import Bounds, spans_bounds
+from spanlake.lakehouse.otlp.envelope import read_envelope
 from spanlake.lakehouse.records import BlockRecord, block_meta
 from spanlake.lakehouse.transit.decode import (
     InflationLimit,
@@ -29,7 +32,7 @@ from spanlake.lakehouse.transit.decode import (
     stream_layout,
 )
 from spanlake.views import span_traces
-from spanlake.views.meta import ProcessMeta
+from spanlake.views.meta import BlockMeta, ProcessMeta
 from spanlake.views.time import converter_for_block
 
 if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
@@ -84,11 +87,58 @@ def spans_bounds_and_traces(resource: ResourceSpans) -> tuple[Bounds | None, Blo
     return spans_bounds(begins, ends), grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
 
 
+def otlp_block_traces(payload: bytes) -> BlockTraces:
+    """The traces of a stored OTLP traces block (its payload as `lakehouse.otlp.envelope` wrote it); none
+    when it cannot be read."""
+    try:
+        resource = ResourceSpans.FromString(read_envelope(payload))
+    except (OtlpBlockError, DecodeError) as err:
+        log.warning("an OTLP traces block not indexed: %s", err)
+        return NO_TRACES
+    return spans_bounds_and_traces(resource)[1]
+
+
+def transit_block_traces(
+    payload: bytes, layout: StreamLayout, process: ProcessMeta, block: BlockMeta, inflation: InflationLimit
+) -> BlockTraces:
+    """The traces of a cpu stream's block, from the SDK's trace facts in its dependencies buffer alone
+    (`views.span_traces.block_traces`); none when it has no facts or they cannot be read."""
+    try:
+        # As read_block_dependencies, but a buffer without the facts' marker (every block of a
+        # micromegas client) is not parsed: parsing costs 4 to 50 times the block's checks.
+        raw = decompress(split_payload(payload)[0], "dependencies buffer", inflation)
+        if _FACTS_MARKER not in raw:
+            return NO_TRACES
+        dependencies = read_dependencies(raw, layout.dependency_types)
+        traces = span_traces.block_traces(dependencies, converter_for_block(process, block))
+    except (BadBlockError, ValueError) as err:
+        log.warning("block %s: trace facts not indexed: %s", block.block_id, err)
+        return NO_TRACES
+    return BlockTraces(
+        [bytes.fromhex(text) for text in traces.column("trace_id").to_pylist()],  # one per trace, not span
+        traces.column("begin_min").cast(pa.int64()).to_pylist(),
+        traces.column("begin_max").cast(pa.int64()).to_pylist(),
+    )
+
+
+def cpu_stream_layout(
+    tags: list[str] | None, dependencies_metadata: bytes, objects_metadata: bytes
+) -> StreamLayout | None:
+    """The layout of a stream whose blocks may carry trace facts (tagged `cpu`), else None."""
+    if "cpu" not in (tags or []):
+        return None
+    return stream_layout(dependencies_metadata, objects_metadata)
+
+
+class _StreamNotStored(Exception):
+    """A block's stream row is not in the catalog (yet)."""
+
+
 class TransitBlockTraces:
-    """The traces of native (transit) blocks: the SDK's trace facts in `cpu` blocks, read from the
-    dependencies buffer alone (`views.span_traces.block_traces`). What it needs of a stream (is it a
-    cpu stream, its dependency types) never changes once stored, so it is cached per stream (up to
-    `capacity` streams, then forgotten at once); a stream not stored yet is asked again next block."""
+    """The traces of native (transit) blocks as ingestion receives them (`transit_block_traces`). What it
+    needs of a stream (is it a cpu stream, its dependency types) never changes once stored, so it is
+    cached per stream (up to `capacity` streams, then forgotten at once); a stream not stored yet is
+    asked again next block."""
 
     def __init__(self, lake: Lake, capacity: int = 10_000) -> None:
         """An empty cache over the lake's catalog."""
@@ -101,38 +151,28 @@ class TransitBlockTraces:
         settings = self.lake.settings  # read at the first block: the service is built before any lake is needed
         return InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
 
-    async def of(self, record: BlockRecord, payload: bytes, process: ProcessMeta | None) -> BlockTraces:
-        """The block's traces (none for a block of another stream than cpu, of an unknown stream or
-        process, or whose trace facts cannot be read: the block itself is stored all the same)."""
-        layout = await self._layout(record.stream_id)
-        if layout is None or process is None:
-            return NO_TRACES
+    async def of(self, record: BlockRecord, payload: bytes, process: ProcessMeta | None) -> BlockTraces | None:
+        """The block's traces (none for a block of another stream than cpu, or whose trace facts cannot
+        be read: the block itself is stored all the same). None while they cannot be known: its stream
+        or, for a cpu stream, its process (the clock of its facts) is not stored yet; the maintenance
+        daemon indexes such a block once they are (`lakehouse.trace_catch_up`)."""
         try:
-            # As read_block_dependencies, but a buffer without the facts' marker (every block of a
-            # micromegas client) is not parsed: parsing costs 4 to 50 times the block's checks.
-            raw = decompress(split_payload(payload)[0], "dependencies buffer", self._inflation)
-            if _FACTS_MARKER not in raw:
-                return NO_TRACES
-            dependencies = read_dependencies(raw, layout.dependency_types)
-            traces = span_traces.block_traces(dependencies, converter_for_block(process, block_meta(record)))
-        except (BadBlockError, ValueError) as err:
-            log.warning("block %s: trace facts not indexed: %s", record.block_id, err)
+            layout = await self._layout(record.stream_id)
+        except _StreamNotStored:
+            return None
+        if layout is None:
             return NO_TRACES
-        return BlockTraces(
-            [bytes.fromhex(text) for text in traces.column("trace_id").to_pylist()],  # one per trace, not span
-            traces.column("begin_min").cast(pa.int64()).to_pylist(),
-            traces.column("begin_max").cast(pa.int64()).to_pylist(),
-        )
+        if process is None:
+            return None
+        return transit_block_traces(payload, layout, process, block_meta(record), self._inflation)
 
     async def _layout(self, stream_id: uuid.UUID) -> StreamLayout | None:
         if stream_id in self._layouts:
             return self._layouts[stream_id]
         row = await self.lake.catalog.stream_for_traces(stream_id)
         if row is None:
-            return None
-        layout = None
-        if "cpu" in (row["tags"] or []):
-            layout = stream_layout(row["dependencies_metadata"], row["objects_metadata"])
+            raise _StreamNotStored(stream_id)
+        layout = cpu_stream_layout(row["tags"], row["dependencies_metadata"], row["objects_metadata"])
         if len(self._layouts) >= self.capacity:
             self._layouts.clear()
         self._layouts[stream_id] = layout

@@ -2,7 +2,9 @@
 CommandStatementIngest behind the client's `bulk_ingest(table_name, table)`): `processes`,
 `streams` and `blocks` rows go to PostgreSQL in one transaction per call, `payloads` rows
 (process_id, stream_id, block_id, payload) to the object store. Rows already present are kept as
-they are (idempotent, as the ingestion API). Columns are read by name; extra columns are ignored."""
+they are (idempotent, as the ingestion API). Columns are read by name; extra columns are ignored.
+Blocks are queued for the trace index before their rows are inserted: the maintenance daemon indexes
+their traces once their streams, processes and payloads are stored (`lakehouse.trace_catch_up`)."""
 
 from __future__ import annotations
 
@@ -136,6 +138,8 @@ _ROWS: dict[str, Callable[[pa.Table], list[tuple]]] = {
 
 async def _insert(lake: Lake, rows: list[tuple], what: str) -> None:
     try:
+        if what == "blocks":
+            await lake.catalog.queue_trace_indexing([row[0] for row in rows])  # block_id first (_blocks)
         await lake.catalog.bulk_insert(what, rows)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as err:
         raise BulkIngestError(f"error ingesting into {what}: {err}") from None

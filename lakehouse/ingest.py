@@ -34,17 +34,22 @@ GROUPS_IN_FLIGHT = 2
 GROUP_ROWS = 2000
 
 
-async def write_payload(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+async def write_payload(
+    lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces | None = NO_TRACES
+) -> None:
     """Stores `payload` at the block's blob key (create-only) on a worker thread (a file's creation may take
     milliseconds on a busy disk; the loop keeps serving the other requests meanwhile), and indexes the
-    block's `traces` before its row is inserted (so a stored block's traces are always in the index)."""
+    block's `traces` before its row is inserted (so a stored block's traces are always in the index, or
+    queued: None, traces not readable yet, queues the block for `lakehouse.trace_catch_up`)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
     await asyncio.to_thread(lake.store.put_if_absent, key, payload)
-    if traces.trace_ids:
+    if traces is None:
+        await lake.catalog.queue_trace_indexing([record.block_id])
+    elif traces.trace_ids:
         await lake.catalog.index_traces(record.process_id, traces)
 
 
-async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces | None = NO_TRACES) -> None:
     """Stores `payload` and indexes its traces (`write_payload`), then inserts the block's row on its own."""
     await write_payload(lake, record, payload, traces)
     await lake.catalog.insert_block(record)
@@ -71,7 +76,9 @@ class BlockRowGroups:
         self._call_next_group()
         await done
 
-    async def store(self, lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces = NO_TRACES) -> None:
+    async def store(
+        self, lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces | None = NO_TRACES
+    ) -> None:
         """Stores `payload` (create-only) and indexes its traces, then the block's row with the next group."""
         await write_payload(lake, record, payload, traces)
         await self.insert(record)

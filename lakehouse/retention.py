@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from spanlake.lakehouse.lake import Lake
@@ -31,14 +32,16 @@ class RetentionReport:
     streams: int = 0
     processes: int = 0
     trace_index: int = 0
+    trace_index_pending: int = 0
     partitions: int = 0
     files: int = 0
 
 
 def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = None) -> RetentionReport:
     """Deletes blocks (and payloads), then streams without blocks and processes without streams, all
-    inserted before now - retention_days, and the trace index rows of traces ended by then; retires the
-    partitions that end by then; then deletes the temporary files whose grace is over."""
+    inserted before now - retention_days, the trace index rows of traces ended by then and the blocks
+    queued for the index by then; retires the partitions that end by then; then deletes the temporary
+    files whose grace is over."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     report = RetentionReport()
     while True:
@@ -50,18 +53,20 @@ def delete_expired(lake: Lake, retention_days: int, now: dt.datetime | None = No
             break
     report.streams = lake.loop.run(lake.catalog.delete_streams_without_blocks(cutoff))
     report.processes = lake.loop.run(lake.catalog.delete_processes_without_streams(cutoff))
-    report.trace_index = _delete_expired_trace_index(lake, cutoff)
+    report.trace_index = _delete_in_batches(lake, lake.catalog.delete_trace_index_before, cutoff)
+    # Blocks queued for the trace index before the cutoff: deleted above, or never stored.
+    report.trace_index_pending = _delete_in_batches(lake, lake.catalog.delete_pending_trace_blocks_before, cutoff)
     report.partitions = _retire_expired_partitions(lake, cutoff)
     report.files = delete_expired_temporary_files(lake)
     log.info("retention (%d days): %s", retention_days, report)
     return report
 
 
-def _delete_expired_trace_index(lake: Lake, cutoff: dt.datetime) -> int:
-    """Deletes the trace index rows of traces that ended in their process before the cutoff."""
+def _delete_in_batches(lake: Lake, delete: Callable[[int, int], Awaitable[int]], cutoff: dt.datetime) -> int:
+    """Runs a catalog deletion of rows before the cutoff (`delete(cutoff_ns, limit)`) until none is left."""
     deleted = 0
     while True:
-        count = lake.loop.run(lake.catalog.delete_trace_index_before(datetime_to_ns(cutoff), BATCH))
+        count = lake.loop.run(delete(datetime_to_ns(cutoff), BATCH))
         deleted += count
         if count < BATCH:
             return deleted

@@ -10,7 +10,8 @@ Four schedules, as micromegas runs them (T = the scheduled tick truncated to the
 | day      | each day + 4 h | [T-2 d, T)       | 1 day  |                                         |
 
 So new data shows in the global views about 2 s after it arrives, in 1-second partitions merged into
-minutes, hours and days (log_entries and measures stop at hours).
+minutes, hours and days (log_entries and measures stop at hours). Each second's run first indexes the
+blocks queued for the trace index (`lakehouse.trace_catch_up`, for up to TRACE_CATCH_UP_BUDGET_S).
 
 Which ranges a run covers: the range of its tick, extended back to where the schedule's previous run
 stopped (from the daemon's start on), so no slice is ever skipped — a slow run (the first one imports
@@ -46,6 +47,7 @@ from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import STORAGE_FAILURES, is_storage_failure
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.retention import delete_expired
+from spanlake.lakehouse.trace_catch_up import catch_up
 from spanlake.lakehouse.view_sets import MAINTAINED, SPANLAKE_MAINTAINED, VIEW_SETS
 from spanlake.views.view import View
 
@@ -56,6 +58,9 @@ RETRY_MAX_S = 60.0
 # While a schedule waits its backoff: how often it asks whether the database answers again.
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 2.0
+# The time a second's run may spend on the trace index's queue: a backlog (a lake upgraded from before
+# the index) drains over many runs, and materialization keeps its pace meanwhile.
+TRACE_CATCH_UP_BUDGET_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,14 @@ class Schedule:
     range_back: tuple[int, int]  # the insert range is [T - range_back[0] periods, T - range_back[1] periods)
     late_limit_s: float | None = None
     housekeeping: bool = False
+    trace_catch_up: bool = False
 
 
 # How far back a run catches up on slices its schedule missed, in periods.
 CATCH_UP_PERIODS = 120
 
 SCHEDULES = (
-    Schedule("second", 1, 0.5, (2, 1), late_limit_s=10),
+    Schedule("second", 1, 0.5, (2, 1), late_limit_s=10, trace_catch_up=True),
     Schedule("minute", 60, 30, (2, 1)),
     Schedule("hour", 3600, 600, (2, 0), housekeeping=True),
     Schedule("day", 86400, 4 * 3600, (2, 0)),
@@ -190,6 +196,11 @@ class MaintenanceDaemon:
                     delete_expired(self.lake, self.retention_days)
             except Exception:
                 log.exception("retention failed")
+        if schedule.trace_catch_up:
+            try:
+                catch_up(self.lake, TRACE_CATCH_UP_BUDGET_S)
+            except Exception:  # its blocks stay queued for the next run; materialization goes on
+                log.exception("trace index catch-up failed")
         period_ns = schedule.period_s * SECOND_NS
         begin, end = self.insert_range(schedule, tick_s)
         if self.lake.loop.run(self.lake.catalog.nothing_to_materialize(begin, end)):

@@ -2,9 +2,9 @@
 
 `start_self_tracing(lake, role)` starts a tracing session (process exe `spanlake-<role>`) whose sink
 stores telemetry straight into the lake (catalog rows, and blocks through `lakehouse.ingest.store_block`
-as the ingestion API stores them), so a lone `spanlake flightsql` traces itself too. Its process is
-queried like any other: `view_instance('async_events', <process_id>)`, `perfetto_trace_chunks(...)`
-(docs/self-tracing.md).
+as the ingestion API stores them, their traces in the trace index), so a lone `spanlake flightsql`
+traces itself too. Its process is queried like any other: `view_instance('async_events', <process_id>)`,
+`perfetto_trace_chunks(...)` (docs/self-tracing.md).
 
 No feedback loop: the sink's thread runs under `tracing.suppressed()` and stores through the catalog,
 the object store and `store_block` (run on the lake's loop), which carry no instrumentation; queries on
@@ -22,9 +22,12 @@ import time
 from dataclasses import dataclass
 
 from spanlake import tracing
-from spanlake.lakehouse.ingest import store_block
+from spanlake.lakehouse.block_traces import TransitBlockTraces
+from spanlake.lakehouse.errors import IngestRejected
+from spanlake.lakehouse.ingest import BlockContexts, store_block
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.audit import AUDIT_LOGGER
+from spanlake.lakehouse.records import BlockRecord
 from spanlake.server import wire
 from spanlake.tracing.dispatch import FLUSH_PERIOD_ENV
 from spanlake.tracing.sink import INSERT_BLOCK, INSERT_PROCESS, INSERT_STREAM, Priority, SinkStats
@@ -49,6 +52,8 @@ class LakeSink:
 
     def __init__(self, lake: Lake, max_queue_bytes: int = MAX_QUEUE_BYTES) -> None:
         self._lake = lake
+        self._block_contexts = BlockContexts(lake)
+        self._block_traces = TransitBlockTraces(lake)
         self._max_queue_bytes = max_queue_bytes
         self._queue: collections.deque[_Item] = collections.deque()
         self._stats = SinkStats()
@@ -129,16 +134,22 @@ class LakeSink:
                 lake.loop.run(lake.catalog.insert_stream(wire.parse_stream(item.body)), _STORE_TIMEOUT_SECONDS)
             elif item.path == INSERT_BLOCK:
                 record, payload = wire.parse_block(item.body)
-                lake.loop.run(store_block(lake, record, payload), _STORE_TIMEOUT_SECONDS)
+                lake.loop.run(self._store_block(record, payload), _STORE_TIMEOUT_SECONDS)
             else:
                 raise wire.WireError(f"unknown ingestion path {item.path}")
-        except wire.WireError as err:
+        except (wire.WireError, IngestRejected) as err:
             log.warning("self-tracing dropped a malformed %s: %s", item.path, err)
             return "rejected"
         except Exception as err:  # storage down: self-telemetry is lost, the server keeps serving
             log.warning("self-tracing could not store %s: %r", item.path, err)
             return "failed"
         return "sent"
+
+    async def _store_block(self, record: BlockRecord, payload: bytes) -> None:
+        """Stores a block as the ingestion API does: checked, its traces indexed, then its row."""
+        process = await self._block_contexts.check(record)
+        traces = await self._block_traces.of(record, payload, process)
+        await store_block(self._lake, record, payload, traces)
 
 
 class SelfTracing:

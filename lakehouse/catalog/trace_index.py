@@ -1,4 +1,5 @@
-"""The trace index (`trace_index`, migration 0008): which processes hold a trace's spans, and when."""
+"""The trace index (`trace_index`, migration 0008): which processes hold a trace's spans, and when; and
+the blocks waiting to be indexed (`trace_index_pending`, migration 0011: `lakehouse.trace_catch_up`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import uuid
 import asyncpg
 
 from spanlake.lakehouse.block_traces import BlockTraces
+from spanlake.lakehouse.timestamps import ns_to_datetime
+
+# A waiting block with what its traces are read with: its row, its stream's format and layout, its
+# process's clock. Blocks whose stream or process is not stored are left out.
+_TRACE_BLOCK_SOURCES = (
+    "SELECT b.*, s.format, s.tags, s.dependencies_metadata, s.objects_metadata,"
+    " p.start_time, p.start_ticks, p.tsc_frequency"
+    " FROM blocks b JOIN streams s ON s.stream_id = b.stream_id JOIN processes p ON p.process_id = b.process_id"
+    " WHERE b.block_id = ANY($1::uuid[])"
+)
 
 
 class TraceIndexRows:
-    """Upserts of a block's traces at ingestion, and the lookup of one trace."""
+    """Upserts of a block's traces, the lookup of one trace, and the queue of blocks waiting to be indexed."""
 
     pool: asyncpg.Pool
 
@@ -53,6 +64,51 @@ class TraceIndexRows:
         status = await self.pool.execute(
             "DELETE FROM trace_index WHERE ctid IN (SELECT ctid FROM trace_index WHERE end_ns < $1 LIMIT $2)",
             cutoff_ns,
+            limit,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def queue_trace_indexing(self, block_ids: list[uuid.UUID]) -> None:
+        """Queues blocks for the trace index's catch-up (a block already queued stays as it is)."""
+        await self.pool.execute(
+            "INSERT INTO trace_index_pending (block_id) SELECT unnest($1::uuid[]) ORDER BY 1 ON CONFLICT DO NOTHING",
+            block_ids,
+        )
+
+    async def due_trace_blocks(self, limit: int) -> list[uuid.UUID]:
+        """Up to `limit` queued blocks due for a try, the longest due first."""
+        rows = await self.pool.fetch(
+            "SELECT block_id FROM trace_index_pending WHERE retry_at <= now() ORDER BY retry_at LIMIT $1", limit
+        )
+        return [row["block_id"] for row in rows]
+
+    async def trace_block_sources(self, block_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+        """The rows of those blocks whose stream and process are stored, with their stream's `format`,
+        `tags`, `dependencies_metadata`, `objects_metadata` and their process's clock."""
+        return await self.pool.fetch(_TRACE_BLOCK_SOURCES, block_ids)
+
+    async def finish_trace_indexing(
+        self, indexed: list[uuid.UUID], postponed: list[uuid.UUID], retry_first_s: float, retry_max_s: float
+    ) -> None:
+        """Forgets the indexed blocks; the postponed ones are due again after a delay doubling per try
+        (from `retry_first_s` up to `retry_max_s`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM trace_index_pending WHERE block_id = ANY($1::uuid[])", indexed)
+            await conn.execute(
+                "UPDATE trace_index_pending SET attempts = attempts + 1,"
+                " retry_at = now() + make_interval(secs => least($3, $2 * power(2, least(attempts, 30))))"
+                " WHERE block_id = ANY($1::uuid[])",
+                postponed,
+                retry_first_s,
+                retry_max_s,
+            )
+
+    async def delete_pending_trace_blocks_before(self, cutoff_ns: int, limit: int) -> int:
+        """Deletes up to `limit` queued blocks queued before the cutoff; their count."""
+        status = await self.pool.execute(
+            "DELETE FROM trace_index_pending WHERE block_id IN"
+            " (SELECT block_id FROM trace_index_pending WHERE queued_at < $1 LIMIT $2)",
+            ns_to_datetime(cutoff_ns),
             limit,
         )
         return int(status.rsplit(" ", 1)[-1])
