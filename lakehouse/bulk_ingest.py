@@ -138,8 +138,8 @@ _ROWS: dict[str, Callable[[pa.Table], list[tuple]]] = {
 
 async def _insert(lake: Lake, rows: list[tuple], what: str) -> None:
     try:
-        if what == "blocks":
-            await lake.catalog.queue_trace_indexing([row[0] for row in rows])  # block_id first (_blocks)
+        if what == "blocks":  # block_id first, insert_time last (_blocks)
+            await lake.catalog.queue_trace_indexing([row[0] for row in rows], [row[-1] for row in rows])
         await lake.catalog.bulk_insert(what, rows)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as err:
         raise BulkIngestError(f"error ingesting into {what}: {err}") from None

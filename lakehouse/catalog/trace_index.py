@@ -3,6 +3,7 @@ the blocks waiting to be indexed (`trace_index_pending`, migration 0011: `lakeho
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import asyncpg
@@ -68,11 +69,18 @@ class TraceIndexRows:
         )
         return int(status.rsplit(" ", 1)[-1])
 
-    async def queue_trace_indexing(self, block_ids: list[uuid.UUID]) -> None:
-        """Queues blocks for the trace index's catch-up (a block already queued stays as it is)."""
+    async def queue_trace_indexing(
+        self, block_ids: list[uuid.UUID], insert_times: list[dt.datetime | None] | None = None
+    ) -> None:
+        """Queues blocks for the trace index's catch-up (a block already queued stays as it is), as of
+        their rows' insert times when given (replicated rows: retention trims them with their blocks), else now."""
         await self.pool.execute(
-            "INSERT INTO trace_index_pending (block_id) SELECT unnest($1::uuid[]) ORDER BY 1 ON CONFLICT DO NOTHING",
+            "INSERT INTO trace_index_pending (block_id, queued_at)"
+            " SELECT u.block_id, coalesce(u.insert_time, now())"
+            " FROM unnest($1::uuid[], $2::timestamptz[]) AS u(block_id, insert_time)"
+            " ORDER BY u.block_id ON CONFLICT DO NOTHING",
             block_ids,
+            insert_times or [None] * len(block_ids),
         )
 
     async def due_trace_blocks(self, limit: int) -> list[uuid.UUID]:
