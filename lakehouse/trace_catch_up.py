@@ -6,9 +6,9 @@ of bulk ingestion (replicated tables arrive one by one, payloads apart), and, on
 stored before the index could index it (the migration queues them). The maintenance daemon runs
 `catch_up` each second: it takes the blocks due, reads the traces of those whose stream, process and
 payload are stored (OTLP traces blocks and cpu blocks; other blocks hold none), indexes them (one
-upsert per process) and forgets them. A block not ready is due again after a delay doubling per try
-up to RETRY_MAX_S, so one that never completes costs a row read every few minutes until retention
-deletes its row.
+upsert for the batch, one entry per trace and process) and forgets them. A block not ready is due
+again after a delay doubling per try up to RETRY_MAX_S, so one that never completes costs a row read
+every few minutes until retention deletes its row.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from spanlake.views.meta import OTLP_TRACES_FORMAT, BlockMeta, ProcessMeta
 
 log = logging.getLogger(__name__)
 
-BATCH = 500  # blocks per try: one read of their rows, one upsert per process, one update of the queue
+BATCH = 500  # blocks per try: one read of their rows, one upsert, one update of the queue
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 600.0
 
@@ -89,8 +89,9 @@ def _index_blocks(lake: Lake, due: list[uuid.UUID]) -> tuple[int, int]:
         indexed.append(row["block_id"])
         if traces.trace_ids:
             traces_by_process.setdefault(row["process_id"], []).append(traces)
-    for process_id, block_traces in traces_by_process.items():
-        lake.loop.run(lake.catalog.index_traces(process_id, _merged(block_traces)))
+    merged = {process_id: _merged(block_traces) for process_id, block_traces in traces_by_process.items()}
+    if merged:
+        lake.loop.run(lake.catalog.index_processes_traces(merged))
     done = set(indexed)
     postponed = [block_id for block_id in due if block_id not in done]
     lake.loop.run(lake.catalog.finish_trace_indexing(indexed, postponed, RETRY_FIRST_S, RETRY_MAX_S))

@@ -27,21 +27,26 @@ class TraceIndexRows:
     pool: asyncpg.Pool
 
     async def index_traces(self, process_id: uuid.UUID, traces: BlockTraces) -> None:
-        """Records that the process holds spans of these traces: a trace's range widens, never shrinks
-        (idempotent, so a retried block changes nothing). Rows go in trace id order: two blocks
-        indexing the same traces at once cannot deadlock."""
+        """Records that the process holds spans of these traces (`index_processes_traces`)."""
+        await self.index_processes_traces({process_id: traces})
+
+    async def index_processes_traces(self, traces_by_process: dict[uuid.UUID, BlockTraces]) -> None:
+        """Records that each process holds spans of its traces (one entry per trace and process), in one
+        statement: a trace's range widens, never shrinks (idempotent, so a retried block changes nothing).
+        Rows go in (trace id, process) order: two blocks indexing the same traces at once cannot deadlock."""
+        process_ids = [pid for pid, traces in traces_by_process.items() for _ in traces.trace_ids]
         await self.pool.execute(
             "INSERT INTO trace_index AS t (trace_id, process_id, begin_ns, end_ns)"
-            " SELECT u.trace_id, $2, u.begin_ns, u.end_ns"
-            " FROM unnest($1::bytea[], $3::int8[], $4::int8[]) AS u(trace_id, begin_ns, end_ns)"
-            " ORDER BY u.trace_id"
+            " SELECT u.trace_id, u.process_id, u.begin_ns, u.end_ns"
+            " FROM unnest($1::bytea[], $2::uuid[], $3::int8[], $4::int8[]) AS u(trace_id, process_id, begin_ns, end_ns)"
+            " ORDER BY u.trace_id, u.process_id"
             " ON CONFLICT (trace_id, process_id) DO UPDATE"
             " SET begin_ns = least(t.begin_ns, excluded.begin_ns), end_ns = greatest(t.end_ns, excluded.end_ns)"
             " WHERE t.begin_ns > excluded.begin_ns OR t.end_ns < excluded.end_ns",
-            traces.trace_ids,
-            process_id,
-            traces.begin_ns,
-            traces.end_ns,
+            [trace_id for traces in traces_by_process.values() for trace_id in traces.trace_ids],
+            process_ids,
+            [ns for traces in traces_by_process.values() for ns in traces.begin_ns],
+            [ns for traces in traces_by_process.values() for ns in traces.end_ns],
         )
 
     async def stream_for_traces(self, stream_id: uuid.UUID) -> asyncpg.Record | None:
