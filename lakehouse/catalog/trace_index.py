@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from spanlake.lakehouse.block_traces import BlockTraces
 from spanlake.lakehouse.timestamps import ns_to_datetime
+
+if TYPE_CHECKING:  # only a type here: importing it would import the transit decoder and DataFusion
+    from spanlake.lakehouse.block_traces import BlockTraces
 
 # A waiting block with what its traces are read with: its row, its stream's format and layout, its
 # process's clock. Blocks whose stream or process is not stored are left out.
