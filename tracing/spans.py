@@ -24,6 +24,12 @@ slot is non-zero in a context that was handed over (`attach`, an explicit `paren
 from `tracing.propagation`): children begun in it record that span as their hand-off / remote parent.
 Spans from a remote parent are local roots (parent 0, depth 0) of their process's tree. The trace
 facts reach the blocks through `tracing.trace_facts`.
+
+Thread spans belong to traces too: a thread span's begin event carries the context variable's value
+(one `ContextVar.get`, no allocation; a named span's begin carries `(name, context)`), so a sync span
+called from a coroutine, or run by an executor worker in a copy of the caller's context, knows the
+async span it ran under. Thread span ids are not drawn here: a thread span's id is its begin event's
+(`views.thread_spans.thread_span_ids`), so the hot path does not change.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ Trace = int | tuple
 Context = tuple[int, int, Trace, int]
 _ROOT: Context = (0, -1, 0, 0)
 _current_span: contextvars.ContextVar[Context] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
+_context_now = _current_span.get  # bound once: a thread span's begin reads it
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
 # The spans of open recordings (tracing.recording), by span id: a span whose parent is here joins its
 # parent's recording instead of being written to its thread's stream.
@@ -129,7 +136,7 @@ def _sync_span_fn(func: F, desc: int) -> F:
         except AttributeError:
             stream = _dispatch.thread_stream()
         events = stream.thread_events
-        events += (begin, _now(), None)
+        events += (begin, _now(), _context_now())
         try:
             return func(*args, **kwargs)
         finally:
@@ -251,7 +258,8 @@ class _ThreadScope:
         except AttributeError:
             stream = _dispatch.thread_stream()
         self._stream, self._events = stream, stream.thread_events
-        self._events += (self._begin, _now(), self._name)
+        name = self._name
+        self._events += (self._begin, _now(), _context_now() if name is None else (name, _context_now()))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None

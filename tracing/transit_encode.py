@@ -28,6 +28,7 @@ from spanlake.tracing import spans as _spans
 from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
+from spanlake.tracing.spans import BEGIN_THREAD, BEGIN_THREAD_NAMED
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
@@ -261,15 +262,27 @@ _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
 
 
-def _columns(values: list, slots: int) -> list[np.ndarray]:
-    """Splits a flat event list into its columns (ints as int64, the last one, the name, as objects)."""
-    if len(values) % slots:
-        raise ValueError(f"event list of {len(values)} values is not a multiple of {slots} slots")
-    ints = [np.array(values[i::slots], np.int64) for i in range(slots - 1)]
-    return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
+def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A flat thread event list's codes, times and names (objects: None for static spans), the rows of
+    its begins and each begin's context (a static begin's slot holds its context, a named begin's
+    (name, context); see tracing.event_records)."""
+    if len(values) % THREAD_SLOTS:
+        raise ValueError(f"event list of {len(values)} values is not a multiple of {THREAD_SLOTS} slots")
+    codes, times = (np.array(values[i::THREAD_SLOTS], np.int64) for i in range(2))
+    slots = values[2::THREAD_SLOTS]
+    names = np.fromiter(slots, object, len(slots))
+    types = codes & 0xFF
+    begins = np.flatnonzero((types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED))
+    contexts = names[begins]
+    named = np.flatnonzero(types[begins] == BEGIN_THREAD_NAMED)
+    if len(named):
+        pairs = contexts[named]
+        names[begins[named]] = np.fromiter(map(_FIRST, pairs), object, len(named))
+        contexts[named] = np.fromiter(map(_SECOND, pairs), object, len(named))
+    return codes, times, names, begins, contexts
 
 
-_TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
+_FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
 
 
 def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
@@ -282,9 +295,36 @@ def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
     low = np.zeros(count, np.uint64)
     low[local] = np.array(list(itertools.compress(traces, local.tolist())), np.uint64)
     remote = list(itertools.compress(traces, (~local).tolist()))
-    high[~local] = np.fromiter(map(_TRACE_HIGH, remote), np.uint64, len(remote))
-    low[~local] = np.fromiter(map(_TRACE_LOW, remote), np.uint64, len(remote))
+    high[~local] = np.fromiter(map(_FIRST, remote), np.uint64, len(remote))
+    low[~local] = np.fromiter(map(_SECOND, remote), np.uint64, len(remote))
     return high.view(np.int64), low.view(np.int64)
+
+
+def _thread_runs(contexts: np.ndarray, begin_positions: np.ndarray, begin_times: np.ndarray) -> np.ndarray:
+    """The `THREAD_RECORD`s of a block's thread span begins (their contexts, object indices and times, in
+    recording order): one per run of consecutive begins under one context of a trace. A block whose
+    begins all ran outside any async span (the common case) is told by `list.count` (in C); otherwise the
+    work is per run, never per span."""
+    count = len(contexts)
+    if not count or contexts.tolist().count(_spans._ROOT) == count:
+        return np.zeros(0, trace_facts.THREAD_RECORD)
+    ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    sizes = np.diff(np.r_[starts, count])
+    keep = ids[starts] != id(None)  # a begin without a context (hand-built lists): in no trace
+    starts, sizes = starts[keep], sizes[keep]
+    runs = contexts[starts]
+    traces = list(map(_THIRD, runs))
+    traced = np.fromiter(map(bool, traces), bool, len(runs))
+    starts, sizes, runs = starts[traced], sizes[traced], runs[traced]
+    span_ids, links = (np.fromiter(map(get, runs), np.uint64, len(runs)) for get in (_FIRST, _FOURTH))
+    records = np.zeros(len(runs), trace_facts.THREAD_RECORD)
+    records["first"], records["count"] = begin_positions[starts], sizes
+    # The async span the run ran under; a context attached from a remote `traceparent` has only its link.
+    records["parent"] = np.where(span_ids != 0, span_ids, links).view(np.int64)
+    records["trace_high"], records["trace_low"] = _trace_halves(list(itertools.compress(traces, traced.tolist())))
+    records["first_time"], records["last_time"] = begin_times[starts], begin_times[starts + sizes - 1]
+    return records
 
 
 def _nonzero(column: list) -> list:
@@ -300,11 +340,12 @@ def _block_trace_facts(
     parent_id: np.ndarray,
     times: np.ndarray,
     span_facts: Sequence,
+    threads: np.ndarray | None = None,
 ) -> str:
     """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python
     over spans. A begin carries its parent's trace (0 when it starts a trace of its own: a local root,
     whose trace id is derived) and, if it has one, (its id, its hand-off parent); `span_facts` is (span id, facts JSON)
-    flat for the spans that have facts."""
+    flat for the spans that have facts; `threads` the block's thread runs (`_thread_runs`)."""
     begins = (async_types & 1) == 0  # BeginAsync* (4, 6) among the async types (4..7)
     begun, begin_times = span_id[begins].view(np.int64), times[begins]
     handed = np.array(_nonzero(async_values[7::ASYNC_SLOTS]), np.uint64).reshape(-1, 2).view(np.int64)
@@ -323,7 +364,7 @@ def _block_trace_facts(
     links["span_id"], links["link"] = handed[:, 0], handed[:, 1]
     facts_ids = np.array(span_facts[0::2], np.uint64).view(np.int64)
     trace_high = int(np.uint64(_spans._TRACE_HIGH).view(np.int64))
-    return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]))
+    return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]), threads)
 
 
 def encode_thread_events(
@@ -331,7 +372,7 @@ def encode_thread_events(
 ) -> EncodedBuffers:
     """Encodes a cpu-stream block from the flat event lists of its thread and async events (and the
     facts of its spans that have some, flat (span id, JSON) pairs)."""
-    thread_code, thread_time, thread_name = _columns(thread_values, THREAD_SLOTS)
+    thread_code, thread_time, thread_name, thread_begins, contexts = _thread_columns(thread_values)
     if len(async_values) % ASYNC_SLOTS:
         raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
     # Span ids are u64 (random 64 bits); the other integers fit int64.
@@ -379,9 +420,10 @@ def encode_thread_events(
         udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
-    if len(async_code) or len(span_facts):
+    threads = _thread_runs(contexts, position[thread_begins], thread_time[thread_begins])
+    if len(async_code) or len(span_facts) or len(threads):
         deps.trace_facts = _block_trace_facts(
-            async_values, types[split:], span_id, parent_span_id, async_time, span_facts
+            async_values, types[split:], span_id, parent_span_id, async_time, span_facts, threads
         )
     return EncodedBuffers(_frame(parts, count), deps.encode(), count)
 
