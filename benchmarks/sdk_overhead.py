@@ -11,17 +11,24 @@ BatchSpanProcessor with an exporter that drops everything), divided by the count
     python benchmarks/sdk_overhead.py [--count 200000] [--repeats 7] [--clock wall|cpu]
         [--operations sync,async,log] [--without-otel]
 
-To compare two checkouts on a busy machine, run each one's interpreter on this script alternately with
-`--clock cpu` (the process's CPU time, all its threads: time spent descheduled does not count) and
-only the operations of interest.
+To compare checkouts on a busy machine, `--compare LABEL=DIR` (repeatable; DIR holds a `spanlake/tracing`
+to import, e.g. a folder with a `spanlake/tracing` symlink into a worktree; `LABEL=.` is this
+checkout) runs this script once per checkout and round, `--rounds` times, in an order rotating each
+round, with the other options given (use `--clock cpu`: the process's CPU time, all its threads, so time
+spent descheduled does not count). It prints, per checkout and operation, the median over the rounds
+of each round's median, the spread (lowest-highest round) and the ratio to the first checkout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -116,6 +123,48 @@ def measure(
     return statistics.median(recorded), statistics.median(total)
 
 
+def _without_compare(argv: list[str]) -> list[str]:
+    """The command line but its --compare and --rounds options (what each checkout's run is given)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--compare", "--rounds"):
+            skip = True
+        elif not arg.startswith(("--compare=", "--rounds=")):
+            kept.append(arg)
+    return kept
+
+
+def compare(args: argparse.Namespace, forwarded: list[str]) -> None:
+    """Runs this script per checkout and round (rotating order) and prints medians, spreads and ratios."""
+    checkouts = [entry.split("=", 1) for entry in args.compare]
+    results: dict[str, list[dict]] = {label: [] for label, _ in checkouts}
+    for round_index in range(args.rounds):
+        shift = round_index % len(checkouts)
+        for label, folder in checkouts[shift:] + checkouts[:shift]:
+            env = dict(os.environ)
+            if folder != ".":
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
+            done = subprocess.run(
+                [sys.executable, __file__, *forwarded, "--json"], env=env, capture_output=True, text=True, check=True
+            )
+            results[label].append(json.loads(done.stdout.splitlines()[-1]))
+    load = os.getloadavg()
+    print(f"{args.rounds} rounds, rotating order; ns per operation: median of the rounds' medians [lowest-highest]")
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    first = checkouts[0][0]
+    for operation in results[first][0]:
+        for column, name in ((0, "recorded"), (1, "with flush")):
+            reference = statistics.median(r[operation][column] for r in results[first])
+            cells = []
+            for label, _ in checkouts:
+                values = [r[operation][column] for r in results[label]]
+                middle = statistics.median(values)
+                cells.append(f"{label} {middle:.0f} [{min(values):.0f}-{max(values):.0f}] x{middle / reference:.3f}")
+            print(f"{operation:<11} {name:<10} " + " | ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -123,7 +172,13 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--operations", default="sync,async,log", help="comma-separated: sync, async, log")
     parser.add_argument("--without-otel", action="store_true", help="skip the OpenTelemetry rows (slow)")
+    parser.add_argument("--compare", action="append", metavar="LABEL=DIR", help="checkouts to compare (above)")
+    parser.add_argument("--rounds", type=int, default=10, help="with --compare: runs of each checkout")
+    parser.add_argument("--json", action="store_true", help="print spanlake's medians as one JSON line")
     args = parser.parse_args()
+    if args.compare:
+        compare(args, _without_compare(sys.argv[1:]))
+        return
     count, repeats = args.count, args.repeats
     global clock
     clock = time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns
@@ -180,8 +235,10 @@ def main() -> None:
     ]
     print(f"count={count} repeats={repeats} clock={args.clock}; ns per operation, medians")
     print(f"{'operation':<12} {'variant':<32} {'recorded':>10} {'with flush':>11} {'overhead':>10}")
+    spanlake_medians: dict[str, tuple[float, float]] = {}
     for operation, variants in rows:
         results = [(name, *measure(name, run, flush, count, repeats)) for name, run, flush in variants]
+        spanlake_medians[operation] = results[1][1:]
         baseline = results[0][1]
         for name, recorded, total in results:
             print(f"{operation:<12} {name:<32} {recorded:>10.0f} {total:>11.0f} {recorded - baseline:>10.0f}")
@@ -195,6 +252,8 @@ def main() -> None:
             )
     provider.shutdown()
     tracing.shutdown()
+    if args.json:
+        print(json.dumps(spanlake_medians))
 
 
 if __name__ == "__main__":

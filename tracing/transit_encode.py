@@ -11,6 +11,7 @@ string arrays, and `_frame` puts every entry in its final position with one Arro
 
 from __future__ import annotations
 
+import array
 import itertools
 import operator
 import struct
@@ -262,13 +263,19 @@ _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
 
 
+def _unsigned(values: list) -> np.ndarray:
+    """A column of non-negative ints (below 2**64) as uint64: `array('Q')` converts Python ints 1.5 to 4
+    times faster than `np.array` does (small ints the most), and event columns are ~10 ints a span."""
+    return np.frombuffer(array.array("Q", values), np.uint64)
+
+
 def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A flat thread event list's codes, times and names (objects: None for static spans), the rows of
     its begins and each begin's context (a static begin's slot holds its context, a named begin's
     (name, context); see tracing.event_records)."""
     if len(values) % THREAD_SLOTS:
         raise ValueError(f"event list of {len(values)} values is not a multiple of {THREAD_SLOTS} slots")
-    codes, times = (np.array(values[i::THREAD_SLOTS], np.int64) for i in range(2))
+    codes, times = (_unsigned(values[i::THREAD_SLOTS]).view(np.int64) for i in range(2))
     slots = values[2::THREAD_SLOTS]
     names = np.fromiter(slots, object, len(slots))
     types = codes & 0xFF
@@ -375,9 +382,9 @@ def encode_thread_events(
     thread_code, thread_time, thread_name, thread_begins, contexts = _thread_columns(thread_values)
     if len(async_values) % ASYNC_SLOTS:
         raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
-    # Span ids are u64 (random 64 bits); the other integers fit int64.
+    # Span ids are u64; the other integers fit int64.
     async_code, async_time, span_id, parent_span_id, depth = (
-        np.array(async_values[i::ASYNC_SLOTS], np.uint64 if i in (2, 3) else np.int64) for i in range(5)
+        _unsigned(async_values[i::ASYNC_SLOTS]).view(np.uint64 if i in (2, 3) else np.int64) for i in range(5)
     )
     async_name = np.array(async_values[5::ASYNC_SLOTS], dtype=object)
     codes = np.concatenate([thread_code, async_code])
