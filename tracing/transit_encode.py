@@ -272,7 +272,8 @@ def _unsigned(values: list) -> np.ndarray:
 def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A flat thread event list's codes, times and names (objects: None for static spans), the rows of
     its begins and each begin's context (a static begin's slot holds its context, a named begin's
-    (name, context); see tracing.event_records)."""
+    (name, context); see tracing.event_records). Contexts are left empty when every begin is static and
+    ran outside any async span (the common case, told by `list.count` in C)."""
     if len(values) % THREAD_SLOTS:
         raise ValueError(f"event list of {len(values)} values is not a multiple of {THREAD_SLOTS} slots")
     codes, times = (_unsigned(values[i::THREAD_SLOTS]).view(np.int64) for i in range(2))
@@ -280,6 +281,8 @@ def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     names = np.fromiter(slots, object, len(slots))
     types = codes & 0xFF
     begins = np.flatnonzero((types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED))
+    if slots.count(_spans._ROOT) == len(begins):  # ends hold None or a name, never the root context
+        return codes, times, names, begins[:0], names[:0]
     contexts = names[begins]
     named = np.flatnonzero(types[begins] == BEGIN_THREAD_NAMED)
     if len(named):
@@ -309,11 +312,10 @@ def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
 
 def _thread_runs(contexts: np.ndarray, begin_positions: np.ndarray, begin_times: np.ndarray) -> np.ndarray:
     """The `THREAD_RECORD`s of a block's thread span begins (their contexts, object indices and times, in
-    recording order): one per run of consecutive begins under one context of a trace. A block whose
-    begins all ran outside any async span (the common case) is told by `list.count` (in C); otherwise the
-    work is per run, never per span."""
+    recording order): one per run of consecutive begins under one context of a trace; the work is per
+    run, never per span."""
     count = len(contexts)
-    if not count or contexts.tolist().count(_spans._ROOT) == count:
+    if not count:
         return np.zeros(0, trace_facts.THREAD_RECORD)
     ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
