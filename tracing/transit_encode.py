@@ -29,7 +29,7 @@ from spanlake.tracing import spans as _spans
 from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
-from spanlake.tracing.spans import BEGIN_THREAD, BEGIN_THREAD_NAMED
+from spanlake.tracing.spans import BEGIN_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
@@ -269,27 +269,28 @@ def _unsigned(values: list) -> np.ndarray:
     return np.frombuffer(array.array("Q", values), np.uint64)
 
 
-def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A flat thread event list's codes, times and names (objects: None for static spans), the rows of
+def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    """A flat thread event list's codes and times, the names of its named events (in order), the rows of
     its begins and each begin's context (a static begin's slot holds its context, a named begin's
-    (name, context); see tracing.event_records). Contexts are left empty when every begin is static and
-    ran outside any async span (the common case, told by `list.count` in C)."""
+    (name, context); see tracing.event_records)."""
     if len(values) % THREAD_SLOTS:
         raise ValueError(f"event list of {len(values)} values is not a multiple of {THREAD_SLOTS} slots")
     codes, times = (_unsigned(values[i::THREAD_SLOTS]).view(np.int64) for i in range(2))
     slots = values[2::THREAD_SLOTS]
-    names = np.fromiter(slots, object, len(slots))
     types = codes & 0xFF
-    begins = np.flatnonzero((types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED))
-    if slots.count(_spans._ROOT) == len(begins):  # ends hold None or a name, never the root context
-        return codes, times, names, begins[:0], names[:0]
-    contexts = names[begins]
-    named = np.flatnonzero(types[begins] == BEGIN_THREAD_NAMED)
-    if len(named):
-        pairs = contexts[named]
-        names[begins[named]] = np.fromiter(map(_FIRST, pairs), object, len(named))
-        contexts[named] = np.fromiter(map(_SECOND, pairs), object, len(named))
-    return codes, times, names, begins, contexts
+    is_begin = (types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED)
+    is_named = (types == BEGIN_THREAD_NAMED) | (types == END_THREAD_NAMED)
+    contexts = list(itertools.compress(slots, is_begin.tolist()))
+    names = np.fromiter(itertools.compress(slots, is_named.tolist()), object, int(is_named.sum()))
+    named_begins = np.flatnonzero(types[is_named] == BEGIN_THREAD_NAMED)
+    if len(named_begins):  # their (name, context) pairs, split
+        pairs = names[named_begins]
+        names[named_begins] = np.fromiter(map(_FIRST, pairs), object, len(pairs))
+        begun = np.fromiter(contexts, object, len(contexts))
+        named_contexts = np.fromiter(map(_SECOND, pairs), object, len(pairs))
+        begun[np.flatnonzero(types[is_begin] == BEGIN_THREAD_NAMED)] = named_contexts
+        contexts = begun.tolist()
+    return codes, times, names, np.flatnonzero(is_begin), contexts
 
 
 _FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
@@ -310,30 +311,36 @@ def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
     return high.view(np.int64), low.view(np.int64)
 
 
-def _thread_runs(contexts: np.ndarray, begin_positions: np.ndarray, begin_times: np.ndarray) -> np.ndarray:
+def _thread_runs(contexts: list, begin_positions: np.ndarray, begin_times: np.ndarray) -> np.ndarray:
     """The `THREAD_RECORD`s of a block's thread span begins (their contexts, object indices and times, in
-    recording order): one per run of consecutive begins under one context of a trace; the work is per
-    run, never per span."""
+    recording order): one per run of consecutive begins under one context of a trace. A block whose
+    begins all hold one context (outside any async span, or one worker's task) is told by `list.count`
+    (identity checks in C); otherwise the work is per run, never per span."""
     count = len(contexts)
-    if not count:
+    if not count or (contexts.count(contexts[0]) == count and not _traced(contexts[0])):
         return np.zeros(0, trace_facts.THREAD_RECORD)
-    ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    if contexts.count(contexts[0]) == count:
+        starts = np.zeros(1, np.int64)
+    else:
+        ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     sizes = np.diff(np.r_[starts, count])
-    keep = ids[starts] != id(None)  # a begin without a context (hand-built lists): in no trace
-    starts, sizes = starts[keep], sizes[keep]
-    runs = contexts[starts]
-    traces = list(map(_THIRD, runs))
-    traced = np.fromiter(map(bool, traces), bool, len(runs))
-    starts, sizes, runs = starts[traced], sizes[traced], runs[traced]
+    runs = np.fromiter(map(contexts.__getitem__, starts.tolist()), object, len(starts))
+    keep = np.fromiter(map(_traced, runs), bool, len(runs))  # in a trace (a hand-built list may hold None)
+    starts, sizes, runs = starts[keep], sizes[keep], runs[keep]
     span_ids, links = (np.fromiter(map(get, runs), np.uint64, len(runs)) for get in (_FIRST, _FOURTH))
     records = np.zeros(len(runs), trace_facts.THREAD_RECORD)
     records["first"], records["count"] = begin_positions[starts], sizes
     # The async span the run ran under; a context attached from a remote `traceparent` has only its link.
     records["parent"] = np.where(span_ids != 0, span_ids, links).view(np.int64)
-    records["trace_high"], records["trace_low"] = _trace_halves(list(itertools.compress(traces, traced.tolist())))
+    records["trace_high"], records["trace_low"] = _trace_halves(list(map(_THIRD, runs)))
     records["first_time"], records["last_time"] = begin_times[starts], begin_times[starts + sizes - 1]
     return records
+
+
+def _traced(context: object) -> bool:
+    """Whether a thread span begin's context names a span of a trace."""
+    return context is not None and bool(context[2])  # type: ignore[index]
 
 
 def _nonzero(column: list) -> list:
@@ -381,7 +388,7 @@ def encode_thread_events(
 ) -> EncodedBuffers:
     """Encodes a cpu-stream block from the flat event lists of its thread and async events (and the
     facts of its spans that have some, flat (span id, JSON) pairs)."""
-    thread_code, thread_time, thread_name, thread_begins, contexts = _thread_columns(thread_values)
+    thread_code, thread_time, thread_names, thread_begins, contexts = _thread_columns(thread_values)
     if len(async_values) % ASYNC_SLOTS:
         raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
     # Span ids are u64; the other integers fit int64.
@@ -404,7 +411,7 @@ def encode_thread_events(
     )
 
     named = np.isin(types, _NAMED_TYPES)
-    all_names = np.concatenate([thread_name, async_name])[named]
+    all_names = np.concatenate([thread_names, async_name[named[split:]]])
     names = pa.array(all_names, pa.large_string()).dictionary_encode()
     name_index = np.zeros(count, np.int64)
     name_index[named] = names.indices.to_numpy(zero_copy_only=False)
