@@ -317,9 +317,10 @@ def _thread_runs(contexts: list, begin_positions: np.ndarray, begin_times: np.nd
     begins all hold one context (outside any async span, or one worker's task) is told by `list.count`
     (identity checks in C); otherwise the work is per run, never per span."""
     count = len(contexts)
-    if not count or (contexts.count(contexts[0]) == count and not _traced(contexts[0])):
+    one_context = bool(count) and contexts.count(contexts[0]) == count
+    if not count or (one_context and not _traced(contexts[0])):
         return np.zeros(0, trace_facts.THREAD_RECORD)
-    if contexts.count(contexts[0]) == count:
+    if one_context:
         starts = np.zeros(1, np.int64)
     else:
         ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
