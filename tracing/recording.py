@@ -41,7 +41,8 @@ class SpanRecording:
     __slots__ = ("_end_code", "_end_ns", "_name", "_parent", "context", "events")
 
     def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
-        span_id, depth, trace, link = spans._child(parent)
+        span_id, depth, trace = spans._child(parent)
+        link = parent[3]
         self.context = SpanContext((span_id, depth, trace, 0))
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
