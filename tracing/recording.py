@@ -42,12 +42,11 @@ class SpanRecording:
 
     def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
         span_id, depth, trace = spans._child(parent)
-        link = parent[3]
         self.context = SpanContext((span_id, depth, trace, 0))
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
         spans._recording_of[span_id] = self
-        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], link and (span_id, link))
+        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], parent[3])
 
     def end(self) -> None:
         """Records the root's end (once; later calls do nothing)."""
