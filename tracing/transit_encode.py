@@ -281,7 +281,10 @@ def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     is_begin = (types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED)
     is_named = (types == BEGIN_THREAD_NAMED) | (types == END_THREAD_NAMED)
     contexts = list(itertools.compress(slots, is_begin.tolist()))
-    names = np.fromiter(itertools.compress(slots, is_named.tolist()), object, int(is_named.sum()))
+    named_count = int(is_named.sum())
+    if not named_count:
+        return codes, times, np.zeros(0, object), np.flatnonzero(is_begin), contexts
+    names = np.fromiter(itertools.compress(slots, is_named.tolist()), object, named_count)
     named_begins = np.flatnonzero(types[is_named] == BEGIN_THREAD_NAMED)
     if len(named_begins):  # their (name, context) pairs, split
         pairs = names[named_begins]
