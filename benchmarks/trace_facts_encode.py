@@ -4,14 +4,17 @@
 
 Records `--spans` awaits of a `@span_fn` coroutine (every span a trace root, the worst case: each is a
 record of the trace facts), then times `encode_thread_events` on that block and `_block_trace_facts`
-alone, in CPU time; prints the medians in ns per span. On a shared machine, run two checkouts'
-interpreters on this script alternately.
+alone, in CPU time; prints the medians in ns per span. Then the same for a block of thread spans
+(`@span_fn` on a plain function) run outside any async span and under one (the trace facts' threads
+part: one run). On a shared machine, run two checkouts' interpreters on this script alternately.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +32,11 @@ async def root_span() -> None:
     return None
 
 
+@tracing.span_fn
+def thread_span() -> None:
+    return None
+
+
 def recorded_block(spans: int) -> list:
     """The flat async event list of `spans` root spans, as the thread's cpu stream holds it."""
     tracing.init(sink=tracing.MemorySink(), flush_period=3600)
@@ -39,6 +47,17 @@ def recorded_block(spans: int) -> list:
 
     asyncio.run(run())
     events = list(dispatch.local.stream.async_events)
+    tracing.shutdown()
+    return events
+
+
+def recorded_thread_block(spans: int, in_trace: bool) -> list:
+    """The flat thread event list of `spans` thread spans, run under an async span if `in_trace`."""
+    tracing.init(sink=tracing.MemorySink(), flush_period=3600)
+    with tracing.async_span("request") if in_trace else contextlib.nullcontext():
+        for _ in range(spans):
+            thread_span()
+    events = list(dispatch.local.stream.thread_events)
     tracing.shutdown()
     return events
 
@@ -69,6 +88,12 @@ def main() -> None:
     )
     print(f"{spans} root spans, medians of {args.repeats}: block encoding {block / spans:.0f} ns a span,")
     print(f"of which trace facts {facts / spans:.0f} ns a span")
+    for in_trace in (False, True):
+        thread_events = recorded_thread_block(args.spans, in_trace)
+        encode = functools.partial(transit_encode.encode_thread_events, thread_events, [], REGISTRY)
+        block = median_ns(encode, args.repeats)
+        where = "under one async span" if in_trace else "outside async spans"
+        print(f"{args.spans} thread spans {where}: block encoding {block / args.spans:.0f} ns a span")
 
 
 if __name__ == "__main__":

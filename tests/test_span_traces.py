@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import micromegas
 import numpy as np
 import pandas as pd
 import pytest
 from harness import PostgresServer, SpanlakeServer, running_server
+from trace_processor import STANDARD_QUERIES, query_trace
+from web_support import Browser, WatchedPage
 
 from spanlake import tracing
 from spanlake.lakehouse.transit.decode import read_block_dependencies, stream_layout
@@ -24,6 +30,7 @@ from spanlake.views.span_traces import (
     MAGIC,
     ROOT_RECORD,
     SPAN_RECORD,
+    THREAD_RECORD,
     TraceFactsError,
     _fact_columns,
     block_facts,
@@ -225,3 +232,175 @@ def test_the_first_format_is_refused_not_misread() -> None:
     # What the SDK wrote before the roots/spans/links split: a clear error, the block's facts skipped.
     with pytest.raises(TraceFactsError, match=r"not a spanlake\.trace_facts/2 text"):
         decode_facts("spanlake.trace_facts/1;AAAAAAAAAAA=;[]")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Thread spans in traces: sync spans run under an async span (executor workers, the loop thread)
+
+
+@tracing.span_fn
+def parse() -> None:
+    """A sync span with a nested one: both in the trace of whatever async span ran it."""
+    with tracing.span_scope("parse_inner"):
+        time.sleep(0.0005)
+
+
+@tracing.span_fn
+def blocking_work() -> None:
+    """Runs on an executor worker: finds the request's span without help, through the copied context."""
+    parse()
+    with tracing.span_scope_named("load_7"):
+        time.sleep(0.0005)
+    with tracing.async_span("in_worker"), tracing.span_scope("under_async"):
+        pass
+
+
+@tracing.span_fn
+def on_loop() -> None:
+    """Called directly from a coroutine, on the loop thread."""
+
+
+def thread_program(url: str) -> dict[str, object]:
+    """A request span handing work to the default executor (`run_in_executor`) and to `to_thread`, and
+    calling a sync function on the loop thread; then the same sync work outside any span."""
+    process = tracing.init(url, exe="thread-spans-test", flush_period=3600)
+
+    async def main() -> tracing.SpanContext:
+        loop = asyncio.get_running_loop()
+        with tracing.async_span("request") as request:
+            await loop.run_in_executor(None, blocking_work)
+            on_loop()
+            await asyncio.to_thread(parse)
+        await loop.run_in_executor(None, parse)  # no span around it: in no trace
+        on_loop()
+        return request
+
+    request = asyncio.run(main())
+    assert tracing.shutdown()
+    return {"process": process, "request": request}
+
+
+@pytest.fixture(scope="module")
+def threads(server: SpanlakeServer) -> dict[str, object]:
+    return thread_program(server.http_url)
+
+
+def trace_rows(server: SpanlakeServer, trace_id: str) -> pd.DataFrame:
+    client = micromegas.connect(server.flightsql_url)
+    return client.query(f"SELECT * FROM trace_spans('{trace_id}')")
+
+
+def test_thread_spans_under_async_spans_are_in_the_trace(server: SpanlakeServer, threads: dict) -> None:
+    request = threads["request"]
+    spans = trace_rows(server, request.trace_id)
+    name_of = dict(zip(spans["span_id"], spans["name"], strict=True))
+    # (name, parent's name, depth), in begin order: the worker's spans under `blocking_work`, itself under
+    # the request; a sync span under an async span begun in the worker under that one; the loop thread's.
+    shape = [
+        (row.name, name_of.get(row.parent_span_id), row.depth)
+        for row in spans.itertuples()  # a handful of rows: the test reads them one by one
+    ]
+    assert shape == [
+        ("request", None, 0),
+        ("blocking_work", "request", 1),
+        ("parse", "blocking_work", 2),
+        ("parse_inner", "parse", 3),
+        ("load_7", "blocking_work", 2),
+        ("in_worker", "request", 1),
+        ("under_async", "in_worker", 2),
+        ("on_loop", "request", 1),
+        ("parse", "request", 1),
+        ("parse_inner", "parse", 2),
+    ]
+    assert set(spans["trace_id"]) == {request.trace_id}
+    assert spans["span_id"].str.fullmatch("[0-9a-f]{16}").all() and spans["span_id"].is_unique
+    thread_rows = spans[~spans["name"].isin(["request", "in_worker"])]
+    assert (thread_rows["span_id"].apply(int, base=16) >= 2**63).all()  # thread span ids have the top bit
+    assert spans.loc[spans["name"] == "request", "span_id"].item() == request.span_hex
+    # Executor and to_thread workers are other streams than the loop thread's.
+    stream_of = dict(zip(spans["name"], spans["stream_id"], strict=False))
+    assert stream_of["blocking_work"] != stream_of["on_loop"] == stream_of["request"]
+    assert (spans["end"] > spans["begin"]).all() and (spans["kind"] == "internal").all()
+    for row in spans.itertuples():  # each span begins and ends within its parent
+        if row.parent_span_id is not None:
+            parent = spans[spans["span_id"] == row.parent_span_id].iloc[0]
+            assert parent["begin"] <= row.begin and row.end <= parent["end"], row.name
+
+
+def test_span_traces_lists_thread_spans_with_the_async_span_they_ran_under(
+    server: SpanlakeServer, threads: dict
+) -> None:
+    request = threads["request"]
+    rows = span_rows(server, str(threads["process"].process_id))
+    thread_rows = rows[rows["span_id"] < 0]
+    assert len(thread_rows) == 8  # blocking_work, 2 x (parse, parse_inner), load_7, under_async, on_loop
+    in_worker = rows[(rows["span_id"] > 0) & (rows["span_hex"] != request.span_hex)]["span_hex"].item()
+    assert sorted(thread_rows["parent_span_hex"]) == sorted([request.span_hex] * 7 + [in_worker])
+    assert set(thread_rows["trace_id"]) == {request.trace_id} and thread_rows["end"].isna().all()
+
+
+def test_block_traces_count_thread_spans(server: SpanlakeServer, threads: dict) -> None:
+    process = threads["process"]
+    streams = {row["stream_id"]: row for row in server.stream_rows(process.process_id)}
+    counted = 0
+    for block, payload in server.stored_blocks(process.process_id):
+        stream = streams[block["stream_id"]]
+        if "cpu" in stream["tags"]:
+            layout = stream_layout(bytes(stream["dependencies_metadata"]), bytes(stream["objects_metadata"]))
+            convert = TickConverter(process.start_ticks, process.start_time_ns, process.tsc_frequency)
+            table = block_traces(read_block_dependencies(payload, layout), convert)
+            assert set(table["trace_id"].to_pylist()) <= {threads["request"].trace_id}
+            counted += sum(table["spans"].to_pylist())
+    assert counted == 10  # the request, in_worker and the 8 thread spans
+
+
+def test_the_trace_page_shows_thread_spans(
+    server: SpanlakeServer, threads: dict, chrome: Browser, watched: WatchedPage
+) -> None:
+    page = watched.page
+    page.goto(f"{server.http_url}/trace/{threads['request'].trace_id}")
+    page.wait_for_selector("#waterfall[data-loaded=true]")
+    names = page.locator("#waterfall .span-row").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names.count("parse_inner") == 2 and "blocking_work" in names and "on_loop" in names
+    row = page.locator("#waterfall .span-row[data-name='load_7']")
+    row.click()
+    details = page.locator("#waterfall .span-details")
+    assert details.locator("dd[data-field='parent']").inner_text().startswith("blocking_work")
+    assert watched.errors == []
+    chrome.shot(page, "trace-thread-spans")
+
+
+def test_perfetto_draws_thread_spans_of_the_trace(server: SpanlakeServer, threads: dict, tmp_path: Path) -> None:
+    out = tmp_path / "trace.pftrace"
+    command = [sys.executable, "-m", "spanlake.server.cli", "perfetto", "--trace", threads["request"].trace_id]
+    done = subprocess.run([*command, "-o", str(out), "--uri", server.flightsql_url], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    slices = query_trace(out.read_bytes(), {**STANDARD_QUERIES, "slices": "SELECT name FROM slice ORDER BY ts"})
+    assert [row["name"] for row in slices["slices"].dicts()] == [
+        "request",
+        "blocking_work",
+        "parse",
+        "parse_inner",
+        "load_7",
+        "in_worker",
+        "under_async",
+        "on_loop",
+        "parse",
+        "parse_inner",
+    ]
+    assert slices["stats"].dicts() == []
+
+
+def test_the_sdk_and_the_view_agree_on_thread_records() -> None:
+    assert THREAD_RECORD == trace_facts.THREAD_RECORD
+    runs = np.zeros(1, THREAD_RECORD)
+    runs[0] = (3, 2, 11, -9, 77, 100, 200)
+    empty = (np.zeros(0, ROOT_RECORD), np.zeros(0, SPAN_RECORD), np.zeros(0, LINK_RECORD))
+    facts = ['{"kind":"client","attributes":{"a":";["}}']  # a ';' and a '[' in the JSON
+    decoded = decode_facts(trace_facts.encode(-9, *empty, np.array([5]), facts, runs))
+    assert decoded.threads.tolist() == runs.tolist()
+    assert decoded.facts == [{"kind": "client", "attributes": {"a": ";["}}]
+    # Without thread runs the text is as before (no threads part).
+    without = trace_facts.encode(-9, *empty, np.array([5]), facts)
+    assert without == f"{MAGIC};-9;;;;[[5,{facts[0]}]]"
+    assert decode_facts(without).threads.size == 0 and decode_facts(without).facts == decoded.facts

@@ -41,12 +41,12 @@ class SpanRecording:
     __slots__ = ("_end_code", "_end_ns", "_name", "_parent", "context", "events")
 
     def __init__(self, begin: int, end: int, name: str | None, parent: SpanContext) -> None:
-        span_id, depth, trace, link = spans._child(parent)
+        span_id, depth, trace = spans._child(parent)
         self.context = SpanContext((span_id, depth, trace, 0))
         self.events: list = []
         self._end_code, self._end_ns, self._name, self._parent = end, 0, name, parent[0]
         spans._recording_of[span_id] = self
-        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], link and (span_id, link))
+        self.events += (begin, spans._now(), span_id, parent[0], depth, name, parent[2], parent[3])
 
     def end(self) -> None:
         """Records the root's end (once; later calls do nothing)."""

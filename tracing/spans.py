@@ -24,6 +24,12 @@ slot is non-zero in a context that was handed over (`attach`, an explicit `paren
 from `tracing.propagation`): children begun in it record that span as their hand-off / remote parent.
 Spans from a remote parent are local roots (parent 0, depth 0) of their process's tree. The trace
 facts reach the blocks through `tracing.trace_facts`.
+
+Thread spans belong to traces too: a thread span's begin event carries the context variable's value
+(one `ContextVar.get`, no allocation; a named span's begin carries `(name, context)`), so a sync span
+called from a coroutine, or run by an executor worker in a copy of the caller's context, knows the
+async span it ran under. Thread span ids are not drawn here: a thread span's id is its begin event's
+(`views.thread_spans.thread_span_ids`), so the hot path does not change.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ Trace = int | tuple
 Context = tuple[int, int, Trace, int]
 _ROOT: Context = (0, -1, 0, 0)
 _current_span: contextvars.ContextVar[Context] = contextvars.ContextVar("spanlake_async_span", default=_ROOT)
+_context_now = _current_span.get  # bound once: a thread span's begin reads it
 _site_descriptors: dict[tuple, tuple[int, Any]] = {}
 # The spans of open recordings (tracing.recording), by span id: a span whose parent is here joins its
 # parent's recording instead of being written to its thread's stream.
@@ -129,7 +136,7 @@ def _sync_span_fn(func: F, desc: int) -> F:
         except AttributeError:
             stream = _dispatch.thread_stream()
         events = stream.thread_events
-        events += (begin, _now(), None)
+        events += (begin, _now(), _context_now())
         try:
             return func(*args, **kwargs)
         finally:
@@ -148,41 +155,33 @@ def _async_span_fn(func: F, desc: int) -> F:
         parent = _current_span.get()
         span_id, depth = next(_span_ids), parent[1] + 1
         trace = parent[2] or span_id
-        record_begin(begin, _now(), span_id, parent[0], depth, None, parent[2], parent[3])
+        record_begin(begin, _now(), span_id, depth, None, parent)
         _current_span.set((span_id, depth, trace, 0))
         try:
             return await func(*args, **kwargs)
         finally:
-            _end_async_span(end, span_id, parent, depth, None)
+            if _current_span.get()[0] == span_id:  # only in our own context (see `_instrumented`)
+                _current_span.set(parent)
+            record_end(end, _now(), span_id, parent[0], depth, None)
 
     return async_span  # type: ignore[return-value]
 
 
-def _end_async_span(end: int, span_id: int, parent: Context, depth: int, name: str | None) -> None:
-    # Restore the parent only in our own context: a coroutine closed by the garbage collector runs
-    # this in whatever context is current then, which is not ours to change.
-    if _current_span.get()[0] == span_id:
-        _current_span.set(parent)
-    record_end(end, _now(), span_id, parent[0], depth, name)
-
-
-def record_begin(
-    code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None, trace: Trace | int, link: int
-) -> None:
+def record_begin(code: int, time_ns: int, span_id: int, depth: int, name: str | None, parent: Context) -> None:
     """Appends an async span's begin event to its parent's recording if it has one (the span joins it),
-    else to the thread's cpu stream. `trace`: the parent's trace (0: the span starts its own, whose id
-    the encoder derives), `link`: the hand-off or remote parent's span id, else 0."""
-    handed = link and (span_id, link)  # a pair only for the (few) spans handed over: found by `filter`
+    else to the thread's cpu stream. From `parent` (a context) the event takes its id, its trace (0: the
+    span starts its own, whose id the encoder derives) and its hand-off or remote parent's span id."""
+    parent_id, _, trace, link = parent  # one unpacking: cheaper than passing the three
     recording = _recording_of.get(parent_id)
     if recording is None:
         try:
             stream = _dispatch.local.stream
         except AttributeError:
             stream = _dispatch.thread_stream()
-        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
+        stream.async_events += (code, time_ns, span_id, parent_id, depth, name, trace, link)
     else:
         _recording_of[span_id] = recording
-        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, handed)
+        recording.events += (code, time_ns, span_id, parent_id, depth, name, trace, link)
 
 
 def record_end(code: int, time_ns: int, span_id: int, parent_id: int, depth: int, name: str | None) -> None:
@@ -215,12 +214,17 @@ async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str
     parent = _current_span.get()
     span_id, depth = next(_span_ids), parent[1] + 1
     trace = parent[2] or span_id
-    record_begin(begin, _now(), span_id, parent[0], depth, name, parent[2], parent[3])
+    record_begin(begin, _now(), span_id, depth, name, parent)
     _current_span.set((span_id, depth, trace, 0))
     try:
         return await awaitable
     finally:
-        _end_async_span(end, span_id, parent, depth, name)
+        # Restore the parent only in our own context: a coroutine closed by the garbage collector runs
+        # this in whatever context is current then, which is not ours to change. (Written out here and
+        # in `_async_span_fn` rather than called: a call is a tenth of a span's cost.)
+        if _current_span.get()[0] == span_id:
+            _current_span.set(parent)
+        record_end(end, _now(), span_id, parent[0], depth, name)
 
 
 def instrument(awaitable: Awaitable[T], name: str) -> Awaitable[T]:
@@ -251,7 +255,8 @@ class _ThreadScope:
         except AttributeError:
             stream = _dispatch.thread_stream()
         self._stream, self._events = stream, stream.thread_events
-        self._events += (self._begin, _now(), self._name)
+        name = self._name
+        self._events += (self._begin, _now(), _context_now() if name is None else (name, _context_now()))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
@@ -378,10 +383,10 @@ def _handed_over(context: Context | tuple[int, int]) -> Context:
     return (context[0], context[1], context[2], context[3] or context[0])
 
 
-def _child(parent: Context) -> tuple[int, int, Trace, int]:
-    """A new span's (id, depth, trace, hand-off parent) under `parent`; a root starts a trace."""
+def _child(parent: Context) -> tuple[int, int, Trace]:
+    """A new span's (id, depth, trace) under `parent`; a root starts a trace."""
     span_id = new_span_id()
-    return span_id, parent[1] + 1, parent[2] or span_id, parent[3]
+    return span_id, parent[1] + 1, parent[2] or span_id
 
 
 class attach:
@@ -438,11 +443,11 @@ class OpenAsyncSpan:
         attributes: Attributes | None = None,
         links: Iterable[Context] | None = None,
     ) -> None:
-        span_id, depth, trace, link = _child(parent)
+        span_id, depth, trace = _child(parent)
         self.context = SpanContext((span_id, depth, trace, 0))
         self._end, self._name, self._parent = end, name, parent[0]
         self.kind, self.attributes, self.links = kind, attributes, list(links) if links else None
-        record_begin(begin, _now(), span_id, parent[0], depth, name, parent[2], link)
+        record_begin(begin, _now(), span_id, depth, name, parent)
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Sets one attribute (written with the span's end)."""
@@ -568,9 +573,9 @@ def record_async_span(name: str, parent: Context, begin_ns: int, end_ns: int) ->
     Returns its context, the parent of its own children."""
     location = _descriptor_here(sys._getframe(1), None)
     parent = _internal(parent)
-    span_id, depth, trace, link = _child(parent)
+    span_id, depth, trace = _child(parent)
     if type(name) is not str:
         name = str(name)
-    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, parent[0], depth, name, parent[2], link)
+    record_begin(location << TYPE_BITS | BEGIN_ASYNC_NAMED, begin_ns, span_id, depth, name, parent)
     record_end(location << TYPE_BITS | END_ASYNC_NAMED, end_ns, span_id, parent[0], depth, name)
     return SpanContext((span_id, depth, trace, 0))

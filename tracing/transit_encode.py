@@ -11,6 +11,7 @@ string arrays, and `_frame` puts every entry in its final position with one Arro
 
 from __future__ import annotations
 
+import array
 import itertools
 import operator
 import struct
@@ -28,6 +29,7 @@ from spanlake.tracing import spans as _spans
 from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
+from spanlake.tracing.spans import BEGIN_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED
 from spanlake.tracing.udts import (
     FLOAT_METRIC_INDEX,
     LOG_STRING_INDEX,
@@ -261,15 +263,40 @@ _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
 
 
-def _columns(values: list, slots: int) -> list[np.ndarray]:
-    """Splits a flat event list into its columns (ints as int64, the last one, the name, as objects)."""
-    if len(values) % slots:
-        raise ValueError(f"event list of {len(values)} values is not a multiple of {slots} slots")
-    ints = [np.array(values[i::slots], np.int64) for i in range(slots - 1)]
-    return [*ints, np.array(values[slots - 1 :: slots], dtype=object)]
+def _unsigned(values: list) -> np.ndarray:
+    """A column of non-negative ints (below 2**64) as uint64: `array('Q')` converts Python ints 1.5 to 4
+    times faster than `np.array` does (small ints the most), and event columns are ~10 ints a span."""
+    return np.frombuffer(array.array("Q", values), np.uint64)
 
 
-_TRACE_HIGH, _TRACE_LOW = operator.itemgetter(0), operator.itemgetter(1)
+def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    """A flat thread event list's codes and times, the names of its named events (in order), the rows of
+    its begins and each begin's context (a static begin's slot holds its context, a named begin's
+    (name, context); see tracing.event_records)."""
+    if len(values) % THREAD_SLOTS:
+        raise ValueError(f"event list of {len(values)} values is not a multiple of {THREAD_SLOTS} slots")
+    codes, times = (_unsigned(values[i::THREAD_SLOTS]).view(np.int64) for i in range(2))
+    slots = values[2::THREAD_SLOTS]
+    types = codes & 0xFF
+    is_begin = (types == BEGIN_THREAD) | (types == BEGIN_THREAD_NAMED)
+    is_named = (types == BEGIN_THREAD_NAMED) | (types == END_THREAD_NAMED)
+    contexts = list(itertools.compress(slots, is_begin.tolist()))
+    named_count = int(is_named.sum())
+    if not named_count:
+        return codes, times, np.zeros(0, object), np.flatnonzero(is_begin), contexts
+    names = np.fromiter(itertools.compress(slots, is_named.tolist()), object, named_count)
+    named_begins = np.flatnonzero(types[is_named] == BEGIN_THREAD_NAMED)
+    if len(named_begins):  # their (name, context) pairs, split
+        pairs = names[named_begins]
+        names[named_begins] = np.fromiter(map(_FIRST, pairs), object, len(pairs))
+        begun = np.fromiter(contexts, object, len(contexts))
+        named_contexts = np.fromiter(map(_SECOND, pairs), object, len(pairs))
+        begun[np.flatnonzero(types[is_begin] == BEGIN_THREAD_NAMED)] = named_contexts
+        contexts = begun.tolist()
+    return codes, times, names, np.flatnonzero(is_begin), contexts
+
+
+_FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
 
 
 def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
@@ -282,9 +309,52 @@ def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
     low = np.zeros(count, np.uint64)
     low[local] = np.array(list(itertools.compress(traces, local.tolist())), np.uint64)
     remote = list(itertools.compress(traces, (~local).tolist()))
-    high[~local] = np.fromiter(map(_TRACE_HIGH, remote), np.uint64, len(remote))
-    low[~local] = np.fromiter(map(_TRACE_LOW, remote), np.uint64, len(remote))
+    high[~local] = np.fromiter(map(_FIRST, remote), np.uint64, len(remote))
+    low[~local] = np.fromiter(map(_SECOND, remote), np.uint64, len(remote))
     return high.view(np.int64), low.view(np.int64)
+
+
+def _thread_runs(contexts: list, begin_positions: np.ndarray, begin_times: np.ndarray) -> np.ndarray:
+    """The `THREAD_RECORD`s of a block's thread span begins (their contexts, object indices and times, in
+    recording order): one per run of consecutive begins under one context of a trace. A block whose
+    begins all hold one context (outside any async span, or one worker's task) is told by `list.count`
+    (identity checks in C); otherwise the work is per run, never per span."""
+    count = len(contexts)
+    one_context = bool(count) and contexts.count(contexts[0]) == count
+    if not count or (one_context and not _traced(contexts[0])):
+        return np.zeros(0, trace_facts.THREAD_RECORD)
+    if one_context:
+        starts = np.zeros(1, np.int64)
+    else:
+        ids = np.fromiter(map(id, contexts), np.int64, count)  # one context object per run, mostly
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    sizes = np.diff(np.r_[starts, count])
+    runs = np.fromiter(map(contexts.__getitem__, starts.tolist()), object, len(starts))
+    keep = np.fromiter(map(_traced, runs), bool, len(runs))  # in a trace (a hand-built list may hold None)
+    starts, sizes, runs = starts[keep], sizes[keep], runs[keep]
+    span_ids, links = (np.fromiter(map(get, runs), np.uint64, len(runs)) for get in (_FIRST, _FOURTH))
+    records = np.zeros(len(runs), trace_facts.THREAD_RECORD)
+    records["first"], records["count"] = begin_positions[starts], sizes
+    # The async span the run ran under; a context attached from a remote `traceparent` has only its link.
+    records["parent"] = np.where(span_ids != 0, span_ids, links).view(np.int64)
+    records["trace_high"], records["trace_low"] = _trace_halves(list(map(_THIRD, runs)))
+    records["first_time"], records["last_time"] = begin_times[starts], begin_times[starts + sizes - 1]
+    return records
+
+
+def _handed(links: list, span_id: np.ndarray) -> np.ndarray:
+    """(span id, hand-off or remote parent) pairs, int64, of the async events whose link slot is set:
+    most blocks have none, which `count` (in C) tells without converting the column."""
+    if links.count(0) == len(links):
+        return np.zeros((0, 2), np.int64)
+    link = _unsigned(links)
+    rows = np.flatnonzero(link)
+    return np.stack([span_id[rows], link[rows]], axis=1).view(np.int64)
+
+
+def _traced(context: object) -> bool:
+    """Whether a thread span begin's context names a span of a trace."""
+    return context is not None and bool(context[2])  # type: ignore[index]
 
 
 def _nonzero(column: list) -> list:
@@ -300,14 +370,15 @@ def _block_trace_facts(
     parent_id: np.ndarray,
     times: np.ndarray,
     span_facts: Sequence,
+    threads: np.ndarray | None = None,
 ) -> str:
     """The trace facts text of a block's async events (see tracing.trace_facts), without a loop in Python
     over spans. A begin carries its parent's trace (0 when it starts a trace of its own: a local root,
-    whose trace id is derived) and, if it has one, (its id, its hand-off parent); `span_facts` is (span id, facts JSON)
-    flat for the spans that have facts."""
+    whose trace id is derived) and its hand-off parent's id (0 if none); `span_facts` is (span id, facts
+    JSON) flat for the spans that have facts; `threads` the block's thread runs (`_thread_runs`)."""
     begins = (async_types & 1) == 0  # BeginAsync* (4, 6) among the async types (4..7)
     begun, begin_times = span_id[begins].view(np.int64), times[begins]
-    handed = np.array(_nonzero(async_values[7::ASYNC_SLOTS]), np.uint64).reshape(-1, 2).view(np.int64)
+    handed = _handed(async_values[7::ASYNC_SLOTS], span_id)
     traces = _nonzero(async_values[6::ASYNC_SLOTS])
     starts_trace = parent_id[begins] == 0
     if len(handed):
@@ -323,7 +394,7 @@ def _block_trace_facts(
     links["span_id"], links["link"] = handed[:, 0], handed[:, 1]
     facts_ids = np.array(span_facts[0::2], np.uint64).view(np.int64)
     trace_high = int(np.uint64(_spans._TRACE_HIGH).view(np.int64))
-    return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]))
+    return trace_facts.encode(trace_high, roots, spans, links, facts_ids, list(span_facts[1::2]), threads)
 
 
 def encode_thread_events(
@@ -331,12 +402,12 @@ def encode_thread_events(
 ) -> EncodedBuffers:
     """Encodes a cpu-stream block from the flat event lists of its thread and async events (and the
     facts of its spans that have some, flat (span id, JSON) pairs)."""
-    thread_code, thread_time, thread_name = _columns(thread_values, THREAD_SLOTS)
+    thread_code, thread_time, thread_names, thread_begins, contexts = _thread_columns(thread_values)
     if len(async_values) % ASYNC_SLOTS:
         raise ValueError(f"event list of {len(async_values)} values is not a multiple of {ASYNC_SLOTS} slots")
-    # Span ids are u64 (random 64 bits); the other integers fit int64.
+    # Span ids are u64; the other integers fit int64.
     async_code, async_time, span_id, parent_span_id, depth = (
-        np.array(async_values[i::ASYNC_SLOTS], np.uint64 if i in (2, 3) else np.int64) for i in range(5)
+        _unsigned(async_values[i::ASYNC_SLOTS]).view(np.uint64 if i in (2, 3) else np.int64) for i in range(5)
     )
     async_name = np.array(async_values[5::ASYNC_SLOTS], dtype=object)
     codes = np.concatenate([thread_code, async_code])
@@ -354,7 +425,7 @@ def encode_thread_events(
     )
 
     named = np.isin(types, _NAMED_TYPES)
-    all_names = np.concatenate([thread_name, async_name])[named]
+    all_names = np.concatenate([thread_names, async_name[named[split:]]])
     names = pa.array(all_names, pa.large_string()).dictionary_encode()
     name_index = np.zeros(count, np.int64)
     name_index[named] = names.indices.to_numpy(zero_copy_only=False)
@@ -379,9 +450,10 @@ def encode_thread_events(
         udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
-    if len(async_code) or len(span_facts):
+    threads = _thread_runs(contexts, position[thread_begins], thread_time[thread_begins])
+    if len(async_code) or len(span_facts) or len(threads):
         deps.trace_facts = _block_trace_facts(
-            async_values, types[split:], span_id, parent_span_id, async_time, span_facts
+            async_values, types[split:], span_id, parent_span_id, async_time, span_facts, threads
         )
     return EncodedBuffers(_frame(parts, count), deps.encode(), count)
 

@@ -1,4 +1,4 @@
-"""The `span_traces` view: one row per SDK async span with its trace facts (per process).
+"""The `span_traces` view: one row per SDK span of a trace with its trace facts (per process).
 
 The SDK writes a block's trace facts in one `StaticString` dependency no object references
 (`tracing.trace_facts`): its traces, per span begun its trace and hand-off or remote parent, per span
@@ -9,6 +9,14 @@ same blocks (null when the span ends in a later partition or never). `span_id` i
 spellings. `parent_span_hex` is set when the parent is in another
 process (continued from a `traceparent`) or was handed over (`attach`, an explicit `parent=`): the
 parent within the process is `async_events.parent_span_id`.
+
+Thread spans that ran under an async span of a trace (a sync function called from a coroutine, or run
+by an executor worker) have rows too: the SDK lists each run of thread span begins under one async span
+(`THREAD_RECORD`), and every thread span begun in the run is a row with `span_id` the derived id of
+`views.thread_spans.thread_span_ids` (negative as int64: async span ids never are), `parent_span_hex`
+the async span it ran under (its parent if it is outermost; a nested one's parent is its thread
+parent, which `trace_spans` reads from `thread_spans`), kind `internal`, no attributes or links, and a
+null `end` (its end is `thread_spans`' business).
 
 `block_traces` gives the trace ids of one block with their first and last begin times, from its
 dependencies alone (the trace index calls it at ingestion).
@@ -30,6 +38,7 @@ import pyarrow.compute as pc
 from spanlake.views.columns import timestamp_array
 from spanlake.views.decoded import Value
 from spanlake.views.schema_types import TIMESTAMP, optional, required
+from spanlake.views.thread_spans import thread_span_ids
 from spanlake.views.time import TickConverter
 from spanlake.views.view import TransitBlock, View
 
@@ -63,21 +72,35 @@ MAGIC = "spanlake.trace_facts/2"
 ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
 SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
 LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])
+THREAD_RECORD = np.dtype(
+    [
+        ("first", "<i8"),
+        ("count", "<i8"),
+        ("parent", "<i8"),
+        ("trace_high", "<i8"),
+        ("trace_low", "<i8"),
+        ("first_time", "<i8"),
+        ("last_time", "<i8"),
+    ]
+)
 
 
 @dataclass(frozen=True)
 class BlockFacts:
     """The trace facts of one block (see the SDK's `tracing/trace_facts.py`): every span begun in it as a
-    `SPAN_RECORD` (the roots' traces filled in from the process's prefix), the hand-off parents, and
-    the facts of the spans that have some."""
+    `SPAN_RECORD` (the roots' traces filled in from the process's prefix), the hand-off parents, the
+    facts of the spans that have some, and the runs of thread spans begun under an async span."""
 
     spans: np.ndarray  # SPAN_RECORD
     links: np.ndarray  # LINK_RECORD
     facts_span_ids: np.ndarray  # int64
     facts: list[dict]
+    threads: np.ndarray  # THREAD_RECORD
 
 
-NO_FACTS = BlockFacts(np.zeros(0, SPAN_RECORD), np.zeros(0, LINK_RECORD), np.zeros(0, np.int64), [])
+NO_FACTS = BlockFacts(
+    np.zeros(0, SPAN_RECORD), np.zeros(0, LINK_RECORD), np.zeros(0, np.int64), [], np.zeros(0, THREAD_RECORD)
+)
 
 
 class TraceFactsError(ValueError):
@@ -100,7 +123,9 @@ def decode_facts(text: object) -> BlockFacts:
         return NO_FACTS
     if not isinstance(text, str) or not text.startswith(MAGIC + ";") or text.count(";") < 5:
         raise TraceFactsError(f"trace facts: not a {MAGIC} text")
-    _, high, roots, others, links, facts_json = text.split(";", 5)
+    _, high, roots, others, links, rest = text.split(";", 5)
+    # The threads part is left out when empty; base64 never begins with the facts JSON's '['.
+    threads, facts_json = ("", rest) if rest.startswith("[") or ";" not in rest else rest.split(";", 1)
     try:
         trace_high = int(high)
         pairs = json.loads(facts_json)
@@ -119,6 +144,7 @@ def decode_facts(text: object) -> BlockFacts:
         _records(links, LINK_RECORD, "links"),
         np.array([p[0] for p in pairs], np.int64),
         [p[1] for p in pairs],
+        _records(threads, THREAD_RECORD, "threads"),
     )
 
 
@@ -200,7 +226,40 @@ def _block_spans(transit: TransitBlock, facts: BlockFacts) -> np.ndarray:
     spans["link"] = np.where(handed, links, 0)
     begin_ids, begin_ns = _span_events(transit, _BEGIN_TYPES)
     spans["begin"], begun = _match(begin_ids, begin_ns, spans["span_id"])
-    return spans[begun]  # a span listed without its begin event (hostile input) is dropped
+    # A span listed without its begin event (hostile input) is dropped.
+    return np.concatenate([spans[begun], _block_thread_spans(transit, facts.threads)])
+
+
+_THREAD_BEGIN_TYPES = ("BeginThreadSpanEvent", "BeginThreadNamedSpanEvent")
+
+
+def _block_thread_spans(transit: TransitBlock, runs: np.ndarray) -> np.ndarray:
+    """One `_SPAN_ROW` per thread span begun in one of the block's runs (`THREAD_RECORD`): its derived id,
+    the run's trace, the async span the run ran under as its hand-off parent, its begin time."""
+    groups = [group for name in _THREAD_BEGIN_TYPES if (group := transit.decoded.group(name))]
+    if not len(runs) or not groups:
+        return np.zeros(0, _SPAN_ROW)
+    positions = np.concatenate([g.positions for g in groups])
+    ticks = np.concatenate([g.numeric("time").astype(np.int64) for g in groups])
+    order = np.argsort(positions, kind="stable")
+    positions, ticks = positions[order], ticks[order]
+    first = np.searchsorted(positions, runs["first"])
+    # A run must start at a begin and hold no more begins than follow it (else hostile input: dropped).
+    found = np.minimum(first, len(positions) - 1)
+    valid = (first < len(positions)) & (positions[found] == runs["first"]) & (runs["count"] > 0)
+    valid &= runs["count"] <= len(positions) - first
+    runs, first = runs[valid], first[valid]
+    sizes = runs["count"]
+    run_of = np.repeat(np.arange(len(runs)), sizes)
+    begins = first[run_of] + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    spans = np.zeros(len(begins), _SPAN_ROW)
+    event_ids = positions[begins] + transit.block.object_offset
+    spans["span_id"] = thread_span_ids(transit.block.stream_id, event_ids).view(np.int64)
+    for name in ("trace_high", "trace_low"):
+        spans[name] = runs[name][run_of]
+    spans["link"] = runs["parent"][run_of]
+    spans["begin"] = transit.latest.ticks_to_ns(ticks[begins])
+    return spans
 
 
 @dataclass(frozen=True)
@@ -296,15 +355,21 @@ TRACES_OF_BLOCK = pa.schema(
 def block_traces(dependencies: Mapping[int, Value], convert: TickConverter) -> pa.Table:
     """The traces of one cpu block: trace id, first and last span begin in it, span count (one row per
     trace). Reads only the block's dependencies (`lakehouse.transit.decode.read_block_dependencies`)."""
-    spans = block_facts(dependencies, "block").spans
-    order = np.lexsort((spans["trace_low"], spans["trace_high"]))
-    high, low, ticks = spans["trace_high"][order], spans["trace_low"][order], spans["time"][order]
+    facts = block_facts(dependencies, "block")
+    spans, runs = facts.spans, facts.threads  # a thread run counts its spans, from its first to last begin
+    high = np.concatenate([spans["trace_high"], runs["trace_high"]])
+    low = np.concatenate([spans["trace_low"], runs["trace_low"]])
+    order = np.lexsort((low, high))
+    high, low = high[order], low[order]
+    first = np.concatenate([spans["time"], runs["first_time"]])[order]
+    last = np.concatenate([spans["time"], runs["last_time"]])[order]
+    counts = np.concatenate([np.ones(len(spans), np.int64), runs["count"]])[order]
     starts = np.flatnonzero(np.r_[True, (high[1:] != high[:-1]) | (low[1:] != low[:-1])]) if len(order) else order
     columns = [
         hex_strings(high[starts], low[starts]),
-        timestamp_array(convert.ticks_to_ns(np.minimum.reduceat(ticks, starts) if len(starts) else ticks)),
-        timestamp_array(convert.ticks_to_ns(np.maximum.reduceat(ticks, starts) if len(starts) else ticks)),
-        pa.array(np.diff(np.r_[starts, len(order)]), pa.int64()),
+        timestamp_array(convert.ticks_to_ns(np.minimum.reduceat(first, starts) if len(starts) else first)),
+        timestamp_array(convert.ticks_to_ns(np.maximum.reduceat(last, starts) if len(starts) else last)),
+        pa.array(np.add.reduceat(counts, starts) if len(starts) else counts, pa.int64()),
     ]
     return pa.Table.from_arrays(columns, schema=TRACES_OF_BLOCK)
 

@@ -1,8 +1,15 @@
-"""The `thread_spans` view: the call tree of one thread stream, one row per span in pre-order."""
+"""The `thread_spans` view: the call tree of one thread stream, one row per span in pre-order.
+
+In a trace (`trace_spans`), a thread span is named by a 64-bit id derived from its stream and its id
+here (`thread_span_ids`): the top bit set (the SDK's async span ids never have it), then the stream
+id's first 63 bits plus the event id, modulo 2**63. Ids of one stream never collide; two streams'
+collide only if their bases fall within as many events of each other (~`2 * events / 2**63`).
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +25,24 @@ from spanlake.views.time import TickConverter
 from spanlake.views.view import TransitBlock, View
 
 log = logging.getLogger(__name__)
+
+_TOP_BIT = np.uint64(1 << 63)
+_LOW_BITS = np.uint64((1 << 63) - 1)
+
+
+def _stream_base(stream_id: str) -> np.uint64:
+    return np.uint64(int.from_bytes(uuid.UUID(stream_id).bytes[:8], "big")) & _LOW_BITS
+
+
+def thread_span_ids(stream_id: str, event_ids: np.ndarray) -> np.ndarray:
+    """The trace span ids (uint64, top bit set) of a stream's thread spans from their ids here (event ids)."""
+    return ((_stream_base(stream_id) + event_ids.astype(np.uint64)) & _LOW_BITS) | _TOP_BIT
+
+
+def thread_event_ids(stream_id: str, span_ids: np.ndarray) -> np.ndarray:
+    """The event ids (int64) of a stream's thread spans from their trace span ids (`thread_span_ids`' inverse)."""
+    return ((span_ids.astype(np.uint64) - _stream_base(stream_id)) & _LOW_BITS).astype(np.int64)
+
 
 VIEW_SET_NAME = "thread_spans"
 FILE_SCHEMA_HASH = bytes([3])

@@ -9,8 +9,10 @@ applied: the trace defines its range.
 Ids are one type across sources: `span_id` and `parent_span_id` are 16 lowercase hex characters (a
 W3C parent-id), so a child's `parent_span_id` equals its parent's `span_id`, also across processes.
 `depth` counts the span's ancestors within the trace; a span whose parent is not in the trace is a
-root (depth 0). Depths are resolved level by level over the whole trace with numpy (pointer
-jumping, `views.async_events.chain_depths`), never span by span. `attributes` and `events` are
+root (depth 0). SDK thread spans that ran under an async span of the trace are in it too
+(`span_traces` lists them, `thread_spans` gives their names, times and nesting). Depths are resolved
+level by level over the whole trace with numpy (pointer jumping, `views.async_events.chain_depths`),
+never span by span. `attributes` and `events` are
 jsonb, as the properties columns (read them with `jsonb_format_json`, `jsonb_get`, ...); `links` are
 `{trace_id, span_id}` in hex. `status` is OTLP's (`UNSET`, `OK`, `ERROR`); an SDK span is `ERROR` when
 it has an `error` attribute (the exception's type, set by the SDK), else `UNSET`. Rows come in begin order.
@@ -33,7 +35,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query.instances import instance_files
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.view_sets import VIEW_SETS
-from spanlake.views import async_events, jsonb, otel_spans, span_traces, traces
+from spanlake.views import async_events, jsonb, otel_spans, span_traces, thread_spans, traces
 from spanlake.views.async_events import chain_depths
 from spanlake.views.columns import matching_rows
 from spanlake.views.properties import property_get
@@ -167,10 +169,22 @@ def _otlp_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Tabl
 
 
 def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table:
-    """The trace's SDK spans in one process: their trace facts (`span_traces`) with their names, targets
-    and parents within the process from their begin events (`async_events`); ends missing from the
-    facts (a span ending in a later partition) are read from the end events after the trace's range."""
+    """The trace's SDK spans in one process, async and thread spans (`span_traces` lists both; a thread
+    span's derived id is negative as int64)."""
     facts = _read(lake, span_traces.VIEW_SET_NAME, location, _FACT_COLUMNS, ds.field("trace_id") == trace_id.hex())
+    is_thread = pc.less(facts.column("span_id"), 0)
+    return pa.concat_tables(
+        [
+            _async_spans(lake, location, facts.filter(pc.invert(is_thread))),
+            _thread_spans(lake, location, facts.filter(is_thread)),
+        ]
+    )
+
+
+def _async_spans(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Table:
+    """The trace's SDK async spans in one process: their trace facts with their names, targets and
+    parents within the process from their begin events (`async_events`); ends missing from the facts (a
+    span ending in a later partition) are read from the end events after the trace's range."""
     if not facts.num_rows:
         return _SPANS.empty_table()
     span_ids = facts.column("span_id").combine_chunks()
@@ -200,6 +214,54 @@ def _sdk_spans(lake: Lake, trace_id: bytes, location: TraceLocation) -> pa.Table
 
 
 _FACT_COLUMNS = ["stream_id", "span_id", "parent_span_hex", "kind", "attributes", "links", "begin", "end"]
+_THREAD_COLUMNS = ["id", "parent", "begin", "end", "name", "target"]
+
+
+def _thread_spans(lake: Lake, location: TraceLocation, facts: pa.Table) -> pa.Table:
+    """The trace's SDK thread spans in one process, stream by stream (`_stream_thread_spans`)."""
+    streams = pc.unique(facts.column("stream_id")).to_pylist()
+    parts = [
+        _stream_thread_spans(lake, location, stream, facts.filter(pc.equal(facts.column("stream_id"), stream)))
+        for stream in streams
+    ]
+    return pa.concat_tables(parts) if parts else _SPANS.empty_table()
+
+
+def _stream_thread_spans(lake: Lake, location: TraceLocation, stream_id: str, facts: pa.Table) -> pa.Table:
+    """The thread spans of one stream that the trace facts list: names, targets, times and thread parents
+    from the stream's call tree (`thread_spans`). A span's parent is its thread parent when that one ran
+    under the same async span (it is listed here with the same one), else the async span it ran under."""
+    span_ids = facts.column("span_id").to_numpy().view(np.uint64)
+    event_ids = thread_spans.thread_event_ids(stream_id, span_ids)
+    keep = ds.field("id").isin(pa.array(event_ids))
+    tree = _read(lake, thread_spans.VIEW_SET_NAME, location, _THREAD_COLUMNS, keep, instance_id=stream_id)
+    rows, found = matching_rows(event_ids, tree.column("id").to_numpy())
+    facts, tree = facts.filter(pa.array(found)), tree.take(pa.array(rows[found]))
+    own = thread_spans.thread_span_ids(stream_id, tree.column("id").to_numpy())
+    thread_parent = thread_spans.thread_span_ids(stream_id, tree.column("parent").to_numpy())
+    ran_under = _hex_to_ids(facts.column("parent_span_hex")).to_numpy(zero_copy_only=False)
+    parent_rows, listed = matching_rows(thread_parent, own)
+    nested = listed & (ran_under[parent_rows] == ran_under)
+    n = facts.num_rows
+    columns = {
+        "process_id": _repeat(location.process_id, n),
+        "exe": _repeat(location.exe, n),
+        "stream_id": _repeat(stream_id, n),
+        "span": pa.array(own),
+        "parent": pa.array(np.where(nested, thread_parent, ran_under)),
+        "name": tree.column("name").cast(pa.utf8()),
+        "target": tree.column("target").cast(pa.utf8()),
+        "begin": tree.column("begin").cast(pa.int64()),
+        "end": tree.column("end").cast(pa.int64()),
+        "kind": facts.column("kind"),
+        "status": pa.repeat(pa.scalar("UNSET", pa.utf8()), n),
+        "attributes": _json_to_jsonb(facts.column("attributes")),
+        "events": pa.repeat(pa.scalar(_EMPTY_ARRAY, pa.binary()), n),
+        "links": _sdk_links(facts.column("links")),
+    }
+    return pa.table(columns, schema=_SPANS)
+
+
 _EMPTY_ARRAY = jsonb.encode([])
 
 
@@ -253,10 +315,18 @@ def _json_to_jsonb(column: pa.ChunkedArray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(distinct, pa.binary()))
 
 
-def _read(lake: Lake, view_name: str, location: TraceLocation, columns: list[str], keep: ds.Expression) -> pa.Table:
-    """The rows of the process's instance of the view, in the partitions of the trace's range, that `keep` keeps."""
+def _read(
+    lake: Lake,
+    view_name: str,
+    location: TraceLocation,
+    columns: list[str],
+    keep: ds.Expression,
+    instance_id: str | None = None,
+) -> pa.Table:
+    """The rows of the view's instance (by default the location's process), in the partitions of the
+    trace's range there, that `keep` keeps."""
     view = VIEW_SETS[view_name]
-    keys = instance_files(lake, view, location.process_id, (location.begin_ns, location.end_ns))
+    keys = instance_files(lake, view, instance_id or location.process_id, (location.begin_ns, location.end_ns))
     if not keys:
         return view.schema.empty_table().select(columns)
     filesystem, root = lake.store.arrow_filesystem()
