@@ -151,6 +151,26 @@ def test_block_envelopes_chain_and_count_objects(sink: tracing.MemorySink) -> No
     ]
 
 
+def test_a_threads_first_span_lies_inside_its_block(sink: tracing.MemorySink) -> None:
+    # An async span reads its begin time before its thread's stream exists: the block must still hold it.
+    async def first_event_of_its_thread() -> None:
+        await tracing.instrument(asyncio.sleep(0), "first")
+
+    worker = threading.Thread(target=asyncio.run, args=(first_event_of_its_thread(),))
+    worker.start()
+    worker.join()
+    tracing.flush()
+    process = tracing.current_process()
+    (cpu,) = [
+        blocks
+        for info, blocks in decoded_streams(sink).values()
+        if info["properties"].get("thread-name") == worker.name
+    ]
+    for block, events in cpu:
+        begin, end = (process.start_ticks + block[key] for key in ("begin_ticks", "end_ticks"))
+        assert events and all(begin <= event["time"] <= end for event in events)
+
+
 def test_process_body(sink: tracing.MemorySink) -> None:
     (body,) = bodies(sink, "/ingestion/insert_process")
     process = tracing.current_process()

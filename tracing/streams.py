@@ -15,6 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from types import ModuleType
 from typing import Any
 
@@ -102,6 +103,10 @@ class Stream(ABC):
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         """The buffers of a block holding `events` (as returned by `_take`)."""
 
+    @abstractmethod
+    def earliest_ticks(self, events: Any) -> int:
+        """The earliest event time among `events` (as returned by `_take`), in ticks."""
+
 
 def _take_list(events: list) -> list:
     """Removes and returns the first len(events) items; appends racing with it stay for the next block."""
@@ -137,6 +142,10 @@ class ThreadStream(Stream):
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_thread_events(events[0], events[1], registry, events[2])
 
+    @override
+    def earliest_ticks(self, events: Any) -> int:
+        return min(events[0][1::THREAD_SLOTS] + events[1][1::ASYNC_SLOTS])
+
 
 class TupleStream(Stream):
     """A stream shared by all threads: one (code, time, value, property_set_id) tuple per event."""
@@ -151,6 +160,10 @@ class TupleStream(Stream):
             return None
         events = _take_list(self.events)
         return events, len(events)
+
+    @override
+    def earliest_ticks(self, events: Any) -> int:
+        return min(map(itemgetter(1), events))
 
 
 class LogStream(TupleStream):
@@ -196,16 +209,24 @@ class PendingBlock:
         """The block's CBOR body (POST /ingestion/insert_block)."""
         process = self.stream.process
         encoder = _encoder()
+        begin = self._begin_at_its_earliest_event()
         header = encoder.BlockHeader(
             stream_id=self.stream.stream_id,
             process_id=process.process_id,
-            begin_time=format_rfc3339_ns(self.begin.time_ns),
-            begin_ticks=self.begin.ticks - process.start_ticks,
+            begin_time=format_rfc3339_ns(begin.time_ns),
+            begin_ticks=begin.ticks - process.start_ticks,
             end_time=format_rfc3339_ns(self.end.time_ns),
             end_ticks=self.end.ticks - process.start_ticks,
             object_offset=self.object_offset,
         )
         return encoder.block_body(header, self.stream.encode(self.events, registry))
+
+    def _begin_at_its_earliest_event(self) -> DualTime:
+        # An event's time is read before it is appended: one read just before its thread's stream was
+        # created, or a drain that closed the block in between, puts it before `begin`. A block must hold
+        # its events' times, or queries by time range miss them.
+        earliest = self.stream.earliest_ticks(self.events)
+        return self.begin if earliest >= self.begin.ticks else self.stream.process.dual_time(earliest)
 
     def requests(self, registry: Registry) -> list[tuple[Priority, str, bytes]]:
         """The POSTs for this block: the stream's metadata first if not sent yet, then the block."""
