@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import format_rfc3339_ns, parse_rfc3339_ns
+from spanlake.server.client_flags import flight_uri, server_message
 from spanlake.server.flightsql.statement_ticket import statement_ticket
-from spanlake.server.query_command import flight_uri, server_message
 
 UI_URL = "https://ui.perfetto.dev"
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from spanlake.lakehouse.block_traces import BlockTraces
+if TYPE_CHECKING:  # only a type here: importing it would import the transit decoder and DataFusion
+    from spanlake.lakehouse.block_traces import BlockTraces
 
 
 class TraceIndexRows:
