@@ -108,12 +108,6 @@ class View:
 
 
 Block = TypeVar("Block", TransitBlock, OtlpBlock[Any])
-BlockBuilder = Callable[[DecodedBlock, BlockMeta, ProcessMeta, TickConverter], pa.RecordBatch]
-
-
-def each_block_by_its_clock(build: BlockBuilder) -> TransitRows:
-    """Rows block by block, ticks converted with the block's own clock (log and metric blocks)."""
-    return each_block(lambda t: build(t.decoded, t.block, t.process, converter_for_block(t.process, t.block)))
 
 
 def each_block(rows: Callable[[Block], pa.RecordBatch]) -> Callable[[Iterable[Block]], Iterator[pa.RecordBatch]]:
