@@ -60,6 +60,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_bytecode(env: dict[str, str]) -> dict[str, str]:
+    """This environment and `env`, bytecode written and read: as an installed package has its `.pyc`
+    files, neither code compiles its modules on every run (the previous code, extracted afresh, sets
+    PYTHONDONTWRITEBYTECODE, and so may the shell)."""
+    merged = {**os.environ, **env}
+    merged.pop("PYTHONDONTWRITEBYTECODE", None)
+    return merged
+
+
 def serve_until_ready(cwd: Path, env: dict[str, str]) -> float:
     """Seconds from starting `spanlake serve` in `cwd` to its ready line; then stops it cleanly."""
     ports = ["--http-port", str(_free_port()), "--flightsql-port", str(_free_port())]
@@ -67,7 +76,7 @@ def serve_until_ready(cwd: Path, env: dict[str, str]) -> float:
     process = subprocess.Popen(
         [sys.executable, "-m", "spanlake.server.cli", "serve", *ports],
         cwd=cwd,
-        env={**os.environ, **env},
+        env=with_bytecode(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -87,7 +96,9 @@ def postgres_alone(pg_dir: Path) -> float:
     (the process then exits, which stops PostgreSQL: not counted, as for spanlake)."""
     started = time.perf_counter()
     command = [sys.executable, "-c", _PGSERVER_ALONE, str(pg_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command, env=with_bytecode({}), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert process.stdout is not None
     process.stdout.readline()
     elapsed = time.perf_counter() - started
@@ -98,16 +109,10 @@ def postgres_alone(pg_dir: Path) -> float:
 def seconds(command: list[str], env: dict[str, str]) -> float:
     """Seconds the command takes (it must succeed)."""
     started = time.perf_counter()
-    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    result = subprocess.run(command, env=with_bytecode(env), capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     return elapsed
-
-
-def compiled(env: dict[str, str]) -> dict[str, str]:
-    """`env` with bytecode written: the previous code is extracted afresh, and without its `.pyc`
-    files it would compile every module it imports on each run, which this code does not."""
-    return {name: value for name, value in env.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
 def median_table(times: dict[tuple[str, str], list[float]], names: list[str], floor: float) -> None:
@@ -148,7 +153,7 @@ def commands(repeats: int, baseline: str) -> None:
             "pg start": [sys.executable, "-c", _PGSERVER_ALONE, str(stopped / "postgres")],
         }
         subprocess.run(runs["api-key cold"], capture_output=True, check=True)  # its database created once
-        codes = (("this", here), ("previous", compiled(previous)))
+        codes = (("this", here), ("previous", previous))
         embedded = open_embedded_postgres(adopted)  # held by this process: the commands adopt it
         try:
             for command in runs.values():  # once untimed: every module compiled
@@ -176,7 +181,7 @@ def serve_starts(repeats: int, baseline: str) -> None:
     alone plus the roles' imports."""
     times: dict[str, list[float]] = {}
     with source_env(None) as here, source_env(baseline) as previous:
-        codes = (("this", here), ("previous", compiled(previous)))
+        codes = (("this", here), ("previous", previous))
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 for code, env in codes:
