@@ -156,11 +156,12 @@ def each_run(
 def each_process_run(rows: Callable[[Sequence[OtlpBlock[Any]]], pa.RecordBatch]) -> OtlpRows:
     """Rows of runs of consecutive OTLP blocks of one process, each built at once (`OtlpRun`), as
     `each_run` builds transit blocks."""
-    return _each_run(rows, lambda blocks: _runs(blocks, _process_id, lambda otlp: otlp.block.nb_objects))
+    return _each_run(rows, process_runs)
 
 
-def _process_id(block: OtlpBlock[Any]) -> object:
-    return block.process.process_id
+def process_runs(blocks: Iterable[OtlpBlock[Any]]) -> Iterator[list[OtlpBlock[Any]]]:
+    """Runs of consecutive OTLP blocks of one process (up to `RUN_OBJECTS` objects), to build at once."""
+    return _runs(blocks, lambda otlp: otlp.process.process_id, lambda otlp: otlp.block.nb_objects)
 
 
 def _each_run(
