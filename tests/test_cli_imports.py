@@ -112,6 +112,7 @@ def test_api_key_starts_or_adopts_the_embedded_postgres(tmp_path: Path) -> None:
     embedded = open_embedded_postgres(data_dir)  # as a running server holds it
     try:
         running = postmaster_pid(pg_dir)
+        assert running is not None
         adopted, _ = imported_by(tmp_path, "api-key", "second", "--read-audiences", "a,b", "--data-dir", str(data_dir))
         assert "analytics key reading a, b" in adopted.stderr
         assert postmaster_pid(pg_dir) == running  # the same server, still running for its other user

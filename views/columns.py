@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -183,5 +184,5 @@ def concat_columns(parts: Sequence[Columns]) -> tuple[Columns, np.ndarray]:
         elif isinstance(values[0], Coded):
             joined[column.name] = Coded.concat(values)
         else:
-            joined[column.name] = [row for value in values for row in value]
+            joined[column.name] = list(itertools.chain.from_iterable(values))
     return dataclasses.replace(first, **joined), np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
