@@ -115,6 +115,12 @@ def seconds(command: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def in_turn(codes: tuple[tuple[str, dict[str, str]], ...], round_number: int) -> tuple[tuple[str, dict[str, str]], ...]:
+    """The codes in this round's order: which runs first alternates, as the second of a pair may find
+    the server's caches warm or the first one's PostgreSQL still stopping."""
+    return codes if round_number % 2 == 0 else codes[::-1]
+
+
 def median_table(times: dict[tuple[str, str], list[float]], names: list[str], floor: float) -> None:
     """Prints each command's medians, this code and the previous one, and their ratios to `floor`."""
     median = {key: statistics.median(values) for key, values in times.items()}
@@ -160,11 +166,11 @@ def commands(repeats: int, baseline: str) -> None:
                 for _, env in codes:
                     seconds(command, env)
             times: dict[tuple[str, str], list[float]] = {}
-            for _ in range(repeats):
+            for round_number in range(repeats):
                 for name, command in floors.items():
                     times.setdefault((name, ""), []).append(seconds(command, {}))
                 for name, command in runs.items():
-                    for code, env in codes:
+                    for code, env in in_turn(codes, round_number):
                         times.setdefault((name, code), []).append(seconds(command, env))
         finally:
             embedded.server.cleanup()
@@ -182,9 +188,9 @@ def serve_starts(repeats: int, baseline: str) -> None:
     times: dict[str, list[float]] = {}
     with source_env(None) as here, source_env(baseline) as previous:
         codes = (("this", here), ("previous", previous))
-        for _ in range(repeats):
+        for round_number in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                for code, env in codes:
+                for code, env in in_turn(codes, round_number):
                     serve_dir = Path(tmp, code)
                     serve_dir.mkdir()
                     times.setdefault(f"{code} cold", []).append(serve_until_ready(serve_dir, env))
