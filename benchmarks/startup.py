@@ -6,8 +6,9 @@
    generate` sent) against a running `spanlake serve`, and `spanlake api-key` three ways: on that
    server's database (`--database-url`), on an embedded PostgreSQL another process runs (adopted),
    and on a stopped one (cold: the command starts it, and stops it at its exit). Prints each one's
-   ratio to the import (the aim: at most 1.5), and the cold key's to the embedded PostgreSQL's own
-   start (`pg start`: a process starting it, as part 2 measures).
+   ratio to the import (the aim: at most 1.5), in wall time and in CPU time (the command's own work,
+   which a loaded machine moves less), and the cold key's to the embedded PostgreSQL's own start
+   (`pg start`: a process starting it, as part 2 measures). Which code runs first alternates.
 2. `spanlake serve` to its ready text, on the embedded default, this code and the previous one
    alternately, next to its floor: the embedded PostgreSQL alone (pgserver creating or starting the
    same kind of data directory), plus the imports of the roles (a process importing the modules
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -108,11 +110,20 @@ def postgres_alone(pg_dir: Path) -> float:
 
 def seconds(command: list[str], env: dict[str, str]) -> float:
     """Seconds the command takes (it must succeed)."""
+    return wall_and_cpu_seconds(command, env)[0]
+
+
+def wall_and_cpu_seconds(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Seconds the command takes (it must succeed), and the CPU seconds (user and system) it and the
+    processes it waited for used: its own work, which the machine's load moves little, unlike the wall
+    time (a server's work, a PostgreSQL started for it, are not counted)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(command, env=with_bytecode(env), capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 0, result.stderr
-    return elapsed
+    return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def in_turn(codes: tuple[tuple[str, dict[str, str]], ...], round_number: int) -> tuple[tuple[str, dict[str, str]], ...]:
@@ -121,9 +132,12 @@ def in_turn(codes: tuple[tuple[str, dict[str, str]], ...], round_number: int) ->
     return codes if round_number % 2 == 0 else codes[::-1]
 
 
-def median_table(times: dict[tuple[str, str], list[float]], names: list[str], floor: float) -> None:
-    """Prints each command's medians, this code and the previous one, and their ratios to `floor`."""
+def median_table(what: str, times: dict[tuple[str, str], list[float]], names: list[str]) -> None:
+    """Prints the import's median and each command's, this code and the previous one, with their
+    ratios to the import's."""
     median = {key: statistics.median(values) for key, values in times.items()}
+    floor = median["import", ""]
+    print(f"{what}: import pyarrow.flight {floor:.3f}s; load {os.getloadavg()[0]:.2f}")
     print(f"{'command':22} {'this s':>7} {'/import':>8} {'previous s':>11} {'/import':>8}")
     for name in names:
         ours, theirs = median[name, "this"], median[name, "previous"]
@@ -166,17 +180,19 @@ def commands(repeats: int, baseline: str) -> None:
                 for _, env in codes:
                     seconds(command, env)
             times: dict[tuple[str, str], list[float]] = {}
+            cpu: dict[tuple[str, str], list[float]] = {}
             for round_number in range(repeats):
-                for name, command in floors.items():
-                    times.setdefault((name, ""), []).append(seconds(command, {}))
+                measured = [(name, "", command, {}) for name, command in floors.items()]
                 for name, command in runs.items():
-                    for code, env in in_turn(codes, round_number):
-                        times.setdefault((name, code), []).append(seconds(command, env))
+                    measured += [(name, code, command, env) for code, env in in_turn(codes, round_number)]
+                for name, code, command, env in measured:
+                    wall, used = wall_and_cpu_seconds(command, env)
+                    times.setdefault((name, code), []).append(wall)
+                    cpu.setdefault((name, code), []).append(used)
         finally:
             embedded.server.cleanup()
-    floor = statistics.median(times["import", ""])
-    print(f"import pyarrow.flight: {floor:.3f}s; load {os.getloadavg()[0]:.2f}")
-    median_table(times, list(runs), floor)
+    median_table("wall time", times, list(runs))
+    median_table("CPU time of the command", cpu, list(runs))
     pg_start = statistics.median(times["pg start", ""])
     ratios = " ".join(f"{code} {statistics.median(times['api-key cold', code]) / pg_start:.2f}" for code, _ in codes)
     print(f"PostgreSQL's own start (pg start): {pg_start:.3f}s; api-key cold / pg start: {ratios}")
