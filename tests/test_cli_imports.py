@@ -80,6 +80,7 @@ def test_perfetto_imports_no_datafusion(served: SpanlakeServer, tmp_path: Path) 
     assert f"wrote {output}" in result.stdout
     assert output.stat().st_size > 0
     assert server_modules(modules) == []
+    assert "pyarrow.compute" not in modules  # chunks read from their buffers, never cast
 
 
 def test_api_key_imports_the_catalog_alone(served: SpanlakeServer, tmp_path: Path) -> None:
