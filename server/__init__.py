@@ -17,7 +17,8 @@ Modules:
     self_tracing      spanlake tracing itself into its own lake
     query_command     `spanlake query`
     perfetto_command  `spanlake perfetto`
-    client_flags      the flags of `spanlake query` and `spanlake perfetto` (no pyarrow to build them)
+    client_flags      the flags of `spanlake query` and `spanlake perfetto`, their server address and errors
+    catalog_command   `spanlake api-key` and `spanlake migrate`: the catalog database alone, no lake
     http_body         request bodies read within SPANLAKE_REQUEST_BODY_TIMEOUT_S (408 and close otherwise)
     site_guard        no other site drives the HTTP server: Host, Origin, CSRF checks, security headers
     flightsql         the Arrow Flight SQL server (a package)

@@ -9,19 +9,16 @@ issuer configured (`server.oidc`), a bearer JWT from it is accepted on the query
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
-import re
-import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from spanlake.lakehouse.catalog.api_keys import StoredKey
+from spanlake.lakehouse.catalog.api_keys import StoredKey, hash_key
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.query.context import Principal
 from spanlake.server.oidc import Identity, IssuerKeys, OidcConfig, TokenError, TokenValidator, looks_like_jwt
@@ -40,7 +37,6 @@ INGESTION = "ingestion"
 ANALYTICS = "analytics"
 # Every reader reads this audience (micromegas's one built-in read grant).
 PUBLIC_AUDIENCE = "public"
-_AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 # Looks a key hash up in the database for one surface; returns the key's principal, or None.
 KeyHashLookup = Callable[[bytes], "Principal | None"]
@@ -105,23 +101,6 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
             raise ValueError('each SPANLAKE_API_KEYS entry needs a string "name" and a non-empty "key"')
         keys[entry["key"]] = entry["name"]
     return keys
-
-
-def new_key() -> str:
-    """A fresh random API key (shown once: only its hash is stored)."""
-    return "slk_" + secrets.token_urlsafe(32)
-
-
-def check_audience(audience: str) -> str:
-    """The audience if it is an audience name (micromegas's `[A-Za-z0-9_-]{1,255}`), else ValueError."""
-    if not _AUDIENCE_NAME.fullmatch(audience):
-        raise ValueError(f"invalid audience {audience!r}: 1 to 255 of A-Z a-z 0-9 _ -")
-    return audience
-
-
-def hash_key(key: str) -> bytes:
-    """SHA-256 digest of an API key, as the database stores it."""
-    return hashlib.sha256(key.encode()).digest()
 
 
 class Authenticator:

@@ -25,7 +25,8 @@ from spanlake.server.startup import (
 )
 
 # Each command imports what it runs when it runs: `spanlake --help`, `query` and `perfetto` start in
-# the time pyarrow.flight takes to import, without DataFusion, pandas, aiohttp or the lakehouse.
+# the time pyarrow.flight takes to import, without DataFusion, pandas, aiohttp or the lakehouse;
+# `api-key` and `migrate` in the time asyncpg takes.
 if TYPE_CHECKING:
     from spanlake.lakehouse.cluster.engine import QueryCluster  # imports Daft, an optional extra
     from spanlake.lakehouse.lake import Lake
@@ -170,40 +171,15 @@ def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from spanlake.lakehouse.lake import Lake
+    from spanlake.server import catalog_command
 
-    Lake.open(settings).close()  # opening applies the missing migrations
-    print("database schema is up to date")
-    return 0
+    return catalog_command.run_migrate(settings)
 
 
 def _cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
-    from spanlake.lakehouse.lake import Lake
-    from spanlake.server.auth import check_audience, hash_key, new_key
+    from spanlake.server import catalog_command
 
-    try:
-        audiences = [check_audience(a) for a in args.read_audiences.split(",")] if args.read_audiences else []
-        audience = None if args.audience is None else check_audience(args.audience)
-    except ValueError as err:
-        print(f"spanlake api-key: {err}", file=sys.stderr)
-        return 2
-    key = new_key()
-    lake = Lake.open(settings)
-    try:
-        if audience is not None:
-            lake.loop.run(lake.catalog.add_ingestion_key(args.name, hash_key(key), audience, "cli", []))
-            kind = f"ingestion key writing into audience '{audience}'"
-        elif args.read_audiences is not None:
-            lake.loop.run(lake.catalog.add_analytics_key(args.name, hash_key(key), audiences, "cli", [], args.admin))
-            kind = f"analytics key reading {', '.join(audiences)}"
-        else:
-            lake.loop.run(lake.catalog.add_api_key(args.name, hash_key(key), args.admin))
-            kind = "API key"
-    finally:
-        lake.close()
-    print(key)
-    print(f"# {kind} '{args.name}' created; only its SHA-256 is stored: keep the key now.", file=sys.stderr)
-    return 0
+    return catalog_command.run_api_key(args, settings)
 
 
 def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:

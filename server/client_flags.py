@@ -1,10 +1,12 @@
-"""The flags of the client commands, `spanlake query` and `spanlake perfetto`: apart from the commands
-themselves so that building the command line (and `spanlake --help`) imports no pyarrow."""
+"""The flags of the client commands, `spanlake query` and `spanlake perfetto`, and how both read the
+server's address and its errors: apart from the commands themselves so that building the command line
+(and `spanlake --help`) imports no pyarrow, and neither command imports the other's modules."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 DEFAULT_URI = "grpc://127.0.0.1:50051"
@@ -55,3 +57,21 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SPANLAKE_API_KEY"),
         help="API key sent as 'Authorization: Bearer …' (env SPANLAKE_API_KEY)",
     )
+
+
+def flight_uri(uri: str) -> str:
+    """Accepts http(s):// as the micromegas client does: Flight speaks gRPC (grpc://, grpc+tls://)."""
+    if uri.startswith("https://"):
+        return "grpc+tls://" + uri[len("https://") :]
+    if uri.startswith("http://"):
+        return "grpc://" + uri[len("http://") :]
+    return uri
+
+
+_CLIENT_PREFIX = re.compile(r"^Flight returned [a-z ]+ error, with message: ")
+_CLIENT_SUFFIX = re.compile(r"\. (?:Detail: |gRPC client debug context: ).*$", re.DOTALL)
+
+
+def server_message(err: BaseException) -> str:
+    """The server's message without pyarrow's decorations (status prefix, detail, debug context)."""
+    return _CLIENT_SUFFIX.sub("", _CLIENT_PREFIX.sub("", str(err))) or type(err).__name__

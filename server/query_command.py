@@ -15,7 +15,6 @@ import argparse
 import base64
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,6 +26,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
+from spanlake.server.client_flags import flight_uri, server_message
 from spanlake.server.flightsql.statement_ticket import statement_ticket
 from spanlake.views import jsonb
 
@@ -56,15 +56,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def flight_uri(uri: str) -> str:
-    """Accepts http(s):// as the micromegas client does: Flight speaks gRPC (grpc://, grpc+tls://)."""
-    if uri.startswith("https://"):
-        return "grpc+tls://" + uri[len("https://") :]
-    if uri.startswith("http://"):
-        return "grpc://" + uri[len("http://") :]
-    return uri
-
-
 def _headers(args: argparse.Namespace) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-client-type", b"spanlake-cli"), (b"x-client-entrypoint", b"cli-query")]
     if (args.begin is None) != (args.end is None):
@@ -76,15 +67,6 @@ def _headers(args: argparse.Namespace) -> list[tuple[bytes, bytes]]:
     if args.api_key:
         headers.append((b"authorization", f"Bearer {args.api_key}".encode()))
     return headers
-
-
-_CLIENT_PREFIX = re.compile(r"^Flight returned [a-z ]+ error, with message: ")
-_CLIENT_SUFFIX = re.compile(r"\. (?:Detail: |gRPC client debug context: ).*$", re.DOTALL)
-
-
-def server_message(err: BaseException) -> str:
-    """The server's message without pyarrow's decorations (status prefix, detail, debug context)."""
-    return _CLIENT_SUFFIX.sub("", _CLIENT_PREFIX.sub("", str(err))) or type(err).__name__
 
 
 def _batches(reader: flight.FlightStreamReader) -> Iterator[pa.RecordBatch]:

@@ -18,7 +18,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from spanlake.lakehouse.otlp.decode import OtlpBlockError, otlp_block
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.server.otlp import blocks_from_request
-from spanlake.views import async_events, jsonb, log_entries, measures
+from spanlake.views import async_events, jsonb, log_entries, measures, otel_spans
 from spanlake.views.meta import BlockMeta, ProcessMeta
 from spanlake.views.properties import decode_jsonb_object
 from spanlake.views.scope import scope_hash
@@ -518,6 +518,41 @@ def test_span_depths_resolve_across_the_blocks_of_a_partition() -> None:
     assert begin_depths(first) == {"child": 1, "grandchild": 2}
     assert begin_depths(second) == {"root": 0, "other-trace": 0}  # span 3 of trace A is not its parent
     assert column(first, "block_id")[0] == inputs[0].block.block_id
+
+
+def _metrics_request_at(offset_ns: int) -> ExportMetricsServiceRequest:
+    """`metrics_request` with its first point `offset_ns` later: another block (ids follow content)."""
+    request = metrics_request()
+    request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0].time_unix_nano += offset_ns
+    return request
+
+
+def test_otlp_views_built_per_run_give_the_rows_built_block_by_block() -> None:
+    """The blocks of one process become one batch (a batch per run of blocks, not per block) holding the
+    rows each block gives alone, each row naming its own block."""
+    logs = [
+        logs_request(
+            [LogRecord(time_unix_nano=T0 + 10 * i + j, body=AnyValue(string_value=f"m{i}.{j}")) for j in range(i)]
+        )
+        for i in range(1, 5)
+    ]
+    traces = [traces_request([span(f"s{i}", i + 1, 1 if i else None, i, i + 5)]) for i in range(3)]
+    for view, signal, requests in (
+        (log_entries.VIEW, "logs", logs),
+        (measures.VIEW, "metrics", [_metrics_request_at(i) for i in range(3)]),
+        (otel_spans.VIEW, "traces", traces),
+    ):
+        assert view.rows_from_otlp is not None and view.otlp_format is not None
+        blocks = [otlp_block(view, view.otlp_format, *stored(signal, request)) for request in requests]
+        batches = list(view.rows_from_otlp(blocks))
+        assert len(batches) == 1, view.name
+        alone = [batch for block in blocks for batch in view.rows_from_otlp([block])]
+        expected = pa.Table.from_batches(alone, view.schema).to_pylist()
+        assert pa.Table.from_batches(batches, view.schema).to_pylist() == expected, view.name
+        assert [row["block_id"] for row in expected] == [
+            block.block.block_id for block, batch in zip(blocks, alone, strict=True) for _ in range(batch.num_rows)
+        ]
+        assert len(blocks) == len({row["block_id"] for row in expected}) > 1, view.name
 
 
 def test_span_depths_by_trace_and_parent_id() -> None:

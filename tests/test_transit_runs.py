@@ -3,11 +3,20 @@ objects and rows as one block at a time, and a bad block fails alone."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
 
 import pyarrow as pa
 import rust_fixtures
-from transit_builder import ThreadBlockWriter, payload, thread_stream_metadata
+from transit_builder import (
+    BufferWriter,
+    ThreadBlockWriter,
+    dyn_string,
+    metadata,
+    payload,
+    thread_stream_metadata,
+    udt,
+)
 
 from spanlake.lakehouse.transit.decode import (
     TransitError,
@@ -19,8 +28,9 @@ from spanlake.lakehouse.transit.decode import (
     stream_layout,
 )
 from spanlake.lakehouse.view_rows import clock_problem, clock_problems
-from spanlake.views import async_events, log_entries, measures
+from spanlake.views import async_events, images, log_entries, measures
 from spanlake.views.decoded import DecodedBlock, concat_blocks
+from spanlake.views.time import converter_for_block
 from spanlake.views.view import TransitBlock
 
 
@@ -129,6 +139,51 @@ def test_views_built_per_run_give_the_rows_built_block_by_block() -> None:
         assert len(expected) > 100
         assert pa.Table.from_batches(batches).to_pylist() == expected, tag
         assert len({row["block_id"] for row in expected}) > 1, tag
+
+
+def _image_blocks() -> tuple[list[TransitBlock], list[pa.RecordBatch]]:
+    """Blocks of an `image` stream (some images repeated within and across blocks, a block without any)
+    decoded together as the views get them, and each block's rows built alone."""
+    layout = stream_layout(metadata([]), metadata([udt("ImageEvent", 0)]))
+    process = replace(rust_fixtures.process(), tsc_frequency=1_000_000)
+    stream = rust_fixtures.streams_tagged("image")[0]
+    fixture = stream.blocks[0].meta
+    shapes = [[("a", "png", b"\x89PNG1"), ("b", "jpg", b"")], [], [("a", "png", b"\x89PNG1")]]
+    shapes += [[(f"n{i}", "webp" if i % 2 else "png", bytes([i]) * (i * 7)) for i in range(40)]]
+    payloads, metas = [], []
+    for index, shape in enumerate(shapes):
+        objects = BufferWriter()
+        for ticks, (name, image_format, data) in enumerate(shape, start=index * 1000):
+            body = struct.pack("<q", ticks) + dyn_string(name) + dyn_string(image_format)
+            objects.dynamic(0, body + struct.pack("<I", len(data)) + data)
+        payloads.append(payload(b"", objects.getvalue()))
+        metas.append(replace(fixture, block_id=f"image-block-{index}", nb_objects=len(shape), end_ticks=index * 1000))
+    decoded = _decoded(decode_blocks(payloads, layout))
+    convert = rust_fixtures.latest_timing_converter()
+    transit = [
+        TransitBlock(block, meta, stream.meta, process, convert) for block, meta in zip(decoded, metas, strict=True)
+    ]
+    alone = [
+        images.build_batch(decode_block(data, layout), meta, process, converter_for_block(process, meta))
+        for data, meta in zip(payloads, metas, strict=True)
+    ]
+    return transit, alone
+
+
+def test_images_built_per_run_give_the_rows_built_block_by_block() -> None:
+    transit, alone = _image_blocks()
+    assert images.VIEW.rows_from_transit is not None
+    batches = list(images.VIEW.rows_from_transit(transit))
+    assert len(batches) == 1  # one run: the blocks share their process's clock
+    expected = pa.Table.from_batches(alone, images.SCHEMA).to_pylist()
+    assert pa.Table.from_batches(batches, images.SCHEMA).to_pylist() == expected
+    assert [row["block_id"] for row in expected].count("image-block-3") == 40
+    assert [(row["name"], row["format"], row["payload_size"]) for row in expected[:3]] == [
+        ("a", "png", 5),
+        ("b", "jpg", 0),
+        ("a", "png", 5),
+    ]
+    assert expected[-1]["data"] == bytes([39]) * 273 and expected[-1]["payload_size"] == 273
 
 
 def test_clock_problems_of_many_blocks_are_each_blocks_own() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -163,3 +165,24 @@ def matching_rows(keys: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray,
     order = np.argsort(candidates, kind="stable")
     slots = np.minimum(np.searchsorted(candidates[order], keys), len(candidates) - 1)
     return order[slots], candidates[order][slots] == keys
+
+
+Columns = TypeVar("Columns")
+
+
+def concat_columns(parts: Sequence[Columns]) -> tuple[Columns, np.ndarray]:
+    """Dataclasses of per-row columns (numpy arrays, `Coded`, lists), one per block, as one with their
+    rows one after another; and each part's first row."""
+    first = parts[0]
+    joined: dict[str, Any] = {}
+    lengths = np.zeros(len(parts), np.int64)
+    for column in dataclasses.fields(first):  # type: ignore[arg-type]
+        values = [getattr(part, column.name) for part in parts]
+        if isinstance(values[0], np.ndarray):
+            lengths = np.array([len(value) for value in values], np.int64)
+            joined[column.name] = np.concatenate(values)
+        elif isinstance(values[0], Coded):
+            joined[column.name] = Coded.concat(values)
+        else:
+            joined[column.name] = list(itertools.chain.from_iterable(values))
+    return dataclasses.replace(first, **joined), np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

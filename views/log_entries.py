@@ -11,7 +11,6 @@ import pyarrow as pa
 from spanlake.views.columns import (
     Coded,
     binary_dictionary,
-    block_identity_columns,
     dictionary_array,
     order_by_position,
     pair_codes,
@@ -34,10 +33,11 @@ from spanlake.views.time import TickConverter
 from spanlake.views.view import (
     HOUR_SECONDS,
     OtlpBlock,
+    OtlpRun,
     TransitBlock,
     View,
     block_rows,
-    each_block,
+    each_process_run,
     each_run,
     own_clock,
     run_rows,
@@ -241,12 +241,13 @@ class LogColumns:
     properties: Coded[bytes]  # databend-jsonb objects
 
 
-def otlp_batch(logs: OtlpBlock[LogColumns]) -> pa.RecordBatch:
-    """The log_entries rows of one OTLP logs block."""
-    columns, process = logs.columns, logs.process
+def otlp_run_batch(blocks: Sequence[OtlpBlock[LogColumns]]) -> pa.RecordBatch:
+    """The log_entries rows of consecutive OTLP logs blocks of one process, built at once."""
+    run = OtlpRun.of(blocks)
+    columns, process = run.columns, run.process
     n = len(columns.time_ns)
     arrays = [
-        *block_identity_columns(process, logs.block, n),
+        *run.identity_columns(n),
         timestamp_array(columns.time_ns),
         dictionary_array(columns.target),
         pa.array(columns.level, pa.int32()),
@@ -266,7 +267,7 @@ VIEW = View(
     stream_tags=("log",),
     time_columns=("time", "time"),
     rows_from_transit=each_run(run_batch, own_clock),
-    rows_from_otlp=each_block(otlp_batch),
+    rows_from_otlp=each_process_run(otlp_run_batch),
     otlp_format=OTLP_LOGS_FORMAT,
     max_partition_seconds=HOUR_SECONDS,
     blockwise_formats=frozenset([TRANSIT_FORMAT, OTLP_LOGS_FORMAT]),

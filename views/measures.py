@@ -11,7 +11,6 @@ import pyarrow as pa
 from spanlake.views.columns import (
     Coded,
     binary_dictionary,
-    block_identity_columns,
     dictionary_array,
     order_by_position,
     pair_codes,
@@ -25,10 +24,11 @@ from spanlake.views.time import TickConverter
 from spanlake.views.view import (
     HOUR_SECONDS,
     OtlpBlock,
+    OtlpRun,
     TransitBlock,
     View,
     block_rows,
-    each_block,
+    each_process_run,
     each_run,
     own_clock,
     run_rows,
@@ -176,12 +176,13 @@ class MeasureColumns:
     properties: Coded[bytes]  # databend-jsonb objects
 
 
-def otlp_batch(points: OtlpBlock[MeasureColumns]) -> pa.RecordBatch:
-    """The measures rows of one OTLP metrics block."""
-    columns, process = points.columns, points.process
+def otlp_run_batch(blocks: Sequence[OtlpBlock[MeasureColumns]]) -> pa.RecordBatch:
+    """The measures rows of consecutive OTLP metrics blocks of one process, built at once."""
+    run = OtlpRun.of(blocks)
+    columns, process = run.columns, run.process
     n = len(columns.time_ns)
     arrays = [
-        *block_identity_columns(process, points.block, n),
+        *run.identity_columns(n),
         timestamp_array(columns.time_ns),
         dictionary_array(columns.target),
         dictionary_array(columns.name),
@@ -202,7 +203,7 @@ VIEW = View(
     stream_tags=("metrics",),
     time_columns=("time", "time"),
     rows_from_transit=each_run(run_batch, own_clock),
-    rows_from_otlp=each_block(otlp_batch),
+    rows_from_otlp=each_process_run(otlp_run_batch),
     otlp_format=OTLP_METRICS_FORMAT,
     max_partition_seconds=HOUR_SECONDS,
     blockwise_formats=frozenset([TRANSIT_FORMAT, OTLP_METRICS_FORMAT]),

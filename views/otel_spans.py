@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from spanlake.views.columns import Coded, binary_dictionary, constant_dictionary, dictionary_array, timestamp_array
+from spanlake.views.columns import Coded, binary_dictionary, dictionary_array, timestamp_array
 from spanlake.views.meta import OTLP_TRACES_FORMAT
 from spanlake.views.properties import constant_properties_array
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, optional, required
-from spanlake.views.view import HOUR_SECONDS, OtlpBlock, View, each_block
+from spanlake.views.view import HOUR_SECONDS, OtlpBlock, OtlpRun, View, each_process_run
 
 VIEW_SET_NAME = "otel_spans"
 FILE_SCHEMA_HASH = bytes([1])  # micromegas's SCHEMA_VERSION
@@ -76,15 +76,17 @@ class OtelSpanColumns:
     links: Sequence[bytes]
 
 
-def otlp_batch(spans: OtlpBlock[OtelSpanColumns]) -> pa.RecordBatch:
-    """The otel_spans rows of one OTLP traces block."""
-    columns, block, process = spans.columns, spans.block, spans.process
+def otlp_run_batch(blocks: Sequence[OtlpBlock[OtelSpanColumns]]) -> pa.RecordBatch:
+    """The otel_spans rows of consecutive OTLP traces blocks of one process, built at once."""
+    run = OtlpRun.of(blocks)
+    columns, process = run.columns, run.process
     n = len(columns.start_ns)
+    process_id, stream_id, block_id, insert_time = run.identity_columns(n)[:4]  # here exe... are plain strings
     arrays = [
-        constant_dictionary(process.process_id, n),
-        constant_dictionary(block.stream_id, n),
-        constant_dictionary(block.block_id, n),
-        timestamp_array(np.full(n, block.insert_time_ns, np.int64)),
+        process_id,
+        stream_id,
+        block_id,
+        insert_time,
         _constant_string(process.exe, n),
         _constant_string(process.username, n),
         _constant_string(process.computer, n),
@@ -125,7 +127,7 @@ VIEW = View(
     has_global_instance=False,
     stream_tags=("trace",),
     time_columns=("start_time", "end_time"),
-    rows_from_otlp=each_block(otlp_batch),
+    rows_from_otlp=each_process_run(otlp_run_batch),
     otlp_format=OTLP_TRACES_FORMAT,
     max_partition_seconds=HOUR_SECONDS,
     blockwise_formats=frozenset([OTLP_TRACES_FORMAT]),

@@ -26,7 +26,7 @@ from spanlake.views.columns import matching_rows
 from spanlake.views.meta import OTLP_TRACES_FORMAT
 from spanlake.views.otel_spans import STATUS_CODES, OtelSpanColumns
 from spanlake.views.schema_types import TIMESTAMP, optional, required, schema_hash
-from spanlake.views.view import DAY_SECONDS, OtlpBlock, TransitBlock, View
+from spanlake.views.view import DAY_SECONDS, OtlpBlock, OtlpRun, TransitBlock, View, process_runs
 
 VIEW_SET_NAME = "traces"
 
@@ -66,12 +66,12 @@ SDK_ERROR_ATTRIBUTE = "error"
 
 def otlp_rows(blocks: Iterable[OtlpBlock[OtelSpanColumns]]) -> Iterator[pa.RecordBatch]:
     """The partial trace rows of OTLP traces blocks."""
-    parts = [_otlp_spans(block) for block in blocks]
+    parts = [_otlp_spans(OtlpRun.of(run)) for run in process_runs(blocks)]
     yield from _trace_rows(parts)
 
 
-def _otlp_spans(block: OtlpBlock[OtelSpanColumns]) -> pa.Table:
-    columns, process = block.columns, block.process
+def _otlp_spans(run: OtlpRun[OtelSpanColumns]) -> pa.Table:
+    columns, process = run.columns, run.process
     n = len(columns.start_ns)
     halves = np.frombuffer(np.ascontiguousarray(columns.trace_id, "S16").tobytes(), ">i8").reshape(n, 2)
     return pa.table(

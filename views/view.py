@@ -24,7 +24,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from spanlake.views.columns import block_identity_columns, run_identity_columns
+from spanlake.views.columns import block_identity_columns, concat_columns, run_identity_columns
 from spanlake.views.decoded import BlockRowsError, DecodedBlock, concat_blocks
 from spanlake.views.meta import BlockMeta, ProcessMeta, SourceBlock, StreamMeta
 from spanlake.views.time import TickConverter, converter_for_block
@@ -108,12 +108,6 @@ class View:
 
 
 Block = TypeVar("Block", TransitBlock, OtlpBlock[Any])
-BlockBuilder = Callable[[DecodedBlock, BlockMeta, ProcessMeta, TickConverter], pa.RecordBatch]
-
-
-def each_block_by_its_clock(build: BlockBuilder) -> TransitRows:
-    """Rows block by block, ticks converted with the block's own clock (log and metric blocks)."""
-    return each_block(lambda t: build(t.decoded, t.block, t.process, converter_for_block(t.process, t.block)))
 
 
 def each_block(rows: Callable[[Block], pa.RecordBatch]) -> Callable[[Iterable[Block]], Iterator[pa.RecordBatch]]:
@@ -156,16 +150,54 @@ def each_run(
     """Rows of runs of consecutive blocks of equal `run_key` (their clock), each built at once: a batch
     per run of many blocks, not per block. A run whose content cannot become rows is built again block
     by block, so only its bad blocks are logged and skipped."""
-    by_block = each_block(lambda transit: rows([transit]))
+    return _each_run(rows, lambda blocks: _runs(blocks, run_key, lambda transit: transit.decoded.nb_objects))
 
-    def batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
-        for run in _runs(blocks, run_key):
+
+def each_process_run(rows: Callable[[Sequence[OtlpBlock[Any]]], pa.RecordBatch]) -> OtlpRows:
+    """Rows of runs of consecutive OTLP blocks of one process, each built at once (`OtlpRun`), as
+    `each_run` builds transit blocks."""
+    return _each_run(rows, process_runs)
+
+
+def process_runs(blocks: Iterable[OtlpBlock[Any]]) -> Iterator[list[OtlpBlock[Any]]]:
+    """Runs of consecutive OTLP blocks of one process (up to `RUN_OBJECTS` objects), to build at once."""
+    return _runs(blocks, lambda otlp: otlp.process.process_id, lambda otlp: otlp.block.nb_objects)
+
+
+def _each_run(
+    rows: Callable[[Sequence[Block]], pa.RecordBatch], runs: Callable[[Iterable[Block]], Iterator[list[Block]]]
+) -> Callable[[Iterable[Block]], Iterator[pa.RecordBatch]]:
+    by_block = each_block(lambda block: rows([block]))
+
+    def batches(blocks: Iterable[Block]) -> Iterator[pa.RecordBatch]:
+        for run in runs(blocks):
             try:
                 yield rows(run)
             except BlockRowsError:
                 yield from by_block(run)
 
     return batches
+
+
+@dataclass(frozen=True)
+class OtlpRun(Generic[Columns]):
+    """Consecutive OTLP blocks of one process as one: their columns concatenated, their block rows, and
+    each block's first row."""
+
+    columns: Columns
+    process: ProcessMeta
+    blocks: Sequence[BlockMeta]
+    starts: np.ndarray
+
+    @staticmethod
+    def of(run: Sequence[OtlpBlock[Columns]]) -> OtlpRun[Columns]:
+        """The blocks of `run` (one process's) as one."""
+        columns, starts = concat_columns([block.columns for block in run])
+        return OtlpRun(columns, run[0].process, [block.block for block in run], starts)
+
+    def identity_columns(self, length: int) -> list[pa.Array]:
+        """`block_identity_columns` of the run's `length` rows, each naming its own block."""
+        return run_identity_columns(self.process, self.blocks, self.starts, np.arange(length))
 
 
 # A view's rows of a decoded block or run of blocks: (block, process, clock, identity columns of the rows
@@ -190,17 +222,19 @@ def run_rows(rows: DecodedRows, run: Sequence[TransitBlock]) -> pa.RecordBatch:
     return rows(block, process, convert, lambda positions: run_identity_columns(process, metas, starts, positions))
 
 
-def _runs(blocks: Iterable[TransitBlock], run_key: Callable[[TransitBlock], object]) -> Iterator[list[TransitBlock]]:
-    run: list[TransitBlock] = []
+def _runs(
+    blocks: Iterable[Block], run_key: Callable[[Block], object], size: Callable[[Block], int]
+) -> Iterator[list[Block]]:
+    run: list[Block] = []
     key: object = None
     objects = 0
     for block in blocks:
         block_key = run_key(block)
-        if run and (block_key != key or objects + block.decoded.nb_objects > RUN_OBJECTS):
+        if run and (block_key != key or objects + size(block) > RUN_OBJECTS):
             yield run
             run, objects = [], 0
         run.append(block)
         key = block_key
-        objects += block.decoded.nb_objects
+        objects += size(block)
     if run:
         yield run

@@ -3,7 +3,10 @@ everything), ingestion keys (one audience each) and analytics keys (the audience
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +15,24 @@ import asyncpg
 
 # The columns the key-management API lists (never the hash).
 _LISTED = "key_id, name, created_at, created_by, last_used_at, revoked_at, revoked_by, allowed_cidrs"
+_AUDIENCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def new_key() -> str:
+    """A fresh random API key (shown once: only its hash is stored)."""
+    return "slk_" + secrets.token_urlsafe(32)
+
+
+def check_audience(audience: str) -> str:
+    """The audience if it is an audience name (micromegas's `[A-Za-z0-9_-]{1,255}`), else ValueError."""
+    if not _AUDIENCE_NAME.fullmatch(audience):
+        raise ValueError(f"invalid audience {audience!r}: 1 to 255 of A-Z a-z 0-9 _ -")
+    return audience
+
+
+def hash_key(key: str) -> bytes:
+    """SHA-256 digest of an API key, as the database stores it."""
+    return hashlib.sha256(key.encode()).digest()
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import asyncpg
 from aiohttp import web
 
 from spanlake.lakehouse.catalog import Catalog
+from spanlake.lakehouse.catalog.api_keys import check_audience, hash_key, new_key
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
 from spanlake.lakehouse.lake import Lake
-from spanlake.server.auth import check_audience, hash_key, new_key
 from spanlake.server.web.auth_cookie import principal_of
 
 DEFAULT_LIMIT = 100

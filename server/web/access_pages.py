@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from spanlake.lakehouse.catalog.api_keys import hash_key, new_key
 from spanlake.lakehouse.lake import Lake
-from spanlake.server.auth import hash_key, new_key
 from spanlake.server.site_guard import csrf_token
 from spanlake.server.web import html
 from spanlake.server.web.access_api import (
