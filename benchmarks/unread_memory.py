@@ -1,9 +1,13 @@
 """Server memory before, during and after unread Flight SQL streams (issue 28).
 
 Starts a `spanlake serve` (embedded PostgreSQL) with a 64 MB result buffer and a short time limit,
-opens `--streams` streams of 13 MiB batches that are never read, lets their time limit stop them,
-cancels them, then prints the server's RSS: before, while open, after closing, and after `--queries`
-small queries (which let the allocators' thread heaps collect what other threads freed).
+runs `--queries` small queries (the working set of the queries that follow the streams is then in the
+figure before), opens `--streams` streams of 13 MiB batches that are never read, lets their time limit
+stop them, cancels them, then prints the server's RSS: before, while open, after closing, and after
+`--queries` more small queries (which let the allocators' thread heaps collect what other threads freed).
+The server sets mimalloc's options (server/startup.py, ALLOCATOR_OPTIONS); `--env NAME=VALUE` overrides
+them, e.g. mimalloc's defaults: `--env MIMALLOC_ARENA_EAGER_COMMIT=2 --env MIMALLOC_ABANDONED_PAGE_PURGE=0
+--env MIMALLOC_GENERIC_COLLECT=10000`.
 
     .venv/bin/python benchmarks/unread_memory.py [--streams 50] [--queries 50] [--env NAME=VALUE] [--baseline REV]
 """
@@ -31,12 +35,18 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def _small_queries(client: flight.FlightClient, queries: int) -> None:
+    """Runs `queries` queries of 131,072 rows (2 batches), then lets the server settle."""
+    for _ in range(queries):
+        client.do_get(_ticket(WIDE_ROWS.replace("1000000000", "131072"))).read_all()
+    time.sleep(2)
+
+
 def _measure(server: object, streams: int, queries: int) -> tuple[float, float, float, float]:
-    """RSS before, while the streams are open, after they closed, after `queries` queries."""
+    """RSS after `queries` queries, while the streams are open, after they closed, after `queries` more."""
     pid = server.process.pid  # type: ignore[attr-defined]
     client = flight.connect(server.flightsql_url)  # type: ignore[attr-defined]
-    client.do_get(_ticket("SELECT 1")).read_all()
-    time.sleep(1)
+    _small_queries(client, queries)
     before = _rss_mb(pid)
     options = flight.FlightCallOptions(timeout=TIMEOUT_SECONDS + 20)
     readers = [client.do_get(_ticket(WIDE_ROWS), options) for _ in range(streams)]
@@ -47,9 +57,7 @@ def _measure(server: object, streams: int, queries: int) -> tuple[float, float, 
         reader.cancel()
     time.sleep(3)
     closed = _rss_mb(pid)
-    for _ in range(queries):
-        client.do_get(_ticket(WIDE_ROWS.replace("1000000000", "131072"))).read_all()
-    time.sleep(2)
+    _small_queries(client, queries)
     after_queries = _rss_mb(pid)
     client.close()
     return before, during, closed, after_queries

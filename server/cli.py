@@ -20,6 +20,7 @@ from spanlake.server.startup import (
     check_ports_free,
     listen_error,
     print_ready,
+    set_allocator_options,
     uses_data_dir,
     where_data_lives,
 )
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(f"spanlake: {err}", file=sys.stderr)
         return 2
+    if args.command in SERVING:
+        set_allocator_options()  # before anything loads DataFusion or pyarrow (logging's set-up does)
     configure_logging(settings.log_level, args.command in SERVING)
     try:
         return args.run(args, settings)

@@ -1,5 +1,6 @@
-"""What `spanlake` checks and says around start-up: free ports, the data directory's lock, where the
-data lives, the ready text (UI address, a client snippet) and the getting-started text."""
+"""What `spanlake` checks, sets and says around start-up: free ports, the data directory's lock, the
+allocators' options, where the data lives, the ready text (UI address, a client snippet) and the
+getting-started text."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ from typing import TextIO
 from spanlake.lakehouse.settings import Settings
 
 LOCK_FILE = "spanlake.lock"
+
+# mimalloc's options for the copies linked into DataFusion (its global allocator, mimalloc 2.2) and
+# pyarrow, read from the environment when their libraries load (docs/flightsql.md, Memory given back).
+# Memory freed by a thread that then idles or exits stayed with it: after 50 unread Flight streams the
+# server kept +160 to +320 MB (benchmarks/unread_memory.py). Eagerly committed arenas are advised as
+# transparent huge pages, which a few touched bytes fill to 2 MiB; an exiting thread's free pages were
+# left for another to reclaim; an active thread purged what it freed only when it happened to look.
+ALLOCATOR_OPTIONS = {
+    "MIMALLOC_ARENA_EAGER_COMMIT": "0",  # commit arenas as used, so never as huge pages
+    "MIMALLOC_ABANDONED_PAGE_PURGE": "1",  # an exiting thread gives its free pages back to the system
+    "MIMALLOC_GENERIC_COLLECT": "1",  # a thread collects its heap every 100 allocations off the fast path
+}
 
 GETTING_STARTED = """\
 spanlake: a telemetry lakehouse speaking the micromegas protocols.
@@ -86,6 +99,12 @@ class DataDirLock:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def set_allocator_options() -> None:
+    """Sets ALLOCATOR_OPTIONS in the environment (those not set already): before DataFusion or pyarrow loads."""
+    for name, value in ALLOCATOR_OPTIONS.items():
+        os.environ.setdefault(name, value)
 
 
 def uses_data_dir(settings: Settings) -> bool:

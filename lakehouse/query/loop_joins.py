@@ -7,7 +7,11 @@ probe rows — before it polls its input again: with 65,536-row batches, a 1e6 �
 aggregate ran a minute and more between two polls, holding a tokio worker after its deadline (and
 with 2 workers, every query needing one waited). Its query is planned again with LOOP_JOIN_BATCH_ROWS
 batches, which bounds the work between two polls of the probe input (a 1e6 × 1e6 cross join or
-`a.value < b.value` join: stopped within seconds). Only such queries pay for smaller batches.
+`a.value < b.value` join: stopped within seconds), and with its inputs split in round-robin: fed
+through channels, the join's task yields about every probe batch; unsplit, only every 128 (tokio's
+task budget), which a query naming one of session.ORDERED_FUNCTIONS (never split otherwise) sometimes
+took past 15 s after its deadline. Such a query's rows then come in no set order, as a loop join's
+(build rows × probe rows) never were its generator's. Only queries with loop joins pay for this.
 
 Between two yields such a join still holds its worker, and every query needs one (datafusion-python
 creates each stream on the runtime): with as many workers as cores (tokio's default), a split loop join
@@ -28,13 +32,14 @@ WORKERS_PER_CORE = 3
 
 
 def executable_plan(ctx: datafusion.SessionContext, df: datafusion.DataFrame) -> ExecutionPlan:
-    """The physical plan of `df` to execute in `ctx`: with small batches if it has a loop join."""
+    """The physical plan of `df` to execute in `ctx`: with small batches and split inputs if it has a loop join."""
     plan = df.execution_plan()
     if not has_loop_join(plan):
         return plan
     # A DataFrame plans in the session state it was made in: the statement changes the session, and a
     # DataFrame of the same logical plan (its table functions are not run again) plans in it.
     ctx.sql(f"SET datafusion.execution.batch_size = {LOOP_JOIN_BATCH_ROWS}")
+    ctx.sql("SET datafusion.optimizer.enable_round_robin_repartition = true")
     return ctx.create_dataframe_from_logical_plan(df.logical_plan()).execution_plan()
 
 

@@ -235,6 +235,12 @@ class QueryThread:
                 # A stop sent too late to land in the step must not land in `deliver` (a Future's
                 # Condition, which the event loop takes): the waiting thread raises it instead.
                 _raise_in_thread(self._worker.thread, None)
+            stopped = self._stopped
+        if stopped is not None:
+            # The waiting thread raises the stop's reason, never the step's result: dropped here, by
+            # the thread whose allocator holds it (freed by another, a batch stayed with this thread's
+            # heap, which may idle or exit before collecting it: docs/flightsql.md, Memory given back).
+            outcome = (True, stopped)
         deliver(outcome)
 
     def _enter_shield(self) -> None:

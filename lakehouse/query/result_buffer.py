@@ -171,6 +171,15 @@ class StreamBuffer:
                 self._closed = True
                 held, self._held = self._held, 0
             self._total.give_back(held)
+            self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Drops the items queued: their memory goes back now, not when the stream is collected."""
+        while True:
+            try:
+                self._items.get_nowait()
+            except queue.Empty:
+                return
 
     def _gave_up(self) -> bool:
         """Whether a waiting producer stops: the stream is closed, or the query whose thread waits is stopped."""
