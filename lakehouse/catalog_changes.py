@@ -18,8 +18,8 @@ generations wait for that very round trip (no hop of their own through the loop)
 
 Trusting the listener without a round trip would be cheaper, and wrong: a writer's commit signals the
 listening session before the writer is acknowledged, but the notification still has to reach this
-process, whose loop may not have read it when a query acknowledged-writer's client sends next begins
-(tests/test_warm_queries.py: a block another process writes is seen by the very next query).
+process, whose loop may not have read it yet when the writer's client sends its next query (a block
+another process writes is seen by the very next query: tests/test_warm_queries.py).
 
 While not listening (before the first query, after the connection dropped: PostgreSQL restarted)
 nothing is reused; each new listening session starts a new epoch, so nothing computed before it is.
