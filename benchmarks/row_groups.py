@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import micromegas
@@ -113,14 +114,15 @@ def async_spans(
         server = served(database_url, Path(tmp), row_group_rows).start()
         try:
             client = micromegas.connect(server.flightsql_url)
-            first, warm, counts, files = {}, {}, {}, {}
-            for size, process_id in processes.items():
-                sql = ASYNC_SQL.format(process=process_id)
+            first, counts = {}, {}
+            sql_of = {size: ASYNC_SQL.format(process=process_id) for size, process_id in processes.items()}
+            for size, sql in sql_of.items():
                 start = time.perf_counter()
                 counts[size] = int(client.query(sql).n[0])
                 first[size] = time.perf_counter() - start
-                files[size] = settled_files(client, process_id)  # the merges finished off the measured path
-                warm[size] = median_seconds(lambda sql=sql: client.query(sql), runs)
+            # The merges finished off the measured path; then the two warm queries run by turns.
+            files = {size: settled_files(client, process_id) for size, process_id in processes.items()}
+            warm = alternating_medians({size: lambda sql=sql: client.query(sql) for size, sql in sql_of.items()}, runs)
         finally:
             stop(server)
     assert counts[small] == counts[big] == 2 * spans, counts
@@ -206,9 +208,9 @@ def lake_query(lake: Lake, sql: str) -> Callable[[], object]:
     return lambda: make_session_context(lake, sql=sql).sql(sql).to_pandas()
 
 
-def alternating_medians(runs_of: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+def alternating_medians(runs_of: dict[Any, Callable[[], object]], runs: int) -> dict[Any, float]:
     """Median seconds of each call, the calls alternating run after run (a loaded machine hits all alike)."""
-    times: dict[str, list[float]] = {label: [] for label in runs_of}
+    times: dict[Any, list[float]] = {label: [] for label in runs_of}
     for _ in range(runs):
         for label, run in runs_of.items():
             start = time.perf_counter()
