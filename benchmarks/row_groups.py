@@ -10,7 +10,10 @@
    the CPU time of all threads holds better on a loaded machine).
 2. `log_entries` GROUP BY over H hourly partitions of the global view (the daemon's hour task over
    the genuine Rust log blocks of P processes), against plain DataFusion over the same rows in
-   one-row-group files (one per partition), medians of R runs, and the ratio.
+   one-row-group files (one per partition), medians of R runs, and the ratio; with what makes it up:
+   the same query in a session of the lake in this process (no Flight), plain DataFusion with a new
+   context per query (its parquet footers read again, as by spanlake's per-query sessions), and a
+   served `SELECT 1`.
 
 Each part loads its data with the lake in this process, then queries a `spanlake serve` started on the
 same database and object store through the micromegas client. To measure the previous code, run this
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import micromegas
@@ -38,13 +42,14 @@ from decode import CONVERT, async_block
 from global_views import DAY_NS, load_day
 from harness import PostgresServer, SpanlakeServer
 from materialize import load_process
+from micromegas.flightsql.client import FlightSQLClient
 from transit_builder import thread_stream_metadata
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.partitions import write_parquet
-from spanlake.lakehouse.query.session import session_config
+from spanlake.lakehouse.query.session import make_session_context, session_config
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.transit.decode import decode_block, stream_layout
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -76,6 +81,24 @@ def served(database_url: str, lake_dir: Path, row_group_rows: int | None) -> Spa
     )
 
 
+def stop(server: SpanlakeServer) -> None:
+    """Stops the server; one that exited on its own has its log's end printed (why it did)."""
+    if server.process is not None and server.process.poll() is not None:
+        print(f"spanlake exited with {server.process.returncode}:\n{server.log_text()[-8000:]}", file=sys.stderr)
+    server.stop()
+
+
+def settled_files(client: FlightSQLClient, process_id: str) -> int:
+    """The process's partition files once the settle queue's merges stopped changing them (the same
+    files three times in a row, half a second apart)."""
+    sql = f"SELECT file_path FROM list_partitions() WHERE view_instance_id = '{process_id}' ORDER BY file_path"
+    seen: list[list[str]] = []
+    while len(seen) < 3 or not seen[-1] == seen[-2] == seen[-3]:
+        time.sleep(0.5)
+        seen.append(client.query(sql).file_path.dropna().tolist())
+    return len(seen[-1])
+
+
 def async_spans(
     postgres: PostgresServer, spans: int, small: int, big: int, runs: int, row_group_rows: int | None
 ) -> None:
@@ -91,18 +114,20 @@ def async_spans(
         server = served(database_url, Path(tmp), row_group_rows).start()
         try:
             client = micromegas.connect(server.flightsql_url)
-            first, warm, counts = {}, {}, {}
-            for size, process_id in processes.items():
-                sql = ASYNC_SQL.format(process=process_id)
+            first, counts = {}, {}
+            sql_of = {size: ASYNC_SQL.format(process=process_id) for size, process_id in processes.items()}
+            for size, sql in sql_of.items():
                 start = time.perf_counter()
                 counts[size] = int(client.query(sql).n[0])
                 first[size] = time.perf_counter() - start
-                time.sleep(1)  # let the settle queue's merges (if any) finish off the measured path
-                warm[size] = median_seconds(lambda sql=sql: client.query(sql), runs)
+            # The merges finished off the measured path; then the two warm queries run by turns.
+            files = {size: settled_files(client, process_id) for size, process_id in processes.items()}
+            warm = alternating_medians({size: lambda sql=sql: client.query(sql) for size, sql in sql_of.items()}, runs)
         finally:
-            server.stop()
+            stop(server)
     assert counts[small] == counts[big] == 2 * spans, counts
     print(f"async_events of {spans:,} spans, blocks of {small} vs {big} spans, through Flight SQL")
+    print(f"partition files once merged: {files[small]} ({small}-span blocks), {files[big]} ({big}-span blocks)")
     print(f"{'':<14} {f'{small}-span':>12} {f'{big}-span':>12} {'ratio':>7}")
     for label, times in (("first query", first), (f"warm (p50/{runs})", warm)):
         print(
@@ -140,28 +165,58 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
         for index, path in enumerate(files):
             table = pq.read_table(path)
             pq.write_table(table, plain_dir / f"{index:03d}.parquet", row_group_size=max(1, table.num_rows))
-        plain = SessionContext(session_config())
-        plain.register_parquet("log_entries", str(plain_dir))
+        sql = GROUP_SQL.format(table="log_entries")
+        plain = plain_session(plain_dir)
+        expected = plain.sql(sql).to_pandas()
         server = served(database_url, Path(tmp), row_group_rows).start()
         try:
             client = micromegas.connect(server.flightsql_url)
-            sql = GROUP_SQL.format(table="log_entries")
-            expected = plain.sql(sql).to_pandas()
-            served_rows = client.query(sql)
-            assert served_rows["n"].tolist() == expected["n"].tolist()
-            served_s = median_seconds(lambda: client.query(sql), runs)
-            plain_s = median_seconds(lambda: plain.sql(sql).to_pandas(), runs)
+            assert client.query(sql)["n"].tolist() == expected["n"].tolist()
+            with Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized)) as lake:
+                in_process = lake_query(lake, sql)
+                assert in_process()["n"].tolist() == expected["n"].tolist()
+                timed = {
+                    "spanlake, Flight SQL": lambda: client.query(sql),
+                    "spanlake, in process (a session per query)": in_process,
+                    "plain DataFusion, one context kept": lambda: plain.sql(sql).to_pandas(),
+                    "plain DataFusion, a context per query": lambda: plain_session(plain_dir).sql(sql).to_pandas(),
+                    "Flight SQL `SELECT 1` (a served query's fixed cost)": lambda: client.query("SELECT 1 AS one"),
+                }
+                medians = alternating_medians(timed, runs)
         finally:
-            server.stop()
+            stop(server)
     rows = int(expected["n"].sum())
     print(
         f"log_entries GROUP BY target, level: {rows:,} rows in {len(files)} hourly partitions"
-        f" ({row_groups} row groups), median of {runs}"
+        f" ({row_groups} row groups), medians of {runs} alternating runs"
     )
-    print(
-        f"spanlake (Flight SQL) {served_s * 1e3:.1f} ms, plain DataFusion over one-row-group files"
-        f" {plain_s * 1e3:.1f} ms, ratio {served_s / plain_s:.2f}"
-    )
+    plain_s = medians["plain DataFusion, one context kept"]
+    for label, seconds in medians.items():
+        print(f"  {label:<52} {seconds * 1e3:7.1f} ms  {seconds / plain_s:5.2f}x")
+    print(f"ratio (spanlake through Flight SQL / plain, context kept): {medians['spanlake, Flight SQL'] / plain_s:.2f}")
+
+
+def plain_session(directory: Path) -> SessionContext:
+    """Plain DataFusion's session of the one-row-group files (a listing table of their directory)."""
+    plain = SessionContext(session_config())
+    plain.register_parquet("log_entries", str(directory))
+    return plain
+
+
+def lake_query(lake: Lake, sql: str) -> Callable[[], object]:
+    """The query in a session of the lake, as a served query's (without Flight)."""
+    return lambda: make_session_context(lake, sql=sql).sql(sql).to_pandas()
+
+
+def alternating_medians(runs_of: dict[Any, Callable[[], object]], runs: int) -> dict[Any, float]:
+    """Median seconds of each call, the calls alternating run after run (a loaded machine hits all alike)."""
+    times: dict[Any, list[float]] = {label: [] for label in runs_of}
+    for _ in range(runs):
+        for label, run in runs_of.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def row_group_sizes(events: int, runs: int) -> None:

@@ -11,7 +11,8 @@ R times, alternately:
   plain     the same over the instance's partition files registered with `register_parquet`
 
 Prints the medians per code over the rounds (of each child's medians), spanlake / plain per code (the
-aim: at most 1.3), and spanlake this / previous, with the machine's load.
+aim: at most 1.3) with each side's time split in building the session (plain: a context and its files
+registered, their footers read), planning and executing, and spanlake this / previous, with the load.
 
     python benchmarks/warm_query.py [--events N] [--blocks B] [--runs R] [--rounds K] [--baseline REV]
 """
@@ -26,22 +27,49 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from datafusion import SessionContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import source_env
 from harness import PostgresServer
 
 CODES = ("this", "previous")
+SIDES = ("spanlake", "plain")
+PHASES = ("session", "plan", "execute", "total")
+
+
+def timed_phases(session: Callable[[], SessionContext], sql: str) -> list[Any]:
+    """Seconds to build the session, plan the SQL, execute it, in all; then the rows."""
+    start = time.perf_counter()
+    ctx = session()
+    built = time.perf_counter()
+    frame = ctx.sql(sql)
+    planned = time.perf_counter()
+    rows = frame.to_pylist()
+    done = time.perf_counter()
+    return [built - start, planned - built, done - planned, done - start, rows]
+
+
+def plain_context(files: list[str]) -> SessionContext:
+    """Plain DataFusion's session of the files: one table each (their schemas read from their footers)."""
+    from spanlake.lakehouse.query.session import session_config
+
+    plain = SessionContext(session_config())
+    for i, path in enumerate(files):
+        plain.register_parquet(f"p{i}", path)
+    return plain
 
 
 def child(database_url: str, events: int, blocks: int, runs: int) -> dict[str, float]:
     """Loads, materializes and times the warm queries in this process; medians in seconds."""
-    from datafusion import SessionContext
     from materialize import load_process
 
     from spanlake.lakehouse.lake import Lake
-    from spanlake.lakehouse.query.session import make_session_context, session_config
+    from spanlake.lakehouse.query.session import make_session_context
     from spanlake.lakehouse.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
@@ -58,18 +86,17 @@ def child(database_url: str, events: int, blocks: int, runs: int) -> dict[str, f
             )
             files = [f"{tmp}/{row['file_path']}" for row in rows]
             union = " UNION ALL ".join(f"SELECT depth FROM p{i}" for i in range(len(files)))
-            spanlake_times, plain_times = [], []
+            plain_sql = f"SELECT count(*) AS n, max(depth) AS d FROM ({union})"
+            phases: dict[str, list[float]] = {f"{side} {phase}": [] for side in SIDES for phase in PHASES}
             for _ in range(runs):
-                start = time.perf_counter()
-                assert make_session_context(lake).sql(query).to_pylist() == first
-                spanlake_times.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                plain = SessionContext(session_config())
-                for i, path in enumerate(files):
-                    plain.register_parquet(f"p{i}", path)
-                assert plain.sql(f"SELECT count(*) AS n, max(depth) AS d FROM ({union})").to_pylist() == first
-                plain_times.append(time.perf_counter() - start)
-            return {"spanlake": statistics.median(spanlake_times), "plain": statistics.median(plain_times)}
+                spanlake = timed_phases(lambda: make_session_context(lake), query)
+                assert spanlake.pop() == first
+                plain = timed_phases(lambda: plain_context(files), plain_sql)
+                assert plain.pop() == first
+                for side, times in zip(SIDES, (spanlake, plain), strict=True):
+                    for phase, seconds in zip(PHASES, times, strict=True):
+                        phases[f"{side} {phase}"].append(seconds)
+            return {name: statistics.median(times) for name, times in phases.items()}
         finally:
             lake.close()
 
@@ -109,12 +136,13 @@ def main() -> None:
         f"{args.events:,} async events in {args.blocks} blocks, {args.rounds} rounds of {args.runs} runs,"
         f" load {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'code':9} {'spanlake ms':>12} {'plain ms':>9} {'spanlake/plain':>15}")
     spanlake = {}
     for code in CODES:
-        spanlake[code] = statistics.median(m["spanlake"] for m in medians[code])
-        plain = statistics.median(m["plain"] for m in medians[code])
-        print(f"{code:9} {spanlake[code] * 1000:>12.2f} {plain * 1000:>9.2f} {spanlake[code] / plain:>15.2f}")
+        median = {name: statistics.median(m[name] for m in medians[code]) for name in medians[code][0]}
+        spanlake[code] = median["spanlake total"]
+        print(f"{code}: spanlake / plain {median['spanlake total'] / median['plain total']:.2f}")
+        for side in SIDES:
+            print(f"  {side:9} " + "  ".join(f"{phase} {median[f'{side} {phase}'] * 1000:6.3f} ms" for phase in PHASES))
     print(f"spanlake this/previous: {spanlake['this'] / spanlake['previous']:.2f}")
 
 

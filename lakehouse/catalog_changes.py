@@ -13,7 +13,13 @@ has it. So a generation is read after a round trip on the listening connection t
 (`SELECT 1`): PostgreSQL hands a session the notifications committed before its statement ahead of
 the statement's end, so every change committed before the query began is counted. Concurrent queries
 share such a round trip when it started after they asked; a query starts its own as it begins
-(`began_query`), so that the round trip runs while its session is built and its SQL planned.
+(`began_query`), so that the round trip runs while its session is built and its SQL planned, and its
+generations wait for that very round trip (no hop of their own through the loop).
+
+Trusting the listener without a round trip would be cheaper, and wrong: a writer's commit signals the
+listening session before the writer is acknowledged, but the notification still has to reach this
+process, whose loop may not have read it yet when the writer's client sends its next query (a block
+another process writes is seen by the very next query: tests/test_warm_queries.py).
 
 While not listening (before the first query, after the connection dropped: PostgreSQL restarted)
 nothing is reused; each new listening session starts a new epoch, so nothing computed before it is.
@@ -26,6 +32,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -46,7 +54,15 @@ RETRY_SECONDS = 1.0
 MAX_KEYS = 100_000
 
 Generation = tuple[int, int]  # (listening epoch, number of the key's last announced change in it)
-QueryMark = int  # the round trips started before a query began (see `began_query`)
+
+
+@dataclass(frozen=True)
+class QueryMark:
+    """A query's beginning (see `began_query`): the round trips started before it, and the round trip
+    started for it, which its generations wait for (without a hop of their own through the loop)."""
+
+    round_trips_before: int
+    round_trip: Future[Generation | None]
 
 
 class CatalogChanges:
@@ -74,9 +90,13 @@ class CatalogChanges:
         nothing may be reused)."""
         if self._connection is None and not self._start(lake):
             return None
-        if query_began is not None and self._round_trip_ended > query_began:  # the query's round trip ended
-            return (self._epoch, self._last_change.get(key, self._forgotten))
-        return lake.loop.run(self._generation_after_pending(key, query_began))
+        if query_began is not None:
+            if self._round_trip_ended <= query_began.round_trips_before:
+                query_began.round_trip.result()  # the query's own round trip, under way
+            if self._round_trip_ended > query_began.round_trips_before:  # it ended (else the connection went)
+                return (self._epoch, self._last_change.get(key, self._forgotten))
+        after = None if query_began is None else query_began.round_trips_before
+        return lake.loop.run(self._generation_after_pending(key, after))
 
     def began_query(self, lake: Lake) -> QueryMark | None:
         """A query begins: starts, without waiting for it, the round trip its generations are read after
@@ -84,8 +104,8 @@ class CatalogChanges:
         if self._connection is None and not self._start(lake):
             return None
         began = self._round_trips_started  # any round trip numbered above started after this line
-        asyncio.run_coroutine_threadsafe(self._generation_after_pending(None, began), lake.loop.loop)
-        return began
+        round_trip = asyncio.run_coroutine_threadsafe(self._generation_after_pending(None, began), lake.loop.loop)
+        return QueryMark(began, round_trip)
 
     async def _generation_after_pending(self, key: str | None, asked_after: int | None) -> Generation | None:
         if asked_after is None:

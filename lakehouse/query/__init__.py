@@ -16,6 +16,7 @@ Modules:
     read_scope         what a query may read by its principal's audiences (another audience's id is unknown)
     fresh_instances    instances' partition sets found up to date, reused while no change is announced
     scan_frames        partition files' parquet scans, built once per file list and reused
+    listing_scan       one parquet scan over a list of files (a multi-path listing table)
     catalog_functions  list_partitions, list_view_sets, retire_partitions, materialize_partitions
     partition_admin    retire_partition_by_file/_by_metadata, regenerate_partitions
     deny_list_functions  deny_queries, list_query_denials, remove_query_denial

@@ -1,9 +1,10 @@
 """Parquet scans of partition files, built once per file list and reused by the queries that follow.
 
-A scan (DataFusion's listing of each file, unioned) depends only on its files and the view's schema:
-a warm query of an instance whose partition set did not change (`fresh_instances.py`) reads the same
-files, so it reuses the scan the first query built instead of building one per file again. A new or a
-retired partition changes the file list, hence the key, so a scan is never reused past a catalog change.
+A scan (one DataFusion listing table of the files, `listing_scan.py`) depends only on its files and the
+view's schema: a warm query of an instance whose partition set did not change (`fresh_instances.py`)
+reads the same files, so it reuses the scan the first query built instead of building it again. A new
+or a retired partition changes the file list, hence the key, so a scan is never reused past a catalog
+change.
 The frames hold no Python (built in a frames context of their own) and run in each query's session
 (its memory pool, its cancellation); the least recently used go first.
 """

@@ -51,6 +51,7 @@ from spanlake.lakehouse.query import (
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.catalog_functions import memory_table
+from spanlake.lakehouse.query.listing_scan import listing_scan
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -107,15 +108,11 @@ def _scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
 
 def _new_scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     """DataFusion's own parquet scan of the partition files (faster than a pyarrow dataset: parallel,
-    with row-group pruning), one per file, unioned."""
+    with row-group pruning), one scan over them all (`listing_scan.py`)."""
     ctx = frames_context(lake)
     if not keys:
         return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
-    frames = [ctx.read_parquet(lake.store.url(key), schema=view.schema) for key in keys]
-    frame = frames[0]
-    for other in frames[1:]:
-        frame = frame.union(other)
-    return frame
+    return listing_scan(ctx, [lake.store.url(key) for key in keys], view.schema)
 
 
 def instance_table(
