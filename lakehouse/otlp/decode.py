@@ -19,15 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.otlp import span_arrays
 from spanlake.lakehouse.otlp.envelope import read_envelope
 from spanlake.lakehouse.otlp.rust_text import rust_display_f64
+from spanlake.lakehouse.otlp.span_arrays import SpanFields
+from spanlake.lakehouse.otlp.wire import WireError
 from spanlake.views import jsonb
 from spanlake.views.async_events import SpanColumns
 from spanlake.views.columns import Coded
@@ -274,97 +278,69 @@ def _add_summary_points(
 
 
 # --- traces ----------------------------------------------------------------------------------------
+# Read from the protobuf wire format with numpy (`span_arrays`): no Python step per span.
 
 
-def extract_spans(resource: ResourceSpans) -> SpanColumns:
-    """One row per span with both times and W3C-sized ids, in payload order."""
-    names, targets = _Interner(), _Interner()
-    spans: list[Any] = []
-    target_codes: list[int] = []
-    for scope_spans in resource.scope_spans:
-        kept = [s for s in scope_spans.spans if _is_kept(s)]
-        spans.extend(kept)
-        target_codes.extend([targets.code(scope_spans.scope.name)] * len(kept))
-    span_ids = _id_matrix([s.span_id for s in spans], 8)
-    parent_ids = _id_matrix([s.parent_span_id if len(s.parent_span_id) == 8 else bytes(8) for s in spans], 8)
+def extract_spans(spans: SpanFields) -> SpanColumns:
+    """The `async_events` columns: one row per span with both times and W3C-sized ids, in payload order."""
+    kept = spans.kept
+    rows = pa.array(np.flatnonzero(kept))
     return SpanColumns(
-        start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
-        end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
-        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
-        span_id=_ids_as_i64(span_ids),
-        parent_span_id=_ids_as_i64(parent_ids),
-        name=names.coded([names.code(s.name) for s in spans]),
-        target=targets.coded(target_codes),
+        start_ns=spans.start_ns[kept],
+        end_ns=spans.end_ns[kept],
+        trace_id=spans.id_bytes(spans.trace_id, span_arrays.TRACE_ID_BYTES)[kept],
+        span_id=_ids_as_i64(spans.id_bytes(spans.span_id, span_arrays.SPAN_ID_BYTES)[kept]),
+        parent_span_id=_ids_as_i64(spans.id_bytes(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept]),
+        name=_coded(spans.text(5).take(rows)),
+        target=_coded(spans.scope_names().take(pa.array(spans.span_scope[kept]))),
     )
 
 
-def extract_otel_spans(resource: ResourceSpans) -> OtelSpanColumns:
+def extract_otel_spans(spans: SpanFields) -> OtelSpanColumns:
     """The `otel_spans` columns: every span with both times and W3C-sized ids, in payload order."""
-    names, properties = _Interner(), _Interner()
-    spans: list[Any] = []
-    property_codes: list[int] = []
-    for scope_spans in resource.scope_spans:
-        extras = scope_extras(scope_spans.scope, scope_spans.schema_url)
-        for span in scope_spans.spans:
-            if _is_kept(span):
-                spans.append(span)
-                property_codes.append(properties.code(jsonb.encode(attributes_object(span.attributes, extras))))
-    has_parent = np.array([len(s.parent_span_id) == 8 for s in spans], dtype=bool)
-    statuses = [s.status.code if s.HasField("status") else 0 for s in spans]
+    kept = spans.kept
+    rows = pa.array(np.flatnonzero(kept))
+    codes, messages = span_arrays.status(spans)
     return OtelSpanColumns(
-        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
-        span_id=np.array([s.span_id for s in spans], dtype="S8"),
-        parent_span_id=np.array(
-            [s.parent_span_id if p else bytes(8) for s, p in zip(spans, has_parent, strict=True)], "S8"
-        ),
-        has_parent=has_parent,
-        start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
-        end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
-        name=names.coded([names.code(s.name) for s in spans]),
-        kind=_enum_index([s.kind for s in spans], len(SPAN_KINDS)),
-        status=_enum_index(statuses, len(STATUS_CODES)),
-        status_message=[s.status.message or None for s in spans],
-        properties=properties.coded(property_codes),
-        events=[jsonb.encode([_span_event(e) for e in s.events]) for s in spans],
-        links=[jsonb.encode([_span_link(link) for link in s.links]) for s in spans],
+        trace_id=spans.id_bytes(spans.trace_id, span_arrays.TRACE_ID_BYTES)[kept],
+        span_id=spans.id_bytes(spans.span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        parent_span_id=spans.id_bytes(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        has_parent=spans.has_id(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        start_ns=spans.start_ns[kept],
+        end_ns=spans.end_ns[kept],
+        name=spans.text(5).take(rows),
+        kind=_enum_index(spans.kinds()[kept], len(SPAN_KINDS)),
+        status=_enum_index(codes[kept], len(STATUS_CODES)),
+        status_message=messages.take(rows),
+        properties=span_arrays.properties(spans).take(rows),
+        events=span_arrays.events(spans).take(rows),
+        links=span_arrays.links(spans).take(rows),
     )
 
 
-def _is_kept(span: Any) -> bool:
-    """A span with a start, an end, a 16-byte trace id and an 8-byte span id (what micromegas keeps)."""
-    has_times = span.start_time_unix_nano != 0 and span.end_time_unix_nano != 0
-    return has_times and len(span.trace_id) == 16 and len(span.span_id) == 8
+def read_spans(payload: bytes, columns: Callable[[SpanFields], Any]) -> Any:
+    """`columns` of the spans of a stored OTLP traces block (OtlpBlockError if it cannot be read)."""
+    objects = read_envelope(payload)
+    try:
+        return columns(span_arrays.span_fields(objects))
+    except WireError as err:
+        raise OtlpBlockError(f"OTLP block objects are not a ResourceSpans: {err}") from None
 
 
-def _enum_index(values: Sequence[int], size: int) -> np.ndarray:
+def _coded(values: pa.Array) -> Coded[str]:
+    """Strings as codes and their distinct values."""
+    encoded = pc.dictionary_encode(values.cast(pa.utf8()))
+    return Coded(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist())
+
+
+def _enum_index(numbers: np.ndarray, size: int) -> np.ndarray:
     """Enum numbers as indexes of their names; an unknown number reads as the first name (prost's default)."""
-    numbers = np.array(values, dtype=np.int64)
     return np.where((numbers >= 0) & (numbers < size), numbers, 0)
 
 
-def _span_event(event: Any) -> dict[str, JsonValue]:
-    time_ns = int(_as_i64([event.time_unix_nano])[0])
-    return {"time": time_ns, "name": event.name, "attributes": _valued_attributes(event.attributes)}
-
-
-def _span_link(link: Any) -> dict[str, JsonValue]:
-    attributes = _valued_attributes(link.attributes)
-    return {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(), "attributes": attributes}
-
-
-def _valued_attributes(attributes: Sequence[KeyValue]) -> dict[str, JsonValue]:
-    """Event and link attributes: key-values without a value are left out (micromegas skips them)."""
-    return {kv.key: any_value_to_json(kv.value) for kv in attributes if kv.HasField("value")}
-
-
-def _id_matrix(ids: list[bytes], width: int) -> np.ndarray:
-    """One row of `width` id bytes per span (uint8)."""
-    return np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(len(ids), width)
-
-
 def _ids_as_i64(ids: np.ndarray) -> np.ndarray:
-    """8-byte ids as big-endian two's-complement int64."""
-    return np.ascontiguousarray(ids).view(">i8").reshape(len(ids)).astype(np.int64)
+    """8-byte ids (S8) as big-endian two's-complement int64."""
+    return np.ascontiguousarray(ids).view(">i8").astype(np.int64)
 
 
 # --- attribute values ------------------------------------------------------------------------------
@@ -417,9 +393,9 @@ Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColum
 _EXTRACTORS: dict[str, Extractor] = {
     OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(read_resource(payload, ResourceLogs), block.begin_time_ns),
     OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(read_resource(payload, ResourceMetrics)),
-    OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(read_resource(payload, ResourceSpans)),
+    OTLP_TRACES_FORMAT: lambda payload, _: read_spans(payload, extract_spans),
 }
 # Views that read a format differently from its default columns above.
 _VIEW_EXTRACTORS: dict[str, Extractor] = {
-    name: lambda payload, _: extract_otel_spans(read_resource(payload, ResourceSpans)) for name in (OTEL_SPANS, TRACES)
+    name: lambda payload, _: read_spans(payload, extract_otel_spans) for name in (OTEL_SPANS, TRACES)
 }
