@@ -17,6 +17,7 @@ field running past its message or a zero field number are malformed: `WireError`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,37 +129,115 @@ class Fields:
 
 def read_fields(buffer: Buffer, bodies: Bodies, tags: frozenset[int]) -> Fields:
     """The fields of every body; `tags` are the first tag bytes of the message type's fields (a guess
-    of where fields start: any other field makes the walk try every byte). WireError if malformed."""
+    of where fields start: any other field makes the walk try every byte). WireError if malformed.
+
+    The first `_STEPS` fields of every body are read by stepping all bodies at once (cheap when bodies
+    are many and short, as spans); the rest of a longer body (a list of spans) by pointer doubling."""
     lengths = bodies.end - bodies.start
     if np.any(lengths < 0) or (len(lengths) and (bodies.start.min() < 0 or bodies.end.max() > buffer.size)):
         raise WireError("a message runs past its enclosing message")
+    parts, cursor = _stepped(buffer, bodies)
+    rest = np.flatnonzero(cursor < bodies.end)
+    if len(rest):
+        tails = Bodies(cursor[rest], bodies.end[rest], rest, bodies.count)
+        chained = _doubled(buffer, tails, tags)
+        parts.append(dataclasses.replace(chained, body=rest[chained.body]))
+    return _fields(bodies, parts)
+
+
+_STEPS = 12
+_VALID_WIRE = np.isin(np.arange(8), (VARINT, FIXED64, LEN, FIXED32))
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Positions that may start a field, each read as if it did: its key, value and end."""
+
+    position: np.ndarray  # int64, increasing within a body
+    body: np.ndarray  # int64: the body holding the position
+    key: np.ndarray  # uint64
+    value_at: np.ndarray  # int64: past the key
+    value: np.ndarray  # uint64: the varint after the key (a VARINT's value, a LEN's length)
+    value_length: np.ndarray  # int64: that varint's bytes (0: malformed)
+    end: np.ndarray  # int64: where the field would end
+    ok: np.ndarray  # bool: well formed and within its body
+
+    @staticmethod
+    def at(buffer: Buffer, bodies: Bodies, position: np.ndarray, body: np.ndarray) -> _Candidates:
+        """Fields read as if they started at `position`, in `body`."""
+        key, key_length = _varints(buffer.data, position)
+        wire = (key & np.uint64(7)).astype(np.int64)
+        value_at = position + key_length
+        value, value_length = _varints(buffer.data, value_at)
+        room = bodies.end[body] - value_at
+        size = np.where(wire == FIXED64, 8, np.where(wire == FIXED32, 4, value_length))
+        is_len = wire == LEN
+        # A length that does not fit in the room left: compared before adding, as it may be near 2^64.
+        fits = ~is_len | ((value_length > 0) & (value <= np.maximum(room - value_length, 0).astype(np.uint64)))
+        size = np.where(is_len & fits, value_length + np.minimum(value, np.uint64(2**62)).astype(np.int64), size)
+        ok = (key_length > 0) & ((key >> np.uint64(3)) > 0) & _VALID_WIRE[wire]
+        ok &= (value_length > 0) | (wire == FIXED64) | (wire == FIXED32)
+        ok &= fits & (size <= room)
+        return _Candidates(position, body, key, value_at, value, value_length, value_at + size, ok)
+
+    def take(self, rows: np.ndarray) -> _Candidates:
+        """The candidates at `rows`."""
+        return _Candidates(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
+
+
+def _malformed(candidates: _Candidates) -> WireError:
+    at = int(candidates.position[~candidates.ok][0])
+    return WireError(f"malformed field (truncated, or of an invalid tag or length) at byte {at}")
+
+
+def _stepped(buffer: Buffer, bodies: Bodies) -> tuple[list[_Candidates], np.ndarray]:
+    """The first `_STEPS` fields of every body, one step of every unfinished body at a time, and
+    where each body's next field starts."""
+    cursor = bodies.start.copy()
+    active = np.flatnonzero(cursor < bodies.end)
+    parts = []
+    for _ in range(_STEPS):
+        if not len(active):
+            break
+        step = _Candidates.at(buffer, bodies, cursor[active], active)
+        if not step.ok.all():
+            raise _malformed(step)
+        parts.append(step)
+        cursor[active] = step.end
+        active = active[step.end < bodies.end[active]]
+    return parts, cursor
+
+
+def _doubled(buffer: Buffer, bodies: Bodies, tags: frozenset[int]) -> _Candidates:
+    """The fields of bodies, by pointer doubling over the bytes that may start one: first those of
+    `tags`, then, if a field of another tag hides a field start, every byte."""
     likely = np.zeros(256, bool)
     likely[list(tags)] = True
-    found = _chain(buffer, bodies, *_candidates(buffer, bodies, likely))
-    if found is None:  # a field of another tag: every byte may start one
-        found = _chain(buffer, bodies, *_candidates(buffer, bodies, np.ones(256, bool)))
-    assert found is not None  # every byte of a body is a candidate: nothing is missed
-    nodes, candidate_positions, candidate_bodies = found
-    return _fields(buffer, bodies, candidate_positions[nodes], candidate_bodies[nodes])
+    fields = _chain(buffer, bodies, _likely_candidates(buffer, bodies, likely))
+    if fields is None:
+        fields = _chain(buffer, bodies, _likely_candidates(buffer, bodies, np.ones(256, bool)))
+    assert fields is not None  # every byte of a body is a candidate: nothing is missed
+    return fields
 
 
-def _candidates(buffer: Buffer, bodies: Bodies, likely: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The positions within bodies whose byte is `likely` to start a field, and the body of each."""
+def _likely_candidates(buffer: Buffer, bodies: Bodies, likely: np.ndarray) -> _Candidates:
+    return _Candidates.at(buffer, bodies, *_likely_positions(buffer, bodies, likely))
+
+
+def _likely_positions(buffer: Buffer, bodies: Bodies, likely: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions within bodies whose byte is `likely`, and the body of each."""
     lengths = bodies.end - bodies.start
     if int(lengths.sum()) * 4 < buffer.size:  # bodies cover little of the buffer: only their bytes
         positions = ranges(bodies.start, lengths)
         body_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
         guessed = likely[buffer.data[positions]]
         return positions[guessed], body_of[guessed]
-    # Bodies cover most of it: a pass over the whole buffer, cheaper than listing their bytes.
+    # Bodies cover most of it: one pass over the whole buffer, then the positions outside bodies dropped.
+    positions = np.flatnonzero(likely[buffer.data[: buffer.size]])
     nonempty = np.flatnonzero(lengths)
-    size = buffer.size
-    edges = np.bincount(bodies.start[nonempty], minlength=size + 1) - np.bincount(
-        bodies.end[nonempty], minlength=size + 1
-    )
-    inside = np.cumsum(edges[:size]) > 0
-    positions = np.flatnonzero(inside & likely[buffer.data[:size]])
-    return positions, nonempty[np.searchsorted(bodies.start[nonempty], positions, "right") - 1]
+    body_of = nonempty[np.maximum(np.searchsorted(bodies.start[nonempty], positions, "right") - 1, 0)]
+    inside = (positions >= bodies.start[body_of]) & (positions < bodies.end[body_of])
+    return positions[inside], body_of[inside]
 
 
 def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,75 +257,69 @@ def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.nd
     return values, lengths
 
 
-def _field_ends(buffer: Buffer, positions: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where a field starting at each position would end, and whether it is well formed and within its
-    body's end."""
-    key, key_length = _varints(buffer.data, positions)
-    wire = (key & np.uint64(7)).astype(np.int64)
-    value_at = positions + key_length
-    value, value_length = _varints(buffer.data, value_at)
-    room = ends - value_at
-    size = np.where(wire == FIXED64, 8, np.where(wire == FIXED32, 4, value_length))
-    is_len = wire == LEN
-    # A length that does not fit in the room left: compared before adding, as it may be near 2^64.
-    fits = ~is_len | ((value_length > 0) & (value <= np.maximum(room - value_length, 0).astype(np.uint64)))
-    size = np.where(is_len & fits, value_length + np.minimum(value, np.uint64(2**62)).astype(np.int64), size)
-    ok = (key_length > 0) & ((key >> np.uint64(3)) > 0) & np.isin(wire, (VARINT, FIXED64, LEN, FIXED32))
-    ok &= (value_length > 0) | (wire == FIXED64) | (wire == FIXED32)
-    ok &= fits & (value_at + size <= ends)
-    return value_at + size, ok
-
-
-def _chain(
-    buffer: Buffer, bodies: Bodies, positions: np.ndarray, body_of: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The candidates (of `positions`) that start the fields of each body, followed by pointer doubling;
-    None when a field ends where no candidate starts (the guess missed a field)."""
-    count = len(positions)
+def _chain(buffer: Buffer, bodies: Bodies, candidates: _Candidates) -> _Candidates | None:
+    """The candidates that start the fields of each body, found by pointer doubling from each body's
+    first byte; None when a field ends where no candidate starts (the guess missed a field)."""
+    count = len(candidates.position)
     end_sink, bad_sink, missed_sink = count, count + 1, count + 2
-    ends = bodies.end[body_of]
-    following, ok = _field_ends(buffer, positions, ends)
-    slot = np.minimum(np.searchsorted(positions, following), max(count - 1, 0))
-    hit = (positions[slot] == following) if count else np.zeros(0, bool)
-    jump = np.where(~ok, bad_sink, np.where(following == ends, end_sink, np.where(hit, slot, missed_sink)))
+    # The candidate at each position (garbage elsewhere, checked against the positions read back).
+    slot_of = np.empty(buffer.size + 1, np.int64)
+    slot_of[candidates.position] = np.arange(count)
+    ends = candidates.end
+    slot = np.clip(slot_of[np.minimum(ends, buffer.size)], 0, max(count - 1, 0))
+    hit = (candidates.position[slot] == ends) if count else np.zeros(0, bool)
+    at_end = ends == bodies.end[candidates.body]
+    jump = np.where(~candidates.ok, bad_sink, np.where(at_end, end_sink, np.where(hit, slot, missed_sink)))
     jump = np.concatenate([jump, [end_sink, bad_sink, missed_sink]]).astype(np.int64)
-    nonempty = bodies.end > bodies.start
-    starts = bodies.start[nonempty]
-    firsts = np.searchsorted(positions, starts)
-    if len(firsts) and (count == 0 or np.any(positions[np.minimum(firsts, count - 1)] != starts)):
+    starts = bodies.start[bodies.end > bodies.start]
+    firsts = np.clip(slot_of[starts], 0, max(count - 1, 0))
+    if len(starts) and (count == 0 or np.any(candidates.position[firsts] != starts)):
         return None
-    known = firsts.astype(np.int64)
+    is_field = np.zeros(count + 3, bool)
+    is_field[firsts] = True
+    known = firsts
     while True:
         reached = jump[known]
         if np.any(reached == bad_sink):
-            at = int(positions[known[reached == bad_sink][0]])
+            at = int(candidates.position[known[reached == bad_sink][0]])
             raise WireError(f"malformed field (truncated, or of an invalid tag or length) after byte {at}")
         if np.any(reached == missed_sink):
             return None
         reached = reached[reached < count]
         if not len(reached):
             break
+        is_field[reached] = True
         known = np.concatenate([known, reached])
         jump = jump[jump]
-    return np.sort(known), positions, body_of
+    return candidates.take(np.flatnonzero(is_field[:count]))
 
 
-def _fields(buffer: Buffer, bodies: Bodies, positions: np.ndarray, body_of: np.ndarray) -> Fields:
-    key, key_length = _varints(buffer.data, positions)
-    wire = (key & np.uint64(7)).astype(np.int64)
-    value_at = positions + key_length
-    value, value_length = _varints(buffer.data, value_at)
-    length_bytes = np.where(wire == LEN, value_length, 0)
-    start = value_at + length_bytes
-    size = np.where(
-        wire == LEN, value.astype(np.int64), np.where(wire == VARINT, value_length, np.where(wire == FIXED64, 8, 4))
+def _fields(bodies: Bodies, parts: list[_Candidates]) -> Fields:
+    """The fields of the parts (one per step, then the doubled rest) in byte order: a body's field of
+    step k is its k-th; its doubled fields follow its `_STEPS` stepped ones, in position order."""
+    ranks = [np.full(len(part.body), k, np.int64) for k, part in enumerate(parts)]
+    if len(parts) > _STEPS:  # the doubled rest: bodies in order, positions in order within a body
+        doubled = parts[-1].body
+        runs = np.bincount(doubled, minlength=len(bodies.start))
+        ranks[-1] = _STEPS + np.arange(len(doubled)) - (np.cumsum(runs) - runs)[doubled]
+    columns = [np.concatenate([getattr(p, f.name) for p in parts] or [np.zeros(0, np.int64)]) for f in _COLUMNS]
+    found = _Candidates(*columns)
+    per_body = np.bincount(found.body.astype(np.int64), minlength=len(bodies.start))
+    order = np.empty(len(found.body), np.int64)
+    order[(np.cumsum(per_body) - per_body)[found.body.astype(np.int64)] + np.concatenate(ranks or [order])] = np.arange(
+        len(order)
     )
+    found = found.take(order)
+    wire = (found.key.astype(np.uint64) & np.uint64(7)).astype(np.int64)
     return Fields(
-        owner=bodies.owner[body_of],
-        number=(key >> np.uint64(3)).astype(np.int64),
+        owner=bodies.owner[found.body.astype(np.int64)],
+        number=(found.key.astype(np.uint64) >> np.uint64(3)).astype(np.int64),
         wire=wire,
-        start=start,
-        end=start + size,
-        varint=value,
+        start=np.where(wire == LEN, found.value_at + found.value_length, found.value_at),
+        end=found.end,
+        varint=found.value.astype(np.uint64),
         count=bodies.count,
     )
+
+
+_COLUMNS = dataclasses.fields(_Candidates)
