@@ -208,7 +208,8 @@ def random_span(rng: random.Random, i: int) -> Span:
     return span
 
 
-def random_resource(seed: int) -> ResourceSpans:
+def random_resource(seed: int, spans: int = 12) -> ResourceSpans:
+    """A resource of up to 3 scopes of up to `spans` - 1 random spans each."""
     rng = random.Random(seed)
     resource = ResourceSpans(schema_url=rng.choice(["", "https://resource"]))
     resource.resource.attributes.extend(key_values(rng))
@@ -218,7 +219,7 @@ def random_resource(seed: int) -> ResourceSpans:
             scope_spans.scope.name = rng.choice(["", "lib", "日本"])
             scope_spans.scope.version = rng.choice(["", "1.2"])
             scope_spans.scope.attributes.extend(key_values(rng))
-        scope_spans.spans.extend(random_span(rng, 100 * s + i) for i in range(rng.randrange(12)))
+        scope_spans.spans.extend(random_span(rng, 1000 * s + i) for i in range(rng.randrange(spans)))
     return resource
 
 
@@ -238,9 +239,10 @@ def reference_or_error(objects: bytes) -> tuple[dict, dict] | None:
 # --- tests -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_columns_equal_the_former_decoders_on_a_varied_corpus(seed: int) -> None:
-    resource = random_resource(seed)
+@pytest.mark.parametrize("seed,spans", [(seed, 12) for seed in range(60)] + [(seed, 300) for seed in range(4)])
+def test_columns_equal_the_former_decoders_on_a_varied_corpus(seed: int, spans: int) -> None:
+    """Short bodies are read by stepping, long ones (hundreds of spans in a scope) by doubling too."""
+    resource = random_resource(seed, spans)
     payload = payload_of(resource)
     assert otel_columns(payload) == reference_otel_spans(resource)
     assert span_columns(payload) == reference_spans(resource)
@@ -289,25 +291,32 @@ def _varint(number: int) -> bytes:
     return bytes(out)
 
 
-def test_unknown_fields_are_skipped() -> None:
-    """Fields the schema does not know (a newer OTLP, another wire type) are skipped, as protobuf does."""
-    resource = random_resource(3)
-    span = resource.scope_spans.add().spans.add(name="late", trace_id=bytes(range(16)), span_id=bytes(8))
-    span.start_time_unix_nano, span.end_time_unix_nano = T0, T0 + 5
-    objects = bytearray(resource.SerializeToString())
-    unknown = b"\xf8\x07\x2a" + b"\xa2\x06\x03abc" + b"\x35\x01\x02\x03\x04"  # field 127 varint, 100 LEN, 6 fixed32
-    scope = ResourceSpans.FromString(bytes(objects)).scope_spans[-1]
-    body = scope.SerializeToString()
-    inner = scope.spans[0].SerializeToString()
-    patched_span = inner + unknown
-    patched_scope = body.replace(
-        b"\x12" + _varint(len(inner)) + inner, b"\x12" + _varint(len(patched_span)) + patched_span
-    )
-    head = ResourceSpans(scope_spans=list(ResourceSpans.FromString(bytes(objects)).scope_spans)[:-1])
-    objects = head.SerializeToString() + b"\x12" + _varint(len(patched_scope)) + patched_scope + unknown
+def _framed(number: int, body: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + _varint(len(body)) + body
+
+
+# Fields the schema does not know: field 127 varint, field 100 LEN, field 6 fixed32 (and 0x12 inside).
+_UNKNOWN = b"\xf8\x07\x2a" + b"\xa2\x06\x03\x12\x01\x0a" + b"\x35\x12\x02\x0a\x04"
+
+
+@pytest.mark.parametrize("spans", [8, 200])
+def test_unknown_fields_are_skipped(spans: int) -> None:
+    """Fields the schema does not know (a newer OTLP, another wire type) are skipped, as protobuf does,
+    in short bodies and in long ones (past the stepped fields, where the walk tries every byte)."""
+    resource = random_resource(6, spans)  # 3 scopes
+    body = b""
+    for scope_spans in resource.scope_spans:
+        scope = _framed(1, scope_spans.scope.SerializeToString())
+        for i, span in enumerate(scope_spans.spans):
+            for _ in range(20):  # past the stepped fields of a span too
+                span.attributes.add(key=f"k{i}", value=AnyValue(int_value=i))
+            scope += _framed(2, span.SerializeToString() + _UNKNOWN) + (_UNKNOWN if i % 7 == 3 else b"")
+        body += _framed(2, scope + _UNKNOWN)
+    objects = _UNKNOWN + body
     expected = reference_or_error(objects)
-    assert expected is not None and "late" in expected[0]["name"]
+    assert expected is not None and len(expected[0]["name"]) >= spans // 8
     assert otel_columns(write_envelope(objects)) == expected[0]
+    assert span_columns(write_envelope(objects)) == expected[1]
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -315,7 +324,7 @@ def test_truncated_or_corrupted_blocks_error_clearly_or_read_as_protobuf_reads_t
     """Cut or with a byte changed, a block either fails as it does for the protobuf runtime, with an
     OtlpBlockError naming what it is not, or gives the values the runtime gives."""
     rng = random.Random(seed)
-    objects = random_resource(1000 + seed).SerializeToString()
+    objects = random_resource(1000 + seed, 12 if seed % 2 else 100).SerializeToString()
     failures = 0
     for _ in range(40):
         damaged = bytearray(objects[: rng.randrange(len(objects) + 1)])

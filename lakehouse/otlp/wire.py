@@ -275,13 +275,16 @@ def _chain(buffer: Buffer, bodies: Bodies, candidates: _Candidates) -> _Candidat
     firsts = np.clip(slot_of[starts], 0, max(count - 1, 0))
     if len(starts) and (count == 0 or np.any(candidates.position[firsts] != starts)):
         return None
+    jump, firsts, rows = _pruned(jump, firsts)
+    count = len(rows)
+    end_sink, bad_sink, missed_sink = count, count + 1, count + 2
     is_field = np.zeros(count + 3, bool)
     is_field[firsts] = True
     known = firsts
     while True:
         reached = jump[known]
         if np.any(reached == bad_sink):
-            at = int(candidates.position[known[reached == bad_sink][0]])
+            at = int(candidates.position[rows[known[reached == bad_sink][0]]])
             raise WireError(f"malformed field (truncated, or of an invalid tag or length) after byte {at}")
         if np.any(reached == missed_sink):
             return None
@@ -291,7 +294,34 @@ def _chain(buffer: Buffer, bodies: Bodies, candidates: _Candidates) -> _Candidat
         is_field[reached] = True
         known = np.concatenate([known, reached])
         jump = jump[jump]
-    return candidates.take(np.flatnonzero(is_field[:count]))
+    return candidates.take(rows[np.flatnonzero(is_field[:count])])
+
+
+_PRUNING_PASSES = 3
+
+
+def _pruned(jump: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The graph of candidates without those that cannot start a field of a well-formed body (their
+    field is malformed or ends where no candidate starts), so that doubling walks few more than the
+    true fields: most bytes that merely look like a tag go. A candidate whose field ended on a dropped
+    one now ends on that one's sink (a true field there still errs or is missed, as before). Returns
+    the jumps, the bodies' first candidates and the original index of each kept candidate."""
+    count = len(jump) - 3
+    rows = np.arange(count)
+    for _ in range(_PRUNING_PASSES):
+        dead = np.r_[jump[:count] > count, np.zeros(3, bool)]  # a sink other than the body's end
+        dead[firsts] = False
+        if not dead.any():
+            break
+        kept = np.flatnonzero(~dead[:count])
+        renumbered = np.empty(count + 3, np.int64)
+        renumbered[kept] = np.arange(len(kept))
+        renumbered[count:] = len(kept) + np.arange(3)
+        targets = jump[kept]
+        targets = np.where(dead[targets], jump[targets], targets)
+        jump = np.r_[renumbered[targets], len(kept) + np.arange(3)]
+        firsts, rows, count = renumbered[firsts], rows[kept], len(kept)
+    return jump, firsts, rows
 
 
 def _fields(bodies: Bodies, parts: list[_Candidates]) -> Fields:
