@@ -29,12 +29,13 @@ from spanlake.lakehouse.otlp.value_arrays import (
     field_text,
     jsonb_records,
     key_values,
+    objects_of,
     pick,
-    scope_extras,
+    scope_extras_of_records,
     stamps,
     tags_of,
 )
-from spanlake.lakehouse.otlp.wire import LEN, VARINT, Bodies, Buffer, Fields, ranges, read_fields
+from spanlake.lakehouse.otlp.wire import LEN, VARINT, Bodies, Buffer, Fields, read_fields
 
 _RESOURCE_SPANS = tags_of(ResourceSpans.DESCRIPTOR)
 _SCOPE_SPANS = tags_of(ScopeSpans.DESCRIPTOR)
@@ -114,18 +115,8 @@ def properties(spans: SpanFields) -> pa.Array:
     """Per span, its attributes with its scope's `otel.scope.*` on top, as jsonb objects."""
     attribute_bodies, attribute_span = spans.spans.repeated(9)
     attributes = key_values(spans.buffer, attribute_bodies)
-    extras, extras_scope = scope_extras(spans.buffer, spans.scope_spans)
-    # Every span gets the extras of its ScopeSpans: span i × extra j for each extra of its scope.
-    order = np.argsort(extras_scope, kind="stable")
-    extras_scope = extras_scope[order]
-    first = np.searchsorted(extras_scope, np.arange(spans.scope_spans.count))
-    per_scope = np.diff(np.r_[first, len(extras_scope)])
-    per_span = per_scope[spans.span_scope]
-    span_rows = np.repeat(np.arange(spans.spans.count), per_span)
-    extra_rows = order[ranges(first[spans.span_scope], per_span)]
-    keys = pa.concat_arrays([attributes.keys, extras[0].take(pa.array(extra_rows))])
-    members = jb.Members.concat([attributes.values, extras[1].take(extra_rows)])
-    return jb.objects(keys, members, np.concatenate([attribute_span, span_rows]), spans.spans.count)
+    extras = scope_extras_of_records(spans.buffer, spans.scope_spans, spans.span_scope)
+    return objects_of([(attributes.keys, attributes.values, attribute_span), extras], spans.spans.count)
 
 
 def events(spans: SpanFields) -> pa.Array:

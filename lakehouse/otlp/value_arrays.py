@@ -10,7 +10,9 @@ default recursion limit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +30,7 @@ from spanlake.lakehouse.otlp.wire import (
     Buffer,
     Fields,
     WireError,
+    ranges,
     read_fields,
     tag,
 )
@@ -56,7 +59,9 @@ _KEY_VALUE = tags_of(KeyValue.DESCRIPTOR)
 _ANY_VALUE = tags_of(AnyValue.DESCRIPTOR)
 _VALUES = tags_of(ArrayValue.DESCRIPTOR)  # ArrayValue and KeyValueList: `repeated values = 1`
 _ANY_VALUE_WIRES = {field.number: _wire_type(field) for field in AnyValue.DESCRIPTOR.fields}
-_STRING, _BOOL, _INT, _DOUBLE, _ARRAY, _KVLIST, _BYTES = 1, 2, 3, 4, 5, 6, 7  # AnyValue's field numbers
+STRING, BOOL, INT, DOUBLE, ARRAY, KVLIST, BYTES = 1, 2, 3, 4, 5, 6, 7  # AnyValue's field numbers
+KINDS = (STRING, BOOL, INT, DOUBLE, ARRAY, KVLIST, BYTES)
+T = TypeVar("T")
 
 
 def check_message(buffer: Buffer, bodies: Bodies, descriptor: Descriptor, depth: int = 0) -> None:
@@ -135,8 +140,21 @@ def key_values(buffer: Buffer, bodies: Bodies, depth: int = 0) -> KeyValues:
     return KeyValues(field_text(buffer, fields, fields.last(1, LEN)), has_value, any_values(buffer, values, depth))
 
 
-def any_values(buffer: Buffer, bodies: Bodies, depth: int = 0) -> jb.Members:
-    """The AnyValue messages of `bodies` as jsonb members (null when none of its oneof is set)."""
+@dataclass(frozen=True)
+class OneOf:
+    """AnyValue messages read: their fields, and per value the field of its oneof (the last one set)."""
+
+    fields: Fields
+    chosen: np.ndarray  # index of the field, -1 when none is set
+    kind: np.ndarray  # its number (STRING, BOOL, ...), 0 when none
+
+    def of(self, number: int) -> np.ndarray:
+        """The chosen fields of the values of that kind, in order."""
+        return self.chosen[self.kind == number]
+
+
+def one_of(buffer: Buffer, bodies: Bodies, depth: int = 0) -> OneOf:
+    """The AnyValue messages of `bodies`, their oneof resolved."""
     if depth > MAX_DEPTH:
         raise WireError(f"values nested more than {MAX_DEPTH} deep")
     fields = read_fields(buffer, bodies, _ANY_VALUE)
@@ -148,42 +166,45 @@ def any_values(buffer: Buffer, bodies: Bodies, depth: int = 0) -> jb.Members:
     final = np.r_[owners[1:] != owners[:-1], True] if len(found) else np.zeros(0, bool)
     chosen = np.full(bodies.count, -1, np.int64)
     chosen[owners[final]] = found[final]
-    kind = pick(fields.number, chosen)
-    parts, rows = [], []
-    for number, members in _value_members(buffer, fields, chosen, kind, depth):
-        parts.append(members)
-        rows.append(np.flatnonzero(kind == number))
-    others = np.flatnonzero(~np.isin(kind, (_STRING, _BOOL, _INT, _DOUBLE, _ARRAY, _KVLIST, _BYTES)))
-    parts.append(jb.nulls(len(others)))
-    rows.append(others)
-    order = np.empty(bodies.count, np.int64)
-    order[np.concatenate(rows)] = np.arange(bodies.count)
-    return jb.Members.concat(parts).take(order)
+    return OneOf(fields, chosen, pick(fields.number, chosen))
 
 
-def _value_members(
-    buffer: Buffer, fields: Fields, chosen: np.ndarray, kind: np.ndarray, depth: int
-) -> list[tuple[int, jb.Members]]:
+def by_kind(parts: list[tuple[np.ndarray, T]], count: int, concat: Callable[[list[T]], T]) -> T:
+    """Values built kind by kind (each part: the rows it holds, their values) put back in row order."""
+    order = np.empty(count, np.int64)
+    order[np.concatenate([rows for rows, _ in parts])] = np.arange(count)
+    joined = concat([values for _, values in parts])
+    return joined.take(order if isinstance(joined, jb.Members) else pa.array(order))
+
+
+def any_values(buffer: Buffer, bodies: Bodies, depth: int = 0) -> jb.Members:
+    """The AnyValue messages of `bodies` as jsonb members (null when none of its oneof is set)."""
+    values = one_of(buffer, bodies, depth)
+    parts = [
+        (np.flatnonzero(values.kind == number), members) for number, members in _value_members(buffer, values, depth)
+    ]
+    others = np.flatnonzero(~np.isin(values.kind, KINDS))
+    return by_kind([*parts, (others, jb.nulls(len(others)))], bodies.count, jb.Members.concat)
+
+
+def _value_members(buffer: Buffer, values: OneOf, depth: int) -> list[tuple[int, jb.Members]]:
     """The members of each kind of value, for the values of that kind in order."""
-
-    def of(number: int) -> np.ndarray:
-        return chosen[kind == number]
-
+    fields = values.fields
     return [
-        (_STRING, jb.strings(field_text(buffer, fields, of(_STRING)))),
-        (_BOOL, jb.booleans(fields.varint[of(_BOOL)] != 0)),
-        (_INT, jb.integers(fields.varint[of(_INT)].view(np.int64))),
-        (_DOUBLE, jb.floats(buffer.fixed64(fields.start[of(_DOUBLE)]).view(np.float64))),
-        (_ARRAY, jb.containers(_nested(buffer, fields, kind, _ARRAY, depth))),
-        (_KVLIST, jb.containers(_nested(buffer, fields, kind, _KVLIST, depth))),
-        (_BYTES, jb.strings(jb.base64_strings(field_bytes(buffer, fields, of(_BYTES))))),
+        (STRING, jb.strings(field_text(buffer, fields, values.of(STRING)))),
+        (BOOL, jb.booleans(fields.varint[values.of(BOOL)] != 0)),
+        (INT, jb.integers(fields.varint[values.of(INT)].view(np.int64))),
+        (DOUBLE, jb.floats(buffer.fixed64(fields.start[values.of(DOUBLE)]).view(np.float64))),
+        (ARRAY, jb.containers(nested(buffer, values, ARRAY, depth))),
+        (KVLIST, jb.containers(nested(buffer, values, KVLIST, depth))),
+        (BYTES, jb.strings(jb.base64_strings(field_bytes(buffer, fields, values.of(BYTES))))),
     ]
 
 
-def _nested(buffer: Buffer, fields: Fields, kind: np.ndarray, number: int, depth: int) -> pa.Array:
+def nested(buffer: Buffer, values: OneOf, number: int, depth: int = 0) -> pa.Array:
     """The jsonb arrays (ArrayValue) or objects (KeyValueList) of the values of that kind; every body
     of the field in a value counts (a message given twice is merged)."""
-    is_kind = kind == number
+    fields, is_kind = values.fields, values.kind == number
     count = int(is_kind.sum())
     if not count:  # the common case: no nested values, no deeper level to read
         return jb.binary_array(np.zeros(0, np.uint8), np.zeros(1, np.int64))
@@ -194,7 +215,7 @@ def _nested(buffer: Buffer, fields: Fields, kind: np.ndarray, number: int, depth
         buffer, Bodies(fields.start[found], fields.end[found], rank[fields.owner[found]], count), _VALUES
     )
     items, parent = lists.repeated(1)
-    if number == _ARRAY:
+    if number == ARRAY:
         return jb.arrays(any_values(buffer, items, depth + 1), parent, count)
     return key_values(buffer, items, depth + 1).objects(parent, count)
 
@@ -233,6 +254,27 @@ def scope_extras(buffer: Buffer, scope_spans: Fields) -> tuple[tuple[pa.Array, j
     scope_parts.append(rows)
     keys = pa.concat_arrays([k.cast(pa.large_utf8()) for k in key_parts])
     return (keys, jb.Members.concat(member_parts)), np.concatenate(scope_parts).astype(np.int64)
+
+
+def scope_extras_of_records(
+    buffer: Buffer, scopes: Fields, record_scope: np.ndarray
+) -> tuple[pa.Array, jb.Members, np.ndarray]:
+    """Every record's `otel.scope.*` (key, member) pairs: those of its scope's (`scope_extras`), and the
+    record each pair goes to (record i × extra j for each extra of its scope)."""
+    (keys, members), extras_scope = scope_extras(buffer, scopes)
+    order = np.argsort(extras_scope, kind="stable")
+    first = np.searchsorted(extras_scope[order], np.arange(scopes.count))
+    per_scope = np.diff(np.r_[first, len(extras_scope)])
+    per_record = per_scope[record_scope]
+    rows = order[ranges(first[record_scope], per_record)]
+    return keys.take(pa.array(rows)), members.take(rows), np.repeat(np.arange(len(record_scope)), per_record)
+
+
+def objects_of(parts: list[tuple[pa.Array, jb.Members, np.ndarray]], count: int) -> pa.Array:
+    """One jsonb object per record from (keys, members, record) parts; a later part's key wins."""
+    keys = pa.concat_arrays([k.cast(pa.large_utf8()) for k, _, _ in parts])
+    members = jb.Members.concat([m for _, m, _ in parts])
+    return jb.objects(keys, members, np.concatenate([r for _, _, r in parts]).astype(np.int64), count)
 
 
 def repeat_text(text: str, count: int) -> pa.Array:
