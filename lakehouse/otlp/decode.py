@@ -2,13 +2,14 @@
 `measures`, traces → `async_events` and `otel_spans`.
 
 A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written
-at ingestion. This module parses the protobuf and hands arrays over: which rows they become is the
-view's own contract (`views/log_entries.py`, `views/measures.py`, `views/async_events.py`). The
-mapping follows micromegas's `analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and
-`attrs.rs`: attribute values keep their JSON types in the databend-jsonb properties (numbers,
-booleans, arrays, nested objects), as micromegas writes them; bytes become base64 strings.
-Only spans with a start, an end, a 16-byte trace id and an 8-byte span id are kept (the spans
-micromegas's `otel_spans` keeps).
+at ingestion. Traces and logs blocks are read from the protobuf wire format with numpy, with no Python
+step per record (`span_arrays`, `log_arrays`); metrics blocks are parsed into protobuf objects. This
+module hands arrays over: which rows they become is the view's own contract (`views/log_entries.py`,
+`views/measures.py`, `views/async_events.py`). The mapping follows micromegas's
+`analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and `attrs.rs`: attribute values keep
+their JSON types in the databend-jsonb properties (numbers, booleans, arrays, nested objects), as
+micromegas writes them; bytes become base64 strings. Only spans with a start, an end, a 16-byte trace
+id and an 8-byte span id are kept (the spans micromegas's `otel_spans` keeps).
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from spanlake.lakehouse.errors import OtlpBlockError
-from spanlake.lakehouse.otlp import span_arrays
+from spanlake.lakehouse.otlp import log_arrays, span_arrays
 from spanlake.lakehouse.otlp.envelope import read_envelope
-from spanlake.lakehouse.otlp.rust_text import rust_display_f64
+from spanlake.lakehouse.otlp.log_arrays import LogFields
 from spanlake.lakehouse.otlp.span_arrays import SpanFields
 from spanlake.lakehouse.otlp.wire import WireError
 from spanlake.views import jsonb
@@ -95,46 +95,27 @@ def _as_i64(values: Sequence[int]) -> np.ndarray:
 # --- logs ------------------------------------------------------------------------------------------
 
 
-def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
+def extract_logs(logs: LogFields, fallback_time_ns: int) -> LogColumns:
     """One row per log record, in payload order; records without any time get `fallback_time_ns`."""
-    targets, properties = _Interner(), _Interner()
-    times: list[np.ndarray] = []
-    levels: list[np.ndarray] = []
-    msgs: list[str] = []
-    target_codes: list[np.ndarray] = []
-    property_codes: list[int] = []
-    for scope_logs in resource.scope_logs:
-        records = scope_logs.log_records
-        extras = scope_extras(scope_logs.scope, scope_logs.schema_url)
-        stamps = _as_i64([r.time_unix_nano for r in records])
-        observed = _as_i64([r.observed_time_unix_nano for r in records])
-        times.append(np.where(stamps != 0, stamps, np.where(observed != 0, observed, fallback_time_ns)))
-        severities = np.array([r.severity_number for r in records], dtype=np.int64)
-        in_range = (severities >= 0) & (severities < len(_LEVELS))
-        levels.append(np.where(in_range, _LEVELS[np.where(in_range, severities, 0)], 4).astype(np.int32))
-        msgs.extend(any_value_to_string(r.body) if r.HasField("body") else "" for r in records)
-        target_codes.append(np.full(len(records), targets.code(scope_logs.scope.name), np.int64))
-        property_codes.extend(properties.code(jsonb.encode(_log_properties(r, extras))) for r in records)
+    stamps, observed = logs.stamps(1), logs.stamps(11)
+    severities = logs.severities()
+    in_range = (severities >= 0) & (severities < len(_LEVELS))
     return LogColumns(
-        time_ns=np.concatenate(times) if times else np.zeros(0, np.int64),
-        level=np.concatenate(levels) if levels else np.zeros(0, np.int32),
-        msg=msgs,
-        target=targets.coded(np.concatenate(target_codes) if target_codes else []),
-        properties=properties.coded(property_codes),
+        time_ns=np.where(stamps != 0, stamps, np.where(observed != 0, observed, fallback_time_ns)),
+        level=np.where(in_range, _LEVELS[np.where(in_range, severities, 0)], 4).astype(np.int32),
+        msg=log_arrays.messages(logs),
+        target=_coded(logs.scope_names()),
+        properties=log_arrays.properties(logs),
     )
 
 
-def _log_properties(record: Any, extras: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
-    more = list(extras)
-    if len(record.trace_id) == 16:  # W3C sizes only: a half-size id would break correlation joins
-        more.append(("otel.trace_id", record.trace_id.hex()))
-    if len(record.span_id) == 8:
-        more.append(("otel.span_id", record.span_id.hex()))
-    if record.severity_text:
-        more.append(("otel.severity_text", record.severity_text))
-    if record.event_name:
-        more.append(("otel.event_name", record.event_name))
-    return attributes_object(record.attributes, more)
+def read_logs(payload: bytes, fallback_time_ns: int) -> LogColumns:
+    """The log_entries columns of a stored OTLP logs block (OtlpBlockError if it cannot be read)."""
+    objects = read_envelope(payload)
+    try:
+        return extract_logs(log_arrays.log_fields(objects), fallback_time_ns)
+    except WireError as err:
+        raise OtlpBlockError(f"OTLP block objects are not a ResourceLogs: {err}") from None
 
 
 def scope_extras(scope: InstrumentationScope, schema_url: str) -> list[tuple[str, JsonValue]]:
@@ -372,26 +353,9 @@ def any_value_to_json(value: AnyValue) -> JsonValue:
     return None
 
 
-def any_value_to_string(value: AnyValue) -> str:
-    """micromegas's text of a log body: scalars as Rust prints them, arrays and maps as compact JSON."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        return rust_display_f64(value.double_value)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind in ("bytes_value", "array_value", "kvlist_value"):
-        converted = any_value_to_json(value)
-        return converted if kind == "bytes_value" else jsonb.compact_json(converted)
-    return ""
-
-
 Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]
 _EXTRACTORS: dict[str, Extractor] = {
-    OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(read_resource(payload, ResourceLogs), block.begin_time_ns),
+    OTLP_LOGS_FORMAT: lambda payload, block: read_logs(payload, block.begin_time_ns),
     OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(read_resource(payload, ResourceMetrics)),
     OTLP_TRACES_FORMAT: lambda payload, _: read_spans(payload, extract_spans),
 }
