@@ -262,17 +262,14 @@ def _chain(buffer: Buffer, bodies: Bodies, candidates: _Candidates) -> _Candidat
     first byte; None when a field ends where no candidate starts (the guess missed a field)."""
     count = len(candidates.position)
     end_sink, bad_sink, missed_sink = count, count + 1, count + 2
-    # The candidate at each position (garbage elsewhere, checked against the positions read back).
-    slot_of = np.empty(buffer.size + 1, np.int64)
-    slot_of[candidates.position] = np.arange(count)
     ends = candidates.end
-    slot = np.clip(slot_of[np.minimum(ends, buffer.size)], 0, max(count - 1, 0))
+    slot = np.minimum(np.searchsorted(candidates.position, ends), max(count - 1, 0))
     hit = (candidates.position[slot] == ends) if count else np.zeros(0, bool)
     at_end = ends == bodies.end[candidates.body]
     jump = np.where(~candidates.ok, bad_sink, np.where(at_end, end_sink, np.where(hit, slot, missed_sink)))
     jump = np.concatenate([jump, [end_sink, bad_sink, missed_sink]]).astype(np.int64)
     starts = bodies.start[bodies.end > bodies.start]
-    firsts = np.clip(slot_of[starts], 0, max(count - 1, 0))
+    firsts = np.minimum(np.searchsorted(candidates.position, starts), max(count - 1, 0))
     if len(starts) and (count == 0 or np.any(candidates.position[firsts] != starts)):
         return None
     jump, firsts, rows = _pruned(jump, firsts)
@@ -327,29 +324,28 @@ def _pruned(jump: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _fields(bodies: Bodies, parts: list[_Candidates]) -> Fields:
     """The fields of the parts (one per step, then the doubled rest) in byte order: a body's field of
     step k is its k-th; its doubled fields follow its `_STEPS` stepped ones, in position order."""
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Fields(empty, empty, empty, empty, empty, np.zeros(0, np.uint64), bodies.count)
     ranks = [np.full(len(part.body), k, np.int64) for k, part in enumerate(parts)]
     if len(parts) > _STEPS:  # the doubled rest: bodies in order, positions in order within a body
         doubled = parts[-1].body
         runs = np.bincount(doubled, minlength=len(bodies.start))
         ranks[-1] = _STEPS + np.arange(len(doubled)) - (np.cumsum(runs) - runs)[doubled]
-    columns = [np.concatenate([getattr(p, f.name) for p in parts] or [np.zeros(0, np.int64)]) for f in _COLUMNS]
-    found = _Candidates(*columns)
-    per_body = np.bincount(found.body.astype(np.int64), minlength=len(bodies.start))
-    order = np.empty(len(found.body), np.int64)
-    order[(np.cumsum(per_body) - per_body)[found.body.astype(np.int64)] + np.concatenate(ranks or [order])] = np.arange(
-        len(order)
-    )
-    found = found.take(order)
-    wire = (found.key.astype(np.uint64) & np.uint64(7)).astype(np.int64)
+    body = np.concatenate([p.body for p in parts])
+    per_body = np.bincount(body, minlength=len(bodies.start))
+    order = np.empty(len(body), np.int64)
+    order[(np.cumsum(per_body) - per_body)[body] + np.concatenate(ranks)] = np.arange(len(body))
+    key = np.concatenate([p.key for p in parts])[order]
+    wire = (key & np.uint64(7)).astype(np.int64)
+    value_at = np.concatenate([p.value_at for p in parts])[order]
+    value_length = np.concatenate([p.value_length for p in parts])[order]
     return Fields(
-        owner=bodies.owner[found.body.astype(np.int64)],
-        number=(found.key.astype(np.uint64) >> np.uint64(3)).astype(np.int64),
+        owner=bodies.owner[body[order]],
+        number=(key >> np.uint64(3)).astype(np.int64),
         wire=wire,
-        start=np.where(wire == LEN, found.value_at + found.value_length, found.value_at),
-        end=found.end,
-        varint=found.value.astype(np.uint64),
+        start=np.where(wire == LEN, value_at + value_length, value_at),
+        end=np.concatenate([p.end for p in parts])[order],
+        varint=np.concatenate([p.value for p in parts])[order],
         count=bodies.count,
     )
-
-
-_COLUMNS = dataclasses.fields(_Candidates)
