@@ -2,12 +2,16 @@
 message or per field.
 
 A message body is a chain of fields, each field's start given by the previous one's end, so finding
-them is sequential by nature. Here every byte that could start a field gets the position where such a
-field would end (`_next`), and the true chain from each body's first byte is then followed by pointer
-doubling: after k rounds the known fields are those within 2^k steps of the start, so a body of F fields
-takes log2(F) rounds of array operations over its bytes. Bytes that could start a field are first only
-those whose value is the one-byte tag of a field of the message type (`tags`); a field of another tag
-(an unknown field, another wire type) sends the body back through the same walk over every byte.
+them is sequential by nature. Two walks share that work out over arrays (`read_fields`):
+
+* stepping: the next field of every body at once, one array step per field rank; the first `_STEPS`
+  fields of every body are read so (cheap for many short bodies: spans, key-values, values);
+* pointer doubling, for the rest of longer bodies (a scope's thousands of spans): every byte that
+  could start a field is read as if it did (`_Candidates`), those whose field cannot end on another
+  candidate are pruned, and the true chain from each body's cursor is followed by doubling: after k
+  rounds the known fields are those within 2^k steps, so F fields take log2(F) rounds. The bytes tried
+  first are those equal to the first tag byte of a field of the message type (`tags`); a field of
+  another tag (an unknown field, another wire type) sends the body back through the walk over every byte.
 
 Semantics follow the protobuf runtime: a singular field given twice keeps its last value (`Fields.last`),
 a singular message given twice is merged (its bodies share an owner, `Fields.merged`), a field of an
@@ -25,7 +29,6 @@ import pyarrow as pa
 
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
 _MAX_VARINT_BYTES = 10
-_SIZES = {FIXED64: 8, FIXED32: 4}
 
 
 class WireError(ValueError):
@@ -213,9 +216,9 @@ def _doubled(buffer: Buffer, bodies: Bodies, tags: frozenset[int]) -> _Candidate
     `tags`, then, if a field of another tag hides a field start, every byte."""
     likely = np.zeros(256, bool)
     likely[list(tags)] = True
-    fields = _chain(buffer, bodies, _likely_candidates(buffer, bodies, likely))
+    fields = _chain(bodies, _likely_candidates(buffer, bodies, likely))
     if fields is None:
-        fields = _chain(buffer, bodies, _likely_candidates(buffer, bodies, np.ones(256, bool)))
+        fields = _chain(bodies, _likely_candidates(buffer, bodies, np.ones(256, bool)))
     assert fields is not None  # every byte of a body is a candidate: nothing is missed
     return fields
 
@@ -257,7 +260,7 @@ def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.nd
     return values, lengths
 
 
-def _chain(buffer: Buffer, bodies: Bodies, candidates: _Candidates) -> _Candidates | None:
+def _chain(bodies: Bodies, candidates: _Candidates) -> _Candidates | None:
     """The candidates that start the fields of each body, found by pointer doubling from each body's
     first byte; None when a field ends where no candidate starts (the guess missed a field)."""
     count = len(candidates.position)
