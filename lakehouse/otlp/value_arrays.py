@@ -1,5 +1,5 @@
 """OTLP's common messages read from the wire format as arrays (`wire`), for the per-signal readers
-(`span_arrays`): attribute values as jsonb members (`jsonb_arrays`), key-value lists, the scope's
+(`span_arrays`, `log_arrays`): attribute values as jsonb members (`jsonb_arrays`), key-value lists, the scope's
 `otel.scope.*` properties, and the checks protobuf makes of the parts no column reads.
 
 The values are those `decode` gives walking protobuf objects: an attribute without a value is null (left
