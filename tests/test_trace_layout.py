@@ -95,3 +95,21 @@ def test_the_critical_path_of_a_deep_trace_is_computed_by_levels() -> None:
     assert np.flatnonzero(on_path).tolist() == [*range(1000), 1001] and elapsed < 1.0
     ids = pa.array([f"{i:016x}" for i in range(n)])
     assert (parents(ids, pa.array([f"{p:016x}" if p >= 0 else None for p in parent])) == parent).all()
+
+
+def test_a_page_and_a_span_lookup_read_the_rows_in_row_order() -> None:
+    """A page takes its rows from the trace's table as it came (the whole table is never reordered for
+    a page); a span id is found at its row position."""
+    waterfall = lay_out(
+        trace(
+            [
+                ("late", None, "p", 50, 60),
+                ("root", None, "p", 0, 100),
+                ("kid", "root", "p", 1, 3),
+                ("q1", "kid", "q", 2, 3),
+            ]
+        )
+    )
+    assert waterfall.page(0, 4).column("span_id").to_pylist() == ["root", "kid", "late", "q1"]
+    assert waterfall.page(1, 3).equals(waterfall.spans.slice(1, 2))
+    assert [waterfall.index_of(s) for s in ("root", "kid", "late", "q1", "absent")] == [0, 1, 2, 3, -1]

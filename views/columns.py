@@ -171,7 +171,7 @@ Columns = TypeVar("Columns")
 
 
 def concat_columns(parts: Sequence[Columns]) -> tuple[Columns, np.ndarray]:
-    """Dataclasses of per-row columns (numpy arrays, `Coded`, lists), one per block, as one with their
+    """Dataclasses of per-row columns (numpy arrays, `Coded`, Arrow arrays, lists), one per block, as one with their
     rows one after another; and each part's first row."""
     first = parts[0]
     joined: dict[str, Any] = {}
@@ -183,6 +183,8 @@ def concat_columns(parts: Sequence[Columns]) -> tuple[Columns, np.ndarray]:
             joined[column.name] = np.concatenate(values)
         elif isinstance(values[0], Coded):
             joined[column.name] = Coded.concat(values)
+        elif isinstance(values[0], pa.Array):
+            joined[column.name] = pa.concat_arrays(values)
         else:
             joined[column.name] = list(itertools.chain.from_iterable(values))
     return dataclasses.replace(first, **joined), np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

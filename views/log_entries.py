@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spanlake.views.columns import (
     Coded,
-    binary_dictionary,
     dictionary_array,
     order_by_position,
     pair_codes,
@@ -236,9 +236,9 @@ class LogColumns:
 
     time_ns: np.ndarray  # int64
     level: np.ndarray  # int32
-    msg: list[str]
+    msg: pa.Array  # strings
     target: Coded[str]
-    properties: Coded[bytes]  # databend-jsonb objects
+    properties: pa.Array  # binary: databend-jsonb objects
 
 
 def otlp_run_batch(blocks: Sequence[OtlpBlock[LogColumns]]) -> pa.RecordBatch:
@@ -251,8 +251,8 @@ def otlp_run_batch(blocks: Sequence[OtlpBlock[LogColumns]]) -> pa.RecordBatch:
         timestamp_array(columns.time_ns),
         dictionary_array(columns.target),
         pa.array(columns.level, pa.int32()),
-        pa.array(columns.msg, pa.utf8()),
-        binary_dictionary(columns.properties),
+        columns.msg.cast(pa.utf8()),
+        pc.dictionary_encode(columns.properties.cast(pa.binary())),
         constant_properties_array(process.properties, n),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from spanlake.views.columns import Coded, binary_dictionary, dictionary_array, timestamp_array
+from spanlake.views.columns import Coded, dictionary_array, timestamp_array
 from spanlake.views.meta import OTLP_TRACES_FORMAT
 from spanlake.views.properties import constant_properties_array
 from spanlake.views.schema_types import DICT_JSONB, DICT_UTF8, TIMESTAMP, optional, required
@@ -67,13 +68,13 @@ class OtelSpanColumns:
     has_parent: np.ndarray  # bool
     start_ns: np.ndarray  # int64
     end_ns: np.ndarray  # int64
-    name: Coded[str]
+    name: pa.Array  # strings
     kind: np.ndarray  # int64 index into SPAN_KINDS
     status: np.ndarray  # int64 index into STATUS_CODES
-    status_message: Sequence[str | None]
-    properties: Coded[bytes]  # databend-jsonb objects
-    events: Sequence[bytes]  # databend-jsonb arrays
-    links: Sequence[bytes]
+    status_message: pa.Array  # strings, null when none
+    properties: pa.Array  # binary: databend-jsonb objects
+    events: pa.Array  # binary: databend-jsonb arrays
+    links: pa.Array
 
 
 def otlp_run_batch(blocks: Sequence[OtlpBlock[OtelSpanColumns]]) -> pa.RecordBatch:
@@ -97,13 +98,13 @@ def otlp_run_batch(blocks: Sequence[OtlpBlock[OtelSpanColumns]]) -> pa.RecordBat
         timestamp_array(columns.start_ns),
         timestamp_array(columns.end_ns),
         pa.array(columns.end_ns - columns.start_ns, pa.int64()),
-        dictionary_array(columns.name),
+        pc.dictionary_encode(columns.name.cast(pa.utf8())),
         dictionary_array(Coded(columns.kind, SPAN_KINDS)),
         dictionary_array(Coded(columns.status, STATUS_CODES)),
-        pa.array(columns.status_message, pa.utf8()),
-        binary_dictionary(columns.properties),
-        pa.array(columns.events, pa.binary()),
-        pa.array(columns.links, pa.binary()),
+        columns.status_message.cast(pa.utf8()),
+        pc.dictionary_encode(columns.properties.cast(pa.binary())),
+        columns.events.cast(pa.binary()),
+        columns.links.cast(pa.binary()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 

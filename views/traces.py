@@ -79,7 +79,7 @@ def _otlp_spans(run: OtlpRun[OtelSpanColumns]) -> pa.Table:
             span_traces.hex_strings(np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])),
             _repeat(process.process_id, n),
             _repeat(process.exe, n),
-            pa.array(columns.name.values, pa.utf8()).take(pa.array(columns.name.codes)),
+            columns.name.cast(pa.utf8()),
             pa.array(columns.start_ns, pa.int64()),
             pa.array(np.maximum(columns.start_ns, columns.end_ns), pa.int64()),
             pa.array(~columns.has_parent),

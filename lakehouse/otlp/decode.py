@@ -2,13 +2,14 @@
 `measures`, traces → `async_events` and `otel_spans`.
 
 A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written
-at ingestion. This module parses the protobuf and hands arrays over: which rows they become is the
-view's own contract (`views/log_entries.py`, `views/measures.py`, `views/async_events.py`). The
-mapping follows micromegas's `analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and
-`attrs.rs`: attribute values keep their JSON types in the databend-jsonb properties (numbers,
-booleans, arrays, nested objects), as micromegas writes them; bytes become base64 strings.
-Only spans with a start, an end, a 16-byte trace id and an 8-byte span id are kept (the spans
-micromegas's `otel_spans` keeps).
+at ingestion. Traces and logs blocks are read from the protobuf wire format with numpy, with no Python
+step per record (`span_arrays`, `log_arrays`); metrics blocks are parsed into protobuf objects. This
+module hands arrays over: which rows they become is the view's own contract (`views/log_entries.py`,
+`views/measures.py`, `views/async_events.py`). The mapping follows micromegas's
+`analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and `attrs.rs`: attribute values keep
+their JSON types in the databend-jsonb properties (numbers, booleans, arrays, nested objects), as
+micromegas writes them; bytes become base64 strings. Only spans with a start, an end, a 16-byte trace
+id and an 8-byte span id are kept (the spans micromegas's `otel_spans` keeps).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.otlp import log_arrays, span_arrays
 from spanlake.lakehouse.otlp.envelope import read_envelope
-from spanlake.lakehouse.otlp.rust_text import rust_display_f64
+from spanlake.lakehouse.otlp.log_arrays import LogFields
+from spanlake.lakehouse.otlp.span_arrays import SpanFields
+from spanlake.lakehouse.otlp.wire import WireError
 from spanlake.views import jsonb
 from spanlake.views.async_events import SpanColumns
 from spanlake.views.columns import Coded
@@ -91,46 +95,27 @@ def _as_i64(values: Sequence[int]) -> np.ndarray:
 # --- logs ------------------------------------------------------------------------------------------
 
 
-def extract_logs(resource: ResourceLogs, fallback_time_ns: int) -> LogColumns:
+def extract_logs(logs: LogFields, fallback_time_ns: int) -> LogColumns:
     """One row per log record, in payload order; records without any time get `fallback_time_ns`."""
-    targets, properties = _Interner(), _Interner()
-    times: list[np.ndarray] = []
-    levels: list[np.ndarray] = []
-    msgs: list[str] = []
-    target_codes: list[np.ndarray] = []
-    property_codes: list[int] = []
-    for scope_logs in resource.scope_logs:
-        records = scope_logs.log_records
-        extras = scope_extras(scope_logs.scope, scope_logs.schema_url)
-        stamps = _as_i64([r.time_unix_nano for r in records])
-        observed = _as_i64([r.observed_time_unix_nano for r in records])
-        times.append(np.where(stamps != 0, stamps, np.where(observed != 0, observed, fallback_time_ns)))
-        severities = np.array([r.severity_number for r in records], dtype=np.int64)
-        in_range = (severities >= 0) & (severities < len(_LEVELS))
-        levels.append(np.where(in_range, _LEVELS[np.where(in_range, severities, 0)], 4).astype(np.int32))
-        msgs.extend(any_value_to_string(r.body) if r.HasField("body") else "" for r in records)
-        target_codes.append(np.full(len(records), targets.code(scope_logs.scope.name), np.int64))
-        property_codes.extend(properties.code(jsonb.encode(_log_properties(r, extras))) for r in records)
+    stamps, observed = logs.stamps(1), logs.stamps(11)
+    severities = logs.severities()
+    in_range = (severities >= 0) & (severities < len(_LEVELS))
     return LogColumns(
-        time_ns=np.concatenate(times) if times else np.zeros(0, np.int64),
-        level=np.concatenate(levels) if levels else np.zeros(0, np.int32),
-        msg=msgs,
-        target=targets.coded(np.concatenate(target_codes) if target_codes else []),
-        properties=properties.coded(property_codes),
+        time_ns=np.where(stamps != 0, stamps, np.where(observed != 0, observed, fallback_time_ns)),
+        level=np.where(in_range, _LEVELS[np.where(in_range, severities, 0)], 4).astype(np.int32),
+        msg=log_arrays.messages(logs),
+        target=_coded(logs.scope_names()),
+        properties=log_arrays.properties(logs),
     )
 
 
-def _log_properties(record: Any, extras: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
-    more = list(extras)
-    if len(record.trace_id) == 16:  # W3C sizes only: a half-size id would break correlation joins
-        more.append(("otel.trace_id", record.trace_id.hex()))
-    if len(record.span_id) == 8:
-        more.append(("otel.span_id", record.span_id.hex()))
-    if record.severity_text:
-        more.append(("otel.severity_text", record.severity_text))
-    if record.event_name:
-        more.append(("otel.event_name", record.event_name))
-    return attributes_object(record.attributes, more)
+def read_logs(payload: bytes, fallback_time_ns: int) -> LogColumns:
+    """The log_entries columns of a stored OTLP logs block (OtlpBlockError if it cannot be read)."""
+    objects = read_envelope(payload)
+    try:
+        return extract_logs(log_arrays.log_fields(objects), fallback_time_ns)
+    except WireError as err:
+        raise OtlpBlockError(f"OTLP block objects are not a ResourceLogs: {err}") from None
 
 
 def scope_extras(scope: InstrumentationScope, schema_url: str) -> list[tuple[str, JsonValue]]:
@@ -274,97 +259,69 @@ def _add_summary_points(
 
 
 # --- traces ----------------------------------------------------------------------------------------
+# Read from the protobuf wire format with numpy (`span_arrays`): no Python step per span.
 
 
-def extract_spans(resource: ResourceSpans) -> SpanColumns:
-    """One row per span with both times and W3C-sized ids, in payload order."""
-    names, targets = _Interner(), _Interner()
-    spans: list[Any] = []
-    target_codes: list[int] = []
-    for scope_spans in resource.scope_spans:
-        kept = [s for s in scope_spans.spans if _is_kept(s)]
-        spans.extend(kept)
-        target_codes.extend([targets.code(scope_spans.scope.name)] * len(kept))
-    span_ids = _id_matrix([s.span_id for s in spans], 8)
-    parent_ids = _id_matrix([s.parent_span_id if len(s.parent_span_id) == 8 else bytes(8) for s in spans], 8)
+def extract_spans(spans: SpanFields) -> SpanColumns:
+    """The `async_events` columns: one row per span with both times and W3C-sized ids, in payload order."""
+    kept = spans.kept
+    rows = pa.array(np.flatnonzero(kept))
     return SpanColumns(
-        start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
-        end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
-        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
-        span_id=_ids_as_i64(span_ids),
-        parent_span_id=_ids_as_i64(parent_ids),
-        name=names.coded([names.code(s.name) for s in spans]),
-        target=targets.coded(target_codes),
+        start_ns=spans.start_ns[kept],
+        end_ns=spans.end_ns[kept],
+        trace_id=spans.id_bytes(spans.trace_id, span_arrays.TRACE_ID_BYTES)[kept],
+        span_id=_ids_as_i64(spans.id_bytes(spans.span_id, span_arrays.SPAN_ID_BYTES)[kept]),
+        parent_span_id=_ids_as_i64(spans.id_bytes(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept]),
+        name=_coded(spans.text(5).take(rows)),
+        target=_coded(spans.scope_names().take(pa.array(spans.span_scope[kept]))),
     )
 
 
-def extract_otel_spans(resource: ResourceSpans) -> OtelSpanColumns:
+def extract_otel_spans(spans: SpanFields) -> OtelSpanColumns:
     """The `otel_spans` columns: every span with both times and W3C-sized ids, in payload order."""
-    names, properties = _Interner(), _Interner()
-    spans: list[Any] = []
-    property_codes: list[int] = []
-    for scope_spans in resource.scope_spans:
-        extras = scope_extras(scope_spans.scope, scope_spans.schema_url)
-        for span in scope_spans.spans:
-            if _is_kept(span):
-                spans.append(span)
-                property_codes.append(properties.code(jsonb.encode(attributes_object(span.attributes, extras))))
-    has_parent = np.array([len(s.parent_span_id) == 8 for s in spans], dtype=bool)
-    statuses = [s.status.code if s.HasField("status") else 0 for s in spans]
+    kept = spans.kept
+    rows = pa.array(np.flatnonzero(kept))
+    codes, messages = span_arrays.status(spans)
     return OtelSpanColumns(
-        trace_id=np.array([s.trace_id for s in spans], dtype="S16"),
-        span_id=np.array([s.span_id for s in spans], dtype="S8"),
-        parent_span_id=np.array(
-            [s.parent_span_id if p else bytes(8) for s, p in zip(spans, has_parent, strict=True)], "S8"
-        ),
-        has_parent=has_parent,
-        start_ns=_as_i64([s.start_time_unix_nano for s in spans]),
-        end_ns=_as_i64([s.end_time_unix_nano for s in spans]),
-        name=names.coded([names.code(s.name) for s in spans]),
-        kind=_enum_index([s.kind for s in spans], len(SPAN_KINDS)),
-        status=_enum_index(statuses, len(STATUS_CODES)),
-        status_message=[s.status.message or None for s in spans],
-        properties=properties.coded(property_codes),
-        events=[jsonb.encode([_span_event(e) for e in s.events]) for s in spans],
-        links=[jsonb.encode([_span_link(link) for link in s.links]) for s in spans],
+        trace_id=spans.id_bytes(spans.trace_id, span_arrays.TRACE_ID_BYTES)[kept],
+        span_id=spans.id_bytes(spans.span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        parent_span_id=spans.id_bytes(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        has_parent=spans.has_id(spans.parent_span_id, span_arrays.SPAN_ID_BYTES)[kept],
+        start_ns=spans.start_ns[kept],
+        end_ns=spans.end_ns[kept],
+        name=spans.text(5).take(rows),
+        kind=_enum_index(spans.kinds()[kept], len(SPAN_KINDS)),
+        status=_enum_index(codes[kept], len(STATUS_CODES)),
+        status_message=messages.take(rows),
+        properties=span_arrays.properties(spans).take(rows),
+        events=span_arrays.events(spans).take(rows),
+        links=span_arrays.links(spans).take(rows),
     )
 
 
-def _is_kept(span: Any) -> bool:
-    """A span with a start, an end, a 16-byte trace id and an 8-byte span id (what micromegas keeps)."""
-    has_times = span.start_time_unix_nano != 0 and span.end_time_unix_nano != 0
-    return has_times and len(span.trace_id) == 16 and len(span.span_id) == 8
+def read_spans(payload: bytes, columns: Callable[[SpanFields], Any]) -> Any:
+    """`columns` of the spans of a stored OTLP traces block (OtlpBlockError if it cannot be read)."""
+    objects = read_envelope(payload)
+    try:
+        return columns(span_arrays.span_fields(objects))
+    except WireError as err:
+        raise OtlpBlockError(f"OTLP block objects are not a ResourceSpans: {err}") from None
 
 
-def _enum_index(values: Sequence[int], size: int) -> np.ndarray:
+def _coded(values: pa.Array) -> Coded[str]:
+    """Strings as codes and their distinct values."""
+    encoded = pc.dictionary_encode(values.cast(pa.utf8()))
+    return Coded(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist())
+
+
+def _enum_index(numbers: np.ndarray, size: int) -> np.ndarray:
     """Enum numbers as indexes of their names; an unknown number reads as the first name (prost's default)."""
-    numbers = np.array(values, dtype=np.int64)
     return np.where((numbers >= 0) & (numbers < size), numbers, 0)
 
 
-def _span_event(event: Any) -> dict[str, JsonValue]:
-    time_ns = int(_as_i64([event.time_unix_nano])[0])
-    return {"time": time_ns, "name": event.name, "attributes": _valued_attributes(event.attributes)}
-
-
-def _span_link(link: Any) -> dict[str, JsonValue]:
-    attributes = _valued_attributes(link.attributes)
-    return {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(), "attributes": attributes}
-
-
-def _valued_attributes(attributes: Sequence[KeyValue]) -> dict[str, JsonValue]:
-    """Event and link attributes: key-values without a value are left out (micromegas skips them)."""
-    return {kv.key: any_value_to_json(kv.value) for kv in attributes if kv.HasField("value")}
-
-
-def _id_matrix(ids: list[bytes], width: int) -> np.ndarray:
-    """One row of `width` id bytes per span (uint8)."""
-    return np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(len(ids), width)
-
-
 def _ids_as_i64(ids: np.ndarray) -> np.ndarray:
-    """8-byte ids as big-endian two's-complement int64."""
-    return np.ascontiguousarray(ids).view(">i8").reshape(len(ids)).astype(np.int64)
+    """8-byte ids (S8) as big-endian two's-complement int64."""
+    return np.ascontiguousarray(ids).view(">i8").astype(np.int64)
 
 
 # --- attribute values ------------------------------------------------------------------------------
@@ -396,30 +353,13 @@ def any_value_to_json(value: AnyValue) -> JsonValue:
     return None
 
 
-def any_value_to_string(value: AnyValue) -> str:
-    """micromegas's text of a log body: scalars as Rust prints them, arrays and maps as compact JSON."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        return rust_display_f64(value.double_value)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind in ("bytes_value", "array_value", "kvlist_value"):
-        converted = any_value_to_json(value)
-        return converted if kind == "bytes_value" else jsonb.compact_json(converted)
-    return ""
-
-
 Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]
 _EXTRACTORS: dict[str, Extractor] = {
-    OTLP_LOGS_FORMAT: lambda payload, block: extract_logs(read_resource(payload, ResourceLogs), block.begin_time_ns),
+    OTLP_LOGS_FORMAT: lambda payload, block: read_logs(payload, block.begin_time_ns),
     OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(read_resource(payload, ResourceMetrics)),
-    OTLP_TRACES_FORMAT: lambda payload, _: extract_spans(read_resource(payload, ResourceSpans)),
+    OTLP_TRACES_FORMAT: lambda payload, _: read_spans(payload, extract_spans),
 }
 # Views that read a format differently from its default columns above.
 _VIEW_EXTRACTORS: dict[str, Extractor] = {
-    name: lambda payload, _: extract_otel_spans(read_resource(payload, ResourceSpans)) for name in (OTEL_SPANS, TRACES)
+    name: lambda payload, _: read_spans(payload, extract_otel_spans) for name in (OTEL_SPANS, TRACES)
 }

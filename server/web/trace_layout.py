@@ -19,6 +19,7 @@ over slices of one sort by depth (a level is one vectorised step, never one per 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ class Band:
 class Waterfall:
     """The trace's spans in row order (`spans`, a table) and, per span, what the page draws."""
 
-    spans: pa.Table  # trace_spans' rows, sorted by row
+    table: pa.Table  # trace_spans' rows, as given
+    order: np.ndarray  # the index in `table` of each row's span, in row order
     rows: np.ndarray  # the row of each span (its band's header rows counted)
     band_depth: np.ndarray  # depth within its band's tree
     parent: np.ndarray  # index (in `spans`) of the parent anywhere in the trace, NO_PARENT if none
@@ -60,7 +62,21 @@ class Waterfall:
     @property
     def row_count(self) -> int:
         """Rows of the whole waterfall, one header per band included."""
-        return len(self.spans) + len(self.bands)
+        return len(self.order) + len(self.bands)
+
+    @functools.cached_property
+    def spans(self) -> pa.Table:
+        """trace_spans' rows, sorted by row (a page needs only its slice: `page`)."""
+        return self.table.take(self.order)
+
+    def page(self, offset: int, stop: int) -> pa.Table:
+        """The spans of rows `offset`..`stop` (in row order), taken from the table alone."""
+        return self.table.take(self.order[offset:stop])
+
+    def index_of(self, span_id: str) -> int:
+        """The position (in row order) of the span of this id, -1 if none."""
+        found = pc.index(self.table.column("span_id"), span_id).as_py()
+        return -1 if found < 0 else int(np.flatnonzero(self.order == found)[0])
 
 
 def _ns(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -165,7 +181,8 @@ def lay_out(spans: pa.Table) -> Waterfall:
         for b, code in enumerate(band_order.tolist())
     )
     return Waterfall(
-        spans=spans.take(order),
+        table=spans,
+        order=order,
         rows=rows[order],
         band_depth=band_depth[order],
         parent=np.where(parent[order] == NO_PARENT, NO_PARENT, new_index[np.maximum(parent[order], 0)]),

@@ -80,8 +80,8 @@ def traces_sql(search: dict[str, str], min_duration_ms: int, limit: int) -> Boun
 
 def _page_of(waterfall: Waterfall, offset: int, limit: int) -> list[dict]:
     """The spans `offset`..`offset + limit` (in row order) as the waterfall's JSON rows."""
-    stop = min(offset + limit, len(waterfall.spans))
-    spans = waterfall.spans.slice(offset, max(stop - offset, 0))
+    stop = max(min(offset + limit, len(waterfall.order)), offset)
+    spans = waterfall.page(offset, stop)
     begin = pc.subtract(spans.column("begin").cast(pa.int64()), waterfall.begin_ns).to_pylist()
     end = pc.subtract(spans.column("end").cast(pa.int64()), waterfall.begin_ns).to_pylist()
     layout = {
@@ -112,7 +112,7 @@ def waterfall_json(waterfall: Waterfall, trace_id: str, offset: int, limit: int,
     """The waterfall's frame (bands, time bounds, row count) with one page of its spans."""
     return {
         "trace_id": trace_id,
-        "spans_total": len(waterfall.spans),
+        "spans_total": len(waterfall.order),
         "row_count": waterfall.row_count,
         "duration_ns": waterfall.end_ns - waterfall.begin_ns,
         "begin": format_rfc3339_ns(waterfall.begin_ns),
@@ -133,7 +133,7 @@ def _selected_index(waterfall: Waterfall, span: str | None) -> int | None:
     span_hex = span.strip().lower()
     if not _SPAN_ID.fullmatch(span_hex):
         raise html.PageError(400, "Bad span id", f"'{span}' is not a span id (16 hexadecimal digits)")
-    found = pc.index(waterfall.spans.column("span_id"), span_hex).as_py()
+    found = waterfall.index_of(span_hex)
     if found < 0:
         raise html.PageError(404, "Span not found", f"the trace has no span {span_hex}")
     return found
