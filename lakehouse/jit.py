@@ -13,6 +13,10 @@ Writers never lock while they decode: each round writes its files, then swaps th
 ones (under the instance's advisory lock, in one transaction). A writer that lost the race drops its
 files and the next check sees the winner's work.
 
+With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
+background as its process's blocks arrive (`live_refresh`), so that a live process's next query
+usually finds it fresh.
+
 Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
 swapped in the same way. A merge reads its partitions' parquet: concatenated when each block's rows
 come from that block alone (`View.blockwise_formats`), else joined by the view's `merge_rows` from the
@@ -72,12 +76,34 @@ class Instance:
 TimingsOf = Callable[[], Mapping[str, ProcessTiming]]
 
 
+# The largest nanosecond time: a refresh covers the hours from its query's range begin on.
+MAX_NS = 2**63 - 1
+
+
 def fresh_partitions(
     lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
 ) -> list[Partition]:
     """The instance's live partitions, once each of its source blocks (of the hours the query range
     concerns) sits in exactly one valid partition; rebuilds what is stale first. `timings_of` gives the
-    process timing (and raises QueryError for an unknown process or stream)."""
+    process timing (and raises QueryError for an unknown process or stream). With live refresh on, the
+    instance is then followed (`live_refresh`): its process's next blocks are materialized in the
+    background."""
+    timings = functools.cache(timings_of)
+    partitions = up_to_date(lake, instance, query_range, timings)
+    if lake.live_refresh.seconds > 0:
+        key = (instance.view.name, instance.instance_id)
+        process_id = instance.instance_id if instance.view.instance_kind == "process" else None
+        process_id = process_id or lake.live_refresh.process_of(key) or next(iter(timings()))
+        since = None if query_range is None else (query_range[0], MAX_NS)
+        lake.live_refresh.queried(process_id, key, functools.partial(up_to_date, lake, instance, since, timings_of))
+        lake.catalog_changes.listen(lake)  # the announcements of its blocks
+    return partitions
+
+
+def up_to_date(
+    lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
+) -> list[Partition]:
+    """`fresh_partitions` without following the instance (a query's, or a background refresh's)."""
     timings_of = functools.cache(timings_of)
     view = instance.view
     seen_until_ns = None  # the latest insert time of the blocks the first check saw
