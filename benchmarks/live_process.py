@@ -6,8 +6,10 @@ instance), checking each count against the blocks acknowledged before it. Per vi
 last fifth of the blocks) next to the same query on the same blocks once posting has stopped
 (quiescent), and their ratio.
 
-The machine is shared, so rounds alternate between this checkout and a baseline revision, each round on
-a fresh server; the ratios printed are medians over rounds, with the load average seen meanwhile.
+The machine is shared, so rounds alternate between this checkout, this checkout with live refresh
+(`SPANLAKE_LIVE_REFRESH_SECONDS`: queried instances materialized in the background as blocks arrive)
+and a baseline revision, each round on a fresh server; the ratios printed are medians over rounds, with
+the load average seen meanwhile.
 
     python benchmarks/live_process.py [--rounds 3] [--baseline f895686] [--blocks 1200] [--rate 20]
 """
@@ -64,9 +66,9 @@ class Round:
     load: float
 
 
-def one_round(revision: str | None, args: argparse.Namespace) -> Round:
-    """A fresh server running `revision` (None: this checkout), a live process, its queries."""
-    with source_env(revision) as env, spanlake_server(extra_env=env) as server:
+def one_round(revision: str | None, settings: dict[str, str], args: argparse.Namespace) -> Round:
+    """A fresh server running `revision` (None: this checkout) with `settings`, a live process, its queries."""
+    with source_env(revision) as env, spanlake_server(extra_env={**env, **settings}) as server:
         live = LiveProcess(server.http_url, spans_per_block=args.spans)
         live.announce()
         client = micromegas.connect(server.flightsql_url)
@@ -108,19 +110,22 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
     parser.add_argument("--quiescent-runs", type=int, default=20)
     args = parser.parse_args()
-    sides = {"this checkout": None, **({f"baseline {args.baseline}": args.baseline} if args.baseline else {})}
+    refresh = {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"}
+    sides = {"this checkout": (None, {}), "this checkout, live refresh": (None, refresh)}
+    if args.baseline:
+        sides[f"baseline {args.baseline}"] = (args.baseline, {})
     rounds: dict[str, list[Round]] = {side: [] for side in sides}
     print(f"{args.blocks} blocks at {args.rate:g}/s, {args.spans} spans per block, queries every 0.5 s")
-    print(f"{'round':<28} {'view':<13} {'late p50 ms':>11} {'quiet p50 ms':>12} {'ratio':>6} {'load':>5}")
+    print(f"{'round':<32} {'view':<13} {'late p50 ms':>11} {'quiet p50 ms':>12} {'ratio':>6} {'load':>5}")
     for number in range(args.rounds):
-        for side, revision in sides.items():
-            result = one_round(revision, args)
+        for side, (revision, settings) in sides.items():
+            result = one_round(revision, settings, args)
             rounds[side].append(result)
             for view in COUNTS:
                 late, quiet = result.late[view], result.quiescent[view]
                 label = f"{side} #{number + 1}"
                 print(
-                    f"{label:<28} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f}"
+                    f"{label:<32} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f}"
                     f" {late / quiet:>6.2f} {result.load:>5.1f}",
                     flush=True,
                 )
@@ -131,7 +136,7 @@ def main() -> None:
             quiet = statistics.median(r.quiescent[view] for r in results)
             ratio = statistics.median(r.late[view] / r.quiescent[view] for r in results)
             print(
-                f"{side:<28} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f} {ratio:>6.2f}"
+                f"{side:<32} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f} {ratio:>6.2f}"
                 f" {statistics.median(r.load for r in results):>5.1f}"
             )
 
