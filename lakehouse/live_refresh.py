@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from spanlake.lakehouse.settle_queue import SettleQueue
 
+# A followed instance is refreshed at most this often: blocks arriving faster share a refresh (what
+# arrives in between waits for the next block's announcement, or the next query).
+MIN_REFRESH_SECONDS = 0.1
 # Queries between two sweeps of the instances no longer followed.
 SWEEP_EVERY = 1024
 
@@ -26,6 +29,7 @@ SWEEP_EVERY = 1024
 class _Followed:
     refresh: Callable[[], object]
     last_queried: float
+    last_refresh: float = 0.0  # when its last refresh was queued
 
 
 class LiveRefresh:
@@ -50,7 +54,11 @@ class LiveRefresh:
             return
         now = time.monotonic()
         with self._lock:
-            self._by_process.setdefault(process_id, {})[instance] = _Followed(refresh, now)
+            followed = self._by_process.setdefault(process_id, {}).get(instance)
+            if followed is None:
+                self._by_process[process_id][instance] = _Followed(refresh, now)
+            else:
+                followed.last_queried = now
             self._process_of[instance] = process_id
             self._queries += 1
             if self._queries % SWEEP_EVERY == 0:
@@ -61,8 +69,11 @@ class LiveRefresh:
         """A change of `key` was announced (on the lake's loop: this must not block): when it is a process
         whose instances are followed, queues their refresh."""
         with self._lock:
-            for instance, followed in self._drop_unfollowed(key, time.monotonic()).items():
-                settler.submit(("refresh", instance), followed.refresh)
+            now = time.monotonic()
+            for instance, followed in self._drop_unfollowed(key, now).items():
+                if now - followed.last_refresh >= MIN_REFRESH_SECONDS:
+                    followed.last_refresh = now
+                    settler.submit(("refresh", instance), followed.refresh)
 
     def _drop_unfollowed(self, process_id: str, now: float) -> dict[Hashable, _Followed]:
         """The process's instances still followed, the others forgotten (under the lock)."""
@@ -72,4 +83,4 @@ class LiveRefresh:
             self._process_of.pop(instance, None)
         if not instances:
             self._by_process.pop(process_id, None)
-        return dict(instances)
+        return instances
