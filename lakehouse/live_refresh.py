@@ -11,6 +11,7 @@ still materializes itself, so nothing acknowledged is ever missed.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 from spanlake.lakehouse.settle_queue import SettleQueue
 
-# A followed instance is refreshed at most this often: blocks arriving faster share a refresh (what
-# arrives in between waits for the next block's announcement, or the next query).
+# A followed instance is refreshed at most this often: blocks arriving faster share a refresh, queued
+# that long after the previous one.
 MIN_REFRESH_SECONDS = 0.1
 # Queries between two sweeps of the instances no longer followed.
 SWEEP_EVERY = 1024
@@ -30,6 +31,7 @@ class _Followed:
     refresh: Callable[[], object]
     last_queried: float
     last_refresh: float = 0.0  # when its last refresh was queued
+    trailing: bool = False  # a refresh is due once MIN_REFRESH_SECONDS have passed since the last
 
 
 class LiveRefresh:
@@ -67,13 +69,27 @@ class LiveRefresh:
 
     def announced(self, settler: SettleQueue, key: str) -> None:
         """A change of `key` was announced (on the lake's loop: this must not block): when it is a process
-        whose instances are followed, queues their refresh."""
+        whose instances are followed, queues their refresh, now or once MIN_REFRESH_SECONDS have passed
+        since the previous one."""
         with self._lock:
             now = time.monotonic()
             for instance, followed in self._drop_unfollowed(key, now).items():
-                if now - followed.last_refresh >= MIN_REFRESH_SECONDS:
-                    followed.last_refresh = now
-                    settler.submit(("refresh", instance), followed.refresh)
+                wait = followed.last_refresh + MIN_REFRESH_SECONDS - now
+                if wait <= 0:
+                    self._queue(settler, instance, followed)
+                elif not followed.trailing:
+                    followed.trailing = True
+                    asyncio.get_running_loop().call_later(wait, self._trail, settler, instance, followed)
+
+    def _trail(self, settler: SettleQueue, instance: Hashable, followed: _Followed) -> None:
+        with self._lock:
+            self._queue(settler, instance, followed)
+
+    def _queue(self, settler: SettleQueue, instance: Hashable, followed: _Followed) -> None:
+        """Queues the instance's refresh (under the lock)."""
+        followed.trailing = False
+        followed.last_refresh = time.monotonic()
+        settler.submit(("refresh", instance), followed.refresh)
 
     def _drop_unfollowed(self, process_id: str, now: float) -> dict[Hashable, _Followed]:
         """The process's instances still followed, the others forgotten (under the lock)."""
