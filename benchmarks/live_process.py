@@ -1,38 +1,52 @@
 """Querying a live process: one process receives blocks at a steady rate while a client queries it.
 
 Against a running `spanlake serve`, a synthetic process posts B blocks at R blocks/s; every half second
-a micromegas client runs `SELECT count(*) FROM view_instance('async_events', pid)` and checks the
-count against the blocks acknowledged before it. Printed: query p50/p99 early (first fifth of the
-blocks) and late (last fifth), next to the same query on the same blocks once posting has stopped
-(quiescent), and the first query of a twin process that received the same blocks unqueried (cold).
+a micromegas client counts the rows of its `async_events` instance (and of its thread's `thread_spans`
+instance), checking each count against the blocks acknowledged before it. Per view: query p50 late (the
+last fifth of the blocks) next to the same query on the same blocks once posting has stopped
+(quiescent), and their ratio.
 
-    python benchmarks/live_process.py [--blocks 3000] [--rate 20] [--spans 20]
+The machine is shared, so rounds alternate between this checkout, this checkout with live refresh
+(`SPANLAKE_LIVE_REFRESH_SECONDS`: queried instances materialized in the background as blocks arrive)
+and a baseline revision, each round on a fresh server; the ratios printed are medians over rounds, with
+the load average seen meanwhile.
+
+    python benchmarks/live_process.py [--rounds 3] [--baseline f895686] [--blocks 1200] [--rate 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import micromegas
-from _servers import spanlake_server
+from _servers import source_env, spanlake_server
 from live_process import LiveProcess
 
-COUNT_SQL = "SELECT count(*) AS n FROM view_instance('async_events', '{process}')"
+COUNTS = {
+    "async_events": "SELECT count(*) AS n FROM view_instance('async_events', '{process}')",
+    "thread_spans": "SELECT count(*) AS n FROM view_instance('thread_spans', '{stream}')",
+}
+# Rows a block gives at least: a begin and an end per async span, one row per thread span.
+ROWS_PER_SPAN = {"async_events": 2, "thread_spans": 1}
 
 
-def timed_count(client: micromegas.flightsql.client.FlightSQLClient, process_id: str) -> tuple[float, int]:
+def timed_count(client: micromegas.flightsql.client.FlightSQLClient, view: str, live: LiveProcess) -> tuple[float, int]:
+    """The latency of one count query of the view's instance, and the count."""
     start = time.perf_counter()
-    frame = client.query(COUNT_SQL.format(process=process_id))
+    frame = client.query(COUNTS[view].format(process=live.process_id, stream=live.stream_id))
     return time.perf_counter() - start, int(frame.n[0])
 
 
 def post_steadily(live: LiveProcess, blocks: int, rate: float, done: threading.Event) -> None:
+    """Posts the blocks at `rate` per second."""
     start = time.perf_counter()
     for number in range(blocks):
         delay = start + number / rate - time.perf_counter()
@@ -42,67 +56,89 @@ def post_steadily(live: LiveProcess, blocks: int, rate: float, done: threading.E
     done.set()
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@dataclass(frozen=True)
+class Round:
+    """One round's p50 latencies (s) per view: late while posting, quiescent after."""
+
+    late: dict[str, float]
+    quiescent: dict[str, float]
+    queries: int
+    load: float
 
 
-def summary(label: str, latencies: list[float]) -> str:
-    if not latencies:
-        return f"{label:<34} (no query)"
-    p50, p99 = statistics.median(latencies) * 1e3, percentile(latencies, 0.99) * 1e3
-    return f"{label:<34} {len(latencies):>7} {p50:>9.0f} {p99:>9.0f}"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=20.0, help="blocks per second")
-    parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
-    parser.add_argument("--quiescent-runs", type=int, default=20)
-    args = parser.parse_args()
-    with spanlake_server() as server:
+def one_round(revision: str | None, settings: dict[str, str], args: argparse.Namespace) -> Round:
+    """A fresh server running `revision` (None: this checkout) with `settings`, a live process, its queries."""
+    with source_env(revision) as env, spanlake_server(extra_env={**env, **settings}) as server:
         live = LiveProcess(server.http_url, spans_per_block=args.spans)
         live.announce()
         client = micromegas.connect(server.flightsql_url)
         done = threading.Event()
         poster = threading.Thread(target=post_steadily, args=(live, args.blocks, args.rate, done))
         poster.start()
-        samples: list[tuple[int, float]] = []  # (blocks acknowledged before the query, latency)
+        late: dict[str, list[float]] = {view: [] for view in COUNTS}
+        queries = 0
         while not done.is_set():
             next_query = time.perf_counter() + 0.5
             acknowledged = len(live.acknowledged_now())
-            latency, count = timed_count(client, live.process_id)
-            if count < acknowledged * 2 * args.spans:
-                raise SystemExit(f"query saw {count} rows, fewer than the {acknowledged} acknowledged blocks hold")
-            samples.append((acknowledged, latency))
+            for view in COUNTS:
+                latency, count = timed_count(client, view, live)
+                if count < acknowledged * ROWS_PER_SPAN[view] * args.spans:
+                    raise SystemExit(f"{view}: {count} rows, fewer than the {acknowledged} acknowledged blocks hold")
+                if acknowledged >= args.blocks - args.blocks // 5:
+                    late[view].append(latency)
+                queries += 1
             time.sleep(max(0.0, next_query - time.perf_counter()))
         poster.join()
-        time.sleep(2)  # let the last merges settle
-        timed_count(client, live.process_id)
-        time.sleep(2)
-        quiescent = [timed_count(client, live.process_id)[0] for _ in range(args.quiescent_runs)]
+        load = os.getloadavg()[0]
+        for view in COUNTS:
+            timed_count(client, view, live)  # brings the last blocks in and queues their merges
+        time.sleep(3)  # let the merges settle
+        quiescent = {
+            view: statistics.median(timed_count(client, view, live)[0] for _ in range(args.quiescent_runs))
+            for view in COUNTS
+        }
+    return Round({view: statistics.median(values) for view, values in late.items()}, quiescent, queries, load)
 
-        twin = LiveProcess(server.http_url, spans_per_block=args.spans)
-        twin.announce()
-        for number in range(args.blocks):
-            twin.post_block(number)
-        cold, _ = timed_count(client, twin.process_id)
-        time.sleep(2)
-        twin_warm = [timed_count(client, twin.process_id)[0] for _ in range(args.quiescent_runs)]
 
-    fifth = args.blocks // 5
-    early = [latency for acknowledged, latency in samples if acknowledged < fifth]
-    late = [latency for acknowledged, latency in samples if acknowledged >= args.blocks - fifth]
-    print(f"{args.blocks} blocks at {args.rate:g}/s, {args.spans} async spans per block, query every 0.5 s")
-    print(f"{'':<34} {'queries':>7} {'p50 ms':>9} {'p99 ms':>9}")
-    print(summary(f"live, early (< {fifth} blocks)", early))
-    print(summary(f"live, late (>= {args.blocks - fifth} blocks)", late))
-    print(summary("quiescent, same blocks", quiescent))
-    print(summary("twin built at once, first query", [cold]))
-    print(summary("twin built at once, warm", twin_warm))
-    if late and quiescent:
-        print(f"late p50 / quiescent p50: {statistics.median(late) / statistics.median(quiescent):.2f}")
+def main() -> None:
+    """Alternating rounds of this checkout and the baseline; prints each round and the medians."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each side")
+    parser.add_argument("--baseline", default="f895686", help="git revision to compare with ('' for none)")
+    parser.add_argument("--blocks", type=int, default=1200)
+    parser.add_argument("--rate", type=float, default=20.0, help="blocks per second")
+    parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
+    parser.add_argument("--quiescent-runs", type=int, default=20)
+    args = parser.parse_args()
+    refresh = {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"}
+    sides = {"this checkout": (None, {}), "this checkout, live refresh": (None, refresh)}
+    if args.baseline:
+        sides[f"baseline {args.baseline}"] = (args.baseline, {})
+    rounds: dict[str, list[Round]] = {side: [] for side in sides}
+    print(f"{args.blocks} blocks at {args.rate:g}/s, {args.spans} spans per block, queries every 0.5 s")
+    print(f"{'round':<32} {'view':<13} {'late p50 ms':>11} {'quiet p50 ms':>12} {'ratio':>6} {'load':>5}")
+    for number in range(args.rounds):
+        for side, (revision, settings) in sides.items():
+            result = one_round(revision, settings, args)
+            rounds[side].append(result)
+            for view in COUNTS:
+                late, quiet = result.late[view], result.quiescent[view]
+                label = f"{side} #{number + 1}"
+                print(
+                    f"{label:<32} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f}"
+                    f" {late / quiet:>6.2f} {result.load:>5.1f}",
+                    flush=True,
+                )
+    print("medians over rounds:")
+    for side, results in rounds.items():
+        for view in COUNTS:
+            late = statistics.median(r.late[view] for r in results)
+            quiet = statistics.median(r.quiescent[view] for r in results)
+            ratio = statistics.median(r.late[view] / r.quiescent[view] for r in results)
+            print(
+                f"{side:<32} {view:<13} {late * 1e3:>11.1f} {quiet * 1e3:>12.1f} {ratio:>6.2f}"
+                f" {statistics.median(r.load for r in results):>5.1f}"
+            )
 
 
 if __name__ == "__main__":

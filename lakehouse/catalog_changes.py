@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -83,6 +84,15 @@ class CatalogChanges:
         self._round_trip_ended = 0
         self._last_attempt = -RETRY_SECONDS
         self._starting = threading.Lock()
+        self._followers: list[Callable[[str], None]] = []
+
+    def listen(self, lake: Lake) -> bool:
+        """Starts listening unless already listening (or a recent attempt failed); whether it listens."""
+        return self._connection is not None or self._start(lake)
+
+    def follow(self, follower: Callable[[str], None]) -> None:
+        """Calls `follower(key)` on the lake's loop for each key announced from now on (it must not block)."""
+        self._followers.append(follower)
 
     def generation(self, lake: Lake, key: str, query_began: QueryMark | None = None) -> Generation | None:
         """The key's current generation, once the changes announced before this call (with a mark of
@@ -158,6 +168,8 @@ class CatalogChanges:
         self._last_change.move_to_end(key)
         if len(self._last_change) > MAX_KEYS:
             _, self._forgotten = self._last_change.popitem(last=False)
+        for follower in self._followers:
+            follower(key)
 
     def _terminated(self, _connection: object) -> None:
         """The listening connection closed (PostgreSQL stopped): nothing is reused until listening again."""

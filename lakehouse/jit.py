@@ -13,9 +13,15 @@ Writers never lock while they decode: each round writes its files, then swaps th
 ones (under the instance's advisory lock, in one transaction). A writer that lost the race drops its
 files and the next check sees the winner's work.
 
+With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
+background as its process's blocks arrive (`live_refresh`), so that a live process's next query
+usually finds it fresh.
+
 Small tail partitions settle on the lake's settle queue (`settle`): merges planned by `jit_layout`,
-swapped in the same way. A merge reads its partitions' parquet when each block's rows come from that
-block alone (`View.blockwise_formats`); otherwise (call trees, span depths) it rebuilds from the blocks.
+swapped in the same way. A merge reads its partitions' parquet: concatenated when each block's rows
+come from that block alone (`View.blockwise_formats`), else joined by the view's `merge_rows` from the
+notes each file keeps in its footer (call trees); it rebuilds from the blocks only when neither can
+(span depths, partitions written before notes, chains the notes cannot join).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
@@ -39,6 +46,7 @@ from spanlake.lakehouse.jit_layout import (
     plan_rebuild,
 )
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.partitions import (
     Partition,
     PartitionTarget,
@@ -49,7 +57,7 @@ from spanlake.lakehouse.partitions import (
 )
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_rows import view_rows
-from spanlake.views.view import View
+from spanlake.views.view import PartitionRows, View
 
 # Rounds of check-and-rebuild a query tries before giving up: each round that does not end fresh
 # means blocks arrived (or a concurrent writer won) meanwhile, so this bounds a pathological race.
@@ -68,12 +76,34 @@ class Instance:
 TimingsOf = Callable[[], Mapping[str, ProcessTiming]]
 
 
+# The largest nanosecond time: a refresh covers the hours from its query's range begin on.
+MAX_NS = 2**63 - 1
+
+
 def fresh_partitions(
     lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
 ) -> list[Partition]:
     """The instance's live partitions, once each of its source blocks (of the hours the query range
     concerns) sits in exactly one valid partition; rebuilds what is stale first. `timings_of` gives the
-    process timing (and raises QueryError for an unknown process or stream)."""
+    process timing (and raises QueryError for an unknown process or stream). With live refresh on, the
+    instance is then followed (`live_refresh`): its process's next blocks are materialized in the
+    background."""
+    timings = functools.cache(timings_of)
+    partitions = up_to_date(lake, instance, query_range, timings)
+    if lake.live_refresh.seconds > 0:
+        key = (instance.view.name, instance.instance_id)
+        process_id = instance.instance_id if instance.view.instance_kind == "process" else None
+        process_id = process_id or lake.live_refresh.process_of(key) or next(iter(timings()))
+        since = None if query_range is None else (query_range[0], MAX_NS)
+        lake.live_refresh.queried(process_id, key, functools.partial(up_to_date, lake, instance, since, timings_of))
+        lake.catalog_changes.listen(lake)  # the announcements of its blocks
+    return partitions
+
+
+def up_to_date(
+    lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
+) -> list[Partition]:
+    """`fresh_partitions` without following the instance (a query's, or a background refresh's)."""
     timings_of = functools.cache(timings_of)
     view = instance.view
     seen_until_ns = None  # the latest insert time of the blocks the first check saw
@@ -151,12 +181,25 @@ def decoded_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: Partiti
 
 
 def merged_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
-    """The rows of a merge: its partitions' files in insert order when every block's rows come from that
-    block alone (the same rows the blocks would give, without decoding them again), else decoded."""
+    """The rows of a merge, the same rows its blocks would give: its partitions' files in insert order when
+    every block's rows come from that block alone, else the view's `merge_rows` of them, else decoded."""
+    ordered = sorted(spec.replaces, key=lambda p: p.begin_insert_ns)
     if all(block.stream.format in spec.view.blockwise_formats for block in spec.blocks):
-        ordered = sorted(spec.replaces, key=lambda p: p.begin_insert_ns)
         return partition_batches(lake.store, [p.file_path for p in ordered if p.file_path])
+    merge = spec.view.merge_rows
+    if merge is not None and all(p.file_path for p in ordered):
+        merged = merge([partition_rows(lake.store, p.file_path) for p in ordered if p.file_path])
+        if merged is not None:
+            return merged.to_batches()
     return decoded_rows(lake, timings, spec)
+
+
+def partition_rows(store: ObjectStore, file: str) -> PartitionRows:
+    """A partition file's rows, with its footer's key-value metadata."""
+    filesystem, root = store.arrow_filesystem()
+    with filesystem.open_input_file(f"{root}/{file}") as source:
+        parquet = pq.ParquetFile(source)
+        return PartitionRows(parquet.read(), parquet.metadata.metadata)
 
 
 def _write(lake: Lake, spec: PartitionSpec, rows_of: SpecRows) -> Partition:

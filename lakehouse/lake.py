@@ -15,6 +15,7 @@ import asyncpg
 from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.catalog_changes import CatalogChanges
 from spanlake.lakehouse.embedded_postgres import EmbeddedPostgres, open_embedded_postgres
+from spanlake.lakehouse.live_refresh import LiveRefresh
 from spanlake.lakehouse.loop import BackgroundLoop
 from spanlake.lakehouse.migrate import migrate
 from spanlake.lakehouse.object_store import ObjectStore
@@ -56,6 +57,7 @@ class Lake:
     catalog_changes: CatalogChanges = field(default_factory=CatalogChanges)
     fresh_instances: FreshInstances = field(default_factory=FreshInstances)
     scan_frames: ScanFrames = field(default_factory=ScanFrames)  # their files' scans, reused as they are
+    live_refresh: LiveRefresh = field(default_factory=LiveRefresh)  # live instances materialized as blocks arrive
     # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
     embedded: EmbeddedPostgres | None = None
     supervisor: Future[None] | None = None
@@ -74,6 +76,8 @@ class Lake:
             raise
         deny_list = QueryDenyList(loop, pool)
         lake = cls(settings, database_url, loop, pool, Catalog(pool), store, deny_list, embedded=embedded)
+        lake.live_refresh.seconds = settings.live_refresh_seconds
+        lake.catalog_changes.follow(lambda key: lake.live_refresh.announced(lake.settler, key))
         if embedded is not None:
             lake.supervisor = asyncio.run_coroutine_threadsafe(embedded.supervise(pool), loop.loop)
         return lake

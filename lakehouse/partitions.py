@@ -59,8 +59,9 @@ def write_parquet(
     row_group_rows: int = Settings.row_group_rows,
 ) -> tuple[int, int, int | None, int | None]:
     """Streams batches into a parquet file (LZ4_RAW, row groups of `row_group_rows`, statistics and page
-    indexes). Returns the file size, the rows, and the smallest `time_columns[0]` / largest
-    `time_columns[1]` (ns) seen on the way.
+    indexes; the batches' schema metadata, a view's notes for later merges, kept in the footer). Returns
+    the file size, the rows, and the smallest `time_columns[0]` / largest `time_columns[1]` (ns) seen on
+    the way.
 
     pyarrow names the LZ4_RAW codec "lz4" (it never writes the deprecated Hadoop LZ4 framing)."""
     filesystem, root = store.arrow_filesystem()
@@ -68,6 +69,7 @@ def write_parquet(
     if store.scheme == "file":
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     rows, low, high = 0, None, None
+    notes: dict[bytes, bytes] = {}
     with pq.ParquetWriter(
         path,
         schema,
@@ -77,14 +79,22 @@ def write_parquet(
         write_page_index=True,
         version="2.6",
     ) as writer:
-        for group in row_groups(schema, batches, row_group_rows):
+        for group in row_groups(schema, _noting(batches, notes), row_group_rows):
             writer.write_table(group, row_group_size=row_group_rows)
             rows += group.num_rows
             group_low = pc.min(group.column(time_columns[0])).cast(pa.int64()).as_py()
             group_high = pc.max(group.column(time_columns[1])).cast(pa.int64()).as_py()
             low = group_low if low is None else min(low, group_low)
             high = group_high if high is None else max(high, group_high)
+        if notes:
+            writer.add_key_value_metadata(notes)
     return filesystem.get_file_info(path).size, rows, low, high
+
+
+def _noting(batches: Iterable[pa.RecordBatch], notes: dict[bytes, bytes]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        notes.update(batch.schema.metadata or {})
+        yield batch
 
 
 def row_groups(schema: pa.Schema, batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

@@ -363,6 +363,15 @@ SETTINGS: tuple[Option, ...] = (
         QUERYING,
     ),
     Option(
+        "live_refresh_seconds",
+        "SPANLAKE_LIVE_REFRESH_SECONDS",
+        float,
+        0.0,
+        "a process instance queried within this many seconds is materialized in the background as its blocks"
+        " arrive, so that its next query finds it fresh (0: off)",
+        QUERYING,
+    ),
+    Option(
         "slow_span_ms",
         "SPANLAKE_SLOW_SPAN_MS",
         float,
@@ -417,6 +426,7 @@ class Settings:
     query_timeout_seconds: float = 300.0
     query_memory_limit_mb: int = 4096
     slow_query_seconds: float = 1.0
+    live_refresh_seconds: float = 0.0
     slow_span_ms: float = 5.0
 
     @property

@@ -79,8 +79,13 @@ class LiveProcess:
             writer.async_named(False, location, f"b{number}", span_id, 0, tick + step, 0)
             writer.thread(False, desc, tick + 2 * step)
             tick += 4 * step
-        dependencies, objects = compress(writer.dependencies.getvalue()), compress(writer.objects.getvalue())
         nb_objects = 4 * self.spans_per_block
+        self.post_events(number, writer, nb_objects, number * nb_objects)
+
+    def post_events(self, number: int, writer: ThreadBlockWriter, nb_objects: int, object_offset: int) -> None:
+        """Posts the events of `writer` as block `number` (ticks [number, number + 1) × BLOCK_TICKS)."""
+        first_tick = number * BLOCK_TICKS
+        dependencies, objects = compress(writer.dependencies.getvalue()), compress(writer.objects.getvalue())
         block = {
             "block_id": str(uuid.uuid4()),
             "stream_id": self.stream_id,
@@ -91,7 +96,7 @@ class LiveProcess:
             "end_ticks": first_tick + BLOCK_TICKS,
             "payload": {"dependencies": dependencies, "objects": objects},
             "nb_objects": nb_objects,
-            "object_offset": number * nb_objects,
+            "object_offset": object_offset,
         }
         self._post("/ingestion/insert_block", block)
         with self._lock:

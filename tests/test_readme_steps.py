@@ -295,6 +295,7 @@ QUERY_FLAGS = {
     "--query-timeout-seconds",
     "--query-memory-limit-mb",
     "--slow-query-seconds",
+    "--live-refresh-seconds",
     "--slow-span-ms",
     "--max-sql-joins",
     "--max-plan-nodes",

@@ -6,6 +6,7 @@ Modules:
     view          the view contract: `View`, and the block inputs its rows functions take
     async_events  async span begin/end events (transit `cpu` blocks, OTLP spans with their depths)
     thread_spans  a thread stream's call tree, one row per span
+    call_tree_merge  thread call trees of consecutive partitions joined from their rows and footer notes
     span_traces   the SDK's spans of traces with their trace facts (trace id, hand-off parent, kind, links)
     log_entries   log events (transit `log` blocks, OTLP logs)
     measures      metric events (transit `metrics` blocks, OTLP metrics)

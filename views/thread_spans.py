@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from spanlake.views import call_tree_merge
+from spanlake.views.call_tree_merge import ChainNote, PartitionNotes
 from spanlake.views.columns import Coded, dictionary_array, pair_codes, timestamp_array
 from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
 from spanlake.views.meta import BlockMeta, StreamMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, span_desc_scope, span_location_scope
 from spanlake.views.time import TickConverter
-from spanlake.views.view import TransitBlock, View
+from spanlake.views.view import PartitionRows, TransitBlock, View
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ SCHEMA = pa.schema(
 # clamped at 0, a begin is matched to the next end at its level (a stable sort by level puts them next
 # to each other), a span's parent is the latest earlier begin one level up, and every unmatched end
 # adds one enclosing level to the spans before it.
+#
+# A batch notes in its schema metadata what its first and last chains leave open at their edges, so
+# that consecutive partitions merge from their rows (`call_tree_merge`).
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,16 @@ class _Spans:
         return _Spans(nothing, nothing, nothing, nothing, nothing, Coded(nothing, []))
 
 
+@dataclass(frozen=True)
+class _Tree:
+    """A chain's spans, and what it leaves at its edges (`ChainNote`)."""
+
+    spans: _Spans
+    wrappers: int = 0
+    root: bool = False
+    open_ids: tuple[int, ...] = ()
+
+
 # type name → (begin?, named?)
 THREAD_EVENT_TYPES = {
     "BeginThreadSpanEvent": (True, False),
@@ -170,19 +185,27 @@ def build_batch(
 ) -> pa.RecordBatch:
     """The thread_spans rows of a stream's blocks, given in event-time order (`convert`: latest timing)."""
     root_scope = Scope(thread_name(stream), "", "", 0)
-    spans = []
+    trees, notes = [], []
     for chain in group_contiguous_block_chains([meta for meta, _ in blocks]):
-        chain_blocks = [blocks[index] for index in chain]
-        range_begin = convert.delta_ticks_to_ns_scalar(chain_blocks[0][0].begin_ticks)
-        range_end = convert.delta_ticks_to_ns_scalar(chain_blocks[-1][0].end_ticks)
-        events = _chain_events(chain_blocks, convert, range_begin, range_end)
-        spans.append(_call_tree(events, range_begin, range_end, root_scope, stream.stream_id))
-    return _batch(spans, stream.stream_id)
+        first, last = blocks[chain[0]][0], blocks[chain[-1]][0]
+        range_begin = convert.delta_ticks_to_ns_scalar(first.begin_ticks)
+        range_end = convert.delta_ticks_to_ns_scalar(last.end_ticks)
+        events, exact = _chain_events([blocks[index] for index in chain], convert, range_begin, range_end)
+        tree = _call_tree(events, range_begin, range_end, root_scope, stream.stream_id)
+        trees.append(tree)
+        rows = len(tree.spans.id)
+        edges = (rows, tree.wrappers, tree.root, tree.open_ids, exact)
+        notes.append(ChainNote(first.begin_ticks, last.end_ticks, range_begin, range_end, *edges))
+    batch = _batch([tree.spans for tree in trees], stream.stream_id)
+    if not notes:
+        return batch
+    return batch.replace_schema_metadata(PartitionNotes(notes[0], notes[-1], len(notes)).encode())
 
 
 def _chain_events(
     blocks: Sequence[tuple[BlockMeta, DecodedBlock]], convert: TickConverter, range_begin: int, range_end: int
-) -> _ThreadEvents:
+) -> tuple[_ThreadEvents, bool]:
+    """The chain's events in range, and whether they are exact (`ChainNote.exact`)."""
     parts: list[_ThreadEvents] = []
     for block_number, (meta, block) in enumerate(blocks):
         for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
@@ -201,7 +224,10 @@ def _chain_events(
     events = _ThreadEvents.concat(parts)
     # Blocks in chain order, objects in block order (event ids increase within a block).
     events = events.take(np.lexsort((events.event_id, events.block)))
-    return _in_range(events, range_begin, range_end)
+    in_range = _in_range(events, range_begin, range_end)
+    ids = in_range.event_id
+    exact = len(ids) == len(events.event_id) and (len(ids) == 0 or (ids[0] >= 0 and bool(np.all(np.diff(ids) > 0))))
+    return in_range, exact
 
 
 def _in_range(events: _ThreadEvents, range_begin: int, range_end: int) -> _ThreadEvents:
@@ -214,9 +240,9 @@ def _in_range(events: _ThreadEvents, range_begin: int, range_end: int) -> _Threa
     return events.take(np.flatnonzero((events.time_ns >= range_begin) & ~stopped))
 
 
-def _call_tree(events: _ThreadEvents, range_begin: int, range_end: int, root_scope: Scope, stream_id: str) -> _Spans:
+def _call_tree(events: _ThreadEvents, range_begin: int, range_end: int, root_scope: Scope, stream_id: str) -> _Tree:
     if len(events.step) == 0:
-        return _Spans.empty()
+        return _Tree(_Spans.empty())
     is_begin = events.step > 0
     running = np.cumsum(events.step)
     level_after = running - np.minimum.accumulate(np.minimum(running, 0))  # the nesting level, clamped at 0
@@ -237,10 +263,16 @@ def _call_tree(events: _ThreadEvents, range_begin: int, range_end: int, root_sco
         span_end[begins],
         events.scopes.take(begins),
     )
+    unclosed = np.ones(len(events.step), bool)
+    unclosed[opening] = False
+    open_ids = tuple(events.event_id[is_begin & unclosed].tolist())  # outermost first
     if not np.any(~is_begin & (level_before <= 1)):
-        return spans  # no end ever left the stack empty: the first span, never closed, is the root
+        # no end ever left the stack empty: the first span, never closed, is the root
+        return _Tree(spans, open_ids=open_ids)
     unmatched_ends = np.flatnonzero(~is_begin & (level_before == 0))
-    return _under_thread_root(spans, parent_index, begins, unmatched_ends, events, (range_begin, range_end), root_scope)
+    time_range = (range_begin, range_end)
+    rooted = _under_thread_root(spans, parent_index, begins, unmatched_ends, events, time_range, root_scope)
+    return _Tree(rooted, len(unmatched_ends), True, open_ids)
 
 
 def _matching_ends(is_begin: np.ndarray, level: np.ndarray, level_before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,6 +393,16 @@ def stream_batches(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
         log.warning("thread spans of stream %s not built: %s", first.block.stream_id, err)
 
 
+def merged_partitions(parts: Sequence[PartitionRows]) -> pa.Table | None:
+    """Consecutive partitions' rows as one (`call_tree_merge`); joined chains that do not nest give no rows,
+    as the stream's blocks built at once would."""
+    try:
+        return call_tree_merge.merge_partitions(parts)
+    except BlockRowsError as err:
+        log.warning("thread spans of merged partitions not built: %s", err)
+        return SCHEMA.empty_table()
+
+
 def _without_overlaps(blocks: Sequence[TransitBlock]) -> list[TransitBlock]:
     """The blocks (in tick order) but those overlapping an earlier one: a thread's blocks follow one
     another (each begins where the previous ended), so an overlapping block (a copy under another id, a
@@ -388,4 +430,5 @@ VIEW = View(
     stream_tags=("cpu",),
     time_columns=("begin", "end"),
     rows_from_transit=stream_batches,
+    merge_rows=merged_partitions,
 )

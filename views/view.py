@@ -11,6 +11,12 @@ over all the blocks of a partition at once, as thread call trees and OTLP span d
   protobuf (`OtlpBlock`, whose `columns` type the view defines);
 * `rows_from_blocks`: the block rows alone, no payload (the metadata views: blocks, processes, streams).
 
+A merge of a view instance's partitions reads their files instead of decoding their blocks again:
+concatenated when each block gives its rows alone (`blockwise_formats`), else through `merge_rows`
+when the view has one (its rows span blocks: a thread's call tree). Such a view's rows functions note
+what a merge needs in their batches' schema metadata, which the partition writer keeps in the file's
+footer; `merge_rows` gets each partition's rows with those notes (`PartitionRows`).
+
 Views stay pure: arrays in, arrays out. The lakehouse fetches, decodes and stores.
 """
 
@@ -57,6 +63,14 @@ class OtlpBlock(Generic[Columns]):
     process: ProcessMeta
 
 
+@dataclass(frozen=True)
+class PartitionRows:
+    """A partition's rows read back for a merge, with its file's footer metadata (the notes its rows carried)."""
+
+    table: pa.Table
+    metadata: dict[bytes, bytes] | None
+
+
 TransitRows = Callable[[Iterable[TransitBlock]], Iterator[pa.RecordBatch]]
 OtlpRows = Callable[[Iterable[OtlpBlock[Any]]], Iterator[pa.RecordBatch]]
 BlockRows = Callable[[Sequence[SourceBlock]], Iterator[pa.RecordBatch]]
@@ -93,6 +107,9 @@ class View:
     # The stream formats whose blocks each give their rows alone (`each_block`): a merge of partitions of
     # such blocks concatenates their files instead of decoding the blocks again.
     blockwise_formats: frozenset[str] = frozenset()
+    # Rows of consecutive partitions (insert order) as a build from all their blocks gives them, their
+    # notes in the table's schema metadata; None when the notes cannot tell (the blocks are decoded).
+    merge_rows: Callable[[Sequence[PartitionRows]], pa.Table | None] | None = None
     max_partition_seconds: int = DAY_SECONDS  # global instance: merges stop at partitions this long
     sql: SqlSource | None = None  # a SQL-defined view: rows and source counts come from its queries
 
