@@ -159,6 +159,14 @@ SETTINGS: tuple[Option, ...] = (
         ("serve", "web"),
     ),
     Option(
+        "ingestion_workers",
+        "SPANLAKE_INGESTION_WORKERS",
+        int,
+        None,
+        "processes serving the ingestion API on the HTTP port (SO_REUSEPORT); 0: this process; unset: one per core",
+        ("serve", "ingest"),
+    ),
+    Option(
         "oidc_issuer",
         "SPANLAKE_OIDC_ISSUER",
         str,
@@ -391,6 +399,7 @@ class Settings:
     allowed_hosts: str = ""
     login_failures_per_ip: int = 10
     login_failures: int = 100
+    ingestion_workers: int | None = None
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_client_secret: str | None = None

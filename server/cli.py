@@ -70,6 +70,7 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
     from spanlake.server.auth import AuthConfigError, make_authenticator
     from spanlake.server.flightsql.service import FlightSqlServer
     from spanlake.server.ingestion import start_ingestion
+    from spanlake.server.ingestion_workers import worker_count
     from spanlake.server.maintenance import MaintenanceDaemon
     from spanlake.server.self_tracing import start_self_tracing
 
@@ -88,7 +89,14 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
         runner = lakehouse_runner(lake)  # every door's queries, Flight SQL's and the web UI's
         if "ingest" in roles or "web" in roles:
             http = start_ingestion(
-                lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles, runner
+                lake,
+                authenticator,
+                settings.host,
+                settings.http_port,
+                "ingest" in roles,
+                "web" in roles,
+                runner,
+                worker_count(settings),
             )
             try:  # the port was free at the start-up check; another process may have taken it since
                 http_runner = lake.loop.run(http)
