@@ -27,7 +27,7 @@ from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
-from spanlake.server.ingestion_workers import IngestionWorkers
+from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
@@ -47,6 +47,7 @@ _READY_TIMEOUT_SECONDS = 2.0
 _INLINE_PARSE_LIMIT = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class IngestionService:
@@ -222,14 +223,17 @@ class IngestionService:
         return web.Response(status=status, body=data, content_type=response_type)
 
 
-async def make_app_runner(service: IngestionService) -> web.AppRunner:
-    """The service's application behind its site guard, set up in a runner with no site yet."""
+async def make_app_runner(service: IngestionService, outer: Middleware | None = None) -> web.AppRunner:
+    """The service's application behind its site guard (and the `outer` middleware before it), set up in
+    a runner with no site yet."""
     # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
     # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head within it
     # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
     # slow headers are bounded by the body's time limit too.
     app = service.app()
     install_site_guard(app, service.lake.settings)  # first middleware: Host, Origin and CSRF checks, security headers
+    if outer is not None:
+        app.middlewares.insert(0, outer)
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -256,7 +260,8 @@ async def start_ingestion(
     its own when None)."""
     service = IngestionService(lake, authenticator, ingestion, web_ui, runner)
     if ingestion and workers:
-        pool = IngestionWorkers(lake, workers, (host, port), await make_app_runner(service) if web_ui else None)
+        web_runner = await make_app_runner(service, forwarded_client) if web_ui else None
+        pool = IngestionWorkers(lake, workers, (host, port), web_runner)
         await pool.start()
         log.debug("ingestion API listening on http://%s:%d (%d worker processes)", host, port, workers)
         return pool

@@ -1,5 +1,7 @@
 """An ingestion worker process (`server.ingestion_workers` starts them): the ingestion API on its own
-SO_REUSEPORT socket of the HTTP port, over its own lake on the parent's database and object store.
+SO_REUSEPORT socket of the HTTP port, over its own lake on the parent's database and object store; the
+web UI's connections handed over to the parent, and the web UI's requests of its own connections
+forwarded to the parent's web server (`ParentWeb`).
 
     python -m spanlake.server.ingestion_worker   (started by the parent, never by hand)
 """
@@ -15,7 +17,10 @@ import socket
 import sys
 import threading
 
+import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.settings import load_settings
@@ -23,20 +28,82 @@ from spanlake.server.auth import Authenticator, make_authenticator
 from spanlake.server.ingestion import IngestionService, make_app_runner
 from spanlake.server.ingestion_workers import (
     CHANNEL_FD_ENV,
+    CLIENT_HEADER,
     CONNECTION,
-    HANDOFF_ENV,
     LISTEN,
     LISTENING,
+    PARENT_WEB_ENV,
     PEEK_BYTES,
     PREPARED,
     STOP_TIMEOUT_S,
+    Handler,
     worker_serves,
+    worker_serves_path,
 )
 
 log = logging.getLogger(__name__)
 
 # A partial request line stays readable: the wait before looking again.
 PEEK_RETRY_S = 0.005
+# Headers of one connection, not of the request: not forwarded either way (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
+)
+
+
+class ParentWeb:
+    """Forwards a request the worker does not serve (not for `/ingestion/`) to the parent's web server on
+    its Unix socket, with the client's address, and streams its answer back as the parent made it."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._session: aiohttp.ClientSession | None = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Before the worker's own checks: a request for the parent goes there as it came."""
+        if worker_serves_path(request.path):
+            return await handler(request)
+        return await self.forward(request)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """The parent's answer to `request` (its body streamed both ways)."""
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+        headers.popall(CLIENT_HEADER, None)  # only the worker says who the client is
+        headers[CLIENT_HEADER] = request.remote or ""
+        url = URL("http://parent" + request.raw_path, encoded=True)
+        body = request.content if request.body_exists else None
+        answer = self.session().request(request.method, url, headers=headers, data=body, allow_redirects=False)
+        async with answer as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            if upstream.headers.get("Connection", "").lower() == "close":
+                response.force_close()  # the parent closes its connection (408): so does the worker
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    def session(self) -> aiohttp.ClientSession:
+        """The client of the parent's socket: no cookie jar (each request carries its client's), no
+        header of its own, no time limit (the parent's own limits apply), bodies as they come."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(self.socket_path),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Closes the connections to the parent."""
+        if self._session is not None:
+            await self._session.close()
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -58,16 +125,21 @@ class WorkerServer:
     """A worker's HTTP server: the ingestion routes on its SO_REUSEPORT socket, other connections handed
     over to the parent when it serves the web UI."""
 
-    def __init__(self, lake: Lake, authenticator: Authenticator | None, channel: socket.socket, handoff: bool) -> None:
+    def __init__(
+        self, lake: Lake, authenticator: Authenticator | None, channel: socket.socket, parent_web: ParentWeb | None
+    ) -> None:
+        """`parent_web`: where the web UI's requests go (None: no web UI, the worker answers everything)."""
         self.lake = lake
         self.authenticator = authenticator
         self.channel = channel
-        self.handoff = handoff
+        self.parent_web = parent_web
+        self.handoff = parent_web is not None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def prepare(self) -> web.AppRunner:
         """The ingestion API's runner, set up, listening nowhere yet."""
-        return await make_app_runner(IngestionService(self.lake, self.authenticator))
+        outer = self.parent_web.middleware if self.parent_web is not None else None
+        return await make_app_runner(IngestionService(self.lake, self.authenticator), outer)
 
     async def listen(self, runner: web.AppRunner) -> None:
         """Serves `runner` on the worker's SO_REUSEPORT socket (OSError if it cannot listen)."""
@@ -159,29 +231,40 @@ def main() -> int:
     from spanlake.server.cli import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, serving=False)
     channel = socket.socket(fileno=int(os.environ[CHANNEL_FD_ENV]))
+    parent_web = ParentWeb(os.environ[PARENT_WEB_ENV]) if os.environ.get(PARENT_WEB_ENV) else None
     lake = Lake.open(settings)  # not self-traced: the server's own process is the one its role marks
+    authenticator = None
     try:
-        server = WorkerServer(lake, make_authenticator(settings, lake), channel, os.environ.get(HANDOFF_ENV) == "1")
-        runner = lake.loop.run(server.prepare())
-        channel.sendall(PREPARED)
-        if channel.recv(1) != LISTEN:  # the parent gave up (another worker failed) or is gone
-            lake.loop.run(runner.cleanup())
-            return 0
-        try:
-            lake.loop.run(server.listen(runner))
-        except OSError as err:
-            log.error("ingestion worker cannot listen on %s:%d: %s", settings.host, settings.http_port, err)
-            return err.errno or 1
-        channel.sendall(LISTENING)
-        stop = _stop_on_signal_or_parent_gone(channel)
-        stop.wait()
-        lake.loop.loop.call_soon_threadsafe(server.stop_accepting)
-        lake.loop.run(runner.cleanup(), timeout=STOP_TIMEOUT_S)
-        return 0
+        authenticator = make_authenticator(settings, lake)
+        return serve(lake, WorkerServer(lake, authenticator, channel, parent_web))
     finally:
+        if parent_web is not None:
+            lake.loop.run(parent_web.close())
+        if authenticator is not None:
+            authenticator.close()
         lake.close()
+
+
+def serve(lake: Lake, server: WorkerServer) -> int:
+    """Prepares, says so, listens when told, serves until told to stop; the errno of a failed listen."""
+    runner = lake.loop.run(server.prepare())
+    server.channel.sendall(PREPARED)
+    if server.channel.recv(1) != LISTEN:  # the parent gave up (another worker failed) or is gone
+        lake.loop.run(runner.cleanup())
+        return 0
+    try:
+        lake.loop.run(server.listen(runner))
+    except OSError as err:
+        log.error("ingestion worker cannot listen on %s:%d: %s", lake.settings.host, lake.settings.http_port, err)
+        return err.errno or 1
+    server.channel.sendall(LISTENING)
+    stop = _stop_on_signal_or_parent_gone(server.channel)
+    stop.wait()
+    lake.loop.loop.call_soon_threadsafe(server.stop_accepting)
+    lake.loop.run(runner.cleanup(), timeout=STOP_TIMEOUT_S)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,10 +6,15 @@ The parent (`spanlake serve`, `spanlake ingest`) keeps the data directory's lock
 PostgreSQL: it starts the workers with its settings and its database URL, and each worker opens its own
 lake (a pool on the same database, the same object store). Each worker is tied to the parent by a Unix
 socket pair: it says on it when it is prepared, listens when told (once every worker is prepared) and
-says so; when the parent serves the web UI on the same port, it hands over
-(SCM_RIGHTS) every connection whose first request is not for `/ingestion/`, to be served by the parent
-(a connection stays where its first request went); and it shuts down, finishing the requests it has,
-when the parent closes the pair, on purpose or by dying. A worker that exits on its own is replaced.
+says so; and it shuts down, finishing the requests it has, when the parent closes the pair, on purpose
+or by dying. A worker that exits on its own is replaced.
+
+When the parent serves the web UI on the same port, every request is answered as one process answers
+it: a worker hands over (SCM_RIGHTS) every connection whose first request is not for `/ingestion/`, to
+be served by the parent; a later request of one of its own connections that is not for `/ingestion/`
+is forwarded to the parent's web server over a Unix socket in a directory only this user reads, with
+the client's address in `CLIENT_HEADER` (trusted on that socket only: `forwarded_client`), so the
+login throttling and the site guard's checks see what they would see directly.
 
 The worker's side is `server.ingestion_worker`.
 """
@@ -19,20 +24,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.settings import SETTINGS, Settings
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 log = logging.getLogger(__name__)
 
 CHANNEL_FD_ENV = "SPANLAKE_INGESTION_CHANNEL_FD"  # the worker's end of its socket pair
-HANDOFF_ENV = "SPANLAKE_INGESTION_HANDOFF"  # "1": connections not for /ingestion/ go to the parent
+PARENT_WEB_ENV = "SPANLAKE_INGESTION_PARENT_WEB"  # the parent web server's Unix socket; empty: none
+CLIENT_HEADER = "X-Spanlake-Forwarded-Client"  # a forwarded request's client address
 PREPARED = b"P"  # worker → parent: its lake is open, its app set up
 LISTEN = b"L"  # parent → worker: every worker is prepared, listen now
 LISTENING = b"R"  # worker → parent: it listens on the port
@@ -49,6 +61,11 @@ def worker_count(settings: Settings) -> int:
     if settings.ingestion_workers is not None:
         return settings.ingestion_workers
     return os.cpu_count() or 1
+
+
+def worker_serves_path(path: str) -> bool:
+    """Whether a worker serves a request for `path` (the ingestion API); the parent serves the others."""
+    return path.startswith(INGESTION_PREFIX.decode())
 
 
 def worker_serves(head: bytes) -> bool | None:
@@ -85,12 +102,15 @@ class IngestionWorkers:
         self.workers: list[Worker] = []
         self._stopping = False
         self._tasks: set[asyncio.Task[object]] = set()
+        self._web_socket_dir: Path | None = None
 
     async def start(self) -> None:
         """Starts every worker and returns once all of them listen; OSError (the worker's) if one cannot.
 
         The workers listen only once every one of them is ready to serve (they start together), so the
         port answers when the whole ingestion API is there, as it did with one process."""
+        if self.web_runner is not None:
+            await self._serve_forwarded_requests(self.web_runner)
         prepared = await asyncio.gather(*(self._prepare_worker() for _ in range(self.count)), return_exceptions=True)
         self.workers = [worker for worker in prepared if isinstance(worker, Worker)]
         listening = await asyncio.gather(*(self._listen(worker) for worker in self.workers), return_exceptions=True)
@@ -110,11 +130,23 @@ class IngestionWorkers:
         self.workers = []
         if self.web_runner is not None:
             await self.web_runner.cleanup()
+        if self._web_socket_dir is not None:
+            shutil.rmtree(self._web_socket_dir, ignore_errors=True)
+
+    @property
+    def web_socket(self) -> str:
+        """The Unix socket the workers forward the web UI's requests to ('' when there is no web UI)."""
+        return str(self._web_socket_dir / "web.sock") if self._web_socket_dir is not None else ""
+
+    async def _serve_forwarded_requests(self, web_runner: web.AppRunner) -> None:
+        """The web server on a Unix socket too, in a new directory only this user may enter."""
+        self._web_socket_dir = Path(tempfile.mkdtemp(prefix="spanlake-web-"))  # mode 0700
+        await web.UnixSite(web_runner, self.web_socket).start()
 
     async def _prepare_worker(self) -> Worker:
         """A new worker process, once it has opened its lake and is ready to listen."""
         parent_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = worker_environment(self.lake, self.address, worker_end.fileno(), handoff=self.web_runner is not None)
+        env = worker_environment(self.lake, self.address, worker_end.fileno(), self.web_socket)
         with worker_end:
             process = subprocess.Popen(
                 [sys.executable, "-m", "spanlake.server.ingestion_worker"], env=env, pass_fds=[worker_end.fileno()]
@@ -194,9 +226,10 @@ async def _expect(worker: Worker, message: bytes) -> None:
         raise OSError(status, f"an ingestion worker exited with status {status} (its log says why)")
 
 
-def worker_environment(lake: Lake, address: tuple[str, int], channel_fd: int, handoff: bool) -> dict[str, str]:
+def worker_environment(lake: Lake, address: tuple[str, int], channel_fd: int, web_socket: str) -> dict[str, str]:
     """The worker's environment: the parent's settings as their variables, the address to listen on, the
-    parent's database URL (the embedded PostgreSQL's too), the channel's descriptor."""
+    parent's database URL (the embedded PostgreSQL's too), the channel's descriptor, the parent web
+    server's Unix socket."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("SPANLAKE_")}
     for option in SETTINGS:
         value = getattr(lake.settings, option.name)
@@ -207,8 +240,25 @@ def worker_environment(lake: Lake, address: tuple[str, int], channel_fd: int, ha
     env["SPANLAKE_DATABASE_URL"] = lake.database_url
     env["SPANLAKE_HOST"], env["SPANLAKE_HTTP_PORT"] = address[0], str(address[1])
     env[CHANNEL_FD_ENV] = str(channel_fd)
-    env[HANDOFF_ENV] = "1" if handoff else "0"
+    env[PARENT_WEB_ENV] = web_socket
     return env
+
+
+@web.middleware
+async def forwarded_client(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request a worker forwarded over the parent's Unix socket, with its client's address as `remote`
+    (`CLIENT_HEADER` is believed on that socket only: only this user's processes can reach it)."""
+    transport = request.transport
+    connection = transport.get_extra_info("socket") if transport is not None else None
+    if connection is not None and connection.family == socket.AF_UNIX:
+        headers = request.headers.copy()
+        client = headers.popall(CLIENT_HEADER, [""])[-1]
+        forwarded = request.clone(remote=client, headers=headers)
+        try:
+            return await handler(forwarded)
+        finally:  # aiohttp prepares the answer with the request it made: what the handlers noted goes with it
+            request.update(forwarded)
+    return await handler(request)
 
 
 def _wait_or_kill(process: subprocess.Popen) -> None:

@@ -1,17 +1,23 @@
 """Ingestion worker processes, through running `spanlake serve` processes: the workers share the HTTP port
 (each its own SO_REUSEPORT socket) and spread the connections, the web UI's connections reach the main
-process, a clean stop stops every worker; killed with SIGKILL while senders keep posting (rows being
-committed in groups), every acknowledged block is stored, row and payload, and no row lacks its payload."""
+process, and so do the web UI's requests on a worker's kept-alive connection (with the client's address:
+a key allowed from 127.0.0.1 only signs in); a key revoked on the web door is refused by every worker
+within REVOKE_BOUND_S; a clean stop stops every worker; killed with SIGKILL while senders keep posting
+(rows being committed in groups), every acknowledged block is stored, row and payload, and no row lacks
+its payload. (The other test modules run their servers with the ingestion API in the main process.)"""
 
 from __future__ import annotations
 
 import contextlib
 import http.client as http_client
+import json
 import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +29,9 @@ from live_process import LiveProcess
 WORKERS = 2
 SENDERS = 8
 SPANS_PER_BLOCK = 2
+ADMIN_KEY = "slk_workers_test_admin"
+# A key revoked on the web door is refused by every worker within this (PostgreSQL's notification).
+REVOKE_BOUND_S = 1.0
 
 
 def worker_processes(server: SpanlakeServer) -> list[psutil.Process]:
@@ -43,10 +52,100 @@ def connections_on_port(process: psutil.Process, port: int, status: str) -> int:
 @pytest.fixture
 def workers_server(postgres: PostgresServer, tmp_path: Path) -> Iterator[SpanlakeServer]:
     """A `spanlake serve` whose ingestion API is served by WORKERS worker processes."""
-    with running_server(postgres, tmp_path, extra_env={"SPANLAKE_INGESTION_WORKERS": str(WORKERS)}) as server:
+    with running_server(postgres, tmp_path, ingestion_workers=WORKERS) as server:
         # /health answers once one worker listens; the ready text, once every one does.
         wait_until(lambda: "spanlake ready" in server.log_text(), 60, "every worker to listen")
         yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
+    """Workers behind API keys: ADMIN_KEY configured (an admin), three wrong sign-ins per address a minute."""
+    env = {"SPANLAKE_ADMINS": "tests", "SPANLAKE_LOGIN_FAILURES_PER_IP": "3"}
+    tmp_path = tmp_path_factory.mktemp("keyed")
+    with running_server(postgres, tmp_path, ingestion_workers=WORKERS, api_key=ADMIN_KEY, extra_env=env) as server:
+        wait_until(lambda: "spanlake ready" in server.log_text(), 60, "every worker to listen")
+        yield server
+
+
+def request(
+    connection: http_client.HTTPConnection, method: str, path: str, body: bytes | None = None, **headers: str
+) -> http_client.HTTPResponse:
+    """One request on a kept-alive connection, its answer read."""
+    connection.request(method, path, body, headers)
+    response = connection.getresponse()
+    response.data = response.read()  # type: ignore[attr-defined]
+    return response
+
+
+def admin(server: SpanlakeServer, method: str, path: str, document: dict | None = None) -> dict:
+    """An access API call with the admin key (a new connection: the web UI's, handed to the main process)."""
+    body = json.dumps(document).encode() if document is not None else None
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    status, answer = http(method, server.http_url + path, body, headers)
+    assert status in (200, 201), answer
+    return json.loads(answer)
+
+
+def test_web_requests_on_a_workers_connection_are_answered_by_the_main_process(keyed_server: SpanlakeServer) -> None:
+    server = keyed_server
+    allowed = admin(server, "POST", "/api/analytics-api-keys", {"name": "near", "allowed_cidrs": ["127.0.0.1/32"]})
+    elsewhere = admin(server, "POST", "/api/analytics-api-keys", {"name": "far", "allowed_cidrs": ["10.0.0.0/8"]})
+    live = LiveProcess(server.http_url, SPANS_PER_BLOCK)
+    ingest = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    connection = http_client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        # The first request is the ingestion API's: the connection stays with the worker that took it.
+        assert request(connection, "POST", "/ingestion/insert_block", live.block_body(0), **ingest).status == 200
+        page = request(connection, "GET", "/login")
+        assert page.status == 200 and b"<form" in page.data  # a worker alone answers 404
+        assert "spanlake_csrf=" in page.getheader("Set-Cookie", "")  # the site guard's answer, as it made it
+        # The main process sees the client's address: a key allowed from 127.0.0.1 only signs in...
+        signed_in = request(connection, "POST", "/login", _form(allowed["key"]), **form)
+        assert (signed_in.status, signed_in.getheader("Location")) == (303, "/")
+        cookie = signed_in.getheader("Set-Cookie", "").split(";")[0]
+        home = request(connection, "GET", "/", Cookie=cookie)
+        assert home.status == 200 and home.data.startswith(b"<!doctype html>")
+        # ...one allowed from 10.0.0.0/8 only does not, and wrong keys from this address are throttled.
+        assert request(connection, "POST", "/login", _form(elsewhere["key"]), **form).status == 401
+        assert [request(connection, "POST", "/login", _form("slk_wrong"), **form).status for _ in range(3)] == [
+            401,
+            401,
+            429,
+        ]
+        assert request(connection, "POST", "/ingestion/insert_block", live.block_body(1), **ingest).status == 200
+    finally:
+        connection.close()
+    assert len(server.block_rows(live.process_id)) == 2
+
+
+def _form(key: str) -> bytes:
+    return urllib.parse.urlencode({"key": key, "next": "/"}).encode()
+
+
+def test_a_key_revoked_on_the_web_door_is_refused_by_every_worker(keyed_server: SpanlakeServer) -> None:
+    server = keyed_server
+    minted = admin(server, "POST", "/api/ingestion-api-keys", {"name": "sender", "audience": "team"})
+    bearer = {"Authorization": f"Bearer {minted['key']}"}
+    live = LiveProcess(server.http_url, SPANS_PER_BLOCK)
+    body = live.block_body(0)
+    # Kept-alive connections on both workers, each having used the key (every worker caches it valid).
+    connections = [http_client.HTTPConnection("127.0.0.1", server.http_port, timeout=30) for _ in range(12)]
+    try:
+        assert {request(c, "POST", "/ingestion/insert_block", body, **bearer).status for c in connections} == {200}
+        workers = worker_processes(server)
+        established = [connections_on_port(w, server.http_port, psutil.CONN_ESTABLISHED) for w in workers]
+        assert len(established) == WORKERS and min(established) > 0, established
+        admin(server, "DELETE", f"/api/ingestion-api-keys/{minted['key_id']}")
+        revoked_at = time.monotonic()
+        for connection in connections:  # each connection stays with its worker
+            while request(connection, "POST", "/ingestion/insert_block", body, **bearer).status != 401:
+                assert time.monotonic() - revoked_at < REVOKE_BOUND_S, "a worker still takes the revoked key"
+        print(f"every worker refused the revoked key {time.monotonic() - revoked_at:.3f} s after the revoke")
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def test_workers_share_the_port_serve_ingestion_and_stop_with_the_server(workers_server: SpanlakeServer) -> None:
