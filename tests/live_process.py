@@ -66,14 +66,12 @@ class LiveProcess:
 
     def post_block(self, number: int) -> None:
         """Posts block `number` (its ticks follow from the number, so blocks may be posted in any order)."""
-        status, text = post(self.http_url + "/ingestion/insert_block", self.block_body(number))
-        if status != 200:
-            raise RuntimeError(f"/ingestion/insert_block: {status} {text!r}")
+        self._post("/ingestion/insert_block", self.block_message(number))
         with self._lock:
             self.acknowledged.add(number)
 
-    def block_body(self, number: int) -> bytes:
-        """The CBOR body of block `number` (a new block id each time)."""
+    def block_message(self, number: int) -> dict:
+        """Block `number` as the sink sends it (a new block id each time)."""
         writer = ThreadBlockWriter()
         desc = writer.span_desc(f"b{number}")
         location = writer.span_location()
@@ -101,7 +99,7 @@ class LiveProcess:
             "nb_objects": nb_objects,
             "object_offset": number * nb_objects,
         }
-        return cbor2.dumps(block)
+        return block
 
     def acknowledged_now(self) -> set[int]:
         with self._lock:

@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import psutil
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, http, running_server, wait_until
@@ -97,7 +98,7 @@ def test_web_requests_on_a_workers_connection_are_answered_by_the_main_process(k
     connection = http_client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
     try:
         # The first request is the ingestion API's: the connection stays with the worker that took it.
-        assert request(connection, "POST", "/ingestion/insert_block", live.block_body(0), **ingest).status == 200
+        assert request(connection, "POST", "/ingestion/insert_block", block_body(live, 0), **ingest).status == 200
         page = request(connection, "GET", "/login")
         assert page.status == 200 and b"<form" in page.data  # a worker alone answers 404
         assert "spanlake_csrf=" in page.getheader("Set-Cookie", "")  # the site guard's answer, as it made it
@@ -114,10 +115,15 @@ def test_web_requests_on_a_workers_connection_are_answered_by_the_main_process(k
             401,
             429,
         ]
-        assert request(connection, "POST", "/ingestion/insert_block", live.block_body(1), **ingest).status == 200
+        assert request(connection, "POST", "/ingestion/insert_block", block_body(live, 1), **ingest).status == 200
     finally:
         connection.close()
     assert len(server.block_rows(live.process_id)) == 2
+
+
+def block_body(live: LiveProcess, number: int) -> bytes:
+    """The CBOR body of the live process's block `number`."""
+    return cbor2.dumps(live.block_message(number))
 
 
 def _form(key: str) -> bytes:
@@ -129,7 +135,7 @@ def test_a_key_revoked_on_the_web_door_is_refused_by_every_worker(keyed_server: 
     minted = admin(server, "POST", "/api/ingestion-api-keys", {"name": "sender", "audience": "team"})
     bearer = {"Authorization": f"Bearer {minted['key']}"}
     live = LiveProcess(server.http_url, SPANS_PER_BLOCK)
-    body = live.block_body(0)
+    body = block_body(live, 0)
     # Kept-alive connections on both workers, each having used the key (every worker caches it valid).
     connections = [http_client.HTTPConnection("127.0.0.1", server.http_port, timeout=30) for _ in range(12)]
     try:
@@ -162,7 +168,7 @@ def test_workers_share_the_port_serve_ingestion_and_stop_with_the_server(workers
     connections = [http_client.HTTPConnection("127.0.0.1", server.http_port, timeout=30) for _ in range(20)]
     try:
         for number, connection in enumerate(connections):
-            connection.request("POST", "/ingestion/insert_block", live.block_body(number))
+            connection.request("POST", "/ingestion/insert_block", block_body(live, number))
             response = connection.getresponse()
             assert (response.status, response.read()) == (200, b"")
         established = [connections_on_port(w, server.http_port, psutil.CONN_ESTABLISHED) for w in workers]
