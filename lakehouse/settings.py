@@ -30,6 +30,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected 0 or more, got {text!r}")
+    return value
+
+
 # The commands that run servers; `serve` runs every role in one process.
 SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
 LISTENING = ("serve", "ingest", "flightsql", "web")
@@ -161,7 +168,7 @@ SETTINGS: tuple[Option, ...] = (
     Option(
         "ingestion_workers",
         "SPANLAKE_INGESTION_WORKERS",
-        int,
+        _count,
         None,
         "processes serving the ingestion API on the HTTP port (SO_REUSEPORT); 0: this process; unset: one per core",
         ("serve", "ingest"),
