@@ -64,7 +64,11 @@ class ParentWeb:
         """Before the worker's own checks: a request for the parent goes there as it came."""
         if worker_serves_path(request.path):
             return await handler(request)
-        return await self.forward(request)
+        try:
+            return await self.forward(request)
+        except aiohttp.ClientConnectorError as err:  # the parent stopping (or gone): the worker stops next
+            log.warning("could not forward %s to the main process: %s", request.path, err)
+            return web.Response(status=503, text="server stopping, retry later", headers={"Retry-After": "5"})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The parent's answer to `request` (its body streamed both ways)."""
