@@ -212,6 +212,9 @@ def main() -> None:
             measure_round(code, cases, counts, figures[name])
         measure_baseline(cases, counts, payload_write)
         print(f"round {round_number + 1} done: {load()}", flush=True)
+        for case in cases:  # this round's figures: the medians hide how much the shared machine varies
+            rates = "  ".join(f"{name} {figures[name].served[case][-1]:,.0f}" for name in codes)
+            print(f"  {case.label} x{case.senders}: write alone {payload_write[case][-1]:,.0f}  {rates}", flush=True)
     header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13}"
     for name in codes:
         header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'ratio':>5} {'lost':>4}"
