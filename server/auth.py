@@ -46,6 +46,10 @@ class AuthError(Exception):
     """The request carries no valid credential. The message is safe to show to the caller."""
 
 
+class LookupNeeded(Exception):
+    """Authenticating without the database: the answer is not cached, the database must be asked."""
+
+
 # The two surfaces a key is presented to: ingestion keys write, analytics keys read.
 INGESTION = "ingestion"
 ANALYTICS = "analytics"
@@ -96,6 +100,14 @@ class TtlCache:
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
         return value
+
+    def cached(self, key: Any) -> tuple[bool, Any]:
+        """Whether `key`'s value is kept (unexpired), and the value."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return True, entry[1]
+        return False, None
 
     def forget(self) -> None:
         """Forgets every value, and those being made now."""
@@ -188,12 +200,14 @@ class Authenticator:
             self.key_changes.close()
 
     def authenticate(
-        self, authorization: str | None, surface: str = ANALYTICS, peer: str | None = None
+        self, authorization: str | None, surface: str = ANALYTICS, peer: str | None = None, database: bool = True
     ) -> Principal | None:
         """The caller's principal on `surface` (INGESTION or ANALYTICS), presented from `peer` (an IP
         address; None: not checked here, the caller checks `allows_peer`); None when no key exists at
-        all (auth is then off, loopback only). A key refused from that address is an invalid key."""
-        if self.tokens is None and not self._keys and not self._any_database_key():
+        all (auth is then off, loopback only). A key refused from that address is an invalid key.
+        With `database` false, only what is cached answers (LookupNeeded otherwise): a caller on an event
+        loop answers a known key at once and asks the database off the loop only when it must."""
+        if self.tokens is None and not self._keys and not self._any_database_key(database):
             return None
         token = bearer_token(authorization)
         for key, name in self._keys:
@@ -201,24 +215,31 @@ class Authenticator:
                 return Principal(name, name in self._admins)
         if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
             return self.tokens.principal(token)
-        principal = self._lookup_database(hash_key(token), surface)
+        principal = self._lookup_database(hash_key(token), surface, database)
         if principal is None or (peer is not None and not principal.allows_peer(peer)):
             raise AuthError("invalid API key")
         return principal
 
-    def _any_database_key(self) -> bool:
+    def _any_database_key(self, database: bool) -> bool:
         if self._database_has_keys is None:
             return True
         now = time.monotonic()
         if now >= self._keys_exist_until:  # racing threads may both ask: harmless, the answer is the same
+            if not database:
+                raise LookupNeeded
             self._keys_exist = self._database_has_keys()
             self._keys_exist_until = now + _KEYS_EXIST_SECONDS
         return self._keys_exist
 
-    def _lookup_database(self, digest: bytes, surface: str) -> Principal | None:
+    def _lookup_database(self, digest: bytes, surface: str, database: bool) -> Principal | None:
         lookup = self._lookups[surface]
         if lookup is None:
             return None
+        if not database:
+            found, principal = self._cache.cached((digest, surface)) if self._caching else (False, None)
+            if not found:
+                raise LookupNeeded
+            return principal
         return self._cache.get((digest, surface), lambda: lookup(digest), self._caching)
 
     @property

@@ -25,13 +25,14 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
-from spanlake.server.auth import INGESTION, Authenticator, AuthError
+from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
 from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
 if TYPE_CHECKING:  # the web UI's imports (DataFusion's runner among them) only where it is served
+    from spanlake.lakehouse.query.context import Principal
     from spanlake.lakehouse.query.runner import QueryRunner
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,7 @@ class IngestionService:
         ):
             header = request.headers.get("Authorization")
             try:
-                # May query the key tables through the loop: run it off the loop thread.
-                request["principal"] = await asyncio.to_thread(
-                    self.authenticator.authenticate, header, INGESTION, request.remote
-                )
+                request["principal"] = await ingestion_principal(self.authenticator, header, request.remote)
             except AuthError as err:
                 return web.Response(status=401, text=f"unauthorized: {err}", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -221,6 +219,15 @@ class IngestionService:
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
         data, response_type = otlp.error_body(status, message, content_type)
         return web.Response(status=status, body=data, content_type=response_type)
+
+
+async def ingestion_principal(authenticator: Authenticator, header: str | None, peer: str | None) -> Principal | None:
+    """The ingestion principal of `header`: from the cache on the loop (a sender's steady key costs no
+    thread hop), else asking the key tables off the loop thread (they are read through the loop)."""
+    try:
+        return authenticator.authenticate(header, INGESTION, peer, database=False)
+    except LookupNeeded:
+        return await asyncio.to_thread(authenticator.authenticate, header, INGESTION, peer)
 
 
 async def make_app_runner(service: IngestionService, outer: Middleware | None = None) -> web.AppRunner:
