@@ -24,7 +24,6 @@ def spanlake_server(**kwargs: object) -> Iterator[SpanlakeServer]:
             database_url=postgres.new_database(),
             data_dir=Path(tmp) / "data",
             object_store_uri=(Path(tmp) / "lake").as_uri(),
-            ingestion_workers=None,  # the server's default unless the environment given says
             **kwargs,
         )
         server.start()

@@ -169,8 +169,8 @@ SETTINGS: tuple[Option, ...] = (
         "ingestion_workers",
         "SPANLAKE_INGESTION_WORKERS",
         _count,
-        None,
-        "processes serving the ingestion API on the HTTP port (SO_REUSEPORT); 0: this process; unset: one per core",
+        0,
+        "processes serving the ingestion API on the HTTP port (SO_REUSEPORT); 0: this process",
         ("serve", "ingest"),
     ),
     Option(
@@ -406,7 +406,7 @@ class Settings:
     allowed_hosts: str = ""
     login_failures_per_ip: int = 10
     login_failures: int = 100
-    ingestion_workers: int | None = None
+    ingestion_workers: int = 0
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_client_secret: str | None = None

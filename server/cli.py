@@ -70,7 +70,6 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
     from spanlake.server.auth import AuthConfigError, make_authenticator
     from spanlake.server.flightsql.service import FlightSqlServer
     from spanlake.server.ingestion import start_ingestion
-    from spanlake.server.ingestion_workers import worker_count
     from spanlake.server.maintenance import MaintenanceDaemon
     from spanlake.server.self_tracing import start_self_tracing
 
@@ -96,7 +95,7 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
                 "ingest" in roles,
                 "web" in roles,
                 runner,
-                worker_count(settings),
+                settings.ingestion_workers,
             )
             try:  # the port was free at the start-up check; another process may have taken it since
                 http_runner = lake.loop.run(http)

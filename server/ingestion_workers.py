@@ -36,7 +36,7 @@ from pathlib import Path
 from aiohttp import web
 
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.settings import SETTINGS, Settings
+from spanlake.lakehouse.settings import SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,13 +54,6 @@ INGESTION_PREFIX = b"/ingestion/"
 PEEK_BYTES = 32
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
-
-
-def worker_count(settings: Settings) -> int:
-    """The ingestion worker processes to run: SPANLAKE_INGESTION_WORKERS, else one per core."""
-    if settings.ingestion_workers is not None:
-        return settings.ingestion_workers
-    return os.cpu_count() or 1
 
 
 def worker_serves_path(path: str) -> bool:

@@ -137,9 +137,6 @@ class SpanlakeServer:
     api_key: str | None = None
     command: str = "serve"
     extra_env: dict[str, str] = field(default_factory=dict)
-    # The ingestion API in the server's own process: worker processes cost every test server 1-2 s of
-    # start-up (tests/test_ingestion_workers.py runs them); None: the server's default (one per core).
-    ingestion_workers: int | None = 0
     http_port: int = field(default_factory=free_port)
     flightsql_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -164,8 +161,6 @@ class SpanlakeServer:
                 "SPANLAKE_SELF_TRACING": "false",
             }
         )
-        if self.ingestion_workers is not None:
-            env["SPANLAKE_INGESTION_WORKERS"] = str(self.ingestion_workers)
         if self.api_key:
             env["SPANLAKE_API_KEYS"] = f'[{{"name": "tests", "key": "{self.api_key}"}}]'
         env.update(self.extra_env)

@@ -4,7 +4,7 @@ process, and so do the web UI's requests on a worker's kept-alive connection (wi
 a key allowed from 127.0.0.1 only signs in); a key revoked on the web door is refused by every worker
 within REVOKE_BOUND_S; a clean stop stops every worker; killed with SIGKILL while senders keep posting
 (rows being committed in groups), every acknowledged block is stored, row and payload, and no row lacks
-its payload. (The other test modules run their servers with the ingestion API in the main process.)"""
+its payload. (The other test modules run the default: the ingestion API in the main process.)"""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def connections_on_port(process: psutil.Process, port: int, status: str) -> int:
 @pytest.fixture
 def workers_server(postgres: PostgresServer, tmp_path: Path) -> Iterator[SpanlakeServer]:
     """A `spanlake serve` whose ingestion API is served by WORKERS worker processes."""
-    with running_server(postgres, tmp_path, ingestion_workers=WORKERS) as server:
+    with running_server(postgres, tmp_path, extra_env={"SPANLAKE_INGESTION_WORKERS": str(WORKERS)}) as server:
         # /health answers once one worker listens; the ready text, once every one does.
         wait_until(lambda: "spanlake ready" in server.log_text(), 60, "every worker to listen")
         yield server
@@ -63,8 +63,9 @@ def workers_server(postgres: PostgresServer, tmp_path: Path) -> Iterator[Spanlak
 def keyed_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
     """Workers behind API keys: ADMIN_KEY configured (an admin), three wrong sign-ins per address a minute."""
     env = {"SPANLAKE_ADMINS": "tests", "SPANLAKE_LOGIN_FAILURES_PER_IP": "3"}
+    env["SPANLAKE_INGESTION_WORKERS"] = str(WORKERS)
     tmp_path = tmp_path_factory.mktemp("keyed")
-    with running_server(postgres, tmp_path, ingestion_workers=WORKERS, api_key=ADMIN_KEY, extra_env=env) as server:
+    with running_server(postgres, tmp_path, api_key=ADMIN_KEY, extra_env=env) as server:
         wait_until(lambda: "spanlake ready" in server.log_text(), 60, "every worker to listen")
         yield server
 
