@@ -4,9 +4,10 @@ write alone (the object store's create-only put of the same bytes from as many t
 Counts lost blocks (answered 200 but not stored, or not answered 200).
 
 With `--baseline REV`, rounds alternate between this checkout and the code of git revision REV, each
-round on a new server; the medians of each are printed side by side, with the machine's load.
+round on a new server; with `--workers 0,2`, this checkout runs once per ingestion worker count given
+(SPANLAKE_INGESTION_WORKERS). The medians of each are printed side by side, with the machine's load.
 
-    python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main]
+    python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main] [--workers 0,2]
 """
 
 from __future__ import annotations
@@ -140,9 +141,27 @@ class Figures:
     lost: dict[Case, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def measure_round(revision: str | None, cases: list[Case], counts: dict[int, int], figures: Figures) -> None:
-    """One run of every case on a new server running the code of `revision` (None: this checkout)."""
-    with source_env(revision) as source, spanlake_server(extra_env=source) as server:
+@dataclass(frozen=True)
+class Code:
+    """What serves a round: a git revision (None: this checkout) and its ingestion workers (None: default)."""
+
+    revision: str | None
+    workers: int | None
+
+    @property
+    def name(self) -> str:
+        """The code's column title."""
+        name = self.revision or "this"
+        return name if self.workers is None else f"{name} w={self.workers}"
+
+    def env(self, source: dict[str, str]) -> dict[str, str]:
+        """The server's environment: the revision's source, the worker count."""
+        return source if self.workers is None else source | {"SPANLAKE_INGESTION_WORKERS": str(self.workers)}
+
+
+def measure_round(code: Code, cases: list[Case], counts: dict[int, int], figures: Figures) -> None:
+    """One run of every case on a new server running `code`."""
+    with source_env(code.revision) as source, spanlake_server(extra_env=code.env(source)) as server:
         for case in cases:
             count = counts[case.payload_size]
             process_id, bodies, setup = make_bodies(count, case.payload_size)
@@ -174,18 +193,28 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=40, help="4 MiB blocks per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", help="git revision to alternate with (the previous code)")
+    parser.add_argument("--workers", help="comma-separated ingestion worker counts to run this checkout with")
+    parser.add_argument("--cases", default="small,large", help="which of small,large to run")
     args = parser.parse_args()
-    cases = [Case("4 KiB", 4096, senders) for senders in SMALL_SENDERS] + [Case("4 MiB", 4 << 20, LARGE_SENDERS)]
+    kinds = args.cases.split(",")
+    cases = [Case("4 KiB", 4096, senders) for senders in SMALL_SENDERS if "small" in kinds]
+    cases += [Case("4 MiB", 4 << 20, LARGE_SENDERS)] if "large" in kinds else []
     counts = {4096: args.small, 4 << 20: args.large}
-    codes: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
+    worker_counts = [int(n) for n in args.workers.split(",")] if args.workers else [None]
+    codes = {code.name: code for code in (Code(None, n) for n in worker_counts)}
+    if args.baseline:
+        codes[args.baseline] = Code(args.baseline, None)
     figures = {name: Figures() for name in codes}
     payload_write: dict[Case, list[float]] = defaultdict(list)
     print(f"start: {load()}", flush=True)
     for round_number in range(args.rounds):
-        for name, revision in codes.items():
-            measure_round(revision, cases, counts, figures[name])
+        for name, code in codes.items():
+            measure_round(code, cases, counts, figures[name])
         measure_baseline(cases, counts, payload_write)
         print(f"round {round_number + 1} done: {load()}", flush=True)
+        for case in cases:  # this round's figures: the medians hide how much the shared machine varies
+            rates = "  ".join(f"{name} {figures[name].served[case][-1]:,.0f}" for name in codes)
+            print(f"  {case.label} x{case.senders}: write alone {payload_write[case][-1]:,.0f}  {rates}", flush=True)
     header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13}"
     for name in codes:
         header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'ratio':>5} {'lost':>4}"

@@ -30,6 +30,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected 0 or more, got {text!r}")
+    return value
+
+
 # The commands that run servers; `serve` runs every role in one process.
 SERVING = ("serve", "ingest", "flightsql", "maintain", "web")
 LISTENING = ("serve", "ingest", "flightsql", "web")
@@ -157,6 +164,14 @@ SETTINGS: tuple[Option, ...] = (
         100,
         "wrong-key sign-ins all clients together may make in a minute before the web UI answers 429",
         ("serve", "web"),
+    ),
+    Option(
+        "ingestion_workers",
+        "SPANLAKE_INGESTION_WORKERS",
+        _count,
+        0,
+        "processes serving the ingestion API on the HTTP port (SO_REUSEPORT); 0: this process",
+        ("serve", "ingest"),
     ),
     Option(
         "oidc_issuer",
@@ -400,6 +415,7 @@ class Settings:
     allowed_hosts: str = ""
     login_failures_per_ip: int = 10
     login_failures: int = 100
+    ingestion_workers: int = 0
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_client_secret: str | None = None

@@ -5,6 +5,8 @@ Modules:
     cli               the `spanlake` command line: the roles, migrate, api-key, client tools
     startup           start-up checks (ports, data-directory lock) and what `spanlake` prints
     ingestion         the HTTP ingestion API (native and OTLP routes)
+    ingestion_workers  the ingestion worker processes sharing the HTTP port (the parent's side)
+    ingestion_worker   one ingestion worker process
     wire              the CBOR bodies of the native ingestion API
     otlp              OTLP/HTTP requests: content types, gzip, protobuf or JSON, status bodies
     webhook           `/ingestion/webhook`: a webhook request as one OTLP log record

@@ -5,18 +5,26 @@ the SHA-256 of a key is stored: legacy `api_keys` (both surfaces, reading everyt
 (one audience stamped on what they write) and analytics keys (the audiences they read, with the
 grants of their name and groups). Comparisons of configured keys are constant-time. With an OIDC
 issuer configured (`server.oidc`), a bearer JWT from it is accepted on the query doors beside the keys.
+
+Database lookups are cached for a few seconds, and forgotten as soon as PostgreSQL announces a change of
+keys, grants or groups (`KeyChanges`, migration 0010's triggers), whoever made it: a key revoked on the
+web UI is refused by every process (the ingestion workers too) once the notification reaches it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from spanlake.lakehouse.catalog.api_keys import StoredKey, hash_key
 from spanlake.lakehouse.catalog.audience_grants import ADMINS_GROUP
@@ -28,8 +36,15 @@ if TYPE_CHECKING:
     from spanlake.lakehouse.settings import Settings
 
 
+log = logging.getLogger(__name__)
+
+
 class AuthError(Exception):
     """The request carries no valid credential. The message is safe to show to the caller."""
+
+
+class LookupNeeded(Exception):
+    """Authenticating without the database: the answer is not cached, the database must be asked."""
 
 
 # The two surfaces a key is presented to: ingestion keys write, analytics keys read.
@@ -47,6 +62,10 @@ _UNKNOWN_CACHE_SECONDS = 2.0
 _KEYS_EXIST_SECONDS = 2.0
 # Any client may send any number of made-up keys: the cache keeps at most this many, oldest out first.
 MAX_CACHED_KEYS = 10_000
+# Migration 0010 announces every change of keys, grants and groups on this channel.
+KEYS_CHANNEL = "spanlake_keys"
+# A listener whose connection failed waits this long before connecting again (PostgreSQL restarting).
+_LISTEN_RETRY_SECONDS = 1.0
 
 
 class TtlCache:
@@ -58,21 +77,39 @@ class TtlCache:
         self._ttl = ttl
         self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0  # forgettings so far: a value made before one is not kept
 
-    def get(self, key: Any, make: Callable[[], Any]) -> Any:
-        """The cached value of `key`, or `make()`'s, kept."""
+    def get(self, key: Any, make: Callable[[], Any], keep: bool = True) -> Any:
+        """The cached value of `key`, or `make()`'s, kept unless `keep` is false (then nothing cached is used)."""
         now = time.monotonic()
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get(key) if keep else None
+            generation = self._generation
         if entry is not None and entry[0] > now:
             return entry[1]
         value = make()
         with self._lock:
+            if not keep or generation != self._generation:  # forgotten meanwhile: `make` may have read the old
+                return value
             self._entries[key] = (now + self._ttl(value), value)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
         return value
+
+    def cached(self, key: Any) -> tuple[bool, Any]:
+        """Whether `key`'s value is kept (unexpired), and the value."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return True, entry[1]
+        return False, None
+
+    def forget(self) -> None:
+        """Forgets every value, and those being made now."""
+        with self._lock:
+            self._entries.clear()
+            self._generation += 1
 
     def __len__(self) -> int:
         """Number of values kept now (expired ones included until replaced or pushed out)."""
@@ -126,14 +163,30 @@ class Authenticator:
         self._database_has_keys = database_has_keys
         self._keys_exist_until = 0.0
         self._keys_exist = True
+        # Forgets the cached lookups on every announced change (None: they expire on their own).
+        self.key_changes: KeyChanges | None = None
+
+    def forget_lookups(self) -> None:
+        """Forgets every cached database lookup (keys, whether any exist, tokens' grants)."""
+        self._cache.forget()
+        self._keys_exist_until = 0.0
+        if self.tokens is not None:
+            self.tokens.forget()
+
+    def close(self) -> None:
+        """Stops following key changes."""
+        if self.key_changes is not None:
+            self.key_changes.close()
 
     def authenticate(
-        self, authorization: str | None, surface: str = ANALYTICS, peer: str | None = None
+        self, authorization: str | None, surface: str = ANALYTICS, peer: str | None = None, database: bool = True
     ) -> Principal | None:
         """The caller's principal on `surface` (INGESTION or ANALYTICS), presented from `peer` (an IP
         address; None: not checked here, the caller checks `allows_peer`); None when no key exists at
-        all (auth is then off, loopback only). A key refused from that address is an invalid key."""
-        if self.tokens is None and not self._keys and not self._any_database_key():
+        all (auth is then off, loopback only). A key refused from that address is an invalid key.
+        With `database` false, only what is cached answers (LookupNeeded otherwise): a caller on an event
+        loop answers a known key at once and asks the database off the loop only when it must."""
+        if self.tokens is None and not self._keys and not self._any_database_key(database):
             return None
         token = bearer_token(authorization)
         for key, name in self._keys:
@@ -141,25 +194,38 @@ class Authenticator:
                 return Principal(name, name in self._admins)
         if self.tokens is not None and surface == ANALYTICS and looks_like_jwt(token):
             return self.tokens.principal(token)
-        principal = self._lookup_database(hash_key(token), surface)
+        principal = self._lookup_database(hash_key(token), surface, database)
         if principal is None or (peer is not None and not principal.allows_peer(peer)):
             raise AuthError("invalid API key")
         return principal
 
-    def _any_database_key(self) -> bool:
+    def _any_database_key(self, database: bool) -> bool:
         if self._database_has_keys is None:
             return True
         now = time.monotonic()
         if now >= self._keys_exist_until:  # racing threads may both ask: harmless, the answer is the same
+            if not database:
+                raise LookupNeeded
             self._keys_exist = self._database_has_keys()
             self._keys_exist_until = now + _KEYS_EXIST_SECONDS
         return self._keys_exist
 
-    def _lookup_database(self, digest: bytes, surface: str) -> Principal | None:
+    def _lookup_database(self, digest: bytes, surface: str, database: bool) -> Principal | None:
         lookup = self._lookups[surface]
         if lookup is None:
             return None
-        return self._cache.get((digest, surface), lambda: lookup(digest))
+        if not database:
+            found, principal = self._cache.cached((digest, surface)) if self._caching else (False, None)
+            if not found:
+                raise LookupNeeded
+            return principal
+        return self._cache.get((digest, surface), lambda: lookup(digest), self._caching)
+
+    @property
+    def _caching(self) -> bool:
+        """Whether lookups may be cached: always without a listener, else only while it listens (a change
+        announced while not listening would be missed)."""
+        return self.key_changes is None or self.key_changes.listening
 
     @property
     def cached_keys(self) -> int:
@@ -220,7 +286,78 @@ def make_authenticator(settings: Settings, lake: Lake) -> Authenticator | None:
             return lake.loop.run(lake.catalog.principal_grants(name, "read"))
 
         tokens = TokenPrincipals(TokenValidator(oidc, IssuerKeys(oidc.issuer)), settings.admin_names, grants)
-    return Authenticator(keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION), tokens)
+    authenticator = Authenticator(
+        keys, lookup(ANALYTICS), settings.admin_names, open_when_keyless, lookup(INGESTION), tokens
+    )
+    authenticator.key_changes = KeyChanges(lake, authenticator.forget_lookups)
+    lake.loop.run(authenticator.key_changes.start())
+    return authenticator
+
+
+class KeyChanges:
+    """Follows the changes of keys, grants and groups PostgreSQL announces (`KEYS_CHANNEL`) on a connection
+    of its own, on the lake's loop, calling `forget` on each (and when it starts listening again after its
+    connection dropped: a change may have been missed meanwhile)."""
+
+    def __init__(self, lake: Lake, forget: Callable[[], None]) -> None:
+        """`forget` runs on the lake's loop thread."""
+        self.lake = lake
+        self._forget = forget
+        self._connection: asyncpg.Connection | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def listening(self) -> bool:
+        """Whether every change announced now will reach this process."""
+        return self._connection is not None
+
+    async def start(self) -> None:
+        """Listens; on failure, tries again every second in the background (nothing is cached meanwhile)."""
+        if not await self._listen():
+            self._reconnect()
+
+    def close(self) -> None:
+        """Stops listening and closes the connection."""
+        self.lake.loop.run(self._close(), timeout=10)
+
+    async def _listen(self) -> bool:
+        try:
+            connection = await asyncpg.connect(self.lake.database_url)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("not following key changes yet (no key lookup cached meanwhile): %s", err)
+            return False
+        await connection.add_listener(KEYS_CHANNEL, self._announced)
+        connection.add_termination_listener(self._terminated)
+        self._connection = connection
+        self._forget()  # a change may have come before the listening began
+        return True
+
+    def _announced(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._forget()
+
+    def _terminated(self, _connection: object) -> None:
+        self._connection = None
+        if not self._closed:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_until_listening())
+
+    async def _reconnect_until_listening(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(_LISTEN_RETRY_SECONDS)
+            if not self._closed and await self._listen():
+                return
+
+    async def _close(self) -> None:
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
 
 
 async def database_principal(lake: Lake, digest: bytes, surface: str, admin_names: frozenset[str]) -> Principal | None:
@@ -265,6 +402,10 @@ class TokenPrincipals:
         except TokenError as err:
             raise AuthError(str(err)) from None
         return self._principals.get((identity.name, identity.groups), lambda: self.identity_principal(identity))
+
+    def forget(self) -> None:
+        """Forgets the principals resolved (their grants may have changed)."""
+        self._principals.forget()
 
     def identity_principal(self, identity: Identity) -> Principal:
         """A validated identity as a principal: admin through the admin group (of the token or the

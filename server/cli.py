@@ -86,11 +86,18 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
             authenticator = make_authenticator(settings, lake) if serves_requests else None
         except AuthConfigError as err:
             raise StartupError(str(err)) from None
-        stoppers: list[Callable[[], None]] = []
+        stoppers: list[Callable[[], None]] = [authenticator.close] if authenticator is not None else []
         runner = lakehouse_runner(lake)  # every door's queries, Flight SQL's and the web UI's
         if "ingest" in roles or "web" in roles:
             http = start_ingestion(
-                lake, authenticator, settings.host, settings.http_port, "ingest" in roles, "web" in roles, runner
+                lake,
+                authenticator,
+                settings.host,
+                settings.http_port,
+                "ingest" in roles,
+                "web" in roles,
+                runner,
+                settings.ingestion_workers,
             )
             try:  # the port was free at the start-up check; another process may have taken it since
                 http_runner = lake.loop.run(http)

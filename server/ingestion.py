@@ -25,12 +25,14 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
-from spanlake.server.auth import INGESTION, Authenticator, AuthError
+from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
+from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
 if TYPE_CHECKING:  # the web UI's imports (DataFusion's runner among them) only where it is served
+    from spanlake.lakehouse.query.context import Principal
     from spanlake.lakehouse.query.runner import QueryRunner
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ _READY_TIMEOUT_SECONDS = 2.0
 _INLINE_PARSE_LIMIT = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class IngestionService:
@@ -101,10 +104,7 @@ class IngestionService:
         ):
             header = request.headers.get("Authorization")
             try:
-                # May query the key tables through the loop: run it off the loop thread.
-                request["principal"] = await asyncio.to_thread(
-                    self.authenticator.authenticate, header, INGESTION, request.remote
-                )
+                request["principal"] = await ingestion_principal(self.authenticator, header, request.remote)
             except AuthError as err:
                 return web.Response(status=401, text=f"unauthorized: {err}", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -221,6 +221,36 @@ class IngestionService:
         return web.Response(status=status, body=data, content_type=response_type)
 
 
+async def ingestion_principal(authenticator: Authenticator, header: str | None, peer: str | None) -> Principal | None:
+    """The ingestion principal of `header`: from the cache on the loop (a sender's steady key costs no
+    thread hop), else asking the key tables off the loop thread (they are read through the loop)."""
+    try:
+        return authenticator.authenticate(header, INGESTION, peer, database=False)
+    except LookupNeeded:
+        return await asyncio.to_thread(authenticator.authenticate, header, INGESTION, peer)
+
+
+async def make_app_runner(service: IngestionService, outer: Middleware | None = None) -> web.AppRunner:
+    """The service's application behind its site guard (and the `outer` middleware before it), set up in
+    a runner with no site yet."""
+    # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
+    # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head within it
+    # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
+    # slow headers are bounded by the body's time limit too.
+    app = service.app()
+    install_site_guard(app, service.lake.settings)  # first middleware: Host, Origin and CSRF checks, security headers
+    if outer is not None:
+        app.middlewares.insert(0, outer)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=service.lake.settings.request_body_timeout_s,
+    )
+    await runner.setup()
+    return runner
+
+
 async def start_ingestion(
     lake: Lake,
     authenticator: Authenticator | None,
@@ -229,24 +259,20 @@ async def start_ingestion(
     ingestion: bool = True,
     web_ui: bool = False,
     runner: QueryRunner | None = None,
-) -> web.AppRunner:
-    """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns the runner
-    to stop it with `cleanup()`. The web UI's queries run with the query `runner` (the process's; one
-    of its own when None)."""
-    # auto_decompress=False: OTLP bodies are gunzipped (with their size limit) by server.otlp itself.
-    # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head within it
-    # (the clock starts at connect and after each response; bytes dribbling in do not reset it), so
-    # slow headers are bounded by the body's time limit too.
+    workers: int = 0,
+) -> web.AppRunner | IngestionWorkers:
+    """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns what stops it
+    with `cleanup()`. The ingestion API is served by `workers` worker processes (none: by this process),
+    the web UI by this process. The web UI's queries run with the query `runner` (the process's; one of
+    its own when None)."""
     service = IngestionService(lake, authenticator, ingestion, web_ui, runner)
-    app = service.app()
-    install_site_guard(app, lake.settings)  # first middleware: Host, Origin and CSRF checks, security headers
-    app_runner = web.AppRunner(
-        app,
-        access_log=None,
-        auto_decompress=False,
-        keepalive_timeout=lake.settings.request_body_timeout_s,
-    )
-    await app_runner.setup()
+    if ingestion and workers:
+        web_runner = await make_app_runner(service, forwarded_client) if web_ui else None
+        pool = IngestionWorkers(lake, workers, (host, port), web_runner)
+        await pool.start()
+        log.debug("ingestion API listening on http://%s:%d (%d worker processes)", host, port, workers)
+        return pool
+    app_runner = await make_app_runner(service)
     await web.TCPSite(app_runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
-    log.debug("ingestion API listening on http://%s:%d", host, port)
+    log.debug("HTTP server listening on http://%s:%d", host, port)
     return app_runner

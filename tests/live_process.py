@@ -66,6 +66,12 @@ class LiveProcess:
 
     def post_block(self, number: int) -> None:
         """Posts block `number` (its ticks follow from the number, so blocks may be posted in any order)."""
+        self._post("/ingestion/insert_block", self.block_message(number))
+        with self._lock:
+            self.acknowledged.add(number)
+
+    def block_message(self, number: int) -> dict:
+        """Block `number` as the sink sends it (a new block id each time)."""
         writer = ThreadBlockWriter()
         desc = writer.span_desc(f"b{number}")
         location = writer.span_location()
@@ -98,9 +104,7 @@ class LiveProcess:
             "nb_objects": nb_objects,
             "object_offset": object_offset,
         }
-        self._post("/ingestion/insert_block", block)
-        with self._lock:
-            self.acknowledged.add(number)
+        return block
 
     def acknowledged_now(self) -> set[int]:
         with self._lock:

@@ -313,6 +313,7 @@ ROLE_FLAGS = {
         "--no-disable-auth",
         "--host",
         "--request-body-timeout-s",
+        "--ingestion-workers",
     },
     "flightsql": {
         "--flightsql-port",
