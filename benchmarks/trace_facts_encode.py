@@ -4,9 +4,10 @@
 
 Records `--spans` awaits of a `@span_fn` coroutine (every span a trace root, the worst case: each is a
 record of the trace facts), then times `encode_thread_events` on that block and `_block_trace_facts`
-alone, in CPU time; prints the medians in ns per span. Then the same for a block of thread spans
-(`@span_fn` on a plain function) run outside any async span and under one (the trace facts' threads
-part: one run). On a shared machine, run two checkouts' interpreters on this script alternately.
+alone, in CPU time; prints the medians in ns per span and the block's compressed buffer sizes. Then the
+same for a block of thread spans (`@span_fn` on a plain function) run outside any async span and under
+one (the trace facts' threads part: one run). On a shared machine, run two checkouts' interpreters on
+this script alternately.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> None:
     )
     print(f"{spans} root spans, medians of {args.repeats}: block encoding {block / spans:.0f} ns a span,")
     print(f"of which trace facts {facts / spans:.0f} ns a span")
+    buffers = transit_encode.encode_thread_events([], events, REGISTRY)
+    dependencies, objects = (len(transit_encode.compress(b)) for b in (buffers.dependencies, buffers.objects))
+    print(f"LZ4: dependencies {dependencies} bytes, {dependencies / objects:.0%} of the objects' {objects}")
     for in_trace in (False, True):
         thread_events = recorded_thread_block(args.spans, in_trace)
         encode = functools.partial(transit_encode.encode_thread_events, thread_events, [], REGISTRY)
