@@ -117,6 +117,11 @@ def _frame(parts: Iterable[Part], count: int) -> bytes:
     return ordered.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
 
 
+def _earliest(times: np.ndarray) -> int:
+    """The earliest of a block's event times (the largest int64 for no event: it moves no block's begin)."""
+    return int(times.min(initial=np.iinfo(np.int64).max))
+
+
 def utf8_lengths(strings: pa.Array) -> np.ndarray:
     """The byte length of each string, as int64."""
     return pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -459,7 +464,7 @@ def encode_thread_events(
         deps.trace_facts = _block_trace_facts(
             async_values, types[split:], span_id, parent_span_id, async_time, span_facts, threads
         )
-    return EncodedBuffers(_frame(parts, count), deps.encode(), count)
+    return EncodedBuffers(_frame(parts, count), deps.encode(), count, _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -543,7 +548,7 @@ def encode_log_events(events: list[tuple], registry: Registry) -> EncodedBuffers
     )
     registry_sets = property_sets[(types == TAGGED_LOG_INDEX) & ~in_span]
     deps.add_property_sets(np.unique(registry_sets[registry_sets != 0]))
-    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes), _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -575,7 +580,7 @@ def encode_metric_events(events: list[tuple], registry: Registry) -> EncodedBuff
         udts.METRIC_METADATA_DEPENDENCY, registry.metrics, np.unique(desc_ids), ("name", "unit", "target", "file")
     )
     deps.add_property_sets(np.unique(property_sets[np.isin(types, _TAGGED_METRICS)]))
-    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes), _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------
