@@ -3,10 +3,12 @@
     python benchmarks/trace_facts_encode.py [--spans 30000] [--repeats 21]
 
 Records `--spans` awaits of a `@span_fn` coroutine (every span a trace root, the worst case: each is a
-record of the trace facts), then times `encode_thread_events` on that block and `_block_trace_facts`
-alone, in CPU time; prints the medians in ns per span. Then the same for a block of thread spans
-(`@span_fn` on a plain function) run outside any async span and under one (the trace facts' threads
-part: one run). On a shared machine, run two checkouts' interpreters on this script alternately.
+record of the trace facts), then times `encode_thread_events` on that block, the LZ4 of its buffers and
+`_block_trace_facts` alone (if the checkout has it), in CPU time; prints the medians in ns per span and
+the block's compressed buffer sizes. Then the
+same for a block of thread spans (`@span_fn` on a plain function) run outside any async span and under
+one (the trace facts' threads part: one run). On a shared machine, run two checkouts' interpreters on
+this script alternately.
 """
 
 from __future__ import annotations
@@ -83,11 +85,17 @@ def main() -> None:
     span_ids, parent_ids = (np.array(events[i::ASYNC_SLOTS], np.uint64) for i in (2, 3))
     times = np.array(events[1::ASYNC_SLOTS], np.int64)
     block = median_ns(lambda: transit_encode.encode_thread_events([], events, REGISTRY), args.repeats)
-    facts = median_ns(
-        lambda: transit_encode._block_trace_facts(events, types, span_ids, parent_ids, times, ()), args.repeats
-    )
+    buffers = transit_encode.encode_thread_events([], events, REGISTRY)
+    lz4 = median_ns(lambda: [transit_encode.compress(b) for b in (buffers.dependencies, buffers.objects)], args.repeats)
     print(f"{spans} root spans, medians of {args.repeats}: block encoding {block / spans:.0f} ns a span,")
-    print(f"of which trace facts {facts / spans:.0f} ns a span")
+    print(f"LZ4 of its buffers {lz4 / spans:.0f} ns a span")
+    dependencies, objects = (len(transit_encode.compress(b)) for b in (buffers.dependencies, buffers.objects))
+    print(f"LZ4: dependencies {dependencies} bytes, {dependencies / objects:.0%} of the objects' {objects}")
+    if hasattr(transit_encode, "_block_trace_facts"):  # a checkout before traces has none
+        facts = median_ns(
+            lambda: transit_encode._block_trace_facts(events, types, span_ids, parent_ids, times, ()), args.repeats
+        )
+        print(f"of the encoding, trace facts {facts / spans:.0f} ns a span")
     for in_trace in (False, True):
         thread_events = recorded_thread_block(args.spans, in_trace)
         encode = functools.partial(transit_encode.encode_thread_events, thread_events, [], REGISTRY)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
 log = logging.getLogger(__name__)
 
 TRACE_ID_BYTES = 16
-_FACTS_MARKER = span_traces.MAGIC.encode()  # the text of the SDK's trace facts dependency begins so
+_FACTS_MARKER = span_traces.MAGIC_PREFIX.encode()  # the text of the SDK's trace facts (any version) begins so
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ function the trace index reads, and micromegas-compatible decoding left as it wa
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import micromegas
 import numpy as np
 import pandas as pd
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server
+from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from trace_processor import STANDARD_QUERIES, query_trace
 from web_support import Browser, WatchedPage
 
@@ -28,6 +29,7 @@ from spanlake.views.span_traces import (
     FACTS_ID,
     LINK_RECORD,
     MAGIC,
+    MAGIC_V2,
     ROOT_RECORD,
     SPAN_RECORD,
     THREAD_RECORD,
@@ -404,3 +406,92 @@ def test_the_sdk_and_the_view_agree_on_thread_records() -> None:
     without = trace_facts.encode(-9, *empty, np.array([5]), facts)
     assert without == f"{MAGIC};-9;;;;[[5,{facts[0]}]]"
     assert decode_facts(without).threads.size == 0 and decode_facts(without).facts == decoded.facts
+
+
+def test_the_traces_row_counts_thread_spans(server: SpanlakeServer, threads: dict) -> None:
+    trace_id = threads["request"].trace_id
+    sql = f"SELECT root_name, span_count, process_count FROM traces WHERE trace_id = '{trace_id}'"
+    client = micromegas.connect(server.flightsql_url)
+
+    def row() -> list[dict]:
+        return client.query(sql).to_dict("records")
+
+    # The request, in_worker and the 8 thread spans that ran under them: as many as trace_spans lists.
+    wait_until(lambda: row() == [{"root_name": "request", "span_count": 10, "process_count": 1}], 30, "the row")
+    assert len(trace_rows(server, trace_id)) == 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# The delta-coded parts (spanlake.trace_facts/3) and the layout before them (/2), which stored blocks hold
+
+
+def _facts_arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Roots, spans, links and thread runs with values across the whole int64 range, in any order."""
+    generator = np.random.default_rng(seed)
+
+    def records(dtype: np.dtype, count: int) -> np.ndarray:
+        values = generator.integers(-(2**63), 2**63 - 1, (count, len(dtype.names)), np.int64, endpoint=True)
+        return np.ascontiguousarray(values).view(dtype).reshape(count)
+
+    return records(ROOT_RECORD, 5), records(SPAN_RECORD, 1), records(LINK_RECORD, 2), records(THREAD_RECORD, 3)
+
+
+def _b64(records: np.ndarray) -> str:
+    return base64.b64encode(records.tobytes()).decode()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_delta_coded_parts_read_back_as_written(seed: int) -> None:
+    roots, spans, links, runs = _facts_arrays(seed)
+    decoded = decode_facts(trace_facts.encode(-9, roots, spans, links, np.array([5]), ["{}"], runs))
+    assert decoded.spans["span_id"].tolist() == [*roots["span_id"].tolist(), *spans["span_id"].tolist()]
+    assert decoded.spans["time"].tolist() == [*roots["time"].tolist(), *spans["time"].tolist()]
+    assert decoded.spans[len(roots) :].tolist() == spans.tolist()
+    assert (decoded.links.tolist(), decoded.threads.tolist()) == (links.tolist(), runs.tolist())
+
+
+def test_counting_ids_and_growing_times_cost_a_few_bytes_a_root() -> None:
+    roots = np.zeros(1000, ROOT_RECORD)
+    roots["span_id"] = np.arange(2**63 - 500, 2**63 + 500, dtype=np.uint64).view(np.int64)  # wraps to negative
+    roots["time"] = 7_000 + 1_500 * np.arange(1000) + np.arange(1000) % 2 * 100
+    part = trace_facts.encode_records(roots)
+    header, body = part.split(":")
+    # Ids one apart: no byte; times 1 400 or 1 600 apart: one byte each (the delta less 1 400).
+    assert header == f"1000,{2**63 - 500},1,0,7000,1400,1"
+    assert len(base64.b64decode(body)) == 999
+    decoded = decode_facts(
+        trace_facts.encode(-9, roots, np.zeros(0, SPAN_RECORD), np.zeros(0, LINK_RECORD), np.zeros(0), [])
+    )
+    assert decoded.spans["span_id"].tolist() == roots["span_id"].tolist()
+    assert decoded.spans["time"].tolist() == roots["time"].tolist()
+
+
+def test_the_second_format_still_reads_as_before() -> None:
+    roots, spans, links, runs = _facts_arrays(4)
+    facts = '[[5,{"kind":"client"}]]'
+    stored = f"{MAGIC_V2};-9;{_b64(roots)};{_b64(spans)};{_b64(links)};{_b64(runs)};{facts}"
+    current = trace_facts.encode(-9, roots, spans, links, np.array([5]), ['{"kind":"client"}'], runs)
+    assert current.startswith(f"{MAGIC};")
+    before, now = decode_facts(stored), decode_facts(current)
+    assert before.spans.tolist() == now.spans.tolist() and before.links.tolist() == now.links.tolist()
+    assert before.threads.tolist() == now.threads.tolist() and before.facts == now.facts == [{"kind": "client"}]
+    assert decode_facts(f"{MAGIC_V2};-9;{_b64(roots[:1])};;;[]").spans.tolist() == [
+        (roots["span_id"][0], -9, roots["span_id"][0], roots["time"][0])
+    ]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        "2,1,0,0,5,0,0:",  # a column missing
+        "0,1,0,0,5,0,0,9,0,0,5,0,0:",  # no record yet columns
+        "2,1,0,3,5,0,0,9,0,0,5,0,0:AAA=",  # a width that is not 0, 1, 2, 4 or 8
+        "2,1,0,1,5,0,0,9,0,0,5,0,0:",  # a byte missing
+        f"2,{2**63},0,0,5,0,0,9,0,0,5,0,0:",  # a first value outside int64
+        "2,x,0,0,5,0,0,9,0,0,5,0,0:",  # not a number
+        "2,1,0,0,5,0,0,9,0,0,5,0,0:@@",  # not base64
+    ],
+)
+def test_unreadable_delta_coded_parts_are_errors(part: str) -> None:
+    with pytest.raises(TraceFactsError, match="trace facts: spans"):
+        decode_facts(f"{MAGIC};1;;{part};;[]")

@@ -25,3 +25,4 @@ class EncodedBuffers:
     objects: bytes
     dependencies: bytes
     nb_objects: int
+    earliest_ticks: int  # the earliest event time (read from the time column the encoder converts anyway)

@@ -15,7 +15,6 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import itemgetter
 from types import ModuleType
 from typing import Any
 
@@ -103,10 +102,6 @@ class Stream(ABC):
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         """The buffers of a block holding `events` (as returned by `_take`)."""
 
-    @abstractmethod
-    def earliest_ticks(self, events: Any) -> int:
-        """The earliest event time among `events` (as returned by `_take`), in ticks."""
-
 
 def _take_list(events: list) -> list:
     """Removes and returns the first len(events) items; appends racing with it stay for the next block."""
@@ -142,10 +137,6 @@ class ThreadStream(Stream):
     def encode(self, events: Any, registry: Registry) -> EncodedBuffers:
         return _encoder().encode_thread_events(events[0], events[1], registry, events[2])
 
-    @override
-    def earliest_ticks(self, events: Any) -> int:
-        return min(events[0][1::THREAD_SLOTS] + events[1][1::ASYNC_SLOTS])
-
 
 class TupleStream(Stream):
     """A stream shared by all threads: one (code, time, value, property_set_id) tuple per event."""
@@ -160,10 +151,6 @@ class TupleStream(Stream):
             return None
         events = _take_list(self.events)
         return events, len(events)
-
-    @override
-    def earliest_ticks(self, events: Any) -> int:
-        return min(map(itemgetter(1), events))
 
 
 class LogStream(TupleStream):
@@ -209,7 +196,8 @@ class PendingBlock:
         """The block's CBOR body (POST /ingestion/insert_block)."""
         process = self.stream.process
         encoder = _encoder()
-        begin = self._begin_at_its_earliest_event()
+        buffers = self.stream.encode(self.events, registry)
+        begin = self._begin_at(buffers.earliest_ticks)
         header = encoder.BlockHeader(
             stream_id=self.stream.stream_id,
             process_id=process.process_id,
@@ -219,13 +207,13 @@ class PendingBlock:
             end_ticks=self.end.ticks - process.start_ticks,
             object_offset=self.object_offset,
         )
-        return encoder.block_body(header, self.stream.encode(self.events, registry))
+        return encoder.block_body(header, buffers)
 
-    def _begin_at_its_earliest_event(self) -> DualTime:
+    def _begin_at(self, earliest: int) -> DualTime:
+        """The block's begin: its events' earliest time if before `begin`."""
         # An event's time is read before it is appended: one read just before its thread's stream was
         # created, or a drain that closed the block in between, puts it before `begin`. A block must hold
         # its events' times, or queries by time range miss them.
-        earliest = self.stream.earliest_ticks(self.events)
         return self.begin if earliest >= self.begin.ticks else self.stream.process.dual_time(earliest)
 
     def requests(self, registry: Registry) -> list[tuple[Priority, str, bytes]]:

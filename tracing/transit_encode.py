@@ -117,6 +117,11 @@ def _frame(parts: Iterable[Part], count: int) -> bytes:
     return ordered.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
 
 
+def _earliest(times: np.ndarray) -> int:
+    """The earliest of a block's event times (the largest int64 for no event: it moves no block's begin)."""
+    return int(times.min(initial=np.iinfo(np.int64).max))
+
+
 def utf8_lengths(strings: pa.Array) -> np.ndarray:
     """The byte length of each string, as int64."""
     return pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -377,19 +382,23 @@ def _block_trace_facts(
     whose trace id is derived) and its hand-off parent's id (0 if none); `span_facts` is (span id, facts
     JSON) flat for the spans that have facts; `threads` the block's thread runs (`_thread_runs`)."""
     begins = (async_types & 1) == 0  # BeginAsync* (4, 6) among the async types (4..7)
-    begun, begin_times = span_id[begins].view(np.int64), times[begins]
     handed = _handed(async_values[7::ASYNC_SLOTS], span_id)
     traces = _nonzero(async_values[6::ASYNC_SLOTS])
-    starts_trace = parent_id[begins] == 0
+    # Masks over all the block's async events: each id and time column is taken once per part.
+    starts_trace = begins & (parent_id == 0)
     if len(handed):
-        starts_trace &= ~np.isin(begun, handed[:, 0])
-    if len(traces) != len(starts_trace) - int(starts_trace.sum()):  # a parent without a trace: read each
-        starts_trace = np.fromiter(map(operator.not_, async_values[6::ASYNC_SLOTS]), bool, len(begins))[begins]
-    roots = np.zeros(int(starts_trace.sum()), trace_facts.ROOT_RECORD)
-    roots["span_id"], roots["time"] = begun[starts_trace], begin_times[starts_trace]
+        starts_trace &= ~np.isin(span_id.view(np.int64), handed[:, 0])
+    root_count = int(starts_trace.sum())
+    if len(traces) != int(begins.sum()) - root_count:  # a parent without a trace: read each
+        starts_trace = begins & np.fromiter(map(operator.not_, async_values[6::ASYNC_SLOTS]), bool, len(begins))
+        root_count = int(starts_trace.sum())
+    roots = np.zeros(root_count, trace_facts.ROOT_RECORD)
+    roots["span_id"], roots["time"] = span_id[starts_trace].view(np.int64), times[starts_trace]
     spans = np.zeros(len(traces), trace_facts.SPAN_RECORD)
-    spans["span_id"], spans["time"] = begun[~starts_trace], begin_times[~starts_trace]
-    spans["trace_high"], spans["trace_low"] = _trace_halves(traces)
+    if len(traces):  # empty in a block of root spans only
+        others = begins & ~starts_trace
+        spans["span_id"], spans["time"] = span_id[others].view(np.int64), times[others]
+        spans["trace_high"], spans["trace_low"] = _trace_halves(traces)
     links = np.zeros(len(handed), trace_facts.LINK_RECORD)
     links["span_id"], links["link"] = handed[:, 0], handed[:, 1]
     facts_ids = np.array(span_facts[0::2], np.uint64).view(np.int64)
@@ -455,7 +464,7 @@ def encode_thread_events(
         deps.trace_facts = _block_trace_facts(
             async_values, types[split:], span_id, parent_span_id, async_time, span_facts, threads
         )
-    return EncodedBuffers(_frame(parts, count), deps.encode(), count)
+    return EncodedBuffers(_frame(parts, count), deps.encode(), count, _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -539,7 +548,7 @@ def encode_log_events(events: list[tuple], registry: Registry) -> EncodedBuffers
     )
     registry_sets = property_sets[(types == TAGGED_LOG_INDEX) & ~in_span]
     deps.add_property_sets(np.unique(registry_sets[registry_sets != 0]))
-    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes), _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -571,7 +580,7 @@ def encode_metric_events(events: list[tuple], registry: Registry) -> EncodedBuff
         udts.METRIC_METADATA_DEPENDENCY, registry.metrics, np.unique(desc_ids), ("name", "unit", "target", "file")
     )
     deps.add_property_sets(np.unique(property_sets[np.isin(types, _TAGGED_METRICS)]))
-    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes))
+    return EncodedBuffers(_frame(parts, len(codes)), deps.encode(), len(codes), _earliest(times))
 
 
 # ----------------------------------------------------------------------------------------------------

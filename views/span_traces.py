@@ -68,7 +68,9 @@ SCHEMA = pa.schema(
 # Reading the trace facts dependency (written by the SDK's `tracing/trace_facts.py`: same constants)
 
 FACTS_ID = (1 << 64) - 2
-MAGIC = "spanlake.trace_facts/2"
+MAGIC = "spanlake.trace_facts/3"
+MAGIC_V2 = "spanlake.trace_facts/2"  # whole records in base64: the lake may hold blocks written so
+MAGIC_PREFIX = "spanlake.trace_facts/"  # what every version's text begins with
 ROOT_RECORD = np.dtype([("span_id", "<i8"), ("time", "<i8")])
 SPAN_RECORD = np.dtype([("span_id", "<i8"), ("trace_high", "<i8"), ("trace_low", "<i8"), ("time", "<i8")])
 LINK_RECORD = np.dtype([("span_id", "<i8"), ("link", "<i8")])
@@ -108,6 +110,7 @@ class TraceFactsError(ValueError):
 
 
 def _records(encoded: str, dtype: np.dtype, what: str) -> np.ndarray:
+    """The records of a `MAGIC_V2` part: base64 of the records as they are."""
     try:
         raw = base64.b64decode(encoded, validate=True)
     except binascii.Error as error:
@@ -117,14 +120,51 @@ def _records(encoded: str, dtype: np.dtype, what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype)
 
 
+_WIDTHS = (0, 1, 2, 4, 8)
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _delta_records(encoded: str, dtype: np.dtype, what: str) -> np.ndarray:
+    """The records of a `MAGIC` part: column by column, each its first value, base and deltas less the
+    base (the SDK's `trace_facts.encode_records`); an empty part has none."""
+    if not encoded:
+        return np.zeros(0, dtype)
+    header, _, body = encoded.partition(":")
+    try:
+        count, *columns = (int(number) for number in header.split(","))
+        raw = base64.b64decode(body, validate=True)
+    except ValueError as error:  # binascii.Error is one
+        raise TraceFactsError(f"trace facts: {what}: {error}") from error
+    firsts, bases, widths = columns[0::3], columns[1::3], columns[2::3]
+    fields = len(dtype.names)
+    if count < 1 or len(columns) != 3 * fields or not all(w in _WIDTHS for w in widths):
+        raise TraceFactsError(f"trace facts: {what}: not {fields} delta-coded columns")
+    if not all(n in _INT64 for n in firsts + bases) or len(raw) != (count - 1) * sum(widths):
+        raise TraceFactsError(f"trace facts: {what}: {len(raw)} bytes do not match the columns")
+    columns_array = np.empty((count, fields), np.uint64)
+    columns_array[0] = np.array(firsts, np.int64).view(np.uint64)
+    at = 0
+    for column, (base, width) in enumerate(zip(bases, widths, strict=True)):  # per column, not per record
+        offsets = np.frombuffer(raw, f"<u{width}", count - 1, at) if width else 0
+        columns_array[1:, column] = np.uint64(base & ((1 << 64) - 1)) + np.asarray(offsets, np.uint64)
+        at += (count - 1) * width
+    return np.cumsum(columns_array, axis=0, dtype=np.uint64).view(dtype).reshape(count)
+
+
+_PART_READERS = {MAGIC: _delta_records, MAGIC_V2: _records}
+
+
 def decode_facts(text: object) -> BlockFacts:
     """The facts of a block whose `FACTS_ID` dependency is `text` (NO_FACTS for a block without one)."""
     if text is None:
         return NO_FACTS
-    if not isinstance(text, str) or not text.startswith(MAGIC + ";") or text.count(";") < 5:
-        raise TraceFactsError(f"trace facts: not a {MAGIC} text")
-    _, high, roots, others, links, rest = text.split(";", 5)
-    # The threads part is left out when empty; base64 never begins with the facts JSON's '['.
+    if not isinstance(text, str) or text.count(";") < 5:
+        raise TraceFactsError(f"trace facts: not a {MAGIC_V2} text nor a {MAGIC} text")
+    magic, high, roots, others, links, rest = text.split(";", 5)
+    read_part = _PART_READERS.get(magic)
+    if read_part is None:
+        raise TraceFactsError(f"trace facts: not a {MAGIC_V2} text nor a {MAGIC} text")
+    # The threads part is left out when empty; a part never begins with the facts JSON's '['.
     threads, facts_json = ("", rest) if rest.startswith("[") or ";" not in rest else rest.split(";", 1)
     try:
         trace_high = int(high)
@@ -135,16 +175,16 @@ def decode_facts(text: object) -> BlockFacts:
         raise TraceFactsError("trace facts: the trace id prefix is not an int64")
     if not isinstance(pairs, list) or not all(_is_facts_pair(p) for p in pairs):
         raise TraceFactsError("trace facts: the facts are not a list of [span_id, {facts}] pairs")
-    root_records = _records(roots, ROOT_RECORD, "roots")
+    root_records = read_part(roots, ROOT_RECORD, "roots")
     spans = np.zeros(len(root_records), SPAN_RECORD)
     spans["span_id"] = spans["trace_low"] = root_records["span_id"]
     spans["trace_high"], spans["time"] = trace_high, root_records["time"]
     return BlockFacts(
-        np.concatenate([spans, _records(others, SPAN_RECORD, "spans")]),
-        _records(links, LINK_RECORD, "links"),
+        np.concatenate([spans, read_part(others, SPAN_RECORD, "spans")]),
+        read_part(links, LINK_RECORD, "links"),
         np.array([p[0] for p in pairs], np.int64),
         [p[1] for p in pairs],
-        _records(threads, THREAD_RECORD, "threads"),
+        read_part(threads, THREAD_RECORD, "threads"),
     )
 
 

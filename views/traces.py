@@ -3,8 +3,9 @@ like `processes` and `streams`): its root span's name, process and exe, its begi
 its span and process counts, the processes it went through, and whether a span failed.
 
 Its rows come from OTLP traces blocks (span status `ERROR` is an error) and from the SDK's cpu blocks
-(the spans of `span_traces`, named by their begin events in `async_events`; an `error` attribute, which
-the SDK sets to the exception's type, is an error). A partition holds one
+(the spans of `span_traces`, async spans named by their begin events in `async_events`, and the thread
+spans that ran under them, counted as `trace_spans` lists them; an `error` attribute, which the SDK
+sets to the exception's type, is an error). A partition holds one
 row per trace and process seen in its blocks; a query collapses the rows of all partitions into one
 row per trace (`collapse`), as `processes` does. The root is a span without parent (no parent id in
 OTLP; no remote or hand-off parent and no parent in its process for the SDK), the earliest one if
@@ -97,8 +98,9 @@ def transit_rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
         return
     events = pa.Table.from_batches(list(async_events.VIEW.rows_from_transit(blocks)), async_events.SCHEMA)
     begins = events.filter(pc.equal(events.column("event_type"), async_events.BEGIN))
+    # A thread span (in `thread_spans`, not here) has no begin event: a null name, never a root.
     rows, found = matching_rows(facts.column("span_id").to_numpy(), begins.column("span_id").to_numpy())
-    facts, begins = facts.filter(pa.array(found)), begins.take(pa.array(rows[found]))
+    begins = begins.take(pa.array(rows, mask=~found))
     process_of_stream = {block.block.stream_id: block.process for block in blocks}
     streams = pa.array(list(process_of_stream), pa.utf8())
     stream_rows = pc.index_in(facts.column("stream_id"), value_set=streams)
@@ -112,7 +114,7 @@ def transit_rows(blocks: Iterable[TransitBlock]) -> Iterator[pa.RecordBatch]:
             begins.column("name").cast(pa.utf8()),
             begin,
             pc.coalesce(facts.column("end").cast(pa.int64()), begin),
-            pc.and_(pc.is_null(facts.column("parent_span_hex")), pc.equal(begins.column("parent_span_id"), 0)),
+            pc.and_kleene(pc.is_null(facts.column("parent_span_hex")), pc.equal(begins.column("parent_span_id"), 0)),
             sdk_errors(facts.column("attributes")),
         ],
         schema=_SPANS,
