@@ -86,10 +86,16 @@ class LiveProcess:
             writer.thread(False, desc, tick + 2 * step)
             tick += 4 * step
         nb_objects = 4 * self.spans_per_block
-        self.post_events(number, writer, nb_objects, number * nb_objects)
+        return self.events_message(number, writer, nb_objects, number * nb_objects)
 
     def post_events(self, number: int, writer: ThreadBlockWriter, nb_objects: int, object_offset: int) -> None:
-        """Posts the events of `writer` as block `number` (ticks [number, number + 1) × BLOCK_TICKS)."""
+        """Posts the events of `writer` as block `number`."""
+        self._post("/ingestion/insert_block", self.events_message(number, writer, nb_objects, object_offset))
+        with self._lock:
+            self.acknowledged.add(number)
+
+    def events_message(self, number: int, writer: ThreadBlockWriter, nb_objects: int, object_offset: int) -> dict:
+        """The events of `writer` as block `number` (ticks [number, number + 1) × BLOCK_TICKS, a new block id)."""
         first_tick = number * BLOCK_TICKS
         dependencies, objects = compress(writer.dependencies.getvalue()), compress(writer.objects.getvalue())
         block = {
