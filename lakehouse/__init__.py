@@ -15,6 +15,7 @@ Modules:
     ingest             storing an ingested block: the payload first, then the row
     block_traces       the traces of an ingested block (OTLP spans, SDK trace facts), for the trace index
     trace_catch_up     indexing the traces of blocks stored before they could be read (the daemon's step)
+    protobuf_wire      protobuf varints and length-delimited fields, written or walked by hand
     timestamps         RFC3339 timestamps with nanosecond precision
     errors             the lakehouse's exceptions
     source_blocks      the blocks a view instance is built from (blocks ⋈ streams ⋈ processes)

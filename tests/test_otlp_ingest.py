@@ -31,7 +31,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint, ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from spanlake.lakehouse.otlp import envelope, identity
+from spanlake.lakehouse.otlp import identity
+from spanlake.lakehouse.protobuf_wire import length_delimited
 from spanlake.server import otlp
 from spanlake.server.otlp import OtlpRequestError, blocks_from_request
 
@@ -373,7 +374,7 @@ def test_unknown_fields_are_not_stored() -> None:
     plain = single(blocks_from_request("logs", request.SerializeToString(), PROTOBUF, None))
     # field 99 (varint 1) appended to the ResourceLogs: micromegas's decoder drops it
     resource = request.resource_logs[0].SerializeToString() + b"\x98\x06\x01"
-    body = b"\x0a" + envelope._varint(len(resource)) + resource
+    body = length_delimited(1, resource)  # the request's field 1: its ResourceLogs
     with_unknown = single(blocks_from_request("logs", body, PROTOBUF, None))
     assert with_unknown == plain
 

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.protobuf_wire import length_delimited
 
 _PROST_PATH = frozenset(
     f"opentelemetry.proto.metrics.v1.{name}"
@@ -94,8 +95,7 @@ def _prost_rank(item: tuple[Any, Any]) -> int:
 def _prost_field(message: Message, field: Any, value: Any) -> bytes:
     if field.message_type is not None and field.message_type.full_name in _PROST_PATH:
         items = value if field.label == field.LABEL_REPEATED else [value]
-        key = _varint(field.number << 3 | 2)  # wire type 2: length-delimited
-        return b"".join(key + _varint(len(body)) + body for body in map(prost_encoding, items))
+        return b"".join(length_delimited(field.number, body) for body in map(prost_encoding, items))
     alone = type(message)()
     if field.label == field.LABEL_REPEATED:
         getattr(alone, field.name).extend(value)
@@ -104,12 +104,3 @@ def _prost_field(message: Message, field: Any, value: Any) -> bytes:
     else:
         setattr(alone, field.name, value)
     return alone.SerializeToString()
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while number > 0x7F:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)

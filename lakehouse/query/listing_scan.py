@@ -20,9 +20,10 @@ import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 from datafusion.plan import LogicalPlan
 
+from spanlake.lakehouse.protobuf_wire import LENGTH_DELIMITED, length_delimited, read_varint
+
 LISTING_SCAN = 1  # LogicalPlanNode.listing_scan
 PATHS = 2  # ListingTableScanNode.paths
-LENGTH_DELIMITED = 2  # the wire type of messages, strings and bytes
 VARINT, FIXED64, FIXED32 = 0, 1, 5
 
 
@@ -31,8 +32,8 @@ def listing_scan(ctx: SessionContext, urls: Sequence[str], schema: pa.Schema) ->
     single = ctx.read_parquet(urls[0], schema=schema)
     node = _only_field(single.logical_plan().to_bytes(), LISTING_SCAN)
     kept = b"".join(raw for number, raw in _fields(node) if number != PATHS)
-    paths = b"".join(_length_delimited(PATHS, url.encode()) for url in urls)
-    plan = _length_delimited(LISTING_SCAN, kept + paths)
+    paths = b"".join(length_delimited(PATHS, url.encode()) for url in urls)
+    plan = length_delimited(LISTING_SCAN, kept + paths)
     return ctx.create_dataframe_from_logical_plan(LogicalPlan.from_bytes(ctx, plan))
 
 
@@ -42,8 +43,8 @@ def _only_field(message: bytes, number: int) -> bytes:
     if len(fields) != 1 or fields[0][0] != number:
         raise ValueError(f"not a plan of one listing table scan: fields {[n for n, _ in fields]}")
     raw = fields[0][1]
-    _, start = _varint(raw, 0)  # the key
-    length, start = _varint(raw, start)
+    _, start = read_varint(raw, 0)  # the key
+    length, start = read_varint(raw, start)
     return raw[start : start + length]
 
 
@@ -52,40 +53,15 @@ def _fields(message: bytes) -> Iterator[tuple[int, bytes]]:
     position = 0
     while position < len(message):
         start = position
-        key, position = _varint(message, position)
+        key, position = read_varint(message, position)
         wire_type = key & 7
         if wire_type == VARINT:
-            _, position = _varint(message, position)
+            _, position = read_varint(message, position)
         elif wire_type == LENGTH_DELIMITED:
-            length, position = _varint(message, position)
+            length, position = read_varint(message, position)
             position += length
         elif wire_type in (FIXED64, FIXED32):
             position += 8 if wire_type == FIXED64 else 4
         else:
             raise ValueError(f"unexpected protobuf wire type {wire_type}")
         yield key >> 3, message[start:position]
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """The varint at `position` and the position after it."""
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, position
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | LENGTH_DELIMITED) + _encode_varint(len(payload)) + payload

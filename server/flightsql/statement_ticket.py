@@ -4,24 +4,16 @@ descriptors (`protocol`) would cost them a tenth of their start-up."""
 
 from __future__ import annotations
 
+from spanlake.lakehouse.protobuf_wire import length_delimited
+
 _TYPE_URL = b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
-_LENGTH_DELIMITED = 2
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field; none when empty (proto3 leaves default values out)."""
     if not payload:
         return b""
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return length_delimited(number, payload)
 
 
 def statement_ticket(sql: str) -> bytes:
