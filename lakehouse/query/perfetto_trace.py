@@ -66,7 +66,7 @@ class TracePlan:
 
     def chunks(self) -> Iterator[bytes]:
         """The trace's chunks, generated as they are read."""
-        by_size = self.chunk_bytes > 0
+        chunk_threshold, spans_per_flush = chunking(self.chunk_bytes)
         return trace_chunks(
             self.process_id,
             self.exe,
@@ -74,9 +74,14 @@ class TracePlan:
             lambda stream_id: self.thread_spans[stream_id].batches(),
             lambda: self.async_spans.batches() if self.async_spans else [],
             self.span_types,
-            chunk_threshold=self.chunk_bytes if by_size else CHUNK_THRESHOLD,
-            spans_per_flush=None if by_size else SPANS_PER_FLUSH,
+            chunk_threshold=chunk_threshold,
+            spans_per_flush=spans_per_flush,
         )
+
+
+def chunking(chunk_bytes: int) -> tuple[int, int | None]:
+    """The writer's chunk threshold and spans per flush for chunks of about `chunk_bytes` (0: micromegas's)."""
+    return (chunk_bytes, None) if chunk_bytes > 0 else (CHUNK_THRESHOLD, SPANS_PER_FLUSH)
 
 
 def _partitions_dataset(lake: Lake, view_set_name: str, instance_id: str, range_ns: tuple[int, int]) -> ds.Dataset:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.views.perfetto.wire import key
-from spanlake.views.perfetto.writer import CHUNK_THRESHOLD, PerfettoTraceWriter
+from spanlake.views.perfetto.writer import CHUNK_THRESHOLD, SPANS_PER_FLUSH, PerfettoTraceWriter
 
 FIXED64 = 1
 _FLOW_ID = np.frombuffer(key(47, FIXED64), dtype=np.uint8)
@@ -88,12 +88,16 @@ def _writer_columns(spans: pa.Table) -> tuple[pa.Table, np.ndarray]:
     return columns, process
 
 
-def trace_chunks(spans: pa.Table, chunk_threshold: int = CHUNK_THRESHOLD) -> Iterator[bytes]:
-    """The Perfetto trace of one trace's spans (trace_spans' columns) as chunks, lazily."""
+def trace_chunks(
+    spans: pa.Table, chunk_threshold: int = CHUNK_THRESHOLD, spans_per_flush: int | None = SPANS_PER_FLUSH
+) -> Iterator[bytes]:
+    """The Perfetto trace of one trace's spans (trace_spans' columns) as chunks, lazily; chunked as
+    `PerfettoTraceWriter` is told."""
     columns, process = _writer_columns(spans)
     for code in range(int(process.max(initial=-1)) + 1):
         rows = columns.filter(pa.array(process == code))
-        writer = PerfettoTraceWriter(rows.column("process_id")[0].as_py(), chunk_threshold=chunk_threshold)
+        process_id = rows.column("process_id")[0].as_py()
+        writer = PerfettoTraceWriter(process_id, chunk_threshold=chunk_threshold, spans_per_flush=spans_per_flush)
         yield from writer.process_descriptor(rows.column("exe")[0].as_py() or "")
         yield from writer.async_track_descriptor()
         yield from writer.async_spans(rows.drop_columns(["process_id", "exe"]))
