@@ -3,8 +3,6 @@ band, the critical path's rule, links, open spans and corrupt parents (a cycle).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 
@@ -87,12 +85,10 @@ def test_the_critical_path_of_a_deep_trace_is_computed_by_levels() -> None:
     parent = np.where(index < 1000, index - 1, 999 + (index - 1000) // 2)
     begin = index * 10
     end = np.where(index < 1000, 10**9 - index, begin + 5)
-    started = time.perf_counter()
-    on_path = critical_path(parent, begin, end)
-    elapsed = time.perf_counter() - started
+    on_path = critical_path(parent, begin, end)  # speed: benchmarks/trace_page.py
     # The chain, then the one of the chain's last span's two children ending later: its own children
     # end after it does, so the root did not wait on them.
-    assert np.flatnonzero(on_path).tolist() == [*range(1000), 1001] and elapsed < 1.0
+    assert np.flatnonzero(on_path).tolist() == [*range(1000), 1001]
     ids = pa.array([f"{i:016x}" for i in range(n)])
     assert (parents(ids, pa.array([f"{p:016x}" if p >= 0 else None for p in parent])) == parent).all()
 
