@@ -27,8 +27,8 @@ class UnsignedInt(int):
 # are sorted by their UTF-8 bytes (a BTreeMap). Numbers: 0x00 for integer zero, 0x40 + the smallest
 # big-endian signed width holding an integer, 0x60 + f64 for floats, 0x10/0x20/0x30 for NaN/inf/-inf.
 
-_ARRAY, _OBJECT, _SCALAR = 0x80000000, 0x40000000, 0x20000000
-_NULL, _STRING, _NUMBER, _FALSE, _TRUE, _CONTAINER = (
+JSONB_ARRAY, JSONB_OBJECT, _SCALAR = 0x80000000, 0x40000000, 0x20000000
+JENTRY_NULL, JENTRY_STRING, JENTRY_NUMBER, JENTRY_FALSE, JENTRY_TRUE, JENTRY_CONTAINER = (
     0x00000000,
     0x10000000,
     0x20000000,
@@ -52,49 +52,49 @@ def encode(value: JsonValue) -> bytes:
 def _object(value: dict[str, JsonValue]) -> bytes:
     # Hot path (one object per row): members inlined rather than one call per member.
     keys = [key.encode() for key in sorted(value)]  # str order is UTF-8 byte order
-    entries = [_STRING | len(key) for key in keys]
+    entries = [JENTRY_STRING | len(key) for key in keys]
     data = []
     for key in sorted(value):
         item = value[key]
         kind = type(item)
         if kind is str:
             encoded = item.encode()
-            entries.append(_STRING | len(encoded))
+            entries.append(JENTRY_STRING | len(encoded))
             data.append(encoded)
         elif kind is bool:
-            entries.append(_TRUE if item else _FALSE)
+            entries.append(JENTRY_TRUE if item else JENTRY_FALSE)
         else:
             entry, encoded = _member(item)
             entries.append(entry)
             data.append(encoded)
-    return struct.pack(f">{1 + len(entries)}I", _OBJECT | len(keys), *entries) + b"".join(keys) + b"".join(data)
+    return struct.pack(f">{1 + len(entries)}I", JSONB_OBJECT | len(keys), *entries) + b"".join(keys) + b"".join(data)
 
 
 def _array(value: list[JsonValue]) -> bytes:
     members = [_member(item) for item in value]
-    entries = struct.pack(f">{1 + len(members)}I", _ARRAY | len(members), *(entry for entry, _ in members))
+    entries = struct.pack(f">{1 + len(members)}I", JSONB_ARRAY | len(members), *(entry for entry, _ in members))
     return entries + b"".join(data for _, data in members)
 
 
 def _member(value: JsonValue) -> tuple[int, bytes]:
     if value is None:
-        return _NULL, b""
+        return JENTRY_NULL, b""
     if isinstance(value, bool):
-        return (_TRUE if value else _FALSE), b""
+        return (JENTRY_TRUE if value else JENTRY_FALSE), b""
     if isinstance(value, str):
         data = value.encode()
-        return _STRING | len(data), data
+        return JENTRY_STRING | len(data), data
     if isinstance(value, UnsignedInt):
         data = _unsigned(value)
-        return _NUMBER | len(data), data
+        return JENTRY_NUMBER | len(data), data
     if isinstance(value, int):
         data = _integer(value)
-        return _NUMBER | len(data), data
+        return JENTRY_NUMBER | len(data), data
     if isinstance(value, float):
         data = _float(value)
-        return _NUMBER | len(data), data
+        return JENTRY_NUMBER | len(data), data
     data = _object(value) if isinstance(value, dict) else _array(value)
-    return _CONTAINER | len(data), data
+    return JENTRY_CONTAINER | len(data), data
 
 
 def _integer(value: int) -> bytes:
@@ -172,9 +172,9 @@ def decode(data: bytes) -> JsonValue:
         raise JsonbError(f"jsonb value of {len(data)} bytes has no header")
     (header,) = struct.unpack_from(">I", data, 0)
     kind, count = header & _CONTAINER_MASK, header & _COUNT_MASK
-    if kind not in (_ARRAY, _OBJECT, _SCALAR) or (kind == _SCALAR and count != 1):
+    if kind not in (JSONB_ARRAY, JSONB_OBJECT, _SCALAR) or (kind == _SCALAR and count != 1):
         raise JsonbError(f"bad jsonb container header 0x{header:08x}")
-    nb_entries = 2 * count if kind == _OBJECT else count
+    nb_entries = 2 * count if kind == JSONB_OBJECT else count
     if len(data) < 4 + 4 * nb_entries:
         raise JsonbError(f"jsonb container of {count} members truncated at {len(data)} bytes")
     entries = struct.unpack_from(f">{nb_entries}I", data, 4)
@@ -187,20 +187,20 @@ def decode(data: bytes) -> JsonValue:
             raise JsonbError(f"jsonb member at byte {position} runs past the {len(data)}-byte value")
         values.append(_scalar(entry & _TYPE_MASK, data[position:end]))
         position = end
-    if kind == _OBJECT:
+    if kind == JSONB_OBJECT:
         return dict(zip(values[:count], values[count:], strict=True))
     return values[0] if kind == _SCALAR else values
 
 
 def _scalar(kind: int, data: bytes) -> JsonValue:
-    if kind == _STRING:
+    if kind == JENTRY_STRING:
         return data.decode("utf-8")
-    if kind == _NUMBER:
+    if kind == JENTRY_NUMBER:
         return _number(data)
-    if kind == _CONTAINER:
+    if kind == JENTRY_CONTAINER:
         return decode(data)
-    if kind in (_NULL, _TRUE, _FALSE) and not data:
-        return None if kind == _NULL else kind == _TRUE
+    if kind in (JENTRY_NULL, JENTRY_TRUE, JENTRY_FALSE) and not data:
+        return None if kind == JENTRY_NULL else kind == JENTRY_TRUE
     raise JsonbError(f"bad jsonb member type 0x{kind:08x}")
 
 

@@ -17,17 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanlake.lakehouse.otlp.wire import ranges
-
-# JEntry types and container headers of views.jsonb (the tests compare both encoders' bytes).
-_NULL, _STRING, _NUMBER, _FALSE, _TRUE, _CONTAINER = (
-    0x00000000,
-    0x10000000,
-    0x20000000,
-    0x30000000,
-    0x40000000,
-    0x50000000,
+from spanlake.views.jsonb import (  # JEntry types and container headers: one encoding, written two ways
+    JENTRY_CONTAINER,
+    JENTRY_FALSE,
+    JENTRY_NULL,
+    JENTRY_NUMBER,
+    JENTRY_STRING,
+    JENTRY_TRUE,
+    JSONB_ARRAY,
+    JSONB_OBJECT,
 )
-_ARRAY, _OBJECT = 0x80000000, 0x40000000
+
 _INT_PREFIX, _FLOAT_PREFIX, _NAN, _INFINITY, _NEGATIVE_INFINITY = 0x40, 0x60, 0x10, 0x20, 0x30
 _BINARY = pa.large_binary()
 _HEX = np.frombuffer(b"".join(f"{byte:02x}".encode() for byte in range(256)), np.uint8).reshape(256, 2)
@@ -92,22 +92,22 @@ def _sized(kind: int, data: pa.Array) -> Members:
 
 def strings(data: pa.Array) -> Members:
     """String members of UTF-8 bytes."""
-    return _sized(_STRING, data)
+    return _sized(JENTRY_STRING, data)
 
 
 def containers(data: pa.Array) -> Members:
     """Members that are jsonb containers (objects or arrays)."""
-    return _sized(_CONTAINER, data)
+    return _sized(JENTRY_CONTAINER, data)
 
 
 def booleans(values: np.ndarray) -> Members:
     """Boolean members."""
-    return Members(np.where(values, _TRUE, _FALSE).astype(np.uint32), _empty(len(values)))
+    return Members(np.where(values, JENTRY_TRUE, JENTRY_FALSE).astype(np.uint32), _empty(len(values)))
 
 
 def nulls(count: int) -> Members:
     """Null members."""
-    return Members(np.full(count, _NULL, np.uint32), _empty(count))
+    return Members(np.full(count, JENTRY_NULL, np.uint32), _empty(count))
 
 
 def _empty(count: int) -> pa.Array:
@@ -128,7 +128,7 @@ def integers(values: np.ndarray) -> Members:
     rows[signed, 8 - width[signed]] = _INT_PREFIX
     lengths = width + 1
     data = _cut(rows, np.arange(len(values)) * 9 + 8 - width, lengths)
-    return Members((_NUMBER | lengths).astype(np.uint32), data)
+    return Members((JENTRY_NUMBER | lengths).astype(np.uint32), data)
 
 
 def floats(values: np.ndarray) -> Members:
@@ -140,7 +140,7 @@ def floats(values: np.ndarray) -> Members:
     rows[:, 1:] = values.astype(">f8").view(np.uint8).reshape(-1, 8)
     lengths = np.where(np.isfinite(values), 9, 1)
     data = _cut(rows, np.arange(len(values)) * 9, lengths)
-    return Members((_NUMBER | lengths).astype(np.uint32), data)
+    return Members((JENTRY_NUMBER | lengths).astype(np.uint32), data)
 
 
 def hex_strings(data: pa.Array) -> pa.Array:
@@ -170,7 +170,7 @@ def base64_strings(data: pa.Array) -> pa.Array:
 def arrays(members: Members, parent: np.ndarray, count: int) -> pa.Array:
     """One jsonb array per row of `count`: the members whose `parent` is that row, in order."""
     order = np.argsort(parent, kind="stable")
-    return _lay_out(_ARRAY, None, members.take(order), parent[order], count)
+    return _lay_out(JSONB_ARRAY, None, members.take(order), parent[order], count)
 
 
 def objects(keys: pa.Array, members: Members, parent: np.ndarray, count: int) -> pa.Array:
@@ -188,7 +188,7 @@ def objects(keys: pa.Array, members: Members, parent: np.ndarray, count: int) ->
         kept = np.r_[True, ~((parent[1:] == parent[:-1]) & same_key)]
         kept_rows = np.flatnonzero(kept)
         order, parent, keys = order[kept_rows], parent[kept_rows], keys.take(pa.array(kept_rows))
-    return _lay_out(_OBJECT, keys, members.take(order), parent, count)
+    return _lay_out(JSONB_OBJECT, keys, members.take(order), parent, count)
 
 
 def _lay_out(kind: int, keys: pa.Array | None, members: Members, parent: np.ndarray, count: int) -> pa.Array:
@@ -203,7 +203,7 @@ def _lay_out(kind: int, keys: pa.Array | None, members: Members, parent: np.ndar
     if keys is not None:
         key_data, key_offsets = binary_parts(keys)
         key_lengths = np.diff(key_offsets)
-        parts += [binary_array((_STRING | key_lengths).astype(">u4").view(np.uint8), bounds * 4)]
+        parts += [binary_array((JENTRY_STRING | key_lengths).astype(">u4").view(np.uint8), bounds * 4)]
         parts += [entries, binary_array(key_data, key_offsets[bounds])]
     else:
         parts.append(entries)
