@@ -22,6 +22,7 @@ from spanlake.lakehouse.errors import OtlpBlockError
 from spanlake.lakehouse.otlp import decode, jsonb_arrays, wire
 from spanlake.lakehouse.otlp.decode import any_value_to_json, attributes_object, scope_extras
 from spanlake.lakehouse.otlp.envelope import write_envelope
+from spanlake.lakehouse.protobuf_wire import length_delimited
 from spanlake.views import jsonb
 
 T0 = 1_700_000_000_000_000_000
@@ -275,24 +276,11 @@ def test_a_merged_status_and_a_repeated_field_read_as_protobuf_reads_them() -> N
     resource = ResourceSpans()
     resource.scope_spans.add()
     objects = resource.SerializeToString() + b""
-    scope = b"\x12" + _varint(len(twice)) + twice  # ScopeSpans.spans
-    objects = b"\x12" + _varint(len(scope)) + scope  # ResourceSpans.scope_spans
+    scope = length_delimited(2, twice)  # ScopeSpans.spans
+    objects = length_delimited(2, scope)  # ResourceSpans.scope_spans
     columns = otel_columns(write_envelope(objects))
     assert columns["name"] == ["second"] and columns["status"] == [2] and columns["status_message"] == ["m"]
     assert columns == reference_or_error(objects)[0]
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while number > 0x7F:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-def _framed(number: int, body: bytes) -> bytes:
-    return bytes([number << 3 | 2]) + _varint(len(body)) + body
 
 
 # Fields the schema does not know: field 127 varint, field 100 LEN, field 6 fixed32 (and 0x12 inside).
@@ -306,12 +294,12 @@ def test_unknown_fields_are_skipped(spans: int) -> None:
     resource = random_resource(6, spans)  # 3 scopes
     body = b""
     for scope_spans in resource.scope_spans:
-        scope = _framed(1, scope_spans.scope.SerializeToString())
+        scope = length_delimited(1, scope_spans.scope.SerializeToString())
         for i, span in enumerate(scope_spans.spans):
             for _ in range(20):  # past the stepped fields of a span too
                 span.attributes.add(key=f"k{i}", value=AnyValue(int_value=i))
-            scope += _framed(2, span.SerializeToString() + _UNKNOWN) + (_UNKNOWN if i % 7 == 3 else b"")
-        body += _framed(2, scope + _UNKNOWN)
+            scope += length_delimited(2, span.SerializeToString() + _UNKNOWN) + (_UNKNOWN if i % 7 == 3 else b"")
+        body += length_delimited(2, scope + _UNKNOWN)
     objects = _UNKNOWN + body
     expected = reference_or_error(objects)
     assert expected is not None and len(expected[0]["name"]) >= spans // 8
@@ -360,13 +348,13 @@ def test_malformed_blocks_raise_a_clear_error(objects: bytes, fragment: str) -> 
 def test_values_nested_past_the_protobuf_limit_raise_a_clear_error() -> None:
     value = AnyValue(string_value="leaf").SerializeToString()
     for _ in range(105):  # AnyValue.array_value (5) holding ArrayValue.values (1)
-        array = b"\x0a" + _varint(len(value)) + value
-        value = b"\x2a" + _varint(len(array)) + array
-    attribute = b"\x0a\x04deep" + b"\x12" + _varint(len(value)) + value  # KeyValue
+        array = length_delimited(1, value)
+        value = length_delimited(5, array)
+    attribute = b"\x0a\x04deep" + length_delimited(2, value)  # KeyValue
     span = Span(trace_id=bytes(range(16)), span_id=bytes(8), start_time_unix_nano=T0, end_time_unix_nano=T0 + 1)
-    body = span.SerializeToString() + b"\x4a" + _varint(len(attribute)) + attribute  # Span.attributes (9)
-    scope = b"\x12" + _varint(len(body)) + body
-    objects = b"\x12" + _varint(len(scope)) + scope
+    body = span.SerializeToString() + length_delimited(9, attribute)  # Span.attributes
+    scope = length_delimited(2, body)
+    objects = length_delimited(2, scope)
     assert reference_or_error(objects) is None  # past protobuf's recursion limit too
     with pytest.raises(OtlpBlockError, match="nested more than 100 deep"):
         otel_columns(write_envelope(objects))
