@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from deployment_support import load_compose, spanlake_services
-from harness import PROJECT_ROOT, free_port
+from harness import PROJECT_ROOT
 
 from spanlake.server.cli import build_parser
 from spanlake.server.startup import GETTING_STARTED
@@ -189,7 +189,9 @@ def test_the_check_catches_wrong_commands(text: str, error: str) -> None:
 def test_the_refusal_to_listen_without_keys_names_a_command_that_parses(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPANLAKE_")}
     flags = ["--host", "0.0.0.0", "--database-url", database_url, "--object-store-uri", tmp_path.as_uri()]
-    ports = ["--http-port", str(free_port()), "--flightsql-port", str(free_port()), "--no-self-tracing"]
+    # Port 0: the refusal comes before any port is bound, and a probed free port on 0.0.0.0 can be taken by
+    # another test's server meanwhile (seen under pytest-xdist: "port … already in use").
+    ports = ["--http-port", "0", "--flightsql-port", "0", "--no-self-tracing"]
     refused = subprocess.run(
         [sys.executable, "-m", "spanlake.server.cli", "serve", *flags, *ports],
         env=env,
