@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +385,18 @@ def test_a_lake_stored_before_the_index_becomes_searchable(postgres: PostgresSer
         )
     finally:
         upgraded.stop()
+
+
+def test_blocks_sent_now_are_indexed_before_a_backlog_and_retries(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The catch-up takes first tries before retries and the newest first: an upgrade's backlog of old
+    blocks, or blocks that keep failing, never hold back the blocks being sent now."""
+    backlog = [uuid.uuid4() for _ in range(3)]
+    retried, fresh = uuid.uuid4(), uuid.uuid4()
+    with Lake.open(Settings(database_url=postgres.new_database(), object_store_uri=tmp_path.as_uri())) as lake:
+        queue = "INSERT INTO trace_index_pending (block_id, queued_at, attempts) VALUES ($1, now() - $2::interval, $3)"
+        for age, block_id in enumerate(backlog, start=1):
+            lake.loop.run(lake.pool.execute(queue, block_id, timedelta(days=age), 0))
+        lake.loop.run(lake.pool.execute(queue, retried, timedelta(seconds=1), 3))
+        lake.loop.run(lake.pool.execute(queue, fresh, timedelta(0), 0))
+        assert lake.loop.run(lake.catalog.due_trace_blocks(10)) == [fresh, *backlog, retried]
+        assert lake.loop.run(lake.catalog.due_trace_blocks(1)) == [fresh]

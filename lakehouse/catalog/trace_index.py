@@ -92,9 +92,12 @@ class TraceIndexRows:
         )
 
     async def due_trace_blocks(self, limit: int) -> list[uuid.UUID]:
-        """Up to `limit` queued blocks due for a try, the longest due first."""
+        """Up to `limit` queued blocks due for a try: first tries before retries, the newest first (a
+        large backlog, such as the upgrade's, never holds back the blocks being sent now)."""
         rows = await self.pool.fetch(
-            "SELECT block_id FROM trace_index_pending WHERE retry_at <= now() ORDER BY retry_at LIMIT $1", limit
+            "SELECT block_id FROM trace_index_pending WHERE retry_at <= now()"
+            " ORDER BY attempts, queued_at DESC LIMIT $1",
+            limit,
         )
         return [row["block_id"] for row in rows]
 
