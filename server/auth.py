@@ -163,12 +163,14 @@ class Authenticator:
         self._database_has_keys = database_has_keys
         self._keys_exist_until = 0.0
         self._keys_exist = True
+        self._forgotten = 0  # counts forget_lookups calls: an answer read across one is not kept
         # Forgets the cached lookups on every announced change (None: they expire on their own).
         self.key_changes: KeyChanges | None = None
 
     def forget_lookups(self) -> None:
         """Forgets every cached database lookup (keys, whether any exist, tokens' grants)."""
         self._cache.forget()
+        self._forgotten += 1
         self._keys_exist_until = 0.0
         if self.tokens is not None:
             self.tokens.forget()
@@ -206,8 +208,11 @@ class Authenticator:
         if now >= self._keys_exist_until:  # racing threads may both ask: harmless, the answer is the same
             if not database:
                 raise LookupNeeded
-            self._keys_exist = self._database_has_keys()
-            self._keys_exist_until = now + _KEYS_EXIST_SECONDS
+            forgotten = self._forgotten
+            keys_exist = self._database_has_keys()
+            if forgotten == self._forgotten:  # else a change came during the read: ask again next time
+                self._keys_exist, self._keys_exist_until = keys_exist, now + _KEYS_EXIST_SECONDS
+            return keys_exist
         return self._keys_exist
 
     def _lookup_database(self, digest: bytes, surface: str, database: bool) -> Principal | None:
