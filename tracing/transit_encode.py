@@ -266,6 +266,7 @@ def _string_ref(string_id: int, strings: Mapping[int, str]) -> bytes:
 
 _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
+_NAMED_BIT = 2  # set in the named types' indices only
 
 
 def _unsigned(values: list) -> np.ndarray:
@@ -418,7 +419,6 @@ def encode_thread_events(
     async_code, async_time, span_id, parent_span_id, depth = (
         _unsigned(async_values[i::ASYNC_SLOTS]).view(np.uint64 if i in (2, 3) else np.int64) for i in range(5)
     )
-    async_name = np.array(async_values[5::ASYNC_SLOTS], dtype=object)
     codes = np.concatenate([thread_code, async_code])
     times = np.concatenate([thread_time, async_time])
     types, ids = codes & 0xFF, codes >> TYPE_BITS
@@ -433,8 +433,13 @@ def encode_thread_events(
         np.concatenate([np.zeros(split, c.dtype), c]) for c in (span_id, parent_span_id, depth)
     )
 
-    named = np.isin(types, _NAMED_TYPES)
-    all_names = np.concatenate([thread_names, async_name[named[split:]]])
+    named = (types & _NAMED_BIT) != 0
+    async_named = named[split:]
+    # Only the named events' slots: an object array of the whole column costs numpy a look into every value.
+    async_names = np.fromiter(
+        itertools.compress(async_values[5::ASYNC_SLOTS], async_named.tolist()), object, int(async_named.sum())
+    )
+    all_names = np.concatenate([thread_names, async_names])
     names = pa.array(all_names, pa.large_string()).dictionary_encode()
     name_index = np.zeros(count, np.int64)
     name_index[named] = names.indices.to_numpy(zero_copy_only=False)
