@@ -344,6 +344,51 @@ def test_a_full_stream_is_flushed_without_waiting(monkeypatch: pytest.MonkeyPatc
     assert offsets == list(np.cumsum([0] + [b["nb_objects"] for b in blocks[:-1]]))
 
 
+def test_a_span_whose_child_filled_the_stream_ends_in_the_next_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child's end that fills the stream hands its lists over whole; the parent's end goes to the new one."""
+    monkeypatch.setattr(streams, "THREAD_BLOCK_EVENTS", 4)  # a block fills every 5 edges: at every depth
+    sink = tracing.MemorySink()
+    tracing.init(sink=sink, flush_period=3600)
+
+    @tracing.span_fn("leaf")
+    def leaf() -> None:
+        pass
+
+    @tracing.span_fn("outer")
+    def outer() -> None:
+        with tracing.span_scope("middle"):
+            leaf()
+
+    @tracing.span_fn("outer_async")
+    async def outer_async() -> None:
+        await tracing.instrument(asyncio.sleep(0), "inner_async")
+
+    async def concurrently() -> None:  # interleaved edges
+        await asyncio.gather(*(outer_async() for _ in range(30)))
+
+    try:
+        for _ in range(30):
+            outer()
+        asyncio.run(concurrently())
+    finally:
+        tracing.shutdown()
+    ((_, blocks),) = [entry for entry in decoded_streams(sink).values() if entry[0]["tags"] == ["cpu"]]
+    events = [e for _, block_events in blocks for e in block_events]
+    edges = [
+        (e.type_name[:3], e["thread_span_desc" if "Thread" in e.type_name else "span_desc"]["name"]) for e in events
+    ]
+    names = ("outer", "middle", "leaf")
+    assert edges[:180] == [*(("Beg", n) for n in names), *(("End", n) for n in reversed(names))] * 30
+    assert Counter(edges[180:]) == {
+        (edge, name): 30 for edge in ("Beg", "End") for name in ("outer_async", "inner_async")
+    }
+    ends = [e["span_id"] for e in events[180:] if e.type_name == "EndAsyncSpanEvent"]
+    assert sorted(ends) == sorted(e["span_id"] for e in events[180:] if e.type_name == "BeginAsyncSpanEvent")
+    offsets = [block["object_offset"] for block, _ in blocks]
+    assert offsets == list(np.cumsum([0] + [block["nb_objects"] for block, _ in blocks[:-1]]))
+    assert len(blocks) >= 40 and all(block["nb_objects"] == len(objects) for block, objects in blocks)
+
+
 def test_malformed_event_lists_are_refused_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="not a multiple of 3 slots"):
         transit_encode.encode_thread_events([1, 2], [], REGISTRY)

@@ -138,16 +138,15 @@ class ThreadStream(Stream):
     def _take(self, by_owner: bool) -> tuple[Any, int] | None:
         if not self.thread_events and not self.async_events:
             return None
-        # The owner takes its async list whole and starts a new one: copying a full block's list (4 MB of
-        # references) was a tenth of an async span's cost. Every async edge reads `stream.async_events`
-        # afresh, so none can land in the list taken; another thread (the flush thread) must copy, as the
-        # owner may be between reading the list and extending it. Thread span edges keep the list they
-        # began with (a sync span's end appends to it), so the thread list is always copied.
+        # The owner takes its lists whole and starts new ones: copying a full block's list (4 MB of
+        # references) was a tenth of a span's cost. Every span edge reads the stream's list afresh, so none
+        # lands in a list taken. Another thread (the flush thread) must copy, as the owner may be between
+        # reading a list and extending it.
         if by_owner:
+            thread_values, self.thread_events = self.thread_events, []
             async_values, self.async_events = self.async_events, []
         else:
-            async_values = _take_list(self.async_events)
-        thread_values = _take_list(self.thread_events)
+            thread_values, async_values = _take_list(self.thread_events), _take_list(self.async_events)
         count = len(thread_values) // THREAD_SLOTS + len(async_values) // ASYNC_SLOTS
         return (thread_values, async_values, _take_list(self.span_facts)), count
 
