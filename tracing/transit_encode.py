@@ -305,6 +305,19 @@ def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 _FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
 
 
+def _named_slots(slots: list, named: np.ndarray) -> np.ndarray:
+    """The names in the slots of the named events (an object array; most blocks have none). Only those
+    slots: an object array of the whole column costs numpy a look into every value."""
+    count = int(named.sum())
+    return np.fromiter(itertools.compress(slots, named.tolist()), object, count) if count else np.zeros(0, object)
+
+
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """The distinct descriptor ids of a block's events, sorted. Runs of one id (a span's edges, a loop's
+    spans) are cut to one first, in one pass: the sort or hash then sees a few values, not every event."""
+    return np.unique(ids[np.r_[True, ids[1:] != ids[:-1]]]) if len(ids) else ids
+
+
 def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
     """The (high, low) halves (int64) of traces held as this process's root span ids or as tuples."""
     count = len(traces)
@@ -434,12 +447,7 @@ def encode_thread_events(
     )
 
     named = (types & _NAMED_BIT) != 0
-    async_named = named[split:]
-    # Only the named events' slots: an object array of the whole column costs numpy a look into every value.
-    async_names = np.fromiter(
-        itertools.compress(async_values[5::ASYNC_SLOTS], async_named.tolist()), object, int(async_named.sum())
-    )
-    all_names = np.concatenate([thread_names, async_names])
+    all_names = np.concatenate([thread_names, _named_slots(async_values[5::ASYNC_SLOTS], named[split:])])
     names = pa.array(all_names, pa.large_string()).dictionary_encode()
     name_index = np.zeros(count, np.int64)
     name_index[named] = names.indices.to_numpy(zero_copy_only=False)
@@ -458,10 +466,10 @@ def encode_thread_events(
 
     deps = Dependencies(udts.THREAD_LAYOUT, registry)
     deps.add_records(
-        udts.SPAN_RECORD, registry.spans, np.unique(ids[~named]), ("name", "target", "module_path", "file")
+        udts.SPAN_RECORD, registry.spans, _distinct(ids[~named]), ("name", "target", "module_path", "file")
     )
     deps.add_records(
-        udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
+        udts.SPAN_LOCATION_RECORD, registry.locations, _distinct(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
     threads = _thread_runs(contexts, position[thread_begins], thread_time[thread_begins])
