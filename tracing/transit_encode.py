@@ -454,8 +454,8 @@ def encode_thread_events(
     name_lengths = utf8_lengths(names.dictionary)
 
     parts = []
-    for type_index, dtype in enumerate(_THREAD_DTYPES):
-        select = np.nonzero(types == type_index)[0]
+    for type_index in np.flatnonzero(np.bincount(types, minlength=len(_THREAD_DTYPES))).tolist():  # types present
+        dtype, select = _THREAD_DTYPES[type_index], np.flatnonzero(types == type_index)
         columns = {dtype.names[1]: ids[select], "time": times[select]}
         if type_index >= 4:
             columns |= {"span_id": span_ids[select], "parent_span_id": parents[select], "depth": depths[select]}
