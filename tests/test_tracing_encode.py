@@ -21,10 +21,11 @@ import pytest
 from harness import RUST_FIXTURES
 
 from spanlake import tracing
-from spanlake.lakehouse.transit.decode import decode_block, object_values, stream_layout
+from spanlake.lakehouse.transit.decode import decode_block, object_values, read_block_dependencies, stream_layout
 from spanlake.tracing import streams, transit_encode, udts
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, REGISTRY
 from spanlake.views.decoded import TransitObject
+from spanlake.views.span_traces import FACTS_ID, decode_facts
 
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}\+00:00$")
 
@@ -343,6 +344,51 @@ def test_a_full_stream_is_flushed_without_waiting(monkeypatch: pytest.MonkeyPatc
     assert offsets == list(np.cumsum([0] + [b["nb_objects"] for b in blocks[:-1]]))
 
 
+def test_a_span_whose_child_filled_the_stream_ends_in_the_next_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child's end that fills the stream hands its lists over whole; the parent's end goes to the new one."""
+    monkeypatch.setattr(streams, "THREAD_BLOCK_EVENTS", 4)  # a block fills every 5 edges: at every depth
+    sink = tracing.MemorySink()
+    tracing.init(sink=sink, flush_period=3600)
+
+    @tracing.span_fn("leaf")
+    def leaf() -> None:
+        pass
+
+    @tracing.span_fn("outer")
+    def outer() -> None:
+        with tracing.span_scope("middle"):
+            leaf()
+
+    @tracing.span_fn("outer_async")
+    async def outer_async() -> None:
+        await tracing.instrument(asyncio.sleep(0), "inner_async")
+
+    async def concurrently() -> None:  # interleaved edges
+        await asyncio.gather(*(outer_async() for _ in range(30)))
+
+    try:
+        for _ in range(30):
+            outer()
+        asyncio.run(concurrently())
+    finally:
+        tracing.shutdown()
+    ((_, blocks),) = [entry for entry in decoded_streams(sink).values() if entry[0]["tags"] == ["cpu"]]
+    events = [e for _, block_events in blocks for e in block_events]
+    edges = [
+        (e.type_name[:3], e["thread_span_desc" if "Thread" in e.type_name else "span_desc"]["name"]) for e in events
+    ]
+    names = ("outer", "middle", "leaf")
+    assert edges[:180] == [*(("Beg", n) for n in names), *(("End", n) for n in reversed(names))] * 30
+    assert Counter(edges[180:]) == {
+        (edge, name): 30 for edge in ("Beg", "End") for name in ("outer_async", "inner_async")
+    }
+    ends = [e["span_id"] for e in events[180:] if e.type_name == "EndAsyncSpanEvent"]
+    assert sorted(ends) == sorted(e["span_id"] for e in events[180:] if e.type_name == "BeginAsyncSpanEvent")
+    offsets = [block["object_offset"] for block, _ in blocks]
+    assert offsets == list(np.cumsum([0] + [block["nb_objects"] for block, _ in blocks[:-1]]))
+    assert len(blocks) >= 40 and all(block["nb_objects"] == len(objects) for block, objects in blocks)
+
+
 def test_malformed_event_lists_are_refused_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="not a multiple of 3 slots"):
         transit_encode.encode_thread_events([1, 2], [], REGISTRY)
@@ -397,3 +443,57 @@ def test_concurrent_writers_and_flushes_lose_nothing(monkeypatch: pytest.MonkeyP
     logs = events_with_tag(sink, "log")
     assert len(logs) == 4 * 3000
     assert sorted(Counter(e["msg"] for e in logs).values()) == [4] * 3000
+
+
+def test_async_writers_filling_blocks_while_the_flush_thread_drains_lose_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full stream's owner takes its async list whole while the flush thread copies every 10 ms: every
+    span's begin and end, and its trace fact, land in exactly one block, in order."""
+    monkeypatch.setattr(streams, "THREAD_BLOCK_EVENTS", 300)
+    sink = tracing.MemorySink()
+    tracing.init(sink=sink, flush_period=0.01)
+
+    @tracing.span_fn
+    async def child(i: int) -> None:
+        await tracing.span_async_named(f"leaf_{i % 3}", asyncio.sleep(0))
+
+    @tracing.span_fn
+    async def request(i: int) -> None:
+        await child(i)
+
+    def writer() -> None:
+        async def run() -> None:
+            for i in range(1500):
+                await request(i)
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tracing.shutdown()
+    for info, blocks in decoded_streams(sink).values():
+        if info["tags"] != ["cpu"] or not blocks:
+            continue
+        events = [e for _, block_events in blocks for e in block_events]
+        assert len(events) == 1500 * 6
+        names = [e["name"] if "Named" in e.type_name else "" for e in events]
+        assert names == [n for i in range(1500) for n in ("", "", f"leaf_{i % 3}", f"leaf_{i % 3}", "", "")]
+        spans = [e["span_id"] for e in events if e.type_name.startswith("Begin")]
+        assert [e["span_id"] for e in events if e.type_name.startswith("End")] == [
+            span for i in range(0, len(spans), 3) for span in reversed(spans[i : i + 3])
+        ]
+        layout = stream_layout(cbor2.dumps(info["dependencies_metadata"]), cbor2.dumps(info["objects_metadata"]))
+        facts = [
+            decode_facts(read_block_dependencies(cbor2.dumps(block["payload"]), layout).get(FACTS_ID))
+            for block, _ in blocks
+        ]
+        traced = np.concatenate([f.spans for f in facts])
+        trace_of = dict(zip(*(traced[c].view(np.uint64).tolist() for c in ("span_id", "trace_low")), strict=True))
+        assert len(trace_of) == len(traced) == len(spans)  # each span's fact once
+        assert [trace_of[span] for span in spans] == [root for root in spans[0::3] for _ in range(3)]
+        offsets = [block["object_offset"] for block, _ in blocks]
+        assert offsets == list(np.cumsum([0] + [block["nb_objects"] for block, _ in blocks[:-1]]))

@@ -140,6 +140,7 @@ def _sync_span_fn(func: F, desc: int) -> F:
         try:
             return func(*args, **kwargs)
         finally:
+            events = stream.thread_events  # afresh: a span ended in `func` may have filled the stream
             events += (end, _now(), None)
             if len(events) > stream.thread_capacity:
                 stream.full()
@@ -154,15 +155,22 @@ def _async_span_fn(func: F, desc: int) -> F:
     async def async_span(*args: Any, **kwargs: Any) -> Any:
         parent = _current_span.get()
         span_id, depth = next(_span_ids), parent[1] + 1
-        trace = parent[2] or span_id
-        record_begin(begin, _now(), span_id, depth, None, parent)
-        _current_span.set((span_id, depth, trace, 0))
+        parent_id, _, trace, link = parent
+        if parent_id in _recording_of:  # `record_begin`, written out as in `_instrumented`
+            record_begin(begin, _now(), span_id, depth, None, parent)
+        else:
+            try:
+                stream = _dispatch.local.stream
+            except AttributeError:
+                stream = _dispatch.thread_stream()
+            stream.async_events += (begin, _now(), span_id, parent_id, depth, None, trace, link)
+        _current_span.set((span_id, depth, trace or span_id, 0))
         try:
             return await func(*args, **kwargs)
         finally:
             if _current_span.get()[0] == span_id:  # only in our own context (see `_instrumented`)
                 _current_span.set(parent)
-            record_end(end, _now(), span_id, parent[0], depth, None)
+            record_end(end, _now(), span_id, parent_id, depth, None)
 
     return async_span  # type: ignore[return-value]
 
@@ -213,18 +221,27 @@ def record_facts(span_id: int, facts: str) -> None:
 async def _instrumented(awaitable: Awaitable[T], begin: int, end: int, name: str | None) -> T:
     parent = _current_span.get()
     span_id, depth = next(_span_ids), parent[1] + 1
-    trace = parent[2] or span_id
-    record_begin(begin, _now(), span_id, depth, name, parent)
-    _current_span.set((span_id, depth, trace, 0))
+    parent_id, _, trace, link = parent
+    # `record_begin` and the parent's restore below are written out here and in `_async_span_fn` rather
+    # than called: a call is a twentieth of a span's cost. The begin goes to the thread's stream unless
+    # the parent is in a recording.
+    if parent_id in _recording_of:
+        record_begin(begin, _now(), span_id, depth, name, parent)
+    else:
+        try:
+            stream = _dispatch.local.stream
+        except AttributeError:
+            stream = _dispatch.thread_stream()
+        stream.async_events += (begin, _now(), span_id, parent_id, depth, name, trace, link)
+    _current_span.set((span_id, depth, trace or span_id, 0))
     try:
         return await awaitable
     finally:
         # Restore the parent only in our own context: a coroutine closed by the garbage collector runs
-        # this in whatever context is current then, which is not ours to change. (Written out here and
-        # in `_async_span_fn` rather than called: a call is a tenth of a span's cost.)
+        # this in whatever context is current then, which is not ours to change.
         if _current_span.get()[0] == span_id:
             _current_span.set(parent)
-        record_end(end, _now(), span_id, parent[0], depth, name)
+        record_end(end, _now(), span_id, parent_id, depth, name)
 
 
 def instrument(awaitable: Awaitable[T], name: str) -> Awaitable[T]:
@@ -244,7 +261,7 @@ def span_async_named(name: str, awaitable: Awaitable[T]) -> Awaitable[T]:
 
 
 class _ThreadScope:
-    __slots__ = ("_begin", "_end", "_events", "_name", "_stream")
+    __slots__ = ("_begin", "_end", "_name", "_stream")
 
     def __init__(self, begin: int, end: int, name: str | None) -> None:
         self._begin, self._end, self._name = begin, end, name
@@ -254,14 +271,13 @@ class _ThreadScope:
             stream = _dispatch.local.stream
         except AttributeError:
             stream = _dispatch.thread_stream()
-        self._stream, self._events = stream, stream.thread_events
-        name = self._name
-        self._events += (self._begin, _now(), _context_now() if name is None else (name, _context_now()))
+        self._stream, events, name = stream, stream.thread_events, self._name
+        events += (self._begin, _now(), _context_now() if name is None else (name, _context_now()))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        events = self._events
+        events = self._stream.thread_events  # afresh: a span ended in the body may have filled the stream
         events += (self._end, _now(), self._name)
         if len(events) > self._stream.thread_capacity:
             self._stream.full()

@@ -266,6 +266,7 @@ def _string_ref(string_id: int, strings: Mapping[int, str]) -> bytes:
 
 _THREAD_DTYPES = [record_dtype(udt) for udt in udts.THREAD_LAYOUT.objects]
 _NAMED_TYPES = (2, 3, 6, 7)
+_NAMED_BIT = 2  # set in the named types' indices only
 
 
 def _unsigned(values: list) -> np.ndarray:
@@ -302,6 +303,19 @@ def _thread_columns(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 _FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
+
+
+def _named_slots(slots: list, named: np.ndarray) -> np.ndarray:
+    """The names in the slots of the named events (an object array; most blocks have none). Only those
+    slots: an object array of the whole column costs numpy a look into every value."""
+    count = int(named.sum())
+    return np.fromiter(itertools.compress(slots, named.tolist()), object, count) if count else np.zeros(0, object)
+
+
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """The distinct descriptor ids of a block's events, sorted. Runs of one id (a span's edges, a loop's
+    spans) are cut to one first, in one pass: the sort or hash then sees a few values, not every event."""
+    return np.unique(ids[np.r_[True, ids[1:] != ids[:-1]]]) if len(ids) else ids
 
 
 def _trace_halves(traces: list) -> tuple[np.ndarray, np.ndarray]:
@@ -418,7 +432,6 @@ def encode_thread_events(
     async_code, async_time, span_id, parent_span_id, depth = (
         _unsigned(async_values[i::ASYNC_SLOTS]).view(np.uint64 if i in (2, 3) else np.int64) for i in range(5)
     )
-    async_name = np.array(async_values[5::ASYNC_SLOTS], dtype=object)
     codes = np.concatenate([thread_code, async_code])
     times = np.concatenate([thread_time, async_time])
     types, ids = codes & 0xFF, codes >> TYPE_BITS
@@ -433,16 +446,16 @@ def encode_thread_events(
         np.concatenate([np.zeros(split, c.dtype), c]) for c in (span_id, parent_span_id, depth)
     )
 
-    named = np.isin(types, _NAMED_TYPES)
-    all_names = np.concatenate([thread_names, async_name[named[split:]]])
+    named = (types & _NAMED_BIT) != 0
+    all_names = np.concatenate([thread_names, _named_slots(async_values[5::ASYNC_SLOTS], named[split:])])
     names = pa.array(all_names, pa.large_string()).dictionary_encode()
     name_index = np.zeros(count, np.int64)
     name_index[named] = names.indices.to_numpy(zero_copy_only=False)
     name_lengths = utf8_lengths(names.dictionary)
 
     parts = []
-    for type_index, dtype in enumerate(_THREAD_DTYPES):
-        select = np.nonzero(types == type_index)[0]
+    for type_index in np.flatnonzero(np.bincount(types, minlength=len(_THREAD_DTYPES))).tolist():  # types present
+        dtype, select = _THREAD_DTYPES[type_index], np.flatnonzero(types == type_index)
         columns = {dtype.names[1]: ids[select], "time": times[select]}
         if type_index >= 4:
             columns |= {"span_id": span_ids[select], "parent_span_id": parents[select], "depth": depths[select]}
@@ -453,10 +466,10 @@ def encode_thread_events(
 
     deps = Dependencies(udts.THREAD_LAYOUT, registry)
     deps.add_records(
-        udts.SPAN_RECORD, registry.spans, np.unique(ids[~named]), ("name", "target", "module_path", "file")
+        udts.SPAN_RECORD, registry.spans, _distinct(ids[~named]), ("name", "target", "module_path", "file")
     )
     deps.add_records(
-        udts.SPAN_LOCATION_RECORD, registry.locations, np.unique(ids[named]), ("target", "module_path", "file")
+        udts.SPAN_LOCATION_RECORD, registry.locations, _distinct(ids[named]), ("target", "module_path", "file")
     )
     deps.dynamic_names = names.dictionary
     threads = _thread_runs(contexts, position[thread_begins], thread_time[thread_begins])
