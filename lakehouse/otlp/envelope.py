@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from spanlake.lakehouse.errors import OtlpBlockError
+from spanlake.lakehouse.otlp.metric_arrays import MetricFields, metric_fields, reordered_by_prost
 from spanlake.lakehouse.protobuf_wire import length_delimited
 
 _PROST_PATH = frozenset(
@@ -58,25 +59,12 @@ def serialize(resource: Message) -> bytes:
     return resource.SerializeToString()
 
 
-def serialize_metrics(resource: ResourceMetrics) -> bytes:
-    """A ResourceMetrics as prost encodes it: re-encoded field by field only where the orders differ."""
-    if not any(
-        _reorders(point)
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if (kind := metric.WhichOneof("data")) in ("gauge", "sum", "histogram", "exponential_histogram")
-        for point in getattr(metric, kind).data_points
-    ):
-        return resource.SerializeToString()
-    return prost_encoding(resource)
-
-
-def _reorders(point: Message) -> bool:
-    if not point.exemplars:
-        return False
-    if point.DESCRIPTOR.name == "NumberDataPoint" and point.WhichOneof("value") == "as_int":
-        return True
-    return any(e.WhichOneof("value") == "as_int" and (e.span_id or e.trace_id) for e in point.exemplars)
+def serialize_metrics(resource: ResourceMetrics) -> tuple[bytes, MetricFields]:
+    """A ResourceMetrics as prost encodes it (re-encoded field by field only where the orders differ,
+    which its wire fields tell: `metric_arrays.reordered_by_prost`), and those fields."""
+    objects = resource.SerializeToString()
+    fields = metric_fields(objects)
+    return (prost_encoding(resource) if reordered_by_prost(fields) else objects), fields
 
 
 def prost_encoding(message: Message) -> bytes:

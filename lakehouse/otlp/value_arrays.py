@@ -69,7 +69,11 @@ def check_message(buffer: Buffer, bodies: Bodies, descriptor: Descriptor, depth:
     the protobuf runtime requires (for the parts of a block no column reads: the resource)."""
     if depth > MAX_DEPTH:
         raise WireError(f"messages nested more than {MAX_DEPTH} deep")
-    fields = read_fields(buffer, bodies, tags_of(descriptor))
+    check_fields(buffer, read_fields(buffer, bodies, tags_of(descriptor)), descriptor, depth)
+
+
+def check_fields(buffer: Buffer, fields: Fields, descriptor: Descriptor, depth: int = 0) -> None:
+    """`check_message` of messages whose fields are read already."""
     for field in descriptor.fields:
         found = fields.select(field.number, LEN)
         if field.type == FieldDescriptor.TYPE_STRING:
