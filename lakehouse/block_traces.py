@@ -8,6 +8,7 @@ ends at its trace's last span begin."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanlake.lakehouse.errors import BadBlockError, OtlpBlockError
 from spanlake.lakehouse.otlp.bounds import Bounds, spans_bounds
 from spanlake.lakehouse.otlp.envelope import read_envelope
-from spanlake.lakehouse.otlp.span_arrays import SpanFields, span_fields
-from spanlake.lakehouse.otlp.wire import WireError
 from spanlake.lakehouse.records import BlockRecord, block_meta
 from spanlake.lakehouse.transit.decode import (
     InflationLimit,
@@ -74,12 +75,15 @@ def grouped_traces(trace_ids: bytes, begin_ns: np.ndarray, end_ns: np.ndarray) -
     return BlockTraces(ids, begins.tolist(), ends.tolist())
 
 
-def spans_bounds_and_traces(spans: SpanFields) -> tuple[Bounds | None, BlockTraces]:
+def spans_bounds_and_traces(resource: ResourceSpans) -> tuple[Bounds | None, BlockTraces]:
     """The block bounds of an OTLP spans resource and its traces (spans with a 16-byte trace id and a
-    start time), from its wire fields (`span_arrays`): numpy throughout."""
-    begins, ends = spans.start_ns, spans.end_ns
-    kept = spans.has_id(spans.trace_id, TRACE_ID_BYTES) & (begins != 0)
-    raw = spans.id_bytes(spans.trace_id, TRACE_ID_BYTES)[kept].tobytes()
+    start time), from one pass per span field (the protobuf's per-span cost), the rest in numpy."""
+    spans = [span for scope in resource.scope_spans for span in scope.spans]
+    ids = [span.trace_id for span in spans]
+    begins = np.array([span.start_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    ends = np.array([span.end_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    kept = (np.fromiter(map(len, ids), np.int64, len(ids)) == TRACE_ID_BYTES) & (begins != 0)
+    raw = b"".join(ids) if kept.all() else b"".join(itertools.compress(ids, kept))
     return spans_bounds(begins, ends), grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])
 
 
@@ -87,11 +91,11 @@ def otlp_block_traces(payload: bytes) -> BlockTraces:
     """The traces of a stored OTLP traces block (its payload as `lakehouse.otlp.envelope` wrote it); none
     when it cannot be read."""
     try:
-        spans = span_fields(read_envelope(payload))
-    except (OtlpBlockError, WireError) as err:
+        resource = ResourceSpans.FromString(read_envelope(payload))
+    except (OtlpBlockError, DecodeError) as err:
         log.warning("an OTLP traces block not indexed: %s", err)
         return NO_TRACES
-    return spans_bounds_and_traces(spans)[1]
+    return spans_bounds_and_traces(resource)[1]
 
 
 def transit_block_traces(

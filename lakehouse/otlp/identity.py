@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha1
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -27,9 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from spanlake.lakehouse.block_traces import NO_TRACES, BlockTraces, spans_bounds_and_traces
 from spanlake.lakehouse.otlp.bounds import Bounds, logs_bounds, metrics_bounds
 from spanlake.lakehouse.otlp.envelope import serialize, serialize_metrics, write_envelope
-from spanlake.lakehouse.otlp.log_arrays import log_fields
 from spanlake.lakehouse.otlp.rust_text import attr_to_string
-from spanlake.lakehouse.otlp.span_arrays import span_fields
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import parse_rfc3339_ns
 from spanlake.views.meta import OTLP_LOGS_FORMAT, OTLP_METRICS_FORMAT, OTLP_TRACES_FORMAT
@@ -98,43 +97,23 @@ class OtlpResourceBlock:
 
 
 @dataclass(frozen=True)
-class _Read:
-    """What ingestion reads of one resource: its stored bytes, its bounds and, for spans, its traces."""
-
-    objects: bytes
-    bounds: Bounds | None
-    traces: BlockTraces = NO_TRACES
-
-
-def _read_logs(resource: Message) -> _Read:
-    objects = serialize(resource)
-    return _Read(objects, logs_bounds(log_fields(objects)))
-
-
-def _read_metrics(resource: Message) -> _Read:
-    objects, fields = serialize_metrics(resource)
-    return _Read(objects, metrics_bounds(fields))
-
-
-def _read_spans(resource: Message) -> _Read:
-    objects = serialize(resource)
-    return _Read(objects, *spans_bounds_and_traces(span_fields(objects)))
-
-
-@dataclass(frozen=True)
 class _SignalBlocks:
-    """How a signal's resources become blocks: the stream tag and format, what is read of a resource
-    (its bytes, then their bounds from the wire format: no Python step per record)."""
+    """How a signal's resources become blocks: the stream tag and format, the bounds, the stored bytes."""
 
     tag: str
     format: str
-    read: Callable[[Message], _Read]
+    bounds_and_traces: Callable[[Any], tuple[Bounds | None, BlockTraces]]  # traces for the trace index
+    encode: Callable[[Any], bytes]
+
+
+def _no_traces(bounds: Callable[[Any], Bounds | None]) -> Callable[[Any], tuple[Bounds | None, BlockTraces]]:
+    return lambda resource: (bounds(resource), NO_TRACES)
 
 
 _SIGNALS = {
-    "logs": _SignalBlocks("log", OTLP_LOGS_FORMAT, _read_logs),
-    "metrics": _SignalBlocks("metrics", OTLP_METRICS_FORMAT, _read_metrics),
-    "traces": _SignalBlocks("trace", OTLP_TRACES_FORMAT, _read_spans),
+    "logs": _SignalBlocks("log", OTLP_LOGS_FORMAT, _no_traces(logs_bounds), serialize),
+    "metrics": _SignalBlocks("metrics", OTLP_METRICS_FORMAT, _no_traces(metrics_bounds), serialize_metrics),
+    "traces": _SignalBlocks("trace", OTLP_TRACES_FORMAT, spans_bounds_and_traces, serialize),
 }
 
 
@@ -143,14 +122,14 @@ def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b""
     or None when it has no records. `extra_hash_input` goes into the block id ahead of the objects (the
     webhook's canonical headers, as micromegas's `block_id_with_context`)."""
     spec = _SIGNALS[signal]
-    read = spec.read(resource)
-    bounds, objects = read.bounds, read.objects
+    bounds, traces = spec.bounds_and_traces(resource)
     if bounds is None:
         return None
     if bounds.begin_ns == 0 and bounds.end_ns == 0:  # no record carries a time: arrival time
         now = time.time_ns()
         bounds = Bounds(now, now, bounds.nb_objects)
     attributes = resource.resource.attributes
+    objects = spec.encode(resource)
     process_id = process_id_from_attributes(attributes)
     stream_id = uuid5_bytes(NS_OTEL_STREAM_V1, f"{process_id}{SEPARATOR}{signal}".encode())
     payload = write_envelope(objects)
@@ -178,7 +157,7 @@ def resource_block(signal: str, resource: Message, extra_hash_input: bytes = b""
             payload_size=len(payload),
         ),
         payload=payload,
-        traces=read.traces,
+        traces=traces,
     )
 
 

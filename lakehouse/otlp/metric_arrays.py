@@ -173,25 +173,6 @@ def _data_fields(metrics: Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return kind, found[kept], found[~kept]
 
 
-def reordered_by_prost(fields: MetricFields) -> bool:
-    """Whether prost writes these metrics in another field order than the protobuf runtime
-    (`envelope`): a NumberDataPoint with exemplars whose value is `as_int`, or an Exemplar whose value is
-    `as_int` with a span or trace id."""
-    buffer, numbers = fields.buffer, fields.numbers.fields
-    with_exemplars = np.zeros(numbers.count, bool)
-    with_exemplars[numbers.owner[numbers.select(5, LEN)]] = True
-    if np.any(with_exemplars & (numbers.last(6, FIXED64) > numbers.last(4, FIXED64))):
-        return True
-    sources = ((numbers, 5), (fields.histograms.fields, 8), (fields.exponential_histograms.fields, 11))
-    starts = np.concatenate([points.start[points.select(number, LEN)] for points, number in sources])
-    ends = np.concatenate([points.end[points.select(number, LEN)] for points, number in sources])
-    order = np.argsort(starts, kind="stable")  # bodies in byte order, as `read_fields` takes them
-    count = len(order)
-    exemplars = read_fields(buffer, Bodies(starts[order], ends[order], np.arange(count), count), _EXEMPLAR)
-    as_int = exemplars.last(6, FIXED64) > exemplars.last(3, FIXED64)
-    return bool(np.any(as_int & ((exemplars.last(4, LEN) >= 0) | (exemplars.last(5, LEN) >= 0))))
-
-
 def check_unread(fields: MetricFields) -> None:
     """WireError unless the parts no column reads (resource, scopes, descriptions, metadata, histograms,
     exemplars, superseded data) are as the protobuf runtime requires: well formed, valid UTF-8."""
