@@ -162,8 +162,9 @@ def bounds_cpu(records: int) -> None:
     """The per-record loops ingestion keeps for a resource's bounds and trace ids (protobuf objects)
     against reading the same from the resource's bytes with the numpy wire readers: CPU per 10,000."""
     from spanlake.lakehouse.block_traces import spans_bounds_and_traces
-    from spanlake.lakehouse.otlp.bounds import logs_bounds
+    from spanlake.lakehouse.otlp.bounds import logs_bounds, metrics_bounds
     from spanlake.lakehouse.otlp.log_arrays import log_fields
+    from spanlake.lakehouse.otlp.metric_arrays import metric_fields
     from spanlake.lakehouse.otlp.span_arrays import span_fields
 
     def cpu(run: Callable[[], object]) -> float:
@@ -176,12 +177,18 @@ def bounds_cpu(records: int) -> None:
 
     log_resource, span_resource = logs(records).resource_logs[0], traces(records).resource_spans[0]
     log_bytes, span_bytes = log_resource.SerializeToString(), span_resource.SerializeToString()
+    metric_resource = metrics(records).resource_metrics[0]
+    metric_bytes = metric_resource.SerializeToString()
     print(f"bounds per 10,000 records, ms CPU{'':8}loop  wire (numpy)")
     rows = {
         "logs (times)": (lambda: logs_bounds(log_resource), lambda: log_fields(log_bytes).stamps(11)),
         "spans (times, trace ids)": (
             lambda: spans_bounds_and_traces(span_resource),
             lambda: (spans := span_fields(span_bytes)).id_bytes(spans.trace_id, 16),
+        ),
+        "gauge points (times)": (
+            lambda: metrics_bounds(metric_resource),
+            lambda: metric_fields(metric_bytes).point_times(),
         ),
     }
     for label, (loop, wire) in rows.items():
