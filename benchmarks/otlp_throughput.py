@@ -14,9 +14,11 @@ and the ratio of each to `parse`. Records carry 4 attributes, as typical SDK out
 
 `--ingest-cpu` prints the CPU time (`time.process_time`) `blocks_from_request` takes per 10,000 records
 of one protobuf export of `--records` records, per signal (logs, spans, gauge points, and int sum points
-with an exemplar each: the metrics prost stores in another field order), for this checkout and, with
+with an exemplar each: the metrics prost stores in another field order), and the `measures` rows of a
+stored metrics block take per 10,000 gauge or summary points, for this checkout and, with
 `--baseline`, for that git revision, in alternating worker processes, `--rounds` rounds: the median of
-each side's rounds (each round the best of 5 runs) and their ratio.
+each side's rounds (each round the best of 5 runs) and their ratio. It then prints what ingestion reads of
+a resource (bounds, trace ids) through the protobuf runtime against the numpy wire readers.
 """
 
 from __future__ import annotations
@@ -136,25 +138,53 @@ def int_sums(n: int) -> ExportMetricsServiceRequest:
     return request
 
 
+def summaries(n: int) -> ExportMetricsServiceRequest:
+    """Summary points with 4 quantiles (0, 0.5, 0.99, 1): 4 measures rows each."""
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.extend(RESOURCE)
+    scope = resource.scope_metrics.add()
+    scope.scope.name = "bench.meter"
+    per_metric = 1000
+    for m in range(max(1, n // per_metric)):
+        summary = scope.metrics.add(name=f"latency_{m}", unit="ms").summary
+        for i in range(per_metric):
+            point = summary.data_points.add(time_unix_nano=T0 + i, count=i, sum=i * 1.5)
+            point.attributes.extend(attributes(i))
+            for quantile in (0.0, 0.5, 0.99, 1.0):
+                point.quantile_values.add(quantile=quantile, value=i * quantile)
+    return request
+
+
 INGEST_CPU_SIGNALS = {  # label: (signal, request builder)
     "logs": ("logs", logs),
     "spans": ("traces", traces),
     "gauge points": ("metrics", metrics),
     "int sum points": ("metrics", int_sums),
 }
+MEASURES_CPU_SOURCES = {"gauge → measures": metrics, "summary → measures": summaries}
 
 
 def ingest_cpu(records: int) -> dict[str, float]:
-    """CPU seconds `blocks_from_request` takes per 10,000 records, per signal (best of 5 runs)."""
-    found = {}
-    for label, (signal, build) in INGEST_CPU_SIGNALS.items():
-        body = build(records).SerializeToString()
+    """CPU seconds `blocks_from_request` takes per 10,000 records, per signal, and the `measures` rows
+    of a stored metrics block take per 10,000 data points (best of 5 runs each)."""
+
+    def cpu(run: Callable[[], object]) -> float:
         runs = []
         for _ in range(5):
             start = time.process_time()
-            otlp.blocks_from_request(signal, body, otlp.PROTOBUF, None)
+            run()
             runs.append(time.process_time() - start)
-        found[label] = min(runs) * 10_000 / records
+        return min(runs) * 10_000 / records
+
+    found = {}
+    for label, (signal, build) in INGEST_CPU_SIGNALS.items():
+        body = build(records).SerializeToString()
+        found[label] = cpu(lambda s=signal, b=body: otlp.blocks_from_request(s, b, otlp.PROTOBUF, None))
+    for label, build in MEASURES_CPU_SOURCES.items():
+        [block] = otlp.blocks_from_request("metrics", build(records).SerializeToString(), otlp.PROTOBUF, None)
+        process, meta = metas(block)
+        found[label] = cpu(lambda p=block.payload, m=process, b=meta: view_rows(measures.VIEW)(p, m, b))
     return found
 
 
@@ -210,7 +240,7 @@ def compare_ingest_cpu(args: argparse.Namespace) -> None:
                 rounds[side].append(json.loads(run.stdout))
     print(f"ingestion CPU per 10,000 records, exports of {args.records:,} records, median of {args.rounds} rounds")
     print(f"{'records':16}" + "".join(f"{side:>14}" for side in sides) + ("       ratio" if args.baseline else ""))
-    for label in INGEST_CPU_SIGNALS:
+    for label in [*INGEST_CPU_SIGNALS, *MEASURES_CPU_SOURCES]:
         medians = [statistics.median(r[label] for r in rounds[side]) * 1e3 for side in sides]
         ratio = f"{medians[0] / medians[1]:12.2f}" if args.baseline else ""
         print(f"{label:16}" + "".join(f"{m:11.1f} ms" for m in medians) + ratio)
