@@ -218,7 +218,7 @@ def bounds_cpu(records: int) -> None:
         ),
         "gauge points (times)": (
             lambda: metrics_bounds(metric_resource),
-            lambda: metric_fields(metric_bytes).point_times(),
+            lambda: (fields := metric_fields(metric_bytes)).numbers.times(fields.buffer),
         ),
     }
     for label, (reads, wire) in rows.items():
@@ -239,11 +239,11 @@ def compare_ingest_cpu(args: argparse.Namespace) -> None:
                 run = subprocess.run(command, env=os.environ | env, capture_output=True, text=True, check=True)
                 rounds[side].append(json.loads(run.stdout))
     print(f"ingestion CPU per 10,000 records, exports of {args.records:,} records, median of {args.rounds} rounds")
-    print(f"{'records':16}" + "".join(f"{side:>14}" for side in sides) + ("       ratio" if args.baseline else ""))
+    print(f"{'records':20}" + "".join(f"{side:>14}" for side in sides) + ("       ratio" if args.baseline else ""))
     for label in [*INGEST_CPU_SIGNALS, *MEASURES_CPU_SOURCES]:
         medians = [statistics.median(r[label] for r in rounds[side]) * 1e3 for side in sides]
         ratio = f"{medians[0] / medians[1]:12.2f}" if args.baseline else ""
-        print(f"{label:16}" + "".join(f"{m:11.1f} ms" for m in medians) + ratio)
+        print(f"{label:20}" + "".join(f"{m:11.1f} ms" for m in medians) + ratio)
     bounds_cpu(args.records)
 
 

@@ -53,7 +53,6 @@ _DATA_TYPES = {
     EXPONENTIAL_HISTOGRAM: ExponentialHistogram.DESCRIPTOR,
     SUMMARY: Summary.DESCRIPTOR,
 }
-SUMMARY_ROWS_PER_POINT = 4  # a Summary point counts as 4 objects of its block (_count/_sum/_min/_max)
 _NO_RECORDED_VALUE = np.uint64(1)  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _RESOURCE_METRICS = va.tags_of(ResourceMetrics.DESCRIPTOR)
 _SCOPE_METRICS = va.tags_of(ScopeMetrics.DESCRIPTOR)
@@ -97,17 +96,6 @@ class MetricFields:
     summaries: Points
     histograms: Points
     exponential_histograms: Points
-
-    @property
-    def object_count(self) -> int:
-        """The block's `nb_objects`: every data point, a Summary point counting as 4."""
-        points = (self.numbers, self.summaries, self.histograms, self.exponential_histograms)
-        return sum(p.fields.count for p in points) + (SUMMARY_ROWS_PER_POINT - 1) * self.summaries.fields.count
-
-    def point_times(self) -> np.ndarray:
-        """The time of every data point (any kind), as i64."""
-        points = (self.numbers, self.summaries, self.histograms, self.exponential_histograms)
-        return np.concatenate([p.times(self.buffer) for p in points])
 
     def text(self, number: int) -> pa.Array:
         """A string field of every metric (name 1, description 2, unit 3), empty when absent."""
