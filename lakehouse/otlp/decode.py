@@ -126,7 +126,7 @@ def extract_measures(metrics: MetricFields) -> MeasureColumns:
         target=_coded(rows.target),
         name=_coded(rows.name),
         unit=_coded(rows.unit),
-        properties=_coded_bytes(rows.properties),
+        properties=_coded(rows.properties),
     )
 
 
@@ -189,14 +189,8 @@ def read_spans(payload: bytes, columns: Callable[[SpanFields], Any]) -> Any:
         raise OtlpBlockError(f"OTLP block objects are not a ResourceSpans: {err}") from None
 
 
-def _coded(values: pa.Array) -> Coded[str]:
-    """Strings as codes and their distinct values."""
-    encoded = pc.dictionary_encode(values.cast(pa.utf8()))
-    return Coded(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist())
-
-
-def _coded_bytes(values: pa.Array) -> Coded[bytes]:
-    """Byte strings as codes and their distinct values."""
+def _coded(values: pa.Array) -> Coded[Any]:
+    """Strings (or byte strings) as codes and their distinct values."""
     encoded = pc.dictionary_encode(values)
     return Coded(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist())
 
