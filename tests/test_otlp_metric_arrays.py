@@ -369,3 +369,31 @@ def test_the_corpus_has_resources_prost_reorders_and_resources_it_does_not() -> 
     stored = [serialize_metrics(random_metrics(seed)) for seed in range(40)]
     as_runtime = [random_metrics(seed).SerializeToString() for seed in range(40)]
     assert 5 < sum(a != b for a, b in zip(stored, as_runtime, strict=True)) < 35
+
+
+def _histogram_point(body: bytes, exponential: bool = False) -> bytes:
+    """A ResourceMetrics of one (exponential) histogram metric of one point of this body."""
+    data = length_delimited(1, body)  # (Exponential)Histogram.data_points
+    return _scope_of(length_delimited(10 if exponential else 9, data))
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        b"\x80\x80\x80\x80\x10\x01",  # field number 2^29: past protobuf's largest
+        _histogram_point(length_delimited(6, b"\x01\x02\x03")),  # packed fixed64 bucket counts of 3 bytes
+        _histogram_point(length_delimited(7, bytes(12))),  # packed doubles of 12 bytes
+        _histogram_point(length_delimited(8, length_delimited(2, b"\x81")), exponential=True),  # a cut varint
+        _histogram_point(length_delimited(8, length_delimited(2, b"\xff" * 10 + b"\x01")), exponential=True),
+    ],
+)
+def test_blocks_protobuf_refuses_are_refused(objects: bytes) -> None:
+    """Malformed where no column reads (a field number, packed histogram buckets): refused as protobuf does."""
+    assert reference_or_none(objects) is None
+    with pytest.raises(OtlpBlockError, match="not a ResourceMetrics"):
+        measure_columns(write_envelope(objects))
+
+
+def test_whole_packed_buckets_are_read() -> None:
+    objects = _histogram_point(length_delimited(8, length_delimited(2, b"\x81\x01\x05")), exponential=True)
+    assert reference_or_none(objects) == measure_columns(write_envelope(objects))  # no rows, no error
