@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import operator
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanlake.lakehouse.errors import BadBlockError, OtlpBlockError
-from spanlake.lakehouse.otlp.bounds import Bounds, spans_bounds
+from spanlake.lakehouse.otlp.bounds import Bounds, leaves, spans_bounds, stamps
 from spanlake.lakehouse.otlp.envelope import read_envelope
 from spanlake.lakehouse.records import BlockRecord, block_meta
 from spanlake.lakehouse.transit.decode import (
@@ -77,11 +78,10 @@ def grouped_traces(trace_ids: bytes, begin_ns: np.ndarray, end_ns: np.ndarray) -
 
 def spans_bounds_and_traces(resource: ResourceSpans) -> tuple[Bounds | None, BlockTraces]:
     """The block bounds of an OTLP spans resource and its traces (spans with a 16-byte trace id and a
-    start time), from one pass per span field (the protobuf's per-span cost), the rest in numpy."""
-    spans = [span for scope in resource.scope_spans for span in scope.spans]
-    ids = [span.trace_id for span in spans]
-    begins = np.array([span.start_time_unix_nano for span in spans], np.uint64).view(np.int64)
-    ends = np.array([span.end_time_unix_nano for span in spans], np.uint64).view(np.int64)
+    start time): the spans' fields read in C (`bounds.leaves`, `bounds.stamps`), the rest in numpy."""
+    spans = leaves(resource.scope_spans, "spans")
+    ids = list(map(operator.attrgetter("trace_id"), spans))
+    begins, ends = stamps(spans, "start_time_unix_nano"), stamps(spans, "end_time_unix_nano")
     kept = (np.fromiter(map(len, ids), np.int64, len(ids)) == TRACE_ID_BYTES) & (begins != 0)
     raw = b"".join(ids) if kept.all() else b"".join(itertools.compress(ids, kept))
     return spans_bounds(begins, ends), grouped_traces(raw, begins[kept], np.maximum(begins, ends)[kept])

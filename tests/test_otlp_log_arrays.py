@@ -20,6 +20,7 @@ from spanlake.lakehouse.otlp import decode
 from spanlake.lakehouse.otlp.decode import any_value_to_json, attributes_object, scope_extras
 from spanlake.lakehouse.otlp.envelope import write_envelope
 from spanlake.lakehouse.otlp.rust_text import rust_display_f64
+from spanlake.lakehouse.protobuf_wire import length_delimited
 from spanlake.views import jsonb
 
 FALLBACK_NS = T0 - 7
@@ -166,3 +167,18 @@ def test_an_empty_block_has_no_rows() -> None:
     columns = log_columns(write_envelope(b""))
     assert columns == {"time_ns": [], "level": [], "msg": [], "target": [], "properties": []}
     assert np.asarray(decode.read_logs(write_envelope(b""), 0).time_ns).dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        b"\x1a\x02\xff\xfe",  # ResourceLogs.schema_url not UTF-8: no column reads it
+        length_delimited(2, length_delimited(1, b"\x12\x01\xff") + length_delimited(1, b"\x12\x01a")),  # a scope
+        # given twice, its first version not UTF-8 (merged, the last one wins, but both are checked)
+    ],
+)
+def test_strings_no_column_reads_are_checked_as_protobuf_does(objects: bytes) -> None:
+    with pytest.raises(DecodeError):
+        ResourceLogs.FromString(objects)
+    with pytest.raises(OtlpBlockError, match="not a ResourceLogs"):
+        log_columns(write_envelope(objects))

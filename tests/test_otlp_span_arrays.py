@@ -389,3 +389,17 @@ def test_jsonb_members_match_the_one_value_encoder() -> None:
 def _bounds(parts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     ends = np.cumsum([len(p) for p in parts])
     return ends - [len(p) for p in parts], ends
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        b"\x1a\x02\xff\xfe",  # ResourceSpans.schema_url not UTF-8: no column reads it
+        length_delimited(2, length_delimited(1, b"\x12\x01\xff") + length_delimited(1, b"\x12\x01a")),  # a scope
+        # given twice, its first version not UTF-8 (merged, the last one wins, but both are checked)
+    ],
+)
+def test_strings_no_column_reads_are_checked_as_protobuf_does(objects: bytes) -> None:
+    assert reference_or_error(objects) is None
+    with pytest.raises(OtlpBlockError, match="not a ResourceSpans"):
+        otel_columns(write_envelope(objects))

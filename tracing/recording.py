@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import sys
+import time
 from dataclasses import dataclass
 
 from spanlake.tracing import dispatch as _dispatch
@@ -73,8 +74,11 @@ class SpanRecording:
         # The root's begin is the first event.
         kept = _kept_events(events, min_span_ns) if slow else events[:ASYNC_SLOTS] + self._end_event()
         kept_ids = frozenset(kept[_SPAN::ASYNC_SLOTS])
+        dropped = len(set(span_ids)) - len(kept_ids)
+        if dropped:
+            _note_drops(span_ids, kept_ids, events)
         _write(kept)
-        return RecordingOutcome(duration_ns, slow, kept_ids, len(set(span_ids)) - len(kept_ids))
+        return RecordingOutcome(duration_ns, slow, kept_ids, dropped)
 
     def _end_event(self) -> list:
         return [self._end_code, self._end_ns, self.context[0], self._parent, self.context[1], self._name, 0, 0]
@@ -104,6 +108,40 @@ def _kept_events(events: list, min_span_ns: int) -> list:
         if events[offset + _SPAN] in kept
         for value in events[offset : offset + ASYNC_SLOTS]
     ]
+
+
+_dropped_into: list[dict[int, int]] = [{}, {}]  # span id → nearest kept ancestor: this generation, the last
+_generation_began = [time.monotonic()]
+
+
+def _note_drops(span_ids: list, kept: frozenset[int], events: list) -> None:
+    """Notes the nearest kept ancestor of each dropped span (none outside a session: nothing is encoded)."""
+    session = _dispatch._session
+    if session is None:
+        return
+    now = time.monotonic()
+    if now - _generation_began[0] > 2 * session.flush_period:
+        _dropped_into[1], _dropped_into[0], _generation_began[0] = _dropped_into[0], {}, now
+    root = events[_SPAN]
+    if len(kept) == 1:  # a fast recording: every span's kept ancestor is the root
+        _dropped_into[0].update(dict.fromkeys(span_ids, root))
+        return
+    parents = dict(zip(events[_SPAN::ASYNC_SLOTS], events[_PARENT::ASYNC_SLOTS], strict=True))
+    for span_id in parents.keys() - kept:  # a slow recording: a walk up per dropped span
+        ancestor = parents[span_id]
+        while ancestor not in kept and ancestor in parents:
+            ancestor = parents[ancestor]
+        _dropped_into[0][span_id] = ancestor if ancestor in kept else root
+
+
+def kept_parent(span_id: int) -> int:
+    """The async span a thread span that ran under `span_id` belongs under: its nearest kept ancestor if
+    a recording dropped it, the recording's root while it is open, else `span_id` itself."""
+    for dropped in _dropped_into:
+        if span_id in dropped:
+            return dropped[span_id]
+    recording = spans._recording_of.get(span_id)
+    return span_id if recording is None else recording.context[0]
 
 
 def _write(events: list) -> None:

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from spanlake.tracing import spans as _spans
 from spanlake.tracing import trace_facts, udts
 from spanlake.tracing.event_records import ASYNC_SLOTS, THREAD_SLOTS, TYPE_BITS, EncodedBuffers
+from spanlake.tracing.recording import kept_parent
 from spanlake.tracing.registry import DYNAMIC_ID_BASE, Registry
 from spanlake.tracing.spans import BEGIN_THREAD, BEGIN_THREAD_NAMED, END_THREAD_NAMED
 from spanlake.tracing.udts import (
@@ -351,7 +352,9 @@ def _thread_runs(contexts: list, begin_positions: np.ndarray, begin_times: np.nd
     runs = np.fromiter(map(contexts.__getitem__, starts.tolist()), object, len(starts))
     keep = np.fromiter(map(_traced, runs), bool, len(runs))  # in a trace (a hand-built list may hold None)
     starts, sizes, runs = starts[keep], sizes[keep], runs[keep]
-    span_ids, links = (np.fromiter(map(get, runs), np.uint64, len(runs)) for get in (_FIRST, _FOURTH))
+    # A span a recording dropped gives way to its nearest kept ancestor (tracing.recording).
+    span_ids = np.fromiter(map(kept_parent, map(_FIRST, runs)), np.uint64, len(runs))
+    links = np.fromiter(map(_FOURTH, runs), np.uint64, len(runs))
     records = np.zeros(len(runs), trace_facts.THREAD_RECORD)
     records["first"], records["count"] = begin_positions[starts], sizes
     # The async span the run ran under; a context attached from a remote `traceparent` has only its link.

@@ -9,6 +9,7 @@ Modules:
     decode     stored blocks → the columns their views take
     span_arrays  traces blocks → span columns, read from the wire format with numpy
     log_arrays  logs blocks → log_entries columns, read from the wire format with numpy
+    metric_arrays  metrics blocks → their data points and measures rows, read from the wire format with numpy
     value_arrays  OTLP's common messages (attribute values, key-values, scopes) read as arrays
     wire       protobuf's wire format read with numpy: the fields of many messages at once
     jsonb_arrays  databend-jsonb values built many at once, as Arrow arrays

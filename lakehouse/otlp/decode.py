@@ -2,8 +2,8 @@
 `measures`, traces → `async_events` and `otel_spans`.
 
 A stored OTLP block is the CBOR envelope `{dependencies: b"", objects: <Resource* protobuf>}` written
-at ingestion. Traces and logs blocks are read from the protobuf wire format with numpy, with no Python
-step per record (`span_arrays`, `log_arrays`); metrics blocks are parsed into protobuf objects. This
+at ingestion. Blocks are read from the protobuf wire format with numpy, with no Python step per record
+(`span_arrays`, `log_arrays`, `metric_arrays`). This
 module hands arrays over: which rows they become is the view's own contract (`views/log_entries.py`,
 `views/measures.py`, `views/async_events.py`). The mapping follows micromegas's
 `analytics/src/lakehouse/otel/{logs,metrics}_block_processor.rs` and `attrs.rs`: attribute values keep
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from spanlake.lakehouse.errors import OtlpBlockError
-from spanlake.lakehouse.otlp import log_arrays, span_arrays
+from spanlake.lakehouse.otlp import log_arrays, metric_arrays, span_arrays
 from spanlake.lakehouse.otlp.envelope import read_envelope
 from spanlake.lakehouse.otlp.log_arrays import LogFields
+from spanlake.lakehouse.otlp.metric_arrays import MetricFields
 from spanlake.lakehouse.otlp.span_arrays import SpanFields
 from spanlake.lakehouse.otlp.wire import WireError
-from spanlake.views import jsonb
 from spanlake.views.async_events import SpanColumns
 from spanlake.views.columns import Coded
 from spanlake.views.jsonb import JsonValue
@@ -46,7 +44,6 @@ from spanlake.views.view import OtlpBlock, View
 
 # severity_number → micromegas level; index = severity_number (0..24), anything else → Info (4).
 _LEVELS = np.array([4] + [6] * 4 + [5] * 4 + [4] * 4 + [3] * 4 + [2] * 4 + [1] * 4, dtype=np.int32)
-_NO_RECORDED_VALUE = 1  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 
 
 # --- stored block ----------------------------------------------------------------------------------
@@ -72,24 +69,6 @@ def read_resource(payload: bytes, message_type: type[Message]) -> Any:
         return message_type.FromString(objects)
     except DecodeError as err:
         raise OtlpBlockError(f"OTLP block objects are not a {message_type.DESCRIPTOR.name}: {err}") from None
-
-
-class _Interner:
-    """Codes for values as they come: equal values share one code (and one Arrow dictionary entry)."""
-
-    def __init__(self) -> None:
-        self.index: dict[Any, int] = {}
-
-    def code(self, value: Any) -> int:
-        return self.index.setdefault(value, len(self.index))
-
-    def coded(self, codes: Sequence[int] | np.ndarray) -> Coded[Any]:
-        return Coded(np.asarray(codes, dtype=np.int64), list(self.index))
-
-
-def _as_i64(values: Sequence[int]) -> np.ndarray:
-    """u64 proto timestamps as i64, as micromegas's `as i64` casts them."""
-    return np.array(values, dtype=np.uint64).view(np.int64)
 
 
 # --- logs ------------------------------------------------------------------------------------------
@@ -136,126 +115,28 @@ def scope_extras(scope: InstrumentationScope, schema_url: str) -> list[tuple[str
 # --- metrics ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _MeasureRows:
-    """Rows appended metric by metric, in payload order."""
-
-    times: list[np.ndarray]
-    values: list[np.ndarray]
-    targets: list[np.ndarray]
-    names: list[np.ndarray]
-    units: list[np.ndarray]
-    properties: list[np.ndarray]
-
-    def add(
-        self,
-        times: np.ndarray,
-        values: np.ndarray,
-        target: int,
-        name: int | np.ndarray,
-        unit: int | np.ndarray,
-        properties: np.ndarray,
-    ) -> None:
-        n = len(times)
-        self.times.append(times)
-        self.values.append(values)
-        self.targets.append(np.full(n, target, np.int64))
-        self.names.append(np.broadcast_to(np.asarray(name, np.int64), (n,)))
-        self.units.append(np.broadcast_to(np.asarray(unit, np.int64), (n,)))
-        self.properties.append(properties)
-
-
-def extract_measures(resource: ResourceMetrics) -> MeasureColumns:
-    """One row per Sum/Gauge point and up to four per Summary point, in payload order."""
-    strings, properties = _Interner(), _Interner()
-    rows = _MeasureRows([], [], [], [], [], [])
-    for scope_metrics in resource.scope_metrics:
-        target = strings.code(scope_metrics.scope.name)
-        for metric in scope_metrics.metrics:
-            kind = metric.WhichOneof("data")
-            if kind in ("sum", "gauge"):
-                _add_number_points(rows, strings, properties, target, metric, kind)
-            elif kind == "summary":
-                _add_summary_points(rows, strings, properties, target, metric)
-            # histograms and exponential histograms have no scalar value: skipped, as micromegas does
-    if not rows.times:
-        empty = Coded(np.zeros(0, np.int64), [])
-        return MeasureColumns(np.zeros(0, np.int64), np.zeros(0, np.float64), empty, empty, empty, empty)
-    names = strings.coded(np.concatenate(rows.names))
+def extract_measures(metrics: MetricFields) -> MeasureColumns:
+    """One row per Sum/Gauge point and up to four per Summary point, in payload order
+    (`metric_arrays.measure_rows`)."""
+    metric_arrays.check_unread(metrics)
+    rows = metric_arrays.measure_rows(metrics)
     return MeasureColumns(
-        time_ns=np.concatenate(rows.times),
-        value=np.concatenate(rows.values),
-        target=strings.coded(np.concatenate(rows.targets)),
-        name=names,
-        unit=strings.coded(np.concatenate(rows.units)),
-        properties=properties.coded(np.concatenate(rows.properties)),
+        time_ns=rows.time_ns,
+        value=rows.value,
+        target=_coded(rows.target),
+        name=_coded(rows.name),
+        unit=_coded(rows.unit),
+        properties=_coded(rows.properties),
     )
 
 
-def _number_extras(metric: Any, kind: str) -> list[tuple[str, JsonValue]]:
-    if kind == "gauge":
-        return [("otel.metric.kind", "gauge")]
-    return [
-        ("otel.metric.aggregation_temporality", int(metric.sum.aggregation_temporality)),
-        ("otel.metric.is_monotonic", bool(metric.sum.is_monotonic)),
-        ("otel.metric.kind", "sum"),
-    ]
-
-
-def _add_number_points(
-    rows: _MeasureRows, strings: _Interner, properties: _Interner, target: int, metric: Any, kind: str
-) -> None:
-    points = getattr(metric, kind).data_points
-    value_kinds = [p.WhichOneof("value") for p in points]
-    times = _as_i64([p.time_unix_nano for p in points])
-    keep = (times != 0) & np.array([k is not None for k in value_kinds], dtype=bool)
-    if not keep.any():
-        return
-    kept = np.flatnonzero(keep).tolist()
-    values = np.array(
-        [points[i].as_double if value_kinds[i] == "as_double" else float(points[i].as_int) for i in kept],
-        dtype=np.float64,
-    )
-    extras = _number_extras(metric, kind)
-    codes = np.array(
-        [properties.code(jsonb.encode(attributes_object(points[i].attributes, extras))) for i in kept], dtype=np.int64
-    )
-    rows.add(times[keep], values, target, strings.code(metric.name), strings.code(metric.unit), codes)
-
-
-def _add_summary_points(
-    rows: _MeasureRows, strings: _Interner, properties: _Interner, target: int, metric: Any
-) -> None:
-    """Each point fans out to _count, _sum, then _min/_max at its first quantile 0.0/1.0 entries."""
-    suffixed = {suffix: strings.code(f"{metric.name}{suffix}") for suffix in ("_count", "_sum", "_min", "_max")}
-    no_unit, unit = strings.code(""), strings.code(metric.unit)
-    times, values, names, units, codes = [], [], [], [], []
-    for point in metric.summary.data_points:
-        time_ns = int(_as_i64([point.time_unix_nano])[0])
-        if point.flags & _NO_RECORDED_VALUE or time_ns == 0:
-            continue
-        code = properties.code(jsonb.encode(attributes_object(point.attributes, [])))
-        statistics = [("_count", no_unit, float(point.count)), ("_sum", unit, point.sum)]
-        seen: set[float] = set()
-        for quantile in point.quantile_values:
-            if quantile.quantile in (0.0, 1.0) and quantile.quantile not in seen:
-                seen.add(quantile.quantile)
-                statistics.append(("_min" if quantile.quantile == 0.0 else "_max", unit, quantile.value))
-        for suffix, unit_code, value in statistics:
-            times.append(time_ns)
-            values.append(value)
-            names.append(suffixed[suffix])
-            units.append(unit_code)
-            codes.append(code)
-    if times:
-        rows.add(
-            np.array(times, np.int64),
-            np.array(values, np.float64),
-            target,
-            np.array(names, np.int64),
-            np.array(units, np.int64),
-            np.array(codes, np.int64),
-        )
+def read_measures(payload: bytes) -> MeasureColumns:
+    """The measures columns of a stored OTLP metrics block (OtlpBlockError if it cannot be read)."""
+    objects = read_envelope(payload)
+    try:
+        return extract_measures(metric_arrays.metric_fields(objects))
+    except WireError as err:
+        raise OtlpBlockError(f"OTLP block objects are not a ResourceMetrics: {err}") from None
 
 
 # --- traces ----------------------------------------------------------------------------------------
@@ -308,9 +189,9 @@ def read_spans(payload: bytes, columns: Callable[[SpanFields], Any]) -> Any:
         raise OtlpBlockError(f"OTLP block objects are not a ResourceSpans: {err}") from None
 
 
-def _coded(values: pa.Array) -> Coded[str]:
-    """Strings as codes and their distinct values."""
-    encoded = pc.dictionary_encode(values.cast(pa.utf8()))
+def _coded(values: pa.Array) -> Coded[Any]:
+    """Strings (or byte strings) as codes and their distinct values."""
+    encoded = pc.dictionary_encode(values)
     return Coded(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist())
 
 
@@ -356,7 +237,7 @@ def any_value_to_json(value: AnyValue) -> JsonValue:
 Extractor = Callable[[bytes, BlockMeta], LogColumns | MeasureColumns | SpanColumns | OtelSpanColumns]
 _EXTRACTORS: dict[str, Extractor] = {
     OTLP_LOGS_FORMAT: lambda payload, block: read_logs(payload, block.begin_time_ns),
-    OTLP_METRICS_FORMAT: lambda payload, _: extract_measures(read_resource(payload, ResourceMetrics)),
+    OTLP_METRICS_FORMAT: lambda payload, _: read_measures(payload),
     OTLP_TRACES_FORMAT: lambda payload, _: read_spans(payload, extract_spans),
 }
 # Views that read a format differently from its default columns above.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -61,7 +62,9 @@ def log_fields(objects: bytes) -> LogFields:
     buffer = Buffer.of(objects)
     resource = read_fields(buffer, Bodies.whole(buffer), _RESOURCE_LOGS)
     va.check_message(buffer, resource.merged(1), Resource.DESCRIPTOR)
+    va.field_text(buffer, resource, resource.select(3, LEN))  # schema_url: read by no column, checked
     scope_logs = read_fields(buffer, resource.repeated(2)[0], _SCOPE_LOGS)
+    va.check_message(buffer, scope_logs.merged(1), InstrumentationScope.DESCRIPTOR)  # every body, not the last only
     record_bodies, record_scope = scope_logs.repeated(2)
     return LogFields(buffer, read_fields(buffer, record_bodies, _LOG_RECORD), scope_logs, record_scope)
 

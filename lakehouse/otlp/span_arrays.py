@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -95,6 +96,8 @@ def span_fields(objects: bytes) -> SpanFields:
     resource = read_fields(buffer, Bodies.whole(buffer), _RESOURCE_SPANS)
     scope_spans = read_fields(buffer, resource.repeated(2)[0], _SCOPE_SPANS)
     check_message(buffer, resource.merged(1), Resource.DESCRIPTOR)
+    field_text(buffer, resource, resource.select(3, LEN))  # schema_url: read by no column, checked as protobuf does
+    check_message(buffer, scope_spans.merged(1), InstrumentationScope.DESCRIPTOR)  # every body, not the last only
     span_bodies, span_scope = scope_spans.repeated(2)
     spans = read_fields(buffer, span_bodies, _SPAN)
     field_text(buffer, spans, spans.select(3, LEN))  # trace_state: read by no column, checked as protobuf does

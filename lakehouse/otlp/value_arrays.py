@@ -69,16 +69,38 @@ def check_message(buffer: Buffer, bodies: Bodies, descriptor: Descriptor, depth:
     the protobuf runtime requires (for the parts of a block no column reads: the resource)."""
     if depth > MAX_DEPTH:
         raise WireError(f"messages nested more than {MAX_DEPTH} deep")
-    fields = read_fields(buffer, bodies, tags_of(descriptor))
+    check_fields(buffer, read_fields(buffer, bodies, tags_of(descriptor)), descriptor, depth)
+
+
+def check_fields(buffer: Buffer, fields: Fields, descriptor: Descriptor, depth: int = 0) -> None:
+    """`check_message` of messages whose fields are read already."""
     for field in descriptor.fields:
         found = fields.select(field.number, LEN)
-        if field.type == FieldDescriptor.TYPE_STRING:
+        if field.label == FieldDescriptor.LABEL_REPEATED and field.type not in _LEN_TYPES:
+            _check_packed(buffer, fields.start[found], fields.end[found], _wire_type(field))
+        elif field.type == FieldDescriptor.TYPE_STRING:
             field_text(buffer, fields, found)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and len(found):
             own = np.arange(len(found), dtype=np.int64)
             check_message(
                 buffer, Bodies(fields.start[found], fields.end[found], own, len(found)), field.message_type, depth + 1
             )
+
+
+def _check_packed(buffer: Buffer, starts: np.ndarray, ends: np.ndarray, wire: int) -> None:
+    """WireError unless the packed values `[starts, ends)` are whole, as protobuf requires: a multiple of
+    the fixed width, or varints of at most 10 bytes ending with their field."""
+    lengths = ends - starts
+    if wire in (FIXED64, FIXED32):
+        if np.any(lengths % (8 if wire == FIXED64 else 4)):
+            raise WireError("a packed field's length is not a multiple of its values' width")
+        return
+    nonempty = lengths > 0
+    data = buffer.data[ranges(starts[nonempty], lengths[nonempty])]
+    ends_varint = np.flatnonzero(data < 0x80)
+    cut = np.any(buffer.data[ends[nonempty] - 1] >= 0x80)
+    if cut or np.any(np.diff(np.r_[-1, ends_varint]) > 10):
+        raise WireError("a packed field holds a truncated or over-long varint")
 
 
 def pick(values: np.ndarray, index: np.ndarray, default: int | float = 0) -> np.ndarray:

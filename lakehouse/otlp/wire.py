@@ -16,7 +16,7 @@ them is sequential by nature. Two walks share that work out over arrays (`read_f
 Semantics follow the protobuf runtime: a singular field given twice keeps its last value (`Fields.last`),
 a singular message given twice is merged (its bodies share an owner, `Fields.merged`), a field of an
 unexpected wire type is an unknown field. Groups (wire types 3 and 4), a varint of more than 10 bytes, a
-field running past its message or a zero field number are malformed: `WireError`.
+field running past its message or a field number of 0 or past 2^29 - 1 are malformed: `WireError`.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def read_fields(buffer: Buffer, bodies: Bodies, tags: frozenset[int]) -> Fields:
 
 
 _STEPS = 12
+_MAX_FIELD_NUMBER = np.uint64(2**29 - 1)  # protobuf's largest; a key naming a larger one is malformed
 _VALID_WIRE = np.isin(np.arange(8), (VARINT, FIXED64, LEN, FIXED32))
 
 
@@ -178,7 +179,8 @@ class _Candidates:
         # A length that does not fit in the room left: compared before adding, as it may be near 2^64.
         fits = ~is_len | ((value_length > 0) & (value <= np.maximum(room - value_length, 0).astype(np.uint64)))
         size = np.where(is_len & fits, value_length + np.minimum(value, np.uint64(2**62)).astype(np.int64), size)
-        ok = (key_length > 0) & ((key >> np.uint64(3)) > 0) & _VALID_WIRE[wire]
+        number = key >> np.uint64(3)
+        ok = (key_length > 0) & (number > 0) & (number <= _MAX_FIELD_NUMBER) & _VALID_WIRE[wire]
         ok &= (value_length > 0) | (wire == FIXED64) | (wire == FIXED32)
         ok &= fits & (size <= room)
         return _Candidates(position, body, key, value_at, value, value_length, value_at + size, ok)
