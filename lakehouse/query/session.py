@@ -406,11 +406,19 @@ def query_scope(
 
 
 class LakeSession(SessionContext):
-    """A lakehouse session: a SessionContext with its global tables, whose scope says which query it serves."""
+    """A lakehouse session: a SessionContext with its global tables, whose scope says which query it
+    serves, and its table functions."""
 
     tables: GlobalTables
+    table_functions: list[TableFunction]
     is_admin: bool
     split_inputs: bool
+
+    def serve(self, scope: QueryScope) -> None:
+        """Serves the query of `scope` from now on: its functions read that scope, and build their tables again."""
+        self.tables.scope = scope
+        for function in self.table_functions:
+            function.built.clear()  # the tables another query's planning built
 
 
 def new_session(
@@ -425,9 +433,9 @@ def new_session(
     ctx.tables, ctx.is_admin, ctx.split_inputs = tables, is_admin, split_inputs
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
-    for function in _table_functions(lake, tables):
-        if is_admin or not function.admin:
-            ctx.register_udtf(udtf(function, function.name))
+    ctx.table_functions = [f for f in _table_functions(lake, tables) if is_admin or not f.admin]
+    for function in ctx.table_functions:
+        ctx.register_udtf(udtf(function, function.name))
     ctx.register_udf(block_functions.get_payload_udf(lake, lambda: tables.scope.read_scope))
     if is_admin:
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))

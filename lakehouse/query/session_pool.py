@@ -12,7 +12,8 @@ What keeps a reused session's answers those of a new one:
   planning, which find the catalog as of the query's beginning; only the parquet metadata is cached,
   by path, size and modification time (a file written again is read again);
 * the read scope, the query range and the query's identity are read from the scope when a function
-  runs, never captured;
+  runs, never captured; the tables a table function built for a query (kept while that query is
+  planned again, `table_function.py`) are forgotten when the session serves the next;
 * limits and stops: a session serves one query at a time and is given back only once its query's
   stream ended (no operator of it holds memory): its memory pool is the query's alone;
 * a session a query changed is never given back: a table registered in it (`create_dataframe`, a web
@@ -54,7 +55,7 @@ class SessionPool:
             ctx = idle.pop() if idle else None
         if ctx is None:
             return new_session(self._lake, scope, is_admin, split_inputs, self._memory_limit_bytes)
-        ctx.tables.scope = scope
+        ctx.serve(scope)
         return ctx
 
     def give_back(self, ctx: SessionContext) -> None:
