@@ -377,9 +377,33 @@ class Query:
         self._results = ResultBatches(self, stream, span, in_own_session=ctx is None or ctx is self._session)
         return self._results
 
+    def start(
+        self,
+        sql: str | None = None,
+        param_values: dict[str, Any] | None = None,
+        limit: int | None = None,
+        planned: tuple[datafusion.DataFrame, datafusion.SessionContext | None] | None = None,
+    ) -> StartedQuery:
+        """`plan` (unless given a plan and the session it executes in), `execute` and the first batch, as
+        one step: a step is a hand-off between threads (tens of µs, more on a loaded machine), and a
+        small query's plan, execution and first batch are each no more than that."""
+        df, ctx = planned if planned is not None else (self.plan(sql, param_values, limit), None)
+        results = self.execute(df, ctx)
+        return StartedQuery(df.schema(), results, results.next_batch())
+
     def stream_ended(self, in_own_session: bool) -> None:
         """The result stream ended (every batch taken): in the query's own session, it may serve again."""
         self._stream_ended_in_session = in_own_session
+
+
+@dataclasses.dataclass
+class StartedQuery:
+    """A query planned and executing: its result schema (before dictionary hydration), its batches after
+    the first, and the first (None: no rows), taken in the same step."""
+
+    schema: pa.Schema
+    results: ResultBatches
+    first: pa.RecordBatch | None
 
 
 class ResultBatches:
