@@ -50,13 +50,14 @@ from harness import PostgresServer, SpanlakeServer
 from materialize import load_process
 from micromegas.flightsql.client import FlightSQLClient
 from transit_builder import thread_stream_metadata
+from warm_query import door_batches
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.partitions import write_parquet
 from spanlake.lakehouse.query.admission import lakehouse_runner
-from spanlake.lakehouse.query.runner import QueryRequest, QueryRunner
+from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import session_config
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.transit.decode import decode_block, stream_layout
@@ -220,17 +221,9 @@ def plain_session(directory: Path) -> SessionContext:
 
 
 def runner_query(runner: QueryRunner, sql: str) -> pd.DataFrame:
-    """The query through the runner every door uses, its batches streamed as a door streams them (no Flight)."""
-    query = runner.open(QueryRequest("bench", "bench.query", sql, None), lambda: False)
-    try:
-        results = query.run(query.execute, query.run(query.plan))
-        batches = []
-        while (batch := query.run(results.next_batch)) is not None:
-            batches.append(batch)
-        results.close()
-    finally:
-        query.close()
-    return pa.Table.from_batches(batches).to_pandas()
+    """The query through the runner every door uses, its batches streamed as the Flight door streams
+    them (no Flight; warm_query.door_batches)."""
+    return pa.Table.from_batches(door_batches(runner, sql)[0]).to_pandas()
 
 
 ONE_TICKET = flight.Ticket(b"one")

@@ -384,12 +384,12 @@ class Query:
         limit: int | None = None,
         planned: tuple[datafusion.DataFrame, datafusion.SessionContext | None] | None = None,
     ) -> StartedQuery:
-        """`plan` (unless given a plan and the session it executes in), `execute` and the first batch, as
-        one step: a step is a hand-off between threads (tens of µs, more on a loaded machine), and a
-        small query's plan, execution and first batch are each no more than that."""
+        """`plan` (unless given a plan and the session it executes in) and `execute`, as one step: a step
+        is a hand-off between threads (tens of µs, more on a loaded machine), as much as a small query's
+        planning. (The first batch is not taken here: it may wait for room in the result buffer, and a
+        door answers its client before that, as Flight's DoGet sends the schema.)"""
         df, ctx = planned if planned is not None else (self.plan(sql, param_values, limit), None)
-        results = self.execute(df, ctx)
-        return StartedQuery(df.schema(), results, results.next_batch())
+        return StartedQuery(df.schema(), self.execute(df, ctx))
 
     def stream_ended(self, in_own_session: bool) -> None:
         """The result stream ended (every batch taken): in the query's own session, it may serve again."""
@@ -398,12 +398,10 @@ class Query:
 
 @dataclasses.dataclass
 class StartedQuery:
-    """A query planned and executing: its result schema (before dictionary hydration), its batches after
-    the first, and the first (None: no rows), taken in the same step."""
+    """A query planned and executing: its result schema (before dictionary hydration) and its batches."""
 
     schema: pa.Schema
     results: ResultBatches
-    first: pa.RecordBatch | None
 
 
 class ResultBatches:

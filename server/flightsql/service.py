@@ -345,20 +345,18 @@ class FlightSqlServer(flight.FlightServerBase):
         cached = self._plans.get(self._plan_key(call, statement, headers), take=True)
         query.audit.plan_cached = cached is not None
         planned = None if cached is None else (cached.df, cached.ctx)
-        # Planned (the session built inside the planning span: its table functions take it as parent),
-        # executing and its first batch taken in one step.
+        # Planned (the session built inside the planning span: its table functions take it as parent)
+        # and executing in one step.
         started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned)
         schema = output_schema(started.schema, headers.preserve_dictionary)
-        first = [started.first]
-
-        def fetch() -> pa.RecordBatch | None:
-            return first.pop() if first else query.run(started.results.next_batch)
+        reader = started.results
 
         def end() -> None:
-            started.results.close()
+            reader.close()
             query.close()
 
-        return flight.GeneratorStream(schema, result_batches(fetch, schema, query.audit, end))
+        batches = result_batches(functools.partial(query.run, reader.next_batch), schema, query.audit, end)
+        return flight.GeneratorStream(schema, batches)
 
     def _on_cluster(
         self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders
