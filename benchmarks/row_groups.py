@@ -11,9 +11,9 @@
 2. `log_entries` GROUP BY over H hourly partitions of the global view (the daemon's hour task over
    the genuine Rust log blocks of P processes), against plain DataFusion over the same rows in
    one-row-group files (one per partition), medians of R runs, and the ratio; with what makes it up:
-   the same query in a session of the lake in this process (no Flight), plain DataFusion with a new
-   context per query (its parquet footers read again, as by spanlake's per-query sessions), and a
-   served `SELECT 1`.
+   the same query through the query runner in this process (no Flight), plain DataFusion with a new
+   context per query (its parquet footers read again), and a served `SELECT 1` against a bare
+   pyarrow.flight round trip of the same one-row result (a served query's fixed cost).
 
 Each part loads its data with the lake in this process, then queries a `spanlake serve` started on the
 same database and object store through the micromegas client. To measure the previous code, run this
@@ -25,17 +25,23 @@ script with PYTHONPATH naming a directory whose `spanlake` is a checkout of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import micromegas
+import pandas as pd
+import pyarrow as pa
+import pyarrow.flight as flight
 import pyarrow.parquet as pq
 from datafusion import SessionContext
 from decode import CONVERT, async_block
@@ -44,12 +50,15 @@ from harness import PostgresServer, SpanlakeServer
 from materialize import load_process
 from micromegas.flightsql.client import FlightSQLClient
 from transit_builder import thread_stream_metadata
+from warm_query import door_batches
 
 from spanlake.lakehouse.batch_update import SECOND_NS, materialize_range
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.partitions import write_parquet
-from spanlake.lakehouse.query.session import make_session_context, session_config
+from spanlake.lakehouse.query.admission import lakehouse_runner
+from spanlake.lakehouse.query.runner import QueryRunner
+from spanlake.lakehouse.query.session import session_config
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.transit.decode import decode_block, stream_layout
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -172,17 +181,25 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
         try:
             client = micromegas.connect(server.flightsql_url)
             assert client.query(sql)["n"].tolist() == expected["n"].tolist()
-            with Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized)) as lake:
-                in_process = lake_query(lake, sql)
+            with (
+                Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized)) as lake,
+                bare_flight() as bare,
+            ):
+                runner = lakehouse_runner(lake)
+                in_process = functools.partial(runner_query, runner, sql)
                 assert in_process()["n"].tolist() == expected["n"].tolist()
                 timed = {
                     "spanlake, Flight SQL": lambda: client.query(sql),
-                    "spanlake, in process (a session per query)": in_process,
+                    "spanlake, in process (the query runner, no Flight)": in_process,
                     "plain DataFusion, one context kept": lambda: plain.sql(sql).to_pandas(),
                     "plain DataFusion, a context per query": lambda: plain_session(plain_dir).sql(sql).to_pandas(),
                     "Flight SQL `SELECT 1` (a served query's fixed cost)": lambda: client.query("SELECT 1 AS one"),
+                    "bare pyarrow.flight DoGet of `SELECT 1`'s result": lambda: (
+                        bare.do_get(ONE_TICKET).read_all().to_pandas()
+                    ),
                 }
                 medians = alternating_medians(timed, runs)
+                runner.shutdown()
         finally:
             stop(server)
     rows = int(expected["n"].sum())
@@ -203,9 +220,34 @@ def plain_session(directory: Path) -> SessionContext:
     return plain
 
 
-def lake_query(lake: Lake, sql: str) -> Callable[[], object]:
-    """The query in a session of the lake, as a served query's (without Flight)."""
-    return lambda: make_session_context(lake, sql=sql).sql(sql).to_pandas()
+def runner_query(runner: QueryRunner, sql: str) -> pd.DataFrame:
+    """The query through the runner every door uses, its batches streamed as the Flight door streams
+    them (no Flight; warm_query.door_batches)."""
+    return pa.Table.from_batches(door_batches(runner, sql)[0]).to_pandas()
+
+
+ONE_TICKET = flight.Ticket(b"one")
+
+
+class _OneRow(flight.FlightServerBase):
+    """A bare Flight server answering every DoGet with `SELECT 1 AS one`'s result."""
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        """The one-row table."""
+        return flight.RecordBatchStream(pa.table({"one": pa.array([1], pa.int64())}))
+
+
+@contextlib.contextmanager
+def bare_flight() -> Iterator[flight.FlightClient]:
+    """A client of a bare pyarrow.flight server on a loopback port, served from a thread of this process."""
+    server = _OneRow("grpc://127.0.0.1:0")
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    try:
+        yield flight.connect(f"grpc://127.0.0.1:{server.port}")
+    finally:
+        server.shutdown()
+        serving.join()
 
 
 def alternating_medians(runs_of: dict[Any, Callable[[], object]], runs: int) -> dict[Any, float]:

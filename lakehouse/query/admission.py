@@ -10,11 +10,12 @@ from datafusion import SessionContext
 
 from spanlake import tracing
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query.context import QueryContext, QueryDenied, SessionFactory
+from spanlake.lakehouse.query.context import QueryContext, QueryDenied
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.read_scope import AudienceIndex
 from spanlake.lakehouse.query.runner import QueryRunner
-from spanlake.lakehouse.query.session import make_session_context
+from spanlake.lakehouse.query.session import query_scope, splits_inputs
+from spanlake.lakehouse.query.session_pool import SessionPool
 from spanlake.lakehouse.query.view_ddl import ViewStatements
 from spanlake.lakehouse.query_denials import admin_recovery, denial_message
 
@@ -69,28 +70,33 @@ def _signal_denial(rule_id: str, reason: str, match_context: dict[str, str | Non
     tracing.imetric("query_denied", "count", 1, {"rule_id": rule_id})
 
 
-def lakehouse_sessions(lake: Lake, memory_limit_bytes: int = 0) -> SessionFactory:
-    """The lakehouse's session factory: the deny list checked, then a session per query with its
+class LakeSessions:
+    """The lakehouse's session factory: the deny list checked, then a session for the query with its
     memory pool, reading only what the principal's audiences may read; admin functions for admins
-    only (everyone when auth is off)."""
+    only (everyone when auth is off). Sessions whose query ended cleanly are given back and serve later
+    queries (`session_pool.py`)."""
 
-    audiences = AudienceIndex(lake)
+    def __init__(self, lake: Lake, memory_limit_bytes: int = 0) -> None:
+        """Sessions of `lake`, each with a memory pool of `memory_limit_bytes` (0: unbounded)."""
+        self._lake = lake
+        self._audiences = AudienceIndex(lake)
+        self._pool = SessionPool(lake, memory_limit_bytes)
 
-    def make(query: QueryContext) -> SessionContext:
-        is_admin = query.principal is None or query.principal.is_admin
-        admit(lake, query, is_admin)
-        identity = query.principal.name if query.principal is not None else "anonymous"
-        return make_session_context(
-            lake,
-            query.query_range,
-            is_admin=is_admin,
-            identity=identity,
-            memory_limit_bytes=memory_limit_bytes,
-            sql=query.sql,
-            read_scope=audiences.scope_for(query.principal),
-        )
+    def __call__(self, query: QueryContext) -> SessionContext:
+        """The session of `query` (QueryDenied if a deny rule matches it)."""
+        principal = query.principal
+        is_admin = principal is None or principal.is_admin
+        admit(self._lake, query, is_admin)
+        identity = principal.name if principal is not None else "anonymous"
+        trace_parent = tracing.current_span_context()  # the table functions' parent: the query's
+        with tracing.async_span("lakehouse.make_session_context"):
+            read_scope = self._audiences.scope_for(principal)
+            scope = query_scope(self._lake, trace_parent, query.query_range, identity, read_scope)
+            return self._pool.session(scope, is_admin, splits_inputs(query.sql))
 
-    return make
+    def give_back(self, ctx: SessionContext) -> None:
+        """Takes back the session of a query whose stream ended, for a later query."""
+        self._pool.give_back(ctx)
 
 
 def lakehouse_runner(lake: Lake) -> QueryRunner:
@@ -108,5 +114,5 @@ def lakehouse_runner(lake: Lake) -> QueryRunner:
         settings.result_buffer_mb << 20,
         settings.result_buffer_wait_seconds,
     )
-    sessions = lakehouse_sessions(lake, settings.query_memory_limit_mb * 1024 * 1024)
+    sessions = LakeSessions(lake, settings.query_memory_limit_mb * 1024 * 1024)
     return QueryRunner(sessions, limits, ViewStatements(lake))

@@ -7,7 +7,7 @@ the stored payload's bytes."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -104,9 +104,9 @@ def _block_objects(row: Mapping[str, Any], payload: bytes) -> list[tuple[str, js
     return [(type_name, to_json(value)) for type_name, value in zip(type_names, values, strict=True)]
 
 
-def get_payload_udf(lake: Lake, read_scope: ReadScope | None = None) -> ScalarUDF:
+def get_payload_udf(lake: Lake, read_scope_of: Callable[[], ReadScope | None]) -> ScalarUDF:
     """`get_payload(process_id, stream_id, block_id)`: the stored payload of each block (a block of a
-    process outside the read scope has no payload stored, as an unknown one)."""
+    process outside the read scope, `read_scope_of()` when called, has no payload stored, as an unknown one)."""
 
     def get_payload(process_ids: pa.Array, stream_ids: pa.Array, block_ids: pa.Array) -> pa.Array:
         keys = []
@@ -122,6 +122,7 @@ def get_payload_udf(lake: Lake, read_scope: ReadScope | None = None) -> ScalarUD
                     _uuid(block_id, "block id", "get_payload"),
                 )
             )
+        read_scope = read_scope_of()
         if read_scope is not None:
             _check_readable(read_scope, process_ids, keys)
         return pa.array([_payload(lake, key) for key in keys], pa.binary())

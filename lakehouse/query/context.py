@@ -2,7 +2,8 @@
 
 For every query (and every Flight SQL metadata request) the runner builds a `QueryContext` from the
 request and asks the `SessionFactory` for a fresh DataFusion `SessionContext`, then plans and runs
-the SQL in it. The lakehouse's factory is `admission.lakehouse_sessions`; tests plug in others.
+the SQL in it. The lakehouse's factory is `admission.LakeSessions`, which also takes back
+the sessions of queries that ended cleanly (`give_back`, `session_pool.py`); tests plug in others.
 """
 
 from __future__ import annotations

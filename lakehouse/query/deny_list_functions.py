@@ -37,8 +37,9 @@ def _string_argument(expr: Expr, missing: str) -> str:
     return value.as_py()
 
 
-def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Table]:
-    """`deny_queries(match_expr, reason)`, adding a rule created by `identity` to the lake's deny list."""
+def deny_queries_function(lake: Lake, identity: Callable[[], str | None]) -> Callable[..., Table]:
+    """`deny_queries(match_expr, reason)`, adding a rule created by `identity()` (who asks, read when
+    called: a session serves one query after another) to the lake's deny list."""
 
     def deny_queries(*args: Expr) -> Table:
         if len(args) < 1:
@@ -49,7 +50,7 @@ def deny_queries_function(lake: Lake, identity: str | None) -> Callable[..., Tab
         reason = _string_argument(args[1], "2nd argument of deny_queries, expected reason")
         log = ProgressLog()
         # The rule is compiled in a SessionContext of its own: not on DataFusion's runtime thread.
-        log(str(lake.off_runtime.run(lake.deny_list.insert, match_expr, reason, identity)))
+        log(str(lake.off_runtime.run(lake.deny_list.insert, match_expr, reason, identity())))
         return Table(log.dataset())
 
     return deny_queries

@@ -26,6 +26,8 @@ import os
 import datafusion
 from datafusion.plan import ExecutionPlan
 
+from spanlake.lakehouse.query import changed_sessions
+
 LOOP_JOIN_BATCH_ROWS = 128
 LOOP_JOINS = ("CrossJoinExec", "NestedLoopJoinExec")
 WORKERS_PER_CORE = 3
@@ -38,6 +40,7 @@ def executable_plan(ctx: datafusion.SessionContext, df: datafusion.DataFrame) ->
         return plan
     # A DataFrame plans in the session state it was made in: the statement changes the session, and a
     # DataFrame of the same logical plan (its table functions are not run again) plans in it.
+    changed_sessions.mark_changed(ctx)  # its settings stay for the queries it would serve next
     ctx.sql(f"SET datafusion.execution.batch_size = {LOOP_JOIN_BATCH_ROWS}")
     ctx.sql("SET datafusion.optimizer.enable_round_robin_repartition = true")
     return ctx.create_dataframe_from_logical_plan(df.logical_plan()).execution_plan()

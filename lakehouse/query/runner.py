@@ -6,8 +6,9 @@ for every door:
 
 * admission: SQL over the size or depth limits never reaches the planner (`limits.QueryLimits`), the
   deny list is checked as the session is built (`admission`);
-* the session: a fresh one per query from the runner's `SessionFactory` (the lakehouse's has a memory
-  pool), SQL planned read-only with its bound parameter values;
+* the session: one per query from the runner's `SessionFactory` (the lakehouse's has a memory pool),
+  SQL planned read-only with its bound parameter values; given back to a factory that takes sessions
+  back (`give_back`) once the query's stream ended in it, so that a later query reuses it;
 * results computed but not yet sent bounded per stream and in total (`result_buffer`): past the
   bounds the query waits for its client, then its time limit stops it;
 * a thread of its own with a large stack (`query_thread.QueryThread`), stopped when the client goes
@@ -89,6 +90,8 @@ class QueryRunner:
         """A runner building each query's session with `session_factory`, within `limits`; `statements`
         runs the statements DataFusion's parser does not know, before it plans."""
         self.session_factory = session_factory
+        # A factory that reuses sessions takes back those whose query's stream ended (`session_pool.py`).
+        self.give_back: Callable[[datafusion.SessionContext], None] | None = getattr(session_factory, "give_back", None)
         self.statements = statements
         self.limits = limits if limits is not None else QueryLimits()
         self.threads = QueryThreads()
@@ -171,6 +174,7 @@ class Query:
         self._deadline = time.monotonic() + timeout if timeout > 0 else None
         self._thread = QueryThread(runner.threads, self._should_stop)
         self._session: datafusion.SessionContext | None = None
+        self._stream_ended_in_session = False  # its own session's stream ended: the session may serve again
         self._executing_since: float | None = None
         self._results: ResultBatches | None = None
 
@@ -208,8 +212,9 @@ class Query:
             self.stop(reason)
 
     def close(self) -> None:
-        """Gives the thread back and ends the root span (the door writes the record: ok, incomplete)."""
-        self._session = None
+        """Gives the thread back and ends the root span (the door writes the record: ok, incomplete); gives
+        the session back to its factory if the query's stream ended in it."""
+        session, self._session = self._session, None
         self._results = None
         if self._executing_since is not None:
             self.audit.execution_ms = (time.perf_counter() - self._executing_since) * 1000.0
@@ -223,6 +228,8 @@ class Query:
             bytes=audit.bytes,
         )
         self.span.end()
+        if session is not None and self._stream_ended_in_session and self._runner.give_back is not None:
+            self._runner.give_back(session)
 
     def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:
         """The query's range and row limit, once the door has read them (before its session)."""
@@ -367,8 +374,34 @@ class Query:
             span.end()
             raise failures.classify("error executing plan", exc, self.query_id) from None
         self.span.when_slow(functools.partial(plan_spans.record_operator_spans, stream.executed, span.context))
-        self._results = ResultBatches(self, stream, span)
+        self._results = ResultBatches(self, stream, span, in_own_session=ctx is None or ctx is self._session)
         return self._results
+
+    def start(
+        self,
+        sql: str | None = None,
+        param_values: dict[str, Any] | None = None,
+        limit: int | None = None,
+        planned: tuple[datafusion.DataFrame, datafusion.SessionContext | None] | None = None,
+    ) -> StartedQuery:
+        """`plan` (unless given a plan and the session it executes in) and `execute`, as one step: a step
+        is a hand-off between threads (tens of µs, more on a loaded machine), as much as a small query's
+        planning. (The first batch is not taken here: it may wait for room in the result buffer, and a
+        door answers its client before that, as Flight's DoGet sends the schema.)"""
+        df, ctx = planned if planned is not None else (self.plan(sql, param_values, limit), None)
+        return StartedQuery(df.schema(), self.execute(df, ctx))
+
+    def stream_ended(self, in_own_session: bool) -> None:
+        """The result stream ended (every batch taken): in the query's own session, it may serve again."""
+        self._stream_ended_in_session = in_own_session
+
+
+@dataclasses.dataclass
+class StartedQuery:
+    """A query planned and executing: its result schema (before dictionary hydration) and its batches."""
+
+    schema: pa.Schema
+    results: ResultBatches
 
 
 class ResultBatches:
@@ -376,9 +409,13 @@ class ResultBatches:
     the stream, and with it DataFusion's tasks for the query, even while a stopped step or an
     exception's traceback still holds this object."""
 
-    def __init__(self, query: Query, stream: plan_spans.PlanStream, span: tracing.OpenAsyncSpan) -> None:
-        """Takes the only reference to `stream`; `span` is its execute span."""
+    def __init__(
+        self, query: Query, stream: plan_spans.PlanStream, span: tracing.OpenAsyncSpan, in_own_session: bool
+    ) -> None:
+        """Takes the only reference to `stream`; `span` is its execute span; `in_own_session`: executed
+        in the query's own session (not a cached plan's)."""
         self._query = query
+        self._in_own_session = in_own_session
         self._stream = stream
         self._span: tracing.OpenAsyncSpan | None = span
         self._context = span.context
@@ -396,7 +433,10 @@ class ResultBatches:
             raise failures.unavailable(str(full), self._query.query_id) from None
         except Exception as exc:
             raise failures.classify("error building data stream", exc, self._query.query_id) from None
-        return None if batch is None else self._query.count(batch)
+        if batch is None:
+            self._query.stream_ended(self._in_own_session)
+            return None
+        return self._query.count(batch)
 
     def release(self) -> None:
         """Gives back the batches the stream holds and stops its producers (from any thread)."""

@@ -12,6 +12,7 @@ functions return are built in a context of their own (`frames_context`), which h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
@@ -169,28 +170,32 @@ def _timestamp(ns: int) -> Expr:
     return lit(pa.scalar(ns, TIMESTAMP))
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryScope:
+    """What a session shows the query it serves: the query range (or a SQL view bucket's insert range),
+    the read scope, the query's beginning (its mark), who asks (`deny_queries` records it), and the span
+    its table functions trace under (they may run on DataFusion's threads, where it is not current)."""
+
+    trace_parent: tracing.SpanContext
+    query_range: tuple[int, int] | None = None
+    insert_range: tuple[int, int] | None = None
+    read_scope: ReadScope | None = None
+    query_began: QueryMark | None = None
+    identity: str | None = None
+
+
 class GlobalTables(SchemaProvider):
     """The global views, built-in and SQL-defined, as the session's default schema. A table is
     materialized only when a query names it: DataFusion asks for tables lazily, at planning time.
-    With an `insert_range`, each holds only its partitions inserted in it (a SQL view's bucket)."""
+    With an `insert_range`, each holds only its partitions inserted in it (a SQL view's bucket).
 
-    def __init__(
-        self,
-        lake: Lake,
-        query_range: tuple[int, int] | None,
-        trace_parent: tracing.SpanContext,
-        insert_range: tuple[int, int] | None = None,
-        read_scope: ReadScope | None = None,
-        query_began: QueryMark | None = None,
-    ) -> None:
-        """The lake's global views, seen through the query range (or the insert range) and the read scope,
-        as of the query's beginning (its mark)."""
+    Its `scope` is the query's the session serves; the session's functions read it when called, so a
+    session can serve another query once given that query's scope (`session_pool.py`)."""
+
+    def __init__(self, lake: Lake, scope: QueryScope) -> None:
+        """The lake's global views, seen through the query's scope."""
         self.lake = lake
-        self.query_began = query_began
-        self.read_scope = read_scope
-        self.query_range = query_range
-        self.trace_parent = trace_parent
-        self.insert_range = insert_range
+        self.scope = scope
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
 
     def _global_view(self, name: str) -> View | None:
@@ -213,11 +218,12 @@ class GlobalTables(SchemaProvider):
         view = self._global_view(name)
         if view is None:
             return None
-        with tracing.async_span("lakehouse.global_table", self.trace_parent):
-            if self.insert_range is not None:
-                return files_table(self.lake, view, inserted_files(self.lake, view, self.insert_range), None)
-            rows = None if self.read_scope is None else self.read_scope.rows(view)
-            return instance_table(self.lake, view, instances.GLOBAL, self.query_range, rows, self.query_began)
+        scope = self.scope
+        with tracing.async_span("lakehouse.global_table", scope.trace_parent):
+            if scope.insert_range is not None:
+                return files_table(self.lake, view, inserted_files(self.lake, view, scope.insert_range), None)
+            rows = None if scope.read_scope is None else scope.read_scope.rows(view)
+            return instance_table(self.lake, view, instances.GLOBAL, scope.query_range, rows, scope.query_began)
 
     def describe_table(self, name: str) -> tuple[str, pa.Schema]:
         """(kind, schema) of a table, without materializing a global view (Flight SQL GetTables)."""
@@ -245,20 +251,16 @@ class GlobalTables(SchemaProvider):
         return name in self.registered or self._global_view(name) is not None
 
 
-def _table_functions(
-    lake: Lake,
-    query_range: tuple[int, int] | None,
-    trace_parent: tracing.SpanContext,
-    identity: str | None,
-    read_scope: ReadScope | None,
-    query_began: QueryMark | None,
-) -> list[TableFunction]:
-    """Every table function of a session, declared once (see `table_function.py`); the functions
-    taking an id see only the read scope's (another audience's id is an unknown id)."""
+def _table_functions(lake: Lake, tables: GlobalTables) -> list[TableFunction]:
+    """Every table function of a session, declared once (see `table_function.py`), each reading the
+    scope of the query it is called for (`tables.scope`); the functions taking an id see only the read
+    scope's (another audience's id is an unknown id)."""
 
     def view_instance(view_set_name: str, instance_id: str) -> Table:
-        with tracing.async_span("lakehouse.view_instance", trace_parent):
+        scope = tables.scope
+        with tracing.async_span("lakehouse.view_instance", scope.trace_parent):
             view = instances.view_set(lake, view_set_name)
+            read_scope, query_range, query_began = scope.read_scope, scope.query_range, scope.query_began
             if read_scope is None:
                 return instance_table(lake, view, instance_id, query_range, query_began=query_began)
             instance_id = instances.canonical_instance_id(view, instance_id)
@@ -269,8 +271,9 @@ def _table_functions(
 
     def perfetto_trace_chunks(*args: Expr) -> Table:
         process_id, span_types, begin_ns, end_ns = perfetto_trace.trace_arguments(args)
-        with tracing.async_span("perfetto.plan", trace_parent):
-            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns, read_scope)
+        scope = tables.scope
+        with tracing.async_span("perfetto.plan", scope.trace_parent):
+            plan = perfetto_trace.plan_trace(lake, process_id, span_types, begin_ns, end_ns, scope.read_scope)
             return Table(perfetto_trace.trace_dataframe(frames_context(lake), plan, lake.off_runtime))
 
     def materialize_partitions(view_set_name: str, begin: int, end: int, delta: int | None = None) -> Table:
@@ -284,7 +287,9 @@ def _table_functions(
             "view_instance", view_instance, (Arg("view_set_name", Kind.STRING), Arg("instance_id", Kind.STRING))
         ),
         TableFunction("perfetto_trace_chunks", perfetto_trace_chunks, None),
-        TableFunction("list_partitions", lambda: Table(catalog_functions.list_partitions(lake, read_scope))),
+        TableFunction(
+            "list_partitions", lambda: Table(catalog_functions.list_partitions(lake, tables.scope.read_scope))
+        ),
         TableFunction("list_view_sets", lambda: Table(catalog_functions.list_view_sets(lake))),
         TableFunction(
             "list_view_set_definitions",
@@ -294,24 +299,26 @@ def _table_functions(
         TableFunction(
             "process_spans",
             lambda process_id, span_types: process_spans_function.process_spans(
-                lake, process_id, span_types, query_range, read_scope
+                lake, process_id, span_types, tables.scope.query_range, tables.scope.read_scope
             ),
             (Arg("process_id", Kind.STRING), Arg("span_types", Kind.STRING)),
             capitalized=True,
         ),
         TableFunction(
             "trace_spans",
-            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id, read_scope)),
+            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id, tables.scope.read_scope)),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "perfetto_trace_of",
-            lambda trace_id: memory_table(lake, trace_perfetto.perfetto_trace_of(lake, trace_id, read_scope)),
+            lambda trace_id: memory_table(
+                lake, trace_perfetto.perfetto_trace_of(lake, trace_id, tables.scope.read_scope)
+            ),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "parse_block",
-            lambda block_id: block_functions.parse_block(lake, block_id, read_scope),
+            lambda block_id: block_functions.parse_block(lake, block_id, tables.scope.read_scope),
             (Arg("block_id", Kind.STRING),),
             capitalized=True,
         ),
@@ -339,7 +346,12 @@ def _table_functions(
             (*view_range, Arg("partition_delta_seconds", Kind.INTEGER)),
             admin=True,
         ),
-        TableFunction("deny_queries", deny_list_functions.deny_queries_function(lake, identity), None, admin=True),
+        TableFunction(
+            "deny_queries",
+            deny_list_functions.deny_queries_function(lake, lambda: tables.scope.identity),
+            None,
+            admin=True,
+        ),
         TableFunction("list_query_denials", deny_list_functions.list_query_denials_function(lake), admin=True),
         *(
             TableFunction(name, function, None)
@@ -357,7 +369,7 @@ def make_session_context(
     sql: str | None = None,
     insert_range: tuple[int, int] | None = None,
     read_scope: ReadScope | None = None,
-) -> SessionContext:
+) -> LakeSession:
     """A session for one query (with `insert_range`: for a SQL view's bucket, see GlobalTables).
     Admin functions are registered only for admins (or without auth); `identity` (who asks) is
     what `deny_queries` records as a rule's author. With `memory_limit_bytes`, DataFusion's
@@ -370,37 +382,61 @@ def make_session_context(
     DataFusion's threads, where this context is not current, so they are given it."""
     trace_parent = tracing.current_span_context()
     with tracing.async_span("lakehouse.make_session_context"):
-        split_inputs = bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
-        config = session_config(split_inputs)
-        # A bucket's files are read by insert time, not through the instances: no changes to follow.
-        query_began = None if insert_range is not None else lake.catalog_changes.began_query(lake)
-        tables = GlobalTables(lake, query_range, trace_parent, insert_range, read_scope, query_began)
-        return _session_context(lake, config, tables, query_range, is_admin, identity, memory_limit_bytes, trace_parent)
+        scope = query_scope(lake, trace_parent, query_range, identity, read_scope, insert_range)
+        return new_session(lake, scope, is_admin, splits_inputs(sql), memory_limit_bytes)
 
 
-def _session_context(
+def splits_inputs(sql: str | None) -> bool:
+    """Whether a session planning `sql` splits its inputs: unless it names one of ORDERED_FUNCTIONS."""
+    return bool(sql) and ORDERED_FUNCTIONS.search(sql) is None
+
+
+def query_scope(
     lake: Lake,
-    config: SessionConfig,
-    tables: GlobalTables,
-    query_range: tuple[int, int] | None,
-    is_admin: bool,
-    identity: str | None,
-    memory_limit_bytes: int | None,
     trace_parent: tracing.SpanContext,
-) -> SessionContext:
+    query_range: tuple[int, int] | None,
+    identity: str | None,
+    read_scope: ReadScope | None,
+    insert_range: tuple[int, int] | None = None,
+) -> QueryScope:
+    """The scope of a query beginning now, its table functions tracing under `trace_parent`."""
+    # A bucket's files are read by insert time, not through the instances: no changes to follow.
+    query_began = None if insert_range is not None else lake.catalog_changes.began_query(lake)
+    return QueryScope(trace_parent, query_range, insert_range, read_scope, query_began, identity)
+
+
+class LakeSession(SessionContext):
+    """A lakehouse session: a SessionContext with its global tables, whose scope says which query it
+    serves, and its table functions."""
+
+    tables: GlobalTables
+    table_functions: list[TableFunction]
+    is_admin: bool
+    split_inputs: bool
+
+    def serve(self, scope: QueryScope) -> None:
+        """Serves the query of `scope` from now on: its functions read that scope, and build their tables again."""
+        self.tables.scope = scope
+        for function in self.table_functions:
+            function.built.clear()  # the tables another query's planning built
+
+
+def new_session(
+    lake: Lake, scope: QueryScope, is_admin: bool, split_inputs: bool, memory_limit_bytes: int | None
+) -> LakeSession:
+    """A new session serving the query of `scope` (see `make_session_context`)."""
     runtime = RuntimeEnvBuilder()
     if memory_limit_bytes:
         runtime = runtime.with_fair_spill_pool(memory_limit_bytes)
-    ctx = SessionContext(config, runtime)
+    ctx = LakeSession(session_config(split_inputs), runtime)
+    tables = GlobalTables(lake, scope)
+    ctx.tables, ctx.is_admin, ctx.split_inputs = tables, is_admin, split_inputs
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
-    functions_of_query = _table_functions(
-        lake, query_range, trace_parent, identity, tables.read_scope, tables.query_began
-    )
-    for function in functions_of_query:
-        if is_admin or not function.admin:
-            ctx.register_udtf(udtf(function, function.name))
-    ctx.register_udf(block_functions.get_payload_udf(lake, tables.read_scope))
+    ctx.table_functions = [f for f in _table_functions(lake, tables) if is_admin or not f.admin]
+    for function in ctx.table_functions:
+        ctx.register_udtf(udtf(function, function.name))
+    ctx.register_udf(block_functions.get_payload_udf(lake, lambda: tables.scope.read_scope))
     if is_admin:
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
         ctx.register_udf(partition_admin.retire_partition_by_metadata_udf(lake))

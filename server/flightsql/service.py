@@ -304,7 +304,7 @@ class FlightSqlServer(flight.FlightServerBase):
         query = self._open(context, call, statement.sql, rpc, f"flightsql.{rpc}")
         try:
             headers = _query_headers(query, call)
-            planned = self._planned(query, call, statement, headers, take=False)
+            planned = self._planned(query, call, statement, headers)
         finally:
             query.close()
         return output_schema(planned.schema, headers.preserve_dictionary)
@@ -341,9 +341,15 @@ class FlightSqlServer(flight.FlightServerBase):
     def _stream(
         self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders
     ) -> flight.FlightDataStream:
-        planned = self._planned(query, call, statement, headers, take=True)
-        schema = output_schema(planned.schema, headers.preserve_dictionary)
-        reader = query.run(query.execute, planned.df, planned.ctx)
+        query.check_limits()
+        cached = self._plans.get(self._plan_key(call, statement, headers), take=True)
+        query.audit.plan_cached = cached is not None
+        planned = None if cached is None else (cached.df, cached.ctx)
+        # Planned (the session built inside the planning span: its table functions take it as parent)
+        # and executing in one step.
+        started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned)
+        schema = output_schema(started.schema, headers.preserve_dictionary)
+        reader = started.results
 
         def end() -> None:
             reader.close()
@@ -376,21 +382,24 @@ class FlightSqlServer(flight.FlightServerBase):
 
         return flight.GeneratorStream(schema, result_batches(fetch, schema, query.audit, query.close))
 
-    def _planned(
-        self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders, take: bool
-    ) -> PlannedQuery:
+    def _planned(self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders) -> PlannedQuery:
+        """The statement's plan, found in the plan cache or planned now and kept there for its DoGet."""
         query.check_limits()
-        key = (statement.handle, headers.query_range, headers.limit, call.principal)
-        planned = self._plans.get(key, take=take)
+        key = self._plan_key(call, statement, headers)
+        planned = self._plans.get(key, take=False)
         if planned is not None:
             query.audit.plan_cached = True
             return planned
         # The session is built inside the planning span: its table functions take it as parent.
         df = query.run(query.plan, statement.sql, statement.param_values(), headers.limit)
         planned = PlannedQuery(df, df.schema(), query.session_context)
-        if not take:
-            self._plans.put(key, planned)
+        self._plans.put(key, planned)
         return planned
+
+    @staticmethod
+    def _plan_key(call: _Call, statement: Statement, headers: QueryHeaders) -> tuple:
+        """What a plan in the cache is for: the statement, its range and row limit, who asks."""
+        return (statement.handle, headers.query_range, headers.limit, call.principal)
 
     # -- metadata -------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 from datafusion import DataFrame, ScalarUDF, SessionContext, udf
 
 from spanlake.lakehouse.errors import QueryError
+from spanlake.lakehouse.query import changed_sessions
 from spanlake.views.schema_types import DICT_JSONB
 
 # What SQL builds from `[named_struct('key', k, 'value', v)]`; old non-null columns cast to it.
@@ -121,6 +122,7 @@ def sql(ctx: SessionContext, table: Mapping[str, Signature], query: str, *args: 
         except ValueError as err:
             name, registration = _registration(err, table, registered)
             registered[name] = registration
+            changed_sessions.mark_changed(ctx)  # the new registration stays for the queries it would serve next
             ctx.register_udf(table[name].udf(registration))
 
 

@@ -1,0 +1,160 @@
+"""Sessions kept from one query to the next (`lakehouse/query/session_pool.py`), through the query runner
+every door uses, on a real lake (PostgreSQL, local object store): a session whose query's stream ended
+serves the next query of its kind, and answers it as a new session would — the table functions run
+again, the read scope and identity are the new query's — while a failed or changed session is dropped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from datafusion import SessionContext
+from harness import PostgresServer, query
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.query.admission import lakehouse_runner
+from spanlake.lakehouse.query.context import Principal
+from spanlake.lakehouse.query.failures import Failure
+from spanlake.lakehouse.query.runner import QueryRequest, QueryRunner
+from spanlake.lakehouse.settings import Settings
+
+PARTITION_COUNT = "SELECT count(*) AS n FROM list_partitions()"
+
+
+@pytest.fixture(scope="module")
+def lake(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
+    """An empty lake of its own."""
+    store = tmp_path_factory.mktemp("session-reuse")
+    with Lake.open(Settings(database_url=postgres.new_database(), object_store_uri=Path(store).as_uri())) as opened:
+        yield opened
+
+
+@pytest.fixture
+def runner(lake: Lake) -> Iterator[QueryRunner]:
+    """The lake's runner, as a served process has (its own pool of sessions)."""
+    made = lakehouse_runner(lake)
+    yield made
+    made.shutdown()
+
+
+def run(runner: QueryRunner, sql: str, principal: Principal | None = None) -> tuple[list[dict], SessionContext]:
+    """The rows of `sql` streamed as a door streams them, and the session that planned it."""
+    sessions: list[SessionContext] = []
+    rows = run_into(runner, sql, sessions, principal)
+    return rows, sessions[0]
+
+
+def run_into(
+    runner: QueryRunner, sql: str, sessions: list[SessionContext], principal: Principal | None = None
+) -> list[dict]:
+    """`run`, appending the query's session to `sessions` as soon as it is planned (also when it then fails)."""
+    query_ = runner.open(QueryRequest("test", "test.query", sql, principal), lambda: False)
+    try:
+        frame = query_.run(query_.plan)
+        sessions.append(query_.session_context)
+        results = query_.run(query_.execute, frame)
+        batches = []
+        while (batch := query_.run(results.next_batch)) is not None:
+            batches.append(batch)
+        results.close()
+        return pa.Table.from_batches(batches).to_pylist() if batches else []
+    finally:
+        query_.close()
+
+
+def add_partition(lake: Lake, instance_id: str) -> None:
+    """A live partition row of `log_entries` for `instance_id`, written straight into the catalog."""
+    begin = dt.datetime(2020, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=uuid.uuid4().int % 100_000)
+    query(
+        lake.settings.database_url,
+        "INSERT INTO lakehouse_partitions (view_set_name, view_instance_id, begin_insert_time, end_insert_time,"
+        " updated, file_path, file_size, file_schema_hash, source_data_hash, num_rows, partition_format_version)"
+        " VALUES ('log_entries', $1, $2, $3, now(), NULL, 0, $4, $5, 0, 2)",
+        instance_id,
+        begin,
+        begin + dt.timedelta(minutes=1),
+        b"\x01",
+        b"\x00" * 8,
+    )
+
+
+def test_a_session_whose_stream_ended_serves_the_next_query(runner: QueryRunner) -> None:
+    first_rows, first = run(runner, "SELECT 1 AS one")
+    second_rows, second = run(runner, "SELECT 2 AS two")
+    assert (first_rows, second_rows) == ([{"one": 1}], [{"two": 2}])
+    assert second is first
+
+
+def test_a_reused_session_runs_its_table_functions_again(lake: Lake, runner: QueryRunner) -> None:
+    before, first = run(runner, PARTITION_COUNT)
+    add_partition(lake, "global")
+    after, second = run(runner, PARTITION_COUNT)
+    assert second is first
+    assert after[0]["n"] == before[0]["n"] + 1
+
+
+def test_a_reused_session_reads_with_the_new_query_s_read_scope(lake: Lake, runner: QueryRunner) -> None:
+    process_id = str(uuid.uuid4())
+    add_partition(lake, process_id)
+    everything = Principal("legacy-reader")  # no audiences: reads every process
+    team_a = Principal("team-a-reader", read_audiences=frozenset({"a"}))  # no process of team a exists
+    listed = f"SELECT count(*) AS n FROM list_partitions() WHERE view_instance_id = '{process_id}'"
+    seen_by_all, first = run(runner, listed, everything)
+    seen_by_team_a, second = run(runner, listed, team_a)
+    seen_by_all_again, third = run(runner, listed, everything)
+    assert second is first and third is first
+    assert (seen_by_all, seen_by_team_a, seen_by_all_again) == ([{"n": 1}], [{"n": 0}], [{"n": 1}])
+
+
+def test_a_reused_session_records_who_asks_now(runner: QueryRunner) -> None:
+    sessions: list[SessionContext] = []
+    for name in ("alice", "bob"):
+        rule = f"user_id = ''{name}-never-{uuid.uuid4().hex}''"
+        run_into(runner, f"SELECT * FROM deny_queries('{rule}', 'test')", sessions, Principal(name, is_admin=True))
+    rules = run(runner, "SELECT created_by, match_expr FROM list_query_denials() ORDER BY created_at")[0]
+    assert sessions[1] is sessions[0]
+    assert [(r["created_by"], r["match_expr"].split("-")[0]) for r in rules[-2:]] == [
+        ("alice", "user_id = 'alice"),
+        ("bob", "user_id = 'bob"),
+    ]
+
+
+def test_admin_functions_never_reach_a_reader_through_a_reused_session(runner: QueryRunner) -> None:
+    _, admin_session = run(runner, "SELECT 1 AS one")  # auth off: an admin's session
+    reader = Principal("reader", read_audiences=frozenset({"a"}))
+    _, reader_session = run(runner, "SELECT 1 AS one", reader)
+    assert reader_session is not admin_session
+    with pytest.raises(Failure, match="list_query_denials"):
+        run(runner, "SELECT * FROM list_query_denials()", reader)
+
+
+def test_information_schema_lists_the_same_functions_in_a_reused_session(runner: QueryRunner) -> None:
+    listing = "SELECT routine_name FROM information_schema.routines ORDER BY routine_name"
+    new_rows, first = run(runner, listing)
+    reused_rows, second = run(runner, listing)
+    assert second is first
+    names = {row["routine_name"] for row in new_rows}
+    assert {"jsonb_get", "get_payload", "retire_partition_by_file"} <= names
+    assert reused_rows == new_rows
+
+
+def test_a_failed_query_s_session_is_dropped(runner: QueryRunner) -> None:
+    sessions: list[SessionContext] = []
+    with pytest.raises(Failure):
+        run_into(runner, "SELECT CAST(v AS BIGINT) AS n FROM (VALUES ('not a number')) AS t(v)", sessions)
+    rows, after = run(runner, "SELECT 1 AS one")
+    assert rows == [{"one": 1}]
+    assert after is not sessions[0]
+
+
+def test_a_session_whose_settings_a_loop_join_changed_is_dropped(runner: QueryRunner) -> None:
+    cross = "SELECT sum(x * y) AS n FROM (VALUES (1), (2)) AS a(x) CROSS JOIN (VALUES (1), (2), (3)) AS b(y)"
+    rows, changed = run(runner, cross)
+    batch_size, after = run(runner, "SELECT value FROM information_schema.df_settings WHERE name LIKE '%.batch_size'")
+    assert rows == [{"n": 18}]
+    assert after is not changed
+    assert batch_size == [{"value": "65536"}]
