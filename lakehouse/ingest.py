@@ -35,7 +35,7 @@ GROUP_ROWS = 2000
 
 
 async def write_payload(
-    lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces | None = NO_TRACES
+    lake: Lake, record: BlockRecord, payload: bytes | memoryview, traces: BlockTraces | None = NO_TRACES
 ) -> None:
     """Stores `payload` at the block's blob key (create-only) on a worker thread (a file's creation may take
     milliseconds on a busy disk; the loop keeps serving the other requests meanwhile), and indexes the
@@ -77,7 +77,7 @@ class BlockRowGroups:
         await done
 
     async def store(
-        self, lake: Lake, record: BlockRecord, payload: bytes, traces: BlockTraces | None = NO_TRACES
+        self, lake: Lake, record: BlockRecord, payload: bytes | memoryview, traces: BlockTraces | None = NO_TRACES
     ) -> None:
         """Stores `payload` (create-only) and indexes its traces, then the block's row with the next group."""
         await write_payload(lake, record, payload, traces)

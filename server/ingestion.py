@@ -26,7 +26,7 @@ from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
-from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
+from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body, read_body_buffer
 from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
@@ -173,7 +173,7 @@ class IngestionService:
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         """The micromegas sink's block (CBOR): checked against its process and stream, then stored."""
-        body = await self._body(request)
+        body = await read_body_buffer(request, self.lake.settings.request_body_timeout_s)
         settings = self.lake.settings
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
         if len(body) <= _INLINE_PARSE_LIMIT:
