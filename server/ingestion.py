@@ -180,8 +180,7 @@ class IngestionService:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
-        await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
-        process = await self.block_contexts.check(record)
+        process = await self.block_contexts.check(record, write_audience(request.get("principal")))
         traces = await self.block_traces.of(record, payload, process)
         await self.block_rows.store(self.lake, record, payload, traces)
         return web.Response()
