@@ -33,17 +33,23 @@ REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, 
 # Groups committing at once: while they run, the rows arriving meanwhile gather into the next ones.
 GROUPS_IN_FLIGHT = 2
 GROUP_ROWS = 2000
+# Payloads up to this size are written to a local store on the loop thread (`write_payload`).
+INLINE_WRITE_LIMIT = 64 * 1024
 
 
 async def write_payload(
     lake: Lake, record: BlockRecord, payload: bytes | memoryview, traces: BlockTraces | None = NO_TRACES
 ) -> None:
-    """Stores `payload` at the block's blob key (create-only) on a worker thread (a file's creation may take
-    milliseconds on a busy disk; the loop keeps serving the other requests meanwhile), and indexes the
+    """Stores `payload` at the block's blob key (create-only), a large one or one sent to S3 on a worker
+    thread (the loop keeps serving the other requests meanwhile), a small local one on the loop (the
+    thread hop costs more CPU than a small file's write), and indexes the
     block's `traces` before its row is inserted (so a stored block's traces are always in the index, or
     queued: None, traces not readable yet, queues the block for `lakehouse.trace_catch_up`)."""
     key = blob_key(record.process_id, record.stream_id, record.block_id)
-    await asyncio.to_thread(lake.store.put_if_absent, key, payload)
+    if len(payload) <= INLINE_WRITE_LIMIT and lake.store.scheme == "file":
+        lake.store.put_if_absent(key, payload)
+    else:
+        await asyncio.to_thread(lake.store.put_if_absent, key, payload)
     if traces is None:
         await lake.catalog.queue_trace_indexing([record.block_id])
     elif traces.trace_ids:
