@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # Values PostgreSQL refuses for what they are (a text it cannot encode, a number out of range, a row
 # too big): refused on every retry, so the client's error, never "retry later".
 REFUSED_VALUES = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
-# Groups committing at once: while they run, the rows arriving meanwhile gather into the next ones.
-GROUPS_IN_FLIGHT = 2
+# Groups committing at once: while one runs, the rows arriving meanwhile gather into the next one (one
+# at a time: 8 senders of 4 KiB blocks made groups of 3.9 rows on average, against 2.7 with two in flight).
+GROUPS_IN_FLIGHT = 1
 GROUP_ROWS = 2000
 # Payloads up to this size are written to a local store on the loop thread (`write_payload`).
 INLINE_WRITE_LIMIT = 64 * 1024
@@ -64,8 +65,8 @@ async def store_block(lake: Lake, record: BlockRecord, payload: bytes, traces: B
 
 class BlockRowGroups:
     """Block rows committed in groups: a row joins the next group, at most GROUPS_IN_FLIGHT groups commit
-    at once (one multi-row insert each, started on the loop's next turn), and `insert` returns once the
-    row's own group is committed, so nothing acknowledged can be lost.
+    at once (one multi-row insert each, started on the loop's turn after one may start), and `insert`
+    returns once the row's own group is committed, so nothing acknowledged can be lost.
 
     A group the database refuses for one of its values is inserted again row by row, so only the request
     with the bad value is refused; any other failure (an outage) fails every request of the group."""

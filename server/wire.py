@@ -222,6 +222,8 @@ class _NotAsSinkWrites(Exception):
 # The most CBOR items `_item_end` walks for one value before leaving the value to cbor2's C decoder.
 _WALK_ITEMS = 1000
 _MAP, _TEXT, _BYTES, _ARRAY, _TAG = 5, 3, 2, 4, 6
+# The CBOR head's additional information for an argument of 1, 2, 4 and 8 bytes.
+_HEAD_WIDTHS = ((24, 1), (25, 2), (26, 4), (27, 8))
 # The stored payload, as `cbor2.dumps` writes it: a map of 2 whose keys are these texts, in this order.
 _STORED_KEYS = (cbor2.dumps("dependencies"), cbor2.dumps("objects"))
 
@@ -264,9 +266,9 @@ def _item_end(data: bytearray, at: int) -> int:
 def _head_bytes(major: int, argument: int) -> bytes:
     """The shortest CBOR head of `major` type with `argument` (as cbor2 writes it)."""
     if argument < 24:
-        return bytes([major << 5 | argument])
-    width = next(w for w in (1, 2, 4, 8) if argument < 1 << (8 * w))
-    return bytes([major << 5 | (24 + width.bit_length() - 1)]) + argument.to_bytes(width, "big")
+        return bytes((major << 5 | argument,))
+    info, width = next((info, width) for info, width in _HEAD_WIDTHS if argument < 1 << (8 * width))
+    return bytes((major << 5 | info,)) + argument.to_bytes(width, "big")
 
 
 def _stored_payload(body: bytearray, start: int, end: int) -> tuple[memoryview, memoryview, memoryview]:
