@@ -228,7 +228,7 @@ _HEAD_WIDTHS = ((24, 1), (25, 2), (26, 4), (27, 8))
 _STORED_KEYS = (cbor2.dumps("dependencies"), cbor2.dumps("objects"))
 
 
-def _head(data: bytearray, at: int) -> tuple[int, int, int]:
+def _head(data: bytes | bytearray, at: int) -> tuple[int, int, int]:
     """The CBOR head at `at`: (major type, argument, offset after it); indefinite lengths are not walked."""
     initial = data[at]
     major, info = initial >> 5, initial & 0x1F
@@ -242,7 +242,7 @@ def _head(data: bytearray, at: int) -> tuple[int, int, int]:
     return major, int.from_bytes(data[at + 1 : end], "big"), end
 
 
-def _item_end(data: bytearray, at: int) -> int:
+def _item_end(data: bytes | bytearray, at: int) -> int:
     """The offset after the CBOR item at `at` (definite lengths, no tags, at most _WALK_ITEMS items)."""
     pending = 1
     for _ in range(_WALK_ITEMS):
@@ -271,7 +271,7 @@ def _head_bytes(major: int, argument: int) -> bytes:
     return bytes((major << 5 | info,)) + argument.to_bytes(width, "big")
 
 
-def _stored_payload(body: bytearray, start: int, end: int) -> tuple[memoryview, memoryview, memoryview]:
+def _stored_payload(body: bytes | bytearray, start: int, end: int) -> tuple[memoryview, memoryview, memoryview]:
     """The payload map at `body[start:end]` and its two buffers, as views of the body: only when those
     bytes are what `cbor2.dumps({"dependencies": ..., "objects": ...})` writes (the sink writes that)."""
     view = memoryview(body)
@@ -291,7 +291,7 @@ def _stored_payload(body: bytearray, start: int, end: int) -> tuple[memoryview, 
     return view[start:end], buffers[0], buffers[1]
 
 
-def _located_block(body: bytearray) -> tuple[dict[str, Any], memoryview, memoryview, memoryview]:
+def _located_block(body: bytes | bytearray) -> tuple[dict[str, Any], memoryview, memoryview, memoryview]:
     """A block body's fields but its payload (decoded by cbor2 as one small map), and its stored payload
     and buffers as views of the body: the payload's bytes are neither copied nor encoded again."""
     major, entries, at = _head(body, 0)
