@@ -1,13 +1,17 @@
 """Ingestion throughput: blocks/s and MB/s through `POST /ingestion/insert_block` from 1 to 16 concurrent
 senders with small (4 KiB) payloads and from 8 senders with large (4 MiB) ones, each beside the payload
 write alone (the object store's create-only put of the same bytes from as many threads) as the baseline.
-Counts lost blocks (answered 200 but not stored, or not answered 200).
+Counts lost blocks (answered 200 but not stored, or not answered 200). A second figure, steadier than
+throughput on a shared machine: the CPU time the server's processes (workers included) spend per block,
+beside the CPU time the write alone spends per block.
 
 With `--baseline REV`, rounds alternate between this checkout and the code of git revision REV, each
-round on a new server; with `--workers 0,2`, this checkout runs once per ingestion worker count given
-(SPANLAKE_INGESTION_WORKERS). The medians of each are printed side by side, with the machine's load.
+round on a new server, the order of the codes reversed every other round (a drifting load favours
+neither); with `--workers 0,2`, this checkout runs once per ingestion worker count given
+(SPANLAKE_INGESTION_WORKERS). The medians of each are printed side by side, with the machine's load,
+and each aim's ratio (4 KiB x 8 senders >= 0.7x the write alone, 4 MiB >= 0.8x).
 
-    python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main] [--workers 0,2]
+    python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main] [--workers 0,1,2]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import cbor2
 import lz4.frame
+import psutil
 from _servers import source_env, spanlake_server
 
 from spanlake.lakehouse.object_store import ObjectStore
@@ -35,6 +40,8 @@ from spanlake.lakehouse.timestamps import format_rfc3339_ns
 
 SMALL_SENDERS = (1, 2, 4, 8, 16)
 LARGE_SENDERS = 8
+# Issue 24's aims: (payload size, senders) -> the least ratio to the payload write alone.
+AIMS = {(4096, 8): 0.7, (4 << 20, LARGE_SENDERS): 0.8}
 
 
 def make_bodies(count: int, payload_size: int) -> tuple[uuid.UUID, list[bytes], list[tuple[str, bytes]]]:
@@ -112,16 +119,23 @@ async def post_all(url: str, bodies: list[bytes], senders: int) -> tuple[float, 
         return time.perf_counter() - start, failures
 
 
-def baseline_put(bodies: list[bytes], threads: int) -> float:
-    """Seconds to write the same payload bytes create-only to a local store from `threads` threads."""
+def baseline_put(bodies: list[bytes], threads: int) -> tuple[float, float]:
+    """Seconds and CPU seconds (this process's) to write the same payload bytes create-only to a local
+    store from `threads` threads."""
     payloads = [cbor2.dumps(cbor2.loads(b)["payload"]) for b in bodies]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
         store = ObjectStore(f"file://{tmp}")
         process_id, stream_id = uuid.uuid4(), uuid.uuid4()
-        start = time.perf_counter()
-        keys = (blob_key(process_id, stream_id, uuid.uuid4()) for _ in payloads)
+        keys = [blob_key(process_id, stream_id, uuid.uuid4()) for _ in payloads]
+        start, cpu_start = time.perf_counter(), time.process_time()
         list(pool.map(store.put_if_absent, keys, payloads))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds spent so far by a server process and its children (ingestion workers)."""
+    process = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
 
 @dataclass(frozen=True)
@@ -135,10 +149,15 @@ class Case:
 
 @dataclass
 class Figures:
-    """Blocks/s of each run per case (of one code), and the blocks lost."""
+    """Blocks/s and CPU ms per block of each run per case (of one code), and the blocks lost."""
 
     served: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
+    cpu_ms: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
     lost: dict[Case, int] = field(default_factory=lambda: defaultdict(int))
+
+    def median(self, case: Case) -> tuple[float, float]:
+        """Median blocks/s and median CPU ms per block of `case`."""
+        return statistics.median(self.served[case]), statistics.median(self.cpu_ms[case])
 
 
 @dataclass(frozen=True)
@@ -167,18 +186,23 @@ def measure_round(code: Code, cases: list[Case], counts: dict[int, int], figures
             process_id, bodies, setup = make_bodies(count, case.payload_size)
             for endpoint, body in setup:
                 assert urllib.request.urlopen(f"{server.http_url}/ingestion/{endpoint}", body).status == 200
+            cpu_start = server_cpu_seconds(server.process.pid)
             elapsed, failures = asyncio.run(post_all(server.http_url + "/ingestion/insert_block", bodies, case.senders))
+            cpu = server_cpu_seconds(server.process.pid) - cpu_start
             stored = server.sql("SELECT count(*) AS n FROM blocks WHERE process_id = $1", process_id)[0]["n"]
             figures.served[case].append(count / elapsed)
+            figures.cpu_ms[case].append(cpu / count * 1e3)
             figures.lost[case] += count - stored + failures
 
 
-def measure_baseline(cases: list[Case], counts: dict[int, int], baseline: dict[Case, list[float]]) -> None:
+def measure_baseline(cases: list[Case], counts: dict[int, int], figures: Figures) -> None:
     """One run of the payload write alone for every case."""
     for case in cases:
         count = counts[case.payload_size]
         _, bodies, _ = make_bodies(count, case.payload_size)
-        baseline[case].append(count / baseline_put(bodies, case.senders))
+        elapsed, cpu = baseline_put(bodies, case.senders)
+        figures.served[case].append(count / elapsed)
+        figures.cpu_ms[case].append(cpu / count * 1e3)
 
 
 def load() -> str:
@@ -186,12 +210,39 @@ def load() -> str:
     return f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
 
 
+def print_medians(cases: list[Case], payload_write: Figures, figures: dict[str, Figures]) -> None:
+    """The medians of every case: the write alone, then each code's rate, CPU per block, ratio and losses."""
+    header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13} {'cpu ms':>6}"
+    for name in figures:
+        header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'cpu ms':>6} {'ratio':>5} {'lost':>4}"
+    print(header)
+    for case in cases:
+        base, base_cpu = payload_write.median(case)
+        line = f"{case.label:>8} {case.senders:>7} {base:>13,.0f} {base_cpu:>6.2f}"
+        for code_figures in figures.values():
+            rate, cpu = code_figures.median(case)
+            mb = rate * case.payload_size / 1e6
+            line += f" | {rate:>18,.0f} {mb:>7,.1f} {cpu:>6.2f} {rate / base:>5.2f} {code_figures.lost[case]:>4}"
+        print(line)
+
+
+def print_aims(cases: list[Case], payload_write: Figures, figures: dict[str, Figures]) -> None:
+    """Each aim of issue 24 item 4: the ratio of each code's median rate to the write alone's."""
+    for case in cases:
+        aim = AIMS.get((case.payload_size, case.senders))
+        if aim is None:
+            continue
+        base = payload_write.median(case)[0]
+        ratios = "  ".join(f"{name} {f.median(case)[0] / base:.2f}x" for name, f in figures.items())
+        print(f"aim {case.label} x{case.senders} >= {aim}x the write alone: {ratios}")
+
+
 def main() -> None:
     """Runs the rounds (alternating with the baseline revision's) and prints the medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", type=int, default=3000, help="4 KiB blocks per run")
-    parser.add_argument("--large", type=int, default=40, help="4 MiB blocks per run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", type=int, default=4000, help="4 KiB blocks per run")
+    parser.add_argument("--large", type=int, default=60, help="4 MiB blocks per run")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", help="git revision to alternate with (the previous code)")
     parser.add_argument("--workers", help="comma-separated ingestion worker counts to run this checkout with")
     parser.add_argument("--cases", default="small,large", help="which of small,large to run")
@@ -205,28 +256,22 @@ def main() -> None:
     if args.baseline:
         codes[args.baseline] = Code(args.baseline, None)
     figures = {name: Figures() for name in codes}
-    payload_write: dict[Case, list[float]] = defaultdict(list)
+    payload_write = Figures()
     print(f"start: {load()}", flush=True)
     for round_number in range(args.rounds):
-        for name, code in codes.items():
+        order = list(codes.items())
+        for name, code in order if round_number % 2 == 0 else reversed(order):
             measure_round(code, cases, counts, figures[name])
         measure_baseline(cases, counts, payload_write)
         print(f"round {round_number + 1} done: {load()}", flush=True)
         for case in cases:  # this round's figures: the medians hide how much the shared machine varies
-            rates = "  ".join(f"{name} {figures[name].served[case][-1]:,.0f}" for name in codes)
-            print(f"  {case.label} x{case.senders}: write alone {payload_write[case][-1]:,.0f}  {rates}", flush=True)
-    header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13}"
-    for name in codes:
-        header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'ratio':>5} {'lost':>4}"
-    print(header)
-    for case in cases:
-        base = statistics.median(payload_write[case])
-        line = f"{case.label:>8} {case.senders:>7} {base:>13,.0f}"
-        for name in codes:
-            rate = statistics.median(figures[name].served[case])
-            mb = rate * case.payload_size / 1e6
-            line += f" | {rate:>18,.0f} {mb:>7,.1f} {rate / base:>5.2f} {figures[name].lost[case]:>4}"
-        print(line)
+            rates = "  ".join(
+                f"{name} {f.served[case][-1]:,.0f} ({f.cpu_ms[case][-1]:.2f} ms)" for name, f in figures.items()
+            )
+            alone = f"{payload_write.served[case][-1]:,.0f} ({payload_write.cpu_ms[case][-1]:.2f} ms)"
+            print(f"  {case.label} x{case.senders}: write alone {alone}  {rates}", flush=True)
+    print_medians(cases, payload_write, figures)
+    print_aims(cases, payload_write, figures)
     print(f"end: {load()}")
 
 

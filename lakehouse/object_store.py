@@ -88,13 +88,14 @@ class ObjectStore:
         )
         ctx.register_object_store("s3://", store, bucket)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Writes `data` unless the key exists. True if written now, False if it was already there."""
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """Writes `data` unless the key exists. True if written now, False if it was already there. A
+        view is written as it is to a local store (S3's client takes bytes: copied there)."""
         try:
             with _storage_errors("write", key):
                 if self.scheme == "file":
                     return self._put_local_if_absent(self.path(key), data)
-                self.fs.pipe_file(self.path(key), data, mode="create")
+                self.fs.pipe_file(self.path(key), bytes(data), mode="create")
                 return True
         except FileExistsError:
             return False
@@ -160,7 +161,7 @@ class ObjectStore:
         return pafs.S3FileSystem(**options), self.root
 
     @staticmethod
-    def _put_local_if_absent(path: str, data: bytes) -> bool:
+    def _put_local_if_absent(path: str, data: bytes | memoryview) -> bool:
         # Write a temporary file, then hard-link it into place: link() fails if the name exists,
         # so the object appears whole or not at all and is never replaced.
         tmp = ObjectStore._write_temp(path, data)
@@ -178,7 +179,7 @@ class ObjectStore:
         os.replace(tmp, path)
 
     @staticmethod
-    def _write_temp(path: str, data: bytes) -> str:
+    def _write_temp(path: str, data: bytes | memoryview) -> str:
         # A unique name without tempfile's random-name retries: this runs once per ingested block.
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         try:

@@ -26,7 +26,7 @@ from spanlake.lakehouse.otlp.identity import OtlpResourceBlock
 from spanlake.lakehouse.transit.decode import InflationLimit
 from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
-from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body
+from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body, read_body_buffer
 from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
@@ -173,15 +173,14 @@ class IngestionService:
     @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         """The micromegas sink's block (CBOR): checked against its process and stream, then stored."""
-        body = await self._body(request)
+        body = await read_body_buffer(request, self.lake.settings.request_body_timeout_s)
         settings = self.lake.settings
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
         if len(body) <= _INLINE_PARSE_LIMIT:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
-        await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
-        process = await self.block_contexts.check(record)
+        process = await self.block_contexts.check(record, write_audience(request.get("principal")))
         traces = await self.block_traces.of(record, payload, process)
         await self.block_rows.store(self.lake, record, payload, traces)
         return web.Response()

@@ -20,6 +20,8 @@ from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit,
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (MIN_NS, MAX_NS)
 _NUL = "\x00"
+# A block's stored payload: its own bytes, or a view of the request body holding them.
+Payload = bytes | memoryview
 
 
 class WireError(IngestRejected):
@@ -213,9 +215,113 @@ def _payload_bytes(value: Any, name: str) -> bytes:
     raise WireError(f"Block: payload '{name}' must be a byte string (or an array of bytes)")
 
 
-def parse_block(body: bytes, inflation: InflationLimit = DEFAULT_INFLATION) -> tuple[BlockRecord, bytes]:
-    """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`, both LZ4
-    frames that inflate within `inflation`; times in the int64 nanosecond range, begin before end."""
+class _NotAsSinkWrites(Exception):
+    """The body is not laid out as the sink writes it (or not valid): `cbor2` decodes it whole instead."""
+
+
+# The most CBOR items `_item_end` walks for one value before leaving the value to cbor2's C decoder.
+_WALK_ITEMS = 1000
+_MAP, _TEXT, _BYTES, _ARRAY, _TAG = 5, 3, 2, 4, 6
+# The CBOR head's additional information for an argument of 1, 2, 4 and 8 bytes.
+_HEAD_WIDTHS = ((24, 1), (25, 2), (26, 4), (27, 8))
+# The stored payload, as `cbor2.dumps` writes it: a map of 2 whose keys are these texts, in this order.
+_STORED_KEYS = (cbor2.dumps("dependencies"), cbor2.dumps("objects"))
+
+
+def _head(data: bytes | bytearray, at: int) -> tuple[int, int, int]:
+    """The CBOR head at `at`: (major type, argument, offset after it); indefinite lengths are not walked."""
+    initial = data[at]
+    major, info = initial >> 5, initial & 0x1F
+    if info < 24:
+        return major, info, at + 1
+    if info > 27:
+        raise _NotAsSinkWrites
+    end = at + 1 + (1 << (info - 24))
+    if end > len(data):
+        raise _NotAsSinkWrites
+    return major, int.from_bytes(data[at + 1 : end], "big"), end
+
+
+def _item_end(data: bytes | bytearray, at: int) -> int:
+    """The offset after the CBOR item at `at` (definite lengths, no tags, at most _WALK_ITEMS items)."""
+    pending = 1
+    for _ in range(_WALK_ITEMS):
+        major, argument, at = _head(data, at)
+        pending -= 1
+        if major in (_BYTES, _TEXT):
+            at += argument
+        elif major == _ARRAY:
+            pending += argument
+        elif major == _MAP:
+            pending += 2 * argument
+        elif major == _TAG:  # shared values and string references span items: decoded whole
+            raise _NotAsSinkWrites
+        if not pending:
+            break
+    if pending or at > len(data):
+        raise _NotAsSinkWrites
+    return at
+
+
+def _head_bytes(major: int, argument: int) -> bytes:
+    """The shortest CBOR head of `major` type with `argument` (as cbor2 writes it)."""
+    if argument < 24:
+        return bytes((major << 5 | argument,))
+    info, width = next((info, width) for info, width in _HEAD_WIDTHS if argument < 1 << (8 * width))
+    return bytes((major << 5 | info,)) + argument.to_bytes(width, "big")
+
+
+def _stored_payload(body: bytes | bytearray, start: int, end: int) -> tuple[memoryview, memoryview, memoryview]:
+    """The payload map at `body[start:end]` and its two buffers, as views of the body: only when those
+    bytes are what `cbor2.dumps({"dependencies": ..., "objects": ...})` writes (the sink writes that)."""
+    view = memoryview(body)
+    at, buffers = start + 1, []
+    if body[start] != 0xA2:  # a map of two entries
+        raise _NotAsSinkWrites
+    for key in _STORED_KEYS:
+        if view[at : at + len(key)] != key:
+            raise _NotAsSinkWrites
+        major, length, content = _head(body, at + len(key))
+        if major != _BYTES or view[at + len(key) : content] != _head_bytes(_BYTES, length):
+            raise _NotAsSinkWrites
+        at = content + length
+        buffers.append(view[content:at])
+    if at != end:
+        raise _NotAsSinkWrites
+    return view[start:end], buffers[0], buffers[1]
+
+
+def _located_block(body: bytes | bytearray) -> tuple[dict[str, Any], memoryview, memoryview, memoryview]:
+    """A block body's fields but its payload (decoded by cbor2 as one small map), and its stored payload
+    and buffers as views of the body: the payload's bytes are neither copied nor encoded again."""
+    major, entries, at = _head(body, 0)
+    if major != _MAP:
+        raise _NotAsSinkWrites
+    fields, payload = [], None
+    for _ in range(entries):
+        key_start = at
+        major, length, at = _head(body, at)
+        if major != _TEXT:
+            raise _NotAsSinkWrites
+        key, at = body[at : at + length], at + length
+        value_end = _item_end(body, at)
+        if key == b"payload":
+            payload = (at, value_end)
+        else:
+            fields.append(body[key_start:value_end])
+        at = value_end
+    if payload is None:
+        raise _NotAsSinkWrites
+    try:
+        msg = cbor2.loads(_head_bytes(_MAP, len(fields)) + b"".join(fields))
+    except Exception:  # cbor2 raises several types: the whole body's decoding says which
+        raise _NotAsSinkWrites from None
+    return msg, *_stored_payload(body, *payload)
+
+
+def _decoded_block(body: bytes | bytearray) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """A block body's fields, its stored payload (encoded again as micromegas stores it) and its two
+    buffers, through cbor2 (any body: legacy integer arrays, other key orders, invalid ones)."""
     what = "Block"
     msg = _decode_map(body, what)
     payload = _field(msg, "payload", what)
@@ -223,7 +329,18 @@ def parse_block(body: bytes, inflation: InflationLimit = DEFAULT_INFLATION) -> t
         raise WireError("Block: 'payload' must be a map with exactly 'dependencies' and 'objects'")
     dependencies = _payload_bytes(payload["dependencies"], "dependencies")
     objects = _payload_bytes(payload["objects"], "objects")
-    stored = cbor2.dumps({"dependencies": dependencies, "objects": objects})
+    return msg, cbor2.dumps({"dependencies": dependencies, "objects": objects}), dependencies, objects
+
+
+def parse_block(body: bytes | bytearray, inflation: InflationLimit = DEFAULT_INFLATION) -> tuple[BlockRecord, Payload]:
+    """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`, both LZ4
+    frames that inflate within `inflation`; times in the int64 nanosecond range, begin before end.
+    A body as the sink writes it gives its payload as a view of `body` (keep `body` unchanged)."""
+    what = "Block"
+    try:
+        msg, stored, dependencies, objects = _located_block(body)
+    except (_NotAsSinkWrites, IndexError):
+        msg, stored, dependencies, objects = _decoded_block(body)
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
         stream_id=_uuid(msg, "stream_id", what),

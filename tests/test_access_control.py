@@ -288,6 +288,18 @@ def test_streams_and_blocks_cannot_enter_another_audience_process(lab: Lab) -> N
         intruder.post_block(0)
 
 
+def test_a_block_on_a_known_stream_of_another_audience_is_refused(lab: Lab) -> None:
+    """Team A's stream and process are known (cached by ingestion): team B's key still cannot add a block."""
+    step = next(s for s in EXPECTED["upload_sequence"] if s["endpoint"] == "/ingestion/insert_block")
+    block_id = uuid.uuid4()
+    body = cbor2.dumps(cbor2.loads((RUST_FIXTURES / step["file"]).read_bytes()) | {"block_id": str(block_id)})
+    headers = {"Authorization": f"Bearer {lab.key_b}"}
+    for _ in range(2):
+        status, text = post(lab.server.http_url + "/ingestion/insert_block", body, headers)
+        assert (status, b"belongs to another audience" in text) == (400, True), text
+    assert lab.server.sql("SELECT count(*) AS n FROM blocks WHERE block_id = $1", block_id) == [{"n": 0}]
+
+
 def test_non_admins_cannot_manage_access(lab: Lab) -> None:
     reader = WebClient(lab.server.http_url, auth_provider=StaticToken(lab.reader_a))
     with pytest.raises(RuntimeError, match="HTTP 403"):

@@ -118,11 +118,12 @@ class IngestionRows:
                 await conn.execute(f"SELECT {ANNOUNCE.format(key='p')} FROM unnest($1::text[]) p", processes)
 
     async def block_context(self, stream_id: uuid.UUID, process_id: uuid.UUID) -> asyncpg.Record:
-        """The owner of a stream (`owner`) and the clock of a process (`start_time`, `start_ticks`,
-        `tsc_frequency`), NULL where unknown: one row always."""
+        """The owner of a stream (`owner`), the clock of a process (`start_time`, `start_ticks`,
+        `tsc_frequency`) and its stamped audience (`audience`), NULL where unknown: one row always."""
         return await self.pool.fetchrow(
             "SELECT (SELECT process_id FROM streams WHERE stream_id = $1) AS owner, p.start_time, p.start_ticks,"
-            " p.tsc_frequency FROM (SELECT 1) one LEFT JOIN processes p ON p.process_id = $2",
+            " p.tsc_frequency, spanlake_audience(p.properties) AS audience"
+            " FROM (SELECT 1) one LEFT JOIN processes p ON p.process_id = $2",
             stream_id,
             process_id,
         )
