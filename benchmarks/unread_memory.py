@@ -138,9 +138,9 @@ def main() -> None:
         before, during, closed, after_queries = _one_round(args, extra_env)
         growths.append(after_queries - before)
         print(
-            f"{args.door} rss MB: before {before:.0f}  open {during:.0f} (+{during - before:.0f})  "
-            f"closed {closed:.0f} (+{closed - before:.0f})  after {args.queries} queries {after_queries:.0f} "
-            f"(+{after_queries - before:.0f})",
+            f"{args.door} rss MB: before {before:.0f}  open {during:.0f} ({during - before:+.0f})  "
+            f"closed {closed:.0f} ({closed - before:+.0f})  after {args.queries} queries {after_queries:.0f} "
+            f"({after_queries - before:+.0f})",
             flush=True,
         )
     print(f"median growth after the queries: {statistics.median(growths):+.0f} MB over {args.rounds} rounds")
