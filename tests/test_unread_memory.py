@@ -1,22 +1,26 @@
 """Memory given back after unread streams, through a running `spanlake serve` (issue 28): 50 Flight SQL
-streams of 13 MiB batches that nobody reads, stopped by their time limit and then cancelled, leave the
-server's RSS within 50 MB of its level before them (it stayed 160 to 320 MB above with mimalloc's
-default options: server/startup.py, ALLOCATOR_OPTIONS). 50 unread `/api/query-stream` answers still
-leave 70 to 100 MB (120 with mimalloc's defaults): docs/flightsql.md, Memory given back.
+streams of 13 MiB batches, or 50 `/api/query-stream` answers, that nobody reads, stopped by their time
+limit and then closed, leave the server's RSS within 50 MB of its level before them. Flight streams left
+160 to 320 MB with mimalloc's default options (server/startup.py, ALLOCATOR_OPTIONS); web answers left
+70 to 100 MB while each idle query thread kept the batches it had computed last (query_thread,
+IDLE_SECONDS): docs/flightsql.md, Memory given back.
 
-"Before" and "after" are both measured after the same small queries: their own working set is then in
-both figures, and they let the thread heaps collect what other threads freed."""
+"Before" and "after" are both measured after the same small queries through the same door: their own
+working set is then in both figures, and they let the thread heaps collect what other threads freed."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import psutil
 import pyarrow.flight as flight
 import pytest
 from harness import PostgresServer, SpanlakeServer, running_server
 from test_flightsql_support import statement_ticket
+from test_unread_streams import _unread_query_stream
 
 TIMEOUT_SECONDS = 4
 STREAMS = 50
@@ -34,12 +38,27 @@ def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         yield running
 
 
-def _settled_rss_mb(server: SpanlakeServer) -> float:
-    """The server's RSS after SMALL_QUERIES queries of two 13 MiB batches each, read in full."""
-    assert server.process is not None
+def _small_flight_queries(server: SpanlakeServer) -> None:
+    """SMALL_QUERIES Flight queries of two 13 MiB batches each, read in full."""
     with flight.connect(server.flightsql_url) as client:
         for _ in range(SMALL_QUERIES):
             assert client.do_get(statement_ticket(SMALL_QUERY)).read_all().num_rows == 131072
+
+
+def _small_web_queries(server: SpanlakeServer) -> None:
+    """SMALL_QUERIES `/api/query-stream` queries of two 13 MiB batches each, read to their last frame."""
+    body = json.dumps({"sql": SMALL_QUERY}).encode()
+    for _ in range(SMALL_QUERIES):
+        request = urllib.request.Request(f"{server.http_url}/api/query-stream", body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request) as answer:
+            assert answer.read().endswith(b'{"type":"done"}\n')
+
+
+def _settled_rss_mb(server: SpanlakeServer, small_queries: Callable[[SpanlakeServer], None]) -> float:
+    """The server's RSS after `small_queries` and a pause."""
+    assert server.process is not None
+    small_queries(server)
     time.sleep(2)
     return psutil.Process(server.process.pid).memory_info().rss / 2**20
 
@@ -55,8 +74,25 @@ def _unread_flight_streams(server: SpanlakeServer) -> None:
         time.sleep(3)
 
 
+def _unread_web_answers(server: SpanlakeServer) -> None:
+    """Sends STREAMS `/api/query-stream` requests, reads no answer, lets their time limit stop them,
+    closes the connections."""
+    connections = [_unread_query_stream(server) for _ in range(STREAMS)]
+    time.sleep(TIMEOUT_SECONDS + 2)
+    for connection in connections:
+        connection.close()
+    time.sleep(3)
+
+
 def test_memory_comes_back_after_unread_flight_streams(server: SpanlakeServer) -> None:
-    before = _settled_rss_mb(server)
+    before = _settled_rss_mb(server, _small_flight_queries)
     _unread_flight_streams(server)
-    after = _settled_rss_mb(server)
+    after = _settled_rss_mb(server, _small_flight_queries)
+    assert after - before < BACK_WITHIN_MB, (before, after)
+
+
+def test_memory_comes_back_after_unread_web_answers(server: SpanlakeServer) -> None:
+    before = _settled_rss_mb(server, _small_web_queries)
+    _unread_web_answers(server)
+    after = _settled_rss_mb(server, _small_web_queries)
     assert after - before < BACK_WITHIN_MB, (before, after)

@@ -19,7 +19,11 @@ awaits `run_async` (the loop's default thread pool, which ingestion needs, is ne
 
 The threads are reused from query to query (`QueryThreads`, one per runner: a new thread per query
 would also be a new cpu stream in spanlake's self-tracing, each time); one that was interrupted is
-retired instead, so that an interruption can never reach another query.
+retired instead, so that an interruption can never reach another query. An idle thread ends after
+IDLE_SECONDS unless it is the only one idle: DataFusion's allocator (mimalloc) gives the memory a
+thread freed back to the system only when that thread allocates again, so each idle thread kept the
+last batches it had computed, about 14 MB each after 50 unread web answers (issue 28; an ending
+thread gives its free pages back, server/startup.py ALLOCATOR_OPTIONS).
 
 Shielding: an asynchronous exception lands between any two lines, including inside `threading`'s
 Python code (`Condition.__enter__` after its lock was taken, `wait`'s re-acquiring): the lock then
@@ -46,6 +50,7 @@ T = TypeVar("T")
 STACK_BYTES = 64 * 1024 * 1024
 POLL_SECONDS = 0.05
 MAX_IDLE_THREADS = 8
+IDLE_SECONDS = 2.0
 
 
 # The query whose step the current thread runs (query threads only).
@@ -63,7 +68,8 @@ class _Worker:
     _count = itertools.count(1)
     _stack_size_lock = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, threads: QueryThreads) -> None:
+        self._threads = threads
         self.steps: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._serve, name=f"spanlake-query-{next(self._count)}", daemon=True)
         with self._stack_size_lock:
@@ -75,13 +81,22 @@ class _Worker:
 
     def _serve(self) -> None:
         try:
-            while (step := self.steps.get()) is not None:
+            while (step := self._next_step()) is not None:
                 step()
                 # Dropped before waiting: an idle worker kept its last step, hence that step's query
                 # thread and any outcome it holds (a batch nobody took, the query stopped) until the next.
                 del step
         except Interrupted:
             pass  # interrupted between two steps: this worker is being retired anyway
+
+    def _next_step(self) -> Callable[[], None] | None:
+        """The next step; None to end (told so, or idle for IDLE_SECONDS and let go by the pool)."""
+        while True:
+            try:
+                return self.steps.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                if self._threads.let_go(self):
+                    return None
 
 
 class QueryThreads:
@@ -98,7 +113,7 @@ class QueryThreads:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return _Worker()
+        return _Worker(self)
 
     def give_back(self, worker: _Worker) -> None:
         """Keeps the worker for the next query (or ends it when enough are idle, or once closed)."""
@@ -107,6 +122,14 @@ class QueryThreads:
                 self._idle.append(worker)
                 return
         worker.steps.put(None)
+
+    def let_go(self, worker: _Worker) -> bool:
+        """Takes an idle worker out of the pool, unless it is in use or the only one idle: it may end."""
+        with self._lock:
+            if worker in self._idle and len(self._idle) > 1:
+                self._idle.remove(worker)
+                return True
+        return False
 
     def close(self) -> None:
         """Ends the idle threads; those of queries under way end as their queries close."""
