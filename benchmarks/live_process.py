@@ -2,16 +2,16 @@
 
 Against a running `spanlake serve`, a synthetic process posts B blocks at R blocks/s; every half second
 a micromegas client counts the rows of its `async_events` instance (and of its thread's `thread_spans`
-instance), checking each count against the blocks acknowledged before it. Per view: query p50 late (the
-last fifth of the blocks) next to the same query on the same blocks once posting has stopped
-(quiescent), and their ratio.
+instance), checking each count against the blocks acknowledged before it. Per view: query p50 late
+(while the second half of the blocks arrive: each query finds blocks no partition holds yet) next to
+the same query on the same blocks once posting has stopped (quiescent), and their ratio.
 
-The machine is shared, so rounds alternate between this checkout, this checkout with live refresh
-(`SPANLAKE_LIVE_REFRESH_SECONDS`: queried instances materialized in the background as blocks arrive)
-and a baseline revision, each round on a fresh server; the ratios printed are medians over rounds, with
-the load average seen meanwhile.
+The machine is shared, so rounds alternate between this checkout, this checkout with every tail written
+before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`), optionally with live refresh
+(`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
+server; the ratios printed are medians over rounds, with the load average seen meanwhile (1 minute).
 
-    python benchmarks/live_process.py [--rounds 3] [--baseline f895686] [--blocks 1200] [--rate 20]
+    python benchmarks/live_process.py [--rounds 3] [--baseline bd56ccb] [--blocks 400] [--rate 20]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
                 latency, count = timed_count(client, view, live)
                 if count < acknowledged * ROWS_PER_SPAN[view] * args.spans:
                     raise SystemExit(f"{view}: {count} rows, fewer than the {acknowledged} acknowledged blocks hold")
-                if acknowledged >= args.blocks - args.blocks // 5:
+                if acknowledged >= args.blocks * (1 - args.late_share):
                     late[view].append(latency)
                 queries += 1
             time.sleep(max(0.0, next_query - time.perf_counter()))
@@ -104,14 +104,17 @@ def main() -> None:
     """Alternating rounds of this checkout and the baseline; prints each round and the medians."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each side")
-    parser.add_argument("--baseline", default="f895686", help="git revision to compare with ('' for none)")
-    parser.add_argument("--blocks", type=int, default=1200)
+    parser.add_argument("--baseline", default="bd56ccb", help="git revision to compare with ('' for none)")
+    parser.add_argument("--blocks", type=int, default=400)
+    parser.add_argument("--late-share", type=float, default=0.5, help="share of the blocks whose queries are late")
+    parser.add_argument("--live-refresh", action="store_true", help="also a side with live refresh on")
     parser.add_argument("--rate", type=float, default=20.0, help="blocks per second")
     parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
     parser.add_argument("--quiescent-runs", type=int, default=20)
     args = parser.parse_args()
-    refresh = {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"}
-    sides = {"this checkout": (None, {}), "this checkout, live refresh": (None, refresh)}
+    sides = {"this checkout": (None, {}), "this checkout, tail written": (None, {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"})}
+    if args.live_refresh:
+        sides["this checkout, live refresh"] = (None, {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"})
     if args.baseline:
         sides[f"baseline {args.baseline}"] = (args.baseline, {})
     rounds: dict[str, list[Round]] = {side: [] for side in sides}
