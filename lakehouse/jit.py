@@ -232,9 +232,11 @@ def in_memory(
     view = instance.view
     with tracing.async_span("lakehouse.memory_tail"):
         with tracing.async_span("catalog.source_blocks"):
-            blocks, existing = lake.loop.run(_blocks_and_partitions(lake, instance, dirty))
+            # The process timing is read meanwhile: both round trips at once.
+            found = asyncio.run_coroutine_threadsafe(_blocks_and_partitions(lake, instance, dirty), lake.loop.loop)
+            timings = timings_of()
+            blocks, existing = found.result()
         specs = plan_rebuild(view, instance.instance_id, blocks, existing)
-        timings = timings_of()
         rows = [[b for b in decoded_rows(lake, timings, spec) if b.num_rows] for spec in specs]
     replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
     kept = [p for p in existing if p.file_schema_hash == view.schema_hash and partition_identity(p) not in replaced]
