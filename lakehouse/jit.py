@@ -159,8 +159,9 @@ def up_to_date(
         # A tail: blocks after partitions already committed (a first query writes what it reads).
         tail = memory_tail and bool(live_of_schema(view, partitions))
         if tail and dirty_objects(groups, dirty) <= lake.settings.memory_tail_objects:
+            inside = [p for p in partitions if p not in outside]
             outside_held = held_counts(view, groups, outside)
-            return in_memory(lake, instance, query_range, dirty, outside, outside_held, timings_of)
+            return in_memory(lake, instance, query_range, dirty, Around(inside, outside, outside_held), timings_of)
         rebuilt = rebuild(lake, instance, dirty, timings_of())
         if rebuilt is not None:
             held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
@@ -216,46 +217,51 @@ class Tail:
     outside: Sequence[HeldCount]
 
 
+@dataclass(frozen=True)
+class Around:
+    """The live partitions a coverage check found, by whether they meet its dirty insert range: those
+    outside it with what they hold (`held_counts`)."""
+
+    inside: list[Partition]
+    outside: list[Partition]
+    outside_held: Sequence[HeldCount]
+
+
 def in_memory(
     lake: Lake,
     instance: Instance,
     query_range: tuple[int, int] | None,
     dirty: tuple[int, int],
-    outside: list[Partition],
-    outside_held: Sequence[HeldCount],
+    around: Around,
     timings_of: TimingsOf,
 ) -> FreshRows:
     """The instance's rows with the dirty range decoded in memory: the committed partitions outside it
-    (`outside`, which hold `outside_held`) and the valid ones inside it, and the rows the rebuild's specs
-    would write (`rebuild`'s set, nothing committed). The specs are then written and swapped in on the
-    settle queue (`persist_tail`)."""
+    and the valid ones inside it, and the rows the rebuild's specs would write (`rebuild`'s set, nothing
+    committed). The specs are then written and swapped in on the settle queue (`persist_tail`).
+
+    The partitions are the coverage check's, the blocks are read after it: a partition committed in
+    between is not used (the specs hold its blocks' rows), so each block is read once either way."""
     view = instance.view
     with tracing.async_span("lakehouse.memory_tail"):
         with tracing.async_span("catalog.source_blocks"):
             # The process timing is read meanwhile: both round trips at once.
-            found = asyncio.run_coroutine_threadsafe(_blocks_and_partitions(lake, instance, dirty), lake.loop.loop)
+            found = asyncio.run_coroutine_threadsafe(
+                lake.catalog.source_blocks(insert_range=dirty, **instance.source), lake.loop.loop
+            )
             timings = timings_of()
-            blocks, existing = found.result()
-        specs = plan_rebuild(view, instance.instance_id, blocks, existing)
+            blocks = found.result()
+        specs = plan_rebuild(view, instance.instance_id, blocks, around.inside)
         rows = [[b for b in decoded_rows(lake, timings, spec) if b.num_rows] for spec in specs]
     replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
-    kept = [p for p in existing if p.file_schema_hash == view.schema_hash and partition_identity(p) not in replaced]
+    kept = [
+        p for p in around.inside if p.file_schema_hash == view.schema_hash and partition_identity(p) not in replaced
+    ]
     if specs:
-        tail = Tail(instance, query_range, specs, rows, blocks, kept, outside_held)
+        tail = Tail(instance, query_range, specs, rows, blocks, kept, around.outside_held)
         persist = functools.partial(persist_tail, lake, tail, timings_of, time.monotonic() + PERSIST_DELAY_SECONDS)
         lake.settler.submit_latest(("tail", view.name, instance.instance_id), persist)
-    partitions = sorted(outside + kept, key=lambda p: p.begin_insert_ns)
+    partitions = sorted(around.outside + kept, key=lambda p: p.begin_insert_ns)
     return FreshRows(partitions, [batch for batches in rows for batch in batches])
-
-
-async def _blocks_and_partitions(
-    lake: Lake, instance: Instance, dirty: tuple[int, int]
-) -> tuple[list[SourceBlock], list[Partition]]:
-    """The instance's blocks inserted in the dirty range and its live partitions meeting it (at once)."""
-    return await asyncio.gather(
-        lake.catalog.source_blocks(insert_range=dirty, **instance.source),
-        lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty),
-    )
 
 
 def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:
