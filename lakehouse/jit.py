@@ -157,8 +157,9 @@ def up_to_date(
             return FreshRows(partitions)
         outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
         # A tail: blocks after partitions already committed (a first query writes what it reads).
-        tail = memory_tail and bool(live_of_schema(view, partitions))
-        if tail and dirty_objects(groups, dirty) <= lake.settings.memory_tail_objects:
+        limit = lake.settings.memory_tail_objects
+        tail = memory_tail and limit > 0 and bool(live_of_schema(view, partitions))
+        if tail and dirty_objects(groups, dirty) <= limit:
             inside = [p for p in partitions if p not in outside]
             outside_held = held_counts(view, groups, outside)
             return in_memory(lake, instance, query_range, dirty, Around(inside, outside, outside_held), timings_of)
