@@ -13,6 +13,12 @@ Writers never lock while they decode: each round writes its files, then swaps th
 ones (under the instance's advisory lock, in one transaction). A writer that lost the race drops its
 files and the next check sees the winner's work.
 
+A query may instead read the rows of a small dirty range in memory (`FreshRows.tail`, up to
+`memory_tail_objects` objects): decoded from the blocks as a rebuild would, unioned with the committed
+partitions for that query only, and written and swapped in afterwards on the settle queue (`persist_tail`),
+as any rebuild is. So a live process's late query never waits on a parquet write or a catalog commit; a
+tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes).
+
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
 usually finds it fresh.
@@ -26,9 +32,11 @@ notes each file keeps in its footer (call trees); it rebuilds from the blocks on
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +50,7 @@ from spanlake.lakehouse.jit_layout import (
     dirty_insert_range,
     held_by_blocks,
     held_counts,
+    live_of_schema,
     plan_merges,
     plan_rebuild,
 )
@@ -55,8 +64,9 @@ from spanlake.lakehouse.partitions import (
     write_and_commit,
     write_partition_file,
 )
-from spanlake.lakehouse.source_blocks import ProcessTiming
+from spanlake.lakehouse.source_blocks import CoverageGroup, ProcessTiming
 from spanlake.lakehouse.view_rows import view_rows
+from spanlake.views.meta import SourceBlock
 from spanlake.views.view import PartitionRows, View
 
 # Rounds of check-and-rebuild a query tries before giving up: each round that does not end fresh
@@ -76,20 +86,37 @@ class Instance:
 TimingsOf = Callable[[], Mapping[str, ProcessTiming]]
 
 
+@dataclass(frozen=True)
+class FreshRows:
+    """What a query reads of an instance: its committed partitions, and the rows of the blocks they do not
+    hold yet, decoded in memory for this query (`memory_tail`; empty when everything is committed)."""
+
+    partitions: list[Partition]
+    tail: list[pa.RecordBatch] = field(default_factory=list)
+
+
+# A tail a query read in memory is written this long after, once that query has most likely answered:
+# writing it meanwhile would compete with the query for the interpreter.
+PERSIST_DELAY_SECONDS = 0.05
+
 # The largest nanosecond time: a refresh covers the hours from its query's range begin on.
 MAX_NS = 2**63 - 1
 
 
 def fresh_partitions(
-    lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
-) -> list[Partition]:
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    timings_of: TimingsOf,
+    memory_tail: bool = False,
+) -> FreshRows:
     """The instance's live partitions, once each of its source blocks (of the hours the query range
-    concerns) sits in exactly one valid partition; rebuilds what is stale first. `timings_of` gives the
-    process timing (and raises QueryError for an unknown process or stream). With live refresh on, the
-    instance is then followed (`live_refresh`): its process's next blocks are materialized in the
-    background."""
+    concerns) sits in exactly one valid partition; rebuilds what is stale first (with `memory_tail`, a
+    small stale part in memory instead). `timings_of` gives the process timing (and raises QueryError
+    for an unknown process or stream). With live refresh on, the instance is then followed
+    (`live_refresh`): its process's next blocks are materialized in the background."""
     timings = functools.cache(timings_of)
-    partitions = up_to_date(lake, instance, query_range, timings)
+    fresh = up_to_date(lake, instance, query_range, timings, memory_tail)
     if lake.live_refresh.seconds > 0:
         key = (instance.view.name, instance.instance_id)
         process_id = instance.instance_id if instance.view.instance_kind == "process" else None
@@ -97,12 +124,16 @@ def fresh_partitions(
         since = None if query_range is None else (query_range[0], MAX_NS)
         lake.live_refresh.queried(process_id, key, functools.partial(up_to_date, lake, instance, since, timings_of))
         lake.catalog_changes.listen(lake)  # the announcements of its blocks
-    return partitions
+    return fresh
 
 
 def up_to_date(
-    lake: Lake, instance: Instance, query_range: tuple[int, int] | None, timings_of: TimingsOf
-) -> list[Partition]:
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    timings_of: TimingsOf,
+    memory_tail: bool = False,
+) -> FreshRows:
     """`fresh_partitions` without following the instance (a query's, or a background refresh's)."""
     timings_of = functools.cache(timings_of)
     view = instance.view
@@ -123,13 +154,20 @@ def up_to_date(
             if not groups:
                 timings_of()  # no block yet: still an error for an unknown process or stream
             schedule_settle(lake, instance, held_counts(view, groups, partitions), timings_of)
-            return partitions
+            return FreshRows(partitions)
+        outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
+        # A tail: blocks after partitions already committed (a first query writes what it reads).
+        limit = lake.settings.memory_tail_objects
+        tail = memory_tail and limit > 0 and bool(live_of_schema(view, partitions))
+        if tail and dirty_objects(groups, dirty) <= limit:
+            inside = [p for p in partitions if p not in outside]
+            outside_held = held_counts(view, groups, outside)
+            return in_memory(lake, instance, query_range, dirty, Around(inside, outside, outside_held), timings_of)
         rebuilt = rebuild(lake, instance, dirty, timings_of())
         if rebuilt is not None:
-            outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
             held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
             schedule_settle(lake, instance, held, timings_of)
-            return outside + [h.partition for h in rebuilt]
+            return FreshRows(outside + [h.partition for h in rebuilt])
     raise QueryError(
         f"{view.name} instance {instance.instance_id} could not be brought up to date:"
         f" its blocks changed during {MAX_ROUNDS} rounds of materialization"
@@ -159,6 +197,90 @@ def rebuild(
         replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
         kept = [p for p in existing if p.file_schema_hash == instance.view.schema_hash]
         return held_by_blocks([p for p in kept if partition_identity(p) not in replaced] + written, blocks)
+
+
+def dirty_objects(groups: Sequence[CoverageGroup], dirty: tuple[int, int]) -> int:
+    """The source objects of the blocks inside the dirty insert range (what rebuilding it decodes)."""
+    return sum(g.objects for g in groups if g.first_insert_ns < dirty[1] and g.last_insert_ns >= dirty[0])
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The specs of a dirty range a query read in memory, with their decoded rows, and what it knew of the
+    rest: the range's blocks, its valid partitions kept, the partitions outside it with what they hold."""
+
+    instance: Instance
+    query_range: tuple[int, int] | None
+    specs: Sequence[PartitionSpec]
+    rows: Sequence[Sequence[pa.RecordBatch]]
+    blocks: Sequence[SourceBlock]
+    kept: Sequence[Partition]
+    outside: Sequence[HeldCount]
+
+
+@dataclass(frozen=True)
+class Around:
+    """The live partitions a coverage check found, by whether they meet its dirty insert range: those
+    outside it with what they hold (`held_counts`)."""
+
+    inside: list[Partition]
+    outside: list[Partition]
+    outside_held: Sequence[HeldCount]
+
+
+def in_memory(
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    dirty: tuple[int, int],
+    around: Around,
+    timings_of: TimingsOf,
+) -> FreshRows:
+    """The instance's rows with the dirty range decoded in memory: the committed partitions outside it
+    and the valid ones inside it, and the rows the rebuild's specs would write (`rebuild`'s set, nothing
+    committed). The specs are then written and swapped in on the settle queue (`persist_tail`).
+
+    The partitions are the coverage check's, the blocks are read after it: a partition committed in
+    between is not used (the specs hold its blocks' rows), so each block is read once either way."""
+    view = instance.view
+    with tracing.async_span("lakehouse.memory_tail"):
+        with tracing.async_span("catalog.source_blocks"):
+            # The process timing is read meanwhile: both round trips at once.
+            found = asyncio.run_coroutine_threadsafe(
+                lake.catalog.source_blocks(insert_range=dirty, **instance.source), lake.loop.loop
+            )
+            timings = timings_of()
+            blocks = found.result()
+        specs = plan_rebuild(view, instance.instance_id, blocks, around.inside)
+        rows = [[b for b in decoded_rows(lake, timings, spec) if b.num_rows] for spec in specs]
+    replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
+    kept = [
+        p for p in around.inside if p.file_schema_hash == view.schema_hash and partition_identity(p) not in replaced
+    ]
+    if specs:
+        tail = Tail(instance, query_range, specs, rows, blocks, kept, around.outside_held)
+        persist = functools.partial(persist_tail, lake, tail, timings_of, time.monotonic() + PERSIST_DELAY_SECONDS)
+        lake.settler.submit_latest(("tail", view.name, instance.instance_id), persist)
+    partitions = sorted(around.outside + kept, key=lambda p: p.begin_insert_ns)
+    return FreshRows(partitions, [batch for batches in rows for batch in batches])
+
+
+def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:
+    """Once the monotonic clock reaches `due`, writes the specs a query read in memory (their rows already
+    decoded) and swaps them in, then settles what became mergeable. If a concurrent writer changed their
+    range first, the instance is brought up to date as a query would (`up_to_date`), writing what is
+    still missing: a tail is committed even if no query follows."""
+    time.sleep(max(0.0, due - time.monotonic()))
+    rows_of = {id(spec): spec_rows for spec, spec_rows in zip(tail.specs, tail.rows, strict=True)}
+    written = swap_in(lake, tail.specs, lambda spec: rows_of[id(spec)])
+    if written is None:
+        up_to_date(lake, tail.instance, tail.query_range, timings_of)
+        return
+    held = sorted(
+        [*tail.outside, *held_by_blocks([*tail.kept, *written], tail.blocks)], key=lambda h: h.partition.begin_insert_ns
+    )
+    if plan_merges(held):
+        settle(lake, tail.instance, held, timings_of())
 
 
 SpecRows = Callable[[PartitionSpec], Iterable[pa.RecordBatch]]

@@ -387,6 +387,15 @@ SETTINGS: tuple[Option, ...] = (
         QUERYING,
     ),
     Option(
+        "memory_tail_objects",
+        "SPANLAKE_MEMORY_TAIL_OBJECTS",
+        int,
+        65536,
+        "a query reads blocks no partition holds yet, up to this many objects, decoded in memory, and writes"
+        " their partition after answering; more are written before it reads (0: always before)",
+        QUERYING,
+    ),
+    Option(
         "slow_span_ms",
         "SPANLAKE_SLOW_SPAN_MS",
         float,
@@ -443,6 +452,7 @@ class Settings:
     query_memory_limit_mb: int = 4096
     slow_query_seconds: float = 1.0
     live_refresh_seconds: float = 0.0
+    memory_tail_objects: int = 65536
     slow_span_ms: float = 5.0
 
     @property

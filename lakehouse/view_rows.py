@@ -53,9 +53,14 @@ def view_rows(lake: Lake, view: View, timings: Timings, blocks: Sequence[SourceB
         yield from view.rows_from_otlp(_parsed(lake, view, otlp_blocks, timings))
 
 
+# Local payloads of up to this many blocks are read on the caller's thread: handing a few small reads to
+# the pool costs more (a thread woken per read, the interpreter handed over and back) than they take.
+INLINE_LOCAL_READS = 32
+
+
 def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[SourceBlock, bytes | None]]:
-    """Payloads in block order, read concurrently on the lake's I/O pool; a missing payload is logged and
-    yields None."""
+    """Payloads in block order, read concurrently on the lake's I/O pool (a few local ones on this
+    thread); a missing payload is logged and yields None."""
     parent = tracing.current_span_context()  # the readers run on the pool's threads
 
     def read(block: SourceBlock) -> bytes | None:
@@ -67,6 +72,8 @@ def fetch_payloads(lake: Lake, blocks: Iterable[SourceBlock]) -> Iterator[tuple[
             return None
 
     blocks = list(blocks)
+    if lake.store.scheme == "file" and len(blocks) <= INLINE_LOCAL_READS:
+        return zip(blocks, map(read, blocks), strict=True)
     return zip(blocks, lake.io_pool.map(read, blocks), strict=True)
 
 

@@ -22,7 +22,8 @@ ASYNC_COUNT = f"SELECT count(*) AS n FROM view_instance('async_events', '{PROCES
 
 @pytest.fixture
 def lake(postgres: PostgresServer, tmp_path: Path) -> Iterator[LocalLake]:
-    with local_lake(postgres, tmp_path) as local:
+    # These tests read the partition layout a query leaves: tails written before the query reads them.
+    with local_lake(postgres, tmp_path, memory_tail_objects=0) as local:
         yield local
 
 
@@ -100,7 +101,7 @@ def test_small_tail_partitions_settle_into_one(postgres: PostgresServer, tmp_pat
     metadata = [s for s in steps if s["endpoint"] != "/ingestion/insert_block"]
     cpu_blocks = [s for s in steps if s["endpoint"] == "/ingestion/insert_block" and s["stream_id"] in _cpu()]
     database_url = postgres.new_database()
-    with local_lake(postgres, tmp_path, database_url) as lake:
+    with local_lake(postgres, tmp_path, database_url, memory_tail_objects=0) as lake:
         lake.upload(metadata)
         counts = []
         for block in cpu_blocks[:MERGE_FANIN]:
@@ -112,7 +113,7 @@ def test_small_tail_partitions_settle_into_one(postgres: PostgresServer, tmp_pat
     # into one that replaces them all, before the lake closed.
     assert len(small) == MERGE_FANIN - 1 and sum(p["num_rows"] for p in small) == counts[-2]
     assert counts == sorted(counts) and counts[-1] > counts[0]
-    with local_lake(postgres, tmp_path, database_url) as lake:
+    with local_lake(postgres, tmp_path, database_url, memory_tail_objects=0) as lake:
         [merged] = live_partitions(lake, "async_events")
         assert merged["num_rows"] == counts[-1] == count(lake, ASYNC_COUNT)
         assert merged["begin_insert_time"] == small[0]["begin_insert_time"]

@@ -22,7 +22,10 @@ QUERIERS = 3
 
 @pytest.fixture(scope="module")
 def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
-    with running_server(postgres, tmp_path_factory.mktemp("live")) as running:
+    # These tests read the partition layout queries leave: tails written before a query reads them
+    # (tests/test_memory_tail.py reads them in memory).
+    tail_written = {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"}
+    with running_server(postgres, tmp_path_factory.mktemp("live"), extra_env=tail_written) as running:
         yield running
 
 

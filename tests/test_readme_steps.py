@@ -296,6 +296,7 @@ QUERY_FLAGS = {
     "--query-memory-limit-mb",
     "--slow-query-seconds",
     "--live-refresh-seconds",
+    "--memory-tail-objects",
     "--slow-span-ms",
     "--max-sql-joins",
     "--max-plan-nodes",

@@ -25,7 +25,8 @@ SPANS_PER_BLOCK = 5
 
 @pytest.fixture
 def lake(postgres: PostgresServer, tmp_path: Path) -> Iterator[LocalLake]:
-    with local_lake(postgres, tmp_path) as local:
+    # These tests read the partition layout a query leaves: tails written before the query reads them.
+    with local_lake(postgres, tmp_path, memory_tail_objects=0) as local:
         yield local
 
 

@@ -4,7 +4,9 @@ A warm query of an instance nothing was written to since the last one needs no c
 its partitions are those the last check found, as long as the instance's generation
 (lakehouse/catalog_changes.py) is the one that check started at. A set found for a query range also
 serves any range within it (the check covers the blocks of its range; the set holds every live
-partition of the instance). The sets kept are bounded: the least recently used instances go first.
+partition of the instance). A set with rows in memory (a tail not committed yet) is not kept: its
+partitions alone would miss those rows, and their commit is about to change the generation anyway.
+The sets kept are bounded: the least recently used instances go first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 from spanlake.lakehouse.catalog_changes import Generation
 
 if TYPE_CHECKING:
-    from spanlake.lakehouse.partitions import Partition
+    from spanlake.lakehouse.jit import FreshRows
 
 # Instances whose sets are kept, and sets kept per instance (one per query range not within another's).
 MAX_INSTANCES = 4096
@@ -32,7 +34,7 @@ InstanceKey = Hashable  # (view set, instance id, schema hash), and for a global
 class _FreshSet:
     query_range: QueryRange
     generation: Generation
-    partitions: list[Partition]
+    rows: FreshRows
 
     def serves(self, query_range: QueryRange, generation: Generation) -> bool:
         """Whether this set answers a query of `query_range` at `generation`."""
@@ -51,25 +53,27 @@ class FreshInstances:
         self._sets: OrderedDict[InstanceKey, list[_FreshSet]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def partitions(
+    def rows(
         self,
         key: InstanceKey,
         query_range: QueryRange,
         generation: Generation | None,
-        check: Callable[[], list[Partition]],
-    ) -> list[Partition]:
-        """The instance's up-to-date partitions: a set found at `generation` (read before calling) that
-        serves the range, else `check()`'s, kept for the next query. None: always `check()`."""
+        check: Callable[[], FreshRows],
+    ) -> FreshRows:
+        """The instance's up-to-date rows: a set found at `generation` (read before calling) that serves
+        the range, else `check()`'s, kept for the next query unless it has rows in memory. None: always
+        `check()`."""
         if generation is None:
             return check()
         with self._lock:
             found = next((s for s in self._sets.get(key, ()) if s.serves(query_range, generation)), None)
             if found is not None:
                 self._sets.move_to_end(key)
-                return found.partitions
-        partitions = check()
-        self._keep(key, _FreshSet(query_range, generation, partitions))
-        return partitions
+                return found.rows
+        rows = check()
+        if not rows.tail:
+            self._keep(key, _FreshSet(query_range, generation, rows))
+        return rows
 
     def _keep(self, key: InstanceKey, fresh: _FreshSet) -> None:
         with self._lock:

@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 from spanlake import tracing
 from spanlake.lakehouse.catalog_changes import QueryMark
 from spanlake.lakehouse.errors import QueryError
-from spanlake.lakehouse.jit import Instance, fresh_partitions
+from spanlake.lakehouse.jit import FreshRows, Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.partitions import Partition, for_query
+from spanlake.lakehouse.partitions import for_query
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -79,11 +79,18 @@ def _source_filter(view: View, instance_id: str) -> dict[str, object]:
     return {"process_id": uuid.UUID(instance_id), "tags": view.stream_tags}
 
 
-def instance_partitions(
-    lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, query_began: QueryMark | None = None
-) -> list[Partition]:
+def instance_rows(
+    lake: Lake,
+    view: View,
+    instance_id: str,
+    query_range: tuple[int, int] | None,
+    query_began: QueryMark | None = None,
+    memory_tail: bool = False,
+) -> FreshRows:
     """The up-to-date partitions of a view instance that the query range may need (see `lakehouse/jit.py`);
     with the mark of the query's beginning, as of then (`CatalogChanges.began_query`), else as of now.
+    With `memory_tail` (a reader that takes rows as well as files), a small part not committed yet comes
+    as rows decoded in memory (`FreshRows.tail`) instead of being written first.
 
     No catalog round trip when nothing was written to the instance since a query found it fresh (the
     usual warm query: `fresh_instances`), one when it is fresh; for a live process, only what arrived
@@ -92,15 +99,15 @@ def instance_partitions(
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
 
-        def fetch_global() -> list[Partition]:
+        def fetch_global() -> FreshRows:
             with tracing.async_span("catalog.fetch_for_query"):
-                return lake.loop.run(
-                    lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range)
+                return FreshRows(
+                    lake.loop.run(lake.catalog.partitions_for_query(view.name, GLOBAL, view.schema_hash, query_range))
                 )
 
         # The global set is fetched for its range: reused for that range only (in the key).
         key = (view.name, GLOBAL, view.schema_hash, query_range)
-        return lake.fresh_instances.partitions(
+        return lake.fresh_instances.rows(
             key, None, lake.catalog_changes.generation(lake, GLOBAL, query_began), fetch_global
         )
 
@@ -112,20 +119,22 @@ def instance_partitions(
     # Blocks announce their process: a stream instance's changes are not followed, it is checked each time.
     process = view.instance_kind == "process"
     generation = lake.catalog_changes.generation(lake, instance_id, query_began) if process else None
-    partitions = lake.fresh_instances.partitions(
+    # Views merged at query time (`collapsed`) read files only.
+    in_memory = memory_tail and view.merge is None
+    fresh = lake.fresh_instances.rows(
         (view.name, instance_id, view.schema_hash),
         query_range,
         generation,
-        lambda: fresh_partitions(lake, instance, query_range, timings_of),
+        lambda: fresh_partitions(lake, instance, query_range, timings_of, in_memory),
     )
-    return for_query(partitions, view.schema_hash, query_range)
+    return FreshRows(for_query(fresh.partitions, view.schema_hash, query_range), fresh.tail)
 
 
 def instance_files(
     lake: Lake, view: View, instance_id: str, query_range: tuple[int, int] | None, query_began: QueryMark | None = None
 ) -> list[str]:
-    """Object-store keys of `instance_partitions`."""
-    return [p.file_path for p in instance_partitions(lake, view, instance_id, query_range, query_began)]
+    """Object-store keys of the instance's up-to-date partitions (`instance_rows`, everything committed)."""
+    return [p.file_path for p in instance_rows(lake, view, instance_id, query_range, query_began).partitions]
 
 
 def collapsed(view: View, lake: Lake, keys: list[str]) -> pa.Table | None:

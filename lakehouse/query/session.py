@@ -126,18 +126,28 @@ def instance_table(
 ) -> Table:
     """A view instance as a table; with a query range, only its rows in the range (every query of the
     session sees the same rows, whatever its own WHERE clause), as micromegas's TableScanRewrite;
-    with `rows`, only the rows it keeps (a read scope's); as of the query's beginning (its mark)."""
-    keys = instances.instance_files(lake, view, instance_id, query_range, query_began)
-    return files_table(lake, view, keys, query_range, rows)
+    with `rows`, only the rows it keeps (a read scope's); as of the query's beginning (its mark). Rows of
+    blocks no partition holds yet may come from memory (`FreshRows.tail`)."""
+    fresh = instances.instance_rows(lake, view, instance_id, query_range, query_began, memory_tail=True)
+    keys = [p.file_path for p in fresh.partitions if p.file_path]
+    return files_table(lake, view, keys, query_range, rows, fresh.tail)
 
 
 def files_table(
-    lake: Lake, view: View, keys: list[str], query_range: tuple[int, int] | None, rows: Expr | None = None
+    lake: Lake,
+    view: View,
+    keys: list[str],
+    query_range: tuple[int, int] | None,
+    rows: Expr | None = None,
+    tail: list[pa.RecordBatch] | None = None,
 ) -> Table:
-    """Partition files of a view as a table (collapsed for the views that merge at query time)."""
+    """Partition files of a view as a table (collapsed for the views that merge at query time), with the
+    `tail` rows (a view that does not merge) after them."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
         frame = _scan(lake, view, keys)
+        if tail:
+            frame = frame.union(_memory_frame(lake, view, tail))
     else:  # one in-memory partition, even when empty: plans need one
         frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
     if query_range is not None:
@@ -145,6 +155,12 @@ def files_table(
     if rows is not None:
         frame = frame.filter(rows)
     return Table(frame)
+
+
+def _memory_frame(lake: Lake, view: View, batches: list[pa.RecordBatch]) -> DataFrame:
+    """Rows in memory as a frame of the view's schema (the batches' notes for merges dropped)."""
+    plain = [batch.replace_schema_metadata(None) for batch in batches]
+    return lake.off_runtime.run(frames_context(lake).create_dataframe, [plain], None, view.schema)
 
 
 def inserted_files(lake: Lake, view: View, insert_range: tuple[int, int]) -> list[str]:
