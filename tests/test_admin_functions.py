@@ -13,7 +13,7 @@ import micromegas.admin
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer
+from harness import PostgresServer, SpanlakeServer, running_server
 from served_support import PROCESS_ID, READER_KEY, adbc_connect, micromegas_client, served_lakehouse
 from test_flightsql_support import grpc_status
 
@@ -306,3 +306,13 @@ def test_bulk_ingest_replicates_a_lake_from_its_own_views(
         count = f"SELECT level, count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}') GROUP BY level"
         expected = source.query(count).sort_values("level").to_dict("records")
         assert target.query(count).sort_values("level").to_dict("records") == expected
+
+
+def test_list_partitions_of_an_empty_catalog_answers_no_rows(postgres: PostgresServer, tmp_path: Path) -> None:
+    """A lake with no data has no partition: it lists none, counted or not (an empty dataset has no
+    fragment, which DataFusion's plans refused)."""
+    with running_server(postgres, tmp_path, api_key="admin-key") as server:
+        assert server.sql("SELECT count(*) AS n FROM lakehouse_partitions") == [{"n": 0}]
+        client = micromegas_client(server, "admin-key")
+        assert client.query("SELECT count(*) AS n FROM list_partitions()")["n"].tolist() == [0]
+        assert client.query("SELECT view_set_name FROM list_partitions()").empty
