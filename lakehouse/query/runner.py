@@ -49,7 +49,8 @@ T = TypeVar("T")
 WATCH_SECONDS = 1.0
 # `ResultBatches.next_batches` reads on while the batches it holds stay under this: a small result then
 # comes with its end in one step (a step is a hand-off between threads, costly on a loaded machine).
-READ_AHEAD_BYTES = 256 * 1024
+# The result buffer counts only the last batch taken: a run holds at most this much more per stream.
+READ_AHEAD_BYTES = 64 * 1024
 # A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
 # None for any other statement.
 StatementHook = Callable[[datafusion.SessionContext, str, Principal | None], datafusion.DataFrame | None]
