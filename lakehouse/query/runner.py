@@ -47,6 +47,10 @@ from spanlake.lakehouse.query.result_buffer import ByteBudget, ResultBufferFull
 
 T = TypeVar("T")
 WATCH_SECONDS = 1.0
+# `ResultBatches.next_batches` reads on while the batches it holds stay under this: a small result then
+# comes with its end in one step (a step is a hand-off between threads, costly on a loaded machine).
+# The result buffer counts only the last batch taken: a run holds at most this much more per stream.
+READ_AHEAD_BYTES = 64 * 1024
 # A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
 # None for any other statement.
 StatementHook = Callable[[datafusion.SessionContext, str, Principal | None], datafusion.DataFrame | None]
@@ -404,6 +408,14 @@ class StartedQuery:
     results: ResultBatches
 
 
+@dataclasses.dataclass
+class BatchRun:
+    """Batches taken from a query's stream in one step, and whether the stream ended after them."""
+
+    batches: list[pa.RecordBatch]
+    ended: bool
+
+
 class ResultBatches:
     """Pyarrow batches pulled from a query's DataFusion stream, counted in its audit. `close` drops
     the stream, and with it DataFusion's tasks for the query, even while a stopped step or an
@@ -437,6 +449,20 @@ class ResultBatches:
             self._query.stream_ended(self._in_own_session)
             return None
         return self._query.count(batch)
+
+    def next_batches(self) -> BatchRun:
+        """The next batch and those after it while they stay under READ_AHEAD_BYTES in all, and whether
+        the stream ended with them (no batch: it ended); a step."""
+        run = BatchRun([], ended=False)
+        held = 0
+        while held < READ_AHEAD_BYTES:
+            batch = self.next_batch()
+            if batch is None:
+                run.ended = True
+                break
+            run.batches.append(batch)
+            held += arrow_bytes(batch)
+        return run
 
     def release(self) -> None:
         """Gives back the batches the stream holds and stops its producers (from any thread)."""

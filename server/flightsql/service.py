@@ -43,7 +43,7 @@ from spanlake.lakehouse.query.admission import client_ip
 from spanlake.lakehouse.query.context import Principal, SessionFactory
 from spanlake.lakehouse.query.failures import Failure, UserError
 from spanlake.lakehouse.query.limits import QueryLimits
-from spanlake.lakehouse.query.runner import Query, QueryRequest, QueryRunner
+from spanlake.lakehouse.query.runner import Query, QueryRequest, QueryRunner, ResultBatches
 from spanlake.server.auth import Authenticator
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.headers import (
@@ -346,7 +346,8 @@ class FlightSqlServer(flight.FlightServerBase):
         query.audit.plan_cached = cached is not None
         planned = None if cached is None else (cached.df, cached.ctx)
         # Planned (the session built inside the planning span: its table functions take it as parent)
-        # and executing in one step.
+        # and executing in one step. The first batch comes in a step of its own, once DoGet has sent the
+        # schema: it may wait for room in the result buffer, and the client's DoGet returns on the schema.
         started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned)
         schema = output_schema(started.schema, headers.preserve_dictionary)
         reader = started.results
@@ -355,8 +356,8 @@ class FlightSqlServer(flight.FlightServerBase):
             reader.close()
             query.close()
 
-        batches = result_batches(functools.partial(query.run, reader.next_batch), schema, query.audit, end)
-        return flight.GeneratorStream(schema, batches)
+        fetch = functools.partial(next, _stream_batches(query, reader), None)
+        return flight.GeneratorStream(schema, result_batches(fetch, schema, query.audit, end))
 
     def _on_cluster(
         self, query: Query, call: _Call, statement: Statement, headers: QueryHeaders
@@ -417,6 +418,16 @@ class FlightSqlServer(flight.FlightServerBase):
             return query.run(_metadata_in_session, query, kind, command, headers)
         finally:
             query.close()
+
+
+def _stream_batches(query: Query, reader: ResultBatches) -> Iterator[pa.RecordBatch]:
+    """The stream's batches, taken a run at a time (`ResultBatches.next_batches`): a small result and
+    its end come in one step."""
+    while True:
+        run = query.run(reader.next_batches)
+        yield from run.batches
+        if run.ended:
+            return
 
 
 def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHeaders) -> pa.Table:
