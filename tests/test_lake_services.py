@@ -31,6 +31,7 @@ def test_closing_the_lake_stops_every_thread_it_started(postgres: PostgresServer
             local.upload([block])
             local.sql(ASYNC_COUNT)
         local.lake.loop.run(asyncio.to_thread(local.lake.store.ping))  # as the readiness check does
+        local.lake.io_pool.submit(local.lake.store.ping).result()  # as reads of many payloads do
         started = thread_kinds([t for t in threading.enumerate() if t not in before])
         settler = local.lake.settler
     # Payload readers, DataFusion calls of table functions, the settle worker, the loop and the
