@@ -204,7 +204,7 @@ class PartitionRows:
         False), retires what `replaces` matches in each new range and inserts the new partitions."""
         first = new[0]
         async with self.pool.acquire() as conn, conn.transaction():
-            await _lock_instance(conn, first.view_set_name, first.view_instance_id, wait_for_flush=False)
+            await _lock_instance(conn, first.view_set_name, first.view_instance_id)
             if not still_valid(await _live_overlapping(conn, new), new):
                 return False
             for partition in new:
@@ -257,19 +257,11 @@ async def _live_overlapping(conn: asyncpg.Connection, new: Sequence[Partition]) 
     return [row_to_partition(r) for r in rows]
 
 
-async def _lock_instance(
-    conn: asyncpg.Connection, view_set_name: str, instance_id: str, wait_for_flush: bool = True
-) -> None:
+async def _lock_instance(conn: asyncpg.Connection, view_set_name: str, instance_id: str) -> None:
     """Takes the view instance's advisory lock until the end of the transaction open on `conn`, and
-    announces the instance's change at its commit (every partition write takes this lock).
-
-    Without `wait_for_flush`, the commit does not wait for the WAL to reach the disk (partition swaps).
-    A commit lost in a PostgreSQL crash then leaves the partitions it replaced live (their files were
-    only queued for deletion by that same transaction) and a new file no row names: what it held is
-    rebuilt from the blocks by the next query or the daemon, and no row ever names a missing file."""
-    flush = "" if wait_for_flush else "set_config('synchronous_commit', 'off', true), "
+    announces the instance's change at its commit (every partition write takes this lock)."""
     await conn.execute(
-        f"SELECT {flush}pg_advisory_xact_lock(hashtextextended($1, 0)), {ANNOUNCE.format(key='$2')}",
+        f"SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), {ANNOUNCE.format(key='$2')}",
         f"{view_set_name}/{instance_id}",
         instance_id,
     )
