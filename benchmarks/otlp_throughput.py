@@ -105,12 +105,18 @@ def traces(n: int) -> ExportTraceServiceRequest:
     return request
 
 
-def metrics(n: int) -> ExportMetricsServiceRequest:
+def metrics_request() -> tuple[ExportMetricsServiceRequest, Any]:
+    """A metrics request of one resource and its one scope (where the points go)."""
     request = ExportMetricsServiceRequest()
     resource = request.resource_metrics.add()
     resource.resource.attributes.extend(RESOURCE)
     scope = resource.scope_metrics.add()
     scope.scope.name = "bench.meter"
+    return request, scope
+
+
+def metrics(n: int) -> ExportMetricsServiceRequest:
+    request, scope = metrics_request()
     per_metric = 1000
     for m in range(max(1, n // per_metric)):
         gauge = scope.metrics.add(name=f"gauge_{m}", unit="By").gauge
@@ -122,11 +128,7 @@ def metrics(n: int) -> ExportMetricsServiceRequest:
 
 def int_sums(n: int) -> ExportMetricsServiceRequest:
     """Monotonic int sums, each point with an exemplar of a span: stored in prost's field order."""
-    request = ExportMetricsServiceRequest()
-    resource = request.resource_metrics.add()
-    resource.resource.attributes.extend(RESOURCE)
-    scope = resource.scope_metrics.add()
-    scope.scope.name = "bench.meter"
+    request, scope = metrics_request()
     per_metric = 1000
     for m in range(max(1, n // per_metric)):
         total = scope.metrics.add(name=f"requests_{m}", unit="1").sum
@@ -140,11 +142,7 @@ def int_sums(n: int) -> ExportMetricsServiceRequest:
 
 def summaries(n: int) -> ExportMetricsServiceRequest:
     """Summary points with 4 quantiles (0, 0.5, 0.99, 1): 4 measures rows each."""
-    request = ExportMetricsServiceRequest()
-    resource = request.resource_metrics.add()
-    resource.resource.attributes.extend(RESOURCE)
-    scope = resource.scope_metrics.add()
-    scope.scope.name = "bench.meter"
+    request, scope = metrics_request()
     per_metric = 1000
     for m in range(max(1, n // per_metric)):
         summary = scope.metrics.add(name=f"latency_{m}", unit="ms").summary

@@ -23,6 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from spanlake.lakehouse.errors import BadBlockError, OtlpBlockError
 from spanlake.lakehouse.otlp.bounds import Bounds, leaves, spans_bounds, stamps
 from spanlake.lakehouse.otlp.envelope import read_envelope
+from spanlake.lakehouse.otlp.span_arrays import TRACE_ID_BYTES
 from spanlake.lakehouse.records import BlockRecord, block_meta
 from spanlake.lakehouse.transit.decode import (
     InflationLimit,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # the lake imports the catalog, which imports this module
 
 log = logging.getLogger(__name__)
 
-TRACE_ID_BYTES = 16
 _FACTS_MARKER = span_traces.MAGIC_PREFIX.encode()  # the text of the SDK's trace facts (any version) begins so
 
 

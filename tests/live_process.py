@@ -8,12 +8,14 @@ every block must show exactly `spans_per_block` of each, never fewer, never more
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import cbor2
+import micromegas
 from harness import post
 from transit_builder import ThreadBlockWriter, compress, thread_stream_metadata
 
@@ -124,3 +126,68 @@ class LiveProcess:
 
 ASYNC_PER_BLOCK = "SELECT name, count(*) AS n FROM view_instance('async_events', '{process}') GROUP BY name"
 THREAD_PER_BLOCK = "SELECT name, count(*) AS n FROM view_instance('thread_spans', '{stream}') GROUP BY name"
+
+
+def per_block(client: micromegas.flightsql.client.FlightSQLClient, sql: str) -> dict[str, int]:
+    """The rows of each block (`name` → `n`) a per-block count query answers."""
+    frame = client.query(sql)
+    return dict(zip(frame["name"], frame["n"], strict=True))
+
+
+def check(counts: dict[str, int], acknowledged: set[int], spans: int, root_name: str | None) -> None:
+    """Each block seen is whole and once; every block acknowledged before the query is there."""
+    blocks = {name: n for name, n in counts.items() if name != root_name}
+    wrong = {name: n for name, n in blocks.items() if n != spans}
+    assert not wrong, f"blocks with missing or doubled rows: {wrong}"
+    missing = {f"b{number}" for number in acknowledged} - set(blocks)
+    assert not missing, f"acknowledged blocks missing from the query: {sorted(missing)[:10]}"
+
+
+def post_while_querying(live: LiveProcess, flightsql_url: str, blocks: int, posters: int, queriers: int) -> int:
+    """Posts blocks 0..`blocks` from `posters` threads while `queriers` clients count the instances' rows per
+    block (async_events and thread_spans in turn), each answer `check`ed; the number of queries answered.
+    The first failure of any thread is raised."""
+    numbers = iter(range(blocks))
+    numbers_lock = threading.Lock()
+    posting_done = threading.Event()
+    errors: list[BaseException] = []
+    queries = itertools.count()
+
+    def poster() -> None:
+        while True:
+            with numbers_lock:
+                number = next(numbers, None)
+            if number is None:
+                return
+            live.post_block(number)
+
+    def querier(index: int) -> None:
+        client = micromegas.connect(flightsql_url)
+        while not posting_done.is_set() and not errors:
+            acknowledged = live.acknowledged_now()
+            if index % 2:
+                counts = per_block(client, THREAD_PER_BLOCK.format(stream=live.stream_id))
+                check(counts, acknowledged, live.spans_per_block, "main-1")
+            else:
+                # async_events: a begin and an end row per span
+                counts = per_block(client, ASYNC_PER_BLOCK.format(process=live.process_id))
+                check(counts, acknowledged, 2 * live.spans_per_block, None)
+            next(queries)
+
+    def guarded(target, *args) -> None:
+        try:
+            target(*args)
+        except BaseException as err:  # surfaced by the assertion below
+            errors.append(err)
+
+    posting = [threading.Thread(target=guarded, args=(poster,)) for _ in range(posters)]
+    querying = [threading.Thread(target=guarded, args=(querier, i)) for i in range(queriers)]
+    for thread in querying + posting:
+        thread.start()
+    for thread in posting:
+        thread.join()
+    posting_done.set()
+    for thread in querying:
+        thread.join()
+    assert not errors, errors[0]
+    return next(queries)

@@ -6,14 +6,12 @@ block acknowledged before the query began; the catalog must end with non-overlap
 
 from __future__ import annotations
 
-import itertools
-import threading
 from collections.abc import Iterator
 
 import micromegas
 import pytest
 from harness import PostgresServer, SpanlakeServer, running_server, wait_until
-from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
+from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess, check, per_block, post_while_querying
 
 BLOCKS = 160
 POSTERS = 2
@@ -29,67 +27,11 @@ def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         yield running
 
 
-def per_block(client: micromegas.flightsql.client.FlightSQLClient, sql: str) -> dict[str, int]:
-    frame = client.query(sql)
-    return dict(zip(frame["name"], frame["n"], strict=True))
-
-
-def check(counts: dict[str, int], acknowledged: set[int], spans: int, root_name: str | None) -> None:
-    """Each block seen is whole and once; every block acknowledged before the query is there."""
-    blocks = {name: n for name, n in counts.items() if name != root_name}
-    wrong = {name: n for name, n in blocks.items() if n != spans}
-    assert not wrong, f"blocks with missing or doubled rows: {wrong}"
-    missing = {f"b{number}" for number in acknowledged} - set(blocks)
-    assert not missing, f"acknowledged blocks missing from the query: {sorted(missing)[:10]}"
-
-
 def test_concurrent_posters_and_queriers_see_every_block_exactly_once(server: SpanlakeServer) -> None:
     live = LiveProcess(server.http_url)
     live.announce()
-    numbers = iter(range(BLOCKS))
-    numbers_lock = threading.Lock()
-    posting_done = threading.Event()
-    errors: list[BaseException] = []
-    queries = itertools.count()
-
-    def poster() -> None:
-        while True:
-            with numbers_lock:
-                number = next(numbers, None)
-            if number is None:
-                return
-            live.post_block(number)
-
-    def querier(index: int) -> None:
-        client = micromegas.connect(server.flightsql_url)
-        while not posting_done.is_set() and not errors:
-            acknowledged = live.acknowledged_now()
-            if index % 2:
-                counts = per_block(client, THREAD_PER_BLOCK.format(stream=live.stream_id))
-                check(counts, acknowledged, live.spans_per_block, "main-1")
-            else:
-                # async_events: a begin and an end row per span
-                counts = per_block(client, ASYNC_PER_BLOCK.format(process=live.process_id))
-                check(counts, acknowledged, 2 * live.spans_per_block, None)
-            next(queries)
-
-    def guarded(target, *args) -> None:
-        try:
-            target(*args)
-        except BaseException as err:  # surfaced by the assertion below
-            errors.append(err)
-
-    posters = [threading.Thread(target=guarded, args=(poster,)) for _ in range(POSTERS)]
-    queriers = [threading.Thread(target=guarded, args=(querier, i)) for i in range(QUERIERS)]
-    for thread in queriers + posters:
-        thread.start()
-    for thread in posters:
-        thread.join()
-    posting_done.set()
-    for thread in queriers:
-        thread.join()
-    assert not errors, errors[0]
-    assert next(queries) > 2 * QUERIERS  # the queries did overlap the posting
+    queries = post_while_querying(live, server.flightsql_url, BLOCKS, POSTERS, QUERIERS)
+    assert queries > 2 * QUERIERS  # the queries did overlap the posting
 
     client = micromegas.connect(server.flightsql_url)
     every = set(range(BLOCKS))

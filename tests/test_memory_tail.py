@@ -4,7 +4,6 @@ it has not committed, nothing is missed or doubled, and a crash before the write
 
 from __future__ import annotations
 
-import itertools
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import micromegas
 import pytest
 from harness import PostgresServer, SpanlakeServer, running_server, wait_until
 from lakehouse_support import LocalLake, local_lake
-from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
+from live_process import ASYNC_PER_BLOCK, LiveProcess, post_while_querying
 
 SPANS = 3
 
@@ -98,52 +97,8 @@ def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
 def test_concurrent_late_queries_see_every_block_exactly_once(server: SpanlakeServer) -> None:
     live = LiveProcess(server.http_url, spans_per_block=SPANS)
     live.announce()
-    numbers = iter(range(120))
-    lock = threading.Lock()
-    done = threading.Event()
-    errors: list[BaseException] = []
-    queries = itertools.count()
-
-    def poster() -> None:
-        while (number := next_number()) is not None:
-            live.post_block(number)
-
-    def next_number() -> int | None:
-        with lock:
-            return next(numbers, None)
-
-    def querier(index: int) -> None:
-        client = micromegas.connect(server.flightsql_url)
-        while not done.is_set() and not errors:
-            acknowledged = live.acknowledged_now()
-            sql, spans, root = (
-                (THREAD_PER_BLOCK.format(stream=live.stream_id), SPANS, "main-1")
-                if index % 2
-                else (ASYNC_PER_BLOCK.format(process=live.process_id), 2 * SPANS, None)
-            )
-            frame = client.query(sql)
-            counts = {name: n for name, n in zip(frame["name"], frame["n"], strict=True) if name != root}
-            assert {name: n for name, n in counts.items() if n != spans} == {}, "a block missing or doubled rows"
-            assert {f"b{n}" for n in acknowledged} <= set(counts), "an acknowledged block is missing"
-            next(queries)
-
-    def guarded(target, *args) -> None:
-        try:
-            target(*args)
-        except BaseException as err:  # surfaced by the assertion below
-            errors.append(err)
-
-    posters = [threading.Thread(target=guarded, args=(poster,)) for _ in range(2)]
-    queriers = [threading.Thread(target=guarded, args=(querier, i)) for i in range(3)]
-    for thread in queriers + posters:
-        thread.start()
-    for thread in posters:
-        thread.join()
-    done.set()
-    for thread in queriers:
-        thread.join()
-    assert not errors, errors[0]
-    assert next(queries) > 6
+    queries = post_while_querying(live, server.flightsql_url, 120, posters=2, queriers=3)
+    assert queries > 6
 
     client = micromegas.connect(server.flightsql_url)
     frame = client.query(ASYNC_PER_BLOCK.format(process=live.process_id))

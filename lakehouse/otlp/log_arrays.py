@@ -24,13 +24,13 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from spanlake.lakehouse.otlp import jsonb_arrays as jb
 from spanlake.lakehouse.otlp import value_arrays as va
 from spanlake.lakehouse.otlp.rust_text import rust_display_f64
+from spanlake.lakehouse.otlp.span_arrays import SPAN_ID_BYTES, TRACE_ID_BYTES
 from spanlake.lakehouse.otlp.wire import LEN, VARINT, Bodies, Buffer, Fields, read_fields
 from spanlake.views import jsonb
 
 _RESOURCE_LOGS = va.tags_of(ResourceLogs.DESCRIPTOR)
 _SCOPE_LOGS = va.tags_of(ScopeLogs.DESCRIPTOR)
 _LOG_RECORD = va.tags_of(LogRecord.DESCRIPTOR)
-_TRACE_ID_BYTES, _SPAN_ID_BYTES = 16, 8
 _TEXT = pa.large_utf8()
 
 
@@ -98,7 +98,7 @@ def properties(logs: LogFields) -> pa.Array:
     attributes = va.key_values(buffer, attribute_bodies)
     parts = [(attributes.keys, attributes.values, attribute_record)]
     parts.append(va.scope_extras_of_records(buffer, logs.scope_logs, logs.record_scope))
-    for key, number, width in (("otel.trace_id", 9, _TRACE_ID_BYTES), ("otel.span_id", 10, _SPAN_ID_BYTES)):
+    for key, number, width in (("otel.trace_id", 9, TRACE_ID_BYTES), ("otel.span_id", 10, SPAN_ID_BYTES)):
         index = records.last(number, LEN)
         rows = np.flatnonzero((index >= 0) & (va.pick(records.end - records.start, index, -1) == width))
         ids = jb.hex_strings(va.field_bytes(buffer, records, index[rows]))
