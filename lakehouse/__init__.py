@@ -30,6 +30,7 @@ Modules:
     sql_views          SQL-defined views: `CREATE MATERIALIZED VIEW` parsed, stored definitions per lake
     sql_view_rows      a SQL-defined view's count, extract and merge queries, run for a bucket
     retention          deleting expired telemetry, partitions and retired files
+    orphan_files       the daily sweep of objects no catalog row names (left by interrupted writes)
     bulk_ingest        replicated processes, streams, blocks and payloads rows (Flight SQL ingest)
     query_denials      the query deny list: rules in PostgreSQL, a snapshot per lake, their matching
     transit            micromegas transit blocks: type metadata and the decoder (a package)

@@ -7,6 +7,7 @@ written create-only, so a retried upload never replaces what is stored.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import urllib.parse
 import uuid
@@ -136,6 +137,18 @@ class ObjectStore:
         root = self.root.rstrip("/") + "/"
         return sorted(p.removeprefix(root) for p in found)
 
+    def list_modified_before(self, prefix: str, cutoff: dt.datetime) -> list[str]:
+        """Keys under a prefix (recursively, relative to the root) last modified before the cutoff."""
+        try:
+            with _storage_errors("list", prefix):
+                found = self.fs.find(self.path(prefix).rstrip("/"), detail=True)
+        except FileNotFoundError:
+            return []
+        root = self.root.rstrip("/") + "/"
+        # Other S3 tools' directory markers (objects named `dir/`) are not objects of this store.
+        old = (path for path, info in found.items() if not path.endswith("/") and _modified(info) < cutoff)
+        return sorted(path.removeprefix(root) for path in old)
+
     def ping(self) -> None:
         """Raises ObjectStoreError if the store does not answer a listing."""
         try:
@@ -194,3 +207,10 @@ class ObjectStore:
         finally:
             os.close(fd)
         return tmp
+
+
+def _modified(info: dict) -> dt.datetime:
+    """When a listed object was last modified: a local file's `mtime`, an S3 object's `LastModified`."""
+    if "LastModified" in info:
+        return info["LastModified"]
+    return dt.datetime.fromtimestamp(info["mtime"], dt.UTC)

@@ -7,7 +7,7 @@ Four schedules, as micromegas runs them (T = the scheduled tick truncated to the
 | second   | each s + 0.5 s | [T-2 s, T-1 s)   | 1 s    | skipped when more than 10 s late        |
 | minute   | each min + 30 s| [T-2 min, T-1 min)| 1 min |                                         |
 | hour     | each h + 10 min| [T-2 h, T)       | 1 h    | retention, expired temporary files      |
-| day      | each day + 4 h | [T-2 d, T)       | 1 day  |                                         |
+| day      | each day + 4 h | [T-2 d, T)       | 1 day  | orphan files (`lakehouse.orphan_files`)  |
 
 So new data shows in the global views about 2 s after it arrives, in 1-second partitions merged into
 minutes, hours and days (log_entries and measures stop at hours). Each second's run first indexes the
@@ -46,6 +46,7 @@ from spanlake import tracing
 from spanlake.lakehouse.batch_update import GLOBAL, SECOND_NS, materialize_range
 from spanlake.lakehouse.errors import STORAGE_FAILURES, is_storage_failure
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.orphan_files import delete_orphan_files
 from spanlake.lakehouse.retention import delete_expired
 from spanlake.lakehouse.trace_catch_up import catch_up
 from spanlake.lakehouse.view_sets import MAINTAINED, SPANLAKE_MAINTAINED, VIEW_SETS
@@ -74,6 +75,7 @@ class Schedule:
     late_limit_s: float | None = None
     housekeeping: bool = False
     trace_catch_up: bool = False
+    orphan_sweep: bool = False
 
 
 # How far back a run catches up on slices its schedule missed, in periods.
@@ -83,7 +85,7 @@ SCHEDULES = (
     Schedule("second", 1, 0.5, (2, 1), late_limit_s=10, trace_catch_up=True),
     Schedule("minute", 60, 30, (2, 1)),
     Schedule("hour", 3600, 600, (2, 0), housekeeping=True),
-    Schedule("day", 86400, 4 * 3600, (2, 0)),
+    Schedule("day", 86400, 4 * 3600, (2, 0), orphan_sweep=True),
 )
 
 
@@ -196,6 +198,12 @@ class MaintenanceDaemon:
                     delete_expired(self.lake, self.retention_days)
             except Exception:
                 log.exception("retention failed")
+        if schedule.orphan_sweep:
+            try:
+                with tracing.async_span("maintenance.orphan_sweep"):
+                    delete_orphan_files(self.lake)
+            except STORAGE_FAILURES:  # the next day's sweep finds the same orphans
+                log.exception("orphan sweep failed")
         if schedule.trace_catch_up:
             try:
                 catch_up(self.lake, TRACE_CATCH_UP_BUDGET_S)

@@ -60,13 +60,9 @@ def local_lake(
     postgres: PostgresServer, tmp_path: Path, database_url: str | None = None, **settings_given: Any
 ) -> Iterator[LocalLake]:
     """A lake on a new database (or on `database_url`, to reopen one) and the object store in `tmp_path`;
-    `settings_given` are further settings."""
-    settings = Settings(
-        database_url=database_url or postgres.new_database(),
-        object_store_uri=(tmp_path / "lake").as_uri(),
-        data_dir=tmp_path,
-        **settings_given,
-    )
+    `settings_given` are further settings (an `object_store_uri` given replaces that store)."""
+    defaults = {"object_store_uri": (tmp_path / "lake").as_uri(), "data_dir": tmp_path}
+    settings = Settings(database_url=database_url or postgres.new_database(), **(defaults | settings_given))
     with Lake.open(settings) as lake:
         port = free_port()
         runner = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
