@@ -278,17 +278,26 @@ class CatalogChanges:
                 return
             heard, commits = self._writers_heard, self._commits
             try:
-                if not await connection.fetchval("SELECT pg_try_advisory_lock_shared($1)", SOLE_LOCK):
-                    return  # a new connection is being announced
-                others = await connection.fetchval(OTHER_CONNECTIONS, self.token)
-                # Both statements were round trips: the notifications committed before them have come.
-                self._commits_counted = max(self._commits_counted, commits)
-                if others == 0 and heard == self._writers_heard:
-                    self._alone = True
-                else:
-                    await connection.execute("SELECT pg_advisory_unlock_shared($1)", SOLE_LOCK)
+                self._alone = await self._alone_on(connection, heard)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 log.info("could not check whether this process is the catalog's only writer: %s", err)
+                return
+            # Its statements were round trips: the notifications committed before them have come.
+            self._commits_counted = max(self._commits_counted, commits)
+
+    async def _alone_on(self, connection: asyncpg.pool.PoolConnectionProxy, heard: int) -> bool:
+        """Takes SOLE_LOCK shared and finds no other process's connection, nor hears of one meanwhile
+        (True); else gives the lock back (False)."""
+        if not await connection.fetchval("SELECT pg_try_advisory_lock_shared($1)", SOLE_LOCK):
+            return False  # a new connection is being announced
+        alone = False
+        try:
+            others = await connection.fetchval(OTHER_CONNECTIONS, self.token)
+            alone = others == 0 and heard == self._writers_heard
+        finally:
+            if not alone:
+                await connection.execute("SELECT pg_advisory_unlock_shared($1)", SOLE_LOCK)
+        return alone
 
     def _writer_joined(self, _connection: object, _pid: int, _channel: str, token: str) -> None:
         """Another process's new connection waits for the processes alone to give up SOLE_LOCK."""
