@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "spanlake_catalog"
-# SQL announcing the key in parameter $n, to put in a writer's statement (pg_notify returns void).
+# SQL announcing the key in parameter $n, to put in a writer's statement (pg_notify returns void), run
+# through a lake's pool with execute, executemany, fetch, fetchval or fetchrow (`AnnouncingConnection`).
 ANNOUNCE = "pg_notify('" + CHANNEL + "', {key})"
 ANNOUNCING = ANNOUNCE.partition("{")[0]  # in the SQL of every statement that announces
 # A listener that failed to start waits this long before trying again (the database may be restarting).
