@@ -24,14 +24,17 @@ this process is the catalog's only writer ("alone", the usual single `spanlake s
 nothing since its last round trip:
 * its own writes: each pool connection (`AnnouncingConnection`) counts the commits of the statements
   that announce, as they return (before any writer acknowledges them); a query after one makes a round
-  trip again;
-* other processes: every connection of a lake's pool is named by its process's token (PostgreSQL's
-  `application_name`). Being alone is entered on the listening connection by taking SOLE_LOCK shared,
-  then finding no other client connection to the database; a new pool connection of any lake, before
-  its first statement, announces itself on WRITERS_CHANNEL and then takes SOLE_LOCK exclusively, which
-  waits until every process alone heard it and gave its shared lock up (`joined`). So a process alone
-  stops being so before another process's first write can commit, let alone be acknowledged. It tries
-  again at most every ALONE_RETRY_SECONDS while it is not (once the others' connections closed).
+  trip again. (Listening on the writing connection itself would not do: PostgreSQL hands a session its
+  own notifications only after the statement's answer, measured on PostgreSQL 16.)
+* other processes: every connection of a lake's pool is named by the lake's token (PostgreSQL's
+  `application_name`; one lake per process, as `spanlake serve`). Being alone is entered on the
+  listening connection by taking SOLE_LOCK shared, then finding no other client connection to the
+  database; a new pool connection of any lake, before its first statement, announces itself on
+  WRITERS_CHANNEL and then takes SOLE_LOCK exclusively, which waits until every lake alone heard it
+  and gave its shared lock up (`joined`). So a lake alone stops being so before another's first write
+  can commit, let alone be acknowledged (tests/test_catalog_alone.py). It tries again at most every
+  ALONE_RETRY_SECONDS while it is not (once the others' connections closed). Any other connection to
+  the database (psql, a tool) keeps every lake from being alone while it is open.
 
 While not listening (before the first query, after the connection dropped: PostgreSQL restarted)
 nothing is reused; each new listening session starts a new epoch, so nothing computed before it is.
