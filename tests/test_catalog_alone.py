@@ -80,7 +80,8 @@ def test_another_lake_ends_it_before_its_first_statement_and_it_returns_after(
         assert changes.round_trips > round_trips
         log_rows(lake)
         assert not changes.alone  # the other lake's connections are still open
-    # Once they closed, a query a retry interval later finds the process alone again.
+    # Once they closed (and its own tail written), a query a retry interval later finds the process alone again.
+    wait_until(lambda: not lake.lake.settler.pending(), 30, "the settle queue to be idle")
     wait_until(lambda: log_rows(lake) > 0 and changes.alone, 5 + 4 * ALONE_RETRY_SECONDS, "the lake alone again")
     round_trips = changes.round_trips
     assert log_rows(lake) == events_in(LOG_BLOCKS)
