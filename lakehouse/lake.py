@@ -76,9 +76,17 @@ class Lake:
             loop.stop()
             raise
         deny_list = QueryDenyList(loop, pool)
-        catalog = Catalog(pool)
-        lake = cls(settings, database_url, loop, pool, catalog, store, deny_list, catalog_changes=changes)
-        lake.embedded = embedded
+        lake = cls(
+            settings,
+            database_url,
+            loop,
+            pool,
+            Catalog(pool),
+            store,
+            deny_list,
+            catalog_changes=changes,
+            embedded=embedded,
+        )
         lake.live_refresh.seconds = settings.live_refresh_seconds
         lake.catalog_changes.follow(lambda key: lake.live_refresh.announced(lake.settler, key))
         if embedded is not None:
@@ -112,7 +120,7 @@ class Lake:
 
 
 async def _open_pool(database_url: str, pool_size: int, changes: CatalogChanges) -> asyncpg.Pool:
-    """The lake's pool, once migrated: connections named by the process's token, whose announced changes
+    """The lake's pool, once migrated: connections named by the lake's token, whose announced changes
     `changes` counts (`catalog_changes.py`)."""
     conn = await asyncpg.connect(database_url)
     try:
