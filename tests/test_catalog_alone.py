@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, wait_until
-from lakehouse_support import EXPECTED, LocalLake, local_lake
+from lakehouse_support import EXPECTED, LocalLake, cpu_streams, local_lake
 
+from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
 from spanlake.lakehouse.catalog_changes import ALONE_RETRY_SECONDS
 
 PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
@@ -22,6 +23,9 @@ LOG_BLOCKS = [
 ]
 LAST_LOG_BLOCK = LOG_BLOCKS[-1]
 COUNT_SQL = f"SELECT count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}')"
+THREAD = cpu_streams()[0]["stream_id"]
+THREAD_BLOCKS = [step for step in EXPECTED["upload_sequence"] if step.get("block_id") and step["stream_id"] == THREAD]
+THREAD_SQL = f"SELECT count(*) AS n FROM view_instance('thread_spans', '{THREAD}')"
 
 
 @pytest.fixture
@@ -101,3 +105,29 @@ def test_a_block_another_process_writes_is_seen_by_the_next_query(lake: LocalLak
         assert log_rows(lake) == events_in(LOG_BLOCKS)  # the very next query: no wait
     finally:
         ingestion.stop()
+
+
+def test_a_stream_instance_is_reused_until_its_process_gets_a_block(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []  # the instances whose coverage the catalog is asked for
+    check = SourceBlockReads.instance_coverage
+
+    async def counted(self: SourceBlockReads, **kwargs: object) -> object:
+        checked.append(kwargs["partitions_of"][1])
+        return await check(self, **kwargs)
+
+    monkeypatch.setattr(SourceBlockReads, "instance_coverage", counted)
+    with local_lake(postgres, tmp_path) as local:
+        local.upload([step for step in EXPECTED["upload_sequence"] if step is not THREAD_BLOCKS[-1]])
+        spans = local.sql(THREAD_SQL).column("n")[0].as_py()
+        wait_until(lambda: not local.lake.settler.pending(), 30, "the settle queue to be idle")
+        local.sql(THREAD_SQL)
+        asked = len(checked)
+        assert [local.sql(THREAD_SQL).column("n")[0].as_py() for _ in range(3)] == [spans] * 3
+        assert len(checked) == asked  # warm: reused, not checked
+        local.upload([THREAD_BLOCKS[-1]])  # a block of the stream: announced as its process's
+        after = local.sql(THREAD_SQL).column("n")[0].as_py()
+        assert checked[asked:] == [THREAD]
+        with local_lake(postgres, tmp_path, database_url=local.lake.settings.database_url) as cold:
+            assert after == cold.sql(THREAD_SQL).column("n")[0].as_py() > spans  # what a new lake finds
