@@ -88,7 +88,8 @@ OTHER_CONNECTIONS = (
     " AND (backend_type = 'client backend' OR backend_type IS NULL) AND application_name IS DISTINCT FROM $1"
 )
 
-Generation = tuple[int, int]  # (listening epoch, number of the key's last announced change in it)
+# (listening epoch, number of each key's last announced change in it)
+Generation = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -208,17 +209,26 @@ class CatalogChanges:
         """The key's current generation, once the changes announced before this call (with a mark of
         `began_query`: before that query began) are counted; None when changes cannot be followed (then
         nothing may be reused)."""
+        return self.generation_of(lake, (key,), query_began)
+
+    def generation_of(
+        self, lake: Lake, keys: tuple[str, ...], query_began: QueryMark | None = None
+    ) -> Generation | None:
+        """`generation` of several keys at once (one round trip at most)."""
         if self._connection is None and not self._start(lake):
             return None
         if self._counted():
-            return (self._epoch, self._last_change.get(key, self._forgotten))
+            return self._current(keys)
         if query_began is not None and query_began.round_trip is not None:
             if self._round_trip_ended <= query_began.round_trips_before:
                 query_began.round_trip.result()  # the query's own round trip, under way
             if self._round_trip_ended > query_began.round_trips_before:  # it ended (else the connection went)
-                return (self._epoch, self._last_change.get(key, self._forgotten))
+                return self._current(keys)
         after = None if query_began is None else query_began.round_trips_before
-        return lake.loop.run(self._generation_after_pending(key, after))
+        return lake.loop.run(self._generation_after_pending(keys, after))
+
+    def _current(self, keys: tuple[str, ...]) -> Generation:
+        return (self._epoch, *(self._last_change.get(key, self._forgotten) for key in keys))
 
     def began_query(self, lake: Lake) -> QueryMark | None:
         """A query begins: starts, without waiting for it, the round trip its generations are read after
@@ -232,7 +242,7 @@ class CatalogChanges:
         if not self._alone and time.monotonic() - self._last_alone_attempt >= ALONE_RETRY_SECONDS:
             self._last_alone_attempt = time.monotonic()
             asyncio.run_coroutine_threadsafe(self._try_alone(), lake.loop.loop)
-        round_trip = asyncio.run_coroutine_threadsafe(self._generation_after_pending(None, began), lake.loop.loop)
+        round_trip = asyncio.run_coroutine_threadsafe(self._generation_after_pending((), began), lake.loop.loop)
         return QueryMark(began, round_trip)
 
     def _counted(self) -> bool:
@@ -240,7 +250,7 @@ class CatalogChanges:
         alone and each of its own commits was followed by a round trip."""
         return self._alone and self._commits == self._commits_counted and self._connection is not None
 
-    async def _generation_after_pending(self, key: str | None, asked_after: int | None) -> Generation | None:
+    async def _generation_after_pending(self, keys: tuple[str, ...], asked_after: int | None) -> Generation | None:
         if asked_after is None:
             asked_after = self._round_trips_started
         async with self._round_trip:
@@ -257,7 +267,7 @@ class CatalogChanges:
                     return None  # the connection is going: its termination stops the listening
                 self._round_trip_ended = number
                 self._commits_counted = max(self._commits_counted, commits)
-            return (self._epoch, self._last_change.get(key, self._forgotten))
+            return self._current(keys)
 
     async def joined(self, connection: asyncpg.Connection) -> None:
         """A new connection of this lake's pool, before its first statement: its commits are counted, and

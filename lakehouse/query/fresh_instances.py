@@ -8,8 +8,8 @@ partition of the instance). A set with rows in memory (a tail not committed yet)
 partitions alone would miss those rows, and their commit is about to change the generation anyway.
 The sets kept are bounded: the least recently used instances go first.
 
-A stream instance changes with its process's blocks and its own partitions: its generation is the pair
-of theirs, and the process of each stream queried is kept (a stream never changes process).
+A stream instance changes with its process's blocks and its own partitions: its generation is of both
+keys, and the process of each stream queried is kept (a stream never changes process).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from spanlake.lakehouse.catalog_changes import Generation
+
 if TYPE_CHECKING:
     from spanlake.lakehouse.jit import FreshRows
 
@@ -29,7 +31,6 @@ MAX_RANGES = 4
 
 QueryRange = tuple[int, int] | None
 InstanceKey = Hashable  # (view set, instance id, schema hash), and for a global set its query range
-Generation = Hashable  # what the instance's announced keys were at (`catalog_changes.Generation`, or a pair)
 
 
 @dataclass(frozen=True)

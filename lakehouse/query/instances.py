@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog_changes import QueryMark
+from spanlake.lakehouse.catalog_changes import Generation, QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit import FreshRows, Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
@@ -129,7 +128,7 @@ def instance_rows(
     return FreshRows(for_query(fresh.partitions, view.schema_hash, query_range), fresh.tail)
 
 
-def _instance_generation(lake: Lake, view: View, instance_id: str, query_began: QueryMark | None) -> Hashable:
+def _instance_generation(lake: Lake, view: View, instance_id: str, query_began: QueryMark | None) -> Generation | None:
     """What changes when an instance's query could find something else: the generation of its process
     (its blocks announce their process) and, for a stream, of the stream (its partitions announce it);
     None when changes cannot be followed (nor an unknown stream's process found)."""
@@ -139,9 +138,7 @@ def _instance_generation(lake: Lake, view: View, instance_id: str, query_began: 
     process_id = lake.fresh_instances.stream_process(instance_id, lambda: _stream_process(lake, instance_id))
     if process_id is None:
         return None
-    blocks = changes.generation(lake, process_id, query_began)
-    partitions = changes.generation(lake, instance_id, query_began)
-    return None if blocks is None or partitions is None else (blocks, partitions)
+    return changes.generation_of(lake, (process_id, instance_id), query_began)
 
 
 def _stream_process(lake: Lake, stream_id: str) -> str | None:
