@@ -14,7 +14,10 @@ R times, alternately:
 
 Prints the medians per code over the rounds (of each child's medians), spanlake / plain per code (the
 aim: at most 1.3) with each side's time split in building the session (plain: a context and its files
-registered, their footers read), planning and executing, and spanlake this / previous, with the load.
+registered, their footers read), planning and executing, and the process's CPU a query (every thread's:
+steadier than wall times on a loaded machine), and spanlake this / previous, with the load. Each child's
+lake is the only one on its database: this code's warm queries then make no catalog round trip
+(`lakehouse/catalog_changes.py`); the line of each code says whether its lake was alone.
 
     python benchmarks/warm_query.py [--events N] [--blocks B] [--runs R] [--rounds K] [--baseline REV]
 """
@@ -42,11 +45,13 @@ from harness import PostgresServer
 
 CODES = ("this", "previous")
 SIDES = ("spanlake", "plain")
-PHASES = ("session", "plan", "execute", "total")
+PHASES = ("session", "plan", "execute", "total", "cpu")
 
 
 def timed_phases(session: Callable[[], SessionContext], sql: str) -> list[Any]:
-    """Seconds to build the session, plan the SQL, execute it, in all; then the rows."""
+    """Seconds to build the session, plan the SQL, execute it, in all, and the process's CPU seconds (every
+    thread's: DataFusion's, the lake's loop); then the rows."""
+    cpu = time.process_time()
     start = time.perf_counter()
     ctx = session()
     built = time.perf_counter()
@@ -54,17 +59,19 @@ def timed_phases(session: Callable[[], SessionContext], sql: str) -> list[Any]:
     planned = time.perf_counter()
     rows = frame.to_pylist()
     done = time.perf_counter()
-    return [built - start, planned - built, done - planned, done - start, rows]
+    return [built - start, planned - built, done - planned, done - start, time.process_time() - cpu, rows]
 
 
 def runner_phases(runner: Any, sql: str) -> list[Any]:
     """`timed_phases` of a query through the runner as the Flight door runs it: its session is built as
     it is planned (session phase 0), its planning (with `Query.start`, starting its execution too), then
     its batches streamed (its closing included); then the rows."""
+    cpu = time.process_time()
     start = time.perf_counter()
     batches, planned = door_batches(runner, sql)
     done = time.perf_counter()
-    return [0.0, planned - start, done - planned, done - start, pa.Table.from_batches(batches).to_pylist()]
+    cpu = time.process_time() - cpu
+    return [0.0, planned - start, done - planned, done - start, cpu, pa.Table.from_batches(batches).to_pylist()]
 
 
 def door_batches(runner: Any, sql: str) -> tuple[list[pa.RecordBatch], float]:
@@ -136,7 +143,8 @@ def child(database_url: str, events: int, blocks: int, runs: int) -> dict[str, f
                     for phase, seconds in zip(PHASES, times, strict=True):
                         phases[f"{side} {phase}"].append(seconds)
             runner.shutdown()
-            return {name: statistics.median(times) for name, times in phases.items()}
+            medians = {name: statistics.median(times) for name, times in phases.items()}
+            return {**medians, "alone": float(getattr(lake.catalog_changes, "alone", False))}
         finally:
             lake.close()
 
@@ -176,15 +184,19 @@ def main() -> None:
         f"{args.events:,} async events in {args.blocks} blocks, {args.rounds} rounds of {args.runs} runs,"
         f" load {os.getloadavg()[0]:.2f}"
     )
-    spanlake = {}
+    spanlake, cpu = {}, {}
     for code in CODES:
         median = {name: statistics.median(m[name] for m in medians[code]) for name in medians[code][0]}
-        spanlake[code] = median["spanlake total"]
-        print(f"{code}: spanlake / plain {median['spanlake total'] / median['plain total']:.2f}")
+        spanlake[code], cpu[code] = median["spanlake total"], median["spanlake cpu"]
+        print(
+            f"{code}: spanlake / plain {median['spanlake total'] / median['plain total']:.2f}"
+            f" (CPU {median['spanlake cpu'] / median['plain cpu']:.2f}), alone: {median['alone'] == 1.0}"
+        )
         for side in SIDES:
             print(f"  {side:9} " + "  ".join(f"{phase} {median[f'{side} {phase}'] * 1000:6.3f} ms" for phase in PHASES))
     print("(spanlake: its session is built as it is planned; `Query.start` plans and starts executing in one step)")
-    print(f"spanlake this/previous: {spanlake['this'] / spanlake['previous']:.2f}")
+    ratio, cpu_ratio = spanlake["this"] / spanlake["previous"], cpu["this"] / cpu["previous"]
+    print(f"spanlake this/previous: {ratio:.2f} (CPU {cpu_ratio:.2f})")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Modules:
     lake               `Lake`: what a process opens once (database, object store, loop) and its services
     loop               the process's one asyncio loop, on a dedicated thread
     catalog            the PostgreSQL catalog: ingestion rows, API keys
-    catalog_changes    changes announced by writers (NOTIFY), followed by each querying process
+    catalog_changes    changes announced by writers (NOTIFY), followed by each querying process; being the only writer
     embedded_postgres  the private PostgreSQL of the embedded default (pgserver), restarted when it stops
     migrate            applying the numbered SQL files of `migrations/`
     object_store       block payloads and parquet partitions, on a local directory or S3

@@ -93,9 +93,9 @@ class EmbeddedPostgres:
             Path(f"{info.socket_path}.lock").unlink(missing_ok=True)
         (self.pg_dir / POSTMASTER_PID).unlink(missing_ok=True)
 
-    async def supervise(self, pool: asyncpg.Pool) -> None:
+    async def supervise(self, pool: asyncpg.Pool, server_settings: dict[str, str]) -> None:
         """Restarts the server whenever it stops, until cancelled; the pool then drops its connections
-        to the dead server and connects to the new one."""
+        to the dead server and connects to the new one (with these session settings, as before)."""
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             if self.is_running():
@@ -104,7 +104,7 @@ class EmbeddedPostgres:
             url = await self._restart_until_it_runs()
             if url is None:
                 return
-            pool.set_connect_args(url)
+            pool.set_connect_args(url, server_settings=server_settings)
             await pool.expire_connections()
             log.warning("the embedded PostgreSQL in %s is running again", self.pg_dir)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from spanlake.lakehouse.catalog import Catalog
-from spanlake.lakehouse.catalog_changes import CatalogChanges
+from spanlake.lakehouse.catalog_changes import AnnouncingConnection, CatalogChanges
 from spanlake.lakehouse.embedded_postgres import EmbeddedPostgres, open_embedded_postgres
 from spanlake.lakehouse.live_refresh import LiveRefresh
 from spanlake.lakehouse.loop import BackgroundLoop
@@ -69,17 +69,29 @@ class Lake:
         database_url = settings.database_url or embedded.url
         store = ObjectStore(settings.lake_uri, settings.s3_endpoint)
         loop = BackgroundLoop()
+        changes = CatalogChanges()
         try:
-            pool = loop.run(_open_pool(database_url, pool_size))
+            pool = loop.run(_open_pool(database_url, pool_size, changes))
         except BaseException:
             loop.stop()
             raise
         deny_list = QueryDenyList(loop, pool)
-        lake = cls(settings, database_url, loop, pool, Catalog(pool), store, deny_list, embedded=embedded)
+        lake = cls(
+            settings,
+            database_url,
+            loop,
+            pool,
+            Catalog(pool),
+            store,
+            deny_list,
+            catalog_changes=changes,
+            embedded=embedded,
+        )
         lake.live_refresh.seconds = settings.live_refresh_seconds
         lake.catalog_changes.follow(lambda key: lake.live_refresh.announced(lake.settler, key))
         if embedded is not None:
-            lake.supervisor = asyncio.run_coroutine_threadsafe(embedded.supervise(pool), loop.loop)
+            supervise = embedded.supervise(pool, changes.server_settings)
+            lake.supervisor = asyncio.run_coroutine_threadsafe(supervise, loop.loop)
         return lake
 
     def __enter__(self) -> Lake:
@@ -107,13 +119,23 @@ class Lake:
             self.loop.stop()
 
 
-async def _open_pool(database_url: str, pool_size: int) -> asyncpg.Pool:
+async def _open_pool(database_url: str, pool_size: int, changes: CatalogChanges) -> asyncpg.Pool:
+    """The lake's pool, once migrated: connections named by the lake's token, whose announced changes
+    `changes` counts (`catalog_changes.py`)."""
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
-    return await asyncpg.create_pool(database_url, min_size=1, max_size=pool_size, reset=_keep_session)
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=pool_size,
+        reset=_keep_session,
+        connection_class=AnnouncingConnection,
+        init=changes.joined,
+        server_settings=changes.server_settings,
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -328,7 +328,10 @@ class KeyChanges:
 
     async def _listen(self) -> bool:
         try:
-            connection = await asyncpg.connect(self.lake.database_url)
+            # Named as the lake's connections: not another writer (`catalog_changes.py`).
+            connection = await asyncpg.connect(
+                self.lake.database_url, server_settings=self.lake.catalog_changes.server_settings
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             log.warning("not following key changes yet (no key lookup cached meanwhile): %s", err)
             return False

@@ -7,6 +7,9 @@ serves any range within it (the check covers the blocks of its range; the set ho
 partition of the instance). A set with rows in memory (a tail not committed yet) is not kept: its
 partitions alone would miss those rows, and their commit is about to change the generation anyway.
 The sets kept are bounded: the least recently used instances go first.
+
+A stream instance changes with its process's blocks and its own partitions: its generation is of both
+keys, and the process of each stream queried is kept (a stream never changes process).
 """
 
 from __future__ import annotations
@@ -51,7 +54,22 @@ class FreshInstances:
 
     def __init__(self) -> None:
         self._sets: OrderedDict[InstanceKey, list[_FreshSet]] = OrderedDict()
+        self._stream_processes: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+
+    def stream_process(self, stream_id: str, lookup: Callable[[], str | None]) -> str | None:
+        """The process of a stream: the one kept, else `lookup()`'s (kept unless None: an unknown stream)."""
+        with self._lock:
+            process_id = self._stream_processes.get(stream_id)
+        if process_id is not None:
+            return process_id
+        process_id = lookup()
+        if process_id is not None:
+            with self._lock:
+                self._stream_processes[stream_id] = process_id
+                while len(self._stream_processes) > MAX_INSTANCES:
+                    self._stream_processes.popitem(last=False)
+        return process_id
 
     def rows(
         self,

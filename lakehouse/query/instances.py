@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog_changes import QueryMark
+from spanlake.lakehouse.catalog_changes import Generation, QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit import FreshRows, Instance, fresh_partitions
 from spanlake.lakehouse.lake import Lake
@@ -92,10 +92,10 @@ def instance_rows(
     With `memory_tail` (a reader that takes rows as well as files), a small part not committed yet comes
     as rows decoded in memory (`FreshRows.tail`) instead of being written first.
 
-    No catalog round trip when nothing was written to the instance since a query found it fresh (the
-    usual warm query: `fresh_instances`), one when it is fresh; for a live process, only what arrived
-    since the last query is materialized. Global instances are not materialized here: the maintenance
-    daemon keeps them (as micromegas)."""
+    No catalog round trip when nothing was written to the instance (a stream's: to its process) since a
+    query found it fresh (the usual warm query: `fresh_instances`), one when it is fresh; for a live
+    process, only what arrived since the last query is materialized. Global instances are not
+    materialized here: the maintenance daemon keeps them (as micromegas)."""
     instance_id = canonical_instance_id(view, instance_id)
     if instance_id == GLOBAL:
 
@@ -116,9 +116,7 @@ def instance_rows(
         return {timing.process.process_id: timing}
 
     instance = Instance(view, instance_id, _source_filter(view, instance_id))
-    # Blocks announce their process: a stream instance's changes are not followed, it is checked each time.
-    process = view.instance_kind == "process"
-    generation = lake.catalog_changes.generation(lake, instance_id, query_began) if process else None
+    generation = _instance_generation(lake, view, instance_id, query_began)
     # Views merged at query time (`collapsed`) read files only.
     in_memory = memory_tail and view.merge is None
     fresh = lake.fresh_instances.rows(
@@ -128,6 +126,24 @@ def instance_rows(
         lambda: fresh_partitions(lake, instance, query_range, timings_of, in_memory),
     )
     return FreshRows(for_query(fresh.partitions, view.schema_hash, query_range), fresh.tail)
+
+
+def _instance_generation(lake: Lake, view: View, instance_id: str, query_began: QueryMark | None) -> Generation | None:
+    """What changes when an instance's query could find something else: the generation of its process
+    (its blocks announce their process) and, for a stream, of the stream (its partitions announce it);
+    None when changes cannot be followed (nor an unknown stream's process found)."""
+    changes = lake.catalog_changes
+    if view.instance_kind == "process":
+        return changes.generation(lake, instance_id, query_began)
+    process_id = lake.fresh_instances.stream_process(instance_id, lambda: _stream_process(lake, instance_id))
+    if process_id is None:
+        return None
+    return changes.generation_of(lake, (process_id, instance_id), query_began)
+
+
+def _stream_process(lake: Lake, stream_id: str) -> str | None:
+    found = lake.loop.run(lake.catalog.stream_process(uuid.UUID(stream_id)))
+    return None if found is None else str(found)
 
 
 def instance_files(
