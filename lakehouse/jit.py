@@ -162,7 +162,8 @@ def up_to_date(
         if tail and dirty_objects(groups, dirty) <= limit:
             inside = [p for p in partitions if p not in outside]
             outside_held = held_counts(view, groups, outside)
-            return in_memory(lake, instance, query_range, dirty, Around(inside, outside, outside_held), timings_of)
+            around = Around(inside, outside, outside_held, uncovered_ids(groups))
+            return in_memory(lake, instance, query_range, dirty, around, timings_of)
         rebuilt = rebuild(lake, instance, dirty, timings_of())
         if rebuilt is not None:
             held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
@@ -221,11 +222,18 @@ class Tail:
 @dataclass(frozen=True)
 class Around:
     """The live partitions a coverage check found, by whether they meet its dirty insert range: those
-    outside it with what they hold (`held_counts`)."""
+    outside it with what they hold (`held_counts`); and the ids of the blocks no partition holds (in insert
+    order; empty when too many to list)."""
 
     inside: list[Partition]
     outside: list[Partition]
     outside_held: Sequence[HeldCount]
+    uncovered: tuple[str, ...] = ()
+
+
+def uncovered_ids(groups: Sequence[CoverageGroup]) -> tuple[str, ...]:
+    """The ids of the blocks no partition holds, as the coverage check listed them (when few)."""
+    return next((g.block_ids for g in groups if g.partition_begin_ns is None), ())
 
 
 def in_memory(
@@ -241,7 +249,13 @@ def in_memory(
     committed). The specs are then written and swapped in on the settle queue (`persist_tail`).
 
     The partitions are the coverage check's, the blocks are read after it: a partition committed in
-    between is not used (the specs hold its blocks' rows), so each block is read once either way."""
+    between is not used (the specs hold its blocks' rows), so each block is read once either way.
+
+    When the blocks were all decoded ahead (`decoded_ahead`), their rows are taken as they are; else the
+    query decodes them, and the blocks its process sends next are decoded ahead for the view."""
+    fresh = decoded_ahead(lake, instance, query_range, dirty, around, timings_of)
+    if fresh is not None:
+        return fresh
     view = instance.view
     with tracing.async_span("lakehouse.memory_tail"):
         with tracing.async_span("catalog.source_blocks"):
@@ -251,6 +265,8 @@ def in_memory(
             )
             timings = timings_of()
             blocks = found.result()
+        for process_id in timings:
+            lake.decode_ahead.follow(process_id, view)
         specs = plan_rebuild(view, instance.instance_id, blocks, around.inside)
         rows = [[b for b in decoded_rows(lake, timings, spec) if b.num_rows] for spec in specs]
     replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
@@ -263,6 +279,52 @@ def in_memory(
         lake.settler.submit_latest(("tail", view.name, instance.instance_id), persist)
     partitions = sorted(around.outside + kept, key=lambda p: p.begin_insert_ns)
     return FreshRows(partitions, [batch for batches in rows for batch in batches])
+
+
+def decoded_ahead(
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    dirty: tuple[int, int],
+    around: Around,
+    timings_of: TimingsOf,
+) -> FreshRows | None:
+    """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
+    holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded. Their
+    partition is written after the query, as `in_memory`'s (`persist_range`). None otherwise."""
+    if around.inside or not around.uncovered:
+        return None
+    with tracing.async_span("lakehouse.decoded_ahead"):
+        rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
+    if rows is None:
+        return None
+    due = time.monotonic() + PERSIST_DELAY_SECONDS
+    persist = functools.partial(persist_range, lake, instance, query_range, dirty, around.outside_held, timings_of, due)
+    lake.settler.submit_latest(("tail", instance.view.name, instance.instance_id), persist)
+    partitions = sorted(around.outside, key=lambda p: p.begin_insert_ns)
+    return FreshRows(partitions, [batch for batch in rows if batch.num_rows])
+
+
+def persist_range(
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    dirty: tuple[int, int],
+    outside: Sequence[HeldCount],
+    timings_of: TimingsOf,
+    due: float,
+) -> None:
+    """Once the monotonic clock reaches `due`, writes the dirty range a query read decoded ahead (`rebuild`,
+    with the rows decoded ahead) and settles what became mergeable. If a concurrent writer changed the
+    range first, the instance is brought up to date as a query would (`up_to_date`)."""
+    time.sleep(max(0.0, due - time.monotonic()))
+    rebuilt = rebuild(lake, instance, dirty, timings_of())
+    if rebuilt is None:
+        up_to_date(lake, instance, query_range, timings_of)
+        return
+    held = sorted([*outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
+    if plan_merges(held):
+        settle(lake, instance, held, timings_of())
 
 
 def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:
@@ -294,12 +356,17 @@ def swap_in(lake: Lake, specs: Sequence[PartitionSpec], rows_of: SpecRows) -> li
         return []
     writes = [functools.partial(_write, lake, spec, rows_of) for spec in specs]
     replaced = [p for spec in specs for p in spec.replaces]
-    return write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
+    written = write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
+    if written is not None:
+        for spec in specs:
+            lake.decode_ahead.forget(spec.view, (block.meta.block_id for block in spec.blocks))
+    return written
 
 
 def decoded_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
-    """The spec's rows decoded from its blocks."""
-    return view_rows(lake, spec.view, timings, spec.blocks)
+    """The spec's rows: those decoded ahead when each of its blocks was (`decode_ahead`), else decoded."""
+    ahead = lake.decode_ahead.rows_of(spec.view, spec.blocks)
+    return view_rows(lake, spec.view, timings, spec.blocks) if ahead is None else ahead
 
 
 def merged_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
