@@ -4,18 +4,20 @@ query unions rows already decoded instead of decoding them itself.
 A query that reads a view instance's tail in memory (`jit.in_memory`) follows that view for the
 instance's process (`follow`) for FOLLOW_SECONDS. Each block of a followed process that this process
 ingests (`stored`, called once the block's row is committed) is queued for one worker thread, which
-reads its row and payload and decodes it for the views followed: its rows, for a view whose blocks each
-give their rows alone (`View.blockwise_formats`), else the decoded block (a thread's call tree is built
-over the tail's blocks at query time). A late query whose uncovered blocks were all decoded ahead takes
-them from here (`tail_rows`), waiting for those still queued. A block ingested by another process
-(ingestion workers, another machine) or before the follow began, or of a process without a TSC
-frequency (its rows follow the process's latest block), is decoded by the query as before.
+reads its row and payload and decodes it (what every view's rows are built from, and most of their
+cost). A late query whose uncovered blocks were all decoded ahead builds its rows from them
+(`tail_rows`: one batch over the tail, as a partition's writer builds them), waiting for those still
+queued. A block ingested by another process (ingestion workers, another machine) or before the follow
+began, or of a process without a TSC frequency (its rows follow the process's latest block), is decoded
+by the query as before. Only the decoding is done ahead: the rows are built once per tail rather than
+once per block, which costs a block's decoding less than half as much CPU again (the GIL the worker holds
+meanwhile is the queries' too).
 
 Nothing here is a catalog fact: a query takes rows only for the blocks its coverage check found no
 partition holding, and a block's rows are the same whenever it is decoded. What is held is bounded
 (`decode_ahead_objects` objects, queued and decoded, the oldest decoded dropped first) and dropped
-for a view once the view's partition holding the block is written (`forget`, after a grace period for
-the queries that checked the coverage before).
+once each view it was decoded for has written it in a partition (`forget`, after a grace period for the
+queries that checked the coverage before).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -53,19 +55,13 @@ FORGET_GRACE_SECONDS = 1.0
 
 @dataclass
 class _Decoded:
-    """One block decoded ahead: its rows for the blockwise views, its decoded block for the others
-    (None: decoding skips it), and the views it still serves."""
+    """One block decoded ahead (None: decoding skips it), and the views it was decoded for that have not
+    written it yet."""
 
     process_id: uuid.UUID
     objects: int
     views: set[str]
-    rows: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
-    transit: TransitBlock | None = None
-
-
-def blockwise(view: View) -> bool:
-    """Whether each transit block gives its rows alone for the view (rows kept per block)."""
-    return TRANSIT_FORMAT in view.blockwise_formats
+    transit: TransitBlock | None
 
 
 class DecodeAhead:
@@ -111,38 +107,38 @@ class DecodeAhead:
                 self._executor.submit(self._drain).add_done_callback(_log_failure)
 
     def tail_rows(self, view: View, block_ids: Sequence[str]) -> list[pa.RecordBatch] | None:
-        """The view's rows of these blocks (insert order) when each was decoded ahead for it, once those
-        still queued are decoded (waiting up to PENDING_WAIT_SECONDS); else None."""
+        """The view's rows of these blocks (insert order) when each was decoded ahead, once those still
+        queued are decoded (waiting up to PENDING_WAIT_SECONDS); else None."""
         with self._lock:
             if self._pending:
                 self._lock.wait_for(lambda: self._pending.isdisjoint(block_ids), PENDING_WAIT_SECONDS)
-            found = [self._decoded.get(block_id) for block_id in block_ids]
-            if any(decoded is None or view.name not in decoded.views for decoded in found):
-                return None
-            followed = self._followed.get(found[0].process_id, {}) if found and found[0] else {}
+            found = self._found(block_ids)
+            followed = self._followed.get(found[0].process_id, {}) if found else {}
             if view.name in followed:
                 followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
-        return self._rows(view, found)
+        return None if found is None else self._rows(view, found)
 
     def rows_of(self, view: View, blocks: Sequence[SourceBlock]) -> list[pa.RecordBatch] | None:
-        """The view's rows of these blocks (insert order) when each was decoded ahead for it, else None
-        (nothing waited for: a partition's writer decodes what is missing)."""
+        """The view's rows of these blocks (insert order) when each was decoded ahead, else None (nothing
+        waited for: a partition's writer decodes what is missing)."""
         with self._lock:
-            found = [self._decoded.get(block.meta.block_id) for block in blocks]
-            if any(decoded is None or view.name not in decoded.views for decoded in found):
-                return None
-        return self._rows(view, found)
+            found = self._found([block.meta.block_id for block in blocks])
+        return None if found is None else self._rows(view, found)
+
+    def _found(self, block_ids: Sequence[str]) -> list[_Decoded] | None:
+        """The blocks decoded ahead, or None when one was not (under the lock)."""
+        found = [self._decoded.get(block_id) for block_id in block_ids]
+        return None if any(decoded is None for decoded in found) else found  # type: ignore[return-value]
 
     @staticmethod
-    def _rows(view: View, found: Sequence[_Decoded | None]) -> list[pa.RecordBatch]:
-        decoded = [d for d in found if d is not None]
-        if blockwise(view):
-            return [batch for d in decoded for batch in d.rows[view.name]]
-        return list(view.rows_from_transit([d.transit for d in decoded if d.transit is not None]))
+    def _rows(view: View, found: Sequence[_Decoded]) -> list[pa.RecordBatch]:
+        """The view's rows of the decoded blocks, built at once as `view_rows` builds them."""
+        assert view.rows_from_transit is not None  # a view reading payloads of transit blocks
+        return list(view.rows_from_transit([d.transit for d in found if d.transit is not None]))
 
     def forget(self, view: View, block_ids: Iterable[str]) -> None:
-        """The view's partitions holding these blocks are written: their rows for it are dropped once
-        FORGET_GRACE_SECONDS have passed."""
+        """The view's partitions holding these blocks are written: once FORGET_GRACE_SECONDS have passed,
+        each block is dropped if every view it was decoded for has written it."""
         ids = [block_id for block_id in block_ids if block_id in self._decoded]
         if ids:
             with self._lock:
@@ -189,18 +185,15 @@ class DecodeAhead:
         wanted = [block for block in blocks if views_of[block.meta.block_id]]
         timings = {b.meta.process_id: ProcessTiming(b.process.meta, 0, b.process.meta.start_time_ns) for b in wanted}
         transits = {transit.block.block_id: transit for transit in decoded_transit(lake, wanted, timings)}
-        decoded = {}
-        for block in wanted:
-            views = views_of[block.meta.block_id]
-            transit = transits.get(block.meta.block_id)
-            ahead = _Decoded(uuid.UUID(block.meta.process_id), block.meta.nb_objects, {v.name for v in views})
-            for view in views:
-                if blockwise(view):
-                    ahead.rows[view.name] = [] if transit is None else list(view.rows_from_transit([transit]))
-                else:
-                    ahead.transit = transit
-            decoded[block.meta.block_id] = ahead
-        return decoded
+        return {
+            block.meta.block_id: _Decoded(
+                uuid.UUID(block.meta.process_id),
+                block.meta.nb_objects,
+                {view.name for view in views_of[block.meta.block_id]},
+                transits.get(block.meta.block_id),
+            )
+            for block in wanted
+        }
 
     def _views_for(self, block: SourceBlock) -> list[View]:
         """The followed views of the block's process that read it (none for a block that cannot be decoded
@@ -243,7 +236,6 @@ class DecodeAhead:
                 if ahead is None:
                     continue
                 ahead.views.discard(name)
-                ahead.rows.pop(name, None)
                 if not ahead.views:
                     self._decoded_objects -= self._decoded.pop(block_id).objects
 

@@ -176,9 +176,14 @@ def up_to_date(
 
 
 def rebuild(
-    lake: Lake, instance: Instance, dirty: tuple[int, int], timings: Mapping[str, ProcessTiming]
+    lake: Lake,
+    instance: Instance,
+    dirty: tuple[int, int],
+    timings: Mapping[str, ProcessTiming],
+    rows_of: SpecRows | None = None,
 ) -> list[HeldCount] | None:
-    """Rebuilds the blocks of the dirty insert range that no valid partition holds. Returns the
+    """Rebuilds the blocks of the dirty insert range that no valid partition holds (their rows from
+    `rows_of`, by default `decoded_rows`). Returns the
     partitions meeting the range once swapped in — a consistent set for the blocks of the range: the
     valid ones kept and the new ones — with what they hold, or None if a concurrent writer changed the
     range first.
@@ -192,7 +197,7 @@ def rebuild(
                 lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty)
             )
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
-        written = swap_in(lake, specs, functools.partial(decoded_rows, lake, timings))
+        written = swap_in(lake, specs, rows_of or functools.partial(decoded_rows, lake, timings))
         if written is None:
             return None
         replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
@@ -290,39 +295,58 @@ def decoded_ahead(
     timings_of: TimingsOf,
 ) -> FreshRows | None:
     """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
-    holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded. Their
-    partition is written after the query, as `in_memory`'s (`persist_range`). None otherwise."""
+    holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded, the
+    rows built at once. Their partition is written from these rows after the query, as `in_memory`'s
+    (`persist_range`). None otherwise."""
     if around.inside or not around.uncovered:
         return None
     with tracing.async_span("lakehouse.decoded_ahead"):
         rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
     if rows is None:
         return None
+    rows = [batch for batch in rows if batch.num_rows]
+    tail = ReadTail(dirty, around.outside_held, around.uncovered, rows)
     due = time.monotonic() + PERSIST_DELAY_SECONDS
-    persist = functools.partial(persist_range, lake, instance, query_range, dirty, around.outside_held, timings_of, due)
+    persist = functools.partial(persist_range, lake, instance, query_range, tail, timings_of, due)
     lake.settler.submit_latest(("tail", instance.view.name, instance.instance_id), persist)
-    partitions = sorted(around.outside, key=lambda p: p.begin_insert_ns)
-    return FreshRows(partitions, [batch for batch in rows if batch.num_rows])
+    return FreshRows(sorted(around.outside, key=lambda p: p.begin_insert_ns), rows)
+
+
+@dataclass(frozen=True)
+class ReadTail:
+    """A dirty range a query read from blocks decoded ahead: what it knew of the partitions outside it
+    (`held_counts`), and its blocks (insert order) with the rows it read."""
+
+    dirty: tuple[int, int]
+    outside: Sequence[HeldCount]
+    block_ids: tuple[str, ...]
+    rows: list[pa.RecordBatch]
+
+    def rows_or_decoded(self, lake: Lake, timings_of: TimingsOf, spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
+        """The spec's rows: those read when its blocks are the tail's, else `decoded_rows`."""
+        if tuple(block.meta.block_id for block in spec.blocks) == self.block_ids:
+            return self.rows
+        return decoded_rows(lake, timings_of(), spec)
 
 
 def persist_range(
     lake: Lake,
     instance: Instance,
     query_range: tuple[int, int] | None,
-    dirty: tuple[int, int],
-    outside: Sequence[HeldCount],
+    tail: ReadTail,
     timings_of: TimingsOf,
     due: float,
 ) -> None:
-    """Once the monotonic clock reaches `due`, writes the dirty range a query read decoded ahead (`rebuild`,
-    with the rows decoded ahead) and settles what became mergeable. If a concurrent writer changed the
-    range first, the instance is brought up to date as a query would (`up_to_date`)."""
+    """Once the monotonic clock reaches `due`, writes the dirty range a query read from blocks decoded
+    ahead (`rebuild`, with the rows it read) and settles what became mergeable. If a concurrent writer
+    changed the range first, the instance is brought up to date as a query would (`up_to_date`)."""
     time.sleep(max(0.0, due - time.monotonic()))
-    rebuilt = rebuild(lake, instance, dirty, timings_of())
+    rows_of = functools.partial(tail.rows_or_decoded, lake, timings_of)
+    rebuilt = rebuild(lake, instance, tail.dirty, timings_of(), rows_of)
     if rebuilt is None:
         up_to_date(lake, instance, query_range, timings_of)
         return
-    held = sorted([*outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
+    held = sorted([*tail.outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
     if plan_merges(held):
         settle(lake, instance, held, timings_of())
 

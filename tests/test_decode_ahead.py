@@ -6,6 +6,7 @@ nobody queries are left to the queries."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 from harness import PostgresServer, wait_until
@@ -117,3 +118,27 @@ def test_what_is_decoded_ahead_stays_within_its_bound(postgres: PostgresServer, 
         wait_until(lambda: lake.lake.decode_ahead.held_objects()[0] == 0, 10, "nothing queued")
         assert lake.lake.decode_ahead.held_objects()[1] <= 2 * OBJECTS
         query_both(lake, live, range(8))  # the blocks dropped are decoded by the query
+
+
+def test_rows_decoded_ahead_are_those_a_query_decodes(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Both views' rows of a tail decoded ahead (thread spans merged block by block) equal another
+    server's, which decodes the same blocks itself."""
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        for number in range(3, 9):
+            live.post_block(number)
+        decoded_ahead(lake, 6 * OBJECTS)
+        release = threading.Event()
+        lake.lake.settler.submit("held", release.wait)  # the tail stays in memory: the other server decodes it
+        try:
+            with local_lake(postgres, tmp_path, lake.lake.database_url, decode_ahead_objects=0) as other:
+                for sql in (ALL_ASYNC.format(process=live.process_id), ALL_THREAD.format(stream=live.stream_id)):
+                    ahead, decoded = lake.sql(sql), other.sql(sql)
+                    assert ahead.num_rows > 0
+                    assert ahead.to_pylist() == decoded.to_pylist(), sql
+        finally:
+            release.set()
+
+
+ALL_ASYNC = "SELECT * FROM view_instance('async_events', '{process}') ORDER BY time, span_id, event_type"
+ALL_THREAD = "SELECT * FROM view_instance('thread_spans', '{stream}') ORDER BY id, begin"
