@@ -6,8 +6,10 @@ instance), checking each count against the blocks acknowledged before it. Per vi
 (while the second half of the blocks arrive: each query finds blocks no partition holds yet) next to
 the same query on the same blocks once posting has stopped (quiescent), and their ratio.
 
-The machine is shared, so rounds alternate between this checkout, this checkout with every tail written
-before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`), optionally with live refresh
+The machine is shared, so rounds alternate between this checkout, this checkout without decoding ahead
+(`SPANLAKE_DECODE_AHEAD_OBJECTS=0`: a late query decodes its tail), this checkout with every tail written
+before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`; `--without-tail-written` leaves it out), optionally
+with live refresh
 (`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
 server; the ratios printed are medians over rounds, with the load average seen meanwhile (1 minute).
 Besides the client's wall time, each query's CPU time in the server (all its threads, from
@@ -15,6 +17,10 @@ Besides the client's wall time, each query's CPU time in the server (all its thr
 waiting for a core. A late query's CPU may include a block's ingestion that overlapped it.
 
     python benchmarks/live_process.py [--rounds 3] [--baseline bd56ccb] [--blocks 400] [--rate 20]
+        [--without-tail-written]
+
+To run a snapshot of this checkout while editing it, name a directory holding it as `spanlake` in
+PYTHONPATH (the servers inherit it; a baseline's own PYTHONPATH replaces it).
 """
 
 from __future__ import annotations
@@ -160,11 +166,17 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=400)
     parser.add_argument("--late-share", type=float, default=0.5, help="share of the blocks whose queries are late")
     parser.add_argument("--live-refresh", action="store_true", help="also a side with live refresh on")
+    parser.add_argument("--without-tail-written", action="store_true", help="no side writing tails first")
     parser.add_argument("--rate", type=float, default=20.0, help="blocks per second")
     parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
     parser.add_argument("--quiescent-runs", type=int, default=20)
     args = parser.parse_args()
-    sides = {"this checkout": (None, {}), "this checkout, tail written": (None, {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"})}
+    sides = {
+        "this checkout": (None, {}),
+        "this checkout, no decode ahead": (None, {"SPANLAKE_DECODE_AHEAD_OBJECTS": "0"}),
+    }
+    if not args.without_tail_written:
+        sides["this checkout, tail written"] = (None, {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"})
     if args.live_refresh:
         sides["this checkout, live refresh"] = (None, {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"})
     if args.baseline:
