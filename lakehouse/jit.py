@@ -17,7 +17,10 @@ A query may instead read the rows of a small dirty range in memory (`FreshRows.t
 `memory_tail_objects` objects): decoded from the blocks as a rebuild would, unioned with the committed
 partitions for that query only, and written and swapped in afterwards on the settle queue (`persist_tail`),
 as any rebuild is. So a live process's late query never waits on a parquet write or a catalog commit; a
-tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes).
+tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
+server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
+the coverage check lists them, and the query builds their rows with no further catalog round trip and
+nothing to decode (`decoded_ahead`).
 
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
