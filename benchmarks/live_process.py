@@ -9,12 +9,13 @@ the same query on the same blocks once posting has stopped (quiescent), and thei
 The machine is shared, so rounds alternate between this checkout, this checkout without decoding ahead
 (`SPANLAKE_DECODE_AHEAD_OBJECTS=0`: a late query decodes its tail), this checkout with every tail written
 before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`; `--without-tail-written` leaves it out), optionally
-with live refresh
-(`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
+with live refresh (`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
 server; the ratios printed are medians over rounds, with the load average seen meanwhile (1 minute).
 Besides the client's wall time, each query's CPU time in the server (all its threads, from
 /proc/PID/task/*/schedstat, read around the query) is printed: at a high load the wall time is mostly
-waiting for a core. A late query's CPU may include a block's ingestion that overlapped it.
+waiting for a core. A late query's CPU may include a block's ingestion that overlapped it. CPU/blk is
+the server's CPU while the blocks arrived (their ingestion, decoding ahead, the queries and the partitions
+written meanwhile) per block posted.
 
     python benchmarks/live_process.py [--rounds 3] [--baseline bd56ccb] [--blocks 400] [--rate 20]
         [--without-tail-written]
@@ -97,6 +98,7 @@ class Round:
     quiescent_cpu: dict[str, float]
     queries: int
     load: float
+    cpu_per_block: float  # the server's CPU while the blocks arrived (their ingestion and the queries), per block
 
 
 def one_round(revision: str | None, settings: dict[str, str], args: argparse.Namespace) -> Round:
@@ -109,6 +111,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
         client = micromegas.connect(server.flightsql_url)
         done = threading.Event()
         poster = threading.Thread(target=post_steadily, args=(live, args.blocks, args.rate, done))
+        posting_cpu = server_cpu_seconds(pid)
         poster.start()
         late: dict[str, list[Timed]] = {view: [] for view in COUNTS}
         queries = 0
@@ -126,6 +129,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
                 queries += 1
             time.sleep(max(0.0, next_query - time.perf_counter()))
         poster.join()
+        posting_cpu = server_cpu_seconds(pid) - posting_cpu
         load = os.getloadavg()[0]
         for view in COUNTS:
             timed_count(client, view, live, pid)  # brings the last blocks in and queues their merges
@@ -140,6 +144,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
         {view: statistics.median(t.cpu for t in values) for view, values in quiescent.items()},
         queries,
         load,
+        posting_cpu / args.blocks,
     )
 
 
@@ -152,9 +157,10 @@ def _line(label: str, view: str, rounds: list[Round]) -> str:
     quiet_cpu = statistics.median(r.quiescent_cpu[view] for r in rounds)
     cpu_ratio = statistics.median(r.late_cpu[view] / r.quiescent_cpu[view] for r in rounds)
     load = statistics.median(r.load for r in rounds)
+    per_block = statistics.median(r.cpu_per_block for r in rounds)
     return (
         f"{label:<32} {view:<13} {late * 1e3:>8.1f} {quiet * 1e3:>8.1f} {ratio:>6.2f}"
-        f" {late_cpu * 1e3:>8.1f} {quiet_cpu * 1e3:>8.1f} {cpu_ratio:>6.2f} {load:>5.1f}"
+        f" {late_cpu * 1e3:>8.1f} {quiet_cpu * 1e3:>8.1f} {cpu_ratio:>6.2f} {per_block * 1e3:>7.2f} {load:>5.1f}"
     )
 
 
@@ -186,7 +192,7 @@ def main() -> None:
     print(f"{'':<46} {'wall ms (p50)':^23} {'server CPU ms (p50)':^23}")
     print(
         f"{'round':<32} {'view':<13} {'late':>8} {'quiet':>8} {'ratio':>6} {'late':>8} {'quiet':>8} {'ratio':>6}"
-        f" {'load':>5}"
+        f" {'CPU/blk':>7} {'load':>5}"
     )
     for number in range(args.rounds):
         for side, (revision, settings) in sides.items():
