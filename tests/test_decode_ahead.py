@@ -30,9 +30,9 @@ def expected(blocks: range) -> tuple[dict[str, int], dict[str, int]]:
     return {f"b{n}": 2 * SPANS for n in blocks}, {f"b{n}": SPANS for n in blocks}
 
 
-def followed(lake: LocalLake) -> LiveProcess:
+def followed(lake: LocalLake, tsc_frequency: int = 1_000_000_000) -> LiveProcess:
     """A live process whose views a late query read in memory (blocks 0-2): its next blocks are decoded ahead."""
-    live = LiveProcess(lake.http_url, spans_per_block=SPANS)
+    live = LiveProcess(lake.http_url, spans_per_block=SPANS, tsc_frequency=tsc_frequency)
     live.announce()
     for number in range(2):
         live.post_block(number)
@@ -107,6 +107,16 @@ def test_a_process_nobody_queries_is_not_decoded_ahead(postgres: PostgresServer,
             quiet.post_block(number)
         live.post_block(3)
         decoded_ahead(lake, OBJECTS)  # only the followed process's block
+        query_both(lake, live, range(4))
+
+
+def test_a_process_without_a_tsc_frequency_is_not_decoded_ahead(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Its rows follow its latest block (the frequency is estimated from it): decoded by the query."""
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake, tsc_frequency=0)
+        live.post_block(3)
+        wait_until(lambda: lake.lake.decode_ahead.held_objects()[0] == 0, 10, "nothing queued")
+        assert lake.lake.decode_ahead.held_objects() == (0, 0)
         query_both(lake, live, range(4))
 
 
