@@ -1,5 +1,5 @@
 """Blocks of live processes decoded as they arrive, off the requests' path, so that a live process's late
-query unions rows already decoded instead of decoding them itself.
+query builds its tail's rows from blocks already decoded instead of reading and decoding them itself.
 
 A query that reads a view instance's tail in memory (`jit.in_memory`) follows that view for the
 instance's process (`follow`) for FOLLOW_SECONDS. Each block of a followed process that this process
@@ -9,9 +9,9 @@ cost). A late query whose uncovered blocks were all decoded ahead builds its row
 (`tail_rows`: one batch over the tail, as a partition's writer builds them), waiting for those still
 queued. A block ingested by another process (ingestion workers, another machine) or before the follow
 began, or of a process without a TSC frequency (its rows follow the process's latest block), is decoded
-by the query as before. Only the decoding is done ahead: the rows are built once per tail rather than
-once per block, which costs a block's decoding less than half as much CPU again (the GIL the worker holds
-meanwhile is the queries' too).
+by the query as before. Only the decoding is done ahead: building each block's rows as well measured
+1.8 ms of the worker's CPU a block against 0.95, more than the query saves by not building its tail's
+rows at once, and the GIL the worker holds meanwhile is the queries' too.
 
 Nothing here is a catalog fact: a query takes rows only for the blocks its coverage check found no
 partition holding, and a block's rows are the same whenever it is decoded. What is held is bounded
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 FOLLOW_SECONDS = 60.0
 # The longest a query waits for its blocks still queued for decoding, before decoding them itself.
 PENDING_WAIT_SECONDS = 0.5
-# Rows forgotten (their partition written) stay this long for the queries that checked before the write.
+# Blocks forgotten (their partition written) stay this long for the queries that checked before the write.
 FORGET_GRACE_SECONDS = 1.0
 
 

@@ -259,7 +259,7 @@ def in_memory(
     The partitions are the coverage check's, the blocks are read after it: a partition committed in
     between is not used (the specs hold its blocks' rows), so each block is read once either way.
 
-    When the blocks were all decoded ahead (`decoded_ahead`), their rows are taken as they are; else the
+    When the blocks were all decoded ahead (`decoded_ahead`), the rows are built from them; else the
     query decodes them, and the blocks its process sends next are decoded ahead for the view."""
     fresh = decoded_ahead(lake, instance, query_range, dirty, around, timings_of)
     if fresh is not None:
