@@ -39,7 +39,22 @@ def followed(lake: LocalLake, tsc_frequency: int = 1_000_000_000) -> LiveProcess
     query_both(lake, live, range(2))  # a first query writes what it reads
     live.post_block(2)
     query_both(lake, live, range(3))  # a late one reads its tail in memory, and follows the process
+    # Once that tail is written, the blocks posted next are exactly the next late query's tail.
+    wait_until(lambda: written_through(lake, live, 3), 30, "the tail of block 2 written")
     return live
+
+
+def written_through(lake: LocalLake, live: LiveProcess, blocks: int) -> bool:
+    """Whether both views' partitions hold the process's first `blocks` blocks."""
+    sql = "SELECT insert_time FROM blocks WHERE process_id = $1 ORDER BY insert_time"
+    inserted = lake.catalog(sql, live.process_id)
+    ends = lake.catalog(
+        "SELECT max(end_insert_time) AS end_time FROM lakehouse_partitions WHERE view_instance_id IN ($1, $2)"
+        " GROUP BY view_set_name",
+        live.process_id,
+        live.stream_id,
+    )
+    return len(ends) == 2 and all(row["end_time"] > inserted[blocks - 1]["insert_time"] for row in ends)
 
 
 def query_both(lake: LocalLake, live: LiveProcess, blocks: range) -> None:
