@@ -96,11 +96,14 @@ class DecodeAhead:
         its decoding when its process is followed and the bound leaves room."""
         if record.process_id not in self._followed:  # the usual case, a dict lookup without the lock
             return
+        block_id = str(record.block_id)
         with self._lock:
             if self._closed or self._pending_objects + record.nb_objects > self._budget:
                 return
+            if block_id in self._pending or block_id in self._decoded:  # a block sent again
+                return
             self._queued.append(record)
-            self._pending.add(str(record.block_id))
+            self._pending.add(block_id)
             self._pending_objects += record.nb_objects
             if not self._draining:
                 self._draining = True
@@ -227,7 +230,8 @@ class DecodeAhead:
             self._lock.notify_all()
 
     def _drop_forgotten(self) -> None:
-        """Drops the rows forgotten FORGET_GRACE_SECONDS ago (under the lock)."""
+        """Drops the blocks forgotten FORGET_GRACE_SECONDS ago by every view they were decoded for (under
+        the lock)."""
         now = time.monotonic()
         while self._forgotten and self._forgotten[0][0] <= now:
             _, name, ids = self._forgotten.popleft()
