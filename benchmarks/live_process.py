@@ -6,15 +6,22 @@ instance), checking each count against the blocks acknowledged before it. Per vi
 (while the second half of the blocks arrive: each query finds blocks no partition holds yet) next to
 the same query on the same blocks once posting has stopped (quiescent), and their ratio.
 
-The machine is shared, so rounds alternate between this checkout, this checkout with every tail written
-before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`), optionally with live refresh
-(`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
+The machine is shared, so rounds alternate between this checkout, this checkout without decoding ahead
+(`SPANLAKE_DECODE_AHEAD_OBJECTS=0`: a late query decodes its tail), this checkout with every tail written
+before it is read (`SPANLAKE_MEMORY_TAIL_OBJECTS=0`; `--without-tail-written` leaves it out), optionally
+with live refresh (`--live-refresh`: `SPANLAKE_LIVE_REFRESH_SECONDS`), and a baseline revision, each round on a fresh
 server; the ratios printed are medians over rounds, with the load average seen meanwhile (1 minute).
 Besides the client's wall time, each query's CPU time in the server (all its threads, from
 /proc/PID/task/*/schedstat, read around the query) is printed: at a high load the wall time is mostly
-waiting for a core. A late query's CPU may include a block's ingestion that overlapped it.
+waiting for a core. A late query's CPU may include a block's ingestion that overlapped it. CPU/blk is
+the server's CPU while the blocks arrived (their ingestion, decoding ahead, the queries and the partitions
+written meanwhile) per block posted.
 
     python benchmarks/live_process.py [--rounds 3] [--baseline bd56ccb] [--blocks 400] [--rate 20]
+        [--without-tail-written]
+
+To run a snapshot of this checkout while editing it, name a directory holding it as `spanlake` in
+PYTHONPATH (the servers inherit it; a baseline's own PYTHONPATH replaces it).
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class Round:
     quiescent_cpu: dict[str, float]
     queries: int
     load: float
+    cpu_per_block: float  # the server's CPU while the blocks arrived (their ingestion and the queries), per block
 
 
 def one_round(revision: str | None, settings: dict[str, str], args: argparse.Namespace) -> Round:
@@ -103,6 +111,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
         client = micromegas.connect(server.flightsql_url)
         done = threading.Event()
         poster = threading.Thread(target=post_steadily, args=(live, args.blocks, args.rate, done))
+        posting_cpu = server_cpu_seconds(pid)
         poster.start()
         late: dict[str, list[Timed]] = {view: [] for view in COUNTS}
         queries = 0
@@ -120,6 +129,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
                 queries += 1
             time.sleep(max(0.0, next_query - time.perf_counter()))
         poster.join()
+        posting_cpu = server_cpu_seconds(pid) - posting_cpu
         load = os.getloadavg()[0]
         for view in COUNTS:
             timed_count(client, view, live, pid)  # brings the last blocks in and queues their merges
@@ -134,6 +144,7 @@ def one_round(revision: str | None, settings: dict[str, str], args: argparse.Nam
         {view: statistics.median(t.cpu for t in values) for view, values in quiescent.items()},
         queries,
         load,
+        posting_cpu / args.blocks,
     )
 
 
@@ -146,9 +157,10 @@ def _line(label: str, view: str, rounds: list[Round]) -> str:
     quiet_cpu = statistics.median(r.quiescent_cpu[view] for r in rounds)
     cpu_ratio = statistics.median(r.late_cpu[view] / r.quiescent_cpu[view] for r in rounds)
     load = statistics.median(r.load for r in rounds)
+    per_block = statistics.median(r.cpu_per_block for r in rounds)
     return (
         f"{label:<32} {view:<13} {late * 1e3:>8.1f} {quiet * 1e3:>8.1f} {ratio:>6.2f}"
-        f" {late_cpu * 1e3:>8.1f} {quiet_cpu * 1e3:>8.1f} {cpu_ratio:>6.2f} {load:>5.1f}"
+        f" {late_cpu * 1e3:>8.1f} {quiet_cpu * 1e3:>8.1f} {cpu_ratio:>6.2f} {per_block * 1e3:>7.2f} {load:>5.1f}"
     )
 
 
@@ -160,11 +172,17 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=400)
     parser.add_argument("--late-share", type=float, default=0.5, help="share of the blocks whose queries are late")
     parser.add_argument("--live-refresh", action="store_true", help="also a side with live refresh on")
+    parser.add_argument("--without-tail-written", action="store_true", help="no side writing tails first")
     parser.add_argument("--rate", type=float, default=20.0, help="blocks per second")
     parser.add_argument("--spans", type=int, default=20, help="async spans (and thread spans) per block")
     parser.add_argument("--quiescent-runs", type=int, default=20)
     args = parser.parse_args()
-    sides = {"this checkout": (None, {}), "this checkout, tail written": (None, {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"})}
+    sides = {
+        "this checkout": (None, {}),
+        "this checkout, no decode ahead": (None, {"SPANLAKE_DECODE_AHEAD_OBJECTS": "0"}),
+    }
+    if not args.without_tail_written:
+        sides["this checkout, tail written"] = (None, {"SPANLAKE_MEMORY_TAIL_OBJECTS": "0"})
     if args.live_refresh:
         sides["this checkout, live refresh"] = (None, {"SPANLAKE_LIVE_REFRESH_SECONDS": "60"})
     if args.baseline:
@@ -174,7 +192,7 @@ def main() -> None:
     print(f"{'':<46} {'wall ms (p50)':^23} {'server CPU ms (p50)':^23}")
     print(
         f"{'round':<32} {'view':<13} {'late':>8} {'quiet':>8} {'ratio':>6} {'late':>8} {'quiet':>8} {'ratio':>6}"
-        f" {'load':>5}"
+        f" {'CPU/blk':>7} {'load':>5}"
     )
     for number in range(args.rounds):
         for side, (revision, settings) in sides.items():

@@ -26,6 +26,7 @@ Modules:
     jit_layout         how an instance's blocks are cut into partitions, and which small ones merge
     settle_queue       the lake's background merges of small partitions, finished when it closes
     live_refresh       live instances materialized in the background as their process's blocks arrive
+    decode_ahead       a live process's blocks decoded as they arrive, for its next late query
     batch_update       scheduled materialization of the global views, bucket by bucket
     sql_views          SQL-defined views: `CREATE MATERIALIZED VIEW` parsed, stored definitions per lake
     sql_view_rows      a SQL-defined view's count, extract and merge queries, run for a bucket

@@ -17,7 +17,10 @@ A query may instead read the rows of a small dirty range in memory (`FreshRows.t
 `memory_tail_objects` objects): decoded from the blocks as a rebuild would, unioned with the committed
 partitions for that query only, and written and swapped in afterwards on the settle queue (`persist_tail`),
 as any rebuild is. So a live process's late query never waits on a parquet write or a catalog commit; a
-tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes).
+tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
+server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
+the coverage check lists them, and the query builds their rows with no further catalog round trip and
+nothing to decode (`decoded_ahead`).
 
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
@@ -162,7 +165,8 @@ def up_to_date(
         if tail and dirty_objects(groups, dirty) <= limit:
             inside = [p for p in partitions if p not in outside]
             outside_held = held_counts(view, groups, outside)
-            return in_memory(lake, instance, query_range, dirty, Around(inside, outside, outside_held), timings_of)
+            around = Around(inside, outside, outside_held, uncovered_ids(groups))
+            return in_memory(lake, instance, query_range, dirty, around, timings_of)
         rebuilt = rebuild(lake, instance, dirty, timings_of())
         if rebuilt is not None:
             held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
@@ -175,9 +179,14 @@ def up_to_date(
 
 
 def rebuild(
-    lake: Lake, instance: Instance, dirty: tuple[int, int], timings: Mapping[str, ProcessTiming]
+    lake: Lake,
+    instance: Instance,
+    dirty: tuple[int, int],
+    timings: Mapping[str, ProcessTiming],
+    rows_of: SpecRows | None = None,
 ) -> list[HeldCount] | None:
-    """Rebuilds the blocks of the dirty insert range that no valid partition holds. Returns the
+    """Rebuilds the blocks of the dirty insert range that no valid partition holds (their rows from
+    `rows_of`, by default `decoded_rows`). Returns the
     partitions meeting the range once swapped in — a consistent set for the blocks of the range: the
     valid ones kept and the new ones — with what they hold, or None if a concurrent writer changed the
     range first.
@@ -191,7 +200,7 @@ def rebuild(
                 lake.catalog.overlapping_partitions(instance.view.name, instance.instance_id, *dirty)
             )
         specs = plan_rebuild(instance.view, instance.instance_id, blocks, existing)
-        written = swap_in(lake, specs, functools.partial(decoded_rows, lake, timings))
+        written = swap_in(lake, specs, rows_of or functools.partial(decoded_rows, lake, timings))
         if written is None:
             return None
         replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
@@ -221,11 +230,18 @@ class Tail:
 @dataclass(frozen=True)
 class Around:
     """The live partitions a coverage check found, by whether they meet its dirty insert range: those
-    outside it with what they hold (`held_counts`)."""
+    outside it with what they hold (`held_counts`); and the ids of the blocks no partition holds (in insert
+    order; empty when too many to list)."""
 
     inside: list[Partition]
     outside: list[Partition]
     outside_held: Sequence[HeldCount]
+    uncovered: tuple[str, ...] = ()
+
+
+def uncovered_ids(groups: Sequence[CoverageGroup]) -> tuple[str, ...]:
+    """The ids of the blocks no partition holds, as the coverage check listed them (when few)."""
+    return next((g.block_ids for g in groups if g.partition_begin_ns is None), ())
 
 
 def in_memory(
@@ -241,7 +257,13 @@ def in_memory(
     committed). The specs are then written and swapped in on the settle queue (`persist_tail`).
 
     The partitions are the coverage check's, the blocks are read after it: a partition committed in
-    between is not used (the specs hold its blocks' rows), so each block is read once either way."""
+    between is not used (the specs hold its blocks' rows), so each block is read once either way.
+
+    When the blocks were all decoded ahead (`decoded_ahead`), the rows are built from them; else the
+    query decodes them, and the blocks its process sends next are decoded ahead for the view."""
+    fresh = decoded_ahead(lake, instance, query_range, dirty, around, timings_of)
+    if fresh is not None:
+        return fresh
     view = instance.view
     with tracing.async_span("lakehouse.memory_tail"):
         with tracing.async_span("catalog.source_blocks"):
@@ -251,6 +273,8 @@ def in_memory(
             )
             timings = timings_of()
             blocks = found.result()
+        for process_id in timings:
+            lake.decode_ahead.follow(process_id, view)
         specs = plan_rebuild(view, instance.instance_id, blocks, around.inside)
         rows = [[b for b in decoded_rows(lake, timings, spec) if b.num_rows] for spec in specs]
     replaced = {partition_identity(p) for spec in specs for p in spec.replaces}
@@ -263,6 +287,71 @@ def in_memory(
         lake.settler.submit_latest(("tail", view.name, instance.instance_id), persist)
     partitions = sorted(around.outside + kept, key=lambda p: p.begin_insert_ns)
     return FreshRows(partitions, [batch for batches in rows for batch in batches])
+
+
+def decoded_ahead(
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    dirty: tuple[int, int],
+    around: Around,
+    timings_of: TimingsOf,
+) -> FreshRows | None:
+    """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
+    holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded, the
+    rows built at once. Their partition is written from these rows after the query, as `in_memory`'s
+    (`persist_range`). None otherwise."""
+    if around.inside or not around.uncovered:
+        return None
+    with tracing.async_span("lakehouse.decoded_ahead"):
+        rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
+    if rows is None:
+        return None
+    rows = [batch for batch in rows if batch.num_rows]
+    tail = ReadTail(dirty, around.outside_held, around.uncovered, rows)
+    due = time.monotonic() + PERSIST_DELAY_SECONDS
+    persist = functools.partial(persist_range, lake, instance, query_range, tail, timings_of, due)
+    lake.settler.submit_latest(("tail", instance.view.name, instance.instance_id), persist)
+    return FreshRows(sorted(around.outside, key=lambda p: p.begin_insert_ns), rows)
+
+
+@dataclass(frozen=True)
+class ReadTail:
+    """A dirty range a query read from blocks decoded ahead: what it knew of the partitions outside it
+    (`held_counts`), and its blocks (insert order) with the rows it read."""
+
+    dirty: tuple[int, int]
+    outside: Sequence[HeldCount]
+    block_ids: tuple[str, ...]
+    rows: list[pa.RecordBatch]
+
+    def rows_or_decoded(self, lake: Lake, timings_of: TimingsOf, spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
+        """The spec's rows: those read when its blocks are the tail's, else `decoded_rows`."""
+        if tuple(block.meta.block_id for block in spec.blocks) == self.block_ids:
+            return self.rows
+        return decoded_rows(lake, timings_of(), spec)
+
+
+def persist_range(
+    lake: Lake,
+    instance: Instance,
+    query_range: tuple[int, int] | None,
+    tail: ReadTail,
+    timings_of: TimingsOf,
+    due: float,
+) -> None:
+    """Once the monotonic clock reaches `due`, writes the dirty range a query read from blocks decoded
+    ahead (`rebuild`, with the rows it read) and settles what became mergeable. If a concurrent writer
+    changed the range first, the instance is brought up to date as a query would (`up_to_date`)."""
+    time.sleep(max(0.0, due - time.monotonic()))
+    rows_of = functools.partial(tail.rows_or_decoded, lake, timings_of)
+    rebuilt = rebuild(lake, instance, tail.dirty, timings_of(), rows_of)
+    if rebuilt is None:
+        up_to_date(lake, instance, query_range, timings_of)
+        return
+    held = sorted([*tail.outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
+    if plan_merges(held):
+        settle(lake, instance, held, timings_of())
 
 
 def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:
@@ -294,12 +383,17 @@ def swap_in(lake: Lake, specs: Sequence[PartitionSpec], rows_of: SpecRows) -> li
         return []
     writes = [functools.partial(_write, lake, spec, rows_of) for spec in specs]
     replaced = [p for spec in specs for p in spec.replaces]
-    return write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
+    written = write_and_commit(lake, writes, RetireMatch.OVERLAPPING, replacing_exactly(replaced))
+    if written is not None:
+        for spec in specs:
+            lake.decode_ahead.forget(spec.view, (block.meta.block_id for block in spec.blocks))
+    return written
 
 
 def decoded_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
-    """The spec's rows decoded from its blocks."""
-    return view_rows(lake, spec.view, timings, spec.blocks)
+    """The spec's rows: those decoded ahead when each of its blocks was (`decode_ahead`), else decoded."""
+    ahead = lake.decode_ahead.rows_of(spec.view, spec.blocks)
+    return view_rows(lake, spec.view, timings, spec.blocks) if ahead is None else ahead
 
 
 def merged_rows(lake: Lake, timings: Mapping[str, ProcessTiming], spec: PartitionSpec) -> Iterable[pa.RecordBatch]:

@@ -1,5 +1,5 @@
 """`Lake`: what a spanlake process opens once — the catalog database, the object store, the loop —
-and the services built on them: the payload-reading pool, the settle queue, the pool running
+and the services built on them: the payload-reading pool, the settle queue, decoding ahead, the pool running
 DataFusion calls for table functions, the query deny list. `Lake.close()` stops them all: no thread
 of the lake's is left running, and settles queued before it are finished."""
 
@@ -14,6 +14,7 @@ import asyncpg
 
 from spanlake.lakehouse.catalog import Catalog
 from spanlake.lakehouse.catalog_changes import AnnouncingConnection, CatalogChanges
+from spanlake.lakehouse.decode_ahead import DecodeAhead
 from spanlake.lakehouse.embedded_postgres import EmbeddedPostgres, open_embedded_postgres
 from spanlake.lakehouse.live_refresh import LiveRefresh
 from spanlake.lakehouse.loop import BackgroundLoop
@@ -58,9 +59,14 @@ class Lake:
     fresh_instances: FreshInstances = field(default_factory=FreshInstances)
     scan_frames: ScanFrames = field(default_factory=ScanFrames)  # their files' scans, reused as they are
     live_refresh: LiveRefresh = field(default_factory=LiveRefresh)  # live instances materialized as blocks arrive
+    decode_ahead: DecodeAhead = field(init=False)  # live processes' blocks decoded as they arrive
     # The embedded PostgreSQL (no database URL configured) and the task restarting it when it stops.
     embedded: EmbeddedPostgres | None = None
     supervisor: Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        """Sets up decoding ahead (it decodes with this lake)."""
+        self.decode_ahead = DecodeAhead(self)
 
     @classmethod
     def open(cls, settings: Settings, pool_size: int = 10) -> Lake:
@@ -106,7 +112,8 @@ class Lake:
         """Finishes the queued settles, writes the deny rules' last hits, then stops the lake's threads
         and closes its connections."""
         try:
-            self.settler.close()  # first: settling reads payloads and writes through the pool and loop
+            self.decode_ahead.close()  # first with the settle queue: both read through the pool and loop
+            self.settler.close()  # settling reads payloads and writes through the pool and loop
             self.sql_views.query_threads.close()  # before off_runtime: their scans run there
             self.off_runtime.close()
             self.io_pool.shutdown(wait=True, cancel_futures=True)

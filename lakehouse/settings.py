@@ -396,6 +396,15 @@ SETTINGS: tuple[Option, ...] = (
         QUERYING,
     ),
     Option(
+        "decode_ahead_objects",
+        "SPANLAKE_DECODE_AHEAD_OBJECTS",
+        int,
+        262144,
+        "the blocks this server ingests of a process whose tail a query read in memory lately are decoded"
+        " as they arrive, for its next query, up to this many objects held (0: off)",
+        QUERYING,
+    ),
+    Option(
         "slow_span_ms",
         "SPANLAKE_SLOW_SPAN_MS",
         float,
@@ -453,6 +462,7 @@ class Settings:
     slow_query_seconds: float = 1.0
     live_refresh_seconds: float = 0.0
     memory_tail_objects: int = 65536
+    decode_ahead_objects: int = 262144
     slow_span_ms: float = 5.0
 
     @property

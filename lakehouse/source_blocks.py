@@ -62,6 +62,13 @@ class CoverageGroup:
     objects: int
     first_insert_ns: int
     last_insert_ns: int
+    # The ids of the blocks no partition holds, in insert order, when they are few (`UNCOVERED_IDS`): a
+    # query may find their rows decoded ahead (`decode_ahead`). Empty for a holding partition's group.
+    block_ids: tuple[str, ...] = ()
+
+
+# The most uncovered blocks whose ids the coverage check returns.
+UNCOVERED_IDS = 4096
 
 
 def source_block(row: asyncpg.Record, interned: Interned) -> SourceBlock:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from spanlake import tracing
 from spanlake.lakehouse.errors import BadBlockError
-from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.decode import otlp_block
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.source_blocks import ProcessTiming
@@ -26,6 +26,9 @@ from spanlake.lakehouse.transit import decode as transit
 from spanlake.views.meta import TRANSIT_FORMAT, BlockMeta, ProcessMeta, SourceBlock
 from spanlake.views.time import TickConverter, converter_for_block, converter_from_latest_timing, estimate_frequency
 from spanlake.views.view import RUN_OBJECTS, OtlpBlock, TransitBlock, View
+
+if TYPE_CHECKING:  # the lake holds what decodes blocks ahead (`decode_ahead`), which decodes here
+    from spanlake.lakehouse.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ def view_rows(lake: Lake, view: View, timings: Timings, blocks: Sequence[SourceB
         yield from view.rows_from_transit(_decoded(lake, transit_blocks, timings))
     if otlp_blocks and view.rows_from_otlp:
         yield from view.rows_from_otlp(_parsed(lake, view, otlp_blocks, timings))
+
+
+def decoded_transit(lake: Lake, blocks: Sequence[SourceBlock], timings: Timings) -> Iterator[TransitBlock]:
+    """Transit blocks (insert order) decoded as `view_rows` decodes them for a view: those it skips are
+    left out."""
+    return _decoded(lake, [block for block in blocks if _kept(block, _row_problem(block))], timings)
 
 
 # Local payloads of up to this many blocks are read on the caller's thread: handing a few small reads to

@@ -183,6 +183,7 @@ class IngestionService:
         process = await self.block_contexts.check(record, write_audience(request.get("principal")))
         traces = await self.block_traces.of(record, payload, process)
         await self.block_rows.store(self.lake, record, payload, traces)
+        self.lake.decode_ahead.stored(record)  # a live process's block, decoded for its next query
         return web.Response()
 
     @tracing.span_fn(name="ingestion.otlp_export")

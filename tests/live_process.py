@@ -35,6 +35,7 @@ class LiveProcess:
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     start_ns: int = field(default_factory=lambda: time.time_ns() - 3_600_000_000_000 // 2)
+    tsc_frequency: int = 1_000_000_000  # 0: unknown, estimated from the process's blocks
     acknowledged: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,7 +49,7 @@ class LiveProcess:
             "computer": "host",
             "distro": "linux",
             "cpu_brand": "cpu",
-            "tsc_frequency": 1_000_000_000,
+            "tsc_frequency": self.tsc_frequency,
             "start_time": rfc3339(self.start_ns),
             "start_ticks": 0,
             "parent_process_id": "",

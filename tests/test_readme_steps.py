@@ -297,6 +297,7 @@ QUERY_FLAGS = {
     "--slow-query-seconds",
     "--live-refresh-seconds",
     "--memory-tail-objects",
+    "--decode-ahead-objects",
     "--slow-span-ms",
     "--max-sql-joins",
     "--max-plan-nodes",

@@ -8,6 +8,7 @@ import asyncpg
 
 from spanlake.lakehouse.catalog.partitions import Partition, row_to_partition
 from spanlake.lakehouse.source_blocks import (
+    UNCOVERED_IDS,
     CoverageGroup,
     Interned,
     ProcessTiming,
@@ -109,6 +110,14 @@ class SourceBlockReads:
         interned = Interned()
         return [source_block(row, interned) for row in rows]
 
+    async def blocks_by_id(self, block_ids: list[uuid.UUID]) -> list[SourceBlock]:
+        """The blocks of these ids whose stream and process are known, in insert-time order."""
+        rows = await self.pool.fetch(
+            f"{_BLOCKS_SQL} WHERE b.block_id = ANY($1::uuid[]) ORDER BY b.insert_time, b.block_id", block_ids
+        )
+        interned = Interned()
+        return [source_block(row, interned) for row in rows]
+
     async def source_count(self, tags: tuple[str, ...], insert_range: tuple[int, int], count_blocks: bool) -> int:
         """Source blocks (or their objects) of every process's streams with one of `tags`, inserted in the range."""
         where, args = _instance_filter(None, None, tags, None, insert_range)
@@ -129,24 +138,26 @@ class SourceBlockReads:
         partitions_of: tuple[str, str, bytes],
     ) -> tuple[list[CoverageGroup], list[Partition]]:
         """The instance's source blocks grouped by the live partition (of `partitions_of` = (view set,
-        instance id, schema hash)) whose insert range holds each, and every live partition of the instance:
-        one statement, so both come from one snapshot and a fresh instance costs one round trip."""
+        instance id, schema hash)) whose insert range holds each (with the ids of those none holds, when
+        few), and every live partition of the instance: one statement, so both come from one snapshot and
+        a fresh instance costs one round trip."""
         where, args = _instance_filter(process_id, stream_id, tags, event_range)
         n = len(args)
         instance = f"lp.view_set_name = ${n + 1} AND lp.view_instance_id = ${n + 2}"
         row = await self.pool.fetchrow(
             # The latest partition beginning at or before each block (an index scan of one row); it holds
             # the block if it ends after it: live partitions of one schema never overlap.
-            "WITH placed AS (SELECT b.insert_time AS t, b.nb_objects AS n,"
+            "WITH placed AS (SELECT b.insert_time AS t, b.nb_objects AS n, b.block_id AS id,"
             "  CASE WHEN cover.end_insert_time > b.insert_time THEN cover.begin_insert_time END AS part"
             "  FROM blocks b JOIN streams s ON s.stream_id = b.stream_id"
             "  JOIN processes p ON p.process_id = b.process_id"
             f"  LEFT JOIN LATERAL (SELECT lp.begin_insert_time, lp.end_insert_time FROM lakehouse_partitions lp"
             f"   WHERE {instance} AND lp.file_schema_hash = ${n + 3} AND lp.begin_insert_time <= b.insert_time"
             f"   ORDER BY lp.begin_insert_time DESC LIMIT 1) cover ON true WHERE {where}),"
-            " groups AS (SELECT part, count(*) AS blocks, coalesce(sum(n), 0) AS objects, min(t) AS lo, max(t) AS hi"
-            "  FROM placed GROUP BY part)"
+            " groups AS (SELECT part, count(*) AS blocks, coalesce(sum(n), 0) AS objects, min(t) AS lo, max(t) AS hi,"
+            "  array_agg(id ORDER BY t, id) FILTER (WHERE part IS NULL) AS ids FROM placed GROUP BY part)"
             " SELECT (SELECT array_agg(ROW(part, blocks, objects, lo, hi)) FROM groups) AS groups,"
+            f" (SELECT ids FROM groups WHERE part IS NULL AND blocks <= {UNCOVERED_IDS}) AS uncovered,"
             f" (SELECT array_agg(lp ORDER BY lp.begin_insert_time) FROM lakehouse_partitions lp WHERE {instance})"
             " AS partitions",
             *args,
@@ -154,7 +165,12 @@ class SourceBlockReads:
         )
         groups = [
             CoverageGroup(
-                None if g[0] is None else datetime_to_ns(g[0]), g[1], g[2], datetime_to_ns(g[3]), datetime_to_ns(g[4])
+                None if g[0] is None else datetime_to_ns(g[0]),
+                g[1],
+                g[2],
+                datetime_to_ns(g[3]),
+                datetime_to_ns(g[4]),
+                () if g[0] is not None else tuple(map(str, row["uncovered"] or ())),
             )
             for g in row["groups"] or []
         ]

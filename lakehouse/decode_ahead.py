@@ -1,0 +1,250 @@
+"""Blocks of live processes decoded as they arrive, off the requests' path, so that a live process's late
+query builds its tail's rows from blocks already decoded instead of reading and decoding them itself.
+
+A query that reads a view instance's tail in memory (`jit.in_memory`) follows that view for the
+instance's process (`follow`) for FOLLOW_SECONDS. Each block of a followed process that this process
+ingests (`stored`, called once the block's row is committed) is queued for one worker thread, which
+reads its row and payload and decodes it (what every view's rows are built from, and most of their
+cost). A late query whose uncovered blocks were all decoded ahead builds its rows from them
+(`tail_rows`: one batch over the tail, as a partition's writer builds them), waiting for those still
+queued. A block ingested by another process (ingestion workers, another machine) or before the follow
+began, or of a process without a TSC frequency (its rows follow the process's latest block), is decoded
+by the query as before. Only the decoding is done ahead: building each block's rows as well measured
+1.8 ms of the worker's CPU a block against 0.95, more than the query saves by not building its tail's
+rows at once, and the GIL the worker holds meanwhile is the queries' too.
+
+Nothing here is a catalog fact: a query takes rows only for the blocks its coverage check found no
+partition holding, and a block's rows are the same whenever it is decoded. What is held is bounded
+(`decode_ahead_objects` objects, queued and decoded, the oldest decoded dropped first) and dropped
+once each view it was decoded for has written it in a partition (`forget`, after a grace period for the
+queries that checked the coverage before).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from spanlake.lakehouse.records import BlockRecord
+from spanlake.lakehouse.source_blocks import ProcessTiming
+from spanlake.lakehouse.view_rows import decoded_transit
+from spanlake.views.meta import TRANSIT_FORMAT, SourceBlock
+from spanlake.views.view import TransitBlock, View
+
+if TYPE_CHECKING:
+    from spanlake.lakehouse.lake import Lake
+
+log = logging.getLogger(__name__)
+
+# A process is decoded ahead for a view this long after the view's last query of it read a tail.
+FOLLOW_SECONDS = 60.0
+# The longest a query waits for its blocks still queued for decoding, before decoding them itself.
+PENDING_WAIT_SECONDS = 0.5
+# Blocks forgotten (their partition written) stay this long for the queries that checked before the write.
+FORGET_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class _Decoded:
+    """One block decoded ahead (None: decoding skips it), and the views it was decoded for that have not
+    written it yet."""
+
+    process_id: uuid.UUID
+    objects: int
+    views: set[str]
+    transit: TransitBlock | None
+
+
+class DecodeAhead:
+    """The followed views by process, the blocks queued for decoding and those decoded, for one lake."""
+
+    def __init__(self, lake: Lake) -> None:
+        """Nothing followed; decodes with `lake` (its catalog, store and settings) once something is."""
+        self._lake = lake
+        self._budget = lake.settings.decode_ahead_objects
+        self._lock = threading.Condition()
+        self._followed: dict[uuid.UUID, dict[str, tuple[View, float]]] = {}  # view name → (view, until)
+        self._queued: list[BlockRecord] = []
+        self._pending: set[str] = set()  # ids of the blocks queued or being decoded
+        self._pending_objects = 0
+        self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # by block id, oldest first
+        self._decoded_objects = 0
+        self._forgotten: deque[tuple[float, str, list[str]]] = deque()  # (when due, view, block ids)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")  # its thread starts on use
+        self._draining = False
+        self._closed = False
+
+    def follow(self, process_id: str, view: View) -> None:
+        """A query read the view's tail of this process in memory: decode the process's next blocks ahead
+        for the view, for FOLLOW_SECONDS."""
+        if self._budget <= 0 or view.rows_from_transit is None:
+            return
+        with self._lock:
+            self._followed.setdefault(uuid.UUID(process_id), {})[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
+
+    def stored(self, record: BlockRecord) -> None:
+        """The block's row was just committed by this process (on the loop: this must not block): queues
+        its decoding when its process is followed and the bound leaves room."""
+        if record.process_id not in self._followed:  # the usual case, a dict lookup without the lock
+            return
+        block_id = str(record.block_id)
+        with self._lock:
+            if self._closed or self._pending_objects + record.nb_objects > self._budget:
+                return
+            if block_id in self._pending or block_id in self._decoded:  # a block sent again
+                return
+            self._queued.append(record)
+            self._pending.add(block_id)
+            self._pending_objects += record.nb_objects
+            if not self._draining:
+                self._draining = True
+                self._executor.submit(self._drain).add_done_callback(_log_failure)
+
+    def tail_rows(self, view: View, block_ids: Sequence[str]) -> list[pa.RecordBatch] | None:
+        """The view's rows of these blocks (insert order) when each was decoded ahead, once those still
+        queued are decoded (waiting up to PENDING_WAIT_SECONDS); else None."""
+        with self._lock:
+            if self._pending:
+                self._lock.wait_for(lambda: self._pending.isdisjoint(block_ids), PENDING_WAIT_SECONDS)
+            found = self._found(block_ids)
+            followed = self._followed.get(found[0].process_id, {}) if found else {}
+            if view.name in followed:
+                followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
+        return None if found is None else self._rows(view, found)
+
+    def rows_of(self, view: View, blocks: Sequence[SourceBlock]) -> list[pa.RecordBatch] | None:
+        """The view's rows of these blocks (insert order) when each was decoded ahead, else None (nothing
+        waited for: a partition's writer decodes what is missing)."""
+        with self._lock:
+            found = self._found([block.meta.block_id for block in blocks])
+        return None if found is None else self._rows(view, found)
+
+    def _found(self, block_ids: Sequence[str]) -> list[_Decoded] | None:
+        """The blocks decoded ahead, or None when one was not (under the lock)."""
+        found = [self._decoded.get(block_id) for block_id in block_ids]
+        return None if any(decoded is None for decoded in found) else found  # type: ignore[return-value]
+
+    @staticmethod
+    def _rows(view: View, found: Sequence[_Decoded]) -> list[pa.RecordBatch]:
+        """The view's rows of the decoded blocks, built at once as `view_rows` builds them."""
+        assert view.rows_from_transit is not None  # a view reading payloads of transit blocks
+        return list(view.rows_from_transit([d.transit for d in found if d.transit is not None]))
+
+    def forget(self, view: View, block_ids: Iterable[str]) -> None:
+        """The view's partitions holding these blocks are written: once FORGET_GRACE_SECONDS have passed,
+        each block is dropped if every view it was decoded for has written it."""
+        ids = [block_id for block_id in block_ids if block_id in self._decoded]
+        if ids:
+            with self._lock:
+                self._forgotten.append((time.monotonic() + FORGET_GRACE_SECONDS, view.name, ids))
+                self._drop_forgotten()
+
+    def held_objects(self) -> tuple[int, int]:
+        """The objects of the blocks queued for decoding, and of those decoded and held."""
+        with self._lock:
+            self._drop_forgotten()
+            return self._pending_objects, self._decoded_objects
+
+    def close(self) -> None:
+        """Stops decoding: the queued blocks are dropped and the worker thread ends."""
+        with self._lock:
+            self._closed = True
+            self._queued.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _drain(self) -> None:
+        """Decodes the queued blocks, many at a time, until none is left (the worker thread)."""
+        records: list[BlockRecord] = []
+        try:
+            while True:
+                with self._lock:
+                    records, self._queued = self._queued, []
+                    if not records or self._closed:
+                        self._draining = False
+                        return
+                self._decoded_in(records, self._decode(records))
+                records = []
+        finally:
+            if records:  # decoding them failed: the queries decode them; the next block drains again
+                self._decoded_in(records, {})
+                with self._lock:
+                    self._draining = False
+
+    def _decode(self, records: list[BlockRecord]) -> dict[str, _Decoded]:
+        """The blocks of these records decoded for their process's followed views (when they can be)."""
+        lake = self._lake
+        blocks = lake.loop.run(lake.catalog.blocks_by_id([record.block_id for record in records]))
+        views_of = {block.meta.block_id: self._views_for(block) for block in blocks}
+        # A known TSC frequency: the process's latest block leaves its clock as it is (`_latest_clock`).
+        wanted = [block for block in blocks if views_of[block.meta.block_id]]
+        timings = {b.meta.process_id: ProcessTiming(b.process.meta, 0, b.process.meta.start_time_ns) for b in wanted}
+        transits = {transit.block.block_id: transit for transit in decoded_transit(lake, wanted, timings)}
+        return {
+            block.meta.block_id: _Decoded(
+                uuid.UUID(block.meta.process_id),
+                block.meta.nb_objects,
+                {view.name for view in views_of[block.meta.block_id]},
+                transits.get(block.meta.block_id),
+            )
+            for block in wanted
+        }
+
+    def _views_for(self, block: SourceBlock) -> list[View]:
+        """The followed views of the block's process that read it (none for a block that cannot be decoded
+        ahead: not transit, or a process without a TSC frequency); forgets the views followed no more."""
+        if block.stream.format != TRANSIT_FORMAT or block.process.meta.tsc_frequency <= 0:
+            return []
+        process_id = uuid.UUID(block.meta.process_id)
+        now = time.monotonic()
+        with self._lock:
+            followed = self._followed.get(process_id, {})
+            for name in [name for name, (_, until) in followed.items() if until < now]:
+                del followed[name]
+            if not followed:
+                self._followed.pop(process_id, None)
+            views = [view for view, _ in followed.values()]
+        tags = set(block.stream.meta.tags)
+        return [view for view in views if not view.stream_tags or tags.intersection(view.stream_tags)]
+
+    def _decoded_in(self, records: list[BlockRecord], decoded: dict[str, _Decoded]) -> None:
+        """Keeps the blocks decoded (the oldest dropped past the bound) and wakes the queries waiting."""
+        with self._lock:
+            for record in records:
+                self._pending.discard(str(record.block_id))
+                self._pending_objects -= record.nb_objects
+            for block_id, ahead in decoded.items():
+                self._decoded[block_id] = ahead
+                self._decoded_objects += ahead.objects
+            while self._decoded_objects > self._budget:
+                self._decoded_objects -= self._decoded.popitem(last=False)[1].objects
+            self._drop_forgotten()
+            self._lock.notify_all()
+
+    def _drop_forgotten(self) -> None:
+        """Drops the blocks forgotten FORGET_GRACE_SECONDS ago by every view they were decoded for (under
+        the lock)."""
+        now = time.monotonic()
+        while self._forgotten and self._forgotten[0][0] <= now:
+            _, name, ids = self._forgotten.popleft()
+            for block_id in ids:
+                ahead = self._decoded.get(block_id)
+                if ahead is None:
+                    continue
+                ahead.views.discard(name)
+                if not ahead.views:
+                    self._decoded_objects -= self._decoded.pop(block_id).objects
+
+
+def _log_failure(future: Future) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("decoding blocks ahead failed; queries decode them", exc_info=error)

@@ -1,0 +1,169 @@
+"""The blocks a server ingests of a live process are decoded as they arrive (`lakehouse/decode_ahead.py`): a
+late query unions their rows without reading their payloads, their partition is written from them, what is
+held stays within its bound and is dropped once written, and blocks ingested elsewhere or of processes
+nobody queries are left to the queries."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+from harness import PostgresServer, wait_until
+from lakehouse_support import LocalLake, local_lake
+from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
+
+from spanlake.lakehouse.records import blob_key
+
+SPANS = 3
+OBJECTS = 4 * SPANS  # a LiveProcess block's objects
+
+
+def counts(lake: LocalLake, sql: str) -> dict[str, int]:
+    """Rows per block (`name` → `n`), the thread root left out."""
+    table = lake.sql(sql).to_pydict()
+    return {name: n for name, n in zip(table["name"], table["n"], strict=True) if name.startswith("b")}
+
+
+def expected(blocks: range) -> tuple[dict[str, int], dict[str, int]]:
+    """What the async_events and thread_spans per-block counts of these blocks are."""
+    return {f"b{n}": 2 * SPANS for n in blocks}, {f"b{n}": SPANS for n in blocks}
+
+
+def followed(lake: LocalLake, tsc_frequency: int = 1_000_000_000) -> LiveProcess:
+    """A live process whose views a late query read in memory (blocks 0-2): its next blocks are decoded ahead."""
+    live = LiveProcess(lake.http_url, spans_per_block=SPANS, tsc_frequency=tsc_frequency)
+    live.announce()
+    for number in range(2):
+        live.post_block(number)
+    query_both(lake, live, range(2))  # a first query writes what it reads
+    live.post_block(2)
+    query_both(lake, live, range(3))  # a late one reads its tail in memory, and follows the process
+    # Once that tail is written, the blocks posted next are exactly the next late query's tail.
+    wait_until(lambda: written_through(lake, live, 3), 30, "the tail of block 2 written")
+    return live
+
+
+def written_through(lake: LocalLake, live: LiveProcess, blocks: int) -> bool:
+    """Whether both views' partitions hold the process's first `blocks` blocks."""
+    sql = "SELECT insert_time FROM blocks WHERE process_id = $1 ORDER BY insert_time"
+    inserted = lake.catalog(sql, live.process_id)
+    ends = lake.catalog(
+        "SELECT max(end_insert_time) AS end_time FROM lakehouse_partitions WHERE view_instance_id IN ($1, $2)"
+        " GROUP BY view_set_name",
+        live.process_id,
+        live.stream_id,
+    )
+    return len(ends) == 2 and all(row["end_time"] > inserted[blocks - 1]["insert_time"] for row in ends)
+
+
+def query_both(lake: LocalLake, live: LiveProcess, blocks: range) -> None:
+    """Both views of the live process show exactly these blocks, each whole."""
+    async_rows, thread_rows = expected(blocks)
+    assert counts(lake, ASYNC_PER_BLOCK.format(process=live.process_id)) == async_rows
+    assert counts(lake, THREAD_PER_BLOCK.format(stream=live.stream_id)) == thread_rows
+
+
+def block_ids(lake: LocalLake, live: LiveProcess) -> list[str]:
+    rows = lake.catalog("SELECT block_id FROM blocks WHERE process_id = $1 ORDER BY insert_time", live.process_id)
+    return [str(row["block_id"]) for row in rows]
+
+
+def committed_async_rows(lake: LocalLake, live: LiveProcess) -> int:
+    return lake.catalog(
+        "SELECT coalesce(sum(num_rows), 0) AS n FROM lakehouse_partitions WHERE view_set_name = 'async_events'"
+        " AND view_instance_id = $1",
+        live.process_id,
+    )[0]["n"]
+
+
+def decoded_ahead(lake: LocalLake, objects: int) -> None:
+    """Waits until nothing is queued and `objects` are held decoded."""
+    wait_until(lambda: lake.lake.decode_ahead.held_objects() == (0, objects), 10, f"{objects} objects decoded")
+
+
+def test_a_late_query_unions_blocks_decoded_ahead_and_their_partition_is_written_from_them(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        for number in range(3, 6):
+            live.post_block(number)
+        decoded_ahead(lake, 3 * OBJECTS)
+        # Their payloads gone, the rows of blocks 3-5 can only come from what was decoded ahead.
+        for block_id in block_ids(lake, live)[3:]:
+            lake.lake.store.delete(blob_key(live.process_id, live.stream_id, block_id))
+        query_both(lake, live, range(6))
+        # Dropped once both views' partitions holding them are written (from them: no payload is left).
+        wait_until(lambda: lake.lake.decode_ahead.held_objects() == (0, 0), 30, "the tails written and dropped")
+        assert committed_async_rows(lake, live) == 6 * 2 * SPANS
+        query_both(lake, live, range(6))
+
+
+def test_blocks_ingested_by_another_process_are_decoded_by_the_query(postgres: PostgresServer, tmp_path: Path) -> None:
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        with local_lake(postgres, tmp_path, lake.lake.database_url) as other:
+            elsewhere = dataclasses.replace(live, http_url=other.http_url)
+            live.post_block(3)
+            elsewhere.post_block(4)
+            live.post_block(5)
+            decoded_ahead(lake, 2 * OBJECTS)  # blocks 3 and 5: block 4 is the query's to decode
+            assert other.lake.decode_ahead.held_objects() == (0, 0)
+            query_both(lake, live, range(6))
+
+
+def test_a_process_nobody_queries_is_not_decoded_ahead(postgres: PostgresServer, tmp_path: Path) -> None:
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        quiet = LiveProcess(lake.http_url, spans_per_block=SPANS)
+        quiet.announce()
+        for number in range(3):
+            quiet.post_block(number)
+        live.post_block(3)
+        decoded_ahead(lake, OBJECTS)  # only the followed process's block
+        query_both(lake, live, range(4))
+
+
+def test_a_process_without_a_tsc_frequency_is_not_decoded_ahead(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Its rows follow its latest block (the frequency is estimated from it): decoded by the query."""
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake, tsc_frequency=0)
+        live.post_block(3)
+        wait_until(lambda: lake.lake.decode_ahead.held_objects()[0] == 0, 10, "nothing queued")
+        assert lake.lake.decode_ahead.held_objects() == (0, 0)
+        query_both(lake, live, range(4))
+
+
+def test_what_is_decoded_ahead_stays_within_its_bound(postgres: PostgresServer, tmp_path: Path) -> None:
+    with local_lake(postgres, tmp_path, decode_ahead_objects=2 * OBJECTS) as lake:
+        live = followed(lake)
+        for number in range(3, 8):
+            live.post_block(number)
+        wait_until(lambda: lake.lake.decode_ahead.held_objects()[0] == 0, 10, "nothing queued")
+        assert lake.lake.decode_ahead.held_objects()[1] <= 2 * OBJECTS
+        query_both(lake, live, range(8))  # the blocks dropped are decoded by the query
+
+
+def test_rows_decoded_ahead_are_those_a_query_decodes(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Both views' rows of a tail decoded ahead (thread spans merged block by block) equal another
+    server's, which decodes the same blocks itself."""
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        for number in range(3, 9):
+            live.post_block(number)
+        decoded_ahead(lake, 6 * OBJECTS)
+        release = threading.Event()
+        lake.lake.settler.submit("held", release.wait)  # the tail stays in memory: the other server decodes it
+        try:
+            with local_lake(postgres, tmp_path, lake.lake.database_url, decode_ahead_objects=0) as other:
+                for sql in (ALL_ASYNC.format(process=live.process_id), ALL_THREAD.format(stream=live.stream_id)):
+                    ahead, decoded = lake.sql(sql), other.sql(sql)
+                    assert ahead.num_rows > 0
+                    assert ahead.to_pylist() == decoded.to_pylist(), sql
+        finally:
+            release.set()
+
+
+ALL_ASYNC = "SELECT * FROM view_instance('async_events', '{process}') ORDER BY time, span_id, event_type"
+ALL_THREAD = "SELECT * FROM view_instance('thread_spans', '{stream}') ORDER BY id, begin"
