@@ -8,10 +8,12 @@ queries already reading them finish; retention deletes them once that grace is o
 
 Each file lies alone in a directory of its own (`{time}_{uuid}/part.parquet`, where micromegas writes
 `{time}_{uuid}.parquet`): a query's scan names that directory, which DataFusion lists once per session
-and keeps in its list-files cache, where it asks the store about a named file at every query (a HEAD
-per partition: 50 hourly partitions took 1.0-1.5 ms of planning more than a directory's scan,
+and keeps in its list-files cache, whereas it asks the store about a named file at every planning (a
+HEAD per partition: 50 hourly partitions took 1.0-1.5 ms of planning more than a directory's scan,
 benchmarks/row_groups.py). A listing kept stays right: nothing but the one file is ever written in
-the directory, and it is listed only once the catalog names the file, written whole by then.
+the directory, and it is listed only once the catalog names the file, written whole by then. (A file
+deleted behind the catalog's back reads as no rows in a session that had not listed it yet, where a
+named file failed the query.)
 """
 
 from __future__ import annotations

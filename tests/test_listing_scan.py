@@ -1,5 +1,6 @@
 """A list of partition files read as one parquet scan: every listed file's rows, no other file's, and
-one DataFusion scan in the plan (not a union of one per file)."""
+one DataFusion scan in the plan (not a union of one per file); a partition file in its own directory
+named by that directory, an older one by itself."""
 
 from __future__ import annotations
 
