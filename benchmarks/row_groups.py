@@ -13,7 +13,10 @@
    one-row-group files (one per partition), medians of R runs, and the ratio; with what makes it up:
    the same query through the query runner in this process (no Flight), plain DataFusion with a new
    context per query (its parquet footers read again), and a served `SELECT 1` against a bare
-   pyarrow.flight round trip of the same one-row result (a served query's fixed cost).
+   pyarrow.flight round trip of the same one-row result (a served query's fixed cost). Then the CPU
+   time (all threads of this process) of the query in process and of plain DataFusion's, and of the
+   physical planning alone in a kept spanlake session and in plain DataFusion's kept context: figures
+   that hold better than wall times on a loaded machine.
 
 Each part loads its data with the lake in this process, then queries a `spanlake serve` started on the
 same database and object store through the micromegas client. To measure the previous code, run this
@@ -57,6 +60,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.object_store import ObjectStore
 from spanlake.lakehouse.partitions import write_parquet
 from spanlake.lakehouse.query.admission import lakehouse_runner
+from spanlake.lakehouse.query.context import QueryContext
 from spanlake.lakehouse.query.runner import QueryRunner
 from spanlake.lakehouse.query.session import session_config
 from spanlake.lakehouse.settings import Settings
@@ -199,6 +203,10 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
                     ),
                 }
                 medians = alternating_medians(timed, runs)
+                in_process_cpu = alternating_medians(
+                    {"in process": in_process, "plain": lambda: plain.sql(sql).to_pandas()}, runs, time.process_time
+                )
+                planning_cpu = physical_planning_cpu(runner, plain, sql, runs)
                 runner.shutdown()
         finally:
             stop(server)
@@ -211,6 +219,25 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
     for label, seconds in medians.items():
         print(f"  {label:<52} {seconds * 1e3:7.1f} ms  {seconds / plain_s:5.2f}x")
     print(f"ratio (spanlake through Flight SQL / plain, context kept): {medians['spanlake, Flight SQL'] / plain_s:.2f}")
+    print(
+        f"CPU time, all threads of this process: in process {in_process_cpu['in process'] * 1e3:.1f} ms, plain"
+        f" {in_process_cpu['plain'] * 1e3:.1f} ms, ratio {in_process_cpu['in process'] / in_process_cpu['plain']:.2f};"
+        f" physical planning {planning_cpu['spanlake'] * 1e3:.2f} ms in a kept session,"
+        f" {planning_cpu['plain'] * 1e3:.2f} ms plain"
+    )
+
+
+def physical_planning_cpu(runner: QueryRunner, plain: SessionContext, sql: str, runs: int) -> dict[str, float]:
+    """Median CPU time (all threads: DataFusion asks the object store from its blocking threads) of planning
+    `sql` physically, its logical plan made once: in a kept spanlake session (the runner's, given back
+    after) and in plain DataFusion's kept context."""
+    context = QueryContext("bench", None, None, None, {}, sql, "bench")
+    session = runner.session_factory(context)
+    try:
+        plans = {"spanlake": session.sql(sql).execution_plan, "plain": plain.sql(sql).execution_plan}
+        return alternating_medians(plans, runs, time.process_time)
+    finally:
+        runner.session_factory.give_back(session)
 
 
 def plain_session(directory: Path) -> SessionContext:
@@ -250,14 +277,17 @@ def bare_flight() -> Iterator[flight.FlightClient]:
         serving.join()
 
 
-def alternating_medians(runs_of: dict[Any, Callable[[], object]], runs: int) -> dict[Any, float]:
-    """Median seconds of each call, the calls alternating run after run (a loaded machine hits all alike)."""
+def alternating_medians(
+    runs_of: dict[Any, Callable[[], object]], runs: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[Any, float]:
+    """Median seconds of each call, the calls alternating run after run (a loaded machine hits all alike);
+    wall time, unless another clock is given."""
     times: dict[Any, list[float]] = {label: [] for label in runs_of}
     for _ in range(runs):
         for label, run in runs_of.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[label].append(time.perf_counter() - start)
+            times[label].append(clock() - start)
     return {label: statistics.median(values) for label, values in times.items()}
 
 

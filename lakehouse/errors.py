@@ -77,9 +77,10 @@ STORAGE_FAILURES: tuple[type[BaseException], ...] = (
 )
 STORAGE_UNAVAILABLE = "the catalog database or the object store is not answering; retry shortly"
 # DataFusion's own reads (parquet partitions through its object store) fail with the Rust object_store
-# crate's error; its Generic variant is the transport's (HTTP errors, connections refused, retries
-# exhausted), unlike NotFound and the like, which say what is stored.
-_OBJECT_STORE_TRANSPORT = re.compile(r"Object Store error: Generic \w+ error")
+# crate's error, as is when listing, wrapped by the parquet reader when reading; its Generic variant is
+# the transport's (HTTP errors, connections refused, retries exhausted), unlike NotFound and the like,
+# which say what is stored.
+_OBJECT_STORE_TRANSPORT = re.compile(r"(Object Store error|Parquet error: External): Generic \w+ error")
 # How DataFusion names a Python exception raised in a table function it called (`PyErr { type: <class …>`).
 _PY_ERR_TYPE = re.compile(r"<class '(?P<module>[\w.]+)\.(?P<name>\w+)'>")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import urllib.parse
 import uuid
@@ -126,6 +127,16 @@ class ObjectStore:
         """Deletes the object under `key`, if there is one."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
+
+    def remove_empty_directory(self, key: str) -> None:
+        """Removes the directory of a local store under `key` if it is empty (an S3 store has none)."""
+        if self.scheme != "file":
+            return
+        try:
+            os.rmdir(self.path(key))
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
 
     def list(self, prefix: str) -> list[str]:
         """Keys under a prefix (recursively), relative to the root."""

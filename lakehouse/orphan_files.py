@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.partitions import delete_partition_file
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,11 @@ def delete_orphan_files(lake: Lake, now: dt.datetime | None = None) -> OrphanRep
     report = OrphanReport()
     blobs = lake.store.list_modified_before("blobs", cutoff)
     report.temporary_files += _delete_temporary(lake, blobs)
-    report.payloads = _delete_unnamed(lake, _payloads_by_block(blobs), _unknown_blocks)
+    report.payloads = _delete_unnamed(lake, _payloads_by_block(blobs), _unknown_blocks, ObjectStore.delete)
     views = lake.store.list_modified_before("views", cutoff)
     report.temporary_files += _delete_temporary(lake, views)
     files = {key: key for key in views if not TEMPORARY_NAME.search(key)}
-    report.partition_files = _delete_unnamed(lake, files, _unnamed_partition_files)
+    report.partition_files = _delete_unnamed(lake, files, _unnamed_partition_files, delete_partition_file)
     log.info("orphan sweep: %s", report)
     return report
 
@@ -103,12 +105,15 @@ async def _unnamed_partition_files(lake: Lake, paths: list[str]) -> list[str]:
     return [row["path"] for row in rows]
 
 
-def _delete_unnamed(lake: Lake, keys_by_name: dict[str, str], unnamed: Unnamed) -> int:
-    """Deletes the objects whose names (batch by batch) `unnamed(lake, names)` says no row has."""
+def _delete_unnamed(
+    lake: Lake, keys_by_name: dict[str, str], unnamed: Unnamed, delete: Callable[[ObjectStore, str], None]
+) -> int:
+    """Deletes (with `delete(store, key)`) the objects whose names, batch by batch, `unnamed(lake, names)`
+    says no row has."""
     names = list(keys_by_name)
     deleted = 0
     for start in range(0, len(names), BATCH):
         for name in lake.loop.run(unnamed(lake, names[start : start + BATCH])):
-            lake.store.delete(keys_by_name[name])
+            delete(lake.store, keys_by_name[name])
             deleted += 1
     return deleted

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import delete_partition_file
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.timestamps import datetime_to_ns
 
@@ -90,7 +91,7 @@ def delete_expired_temporary_files(lake: Lake) -> int:
     while True:
         paths = lake.loop.run(lake.catalog.delete_expired_temporary_files(BATCH))
         for path in paths:
-            lake.store.delete(path)
+            delete_partition_file(lake.store, path)
         deleted += len(paths)
         if len(paths) < BATCH:
             return deleted

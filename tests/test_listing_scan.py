@@ -1,5 +1,6 @@
 """A list of partition files read as one parquet scan: every listed file's rows, no other file's, and
-one DataFusion scan in the plan (not a union of one per file)."""
+one DataFusion scan in the plan (not a union of one per file); a partition file in its own directory
+named by that directory, an older one by itself."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from datafusion import SessionContext
 from datafusion.catalog import Table
 
 from spanlake.lakehouse.object_store import ObjectStore
-from spanlake.lakehouse.partitions import write_parquet
-from spanlake.lakehouse.query.listing_scan import listing_scan
+from spanlake.lakehouse.partitions import partition_key, write_parquet
+from spanlake.lakehouse.query.listing_scan import listing_scan, scan_url
 from spanlake.lakehouse.query.session import session_config
 
 SCHEMA = pa.schema([pa.field("time", pa.timestamp("ns", "UTC")), pa.field("value", pa.int64())])
@@ -26,13 +27,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     store = ObjectStore(root.as_uri())
     paths = []
     for index in range(4):
-        values = list(range(10 * index, 10 * index + 10))
-        batch = pa.record_batch(
-            [pa.array([v * SECOND_NS for v in values], SCHEMA.field("time").type), pa.array(values)], schema=SCHEMA
-        )
-        write_parquet(store, f"part-{index}.parquet", SCHEMA, [batch], ("time", "time"))
+        write_parquet(store, f"part-{index}.parquet", SCHEMA, [ten_rows(index)], ("time", "time"))
         paths.append(str(Path(root) / f"part-{index}.parquet"))
     return paths
+
+
+def ten_rows(index: int) -> pa.RecordBatch:
+    """Values 10i..10i+9 at seconds 10i..10i+9."""
+    values = list(range(10 * index, 10 * index + 10))
+    return pa.record_batch(
+        [pa.array([v * SECOND_NS for v in values], SCHEMA.field("time").type), pa.array(values)], schema=SCHEMA
+    )
 
 
 def query(urls: list[str], sql: str) -> SessionContext:
@@ -66,3 +71,15 @@ def test_a_time_filter_reads_the_matching_rows(files: list[str]) -> None:
         f" WHERE time >= to_timestamp_nanos({15 * SECOND_NS}) AND time < to_timestamp_nanos({25 * SECOND_NS})"
     )
     assert query(files, sql).to_pylist() == [{"n": 10, "low": 15}]
+
+
+def test_partition_files_are_named_by_their_own_directories(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path.as_uri())
+    keys = [partition_key("v", "global", hour * 3600 * SECOND_NS) for hour in range(2)]
+    keys.append("views/v/global/1970-01-01/written-before-own-directories.parquet")
+    for index, key in enumerate(keys):
+        write_parquet(store, key, SCHEMA, [ten_rows(index)], ("time", "time"))
+    urls = [scan_url(store, key) for key in keys]
+    assert urls == [f"{store.url(key.removesuffix('/part.parquet'))}/" for key in keys[:2]] + [store.url(keys[2])]
+    rows = query(urls, "SELECT count(*) AS n, sum(value) AS s FROM t").to_pylist()
+    assert rows == [{"n": 30, "s": sum(range(30))}]

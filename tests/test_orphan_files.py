@@ -16,6 +16,7 @@ from harness import PostgresServer, S3Server
 from lakehouse_support import PROCESS_ID, LocalLake, local_lake
 
 from spanlake.lakehouse.orphan_files import ORPHAN_GRACE, OrphanReport, delete_orphan_files
+from spanlake.lakehouse.partitions import own_directory, partition_key
 from spanlake.server.maintenance import SCHEDULES, MaintenanceDaemon
 
 OLD = time.time() - 2 * ORPHAN_GRACE.total_seconds()
@@ -28,7 +29,7 @@ def orphan_keys() -> dict[str, str]:
     ids = [uuid.uuid4() for _ in range(3)]
     return {
         "payload": f"blobs/{ids[0]}/{ids[1]}/{ids[2]}",
-        "partition": f"views/log_entries/global/2026-01-01/00-00-00_{uuid.uuid4()}.parquet",
+        "partition": partition_key("log_entries", "global", time.time_ns()),
         "temporary payload": f"blobs/{ids[0]}/{ids[1]}/{uuid.uuid4()}.{uuid.uuid4().hex}.tmp",
     }
 
@@ -84,6 +85,7 @@ def test_the_sweep_deletes_old_orphans_and_keeps_what_rows_name(lake: LocalLake,
 
     assert report == OrphanReport(payloads=1, partition_files=1, temporary_files=1)
     assert listed(lake) == named | {foreign, young}
+    assert not (tmp_path / "lake" / own_directory(orphans["partition"])).exists()
     assert retired <= named
     assert lake.sql(COUNT_ENTRIES).to_pylist() == entries
     assert delete_orphan_files(lake.lake) == OrphanReport()

@@ -19,7 +19,7 @@ from spanlake.lakehouse.catalog.partitions import (
     none_identical,
     replacing_exactly,
 )
-from spanlake.lakehouse.partitions import partition_key, write_and_commit, write_parquet
+from spanlake.lakehouse.partitions import delete_partition_file, partition_key, write_and_commit, write_parquet
 from spanlake.lakehouse.view_sets import VIEW_SETS
 
 VIEW = VIEW_SETS["log_entries"]
@@ -106,6 +106,19 @@ def test_a_failed_write_removes_the_files_written_before_it(lake: LocalLake) -> 
         write_and_commit(lake.lake, [writer(lake, (0, 1), 1), failing], RetireMatch.CONTAINED, none_identical)
     assert stored(lake) == set()
     assert live(lake) == []
+
+
+def test_a_removed_file_takes_its_own_directory_along(lake: LocalLake) -> None:
+    def failing() -> Partition:
+        raise OSError("disk full")
+
+    [kept] = write_and_commit(lake.lake, [writer(lake, (0, 1), 1)], RetireMatch.CONTAINED, none_identical)
+    with pytest.raises(OSError, match="disk full"):
+        write_and_commit(lake.lake, [writer(lake, (1, 2), 1), failing], RetireMatch.CONTAINED, none_identical)
+    day = Path(lake.lake.store.path(kept.file_path)).parents[1]
+    assert [p.name for p in day.iterdir()] == [Path(kept.file_path).parent.name]
+    delete_partition_file(lake.lake.store, kept.file_path)  # as retention deletes a retired file
+    assert list(day.iterdir()) == []
 
 
 def test_swap_of_no_file_records_the_range(lake: LocalLake) -> None:

@@ -15,14 +15,21 @@ import pytest
 from datafusion import SessionContext
 from harness import PostgresServer, query
 
+from spanlake.lakehouse.catalog.partitions import Partition, RetireMatch
 from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.partitions import PartitionTarget, write_partition
 from spanlake.lakehouse.query.admission import lakehouse_runner
 from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.query.runner import QueryRequest, QueryRunner
 from spanlake.lakehouse.settings import Settings
+from spanlake.lakehouse.view_sets import VIEW_SETS
 
 PARTITION_COUNT = "SELECT count(*) AS n FROM list_partitions()"
+LOG_ENTRIES = VIEW_SETS["log_entries"]
+HOUR_NS = 3600 * 1_000_000_000
+LOG_HOURS_NS = 1_893_456_000 * 1_000_000_000  # 2030-01-01T00:00:00Z: after add_partition's rows
+LEVELS = "SELECT level, count(*) AS n FROM log_entries GROUP BY level ORDER BY level"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +87,54 @@ def add_partition(lake: Lake, instance_id: str) -> None:
         b"\x01",
         b"\x00" * 8,
     )
+
+
+def log_rows(begin_ns: int, level: int, count: int) -> pa.RecordBatch:
+    """`count` log_entries rows of one level at `begin_ns`."""
+
+    def column(field: pa.Field) -> pa.Array:
+        if pa.types.is_timestamp(field.type):
+            return pa.array([begin_ns] * count, field.type)
+        if field.name == "level":
+            return pa.array([level] * count, field.type)
+        value_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        values = pa.array([b"" if pa.types.is_binary(value_type) else "x"] * count, value_type)
+        return values.dictionary_encode() if pa.types.is_dictionary(field.type) else values
+
+    return pa.record_batch([column(field) for field in LOG_ENTRIES.schema], schema=LOG_ENTRIES.schema)
+
+
+def commit_log_hours(lake: Lake, hours: tuple[int, int], level: int, count: int) -> Partition | None:
+    """A global log_entries partition of those hours after LOG_HOURS_NS, replacing the ones it contains."""
+    begin, end = (LOG_HOURS_NS + hour * HOUR_NS for hour in hours)
+    target = PartitionTarget(
+        LOG_ENTRIES.name,
+        "global",
+        begin,
+        end,
+        LOG_ENTRIES.schema,
+        LOG_ENTRIES.schema_hash,
+        LOG_ENTRIES.time_columns,
+        RetireMatch.CONTAINED,
+    )
+    return write_partition(lake, target, count, [log_rows(begin, level, count)])
+
+
+def test_a_reused_session_reads_exactly_the_live_partition_files(lake: Lake, runner: QueryRunner) -> None:
+    # Each file's own directory is listed once per session (DataFusion keeps the listing): a kept
+    # session must still read a new partition, and no longer read the partitions a merge replaced.
+    commit_log_hours(lake, (0, 1), level=1, count=3)
+    commit_log_hours(lake, (1, 2), level=2, count=5)
+    two, first = run(runner, LEVELS)
+    commit_log_hours(lake, (2, 3), level=3, count=7)
+    three, second = run(runner, LEVELS)
+    merged = commit_log_hours(lake, (0, 2), level=4, count=11)
+    after_merge, third = run(runner, LEVELS)
+    assert second is first and third is first
+    assert merged is not None and merged.file_path is not None and merged.file_path.endswith("/part.parquet")
+    assert two == [{"level": 1, "n": 3}, {"level": 2, "n": 5}]
+    assert three == [{"level": 1, "n": 3}, {"level": 2, "n": 5}, {"level": 3, "n": 7}]
+    assert after_merge == [{"level": 3, "n": 7}, {"level": 4, "n": 11}]
 
 
 def test_a_session_whose_stream_ended_serves_the_next_query(runner: QueryRunner) -> None:

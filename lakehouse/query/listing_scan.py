@@ -10,6 +10,11 @@ field 2, repeated), and DataFusion rebuilds a multi-path listing table from it. 
 first file is serialized, its paths replaced by every file's, and the plan read back. Only the
 protobuf wire format is handled here (varints and length-delimited fields): the rest of the node —
 schema, format options, table name — goes through untouched.
+
+A partition file that lies alone in its own directory (`partitions.own_directory`) is named by that
+directory (`scan_url`): DataFusion asks the store about each named file at every planning (a HEAD, on
+one of tokio's blocking threads for a local store: ~25 us each, 1.0-1.5 ms for 50 partitions) but
+lists a named directory once per session, in its runtime's list-files cache.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 from datafusion.plan import LogicalPlan
 
+from spanlake.lakehouse.object_store import ObjectStore
+from spanlake.lakehouse.partitions import own_directory
 from spanlake.lakehouse.protobuf_wire import LENGTH_DELIMITED, length_delimited, read_varint
 
 LISTING_SCAN = 1  # LogicalPlanNode.listing_scan
@@ -35,6 +42,12 @@ def listing_scan(ctx: SessionContext, urls: Sequence[str], schema: pa.Schema) ->
     paths = b"".join(length_delimited(PATHS, url.encode()) for url in urls)
     plan = length_delimited(LISTING_SCAN, kept + paths)
     return ctx.create_dataframe_from_logical_plan(LogicalPlan.from_bytes(ctx, plan))
+
+
+def scan_url(store: ObjectStore, key: str) -> str:
+    """The URL a scan names a partition file by: its own directory's (listed once per session), else its own."""
+    directory = own_directory(key)
+    return store.url(key) if directory is None else f"{store.url(directory)}/"
 
 
 def _only_field(message: bytes, number: int) -> bytes:

@@ -52,7 +52,7 @@ from spanlake.lakehouse.query import (
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.catalog_functions import memory_table
-from spanlake.lakehouse.query.listing_scan import listing_scan
+from spanlake.lakehouse.query.listing_scan import listing_scan, scan_url
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
@@ -113,7 +113,7 @@ def _new_scan(lake: Lake, view: View, keys: list[str]) -> DataFrame:
     ctx = frames_context(lake)
     if not keys:
         return ctx.create_dataframe([[]], None, view.schema)  # one empty partition: plans need one
-    return listing_scan(ctx, [lake.store.url(key) for key in keys], view.schema)
+    return listing_scan(ctx, [scan_url(lake.store, key) for key in keys], view.schema)
 
 
 def instance_table(
