@@ -161,11 +161,17 @@ class IngestionService:
             "/ingestion/insert_block": self.store_block,
         }
 
-    async def native_principal(self, authorization: str | None, peer: str | None) -> Principal | None:
-        """The writer of a native request (None without auth); `AuthError` when its key is refused."""
+    def cached_principal(self, authorization: str | None, peer: str | None) -> Principal | None:
+        """The writer of a native request (None without auth) from what the authenticator has cached;
+        `LookupNeeded` when the key tables must be asked (`looked_up_principal`), `AuthError` when refused."""
         if self.authenticator is None:
             return None
-        return await ingestion_principal(self.authenticator, authorization, peer)
+        return self.authenticator.authenticate(authorization, INGESTION, peer, database=False)
+
+    async def looked_up_principal(self, authorization: str | None, peer: str | None) -> Principal | None:
+        """The writer of a native request, asking the key tables off the loop thread; `AuthError` when refused."""
+        assert self.authenticator is not None  # else `cached_principal` answers
+        return await asyncio.to_thread(self.authenticator.authenticate, authorization, INGESTION, peer)
 
     async def insert_process(self, request: web.Request) -> web.Response:
         """The micromegas sink's process row (CBOR), inserted idempotently."""
@@ -329,7 +335,8 @@ def native_routes(service: IngestionService, runner: web.AppRunner) -> NativeRou
     assert runner.server is not None  # set up
     return NativeRoutes(
         service.native_routes(),
-        service.native_principal,
+        service.cached_principal,
+        service.looked_up_principal,
         native_failure_answer,
         runner.server,
         NATIVE_BODY_LIMIT,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from spanlake.server.auth import AuthError, LookupNeeded
 from spanlake.server.http_body import BodyTimeout
 from spanlake.server.site_guard import SECURITY_HEADERS
 
@@ -124,12 +125,14 @@ def _http_date() -> str:
 
 
 class NativeRoutes:
-    """What the native connections of one server share: the routes, the key check, the answers to
+    """What the native connections of one server share: the routes, the key checks (`cached_principal`
+    without waiting, `LookupNeeded` when `principal` must ask the key tables), the answers to
     failures, the limits and aiohttp's protocol factory for everything else; and the open connections."""
 
     def __init__(
         self,
         routes: dict[str, Route],
+        cached_principal: Callable[[str | None, str | None], Principal | None],
         principal: Callable[[str | None, str | None], Awaitable[Principal | None]],
         failure_answer: Callable[[str, Exception], Answer | None],
         aiohttp_server: web.Server,
@@ -138,6 +141,7 @@ class NativeRoutes:
     ) -> None:
         self.routes = routes
         self.paths = frozenset(routes)
+        self.cached_principal = cached_principal
         self.principal = principal
         self.failure_answer = failure_answer
         self.aiohttp_server = aiohttp_server
@@ -226,16 +230,30 @@ class NativeConnection(asyncio.BufferedProtocol):
         self._stop_timer()
         self.request = request
         self.transport.pause_reading()  # until the key is checked: the body goes to aiohttp if refused
-        self.serving = asyncio.get_running_loop().create_task(self._authorize(request, end + len(_HEAD_END)))
+        body_start = end + len(_HEAD_END)
+        try:
+            principal = self.routes.cached_principal(request.authorization, self._peer())
+        except LookupNeeded:
+            self.serving = asyncio.get_running_loop().create_task(self._look_up_key(request, body_start))
+        except AuthError:  # aiohttp checks the key again and answers 401 as before
+            self._hand_over()
+        else:
+            self._read_body(principal, body_start)
 
-    async def _authorize(self, request: NativeRequest, body_start: int) -> None:
-        """Reads the body of a request whose key is accepted; hands the connection to aiohttp otherwise."""
+    async def _look_up_key(self, request: NativeRequest, body_start: int) -> None:
+        """Reads the body of a request whose key the key tables accept; hands the connection to aiohttp otherwise."""
         try:
             principal = await self.routes.principal(request.authorization, self._peer())
         except Exception:  # a refused key, or a failing check: aiohttp checks again and answers as before
             self.serving = None
             self._hand_over()
             return
+        self.serving = None
+        self._read_body(principal, body_start)
+
+    def _read_body(self, principal: Principal | None, body_start: int) -> None:
+        """Takes the body's part already read; serves the request if that is all, else reads the rest."""
+        request = self.request
         self.principal = principal
         self.body = bytearray(request.length)
         arrived = min(self.head_filled - body_start, request.length)
@@ -244,7 +262,6 @@ class NativeConnection(asyncio.BufferedProtocol):
         rest = body_start + arrived
         self.head[: self.head_filled - rest] = self.head[rest : self.head_filled]
         self.head_filled -= rest
-        self.serving = None
         if arrived == request.length:
             self._serve()
             return
