@@ -58,6 +58,7 @@ _SECURITY_HEADER_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECUR
 # A native route's work: the request body and the writer's principal in, nothing out (raises to refuse).
 Route = Callable[[bytearray, "Principal | None"], Awaitable[None]]
 Answer = tuple[int, str, dict[str, str]]
+_REFUSED = object()  # a key the key tables refused (or could not check)
 
 
 class NativeRequest:
@@ -245,11 +246,14 @@ class NativeConnection(asyncio.BufferedProtocol):
         try:
             principal = await self.routes.principal(request.authorization, self._peer())
         except Exception:  # a refused key, or a failing check: aiohttp checks again and answers as before
-            self.serving = None
-            self._hand_over()
-            return
+            principal = _REFUSED
         self.serving = None
-        self._read_body(principal, body_start)
+        if self.transport.is_closing():  # the client left meanwhile
+            return
+        if principal is _REFUSED:
+            self._hand_over()
+        else:
+            self._read_body(principal, body_start)
 
     def _read_body(self, principal: Principal | None, body_start: int) -> None:
         """Takes the body's part already read; serves the request if that is all, else reads the rest."""
@@ -291,6 +295,8 @@ class NativeConnection(asyncio.BufferedProtocol):
             else:
                 answer = answer_bytes(*known, close=close)
         self.serving = None
+        if self.transport.is_closing():  # the client left meanwhile: the row is stored all the same
+            return
         self.transport.write(answer)
         if close or self.closing:
             self.transport.close()

@@ -174,6 +174,13 @@ def test_small_body_trickling_in_is_stored(served: Served) -> None:
     assert block_id in served.block_ids()
 
 
+def test_block_of_a_client_gone_before_its_answer_is_stored(served: Served) -> None:
+    block_id, _, block = fresh_block()
+    with served.connect() as conn:
+        conn.sendall(block)
+    wait_until(lambda: block_id in served.block_ids(), 10, "the block to be stored")
+
+
 def test_refused_body_is_answered_400_and_the_connection_kept(served: Served) -> None:
     with served.connect() as conn:
         answers = Answers(conn)
