@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 # A request head longer than this (all of aiohttp's own limits are below it) is aiohttp's to judge.
 HEAD_BUFFER_BYTES = 32 * 1024
-# What a native request's head may hold: printable ASCII, tabs and line ends (anything else: aiohttp's).
-_PLAIN_HEAD = re.compile(rb"[\t\r\n\x20-\x7e]*")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A native request's head: a POST's request line, then fields of a token's name and a value of printable
+# ASCII and tabs, on lines ended by CRLF (anything else, a bare CR or LF, a folded line: aiohttp's).
+_NATIVE_HEAD = re.compile(rb"POST ([!-~]+) HTTP/1\.1((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*)*)")
 _HEAD_END = b"\r\n\r\n"
 # Headers a native request is handed to aiohttp for, whatever their value.
 _HANDED_OVER = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin", b"sec-fetch-site"))
@@ -75,19 +75,15 @@ class NativeRequest:
 
 def parse_head(head: bytes, paths: frozenset[str], body_limit: int) -> NativeRequest | None:
     """The native request of a complete head (without its final blank line), or None when it is for aiohttp."""
-    if not _PLAIN_HEAD.fullmatch(head):
-        return None
-    request_line, *lines = head.split(b"\r\n")
-    method, _, rest = request_line.partition(b" ")
-    target, _, version = rest.partition(b" ")
-    path = target.decode()
-    if method != b"POST" or version != b"HTTP/1.1" or path not in paths:
+    native = _NATIVE_HEAD.fullmatch(head)
+    path = native and native[1].decode()
+    if path not in paths:
         return None
     fields: dict[bytes, bytes] = {}
-    for line in lines:
-        name, colon, value = line.partition(b":")
+    for line in native[2].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
         name = name.lower()
-        if not colon or b"\r" in line or b"\n" in line or not _TOKEN.fullmatch(name) or name in _HANDED_OVER:
+        if name in _HANDED_OVER:
             return None
         if name in _READ:
             if name in fields:
