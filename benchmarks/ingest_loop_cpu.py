@@ -4,11 +4,16 @@ the same process; the CPU time of the loop thread alone is counted (`time.thread
 client, nor PostgreSQL, nor the other roles of a served process blur it. On a shared machine it is far
 steadier than blocks/s (which is printed too).
 
+With `--http-only`, the native route's HTTP layer alone (the block's store replaced by nothing) is
+compared in this checkout: the lean path (`server.native_http`) against aiohttp serving the same
+route, alternating, as loop CPU per request (reading the body included).
+
 With `--baseline REV`, runs alternate between this checkout and the code of git revision REV (each
 run a new process, on a new database), the order reversed every other round; medians are printed with
 the ratio to the baseline, and the machine's load.
 
-    python benchmarks/ingest_loop_cpu.py [--senders 1,8,16] [--blocks N] [--size BYTES] [--rounds R] [--baseline REV]
+    python benchmarks/ingest_loop_cpu.py [--senders 1,8,16] [--blocks N] [--size BYTES] [--rounds R]
+                                         [--baseline REV | --http-only]
 """
 
 from __future__ import annotations
@@ -66,6 +71,55 @@ def run_child(senders: int, blocks: int, size: int) -> dict[str, float]:
     return {"rate": blocks / elapsed, "cpu_ms": cpu / blocks * 1e3}
 
 
+def compare_http_layers(senders: int, blocks: int, size: int, rounds: int) -> dict[str, list[float]]:
+    """Loop CPU µs per request of the lean path and of aiohttp, serving `insert_block` with a store that
+    does nothing, `rounds` runs each, alternating."""
+    from aiohttp import web
+    from harness import PostgresServer, free_port
+
+    from spanlake.lakehouse.lake import Lake
+    from spanlake.lakehouse.settings import Settings
+    from spanlake.server.auth import make_authenticator
+    from spanlake.server.ingestion import IngestionService, make_app_runner, native_routes
+    from spanlake.server.native_http import NativeHttpServer
+
+    async def store_nothing(body: bytearray, principal: object) -> None:
+        """The route's work left out: only HTTP and the body's reading remain."""
+
+    async def serve(service: IngestionService, lean: bool, port: int) -> NativeHttpServer | web.AppRunner:
+        runner = await make_app_runner(service)
+        if not lean:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            return runner
+        server = NativeHttpServer(runner, native_routes(service, runner))
+        await server.start("127.0.0.1", port)
+        return server
+
+    postgres = PostgresServer()
+    per_request: dict[str, list[float]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="spanlake-loop-cpu-") as tmp:
+        settings = Settings(
+            database_url=postgres.new_database(), object_store_uri=(Path(tmp) / "lake").as_uri(), data_dir=Path(tmp)
+        )
+        with Lake.open(settings) as lake:
+            service = IngestionService(lake, make_authenticator(settings, lake))
+            service.store_block = store_nothing  # type: ignore[method-assign]
+            _, bodies, _ = make_bodies(blocks + senders, size)
+            for round_number in range(rounds):
+                for lean in (True, False) if round_number % 2 == 0 else (False, True):
+                    port = free_port()
+                    server = lake.loop.run(serve(service, lean, port))
+                    url = f"http://127.0.0.1:{port}/ingestion/insert_block"
+                    asyncio.run(post_all(url, bodies[:senders], senders))  # the connections
+                    cpu_start = loop_thread_time(lake.loop.loop)
+                    _, failures = asyncio.run(post_all(url, bodies[senders:], senders))
+                    cpu = loop_thread_time(lake.loop.loop) - cpu_start
+                    lake.loop.run(server.cleanup())
+                    assert failures == 0, failures
+                    per_request["lean" if lean else "aiohttp"].append(cpu / blocks * 1e6)
+    return per_request
+
+
 def loop_thread_time(loop: asyncio.AbstractEventLoop) -> float:
     """The CPU seconds the thread running `loop` has spent so far."""
     seen: list[float] = []
@@ -91,11 +145,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", help="git revision to alternate with (the previous code)")
+    parser.add_argument("--http-only", action="store_true", help="the lean path against aiohttp, store left out")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     counts = [int(n) for n in args.senders.split(",")]
     if args.child:
         print(json.dumps(run_child(counts[0], args.blocks, args.size)))
+        return
+    if args.http_only:
+        print(f"start: {load()}", flush=True)
+        for senders in counts:
+            runs = compare_http_layers(senders, args.blocks, args.size, args.rounds)
+            medians = {name: statistics.median(cpu) for name, cpu in runs.items()}
+            each = "  ".join(f"{name} {', '.join(f'{us:,.0f}' for us in cpu)}" for name, cpu in runs.items())
+            print(f"{args.size} B x{senders}: loop CPU a request, lean {medians['lean']:,.1f} µs, aiohttp", end="")
+            print(f" {medians['aiohttp']:,.1f} µs ({medians['lean'] / medians['aiohttp']:.2f}x)  runs: {each}")
+        print(f"end: {load()}")
         return
     codes = [None, args.baseline] if args.baseline else [None]
     runs: dict[tuple[str, int], list[dict[str, float]]] = defaultdict(list)
