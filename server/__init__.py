@@ -5,6 +5,7 @@ Modules:
     cli               the `spanlake` command line: the roles, migrate, api-key, client tools
     startup           start-up checks (ports, data-directory lock) and what `spanlake` prints
     ingestion         the HTTP ingestion API (native and OTLP routes)
+    native_http       the lean HTTP/1.1 path of the native ingestion routes, aiohttp behind it
     ingestion_workers  the ingestion worker processes sharing the HTTP port (the parent's side)
     ingestion_worker   one ingestion worker process
     wire              the CBOR bodies of the native ingestion API

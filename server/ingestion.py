@@ -3,8 +3,10 @@
 Every block is stored by `lakehouse.ingest.BlockRowGroups`: the payload first and the row second, both
 idempotent on the client's ids, so a retried request stores things once and no row ever points at a
 missing payload; a request is answered once its row's group is committed. Process and stream rows are
-idempotent inserts too. With ingestion workers (`server.ingestion_workers`), worker processes serve
-these routes on the HTTP port and this process serves the web UI's connections they hand over.
+idempotent inserts too. The native routes' plain requests are read and answered by a lean HTTP path
+(`server.native_http`), everything else on the port by aiohttp. With ingestion workers
+(`server.ingestion_workers`), worker processes serve these routes on the HTTP port and this process
+serves the web UI's connections they hand over.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body, read_body_buffer
 from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
+from spanlake.server.native_http import Answer, NativeHttpServer, NativeRoutes, Route
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
@@ -44,6 +47,7 @@ _READY_TIMEOUT_SECONDS = 2.0
 # Values PostgreSQL refuses (lakehouse.ingest.REFUSED_VALUES) are the client's error (400). Anything else
 # from storage (lakehouse.errors.STORAGE_FAILURES) is an outage (unreachable, restarting, broken schema):
 # 503, retry later.
+ANSWERED_FAILURES = (IngestRejected, *REFUSED_VALUES, *STORAGE_FAILURES)
 # Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
 _INLINE_PARSE_LIMIT = 64 * 1024
 
@@ -116,15 +120,9 @@ class IngestionService:
         except BodyTimeout as err:
             log.info("closed %s: %s", request.path, err)
             return await answer_and_close(request, web.Response(status=408, text=str(err)))
-        except IngestRejected as err:
-            log.info("rejected %s: %s", request.path, err)
-            return web.Response(status=400, text=f"bad request: {err}")
-        except REFUSED_VALUES as err:
-            log.info("rejected %s: the database refuses a value: %s", request.path, cut(str(err)))
-            return web.Response(status=400, text=f"bad request: the database refuses a value: {cut(str(err))}")
-        except STORAGE_FAILURES as err:
-            log.warning("storage failure on %s: %s", request.path, cut(str(err)))
-            return web.Response(status=503, text="storage unavailable, retry later", headers={"Retry-After": "5"})
+        except ANSWERED_FAILURES as err:
+            status, text, headers = failure_answer(request.path, err)
+            return web.Response(status=status, text=text, headers=headers)
 
     async def health(self, request: web.Request) -> web.Response:
         """200 while the process serves."""
@@ -155,36 +153,68 @@ class IngestionService:
         """The request body, within SPANLAKE_REQUEST_BODY_TIMEOUT_S (`http_body.read_body`)."""
         return await read_body(request, self.lake.settings.request_body_timeout_s)
 
-    @tracing.span_fn(name="ingestion.insert_process")
+    def native_routes(self) -> dict[str, Route]:
+        """The native routes' work by path, for the lean HTTP path (`server.native_http`)."""
+        return {
+            "/ingestion/insert_process": self.store_process,
+            "/ingestion/insert_stream": self.store_stream,
+            "/ingestion/insert_block": self.store_block,
+        }
+
+    def cached_principal(self, authorization: str | None, peer: str | None) -> Principal | None:
+        """The writer of a native request (None without auth) from what the authenticator has cached;
+        `LookupNeeded` when the key tables must be asked (`looked_up_principal`), `AuthError` when refused."""
+        if self.authenticator is None:
+            return None
+        return self.authenticator.authenticate(authorization, INGESTION, peer, database=False)
+
+    async def looked_up_principal(self, authorization: str | None, peer: str | None) -> Principal | None:
+        """The writer of a native request, asking the key tables off the loop thread; `AuthError` when refused."""
+        assert self.authenticator is not None  # else `cached_principal` answers
+        return await asyncio.to_thread(self.authenticator.authenticate, authorization, INGESTION, peer)
+
     async def insert_process(self, request: web.Request) -> web.Response:
         """The micromegas sink's process row (CBOR), inserted idempotently."""
-        record = wire.parse_process(await self._body(request))
-        await self.lake.catalog.insert_process(stamped(record, write_audience(request.get("principal"))))
+        await self.store_process(await self._body(request), request.get("principal"))
         return web.Response()
 
-    @tracing.span_fn(name="ingestion.insert_stream")
     async def insert_stream(self, request: web.Request) -> web.Response:
         """The micromegas sink's stream row (CBOR), inserted idempotently."""
-        record = wire.parse_stream(await self._body(request))
-        await check_process_audience(self.lake, record.process_id, write_audience(request.get("principal")))
-        await self.lake.catalog.insert_stream(record)
+        await self.store_stream(await self._body(request), request.get("principal"))
         return web.Response()
 
-    @tracing.span_fn(name="ingestion.insert_block")
     async def insert_block(self, request: web.Request) -> web.Response:
         """The micromegas sink's block (CBOR): checked against its process and stream, then stored."""
         body = await read_body_buffer(request, self.lake.settings.request_body_timeout_s)
+        await self.store_block(body, request.get("principal"))
+        return web.Response()
+
+    @tracing.span_fn(name="ingestion.insert_process")
+    async def store_process(self, body: bytes | bytearray, principal: Principal | None) -> None:
+        """A process row (CBOR body), inserted idempotently in the writer's audience."""
+        record = wire.parse_process(body)
+        await self.lake.catalog.insert_process(stamped(record, write_audience(principal)))
+
+    @tracing.span_fn(name="ingestion.insert_stream")
+    async def store_stream(self, body: bytes | bytearray, principal: Principal | None) -> None:
+        """A stream row (CBOR body) of a process of the writer's audience, inserted idempotently."""
+        record = wire.parse_stream(body)
+        await check_process_audience(self.lake, record.process_id, write_audience(principal))
+        await self.lake.catalog.insert_stream(record)
+
+    @tracing.span_fn(name="ingestion.insert_block")
+    async def store_block(self, body: bytes | bytearray, principal: Principal | None) -> None:
+        """A block (CBOR body): checked against its process and stream, then its payload and row stored."""
         settings = self.lake.settings
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
         if len(body) <= _INLINE_PARSE_LIMIT:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
-        process = await self.block_contexts.check(record, write_audience(request.get("principal")))
+        process = await self.block_contexts.check(record, write_audience(principal))
         traces = await self.block_traces.of(record, payload, process)
         await self.block_rows.store(self.lake, record, payload, traces)
         self.lake.decode_ahead.stored(record)  # a live process's block, decoded for its next query
-        return web.Response()
 
     @tracing.span_fn(name="ingestion.otlp_export")
     async def otlp_export(self, request: web.Request) -> web.Response:
@@ -219,6 +249,24 @@ class IngestionService:
     def _otlp_error(status: int, message: str, content_type: str | None) -> web.Response:
         data, response_type = otlp.error_body(status, message, content_type)
         return web.Response(status=status, body=data, content_type=response_type)
+
+
+def failure_answer(path: str, err: Exception) -> Answer:
+    """The status, text and headers answering (and logging) a request of `path` that failed with one of
+    ANSWERED_FAILURES: the client's error (400) or a storage outage (503, retry later)."""
+    if isinstance(err, IngestRejected):
+        log.info("rejected %s: %s", path, err)
+        return 400, f"bad request: {err}", {}
+    if isinstance(err, REFUSED_VALUES):
+        log.info("rejected %s: the database refuses a value: %s", path, cut(str(err)))
+        return 400, f"bad request: the database refuses a value: {cut(str(err))}", {}
+    log.warning("storage failure on %s: %s", path, cut(str(err)))
+    return 503, "storage unavailable, retry later", {"Retry-After": "5"}
+
+
+def native_failure_answer(path: str, err: Exception) -> Answer | None:
+    """`failure_answer` for the lean path's routes; None for any other error (a 500)."""
+    return failure_answer(path, err) if isinstance(err, ANSWERED_FAILURES) else None
 
 
 async def ingestion_principal(authenticator: Authenticator, header: str | None, peer: str | None) -> Principal | None:
@@ -260,7 +308,7 @@ async def start_ingestion(
     web_ui: bool = False,
     runner: QueryRunner | None = None,
     workers: int = 0,
-) -> web.AppRunner | IngestionWorkers:
+) -> web.AppRunner | IngestionWorkers | NativeHttpServer:
     """Starts the HTTP server (ingestion API, web UI or both) on the running loop; returns what stops it
     with `cleanup()`. The ingestion API is served by `workers` worker processes (none: by this process),
     the web UI by this process. The web UI's queries run with the query `runner` (the process's; one of
@@ -273,6 +321,25 @@ async def start_ingestion(
         log.debug("ingestion API listening on http://%s:%d (%d worker processes)", host, port, workers)
         return pool
     app_runner = await make_app_runner(service)
-    await web.TCPSite(app_runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
-    log.debug("HTTP server listening on http://%s:%d", host, port)
-    return app_runner
+    if not ingestion:
+        await web.TCPSite(app_runner, host, port).start()  # no SO_REUSEPORT: a port in use is an error
+        log.debug("HTTP server listening on http://%s:%d", host, port)
+        return app_runner
+    server = NativeHttpServer(app_runner, native_routes(service, app_runner))
+    await server.start(host, port)
+    log.debug("HTTP server listening on http://%s:%d (native routes on the lean path)", host, port)
+    return server
+
+
+def native_routes(service: IngestionService, runner: web.AppRunner) -> NativeRoutes:
+    """The lean path's routes of `service`, with `runner`'s aiohttp server for everything else."""
+    assert runner.server is not None  # set up
+    return NativeRoutes(
+        service.native_routes(),
+        service.cached_principal,
+        service.looked_up_principal,
+        native_failure_answer,
+        runner.server,
+        NATIVE_BODY_LIMIT,
+        service.lake.settings.request_body_timeout_s,
+    )

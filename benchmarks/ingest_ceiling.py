@@ -1,0 +1,164 @@
+"""What the machine allows for ingestion bodies over loopback with no HTTP framework: a bare asyncio
+(uvloop) `BufferedProtocol` server, in its own process, receiving each request's body straight into a
+preallocated buffer of its Content-Length (`recv_into`) and answering 200, fed by the same client and
+the same bodies as `benchmarks/ingest.py` (aiohttp, kept-alive connections). Beside it: the same server
+also writing each payload create-only to a local store (`--store`), and the payload write alone.
+
+Prints blocks/s, the ratio to the write alone and the bare server's CPU per block, medians of `--rounds`
+rounds (the write alone measured in each round, alternating with the servers), with the machine's load.
+
+    python benchmarks/ingest_ceiling.py [--small N] [--large N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import statistics
+import tempfile
+import uuid
+from collections import defaultdict
+
+import psutil
+import uvloop
+from ingest import LARGE_SENDERS, SMALL_SENDERS, Case, baseline_put, load, make_bodies, post_all
+
+from spanlake.lakehouse.object_store import ObjectStore
+
+_HEAD_BUFFER = 64 * 1024
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+class BareBodyReader(asyncio.BufferedProtocol):
+    """HTTP/1.1 requests with a Content-Length, each body received into one buffer of that length;
+    answered 200 once received (and, with a store, once its payload is written)."""
+
+    def __init__(self, store: ObjectStore | None) -> None:
+        self.store = store
+        self.head = bytearray(_HEAD_BUFFER)
+        self.head_filled = 0
+        self.body: bytearray | None = None
+        self.body_filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keeps the transport to answer on."""
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The body's unfilled part while a body is read, else the head buffer's."""
+        if self.body is not None:
+            return memoryview(self.body)[self.body_filled :]
+        return memoryview(self.head)[self.head_filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Counts what arrived; answers each request whose body is complete."""
+        if self.body is not None:
+            self.body_filled += nbytes
+        else:
+            self.head_filled += nbytes
+            self._start_bodies()
+        if self.body is not None and self.body_filled == len(self.body):
+            self._answer(self.body)
+
+    def _start_bodies(self) -> None:
+        end = self.head.find(b"\r\n\r\n", 0, self.head_filled)
+        if end < 0:
+            return
+        marker = self.head.find(b"Content-Length:", 0, end)
+        length = int(self.head[marker + 15 : self.head.find(b"\r\n", marker, end + 2)])
+        start = end + 4
+        self.body = bytearray(length)
+        arrived = min(self.head_filled - start, length)
+        self.body[:arrived] = self.head[start : start + arrived]
+        self.body_filled = arrived
+        # The sender waits for each answer: nothing follows the body in the head buffer.
+        self.head_filled = 0
+
+    def _answer(self, body: bytearray) -> None:
+        self.body = None
+        if self.store is None:
+            self.transport.write(_OK)
+            return
+        # The whole body: a few hundred bytes more than the payload the write alone writes.
+        key = f"{uuid.uuid4()}.block"
+        task = asyncio.get_running_loop().run_in_executor(None, self.store.put_if_absent, key, body)
+        task.add_done_callback(lambda _: self.transport.write(_OK))
+
+    def eof_received(self) -> bool:
+        """Closes on the client's end."""
+        return False
+
+
+def serve(listener: socket.socket, store_uri: str | None) -> None:
+    """Serves `listener` with `BareBodyReader` on a uvloop loop until killed."""
+    store = ObjectStore(store_uri) if store_uri else None
+
+    async def run() -> None:
+        server = await asyncio.get_running_loop().create_server(lambda: BareBodyReader(store), sock=listener)
+        await server.serve_forever()
+
+    uvloop.run(run())
+
+
+def measure_server(case: Case, bodies: list[bytes], store_uri: str | None) -> tuple[float, float]:
+    """Blocks/s and the server's CPU ms per block posting `bodies` from `case.senders` senders."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(listener, store_uri), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/ingestion/insert_block"
+        asyncio.run(post_all(url, bodies[:8], case.senders))  # the server's imports and the connections
+        process = psutil.Process(server.pid)
+        cpu_start = sum(process.cpu_times()[:2])
+        elapsed, failures = asyncio.run(post_all(url, bodies, case.senders))
+        cpu = sum(process.cpu_times()[:2]) - cpu_start
+        assert failures == 0, failures
+        return len(bodies) / elapsed, cpu / len(bodies) * 1e3
+    finally:
+        server.kill()
+        server.join()
+        listener.close()
+
+
+def main() -> None:
+    """Runs the rounds and prints the medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=4000, help="4 KiB blocks per run")
+    parser.add_argument("--large", type=int, default=60, help="4 MiB blocks per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    cases = [Case("4 KiB", 4096, senders) for senders in (1, 8, SMALL_SENDERS[-1])]
+    cases.append(Case("4 MiB", 4 << 20, LARGE_SENDERS))
+    counts = {4096: args.small, 4 << 20: args.large}
+    rates: dict[tuple[Case, str], list[float]] = defaultdict(list)
+    cpu_ms: dict[tuple[Case, str], list[float]] = defaultdict(list)
+    print(f"start: {load()}", flush=True)
+    for round_number in range(args.rounds):
+        for case in cases:
+            _, bodies, _ = make_bodies(counts[case.payload_size], case.payload_size)
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, store_uri in (("bare", None), ("bare+store", f"file://{tmp}")):
+                    rate, cpu = measure_server(case, bodies, store_uri)
+                    rates[case, name].append(rate)
+                    cpu_ms[case, name].append(cpu)
+            elapsed, cpu = baseline_put(bodies, case.senders)
+            rates[case, "write alone"].append(len(bodies) / elapsed)
+            cpu_ms[case, "write alone"].append(cpu / len(bodies) * 1e3)
+        print(f"round {round_number + 1} done: {load()}", flush=True)
+    print(f"{'payload':>8} {'senders':>7} | {'write alone/s':>13} {'cpu ms':>6} | {'bare/s':>8} {'ratio':>5}", end="")
+    print(f" {'cpu ms':>6} | {'bare+store/s':>12} {'ratio':>5} {'cpu ms':>6}")
+    for case in cases:
+        alone = statistics.median(rates[case, "write alone"])
+        alone_cpu = statistics.median(cpu_ms[case, "write alone"])
+        line = f"{case.label:>8} {case.senders:>7} | {alone:>13,.0f} {alone_cpu:>6.2f}"
+        for name, width in (("bare", 8), ("bare+store", 12)):
+            rate = statistics.median(rates[case, name])
+            line += f" | {rate:>{width},.0f} {rate / alone:>5.2f} {statistics.median(cpu_ms[case, name]):>6.2f}"
+        print(line)
+    print(f"end: {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The lean HTTP path of the native ingestion routes (`server.native_http`), on a real server in this
+process (its connections are inspected) over a real PostgreSQL: pipelined requests, a body arriving in
+many reads, stalled heads and bodies, refused bodies on a kept-alive connection, and the hand-over to
+aiohttp of anything else, on a connection the lean path has already served."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cbor2
+import lz4.frame
+import pytest
+from harness import RUST_FIXTURES, PostgresServer, free_port, wait_until
+from lakehouse_support import EXPECTED, PROCESS_ID
+
+from spanlake.lakehouse.lake import Lake
+from spanlake.lakehouse.records import blob_key
+from spanlake.lakehouse.settings import Settings
+from spanlake.server.ingestion import NATIVE_BODY_LIMIT, start_ingestion
+from spanlake.server.native_http import NativeHttpServer, parse_head
+
+BODY_TIMEOUT_S = 2
+PATHS = frozenset(("/ingestion/insert_process", "/ingestion/insert_stream", "/ingestion/insert_block"))
+STEPS = EXPECTED["upload_sequence"]
+BLOCK_STEPS = [step for step in STEPS if step["endpoint"] == "/ingestion/insert_block"]
+
+
+@dataclass
+class Served:
+    """The lake, its HTTP server and its port."""
+
+    lake: Lake
+    server: NativeHttpServer
+    port: int
+
+    def connect(self) -> socket.socket:
+        """A new connection to the server."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=BODY_TIMEOUT_S + 20)
+
+    def lean_connections(self) -> int:
+        """Connections the lean path serves now (not handed to aiohttp)."""
+        return len(self.server.routes.connections)
+
+    def block_ids(self) -> set[str]:
+        """The ids of the blocks the catalog holds."""
+        rows = self.lake.loop.run(self.lake.pool.fetch("SELECT block_id FROM blocks"))
+        return {str(row["block_id"]) for row in rows}
+
+
+@pytest.fixture(scope="module")
+def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp_path = tmp_path_factory.mktemp("native-http")
+    settings = Settings(
+        database_url=postgres.new_database(),
+        object_store_uri=(tmp_path / "lake").as_uri(),
+        data_dir=tmp_path,
+        request_body_timeout_s=BODY_TIMEOUT_S,
+    )
+    with Lake.open(settings) as lake:
+        port = free_port()
+        server = lake.loop.run(start_ingestion(lake, None, "127.0.0.1", port))
+        assert isinstance(server, NativeHttpServer)
+        try:
+            yield Served(lake, server, port)
+        finally:
+            lake.loop.run(server.cleanup())
+
+
+def request(path: str, body: bytes, *headers: str) -> bytes:
+    """A POST of `body` to `path` as a program sends it."""
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers, "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+def fixture_request(step: dict) -> bytes:
+    """The request of one step of the micromegas fixture's upload."""
+    return request(step["endpoint"], (RUST_FIXTURES / step["file"]).read_bytes())
+
+
+def fresh_block(**changes: object) -> tuple[str, dict, bytes]:
+    """A block of the fixture's first block stream under a new id (with `changes`): its id, fields and body."""
+    fields = cbor2.loads((RUST_FIXTURES / BLOCK_STEPS[0]["file"]).read_bytes()) | changes
+    block_id = str(uuid.uuid4())
+    return block_id, fields, request("/ingestion/insert_block", cbor2.dumps(fields | {"block_id": block_id}))
+
+
+class Answers:
+    """The answers read from one connection, in order."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def next(self) -> tuple[int, bytes, bytes]:
+        """The next answer's status, head and body."""
+        while b"\r\n\r\n" not in self.data:
+            self._receive()
+        head, _, self.data = self.data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        while len(self.data) < length:
+            self._receive()
+        body, self.data = self.data[:length], self.data[length:]
+        return int(head.split()[1]), head, body
+
+    def closed(self) -> bool:
+        """Whether the server closed the connection (nothing more comes)."""
+        return not self.data and self.conn.recv(1) == b""
+
+    def _receive(self) -> None:
+        chunk = self.conn.recv(65536)
+        assert chunk, f"connection closed after {self.data[:200]!r}"
+        self.data += chunk
+
+
+def test_pipelined_upload_is_answered_in_order_by_the_lean_path(served: Served) -> None:
+    blocks = {step["block_id"] for step in BLOCK_STEPS}
+    with served.connect() as conn:
+        conn.sendall(b"".join(fixture_request(step) for step in STEPS))
+        answers = Answers(conn)
+        statuses = [answers.next()[0] for _ in STEPS]
+        assert statuses == [200] * len(STEPS)
+        assert served.lean_connections() == 1  # served here, never handed over
+    assert blocks <= served.block_ids()
+    wait_until(lambda: served.lean_connections() == 0, 10, "the closed connection to be forgotten")
+
+
+def test_non_native_request_is_handed_to_aiohttp_on_a_kept_alive_connection(served: Served) -> None:
+    process, stream = STEPS[0], STEPS[1]
+    with served.connect() as conn:
+        answers = Answers(conn)
+        conn.sendall(fixture_request(process))
+        assert answers.next()[0] == 200
+        assert served.lean_connections() == 1
+        # A health probe, then a native request, pipelined after it: both are aiohttp's now.
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + fixture_request(stream))
+        status, _, text = answers.next()
+        assert (status, text) == (200, b"ok")
+        assert answers.next()[0] == 200
+        assert served.lean_connections() == 0
+        conn.sendall(request("/ingestion/otlp/v1/logs", b"", "Content-Type: application/json"))
+        assert answers.next()[0] in (200, 400)  # OTLP's own answer to an empty export, whichever it is
+    rows = served.lake.loop.run(served.lake.pool.fetch("SELECT stream_id FROM streams"))
+    assert stream["stream_id"] in {str(row["stream_id"]) for row in rows}
+
+
+def test_large_body_arriving_in_many_reads_is_stored_whole(served: Served) -> None:
+    payload = {"dependencies": lz4.frame.compress(b""), "objects": lz4.frame.compress(os.urandom(3 << 20))}
+    block_id, fields, message = fresh_block(payload=payload)
+    with served.connect() as conn:
+        conn.sendall(message[:300])  # the head and the body's start, then the rest in pieces
+        for start in range(300, len(message), 256 * 1024):
+            time.sleep(0.01)
+            conn.sendall(message[start : start + 256 * 1024])
+        status, _, text = Answers(conn).next()
+        assert status == 200, text
+    key = blob_key(PROCESS_ID, fields["stream_id"], block_id)
+    assert served.lake.store.get(key) == cbor2.dumps(payload)
+
+
+def test_small_body_trickling_in_is_stored(served: Served) -> None:
+    block_id, _, message = fresh_block()
+    with served.connect() as conn:
+        for start in range(0, len(message), 97):
+            conn.sendall(message[start : start + 97])
+            time.sleep(0.002)
+        assert Answers(conn).next()[0] == 200
+    assert block_id in served.block_ids()
+
+
+def test_block_of_a_client_gone_before_its_answer_is_stored(served: Served) -> None:
+    block_id, _, block = fresh_block()
+    with served.connect() as conn:
+        conn.sendall(block)
+    wait_until(lambda: block_id in served.block_ids(), 10, "the block to be stored")
+
+
+def test_refused_body_is_answered_400_and_the_connection_kept(served: Served) -> None:
+    with served.connect() as conn:
+        answers = Answers(conn)
+        block_id, _, block = fresh_block()
+        conn.sendall(request("/ingestion/insert_block", b"\xa1\x61") + block)
+        status, head, text = answers.next()
+        assert status == 400 and text.startswith(b"bad request: malformed CBOR"), text
+        assert b"Content-Type: text/plain; charset=utf-8" in head and b"X-Frame-Options: DENY" in head
+        assert answers.next()[0] == 200
+        assert served.lean_connections() == 1
+    assert block_id in served.block_ids()
+
+
+def test_stalled_body_is_answered_408_and_closed(served: Served) -> None:
+    started = time.monotonic()
+    with served.connect() as conn:
+        conn.sendall(request("/ingestion/insert_block", b"x" * 100_000)[:-95_000])  # then nothing more
+        answers = Answers(conn)
+        status, head, text = answers.next()
+        assert (status, text) == (408, f"request body not received within {BODY_TIMEOUT_S} s".encode())
+        assert b"Connection: close" in head
+        assert answers.closed()
+    assert BODY_TIMEOUT_S - 0.5 < time.monotonic() - started < BODY_TIMEOUT_S + 5
+
+
+def test_idle_kept_alive_connection_is_closed_after_the_time_limit(served: Served) -> None:
+    with served.connect() as conn:
+        answers = Answers(conn)
+        conn.sendall(fixture_request(STEPS[0]))
+        assert answers.next()[0] == 200
+        answered = time.monotonic()
+        conn.sendall(b"POST /ingestion/insert_block HTTP/1.1\r\n")  # a head never finished
+        assert answers.closed()
+    assert BODY_TIMEOUT_S - 0.5 < time.monotonic() - answered < BODY_TIMEOUT_S + 5
+
+
+def test_connection_close_is_honoured(served: Served) -> None:
+    with served.connect() as conn:
+        conn.sendall(
+            request(STEPS[0]["endpoint"], (RUST_FIXTURES / STEPS[0]["file"]).read_bytes(), "Connection: close")
+        )
+        answers = Answers(conn)
+        status, head, _ = answers.next()
+        assert status == 200 and b"Connection: close" in head
+        assert answers.closed()
+
+
+@pytest.mark.parametrize(
+    ("head", "handed_over"),
+    [
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5", False),
+        (b"GET /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5", True),
+        (b"POST /ingestion/insert_block HTTP/1.0\r\nContent-Length: 5", True),
+        (b"POST /ingestion/insert_block?x=1 HTTP/1.1\r\nContent-Length: 5", True),
+        (b"POST /ingestion/otlp/v1/logs HTTP/1.1\r\nContent-Length: 5", True),
+        (b"POST /ingestion/insert_block HTTP/1.1", True),  # no length (aiohttp reads none)
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: +5", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: %d" % (NATIVE_BODY_LIMIT + 1), True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nConnection: Upgrade", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nOrigin: http://evil.example", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nSec-Fetch-Site: cross-site", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\nX-A: \xc3\xa9", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\r\n folded", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nContent-Length: 5\nX-A: b", True),
+        (b"POST /ingestion/insert_block HTTP/1.1\r\nBad Name: 1\r\nContent-Length: 5", True),
+    ],
+)
+def test_only_plain_native_heads_stay_on_the_lean_path(head: bytes, handed_over: bool) -> None:
+    assert (parse_head(head, PATHS, NATIVE_BODY_LIMIT) is None) == handed_over
+
+
+def test_native_head_is_read_as_aiohttp_reads_it() -> None:
+    head = b"POST /ingestion/insert_stream HTTP/1.1\r\ncontent-length:  12 \r\nAuthorization: Bearer k\r\n"
+    head += b"Connection: Close"
+    parsed = parse_head(head, PATHS, NATIVE_BODY_LIMIT)
+    assert parsed is not None
+    assert (parsed.path, parsed.length, parsed.authorization, parsed.close) == (
+        "/ingestion/insert_stream",
+        12,
+        "Bearer k",
+        True,
+    )
