@@ -43,7 +43,7 @@ from spanlake.lakehouse.query.admission import client_ip
 from spanlake.lakehouse.query.context import Principal, SessionFactory
 from spanlake.lakehouse.query.failures import Failure, UserError
 from spanlake.lakehouse.query.limits import QueryLimits
-from spanlake.lakehouse.query.runner import Query, QueryRequest, QueryRunner, ResultBatches
+from spanlake.lakehouse.query.runner import BatchRun, Query, QueryRequest, QueryRunner, ResultBatches
 from spanlake.server.auth import Authenticator
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.headers import (
@@ -345,10 +345,11 @@ class FlightSqlServer(flight.FlightServerBase):
         cached = self._plans.get(self._plan_key(call, statement, headers), take=True)
         query.audit.plan_cached = cached is not None
         planned = None if cached is None else (cached.df, cached.ctx)
-        # Planned (the session built inside the planning span: its table functions take it as parent)
-        # and executing in one step. The first batch comes in a step of its own, once DoGet has sent the
-        # schema: it may wait for room in the result buffer, and the client's DoGet returns on the schema.
-        started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned)
+        # Planned (the session built inside the planning span: its table functions take it as parent),
+        # executing and its first batches taken in one step, as far as they come without waiting: a
+        # small result ends there. A wait for room in the result buffer comes in a later step, once
+        # DoGet has sent the schema (the client's DoGet returns on the schema).
+        started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned, True)
         schema = output_schema(started.schema, headers.preserve_dictionary)
         reader = started.results
 
@@ -356,7 +357,7 @@ class FlightSqlServer(flight.FlightServerBase):
             reader.close()
             query.close()
 
-        fetch = functools.partial(next, _stream_batches(query, reader), None)
+        fetch = functools.partial(next, _stream_batches(query, reader, started.ready), None)
         return flight.GeneratorStream(schema, result_batches(fetch, schema, query.audit, end))
 
     def _on_cluster(
@@ -420,14 +421,14 @@ class FlightSqlServer(flight.FlightServerBase):
             query.close()
 
 
-def _stream_batches(query: Query, reader: ResultBatches) -> Iterator[pa.RecordBatch]:
-    """The stream's batches, taken a run at a time (`ResultBatches.next_batches`): a small result and
-    its end come in one step."""
+def _stream_batches(query: Query, reader: ResultBatches, run: BatchRun) -> Iterator[pa.RecordBatch]:
+    """The stream's batches: `run`, those taken as the query started, then a run at a time
+    (`ResultBatches.next_batches`), a step each: a small result and its end come in one step."""
     while True:
-        run = query.run(reader.next_batches)
         yield from run.batches
         if run.ended:
             return
+        run = query.run(reader.next_batches)
 
 
 def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHeaders) -> pa.Table:
