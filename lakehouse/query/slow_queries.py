@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spanlake import tracing
+from spanlake.lakehouse.query import after_answer
 from spanlake.tracing.recording import RecordingOutcome, SpanRecording, begin_recording
 
 ROOT_ENTRY = "query span"
@@ -84,6 +85,12 @@ class QuerySpan:
         """Has `record(self)` run at the end if the query is slow, before the rule picks the spans kept:
         for spans recorded after the fact (DataFusion's operators), which a fast query would drop."""
         self._when_slow.append(record)
+
+    def end_later(self) -> None:
+        """Ends the root span now; the rule and the entries follow after the answer (`after_answer`)."""
+        if self._recording is not None:
+            self._recording.end()
+            after_answer.later(self.end)
 
     def end(self) -> None:
         """Ends the root span, applies the rule and writes the entries (once; later calls do nothing)."""
