@@ -1,33 +1,35 @@
 """A served query's fixed cost: `SELECT 1` through `spanlake serve` against a bare pyarrow.flight server.
 
-Both answer the micromegas client (`client.query("SELECT 1 AS one")`, the same client code): the bare
+All answer the micromegas client (`client.query("SELECT 1 AS one")`, the same client code): the bare
 server, a process of its own, answers every DoGet with the one-row result and does nothing else, so
 the difference is what spanlake's served path costs (auth, limits, deny list, session, planning,
-execution, stream, audit, spans). Each round starts a server per code (this checkout and, with
-`--baseline REV`, the code of git revision REV, its own database) and measures, alternating call by
-call:
+execution, stream, audit, spans). Each round starts one server per code (this checkout and, with
+`--baseline REV`, the code of git revision REV, each on its own database) and measures, the servers
+taking turns call by call (a loaded machine hits them alike):
 
-  quiet   R served `SELECT 1` and R bare ones, one after another;
-  after   R served `SELECT 1`, each right after a large query (a GROUP BY of 20 M generated rows over
-          several partitions), and R bare ones right after the same large query (the client's state
-          alike): what a large query leaves in the server for the next query to pay.
+  quiet   R `SELECT 1` of each server, one after another;
+  after   R/10 `SELECT 1` of each server, each right after a large query (a GROUP BY of 20 M
+          generated rows) on the same server (the bare server's after the baseline's large query):
+          what a large query leaves in the server for the next query to pay.
 
-For each it prints the median wall time of a call, and the server's CPU time per served `SELECT 1`
-(the process's user + system over the quiet calls, divided by their number: work queued after the
-answer counts too). Medians over the rounds, then this / previous, with the machine's load.
+It prints each round's median wall time of a call, and each server's CPU time per quiet `SELECT 1`
+(its process's user + system over the quiet calls, less its idle rate measured just before, divided by
+their number: work queued after the answer counts too). Then the medians over the rounds, the ratios
+to the bare server, this / previous, and the machine's load.
 
-    python benchmarks/served_fixed_cost.py [--runs 200] [--rounds 3] [--baseline dba72e1] [--self-tracing]
+    python benchmarks/served_fixed_cost.py [--runs 300] [--rounds 3] [--baseline dba72e1] [--self-tracing]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import micromegas
 import psutil
@@ -38,6 +40,7 @@ from _servers import source_env, spanlake_server
 ONE_SQL = "SELECT 1 AS one"
 LARGE_SQL = "SELECT value % 1000 AS k, count(*) AS n, sum(value) AS s FROM range(20000000) GROUP BY k"
 WARM_UP_CALLS = 30
+IDLE_SECONDS = 1.0
 
 
 class OneRowServer(flight.FlightServerBase):
@@ -56,106 +59,122 @@ def serve_bare() -> None:
     server.shutdown()
 
 
-def server_cpu_seconds(pid: int) -> float:
+@contextlib.contextmanager
+def bare_server() -> Iterator[tuple[str, int]]:
+    """The bare server's URL and process id, a process of its own while the context lasts."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--bare-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        yield f"grpc://127.0.0.1:{process.stdout.readline().strip()}", process.pid
+    finally:
+        process.stdin.close()
+        process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
 
-def timed(call: Callable[[], object]) -> float:
-    """Wall seconds of one call."""
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
-def measure(served_url: str, pid: int, bare_url: str, bare_pid: int, runs: int) -> dict[str, float]:
-    """One round on one server: median ms of each kind of call, and each server's CPU ms a `SELECT 1`."""
-    served, bare = micromegas.connect(served_url), micromegas.connect(bare_url)
-    assert served.query(ONE_SQL)["one"].tolist() == [1]
-    for _ in range(WARM_UP_CALLS):
-        served.query(ONE_SQL)
-        bare.query(ONE_SQL)
-    quiet: dict[str, list[float]] = {"served": [], "bare": []}
-    cpu_before = server_cpu_seconds(pid), server_cpu_seconds(bare_pid)
+def measure(servers: dict[str, tuple[str, int]], runs: int) -> dict[str, dict[str, float]]:
+    """One round: per server, median ms of a quiet and of an after-a-large-query `SELECT 1`, and its
+    CPU ms a quiet `SELECT 1`."""
+    clients = {name: micromegas.connect(url) for name, (url, _) in servers.items()}
+    for client in clients.values():
+        assert client.query(ONE_SQL)["one"].tolist() == [1]
+        for _ in range(WARM_UP_CALLS):
+            client.query(ONE_SQL)
+    idle_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+    time.sleep(IDLE_SECONDS)
+    idle_rate = {name: cpu_seconds(pid) - idle_before[name] for name, (_, pid) in servers.items()}
+    quiet: dict[str, list[float]] = {name: [] for name in servers}
+    cpu_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+    began = time.monotonic()
     for _ in range(runs):
-        quiet["served"].append(timed(lambda: served.query(ONE_SQL)))
-        quiet["bare"].append(timed(lambda: bare.query(ONE_SQL)))
-    cpu_ms = [
-        (server_cpu_seconds(p) - before) / runs * 1e3 for p, before in zip((pid, bare_pid), cpu_before, strict=True)
-    ]
-    after: dict[str, list[float]] = {"served": [], "bare": []}
+        for name, client in clients.items():
+            start = time.perf_counter()
+            client.query(ONE_SQL)
+            quiet[name].append(time.perf_counter() - start)
+    elapsed = time.monotonic() - began
+    cpu_after = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+    after: dict[str, list[float]] = {name: [] for name in servers}
+    large_on = list(clients.values())[-2] if len(clients) > 1 else None  # a spanlake server: the bare has no SQL
     for _ in range(max(1, runs // 10)):
-        for kind, client in (("served", served), ("bare", bare)):
-            served.query(LARGE_SQL)
-            after[kind].append(timed(lambda c=client: c.query(ONE_SQL)))
-    figures = {
-        f"{when} {kind}": statistics.median(times) * 1e3
-        for when, by_kind in (("quiet", quiet), ("after", after))
-        for kind, times in by_kind.items()
+        for name, client in clients.items():
+            (client if name != "bare" else large_on).query(LARGE_SQL)
+            start = time.perf_counter()
+            client.query(ONE_SQL)
+            after[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "quiet": statistics.median(quiet[name]) * 1e3,
+            "after": statistics.median(after[name]) * 1e3,
+            "cpu": (cpu_after[name] - cpu_before[name] - idle_rate[name] * elapsed / IDLE_SECONDS) / runs * 1e3,
+        }
+        for name in servers
     }
-    figures["server CPU"], figures["bare CPU"] = cpu_ms
-    return figures
 
 
-def round_for(revision: str | None, bare_url: str, bare_pid: int, runs: int, self_tracing: bool) -> dict[str, float]:
-    """One round on a new server running `revision` (None: this checkout)."""
+def measure_round(revisions: dict[str, str | None], runs: int, self_tracing: bool) -> dict[str, dict[str, float]]:
+    """One round on new servers, one per revision (None: this checkout), and the bare server."""
     tracing_env = {"SPANLAKE_SELF_TRACING": "true" if self_tracing else "false"}
-    with source_env(revision) as source, spanlake_server(extra_env=source | tracing_env) as server:
-        assert server.process is not None
-        return measure(server.flightsql_url, server.process.pid, bare_url, bare_pid, runs)
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, revision in revisions.items():
+            source = stack.enter_context(source_env(revision))
+            server = stack.enter_context(spanlake_server(extra_env=source | tracing_env))
+            assert server.process is not None
+            servers[name] = (server.flightsql_url, server.process.pid)
+        servers["bare"] = stack.enter_context(bare_server())
+        return measure(servers, runs)
 
 
 def main() -> None:
-    """Alternating rounds of this checkout and the baseline; prints each round and the medians."""
+    """Rounds of this checkout, the baseline and the bare server; prints each round and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="calls of each kind per round")
+    parser.add_argument("--runs", type=int, default=300, help="quiet calls per server per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="dba72e1", help="git revision to alternate with ('' for none)")
+    parser.add_argument("--baseline", default="dba72e1", help="git revision to compare with ('' for none)")
     parser.add_argument("--self-tracing", action="store_true", help="servers trace themselves (production default)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         serve_bare()
         return
-    codes: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
-    bare = subprocess.Popen(
-        [sys.executable, __file__, "--bare-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert bare.stdout is not None and bare.stdin is not None
-    bare_url = f"grpc://127.0.0.1:{bare.stdout.readline().strip()}"
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
+    revisions: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
+    rounds = []
     loads = [os.getloadavg()[0]]
-    try:
-        for round_number in range(args.rounds):
-            for name, revision in codes.items():
-                figures = round_for(revision, bare_url, bare.pid, args.runs, args.self_tracing)
-                results[name].append(figures)
-                loads.append(os.getloadavg()[0])
-                print(f"round {round_number + 1} {name:>10}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
-    finally:
-        bare.stdin.close()
-        bare.wait(10)
-    print(f"\nmedians of {args.rounds} rounds, {args.runs} calls each (ms; load {min(loads):.1f}-{max(loads):.1f})")
+    for number in range(args.rounds):
+        rounds.append(measure_round(revisions, args.runs, args.self_tracing))
+        loads.append(os.getloadavg()[0])
+        print(
+            f"round {number + 1}: "
+            + "; ".join(
+                f"{name} quiet {f['quiet']:.2f} after {f['after']:.2f} ms, CPU {f['cpu']:.2f} ms"
+                for name, f in rounds[-1].items()
+            ),
+            flush=True,
+        )
     medians = {
-        name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for name, rounds in results.items()
+        name: {key: statistics.median(r[name][key] for r in rounds) for key in ("quiet", "after", "cpu")}
+        for name in rounds[0]
     }
+    bare = medians["bare"]
+    print(f"\nmedians of {args.rounds} rounds, {args.runs} quiet calls each (load {min(loads):.1f}-{max(loads):.1f})")
     for name, figures in medians.items():
         print(
-            f"  {name:>10}: quiet served {figures['quiet served']:.2f} / bare {figures['quiet bare']:.2f}"
-            f" = {figures['quiet served'] / figures['quiet bare']:.2f}x;"
-            f" after a large query served {figures['after served']:.2f} / bare {figures['after bare']:.2f}"
-            f" = {figures['after served'] / figures['after bare']:.2f}x;"
-            f" server CPU {figures['server CPU']:.2f} ms a query"
-            f" (bare {figures['bare CPU']:.2f})"
+            f"  {name:>10}: SELECT 1 quiet {figures['quiet']:.2f} ms ({figures['quiet'] / bare['quiet']:.2f}x bare),"
+            f" after a large query {figures['after']:.2f} ms ({figures['after'] / bare['after']:.2f}x bare),"
+            f" server CPU {figures['cpu']:.2f} ms a query ({figures['cpu'] / bare['cpu']:.1f}x bare)"
         )
     if args.baseline:
         this, previous = medians["this"], medians[args.baseline]
         print(
             "  this / previous: "
-            + ", ".join(
-                f"{key} {this[key] / previous[key]:.2f}" for key in ("quiet served", "after served", "server CPU")
-            )
+            + ", ".join(f"{key} {this[key] / previous[key]:.2f}" for key in ("quiet", "after", "cpu"))
         )
 
 
