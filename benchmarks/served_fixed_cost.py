@@ -10,7 +10,14 @@ taking turns call by call (a loaded machine hits them alike):
   quiet   R `SELECT 1` of each server, one after another;
   after   R/10 `SELECT 1` of each server, each right after a large query (a GROUP BY of 20 M
           generated rows) on the same server (the bare server's after the baseline's large query):
-          what a large query leaves in the server for the next query to pay.
+          what a large query leaves in the server for the next query to pay;
+  pause   R/10 `SELECT 1` of each server, each after PAUSE_SECONDS of idleness, as a query that
+          follows other work (benchmarks/row_groups.py's alternation) meets the server.
+
+The same three of plain DataFusion's `SELECT 1` in this process (a kept context: parse, plan,
+execute, one batch) tell what the statement itself costs, warm and cold: on a busy machine the
+caches are cold after a pause, and DataFusion's planner, the larger part of a served `SELECT 1`,
+runs several times slower then.
 
 It prints each round's median wall time of a call, and each server's CPU time per quiet `SELECT 1`
 (its process's user + system over the quiet calls, less its idle rate measured just before, divided by
@@ -30,17 +37,34 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import micromegas
 import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 from _servers import source_env, spanlake_server
+from datafusion import SessionContext
 
 ONE_SQL = "SELECT 1 AS one"
 LARGE_SQL = "SELECT value % 1000 AS k, count(*) AS n, sum(value) AS s FROM range(20000000) GROUP BY k"
 WARM_UP_CALLS = 30
 IDLE_SECONDS = 1.0
+PAUSE_SECONDS = 0.05
+KINDS = ("quiet", "after", "pause")
+
+
+class PlainDataFusion:
+    """`SELECT 1` in a kept DataFusion context of this process, as the micromegas client's `query` ends
+    (a pandas frame)."""
+
+    def __init__(self) -> None:
+        """A context kept for every query."""
+        self._ctx = SessionContext()
+
+    def query(self, sql: str) -> object:
+        """The statement's result as pandas; the large query runs on the baseline's server instead."""
+        return self._ctx.sql(sql).to_pandas()
 
 
 class OneRowServer(flight.FlightServerBase):
@@ -80,9 +104,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(servers: dict[str, tuple[str, int]], runs: int) -> dict[str, dict[str, float]]:
-    """One round: per server, median ms of a quiet and of an after-a-large-query `SELECT 1`, and its
-    CPU ms a quiet `SELECT 1`."""
-    clients = {name: micromegas.connect(url) for name, (url, _) in servers.items()}
+    """One round: per server (and plain DataFusion), median ms of a quiet, an after-a-large-query and
+    an after-a-pause `SELECT 1`, and each server's CPU ms a quiet `SELECT 1`."""
+    clients: dict[str, Any] = {name: micromegas.connect(url) for name, (url, _) in servers.items()}
     for client in clients.values():
         assert client.query(ONE_SQL)["one"].tolist() == [1]
         for _ in range(WARM_UP_CALLS):
@@ -90,32 +114,34 @@ def measure(servers: dict[str, tuple[str, int]], runs: int) -> dict[str, dict[st
     idle_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
     time.sleep(IDLE_SECONDS)
     idle_rate = {name: cpu_seconds(pid) - idle_before[name] for name, (_, pid) in servers.items()}
-    quiet: dict[str, list[float]] = {name: [] for name in servers}
+    clients["plain DataFusion"] = PlainDataFusion()
+    times: dict[str, dict[str, list[float]]] = {name: {kind: [] for kind in KINDS} for name in clients}
     cpu_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
     began = time.monotonic()
     for _ in range(runs):
         for name, client in clients.items():
-            start = time.perf_counter()
-            client.query(ONE_SQL)
-            quiet[name].append(time.perf_counter() - start)
+            times[name]["quiet"].append(timed_one(client))
     elapsed = time.monotonic() - began
     cpu_after = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
-    after: dict[str, list[float]] = {name: [] for name in servers}
-    large_on = list(clients.values())[-2] if len(clients) > 1 else None  # a spanlake server: the bare has no SQL
+    large_on = clients[next(iter(servers))]  # the bare server and plain DataFusion: after a served one
     for _ in range(max(1, runs // 10)):
         for name, client in clients.items():
-            (client if name != "bare" else large_on).query(LARGE_SQL)
-            start = time.perf_counter()
-            client.query(ONE_SQL)
-            after[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "quiet": statistics.median(quiet[name]) * 1e3,
-            "after": statistics.median(after[name]) * 1e3,
-            "cpu": (cpu_after[name] - cpu_before[name] - idle_rate[name] * elapsed / IDLE_SECONDS) / runs * 1e3,
-        }
-        for name in servers
-    }
+            (client if name in servers and name != "bare" else large_on).query(LARGE_SQL)
+            times[name]["after"].append(timed_one(client))
+            time.sleep(PAUSE_SECONDS)
+            times[name]["pause"].append(timed_one(client))
+    figures = {name: {kind: statistics.median(values) * 1e3 for kind, values in times[name].items()} for name in times}
+    for name in servers:
+        idle = idle_rate[name] * elapsed / IDLE_SECONDS
+        figures[name]["cpu"] = (cpu_after[name] - cpu_before[name] - idle) / runs * 1e3
+    return figures
+
+
+def timed_one(client: Any) -> float:
+    """Wall seconds of one `SELECT 1` through `client`."""
+    start = time.perf_counter()
+    client.query(ONE_SQL)
+    return time.perf_counter() - start
 
 
 def measure_round(revisions: dict[str, str | None], runs: int, self_tracing: bool) -> dict[str, dict[str, float]]:
@@ -152,30 +178,23 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         print(
             f"round {number + 1}: "
-            + "; ".join(
-                f"{name} quiet {f['quiet']:.2f} after {f['after']:.2f} ms, CPU {f['cpu']:.2f} ms"
-                for name, f in rounds[-1].items()
-            ),
+            + "; ".join(f"{name} " + " ".join(f"{k} {v:.2f}" for k, v in f.items()) for name, f in rounds[-1].items()),
             flush=True,
         )
     medians = {
-        name: {key: statistics.median(r[name][key] for r in rounds) for key in ("quiet", "after", "cpu")}
-        for name in rounds[0]
+        name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]} for name in rounds[0]
     }
     bare = medians["bare"]
     print(f"\nmedians of {args.rounds} rounds, {args.runs} quiet calls each (load {min(loads):.1f}-{max(loads):.1f})")
     for name, figures in medians.items():
         print(
-            f"  {name:>10}: SELECT 1 quiet {figures['quiet']:.2f} ms ({figures['quiet'] / bare['quiet']:.2f}x bare),"
-            f" after a large query {figures['after']:.2f} ms ({figures['after'] / bare['after']:.2f}x bare),"
-            f" server CPU {figures['cpu']:.2f} ms a query ({figures['cpu'] / bare['cpu']:.1f}x bare)"
+            f"  {name:>16}: SELECT 1 "
+            + ", ".join(f"{kind} {figures[kind]:.2f} ms ({figures[kind] / bare[kind]:.2f}x bare)" for kind in KINDS)
+            + (f", server CPU {figures['cpu']:.2f} ms a query" if "cpu" in figures else "")
         )
     if args.baseline:
         this, previous = medians["this"], medians[args.baseline]
-        print(
-            "  this / previous: "
-            + ", ".join(f"{key} {this[key] / previous[key]:.2f}" for key in ("quiet", "after", "cpu"))
-        )
+        print("  this / previous: " + ", ".join(f"{key} {this[key] / previous[key]:.2f}" for key in (*KINDS, "cpu")))
 
 
 if __name__ == "__main__":
