@@ -30,7 +30,6 @@ Modules:
     trace_perfetto     `perfetto_trace_of(trace_id)`: one trace across processes, with flows, as Perfetto chunks
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
-    after_answer       a query's span rule, entries and metrics, run after its answer on a thread of their own
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
     loop_joins         cross and nested-loop joins planned with small batches, so that a stop reaches them
     view_ddl           CREATE/DROP MATERIALIZED VIEW (the runner's DDL hook), list_view_set_definitions

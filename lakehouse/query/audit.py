@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from spanlake import tracing
-from spanlake.lakehouse.query import after_answer
 from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.timestamps import format_rfc3339_ns
@@ -132,7 +131,7 @@ class QueryAudit:
             self._emitted = True
         record = self._record(status, failure)
         _audit_log.info(json.dumps(record, separators=(",", ":")))
-        after_answer.later(functools.partial(_query_metrics, record))
+        _query_metrics(record)
 
     def _record(self, status: str, failure: Failure | None) -> dict[str, Any]:
         begin, end = map(format_rfc3339_ns, self.query_range) if self.query_range is not None else (None, None)

@@ -16,8 +16,7 @@ for every door:
 * the audit record (`audit.QueryAudit`, rpc = the door) and error classification (`failures`);
 * self-tracing: the query's root span (`slow_queries.begin_query_span`, under the slow-query rule: a
   slow query keeps its long spans, DataFusion's operators included, a fast one its root only) and its
-  plan and execute children; every door's root spans are begun in `Query`, nowhere else. The rule,
-  the span's entries and the query's metrics run after the answer (`after_answer`), never awaited.
+  plan and execute children; every door's root spans are begun in `Query`, nowhere else.
 
 Every step that can fail raises a `failures.Failure`, already audited and logged; the door only turns
 it into its own status.
@@ -38,7 +37,7 @@ import datafusion
 import pyarrow as pa
 
 from spanlake import tracing
-from spanlake.lakehouse.query import after_answer, failures, functions, plan_spans, slow_queries
+from spanlake.lakehouse.query import failures, functions, plan_spans, slow_queries
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
@@ -48,7 +47,6 @@ from spanlake.lakehouse.query.result_buffer import ByteBudget, ResultBufferFull
 
 T = TypeVar("T")
 WATCH_SECONDS = 1.0
-DRAIN_SECONDS = 5.0
 # `ResultBatches.next_batches` reads on while the batches it holds stay under this: a small result then
 # comes with its end in one step (a step is a hand-off between threads, costly on a loaded machine).
 # The result buffer counts only the last batch taken: a run holds at most this much more per stream.
@@ -134,7 +132,6 @@ class QueryRunner:
         for query in running:
             query.stop(failures.unavailable("the server is shutting down", query.query_id))
         self.threads.close()
-        after_answer.drain(DRAIN_SECONDS)  # the spans and metrics of the last queries, before tracing stops
 
     def _watch_queries(self) -> None:
         """Stops, every WATCH_SECONDS, the queries past their time limit: also those no step is running
@@ -236,7 +233,7 @@ class Query:
             rows=audit.rows,
             bytes=audit.bytes,
         )
-        self.span.end_later()
+        self.span.end()
         if session is not None and self._stream_ended_in_session and self._runner.give_back is not None:
             self._runner.give_back(session)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from spanlake import tracing
-from spanlake.lakehouse.query import after_answer
 from spanlake.tracing.recording import RecordingOutcome, SpanRecording, begin_recording
 
 ROOT_ENTRY = "query span"
@@ -86,36 +85,18 @@ class QuerySpan:
         for spans recorded after the fact (DataFusion's operators), which a fast query would drop."""
         self._when_slow.append(record)
 
-    def end_later(self) -> None:
-        """Ends the root span now; for a fast query, the rule and the entries follow after the answer
-        (`after_answer`). A slow one's run at once: its operator spans read the executed plan, which is
-        then let go here, on the door's thread, as before (a fast query lets go of it now)."""
-        recording = self._recording
-        if recording is None:
-            return
-        recording.end()
-        if recording.duration_ns >= self._slow_ns():
-            self.end()
-            return
-        self._when_slow.clear()
-        after_answer.later(self.end)
-
     def end(self) -> None:
         """Ends the root span, applies the rule and writes the entries (once; later calls do nothing)."""
         recording, self._recording = self._recording, None
         if recording is None:
             return
         recording.end()
-        slow_ns = self._slow_ns()
+        slow_ns = int(self._rule.slow_query_seconds * 1e9)
         if recording.duration_ns >= slow_ns:
             for record in self._when_slow:
                 record(self)
         outcome = recording.finish(slow_ns, int(self._rule.slow_span_ms * 1e6))
         self._write_entries(outcome)
-
-    def _slow_ns(self) -> int:
-        """How long a slow query runs at least, in ns."""
-        return int(self._rule.slow_query_seconds * 1e9)
 
     def _write_entries(self, outcome: RecordingOutcome) -> None:
         root = {
