@@ -283,10 +283,16 @@ def in_memory(
     ]
     if specs:
         tail = Tail(instance, query_range, specs, rows, blocks, kept, around.outside_held)
-        persist = functools.partial(persist_tail, lake, tail, timings_of, time.monotonic() + PERSIST_DELAY_SECONDS)
-        lake.settler.submit_latest(("tail", view.name, instance.instance_id), persist)
+        write_tail_later(lake, instance, functools.partial(persist_tail, lake, tail, timings_of))
     partitions = sorted(around.outside + kept, key=lambda p: p.begin_insert_ns)
     return FreshRows(partitions, [batch for batches in rows for batch in batches])
+
+
+def write_tail_later(lake: Lake, instance: Instance, write: Callable[[float], None]) -> None:
+    """Queues `write(due)` on the settle queue, due PERSIST_DELAY_SECONDS from now: the instance's tail
+    written after the query that read it (a later query's tail replaces one still queued)."""
+    due = time.monotonic() + PERSIST_DELAY_SECONDS
+    lake.settler.submit_latest(("tail", instance.view.name, instance.instance_id), functools.partial(write, due))
 
 
 def decoded_ahead(
@@ -309,9 +315,7 @@ def decoded_ahead(
         return None
     rows = [batch for batch in rows if batch.num_rows]
     tail = ReadTail(dirty, around.outside_held, around.uncovered, rows)
-    due = time.monotonic() + PERSIST_DELAY_SECONDS
-    persist = functools.partial(persist_range, lake, instance, query_range, tail, timings_of, due)
-    lake.settler.submit_latest(("tail", instance.view.name, instance.instance_id), persist)
+    write_tail_later(lake, instance, functools.partial(persist_range, lake, instance, query_range, tail, timings_of))
     return FreshRows(sorted(around.outside, key=lambda p: p.begin_insert_ns), rows)
 
 

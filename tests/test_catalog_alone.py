@@ -8,21 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import RUST_FIXTURES, PostgresServer, SpanlakeServer, post, wait_until
+from harness import PostgresServer, SpanlakeServer, wait_until
 from lakehouse_support import EXPECTED, LocalLake, cpu_streams, local_lake
+from test_warm_queries import LAST_LOG_BLOCK, LOG_BLOCKS, events_in, log_rows, post_last_block
 
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
 from spanlake.lakehouse.catalog_changes import ALONE_RETRY_SECONDS
 
-PROCESS_ID = EXPECTED["process"]["process_info"]["process_id"]
-LOG_STREAM = next(s for s in EXPECTED["streams"] if s["tags"] == ["log"])
-LOG_BLOCKS = [
-    step
-    for step in EXPECTED["upload_sequence"]
-    if step.get("block_id") and step["stream_id"] == LOG_STREAM["stream_id"]
-]
-LAST_LOG_BLOCK = LOG_BLOCKS[-1]
-COUNT_SQL = f"SELECT count(*) AS n FROM view_instance('log_entries', '{PROCESS_ID}')"
 THREAD = cpu_streams()[0]["stream_id"]
 THREAD_BLOCKS = [step for step in EXPECTED["upload_sequence"] if step.get("block_id") and step["stream_id"] == THREAD]
 THREAD_SQL = f"SELECT count(*) AS n FROM view_instance('thread_spans', '{THREAD}')"
@@ -38,20 +30,6 @@ def lake(postgres: PostgresServer, tmp_path: Path) -> Iterator[LocalLake]:
         log_rows(local)  # the round trip after its own commits
         assert local.lake.catalog_changes.alone
         yield local
-
-
-def log_rows(lake: LocalLake) -> int:
-    return lake.sql(COUNT_SQL).column("n")[0].as_py()
-
-
-def events_in(blocks: list[dict]) -> int:
-    ids = {step["block_id"] for step in blocks}
-    return sum(len(block["events"]) for block in LOG_STREAM["blocks"] if block["block_id"] in ids)
-
-
-def post_last_block(http_url: str) -> None:
-    status, text = post(http_url + LAST_LOG_BLOCK["endpoint"], (RUST_FIXTURES / LAST_LOG_BLOCK["file"]).read_bytes())
-    assert status == 200, text
 
 
 def test_warm_queries_of_a_process_alone_make_no_round_trip(lake: LocalLake) -> None:

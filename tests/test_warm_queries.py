@@ -57,6 +57,12 @@ def events_in(blocks: list[dict]) -> int:
     return sum(len(block["events"]) for block in LOG_STREAM["blocks"] if block["block_id"] in ids)
 
 
+def post_last_block(http_url: str) -> None:
+    """Sends the log stream's last block to an ingestion server."""
+    status, text = post(http_url + LAST_LOG_BLOCK["endpoint"], (RUST_FIXTURES / LAST_LOG_BLOCK["file"]).read_bytes())
+    assert status == 200, text
+
+
 def test_a_warm_query_asks_the_catalog_nothing(lake: LocalLake, coverage_checks: list[str]) -> None:
     first = log_rows(lake)
     assert coverage_checks == [PROCESS_ID]  # checked, then materialized
@@ -100,9 +106,7 @@ def test_a_block_another_process_writes_is_seen_at_once(
     ).start()
     try:
         checks_before = len(coverage_checks)
-        body = (RUST_FIXTURES / LAST_LOG_BLOCK["file"]).read_bytes()
-        status, text = post(ingestion.http_url + LAST_LOG_BLOCK["endpoint"], body)
-        assert status == 200, text
+        post_last_block(ingestion.http_url)
         assert log_rows(lake) == events_in(LOG_BLOCKS) > before  # the very next query: no wait
         assert len(coverage_checks) == checks_before + 1
     finally:
