@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import PostgresServer, SpanlakeServer, wait_until
+from harness import PostgresServer, wait_until
 from lakehouse_support import EXPECTED, LocalLake, cpu_streams, local_lake
-from test_warm_queries import LAST_LOG_BLOCK, LOG_BLOCKS, events_in, log_rows, post_last_block
+from test_warm_queries import LAST_LOG_BLOCK, LOG_BLOCKS, events_in, ingestion_server, log_rows, post_last_block
 
 from spanlake.lakehouse.catalog.source_blocks import SourceBlockReads
 from spanlake.lakehouse.catalog_changes import ALONE_RETRY_SECONDS
@@ -71,12 +71,7 @@ def test_another_lake_ends_it_before_its_first_statement_and_it_returns_after(
 
 
 def test_a_block_another_process_writes_is_seen_by_the_next_query(lake: LocalLake, tmp_path: Path) -> None:
-    ingestion = SpanlakeServer(
-        database_url=lake.lake.settings.database_url,
-        data_dir=tmp_path / "ingest",
-        object_store_uri=lake.lake.settings.object_store_uri,
-        command="ingest",
-    ).start()
+    ingestion = ingestion_server(lake, tmp_path / "ingest")
     try:
         assert not lake.lake.catalog_changes.alone  # its connections announced themselves first
         post_last_block(ingestion.http_url)

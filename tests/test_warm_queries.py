@@ -57,6 +57,17 @@ def events_in(blocks: list[dict]) -> int:
     return sum(len(block["events"]) for block in LOG_STREAM["blocks"] if block["block_id"] in ids)
 
 
+def ingestion_server(lake: LocalLake, data_dir: Path) -> SpanlakeServer:
+    """A separate `spanlake ingest` process on the lake's database and object store, started."""
+    settings = lake.lake.settings
+    return SpanlakeServer(
+        database_url=settings.database_url,
+        data_dir=data_dir,
+        object_store_uri=settings.object_store_uri,
+        command="ingest",
+    ).start()
+
+
 def post_last_block(http_url: str) -> None:
     """Sends the log stream's last block to an ingestion server."""
     status, text = post(http_url + LAST_LOG_BLOCK["endpoint"], (RUST_FIXTURES / LAST_LOG_BLOCK["file"]).read_bytes())
@@ -98,12 +109,7 @@ def test_a_block_another_process_writes_is_seen_at_once(
 ) -> None:
     before = log_rows(lake)
     assert before == events_in(LOG_BLOCKS[:-1])
-    ingestion = SpanlakeServer(
-        database_url=lake.lake.settings.database_url,
-        data_dir=tmp_path / "ingest",
-        object_store_uri=lake.lake.settings.object_store_uri,
-        command="ingest",
-    ).start()
+    ingestion = ingestion_server(lake, tmp_path / "ingest")
     try:
         checks_before = len(coverage_checks)
         post_last_block(ingestion.http_url)
