@@ -45,6 +45,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from spanlake.lakehouse.query.heap_sweeps import HeapSweeps
+
 T = TypeVar("T")
 
 STACK_BYTES = 64 * 1024 * 1024
@@ -107,6 +109,7 @@ class QueryThreads:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.sweeps = HeapSweeps()
 
     def take(self) -> _Worker:
         """An idle worker, or a new one."""
@@ -223,7 +226,9 @@ class QueryThread:
             self._threads.give_back(idle)  # a step queued meanwhile finds the query stopped
 
     def close(self) -> None:
-        """Gives the thread back for other queries; retires it if it was interrupted."""
+        """Gives the thread back for other queries; retires it if it was interrupted. Sweeps the heaps
+        of ended threads soon (heap_sweeps): the query's batches may be freed now, by the door's threads."""
+        self._threads.sweeps.request()
         with self._lock:
             worker, self._worker = self._worker, None
             interrupted = self._interrupted
