@@ -45,7 +45,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from spanlake.lakehouse.query.heap_sweeps import HeapSweeps
+from spanlake.lakehouse.query.heap_sweeps import HeapSweeps, collect_own_heap
 
 T = TypeVar("T")
 
@@ -53,6 +53,7 @@ STACK_BYTES = 64 * 1024 * 1024
 POLL_SECONDS = 0.05
 MAX_IDLE_THREADS = 8
 IDLE_SECONDS = 2.0
+COLLECT_AFTER_SECONDS = 0.5
 
 
 # The query whose step the current thread runs (query threads only).
@@ -92,7 +93,13 @@ class _Worker:
             pass  # interrupted between two steps: this worker is being retired anyway
 
     def _next_step(self) -> Callable[[], None] | None:
-        """The next step; None to end (told so, or idle for IDLE_SECONDS and let go by the pool)."""
+        """The next step; None to end (told so, or idle for IDLE_SECONDS and let go by the pool). Idle
+        for COLLECT_AFTER_SECONDS, the thread collects its heap first (heap_sweeps.collect_own_heap):
+        the thread the pool keeps would otherwise hold what the last query's client freed."""
+        try:
+            return self.steps.get(timeout=COLLECT_AFTER_SECONDS)
+        except queue.Empty:
+            collect_own_heap()
         while True:
             try:
                 return self.steps.get(timeout=IDLE_SECONDS)
@@ -228,6 +235,7 @@ class QueryThread:
     def close(self) -> None:
         """Gives the thread back for other queries; retires it if it was interrupted. Sweeps the heaps
         of ended threads soon (heap_sweeps): the query's batches may be freed now, by the door's threads."""
+        self._drop_outcomes()
         self._threads.sweeps.request()
         with self._lock:
             worker, self._worker = self._worker, None
@@ -238,6 +246,15 @@ class QueryThread:
             worker.steps.put(None)
         else:
             self._threads.give_back(worker)
+
+    def _drop_outcomes(self) -> None:
+        """Drops the outcomes nobody took: a step that ended just as its waiter raised the query's stop
+        left its result (a run of batches, 13 MB each) in the queue, alive as long as this object."""
+        while True:
+            try:
+                self._outcomes.get_nowait()
+            except queue.Empty:
+                return
 
     def _run_step(
         self,
