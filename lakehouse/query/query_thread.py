@@ -23,7 +23,9 @@ retired instead, so that an interruption can never reach another query. An idle 
 IDLE_SECONDS unless it is the only one idle: DataFusion's allocator (mimalloc) gives the memory a
 thread freed back to the system only when that thread allocates again, so each idle thread kept the
 last batches it had computed, about 14 MB each after 50 unread web answers (issue 28; an ending
-thread gives its free pages back, server/startup.py ALLOCATOR_OPTIONS).
+thread gives its free pages back, server/startup.py ALLOCATOR_OPTIONS). An idle thread collects its
+heap after COLLECT_AFTER_SECONDS, and a query's close sweeps the heaps of ended threads (heap_sweeps):
+what a client frees after a thread ended or idled would stay with that thread otherwise.
 
 Shielding: an asynchronous exception lands between any two lines, including inside `threading`'s
 Python code (`Condition.__enter__` after its lock was taken, `wait`'s re-acquiring): the lock then
