@@ -40,12 +40,13 @@ class HeapSweeps:
         self._lock = threading.Lock()
         self._last_request = 0.0
         self._sweeping = False
+        self._closed = False
 
     def request(self) -> None:
         """Sweeps soon (from any thread; costs a lock when a sweep is already coming)."""
         with self._lock:
             self._last_request = time.monotonic()
-            if self._sweeping:
+            if self._sweeping or self._closed:
                 return
             self._sweeping = True
         threading.Thread(target=self._sweep_until_quiet, name="spanlake-heap-sweeps", daemon=True).start()
@@ -54,14 +55,19 @@ class HeapSweeps:
         """Two sweeps SWEEP_SECONDS apart after the last request; again while requests come."""
         while True:
             started = time.monotonic()
-            time.sleep(SWEEP_SECONDS)
-            sweep()
-            time.sleep(SWEEP_SECONDS)
-            sweep()
+            for _ in range(2):
+                time.sleep(SWEEP_SECONDS)
+                if self._closed:
+                    return
+                sweep()
             with self._lock:
                 if self._last_request < started:
                     self._sweeping = False
                     return
+
+    def close(self) -> None:
+        """No sweep from now on (the runner is shutting down)."""
+        self._closed = True
 
 
 def sweep() -> None:
