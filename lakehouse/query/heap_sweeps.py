@@ -25,10 +25,6 @@ import datafusion
 # After a query's close: long enough for gRPC to drop a cancelled call's buffers, past mimalloc's
 # purge delay between the two sweeps.
 SWEEP_SECONDS = 0.25
-# mimalloc's `_mi_malloc_generic` (every allocation over 1 KiB) collects its heap every 100 calls.
-GENERIC_ALLOCATIONS = 100
-PURGE_DELAY_SECONDS = 0.02  # past mimalloc's purge delay (10 ms)
-_OVER_ONE_KIB = "x" * 2048
 
 
 class HeapSweeps:
@@ -77,22 +73,6 @@ def sweep() -> None:
     thread = threading.Thread(target=_use_datafusion_heap, name="spanlake-heap-sweep", daemon=True)
     thread.start()
     thread.join()
-
-
-def collect_own_heap() -> None:
-    """Collects the calling thread's DataFusion heap: what other threads freed into it, then (past the
-    purge delay) gives the free spans back. mimalloc collects a heap every GENERIC_ALLOCATIONS
-    allocations over 1 KiB (`MIMALLOC_GENERIC_COLLECT=1`, server/startup.py); a thread idle since its
-    last query otherwise kept the batches its client freed after that query (up to 26 MB)."""
-    _generic_allocations()
-    time.sleep(PURGE_DELAY_SECONDS)
-    _generic_allocations()
-
-
-def _generic_allocations() -> None:
-    """GENERIC_ALLOCATIONS allocations over 1 KiB in DataFusion's library, freed at once."""
-    for _ in range(GENERIC_ALLOCATIONS):
-        datafusion.lit(_OVER_ONE_KIB)
 
 
 def _use_datafusion_heap() -> None:

@@ -23,9 +23,8 @@ retired instead, so that an interruption can never reach another query. An idle 
 IDLE_SECONDS unless it is the only one idle: DataFusion's allocator (mimalloc) gives the memory a
 thread freed back to the system only when that thread allocates again, so each idle thread kept the
 last batches it had computed, about 14 MB each after 50 unread web answers (issue 28; an ending
-thread gives its free pages back, server/startup.py ALLOCATOR_OPTIONS). An idle thread collects its
-heap after COLLECT_AFTER_SECONDS, and a query's close sweeps the heaps of ended threads (heap_sweeps):
-what a client frees after a thread ended or idled would stay with that thread otherwise.
+thread gives its free pages back, server/startup.py ALLOCATOR_OPTIONS). A query's close sweeps the
+heaps of ended threads (heap_sweeps): what a client frees after its thread ended stayed there.
 
 Shielding: an asynchronous exception lands between any two lines, including inside `threading`'s
 Python code (`Condition.__enter__` after its lock was taken, `wait`'s re-acquiring): the lock then
@@ -47,7 +46,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from spanlake.lakehouse.query.heap_sweeps import HeapSweeps, collect_own_heap
+from spanlake.lakehouse.query.heap_sweeps import HeapSweeps
 
 T = TypeVar("T")
 
@@ -55,7 +54,6 @@ STACK_BYTES = 64 * 1024 * 1024
 POLL_SECONDS = 0.05
 MAX_IDLE_THREADS = 8
 IDLE_SECONDS = 2.0
-COLLECT_AFTER_SECONDS = 0.5
 
 
 # The query whose step the current thread runs (query threads only).
@@ -95,13 +93,7 @@ class _Worker:
             pass  # interrupted between two steps: this worker is being retired anyway
 
     def _next_step(self) -> Callable[[], None] | None:
-        """The next step; None to end (told so, or idle for IDLE_SECONDS and let go by the pool). Idle
-        for COLLECT_AFTER_SECONDS, the thread collects its heap first (heap_sweeps.collect_own_heap):
-        the thread the pool keeps would otherwise hold what the last query's client freed."""
-        try:
-            return self.steps.get(timeout=COLLECT_AFTER_SECONDS)
-        except queue.Empty:
-            collect_own_heap()
+        """The next step; None to end (told so, or idle for IDLE_SECONDS and let go by the pool)."""
         while True:
             try:
                 return self.steps.get(timeout=IDLE_SECONDS)
