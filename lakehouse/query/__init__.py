@@ -8,6 +8,7 @@ Modules:
     admission          the deny-list check, the lakehouse's session factory and runner
     limits             what a query may ask: SQL size, depth and joins, plan size, time (`QueryLimits`)
     query_thread       each query's DataFusion work on a stoppable thread with a large stack
+    heap_sweeps        what ended threads' DataFusion heaps hold, collected after the queries close
     audit              one structured JSON line per query, whichever door
     failures           failures classified: status code, client message without tracebacks or paths
     session            the per-query `SessionContext`: global tables, UDFs, table functions

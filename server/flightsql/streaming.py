@@ -131,6 +131,8 @@ def result_batches(
         failure = exc if isinstance(exc, Failure) else classify("error building data stream", exc, audit.query_id)
         raise to_flight_error(log_failure(audit.fail(failure))) from None
     finally:
+        # Dropped before the query closes, which sweeps the heaps of ended threads (heap_sweeps).
+        datafusion_batch = batch = part = None
         on_end()
         if finished:
             audit.ok()
