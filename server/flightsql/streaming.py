@@ -132,7 +132,7 @@ def result_batches(
         raise to_flight_error(log_failure(audit.fail(failure))) from None
     finally:
         # Dropped before the query closes, which sweeps the heaps of ended threads (heap_sweeps).
-        datafusion_batch = batch = part = None
+        datafusion_batch = part = None
         on_end()
         if finished:
             audit.ok()
