@@ -88,6 +88,20 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
             raise StartupError(str(err)) from None
         stoppers: list[Callable[[], None]] = [authenticator.close] if authenticator is not None else []
         runner = lakehouse_runner(lake)  # every door's queries, Flight SQL's and the web UI's
+        if "flightsql" in roles:  # listening before /health answers: then every door takes requests
+            try:
+                flight_server = FlightSqlServer(
+                    f"grpc://{settings.host}:{settings.flightsql_port}",
+                    runner,
+                    authenticator,
+                    cluster=query_cluster(lake, settings),
+                    bulk_ingest=functools.partial(bulk_ingest, lake),
+                )
+            except OSError as err:
+                raise listen_error(settings.host, settings.flightsql_port, "--flightsql-port", err) from None
+            flight_server.serve_in_thread()
+            stoppers.append(flight_server.shutdown)
+            print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
         if "ingest" in roles or "web" in roles:
             http = start_ingestion(
                 lake,
@@ -109,20 +123,6 @@ def _serve_lake(settings: Settings, roles: tuple[str, ...]) -> int:
                 print(f"spanlake ingestion: http://{settings.host}:{settings.http_port}", flush=True)
             if "web" in roles:
                 print(f"spanlake web UI: http://{settings.host}:{settings.http_port}/", flush=True)
-        if "flightsql" in roles:
-            try:
-                flight_server = FlightSqlServer(
-                    f"grpc://{settings.host}:{settings.flightsql_port}",
-                    runner,
-                    authenticator,
-                    cluster=query_cluster(lake, settings),
-                    bulk_ingest=functools.partial(bulk_ingest, lake),
-                )
-            except OSError as err:
-                raise listen_error(settings.host, settings.flightsql_port, "--flightsql-port", err) from None
-            flight_server.serve_in_thread()
-            stoppers.append(flight_server.shutdown)
-            print(f"spanlake Flight SQL: grpc://{settings.host}:{flight_server.port}", flush=True)
         if "maintain" in roles:
             daemon = MaintenanceDaemon(lake, settings.retention_days)
             daemon.start()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -274,3 +275,8 @@ def test_micromegas_client_query_stream_and_prepared_statement(served: SpanlakeS
     streams = _hydrated("streams")
     assert statement.dataset_schema == pa.schema([streams.field("stream_id"), streams.field("tags")])
     assert sum(b.num_rows for b in client.prepared_statement_stream(statement)) == STREAM_COUNT
+
+
+def test_flight_sql_listens_once_health_answers(spanlake_server: SpanlakeServer) -> None:
+    """Clients start on `/health` (the harness, a container's check): Flight SQL then takes connections."""
+    socket.create_connection(("127.0.0.1", spanlake_server.flightsql_port), timeout=1).close()

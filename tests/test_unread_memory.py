@@ -13,7 +13,6 @@ working set is then in both figures, and they let the thread heaps collect what 
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pyarrow.flight as flight
 import pytest
-from harness import PostgresServer, SpanlakeServer, running_server, wait_until
+from harness import PostgresServer, SpanlakeServer, running_server
 from test_flightsql_support import statement_ticket
 from test_unread_streams import _unread_query_stream
 
@@ -38,18 +37,7 @@ SMALL_QUERIES = 50
 def server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpanlakeServer]:
     limits = {"SPANLAKE_QUERY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS), "SPANLAKE_RESULT_BUFFER_MB": "64"}
     with running_server(postgres, tmp_path_factory.mktemp("unread-memory"), extra_env=limits) as running:
-        # `/health` answers before the Flight SQL server listens (server/cli.py starts it second).
-        wait_until(lambda: _listens(running.flightsql_port), 30, "the Flight SQL port")
         yield running
-
-
-def _listens(port: int) -> bool:
-    """Whether a TCP connection to the loopback port is accepted."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def _small_flight_queries(server: SpanlakeServer) -> None:
