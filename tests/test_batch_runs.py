@@ -72,35 +72,3 @@ def test_flight_streams_every_run_in_order() -> None:
     assert table.column("value").to_pylist() == list(range(ROWS))
     assert table.num_rows == ROWS
     assert one.to_pylist() == [{"one": 1}]
-
-
-def test_a_small_result_ends_in_the_step_that_starts_it(runner: QueryRunner) -> None:
-    query = runner.open(QueryRequest("test", "test.query", "SELECT 1 AS one", None), lambda: False)
-    try:
-        started = query.run(query.start, None, None, None, None, True)
-        assert (len(started.ready.batches), started.ready.ended) == (1, True)
-        assert started.ready.batches[0].to_pylist() == [{"one": 1}]
-        started.results.close()
-        assert query.audit.rows == 1
-    finally:
-        query.close()
-
-
-def test_the_starting_step_takes_nothing_while_the_result_buffer_is_full(runner: QueryRunner) -> None:
-    """A wait for room comes after the door has answered with the schema, never in the starting step;
-    the rows all come in the later steps once there is room."""
-    budget = runner.result_budget
-    budget.take(budget.limit)
-    query = runner.open(QueryRequest("test", "test.query", NUMBERS, None), lambda: False)
-    try:
-        started = query.run(query.start, None, None, None, None, True)
-        assert (started.ready.batches, started.ready.ended) == ([], False)
-        budget.give_back(budget.limit)
-        runs = [query.run(started.results.next_batches)]
-        while not runs[-1].ended:
-            runs.append(query.run(started.results.next_batches))
-        started.results.close()
-    finally:
-        query.close()
-    values = [row["value"] for run in runs for batch in run.batches for row in batch.to_pylist()]
-    assert values == list(range(ROWS))

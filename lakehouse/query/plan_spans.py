@@ -130,31 +130,12 @@ class PlanStream:
                 raise item.failure
         raise StopIteration
 
-    def next_ready(self) -> Any:
-        """The next batch if it comes without waiting for room in the buffers or for a reader thread,
-        else None; StopIteration when all partitions have ended."""
-        if self._single is None:
-            return None  # the reader threads compute the batches
-        self._buffer.hand_back()
-        reserved = self._buffer.reserve(wait=False)
-        if reserved is None:
-            return None  # no room now (or closed: the next `__next__` ends the stream)
-        try:
-            return self._computed(reserved)
-        except StopIteration:
-            self.executed.ended_ns = time.perf_counter_ns()
-            raise
-
     def _next_single(self) -> Any:
         """The next batch of the only partition, computed once the buffers have room for it."""
         self._buffer.hand_back()
         reserved = self._buffer.reserve()
         if reserved is None:
             raise StopIteration
-        return self._computed(reserved)
-
-    def _computed(self, reserved: int) -> Any:
-        """The only partition's next batch, held in place of `reserved`; StopIteration at its end."""
         batch = next(self._single, None)
         if batch is None:
             self._buffer.unreserve(reserved)

@@ -104,16 +104,14 @@ class StreamBuffer:
         self._handed = 0
         self._closed = False
 
-    def reserve(self, wait: bool = True) -> int | None:
+    def reserve(self) -> int | None:
         """(producer) Waits until the stream and all streams have room for a batch and reserves what it
-        may weigh; the bytes reserved (give them to `put`, `hand` or `unreserve`), None once closed, or
-        without `wait` when there is no room now."""
-        gave_up = self._gave_up if wait else _at_once
+        may weigh; the bytes reserved (give them to `put`, `hand` or `unreserve`), None once closed."""
         with shielded():
-            if not self._queued.wait_for_room(gave_up):
+            if not self._queued.wait_for_room(self._gave_up):
                 return None
             estimate = min(self._estimate, self._total.limit)
-            if not self._total.reserve(estimate, gave_up):
+            if not self._total.reserve(estimate, self._gave_up):
                 return None
             with self._lock:
                 if not self._closed:
@@ -196,8 +194,3 @@ class StreamBuffer:
             self._estimate = size or self._estimate
             self._total.give_back(reserved - size)  # negative: takes the excess
         return True
-
-
-def _at_once() -> bool:
-    """A producer that does not wait gives up at once."""
-    return True

@@ -51,8 +51,6 @@ WATCH_SECONDS = 1.0
 # comes with its end in one step (a step is a hand-off between threads, costly on a loaded machine).
 # The result buffer counts only the last batch taken: a run holds at most this much more per stream.
 READ_AHEAD_BYTES = 64 * 1024
-# `ResultBatches._take` without waiting: the next batch is not there yet.
-NOT_READY: Any = object()
 # A hook running the statements DataFusion does not know (`view_ddl.ViewStatements`): their result, or
 # None for any other statement.
 StatementHook = Callable[[datafusion.SessionContext, str, Principal | None], datafusion.DataFrame | None]
@@ -239,8 +237,7 @@ class Query:
 
     def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:
         """The query's range and row limit, once the door has read them (before its session)."""
-        if (query_range, limit) != (self.request.query_range, self.request.limit):
-            self.request = dataclasses.replace(self.request, query_range=query_range, limit=limit)
+        self.request = dataclasses.replace(self.request, query_range=query_range, limit=limit)
         self.audit.query_range, self.audit.limit = query_range, limit
 
     def executing(self) -> None:
@@ -390,23 +387,13 @@ class Query:
         param_values: dict[str, Any] | None = None,
         limit: int | None = None,
         planned: tuple[datafusion.DataFrame, datafusion.SessionContext | None] | None = None,
-        take_ready: bool = False,
     ) -> StartedQuery:
         """`plan` (unless given a plan and the session it executes in) and `execute`, as one step: a step
         is a hand-off between threads (tens of µs, more on a loaded machine), as much as a small query's
-        planning. With `take_ready`, the first run of batches too, as far as it comes without waiting
-        (`ResultBatches.next_batches(wait=False)`): a small result then ends in this step. (Never a
-        wait for room in the result buffer here: a door answers its client before that, as Flight's
-        DoGet sends the schema.)"""
+        planning. (The first batch is not taken here: it may wait for room in the result buffer, and a
+        door answers its client before that, as Flight's DoGet sends the schema.)"""
         df, ctx = planned if planned is not None else (self.plan(sql, param_values, limit), None)
-        started = StartedQuery(df.schema(), self.execute(df, ctx))
-        if take_ready:
-            try:
-                started.ready = started.results.next_batches(wait=False)
-            except BaseException:
-                started.results.close()
-                raise
-        return started
+        return StartedQuery(df.schema(), self.execute(df, ctx))
 
     def stream_ended(self, in_own_session: bool) -> None:
         """The result stream ended (every batch taken): in the query's own session, it may serve again."""
@@ -419,8 +406,6 @@ class StartedQuery:
 
     schema: pa.Schema
     results: ResultBatches
-    # The batches taken as it started (`Query.start`'s `take_ready`; else none, the stream not ended).
-    ready: BatchRun = dataclasses.field(default_factory=lambda: BatchRun([], ended=False))
 
 
 @dataclasses.dataclass
@@ -449,22 +434,13 @@ class ResultBatches:
 
     def next_batch(self) -> pa.RecordBatch | None:
         """The next batch, or None at the end (or once closed); a step."""
-        return self._take(wait=True)
-
-    def _take(self, wait: bool) -> pa.RecordBatch | None:
-        """The next batch, None at the end; without `wait`, NOT_READY when it would wait (for room in
-        the result buffer, or for a reader thread)."""
         if self._stream is None:
             return None
         # DataFusion's work for the batch runs as a child of the execution span. No local variable
         # holds the stream: a traceback through this frame would keep it (and its tasks) alive.
         try:
             with tracing.attach(self._context):
-                batch = next(self._stream, None) if wait else self._stream.next_ready()
-            if batch is None and not wait:
-                return NOT_READY
-        except StopIteration:  # next_ready's end of the stream
-            batch = None
+                batch = next(self._stream, None)
         except ResultBufferFull as full:
             raise failures.unavailable(str(full), self._query.query_id) from None
         except Exception as exc:
@@ -474,16 +450,13 @@ class ResultBatches:
             return None
         return self._query.count(batch)
 
-    def next_batches(self, wait: bool = True) -> BatchRun:
+    def next_batches(self) -> BatchRun:
         """The next batch and those after it while they stay under READ_AHEAD_BYTES in all, and whether
-        the stream ended with them (no batch: it ended); a step. Without `wait`, only the batches that
-        come without waiting for room in the result buffer or for a reader thread (maybe none)."""
+        the stream ended with them (no batch: it ended); a step."""
         run = BatchRun([], ended=False)
         held = 0
         while held < READ_AHEAD_BYTES:
-            batch = self._take(wait)
-            if batch is NOT_READY:
-                break
+            batch = self.next_batch()
             if batch is None:
                 run.ended = True
                 break

@@ -43,7 +43,7 @@ from spanlake.lakehouse.query.admission import client_ip
 from spanlake.lakehouse.query.context import Principal, SessionFactory
 from spanlake.lakehouse.query.failures import Failure, UserError
 from spanlake.lakehouse.query.limits import QueryLimits
-from spanlake.lakehouse.query.runner import BatchRun, Query, QueryRequest, QueryRunner, ResultBatches
+from spanlake.lakehouse.query.runner import Query, QueryRequest, QueryRunner, ResultBatches
 from spanlake.server.auth import Authenticator
 from spanlake.server.flightsql import errors, metadata, protocol, sql_info
 from spanlake.server.flightsql.headers import (
@@ -57,7 +57,7 @@ from spanlake.server.flightsql.headers import (
 )
 from spanlake.server.flightsql.plan_cache import PlanCache, PlannedQuery
 from spanlake.server.flightsql.statement import Statement, StatementError, read_parameters
-from spanlake.server.flightsql.streaming import output_schema, result_batches, whole_result
+from spanlake.server.flightsql.streaming import output_schema, result_batches
 
 if TYPE_CHECKING:  # the engine imports Daft, an optional extra
     from spanlake.lakehouse.cluster.engine import QueryCluster
@@ -316,16 +316,15 @@ class FlightSqlServer(flight.FlightServerBase):
         query = self._open(context, call, statement.sql, "DoGet", "flightsql.do_get")
         try:
             headers = _query_headers(query, call)
-            if _log.isEnabledFor(logging.DEBUG):  # its arguments are built only when it is written
-                _log.debug(
-                    "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
-                    query.query_id,
-                    headers.range_text(),
-                    headers.limit,
-                    call.principal.name if call.principal else "",
-                    call.client,
-                    statement.sql,
-                )
+            _log.debug(
+                "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
+                query.query_id,
+                headers.range_text(),
+                headers.limit,
+                call.principal.name if call.principal else "",
+                call.client,
+                statement.sql,
+            )
             with tracing.attach(query.span.context):
                 on_cluster = self._on_cluster(query, call, statement, headers)
                 if on_cluster is not None:
@@ -346,21 +345,18 @@ class FlightSqlServer(flight.FlightServerBase):
         cached = self._plans.get(self._plan_key(call, statement, headers), take=True)
         query.audit.plan_cached = cached is not None
         planned = None if cached is None else (cached.df, cached.ctx)
-        # Planned (the session built inside the planning span: its table functions take it as parent),
-        # executing and its first batches taken in one step, as far as they come without waiting: a
-        # small result ends there. A wait for room in the result buffer comes in a later step, once
-        # DoGet has sent the schema (the client's DoGet returns on the schema).
-        started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned, True)
+        # Planned (the session built inside the planning span: its table functions take it as parent)
+        # and executing in one step. The first batch comes in a step of its own, once DoGet has sent the
+        # schema: it may wait for room in the result buffer, and the client's DoGet returns on the schema.
+        started = query.run(query.start, statement.sql, statement.param_values(), headers.limit, planned)
         schema = output_schema(started.schema, headers.preserve_dictionary)
         reader = started.results
-        if started.ready.ended:
-            return _answered(query, reader, started.ready.batches, schema)
 
         def end() -> None:
             reader.close()
             query.close()
 
-        fetch = functools.partial(next, _stream_batches(query, reader, started.ready), None)
+        fetch = functools.partial(next, _stream_batches(query, reader), None)
         return flight.GeneratorStream(schema, result_batches(fetch, schema, query.audit, end))
 
     def _on_cluster(
@@ -424,31 +420,14 @@ class FlightSqlServer(flight.FlightServerBase):
             query.close()
 
 
-def _answered(
-    query: Query, reader: ResultBatches, batches: list[pa.RecordBatch], schema: pa.Schema
-) -> flight.RecordBatchStream:
-    """A result that ended as its query started, sent by pyarrow alone: the query is closed and its
-    record written now, and no call comes back into Python per batch (each waits for the GIL: a tenth
-    of a millisecond or more on a busy server)."""
-    try:
-        table = whole_result(batches, schema, query.query_id)
-    except Failure as failure:
-        raise query.fail(failure) from None
-    finally:
-        reader.close()
-        query.close()
-    query.audit.ok()
-    return flight.RecordBatchStream(table)
-
-
-def _stream_batches(query: Query, reader: ResultBatches, run: BatchRun) -> Iterator[pa.RecordBatch]:
-    """The stream's batches: `run`, those taken as the query started, then a run at a time
-    (`ResultBatches.next_batches`), a step each: a small result and its end come in one step."""
+def _stream_batches(query: Query, reader: ResultBatches) -> Iterator[pa.RecordBatch]:
+    """The stream's batches, taken a run at a time (`ResultBatches.next_batches`): a small result and
+    its end come in one step."""
     while True:
+        run = query.run(reader.next_batches)
         yield from run.batches
         if run.ended:
             return
-        run = query.run(reader.next_batches)
 
 
 def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHeaders) -> pa.Table:
