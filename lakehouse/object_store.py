@@ -20,6 +20,11 @@ import pyarrow.fs as pafs
 from datafusion import SessionContext
 from datafusion.object_store import AmazonS3
 
+# A local object is written this many bytes per write(): on this kernel (ext4, 6.18, in a VM), one
+# 4 MiB write costs ~8x the CPU of the same bytes in 64 KiB writes (9.6 against 1.3 ms, measured),
+# the copy into large page-cache folios being the slow part; 16 KiB pieces cost more syscalls.
+_WRITE_CHUNK = 64 * 1024
+
 
 class ObjectStoreError(Exception):
     """The store could not be reached or refused an operation; callers may retry."""
@@ -214,7 +219,7 @@ class ObjectStore:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
+                view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
         finally:
             os.close(fd)
         return tmp

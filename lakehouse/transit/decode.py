@@ -149,26 +149,33 @@ class InflationLimit:
 
 DEFAULT_INFLATION = InflationLimit()
 _INFLATE_CHUNK = 4 * 1024 * 1024
+# The pieces `check_frames` inflates a frame in: small enough to reuse the same freed memory each time.
+_CHECK_CHUNK = 64 * 1024
 
 
-def inflated_chunks(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATION) -> Iterator[bytes]:
-    """The content of an LZ4 frame, chunk by chunk: never more than `limit` allows, whatever the
-    frame's header declares (a header may claim 2^40 bytes), else `TransitError`."""
+def inflated_chunks(
+    frame: bytes | memoryview, what: str, limit: InflationLimit = DEFAULT_INFLATION, chunk: int = _INFLATE_CHUNK
+) -> Iterator[bytes]:
+    """The content of an LZ4 frame, in pieces of at most `chunk` bytes: never more than `limit` allows,
+    whatever the frame's header declares (a header may claim 2^40 bytes), else `TransitError`. The
+    frame is read in place (a view of a request body is never copied)."""
     if not frame:
         return
     cap = limit.cap(len(frame))
-    decompressor = lz4.frame.LZ4FrameDecompressor()
-    size, data = 0, frame
+    context = lz4.frame.create_decompression_context()
+    rest, size = memoryview(frame), 0
     try:
-        while not decompressor.eof:
-            chunk = decompressor.decompress(data, max_length=min(_INFLATE_CHUNK, cap - size + 1))
-            data = b""
-            size += len(chunk)
+        while True:
+            piece, read, end = lz4.frame.decompress_chunk(context, rest, max_length=min(chunk, cap - size + 1))
+            rest = rest[read:]
+            size += len(piece)
             if size > cap:
                 raise TransitError(f"{what}: inflates past {cap} bytes ({len(frame)} compressed); not decoded")
-            if not chunk and decompressor.needs_input and not decompressor.eof:
+            if not piece and not read and not end:
                 raise TransitError(f"{what}: invalid or truncated LZ4 frame (ends before its end mark)")
-            yield chunk
+            yield piece
+            if end:
+                return
     except RuntimeError as error:
         raise TransitError(f"{what}: invalid or truncated LZ4 frame ({error})") from error
 
@@ -178,11 +185,14 @@ def decompress(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATIO
     return b"".join(inflated_chunks(frame, what, limit))
 
 
-def check_frames(dependencies: bytes, objects: bytes, limit: InflationLimit = DEFAULT_INFLATION) -> None:
+def check_frames(
+    dependencies: bytes | memoryview, objects: bytes | memoryview, limit: InflationLimit = DEFAULT_INFLATION
+) -> None:
     """Raises `TransitError` unless both LZ4 frames of a block inflate within `limit` (what ingestion
-    can check of a block without its stream's metadata). Keeps no inflated byte."""
+    can check of a block without its stream's metadata). Keeps no inflated byte: it inflates in small
+    pieces, each freed before the next (a 4 MiB piece would be new memory, page-faulted, every time)."""
     for frame, what in ((dependencies, "dependencies buffer"), (objects, "objects buffer")):
-        for _ in inflated_chunks(frame, what, limit):
+        for _ in inflated_chunks(frame, what, limit, _CHECK_CHUNK):
             pass
 
 
