@@ -22,7 +22,7 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.settings import Settings
 from spanlake.server.ingestion import NATIVE_BODY_LIMIT, start_ingestion
-from spanlake.server.native_http import NativeHttpServer, parse_head
+from spanlake.server.native_http import POOLED_BODY_BYTES, BodyBuffers, NativeHttpServer, parse_head
 
 BODY_TIMEOUT_S = 2
 PATHS = frozenset(("/ingestion/insert_process", "/ingestion/insert_stream", "/ingestion/insert_block"))
@@ -162,6 +162,43 @@ def test_large_body_arriving_in_many_reads_is_stored_whole(served: Served) -> No
         assert status == 200, text
     key = blob_key(PROCESS_ID, fields["stream_id"], block_id)
     assert served.lake.store.get(key) == cbor2.dumps(payload)
+
+
+def test_large_bodies_in_reused_buffers_are_stored_each_whole(served: Served) -> None:
+    # Large bodies of one connection, pipelined: each one is read into a kept buffer (the second, smaller,
+    # into the first's), the refused one (a truncated frame) included; every stored payload is its own.
+    sizes = (2 << 20, 1 << 20, 3 << 20)
+    payloads = [{"dependencies": lz4.frame.compress(b""), "objects": lz4.frame.compress(os.urandom(n))} for n in sizes]
+    blocks = [fresh_block(payload=payload) for payload in payloads]
+    truncated = lz4.frame.compress(os.urandom(1 << 20))[:-1000]
+    _, _, refused = fresh_block(payload={"dependencies": lz4.frame.compress(b""), "objects": truncated})
+    with served.connect() as conn:
+        conn.sendall(blocks[0][2] + blocks[1][2] + refused + blocks[2][2])
+        answers = Answers(conn)
+        statuses = [answers.next()[0] for _ in range(4)]
+    assert statuses == [200, 200, 400, 200]
+    for (block_id, fields, _), payload in zip(blocks, payloads, strict=True):
+        assert served.lake.store.get(blob_key(PROCESS_ID, fields["stream_id"], block_id)) == cbor2.dumps(payload)
+
+
+def test_body_buffer_is_reused_only_once_no_view_of_it_is_held() -> None:
+    buffers = BodyBuffers(kept_bytes=3 * POOLED_BODY_BYTES)
+    first = buffers.take(2 * POOLED_BODY_BYTES)
+    first_buffer = first.obj
+    kept_view = first[10:20]
+    buffers.give_back(first)
+    assert buffers.free == []  # a view outlived the request: its buffer is never written into again
+    second = buffers.take(2 * POOLED_BODY_BYTES)
+    assert second.obj is not first_buffer
+    second_buffer = second.obj
+    buffers.give_back(second)
+    smaller = buffers.take(POOLED_BODY_BYTES)
+    assert smaller.obj is second_buffer and len(smaller) == POOLED_BODY_BYTES
+    del kept_view
+    buffers.give_back(smaller)
+    buffers.give_back(buffers.take(3 * POOLED_BODY_BYTES))  # over the bound with the other: the smaller goes
+    assert [len(buffer) for buffer in buffers.free] == [3 * POOLED_BODY_BYTES]
+    assert isinstance(buffers.take(100), bytearray)  # a small body: a buffer of its own
 
 
 def test_small_body_trickling_in_is_stored(served: Served) -> None:
