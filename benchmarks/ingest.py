@@ -1,9 +1,14 @@
 """Ingestion throughput: blocks/s and MB/s through `POST /ingestion/insert_block` from 1 to 16 concurrent
 senders with small (4 KiB) payloads and from 8 senders with large (4 MiB) ones, each beside the payload
-write alone (the object store's create-only put of the same bytes from as many threads) as the baseline.
+write alone as the baseline: `ObjectStore.put_if_absent` of the same stored payloads (each block's CBOR
+payload map) into a new local store, from as many threads as senders, in the same directory as the
+servers' stores (`--dir`, default the temporary directory; its filesystem is printed). Neither syncs:
+both write into the page cache, whose cost on a shared VM swings with the state of its memory, so the
+write alone is measured again in every round, and each round's ratio is printed with the medians.
 Counts lost blocks (answered 200 but not stored, or not answered 200). A second figure, steadier than
 throughput on a shared machine: the CPU time the server's processes (workers included) spend per block,
-beside the CPU time the write alone spends per block.
+beside the CPU time the write alone spends per block, and the CPU time the client (this process's
+aiohttp senders, on the same cores) spends per block.
 
 With `--baseline REV`, rounds alternate between this checkout and the code of git revision REV, each
 round on a new server, the order of the codes reversed every other round (a drifting load favours
@@ -12,6 +17,7 @@ neither); with `--workers 0,2`, this checkout runs once per ingestion worker cou
 and each aim's ratio (4 KiB x 8 senders >= 0.7x the write alone, 4 MiB >= 0.8x).
 
     python benchmarks/ingest.py [--small N] [--large N] [--rounds R] [--baseline main] [--workers 0,1,2]
+                                [--cases small,large] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -153,6 +159,7 @@ class Figures:
 
     served: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
     cpu_ms: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
+    client_cpu_ms: dict[Case, list[float]] = field(default_factory=lambda: defaultdict(list))
     lost: dict[Case, int] = field(default_factory=lambda: defaultdict(int))
 
     def median(self, case: Case) -> tuple[float, float]:
@@ -186,9 +193,10 @@ def measure_round(code: Code, cases: list[Case], counts: dict[int, int], figures
             process_id, bodies, setup = make_bodies(count, case.payload_size)
             for endpoint, body in setup:
                 assert urllib.request.urlopen(f"{server.http_url}/ingestion/{endpoint}", body).status == 200
-            cpu_start = server_cpu_seconds(server.process.pid)
+            cpu_start, client_cpu_start = server_cpu_seconds(server.process.pid), time.process_time()
             elapsed, failures = asyncio.run(post_all(server.http_url + "/ingestion/insert_block", bodies, case.senders))
             cpu = server_cpu_seconds(server.process.pid) - cpu_start
+            figures.client_cpu_ms[case].append((time.process_time() - client_cpu_start) / count * 1e3)
             stored = server.sql("SELECT count(*) AS n FROM blocks WHERE process_id = $1", process_id)[0]["n"]
             figures.served[case].append(count / elapsed)
             figures.cpu_ms[case].append(cpu / count * 1e3)
@@ -205,6 +213,30 @@ def measure_baseline(cases: list[Case], counts: dict[int, int], figures: Figures
         figures.cpu_ms[case].append(cpu / count * 1e3)
 
 
+def filesystem(path: str) -> str:
+    """The filesystem holding `path`: its type, device and mount point (from /proc/mounts)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as mounts:
+            entries = [line.split()[:3] for line in mounts]
+    except FileNotFoundError:
+        return "unknown filesystem"
+    inside = [(point, device, kind) for device, point, kind in entries if os.path.commonpath((real, point)) == point]
+    point, device, kind = max(inside, key=lambda entry: len(entry[0]), default=("?", "?", "?"))
+    return f"{kind} on {device} mounted at {point}"
+
+
+def per_round_ratios(case: Case, served: Figures, payload_write: Figures) -> list[float]:
+    """Each round's rate over the same round's write alone."""
+    return [rate / alone for rate, alone in zip(served.served[case], payload_write.served[case], strict=True)]
+
+
+def round_figures(case: Case, figures: Figures) -> str:
+    """The last round's rate, server CPU and client CPU per block of `case`."""
+    rate, cpu, client = figures.served[case][-1], figures.cpu_ms[case][-1], figures.client_cpu_ms[case][-1]
+    return f"{rate:,.0f} ({cpu:.2f} ms, client {client:.2f} ms)"
+
+
 def load() -> str:
     """The machine's load averages (1, 5, 15 min) and its cores."""
     return f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
@@ -214,7 +246,7 @@ def print_medians(cases: list[Case], payload_write: Figures, figures: dict[str, 
     """The medians of every case: the write alone, then each code's rate, CPU per block, ratio and losses."""
     header = f"{'payload':>8} {'senders':>7} {'write alone/s':>13} {'cpu ms':>6}"
     for name in figures:
-        header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'cpu ms':>6} {'ratio':>5} {'lost':>4}"
+        header += f" | {name + ' blocks/s':>18} {'MB/s':>7} {'cpu ms':>6} {'client':>6} {'ratio':>5} {'lost':>4}"
     print(header)
     for case in cases:
         base, base_cpu = payload_write.median(case)
@@ -222,7 +254,9 @@ def print_medians(cases: list[Case], payload_write: Figures, figures: dict[str, 
         for code_figures in figures.values():
             rate, cpu = code_figures.median(case)
             mb = rate * case.payload_size / 1e6
-            line += f" | {rate:>18,.0f} {mb:>7,.1f} {cpu:>6.2f} {rate / base:>5.2f} {code_figures.lost[case]:>4}"
+            client = statistics.median(code_figures.client_cpu_ms[case])
+            line += f" | {rate:>18,.0f} {mb:>7,.1f} {cpu:>6.2f} {client:>6.2f} {rate / base:>5.2f}"
+            line += f" {code_figures.lost[case]:>4}"
         print(line)
 
 
@@ -235,6 +269,10 @@ def print_aims(cases: list[Case], payload_write: Figures, figures: dict[str, Fig
         base = payload_write.median(case)[0]
         ratios = "  ".join(f"{name} {f.median(case)[0] / base:.2f}x" for name, f in figures.items())
         print(f"aim {case.label} x{case.senders} >= {aim}x the write alone: {ratios}")
+        for name, code_figures in figures.items():
+            rounds = per_round_ratios(case, code_figures, payload_write)
+            listed = ", ".join(f"{ratio:.2f}" for ratio in rounds)
+            print(f"  {name}: each round's ratio {listed} (median {statistics.median(rounds):.2f}x)")
 
 
 def main() -> None:
@@ -246,7 +284,9 @@ def main() -> None:
     parser.add_argument("--baseline", help="git revision to alternate with (the previous code)")
     parser.add_argument("--workers", help="comma-separated ingestion worker counts to run this checkout with")
     parser.add_argument("--cases", default="small,large", help="which of small,large to run")
+    parser.add_argument("--dir", help="directory of the servers' data and of the write alone (default: the temp dir)")
     args = parser.parse_args()
+    tempfile.tempdir = args.dir  # the servers' temporary directories and the write alone's store go there
     kinds = args.cases.split(",")
     cases = [Case("4 KiB", 4096, senders) for senders in SMALL_SENDERS if "small" in kinds]
     cases += [Case("4 MiB", 4 << 20, LARGE_SENDERS)] if "large" in kinds else []
@@ -257,6 +297,8 @@ def main() -> None:
         codes[args.baseline] = Code(args.baseline, None)
     figures = {name: Figures() for name in codes}
     payload_write = Figures()
+    place = tempfile.gettempdir()
+    print(f"servers' stores and the write alone under {place}: {filesystem(place)}; no fsync (page cache)")
     print(f"start: {load()}", flush=True)
     for round_number in range(args.rounds):
         order = list(codes.items())
@@ -265,9 +307,7 @@ def main() -> None:
         measure_baseline(cases, counts, payload_write)
         print(f"round {round_number + 1} done: {load()}", flush=True)
         for case in cases:  # this round's figures: the medians hide how much the shared machine varies
-            rates = "  ".join(
-                f"{name} {f.served[case][-1]:,.0f} ({f.cpu_ms[case][-1]:.2f} ms)" for name, f in figures.items()
-            )
+            rates = "  ".join(f"{name} {round_figures(case, f)}" for name, f in figures.items())
             alone = f"{payload_write.served[case][-1]:,.0f} ({payload_write.cpu_ms[case][-1]:.2f} ms)"
             print(f"  {case.label} x{case.senders}: write alone {alone}  {rates}", flush=True)
     print_medians(cases, payload_write, figures)

@@ -20,9 +20,10 @@ import pyarrow.fs as pafs
 from datafusion import SessionContext
 from datafusion.object_store import AmazonS3
 
-# A local object is written this many bytes per write(): on this kernel (ext4, 6.18, in a VM), one
-# 4 MiB write costs ~8x the CPU of the same bytes in 64 KiB writes (9.6 against 1.3 ms, measured),
-# the copy into large page-cache folios being the slow part; 16 KiB pieces cost more syscalls.
+# A local object is written this many bytes per write(). On this machine (ext4, Linux 6.18, in a VM)
+# one 4 MiB write cost 6-8x the CPU of the same bytes in 64 KiB writes in some states of its memory
+# (9.6 against 1.3 ms, alternating in one run; the copy into large page-cache folios was the slow
+# part) and ~20% less in others: smaller writes bound the worst case. 16 KiB costs more syscalls.
 _WRITE_CHUNK = 64 * 1024
 
 
