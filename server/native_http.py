@@ -129,7 +129,8 @@ def _http_date() -> str:
 
 class BodyBuffers:
     """Request-body buffers kept for reuse, up to KEPT_BODY_BYTES: a body of POOLED_BODY_BYTES or more
-    is read into a view of the smallest kept buffer that holds it (or of a new one), and its buffer is
+    is read into a view of the smallest kept buffer that holds it (or of a new one, its length rounded up
+    to a multiple of POOLED_BODY_BYTES), and its buffer is
     kept again once nothing holds a view of it any more."""
 
     def __init__(self, kept_bytes: int = KEPT_BODY_BYTES) -> None:
@@ -141,8 +142,8 @@ class BodyBuffers:
         if length < POOLED_BODY_BYTES:
             return bytearray(length)
         fitting = [buffer for buffer in self.free if len(buffer) >= length]
-        if not fitting:
-            return memoryview(bytearray(length))
+        if not fitting:  # rounded up: the next bodies, a few bytes longer or shorter, fit in it too
+            return memoryview(bytearray(-(-length // POOLED_BODY_BYTES) * POOLED_BODY_BYTES))[:length]
         buffer = min(fitting, key=len)
         self.free.remove(buffer)
         return memoryview(buffer)[:length]
