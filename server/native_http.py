@@ -130,8 +130,7 @@ def _http_date() -> str:
 class BodyBuffers:
     """Request-body buffers kept for reuse, up to KEPT_BODY_BYTES: a body of POOLED_BODY_BYTES or more
     is read into a view of the smallest kept buffer that holds it (or of a new one, its length rounded up
-    to a multiple of POOLED_BODY_BYTES), and its buffer is
-    kept again once nothing holds a view of it any more."""
+    to a multiple of POOLED_BODY_BYTES), and its buffer is kept again once nothing holds a view of it."""
 
     def __init__(self, kept_bytes: int = KEPT_BODY_BYTES) -> None:
         self.kept_bytes = kept_bytes
