@@ -16,7 +16,12 @@
    pyarrow.flight round trip of the same one-row result (a served query's fixed cost). Then the CPU
    time (all threads of this process) of the query in process and of plain DataFusion's, and of the
    physical planning alone in a kept spanlake session and in plain DataFusion's kept context: figures
-   that hold better than wall times on a loaded machine.
+   that hold better than wall times on a loaded machine. Also plain DataFusion served behind a bare
+   pyarrow.flight server in a process of its own (the GROUP BY executed per DoGet, read by a
+   pyarrow.flight client), which separates what Flight costs anyone from what spanlake adds; the CPU
+   time of each phase of the query (session, SQL to logical plan, physical plan, execution) in a kept
+   spanlake session and in plain DataFusion's, next to the whole query through the runner; and plain
+   DataFusion reading spanlake's own files against the one-row-group copies (the files' layout alone).
 
 Each part loads its data with the lake in this process, then queries a `spanlake serve` started on the
 same database and object store through the micromegas client. To measure the previous code, run this
@@ -30,6 +35,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -149,35 +157,25 @@ def async_spans(
 
 
 def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int, row_group_rows: int | None) -> None:
-    """Part 2: a log_entries GROUP BY over hourly partitions against one-row-group files."""
-    begin = (time.time_ns() // DAY_NS - 1) * DAY_NS - hours * HOUR_NS
+    """Part 2: a log_entries GROUP BY over hourly partitions against one-row-group files. The served
+    lines are timed with `spanlake serve` alone on its catalog (as a lone server runs: its warm queries
+    make no catalog round trip), the in-process lines once it stopped, with this process's lake alone:
+    two lakes on one catalog would make each query of either a round trip (catalog_changes.py)."""
     sized = (
         {} if row_group_rows is None else {"row_group_rows": row_group_rows}
     )  # the previous code has no such setting
     with tempfile.TemporaryDirectory(prefix="spanlake-bench-") as tmp:
         database_url = postgres.new_database()
-        lake = Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized))
-        try:
-            load_day(lake, processes, begin, hours * HOUR_NS)
-            view = VIEW_SETS["log_entries"]
-            materialize_range(lake, view, begin, begin + hours * HOUR_NS, HOUR_NS)
-            files = [
-                f"{tmp}/{row['file_path']}"
-                for row in lake.loop.run(
-                    lake.pool.fetch(
-                        "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'"
-                        " AND view_instance_id = 'global' AND file_path IS NOT NULL"
-                    )
-                )
-            ]
-        finally:
-            lake.close()
+        settings = Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized)
+        files = load_hours(settings, processes, hours, tmp)
         row_groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
-        plain_dir = Path(tmp) / "plain"
+        plain_dir, own_dir = Path(tmp) / "plain", Path(tmp) / "spanlake-files"
         plain_dir.mkdir()
+        own_dir.mkdir()
         for index, path in enumerate(files):
             table = pq.read_table(path)
             pq.write_table(table, plain_dir / f"{index:03d}.parquet", row_group_size=max(1, table.num_rows))
+            os.link(path, own_dir / f"{index:03d}.parquet")  # spanlake's file itself, in plain DataFusion's listing
         sql = GROUP_SQL.format(table="log_entries")
         plain = plain_session(plain_dir)
         expected = plain.sql(sql).to_pandas()
@@ -185,46 +183,109 @@ def log_group_by(postgres: PostgresServer, processes: int, hours: int, runs: int
         try:
             client = micromegas.connect(server.flightsql_url)
             assert client.query(sql)["n"].tolist() == expected["n"].tolist()
-            with (
-                Lake.open(Settings(database_url=database_url, object_store_uri=Path(tmp).as_uri(), **sized)) as lake,
-                bare_flight() as bare,
-            ):
-                runner = lakehouse_runner(lake)
-                in_process = functools.partial(runner_query, runner, sql)
-                assert in_process()["n"].tolist() == expected["n"].tolist()
-                timed = {
-                    "spanlake, Flight SQL": lambda: client.query(sql),
-                    "spanlake, in process (the query runner, no Flight)": in_process,
-                    "plain DataFusion, one context kept": lambda: plain.sql(sql).to_pandas(),
-                    "plain DataFusion, a context per query": lambda: plain_session(plain_dir).sql(sql).to_pandas(),
-                    "Flight SQL `SELECT 1` (a served query's fixed cost)": lambda: client.query("SELECT 1 AS one"),
-                    "bare pyarrow.flight DoGet of `SELECT 1`'s result": lambda: (
-                        bare.do_get(ONE_TICKET).read_all().to_pandas()
-                    ),
-                }
-                medians = alternating_medians(timed, runs)
-                in_process_cpu = alternating_medians(
-                    {"in process": in_process, "plain": lambda: plain.sql(sql).to_pandas()}, runs, time.process_time
+            with bare_flight() as bare, plain_flight(plain_dir) as plain_served:
+                served_medians = alternating_medians(
+                    {
+                        "spanlake, Flight SQL": lambda: client.query(sql),
+                        "plain DataFusion, one context kept": lambda: plain.sql(sql).to_pandas(),
+                        "plain DataFusion, a context per query": lambda: plain_session(plain_dir).sql(sql).to_pandas(),
+                        "plain DataFusion behind a bare pyarrow.flight DoGet": lambda: (
+                            plain_served.do_get(flight.Ticket(sql.encode())).read_all().to_pandas()
+                        ),
+                        "Flight SQL `SELECT 1` (a served query's fixed cost)": lambda: client.query("SELECT 1 AS one"),
+                        "bare pyarrow.flight DoGet of `SELECT 1`'s result": lambda: (
+                            bare.do_get(ONE_TICKET).read_all().to_pandas()
+                        ),
+                    },
+                    runs,
                 )
-                planning_cpu = physical_planning_cpu(runner, plain, sql, runs)
-                runner.shutdown()
         finally:
             stop(server)
+        with Lake.open(settings) as lake:
+            runner = lakehouse_runner(lake)
+            in_process = functools.partial(runner_query, runner, sql)
+            for _ in range(3):  # the lake finds itself alone on its catalog after its first query
+                assert in_process()["n"].tolist() == expected["n"].tolist()
+                time.sleep(0.5)
+            in_process_medians = alternating_medians(
+                {"in process": in_process, "plain": lambda: plain.sql(sql).to_pandas()}, runs
+            )
+            in_process_cpu = alternating_medians(
+                {"in process": in_process, "plain": lambda: plain.sql(sql).to_pandas()}, runs, time.process_time
+            )
+            planning_cpu = physical_planning_cpu(runner, plain, sql, runs)
+            phases_cpu = query_phases_cpu(runner, plain, sql, runs)
+            own_files = plain_session(own_dir)
+            files_cpu = alternating_medians(
+                {"spanlake": lambda: own_files.sql(sql).to_pandas(), "plain": lambda: plain.sql(sql).to_pandas()},
+                runs,
+                time.process_time,
+            )
+            runner.shutdown()
     rows = int(expected["n"].sum())
     print(
         f"log_entries GROUP BY target, level: {rows:,} rows in {len(files)} hourly partitions"
         f" ({row_groups} row groups), medians of {runs} alternating runs"
     )
-    plain_s = medians["plain DataFusion, one context kept"]
-    for label, seconds in medians.items():
-        print(f"  {label:<52} {seconds * 1e3:7.1f} ms  {seconds / plain_s:5.2f}x")
-    print(f"ratio (spanlake through Flight SQL / plain, context kept): {medians['spanlake, Flight SQL'] / plain_s:.2f}")
+    plain_s = served_medians["plain DataFusion, one context kept"]
+    flight_s = served_medians.pop("spanlake, Flight SQL")
+    in_process_s, in_process_plain_s = in_process_medians["in process"], in_process_medians["plain"]
+    # Each line's ratio is to plain DataFusion's time in its own rounds.
+    lines = [
+        ("spanlake, Flight SQL", flight_s, plain_s),
+        ("spanlake, in process (the query runner, no Flight)", in_process_s, in_process_plain_s),
+        *((label, seconds, plain_s) for label, seconds in served_medians.items()),
+    ]
+    for label, seconds, reference in lines:
+        print(f"  {label:<52} {seconds * 1e3:7.1f} ms  {seconds / reference:5.2f}x")
+    print(
+        "  (in process: timed in rounds of its own, after the server stopped; its ratio is to plain there,"
+        f" {in_process_plain_s * 1e3:.1f} ms)"
+    )
+    print(f"ratio (spanlake through Flight SQL / plain, context kept): {flight_s / plain_s:.2f}")
+    plain_flight_s = served_medians["plain DataFusion behind a bare pyarrow.flight DoGet"]
+    print(
+        f"Flight: plain behind bare pyarrow.flight / plain {plain_flight_s / plain_s:.2f} (what Flight costs anyone);"
+        f" spanlake through Flight SQL / plain behind bare pyarrow.flight {flight_s / plain_flight_s:.2f}"
+        " (what spanlake adds)"
+    )
     print(
         f"CPU time, all threads of this process: in process {in_process_cpu['in process'] * 1e3:.1f} ms, plain"
         f" {in_process_cpu['plain'] * 1e3:.1f} ms, ratio {in_process_cpu['in process'] / in_process_cpu['plain']:.2f};"
         f" physical planning {planning_cpu['spanlake'] * 1e3:.2f} ms in a kept session,"
         f" {planning_cpu['plain'] * 1e3:.2f} ms plain"
     )
+    spanlake_phases, plain_phases = phases_cpu["spanlake"], phases_cpu["plain"]
+    print(
+        "CPU time by phase, all threads, kept spanlake session / plain DataFusion's kept context: "
+        + ", ".join(
+            f"{phase} {ours * 1e3:.2f} / {theirs * 1e3:.2f} ms"
+            for phase, ours, theirs in zip(PHASES, spanlake_phases, plain_phases, strict=True)
+        )
+        + f"; the whole query through the runner (its batches as the Flight door takes them)"
+        f" {phases_cpu['runner'][0] * 1e3:.2f} ms against {sum(spanlake_phases) * 1e3:.2f} ms for the phases"
+    )
+    print(
+        f"files alone, CPU time of plain DataFusion reading spanlake's {len(files)} partition files"
+        f" {files_cpu['spanlake'] * 1e3:.1f} ms, the one-row-group copies {files_cpu['plain'] * 1e3:.1f} ms,"
+        f" ratio {files_cpu['spanlake'] / files_cpu['plain']:.2f}"
+    )
+
+
+def load_hours(settings: Settings, processes: int, hours: int, root: str) -> list[str]:
+    """Loads `hours` hours of log blocks of `processes` processes ending a day ago, has the daemon's hour
+    task materialize the global log_entries view over them, and returns its partition files' paths."""
+    begin = (time.time_ns() // DAY_NS - 1) * DAY_NS - hours * HOUR_NS
+    with Lake.open(settings) as lake:
+        load_day(lake, processes, begin, hours * HOUR_NS)
+        materialize_range(lake, VIEW_SETS["log_entries"], begin, begin + hours * HOUR_NS, HOUR_NS)
+        rows = lake.loop.run(
+            lake.pool.fetch(
+                "SELECT file_path FROM lakehouse_partitions WHERE view_set_name = 'log_entries'"
+                " AND view_instance_id = 'global' AND file_path IS NOT NULL"
+            )
+        )
+    return [f"{root}/{row['file_path']}" for row in rows]
 
 
 def physical_planning_cpu(runner: QueryRunner, plain: SessionContext, sql: str, runs: int) -> dict[str, float]:
@@ -238,6 +299,54 @@ def physical_planning_cpu(runner: QueryRunner, plain: SessionContext, sql: str, 
         return alternating_medians(plans, runs, time.process_time)
     finally:
         runner.session_factory.give_back(session)
+
+
+PHASES = ("session", "SQL to logical plan", "physical plan", "execution")
+
+
+def query_phases_cpu(runner: QueryRunner, plain: SessionContext, sql: str, runs: int) -> dict[str, list[float]]:
+    """Median CPU seconds (all threads) of each of PHASES of `sql` in a kept spanlake session (the
+    runner's, given back after each run) and in plain DataFusion's kept context, and of the whole query
+    through the runner (`door_batches`), the three alternating run after run."""
+    context = QueryContext("bench", None, None, None, {}, sql, "bench")
+    factory = runner.session_factory
+    runs_of = {
+        "spanlake": lambda: query_phases(lambda: factory(context), factory.give_back, sql),
+        "plain": lambda: query_phases(lambda: plain, lambda _: None, sql),
+        "runner": lambda: timed_cpu(lambda: door_batches(runner, sql)),
+    }
+    times: dict[str, list[list[float]]] = {label: [] for label in runs_of}
+    for _ in range(runs):
+        for label, run in runs_of.items():
+            times[label].append(run())
+    return {label: [statistics.median(phase) for phase in zip(*values, strict=True)] for label, values in times.items()}
+
+
+def query_phases(
+    session_of: Callable[[], SessionContext], give_back: Callable[[SessionContext], None], sql: str
+) -> list[float]:
+    """CPU seconds (all threads) of each of PHASES of one run of `sql` in the session `session_of` gives
+    (its plan's partitions executed one after the other: the GROUP BY's plan has one)."""
+    marks = [time.process_time()]
+    session = session_of()
+    marks.append(time.process_time())
+    frame = session.sql(sql)
+    marks.append(time.process_time())
+    plan = frame.execution_plan()
+    marks.append(time.process_time())
+    for partition in range(plan.partition_count):
+        for batch in session.execute(plan, partition):
+            batch.to_pyarrow()
+    marks.append(time.process_time())
+    give_back(session)
+    return [end - start for start, end in itertools.pairwise(marks)]
+
+
+def timed_cpu(run: Callable[[], object]) -> list[float]:
+    """The CPU seconds (all threads) of one call, as a one-phase list."""
+    start = time.process_time()
+    run()
+    return [time.process_time() - start]
 
 
 def plain_session(directory: Path) -> SessionContext:
@@ -275,6 +384,41 @@ def bare_flight() -> Iterator[flight.FlightClient]:
     finally:
         server.shutdown()
         serving.join()
+
+
+class _PlainDataFusion(flight.FlightServerBase):
+    """A bare Flight server running each DoGet's ticket, SQL, in plain DataFusion's kept context."""
+
+    def __init__(self, location: str, directory: Path) -> None:
+        """Serves plain DataFusion's session of the one-row-group files of `directory`."""
+        super().__init__(location)
+        self._plain = plain_session(directory)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        """The result of the ticket's SQL, executed now."""
+        return flight.RecordBatchStream(self._plain.sql(ticket.ticket.decode()).to_arrow_table())
+
+
+def serve_plain(directory: Path, ports: multiprocessing.Queue) -> None:
+    """Serves plain DataFusion over bare Flight on a loopback port, put on `ports` (a process's target)."""
+    server = _PlainDataFusion("grpc://127.0.0.1:0", directory)
+    ports.put(server.port)
+    server.serve()
+
+
+@contextlib.contextmanager
+def plain_flight(directory: Path) -> Iterator[flight.FlightClient]:
+    """A client of plain DataFusion behind a bare pyarrow.flight server, in a process of its own (as
+    `spanlake serve` is)."""
+    spawn = multiprocessing.get_context("spawn")
+    ports = spawn.Queue()
+    process = spawn.Process(target=serve_plain, args=(directory, ports), daemon=True)
+    process.start()
+    try:
+        yield flight.connect(f"grpc://127.0.0.1:{ports.get(timeout=60)}")
+    finally:
+        process.terminate()
+        process.join()
 
 
 def alternating_medians(
