@@ -21,7 +21,9 @@ tail in memory is never a catalog fact (a crash loses nothing but work the next 
 server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
 the coverage check lists them, and the query builds their rows with no further catalog round trip and
 nothing to decode (`decoded_ahead`): while that check runs, from the blocks decoded ahead that the view has
-not written yet, taken when the check lists exactly those.
+not written yet, taken when the check lists exactly those. The partitions written from such rows keep them
+in memory until a merge replaces them (`WrittenTails`): the next late queries read those rows instead of
+the files, so that the scan of the instance's files stays the one they planned before.
 
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
@@ -328,7 +330,8 @@ def decoded_ahead(
     """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
     holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded, the
     rows those of `ahead` when it holds exactly these blocks, else built at once. Their partition is
-    written from these rows after the query, as `in_memory`'s (`persist_range`). None otherwise."""
+    written from these rows after the query, as `in_memory`'s (`persist_range`), and keeps them: the
+    partitions written so before are read from their rows (`WrittenTails`). None otherwise."""
     if around.inside or not around.uncovered:
         return None
     if ahead is not None and ahead.block_ids == around.uncovered:
