@@ -1,19 +1,17 @@
-"""Blocks of live processes decoded as they arrive, off the requests' path, so that a live process's late query
-builds its tail's rows from blocks already decoded instead of reading and decoding them itself.
+"""Blocks of live processes decoded as they arrive, off the requests' path, so that a live process's late
+query builds its tail's rows from blocks already decoded instead of reading and decoding them itself.
 
-A query that reads a view instance's tail in memory (`jit.in_memory`) follows that view for the instance's
-process (`follow`) for FOLLOW_SECONDS. Each block of a followed process that this process ingests (`stored`,
-called once the block's row is committed) is queued for one worker thread, which reads its row and payload and
-decodes it (what every view's rows are built from, and most of their cost). A late query whose uncovered
-blocks were all decoded ahead builds its rows from them (`tail_rows`: one batch over the tail, as a
-partition's writer builds them), waiting for those still queued. So that building them does not wait for the
-coverage check, the query builds the rows of the instance's blocks decoded ahead and not yet written while the
-check runs (`unwritten_tail`), and takes them when the check lists exactly those blocks. A block ingested by
-another process (ingestion workers, another machine) or before the follow began, or of a process without a TSC
-frequency (its rows follow the process's latest block), is decoded by the query as before. Only the decoding
-is done ahead: building each block's rows as well measured 1.8 ms of the worker's CPU a block against 0.95,
-more than the query saves by not building its tail's rows at once, and the GIL the worker holds meanwhile is
-the queries' too.
+A query that reads a view instance's tail in memory (`jit.in_memory`) follows that view for the
+instance's process (`follow`) for FOLLOW_SECONDS. Each block of a followed process that this process
+ingests (`stored`, called once the block's row is committed) is queued for one worker thread, which
+reads its row and payload and decodes it (what every view's rows are built from, and most of their
+cost). A late query whose uncovered blocks were all decoded ahead builds its rows from them
+(`tail_rows`: one batch over the tail, as a partition's writer builds them), waiting for those still
+queued. A block ingested by another process (ingestion workers, another machine) or before the follow
+began, or of a process without a TSC frequency (its rows follow the process's latest block), is decoded
+by the query as before. Only the decoding is done ahead: building each block's rows as well measured
+1.8 ms of the worker's CPU a block against 0.95, more than the query saves by not building its tail's
+rows at once, and the GIL the worker holds meanwhile is the queries' too.
 
 The rows of a tail a query read are also kept once its partition is written from them (`WrittenTails`),
 until a merge replaces that partition: the next late queries read them from memory instead of its file, so
@@ -36,7 +34,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -63,30 +61,13 @@ FORGET_GRACE_SECONDS = 1.0
 
 @dataclass
 class _Decoded:
-    """One block decoded ahead (None: decoding skips it), the views it was decoded for that have not
-    written it yet (dropped from `views` after the grace period, added to `written` at once)."""
+    """One block decoded ahead (None: decoding skips it), and the views it was decoded for that have not
+    written it yet."""
 
     process_id: uuid.UUID
-    stream_id: uuid.UUID
-    insert_time_ns: int
     objects: int
     views: set[str]
     transit: TransitBlock | None
-    written: set[str] = field(default_factory=set)
-
-    def unwritten_of(self, view: View, process_id: uuid.UUID | None, stream_id: uuid.UUID | None) -> bool:
-        """Whether the block is of the instance (a process's, or a stream's) and the view has not written it."""
-        of_instance = self.stream_id == stream_id if process_id is None else self.process_id == process_id
-        return of_instance and view.name in self.views and view.name not in self.written
-
-
-@dataclass(frozen=True)
-class DecodedTail:
-    """The rows of an instance's blocks decoded ahead that its view has not written yet, and their ids
-    (insert order): what a late query's coverage check most likely lists as no partition's."""
-
-    block_ids: tuple[str, ...]
-    rows: list[pa.RecordBatch]
 
 
 class WrittenTails:
@@ -148,7 +129,7 @@ class DecodeAhead:
         self._lock = threading.Condition()
         self._followed: dict[uuid.UUID, dict[str, tuple[View, float]]] = {}  # view name → (view, until)
         self._queued: list[BlockRecord] = []
-        self._pending: dict[str, BlockRecord] = {}  # the blocks queued or being decoded, by id
+        self._pending: set[str] = set()  # ids of the blocks queued or being decoded
         self._pending_objects = 0
         self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # by block id, oldest first
         self._decoded_objects = 0
@@ -178,7 +159,7 @@ class DecodeAhead:
             if block_id in self._pending or block_id in self._decoded:  # a block sent again
                 return
             self._queued.append(record)
-            self._pending[block_id] = record
+            self._pending.add(block_id)
             self._pending_objects += record.nb_objects
             if not self._draining:
                 self._draining = True
@@ -189,47 +170,12 @@ class DecodeAhead:
         queued are decoded (waiting up to PENDING_WAIT_SECONDS); else None."""
         with self._lock:
             if self._pending:
-                self._lock.wait_for(lambda: self._pending.keys().isdisjoint(block_ids), PENDING_WAIT_SECONDS)
+                self._lock.wait_for(lambda: self._pending.isdisjoint(block_ids), PENDING_WAIT_SECONDS)
             found = self._found(block_ids)
-            if found:
-                self._follow_on(found[0].process_id, view)
+            followed = self._followed.get(found[0].process_id, {}) if found else {}
+            if view.name in followed:
+                followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
         return None if found is None else self._rows(view, found)
-
-    def unwritten_tail(self, view: View, process_id: str | None, stream_id: str | None) -> DecodedTail | None:
-        """The view's rows of the instance's blocks (a process's, or with `process_id` None a stream's)
-        decoded ahead that it has not written yet, once those of its blocks still queued are decoded
-        (waiting up to PENDING_WAIT_SECONDS); None when there is none."""
-        if not self._decoded and not self._pending:  # nothing followed: the usual case, without the lock
-            return None
-        process = None if process_id is None else uuid.UUID(process_id)
-        stream = None if stream_id is None else uuid.UUID(stream_id)
-        with self._lock:
-            queued = [
-                block_id
-                for block_id, record in self._pending.items()
-                if (record.stream_id == stream if process is None else record.process_id == process)
-            ]
-            if queued:
-                self._lock.wait_for(lambda: self._pending.keys().isdisjoint(queued), PENDING_WAIT_SECONDS)
-            found = sorted(
-                (
-                    (d.insert_time_ns, block_id, d)
-                    for block_id, d in self._decoded.items()
-                    if d.unwritten_of(view, process, stream)
-                ),
-                key=lambda entry: entry[:2],
-            )
-            if found:
-                self._follow_on(found[0][2].process_id, view)
-        if not found:
-            return None
-        return DecodedTail(tuple(block_id for _, block_id, _ in found), self._rows(view, [d for _, _, d in found]))
-
-    def _follow_on(self, process_id: uuid.UUID, view: View) -> None:
-        """A query read the process's tail for the view: it stays followed FOLLOW_SECONDS more (under the lock)."""
-        followed = self._followed.get(process_id, {})
-        if view.name in followed:
-            followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
 
     def rows_of(self, view: View, blocks: Sequence[SourceBlock]) -> list[pa.RecordBatch] | None:
         """The view's rows of these blocks (insert order) when each was decoded ahead, else None (nothing
@@ -250,16 +196,11 @@ class DecodeAhead:
         return list(view.rows_from_transit([d.transit for d in found if d.transit is not None]))
 
     def forget(self, view: View, block_ids: Iterable[str]) -> None:
-        """The view's partitions holding these blocks are written: they are no tail of it from now on
-        (`unwritten_tail`), and once FORGET_GRACE_SECONDS have passed, each block is dropped if every view
-        it was decoded for has written it."""
+        """The view's partitions holding these blocks are written: once FORGET_GRACE_SECONDS have passed,
+        each block is dropped if every view it was decoded for has written it."""
         ids = [block_id for block_id in block_ids if block_id in self._decoded]
         if ids:
             with self._lock:
-                for block_id in ids:
-                    ahead = self._decoded.get(block_id)
-                    if ahead is not None:
-                        ahead.written.add(view.name)
                 self._forgotten.append((time.monotonic() + FORGET_GRACE_SECONDS, view.name, ids))
                 self._drop_forgotten()
 
@@ -306,8 +247,6 @@ class DecodeAhead:
         return {
             block.meta.block_id: _Decoded(
                 uuid.UUID(block.meta.process_id),
-                uuid.UUID(block.meta.stream_id),
-                block.meta.insert_time_ns,
                 block.meta.nb_objects,
                 {view.name for view in views_of[block.meta.block_id]},
                 transits.get(block.meta.block_id),
@@ -336,7 +275,7 @@ class DecodeAhead:
         """Keeps the blocks decoded (the oldest dropped past the bound) and wakes the queries waiting."""
         with self._lock:
             for record in records:
-                self._pending.pop(str(record.block_id), None)
+                self._pending.discard(str(record.block_id))
                 self._pending_objects -= record.nb_objects
             for block_id, ahead in decoded.items():
                 self._decoded[block_id] = ahead

@@ -20,10 +20,9 @@ as any rebuild is. So a live process's late query never waits on a parquet write
 tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
 server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
 the coverage check lists them, and the query builds their rows with no further catalog round trip and
-nothing to decode (`decoded_ahead`): while that check runs, from the blocks decoded ahead that the view has
-not written yet, taken when the check lists exactly those. The partitions written from such rows keep them
-in memory until a merge replaces them (`WrittenTails`): the next late queries read those rows instead of
-the files, so that the scan of the instance's files stays the one they planned before.
+nothing to decode (`decoded_ahead`). The partitions written from such rows keep them in memory until a
+merge replaces them (`WrittenTails`): the next late queries read those rows instead of the files, so that
+the scan of the instance's files stays the one they planned before.
 
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
@@ -49,7 +48,6 @@ import pyarrow.parquet as pq
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
-from spanlake.lakehouse.decode_ahead import DecodedTail
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.jit_layout import (
     HeldCount,
@@ -145,20 +143,15 @@ def up_to_date(
     timings_of = functools.cache(timings_of)
     view = instance.view
     seen_until_ns = None  # the latest insert time of the blocks the first check saw
-    limit = lake.settings.memory_tail_objects
-    for round_number in range(MAX_ROUNDS):
+    for _ in range(MAX_ROUNDS):
         with tracing.async_span("catalog.instance_coverage"):
-            coverage = asyncio.run_coroutine_threadsafe(
+            groups, partitions = lake.loop.run(
                 lake.catalog.instance_coverage(
                     event_range=query_range,
                     partitions_of=(view.name, instance.instance_id, view.schema_hash),
                     **instance.source,
-                ),
-                lake.loop.loop,
+                )
             )
-            # The tail decoded ahead is built meanwhile: what the check most likely lists as no partition's.
-            ahead = unwritten_tail(lake, instance) if memory_tail and limit > 0 and round_number == 0 else None
-            groups, partitions = coverage.result()
         if seen_until_ns is None and groups:
             seen_until_ns = max(group.last_insert_ns for group in groups)
         dirty = dirty_insert_range(view, groups, partitions, seen_until_ns)
@@ -169,12 +162,13 @@ def up_to_date(
             return FreshRows(partitions)
         outside = [p for p in partitions if p.end_insert_ns <= dirty[0] or p.begin_insert_ns >= dirty[1]]
         # A tail: blocks after partitions already committed (a first query writes what it reads).
+        limit = lake.settings.memory_tail_objects
         tail = memory_tail and limit > 0 and bool(live_of_schema(view, partitions))
         if tail and dirty_objects(groups, dirty) <= limit:
             inside = [p for p in partitions if p not in outside]
             outside_held = held_counts(view, groups, outside)
             around = Around(inside, outside, outside_held, uncovered_ids(groups))
-            return in_memory(lake, instance, query_range, dirty, around, timings_of, ahead)
+            return in_memory(lake, instance, query_range, dirty, around, timings_of)
         rebuilt = rebuild(lake, instance, dirty, timings_of())
         if rebuilt is not None:
             held = sorted(held_counts(view, groups, outside) + rebuilt, key=lambda h: h.partition.begin_insert_ns)
@@ -247,19 +241,6 @@ class Around:
     uncovered: tuple[str, ...] = ()
 
 
-def unwritten_tail(lake: Lake, instance: Instance) -> DecodedTail | None:
-    """The instance's blocks decoded ahead that its view has not written yet, with their rows."""
-    with tracing.async_span("lakehouse.unwritten_tail"):
-        source = instance.source
-        stream_id = source.get("stream_id")
-        process_id = None if stream_id is not None else source.get("process_id")
-        return lake.decode_ahead.unwritten_tail(
-            instance.view,
-            None if process_id is None else str(process_id),
-            None if stream_id is None else str(stream_id),
-        )
-
-
 def uncovered_ids(groups: Sequence[CoverageGroup]) -> tuple[str, ...]:
     """The ids of the blocks no partition holds, as the coverage check listed them (when few)."""
     return next((g.block_ids for g in groups if g.partition_begin_ns is None), ())
@@ -272,7 +253,6 @@ def in_memory(
     dirty: tuple[int, int],
     around: Around,
     timings_of: TimingsOf,
-    ahead: DecodedTail | None = None,
 ) -> FreshRows:
     """The instance's rows with the dirty range decoded in memory: the committed partitions outside it
     and the valid ones inside it, and the rows the rebuild's specs would write (`rebuild`'s set, nothing
@@ -281,10 +261,9 @@ def in_memory(
     The partitions are the coverage check's, the blocks are read after it: a partition committed in
     between is not used (the specs hold its blocks' rows), so each block is read once either way.
 
-    When the blocks were all decoded ahead (`decoded_ahead`), the rows are built from them (those of
-    `ahead` when they are its blocks); else the query decodes them, and the blocks its process sends next
-    are decoded ahead for the view."""
-    fresh = decoded_ahead(lake, instance, query_range, dirty, around, timings_of, ahead)
+    When the blocks were all decoded ahead (`decoded_ahead`), the rows are built from them; else the
+    query decodes them, and the blocks its process sends next are decoded ahead for the view."""
+    fresh = decoded_ahead(lake, instance, query_range, dirty, around, timings_of)
     if fresh is not None:
         return fresh
     view = instance.view
@@ -325,20 +304,16 @@ def decoded_ahead(
     dirty: tuple[int, int],
     around: Around,
     timings_of: TimingsOf,
-    ahead: DecodedTail | None = None,
 ) -> FreshRows | None:
     """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
     holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded, the
-    rows those of `ahead` when it holds exactly these blocks, else built at once. Their partition is
-    written from these rows after the query, as `in_memory`'s (`persist_range`), and keeps them: the
-    partitions written so before are read from their rows (`WrittenTails`). None otherwise."""
+    rows built at once. Their partition is written from these rows after the query, as `in_memory`'s
+    (`persist_range`), and keeps them: the partitions written so before are read from their rows
+    (`WrittenTails`). None otherwise."""
     if around.inside or not around.uncovered:
         return None
-    if ahead is not None and ahead.block_ids == around.uncovered:
-        rows = ahead.rows
-    else:
-        with tracing.async_span("lakehouse.decoded_ahead"):
-            rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
+    with tracing.async_span("lakehouse.decoded_ahead"):
+        rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
     if rows is None:
         return None
     rows = [batch for batch in rows if batch.num_rows]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import uuid
 from pathlib import Path
 
 from harness import PostgresServer, wait_until
@@ -15,7 +14,6 @@ from lakehouse_support import LocalLake, local_lake
 from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
 
 from spanlake.lakehouse.records import blob_key
-from spanlake.lakehouse.view_sets import VIEW_SETS
 
 SPANS = 3
 OBJECTS = 4 * SPANS  # a LiveProcess block's objects
@@ -169,32 +167,6 @@ def test_rows_decoded_ahead_are_those_a_query_decodes(postgres: PostgresServer, 
 
 ALL_ASYNC = "SELECT * FROM view_instance('async_events', '{process}') ORDER BY time, span_id, event_type"
 ALL_THREAD = "SELECT * FROM view_instance('thread_spans', '{stream}') ORDER BY id, begin"
-
-
-def test_the_unwritten_tail_is_the_blocks_decoded_ahead_that_the_view_has_not_written(
-    postgres: PostgresServer, tmp_path: Path
-) -> None:
-    """What a late query builds while its coverage check runs (`DecodeAhead.unwritten_tail`): the
-    instance's blocks decoded ahead in insert order, none once the view wrote them."""
-    with local_lake(postgres, tmp_path) as lake:
-        live = followed(lake)
-        ahead = lake.lake.decode_ahead
-        for number in range(3, 6):
-            live.post_block(number)
-        decoded_ahead(lake, 3 * OBJECTS)
-        tail_ids = tuple(block_ids(lake, live)[3:])
-        by_process = ahead.unwritten_tail(VIEW_SETS["async_events"], live.process_id, None)
-        by_stream = ahead.unwritten_tail(VIEW_SETS["thread_spans"], None, live.stream_id)
-        assert by_process is not None and by_process.block_ids == tail_ids
-        assert sum(batch.num_rows for batch in by_process.rows) == 3 * 2 * SPANS
-        assert by_stream is not None and by_stream.block_ids == tail_ids
-        assert sum(batch.num_rows for batch in by_stream.rows) == 3 * SPANS + 1  # and the thread's root
-        assert ahead.unwritten_tail(VIEW_SETS["thread_spans"], None, str(uuid.uuid4())) is None
-        assert ahead.unwritten_tail(VIEW_SETS["async_events"], str(uuid.uuid4()), None) is None
-        query_both(lake, live, range(6))
-        wait_until(lambda: written_through(lake, live, 6), 30, "the tail of blocks 3-5 written")
-        assert ahead.unwritten_tail(VIEW_SETS["async_events"], live.process_id, None) is None
-        assert ahead.unwritten_tail(VIEW_SETS["thread_spans"], None, live.stream_id) is None
 
 
 def test_the_partitions_written_from_tails_are_read_from_their_rows_by_the_next_late_queries(
