@@ -184,7 +184,8 @@ def test_the_partitions_written_from_tails_are_read_from_their_rows_by_the_next_
         decoded_ahead(lake, 2 * OBJECTS)
         query_both(lake, live, range(5))  # reads blocks 3-4 decoded ahead; their partitions are written from them
         wait_until(lambda: written_through(lake, live, 5), 30, "the tail of blocks 3-4 written")
-        assert lake.lake.decode_ahead.written.held_objects() == 2 * 2 * OBJECTS  # both views' rows of 2 blocks
+        # Both views' rows of 2 blocks, kept once each view's partition is committed.
+        wait_until(lambda: lake.lake.decode_ahead.written.held_objects() == 2 * 2 * OBJECTS, 10, "the rows kept")
         # Their files gone, the rows of blocks 3-4 can only come from memory.
         latest = lake.catalog(
             "SELECT DISTINCT ON (view_set_name) file_path FROM lakehouse_partitions"
