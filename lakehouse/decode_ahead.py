@@ -13,6 +13,11 @@ by the query as before. Only the decoding is done ahead: building each block's r
 1.8 ms of the worker's CPU a block against 0.95, more than the query saves by not building its tail's
 rows at once, and the GIL the worker holds meanwhile is the queries' too.
 
+The rows of a tail a query read are also kept once its partition is written from them (`WrittenTails`),
+until a merge replaces that partition: the next late queries read them from memory instead of its file, so
+their scan of the instance's files stays the one they planned before (one more file per query otherwise:
+a new scan to plan and a footer to read), while the tails of a live process settle.
+
 Nothing here is a catalog fact: a query takes rows only for the blocks its coverage check found no
 partition holding, and a block's rows are the same whenever it is decoded. What is held is bounded
 (`decode_ahead_objects` objects, queued and decoded, the oldest decoded dropped first) and dropped
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from spanlake.lakehouse.catalog.partitions import Partition
 from spanlake.lakehouse.records import BlockRecord
 from spanlake.lakehouse.source_blocks import ProcessTiming
 from spanlake.lakehouse.view_rows import decoded_transit
@@ -64,6 +70,55 @@ class _Decoded:
     transit: TransitBlock | None
 
 
+class WrittenTails:
+    """The rows partitions were written from in memory (a tail a query read), by view instance and file,
+    within a bound (`decode_ahead_objects` objects, the instance used least recently dropped first)."""
+
+    def __init__(self, budget: int) -> None:
+        """Nothing kept; at most `budget` objects' rows once something is."""
+        self._budget = budget
+        self._lock = threading.Lock()
+        # (view set, instance id) → file → (objects, rows); instances used least recently first
+        self._kept: OrderedDict[tuple[str, str], dict[str, tuple[int, list[pa.RecordBatch]]]] = OrderedDict()
+        self._objects = 0
+
+    def keep(self, partition: Partition, objects: int, rows: list[pa.RecordBatch]) -> None:
+        """The partition's file was written from these rows (of `objects` source objects)."""
+        if partition.file_path is None or objects > self._budget:
+            return
+        instance = (partition.view_set_name, partition.view_instance_id)
+        with self._lock:
+            files = self._kept.setdefault(instance, {})
+            self._kept.move_to_end(instance)
+            previous = files.get(partition.file_path)
+            self._objects += objects - (0 if previous is None else previous[0])
+            files[partition.file_path] = (objects, rows)
+            while self._objects > self._budget:
+                _, dropped = self._kept.popitem(last=False)
+                self._objects -= sum(kept_objects for kept_objects, _ in dropped.values())
+
+    def rows_of(self, view: View, instance_id: str, partitions: Sequence[Partition]) -> dict[str, list[pa.RecordBatch]]:
+        """The rows kept of these partitions (the instance's live ones, its others dropped), by file."""
+        instance = (view.name, instance_id)
+        if instance not in self._kept:  # the usual case, a dict lookup without the lock
+            return {}
+        live = {p.file_path for p in partitions if p.file_schema_hash == view.schema_hash}
+        with self._lock:
+            files = self._kept.get(instance, {})
+            for file in [file for file in files if file not in live]:  # replaced by a merge, or retired
+                self._objects -= files.pop(file)[0]
+            if not files:
+                self._kept.pop(instance, None)
+                return {}
+            self._kept.move_to_end(instance)
+            return {file: rows for file, (_, rows) in files.items()}
+
+    def held_objects(self) -> int:
+        """The objects whose rows are kept."""
+        with self._lock:
+            return self._objects
+
+
 class DecodeAhead:
     """The followed views by process, the blocks queued for decoding and those decoded, for one lake."""
 
@@ -80,6 +135,7 @@ class DecodeAhead:
         self._decoded_objects = 0
         self._forgotten: deque[tuple[float, str, list[str]]] = deque()  # (when due, view, block ids)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")  # its thread starts on use
+        self.written = WrittenTails(self._budget)
         self._draining = False
         self._closed = False
 

@@ -20,7 +20,9 @@ as any rebuild is. So a live process's late query never waits on a parquet write
 tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
 server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
 the coverage check lists them, and the query builds their rows with no further catalog round trip and
-nothing to decode (`decoded_ahead`).
+nothing to decode (`decoded_ahead`). The partitions written from such rows keep them in memory until a
+merge replaces them (`WrittenTails`): the next late queries read those rows instead of the files, so that
+the scan of the instance's files stays the one they planned before.
 
 With `live_refresh_seconds` set, an instance queried lately is also brought up to date in the
 background as its process's blocks arrive (`live_refresh`), so that a live process's next query
@@ -306,7 +308,8 @@ def decoded_ahead(
     """`in_memory`'s answer when no partition meets the dirty range and its blocks (those no partition
     holds) were all decoded ahead (`decode_ahead`): no further catalog round trip, nothing decoded, the
     rows built at once. Their partition is written from these rows after the query, as `in_memory`'s
-    (`persist_range`). None otherwise."""
+    (`persist_range`), and keeps them: the partitions written so before are read from their rows
+    (`WrittenTails`). None otherwise."""
     if around.inside or not around.uncovered:
         return None
     with tracing.async_span("lakehouse.decoded_ahead"):
@@ -316,7 +319,10 @@ def decoded_ahead(
     rows = [batch for batch in rows if batch.num_rows]
     tail = ReadTail(dirty, around.outside_held, around.uncovered, rows)
     write_tail_later(lake, instance, functools.partial(persist_range, lake, instance, query_range, tail, timings_of))
-    return FreshRows(sorted(around.outside, key=lambda p: p.begin_insert_ns), rows)
+    # The partitions written from earlier tails are read from their rows, still in memory (`WrittenTails`).
+    kept = lake.decode_ahead.written.rows_of(instance.view, instance.instance_id, around.outside)
+    files = sorted((p for p in around.outside if p.file_path not in kept), key=lambda p: p.begin_insert_ns)
+    return FreshRows(files, [batch for batches in kept.values() for batch in batches] + rows)
 
 
 @dataclass(frozen=True)
@@ -345,17 +351,36 @@ def persist_range(
     due: float,
 ) -> None:
     """Once the monotonic clock reaches `due`, writes the dirty range a query read from blocks decoded
-    ahead (`rebuild`, with the rows it read) and settles what became mergeable. If a concurrent writer
-    changed the range first, the instance is brought up to date as a query would (`up_to_date`)."""
+    ahead (`rebuild`, with the rows it read; the partition written from them keeps them, `WrittenTails`)
+    and settles what became mergeable. If a concurrent writer changed the range first, the instance is
+    brought up to date as a query would (`up_to_date`)."""
     time.sleep(max(0.0, due - time.monotonic()))
-    rows_of = functools.partial(tail.rows_or_decoded, lake, timings_of)
+    from_tail: list[PartitionSpec] = []
+
+    def rows_of(spec: PartitionSpec) -> Iterable[pa.RecordBatch]:
+        rows = tail.rows_or_decoded(lake, timings_of, spec)
+        if rows is tail.rows:
+            from_tail.append(spec)
+        return rows
+
     rebuilt = rebuild(lake, instance, tail.dirty, timings_of(), rows_of)
     if rebuilt is None:
         up_to_date(lake, instance, query_range, timings_of)
         return
+    keep_tail_rows(lake, tail.rows, from_tail, rebuilt)
     held = sorted([*tail.outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
     if plan_merges(held):
         settle(lake, instance, held, timings_of())
+
+
+def keep_tail_rows(
+    lake: Lake, rows: list[pa.RecordBatch], specs: Sequence[PartitionSpec], rebuilt: Sequence[HeldCount]
+) -> None:
+    """The partitions written for these specs from a tail's rows keep them (`WrittenTails`)."""
+    ranges = {(spec.begin_insert_ns, spec.end_insert_ns) for spec in specs}
+    for written in rebuilt:
+        if (written.partition.begin_insert_ns, written.partition.end_insert_ns) in ranges:
+            lake.decode_ahead.written.keep(written.partition, written.objects, rows)
 
 
 def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:

@@ -401,7 +401,8 @@ SETTINGS: tuple[Option, ...] = (
         int,
         262144,
         "the blocks this server ingests of a process whose tail a query read in memory lately are decoded"
-        " as they arrive, for its next query, up to this many objects held (0: off)",
+        " as they arrive, for its next query, up to this many objects held (and as many objects' rows of the"
+        " partitions written from tails, until merged; 0: off)",
         QUERYING,
     ),
     Option(

@@ -1,7 +1,8 @@
 """The blocks a server ingests of a live process are decoded as they arrive (`lakehouse/decode_ahead.py`): a
 late query unions their rows without reading their payloads, their partition is written from them, what is
 held stays within its bound and is dropped once written, and blocks ingested elsewhere or of processes
-nobody queries are left to the queries."""
+nobody queries are left to the queries. The partitions written from a tail keep its rows for the next late
+queries (`WrittenTails`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import dataclasses
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 from harness import PostgresServer, wait_until
 from lakehouse_support import LocalLake, local_lake
 from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
 
+from spanlake.lakehouse.catalog.partitions import Partition
+from spanlake.lakehouse.decode_ahead import WrittenTails
 from spanlake.lakehouse.records import blob_key
+from spanlake.lakehouse.view_sets import VIEW_SETS
 
 SPANS = 3
 OBJECTS = 4 * SPANS  # a LiveProcess block's objects
@@ -167,3 +172,58 @@ def test_rows_decoded_ahead_are_those_a_query_decodes(postgres: PostgresServer, 
 
 ALL_ASYNC = "SELECT * FROM view_instance('async_events', '{process}') ORDER BY time, span_id, event_type"
 ALL_THREAD = "SELECT * FROM view_instance('thread_spans', '{stream}') ORDER BY id, begin"
+
+
+def test_the_partitions_written_from_tails_are_read_from_their_rows_by_the_next_late_queries(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        for number in range(3, 5):
+            live.post_block(number)
+        decoded_ahead(lake, 2 * OBJECTS)
+        query_both(lake, live, range(5))  # reads blocks 3-4 decoded ahead; their partitions are written from them
+        wait_until(lambda: written_through(lake, live, 5), 30, "the tail of blocks 3-4 written")
+        # Both views' rows of 2 blocks, kept once each view's partition is committed.
+        wait_until(lambda: lake.lake.decode_ahead.written.held_objects() == 2 * 2 * OBJECTS, 10, "the rows kept")
+        # Their files gone, the rows of blocks 3-4 can only come from memory.
+        latest = lake.catalog(
+            "SELECT DISTINCT ON (view_set_name) file_path FROM lakehouse_partitions"
+            " WHERE view_instance_id IN ($1, $2) ORDER BY view_set_name, begin_insert_time DESC",
+            live.process_id,
+            live.stream_id,
+        )
+        for row in latest:
+            lake.lake.store.delete(row["file_path"])
+        live.post_block(5)
+        wait_until(lambda: lake.lake.decode_ahead.held_objects()[0] == 0, 10, "nothing queued")
+        query_both(lake, live, range(6))
+
+
+def test_written_tails_keep_the_rows_of_live_partitions_within_their_bound() -> None:
+    view = VIEW_SETS["async_events"]
+
+    def partition(instance: str, begin: int) -> Partition:
+        return Partition(
+            view.name, instance, begin, begin + 1, None, None, f"{instance}/{begin}", 1, view.schema_hash, 4, 1
+        )
+
+    def rows(value: int) -> list[pa.RecordBatch]:
+        return [pa.record_batch({"n": [value]})]
+
+    written = WrittenTails(budget=10)
+    first, second, other = partition("a", 0), partition("a", 1), partition("b", 0)
+    written.keep(first, 4, rows(0))
+    written.keep(second, 4, rows(1))
+    assert written.held_objects() == 8
+    kept = written.rows_of(view, "a", [first, second])
+    assert {file: batches[0]["n"][0].as_py() for file, batches in kept.items()} == {"a/0": 0, "a/1": 1}
+    # A merge replaced the first: its rows are dropped.
+    assert list(written.rows_of(view, "a", [second])) == ["a/1"]
+    assert written.held_objects() == 4
+    # Past the bound, the instance used least recently goes.
+    written.keep(other, 4, rows(2))
+    written.keep(partition("b", 1), 4, rows(3))
+    assert written.held_objects() == 8
+    assert written.rows_of(view, "a", [second]) == {}
+    assert list(written.rows_of(view, "b", [other])) == ["b/0"]
