@@ -24,7 +24,7 @@ It prints each round's median wall time of a call, and each server's CPU time pe
 their number: work queued after the answer counts too). Then the medians over the rounds, the ratios
 to the bare server, this / previous, and the machine's load.
 
-    python benchmarks/served_fixed_cost.py [--runs 300] [--rounds 3] [--baseline dba72e1] [--self-tracing]
+    python benchmarks/served_fixed_cost.py [--runs 300] [--rounds 3] [--baseline c0c7a9c] [--self-tracing]
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="quiet calls per server per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="dba72e1", help="git revision to compare with ('' for none)")
+    parser.add_argument("--baseline", default="c0c7a9c", help="git revision to compare with ('' for none)")
     parser.add_argument("--self-tracing", action="store_true", help="servers trace themselves (production default)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
