@@ -237,7 +237,8 @@ class Query:
 
     def set_range(self, query_range: tuple[int, int] | None, limit: int | None) -> None:
         """The query's range and row limit, once the door has read them (before its session)."""
-        self.request = dataclasses.replace(self.request, query_range=query_range, limit=limit)
+        if (query_range, limit) != (self.request.query_range, self.request.limit):
+            self.request = dataclasses.replace(self.request, query_range=query_range, limit=limit)
         self.audit.query_range, self.audit.limit = query_range, limit
 
     def executing(self) -> None:

@@ -316,15 +316,16 @@ class FlightSqlServer(flight.FlightServerBase):
         query = self._open(context, call, statement.sql, "DoGet", "flightsql.do_get")
         try:
             headers = _query_headers(query, call)
-            _log.debug(
-                "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
-                query.query_id,
-                headers.range_text(),
-                headers.limit,
-                call.principal.name if call.principal else "",
-                call.client,
-                statement.sql,
-            )
+            if _log.isEnabledFor(logging.DEBUG):  # its arguments are built only when it is written
+                _log.debug(
+                    "execute_query query_id=%s range=%s limit=%s user=%s client=%s sql=%.2000s",
+                    query.query_id,
+                    headers.range_text(),
+                    headers.limit,
+                    call.principal.name if call.principal else "",
+                    call.client,
+                    statement.sql,
+                )
             with tracing.attach(query.span.context):
                 on_cluster = self._on_cluster(query, call, statement, headers)
                 if on_cluster is not None:
@@ -428,6 +429,9 @@ def _stream_batches(query: Query, reader: ResultBatches) -> Iterator[pa.RecordBa
         yield from run.batches
         if run.ended:
             return
+        # Sent: dropped before the next run waits for room in the result buffer, which counts them no
+        # longer (kept, they would be held uncounted).
+        del run
 
 
 def _metadata_in_session(query: Query, kind: str, command: Any, headers: QueryHeaders) -> pa.Table:

@@ -9,6 +9,7 @@ running query (one blocked in DataFusion meanwhile is stopped by its query's thr
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -25,8 +26,10 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SLICE_TARGET_BYTES = 2 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1024)
 def hydrated_type(data_type: pa.DataType) -> pa.DataType:
-    """The type with every dictionary (also inside lists, structs and maps) replaced by its values."""
+    """The type with every dictionary (also inside lists, structs and maps) replaced by its values
+    (kept per type: every stream asks for each of its columns)."""
     if pa.types.is_dictionary(data_type):
         return hydrated_type(data_type.value_type)
     if pa.types.is_list(data_type):
@@ -52,7 +55,7 @@ def _hydrated_field(field: pa.Field) -> pa.Field:
 
 def output_schema(schema: pa.Schema, preserve_dictionary: bool) -> pa.Schema:
     """The schema announced to the client (FlightInfo, prepared statement, stream)."""
-    if preserve_dictionary:
+    if preserve_dictionary or not has_dictionary(schema):
         return schema
     return pa.schema([_hydrated_field(field) for field in schema], metadata=schema.metadata)
 
@@ -84,6 +87,11 @@ def split(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         yield batch.slice(offset, rows_per_slice)
 
 
+def wire_batches(batch: pa.RecordBatch, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """A DataFusion batch as sent: conformed to the announced schema, in slices gRPC takes."""
+    return split(conform(batch, schema))
+
+
 def has_dictionary(schema: pa.Schema) -> bool:
     """Whether any field of the schema holds a dictionary (also nested)."""
     return any(hydrated_type(field.type) != field.type for field in schema)
@@ -107,9 +115,11 @@ def result_batches(
     finished = False
     try:
         while (datafusion_batch := fetch()) is not None:
-            batch = conform(datafusion_batch, schema)
-            for part in split(batch):
+            for part in wire_batches(datafusion_batch, schema):
                 yield pa.Table.from_batches([part]) if as_table else part
+            # Sent: dropped before `fetch` waits for room for the next batch, as the result buffer
+            # counts it no longer (kept, 50 unread streams held a batch each beyond the bound).
+            datafusion_batch = part = None
         finished = True
     except Exception as exc:
         failure = exc if isinstance(exc, Failure) else classify("error building data stream", exc, audit.query_id)
