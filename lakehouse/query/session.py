@@ -150,7 +150,7 @@ def files_table(
         if tail:
             frame = frame.union(_memory_frame(lake, view, tail))
     else:  # one in-memory partition, even when empty: plans need one
-        frame = lake.off_runtime.run(frames_context(lake).create_dataframe, [table.to_batches()], None, view.schema)
+        frame = lake.off_runtime.run(_rows_frame, table.to_batches(), view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     if rows is not None:
@@ -166,8 +166,9 @@ def _memory_frame(lake: Lake, view: View, batches: list[pa.RecordBatch]) -> Data
 
 @functools.cache
 def _rows_context() -> SessionContext:
-    """The context every query's in-memory rows are registered in: a new context a query cost more
-    (~80 µs) than the frame itself. It holds no table: each is dropped once its frame is made."""
+    """The context in-memory rows (a tail, a merged view's rows) are registered in, shared by the queries:
+    a new context a query cost more (~80 µs) than the frame itself. It keeps no table: each is dropped
+    once its frame is made."""
     return SessionContext(session_config())
 
 
