@@ -176,9 +176,10 @@ def _rows_frame(batches: list[pa.RecordBatch], schema: pa.Schema) -> DataFrame:
     """These batches as a frame (one partition); the frame keeps them, the shared context does not."""
     name = f"rows_{uuid.uuid4().hex}"
     context = _rows_context()
-    frame = context.create_dataframe([batches], name, schema)
-    context.deregister_table(name)
-    return frame
+    try:
+        return context.create_dataframe([batches], name, schema)
+    finally:
+        context.deregister_table(name)
 
 
 def inserted_files(lake: Lake, view: View, insert_range: tuple[int, int]) -> list[str]:
