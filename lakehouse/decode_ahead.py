@@ -87,6 +87,7 @@ class WrittenTails:
         if partition.file_path is None or objects > self._budget:
             return
         instance = (partition.view_set_name, partition.view_instance_id)
+        rows = _one_batch(rows)
         with self._lock:
             files = self._kept.setdefault(instance, {})
             self._kept.move_to_end(instance)
@@ -117,6 +118,14 @@ class WrittenTails:
         """The objects whose rows are kept."""
         with self._lock:
             return self._objects
+
+
+def _one_batch(rows: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """The rows as one batch without schema notes: each query reading them registers one batch instead of
+    many (~5 µs a batch), and the copy is made once, where they are kept, not in every query."""
+    if not rows:
+        return rows
+    return [pa.concat_batches([batch.replace_schema_metadata(None) for batch in rows])]
 
 
 class DecodeAhead:

@@ -17,6 +17,7 @@ from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
 
 from spanlake.lakehouse.catalog.partitions import Partition
 from spanlake.lakehouse.decode_ahead import WrittenTails
+from spanlake.lakehouse.query.session import _rows_context, _rows_frame
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.view_sets import VIEW_SETS
 
@@ -227,3 +228,25 @@ def test_written_tails_keep_the_rows_of_live_partitions_within_their_bound() -> 
     assert written.held_objects() == 8
     assert written.rows_of(view, "a", [second]) == {}
     assert list(written.rows_of(view, "b", [other])) == ["b/0"]
+
+
+def test_written_tails_keep_the_rows_as_one_batch_without_notes() -> None:
+    view = VIEW_SETS["async_events"]
+    partition = Partition(view.name, "a", 0, 1, None, None, "a/0", 1, view.schema_hash, 4, 1)
+    noted = pa.schema([("n", pa.int64())], metadata={"merge": "note"})
+    written = WrittenTails(budget=10)
+    written.keep(
+        partition, 4, [pa.record_batch({"n": [1, 2]}, schema=noted), pa.record_batch({"n": [3]}, schema=noted)]
+    )
+    [batch] = written.rows_of(view, "a", [partition])["a/0"]
+    assert batch["n"].to_pylist() == [1, 2, 3]
+    assert batch.schema.metadata is None
+
+
+def test_rows_frames_leave_no_table_in_their_shared_context() -> None:
+    schema = pa.schema([("n", pa.int64())])
+    first = _rows_frame([pa.record_batch({"n": [1, 2]}), pa.record_batch({"n": [3]})], schema)
+    second = _rows_frame([], schema)
+    assert first.to_arrow_table()["n"].to_pylist() == [1, 2, 3]
+    assert second.count() == 0
+    assert _rows_context().catalog().schema().names() == set()
