@@ -127,6 +127,14 @@ class S3Server:
         self.process.wait(10)
 
 
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "is already in use (another spanlake serve?)"  # server/startup.py's message
+
+
+class PortTaken(RuntimeError):
+    """The server exited because one of its ports was taken."""
+
+
 @dataclass
 class SpanlakeServer:
     """A `spanlake` server process on free loopback ports, with direct access to its storage."""
@@ -167,6 +175,21 @@ class SpanlakeServer:
         return env
 
     def start(self) -> SpanlakeServer:
+        """Starts the server and waits for /health. On a first start whose port another process took
+        between `free_port` and the server's bind (a Ray worker, a client's connection), starts again on
+        new free ports: a port given for a restart is kept."""
+        attempts = PORT_ATTEMPTS if self.process is None else 1
+        while True:
+            try:
+                return self._start_once()
+            except PortTaken:
+                attempts -= 1
+                if attempts == 0:
+                    raise
+                self.stop()
+                self.http_port, self.flightsql_port = free_port(), free_port()
+
+    def _start_once(self) -> SpanlakeServer:
         log_path = self.data_dir / f"{self.command}-{self.http_port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -182,7 +205,9 @@ class SpanlakeServer:
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"spanlake exited with {self.process.returncode}:\n{self.log_text()}")
+            log = self.log_text()
+            failure = PortTaken if PORT_TAKEN in log else RuntimeError
+            raise failure(f"spanlake exited with {self.process.returncode}:\n{log}")
         try:
             with urllib.request.urlopen(f"{self.http_url}/health", timeout=1) as response:
                 return response.status == 200
