@@ -1,7 +1,8 @@
 """Sessions kept from one query to the next (`lakehouse/query/session_pool.py`), through the query runner
 every door uses, on a real lake (PostgreSQL, local object store): a session whose query's stream ended
-serves the next query of its kind, and answers it as a new session would — the table functions run
-again, the read scope and identity are the new query's — while a failed or changed session is dropped."""
+serves the next query of its kind (also a Flight SQL query's, planned at GetFlightInfo), and answers it
+as a new session would — the table functions run again, the read scope and identity are the new query's —
+while a failed or changed session is dropped."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 from datafusion import SessionContext
 from harness import PostgresServer, query
@@ -24,6 +26,9 @@ from spanlake.lakehouse.query.failures import Failure
 from spanlake.lakehouse.query.runner import QueryRequest, QueryRunner
 from spanlake.lakehouse.settings import Settings
 from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.server.flightsql import protocol
+from spanlake.server.flightsql.plan_cache import PlanCache
+from spanlake.server.flightsql.service import FlightSqlServer
 
 PARTITION_COUNT = "SELECT count(*) AS n FROM list_partitions()"
 LOG_ENTRIES = VIEW_SETS["log_entries"]
@@ -213,3 +218,24 @@ def test_a_session_whose_settings_a_loop_join_changed_is_dropped(runner: QueryRu
     assert rows == [{"n": 18}]
     assert after is not changed
     assert batch_size == [{"value": "65536"}]
+
+
+def test_a_flight_query_s_session_planned_at_get_flight_info_serves_the_next_query(runner: QueryRunner) -> None:
+    # GetFlightInfo plans in a session of its own and leaves the plan in the plan cache; the DoGet
+    # executing that plan gives the session back once its stream ended.
+    plans = PlanCache()
+    server = FlightSqlServer("grpc://127.0.0.1:0", runner, None, plan_cache=plans)
+    try:
+        client = flight.FlightClient(f"grpc://127.0.0.1:{server.serve_in_thread()}")
+        command = protocol.pack(protocol.CommandStatementQuery(query="SELECT 1 AS one"))
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        planned = plans.get((b"SELECT 1 AS one", None, None, None), take=False)
+        table = client.do_get(info.endpoints[0].ticket).read_all()
+        client.close()
+        rows, after = run(runner, "SELECT 2 AS two")
+    finally:
+        server.shutdown()
+    assert table.to_pylist() == [{"one": 1}]
+    assert rows == [{"two": 2}]
+    assert planned is not None
+    assert after is planned.ctx

@@ -392,8 +392,17 @@ class Query:
         """`plan` (unless given a plan and the session it executes in) and `execute`, as one step: a step
         is a hand-off between threads (tens of µs, more on a loaded machine), as much as a small query's
         planning. (The first batch is not taken here: it may wait for room in the result buffer, and a
-        door answers its client before that, as Flight's DoGet sends the schema.)"""
-        df, ctx = planned if planned is not None else (self.plan(sql, param_values, limit), None)
+        door answers its client before that, as Flight's DoGet sends the schema.)
+
+        A plan's session becomes the query's own when the query has none yet: the session then goes back
+        to its factory once the stream ended, as a session this query built would (a plan from Flight's
+        plan cache left the query that planned it, which no longer holds the session)."""
+        if planned is None:
+            df, ctx = self.plan(sql, param_values, limit), None
+        else:
+            df, ctx = planned
+            if self._session is None:
+                self._session = ctx
         return StartedQuery(df.schema(), self.execute(df, ctx))
 
     def stream_ended(self, in_own_session: bool) -> None:

@@ -19,7 +19,7 @@ What keeps a reused session's answers those of a new one:
 * a session a query changed is never given back: a table registered in it (`create_dataframe`, a web
   page's view), settings changed or functions registered again (`changed_sessions`);
 * no leak: at most MAX_IDLE_PER_KIND idle sessions per kind; a session not given back (its query
-  failed or was stopped, or its plan went to the plan cache) is dropped as before, and nothing a
+  failed or was stopped, or its plan expired in the plan cache) is dropped as before, and nothing a
   session holds refers to it (`session.py`).
 """
 
