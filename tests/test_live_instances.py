@@ -57,13 +57,21 @@ def test_tail_partitions_settle_while_the_process_runs(server: SpanlakeServer) -
         live.post_block(number)
         check(per_block(client, sql), set(range(number + 1)), 4, None)
 
+    checks = []  # the partitions each check saw (the last named if they never settle)
+
     def settled() -> bool:
         # Each query checks the rows and queues the merges its fresh instance calls for.
         check(per_block(client, sql), set(range(64)), 4, None)
-        frame = client.query(
-            f"SELECT count(*) AS n FROM list_partitions() WHERE view_instance_id = '{live.process_id}'"
+        checks.append(
+            client.query(
+                "SELECT view_set_name, begin_insert_time, end_insert_time, num_rows FROM list_partitions()"
+                f" WHERE view_instance_id = '{live.process_id}' ORDER BY view_set_name, begin_insert_time"
+            )
         )
-        return int(frame.n[0]) <= 2
+        return len(checks[-1]) <= 2
 
     # 64 one-block partitions settle by tiers of eight (8 × 1 → 8, 8 × 8 → 64): one remains.
-    wait_until(settled, 30, "the tail partitions to settle")
+    try:
+        wait_until(settled, 30, "the tail partitions to settle")
+    except TimeoutError as timeout:
+        raise AssertionError(f"{len(checks)} checks; the last saw:\n{checks[-1].to_string()}") from timeout
