@@ -19,7 +19,7 @@ import pyarrow as pa
 from spanlake.views import call_tree_merge
 from spanlake.views.call_tree_merge import ChainNote, PartitionNotes
 from spanlake.views.columns import Coded, dictionary_array, pair_codes, timestamp_array
-from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
+from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup, concat_blocks
 from spanlake.views.meta import BlockMeta, StreamMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, span_desc_scope, span_location_scope
@@ -206,21 +206,24 @@ def _chain_events(
     blocks: Sequence[tuple[BlockMeta, DecodedBlock]], convert: TickConverter, range_begin: int, range_end: int
 ) -> tuple[_ThreadEvents, bool]:
     """The chain's events in range, and whether they are exact (`ChainNote.exact`)."""
+    # The chain's blocks as one, so each event type's times and scopes are converted once for the chain.
+    chain, starts = concat_blocks([block for _, block in blocks])
+    object_offsets = np.array([meta.object_offset for meta, _ in blocks], dtype=np.int64)
     parts: list[_ThreadEvents] = []
-    for block_number, (meta, block) in enumerate(blocks):
-        for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
-            group = block.group(type_name)
-            if group is None:
-                continue
-            parts.append(
-                _ThreadEvents(
-                    np.full(len(group), 1 if is_begin else -1, dtype=np.int64),
-                    convert.ticks_to_ns(group.numeric("time")),
-                    group.positions + meta.object_offset,
-                    _scopes(group, named),
-                    np.full(len(group), block_number, dtype=np.int64),
-                )
+    for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
+        group = chain.group(type_name)
+        if group is None:
+            continue
+        block_number = np.searchsorted(starts, group.positions, side="right") - 1  # empty blocks share a start
+        parts.append(
+            _ThreadEvents(
+                np.full(len(group), 1 if is_begin else -1, dtype=np.int64),
+                convert.ticks_to_ns(group.numeric("time")),
+                group.positions - starts[block_number] + object_offsets[block_number],
+                _scopes(group, named),
+                block_number,
             )
+        )
     events = _ThreadEvents.concat(parts)
     # Blocks in chain order, objects in block order (event ids increase within a block).
     events = events.take(np.lexsort((events.event_id, events.block)))
