@@ -185,17 +185,18 @@ def build_batch(
 ) -> pa.RecordBatch:
     """The thread_spans rows of a stream's blocks, given in event-time order (`convert`: latest timing)."""
     root_scope = Scope(thread_name(stream), "", "", 0)
+    chains = group_contiguous_block_chains([meta for meta, _ in blocks])
+    # Every chain's time range at once: a conversion costs tens of microseconds, whatever its length.
+    edge_ticks = [(blocks[chain[0]][0].begin_ticks, blocks[chain[-1]][0].end_ticks) for chain in chains]
+    edge_ns = convert.delta_ticks_to_ns(np.array(edge_ticks, dtype=np.int64).reshape(-1)).reshape(-1, 2).tolist()
     trees, notes = [], []
-    for chain in group_contiguous_block_chains([meta for meta, _ in blocks]):
-        first, last = blocks[chain[0]][0], blocks[chain[-1]][0]
-        range_begin = convert.delta_ticks_to_ns_scalar(first.begin_ticks)
-        range_end = convert.delta_ticks_to_ns_scalar(last.end_ticks)
+    for chain, (begin_ticks, end_ticks), (range_begin, range_end) in zip(chains, edge_ticks, edge_ns, strict=True):
         events, exact = _chain_events([blocks[index] for index in chain], convert, range_begin, range_end)
         tree = _call_tree(events, range_begin, range_end, root_scope, stream.stream_id)
         trees.append(tree)
         rows = len(tree.spans.id)
         edges = (rows, tree.wrappers, tree.root, tree.open_ids, exact)
-        notes.append(ChainNote(first.begin_ticks, last.end_ticks, range_begin, range_end, *edges))
+        notes.append(ChainNote(begin_ticks, end_ticks, range_begin, range_end, *edges))
     batch = _batch([tree.spans for tree in trees], stream.stream_id)
     if not notes:
         return batch
