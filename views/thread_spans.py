@@ -19,7 +19,7 @@ import pyarrow as pa
 from spanlake.views import call_tree_merge
 from spanlake.views.call_tree_merge import ChainNote, PartitionNotes
 from spanlake.views.columns import Coded, dictionary_array, pair_codes, timestamp_array
-from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup, concat_blocks
+from spanlake.views.decoded import BlockRowsError, DecodedBlock, ObjectGroup
 from spanlake.views.meta import BlockMeta, StreamMeta
 from spanlake.views.schema_types import DICT_UTF8, TIMESTAMP, required
 from spanlake.views.scope import Scope, span_desc_scope, span_location_scope
@@ -207,22 +207,25 @@ def _chain_events(
     blocks: Sequence[tuple[BlockMeta, DecodedBlock]], convert: TickConverter, range_begin: int, range_end: int
 ) -> tuple[_ThreadEvents, bool]:
     """The chain's events in range, and whether they are exact (`ChainNote.exact`)."""
-    # The chain's blocks as one, so each event type's times and scopes are converted once for the chain.
-    chain, starts = concat_blocks([block for _, block in blocks])
-    object_offsets = np.array([meta.object_offset for meta, _ in blocks], dtype=np.int64)
+    # Each event type's objects of all the chain's blocks at once: their times and scopes converted once.
     parts: list[_ThreadEvents] = []
     for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
-        group = chain.group(type_name)
-        if group is None:
+        found = [
+            (number, meta, group) for number, (meta, block) in enumerate(blocks) if (group := block.group(type_name))
+        ]
+        if not found:
             continue
-        block_number = np.searchsorted(starts, group.positions, side="right") - 1  # empty blocks share a start
+        groups = [group for _, _, group in found]
+        event_ids = np.concatenate([group.positions + meta.object_offset for _, meta, group in found])
         parts.append(
             _ThreadEvents(
-                np.full(len(group), 1 if is_begin else -1, dtype=np.int64),
-                convert.ticks_to_ns(group.numeric("time")),
-                group.positions - starts[block_number] + object_offsets[block_number],
-                _scopes(group, named),
-                block_number,
+                np.full(len(event_ids), 1 if is_begin else -1, dtype=np.int64),
+                convert.ticks_to_ns(np.concatenate([group.numeric("time") for group in groups])),
+                event_ids,
+                _scopes(groups, named),
+                np.repeat(
+                    np.array([number for number, _, _ in found], dtype=np.int64), [len(group) for group in groups]
+                ),
             )
         )
     events = _ThreadEvents.concat(parts)
@@ -341,15 +344,18 @@ def _check_scopes(opening: np.ndarray, closing: np.ndarray, events: _ThreadEvent
         )
 
 
-def _scopes(group: ObjectGroup, named: bool) -> Coded[Scope]:
+def _scopes(groups: Sequence[ObjectGroup], named: bool) -> Coded[Scope]:
+    """The scopes of one event type's objects in several blocks, each distinct value resolved once a block."""
+    type_name = groups[0].type_name
     if not named:
-        what = f"{group.type_name}.thread_span_desc"
-        return Coded.of(group.values("thread_span_desc")).map(lambda desc: span_desc_scope(desc, what))
-    location = Coded.of(group.values("thread_span_location"))
-    names = Coded.of(group.values("name"))
+        what = f"{type_name}.thread_span_desc"
+        descs = Coded.concat([Coded.of(group.values("thread_span_desc")) for group in groups])
+        return descs.map(lambda desc: span_desc_scope(desc, what))
+    location = Coded.concat([Coded.of(group.values("thread_span_location")) for group in groups])
+    names = Coded.concat([Coded.of(group.values("name")) for group in groups])
     pair, location_of_pair, name_of_pair = pair_codes(location.codes, names.codes)
     scopes = [
-        span_location_scope(location.values[location_code], names.values[name_code], group.type_name)
+        span_location_scope(location.values[location_code], names.values[name_code], type_name)
         for location_code, name_code in zip(location_of_pair.tolist(), name_of_pair.tolist(), strict=True)
     ]
     return Coded(pair, scopes)
