@@ -12,7 +12,7 @@ import pytest
 import rust_fixtures
 from transit_builder import ThreadBlockWriter, thread_stream_metadata
 
-from spanlake.lakehouse.transit.decode import decode_block, stream_layout
+from spanlake.lakehouse.transit.decode import decode_block, decode_blocks, stream_layout
 from spanlake.views import thread_spans
 from spanlake.views.meta import BlockMeta, StreamMeta
 from spanlake.views.scope import scope_hash
@@ -104,9 +104,10 @@ STREAM = StreamMeta("stream-1", "process-1", ("cpu",), {"thread-name": "worker",
 CONVERT = TickConverter(0, 0, 1_000_000_000)  # 1 tick = 1 ns
 
 
-def _encode(blocks: list[tuple[int, int, list[Event]]]) -> list[tuple[BlockMeta, object]]:
+def _encode(blocks: list[tuple[int, int, list[Event]]], together: bool = False) -> list[tuple[BlockMeta, object]]:
+    """Each block's meta and decoded objects; `together`: the blocks decoded in one run, as decoding ahead may."""
     layout = stream_layout(*thread_stream_metadata())
-    result = []
+    metas, payloads = [], []
     offset = 0
     for number, (begin_ticks, end_ticks, events) in enumerate(blocks):
         writer = ThreadBlockWriter()
@@ -118,13 +119,17 @@ def _encode(blocks: list[tuple[int, int, list[Event]]]) -> list[tuple[BlockMeta,
         meta = BlockMeta(
             f"block-{number}", STREAM.stream_id, "process-1", 0, begin_ticks, 0, end_ticks, len(events), offset, 0
         )
-        result.append((meta, decode_block(writer.payload(), layout)))
+        metas.append(meta)
+        payloads.append(writer.payload())
         offset += len(events)
-    return result
+    decoded = decode_blocks(payloads, layout) if together else [decode_block(payload, layout) for payload in payloads]
+    return list(zip(metas, decoded, strict=True))
 
 
-def _build_both(blocks: list[tuple[int, int, list[Event]]]) -> tuple[list[tuple] | str, list[tuple] | str]:
-    """(vectorized rows, reference rows), or the error class name each raised."""
+def _build_both(
+    blocks: list[tuple[int, int, list[Event]]], together: bool = False
+) -> tuple[list[tuple] | str, list[tuple] | str]:
+    """(vectorized rows, reference rows), or the error class name each raised (`together`: `_encode`)."""
     # Event ids: object_offset + index within the block, as the encoder lays them out.
     offset = 0
     for _, _, events in blocks:
@@ -141,7 +146,7 @@ def _build_both(blocks: list[tuple[int, int, list[Event]]]) -> tuple[list[tuple]
     except CallTreeError:
         reference = "CallTreeError"
     try:
-        got: list[tuple] | str = _rows(thread_spans.build_batch(_encode(blocks), STREAM, CONVERT))
+        got: list[tuple] | str = _rows(thread_spans.build_batch(_encode(blocks, together), STREAM, CONVERT))
     except CallTreeError:
         got = "CallTreeError"
     return got, reference
@@ -263,6 +268,13 @@ def _random_blocks(rng: random.Random) -> list[tuple[int, int, list[Event]]]:
 @pytest.mark.parametrize("seed", range(200))
 def test_random_streams_match_the_stack_machine(seed: int) -> None:
     got, reference = _build_both(_random_blocks(random.Random(seed)))
+    assert got == reference
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 4))
+def test_random_streams_decoded_in_one_run_match_the_stack_machine(seed: int) -> None:
+    """Blocks decoded together are parts of one run: their chain's events still come from their own objects."""
+    got, reference = _build_both(_random_blocks(random.Random(seed)), together=True)
     assert got == reference
 
 

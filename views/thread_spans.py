@@ -185,17 +185,18 @@ def build_batch(
 ) -> pa.RecordBatch:
     """The thread_spans rows of a stream's blocks, given in event-time order (`convert`: latest timing)."""
     root_scope = Scope(thread_name(stream), "", "", 0)
+    chains = group_contiguous_block_chains([meta for meta, _ in blocks])
+    # Every chain's time range at once: a conversion costs tens of microseconds, whatever its length.
+    edge_ticks = [(blocks[chain[0]][0].begin_ticks, blocks[chain[-1]][0].end_ticks) for chain in chains]
+    edge_ns = convert.delta_ticks_to_ns(np.array(edge_ticks, dtype=np.int64).reshape(-1)).reshape(-1, 2).tolist()
     trees, notes = [], []
-    for chain in group_contiguous_block_chains([meta for meta, _ in blocks]):
-        first, last = blocks[chain[0]][0], blocks[chain[-1]][0]
-        range_begin = convert.delta_ticks_to_ns_scalar(first.begin_ticks)
-        range_end = convert.delta_ticks_to_ns_scalar(last.end_ticks)
+    for chain, (begin_ticks, end_ticks), (range_begin, range_end) in zip(chains, edge_ticks, edge_ns, strict=True):
         events, exact = _chain_events([blocks[index] for index in chain], convert, range_begin, range_end)
         tree = _call_tree(events, range_begin, range_end, root_scope, stream.stream_id)
         trees.append(tree)
         rows = len(tree.spans.id)
         edges = (rows, tree.wrappers, tree.root, tree.open_ids, exact)
-        notes.append(ChainNote(first.begin_ticks, last.end_ticks, range_begin, range_end, *edges))
+        notes.append(ChainNote(begin_ticks, end_ticks, range_begin, range_end, *edges))
     batch = _batch([tree.spans for tree in trees], stream.stream_id)
     if not notes:
         return batch
@@ -206,21 +207,27 @@ def _chain_events(
     blocks: Sequence[tuple[BlockMeta, DecodedBlock]], convert: TickConverter, range_begin: int, range_end: int
 ) -> tuple[_ThreadEvents, bool]:
     """The chain's events in range, and whether they are exact (`ChainNote.exact`)."""
+    # Each event type's objects of all the chain's blocks at once: their times and scopes converted once.
     parts: list[_ThreadEvents] = []
-    for block_number, (meta, block) in enumerate(blocks):
-        for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
-            group = block.group(type_name)
-            if group is None:
-                continue
-            parts.append(
-                _ThreadEvents(
-                    np.full(len(group), 1 if is_begin else -1, dtype=np.int64),
-                    convert.ticks_to_ns(group.numeric("time")),
-                    group.positions + meta.object_offset,
-                    _scopes(group, named),
-                    np.full(len(group), block_number, dtype=np.int64),
-                )
+    for type_name, (is_begin, named) in THREAD_EVENT_TYPES.items():
+        found = [
+            (number, meta, group) for number, (meta, block) in enumerate(blocks) if (group := block.group(type_name))
+        ]
+        if not found:
+            continue
+        groups = [group for _, _, group in found]
+        event_ids = np.concatenate([group.positions + meta.object_offset for _, meta, group in found])
+        parts.append(
+            _ThreadEvents(
+                np.full(len(event_ids), 1 if is_begin else -1, dtype=np.int64),
+                convert.ticks_to_ns(np.concatenate([group.numeric("time") for group in groups])),
+                event_ids,
+                _scopes(groups, named),
+                np.repeat(
+                    np.array([number for number, _, _ in found], dtype=np.int64), [len(group) for group in groups]
+                ),
             )
+        )
     events = _ThreadEvents.concat(parts)
     # Blocks in chain order, objects in block order (event ids increase within a block).
     events = events.take(np.lexsort((events.event_id, events.block)))
@@ -337,15 +344,18 @@ def _check_scopes(opening: np.ndarray, closing: np.ndarray, events: _ThreadEvent
         )
 
 
-def _scopes(group: ObjectGroup, named: bool) -> Coded[Scope]:
+def _scopes(groups: Sequence[ObjectGroup], named: bool) -> Coded[Scope]:
+    """The scopes of one event type's objects in several blocks, each distinct value resolved once a block."""
+    type_name = groups[0].type_name
     if not named:
-        what = f"{group.type_name}.thread_span_desc"
-        return Coded.of(group.values("thread_span_desc")).map(lambda desc: span_desc_scope(desc, what))
-    location = Coded.of(group.values("thread_span_location"))
-    names = Coded.of(group.values("name"))
+        what = f"{type_name}.thread_span_desc"
+        descs = Coded.concat([Coded.of(group.values("thread_span_desc")) for group in groups])
+        return descs.map(lambda desc: span_desc_scope(desc, what))
+    location = Coded.concat([Coded.of(group.values("thread_span_location")) for group in groups])
+    names = Coded.concat([Coded.of(group.values("name")) for group in groups])
     pair, location_of_pair, name_of_pair = pair_codes(location.codes, names.codes)
     scopes = [
-        span_location_scope(location.values[location_code], names.values[name_code], group.type_name)
+        span_location_scope(location.values[location_code], names.values[name_code], type_name)
         for location_code, name_code in zip(location_of_pair.tolist(), name_of_pair.tolist(), strict=True)
     ]
     return Coded(pair, scopes)
