@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 
 import pyarrow.flight as flight
 from _servers import source_env, spanlake_server
-from served_fixed_cost import IDLE_SECONDS, WARM_UP_CALLS, cpu_seconds
+from served_fixed_cost import IDLE_SECONDS, WARM_UP_CALLS, cpu_seconds, median_rounds
 
 from spanlake.server.flightsql import protocol
 
@@ -87,19 +86,7 @@ def main() -> None:
     parser.add_argument("--sql", default="SELECT 1 AS one")
     args = parser.parse_args()
     revisions: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
-    rounds = []
-    loads = [os.getloadavg()[0]]
-    for number in range(args.rounds):
-        rounds.append(measure_round(revisions, args.sql, args.runs))
-        loads.append(os.getloadavg()[0])
-        print(
-            f"round {number + 1}: "
-            + "; ".join(f"{name} " + " ".join(f"{k} {v:.2f}" for k, v in f.items()) for name, f in rounds[-1].items()),
-            flush=True,
-        )
-    medians = {
-        name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]} for name in rounds[0]
-    }
+    medians, loads = median_rounds(lambda: measure_round(revisions, args.sql, args.runs), args.rounds)
     print(f"\nmedians of {args.rounds} rounds, {args.runs} queries each (load {min(loads):.1f}-{max(loads):.1f})")
     for name, figures in medians.items():
         print(

@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import micromegas
@@ -158,6 +158,26 @@ def measure_round(revisions: dict[str, str | None], runs: int, self_tracing: boo
         return measure(servers, runs)
 
 
+def median_rounds(
+    measure_one_round: Callable[[], dict[str, dict[str, float]]], rounds: int
+) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Runs the rounds, printing each; the median of each figure by server, and the load averages seen."""
+    figures = []
+    loads = [os.getloadavg()[0]]
+    for number in range(rounds):
+        figures.append(measure_one_round())
+        loads.append(os.getloadavg()[0])
+        print(
+            f"round {number + 1}: "
+            + "; ".join(f"{name} " + " ".join(f"{k} {v:.2f}" for k, v in f.items()) for name, f in figures[-1].items()),
+            flush=True,
+        )
+    medians = {
+        name: {key: statistics.median(r[name][key] for r in figures) for key in figures[0][name]} for name in figures[0]
+    }
+    return medians, loads
+
+
 def main() -> None:
     """Rounds of this checkout, the baseline and the bare server; prints each round and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,19 +191,7 @@ def main() -> None:
         serve_bare()
         return
     revisions: dict[str, str | None] = {"this": None} | ({args.baseline: args.baseline} if args.baseline else {})
-    rounds = []
-    loads = [os.getloadavg()[0]]
-    for number in range(args.rounds):
-        rounds.append(measure_round(revisions, args.runs, args.self_tracing))
-        loads.append(os.getloadavg()[0])
-        print(
-            f"round {number + 1}: "
-            + "; ".join(f"{name} " + " ".join(f"{k} {v:.2f}" for k, v in f.items()) for name, f in rounds[-1].items()),
-            flush=True,
-        )
-    medians = {
-        name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]} for name in rounds[0]
-    }
+    medians, loads = median_rounds(lambda: measure_round(revisions, args.runs, args.self_tracing), args.rounds)
     bare = medians["bare"]
     print(f"\nmedians of {args.rounds} rounds, {args.runs} quiet calls each (load {min(loads):.1f}-{max(loads):.1f})")
     for name, figures in medians.items():
