@@ -15,7 +15,8 @@ import logging
 import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from spanlake import tracing
 from spanlake.lakehouse.query.context import Principal
@@ -39,25 +40,30 @@ _TOKENS = re.compile(
 )
 
 
+# Dashboards send the same statements again and again: what is read from the last KEPT_STATEMENTS
+# texts of up to KEPT_SQL_CHARS is kept (tokenizing a 2 KB statement takes a tenth of a millisecond).
+KEPT_SQL_CHARS = 16_384
+KEPT_STATEMENTS = 512
+
+T = TypeVar("T")
+
+
+def kept_per_text(read: Callable[[str], T]) -> Callable[[str], T]:
+    """`read` of a statement's text, its answers for the last KEPT_STATEMENTS short texts kept."""
+    kept = functools.lru_cache(maxsize=KEPT_STATEMENTS)(read)
+
+    @functools.wraps(read)
+    def read_or_kept(sql: str) -> T:
+        return kept(sql) if len(sql) <= KEPT_SQL_CHARS else read(sql)
+
+    return read_or_kept
+
+
+@kept_per_text
 def sql_hash(sql: str) -> str:
     """The statement's fingerprint (micromegas's): the first 16 hex digits of the SHA-256 of its
     tokens with literals replaced by `?`, so the refreshes of one dashboard panel, which differ only
     in their time literals, share it. It is what a deny rule on `sql_hash` names."""
-    return _kept_sql_hash(sql) if len(sql) <= KEPT_SQL_CHARS else _sql_hash(sql)
-
-
-# Dashboards send the same statements again and again: the fingerprints of the last KEPT_STATEMENTS
-# texts of up to KEPT_SQL_CHARS are kept (tokenizing a 2 KB statement takes a tenth of a millisecond).
-KEPT_SQL_CHARS = 16_384
-KEPT_STATEMENTS = 512
-
-
-@functools.lru_cache(maxsize=KEPT_STATEMENTS)
-def _kept_sql_hash(sql: str) -> str:
-    return _sql_hash(sql)
-
-
-def _sql_hash(sql: str) -> str:
     parts = []
     for match in _TOKENS.finditer(sql):
         kind = match.lastgroup

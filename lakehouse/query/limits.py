@@ -24,13 +24,12 @@ from above; strings, quoted identifiers and comments are skipped.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 from datafusion.plan import LogicalPlan
 
-from spanlake.lakehouse.query.audit import KEPT_SQL_CHARS, KEPT_STATEMENTS
+from spanlake.lakehouse.query.audit import kept_per_text
 
 
 @dataclass(frozen=True)
@@ -168,18 +167,9 @@ def expression_depth(sql: str) -> int:
     return sql_shape(sql).depth
 
 
+@kept_per_text
 def sql_shape(sql: str) -> SqlShape:
     """The shape of `sql` from its tokens, without parsing (see the module's docstring)."""
-    return _kept_shape(sql) if len(sql) <= KEPT_SQL_CHARS else _shape(sql)
-
-
-@functools.lru_cache(maxsize=KEPT_STATEMENTS)
-def _kept_shape(sql: str) -> SqlShape:
-    """The shapes of the last statements, kept as their fingerprints are (audit.KEPT_STATEMENTS)."""
-    return _shape(sql)
-
-
-def _shape(sql: str) -> SqlShape:
     groups = [_Group()]
     joins = 0
     for token in _TOKEN.finditer(sql):
