@@ -172,7 +172,8 @@ def test_no_cors_fetch_to_the_sql_api_runs_nothing(keyless: SpanlakeServer, othe
         answers = ServerAnswers(watched.page, keyless.http_url)
         watched.page.goto(url)
         assert answers.wait_for(1) == [("POST", "/api/sql", 403)]
-    assert partitions(keyless) == before and before
+    # The refused statement would retire partitions; the daemon may meanwhile add one (it did in one run).
+    assert before and before <= partitions(keyless)
     assert sql_api(keyless, "SELECT count(*) AS n FROM processes")[1]["rows"] == [[1]]
 
 
@@ -191,7 +192,7 @@ def test_navigation_to_sql_with_run_fills_the_editor_only(
         assert page.input_value("#sql-text") == RETIRE
         assert answers.wait_for(4)[0] == ("GET", "/sql", 200)
         assert [path for _, path, _ in answers.seen() if not path.startswith("/static/")] == ["/sql"]
-    assert partitions(keyless) == before
+    assert before <= partitions(keyless)  # nothing retired (the daemon may add)
 
 
 def test_cross_site_post_to_insert_process_stores_nothing(
