@@ -30,7 +30,7 @@ from spanlake.server import firehose, otlp, webhook, wire
 from spanlake.server.auth import INGESTION, Authenticator, AuthError, LookupNeeded
 from spanlake.server.http_body import BodyTimeout, answer_and_close, read_body, read_body_buffer
 from spanlake.server.ingestion_workers import IngestionWorkers, forwarded_client
-from spanlake.server.native_http import Answer, NativeHttpServer, NativeRoutes, Route
+from spanlake.server.native_http import Answer, NativeHttpServer, NativeRoutes, Route, StagedBody, Staging
 from spanlake.server.site_guard import install_site_guard
 from spanlake.server.write_audience import check_process_audience, scoped_otlp_block, stamped, write_audience
 
@@ -203,17 +203,23 @@ class IngestionService:
         await self.lake.catalog.insert_stream(record)
 
     @tracing.span_fn(name="ingestion.insert_block")
-    async def store_block(self, body: bytes | bytearray, principal: Principal | None) -> None:
-        """A block (CBOR body): checked against its process and stream, then its payload and row stored."""
+    async def store_block(self, body: bytes | bytearray | StagedBody, principal: Principal | None) -> None:
+        """A block (CBOR body): checked against its process and stream, then its payload and row stored
+        (a staged payload is checked in its file and linked under its key)."""
         settings = self.lake.settings
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
-        if len(body) <= _INLINE_PARSE_LIMIT:
+        if isinstance(body, StagedBody):
+            staged = body.staged.view()
+            record, payload = await asyncio.to_thread(wire.parse_block_parts, body.prefix, staged, body.tail, inflation)
+        elif len(body) <= _INLINE_PARSE_LIMIT:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread
             record, payload = await asyncio.to_thread(wire.parse_block, body, inflation)
+        # The staged file is the payload unless it had to be encoded again (not as the sink writes it).
+        stored = body.staged if isinstance(body, StagedBody) and payload is staged else payload
         process = await self.block_contexts.check(record, write_audience(principal))
         traces = await self.block_traces.of(record, payload, process)
-        await self.block_rows.store(self.lake, record, payload, traces)
+        await self.block_rows.store(self.lake, record, stored, traces)
         self.lake.decode_ahead.stored(record)  # a live process's block, decoded for its next query
 
     @tracing.span_fn(name="ingestion.otlp_export")
@@ -342,4 +348,12 @@ def native_routes(service: IngestionService, runner: web.AppRunner) -> NativeRou
         runner.server,
         NATIVE_BODY_LIMIT,
         service.lake.settings.request_body_timeout_s,
+        payload_staging(service.lake),
     )
+
+
+def payload_staging(lake: Lake) -> Staging | None:
+    """`insert_block`'s payloads staged in files of a local store (None for S3: its client takes bytes)."""
+    if lake.store.scheme != "file":
+        return None
+    return Staging("/ingestion/insert_block", wire.locate_payload, lake.store.stage)
