@@ -50,6 +50,10 @@ _READY_TIMEOUT_SECONDS = 2.0
 ANSWERED_FAILURES = (IngestRejected, *REFUSED_VALUES, *STORAGE_FAILURES)
 # Inline parsing (on the loop) up to this body size; larger bodies are parsed on a worker thread.
 _INLINE_PARSE_LIMIT = 64 * 1024
+# A staged payload's frames are checked on the loop up to this many inflated bytes, the rest on a worker
+# thread: the hop cost more than a 4 MiB check (8 senders of 4 MiB blocks, alternated: 3.5 against 3.9 ms
+# of server CPU a block), while a frame inflating far more (to 64 MiB) stalls the loop only this long.
+_INLINE_INFLATE_BYTES = 8 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -210,7 +214,9 @@ class IngestionService:
         inflation = InflationLimit(settings.max_inflated_block_bytes, settings.max_inflation_ratio)
         if isinstance(body, StagedBody):
             staged = body.staged.view()
-            record, payload = await asyncio.to_thread(wire.parse_block_parts, body.prefix, staged, body.tail, inflation)
+            record, payload, frames = wire.parse_block_parts(body.prefix, staged, body.tail, inflation)
+            if not wire.run_check(frames, _INLINE_INFLATE_BYTES):
+                await asyncio.to_thread(wire.run_check, frames)
         elif len(body) <= _INLINE_PARSE_LIMIT:
             record, payload = wire.parse_block(body, inflation)
         else:  # inflating the buffers to check them takes a while: off the loop thread

@@ -15,7 +15,7 @@ import cbor2
 from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import MAX_NS, MIN_NS, TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_frames
+from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, FrameCheck, InflationLimit, TransitError
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (MIN_NS, MAX_NS)
@@ -381,30 +381,39 @@ def parse_block(body: bytes | bytearray, inflation: InflationLimit = DEFAULT_INF
     frames that inflate within `inflation`; times in the int64 nanosecond range, begin before end.
     A body as the sink writes it gives its payload as a view of `body` (keep `body` unchanged)."""
     try:
-        parts = _located_block(body)
+        msg, stored, dependencies, objects = _located_block(body)
     except (_NotAsSinkWrites, IndexError):
-        parts = _decoded_block(body)
-    return _checked_block(*parts, inflation)
+        msg, stored, dependencies, objects = _decoded_block(body)
+    record = _block_record(msg, stored)
+    run_check(FrameCheck(dependencies, objects, inflation))
+    return record, stored
 
 
 def parse_block_parts(
     prefix: bytes, payload: memoryview, tail: bytes, inflation: InflationLimit = DEFAULT_INFLATION
-) -> tuple[BlockRecord, Payload]:
-    """`parse_block` of the body `prefix + payload + tail`, whose stored payload `locate_payload` found:
-    the object to store is `payload` itself, never copied (unless the body is not as the sink writes
-    it after all: then the payload is encoded again from the whole body, as `parse_block` does)."""
+) -> tuple[BlockRecord, Payload, FrameCheck]:
+    """`parse_block` of the body `prefix + payload + tail`, whose stored payload `locate_payload` found,
+    but for the check of the payload's frames: returned to be run (`run_check`). The object to store is
+    `payload` itself, never copied (unless the body is not as the sink writes it after all: then the
+    payload is encoded again from the whole body and checked, as `parse_block` does)."""
     try:
         msg, _ = _block_fields(prefix + b"\xa0" + tail)  # an empty map where the payload is
         _, dependencies, objects = _stored_payload(payload, 0, len(payload))
     except (_NotAsSinkWrites, IndexError):
-        return parse_block(prefix + bytes(payload) + tail, inflation)
-    return _checked_block(msg, payload, dependencies, objects, inflation)
+        return *parse_block(prefix + bytes(payload) + tail, inflation), FrameCheck(b"", b"")
+    return _block_record(msg, payload), payload, FrameCheck(dependencies, objects, inflation)
 
 
-def _checked_block(
-    msg: dict[str, Any], stored: Payload, dependencies: Payload, objects: Payload, inflation: InflationLimit
-) -> tuple[BlockRecord, Payload]:
-    """The block row of a body's fields `msg`, once its fields and its payload's frames are checked."""
+def run_check(check: FrameCheck, budget: int | None = None) -> bool:
+    """`check.run(budget)`: True once the payload's frames are checked; WireError if one is refused."""
+    try:
+        return check.run(budget)
+    except TransitError as err:
+        raise WireError(f"Block: payload: {err}") from None
+
+
+def _block_record(msg: dict[str, Any], stored: Payload) -> BlockRecord:
+    """The block row of a body's fields `msg` and stored payload, once its fields are checked."""
     what = "Block"
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
@@ -419,11 +428,7 @@ def _checked_block(
         payload_size=len(stored),
     )
     check_block_range(record)
-    try:
-        check_frames(dependencies, objects, inflation)
-    except TransitError as err:
-        raise WireError(f"Block: payload: {err}") from None
-    return record, stored
+    return record
 
 
 def check_block_range(record: BlockRecord) -> None:
