@@ -10,10 +10,14 @@ nothing, "C+write" also writes it as `ObjectStore.put_if_absent` does (64 KiB wr
 file, hard-linked to its name), "C+splice" moves it socket -> pipe -> file with splice(2), never copied
 through user space. So the figures say what this machine allows at all, the client included.
 
+With `--served`, `spanlake serve` of this checkout is measured in the same rounds (as `ingest.py` measures
+it: a new server each time), so its figures sit beside the ceilings it is judged against.
+
 Prints blocks/s, the ratio to the write alone and each receiver's CPU per block, medians of `--rounds`
 rounds (the write alone measured in each round, alternating with the receivers), with the machine's load.
 
-    python benchmarks/ingest_ceiling.py [--small N] [--large N] [--rounds R] [--native] [--cases small,large]
+    python benchmarks/ingest_ceiling.py [--small N] [--large N] [--rounds R] [--native] [--served]
+                                        [--cases small,large]
 """
 
 from __future__ import annotations
@@ -34,7 +38,18 @@ from pathlib import Path
 
 import psutil
 import uvloop
-from ingest import LARGE_SENDERS, SMALL_SENDERS, Case, baseline_put, load, make_bodies, post_all
+from ingest import (
+    LARGE_SENDERS,
+    SMALL_SENDERS,
+    Case,
+    Code,
+    Figures,
+    baseline_put,
+    load,
+    make_bodies,
+    measure_round,
+    post_all,
+)
 
 from spanlake.lakehouse.object_store import ObjectStore
 
@@ -196,6 +211,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=60, help="4 MiB blocks per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--native", action="store_true", help="also a receiver in C (needs cc)")
+    parser.add_argument("--served", action="store_true", help="also spanlake serve of this checkout")
     parser.add_argument("--cases", default="small,large", help="which of small,large to run")
     args = parser.parse_args()
     kinds = args.cases.split(",")
@@ -218,11 +234,16 @@ def main() -> None:
                         rate, cpu = measure_server(case, bodies, receiver, store_dir)
                     rates[case, name].append(rate)
                     cpu_ms[case, name].append(cpu)
+                if args.served:
+                    served = Figures()
+                    measure_round(Code(None, None), [case], counts, served)
+                    rates[case, "spanlake"] += served.served[case]
+                    cpu_ms[case, "spanlake"] += served.cpu_ms[case]
                 elapsed, cpu = baseline_put(bodies, case.senders)
                 rates[case, "write alone"].append(len(bodies) / elapsed)
                 cpu_ms[case, "write alone"].append(cpu / len(bodies) * 1e3)
             print(f"round {round_number + 1} done: {load()}", flush=True)
-    print_medians(cases, rates, cpu_ms, list(receivers))
+    print_medians(cases, rates, cpu_ms, [*receivers, *(["spanlake"] if args.served else [])])
     print(f"end: {load()}")
 
 

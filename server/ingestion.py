@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -359,7 +360,8 @@ def native_routes(service: IngestionService, runner: web.AppRunner) -> NativeRou
 
 
 def payload_staging(lake: Lake) -> Staging | None:
-    """`insert_block`'s payloads staged in files of a local store (None for S3: its client takes bytes)."""
-    if lake.store.scheme != "file":
+    """`insert_block`'s payloads staged in files of a local store (None for S3, whose client takes bytes,
+    and where the system has no splice(2))."""
+    if lake.store.scheme != "file" or not hasattr(os, "splice"):
         return None
     return Staging("/ingestion/insert_block", wire.locate_payload, lake.store.stage)

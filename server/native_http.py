@@ -71,7 +71,6 @@ _PIPE_BYTES = 1024 * 1024
 # Headers read here: each at most once (a repeated one is aiohttp's to judge).
 _READ = frozenset((b"content-length", b"authorization", b"connection", b"host"))
 _CONNECTION_VALUES = {b"keep-alive": False, b"close": True}
-_SOCKET_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _INTERNAL_ERROR_TEXT = f"{HTTPStatus(500).value} {HTTPStatus(500).phrase}\n\n{HTTPStatus(500).description}"
 _SECURITY_HEADER_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items())
 
@@ -256,7 +255,8 @@ class PayloadSplice:
     def move(self) -> bool | None:
         """Moves what the socket holds of the payload into the file: True once all of it is there, False
         while more is to come, None if the socket ended first (BlockingIOError if it held nothing)."""
-        moved = os.splice(self.fd, self.pipe_in, min(self.remaining, _PIPE_BYTES), flags=_SOCKET_SPLICE)
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK  # read here: Linux's alone (`payload_staging`)
+        moved = os.splice(self.fd, self.pipe_in, min(self.remaining, _PIPE_BYTES), flags=flags)
         if not moved:
             return None
         self.remaining -= moved
