@@ -193,9 +193,16 @@ class ObjectStore:
             options["region"] = region
         return pafs.S3FileSystem(**options), self.root
 
-    def stage(self) -> StagedObject:
-        """A new temporary file of this local store, to write an object's bytes into before its key is known."""
-        return StagedObject(self)
+    def stage(self, data: bytes | memoryview = b"") -> StagedObject:
+        """A new temporary file of this local store holding `data`, an object's first bytes, before its
+        key is known (OSError, and no file left, if it cannot be written)."""
+        staged = StagedObject(self)
+        try:
+            staged.write(data)
+        except OSError:
+            staged.discard()
+            raise
+        return staged
 
     @staticmethod
     def _put_local_if_absent(path: str, data: bytes | memoryview) -> bool:

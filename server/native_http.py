@@ -86,11 +86,11 @@ class StagedBody(NamedTuple):
 
 class Staging(NamedTuple):
     """A route whose large bodies have their payload staged: its path, what finds the payload in a
-    body's first bytes (start and end, or None) and what makes a staged file."""
+    body's first bytes (start and end, or None) and what makes a staged file of the payload's first bytes."""
 
     path: str
     locate: Callable[[bytes], tuple[int, int] | None]
-    stage: Callable[[], StagedObject]
+    stage: Callable[[memoryview], StagedObject]
 
 
 # A native route's work: the request body and the writer's principal in, nothing out (raises to refuse).
@@ -414,14 +414,13 @@ class NativeConnection(asyncio.BufferedProtocol):
             return False
         start, end = located
         try:
-            staged = staging.stage()
+            staged = staging.stage(memoryview(arrived)[start:])
         except OSError as err:  # the usual read, whose write then fails as the store's writes fail
             log.warning("cannot stage a payload: %s", err)
             return False
         socket_fd = self.transport.get_extra_info("socket").fileno()
         tail_length = request.length - end
         self.splice = PayloadSplice(socket_fd, staged, arrived[:start], end - len(arrived), tail_length)
-        staged.write(memoryview(arrived)[start:])
         self.head_filled = 0
         self._start_timer(self._body_timed_out)
         asyncio.get_running_loop().add_reader(self.splice.fd, self._payload_arrived)
@@ -462,7 +461,7 @@ class NativeConnection(asyncio.BufferedProtocol):
             body, self.splice = StagedBody(self.splice.prefix, self.splice.staged, bytes(body)), None
         self.serving = asyncio.get_running_loop().create_task(self._answer(body))
 
-    async def _answer(self, body: bytearray | memoryview) -> None:
+    async def _answer(self, body: bytearray | memoryview | StagedBody) -> None:
         """Runs the route and writes its answer, then goes on with the next request (or closes)."""
         request = self.request
         close = request.close

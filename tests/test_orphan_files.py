@@ -93,8 +93,7 @@ def test_the_sweep_deletes_old_orphans_and_keeps_what_rows_name(lake: LocalLake,
 
 def test_the_sweep_deletes_an_old_staged_payload_a_kill_left(lake: LocalLake, tmp_path: Path) -> None:
     named = listed(lake)
-    staged = lake.lake.store.stage()  # a payload being received when the server was killed
-    staged.write(b"half a payload")
+    staged = lake.lake.store.stage(b"half a payload")  # being received when the server was killed
     assert listed(lake) == named | {os.path.relpath(staged.path, lake.lake.store.root)}
     age_every_file(tmp_path / "lake")
 
