@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -542,6 +543,10 @@ class NativeHttpServer:
     async def start(self, host: str, port: int) -> None:
         """Listens on `host:port` (no SO_REUSEPORT: a port in use is an error)."""
         self.server = await asyncio.get_running_loop().create_server(self.routes, host, port)
+
+    async def start_on(self, listener: socket.socket) -> None:
+        """Serves the connections of `listener`, a listening socket (an ingestion worker's)."""
+        self.server = await asyncio.get_running_loop().create_server(self.routes, sock=listener)
 
     async def cleanup(self) -> None:
         """Stops listening, closes the native connections once answered, then stops aiohttp's runner."""
