@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import mmap
 import os
 import urllib.parse
 import uuid
@@ -192,6 +193,17 @@ class ObjectStore:
             options["region"] = region
         return pafs.S3FileSystem(**options), self.root
 
+    def stage(self, data: bytes | memoryview = b"") -> StagedObject:
+        """A new temporary file of this local store holding `data`, an object's first bytes, before its
+        key is known (OSError, and no file left, if it cannot be written)."""
+        staged = StagedObject(self)
+        try:
+            staged.write(data)
+        except OSError:
+            staged.discard()
+            raise
+        return staged
+
     @staticmethod
     def _put_local_if_absent(path: str, data: bytes | memoryview) -> bool:
         # Write a temporary file, then hard-link it into place: link() fails if the name exists,
@@ -226,6 +238,63 @@ class ObjectStore:
         finally:
             os.close(fd)
         return tmp
+
+
+class StagedObject:
+    """An object's bytes written into a temporary file of a local store (`blobs/staged.<hex>.tmp`, a
+    name the orphan sweep removes if a kill leaves it) before its key is known or its content checked:
+    `publish` links it under its key create-only, `discard` removes the temporary name. Written by
+    `write` or through `fd` (splice)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.path = store.path(f"blobs/staged.{uuid.uuid4().hex}.tmp")
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self.mapped: mmap.mmap | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Appends `data` (64 KiB a write, as `put_if_absent` writes)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view[:_WRITE_CHUNK]) :]
+
+    def view(self) -> memoryview:
+        """The bytes written, read in place from the page cache (a read-only mapping; empty if none)."""
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return memoryview(b"")
+        if self.mapped is None:
+            self.mapped = mmap.mmap(self.fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        return memoryview(self.mapped)
+
+    def publish(self, key: str) -> bool:
+        """Links the bytes under `key` unless it exists (as `put_if_absent`): True if stored now."""
+        path = self.store.path(key)
+        try:
+            with _storage_errors("write", key):
+                try:
+                    os.link(self.path, path)
+                except FileNotFoundError:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    os.link(self.path, path)
+        except FileExistsError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Removes the temporary name and closes the file (a published object stays under its key)."""
+        if self.fd < 0:
+            return
+        os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+        if self.mapped is not None:
+            with contextlib.suppress(BufferError):  # a view still held keeps the mapping until it is freed
+                self.mapped.close()
 
 
 def _modified(info: dict) -> dt.datetime:

@@ -25,7 +25,7 @@ from yarl import URL
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.settings import load_settings
 from spanlake.server.auth import Authenticator, make_authenticator
-from spanlake.server.ingestion import IngestionService, make_app_runner
+from spanlake.server.ingestion import IngestionService, make_app_runner, native_routes
 from spanlake.server.ingestion_workers import (
     CHANNEL_FD_ENV,
     CLIENT_HEADER,
@@ -40,6 +40,7 @@ from spanlake.server.ingestion_workers import (
     worker_serves,
     worker_serves_path,
 )
+from spanlake.server.native_http import NativeHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 class WorkerServer:
-    """A worker's HTTP server: the ingestion routes on its SO_REUSEPORT socket, other connections handed
-    over to the parent when it serves the web UI."""
+    """A worker's HTTP server: the ingestion routes on its SO_REUSEPORT socket (the native routes' plain
+    requests on the lean path, `server.native_http`, as the parent serves them without workers), other
+    connections handed over to the parent when it serves the web UI."""
 
     def __init__(
         self, lake: Lake, authenticator: Authenticator | None, channel: socket.socket, parent_web: ParentWeb | None
@@ -140,34 +142,36 @@ class WorkerServer:
         self.handoff = parent_web is not None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def prepare(self) -> web.AppRunner:
-        """The ingestion API's runner, set up, listening nowhere yet."""
+    async def prepare(self) -> NativeHttpServer:
+        """The ingestion API's server (the lean path in front of aiohttp's runner), listening nowhere yet."""
         outer = self.parent_web.middleware if self.parent_web is not None else None
-        return await make_app_runner(IngestionService(self.lake, self.authenticator), outer)
+        service = IngestionService(self.lake, self.authenticator)
+        runner = await make_app_runner(service, outer)
+        return NativeHttpServer(runner, native_routes(service, runner))
 
-    async def listen(self, runner: web.AppRunner) -> None:
-        """Serves `runner` on the worker's SO_REUSEPORT socket (OSError if it cannot listen)."""
+    async def listen(self, http: NativeHttpServer) -> None:
+        """Serves `http` on the worker's SO_REUSEPORT socket (OSError if it cannot listen)."""
         listener = reuse_port_socket(self.lake.settings.host, self.lake.settings.http_port)
         if self.handoff:
-            self._keep(asyncio.get_running_loop().create_task(self._accept(listener, runner.server)))
+            self._keep(asyncio.get_running_loop().create_task(self._accept(listener, http)))
         else:
-            await web.SockSite(runner, listener).start()
+            await http.start_on(listener)
 
     def stop_accepting(self) -> None:
         """Stops taking new connections (those accepted keep being served until the runner's cleanup)."""
         for task in self._tasks:
             task.cancel()
 
-    async def _accept(self, listener: socket.socket, server: web.Server) -> None:
+    async def _accept(self, listener: socket.socket, http: NativeHttpServer) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
                 connection, _ = await loop.sock_accept(listener)
-                self._keep(loop.create_task(self._route(connection, server)))
+                self._keep(loop.create_task(self._route(connection, http)))
         finally:
             listener.close()
 
-    async def _route(self, connection: socket.socket, server: web.Server) -> None:
+    async def _route(self, connection: socket.socket, http: NativeHttpServer) -> None:
         """Serves the connection here if its first request is for the ingestion API, else hands it over."""
         try:
             async with asyncio.timeout(self.lake.settings.request_body_timeout_s):
@@ -178,7 +182,7 @@ class WorkerServer:
         if ours is None:  # closed before a request
             connection.close()
         elif ours:
-            await asyncio.get_running_loop().connect_accepted_socket(server, connection)
+            await asyncio.get_running_loop().connect_accepted_socket(http.routes, connection)
         else:
             with connection, contextlib.suppress(ConnectionError):  # the parent gone: the client sees a close
                 socket.send_fds(self.channel, [CONNECTION], [connection.fileno()])
@@ -253,13 +257,13 @@ def main() -> int:
 
 def serve(lake: Lake, server: WorkerServer) -> int:
     """Prepares, says so, listens when told, serves until told to stop; the errno of a failed listen."""
-    runner = lake.loop.run(server.prepare())
+    http = lake.loop.run(server.prepare())
     server.channel.sendall(PREPARED)
     if server.channel.recv(1) != LISTEN:  # the parent gave up (another worker failed) or is gone
-        lake.loop.run(runner.cleanup())
+        lake.loop.run(http.cleanup())
         return 0
     try:
-        lake.loop.run(server.listen(runner))
+        lake.loop.run(server.listen(http))
     except OSError as err:
         log.error("ingestion worker cannot listen on %s:%d: %s", lake.settings.host, lake.settings.http_port, err)
         return err.errno or 1
@@ -267,7 +271,7 @@ def serve(lake: Lake, server: WorkerServer) -> int:
     stop = _stop_on_signal_or_parent_gone(server.channel)
     stop.wait()
     lake.loop.loop.call_soon_threadsafe(server.stop_accepting)
-    lake.loop.run(runner.cleanup(), timeout=STOP_TIMEOUT_S)
+    lake.loop.run(http.cleanup(), timeout=STOP_TIMEOUT_S)
     return 0
 
 

@@ -6,6 +6,11 @@ into a small buffer and a body straight into one buffer of its Content-Length (`
 no joining, no copy but the part that arrived with the head). A plain program's POST to a native route
 is parsed and stored by `IngestionService`'s own code and answered once its row is committed.
 
+A large body of a staged route (`insert_block`, on a local store) whose first bytes locate its stored
+payload, as the sink writes it, has that payload moved from the socket into a temporary file of the
+store by splice(2), not copied through this process (`PayloadSplice`): the route checks it in place and
+links the file under its key, or the temporary file is removed (refused, cut short, timed out).
+
 Anything else is handed to aiohttp unchanged, with the bytes already read replayed into it, for the
 rest of the connection: another route, another method or HTTP version, a body without a plain
 Content-Length or over the limit, `Transfer-Encoding`, `Expect`, `Upgrade`, a browser's request
@@ -21,13 +26,17 @@ connection, pipelined ones included, are answered in order, reading paused while
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -37,6 +46,7 @@ from spanlake.server.http_body import BodyTimeout
 from spanlake.server.site_guard import SECURITY_HEADERS
 
 if TYPE_CHECKING:
+    from spanlake.lakehouse.object_store import StagedObject
     from spanlake.lakehouse.query.context import Principal
 
 log = logging.getLogger(__name__)
@@ -54,15 +64,39 @@ _HANDED_OVER = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin"
 POOLED_BODY_BYTES = 64 * 1024
 # The most bytes of body buffers kept between requests (8 senders of 4 MiB blocks need 32 MiB).
 KEPT_BODY_BYTES = 64 * 1024 * 1024
+# A staged route's bodies from this size on have their payload spliced into a file (`PayloadSplice`):
+# a served 4 MiB block then costs one copy of its payload, not two (receive, then write).
+STAGED_BODY_BYTES = 1024 * 1024
+# A splice moves at most this much from the socket at a time (the pipe is grown to it where allowed).
+_PIPE_BYTES = 1024 * 1024
 # Headers read here: each at most once (a repeated one is aiohttp's to judge).
 _READ = frozenset((b"content-length", b"authorization", b"connection", b"host"))
 _CONNECTION_VALUES = {b"keep-alive": False, b"close": True}
 _INTERNAL_ERROR_TEXT = f"{HTTPStatus(500).value} {HTTPStatus(500).phrase}\n\n{HTTPStatus(500).description}"
 _SECURITY_HEADER_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items())
 
+
+class StagedBody(NamedTuple):
+    """A body whose stored payload is in a staged file: the bytes before it and after it, and the file
+    (the route publishes or leaves it; it is discarded after the route returns)."""
+
+    prefix: bytes
+    staged: StagedObject
+    tail: bytes
+
+
+class Staging(NamedTuple):
+    """A route whose large bodies have their payload staged: its path, what finds the payload in a
+    body's first bytes (start and end, or None) and what makes a staged file of the payload's first bytes."""
+
+    path: str
+    locate: Callable[[bytes], tuple[int, int] | None]
+    stage: Callable[[memoryview], StagedObject]
+
+
 # A native route's work: the request body and the writer's principal in, nothing out (raises to refuse).
 # The body's bytes are valid until the route returns: a large body's buffer is then read into again.
-Route = Callable[[bytearray | memoryview, "Principal | None"], Awaitable[None]]
+Route = Callable[[bytearray | memoryview | StagedBody, "Principal | None"], Awaitable[None]]
 Answer = tuple[int, str, dict[str, str]]
 _REFUSED = object()  # a key the key tables refused (or could not check)
 
@@ -166,7 +200,8 @@ class BodyBuffers:
 class NativeRoutes:
     """What the native connections of one server share: the routes, the key checks (`cached_principal`
     without waiting, `LookupNeeded` when `principal` must ask the key tables), the answers to
-    failures, the limits and aiohttp's protocol factory for everything else; and the open connections."""
+    failures, the limits, aiohttp's protocol factory for everything else and the route whose payloads
+    are staged (`Staging`, None: none); and the open connections."""
 
     def __init__(
         self,
@@ -177,6 +212,7 @@ class NativeRoutes:
         aiohttp_server: web.Server,
         body_limit: int,
         timeout_s: float,
+        staging: Staging | None = None,
     ) -> None:
         self.routes = routes
         self.paths = frozenset(routes)
@@ -186,6 +222,7 @@ class NativeRoutes:
         self.aiohttp_server = aiohttp_server
         self.body_limit = body_limit
         self.timeout_s = timeout_s
+        self.staging = staging
         self.connections: set[NativeConnection] = set()
         self.body_buffers = BodyBuffers()
 
@@ -200,6 +237,57 @@ class NativeRoutes:
             connection.close_when_idle()
         if serving:
             await asyncio.wait(serving, timeout=self.timeout_s)
+
+
+class PayloadSplice:
+    """A body's payload moved from the socket (a duplicate of its descriptor, watched while the
+    transport's reading is paused) through a pipe into its staged file, by splice(2)."""
+
+    def __init__(self, socket_fd: int, staged: StagedObject, prefix: bytes, remaining: int, tail_length: int) -> None:
+        self.staged = staged
+        self.prefix = prefix
+        self.remaining = remaining
+        self.tail_length = tail_length
+        self.fd = os.dup(socket_fd)
+        self.pipe_out, self.pipe_in = os.pipe()
+        with contextlib.suppress(OSError):  # over the system's pipe size limit: the default size, in more moves
+            fcntl.fcntl(self.pipe_in, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+
+    def move(self) -> bool | None:
+        """Moves what the socket holds of the payload into the file: True once all of it is there, False
+        while more is to come, None if the socket ended first (BlockingIOError if it held nothing)."""
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK  # read here: Linux's alone (`payload_staging`)
+        moved = os.splice(self.fd, self.pipe_in, min(self.remaining, _PIPE_BYTES), flags=flags)
+        if not moved:
+            return None
+        self.remaining -= moved
+        while moved:
+            moved -= os.splice(self.pipe_out, self.staged.fd, moved)
+        return not self.remaining
+
+    def read_tail(self, tail: bytearray) -> int:
+        """Reads what the socket holds of the body's tail (the bytes after the payload) into `tail`, now
+        rather than a turn of the loop later; how many bytes (the transport reads the rest)."""
+        if not tail:
+            return 0
+        try:
+            return os.readv(self.fd, [tail])
+        except BlockingIOError:
+            return 0
+
+    def stop_moving(self) -> None:
+        """Stops watching the socket and closes the duplicate and the pipe (once: the file stays)."""
+        if self.fd < 0:
+            return
+        asyncio.get_running_loop().remove_reader(self.fd)
+        for fd in (self.fd, self.pipe_out, self.pipe_in):
+            os.close(fd)
+        self.fd = -1
+
+    def abandon(self) -> None:
+        """Stops moving and removes the staged file: the request is not served."""
+        self.stop_moving()
+        self.staged.discard()
 
 
 class NativeConnection(asyncio.BufferedProtocol):
@@ -217,6 +305,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.serving: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
+        self.splice: PayloadSplice | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Starts the clock for the first request's head."""
@@ -227,6 +316,7 @@ class NativeConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forgets the connection (a request being served still commits; its answer goes nowhere)."""
         self._stop_timer()
+        self._abandon_splice()
         self.routes.connections.discard(self)
 
     def eof_received(self) -> bool:
@@ -298,6 +388,8 @@ class NativeConnection(asyncio.BufferedProtocol):
         """Takes the body's part already read; serves the request if that is all, else reads the rest."""
         request = self.request
         self.principal = principal
+        if self._stage_payload(body_start):
+            return
         self.body = self.routes.body_buffers.take(request.length)
         arrived = min(self.head_filled - body_start, request.length)
         self.body[:arrived] = self.head[body_start : body_start + arrived]
@@ -311,14 +403,66 @@ class NativeConnection(asyncio.BufferedProtocol):
         self._start_timer(self._body_timed_out)
         self.transport.resume_reading()
 
+    def _stage_payload(self, body_start: int) -> bool:
+        """Starts splicing the payload of a staged route's large body into a staged file, if the body's
+        part already read locates it (then the rest is read by `_payload_arrived`); False otherwise."""
+        staging, request = self.routes.staging, self.request
+        if staging is None or request.path != staging.path or request.length < STAGED_BODY_BYTES:
+            return False
+        arrived = bytes(self.head[body_start : self.head_filled])
+        located = staging.locate(arrived)
+        if located is None or not len(arrived) < located[1] <= request.length:
+            return False
+        start, end = located
+        try:
+            staged = staging.stage(memoryview(arrived)[start:])
+        except OSError as err:  # the usual read, whose write then fails as the store's writes fail
+            log.warning("cannot stage a payload: %s", err)
+            return False
+        socket_fd = self.transport.get_extra_info("socket").fileno()
+        tail_length = request.length - end
+        self.splice = PayloadSplice(socket_fd, staged, arrived[:start], end - len(arrived), tail_length)
+        self.head_filled = 0
+        self._start_timer(self._body_timed_out)
+        asyncio.get_running_loop().add_reader(self.splice.fd, self._payload_arrived)
+        return True
+
+    def _payload_arrived(self) -> None:
+        """Moves what arrived of the payload; once it is all in its file, reads the body's tail."""
+        try:
+            moved = self.splice.move()
+        except BlockingIOError:
+            return
+        except OSError as err:  # the connection reset, or the store's disk refusing: the client retries
+            log.info("closed %s while receiving its payload: %s", self.request.path, err)
+            moved = None
+        if moved is None:
+            self._abandon_splice()
+            self.transport.close()
+        elif moved:
+            self.body = bytearray(self.splice.tail_length)
+            self.body_filled = self.splice.read_tail(self.body)
+            self.splice.stop_moving()
+            if self.body_filled == len(self.body):
+                self._serve()
+                return
+            self.transport.resume_reading()
+
+    def _abandon_splice(self) -> None:
+        if self.splice is not None:
+            self.splice.abandon()
+            self.splice = None
+
     def _serve(self) -> None:
         """Serves the complete request (reading paused meanwhile: pipelined requests wait their turn)."""
         self._stop_timer()
         self.transport.pause_reading()
         body, self.body = self.body, None
+        if self.splice is not None:
+            body, self.splice = StagedBody(self.splice.prefix, self.splice.staged, bytes(body)), None
         self.serving = asyncio.get_running_loop().create_task(self._answer(body))
 
-    async def _answer(self, body: bytearray | memoryview) -> None:
+    async def _answer(self, body: bytearray | memoryview | StagedBody) -> None:
         """Runs the route and writes its answer, then goes on with the next request (or closes)."""
         request = self.request
         close = request.close
@@ -333,7 +477,10 @@ class NativeConnection(asyncio.BufferedProtocol):
                 answer = answer_bytes(500, _INTERNAL_ERROR_TEXT, close=True)
             else:
                 answer = answer_bytes(*known, close=close)
-        self.routes.body_buffers.give_back(body)
+        if isinstance(body, StagedBody):
+            body.staged.discard()
+        else:
+            self.routes.body_buffers.give_back(body)
         self.serving = None
         if self.transport.is_closing():  # the client left meanwhile: the row is stored all the same
             return
@@ -367,6 +514,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         err = BodyTimeout(f"request body not received within {self.routes.timeout_s:g} s")
         log.info("closed %s: %s", self.request.path, err)
         self.body = None
+        self._abandon_splice()
         self.transport.write(answer_bytes(408, str(err), close=True))
         self.transport.close()
 
@@ -395,6 +543,10 @@ class NativeHttpServer:
     async def start(self, host: str, port: int) -> None:
         """Listens on `host:port` (no SO_REUSEPORT: a port in use is an error)."""
         self.server = await asyncio.get_running_loop().create_server(self.routes, host, port)
+
+    async def start_on(self, listener: socket.socket) -> None:
+        """Serves the connections of `listener`, a listening socket (an ingestion worker's)."""
+        self.server = await asyncio.get_running_loop().create_server(self.routes, sock=listener)
 
     async def cleanup(self) -> None:
         """Stops listening, closes the native connections once answered, then stops aiohttp's runner."""

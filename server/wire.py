@@ -15,7 +15,7 @@ import cbor2
 from spanlake.lakehouse.errors import IngestRejected, cut, shown
 from spanlake.lakehouse.records import BlockRecord, ProcessRecord, StreamRecord
 from spanlake.lakehouse.timestamps import MAX_NS, MIN_NS, TimeOutOfRange, format_rfc3339_ns, parse_rfc3339_ns
-from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, InflationLimit, TransitError, check_frames
+from spanlake.lakehouse.transit.decode import DEFAULT_INFLATION, FrameCheck, InflationLimit, TransitError
 
 RESERVED_PROPERTY_PREFIX = "micromegas."
 _I64 = (MIN_NS, MAX_NS)
@@ -228,7 +228,7 @@ _HEAD_WIDTHS = ((24, 1), (25, 2), (26, 4), (27, 8))
 _STORED_KEYS = (cbor2.dumps("dependencies"), cbor2.dumps("objects"))
 
 
-def _head(data: bytes | bytearray, at: int) -> tuple[int, int, int]:
+def _head(data: bytes | bytearray | memoryview, at: int) -> tuple[int, int, int]:
     """The CBOR head at `at`: (major type, argument, offset after it); indefinite lengths are not walked."""
     initial = data[at]
     major, info = initial >> 5, initial & 0x1F
@@ -271,7 +271,9 @@ def _head_bytes(major: int, argument: int) -> bytes:
     return bytes((major << 5 | info,)) + argument.to_bytes(width, "big")
 
 
-def _stored_payload(body: bytes | bytearray, start: int, end: int) -> tuple[memoryview, memoryview, memoryview]:
+def _stored_payload(
+    body: bytes | bytearray | memoryview, start: int, end: int
+) -> tuple[memoryview, memoryview, memoryview]:
     """The payload map at `body[start:end]` and its two buffers, as views of the body: only when those
     bytes are what `cbor2.dumps({"dependencies": ..., "objects": ...})` writes (the sink writes that)."""
     view = memoryview(body)
@@ -291,9 +293,8 @@ def _stored_payload(body: bytes | bytearray, start: int, end: int) -> tuple[memo
     return view[start:end], buffers[0], buffers[1]
 
 
-def _located_block(body: bytes | bytearray) -> tuple[dict[str, Any], memoryview, memoryview, memoryview]:
-    """A block body's fields but its payload (decoded by cbor2 as one small map), and its stored payload
-    and buffers as views of the body: the payload's bytes are neither copied nor encoded again."""
+def _block_fields(body: bytes | bytearray) -> tuple[dict[str, Any], tuple[int, int]]:
+    """A block body's fields but its payload (decoded by cbor2 as one small map), and where its payload is."""
     major, entries, at = _head(body, 0)
     if major != _MAP:
         raise _NotAsSinkWrites
@@ -316,7 +317,50 @@ def _located_block(body: bytes | bytearray) -> tuple[dict[str, Any], memoryview,
         msg = cbor2.loads(_head_bytes(_MAP, len(fields)) + b"".join(fields))
     except Exception:  # cbor2 raises several types: the whole body's decoding says which
         raise _NotAsSinkWrites from None
+    return msg, payload
+
+
+def _located_block(body: bytes | bytearray) -> tuple[dict[str, Any], memoryview, memoryview, memoryview]:
+    """A block body's fields but its payload, and its stored payload and buffers as views of the body:
+    the payload's bytes are neither copied nor encoded again."""
+    msg, payload = _block_fields(body)
     return msg, *_stored_payload(body, *payload)
+
+
+def locate_payload(prefix: bytes | bytearray) -> tuple[int, int] | None:
+    """Where a block body's stored payload starts and ends, from the body's first bytes `prefix`: known
+    when the fields before the payload and the payload's heads up to its objects buffer's length are
+    in `prefix`, as the sink writes them (else None: the body is read whole)."""
+    try:
+        major, entries, at = _head(prefix, 0)
+        if major != _MAP:
+            return None
+        for _ in range(entries):
+            major, length, at = _head(prefix, at)
+            if major != _TEXT:
+                return None
+            key, at = prefix[at : at + length], at + length
+            if key == b"payload":
+                return at, _payload_end(prefix, at)
+            at = _item_end(prefix, at)
+    except (_NotAsSinkWrites, IndexError):
+        return None
+    return None
+
+
+def _payload_end(prefix: bytes | bytearray, start: int) -> int:
+    """The end of the stored payload starting at `start` (the map `_stored_payload` accepts), from its heads."""
+    if prefix[start] != 0xA2:
+        raise _NotAsSinkWrites
+    at = start + 1
+    for key in _STORED_KEYS:
+        if prefix[at : at + len(key)] != key:
+            raise _NotAsSinkWrites
+        major, length, content = _head(prefix, at + len(key))
+        if major != _BYTES:
+            raise _NotAsSinkWrites
+        at = content + length
+    return at
 
 
 def _decoded_block(body: bytes | bytearray) -> tuple[dict[str, Any], bytes, bytes, bytes]:
@@ -336,11 +380,41 @@ def parse_block(body: bytes | bytearray, inflation: InflationLimit = DEFAULT_INF
     """The block row and the object to store: CBOR `{dependencies: bstr, objects: bstr}`, both LZ4
     frames that inflate within `inflation`; times in the int64 nanosecond range, begin before end.
     A body as the sink writes it gives its payload as a view of `body` (keep `body` unchanged)."""
-    what = "Block"
     try:
         msg, stored, dependencies, objects = _located_block(body)
     except (_NotAsSinkWrites, IndexError):
         msg, stored, dependencies, objects = _decoded_block(body)
+    record = _block_record(msg, stored)
+    run_check(FrameCheck(dependencies, objects, inflation))
+    return record, stored
+
+
+def parse_block_parts(
+    prefix: bytes, payload: memoryview, tail: bytes, inflation: InflationLimit = DEFAULT_INFLATION
+) -> tuple[BlockRecord, Payload, FrameCheck]:
+    """`parse_block` of the body `prefix + payload + tail`, whose stored payload `locate_payload` found,
+    but for the check of the payload's frames: returned to be run (`run_check`). The object to store is
+    `payload` itself, never copied (unless the body is not as the sink writes it after all: then the
+    payload is encoded again from the whole body and checked, as `parse_block` does)."""
+    try:
+        msg, _ = _block_fields(prefix + b"\xa0" + tail)  # an empty map where the payload is
+        _, dependencies, objects = _stored_payload(payload, 0, len(payload))
+    except (_NotAsSinkWrites, IndexError):
+        return *parse_block(prefix + bytes(payload) + tail, inflation), FrameCheck(b"", b"")
+    return _block_record(msg, payload), payload, FrameCheck(dependencies, objects, inflation)
+
+
+def run_check(check: FrameCheck, budget: int | None = None) -> bool:
+    """`check.run(budget)`: True once the payload's frames are checked; WireError if one is refused."""
+    try:
+        return check.run(budget)
+    except TransitError as err:
+        raise WireError(f"Block: payload: {err}") from None
+
+
+def _block_record(msg: dict[str, Any], stored: Payload) -> BlockRecord:
+    """The block row of a body's fields `msg` and stored payload, once its fields are checked."""
+    what = "Block"
     record = BlockRecord(
         block_id=_uuid(msg, "block_id", what),
         stream_id=_uuid(msg, "stream_id", what),
@@ -354,11 +428,7 @@ def parse_block(body: bytes | bytearray, inflation: InflationLimit = DEFAULT_INF
         payload_size=len(stored),
     )
     check_block_range(record)
-    try:
-        check_frames(dependencies, objects, inflation)
-    except TransitError as err:
-        raise WireError(f"Block: payload: {err}") from None
-    return record, stored
+    return record
 
 
 def check_block_range(record: BlockRecord) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import http.client as http_client
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
+import lz4.frame
 import psutil
 import pytest
 from harness import PROJECT_ROOT, PostgresServer, SpanlakeServer, http, running_server, wait_until
@@ -202,6 +205,27 @@ def test_workers_share_the_port_serve_ingestion_and_stop_with_the_server(workers
     server.stop()
     assert server.process.returncode == 0, server.log_text()
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_worker_receives_a_large_payload_into_its_file_on_the_lean_path(
+    workers_server: SpanlakeServer, tmp_path: Path
+) -> None:
+    server = workers_server
+    live = LiveProcess(server.http_url, SPANS_PER_BLOCK)
+    live.announce()
+    message = live.block_message(0)
+    message["payload"]["objects"] = lz4.frame.compress(os.urandom(2 << 20))  # random bytes: checked, not decoded
+    body = cbor2.dumps(message)
+    head = f"POST /ingestion/insert_block HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+    staged = lambda: list((tmp_path / "lake" / "blobs").glob("staged.*.tmp"))  # noqa: E731
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as conn:
+        conn.sendall(head.encode() + body[: len(body) // 2])
+        # Only the lean path receives a payload into a file of the store (aiohttp reads it into memory).
+        wait_until(staged, 10, "the worker to receive the payload into a staged file")
+        conn.sendall(body[len(body) // 2 :])
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200 OK")
+    assert not staged()
+    assert [payload for _, payload in server.stored_blocks(live.process_id)] == [cbor2.dumps(message["payload"])]
 
 
 class Senders:

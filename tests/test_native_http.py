@@ -5,6 +5,7 @@ aiohttp of anything else, on a connection the lean path has already served."""
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 import time
@@ -22,7 +23,13 @@ from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.settings import Settings
 from spanlake.server.ingestion import NATIVE_BODY_LIMIT, start_ingestion
-from spanlake.server.native_http import POOLED_BODY_BYTES, BodyBuffers, NativeHttpServer, parse_head
+from spanlake.server.native_http import (
+    POOLED_BODY_BYTES,
+    STAGED_BODY_BYTES,
+    BodyBuffers,
+    NativeHttpServer,
+    parse_head,
+)
 
 BODY_TIMEOUT_S = 2
 PATHS = frozenset(("/ingestion/insert_process", "/ingestion/insert_stream", "/ingestion/insert_block"))
@@ -45,6 +52,15 @@ class Served:
     def lean_connections(self) -> int:
         """Connections the lean path serves now (not handed to aiohttp)."""
         return len(self.server.routes.connections)
+
+    def staged_files(self) -> list[str]:
+        """The temporary files of payloads being received (or left behind by a request not served)."""
+        return glob.glob(f"{self.lake.store.root}/blobs/staged.*.tmp")
+
+    def stored(self, fields: dict, block_id: str) -> bytes | None:
+        """The payload stored for a block of the fixture's process, None if there is none."""
+        key = blob_key(PROCESS_ID, fields["stream_id"], block_id)
+        return self.lake.store.get(key) if self.lake.store.exists(key) else None
 
     def block_ids(self) -> set[str]:
         """The ids of the blocks the catalog holds."""
@@ -179,6 +195,112 @@ def test_large_bodies_in_reused_buffers_are_stored_each_whole(served: Served) ->
     assert statuses == [200, 200, 400, 200]
     for (block_id, fields, _), payload in zip(blocks, payloads, strict=True):
         assert served.lake.store.get(blob_key(PROCESS_ID, fields["stream_id"], block_id)) == cbor2.dumps(payload)
+
+
+def large_payload(size: int = 2 << 20) -> dict[str, bytes]:
+    """A payload whose objects buffer is a frame of `size` random bytes (a body spliced into a file)."""
+    assert size >= STAGED_BODY_BYTES
+    return {"dependencies": lz4.frame.compress(b""), "objects": lz4.frame.compress(os.urandom(size))}
+
+
+def lz4_zeros(inflated: int) -> bytes:
+    """An LZ4 frame of `inflated` zero bytes, compressed 1 MiB at a time."""
+    compressor = lz4.frame.LZ4FrameCompressor()
+    zeros = bytes(1 << 20)
+    return compressor.begin() + b"".join(compressor.compress(zeros) for _ in range(inflated >> 20)) + compressor.flush()
+
+
+def test_large_bodies_sent_at_once_on_many_connections_are_stored_each_whole(served: Served) -> None:
+    payloads = [large_payload((2 << 20) + n) for n in range(4)]
+    blocks = [fresh_block(payload=payload) for payload in payloads]
+    connections = [served.connect() for _ in blocks]
+    try:
+        for start in range(0, max(len(message) for _, _, message in blocks), 128 * 1024):
+            for conn, (_, _, message) in zip(connections, blocks, strict=True):
+                conn.sendall(message[start : start + 128 * 1024])
+        assert [Answers(conn).next()[0] for conn in connections] == [200] * len(blocks)
+    finally:
+        for conn in connections:
+            conn.close()
+    for (block_id, fields, _), payload in zip(blocks, payloads, strict=True):
+        assert served.stored(fields, block_id) == cbor2.dumps(payload)
+    assert served.staged_files() == []
+
+
+def test_large_body_ending_early_stores_nothing_and_leaves_no_file(served: Served) -> None:
+    block_id, fields, message = fresh_block(payload=large_payload())
+    with served.connect() as conn:
+        conn.sendall(message[: len(message) // 2])
+        wait_until(lambda: served.staged_files(), 10, "the payload to be received into a file")
+    wait_until(lambda: not served.staged_files(), 10, "the payload's file to be removed")
+    assert served.stored(fields, block_id) is None
+    assert block_id not in served.block_ids()
+
+
+def test_large_body_stalled_in_its_payload_is_answered_408_and_leaves_no_file(served: Served) -> None:
+    block_id, fields, message = fresh_block(payload=large_payload())
+    with served.connect() as conn:
+        conn.sendall(message[: len(message) // 2])
+        answers = Answers(conn)
+        assert answers.next()[0] == 408
+        assert answers.closed()
+    assert served.staged_files() == []
+    assert served.stored(fields, block_id) is None
+
+
+def test_payload_longer_than_its_declared_body_is_refused_and_stores_nothing(served: Served) -> None:
+    block_id, fields, message = fresh_block(payload=large_payload())
+    body = message[message.index(b"\r\n\r\n") + 4 :]
+    with served.connect() as conn:
+        # The body's length says 1000 bytes fewer than its payload holds; they follow it.
+        conn.sendall(request("/ingestion/insert_block", body[:-1000]) + body[-1000:])
+        status, _, text = Answers(conn).next()
+    assert status == 400, text
+    assert served.stored(fields, block_id) is None
+    assert served.staged_files() == []
+
+
+@pytest.mark.parametrize(
+    ("objects", "reason"),
+    [
+        (lz4.frame.compress(os.urandom(2 << 20))[:-1000], b"invalid or truncated LZ4 frame"),
+        (b"\0\0\0\0" + lz4.frame.compress(os.urandom(2 << 20))[4:], b"invalid or truncated LZ4 frame"),
+        (lz4_zeros(512 << 20), b"inflates past"),
+    ],
+    ids=["truncated", "not a frame", "inflating past the limit"],
+)
+def test_refused_large_frame_is_answered_400_and_leaves_no_file(served: Served, objects: bytes, reason: bytes) -> None:
+    assert len(objects) >= STAGED_BODY_BYTES
+    block_id, fields, message = fresh_block(payload={"dependencies": lz4.frame.compress(b""), "objects": objects})
+    with served.connect() as conn:
+        answers = Answers(conn)
+        conn.sendall(message)
+        status, _, text = answers.next()
+        assert status == 400 and reason in text, text
+        kept_block_id, _, kept = fresh_block()  # the connection serves on
+        conn.sendall(kept)
+        assert answers.next()[0] == 200
+    assert served.stored(fields, block_id) is None
+    assert served.staged_files() == []
+    assert {kept_block_id} & served.block_ids() and block_id not in served.block_ids()
+
+
+def test_large_payload_not_as_the_sink_encodes_it_is_stored_encoded_again(served: Served) -> None:
+    # A length head longer than needed (8 bytes for a 2 MiB buffer): located in the body's first bytes,
+    # but not what cbor2 writes, so the payload is encoded again, as the whole-body path stores it.
+    payload = large_payload()
+    encoded = b"\xa2" + cbor2.dumps("dependencies") + cbor2.dumps(payload["dependencies"]) + cbor2.dumps("objects")
+    encoded += b"\x5b" + len(payload["objects"]).to_bytes(8, "big") + payload["objects"]
+    block_id, fields, _ = fresh_block()
+    body = bytes([0xA0 | len(fields)])
+    for key, value in (fields | {"block_id": block_id}).items():
+        body += cbor2.dumps(key) + (encoded if key == "payload" else cbor2.dumps(value))
+    with served.connect() as conn:
+        conn.sendall(request("/ingestion/insert_block", body))
+        status, _, text = Answers(conn).next()
+    assert status == 200, text
+    assert served.stored(fields, block_id) == cbor2.dumps(payload)
+    assert served.staged_files() == []
 
 
 def test_body_buffer_is_reused_only_once_no_view_of_it_is_held() -> None:

@@ -91,6 +91,18 @@ def test_the_sweep_deletes_old_orphans_and_keeps_what_rows_name(lake: LocalLake,
     assert delete_orphan_files(lake.lake) == OrphanReport()
 
 
+def test_the_sweep_deletes_an_old_staged_payload_a_kill_left(lake: LocalLake, tmp_path: Path) -> None:
+    named = listed(lake)
+    staged = lake.lake.store.stage(b"half a payload")  # being received when the server was killed
+    assert listed(lake) == named | {os.path.relpath(staged.path, lake.lake.store.root)}
+    age_every_file(tmp_path / "lake")
+
+    report = delete_orphan_files(lake.lake)
+
+    assert report == OrphanReport(temporary_files=1)
+    assert listed(lake) == named
+
+
 def test_the_sweep_reads_s3_modification_times(postgres: PostgresServer, s3_server: S3Server, tmp_path: Path) -> None:
     prefix = f"s3://{s3_server.bucket}/orphans-{uuid.uuid4().hex[:8]}"
     with local_lake(postgres, tmp_path, object_store_uri=prefix, s3_endpoint=s3_server.endpoint) as lake:

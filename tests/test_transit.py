@@ -7,6 +7,7 @@ import logging
 import struct
 
 import cbor2
+import lz4.frame
 import numpy as np
 import pytest
 import rust_fixtures
@@ -25,6 +26,8 @@ from transit_builder import (
 )
 
 from spanlake.lakehouse.transit.decode import (
+    FrameCheck,
+    InflationLimit,
     StreamLayout,
     TransitError,
     decode_block,
@@ -441,3 +444,20 @@ def test_trailing_bytes_after_a_log_string_are_ignored_like_rust() -> None:
     objects = BufferWriter().dynamic(2, struct.pack("<QQq", 30, 40, 5) + dyn_string("msg") + b"\x00\x01")
     decoded = decode_buffers(_log_dependencies().getvalue(), objects.getvalue(), _log_layout())
     assert object_values(decoded)[0].members["msg"] == "msg"
+
+
+def test_frame_check_run_in_steps_refuses_what_a_whole_run_refuses() -> None:
+    # 3 MiB of zeros per frame (a few KiB compressed): within 64 MiB, past 100x the compressed size.
+    zeros = lz4.frame.compress(bytes(3 << 20))
+    within = InflationLimit(64 << 20, 100_000)
+    check = FrameCheck(zeros, zeros, within)
+    assert [check.run(1 << 20) for _ in range(5)] == [False] * 5  # 1 MiB more each time (64 KiB pieces)
+    assert check.run()  # the rest of the second frame
+    assert FrameCheck(zeros, zeros, within).run(7 << 20)  # the budget outlasts both frames
+    refusing = FrameCheck(zeros, zeros, InflationLimit(64 << 20, 100))
+    with pytest.raises(TransitError, match="dependencies buffer: inflates past"):
+        refusing.run(2 << 20)  # refused within the first step: past 1.3 MB is past 100x
+    truncated = FrameCheck(zeros, zeros[:-100], within)
+    assert not truncated.run(4 << 20)  # the first frame whole, the second begun
+    with pytest.raises(TransitError, match="objects buffer: invalid or truncated LZ4 frame"):
+        truncated.run()

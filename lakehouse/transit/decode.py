@@ -30,6 +30,7 @@ block back into one value per object, the way micromegas's own decoder prints a 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import threading
@@ -68,12 +69,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_INFLATION",
+    "FrameCheck",
     "Framing",
     "InflatedBlock",
     "InflationLimit",
     "StreamLayout",
     "TransitError",
-    "check_frames",
     "decode_block",
     "decode_blocks",
     "decode_buffers",
@@ -149,7 +150,7 @@ class InflationLimit:
 
 DEFAULT_INFLATION = InflationLimit()
 _INFLATE_CHUNK = 4 * 1024 * 1024
-# The pieces `check_frames` inflates a frame in: small enough to reuse the same freed memory each time.
+# The pieces `FrameCheck` inflates a frame in: small enough to reuse the same freed memory each time.
 _CHECK_CHUNK = 64 * 1024
 
 
@@ -185,15 +186,30 @@ def decompress(frame: bytes, what: str, limit: InflationLimit = DEFAULT_INFLATIO
     return b"".join(inflated_chunks(frame, what, limit))
 
 
-def check_frames(
-    dependencies: bytes | memoryview, objects: bytes | memoryview, limit: InflationLimit = DEFAULT_INFLATION
-) -> None:
-    """Raises `TransitError` unless both LZ4 frames of a block inflate within `limit` (what ingestion
-    can check of a block without its stream's metadata). Keeps no inflated byte: it inflates in small
-    pieces, each freed before the next (a 4 MiB piece would be new memory, page-faulted, every time)."""
-    for frame, what in ((dependencies, "dependencies buffer"), (objects, "objects buffer")):
-        for _ in inflated_chunks(frame, what, limit, _CHECK_CHUNK):
-            pass
+class FrameCheck:
+    """The check that both LZ4 frames of a block inflate within a limit (what ingestion can check of a
+    block without its stream's metadata), run in steps: a first part may run where the caller is (the
+    event loop, sparing a thread hop) and the rest elsewhere (a thread), never both at once. Keeps no
+    inflated byte: it inflates in small pieces, each freed before the next (a 4 MiB piece would be new
+    memory, page-faulted, every time)."""
+
+    def __init__(
+        self, dependencies: bytes | memoryview, objects: bytes | memoryview, limit: InflationLimit = DEFAULT_INFLATION
+    ) -> None:
+        self._pieces = itertools.chain(
+            inflated_chunks(dependencies, "dependencies buffer", limit, _CHECK_CHUNK),
+            inflated_chunks(objects, "objects buffer", limit, _CHECK_CHUNK),
+        )
+
+    def run(self, budget: int | None = None) -> bool:
+        """Goes on inflating, up to about `budget` more bytes (None: to the end): True once both frames
+        are checked, False when the budget ran out first; `TransitError` when a frame is refused."""
+        inflated = 0
+        for piece in self._pieces:
+            inflated += len(piece)
+            if budget is not None and inflated >= budget:
+                return False
+        return True
 
 
 def decode_block(payload: bytes, layout: StreamLayout, limit: InflationLimit = DEFAULT_INFLATION) -> DecodedBlock:
