@@ -116,6 +116,14 @@ def test_a_statement_calling_a_table_function_is_never_kept(served: tuple[Spanla
     assert again[0]["n"] == first[0]["n"] + 1
 
 
+def test_a_statement_reading_a_merged_view_is_never_kept(served: tuple[SpanlakeServer, Lake]) -> None:
+    # `processes` is merged in memory at planning: a kept plan would hold its rows.
+    server, _ = served
+    sql = "SELECT count(*) AS n FROM processes"
+    kept = [asked(server, sql)[1] for _ in range(2)]
+    assert kept == [False, False]
+
+
 def test_a_refused_key_is_refused_a_kept_statement(served: tuple[SpanlakeServer, Lake]) -> None:
     server, _ = served
     sql = f"{LEVELS} -- refused key"

@@ -9,10 +9,12 @@ DataFrame of the plan in the session's state of now (`create_dataframe_from_logi
 kept unoptimized: it is optimized at each execution, so `now()` is the new query's time.
 
 What is kept, and while when:
-* only the plans of statements that read nothing but the built-in global views (GLOBAL_TABLES) or no
-  table at all: no table function (they run at planning, some of them write, and their answers are in
-  the plan), no SQL-defined view, no table the session registered; without bound parameter values; for
-  a scope without a read scope or an insert range (their filters depend on who asks, on the bucket);
+* only the plans of statements that read nothing but the built-in global views scanned from their files
+  (SCANNED_VIEWS: a scan holds no rows; the merged views, `processes` and the like, are rows in memory,
+  which a kept plan would hold) or no table at all: no table function (they run at planning, some of
+  them write, and their answers are in the plan), no SQL-defined view, no table the session registered;
+  without bound parameter values; for a scope without a read scope or an insert range (their filters
+  depend on who asks, on the bucket);
 * a plan that read a global view holds the partition files of its planning: it is reused while the
   catalog generation of the global instances is the one read before its first table was asked (the
   generation under which `fresh_instances` reuses their partition sets), so a new or retired partition
@@ -21,7 +23,8 @@ What is kept, and while when:
   session is built, keys and audiences at the door; the plan's shape limits passed when it was made.
 
 The physical plan is not kept: DataFusion 55 executes a plan's scans once (the same ExecutionPlan executed
-again answers no rows), and a RepartitionExec executed again panics (tests/test_kept_plans.py).
+again answers no rows: tests/test_kept_plans.py), and a RepartitionExec executed again panics ("partition
+not used yet").
 At most MAX_PLANS plans per session, of SQL texts up to MAX_SQL_CHARS; a session not given back to its
 pool (its query failed, or changed it) drops them with it.
 """
@@ -36,12 +39,13 @@ from datafusion import DataFrame, SessionContext
 from datafusion.plan import LogicalPlan
 
 from spanlake.lakehouse.catalog_changes import Generation
-from spanlake.lakehouse.view_sets import GLOBAL_TABLES
+from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 
 if TYPE_CHECKING:
     from spanlake.lakehouse.query.session import GlobalTables
 
 MAX_PLANS = 16
+SCANNED_VIEWS = frozenset(name for name in GLOBAL_TABLES if VIEW_SETS[name].merge is None)
 MAX_SQL_CHARS = 16 * 1024
 
 # (SQL text, row limit): what the runner asks for; the scope's query range completes the key.
@@ -80,7 +84,7 @@ class KeptPlans:
         """Keeps the plan `find` did not have, if what its planning read allows it."""
         key = self._key(statement)
         asked = self._tables.asked
-        if key is None or any(name not in GLOBAL_TABLES for name in asked):
+        if key is None or any(name not in SCANNED_VIEWS for name in asked):
             return
         generation = self._tables.planned_generation
         if asked and generation is None:
