@@ -14,6 +14,7 @@ Modules:
     session            the per-query `SessionContext`: global tables, UDFs, table functions
     session_pool       sessions kept from one query to the next (parquet metadata read once)
     changed_sessions   sessions a query changed (settings, registrations): never reused
+    kept_plans         statements' logical plans kept in their session while the catalog is unchanged
     table_function     a table function declared once: its arguments' kinds, its admin flag, its builder
     instances          a view instance as a table: JIT, then its partitions as one dataset
     read_scope         what a query may read by its principal's audiences (another audience's id is unknown)

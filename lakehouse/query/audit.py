@@ -107,7 +107,8 @@ class QueryAudit:
         self._user = principal.name if principal is not None else ""
         self.query_range: tuple[int, int] | None = None
         self.limit: int | None = None
-        self.plan_cached = False
+        self.plan_cached = False  # Flight's plan cache: a GetFlightInfo's plan executed by its DoGet
+        self.plan_kept = False  # the session's kept plan of the same statement (kept_plans.py)
         self.planning_ms = 0.0
         self.execution_ms = 0.0
         self.rows = 0
@@ -159,6 +160,7 @@ class QueryAudit:
             "range_end": end,
             "limit": self.limit,
             "plan_cached": self.plan_cached,
+            "plan_kept": self.plan_kept,
             "planning_ms": round(self.planning_ms, 3),
             "execution_ms": round(self.execution_ms, 3),
             "total_ms": round((time.perf_counter() - self._start) * 1000.0, 3),

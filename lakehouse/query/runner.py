@@ -41,6 +41,7 @@ from spanlake.lakehouse.query import failures, functions, plan_spans, slow_queri
 from spanlake.lakehouse.query.audit import QueryAudit
 from spanlake.lakehouse.query.context import Principal, QueryContext, QueryDenied, SessionFactory
 from spanlake.lakehouse.query.failures import Failure
+from spanlake.lakehouse.query.kept_plans import KeptPlans
 from spanlake.lakehouse.query.limits import QueryLimits
 from spanlake.lakehouse.query.query_thread import QueryThread, QueryThreads
 from spanlake.lakehouse.query.result_buffer import ByteBudget, ResultBufferFull
@@ -329,6 +330,22 @@ class Query:
         statement = self._runner.statements(ctx, sql, self.request.principal) if self._runner.statements else None
         if statement is not None:
             return statement
+        # A lakehouse session keeps the plans of the statements it planned (kept_plans.py); not with values.
+        kept_plans: KeptPlans | None = None if param_values else getattr(ctx, "kept_plans", None)
+        if kept_plans is not None:
+            df = kept_plans.find(ctx, (sql, limit))
+            if df is not None:
+                self.audit.plan_kept = True
+                return df
+        df = self._planned(ctx, sql, param_values, limit)
+        if kept_plans is not None:
+            kept_plans.keep((sql, limit), df)
+        return df
+
+    def _planned(
+        self, ctx: datafusion.SessionContext, sql: str, param_values: dict[str, Any] | None, limit: int | None
+    ) -> datafusion.DataFrame:
+        """`sql` planned now, within the plan limits."""
         try:
             df = functions.planned(ctx, sql, READ_ONLY, param_values=param_values)
         except Exception as exc:

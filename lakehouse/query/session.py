@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +37,7 @@ from datafusion.expr import Expr
 from typing_extensions import override
 
 from spanlake import tracing
-from spanlake.lakehouse.catalog_changes import QueryMark
+from spanlake.lakehouse.catalog_changes import Generation, QueryMark
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import (
@@ -53,6 +54,7 @@ from spanlake.lakehouse.query import (
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
 from spanlake.lakehouse.query.catalog_functions import memory_table
+from spanlake.lakehouse.query.kept_plans import KeptPlans
 from spanlake.lakehouse.query.listing_scan import listing_scan, scan_url
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
@@ -232,6 +234,19 @@ class GlobalTables(SchemaProvider):
         self.lake = lake
         self.scope = scope
         self.registered: dict[str, Any] = {}  # tables the session registers itself (create_dataframe...)
+        # What the planning under way asked for (tables, and table functions as "name()"), and the global
+        # instances' generation read before its first global view: whether its plan may be kept (kept_plans).
+        self.asked: set[str] = set()
+        self.planned_generation: Generation | None = None
+
+    def begin_planning(self) -> None:
+        """A planning begins: what it asks for is noted from now on."""
+        self.asked.clear()
+        self.planned_generation = None
+
+    def global_generation(self) -> Generation | None:
+        """The global instances' catalog generation as of the query's beginning (None: not followed)."""
+        return self.lake.catalog_changes.generation(self.lake, instances.GLOBAL, self.scope.query_began)
 
     def _global_view(self, name: str) -> View | None:
         if name in GLOBAL_TABLES:
@@ -248,12 +263,15 @@ class GlobalTables(SchemaProvider):
     @override
     def table(self, name: str) -> Any:
         """The table of this name (a global view read now), or None."""
+        self.asked.add(name)
         if name in self.registered:
             return self.registered[name]
         view = self._global_view(name)
         if view is None:
             return None
         scope = self.scope
+        if self.planned_generation is None and name in GLOBAL_TABLES:
+            self.planned_generation = self.global_generation()  # before its partitions are looked up
         with tracing.async_span("lakehouse.global_table", scope.trace_parent):
             if scope.insert_range is not None:
                 return files_table(self.lake, view, inserted_files(self.lake, view, scope.insert_range), None)
@@ -446,6 +464,7 @@ class LakeSession(SessionContext):
 
     tables: GlobalTables
     table_functions: list[TableFunction]
+    kept_plans: KeptPlans
     is_admin: bool
     split_inputs: bool
 
@@ -469,8 +488,9 @@ def new_session(
     lake.store.register_with(ctx)
     ctx.catalog().register_schema("public", tables)
     ctx.table_functions = [f for f in _table_functions(lake, tables) if is_admin or not f.admin]
+    ctx.kept_plans = KeptPlans(tables)
     for function in ctx.table_functions:
-        ctx.register_udtf(udtf(function, function.name))
+        ctx.register_udtf(udtf(_noted(function, tables), function.name))
     ctx.register_udf(block_functions.get_payload_udf(lake, lambda: tables.scope.read_scope))
     if is_admin:
         ctx.register_udf(partition_admin.retire_partition_by_file_udf(lake))
@@ -482,6 +502,16 @@ def new_session(
     for aggregate in aggregate_udfs:
         ctx.register_udaf(aggregate)
     return ctx
+
+
+def _noted(function: TableFunction, tables: GlobalTables) -> Callable[..., Any]:
+    """The table function, noting its call in `tables.asked` (a plan that calls one is never kept)."""
+
+    def call(*exprs: Expr) -> Any:
+        tables.asked.add(f"{function.name}()")
+        return function(*exprs)
+
+    return call
 
 
 @functools.cache
