@@ -57,17 +57,44 @@ FOLLOW_SECONDS = 60.0
 PENDING_WAIT_SECONDS = 0.5
 # Blocks forgotten (their partition written) stay this long for the queries that checked before the write.
 FORGET_GRACE_SECONDS = 1.0
+# The largest unwritten tail whose rows the worker builds again at each block, for a view that is not blockwise.
+READY_TAIL_OBJECTS = 4096
+# The runs kept per view instance of a view that is not blockwise: each holds the whole tail, the newest last.
+READY_WHOLE_RUNS = 2
 
 
 @dataclass
 class _Decoded:
-    """One block decoded ahead (None: decoding skips it), and the views it was decoded for that have not
-    written it yet."""
+    """One block decoded ahead (None: decoding skips it), the views it was decoded for that have not
+    forgotten it yet, and those that have not written it (`unwritten`: a tail's rows are built of those)."""
 
     process_id: uuid.UUID
+    stream_id: str
     objects: int
     views: set[str]
+    unwritten: set[str]
     transit: TransitBlock | None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A view's rows of consecutive blocks of one instance (insert order), built ahead by the worker."""
+
+    instance: tuple[str, str]  # (view name, stream or process id)
+    block_ids: tuple[str, ...]
+    rows: list[pa.RecordBatch]
+    whole: bool  # the instance's whole unwritten tail (a view that is not blockwise), else the blocks just decoded
+
+
+def _instance_of(view: View, decoded: _Decoded) -> tuple[str, str]:
+    """The view instance a block decoded ahead feeds: (view name, its stream or process id)."""
+    instance = decoded.stream_id if view.instance_kind == "stream" else str(decoded.process_id)
+    return view.name, instance
+
+
+def _blockwise(view: View) -> bool:
+    """Whether the view's rows of transit blocks come from each block alone (runs concatenate)."""
+    return TRANSIT_FORMAT in view.blockwise_formats
 
 
 class WrittenTails:
@@ -143,6 +170,7 @@ class DecodeAhead:
         self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # by block id, oldest first
         self._decoded_objects = 0
         self._forgotten: deque[tuple[float, str, list[str]]] = deque()  # (when due, view, block ids)
+        self._runs: dict[tuple[str, str], list[_Run]] = {}  # by view instance, oldest first
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead")  # its thread starts on use
         self.written = WrittenTails(self._budget)
         self._draining = False
@@ -176,15 +204,32 @@ class DecodeAhead:
 
     def tail_rows(self, view: View, block_ids: Sequence[str]) -> list[pa.RecordBatch] | None:
         """The view's rows of these blocks (insert order) when each was decoded ahead, once those still
-        queued are decoded (waiting up to PENDING_WAIT_SECONDS); else None."""
+        queued are decoded (waiting up to PENDING_WAIT_SECONDS): those the worker built (`_Run`) when it
+        built them, else built now; else None."""
         with self._lock:
             if self._pending:
                 self._lock.wait_for(lambda: self._pending.isdisjoint(block_ids), PENDING_WAIT_SECONDS)
             found = self._found(block_ids)
-            followed = self._followed.get(found[0].process_id, {}) if found else {}
+            if not found:
+                return None
+            followed = self._followed.get(found[0].process_id, {})
             if view.name in followed:
                 followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
-        return None if found is None else self._rows(view, found)
+            ready = self._ready_rows(view, tuple(block_ids), _instance_of(view, found[0]))
+        return self._rows(view, found) if ready is None else ready
+
+    def _ready_rows(
+        self, view: View, block_ids: tuple[str, ...], instance: tuple[str, str]
+    ) -> list[pa.RecordBatch] | None:
+        """The rows of exactly these blocks from the runs built ahead, or None (under the lock)."""
+        runs = self._runs.get(instance, [])
+        if not _blockwise(view):
+            return next((run.rows for run in runs if run.block_ids == block_ids), None)
+        wanted = set(block_ids)
+        runs = [run for run in runs if not wanted.isdisjoint(run.block_ids)]
+        if tuple(block_id for run in runs for block_id in run.block_ids) != block_ids:
+            return None
+        return [batch for run in runs for batch in run.rows]
 
     def rows_of(self, view: View, blocks: Sequence[SourceBlock]) -> list[pa.RecordBatch] | None:
         """The view's rows of these blocks (insert order) when each was decoded ahead, else None (nothing
@@ -205,13 +250,19 @@ class DecodeAhead:
         return list(view.rows_from_transit([d.transit for d in found if d.transit is not None]))
 
     def forget(self, view: View, block_ids: Iterable[str]) -> None:
-        """The view's partitions holding these blocks are written: once FORGET_GRACE_SECONDS have passed,
-        each block is dropped if every view it was decoded for has written it."""
+        """The view's partitions holding these blocks are written: their rows built ahead are dropped, and
+        once FORGET_GRACE_SECONDS have passed, each block is dropped if every view it was decoded for has
+        written it."""
         ids = [block_id for block_id in block_ids if block_id in self._decoded]
         if ids:
             with self._lock:
+                for block_id in ids:
+                    ahead = self._decoded.get(block_id)
+                    if ahead is not None:
+                        ahead.unwritten.discard(view.name)
                 self._forgotten.append((time.monotonic() + FORGET_GRACE_SECONDS, view.name, ids))
                 self._drop_forgotten()
+                self._drop_runs()
 
     def held_objects(self) -> tuple[int, int]:
         """The objects of the blocks queued for decoding, and of those decoded and held."""
@@ -236,16 +287,18 @@ class DecodeAhead:
                     if not records or self._closed:
                         self._draining = False
                         return
-                self._decoded_in(records, self._decode(records))
+                decoded, views = self._decode(records)
+                self._decoded_in(records, decoded, self._built_runs(decoded, views))
                 records = []
         finally:
             if records:  # decoding them failed: the queries decode them; the next block drains again
-                self._decoded_in(records, {})
+                self._decoded_in(records, {}, [])
                 with self._lock:
                     self._draining = False
 
-    def _decode(self, records: list[BlockRecord]) -> dict[str, _Decoded]:
-        """The blocks of these records decoded for their process's followed views (when they can be)."""
+    def _decode(self, records: list[BlockRecord]) -> tuple[dict[str, _Decoded], dict[str, View]]:
+        """The blocks of these records decoded for their process's followed views (when they can be), and
+        those views by name."""
         lake = self._lake
         blocks = lake.loop.run(lake.catalog.blocks_by_id([record.block_id for record in records]))
         views_of = {block.meta.block_id: self._views_for(block) for block in blocks}
@@ -253,15 +306,48 @@ class DecodeAhead:
         wanted = [block for block in blocks if views_of[block.meta.block_id]]
         timings = {b.meta.process_id: ProcessTiming(b.process.meta, 0, b.process.meta.start_time_ns) for b in wanted}
         transits = {transit.block.block_id: transit for transit in decoded_transit(lake, wanted, timings)}
-        return {
+        decoded = {
             block.meta.block_id: _Decoded(
                 uuid.UUID(block.meta.process_id),
+                block.meta.stream_id,
                 block.meta.nb_objects,
+                {view.name for view in views_of[block.meta.block_id]},
                 {view.name for view in views_of[block.meta.block_id]},
                 transits.get(block.meta.block_id),
             )
             for block in wanted
         }
+        return decoded, {view.name: view for views in views_of.values() for view in views}
+
+    def _built_runs(self, decoded: dict[str, _Decoded], views: dict[str, View]) -> list[_Run]:
+        """Each view's rows of the blocks just decoded (a blockwise view), or of each instance's whole
+        unwritten tail with them (up to READY_TAIL_OBJECTS objects), built on the worker thread."""
+        runs = []
+        for view in views.values():
+            for instance, tail in self._tails(view, decoded).items():
+                if not _blockwise(view) and sum(ahead.objects for _, ahead in tail) > READY_TAIL_OBJECTS:
+                    continue
+                rows = [batch for batch in self._rows(view, [ahead for _, ahead in tail]) if batch.num_rows]
+                runs.append(_Run(instance, tuple(block_id for block_id, _ in tail), rows, not _blockwise(view)))
+        return runs
+
+    def _tails(self, view: View, decoded: dict[str, _Decoded]) -> dict[tuple[str, str], list[tuple[str, _Decoded]]]:
+        """The blocks whose rows the worker builds for the view, by instance (insert order): those just
+        decoded for it, after its instance's unwritten ones decoded before for a view that is not blockwise."""
+        blocks = [(block_id, ahead) for block_id, ahead in decoded.items() if view.name in ahead.views]
+        if not _blockwise(view):
+            touched = {_instance_of(view, ahead) for _, ahead in blocks}
+            with self._lock:
+                before = [
+                    (block_id, ahead)
+                    for block_id, ahead in self._decoded.items()
+                    if view.name in ahead.unwritten and _instance_of(view, ahead) in touched
+                ]
+            blocks = before + blocks
+        tails: dict[tuple[str, str], list[tuple[str, _Decoded]]] = {}
+        for block_id, ahead in blocks:
+            tails.setdefault(_instance_of(view, ahead), []).append((block_id, ahead))
+        return tails
 
     def _views_for(self, block: SourceBlock) -> list[View]:
         """The followed views of the block's process that read it (none for a block that cannot be decoded
@@ -280,8 +366,9 @@ class DecodeAhead:
         tags = set(block.stream.meta.tags)
         return [view for view in views if not view.stream_tags or tags.intersection(view.stream_tags)]
 
-    def _decoded_in(self, records: list[BlockRecord], decoded: dict[str, _Decoded]) -> None:
-        """Keeps the blocks decoded (the oldest dropped past the bound) and wakes the queries waiting."""
+    def _decoded_in(self, records: list[BlockRecord], decoded: dict[str, _Decoded], runs: list[_Run]) -> None:
+        """Keeps the blocks decoded (the oldest dropped past the bound) and the runs built of them (those
+        whose blocks are all still unwritten), and wakes the queries waiting."""
         with self._lock:
             for record in records:
                 self._pending.discard(str(record.block_id))
@@ -292,7 +379,27 @@ class DecodeAhead:
             while self._decoded_objects > self._budget:
                 self._decoded_objects -= self._decoded.popitem(last=False)[1].objects
             self._drop_forgotten()
+            for run in runs:
+                kept = self._runs.setdefault(run.instance, [])
+                kept.append(run)
+                if run.whole:
+                    del kept[:-READY_WHOLE_RUNS]
+            self._drop_runs()
             self._lock.notify_all()
+
+    def _drop_runs(self) -> None:
+        """Drops the runs holding a block no longer decoded ahead, or written by their view (under the lock)."""
+        for instance, runs in list(self._runs.items()):
+            kept = [run for run in runs if all(self._unwritten(instance[0], b) for b in run.block_ids)]
+            if kept:
+                self._runs[instance] = kept
+            else:
+                del self._runs[instance]
+
+    def _unwritten(self, view_name: str, block_id: str) -> bool:
+        """Whether the block is decoded ahead and not written by the view yet (under the lock)."""
+        ahead = self._decoded.get(block_id)
+        return ahead is not None and view_name in ahead.unwritten
 
     def _drop_forgotten(self) -> None:
         """Drops the blocks forgotten FORGET_GRACE_SECONDS ago by every view they were decoded for (under
