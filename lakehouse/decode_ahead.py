@@ -20,10 +20,10 @@ spans blocks), it builds the rows of the whole unwritten tail again (up to READY
 A query takes a whole tail only when its tail is exactly those blocks; else it builds its rows itself, as
 before. This costs the worker more CPU than the queries save (measured with `benchmarks/live_process.py`'s
 20-span blocks: about 2.8 ms a block for both views, against 1.1 ms decoding it, and a query's 2 ms for 10
-blocks every 10 blocks), but it is spent as the blocks arrive, not while a late query waits. A query
-waiting for a block still in the worker waits for its own view's rows only (`_unbuilt`). (Taking each block
-20 ms after it arrived, to leave the interpreter to a query that began with it, was slower: such a query
-usually holds that block, and then waited for it.)
+blocks every 10 blocks), but it is spent as the blocks arrive, not while a late query waits. (Two changes
+were measured and dropped: taking each block 20 ms after it arrived, to leave the interpreter to a query
+that began with it, was slower, as such a query usually holds that block and then waited for it; and
+letting a query wait for its own view's rows only, not every view's, showed no gain.)
 
 The rows of a tail a query read are also kept once its partition is written from them (`WrittenTails`),
 until a merge replaces that partition: the next late queries read them from memory instead of its file, so
@@ -212,7 +212,6 @@ class DecodeAhead:
         self._queued: list[BlockRecord] = []
         self._pending: set[str] = set()  # ids of the blocks queued or being decoded
         self._pending_objects = 0
-        self._unbuilt: dict[str, set[str]] = {}  # view name → ids of blocks decoded whose runs are being built
         self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # by block id, oldest first
         self._decoded_objects = 0
         self._forgotten: deque[tuple[float, str, list[str]]] = deque()  # (when due, view, block ids)
@@ -250,11 +249,11 @@ class DecodeAhead:
 
     def tail_rows(self, view: View, block_ids: Sequence[str]) -> TailRows | None:
         """The view's rows of these blocks (insert order) when each was decoded ahead, once those still
-        queued are decoded and their rows built for the view (waiting up to PENDING_WAIT_SECONDS): those the
-        worker built (`_Run`) when it built them, else built now; else None."""
+        queued are decoded (waiting up to PENDING_WAIT_SECONDS): those the worker built (`_Run`) when it
+        built them, else built now; else None."""
         with self._lock:
-            if self._pending or view.name in self._unbuilt:
-                self._lock.wait_for(lambda: self._ready_for(view, block_ids), PENDING_WAIT_SECONDS)
+            if self._pending:
+                self._lock.wait_for(lambda: self._pending.isdisjoint(block_ids), PENDING_WAIT_SECONDS)
             found = self._found(block_ids)
             if not found:
                 return None
@@ -263,10 +262,6 @@ class DecodeAhead:
                 followed[view.name] = (view, time.monotonic() + FOLLOW_SECONDS)
             ready = self._ready_rows(view, tuple(block_ids), _instance_of(view, found[0]))
         return TailRows(self._rows(view, found)) if ready is None else ready
-
-    def _ready_for(self, view: View, block_ids: Sequence[str]) -> bool:
-        """Whether none of these blocks is queued, nor decoded with the view's runs being built (under the lock)."""
-        return self._pending.isdisjoint(block_ids) and self._unbuilt.get(view.name, set()).isdisjoint(block_ids)
 
     def _ready_rows(self, view: View, block_ids: tuple[str, ...], instance: tuple[str, str]) -> TailRows | None:
         """The rows of exactly these blocks from the runs built ahead, or None (under the lock): a whole
@@ -338,16 +333,13 @@ class DecodeAhead:
                         self._draining = False
                         return
                 decoded, views = self._decode(records)
-                self._decoded_in(records, decoded, views)
+                self._decoded_in(records, decoded, self._built_runs(decoded, views))
                 records = []
-                for view in views.values():  # each view's queries wait for their view's rows only
-                    self._build(view, decoded)
-        except BaseException:
-            if records:  # decoding them failed: the queries decode them
-                self._decoded_in(records, {}, {})
-            with self._lock:  # the next block drains again
-                self._draining = False
-            raise
+        finally:
+            if records:  # decoding them failed: the queries decode them; the next block drains again
+                self._decoded_in(records, {}, [])
+                with self._lock:
+                    self._draining = False
 
     def _decode(self, records: list[BlockRecord]) -> tuple[dict[str, _Decoded], dict[str, View]]:
         """The blocks of these records decoded for their process's followed views (when they can be), and
@@ -372,48 +364,40 @@ class DecodeAhead:
         }
         return decoded, {view.name: view for views in views_of.values() for view in views}
 
-    def _build(self, view: View, decoded: dict[str, _Decoded]) -> None:
-        """Builds the view's runs of the blocks just decoded (`_built_runs`) and keeps them; the queries
-        waiting for the view's rows of these blocks go on then, built or not."""
-        runs: list[_Run] = []
-        try:
-            runs = self._built_runs(view, decoded)
-        finally:
-            self._runs_in(view.name, decoded, runs)
-
-    def _built_runs(self, view: View, decoded: dict[str, _Decoded]) -> list[_Run]:
-        """The view's rows, built on the worker thread: of each instance's whole unwritten tail with the
+    def _built_runs(self, decoded: dict[str, _Decoded], views: dict[str, View]) -> list[_Run]:
+        """Each view's rows, built on the worker thread: of each instance's whole unwritten tail with the
         blocks just decoded, with its frame (up to READY_TAIL_OBJECTS objects); for a blockwise view, of the
         blocks just decoded, the whole tail being the instance's runs concatenated."""
         runs = []
-        for instance, tail in self._tails(view, decoded).items():
-            ids = tuple(block_id for block_id, _ in tail)
-            objects = sum(ahead.objects for _, ahead in tail)
-            rows = [batch for batch in self._rows(view, [ahead for _, ahead in tail]) if batch.num_rows]
-            if _blockwise(view):
-                with self._lock:
-                    before = [run for run in self._runs.get(instance, []) if not run.whole]
-                runs.append(_Run(instance, ids, objects, rows, None))
-                ids = tuple(block_id for run in before for block_id in run.block_ids) + ids
-                objects += sum(run.objects for run in before)
-                rows = [batch for run in before for batch in run.rows] + rows
-            if objects <= READY_TAIL_OBJECTS:
-                runs.append(_Run(instance, ids, objects, rows, rows_frame(plain_rows(rows), view.schema)))
+        for view in views.values():
+            for instance, tail in self._tails(view, decoded).items():
+                ids = tuple(block_id for block_id, _ in tail)
+                objects = sum(ahead.objects for _, ahead in tail)
+                rows = [batch for batch in self._rows(view, [ahead for _, ahead in tail]) if batch.num_rows]
+                if _blockwise(view):
+                    with self._lock:
+                        before = [run for run in self._runs.get(instance, []) if not run.whole]
+                    runs.append(_Run(instance, ids, objects, rows, None))
+                    ids = tuple(block_id for run in before for block_id in run.block_ids) + ids
+                    objects += sum(run.objects for run in before)
+                    rows = [batch for run in before for batch in run.rows] + rows
+                if objects <= READY_TAIL_OBJECTS:
+                    runs.append(_Run(instance, ids, objects, rows, rows_frame(plain_rows(rows), view.schema)))
         return runs
 
     def _tails(self, view: View, decoded: dict[str, _Decoded]) -> dict[tuple[str, str], list[tuple[str, _Decoded]]]:
         """The blocks whose rows the worker builds for the view, by instance (insert order): those just
-        decoded for it; for a view that is not blockwise, every unwritten block of their instances (those
-        just decoded are kept already)."""
+        decoded for it, after its instance's unwritten ones decoded before for a view that is not blockwise."""
         blocks = [(block_id, ahead) for block_id, ahead in decoded.items() if view.name in ahead.views]
         if not _blockwise(view):
             touched = {_instance_of(view, ahead) for _, ahead in blocks}
             with self._lock:
-                blocks = [
+                before = [
                     (block_id, ahead)
                     for block_id, ahead in self._decoded.items()
                     if view.name in ahead.unwritten and _instance_of(view, ahead) in touched
                 ]
+            blocks = before + blocks
         tails: dict[tuple[str, str], list[tuple[str, _Decoded]]] = {}
         for block_id, ahead in blocks:
             tails.setdefault(_instance_of(view, ahead), []).append((block_id, ahead))
@@ -436,9 +420,9 @@ class DecodeAhead:
         tags = set(block.stream.meta.tags)
         return [view for view in views if not view.stream_tags or tags.intersection(view.stream_tags)]
 
-    def _decoded_in(self, records: list[BlockRecord], decoded: dict[str, _Decoded], views: dict[str, View]) -> None:
-        """Keeps the blocks decoded (the oldest dropped past the bound), marks them unbuilt for these views,
-        and wakes the queries waiting."""
+    def _decoded_in(self, records: list[BlockRecord], decoded: dict[str, _Decoded], runs: list[_Run]) -> None:
+        """Keeps the blocks decoded (the oldest dropped past the bound) and the runs built of them (those
+        whose blocks are all still unwritten), and wakes the queries waiting."""
         with self._lock:
             for record in records:
                 self._pending.discard(str(record.block_id))
@@ -446,27 +430,14 @@ class DecodeAhead:
             for block_id, ahead in decoded.items():
                 self._decoded[block_id] = ahead
                 self._decoded_objects += ahead.objects
-            for name in views:
-                self._unbuilt.setdefault(name, set()).update(b for b, ahead in decoded.items() if name in ahead.views)
             while self._decoded_objects > self._budget:
                 self._decoded_objects -= self._decoded.popitem(last=False)[1].objects
             self._drop_forgotten()
-            self._drop_runs()
-            self._lock.notify_all()
-
-    def _runs_in(self, view_name: str, decoded: dict[str, _Decoded], runs: list[_Run]) -> None:
-        """Keeps the view's runs built of the blocks just decoded (those whose blocks are all still
-        unwritten) and wakes the queries waiting for them."""
-        with self._lock:
             for run in runs:
                 kept = self._runs.setdefault(run.instance, [])
                 kept.append(run)
                 while sum(kept_run.whole for kept_run in kept) > READY_WHOLE_RUNS:
                     kept.remove(next(kept_run for kept_run in kept if kept_run.whole))
-            unbuilt = self._unbuilt.get(view_name, set())
-            unbuilt.difference_update(decoded)
-            if not unbuilt:
-                self._unbuilt.pop(view_name, None)
             self._drop_runs()
             self._lock.notify_all()
 
