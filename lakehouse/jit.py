@@ -19,8 +19,9 @@ partitions for that query only, and written and swapped in afterwards on the set
 as any rebuild is. So a live process's late query never waits on a parquet write or a catalog commit; a
 tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
 server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
-the coverage check lists them, and the query builds their rows with no further catalog round trip and
-nothing to decode (`decoded_ahead`). The partitions written from such rows keep them in memory until a
+the coverage check lists them, and the query takes their rows with no further catalog round trip and
+nothing to decode (`decoded_ahead`): built ahead, with their frame, when the tail is the one the worker
+built, else built then. The partitions written from such rows keep them in memory (as one frame) until a
 merge replaces them (`WrittenTails`): the next late queries read those rows instead of the files, so that
 the scan of the instance's files stays the one they planned before.
 
