@@ -19,8 +19,9 @@ partitions for that query only, and written and swapped in afterwards on the set
 as any rebuild is. So a live process's late query never waits on a parquet write or a catalog commit; a
 tail in memory is never a catalog fact (a crash loses nothing but work the next query redoes). When this
 server ingested the tail's blocks after such a query, they were decoded as they arrived (`decode_ahead`):
-the coverage check lists them, and the query builds their rows with no further catalog round trip and
-nothing to decode (`decoded_ahead`). The partitions written from such rows keep them in memory until a
+the coverage check lists them, and the query takes their rows with no further catalog round trip and
+nothing to decode (`decoded_ahead`): built ahead, with their frame, when the tail is the one the worker
+built, else built then. The partitions written from such rows keep them in memory (as one frame) until a
 merge replaces them (`WrittenTails`): the next late queries read those rows instead of the files, so that
 the scan of the instance's files stays the one they planned before.
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datafusion import DataFrame
 
 from spanlake import tracing
 from spanlake.lakehouse.catalog.partitions import partition_identity, replacing_exactly
@@ -94,10 +96,13 @@ TimingsOf = Callable[[], Mapping[str, ProcessTiming]]
 @dataclass(frozen=True)
 class FreshRows:
     """What a query reads of an instance: its committed partitions, and the rows of the blocks they do not
-    hold yet, decoded in memory for this query (`memory_tail`; empty when everything is committed)."""
+    hold yet, decoded in memory for this query (`memory_tail`; empty when everything is committed), as
+    batches, or as frames made before the query (`decode_ahead`) — and the rows kept of partitions it
+    reads from memory instead of their files (`WrittenTails`), the same way."""
 
     partitions: list[Partition]
     tail: list[pa.RecordBatch] = field(default_factory=list)
+    frames: list[DataFrame] = field(default_factory=list)
 
 
 # A tail a query read in memory is written this long after, once that query has most likely answered:
@@ -313,16 +318,29 @@ def decoded_ahead(
     if around.inside or not around.uncovered:
         return None
     with tracing.async_span("lakehouse.decoded_ahead"):
-        rows = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
-    if rows is None:
+        ready = lake.decode_ahead.tail_rows(instance.view, around.uncovered)
+    if ready is None:
         return None
-    rows = [batch for batch in rows if batch.num_rows]
+    rows = [batch for batch in ready.rows if batch.num_rows]
     tail = ReadTail(dirty, around.outside_held, around.uncovered, rows)
     write_tail_later(lake, instance, functools.partial(persist_range, lake, instance, query_range, tail, timings_of))
     # The partitions written from earlier tails are read from their rows, still in memory (`WrittenTails`).
-    kept = lake.decode_ahead.written.rows_of(instance.view, instance.instance_id, around.outside)
+    written = lake.decode_ahead.written
+    kept = written.rows_of(instance.view, instance.instance_id, around.outside)
     files = sorted((p for p in around.outside if p.file_path not in kept), key=lambda p: p.begin_insert_ns)
-    return FreshRows(files, [batch for batches in kept.values() for batch in batches] + rows)
+    fresh = FreshRows(files)
+    kept_rows = [batch for batches in kept.values() for batch in batches]
+    add_rows(fresh, kept_rows, written.frame_of(instance.view, instance.instance_id, kept))
+    add_rows(fresh, rows, ready.frame)
+    return fresh
+
+
+def add_rows(fresh: FreshRows, rows: list[pa.RecordBatch], frame: DataFrame | None) -> None:
+    """Adds rows in memory to what a query reads: as their frame when one was made, else as batches."""
+    if frame is not None:
+        fresh.frames.append(frame)
+    else:
+        fresh.tail.extend(rows)
 
 
 @dataclass(frozen=True)
@@ -367,20 +385,20 @@ def persist_range(
     if rebuilt is None:
         up_to_date(lake, instance, query_range, timings_of)
         return
-    keep_tail_rows(lake, tail.rows, from_tail, rebuilt)
+    keep_tail_rows(lake, instance.view, tail.rows, from_tail, rebuilt)
     held = sorted([*tail.outside, *rebuilt], key=lambda h: h.partition.begin_insert_ns)
     if plan_merges(held):
         settle(lake, instance, held, timings_of())
 
 
 def keep_tail_rows(
-    lake: Lake, rows: list[pa.RecordBatch], specs: Sequence[PartitionSpec], rebuilt: Sequence[HeldCount]
+    lake: Lake, view: View, rows: list[pa.RecordBatch], specs: Sequence[PartitionSpec], rebuilt: Sequence[HeldCount]
 ) -> None:
-    """The partitions written for these specs from a tail's rows keep them (`WrittenTails`)."""
+    """The partitions of the view written for these specs from a tail's rows keep them (`WrittenTails`)."""
     ranges = {(spec.begin_insert_ns, spec.end_insert_ns) for spec in specs}
     for written in rebuilt:
         if (written.partition.begin_insert_ns, written.partition.end_insert_ns) in ranges:
-            lake.decode_ahead.written.keep(written.partition, written.objects, rows)
+            lake.decode_ahead.written.keep(written.partition, written.objects, rows, view.schema)
 
 
 def persist_tail(lake: Lake, tail: Tail, timings_of: TimingsOf, due: float) -> None:

@@ -1,25 +1,32 @@
 """The blocks a server ingests of a live process are decoded as they arrive (`lakehouse/decode_ahead.py`): a
 late query unions their rows without reading their payloads, their partition is written from them, what is
 held stays within its bound and is dropped once written, and blocks ingested elsewhere or of processes
-nobody queries are left to the queries. The partitions written from a tail keep its rows for the next late
-queries (`WrittenTails`)."""
+nobody queries are left to the queries. The worker builds the views' rows of the unwritten blocks it decoded,
+which a late query takes instead of building them. The partitions written from a tail keep its rows for the
+next late queries (`WrittenTails`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
+from datafusion import DataFrame
 from harness import PostgresServer, wait_until
 from lakehouse_support import LocalLake, local_lake
 from live_process import ASYNC_PER_BLOCK, THREAD_PER_BLOCK, LiveProcess
 
 from spanlake.lakehouse.catalog.partitions import Partition
-from spanlake.lakehouse.decode_ahead import WrittenTails
-from spanlake.lakehouse.query.session import _rows_context, _rows_frame
+from spanlake.lakehouse.decode_ahead import DecodeAhead, WrittenTails
+from spanlake.lakehouse.query import session
+from spanlake.lakehouse.query.rows_frames import rows_context as _rows_context
+from spanlake.lakehouse.query.rows_frames import rows_frame as _rows_frame
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.view_sets import VIEW_SETS
+from spanlake.views.view import View
 
 SPANS = 3
 OBJECTS = 4 * SPANS  # a LiveProcess block's objects
@@ -104,6 +111,41 @@ def test_a_late_query_unions_blocks_decoded_ahead_and_their_partition_is_written
         wait_until(lambda: lake.lake.decode_ahead.held_objects() == (0, 0), 30, "the tails written and dropped")
         assert committed_async_rows(lake, live) == 6 * 2 * SPANS
         query_both(lake, live, range(6))
+
+
+def test_a_late_query_takes_the_rows_the_worker_built_of_its_tail(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks decoded ahead and built by the worker (async_events block by block, thread_spans as the whole
+    unwritten tail): the late query reading them builds no rows itself, nor their frame, and each block is
+    whole."""
+    built_on: list[str] = []
+    build = DecodeAhead._rows
+
+    def recorded(view: View, found: Sequence) -> list[pa.RecordBatch]:
+        built_on.append(threading.current_thread().name)
+        return build(view, found)
+
+    framed: list[int] = []
+    frame = session.rows_frame
+
+    def recorded_frame(batches: list[pa.RecordBatch], schema: pa.Schema) -> DataFrame:
+        framed.append(sum(batch.num_rows for batch in batches))
+        return frame(batches, schema)
+
+    monkeypatch.setattr(DecodeAhead, "_rows", staticmethod(recorded))
+    monkeypatch.setattr(session, "rows_frame", recorded_frame)
+    with local_lake(postgres, tmp_path) as lake:
+        live = followed(lake)
+        for number in range(3, 6):
+            live.post_block(number)
+        decoded_ahead(lake, 3 * OBJECTS)
+        assert built_on and all(name.startswith("decode-ahead") for name in built_on)
+        built_on.clear()
+        framed.clear()
+        query_both(lake, live, range(6))
+        assert built_on == []
+        assert framed == []
 
 
 def test_blocks_ingested_by_another_process_are_decoded_by_the_query(postgres: PostgresServer, tmp_path: Path) -> None:
@@ -241,6 +283,30 @@ def test_written_tails_keep_the_rows_as_one_batch_without_notes() -> None:
     [batch] = written.rows_of(view, "a", [partition])["a/0"]
     assert batch["n"].to_pylist() == [1, 2, 3]
     assert batch.schema.metadata is None
+
+
+def test_written_tails_make_one_frame_of_an_instances_kept_rows_while_its_files_stay() -> None:
+    view = VIEW_SETS["async_events"]
+    schema = pa.schema([("n", pa.int64())])
+
+    def partition(begin: int) -> Partition:
+        return Partition(view.name, "a", begin, begin + 1, None, None, f"a/{begin}", 1, view.schema_hash, 4, 1)
+
+    written = WrittenTails(budget=10)
+    first, second = partition(0), partition(1)
+    written.keep(first, 4, [pa.record_batch({"n": [1, 2]})], schema)
+    written.keep(second, 4, [pa.record_batch({"n": [3]})], schema)
+    kept = written.rows_of(view, "a", [first, second])
+    frame = written.frame_of(view, "a", kept)
+    assert frame is not None
+    assert sorted(frame.to_arrow_table()["n"].to_pylist()) == [1, 2, 3]
+    assert written.frame_of(view, "a", ["a/0"]) is None  # not those files: the query frames the rows itself
+    # A merge replaced the first: no frame holds the second's rows alone until a tail is kept again.
+    assert written.frame_of(view, "a", written.rows_of(view, "a", [second])) is None
+    written.keep(partition(2), 1, [pa.record_batch({"n": [4]})], schema)
+    frame = written.frame_of(view, "a", written.rows_of(view, "a", [second, partition(2)]))
+    assert frame is not None
+    assert sorted(frame.to_arrow_table()["n"].to_pylist()) == [3, 4]
 
 
 def test_rows_frames_leave_no_table_in_their_shared_context() -> None:

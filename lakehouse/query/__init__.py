@@ -31,6 +31,7 @@ Modules:
     perfetto_spans     the spans of a Perfetto trace, read in begin order from parquet a slab at a time
     trace_perfetto     `perfetto_trace_of(trace_id)`: one trace across processes, with flows, as Perfetto chunks
     off_runtime        the lake's pool running DataFusion calls from table functions off DataFusion's threads
+    rows_frames        rows in memory as DataFusion frames, in one shared context (made off the runtime)
     slow_queries       seed 003's rule: a query's spans kept only when it is slow, its figures as entries
     plan_spans         the executed plan streamed (all partitions at once) and its operators as spans
     loop_joins         cross and nested-loop joins planned with small batches, so that a stop reaches them

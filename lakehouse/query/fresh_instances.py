@@ -89,7 +89,7 @@ class FreshInstances:
                 self._sets.move_to_end(key)
                 return found.rows
         rows = check()
-        if not rows.tail:
+        if not rows.tail and not rows.frames:
             self._keep(key, _FreshSet(query_range, generation, rows))
         return rows
 

@@ -125,7 +125,7 @@ def instance_rows(
         generation,
         lambda: fresh_partitions(lake, instance, query_range, timings_of, in_memory),
     )
-    return FreshRows(for_query(fresh.partitions, view.schema_hash, query_range), fresh.tail)
+    return FreshRows(for_query(fresh.partitions, view.schema_hash, query_range), fresh.tail, fresh.frames)
 
 
 def _instance_generation(lake: Lake, view: View, instance_id: str, query_began: QueryMark | None) -> Generation | None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -57,6 +56,7 @@ from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.kept_plans import KeptPlans
 from spanlake.lakehouse.query.listing_scan import listing_scan, scan_url
 from spanlake.lakehouse.query.read_scope import ReadScope
+from spanlake.lakehouse.query.rows_frames import plain_rows, rows_frame
 from spanlake.lakehouse.query.table_function import Arg, Kind, TableFunction
 from spanlake.lakehouse.view_sets import GLOBAL_TABLES, VIEW_SETS
 from spanlake.views.schema_types import TIMESTAMP
@@ -133,7 +133,7 @@ def instance_table(
     blocks no partition holds yet may come from memory (`FreshRows.tail`)."""
     fresh = instances.instance_rows(lake, view, instance_id, query_range, query_began, memory_tail=True)
     keys = [p.file_path for p in fresh.partitions if p.file_path]
-    return files_table(lake, view, keys, query_range, rows, fresh.tail)
+    return files_table(lake, view, keys, query_range, rows, fresh.tail, fresh.frames)
 
 
 def files_table(
@@ -143,16 +143,19 @@ def files_table(
     query_range: tuple[int, int] | None,
     rows: Expr | None = None,
     tail: list[pa.RecordBatch] | None = None,
+    tail_frames: Sequence[DataFrame] = (),
 ) -> Table:
     """Partition files of a view as a table (collapsed for the views that merge at query time), with the
-    `tail` rows (a view that does not merge) after them."""
+    `tail` rows and the rows of `tail_frames` (a view that does not merge) after them."""
     table = instances.collapsed(view, lake, keys)
     if table is None:
         frame = _scan(lake, view, keys)
+        for tail_frame in tail_frames:
+            frame = frame.union(tail_frame)
         if tail:
             frame = frame.union(_memory_frame(lake, view, tail))
     else:  # one in-memory partition, even when empty: plans need one
-        frame = lake.off_runtime.run(_rows_frame, table.to_batches(), view.schema)
+        frame = lake.off_runtime.run(rows_frame, table.to_batches(), view.schema)
     if query_range is not None:
         frame = frame.filter(_in_range(view, *query_range))
     if rows is not None:
@@ -162,26 +165,7 @@ def files_table(
 
 def _memory_frame(lake: Lake, view: View, batches: list[pa.RecordBatch]) -> DataFrame:
     """Rows in memory as a frame of the view's schema (the batches' notes for merges dropped)."""
-    plain = [batch.replace_schema_metadata(None) for batch in batches]
-    return lake.off_runtime.run(_rows_frame, plain, view.schema)
-
-
-@functools.cache
-def _rows_context() -> SessionContext:
-    """The context in-memory rows (a tail, a merged view's rows) are registered in, shared by the queries:
-    a new context a query cost more (~80 µs) than the frame itself. It keeps no table: each is dropped
-    once its frame is made."""
-    return SessionContext(session_config())
-
-
-def _rows_frame(batches: list[pa.RecordBatch], schema: pa.Schema) -> DataFrame:
-    """These batches as a frame (one partition); the frame keeps them, the shared context does not."""
-    name = f"rows_{uuid.uuid4().hex}"
-    context = _rows_context()
-    try:
-        return context.create_dataframe([batches], name, schema)
-    finally:
-        context.deregister_table(name)
+    return lake.off_runtime.run(rows_frame, plain_rows(batches), view.schema)
 
 
 def inserted_files(lake: Lake, view: View, insert_range: tuple[int, int]) -> list[str]:
