@@ -310,9 +310,11 @@ def test_bulk_ingest_replicates_a_lake_from_its_own_views(
 
 def test_list_partitions_of_an_empty_catalog_answers_no_rows(postgres: PostgresServer, tmp_path: Path) -> None:
     """A lake with no data has no partition: it lists none, counted or not (an empty dataset has no
-    fragment, which DataFusion's plans refused)."""
+    fragment, which DataFusion's plans refused, and its sort still refuses)."""
     with running_server(postgres, tmp_path, api_key="admin-key") as server:
         assert server.sql("SELECT count(*) AS n FROM lakehouse_partitions") == [{"n": 0}]
         client = micromegas_client(server, "admin-key")
         assert client.query("SELECT count(*) AS n FROM list_partitions()")["n"].tolist() == [0]
         assert client.query("SELECT view_set_name FROM list_partitions()").empty
+        sorted_sql = "SELECT view_set_name FROM list_partitions() ORDER BY view_set_name, begin_insert_time"
+        assert client.query(sorted_sql).empty

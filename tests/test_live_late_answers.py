@@ -20,7 +20,6 @@ BLOCKS = 40
 ASYNC_ROWS = "SELECT * FROM view_instance('async_events', '{process}') ORDER BY time, span_id, event_type"
 # The thread's root span grows with the stream: the blocks' own spans only.
 THREAD_ROWS = "SELECT * FROM view_instance('thread_spans', '{stream}') WHERE name LIKE 'b%' ORDER BY id"
-# (No ORDER BY: over no partition at all, list_partitions() fails to plan a sort.)
 PARTITIONS = (
     "SELECT view_set_name, begin_insert_time, num_rows FROM list_partitions()"
     " WHERE view_instance_id IN ('{process}', '{stream}')"

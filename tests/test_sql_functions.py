@@ -255,6 +255,18 @@ def test_jsonb_each_and_array_elements(uri: str) -> None:
     assert rows(uri, "SELECT * FROM jsonb_each(jsonb_parse(NULL))") == []
 
 
+def test_table_functions_of_no_rows_can_be_sorted(uri: str) -> None:
+    """An empty answer is a table of one empty partition, which a sort accepts (a pyarrow dataset of no
+    rows has none, and DataFusion refused to plan ORDER BY over it)."""
+    assert rows(uri, "SELECT * FROM jsonb_each(jsonb_parse('{}')) ORDER BY key") == []
+    assert rows(uri, "SELECT * FROM jsonb_array_elements(jsonb_parse('[]')) ORDER BY value") == []
+    no_histogram = (  # a scalar subquery of no row: a NULL histogram
+        "SELECT * FROM expand_histogram((SELECT make_histogram(0.0, 10.0, 4, v) FROM (VALUES (1.0)) AS t(v)"
+        " WHERE v > 5.0 GROUP BY v)) ORDER BY bin_center"
+    )
+    assert rows(uri, no_histogram) == []
+
+
 def test_jsonb_each_of_a_subquery_over_a_view(uri: str) -> None:
     each = rows(
         uri,

@@ -17,7 +17,6 @@ from datafusion import ScalarUDF, Table, udf
 from spanlake.lakehouse.errors import OtlpBlockError, QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.otlp.block_objects import is_otlp_format, otlp_block_objects
-from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.records import blob_key
 from spanlake.lakehouse.transit import decode as transit
@@ -86,7 +85,7 @@ def parse_block(lake: Lake, block_id: str, read_scope: ReadScope | None = None) 
         },
         schema=PARSE_BLOCK_SCHEMA,
     )
-    return memory_table(lake, table)
+    return lake.off_runtime.memory_table(table)
 
 
 def _block_objects(row: Mapping[str, Any], payload: bytes) -> list[tuple[str, jsonb.JsonValue]]:

@@ -53,15 +53,7 @@ VIEW_SETS_SCHEMA = pa.schema(
 LOG_SCHEMA = pa.schema([pa.field("time", TIMESTAMP, nullable=False), pa.field("msg", pa.utf8(), nullable=False)])
 
 
-def memory_table(lake: Lake, table: pa.Table) -> Table:
-    """An in-memory table a table function can return, empty or not (a dataset with no rows has no
-    fragment, which plans needing one partition refuse). Built in a private context: the query's
-    own must not be called on DataFusion's runtime thread."""
-    batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    return Table(lake.off_runtime.run(SessionContext().create_dataframe, [batches], None, table.schema))
-
-
-def list_partitions(lake: Lake, read_scope: ReadScope | None = None) -> ds.Dataset:
+def list_partitions(lake: Lake, read_scope: ReadScope | None = None) -> Table:
     """`list_partitions()`: every live partition of the catalog (with a read scope, the global ones and
     its processes' only: another audience's process ids are not listed)."""
     rows = lake.loop.run(lake.catalog.all_partition_rows())
@@ -71,7 +63,7 @@ def list_partitions(lake: Lake, read_scope: ReadScope | None = None) -> ds.Datas
     if read_scope is not None:
         visible = pa.array([GLOBAL, *read_scope.process_ids()], pa.utf8())
         table = table.filter(pc.is_in(table["view_instance_id"], visible))
-    return ds.dataset(table)
+    return lake.off_runtime.memory_table(table)
 
 
 def list_view_sets(lake: Lake) -> ds.Dataset:

@@ -12,7 +12,7 @@ from datafusion.expr import Expr
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query.catalog_functions import ProgressLog, memory_table
+from spanlake.lakehouse.query.catalog_functions import ProgressLog
 from spanlake.views.schema_types import TIMESTAMP
 
 DENIALS_SCHEMA = pa.schema(
@@ -72,7 +72,7 @@ def list_query_denials_function(lake: Lake) -> Callable[..., Table]:
             },
             schema=DENIALS_SCHEMA,
         )
-        return memory_table(lake, table)
+        return lake.off_runtime.memory_table(table)
 
     return list_query_denials
 

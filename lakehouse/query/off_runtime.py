@@ -11,6 +11,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import pyarrow as pa
+from datafusion import SessionContext, Table
+
 T = TypeVar("T")
 
 
@@ -24,6 +27,13 @@ class OffRuntime:
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` on one of the pool's threads, waited for."""
         return self._pool.submit(function, *args).result()
+
+    def memory_table(self, table: pa.Table) -> Table:
+        """`table` as a table a table function can return, empty or not: a pyarrow dataset of no rows
+        has no fragment, which plans needing one partition (an ORDER BY) refuse. Built in a private
+        context on the pool: the query's own must not be called on DataFusion's runtime thread."""
+        batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+        return Table(self.run(SessionContext().create_dataframe, [batches], None, table.schema))
 
     def close(self) -> None:
         """Cancels the queued calls, waits for those under way and ends the threads; `run` raises

@@ -16,7 +16,6 @@ from datafusion import Table
 
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
-from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.instances import instance_files
 from spanlake.lakehouse.query.read_scope import ReadScope
 from spanlake.lakehouse.view_sets import VIEW_SETS
@@ -47,7 +46,7 @@ def process_spans(
     if span_types not in SPAN_TYPES:
         raise QueryError(f"span_types must be 'thread', 'async', or 'both', given: {span_types}")
     if read_scope is not None and not read_scope.process_readable(process):
-        return memory_table(lake, SCHEMA.empty_table())
+        return lake.off_runtime.memory_table(SCHEMA.empty_table())
     parts = []
     if span_types != "async":
         for stream_id, thread_name in _threads(lake, process, query_range):
@@ -55,7 +54,7 @@ def process_spans(
             parts.append(_labelled(spans, stream_id, thread_name))
     if span_types != "thread":
         parts.append(_labelled(_async_spans(lake, str(process), query_range), "", "async"))
-    return memory_table(lake, pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+    return lake.off_runtime.memory_table(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
 
 
 def _threads(lake: Lake, process: uuid.UUID, query_range: tuple[int, int] | None) -> list[tuple[str, str]]:

@@ -52,7 +52,6 @@ from spanlake.lakehouse.query import (
     view_ddl,
 )
 from spanlake.lakehouse.query import process_spans as process_spans_function
-from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.kept_plans import KeptPlans
 from spanlake.lakehouse.query.listing_scan import listing_scan, scan_url
 from spanlake.lakehouse.query.read_scope import ReadScope
@@ -343,13 +342,15 @@ def _table_functions(lake: Lake, tables: GlobalTables) -> list[TableFunction]:
         ),
         TableFunction(
             "trace_spans",
-            lambda trace_id: memory_table(lake, trace_spans.trace_spans(lake, trace_id, tables.scope.read_scope)),
+            lambda trace_id: lake.off_runtime.memory_table(
+                trace_spans.trace_spans(lake, trace_id, tables.scope.read_scope)
+            ),
             (Arg("trace_id", Kind.STRING),),
         ),
         TableFunction(
             "perfetto_trace_of",
-            lambda trace_id: memory_table(
-                lake, trace_perfetto.perfetto_trace_of(lake, trace_id, tables.scope.read_scope)
+            lambda trace_id: lake.off_runtime.memory_table(
+                trace_perfetto.perfetto_trace_of(lake, trace_id, tables.scope.read_scope)
             ),
             (Arg("trace_id", Kind.STRING),),
         ),

@@ -21,7 +21,6 @@ from datafusion import DataFrame, SessionContext, Table
 from spanlake.lakehouse.errors import QueryError
 from spanlake.lakehouse.lake import Lake
 from spanlake.lakehouse.query import failures, functions
-from spanlake.lakehouse.query.catalog_functions import memory_table
 from spanlake.lakehouse.query.context import Principal
 from spanlake.lakehouse.query.instances import GLOBAL
 from spanlake.lakehouse.query.runner import READ_ONLY
@@ -188,4 +187,4 @@ def view_set_definitions(lake: Lake) -> Table:
         {field: row[field] for field in DEFINITIONS_SCHEMA.names}
         for row in lake.loop.run(lake.catalog.view_definitions())
     ]
-    return memory_table(lake, pa.Table.from_pylist(built_in + stored, schema=DEFINITIONS_SCHEMA))
+    return lake.off_runtime.memory_table(pa.Table.from_pylist(built_in + stored, schema=DEFINITIONS_SCHEMA))

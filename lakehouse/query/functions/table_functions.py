@@ -17,8 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from datafusion import SessionContext
+from datafusion import SessionContext, Table
 from datafusion.expr import Expr
 
 from spanlake.lakehouse.errors import QueryError
@@ -78,10 +77,10 @@ def _dictionary_jsonb(values: list[JsonValue]) -> pa.Array:
     return encoded.cast(DICT_JSONB)
 
 
-def jsonb_each(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
+def jsonb_each(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., Table]:
     """`jsonb_each(jsonb)`: (key, value) per object member, or per array element with its index as key."""
 
-    def each(*args: object) -> ds.Dataset:
+    def each(*args: object) -> Table:
         keys: list[str] = []
         members: list[JsonValue] = []
         values = argument_values("jsonb_each", "a JSONB object", args, make_context, off_runtime)
@@ -96,15 +95,15 @@ def jsonb_each(make_context: ContextFactory, off_runtime: OffRuntime) -> Callabl
             else:
                 raise QueryError("jsonb_each: input is not a JSONB object or array")
         table = pa.table([pa.array(keys, pa.utf8()), _dictionary_jsonb(members)], schema=EACH_SCHEMA)
-        return ds.dataset(table)
+        return off_runtime.memory_table(table)
 
     return each
 
 
-def jsonb_array_elements(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
+def jsonb_array_elements(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., Table]:
     """`jsonb_array_elements(jsonb)`: one `value` row per element of a jsonb array."""
 
-    def array_elements(*args: object) -> ds.Dataset:
+    def array_elements(*args: object) -> Table:
         elements: list[JsonValue] = []
         values = argument_values("jsonb_array_elements", "a JSONB array", args, make_context, off_runtime)
         for data in _jsonb_rows("jsonb_array_elements", values):
@@ -112,26 +111,26 @@ def jsonb_array_elements(make_context: ContextFactory, off_runtime: OffRuntime) 
             if not isinstance(value, list):
                 raise QueryError("jsonb_array_elements: input is not a JSONB array")
             elements.extend(value)
-        return ds.dataset(pa.table([_dictionary_jsonb(elements)], schema=ELEMENTS_SCHEMA))
+        return off_runtime.memory_table(pa.table([_dictionary_jsonb(elements)], schema=ELEMENTS_SCHEMA))
 
     return array_elements
 
 
-def expand_histogram(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., ds.Dataset]:
+def expand_histogram(make_context: ContextFactory, off_runtime: OffRuntime) -> Callable[..., Table]:
     """`expand_histogram(histogram)`: (bin_center, count) per bin of the first histogram."""
 
-    def expand(*args: object) -> ds.Dataset:
+    def expand(*args: object) -> Table:
         values = argument_values("expand_histogram", "a histogram", args, make_context, off_runtime)
         if not pa.types.is_struct(values.type):
             raise QueryError(f"expand_histogram argument must be a struct (histogram), got: {values.type}")
         if not len(values) or not values[0].is_valid:
-            return ds.dataset(EXPANDED_SCHEMA.empty_table())
+            return off_runtime.memory_table(EXPANDED_SCHEMA.empty_table())
         histogram = values.cast(HISTOGRAM)[0].as_py()
         start, end, counts = histogram["start"], histogram["end"], histogram["bins"]
         # A zero-width histogram gets unit-wide bins, as micromegas does.
         width = 1.0 if abs(end - start) < np.finfo(np.float64).eps else (end - start) / max(len(counts), 1)
         centers = start + (np.arange(len(counts), dtype=np.float64) + 0.5) * width
         table = pa.table([pa.array(centers, pa.float64()), pa.array(counts, pa.uint64())], schema=EXPANDED_SCHEMA)
-        return ds.dataset(table)
+        return off_runtime.memory_table(table)
 
     return expand
