@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
-from datafusion import SessionContext, Table
+from datafusion import Table
+
+from spanlake.lakehouse.query.rows_frames import rows_frame
 
 T = TypeVar("T")
 
@@ -30,10 +32,9 @@ class OffRuntime:
 
     def memory_table(self, table: pa.Table) -> Table:
         """`table` as a table a table function can return, empty or not: a pyarrow dataset of no rows
-        has no fragment, which plans needing one partition (an ORDER BY) refuse. Built in a private
-        context on the pool: the query's own must not be called on DataFusion's runtime thread."""
-        batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-        return Table(self.run(SessionContext().create_dataframe, [batches], None, table.schema))
+        has no fragment, which plans needing one partition (an ORDER BY) refuse. Made on the pool
+        (`rows_frames`: never on DataFusion's runtime thread)."""
+        return Table(self.run(rows_frame, table.to_batches(), table.schema))
 
     def close(self) -> None:
         """Cancels the queued calls, waits for those under way and ends the threads; `run` raises
